@@ -425,9 +425,10 @@ LogicalResult MLAOp::verify() {
       failed(expectSameTokens(*this, "query_nope", getQueryNope(),
                               "positions", getPositions())))
     return failure();
-  if (getPrefillThreshold() && *getPrefillThreshold() < 0)
+  if (IntegerAttr threshold = getPrefillThresholdAttr();
+      threshold && threshold.getInt() < 0)
     return emitOpError() << "prefill_threshold must be non-negative, got "
-                         << *getPrefillThreshold();
+                         << threshold.getInt();
   return expectPositive(*this, "scale", getScale().convertToDouble());
 }
 

@@ -1,0 +1,21 @@
+# -*- Python -*- lit configuration of melt's regression tests.
+import os
+
+import lit.formats
+from lit.llvm import llvm_config
+
+config.name = "melt"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".test"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.melt_obj_root, "test")
+config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py",
+                   "lit.site.cfg.py", "Inputs", "unit"]
+
+config.substitutions.append(("%PATH%", config.environment["PATH"]))
+config.substitutions.append(("%melt_src_root", config.melt_src_root))
+llvm_config.use_default_substitutions()
+llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
+
+tool_dirs = [config.melt_tools_dir, config.llvm_tools_dir]
+llvm_config.add_tool_substitutions(["melt-opt", "melt-import"], tool_dirs)
