@@ -57,7 +57,7 @@ private:
     return KVCacheType::get(&ctx, c.numAttentionHeads, c.qkHeadDim(),
                             c.vHeadDim, act);
   }
-  Type storageType(WeightRole role);
+  Type storageType(WeightRole role, StringRef tensorName);
 
   // Weights.
   TensorSourceAttr source(StringRef tensorName);
@@ -90,7 +90,12 @@ private:
   Operation *firstFunction = nullptr;
 };
 
-Type ModelBuilder::storageType(WeightRole role) {
+Type ModelBuilder::storageType(WeightRole role, StringRef tensorName) {
+  bool fixedFp8 = role == WeightRole::Gemm &&
+                  c.weightFormat == WeightFormat::FP8Block;
+  if (!fixedFp8 && options.elementTypeOf)
+    if (Type type = options.elementTypeOf(tensorName))
+      return type;
   if (role == WeightRole::Bias)
     return b.getF32Type();
   switch (c.weightFormat) {
@@ -140,7 +145,7 @@ FlatSymbolRefAttr ModelBuilder::weight(StringRef tensorName,
   OpBuilder::InsertionGuard guard(b);
   b.setInsertionPoint(firstFunction);
   std::string symbol = symbolFor(tensorName);
-  auto type = RankedTensorType::get(shape, storageType(role));
+  auto type = RankedTensorType::get(shape, storageType(role, tensorName));
   auto op = b.create<WeightOp>(loc, symbol, type,
                                b.getArrayAttr({source(tensorName)}),
                                /*scale_type=*/nullptr, /*block_size=*/nullptr,
@@ -164,7 +169,8 @@ FlatSymbolRefAttr ModelBuilder::stackedWeight(StringRef prefix, StringRef proj,
   }
   SmallVector<int64_t> stacked{count};
   stacked.append(shape.begin(), shape.end());
-  auto type = RankedTensorType::get(stacked, storageType(WeightRole::Gemm));
+  auto type =
+      RankedTensorType::get(stacked, storageType(WeightRole::Gemm, names[0]));
   auto op = b.create<WeightOp>(loc, symbol, type, b.getArrayAttr(sources),
                                nullptr, nullptr, nullptr);
   if (isFp8Type(type.getElementType())) {
@@ -407,7 +413,10 @@ void ModelBuilder::buildMTP(ModuleOp module, int64_t index) {
 
 OwningOpRef<ModuleOp> ModelBuilder::build() {
   OwningOpRef<ModuleOp> module = ModuleOp::create(loc);
-  module->getOperation()->setAttr("melt.model", b.getStringAttr(c.name));
+  module->getOperation()->setAttr(
+      "melt.model", b.getStringAttr(options.modelName.empty()
+                                        ? c.name
+                                        : options.modelName));
   buildForward(*module);
   for (int64_t i = 0; i < c.numNextnPredictLayers; ++i) {
     buildMTP(*module, i);

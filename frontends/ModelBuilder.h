@@ -21,6 +21,12 @@ struct BuildOptions {
   /// Returns the shard file of a checkpoint tensor, or "" when unknown (the
   /// runtime then resolves the name through the index).
   std::function<std::string(llvm::StringRef tensorName)> fileOf;
+  /// Returns the element type a checkpoint stores a tensor in, or null to
+  /// keep the configuration's. Not consulted for the FP8 GEMM weights of a
+  /// block-quantized model, whose type the format fixes.
+  std::function<mlir::Type(llvm::StringRef tensorName)> elementTypeOf;
+  /// The module's melt.model attribute; the configuration's name if empty.
+  std::string modelName;
 };
 
 /// Validates `config` and builds its model-form IR. The module verifies.

@@ -617,16 +617,6 @@ func.func @f(%x: tensor<?x32xbf16>) {
 
 // -----
 
-melt.weight @gate : tensor<8x32xbf16> from [#melt.tensor<"g">]
-melt.weight @bias : tensor<8xbf16> from [#melt.tensor<"b">]
-func.func @f(%x: tensor<?x32xbf16>) {
-  // expected-error @below {{bias @bias must be f32}}
-  %i, %w = melt.moe_router %x, @gate bias @bias scoring sigmoid method noaux_tc {top_k = 2 : i64, n_group = 2 : i64, topk_group = 1 : i64, norm_topk_prob = true, routed_scaling_factor = 2.5 : f64} : tensor<?x32xbf16> -> tensor<?x2xi32>, tensor<?x2xf32>
-  return
-}
-
-// -----
-
 melt.weight @g : tensor<4x16x32xbf16> from [#melt.tensor<"g">]
 melt.weight @u : tensor<4x16x32xbf16> from [#melt.tensor<"u">]
 melt.weight @d : tensor<4x32x16xbf16> from [#melt.tensor<"d">]
