@@ -12,6 +12,8 @@ packages=(
   libzstd-dev zlib1g-dev libxml2-dev libffi-dev libedit-dev libncurses-dev libz3-dev libcurl4-openssl-dev
   # Tests.
   libgtest-dev libgmock-dev python3
+  # Sanitizer runtimes (the ASan+UBSan build of test.sh).
+  libclang-rt-19-dev
   # Runtime: artifact schema.
   libflatbuffers-dev flatbuffers-compiler
 )

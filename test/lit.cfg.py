@@ -1,5 +1,6 @@
 # -*- Python -*- lit configuration of melt's regression tests.
 import os
+import sys
 
 import lit.formats
 from lit.llvm import llvm_config
@@ -10,9 +11,11 @@ config.suffixes = [".mlir", ".test"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.melt_obj_root, "test")
 config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py",
-                   "lit.site.cfg.py", "Inputs", "unit"]
+                   "lit.site.cfg.py", "Inputs", "unit", "malformed",
+                   "golden"]
 
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
+config.substitutions.append(("%python", sys.executable))
 config.substitutions.append(("%melt_src_root", config.melt_src_root))
 llvm_config.use_default_substitutions()
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)

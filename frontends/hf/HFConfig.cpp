@@ -214,9 +214,8 @@ llvm::Expected<ModelConfig> mlir::melt::parseHFConfig(const Value &json,
     return std::move(error);
   // Ranges and cross-field consistency, with config.json's field names.
   if (llvm::Error error = validate(c)) {
-    std::string lines;
-    for (llvm::StringRef line :
-         llvm::split(llvm::toString(std::move(error)), '\n'))
+    std::string problems = llvm::toString(std::move(error)), lines;
+    for (llvm::StringRef line : llvm::split(problems, '\n'))
       lines += (lines.empty() ? "" : "\n") + (file + ": " + line).str();
     return llvm::createStringError(llvm::inconvertibleErrorCode(), lines);
   }
