@@ -251,19 +251,29 @@ mlir::melt::synthesizeCheckpoint(MLIRContext &context,
   std::vector<PlannedTensor> plan =
       planTensors(**module, config.weightBlockSize);
 
-  // Shards: consecutive tensors up to shardBytes each.
+  // Shards: consecutive tensors, up to shardBytes each, or split into
+  // shardCount shards by where each tensor starts in the whole checkpoint.
+  uint64_t total = 0;
+  for (const PlannedTensor &t : plan)
+    total += byteSize(t.header);
   std::vector<std::vector<PlannedTensor *>> shards(1);
-  uint64_t shardSize = 0, total = 0;
+  uint64_t shardSize = 0, position = 0;
   for (PlannedTensor &t : plan) {
     uint64_t bytes = byteSize(t.header);
-    if (shardSize > 0 && shardSize + bytes > options.shardBytes) {
+    bool next =
+        options.shardCount
+            ? static_cast<uint64_t>(static_cast<double>(position) /
+                                    std::max<uint64_t>(total, 1) *
+                                    options.shardCount) >= shards.size()
+            : shardSize + bytes > options.shardBytes;
+    if (shardSize > 0 && next) {
       shards.emplace_back();
       shardSize = 0;
     }
+    position += bytes;
     t.header.begin = shardSize;
     t.header.end = shardSize + bytes;
     shardSize += bytes;
-    total += bytes;
     shards.back().push_back(&t);
   }
   auto shardName = [&](size_t i) -> std::string {

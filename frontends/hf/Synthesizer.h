@@ -23,6 +23,9 @@ struct SynthesisOptions {
   uint64_t seed = 0;
   /// A new shard starts when the current one would grow past this.
   uint64_t shardBytes = 4ull << 30;
+  /// When non-zero: exactly this many shards of about equal size instead
+  /// (as many as there are tensors at most).
+  uint64_t shardCount = 0;
   /// Headers only: files are extended to their full size without writing
   /// data (sparse files, for import benchmarks of huge models).
   bool sparse = false;

@@ -89,6 +89,37 @@ TEST(HFConfig, TransformersFiveStyle) {
   EXPECT_EQ(c->yarn->originalMaxPositionEmbeddings, 64);
 }
 
+/// DeepSeek-V2-Lite's config.json (original style, model_type deepseek_v2,
+/// no scoring_func: softmax).
+constexpr const char *kV2Lite = R"({
+  "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+  "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944,
+  "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+  "first_k_dense_replace": 1, "moe_layer_freq": 1, "num_attention_heads": 16,
+  "num_key_value_heads": 16, "q_lora_rank": null, "kv_lora_rank": 512,
+  "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+  "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+  "n_group": 1, "topk_group": 1, "topk_method": "greedy",
+  "norm_topk_prob": false, "routed_scaling_factor": 1.0,
+  "aux_loss_alpha": 0.001, "seq_aux": true, "rms_norm_eps": 1e-06,
+  "rope_theta": 10000, "max_position_embeddings": 163840,
+  "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40,
+                   "mscale": 0.707, "mscale_all_dim": 0.707,
+                   "original_max_position_embeddings": 4096, "type": "yarn"},
+  "torch_dtype": "bfloat16", "tie_word_embeddings": false
+})";
+
+TEST(HFConfig, ReadsDeepSeekV2Lite) {
+  auto c = parse(kV2Lite);
+  ASSERT_TRUE(static_cast<bool>(c)) << llvm::toString(c.takeError());
+  EXPECT_FALSE(c->qLoraRank.has_value());
+  EXPECT_EQ(c->scoringFunc, "softmax");
+  EXPECT_EQ(c->topkMethod, "greedy");
+  EXPECT_EQ(c->weightFormat, WeightFormat::BF16);
+  EXPECT_EQ(c->nSharedExperts, 2);
+  EXPECT_NEAR(c->yarn->mscaleAllDim, 0.707, 1e-12);
+}
+
 TEST(HFConfig, EveryProblemIsListed) {
   auto c = parse(R"({"model_type": "deepseek_v3", "vocab_size": "big",
                      "num_hidden_layers": 2.5})");

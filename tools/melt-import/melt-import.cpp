@@ -68,6 +68,11 @@ static cl::opt<uint64_t>
                cl::desc("Start a new shard past this many bytes "
                         "(default 4 GiB)"),
                cl::init(4ull << 30), cl::cat(synthCategory));
+static cl::opt<uint64_t>
+    shardCount("shards",
+               cl::desc("Write exactly this many shards of about equal size "
+                        "(instead of --shard-size)"),
+               cl::init(0), cl::cat(synthCategory));
 static cl::opt<bool> sparse(
     "sparse",
     cl::desc("Write headers only and extend files to full size without data "
@@ -128,6 +133,7 @@ static int runSynthesize(MLIRContext &context) {
   SynthesisOptions options;
   options.seed = seed;
   options.shardBytes = shardBytes;
+  options.shardCount = shardCount;
   options.sparse = sparse;
   // Progress on long runs: a line per 10% once there is over 256 MB to write.
   int lastDecile = -1;
