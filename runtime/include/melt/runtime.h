@@ -9,6 +9,8 @@
 
 #include "melt/version.h"
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -35,6 +37,46 @@ const char *melt_runtime_version(void);
 
 /* Whether an artifact of format version major.minor can be loaded. */
 int melt_artifact_version_supported(unsigned major, unsigned minor);
+
+/* The message of the last failed call on this thread ("" if none). It names
+ * the file, field, index or argument at fault. */
+const char *melt_last_error(void);
+
+/*---------------------------------------------------------------------------
+ * Models and sessions. Handles are opaque; every function checks them, and
+ * destroying a handle twice returns MELT_INVALID_ARGUMENT.
+ *-------------------------------------------------------------------------*/
+typedef struct melt_model melt_model;
+typedef struct melt_session melt_session;
+
+/* Loads a compiled artifact; its weights are read from `checkpoint_dir`
+ * (the checkpoint it was compiled against). */
+melt_status melt_model_load(const char *artifact_path,
+                            const char *checkpoint_dir, melt_model **model);
+melt_status melt_model_destroy(melt_model *model);
+/* Vocabulary size, or 0 for an invalid handle. */
+long long melt_model_vocab_size(const melt_model *model);
+
+/* A session runs sequences of up to `max_context` tokens each. */
+melt_status melt_session_create(melt_model *model, long long max_context,
+                                melt_session **session);
+melt_status melt_session_destroy(melt_session *session);
+melt_status melt_session_add_sequence(melt_session *session, int *sequence);
+melt_status melt_session_remove_sequence(melt_session *session, int sequence);
+
+/* Appends tokens to a sequence (a prefill, or one token to decode) and
+ * computes its next-token logits. On failure no sequence changes. If
+ * `all_logits` is not NULL it receives n x vocab floats: the logits after
+ * each appended token. */
+melt_status melt_session_append(melt_session *session, int sequence,
+                                const int *tokens, size_t n,
+                                float *all_logits);
+/* The next-token logits of a sequence, valid until its next append. */
+melt_status melt_session_logits(melt_session *session, int sequence,
+                                const float **logits, size_t *vocab);
+
+/* The index of the largest logit (the first one on ties). */
+melt_status melt_sample_greedy(const float *logits, size_t n, int *token);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,360 @@
+//===- ArtifactWriter.cpp - melt IR -> .melt artifact -----------*- C++ -*-===//
+#include "backends/ArtifactWriter.h"
+
+#include "dialects/melt/MeltDialect.h"
+#include "frontends/hf/Checkpoint.h"
+
+#include "melt/artifact_generated.h"
+#include "melt/artifact_header.h"
+#include "melt/version.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
+
+using namespace mlir;
+using namespace mlir::melt;
+namespace fb = ::melt::artifact;
+
+namespace {
+
+llvm::Error errorAt(Operation *op, const llvm::Twine &message) {
+  std::string where;
+  llvm::raw_string_ostream os(where);
+  os << op->getLoc();
+  return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                 (where + ": " + message).str());
+}
+
+std::optional<fb::DType> dtypeOf(Type type) {
+  if (type.isF32())
+    return fb::DType::F32;
+  if (type.isBF16())
+    return fb::DType::BF16;
+  if (type.isF16())
+    return fb::DType::F16;
+  if (llvm::isa<Float8E4M3FNType>(type))
+    return fb::DType::F8E4M3FN;
+  if (type.isInteger(32))
+    return fb::DType::I32;
+  if (type.isInteger(64))
+    return fb::DType::I64;
+  return std::nullopt;
+}
+
+class Writer {
+public:
+  Writer(const Checkpoint &ckpt) : ckpt(ckpt) {}
+
+  llvm::Expected<std::string> run(ModuleOp module);
+
+private:
+  llvm::Error addWeight(WeightOp weight);
+  llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
+  ranges(WeightOp weight, ArrayAttr sources);
+  llvm::Expected<uint32_t> newBuffer(Operation *where, Value value,
+                                     fb::BufferKind kind);
+  llvm::Error addFunction(func::FuncOp func);
+  llvm::Error addKernel(Operation *op);
+  llvm::Expected<uint32_t> weightIndex(Operation *op, FlatSymbolRefAttr sym);
+
+  const Checkpoint &ckpt;
+  flatbuffers::FlatBufferBuilder fbb{1 << 20};
+  llvm::StringMap<uint32_t> fileIndex;
+  std::vector<std::string> files;
+  llvm::StringMap<uint32_t> weightIndices;
+  std::vector<flatbuffers::Offset<fb::Weight>> weights;
+  std::vector<flatbuffers::Offset<fb::Buffer>> buffers;
+  std::vector<flatbuffers::Offset<fb::Kernel>> kernels;
+  std::vector<flatbuffers::Offset<fb::Function>> functions;
+  llvm::DenseMap<Value, uint32_t> bufferOf;
+  std::vector<uint32_t> currentKernels;
+};
+
+llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
+Writer::ranges(WeightOp weight, ArrayAttr sources) {
+  std::vector<flatbuffers::Offset<fb::TensorRange>> out;
+  for (Attribute a : sources) {
+    auto source = llvm::cast<TensorSourceAttr>(a);
+    const CheckpointTensor *t = ckpt.find(source.getName());
+    if (!t)
+      return errorAt(weight, "tensor '" + source.getName() +
+                                 "' is not in the checkpoint " +
+                                 ckpt.directory());
+    auto [it, inserted] = fileIndex.try_emplace(t->file, files.size());
+    if (inserted)
+      files.push_back(t->file);
+    out.push_back(fb::CreateTensorRange(fbb, it->second, t->offset, t->bytes));
+  }
+  return out;
+}
+
+llvm::Error Writer::addWeight(WeightOp weight) {
+  RankedTensorType type = weight.getTensorType();
+  std::optional<fb::DType> dtype = dtypeOf(type.getElementType());
+  if (!dtype)
+    return errorAt(weight, "unsupported weight type");
+  auto sources = ranges(weight, weight.getSources());
+  if (!sources)
+    return sources.takeError();
+  std::vector<flatbuffers::Offset<fb::TensorRange>> scales;
+  std::vector<int64_t> block;
+  if (weight.hasBlockScales()) {
+    auto scaleRanges = ranges(weight, *weight.getScaleSources());
+    if (!scaleRanges)
+      return scaleRanges.takeError();
+    scales = std::move(*scaleRanges);
+    block.assign(weight.getBlockSize()->begin(), weight.getBlockSize()->end());
+  }
+  std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
+  weightIndices[weight.getSymName()] = weights.size();
+  weights.push_back(fb::CreateWeightDirect(
+      fbb, weight.getSymName().str().c_str(), *dtype, &shape, &*sources,
+      scales.empty() ? nullptr : &scales, block.empty() ? nullptr : &block));
+  return llvm::Error::success();
+}
+
+llvm::Expected<uint32_t> Writer::newBuffer(Operation *where, Value value,
+                                           fb::BufferKind kind) {
+  std::vector<int64_t> shape;
+  fb::DType dtype = fb::DType::F32;
+  if (auto cache = llvm::dyn_cast<KVCacheType>(value.getType())) {
+    kind = fb::BufferKind::Cache;
+    shape = {cache.getHeads(), cache.getKeyDim(), cache.getValueDim()};
+    dtype = *dtypeOf(cache.getElementType());
+  } else if (auto tensor = llvm::dyn_cast<RankedTensorType>(value.getType())) {
+    std::optional<fb::DType> d = dtypeOf(tensor.getElementType());
+    if (!d)
+      return errorAt(where, "unsupported element type");
+    dtype = *d;
+    for (int64_t size : tensor.getShape())
+      shape.push_back(ShapedType::isDynamic(size) ? -1 : size);
+  } else {
+    return errorAt(where, "values of this type cannot run on the CPU yet");
+  }
+  uint32_t id = buffers.size();
+  buffers.push_back(fb::CreateBufferDirect(fbb, kind, dtype, &shape));
+  bufferOf[value] = id;
+  return id;
+}
+
+llvm::Expected<uint32_t> Writer::weightIndex(Operation *op,
+                                             FlatSymbolRefAttr sym) {
+  auto it = weightIndices.find(sym.getValue());
+  if (it == weightIndices.end())
+    return errorAt(op, "unknown weight " + sym.getValue());
+  return it->second;
+}
+
+llvm::Error Writer::addKernel(Operation *op) {
+  fb::KernelKind kind;
+  std::vector<uint32_t> inputs, outputs, weightRefs;
+  std::vector<int64_t> ints;
+  std::vector<double> floats;
+  std::vector<FlatSymbolRefAttr> syms;
+
+  auto yarnParams = [&](YarnAttr yarn) {
+    ints.push_back(yarn ? 1 : 0);
+    ints.push_back(yarn ? yarn.getOriginalMaxPosition() : 0);
+    for (const llvm::APFloat &f :
+         {yarn ? yarn.getFactor() : llvm::APFloat(1.0),
+          yarn ? yarn.getBetaFast() : llvm::APFloat(0.0),
+          yarn ? yarn.getBetaSlow() : llvm::APFloat(0.0),
+          yarn ? yarn.getMscale() : llvm::APFloat(0.0),
+          yarn ? yarn.getMscaleAllDim() : llvm::APFloat(0.0)})
+      floats.push_back(f.convertToDouble());
+  };
+
+  bool supported = true;
+  llvm::TypeSwitch<Operation *>(op)
+      .Case([&](EmbeddingOp o) {
+        kind = fb::KernelKind::Embedding;
+        syms = {o.getTableAttr()};
+      })
+      .Case([&](RMSNormOp o) {
+        kind = fb::KernelKind::RMSNorm;
+        syms = {o.getWeightAttr()};
+        floats = {o.getEpsilon().convertToDouble()};
+      })
+      .Case([&](LinearOp o) {
+        kind = fb::KernelKind::Linear;
+        syms = {o.getWeightAttr()};
+      })
+      .Case([&](LogitsOp o) {
+        kind = fb::KernelKind::Logits;
+        syms = {o.getHeadAttr()};
+      })
+      .Case([&](RopeOp o) {
+        kind = fb::KernelKind::Rope;
+        ints = {o.getInterleaved() ? 1 : 0};
+        floats = {o.getTheta().convertToDouble()};
+        yarnParams(o.getScalingAttr());
+      })
+      .Case([&](AttentionOp o) {
+        kind = fb::KernelKind::Attention;
+        ints = {o.getCausal() ? 1 : 0};
+        floats = {o.getScale().convertToDouble()};
+      })
+      .Case([&](KVCacheAppendOp) { kind = fb::KernelKind::KVCacheAppend; })
+      .Case([&](KVCacheReadOp) { kind = fb::KernelKind::KVCacheRead; })
+      .Case([&](SiluMulOp) { kind = fb::KernelKind::SiluMul; })
+      .Case([&](AddOp) { kind = fb::KernelKind::Add; })
+      .Case([&](ConcatOp o) {
+        kind = fb::KernelKind::Concat;
+        ints = {static_cast<int64_t>(o.getAxis())};
+      })
+      .Case([&](SplitOp o) {
+        kind = fb::KernelKind::Split;
+        ints = {static_cast<int64_t>(o.getAxis())};
+      })
+      .Case([&](ReshapeOp) { kind = fb::KernelKind::Reshape; })
+      .Case([&](BroadcastHeadsOp) { kind = fb::KernelKind::BroadcastHeads; })
+      .Case([&](ConvertOp) { kind = fb::KernelKind::Convert; })
+      .Case([&](MoERouterOp o) {
+        kind = fb::KernelKind::MoERouter;
+        syms = {o.getGateAttr()};
+        if (o.getBiasAttr())
+          syms.push_back(o.getBiasAttr());
+        ints = {static_cast<int64_t>(o.getScoring()),
+                static_cast<int64_t>(o.getTopkMethod()),
+                static_cast<int64_t>(o.getTopK()),
+                static_cast<int64_t>(o.getNGroup()),
+                static_cast<int64_t>(o.getTopkGroup()),
+                o.getNormTopkProb() ? 1 : 0};
+        floats = {o.getRoutedScalingFactor().convertToDouble()};
+      })
+      .Case([&](MoEExpertsOp o) {
+        kind = fb::KernelKind::MoEExperts;
+        syms = {o.getGateAttr(), o.getUpAttr(), o.getDownAttr()};
+      })
+      .Case([&](MTPCombineOp o) {
+        kind = fb::KernelKind::MTPCombine;
+        syms = {o.getEnormAttr(), o.getHnormAttr(), o.getEhProjAttr()};
+        floats = {o.getEpsilon().convertToDouble()};
+      })
+      .Default([&](Operation *) { supported = false; });
+  if (!supported)
+    return errorAt(op, "'" + op->getName().getStringRef() +
+                           "' cannot run on the CPU target yet");
+
+  for (Value operand : op->getOperands()) {
+    auto it = bufferOf.find(operand);
+    if (it == bufferOf.end())
+      return errorAt(op, "operand defined outside the function");
+    inputs.push_back(it->second);
+  }
+  for (Value result : op->getResults()) {
+    // An append yields its cache: both are the same storage.
+    if (isa<KVCacheAppendOp>(op)) {
+      bufferOf[result] = inputs[0];
+      outputs.push_back(inputs[0]);
+      continue;
+    }
+    auto id = newBuffer(op, result, fb::BufferKind::Activation);
+    if (!id)
+      return id.takeError();
+    outputs.push_back(*id);
+  }
+  for (FlatSymbolRefAttr sym : syms) {
+    auto index = weightIndex(op, sym);
+    if (!index)
+      return index.takeError();
+    weightRefs.push_back(*index);
+  }
+  currentKernels.push_back(kernels.size());
+  kernels.push_back(fb::CreateKernelDirect(
+      fbb, kind, &inputs, &outputs, &weightRefs, ints.empty() ? nullptr : &ints,
+      floats.empty() ? nullptr : &floats));
+  return llvm::Error::success();
+}
+
+llvm::Error Writer::addFunction(func::FuncOp func) {
+  std::vector<uint32_t> inputs, outputs;
+  currentKernels.clear();
+  for (BlockArgument arg : func.getArguments()) {
+    auto id = newBuffer(func, arg, fb::BufferKind::Input);
+    if (!id)
+      return id.takeError();
+    inputs.push_back(*id);
+  }
+  for (Operation &op : func.getBody().front()) {
+    if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      for (Value v : ret.getOperands())
+        outputs.push_back(bufferOf.lookup(v));
+      continue;
+    }
+    if (llvm::Error error = addKernel(&op))
+      return error;
+  }
+  functions.push_back(fb::CreateFunctionDirect(
+      fbb, func.getSymName().str().c_str(), &inputs, &outputs,
+      &currentKernels));
+  return llvm::Error::success();
+}
+
+llvm::Expected<std::string> Writer::run(ModuleOp module) {
+  for (auto weight : module.getOps<WeightOp>())
+    if (llvm::Error error = addWeight(weight))
+      return std::move(error);
+  int64_t vocab = 0, hidden = 0, layers = 0;
+  for (auto func : module.getOps<func::FuncOp>()) {
+    if (func.isDeclaration())
+      continue;
+    if (func.getSymName() == "forward") {
+      auto logits =
+          llvm::cast<RankedTensorType>(func.getFunctionType().getResult(0));
+      auto states =
+          llvm::cast<RankedTensorType>(func.getFunctionType().getResult(1));
+      vocab = logits.getDimSize(1);
+      hidden = states.getDimSize(1);
+      layers = func.getNumArguments() - 2;
+    }
+    if (llvm::Error error = addFunction(func))
+      return std::move(error);
+  }
+  if (!vocab)
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "the module has no @forward function");
+
+  std::vector<flatbuffers::Offset<fb::CheckpointFile>> fileTables;
+  for (const std::string &file : files) {
+    uint64_t size = 0;
+    if (std::error_code ec = llvm::sys::fs::file_size(ckpt.path(file), size))
+      return llvm::createStringError(ec, "cannot read " + ckpt.path(file));
+    fileTables.push_back(
+        fb::CreateCheckpointFileDirect(fbb, file.c_str(), size));
+  }
+  std::string name;
+  if (auto attr = module->getAttrOfType<StringAttr>("melt.model"))
+    name = attr.str();
+  auto info = fb::CreateModelInfoDirect(fbb, name.c_str(), vocab, hidden,
+                                        layers, 0);
+  auto model = fb::CreateModelDirect(fbb, info, &fileTables, &weights,
+                                     &buffers, &kernels, &functions);
+  fb::FinishModelBuffer(fbb, model);
+
+  ::melt::ArtifactHeader header;
+  header.major = MELT_ARTIFACT_VERSION_MAJOR;
+  header.minor = MELT_ARTIFACT_VERSION_MINOR;
+  header.flatbufferOffset = ::melt::kArtifactHeaderSize;
+  header.flatbufferSize = fbb.GetSize();
+  header.checksum = ::melt::fnv1a64(fbb.GetBufferPointer(), fbb.GetSize());
+  std::string bytes(::melt::kArtifactHeaderSize, '\0');
+  ::melt::encodeArtifactHeader(header,
+                               reinterpret_cast<uint8_t *>(bytes.data()));
+  bytes.append(reinterpret_cast<const char *>(fbb.GetBufferPointer()),
+               fbb.GetSize());
+  return bytes;
+}
+
+} // namespace
+
+llvm::Expected<std::string>
+mlir::melt::buildArtifact(ModuleOp module, const Checkpoint &checkpoint,
+                          const ArtifactOptions &options) {
+  Writer writer(checkpoint);
+  return writer.run(module);
+}

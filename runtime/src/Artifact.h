@@ -1,0 +1,53 @@
+//===- Artifact.h - loading and checking .melt files ------------*- C++ -*-===//
+//
+// Loading checks, in order: the fixed header (magic, version: same major,
+// older or equal minor; sizes and offsets with overflow-safe arithmetic),
+// the checksum, the FlatBuffers verifier with the "MELT" identifier, then
+// the meaning: every index in range, every kernel with the operands and
+// parameters its kind needs, every weight's byte ranges consistent with its
+// shape and type. Messages are indexed: "kernels[12].inputs[1] refers to
+// buffer 99 of 40".
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_ARTIFACT_H
+#define MELT_RUNTIME_ARTIFACT_H
+
+#include "Status.h"
+
+#include "melt/artifact_generated.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace melt {
+
+namespace fb = ::melt::artifact;
+
+class Artifact {
+public:
+  /// Reads and checks `path`.
+  static Status load(const std::string &path, Artifact &out);
+  /// Checks artifact bytes already in memory (`name` names them in errors).
+  static Status fromBytes(std::vector<uint8_t> bytes, const std::string &name,
+                          Artifact &out);
+
+  const fb::Model &model() const { return *model_; }
+  const std::string &name() const { return name_; }
+  /// The function named `name`, or null.
+  const fb::Function *function(const std::string &name) const;
+
+private:
+  Status checkMeaning() const;
+
+  std::vector<uint8_t> bytes_;
+  std::string name_;
+  const fb::Model *model_ = nullptr;
+};
+
+/// Bytes per element of a dtype (FP8 is 1).
+uint64_t dtypeBytes(fb::DType dtype);
+
+} // namespace melt
+
+#endif // MELT_RUNTIME_ARTIFACT_H

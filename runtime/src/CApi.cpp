@@ -1,0 +1,197 @@
+//===- CApi.cpp - the C API over Model and Session --------------*- C++ -*-===//
+#include "Model.h"
+#include "Session.h"
+
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <set>
+
+using namespace melt;
+
+struct melt_model {
+  std::unique_ptr<Model> model;
+};
+struct melt_session {
+  melt_model *owner;
+  std::unique_ptr<Session> session;
+};
+
+namespace {
+
+thread_local std::string lastError;
+
+/// Live handles: a stale or foreign pointer is reported, not dereferenced.
+std::mutex handlesMutex;
+std::set<const void *> liveHandles;
+
+bool isLive(const void *handle) {
+  std::lock_guard<std::mutex> lock(handlesMutex);
+  return handle && liveHandles.count(handle);
+}
+
+melt_status fail(melt_status code, std::string message) {
+  lastError = std::move(message);
+  return code;
+}
+
+melt_status report(const Status &status) {
+  if (status.isOk()) {
+    lastError.clear();
+    return MELT_OK;
+  }
+  return fail(status.code(), status.message());
+}
+
+/// Runs `body`, turning anything thrown (std::bad_alloc above all) into a
+/// status: nothing crosses the C boundary.
+template <typename F> melt_status guarded(F body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc &) {
+    return fail(MELT_OUT_OF_MEMORY, "out of memory");
+  } catch (const std::exception &e) {
+    return fail(MELT_INTERNAL, e.what());
+  }
+}
+
+} // namespace
+
+extern "C" {
+
+const char *melt_last_error(void) { return lastError.c_str(); }
+
+melt_status melt_model_load(const char *artifactPath, const char *checkpoint,
+                            melt_model **out) {
+  if (!artifactPath || !checkpoint || !out)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_model_load: null artifact path, checkpoint or result");
+  *out = nullptr;
+  return guarded([&] {
+    auto handle = std::make_unique<melt_model>();
+    Status status = Model::load(artifactPath, checkpoint, handle->model);
+    if (status)
+      return report(status);
+    std::lock_guard<std::mutex> lock(handlesMutex);
+    liveHandles.insert(handle.get());
+    *out = handle.release();
+    return report(Status::ok());
+  });
+}
+
+melt_status melt_model_destroy(melt_model *model) {
+  {
+    std::lock_guard<std::mutex> lock(handlesMutex);
+    if (!model || !liveHandles.erase(model))
+      return fail(MELT_INVALID_ARGUMENT,
+                  "melt_model_destroy: not a live model handle");
+  }
+  delete model;
+  return report(Status::ok());
+}
+
+long long melt_model_vocab_size(const melt_model *model) {
+  return isLive(model) ? model->model->vocabSize() : 0;
+}
+
+melt_status melt_session_create(melt_model *model, long long maxContext,
+                                melt_session **out) {
+  if (!out)
+    return fail(MELT_INVALID_ARGUMENT, "melt_session_create: null result");
+  *out = nullptr;
+  if (!isLive(model))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_create: not a live model handle");
+  if (maxContext <= 0 || maxContext > (1ll << 31))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_create: max_context " +
+                    std::to_string(maxContext) + " is out of range");
+  return guarded([&] {
+    auto handle = std::make_unique<melt_session>();
+    handle->owner = model;
+    handle->session = std::make_unique<Session>(*model->model, maxContext);
+    std::lock_guard<std::mutex> lock(handlesMutex);
+    liveHandles.insert(handle.get());
+    *out = handle.release();
+    return report(Status::ok());
+  });
+}
+
+melt_status melt_session_destroy(melt_session *session) {
+  {
+    std::lock_guard<std::mutex> lock(handlesMutex);
+    if (!session || !liveHandles.erase(session))
+      return fail(MELT_INVALID_ARGUMENT,
+                  "melt_session_destroy: not a live session handle");
+  }
+  delete session;
+  return report(Status::ok());
+}
+
+melt_status melt_session_add_sequence(melt_session *session, int *sequence) {
+  if (!isLive(session) || !sequence)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_add_sequence: invalid session or result");
+  return guarded([&] {
+    int32_t id = 0;
+    Status status = session->session->addSequence(id);
+    *sequence = id;
+    return report(status);
+  });
+}
+
+melt_status melt_session_remove_sequence(melt_session *session, int sequence) {
+  if (!isLive(session))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_remove_sequence: not a live session handle");
+  return guarded(
+      [&] { return report(session->session->removeSequence(sequence)); });
+}
+
+melt_status melt_session_append(melt_session *session, int sequence,
+                                const int *tokens, size_t n,
+                                float *allLogits) {
+  if (!isLive(session))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_append: not a live session handle");
+  if (!tokens && n)
+    return fail(MELT_INVALID_ARGUMENT, "melt_session_append: null tokens");
+  return guarded([&] {
+    std::vector<float> all;
+    Status status = session->session->append(
+        sequence, reinterpret_cast<const int32_t *>(tokens), n,
+        allLogits ? &all : nullptr);
+    if (status.isOk() && allLogits)
+      std::memcpy(allLogits, all.data(), all.size() * sizeof(float));
+    return report(status);
+  });
+}
+
+melt_status melt_session_logits(melt_session *session, int sequence,
+                                const float **logits, size_t *vocab) {
+  if (!isLive(session) || !logits || !vocab)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_logits: invalid session or result");
+  const std::vector<float> *values = nullptr;
+  Status status = session->session->logits(sequence, values);
+  if (status)
+    return report(status);
+  *logits = values->data();
+  *vocab = values->size();
+  return report(Status::ok());
+}
+
+melt_status melt_sample_greedy(const float *logits, size_t n, int *token) {
+  if (!logits || n == 0 || !token)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_sample_greedy: empty logits or null result");
+  size_t best = 0;
+  for (size_t i = 1; i < n; ++i)
+    if (logits[i] > logits[best] || std::isnan(logits[best]))
+      best = i;
+  *token = static_cast<int>(best);
+  return report(Status::ok());
+}
+
+} // extern "C"

@@ -1,0 +1,471 @@
+//===- CpuKernels.cpp - the kernels of the CPU device -----------*- C++ -*-===//
+#include "CpuKernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+using namespace melt;
+using namespace melt::cpu;
+
+namespace {
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+Status shapeError(const char *kernel, const std::string &what) {
+  return invalidArgument(std::string(kernel) + ": " + what);
+}
+
+void resize(Tensor &t, std::vector<int64_t> shape) {
+  t.shape = std::move(shape);
+  t.isInt = false;
+  t.ints.clear();
+  t.data.assign(static_cast<size_t>(t.numel()), 0.0f);
+}
+
+double silu(double x) { return x / (1.0 + std::exp(-x)); }
+
+/// y[t, n] = sum_k x[t, k] W[n, k], accumulated in f32.
+void matmulRows(const float *x, int64_t rows, int64_t in, const float *w,
+                int64_t out, float *y) {
+  for (int64_t t = 0; t < rows; ++t) {
+    const float *xr = x + t * in;
+    for (int64_t n = 0; n < out; ++n) {
+      const float *wr = w + n * in;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < in; ++k)
+        acc += xr[k] * wr[k];
+      y[t * out + n] = acc;
+    }
+  }
+}
+
+void rmsNormRow(const float *x, const float *scale, int64_t n, double eps,
+                float *y) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i)
+    sum += double(x[i]) * x[i];
+  float inv = static_cast<float>(1.0 / std::sqrt(sum / n + eps));
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = scale[i] * (x[i] * inv);
+}
+
+double yarnMscale(double factor, double mscale) {
+  return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
+}
+
+/// Inverse frequencies of DeepSeek's YaRN: interpolated below the beta_slow
+/// correction dimension, extrapolated above beta_fast, a linear ramp
+/// between.
+std::vector<double> inverseFrequencies(const RopeParams &p, int64_t dim) {
+  std::vector<double> inv(dim / 2);
+  for (int64_t i = 0; i < dim / 2; ++i)
+    inv[i] = 1.0 / std::pow(p.theta, double(2 * i) / dim);
+  if (!p.yarn || p.factor <= 1.0)
+    return inv;
+  auto correctionDim = [&](double rotations) {
+    return dim * std::log(p.originalMax / (rotations * 2 * M_PI)) /
+           (2 * std::log(p.theta));
+  };
+  double low = std::max(0.0, std::floor(correctionDim(p.betaFast)));
+  double high = std::min(double(dim - 1), std::ceil(correctionDim(p.betaSlow)));
+  if (low == high)
+    high += 0.001;
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    double extrapolate = 1.0 - ramp;
+    inv[i] = inv[i] / p.factor * (1.0 - extrapolate) + inv[i] * extrapolate;
+  }
+  return inv;
+}
+
+} // namespace
+
+Status cpu::embedding(const Tensor &ids, const WeightData &table, Tensor &out) {
+  if (!ids.isInt || ids.rank() != 1 || table.shape.size() != 2)
+    return shapeError("embedding", "expects 1-D ids and a 2-D table");
+  int64_t vocab = table.shape[0], hidden = table.shape[1];
+  resize(out, {ids.dim(0), hidden});
+  for (int64_t t = 0; t < ids.dim(0); ++t) {
+    int64_t id = ids.ints[t];
+    if (id < 0 || id >= vocab)
+      return invalidArgument("token id " + str(id) + " is outside the "
+                             "vocabulary of " + str(vocab));
+    std::copy_n(table.data.data() + id * hidden, hidden,
+                out.data.data() + t * hidden);
+  }
+  return Status::ok();
+}
+
+Status cpu::rmsNorm(const Tensor &x, const WeightData &scale, double eps,
+                    Tensor &out) {
+  if (x.rank() < 1 || scale.shape.size() != 1 ||
+      scale.shape[0] != x.shape.back())
+    return shapeError("rms_norm", "scale does not match the last dimension");
+  int64_t n = x.shape.back();
+  resize(out, x.shape);
+  for (int64_t r = 0; r < (n ? x.numel() / n : 0); ++r)
+    rmsNormRow(x.data.data() + r * n, scale.data.data(), n, eps,
+               out.data.data() + r * n);
+  return Status::ok();
+}
+
+Status cpu::linear(const Tensor &x, const WeightData &w, Tensor &out) {
+  if (x.rank() < 1 || w.shape.size() != 2 || w.shape[1] != x.shape.back())
+    return shapeError("linear", "weight [" + str(w.shape.empty() ? 0 : w.shape[0]) +
+                                    ", ...] does not match input width " +
+                                    str(x.rank() ? x.shape.back() : 0));
+  int64_t in = w.shape[1], outDim = w.shape[0];
+  std::vector<int64_t> shape = x.shape;
+  shape.back() = outDim;
+  resize(out, shape);
+  matmulRows(x.data.data(), in ? x.numel() / in : 0, in, w.data.data(),
+             outDim, out.data.data());
+  return Status::ok();
+}
+
+Status cpu::rope(const Tensor &x, const Tensor &positions, const RopeParams &p,
+                 Tensor &out) {
+  if ((x.rank() != 2 && x.rank() != 3) || !positions.isInt ||
+      positions.rank() != 1 || positions.dim(0) != x.dim(0) ||
+      x.shape.back() % 2 != 0)
+    return shapeError("rope", "expects [T, D] or [T, H, D] and T positions");
+  int64_t dim = x.shape.back(), rows = x.numel() / dim / std::max<int64_t>(x.dim(0), 1);
+  std::vector<double> inv = inverseFrequencies(p, dim);
+  double mscale = p.yarn ? yarnMscale(p.factor, p.mscale) /
+                               yarnMscale(p.factor, p.mscaleAllDim)
+                         : 1.0;
+  resize(out, x.shape);
+  for (int64_t t = 0; t < x.dim(0); ++t) {
+    double pos = static_cast<double>(positions.ints[t]);
+    for (int64_t h = 0; h < rows; ++h) {
+      const float *src = x.data.data() + (t * rows + h) * dim;
+      float *dst = out.data.data() + (t * rows + h) * dim;
+      for (int64_t i = 0; i < dim / 2; ++i) {
+        double c = std::cos(pos * inv[i]) * mscale,
+               s = std::sin(pos * inv[i]) * mscale;
+        // Interleaved: pairs (2i, 2i+1); else (i, i + dim/2).
+        int64_t a = p.interleaved ? 2 * i : i,
+                b = p.interleaved ? 2 * i + 1 : i + dim / 2;
+        dst[a] = static_cast<float>(src[a] * c - src[b] * s);
+        dst[b] = static_cast<float>(src[b] * c + src[a] * s);
+      }
+    }
+  }
+  return Status::ok();
+}
+
+Status cpu::attention(const Tensor &q, const Tensor &k, const Tensor &v,
+                      const Tensor &positions, bool causal, double scale,
+                      Tensor &out) {
+  if (q.rank() != 3 || k.rank() != 3 || v.rank() != 3 ||
+      q.dim(2) != k.dim(2) || k.dim(0) != v.dim(0) || k.dim(1) != v.dim(1) ||
+      k.dim(1) == 0 || q.dim(1) % k.dim(1) != 0 || !positions.isInt ||
+      positions.dim(0) != q.dim(0))
+    return shapeError("attention", "inconsistent q, k, v or positions");
+  int64_t T = q.dim(0), H = q.dim(1), D = q.dim(2), S = k.dim(0),
+          Hk = k.dim(1), Dv = v.dim(2), group = H / Hk;
+  resize(out, {T, H, Dv});
+  std::vector<float> scores(S);
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t visible = causal ? std::min<int64_t>(S, positions.ints[t] + 1) : S;
+    if (visible <= 0)
+      return invalidArgument("attention: query at position " +
+                             str(positions.ints[t]) + " sees no key");
+    for (int64_t h = 0; h < H; ++h) {
+      const float *qv = q.data.data() + (t * H + h) * D;
+      int64_t kh = h / group;
+      float maxScore = -INFINITY;
+      for (int64_t s = 0; s < visible; ++s) {
+        const float *kv = k.data.data() + (s * Hk + kh) * D;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < D; ++d)
+          dot += qv[d] * kv[d];
+        scores[s] = static_cast<float>(dot * scale);
+        maxScore = std::max(maxScore, scores[s]);
+      }
+      float sum = 0.0f;
+      for (int64_t s = 0; s < visible; ++s) {
+        scores[s] = std::exp(scores[s] - maxScore);
+        sum += scores[s];
+      }
+      float *o = out.data.data() + (t * H + h) * Dv;
+      for (int64_t s = 0; s < visible; ++s) {
+        const float *vv = v.data.data() + (s * Hk + kh) * Dv;
+        float p = scores[s] / sum;
+        for (int64_t d = 0; d < Dv; ++d)
+          o[d] += p * vv[d];
+      }
+    }
+  }
+  return Status::ok();
+}
+
+Status cpu::cacheAppend(KVStore &cache, const Tensor &k, const Tensor &v,
+                        const Tensor &positions, int64_t maxPositions) {
+  if (k.rank() != 3 || v.rank() != 3 || k.dim(1) != cache.heads ||
+      k.dim(2) != cache.keyDim || v.dim(1) != cache.heads ||
+      v.dim(2) != cache.valueDim || k.dim(0) != v.dim(0) ||
+      !positions.isInt || positions.dim(0) != k.dim(0))
+    return shapeError("kv_cache_append", "keys or values do not fit the cache");
+  int64_t kRow = cache.heads * cache.keyDim, vRow = cache.heads * cache.valueDim;
+  for (int64_t t = 0; t < k.dim(0); ++t) {
+    int64_t pos = positions.ints[t];
+    if (pos < 0 || pos >= maxPositions)
+      return {MELT_RESOURCE_EXHAUSTED,
+              "position " + str(pos) + " is outside the context of " +
+                  str(maxPositions) + " tokens"};
+    if (pos >= cache.length) {
+      cache.length = pos + 1;
+      cache.keys.resize(cache.length * kRow);
+      cache.values.resize(cache.length * vRow);
+    }
+    std::copy_n(k.data.data() + t * kRow, kRow, cache.keys.data() + pos * kRow);
+    std::copy_n(v.data.data() + t * vRow, vRow,
+                cache.values.data() + pos * vRow);
+  }
+  return Status::ok();
+}
+
+Status cpu::cacheRead(const KVStore &cache, Tensor &k, Tensor &v) {
+  resize(k, {cache.length, cache.heads, cache.keyDim});
+  resize(v, {cache.length, cache.heads, cache.valueDim});
+  std::copy_n(cache.keys.data(), k.data.size(), k.data.data());
+  std::copy_n(cache.values.data(), v.data.size(), v.data.data());
+  return Status::ok();
+}
+
+Status cpu::siluMul(const Tensor &gate, const Tensor &up, Tensor &out) {
+  if (gate.shape != up.shape)
+    return shapeError("silu_mul", "operands differ in shape");
+  resize(out, gate.shape);
+  for (size_t i = 0; i < out.data.size(); ++i)
+    out.data[i] = static_cast<float>(silu(gate.data[i])) * up.data[i];
+  return Status::ok();
+}
+
+Status cpu::add(const Tensor &a, const Tensor &b, Tensor &out) {
+  if (a.shape != b.shape)
+    return shapeError("add", "operands differ in shape");
+  resize(out, a.shape);
+  for (size_t i = 0; i < out.data.size(); ++i)
+    out.data[i] = a.data[i] + b.data[i];
+  return Status::ok();
+}
+
+Status cpu::concat(const std::vector<const Tensor *> &parts, int64_t axis,
+                   const std::vector<int64_t> &outShape, Tensor &out) {
+  std::vector<int64_t> shape = parts[0]->shape;
+  if (axis < 0 || axis >= static_cast<int64_t>(shape.size()))
+    return shapeError("concat", "axis out of range");
+  shape[axis] = 0;
+  for (const Tensor *p : parts) {
+    if (p->rank() != static_cast<int>(shape.size()))
+      return shapeError("concat", "parts differ in rank");
+    for (int d = 0; d < p->rank(); ++d)
+      if (d != axis && p->dim(d) != parts[0]->dim(d))
+        return shapeError("concat", "parts differ outside the axis");
+    shape[axis] += p->dim(axis);
+  }
+  for (size_t d = 1; d < outShape.size() && d < shape.size(); ++d)
+    if (outShape[d] != shape[d])
+      return shapeError("concat", "result shape differs from the program's");
+  resize(out, shape);
+  int64_t outer = 1;
+  for (int64_t d = 0; d < axis; ++d)
+    outer *= shape[d];
+  int64_t offset = 0, outRow = out.numel() / std::max<int64_t>(outer, 1);
+  for (const Tensor *p : parts) {
+    int64_t row = p->numel() / std::max<int64_t>(outer, 1);
+    for (int64_t o = 0; o < outer; ++o)
+      std::copy_n(p->data.data() + o * row, row,
+                  out.data.data() + o * outRow + offset);
+    offset += row;
+  }
+  return Status::ok();
+}
+
+Status cpu::split(const Tensor &x, int64_t axis,
+                  const std::vector<std::vector<int64_t>> &shapes,
+                  std::vector<Tensor *> &outs) {
+  if (axis < 0 || axis >= x.rank())
+    return shapeError("split", "axis out of range");
+  int64_t total = 0;
+  for (const auto &s : shapes) {
+    if (static_cast<int>(s.size()) != x.rank())
+      return shapeError("split", "parts differ in rank");
+    total += s[axis];
+  }
+  if (total != x.dim(axis))
+    return shapeError("split", "parts do not add up to the input");
+  int64_t outer = 1;
+  for (int64_t d = 0; d < axis; ++d)
+    outer *= x.dim(d);
+  int64_t inRow = outer ? x.numel() / outer : 0, offset = 0;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    std::vector<int64_t> shape = x.shape;
+    shape[axis] = shapes[i][axis];
+    resize(*outs[i], shape);
+    int64_t row = outer ? outs[i]->numel() / outer : 0;
+    for (int64_t o = 0; o < outer; ++o)
+      std::copy_n(x.data.data() + o * inRow + offset, row,
+                  outs[i]->data.data() + o * row);
+    offset += row;
+  }
+  return Status::ok();
+}
+
+Status cpu::reshape(const Tensor &x, const std::vector<int64_t> &shape,
+                    Tensor &out) {
+  std::vector<int64_t> full = shape;
+  if (x.rank() < 1 || full.empty())
+    return shapeError("reshape", "needs a token dimension");
+  full[0] = x.dim(0);
+  int64_t n = 1;
+  for (int64_t d : full)
+    n *= d;
+  if (n != x.numel())
+    return shapeError("reshape", "element counts differ");
+  out.shape = full;
+  out.isInt = false;
+  out.data = x.data;
+  return Status::ok();
+}
+
+Status cpu::broadcastHeads(const Tensor &x, int64_t heads, Tensor &out) {
+  if (x.rank() != 2 || heads <= 0)
+    return shapeError("broadcast_heads", "expects [T, D]");
+  int64_t T = x.dim(0), D = x.dim(1);
+  resize(out, {T, heads, D});
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < heads; ++h)
+      std::copy_n(x.data.data() + t * D, D, out.data.data() + (t * heads + h) * D);
+  return Status::ok();
+}
+
+Status cpu::moeRouter(const Tensor &x, const WeightData &gate,
+                      const WeightData *bias, const RouterParams &p,
+                      Tensor &indices, Tensor &weights) {
+  if (x.rank() != 2 || gate.shape.size() != 2 || gate.shape[1] != x.dim(1))
+    return shapeError("moe_router", "gate does not match the input");
+  int64_t T = x.dim(0), E = gate.shape[0];
+  if (p.topK < 1 || p.topK > E || p.nGroup < 1 || E % p.nGroup != 0 ||
+      p.topkGroup < 1 || p.topkGroup > p.nGroup ||
+      (bias && (bias->shape.size() != 1 || bias->shape[0] != E)))
+    return shapeError("moe_router", "inconsistent routing parameters");
+  indices.shape = {T, p.topK};
+  indices.isInt = true;
+  indices.data.clear();
+  indices.ints.assign(T * p.topK, 0);
+  resize(weights, {T, p.topK});
+  std::vector<float> logits(E), scores(E), choice(E);
+  std::vector<int64_t> order(E);
+  int64_t perGroup = E / p.nGroup;
+  for (int64_t t = 0; t < T; ++t) {
+    matmulRows(x.data.data() + t * x.dim(1), 1, x.dim(1), gate.data.data(), E,
+               logits.data());
+    if (p.sigmoid) {
+      for (int64_t e = 0; e < E; ++e)
+        scores[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+    } else {
+      float m = *std::max_element(logits.begin(), logits.end()), sum = 0.0f;
+      for (int64_t e = 0; e < E; ++e)
+        sum += scores[e] = std::exp(logits[e] - m);
+      for (float &s : scores)
+        s /= sum;
+    }
+    for (int64_t e = 0; e < E; ++e)
+      choice[e] = scores[e] + (bias && p.method == 2 ? bias->data[e] : 0.0f);
+    // Group-limited selection: keep topk_group groups, mask the rest with
+    // -inf (DeepSeek's reference; transformers uses 0.0).
+    if (p.method != 0 && p.nGroup > 1) {
+      std::vector<float> groupScore(p.nGroup);
+      for (int64_t g = 0; g < p.nGroup; ++g) {
+        std::vector<float> members(choice.begin() + g * perGroup,
+                                   choice.begin() + (g + 1) * perGroup);
+        std::sort(members.begin(), members.end(), std::greater<float>());
+        groupScore[g] = p.method == 2
+                            ? members[0] + (perGroup > 1 ? members[1] : 0.0f)
+                            : members[0];
+      }
+      std::vector<int64_t> groups(p.nGroup);
+      std::iota(groups.begin(), groups.end(), 0);
+      std::stable_sort(groups.begin(), groups.end(), [&](int64_t a, int64_t b) {
+        return groupScore[a] > groupScore[b];
+      });
+      for (int64_t i = p.topkGroup; i < p.nGroup; ++i)
+        for (int64_t e = 0; e < perGroup; ++e)
+          choice[groups[i] * perGroup + e] = -INFINITY;
+    }
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return choice[a] > choice[b];
+    });
+    double sum = 0.0;
+    for (int64_t k = 0; k < p.topK; ++k)
+      sum += scores[order[k]];
+    for (int64_t k = 0; k < p.topK; ++k) {
+      double w = scores[order[k]];
+      if (p.normalize)
+        w /= sum + 1e-20;
+      indices.ints[t * p.topK + k] = order[k];
+      weights.data[t * p.topK + k] = static_cast<float>(w * p.scale);
+    }
+  }
+  return Status::ok();
+}
+
+Status cpu::moeExperts(const Tensor &x, const Tensor &indices,
+                       const Tensor &weights, const WeightData &gate,
+                       const WeightData &up, const WeightData &down,
+                       Tensor &out) {
+  if (x.rank() != 2 || gate.shape.size() != 3 || gate.shape != up.shape ||
+      down.shape.size() != 3 || gate.shape[2] != x.dim(1) ||
+      down.shape[0] != gate.shape[0] || down.shape[1] != x.dim(1) ||
+      down.shape[2] != gate.shape[1] || !indices.isInt ||
+      indices.shape != weights.shape || indices.dim(0) != x.dim(0))
+    return shapeError("moe_experts", "expert weights do not match the input");
+  int64_t T = x.dim(0), H = x.dim(1), E = gate.shape[0], I = gate.shape[1],
+          K = indices.dim(1);
+  resize(out, {T, H});
+  std::vector<float> g(I), u(I), y(H);
+  for (int64_t t = 0; t < T; ++t) {
+    const float *xr = x.data.data() + t * H;
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t e = indices.ints[t * K + k];
+      if (e < 0 || e >= E)
+        return invalidArgument("moe_experts: expert " + str(e) + " of " +
+                               str(E));
+      matmulRows(xr, 1, H, gate.data.data() + e * I * H, I, g.data());
+      matmulRows(xr, 1, H, up.data.data() + e * I * H, I, u.data());
+      for (int64_t i = 0; i < I; ++i)
+        g[i] = static_cast<float>(silu(g[i])) * u[i];
+      matmulRows(g.data(), 1, I, down.data.data() + e * H * I, H, y.data());
+      float w = weights.data[t * K + k];
+      for (int64_t h = 0; h < H; ++h)
+        out.data[t * H + h] += w * y[h];
+    }
+  }
+  return Status::ok();
+}
+
+Status cpu::mtpCombine(const Tensor &embedded, const Tensor &hidden,
+                       const WeightData &enorm, const WeightData &hnorm,
+                       const WeightData &ehProj, double eps, Tensor &out) {
+  if (embedded.rank() != 2 || embedded.shape != hidden.shape)
+    return shapeError("mtp_combine", "embedded and hidden differ");
+  int64_t T = embedded.dim(0), H = embedded.dim(1);
+  if (enorm.shape != std::vector<int64_t>{H} ||
+      hnorm.shape != std::vector<int64_t>{H} ||
+      ehProj.shape != std::vector<int64_t>{H, 2 * H})
+    return shapeError("mtp_combine", "weights do not match the hidden size");
+  Tensor both;
+  resize(both, {T, 2 * H});
+  for (int64_t t = 0; t < T; ++t) {
+    rmsNormRow(embedded.data.data() + t * H, enorm.data.data(), H, eps,
+               both.data.data() + t * 2 * H);
+    rmsNormRow(hidden.data.data() + t * H, hnorm.data.data(), H, eps,
+               both.data.data() + t * 2 * H + H);
+  }
+  return linear(both, ehProj, out);
+}

@@ -1,0 +1,88 @@
+//===- CpuKernels.h - the kernels of the CPU device -------------*- C++ -*-===//
+//
+// One function per kernel kind. Operands, in the order the artifact lists
+// them (schema/artifact.fbs):
+//
+//   Embedding      in [ids]                 w [table]          -> [h]
+//   RMSNorm        in [x]                   w [scale]  f [eps] -> [y]
+//   Linear/Logits  in [x]                   w [W: out x in]    -> [y]
+//   Rope           in [x, positions]  i [interleaved, yarn, original_max]
+//                  f [theta, factor, beta_fast, beta_slow, mscale,
+//                     mscale_all_dim]                          -> [y]
+//   Attention      in [q, k, v, positions]  i [causal] f [scale] -> [o]
+//   KVCacheAppend  in [cache, k, v, positions]                 -> [cache]
+//   KVCacheRead    in [cache]                                  -> [k, v]
+//   SiluMul, Add   in [a, b]                                   -> [y]
+//   Concat         in [x...]  i [axis]  -> [y];  Split in [x] i [axis] -> [y...]
+//   Reshape, BroadcastHeads, Convert  in [x]                   -> [y]
+//   MoERouter      in [x]  w [gate, bias?]  i [scoring, method, top_k,
+//                  n_group, topk_group, norm] f [scale]        -> [idx, w]
+//   MoEExperts     in [x, idx, w]  w [gate, up, down]          -> [y]
+//   MTPCombine     in [embedded, hidden]  w [enorm, hnorm, eh_proj] f [eps]
+//
+// Every kernel checks the shapes it is given and returns an error rather
+// than reading out of bounds. Compute is f32 throughout.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CPUKERNELS_H
+#define MELT_RUNTIME_CPUKERNELS_H
+
+#include "Status.h"
+#include "Tensor.h"
+
+#include <vector>
+
+namespace melt::cpu {
+
+Status embedding(const Tensor &ids, const WeightData &table, Tensor &out);
+Status rmsNorm(const Tensor &x, const WeightData &scale, double eps,
+               Tensor &out);
+Status linear(const Tensor &x, const WeightData &w, Tensor &out);
+
+struct RopeParams {
+  bool interleaved = true;
+  double theta = 10000.0;
+  bool yarn = false;
+  int64_t originalMax = 0;
+  double factor = 1.0, betaFast = 32.0, betaSlow = 1.0, mscale = 1.0,
+         mscaleAllDim = 0.0;
+};
+Status rope(const Tensor &x, const Tensor &positions, const RopeParams &p,
+            Tensor &out);
+Status attention(const Tensor &q, const Tensor &k, const Tensor &v,
+                 const Tensor &positions, bool causal, double scale,
+                 Tensor &out);
+Status cacheAppend(KVStore &cache, const Tensor &k, const Tensor &v,
+                   const Tensor &positions, int64_t maxPositions);
+Status cacheRead(const KVStore &cache, Tensor &k, Tensor &v);
+Status siluMul(const Tensor &gate, const Tensor &up, Tensor &out);
+Status add(const Tensor &a, const Tensor &b, Tensor &out);
+Status concat(const std::vector<const Tensor *> &parts, int64_t axis,
+              const std::vector<int64_t> &outShape, Tensor &out);
+Status split(const Tensor &x, int64_t axis,
+             const std::vector<std::vector<int64_t>> &shapes,
+             std::vector<Tensor *> &outs);
+Status reshape(const Tensor &x, const std::vector<int64_t> &shape,
+               Tensor &out);
+Status broadcastHeads(const Tensor &x, int64_t heads, Tensor &out);
+
+struct RouterParams {
+  bool sigmoid = true;
+  int method = 2; // 0 greedy, 1 group_limited_greedy, 2 noaux_tc
+  int64_t topK = 1, nGroup = 1, topkGroup = 1;
+  bool normalize = false;
+  double scale = 1.0;
+};
+Status moeRouter(const Tensor &x, const WeightData &gate,
+                 const WeightData *bias, const RouterParams &p,
+                 Tensor &indices, Tensor &weights);
+Status moeExperts(const Tensor &x, const Tensor &indices,
+                  const Tensor &weights, const WeightData &gate,
+                  const WeightData &up, const WeightData &down, Tensor &out);
+Status mtpCombine(const Tensor &embedded, const Tensor &hidden,
+                  const WeightData &enorm, const WeightData &hnorm,
+                  const WeightData &ehProj, double eps, Tensor &out);
+
+} // namespace melt::cpu
+
+#endif // MELT_RUNTIME_CPUKERNELS_H

@@ -1,0 +1,177 @@
+//===- Executor.cpp - runs a function of the program ------------*- C++ -*-===//
+#include "Executor.h"
+
+#include "CpuKernels.h"
+
+using namespace melt;
+
+namespace {
+
+std::vector<int64_t> staticShape(const fb::Buffer &b) {
+  return std::vector<int64_t>(b.shape()->begin(), b.shape()->end());
+}
+
+} // namespace
+
+Status melt::execute(const Model &model, const fb::Function &function,
+                     std::vector<Tensor> inputs, CacheSet &caches,
+                     int64_t maxPositions, std::vector<Tensor> &outputs) {
+  const fb::Model &m = model.artifact().model();
+  std::vector<Tensor> values(m.buffers()->size());
+  auto isCache = [&](uint32_t id) {
+    return m.buffers()->Get(id)->kind() == fb::BufferKind::Cache;
+  };
+  size_t next = 0;
+  for (uint32_t id : *function.inputs()) {
+    if (isCache(id)) {
+      const fb::Buffer *b = m.buffers()->Get(id);
+      KVStore &store = caches[id];
+      store.heads = b->shape()->Get(0);
+      store.keyDim = b->shape()->Get(1);
+      store.valueDim = b->shape()->Get(2);
+      continue;
+    }
+    if (next >= inputs.size())
+      return invalidArgument("function '" + function.name()->str() +
+                             "' needs more inputs");
+    values[id] = std::move(inputs[next++]);
+  }
+
+  for (uint32_t k : *function.kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    auto in = [&](uint32_t i) -> Tensor & {
+      return values[kernel.inputs()->Get(i)];
+    };
+    auto out = [&](uint32_t i) -> Tensor & {
+      return values[kernel.outputs()->Get(i)];
+    };
+    auto w = [&](uint32_t i) -> const WeightData & {
+      return model.weight(kernel.weights()->Get(i));
+    };
+    auto outShape = [&](uint32_t i) {
+      return staticShape(*m.buffers()->Get(kernel.outputs()->Get(i)));
+    };
+    auto cacheOf = [&]() -> KVStore * {
+      auto it = caches.find(kernel.inputs()->Get(0));
+      return it == caches.end() ? nullptr : &it->second;
+    };
+    Status status;
+    switch (kernel.kind()) {
+    case fb::KernelKind::Embedding:
+      status = cpu::embedding(in(0), w(0), out(0));
+      break;
+    case fb::KernelKind::RMSNorm:
+      status = cpu::rmsNorm(in(0), w(0), kernel.floats()->Get(0), out(0));
+      break;
+    case fb::KernelKind::Linear:
+    case fb::KernelKind::Logits:
+      status = cpu::linear(in(0), w(0), out(0));
+      break;
+    case fb::KernelKind::Rope: {
+      cpu::RopeParams p;
+      p.interleaved = kernel.ints()->Get(0) != 0;
+      p.yarn = kernel.ints()->Get(1) != 0;
+      p.originalMax = kernel.ints()->Get(2);
+      p.theta = kernel.floats()->Get(0);
+      p.factor = kernel.floats()->Get(1);
+      p.betaFast = kernel.floats()->Get(2);
+      p.betaSlow = kernel.floats()->Get(3);
+      p.mscale = kernel.floats()->Get(4);
+      p.mscaleAllDim = kernel.floats()->Get(5);
+      if (!(p.theta > 0) || (p.yarn && (p.originalMax <= 0 || !(p.factor >= 1) ||
+                                        !(p.betaFast > p.betaSlow) ||
+                                        !(p.betaSlow > 0))))
+        return invalidArtifact("kernels[" + std::to_string(k) +
+                               "]: invalid RoPE parameters");
+      status = cpu::rope(in(0), in(1), p, out(0));
+      break;
+    }
+    case fb::KernelKind::Attention:
+      status = cpu::attention(in(0), in(1), in(2), in(3),
+                              kernel.ints()->Get(0) != 0,
+                              kernel.floats()->Get(0), out(0));
+      break;
+    case fb::KernelKind::KVCacheAppend: {
+      KVStore *cache = cacheOf();
+      if (!cache)
+        return invalidArtifact("kernels[" + std::to_string(k) +
+                               "] appends to a cache that is not an input");
+      status = cpu::cacheAppend(*cache, in(1), in(2), in(3), maxPositions);
+      break;
+    }
+    case fb::KernelKind::KVCacheRead: {
+      KVStore *cache = cacheOf();
+      if (!cache)
+        return invalidArtifact("kernels[" + std::to_string(k) +
+                               "] reads a cache that is not an input");
+      status = cpu::cacheRead(*cache, out(0), out(1));
+      break;
+    }
+    case fb::KernelKind::SiluMul:
+      status = cpu::siluMul(in(0), in(1), out(0));
+      break;
+    case fb::KernelKind::Add:
+      status = cpu::add(in(0), in(1), out(0));
+      break;
+    case fb::KernelKind::Concat: {
+      std::vector<const Tensor *> parts;
+      for (uint32_t i = 0; i < kernel.inputs()->size(); ++i)
+        parts.push_back(&in(i));
+      status = cpu::concat(parts, kernel.ints()->Get(0), outShape(0), out(0));
+      break;
+    }
+    case fb::KernelKind::Split: {
+      std::vector<std::vector<int64_t>> shapes;
+      std::vector<Tensor *> outs;
+      for (uint32_t i = 0; i < kernel.outputs()->size(); ++i) {
+        shapes.push_back(outShape(i));
+        outs.push_back(&out(i));
+      }
+      status = cpu::split(in(0), kernel.ints()->Get(0), shapes, outs);
+      break;
+    }
+    case fb::KernelKind::Reshape:
+      status = cpu::reshape(in(0), outShape(0), out(0));
+      break;
+    case fb::KernelKind::BroadcastHeads:
+      status = cpu::broadcastHeads(in(0), outShape(0).size() == 3
+                                              ? outShape(0)[1]
+                                              : 0,
+                                   out(0));
+      break;
+    case fb::KernelKind::Convert:
+      // Compute is f32 throughout: a conversion is a copy.
+      out(0) = in(0);
+      break;
+    case fb::KernelKind::MoERouter: {
+      cpu::RouterParams p;
+      p.sigmoid = kernel.ints()->Get(0) == 0;
+      p.method = static_cast<int>(kernel.ints()->Get(1));
+      p.topK = kernel.ints()->Get(2);
+      p.nGroup = kernel.ints()->Get(3);
+      p.topkGroup = kernel.ints()->Get(4);
+      p.normalize = kernel.ints()->Get(5) != 0;
+      p.scale = kernel.floats()->Get(0);
+      const WeightData *bias = kernel.weights()->size() > 1 ? &w(1) : nullptr;
+      status = cpu::moeRouter(in(0), w(0), bias, p, out(0), out(1));
+      break;
+    }
+    case fb::KernelKind::MoEExperts:
+      status = cpu::moeExperts(in(0), in(1), in(2), w(0), w(1), w(2), out(0));
+      break;
+    case fb::KernelKind::MTPCombine:
+      status = cpu::mtpCombine(in(0), in(1), w(0), w(1), w(2),
+                               kernel.floats()->Get(0), out(0));
+      break;
+    }
+    if (status)
+      return Status(status.code(), "kernels[" + std::to_string(k) + "] (" +
+                                       fb::EnumNameKernelKind(kernel.kind()) +
+                                       "): " + status.message());
+  }
+  outputs.clear();
+  for (uint32_t id : *function.outputs())
+    if (!isCache(id))
+      outputs.push_back(std::move(values[id]));
+  return Status::ok();
+}

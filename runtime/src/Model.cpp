@@ -1,0 +1,147 @@
+//===- Model.cpp - weights from the checkpoint ------------------*- C++ -*-===//
+#include "Model.h"
+
+#include "melt/numerics.h"
+
+#include <fstream>
+
+using namespace melt;
+
+namespace {
+
+std::string str(uint64_t v) { return std::to_string(v); }
+
+float decode(const uint8_t *p, fb::DType dtype) {
+  switch (dtype) {
+  case fb::DType::F32: {
+    uint32_t u = uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 |
+                 uint32_t(p[3]) << 24;
+    return bitsToFloat(u);
+  }
+  case fb::DType::BF16:
+    return bf16ToFloat(static_cast<uint16_t>(p[0] | p[1] << 8));
+  case fb::DType::F16:
+    return f16ToFloat(static_cast<uint16_t>(p[0] | p[1] << 8));
+  case fb::DType::F8E4M3FN:
+    return fp8E4M3ToFloat(p[0]);
+  default:
+    return 0.0f;
+  }
+}
+
+class Files {
+public:
+  Status open(const fb::Model &m, const std::string &dir) {
+    for (uint32_t i = 0; i < m.files()->size(); ++i) {
+      const fb::CheckpointFile *f = m.files()->Get(i);
+      std::string path = dir + "/" + f->path()->str();
+      auto stream = std::make_unique<std::ifstream>(
+          path, std::ios::binary | std::ios::ate);
+      if (!*stream)
+        return {MELT_NOT_FOUND, path + ": cannot open (files[" + str(i) +
+                                    "] of the artifact)"};
+      uint64_t size = static_cast<uint64_t>(stream->tellg());
+      if (size != f->size())
+        return {MELT_INVALID_ARTIFACT,
+                path + ": is " + str(size) + " bytes, the artifact was "
+                "compiled against " + str(f->size()) +
+                " (a different checkpoint?)"};
+      sizes.push_back(size);
+      streams.push_back(std::move(stream));
+    }
+    return Status::ok();
+  }
+
+  Status read(const fb::TensorRange &r, const std::string &what,
+              std::vector<uint8_t> &out) {
+    uint64_t end = 0;
+    if (__builtin_add_overflow(r.offset(), r.bytes(), &end) ||
+        end > sizes[r.file()])
+      return invalidArtifact(what + " reads bytes [" + str(r.offset()) +
+                             ", +" + str(r.bytes()) + ") past the end of a " +
+                             str(sizes[r.file()]) + "-byte file");
+    out.resize(r.bytes());
+    std::ifstream &s = *streams[r.file()];
+    s.seekg(static_cast<std::streamoff>(r.offset()));
+    if (!s.read(reinterpret_cast<char *>(out.data()),
+                static_cast<std::streamsize>(r.bytes())))
+      return {MELT_NOT_FOUND, what + ": cannot read"};
+    return Status::ok();
+  }
+
+private:
+  std::vector<std::unique_ptr<std::ifstream>> streams;
+  std::vector<uint64_t> sizes;
+};
+
+} // namespace
+
+Status Model::loadWeights(const std::string &dir) {
+  const fb::Model &m = artifact_.model();
+  Files files;
+  MELT_RETURN_IF_ERROR(files.open(m, dir));
+  std::vector<uint8_t> bytes, scaleBytes;
+  weights_.resize(m.weights()->size());
+  for (uint32_t i = 0; i < m.weights()->size(); ++i) {
+    const fb::Weight *w = m.weights()->Get(i);
+    std::string what = "weights[" + str(i) + "] (" +
+                       (w->name() ? w->name()->str() : "") + ")";
+    WeightData &data = weights_[i];
+    data.shape.assign(w->shape()->begin(), w->shape()->end());
+    uint64_t elements = 1;
+    for (int64_t d : data.shape)
+      elements *= static_cast<uint64_t>(d);
+    data.data.resize(elements);
+    uint32_t sources = w->sources()->size();
+    uint64_t perSource = elements / sources;
+    uint64_t width = dtypeBytes(w->dtype());
+    int64_t rank = data.shape.size();
+    for (uint32_t s = 0; s < sources; ++s) {
+      MELT_RETURN_IF_ERROR(files.read(*w->sources()->Get(s), what, bytes));
+      float *dst = data.data.data() + s * perSource;
+      for (uint64_t e = 0; e < perSource; ++e)
+        dst[e] = decode(bytes.data() + e * width, w->dtype());
+      if (w->dtype() != fb::DType::F8E4M3FN)
+        continue;
+      // dequantized = q * scale_inv of its block (edge blocks partial).
+      MELT_RETURN_IF_ERROR(files.read(*w->scales()->Get(s), what, scaleBytes));
+      int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
+      int64_t br = w->block()->Get(0), bc = w->block()->Get(1);
+      int64_t colBlocks = (cols + bc - 1) / bc;
+      int64_t matrices = static_cast<int64_t>(perSource) / (rows * cols);
+      int64_t rowBlocks = (rows + br - 1) / br;
+      for (int64_t mtx = 0; mtx < matrices; ++mtx)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            int64_t block = (mtx * rowBlocks + r / br) * colBlocks + c / bc;
+            dst[(mtx * rows + r) * cols + c] *=
+                decode(scaleBytes.data() + 4 * block, fb::DType::F32);
+          }
+    }
+  }
+  return Status::ok();
+}
+
+uint64_t Model::weightBytes() const {
+  uint64_t bytes = 0;
+  for (const WeightData &w : weights_)
+    bytes += w.data.size() * sizeof(float);
+  return bytes;
+}
+
+Status Model::fromArtifact(Artifact artifact, const std::string &checkpointDir,
+                           std::unique_ptr<Model> &out) {
+  auto model = std::unique_ptr<Model>(new Model());
+  model->artifact_ = std::move(artifact);
+  MELT_RETURN_IF_ERROR(model->loadWeights(checkpointDir));
+  out = std::move(model);
+  return Status::ok();
+}
+
+Status Model::load(const std::string &artifactPath,
+                   const std::string &checkpointDir,
+                   std::unique_ptr<Model> &out) {
+  Artifact artifact;
+  MELT_RETURN_IF_ERROR(Artifact::load(artifactPath, artifact));
+  return fromArtifact(std::move(artifact), checkpointDir, out);
+}

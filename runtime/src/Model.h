@@ -1,0 +1,39 @@
+//===- Model.h - a loaded artifact with its weights -------------*- C++ -*-===//
+#ifndef MELT_RUNTIME_MODEL_H
+#define MELT_RUNTIME_MODEL_H
+
+#include "Artifact.h"
+#include "Tensor.h"
+
+#include <memory>
+
+namespace melt {
+
+/// An artifact and the weights its recipe makes, on the CPU device. FP8
+/// weights are dequantized once at load (block x scale_inv) into f32: no
+/// per-step dequantization, at 4x the memory of the FP8 checkpoint.
+class Model {
+public:
+  static Status load(const std::string &artifactPath,
+                     const std::string &checkpointDir,
+                     std::unique_ptr<Model> &out);
+  static Status fromArtifact(Artifact artifact,
+                             const std::string &checkpointDir,
+                             std::unique_ptr<Model> &out);
+
+  const Artifact &artifact() const { return artifact_; }
+  const WeightData &weight(uint32_t index) const { return weights_[index]; }
+  int64_t vocabSize() const { return artifact_.model().info()->vocab_size(); }
+  int64_t hiddenSize() const { return artifact_.model().info()->hidden_size(); }
+  uint64_t weightBytes() const;
+
+private:
+  Status loadWeights(const std::string &checkpointDir);
+
+  Artifact artifact_;
+  std::vector<WeightData> weights_;
+};
+
+} // namespace melt
+
+#endif // MELT_RUNTIME_MODEL_H

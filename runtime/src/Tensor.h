@@ -1,0 +1,45 @@
+//===- Tensor.h - host tensors of the CPU device ----------------*- C++ -*-===//
+#ifndef MELT_RUNTIME_TENSOR_H
+#define MELT_RUNTIME_TENSOR_H
+
+#include <cstdint>
+#include <vector>
+
+namespace melt {
+
+/// A dense row-major host tensor: floats (computed in f32) or integers
+/// (token ids, positions, expert indices).
+struct Tensor {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+  std::vector<int64_t> ints;
+  bool isInt = false;
+
+  int rank() const { return static_cast<int>(shape.size()); }
+  int64_t dim(int i) const { return shape[i]; }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape)
+      n *= d;
+    return n;
+  }
+  /// Elements per leading index.
+  int64_t rowSize() const { return shape.empty() || shape[0] == 0 ? 0 : numel() / shape[0]; }
+};
+
+/// A weight on the CPU device, converted to f32 at load.
+struct WeightData {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+
+/// The per-head key/value cache of one layer of one sequence.
+struct KVStore {
+  int64_t heads = 0, keyDim = 0, valueDim = 0;
+  int64_t length = 0; // positions [0, length) are filled
+  std::vector<float> keys, values;
+};
+
+} // namespace melt
+
+#endif // MELT_RUNTIME_TENSOR_H

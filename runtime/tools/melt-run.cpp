@@ -1,0 +1,165 @@
+//===- melt-run.cpp - generate from a compiled model ------------*- C++ -*-===//
+//
+//   melt-run model.melt --checkpoint DIR --prompt-ids 1,2,3 --max-new 32
+//
+// Greedy generation of one sequence; prints the generated ids, prefill and
+// decode tokens/s and the peak memory; --bench prints the same as JSON.
+// Uses the C API only, like any embedding program.
+//
+//===----------------------------------------------------------------------===//
+#include "melt/runtime.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <sys/resource.h>
+#include <vector>
+
+namespace {
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: melt-run MODEL.melt --checkpoint DIR --prompt-ids "
+               "1,2,3 [--max-new N] [--max-context N] [--bench]\n"
+               "Generates greedily from a compiled melt model and reports "
+               "tokens/s and peak memory.\n");
+}
+
+int fail(const char *what) {
+  std::fprintf(stderr, "melt-run: error: %s: %s\n", what, melt_last_error());
+  return 1;
+}
+
+bool parseIds(const char *text, std::vector<int> &ids) {
+  std::string s(text);
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t comma = s.find(',', start);
+    std::string item = s.substr(start, comma == std::string::npos
+                                           ? std::string::npos
+                                           : comma - start);
+    char *end = nullptr;
+    long v = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 0 || v > 0x7fffffff)
+      return false;
+    ids.push_back(static_cast<int>(v));
+    if (comma == std::string::npos)
+      break;
+    start = comma + 1;
+  }
+  return !ids.empty();
+}
+
+double peakMemoryMB() {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024.0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  const char *artifact = nullptr, *checkpoint = nullptr;
+  std::vector<int> prompt;
+  long maxNew = 32, maxContext = 4096;
+  bool bench = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> const char * {
+      return i + 1 < argc ? argv[++i] : nullptr;
+    };
+    if (arg == "--help" || arg == "-h") {
+      usage();
+      return 0;
+    } else if (arg == "--checkpoint") {
+      checkpoint = value();
+    } else if (arg == "--prompt-ids") {
+      const char *v = value();
+      if (!v || !parseIds(v, prompt)) {
+        std::fprintf(stderr, "melt-run: error: --prompt-ids takes comma-"
+                             "separated non-negative token ids\n");
+        return 1;
+      }
+    } else if (arg == "--max-new") {
+      const char *v = value();
+      maxNew = v ? std::strtol(v, nullptr, 10) : -1;
+    } else if (arg == "--max-context") {
+      const char *v = value();
+      maxContext = v ? std::strtol(v, nullptr, 10) : -1;
+    } else if (arg == "--bench") {
+      bench = true;
+    } else if (!artifact && arg[0] != '-') {
+      artifact = argv[i];
+    } else {
+      std::fprintf(stderr, "melt-run: error: unknown argument '%s'\n",
+                   arg.c_str());
+      usage();
+      return 1;
+    }
+  }
+  if (!artifact || !checkpoint || prompt.empty() || maxNew < 0 ||
+      maxContext <= 0) {
+    usage();
+    return 1;
+  }
+
+  melt_model *model = nullptr;
+  if (melt_model_load(artifact, checkpoint, &model) != MELT_OK)
+    return fail("loading the model");
+  melt_session *session = nullptr;
+  if (melt_session_create(model, maxContext, &session) != MELT_OK)
+    return fail("creating a session");
+  int seq = 0;
+  melt_session_add_sequence(session, &seq);
+
+  using Clock = std::chrono::steady_clock;
+  auto t0 = Clock::now();
+  if (melt_session_append(session, seq, prompt.data(), prompt.size(),
+                          nullptr) != MELT_OK)
+    return fail("prefill");
+  auto t1 = Clock::now();
+  std::vector<int> generated;
+  for (long i = 0; i < maxNew; ++i) {
+    const float *logits = nullptr;
+    size_t vocab = 0;
+    int token = 0;
+    if (melt_session_logits(session, seq, &logits, &vocab) != MELT_OK ||
+        melt_sample_greedy(logits, vocab, &token) != MELT_OK)
+      return fail("sampling");
+    generated.push_back(token);
+    if (i + 1 == maxNew)
+      break;
+    if (melt_session_append(session, seq, &token, 1, nullptr) != MELT_OK)
+      return fail("decode");
+  }
+  auto t2 = Clock::now();
+  double prefillS = std::chrono::duration<double>(t1 - t0).count();
+  double decodeS = std::chrono::duration<double>(t2 - t1).count();
+  double prefillTps = prompt.size() / std::max(prefillS, 1e-9);
+  double decodeTps =
+      generated.size() > 1 ? (generated.size() - 1) / std::max(decodeS, 1e-9)
+                           : 0.0;
+
+  std::string ids;
+  for (size_t i = 0; i < generated.size(); ++i)
+    ids += (i ? "," : "") + std::to_string(generated[i]);
+  if (bench) {
+    std::printf("{\"prompt_tokens\": %zu, \"generated\": [%s], "
+                "\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
+                "%.2f, \"peak_memory_mb\": %.1f}\n",
+                prompt.size(), ids.c_str(), prefillTps, decodeTps,
+                peakMemoryMB());
+  } else {
+    std::printf("generated: %s\n", ids.c_str());
+    std::printf("prefill: %zu tokens, %.1f tokens/s\n", prompt.size(),
+                prefillTps);
+    std::printf("decode: %zu tokens, %.1f tokens/s\n", generated.size(),
+                decodeTps);
+    std::printf("peak memory: %.1f MB\n", peakMemoryMB());
+  }
+  melt_session_destroy(session);
+  melt_model_destroy(model);
+  return 0;
+}

@@ -1,0 +1,120 @@
+//===- melt-compile.cpp - models into .melt artifacts -----------*- C++ -*-===//
+//
+//   melt-compile CHECKPOINT_DIR --target=cpu -o model.melt
+//   melt-compile model.mlir --checkpoint DIR --target=cpu -o model.melt
+//   melt-compile --builtin=NAME --checkpoint DIR --target=cpu -o model.melt
+//
+// The checkpoint resolves every weight to a byte range of its shard; the
+// runtime reads those ranges at load time, from the directory it is given.
+//
+//===----------------------------------------------------------------------===//
+#include "backends/ArtifactWriter.h"
+#include "dialects/melt/MeltDialect.h"
+#include "frontends/ModelBuilder.h"
+#include "frontends/hf/Checkpoint.h"
+#include "frontends/hf/Importer.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
+#include "mlir/Parser/Parser.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/WithColor.h"
+
+namespace cl = llvm::cl;
+using namespace mlir;
+using namespace mlir::melt;
+
+static cl::OptionCategory category("melt-compile options");
+static cl::opt<std::string> input(cl::Positional,
+                                  cl::desc("<model.mlir | checkpoint-dir>"),
+                                  cl::cat(category));
+static cl::opt<std::string>
+    builtinName("builtin", cl::desc("Compile a built-in model"),
+                cl::value_desc("name"), cl::cat(category));
+static cl::opt<std::string> checkpointDir(
+    "checkpoint",
+    cl::desc("Checkpoint whose tensors the weights are read from (implied "
+             "when the input is a checkpoint directory)"),
+    cl::value_desc("dir"), cl::cat(category));
+static cl::opt<std::string> target("target",
+                                   cl::desc("Target device: cpu"),
+                                   cl::init("cpu"), cl::cat(category));
+static cl::opt<std::string> outputFile("o", cl::desc("Output artifact"),
+                                       cl::value_desc("file"),
+                                       cl::cat(category));
+
+static int fail(const llvm::Twine &message) {
+  llvm::WithColor::error(llvm::errs(), "melt-compile") << message << "\n";
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  llvm::InitLLVM init(argc, argv);
+  cl::HideUnrelatedOptions(category);
+  cl::ParseCommandLineOptions(
+      argc, argv,
+      "melt-compile: compile a model into a .melt artifact\n\n"
+      "  melt-compile CHECKPOINT_DIR --target=cpu -o model.melt\n"
+      "  melt-compile model.mlir --checkpoint DIR -o model.melt\n");
+  if (input.empty() == builtinName.empty())
+    return fail("give exactly one of <model.mlir | checkpoint-dir> or "
+                "--builtin=NAME");
+  if (outputFile.empty())
+    return fail("no output file (-o model.melt)");
+  if (target != "cpu")
+    return fail("--target: '" + target +
+                "' is not available yet (targets: cpu)");
+
+  MLIRContext context;
+  context.loadDialect<MeltDialect, func::FuncDialect>();
+  OwningOpRef<ModuleOp> module;
+  std::string ckptPath = checkpointDir;
+  if (!input.empty() && llvm::sys::fs::is_directory(input)) {
+    if (!ckptPath.empty() && ckptPath != input)
+      return fail("--checkpoint differs from the checkpoint directory given");
+    ckptPath = input;
+    auto imported = importCheckpoint(context, input);
+    if (!imported)
+      return fail(llvm::toString(imported.takeError()));
+    for (const std::string &w : imported->warnings)
+      llvm::WithColor::warning(llvm::errs(), "melt-compile") << w << "\n";
+    module = std::move(imported->module);
+  } else if (!input.empty()) {
+    llvm::SourceMgr sources;
+    module = parseSourceFile<ModuleOp>(input, sources, &context);
+    if (!module)
+      return fail("cannot parse '" + input + "'");
+  } else {
+    auto config = getBuiltinModel(builtinName);
+    if (!config)
+      return fail(llvm::toString(config.takeError()));
+    auto built = buildModel(context, *config);
+    if (!built)
+      return fail(llvm::toString(built.takeError()));
+    module = std::move(*built);
+  }
+  if (ckptPath.empty())
+    return fail("the weights need a checkpoint: give --checkpoint DIR");
+  if (failed(verify(*module)))
+    return fail("the model does not verify");
+
+  auto ckpt = Checkpoint::open(ckptPath);
+  if (!ckpt)
+    return fail(llvm::toString(ckpt.takeError()));
+  ArtifactOptions options;
+  auto bytes = buildArtifact(*module, *ckpt, options);
+  if (!bytes)
+    return fail(llvm::toString(bytes.takeError()));
+  if (llvm::Error error = llvm::writeToOutput(
+          outputFile, [&](llvm::raw_ostream &os) {
+            os << *bytes;
+            return llvm::Error::success();
+          }))
+    return fail("cannot write '" + outputFile +
+                "': " + llvm::toString(std::move(error)));
+  return 0;
+}
