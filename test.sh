@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up the machine if needed, builds melt and runs every test:
-#  1. the runtime built on its own, without MLIR (as on the GPU machine);
+#  1. the runtime built on its own, without MLIR (as on the GPU machine),
+#     with ASan+UBSan, its tests run on a compiled golden model (API misuse,
+#     damaged artifacts);
 #  2. melt-import built with ASan+UBSan, run over the malformed-input corpus;
 #  3. all lit and unit tests of the compiler (ctest).
 set -euo pipefail
@@ -9,12 +11,22 @@ cd "$(dirname "$0")"
 bash scripts/setup.sh
 bash scripts/build.sh
 
-echo "== runtime, standalone (no MLIR) =="
-cmake -S runtime -B build/runtime-standalone -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C build/runtime-standalone >/dev/null
-ctest --test-dir build/runtime-standalone --output-on-failure -j "$(nproc)" \
-  | tail -n 3
+# A compiled golden model for the runtime's own tests.
+artifact=$PWD/build/test/v3-tiny-fp8.melt
+golden=$PWD/test/golden/v3-tiny-fp8/checkpoint
+build/bin/melt-compile "$golden" -o "$artifact" 2>/dev/null
+
+echo "== runtime, standalone (no MLIR), under ASan+UBSan =="
+sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+cmake -S runtime -B build/runtime-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_C_COMPILER=clang-19 -DCMAKE_CXX_COMPILER=clang++-19 \
+  -DCMAKE_CXX_COMPILER_LAUNCHER=ccache "-DCMAKE_CXX_FLAGS=$sanitize" \
+  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
+ninja -C build/runtime-asan >/dev/null
+MELT_TEST_ARTIFACT=$artifact MELT_TEST_CHECKPOINT=$golden \
+  ctest --test-dir build/runtime-asan --output-on-failure -j "$(nproc)" \
+  > build/runtime-asan/ctest.log || { cat build/runtime-asan/ctest.log; exit 1; }
+tail -n 3 build/runtime-asan/ctest.log
 
 echo "== malformed inputs under ASan+UBSan =="
 MELT_BUILD_DIR=build/asan MELT_BUILD_TYPE=RelWithDebInfo MELT_SANITIZE=1 \

@@ -287,6 +287,9 @@ Status Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &name,
   if (std::memcmp(bytes.data(), kArtifactMagic, 8) != 0)
     return fail("is not a melt artifact (bad magic)");
   ArtifactHeader h = decodeArtifactHeader(bytes.data());
+  for (uint32_t i = 56; i < kArtifactHeaderSize; ++i)
+    if (bytes[i] != 0)
+      return fail("reserved header byte " + str(i) + " is not zero");
   if (!melt_artifact_version_supported(h.major, h.minor))
     return fail("has format version " + str(h.major) + "." + str(h.minor) +
                 "; this runtime reads " +

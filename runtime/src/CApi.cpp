@@ -2,6 +2,7 @@
 #include "Model.h"
 #include "Session.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -12,6 +13,8 @@ using namespace melt;
 
 struct melt_model {
   std::unique_ptr<Model> model;
+  /// Live sessions of this model (guarded by handlesMutex).
+  int sessions = 0;
 };
 struct melt_session {
   melt_model *owner;
@@ -80,12 +83,43 @@ melt_status melt_model_load(const char *artifactPath, const char *checkpoint,
   });
 }
 
+melt_status melt_model_load_from_memory(const void *artifact, size_t size,
+                                        const char *checkpoint,
+                                        melt_model **out) {
+  if (!artifact || !checkpoint || !out)
+    return fail(MELT_INVALID_ARGUMENT, "melt_model_load_from_memory: null "
+                                       "artifact, checkpoint or result");
+  *out = nullptr;
+  return guarded([&] {
+    const auto *bytes = static_cast<const uint8_t *>(artifact);
+    Artifact parsed;
+    Status status = Artifact::fromBytes(
+        std::vector<uint8_t>(bytes, bytes + size), "<memory>", parsed);
+    if (status)
+      return report(status);
+    auto handle = std::make_unique<melt_model>();
+    status = Model::fromArtifact(std::move(parsed), checkpoint, handle->model);
+    if (status)
+      return report(status);
+    std::lock_guard<std::mutex> lock(handlesMutex);
+    liveHandles.insert(handle.get());
+    *out = handle.release();
+    return report(Status::ok());
+  });
+}
+
 melt_status melt_model_destroy(melt_model *model) {
   {
     std::lock_guard<std::mutex> lock(handlesMutex);
-    if (!model || !liveHandles.erase(model))
+    if (!model || !liveHandles.count(model))
       return fail(MELT_INVALID_ARGUMENT,
                   "melt_model_destroy: not a live model handle");
+    if (model->sessions > 0)
+      return fail(MELT_INVALID_ARGUMENT,
+                  "melt_model_destroy: the model still has " +
+                      std::to_string(model->sessions) +
+                      " session(s); destroy them first");
+    liveHandles.erase(model);
   }
   delete model;
   return report(Status::ok());
@@ -113,6 +147,7 @@ melt_status melt_session_create(melt_model *model, long long maxContext,
     handle->session = std::make_unique<Session>(*model->model, maxContext);
     std::lock_guard<std::mutex> lock(handlesMutex);
     liveHandles.insert(handle.get());
+    ++model->sessions;
     *out = handle.release();
     return report(Status::ok());
   });
@@ -124,6 +159,7 @@ melt_status melt_session_destroy(melt_session *session) {
     if (!session || !liveHandles.erase(session))
       return fail(MELT_INVALID_ARGUMENT,
                   "melt_session_destroy: not a live session handle");
+    --session->owner->sessions;
   }
   delete session;
   return report(Status::ok());
@@ -192,6 +228,75 @@ melt_status melt_sample_greedy(const float *logits, size_t n, int *token) {
       best = i;
   *token = static_cast<int>(best);
   return report(Status::ok());
+}
+
+melt_status melt_sample(const float *logits, size_t n,
+                        const melt_sampling *params, unsigned long long *state,
+                        int *token) {
+  if (!logits || n == 0 || !params || !state || !token)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_sample: empty logits or null parameters, state or "
+                "result");
+  if (!std::isfinite(params->temperature) || params->temperature < 0)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_sample: temperature must be finite and >= 0, got " +
+                    std::to_string(params->temperature));
+  if (!(params->top_p > 0.0f && params->top_p <= 1.0f))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_sample: top_p must be in (0, 1], got " +
+                    std::to_string(params->top_p));
+  if (params->top_k < 0)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_sample: top_k must be >= 0, got " +
+                    std::to_string(params->top_k));
+  if (params->temperature == 0.0f)
+    return melt_sample_greedy(logits, n, token);
+  return guarded([&] {
+    // Candidates by descending logit, cut by top_k, then by top_p.
+    std::vector<size_t> order(n);
+    for (size_t i = 0; i < n; ++i)
+      order[i] = i;
+    size_t keep = params->top_k > 0
+                      ? std::min(n, static_cast<size_t>(params->top_k))
+                      : n;
+    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                      [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+    order.resize(keep);
+    double maxLogit = logits[order[0]];
+    std::vector<double> p(keep);
+    double sum = 0;
+    for (size_t i = 0; i < keep; ++i)
+      sum += p[i] = std::exp((logits[order[i]] - maxLogit) /
+                             params->temperature);
+    double cumulative = 0;
+    size_t nucleus = keep;
+    for (size_t i = 0; i < keep; ++i) {
+      cumulative += p[i] / sum;
+      if (cumulative >= params->top_p) {
+        nucleus = i + 1;
+        break;
+      }
+    }
+    double total = 0;
+    for (size_t i = 0; i < nucleus; ++i)
+      total += p[i];
+    // splitmix64: the caller's state advances once per draw.
+    uint64_t x = (*state += 0x9e3779b97f4a7c15ull);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    double u = (x >> 11) * (1.0 / 9007199254740992.0) * total;
+    size_t chosen = nucleus - 1;
+    for (size_t i = 0; i < nucleus; ++i) {
+      if (u < p[i]) {
+        chosen = i;
+        break;
+      }
+      u -= p[i];
+    }
+    *token = static_cast<int>(order[chosen]);
+    return report(Status::ok());
+  });
 }
 
 } // extern "C"

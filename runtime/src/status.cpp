@@ -1,7 +1,9 @@
 //===- status.cpp - status codes of the C API -------------------*- C++ -*-===//
 #include "melt/runtime.h"
 
-extern "C" const char *melt_status_name(melt_status status) {
+extern "C" const char *melt_status_name(int status) {
+  // An int, not the enum: callers may pass any code, and loading an
+  // out-of-range enum value is undefined behaviour.
   switch (status) {
   case MELT_OK:
     return "ok";

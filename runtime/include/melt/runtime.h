@@ -30,7 +30,7 @@ typedef enum melt_status {
 
 /* A short English name of a status code ("ok", "invalid argument", ...);
  * never NULL, also for codes this runtime does not know. */
-const char *melt_status_name(melt_status status);
+const char *melt_status_name(int status);
 
 /* The runtime's version, e.g. "0.1.0". */
 const char *melt_runtime_version(void);
@@ -53,6 +53,12 @@ typedef struct melt_session melt_session;
  * (the checkpoint it was compiled against). */
 melt_status melt_model_load(const char *artifact_path,
                             const char *checkpoint_dir, melt_model **model);
+/* The same from artifact bytes in memory (copied; the caller keeps its
+ * buffer). */
+melt_status melt_model_load_from_memory(const void *artifact, size_t size,
+                                        const char *checkpoint_dir,
+                                        melt_model **model);
+/* Fails while sessions of the model are alive: destroy them first. */
 melt_status melt_model_destroy(melt_model *model);
 /* Vocabulary size, or 0 for an invalid handle. */
 long long melt_model_vocab_size(const melt_model *model);
@@ -77,6 +83,22 @@ melt_status melt_session_logits(melt_session *session, int sequence,
 
 /* The index of the largest logit (the first one on ties). */
 melt_status melt_sample_greedy(const float *logits, size_t n, int *token);
+
+/* Sampling parameters: temperature 0 is greedy; top_k 0 and top_p 1 keep
+ * every token. */
+typedef struct melt_sampling {
+  float temperature; /* >= 0, finite */
+  int top_k;         /* >= 0 */
+  float top_p;       /* in (0, 1] */
+} melt_sampling;
+
+/* Draws a token from softmax(logits / temperature) restricted to the top_k
+ * tokens and to the smallest set whose probability reaches top_p. `state`
+ * is the caller's random state: seed it once, and the same seed gives the
+ * same tokens. */
+melt_status melt_sample(const float *logits, size_t n,
+                        const melt_sampling *params,
+                        unsigned long long *state, int *token);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,151 @@
+//===- GoldenLogitsTest.cpp - CPU logits against transformers ---*- C++ -*-===//
+//
+// For each golden checkpoint of test/golden (saved by transformers 5.17):
+// import, compile for the CPU, run every reference sequence through the
+// runtime's C API, and compare every position's logits with transformers'.
+// Tolerance (FP32 compute, F32 and dequantized-FP8 weights): max abs error
+// <= 1e-3 of the reference logit range. Greedy generations of 16 tokens must
+// match exactly.
+//
+//===----------------------------------------------------------------------===//
+#include "backends/ArtifactWriter.h"
+#include "dialects/melt/MeltDialect.h"
+#include "frontends/hf/Checkpoint.h"
+#include "frontends/hf/Importer.h"
+#include "frontends/hf/Safetensors.h"
+#include "frontends/hf/StrictJson.h"
+
+#include "melt/runtime.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/Support/MemoryBuffer.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+using namespace mlir;
+using namespace mlir::melt;
+
+#ifndef MELT_GOLDEN_DIR
+#error "MELT_GOLDEN_DIR must name test/golden"
+#endif
+
+namespace {
+
+struct Reference {
+  std::vector<std::vector<int>> sequences, greedy;
+  std::vector<std::vector<float>> logits; // [tokens x vocab] per sequence
+};
+
+Reference readReference(const std::string &dir) {
+  Reference ref;
+  auto json = readStrictJsonFile(dir + "/reference.json", 1 << 20);
+  EXPECT_TRUE(static_cast<bool>(json));
+  const llvm::json::Object &o = *json->getAsObject();
+  for (const char *key : {"sequences", "greedy_new_tokens"})
+    for (const llvm::json::Value &seq : *o.getArray(key)) {
+      std::vector<int> ids;
+      for (const llvm::json::Value &id : *seq.getAsArray())
+        ids.push_back(static_cast<int>(*id.getAsInteger()));
+      (std::string(key) == "sequences" ? ref.sequences : ref.greedy)
+          .push_back(ids);
+    }
+  std::string path = dir + "/reference.safetensors";
+  auto header = readSafetensorsHeader(path);
+  EXPECT_TRUE(static_cast<bool>(header));
+  auto file = llvm::MemoryBuffer::getFile(path);
+  for (size_t i = 0; i < ref.sequences.size(); ++i)
+    for (const SafetensorsTensor &t : header->tensors)
+      if (t.name == "logits_" + std::to_string(i)) {
+        std::vector<float> values(t.numElements());
+        std::memcpy(values.data(),
+                    (*file)->getBufferStart() + header->dataOffset() + t.begin,
+                    t.end - t.begin);
+        ref.logits.push_back(std::move(values));
+      }
+  return ref;
+}
+
+class GoldenLogits : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(GoldenLogits, MatchTransformers) {
+  std::string dir = std::string(MELT_GOLDEN_DIR) + "/" + GetParam();
+  std::string ckpt = dir + "/checkpoint";
+  Reference ref = readReference(dir);
+  ASSERT_EQ(ref.logits.size(), ref.sequences.size());
+
+  MLIRContext context;
+  context.loadDialect<MeltDialect, func::FuncDialect>();
+  auto imported = importCheckpoint(context, ckpt);
+  ASSERT_TRUE(static_cast<bool>(imported))
+      << llvm::toString(imported.takeError());
+  auto checkpoint = Checkpoint::open(ckpt);
+  ASSERT_TRUE(static_cast<bool>(checkpoint));
+  auto bytes = buildArtifact(*imported->module, *checkpoint, {});
+  ASSERT_TRUE(static_cast<bool>(bytes)) << llvm::toString(bytes.takeError());
+
+  melt_model *model = nullptr;
+  ASSERT_EQ(melt_model_load_from_memory(bytes->data(), bytes->size(),
+                                        ckpt.c_str(), &model),
+            MELT_OK)
+      << melt_last_error();
+  melt_session *session = nullptr;
+  ASSERT_EQ(melt_session_create(model, 256, &session), MELT_OK);
+  size_t vocab = static_cast<size_t>(melt_model_vocab_size(model));
+
+  for (size_t s = 0; s < ref.sequences.size(); ++s) {
+    const std::vector<int> &seq = ref.sequences[s];
+    int id = 0;
+    ASSERT_EQ(melt_session_add_sequence(session, &id), MELT_OK);
+    std::vector<float> logits(seq.size() * vocab);
+    ASSERT_EQ(melt_session_append(session, id, seq.data(), seq.size(),
+                                  logits.data()),
+              MELT_OK)
+        << melt_last_error();
+    const std::vector<float> &want = ref.logits[s];
+    ASSERT_EQ(want.size(), logits.size());
+    float lo = *std::min_element(want.begin(), want.end());
+    float hi = *std::max_element(want.begin(), want.end());
+    double maxError = 0;
+    for (size_t i = 0; i < want.size(); ++i)
+      maxError = std::max(maxError, double(std::fabs(logits[i] - want[i])));
+    EXPECT_LE(maxError, 1e-3 * (hi - lo))
+        << GetParam() << " sequence " << s << ": max abs error " << maxError
+        << " over a logit range of " << (hi - lo);
+    std::printf("%s sequence %zu: max abs error %.3g (%.2g of the logit "
+                "range %.3f)\n",
+                GetParam(), s, maxError, maxError / (hi - lo), hi - lo);
+
+    // Greedy generation: 16 new tokens, one decode step at a time.
+    std::vector<int> generated;
+    for (size_t step = 0; step < ref.greedy[s].size(); ++step) {
+      const float *next = nullptr;
+      size_t n = 0;
+      int token = 0;
+      ASSERT_EQ(melt_session_logits(session, id, &next, &n), MELT_OK);
+      ASSERT_EQ(melt_sample_greedy(next, n, &token), MELT_OK);
+      generated.push_back(token);
+      ASSERT_EQ(melt_session_append(session, id, &token, 1, nullptr),
+                MELT_OK)
+          << melt_last_error();
+    }
+    EXPECT_EQ(generated, ref.greedy[s]) << GetParam() << " sequence " << s;
+  }
+  EXPECT_EQ(melt_session_destroy(session), MELT_OK);
+  EXPECT_EQ(melt_model_destroy(model), MELT_OK);
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, GoldenLogits,
+                         ::testing::Values("v3-tiny", "v2-lite-tiny",
+                                           "v3-tiny-fp8"),
+                         [](const auto &info) {
+                           std::string name = info.param;
+                           for (char &c : name)
+                             if (c == '-')
+                               c = '_';
+                           return name;
+                         });
+
+} // namespace
