@@ -1,30 +1,25 @@
 #!/usr/bin/env bash
-# melt's main job on the built-in default model (tiny), as far as it goes
-# today: write a synthetic Hugging Face checkpoint, import it (config.json,
-# index, safetensors headers, every tensor checked), and run the model IR
-# through melt-opt with a report of what it holds.
+# melt's main job on the built-in default model (tiny): write a synthetic
+# FP8 Hugging Face checkpoint, compile it for the CPU, and generate from it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 bash scripts/setup.sh
-bash scripts/build.sh melt-import melt-opt >/dev/null
+bash scripts/build.sh melt-import melt-compile melt-run >/dev/null
 
 model=${1:-tiny}
 out=build/demo
-rm -rf "$out/$model-checkpoint"
+ckpt=$out/$model-checkpoint
+rm -rf "$ckpt"
 mkdir -p "$out"
 
-echo "== melt-import --synthesize=$model --dtype=fp8 -o $out/$model-checkpoint"
-build/bin/melt-import --synthesize="$model" --dtype=fp8 -o "$out/$model-checkpoint"
-ls -l "$out/$model-checkpoint"
+echo "== 1. a synthetic checkpoint: melt-import --synthesize=$model --dtype=fp8 -o $ckpt"
+build/bin/melt-import --synthesize="$model" --dtype=fp8 -o "$ckpt"
 
-echo "== melt-import $out/$model-checkpoint -o $out/$model.mlir"
-time build/bin/melt-import "$out/$model-checkpoint" -o "$out/$model.mlir"
+echo "== 2. compile for the CPU: melt-compile $ckpt --target=cpu -o $out/$model.melt"
+build/bin/melt-compile "$ckpt" --target=cpu -o "$out/$model.melt"
+ls -l "$out/$model.melt"
 
-echo "== melt-opt $out/$model.mlir --melt-model-report -o $out/$model.opt.mlir"
-build/bin/melt-opt "$out/$model.mlir" --melt-model-report -o "$out/$model.opt.mlir"
-
-echo "== the first decoder layer of @forward:"
-grep -m 1 -A 30 "func.func @forward" "$out/$model.opt.mlir" | cut -c 1-160
-echo "..."
-echo "Full IR: $out/$model.opt.mlir ($(wc -l < "$out/$model.opt.mlir") lines)"
+echo "== 3. generate: melt-run $out/$model.melt --checkpoint $ckpt --prompt-ids 1,2,3,4,5,6,7,8 --max-new 32"
+build/bin/melt-run "$out/$model.melt" --checkpoint "$ckpt" \
+  --prompt-ids 1,2,3,4,5,6,7,8 --max-new 32
