@@ -3,6 +3,7 @@
 
 #include "dialects/melt/MeltDialect.h"
 #include "frontends/hf/Checkpoint.h"
+#include "frontends/hf/Importer.h"
 
 #include "melt/artifact_generated.h"
 #include "melt/artifact_header.h"
@@ -54,7 +55,7 @@ public:
 private:
   llvm::Error addWeight(WeightOp weight);
   llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
-  ranges(WeightOp weight, ArrayAttr sources);
+  ranges(WeightOp weight, RankedTensorType type, ArrayAttr sources);
   llvm::Expected<uint32_t> newBuffer(Operation *where, Value value,
                                      fb::BufferKind kind);
   llvm::Error addFunction(func::FuncOp func);
@@ -75,8 +76,13 @@ private:
 };
 
 llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
-Writer::ranges(WeightOp weight, ArrayAttr sources) {
+Writer::ranges(WeightOp weight, RankedTensorType type, ArrayAttr sources) {
   std::vector<flatbuffers::Offset<fb::TensorRange>> out;
+  // One tensor of the weight's shape, or one per slice of dimension 0.
+  llvm::ArrayRef<int64_t> shape = type.getShape();
+  if (sources.size() > 1)
+    shape = shape.drop_front();
+  std::string dtype = safetensorsDTypeOf(type.getElementType());
   for (Attribute a : sources) {
     auto source = llvm::cast<TensorSourceAttr>(a);
     const CheckpointTensor *t = ckpt.find(source.getName());
@@ -84,6 +90,15 @@ Writer::ranges(WeightOp weight, ArrayAttr sources) {
       return errorAt(weight, "tensor '" + source.getName() +
                                  "' is not in the checkpoint " +
                                  ckpt.directory());
+    if (t->dtype != dtype || llvm::ArrayRef<int64_t>(t->shape) != shape)
+      return errorAt(weight,
+                     llvm::formatv("tensor '{0}' of the checkpoint is {1} "
+                                   "[{2}], the model expects {3} [{4}]",
+                                   source.getName(), t->dtype,
+                                   llvm::make_range(t->shape.begin(),
+                                                    t->shape.end()),
+                                   dtype, llvm::make_range(shape.begin(),
+                                                           shape.end())));
     auto [it, inserted] = fileIndex.try_emplace(t->file, files.size());
     if (inserted)
       files.push_back(t->file);
@@ -97,13 +112,15 @@ llvm::Error Writer::addWeight(WeightOp weight) {
   std::optional<fb::DType> dtype = dtypeOf(type.getElementType());
   if (!dtype)
     return errorAt(weight, "unsupported weight type");
-  auto sources = ranges(weight, weight.getSources());
+  auto sources = ranges(weight, type, weight.getSources());
   if (!sources)
     return sources.takeError();
   std::vector<flatbuffers::Offset<fb::TensorRange>> scales;
   std::vector<int64_t> block;
   if (weight.hasBlockScales()) {
-    auto scaleRanges = ranges(weight, *weight.getScaleSources());
+    auto scaleRanges =
+        ranges(weight, llvm::cast<RankedTensorType>(*weight.getScaleType()),
+               *weight.getScaleSources());
     if (!scaleRanges)
       return scaleRanges.takeError();
     scales = std::move(*scaleRanges);
@@ -133,7 +150,11 @@ llvm::Expected<uint32_t> Writer::newBuffer(Operation *where, Value value,
     for (int64_t size : tensor.getShape())
       shape.push_back(ShapedType::isDynamic(size) ? -1 : size);
   } else {
-    return errorAt(where, "values of this type cannot run on the CPU yet");
+    std::string type;
+    llvm::raw_string_ostream os(type);
+    os << value.getType();
+    return errorAt(where, "values of type '" + type +
+                              "' cannot run on the CPU target yet");
   }
   uint32_t id = buffers.size();
   buffers.push_back(fb::CreateBufferDirect(fbb, kind, dtype, &shape));
@@ -303,17 +324,27 @@ llvm::Expected<std::string> Writer::run(ModuleOp module) {
   for (auto func : module.getOps<func::FuncOp>()) {
     if (func.isDeclaration())
       continue;
-    if (func.getSymName() == "forward") {
-      auto logits =
-          llvm::cast<RankedTensorType>(func.getFunctionType().getResult(0));
-      auto states =
-          llvm::cast<RankedTensorType>(func.getFunctionType().getResult(1));
-      vocab = logits.getDimSize(1);
-      hidden = states.getDimSize(1);
-      layers = func.getNumArguments() - 2;
-    }
     if (llvm::Error error = addFunction(func))
       return std::move(error);
+    if (func.getSymName() != "forward")
+      continue;
+    // @forward(ids, positions, caches...) -> (logits, hidden, caches...)
+    FunctionType type = func.getFunctionType();
+    auto logits = type.getNumResults() >= 2
+                      ? llvm::dyn_cast<RankedTensorType>(type.getResult(0))
+                      : RankedTensorType();
+    auto states = type.getNumResults() >= 2
+                      ? llvm::dyn_cast<RankedTensorType>(type.getResult(1))
+                      : RankedTensorType();
+    if (!logits || !states || logits.getRank() != 2 || states.getRank() != 2 ||
+        logits.isDynamicDim(1) || states.isDynamicDim(1) ||
+        type.getNumInputs() < 2)
+      return errorAt(func, "@forward must take (ids, positions, caches...) "
+                           "and return (logits [T, vocab], hidden [T, "
+                           "hidden], caches...)");
+    vocab = logits.getDimSize(1);
+    hidden = states.getDimSize(1);
+    layers = type.getNumInputs() - 2;
   }
   if (!vocab)
     return llvm::createStringError(llvm::inconvertibleErrorCode(),

@@ -21,4 +21,5 @@ llvm_config.use_default_substitutions()
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 
 tool_dirs = [config.melt_tools_dir, config.llvm_tools_dir]
-llvm_config.add_tool_substitutions(["melt-opt", "melt-import"], tool_dirs)
+llvm_config.add_tool_substitutions(
+    ["melt-opt", "melt-import", "melt-compile", "melt-run"], tool_dirs)

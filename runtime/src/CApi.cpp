@@ -218,6 +218,23 @@ melt_status melt_session_logits(melt_session *session, int sequence,
   return report(Status::ok());
 }
 
+melt_status melt_session_expert_load_json(melt_session *session, char *buffer,
+                                          size_t capacity, size_t *size) {
+  if (!isLive(session) || !size || (capacity && !buffer))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_expert_load_json: invalid session or buffer");
+  return guarded([&] {
+    std::string json = session->session->expertLoadJson();
+    *size = json.size() + 1;
+    if (capacity) {
+      size_t n = std::min(capacity - 1, json.size());
+      std::memcpy(buffer, json.data(), n);
+      buffer[n] = '\0';
+    }
+    return report(Status::ok());
+  });
+}
+
 melt_status melt_sample_greedy(const float *logits, size_t n, int *token) {
   if (!logits || n == 0 || !token)
     return fail(MELT_INVALID_ARGUMENT,

@@ -15,7 +15,8 @@ std::vector<int64_t> staticShape(const fb::Buffer &b) {
 
 Status melt::execute(const Model &model, const fb::Function &function,
                      std::vector<Tensor> inputs, CacheSet &caches,
-                     int64_t maxPositions, std::vector<Tensor> &outputs) {
+                     int64_t maxPositions, std::vector<Tensor> &outputs,
+                     ExpertLoad *load) {
   const fb::Model &m = model.artifact().model();
   std::vector<Tensor> values(m.buffers()->size());
   auto isCache = [&](uint32_t id) {
@@ -154,6 +155,12 @@ Status melt::execute(const Model &model, const fb::Function &function,
       p.scale = kernel.floats()->Get(0);
       const WeightData *bias = kernel.weights()->size() > 1 ? &w(1) : nullptr;
       status = cpu::moeRouter(in(0), w(0), bias, p, out(0), out(1));
+      if (!status && load) {
+        std::vector<uint64_t> &counts = (*load)[k];
+        counts.resize(w(0).shape[0]);
+        for (int64_t expert : out(0).ints)
+          ++counts[expert];
+      }
       break;
     }
     case fb::KernelKind::MoEExperts:

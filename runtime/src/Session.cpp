@@ -65,18 +65,44 @@ Status Session::append(int32_t id, const int32_t *tokens, size_t n,
   }
   // Run on a copy of the caches so that a failure changes nothing.
   CacheSet caches = seq.caches;
+  ExpertLoad load;
   std::vector<Tensor> outputs;
   const fb::Function *forward = model_.artifact().function("forward");
   MELT_RETURN_IF_ERROR(execute(model_, *forward, {ids, positions}, caches,
-                               maxContext_, outputs));
+                               maxContext_, outputs, &load));
   const Tensor &logits = outputs.at(0);
   if (logits.rank() != 2 || logits.dim(0) != static_cast<int64_t>(n) ||
       logits.dim(1) != vocab)
     return invalidArtifact("@forward returned logits of the wrong shape");
   seq.caches = std::move(caches);
+  for (auto &[kernel, counts] : load) {
+    std::vector<uint64_t> &total = expertLoad_[kernel];
+    total.resize(counts.size());
+    for (size_t e = 0; e < counts.size(); ++e)
+      total[e] += counts[e];
+  }
   seq.length += n;
   seq.logits.assign(logits.data.end() - vocab, logits.data.end());
   if (allLogits)
     *allLogits = logits.data;
   return Status::ok();
+}
+
+std::string Session::expertLoadJson() const {
+  const fb::Model &m = model_.artifact().model();
+  std::string json = "{\"routers\": [";
+  bool first = true;
+  for (const auto &[kernel, counts] : expertLoad_) {
+    const fb::Kernel *k = m.kernels()->Get(kernel);
+    const fb::Weight *gate = m.weights()->Get(k->weights()->Get(0));
+    json += first ? "\n  " : ",\n  ";
+    first = false;
+    json += "{\"gate\": \"" + (gate->name() ? gate->name()->str() : "") +
+            "\", \"experts\": " + std::to_string(counts.size()) +
+            ", \"counts\": [";
+    for (size_t e = 0; e < counts.size(); ++e)
+      json += (e ? ", " : "") + std::to_string(counts[e]);
+    json += "]}";
+  }
+  return json + "\n]}\n";
 }

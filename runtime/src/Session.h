@@ -25,6 +25,10 @@ public:
   Status logits(int32_t id, const std::vector<float> *&out) const;
   Status length(int32_t id, int64_t &out) const;
   int64_t maxContext() const { return maxContext_; }
+  /// Per-expert load counters of every router, as JSON:
+  /// {"routers": [{"gate": NAME, "experts": E, "counts": [...]}, ...]}.
+  std::string expertLoadJson() const;
+  void resetExpertLoad() { expertLoad_.clear(); }
 
 private:
   struct Sequence {
@@ -36,6 +40,7 @@ private:
   const Model &model_;
   int64_t maxContext_;
   std::map<int32_t, Sequence> sequences_;
+  ExpertLoad expertLoad_;
   int32_t nextId_ = 0;
 };
 

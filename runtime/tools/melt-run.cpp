@@ -23,6 +23,8 @@ void usage() {
   std::fprintf(stderr,
                "usage: melt-run MODEL.melt --checkpoint DIR --prompt-ids "
                "1,2,3 [--max-new N] [--max-context N] [--bench]\n"
+               "       [--expert-stats FILE]  (per-expert load counters as "
+               "JSON)\n"
                "Generates greedily from a compiled melt model and reports "
                "tokens/s and peak memory.\n");
 }
@@ -65,6 +67,7 @@ int main(int argc, char **argv) {
   std::vector<int> prompt;
   long maxNew = 32, maxContext = 4096;
   bool bench = false;
+  const char *expertStats = nullptr;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> const char * {
@@ -88,6 +91,12 @@ int main(int argc, char **argv) {
     } else if (arg == "--max-context") {
       const char *v = value();
       maxContext = v ? std::strtol(v, nullptr, 10) : -1;
+    } else if (arg == "--expert-stats") {
+      expertStats = value();
+      if (!expertStats) {
+        usage();
+        return 1;
+      }
     } else if (arg == "--bench") {
       bench = true;
     } else if (!artifact && arg[0] != '-') {
@@ -158,6 +167,20 @@ int main(int argc, char **argv) {
     std::printf("decode: %zu tokens, %.1f tokens/s\n", generated.size(),
                 decodeTps);
     std::printf("peak memory: %.1f MB\n", peakMemoryMB());
+  }
+  if (expertStats) {
+    size_t size = 0;
+    melt_session_expert_load_json(session, nullptr, 0, &size);
+    std::string json(size, '\0');
+    melt_session_expert_load_json(session, json.data(), size, &size);
+    json.resize(size - 1);
+    std::string tmp = std::string(expertStats) + ".tmp";
+    FILE *f = std::fopen(tmp.c_str(), "wb");
+    if (!f || std::fwrite(json.data(), 1, json.size(), f) != json.size() ||
+        std::fclose(f) != 0 || std::rename(tmp.c_str(), expertStats) != 0) {
+      std::fprintf(stderr, "melt-run: error: cannot write %s\n", expertStats);
+      return 1;
+    }
   }
   melt_session_destroy(session);
   melt_model_destroy(model);

@@ -81,6 +81,15 @@ melt_status melt_session_append(melt_session *session, int sequence,
 melt_status melt_session_logits(melt_session *session, int sequence,
                                 const float **logits, size_t *vocab);
 
+/* Per-expert load counters of the session (token-to-expert assignments
+ * of every MoE router since creation) as JSON:
+ *   {"routers": [{"gate": "model.layers.3.mlp.gate", "experts": 256,
+ *                 "counts": [...]}, ...]}
+ * Writes at most `capacity` bytes (NUL-terminated) to `buffer` and the full
+ * size, terminator included, to `size`: call with capacity 0 to ask. */
+melt_status melt_session_expert_load_json(melt_session *session, char *buffer,
+                                          size_t capacity, size_t *size);
+
 /* The index of the largest logit (the first one on ties). */
 melt_status melt_sample_greedy(const float *logits, size_t n, int *token);
 
