@@ -15,6 +15,7 @@
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/MemoryBuffer.h"
 
 using namespace mlir;
 using namespace mlir::melt;
@@ -48,7 +49,8 @@ std::optional<fb::DType> dtypeOf(Type type) {
 
 class Writer {
 public:
-  Writer(const Checkpoint &ckpt) : ckpt(ckpt) {}
+  Writer(const Checkpoint &ckpt, const ArtifactOptions &options)
+      : ckpt(ckpt), options(options) {}
 
   llvm::Expected<std::string> run(ModuleOp module);
 
@@ -62,7 +64,12 @@ private:
   llvm::Error addKernel(Operation *op);
   llvm::Expected<uint32_t> weightIndex(Operation *op, FlatSymbolRefAttr sym);
 
+  llvm::Error embed(const CheckpointTensor &t, uint64_t &offset);
+
   const Checkpoint &ckpt;
+  const ArtifactOptions &options;
+  /// Embedded weights: checkpoint bytes, each range 64-byte aligned.
+  std::string blob;
   flatbuffers::FlatBufferBuilder fbb{1 << 20};
   llvm::StringMap<uint32_t> fileIndex;
   std::vector<std::string> files;
@@ -99,12 +106,31 @@ Writer::ranges(WeightOp weight, RankedTensorType type, ArrayAttr sources) {
                                                     t->shape.end()),
                                    dtype, llvm::make_range(shape.begin(),
                                                            shape.end())));
+    if (options.embedWeights) {
+      uint64_t offset = 0;
+      if (llvm::Error error = embed(*t, offset))
+        return std::move(error);
+      out.push_back(fb::CreateTensorRange(fbb, 0, offset, t->bytes));
+      continue;
+    }
     auto [it, inserted] = fileIndex.try_emplace(t->file, files.size());
     if (inserted)
       files.push_back(t->file);
     out.push_back(fb::CreateTensorRange(fbb, it->second, t->offset, t->bytes));
   }
   return out;
+}
+
+llvm::Error Writer::embed(const CheckpointTensor &t, uint64_t &offset) {
+  blob.resize(llvm::alignTo(blob.size(), ::melt::kArtifactBlobAlignment), '\0');
+  offset = blob.size();
+  auto data =
+      llvm::MemoryBuffer::getFileSlice(ckpt.path(t.file), t.bytes, t.offset);
+  if (!data)
+    return llvm::createStringError(data.getError(),
+                                   "cannot read " + ckpt.path(t.file));
+  blob.append((*data)->getBufferStart(), (*data)->getBufferSize());
+  return llvm::Error::success();
 }
 
 llvm::Error Writer::addWeight(WeightOp weight) {
@@ -130,7 +156,8 @@ llvm::Error Writer::addWeight(WeightOp weight) {
   weightIndices[weight.getSymName()] = weights.size();
   weights.push_back(fb::CreateWeightDirect(
       fbb, weight.getSymName().str().c_str(), *dtype, &shape, &*sources,
-      scales.empty() ? nullptr : &scales, block.empty() ? nullptr : &block));
+      scales.empty() ? nullptr : &scales, block.empty() ? nullptr : &block,
+      options.embedWeights));
   return llvm::Error::success();
 }
 
@@ -372,12 +399,22 @@ llvm::Expected<std::string> Writer::run(ModuleOp module) {
   header.minor = MELT_ARTIFACT_VERSION_MINOR;
   header.flatbufferOffset = ::melt::kArtifactHeaderSize;
   header.flatbufferSize = fbb.GetSize();
-  header.checksum = ::melt::fnv1a64(fbb.GetBufferPointer(), fbb.GetSize());
   std::string bytes(::melt::kArtifactHeaderSize, '\0');
-  ::melt::encodeArtifactHeader(header,
-                               reinterpret_cast<uint8_t *>(bytes.data()));
   bytes.append(reinterpret_cast<const char *>(fbb.GetBufferPointer()),
                fbb.GetSize());
+  if (options.embedWeights) {
+    bytes.resize(llvm::alignTo(bytes.size(), ::melt::kArtifactBlobAlignment),
+                 '\0');
+    header.weightsOffset = bytes.size();
+    header.weightsSize = blob.size();
+    bytes += blob;
+  }
+  header.checksum = ::melt::fnv1a64(
+      reinterpret_cast<const uint8_t *>(bytes.data()) +
+          ::melt::kArtifactHeaderSize,
+      bytes.size() - ::melt::kArtifactHeaderSize);
+  ::melt::encodeArtifactHeader(header,
+                               reinterpret_cast<uint8_t *>(bytes.data()));
   return bytes;
 }
 
@@ -386,6 +423,6 @@ llvm::Expected<std::string> Writer::run(ModuleOp module) {
 llvm::Expected<std::string>
 mlir::melt::buildArtifact(ModuleOp module, const Checkpoint &checkpoint,
                           const ArtifactOptions &options) {
-  Writer writer(checkpoint);
+  Writer writer(checkpoint, options);
   return writer.run(module);
 }

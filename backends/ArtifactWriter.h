@@ -22,6 +22,9 @@ enum class Target { CPU };
 
 struct ArtifactOptions {
   Target target = Target::CPU;
+  /// Pack the checkpoint bytes of every weight into an aligned blob after
+  /// the program: a self-contained artifact that needs no checkpoint.
+  bool embedWeights = false;
 };
 
 /// The artifact bytes (header, FlatBuffer) of `module`, whose weights are

@@ -115,7 +115,10 @@ bool elementCount(const flatbuffers::Vector<int64_t> *shape, uint64_t &n) {
   return true;
 }
 
-Status checkWeight(const fb::Model &m, uint32_t index) {
+} // namespace
+
+Status Artifact::checkWeight(uint32_t index) const {
+  const fb::Model &m = *model_;
   const fb::Weight *w = m.weights()->Get(index);
   std::string where = "weights[" + str(index) + "]";
   if (dtypeBytes(w->dtype()) == 0 || w->dtype() == fb::DType::I32 ||
@@ -135,12 +138,24 @@ Status checkWeight(const fb::Model &m, uint32_t index) {
   if (!mulOk(perSource, dtypeBytes(w->dtype()), bytes))
     return invalidArtifact(where + " is too large");
   uint32_t files = count(m.files());
+  // Every range inside its file (checked at load) or inside the blob.
+  auto located = [&](const fb::TensorRange *r, const std::string &what) {
+    if (w->embedded()) {
+      uint64_t end = 0;
+      if (__builtin_add_overflow(r->offset(), r->bytes(), &end) ||
+          end > blobSize_)
+        return invalidArtifact(what + " [" + str(r->offset()) + ", +" +
+                               str(r->bytes()) + ") is outside the " +
+                               str(blobSize_) + "-byte weight blob");
+    } else if (r->file() >= files) {
+      return invalidArtifact(what + " refers to file " + str(r->file()) +
+                             " of " + str(files));
+    }
+    return Status::ok();
+  };
   for (uint32_t i = 0; i < sources; ++i) {
     const fb::TensorRange *r = w->sources()->Get(i);
-    if (r->file() >= files)
-      return invalidArtifact(where + ".sources[" + str(i) +
-                             "] refers to file " + str(r->file()) + " of " +
-                             str(files));
+    MELT_RETURN_IF_ERROR(located(r, where + ".sources[" + str(i) + "]"));
     if (r->bytes() != bytes)
       return invalidArtifact(where + ".sources[" + str(i) + "] holds " +
                              str(r->bytes()) + " bytes, its shape needs " +
@@ -169,10 +184,7 @@ Status checkWeight(const fb::Model &m, uint32_t index) {
     return invalidArtifact(where + " has too many scales");
   for (uint32_t i = 0; i < sources; ++i) {
     const fb::TensorRange *r = w->scales()->Get(i);
-    if (r->file() >= files)
-      return invalidArtifact(where + ".scales[" + str(i) +
-                             "] refers to file " + str(r->file()) + " of " +
-                             str(files));
+    MELT_RETURN_IF_ERROR(located(r, where + ".scales[" + str(i) + "]"));
     if (r->bytes() != scaleBytes)
       return invalidArtifact(where + ".scales[" + str(i) + "] holds " +
                              str(r->bytes()) + " bytes, expected " +
@@ -180,8 +192,6 @@ Status checkWeight(const fb::Model &m, uint32_t index) {
   }
   return Status::ok();
 }
-
-} // namespace
 
 Status Artifact::checkMeaning() const {
   const fb::Model &m = *model_;
@@ -196,7 +206,7 @@ Status Artifact::checkMeaning() const {
     if (!m.files()->Get(i)->path())
       return invalidArtifact("files[" + str(i) + "] has no path");
   for (uint32_t i = 0; i < m.weights()->size(); ++i)
-    MELT_RETURN_IF_ERROR(checkWeight(m, i));
+    MELT_RETURN_IF_ERROR(checkWeight(i));
 
   uint32_t buffers = m.buffers()->size(), weights = m.weights()->size(),
            kernels = m.kernels()->size();
@@ -339,6 +349,8 @@ Status Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &name,
   out.bytes_ = std::move(bytes);
   out.name_ = name;
   out.model_ = fb::GetModel(out.bytes_.data() + h.flatbufferOffset);
+  out.blobOffset_ = h.weightsSize ? h.weightsOffset : 0;
+  out.blobSize_ = h.weightsSize;
   Status meaning = out.checkMeaning();
   if (meaning)
     return fail(meaning.message());

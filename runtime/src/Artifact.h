@@ -33,16 +33,21 @@ public:
                           Artifact &out);
 
   const fb::Model &model() const { return *model_; }
+  /// The embedded weight blob (empty unless compiled with --embed-weights).
+  const uint8_t *blob() const { return bytes_.data() + blobOffset_; }
+  uint64_t blobSize() const { return blobSize_; }
   const std::string &name() const { return name_; }
   /// The function named `name`, or null.
   const fb::Function *function(const std::string &name) const;
 
 private:
   Status checkMeaning() const;
+  Status checkWeight(uint32_t index) const;
 
   std::vector<uint8_t> bytes_;
   std::string name_;
   const fb::Model *model_ = nullptr;
+  uint64_t blobOffset_ = 0, blobSize_ = 0;
 };
 
 /// Bytes per element of a dtype (FP8 is 1).

@@ -67,9 +67,11 @@ const char *melt_last_error(void) { return lastError.c_str(); }
 
 melt_status melt_model_load(const char *artifactPath, const char *checkpoint,
                             melt_model **out) {
-  if (!artifactPath || !checkpoint || !out)
+  if (!artifactPath || !out)
     return fail(MELT_INVALID_ARGUMENT,
-                "melt_model_load: null artifact path, checkpoint or result");
+                "melt_model_load: null artifact path or result");
+  if (!checkpoint)
+    checkpoint = "";
   *out = nullptr;
   return guarded([&] {
     auto handle = std::make_unique<melt_model>();
@@ -86,9 +88,11 @@ melt_status melt_model_load(const char *artifactPath, const char *checkpoint,
 melt_status melt_model_load_from_memory(const void *artifact, size_t size,
                                         const char *checkpoint,
                                         melt_model **out) {
-  if (!artifact || !checkpoint || !out)
-    return fail(MELT_INVALID_ARGUMENT, "melt_model_load_from_memory: null "
-                                       "artifact, checkpoint or result");
+  if (!artifact || !out)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_model_load_from_memory: null artifact or result");
+  if (!checkpoint)
+    checkpoint = "";
   *out = nullptr;
   return guarded([&] {
     const auto *bytes = static_cast<const uint8_t *>(artifact);

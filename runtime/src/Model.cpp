@@ -29,9 +29,18 @@ float decode(const uint8_t *p, fb::DType dtype) {
   }
 }
 
+/// Reads weight bytes from checkpoint files, or from the artifact's own
+/// blob for embedded weights.
 class Files {
 public:
+  explicit Files(const Artifact &artifact) : artifact(artifact) {}
+
   Status open(const fb::Model &m, const std::string &dir) {
+    if (dir.empty() && m.files()->size() > 0)
+      return {MELT_NOT_FOUND,
+              artifact.name() + ": its weights are read from a checkpoint "
+                                "(" + m.files()->Get(0)->path()->str() +
+                  ", ...): give the checkpoint directory"};
     for (uint32_t i = 0; i < m.files()->size(); ++i) {
       const fb::CheckpointFile *f = m.files()->Get(i);
       std::string path = dir + "/" + f->path()->str();
@@ -52,8 +61,13 @@ public:
     return Status::ok();
   }
 
-  Status read(const fb::TensorRange &r, const std::string &what,
+  Status read(const fb::TensorRange &r, bool embedded, const std::string &what,
               std::vector<uint8_t> &out) {
+    if (embedded) { // the range was checked against the blob at load
+      out.assign(artifact.blob() + r.offset(),
+                 artifact.blob() + r.offset() + r.bytes());
+      return Status::ok();
+    }
     uint64_t end = 0;
     if (__builtin_add_overflow(r.offset(), r.bytes(), &end) ||
         end > sizes[r.file()])
@@ -70,6 +84,7 @@ public:
   }
 
 private:
+  const Artifact &artifact;
   std::vector<std::unique_ptr<std::ifstream>> streams;
   std::vector<uint64_t> sizes;
 };
@@ -78,7 +93,7 @@ private:
 
 Status Model::loadWeights(const std::string &dir) {
   const fb::Model &m = artifact_.model();
-  Files files;
+  Files files(artifact_);
   MELT_RETURN_IF_ERROR(files.open(m, dir));
   std::vector<uint8_t> bytes, scaleBytes;
   weights_.resize(m.weights()->size());
@@ -97,14 +112,16 @@ Status Model::loadWeights(const std::string &dir) {
     uint64_t width = dtypeBytes(w->dtype());
     int64_t rank = data.shape.size();
     for (uint32_t s = 0; s < sources; ++s) {
-      MELT_RETURN_IF_ERROR(files.read(*w->sources()->Get(s), what, bytes));
+      MELT_RETURN_IF_ERROR(
+          files.read(*w->sources()->Get(s), w->embedded(), what, bytes));
       float *dst = data.data.data() + s * perSource;
       for (uint64_t e = 0; e < perSource; ++e)
         dst[e] = decode(bytes.data() + e * width, w->dtype());
       if (w->dtype() != fb::DType::F8E4M3FN)
         continue;
       // dequantized = q * scale_inv of its block (edge blocks partial).
-      MELT_RETURN_IF_ERROR(files.read(*w->scales()->Get(s), what, scaleBytes));
+      MELT_RETURN_IF_ERROR(files.read(*w->scales()->Get(s), w->embedded(),
+                                      what, scaleBytes));
       int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
       int64_t br = w->block()->Get(0), bc = w->block()->Get(1);
       int64_t colBlocks = (cols + bc - 1) / bc;

@@ -21,7 +21,7 @@ namespace {
 
 void usage() {
   std::fprintf(stderr,
-               "usage: melt-run MODEL.melt --checkpoint DIR --prompt-ids "
+               "usage: melt-run MODEL.melt [--checkpoint DIR] --prompt-ids "
                "1,2,3 [--max-new N] [--max-context N] [--bench]\n"
                "       [--expert-stats FILE]  (per-expert load counters as "
                "JSON)\n"
@@ -108,7 +108,7 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  if (!artifact || !checkpoint || prompt.empty() || maxNew < 0 ||
+  if (!artifact || prompt.empty() || maxNew < 0 ||
       maxContext <= 0) {
     usage();
     return 1;

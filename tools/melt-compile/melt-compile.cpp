@@ -43,6 +43,11 @@ static cl::opt<std::string> checkpointDir(
 static cl::opt<std::string> target("target",
                                    cl::desc("Target device: cpu"),
                                    cl::init("cpu"), cl::cat(category));
+static cl::opt<bool> embedWeights(
+    "embed-weights",
+    cl::desc("Pack the weights into the artifact (self-contained; no "
+             "checkpoint needed at load time)"),
+    cl::cat(category));
 static cl::opt<std::string> outputFile("o", cl::desc("Output artifact"),
                                        cl::value_desc("file"),
                                        cl::cat(category));
@@ -106,6 +111,7 @@ int main(int argc, char **argv) {
   if (!ckpt)
     return fail(llvm::toString(ckpt.takeError()));
   ArtifactOptions options;
+  options.embedWeights = embedWeights;
   auto bytes = buildArtifact(*module, *ckpt, options);
   if (!bytes)
     return fail(llvm::toString(bytes.takeError()));

@@ -50,7 +50,8 @@ typedef struct melt_model melt_model;
 typedef struct melt_session melt_session;
 
 /* Loads a compiled artifact; its weights are read from `checkpoint_dir`
- * (the checkpoint it was compiled against). */
+ * (the checkpoint it was compiled against), which may be NULL for an
+ * artifact compiled with --embed-weights. */
 melt_status melt_model_load(const char *artifact_path,
                             const char *checkpoint_dir, melt_model **model);
 /* The same from artifact bytes in memory (copied; the caller keeps its
