@@ -16,6 +16,8 @@ packages=(
   libclang-rt-19-dev
   # Runtime: artifact schema.
   libflatbuffers-dev flatbuffers-compiler
+  # Runtime: the CPU device's GEMMs.
+  libdnnl-dev
 )
 
 missing=()

@@ -119,8 +119,12 @@ Status cpu::linear(const Tensor &x, const WeightData &w, Tensor &out) {
   std::vector<int64_t> shape = x.shape;
   shape.back() = outDim;
   resize(out, shape);
-  matmulRows(x.data.data(), in ? x.numel() / in : 0, in, w.data.data(),
-             outDim, out.data.data());
+  int64_t rows = in ? x.numel() / in : 0;
+  if (!w.gemms.empty())
+    return w.gemms[0]->multiply(x.data.data(), rows, out.data.data());
+  if (w.data.size() != static_cast<size_t>(in * outDim))
+    return shapeError("linear", "weight data is missing");
+  matmulRows(x.data.data(), rows, in, w.data.data(), outDim, out.data.data());
   return Status::ok();
 }
 
@@ -427,23 +431,54 @@ Status cpu::moeExperts(const Tensor &x, const Tensor &indices,
     return shapeError("moe_experts", "expert weights do not match the input");
   int64_t T = x.dim(0), H = x.dim(1), E = gate.shape[0], I = gate.shape[1],
           K = indices.dim(1);
+  bool packed = static_cast<int64_t>(gate.gemms.size()) == E &&
+                static_cast<int64_t>(up.gemms.size()) == E &&
+                static_cast<int64_t>(down.gemms.size()) == E;
+  if (!packed && (gate.data.size() != static_cast<size_t>(E * I * H) ||
+                  up.data.size() != gate.data.size() ||
+                  down.data.size() != gate.data.size()))
+    return shapeError("moe_experts", "expert weight data is missing");
   resize(out, {T, H});
-  std::vector<float> g(I), u(I), y(H);
-  for (int64_t t = 0; t < T; ++t) {
-    const float *xr = x.data.data() + t * H;
+  // Tokens grouped by expert: one GEMM per active expert over all its
+  // tokens, then a weighted scatter-add.
+  std::vector<std::vector<std::pair<int64_t, float>>> routed(E);
+  for (int64_t t = 0; t < T; ++t)
     for (int64_t k = 0; k < K; ++k) {
       int64_t e = indices.ints[t * K + k];
       if (e < 0 || e >= E)
         return invalidArgument("moe_experts: expert " + str(e) + " of " +
                                str(E));
-      matmulRows(xr, 1, H, gate.data.data() + e * I * H, I, g.data());
-      matmulRows(xr, 1, H, up.data.data() + e * I * H, I, u.data());
-      for (int64_t i = 0; i < I; ++i)
-        g[i] = static_cast<float>(silu(g[i])) * u[i];
-      matmulRows(g.data(), 1, I, down.data.data() + e * H * I, H, y.data());
-      float w = weights.data[t * K + k];
+      routed[e].push_back({t, weights.data[t * K + k]});
+    }
+  std::vector<float> xs, g, u, y;
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t m = routed[e].size();
+    if (m == 0)
+      continue;
+    xs.resize(m * H);
+    g.resize(m * I);
+    u.resize(m * I);
+    y.resize(m * H);
+    for (int64_t r = 0; r < m; ++r)
+      std::copy_n(x.data.data() + routed[e][r].first * H, H,
+                  xs.data() + r * H);
+    if (packed) {
+      MELT_RETURN_IF_ERROR(gate.gemms[e]->multiply(xs.data(), m, g.data()));
+      MELT_RETURN_IF_ERROR(up.gemms[e]->multiply(xs.data(), m, u.data()));
+    } else {
+      matmulRows(xs.data(), m, H, gate.data.data() + e * I * H, I, g.data());
+      matmulRows(xs.data(), m, H, up.data.data() + e * I * H, I, u.data());
+    }
+    for (int64_t i = 0; i < m * I; ++i)
+      g[i] = static_cast<float>(silu(g[i])) * u[i];
+    if (packed)
+      MELT_RETURN_IF_ERROR(down.gemms[e]->multiply(g.data(), m, y.data()));
+    else
+      matmulRows(g.data(), m, I, down.data.data() + e * H * I, H, y.data());
+    for (int64_t r = 0; r < m; ++r) {
+      auto [t, w] = routed[e][r];
       for (int64_t h = 0; h < H; ++h)
-        out.data[t * H + h] += w * y[h];
+        out.data[t * H + h] += w * y[r * H + h];
     }
   }
   return Status::ok();

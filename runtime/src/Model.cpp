@@ -97,6 +97,17 @@ Status Model::loadWeights(const std::string &dir) {
   MELT_RETURN_IF_ERROR(files.open(m, dir));
   std::vector<uint8_t> bytes, scaleBytes;
   weights_.resize(m.weights()->size());
+  // Which weights are multiplied (prepacked for GEMMs) and which are read
+  // directly (kept in f32).
+  std::vector<bool> multiplied(m.weights()->size()), read(m.weights()->size());
+  for (const fb::Kernel *k : *m.kernels())
+    for (uint32_t i = 0; i < k->weights()->size(); ++i) {
+      bool gemm = k->kind() == fb::KernelKind::Linear ||
+                  k->kind() == fb::KernelKind::Logits ||
+                  k->kind() == fb::KernelKind::MoEExperts ||
+                  (k->kind() == fb::KernelKind::MTPCombine && i == 2);
+      (gemm ? multiplied : read)[k->weights()->Get(i)] = true;
+    }
   for (uint32_t i = 0; i < m.weights()->size(); ++i) {
     const fb::Weight *w = m.weights()->Get(i);
     std::string what = "weights[" + str(i) + "] (" +
@@ -135,14 +146,31 @@ Status Model::loadWeights(const std::string &dir) {
                 decode(scaleBytes.data() + 4 * block, fb::DType::F32);
           }
     }
+    if (!multiplied[i] || rank < 2)
+      continue;
+    // One GEMM operand per [rows, cols] matrix; BF16 checkpoints stay bf16.
+    int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
+    int64_t matrices = static_cast<int64_t>(elements) / (rows * cols);
+    for (int64_t mtx = 0; mtx < matrices; ++mtx) {
+      std::unique_ptr<GemmWeight> gemm;
+      MELT_RETURN_IF_ERROR(GemmWeight::create(
+          data.data.data() + mtx * rows * cols, rows, cols,
+          w->dtype() == fb::DType::BF16, gemm));
+      data.gemms.push_back(std::move(gemm));
+    }
+    if (!read[i])
+      std::vector<float>().swap(data.data);
   }
   return Status::ok();
 }
 
 uint64_t Model::weightBytes() const {
   uint64_t bytes = 0;
-  for (const WeightData &w : weights_)
+  for (const WeightData &w : weights_) {
     bytes += w.data.size() * sizeof(float);
+    for (const auto &g : w.gemms)
+      bytes += g->bytes();
+  }
   return bytes;
 }
 

@@ -2,7 +2,10 @@
 #ifndef MELT_RUNTIME_TENSOR_H
 #define MELT_RUNTIME_TENSOR_H
 
+#include "Gemm.h"
+
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace melt {
@@ -27,10 +30,14 @@ struct Tensor {
   int64_t rowSize() const { return shape.empty() || shape[0] == 0 ? 0 : numel() / shape[0]; }
 };
 
-/// A weight on the CPU device, converted to f32 at load.
+/// A weight on the CPU device: f32 `data` for the kernels that read it
+/// directly (embedding, norms, router), and prepacked GEMM operands, one
+/// per matrix (stacked experts have one each), for the projections. A
+/// weight only multiplied keeps no f32 copy.
 struct WeightData {
   std::vector<int64_t> shape;
   std::vector<float> data;
+  std::vector<std::unique_ptr<GemmWeight>> gemms;
 };
 
 /// The per-head key/value cache of one layer of one sequence.
