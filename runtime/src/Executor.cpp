@@ -3,9 +3,38 @@
 
 #include "CpuKernels.h"
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+
 using namespace melt;
 
 namespace {
+
+/// MELT_PROFILE=1: time per kernel kind, printed to stderr at exit.
+struct Profile {
+  bool enabled = std::getenv("MELT_PROFILE") != nullptr;
+  std::mutex mutex;
+  double seconds[64] = {};
+  uint64_t calls[64] = {};
+  ~Profile() {
+    if (!enabled)
+      return;
+    double total = 0;
+    for (double s : seconds)
+      total += s;
+    std::fprintf(stderr, "melt profile (kernel kind: calls, ms, share)\n");
+    for (int k = 0; k < 64; ++k)
+      if (calls[k])
+        std::fprintf(stderr, "  %-16s %8llu %10.2f %5.1f%%\n",
+                     fb::EnumNameKernelKind(static_cast<fb::KernelKind>(k)),
+                     static_cast<unsigned long long>(calls[k]),
+                     seconds[k] * 1e3, 100.0 * seconds[k] / total);
+  }
+};
+Profile profile;
+
 
 std::vector<int64_t> staticShape(const fb::Buffer &b) {
   return std::vector<int64_t>(b.shape()->begin(), b.shape()->end());
@@ -57,6 +86,7 @@ Status melt::execute(const Model &model, const fb::Function &function,
       return it == caches.end() ? nullptr : &it->second;
     };
     Status status;
+    auto started = std::chrono::steady_clock::now();
     switch (kernel.kind()) {
     case fb::KernelKind::Embedding:
       status = cpu::embedding(in(0), w(0), out(0));
@@ -170,6 +200,15 @@ Status melt::execute(const Model &model, const fb::Function &function,
       status = cpu::mtpCombine(in(0), in(1), w(0), w(1), w(2),
                                kernel.floats()->Get(0), out(0));
       break;
+    }
+    if (profile.enabled) {
+      double s = std::chrono::duration<double>(
+                     std::chrono::steady_clock::now() - started)
+                     .count();
+      int kind = static_cast<int>(kernel.kind()) & 63;
+      std::lock_guard<std::mutex> lock(profile.mutex);
+      profile.seconds[kind] += s;
+      ++profile.calls[kind];
     }
     if (status)
       return Status(status.code(), "kernels[" + std::to_string(k) + "] (" +

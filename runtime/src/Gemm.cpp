@@ -25,6 +25,13 @@ dnnl::engine &engine() {
   return e;
 }
 
+/// One in-order CPU stream per thread: making one per call costs more than
+/// a small GEMM.
+dnnl::stream &stream() {
+  thread_local dnnl::stream s(engine());
+  return s;
+}
+
 /// Matmul primitives by (m, k, n, bf16), shared by all weights of a shape.
 /// Bounded: prefills of many lengths must not grow it without end.
 class PrimitiveCache {
@@ -88,10 +95,9 @@ Status GemmWeight::create(const float *w, int64_t n, int64_t k, bool bf16,
     }
     dnnl::memory plain({{k, n}, type, tag::ba}, engine(), plainData);
     g->impl_->packed = dnnl::memory(pd.weights_desc(), engine());
-    dnnl::stream stream(engine());
     dnnl::reorder(plain, g->impl_->packed)
-        .execute(stream, plain, g->impl_->packed);
-    stream.wait();
+        .execute(stream(), plain, g->impl_->packed);
+    stream().wait();
   } catch (const dnnl::error &e) {
     return {MELT_INTERNAL, std::string("oneDNN: packing a weight: ") + e.what()};
   }
@@ -117,11 +123,10 @@ Status GemmWeight::multiply(const float *x, int64_t m, float *y) const {
     dnnl::memory src({{m, k_}, bf16 ? dt::bf16 : dt::f32, tag::ab}, engine(),
                      srcData);
     dnnl::memory dst({{m, n_}, dt::f32, tag::ab}, engine(), y);
-    dnnl::stream stream(engine());
-    mm.execute(stream, {{DNNL_ARG_SRC, src},
-                        {DNNL_ARG_WEIGHTS, impl_->packed},
-                        {DNNL_ARG_DST, dst}});
-    stream.wait();
+    mm.execute(stream(), {{DNNL_ARG_SRC, src},
+                          {DNNL_ARG_WEIGHTS, impl_->packed},
+                          {DNNL_ARG_DST, dst}});
+    stream().wait();
   } catch (const dnnl::error &e) {
     return {MELT_INTERNAL, std::string("oneDNN: matmul: ") + e.what()};
   }
