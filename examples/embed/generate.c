@@ -29,8 +29,10 @@ int main(int argc, char **argv) {
   melt_model *model = NULL;
   melt_session *session = NULL;
   int sequence = 0, failed = 0;
+  melt_session_options options = {256, 256};
   if (check(melt_model_load(argv[1], argv[2], &model), "loading the model") ||
-      check(melt_session_create(model, 256, &session), "creating a session") ||
+      check(melt_session_create(model, &options, &session),
+            "creating a session") ||
       check(melt_session_add_sequence(session, &sequence), "adding a sequence") ||
       check(melt_session_append(session, sequence, prompt, (size_t)n, NULL),
             "prefill")) {

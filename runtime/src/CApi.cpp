@@ -133,7 +133,8 @@ long long melt_model_vocab_size(const melt_model *model) {
   return isLive(model) ? model->model->vocabSize() : 0;
 }
 
-melt_status melt_session_create(melt_model *model, long long maxContext,
+melt_status melt_session_create(melt_model *model,
+                                const melt_session_options *options,
                                 melt_session **out) {
   if (!out)
     return fail(MELT_INVALID_ARGUMENT, "melt_session_create: null result");
@@ -141,14 +142,25 @@ melt_status melt_session_create(melt_model *model, long long maxContext,
   if (!isLive(model))
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_session_create: not a live model handle");
+  if (!options)
+    return fail(MELT_INVALID_ARGUMENT, "melt_session_create: null options");
+  long long maxContext = options->max_context;
+  long long capacity = options->kv_capacity_tokens;
   if (maxContext <= 0 || maxContext > (1ll << 31))
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_session_create: max_context " +
                     std::to_string(maxContext) + " is out of range");
+  if (capacity < 0 || capacity > (1ll << 40))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_create: kv_capacity_tokens " +
+                    std::to_string(capacity) + " is out of range");
+  if (capacity == 0)
+    capacity = maxContext;
   return guarded([&] {
     auto handle = std::make_unique<melt_session>();
     handle->owner = model;
-    handle->session = std::make_unique<Session>(*model->model, maxContext);
+    handle->session =
+        std::make_unique<Session>(*model->model, maxContext, capacity);
     std::lock_guard<std::mutex> lock(handlesMutex);
     liveHandles.insert(handle.get());
     ++model->sessions;
@@ -206,6 +218,33 @@ melt_status melt_session_append(melt_session *session, int sequence,
       std::memcpy(allLogits, all.data(), all.size() * sizeof(float));
     return report(status);
   });
+}
+
+melt_status melt_session_step(melt_session *session,
+                              const melt_batch_entry *entries, size_t n) {
+  if (!isLive(session))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_step: not a live session handle");
+  if (!entries || n == 0)
+    return fail(MELT_INVALID_ARGUMENT, "melt_session_step: empty batch");
+  return guarded([&] {
+    std::vector<Session::Entry> batch;
+    for (size_t i = 0; i < n; ++i)
+      batch.push_back({entries[i].sequence,
+                       reinterpret_cast<const int32_t *>(entries[i].tokens),
+                       entries[i].n_tokens});
+    return report(session->session->step(batch.data(), batch.size()));
+  });
+}
+
+melt_status melt_session_kv_pages(melt_session *session, long long *used,
+                                  long long *total) {
+  if (!isLive(session) || !used || !total)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_kv_pages: invalid session or result");
+  *used = session->session->usedPages();
+  *total = session->session->totalPages();
+  return report(Status::ok());
 }
 
 melt_status melt_session_logits(melt_session *session, int sequence,

@@ -20,6 +20,7 @@ void resize(Tensor &t, std::vector<int64_t> shape) {
   t.shape = std::move(shape);
   t.isInt = false;
   t.ints.clear();
+  t.segments.clear();
   t.data.assign(static_cast<size_t>(t.numel()), 0.0f);
 }
 
@@ -161,81 +162,103 @@ Status cpu::rope(const Tensor &x, const Tensor &positions, const RopeParams &p,
 
 Status cpu::attention(const Tensor &q, const Tensor &k, const Tensor &v,
                       const Tensor &positions, bool causal, double scale,
-                      Tensor &out) {
+                      const std::vector<int64_t> &querySegments, Tensor &out) {
   if (q.rank() != 3 || k.rank() != 3 || v.rank() != 3 ||
       q.dim(2) != k.dim(2) || k.dim(0) != v.dim(0) || k.dim(1) != v.dim(1) ||
       k.dim(1) == 0 || q.dim(1) % k.dim(1) != 0 || !positions.isInt ||
       positions.dim(0) != q.dim(0))
     return shapeError("attention", "inconsistent q, k, v or positions");
-  int64_t T = q.dim(0), H = q.dim(1), D = q.dim(2), S = k.dim(0),
-          Hk = k.dim(1), Dv = v.dim(2), group = H / Hk;
-  resize(out, {T, H, Dv});
-  std::vector<float> scores(S);
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t visible = causal ? std::min<int64_t>(S, positions.ints[t] + 1) : S;
-    if (visible <= 0)
-      return invalidArgument("attention: query at position " +
-                             str(positions.ints[t]) + " sees no key");
-    for (int64_t h = 0; h < H; ++h) {
-      const float *qv = q.data.data() + (t * H + h) * D;
-      int64_t kh = h / group;
-      float maxScore = -INFINITY;
-      for (int64_t s = 0; s < visible; ++s) {
-        const float *kv = k.data.data() + (s * Hk + kh) * D;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < D; ++d)
-          dot += qv[d] * kv[d];
-        scores[s] = static_cast<float>(dot * scale);
-        maxScore = std::max(maxScore, scores[s]);
-      }
-      float sum = 0.0f;
-      for (int64_t s = 0; s < visible; ++s) {
-        scores[s] = std::exp(scores[s] - maxScore);
-        sum += scores[s];
-      }
-      float *o = out.data.data() + (t * H + h) * Dv;
-      for (int64_t s = 0; s < visible; ++s) {
-        const float *vv = v.data.data() + (s * Hk + kh) * Dv;
-        float p = scores[s] / sum;
-        for (int64_t d = 0; d < Dv; ++d)
-          o[d] += p * vv[d];
+  int64_t H = q.dim(1), D = q.dim(2), Hk = k.dim(1), Dv = v.dim(2),
+          group = H / Hk;
+  std::vector<int64_t> qSeg = querySegments, kSeg = k.segments;
+  if (qSeg.empty())
+    qSeg = {0, q.dim(0)};
+  if (kSeg.empty())
+    kSeg = {0, k.dim(0)};
+  if (qSeg.size() != kSeg.size() || qSeg.back() != q.dim(0) ||
+      kSeg.back() != k.dim(0))
+    return shapeError("attention", "queries and keys of different batches");
+  resize(out, {q.dim(0), H, Dv});
+  std::vector<float> scores;
+  for (size_t b = 0; b + 1 < qSeg.size(); ++b) {
+    int64_t k0 = kSeg[b], S = kSeg[b + 1] - kSeg[b];
+    scores.resize(std::max<int64_t>(S, 1));
+    for (int64_t t = qSeg[b]; t < qSeg[b + 1]; ++t) {
+      int64_t visible =
+          causal ? std::min<int64_t>(S, positions.ints[t] + 1) : S;
+      if (visible <= 0)
+        return invalidArgument("attention: query at position " +
+                               str(positions.ints[t]) + " sees no key");
+      for (int64_t h = 0; h < H; ++h) {
+        const float *qv = q.data.data() + (t * H + h) * D;
+        int64_t kh = h / group;
+        float maxScore = -INFINITY;
+        for (int64_t s = 0; s < visible; ++s) {
+          const float *kv = k.data.data() + ((k0 + s) * Hk + kh) * D;
+          float dot = 0.0f;
+          for (int64_t d = 0; d < D; ++d)
+            dot += qv[d] * kv[d];
+          scores[s] = static_cast<float>(dot * scale);
+          maxScore = std::max(maxScore, scores[s]);
+        }
+        float sum = 0.0f;
+        for (int64_t s = 0; s < visible; ++s) {
+          scores[s] = std::exp(scores[s] - maxScore);
+          sum += scores[s];
+        }
+        float *o = out.data.data() + (t * H + h) * Dv;
+        for (int64_t s = 0; s < visible; ++s) {
+          const float *vv = v.data.data() + ((k0 + s) * Hk + kh) * Dv;
+          float p = scores[s] / sum;
+          for (int64_t d = 0; d < Dv; ++d)
+            o[d] += p * vv[d];
+        }
       }
     }
   }
   return Status::ok();
 }
 
-Status cpu::cacheAppend(KVStore &cache, const Tensor &k, const Tensor &v,
-                        const Tensor &positions, int64_t maxPositions) {
+Status cpu::cacheAppend(CacheView &cache, const Tensor &k, const Tensor &v,
+                        const Tensor &positions, int64_t begin, int64_t end) {
   if (k.rank() != 3 || v.rank() != 3 || k.dim(1) != cache.heads ||
       k.dim(2) != cache.keyDim || v.dim(1) != cache.heads ||
       v.dim(2) != cache.valueDim || k.dim(0) != v.dim(0) ||
-      !positions.isInt || positions.dim(0) != k.dim(0))
+      !positions.isInt || positions.dim(0) != k.dim(0) || begin < 0 ||
+      end > k.dim(0))
     return shapeError("kv_cache_append", "keys or values do not fit the cache");
   int64_t kRow = cache.heads * cache.keyDim, vRow = cache.heads * cache.valueDim;
-  for (int64_t t = 0; t < k.dim(0); ++t) {
+  int64_t capacity = static_cast<int64_t>(cache.pages->size()) * kPageTokens;
+  for (int64_t t = begin; t < end; ++t) {
     int64_t pos = positions.ints[t];
-    if (pos < 0 || pos >= maxPositions)
+    if (pos < 0 || pos >= capacity)
       return {MELT_RESOURCE_EXHAUSTED,
-              "position " + str(pos) + " is outside the context of " +
-                  str(maxPositions) + " tokens"};
-    if (pos >= cache.length) {
-      cache.length = pos + 1;
-      cache.keys.resize(cache.length * kRow);
-      cache.values.resize(cache.length * vRow);
-    }
-    std::copy_n(k.data.data() + t * kRow, kRow, cache.keys.data() + pos * kRow);
-    std::copy_n(v.data.data() + t * vRow, vRow,
-                cache.values.data() + pos * vRow);
+              "position " + str(pos) + " is beyond the " + str(capacity) +
+                  " cached tokens the sequence holds pages for"};
+    std::copy_n(k.data.data() + t * kRow, kRow, cache.key(pos));
+    std::copy_n(v.data.data() + t * vRow, vRow, cache.value(pos));
+    *cache.length = std::max(*cache.length, pos + 1);
   }
   return Status::ok();
 }
 
-Status cpu::cacheRead(const KVStore &cache, Tensor &k, Tensor &v) {
-  resize(k, {cache.length, cache.heads, cache.keyDim});
-  resize(v, {cache.length, cache.heads, cache.valueDim});
-  std::copy_n(cache.keys.data(), k.data.size(), k.data.data());
-  std::copy_n(cache.values.data(), v.data.size(), v.data.data());
+Status cpu::cacheRead(std::vector<CacheView *> &caches, Tensor &k, Tensor &v) {
+  int64_t heads = caches[0]->heads, kd = caches[0]->keyDim,
+          vd = caches[0]->valueDim, rows = 0;
+  std::vector<int64_t> segments{0};
+  for (CacheView *c : caches) {
+    rows += *c->length;
+    segments.push_back(rows);
+  }
+  resize(k, {rows, heads, kd});
+  resize(v, {rows, heads, vd});
+  k.segments = v.segments = segments;
+  int64_t row = 0;
+  for (CacheView *c : caches)
+    for (int64_t p = 0; p < *c->length; ++p, ++row) {
+      std::copy_n(c->key(p), heads * kd, k.data.data() + row * heads * kd);
+      std::copy_n(c->value(p), heads * vd, v.data.data() + row * heads * vd);
+    }
   return Status::ok();
 }
 

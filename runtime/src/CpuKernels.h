@@ -27,6 +27,7 @@
 #ifndef MELT_RUNTIME_CPUKERNELS_H
 #define MELT_RUNTIME_CPUKERNELS_H
 
+#include "PagePool.h"
 #include "Status.h"
 #include "Tensor.h"
 
@@ -49,12 +50,17 @@ struct RopeParams {
 };
 Status rope(const Tensor &x, const Tensor &positions, const RopeParams &p,
             Tensor &out);
+/// Attention of each sequence of a batch: query rows `querySegments[b]` on
+/// key/value rows `k.segments[b]` (all rows when k has no segments).
 Status attention(const Tensor &q, const Tensor &k, const Tensor &v,
                  const Tensor &positions, bool causal, double scale,
-                 Tensor &out);
-Status cacheAppend(KVStore &cache, const Tensor &k, const Tensor &v,
-                   const Tensor &positions, int64_t maxPositions);
-Status cacheRead(const KVStore &cache, Tensor &k, Tensor &v);
+                 const std::vector<int64_t> &querySegments, Tensor &out);
+/// Writes rows [begin, end) of k and v at their positions.
+Status cacheAppend(CacheView &cache, const Tensor &k, const Tensor &v,
+                   const Tensor &positions, int64_t begin, int64_t end);
+/// Reads every cached key and value of each view, concatenated, with the
+/// rows of each in `segments`.
+Status cacheRead(std::vector<CacheView *> &caches, Tensor &k, Tensor &v);
 Status siluMul(const Tensor &gate, const Tensor &up, Tensor &out);
 Status add(const Tensor &a, const Tensor &b, Tensor &out);
 Status concat(const std::vector<const Tensor *> &parts, int64_t axis,

@@ -43,9 +43,8 @@ std::vector<int64_t> staticShape(const fb::Buffer &b) {
 } // namespace
 
 Status melt::execute(const Model &model, const fb::Function &function,
-                     std::vector<Tensor> inputs, CacheSet &caches,
-                     int64_t maxPositions, std::vector<Tensor> &outputs,
-                     ExpertLoad *load) {
+                     std::vector<Tensor> inputs, Batch &batch,
+                     std::vector<Tensor> &outputs, ExpertLoad *load) {
   const fb::Model &m = model.artifact().model();
   std::vector<Tensor> values(m.buffers()->size());
   auto isCache = [&](uint32_t id) {
@@ -54,11 +53,11 @@ Status melt::execute(const Model &model, const fb::Function &function,
   size_t next = 0;
   for (uint32_t id : *function.inputs()) {
     if (isCache(id)) {
-      const fb::Buffer *b = m.buffers()->Get(id);
-      KVStore &store = caches[id];
-      store.heads = b->shape()->Get(0);
-      store.keyDim = b->shape()->Get(1);
-      store.valueDim = b->shape()->Get(2);
+      for (auto &caches : batch.caches)
+        if (!caches.count(id))
+          return invalidArgument("function '" + function.name()->str() +
+                                 "': no cache bound to buffer " +
+                                 std::to_string(id));
       continue;
     }
     if (next >= inputs.size())
@@ -81,10 +80,18 @@ Status melt::execute(const Model &model, const fb::Function &function,
     auto outShape = [&](uint32_t i) {
       return staticShape(*m.buffers()->Get(kernel.outputs()->Get(i)));
     };
-    auto cacheOf = [&]() -> KVStore * {
-      auto it = caches.find(kernel.inputs()->Get(0));
-      return it == caches.end() ? nullptr : &it->second;
+    // The cache operand, for every sequence of the batch.
+    auto cachesOf = [&](std::vector<CacheView *> &views) {
+      views.clear();
+      for (auto &caches : batch.caches) {
+        auto it = caches.find(kernel.inputs()->Get(0));
+        if (it == caches.end())
+          return false;
+        views.push_back(&it->second);
+      }
+      return !views.empty();
     };
+    std::vector<CacheView *> views;
     Status status;
     auto started = std::chrono::steady_clock::now();
     switch (kernel.kind()) {
@@ -120,24 +127,22 @@ Status melt::execute(const Model &model, const fb::Function &function,
     case fb::KernelKind::Attention:
       status = cpu::attention(in(0), in(1), in(2), in(3),
                               kernel.ints()->Get(0) != 0,
-                              kernel.floats()->Get(0), out(0));
+                              kernel.floats()->Get(0), batch.segments, out(0));
       break;
-    case fb::KernelKind::KVCacheAppend: {
-      KVStore *cache = cacheOf();
-      if (!cache)
+    case fb::KernelKind::KVCacheAppend:
+      if (!cachesOf(views))
         return invalidArtifact("kernels[" + std::to_string(k) +
                                "] appends to a cache that is not an input");
-      status = cpu::cacheAppend(*cache, in(1), in(2), in(3), maxPositions);
+      for (size_t b = 0; b < views.size() && !status; ++b)
+        status = cpu::cacheAppend(*views[b], in(1), in(2), in(3),
+                                  batch.segments[b], batch.segments[b + 1]);
       break;
-    }
-    case fb::KernelKind::KVCacheRead: {
-      KVStore *cache = cacheOf();
-      if (!cache)
+    case fb::KernelKind::KVCacheRead:
+      if (!cachesOf(views))
         return invalidArtifact("kernels[" + std::to_string(k) +
                                "] reads a cache that is not an input");
-      status = cpu::cacheRead(*cache, out(0), out(1));
+      status = cpu::cacheRead(views, out(0), out(1));
       break;
-    }
     case fb::KernelKind::SiluMul:
       status = cpu::siluMul(in(0), in(1), out(0));
       break;

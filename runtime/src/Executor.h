@@ -3,25 +3,29 @@
 #define MELT_RUNTIME_EXECUTOR_H
 
 #include "Model.h"
+#include "PagePool.h"
 
 #include <map>
 
 namespace melt {
 
-/// The caches of one sequence, by cache buffer.
-using CacheSet = std::map<uint32_t, KVStore>;
+/// A batch of sequences run by one call: the token rows of each, and the
+/// caches of each by cache buffer of the function.
+struct Batch {
+  std::vector<int64_t> segments; // rows [segments[b], segments[b + 1])
+  std::vector<std::map<uint32_t, CacheView>> caches;
+};
 
 /// How many token-to-expert assignments each router made, by router kernel
 /// and expert: the statistics expert placement plans from.
 using ExpertLoad = std::map<uint32_t, std::vector<uint64_t>>;
 
-/// Runs `function` on the CPU: `inputs` bind the function's non-cache
-/// inputs in order, `caches` its cache inputs (created on first use);
-/// `outputs` receives its non-cache outputs in order.
+/// Runs `function` on the CPU for a batch: `inputs` bind the function's
+/// non-cache inputs in order (tokens of all sequences, concatenated), the
+/// batch its cache inputs; `outputs` receives its non-cache outputs.
 Status execute(const Model &model, const fb::Function &function,
-               std::vector<Tensor> inputs, CacheSet &caches,
-               int64_t maxPositions, std::vector<Tensor> &outputs,
-               ExpertLoad *load = nullptr);
+               std::vector<Tensor> inputs, Batch &batch,
+               std::vector<Tensor> &outputs, ExpertLoad *load = nullptr);
 
 } // namespace melt
 

@@ -17,6 +17,9 @@ struct Tensor {
   std::vector<float> data;
   std::vector<int64_t> ints;
   bool isInt = false;
+  /// Rows of each sequence of a batch, [segments[b], segments[b + 1]), for
+  /// tensors whose rows are not the batch's tokens (cached keys, values).
+  std::vector<int64_t> segments;
 
   int rank() const { return static_cast<int>(shape.size()); }
   int64_t dim(int i) const { return shape[i]; }
@@ -38,13 +41,6 @@ struct WeightData {
   std::vector<int64_t> shape;
   std::vector<float> data;
   std::vector<std::unique_ptr<GemmWeight>> gemms;
-};
-
-/// The per-head key/value cache of one layer of one sequence.
-struct KVStore {
-  int64_t heads = 0, keyDim = 0, valueDim = 0;
-  int64_t length = 0; // positions [0, length) are filled
-  std::vector<float> keys, values;
 };
 
 } // namespace melt

@@ -13,9 +13,13 @@ TEST(Api, NullAndStaleHandles) {
   EXPECT_EQ(melt_model_destroy(bogus), MELT_INVALID_ARGUMENT);
   EXPECT_NE(std::string(melt_last_error()), "");
   melt_session *session = nullptr;
-  EXPECT_EQ(melt_session_create(nullptr, 16, &session), MELT_INVALID_ARGUMENT);
+  melt_session_options options{16, 0};
+  EXPECT_EQ(melt_session_create(nullptr, &options, &session),
+            MELT_INVALID_ARGUMENT);
   EXPECT_EQ(session, nullptr);
-  EXPECT_EQ(melt_session_create(bogus, 16, nullptr), MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(melt_session_create(bogus, &options, nullptr),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(melt_session_step(nullptr, nullptr, 0), MELT_INVALID_ARGUMENT);
   int seq = 0;
   EXPECT_EQ(melt_session_add_sequence(nullptr, &seq), MELT_INVALID_ARGUMENT);
   EXPECT_EQ(melt_session_append(nullptr, 0, &seq, 1, nullptr),
@@ -88,7 +92,8 @@ TEST_F(SessionTest, DoubleDestroyIsAnError) {
             MELT_OK)
       << melt_last_error();
   melt_session *session = nullptr;
-  ASSERT_EQ(melt_session_create(model, 32, &session), MELT_OK);
+  melt_session_options options{32, 0};
+  ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
   // A model outlives its sessions.
   EXPECT_EQ(melt_model_destroy(model), MELT_INVALID_ARGUMENT);
   EXPECT_NE(std::string(melt_last_error()).find("session"), std::string::npos);
@@ -106,9 +111,15 @@ TEST_F(SessionTest, BadTokensAndContextLeaveStateUnchanged) {
   long long vocab = melt_model_vocab_size(model);
   melt_session *session = nullptr;
   melt_session *rejected = nullptr;
-  EXPECT_EQ(melt_session_create(model, 0, &rejected), MELT_INVALID_ARGUMENT);
+  melt_session_options bad{0, 0};
+  EXPECT_EQ(melt_session_create(model, &bad, &rejected), MELT_INVALID_ARGUMENT);
+  bad = {8, -1};
+  EXPECT_EQ(melt_session_create(model, &bad, &rejected), MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(melt_session_create(model, nullptr, &rejected),
+            MELT_INVALID_ARGUMENT);
   EXPECT_EQ(rejected, nullptr);
-  ASSERT_EQ(melt_session_create(model, 8, &session), MELT_OK);
+  melt_session_options options{8, 64};
+  ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
   int seq = 0, other = 0;
   ASSERT_EQ(melt_session_add_sequence(session, &seq), MELT_OK);
   ASSERT_EQ(melt_session_add_sequence(session, &other), MELT_OK);
@@ -159,6 +170,105 @@ TEST_F(SessionTest, BadTokensAndContextLeaveStateUnchanged) {
   EXPECT_EQ(melt_session_logits(session, other, &logits, &n), MELT_OK);
   EXPECT_EQ(melt_session_destroy(session), MELT_OK);
   EXPECT_EQ(melt_model_destroy(model), MELT_OK);
+}
+
+TEST_F(SessionTest, BatchedStepsMatchSingleSequences) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
+                            &model),
+            MELT_OK);
+  melt_session_options options{64, 256};
+  melt_session *batched = nullptr, *single = nullptr;
+  ASSERT_EQ(melt_session_create(model, &options, &batched), MELT_OK);
+  ASSERT_EQ(melt_session_create(model, &options, &single), MELT_OK);
+  int a = 0, b = 0, c = 0, ref = 0;
+  melt_session_add_sequence(batched, &a);
+  melt_session_add_sequence(batched, &b);
+  melt_session_add_sequence(batched, &c);
+  int pa[5] = {1, 2, 3, 4, 5}, pb[2] = {9, 8}, pc[3] = {7, 7, 7};
+  // Prefills of three lengths in one batch, then mixed steps.
+  melt_batch_entry prefill[3] = {{a, pa, 5}, {b, pb, 2}, {c, pc, 3}};
+  ASSERT_EQ(melt_session_step(batched, prefill, 3), MELT_OK)
+      << melt_last_error();
+  int next[3] = {11, 12, 13};
+  melt_batch_entry decode[2] = {{c, &next[2], 1}, {a, &next[0], 1}};
+  ASSERT_EQ(melt_session_step(batched, decode, 2), MELT_OK);
+  melt_batch_entry more[1] = {{b, next, 3}};
+  ASSERT_EQ(melt_session_step(batched, more, 1), MELT_OK);
+
+  // Each sequence alone gives the same logits.
+  struct Case {
+    int sequence;
+    std::vector<int> tokens;
+  } cases[3] = {{a, {1, 2, 3, 4, 5, 11}}, {b, {9, 8, 11, 12, 13}},
+                {c, {7, 7, 7, 13}}};
+  for (const Case &k : cases) {
+    melt_session_add_sequence(single, &ref);
+    ASSERT_EQ(melt_session_append(single, ref, k.tokens.data(),
+                                  k.tokens.size(), nullptr),
+              MELT_OK);
+    const float *x = nullptr, *y = nullptr;
+    size_t nx = 0, ny = 0;
+    ASSERT_EQ(melt_session_logits(single, ref, &x, &nx), MELT_OK);
+    ASSERT_EQ(melt_session_logits(batched, k.sequence, &y, &ny), MELT_OK);
+    ASSERT_EQ(nx, ny);
+    for (size_t i = 0; i < nx; ++i)
+      ASSERT_NEAR(x[i], y[i], 1e-4) << "sequence " << k.sequence << " " << i;
+  }
+  melt_batch_entry twice[2] = {{a, next, 1}, {a, next, 1}};
+  EXPECT_EQ(melt_session_step(batched, twice, 2), MELT_INVALID_ARGUMENT);
+  melt_session_destroy(batched);
+  melt_session_destroy(single);
+  melt_model_destroy(model);
+}
+
+TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
+                            &model),
+            MELT_OK);
+  // 3 pages of 16 tokens.
+  melt_session_options options{64, 48};
+  melt_session *session = nullptr;
+  ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
+  long long used = 0, total = 0;
+  ASSERT_EQ(melt_session_kv_pages(session, &used, &total), MELT_OK);
+  EXPECT_EQ(total, 3);
+  int a = 0, b = 0;
+  melt_session_add_sequence(session, &a);
+  melt_session_add_sequence(session, &b);
+  std::vector<int> twenty(20, 3), ten(10, 4);
+  ASSERT_EQ(melt_session_append(session, a, twenty.data(), 20, nullptr),
+            MELT_OK);
+  melt_session_kv_pages(session, &used, &total);
+  EXPECT_EQ(used, 2);
+  const float *x = nullptr;
+  size_t n = 0;
+  ASSERT_EQ(melt_session_logits(session, a, &x, &n), MELT_OK);
+  std::vector<float> before(x, x + n);
+
+  // 20 more tokens for b need 2 pages; 1 is free.
+  std::vector<int> more(20, 5);
+  melt_batch_entry batch[2] = {{a, ten.data(), 1}, {b, more.data(), 20}};
+  EXPECT_EQ(melt_session_step(session, batch, 2), MELT_RESOURCE_EXHAUSTED);
+  EXPECT_NE(std::string(melt_last_error()).find("the KV cache is full"),
+            std::string::npos);
+  melt_session_kv_pages(session, &used, &total);
+  EXPECT_EQ(used, 2);
+  ASSERT_EQ(melt_session_logits(session, a, &x, &n), MELT_OK);
+  EXPECT_EQ(std::vector<float>(x, x + n), before);
+  EXPECT_EQ(melt_session_logits(session, b, &x, &n), MELT_INVALID_ARGUMENT);
+
+  // Freeing a sequence returns its pages; then b fits.
+  EXPECT_EQ(melt_session_remove_sequence(session, a), MELT_OK);
+  melt_session_kv_pages(session, &used, &total);
+  EXPECT_EQ(used, 0);
+  EXPECT_EQ(melt_session_append(session, b, more.data(), 20, nullptr),
+            MELT_OK);
+  melt_session_kv_pages(session, &used, &total);
+  EXPECT_EQ(used, 2);
+  melt_session_destroy(session);
+  melt_model_destroy(model);
 }
 
 TEST_F(SessionTest, ChangedCheckpointIsRefused) {

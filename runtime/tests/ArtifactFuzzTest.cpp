@@ -23,7 +23,8 @@ protected:
       return status;
     }
     melt_session *session = nullptr;
-    EXPECT_EQ(melt_session_create(model, 16, &session), MELT_OK);
+    melt_session_options options{16, 0};
+    EXPECT_EQ(melt_session_create(model, &options, &session), MELT_OK);
     int seq = 0, prompt[3] = {5, 17, 3};
     melt_session_add_sequence(session, &seq);
     status = melt_session_append(session, seq, prompt, 3, nullptr);

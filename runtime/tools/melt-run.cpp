@@ -118,7 +118,8 @@ int main(int argc, char **argv) {
   if (melt_model_load(artifact, checkpoint, &model) != MELT_OK)
     return fail("loading the model");
   melt_session *session = nullptr;
-  if (melt_session_create(model, maxContext, &session) != MELT_OK)
+  melt_session_options options{maxContext, maxContext};
+  if (melt_session_create(model, &options, &session) != MELT_OK)
     return fail("creating a session");
   int seq = 0;
   melt_session_add_sequence(session, &seq);

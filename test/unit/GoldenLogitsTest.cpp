@@ -92,7 +92,8 @@ TEST_P(GoldenLogits, MatchTransformers) {
             MELT_OK)
       << melt_last_error();
   melt_session *session = nullptr;
-  ASSERT_EQ(melt_session_create(model, 256, &session), MELT_OK);
+  melt_session_options options{256, 1024};
+  ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
   size_t vocab = static_cast<size_t>(melt_model_vocab_size(model));
 
   for (size_t s = 0; s < ref.sequences.size(); ++s) {

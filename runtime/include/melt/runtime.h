@@ -64,17 +64,41 @@ melt_status melt_model_destroy(melt_model *model);
 /* Vocabulary size, or 0 for an invalid handle. */
 long long melt_model_vocab_size(const melt_model *model);
 
-/* A session runs sequences of up to `max_context` tokens each. */
-melt_status melt_session_create(melt_model *model, long long max_context,
+/* Session options. The KV cache is one pool of pages of 16 tokens shared
+ * by all sequences; kv_capacity_tokens sets its size (rounded up to whole
+ * pages; 0 means one full context). Pages are allocated on first use. */
+typedef struct melt_session_options {
+  long long max_context;        /* tokens per sequence, > 0 */
+  long long kv_capacity_tokens; /* tokens in the cache over all sequences */
+} melt_session_options;
+
+melt_status melt_session_create(melt_model *model,
+                                const melt_session_options *options,
                                 melt_session **session);
 melt_status melt_session_destroy(melt_session *session);
 melt_status melt_session_add_sequence(melt_session *session, int *sequence);
 melt_status melt_session_remove_sequence(melt_session *session, int sequence);
 
-/* Appends tokens to a sequence (a prefill, or one token to decode) and
- * computes its next-token logits. On failure no sequence changes. If
- * `all_logits` is not NULL it receives n x vocab floats: the logits after
- * each appended token. */
+/* One sequence's part of a batched step. */
+typedef struct melt_batch_entry {
+  int sequence;
+  const int *tokens;
+  size_t n_tokens;
+} melt_batch_entry;
+
+/* Runs one batch: each entry's tokens (a prefill, or one token to decode)
+ * are appended to its sequence, all sequences in one forward pass, and
+ * each gets its next-token logits. On failure (a bad token, a full
+ * context or KV cache: MELT_RESOURCE_EXHAUSTED) no sequence changes. */
+melt_status melt_session_step(melt_session *session,
+                              const melt_batch_entry *entries, size_t n);
+
+/* Pages of the KV cache in use and in all. */
+melt_status melt_session_kv_pages(melt_session *session, long long *used,
+                                  long long *total);
+
+/* A step of one sequence. If `all_logits` is not NULL it receives
+ * n x vocab floats: the logits after each appended token. */
 melt_status melt_session_append(melt_session *session, int sequence,
                                 const int *tokens, size_t n,
                                 float *all_logits);
