@@ -57,7 +57,8 @@ public:
 private:
   llvm::Error addWeight(WeightOp weight);
   llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
-  ranges(WeightOp weight, RankedTensorType type, ArrayAttr sources);
+  ranges(WeightOp weight, Type element, llvm::ArrayRef<int64_t> shape,
+         ArrayAttr sources);
   llvm::Expected<uint32_t> newBuffer(Operation *where, Value value,
                                      fb::BufferKind kind);
   llvm::Error addFunction(func::FuncOp func);
@@ -83,13 +84,10 @@ private:
 };
 
 llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
-Writer::ranges(WeightOp weight, RankedTensorType type, ArrayAttr sources) {
+Writer::ranges(WeightOp weight, Type element, llvm::ArrayRef<int64_t> shape,
+               ArrayAttr sources) {
   std::vector<flatbuffers::Offset<fb::TensorRange>> out;
-  // One tensor of the weight's shape, or one per slice of dimension 0.
-  llvm::ArrayRef<int64_t> shape = type.getShape();
-  if (sources.size() > 1)
-    shape = shape.drop_front();
-  std::string dtype = safetensorsDTypeOf(type.getElementType());
+  std::string dtype = safetensorsDTypeOf(element);
   for (Attribute a : sources) {
     auto source = llvm::cast<TensorSourceAttr>(a);
     const CheckpointTensor *t = ckpt.find(source.getName());
@@ -138,26 +136,40 @@ llvm::Error Writer::addWeight(WeightOp weight) {
   std::optional<fb::DType> dtype = dtypeOf(type.getElementType());
   if (!dtype)
     return errorAt(weight, "unsupported weight type");
-  auto sources = ranges(weight, type, weight.getSources());
+  SmallVector<int64_t> sourceShape = weight.getSourceShape();
+  auto sources = ranges(weight, type.getElementType(), sourceShape,
+                        weight.getSources());
   if (!sources)
     return sources.takeError();
   std::vector<flatbuffers::Offset<fb::TensorRange>> scales;
   std::vector<int64_t> block;
   if (weight.hasBlockScales()) {
-    auto scaleRanges =
-        ranges(weight, llvm::cast<RankedTensorType>(*weight.getScaleType()),
-               *weight.getScaleSources());
+    auto scaleType = llvm::cast<RankedTensorType>(*weight.getScaleType());
+    llvm::ArrayRef<int64_t> scaleShape = scaleType.getShape();
+    if (weight.getScaleSources()->size() > 1)
+      scaleShape = scaleShape.drop_front();
+    auto scaleRanges = ranges(weight, scaleType.getElementType(), scaleShape,
+                              *weight.getScaleSources());
     if (!scaleRanges)
       return scaleRanges.takeError();
     scales = std::move(*scaleRanges);
     block.assign(weight.getBlockSize()->begin(), weight.getBlockSize()->end());
   }
   std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
+  std::vector<int64_t> viewSource, viewShape;
+  int64_t viewAxis = 0, viewOffset = 0;
+  if (auto view = weight.getViewAttr()) {
+    viewSource.assign(view.getSource().begin(), view.getSource().end());
+    viewShape.assign(view.getShape().begin(), view.getShape().end());
+    viewAxis = view.getAxis();
+    viewOffset = view.getOffset();
+  }
   weightIndices[weight.getSymName()] = weights.size();
   weights.push_back(fb::CreateWeightDirect(
       fbb, weight.getSymName().str().c_str(), *dtype, &shape, &*sources,
       scales.empty() ? nullptr : &scales, block.empty() ? nullptr : &block,
-      options.embedWeights));
+      options.embedWeights, viewSource.empty() ? nullptr : &viewSource,
+      viewShape.empty() ? nullptr : &viewShape, viewAxis, viewOffset));
   return llvm::Error::success();
 }
 

@@ -149,7 +149,7 @@ FlatSymbolRefAttr ModelBuilder::weight(StringRef tensorName,
   auto op = b.create<WeightOp>(loc, symbol, type,
                                b.getArrayAttr({source(tensorName)}),
                                /*scale_type=*/nullptr, /*block_size=*/nullptr,
-                               /*scale_sources=*/nullptr);
+                               /*scale_sources=*/nullptr, /*view=*/nullptr);
   if (isFp8Type(type.getElementType()))
     addScales(op, {tensorName}, shape);
   return FlatSymbolRefAttr::get(&ctx, symbol);
@@ -172,7 +172,7 @@ FlatSymbolRefAttr ModelBuilder::stackedWeight(StringRef prefix, StringRef proj,
   auto type =
       RankedTensorType::get(stacked, storageType(WeightRole::Gemm, names[0]));
   auto op = b.create<WeightOp>(loc, symbol, type, b.getArrayAttr(sources),
-                               nullptr, nullptr, nullptr);
+                               nullptr, nullptr, nullptr, nullptr);
   if (isFp8Type(type.getElementType())) {
     SmallVector<StringRef> refs(names.begin(), names.end());
     addScales(op, refs, stacked);

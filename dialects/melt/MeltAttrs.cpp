@@ -31,6 +31,34 @@ TensorSourceAttr::verify(function_ref<InFlightDiagnostic()> emitError,
 }
 
 //===----------------------------------------------------------------------===//
+// WeightViewAttr
+//===----------------------------------------------------------------------===//
+
+LogicalResult
+WeightViewAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                       ArrayRef<int64_t> source, ArrayRef<int64_t> shape,
+                       int64_t axis, int64_t offset) {
+  auto count = [](ArrayRef<int64_t> dims) {
+    int64_t n = 1;
+    for (int64_t d : dims)
+      n = d < 0 ? -1 : (n < 0 ? -1 : n * d);
+    return n;
+  };
+  if (source.empty() || shape.empty() || count(source) < 0 ||
+      count(shape) < 0 || count(source) != count(shape))
+    return emitError() << "weight view reshapes " << count(source)
+                       << " elements into " << count(shape);
+  if (axis < 0 || axis >= static_cast<int64_t>(shape.size()))
+    return emitError() << "weight view axis " << axis
+                       << " is out of range for rank " << shape.size();
+  if (offset < 0 || offset >= shape[axis])
+    return emitError() << "weight view offset " << offset
+                       << " is outside dimension " << axis << " of size "
+                       << shape[axis];
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
 // YarnAttr
 //===----------------------------------------------------------------------===//
 

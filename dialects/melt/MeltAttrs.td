@@ -39,6 +39,32 @@ def Melt_TensorSourceAttr : Melt_Attr<"TensorSource", "tensor"> {
   let genVerifyDecl = 1;
 }
 
+def Melt_WeightViewAttr : Melt_Attr<"WeightView", "weight_view"> {
+  let summary = "a weight that is a slice of a reshaped checkpoint tensor";
+  let description = [{
+    Made by passes that derive weights from checkpoint tensors without
+    materializing them: the tensor (of shape `source`) is reshaped to
+    `shape` and sliced along `axis` from `offset`; the weight's own type
+    gives the slice size. `melt-fuse-mla` splits kv_b_proj
+    (`[heads * (nope + v), latent]`) into W_UK and W_UV this way. Block
+    scales of such a weight describe the source tensor.
+
+    ```mlir
+    #melt.weight_view<source = [128, 32], shape = [4, 32, 32], axis = 1, offset = 0>
+    ```
+  }];
+  let parameters = (ins
+    ArrayRefParameter<"int64_t">:$source,
+    ArrayRefParameter<"int64_t">:$shape,
+    "int64_t":$axis,
+    "int64_t":$offset);
+  let assemblyFormat = [{
+    `<` `source` `=` `[` $source `]` `,` `shape` `=` `[` $shape `]` `,`
+    `axis` `=` $axis `,` `offset` `=` $offset `>`
+  }];
+  let genVerifyDecl = 1;
+}
+
 def Melt_YarnAttr : Melt_Attr<"Yarn", "yarn"> {
   let summary = "YaRN RoPE scaling parameters";
   let description = [{

@@ -150,15 +150,54 @@ static LogicalResult verifySourceCount(WeightOp op, StringRef what,
                           << "), got " << n;
 }
 
+SmallVector<int64_t> WeightOp::getSourceShape() {
+  if (auto view = getViewAttr())
+    return SmallVector<int64_t>(view.getSource());
+  ArrayRef<int64_t> shape = getTensorType().getShape();
+  if (getSources().size() > 1)
+    shape = shape.drop_front();
+  return SmallVector<int64_t>(shape);
+}
+
+/// Checks a view against the weight's type: same rank as the reshaped
+/// tensor, equal sizes but along the axis, the slice inside.
+static LogicalResult verifyView(WeightOp op, WeightViewAttr view) {
+  RankedTensorType type = op.getTensorType();
+  if (op.getSources().size() != 1)
+    return op.emitOpError() << "a weight view reads one tensor, not "
+                            << op.getSources().size();
+  ArrayRef<int64_t> shape = view.getShape();
+  if (type.getRank() != static_cast<int64_t>(shape.size()))
+    return op.emitOpError() << "weight type " << type
+                            << " does not have the rank of the view shape "
+                            << shapeString(shape);
+  for (int64_t d = 0; d < type.getRank(); ++d)
+    if (d != view.getAxis() && type.getDimSize(d) != shape[d])
+      return op.emitOpError() << "weight type " << type
+                              << " differs from the view shape "
+                              << shapeString(shape) << " outside the axis";
+  if (view.getOffset() + type.getDimSize(view.getAxis()) >
+      shape[view.getAxis()])
+    return op.emitOpError() << "weight view slice [" << view.getOffset()
+                            << ", +" << type.getDimSize(view.getAxis())
+                            << ") exceeds dimension " << view.getAxis()
+                            << " of size " << shape[view.getAxis()];
+  return success();
+}
+
 LogicalResult WeightOp::verify() {
   RankedTensorType type = getTensorType();
   Type element = type.getElementType();
+  if (auto view = getViewAttr())
+    if (failed(verifyView(*this, view)))
+      return failure();
   if (!isFp8Type(element) &&
       !llvm::isa<BFloat16Type, Float16Type, Float32Type>(element))
     return emitOpError() << "weight element type must be bf16, f16, f32 or "
                             "an FP8 type, got "
                          << element;
-  if (failed(verifySourceCount(*this, "weight", type, getSources())))
+  if (!getViewAttr() &&
+      failed(verifySourceCount(*this, "weight", type, getSources())))
     return failure();
 
   if (!hasBlockScales()) {
@@ -174,13 +213,18 @@ LogicalResult WeightOp::verify() {
     return emitOpError() << "block scales must be f32, got "
                          << scales.getElementType();
   ArrayRef<int64_t> block = *getBlockSize();
-  if (block.size() != 2 || type.getRank() < 2)
+  // The scales of a view describe its source tensor.
+  RankedTensorType scaled =
+      getViewAttr() ? RankedTensorType::get(getViewAttr().getSource(),
+                                            type.getElementType())
+                    : type;
+  if (block.size() != 2 || scaled.getRank() < 2)
     return emitOpError() << "block scales need a 2-D block over the last two "
                             "dimensions of a weight of rank >= 2";
   // Stacked dimensions (experts) have one block each.
-  SmallVector<int64_t> fullBlock(type.getRank() - 2, 1);
+  SmallVector<int64_t> fullBlock(scaled.getRank() - 2, 1);
   fullBlock.append(block.begin(), block.end());
-  if (failed(verifyBlockScales(*this, type, scales, fullBlock)))
+  if (failed(verifyBlockScales(*this, scaled, scales, fullBlock)))
     return failure();
   return verifySourceCount(*this, "scale", scales, *getScaleSources());
 }

@@ -43,6 +43,9 @@ def Melt_WeightOp : Melt_Op<"weight", [Symbol, HasParent<"::mlir::ModuleOp">]> {
     per `block` of the last two dimensions, edge blocks partial, as in
     DeepSeek-V3's `weight_scale_inv`), followed by their source tensors.
 
+    With `view`, the weight is a slice of its one source tensor reshaped
+    (`#melt.weight_view`); its block scales then describe that tensor.
+
     ```mlir
     melt.weight @model.norm : tensor<7168xbf16>
         from [#melt.tensor<"model.norm.weight">]
@@ -58,9 +61,10 @@ def Melt_WeightOp : Melt_Op<"weight", [Symbol, HasParent<"::mlir::ModuleOp">]> {
     Melt_TensorSourceArrayAttr:$sources,
     OptionalAttr<TypeAttrOf<AnyStaticShapeTensor>>:$scale_type,
     OptionalAttr<DenseI64ArrayAttr>:$block_size,
-    OptionalAttr<Melt_TensorSourceArrayAttr>:$scale_sources);
+    OptionalAttr<Melt_TensorSourceArrayAttr>:$scale_sources,
+    OptionalAttr<Melt_WeightViewAttr>:$view);
   let assemblyFormat = [{
-    $sym_name `:` $type `from` $sources
+    $sym_name `:` $type `from` $sources (`view` $view^)?
     (`scales` $scale_type^ `block` $block_size `from` $scale_sources)?
     attr-dict
   }];
@@ -70,6 +74,9 @@ def Melt_WeightOp : Melt_Op<"weight", [Symbol, HasParent<"::mlir::ModuleOp">]> {
       return ::llvm::cast<::mlir::RankedTensorType>(getType());
     }
     bool hasBlockScales() { return getScaleType().has_value(); }
+    /// The shape of each checkpoint tensor the weight reads: the view's
+    /// source, a slice of dimension 0 when stacked, else the weight's own.
+    ::llvm::SmallVector<int64_t> getSourceShape();
   }];
 }
 

@@ -115,19 +115,22 @@ public:
 /// Checks every source tensor (and scale tensor) of every weight.
 void checkWeights(ModuleOp module, TensorChecker &checker) {
   for (auto weight : module.getOps<WeightOp>()) {
-    auto check = [&](RankedTensorType type, ArrayAttr sources, bool isScale) {
-      llvm::ArrayRef<int64_t> shape = type.getShape();
-      // Stacked weights: one tensor per slice of dimension 0.
-      if (sources.size() > 1)
-        shape = shape.drop_front();
+    auto check = [&](llvm::ArrayRef<int64_t> shape, Type element,
+                     ArrayAttr sources, bool isScale) {
       for (Attribute a : sources)
         checker.expect(llvm::cast<TensorSourceAttr>(a).getName(), shape,
-                       type.getElementType(), isScale);
+                       element, isScale);
     };
-    check(weight.getTensorType(), weight.getSources(), false);
-    if (weight.hasBlockScales())
-      check(llvm::cast<RankedTensorType>(*weight.getScaleType()),
-            *weight.getScaleSources(), true);
+    check(weight.getSourceShape(), weight.getTensorType().getElementType(),
+          weight.getSources(), false);
+    if (weight.hasBlockScales()) {
+      // Stacked weights: one scale tensor per slice of dimension 0.
+      auto scales = llvm::cast<RankedTensorType>(*weight.getScaleType());
+      llvm::ArrayRef<int64_t> shape = scales.getShape();
+      if (weight.getScaleSources()->size() > 1)
+        shape = shape.drop_front();
+      check(shape, scales.getElementType(), *weight.getScaleSources(), true);
+    }
   }
 }
 

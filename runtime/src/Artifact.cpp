@@ -131,9 +131,33 @@ Status Artifact::checkWeight(uint32_t index) const {
     return invalidArtifact(where + ".shape is empty, negative or too large");
   uint32_t sources = count(w->sources());
   uint64_t slices = w->shape()->Get(0);
-  if (!(sources == 1 || (w->shape()->size() >= 2 && sources == slices)))
+  // A view reads one tensor of shape view_source, reshaped and sliced.
+  const flatbuffers::Vector<int64_t> *source = w->shape();
+  if (w->view_shape() || w->view_source()) {
+    const auto *vs = w->view_source(), *vshape = w->view_shape();
+    uint64_t sourceElements = 0, shapeElements = 0;
+    if (!vs || !vshape || !elementCount(vs, sourceElements) ||
+        !elementCount(vshape, shapeElements) || vs->size() == 0 ||
+        sourceElements != shapeElements ||
+        vshape->size() != w->shape()->size() || sources != 1)
+      return invalidArtifact(where + " has an inconsistent view");
+    int64_t axis = w->view_axis();
+    if (axis < 0 || axis >= static_cast<int64_t>(vshape->size()) ||
+        w->view_offset() < 0 ||
+        w->view_offset() + w->shape()->Get(axis) > vshape->Get(axis))
+      return invalidArtifact(where + " slices outside its view");
+    for (uint32_t d = 0; d < vshape->size(); ++d)
+      if (static_cast<int64_t>(d) != axis &&
+          vshape->Get(d) != w->shape()->Get(d))
+        return invalidArtifact(where + " differs from its view shape");
+    source = vs;
+    elements = sourceElements;
+    slices = 1;
+  } else if (!(sources == 1 ||
+               (w->shape()->size() >= 2 && sources == slices))) {
     return invalidArtifact(where + " has " + str(sources) +
                            " sources for shape[0] = " + str(slices));
+  }
   uint64_t perSource = sources == 1 ? elements : elements / slices, bytes = 0;
   if (!mulOk(perSource, dtypeBytes(w->dtype()), bytes))
     return invalidArtifact(where + " is too large");
@@ -167,14 +191,14 @@ Status Artifact::checkWeight(uint32_t index) const {
       return invalidArtifact(where + " has block scales but is not FP8");
     return Status::ok();
   }
-  uint32_t rank = w->shape()->size();
+  uint32_t rank = source->size();
   if (rank < 2 || count(w->block()) != 2 || w->block()->Get(0) <= 0 ||
       w->block()->Get(1) <= 0)
     return invalidArtifact(where + " is FP8 without a valid 2-D block");
   if (count(w->scales()) != sources)
     return invalidArtifact(where + " has " + str(count(w->scales())) +
                            " scale tensors for " + str(sources) + " sources");
-  uint64_t rows = w->shape()->Get(rank - 2), cols = w->shape()->Get(rank - 1);
+  uint64_t rows = source->Get(rank - 2), cols = source->Get(rank - 1);
   uint64_t blocks =
       ((rows + w->block()->Get(0) - 1) / w->block()->Get(0)) *
       ((cols + w->block()->Get(1) - 1) / w->block()->Get(1));

@@ -113,7 +113,13 @@ Status Model::loadWeights(const std::string &dir) {
     std::string what = "weights[" + str(i) + "] (" +
                        (w->name() ? w->name()->str() : "") + ")";
     WeightData &data = weights_[i];
-    data.shape.assign(w->shape()->begin(), w->shape()->end());
+    // A view is decoded whole from its source, then sliced.
+    bool view = w->view_shape() != nullptr;
+    std::vector<int64_t> sourceShape =
+        view ? std::vector<int64_t>(w->view_source()->begin(),
+                                    w->view_source()->end())
+             : std::vector<int64_t>(w->shape()->begin(), w->shape()->end());
+    data.shape = sourceShape;
     uint64_t elements = 1;
     for (int64_t d : data.shape)
       elements *= static_cast<uint64_t>(d);
@@ -145,6 +151,25 @@ Status Model::loadWeights(const std::string &dir) {
             dst[(mtx * rows + r) * cols + c] *=
                 decode(scaleBytes.data() + 4 * block, fb::DType::F32);
           }
+    }
+    if (view) {
+      // [outer, view_shape[axis], inner] -> [outer, shape[axis], inner]
+      int64_t axis = w->view_axis();
+      const auto *vshape = w->view_shape();
+      int64_t outer = 1, inner = 1, size = w->shape()->Get(axis);
+      for (int64_t d = 0; d < axis; ++d)
+        outer *= vshape->Get(d);
+      for (uint32_t d = axis + 1; d < vshape->size(); ++d)
+        inner *= vshape->Get(d);
+      std::vector<float> slice(outer * size * inner);
+      for (int64_t o = 0; o < outer; ++o)
+        std::copy_n(data.data.data() +
+                        (o * vshape->Get(axis) + w->view_offset()) * inner,
+                    size * inner, slice.data() + o * size * inner);
+      data.data = std::move(slice);
+      data.shape.assign(w->shape()->begin(), w->shape()->end());
+      rank = data.shape.size();
+      elements = data.data.size();
     }
     if (!multiplied[i] || rank < 2)
       continue;

@@ -167,6 +167,48 @@ melt.weight @w : tensor<128x128xf8E4M3FN> from [#melt.tensor<"w">]
 melt.weight @w : tensor<2x128x128xf8E4M3FN> from [#melt.tensor<"a">, #melt.tensor<"b">]
     scales tensor<2x1x1xf32> block [128, 128] from [#melt.tensor<"s">, #melt.tensor<"t">, #melt.tensor<"u">]
 
+// -----
+
+// expected-error @+2 {{weight view reshapes 1024 elements into 1000}}
+melt.weight @w : tensor<4x10x25xbf16> from [#melt.tensor<"w">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 10, 25], axis = 1, offset = 0>
+
+// -----
+
+// expected-error @+2 {{weight view axis 3 is out of range for rank 3}}
+melt.weight @w : tensor<4x8x16xbf16> from [#melt.tensor<"w">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 3, offset = 0>
+
+// -----
+
+// expected-error @+2 {{weight view offset 16 is outside dimension 1 of size 16}}
+melt.weight @w : tensor<4x8x16xbf16> from [#melt.tensor<"w">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 16>
+
+// -----
+
+// expected-error @below {{weight view slice [12, +8) exceeds dimension 1 of size 16}}
+melt.weight @w : tensor<4x8x16xbf16> from [#melt.tensor<"w">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 12>
+
+// -----
+
+// expected-error @below {{weight type 'tensor<4x8x8xbf16>' differs from the view shape [4, 16, 16] outside the axis}}
+melt.weight @w : tensor<4x8x8xbf16> from [#melt.tensor<"w">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 0>
+
+// -----
+
+// expected-error @below {{weight type 'tensor<64x16xbf16>' does not have the rank of the view shape [4, 16, 16]}}
+melt.weight @w : tensor<64x16xbf16> from [#melt.tensor<"w">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 0>
+
+// -----
+
+// expected-error @below {{a weight view reads one tensor, not 4}}
+melt.weight @w : tensor<4x8x16xbf16> from [#melt.tensor<"a">, #melt.tensor<"b">, #melt.tensor<"c">, #melt.tensor<"d">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 0>
+
 //===----------------------------------------------------------------------===//
 // Weight users
 //===----------------------------------------------------------------------===//

@@ -26,8 +26,14 @@ melt.weight @experts.up : tensor<2x16x32xbf16> from [#melt.tensor<"experts.0.up_
 // CHECK: melt.weight @experts.down : tensor<2x32x16xf8E4M3FN> {{.*}} scales tensor<2x1x1xf32> block [128, 128]
 melt.weight @experts.down : tensor<2x32x16xf8E4M3FN> from [#melt.tensor<"experts.0.down_proj.weight">, #melt.tensor<"experts.1.down_proj.weight">]
     scales tensor<2x1x1xf32> block [128, 128] from [#melt.tensor<"experts.0.down_proj.weight_scale_inv">, #melt.tensor<"experts.1.down_proj.weight_scale_inv">]
-melt.weight @w_uk : tensor<4x8x16xbf16> from [#melt.tensor<"w_uk">]
-melt.weight @w_uv : tensor<4x8x16xbf16> from [#melt.tensor<"w_uv">]
+// Views: W_UK and W_UV as slices of one kv_b_proj tensor [4 * (8 + 8), 16].
+// CHECK: melt.weight @w_uk : tensor<4x8x16xbf16> from [#melt.tensor<"kv_b">] view <source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 0>
+melt.weight @w_uk : tensor<4x8x16xbf16> from [#melt.tensor<"kv_b">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 0>
+// CHECK: melt.weight @w_uv : tensor<4x8x16xf8E4M3FN> {{.*}} view <source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 8> scales tensor<1x1xf32>
+melt.weight @w_uv : tensor<4x8x16xf8E4M3FN> from [#melt.tensor<"kv_b8">]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 8>
+    scales tensor<1x1xf32> block [128, 128] from [#melt.tensor<"kv_b8_scale">]
 melt.weight @enorm : tensor<32xbf16> from [#melt.tensor<"enorm.weight">]
 melt.weight @hnorm : tensor<32xbf16> from [#melt.tensor<"hnorm.weight">]
 melt.weight @eh_proj : tensor<32x64xbf16> from [#melt.tensor<"eh_proj.weight">]
