@@ -2,6 +2,7 @@
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/StringSet.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
@@ -55,6 +56,7 @@ struct ModelSummary {
 
 ModelSummary summarize(ModuleOp module) {
   ModelSummary s;
+  llvm::StringSet<> seenScales;
   for (auto weight : module.getOps<WeightOp>()) {
     RankedTensorType type = weight.getTensorType();
     int64_t bytes = type.getNumElements() * elementBytes(type.getElementType());
@@ -62,7 +64,12 @@ ModelSummary summarize(ModuleOp module) {
     s.parameters += type.getNumElements();
     s.weightBytes += bytes;
     s.bytesByType[typeName(type.getElementType())] += bytes;
-    if (weight.hasBlockScales()) {
+    // Views of one tensor (W_UK, W_UV) share its scales: count them once.
+    if (weight.hasBlockScales() &&
+        seenScales.insert(llvm::cast<TensorSourceAttr>(
+                              (*weight.getScaleSources())[0])
+                              .getName())
+            .second) {
       auto scales = llvm::cast<RankedTensorType>(*weight.getScaleType());
       s.scaleBytes += scales.getNumElements() * 4;
     }

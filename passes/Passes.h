@@ -3,6 +3,7 @@
 #define MELT_PASSES_PASSES_H
 
 #include "dialects/melt/MeltDialect.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Pass/Pass.h"
 
 namespace mlir::melt {

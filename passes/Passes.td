@@ -34,4 +34,53 @@ def ModelReportPass : Pass<"melt-model-report", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::melt::MeltDialect"];
 }
 
+//===----------------------------------------------------------------------===//
+// Multi-head latent attention
+//===----------------------------------------------------------------------===//
+
+def FuseMLAPass : Pass<"melt-fuse-mla", "::mlir::ModuleOp"> {
+  let summary = "run MLA on a latent cache: absorb W_UK and W_UV";
+  let description = [{
+    Rewrites each attention of the model form — per-head K/V decompressed
+    from the latent by kv_b_proj, cached per head — into `melt.mla` over a
+    `!melt.latent_cache` that holds only the normalized compressed KV and
+    the shared RoPE key: `kv_lora_rank + qk_rope_head_dim` values per token
+    per layer (576 for DeepSeek-V3, 71x less than the per-head cache).
+    kv_b_proj is split, without materializing anything, into W_UK
+    (`[heads, nope, latent]`) and W_UV (`[heads, v, latent]`) weight views;
+    decode runs absorbed (W_UK folded into the query, W_UV into the
+    output). Cache arguments and results of the functions change type.
+
+    `melt.mla` keeps the decompressed form for prefill longer than its
+    `prefill_threshold`. `prefill=auto` picks it by a cost model: per
+    query-key pair, absorbed attention costs `2 * latent + rope` multiply-adds
+    per head and decompressed `nope + rope + v`, but decompressing costs
+    `(nope + v) * latent` per cached token; the threshold is the query count
+    where both meet (171 tokens for DeepSeek-V3). `absorbed` or
+    `decompressed` force one form; `prefill-threshold` sets it.
+
+    Before:
+    ```mlir
+    %c1 = melt.kv_cache_append %c0, %k, %v at %pos : !melt.kv_cache<heads = 128, key_dim = 192, value_dim = 128, bf16>, ...
+    %keys, %values = melt.kv_cache_read %c1 : ...
+    %o = melt.attention %q, %keys, %values, %pos {causal, scale = 0.1352 : f64} : ...
+    ```
+    After:
+    ```mlir
+    %c1 = melt.latent_cache_append %c0, %ckv, %kr at %pos : !melt.latent_cache<latent = 512, rope = 64, bf16>, ...
+    %o = melt.mla %qn, %qr, %c1 at %pos absorb(@model.layers.0.self_attn.w_uk, @model.layers.0.self_attn.w_uv) {prefill_threshold = 171 : i64, scale = 0.1352 : f64} : ...
+    ```
+  }];
+  let options = [
+    Option<"prefill", "prefill", "std::string", /*default=*/"\"auto\"",
+           "prefill form: auto (cost model), absorbed or decompressed">,
+    Option<"prefillThreshold", "prefill-threshold", "int64_t",
+           /*default=*/"-1",
+           "decompress for prefills longer than this many tokens "
+           "(overrides prefill; -1: not set)">,
+  ];
+  let dependentDialects = ["::mlir::melt::MeltDialect",
+                           "::mlir::func::FuncDialect"];
+}
+
 #endif // MELT_PASSES_TD
