@@ -181,6 +181,10 @@ llvm::Expected<uint32_t> Writer::newBuffer(Operation *where, Value value,
     kind = fb::BufferKind::Cache;
     shape = {cache.getHeads(), cache.getKeyDim(), cache.getValueDim()};
     dtype = *dtypeOf(cache.getElementType());
+  } else if (auto latent = llvm::dyn_cast<LatentCacheType>(value.getType())) {
+    kind = fb::BufferKind::Cache;
+    shape = {1, latent.getLatentDim(), latent.getRopeDim()};
+    dtype = *dtypeOf(latent.getElementType());
   } else if (auto tensor = llvm::dyn_cast<RankedTensorType>(value.getType())) {
     std::optional<fb::DType> d = dtypeOf(tensor.getElementType());
     if (!d)
@@ -260,6 +264,16 @@ llvm::Error Writer::addKernel(Operation *op) {
       })
       .Case([&](KVCacheAppendOp) { kind = fb::KernelKind::KVCacheAppend; })
       .Case([&](KVCacheReadOp) { kind = fb::KernelKind::KVCacheRead; })
+      .Case([&](LatentCacheAppendOp) {
+        kind = fb::KernelKind::LatentCacheAppend;
+      })
+      .Case([&](MLAOp o) {
+        kind = fb::KernelKind::MLA;
+        syms = {o.getWUkAttr(), o.getWUvAttr()};
+        IntegerAttr threshold = o.getPrefillThresholdAttr();
+        ints = {threshold ? threshold.getInt() : int64_t(1) << 31};
+        floats = {o.getScale().convertToDouble()};
+      })
       .Case([&](SiluMulOp) { kind = fb::KernelKind::SiluMul; })
       .Case([&](AddOp) { kind = fb::KernelKind::Add; })
       .Case([&](ConcatOp o) {
@@ -308,7 +322,7 @@ llvm::Error Writer::addKernel(Operation *op) {
   }
   for (Value result : op->getResults()) {
     // An append yields its cache: both are the same storage.
-    if (isa<KVCacheAppendOp>(op)) {
+    if (isa<KVCacheAppendOp, LatentCacheAppendOp>(op)) {
       bufferOf[result] = inputs[0];
       outputs.push_back(inputs[0]);
       continue;

@@ -199,30 +199,36 @@ struct FuseMLAPass final
     m.append.getResult().replaceUsesWithIf(append.getResult(), [&](OpOperand &use) {
       return isa<func::ReturnOp>(use.getOwner());
     });
+    for (Operation *op : {m.attention.getOperation(), m.read.getOperation(),
+                          m.append.getOperation()})
+      for (Value operand : op->getOperands())
+        if (Operation *def = operand.getDefiningOp())
+          maybeDead.insert(def);
+    maybeDead.remove(m.read);
+    maybeDead.remove(m.append);
     m.attention.erase();
     m.read.erase();
     m.append.erase();
     return success();
   }
 
-  /// Removes the pure ops whose results are no longer used (the per-head
-  /// K/V path), innermost first.
-  void eraseDeadOps(ModuleOp module) {
-    bool changed = true;
-    while (changed) {
-      changed = false;
-      SmallVector<Operation *> dead;
-      module.walk([&](Operation *op) {
-        if (op->getDialect() && isa<MeltDialect>(op->getDialect()) &&
-            !isa<WeightOp>(op) && op->getNumResults() > 0 && op->use_empty() &&
-            isMemoryEffectFree(op))
-          dead.push_back(op);
-      });
-      for (Operation *op : dead)
-        op->erase();
-      changed = !dead.empty();
+  /// Removes what the rewrites left unused (the per-head K/V path): pure
+  /// melt ops reached from the erased ops' operands, and nothing else.
+  void eraseDeadOps(ModuleOp) {
+    while (!maybeDead.empty()) {
+      Operation *op = maybeDead.pop_back_val();
+      if (!op || !isa<MeltDialect>(op->getDialect()) || isa<WeightOp>(op) ||
+          !op->use_empty() || !isMemoryEffectFree(op))
+        continue;
+      for (Value operand : op->getOperands())
+        if (Operation *def = operand.getDefiningOp())
+          maybeDead.insert(def);
+      op->erase();
     }
   }
+
+  /// Ops that may have lost their last use in a rewrite.
+  llvm::SetVector<Operation *> maybeDead;
 
   /// Function types follow their new argument and returned types.
   void updateSignatures(ModuleOp module) {

@@ -74,6 +74,10 @@ Arity arityOf(fb::KernelKind kind) {
     return {3, 1, 3, 3, 0, 0};
   case fb::KernelKind::MTPCombine:
     return {2, 1, 3, 3, 0, 1};
+  case fb::KernelKind::LatentCacheAppend:
+    return {4, 1, 0, 0, 0, 0};
+  case fb::KernelKind::MLA:
+    return {4, 1, 2, 2, 1, 1};
   }
   return {-2, -2, -2, -2, -2, -2};
 }
@@ -274,12 +278,17 @@ Status Artifact::checkMeaning() const {
     MELT_RETURN_IF_ERROR(checkIndices(where, "inputs", k->inputs(), buffers, "buffer"));
     MELT_RETURN_IF_ERROR(checkIndices(where, "outputs", k->outputs(), buffers, "buffer"));
     MELT_RETURN_IF_ERROR(checkIndices(where, "weights", k->weights(), weights, "weight"));
-    bool cacheOp = k->kind() == fb::KernelKind::KVCacheAppend ||
-                   k->kind() == fb::KernelKind::KVCacheRead;
+    // The one input that is a cache, by kind (-1: none).
+    int cacheInput = k->kind() == fb::KernelKind::KVCacheAppend ||
+                             k->kind() == fb::KernelKind::KVCacheRead ||
+                             k->kind() == fb::KernelKind::LatentCacheAppend
+                         ? 0
+                     : k->kind() == fb::KernelKind::MLA ? 2
+                                                        : -1;
     for (uint32_t j = 0; j < count(k->inputs()); ++j) {
       bool isCache = m.buffers()->Get(k->inputs()->Get(j))->kind() ==
                      fb::BufferKind::Cache;
-      if (isCache != (cacheOp && j == 0))
+      if (isCache != (static_cast<int>(j) == cacheInput))
         return invalidArtifact(where + ".inputs[" + str(j) + "] " +
                                (isCache ? "is a cache where a tensor is "
                                           "expected"

@@ -262,6 +262,139 @@ Status cpu::cacheRead(std::vector<CacheView *> &caches, Tensor &k, Tensor &v) {
   return Status::ok();
 }
 
+Status cpu::latentCacheAppend(CacheView &cache, const Tensor &latent,
+                              const Tensor &ropeKey, const Tensor &positions,
+                              int64_t begin, int64_t end) {
+  if (latent.rank() != 2 || ropeKey.rank() != 2 || cache.heads != 1 ||
+      latent.dim(1) != cache.keyDim || ropeKey.dim(1) != cache.valueDim ||
+      latent.dim(0) != ropeKey.dim(0) || !positions.isInt ||
+      positions.dim(0) != latent.dim(0) || begin < 0 || end > latent.dim(0))
+    return shapeError("latent_cache_append",
+                      "latent or RoPE key does not fit the cache");
+  int64_t capacity = static_cast<int64_t>(cache.pages->size()) * kPageTokens;
+  for (int64_t t = begin; t < end; ++t) {
+    int64_t pos = positions.ints[t];
+    if (pos < 0 || pos >= capacity)
+      return {MELT_RESOURCE_EXHAUSTED,
+              "position " + str(pos) + " is beyond the " + str(capacity) +
+                  " cached tokens the sequence holds pages for"};
+    std::copy_n(latent.data.data() + t * cache.keyDim, cache.keyDim,
+                cache.key(pos));
+    std::copy_n(ropeKey.data.data() + t * cache.valueDim, cache.valueDim,
+                cache.value(pos));
+    *cache.length = std::max(*cache.length, pos + 1);
+  }
+  return Status::ok();
+}
+
+Status cpu::mla(const Tensor &qn, const Tensor &qr,
+                std::vector<CacheView *> &caches, const Tensor &positions,
+                const WeightData &wUk, const WeightData &wUv, double scale,
+                int64_t threshold, const std::vector<int64_t> &segmentsIn,
+                Tensor &out) {
+  if (qn.rank() != 3 || qr.rank() != 3 || qn.dim(0) != qr.dim(0) ||
+      qn.dim(1) != qr.dim(1) || wUk.shape.size() != 3 ||
+      wUv.shape.size() != 3 || caches.empty() || !positions.isInt ||
+      positions.dim(0) != qn.dim(0))
+    return shapeError("mla", "inconsistent queries, weights or positions");
+  int64_t T = qn.dim(0), H = qn.dim(1), N = qn.dim(2), R = qr.dim(2);
+  int64_t L = caches[0]->keyDim, V = wUv.shape[1];
+  if (wUk.shape != std::vector<int64_t>{H, N, L} || wUv.shape[0] != H ||
+      wUv.shape[2] != L || caches[0]->valueDim != R ||
+      wUk.data.size() != static_cast<size_t>(H * N * L) ||
+      wUv.data.size() != static_cast<size_t>(H * V * L))
+    return shapeError("mla", "W_UK/W_UV do not match the queries and cache");
+  std::vector<int64_t> segments = segmentsIn;
+  if (segments.empty())
+    segments = {0, T};
+  if (segments.size() != caches.size() + 1 || segments.back() != T)
+    return shapeError("mla", "queries and caches of different batches");
+  resize(out, {T, H, V});
+  std::vector<float> qlat(L), olat(L), scores;
+  for (size_t b = 0; b < caches.size(); ++b) {
+    CacheView &cache = *caches[b];
+    int64_t S = *cache.length, queries = segments[b + 1] - segments[b];
+    scores.resize(std::max<int64_t>(S, 1));
+    bool decompress = queries > threshold;
+    // Decompressed form: K_nope[s, h] = W_UK[h] c[s], V[s, h] = W_UV[h] c[s].
+    std::vector<float> kNope, values;
+    if (decompress) {
+      kNope.assign(S * H * N, 0.0f);
+      values.assign(S * H * V, 0.0f);
+      for (int64_t s = 0; s < S; ++s) {
+        const float *c = cache.key(s);
+        for (int64_t h = 0; h < H; ++h) {
+          matmulRows(c, 1, L, wUk.data.data() + h * N * L, N,
+                     kNope.data() + (s * H + h) * N);
+          matmulRows(c, 1, L, wUv.data.data() + h * V * L, V,
+                     values.data() + (s * H + h) * V);
+        }
+      }
+    }
+    for (int64_t t = segments[b]; t < segments[b + 1]; ++t) {
+      int64_t visible = std::min<int64_t>(S, positions.ints[t] + 1);
+      if (visible <= 0)
+        return invalidArgument("mla: query at position " +
+                               str(positions.ints[t]) + " sees no key");
+      for (int64_t h = 0; h < H; ++h) {
+        const float *q = qn.data.data() + (t * H + h) * N;
+        const float *qrope = qr.data.data() + (t * H + h) * R;
+        if (!decompress) {
+          // Absorb W_UK: the query in latent space.
+          std::fill(qlat.begin(), qlat.end(), 0.0f);
+          const float *uk = wUk.data.data() + h * N * L;
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t l = 0; l < L; ++l)
+              qlat[l] += q[n] * uk[n * L + l];
+        }
+        float maxScore = -INFINITY;
+        for (int64_t s = 0; s < visible; ++s) {
+          const float *kr = cache.value(s);
+          float dot = 0.0f;
+          if (decompress) {
+            const float *k = kNope.data() + (s * H + h) * N;
+            for (int64_t n = 0; n < N; ++n)
+              dot += q[n] * k[n];
+          } else {
+            const float *c = cache.key(s);
+            for (int64_t l = 0; l < L; ++l)
+              dot += qlat[l] * c[l];
+          }
+          for (int64_t r = 0; r < R; ++r)
+            dot += qrope[r] * kr[r];
+          scores[s] = static_cast<float>(dot * scale);
+          maxScore = std::max(maxScore, scores[s]);
+        }
+        float sum = 0.0f;
+        for (int64_t s = 0; s < visible; ++s) {
+          scores[s] = std::exp(scores[s] - maxScore);
+          sum += scores[s];
+        }
+        float *o = out.data.data() + (t * H + h) * V;
+        if (decompress) {
+          for (int64_t s = 0; s < visible; ++s) {
+            const float *v = values.data() + (s * H + h) * V;
+            float p = scores[s] / sum;
+            for (int64_t d = 0; d < V; ++d)
+              o[d] += p * v[d];
+          }
+          continue;
+        }
+        // Weighted latent, then W_UV out of the latent space.
+        std::fill(olat.begin(), olat.end(), 0.0f);
+        for (int64_t s = 0; s < visible; ++s) {
+          const float *c = cache.key(s);
+          float p = scores[s] / sum;
+          for (int64_t l = 0; l < L; ++l)
+            olat[l] += p * c[l];
+        }
+        matmulRows(olat.data(), 1, L, wUv.data.data() + h * V * L, V, o);
+      }
+    }
+  }
+  return Status::ok();
+}
+
 Status cpu::siluMul(const Tensor &gate, const Tensor &up, Tensor &out) {
   if (gate.shape != up.shape)
     return shapeError("silu_mul", "operands differ in shape");

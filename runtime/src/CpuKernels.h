@@ -61,6 +61,20 @@ Status cacheAppend(CacheView &cache, const Tensor &k, const Tensor &v,
 /// Reads every cached key and value of each view, concatenated, with the
 /// rows of each in `segments`.
 Status cacheRead(std::vector<CacheView *> &caches, Tensor &k, Tensor &v);
+/// Writes rows [begin, end) of the normalized latent and the rotated RoPE
+/// key into a latent cache (a view of heads 1, key latent, value rope).
+Status latentCacheAppend(CacheView &cache, const Tensor &latent,
+                         const Tensor &ropeKey, const Tensor &positions,
+                         int64_t begin, int64_t end);
+/// Multi-head latent attention of each sequence of a batch over its latent
+/// cache. Up to `prefillThreshold` queries of a sequence run absorbed
+/// (W_UK into the query, W_UV into the output: an MQA over the latent);
+/// longer prefills decompress K/V per head first. Both compute the same.
+Status mla(const Tensor &queryNope, const Tensor &queryRope,
+           std::vector<CacheView *> &caches, const Tensor &positions,
+           const WeightData &wUk, const WeightData &wUv, double scale,
+           int64_t prefillThreshold, const std::vector<int64_t> &segments,
+           Tensor &out);
 Status siluMul(const Tensor &gate, const Tensor &up, Tensor &out);
 Status add(const Tensor &a, const Tensor &b, Tensor &out);
 Status concat(const std::vector<const Tensor *> &parts, int64_t axis,

@@ -81,10 +81,10 @@ Status melt::execute(const Model &model, const fb::Function &function,
       return staticShape(*m.buffers()->Get(kernel.outputs()->Get(i)));
     };
     // The cache operand, for every sequence of the batch.
-    auto cachesOf = [&](std::vector<CacheView *> &views) {
+    auto cachesOf = [&](std::vector<CacheView *> &views, uint32_t input = 0) {
       views.clear();
       for (auto &caches : batch.caches) {
-        auto it = caches.find(kernel.inputs()->Get(0));
+        auto it = caches.find(kernel.inputs()->Get(input));
         if (it == caches.end())
           return false;
         views.push_back(&it->second);
@@ -142,6 +142,23 @@ Status melt::execute(const Model &model, const fb::Function &function,
         return invalidArtifact("kernels[" + std::to_string(k) +
                                "] reads a cache that is not an input");
       status = cpu::cacheRead(views, out(0), out(1));
+      break;
+    case fb::KernelKind::LatentCacheAppend:
+      if (!cachesOf(views))
+        return invalidArtifact("kernels[" + std::to_string(k) +
+                               "] appends to a cache that is not an input");
+      for (size_t b = 0; b < views.size() && !status; ++b)
+        status = cpu::latentCacheAppend(*views[b], in(1), in(2), in(3),
+                                        batch.segments[b],
+                                        batch.segments[b + 1]);
+      break;
+    case fb::KernelKind::MLA:
+      if (!cachesOf(views, 2))
+        return invalidArtifact("kernels[" + std::to_string(k) +
+                               "] attends to a cache that is not an input");
+      status = cpu::mla(in(0), in(1), views, in(3), w(0), w(1),
+                        kernel.floats()->Get(0), kernel.ints()->Get(0),
+                        batch.segments, out(0));
       break;
     case fb::KernelKind::SiluMul:
       status = cpu::siluMul(in(0), in(1), out(0));

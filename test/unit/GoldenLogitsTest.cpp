@@ -14,10 +14,12 @@
 #include "frontends/hf/Importer.h"
 #include "frontends/hf/Safetensors.h"
 #include "frontends/hf/StrictJson.h"
+#include "passes/Passes.h"
 
 #include "melt/runtime.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Pass/PassManager.h"
 #include "llvm/Support/MemoryBuffer.h"
 
 #include <gtest/gtest.h>
@@ -68,10 +70,13 @@ Reference readReference(const std::string &dir) {
   return ref;
 }
 
-class GoldenLogits : public ::testing::TestWithParam<const char *> {};
+/// (checkpoint, melt-fuse-mla prefill form or "" for the per-head cache)
+using Param = std::tuple<const char *, const char *>;
+class GoldenLogits : public ::testing::TestWithParam<Param> {};
 
 TEST_P(GoldenLogits, MatchTransformers) {
-  std::string dir = std::string(MELT_GOLDEN_DIR) + "/" + GetParam();
+  auto [name, prefill] = GetParam();
+  std::string dir = std::string(MELT_GOLDEN_DIR) + "/" + name;
   std::string ckpt = dir + "/checkpoint";
   Reference ref = readReference(dir);
   ASSERT_EQ(ref.logits.size(), ref.sequences.size());
@@ -81,6 +86,13 @@ TEST_P(GoldenLogits, MatchTransformers) {
   auto imported = importCheckpoint(context, ckpt);
   ASSERT_TRUE(static_cast<bool>(imported))
       << llvm::toString(imported.takeError());
+  if (std::string(prefill) != "") {
+    PassManager pm(&context);
+    FuseMLAPassOptions options;
+    options.prefill = prefill;
+    pm.addPass(createFuseMLAPass(options));
+    ASSERT_TRUE(succeeded(pm.run(*imported->module)));
+  }
   auto checkpoint = Checkpoint::open(ckpt);
   ASSERT_TRUE(static_cast<bool>(checkpoint));
   auto bytes = buildArtifact(*imported->module, *checkpoint, {});
@@ -113,11 +125,12 @@ TEST_P(GoldenLogits, MatchTransformers) {
     for (size_t i = 0; i < want.size(); ++i)
       maxError = std::max(maxError, double(std::fabs(logits[i] - want[i])));
     EXPECT_LE(maxError, 1e-3 * (hi - lo))
-        << GetParam() << " sequence " << s << ": max abs error " << maxError
+        << name << "/" << prefill << " sequence " << s << ": max abs error " << maxError
         << " over a logit range of " << (hi - lo);
-    std::printf("%s sequence %zu: max abs error %.3g (%.2g of the logit "
-                "range %.3f)\n",
-                GetParam(), s, maxError, maxError / (hi - lo), hi - lo);
+    std::printf("%s%s%s sequence %zu: max abs error %.3g (%.2g of the "
+                "logit range %.3f)\n",
+                name, *prefill ? " fuse-mla " : "", prefill, s, maxError,
+                maxError / (hi - lo), hi - lo);
 
     // Greedy generation: 16 new tokens, one decode step at a time.
     std::vector<int> generated;
@@ -132,21 +145,28 @@ TEST_P(GoldenLogits, MatchTransformers) {
                 MELT_OK)
           << melt_last_error();
     }
-    EXPECT_EQ(generated, ref.greedy[s]) << GetParam() << " sequence " << s;
+    EXPECT_EQ(generated, ref.greedy[s]) << name << "/" << prefill << " sequence " << s;
   }
   EXPECT_EQ(melt_session_destroy(session), MELT_OK);
   EXPECT_EQ(melt_model_destroy(model), MELT_OK);
 }
 
-INSTANTIATE_TEST_SUITE_P(Checkpoints, GoldenLogits,
-                         ::testing::Values("v3-tiny", "v2-lite-tiny",
-                                           "v3-tiny-fp8"),
-                         [](const auto &info) {
-                           std::string name = info.param;
-                           for (char &c : name)
-                             if (c == '-')
-                               c = '_';
-                           return name;
-                         });
+// Each checkpoint with the per-head cache, and with melt-fuse-mla in both
+// of its forms (the 3- to 12-token prompts stay below the tiny models'
+// threshold of 32, so "absorbed" and "decompressed" force each path).
+INSTANTIATE_TEST_SUITE_P(
+    Checkpoints, GoldenLogits,
+    ::testing::Combine(::testing::Values("v3-tiny", "v2-lite-tiny",
+                                         "v3-tiny-fp8"),
+                       ::testing::Values("", "absorbed", "decompressed")),
+    [](const auto &info) {
+      std::string name = std::get<0>(info.param);
+      std::string prefill = std::get<1>(info.param);
+      name += prefill.empty() ? "_per_head_cache" : "_fuse_mla_" + prefill;
+      for (char &c : name)
+        if (c == '-')
+          c = '_';
+      return name;
+    });
 
 } // namespace

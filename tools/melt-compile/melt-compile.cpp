@@ -13,11 +13,13 @@
 #include "frontends/ModelBuilder.h"
 #include "frontends/hf/Checkpoint.h"
 #include "frontends/hf/Importer.h"
+#include "passes/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/Verifier.h"
 #include "mlir/Parser/Parser.h"
+#include "mlir/Pass/PassManager.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
@@ -43,6 +45,16 @@ static cl::opt<std::string> checkpointDir(
 static cl::opt<std::string> target("target",
                                    cl::desc("Target device: cpu"),
                                    cl::init("cpu"), cl::cat(category));
+static cl::opt<bool> fuseMLA(
+    "fuse-mla",
+    cl::desc("Run attention on the latent cache with W_UK/W_UV absorbed "
+             "(melt-fuse-mla; default on, --fuse-mla=false for the per-head "
+             "cache)"),
+    cl::init(true), cl::cat(category));
+static cl::opt<std::string> mlaPrefill(
+    "mla-prefill",
+    cl::desc("MLA prefill form: auto (cost model), absorbed, decompressed"),
+    cl::init("auto"), cl::cat(category));
 static cl::opt<bool> embedWeights(
     "embed-weights",
     cl::desc("Pack the weights into the artifact (self-contained; no "
@@ -106,6 +118,16 @@ int main(int argc, char **argv) {
     return fail("the weights need a checkpoint: give --checkpoint DIR");
   if (failed(verify(*module)))
     return fail("the model does not verify");
+
+  // The compile pipeline: what the passes of melt offer today.
+  PassManager pm(&context);
+  if (fuseMLA) {
+    FuseMLAPassOptions mla;
+    mla.prefill = mlaPrefill;
+    pm.addPass(createFuseMLAPass(mla));
+  }
+  if (failed(pm.run(*module)))
+    return fail("the compile pipeline failed");
 
   auto ckpt = Checkpoint::open(ckptPath);
   if (!ckpt)
