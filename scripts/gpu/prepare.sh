@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepares what the GPU machine lacks (it has CUDA, cmake and ninja, but no
+# MLIR, flatc or FlatBuffers headers) in .device-carry/ (git-ignored; name
+# it in the device tool's `carry`):
+#   flatbuffers/        FlatBuffers' headers (header-only)
+#   schema/melt/        the generated artifact header
+#   models/             artifacts compiled here from the golden checkpoints
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+bash scripts/build.sh melt-compile >/dev/null
+carry=.device-carry
+rm -rf "$carry"
+mkdir -p "$carry/schema/melt" "$carry/models"
+cp -r /usr/include/flatbuffers "$carry/flatbuffers-include-tmp"
+mkdir -p "$carry/flatbuffers"
+mv "$carry/flatbuffers-include-tmp" "$carry/flatbuffers/flatbuffers"
+flatc --cpp --scoped-enums -o "$carry/schema/melt" runtime/schema/artifact.fbs
+for model in v3-tiny v2-lite-tiny v3-tiny-fp8; do
+  build/bin/melt-compile "test/golden/$model/checkpoint" \
+    -o "$carry/models/$model.melt" 2>/dev/null
+done
+du -sh "$carry"
