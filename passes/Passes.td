@@ -83,4 +83,55 @@ def FuseMLAPass : Pass<"melt-fuse-mla", "::mlir::ModuleOp"> {
                            "::mlir::func::FuncDialect"];
 }
 
+//===----------------------------------------------------------------------===//
+// Expert placement
+//===----------------------------------------------------------------------===//
+
+def PlanExpertsPass : Pass<"melt-plan-experts", "::mlir::ModuleOp"> {
+  let summary = "place routed experts and replicas of hot experts on devices";
+  let description = [{
+    Reads the per-expert load counters (and co-selection counts) that the
+    runtime dumps (`melt-run --expert-stats FILE`, or
+    `melt_session_expert_load_json`) and sets `placement` on every
+    `melt.moe_experts`: the expert of each of the `devices` x
+    `(experts + redundant) / devices` slots.
+
+    - `balanced` does what DeepSeek's EPLB does: the `redundant` extra
+      replicas go to the experts with the most load per replica, then
+      replicas, heaviest first, fill the least loaded device with a free
+      slot; with `nodes` > 1, experts are packed onto nodes first and
+      replicated within each node.
+    - `affinity` starts from `balanced` and swaps experts between devices
+      while that cuts the expected cross-device token copies (co-selected
+      pairs split over devices) and keeps max/mean load within 5% of
+      `balanced`.
+
+    The report gives, per router and over all, max/mean device load and
+    expected cross-device copies before (expert e on device e / (experts /
+    devices), no replicas) and after. Without `stats`, loads are uniform.
+
+    ```mlir
+    %y = melt.moe_experts %h, %idx, %w gate @g up @u down @d
+        {placement = #melt.expert_placement<devices = 2, slots = [0, 3, 2, 1], load = [9, 8]>} : ...
+    ```
+  }];
+  let options = [
+    Option<"devices", "devices", "int64_t", /*default=*/"1",
+           "number of devices the experts are spread over">,
+    Option<"redundant", "redundant", "int64_t", /*default=*/"0",
+           "replicas beyond one per expert">,
+    Option<"nodes", "nodes", "int64_t", /*default=*/"1",
+           "devices are grouped into this many nodes (hierarchical)">,
+    Option<"stats", "stats", "std::string", /*default=*/"\"\"",
+           "expert load statistics (JSON from the runtime)">,
+    Option<"policy", "policy", "std::string", /*default=*/"\"balanced\"",
+           "balanced or affinity">,
+    Option<"report", "report", "std::string", /*default=*/"\"-\"",
+           "where to write the report ('-' for stderr)">,
+    Option<"json", "json", "bool", /*default=*/"false",
+           "write the report as JSON">,
+  ];
+  let dependentDialects = ["::mlir::melt::MeltDialect"];
+}
+
 #endif // MELT_PASSES_TD

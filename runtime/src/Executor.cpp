@@ -208,10 +208,19 @@ Status melt::execute(const Model &model, const fb::Function &function,
       const WeightData *bias = kernel.weights()->size() > 1 ? &w(1) : nullptr;
       status = cpu::moeRouter(in(0), w(0), bias, p, out(0), out(1));
       if (!status && load) {
-        std::vector<uint64_t> &counts = (*load)[k];
-        counts.resize(w(0).shape[0]);
-        for (int64_t expert : out(0).ints)
-          ++counts[expert];
+        RouterLoad &stats = (*load)[k];
+        stats.counts.resize(w(0).shape[0]);
+        const std::vector<int64_t> &chosen = out(0).ints;
+        int64_t topK = p.topK;
+        for (size_t t = 0; t * topK < chosen.size(); ++t)
+          for (int64_t a = 0; a < topK; ++a) {
+            int64_t x = chosen[t * topK + a];
+            ++stats.counts[x];
+            for (int64_t b = a + 1; b < topK; ++b) {
+              int64_t y = chosen[t * topK + b];
+              ++stats.pairs[{std::min(x, y), std::max(x, y)}];
+            }
+          }
       }
       break;
     }

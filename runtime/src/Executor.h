@@ -16,9 +16,14 @@ struct Batch {
   std::vector<std::map<uint32_t, CacheView>> caches;
 };
 
-/// How many token-to-expert assignments each router made, by router kernel
-/// and expert: the statistics expert placement plans from.
-using ExpertLoad = std::map<uint32_t, std::vector<uint64_t>>;
+/// How many token-to-expert assignments each router made, and how often two
+/// experts were chosen for the same token: the statistics expert placement
+/// (melt-plan-experts) plans from.
+struct RouterLoad {
+  std::vector<uint64_t> counts;
+  std::map<std::pair<int64_t, int64_t>, uint64_t> pairs;
+};
+using ExpertLoad = std::map<uint32_t, RouterLoad>;
 
 /// Runs `function` on the CPU for a batch: `inputs` bind the function's
 /// non-cache inputs in order (tokens of all sequences, concatenated), the

@@ -191,11 +191,13 @@ Status Session::step(const Entry *entries, size_t n,
     auto last = logits.data.begin() + (batch.segments[e + 1] - 1) * vocab;
     seq.logits.assign(last, last + vocab);
   }
-  for (auto &[kernel, counts] : load) {
-    std::vector<uint64_t> &total = expertLoad_[kernel];
-    total.resize(counts.size());
-    for (size_t e = 0; e < counts.size(); ++e)
-      total[e] += counts[e];
+  for (auto &[kernel, stats] : load) {
+    RouterLoad &total = expertLoad_[kernel];
+    total.counts.resize(stats.counts.size());
+    for (size_t e = 0; e < stats.counts.size(); ++e)
+      total.counts[e] += stats.counts[e];
+    for (const auto &[pair, n] : stats.pairs)
+      total.pairs[pair] += n;
   }
   if (allLogits)
     *allLogits = logits.data;
@@ -206,7 +208,8 @@ std::string Session::expertLoadJson() const {
   const fb::Model &m = model_.artifact().model();
   std::string json = "{\"routers\": [";
   bool first = true;
-  for (const auto &[kernel, counts] : expertLoad_) {
+  for (const auto &[kernel, stats] : expertLoad_) {
+    const std::vector<uint64_t> &counts = stats.counts;
     const fb::Kernel *k = m.kernels()->Get(kernel);
     const fb::Weight *gate = m.weights()->Get(k->weights()->Get(0));
     json += first ? "\n  " : ",\n  ";
@@ -216,6 +219,13 @@ std::string Session::expertLoadJson() const {
             ", \"counts\": [";
     for (size_t e = 0; e < counts.size(); ++e)
       json += (e ? ", " : "") + std::to_string(counts[e]);
+    json += "], \"pairs\": [";
+    bool firstPair = true;
+    for (const auto &[pair, n] : stats.pairs) {
+      json += (firstPair ? "[" : ", [") + std::to_string(pair.first) + ", " +
+              std::to_string(pair.second) + ", " + std::to_string(n) + "]";
+      firstPair = false;
+    }
     json += "]}";
   }
   return json + "\n]}\n";

@@ -42,7 +42,8 @@ public:
   int64_t usedPages() const { return pool_.totalPages() - pool_.freePages(); }
   int64_t totalPages() const { return pool_.totalPages(); }
   /// Per-expert load counters of every router, as JSON:
-  /// {"routers": [{"gate": NAME, "experts": E, "counts": [...]}, ...]}.
+  /// {"routers": [{"gate": NAME, "experts": E, "counts": [...],
+  ///               "pairs": [[i, j, times chosen together], ...]}, ...]}.
   std::string expertLoadJson() const;
 
 private:

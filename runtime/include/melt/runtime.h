@@ -107,9 +107,10 @@ melt_status melt_session_logits(melt_session *session, int sequence,
                                 const float **logits, size_t *vocab);
 
 /* Per-expert load counters of the session (token-to-expert assignments
- * of every MoE router since creation) as JSON:
+ * of every MoE router since creation, and how often two experts were
+ * chosen for one token) as JSON, the input of melt-plan-experts:
  *   {"routers": [{"gate": "model.layers.3.mlp.gate", "experts": 256,
- *                 "counts": [...]}, ...]}
+ *                 "counts": [...], "pairs": [[i, j, n], ...]}, ...]}
  * Writes at most `capacity` bytes (NUL-terminated) to `buffer` and the full
  * size, terminator included, to `size`: call with capacity 0 to ask. */
 melt_status melt_session_expert_load_json(melt_session *session, char *buffer,
