@@ -9,8 +9,9 @@
 #include <limits>
 
 using namespace melt;
+using namespace melt::rt;
 
-uint64_t melt::dtypeBytes(fb::DType dtype) {
+uint64_t melt::rt::dtypeBytes(fb::DType dtype) {
   switch (dtype) {
   case fb::DType::F32:
   case fb::DType::I32:

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-namespace melt {
+namespace melt::rt {
 
 namespace fb = ::melt::artifact;
 
@@ -53,6 +53,6 @@ private:
 /// Bytes per element of a dtype (FP8 is 1).
 uint64_t dtypeBytes(fb::DType dtype);
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_ARTIFACT_H

@@ -10,6 +10,7 @@
 #include <set>
 
 using namespace melt;
+using namespace melt::rt;
 
 struct melt_model {
   std::unique_ptr<Model> model;

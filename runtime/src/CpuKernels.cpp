@@ -6,7 +6,8 @@
 #include <numeric>
 
 using namespace melt;
-using namespace melt::cpu;
+using namespace melt::rt;
+using namespace melt::rt::cpu;
 
 namespace {
 

@@ -33,7 +33,7 @@
 
 #include <vector>
 
-namespace melt::cpu {
+namespace melt::rt::cpu {
 
 Status embedding(const Tensor &ids, const WeightData &table, Tensor &out);
 Status rmsNorm(const Tensor &x, const WeightData &scale, double eps,
@@ -103,6 +103,6 @@ Status mtpCombine(const Tensor &embedded, const Tensor &hidden,
                   const WeightData &enorm, const WeightData &hnorm,
                   const WeightData &ehProj, double eps, Tensor &out);
 
-} // namespace melt::cpu
+} // namespace melt::rt::cpu
 
 #endif // MELT_RUNTIME_CPUKERNELS_H

@@ -9,6 +9,7 @@
 #include <mutex>
 
 using namespace melt;
+using namespace melt::rt;
 
 namespace {
 
@@ -42,7 +43,7 @@ std::vector<int64_t> staticShape(const fb::Buffer &b) {
 
 } // namespace
 
-Status melt::execute(const Model &model, const fb::Function &function,
+Status melt::rt::execute(const Model &model, const fb::Function &function,
                      std::vector<Tensor> inputs, Batch &batch,
                      std::vector<Tensor> &outputs, ExpertLoad *load) {
   const fb::Model &m = model.artifact().model();

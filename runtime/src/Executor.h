@@ -7,7 +7,7 @@
 
 #include <map>
 
-namespace melt {
+namespace melt::rt {
 
 /// A batch of sequences run by one call: the token rows of each, and the
 /// caches of each by cache buffer of the function.
@@ -32,6 +32,6 @@ Status execute(const Model &model, const fb::Function &function,
                std::vector<Tensor> inputs, Batch &batch,
                std::vector<Tensor> &outputs, ExpertLoad *load = nullptr);
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_EXECUTOR_H

@@ -12,6 +12,7 @@
 #endif
 
 using namespace melt;
+using namespace melt::rt;
 
 #ifdef MELT_HAVE_DNNL
 

@@ -17,7 +17,7 @@
 #include <memory>
 #include <vector>
 
-namespace melt {
+namespace melt::rt {
 
 class GemmWeight {
 public:
@@ -43,6 +43,6 @@ private:
   int64_t n_ = 0, k_ = 0;
 };
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_GEMM_H

@@ -6,6 +6,7 @@
 #include <fstream>
 
 using namespace melt;
+using namespace melt::rt;
 
 namespace {
 

@@ -7,7 +7,7 @@
 
 #include <memory>
 
-namespace melt {
+namespace melt::rt {
 
 /// An artifact and the weights its recipe makes, on the CPU device. FP8
 /// weights are dequantized once at load (block x scale_inv) into f32: no
@@ -34,6 +34,6 @@ private:
   std::vector<WeightData> weights_;
 };
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_MODEL_H

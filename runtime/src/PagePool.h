@@ -14,7 +14,7 @@
 #include <memory>
 #include <vector>
 
-namespace melt {
+namespace melt::rt {
 
 constexpr int64_t kPageTokens = 16;
 
@@ -80,6 +80,6 @@ struct CacheView {
   }
 };
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_PAGEPOOL_H

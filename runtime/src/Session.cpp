@@ -4,6 +4,7 @@
 #include <set>
 
 using namespace melt;
+using namespace melt::rt;
 
 namespace {
 
@@ -31,7 +32,7 @@ std::map<uint32_t, CacheView> layoutOf(const Model &model, int64_t &floats) {
 
 } // namespace
 
-int64_t melt::pageFloatsOf(const Model &model) {
+int64_t melt::rt::pageFloatsOf(const Model &model) {
   int64_t floats = 0;
   layoutOf(model, floats);
   return floats;

@@ -6,7 +6,7 @@
 
 #include <map>
 
-namespace melt {
+namespace melt::rt {
 
 /// Several sequences of one model sharing a paged KV cache of fixed
 /// capacity. A step runs tokens of any number of sequences as one batch
@@ -69,6 +69,6 @@ private:
 /// Floats one page holds for every cache of @forward.
 int64_t pageFloatsOf(const Model &model);
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_SESSION_H

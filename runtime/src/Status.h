@@ -7,7 +7,7 @@
 #include <string>
 #include <utility>
 
-namespace melt {
+namespace melt::rt {
 
 /// A status code with a message that names the file, field or index at
 /// fault. Nothing in the runtime throws across the C API; internal code
@@ -38,11 +38,11 @@ inline Status invalidArgument(std::string message) {
 
 #define MELT_RETURN_IF_ERROR(expr)                                             \
   do {                                                                         \
-    ::melt::Status _status = (expr);                                           \
+    ::melt::rt::Status _status = (expr);                                         \
     if (_status)                                                               \
       return _status;                                                          \
   } while (false)
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_STATUS_H

@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-namespace melt {
+namespace melt::rt {
 
 /// A dense row-major host tensor: floats (computed in f32) or integers
 /// (token ids, positions, expert indices).
@@ -43,6 +43,6 @@ struct WeightData {
   std::vector<std::unique_ptr<GemmWeight>> gemms;
 };
 
-} // namespace melt
+} // namespace melt::rt
 
 #endif // MELT_RUNTIME_TENSOR_H

@@ -1,0 +1,33 @@
+//===- CppWrapperTest.cpp - the C++ wrapper ---------------------*- C++ -*-===//
+#include "ModelFixture.h"
+
+#include "melt/runtime.hpp"
+
+namespace {
+
+class CppWrapper : public ModelTest {};
+
+TEST_F(CppWrapper, GeneratesAndThrowsOnErrors) {
+  melt::Model model(artifactPath, checkpointDir);
+  melt::Session session(model, {64, 0});
+  int seq = session.addSequence();
+  session.append(seq, {1, 17, 42});
+  int token = melt::sampleGreedy(session.logits(seq));
+  EXPECT_GE(token, 0);
+  EXPECT_LT(token, model.vocabSize());
+  try {
+    session.append(seq, {static_cast<int>(model.vocabSize())});
+    FAIL() << "a token outside the vocabulary must throw";
+  } catch (const melt::Error &e) {
+    EXPECT_EQ(e.status(), MELT_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(e.what()).find("outside the vocabulary"),
+              std::string::npos);
+  }
+  EXPECT_NE(session.expertLoadJson().find("\"routers\""), std::string::npos);
+}
+
+TEST(CppWrapperNoModel, LoadFailureThrows) {
+  EXPECT_THROW(melt::Model("/nonexistent.melt", "/tmp"), melt::Error);
+}
+
+} // namespace
