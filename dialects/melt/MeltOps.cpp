@@ -100,6 +100,18 @@ expectWeightShape(Operation *op, SymbolTableCollection &symbolTable,
   return weight;
 }
 
+/// Checks that `what` (a result) has the shape of the input.
+static LogicalResult expectInputShape(Operation *op, StringRef what,
+                                      RankedTensorType input,
+                                      RankedTensorType other) {
+  if (input.getShape() != other.getShape())
+    return op->emitOpError() << what << " shape "
+                             << shapeString(other.getShape())
+                             << " must match input shape "
+                             << shapeString(input.getShape());
+  return success();
+}
+
 static LogicalResult expectPositive(Operation *op, StringRef what,
                                     double value) {
   if (!(value > 0.0))
@@ -260,10 +272,8 @@ EmbeddingOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
 
 LogicalResult RMSNormOp::verify() {
   auto in = tensorType(getInput()), out = tensorType(getResult());
-  if (in.getShape() != out.getShape())
-    return emitOpError() << "result shape " << shapeString(out.getShape())
-                         << " must match input shape "
-                         << shapeString(in.getShape());
+  if (failed(expectInputShape(*this, "result", in, out)))
+    return failure();
   if (in.getRank() < 1 || in.isDynamicDim(in.getRank() - 1))
     return emitOpError() << "input must have a static last dimension";
   return expectPositive(*this, "epsilon", getEpsilon().convertToDouble());
@@ -703,10 +713,8 @@ LogicalResult ReshapeOp::verify() {
 
 LogicalResult ConvertOp::verify() {
   auto in = tensorType(getInput()), out = tensorType(getResult());
-  if (in.getShape() != out.getShape())
-    return emitOpError() << "result shape " << shapeString(out.getShape())
-                         << " must match input shape "
-                         << shapeString(in.getShape());
+  if (failed(expectInputShape(*this, "result", in, out)))
+    return failure();
   return success();
 }
 
@@ -716,19 +724,15 @@ LogicalResult ConvertOp::verify() {
 
 LogicalResult QuantizeOp::verify() {
   auto in = tensorType(getInput()), q = tensorType(getOutput());
-  if (in.getShape() != q.getShape())
-    return emitOpError() << "output shape " << shapeString(q.getShape())
-                         << " must match input shape "
-                         << shapeString(in.getShape());
+  if (failed(expectInputShape(*this, "output", in, q)))
+    return failure();
   return verifyBlockScales(*this, in, tensorType(getScales()), getBlock());
 }
 
 LogicalResult DequantizeOp::verify() {
   auto q = tensorType(getInput()), out = tensorType(getResult());
-  if (q.getShape() != out.getShape())
-    return emitOpError() << "result shape " << shapeString(out.getShape())
-                         << " must match input shape "
-                         << shapeString(q.getShape());
+  if (failed(expectInputShape(*this, "result", q, out)))
+    return failure();
   return verifyBlockScales(*this, q, tensorType(getScales()), getBlock());
 }
 

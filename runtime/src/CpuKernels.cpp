@@ -27,6 +27,16 @@ void resize(Tensor &t, std::vector<int64_t> shape) {
 
 double silu(double x) { return x / (1.0 + std::exp(-x)); }
 
+/// scores[0, n) -> exp(score - max); returns their sum.
+float expShifted(std::vector<float> &scores, int64_t n, float maxScore) {
+  float sum = 0.0f;
+  for (int64_t s = 0; s < n; ++s) {
+    scores[s] = std::exp(scores[s] - maxScore);
+    sum += scores[s];
+  }
+  return sum;
+}
+
 /// y[t, n] = sum_k x[t, k] W[n, k], accumulated in f32.
 void matmulRows(const float *x, int64_t rows, int64_t in, const float *w,
                 int64_t out, float *y) {
@@ -202,11 +212,7 @@ Status cpu::attention(const Tensor &q, const Tensor &k, const Tensor &v,
           scores[s] = static_cast<float>(dot * scale);
           maxScore = std::max(maxScore, scores[s]);
         }
-        float sum = 0.0f;
-        for (int64_t s = 0; s < visible; ++s) {
-          scores[s] = std::exp(scores[s] - maxScore);
-          sum += scores[s];
-        }
+        float sum = expShifted(scores, visible, maxScore);
         float *o = out.data.data() + (t * H + h) * Dv;
         for (int64_t s = 0; s < visible; ++s) {
           const float *vv = v.data.data() + ((k0 + s) * Hk + kh) * Dv;
@@ -366,11 +372,7 @@ Status cpu::mla(const Tensor &qn, const Tensor &qr,
           scores[s] = static_cast<float>(dot * scale);
           maxScore = std::max(maxScore, scores[s]);
         }
-        float sum = 0.0f;
-        for (int64_t s = 0; s < visible; ++s) {
-          scores[s] = std::exp(scores[s] - maxScore);
-          sum += scores[s];
-        }
+        float sum = expShifted(scores, visible, maxScore);
         float *o = out.data.data() + (t * H + h) * V;
         if (decompress) {
           for (int64_t s = 0; s < visible; ++s) {
