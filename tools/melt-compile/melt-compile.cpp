@@ -14,6 +14,7 @@
 #include "frontends/hf/Checkpoint.h"
 #include "frontends/hf/Importer.h"
 #include "passes/Passes.h"
+#include "passes/Pipelines.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/MLIRContext.h"
@@ -55,6 +56,24 @@ static cl::opt<std::string> mlaPrefill(
     "mla-prefill",
     cl::desc("MLA prefill form: auto (cost model), absorbed, decompressed"),
     cl::init("auto"), cl::cat(category));
+static cl::opt<int64_t> devices(
+    "devices", cl::desc("Place experts on this many devices (default 1)"),
+    cl::init(1), cl::cat(category));
+static cl::opt<int64_t> redundant(
+    "redundant", cl::desc("Replicas of hot experts for placement"),
+    cl::init(0), cl::cat(category));
+static cl::opt<std::string> expertStats(
+    "expert-stats",
+    cl::desc("Expert load statistics (melt-run --expert-stats) to place by"),
+    cl::value_desc("file"), cl::cat(category));
+static cl::opt<std::string> expertPolicy(
+    "expert-policy", cl::desc("Placement policy: balanced or affinity"),
+    cl::init("balanced"), cl::cat(category));
+static cl::opt<std::string> compileTo(
+    "compile-to",
+    cl::desc("Stop after this phase and write its IR (model, fuse-mla, "
+             "plan-experts; default: artifact)"),
+    cl::init("artifact"), cl::cat(category));
 static cl::opt<bool> embedWeights(
     "embed-weights",
     cl::desc("Pack the weights into the artifact (self-contained; no "
@@ -119,15 +138,33 @@ int main(int argc, char **argv) {
   if (failed(verify(*module)))
     return fail("the model does not verify");
 
-  // The compile pipeline: what the passes of melt offer today.
+  // The compile pipeline (melt-default-pipeline), up to --compile-to.
+  std::optional<CompilePhase> last = parseCompilePhase(compileTo);
+  if (!last)
+    return fail("--compile-to: unknown phase '" + compileTo + "' (phases: " +
+                compilePhaseNames() + ")");
+  DefaultPipelineOptions pipeline;
+  pipeline.fuseMLA = fuseMLA.getValue();
+  pipeline.mlaPrefill = mlaPrefill.getValue();
+  pipeline.devices = devices.getValue();
+  pipeline.redundant = redundant.getValue();
+  pipeline.expertStats = expertStats.getValue();
+  pipeline.expertPolicy = expertPolicy.getValue();
   PassManager pm(&context);
-  if (fuseMLA) {
-    FuseMLAPassOptions mla;
-    mla.prefill = mlaPrefill;
-    pm.addPass(createFuseMLAPass(mla));
-  }
+  buildDefaultPipeline(pm, pipeline, *last);
   if (failed(pm.run(*module)))
     return fail("the compile pipeline failed");
+  if (*last != CompilePhase::Artifact) {
+    if (llvm::Error error = llvm::writeToOutput(
+            outputFile, [&](llvm::raw_ostream &os) {
+              module->print(os);
+              os << "\n";
+              return llvm::Error::success();
+            }))
+      return fail("cannot write '" + outputFile +
+                  "': " + llvm::toString(std::move(error)));
+    return 0;
+  }
 
   auto ckpt = Checkpoint::open(ckptPath);
   if (!ckpt)

@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 #include "dialects/melt/MeltDialect.h"
 #include "passes/Passes.h"
+#include "passes/Pipelines.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -19,6 +20,7 @@ int main(int argc, char **argv) {
   registry.insert<mlir::melt::MeltDialect, mlir::func::FuncDialect,
                   mlir::tensor::TensorDialect, mlir::arith::ArithDialect>();
   mlir::melt::registerMeltPasses();
+  mlir::melt::registerMeltPipelines();
   // Generic cleanups users combine with melt's passes.
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();

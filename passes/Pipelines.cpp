@@ -1,0 +1,52 @@
+//===- Pipelines.cpp - the compile pipeline of melt -------------*- C++ -*-===//
+#include "passes/Pipelines.h"
+
+#include "passes/Passes.h"
+
+#include "mlir/Pass/PassRegistry.h"
+#include "llvm/ADT/StringSwitch.h"
+
+using namespace mlir;
+using namespace mlir::melt;
+
+std::optional<CompilePhase> mlir::melt::parseCompilePhase(llvm::StringRef name) {
+  return llvm::StringSwitch<std::optional<CompilePhase>>(name)
+      .Case("model", CompilePhase::Model)
+      .Case("fuse-mla", CompilePhase::FuseMLA)
+      .Case("plan-experts", CompilePhase::PlanExperts)
+      .Case("artifact", CompilePhase::Artifact)
+      .Default(std::nullopt);
+}
+
+const char *mlir::melt::compilePhaseNames() {
+  return "model, fuse-mla, plan-experts, artifact";
+}
+
+void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
+                                      const DefaultPipelineOptions &options,
+                                      CompilePhase last) {
+  if (last >= CompilePhase::FuseMLA && options.fuseMLA) {
+    FuseMLAPassOptions mla;
+    mla.prefill = options.mlaPrefill;
+    pm.addPass(createFuseMLAPass(mla));
+  }
+  if (last >= CompilePhase::PlanExperts &&
+      (options.devices > 1 || !options.expertStats.empty())) {
+    PlanExpertsPassOptions plan;
+    plan.devices = options.devices;
+    plan.redundant = options.redundant;
+    plan.stats = options.expertStats;
+    plan.policy = options.expertPolicy;
+    pm.addPass(createPlanExpertsPass(plan));
+  }
+}
+
+void mlir::melt::registerMeltPipelines() {
+  PassPipelineRegistration<DefaultPipelineOptions>(
+      "melt-default-pipeline",
+      "melt's compile pipeline (what melt-compile runs): fuse MLA, then place "
+      "experts when devices > 1 or statistics are given",
+      [](OpPassManager &pm, const DefaultPipelineOptions &options) {
+        buildDefaultPipeline(pm, options);
+      });
+}

@@ -1,0 +1,60 @@
+//===- Pipelines.h - the compile pipeline of melt ---------------*- C++ -*-===//
+//
+// One pipeline, built in C++ and registered by name, so that
+// `melt-opt --pass-pipeline='builtin.module(melt-default-pipeline{...})'`
+// reproduces what melt-compile runs. Phases let a compile stop early.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_PASSES_PIPELINES_H
+#define MELT_PASSES_PIPELINES_H
+
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassOptions.h"
+
+#include <optional>
+#include <string>
+
+namespace mlir::melt {
+
+/// The phases of a compile, in order; --compile-to=<phase> stops after one.
+enum class CompilePhase { Model, FuseMLA, PlanExperts, Artifact };
+std::optional<CompilePhase> parseCompilePhase(llvm::StringRef name);
+const char *compilePhaseNames(); // "model, fuse-mla, plan-experts, artifact"
+
+struct DefaultPipelineOptions
+    : public PassPipelineOptions<DefaultPipelineOptions> {
+  Option<bool> fuseMLA{*this, "fuse-mla",
+                       llvm::cl::desc("MLA on the latent cache"),
+                       llvm::cl::init(true)};
+  Option<std::string> mlaPrefill{
+      *this, "mla-prefill",
+      llvm::cl::desc("MLA prefill form: auto, absorbed, decompressed"),
+      llvm::cl::init("auto")};
+  Option<int64_t> devices{*this, "devices",
+                          llvm::cl::desc("devices to place experts on (1: no "
+                                         "placement)"),
+                          llvm::cl::init(1)};
+  Option<int64_t> redundant{*this, "redundant",
+                            llvm::cl::desc("replicas of hot experts"),
+                            llvm::cl::init(0)};
+  Option<std::string> expertStats{
+      *this, "expert-stats",
+      llvm::cl::desc("expert load statistics for placement"),
+      llvm::cl::init("")};
+  Option<std::string> expertPolicy{
+      *this, "expert-policy",
+      llvm::cl::desc("placement policy: balanced or affinity"),
+      llvm::cl::init("balanced")};
+};
+
+/// Adds the passes of the phases up to `last` (Artifact: all of them).
+void buildDefaultPipeline(OpPassManager &pm,
+                          const DefaultPipelineOptions &options,
+                          CompilePhase last = CompilePhase::Artifact);
+
+/// Registers melt-default-pipeline with melt-opt.
+void registerMeltPipelines();
+
+} // namespace mlir::melt
+
+#endif // MELT_PASSES_PIPELINES_H
