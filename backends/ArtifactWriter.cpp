@@ -57,8 +57,8 @@ public:
 private:
   llvm::Error addWeight(WeightOp weight);
   llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
-  ranges(WeightOp weight, Type element, llvm::ArrayRef<int64_t> shape,
-         ArrayAttr sources);
+  ranges(WeightOp weight, Type element,
+         const SmallVector<SmallVector<int64_t>> &shapes, ArrayAttr sources);
   llvm::Expected<uint32_t> newBuffer(Operation *where, Value value,
                                      fb::BufferKind kind);
   llvm::Error addFunction(func::FuncOp func);
@@ -84,11 +84,13 @@ private:
 };
 
 llvm::Expected<std::vector<flatbuffers::Offset<fb::TensorRange>>>
-Writer::ranges(WeightOp weight, Type element, llvm::ArrayRef<int64_t> shape,
+Writer::ranges(WeightOp weight, Type element,
+               const SmallVector<SmallVector<int64_t>> &shapes,
                ArrayAttr sources) {
   std::vector<flatbuffers::Offset<fb::TensorRange>> out;
   std::string dtype = safetensorsDTypeOf(element);
-  for (Attribute a : sources) {
+  for (auto [a, shapeVector] : llvm::zip(sources, shapes)) {
+    llvm::ArrayRef<int64_t> shape = shapeVector;
     auto source = llvm::cast<TensorSourceAttr>(a);
     const CheckpointTensor *t = ckpt.find(source.getName());
     if (!t)
@@ -136,20 +138,17 @@ llvm::Error Writer::addWeight(WeightOp weight) {
   std::optional<fb::DType> dtype = dtypeOf(type.getElementType());
   if (!dtype)
     return errorAt(weight, "unsupported weight type");
-  SmallVector<int64_t> sourceShape = weight.getSourceShape();
-  auto sources = ranges(weight, type.getElementType(), sourceShape,
-                        weight.getSources());
+  auto sources = ranges(weight, type.getElementType(),
+                        weight.getSourceShapes(), weight.getSources());
   if (!sources)
     return sources.takeError();
   std::vector<flatbuffers::Offset<fb::TensorRange>> scales;
   std::vector<int64_t> block;
   if (weight.hasBlockScales()) {
     auto scaleType = llvm::cast<RankedTensorType>(*weight.getScaleType());
-    llvm::ArrayRef<int64_t> scaleShape = scaleType.getShape();
-    if (weight.getScaleSources()->size() > 1)
-      scaleShape = scaleShape.drop_front();
-    auto scaleRanges = ranges(weight, scaleType.getElementType(), scaleShape,
-                              *weight.getScaleSources());
+    auto scaleRanges =
+        ranges(weight, scaleType.getElementType(),
+               weight.getScaleSourceShapes(), *weight.getScaleSources());
     if (!scaleRanges)
       return scaleRanges.takeError();
     scales = std::move(*scaleRanges);
@@ -164,12 +163,16 @@ llvm::Error Writer::addWeight(WeightOp weight) {
     viewAxis = view.getAxis();
     viewOffset = view.getOffset();
   }
+  std::vector<int64_t> concatRows;
+  if (auto parts = weight.getConcatAttr())
+    concatRows.assign(parts.asArrayRef().begin(), parts.asArrayRef().end());
   weightIndices[weight.getSymName()] = weights.size();
   weights.push_back(fb::CreateWeightDirect(
       fbb, weight.getSymName().str().c_str(), *dtype, &shape, &*sources,
       scales.empty() ? nullptr : &scales, block.empty() ? nullptr : &block,
       options.embedWeights, viewSource.empty() ? nullptr : &viewSource,
-      viewShape.empty() ? nullptr : &viewShape, viewAxis, viewOffset));
+      viewShape.empty() ? nullptr : &viewShape, viewAxis, viewOffset,
+      concatRows.empty() ? nullptr : &concatRows));
   return llvm::Error::success();
 }
 

@@ -148,6 +148,7 @@ FlatSymbolRefAttr ModelBuilder::weight(StringRef tensorName,
   auto type = RankedTensorType::get(shape, storageType(role, tensorName));
   auto op = b.create<WeightOp>(loc, symbol, type,
                                b.getArrayAttr({source(tensorName)}),
+                               /*concat=*/nullptr,
                                /*scale_type=*/nullptr, /*block_size=*/nullptr,
                                /*scale_sources=*/nullptr, /*view=*/nullptr);
   if (isFp8Type(type.getElementType()))
@@ -172,7 +173,7 @@ FlatSymbolRefAttr ModelBuilder::stackedWeight(StringRef prefix, StringRef proj,
   auto type =
       RankedTensorType::get(stacked, storageType(WeightRole::Gemm, names[0]));
   auto op = b.create<WeightOp>(loc, symbol, type, b.getArrayAttr(sources),
-                               nullptr, nullptr, nullptr, nullptr);
+                               nullptr, nullptr, nullptr, nullptr, nullptr);
   if (isFp8Type(type.getElementType())) {
     SmallVector<StringRef> refs(names.begin(), names.end());
     addScales(op, refs, stacked);

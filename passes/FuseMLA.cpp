@@ -27,6 +27,7 @@ struct MLAMatch {
   Value queryNope, queryRope; // [T, H, nope], [T, H, rope] (rotated)
   Value latent, ropeKey;      // [T, L] normalized, [T, R] rotated
   WeightOp kvB;               // [H * (nope + v), L]
+  LinearOp kvA;               // x -> [T, L + R], the kv down-projection
   int64_t heads, nope, rope, valueDim, latentDim;
 };
 
@@ -62,6 +63,10 @@ FailureOr<MLAMatch> match(AttentionOp attention, SymbolTable &symbols) {
   m.kvB = symbols.lookup<WeightOp>(kvProj.getWeight());
   if (!m.kvB || m.kvB.getViewAttr() || m.kvB.getSources().size() != 1)
     return failure();
+  // latent = rms_norm(split(kv_a(x))#0)
+  if (auto norm = kvProj.getInput().getDefiningOp<RMSNormOp>())
+    if (auto kvSplit = norm.getInput().getDefiningOp<SplitOp>())
+      m.kvA = kvSplit.getInput().getDefiningOp<LinearOp>();
   m.queryNope = queryConcat.getInputs()[0];
   m.queryRope = queryConcat.getInputs()[1];
   m.latent = kvProj.getInput();
@@ -117,6 +122,7 @@ struct FuseMLAPass final
     SmallVector<AttentionOp> attentions;
     module.walk([&](AttentionOp op) { attentions.push_back(op); });
     llvm::SetVector<WeightOp> candidatesToErase;
+    SmallVector<LinearOp> kvDownProjections;
     for (AttentionOp attention : attentions) {
       FailureOr<MLAMatch> m = match(attention, symbols);
       if (failed(m)) {
@@ -126,15 +132,102 @@ struct FuseMLAPass final
                "latent, cached per head)";
         return signalPassFailure();
       }
+      if (m->kvA)
+        kvDownProjections.push_back(m->kvA);
       if (failed(rewrite(*m, symbols)))
         return signalPassFailure();
       candidatesToErase.insert(m->kvB);
     }
+    if (fuseDownProjections)
+      for (LinearOp kvA : kvDownProjections)
+        fuseDownProjection(kvA, symbols, candidatesToErase);
     eraseDeadOps(module);
     for (WeightOp weight : candidatesToErase)
       if (SymbolTable::symbolKnownUseEmpty(weight, module))
         weight.erase();
     updateSignatures(module);
+  }
+
+  /// One GEMM for the q and kv down-projections, which read the same input:
+  /// their weights concatenated along rows (FP8: only when the q part fills
+  /// whole 128-row scale blocks), the result split back.
+  void fuseDownProjection(LinearOp kvA, SymbolTable &symbols,
+                          llvm::SetVector<WeightOp> &unused) {
+    // The q down-projection: another projection of the same input whose
+    // result is normalized (q_a_layernorm).
+    LinearOp qA;
+    for (Operation *user : kvA.getInput().getUsers())
+      if (auto linear = dyn_cast<LinearOp>(user))
+        if (linear != kvA && linear->hasOneUse() &&
+            isa<RMSNormOp>(*linear->user_begin()))
+          qA = linear;
+    if (!qA)
+      return;
+    auto wq = symbols.lookup<WeightOp>(qA.getWeight());
+    auto wkv = symbols.lookup<WeightOp>(kvA.getWeight());
+    if (!wq || !wkv || wq.getViewAttr() || wkv.getViewAttr() ||
+        wq.getConcatAttr() || wkv.getConcatAttr() ||
+        wq.getSources().size() != 1 || wkv.getSources().size() != 1 ||
+        wq.getTensorType().getElementType() !=
+            wkv.getTensorType().getElementType() ||
+        wq.hasBlockScales() != wkv.hasBlockScales())
+      return;
+    int64_t qRows = wq.getTensorType().getDimSize(0),
+            kvRows = wkv.getTensorType().getDimSize(0),
+            cols = wq.getTensorType().getDimSize(1);
+    ArrayAttr scaleSources;
+    TypeAttr scaleType;
+    if (wq.hasBlockScales()) {
+      ArrayRef<int64_t> block = *wq.getBlockSize();
+      if (block != *wkv.getBlockSize() || qRows % block[0] != 0)
+        return; // FP8 blocks would straddle the two parts
+      auto qs = llvm::cast<RankedTensorType>(*wq.getScaleType());
+      auto kvs = llvm::cast<RankedTensorType>(*wkv.getScaleType());
+      scaleType = TypeAttr::get(RankedTensorType::get(
+          {qs.getDimSize(0) + kvs.getDimSize(0), qs.getDimSize(1)},
+          qs.getElementType()));
+      SmallVector<Attribute> parts{(*wq.getScaleSources())[0],
+                                   (*wkv.getScaleSources())[0]};
+      scaleSources = ArrayAttr::get(&getContext(), parts);
+    }
+    std::string name = wq.getSymName().rsplit('.').first.str() + ".qkv_a_proj";
+    if (symbols.lookup(name))
+      return;
+    OpBuilder b(wq);
+    SmallVector<Attribute> sources{wq.getSources()[0], wkv.getSources()[0]};
+    auto fused = b.create<WeightOp>(
+        wq.getLoc(), name,
+        RankedTensorType::get({qRows + kvRows, cols},
+                              wq.getTensorType().getElementType()),
+        b.getArrayAttr(sources), b.getDenseI64ArrayAttr({qRows, kvRows}),
+        scaleType, wq.hasBlockScales() ? wq.getBlockSizeAttr() : nullptr,
+        scaleSources, /*view=*/nullptr);
+    symbols.insert(fused);
+
+    // Placed where both inputs exist: right after the later projection.
+    Operation *later = qA->isBeforeInBlock(kvA) ? kvA : qA;
+    b.setInsertionPointAfter(later);
+    auto qType = llvm::cast<RankedTensorType>(qA.getType());
+    auto kvType = llvm::cast<RankedTensorType>(kvA.getType());
+    auto both = b.create<LinearOp>(
+        kvA.getLoc(),
+        RankedTensorType::get({qType.getDimSize(0), qRows + kvRows},
+                              qType.getElementType()),
+        kvA.getInput(), FlatSymbolRefAttr::get(fused.getSymNameAttr()),
+        kvA.getPrecisionAttr());
+    auto split = b.create<SplitOp>(kvA.getLoc(), TypeRange{qType, kvType},
+                                   both.getResult(), b.getI64IntegerAttr(1));
+    // Users of the q projection may come before the fused GEMM: move the
+    // GEMM and split up to the earlier projection, after its input.
+    Operation *earlier = later == kvA ? qA.getOperation() : kvA.getOperation();
+    both->moveBefore(earlier);
+    split->moveBefore(earlier);
+    qA.replaceAllUsesWith(split.getResult(0));
+    kvA.replaceAllUsesWith(split.getResult(1));
+    qA.erase();
+    kvA.erase();
+    unused.insert(wq);
+    unused.insert(wkv);
   }
 
   /// A view of kv_b_proj: rows [offset, offset + size) of every head.
@@ -150,7 +243,7 @@ struct FuseMLAPass final
         b.getContext(), kvB.getTensorType().getShape(),
         ArrayRef<int64_t>{heads, perHead, latent}, /*axis=*/1, offset);
     auto op = b.create<WeightOp>(kvB.getLoc(), name, type, kvB.getSources(),
-                                 kvB.getScaleTypeAttr(),
+                                 /*concat=*/nullptr, kvB.getScaleTypeAttr(),
                                  kvB.getBlockSizeAttr(),
                                  kvB.getScaleSourcesAttr(), view);
     symbols.insert(op);

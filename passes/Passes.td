@@ -50,6 +50,9 @@ def FuseMLAPass : Pass<"melt-fuse-mla", "::mlir::ModuleOp"> {
     (`[heads, nope, latent]`) and W_UV (`[heads, v, latent]`) weight views;
     decode runs absorbed (W_UK folded into the query, W_UV into the
     output). Cache arguments and results of the functions change type.
+    The q and kv down-projections, which read the same hidden states,
+    become one GEMM over their concatenated weights (`concat`); for FP8 the
+    q part must fill whole 128-row blocks (1536 rows in DeepSeek-V3).
 
     `melt.mla` keeps the decompressed form for prefill longer than its
     `prefill_threshold`. `prefill=auto` picks it by a cost model: per
@@ -78,6 +81,10 @@ def FuseMLAPass : Pass<"melt-fuse-mla", "::mlir::ModuleOp"> {
            /*default=*/"-1",
            "decompress for prefills longer than this many tokens "
            "(overrides prefill; -1: not set)">,
+    Option<"fuseDownProjections", "fuse-down-projections", "bool",
+           /*default=*/"true",
+           "one GEMM for the q and kv down-projections (weights "
+           "concatenated; FP8 only when q_lora_rank fills 128-row blocks)">,
   ];
   let dependentDialects = ["::mlir::melt::MeltDialect",
                            "::mlir::func::FuncDialect"];

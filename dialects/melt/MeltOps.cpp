@@ -162,13 +162,72 @@ static LogicalResult verifySourceCount(WeightOp op, StringRef what,
                           << "), got " << n;
 }
 
-SmallVector<int64_t> WeightOp::getSourceShape() {
-  if (auto view = getViewAttr())
-    return SmallVector<int64_t>(view.getSource());
+SmallVector<SmallVector<int64_t>> WeightOp::getSourceShapes() {
+  SmallVector<SmallVector<int64_t>> shapes;
   ArrayRef<int64_t> shape = getTensorType().getShape();
-  if (getSources().size() > 1)
-    shape = shape.drop_front();
-  return SmallVector<int64_t>(shape);
+  if (auto view = getViewAttr()) {
+    shapes.push_back(SmallVector<int64_t>(view.getSource()));
+  } else if (auto parts = getConcatAttr()) {
+    for (int64_t rows : parts.asArrayRef())
+      shapes.push_back({rows, shape.back()});
+  } else {
+    for (size_t i = 0; i < getSources().size(); ++i)
+      shapes.push_back(SmallVector<int64_t>(
+          getSources().size() > 1 ? shape.drop_front() : shape));
+  }
+  return shapes;
+}
+
+SmallVector<SmallVector<int64_t>> WeightOp::getScaleSourceShapes() {
+  SmallVector<SmallVector<int64_t>> shapes;
+  if (!hasBlockScales())
+    return shapes;
+  ArrayRef<int64_t> scales =
+      llvm::cast<RankedTensorType>(*getScaleType()).getShape();
+  if (auto parts = getConcatAttr()) {
+    int64_t block = (*getBlockSize())[0];
+    for (int64_t rows : parts.asArrayRef())
+      shapes.push_back({ceilDivDim(rows, block), scales.back()});
+    return shapes;
+  }
+  for (size_t i = 0; i < getScaleSources()->size(); ++i)
+    shapes.push_back(SmallVector<int64_t>(
+        getScaleSources()->size() > 1 ? scales.drop_front() : scales));
+  return shapes;
+}
+
+/// Checks a concatenation: one row count per source, adding up to the
+/// weight's rows; FP8 parts but the last fill whole blocks.
+static LogicalResult verifyConcat(WeightOp op, ArrayRef<int64_t> parts) {
+  RankedTensorType type = op.getTensorType();
+  if (op.getViewAttr())
+    return op.emitOpError() << "a weight cannot be both a view and a "
+                               "concatenation";
+  if (type.getRank() != 2 || parts.size() != op.getSources().size())
+    return op.emitOpError() << "concat needs a 2-D weight and one row count "
+                               "per source, got "
+                            << parts.size() << " for " << op.getSources().size()
+                            << " sources";
+  int64_t rows = 0;
+  for (int64_t p : parts) {
+    if (p <= 0)
+      return op.emitOpError() << "concat row counts must be positive";
+    rows += p;
+  }
+  if (rows != type.getDimSize(0))
+    return op.emitOpError() << "concat parts add up to " << rows
+                            << " rows, the weight has " << type.getDimSize(0);
+  if (op.hasBlockScales()) {
+    int64_t block = op.getBlockSizeAttr().asArrayRef()[0];
+    for (auto [i, p] : llvm::enumerate(parts.drop_back()))
+      if (p % block != 0)
+        return op.emitOpError() << "concat part " << i << " has " << p
+                                << " rows, not a multiple of the " << block
+                                << "-row scale block";
+    if (op.getScaleSources()->size() != parts.size())
+      return op.emitOpError() << "concat needs one scale tensor per part";
+  }
+  return success();
 }
 
 /// Checks a view against the weight's type: same rank as the reshaped
@@ -203,12 +262,15 @@ LogicalResult WeightOp::verify() {
   if (auto view = getViewAttr())
     if (failed(verifyView(*this, view)))
       return failure();
+  if (auto parts = getConcatAttr())
+    if (failed(verifyConcat(*this, parts.asArrayRef())))
+      return failure();
   if (!isFp8Type(element) &&
       !llvm::isa<BFloat16Type, Float16Type, Float32Type>(element))
     return emitOpError() << "weight element type must be bf16, f16, f32 or "
                             "an FP8 type, got "
                          << element;
-  if (!getViewAttr() &&
+  if (!getViewAttr() && !getConcatAttr() &&
       failed(verifySourceCount(*this, "weight", type, getSources())))
     return failure();
 
@@ -238,6 +300,8 @@ LogicalResult WeightOp::verify() {
   fullBlock.append(block.begin(), block.end());
   if (failed(verifyBlockScales(*this, scaled, scales, fullBlock)))
     return failure();
+  if (getConcatAttr())
+    return success(); // one scale tensor per part, checked above
   return verifySourceCount(*this, "scale", scales, *getScaleSources());
 }
 

@@ -45,6 +45,10 @@ def Melt_WeightOp : Melt_Op<"weight", [Symbol, HasParent<"::mlir::ModuleOp">]> {
 
     With `view`, the weight is a slice of its one source tensor reshaped
     (`#melt.weight_view`); its block scales then describe that tensor.
+    With `concat`, the sources are stacked along dimension 0 with these row
+    counts (one GEMM for projections that read the same input); FP8 parts
+    other than the last must fill whole 128-row blocks, and each part
+    brings its own scale tensor.
 
     ```mlir
     melt.weight @model.norm : tensor<7168xbf16>
@@ -59,12 +63,13 @@ def Melt_WeightOp : Melt_Op<"weight", [Symbol, HasParent<"::mlir::ModuleOp">]> {
     SymbolNameAttr:$sym_name,
     TypeAttrOf<AnyStaticShapeTensor>:$type,
     Melt_TensorSourceArrayAttr:$sources,
+    OptionalAttr<DenseI64ArrayAttr>:$concat,
     OptionalAttr<TypeAttrOf<AnyStaticShapeTensor>>:$scale_type,
     OptionalAttr<DenseI64ArrayAttr>:$block_size,
     OptionalAttr<Melt_TensorSourceArrayAttr>:$scale_sources,
     OptionalAttr<Melt_WeightViewAttr>:$view);
   let assemblyFormat = [{
-    $sym_name `:` $type `from` $sources (`view` $view^)?
+    $sym_name `:` $type `from` $sources (`concat` $concat^)? (`view` $view^)?
     (`scales` $scale_type^ `block` $block_size `from` $scale_sources)?
     attr-dict
   }];
@@ -74,9 +79,12 @@ def Melt_WeightOp : Melt_Op<"weight", [Symbol, HasParent<"::mlir::ModuleOp">]> {
       return ::llvm::cast<::mlir::RankedTensorType>(getType());
     }
     bool hasBlockScales() { return getScaleType().has_value(); }
-    /// The shape of each checkpoint tensor the weight reads: the view's
-    /// source, a slice of dimension 0 when stacked, else the weight's own.
-    ::llvm::SmallVector<int64_t> getSourceShape();
+    /// The shape of each checkpoint tensor the weight reads, in `sources`
+    /// order: the view's source, a part of a concatenation, a slice of
+    /// dimension 0 when stacked, else the weight's own.
+    ::llvm::SmallVector<::llvm::SmallVector<int64_t>> getSourceShapes();
+    /// The same for `scale_sources`.
+    ::llvm::SmallVector<::llvm::SmallVector<int64_t>> getScaleSourceShapes();
   }];
 }
 

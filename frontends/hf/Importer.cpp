@@ -115,22 +115,19 @@ public:
 /// Checks every source tensor (and scale tensor) of every weight.
 void checkWeights(ModuleOp module, TensorChecker &checker) {
   for (auto weight : module.getOps<WeightOp>()) {
-    auto check = [&](llvm::ArrayRef<int64_t> shape, Type element,
-                     ArrayAttr sources, bool isScale) {
-      for (Attribute a : sources)
+    auto check = [&](const SmallVector<SmallVector<int64_t>> &shapes,
+                     Type element, ArrayAttr sources, bool isScale) {
+      for (auto [a, shape] : llvm::zip(sources, shapes))
         checker.expect(llvm::cast<TensorSourceAttr>(a).getName(), shape,
                        element, isScale);
     };
-    check(weight.getSourceShape(), weight.getTensorType().getElementType(),
+    check(weight.getSourceShapes(), weight.getTensorType().getElementType(),
           weight.getSources(), false);
-    if (weight.hasBlockScales()) {
-      // Stacked weights: one scale tensor per slice of dimension 0.
-      auto scales = llvm::cast<RankedTensorType>(*weight.getScaleType());
-      llvm::ArrayRef<int64_t> shape = scales.getShape();
-      if (weight.getScaleSources()->size() > 1)
-        shape = shape.drop_front();
-      check(shape, scales.getElementType(), *weight.getScaleSources(), true);
-    }
+    if (weight.hasBlockScales())
+      check(weight.getScaleSourceShapes(),
+            llvm::cast<RankedTensorType>(*weight.getScaleType())
+                .getElementType(),
+            *weight.getScaleSources(), true);
   }
 }
 

@@ -158,12 +158,26 @@ Status Artifact::checkWeight(uint32_t index) const {
     source = vs;
     elements = sourceElements;
     slices = 1;
+  } else if (w->concat_rows()) {
+    // Concatenated along dimension 0: one source per part.
+    uint64_t rows = 0;
+    for (int64_t r : *w->concat_rows())
+      rows += r > 0 ? static_cast<uint64_t>(r) : ~uint64_t(0) / 2;
+    if (w->shape()->size() != 2 || count(w->concat_rows()) != sources ||
+        rows != static_cast<uint64_t>(w->shape()->Get(0)))
+      return invalidArtifact(where + " has an inconsistent concatenation");
   } else if (!(sources == 1 ||
                (w->shape()->size() >= 2 && sources == slices))) {
     return invalidArtifact(where + " has " + str(sources) +
                            " sources for shape[0] = " + str(slices));
   }
-  uint64_t perSource = sources == 1 ? elements : elements / slices, bytes = 0;
+  // Rows and elements of each source (rows: of its last-two-dims matrix).
+  auto sourceElements = [&](uint32_t i) -> uint64_t {
+    if (w->concat_rows())
+      return w->concat_rows()->Get(i) * w->shape()->Get(1);
+    return sources == 1 ? elements : elements / slices;
+  };
+  uint64_t perSource = sourceElements(0), bytes = 0;
   if (!mulOk(perSource, dtypeBytes(w->dtype()), bytes))
     return invalidArtifact(where + " is too large");
   uint32_t files = count(m.files());
@@ -185,6 +199,7 @@ Status Artifact::checkWeight(uint32_t index) const {
   for (uint32_t i = 0; i < sources; ++i) {
     const fb::TensorRange *r = w->sources()->Get(i);
     MELT_RETURN_IF_ERROR(located(r, where + ".sources[" + str(i) + "]"));
+    bytes = sourceElements(i) * dtypeBytes(w->dtype());
     if (r->bytes() != bytes)
       return invalidArtifact(where + ".sources[" + str(i) + "] holds " +
                              str(r->bytes()) + " bytes, its shape needs " +
@@ -203,15 +218,18 @@ Status Artifact::checkWeight(uint32_t index) const {
   if (count(w->scales()) != sources)
     return invalidArtifact(where + " has " + str(count(w->scales())) +
                            " scale tensors for " + str(sources) + " sources");
-  uint64_t rows = source->Get(rank - 2), cols = source->Get(rank - 1);
-  uint64_t blocks =
-      ((rows + w->block()->Get(0) - 1) / w->block()->Get(0)) *
-      ((cols + w->block()->Get(1) - 1) / w->block()->Get(1));
-  uint64_t scaleBytes = 0;
-  if (!mulOk(blocks, perSource / std::max<uint64_t>(rows * cols, 1) * 4,
-             scaleBytes))
-    return invalidArtifact(where + " has too many scales");
+  uint64_t cols = source->Get(rank - 1);
   for (uint32_t i = 0; i < sources; ++i) {
+    // Scales of source i: one per block of its [rows, cols] matrices.
+    uint64_t rows = w->concat_rows() ? w->concat_rows()->Get(i)
+                                     : source->Get(rank - 2);
+    uint64_t blocks =
+        ((rows + w->block()->Get(0) - 1) / w->block()->Get(0)) *
+        ((cols + w->block()->Get(1) - 1) / w->block()->Get(1));
+    uint64_t scaleBytes = 0;
+    if (!mulOk(blocks, sourceElements(i) / std::max<uint64_t>(rows * cols, 1) * 4,
+               scaleBytes))
+      return invalidArtifact(where + " has too many scales");
     const fb::TensorRange *r = w->scales()->Get(i);
     MELT_RETURN_IF_ERROR(located(r, where + ".scales[" + str(i) + "]"));
     if (r->bytes() != scaleBytes)

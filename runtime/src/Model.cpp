@@ -126,24 +126,31 @@ Status Model::loadWeights(const std::string &dir) {
       elements *= static_cast<uint64_t>(d);
     data.data.resize(elements);
     uint32_t sources = w->sources()->size();
-    uint64_t perSource = elements / sources;
     uint64_t width = dtypeBytes(w->dtype());
     int64_t rank = data.shape.size();
+    // Where each source goes, and the rows of its matrices (a concatenation
+    // along dimension 0 has parts of different rows).
+    const auto *concat = w->concat_rows();
+    uint64_t offset = 0;
     for (uint32_t s = 0; s < sources; ++s) {
+      int64_t rows = concat ? concat->Get(s) : data.shape[rank - 2 < 0 ? 0 : rank - 2];
+      uint64_t count = concat ? static_cast<uint64_t>(rows) * data.shape[1]
+                              : elements / sources;
       MELT_RETURN_IF_ERROR(
           files.read(*w->sources()->Get(s), w->embedded(), what, bytes));
-      float *dst = data.data.data() + s * perSource;
-      for (uint64_t e = 0; e < perSource; ++e)
+      float *dst = data.data.data() + offset;
+      offset += count;
+      for (uint64_t e = 0; e < count; ++e)
         dst[e] = decode(bytes.data() + e * width, w->dtype());
       if (w->dtype() != fb::DType::F8E4M3FN)
         continue;
       // dequantized = q * scale_inv of its block (edge blocks partial).
       MELT_RETURN_IF_ERROR(files.read(*w->scales()->Get(s), w->embedded(),
                                       what, scaleBytes));
-      int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
+      int64_t cols = data.shape[rank - 1];
       int64_t br = w->block()->Get(0), bc = w->block()->Get(1);
       int64_t colBlocks = (cols + bc - 1) / bc;
-      int64_t matrices = static_cast<int64_t>(perSource) / (rows * cols);
+      int64_t matrices = static_cast<int64_t>(count) / (rows * cols);
       int64_t rowBlocks = (rows + br - 1) / br;
       for (int64_t mtx = 0; mtx < matrices; ++mtx)
         for (int64_t r = 0; r < rows; ++r)

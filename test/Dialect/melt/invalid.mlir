@@ -209,6 +209,39 @@ melt.weight @w : tensor<64x16xbf16> from [#melt.tensor<"w">]
 melt.weight @w : tensor<4x8x16xbf16> from [#melt.tensor<"a">, #melt.tensor<"b">, #melt.tensor<"c">, #melt.tensor<"d">]
     view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 0>
 
+// -----
+
+// expected-error @below {{a weight cannot be both a view and a concatenation}}
+melt.weight @w : tensor<4x8x16xbf16> from [#melt.tensor<"w">] concat [4]
+    view #melt.weight_view<source = [64, 16], shape = [4, 16, 16], axis = 1, offset = 0>
+
+// -----
+
+// expected-error @below {{concat needs a 2-D weight and one row count per source, got 1 for 2 sources}}
+melt.weight @w : tensor<8x16xbf16> from [#melt.tensor<"a">, #melt.tensor<"b">] concat [8]
+
+// -----
+
+// expected-error @below {{concat row counts must be positive}}
+melt.weight @w : tensor<8x16xbf16> from [#melt.tensor<"a">, #melt.tensor<"b">] concat [10, -2]
+
+// -----
+
+// expected-error @below {{concat parts add up to 9 rows, the weight has 8}}
+melt.weight @w : tensor<8x16xbf16> from [#melt.tensor<"a">, #melt.tensor<"b">] concat [4, 5]
+
+// -----
+
+// expected-error @below {{concat part 0 has 64 rows, not a multiple of the 128-row scale block}}
+melt.weight @w : tensor<104x128xf8E4M3FN> from [#melt.tensor<"a">, #melt.tensor<"b">] concat [64, 40]
+    scales tensor<1x1xf32> block [128, 128] from [#melt.tensor<"as">, #melt.tensor<"bs">]
+
+// -----
+
+// expected-error @below {{concat needs one scale tensor per part}}
+melt.weight @w : tensor<200x128xf8E4M3FN> from [#melt.tensor<"a">, #melt.tensor<"b">] concat [128, 72]
+    scales tensor<2x1xf32> block [128, 128] from [#melt.tensor<"s">]
+
 //===----------------------------------------------------------------------===//
 // Weight users
 //===----------------------------------------------------------------------===//

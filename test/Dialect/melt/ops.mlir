@@ -13,6 +13,10 @@ melt.weight @norm : tensor<32xbf16> from [#melt.tensor<"model.norm.weight" in "m
 // CHECK: melt.weight @proj : tensor<200x300xf8E4M3FN> from [#melt.tensor<"proj.weight">] scales tensor<2x3xf32> block [128, 128] from [#melt.tensor<"proj.weight_scale_inv">]
 melt.weight @proj : tensor<200x300xf8E4M3FN> from [#melt.tensor<"proj.weight">]
     scales tensor<2x3xf32> block [128, 128] from [#melt.tensor<"proj.weight_scale_inv">]
+// Two tensors concatenated along rows (fused projections).
+// CHECK: melt.weight @fused : tensor<200x32xf8E4M3FN> from [#melt.tensor<"a">, #melt.tensor<"b">] concat [128, 72] scales tensor<2x1xf32> block [128, 128] from [#melt.tensor<"a_s">, #melt.tensor<"b_s">]
+melt.weight @fused : tensor<200x32xf8E4M3FN> from [#melt.tensor<"a">, #melt.tensor<"b">] concat [128, 72]
+    scales tensor<2x1xf32> block [128, 128] from [#melt.tensor<"a_s">, #melt.tensor<"b_s">]
 melt.weight @fnuz : tensor<128x128xf8E4M3FNUZ> from [#melt.tensor<"fnuz.weight">]
     scales tensor<1x1xf32> block [128, 128] from [#melt.tensor<"fnuz.weight_scale_inv">]
 melt.weight @up : tensor<16x32xbf16> from [#melt.tensor<"up.weight">]
