@@ -6,7 +6,7 @@
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-fuse-mla=prefill=decompressed' | FileCheck %s --check-prefix=DECOMPRESSED
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-fuse-mla=prefill-threshold=64' | FileCheck %s --check-prefix=FIXED
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-fuse-mla=fuse-down-projections=false' | FileCheck %s --check-prefix=SEPARATE
-// RUN: melt-import --synthesize=tiny --dtype=fp8 -o %t.fp8 2>/dev/null && melt-import %t.fp8 | melt-opt --melt-fuse-mla | FileCheck %s --check-prefix=UNALIGNED --implicit-check-not=qkv_a_proj
+// RUN: rm -rf %t.fp8 && melt-import --synthesize=tiny --dtype=fp8 -o %t.fp8 2>/dev/null && melt-import %t.fp8 | melt-opt --melt-fuse-mla | FileCheck %s --check-prefix=UNALIGNED --implicit-check-not=qkv_a_proj
 // RUN: melt-opt %s --split-input-file --melt-fuse-mla --verify-diagnostics
 
 // The tiny model: kv_b_proj [4 * (16 + 16), 32] becomes two views; the
