@@ -80,6 +80,10 @@ private:
   std::vector<flatbuffers::Offset<fb::Kernel>> kernels;
   std::vector<flatbuffers::Offset<fb::Function>> functions;
   llvm::DenseMap<Value, uint32_t> bufferOf;
+  /// Storage of each buffer: planned slots (melt.slots) share one, the
+  /// rest get their own.
+  std::vector<int32_t> storageOf;
+  int32_t nextStorage = 0, slotBase = 0;
   std::vector<uint32_t> currentKernels;
 };
 
@@ -202,8 +206,18 @@ llvm::Expected<uint32_t> Writer::newBuffer(Operation *where, Value value,
     return errorAt(where, "values of type '" + type +
                               "' cannot run on the CPU target yet");
   }
+  // A result the memory plan put in a slot shares that slot's storage.
+  int32_t storage = nextStorage;
+  if (auto result = llvm::dyn_cast<OpResult>(value))
+    if (auto slots = result.getOwner()->getAttrOfType<DenseI64ArrayAttr>(
+            "melt.slots"))
+      if (result.getResultNumber() < slots.size() &&
+          slots[result.getResultNumber()] >= 0)
+        storage = slotBase + slots[result.getResultNumber()];
+  if (storage == nextStorage)
+    ++nextStorage;
   uint32_t id = buffers.size();
-  buffers.push_back(fb::CreateBufferDirect(fbb, kind, dtype, &shape));
+  buffers.push_back(fb::CreateBufferDirect(fbb, kind, dtype, &shape, storage));
   bufferOf[value] = id;
   return id;
 }
@@ -351,6 +365,12 @@ llvm::Error Writer::addKernel(Operation *op) {
 llvm::Error Writer::addFunction(func::FuncOp func) {
   std::vector<uint32_t> inputs, outputs;
   currentKernels.clear();
+  // Slots of this function's plan take the next storage ids.
+  if (auto memory = func->getAttrOfType<DictionaryAttr>("melt.memory"))
+    if (auto slots = memory.getAs<IntegerAttr>("slots")) {
+      slotBase = nextStorage;
+      nextStorage += slots.getInt();
+    }
   for (BlockArgument arg : func.getArguments()) {
     auto id = newBuffer(func, arg, fb::BufferKind::Input);
     if (!id)

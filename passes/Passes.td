@@ -91,6 +91,42 @@ def FuseMLAPass : Pass<"melt-fuse-mla", "::mlir::ModuleOp"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Memory planning
+//===----------------------------------------------------------------------===//
+
+def PlanMemoryPass : Pass<"melt-plan-memory", "::mlir::ModuleOp"> {
+  let summary = "reuse activation buffers by liveness; size the KV cache";
+  let description = [{
+    Gives every activation of every function a storage slot
+    (`melt.slots`, one per result; -1 for caches): a slot is reused once
+    the last use of its value has run, best fit by bytes per token, so the
+    runtime keeps a few buffers instead of one per value. Each function gets
+    `melt.memory` with the slot count and the peak activation bytes per
+    token; the module gets `melt.kv_cache` with the KV bytes per token (per
+    layer and in all) and the cache size for `max-batch` sequences of
+    `max-context` tokens. The report prints both, with the activation bytes
+    of a `max-tokens` step. DeepSeek-V3 with the latent cache in bf16 needs
+    1152 bytes per token per layer.
+
+    ```mlir
+    %q = melt.linear %h, @w {melt.slots = array<i64: 3>} : ...
+    func.func @forward(...) attributes {melt.memory = {slots = 6 : i64, ...}}
+    ```
+  }];
+  let options = [
+    Option<"maxBatch", "max-batch", "int64_t", /*default=*/"1",
+           "sequences the KV cache holds at once">,
+    Option<"maxContext", "max-context", "int64_t", /*default=*/"4096",
+           "tokens per sequence">,
+    Option<"maxTokens", "max-tokens", "int64_t", /*default=*/"512",
+           "tokens of the largest step (prefill chunk) for activation bytes">,
+    Option<"report", "report", "std::string", /*default=*/"\"-\"",
+           "where to write the report ('-' for stderr)">,
+  ];
+  let dependentDialects = ["::mlir::melt::MeltDialect"];
+}
+
+//===----------------------------------------------------------------------===//
 // Expert placement
 //===----------------------------------------------------------------------===//
 

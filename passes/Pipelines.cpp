@@ -14,12 +14,13 @@ std::optional<CompilePhase> mlir::melt::parseCompilePhase(llvm::StringRef name) 
       .Case("model", CompilePhase::Model)
       .Case("fuse-mla", CompilePhase::FuseMLA)
       .Case("plan-experts", CompilePhase::PlanExperts)
+      .Case("plan-memory", CompilePhase::PlanMemory)
       .Case("artifact", CompilePhase::Artifact)
       .Default(std::nullopt);
 }
 
 const char *mlir::melt::compilePhaseNames() {
-  return "model, fuse-mla, plan-experts, artifact";
+  return "model, fuse-mla, plan-experts, plan-memory, artifact";
 }
 
 void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
@@ -39,13 +40,19 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
     plan.policy = options.expertPolicy;
     pm.addPass(createPlanExpertsPass(plan));
   }
+  if (last >= CompilePhase::PlanMemory && options.planMemory) {
+    // Quiet here: melt-opt --melt-plan-memory prints the report.
+    PlanMemoryPassOptions memory;
+    memory.report = "/dev/null";
+    pm.addPass(createPlanMemoryPass(memory));
+  }
 }
 
 void mlir::melt::registerMeltPipelines() {
   PassPipelineRegistration<DefaultPipelineOptions>(
       "melt-default-pipeline",
-      "melt's compile pipeline (what melt-compile runs): fuse MLA, then place "
-      "experts when devices > 1 or statistics are given",
+      "melt's compile pipeline (what melt-compile runs): fuse MLA, place "
+      "experts when devices > 1 or statistics are given, plan memory",
       [](OpPassManager &pm, const DefaultPipelineOptions &options) {
         buildDefaultPipeline(pm, options);
       });

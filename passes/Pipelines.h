@@ -17,9 +17,10 @@
 namespace mlir::melt {
 
 /// The phases of a compile, in order; --compile-to=<phase> stops after one.
-enum class CompilePhase { Model, FuseMLA, PlanExperts, Artifact };
+enum class CompilePhase { Model, FuseMLA, PlanExperts, PlanMemory, Artifact };
 std::optional<CompilePhase> parseCompilePhase(llvm::StringRef name);
-const char *compilePhaseNames(); // "model, fuse-mla, plan-experts, artifact"
+/// "model, fuse-mla, plan-experts, plan-memory, artifact"
+const char *compilePhaseNames();
 
 struct DefaultPipelineOptions
     : public PassPipelineOptions<DefaultPipelineOptions> {
@@ -41,6 +42,9 @@ struct DefaultPipelineOptions
       *this, "expert-stats",
       llvm::cl::desc("expert load statistics for placement"),
       llvm::cl::init("")};
+  Option<bool> planMemory{*this, "plan-memory",
+                          llvm::cl::desc("reuse activation buffers"),
+                          llvm::cl::init(true)};
   Option<std::string> expertPolicy{
       *this, "expert-policy",
       llvm::cl::desc("placement policy: balanced or affinity"),

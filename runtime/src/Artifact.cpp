@@ -275,6 +275,19 @@ Status Artifact::checkMeaning() const {
          b->shape()->Get(1) <= 0 || b->shape()->Get(2) <= 0))
       return invalidArtifact(where + " is a cache without [heads, key, value]");
   }
+  // Storage: all buffers planned (ids below the buffer count) or none.
+  uint32_t planned = 0;
+  for (uint32_t i = 0; i < buffers; ++i) {
+    int32_t storage = m.buffers()->Get(i)->storage();
+    if (storage >= 0)
+      ++planned;
+    if (storage < -1 || storage >= static_cast<int32_t>(buffers))
+      return invalidArtifact("buffers[" + str(i) + "].storage is " +
+                             std::to_string(storage) + " of " + str(buffers));
+  }
+  if (planned != 0 && planned != buffers)
+    return invalidArtifact("only " + str(planned) + " of " + str(buffers) +
+                           " buffers have a storage");
   for (uint32_t i = 0; i < kernels; ++i) {
     const fb::Kernel *k = m.kernels()->Get(i);
     std::string where = "kernels[" + str(i) + "]";
@@ -297,6 +310,19 @@ Status Artifact::checkMeaning() const {
     MELT_RETURN_IF_ERROR(checkIndices(where, "inputs", k->inputs(), buffers, "buffer"));
     MELT_RETURN_IF_ERROR(checkIndices(where, "outputs", k->outputs(), buffers, "buffer"));
     MELT_RETURN_IF_ERROR(checkIndices(where, "weights", k->weights(), weights, "weight"));
+    // An output never shares storage with an input of the same kernel.
+    if (planned)
+      for (uint32_t o = 0; o < count(k->outputs()); ++o)
+        for (uint32_t j = 0; j < count(k->inputs()); ++j) {
+          const fb::Buffer *out = m.buffers()->Get(k->outputs()->Get(o));
+          const fb::Buffer *in = m.buffers()->Get(k->inputs()->Get(j));
+          if (out->kind() != fb::BufferKind::Cache &&
+              k->outputs()->Get(o) != k->inputs()->Get(j) &&
+              out->storage() == in->storage())
+            return invalidArtifact(where + ".outputs[" + str(o) +
+                                   "] shares storage with inputs[" + str(j) +
+                                   "]");
+        }
     // The one input that is a cache, by kind (-1: none).
     int cacheInput = k->kind() == fb::KernelKind::KVCacheAppend ||
                              k->kind() == fb::KernelKind::KVCacheRead ||

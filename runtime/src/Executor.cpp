@@ -47,7 +47,12 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
                      std::vector<Tensor> inputs, Batch &batch,
                      std::vector<Tensor> &outputs, ExpertLoad *load) {
   const fb::Model &m = model.artifact().model();
-  std::vector<Tensor> values(m.buffers()->size());
+  // Values live in storages: planned artifacts reuse one for many values.
+  std::vector<Tensor> storages(m.buffers()->size());
+  auto valueOf = [&](uint32_t id) -> Tensor & {
+    int32_t storage = m.buffers()->Get(id)->storage();
+    return storages[storage >= 0 ? storage : id];
+  };
   auto isCache = [&](uint32_t id) {
     return m.buffers()->Get(id)->kind() == fb::BufferKind::Cache;
   };
@@ -64,16 +69,16 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
     if (next >= inputs.size())
       return invalidArgument("function '" + function.name()->str() +
                              "' needs more inputs");
-    values[id] = std::move(inputs[next++]);
+    valueOf(id) = std::move(inputs[next++]);
   }
 
   for (uint32_t k : *function.kernels()) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
     auto in = [&](uint32_t i) -> Tensor & {
-      return values[kernel.inputs()->Get(i)];
+      return valueOf(kernel.inputs()->Get(i));
     };
     auto out = [&](uint32_t i) -> Tensor & {
-      return values[kernel.outputs()->Get(i)];
+      return valueOf(kernel.outputs()->Get(i));
     };
     auto w = [&](uint32_t i) -> const WeightData & {
       return model.weight(kernel.weights()->Get(i));
@@ -250,6 +255,6 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
   outputs.clear();
   for (uint32_t id : *function.outputs())
     if (!isCache(id))
-      outputs.push_back(std::move(values[id]));
+      outputs.push_back(std::move(valueOf(id)));
   return Status::ok();
 }

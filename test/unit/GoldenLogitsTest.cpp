@@ -15,6 +15,7 @@
 #include "frontends/hf/Safetensors.h"
 #include "frontends/hf/StrictJson.h"
 #include "passes/Passes.h"
+#include "passes/Pipelines.h"
 
 #include "melt/runtime.h"
 
@@ -86,11 +87,14 @@ TEST_P(GoldenLogits, MatchTransformers) {
   auto imported = importCheckpoint(context, ckpt);
   ASSERT_TRUE(static_cast<bool>(imported))
       << llvm::toString(imported.takeError());
-  if (std::string(prefill) != "") {
+  // The default pipeline, with or without MLA fusion; memory planning on.
+  {
     PassManager pm(&context);
-    FuseMLAPassOptions options;
-    options.prefill = prefill;
-    pm.addPass(createFuseMLAPass(options));
+    DefaultPipelineOptions options;
+    options.fuseMLA = std::string(prefill) != "";
+    if (options.fuseMLA)
+      options.mlaPrefill = std::string(prefill);
+    buildDefaultPipeline(pm, options);
     ASSERT_TRUE(succeeded(pm.run(*imported->module)));
   }
   auto checkpoint = Checkpoint::open(ckpt);

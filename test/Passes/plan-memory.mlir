@@ -1,0 +1,31 @@
+// melt-plan-memory: activation slots by liveness, KV sizing.
+// RUN: melt-opt %s '--melt-plan-memory=max-batch=2 max-context=100 max-tokens=10' 2>%t.report | FileCheck %s
+// RUN: FileCheck %s --check-prefix=REPORT < %t.report
+// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-plan-memory=max-batch=8 max-context=4096' -o /dev/null 2>&1 | FileCheck %s --check-prefix=V3
+// RUN: not melt-opt %s '--melt-plan-memory=max-batch=0' 2>&1 | FileCheck %s --check-prefix=BAD
+
+// %a (64 B/token) is dead after %b: %c reuses its slot; %b stays live
+// until the add.
+// CHECK: module attributes {melt.kv_cache = {bytes = 64000 : i64, bytes_per_token = 320 : i64, bytes_per_token_per_layer = 160 : i64, layers = 2 : i64, max_batch = 2 : i64, max_context = 100 : i64}}
+// CHECK-LABEL: func.func @f
+// CHECK-SAME: attributes {melt.memory = {bytes_per_token = 128 : i64, slots = 2 : i64, unplanned_bytes_per_token = 192 : i64, values = 3 : i64}}
+// CHECK: %[[A:.+]] = melt.convert %{{.+}} {melt.slots = array<i64: 0>}
+// CHECK: %[[B:.+]] = melt.add %[[A]], %[[A]] {melt.slots = array<i64: 1>}
+// CHECK: melt.add %[[B]], %[[B]] {melt.slots = array<i64: 0>}
+
+// REPORT: melt memory plan
+// REPORT-NEXT: @f: 3 activations in 2 buffers; 192 -> 128 bytes per token
+// REPORT-NEXT: kv cache: 2 layers, 160 bytes per token per layer, 320 bytes per token; 2 x 100 tokens
+
+// DeepSeek-V3 with the latent cache in bf16: 1152 bytes per token per layer.
+// V3: kv cache: 62 layers, 1152 bytes per token per layer, 71424 bytes per token; 8 x 4096 tokens: 2232.0 MiB
+
+// BAD: error: melt-plan-memory: max-batch, max-context and max-tokens must be at least 1
+module {
+  func.func @f(%x: tensor<?x16xf32>, %c0: !melt.kv_cache<heads = 2, key_dim = 24, value_dim = 16, bf16>, %c1: !melt.kv_cache<heads = 2, key_dim = 24, value_dim = 16, bf16>) -> tensor<?x16xf32> {
+    %a = melt.convert %x : tensor<?x16xf32> -> tensor<?x16xf32>
+    %b = melt.add %a, %a : tensor<?x16xf32>
+    %c = melt.add %b, %b : tensor<?x16xf32>
+    return %c : tensor<?x16xf32>
+  }
+}
