@@ -137,6 +137,16 @@ llvm::Error Writer::embed(const CheckpointTensor &t, uint64_t &offset) {
   return llvm::Error::success();
 }
 
+/// melt.storage (melt-assign-precision): 1 bf16, 2 FP8 blocks, 0 as is.
+static int8_t storageOfWeight(WeightOp weight) {
+  auto storage = weight->getAttrOfType<TypeAttr>("melt.storage");
+  if (!storage)
+    return 0;
+  if (storage.getValue().isBF16())
+    return 1;
+  return isFp8Type(storage.getValue()) ? 2 : 0;
+}
+
 llvm::Error Writer::addWeight(WeightOp weight) {
   RankedTensorType type = weight.getTensorType();
   std::optional<fb::DType> dtype = dtypeOf(type.getElementType());
@@ -176,7 +186,7 @@ llvm::Error Writer::addWeight(WeightOp weight) {
       scales.empty() ? nullptr : &scales, block.empty() ? nullptr : &block,
       options.embedWeights, viewSource.empty() ? nullptr : &viewSource,
       viewShape.empty() ? nullptr : &viewShape, viewAxis, viewOffset,
-      concatRows.empty() ? nullptr : &concatRows));
+      concatRows.empty() ? nullptr : &concatRows, storageOfWeight(weight)));
   return llvm::Error::success();
 }
 
@@ -320,6 +330,14 @@ llvm::Error Writer::addKernel(Operation *op) {
       .Case([&](MoEExpertsOp o) {
         kind = fb::KernelKind::MoEExperts;
         syms = {o.getGateAttr(), o.getUpAttr(), o.getDownAttr()};
+      })
+      .Case([&](QuantizeOp o) {
+        kind = fb::KernelKind::Quantize;
+        ints.assign(o.getBlock().begin(), o.getBlock().end());
+      })
+      .Case([&](DequantizeOp o) {
+        kind = fb::KernelKind::Dequantize;
+        ints.assign(o.getBlock().begin(), o.getBlock().end());
       })
       .Case([&](MTPCombineOp o) {
         kind = fb::KernelKind::MTPCombine;

@@ -35,6 +35,44 @@ def ModelReportPass : Pass<"melt-model-report", "::mlir::ModuleOp"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Precision
+//===----------------------------------------------------------------------===//
+
+def AssignPrecisionPass : Pass<"melt-assign-precision", "::mlir::ModuleOp"> {
+  let summary = "choose FP8 / BF16 / FP32 per op";
+  let description = [{
+    Sets `precision` on every compute op and makes the choice run:
+
+    - `deepseek-v3` (the recipe of DeepSeek-V3 §3.3): the GEMMs of
+      attention, dense MLPs, shared and routed experts in FP8 e4m3 with 1x128
+      activation and 128x128 weight block scales, FP32 accumulation; BF16
+      for embedding, output head, router input, MTP eh_proj and the
+      attention core (FP32 softmax); FP32 for RMSNorm, RoPE and router
+      scores.
+    - `bf16`: every GEMM and the attention in BF16 (FP32 accumulation),
+      norms and RoPE in FP32.
+    - `fp32`: everything in FP32.
+
+    FP8 activations get a `melt.quantize` / `melt.dequantize` pair in front
+    of the op (1x128 blocks). A weight whose op computes in a narrower type
+    than the checkpoint stores it gets `melt.storage`: a BF16 or F32 weight
+    of an FP8 GEMM is quantized in 128x128 blocks at load; an FP8
+    checkpoint stays FP8 with its own scales (no round trip).
+
+    `bf16=` keeps ops in BF16 instead of FP8, by weight name: a comma
+    list of name fragments (`lm_head`, `shared_experts`) and layer ranges
+    (`layers.0-2`).
+  }];
+  let options = [
+    Option<"policy", "policy", "std::string", /*default=*/"\"deepseek-v3\"",
+           "deepseek-v3, bf16 or fp32">,
+    Option<"bf16", "bf16", "std::string", /*default=*/"\"\"",
+           "ops kept in BF16 rather than FP8: name fragments and layers.N-M">,
+  ];
+  let dependentDialects = ["::mlir::melt::MeltDialect"];
+}
+
+//===----------------------------------------------------------------------===//
 // Multi-head latent attention
 //===----------------------------------------------------------------------===//
 

@@ -31,6 +31,12 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
     mla.prefill = options.mlaPrefill;
     pm.addPass(createFuseMLAPass(mla));
   }
+  // After fusion, so that the fused projections get their precision.
+  if (last >= CompilePhase::FuseMLA && options.precision != "fp32") {
+    AssignPrecisionPassOptions precision;
+    precision.policy = options.precision;
+    pm.addPass(createAssignPrecisionPass(precision));
+  }
   if (last >= CompilePhase::PlanExperts &&
       (options.devices > 1 || !options.expertStats.empty())) {
     PlanExpertsPassOptions plan;

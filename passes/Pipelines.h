@@ -24,6 +24,10 @@ const char *compilePhaseNames();
 
 struct DefaultPipelineOptions
     : public PassPipelineOptions<DefaultPipelineOptions> {
+  Option<std::string> precision{
+      *this, "precision",
+      llvm::cl::desc("precision policy: fp32, bf16 or deepseek-v3"),
+      llvm::cl::init("fp32")};
   Option<bool> fuseMLA{*this, "fuse-mla",
                        llvm::cl::desc("MLA on the latent cache"),
                        llvm::cl::init(true)};

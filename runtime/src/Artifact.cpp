@@ -79,6 +79,10 @@ Arity arityOf(fb::KernelKind kind) {
     return {4, 1, 0, 0, 0, 0};
   case fb::KernelKind::MLA:
     return {4, 1, 2, 2, 1, 1};
+  case fb::KernelKind::Quantize:
+    return {1, 2, 0, 0, 2, 0};
+  case fb::KernelKind::Dequantize:
+    return {2, 1, 0, 0, 2, 0};
   }
   return {-2, -2, -2, -2, -2, -2};
 }

@@ -1,6 +1,8 @@
 //===- CpuKernels.cpp - the kernels of the CPU device -----------*- C++ -*-===//
 #include "CpuKernels.h"
 
+#include "melt/numerics.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -395,6 +397,58 @@ Status cpu::mla(const Tensor &qn, const Tensor &qr,
       }
     }
   }
+  return Status::ok();
+}
+
+void cpu::quantizeMatrixBlocks(float *data, int64_t rows, int64_t cols,
+                               int64_t br, int64_t bc) {
+  for (int64_t r0 = 0; r0 < rows; r0 += br)
+    for (int64_t c0 = 0; c0 < cols; c0 += bc) {
+      int64_t r1 = std::min(rows, r0 + br), c1 = std::min(cols, c0 + bc);
+      float amax = 0.0f;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c)
+          amax = std::max(amax, std::fabs(data[r * cols + c]));
+      float scale = std::max(amax, 1e-12f) / kFp8E4M3Max;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c)
+          data[r * cols + c] =
+              fp8E4M3ToFloat(floatToFp8E4M3(data[r * cols + c] / scale)) *
+              scale;
+    }
+}
+
+Status cpu::quantize(const Tensor &x, int64_t br, int64_t bc, Tensor &q,
+                     Tensor &scales) {
+  if (x.rank() != 2 || br != 1 || bc <= 0)
+    return shapeError("quantize", "expects [T, K] in 1 x N blocks");
+  int64_t T = x.dim(0), K = x.dim(1), blocks = (K + bc - 1) / bc;
+  resize(q, {T, K});
+  resize(scales, {T, blocks});
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < blocks; ++b) {
+      int64_t c0 = b * bc, c1 = std::min(K, c0 + bc);
+      float amax = 0.0f;
+      for (int64_t c = c0; c < c1; ++c)
+        amax = std::max(amax, std::fabs(x.data[t * K + c]));
+      float scale = std::max(amax, 1e-12f) / kFp8E4M3Max;
+      scales.data[t * blocks + b] = scale;
+      for (int64_t c = c0; c < c1; ++c)
+        q.data[t * K + c] = fp8E4M3ToFloat(floatToFp8E4M3(x.data[t * K + c] / scale));
+    }
+  return Status::ok();
+}
+
+Status cpu::dequantize(const Tensor &q, const Tensor &scales, int64_t br,
+                       int64_t bc, Tensor &out) {
+  if (q.rank() != 2 || br != 1 || bc <= 0 || scales.rank() != 2 ||
+      scales.dim(0) != q.dim(0) || scales.dim(1) != (q.dim(1) + bc - 1) / bc)
+    return shapeError("dequantize", "scales do not match the tensor");
+  int64_t T = q.dim(0), K = q.dim(1), blocks = scales.dim(1);
+  resize(out, {T, K});
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < K; ++c)
+      out.data[t * K + c] = q.data[t * K + c] * scales.data[t * blocks + c / bc];
   return Status::ok();
 }
 

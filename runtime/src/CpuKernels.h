@@ -75,6 +75,17 @@ Status mla(const Tensor &queryNope, const Tensor &queryRope,
            const WeightData &wUk, const WeightData &wUv, double scale,
            int64_t prefillThreshold, const std::vector<int64_t> &segments,
            Tensor &out);
+/// FP8 e4m3 in [1 x block] tiles of the last dimension of a [T, K] tensor:
+/// scale = amax / 448 per tile, q = fp8(x / scale). q is kept as the float
+/// values of the FP8 grid; dequantize multiplies them back.
+Status quantize(const Tensor &x, int64_t blockRows, int64_t blockCols,
+                Tensor &q, Tensor &scales);
+Status dequantize(const Tensor &q, const Tensor &scales, int64_t blockRows,
+                  int64_t blockCols, Tensor &out);
+/// Rounds `count` values to FP8 in 128x128-style blocks of a [rows, cols]
+/// matrix (weights stored in FP8 for an FP8 GEMM).
+void quantizeMatrixBlocks(float *data, int64_t rows, int64_t cols,
+                          int64_t blockRows, int64_t blockCols);
 Status siluMul(const Tensor &gate, const Tensor &up, Tensor &out);
 Status add(const Tensor &a, const Tensor &b, Tensor &out);
 Status concat(const std::vector<const Tensor *> &parts, int64_t axis,

@@ -166,6 +166,14 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
                         kernel.floats()->Get(0), kernel.ints()->Get(0),
                         batch.segments, out(0));
       break;
+    case fb::KernelKind::Quantize:
+      status = cpu::quantize(in(0), kernel.ints()->Get(0),
+                             kernel.ints()->Get(1), out(0), out(1));
+      break;
+    case fb::KernelKind::Dequantize:
+      status = cpu::dequantize(in(0), in(1), kernel.ints()->Get(0),
+                               kernel.ints()->Get(1), out(0));
+      break;
     case fb::KernelKind::SiluMul:
       status = cpu::siluMul(in(0), in(1), out(0));
       break;

@@ -1,6 +1,7 @@
 //===- Model.cpp - weights from the checkpoint ------------------*- C++ -*-===//
 #include "Model.h"
 
+#include "CpuKernels.h"
 #include "melt/numerics.h"
 
 #include <fstream>
@@ -179,6 +180,16 @@ Status Model::loadWeights(const std::string &dir) {
       rank = data.shape.size();
       elements = data.data.size();
     }
+    // melt-assign-precision: stored narrower than the checkpoint.
+    if (w->storage() == 1) {
+      for (float &v : data.data)
+        v = bf16ToFloat(floatToBF16(v));
+    } else if (w->storage() == 2 && rank >= 2) {
+      int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
+      for (uint64_t m = 0; m < elements / (rows * cols); ++m)
+        cpu::quantizeMatrixBlocks(data.data.data() + m * rows * cols, rows,
+                                  cols, 128, 128);
+    }
     if (!multiplied[i] || rank < 2)
       continue;
     // One GEMM operand per [rows, cols] matrix; BF16 checkpoints stay bf16.
@@ -188,7 +199,7 @@ Status Model::loadWeights(const std::string &dir) {
       std::unique_ptr<GemmWeight> gemm;
       MELT_RETURN_IF_ERROR(GemmWeight::create(
           data.data.data() + mtx * rows * cols, rows, cols,
-          w->dtype() == fb::DType::BF16, gemm));
+          w->dtype() == fb::DType::BF16 || w->storage() == 1, gemm));
       data.gemms.push_back(std::move(gemm));
     }
     if (!read[i])

@@ -56,6 +56,11 @@ static cl::opt<std::string> mlaPrefill(
     "mla-prefill",
     cl::desc("MLA prefill form: auto (cost model), absorbed, decompressed"),
     cl::init("auto"), cl::cat(category));
+static cl::opt<std::string> precision(
+    "precision",
+    cl::desc("Precision policy: fp32 (default), bf16 or deepseek-v3 (FP8 "
+             "GEMMs with 1x128 / 128x128 block scales)"),
+    cl::init("fp32"), cl::cat(category));
 static cl::opt<int64_t> devices(
     "devices", cl::desc("Place experts on this many devices (default 1)"),
     cl::init(1), cl::cat(category));
@@ -144,6 +149,7 @@ int main(int argc, char **argv) {
     return fail("--compile-to: unknown phase '" + compileTo + "' (phases: " +
                 compilePhaseNames() + ")");
   DefaultPipelineOptions pipeline;
+  pipeline.precision = precision.getValue();
   pipeline.fuseMLA = fuseMLA.getValue();
   pipeline.mlaPrefill = mlaPrefill.getValue();
   pipeline.devices = devices.getValue();

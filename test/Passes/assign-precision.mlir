@@ -1,0 +1,38 @@
+// melt-assign-precision: the deepseek-v3 recipe, bf16, fp32, overrides.
+// RUN: melt-import --builtin=tiny | melt-opt --melt-assign-precision | FileCheck %s --check-prefix=V3
+// RUN: melt-import --builtin=v3 | melt-opt --melt-assign-precision | FileCheck %s --check-prefix=FP8CKPT --implicit-check-not="melt.storage = f8E4M3FN"
+// RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=bf16=layers.0-1,lm_head,shared_experts' | FileCheck %s --check-prefix=KEEP
+// RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=bf16' | FileCheck %s --check-prefix=BF16 --implicit-check-not=melt.quantize
+// RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=fp32' | FileCheck %s --check-prefix=FP32 --implicit-check-not=melt.quantize --implicit-check-not=melt.storage
+// RUN: not melt-opt %s '--melt-assign-precision=policy=int4' 2>&1 | FileCheck %s --check-prefix=BAD
+
+// A BF16 checkpoint: its GEMM weights become FP8 128x128 blocks at load.
+// V3: melt.weight @model.layers.0.self_attn.q_a_proj : tensor<64x128xbf16> {{.+}} {melt.storage = f8E4M3FN}
+// Norms in FP32, with BF16 output.
+// V3: melt.rms_norm %{{.+}}, @model.layers.0.input_layernorm {{.+}}precision = #melt.precision<compute = f32, accumulate = f32, output = bf16>
+// FP8 GEMM: activations quantized in 1x128 blocks in front of it.
+// V3: %[[Q:.+]], %[[S:.+]] = melt.quantize %{{.+}} {block = array<i64: 1, 128>} : tensor<?x128xbf16> -> tensor<?x128xf8E4M3FN>, tensor<?x1xf32>
+// V3: %[[X:.+]] = melt.dequantize %[[Q]], %[[S]] {block = array<i64: 1, 128>}
+// V3: melt.linear %[[X]], @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = f8E4M3FN, accumulate = f32, output = bf16, act_block = [1, 128], weight_block = [128, 128]>}
+// The router: BF16 in, FP32 scores; experts in FP8 after an FP8 dispatch.
+// V3: melt.moe_router {{.+}}precision = #melt.precision<compute = bf16, accumulate = f32, output = f32>
+// V3: melt.moe_experts {{.+}}precision = #melt.precision<compute = f8E4M3FN
+// The head in BF16; MTP: eh_proj BF16, its block FP8.
+// V3: melt.logits {{.+}}precision = #melt.precision<compute = bf16, accumulate = f32, output = f32>
+// V3-LABEL: func.func @mtp_0
+// V3: melt.mtp_combine {{.+}}precision = #melt.precision<compute = bf16, accumulate = f32, output = bf16>
+// V3: melt.linear {{.+}}compute = f8E4M3FN
+
+// An FP8 checkpoint stays FP8 with its own scales (no round trip).
+// FP8CKPT: melt.linear {{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = f8E4M3FN
+
+// Overrides: layers 0-1, the head and the shared experts stay BF16.
+// KEEP: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = bf16
+// KEEP: melt.linear %{{.+}}, @model.layers.1.mlp.shared_experts.gate_proj {precision = #melt.precision<compute = bf16
+// KEEP: melt.linear %{{.+}}, @model.layers.2.self_attn.q_a_proj {precision = #melt.precision<compute = f8E4M3FN
+
+// BF16: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = bf16, accumulate = f32, output = bf16>}
+// FP32: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = f32, accumulate = f32, output = f32>}
+
+// BAD: error: melt-assign-precision: policy must be deepseek-v3, bf16 or fp32, not 'int4'
+module {}
