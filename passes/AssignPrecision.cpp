@@ -1,9 +1,19 @@
 //===- AssignPrecision.cpp - FP8 / BF16 / FP32 per op -----------*- C++ -*-===//
+#include "passes/Calibration.h"
 #include "passes/Passes.h"
+
+#include "frontends/hf/Checkpoint.h"
 
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "mlir/Support/FileUtilities.h"
+
+#include <map>
+#include <optional>
 
 namespace mlir::melt {
 #define GEN_PASS_DEF_ASSIGNPRECISIONPASS
@@ -74,7 +84,119 @@ struct AssignPrecisionPass final
     for (StringRef item : items)
       if (matches(weight, item.trim()))
         return Kind::BF16;
+    if (policy == "auto") {
+      auto it = measured.find(weight.str());
+      if (it != measured.end())
+        return it->second.fp8 <= budget ? Kind::FP8 : Kind::BF16;
+    }
     return Kind::FP8;
+  }
+
+  /// policy=auto: the errors of every GEMM weight, measured once.
+  std::map<std::string, GemmErrors> measured;
+
+  /// The weight as a [rows, cols] matrix (a concatenation read part by
+  /// part; a stacked weight: its first `slices` matrices, one after the
+  /// other), and whether it is stored in FP8.
+  llvm::Expected<std::vector<float>> weightMatrix(const Checkpoint &ckpt,
+                                                  WeightOp w, int64_t slices,
+                                                  int64_t &rows,
+                                                  int64_t &cols) {
+    auto shapes = w.getSourceShapes();
+    auto scaleSources = w.getScaleSources();
+    std::vector<float> all;
+    rows = 0;
+    cols = shapes[0].back();
+    int64_t count = w.getConcatAttr() ? static_cast<int64_t>(shapes.size())
+                                      : std::min<int64_t>(slices, shapes.size());
+    for (int64_t i = 0; i < count; ++i) {
+      if (shapes[i].size() != 2)
+        return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                       "not a matrix");
+      StringRef name = llvm::cast<TensorSourceAttr>(w.getSources()[i]).getName();
+      StringRef scale =
+          scaleSources ? llvm::cast<TensorSourceAttr>((*scaleSources)[i]).getName()
+                       : StringRef();
+      auto part = readWeight(ckpt, name, scale, shapes[i][0], shapes[i][1]);
+      if (!part)
+        return part.takeError();
+      all.insert(all.end(), part->begin(), part->end());
+      rows += shapes[i][0];
+    }
+    return all;
+  }
+
+  LogicalResult measure(ModuleOp module, SymbolTable &symbols) {
+    auto ckpt = Checkpoint::open(checkpoint);
+    if (!ckpt) {
+      module.emitError() << "melt-assign-precision: "
+                         << llvm::toString(ckpt.takeError());
+      return failure();
+    }
+    // The weights of the GEMMs: linears directly, experts by a sample.
+    std::vector<std::pair<std::string, int64_t>> gemms;
+    module.walk([&](Operation *op) {
+      if (auto linear = dyn_cast<LinearOp>(op))
+        gemms.push_back({linear.getWeight().str(), 1});
+      else if (auto experts = dyn_cast<MoEExpertsOp>(op))
+        for (StringRef w : {experts.getGate(), experts.getUp(),
+                            experts.getDown()})
+          gemms.push_back({w.str(), 4});
+    });
+    for (auto [name, slices] : gemms) {
+      if (measured.count(name))
+        continue;
+      auto w = symbols.lookup<WeightOp>(name);
+      int64_t rows = 0, cols = 0;
+      auto matrix = weightMatrix(*ckpt, w, slices, rows, cols);
+      if (!matrix) {
+        w.emitError() << "melt-assign-precision: cannot measure @" << name
+                      << ": " << llvm::toString(matrix.takeError());
+        return failure();
+      }
+      int64_t calibrationRows = 0;
+      auto x = calibrationInputs(calibration, cols, calibrationRows);
+      if (!x) {
+        module.emitError() << "melt-assign-precision: "
+                           << llvm::toString(x.takeError());
+        return failure();
+      }
+      measured[name] = measureGemm(
+          *x, calibrationRows, *matrix, rows, cols,
+          isFp8Type(w.getTensorType().getElementType()));
+    }
+    return success();
+  }
+
+  /// The per-op report of policy=auto.
+  LogicalResult writeReport(ModuleOp module) {
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    os << "melt precision (auto, budget "
+       << llvm::format("%g", static_cast<double>(budget))
+       << "): weight, precision, fp8 error, bf16 error\n";
+    int fp8 = 0, kept = 0;
+    for (const auto &[name, e] : measured) {
+      bool isFp8 = gemmKind(name) == Kind::FP8;
+      (isFp8 ? fp8 : kept)++;
+      os << llvm::formatv("  {0}: {1}, {2:e2}, {3:e2}\n", name,
+                          isFp8 ? "fp8" : "bf16", e.fp8, e.bf16);
+    }
+    os << llvm::formatv("  {0} GEMM weights in fp8, {1} kept in bf16\n", fp8,
+                        kept);
+    if (report == "-") {
+      llvm::errs() << text;
+      return success();
+    }
+    std::string error;
+    auto file = openOutputFile(report, &error);
+    if (!file)
+      return module.emitError() << "melt-assign-precision: cannot write the "
+                                   "report: "
+                                << error;
+    file->os() << text;
+    file->keep();
+    return success();
   }
 
   /// Records how a weight is stored for its op: FP8 blocks for an FP8 GEMM
@@ -119,13 +241,28 @@ struct AssignPrecisionPass final
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    if (policy != "deepseek-v3" && policy != "bf16" && policy != "fp32") {
+    if (policy != "deepseek-v3" && policy != "bf16" && policy != "fp32" &&
+        policy != "auto") {
       module.emitError() << "melt-assign-precision: policy must be "
-                            "deepseek-v3, bf16 or fp32, not '"
+                            "deepseek-v3, bf16, fp32 or auto, not '"
                          << policy << "'";
       return signalPassFailure();
     }
     SymbolTable symbols(module);
+    if (policy == "auto") {
+      if (checkpoint.empty()) {
+        module.emitError() << "melt-assign-precision: policy=auto measures "
+                              "the weights: give checkpoint=DIR";
+        return signalPassFailure();
+      }
+      if (!(budget > 0)) {
+        module.emitError() << "melt-assign-precision: budget must be "
+                              "positive";
+        return signalPassFailure();
+      }
+      if (failed(measure(module, symbols)))
+        return signalPassFailure();
+    }
     bool fp32 = policy == "fp32";
     Kind wide = fp32 ? Kind::F32 : Kind::BF16;
     module.walk([&](Operation *op) {
@@ -165,6 +302,8 @@ struct AssignPrecisionPass final
           })
           .Case([&](RopeOp o) { o.setPrecisionAttr(attr(Kind::F32, wide)); });
     });
+    if (policy == "auto" && failed(writeReport(module)))
+      return signalPassFailure();
   }
 };
 

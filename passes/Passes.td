@@ -62,12 +62,29 @@ def AssignPrecisionPass : Pass<"melt-assign-precision", "::mlir::ModuleOp"> {
     `bf16=` keeps ops in BF16 instead of FP8, by weight name: a comma
     list of name fragments (`lm_head`, `shared_experts`) and layer ranges
     (`layers.0-2`).
+
+    `auto` measures instead of assuming: for every GEMM it reads the weight
+    from `checkpoint`, multiplies calibration inputs (`calibration`: a
+    safetensors file with `input_<K>` tensors of shape [rows, K], else 64
+    seeded Gaussian rows) in FP32, in BF16 and in FP8 (1x128 activations,
+    128x128 weights) and keeps FP8 only where its relative error
+    `||Y - Y_fp32|| / ||Y_fp32||` is within `budget`, else BF16. The report
+    (`report=`) lists every GEMM with the precision chosen and both errors.
   }];
   let options = [
     Option<"policy", "policy", "std::string", /*default=*/"\"deepseek-v3\"",
-           "deepseek-v3, bf16 or fp32">,
+           "deepseek-v3, bf16, fp32 or auto">,
     Option<"bf16", "bf16", "std::string", /*default=*/"\"\"",
            "ops kept in BF16 rather than FP8: name fragments and layers.N-M">,
+    Option<"budget", "budget", "double", /*default=*/"0.05",
+           "auto: largest relative FP8 error of a GEMM output">,
+    Option<"checkpoint", "checkpoint", "std::string", /*default=*/"\"\"",
+           "auto: the checkpoint directory to read weights from">,
+    Option<"calibration", "calibration", "std::string",
+           /*default=*/"\"\"",
+           "auto: safetensors file of calibration inputs (input_<K>)">,
+    Option<"report", "report", "std::string", /*default=*/"\"-\"",
+           "auto: where to write the per-op report ('-' for stderr)">,
   ];
   let dependentDialects = ["::mlir::melt::MeltDialect"];
 }

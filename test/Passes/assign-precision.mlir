@@ -34,5 +34,5 @@
 // BF16: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = bf16, accumulate = f32, output = bf16>}
 // FP32: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = f32, accumulate = f32, output = f32>}
 
-// BAD: error: melt-assign-precision: policy must be deepseek-v3, bf16 or fp32, not 'int4'
+// BAD: error: melt-assign-precision: policy must be deepseek-v3, bf16, fp32 or auto, not 'int4'
 module {}
