@@ -35,6 +35,11 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
   if (last >= CompilePhase::FuseMLA && options.precision != "fp32") {
     AssignPrecisionPassOptions precision;
     precision.policy = options.precision;
+    precision.bf16 = options.bf16;
+    precision.budget = options.precisionBudget;
+    precision.checkpoint = options.checkpoint;
+    precision.calibration = options.calibration;
+    precision.report = options.precisionReport;
     pm.addPass(createAssignPrecisionPass(precision));
   }
   if (last >= CompilePhase::PlanExperts &&

@@ -26,8 +26,30 @@ struct DefaultPipelineOptions
     : public PassPipelineOptions<DefaultPipelineOptions> {
   Option<std::string> precision{
       *this, "precision",
-      llvm::cl::desc("precision policy: fp32, bf16 or deepseek-v3"),
+      llvm::cl::desc("precision policy: fp32, bf16, deepseek-v3 or auto"),
       llvm::cl::init("fp32")};
+  Option<std::string> bf16{
+      *this, "bf16",
+      llvm::cl::desc("ops kept in BF16 rather than FP8: name fragments and "
+                     "layers.N-M"),
+      llvm::cl::init("")};
+  Option<double> precisionBudget{
+      *this, "precision-budget",
+      llvm::cl::desc("auto: largest relative FP8 error of a GEMM output"),
+      llvm::cl::init(0.05)};
+  Option<std::string> checkpoint{
+      *this, "checkpoint",
+      llvm::cl::desc("auto: the checkpoint directory to measure weights in"),
+      llvm::cl::init("")};
+  Option<std::string> calibration{
+      *this, "calibration",
+      llvm::cl::desc("auto: safetensors file of calibration inputs"),
+      llvm::cl::init("")};
+  Option<std::string> precisionReport{
+      *this, "precision-report",
+      llvm::cl::desc("auto: where to write the per-op report ('-' for "
+                     "stderr)"),
+      llvm::cl::init("-")};
   Option<bool> fuseMLA{*this, "fuse-mla",
                        llvm::cl::desc("MLA on the latent cache"),
                        llvm::cl::init(true)};

@@ -58,9 +58,30 @@ static cl::opt<std::string> mlaPrefill(
     cl::init("auto"), cl::cat(category));
 static cl::opt<std::string> precision(
     "precision",
-    cl::desc("Precision policy: fp32 (default), bf16 or deepseek-v3 (FP8 "
-             "GEMMs with 1x128 / 128x128 block scales)"),
+    cl::desc("Precision policy: fp32 (default), bf16, deepseek-v3 (FP8 "
+             "GEMMs with 1x128 / 128x128 block scales) or auto (FP8 where "
+             "the measured error fits --precision-budget)"),
     cl::init("fp32"), cl::cat(category));
+static cl::opt<std::string> bf16Overrides(
+    "bf16",
+    cl::desc("Keep these ops in BF16 rather than FP8: comma list of weight "
+             "name fragments and layers.N-M"),
+    cl::value_desc("list"), cl::cat(category));
+static cl::opt<double> precisionBudget(
+    "precision-budget",
+    cl::desc("--precision=auto: largest relative FP8 error of a GEMM output "
+             "(default 0.05)"),
+    cl::init(0.05), cl::cat(category));
+static cl::opt<std::string> calibration(
+    "calibration",
+    cl::desc("--precision=auto: safetensors file of calibration inputs "
+             "(input_<K> tensors of shape [rows, K])"),
+    cl::value_desc("file"), cl::cat(category));
+static cl::opt<std::string> precisionReport(
+    "precision-report",
+    cl::desc("--precision=auto: where to write the per-op report (default "
+             "stderr)"),
+    cl::value_desc("file"), cl::init("-"), cl::cat(category));
 static cl::opt<int64_t> devices(
     "devices", cl::desc("Place experts on this many devices (default 1)"),
     cl::init(1), cl::cat(category));
@@ -150,6 +171,11 @@ int main(int argc, char **argv) {
                 compilePhaseNames() + ")");
   DefaultPipelineOptions pipeline;
   pipeline.precision = precision.getValue();
+  pipeline.bf16 = bf16Overrides.getValue();
+  pipeline.precisionBudget = precisionBudget.getValue();
+  pipeline.checkpoint = ckptPath;
+  pipeline.calibration = calibration.getValue();
+  pipeline.precisionReport = precisionReport.getValue();
   pipeline.fuseMLA = fuseMLA.getValue();
   pipeline.mlaPrefill = mlaPrefill.getValue();
   pipeline.devices = devices.getValue();
