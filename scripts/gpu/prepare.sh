@@ -5,6 +5,7 @@
 #   flatbuffers/        FlatBuffers' headers (header-only)
 #   schema/melt/        the generated artifact header
 #   models/             artifacts compiled here from the golden checkpoints
+#   hf_baseline.py      the baseline benchmark of ../shared/bench
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -20,4 +21,8 @@ for model in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   build/bin/melt-compile "test/golden/$model/checkpoint" \
     -o "$carry/models/$model.melt" 2>/dev/null
 done
+# What users would run instead (benchmarks run it beside melt).
+if [ -f ../shared/bench/hf_baseline.py ]; then
+  cp ../shared/bench/hf_baseline.py "$carry/"
+fi
 du -sh "$carry"

@@ -1,0 +1,152 @@
+// Benchmark of the CUDA MLA decode kernel over a paged BF16 latent cache
+// (576 values per token), at the shapes of ../shared/bench/hf_baseline.py's
+// plain-torch MLA decode, with the device's copy bandwidth measured in the
+// same run. Prints one JSON line per measurement.
+//
+//   melt-bench-mla-decode [--iters N]
+#include "cuda/MlaDecode.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+using namespace melt::rt::cuda;
+
+#define CHECK(call)                                                          \
+  do {                                                                       \
+    cudaError_t e = (call);                                                  \
+    if (e != cudaSuccess) {                                                  \
+      std::fprintf(stderr, "melt-bench-mla-decode: %s: %s\n", #call,         \
+                   cudaGetErrorString(e));                                   \
+      std::exit(1);                                                          \
+    }                                                                        \
+  } while (0)
+
+__global__ void fillRandom(__nv_bfloat16 *data, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    data[i] = __float2bfloat16((x & 0xffff) / 32768.f - 1.f);
+  }
+}
+
+template <typename F> float timeMs(F &&f, int iters) {
+  for (int i = 0; i < 3; ++i)
+    f();
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  CHECK(cudaEventRecord(start));
+  for (int i = 0; i < iters; ++i)
+    f();
+  CHECK(cudaEventRecord(stop));
+  CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  CHECK(cudaEventElapsedTime(&ms, start, stop));
+  return ms / iters;
+}
+
+int main(int argc, char **argv) {
+  int iters = 20;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
+      iters = std::atoi(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: melt-bench-mla-decode [--iters N]\n");
+      return 2;
+    }
+  }
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::fprintf(stderr, "melt-bench-mla-decode: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+
+  // Copy bandwidth: bytes read + written, as hf_baseline.py counts it.
+  {
+    size_t n = size_t(2) << 30;
+    void *a, *b;
+    CHECK(cudaMalloc(&a, n));
+    CHECK(cudaMalloc(&b, n));
+    float ms = timeMs([&] { cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); },
+                      iters);
+    std::printf("{\"what\": \"copy_bw\", \"gpu\": \"%s\", \"GBps\": %.1f}\n",
+                prop.name, 2.0 * n / (ms * 1e-3) / 1e9);
+    CHECK(cudaFree(a));
+    CHECK(cudaFree(b));
+  }
+
+  struct Shape {
+    int batch, heads, length;
+  } shapes[] = {{64, 16, 4096}, {64, 128, 4096}, {128, 128, 2048},
+                {1, 16, 4096},  {1, 128, 32768}, {16, 128, 8192}};
+  const int pageSize = 64;
+  std::mt19937 rng(1);
+  for (const Shape &shape : shapes) {
+    int pagesPerSeq = shape.length / pageSize;
+    int pages = shape.batch * pagesPerSeq;
+    std::vector<int32_t> table(pages);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), rng);
+    std::vector<int32_t> lengths(shape.batch, shape.length);
+    size_t cacheValues = size_t(pages) * pageSize * kLatentEntry;
+    size_t queryValues = size_t(shape.batch) * shape.heads * kLatentEntry;
+    __nv_bfloat16 *cache, *queries, *output;
+    int32_t *deviceTable, *deviceLengths;
+    CHECK(cudaMalloc(&cache, cacheValues * 2));
+    CHECK(cudaMalloc(&queries, queryValues * 2));
+    CHECK(cudaMalloc(&output, size_t(shape.batch) * shape.heads * kLatentRank * 2));
+    CHECK(cudaMalloc(&deviceTable, pages * 4));
+    CHECK(cudaMalloc(&deviceLengths, shape.batch * 4));
+    fillRandom<<<1024, 256>>>(cache, cacheValues, 1);
+    fillRandom<<<1024, 256>>>(queries, queryValues, 2);
+    CHECK(cudaMemcpy(deviceTable, table.data(), pages * 4, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(deviceLengths, lengths.data(), shape.batch * 4,
+                     cudaMemcpyHostToDevice));
+    MlaDecodeArgs args;
+    args.queries = queries;
+    args.cache = cache;
+    args.blockTable = deviceTable;
+    args.lengths = deviceLengths;
+    args.output = output;
+    args.batch = shape.batch;
+    args.heads = shape.heads;
+    args.pageSize = pageSize;
+    args.maxPagesPerSequence = pagesPerSeq;
+    args.maxLength = shape.length;
+    args.scale = 0.0721688f;
+    size_t bytes = mlaDecodeWorkspaceBytes(args, prop.multiProcessorCount);
+    void *workspace;
+    CHECK(cudaMalloc(&workspace, bytes));
+    float ms = timeMs(
+        [&] {
+          CHECK(mlaDecode(args, workspace, bytes, prop.multiProcessorCount,
+                          nullptr));
+        },
+        iters);
+    double seconds = ms * 1e-3;
+    double flops = 2.0 * shape.batch * shape.heads * double(shape.length) *
+                   (kLatentEntry + kLatentRank);
+    std::printf("{\"what\": \"mla_decode_melt\", \"batch\": %d, \"heads\": %d, "
+                "\"seq\": %d, \"page_size\": %d, \"us\": %.1f, "
+                "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
+                shape.batch, shape.heads, shape.length, pageSize, ms * 1e3,
+                cacheValues * 2 / seconds / 1e9, flops / seconds / 1e12);
+    CHECK(cudaFree(cache));
+    CHECK(cudaFree(queries));
+    CHECK(cudaFree(output));
+    CHECK(cudaFree(deviceTable));
+    CHECK(cudaFree(deviceLengths));
+    CHECK(cudaFree(workspace));
+  }
+  return 0;
+}

@@ -1,0 +1,52 @@
+//===- MlaDecode.h - MLA decode over the paged latent cache (CUDA) -*- C++ -*-===//
+//
+// Absorbed multi-head latent attention for one decoded token per sequence:
+// every head attends over the sequence's latent cache entries (512 latent
+// values c_kv then 64 RoPE'd key values k_pe, BF16, kept in pages of
+// `pageSize` tokens), and the result is the softmax-weighted sum of the
+// c_kv parts. W_UK is already folded into the queries and W_UV is applied
+// after, by the caller's GEMMs.
+//
+// The sequence is split into chunks that separate thread blocks handle (so
+// that a small batch still fills the GPU); a second kernel combines the
+// chunks through their softmax maxima and sums.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_MLADECODE_H
+#define MELT_RUNTIME_CUDA_MLADECODE_H
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace melt::rt::cuda {
+
+constexpr int kLatentRank = 512; // c_kv values per token
+constexpr int kRopeDim = 64;     // k_pe values per token
+constexpr int kLatentEntry = kLatentRank + kRopeDim;
+
+struct MlaDecodeArgs {
+  const __nv_bfloat16 *queries; // [batch, heads, 576]: absorbed q_nope, q_pe
+  const __nv_bfloat16 *cache;   // [pages, pageSize, 576]
+  const int32_t *blockTable;    // [batch, maxPagesPerSequence]
+  const int32_t *lengths;       // [batch] cached tokens per sequence
+  __nv_bfloat16 *output;        // [batch, heads, 512]
+  int batch = 0, heads = 0, pageSize = 0, maxPagesPerSequence = 0;
+  int maxLength = 0; // the largest of `lengths` (sizes the split)
+  float scale = 0;   // softmax scale (YaRN mscale included)
+};
+
+/// Bytes of scratch that mlaDecode needs for these arguments.
+size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
+
+/// Launches the decode on `stream`. `heads` must be a multiple of 16 and
+/// `pageSize` of 64 (a block reads 64 tokens of one page at a time).
+cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
+                      size_t workspaceBytes, int smCount,
+                      cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_MLADECODE_H

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On the GPU machine: builds the CUDA kernels, their tests and benchmarks
+# (runtime only, no MLIR), runs the tests (also under compute-sanitizer's
+# memcheck and racecheck), counts the tensor-core instructions in the
+# machine code, and runs the benchmarks beside hf_baseline.py's plain-torch
+# figures. JSON goes to $OUT (or build-gpu/results).
+#   scripts/gpu/cuda-kernels.sh [PATH/TO/hf_baseline.py]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+carry=$root/.device-carry
+out=${OUT:-$root/build-gpu/results}
+mkdir -p "$out"
+baseline=${1:-$carry/hf_baseline.py}
+cmake -S runtime -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
+  -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" >/dev/null
+ninja -C build-gpu melt-cuda-kernel-tests melt-bench-mla-decode >/dev/null
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
+
+echo "== CUDA kernel tests =="
+build-gpu/bin/melt-cuda-kernel-tests | tee "$out/cuda-kernel-tests.txt" | grep -E "heads|OK|FAILED|PASSED"
+echo "== compute-sanitizer =="
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --error-exitcode 3 \
+    build-gpu/bin/melt-cuda-kernel-tests --gtest_filter='*MatchesReference*' \
+    > "$out/sanitizer-$tool.txt" 2>&1 && echo "$tool: clean" ||
+    { echo "$tool: FAILED"; tail -n 30 "$out/sanitizer-$tool.txt"; }
+done
+echo "== machine code =="
+cuobjdump -sass build-gpu/bin/melt-bench-mla-decode > "$out/mla-decode.sass"
+echo "HMMA: $(grep -c HMMA "$out/mla-decode.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/mla-decode.sass")"
+
+echo "== benchmarks =="
+build-gpu/bin/melt-bench-mla-decode | tee "$out/mla_decode_melt.json"
+if [ -f "$baseline" ]; then
+  BASELINE_OUT=$out python3 "$baseline" env copy mla | tee "$out/mla_decode_torch.json"
+fi
