@@ -1,8 +1,9 @@
 //===- MlaDecode.cu - MLA decode over the paged latent cache ---------------===//
 //
 // One thread block takes 16 heads of one sequence over one chunk of its
-// cache, 64 tokens at a time: the tile is copied to shared memory once and
-// serves all 16 heads, so the cache is read once per 16 heads. Scores and
+// cache, 32 tokens at a time: the tile is copied to shared memory once and
+// serves all 16 heads, so the cache is read once per 16 heads; the next
+// tile streams in (cp.async, two buffers) while one is used. Scores and
 // the weighted sum run on the tensor cores (mma.sync m16n8k16, BF16 in, FP32
 // out) with an online softmax over the tiles. Each chunk leaves an
 // unnormalized [16, 512] sum with its running max and sum; a combine kernel
@@ -18,30 +19,35 @@ namespace melt::rt::cuda {
 namespace {
 
 constexpr int kHeadsPerBlock = 16; // the M of one mma tile
-constexpr int kTileTokens = 64;
-constexpr int kWarps = 4;
+constexpr int kTileTokens = 32;
+constexpr int kWarps = 8;
+// Scores: each warp takes 16 tokens over a slice of the 576 dims.
+constexpr int kTokenGroups = kTileTokens / 16;
+constexpr int kDimSlices = kWarps / kTokenGroups;
+constexpr int kSliceDims = kLatentEntry / kDimSlices;
+// Weighted sum: each warp owns a slice of the 512 output columns.
+constexpr int kWarpColumns = kLatentRank / kWarps;
+constexpr int kColumnTiles = kWarpColumns / 8;
+
 constexpr int kThreads = kWarps * 32;
+// Softmax: threads per head and tokens per thread.
+constexpr int kHeadThreads = kThreads / kHeadsPerBlock;
+constexpr int kThreadTokens = kTileTokens / kHeadThreads;
+static_assert(kSliceDims % 16 == 0 && kColumnTiles % 2 == 0 &&
+                  kHeadThreads <= 32 && kThreadTokens >= 1,
+              "tile shape");
 // Shared-memory rows padded by 8 BF16 (16 bytes): rows 1168 bytes apart
 // put the 8 rows one fragment load touches in different banks.
 constexpr int kRowStride = kLatentEntry + 8;
 constexpr int kProbStride = kTileTokens + 8;
 
 struct SharedTile {
-  __nv_bfloat16 cache[kTileTokens * kRowStride];
+  __nv_bfloat16 cache[2][kTileTokens * kRowStride]; // double-buffered
   __nv_bfloat16 queries[kHeadsPerBlock * kRowStride];
-  float scores[kHeadsPerBlock * kTileTokens];
+  float scores[kDimSlices][kHeadsPerBlock * kTileTokens]; // per dim slice
   __nv_bfloat16 probs[kHeadsPerBlock * kProbStride];
   float rescale[kHeadsPerBlock];
 };
-
-__device__ inline uint32_t loadPair(const __nv_bfloat16 *p) {
-  return *reinterpret_cast<const uint32_t *>(p);
-}
-
-__device__ inline uint32_t packPair(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-  return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
-         (static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16);
-}
 
 /// acc += A[16x16] * B[16x8] (A row-major, B column-major fragments).
 __device__ inline void mma16816(float (&acc)[4], const uint32_t (&a)[4],
@@ -53,20 +59,56 @@ __device__ inline void mma16816(float (&acc)[4], const uint32_t (&a)[4],
                  "r"(b1));
 }
 
-/// A fragment of rows [0,16) and columns [k, k+16) of a row-major matrix.
+__device__ inline uint32_t sharedAddress(const void *p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+/// Four 8x8 BF16 matrices from shared memory; lane i names row i%8 of
+/// matrix i/8. `.trans` hands out their transposes.
+__device__ inline void loadMatrices(uint32_t (&r)[4], const void *row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(sharedAddress(row)));
+}
+__device__ inline void loadMatricesTransposed(uint32_t (&r)[4],
+                                              const void *row) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(sharedAddress(row)));
+}
+
+/// The A fragment of rows [0,16), columns [k, k+16) of a row-major matrix.
 __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
                              int stride, int k, int lane) {
-  int row = lane >> 2, col = k + (lane & 3) * 2;
-  a[0] = loadPair(m + row * stride + col);
-  a[1] = loadPair(m + (row + 8) * stride + col);
-  a[2] = loadPair(m + row * stride + col + 8);
-  a[3] = loadPair(m + (row + 8) * stride + col + 8);
+  int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = k + (lane >> 4) * 8;
+  loadMatrices(a, m + row * stride + col);
 }
 
 __device__ inline void copy16(void *sharedDst, const void *globalSrc) {
-  uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(sharedDst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst),
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+               ::"r"(sharedAddress(sharedDst)),
                "l"(globalSrc));
+}
+
+/// Starts the copy of tile `t0` (tokens [t0, t0+32) of the sequence, in one
+/// page) into `dst`; tokens at or past `end` become zeros.
+__device__ inline void startTileCopy(__nv_bfloat16 *dst,
+                                     const MlaDecodeArgs &args,
+                                     const int32_t *pages, int t0, int end) {
+  const __nv_bfloat16 *tile =
+      args.cache +
+      (size_t(pages[t0 / args.pageSize]) * args.pageSize + t0 % args.pageSize) *
+          kLatentEntry;
+  for (int i = threadIdx.x; i < kTileTokens * kLatentEntry / 8; i += kThreads) {
+    int token = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
+    __nv_bfloat16 *to = dst + token * kRowStride + col;
+    if (t0 + token < end)
+      copy16(to, tile + token * kLatentEntry + col);
+    else
+      *reinterpret_cast<uint4 *>(to) = make_uint4(0, 0, 0, 0);
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -80,8 +122,10 @@ __global__ void __launch_bounds__(kThreads)
   const int begin = chunk * chunkTokens;
   const int end = min(length, begin + chunkTokens);
   const int head0 = headGroup * kHeadsPerBlock;
+  const int32_t *pages =
+      args.blockTable + size_t(seq) * args.maxPagesPerSequence;
 
-  // The 16 queries of this block.
+  // The 16 queries of this block, then the first tile.
   const __nv_bfloat16 *q =
       args.queries + (size_t(seq) * args.heads + head0) * kLatentEntry;
   for (int i = threadIdx.x; i < kHeadsPerBlock * kLatentEntry / 8;
@@ -89,86 +133,92 @@ __global__ void __launch_bounds__(kThreads)
     int row = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
     copy16(&s.queries[row * kRowStride + col], q + row * kLatentEntry + col);
   }
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
+  asm volatile("cp.async.commit_group;\n" ::);
+  if (begin < end)
+    startTileCopy(s.cache[0], args, pages, begin, end);
 
   // Row statistics, kept by the 8 threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
-  // This warp's output columns [warp*128, warp*128+128): 16 mma tiles.
-  float acc[16][4] = {};
+  // This warp's output columns: kColumnTiles mma tiles.
+  float acc[kColumnTiles][4] = {};
 
-  const int32_t *pages =
-      args.blockTable + size_t(seq) * args.maxPagesPerSequence;
-  for (int t0 = begin; t0 < end; t0 += kTileTokens) {
-    // Tile copy: 64 tokens x 72 chunks of 16 bytes; tokens past the end are
-    // zeros (their scores are masked below).
-    const __nv_bfloat16 *tile =
-        args.cache +
-        (size_t(pages[t0 / args.pageSize]) * args.pageSize +
-         t0 % args.pageSize) *
-            kLatentEntry;
-    for (int i = threadIdx.x; i < kTileTokens * kLatentEntry / 8;
-         i += kThreads) {
-      int token = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
-      __nv_bfloat16 *dst = &s.cache[token * kRowStride + col];
-      if (t0 + token < end)
-        copy16(dst, tile + token * kLatentEntry + col);
-      else
-        *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+  int buffer = 0;
+  for (int t0 = begin; t0 < end; t0 += kTileTokens, buffer ^= 1) {
+    // The next tile streams in while this one is used.
+    if (t0 + kTileTokens < end) {
+      startTileCopy(s.cache[buffer ^ 1], args, pages, t0 + kTileTokens, end);
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
     }
-    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
     __syncthreads();
+    const __nv_bfloat16 *cache = s.cache[buffer];
 
-    // Scores of this warp's 16 tokens: [16 heads, 576] x [576, 16].
+    // Scores, [16 heads, 576] x [576, 32 tokens]: warp w takes tokens
+    // 16*(w%2).. over dim slice w/2; two accumulators per token tile keep
+    // more mma in flight.
     {
-      float score[2][4] = {};
-      const __nv_bfloat16 *keys = s.cache + warp * 16 * kRowStride;
-      int keyRow = lane >> 2, keyCol = (lane & 3) * 2;
-#pragma unroll 4
-      for (int k = 0; k < kLatentEntry; k += 16) {
-        uint32_t a[4];
-        loadA(a, s.queries, kRowStride, k, lane);
+      float score[2][2][4] = {};
+      const int slice = warp / kTokenGroups, kBegin = slice * kSliceDims;
+      // Lane i addresses token (i%8 + 8*(i/16)), dims +8*((i/8)%2): the
+      // matrices are (tokens 0-7, k), (0-7, k+8), (8-15, k), (8-15, k+8).
+      const __nv_bfloat16 *keys =
+          cache +
+          ((warp % kTokenGroups) * 16 + (lane & 7) + (lane >> 4) * 8) *
+              kRowStride +
+          ((lane >> 3) & 1) * 8;
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
-          const __nv_bfloat16 *key = keys + (n * 8 + keyRow) * kRowStride;
-          mma16816(score[n], a, loadPair(key + k + keyCol),
-                   loadPair(key + k + keyCol + 8));
-        }
+      for (int step = 0; step < kSliceDims / 16; ++step) {
+        uint32_t a[4], b[4];
+        loadA(a, s.queries, kRowStride, kBegin + 16 * step, lane);
+        loadMatrices(b, keys + kBegin + 16 * step);
+        mma16816(score[step & 1][0], a, b[0], b[1]);
+        mma16816(score[step & 1][1], a, b[2], b[3]);
       }
+      float *scores = s.scores[slice];
 #pragma unroll
       for (int n = 0; n < 2; ++n)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           int head = (lane >> 2) + (r >= 2 ? 8 : 0);
-          int token = warp * 16 + n * 8 + (lane & 3) * 2 + (r & 1);
-          s.scores[head * kTileTokens + token] =
-              t0 + token < end ? score[n][r] * args.scale : -FLT_MAX;
+          int token =
+              (warp % kTokenGroups) * 16 + n * 8 + (lane & 3) * 2 + (r & 1);
+          scores[head * kTileTokens + token] = score[0][n][r] + score[1][n][r];
         }
     }
     __syncthreads();
 
-    // Online softmax: 8 threads per head, 8 tokens each.
+    // Online softmax: kHeadThreads threads per head.
     {
-      int head = threadIdx.x / 8, part = threadIdx.x % 8;
-      const float *row = s.scores + head * kTileTokens + part * 8;
+      int head = threadIdx.x / kHeadThreads, part = threadIdx.x % kHeadThreads;
+      float row[kThreadTokens];
       float tileMax = -FLT_MAX;
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
-        tileMax = fmaxf(tileMax, row[i]);
+      for (int i = 0; i < kThreadTokens; ++i) {
+        int token = part * kThreadTokens + i;
+        int at = head * kTileTokens + token;
+        float dot = 0;
 #pragma unroll
-      for (int offset = 4; offset > 0; offset /= 2)
+        for (int d = 0; d < kDimSlices; ++d)
+          dot += s.scores[d][at];
+        row[i] = t0 + token < end ? dot * args.scale : -FLT_MAX;
+        tileMax = fmaxf(tileMax, row[i]);
+      }
+#pragma unroll
+      for (int offset = kHeadThreads / 2; offset > 0; offset /= 2)
         tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffff, tileMax, offset));
       float newMax = fmaxf(runningMax, tileMax);
       float sum = 0;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
+      for (int i = 0; i < kThreadTokens; ++i) {
         float p = row[i] == -FLT_MAX ? 0.f : __expf(row[i] - newMax);
         // The sum counts the rounded weights that the tensor cores use.
         __nv_bfloat16 rounded = __float2bfloat16(p);
-        s.probs[head * kProbStride + part * 8 + i] = rounded;
+        s.probs[head * kProbStride + part * kThreadTokens + i] = rounded;
         sum += __bfloat162float(rounded);
       }
 #pragma unroll
-      for (int offset = 4; offset > 0; offset /= 2)
+      for (int offset = kHeadThreads / 2; offset > 0; offset /= 2)
         sum += __shfl_xor_sync(0xffffffff, sum, offset);
       float factor = __expf(runningMax - newMax);
       runningSum = runningSum * factor + sum;
@@ -178,50 +228,55 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    // Weighted sum of the c_kv parts: [16, 64] x [64, this warp's 128].
+    // Weighted sum of the c_kv parts: [16, 32] x [32, this warp's columns].
     {
       int row = lane >> 2;
       float lo = s.rescale[row], hi = s.rescale[row + 8];
 #pragma unroll
-      for (int n = 0; n < 16; ++n) {
+      for (int n = 0; n < kColumnTiles; ++n) {
         acc[n][0] *= lo;
         acc[n][1] *= lo;
         acc[n][2] *= hi;
         acc[n][3] *= hi;
       }
-      int tokenPair = (lane & 3) * 2, column = warp * 128 + (lane >> 2);
+      // Transposed loads: lane i addresses token (i%8 + 8*((i/8)%2)),
+      // dims +8*(i/16): (tokens k..k+7, dims n), (k+8.., n), (k.., n+8),
+      // (k+8.., n+8) are b0, b1 of tile n and b0, b1 of tile n+8.
+      const __nv_bfloat16 *values =
+          cache + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
+          warp * kWarpColumns + (lane >> 4) * 8;
 #pragma unroll
       for (int k = 0; k < kTileTokens; k += 16) {
         uint32_t a[4];
         loadA(a, s.probs, kProbStride, k, lane);
-        const __nv_bfloat16 *v0 = s.cache + (k + tokenPair) * kRowStride;
-        const __nv_bfloat16 *v1 = v0 + kRowStride;
-        const __nv_bfloat16 *v8 = v0 + 8 * kRowStride;
-        const __nv_bfloat16 *v9 = v8 + kRowStride;
 #pragma unroll
-        for (int n = 0; n < 16; ++n) {
-          int c = column + n * 8;
-          mma16816(acc[n], a, packPair(v0[c], v1[c]), packPair(v8[c], v9[c]));
+        for (int n = 0; n < kColumnTiles; n += 2) {
+          uint32_t b[4];
+          loadMatricesTransposed(b, values + k * kRowStride + n * 8);
+          mma16816(acc[n], a, b[0], b[1]);
+          mma16816(acc[n + 1], a, b[2], b[3]);
         }
       }
     }
+    // The buffer just read is the one the next iteration refills.
     __syncthreads();
   }
+  asm volatile("cp.async.wait_group 0;\n" ::);
 
   // This chunk's unnormalized sums and statistics.
   size_t slot = (size_t(seq) * chunks + chunk) * args.heads + head0;
   float *out = partialSums + slot * kLatentRank;
   int row = lane >> 2;
 #pragma unroll
-  for (int n = 0; n < 16; ++n) {
-    int col = warp * 128 + n * 8 + (lane & 3) * 2;
+  for (int n = 0; n < kColumnTiles; ++n) {
+    int col = warp * kWarpColumns + n * 8 + (lane & 3) * 2;
     *reinterpret_cast<float2 *>(out + row * kLatentRank + col) =
         make_float2(acc[n][0], acc[n][1]);
     *reinterpret_cast<float2 *>(out + (row + 8) * kLatentRank + col) =
         make_float2(acc[n][2], acc[n][3]);
   }
-  if (threadIdx.x % 8 == 0)
-    partialStats[slot + threadIdx.x / 8] =
+  if (threadIdx.x % kHeadThreads == 0)
+    partialStats[slot + threadIdx.x / kHeadThreads] =
         make_float2(begin < end ? runningMax : -FLT_MAX, runningSum);
 }
 
@@ -257,12 +312,18 @@ __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
     out[threadIdx.x + i * 128] = __float2bfloat16(sums[i] * inverse);
 }
 
-/// Chunks per sequence: enough blocks for two waves of two per SM, chunks
-/// of whole tiles.
+/// Chunks per sequence: as many as fill one wave of resident blocks (a
+/// second, partial wave would leave most SMs idle at its end), but at least
+/// 8 tiles each, so that the queries' load and the partial sums a chunk
+/// writes stay small beside the cache it reads.
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
+  constexpr int kSharedPerSm = 228 * 1024, kReservedPerBlock = 1024;
+  int residentPerSm =
+      std::max(1, kSharedPerSm / int(sizeof(SharedTile) + kReservedPerBlock));
   int tiles = std::max(1, (args.maxLength + kTileTokens - 1) / kTileTokens);
   int blocks = args.batch * (args.heads / kHeadsPerBlock);
-  int chunks = std::clamp((4 * smCount + blocks - 1) / blocks, 1, tiles);
+  int chunks = std::clamp(residentPerSm * smCount / blocks, 1,
+                          std::max(1, tiles / 8));
   int tilesPerChunk = (tiles + chunks - 1) / chunks;
   chunkTokens = tilesPerChunk * kTileTokens;
   return (tiles + tilesPerChunk - 1) / tilesPerChunk;

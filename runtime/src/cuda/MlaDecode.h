@@ -42,7 +42,7 @@ struct MlaDecodeArgs {
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
 
 /// Launches the decode on `stream`. `heads` must be a multiple of 16 and
-/// `pageSize` of 64 (a block reads 64 tokens of one page at a time).
+/// `pageSize` of 32 (a block reads 32 tokens of one page at a time).
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                       size_t workspaceBytes, int smCount,
                       cudaStream_t stream);

@@ -147,6 +147,6 @@ TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
   args.maxLength = 10;
   EXPECT_EQ(mlaDecode(args, nullptr, 0, 132, nullptr), cudaErrorInvalidValue);
   args.heads = 16;
-  args.pageSize = 32; // not a multiple of a tile
+  args.pageSize = 48; // not a multiple of a tile (32 tokens)
   EXPECT_EQ(mlaDecode(args, nullptr, 0, 132, nullptr), cudaErrorInvalidValue);
 }
