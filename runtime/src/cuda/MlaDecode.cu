@@ -18,9 +18,9 @@
 namespace melt::rt::cuda {
 namespace {
 
-constexpr int kHeadsPerBlock = 16; // the M of one mma tile
 constexpr int kTileTokens = 32;
 constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
 // Scores: each warp takes 16 tokens over a slice of the 576 dims.
 constexpr int kTokenGroups = kTileTokens / 16;
 constexpr int kDimSlices = kWarps / kTokenGroups;
@@ -28,25 +28,30 @@ constexpr int kSliceDims = kLatentEntry / kDimSlices;
 // Weighted sum: each warp owns a slice of the 512 output columns.
 constexpr int kWarpColumns = kLatentRank / kWarps;
 constexpr int kColumnTiles = kWarpColumns / 8;
-
-constexpr int kThreads = kWarps * 32;
-// Softmax: threads per head and tokens per thread.
-constexpr int kHeadThreads = kThreads / kHeadsPerBlock;
-constexpr int kThreadTokens = kTileTokens / kHeadThreads;
-static_assert(kSliceDims % 16 == 0 && kColumnTiles % 2 == 0 &&
-                  kHeadThreads <= 32 && kThreadTokens >= 1,
-              "tile shape");
 // Shared-memory rows padded by 8 BF16 (16 bytes): rows 1168 bytes apart
 // put the 8 rows one fragment load touches in different banks.
 constexpr int kRowStride = kLatentEntry + 8;
 constexpr int kProbStride = kTileTokens + 8;
 
-struct SharedTile {
+/// A block takes 16 * kHeadTiles heads (kHeadTiles mma tiles of M = 16):
+/// more heads per block read the cache fewer times but hold more state.
+template <int kHeadTiles> struct BlockShape {
+  static constexpr int heads = 16 * kHeadTiles;
+  // Softmax: threads per head and tokens per thread.
+  static constexpr int headThreads = kThreads / heads;
+  static constexpr int threadTokens = kTileTokens / headThreads;
+  static_assert(kSliceDims % 16 == 0 && kColumnTiles % 2 == 0 &&
+                    headThreads <= 32 && threadTokens >= 1,
+                "tile shape");
+};
+
+template <int kHeadTiles> struct SharedTile {
+  static constexpr int kHeads = BlockShape<kHeadTiles>::heads;
   __nv_bfloat16 cache[2][kTileTokens * kRowStride]; // double-buffered
-  __nv_bfloat16 queries[kHeadsPerBlock * kRowStride];
-  float scores[kDimSlices][kHeadsPerBlock * kTileTokens]; // per dim slice
-  __nv_bfloat16 probs[kHeadsPerBlock * kProbStride];
-  float rescale[kHeadsPerBlock];
+  __nv_bfloat16 queries[kHeads * kRowStride];
+  float scores[kDimSlices][kHeads * kTileTokens]; // per dim slice
+  __nv_bfloat16 probs[kHeads * kProbStride];
+  float rescale[kHeads];
 };
 
 /// acc += A[16x16] * B[16x8] (A row-major, B column-major fragments).
@@ -111,25 +116,27 @@ __device__ inline void startTileCopy(__nv_bfloat16 *dst,
   asm volatile("cp.async.commit_group;\n" ::);
 }
 
+template <int kHeadTiles>
 __global__ void __launch_bounds__(kThreads)
     mlaDecodeChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
                     float *partialSums, float2 *partialStats) {
+  using Shape = BlockShape<kHeadTiles>;
+  constexpr int kHeads = Shape::heads;
   extern __shared__ __align__(16) unsigned char sharedBytes[];
-  SharedTile &s = *reinterpret_cast<SharedTile *>(sharedBytes);
+  auto &s = *reinterpret_cast<SharedTile<kHeadTiles> *>(sharedBytes);
   const int chunk = blockIdx.x, headGroup = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int length = args.lengths[seq];
   const int begin = chunk * chunkTokens;
   const int end = min(length, begin + chunkTokens);
-  const int head0 = headGroup * kHeadsPerBlock;
+  const int head0 = headGroup * kHeads;
   const int32_t *pages =
       args.blockTable + size_t(seq) * args.maxPagesPerSequence;
 
-  // The 16 queries of this block, then the first tile.
+  // The queries of this block, then the first tile.
   const __nv_bfloat16 *q =
       args.queries + (size_t(seq) * args.heads + head0) * kLatentEntry;
-  for (int i = threadIdx.x; i < kHeadsPerBlock * kLatentEntry / 8;
-       i += kThreads) {
+  for (int i = threadIdx.x; i < kHeads * kLatentEntry / 8; i += kThreads) {
     int row = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
     copy16(&s.queries[row * kRowStride + col], q + row * kLatentEntry + col);
   }
@@ -137,10 +144,10 @@ __global__ void __launch_bounds__(kThreads)
   if (begin < end)
     startTileCopy(s.cache[0], args, pages, begin, end);
 
-  // Row statistics, kept by the 8 threads that own a head in the softmax.
+  // Row statistics, kept by the threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
-  // This warp's output columns: kColumnTiles mma tiles.
-  float acc[kColumnTiles][4] = {};
+  // This warp's output columns for every head tile.
+  float acc[kHeadTiles][kColumnTiles][4] = {};
 
   int buffer = 0;
   for (int t0 = begin; t0 < end; t0 += kTileTokens, buffer ^= 1) {
@@ -154,11 +161,11 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const __nv_bfloat16 *cache = s.cache[buffer];
 
-    // Scores, [16 heads, 576] x [576, 32 tokens]: warp w takes tokens
-    // 16*(w%2).. over dim slice w/2; two accumulators per token tile keep
-    // more mma in flight.
+    // Scores, [heads, 576] x [576, 32 tokens]: warp w takes 16 tokens over
+    // one slice of the dims; each key fragment serves every head tile.
     {
-      float score[2][2][4] = {};
+      constexpr int kChains = kHeadTiles == 1 ? 2 : 1; // mma in flight
+      float score[kChains][kHeadTiles][2][4] = {};
       const int slice = warp / kTokenGroups, kBegin = slice * kSliceDims;
       // Lane i addresses token (i%8 + 8*(i/16)), dims +8*((i/8)%2): the
       // matrices are (tokens 0-7, k), (0-7, k+8), (8-15, k), (8-15, k+8).
@@ -169,27 +176,40 @@ __global__ void __launch_bounds__(kThreads)
           ((lane >> 3) & 1) * 8;
 #pragma unroll
       for (int step = 0; step < kSliceDims / 16; ++step) {
-        uint32_t a[4], b[4];
-        loadA(a, s.queries, kRowStride, kBegin + 16 * step, lane);
+        uint32_t b[4];
         loadMatrices(b, keys + kBegin + 16 * step);
-        mma16816(score[step & 1][0], a, b[0], b[1]);
-        mma16816(score[step & 1][1], a, b[2], b[3]);
+#pragma unroll
+        for (int m = 0; m < kHeadTiles; ++m) {
+          uint32_t a[4];
+          loadA(a, s.queries + m * 16 * kRowStride, kRowStride,
+                kBegin + 16 * step, lane);
+          mma16816(score[step % kChains][m][0], a, b[0], b[1]);
+          mma16816(score[step % kChains][m][1], a, b[2], b[3]);
+        }
       }
       float *scores = s.scores[slice];
 #pragma unroll
-      for (int n = 0; n < 2; ++n)
+      for (int m = 0; m < kHeadTiles; ++m)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          int head = (lane >> 2) + (r >= 2 ? 8 : 0);
-          int token =
-              (warp % kTokenGroups) * 16 + n * 8 + (lane & 3) * 2 + (r & 1);
-          scores[head * kTileTokens + token] = score[0][n][r] + score[1][n][r];
-        }
+        for (int n = 0; n < 2; ++n)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            int head = m * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);
+            int token =
+                (warp % kTokenGroups) * 16 + n * 8 + (lane & 3) * 2 + (r & 1);
+            float dot = 0;
+#pragma unroll
+            for (int c = 0; c < kChains; ++c)
+              dot += score[c][m][n][r];
+            scores[head * kTileTokens + token] = dot;
+          }
     }
     __syncthreads();
 
-    // Online softmax: kHeadThreads threads per head.
+    // Online softmax: Shape::headThreads threads per head.
     {
+      constexpr int kHeadThreads = Shape::headThreads;
+      constexpr int kThreadTokens = Shape::threadTokens;
       int head = threadIdx.x / kHeadThreads, part = threadIdx.x % kHeadThreads;
       float row[kThreadTokens];
       float tileMax = -FLT_MAX;
@@ -228,16 +248,20 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    // Weighted sum of the c_kv parts: [16, 32] x [32, this warp's columns].
+    // Weighted sum of the c_kv parts: [heads, 32] x [32, this warp's
+    // columns]; each value fragment serves every head tile.
     {
       int row = lane >> 2;
-      float lo = s.rescale[row], hi = s.rescale[row + 8];
 #pragma unroll
-      for (int n = 0; n < kColumnTiles; ++n) {
-        acc[n][0] *= lo;
-        acc[n][1] *= lo;
-        acc[n][2] *= hi;
-        acc[n][3] *= hi;
+      for (int m = 0; m < kHeadTiles; ++m) {
+        float lo = s.rescale[m * 16 + row], hi = s.rescale[m * 16 + row + 8];
+#pragma unroll
+        for (int n = 0; n < kColumnTiles; ++n) {
+          acc[m][n][0] *= lo;
+          acc[m][n][1] *= lo;
+          acc[m][n][2] *= hi;
+          acc[m][n][3] *= hi;
+        }
       }
       // Transposed loads: lane i addresses token (i%8 + 8*((i/8)%2)),
       // dims +8*(i/16): (tokens k..k+7, dims n), (k+8.., n), (k.., n+8),
@@ -247,14 +271,19 @@ __global__ void __launch_bounds__(kThreads)
           warp * kWarpColumns + (lane >> 4) * 8;
 #pragma unroll
       for (int k = 0; k < kTileTokens; k += 16) {
-        uint32_t a[4];
-        loadA(a, s.probs, kProbStride, k, lane);
+        uint32_t a[kHeadTiles][4];
+#pragma unroll
+        for (int m = 0; m < kHeadTiles; ++m)
+          loadA(a[m], s.probs + m * 16 * kProbStride, kProbStride, k, lane);
 #pragma unroll
         for (int n = 0; n < kColumnTiles; n += 2) {
           uint32_t b[4];
           loadMatricesTransposed(b, values + k * kRowStride + n * 8);
-          mma16816(acc[n], a, b[0], b[1]);
-          mma16816(acc[n + 1], a, b[2], b[3]);
+#pragma unroll
+          for (int m = 0; m < kHeadTiles; ++m) {
+            mma16816(acc[m][n], a[m], b[0], b[1]);
+            mma16816(acc[m][n + 1], a[m], b[2], b[3]);
+          }
         }
       }
     }
@@ -268,15 +297,18 @@ __global__ void __launch_bounds__(kThreads)
   float *out = partialSums + slot * kLatentRank;
   int row = lane >> 2;
 #pragma unroll
-  for (int n = 0; n < kColumnTiles; ++n) {
-    int col = warp * kWarpColumns + n * 8 + (lane & 3) * 2;
-    *reinterpret_cast<float2 *>(out + row * kLatentRank + col) =
-        make_float2(acc[n][0], acc[n][1]);
-    *reinterpret_cast<float2 *>(out + (row + 8) * kLatentRank + col) =
-        make_float2(acc[n][2], acc[n][3]);
-  }
-  if (threadIdx.x % kHeadThreads == 0)
-    partialStats[slot + threadIdx.x / kHeadThreads] =
+  for (int m = 0; m < kHeadTiles; ++m)
+#pragma unroll
+    for (int n = 0; n < kColumnTiles; ++n) {
+      int col = warp * kWarpColumns + n * 8 + (lane & 3) * 2;
+      float *rows = out + (m * 16 + row) * kLatentRank + col;
+      *reinterpret_cast<float2 *>(rows) =
+          make_float2(acc[m][n][0], acc[m][n][1]);
+      *reinterpret_cast<float2 *>(rows + 8 * kLatentRank) =
+          make_float2(acc[m][n][2], acc[m][n][3]);
+    }
+  if (threadIdx.x % Shape::headThreads == 0)
+    partialStats[slot + threadIdx.x / Shape::headThreads] =
         make_float2(begin < end ? runningMax : -FLT_MAX, runningSum);
 }
 
@@ -312,21 +344,49 @@ __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
     out[threadIdx.x + i * 128] = __float2bfloat16(sums[i] * inverse);
 }
 
+/// Head tiles per block: 4 (64 heads, the cache read once per 64 heads)
+/// where the heads allow, else 1; the split over the sequence fills the
+/// GPU either way.
+int headTiles(const MlaDecodeArgs &args, int /*smCount*/) {
+  return args.heads % 64 == 0 ? 4 : 1;
+}
+
+size_t sharedBytesFor(int tiles) {
+  return tiles == 4 ? sizeof(SharedTile<4>) : sizeof(SharedTile<1>);
+}
+
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
 /// second, partial wave would leave most SMs idle at its end), but at least
 /// 8 tiles each, so that the queries' load and the partial sums a chunk
 /// writes stay small beside the cache it reads.
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   constexpr int kSharedPerSm = 228 * 1024, kReservedPerBlock = 1024;
-  int residentPerSm =
-      std::max(1, kSharedPerSm / int(sizeof(SharedTile) + kReservedPerBlock));
+  int tilesPerBlock = headTiles(args, smCount);
+  int residentPerSm = std::max(
+      1, kSharedPerSm / int(sharedBytesFor(tilesPerBlock) + kReservedPerBlock));
   int tiles = std::max(1, (args.maxLength + kTileTokens - 1) / kTileTokens);
-  int blocks = args.batch * (args.heads / kHeadsPerBlock);
+  int blocks = args.batch * (args.heads / (16 * tilesPerBlock));
   int chunks = std::clamp(residentPerSm * smCount / blocks, 1,
                           std::max(1, tiles / 8));
   int tilesPerChunk = (tiles + chunks - 1) / chunks;
   chunkTokens = tilesPerChunk * kTileTokens;
   return (tiles + tilesPerChunk - 1) / tilesPerChunk;
+}
+
+template <int kHeadTiles>
+cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens,
+                         int chunks, float *sums, float2 *stats,
+                         cudaStream_t stream) {
+  size_t shared = sizeof(SharedTile<kHeadTiles>);
+  cudaError_t error = cudaFuncSetAttribute(
+      mlaDecodeChunks<kHeadTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(shared));
+  if (error != cudaSuccess)
+    return error;
+  dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
+  mlaDecodeChunks<kHeadTiles><<<grid, kThreads, shared, stream>>>(
+      args, chunkTokens, chunks, sums, stats);
+  return cudaGetLastError();
 }
 
 } // namespace
@@ -341,8 +401,9 @@ size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount) {
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                       size_t workspaceBytes, int smCount,
                       cudaStream_t stream) {
-  if (args.heads % kHeadsPerBlock != 0 || args.pageSize % kTileTokens != 0 ||
-      args.batch <= 0 || args.maxLength <= 0 ||
+  if (args.heads <= 0 || args.heads % 16 != 0 ||
+      args.pageSize % kTileTokens != 0 || args.batch <= 0 ||
+      args.maxLength <= 0 ||
       args.maxLength > args.pageSize * args.maxPagesPerSequence)
     return cudaErrorInvalidValue;
   if (workspaceBytes < mlaDecodeWorkspaceBytes(args, smCount))
@@ -352,15 +413,12 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
   size_t slots = size_t(args.batch) * chunks * args.heads;
   auto *sums = static_cast<float *>(workspace);
   auto *stats = reinterpret_cast<float2 *>(sums + slots * kLatentRank);
-  size_t shared = sizeof(SharedTile);
-  cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeChunks, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(shared));
+  cudaError_t error =
+      headTiles(args, smCount) == 4
+          ? launchChunks<4>(args, chunkTokens, chunks, sums, stats, stream)
+          : launchChunks<1>(args, chunkTokens, chunks, sums, stats, stream);
   if (error != cudaSuccess)
     return error;
-  dim3 grid(chunks, args.heads / kHeadsPerBlock, args.batch);
-  mlaDecodeChunks<<<grid, kThreads, shared, stream>>>(args, chunkTokens,
-                                                      chunks, sums, stats);
   mlaDecodeCombine<<<dim3(args.heads, args.batch), 128, 0, stream>>>(
       args, chunks, sums, stats);
   return cudaGetLastError();

@@ -32,6 +32,8 @@ template <typename T> T *toDevice(const std::vector<T> &host) {
 struct Case {
   int heads;
   std::vector<int> lengths;
+  // The SM count the split over the sequence is planned for.
+  int smCount = 132;
 };
 
 void runCase(const Case &c) {
@@ -69,7 +71,7 @@ void runCase(const Case &c) {
   args.maxPagesPerSequence = pagesPerSeq;
   args.maxLength = maxLength;
   args.scale = scale;
-  const int smCount = 132;
+  const int smCount = c.smCount;
   size_t bytes = mlaDecodeWorkspaceBytes(args, smCount);
   void *workspace = nullptr;
   ASSERT_EQ(cudaMalloc(&workspace, bytes), cudaSuccess);
@@ -136,6 +138,8 @@ TEST(CudaMlaDecode, MatchesReference) {
   runCase({16, {1, 63, 64, 65, 700, 2048}});
   runCase({128, {5, 300}});
   runCase({32, {4096}});
+  runCase({128, {5, 300, 1000}, 4});
+  runCase({64, {2000, 33}, 2});
 }
 
 TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
