@@ -21,6 +21,7 @@ sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame
 cmake -S runtime -B build/runtime-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang-19 -DCMAKE_CXX_COMPILER=clang++-19 \
   -DCMAKE_CXX_COMPILER_LAUNCHER=ccache "-DCMAKE_CXX_FLAGS=$sanitize" \
+  -DMELT_ENABLE_CUDA=OFF \
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
 ninja -C build/runtime-asan >/dev/null
 MELT_TEST_ARTIFACT=$artifact MELT_TEST_CHECKPOINT=$golden \
