@@ -9,6 +9,8 @@
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "mlir/Support/FileUtilities.h"
 
@@ -73,17 +75,73 @@ struct AssignPrecisionPass final
                               type(output), {}, {});
   }
 
-  /// Compute kind of a GEMM under the policy and overrides.
-  Kind gemmKind(StringRef weight) {
+  /// Overrides from the options and the policy file.
+  std::vector<std::string> bf16Names, bf16OpKinds;
+
+  static void appendList(StringRef list, std::vector<std::string> &to) {
+    SmallVector<StringRef> items;
+    list.split(items, ',', -1, false);
+    for (StringRef item : items)
+      if (!item.trim().empty())
+        to.push_back(item.trim().str());
+  }
+
+  /// Reads policy-file=: {"policy", "bf16", "bf16_ops", "budget"}.
+  LogicalResult readPolicyFile(ModuleOp module) {
+    auto fail = [&](const Twine &what) {
+      return module.emitError()
+             << "melt-assign-precision: " << policyFile << ": " << what;
+    };
+    auto buffer = llvm::MemoryBuffer::getFile(policyFile);
+    if (!buffer)
+      return fail(buffer.getError().message());
+    auto parsed = llvm::json::parse((*buffer)->getBuffer());
+    if (!parsed)
+      return fail(llvm::toString(parsed.takeError()));
+    const llvm::json::Object *root = parsed->getAsObject();
+    if (!root)
+      return fail("expected a JSON object");
+    for (const auto &[key, value] : *root) {
+      if (key == "policy") {
+        auto name = value.getAsString();
+        if (!name)
+          return fail("'policy' must be a string");
+        policy = name->str();
+      } else if (key == "budget") {
+        auto number = value.getAsNumber();
+        if (!number)
+          return fail("'budget' must be a number");
+        budget = *number;
+      } else if (key == "bf16" || key == "bf16_ops") {
+        const llvm::json::Array *list = value.getAsArray();
+        if (!list)
+          return fail("'" + key.str() + "' must be a list of strings");
+        for (const llvm::json::Value &item : *list) {
+          auto text = item.getAsString();
+          if (!text)
+            return fail("'" + key.str() + "' must be a list of strings");
+          (key == "bf16" ? bf16Names : bf16OpKinds).push_back(text->str());
+        }
+      } else {
+        return fail("unknown key '" + key.str() +
+                    "' (keys: policy, bf16, bf16_ops, budget)");
+      }
+    }
+    return success();
+  }
+
+  /// Compute kind of a GEMM of op kind `opKind` under the policy and
+  /// overrides.
+  Kind gemmKind(StringRef weight, StringRef opKind) {
     if (policy == "fp32")
       return Kind::F32;
     if (policy == "bf16")
       return Kind::BF16;
-    SmallVector<StringRef> items;
-    StringRef(bf16).split(items, ',', -1, false);
-    for (StringRef item : items)
-      if (matches(weight, item.trim()))
+    for (const std::string &item : bf16Names)
+      if (matches(weight, item))
         return Kind::BF16;
+    if (llvm::is_contained(bf16OpKinds, opKind))
+      return Kind::BF16;
     if (policy == "auto") {
       auto it = measured.find(weight.str());
       if (it != measured.end())
@@ -91,6 +149,9 @@ struct AssignPrecisionPass final
     }
     return Kind::FP8;
   }
+
+  /// The kind each GEMM weight got (for the report).
+  std::map<std::string, Kind> chosen;
 
   /// policy=auto: the errors of every GEMM weight, measured once.
   std::map<std::string, GemmErrors> measured;
@@ -177,7 +238,8 @@ struct AssignPrecisionPass final
        << "): weight, precision, fp8 error, bf16 error\n";
     int fp8 = 0, kept = 0;
     for (const auto &[name, e] : measured) {
-      bool isFp8 = gemmKind(name) == Kind::FP8;
+      auto it = chosen.find(name);
+      bool isFp8 = it != chosen.end() && it->second == Kind::FP8;
       (isFp8 ? fp8 : kept)++;
       os << llvm::formatv("  {0}: {1}, {2:e2}, {3:e2}\n", name,
                           isFp8 ? "fp8" : "bf16", e.fp8, e.bf16);
@@ -241,6 +303,20 @@ struct AssignPrecisionPass final
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
+    bf16Names.clear();
+    bf16OpKinds.clear();
+    chosen.clear();
+    appendList(bf16, bf16Names);
+    appendList(bf16Ops, bf16OpKinds);
+    if (!policyFile.empty() && failed(readPolicyFile(module)))
+      return signalPassFailure();
+    for (const std::string &kind : bf16OpKinds)
+      if (kind != "linear" && kind != "moe_experts") {
+        module.emitError() << "melt-assign-precision: unknown op kind '"
+                           << kind << "' in bf16-ops (kinds: linear, "
+                              "moe_experts)";
+        return signalPassFailure();
+      }
     if (policy != "deepseek-v3" && policy != "bf16" && policy != "fp32" &&
         policy != "auto") {
       module.emitError() << "melt-assign-precision: policy must be "
@@ -269,14 +345,17 @@ struct AssignPrecisionPass final
       llvm::TypeSwitch<Operation *, void>(op)
           .Case([&](LinearOp o) {
             WeightOp w = symbols.lookup<WeightOp>(o.getWeight());
-            Kind k = gemmKind(o.getWeight());
+            Kind k = gemmKind(o.getWeight(), "linear");
+            chosen[o.getWeight().str()] = k;
             o.setPrecisionAttr(attr(k, wide));
             setStorage(w, k);
             if (k == Kind::FP8)
               quantizeInput(o, 0);
           })
           .Case([&](MoEExpertsOp o) {
-            Kind k = gemmKind(o.getGate());
+            Kind k = gemmKind(o.getGate(), "moe_experts");
+            for (StringRef s : {o.getGate(), o.getUp(), o.getDown()})
+              chosen[s.str()] = k;
             o.setPrecisionAttr(attr(k, wide));
             for (FlatSymbolRefAttr s :
                  {o.getGateAttr(), o.getUpAttr(), o.getDownAttr()})

@@ -61,7 +61,13 @@ def AssignPrecisionPass : Pass<"melt-assign-precision", "::mlir::ModuleOp"> {
 
     `bf16=` keeps ops in BF16 instead of FP8, by weight name: a comma
     list of name fragments (`lm_head`, `shared_experts`) and layer ranges
-    (`layers.0-2`).
+    (`layers.0-2`); `bf16-ops=` by op kind (`linear`, `moe_experts`).
+
+    `policy-file=` reads the same settings from JSON; its `policy` and
+    `budget` take the place of the options', its lists add to theirs:
+
+        {"policy": "deepseek-v3", "bf16": ["lm_head", "layers.0-2"],
+         "bf16_ops": ["moe_experts"], "budget": 0.05}
 
     `auto` measures instead of assuming: for every GEMM it reads the weight
     from `checkpoint`, multiplies calibration inputs (`calibration`: a
@@ -76,6 +82,10 @@ def AssignPrecisionPass : Pass<"melt-assign-precision", "::mlir::ModuleOp"> {
            "deepseek-v3, bf16, fp32 or auto">,
     Option<"bf16", "bf16", "std::string", /*default=*/"\"\"",
            "ops kept in BF16 rather than FP8: name fragments and layers.N-M">,
+    Option<"bf16Ops", "bf16-ops", "std::string", /*default=*/"\"\"",
+           "op kinds kept in BF16 rather than FP8: linear, moe_experts">,
+    Option<"policyFile", "policy-file", "std::string", /*default=*/"\"\"",
+           "JSON file with policy, bf16, bf16_ops and budget">,
     Option<"budget", "budget", "double", /*default=*/"0.05",
            "auto: largest relative FP8 error of a GEMM output">,
     Option<"checkpoint", "checkpoint", "std::string", /*default=*/"\"\"",

@@ -32,10 +32,12 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
     pm.addPass(createFuseMLAPass(mla));
   }
   // After fusion, so that the fused projections get their precision.
-  if (last >= CompilePhase::FuseMLA && options.precision != "fp32") {
+  if (last >= CompilePhase::FuseMLA &&
+      (options.precision != "fp32" || !options.precisionFile.empty())) {
     AssignPrecisionPassOptions precision;
     precision.policy = options.precision;
     precision.bf16 = options.bf16;
+    precision.policyFile = options.precisionFile;
     precision.budget = options.precisionBudget;
     precision.checkpoint = options.checkpoint;
     precision.calibration = options.calibration;

@@ -33,6 +33,10 @@ struct DefaultPipelineOptions
       llvm::cl::desc("ops kept in BF16 rather than FP8: name fragments and "
                      "layers.N-M"),
       llvm::cl::init("")};
+  Option<std::string> precisionFile{
+      *this, "precision-file",
+      llvm::cl::desc("JSON precision policy (policy, bf16, bf16_ops, budget)"),
+      llvm::cl::init("")};
   Option<double> precisionBudget{
       *this, "precision-budget",
       llvm::cl::desc("auto: largest relative FP8 error of a GEMM output"),

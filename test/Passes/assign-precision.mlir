@@ -5,6 +5,19 @@
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=bf16' | FileCheck %s --check-prefix=BF16 --implicit-check-not=melt.quantize
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=fp32' | FileCheck %s --check-prefix=FP32 --implicit-check-not=melt.quantize --implicit-check-not=melt.storage
 // RUN: not melt-opt %s '--melt-assign-precision=policy=int4' 2>&1 | FileCheck %s --check-prefix=BAD
+// By op kind, and from a JSON policy file.
+// RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=bf16-ops=moe_experts' | FileCheck %s --check-prefix=OPKIND
+// RUN: rm -rf %t && mkdir -p %t
+// RUN: echo '{"policy": "deepseek-v3", "bf16": ["lm_head", "layers.0-1"], "bf16_ops": ["moe_experts"]}' > %t/policy.json
+// RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy-file=%t/policy.json' | FileCheck %s --check-prefix=FILE
+// RUN: echo '{"policy": "bf16", "bf16": "lm_head"}' > %t/type.json
+// RUN: not melt-opt %s '--melt-assign-precision=policy-file=%t/type.json' 2>&1 | FileCheck %s --check-prefix=FILETYPE
+// RUN: echo '{"polcy": "bf16"}' > %t/key.json
+// RUN: not melt-opt %s '--melt-assign-precision=policy-file=%t/key.json' 2>&1 | FileCheck %s --check-prefix=FILEKEY
+// RUN: echo '{"policy": "bf16",' > %t/syntax.json
+// RUN: not melt-opt %s '--melt-assign-precision=policy-file=%t/syntax.json' 2>&1 | FileCheck %s --check-prefix=FILESYNTAX
+// RUN: not melt-opt %s '--melt-assign-precision=policy-file=%t/missing.json' 2>&1 | FileCheck %s --check-prefix=FILEMISSING
+// RUN: not melt-opt %s '--melt-assign-precision=bf16-ops=attention' 2>&1 | FileCheck %s --check-prefix=OPBAD
 
 // A BF16 checkpoint: its GEMM weights become FP8 128x128 blocks at load.
 // V3: melt.weight @model.layers.0.self_attn.q_a_proj : tensor<64x128xbf16> {{.+}} {melt.storage = f8E4M3FN}
@@ -35,4 +48,16 @@
 // FP32: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = f32, accumulate = f32, output = f32>}
 
 // BAD: error: melt-assign-precision: policy must be deepseek-v3, bf16, fp32 or auto, not 'int4'
+
+// OPKIND: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = f8E4M3FN
+// OPKIND: melt.moe_experts {{.+}}precision = #melt.precision<compute = bf16
+// FILE: melt.linear %{{.+}}, @model.layers.0.self_attn.q_a_proj {precision = #melt.precision<compute = bf16
+// FILE: melt.linear %{{.+}}, @model.layers.2.self_attn.q_a_proj {precision = #melt.precision<compute = f8E4M3FN
+// FILE: melt.moe_experts {{.+}}precision = #melt.precision<compute = bf16
+// FILE: melt.logits {{.+}}precision = #melt.precision<compute = bf16
+// FILETYPE: error: melt-assign-precision: {{.*}}type.json: 'bf16' must be a list of strings
+// FILEKEY: error: melt-assign-precision: {{.*}}key.json: unknown key 'polcy' (keys: policy, bf16, bf16_ops, budget)
+// FILESYNTAX: error: melt-assign-precision: {{.*}}syntax.json: {{.+}}
+// FILEMISSING: error: melt-assign-precision: {{.*}}missing.json: No such file or directory
+// OPBAD: error: melt-assign-precision: unknown op kind 'attention' in bf16-ops (kinds: linear, moe_experts)
 module {}

@@ -67,6 +67,11 @@ static cl::opt<std::string> bf16Overrides(
     cl::desc("Keep these ops in BF16 rather than FP8: comma list of weight "
              "name fragments and layers.N-M"),
     cl::value_desc("list"), cl::cat(category));
+static cl::opt<std::string> precisionFile(
+    "precision-file",
+    cl::desc("JSON precision policy: {\"policy\", \"bf16\": [names], "
+             "\"bf16_ops\": [linear|moe_experts], \"budget\"}"),
+    cl::value_desc("file"), cl::cat(category));
 static cl::opt<double> precisionBudget(
     "precision-budget",
     cl::desc("--precision=auto: largest relative FP8 error of a GEMM output "
@@ -172,6 +177,7 @@ int main(int argc, char **argv) {
   DefaultPipelineOptions pipeline;
   pipeline.precision = precision.getValue();
   pipeline.bf16 = bf16Overrides.getValue();
+  pipeline.precisionFile = precisionFile.getValue();
   pipeline.precisionBudget = precisionBudget.getValue();
   pipeline.checkpoint = ckptPath;
   pipeline.calibration = calibration.getValue();
