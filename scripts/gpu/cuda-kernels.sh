@@ -36,3 +36,7 @@ build-gpu/bin/melt-bench-mla-decode | tee "$out/mla_decode_melt.json"
 if [ -f "$baseline" ]; then
   BASELINE_OUT=$out python3 "$baseline" env copy mla | tee "$out/mla_decode_torch.json"
 fi
+if python3 -c "import matplotlib" 2>/dev/null; then
+  python3 bench/cuda/plot_mla_decode.py "$out/mla_decode_melt.json" \
+    "$out/mla_decode_torch.json" "$out/mla_decode.png"
+fi

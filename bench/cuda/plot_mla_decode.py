@@ -1,0 +1,56 @@
+"""Chart of the MLA decode benchmark: melt's kernel beside plain torch.
+
+Reads the JSON lines of melt-bench-mla-decode and hf_baseline.py (both from
+scripts/gpu/cuda-kernels.sh) and writes a PNG with two panels: cache
+bandwidth (16 heads, memory-bound) and TFLOP/s (128 heads, compute-bound),
+with the copy bandwidth measured in the same run as the roofline.
+
+    python3 bench/cuda/plot_mla_decode.py MELT.json TORCH.json OUT.png
+"""
+import json
+import sys
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.startswith("{")]
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    melt, torch, out = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    copy = next(r["GBps"] for r in melt if r["what"] == "copy_bw")
+    ours = {(r["batch"], r["heads"], r["seq"]): r for r in melt
+            if r["what"] == "mla_decode_melt"}
+    theirs = {(r["batch"], r["heads"], r["seq"]): r for r in torch
+              if r["what"] == "mla_decode_torch"}
+    shapes = [s for s in ours if s in theirs]
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4))
+    for panel, key, unit, heads in ((panels[0], "cache_GBps", "GB/s", 16),
+                                    (panels[1], "tflops", "TFLOP/s", 128)):
+        chosen = [s for s in shapes if s[1] == heads]
+        labels = [f"b{b} h{h} s{s}" for b, h, s in chosen]
+        x = range(len(chosen))
+        panel.bar([i - 0.2 for i in x], [ours[s][key] for s in chosen], 0.4,
+                  label="melt")
+        panel.bar([i + 0.2 for i in x], [theirs[s][key] for s in chosen], 0.4,
+                  label="plain torch")
+        if key == "cache_GBps":
+            panel.axhline(copy, color="gray", linestyle="--",
+                          label=f"copy bandwidth {copy:.0f}")
+        panel.set_xticks(list(x), labels)
+        panel.set_ylabel(unit)
+        panel.set_title(f"MLA decode, {heads} heads")
+        panel.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
