@@ -5,6 +5,9 @@
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=bf16' | FileCheck %s --check-prefix=BF16 --implicit-check-not=melt.quantize
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=fp32' | FileCheck %s --check-prefix=FP32 --implicit-check-not=melt.quantize --implicit-check-not=melt.storage
 // RUN: not melt-opt %s '--melt-assign-precision=policy=int4' 2>&1 | FileCheck %s --check-prefix=BAD
+// Small IR, before and after (the sections at the end of this file).
+// RUN: melt-opt %s --split-input-file --melt-assign-precision | FileCheck %s --check-prefix=SMALL
+// RUN: melt-opt %s --split-input-file '--melt-assign-precision=bf16-ops=linear' | FileCheck %s --check-prefix=SMALLBF16
 // By op kind, and from a JSON policy file.
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=bf16-ops=moe_experts' | FileCheck %s --check-prefix=OPKIND
 // RUN: rm -rf %t && mkdir -p %t
@@ -60,4 +63,35 @@
 // FILESYNTAX: error: melt-assign-precision: {{.*}}syntax.json: {{.+}}
 // FILEMISSING: error: melt-assign-precision: {{.*}}missing.json: No such file or directory
 // OPBAD: error: melt-assign-precision: unknown op kind 'attention' in bf16-ops (kinds: linear, moe_experts)
-module {}
+
+// -----
+// A BF16 weight under an FP8 GEMM: stored as FP8 blocks, the activations
+// quantized in front of the GEMM; the norm computes in FP32.
+// SMALL: melt.weight @up : tensor<16x32xbf16> {{.+}} {melt.storage = f8E4M3FN}
+// SMALL-LABEL: func.func @bf16_weight
+// SMALL: melt.rms_norm {{.+}}precision = #melt.precision<compute = f32, accumulate = f32, output = bf16>
+// SMALL: %[[Q:.+]], %[[S:.+]] = melt.quantize
+// SMALL: %[[X:.+]] = melt.dequantize %[[Q]], %[[S]]
+// SMALL: melt.linear %[[X]], @up {precision = #melt.precision<compute = f8E4M3FN
+// SMALLBF16-LABEL: func.func @bf16_weight
+// SMALLBF16-NOT: melt.quantize
+// SMALLBF16: melt.linear %{{.+}}, @up {precision = #melt.precision<compute = bf16
+melt.weight @norm : tensor<32xbf16> from [#melt.tensor<"norm.weight">]
+melt.weight @up : tensor<16x32xbf16> from [#melt.tensor<"up.weight">]
+func.func @bf16_weight(%h: tensor<?x32xbf16>) -> tensor<?x16xbf16> {
+  %n = melt.rms_norm %h, @norm {epsilon = 1.0e-06 : f64} : tensor<?x32xbf16> -> tensor<?x32xbf16>
+  %u = melt.linear %n, @up : tensor<?x32xbf16> -> tensor<?x16xbf16>
+  return %u : tensor<?x16xbf16>
+}
+
+// -----
+// An FP8 weight with its scales stays as it is (no melt.storage).
+// SMALL-LABEL: melt.weight @proj : tensor<200x300xf8E4M3FN>
+// SMALL-NOT: melt.storage
+// SMALL: func.func @fp8_weight
+// SMALL: melt.linear {{.+}}, @proj {precision = #melt.precision<compute = f8E4M3FN
+melt.weight @proj : tensor<200x300xf8E4M3FN> from [#melt.tensor<"proj.weight">] scales tensor<2x3xf32> block [128, 128] from [#melt.tensor<"proj.weight_scale_inv">]
+func.func @fp8_weight(%x: tensor<?x300xbf16>) -> tensor<?x200xbf16> {
+  %y = melt.linear %x, @proj : tensor<?x300xbf16> -> tensor<?x200xbf16>
+  return %y : tensor<?x200xbf16>
+}
