@@ -1,5 +1,9 @@
 // melt-plan-experts on IR it cannot place: diagnostics at the op.
 // RUN: melt-opt %s --split-input-file '--melt-plan-experts=devices=2' --verify-diagnostics
+// The second module is placed: 4 experts and 2 replicas in 6 slots, 3 per
+// device, with equal loads (no statistics: every expert counts 1).
+// RUN: not melt-opt %s --split-input-file '--melt-plan-experts=devices=2 redundant=2' 2>/dev/null | FileCheck %s
+// CHECK: melt.moe_experts {{.+}} {placement = #melt.expert_placement<devices = 2, slots = [{{([0-3], ){5}[0-3]}}], load = [2, 2]>}
 
 melt.weight @experts.gate : tensor<4x16x32xbf16> from [#melt.tensor<"e.0.g">, #melt.tensor<"e.1.g">, #melt.tensor<"e.2.g">, #melt.tensor<"e.3.g">]
 melt.weight @experts.up : tensor<4x16x32xbf16> from [#melt.tensor<"e.0.u">, #melt.tensor<"e.1.u">, #melt.tensor<"e.2.u">, #melt.tensor<"e.3.u">]
