@@ -128,8 +128,7 @@ Writer::ranges(WeightOp weight, Type element,
 llvm::Error Writer::embed(const CheckpointTensor &t, uint64_t &offset) {
   blob.resize(llvm::alignTo(blob.size(), ::melt::kArtifactBlobAlignment), '\0');
   offset = blob.size();
-  auto data =
-      llvm::MemoryBuffer::getFileSlice(ckpt.path(t.file), t.bytes, t.offset);
+  auto data = ckpt.readBytes(t);
   if (!data)
     return llvm::createStringError(data.getError(),
                                    "cannot read " + ckpt.path(t.file));

@@ -1,5 +1,6 @@
 //===- AssignPrecision.cpp - FP8 / BF16 / FP32 per op -----------*- C++ -*-===//
 #include "passes/Calibration.h"
+#include "passes/PassReport.h"
 #include "passes/Passes.h"
 
 #include "frontends/hf/Checkpoint.h"
@@ -11,8 +12,6 @@
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/MemoryBuffer.h"
-#include "llvm/Support/ToolOutputFile.h"
-#include "mlir/Support/FileUtilities.h"
 
 #include <map>
 #include <optional>
@@ -246,19 +245,8 @@ struct AssignPrecisionPass final
     }
     os << llvm::formatv("  {0} GEMM weights in fp8, {1} kept in bf16\n", fp8,
                         kept);
-    if (report == "-") {
-      llvm::errs() << text;
-      return success();
-    }
-    std::string error;
-    auto file = openOutputFile(report, &error);
-    if (!file)
-      return module.emitError() << "melt-assign-precision: cannot write the "
-                                   "report: "
-                                << error;
-    file->os() << text;
-    file->keep();
-    return success();
+    return writePassReport(module, report, text,
+                           "melt-assign-precision: cannot write the report");
   }
 
   /// Records how a weight is stored for its op: FP8 blocks for an FP8 GEMM

@@ -36,8 +36,7 @@ llvm::Expected<std::vector<float>> readTensor(const Checkpoint &ckpt,
     return llvm::createStringError(llvm::inconvertibleErrorCode(),
                                    "tensor '" + name + "' is not in " +
                                        ckpt.directory());
-  auto data =
-      llvm::MemoryBuffer::getFileSlice(ckpt.path(t->file), t->bytes, t->offset);
+  auto data = ckpt.readBytes(*t);
   if (!data)
     return fileError(ckpt.path(t->file), "cannot read tensor '" + name + "'");
   unsigned width = safetensorsDTypeBits(t->dtype) / 8;

@@ -1,4 +1,5 @@
 //===- ModelReport.cpp - parameters and cache bytes of a model --*- C++ -*-===//
+#include "passes/PassReport.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -6,8 +7,6 @@
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
-#include "llvm/Support/ToolOutputFile.h"
-#include "mlir/Support/FileUtilities.h"
 
 #include <map>
 
@@ -152,21 +151,9 @@ struct ModelReportPass final
     else
       printText(summary, os);
 
-    if (output == "-") {
-      llvm::errs() << text;
-      return;
-    }
-    // ToolOutputFile removes the file unless it is kept, so a failed run
-    // leaves no half-written report behind.
-    std::string errorMessage;
-    auto file = openOutputFile(output, &errorMessage);
-    if (!file) {
-      getOperation().emitError() << "cannot write the model report: "
-                                 << errorMessage;
-      return signalPassFailure();
-    }
-    file->os() << text;
-    file->keep();
+    if (failed(writePassReport(getOperation(), output, text,
+                               "cannot write the model report")))
+      signalPassFailure();
   }
 };
 

@@ -1,13 +1,12 @@
 //===- PlanExperts.cpp - expert placement from load statistics --*- C++ -*-===//
 #include "passes/ExpertPlacement.h"
+#include "passes/PassReport.h"
 #include "passes/Passes.h"
 
 #include "frontends/hf/StrictJson.h"
 
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
-#include "llvm/Support/ToolOutputFile.h"
-#include "mlir/Support/FileUtilities.h"
 
 #include <cmath>
 
@@ -223,18 +222,8 @@ struct PlanExpertsPass final
                           "cross-device copies {2:f1} -> {3:f1}\n",
                           worstBefore, worstAfter, copiesBefore, copiesAfter);
     }
-    if (report == "-") {
-      llvm::errs() << text;
-      return success();
-    }
-    std::string error;
-    auto file = openOutputFile(report, &error);
-    if (!file)
-      return getOperation().emitError()
-             << "melt-plan-experts: cannot write the report: " << error;
-    file->os() << text;
-    file->keep();
-    return success();
+    return writePassReport(getOperation(), report, text,
+                           "melt-plan-experts: cannot write the report");
   }
 };
 

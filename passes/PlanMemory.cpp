@@ -1,11 +1,10 @@
 //===- PlanMemory.cpp - activation buffer reuse, KV sizing ------*- C++ -*-===//
+#include "passes/PassReport.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "llvm/Support/FormatVariadic.h"
-#include "llvm/Support/ToolOutputFile.h"
-#include "mlir/Support/FileUtilities.h"
 
 #include <map>
 
@@ -107,19 +106,9 @@ struct PlanMemoryPass final
                         static_cast<long long>(maxBatch),
                         static_cast<long long>(maxContext),
                         total / double(1 << 20));
-    if (report == "-") {
-      llvm::errs() << text;
-      return;
-    }
-    std::string error;
-    auto file = openOutputFile(report, &error);
-    if (!file) {
-      module.emitError() << "melt-plan-memory: cannot write the report: "
-                         << error;
-      return signalPassFailure();
-    }
-    file->os() << text;
-    file->keep();
+    if (failed(writePassReport(module, report, text,
+                               "melt-plan-memory: cannot write the report")))
+      signalPassFailure();
   }
 
   /// Slots by liveness, best fit by bytes per token.

@@ -37,6 +37,11 @@ std::string Checkpoint::path(llvm::StringRef file) const {
   return p.str().str();
 }
 
+llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>>
+Checkpoint::readBytes(const CheckpointTensor &t) const {
+  return llvm::MemoryBuffer::getFileSlice(path(t.file), t.bytes, t.offset);
+}
+
 llvm::Expected<Checkpoint> Checkpoint::open(llvm::StringRef directory) {
   Checkpoint ckpt;
   ckpt.dir = directory.str();

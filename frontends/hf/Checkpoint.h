@@ -12,6 +12,7 @@
 #include "frontends/hf/Safetensors.h"
 
 #include "llvm/ADT/StringMap.h"
+#include "llvm/Support/MemoryBuffer.h"
 
 namespace mlir::melt {
 
@@ -38,6 +39,9 @@ public:
   const std::vector<std::string> &shards() const { return shardFiles; }
   /// The full path of a shard file.
   std::string path(llvm::StringRef file) const;
+  /// The bytes of tensor `t` of this checkpoint, read from its shard.
+  llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>>
+  readBytes(const CheckpointTensor &t) const;
 
 private:
   std::string dir;

@@ -84,8 +84,7 @@ public:
   /// Scales are read (they are ~0.02% of an FP8 checkpoint): a NaN or
   /// negative scale would silently poison every output.
   void checkScaleValues(llvm::StringRef name, const CheckpointTensor &t) {
-    auto data = llvm::MemoryBuffer::getFileSlice(ckpt.path(t.file), t.bytes,
-                                                 t.offset);
+    auto data = ckpt.readBytes(t);
     if (!data) {
       problems.push_back(llvm::formatv("{0}: tensor '{1}': cannot read: {2}",
                                        t.file, name,

@@ -373,6 +373,24 @@ int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   return (tiles + tilesPerChunk - 1) / tilesPerChunk;
 }
 
+/// The split of a launch and its workspace: per (sequence, chunk, head) an
+/// unnormalized [512] sum, then its (max, sum) statistics.
+struct SplitPlan {
+  int chunks = 0, chunkTokens = 0;
+  size_t slots = 0;
+  SplitPlan(const MlaDecodeArgs &args, int smCount) {
+    chunks = chunkCount(args, smCount, chunkTokens);
+    slots = size_t(args.batch) * chunks * args.heads;
+  }
+  size_t workspaceBytes() const {
+    return slots * (kLatentRank * sizeof(float) + sizeof(float2));
+  }
+  float *sums(void *workspace) const { return static_cast<float *>(workspace); }
+  float2 *stats(void *workspace) const {
+    return reinterpret_cast<float2 *>(sums(workspace) + slots * kLatentRank);
+  }
+};
+
 template <int kHeadTiles>
 cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens,
                          int chunks, float *sums, float2 *stats,
@@ -392,10 +410,7 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens,
 } // namespace
 
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount) {
-  int chunkTokens = 0;
-  size_t slots = size_t(args.batch) * chunkCount(args, smCount, chunkTokens) *
-                 args.heads;
-  return slots * (kLatentRank * sizeof(float) + sizeof(float2));
+  return SplitPlan(args, smCount).workspaceBytes();
 }
 
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
@@ -406,21 +421,21 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
       args.maxLength <= 0 ||
       args.maxLength > args.pageSize * args.maxPagesPerSequence)
     return cudaErrorInvalidValue;
-  if (workspaceBytes < mlaDecodeWorkspaceBytes(args, smCount))
+  SplitPlan plan(args, smCount);
+  if (workspaceBytes < plan.workspaceBytes())
     return cudaErrorInvalidValue;
-  int chunkTokens = 0;
-  int chunks = chunkCount(args, smCount, chunkTokens);
-  size_t slots = size_t(args.batch) * chunks * args.heads;
-  auto *sums = static_cast<float *>(workspace);
-  auto *stats = reinterpret_cast<float2 *>(sums + slots * kLatentRank);
+  float *sums = plan.sums(workspace);
+  float2 *stats = plan.stats(workspace);
   cudaError_t error =
       headTiles(args, smCount) == 4
-          ? launchChunks<4>(args, chunkTokens, chunks, sums, stats, stream)
-          : launchChunks<1>(args, chunkTokens, chunks, sums, stats, stream);
+          ? launchChunks<4>(args, plan.chunkTokens, plan.chunks, sums, stats,
+                            stream)
+          : launchChunks<1>(args, plan.chunkTokens, plan.chunks, sums, stats,
+                            stream);
   if (error != cudaSuccess)
     return error;
   mlaDecodeCombine<<<dim3(args.heads, args.batch), 128, 0, stream>>>(
-      args, chunks, sums, stats);
+      args, plan.chunks, sums, stats);
   return cudaGetLastError();
 }
 
