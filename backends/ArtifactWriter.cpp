@@ -329,6 +329,9 @@ llvm::Error Writer::addKernel(Operation *op) {
       .Case([&](MoEExpertsOp o) {
         kind = fb::KernelKind::MoEExperts;
         syms = {o.getGateAttr(), o.getUpAttr(), o.getDownAttr()};
+        // Expert outputs that come back from other devices in BF16.
+        if (auto combine = o.getCombineAttr())
+          ints = {combine.getValue().isBF16() ? 1 : 0};
       })
       .Case([&](QuantizeOp o) {
         kind = fb::KernelKind::Quantize;

@@ -301,7 +301,7 @@ Value ModelBuilder::moe(Value x, StringRef prefix) {
       stackedWeight(expertsPrefix, "gate_proj", experts, {inter, hidden}),
       stackedWeight(expertsPrefix, "up_proj", experts, {inter, hidden}),
       stackedWeight(expertsPrefix, "down_proj", experts, {hidden, inter}),
-      nullptr, nullptr);
+      nullptr, nullptr, nullptr, nullptr);
   if (c.nSharedExperts == 0)
     return routed;
   // The shared experts are stored as one MLP n_shared_experts times wider.

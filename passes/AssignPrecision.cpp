@@ -53,19 +53,21 @@ struct AssignPrecisionPass final
     : mlir::melt::impl::AssignPrecisionPassBase<AssignPrecisionPass> {
   using Base::Base;
 
+  Type type(Kind k) {
+    Builder b(&getContext());
+    switch (k) {
+    case Kind::F32:
+      return b.getF32Type();
+    case Kind::BF16:
+      return b.getBF16Type();
+    case Kind::FP8:
+      return b.getType<Float8E4M3FNType>();
+    }
+    return {};
+  }
+
   PrecisionAttr attr(Kind compute, Kind output) {
     Builder b(&getContext());
-    auto type = [&](Kind k) -> Type {
-      switch (k) {
-      case Kind::F32:
-        return b.getF32Type();
-      case Kind::BF16:
-        return b.getBF16Type();
-      case Kind::FP8:
-        return b.getType<Float8E4M3FNType>();
-      }
-      return {};
-    };
     if (compute == Kind::FP8)
       return PrecisionAttr::get(&getContext(), type(compute), b.getF32Type(),
                                 type(output), ArrayRef<int64_t>{1, 128},
@@ -350,6 +352,14 @@ struct AssignPrecisionPass final
               setStorage(symbols.lookup<WeightOp>(s.getValue()), k);
             if (k == Kind::FP8) // FP8 dispatch: tokens quantized once
               quantizeInput(o, 0);
+            // Experts on other devices: tokens travel in the experts'
+            // input type (FP8 blocks with their scales when FP8), their
+            // outputs come back in the wide type (BF16) to be summed.
+            auto placement = o.getPlacementAttr();
+            if (placement && placement.getDevices() > 1) {
+              o.setDispatchAttr(TypeAttr::get(type(k)));
+              o.setCombineAttr(TypeAttr::get(type(wide)));
+            }
           })
           .Case([&](LogitsOp o) {
             o.setPrecisionAttr(attr(wide, Kind::F32));

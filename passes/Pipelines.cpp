@@ -14,13 +14,15 @@ std::optional<CompilePhase> mlir::melt::parseCompilePhase(llvm::StringRef name) 
       .Case("model", CompilePhase::Model)
       .Case("fuse-mla", CompilePhase::FuseMLA)
       .Case("plan-experts", CompilePhase::PlanExperts)
+      .Case("assign-precision", CompilePhase::AssignPrecision)
       .Case("plan-memory", CompilePhase::PlanMemory)
       .Case("artifact", CompilePhase::Artifact)
       .Default(std::nullopt);
 }
 
 const char *mlir::melt::compilePhaseNames() {
-  return "model, fuse-mla, plan-experts, plan-memory, artifact";
+  return "model, fuse-mla, plan-experts, assign-precision, plan-memory, "
+         "artifact";
 }
 
 void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
@@ -31,8 +33,19 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
     mla.prefill = options.mlaPrefill;
     pm.addPass(createFuseMLAPass(mla));
   }
-  // After fusion, so that the fused projections get their precision.
-  if (last >= CompilePhase::FuseMLA &&
+  if (last >= CompilePhase::PlanExperts &&
+      (options.devices > 1 || !options.expertStats.empty())) {
+    PlanExpertsPassOptions plan;
+    plan.devices = options.devices;
+    plan.redundant = options.redundant;
+    plan.stats = options.expertStats;
+    plan.policy = options.expertPolicy;
+    pm.addPass(createPlanExpertsPass(plan));
+  }
+  // After fusion, so that the fused projections get their precision, and
+  // after placement, which decides whether MoE dispatch and combine cross
+  // devices (FP8 dispatch, BF16 combine).
+  if (last >= CompilePhase::AssignPrecision &&
       (options.precision != "fp32" || !options.precisionFile.empty())) {
     AssignPrecisionPassOptions precision;
     precision.policy = options.precision;
@@ -43,15 +56,6 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
     precision.calibration = options.calibration;
     precision.report = options.precisionReport;
     pm.addPass(createAssignPrecisionPass(precision));
-  }
-  if (last >= CompilePhase::PlanExperts &&
-      (options.devices > 1 || !options.expertStats.empty())) {
-    PlanExpertsPassOptions plan;
-    plan.devices = options.devices;
-    plan.redundant = options.redundant;
-    plan.stats = options.expertStats;
-    plan.policy = options.expertPolicy;
-    pm.addPass(createPlanExpertsPass(plan));
   }
   if (last >= CompilePhase::PlanMemory && options.planMemory) {
     // Quiet here: melt-opt --melt-plan-memory prints the report.
@@ -65,7 +69,8 @@ void mlir::melt::registerMeltPipelines() {
   PassPipelineRegistration<DefaultPipelineOptions>(
       "melt-default-pipeline",
       "melt's compile pipeline (what melt-compile runs): fuse MLA, place "
-      "experts when devices > 1 or statistics are given, plan memory",
+      "experts when devices > 1 or statistics are given, assign precision, "
+      "plan memory",
       [](OpPassManager &pm, const DefaultPipelineOptions &options) {
         buildDefaultPipeline(pm, options);
       });

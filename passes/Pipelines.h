@@ -17,9 +17,16 @@
 namespace mlir::melt {
 
 /// The phases of a compile, in order; --compile-to=<phase> stops after one.
-enum class CompilePhase { Model, FuseMLA, PlanExperts, PlanMemory, Artifact };
+enum class CompilePhase {
+  Model,
+  FuseMLA,
+  PlanExperts,
+  AssignPrecision,
+  PlanMemory,
+  Artifact
+};
 std::optional<CompilePhase> parseCompilePhase(llvm::StringRef name);
-/// "model, fuse-mla, plan-experts, plan-memory, artifact"
+/// "model, fuse-mla, plan-experts, assign-precision, plan-memory, artifact"
 const char *compilePhaseNames();
 
 struct DefaultPipelineOptions

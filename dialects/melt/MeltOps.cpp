@@ -672,8 +672,38 @@ MoEExpertsOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
   if (!ShapedType::isDynamic(k) && k > experts)
     return emitOpError() << "selects " << k << " experts per token of "
                          << experts;
-  if (auto placement = getPlacementAttr())
-    return placement.verifyForExperts([&] { return emitOpError(); }, experts);
+  auto placement = getPlacementAttr();
+  if (placement &&
+      failed(placement.verifyForExperts([&] { return emitOpError(); },
+                                        experts)))
+    return failure();
+  return verifyExchangeTypes(placement);
+}
+
+/// `dispatch` and `combine` only mean something when tokens cross devices.
+LogicalResult MoEExpertsOp::verifyExchangeTypes(ExpertPlacementAttr placement) {
+  if (!getDispatch() && !getCombine())
+    return success();
+  if (!placement || placement.getDevices() < 2)
+    return emitOpError() << "dispatch and combine types need experts "
+                            "placed on several devices";
+  Type fp8 = Float8E4M3FNType::get(getContext());
+  if (auto dispatch = getDispatchAttr()) {
+    Type t = dispatch.getValue();
+    if (!t.isBF16() && !t.isF32() && t != fp8)
+      return emitOpError() << "dispatch type must be f8E4M3FN, bf16 or f32, "
+                              "got "
+                           << t;
+    auto precision = getPrecisionAttr();
+    if (t == fp8 && (!precision || precision.getCompute() != fp8))
+      return emitOpError() << "FP8 dispatch needs experts that compute in "
+                              "FP8";
+  }
+  if (auto combine = getCombineAttr()) {
+    Type t = combine.getValue();
+    if (!t.isBF16() && !t.isF32())
+      return emitOpError() << "combine type must be bf16 or f32, got " << t;
+  }
   return success();
 }
 

@@ -399,7 +399,11 @@ def Melt_MoEExpertsOp : Melt_WeightUserOp<"moe_experts"> {
     `[experts, inter, hidden]`, `down` is `[experts, hidden, inter]`. The
     shared experts are ordinary `melt.linear` ops beside this one.
     `placement`, set by `melt-plan-experts`, says which device holds which
-    expert; it never changes the result.
+    expert; it never changes the result. When the experts are spread over
+    several devices, `melt-assign-precision` also chooses the types tokens
+    travel in: `dispatch` (to the experts' devices; FP8 e4m3 with 1x128
+    scales when the experts compute in FP8) and `combine` (expert outputs
+    back to the token's device before the weighted sum; BF16 in DeepSeek-V3).
 
     ```mlir
     %y = melt.moe_experts %h, %idx, %w
@@ -414,13 +418,19 @@ def Melt_MoEExpertsOp : Melt_WeightUserOp<"moe_experts"> {
                        FlatSymbolRefAttr:$gate, FlatSymbolRefAttr:$up,
                        FlatSymbolRefAttr:$down,
                        OptionalAttr<Melt_ExpertPlacementAttr>:$placement,
-                       OptionalAttr<Melt_PrecisionAttr>:$precision);
+                       OptionalAttr<Melt_PrecisionAttr>:$precision,
+                       OptionalAttr<TypeAttr>:$dispatch,
+                       OptionalAttr<TypeAttr>:$combine);
   let results = (outs Melt_ActivationTensor:$result);
   let assemblyFormat = [{
     $input `,` $indices `,` $weights `gate` $gate `up` $up `down` $down
     attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    ::mlir::LogicalResult
+    verifyExchangeTypes(::mlir::melt::ExpertPlacementAttr placement);
+  }];
 }
 
 //===----------------------------------------------------------------------===//

@@ -38,6 +38,8 @@ bool mulOk(uint64_t a, uint64_t b, uint64_t &out) {
 
 struct Arity {
   int inputs, outputs, minWeights, maxWeights, ints, floats;
+  /// Trailing ints that newer compilers add and older artifacts lack.
+  int optionalInts = 0;
 };
 
 /// What each kernel kind needs; -1: one or more.
@@ -72,7 +74,8 @@ Arity arityOf(fb::KernelKind kind) {
   case fb::KernelKind::MoERouter:
     return {1, 2, 1, 2, 6, 1};
   case fb::KernelKind::MoEExperts:
-    return {3, 1, 3, 3, 0, 0};
+    // ints: [combine in bf16] (artifact 0.2; absent in 0.1: f32).
+    return {3, 1, 3, 3, 0, 0, 1};
   case fb::KernelKind::MTPCombine:
     return {2, 1, 3, 3, 0, 1};
   case fb::KernelKind::LatentCacheAppend:
@@ -301,7 +304,14 @@ Status Artifact::checkMeaning() const {
                              str(static_cast<int>(k->kind())));
     MELT_RETURN_IF_ERROR(checkCount(where, "inputs", count(k->inputs()), a.inputs));
     MELT_RETURN_IF_ERROR(checkCount(where, "outputs", count(k->outputs()), a.outputs));
-    MELT_RETURN_IF_ERROR(checkCount(where, "ints", count(k->ints()), a.ints));
+    uint32_t ints = count(k->ints());
+    if (ints < static_cast<uint32_t>(a.ints) ||
+        ints > static_cast<uint32_t>(a.ints + a.optionalInts))
+      return invalidArtifact(where + ".ints has " + str(ints) +
+                             " entries, expected " + str(a.ints) +
+                             (a.optionalInts
+                                  ? " to " + str(a.ints + a.optionalInts)
+                                  : std::string()));
     MELT_RETURN_IF_ERROR(checkCount(where, "floats", count(k->floats()), a.floats));
     uint32_t w = count(k->weights());
     if (w < static_cast<uint32_t>(a.minWeights) ||

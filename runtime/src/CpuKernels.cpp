@@ -635,7 +635,7 @@ Status cpu::moeRouter(const Tensor &x, const WeightData &gate,
 Status cpu::moeExperts(const Tensor &x, const Tensor &indices,
                        const Tensor &weights, const WeightData &gate,
                        const WeightData &up, const WeightData &down,
-                       Tensor &out) {
+                       bool combineBf16, Tensor &out) {
   if (x.rank() != 2 || gate.shape.size() != 3 || gate.shape != up.shape ||
       down.shape.size() != 3 || gate.shape[2] != x.dim(1) ||
       down.shape[0] != gate.shape[0] || down.shape[1] != x.dim(1) ||
@@ -688,6 +688,9 @@ Status cpu::moeExperts(const Tensor &x, const Tensor &indices,
       MELT_RETURN_IF_ERROR(down.gemms[e]->multiply(g.data(), m, y.data()));
     else
       matmulRows(g.data(), m, I, down.data.data() + e * H * I, H, y.data());
+    if (combineBf16)
+      for (float &v : y)
+        v = bf16ToFloat(floatToBF16(v));
     for (int64_t r = 0; r < m; ++r) {
       auto [t, w] = routed[e][r];
       for (int64_t h = 0; h < H; ++h)

@@ -17,7 +17,8 @@
 //   Reshape, BroadcastHeads, Convert  in [x]                   -> [y]
 //   MoERouter      in [x]  w [gate, bias?]  i [scoring, method, top_k,
 //                  n_group, topk_group, norm] f [scale]        -> [idx, w]
-//   MoEExperts     in [x, idx, w]  w [gate, up, down]          -> [y]
+//   MoEExperts     in [x, idx, w]  w [gate, up, down]
+//                  i [combine_bf16]? (absent: f32)             -> [y]
 //   MTPCombine     in [embedded, hidden]  w [enorm, hnorm, eh_proj] f [eps]
 //
 // Every kernel checks the shapes it is given and returns an error rather
@@ -107,9 +108,12 @@ struct RouterParams {
 Status moeRouter(const Tensor &x, const WeightData &gate,
                  const WeightData *bias, const RouterParams &p,
                  Tensor &indices, Tensor &weights);
+/// `combineBf16`: expert outputs are rounded to bf16 before the weighted
+/// sum, as when they come back from other devices in BF16.
 Status moeExperts(const Tensor &x, const Tensor &indices,
                   const Tensor &weights, const WeightData &gate,
-                  const WeightData &up, const WeightData &down, Tensor &out);
+                  const WeightData &up, const WeightData &down,
+                  bool combineBf16, Tensor &out);
 Status mtpCombine(const Tensor &embedded, const Tensor &hidden,
                   const WeightData &enorm, const WeightData &hnorm,
                   const WeightData &ehProj, double eps, Tensor &out);

@@ -239,7 +239,10 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
       break;
     }
     case fb::KernelKind::MoEExperts:
-      status = cpu::moeExperts(in(0), in(1), in(2), w(0), w(1), w(2), out(0));
+      status = cpu::moeExperts(in(0), in(1), in(2), w(0), w(1), w(2),
+                               kernel.ints() && kernel.ints()->size() > 0 &&
+                                   kernel.ints()->Get(0) != 0,
+                               out(0));
       break;
     case fb::KernelKind::MTPCombine:
       status = cpu::mtpCombine(in(0), in(1), w(0), w(1), w(2),

@@ -1,33 +1,60 @@
-// melt-plan-experts: bad options and bad statistics are clear errors.
-// RUN: rm -rf %t && mkdir -p %t
-// RUN: not melt-opt %s '--melt-plan-experts=devices=0' 2>&1 | FileCheck %s --check-prefix=DEVICES
-// DEVICES: error: melt-plan-experts: devices must be at least 1, got 0
-// RUN: not melt-opt %s '--melt-plan-experts=devices=3' 2>&1 | FileCheck %s --check-prefix=EVEN
-// EVEN: error: melt-plan-experts: 8 experts + 0 redundant replicas do not fill 3 devices evenly
-// RUN: not melt-opt %s '--melt-plan-experts=devices=4 nodes=3' 2>&1 | FileCheck %s --check-prefix=NODES
-// NODES: error: melt-plan-experts: nodes (3) must divide devices (4)
-// RUN: not melt-opt %s '--melt-plan-experts=policy=random' 2>&1 | FileCheck %s --check-prefix=POLICY
-// POLICY: error: melt-plan-experts: policy must be balanced or affinity, not 'random'
-// RUN: not melt-opt %s '--melt-plan-experts=stats=%t/missing.json' 2>&1 | FileCheck %s --check-prefix=MISSING
-// MISSING: error: melt-plan-experts: {{.*}}missing.json: cannot read
-// RUN: echo '{"routers": [' > %t/truncated.json
-// RUN: not melt-opt %s '--melt-plan-experts=stats=%t/truncated.json' 2>&1 | FileCheck %s --check-prefix=MALFORMED
-// MALFORMED: error: melt-plan-experts: {{.*}}truncated.json: 2:0: invalid JSON: Unexpected EOF
-// RUN: echo '{"routers": [{"gate": "gate", "counts": [1, 2, -3, 4, 5, 6, 7, 8]}]}' > %t/negative.json
-// RUN: not melt-opt %s '--melt-plan-experts=stats=%t/negative.json' 2>&1 | FileCheck %s --check-prefix=NEGATIVE
-// NEGATIVE: error: melt-plan-experts: {{.*}}negative.json: routers[0].counts[2] must be a non-negative number
-// RUN: echo '{"routers": [{"gate": "gate", "counts": [1, 2, 3]}]}' > %t/short.json
-// RUN: not melt-opt %s '--melt-plan-experts=stats=%t/short.json' 2>&1 | FileCheck %s --check-prefix=COUNT
-// COUNT: error: melt-plan-experts: {{.*}}short.json: router 'gate' has 3 counts, the model's has 8 experts
-// RUN: echo '{"routers": [{"gate": "gate", "experts": 9, "counts": [1, 2, 3, 4, 5, 6, 7, 8]}]}' > %t/experts.json
-// RUN: not melt-opt %s '--melt-plan-experts=stats=%t/experts.json' 2>&1 | FileCheck %s --check-prefix=EXPERTS
-// EXPERTS: error: melt-plan-experts: {{.*}}experts.json: routers[0] says 9 experts but has 8 counts
-// RUN: echo '{"routers": [{"gate": "gate", "counts": [1, 2, 3, 4, 5, 6, 7, 8], "pairs": [[0, 9, 1]]}]}' > %t/pairs.json
-// RUN: not melt-opt %s '--melt-plan-experts=stats=%t/pairs.json' 2>&1 | FileCheck %s --check-prefix=PAIRS
-// PAIRS: error: melt-plan-experts: {{.*}}pairs.json: routers[0].pairs[0] must be [i, j, count] with distinct experts below 8 and count >= 0
-// RUN: echo '{"experts": []}' > %t/noroutes.json
-// RUN: not melt-opt %s '--melt-plan-experts=stats=%t/noroutes.json' 2>&1 | FileCheck %s --check-prefix=ROUTERS
-// ROUTERS: error: melt-plan-experts: {{.*}}noroutes.json: 'routers' must be an array
+// melt-plan-experts: every bad option and every bad statistics file is a
+// diagnostic at the module (checked with -verify-diagnostics). Each case
+// below is one expectation, put in front of the shared module moe.mlir.
+// RUN: rm -rf %t && split-file --no-leading-lines %s %t && cd %t
+// RUN: cat devices.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=devices=0' -verify-diagnostics
+// RUN: cat uneven.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=devices=3' -verify-diagnostics
+// RUN: cat nodes.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=devices=4 nodes=3' -verify-diagnostics
+// RUN: cat policy.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=policy=random' -verify-diagnostics
+// RUN: cat redundant.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=devices=2 redundant=-2' -verify-diagnostics
+// RUN: cat missing.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=stats=%t/missing.json' -verify-diagnostics
+// RUN: cat truncated.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=stats=%t/truncated.json' -verify-diagnostics
+// RUN: cat negative.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=stats=%t/negative.json' -verify-diagnostics
+// RUN: cat short.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=stats=%t/short.json' -verify-diagnostics
+// RUN: cat experts.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=stats=%t/experts.json' -verify-diagnostics
+// RUN: cat pairs.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=stats=%t/pairs.json' -verify-diagnostics
+// RUN: cat routers.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=stats=%t/routers.json' -verify-diagnostics
+// RUN: cat report.mlir moe.mlir > a.mlir && melt-opt a.mlir '--melt-plan-experts=devices=2 report=%t/no/such/dir/report.txt' -verify-diagnostics
+
+//--- devices.mlir
+// expected-error@+1 {{melt-plan-experts: devices must be at least 1, got 0}}
+//--- uneven.mlir
+// expected-error@+8 {{melt-plan-experts: 8 experts + 0 redundant replicas do not fill 3 devices evenly}}
+//--- nodes.mlir
+// expected-error@+8 {{melt-plan-experts: nodes (3) must divide devices (4)}}
+//--- policy.mlir
+// expected-error@+1 {{melt-plan-experts: policy must be balanced or affinity, not 'random'}}
+//--- redundant.mlir
+// expected-error@+8 {{melt-plan-experts: redundant must be >= 0, got -2}}
+//--- missing.mlir
+// expected-error@+1 {{missing.json: cannot read}}
+//--- truncated.json
+{"routers": [
+//--- truncated.mlir
+// expected-error@+1 {{truncated.json: 2:0: invalid JSON: Unexpected EOF}}
+//--- negative.json
+{"routers": [{"gate": "gate", "counts": [1, 2, -3, 4, 5, 6, 7, 8]}]}
+//--- negative.mlir
+// expected-error@+1 {{negative.json: routers[0].counts[2] must be a non-negative number}}
+//--- short.json
+{"routers": [{"gate": "gate", "counts": [1, 2, 3]}]}
+//--- short.mlir
+// expected-error@+8 {{short.json: router 'gate' has 3 counts, the model's has 8 experts}}
+//--- experts.json
+{"routers": [{"gate": "gate", "experts": 9, "counts": [1, 2, 3, 4, 5, 6, 7, 8]}]}
+//--- experts.mlir
+// expected-error@+1 {{experts.json: routers[0] says 9 experts but has 8 counts}}
+//--- pairs.json
+{"routers": [{"gate": "gate", "counts": [1, 2, 3, 4, 5, 6, 7, 8], "pairs": [[0, 9, 1]]}]}
+//--- pairs.mlir
+// expected-error@+1 {{pairs.json: routers[0].pairs[0] must be [i, j, count] with distinct experts below 8 and count >= 0}}
+//--- routers.json
+{"experts": []}
+//--- routers.mlir
+// expected-error@+1 {{routers.json: 'routers' must be an array}}
+//--- report.mlir
+// expected-error@+1 {{report.txt}}
+//--- moe.mlir
 module {
   melt.weight @gate : tensor<8x32xbf16> from [#melt.tensor<"gate.weight">]
   melt.weight @g : tensor<8x16x32xbf16> from [#melt.tensor<"g">]

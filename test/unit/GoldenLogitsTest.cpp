@@ -171,6 +171,7 @@ TEST(PrecisionPolicies, ErrorAgainstFP32IsBounded) {
     const char *checkpoint, *policy;
     double bound; // max abs logit error / logit range
     double budget = 0.05; // policy auto: relative FP8 error of a GEMM
+    int devices = 1; // experts placed on this many devices
   } cases[] = {
       {"v3-tiny", "fp32", 1e-3},
       {"v3-tiny", "bf16", 0.2},
@@ -180,6 +181,9 @@ TEST(PrecisionPolicies, ErrorAgainstFP32IsBounded) {
       // About half the GEMMs of v3-tiny measure above 3.6% in FP8.
       {"v3-tiny", "auto", 0.25, 0.036},
       {"v2-lite-tiny", "auto", 0.25, 0.05},
+      // Experts on 2 devices: FP8 dispatch, BF16 combine.
+      {"v3-tiny", "deepseek-v3", 0.25, 0.05, 2},
+      {"v2-lite-tiny", "deepseek-v3", 0.25, 0.05, 2},
   };
   for (const Case &c : cases) {
     std::string dir = std::string(MELT_GOLDEN_DIR) + "/" + c.checkpoint;
@@ -195,6 +199,7 @@ TEST(PrecisionPolicies, ErrorAgainstFP32IsBounded) {
     options.precisionBudget = c.budget;
     options.checkpoint = ckpt;
     options.precisionReport = "/dev/null";
+    options.devices = c.devices;
     buildDefaultPipeline(pm, options);
     ASSERT_TRUE(succeeded(pm.run(*imported->module)));
     auto checkpoint = Checkpoint::open(ckpt);
@@ -225,9 +230,9 @@ TEST(PrecisionPolicies, ErrorAgainstFP32IsBounded) {
         err = std::max(err, double(std::fabs(logits[i] - want[i])));
       worst = std::max(worst, err / (hi - lo));
     }
-    std::printf("policy %-11s on %-12s: max abs logit error %.3g of the "
-                "logit range (bound %.3g)\n",
-                c.policy, c.checkpoint, worst, c.bound);
+    std::printf("policy %-11s on %-12s, %d device(s): max abs logit error "
+                "%.3g of the logit range (bound %.3g)\n",
+                c.policy, c.checkpoint, c.devices, worst, c.bound);
     EXPECT_LE(worst, c.bound) << c.checkpoint << " " << c.policy;
     melt_session_destroy(session);
     melt_model_destroy(model);

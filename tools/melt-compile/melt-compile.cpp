@@ -103,7 +103,7 @@ static cl::opt<std::string> expertPolicy(
 static cl::opt<std::string> compileTo(
     "compile-to",
     cl::desc("Stop after this phase and write its IR (model, fuse-mla, "
-             "plan-experts, plan-memory; default: artifact)"),
+             "plan-experts, assign-precision, plan-memory; default: artifact)"),
     cl::init("artifact"), cl::cat(category));
 static cl::opt<bool> embedWeights(
     "embed-weights",

@@ -778,6 +778,61 @@ func.func @f(%x: tensor<?x32xbf16>, %i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
   return
 }
 
+// -----
+
+melt.weight @g : tensor<4x16x32xbf16> from [#melt.tensor<"g">]
+melt.weight @u : tensor<4x16x32xbf16> from [#melt.tensor<"u">]
+melt.weight @d : tensor<4x32x16xbf16> from [#melt.tensor<"d">]
+func.func @f(%x: tensor<?x32xbf16>, %i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @below {{dispatch and combine types need experts placed on several devices}}
+  %y = melt.moe_experts %x, %i, %w gate @g up @u down @d {combine = bf16} : (tensor<?x32xbf16>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x32xbf16>
+  return
+}
+
+// -----
+
+melt.weight @g : tensor<4x16x32xbf16> from [#melt.tensor<"g">]
+melt.weight @u : tensor<4x16x32xbf16> from [#melt.tensor<"u">]
+melt.weight @d : tensor<4x32x16xbf16> from [#melt.tensor<"d">]
+func.func @f(%x: tensor<?x32xbf16>, %i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @below {{dispatch and combine types need experts placed on several devices}}
+  %y = melt.moe_experts %x, %i, %w gate @g up @u down @d {dispatch = bf16, placement = #melt.expert_placement<devices = 1, slots = [0, 1, 2, 3]>} : (tensor<?x32xbf16>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x32xbf16>
+  return
+}
+
+// -----
+
+melt.weight @g : tensor<4x16x32xbf16> from [#melt.tensor<"g">]
+melt.weight @u : tensor<4x16x32xbf16> from [#melt.tensor<"u">]
+melt.weight @d : tensor<4x32x16xbf16> from [#melt.tensor<"d">]
+func.func @f(%x: tensor<?x32xbf16>, %i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @below {{dispatch type must be f8E4M3FN, bf16 or f32, got 'f16'}}
+  %y = melt.moe_experts %x, %i, %w gate @g up @u down @d {dispatch = f16, placement = #melt.expert_placement<devices = 2, slots = [0, 1, 2, 3]>} : (tensor<?x32xbf16>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x32xbf16>
+  return
+}
+
+// -----
+
+melt.weight @g : tensor<4x16x32xbf16> from [#melt.tensor<"g">]
+melt.weight @u : tensor<4x16x32xbf16> from [#melt.tensor<"u">]
+melt.weight @d : tensor<4x32x16xbf16> from [#melt.tensor<"d">]
+func.func @f(%x: tensor<?x32xbf16>, %i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @below {{FP8 dispatch needs experts that compute in FP8}}
+  %y = melt.moe_experts %x, %i, %w gate @g up @u down @d {dispatch = f8E4M3FN, placement = #melt.expert_placement<devices = 2, slots = [0, 1, 2, 3]>} : (tensor<?x32xbf16>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x32xbf16>
+  return
+}
+
+// -----
+
+melt.weight @g : tensor<4x16x32xbf16> from [#melt.tensor<"g">]
+melt.weight @u : tensor<4x16x32xbf16> from [#melt.tensor<"u">]
+melt.weight @d : tensor<4x32x16xbf16> from [#melt.tensor<"d">]
+func.func @f(%x: tensor<?x32xbf16>, %i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @below {{combine type must be bf16 or f32, got 'f8E4M3FN'}}
+  %y = melt.moe_experts %x, %i, %w gate @g up @u down @d {combine = f8E4M3FN, placement = #melt.expert_placement<devices = 2, slots = [0, 1, 2, 3]>} : (tensor<?x32xbf16>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x32xbf16>
+  return
+}
+
 //===----------------------------------------------------------------------===//
 // Shape ops
 //===----------------------------------------------------------------------===//
