@@ -2,6 +2,7 @@
 // same BF16 inputs: several sequence lengths (partial tiles, empty chunks,
 // one token), scattered pages, 16 and 128 heads. Skips without a device.
 #include "cuda/MlaDecode.h"
+#include "CudaTestUtil.h"
 
 #include <gtest/gtest.h>
 
@@ -12,22 +13,9 @@
 #include <vector>
 
 using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::test;
 
 namespace {
-
-bool haveDevice() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-template <typename T> T *toDevice(const std::vector<T> &host) {
-  T *device = nullptr;
-  EXPECT_EQ(cudaMalloc(&device, host.size() * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(device, host.data(), host.size() * sizeof(T),
-                       cudaMemcpyHostToDevice),
-            cudaSuccess);
-  return device;
-}
 
 struct Case {
   int heads;

@@ -1,0 +1,220 @@
+// Benchmark of the CUDA device's GEMMs at DeepSeek-V3's projection shapes:
+// FP8 e4m3 with 1x128 activation / 128x128 weight block scales (cuBLASLt,
+// as the runtime runs them, activation quantization timed separately) and
+// BF16, for M in {1, 16, 64, 128, 512, 4096, 8192}. Up to 8 tokens the
+// FP8 GEMM is melt's own kernel; for 16 to 64 tokens that kernel's figure
+// is given beside cuBLASLt's. The device's copy
+// bandwidth is measured in the same run; for small M the figure that
+// matters is the weight bandwidth (weight bytes / time). Several copies
+// of each weight are cycled through, so that no GEMM finds its weight in
+// the 50 MB L2 cache left by the previous one. One JSON line each.
+//
+//   melt-bench-gemm [--iters N] [--quick]
+#include "cuda/Gemm.h"
+#include "cuda/Quantize.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+using namespace melt::rt::cuda;
+
+#define CHECK(call)                                                            \
+  do {                                                                         \
+    cudaError_t e = (call);                                                    \
+    if (e != cudaSuccess) {                                                    \
+      std::fprintf(stderr, "melt-bench-gemm: %s: %s\n", #call,                 \
+                   cudaGetErrorString(e));                                     \
+      std::exit(1);                                                            \
+    }                                                                          \
+  } while (0)
+#define CHECK_STATUS(call)                                                     \
+  do {                                                                         \
+    CudaStatus s = (call);                                                     \
+    if (s) {                                                                   \
+      std::fprintf(stderr, "melt-bench-gemm: %s\n", s.error.c_str());          \
+      std::exit(1);                                                            \
+    }                                                                          \
+  } while (0)
+
+__global__ void fillBytes(uint8_t *data, size_t n, uint32_t seed,
+                          uint8_t mask) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    // mask keeps values finite: e4m3 0x7f/0xff are NaN, bf16 exponents
+    // stay small.
+    data[i] = uint8_t(x) & mask;
+  }
+}
+
+__global__ void fillFloats(float *data, size_t n, float value) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    data[i] = value * (1 + (i % 7) * 0.01f);
+}
+
+template <typename F> float timeMs(F &&f, int iters) {
+  for (int i = 0; i < 3; ++i)
+    f(i);
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  CHECK(cudaEventRecord(start));
+  for (int i = 0; i < iters; ++i)
+    f(i);
+  CHECK(cudaEventRecord(stop));
+  CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  CHECK(cudaEventElapsedTime(&ms, start, stop));
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  return ms / iters;
+}
+
+int main(int argc, char **argv) {
+  int iters = 20;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
+      iters = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--quick"))
+      quick = true;
+    else {
+      std::fprintf(stderr, "usage: melt-bench-gemm [--iters N] [--quick]\n");
+      return 2;
+    }
+  }
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::fprintf(stderr, "melt-bench-gemm: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  {
+    size_t n = size_t(2) << 30;
+    void *a, *b;
+    CHECK(cudaMalloc(&a, n));
+    CHECK(cudaMalloc(&b, n));
+    float ms =
+        timeMs([&](int) { cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); },
+               iters);
+    std::printf("{\"what\": \"copy_bw\", \"gpu\": \"%s\", \"GBps\": %.1f}\n",
+                prop.name, 2.0 * n / (ms * 1e-3) / 1e9);
+    CHECK(cudaFree(a));
+    CHECK(cudaFree(b));
+  }
+
+  std::unique_ptr<GemmRunner> gemm;
+  CHECK_STATUS(GemmRunner::create(nullptr, gemm));
+  struct Shape {
+    const char *name;
+    int n, k;
+  } shapes[] = {
+      {"q_a+kv_a (fused down)", 2112, 7168},
+      {"q_b", 24576, 1536},
+      {"o_proj", 7168, 16384},
+      {"dense gate/up", 18432, 7168},
+      {"dense down", 7168, 18432},
+      {"expert gate/up", 2048, 7168},
+  };
+  std::vector<int> ms = {1, 16, 64, 128, 512, 4096, 8192};
+  if (quick)
+    ms = {1, 64, 4096};
+  const size_t rotateBytes = size_t(256) << 20;
+  for (const Shape &shape : shapes) {
+    size_t weightBytes = size_t(shape.n) * shape.k;
+    int kBlocks = shape.k / 128, nBlocks = (shape.n + 127) / 128;
+    int copies = int(
+        std::min<size_t>(16, std::max<size_t>(1, rotateBytes / weightBytes)));
+    // FP8 weights (copies of them) and their scales; a BF16 weight too.
+    std::vector<__nv_fp8_e4m3 *> w8(copies);
+    std::vector<__nv_bfloat16 *> w16(copies);
+    float *wScales;
+    CHECK(cudaMalloc(&wScales, size_t(nBlocks) * kBlocks * 4));
+    fillFloats<<<64, 256>>>(wScales, size_t(nBlocks) * kBlocks, 1e-3f);
+    for (int c = 0; c < copies; ++c) {
+      CHECK(cudaMalloc(&w8[c], weightBytes));
+      CHECK(cudaMalloc(&w16[c], weightBytes * 2));
+      fillBytes<<<1024, 256>>>(reinterpret_cast<uint8_t *>(w8[c]), weightBytes,
+                               c + 1, 0x77);
+      fillBytes<<<1024, 256>>>(reinterpret_cast<uint8_t *>(w16[c]),
+                               weightBytes * 2, c + 7, 0x3f);
+    }
+    for (int m : ms) {
+      size_t xValues = size_t(m) * shape.k;
+      __nv_bfloat16 *x, *y;
+      __nv_fp8_e4m3 *xq;
+      float *xScales;
+      CHECK(cudaMalloc(&x, xValues * 2));
+      CHECK(cudaMalloc(&y, size_t(m) * shape.n * 2));
+      CHECK(cudaMalloc(&xq, xValues));
+      CHECK(cudaMalloc(&xScales, size_t(m) * kBlocks * 4));
+      fillBytes<<<1024, 256>>>(reinterpret_cast<uint8_t *>(x), xValues * 2, 99,
+                               0x3f);
+      CHECK(quantizeRowsFp8(x, m, shape.k, xq, xScales, nullptr));
+      double flops = 2.0 * m * shape.n * shape.k;
+      float fp8Ms = timeMs(
+          [&](int i) {
+            CHECK_STATUS(gemm->fp8BlockScaled(xq, xScales, w8[i % copies],
+                                              wScales, y, m, shape.n, shape.k));
+          },
+          iters);
+      // The small-M kernel where the runner picks cuBLASLt (16-64 tokens).
+      float smallMs = 0;
+      if (m > 8 && m <= 64) {
+        gemm->setSmallMLimit(64);
+        smallMs = timeMs(
+            [&](int i) {
+              CHECK_STATUS(gemm->fp8BlockScaled(xq, xScales, w8[i % copies],
+                                                wScales, y, m, shape.n,
+                                                shape.k));
+            },
+            iters);
+        gemm->setSmallMLimit(8);
+      }
+      float quantMs = timeMs(
+          [&](int) {
+            CHECK(quantizeRowsFp8(x, m, shape.k, xq, xScales, nullptr));
+          },
+          iters);
+      float bf16Ms = timeMs(
+          [&](int i) {
+            CHECK_STATUS(
+                gemm->bf16(x, w16[i % copies], y, false, m, shape.n, shape.k));
+          },
+          iters);
+      std::printf(
+          "{\"what\": \"gemm_melt\", \"shape\": \"%s\", \"m\": %d, \"n\": %d, "
+          "\"k\": %d, \"fp8_us\": %.1f, \"fp8_tflops\": %.1f, "
+          "\"fp8_weight_GBps\": %.1f, \"quantize_us\": %.1f, \"bf16_us\": "
+          "%.1f, \"bf16_tflops\": %.1f, \"bf16_weight_GBps\": %.1f, "
+          "\"weight_copies\": %d, \"fp8_small_m_kernel_us\": %.1f, "
+          "\"fp8_small_m_kernel_weight_GBps\": %.1f}\n",
+          shape.name, m, shape.n, shape.k, fp8Ms * 1e3,
+          flops / (fp8Ms * 1e-3) / 1e12,
+          (weightBytes + nBlocks * kBlocks * 4.0) / (fp8Ms * 1e-3) / 1e9,
+          quantMs * 1e3, bf16Ms * 1e3, flops / (bf16Ms * 1e-3) / 1e12,
+          2.0 * weightBytes / (bf16Ms * 1e-3) / 1e9, copies, smallMs * 1e3,
+          smallMs > 0 ? weightBytes / (smallMs * 1e-3) / 1e9 : 0.0);
+      std::fflush(stdout);
+      CHECK(cudaFree(x));
+      CHECK(cudaFree(y));
+      CHECK(cudaFree(xq));
+      CHECK(cudaFree(xScales));
+    }
+    for (int c = 0; c < copies; ++c) {
+      CHECK(cudaFree(w8[c]));
+      CHECK(cudaFree(w16[c]));
+    }
+    CHECK(cudaFree(wScales));
+  }
+  std::printf("{\"what\": \"gemm_plans\", \"cached_shapes\": %zu}\n",
+              gemm->cachedShapes());
+  return 0;
+}

@@ -1,0 +1,233 @@
+//===- Fp8SmallM.cu - FP8 block-scaled GEMM for few tokens (CUDA) ---------===//
+//
+// y[M, N] = x[M, K] W[N, K]^T for M <= 64 (decode), FP8 e4m3 operands with
+// DeepSeek-V3 block scales, written for weight bandwidth: at small M the
+// GEMM only streams W, and cuBLASLt's block-scaled kernels reach a quarter
+// of the copy bandwidth there (and have no algorithm at M = 1).
+//
+// A thread block owns 128 rows of W (one row of 128x128 weight-scale
+// blocks) and a range of K (split-K, so that small N still fills the GPU).
+// Each of its 8 warps owns 16 rows and every token: per 128-wide K block it
+// issues 4 mma.sync.m16n8k32 (e4m3) per 8 tokens into a temporary FP32
+// accumulator, which it then adds to the result times the block's weight
+// scale and each token's input scale (FP32 promotion per 128 values, as
+// DeepSeek-V3 does). Because the sum over a K block is order-free, each
+// thread loads 32 contiguous bytes of a row and feeds them to the 4 mmas
+// (the same permutation of K for W and x), so every load is a 16-byte
+// vector. The next K block's weights are loaded before the current one is
+// multiplied. Partial sums of the K ranges go to FP32 scratch; the block
+// that finishes a row tile last (a counter per tile) adds them and rounds
+// to BF16, so that one launch does it all (at 15 MB of weights a second
+// launch would cost a fifth of the time).
+//
+//===----------------------------------------------------------------------===//
+#include "cuda/Fp8SmallM.h"
+
+#include <algorithm>
+#include <cstdint>
+
+using namespace melt::rt::cuda;
+
+namespace {
+
+constexpr int kRowsPerBlock = 128, kWarps = 8, kKBlock = 128;
+
+struct WeightFragment {
+  uint4 lo[2], hi[2]; // rows r and r + 8: 32 bytes each
+};
+
+__device__ __forceinline__ void loadWeights(const uint8_t *w, size_t k, int row,
+                                            int kb, int t, bool valid,
+                                            WeightFragment &f) {
+  if (!valid) {
+    f.lo[0] = f.lo[1] = f.hi[0] = f.hi[1] = make_uint4(0, 0, 0, 0);
+    return;
+  }
+  const uint8_t *p = w + size_t(row) * k + size_t(kb) * kKBlock + t * 32;
+  const uint4 *lo = reinterpret_cast<const uint4 *>(p);
+  const uint4 *hi = reinterpret_cast<const uint4 *>(p + 8 * k);
+  f.lo[0] = __ldcs(lo);
+  f.lo[1] = __ldcs(lo + 1);
+  f.hi[0] = __ldcs(hi);
+  f.hi[1] = __ldcs(hi + 1);
+}
+
+__device__ __forceinline__ uint32_t word(const uint4 (&v)[2], int i) {
+  const uint4 &u = v[i / 4];
+  switch (i % 4) {
+  case 0:
+    return u.x;
+  case 1:
+    return u.y;
+  case 2:
+    return u.z;
+  default:
+    return u.w;
+  }
+}
+
+__device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1,
+                                    uint32_t a2, uint32_t a3, uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/// TILES: 8-token column tiles (M <= 8 * TILES).
+template <int TILES>
+__global__ void __launch_bounds__(kWarps * 32)
+    fp8SmallMKernel(const uint8_t *x, const float *xScales, const uint8_t *w,
+                    const float *wScales, float *partials,
+                    unsigned *tileCounters, __nv_bfloat16 *y, int m, int n,
+                    int k, int kBlocksPerSplit) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, t = lane % 4;
+  const int tile = blockIdx.x, split = blockIdx.y;
+  const int kBlocks = k / kKBlock;
+  const int kbBegin = split * kBlocksPerSplit;
+  const int kbEnd = min(kBlocks, kbBegin + kBlocksPerSplit);
+  const int rowBase = tile * kRowsPerBlock + warp * 16;
+  const bool rowsValid = rowBase < n; // n is a multiple of 16
+  const int row = rowBase + group;
+  const float *wScaleRow = wScales + size_t(tile) * kBlocks;
+
+  float result[TILES][4];
+#pragma unroll
+  for (int j = 0; j < TILES; ++j)
+    result[j][0] = result[j][1] = result[j][2] = result[j][3] = 0.f;
+
+  WeightFragment next;
+  loadWeights(w, k, row, kbBegin, t, rowsValid && kbBegin < kbEnd, next);
+  for (int kb = kbBegin; kb < kbEnd; ++kb) {
+    WeightFragment cur = next;
+    if (kb + 1 < kbEnd)
+      loadWeights(w, k, row, kb + 1, t, rowsValid, next);
+    const float weightScale = wScaleRow[kb];
+#pragma unroll
+    for (int j = 0; j < TILES; ++j) {
+      const int token = j * 8 + group;
+      uint4 xin[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+      if (token < m) {
+        const uint4 *p = reinterpret_cast<const uint4 *>(
+            x + size_t(token) * k + size_t(kb) * kKBlock + t * 32);
+        xin[0] = __ldg(p);
+        xin[1] = __ldg(p + 1);
+      }
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int s = 0; s < 4; ++s)
+        mma(acc, word(cur.lo, 2 * s), word(cur.hi, 2 * s),
+            word(cur.lo, 2 * s + 1), word(cur.hi, 2 * s + 1), word(xin, 2 * s),
+            word(xin, 2 * s + 1));
+      // C fragment: rows group and group + 8, tokens t * 2 and t * 2 + 1.
+      const int c0 = j * 8 + t * 2;
+      const float s0 = c0 < m ? xScales[size_t(kb) * m + c0] : 0.f;
+      const float s1 = c0 + 1 < m ? xScales[size_t(kb) * m + c0 + 1] : 0.f;
+      result[j][0] += acc[0] * weightScale * s0;
+      result[j][1] += acc[1] * weightScale * s1;
+      result[j][2] += acc[2] * weightScale * s0;
+      result[j][3] += acc[3] * weightScale * s1;
+    }
+  }
+  const int splits = gridDim.y;
+  if (rowsValid) {
+    float *out = partials + size_t(split) * m * n;
+#pragma unroll
+    for (int j = 0; j < TILES; ++j) {
+      const int c0 = j * 8 + t * 2;
+      for (int c = 0; c < 2; ++c) {
+        if (c0 + c >= m)
+          continue;
+        out[size_t(c0 + c) * n + row] = result[j][c];
+        out[size_t(c0 + c) * n + row + 8] = result[j][2 + c];
+      }
+    }
+  }
+  // The last block of this row tile adds the splits' partial sums.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned done = atomicAdd(&tileCounters[tile], 1u);
+    last = done == unsigned(splits - 1);
+    if (last)
+      tileCounters[tile] = 0; // ready for the next launch
+  }
+  __syncthreads();
+  if (!last)
+    return;
+  __threadfence();
+  const int rows = min(kRowsPerBlock, n - tile * kRowsPerBlock);
+  for (int i = threadIdx.x; i < rows * m; i += blockDim.x) {
+    const int token = i / rows, r = tile * kRowsPerBlock + i % rows;
+    float sum = 0.f;
+    for (int p = 0; p < splits; ++p)
+      sum += __ldcg(&partials[(size_t(p) * m + token) * n + r]);
+    y[size_t(token) * n + r] = __float2bfloat16(sum);
+  }
+}
+
+struct Split {
+  int kBlocksPerSplit, splits;
+};
+
+Split planSplit(int m, int n, int k, int smCount, size_t workspaceBytes) {
+  const int tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int kBlocks = k / kKBlock;
+  // About two waves of blocks, within the scratch for partial sums.
+  int wanted = std::max(1, (2 * smCount + tiles - 1) / tiles);
+  size_t perSplit = size_t(m) * n * sizeof(float);
+  int affordable = int(std::max<size_t>(1, workspaceBytes / perSplit));
+  int splits = std::min({wanted, kBlocks, affordable});
+  int perSplitBlocks = (kBlocks + splits - 1) / splits;
+  return {perSplitBlocks, (kBlocks + perSplitBlocks - 1) / perSplitBlocks};
+}
+
+} // namespace
+
+size_t melt::rt::cuda::fp8SmallMWorkspaceBytes(int m, int n, int k,
+                                               int smCount) {
+  Split s = planSplit(m, n, k, smCount, size_t(-1) / 2);
+  return kFp8SmallMCounterBytes + size_t(s.splits) * m * n * sizeof(float);
+}
+
+cudaError_t melt::rt::cuda::fp8SmallM(
+    const __nv_fp8_e4m3 *x, const float *xScales, const __nv_fp8_e4m3 *w,
+    const float *wScales, __nv_bfloat16 *y, int m, int n, int k,
+    void *workspace, size_t workspaceBytes, int smCount, cudaStream_t stream) {
+  if (m < 1 || m > kFp8SmallMMax || n < 16 || n % 16 || k < kKBlock ||
+      k % kKBlock)
+    return cudaErrorInvalidValue;
+  const int tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  if (tiles * sizeof(unsigned) > kFp8SmallMCounterBytes ||
+      workspaceBytes < kFp8SmallMCounterBytes + size_t(m) * n * sizeof(float))
+    return cudaErrorInvalidValue;
+  Split s =
+      planSplit(m, n, k, smCount, workspaceBytes - kFp8SmallMCounterBytes);
+  dim3 grid(tiles, s.splits);
+  auto *xb = reinterpret_cast<const uint8_t *>(x);
+  auto *wb = reinterpret_cast<const uint8_t *>(w);
+  auto *counters = static_cast<unsigned *>(workspace);
+  auto *partials = reinterpret_cast<float *>(static_cast<char *>(workspace) +
+                                             kFp8SmallMCounterBytes);
+  const int tokenTiles = (m + 7) / 8;
+  if (tokenTiles <= 1)
+    fp8SmallMKernel<1><<<grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
+        s.kBlocksPerSplit);
+  else if (tokenTiles <= 2)
+    fp8SmallMKernel<2><<<grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
+        s.kBlocksPerSplit);
+  else if (tokenTiles <= 4)
+    fp8SmallMKernel<4><<<grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
+        s.kBlocksPerSplit);
+  else
+    fp8SmallMKernel<8><<<grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
+        s.kBlocksPerSplit);
+  return cudaGetLastError();
+}

@@ -1,0 +1,37 @@
+//===- Fp8SmallM.h - FP8 block-scaled GEMM for few tokens -------*- C++ -*-===//
+//
+// y[M, N] = x[M, K] W[N, K]^T in BF16 for M <= kFp8SmallMMax, with the same
+// operands as GemmRunner::fp8BlockScaled (x FP8 with [K/128, M] scales, W
+// FP8 with [ceil(N/128), K/128] scales): tensor cores (mma.sync e4m3)
+// streaming W at memory speed, split over K. See Fp8SmallM.cu.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_FP8SMALLM_H
+#define MELT_RUNTIME_CUDA_FP8SMALLM_H
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace melt::rt::cuda {
+
+constexpr int kFp8SmallMMax = 64;
+/// The workspace starts with one counter per 128-row tile of W (N up to
+/// 256K); they must be zero before the first launch and are left zero.
+constexpr size_t kFp8SmallMCounterBytes = 8192;
+
+/// Scratch for the partial sums when the whole split fits.
+size_t fp8SmallMWorkspaceBytes(int m, int n, int k, int smCount);
+
+/// N must be a multiple of 16 and K of 128; the split over K shrinks to fit
+/// `workspaceBytes` (at least the counters and M * N * 4).
+cudaError_t fp8SmallM(const __nv_fp8_e4m3 *x, const float *xScales,
+                      const __nv_fp8_e4m3 *w, const float *wScales,
+                      __nv_bfloat16 *y, int m, int n, int k, void *workspace,
+                      size_t workspaceBytes, int smCount, cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_FP8SMALLM_H

@@ -1,0 +1,114 @@
+//===- Gemm.h - GEMMs of the CUDA device through cuBLASLt -------*- C++ -*-===//
+//
+// y[M, N] = x[M, K] W[N, K]^T, row-major, as every projection of the model:
+//
+//  - bf16: x and W in BF16, FP32 accumulation, y in BF16 or FP32;
+//  - fp8 block-scaled (DeepSeek-V3): x in FP8 e4m3 with one FP32 scale per
+//    1x128 block of each row (VEC128_32F, stored [K/128, M]: the scales
+//    of one block column side by side), W in FP8 e4m3 with one FP32
+//    scale per 128x128 block (BLK128x128_32F, the checkpoint's
+//    weight_scale_inv as stored: [ceil(N/128), K/128] row-major), FP32
+//    accumulation, y in BF16. Scales multiply: value = fp8 * scale.
+//
+// cuBLASLt is column-major: row-major W[N, K] is column-major [K, N], so
+// it is operand A transposed, x operand B, and y column-major [N, M]; the
+// "TN" form the FP8 tensor cores require. Scale pointers are set before
+// cuBLASLt chooses an algorithm (it refuses block scaling without them).
+//
+// FP8 GEMMs of at most 8 tokens (decode) run melt's own kernel
+// (Fp8SmallM.cu): cuBLASLt 13.1 has no block-scaled algorithm for M = 1
+// and streams W at a fifth to a half of the copy bandwidth there. Nor has
+// it one for M not a multiple of 16: those run on copies padded with zero
+// rows (the copies cost M x (K + N) bytes, small beside the weight).
+//
+// The algorithm for a shape is chosen once (cuBLASLt's heuristic, the
+// best that runs) and cached; the workspace is allocated once.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_GEMM_H
+#define MELT_RUNTIME_CUDA_GEMM_H
+
+#include "cuda/Fp8SmallM.h"
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+
+namespace melt::rt::cuda {
+
+/// What a CUDA call returned, with the call's name: empty when it worked.
+struct CudaStatus {
+  std::string error;
+  explicit operator bool() const { return !error.empty(); }
+  static CudaStatus ok() { return {}; }
+};
+
+class GemmRunner {
+public:
+  /// One runner per device and stream; `workspaceBytes` of scratch for
+  /// cuBLASLt's split-K algorithms.
+  static CudaStatus create(cudaStream_t stream,
+                           std::unique_ptr<GemmRunner> &out,
+                           size_t workspaceBytes = 32u << 20);
+  ~GemmRunner();
+
+  CudaStatus bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w, void *y,
+                  bool yF32, int m, int n, int k);
+
+  /// `xScales`: [K/128, M] row-major (one per 128 values of a row);
+  /// `wScales`: [ceil(N/128), K/128] row-major. K must be a multiple of
+  /// 128 and N of 16; beyond 8 tokens (cuBLASLt), K/128 of 4 as well
+  /// (true of every DeepSeek-V3 projection).
+  CudaStatus fp8BlockScaled(const __nv_fp8_e4m3 *x, const float *xScales,
+                            const __nv_fp8_e4m3 *w, const float *wScales,
+                            __nv_bfloat16 *y, int m, int n, int k);
+
+  cudaStream_t stream() const { return stream_; }
+  /// FP8 GEMMs of at most this many tokens run the small-M kernel (0: all
+  /// through cuBLASLt, for comparison; at most kFp8SmallMMax).
+  void setSmallMLimit(int limit) { smallMLimit_ = limit; }
+  /// Shapes whose algorithm is cached.
+  size_t cachedShapes() const { return plans_.size(); }
+
+private:
+  GemmRunner() = default;
+  struct Plan;
+  enum class Kind { BF16ToBF16, BF16ToF32, FP8Block };
+  using Key = std::tuple<Kind, int, int, int>;
+  /// cuBLASLt wants the scale pointers of a block-scaled GEMM before it
+  /// chooses an algorithm.
+  CudaStatus plan(Kind kind, int m, int n, int k, Plan *&out,
+                  const void *weightScales = nullptr,
+                  const void *inputScales = nullptr);
+  CudaStatus run(Plan &plan, const void *weight, const void *input, void *d,
+                 const void *weightScales, const void *inputScales);
+
+  cublasLtHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  /// The small-M kernel's tile counters (kept zero between calls), then
+  /// scratch that cuBLASLt and the small-M kernel use in turn.
+  void *workspace_ = nullptr;
+  size_t workspaceBytes_ = 0;
+  void *cublasWorkspace() const {
+    return static_cast<char *>(workspace_) + kFp8SmallMCounterBytes;
+  }
+  size_t cublasWorkspaceBytes() const {
+    return workspaceBytes_ - kFp8SmallMCounterBytes;
+  }
+  int smCount_ = 132, smallMLimit_ = 8;
+  /// Zero-padded copies of x, its scales and y for M not a multiple of 16.
+  void *staging_ = nullptr;
+  size_t stagingBytes_ = 0;
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+};
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_GEMM_H

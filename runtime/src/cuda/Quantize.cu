@@ -1,0 +1,133 @@
+//===- Quantize.cu - FP8 activation quantization (CUDA) -------------------===//
+//
+// One warp per 128-value block: each lane holds 4 values, the block's amax
+// is a warp reduction, and the lane writes its 4 e4m3 bytes as one word.
+//
+//===----------------------------------------------------------------------===//
+#include "cuda/Quantize.h"
+
+#include <cstdint>
+
+using namespace melt::rt::cuda;
+
+namespace {
+
+constexpr float kE4M3Max = 448.f;
+
+__device__ float warpMax(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+__device__ float warpSum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+/// Quantizes the 4 values a lane holds of one 128-value block; lane 0
+/// writes the block's scale.
+__device__ void quantizeBlock(const float (&v)[4], __nv_fp8_e4m3 *q,
+                              float *scale, int lane) {
+  float amax =
+      fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+  amax = warpMax(amax);
+  // An all-zero block keeps scale 1 (any scale would do; 0 would not).
+  float s = amax > 0.f ? amax / kE4M3Max : 1.f;
+  float inv = 1.f / s;
+  uint32_t packed = 0;
+  for (int i = 0; i < 4; ++i) {
+    __nv_fp8_storage_t b =
+        __nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3);
+    packed |= uint32_t(b) << (8 * i);
+  }
+  reinterpret_cast<uint32_t *>(q)[lane] = packed;
+  if (lane == 0)
+    *scale = s;
+}
+
+__global__ void quantizeRowsKernel(const __nv_bfloat16 *x, int m, int k,
+                                   __nv_fp8_e4m3 *q, float *scales) {
+  int blocksPerRow = k / kQuantBlock;
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (warp >= m * blocksPerRow)
+    return;
+  int row = warp / blocksPerRow, blk = warp % blocksPerRow;
+  size_t base = size_t(warp) * kQuantBlock;
+  const __nv_bfloat162 *in =
+      reinterpret_cast<const __nv_bfloat162 *>(x + base) + lane * 2;
+  float2 a = __bfloat1622float2(in[0]), b = __bfloat1622float2(in[1]);
+  float v[4] = {a.x, a.y, b.x, b.y};
+  quantizeBlock(v, q + base, scales + size_t(blk) * m + row, lane);
+}
+
+/// One block of 256 threads per row: the sum of squares, then each warp
+/// normalizes and quantizes blocks w, w + 8, ...
+__global__ void rmsNormQuantizeKernel(const __nv_bfloat16 *x,
+                                      const __nv_bfloat16 *gamma, float eps,
+                                      int m, int k, __nv_fp8_e4m3 *q,
+                                      float *scales, __nv_bfloat16 *y) {
+  int row = blockIdx.x;
+  const __nv_bfloat16 *xr = x + size_t(row) * k;
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    float v = __bfloat162float(xr[i]);
+    sum += v * v;
+  }
+  __shared__ float partial[32];
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  sum = warpSum(sum);
+  if (lane == 0)
+    partial[warp] = sum;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < blockDim.x / 32 ? partial[lane] : 0.f;
+    s = warpSum(s);
+    if (lane == 0)
+      partial[0] = s;
+  }
+  __syncthreads();
+  float rstd = rsqrtf(partial[0] / k + eps);
+  int blocksPerRow = k / kQuantBlock, warps = blockDim.x / 32;
+  for (int blk = warp; blk < blocksPerRow; blk += warps) {
+    int col = blk * kQuantBlock + lane * 4;
+    float v[4];
+    for (int i = 0; i < 4; ++i) {
+      __nv_bfloat16 n = __float2bfloat16(__bfloat162float(xr[col + i]) * rstd *
+                                         __bfloat162float(gamma[col + i]));
+      if (y)
+        y[size_t(row) * k + col + i] = n;
+      v[i] = __bfloat162float(n);
+    }
+    quantizeBlock(v, q + size_t(row) * k + blk * kQuantBlock,
+                  scales + size_t(blk) * m + row, lane);
+  }
+}
+
+} // namespace
+
+cudaError_t melt::rt::cuda::quantizeRowsFp8(const __nv_bfloat16 *x, int m,
+                                            int k, __nv_fp8_e4m3 *q,
+                                            float *scales,
+                                            cudaStream_t stream) {
+  if (m <= 0 || k <= 0 || k % kQuantBlock != 0)
+    return cudaErrorInvalidValue;
+  long long warps = (long long)m * (k / kQuantBlock);
+  int threads = 256;
+  long long blocks = (warps * 32 + threads - 1) / threads;
+  quantizeRowsKernel<<<unsigned(blocks), threads, 0, stream>>>(x, m, k, q,
+                                                               scales);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::rmsNormQuantizeFp8(
+    const __nv_bfloat16 *x, const __nv_bfloat16 *gamma, float eps, int m, int k,
+    __nv_fp8_e4m3 *q, float *scales, __nv_bfloat16 *y, cudaStream_t stream) {
+  if (m <= 0 || k <= 0 || k % kQuantBlock != 0)
+    return cudaErrorInvalidValue;
+  rmsNormQuantizeKernel<<<m, 256, 0, stream>>>(x, gamma, eps, m, k, q, scales,
+                                               y);
+  return cudaGetLastError();
+}

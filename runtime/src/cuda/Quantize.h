@@ -1,0 +1,37 @@
+//===- Quantize.h - FP8 activation quantization (CUDA) ----------*- C++ -*-===//
+//
+// DeepSeek-V3's activation format for FP8 GEMMs: each row of a [M, K] BF16
+// tensor in blocks of 128 values, one FP32 scale per block (amax / 448, so
+// the block's largest value lands on e4m3's largest finite value), values
+// stored as e4m3 (saturated). Scales are [K/128, M] row-major (the rows'
+// scales of one block column side by side: cuBLASLt's VEC128_32F layout,
+// what GemmRunner::fp8BlockScaled reads). K must be a multiple of 128.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_QUANTIZE_H
+#define MELT_RUNTIME_CUDA_QUANTIZE_H
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+namespace melt::rt::cuda {
+
+constexpr int kQuantBlock = 128;
+
+cudaError_t quantizeRowsFp8(const __nv_bfloat16 *x, int m, int k,
+                            __nv_fp8_e4m3 *q, float *scales,
+                            cudaStream_t stream);
+
+/// y = x / rms(x) * gamma per row (FP32 math, eps inside the root), rounded
+/// to BF16 as the BF16 model would, then quantized as above. `y` (BF16
+/// normalized rows) is also written when not null: the residual stream and
+/// BF16 consumers read it.
+cudaError_t rmsNormQuantizeFp8(const __nv_bfloat16 *x,
+                               const __nv_bfloat16 *gamma, float eps, int m,
+                               int k, __nv_fp8_e4m3 *q, float *scales,
+                               __nv_bfloat16 *y, cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_QUANTIZE_H

@@ -1,0 +1,42 @@
+//===- CudaTestUtil.h - helpers of the CUDA kernel tests --------*- C++ -*-===//
+#ifndef MELT_RUNTIME_TESTS_CUDA_CUDATESTUTIL_H
+#define MELT_RUNTIME_TESTS_CUDA_CUDATESTUTIL_H
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace melt::rt::cuda::test {
+
+inline bool haveDevice() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+template <typename T> T *toDevice(const std::vector<T> &host) {
+  T *device = nullptr;
+  EXPECT_EQ(cudaMalloc(&device, host.size() * sizeof(T) + 16), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(device, host.data(), host.size() * sizeof(T),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  return device;
+}
+
+template <typename T> std::vector<T> toHost(const T *device, size_t count) {
+  std::vector<T> host(count);
+  EXPECT_EQ(cudaMemcpy(host.data(), device, count * sizeof(T),
+                       cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  return host;
+}
+
+template <typename T> T *deviceArray(size_t count) {
+  T *device = nullptr;
+  EXPECT_EQ(cudaMalloc(&device, count * sizeof(T) + 16), cudaSuccess);
+  return device;
+}
+
+} // namespace melt::rt::cuda::test
+
+#endif // MELT_RUNTIME_TESTS_CUDA_CUDATESTUTIL_H

@@ -1,0 +1,278 @@
+// The CUDA device's GEMMs (cuBLASLt BF16 and FP8 with DeepSeek-V3 block
+// scales) and the FP8 activation quantization, against double-precision
+// references on the host. Block scales differ from block to block in both
+// dimensions, so a scale read from the wrong place shows. Skips without a
+// device.
+#include "CudaTestUtil.h"
+#include "cuda/Fp8SmallM.h"
+#include "cuda/Gemm.h"
+#include "cuda/Quantize.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::test;
+
+namespace {
+
+float fp8ToFloat(__nv_fp8_e4m3 v) { return float(v); }
+
+std::vector<__nv_bfloat16> randomBf16(size_t n, std::mt19937 &rng,
+                                      float spread = 1.f) {
+  std::normal_distribution<float> normal(0.f, spread);
+  std::vector<__nv_bfloat16> v(n);
+  for (auto &x : v)
+    x = __float2bfloat16(normal(rng));
+  return v;
+}
+
+struct Shape {
+  int m, n, k;
+};
+
+TEST(CudaGemm, Bf16MatchesReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  std::mt19937 rng(3);
+  for (Shape s : {Shape{1, 2112, 7168}, Shape{16, 256, 384},
+                  Shape{77, 200, 136}, Shape{300, 512, 1536}}) {
+    auto x = randomBf16(size_t(s.m) * s.k, rng);
+    auto w = randomBf16(size_t(s.n) * s.k, rng, 0.05f);
+    __nv_bfloat16 *dx = toDevice(x), *dw = toDevice(w);
+    float *dy = deviceArray<float>(size_t(s.m) * s.n);
+    __nv_bfloat16 *dyb = deviceArray<__nv_bfloat16>(size_t(s.m) * s.n);
+    CudaStatus st = gemm->bf16(dx, dw, dy, true, s.m, s.n, s.k);
+    ASSERT_FALSE(st) << st.error;
+    st = gemm->bf16(dx, dw, dyb, false, s.m, s.n, s.k);
+    ASSERT_FALSE(st) << st.error;
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto y = toHost(dy, size_t(s.m) * s.n);
+    auto yb = toHost(dyb, size_t(s.m) * s.n);
+    double worst = 0, worstBf16 = 0, largest = 0;
+    for (int i = 0; i < s.m; ++i)
+      for (int j = 0; j < s.n; ++j) {
+        double want = 0;
+        for (int p = 0; p < s.k; ++p)
+          want += double(__bfloat162float(x[size_t(i) * s.k + p])) *
+                  __bfloat162float(w[size_t(j) * s.k + p]);
+        worst = std::max(worst, std::fabs(y[size_t(i) * s.n + j] - want));
+        worstBf16 = std::max(
+            worstBf16,
+            std::fabs(__bfloat162float(yb[size_t(i) * s.n + j]) - want));
+        largest = std::max(largest, std::fabs(want));
+      }
+    // FP32 accumulation of exact BF16 products; BF16 output rounds to 2^-8.
+    EXPECT_LE(worst, 1e-4 * std::max(1.0, largest)) << s.m << "x" << s.n;
+    EXPECT_LE(worstBf16, 8e-3 * std::max(1.0, largest)) << s.m << "x" << s.n;
+    std::printf("bf16 gemm %dx%dx%d: max abs error %.3g (f32 out), %.3g "
+                "(bf16 out), largest %.3g\n",
+                s.m, s.n, s.k, worst, worstBf16, largest);
+    cudaFree(dx), cudaFree(dw), cudaFree(dy), cudaFree(dyb);
+  }
+}
+
+TEST(CudaGemm, QuantizeRowsIsBlockwiseE4M3) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(5);
+  const int m = 37, k = 512, blocks = k / kQuantBlock;
+  auto x = randomBf16(size_t(m) * k, rng);
+  // Blocks of very different magnitudes, and one all-zero block.
+  for (int i = 0; i < m; ++i)
+    for (int p = 0; p < k; ++p) {
+      float scale = std::ldexp(1.f, (i + p / kQuantBlock) % 9 - 4);
+      float v = __bfloat162float(x[size_t(i) * k + p]) * scale;
+      x[size_t(i) * k + p] = __float2bfloat16(i == 3 && p < 128 ? 0.f : v);
+    }
+  __nv_bfloat16 *dx = toDevice(x);
+  auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(m) * k);
+  float *ds = deviceArray<float>(size_t(m) * blocks);
+  ASSERT_EQ(quantizeRowsFp8(dx, m, k, dq, ds, nullptr), cudaSuccess);
+  auto q = toHost(dq, size_t(m) * k);
+  auto s = toHost(ds, size_t(m) * blocks);
+  for (int i = 0; i < m; ++i)
+    for (int b = 0; b < blocks; ++b) {
+      double amax = 0;
+      for (int p = 0; p < kQuantBlock; ++p)
+        amax = std::max(amax, std::fabs(double(__bfloat162float(
+                                  x[size_t(i) * k + b * kQuantBlock + p]))));
+      float scale = s[size_t(b) * m + i];
+      if (amax == 0) {
+        EXPECT_EQ(scale, 1.f);
+        continue;
+      }
+      EXPECT_NEAR(scale, amax / 448.0, 1e-6 * amax);
+      for (int p = 0; p < kQuantBlock; ++p) {
+        size_t at = size_t(i) * k + b * kQuantBlock + p;
+        double want = __bfloat162float(x[at]);
+        double have = double(fp8ToFloat(q[at])) * scale;
+        // e4m3 keeps 3 mantissa bits: half an ulp is 1/16 relative, plus
+        // the subnormal step (2^-9 of the scale) for tiny values.
+        EXPECT_LE(std::fabs(have - want),
+                  std::fabs(want) / 16 + std::ldexp(scale, -9) + 1e-12)
+            << "row " << i << " value " << p;
+      }
+    }
+  cudaFree(dx), cudaFree(dq), cudaFree(ds);
+}
+
+/// One FP8 block-scaled GEMM against the double-precision reference; the
+/// runner sends it to the small-M kernel when M <= `limit`.
+void checkFp8(GemmRunner &gemm, Shape s, int limit, std::mt19937 &rng) {
+  gemm.setSmallMLimit(limit);
+  std::uniform_real_distribution<float> scaleDist(0.25f, 4.f);
+  const int kBlocks = s.k / 128, nBlocks = (s.n + 127) / 128;
+  auto x = randomBf16(size_t(s.m) * s.k, rng);
+  // The weight as a checkpoint ships it: e4m3 values, 128x128 scales.
+  std::vector<__nv_fp8_e4m3> w(size_t(s.n) * s.k);
+  std::normal_distribution<float> normal(0.f, 100.f);
+  for (auto &v : w)
+    v = __nv_fp8_e4m3(normal(rng));
+  std::vector<float> wScales(size_t(nBlocks) * kBlocks);
+  for (auto &v : wScales)
+    v = scaleDist(rng) * 1e-3f;
+  __nv_bfloat16 *dx = toDevice(x);
+  __nv_fp8_e4m3 *dw = toDevice(w);
+  float *dws = toDevice(wScales);
+  auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(s.m) * s.k);
+  float *dxs = deviceArray<float>(size_t(s.m) * kBlocks);
+  auto *dy = deviceArray<__nv_bfloat16>(size_t(s.m) * s.n);
+  ASSERT_EQ(quantizeRowsFp8(dx, s.m, s.k, dq, dxs, nullptr), cudaSuccess);
+  CudaStatus st = gemm.fp8BlockScaled(dq, dxs, dw, dws, dy, s.m, s.n, s.k);
+  ASSERT_FALSE(st) << st.error;
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  auto q = toHost(dq, size_t(s.m) * s.k);
+  auto xs = toHost(dxs, size_t(s.m) * kBlocks);
+  auto y = toHost(dy, size_t(s.m) * s.n);
+  // Reference: the same FP8 values and scales, in double. Layout 0 is
+  // the one GemmRunner documents (input scales [K/128, M], weight scales
+  // [N/128, K/128]); the others (scales read transposed) are computed
+  // only to name the layout cuBLASLt used should the first not match.
+  double worst[4] = {0, 0, 0, 0}, largest = 0;
+  for (int i = 0; i < s.m; ++i)
+    for (int j = 0; j < s.n; ++j) {
+      double want[4] = {0, 0, 0, 0};
+      for (int p = 0; p < s.k; ++p) {
+        double product = double(fp8ToFloat(q[size_t(i) * s.k + p])) *
+                         fp8ToFloat(w[size_t(j) * s.k + p]);
+        double xsRow = xs[size_t(i) * kBlocks + p / 128];
+        double xsCol = xs[size_t(p / 128) * s.m + i];
+        double wsRow = wScales[size_t(j / 128) * kBlocks + p / 128];
+        double wsCol = wScales[size_t(p / 128) * nBlocks + j / 128];
+        want[0] += product * xsCol * wsRow;
+        want[1] += product * xsRow * wsRow;
+        want[2] += product * xsCol * wsCol;
+        want[3] += product * xsRow * wsCol;
+      }
+      for (int l = 0; l < 4; ++l)
+        worst[l] = std::max(
+            worst[l],
+            std::fabs(__bfloat162float(y[size_t(i) * s.n + j]) - want[l]));
+      largest = std::max(largest, std::fabs(want[0]));
+    }
+  EXPECT_LE(worst[0], 8e-3 * std::max(1.0, largest))
+      << s.m << "x" << s.n << "x" << s.k << " small-M limit " << limit
+      << ": errors if the input scales "
+      << "were [M, K/128]: " << worst[1] << ", the weight scales [K/128, "
+      << "N/128]: " << worst[2] << ", both: " << worst[3];
+  std::printf("fp8 block-scaled gemm %dx%dx%d (%s): max abs error %.3g, "
+              "largest %.3g\n",
+              s.m, s.n, s.k, s.m <= limit ? "small-M kernel" : "cuBLASLt",
+              worst[0], largest);
+  cudaFree(dx), cudaFree(dw), cudaFree(dws), cudaFree(dq), cudaFree(dxs),
+      cudaFree(dy);
+}
+
+// melt's small-M kernel: a partial 128-row tile (N 2112), tokens not a
+// multiple of 8, one and several K splits, 1 to 64 tokens.
+TEST(CudaGemm, Fp8SmallMKernelMatchesReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  std::mt19937 rng(11);
+  for (Shape s :
+       {Shape{1, 2112, 7168}, Shape{5, 2112, 7168}, Shape{8, 4096, 256},
+        Shape{37, 2112, 7168}, Shape{64, 256, 1024}})
+    checkFp8(*gemm, s, kFp8SmallMMax, rng);
+  EXPECT_EQ(gemm->cachedShapes(), 0u);
+}
+
+// cuBLASLt from 9 tokens on, on zero-padded copies when M is not a multiple
+// of 16; then the small-M kernel again after cuBLASLt used the workspace.
+TEST(CudaGemm, Fp8CublasLtMatchesReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  std::mt19937 rng(17);
+  for (Shape s : {Shape{37, 2112, 7168}, Shape{64, 256, 1024},
+                  Shape{130, 400, 1024}, Shape{512, 1536, 512}})
+    checkFp8(*gemm, s, 8, rng);
+  // Plans: 48 (37 padded), 64, 144 (130 padded) and 512 tokens.
+  EXPECT_EQ(gemm->cachedShapes(), 4u);
+  checkFp8(*gemm, Shape{3, 2112, 7168}, 8, rng);
+}
+
+TEST(CudaGemm, Fp8RejectsUnalignedShapes) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  CudaStatus st = gemm->fp8BlockScaled(nullptr, nullptr, nullptr, nullptr,
+                                       nullptr, 4, 256, 100);
+  EXPECT_TRUE(st);
+  EXPECT_NE(st.error.find("multiple of 128"), std::string::npos) << st.error;
+  st = gemm->fp8BlockScaled(nullptr, nullptr, nullptr, nullptr, nullptr, 130,
+                            400, 768);
+  EXPECT_NE(st.error.find("K/128 to be a multiple of 4"), std::string::npos)
+      << st.error;
+}
+
+TEST(CudaQuantize, RmsNormQuantizeMatchesReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(13);
+  const int m = 9, k = 7168, blocks = k / kQuantBlock;
+  const float eps = 1e-6f;
+  auto x = randomBf16(size_t(m) * k, rng, 3.f);
+  auto gamma = randomBf16(k, rng, 0.5f);
+  __nv_bfloat16 *dx = toDevice(x), *dg = toDevice(gamma);
+  auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(m) * k);
+  float *ds = deviceArray<float>(size_t(m) * blocks);
+  auto *dy = deviceArray<__nv_bfloat16>(size_t(m) * k);
+  ASSERT_EQ(rmsNormQuantizeFp8(dx, dg, eps, m, k, dq, ds, dy, nullptr),
+            cudaSuccess);
+  auto q = toHost(dq, size_t(m) * k);
+  auto s = toHost(ds, size_t(m) * blocks);
+  auto y = toHost(dy, size_t(m) * k);
+  for (int i = 0; i < m; ++i) {
+    double sum = 0;
+    for (int p = 0; p < k; ++p) {
+      double v = __bfloat162float(x[size_t(i) * k + p]);
+      sum += v * v;
+    }
+    double rstd = 1 / std::sqrt(sum / k + eps);
+    for (int p = 0; p < k; ++p) {
+      size_t at = size_t(i) * k + p;
+      double want = __bfloat162float(x[at]) * rstd * __bfloat162float(gamma[p]);
+      double normalized = __bfloat162float(y[at]);
+      ASSERT_LE(std::fabs(normalized - want), std::fabs(want) / 128 + 1e-6)
+          << "row " << i << " value " << p;
+      double scale = s[size_t(p / kQuantBlock) * m + i];
+      double dequantized = double(fp8ToFloat(q[at])) * scale;
+      ASSERT_LE(std::fabs(dequantized - normalized),
+                std::fabs(normalized) / 16 + std::ldexp(scale, -9) + 1e-12)
+          << "row " << i << " value " << p;
+    }
+  }
+  cudaFree(dx), cudaFree(dg), cudaFree(dq), cudaFree(ds), cudaFree(dy);
+}
+
+} // namespace
