@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine: builds the CUDA kernels, their tests and benchmarks
-# (runtime only, no MLIR), runs the tests (also under compute-sanitizer's
-# memcheck and racecheck), counts the tensor-core instructions in the
-# machine code, and runs the benchmarks beside hf_baseline.py's plain-torch
-# figures. JSON goes to $OUT (or build-gpu/results).
+# (runtime only, no MLIR), runs the kernel tests and the device conformance
+# suite (on the CPU and the GPU), the kernel tests also under
+# compute-sanitizer's memcheck and racecheck, counts the tensor-core
+# instructions in the machine code, and runs the benchmarks beside
+# hf_baseline.py's plain-torch figures and bench/cuda/gemm_torch.py. JSON
+# and PNG charts go to $OUT (or build-gpu/results).
 #   scripts/gpu/cuda-kernels.sh [PATH/TO/hf_baseline.py]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,12 +17,16 @@ baseline=${1:-$carry/hf_baseline.py}
 cmake -S runtime -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
   -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" >/dev/null
-ninja -C build-gpu melt-cuda-kernel-tests melt-bench-mla-decode melt-bench-gemm >/dev/null
+ninja -C build-gpu melt-cuda-kernel-tests melt-runtime-tests melt-bench-mla-decode \
+  melt-bench-gemm >/dev/null
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
 echo "== CUDA kernel tests =="
 build-gpu/bin/melt-cuda-kernel-tests | tee "$out/cuda-kernel-tests.txt" |
   grep -E "heads|gemm|OK|FAILED|PASSED|Failure|error" || true
+echo "== device conformance (every present device) =="
+build-gpu/bin/melt-runtime-tests --gtest_filter='*Conformance*:Devices.*' |
+  tee "$out/device-conformance.txt" | grep -E "^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== compute-sanitizer =="
 # racecheck only on melt's own kernels: inside cuBLAS's TMA-pipelined GEMM
 # kernels it reports shared-memory hazards it cannot model (mbarriers).
@@ -34,7 +40,10 @@ for tool in memcheck racecheck; do
 done
 echo "== machine code =="
 cuobjdump -sass build-gpu/bin/melt-bench-mla-decode > "$out/mla-decode.sass"
-echo "HMMA: $(grep -c HMMA "$out/mla-decode.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/mla-decode.sass")"
+echo "MLA decode: HMMA: $(grep -c HMMA "$out/mla-decode.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/mla-decode.sass")"
+cuobjdump -sass build-gpu/bin/melt-bench-gemm |
+  awk '/Function : /{keep = /fp8SmallM/} keep' > "$out/fp8-small-m.sass"
+echo "FP8 small-M GEMM: QMMA: $(grep -c QMMA "$out/fp8-small-m.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/fp8-small-m.sass")"
 
 echo "== benchmarks =="
 build-gpu/bin/melt-bench-mla-decode | tee "$out/mla_decode_melt.json"

@@ -93,8 +93,11 @@ CudaStatus GemmRunner::plan(Kind kind, int m, int n, int k, Plan *&out,
     return CudaStatus::ok();
   }
   auto p = std::make_unique<Plan>();
-  cudaDataType_t in = kind == Kind::FP8Block ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
-  cudaDataType_t outType = kind == Kind::BF16ToF32 ? CUDA_R_32F : CUDA_R_16BF;
+  cudaDataType_t in = kind == Kind::FP8Block ? CUDA_R_8F_E4M3
+                       : kind == Kind::F32    ? CUDA_R_32F
+                                              : CUDA_R_16BF;
+  cudaDataType_t outType =
+      kind == Kind::BF16ToF32 || kind == Kind::F32 ? CUDA_R_32F : CUDA_R_16BF;
   MELT_RETURN_IF_CUBLAS(
       cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   cublasOperation_t transA = CUBLAS_OP_T, transB = CUBLAS_OP_N;
@@ -171,6 +174,16 @@ CudaStatus GemmRunner::bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w,
   Plan *p = nullptr;
   if (CudaStatus s =
           plan(yF32 ? Kind::BF16ToF32 : Kind::BF16ToBF16, m, n, k, p))
+    return s;
+  return run(*p, w, x, y, nullptr, nullptr);
+}
+
+CudaStatus GemmRunner::f32(const float *x, const float *w, float *y, int m,
+                           int n, int k) {
+  if (m <= 0 || n <= 0 || k <= 0)
+    return {"gemm: empty shape"};
+  Plan *p = nullptr;
+  if (CudaStatus s = plan(Kind::F32, m, n, k, p))
     return s;
   return run(*p, w, x, y, nullptr, nullptr);
 }

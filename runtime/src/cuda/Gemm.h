@@ -3,6 +3,7 @@
 // y[M, N] = x[M, K] W[N, K]^T, row-major, as every projection of the model:
 //
 //  - bf16: x and W in BF16, FP32 accumulation, y in BF16 or FP32;
+//  - f32: FP32 throughout (the fp32 precision policy);
 //  - fp8 block-scaled (DeepSeek-V3): x in FP8 e4m3 with one FP32 scale per
 //    1x128 block of each row (VEC128_32F, stored [K/128, M]: the scales
 //    of one block column side by side), W in FP8 e4m3 with one FP32
@@ -61,6 +62,9 @@ public:
 
   CudaStatus bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w, void *y,
                   bool yF32, int m, int n, int k);
+  /// FP32 throughout (no TF32): the reference-precision path.
+  CudaStatus f32(const float *x, const float *w, float *y, int m, int n,
+                 int k);
 
   /// `xScales`: [K/128, M] row-major (one per 128 values of a row);
   /// `wScales`: [ceil(N/128), K/128] row-major. K must be a multiple of
@@ -80,7 +84,7 @@ public:
 private:
   GemmRunner() = default;
   struct Plan;
-  enum class Kind { BF16ToBF16, BF16ToF32, FP8Block };
+  enum class Kind { BF16ToBF16, BF16ToF32, F32, FP8Block };
   using Key = std::tuple<Kind, int, int, int>;
   /// cuBLASLt wants the scale pointers of a block-scaled GEMM before it
   /// chooses an algorithm.

@@ -47,8 +47,20 @@ __device__ void quantizeBlock(const float (&v)[4], __nv_fp8_e4m3 *q,
     *scale = s;
 }
 
-__global__ void quantizeRowsKernel(const __nv_bfloat16 *x, int m, int k,
-                                   __nv_fp8_e4m3 *q, float *scales) {
+__device__ __forceinline__ void loadFour(const __nv_bfloat16 *x, float (&v)[4]) {
+  const __nv_bfloat162 *in = reinterpret_cast<const __nv_bfloat162 *>(x);
+  float2 a = __bfloat1622float2(in[0]), b = __bfloat1622float2(in[1]);
+  v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+}
+
+__device__ __forceinline__ void loadFour(const float *x, float (&v)[4]) {
+  float4 a = *reinterpret_cast<const float4 *>(x);
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+}
+
+template <typename T>
+__global__ void quantizeRowsKernel(const T *x, int m, int k, __nv_fp8_e4m3 *q,
+                                   float *scales) {
   int blocksPerRow = k / kQuantBlock;
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
@@ -56,10 +68,8 @@ __global__ void quantizeRowsKernel(const __nv_bfloat16 *x, int m, int k,
     return;
   int row = warp / blocksPerRow, blk = warp % blocksPerRow;
   size_t base = size_t(warp) * kQuantBlock;
-  const __nv_bfloat162 *in =
-      reinterpret_cast<const __nv_bfloat162 *>(x + base) + lane * 2;
-  float2 a = __bfloat1622float2(in[0]), b = __bfloat1622float2(in[1]);
-  float v[4] = {a.x, a.y, b.x, b.y};
+  float v[4];
+  loadFour(x + base + lane * 4, v);
   quantizeBlock(v, q + base, scales + size_t(blk) * m + row, lane);
 }
 
@@ -108,18 +118,30 @@ __global__ void rmsNormQuantizeKernel(const __nv_bfloat16 *x,
 
 } // namespace
 
-cudaError_t melt::rt::cuda::quantizeRowsFp8(const __nv_bfloat16 *x, int m,
-                                            int k, __nv_fp8_e4m3 *q,
-                                            float *scales,
-                                            cudaStream_t stream) {
+template <typename T>
+static cudaError_t quantizeRows(const T *x, int m, int k, __nv_fp8_e4m3 *q,
+                                float *scales, cudaStream_t stream) {
   if (m <= 0 || k <= 0 || k % kQuantBlock != 0)
     return cudaErrorInvalidValue;
   long long warps = (long long)m * (k / kQuantBlock);
   int threads = 256;
   long long blocks = (warps * 32 + threads - 1) / threads;
   quantizeRowsKernel<<<unsigned(blocks), threads, 0, stream>>>(x, m, k, q,
-                                                               scales);
+                                                              scales);
   return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::quantizeRowsFp8(const __nv_bfloat16 *x, int m,
+                                            int k, __nv_fp8_e4m3 *q,
+                                            float *scales,
+                                            cudaStream_t stream) {
+  return quantizeRows(x, m, k, q, scales, stream);
+}
+
+cudaError_t melt::rt::cuda::quantizeRowsFp8(const float *x, int m, int k,
+                                            __nv_fp8_e4m3 *q, float *scales,
+                                            cudaStream_t stream) {
+  return quantizeRows(x, m, k, q, scales, stream);
 }
 
 cudaError_t melt::rt::cuda::rmsNormQuantizeFp8(

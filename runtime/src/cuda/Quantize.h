@@ -22,6 +22,8 @@ constexpr int kQuantBlock = 128;
 cudaError_t quantizeRowsFp8(const __nv_bfloat16 *x, int m, int k,
                             __nv_fp8_e4m3 *q, float *scales,
                             cudaStream_t stream);
+cudaError_t quantizeRowsFp8(const float *x, int m, int k, __nv_fp8_e4m3 *q,
+                            float *scales, cudaStream_t stream);
 
 /// y = x / rms(x) * gamma per row (FP32 math, eps inside the root), rounded
 /// to BF16 as the BF16 model would, then quantized as above. `y` (BF16

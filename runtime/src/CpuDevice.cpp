@@ -1,0 +1,211 @@
+//===- CpuDevice.cpp - the CPU device ---------------------------------------===//
+#include "CpuDevice.h"
+
+#include "melt/numerics.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <thread>
+
+#include <unistd.h>
+
+using namespace melt;
+using namespace melt::rt;
+
+namespace {
+
+float load(const DeviceTensor &t, int64_t i) {
+  switch (t.dtype) {
+  case DType::F32:
+    return static_cast<const float *>(t.data)[i];
+  case DType::BF16:
+    return bf16ToFloat(static_cast<const uint16_t *>(t.data)[i]);
+  case DType::FP8E4M3:
+    return fp8E4M3ToFloat(static_cast<const uint8_t *>(t.data)[i]);
+  case DType::I32:
+    return float(static_cast<const int32_t *>(t.data)[i]);
+  }
+  return 0.f;
+}
+
+void store(DeviceTensor &t, int64_t i, float v) {
+  switch (t.dtype) {
+  case DType::F32:
+    static_cast<float *>(t.data)[i] = v;
+    break;
+  case DType::BF16:
+    static_cast<uint16_t *>(t.data)[i] = floatToBF16(v);
+    break;
+  case DType::FP8E4M3:
+    static_cast<uint8_t *>(t.data)[i] = floatToFp8E4M3(v);
+    break;
+  case DType::I32:
+    static_cast<int32_t *>(t.data)[i] = static_cast<int32_t>(v);
+    break;
+  }
+}
+
+/// Rows of a tensor as f32, converted once.
+std::vector<float> toFloats(const DeviceTensor &t) {
+  std::vector<float> out(size_t(t.numel()));
+  if (t.dtype == DType::F32)
+    std::memcpy(out.data(), t.data, out.size() * sizeof(float));
+  else
+    for (int64_t i = 0; i < t.numel(); ++i)
+      out[size_t(i)] = load(t, i);
+  return out;
+}
+
+Status elementwise(const char *kernel, const DeviceTensor &a,
+                   const DeviceTensor &b, DeviceTensor &y,
+                   float (*op)(float, float)) {
+  MELT_RETURN_IF_ERROR(check::floatType(kernel, "a", a));
+  MELT_RETURN_IF_ERROR(check::floatType(kernel, "b", b));
+  MELT_RETURN_IF_ERROR(check::floatType(kernel, "y", y));
+  MELT_RETURN_IF_ERROR(check::sameShape(kernel, a, b));
+  MELT_RETURN_IF_ERROR(check::sameShape(kernel, a, y));
+  for (int64_t i = 0; i < a.numel(); ++i)
+    store(y, i, op(load(a, i), load(b, i)));
+  return Status::ok();
+}
+
+} // namespace
+
+std::string CpuDevice::description() const {
+  return "cpu (" + std::to_string(std::thread::hardware_concurrency()) +
+         " threads)";
+}
+
+Status CpuDevice::allocate(DType type, std::vector<int64_t> shape,
+                           DeviceTensor &out) {
+  DeviceTensor t;
+  t.dtype = type;
+  t.shape = std::move(shape);
+  uint64_t bytes = dtypeBytes(type);
+  for (int64_t d : t.shape) {
+    if (d < 0)
+      return invalidArgument("allocate: negative dimension");
+    if (__builtin_mul_overflow(bytes, uint64_t(d), &bytes))
+      return {MELT_OUT_OF_MEMORY, "cpu: allocation size overflows"};
+  }
+  // More than the machine has is refused up front (malloc would promise
+  // it and fail later, in the page fault).
+  uint64_t physical = uint64_t(sysconf(_SC_PHYS_PAGES)) *
+                      uint64_t(sysconf(_SC_PAGE_SIZE));
+  if (bytes > physical)
+    return {MELT_OUT_OF_MEMORY, "cpu: out of memory allocating " +
+                                    std::to_string(bytes) + " bytes (" +
+                                    std::to_string(physical >> 20) +
+                                    " MiB in this machine)"};
+  t.data = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t(64),
+                          std::nothrow);
+  if (!t.data)
+    return {MELT_OUT_OF_MEMORY,
+            "cpu: cannot allocate " + std::to_string(bytes) + " bytes"};
+  out = std::move(t);
+  return Status::ok();
+}
+
+void CpuDevice::release(DeviceTensor &tensor) {
+  if (tensor.data)
+    ::operator delete(tensor.data, std::align_val_t(64));
+  tensor.data = nullptr;
+}
+
+Status CpuDevice::upload(const void *host, DeviceTensor &tensor) {
+  std::memcpy(tensor.data, host, tensor.bytes());
+  return Status::ok();
+}
+
+Status CpuDevice::download(const DeviceTensor &tensor, void *host) {
+  std::memcpy(host, tensor.data, tensor.bytes());
+  return Status::ok();
+}
+
+Status CpuDevice::rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma,
+                          float eps, DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
+  int64_t rows = x.rows(), cols = x.cols();
+  std::vector<float> g = toFloats(gamma);
+  for (int64_t r = 0; r < rows; ++r) {
+    float sum = 0.f;
+    for (int64_t c = 0; c < cols; ++c) {
+      float v = load(x, r * cols + c);
+      sum += v * v;
+    }
+    float scale = 1.f / std::sqrt(sum / float(cols) + eps);
+    for (int64_t c = 0; c < cols; ++c)
+      store(y, r * cols + c, load(x, r * cols + c) * scale * g[size_t(c)]);
+  }
+  return Status::ok();
+}
+
+Status CpuDevice::linear(const DeviceTensor &x, const DeviceTensor &w,
+                         DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::linear(x, w, y));
+  int64_t m = x.rows(), k = x.cols(), n = w.rows();
+  std::vector<float> xs = toFloats(x), ws = toFloats(w);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      float sum = 0.f;
+      const float *a = xs.data() + i * k, *b = ws.data() + j * k;
+      for (int64_t p = 0; p < k; ++p)
+        sum += a[p] * b[p];
+      store(y, i * n + j, sum);
+    }
+  return Status::ok();
+}
+
+Status CpuDevice::quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
+                              DeviceTensor &scales) {
+  MELT_RETURN_IF_ERROR(check::quantizeFp8(x, q, scales));
+  int64_t m = x.rows(), k = x.cols();
+  auto *s = static_cast<float *>(scales.data);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t b = 0; b < k / 128; ++b) {
+      float amax = 0.f;
+      for (int64_t c = b * 128; c < (b + 1) * 128; ++c)
+        amax = std::max(amax, std::fabs(load(x, r * k + c)));
+      float scale = amax > 0.f ? amax / kFp8E4M3Max : 1.f;
+      s[b * m + r] = scale;
+      for (int64_t c = b * 128; c < (b + 1) * 128; ++c)
+        store(q, r * k + c, load(x, r * k + c) / scale);
+    }
+  return Status::ok();
+}
+
+Status CpuDevice::linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
+                            const DeviceTensor &w,
+                            const DeviceTensor &wScales, DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
+  int64_t m = q.rows(), k = q.cols(), n = w.rows(), kb = k / 128;
+  std::vector<float> xs = toFloats(q), ws = toFloats(w);
+  auto *s = static_cast<const float *>(scales.data);
+  auto *t = static_cast<const float *>(wScales.data);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      float sum = 0.f;
+      for (int64_t b = 0; b < kb; ++b) {
+        float block = 0.f;
+        for (int64_t p = b * 128; p < (b + 1) * 128; ++p)
+          block += xs[size_t(i * k + p)] * ws[size_t(j * k + p)];
+        sum += block * s[b * m + i] * t[(j / 128) * kb + b];
+      }
+      store(y, i * n + j, sum);
+    }
+  return Status::ok();
+}
+
+Status CpuDevice::siluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                          DeviceTensor &y) {
+  return elementwise("silu_mul", gate, up, y, [](float g, float u) {
+    return g / (1.f + std::exp(-g)) * u;
+  });
+}
+
+Status CpuDevice::add(const DeviceTensor &a, const DeviceTensor &b,
+                      DeviceTensor &y) {
+  return elementwise("add", a, b, y, [](float u, float v) { return u + v; });
+}

@@ -1,0 +1,40 @@
+//===- CpuDevice.h - the CPU device -------------------------------*- C++ -*-===//
+#ifndef MELT_RUNTIME_CPUDEVICE_H
+#define MELT_RUNTIME_CPUDEVICE_H
+
+#include "Device.h"
+
+namespace melt::rt {
+
+/// Host memory, kernels in plain C++ (FP32 math; BF16 and FP8 converted
+/// on load and store with melt/numerics.h).
+class CpuDevice final : public Device {
+public:
+  std::string name() const override { return "cpu"; }
+  std::string description() const override;
+
+  Status allocate(DType type, std::vector<int64_t> shape,
+                  DeviceTensor &out) override;
+  void release(DeviceTensor &tensor) override;
+  Status upload(const void *host, DeviceTensor &tensor) override;
+  Status download(const DeviceTensor &tensor, void *host) override;
+  Status synchronize() override { return Status::ok(); }
+
+  Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
+                 DeviceTensor &y) override;
+  Status linear(const DeviceTensor &x, const DeviceTensor &w,
+                DeviceTensor &y) override;
+  Status quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
+                     DeviceTensor &scales) override;
+  Status linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
+                   const DeviceTensor &w, const DeviceTensor &wScales,
+                   DeviceTensor &y) override;
+  Status siluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                 DeviceTensor &y) override;
+  Status add(const DeviceTensor &a, const DeviceTensor &b,
+             DeviceTensor &y) override;
+};
+
+} // namespace melt::rt
+
+#endif // MELT_RUNTIME_CPUDEVICE_H

@@ -1,0 +1,168 @@
+//===- Device.cpp - device registry and the kernels' shared checks --------===//
+#include "Device.h"
+
+#include "CpuDevice.h"
+#ifdef MELT_HAVE_CUDA_DEVICE
+#include "cuda/CudaDevice.h"
+#endif
+
+using namespace melt::rt;
+
+size_t melt::rt::dtypeBytes(DType type) {
+  switch (type) {
+  case DType::F32:
+  case DType::I32:
+    return 4;
+  case DType::BF16:
+    return 2;
+  case DType::FP8E4M3:
+    return 1;
+  }
+  return 0;
+}
+
+const char *melt::rt::dtypeName(DType type) {
+  switch (type) {
+  case DType::F32:
+    return "f32";
+  case DType::BF16:
+    return "bf16";
+  case DType::FP8E4M3:
+    return "f8E4M3FN";
+  case DType::I32:
+    return "i32";
+  }
+  return "?";
+}
+
+std::vector<std::string> melt::rt::availableDevices() {
+  std::vector<std::string> names = {"cpu"};
+#ifdef MELT_HAVE_CUDA_DEVICE
+  for (int i = 0, n = cudaDeviceCount(); i < n; ++i)
+    names.push_back("cuda:" + std::to_string(i));
+#endif
+  return names;
+}
+
+Status melt::rt::openDevice(const std::string &name,
+                            std::unique_ptr<Device> &out) {
+  if (name == "cpu") {
+    out = std::make_unique<CpuDevice>();
+    return Status::ok();
+  }
+  if (name.rfind("cuda", 0) == 0) {
+#ifdef MELT_HAVE_CUDA_DEVICE
+    int index = 0;
+    if (name.size() > 4) {
+      if (name[4] != ':' || name.size() == 5 ||
+          name.find_first_not_of("0123456789", 5) != std::string::npos)
+        return invalidArgument("device '" + name +
+                               "': expected cuda or cuda:N");
+      index = std::stoi(name.substr(5));
+    }
+    return openCudaDevice(index, out);
+#else
+    return {MELT_UNSUPPORTED, "device '" + name +
+                                  "': this runtime was built without CUDA"};
+#endif
+  }
+  return invalidArgument("unknown device '" + name + "' (devices: cpu, cuda:N)");
+}
+
+namespace {
+
+std::string shapeString(const std::vector<int64_t> &shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+Status expect(bool ok, const char *kernel, const std::string &what) {
+  return ok ? Status::ok() : invalidArgument(std::string(kernel) + ": " + what);
+}
+
+} // namespace
+
+Status check::sameShape(const char *kernel, const DeviceTensor &a,
+                        const DeviceTensor &b) {
+  return expect(a.shape == b.shape, kernel,
+                "shapes " + shapeString(a.shape) + " and " +
+                    shapeString(b.shape) + " differ");
+}
+
+Status check::floatType(const char *kernel, const char *operand,
+                        const DeviceTensor &t) {
+  return expect(t.dtype == DType::F32 || t.dtype == DType::BF16, kernel,
+                std::string(operand) + " must be f32 or bf16, not " +
+                    dtypeName(t.dtype));
+}
+
+Status check::rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma,
+                      const DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(floatType("rms_norm", "x", x));
+  MELT_RETURN_IF_ERROR(floatType("rms_norm", "gamma", gamma));
+  MELT_RETURN_IF_ERROR(floatType("rms_norm", "y", y));
+  MELT_RETURN_IF_ERROR(sameShape("rms_norm", x, y));
+  return expect(x.shape.size() == 2 && gamma.numel() == x.cols(), "rms_norm",
+                "gamma " + shapeString(gamma.shape) + " does not match rows " +
+                    shapeString(x.shape));
+}
+
+Status check::linear(const DeviceTensor &x, const DeviceTensor &w,
+                     const DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(floatType("linear", "x", x));
+  MELT_RETURN_IF_ERROR(floatType("linear", "y", y));
+  MELT_RETURN_IF_ERROR(expect(w.dtype == x.dtype, "linear",
+                              std::string("weight ") + dtypeName(w.dtype) +
+                                  " and input " + dtypeName(x.dtype) +
+                                  " differ"));
+  return expect(x.shape.size() == 2 && w.shape.size() == 2 &&
+                    y.shape.size() == 2 && x.shape[1] == w.shape[1] &&
+                    y.shape[0] == x.shape[0] && y.shape[1] == w.shape[0],
+                "linear",
+                "x " + shapeString(x.shape) + ", w " + shapeString(w.shape) +
+                    ", y " + shapeString(y.shape) +
+                    " are not [M, K], [N, K], [M, N]");
+}
+
+Status check::quantizeFp8(const DeviceTensor &x, const DeviceTensor &q,
+                          const DeviceTensor &scales) {
+  MELT_RETURN_IF_ERROR(floatType("quantize_fp8", "x", x));
+  int64_t m = x.rows(), k = x.cols();
+  return expect(x.shape.size() == 2 && k % 128 == 0 &&
+                    q.dtype == DType::FP8E4M3 && q.shape == x.shape &&
+                    scales.dtype == DType::F32 &&
+                    scales.shape == std::vector<int64_t>{k / 128, m},
+                "quantize_fp8",
+                "x " + shapeString(x.shape) +
+                    " (K a multiple of 128) needs q f8E4M3FN of its shape "
+                    "and scales f32 [K/128, M], got q " +
+                    dtypeName(q.dtype) + " " + shapeString(q.shape) +
+                    ", scales " + dtypeName(scales.dtype) + " " +
+                    shapeString(scales.shape));
+}
+
+Status check::linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
+                        const DeviceTensor &w, const DeviceTensor &wScales,
+                        const DeviceTensor &y) {
+  int64_t m = q.rows(), k = q.cols(), n = w.rows();
+  return expect(q.dtype == DType::FP8E4M3 && w.dtype == DType::FP8E4M3 &&
+                    scales.dtype == DType::F32 &&
+                    wScales.dtype == DType::F32 && y.dtype == DType::BF16 &&
+                    q.shape.size() == 2 && w.shape.size() == 2 &&
+                    w.cols() == k && k % 128 == 0 && n % 16 == 0 &&
+                    scales.shape == std::vector<int64_t>{k / 128, m} &&
+                    wScales.shape ==
+                        std::vector<int64_t>{(n + 127) / 128, k / 128} &&
+                    y.shape == std::vector<int64_t>{m, n},
+                "linear_fp8",
+                "needs q f8E4M3FN [M, K] (K a multiple of 128), scales f32 "
+                "[K/128, M], w f8E4M3FN [N, K] (N a multiple of 16), w "
+                "scales f32 [ceil(N/128), K/128], y bf16 [M, N]; got q " +
+                    shapeString(q.shape) + ", scales " +
+                    shapeString(scales.shape) + ", w " +
+                    shapeString(w.shape) + ", w scales " +
+                    shapeString(wScales.shape) + ", y " +
+                    dtypeName(y.dtype) + " " + shapeString(y.shape));
+}

@@ -1,0 +1,287 @@
+//===- CudaDevice.cpp - the CUDA device -------------------------------------===//
+//
+// One stream per device; kernels are queued on it and calls return without
+// waiting, except memory copies to the host and synchronize(). Errors:
+// out of memory is reported and leaves the device usable; a fault inside a
+// kernel (illegal address, ...) is sticky in CUDA, so the device marks
+// itself failed and every later call returns that error.
+//
+//===----------------------------------------------------------------------===//
+#include "cuda/CudaDevice.h"
+
+#include "cuda/Elementwise.h"
+#include "cuda/Gemm.h"
+#include "cuda/Quantize.h"
+
+#include <cuda_runtime.h>
+
+using namespace melt::rt;
+using namespace melt::rt::cuda;
+
+namespace {
+
+/// Errors after which the CUDA context is unusable.
+bool isSticky(cudaError_t e) {
+  switch (e) {
+  case cudaErrorIllegalAddress:
+  case cudaErrorLaunchFailure:
+  case cudaErrorIllegalInstruction:
+  case cudaErrorMisalignedAddress:
+  case cudaErrorInvalidAddressSpace:
+  case cudaErrorInvalidPc:
+  case cudaErrorHardwareStackError:
+  case cudaErrorAssert:
+  case cudaErrorLaunchTimeout:
+  case cudaErrorECCUncorrectable:
+    return true;
+  default:
+    return false;
+  }
+}
+
+class CudaDevice final : public Device {
+public:
+  CudaDevice(int index, std::string description)
+      : index_(index), description_(std::move(description)) {}
+  ~CudaDevice() override {
+    gemm_.reset();
+    if (stream_)
+      cudaStreamDestroy(stream_);
+  }
+
+  Status init() {
+    MELT_RETURN_IF_ERROR(check(cudaSetDevice(index_), "cudaSetDevice"));
+    MELT_RETURN_IF_ERROR(check(
+        cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+        "cudaStreamCreate"));
+    if (CudaStatus s = GemmRunner::create(stream_, gemm_))
+      return {MELT_DEVICE_ERROR, name() + ": " + s.error};
+    return Status::ok();
+  }
+
+  std::string name() const override {
+    return "cuda:" + std::to_string(index_);
+  }
+  std::string description() const override { return description_; }
+
+  Status allocate(DType type, std::vector<int64_t> shape,
+                  DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(usable());
+    DeviceTensor t;
+    t.dtype = type;
+    t.shape = std::move(shape);
+    for (int64_t d : t.shape)
+      if (d < 0)
+        return invalidArgument(name() + ": allocate: negative dimension");
+    size_t bytes = std::max<size_t>(t.bytes(), 16);
+    cudaError_t e = cudaMalloc(&t.data, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError(); // not sticky: clear it
+      size_t free = 0, total = 0;
+      cudaMemGetInfo(&free, &total);
+      return {MELT_OUT_OF_MEMORY,
+              name() + ": out of memory allocating " + std::to_string(bytes) +
+                  " bytes (" + std::to_string(free >> 20) + " MiB free of " +
+                  std::to_string(total >> 20) + ")"};
+    }
+    MELT_RETURN_IF_ERROR(check(e, "cudaMalloc"));
+    out = std::move(t);
+    return Status::ok();
+  }
+
+  void release(DeviceTensor &tensor) override {
+    if (tensor.data)
+      cudaFree(tensor.data);
+    tensor.data = nullptr;
+  }
+
+  Status upload(const void *host, DeviceTensor &tensor) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(tensor.data, host,
+                                               tensor.bytes(),
+                                               cudaMemcpyHostToDevice, stream_),
+                               "upload"));
+    return synchronize();
+  }
+
+  Status download(const DeviceTensor &tensor, void *host) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(host, tensor.data,
+                                               tensor.bytes(),
+                                               cudaMemcpyDeviceToHost, stream_),
+                               "download"));
+    return synchronize();
+  }
+
+  Status synchronize() override {
+    MELT_RETURN_IF_ERROR(usable());
+    return check(cudaStreamSynchronize(stream_), "kernel");
+  }
+
+  Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
+                 DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
+    return check(cuda::rmsNorm(operand(x), operand(gamma), eps, int(x.rows()),
+                               int(x.cols()), result(y), stream_),
+                 "rms_norm");
+  }
+
+  Status linear(const DeviceTensor &x, const DeviceTensor &w,
+                DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::linear(x, w, y));
+    int m = int(x.rows()), k = int(x.cols()), n = int(w.rows());
+    CudaStatus s;
+    if (x.dtype == DType::BF16)
+      s = gemm_->bf16(static_cast<const __nv_bfloat16 *>(x.data),
+                      static_cast<const __nv_bfloat16 *>(w.data), y.data,
+                      y.dtype == DType::F32, m, n, k);
+    else if (y.dtype == DType::F32)
+      s = gemm_->f32(static_cast<const float *>(x.data),
+                     static_cast<const float *>(w.data),
+                     static_cast<float *>(y.data), m, n, k);
+    else
+      return invalidArgument("linear: f32 operands need an f32 output");
+    return fromGemm(s);
+  }
+
+  Status quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
+                     DeviceTensor &scales) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::quantizeFp8(x, q, scales));
+    auto *out = static_cast<__nv_fp8_e4m3 *>(q.data);
+    auto *s = static_cast<float *>(scales.data);
+    int m = int(x.rows()), k = int(x.cols());
+    cudaError_t e =
+        x.dtype == DType::BF16
+            ? quantizeRowsFp8(static_cast<const __nv_bfloat16 *>(x.data), m, k,
+                              out, s, stream_)
+            : quantizeRowsFp8(static_cast<const float *>(x.data), m, k, out, s,
+                              stream_);
+    return check(e, "quantize_fp8");
+  }
+
+  Status linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
+                   const DeviceTensor &w, const DeviceTensor &wScales,
+                   DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
+    return fromGemm(gemm_->fp8BlockScaled(
+        static_cast<const __nv_fp8_e4m3 *>(q.data),
+        static_cast<const float *>(scales.data),
+        static_cast<const __nv_fp8_e4m3 *>(w.data),
+        static_cast<const float *>(wScales.data),
+        static_cast<__nv_bfloat16 *>(y.data), int(q.rows()), int(w.rows()),
+        int(q.cols())));
+  }
+
+  Status siluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                 DeviceTensor &y) override {
+    return binaryOp("silu_mul", Binary::SiluMul, gate, up, y);
+  }
+
+  Status add(const DeviceTensor &a, const DeviceTensor &b,
+             DeviceTensor &y) override {
+    return binaryOp("add", Binary::Add, a, b, y);
+  }
+
+private:
+  static Operand operand(const DeviceTensor &t) {
+    return {t.data, t.dtype == DType::BF16};
+  }
+  static Result result(DeviceTensor &t) {
+    return {t.data, t.dtype == DType::BF16};
+  }
+
+  Status binaryOp(const char *kernel, Binary op, const DeviceTensor &a,
+                  const DeviceTensor &b, DeviceTensor &y) {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::floatType(kernel, "a", a));
+    MELT_RETURN_IF_ERROR(check::floatType(kernel, "b", b));
+    MELT_RETURN_IF_ERROR(check::floatType(kernel, "y", y));
+    MELT_RETURN_IF_ERROR(check::sameShape(kernel, a, b));
+    MELT_RETURN_IF_ERROR(check::sameShape(kernel, a, y));
+    return check(binary(op, operand(a), operand(b), size_t(a.numel()),
+                        result(y), stream_),
+                 kernel);
+  }
+
+  /// A failed device answers every call with its fault.
+  Status usable() const {
+    if (!failure_.empty())
+      return {MELT_DEVICE_ERROR, failure_};
+    return Status::ok();
+  }
+
+  Status check(cudaError_t e, const char *what) {
+    if (e == cudaSuccess)
+      return Status::ok();
+    std::string message =
+        name() + ": " + what + ": " + cudaGetErrorString(e);
+    if (isSticky(e)) {
+      failure_ = message + " (the device is unusable from now on)";
+      return {MELT_DEVICE_ERROR, failure_};
+    }
+    cudaGetLastError();
+    return {e == cudaErrorMemoryAllocation ? MELT_OUT_OF_MEMORY
+                                           : MELT_DEVICE_ERROR,
+            message};
+  }
+
+  Status fromGemm(const CudaStatus &s) {
+    if (!s)
+      return Status::ok();
+    cudaError_t pending = cudaPeekAtLastError();
+    if (isSticky(pending))
+      return check(pending, "gemm");
+    return {MELT_DEVICE_ERROR, name() + ": " + s.error};
+  }
+
+  int index_;
+  std::string description_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<GemmRunner> gemm_;
+  std::string failure_;
+};
+
+} // namespace
+
+int melt::rt::cudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+Status melt::rt::openCudaDevice(int index, std::unique_ptr<Device> &out) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return {MELT_UNSUPPORTED,
+            std::string("no CUDA device: ") + cudaGetErrorString(e)};
+  }
+  if (index < 0 || index >= count)
+    return {MELT_NOT_FOUND, "no CUDA device " + std::to_string(index) +
+                                " (this machine has " + std::to_string(count) +
+                                ")"};
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, index) != cudaSuccess)
+    return {MELT_DEVICE_ERROR, "cannot query CUDA device " +
+                                   std::to_string(index)};
+  if (prop.major < 9)
+    return {MELT_UNSUPPORTED,
+            "CUDA device " + std::to_string(index) + " (" + prop.name +
+                ", sm_" + std::to_string(prop.major * 10 + prop.minor) +
+                "): melt's kernels are built for sm_90a (H100/H200)"};
+  auto device = std::make_unique<CudaDevice>(
+      index, std::string(prop.name) + ", " +
+                 std::to_string(prop.multiProcessorCount) + " SMs, " +
+                 std::to_string(prop.totalGlobalMem >> 30) + " GiB");
+  MELT_RETURN_IF_ERROR(device->init());
+  out = std::move(device);
+  return Status::ok();
+}

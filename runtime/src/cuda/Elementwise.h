@@ -1,0 +1,36 @@
+//===- Elementwise.h - row-wise and elementwise kernels (CUDA) --*- C++ -*-===//
+//
+// RMSNorm, SiLU-mul and add over F32 or BF16 tensors (each operand of its
+// own type, FP32 math), the generic forms the CUDA device runs; the model
+// path's fused forms (RMSNorm + FP8 quantization) are in Quantize.h.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_ELEMENTWISE_H
+#define MELT_RUNTIME_CUDA_ELEMENTWISE_H
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace melt::rt::cuda {
+
+/// An operand: its data and whether it is BF16 (else F32).
+struct Operand {
+  const void *data;
+  bool bf16;
+};
+struct Result {
+  void *data;
+  bool bf16;
+};
+
+cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
+                    Result y, cudaStream_t stream);
+
+enum class Binary { SiluMul, Add };
+cudaError_t binary(Binary op, Operand a, Operand b, size_t count, Result y,
+                   cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_ELEMENTWISE_H
