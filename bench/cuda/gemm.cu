@@ -7,9 +7,11 @@
 // bandwidth is measured in the same run; for small M the figure that
 // matters is the weight bandwidth (weight bytes / time). Several copies
 // of each weight are cycled through, so that no GEMM finds its weight in
-// the 50 MB L2 cache left by the previous one. One JSON line each.
+// the 50 MB L2 cache left by the previous one. At M >= 4096 the energy per
+// GEMM comes from NVML's counter over about a second. One JSON line each.
 //
 //   melt-bench-gemm [--iters N] [--quick]
+#include "cuda/Energy.h"
 #include "cuda/Gemm.h"
 #include "cuda/Quantize.h"
 
@@ -112,6 +114,10 @@ int main(int argc, char **argv) {
 
   std::unique_ptr<GemmRunner> gemm;
   CHECK_STATUS(GemmRunner::create(nullptr, gemm));
+  std::string why;
+  std::unique_ptr<EnergyMeter> meter = EnergyMeter::open(0, why);
+  if (!meter)
+    std::printf("{\"what\": \"energy\", \"error\": \"%s\"}\n", why.c_str());
   struct Shape {
     const char *name;
     int n, k;
@@ -189,19 +195,37 @@ int main(int argc, char **argv) {
                 gemm->bf16(x, w16[i % copies], y, false, m, shape.n, shape.k));
           },
           iters);
+      // Energy at large M: the GEMM repeated for about a second, read from
+      // NVML's energy counter before and after.
+      double joulesPerCall = 0;
+      if (meter && m >= 4096) {
+        int calls = std::max(1, int(1.0 / (fp8Ms * 1e-3)));
+        CHECK(cudaDeviceSynchronize());
+        double before = meter->joules();
+        for (int i = 0; i < calls; ++i)
+          CHECK_STATUS(gemm->fp8BlockScaled(xq, xScales, w8[i % copies],
+                                            wScales, y, m, shape.n, shape.k));
+        CHECK(cudaDeviceSynchronize());
+        double after = meter->joules();
+        if (before >= 0 && after > before)
+          joulesPerCall = (after - before) / calls;
+      }
       std::printf(
           "{\"what\": \"gemm_melt\", \"shape\": \"%s\", \"m\": %d, \"n\": %d, "
           "\"k\": %d, \"fp8_us\": %.1f, \"fp8_tflops\": %.1f, "
           "\"fp8_weight_GBps\": %.1f, \"quantize_us\": %.1f, \"bf16_us\": "
           "%.1f, \"bf16_tflops\": %.1f, \"bf16_weight_GBps\": %.1f, "
           "\"weight_copies\": %d, \"fp8_small_m_kernel_us\": %.1f, "
-          "\"fp8_small_m_kernel_weight_GBps\": %.1f}\n",
+          "\"fp8_small_m_kernel_weight_GBps\": %.1f, \"fp8_joules\": %.4f, "
+          "\"fp8_tflop_per_joule\": %.2f}\n",
           shape.name, m, shape.n, shape.k, fp8Ms * 1e3,
           flops / (fp8Ms * 1e-3) / 1e12,
           (weightBytes + nBlocks * kBlocks * 4.0) / (fp8Ms * 1e-3) / 1e9,
           quantMs * 1e3, bf16Ms * 1e3, flops / (bf16Ms * 1e-3) / 1e12,
           2.0 * weightBytes / (bf16Ms * 1e-3) / 1e9, copies, smallMs * 1e3,
-          smallMs > 0 ? weightBytes / (smallMs * 1e-3) / 1e9 : 0.0);
+          smallMs > 0 ? weightBytes / (smallMs * 1e-3) / 1e9 : 0.0,
+          joulesPerCall,
+          joulesPerCall > 0 ? flops / joulesPerCall / 1e12 : 0.0);
       std::fflush(stdout);
       CHECK(cudaFree(x));
       CHECK(cudaFree(y));

@@ -1,4 +1,5 @@
-//===- CpuDevice.cpp - the CPU device ---------------------------------------===//
+//===- CpuDevice.cpp - the CPU device
+//---------------------------------------===//
 #include "CpuDevice.h"
 
 #include "melt/numerics.h"
@@ -92,8 +93,8 @@ Status CpuDevice::allocate(DType type, std::vector<int64_t> shape,
   }
   // More than the machine has is refused up front (malloc would promise
   // it and fail later, in the page fault).
-  uint64_t physical = uint64_t(sysconf(_SC_PHYS_PAGES)) *
-                      uint64_t(sysconf(_SC_PAGE_SIZE));
+  uint64_t physical =
+      uint64_t(sysconf(_SC_PHYS_PAGES)) * uint64_t(sysconf(_SC_PAGE_SIZE));
   if (bytes > physical)
     return {MELT_OUT_OF_MEMORY, "cpu: out of memory allocating " +
                                     std::to_string(bytes) + " bytes (" +
@@ -177,8 +178,8 @@ Status CpuDevice::quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
 }
 
 Status CpuDevice::linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
-                            const DeviceTensor &w,
-                            const DeviceTensor &wScales, DeviceTensor &y) {
+                            const DeviceTensor &w, const DeviceTensor &wScales,
+                            DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
   int64_t m = q.rows(), k = q.cols(), n = w.rows(), kb = k / 128;
   std::vector<float> xs = toFloats(q), ws = toFloats(w);

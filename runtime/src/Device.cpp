@@ -62,11 +62,12 @@ Status melt::rt::openDevice(const std::string &name,
     }
     return openCudaDevice(index, out);
 #else
-    return {MELT_UNSUPPORTED, "device '" + name +
-                                  "': this runtime was built without CUDA"};
+    return {MELT_UNSUPPORTED,
+            "device '" + name + "': this runtime was built without CUDA"};
 #endif
   }
-  return invalidArgument("unknown device '" + name + "' (devices: cpu, cuda:N)");
+  return invalidArgument("unknown device '" + name +
+                         "' (devices: cpu, cuda:N)");
 }
 
 namespace {
@@ -130,39 +131,36 @@ Status check::quantizeFp8(const DeviceTensor &x, const DeviceTensor &q,
                           const DeviceTensor &scales) {
   MELT_RETURN_IF_ERROR(floatType("quantize_fp8", "x", x));
   int64_t m = x.rows(), k = x.cols();
-  return expect(x.shape.size() == 2 && k % 128 == 0 &&
-                    q.dtype == DType::FP8E4M3 && q.shape == x.shape &&
-                    scales.dtype == DType::F32 &&
-                    scales.shape == std::vector<int64_t>{k / 128, m},
-                "quantize_fp8",
-                "x " + shapeString(x.shape) +
-                    " (K a multiple of 128) needs q f8E4M3FN of its shape "
-                    "and scales f32 [K/128, M], got q " +
-                    dtypeName(q.dtype) + " " + shapeString(q.shape) +
-                    ", scales " + dtypeName(scales.dtype) + " " +
-                    shapeString(scales.shape));
+  return expect(
+      x.shape.size() == 2 && k % 128 == 0 && q.dtype == DType::FP8E4M3 &&
+          q.shape == x.shape && scales.dtype == DType::F32 &&
+          scales.shape == std::vector<int64_t>{k / 128, m},
+      "quantize_fp8",
+      "x " + shapeString(x.shape) +
+          " (K a multiple of 128) needs q f8E4M3FN of its shape "
+          "and scales f32 [K/128, M], got q " +
+          dtypeName(q.dtype) + " " + shapeString(q.shape) + ", scales " +
+          dtypeName(scales.dtype) + " " + shapeString(scales.shape));
 }
 
 Status check::linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
                         const DeviceTensor &w, const DeviceTensor &wScales,
                         const DeviceTensor &y) {
   int64_t m = q.rows(), k = q.cols(), n = w.rows();
-  return expect(q.dtype == DType::FP8E4M3 && w.dtype == DType::FP8E4M3 &&
-                    scales.dtype == DType::F32 &&
-                    wScales.dtype == DType::F32 && y.dtype == DType::BF16 &&
-                    q.shape.size() == 2 && w.shape.size() == 2 &&
-                    w.cols() == k && k % 128 == 0 && n % 16 == 0 &&
-                    scales.shape == std::vector<int64_t>{k / 128, m} &&
-                    wScales.shape ==
-                        std::vector<int64_t>{(n + 127) / 128, k / 128} &&
-                    y.shape == std::vector<int64_t>{m, n},
-                "linear_fp8",
-                "needs q f8E4M3FN [M, K] (K a multiple of 128), scales f32 "
-                "[K/128, M], w f8E4M3FN [N, K] (N a multiple of 16), w "
-                "scales f32 [ceil(N/128), K/128], y bf16 [M, N]; got q " +
-                    shapeString(q.shape) + ", scales " +
-                    shapeString(scales.shape) + ", w " +
-                    shapeString(w.shape) + ", w scales " +
-                    shapeString(wScales.shape) + ", y " +
-                    dtypeName(y.dtype) + " " + shapeString(y.shape));
+  return expect(
+      q.dtype == DType::FP8E4M3 && w.dtype == DType::FP8E4M3 &&
+          scales.dtype == DType::F32 && wScales.dtype == DType::F32 &&
+          y.dtype == DType::BF16 && q.shape.size() == 2 &&
+          w.shape.size() == 2 && w.cols() == k && k % 128 == 0 && n % 16 == 0 &&
+          scales.shape == std::vector<int64_t>{k / 128, m} &&
+          wScales.shape == std::vector<int64_t>{(n + 127) / 128, k / 128} &&
+          y.shape == std::vector<int64_t>{m, n},
+      "linear_fp8",
+      "needs q f8E4M3FN [M, K] (K a multiple of 128), scales f32 "
+      "[K/128, M], w f8E4M3FN [N, K] (N a multiple of 16), w "
+      "scales f32 [ceil(N/128), K/128], y bf16 [M, N]; got q " +
+          shapeString(q.shape) + ", scales " + shapeString(scales.shape) +
+          ", w " + shapeString(w.shape) + ", w scales " +
+          shapeString(wScales.shape) + ", y " + dtypeName(y.dtype) + " " +
+          shapeString(y.shape));
 }

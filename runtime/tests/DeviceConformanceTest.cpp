@@ -259,8 +259,7 @@ TEST_P(DeviceConformance, BadCallsAreClearErrors) {
   Status s = device->linear(x, w, y);
   ASSERT_TRUE(s);
   EXPECT_EQ(s.code(), MELT_INVALID_ARGUMENT);
-  EXPECT_NE(s.message().find("linear: x [2, 64], w [8, 32]"),
-            std::string::npos)
+  EXPECT_NE(s.message().find("linear: x [2, 64], w [8, 32]"), std::string::npos)
       << s.message();
   s = device->rmsNorm(x, g, 1e-6f, y);
   ASSERT_TRUE(s);
@@ -295,15 +294,15 @@ TEST_P(DeviceConformance, HugeAllocationIsOutOfMemory) {
   EXPECT_EQ(get(small), h.values);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Present, DeviceConformance, ::testing::ValuesIn(availableDevices()),
-    [](const ::testing::TestParamInfo<std::string> &info) {
-      std::string name = info.param;
-      for (char &c : name)
-        if (!std::isalnum(static_cast<unsigned char>(c)))
-          c = '_';
-      return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Present, DeviceConformance,
+                         ::testing::ValuesIn(availableDevices()),
+                         [](const ::testing::TestParamInfo<std::string> &info) {
+                           std::string name = info.param;
+                           for (char &c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c)))
+                               c = '_';
+                           return name;
+                         });
 
 TEST(Devices, UnknownNamesAreClearErrors) {
   std::unique_ptr<Device> device;

@@ -1,4 +1,5 @@
-//===- CudaDevice.cpp - the CUDA device -------------------------------------===//
+//===- CudaDevice.cpp - the CUDA device
+//-------------------------------------===//
 //
 // One stream per device; kernels are queued on it and calls return without
 // waiting, except memory copies to the host and synchronize(). Errors:
@@ -51,17 +52,15 @@ public:
 
   Status init() {
     MELT_RETURN_IF_ERROR(check(cudaSetDevice(index_), "cudaSetDevice"));
-    MELT_RETURN_IF_ERROR(check(
-        cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
-        "cudaStreamCreate"));
+    MELT_RETURN_IF_ERROR(
+        check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+              "cudaStreamCreate"));
     if (CudaStatus s = GemmRunner::create(stream_, gemm_))
       return {MELT_DEVICE_ERROR, name() + ": " + s.error};
     return Status::ok();
   }
 
-  std::string name() const override {
-    return "cuda:" + std::to_string(index_);
-  }
+  std::string name() const override { return "cuda:" + std::to_string(index_); }
   std::string description() const override { return description_; }
 
   Status allocate(DType type, std::vector<int64_t> shape,
@@ -97,19 +96,19 @@ public:
 
   Status upload(const void *host, DeviceTensor &tensor) override {
     MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(tensor.data, host,
-                                               tensor.bytes(),
-                                               cudaMemcpyHostToDevice, stream_),
-                               "upload"));
+    MELT_RETURN_IF_ERROR(
+        check(cudaMemcpyAsync(tensor.data, host, tensor.bytes(),
+                              cudaMemcpyHostToDevice, stream_),
+              "upload"));
     return synchronize();
   }
 
   Status download(const DeviceTensor &tensor, void *host) override {
     MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(host, tensor.data,
-                                               tensor.bytes(),
-                                               cudaMemcpyDeviceToHost, stream_),
-                               "download"));
+    MELT_RETURN_IF_ERROR(
+        check(cudaMemcpyAsync(host, tensor.data, tensor.bytes(),
+                              cudaMemcpyDeviceToHost, stream_),
+              "download"));
     return synchronize();
   }
 
@@ -167,13 +166,13 @@ public:
                    DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
-    return fromGemm(gemm_->fp8BlockScaled(
-        static_cast<const __nv_fp8_e4m3 *>(q.data),
-        static_cast<const float *>(scales.data),
-        static_cast<const __nv_fp8_e4m3 *>(w.data),
-        static_cast<const float *>(wScales.data),
-        static_cast<__nv_bfloat16 *>(y.data), int(q.rows()), int(w.rows()),
-        int(q.cols())));
+    return fromGemm(
+        gemm_->fp8BlockScaled(static_cast<const __nv_fp8_e4m3 *>(q.data),
+                              static_cast<const float *>(scales.data),
+                              static_cast<const __nv_fp8_e4m3 *>(w.data),
+                              static_cast<const float *>(wScales.data),
+                              static_cast<__nv_bfloat16 *>(y.data),
+                              int(q.rows()), int(w.rows()), int(q.cols())));
   }
 
   Status siluMul(const DeviceTensor &gate, const DeviceTensor &up,
@@ -217,8 +216,7 @@ private:
   Status check(cudaError_t e, const char *what) {
     if (e == cudaSuccess)
       return Status::ok();
-    std::string message =
-        name() + ": " + what + ": " + cudaGetErrorString(e);
+    std::string message = name() + ": " + what + ": " + cudaGetErrorString(e);
     if (isSticky(e)) {
       failure_ = message + " (the device is unusable from now on)";
       return {MELT_DEVICE_ERROR, failure_};
@@ -270,8 +268,8 @@ Status melt::rt::openCudaDevice(int index, std::unique_ptr<Device> &out) {
                                 ")"};
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, index) != cudaSuccess)
-    return {MELT_DEVICE_ERROR, "cannot query CUDA device " +
-                                   std::to_string(index)};
+    return {MELT_DEVICE_ERROR,
+            "cannot query CUDA device " + std::to_string(index)};
   if (prop.major < 9)
     return {MELT_UNSUPPORTED,
             "CUDA device " + std::to_string(index) + " (" + prop.name +

@@ -8,8 +8,9 @@ using namespace melt::rt::cuda;
 namespace {
 
 __device__ __forceinline__ float load(Operand o, size_t i) {
-  return o.bf16 ? __bfloat162float(static_cast<const __nv_bfloat16 *>(o.data)[i])
-                : static_cast<const float *>(o.data)[i];
+  return o.bf16
+             ? __bfloat162float(static_cast<const __nv_bfloat16 *>(o.data)[i])
+             : static_cast<const float *>(o.data)[i];
 }
 
 __device__ __forceinline__ void store(Result r, size_t i, float v) {
