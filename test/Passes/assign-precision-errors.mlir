@@ -16,6 +16,10 @@
 // RUN: %python -c "import json,struct,sys; h=json.dumps({'input_64': {'dtype': 'F32', 'shape': [4, 32], 'data_offsets': [0, 512]}}).encode(); open(sys.argv[1],'wb').write(struct.pack('<Q',len(h))+h+bytes(512))" badcalib.safetensors
 // RUN: cat badcalib.mlir model.mlir > a.mlir && melt-opt a.mlir '--melt-assign-precision=policy=auto checkpoint=%S/../golden/v3-tiny/checkpoint calibration=%t/badcalib.safetensors' -verify-diagnostics
 // RUN: cat garbage.mlir model.mlir > a.mlir && melt-opt a.mlir '--melt-assign-precision=policy=auto checkpoint=%S/../golden/v3-tiny/checkpoint calibration=%t/garbage.safetensors' -verify-diagnostics
+// A weight the checkpoint lacks cannot be measured: an error at the weight.
+// RUN: sed -E 's/^( *)(melt.weight @model.layers.0.self_attn.q_a_proj .*)"model.layers.0.self_attn.q_a_proj.weight"(.*)$/\1\/\/ expected-error @+1 {{melt-assign-precision: cannot measure @model.layers.0.self_attn.q_a_proj}}\n\1\2"model.layers.0.self_attn.q_a_proj.absent"\3/' model.mlir > absent.mlir
+// RUN: grep -q 'expected-error' absent.mlir
+// RUN: melt-opt absent.mlir '--melt-assign-precision=policy=auto checkpoint=%S/../golden/v3-tiny/checkpoint' -verify-diagnostics -o /dev/null
 // RUN: cat report.mlir model.mlir > a.mlir && melt-opt a.mlir '--melt-assign-precision=policy=auto checkpoint=%S/../golden/v3-tiny/checkpoint budget=0.5 report=%t/no/such/dir/r.txt' -verify-diagnostics
 
 //--- policy.mlir

@@ -4,6 +4,10 @@
 // RUN: melt-opt %s '--melt-plan-experts=devices=2 stats=%S/Inputs/expert-stats.json policy=affinity json=true' 2>&1 >/dev/null | FileCheck %s --check-prefix=AFFINITY
 // RUN: melt-opt %s '--melt-plan-experts=devices=4 redundant=4 nodes=2 stats=%S/Inputs/expert-stats.json' -o /dev/null 2>&1 | FileCheck %s --check-prefix=NODES
 // RUN: melt-opt %s '--melt-plan-experts=devices=4' 2>/dev/null | FileCheck %s --check-prefix=UNIFORM
+// Builder-made models: tiny (3 MoE layers of 8 experts) and V3 (58 of 256).
+// RUN: melt-import --builtin=tiny | melt-opt '--melt-plan-experts=devices=2 redundant=2' 2>%t.tiny | FileCheck %s --check-prefix=TINY
+// RUN: FileCheck %s --check-prefix=TINYREPORT < %t.tiny
+// RUN: melt-import --builtin=v3 | melt-opt '--melt-plan-experts=devices=8 redundant=32' 2>&1 >/dev/null | FileCheck %s --check-prefix=V3
 
 // Expert 0 (100 of 200 assignments) gets both extra replicas (most load per
 // replica, as EPLB); heaviest first onto the least loaded device gives
@@ -36,3 +40,12 @@ module {
     return %y : tensor<?x32xbf16>
   }
 }
+
+// Without statistics every expert counts one: 8 experts + 2 replicas in 10
+// slots, 5 per device, both devices loaded alike.
+// TINY-COUNT-3: melt.moe_experts {{.+}}placement = #melt.expert_placement<devices = 2, slots = [{{([0-7], ){9}[0-7]}}], load = [4, 4]>
+// TINYREPORT: melt expert placement: balanced, 2 devices, 2 redundant replicas
+// TINYREPORT: all routers: worst max/mean 1.000 -> 1.000
+// V3: melt expert placement: balanced, 8 devices, 32 redundant replicas
+// V3: model.layers.3.mlp.gate: max/mean 1.000 -> 1.000
+// V3: model.layers.60.mlp.gate:

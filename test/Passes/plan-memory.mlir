@@ -2,6 +2,7 @@
 // RUN: melt-opt %s --split-input-file '--melt-plan-memory=max-batch=2 max-context=100 max-tokens=10' 2>%t.report | FileCheck %s
 // RUN: FileCheck %s --check-prefix=REPORT < %t.report
 // RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-plan-memory=max-batch=8 max-context=4096' -o /dev/null 2>&1 | FileCheck %s --check-prefix=V3
+// RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla --melt-plan-memory -o /dev/null 2>&1 | FileCheck %s --check-prefix=TINY
 
 // %a (64 B/token) is dead after %b: %c reuses its slot; %b stays live
 // until the add.
@@ -50,3 +51,7 @@ func.func @g(%x: tensor<?x8xbf16>, %c0: !melt.latent_cache<latent = 512, rope = 
   %e = melt.convert %d : tensor<?x8xf32> -> tensor<?x8xbf16>
   return %e : tensor<?x8xbf16>
 }
+
+// The tiny model's latent cache: 32 + 8 values in bf16 = 80 bytes.
+// TINY: @forward: 83 activations in 6 buffers
+// TINY: kv cache: 4 layers, 80 bytes per token per layer, 320 bytes per token

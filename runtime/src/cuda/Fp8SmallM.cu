@@ -11,7 +11,9 @@
 // issues 4 mma.sync.m16n8k32 (e4m3) per 8 tokens into a temporary FP32
 // accumulator, which it then adds to the result times the block's weight
 // scale and each token's input scale (FP32 promotion per 128 values, as
-// DeepSeek-V3 does). Because the sum over a K block is order-free, each
+// DeepSeek-V3 does; sm_90 has no FP8 mma.sync in hardware, so ptxas runs
+// each as FP16 HMMAs, exact for e4m3 values). Because the sum over a K
+// block is order-free, each
 // thread loads 32 contiguous bytes of a row and feeds them to the 4 mmas
 // (the same permutation of K for W and x), so every load is a 16-byte
 // vector. The next K block's weights are loaded before the current one is
