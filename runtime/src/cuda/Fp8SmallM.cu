@@ -13,10 +13,9 @@
 // scale and each token's input scale (FP32 promotion per 128 values, as
 // DeepSeek-V3 does; sm_90 has no FP8 mma.sync in hardware, so ptxas runs
 // each as FP16 HMMAs, exact for e4m3 values). Because the sum over a K
-// block is order-free, each
-// thread loads 32 contiguous bytes of a row and feeds them to the 4 mmas
-// (the same permutation of K for W and x), so every load is a 16-byte
-// vector. The next K block's weights are loaded before the current one is
+// block is order-free, each thread loads 32 contiguous bytes of a row and
+// feeds them to the 4 mmas (the same permutation of K for W and x), so
+// every load is a 16-byte vector. The next K block's weights are loaded before the current one is
 // multiplied. Partial sums of the K ranges go to FP32 scratch; the block
 // that finishes a row tile last (a counter per tile) adds them and rounds
 // to BF16, so that one launch does it all (at 15 MB of weights a second
