@@ -15,6 +15,8 @@
 #include "cuda/Gemm.h"
 #include "cuda/Quantize.h"
 
+#include "BenchUtil.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,15 +24,7 @@
 
 using namespace melt::rt::cuda;
 
-#define CHECK(call)                                                            \
-  do {                                                                         \
-    cudaError_t e = (call);                                                    \
-    if (e != cudaSuccess) {                                                    \
-      std::fprintf(stderr, "melt-bench-gemm: %s: %s\n", #call,                 \
-                   cudaGetErrorString(e));                                     \
-      std::exit(1);                                                            \
-    }                                                                          \
-  } while (0)
+static const char *benchName = "melt-bench-gemm";
 #define CHECK_STATUS(call)                                                     \
   do {                                                                         \
     CudaStatus s = (call);                                                     \
@@ -44,10 +38,7 @@ __global__ void fillBytes(uint8_t *data, size_t n, uint32_t seed,
                           uint8_t mask) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
+    uint32_t x = melt::bench::hashIndex(i, seed);
     // mask keeps values finite: e4m3 0x7f/0xff are NaN, bf16 exponents
     // stay small.
     data[i] = uint8_t(x) & mask;
@@ -58,24 +49,6 @@ __global__ void fillFloats(float *data, size_t n, float value) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x)
     data[i] = value * (1 + (i % 7) * 0.01f);
-}
-
-template <typename F> float timeMs(F &&f, int iters) {
-  for (int i = 0; i < 3; ++i)
-    f(i);
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  CHECK(cudaEventRecord(start));
-  for (int i = 0; i < iters; ++i)
-    f(i);
-  CHECK(cudaEventRecord(stop));
-  CHECK(cudaEventSynchronize(stop));
-  float ms = 0;
-  CHECK(cudaEventElapsedTime(&ms, start, stop));
-  CHECK(cudaEventDestroy(start));
-  CHECK(cudaEventDestroy(stop));
-  return ms / iters;
 }
 
 int main(int argc, char **argv) {
@@ -91,26 +64,8 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    std::fprintf(stderr, "melt-bench-gemm: no CUDA device\n");
-    return 1;
-  }
-  cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  {
-    size_t n = size_t(2) << 30;
-    void *a, *b;
-    CHECK(cudaMalloc(&a, n));
-    CHECK(cudaMalloc(&b, n));
-    float ms =
-        timeMs([&](int) { cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); },
-               iters);
-    std::printf("{\"what\": \"copy_bw\", \"gpu\": \"%s\", \"GBps\": %.1f}\n",
-                prop.name, 2.0 * n / (ms * 1e-3) / 1e9);
-    CHECK(cudaFree(a));
-    CHECK(cudaFree(b));
-  }
+  cudaDeviceProp prop = melt::bench::openDevice(benchName);
+  melt::bench::printCopyBandwidth(benchName, prop, iters);
 
   std::unique_ptr<GemmRunner> gemm;
   CHECK_STATUS(GemmRunner::create(nullptr, gemm));
@@ -165,7 +120,8 @@ int main(int argc, char **argv) {
                                0x3f);
       CHECK(quantizeRowsFp8(x, m, shape.k, xq, xScales, nullptr));
       double flops = 2.0 * m * shape.n * shape.k;
-      float fp8Ms = timeMs(
+      float fp8Ms = melt::bench::timeMs(
+          benchName,
           [&](int i) {
             CHECK_STATUS(gemm->fp8BlockScaled(xq, xScales, w8[i % copies],
                                               wScales, y, m, shape.n, shape.k));
@@ -175,7 +131,8 @@ int main(int argc, char **argv) {
       float smallMs = 0;
       if (m > 8 && m <= 64) {
         gemm->setSmallMLimit(64);
-        smallMs = timeMs(
+        smallMs = melt::bench::timeMs(
+            benchName,
             [&](int i) {
               CHECK_STATUS(gemm->fp8BlockScaled(xq, xScales, w8[i % copies],
                                                 wScales, y, m, shape.n,
@@ -184,12 +141,14 @@ int main(int argc, char **argv) {
             iters);
         gemm->setSmallMLimit(8);
       }
-      float quantMs = timeMs(
+      float quantMs = melt::bench::timeMs(
+          benchName,
           [&](int) {
             CHECK(quantizeRowsFp8(x, m, shape.k, xq, xScales, nullptr));
           },
           iters);
-      float bf16Ms = timeMs(
+      float bf16Ms = melt::bench::timeMs(
+          benchName,
           [&](int i) {
             CHECK_STATUS(
                 gemm->bf16(x, w16[i % copies], y, false, m, shape.n, shape.k));

@@ -6,6 +6,8 @@
 //   melt-bench-mla-decode [--iters N]
 #include "cuda/MlaDecode.h"
 
+#include "BenchUtil.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -16,41 +18,14 @@
 
 using namespace melt::rt::cuda;
 
-#define CHECK(call)                                                          \
-  do {                                                                       \
-    cudaError_t e = (call);                                                  \
-    if (e != cudaSuccess) {                                                  \
-      std::fprintf(stderr, "melt-bench-mla-decode: %s: %s\n", #call,         \
-                   cudaGetErrorString(e));                                   \
-      std::exit(1);                                                          \
-    }                                                                        \
-  } while (0)
+static const char *benchName = "melt-bench-mla-decode";
 
 __global__ void fillRandom(__nv_bfloat16 *data, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
+    uint32_t x = melt::bench::hashIndex(i, seed);
     data[i] = __float2bfloat16((x & 0xffff) / 32768.f - 1.f);
   }
-}
-
-template <typename F> float timeMs(F &&f, int iters) {
-  for (int i = 0; i < 3; ++i)
-    f();
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  CHECK(cudaEventRecord(start));
-  for (int i = 0; i < iters; ++i)
-    f();
-  CHECK(cudaEventRecord(stop));
-  CHECK(cudaEventSynchronize(stop));
-  float ms = 0;
-  CHECK(cudaEventElapsedTime(&ms, start, stop));
-  return ms / iters;
 }
 
 int main(int argc, char **argv) {
@@ -63,27 +38,8 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    std::fprintf(stderr, "melt-bench-mla-decode: no CUDA device\n");
-    return 1;
-  }
-  cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-
-  // Copy bandwidth: bytes read + written, as hf_baseline.py counts it.
-  {
-    size_t n = size_t(2) << 30;
-    void *a, *b;
-    CHECK(cudaMalloc(&a, n));
-    CHECK(cudaMalloc(&b, n));
-    float ms = timeMs([&] { cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); },
-                      iters);
-    std::printf("{\"what\": \"copy_bw\", \"gpu\": \"%s\", \"GBps\": %.1f}\n",
-                prop.name, 2.0 * n / (ms * 1e-3) / 1e9);
-    CHECK(cudaFree(a));
-    CHECK(cudaFree(b));
-  }
+  cudaDeviceProp prop = melt::bench::openDevice(benchName);
+  melt::bench::printCopyBandwidth(benchName, prop, iters);
 
   struct Shape {
     int batch, heads, length;
@@ -104,12 +60,14 @@ int main(int argc, char **argv) {
     int32_t *deviceTable, *deviceLengths;
     CHECK(cudaMalloc(&cache, cacheValues * 2));
     CHECK(cudaMalloc(&queries, queryValues * 2));
-    CHECK(cudaMalloc(&output, size_t(shape.batch) * shape.heads * kLatentRank * 2));
+    CHECK(cudaMalloc(&output,
+                     size_t(shape.batch) * shape.heads * kLatentRank * 2));
     CHECK(cudaMalloc(&deviceTable, pages * 4));
     CHECK(cudaMalloc(&deviceLengths, shape.batch * 4));
     fillRandom<<<1024, 256>>>(cache, cacheValues, 1);
     fillRandom<<<1024, 256>>>(queries, queryValues, 2);
-    CHECK(cudaMemcpy(deviceTable, table.data(), pages * 4, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(deviceTable, table.data(), pages * 4,
+                     cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(deviceLengths, lengths.data(), shape.batch * 4,
                      cudaMemcpyHostToDevice));
     MlaDecodeArgs args;
@@ -127,8 +85,9 @@ int main(int argc, char **argv) {
     size_t bytes = mlaDecodeWorkspaceBytes(args, prop.multiProcessorCount);
     void *workspace;
     CHECK(cudaMalloc(&workspace, bytes));
-    float ms = timeMs(
-        [&] {
+    float ms = melt::bench::timeMs(
+        benchName,
+        [&](int) {
           CHECK(mlaDecode(args, workspace, bytes, prop.multiProcessorCount,
                           nullptr));
         },

@@ -8,22 +8,16 @@ the roofline (right).
 
     python3 bench/cuda/plot_gemm.py MELT.json TORCH.json OUT.png
 """
-import json
 import sys
 
-
-def read(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+from plot_common import pyplot, read
 
 
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     melt, torch, out = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     copy = next(r["GBps"] for r in melt if r["what"] == "copy_bw")
     ours = [r for r in melt if r["what"] == "gemm_melt"]

@@ -7,22 +7,16 @@ with the copy bandwidth measured in the same run as the roofline.
 
     python3 bench/cuda/plot_mla_decode.py MELT.json TORCH.json OUT.png
 """
-import json
 import sys
 
-
-def read(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+from plot_common import pyplot, read
 
 
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     melt, torch, out = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     copy = next(r["GBps"] for r in melt if r["what"] == "copy_bw")
     ours = {(r["batch"], r["heads"], r["seq"]): r for r in melt

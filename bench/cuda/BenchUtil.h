@@ -1,0 +1,87 @@
+//===- BenchUtil.h - what the CUDA kernel benchmarks share ------*- C++ -*-===//
+//
+// Exit-on-error checks, event timing, and the device's copy bandwidth
+// (bytes read + written per second, as hf_baseline.py counts them): every
+// benchmark prints it first, in the same run as its own figures.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_BENCH_CUDA_BENCHUTIL_H
+#define MELT_BENCH_CUDA_BENCHUTIL_H
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+#define CHECK(call)                                                            \
+  do {                                                                         \
+    cudaError_t e = (call);                                                    \
+    if (e != cudaSuccess) {                                                    \
+      std::fprintf(stderr, "%s: %s: %s\n", benchName, #call,                   \
+                   cudaGetErrorString(e));                                     \
+      std::exit(1);                                                            \
+    }                                                                          \
+  } while (0)
+
+namespace melt::bench {
+
+/// A hash of an element index: the benchmarks' deterministic fill values.
+__device__ inline uint32_t hashIndex(size_t i, uint32_t seed) {
+  uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+  x ^= x >> 13;
+  x *= 0x5bd1e995u;
+  x ^= x >> 15;
+  return x;
+}
+
+/// Milliseconds per call of f(i), i the call's index, after 3 warm-ups.
+template <typename F> float timeMs(const char *benchName, F &&f, int iters) {
+  for (int i = 0; i < 3; ++i)
+    f(i);
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  CHECK(cudaEventRecord(start));
+  for (int i = 0; i < iters; ++i)
+    f(i);
+  CHECK(cudaEventRecord(stop));
+  CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  CHECK(cudaEventElapsedTime(&ms, start, stop));
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  return ms / iters;
+}
+
+/// The device's properties, after checking that there is one.
+inline cudaDeviceProp openDevice(const char *benchName) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::fprintf(stderr, "%s: no CUDA device\n", benchName);
+    std::exit(1);
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  return prop;
+}
+
+/// Prints {"what": "copy_bw", ...} for a 2 GiB device-to-device copy.
+inline void printCopyBandwidth(const char *benchName,
+                               const cudaDeviceProp &prop, int iters) {
+  size_t n = size_t(2) << 30;
+  void *a, *b;
+  CHECK(cudaMalloc(&a, n));
+  CHECK(cudaMalloc(&b, n));
+  float ms = timeMs(
+      benchName,
+      [&](int) { cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice); }, iters);
+  std::printf("{\"what\": \"copy_bw\", \"gpu\": \"%s\", \"GBps\": %.1f}\n",
+              prop.name, 2.0 * n / (ms * 1e-3) / 1e9);
+  CHECK(cudaFree(a));
+  CHECK(cudaFree(b));
+}
+
+} // namespace melt::bench
+
+#endif // MELT_BENCH_CUDA_BENCHUTIL_H
