@@ -210,3 +210,61 @@ Status CpuDevice::add(const DeviceTensor &a, const DeviceTensor &b,
                       DeviceTensor &y) {
   return elementwise("add", a, b, y, [](float u, float v) { return u + v; });
 }
+
+Status CpuDevice::embedding(const DeviceTensor &ids, const DeviceTensor &table,
+                            DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::embedding(ids, table, y));
+  int64_t vocab = table.shape[0], hidden = table.shape[1];
+  auto *id = static_cast<const int32_t *>(ids.data);
+  for (int64_t t = 0; t < ids.shape[0]; ++t) {
+    if (id[t] < 0 || id[t] >= vocab)
+      return invalidArgument("embedding: token id " + std::to_string(id[t]) +
+                             " is outside the vocabulary of " +
+                             std::to_string(vocab));
+    for (int64_t h = 0; h < hidden; ++h)
+      store(y, t * hidden + h, load(table, int64_t(id[t]) * hidden + h));
+  }
+  return Status::ok();
+}
+
+Status CpuDevice::rope(const DeviceTensor &x, const DeviceTensor &positions,
+                       const RopeParams &params, DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::rope(x, positions, params, y));
+  int64_t dim = x.shape.back(), tokens = x.shape[0];
+  int64_t rows = tokens ? x.numel() / dim / tokens : 0;
+  std::vector<double> inv = ropeInverseFrequencies(params, dim);
+  double mscale = ropeOutputScale(params);
+  auto *pos = static_cast<const int32_t *>(positions.data);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t base = (t * rows + r) * dim;
+      for (int64_t i = 0; i < dim / 2; ++i) {
+        double c = std::cos(pos[t] * inv[i]) * mscale,
+               s = std::sin(pos[t] * inv[i]) * mscale;
+        int64_t a = params.interleaved ? 2 * i : i,
+                b = params.interleaved ? 2 * i + 1 : i + dim / 2;
+        float xa = load(x, base + a), xb = load(x, base + b);
+        store(y, base + a, float(xa * c - xb * s));
+        store(y, base + b, float(xb * c + xa * s));
+      }
+    }
+  return Status::ok();
+}
+
+Status CpuDevice::routeExperts(const DeviceTensor &logits,
+                               const DeviceTensor *bias,
+                               const RouterParams &params,
+                               DeviceTensor &indices, DeviceTensor &weights) {
+  MELT_RETURN_IF_ERROR(
+      check::routeExperts(logits, bias, params, indices, weights));
+  int64_t t = logits.rows(), e = logits.cols(), k = params.topK;
+  std::vector<int64_t> chosen(static_cast<size_t>(k));
+  for (int64_t i = 0; i < t; ++i) {
+    routeToken(static_cast<const float *>(logits.data) + i * e, e,
+               bias ? static_cast<const float *>(bias->data) : nullptr, params,
+               chosen.data(), static_cast<float *>(weights.data) + i * k);
+    for (int64_t j = 0; j < k; ++j)
+      static_cast<int32_t *>(indices.data)[i * k + j] = int32_t(chosen[j]);
+  }
+  return Status::ok();
+}

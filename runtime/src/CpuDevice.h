@@ -34,6 +34,13 @@ public:
                  DeviceTensor &y) override;
   Status add(const DeviceTensor &a, const DeviceTensor &b,
              DeviceTensor &y) override;
+  Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
+                   DeviceTensor &y) override;
+  Status rope(const DeviceTensor &x, const DeviceTensor &positions,
+              const RopeParams &params, DeviceTensor &y) override;
+  Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
+                      const RouterParams &params, DeviceTensor &indices,
+                      DeviceTensor &weights) override;
 };
 
 } // namespace melt::rt

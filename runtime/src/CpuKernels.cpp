@@ -64,35 +64,6 @@ void rmsNormRow(const float *x, const float *scale, int64_t n, double eps,
     y[i] = scale[i] * (x[i] * inv);
 }
 
-double yarnMscale(double factor, double mscale) {
-  return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
-}
-
-/// Inverse frequencies of DeepSeek's YaRN: interpolated below the beta_slow
-/// correction dimension, extrapolated above beta_fast, a linear ramp
-/// between.
-std::vector<double> inverseFrequencies(const RopeParams &p, int64_t dim) {
-  std::vector<double> inv(dim / 2);
-  for (int64_t i = 0; i < dim / 2; ++i)
-    inv[i] = 1.0 / std::pow(p.theta, double(2 * i) / dim);
-  if (!p.yarn || p.factor <= 1.0)
-    return inv;
-  auto correctionDim = [&](double rotations) {
-    return dim * std::log(p.originalMax / (rotations * 2 * M_PI)) /
-           (2 * std::log(p.theta));
-  };
-  double low = std::max(0.0, std::floor(correctionDim(p.betaFast)));
-  double high = std::min(double(dim - 1), std::ceil(correctionDim(p.betaSlow)));
-  if (low == high)
-    high += 0.001;
-  for (int64_t i = 0; i < dim / 2; ++i) {
-    double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
-    double extrapolate = 1.0 - ramp;
-    inv[i] = inv[i] / p.factor * (1.0 - extrapolate) + inv[i] * extrapolate;
-  }
-  return inv;
-}
-
 } // namespace
 
 Status cpu::embedding(const Tensor &ids, const WeightData &table, Tensor &out) {
@@ -149,10 +120,8 @@ Status cpu::rope(const Tensor &x, const Tensor &positions, const RopeParams &p,
       x.shape.back() % 2 != 0)
     return shapeError("rope", "expects [T, D] or [T, H, D] and T positions");
   int64_t dim = x.shape.back(), rows = x.numel() / dim / std::max<int64_t>(x.dim(0), 1);
-  std::vector<double> inv = inverseFrequencies(p, dim);
-  double mscale = p.yarn ? yarnMscale(p.factor, p.mscale) /
-                               yarnMscale(p.factor, p.mscaleAllDim)
-                         : 1.0;
+  std::vector<double> inv = ropeInverseFrequencies(p, dim);
+  double mscale = ropeOutputScale(p);
   resize(out, x.shape);
   for (int64_t t = 0; t < x.dim(0); ++t) {
     double pos = static_cast<double>(positions.ints[t]);
@@ -566,8 +535,7 @@ Status cpu::moeRouter(const Tensor &x, const WeightData &gate,
   if (x.rank() != 2 || gate.shape.size() != 2 || gate.shape[1] != x.dim(1))
     return shapeError("moe_router", "gate does not match the input");
   int64_t T = x.dim(0), E = gate.shape[0];
-  if (p.topK < 1 || p.topK > E || p.nGroup < 1 || E % p.nGroup != 0 ||
-      p.topkGroup < 1 || p.topkGroup > p.nGroup ||
+  if (!validRouting(p, E) ||
       (bias && (bias->shape.size() != 1 || bias->shape[0] != E)))
     return shapeError("moe_router", "inconsistent routing parameters");
   indices.shape = {T, p.topK};
@@ -575,59 +543,13 @@ Status cpu::moeRouter(const Tensor &x, const WeightData &gate,
   indices.data.clear();
   indices.ints.assign(T * p.topK, 0);
   resize(weights, {T, p.topK});
-  std::vector<float> logits(E), scores(E), choice(E);
-  std::vector<int64_t> order(E);
-  int64_t perGroup = E / p.nGroup;
+  std::vector<float> logits(E);
   for (int64_t t = 0; t < T; ++t) {
     matmulRows(x.data.data() + t * x.dim(1), 1, x.dim(1), gate.data.data(), E,
                logits.data());
-    if (p.sigmoid) {
-      for (int64_t e = 0; e < E; ++e)
-        scores[e] = 1.0f / (1.0f + std::exp(-logits[e]));
-    } else {
-      float m = *std::max_element(logits.begin(), logits.end()), sum = 0.0f;
-      for (int64_t e = 0; e < E; ++e)
-        sum += scores[e] = std::exp(logits[e] - m);
-      for (float &s : scores)
-        s /= sum;
-    }
-    for (int64_t e = 0; e < E; ++e)
-      choice[e] = scores[e] + (bias && p.method == 2 ? bias->data[e] : 0.0f);
-    // Group-limited selection: keep topk_group groups, mask the rest with
-    // -inf (DeepSeek's reference; transformers uses 0.0).
-    if (p.method != 0 && p.nGroup > 1) {
-      std::vector<float> groupScore(p.nGroup);
-      for (int64_t g = 0; g < p.nGroup; ++g) {
-        std::vector<float> members(choice.begin() + g * perGroup,
-                                   choice.begin() + (g + 1) * perGroup);
-        std::sort(members.begin(), members.end(), std::greater<float>());
-        groupScore[g] = p.method == 2
-                            ? members[0] + (perGroup > 1 ? members[1] : 0.0f)
-                            : members[0];
-      }
-      std::vector<int64_t> groups(p.nGroup);
-      std::iota(groups.begin(), groups.end(), 0);
-      std::stable_sort(groups.begin(), groups.end(), [&](int64_t a, int64_t b) {
-        return groupScore[a] > groupScore[b];
-      });
-      for (int64_t i = p.topkGroup; i < p.nGroup; ++i)
-        for (int64_t e = 0; e < perGroup; ++e)
-          choice[groups[i] * perGroup + e] = -INFINITY;
-    }
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return choice[a] > choice[b];
-    });
-    double sum = 0.0;
-    for (int64_t k = 0; k < p.topK; ++k)
-      sum += scores[order[k]];
-    for (int64_t k = 0; k < p.topK; ++k) {
-      double w = scores[order[k]];
-      if (p.normalize)
-        w /= sum + 1e-20;
-      indices.ints[t * p.topK + k] = order[k];
-      weights.data[t * p.topK + k] = static_cast<float>(w * p.scale);
-    }
+    routeToken(logits.data(), E, bias ? bias->data.data() : nullptr, p,
+               indices.ints.data() + t * p.topK,
+               weights.data.data() + t * p.topK);
   }
   return Status::ok();
 }

@@ -28,6 +28,7 @@
 #ifndef MELT_RUNTIME_CPUKERNELS_H
 #define MELT_RUNTIME_CPUKERNELS_H
 
+#include "KernelParams.h"
 #include "PagePool.h"
 #include "Status.h"
 #include "Tensor.h"
@@ -41,14 +42,7 @@ Status rmsNorm(const Tensor &x, const WeightData &scale, double eps,
                Tensor &out);
 Status linear(const Tensor &x, const WeightData &w, Tensor &out);
 
-struct RopeParams {
-  bool interleaved = true;
-  double theta = 10000.0;
-  bool yarn = false;
-  int64_t originalMax = 0;
-  double factor = 1.0, betaFast = 32.0, betaSlow = 1.0, mscale = 1.0,
-         mscaleAllDim = 0.0;
-};
+using RopeParams = rt::RopeParams;
 Status rope(const Tensor &x, const Tensor &positions, const RopeParams &p,
             Tensor &out);
 /// Attention of each sequence of a batch: query rows `querySegments[b]` on
@@ -98,13 +92,7 @@ Status reshape(const Tensor &x, const std::vector<int64_t> &shape,
                Tensor &out);
 Status broadcastHeads(const Tensor &x, int64_t heads, Tensor &out);
 
-struct RouterParams {
-  bool sigmoid = true;
-  int method = 2; // 0 greedy, 1 group_limited_greedy, 2 noaux_tc
-  int64_t topK = 1, nGroup = 1, topkGroup = 1;
-  bool normalize = false;
-  double scale = 1.0;
-};
+using RouterParams = rt::RouterParams;
 Status moeRouter(const Tensor &x, const WeightData &gate,
                  const WeightData *bias, const RouterParams &p,
                  Tensor &indices, Tensor &weights);

@@ -164,3 +164,67 @@ Status check::linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
           shapeString(wScales.shape) + ", y " + dtypeName(y.dtype) + " " +
           shapeString(y.shape));
 }
+
+Status check::embedding(const DeviceTensor &ids, const DeviceTensor &table,
+                        const DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(floatType("embedding", "table", table));
+  MELT_RETURN_IF_ERROR(floatType("embedding", "y", y));
+  return expect(ids.dtype == DType::I32 && ids.shape.size() == 1 &&
+                    table.shape.size() == 2 &&
+                    y.shape ==
+                        std::vector<int64_t>{ids.shape[0], table.shape[1]},
+                "embedding",
+                "needs ids i32 [T], a table [V, H] and y [T, H]; got ids " +
+                    std::string(dtypeName(ids.dtype)) + " " +
+                    shapeString(ids.shape) + ", table " +
+                    shapeString(table.shape) + ", y " + shapeString(y.shape));
+}
+
+Status check::rope(const DeviceTensor &x, const DeviceTensor &positions,
+                   const RopeParams &params, const DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(floatType("rope", "x", x));
+  MELT_RETURN_IF_ERROR(floatType("rope", "y", y));
+  MELT_RETURN_IF_ERROR(sameShape("rope", x, y));
+  MELT_RETURN_IF_ERROR(expect(
+      (x.shape.size() == 2 || x.shape.size() == 3) && x.shape.back() % 2 == 0 &&
+          positions.dtype == DType::I32 && positions.shape.size() == 1 &&
+          positions.shape[0] == x.shape[0],
+      "rope",
+      "needs x [T, D] or [T, H, D] with D even and i32 positions [T]; got x " +
+          shapeString(x.shape) + ", positions " +
+          std::string(dtypeName(positions.dtype)) + " " +
+          shapeString(positions.shape)));
+  return expect(
+      params.theta > 0 &&
+          (!params.yarn ||
+           (params.originalMax > 0 && params.factor >= 1 &&
+            params.betaFast > params.betaSlow && params.betaSlow > 0)),
+      "rope", "invalid RoPE parameters");
+}
+
+Status check::routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
+                           const RouterParams &params,
+                           const DeviceTensor &indices,
+                           const DeviceTensor &weights) {
+  int64_t t = logits.rows(), e = logits.cols();
+  MELT_RETURN_IF_ERROR(expect(
+      logits.dtype == DType::F32 && logits.shape.size() == 2 &&
+          (!bias || (bias->dtype == DType::F32 &&
+                     bias->shape == std::vector<int64_t>{e})),
+      "route_experts",
+      "needs f32 logits [T, E] and an f32 bias [E]; got logits " +
+          shapeString(logits.shape) +
+          (bias ? ", bias " + shapeString(bias->shape) : std::string())));
+  MELT_RETURN_IF_ERROR(
+      expect(validRouting(params, e), "route_experts",
+             "top_k " + std::to_string(params.topK) + ", n_group " +
+                 std::to_string(params.nGroup) + ", topk_group " +
+                 std::to_string(params.topkGroup) + " do not fit " +
+                 std::to_string(e) + " experts"));
+  std::vector<int64_t> out = {t, params.topK};
+  return expect(indices.dtype == DType::I32 && indices.shape == out &&
+                    weights.dtype == DType::F32 && weights.shape == out,
+                "route_experts",
+                "needs indices i32 and weights f32 of shape " +
+                    shapeString(out));
+}

@@ -18,6 +18,7 @@
 #ifndef MELT_RUNTIME_DEVICE_H
 #define MELT_RUNTIME_DEVICE_H
 
+#include "KernelParams.h"
 #include "Status.h"
 
 #include <cstdint>
@@ -92,6 +93,20 @@ public:
   /// y = a + b.
   virtual Status add(const DeviceTensor &a, const DeviceTensor &b,
                      DeviceTensor &y) = 0;
+  /// y[t] = table[ids[t]] (ids I32 [T]; an id outside the table is an
+  /// error, reported by the CPU at once and by a GPU at the next
+  /// synchronize()).
+  virtual Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
+                           DeviceTensor &y) = 0;
+  /// Rotary embedding of x [T, D] or [T, H, D] at positions (I32 [T]).
+  virtual Status rope(const DeviceTensor &x, const DeviceTensor &positions,
+                      const RopeParams &params, DeviceTensor &y) = 0;
+  /// The experts of each token from router logits (F32 [T, E]; bias F32
+  /// [E] or null): indices I32 [T, K], weights F32 [T, K] (routeToken).
+  virtual Status routeExperts(const DeviceTensor &logits,
+                              const DeviceTensor *bias,
+                              const RouterParams &params, DeviceTensor &indices,
+                              DeviceTensor &weights) = 0;
 };
 
 /// The devices present on this machine, "cpu" first.
@@ -116,6 +131,13 @@ Status quantizeFp8(const DeviceTensor &x, const DeviceTensor &q,
 Status linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
                  const DeviceTensor &w, const DeviceTensor &wScales,
                  const DeviceTensor &y);
+Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
+                 const DeviceTensor &y);
+Status rope(const DeviceTensor &x, const DeviceTensor &positions,
+            const RopeParams &params, const DeviceTensor &y);
+Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
+                    const RouterParams &params, const DeviceTensor &indices,
+                    const DeviceTensor &weights);
 } // namespace check
 
 } // namespace melt::rt

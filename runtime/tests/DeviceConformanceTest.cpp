@@ -253,6 +253,126 @@ TEST_P(DeviceConformance, SiluMulAndAdd) {
   }
 }
 
+TEST_P(DeviceConformance, Embedding) {
+  HostTensor table = random(DType::BF16, {50, 96}, rng);
+  std::vector<int32_t> ids = {3, 0, 49, 3, 17};
+  DeviceTensor dt = put(table), di = make(DType::I32, {5}),
+               y = make(DType::F32, {5, 96});
+  ASSERT_FALSE(device->upload(ids.data(), di));
+  Status s = device->embedding(di, dt, y);
+  ASSERT_FALSE(s) << s.message();
+  std::vector<float> got = get(y);
+  for (size_t t = 0; t < ids.size(); ++t)
+    for (int h = 0; h < 96; ++h)
+      ASSERT_EQ(got[t * 96 + h], table.values[ids[t] * 96 + h]);
+  ids[2] = 50;
+  ASSERT_FALSE(device->upload(ids.data(), di));
+  s = device->embedding(di, dt, y);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s.code(), MELT_INVALID_ARGUMENT);
+  EXPECT_NE(s.message().find("outside the vocabulary of 50"), std::string::npos)
+      << s.message();
+}
+
+TEST_P(DeviceConformance, Rope) {
+  // DeepSeek-V3's YaRN (factor 40 over 4096 positions), interleaved, on
+  // [T, H, 64]; plain RoPE in halves on [T, 64].
+  RopeParams yarn;
+  yarn.theta = 10000;
+  yarn.yarn = true;
+  yarn.originalMax = 4096;
+  yarn.factor = 40;
+  yarn.betaFast = 32;
+  yarn.betaSlow = 1;
+  yarn.mscale = 1;
+  yarn.mscaleAllDim = 0;
+  RopeParams plain;
+  plain.interleaved = false;
+  plain.theta = 500000;
+  struct Case {
+    RopeParams params;
+    std::vector<int64_t> shape;
+    DType dtype;
+  } cases[] = {{yarn, {6, 4, 64}, DType::F32}, {plain, {6, 64}, DType::BF16}};
+  std::vector<int32_t> positions = {0, 1, 7, 100, 4095, 163839};
+  for (const Case &c : cases) {
+    HostTensor x = random(c.dtype, c.shape, rng);
+    DeviceTensor dx = put(x), dp = make(DType::I32, {6}),
+                 y = make(c.dtype, c.shape);
+    ASSERT_FALSE(device->upload(positions.data(), dp));
+    Status s = device->rope(dx, dp, c.params, y);
+    ASSERT_FALSE(s) << s.message();
+    int64_t dim = c.shape.back(), rows = x.numel() / dim / 6;
+    std::vector<double> inv = ropeInverseFrequencies(c.params, dim);
+    double mscale = ropeOutputScale(c.params);
+    std::vector<double> want(x.values.size());
+    for (int64_t t = 0; t < 6; ++t)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < dim / 2; ++i) {
+          int64_t base = (t * rows + r) * dim;
+          int64_t a = c.params.interleaved ? 2 * i : i,
+                  b = c.params.interleaved ? 2 * i + 1 : i + dim / 2;
+          double angle = positions[t] * inv[i];
+          double co = std::cos(angle) * mscale, si = std::sin(angle) * mscale;
+          want[base + a] = x.values[base + a] * co - x.values[base + b] * si;
+          want[base + b] = x.values[base + b] * co + x.values[base + a] * si;
+        }
+    EXPECT_LE(relativeError(get(y), want), tolerance(c.dtype))
+        << dtypeName(c.dtype);
+  }
+}
+
+TEST_P(DeviceConformance, RouteExperts) {
+  // DeepSeek-V3 (sigmoid, bias, 8 groups keep 4, top 8 of 256, normalized,
+  // scale 2.5), V2-Lite (softmax, greedy, top 6 of 64) and V2 (softmax,
+  // group-limited greedy: 8 groups keep 3).
+  auto make3 = [](bool sigmoid, int method, int64_t k, int64_t groups,
+                  int64_t keep, bool normalize, double scale) {
+    RouterParams p;
+    p.sigmoid = sigmoid;
+    p.method = method;
+    p.topK = k;
+    p.nGroup = groups;
+    p.topkGroup = keep;
+    p.normalize = normalize;
+    p.scale = scale;
+    return p;
+  };
+  struct Case {
+    RouterParams params;
+    int64_t experts;
+    bool bias;
+  } cases[] = {{make3(true, 2, 8, 8, 4, true, 2.5), 256, true},
+               {make3(false, 0, 6, 1, 1, false, 1.0), 64, false},
+               {make3(false, 1, 6, 8, 3, false, 16.0), 160, false}};
+  for (const Case &c : cases) {
+    const int64_t tokens = 33, k = c.params.topK;
+    HostTensor logits = random(DType::F32, {tokens, c.experts}, rng, 2.f);
+    HostTensor bias = random(DType::F32, {c.experts}, rng, 0.1f);
+    DeviceTensor dl = put(logits), db = put(bias),
+                 idx = make(DType::I32, {tokens, k}),
+                 w = make(DType::F32, {tokens, k});
+    Status s =
+        device->routeExperts(dl, c.bias ? &db : nullptr, c.params, idx, w);
+    ASSERT_FALSE(s) << s.message();
+    std::vector<int32_t> gotIdx(size_t(tokens * k));
+    ASSERT_FALSE(device->download(idx, gotIdx.data()));
+    std::vector<float> gotW = get(w);
+    std::vector<int64_t> wantIdx(static_cast<size_t>(k));
+    std::vector<float> wantW(static_cast<size_t>(k));
+    for (int64_t t = 0; t < tokens; ++t) {
+      routeToken(logits.values.data() + t * c.experts, c.experts,
+                 c.bias ? bias.values.data() : nullptr, c.params,
+                 wantIdx.data(), wantW.data());
+      for (int64_t j = 0; j < k; ++j) {
+        ASSERT_EQ(gotIdx[t * k + j], wantIdx[j])
+            << "token " << t << " choice " << j << " of " << c.experts;
+        ASSERT_NEAR(gotW[t * k + j], wantW[j], 1e-5 * std::fabs(wantW[j]));
+      }
+    }
+  }
+}
+
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {
   DeviceTensor x = make(DType::F32, {2, 64}), y = make(DType::F32, {2, 64});
   DeviceTensor w = make(DType::F32, {8, 32}), g = make(DType::F32, {63});

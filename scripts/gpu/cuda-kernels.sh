@@ -38,6 +38,13 @@ for tool in memcheck racecheck; do
     > "$out/sanitizer-$tool.txt" 2>&1 && echo "$tool: clean" ||
     { echo "$tool: FAILED"; tail -n 30 "$out/sanitizer-$tool.txt"; }
 done
+# The CUDA device under memcheck too (not the deliberate 64 TiB allocation:
+# memcheck reports the failed cudaMalloc it provokes as an API error).
+compute-sanitizer --tool memcheck --error-exitcode 3 \
+  build-gpu/bin/melt-runtime-tests \
+  --gtest_filter='*Conformance*/cuda*:-*HugeAllocation*' \
+  > "$out/sanitizer-memcheck-device.txt" 2>&1 && echo "memcheck (CUDA device): clean" ||
+  { echo "memcheck (CUDA device): FAILED"; grep -B2 -A12 "=========" "$out/sanitizer-memcheck-device.txt" | head -60; }
 echo "== machine code =="
 cuobjdump -sass build-gpu/bin/melt-bench-mla-decode > "$out/mla-decode.sass"
 echo "MLA decode: HMMA: $(grep -c HMMA "$out/mla-decode.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/mla-decode.sass")"

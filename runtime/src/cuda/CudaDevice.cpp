@@ -12,6 +12,7 @@
 
 #include "cuda/Elementwise.h"
 #include "cuda/Gemm.h"
+#include "cuda/ModelKernels.h"
 #include "cuda/Quantize.h"
 
 #include <cuda_runtime.h>
@@ -46,6 +47,8 @@ public:
       : index_(index), description_(std::move(description)) {}
   ~CudaDevice() override {
     gemm_.reset();
+    if (badId_)
+      cudaFree(badId_);
     if (stream_)
       cudaStreamDestroy(stream_);
   }
@@ -185,6 +188,78 @@ public:
     return binaryOp("add", Binary::Add, a, b, y);
   }
 
+  Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
+                   DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::embedding(ids, table, y));
+    if (!badId_)
+      MELT_RETURN_IF_ERROR(
+          check(cudaMalloc(&badId_, sizeof(int32_t)), "cudaMalloc"));
+    MELT_RETURN_IF_ERROR(check(
+        cudaMemsetAsync(badId_, 0, sizeof(int32_t), stream_), "embedding"));
+    MELT_RETURN_IF_ERROR(check(
+        cuda::embedding(static_cast<const int32_t *>(ids.data),
+                        int(ids.shape[0]), operand(table), int(table.shape[0]),
+                        int(table.shape[1]), result(y), badId_, stream_),
+        "embedding"));
+    // Ids come from the user: a bad one is reported now, not as a fault.
+    int32_t bad = 0;
+    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(&bad, badId_, sizeof(bad),
+                                               cudaMemcpyDeviceToHost, stream_),
+                               "embedding"));
+    MELT_RETURN_IF_ERROR(synchronize());
+    if (bad)
+      return invalidArgument("embedding: a token id is outside the "
+                             "vocabulary of " +
+                             std::to_string(table.shape[0]));
+    return Status::ok();
+  }
+
+  Status rope(const DeviceTensor &x, const DeviceTensor &positions,
+              const RopeParams &params, DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::rope(x, positions, params, y));
+    int64_t dim = x.shape.back();
+    if (dim / 2 > kMaxRopePairs)
+      return {MELT_UNSUPPORTED, "rope: at most " +
+                                    std::to_string(2 * kMaxRopePairs) +
+                                    " rotary dimensions on CUDA"};
+    RopeFrequencies freqs{};
+    std::vector<double> inverse = ropeInverseFrequencies(params, dim);
+    std::copy(inverse.begin(), inverse.end(), freqs.inverse);
+    int tokens = int(x.shape[0]);
+    int rows = tokens ? int(x.numel() / dim / tokens) : 0;
+    return check(cuda::rope(operand(x),
+                            static_cast<const int32_t *>(positions.data),
+                            tokens, rows, int(dim), params.interleaved, freqs,
+                            ropeOutputScale(params), result(y), stream_),
+                 "rope");
+  }
+
+  Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
+                      const RouterParams &params, DeviceTensor &indices,
+                      DeviceTensor &weights) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(
+        check::routeExperts(logits, bias, params, indices, weights));
+    if (logits.cols() > kMaxRouterExperts || params.nGroup > 64 ||
+        params.topK > 64)
+      return {MELT_UNSUPPORTED, "route_experts: at most " +
+                                    std::to_string(kMaxRouterExperts) +
+                                    " experts, 64 groups and top-64 on CUDA"};
+    RouterConfig config{params.sigmoid,        params.method,
+                        int(params.topK),      int(params.nGroup),
+                        int(params.topkGroup), params.normalize,
+                        params.scale};
+    return check(cuda::routeExperts(
+                     static_cast<const float *>(logits.data),
+                     bias ? static_cast<const float *>(bias->data) : nullptr,
+                     int(logits.rows()), int(logits.cols()), config,
+                     static_cast<int32_t *>(indices.data),
+                     static_cast<float *>(weights.data), stream_),
+                 "route_experts");
+  }
+
 private:
   static Operand operand(const DeviceTensor &t) {
     return {t.data, t.dtype == DType::BF16};
@@ -241,6 +316,7 @@ private:
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<GemmRunner> gemm_;
   std::string failure_;
+  int32_t *badId_ = nullptr; // embedding's out-of-vocabulary flag
 };
 
 } // namespace

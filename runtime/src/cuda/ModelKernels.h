@@ -1,0 +1,48 @@
+//===- ModelKernels.h - embedding, RoPE and routing (CUDA) --------*- C++
+//-*-===//
+//
+// The CUDA forms of the model's gather, rotary and routing kernels, with the
+// semantics of KernelParams.h: rotary frequencies come from the host
+// (ropeInverseFrequencies, in double), and the experts of a token are
+// chosen exactly as routeToken chooses them (ties to the lower index).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_MODELKERNELS_H
+#define MELT_RUNTIME_CUDA_MODELKERNELS_H
+
+#include "cuda/Elementwise.h"
+
+#include <cstdint>
+
+namespace melt::rt::cuda {
+
+/// y[t] = table[ids[t]]; an id outside [0, vocab) sets *badId (device
+/// memory, one int32 the caller zeroed) to 1 and writes zeros.
+cudaError_t embedding(const int32_t *ids, int tokens, Operand table, int vocab,
+                      int hidden, Result y, int32_t *badId,
+                      cudaStream_t stream);
+
+constexpr int kMaxRopePairs = 256;
+struct RopeFrequencies {
+  double inverse[kMaxRopePairs];
+};
+/// x is [tokens, rows, dim] (rows 1 for [T, D]).
+cudaError_t rope(Operand x, const int32_t *positions, int tokens, int rows,
+                 int dim, bool interleaved, const RopeFrequencies &freqs,
+                 double mscale, Result y, cudaStream_t stream);
+
+constexpr int kMaxRouterExperts = 1024;
+struct RouterConfig {
+  bool sigmoid;
+  int method; // 0 greedy, 1 group_limited_greedy, 2 noaux_tc
+  int topK, nGroup, topkGroup;
+  bool normalize;
+  double scale;
+};
+cudaError_t routeExperts(const float *logits, const float *bias, int tokens,
+                         int experts, const RouterConfig &config,
+                         int32_t *indices, float *weights, cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_MODELKERNELS_H
