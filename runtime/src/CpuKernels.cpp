@@ -1,6 +1,7 @@
 //===- CpuKernels.cpp - the kernels of the CPU device -----------*- C++ -*-===//
 #include "CpuKernels.h"
 
+#include "VectorMath.h"
 #include "melt/numerics.h"
 
 #include <algorithm>
@@ -44,13 +45,8 @@ void matmulRows(const float *x, int64_t rows, int64_t in, const float *w,
                 int64_t out, float *y) {
   for (int64_t t = 0; t < rows; ++t) {
     const float *xr = x + t * in;
-    for (int64_t n = 0; n < out; ++n) {
-      const float *wr = w + n * in;
-      float acc = 0.0f;
-      for (int64_t k = 0; k < in; ++k)
-        acc += xr[k] * wr[k];
-      y[t * out + n] = acc;
-    }
+    for (int64_t n = 0; n < out; ++n)
+      y[t * out + n] = dot(xr, w + n * in, in);
   }
 }
 
@@ -177,19 +173,14 @@ Status cpu::attention(const Tensor &q, const Tensor &k, const Tensor &v,
         float maxScore = -INFINITY;
         for (int64_t s = 0; s < visible; ++s) {
           const float *kv = k.data.data() + ((k0 + s) * Hk + kh) * D;
-          float dot = 0.0f;
-          for (int64_t d = 0; d < D; ++d)
-            dot += qv[d] * kv[d];
-          scores[s] = static_cast<float>(dot * scale);
+          scores[s] = static_cast<float>(dot(qv, kv, D) * scale);
           maxScore = std::max(maxScore, scores[s]);
         }
         float sum = expShifted(scores, visible, maxScore);
         float *o = out.data.data() + (t * H + h) * Dv;
         for (int64_t s = 0; s < visible; ++s) {
           const float *vv = v.data.data() + ((k0 + s) * Hk + kh) * Dv;
-          float p = scores[s] / sum;
-          for (int64_t d = 0; d < Dv; ++d)
-            o[d] += p * vv[d];
+          axpy(scores[s] / sum, vv, o, Dv);
         }
       }
     }
@@ -322,45 +313,29 @@ Status cpu::mla(const Tensor &qn, const Tensor &qr,
           std::fill(qlat.begin(), qlat.end(), 0.0f);
           const float *uk = wUk.data.data() + h * N * L;
           for (int64_t n = 0; n < N; ++n)
-            for (int64_t l = 0; l < L; ++l)
-              qlat[l] += q[n] * uk[n * L + l];
+            axpy(q[n], uk + n * L, qlat.data(), L);
         }
         float maxScore = -INFINITY;
         for (int64_t s = 0; s < visible; ++s) {
-          const float *kr = cache.value(s);
-          float dot = 0.0f;
-          if (decompress) {
-            const float *k = kNope.data() + (s * H + h) * N;
-            for (int64_t n = 0; n < N; ++n)
-              dot += q[n] * k[n];
-          } else {
-            const float *c = cache.key(s);
-            for (int64_t l = 0; l < L; ++l)
-              dot += qlat[l] * c[l];
-          }
-          for (int64_t r = 0; r < R; ++r)
-            dot += qrope[r] * kr[r];
-          scores[s] = static_cast<float>(dot * scale);
+          float score =
+              decompress ? dot(q, kNope.data() + (s * H + h) * N, N)
+                         : dot(qlat.data(), cache.key(s), L);
+          score += dot(qrope, cache.value(s), R);
+          scores[s] = static_cast<float>(score * scale);
           maxScore = std::max(maxScore, scores[s]);
         }
         float sum = expShifted(scores, visible, maxScore);
         float *o = out.data.data() + (t * H + h) * V;
         if (decompress) {
           for (int64_t s = 0; s < visible; ++s) {
-            const float *v = values.data() + (s * H + h) * V;
-            float p = scores[s] / sum;
-            for (int64_t d = 0; d < V; ++d)
-              o[d] += p * v[d];
+            axpy(scores[s] / sum, values.data() + (s * H + h) * V, o, V);
           }
           continue;
         }
         // Weighted latent, then W_UV out of the latent space.
         std::fill(olat.begin(), olat.end(), 0.0f);
         for (int64_t s = 0; s < visible; ++s) {
-          const float *c = cache.key(s);
-          float p = scores[s] / sum;
-          for (int64_t l = 0; l < L; ++l)
-            olat[l] += p * c[l];
+          axpy(scores[s] / sum, cache.key(s), olat.data(), L);
         }
         matmulRows(olat.data(), 1, L, wUv.data.data() + h * V * L, V, o);
       }
