@@ -2,6 +2,7 @@
 //---------------------------------------===//
 #include "CpuDevice.h"
 
+#include "VectorMath.h"
 #include "melt/numerics.h"
 
 #include <cmath>
@@ -266,5 +267,159 @@ Status CpuDevice::routeExperts(const DeviceTensor &logits,
     for (int64_t j = 0; j < k; ++j)
       static_cast<int32_t *>(indices.data)[i * k + j] = int32_t(chosen[j]);
   }
+  return Status::ok();
+}
+
+Status CpuDevice::copy(const DeviceTensor &x, DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::copy(x, y));
+  std::memmove(y.data, x.data, x.bytes());
+  return Status::ok();
+}
+
+namespace {
+/// Copies `part` to or from its place in `whole` along `axis`.
+void copyAxisPart(const DeviceTensor &whole, int axis, int64_t offset,
+                  const DeviceTensor &part, bool toWhole) {
+  int64_t outer, inner;
+  check::axisExtents(whole.shape, axis, outer, inner);
+  size_t element = dtypeBytes(whole.dtype);
+  size_t run = size_t(part.shape[axis] * inner) * element;
+  auto *w = static_cast<char *>(whole.data);
+  auto *p = static_cast<char *>(part.data);
+  for (int64_t o = 0; o < outer; ++o) {
+    char *inWhole =
+        w + size_t((o * whole.shape[axis] + offset) * inner) * element;
+    char *inPart = p + size_t(o) * run;
+    if (toWhole)
+      std::memcpy(inWhole, inPart, run);
+    else
+      std::memcpy(inPart, inWhole, run);
+  }
+}
+} // namespace
+
+Status CpuDevice::slice(const DeviceTensor &x, int axis, int64_t offset,
+                        DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::axisPart("slice", x, axis, offset, y));
+  copyAxisPart(x, axis, offset, y, false);
+  return Status::ok();
+}
+
+Status CpuDevice::place(const DeviceTensor &x, int axis, int64_t offset,
+                        DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::axisPart("place", y, axis, offset, x));
+  copyAxisPart(y, axis, offset, x, true);
+  return Status::ok();
+}
+
+Status CpuDevice::latentCacheAppend(const DeviceTensor &latent,
+                                    const DeviceTensor &ropeKey,
+                                    const DeviceTensor &positions,
+                                    DeviceTensor &cache) {
+  MELT_RETURN_IF_ERROR(
+      check::latentCacheAppend(latent, ropeKey, positions, cache));
+  int64_t t = latent.rows(), l = latent.cols(), width = cache.shape[1];
+  int64_t r = width - l, capacity = cache.shape[0];
+  auto *pos = static_cast<const int32_t *>(positions.data);
+  auto *c = static_cast<float *>(cache.data);
+  for (int64_t i = 0; i < t; ++i) {
+    if (pos[i] < 0 || pos[i] >= capacity)
+      return {MELT_RESOURCE_EXHAUSTED,
+              "latent_cache_append: position " + std::to_string(pos[i]) +
+                  " is outside the cache of " + std::to_string(capacity)};
+    std::memcpy(c + pos[i] * width,
+                static_cast<const float *>(latent.data) + i * l,
+                size_t(l) * sizeof(float));
+    std::memcpy(c + pos[i] * width + l,
+                static_cast<const float *>(ropeKey.data) + i * r,
+                size_t(r) * sizeof(float));
+  }
+  return Status::ok();
+}
+
+Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                      const DeviceTensor &cache, const DeviceTensor &positions,
+                      const DeviceTensor &wUk, const DeviceTensor &wUv,
+                      float scale, DeviceTensor &out) {
+  MELT_RETURN_IF_ERROR(
+      check::mla(qNope, qRope, cache, positions, wUk, wUv, out));
+  int64_t T = qNope.shape[0], H = qNope.shape[1], N = qNope.shape[2],
+          R = qRope.shape[2], L = wUk.shape[2], V = wUv.shape[1],
+          width = cache.shape[1];
+  auto *pos = static_cast<const int32_t *>(positions.data);
+  auto *c = static_cast<const float *>(cache.data);
+  std::vector<float> qlat(L), olat(L), scores;
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t visible = int64_t(pos[t]) + 1;
+    if (visible <= 0 || visible > cache.shape[0])
+      return invalidArgument("mla: position " + std::to_string(pos[t]) +
+                             " is outside the cache");
+    scores.resize(size_t(visible));
+    for (int64_t h = 0; h < H; ++h) {
+      const float *q = static_cast<const float *>(qNope.data) + (t * H + h) * N;
+      const float *qr =
+          static_cast<const float *>(qRope.data) + (t * H + h) * R;
+      const float *uk = static_cast<const float *>(wUk.data) + h * N * L;
+      std::fill(qlat.begin(), qlat.end(), 0.f);
+      for (int64_t n = 0; n < N; ++n)
+        axpy(q[n], uk + n * L, qlat.data(), L);
+      float top = -INFINITY;
+      for (int64_t s = 0; s < visible; ++s) {
+        const float *row = c + s * width;
+        scores[s] = (dot(qlat.data(), row, L) + dot(qr, row + L, R)) * scale;
+        top = std::max(top, scores[s]);
+      }
+      float sum = 0.f;
+      for (float &v : scores)
+        sum += v = std::exp(v - top);
+      std::fill(olat.begin(), olat.end(), 0.f);
+      for (int64_t s = 0; s < visible; ++s)
+        axpy(scores[s] / sum, c + s * width, olat.data(), L);
+      float *o = static_cast<float *>(out.data) + (t * H + h) * V;
+      const float *uv = static_cast<const float *>(wUv.data) + h * V * L;
+      for (int64_t v = 0; v < V; ++v)
+        o[v] = dot(olat.data(), uv + v * L, L);
+    }
+  }
+  return Status::ok();
+}
+
+Status CpuDevice::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                             const DeviceTensor &weights,
+                             const DeviceTensor &gate, const DeviceTensor &up,
+                             const DeviceTensor &down, bool combineBf16,
+                             DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(
+      check::moeExperts(x, indices, weights, gate, up, down, y));
+  int64_t T = x.shape[0], D = x.shape[1], E = gate.shape[0], I = gate.shape[1],
+          K = indices.shape[1];
+  auto *xs = static_cast<const float *>(x.data);
+  auto *idx = static_cast<const int32_t *>(indices.data);
+  auto *w = static_cast<const float *>(weights.data);
+  auto *g = static_cast<const float *>(gate.data);
+  auto *u = static_cast<const float *>(up.data);
+  auto *d = static_cast<const float *>(down.data);
+  auto *ys = static_cast<float *>(y.data);
+  std::vector<float> act(I), out(D);
+  std::fill(ys, ys + T * D, 0.f);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t e = idx[t * K + k];
+      if (e < 0 || e >= E)
+        return invalidArgument("moe_experts: expert " + std::to_string(e) +
+                               " is outside the " + std::to_string(E) +
+                               " experts");
+      const float *xt = xs + t * D;
+      for (int64_t i = 0; i < I; ++i) {
+        float a = dot(xt, g + (e * I + i) * D, D);
+        act[i] = a / (1.f + std::exp(-a)) * dot(xt, u + (e * I + i) * D, D);
+      }
+      for (int64_t j = 0; j < D; ++j) {
+        out[j] = dot(act.data(), d + (e * D + j) * I, I);
+        if (combineBf16)
+          out[j] = bf16ToFloat(floatToBF16(out[j]));
+      }
+      axpy(w[t * K + k], out.data(), ys + t * D, D);
+    }
   return Status::ok();
 }

@@ -41,6 +41,23 @@ public:
   Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                       const RouterParams &params, DeviceTensor &indices,
                       DeviceTensor &weights) override;
+  Status copy(const DeviceTensor &x, DeviceTensor &y) override;
+  Status slice(const DeviceTensor &x, int axis, int64_t offset,
+               DeviceTensor &y) override;
+  Status place(const DeviceTensor &x, int axis, int64_t offset,
+               DeviceTensor &y) override;
+  Status latentCacheAppend(const DeviceTensor &latent,
+                           const DeviceTensor &ropeKey,
+                           const DeviceTensor &positions,
+                           DeviceTensor &cache) override;
+  Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+             const DeviceTensor &cache, const DeviceTensor &positions,
+             const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
+             DeviceTensor &out) override;
+  Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                    const DeviceTensor &weights, const DeviceTensor &gate,
+                    const DeviceTensor &up, const DeviceTensor &down,
+                    bool combineBf16, DeviceTensor &y) override;
 };
 
 } // namespace melt::rt

@@ -228,3 +228,105 @@ Status check::routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                 "needs indices i32 and weights f32 of shape " +
                     shapeString(out));
 }
+
+void check::axisExtents(const std::vector<int64_t> &shape, int axis,
+                        int64_t &outer, int64_t &inner) {
+  outer = inner = 1;
+  for (int d = 0; d < axis; ++d)
+    outer *= shape[d];
+  for (size_t d = axis + 1; d < shape.size(); ++d)
+    inner *= shape[d];
+}
+
+Status check::copy(const DeviceTensor &x, const DeviceTensor &y) {
+  return expect(x.bytes() == y.bytes(), "copy",
+                std::string(dtypeName(x.dtype)) + " " + shapeString(x.shape) +
+                    " and " + dtypeName(y.dtype) + " " + shapeString(y.shape) +
+                    " differ in size");
+}
+
+Status check::axisPart(const char *kernel, const DeviceTensor &whole, int axis,
+                       int64_t offset, const DeviceTensor &part) {
+  bool ok = whole.dtype == part.dtype && axis >= 0 &&
+            size_t(axis) < whole.shape.size() &&
+            whole.shape.size() == part.shape.size() && offset >= 0 &&
+            offset + part.shape[axis] <= whole.shape[axis];
+  for (size_t d = 0; ok && d < whole.shape.size(); ++d)
+    ok = int(d) == axis || whole.shape[d] == part.shape[d];
+  return expect(ok, kernel,
+                shapeString(part.shape) + " at " + std::to_string(offset) +
+                    " along axis " + std::to_string(axis) +
+                    " does not fit in " + shapeString(whole.shape));
+}
+
+Status check::latentCacheAppend(const DeviceTensor &latent,
+                                const DeviceTensor &ropeKey,
+                                const DeviceTensor &positions,
+                                const DeviceTensor &cache) {
+  int64_t t = latent.rows(), l = latent.cols();
+  int64_t r = t ? ropeKey.numel() / t : 0;
+  return expect(latent.dtype == DType::F32 && ropeKey.dtype == DType::F32 &&
+                    cache.dtype == DType::F32 && cache.shape.size() == 2 &&
+                    cache.shape[1] == l + r && ropeKey.rows() == t &&
+                    positions.dtype == DType::I32 &&
+                    positions.shape == std::vector<int64_t>{t},
+                "latent_cache_append",
+                "needs f32 latent [T, L], RoPE key [T, R], cache [capacity, "
+                "L + R] and i32 positions [T]; got latent " +
+                    shapeString(latent.shape) + ", key " +
+                    shapeString(ropeKey.shape) + ", cache " +
+                    shapeString(cache.shape));
+}
+
+Status check::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                  const DeviceTensor &cache, const DeviceTensor &positions,
+                  const DeviceTensor &wUk, const DeviceTensor &wUv,
+                  const DeviceTensor &out) {
+  bool ok = qNope.shape.size() == 3 && qRope.shape.size() == 3 &&
+            wUk.shape.size() == 3 && wUv.shape.size() == 3 &&
+            cache.shape.size() == 2 && out.shape.size() == 3;
+  for (const DeviceTensor *t : {&qNope, &qRope, &cache, &wUk, &wUv, &out})
+    ok = ok && t->dtype == DType::F32;
+  if (ok) {
+    int64_t T = qNope.shape[0], H = qNope.shape[1], N = qNope.shape[2],
+            R = qRope.shape[2], L = wUk.shape[2], V = wUv.shape[1];
+    ok = qRope.shape[0] == T && qRope.shape[1] == H &&
+         wUk.shape == std::vector<int64_t>{H, N, L} && wUv.shape[0] == H &&
+         wUv.shape[2] == L && cache.shape[1] == L + R &&
+         out.shape == std::vector<int64_t>{T, H, V} &&
+         positions.dtype == DType::I32 &&
+         positions.shape == std::vector<int64_t>{T};
+  }
+  return expect(ok, "mla",
+                "needs f32 q_nope [T, H, N], q_rope [T, H, R], cache "
+                "[capacity, L + R], W_UK [H, N, L], W_UV [H, V, L], out "
+                "[T, H, V] and i32 positions [T]; got q_nope " +
+                    shapeString(qNope.shape) + ", q_rope " +
+                    shapeString(qRope.shape) + ", cache " +
+                    shapeString(cache.shape) + ", W_UK " +
+                    shapeString(wUk.shape) + ", W_UV " +
+                    shapeString(wUv.shape) + ", out " + shapeString(out.shape));
+}
+
+Status check::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                         const DeviceTensor &weights, const DeviceTensor &gate,
+                         const DeviceTensor &up, const DeviceTensor &down,
+                         const DeviceTensor &y) {
+  bool ok = x.shape.size() == 2 && gate.shape.size() == 3 &&
+            gate.shape == up.shape && down.shape.size() == 3 &&
+            indices.shape.size() == 2 && weights.shape == indices.shape &&
+            indices.dtype == DType::I32 && weights.dtype == DType::F32 &&
+            y.shape == x.shape;
+  for (const DeviceTensor *t : {&x, &gate, &up, &down, &y})
+    ok = ok && t->dtype == DType::F32;
+  if (ok)
+    ok = gate.shape[2] == x.shape[1] && down.shape[0] == gate.shape[0] &&
+         down.shape[1] == x.shape[1] && down.shape[2] == gate.shape[1] &&
+         indices.shape[0] == x.shape[0];
+  return expect(ok, "moe_experts",
+                "needs f32 x [T, D], gate/up [E, I, D], down [E, D, I], y "
+                "[T, D], i32 indices and f32 weights [T, K]; got x " +
+                    shapeString(x.shape) + ", gate " + shapeString(gate.shape) +
+                    ", down " + shapeString(down.shape) + ", indices " +
+                    shapeString(indices.shape));
+}

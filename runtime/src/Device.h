@@ -107,6 +107,42 @@ public:
                               const DeviceTensor *bias,
                               const RouterParams &params, DeviceTensor &indices,
                               DeviceTensor &weights) = 0;
+
+  // Data movement (any type): y = x with the same bytes (reshape); y = the
+  // slice of x at `offset` along `axis` (split); or x written into y at
+  // `offset` along `axis` (concat).
+  virtual Status copy(const DeviceTensor &x, DeviceTensor &y) = 0;
+  virtual Status slice(const DeviceTensor &x, int axis, int64_t offset,
+                       DeviceTensor &y) = 0;
+  virtual Status place(const DeviceTensor &x, int axis, int64_t offset,
+                       DeviceTensor &y) = 0;
+
+  // MLA and MoE, F32 for now. One sequence's latent cache is F32 [capacity,
+  // L + R]: the normalized latent then the rotated RoPE key of each token.
+
+  /// Writes latent [T, L] and ropeKey [T, R] (any shape of T * R values)
+  /// at the rows `positions` (I32 [T]) of the cache.
+  virtual Status latentCacheAppend(const DeviceTensor &latent,
+                                   const DeviceTensor &ropeKey,
+                                   const DeviceTensor &positions,
+                                   DeviceTensor &cache) = 0;
+  /// Absorbed multi-head latent attention of one sequence: query t (heads
+  /// qNope [T, H, N], qRope [T, H, R]) attends to cache rows [0, pos[t]];
+  /// the latent query is W_UK[h]^T qNope, the output W_UV[h] (the
+  /// softmax-weighted latents); wUk [H, N, L], wUv [H, V, L], out
+  /// [T, H, V].
+  virtual Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                     const DeviceTensor &cache, const DeviceTensor &positions,
+                     const DeviceTensor &wUk, const DeviceTensor &wUv,
+                     float scale, DeviceTensor &out) = 0;
+  /// Routed experts: y[t] = sum_k w[t,k] down_e(silu(gate_e x) * up_e x),
+  /// e = indices[t, k]; gate/up [E, I, D], down [E, D, I]. combineBf16
+  /// rounds each expert's output to BF16 before the sum.
+  virtual Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                            const DeviceTensor &weights,
+                            const DeviceTensor &gate, const DeviceTensor &up,
+                            const DeviceTensor &down, bool combineBf16,
+                            DeviceTensor &y) = 0;
 };
 
 /// The devices present on this machine, "cpu" first.
@@ -138,6 +174,25 @@ Status rope(const DeviceTensor &x, const DeviceTensor &positions,
 Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                     const RouterParams &params, const DeviceTensor &indices,
                     const DeviceTensor &weights);
+Status copy(const DeviceTensor &x, const DeviceTensor &y);
+/// For slice and place: `part` along `axis` of `whole` from `offset`.
+Status axisPart(const char *kernel, const DeviceTensor &whole, int axis,
+                int64_t offset, const DeviceTensor &part);
+Status latentCacheAppend(const DeviceTensor &latent,
+                         const DeviceTensor &ropeKey,
+                         const DeviceTensor &positions,
+                         const DeviceTensor &cache);
+Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+           const DeviceTensor &cache, const DeviceTensor &positions,
+           const DeviceTensor &wUk, const DeviceTensor &wUv,
+           const DeviceTensor &out);
+Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                  const DeviceTensor &weights, const DeviceTensor &gate,
+                  const DeviceTensor &up, const DeviceTensor &down,
+                  const DeviceTensor &y);
+/// The products of the dimensions before and after `axis`.
+void axisExtents(const std::vector<int64_t> &shape, int axis, int64_t &outer,
+                 int64_t &inner);
 } // namespace check
 
 } // namespace melt::rt

@@ -373,6 +373,153 @@ TEST_P(DeviceConformance, RouteExperts) {
   }
 }
 
+TEST_P(DeviceConformance, CopySliceAndPlace) {
+  HostTensor x = random(DType::BF16, {3, 10, 4}, rng);
+  DeviceTensor dx = put(x);
+  // Split along axis 1 into 6 + 4, concatenate back in the other order.
+  DeviceTensor a = make(DType::BF16, {3, 6, 4}),
+               b = make(DType::BF16, {3, 4, 4});
+  ASSERT_FALSE(device->slice(dx, 1, 0, a));
+  ASSERT_FALSE(device->slice(dx, 1, 6, b));
+  DeviceTensor swapped = make(DType::BF16, {3, 10, 4});
+  ASSERT_FALSE(device->place(b, 1, 0, swapped));
+  ASSERT_FALSE(device->place(a, 1, 4, swapped));
+  DeviceTensor flat = make(DType::BF16, {30, 4});
+  ASSERT_FALSE(device->copy(swapped, flat));
+  std::vector<float> got = get(flat);
+  for (int o = 0; o < 3; ++o)
+    for (int i = 0; i < 10; ++i)
+      for (int j = 0; j < 4; ++j) {
+        int from = i < 4 ? i + 6 : i - 4;
+        ASSERT_EQ(got[(o * 10 + i) * 4 + j], x.values[(o * 10 + from) * 4 + j])
+            << o << " " << i << " " << j;
+      }
+  Status s = device->slice(dx, 1, 7, a);
+  ASSERT_TRUE(s);
+  EXPECT_NE(s.message().find("does not fit"), std::string::npos) << s.message();
+}
+
+TEST_P(DeviceConformance, LatentCacheAndMla) {
+  // A DeepSeek-shaped MLA head set: 4 heads, nope 16, rope 8, latent 32,
+  // value 16; 5 tokens prefilled, then 1 decoded at position 5.
+  const int64_t H = 4, N = 16, R = 8, L = 32, V = 16, capacity = 12;
+  HostTensor wUk = random(DType::F32, {H, N, L}, rng, 0.3f);
+  HostTensor wUv = random(DType::F32, {H, V, L}, rng, 0.3f);
+  DeviceTensor dUk = put(wUk), dUv = put(wUv);
+  DeviceTensor cache = make(DType::F32, {capacity, L + R});
+  std::vector<float> cacheHost(static_cast<size_t>(capacity * (L + R)), 0.f);
+  const float scale = 0.2f;
+  for (std::vector<int32_t> positions :
+       {std::vector<int32_t>{0, 1, 2, 3, 4}, std::vector<int32_t>{5}}) {
+    int64_t T = int64_t(positions.size());
+    HostTensor latent = random(DType::F32, {T, L}, rng);
+    HostTensor key = random(DType::F32, {T, 1, R}, rng);
+    HostTensor qn = random(DType::F32, {T, H, N}, rng);
+    HostTensor qr = random(DType::F32, {T, H, R}, rng);
+    DeviceTensor dp = make(DType::I32, {T});
+    ASSERT_FALSE(device->upload(positions.data(), dp));
+    DeviceTensor dl = put(latent), dk = put(key), dqn = put(qn), dqr = put(qr);
+    Status s = device->latentCacheAppend(dl, dk, dp, cache);
+    ASSERT_FALSE(s) << s.message();
+    for (int64_t t = 0; t < T; ++t) {
+      std::copy_n(&latent.values[t * L], L, &cacheHost[positions[t] * (L + R)]);
+      std::copy_n(&key.values[t * R], R,
+                  &cacheHost[positions[t] * (L + R) + L]);
+    }
+    DeviceTensor out = make(DType::F32, {T, H, V});
+    s = device->mla(dqn, dqr, cache, dp, dUk, dUv, scale, out);
+    ASSERT_FALSE(s) << s.message();
+    // Reference: the decompressed form, K = W_UK c and V = W_UV c per head.
+    std::vector<double> want(static_cast<size_t>(T * H * V));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        int64_t visible = positions[t] + 1;
+        std::vector<double> p(static_cast<size_t>(visible));
+        double top = -1e300, sum = 0;
+        for (int64_t j = 0; j < visible; ++j) {
+          const float *c = &cacheHost[j * (L + R)];
+          double score = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            double k = 0;
+            for (int64_t l = 0; l < L; ++l)
+              k += double(wUk.values[(h * N + n) * L + l]) * c[l];
+            score += qn.values[(t * H + h) * N + n] * k;
+          }
+          for (int64_t r = 0; r < R; ++r)
+            score += double(qr.values[(t * H + h) * R + r]) * c[L + r];
+          p[j] = score * scale;
+          top = std::max(top, p[j]);
+        }
+        for (double &v : p)
+          sum += v = std::exp(v - top);
+        for (int64_t d = 0; d < V; ++d)
+          for (int64_t j = 0; j < visible; ++j) {
+            double value = 0;
+            for (int64_t l = 0; l < L; ++l)
+              value += double(wUv.values[(h * V + d) * L + l]) *
+                       cacheHost[j * (L + R) + l];
+            want[(t * H + h) * V + d] += p[j] / sum * value;
+          }
+      }
+    EXPECT_LE(relativeError(get(out), want), tolerance(DType::F32)) << T;
+  }
+  std::vector<int32_t> past = {int32_t(capacity)};
+  DeviceTensor dp = make(DType::I32, {1});
+  ASSERT_FALSE(device->upload(past.data(), dp));
+  DeviceTensor dl = make(DType::F32, {1, L}), dk = make(DType::F32, {1, R});
+  Status s = device->latentCacheAppend(dl, dk, dp, cache);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s.code(), MELT_RESOURCE_EXHAUSTED) << s.message();
+}
+
+TEST_P(DeviceConformance, MoeExperts) {
+  const int64_t T = 5, D = 48, E = 6, I = 20, K = 2;
+  HostTensor x = random(DType::F32, {T, D}, rng);
+  HostTensor gate = random(DType::F32, {E, I, D}, rng, 0.2f);
+  HostTensor up = random(DType::F32, {E, I, D}, rng, 0.2f);
+  HostTensor down = random(DType::F32, {E, D, I}, rng, 0.2f);
+  std::vector<int32_t> idx = {0, 5, 3, 3, 1, 2, 4, 0, 5, 1};
+  HostTensor w = random(DType::F32, {T, K}, rng);
+  DeviceTensor dx = put(x), dg = put(gate), du = put(up), dd = put(down),
+               dw = put(w), di = make(DType::I32, {T, K}),
+               y = make(DType::F32, {T, D});
+  ASSERT_FALSE(device->upload(idx.data(), di));
+  for (bool bf16 : {false, true}) {
+    Status s = device->moeExperts(dx, di, dw, dg, du, dd, bf16, y);
+    ASSERT_FALSE(s) << s.message();
+    std::vector<double> want(static_cast<size_t>(T * D));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t e = idx[t * K + k];
+        std::vector<double> act(static_cast<size_t>(I));
+        for (int64_t i = 0; i < I; ++i) {
+          double a = 0, b = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            a += double(x.values[t * D + d]) * gate.values[(e * I + i) * D + d];
+            b += double(x.values[t * D + d]) * up.values[(e * I + i) * D + d];
+          }
+          act[i] = a / (1 + std::exp(-a)) * b;
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          double o = 0;
+          for (int64_t i = 0; i < I; ++i)
+            o += act[i] * down.values[(e * D + d) * I + i];
+          if (bf16)
+            o = roundTo(DType::BF16, float(o));
+          want[t * D + d] += w.values[t * K + k] * o;
+        }
+      }
+    // BF16 combine: each expert output rounded (2^-9 relative).
+    EXPECT_LE(relativeError(get(y), want), bf16 ? 8e-3 : 1e-4) << bf16;
+  }
+  idx[3] = int32_t(E);
+  ASSERT_FALSE(device->upload(idx.data(), di));
+  Status s = device->moeExperts(dx, di, dw, dg, du, dd, false, y);
+  ASSERT_TRUE(s);
+  EXPECT_NE(s.message().find("outside the 6 experts"), std::string::npos)
+      << s.message();
+}
+
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {
   DeviceTensor x = make(DType::F32, {2, 64}), y = make(DType::F32, {2, 64});
   DeviceTensor w = make(DType::F32, {8, 32}), g = make(DType::F32, {63});

@@ -47,8 +47,8 @@ public:
       : index_(index), description_(std::move(description)) {}
   ~CudaDevice() override {
     gemm_.reset();
-    if (badId_)
-      cudaFree(badId_);
+    if (flag_)
+      cudaFree(flag_);
     if (stream_)
       cudaStreamDestroy(stream_);
   }
@@ -192,27 +192,16 @@ public:
                    DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::embedding(ids, table, y));
-    if (!badId_)
-      MELT_RETURN_IF_ERROR(
-          check(cudaMalloc(&badId_, sizeof(int32_t)), "cudaMalloc"));
-    MELT_RETURN_IF_ERROR(check(
-        cudaMemsetAsync(badId_, 0, sizeof(int32_t), stream_), "embedding"));
+    MELT_RETURN_IF_ERROR(clearFlag());
     MELT_RETURN_IF_ERROR(check(
         cuda::embedding(static_cast<const int32_t *>(ids.data),
                         int(ids.shape[0]), operand(table), int(table.shape[0]),
-                        int(table.shape[1]), result(y), badId_, stream_),
+                        int(table.shape[1]), result(y), flag_, stream_),
         "embedding"));
     // Ids come from the user: a bad one is reported now, not as a fault.
-    int32_t bad = 0;
-    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(&bad, badId_, sizeof(bad),
-                                               cudaMemcpyDeviceToHost, stream_),
-                               "embedding"));
-    MELT_RETURN_IF_ERROR(synchronize());
-    if (bad)
-      return invalidArgument("embedding: a token id is outside the "
-                             "vocabulary of " +
-                             std::to_string(table.shape[0]));
-    return Status::ok();
+    return raisedFlag(
+        invalidArgument("embedding: a token id is outside the vocabulary of " +
+                        std::to_string(table.shape[0])));
   }
 
   Status rope(const DeviceTensor &x, const DeviceTensor &positions,
@@ -260,7 +249,139 @@ public:
                  "route_experts");
   }
 
+  Status copy(const DeviceTensor &x, DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::copy(x, y));
+    return check(cudaMemcpyAsync(y.data, x.data, x.bytes(),
+                                 cudaMemcpyDeviceToDevice, stream_),
+                 "copy");
+  }
+
+  Status slice(const DeviceTensor &x, int axis, int64_t offset,
+               DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::axisPart("slice", x, axis, offset, y));
+    return copyAxisPart(x, axis, offset, y, false);
+  }
+
+  Status place(const DeviceTensor &x, int axis, int64_t offset,
+               DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::axisPart("place", y, axis, offset, x));
+    return copyAxisPart(y, axis, offset, x, true);
+  }
+
+  Status latentCacheAppend(const DeviceTensor &latent,
+                           const DeviceTensor &ropeKey,
+                           const DeviceTensor &positions,
+                           DeviceTensor &cache) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(
+        check::latentCacheAppend(latent, ropeKey, positions, cache));
+    MELT_RETURN_IF_ERROR(clearFlag());
+    int tokens = int(latent.rows()), l = int(latent.cols());
+    int r = int(cache.shape[1]) - l;
+    MELT_RETURN_IF_ERROR(check(
+        cuda::latentCacheAppend(static_cast<const float *>(latent.data),
+                                static_cast<const float *>(ropeKey.data),
+                                static_cast<const int32_t *>(positions.data),
+                                tokens, l, r, int(cache.shape[0]),
+                                static_cast<float *>(cache.data), flag_,
+                                stream_),
+        "latent_cache_append"));
+    return raisedFlag({MELT_RESOURCE_EXHAUSTED,
+                       "latent_cache_append: a position is outside the cache "
+                       "of " +
+                           std::to_string(cache.shape[0])});
+  }
+
+  Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+             const DeviceTensor &cache, const DeviceTensor &positions,
+             const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
+             DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(
+        check::mla(qNope, qRope, cache, positions, wUk, wUv, out));
+    int latent = int(wUk.shape[2]), capacity = int(cache.shape[0]);
+    if (mlaF32SharedBytes(latent, capacity) > 200 * 1024)
+      return {MELT_UNSUPPORTED, "mla: a cache of " + std::to_string(capacity) +
+                                    " tokens is beyond the F32 kernel"};
+    return check(mlaF32(static_cast<const float *>(qNope.data),
+                        static_cast<const float *>(qRope.data),
+                        static_cast<const float *>(cache.data),
+                        static_cast<const int32_t *>(positions.data),
+                        static_cast<const float *>(wUk.data),
+                        static_cast<const float *>(wUv.data),
+                        int(qNope.shape[0]), int(qNope.shape[1]),
+                        int(qNope.shape[2]), int(qRope.shape[2]), latent,
+                        int(wUv.shape[1]), capacity, scale,
+                        static_cast<float *>(out.data), stream_),
+                 "mla");
+  }
+
+  Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                    const DeviceTensor &weights, const DeviceTensor &gate,
+                    const DeviceTensor &up, const DeviceTensor &down,
+                    bool combineBf16, DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(
+        check::moeExperts(x, indices, weights, gate, up, down, y));
+    MELT_RETURN_IF_ERROR(clearFlag());
+    MELT_RETURN_IF_ERROR(check(
+        moeExpertsF32(static_cast<const float *>(x.data),
+                      static_cast<const int32_t *>(indices.data),
+                      static_cast<const float *>(weights.data),
+                      static_cast<const float *>(gate.data),
+                      static_cast<const float *>(up.data),
+                      static_cast<const float *>(down.data), int(x.shape[0]),
+                      int(indices.shape[1]), int(gate.shape[0]),
+                      int(gate.shape[1]), int(x.shape[1]), combineBf16,
+                      static_cast<float *>(y.data), flag_, stream_),
+        "moe_experts"));
+    return raisedFlag(
+        invalidArgument("moe_experts: an expert index is outside the " +
+                        std::to_string(gate.shape[0]) + " experts"));
+  }
+
 private:
+  /// The flag kernels raise on bad indices, zeroed before a launch.
+  Status clearFlag() {
+    if (!flag_)
+      MELT_RETURN_IF_ERROR(
+          check(cudaMalloc(&flag_, sizeof(int32_t)), "cudaMalloc"));
+    return check(cudaMemsetAsync(flag_, 0, sizeof(int32_t), stream_), "flag");
+  }
+  /// `error` when the last launch raised the flag (waits for it).
+  Status raisedFlag(Status error) {
+    int32_t raised = 0;
+    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(&raised, flag_, sizeof(raised),
+                                               cudaMemcpyDeviceToHost, stream_),
+                               "flag"));
+    MELT_RETURN_IF_ERROR(synchronize());
+    return raised ? error : Status::ok();
+  }
+
+  Status copyAxisPart(const DeviceTensor &whole, int axis, int64_t offset,
+                      const DeviceTensor &part, bool toWhole) {
+    int64_t outer, inner;
+    check::axisExtents(whole.shape, axis, outer, inner);
+    size_t element = dtypeBytes(whole.dtype);
+    size_t run = size_t(part.shape[axis] * inner) * element;
+    size_t wholePitch = size_t(whole.shape[axis] * inner) * element;
+    char *inWhole =
+        static_cast<char *>(whole.data) + size_t(offset * inner) * element;
+    if (run == 0 || outer == 0)
+      return Status::ok();
+    cudaError_t e = toWhole
+                        ? cudaMemcpy2DAsync(inWhole, wholePitch, part.data, run,
+                                            run, size_t(outer),
+                                            cudaMemcpyDeviceToDevice, stream_)
+                        : cudaMemcpy2DAsync(part.data, run, inWhole, wholePitch,
+                                            run, size_t(outer),
+                                            cudaMemcpyDeviceToDevice, stream_);
+    return check(e, toWhole ? "place" : "slice");
+  }
+
   static Operand operand(const DeviceTensor &t) {
     return {t.data, t.dtype == DType::BF16};
   }
@@ -316,7 +437,7 @@ private:
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<GemmRunner> gemm_;
   std::string failure_;
-  int32_t *badId_ = nullptr; // embedding's out-of-vocabulary flag
+  int32_t *flag_ = nullptr; // raised by kernels on bad indices
 };
 
 } // namespace

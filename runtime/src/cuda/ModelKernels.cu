@@ -133,7 +133,198 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
   }
 }
 
+__global__ void latentAppendKernel(const float *latent, const float *ropeKey,
+                                   const int32_t *positions, int latentDim,
+                                   int ropeDim, int capacity, float *cache,
+                                   int32_t *bad) {
+  int t = blockIdx.x, pos = positions[t], width = latentDim + ropeDim;
+  if (pos < 0 || pos >= capacity) {
+    if (threadIdx.x == 0)
+      *bad = 1;
+    return;
+  }
+  for (int i = threadIdx.x; i < width; i += blockDim.x)
+    cache[size_t(pos) * width + i] =
+        i < latentDim ? latent[size_t(t) * latentDim + i]
+                      : ropeKey[size_t(t) * ropeDim + i - latentDim];
+}
+
+__device__ float blockReduce(float v, bool isMax, float *scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    float other = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = isMax ? fmaxf(v, other) : v + other;
+  }
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0)
+    scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < blockDim.x / 32 ? scratch[lane] : (isMax ? -INFINITY : 0.f);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      float other = __shfl_xor_sync(0xffffffffu, v, offset);
+      v = isMax ? fmaxf(v, other) : v + other;
+    }
+    if (lane == 0)
+      scratch[0] = v;
+  }
+  __syncthreads();
+  return scratch[0];
+}
+
+/// A block per (token, head): latent query, scores over the visible rows,
+/// softmax, weighted latent, W_UV.
+__global__ void mlaKernel(const float *qNope, const float *qRope,
+                          const float *cache, const int32_t *positions,
+                          const float *wUk, const float *wUv, int heads,
+                          int nope, int rope, int latent, int valueDim,
+                          float scale, float *out) {
+  extern __shared__ float shared[];
+  __shared__ float scratch[32];
+  float *qlat = shared, *olat = shared + latent, *scores = shared + 2 * latent;
+  int t = blockIdx.x / heads, h = blockIdx.x % heads;
+  int visible = positions[t] + 1, width = latent + rope;
+  const float *q = qNope + (size_t(t) * heads + h) * nope;
+  const float *qr = qRope + (size_t(t) * heads + h) * rope;
+  const float *uk = wUk + size_t(h) * nope * latent;
+  for (int l = threadIdx.x; l < latent; l += blockDim.x) {
+    float sum = 0.f;
+    for (int n = 0; n < nope; ++n)
+      sum += q[n] * uk[size_t(n) * latent + l];
+    qlat[l] = sum;
+  }
+  __syncthreads();
+  float top = -INFINITY;
+  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
+    const float *row = cache + size_t(s) * width;
+    float sum = 0.f;
+    for (int l = 0; l < latent; ++l)
+      sum += qlat[l] * row[l];
+    for (int r = 0; r < rope; ++r)
+      sum += qr[r] * row[latent + r];
+    scores[s] = sum * scale;
+    top = fmaxf(top, scores[s]);
+  }
+  top = blockReduce(top, true, scratch);
+  float total = 0.f;
+  for (int s = threadIdx.x; s < visible; s += blockDim.x)
+    total += scores[s] = expf(scores[s] - top);
+  total = blockReduce(total, false, scratch);
+  for (int l = threadIdx.x; l < latent; l += blockDim.x) {
+    float sum = 0.f;
+    for (int s = 0; s < visible; ++s)
+      sum += scores[s] * cache[size_t(s) * width + l];
+    olat[l] = sum / total;
+  }
+  __syncthreads();
+  const float *uv = wUv + size_t(h) * valueDim * latent;
+  for (int v = threadIdx.x; v < valueDim; v += blockDim.x) {
+    float sum = 0.f;
+    for (int l = 0; l < latent; ++l)
+      sum += olat[l] * uv[size_t(v) * latent + l];
+    out[(size_t(t) * heads + h) * valueDim + v] = sum;
+  }
+}
+
+/// A block per (token, choice): the SwiGLU activations in shared memory,
+/// then the down projection added into y.
+__global__ void moeKernel(const float *x, const int32_t *indices,
+                          const float *weights, const float *gate,
+                          const float *up, const float *down, int choices,
+                          int experts, int inter, int dim, bool combineBf16,
+                          float *y, int32_t *bad) {
+  extern __shared__ float act[];
+  int t = blockIdx.x / choices;
+  int e = indices[blockIdx.x];
+  if (e < 0 || e >= experts) {
+    if (threadIdx.x == 0)
+      *bad = 1;
+    return;
+  }
+  const float *xt = x + size_t(t) * dim;
+  for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+    const float *g = gate + (size_t(e) * inter + i) * dim;
+    const float *u = up + (size_t(e) * inter + i) * dim;
+    float a = 0.f, b = 0.f;
+    for (int d = 0; d < dim; ++d) {
+      a += xt[d] * g[d];
+      b += xt[d] * u[d];
+    }
+    act[i] = a / (1.f + expf(-a)) * b;
+  }
+  __syncthreads();
+  float w = weights[blockIdx.x];
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+    const float *dn = down + (size_t(e) * dim + j) * inter;
+    float sum = 0.f;
+    for (int i = 0; i < inter; ++i)
+      sum += act[i] * dn[i];
+    if (combineBf16)
+      sum = __bfloat162float(__float2bfloat16(sum));
+    atomicAdd(&y[size_t(t) * dim + j], w * sum);
+  }
+}
+
 } // namespace
+
+cudaError_t melt::rt::cuda::latentCacheAppend(
+    const float *latent, const float *ropeKey, const int32_t *positions,
+    int tokens, int latentDim, int ropeDim, int capacity, float *cache,
+    int32_t *bad, cudaStream_t stream) {
+  if (tokens == 0)
+    return cudaSuccess;
+  latentAppendKernel<<<tokens, 256, 0, stream>>>(
+      latent, ropeKey, positions, latentDim, ropeDim, capacity, cache, bad);
+  return cudaGetLastError();
+}
+
+size_t melt::rt::cuda::mlaF32SharedBytes(int latent, int maxVisible) {
+  return (2 * size_t(latent) + size_t(maxVisible)) * sizeof(float);
+}
+
+cudaError_t melt::rt::cuda::mlaF32(const float *qNope, const float *qRope,
+                                   const float *cache, const int32_t *positions,
+                                   const float *wUk, const float *wUv,
+                                   int tokens, int heads, int nope, int rope,
+                                   int latent, int valueDim, int maxVisible,
+                                   float scale, float *out,
+                                   cudaStream_t stream) {
+  if (tokens == 0)
+    return cudaSuccess;
+  size_t shared = mlaF32SharedBytes(latent, maxVisible);
+  if (shared > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(
+        mlaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+    if (e != cudaSuccess)
+      return e;
+  }
+  mlaKernel<<<tokens * heads, 128, shared, stream>>>(
+      qNope, qRope, cache, positions, wUk, wUv, heads, nope, rope, latent,
+      valueDim, scale, out);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::moeExpertsF32(
+    const float *x, const int32_t *indices, const float *weights,
+    const float *gate, const float *up, const float *down, int tokens,
+    int choices, int experts, int inter, int dim, bool combineBf16, float *y,
+    int32_t *bad, cudaStream_t stream) {
+  cudaError_t e =
+      cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
+  if (e != cudaSuccess || tokens == 0)
+    return e;
+  size_t shared = size_t(inter) * sizeof(float);
+  if (shared > 48 * 1024) {
+    e = cudaFuncSetAttribute(
+        moeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+    if (e != cudaSuccess)
+      return e;
+  }
+  moeKernel<<<tokens * choices, 256, shared, stream>>>(
+      x, indices, weights, gate, up, down, choices, experts, inter, dim,
+      combineBf16, y, bad);
+  return cudaGetLastError();
+}
 
 cudaError_t melt::rt::cuda::embedding(const int32_t *ids, int tokens,
                                       Operand table, int vocab, int hidden,

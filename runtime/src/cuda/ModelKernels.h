@@ -43,6 +43,33 @@ cudaError_t routeExperts(const float *logits, const float *bias, int tokens,
                          int experts, const RouterConfig &config,
                          int32_t *indices, float *weights, cudaStream_t stream);
 
+/// Writes latent rows [tokens, latentDim] and RoPE keys [tokens, ropeDim]
+/// into cache rows `positions` (width latentDim + ropeDim); a position past
+/// `capacity` sets *bad to 1 and is skipped.
+cudaError_t latentCacheAppend(const float *latent, const float *ropeKey,
+                              const int32_t *positions, int tokens,
+                              int latentDim, int ropeDim, int capacity,
+                              float *cache, int32_t *bad, cudaStream_t stream);
+
+/// Absorbed MLA of one sequence over an F32 cache, a block per (token,
+/// head); `maxVisible` bounds the positions (it sizes shared memory).
+cudaError_t mlaF32(const float *qNope, const float *qRope, const float *cache,
+                   const int32_t *positions, const float *wUk, const float *wUv,
+                   int tokens, int heads, int nope, int rope, int latent,
+                   int valueDim, int maxVisible, float scale, float *out,
+                   cudaStream_t stream);
+/// Bytes of shared memory mlaF32 needs.
+size_t mlaF32SharedBytes(int latent, int maxVisible);
+
+/// Routed experts in F32, a block per (token, choice), summed into y
+/// (zeroed first) with atomics; an expert id out of range sets *bad.
+cudaError_t moeExpertsF32(const float *x, const int32_t *indices,
+                          const float *weights, const float *gate,
+                          const float *up, const float *down, int tokens,
+                          int choices, int experts, int inter, int dim,
+                          bool combineBf16, float *y, int32_t *bad,
+                          cudaStream_t stream);
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_MODELKERNELS_H
