@@ -202,7 +202,7 @@ Status Model::loadWeights(const std::string &dir) {
           w->dtype() == fb::DType::BF16 || w->storage() == 1, gemm));
       data.gemms.push_back(std::move(gemm));
     }
-    if (!read[i])
+    if (!read[i] && !keepHostData_)
       std::vector<float>().swap(data.data);
   }
   return Status::ok();
@@ -219,9 +219,10 @@ uint64_t Model::weightBytes() const {
 }
 
 Status Model::fromArtifact(Artifact artifact, const std::string &checkpointDir,
-                           std::unique_ptr<Model> &out) {
+                           std::unique_ptr<Model> &out, bool keepHostData) {
   auto model = std::unique_ptr<Model>(new Model());
   model->artifact_ = std::move(artifact);
+  model->keepHostData_ = keepHostData;
   MELT_RETURN_IF_ERROR(model->loadWeights(checkpointDir));
   out = std::move(model);
   return Status::ok();
@@ -229,8 +230,8 @@ Status Model::fromArtifact(Artifact artifact, const std::string &checkpointDir,
 
 Status Model::load(const std::string &artifactPath,
                    const std::string &checkpointDir,
-                   std::unique_ptr<Model> &out) {
+                   std::unique_ptr<Model> &out, bool keepHostData) {
   Artifact artifact;
   MELT_RETURN_IF_ERROR(Artifact::load(artifactPath, artifact));
-  return fromArtifact(std::move(artifact), checkpointDir, out);
+  return fromArtifact(std::move(artifact), checkpointDir, out, keepHostData);
 }

@@ -14,12 +14,15 @@ namespace melt::rt {
 /// per-step dequantization, at 4x the memory of the FP8 checkpoint.
 class Model {
 public:
+  /// `keepHostData`: keep every weight's f32 values on the host too (a
+  /// device executor uploads them), not only the prepacked GEMM operands.
   static Status load(const std::string &artifactPath,
                      const std::string &checkpointDir,
-                     std::unique_ptr<Model> &out);
+                     std::unique_ptr<Model> &out, bool keepHostData = false);
   static Status fromArtifact(Artifact artifact,
                              const std::string &checkpointDir,
-                             std::unique_ptr<Model> &out);
+                             std::unique_ptr<Model> &out,
+                             bool keepHostData = false);
 
   const Artifact &artifact() const { return artifact_; }
   const WeightData &weight(uint32_t index) const { return weights_[index]; }
@@ -32,6 +35,7 @@ private:
 
   Artifact artifact_;
   std::vector<WeightData> weights_;
+  bool keepHostData_ = false;
 };
 
 } // namespace melt::rt

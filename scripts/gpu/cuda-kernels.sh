@@ -27,6 +27,14 @@ build-gpu/bin/melt-cuda-kernel-tests | tee "$out/cuda-kernel-tests.txt" |
 echo "== device conformance (every present device) =="
 build-gpu/bin/melt-runtime-tests --gtest_filter='*Conformance*:Devices.*' |
   tee "$out/device-conformance.txt" | grep -E "^\[ +(OK|FAILED|PASSED) |Failure" || true
+echo "== whole models through the device interface, against the CPU session =="
+models=""
+for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
+  models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
+done
+export MELT_TEST_MODELS="$models"
+build-gpu/bin/melt-runtime-tests --gtest_filter='*DeviceRunnerTest*' |
+  tee "$out/device-runner.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== compute-sanitizer =="
 # racecheck only on melt's own kernels: inside cuBLAS's TMA-pipelined GEMM
 # kernels it reports shared-memory hazards it cannot model (mbarriers).
@@ -42,7 +50,7 @@ done
 # memcheck reports the failed cudaMalloc it provokes as an API error).
 compute-sanitizer --tool memcheck --error-exitcode 3 \
   build-gpu/bin/melt-runtime-tests \
-  --gtest_filter='*Conformance*/cuda*:-*HugeAllocation*' \
+  --gtest_filter='*Conformance*/cuda*:*DeviceRunnerTest*/cuda*:-*HugeAllocation*' \
   > "$out/sanitizer-memcheck-device.txt" 2>&1 && echo "memcheck (CUDA device): clean" ||
   { echo "memcheck (CUDA device): FAILED"; grep -B2 -A12 "=========" "$out/sanitizer-memcheck-device.txt" | head -60; }
 echo "== machine code =="
