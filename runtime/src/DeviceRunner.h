@@ -7,11 +7,12 @@
 // CPU device, the proof that the interface carries a whole model (its
 // logits are checked against the CPU session's in the tests).
 //
-// This first form runs one sequence at a time, in F32 (the fp32 precision
-// policy; artifacts with FP8 quantize ops or BF16 weights are refused, as
-// are per-head KV caches and MTP), with a contiguous latent cache of fixed
-// capacity. Sessions of several sequences, paged caches and the BF16/FP8
-// kernels come next.
+// This first form runs one sequence at a time in F32 (weights at their
+// stored values, activations unrounded: the fp32 precision policy), with
+// a contiguous latent cache of fixed capacity. Kernels it does not run yet
+// (FP8 quantize/dequantize, per-head KV caches, MTP) are refused with a
+// clear error. Sessions of several sequences, paged caches and the
+// BF16/FP8 kernels come next.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_DEVICERUNNER_H

@@ -4,9 +4,13 @@
 //
 // Greedy generation of one sequence; prints the generated ids, prefill and
 // decode tokens/s and the peak memory; --bench prints the same as JSON.
-// Uses the C API only, like any embedding program.
+// On the CPU it uses the C API only, like any embedding program; with
+// --device (cuda:0, or cpu for the same path on the CPU device) it runs
+// the model through the Device interface (DeviceGenerate.cpp) and reports
+// the GPU's energy per decoded token from NVML.
 //
 //===----------------------------------------------------------------------===//
+#include "DeviceGenerate.h"
 #include "melt/runtime.h"
 
 #include <chrono>
@@ -25,6 +29,8 @@ void usage() {
                "1,2,3 [--max-new N] [--max-context N] [--bench]\n"
                "       [--expert-stats FILE]  (per-expert load counters as "
                "JSON)\n"
+               "       [--device cpu|cuda:N]  (run through the device "
+               "interface: one sequence, F32)\n"
                "Generates greedily from a compiled melt model and reports "
                "tokens/s and peak memory.\n");
 }
@@ -39,9 +45,8 @@ bool parseIds(const char *text, std::vector<int> &ids) {
   size_t start = 0;
   while (start <= s.size()) {
     size_t comma = s.find(',', start);
-    std::string item = s.substr(start, comma == std::string::npos
-                                           ? std::string::npos
-                                           : comma - start);
+    std::string item = s.substr(
+        start, comma == std::string::npos ? std::string::npos : comma - start);
     char *end = nullptr;
     long v = std::strtol(item.c_str(), &end, 10);
     if (item.empty() || *end != '\0' || v < 0 || v > 0x7fffffff)
@@ -67,7 +72,7 @@ int main(int argc, char **argv) {
   std::vector<int> prompt;
   long maxNew = 32, maxContext = 4096;
   bool bench = false;
-  const char *expertStats = nullptr;
+  const char *expertStats = nullptr, *device = nullptr;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> const char * {
@@ -99,6 +104,12 @@ int main(int argc, char **argv) {
       }
     } else if (arg == "--bench") {
       bench = true;
+    } else if (arg == "--device") {
+      device = value();
+      if (!device) {
+        usage();
+        return 1;
+      }
     } else if (!artifact && arg[0] != '-') {
       artifact = argv[i];
     } else {
@@ -108,10 +119,25 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  if (!artifact || prompt.empty() || maxNew < 0 ||
-      maxContext <= 0) {
+  if (!artifact || prompt.empty() || maxNew < 0 || maxContext <= 0) {
     usage();
     return 1;
+  }
+
+  if (device) {
+    if (expertStats) {
+      std::fprintf(stderr, "melt-run: error: --expert-stats is not available "
+                           "with --device yet\n");
+      return 1;
+    }
+    GenerateOptions options;
+    options.artifact = artifact;
+    options.checkpoint = checkpoint ? checkpoint : "";
+    options.device = device;
+    options.prompt = prompt;
+    options.maxNew = maxNew;
+    options.bench = bench;
+    return generateOnDevice(options);
   }
 
   melt_model *model = nullptr;
@@ -148,9 +174,9 @@ int main(int argc, char **argv) {
   double prefillS = std::chrono::duration<double>(t1 - t0).count();
   double decodeS = std::chrono::duration<double>(t2 - t1).count();
   double prefillTps = prompt.size() / std::max(prefillS, 1e-9);
-  double decodeTps =
-      generated.size() > 1 ? (generated.size() - 1) / std::max(decodeS, 1e-9)
-                           : 0.0;
+  double decodeTps = generated.size() > 1
+                         ? (generated.size() - 1) / std::max(decodeS, 1e-9)
+                         : 0.0;
 
   std::string ids;
   for (size_t i = 0; i < generated.size(); ++i)

@@ -17,8 +17,8 @@ baseline=${1:-$carry/hf_baseline.py}
 cmake -S runtime -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
   -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" >/dev/null
-ninja -C build-gpu melt-cuda-kernel-tests melt-runtime-tests melt-bench-mla-decode \
-  melt-bench-gemm >/dev/null
+ninja -C build-gpu melt-cuda-kernel-tests melt-runtime-tests melt-run \
+  melt-bench-mla-decode melt-bench-gemm >/dev/null
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
 echo "== CUDA kernel tests =="
@@ -35,6 +35,12 @@ done
 export MELT_TEST_MODELS="$models"
 build-gpu/bin/melt-runtime-tests --gtest_filter='*DeviceRunnerTest*' |
   tee "$out/device-runner.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
+echo "== melt-run --device cuda:0 (golden models, energy from NVML) =="
+for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
+  build-gpu/bin/melt-run "$carry/models/$m.melt" --checkpoint "test/golden/$m/checkpoint" \
+    --prompt-ids 1,17,42,99,3,250,7,128 --max-new 64 --device cuda:0 --bench |
+    tee -a "$out/melt-run-cuda.json"
+done
 echo "== compute-sanitizer =="
 # racecheck only on melt's own kernels: inside cuBLAS's TMA-pipelined GEMM
 # kernels it reports shared-memory hazards it cannot model (mbarriers).
