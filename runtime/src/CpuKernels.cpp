@@ -52,9 +52,7 @@ void matmulRows(const float *x, int64_t rows, int64_t in, const float *w,
 
 void rmsNormRow(const float *x, const float *scale, int64_t n, double eps,
                 float *y) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i)
-    sum += double(x[i]) * x[i];
+  double sum = dot(x, x, n); // 16 f32 partial sums: vectorized
   float inv = static_cast<float>(1.0 / std::sqrt(sum / n + eps));
   for (int64_t i = 0; i < n; ++i)
     y[i] = scale[i] * (x[i] * inv);
@@ -119,19 +117,24 @@ Status cpu::rope(const Tensor &x, const Tensor &positions, const RopeParams &p,
   std::vector<double> inv = ropeInverseFrequencies(p, dim);
   double mscale = ropeOutputScale(p);
   resize(out, x.shape);
+  // cos and sin once per token (in double: positions reach 10^5 and
+  // more), then every head of it.
+  std::vector<double> cosines(dim / 2), sines(dim / 2);
   for (int64_t t = 0; t < x.dim(0); ++t) {
     double pos = static_cast<double>(positions.ints[t]);
+    for (int64_t i = 0; i < dim / 2; ++i) {
+      cosines[i] = std::cos(pos * inv[i]) * mscale;
+      sines[i] = std::sin(pos * inv[i]) * mscale;
+    }
     for (int64_t h = 0; h < rows; ++h) {
       const float *src = x.data.data() + (t * rows + h) * dim;
       float *dst = out.data.data() + (t * rows + h) * dim;
       for (int64_t i = 0; i < dim / 2; ++i) {
-        double c = std::cos(pos * inv[i]) * mscale,
-               s = std::sin(pos * inv[i]) * mscale;
         // Interleaved: pairs (2i, 2i+1); else (i, i + dim/2).
         int64_t a = p.interleaved ? 2 * i : i,
                 b = p.interleaved ? 2 * i + 1 : i + dim / 2;
-        dst[a] = static_cast<float>(src[a] * c - src[b] * s);
-        dst[b] = static_cast<float>(src[b] * c + src[a] * s);
+        dst[a] = static_cast<float>(src[a] * cosines[i] - src[b] * sines[i]);
+        dst[b] = static_cast<float>(src[b] * cosines[i] + src[a] * sines[i]);
       }
     }
   }
