@@ -4,6 +4,7 @@
 #include "CpuKernels.h"
 #include "melt/numerics.h"
 
+#include <algorithm>
 #include <fstream>
 
 using namespace melt;
@@ -234,4 +235,39 @@ Status Model::load(const std::string &artifactPath,
   Artifact artifact;
   MELT_RETURN_IF_ERROR(Artifact::load(artifactPath, artifact));
   return fromArtifact(std::move(artifact), checkpointDir, out, keepHostData);
+}
+
+Status Model::loadRandom(const std::string &artifactPath, uint64_t seed,
+                         std::unique_ptr<Model> &out) {
+  auto model = std::unique_ptr<Model>(new Model());
+  MELT_RETURN_IF_ERROR(Artifact::load(artifactPath, model->artifact_));
+  model->keepHostData_ = true;
+  const fb::Model &m = model->artifact_.model();
+  model->weights_.resize(m.weights()->size());
+  // Uniform on [-a, a] has std a / sqrt(3): a = 0.02 sqrt(3).
+  const float a = 0.0346410f;
+  for (uint32_t i = 0; i < m.weights()->size(); ++i) {
+    const fb::Weight *w = m.weights()->Get(i);
+    WeightData &data = model->weights_[i];
+    data.shape.assign(w->shape()->begin(), w->shape()->end());
+    uint64_t elements = 1;
+    for (int64_t d : data.shape)
+      elements *= static_cast<uint64_t>(d);
+    data.data.resize(elements);
+    std::string name = w->name() ? w->name()->str() : "";
+    if (data.shape.size() == 1) {
+      bool bias = name.find("bias") != std::string::npos;
+      std::fill(data.data.begin(), data.data.end(), bias ? 0.0f : 1.0f);
+      continue;
+    }
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + i + 1;
+    for (float &v : data.data) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      v = a * (float(x >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    }
+  }
+  out = std::move(model);
+  return Status::ok();
 }

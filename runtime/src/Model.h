@@ -23,6 +23,12 @@ public:
                              const std::string &checkpointDir,
                              std::unique_ptr<Model> &out,
                              bool keepHostData = false);
+  /// For benchmarks without a checkpoint (as transformers' random init):
+  /// every weight filled with seeded values (uniform, std 0.02; 1-D
+  /// weights, the norm scales and router biases, 1 and 0), kept on the host
+  /// for a device; no prepacked GEMMs, so not for the C API's sessions.
+  static Status loadRandom(const std::string &artifactPath, uint64_t seed,
+                           std::unique_ptr<Model> &out);
 
   const Artifact &artifact() const { return artifact_; }
   const WeightData &weight(uint32_t index) const { return weights_[index]; }

@@ -57,9 +57,12 @@ int generateOnDevice(const GenerateOptions &o) {
   if (Status s = openDevice(o.device, device))
     return fail("opening the device", s);
   std::unique_ptr<Model> model;
-  if (Status s = Model::load(o.artifact, o.checkpoint, model,
-                             /*keepHostData=*/true))
-    return fail("loading the model", s);
+  Status loaded = o.randomWeights
+                      ? Model::loadRandom(o.artifact, /*seed=*/1, model)
+                      : Model::load(o.artifact, o.checkpoint, model,
+                                    /*keepHostData=*/true);
+  if (loaded)
+    return fail("loading the model", loaded);
   std::unique_ptr<DeviceRunner> runner;
   if (Status s = DeviceRunner::create(
           *model, *device, int64_t(o.prompt.size()) + o.maxNew + 1, runner))

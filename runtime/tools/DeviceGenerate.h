@@ -11,6 +11,8 @@ struct GenerateOptions {
   std::vector<int> prompt;
   long maxNew = 32;
   bool bench = false;
+  /// Seeded random weights instead of the checkpoint (benchmarks).
+  bool randomWeights = false;
 };
 
 /// Greedy generation through the Device interface (DeviceRunner: one

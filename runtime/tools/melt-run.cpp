@@ -31,6 +31,8 @@ void usage() {
                "JSON)\n"
                "       [--device cpu|cuda:N]  (run through the device "
                "interface: one sequence, F32)\n"
+               "       [--random-weights]  (with --device: seeded random "
+               "weights, no checkpoint; for benchmarks)\n"
                "Generates greedily from a compiled melt model and reports "
                "tokens/s and peak memory.\n");
 }
@@ -73,6 +75,7 @@ int main(int argc, char **argv) {
   long maxNew = 32, maxContext = 4096;
   bool bench = false;
   const char *expertStats = nullptr, *device = nullptr;
+  bool randomWeights = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> const char * {
@@ -104,6 +107,8 @@ int main(int argc, char **argv) {
       }
     } else if (arg == "--bench") {
       bench = true;
+    } else if (arg == "--random-weights") {
+      randomWeights = true;
     } else if (arg == "--device") {
       device = value();
       if (!device) {
@@ -124,6 +129,10 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+  if (randomWeights && !device) {
+    std::fprintf(stderr, "melt-run: error: --random-weights needs --device\n");
+    return 1;
+  }
   if (device) {
     if (expertStats) {
       std::fprintf(stderr, "melt-run: error: --expert-stats is not available "
@@ -137,6 +146,7 @@ int main(int argc, char **argv) {
     options.prompt = prompt;
     options.maxNew = maxNew;
     options.bench = bench;
+    options.randomWeights = randomWeights;
     return generateOnDevice(options);
   }
 

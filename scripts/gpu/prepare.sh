@@ -6,6 +6,9 @@
 #   schema/melt/        the generated artifact header
 #   models/             artifacts compiled here from the golden checkpoints
 #   hf_baseline.py      the baseline benchmark of ../shared/bench
+# With --mini also models/mini.melt, compiled from a synthesized 9.3 GB
+# checkpoint that is deleted afterwards (scripts/gpu/mini-model.sh runs it
+# with random weights).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -21,6 +24,12 @@ for model in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   build/bin/melt-compile "test/golden/$model/checkpoint" \
     -o "$carry/models/$model.melt" 2>/dev/null
 done
+if [ "${1:-}" = --mini ]; then
+  tmp=$(mktemp -d)
+  build/bin/melt-import --synthesize=mini -o "$tmp/mini" 2>/dev/null
+  build/bin/melt-compile "$tmp/mini" -o "$carry/models/mini.melt" 2>/dev/null
+  rm -rf "$tmp"
+fi
 # What users would run instead (benchmarks run it beside melt).
 if [ -f ../shared/bench/hf_baseline.py ]; then
   cp ../shared/bench/hf_baseline.py "$carry/"
