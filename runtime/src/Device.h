@@ -121,7 +121,9 @@ public:
   // L + R]: the normalized latent then the rotated RoPE key of each token.
 
   /// Writes latent [T, L] and ropeKey [T, R] (any shape of T * R values)
-  /// at the rows `positions` (I32 [T]) of the cache.
+  /// at the rows `positions` (I32 [T]) of the cache. A position outside the
+  /// cache is MELT_RESOURCE_EXHAUSTED, from this call or (a GPU, which does
+  /// not wait for its kernels) from the next synchronize().
   virtual Status latentCacheAppend(const DeviceTensor &latent,
                                    const DeviceTensor &ropeKey,
                                    const DeviceTensor &positions,
@@ -137,7 +139,8 @@ public:
                      float scale, DeviceTensor &out) = 0;
   /// Routed experts: y[t] = sum_k w[t,k] down_e(silu(gate_e x) * up_e x),
   /// e = indices[t, k]; gate/up [E, I, D], down [E, D, I]. combineBf16
-  /// rounds each expert's output to BF16 before the sum.
+  /// rounds each expert's output to BF16 before the sum. An index outside
+  /// the experts is an error from this call or the next synchronize().
   virtual Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
                             const DeviceTensor &weights,
                             const DeviceTensor &gate, const DeviceTensor &up,

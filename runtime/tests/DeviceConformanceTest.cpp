@@ -467,9 +467,13 @@ TEST_P(DeviceConformance, LatentCacheAndMla) {
   DeviceTensor dp = make(DType::I32, {1});
   ASSERT_FALSE(device->upload(past.data(), dp));
   DeviceTensor dl = make(DType::F32, {1, L}), dk = make(DType::F32, {1, R});
+  // Positions computed on a device are checked by the next synchronize().
   Status s = device->latentCacheAppend(dl, dk, dp, cache);
+  if (!s)
+    s = device->synchronize();
   ASSERT_TRUE(s);
   EXPECT_EQ(s.code(), MELT_RESOURCE_EXHAUSTED) << s.message();
+  EXPECT_FALSE(device->synchronize()); // reported once; usable again
 }
 
 TEST_P(DeviceConformance, MoeExperts) {
@@ -515,9 +519,11 @@ TEST_P(DeviceConformance, MoeExperts) {
   idx[3] = int32_t(E);
   ASSERT_FALSE(device->upload(idx.data(), di));
   Status s = device->moeExperts(dx, di, dw, dg, du, dd, false, y);
+  if (!s)
+    s = device->synchronize();
   ASSERT_TRUE(s);
-  EXPECT_NE(s.message().find("outside the 6 experts"), std::string::npos)
-      << s.message();
+  EXPECT_NE(s.message().find("outside the"), std::string::npos) << s.message();
+  EXPECT_FALSE(device->synchronize());
 }
 
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {

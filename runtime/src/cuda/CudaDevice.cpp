@@ -17,6 +17,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <map>
+#include <vector>
+
 using namespace melt::rt;
 using namespace melt::rt::cuda;
 
@@ -47,6 +51,11 @@ public:
       : index_(index), description_(std::move(description)) {}
   ~CudaDevice() override {
     gemm_.reset();
+    if (stream_)
+      cudaStreamSynchronize(stream_);
+    trimCache();
+    for (auto &[block, bytes] : blockBytes_)
+      cudaFree(block);
     if (flag_)
       cudaFree(flag_);
     if (stream_)
@@ -66,6 +75,9 @@ public:
   std::string name() const override { return "cuda:" + std::to_string(index_); }
   std::string description() const override { return description_; }
 
+  /// Blocks come from a cache of freed ones of the same rounded size
+  /// (cudaMalloc and cudaFree cost tens of microseconds and synchronize):
+  /// a model step allocates every activation anew.
   Status allocate(DType type, std::vector<int64_t> shape,
                   DeviceTensor &out) override {
     MELT_RETURN_IF_ERROR(usable());
@@ -75,10 +87,23 @@ public:
     for (int64_t d : t.shape)
       if (d < 0)
         return invalidArgument(name() + ": allocate: negative dimension");
-    size_t bytes = std::max<size_t>(t.bytes(), 16);
+    size_t bytes = roundedBytes(t.bytes());
+    auto cached = freeBlocks_.find(bytes);
+    if (cached != freeBlocks_.end() && !cached->second.empty()) {
+      t.data = cached->second.back();
+      cached->second.pop_back();
+      blockBytes_[t.data] = bytes;
+      out = std::move(t);
+      return Status::ok();
+    }
     cudaError_t e = cudaMalloc(&t.data, bytes);
     if (e == cudaErrorMemoryAllocation) {
       cudaGetLastError(); // not sticky: clear it
+      trimCache();        // give the cached blocks back, then try again
+      e = cudaMalloc(&t.data, bytes);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
       size_t free = 0, total = 0;
       cudaMemGetInfo(&free, &total);
       return {MELT_OUT_OF_MEMORY,
@@ -87,13 +112,19 @@ public:
                   std::to_string(total >> 20) + ")"};
     }
     MELT_RETURN_IF_ERROR(check(e, "cudaMalloc"));
+    blockBytes_[t.data] = bytes;
     out = std::move(t);
     return Status::ok();
   }
 
   void release(DeviceTensor &tensor) override {
-    if (tensor.data)
-      cudaFree(tensor.data);
+    if (!tensor.data)
+      return;
+    auto it = blockBytes_.find(tensor.data);
+    if (it != blockBytes_.end()) {
+      freeBlocks_[it->second].push_back(tensor.data);
+      blockBytes_.erase(it);
+    }
     tensor.data = nullptr;
   }
 
@@ -117,7 +148,22 @@ public:
 
   Status synchronize() override {
     MELT_RETURN_IF_ERROR(usable());
-    return check(cudaStreamSynchronize(stream_), "kernel");
+    MELT_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream_), "kernel"));
+    if (!flag_)
+      return Status::ok();
+    int32_t raised[3] = {0, 0, 0};
+    MELT_RETURN_IF_ERROR(
+        check(cudaMemcpy(raised, flag_, sizeof(raised), cudaMemcpyDeviceToHost),
+              "flag"));
+    if (!raised[kCacheFlag] && !raised[kExpertFlag])
+      return Status::ok();
+    MELT_RETURN_IF_ERROR(
+        check(cudaMemset(flag_ + kCacheFlag, 0, 2 * sizeof(int32_t)), "flag"));
+    if (raised[kCacheFlag])
+      return {MELT_RESOURCE_EXHAUSTED,
+              "latent_cache_append: a position is outside the cache"};
+    return invalidArgument(
+        "moe_experts: an expert index is outside the experts");
   }
 
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
@@ -278,7 +324,7 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::latentCacheAppend(latent, ropeKey, positions, cache));
-    MELT_RETURN_IF_ERROR(clearFlag());
+    MELT_RETURN_IF_ERROR(flags());
     int tokens = int(latent.rows()), l = int(latent.cols());
     int r = int(cache.shape[1]) - l;
     MELT_RETURN_IF_ERROR(check(
@@ -286,13 +332,10 @@ public:
                                 static_cast<const float *>(ropeKey.data),
                                 static_cast<const int32_t *>(positions.data),
                                 tokens, l, r, int(cache.shape[0]),
-                                static_cast<float *>(cache.data), flag_,
-                                stream_),
+                                static_cast<float *>(cache.data),
+                                flag_ + kCacheFlag, stream_),
         "latent_cache_append"));
-    return raisedFlag({MELT_RESOURCE_EXHAUSTED,
-                       "latent_cache_append: a position is outside the cache "
-                       "of " +
-                           std::to_string(cache.shape[0])});
+    return Status::ok(); // a bad position: at synchronize()
   }
 
   Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
@@ -326,29 +369,43 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
-    MELT_RETURN_IF_ERROR(clearFlag());
-    MELT_RETURN_IF_ERROR(check(
-        moeExpertsF32(static_cast<const float *>(x.data),
-                      static_cast<const int32_t *>(indices.data),
-                      static_cast<const float *>(weights.data),
-                      static_cast<const float *>(gate.data),
-                      static_cast<const float *>(up.data),
-                      static_cast<const float *>(down.data), int(x.shape[0]),
-                      int(indices.shape[1]), int(gate.shape[0]),
-                      int(gate.shape[1]), int(x.shape[1]), combineBf16,
-                      static_cast<float *>(y.data), flag_, stream_),
-        "moe_experts"));
-    return raisedFlag(
-        invalidArgument("moe_experts: an expert index is outside the " +
-                        std::to_string(gate.shape[0]) + " experts"));
+    MELT_RETURN_IF_ERROR(flags());
+    DeviceTensor scratch;
+    MELT_RETURN_IF_ERROR(allocate(
+        DType::F32, {indices.shape[0] * indices.shape[1], gate.shape[1]},
+        scratch));
+    Status launched = check(
+        moeExpertsF32(
+            static_cast<const float *>(x.data),
+            static_cast<const int32_t *>(indices.data),
+            static_cast<const float *>(weights.data),
+            static_cast<const float *>(gate.data),
+            static_cast<const float *>(up.data),
+            static_cast<const float *>(down.data), int(x.shape[0]),
+            int(indices.shape[1]), int(gate.shape[0]), int(gate.shape[1]),
+            int(x.shape[1]), combineBf16, static_cast<float *>(scratch.data),
+            static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
+        "moe_experts");
+    release(scratch); // stream-ordered: reused only by later work
+    return launched;  // a bad expert index: at synchronize()
   }
 
 private:
-  /// The flag kernels raise on bad indices, zeroed before a launch.
+  /// The flags kernels raise on bad indices: [0] the embedding's (checked
+  /// at once: ids come from the user), [1] the cache's and [2] the
+  /// experts' (indices computed on the device: checked at synchronize(),
+  /// so that a model step does not wait after every layer).
+  static constexpr int kEmbeddingFlag = 0, kCacheFlag = 1, kExpertFlag = 2;
+  Status flags() {
+    if (flag_)
+      return Status::ok();
+    MELT_RETURN_IF_ERROR(
+        check(cudaMalloc(&flag_, 3 * sizeof(int32_t)), "cudaMalloc"));
+    return check(cudaMemsetAsync(flag_, 0, 3 * sizeof(int32_t), stream_),
+                 "flag");
+  }
   Status clearFlag() {
-    if (!flag_)
-      MELT_RETURN_IF_ERROR(
-          check(cudaMalloc(&flag_, sizeof(int32_t)), "cudaMalloc"));
+    MELT_RETURN_IF_ERROR(flags());
     return check(cudaMemsetAsync(flag_, 0, sizeof(int32_t), stream_), "flag");
   }
   /// `error` when the last launch raised the flag (waits for it).
@@ -380,6 +437,19 @@ private:
                                             run, size_t(outer),
                                             cudaMemcpyDeviceToDevice, stream_);
     return check(e, toWhole ? "place" : "slice");
+  }
+
+  static size_t roundedBytes(size_t bytes) {
+    return (std::max<size_t>(bytes, 16) + 255) / 256 * 256;
+  }
+  /// Frees the cached blocks (after the stream's work that may use them).
+  void trimCache() {
+    if (stream_)
+      cudaStreamSynchronize(stream_);
+    for (auto &[bytes, blocks] : freeBlocks_)
+      for (void *block : blocks)
+        cudaFree(block);
+    freeBlocks_.clear();
   }
 
   static Operand operand(const DeviceTensor &t) {
@@ -438,6 +508,9 @@ private:
   std::unique_ptr<GemmRunner> gemm_;
   std::string failure_;
   int32_t *flag_ = nullptr; // raised by kernels on bad indices
+  /// Live blocks and their rounded sizes; freed blocks by rounded size.
+  std::map<void *, size_t> blockBytes_;
+  std::map<size_t, std::vector<void *>> freeBlocks_;
 };
 
 } // namespace

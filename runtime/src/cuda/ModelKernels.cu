@@ -226,42 +226,63 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   }
 }
 
-/// A block per (token, choice): the SwiGLU activations in shared memory,
-/// then the down projection added into y.
-__global__ void moeKernel(const float *x, const int32_t *indices,
-                          const float *weights, const float *gate,
-                          const float *up, const float *down, int choices,
-                          int experts, int inter, int dim, bool combineBf16,
-                          float *y, int32_t *bad) {
-  extern __shared__ float act[];
-  int t = blockIdx.x / choices;
-  int e = indices[blockIdx.x];
+__device__ __forceinline__ float warpSum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+/// Grid (token * choices, inter / 8): a warp per row i of gate and up,
+/// lanes striding over the hidden dimension (coalesced).
+__global__ void moeActivationKernel(const float *x, const int32_t *indices,
+                                    const float *gate, const float *up,
+                                    int choices, int experts, int inter,
+                                    int dim, float *act, int32_t *bad) {
+  int pair = blockIdx.x, t = pair / choices;
+  int e = indices[pair];
+  int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (e < 0 || e >= experts) {
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0 && blockIdx.y == 0)
       *bad = 1;
     return;
   }
+  if (i >= inter)
+    return;
   const float *xt = x + size_t(t) * dim;
-  for (int i = threadIdx.x; i < inter; i += blockDim.x) {
-    const float *g = gate + (size_t(e) * inter + i) * dim;
-    const float *u = up + (size_t(e) * inter + i) * dim;
-    float a = 0.f, b = 0.f;
-    for (int d = 0; d < dim; ++d) {
-      a += xt[d] * g[d];
-      b += xt[d] * u[d];
-    }
-    act[i] = a / (1.f + expf(-a)) * b;
+  const float *g = gate + (size_t(e) * inter + i) * dim;
+  const float *u = up + (size_t(e) * inter + i) * dim;
+  float a = 0.f, b = 0.f;
+  for (int d = lane; d < dim; d += 32) {
+    a += xt[d] * g[d];
+    b += xt[d] * u[d];
   }
-  __syncthreads();
-  float w = weights[blockIdx.x];
-  for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-    const float *dn = down + (size_t(e) * dim + j) * inter;
-    float sum = 0.f;
-    for (int i = 0; i < inter; ++i)
-      sum += act[i] * dn[i];
+  a = warpSum(a);
+  b = warpSum(b);
+  if (lane == 0)
+    act[size_t(pair) * inter + i] = a / (1.f + expf(-a)) * b;
+}
+
+/// Grid (token * choices, dim / 8): a warp per output j of the down
+/// projection, added into y weighted.
+__global__ void moeDownKernel(const float *act, const int32_t *indices,
+                              const float *weights, const float *down,
+                              int choices, int experts, int inter, int dim,
+                              bool combineBf16, float *y) {
+  int pair = blockIdx.x, t = pair / choices;
+  int e = indices[pair];
+  int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (e < 0 || e >= experts || j >= dim)
+    return;
+  const float *a = act + size_t(pair) * inter;
+  const float *dn = down + (size_t(e) * dim + j) * inter;
+  float sum = 0.f;
+  for (int i = lane; i < inter; i += 32)
+    sum += a[i] * dn[i];
+  sum = warpSum(sum);
+  if (lane == 0) {
     if (combineBf16)
       sum = __bfloat162float(__float2bfloat16(sum));
-    atomicAdd(&y[size_t(t) * dim + j], w * sum);
+    atomicAdd(&y[size_t(t) * dim + j], weights[pair] * sum);
   }
 }
 
@@ -307,22 +328,19 @@ cudaError_t melt::rt::cuda::mlaF32(const float *qNope, const float *qRope,
 cudaError_t melt::rt::cuda::moeExpertsF32(
     const float *x, const int32_t *indices, const float *weights,
     const float *gate, const float *up, const float *down, int tokens,
-    int choices, int experts, int inter, int dim, bool combineBf16, float *y,
-    int32_t *bad, cudaStream_t stream) {
+    int choices, int experts, int inter, int dim, bool combineBf16,
+    float *scratch, float *y, int32_t *bad, cudaStream_t stream) {
   cudaError_t e =
       cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
   if (e != cudaSuccess || tokens == 0)
     return e;
-  size_t shared = size_t(inter) * sizeof(float);
-  if (shared > 48 * 1024) {
-    e = cudaFuncSetAttribute(
-        moeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
-    if (e != cudaSuccess)
-      return e;
-  }
-  moeKernel<<<tokens * choices, 256, shared, stream>>>(
-      x, indices, weights, gate, up, down, choices, experts, inter, dim,
-      combineBf16, y, bad);
+  dim3 activations(tokens * choices, (inter + 7) / 8);
+  moeActivationKernel<<<activations, 256, 0, stream>>>(
+      x, indices, gate, up, choices, experts, inter, dim, scratch, bad);
+  dim3 outputs(tokens * choices, (dim + 7) / 8);
+  moeDownKernel<<<outputs, 256, 0, stream>>>(scratch, indices, weights, down,
+                                             choices, experts, inter, dim,
+                                             combineBf16, y);
   return cudaGetLastError();
 }
 

@@ -61,14 +61,16 @@ cudaError_t mlaF32(const float *qNope, const float *qRope, const float *cache,
 /// Bytes of shared memory mlaF32 needs.
 size_t mlaF32SharedBytes(int latent, int maxVisible);
 
-/// Routed experts in F32, a block per (token, choice), summed into y
-/// (zeroed first) with atomics; an expert id out of range sets *bad.
+/// Routed experts in F32: the SwiGLU activations of every (token, choice)
+/// into `scratch` ([tokens * choices, inter]), a warp per row of gate/up,
+/// then the down projection a warp per output, summed into y (zeroed first)
+/// with atomics. An expert id out of range sets *bad.
 cudaError_t moeExpertsF32(const float *x, const int32_t *indices,
                           const float *weights, const float *gate,
                           const float *up, const float *down, int tokens,
                           int choices, int experts, int inter, int dim,
-                          bool combineBf16, float *y, int32_t *bad,
-                          cudaStream_t stream);
+                          bool combineBf16, float *scratch, float *y,
+                          int32_t *bad, cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 
