@@ -138,6 +138,33 @@ TEST_P(DeviceRunnerTest, FullCacheIsAClearError) {
   EXPECT_FALSE(runner->append({4}, logits));
 }
 
+// Benchmarks run without a checkpoint: seeded random weights, finite
+// logits, the same ones for the same seed.
+TEST_P(DeviceRunnerTest, RandomWeightsRun) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  std::unique_ptr<Device> device;
+  ASSERT_FALSE(openDevice(GetParam(), device));
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    std::unique_ptr<Model> model;
+    Status s = Model::loadRandom(models[0].artifact, 7, model);
+    ASSERT_FALSE(s) << s.message();
+    std::unique_ptr<DeviceRunner> runner;
+    ASSERT_FALSE(DeviceRunner::create(*model, *device, 16, runner));
+    std::vector<float> logits;
+    s = runner->append({1, 2, 3}, logits);
+    ASSERT_FALSE(s) << s.message();
+    for (float v : logits)
+      ASSERT_TRUE(std::isfinite(v));
+    if (run == 0)
+      first = logits;
+    else
+      EXPECT_EQ(logits, first);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Present, DeviceRunnerTest,
                          ::testing::ValuesIn(availableDevices()),
                          [](const ::testing::TestParamInfo<std::string> &info) {
