@@ -2,6 +2,8 @@
 //------------------===//
 #include "DeviceRunner.h"
 
+#include "KernelArgs.h"
+
 #include <algorithm>
 
 using namespace melt;
@@ -189,16 +191,7 @@ Status DeviceRunner::run(const std::vector<int32_t> &tokens,
       status = device_.linear(asRows(in(0)), w(0), *out);
       break;
     case fb::KernelKind::Rope: {
-      RopeParams p;
-      p.interleaved = ints(0) != 0;
-      p.yarn = ints(1) != 0;
-      p.originalMax = ints(2);
-      p.theta = kernel.floats()->Get(0);
-      p.factor = kernel.floats()->Get(1);
-      p.betaFast = kernel.floats()->Get(2);
-      p.betaSlow = kernel.floats()->Get(3);
-      p.mscale = kernel.floats()->Get(4);
-      p.mscaleAllDim = kernel.floats()->Get(5);
+      RopeParams p = ropeParamsOf(kernel);
       MELT_RETURN_IF_ERROR(make(outId(0), DType::F32, in(0).shape, out));
       status = device_.rope(in(0), in(1), p, *out);
       break;
@@ -260,14 +253,7 @@ Status DeviceRunner::run(const std::vector<int32_t> &tokens,
       break;
     }
     case fb::KernelKind::MoERouter: {
-      RouterParams p;
-      p.sigmoid = ints(0) == 0;
-      p.method = int(ints(1));
-      p.topK = ints(2);
-      p.nGroup = ints(3);
-      p.topkGroup = ints(4);
-      p.normalize = ints(5) != 0;
-      p.scale = kernel.floats()->Get(0);
+      RouterParams p = routerParamsOf(kernel);
       DeviceTensor scores;
       MELT_RETURN_IF_ERROR(
           device_.allocate(DType::F32, {in(0).rows(), w(0).shape[0]}, scores));

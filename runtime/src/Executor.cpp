@@ -2,6 +2,7 @@
 #include "Executor.h"
 
 #include "CpuKernels.h"
+#include "KernelArgs.h"
 
 #include <chrono>
 #include <cstdio>
@@ -112,16 +113,7 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
       status = cpu::linear(in(0), w(0), out(0));
       break;
     case fb::KernelKind::Rope: {
-      cpu::RopeParams p;
-      p.interleaved = kernel.ints()->Get(0) != 0;
-      p.yarn = kernel.ints()->Get(1) != 0;
-      p.originalMax = kernel.ints()->Get(2);
-      p.theta = kernel.floats()->Get(0);
-      p.factor = kernel.floats()->Get(1);
-      p.betaFast = kernel.floats()->Get(2);
-      p.betaSlow = kernel.floats()->Get(3);
-      p.mscale = kernel.floats()->Get(4);
-      p.mscaleAllDim = kernel.floats()->Get(5);
+      cpu::RopeParams p = ropeParamsOf(kernel);
       if (!(p.theta > 0) || (p.yarn && (p.originalMax <= 0 || !(p.factor >= 1) ||
                                         !(p.betaFast > p.betaSlow) ||
                                         !(p.betaSlow > 0))))
@@ -211,14 +203,7 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
       out(0) = in(0);
       break;
     case fb::KernelKind::MoERouter: {
-      cpu::RouterParams p;
-      p.sigmoid = kernel.ints()->Get(0) == 0;
-      p.method = static_cast<int>(kernel.ints()->Get(1));
-      p.topK = kernel.ints()->Get(2);
-      p.nGroup = kernel.ints()->Get(3);
-      p.topkGroup = kernel.ints()->Get(4);
-      p.normalize = kernel.ints()->Get(5) != 0;
-      p.scale = kernel.floats()->Get(0);
+      cpu::RouterParams p = routerParamsOf(kernel);
       const WeightData *bias = kernel.weights()->size() > 1 ? &w(1) : nullptr;
       status = cpu::moeRouter(in(0), w(0), bias, p, out(0), out(1));
       if (!status && load) {

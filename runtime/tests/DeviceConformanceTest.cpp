@@ -6,6 +6,8 @@
 #include "Device.h"
 #include "melt/numerics.h"
 
+#include "DeviceTestNames.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -569,13 +571,7 @@ TEST_P(DeviceConformance, HugeAllocationIsOutOfMemory) {
 
 INSTANTIATE_TEST_SUITE_P(Present, DeviceConformance,
                          ::testing::ValuesIn(availableDevices()),
-                         [](const ::testing::TestParamInfo<std::string> &info) {
-                           std::string name = info.param;
-                           for (char &c : name)
-                             if (!std::isalnum(static_cast<unsigned char>(c)))
-                               c = '_';
-                           return name;
-                         });
+                         deviceTestName);
 
 TEST(Devices, UnknownNamesAreClearErrors) {
   std::unique_ptr<Device> device;

@@ -8,6 +8,8 @@
 #include "DeviceRunner.h"
 #include "melt/runtime.h"
 
+#include "DeviceTestNames.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -167,12 +169,6 @@ TEST_P(DeviceRunnerTest, RandomWeightsRun) {
 
 INSTANTIATE_TEST_SUITE_P(Present, DeviceRunnerTest,
                          ::testing::ValuesIn(availableDevices()),
-                         [](const ::testing::TestParamInfo<std::string> &info) {
-                           std::string name = info.param;
-                           for (char &c : name)
-                             if (!std::isalnum(static_cast<unsigned char>(c)))
-                               c = '_';
-                           return name;
-                         });
+                         deviceTestName);
 
 } // namespace

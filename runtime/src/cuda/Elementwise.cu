@@ -1,24 +1,13 @@
 //===- Elementwise.cu - row-wise and elementwise kernels (CUDA) -----------===//
 #include "cuda/Elementwise.h"
 
+#include "cuda/OperandAccess.cuh"
+
 #include <cuda_bf16.h>
 
 using namespace melt::rt::cuda;
 
 namespace {
-
-__device__ __forceinline__ float load(Operand o, size_t i) {
-  return o.bf16
-             ? __bfloat162float(static_cast<const __nv_bfloat16 *>(o.data)[i])
-             : static_cast<const float *>(o.data)[i];
-}
-
-__device__ __forceinline__ void store(Result r, size_t i, float v) {
-  if (r.bf16)
-    static_cast<__nv_bfloat16 *>(r.data)[i] = __float2bfloat16(v);
-  else
-    static_cast<float *>(r.data)[i] = v;
-}
 
 /// One block of 256 threads per row.
 __global__ void rmsNormKernel(Operand x, Operand gamma, float eps, int cols,

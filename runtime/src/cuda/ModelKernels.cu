@@ -1,24 +1,13 @@
 //===- ModelKernels.cu - embedding, RoPE and routing (CUDA) ---------------===//
 #include "cuda/ModelKernels.h"
 
+#include "cuda/OperandAccess.cuh"
+
 #include <cuda_bf16.h>
 
 using namespace melt::rt::cuda;
 
 namespace {
-
-__device__ __forceinline__ float load(Operand o, size_t i) {
-  return o.bf16
-             ? __bfloat162float(static_cast<const __nv_bfloat16 *>(o.data)[i])
-             : static_cast<const float *>(o.data)[i];
-}
-
-__device__ __forceinline__ void store(Result r, size_t i, float v) {
-  if (r.bf16)
-    static_cast<__nv_bfloat16 *>(r.data)[i] = __float2bfloat16(v);
-  else
-    static_cast<float *>(r.data)[i] = v;
-}
 
 __global__ void embeddingKernel(const int32_t *ids, Operand table, int vocab,
                                 int hidden, Result y, int32_t *badId) {
