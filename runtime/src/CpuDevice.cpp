@@ -1,7 +1,7 @@
-//===- CpuDevice.cpp - the CPU device
-//---------------------------------------===//
+//===- CpuDevice.cpp - the CPU device -------------------------------------===//
 #include "CpuDevice.h"
 
+#include "MlaMath.h"
 #include "VectorMath.h"
 #include "melt/numerics.h"
 
@@ -348,38 +348,21 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
           width = cache.shape[1];
   auto *pos = static_cast<const int32_t *>(positions.data);
   auto *c = static_cast<const float *>(cache.data);
-  std::vector<float> qlat(L), olat(L), scores;
+  MlaHeadScratch head;
   for (int64_t t = 0; t < T; ++t) {
     int64_t visible = int64_t(pos[t]) + 1;
     if (visible <= 0 || visible > cache.shape[0])
       return invalidArgument("mla: position " + std::to_string(pos[t]) +
                              " is outside the cache");
-    scores.resize(size_t(visible));
-    for (int64_t h = 0; h < H; ++h) {
-      const float *q = static_cast<const float *>(qNope.data) + (t * H + h) * N;
-      const float *qr =
-          static_cast<const float *>(qRope.data) + (t * H + h) * R;
-      const float *uk = static_cast<const float *>(wUk.data) + h * N * L;
-      std::fill(qlat.begin(), qlat.end(), 0.f);
-      for (int64_t n = 0; n < N; ++n)
-        axpy(q[n], uk + n * L, qlat.data(), L);
-      float top = -INFINITY;
-      for (int64_t s = 0; s < visible; ++s) {
-        const float *row = c + s * width;
-        scores[s] = (dot(qlat.data(), row, L) + dot(qr, row + L, R)) * scale;
-        top = std::max(top, scores[s]);
-      }
-      float sum = 0.f;
-      for (float &v : scores)
-        sum += v = std::exp(v - top);
-      std::fill(olat.begin(), olat.end(), 0.f);
-      for (int64_t s = 0; s < visible; ++s)
-        axpy(scores[s] / sum, c + s * width, olat.data(), L);
-      float *o = static_cast<float *>(out.data) + (t * H + h) * V;
-      const float *uv = static_cast<const float *>(wUv.data) + h * V * L;
-      for (int64_t v = 0; v < V; ++v)
-        o[v] = dot(olat.data(), uv + v * L, L);
-    }
+    for (int64_t h = 0; h < H; ++h)
+      absorbedMlaHead(
+          static_cast<const float *>(qNope.data) + (t * H + h) * N,
+          static_cast<const float *>(qRope.data) + (t * H + h) * R,
+          static_cast<const float *>(wUk.data) + h * N * L,
+          static_cast<const float *>(wUv.data) + h * V * L, N, R, L, V, visible,
+          scale, [&](int64_t s) { return c + s * width; },
+          [&](int64_t s) { return c + s * width + L; }, head,
+          static_cast<float *>(out.data) + (t * H + h) * V);
   }
   return Status::ok();
 }

@@ -1,5 +1,4 @@
-//===- CpuDevice.h - the CPU device -------------------------------*- C++
-//-*-===//
+//===- CpuDevice.h - the CPU device -----------------------------*- C++ -*-===//
 #ifndef MELT_RUNTIME_CPUDEVICE_H
 #define MELT_RUNTIME_CPUDEVICE_H
 

@@ -1,6 +1,7 @@
 //===- CpuKernels.cpp - the kernels of the CPU device -----------*- C++ -*-===//
 #include "CpuKernels.h"
 
+#include "MlaMath.h"
 #include "VectorMath.h"
 #include "melt/numerics.h"
 
@@ -282,7 +283,8 @@ Status cpu::mla(const Tensor &qn, const Tensor &qr,
   if (segments.size() != caches.size() + 1 || segments.back() != T)
     return shapeError("mla", "queries and caches of different batches");
   resize(out, {T, H, V});
-  std::vector<float> qlat(L), olat(L), scores;
+  std::vector<float> scores;
+  MlaHeadScratch head;
   for (size_t b = 0; b < caches.size(); ++b) {
     CacheView &cache = *caches[b];
     int64_t S = *cache.length, queries = segments[b + 1] - segments[b];
@@ -311,36 +313,26 @@ Status cpu::mla(const Tensor &qn, const Tensor &qr,
       for (int64_t h = 0; h < H; ++h) {
         const float *q = qn.data.data() + (t * H + h) * N;
         const float *qrope = qr.data.data() + (t * H + h) * R;
+        float *o = out.data.data() + (t * H + h) * V;
         if (!decompress) {
-          // Absorb W_UK: the query in latent space.
-          std::fill(qlat.begin(), qlat.end(), 0.0f);
-          const float *uk = wUk.data.data() + h * N * L;
-          for (int64_t n = 0; n < N; ++n)
-            axpy(q[n], uk + n * L, qlat.data(), L);
+          absorbedMlaHead(
+              q, qrope, wUk.data.data() + h * N * L,
+              wUv.data.data() + h * V * L, N, R, L, V, visible, scale,
+              [&](int64_t s) { return cache.key(s); },
+              [&](int64_t s) { return cache.value(s); }, head, o);
+          continue;
         }
+        // Decompressed: scores on K_nope, output from the per-head values.
         float maxScore = -INFINITY;
         for (int64_t s = 0; s < visible; ++s) {
-          float score =
-              decompress ? dot(q, kNope.data() + (s * H + h) * N, N)
-                         : dot(qlat.data(), cache.key(s), L);
+          float score = dot(q, kNope.data() + (s * H + h) * N, N);
           score += dot(qrope, cache.value(s), R);
           scores[s] = static_cast<float>(score * scale);
           maxScore = std::max(maxScore, scores[s]);
         }
         float sum = expShifted(scores, visible, maxScore);
-        float *o = out.data.data() + (t * H + h) * V;
-        if (decompress) {
-          for (int64_t s = 0; s < visible; ++s) {
-            axpy(scores[s] / sum, values.data() + (s * H + h) * V, o, V);
-          }
-          continue;
-        }
-        // Weighted latent, then W_UV out of the latent space.
-        std::fill(olat.begin(), olat.end(), 0.0f);
-        for (int64_t s = 0; s < visible; ++s) {
-          axpy(scores[s] / sum, cache.key(s), olat.data(), L);
-        }
-        matmulRows(olat.data(), 1, L, wUv.data.data() + h * V * L, V, o);
+        for (int64_t s = 0; s < visible; ++s)
+          axpy(scores[s] / sum, values.data() + (s * H + h) * V, o, V);
       }
     }
   }

@@ -1,5 +1,4 @@
-//===- Device.h - the interface every device of the runtime implements -*- C++
-//-*-===//
+//===- Device.h - the interface every device implements ---------*- C++ -*-===//
 //
 // A device owns memory and runs the model's kernels on tensors in that
 // memory. The CPU device is always present; the CUDA device is built where

@@ -1,5 +1,4 @@
-//===- DeviceRunner.cpp - a model's @forward on any Device
-//------------------===//
+//===- DeviceRunner.cpp - a model's @forward on any Device ----------------===//
 #include "DeviceRunner.h"
 
 #include "KernelArgs.h"

@@ -1,5 +1,4 @@
-//===- DeviceRunner.h - a model's @forward on any Device ----------*- C++
-//-*-===//
+//===- DeviceRunner.h - a model's @forward on any Device --------*- C++ -*-===//
 //
 // Runs the artifact's @forward kernel by kernel through the Device
 // interface, with the weights, activations and latent cache in the

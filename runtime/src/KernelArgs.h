@@ -1,4 +1,4 @@
-//===- KernelArgs.h - a kernel's parameters from the artifact -----*- C++ -*-===//
+//===- KernelArgs.h - a kernel's parameters from the artifact ---*- C++ -*-===//
 //
 // The ints and floats of a RoPE or router kernel (schema/artifact.fbs) as
 // KernelParams, for every executor that runs them.

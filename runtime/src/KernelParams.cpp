@@ -1,5 +1,4 @@
-//===- KernelParams.cpp - parameters and math every device shares
-//----------===//
+//===- KernelParams.cpp - parameters and math every device shares ---------===//
 #include "KernelParams.h"
 
 #include <algorithm>

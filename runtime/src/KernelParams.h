@@ -1,5 +1,4 @@
-//===- KernelParams.h - parameters and math every device shares --*- C++
-//-*-===//
+//===- KernelParams.h - math every device shares ----------------*- C++ -*-===//
 //
 // RoPE (with DeepSeek's YaRN) and MoE routing as the artifact describes
 // them, and the parts of their math that must be the same on every device:

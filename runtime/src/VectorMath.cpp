@@ -1,4 +1,4 @@
-//===- VectorMath.cpp - the CPU kernels' inner loops ------------------------===//
+//===- VectorMath.cpp - the CPU kernels' inner loops ----------------------===//
 #include "VectorMath.h"
 
 // Sanitizer builds keep one plain version (ifunc resolvers run before the

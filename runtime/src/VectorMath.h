@@ -1,4 +1,4 @@
-//===- VectorMath.h - the CPU kernels' inner loops ----------------*- C++ -*-===//
+//===- VectorMath.h - the CPU kernels' inner loops --------------*- C++ -*-===//
 //
 // Dot products and y += a x over f32 rows, written so that the compiler
 // vectorizes them (16 independent partial sums: a single accumulator is a

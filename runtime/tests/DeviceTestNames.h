@@ -1,4 +1,4 @@
-//===- DeviceTestNames.h - test names of parameterized device tests -*- C++ -*-===//
+//===- DeviceTestNames.h - names of device tests ----------------*- C++ -*-===//
 #ifndef MELT_RUNTIME_TESTS_DEVICETESTNAMES_H
 #define MELT_RUNTIME_TESTS_DEVICETESTNAMES_H
 

@@ -1,5 +1,4 @@
-//===- DeviceGenerate.cpp - melt-run on a device
-//-----------------------------===//
+//===- DeviceGenerate.cpp - melt-run on a device -------------------------===//
 #include "DeviceGenerate.h"
 
 #include "DeviceRunner.h"
@@ -7,8 +6,8 @@
 #include "cuda/Energy.h"
 #endif
 
-#include <algorithm>
-#include <chrono>
+#include "Generation.h"
+
 #include <cstdio>
 
 using namespace melt::rt;
@@ -50,6 +49,32 @@ private:
 #endif
 };
 
+/// The one sequence of a DeviceRunner.
+class DeviceSequence final : public Sequence {
+public:
+  explicit DeviceSequence(DeviceRunner &runner) : runner_(runner) {}
+  bool append(const std::vector<int> &tokens, std::string &error) override {
+    Status s = runner_.append(
+        std::vector<int32_t>(tokens.begin(), tokens.end()), logits_);
+    if (s) {
+      error = s.message();
+      return false;
+    }
+    rows_ = tokens.size();
+    return true;
+  }
+  const float *logits(size_t &vocab) override {
+    // The logits of every appended token: the last row is the next token's.
+    vocab = rows_ ? logits_.size() / rows_ : 0;
+    return rows_ ? logits_.data() + logits_.size() - vocab : nullptr;
+  }
+
+private:
+  DeviceRunner &runner_;
+  std::vector<float> logits_;
+  size_t rows_ = 0;
+};
+
 } // namespace
 
 int generateOnDevice(const GenerateOptions &o) {
@@ -69,59 +94,22 @@ int generateOnDevice(const GenerateOptions &o) {
     return fail("preparing the model on the device", s);
   Energy energy(o.device);
 
-  using Clock = std::chrono::steady_clock;
-  std::vector<float> logits;
-  std::vector<int32_t> tokens(o.prompt.begin(), o.prompt.end());
-  auto t0 = Clock::now();
-  if (Status s = runner->append(tokens, logits))
-    return fail("prefill", s);
-  auto t1 = Clock::now();
-  double joulesBefore = energy.joules();
-  const size_t vocab = logits.size() / tokens.size();
-  std::vector<int> generated;
-  for (long i = 0; i < o.maxNew; ++i) {
-    auto last = logits.end() - long(vocab);
-    int token = int(std::max_element(last, logits.end()) - last);
-    generated.push_back(token);
-    if (i + 1 == o.maxNew)
-      break;
-    if (Status s = runner->append({token}, logits))
-      return fail("decode", s);
-  }
-  auto t2 = Clock::now();
+  DeviceSequence sequence(*runner);
+  Generated generated;
+  double joulesBefore = -1;
+  if (!generateGreedy(sequence, o.prompt, o.maxNew, generated,
+                      [&] { joulesBefore = energy.joules(); }))
+    return 1;
   double joulesAfter = energy.joules();
-  double prefillS = std::chrono::duration<double>(t1 - t0).count();
-  double decodeS = std::chrono::duration<double>(t2 - t1).count();
-  size_t decoded = generated.size() > 1 ? generated.size() - 1 : 0;
-  double prefillTps = o.prompt.size() / std::max(prefillS, 1e-9);
-  double decodeTps = decoded ? decoded / std::max(decodeS, 1e-9) : 0.0;
-  double joulesPerToken =
-      joulesBefore >= 0 && joulesAfter > joulesBefore && decoded
-          ? (joulesAfter - joulesBefore) / decoded
-          : -1;
-
-  std::string ids;
-  for (size_t i = 0; i < generated.size(); ++i)
-    ids += (i ? "," : "") + std::to_string(generated[i]);
-  if (o.bench) {
-    std::string energyField =
-        joulesPerToken >= 0
-            ? ", \"decode_joules_per_token\": " + std::to_string(joulesPerToken)
-            : ", \"energy\": \"" + energy.why() + "\"";
-    std::printf("{\"device\": \"%s\", \"prompt_tokens\": %zu, \"generated\": "
-                "[%s], \"prefill_tokens_per_s\": %.2f, "
-                "\"decode_tokens_per_s\": %.2f%s}\n",
-                device->name().c_str(), o.prompt.size(), ids.c_str(),
-                prefillTps, decodeTps, energyField.c_str());
-  } else {
-    std::printf("generated: %s\n", ids.c_str());
-    std::printf("device: %s\n", device->description().c_str());
-    std::printf("prefill: %zu tokens, %.1f tokens/s\n", o.prompt.size(),
-                prefillTps);
-    std::printf("decode: %zu tokens, %.1f tokens/s\n", generated.size(),
-                decodeTps);
-    if (joulesPerToken >= 0)
-      std::printf("energy: %.3f J per decoded token\n", joulesPerToken);
-  }
+  size_t decoded =
+      generated.tokens.size() > 1 ? generated.tokens.size() - 1 : 0;
+  ReportExtras extras;
+  extras.deviceName = device->name();
+  extras.deviceDescription = device->description();
+  if (joulesBefore >= 0 && joulesAfter > joulesBefore && decoded)
+    extras.joulesPerToken = (joulesAfter - joulesBefore) / decoded;
+  else
+    extras.energyUnavailable = energy.why();
+  printReport(o.bench, o.prompt.size(), generated, extras);
   return 0;
 }

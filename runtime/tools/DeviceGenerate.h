@@ -1,5 +1,4 @@
-//===- DeviceGenerate.h - melt-run on a device ---------------------*- C++
-//-*-===//
+//===- DeviceGenerate.h - melt-run on a device ------------------*- C++ -*-===//
 #ifndef MELT_RUNTIME_TOOLS_DEVICEGENERATE_H
 #define MELT_RUNTIME_TOOLS_DEVICEGENERATE_H
 

@@ -11,9 +11,9 @@
 //
 //===----------------------------------------------------------------------===//
 #include "DeviceGenerate.h"
+#include "Generation.h"
 #include "melt/runtime.h"
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -60,6 +60,31 @@ bool parseIds(const char *text, std::vector<int> &ids) {
   }
   return !ids.empty();
 }
+
+/// A sequence of a C API session.
+class SessionSequence final : public Sequence {
+public:
+  explicit SessionSequence(melt_session *session) : session_(session) {
+    melt_session_add_sequence(session_, &id_);
+  }
+  bool append(const std::vector<int> &tokens, std::string &error) override {
+    if (melt_session_append(session_, id_, tokens.data(), tokens.size(),
+                            nullptr) == MELT_OK)
+      return true;
+    error = melt_last_error();
+    return false;
+  }
+  const float *logits(size_t &vocab) override {
+    const float *logits = nullptr;
+    return melt_session_logits(session_, id_, &logits, &vocab) == MELT_OK
+               ? logits
+               : nullptr;
+  }
+
+private:
+  melt_session *session_;
+  int id_ = 0;
+};
 
 double peakMemoryMB() {
   struct rusage usage;
@@ -157,54 +182,13 @@ int main(int argc, char **argv) {
   melt_session_options options{maxContext, maxContext};
   if (melt_session_create(model, &options, &session) != MELT_OK)
     return fail("creating a session");
-  int seq = 0;
-  melt_session_add_sequence(session, &seq);
-
-  using Clock = std::chrono::steady_clock;
-  auto t0 = Clock::now();
-  if (melt_session_append(session, seq, prompt.data(), prompt.size(),
-                          nullptr) != MELT_OK)
-    return fail("prefill");
-  auto t1 = Clock::now();
-  std::vector<int> generated;
-  for (long i = 0; i < maxNew; ++i) {
-    const float *logits = nullptr;
-    size_t vocab = 0;
-    int token = 0;
-    if (melt_session_logits(session, seq, &logits, &vocab) != MELT_OK ||
-        melt_sample_greedy(logits, vocab, &token) != MELT_OK)
-      return fail("sampling");
-    generated.push_back(token);
-    if (i + 1 == maxNew)
-      break;
-    if (melt_session_append(session, seq, &token, 1, nullptr) != MELT_OK)
-      return fail("decode");
-  }
-  auto t2 = Clock::now();
-  double prefillS = std::chrono::duration<double>(t1 - t0).count();
-  double decodeS = std::chrono::duration<double>(t2 - t1).count();
-  double prefillTps = prompt.size() / std::max(prefillS, 1e-9);
-  double decodeTps = generated.size() > 1
-                         ? (generated.size() - 1) / std::max(decodeS, 1e-9)
-                         : 0.0;
-
-  std::string ids;
-  for (size_t i = 0; i < generated.size(); ++i)
-    ids += (i ? "," : "") + std::to_string(generated[i]);
-  if (bench) {
-    std::printf("{\"prompt_tokens\": %zu, \"generated\": [%s], "
-                "\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
-                "%.2f, \"peak_memory_mb\": %.1f}\n",
-                prompt.size(), ids.c_str(), prefillTps, decodeTps,
-                peakMemoryMB());
-  } else {
-    std::printf("generated: %s\n", ids.c_str());
-    std::printf("prefill: %zu tokens, %.1f tokens/s\n", prompt.size(),
-                prefillTps);
-    std::printf("decode: %zu tokens, %.1f tokens/s\n", generated.size(),
-                decodeTps);
-    std::printf("peak memory: %.1f MB\n", peakMemoryMB());
-  }
+  SessionSequence sequence(session);
+  Generated generated;
+  if (!generateGreedy(sequence, prompt, maxNew, generated))
+    return 1;
+  ReportExtras extras;
+  extras.peakMemoryMB = peakMemoryMB();
+  printReport(bench, prompt.size(), generated, extras);
   if (expertStats) {
     size_t size = 0;
     melt_session_expert_load_json(session, nullptr, 0, &size);

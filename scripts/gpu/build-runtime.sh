@@ -3,13 +3,8 @@
 # headers scripts/gpu/prepare.sh carried), runs the runtime's tests on a
 # golden model, and generates with melt-run.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
-carry=$root/.device-carry
-cmake -S runtime -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
-  -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" >/dev/null
-ninja -C build-gpu
+source "$(dirname "$0")/common.sh"
+build_gpu
 MELT_TEST_ARTIFACT=$carry/models/v3-tiny-fp8.melt \
 MELT_TEST_CHECKPOINT=$root/test/golden/v3-tiny-fp8/checkpoint \
   ctest --test-dir build-gpu --output-on-failure | tail -n 3

@@ -8,17 +8,10 @@
 # and PNG charts go to $OUT (or build-gpu/results).
 #   scripts/gpu/cuda-kernels.sh [PATH/TO/hf_baseline.py]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
-carry=$root/.device-carry
-out=${OUT:-$root/build-gpu/results}
-mkdir -p "$out"
+source "$(dirname "$0")/common.sh"
 baseline=${1:-$carry/hf_baseline.py}
-cmake -S runtime -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
-  -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" >/dev/null
-ninja -C build-gpu melt-cuda-kernel-tests melt-runtime-tests melt-run \
-  melt-bench-mla-decode melt-bench-gemm >/dev/null
+build_gpu melt-cuda-kernel-tests melt-runtime-tests melt-run \
+  melt-bench-mla-decode melt-bench-gemm
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
 echo "== CUDA kernel tests =="

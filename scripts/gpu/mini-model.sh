@@ -7,15 +7,8 @@
 # .device-carry/models/mini.melt. JSON lines go to $OUT (or
 # build-gpu/results).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
-carry=$root/.device-carry
-out=${OUT:-$root/build-gpu/results}
-mkdir -p "$out"
-cmake -S runtime -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DMELT_BUILD_TESTS=OFF -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
-  -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" >/dev/null
-ninja -C build-gpu melt-run >/dev/null
+source "$(dirname "$0")/common.sh"
+build_gpu melt-run
 prompt() { python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$1"; }
 run() { build-gpu/bin/melt-run "$carry/models/mini.melt" --random-weights \
   --device cuda:0 --bench "$@"; }

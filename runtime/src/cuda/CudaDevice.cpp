@@ -1,5 +1,4 @@
-//===- CudaDevice.cpp - the CUDA device
-//-------------------------------------===//
+//===- CudaDevice.cpp - the CUDA device -----------------------------------===//
 //
 // One stream per device; kernels are queued on it and calls return without
 // waiting, except memory copies to the host and synchronize(). Errors:

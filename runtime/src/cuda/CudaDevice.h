@@ -1,4 +1,4 @@
-//===- CudaDevice.h - the CUDA device -----------------------------*- C++ -*-===//
+//===- CudaDevice.h - the CUDA device ---------------------------*- C++ -*-===//
 #ifndef MELT_RUNTIME_CUDA_CUDADEVICE_H
 #define MELT_RUNTIME_CUDA_CUDADEVICE_H
 

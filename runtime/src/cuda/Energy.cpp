@@ -1,5 +1,4 @@
-//===- Energy.cpp - GPU energy readings through NVML
-//------------------------===//
+//===- Energy.cpp - GPU energy readings through NVML ----------------------===//
 #include "cuda/Energy.h"
 
 #include <cuda_runtime.h>

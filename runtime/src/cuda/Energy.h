@@ -1,5 +1,4 @@
-//===- Energy.h - GPU energy readings through NVML ----------------*- C++
-//-*-===//
+//===- Energy.h - GPU energy readings through NVML --------------*- C++ -*-===//
 //
 // The energy a GPU used, from NVML's total-energy counter (millijoules
 // since the driver loaded; Volta and later). NVML is loaded at run time

@@ -1,4 +1,4 @@
-//===- MlaDecode.cu - MLA decode over the paged latent cache ---------------===//
+//===- MlaDecode.cu - MLA decode over the paged latent cache --------------===//
 //
 // One thread block takes 16 heads of one sequence over one chunk of its
 // cache, 32 tokens at a time: the tile is copied to shared memory once and

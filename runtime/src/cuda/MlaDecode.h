@@ -1,4 +1,4 @@
-//===- MlaDecode.h - MLA decode over the paged latent cache (CUDA) -*- C++ -*-===//
+//===- MlaDecode.h - MLA decode over the paged latent cache -----*- C++ -*-===//
 //
 // Absorbed multi-head latent attention for one decoded token per sequence:
 // every head attends over the sequence's latent cache entries (512 latent

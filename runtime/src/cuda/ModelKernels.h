@@ -1,5 +1,4 @@
-//===- ModelKernels.h - embedding, RoPE and routing (CUDA) --------*- C++
-//-*-===//
+//===- ModelKernels.h - embedding, RoPE and routing (CUDA) ------*- C++ -*-===//
 //
 // The CUDA forms of the model's gather, rotary and routing kernels, with the
 // semantics of KernelParams.h: rotary frequencies come from the host

@@ -1,4 +1,4 @@
-//===- OperandAccess.cuh - F32 or BF16 operands in device code ----*- CUDA -*-===//
+//===- OperandAccess.cuh - F32 or BF16 operands in device code -*- CUDA -*-===//
 //
 // Loads and stores of the generic kernels' operands (Elementwise.h), whose
 // element type is known only at run time: compute in FP32, round to BF16 on
