@@ -14,6 +14,12 @@ using namespace melt::rt;
 
 struct melt_model {
   std::unique_ptr<Model> model;
+  std::unique_ptr<Device> device;
+  /// The weights in the device's memory, shared by the sessions.
+  std::unique_ptr<DeviceModel> onDevice;
+  /// A GPU runs one stream: its sessions take turns.
+  std::mutex deviceMutex;
+  bool serialized = false;
   /// Live sessions of this model (guarded by handlesMutex).
   int sessions = 0;
 };
@@ -60,30 +66,84 @@ template <typename F> melt_status guarded(F body) {
   }
 }
 
+/// Sessions of a model on a GPU take turns on its stream.
+std::unique_lock<std::mutex> takeTurn(melt_session *session) {
+  melt_model *model = session->owner;
+  return model->serialized ? std::unique_lock<std::mutex>(model->deviceMutex)
+                           : std::unique_lock<std::mutex>();
+}
+
 } // namespace
 
 extern "C" {
 
 const char *melt_last_error(void) { return lastError.c_str(); }
 
-melt_status melt_model_load(const char *artifactPath, const char *checkpoint,
-                            melt_model **out) {
-  if (!artifactPath || !out)
+namespace {
+
+/// Loads a model for `deviceName` (its weights from `checkpoint`, or
+/// seeded random ones) and imports them into the device.
+melt_status loadModel(const char *what, const char *artifactPath,
+                      const std::vector<uint8_t> *bytes, const char *checkpoint,
+                      const uint64_t *randomSeed, const char *deviceName,
+                      melt_model **out) {
+  if ((!artifactPath && !bytes) || !out)
     return fail(MELT_INVALID_ARGUMENT,
-                "melt_model_load: null artifact path or result");
-  if (!checkpoint)
-    checkpoint = "";
+                std::string(what) + ": null artifact or result");
   *out = nullptr;
+  std::string device = deviceName && *deviceName ? deviceName : "cpu";
+  // Weights for another device are uploaded from their host values.
+  bool keepHostData = device != "cpu";
   return guarded([&] {
     auto handle = std::make_unique<melt_model>();
-    Status status = Model::load(artifactPath, checkpoint, handle->model);
+    Status status = openDevice(device, handle->device);
+    if (status.isOk()) {
+      if (randomSeed)
+        status = Model::loadRandom(artifactPath, *randomSeed, handle->model);
+      else if (bytes) {
+        Artifact parsed;
+        status = Artifact::fromBytes(*bytes, "<memory>", parsed);
+        if (status.isOk())
+          status = Model::fromArtifact(std::move(parsed), checkpoint,
+                                       handle->model, keepHostData);
+      } else
+        status = Model::load(artifactPath, checkpoint, handle->model,
+                             keepHostData);
+    }
+    if (status.isOk())
+      status = DeviceModel::create(*handle->model, *handle->device,
+                                   handle->onDevice);
     if (status)
       return report(status);
+    handle->serialized = device != "cpu";
     std::lock_guard<std::mutex> lock(handlesMutex);
     liveHandles.insert(handle.get());
     *out = handle.release();
     return report(Status::ok());
   });
+}
+
+} // namespace
+
+melt_status melt_model_load(const char *artifactPath, const char *checkpoint,
+                            melt_model **out) {
+  return loadModel("melt_model_load", artifactPath, nullptr,
+                   checkpoint ? checkpoint : "", nullptr, "cpu", out);
+}
+
+melt_status melt_model_load_on(const char *artifactPath,
+                               const char *checkpoint, const char *device,
+                               melt_model **out) {
+  return loadModel("melt_model_load_on", artifactPath, nullptr,
+                   checkpoint ? checkpoint : "", nullptr, device, out);
+}
+
+melt_status melt_model_load_random(const char *artifactPath,
+                                   unsigned long long seed, const char *device,
+                                   melt_model **out) {
+  uint64_t value = seed;
+  return loadModel("melt_model_load_random", artifactPath, nullptr, "", &value,
+                   device, out);
 }
 
 melt_status melt_model_load_from_memory(const void *artifact, size_t size,
@@ -92,25 +152,28 @@ melt_status melt_model_load_from_memory(const void *artifact, size_t size,
   if (!artifact || !out)
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_model_load_from_memory: null artifact or result");
-  if (!checkpoint)
-    checkpoint = "";
-  *out = nullptr;
   return guarded([&] {
     const auto *bytes = static_cast<const uint8_t *>(artifact);
-    Artifact parsed;
-    Status status = Artifact::fromBytes(
-        std::vector<uint8_t>(bytes, bytes + size), "<memory>", parsed);
-    if (status)
-      return report(status);
-    auto handle = std::make_unique<melt_model>();
-    status = Model::fromArtifact(std::move(parsed), checkpoint, handle->model);
-    if (status)
-      return report(status);
-    std::lock_guard<std::mutex> lock(handlesMutex);
-    liveHandles.insert(handle.get());
-    *out = handle.release();
-    return report(Status::ok());
+    std::vector<uint8_t> copy(bytes, bytes + size);
+    return loadModel("melt_model_load_from_memory", nullptr, &copy,
+                     checkpoint ? checkpoint : "", nullptr, "cpu", out);
   });
+}
+
+const char *melt_model_device(const melt_model *model) {
+  if (!isLive(model))
+    return "";
+  static thread_local std::string name;
+  name = model->device->name();
+  return name.c_str();
+}
+
+const char *melt_model_device_description(const melt_model *model) {
+  if (!isLive(model))
+    return "";
+  static thread_local std::string description;
+  description = model->device->description();
+  return description.c_str();
 }
 
 melt_status melt_model_destroy(melt_model *model) {
@@ -160,8 +223,10 @@ melt_status melt_session_create(melt_model *model,
   return guarded([&] {
     auto handle = std::make_unique<melt_session>();
     handle->owner = model;
-    handle->session =
-        std::make_unique<Session>(*model->model, maxContext, capacity);
+    Status status = Session::create(*model->onDevice, maxContext, capacity,
+                                    handle->session);
+    if (status)
+      return report(status);
     std::lock_guard<std::mutex> lock(handlesMutex);
     liveHandles.insert(handle.get());
     ++model->sessions;
@@ -212,6 +277,7 @@ melt_status melt_session_append(melt_session *session, int sequence,
     return fail(MELT_INVALID_ARGUMENT, "melt_session_append: null tokens");
   return guarded([&] {
     std::vector<float> all;
+    auto turn = takeTurn(session);
     Status status = session->session->append(
         sequence, reinterpret_cast<const int32_t *>(tokens), n,
         allLogits ? &all : nullptr);
@@ -234,6 +300,7 @@ melt_status melt_session_step(melt_session *session,
       batch.push_back({entries[i].sequence,
                        reinterpret_cast<const int32_t *>(entries[i].tokens),
                        entries[i].n_tokens});
+    auto turn = takeTurn(session);
     return report(session->session->step(batch.data(), batch.size()));
   });
 }

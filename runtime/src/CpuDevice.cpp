@@ -1,7 +1,7 @@
 //===- CpuDevice.cpp - the CPU device -------------------------------------===//
 #include "CpuDevice.h"
 
-#include "MlaMath.h"
+#include "CpuTensorAccess.h"
 #include "VectorMath.h"
 #include "melt/numerics.h"
 
@@ -16,38 +16,11 @@
 using namespace melt;
 using namespace melt::rt;
 
+using cpu::floats;
+using cpu::load;
+using cpu::store;
+
 namespace {
-
-float load(const DeviceTensor &t, int64_t i) {
-  switch (t.dtype) {
-  case DType::F32:
-    return static_cast<const float *>(t.data)[i];
-  case DType::BF16:
-    return bf16ToFloat(static_cast<const uint16_t *>(t.data)[i]);
-  case DType::FP8E4M3:
-    return fp8E4M3ToFloat(static_cast<const uint8_t *>(t.data)[i]);
-  case DType::I32:
-    return float(static_cast<const int32_t *>(t.data)[i]);
-  }
-  return 0.f;
-}
-
-void store(DeviceTensor &t, int64_t i, float v) {
-  switch (t.dtype) {
-  case DType::F32:
-    static_cast<float *>(t.data)[i] = v;
-    break;
-  case DType::BF16:
-    static_cast<uint16_t *>(t.data)[i] = floatToBF16(v);
-    break;
-  case DType::FP8E4M3:
-    static_cast<uint8_t *>(t.data)[i] = floatToFp8E4M3(v);
-    break;
-  case DType::I32:
-    static_cast<int32_t *>(t.data)[i] = static_cast<int32_t>(v);
-    break;
-  }
-}
 
 /// Rows of a tensor as f32, converted once.
 std::vector<float> toFloats(const DeviceTensor &t) {
@@ -60,6 +33,37 @@ std::vector<float> toFloats(const DeviceTensor &t) {
   return out;
 }
 
+/// y[t, n] = sum_k x[t, k] W[n, k], accumulated in f32.
+void matmulRows(const float *x, int64_t rows, int64_t in, const float *w,
+                int64_t out, float *y) {
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t n = 0; n < out; ++n)
+      y[t * out + n] = dot(x + t * in, w + n * in, in);
+}
+
+void rmsNormRow(const float *x, const float *scale, int64_t n, float eps,
+                float *y) {
+  double sum = dot(x, x, n);
+  float inv = static_cast<float>(1.0 / std::sqrt(sum / double(n) + eps));
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = scale[i] * (x[i] * inv);
+}
+
+/// y = x W^T for f32 x and y: the weight's prepacked GEMM where it has one.
+Status multiply(const float *x, int64_t m, int64_t k, const DeviceTensor &w,
+                int64_t matrix, float *y) {
+  int64_t n = w.shape[w.shape.size() - 2];
+  const WeightData *weight = cpu::weightOf(w);
+  if (weight && int64_t(weight->gemms.size()) > matrix)
+    return weight->gemms[size_t(matrix)]->multiply(x, m, y);
+  const float *values = floats(w);
+  if (!values)
+    return invalidArgument("linear: the weight has neither values nor a "
+                           "prepared GEMM");
+  matmulRows(x, m, k, values + matrix * n * k, n, y);
+  return Status::ok();
+}
+
 Status elementwise(const char *kernel, const DeviceTensor &a,
                    const DeviceTensor &b, DeviceTensor &y,
                    float (*op)(float, float)) {
@@ -68,6 +72,12 @@ Status elementwise(const char *kernel, const DeviceTensor &a,
   MELT_RETURN_IF_ERROR(check::floatType(kernel, "y", y));
   MELT_RETURN_IF_ERROR(check::sameShape(kernel, a, b));
   MELT_RETURN_IF_ERROR(check::sameShape(kernel, a, y));
+  const float *fa = floats(a), *fb = floats(b);
+  if (float *fy = floats(y); fa && fb && fy) {
+    for (int64_t i = 0; i < a.numel(); ++i)
+      fy[i] = op(fa[i], fb[i]);
+    return Status::ok();
+  }
   for (int64_t i = 0; i < a.numel(); ++i)
     store(y, i, op(load(a, i), load(b, i)));
   return Status::ok();
@@ -110,7 +120,21 @@ Status CpuDevice::allocate(DType type, std::vector<int64_t> shape,
   return Status::ok();
 }
 
+Status CpuDevice::importWeight(const WeightData &weight, DeviceTensor &out) {
+  out = DeviceTensor();
+  out.dtype = DType::F32;
+  out.shape = weight.shape;
+  out.data = weight.data.empty() ? nullptr
+                                 : const_cast<float *>(weight.data.data());
+  out.prepared = &weight;
+  return Status::ok();
+}
+
 void CpuDevice::release(DeviceTensor &tensor) {
+  if (tensor.prepared) { // the model's memory
+    tensor.data = nullptr;
+    return;
+  }
   if (tensor.data)
     ::operator delete(tensor.data, std::align_val_t(64));
   tensor.data = nullptr;
@@ -130,6 +154,14 @@ Status CpuDevice::rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma,
                           float eps, DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
   int64_t rows = x.rows(), cols = x.cols();
+  const float *fx = floats(x), *fg = floats(gamma);
+  if (float *fy = floats(y); fx && fg && fy) {
+    for (int64_t r = 0; r < rows; ++r)
+      rmsNormRow(fx + r * cols, fg, cols, eps, fy + r * cols);
+    return Status::ok();
+  }
+  if (!gamma.data)
+    return invalidArgument("rms_norm: gamma has no values");
   std::vector<float> g = toFloats(gamma);
   for (int64_t r = 0; r < rows; ++r) {
     float sum = 0.f;
@@ -148,15 +180,28 @@ Status CpuDevice::linear(const DeviceTensor &x, const DeviceTensor &w,
                          DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(check::linear(x, w, y));
   int64_t m = x.rows(), k = x.cols(), n = w.rows();
+  if (w.dtype == DType::F32 && (w.data || w.prepared)) {
+    // f32 operands in place; others converted around the GEMM.
+    std::vector<float> xs, ys;
+    const float *in = floats(x);
+    if (!in) {
+      xs = toFloats(x);
+      in = xs.data();
+    }
+    float *out = floats(y);
+    if (!out) {
+      ys.resize(size_t(m * n));
+      out = ys.data();
+    }
+    MELT_RETURN_IF_ERROR(multiply(in, m, k, w, 0, out));
+    for (size_t i = 0; i < ys.size(); ++i)
+      store(y, int64_t(i), ys[i]);
+    return Status::ok();
+  }
   std::vector<float> xs = toFloats(x), ws = toFloats(w);
   for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      float sum = 0.f;
-      const float *a = xs.data() + i * k, *b = ws.data() + j * k;
-      for (int64_t p = 0; p < k; ++p)
-        sum += a[p] * b[p];
-      store(y, i * n + j, sum);
-    }
+    for (int64_t j = 0; j < n; ++j)
+      store(y, i * n + j, dot(xs.data() + i * k, ws.data() + j * k, k));
   return Status::ok();
 }
 
@@ -222,6 +267,14 @@ Status CpuDevice::embedding(const DeviceTensor &ids, const DeviceTensor &table,
       return invalidArgument("embedding: token id " + std::to_string(id[t]) +
                              " is outside the vocabulary of " +
                              std::to_string(vocab));
+    const float *row = floats(table), *none = nullptr;
+    if (float *out = floats(y); row != none && out) {
+      std::memcpy(out + t * hidden, row + int64_t(id[t]) * hidden,
+                  size_t(hidden) * sizeof(float));
+      continue;
+    }
+    if (!table.data)
+      return invalidArgument("embedding: the table has no values");
     for (int64_t h = 0; h < hidden; ++h)
       store(y, t * hidden + h, load(table, int64_t(id[t]) * hidden + h));
   }
@@ -236,12 +289,18 @@ Status CpuDevice::rope(const DeviceTensor &x, const DeviceTensor &positions,
   std::vector<double> inv = ropeInverseFrequencies(params, dim);
   double mscale = ropeOutputScale(params);
   auto *pos = static_cast<const int32_t *>(positions.data);
-  for (int64_t t = 0; t < tokens; ++t)
+  // cos and sin once per token (in double: positions reach 10^5 and
+  // more), then every head of it.
+  std::vector<double> cosines(size_t(dim / 2)), sines(size_t(dim / 2));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t i = 0; i < dim / 2; ++i) {
+      cosines[size_t(i)] = std::cos(pos[t] * inv[size_t(i)]) * mscale;
+      sines[size_t(i)] = std::sin(pos[t] * inv[size_t(i)]) * mscale;
+    }
     for (int64_t r = 0; r < rows; ++r) {
       int64_t base = (t * rows + r) * dim;
       for (int64_t i = 0; i < dim / 2; ++i) {
-        double c = std::cos(pos[t] * inv[i]) * mscale,
-               s = std::sin(pos[t] * inv[i]) * mscale;
+        double c = cosines[size_t(i)], s = sines[size_t(i)];
         int64_t a = params.interleaved ? 2 * i : i,
                 b = params.interleaved ? 2 * i + 1 : i + dim / 2;
         float xa = load(x, base + a), xb = load(x, base + b);
@@ -249,6 +308,7 @@ Status CpuDevice::rope(const DeviceTensor &x, const DeviceTensor &positions,
         store(y, base + b, float(xb * c + xa * s));
       }
     }
+  }
   return Status::ok();
 }
 
@@ -312,61 +372,6 @@ Status CpuDevice::place(const DeviceTensor &x, int axis, int64_t offset,
   return Status::ok();
 }
 
-Status CpuDevice::latentCacheAppend(const DeviceTensor &latent,
-                                    const DeviceTensor &ropeKey,
-                                    const DeviceTensor &positions,
-                                    DeviceTensor &cache) {
-  MELT_RETURN_IF_ERROR(
-      check::latentCacheAppend(latent, ropeKey, positions, cache));
-  int64_t t = latent.rows(), l = latent.cols(), width = cache.shape[1];
-  int64_t r = width - l, capacity = cache.shape[0];
-  auto *pos = static_cast<const int32_t *>(positions.data);
-  auto *c = static_cast<float *>(cache.data);
-  for (int64_t i = 0; i < t; ++i) {
-    if (pos[i] < 0 || pos[i] >= capacity)
-      return {MELT_RESOURCE_EXHAUSTED,
-              "latent_cache_append: position " + std::to_string(pos[i]) +
-                  " is outside the cache of " + std::to_string(capacity)};
-    std::memcpy(c + pos[i] * width,
-                static_cast<const float *>(latent.data) + i * l,
-                size_t(l) * sizeof(float));
-    std::memcpy(c + pos[i] * width + l,
-                static_cast<const float *>(ropeKey.data) + i * r,
-                size_t(r) * sizeof(float));
-  }
-  return Status::ok();
-}
-
-Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-                      const DeviceTensor &cache, const DeviceTensor &positions,
-                      const DeviceTensor &wUk, const DeviceTensor &wUv,
-                      float scale, DeviceTensor &out) {
-  MELT_RETURN_IF_ERROR(
-      check::mla(qNope, qRope, cache, positions, wUk, wUv, out));
-  int64_t T = qNope.shape[0], H = qNope.shape[1], N = qNope.shape[2],
-          R = qRope.shape[2], L = wUk.shape[2], V = wUv.shape[1],
-          width = cache.shape[1];
-  auto *pos = static_cast<const int32_t *>(positions.data);
-  auto *c = static_cast<const float *>(cache.data);
-  MlaHeadScratch head;
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t visible = int64_t(pos[t]) + 1;
-    if (visible <= 0 || visible > cache.shape[0])
-      return invalidArgument("mla: position " + std::to_string(pos[t]) +
-                             " is outside the cache");
-    for (int64_t h = 0; h < H; ++h)
-      absorbedMlaHead(
-          static_cast<const float *>(qNope.data) + (t * H + h) * N,
-          static_cast<const float *>(qRope.data) + (t * H + h) * R,
-          static_cast<const float *>(wUk.data) + h * N * L,
-          static_cast<const float *>(wUv.data) + h * V * L, N, R, L, V, visible,
-          scale, [&](int64_t s) { return c + s * width; },
-          [&](int64_t s) { return c + s * width + L; }, head,
-          static_cast<float *>(out.data) + (t * H + h) * V);
-  }
-  return Status::ok();
-}
-
 Status CpuDevice::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
                              const DeviceTensor &weights,
                              const DeviceTensor &gate, const DeviceTensor &up,
@@ -376,15 +381,14 @@ Status CpuDevice::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
       check::moeExperts(x, indices, weights, gate, up, down, y));
   int64_t T = x.shape[0], D = x.shape[1], E = gate.shape[0], I = gate.shape[1],
           K = indices.shape[1];
-  auto *xs = static_cast<const float *>(x.data);
-  auto *idx = static_cast<const int32_t *>(indices.data);
-  auto *w = static_cast<const float *>(weights.data);
-  auto *g = static_cast<const float *>(gate.data);
-  auto *u = static_cast<const float *>(up.data);
-  auto *d = static_cast<const float *>(down.data);
-  auto *ys = static_cast<float *>(y.data);
-  std::vector<float> act(I), out(D);
-  std::fill(ys, ys + T * D, 0.f);
+  const int32_t *idx = cpu::ints(indices);
+  const float *w = floats(weights), *xs = floats(x);
+  float *ys = floats(y);
+  // Tokens grouped by expert: one GEMM per active expert over all its
+  // tokens (the prepacked one of each matrix where the weights have them),
+  // then a weighted scatter-add.
+  std::vector<std::vector<std::pair<int64_t, float>>> routed(
+      static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t k = 0; k < K; ++k) {
       int64_t e = idx[t * K + k];
@@ -392,17 +396,68 @@ Status CpuDevice::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
         return invalidArgument("moe_experts: expert " + std::to_string(e) +
                                " is outside the " + std::to_string(E) +
                                " experts");
-      const float *xt = xs + t * D;
-      for (int64_t i = 0; i < I; ++i) {
-        float a = dot(xt, g + (e * I + i) * D, D);
-        act[i] = a / (1.f + std::exp(-a)) * dot(xt, u + (e * I + i) * D, D);
-      }
-      for (int64_t j = 0; j < D; ++j) {
-        out[j] = dot(act.data(), d + (e * D + j) * I, I);
-        if (combineBf16)
-          out[j] = bf16ToFloat(floatToBF16(out[j]));
-      }
-      axpy(w[t * K + k], out.data(), ys + t * D, D);
+      routed[size_t(e)].push_back({t, w[t * K + k]});
     }
+  std::fill(ys, ys + T * D, 0.f);
+  std::vector<float> gathered, g, u, out;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto &tokens = routed[size_t(e)];
+    int64_t m = int64_t(tokens.size());
+    if (m == 0)
+      continue;
+    gathered.resize(size_t(m * D));
+    g.resize(size_t(m * I));
+    u.resize(size_t(m * I));
+    out.resize(size_t(m * D));
+    for (int64_t r = 0; r < m; ++r)
+      std::memcpy(gathered.data() + r * D, xs + tokens[size_t(r)].first * D,
+                  size_t(D) * sizeof(float));
+    MELT_RETURN_IF_ERROR(multiply(gathered.data(), m, D, gate, e, g.data()));
+    MELT_RETURN_IF_ERROR(multiply(gathered.data(), m, D, up, e, u.data()));
+    for (int64_t i = 0; i < m * I; ++i)
+      g[size_t(i)] = g[size_t(i)] / (1.f + std::exp(-g[size_t(i)])) * u[size_t(i)];
+    MELT_RETURN_IF_ERROR(multiply(g.data(), m, I, down, e, out.data()));
+    if (combineBf16)
+      for (float &v : out)
+        v = bf16ToFloat(floatToBF16(v));
+    for (int64_t r = 0; r < m; ++r)
+      axpy(tokens[size_t(r)].second, out.data() + r * D,
+           ys + tokens[size_t(r)].first * D, D);
+  }
+  return Status::ok();
+}
+
+Status CpuDevice::quantizeBlocks(const DeviceTensor &x, int64_t block,
+                                 DeviceTensor &q, DeviceTensor &scales) {
+  MELT_RETURN_IF_ERROR(check::quantizeBlocks(x, block, q, scales));
+  int64_t T = x.shape[0], K = x.shape[1], blocks = scales.shape[1];
+  const float *xs = floats(x);
+  float *s = floats(scales);
+  auto *out = static_cast<uint8_t *>(q.data);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < blocks; ++b) {
+      int64_t c0 = b * block, c1 = std::min(K, c0 + block);
+      float amax = 0.f;
+      for (int64_t c = c0; c < c1; ++c)
+        amax = std::max(amax, std::fabs(xs[t * K + c]));
+      float scale = std::max(amax, 1e-12f) / kFp8E4M3Max;
+      s[t * blocks + b] = scale;
+      for (int64_t c = c0; c < c1; ++c)
+        out[t * K + c] = floatToFp8E4M3(xs[t * K + c] / scale);
+    }
+  return Status::ok();
+}
+
+Status CpuDevice::dequantizeBlocks(const DeviceTensor &q,
+                                   const DeviceTensor &scales, int64_t block,
+                                   DeviceTensor &y) {
+  MELT_RETURN_IF_ERROR(check::quantizeBlocks(y, block, q, scales));
+  int64_t T = q.shape[0], K = q.shape[1], blocks = scales.shape[1];
+  const float *s = floats(scales);
+  auto *in = static_cast<const uint8_t *>(q.data);
+  float *out = floats(y);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < K; ++c)
+      out[t * K + c] = fp8E4M3ToFloat(in[t * K + c]) * s[t * blocks + c / block];
   return Status::ok();
 }

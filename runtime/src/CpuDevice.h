@@ -6,8 +6,11 @@
 
 namespace melt::rt {
 
-/// Host memory, kernels in plain C++ (FP32 math; BF16 and FP8 converted
-/// on load and store with melt/numerics.h).
+/// Host memory, kernels in C++ (FP32 math; BF16 and FP8 converted on load
+/// and store with melt/numerics.h). F32 operands take vectorized paths
+/// (VectorMath.h) and weights imported from a Model keep its prepacked
+/// oneDNN GEMM operands (Gemm.h), so a session on this device runs at the
+/// speed of the CPU's GEMMs; other types take a plain element-wise path.
 class CpuDevice final : public Device {
 public:
   std::string name() const override { return "cpu"; }
@@ -19,6 +22,7 @@ public:
   Status upload(const void *host, DeviceTensor &tensor) override;
   Status download(const DeviceTensor &tensor, void *host) override;
   Status synchronize() override { return Status::ok(); }
+  Status importWeight(const WeightData &weight, DeviceTensor &out) override;
 
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override;
@@ -45,14 +49,19 @@ public:
                DeviceTensor &y) override;
   Status place(const DeviceTensor &x, int axis, int64_t offset,
                DeviceTensor &y) override;
-  Status latentCacheAppend(const DeviceTensor &latent,
-                           const DeviceTensor &ropeKey,
-                           const DeviceTensor &positions,
-                           DeviceTensor &cache) override;
+  Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
+                     const CacheLayout &layout, DeviceTensor &cache) override;
+  Status attention(const DeviceTensor &q, const DeviceTensor &cache,
+                   const CacheLayout &layout, int64_t kvHeads, bool causal,
+                   float scale, DeviceTensor &out) override;
   Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-             const DeviceTensor &cache, const DeviceTensor &positions,
+             const DeviceTensor &cache, const CacheLayout &layout,
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
-             DeviceTensor &out) override;
+             int64_t decompressAbove, DeviceTensor &out) override;
+  Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
+                        DeviceTensor &scales) override;
+  Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,
+                          int64_t block, DeviceTensor &y) override;
   Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
                     const DeviceTensor &weights, const DeviceTensor &gate,
                     const DeviceTensor &up, const DeviceTensor &down,

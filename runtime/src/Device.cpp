@@ -70,6 +70,22 @@ Status melt::rt::openDevice(const std::string &name,
                          "' (devices: cpu, cuda:N)");
 }
 
+Status Device::importWeight(const WeightData &weight, DeviceTensor &out) {
+  int64_t count = 1;
+  for (int64_t d : weight.shape)
+    count *= d;
+  if (int64_t(weight.data.size()) != count)
+    return invalidArgument("a weight of " + std::to_string(count) +
+                           " values has no host copy to upload: load the "
+                           "model with keepHostData for " +
+                           name());
+  MELT_RETURN_IF_ERROR(allocate(DType::F32, weight.shape, out));
+  Status status = upload(weight.data.data(), out);
+  if (status)
+    release(out);
+  return status;
+}
+
 namespace {
 
 std::string shapeString(const std::vector<int64_t> &shape) {
@@ -259,27 +275,68 @@ Status check::axisPart(const char *kernel, const DeviceTensor &whole, int axis,
                     " does not fit in " + shapeString(whole.shape));
 }
 
-Status check::latentCacheAppend(const DeviceTensor &latent,
-                                const DeviceTensor &ropeKey,
-                                const DeviceTensor &positions,
-                                const DeviceTensor &cache) {
-  int64_t t = latent.rows(), l = latent.cols();
-  int64_t r = t ? ropeKey.numel() / t : 0;
-  return expect(latent.dtype == DType::F32 && ropeKey.dtype == DType::F32 &&
+Status check::cacheLayout(const char *kernel, const CacheLayout &layout,
+                     int64_t tokens) {
+  const DeviceTensor &p = layout.positions, &s = layout.sequences,
+                     &pages = layout.pages, &n = layout.lengths;
+  bool ok = p.dtype == DType::I32 && s.dtype == DType::I32 &&
+            pages.dtype == DType::I32 && n.dtype == DType::I32 &&
+            p.shape == std::vector<int64_t>{tokens} && s.shape == p.shape &&
+            pages.shape.size() == 2 &&
+            n.shape == std::vector<int64_t>{pages.shape[0]};
+  return expect(ok, kernel,
+                "needs an i32 cache layout: positions and sequences [" +
+                    std::to_string(tokens) +
+                    "], pages [B, P], lengths [B]; got positions " +
+                    shapeString(p.shape) + ", sequences " +
+                    shapeString(s.shape) + ", pages " +
+                    shapeString(pages.shape) + ", lengths " +
+                    shapeString(n.shape));
+}
+
+Status check::cacheAppend(const DeviceTensor &first,
+                          const DeviceTensor &second, const CacheLayout &layout,
+                          const DeviceTensor &cache) {
+  int64_t t = first.rows(), a = first.cols();
+  int64_t b = t ? second.numel() / t : 0;
+  MELT_RETURN_IF_ERROR(cacheLayout("cache_append", layout, t));
+  return expect(first.dtype == DType::F32 && second.dtype == DType::F32 &&
                     cache.dtype == DType::F32 && cache.shape.size() == 2 &&
-                    cache.shape[1] == l + r && ropeKey.rows() == t &&
-                    positions.dtype == DType::I32 &&
-                    positions.shape == std::vector<int64_t>{t},
-                "latent_cache_append",
-                "needs f32 latent [T, L], RoPE key [T, R], cache [capacity, "
-                "L + R] and i32 positions [T]; got latent " +
-                    shapeString(latent.shape) + ", key " +
-                    shapeString(ropeKey.shape) + ", cache " +
+                    cache.shape[1] == a + b && second.rows() == t &&
+                    cache.shape[0] % kPageTokens == 0,
+                "cache_append",
+                "needs f32 rows [T, A] and [T, B] and a cache [pages * " +
+                    std::to_string(kPageTokens) + ", A + B]; got " +
+                    shapeString(first.shape) + ", " +
+                    shapeString(second.shape) + ", cache " +
                     shapeString(cache.shape));
 }
 
+Status check::attention(const DeviceTensor &q, const DeviceTensor &cache,
+                        const CacheLayout &layout, int64_t kvHeads,
+                        const DeviceTensor &out) {
+  bool ok = q.dtype == DType::F32 && cache.dtype == DType::F32 &&
+            out.dtype == DType::F32 && q.shape.size() == 3 &&
+            out.shape.size() == 3 && cache.shape.size() == 2 && kvHeads > 0;
+  if (ok) {
+    int64_t T = q.shape[0], H = q.shape[1], Dk = q.shape[2],
+            Dv = out.shape[2];
+    ok = H % kvHeads == 0 && out.shape[0] == T && out.shape[1] == H &&
+         cache.shape[1] == kvHeads * (Dk + Dv) &&
+         cache.shape[0] % kPageTokens == 0;
+  }
+  MELT_RETURN_IF_ERROR(expect(
+      ok, "attention",
+      "needs f32 q [T, H, Dk], out [T, H, Dv] and a cache [rows, Hk * (Dk + "
+      "Dv)] with H a multiple of Hk = " +
+          std::to_string(kvHeads) + "; got q " + shapeString(q.shape) +
+          ", cache " + shapeString(cache.shape) + ", out " +
+          shapeString(out.shape)));
+  return cacheLayout("attention", layout, q.shape[0]);
+}
+
 Status check::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-                  const DeviceTensor &cache, const DeviceTensor &positions,
+                  const DeviceTensor &cache, const CacheLayout &layout,
                   const DeviceTensor &wUk, const DeviceTensor &wUv,
                   const DeviceTensor &out) {
   bool ok = qNope.shape.size() == 3 && qRope.shape.size() == 3 &&
@@ -293,19 +350,37 @@ Status check::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
     ok = qRope.shape[0] == T && qRope.shape[1] == H &&
          wUk.shape == std::vector<int64_t>{H, N, L} && wUv.shape[0] == H &&
          wUv.shape[2] == L && cache.shape[1] == L + R &&
-         out.shape == std::vector<int64_t>{T, H, V} &&
-         positions.dtype == DType::I32 &&
-         positions.shape == std::vector<int64_t>{T};
+         cache.shape[0] % kPageTokens == 0 &&
+         out.shape == std::vector<int64_t>{T, H, V};
   }
-  return expect(ok, "mla",
-                "needs f32 q_nope [T, H, N], q_rope [T, H, R], cache "
-                "[capacity, L + R], W_UK [H, N, L], W_UV [H, V, L], out "
-                "[T, H, V] and i32 positions [T]; got q_nope " +
-                    shapeString(qNope.shape) + ", q_rope " +
-                    shapeString(qRope.shape) + ", cache " +
-                    shapeString(cache.shape) + ", W_UK " +
-                    shapeString(wUk.shape) + ", W_UV " +
-                    shapeString(wUv.shape) + ", out " + shapeString(out.shape));
+  MELT_RETURN_IF_ERROR(expect(
+      ok, "mla",
+      "needs f32 q_nope [T, H, N], q_rope [T, H, R], cache [pages * " +
+          std::to_string(kPageTokens) +
+          ", L + R], W_UK [H, N, L], W_UV [H, V, L] and out [T, H, V]; got "
+          "q_nope " +
+          shapeString(qNope.shape) + ", q_rope " + shapeString(qRope.shape) +
+          ", cache " + shapeString(cache.shape) + ", W_UK " +
+          shapeString(wUk.shape) + ", W_UV " + shapeString(wUv.shape) +
+          ", out " + shapeString(out.shape)));
+  return cacheLayout("mla", layout, qNope.shape[0]);
+}
+
+Status check::quantizeBlocks(const DeviceTensor &x, int64_t block,
+                             const DeviceTensor &q,
+                             const DeviceTensor &scales) {
+  bool ok = x.dtype == DType::F32 && q.dtype == DType::FP8E4M3 &&
+            scales.dtype == DType::F32 && x.shape.size() == 2 && block > 0 &&
+            q.shape == x.shape;
+  if (ok)
+    ok = scales.shape ==
+         std::vector<int64_t>{x.shape[0], (x.shape[1] + block - 1) / block};
+  return expect(ok, "quantize_blocks",
+                "needs f32 x [T, K], fp8 q [T, K] and f32 scales [T, "
+                "ceil(K / " +
+                    std::to_string(block) + ")]; got x " +
+                    shapeString(x.shape) + ", q " + shapeString(q.shape) +
+                    ", scales " + shapeString(scales.shape));
 }
 
 Status check::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,

@@ -19,6 +19,7 @@
 
 #include "KernelParams.h"
 #include "Status.h"
+#include "WeightData.h"
 
 #include <cstdint>
 #include <memory>
@@ -37,6 +38,10 @@ struct DeviceTensor {
   void *data = nullptr;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
+  /// A weight the device prepared in a form of its own (the CPU device: the
+  /// model's WeightData with its prepacked GEMM operands, `data` its f32
+  /// values or null); null for everything else.
+  const void *prepared = nullptr;
 
   int64_t numel() const {
     int64_t n = 1;
@@ -47,6 +52,24 @@ struct DeviceTensor {
   size_t bytes() const { return size_t(numel()) * dtypeBytes(dtype); }
   int64_t rows() const { return shape.empty() ? 0 : shape.front(); }
   int64_t cols() const { return shape.empty() ? 0 : numel() / rows(); }
+};
+
+/// Rows per page of a paged cache. A cache is one device tensor
+/// [pages * kPageTokens, width] per cache buffer of the model (a layer);
+/// page p holds rows [p * kPageTokens, (p + 1) * kPageTokens), and a
+/// sequence owns the same pages in every layer.
+constexpr int64_t kPageTokens = 16;
+
+/// Where the T tokens of a batch of B sequences sit (I32 tensors in the
+/// device's memory): token t is at `positions[t]` of sequence
+/// `sequences[t]`, whose position p is cache row pages[b, p / kPageTokens]
+/// * kPageTokens + p % kPageTokens. Rows of `pages` past a sequence's end
+/// are -1; `lengths[b]` is the tokens sequence b holds after this step.
+struct CacheLayout {
+  DeviceTensor positions; // [T]
+  DeviceTensor sequences; // [T]
+  DeviceTensor pages;     // [B, P]
+  DeviceTensor lengths;   // [B]
 };
 
 class Device {
@@ -67,6 +90,11 @@ public:
   /// Waits for the device's queued work; reports a fault that happened in
   /// it (a device that faulted stays failed: every later call reports it).
   virtual Status synchronize() = 0;
+  /// A model weight in this device's memory, to be released with
+  /// release(). By default its f32 values are uploaded (the model must keep
+  /// them: Model::load with keepHostData); the CPU device uses the model's
+  /// own memory and prepacked GEMM operands instead, with no copy.
+  virtual Status importWeight(const WeightData &weight, DeviceTensor &out);
 
   // Kernels. Inputs and outputs are F32 or BF16 unless said otherwise; the
   // output is allocated by the caller with the right shape.
@@ -116,26 +144,46 @@ public:
   virtual Status place(const DeviceTensor &x, int axis, int64_t offset,
                        DeviceTensor &y) = 0;
 
-  // MLA and MoE, F32 for now. One sequence's latent cache is F32 [capacity,
-  // L + R]: the normalized latent then the rotated RoPE key of each token.
+  // Caches, attention, MLA and MoE: F32 for now.
 
-  /// Writes latent [T, L] and ropeKey [T, R] (any shape of T * R values)
-  /// at the rows `positions` (I32 [T]) of the cache. A position outside the
-  /// cache is MELT_RESOURCE_EXHAUSTED, from this call or (a GPU, which does
-  /// not wait for its kernels) from the next synchronize().
-  virtual Status latentCacheAppend(const DeviceTensor &latent,
-                                   const DeviceTensor &ropeKey,
-                                   const DeviceTensor &positions,
-                                   DeviceTensor &cache) = 0;
-  /// Absorbed multi-head latent attention of one sequence: query t (heads
-  /// qNope [T, H, N], qRope [T, H, R]) attends to cache rows [0, pos[t]];
-  /// the latent query is W_UK[h]^T qNope, the output W_UV[h] (the
-  /// softmax-weighted latents); wUk [H, N, L], wUv [H, V, L], out
-  /// [T, H, V].
+  /// Writes row t of `first` [T, A] then of `second` (any shape of T * B
+  /// values) into the cache row of token t (`layout`); cache [rows, A + B].
+  /// A latent cache takes the normalized latent and the rotated RoPE key, a
+  /// per-head cache the keys [T, H, Dk] and values [T, H, Dv]. A position
+  /// without a page is MELT_RESOURCE_EXHAUSTED, from this call or (a GPU,
+  /// which does not wait for its kernels) from the next synchronize().
+  virtual Status cacheAppend(const DeviceTensor &first,
+                             const DeviceTensor &second,
+                             const CacheLayout &layout, DeviceTensor &cache) = 0;
+  /// Attention of query t (q [T, H, Dk]) over the per-head cache of its
+  /// sequence (rows: keys [Hk, Dk] then values [Hk, Dv]; H a multiple of
+  /// Hk, query head h reading cache head h / (H / Hk)): positions
+  /// [0, positions[t]] when causal, else the sequence's whole length.
+  /// out [T, H, Dv].
+  virtual Status attention(const DeviceTensor &q, const DeviceTensor &cache,
+                           const CacheLayout &layout, int64_t kvHeads,
+                           bool causal, float scale, DeviceTensor &out) = 0;
+  /// Absorbed multi-head latent attention: query t (heads qNope [T, H, N],
+  /// qRope [T, H, R]) attends to positions [0, positions[t]] of its
+  /// sequence's latent cache (rows: latent L then RoPE key R); the latent
+  /// query is W_UK[h]^T qNope, the output W_UV[h] (the softmax-weighted
+  /// latents); wUk [H, N, L], wUv [H, V, L], out [T, H, V]. A sequence with
+  /// more than `decompressAbove` queries (a long prefill) may be computed in
+  /// the decompressed form instead (K and V per head; the same result).
   virtual Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-                     const DeviceTensor &cache, const DeviceTensor &positions,
+                     const DeviceTensor &cache, const CacheLayout &layout,
                      const DeviceTensor &wUk, const DeviceTensor &wUv,
-                     float scale, DeviceTensor &out) = 0;
+                     float scale, int64_t decompressAbove,
+                     DeviceTensor &out) = 0;
+  /// FP8 e4m3 in 1 x `block` tiles of the rows of x [T, K] (the last tile
+  /// may be shorter): scales F32 [T, ceil(K / block)] = max(amax, 1e-12) /
+  /// 448, q FP8E4M3 [T, K] = x / scale. The artifact's quantize kernel.
+  virtual Status quantizeBlocks(const DeviceTensor &x, int64_t block,
+                                DeviceTensor &q, DeviceTensor &scales) = 0;
+  /// y = q * scale of its tile (the inverse of quantizeBlocks).
+  virtual Status dequantizeBlocks(const DeviceTensor &q,
+                                  const DeviceTensor &scales, int64_t block,
+                                  DeviceTensor &y) = 0;
   /// Routed experts: y[t] = sum_k w[t,k] down_e(silu(gate_e x) * up_e x),
   /// e = indices[t, k]; gate/up [E, I, D], down [E, D, I]. combineBf16
   /// rounds each expert's output to BF16 before the sum. An index outside
@@ -180,14 +228,19 @@ Status copy(const DeviceTensor &x, const DeviceTensor &y);
 /// For slice and place: `part` along `axis` of `whole` from `offset`.
 Status axisPart(const char *kernel, const DeviceTensor &whole, int axis,
                 int64_t offset, const DeviceTensor &part);
-Status latentCacheAppend(const DeviceTensor &latent,
-                         const DeviceTensor &ropeKey,
-                         const DeviceTensor &positions,
-                         const DeviceTensor &cache);
+Status cacheLayout(const char *kernel, const CacheLayout &layout,
+                   int64_t tokens);
+Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
+                   const CacheLayout &layout, const DeviceTensor &cache);
+Status attention(const DeviceTensor &q, const DeviceTensor &cache,
+                 const CacheLayout &layout, int64_t kvHeads,
+                 const DeviceTensor &out);
 Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-           const DeviceTensor &cache, const DeviceTensor &positions,
+           const DeviceTensor &cache, const CacheLayout &layout,
            const DeviceTensor &wUk, const DeviceTensor &wUv,
            const DeviceTensor &out);
+Status quantizeBlocks(const DeviceTensor &x, int64_t block,
+                      const DeviceTensor &q, const DeviceTensor &scales);
 Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
                   const DeviceTensor &weights, const DeviceTensor &gate,
                   const DeviceTensor &up, const DeviceTensor &down,

@@ -1,12 +1,13 @@
-//===- Executor.cpp - runs a function of the program ------------*- C++ -*-===//
+//===- Executor.cpp - a model's @forward on a Device ----------------------===//
 #include "Executor.h"
 
-#include "CpuKernels.h"
 #include "KernelArgs.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
 
 using namespace melt;
@@ -14,7 +15,9 @@ using namespace melt::rt;
 
 namespace {
 
-/// MELT_PROFILE=1: time per kernel kind, printed to stderr at exit.
+/// MELT_PROFILE=1: time per kernel kind, printed to stderr at exit (the
+/// device is synchronized after every kernel, so that a GPU's time is
+/// counted where it is spent).
 struct Profile {
   bool enabled = std::getenv("MELT_PROFILE") != nullptr;
   std::mutex mutex;
@@ -29,7 +32,7 @@ struct Profile {
     std::fprintf(stderr, "melt profile (kernel kind: calls, ms, share)\n");
     for (int k = 0; k < 64; ++k)
       if (calls[k])
-        std::fprintf(stderr, "  %-16s %8llu %10.2f %5.1f%%\n",
+        std::fprintf(stderr, "  %-18s %8llu %10.2f %5.1f%%\n",
                      fb::EnumNameKernelKind(static_cast<fb::KernelKind>(k)),
                      static_cast<unsigned long long>(calls[k]),
                      seconds[k] * 1e3, 100.0 * seconds[k] / total);
@@ -37,204 +40,399 @@ struct Profile {
 };
 Profile profile;
 
-
-std::vector<int64_t> staticShape(const fb::Buffer &b) {
-  return std::vector<int64_t>(b.shape()->begin(), b.shape()->end());
+std::string kernelName(uint32_t k, const fb::Kernel &kernel) {
+  return "kernels[" + std::to_string(k) + "] (" +
+         fb::EnumNameKernelKind(kernel.kind()) + ")";
 }
+
+/// A view of the same memory with another shape.
+DeviceTensor view(const DeviceTensor &t, std::vector<int64_t> shape) {
+  DeviceTensor v = t;
+  v.shape = std::move(shape);
+  return v;
+}
+
+/// [..., last] as [rows, last].
+DeviceTensor asRows(const DeviceTensor &t) {
+  int64_t last = t.shape.empty() ? 1 : t.shape.back();
+  return view(t, {last ? t.numel() / last : 0, last});
+}
+
+/// [T, ...] as [T, rest].
+DeviceTensor perToken(const DeviceTensor &t) {
+  int64_t tokens = t.shape.empty() ? 0 : t.shape[0];
+  return view(t, {tokens, tokens ? t.numel() / tokens : 0});
+}
+
+/// Every tensor of one step, released when the step ends.
+class StepValues {
+public:
+  explicit StepValues(Device &device) : device_(device) {}
+  ~StepValues() {
+    for (auto &[id, t] : values_)
+      device_.release(t);
+    for (DeviceTensor &t : scratch_)
+      device_.release(t);
+  }
+  /// A new tensor for value `id` (replacing one it had).
+  Status make(uint32_t id, DType type, std::vector<int64_t> shape,
+              DeviceTensor *&out) {
+    auto it = values_.find(id);
+    if (it != values_.end())
+      device_.release(it->second);
+    DeviceTensor t;
+    MELT_RETURN_IF_ERROR(device_.allocate(type, std::move(shape), t));
+    values_[id] = t;
+    out = &values_[id];
+    return Status::ok();
+  }
+  /// A tensor that is no value of the program, holding `host` if given.
+  Status scratch(DType type, std::vector<int64_t> shape, DeviceTensor *&out,
+                 const void *host = nullptr) {
+    DeviceTensor t;
+    MELT_RETURN_IF_ERROR(device_.allocate(type, std::move(shape), t));
+    scratch_.push_back(t);
+    out = &scratch_.back();
+    return host ? device_.upload(host, *out) : Status::ok();
+  }
+  DeviceTensor *find(uint32_t id) {
+    auto it = values_.find(id);
+    return it == values_.end() ? nullptr : &it->second;
+  }
+
+private:
+  Device &device_;
+  std::map<uint32_t, DeviceTensor> values_;
+  std::deque<DeviceTensor> scratch_;
+};
 
 } // namespace
 
-Status melt::rt::execute(const Model &model, const fb::Function &function,
-                     std::vector<Tensor> inputs, Batch &batch,
-                     std::vector<Tensor> &outputs, ExpertLoad *load) {
+int64_t melt::rt::cacheRowWidth(const fb::Buffer &cache) {
+  const auto *s = cache.shape();
+  return s && s->size() == 3 ? s->Get(0) * (s->Get(1) + s->Get(2)) : 0;
+}
+
+Status DeviceModel::create(const Model &model, Device &device,
+                           std::unique_ptr<DeviceModel> &out) {
+  std::unique_ptr<DeviceModel> result(new DeviceModel(model, device));
   const fb::Model &m = model.artifact().model();
-  // Values live in storages: planned artifacts reuse one for many values.
-  std::vector<Tensor> storages(m.buffers()->size());
-  auto valueOf = [&](uint32_t id) -> Tensor & {
-    int32_t storage = m.buffers()->Get(id)->storage();
-    return storages[storage >= 0 ? storage : id];
-  };
+  result->forward_ = model.artifact().function("forward");
+  if (!result->forward_)
+    return invalidArtifact("the artifact has no @forward");
+  for (uint32_t k : *result->forward_->kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    if (!kernel.weights())
+      continue;
+    for (uint32_t w : *kernel.weights()) {
+      if (result->weights_.count(w))
+        continue;
+      DeviceTensor t;
+      Status s = device.importWeight(model.weight(w), t);
+      if (s)
+        return Status(s.code(), "weights[" + std::to_string(w) + "]: " +
+                                    s.message());
+      result->weights_[w] = t;
+    }
+  }
+  out = std::move(result);
+  return Status::ok();
+}
+
+DeviceModel::~DeviceModel() {
+  for (auto &[id, t] : weights_)
+    device_.release(t);
+}
+
+Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
+                            std::map<uint32_t, DeviceTensor> &caches,
+                            std::vector<float> &logits, ExpertLoad *load) {
+  Device &device = dm.device();
+  const fb::Model &m = dm.model().artifact().model();
+  const fb::Function &forward = dm.forward();
+  const int64_t T = int64_t(batch.tokens.size());
+  const int64_t B = int64_t(batch.lengths.size());
+  StepValues values(device);
   auto isCache = [&](uint32_t id) {
     return m.buffers()->Get(id)->kind() == fb::BufferKind::Cache;
   };
+  /// The buffer's static shape with the token dimension filled in.
+  auto shapeOf = [&](uint32_t id) {
+    const auto *s = m.buffers()->Get(id)->shape();
+    std::vector<int64_t> shape(s->begin(), s->end());
+    if (!shape.empty() && shape[0] < 0)
+      shape[0] = T;
+    return shape;
+  };
+
+  // Where the tokens go.
+  CacheLayout layout;
+  {
+    DeviceTensor *t = nullptr;
+    MELT_RETURN_IF_ERROR(
+        values.scratch(DType::I32, {T}, t, batch.sequences.data()));
+    layout.sequences = *t;
+    MELT_RETURN_IF_ERROR(values.scratch(
+        DType::I32, {B, batch.pagesPerSequence}, t, batch.pages.data()));
+    layout.pages = *t;
+    MELT_RETURN_IF_ERROR(
+        values.scratch(DType::I32, {B}, t, batch.lengths.data()));
+    layout.lengths = *t;
+  }
+  // Inputs: token ids and positions, then the caches (by buffer id; an
+  // append's result is the cache it appended to).
+  std::map<uint32_t, DeviceTensor *> cacheOf;
   size_t next = 0;
-  for (uint32_t id : *function.inputs()) {
+  for (uint32_t id : *forward.inputs()) {
     if (isCache(id)) {
-      for (auto &caches : batch.caches)
-        if (!caches.count(id))
-          return invalidArgument("function '" + function.name()->str() +
-                                 "': no cache bound to buffer " +
-                                 std::to_string(id));
+      auto it = caches.find(id);
+      if (it == caches.end())
+        return invalidArgument("no cache bound to buffer " +
+                               std::to_string(id));
+      cacheOf[id] = &it->second;
       continue;
     }
-    if (next >= inputs.size())
-      return invalidArgument("function '" + function.name()->str() +
-                             "' needs more inputs");
-    valueOf(id) = std::move(inputs[next++]);
+    if (next > 1)
+      return invalidArtifact("@forward takes more than token ids and "
+                             "positions");
+    DeviceTensor *t = nullptr;
+    MELT_RETURN_IF_ERROR(values.make(id, DType::I32, {T}, t));
+    MELT_RETURN_IF_ERROR(device.upload(
+        next++ == 0 ? batch.tokens.data() : batch.positions.data(), *t));
+    if (next == 2)
+      layout.positions = *t;
   }
+  if (next != 2)
+    return invalidArtifact("@forward does not take token ids and positions");
+  // KV-cache reads: the keys and values they stand for are the cache's.
+  std::map<uint32_t, uint32_t> readOf;
+  std::vector<uint32_t> routerIndices; // value ids, by router kernel
+  std::vector<uint32_t> routerKernels;
 
-  for (uint32_t k : *function.kernels()) {
+  for (uint32_t k : *forward.kernels()) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
-    auto in = [&](uint32_t i) -> Tensor & {
-      return valueOf(kernel.inputs()->Get(i));
+    auto inId = [&](uint32_t i) { return kernel.inputs()->Get(i); };
+    auto outId = [&](uint32_t i) { return kernel.outputs()->Get(i); };
+    DeviceTensor missing;
+    auto in = [&](uint32_t i) -> DeviceTensor & {
+      DeviceTensor *t = values.find(inId(i));
+      return t ? *t : missing;
     };
-    auto out = [&](uint32_t i) -> Tensor & {
-      return valueOf(kernel.outputs()->Get(i));
+    auto w = [&](uint32_t i) -> const DeviceTensor & {
+      return dm.weight(kernel.weights()->Get(i));
     };
-    auto w = [&](uint32_t i) -> const WeightData & {
-      return model.weight(kernel.weights()->Get(i));
+    auto ints = [&](uint32_t i) {
+      return kernel.ints() && i < kernel.ints()->size() ? kernel.ints()->Get(i)
+                                                        : 0;
     };
-    auto outShape = [&](uint32_t i) {
-      return staticShape(*m.buffers()->Get(kernel.outputs()->Get(i)));
+    auto cache = [&](uint32_t id) -> DeviceTensor * {
+      auto it = cacheOf.find(id);
+      return it == cacheOf.end() ? nullptr : it->second;
     };
-    // The cache operand, for every sequence of the batch.
-    auto cachesOf = [&](std::vector<CacheView *> &views, uint32_t input = 0) {
-      views.clear();
-      for (auto &caches : batch.caches) {
-        auto it = caches.find(kernel.inputs()->Get(input));
-        if (it == caches.end())
-          return false;
-        views.push_back(&it->second);
-      }
-      return !views.empty();
-    };
-    std::vector<CacheView *> views;
+    DeviceTensor *out = nullptr;
     Status status;
     auto started = std::chrono::steady_clock::now();
     switch (kernel.kind()) {
     case fb::KernelKind::Embedding:
-      status = cpu::embedding(in(0), w(0), out(0));
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), DType::F32, {T, w(0).shape[1]}, out));
+      status = device.embedding(in(0), w(0), *out);
       break;
-    case fb::KernelKind::RMSNorm:
-      status = cpu::rmsNorm(in(0), w(0), kernel.floats()->Get(0), out(0));
+    case fb::KernelKind::RMSNorm: {
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
+      DeviceTensor y = asRows(*out);
+      status = device.rmsNorm(asRows(in(0)), w(0),
+                              float(kernel.floats()->Get(0)), y);
       break;
+    }
     case fb::KernelKind::Linear:
-    case fb::KernelKind::Logits:
-      status = cpu::linear(in(0), w(0), out(0));
+      MELT_RETURN_IF_ERROR(values.make(
+          outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
+      status = device.linear(asRows(in(0)), w(0), *out);
       break;
+    case fb::KernelKind::Logits: {
+      // Only the rows whose logits are wanted.
+      int64_t n = int64_t(batch.logitRows.size());
+      DeviceTensor *rows = nullptr, *gathered = nullptr;
+      DeviceTensor x = asRows(in(0));
+      MELT_RETURN_IF_ERROR(
+          values.scratch(DType::I32, {n}, rows, batch.logitRows.data()));
+      MELT_RETURN_IF_ERROR(
+          values.scratch(DType::F32, {n, x.cols()}, gathered));
+      status = device.embedding(*rows, x, *gathered);
+      if (status)
+        break;
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), DType::F32, {n, w(0).shape[0]}, out));
+      status = device.linear(*gathered, w(0), *out);
+      break;
+    }
     case fb::KernelKind::Rope: {
-      cpu::RopeParams p = ropeParamsOf(kernel);
-      if (!(p.theta > 0) || (p.yarn && (p.originalMax <= 0 || !(p.factor >= 1) ||
-                                        !(p.betaFast > p.betaSlow) ||
-                                        !(p.betaSlow > 0))))
-        return invalidArtifact("kernels[" + std::to_string(k) +
-                               "]: invalid RoPE parameters");
-      status = cpu::rope(in(0), in(1), p, out(0));
+      RopeParams p = ropeParamsOf(kernel);
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
+      status = device.rope(in(0), in(1), p, *out);
       break;
     }
-    case fb::KernelKind::Attention:
-      status = cpu::attention(in(0), in(1), in(2), in(3),
-                              kernel.ints()->Get(0) != 0,
-                              kernel.floats()->Get(0), batch.segments, out(0));
-      break;
-    case fb::KernelKind::KVCacheAppend:
-      if (!cachesOf(views))
-        return invalidArtifact("kernels[" + std::to_string(k) +
-                               "] appends to a cache that is not an input");
-      for (size_t b = 0; b < views.size() && !status; ++b)
-        status = cpu::cacheAppend(*views[b], in(1), in(2), in(3),
-                                  batch.segments[b], batch.segments[b + 1]);
-      break;
-    case fb::KernelKind::KVCacheRead:
-      if (!cachesOf(views))
-        return invalidArtifact("kernels[" + std::to_string(k) +
-                               "] reads a cache that is not an input");
-      status = cpu::cacheRead(views, out(0), out(1));
-      break;
-    case fb::KernelKind::LatentCacheAppend:
-      if (!cachesOf(views))
-        return invalidArtifact("kernels[" + std::to_string(k) +
-                               "] appends to a cache that is not an input");
-      for (size_t b = 0; b < views.size() && !status; ++b)
-        status = cpu::latentCacheAppend(*views[b], in(1), in(2), in(3),
-                                        batch.segments[b],
-                                        batch.segments[b + 1]);
-      break;
-    case fb::KernelKind::MLA:
-      if (!cachesOf(views, 2))
-        return invalidArtifact("kernels[" + std::to_string(k) +
-                               "] attends to a cache that is not an input");
-      status = cpu::mla(in(0), in(1), views, in(3), w(0), w(1),
-                        kernel.floats()->Get(0), kernel.ints()->Get(0),
-                        batch.segments, out(0));
-      break;
-    case fb::KernelKind::Quantize:
-      status = cpu::quantize(in(0), kernel.ints()->Get(0),
-                             kernel.ints()->Get(1), out(0), out(1));
-      break;
-    case fb::KernelKind::Dequantize:
-      status = cpu::dequantize(in(0), in(1), kernel.ints()->Get(0),
-                               kernel.ints()->Get(1), out(0));
-      break;
     case fb::KernelKind::SiluMul:
-      status = cpu::siluMul(in(0), in(1), out(0));
-      break;
     case fb::KernelKind::Add:
-      status = cpu::add(in(0), in(1), out(0));
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
+      status = kernel.kind() == fb::KernelKind::Add
+                   ? device.add(in(0), in(1), *out)
+                   : device.siluMul(in(0), in(1), *out);
       break;
-    case fb::KernelKind::Concat: {
-      std::vector<const Tensor *> parts;
-      for (uint32_t i = 0; i < kernel.inputs()->size(); ++i)
-        parts.push_back(&in(i));
-      status = cpu::concat(parts, kernel.ints()->Get(0), outShape(0), out(0));
-      break;
-    }
-    case fb::KernelKind::Split: {
-      std::vector<std::vector<int64_t>> shapes;
-      std::vector<Tensor *> outs;
-      for (uint32_t i = 0; i < kernel.outputs()->size(); ++i) {
-        shapes.push_back(outShape(i));
-        outs.push_back(&out(i));
-      }
-      status = cpu::split(in(0), kernel.ints()->Get(0), shapes, outs);
-      break;
-    }
     case fb::KernelKind::Reshape:
-      status = cpu::reshape(in(0), outShape(0), out(0));
+    case fb::KernelKind::Convert: // compute is F32 throughout: a copy
+      MELT_RETURN_IF_ERROR(values.make(outId(0), in(0).dtype,
+                                       kernel.kind() == fb::KernelKind::Reshape
+                                           ? shapeOf(outId(0))
+                                           : in(0).shape,
+                                       out));
+      status = device.copy(in(0), *out);
       break;
-    case fb::KernelKind::BroadcastHeads:
-      status = cpu::broadcastHeads(in(0), outShape(0).size() == 3
-                                              ? outShape(0)[1]
-                                              : 0,
-                                   out(0));
-      break;
-    case fb::KernelKind::Convert:
-      // Compute is f32 throughout: a conversion is a copy.
-      out(0) = in(0);
-      break;
-    case fb::KernelKind::MoERouter: {
-      cpu::RouterParams p = routerParamsOf(kernel);
-      const WeightData *bias = kernel.weights()->size() > 1 ? &w(1) : nullptr;
-      status = cpu::moeRouter(in(0), w(0), bias, p, out(0), out(1));
-      if (!status && load) {
-        RouterLoad &stats = (*load)[k];
-        stats.counts.resize(w(0).shape[0]);
-        const std::vector<int64_t> &chosen = out(0).ints;
-        int64_t topK = p.topK;
-        for (size_t t = 0; t * topK < chosen.size(); ++t)
-          for (int64_t a = 0; a < topK; ++a) {
-            int64_t x = chosen[t * topK + a];
-            ++stats.counts[x];
-            for (int64_t b = a + 1; b < topK; ++b) {
-              int64_t y = chosen[t * topK + b];
-              ++stats.pairs[{std::min(x, y), std::max(x, y)}];
-            }
-          }
+    case fb::KernelKind::Split: {
+      int axis = int(ints(0));
+      int64_t offset = 0;
+      DeviceTensor source = in(0);
+      if (axis < 0 || size_t(axis) >= source.shape.size())
+        return invalidArtifact(kernelName(k, kernel) + ": axis " +
+                               std::to_string(axis) + " out of range");
+      for (uint32_t i = 0; i < kernel.outputs()->size() && !status; ++i) {
+        std::vector<int64_t> shape = source.shape;
+        shape[axis] = shapeOf(outId(i))[axis];
+        MELT_RETURN_IF_ERROR(values.make(outId(i), source.dtype, shape, out));
+        status = device.slice(source, axis, offset, *out);
+        offset += shape[axis];
       }
+      break;
+    }
+    case fb::KernelKind::Concat: {
+      int axis = int(ints(0));
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), in(0).dtype, shapeOf(outId(0)), out));
+      int64_t offset = 0;
+      for (uint32_t i = 0; i < kernel.inputs()->size() && !status; ++i) {
+        status = device.place(in(i), axis, offset, *out);
+        if (!status)
+          offset += in(i).shape[axis];
+      }
+      break;
+    }
+    case fb::KernelKind::BroadcastHeads: {
+      std::vector<int64_t> shape = shapeOf(outId(0));
+      if (shape.size() != 3 || in(0).shape.size() != 2)
+        return invalidArtifact(kernelName(k, kernel) +
+                               ": expects [T, D] to [T, H, D]");
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, shape, out));
+      DeviceTensor row = view(in(0), {T, 1, in(0).shape[1]});
+      for (int64_t h = 0; h < shape[1] && !status; ++h)
+        status = device.place(row, 1, h, *out);
+      break;
+    }
+    case fb::KernelKind::KVCacheAppend:
+    case fb::KernelKind::LatentCacheAppend: {
+      DeviceTensor *c = cache(inId(0));
+      if (!c)
+        return invalidArtifact(kernelName(k, kernel) +
+                               " appends to a cache that is not an input");
+      status = device.cacheAppend(perToken(in(1)), perToken(in(2)), layout, *c);
+      cacheOf[outId(0)] = c;
+      break;
+    }
+    case fb::KernelKind::KVCacheRead:
+      if (!cache(inId(0)))
+        return invalidArtifact(kernelName(k, kernel) +
+                               " reads a cache that is not an input");
+      readOf[outId(0)] = readOf[outId(1)] = inId(0);
+      break;
+    case fb::KernelKind::Attention: {
+      auto keys = readOf.find(inId(1)), vals = readOf.find(inId(2));
+      if (keys == readOf.end() || vals == readOf.end() ||
+          keys->second != vals->second)
+        return {MELT_UNSUPPORTED,
+                kernelName(k, kernel) +
+                    ": attention runs over a KV cache only (its keys and "
+                    "values must come from one kv_cache_read)"};
+      const fb::Buffer &buffer = *m.buffers()->Get(keys->second);
+      int64_t kvHeads = buffer.shape()->Get(0);
+      int64_t valueDim = buffer.shape()->Get(2);
+      const DeviceTensor &q = in(0);
+      MELT_RETURN_IF_ERROR(values.make(
+          outId(0), DType::F32,
+          {q.shape.empty() ? 0 : q.shape[0], q.shape.size() > 1 ? q.shape[1] : 0,
+           valueDim},
+          out));
+      status = device.attention(q, *cache(keys->second), layout, kvHeads,
+                                ints(0) != 0, float(kernel.floats()->Get(0)),
+                                *out);
+      break;
+    }
+    case fb::KernelKind::MLA: {
+      DeviceTensor *c = cache(inId(2));
+      if (!c)
+        return invalidArtifact(kernelName(k, kernel) +
+                               " attends to a cache that is not an input");
+      const DeviceTensor &qn = in(0);
+      if (qn.shape.size() != 3)
+        return invalidArtifact(kernelName(k, kernel) + ": q_nope is not 3-D");
+      MELT_RETURN_IF_ERROR(values.make(
+          outId(0), DType::F32, {qn.shape[0], qn.shape[1], w(1).shape[1]},
+          out));
+      status = device.mla(qn, in(1), *c, layout, w(0), w(1),
+                          float(kernel.floats()->Get(0)), ints(0), *out);
+      break;
+    }
+    case fb::KernelKind::Quantize: {
+      if (ints(0) != 1 || ints(1) <= 0)
+        return {MELT_UNSUPPORTED, kernelName(k, kernel) +
+                                      ": only 1 x N activation blocks"};
+      DeviceTensor x = perToken(in(0));
+      int64_t blocks = (x.cols() + ints(1) - 1) / ints(1);
+      DeviceTensor *scales = nullptr;
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::FP8E4M3, x.shape, out));
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(1), DType::F32, {x.rows(), blocks}, scales));
+      status = device.quantizeBlocks(x, ints(1), *out, *scales);
+      break;
+    }
+    case fb::KernelKind::Dequantize: {
+      if (ints(0) != 1 || ints(1) <= 0)
+        return {MELT_UNSUPPORTED, kernelName(k, kernel) +
+                                      ": only 1 x N activation blocks"};
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), DType::F32, in(0).shape, out));
+      status = device.dequantizeBlocks(in(0), in(1), ints(1), *out);
+      break;
+    }
+    case fb::KernelKind::MoERouter: {
+      RouterParams p = routerParamsOf(kernel);
+      DeviceTensor x = asRows(in(0));
+      DeviceTensor *scores = nullptr, *indices = nullptr, *weights = nullptr;
+      MELT_RETURN_IF_ERROR(
+          values.scratch(DType::F32, {x.rows(), w(0).shape[0]}, scores));
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), DType::I32, {x.rows(), p.topK}, indices));
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(1), DType::F32, {x.rows(), p.topK}, weights));
+      status = device.linear(x, w(0), *scores);
+      if (!status)
+        status = device.routeExperts(
+            *scores, kernel.weights()->size() > 1 ? &w(1) : nullptr, p,
+            *indices, *weights);
+      routerIndices.push_back(outId(0));
+      routerKernels.push_back(k);
       break;
     }
     case fb::KernelKind::MoEExperts:
-      status = cpu::moeExperts(in(0), in(1), in(2), w(0), w(1), w(2),
-                               kernel.ints() && kernel.ints()->size() > 0 &&
-                                   kernel.ints()->Get(0) != 0,
-                               out(0));
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
+      status = device.moeExperts(in(0), in(1), in(2), w(0), w(1), w(2),
+                                 ints(0) != 0, *out);
       break;
-    case fb::KernelKind::MTPCombine:
-      status = cpu::mtpCombine(in(0), in(1), w(0), w(1), w(2),
-                               kernel.floats()->Get(0), out(0));
-      break;
+    default:
+      return {MELT_UNSUPPORTED,
+              kernelName(k, kernel) + " does not run in a session"};
     }
-    if (profile.enabled) {
+    if (!status && profile.enabled) {
+      status = device.synchronize();
       double s = std::chrono::duration<double>(
                      std::chrono::steady_clock::now() - started)
                      .count();
@@ -244,13 +442,46 @@ Status melt::rt::execute(const Model &model, const fb::Function &function,
       ++profile.calls[kind];
     }
     if (status)
-      return Status(status.code(), "kernels[" + std::to_string(k) + "] (" +
-                                       fb::EnumNameKernelKind(kernel.kind()) +
-                                       "): " + status.message());
+      return Status(status.code(),
+                    kernelName(k, kernel) + ": " + status.message());
   }
-  outputs.clear();
-  for (uint32_t id : *function.outputs())
-    if (!isCache(id))
-      outputs.push_back(std::move(valueOf(id)));
+
+  // The logits: @forward's first non-cache output (its download waits for
+  // the step, and reports a fault of any kernel of it).
+  const DeviceTensor *result = nullptr;
+  for (uint32_t id : *forward.outputs())
+    if (!isCache(id)) {
+      result = values.find(id);
+      break;
+    }
+  if (!result || result->shape.size() != 2 ||
+      result->shape[0] != int64_t(batch.logitRows.size()) ||
+      result->dtype != DType::F32)
+    return invalidArtifact("@forward returned no logits of the right shape");
+  logits.resize(size_t(result->numel()));
+  MELT_RETURN_IF_ERROR(device.download(*result, logits.data()));
+  MELT_RETURN_IF_ERROR(device.synchronize());
+
+  if (load)
+    for (size_t r = 0; r < routerIndices.size(); ++r) {
+      const DeviceTensor &chosenOnDevice = *values.find(routerIndices[r]);
+      std::vector<int32_t> chosen(size_t(chosenOnDevice.numel()));
+      MELT_RETURN_IF_ERROR(device.download(chosenOnDevice, chosen.data()));
+      const fb::Kernel &kernel = *m.kernels()->Get(routerKernels[r]);
+      RouterLoad &stats = (*load)[routerKernels[r]];
+      stats.counts.resize(size_t(dm.weight(kernel.weights()->Get(0)).shape[0]));
+      int64_t topK = chosenOnDevice.shape[1];
+      for (size_t t = 0; t * topK < chosen.size(); ++t)
+        for (int64_t a = 0; a < topK; ++a) {
+          int64_t x = chosen[t * topK + a];
+          if (x < 0 || size_t(x) >= stats.counts.size())
+            continue;
+          ++stats.counts[size_t(x)];
+          for (int64_t b = a + 1; b < topK; ++b) {
+            int64_t y = chosen[t * topK + b];
+            ++stats.pairs[{std::min(x, y), std::max(x, y)}];
+          }
+        }
+    }
   return Status::ok();
 }

@@ -1,19 +1,57 @@
-//===- Executor.h - runs a function of the program --------------*- C++ -*-===//
+//===- Executor.h - a model's @forward on a Device --------------*- C++ -*-===//
+//
+// Runs the artifact's @forward kernel by kernel through the Device
+// interface for a batch of sequences over paged caches: the one path by
+// which every session runs, on the CPU device and on a GPU alike. Values
+// are F32 (the weights at their stored precision, activations unrounded);
+// kernels a device lacks are refused with a clear error.
+//
+//===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_EXECUTOR_H
 #define MELT_RUNTIME_EXECUTOR_H
 
+#include "Device.h"
 #include "Model.h"
-#include "PagePool.h"
 
 #include <map>
 
 namespace melt::rt {
 
-/// A batch of sequences run by one call: the token rows of each, and the
-/// caches of each by cache buffer of the function.
-struct Batch {
-  std::vector<int64_t> segments; // rows [segments[b], segments[b + 1])
-  std::vector<std::map<uint32_t, CacheView>> caches;
+/// A model's weights imported into one device: what every session of the
+/// model on that device shares.
+class DeviceModel {
+public:
+  /// Imports the weights @forward reads (Device::importWeight).
+  static Status create(const Model &model, Device &device,
+                       std::unique_ptr<DeviceModel> &out);
+  ~DeviceModel();
+
+  const Model &model() const { return model_; }
+  Device &device() const { return device_; }
+  const fb::Function &forward() const { return *forward_; }
+  const DeviceTensor &weight(uint32_t index) const {
+    return weights_.at(index);
+  }
+
+private:
+  DeviceModel(const Model &model, Device &device)
+      : model_(model), device_(device) {}
+  const Model &model_;
+  Device &device_;
+  const fb::Function *forward_ = nullptr;
+  std::map<uint32_t, DeviceTensor> weights_;
+};
+
+/// One step of a batch, on the host: the tokens of all sequences and where
+/// they go (the CacheLayout of Device.h, flattened).
+struct StepBatch {
+  std::vector<int32_t> tokens, positions, sequences;
+  std::vector<int32_t> pages; // [sequences, pagesPerSequence]
+  int64_t pagesPerSequence = 0;
+  std::vector<int32_t> lengths;
+  /// The token rows whose logits are wanted, in order (e.g. the last token
+  /// of each sequence): the logits projection runs on those rows only.
+  std::vector<int32_t> logitRows;
 };
 
 /// How many token-to-expert assignments each router made, and how often two
@@ -25,12 +63,15 @@ struct RouterLoad {
 };
 using ExpertLoad = std::map<uint32_t, RouterLoad>;
 
-/// Runs `function` on the CPU for a batch: `inputs` bind the function's
-/// non-cache inputs in order (tokens of all sequences, concatenated), the
-/// batch its cache inputs; `outputs` receives its non-cache outputs.
-Status execute(const Model &model, const fb::Function &function,
-               std::vector<Tensor> inputs, Batch &batch,
-               std::vector<Tensor> &outputs, ExpertLoad *load = nullptr);
+/// Runs @forward for `batch` with `caches` (a [pages * kPageTokens, width]
+/// tensor per cache buffer of @forward); `logits` receives [logitRows,
+/// vocab] on the host and `load` (if given) the routers' choices.
+Status runForward(const DeviceModel &model, const StepBatch &batch,
+                  std::map<uint32_t, DeviceTensor> &caches,
+                  std::vector<float> &logits, ExpertLoad *load = nullptr);
+
+/// The width of a cache buffer's rows: heads * (key + value) values.
+int64_t cacheRowWidth(const fb::Buffer &cache);
 
 } // namespace melt::rt
 

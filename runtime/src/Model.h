@@ -3,7 +3,7 @@
 #define MELT_RUNTIME_MODEL_H
 
 #include "Artifact.h"
-#include "Tensor.h"
+#include "WeightData.h"
 
 #include <memory>
 

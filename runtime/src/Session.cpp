@@ -10,42 +10,41 @@ namespace {
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-/// The cache inputs of @forward with their place in a page.
-std::map<uint32_t, CacheView> layoutOf(const Model &model, int64_t &floats) {
-  const fb::Model &m = model.artifact().model();
-  std::map<uint32_t, CacheView> layout;
-  floats = 0;
-  for (uint32_t id : *model.artifact().function("forward")->inputs()) {
-    const fb::Buffer *b = m.buffers()->Get(id);
-    if (b->kind() != fb::BufferKind::Cache)
-      continue;
-    CacheView view;
-    view.offset = floats;
-    view.heads = b->shape()->Get(0);
-    view.keyDim = b->shape()->Get(1);
-    view.valueDim = b->shape()->Get(2);
-    floats += view.pageFloats();
-    layout[id] = view;
-  }
-  return layout;
-}
-
 } // namespace
 
-int64_t melt::rt::pageFloatsOf(const Model &model) {
-  int64_t floats = 0;
-  layoutOf(model, floats);
-  return floats;
+Status Session::create(const DeviceModel &model, int64_t maxContext,
+                       int64_t capacityTokens, std::unique_ptr<Session> &out) {
+  std::unique_ptr<Session> session(new Session(model, maxContext));
+  session->totalPages_ = (capacityTokens + kPageTokens - 1) / kPageTokens;
+  if (session->totalPages_ > INT32_MAX / kPageTokens)
+    return invalidArgument("a KV cache of " + str(capacityTokens) +
+                           " tokens is too large");
+  const fb::Model &m = model.model().artifact().model();
+  for (uint32_t id : *model.forward().inputs()) {
+    const fb::Buffer &b = *m.buffers()->Get(id);
+    if (b.kind() != fb::BufferKind::Cache)
+      continue;
+    int64_t width = cacheRowWidth(b);
+    if (width <= 0)
+      return invalidArtifact("buffers[" + str(id) +
+                             "]: a cache must be [heads, key, value]");
+    DeviceTensor cache;
+    Status s = model.device().allocate(
+        DType::F32, {session->totalPages_ * kPageTokens, width}, cache);
+    if (s)
+      return Status(s.code(), "the KV cache of " + str(capacityTokens) +
+                                  " tokens: " + s.message());
+    session->caches_[id] = cache;
+  }
+  for (int64_t p = session->totalPages_ - 1; p >= 0; --p)
+    session->freePages_.push_back(int32_t(p));
+  out = std::move(session);
+  return Status::ok();
 }
 
-Session::Session(const Model &model, int64_t maxContext,
-                 int64_t capacityTokens)
-    : model_(model), maxContext_(maxContext),
-      pool_(std::max<int64_t>(pageFloatsOf(model), 1),
-            (capacityTokens + kPageTokens - 1) / kPageTokens) {
-  int64_t floats = 0;
-  for (const auto &[id, view] : layoutOf(model, floats))
-    layout_[id] = {view.offset, view.heads, view.keyDim, view.valueDim};
+Session::~Session() {
+  for (auto &[id, cache] : caches_)
+    model_.device().release(cache);
 }
 
 Status Session::addSequence(int32_t &id) {
@@ -58,7 +57,8 @@ Status Session::removeSequence(int32_t id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end())
     return invalidArgument("no sequence " + str(id));
-  pool_.release(it->second.pages.data(), it->second.pages.size());
+  freePages_.insert(freePages_.end(), it->second.pages.begin(),
+                    it->second.pages.end());
   sequences_.erase(it);
   return Status::ok();
 }
@@ -85,7 +85,7 @@ Status Session::step(const Entry *entries, size_t n,
                      std::vector<float> *allLogits) {
   if (!entries || n == 0)
     return invalidArgument("an empty batch");
-  int64_t vocab = model_.vocabSize();
+  int64_t vocab = model_.model().vocabSize();
   std::vector<Sequence *> seqs;
   std::set<int32_t> seen;
   int64_t pagesNeeded = 0;
@@ -116,80 +116,73 @@ Status Session::step(const Entry *entries, size_t n,
     pagesNeeded += pages - static_cast<int64_t>(seq.pages.size());
     seqs.push_back(&seq);
   }
-  if (pagesNeeded > pool_.freePages())
+  int64_t freePages = int64_t(freePages_.size());
+  if (pagesNeeded > freePages)
     return {MELT_RESOURCE_EXHAUSTED,
             "the KV cache is full: the batch needs " + str(pagesNeeded) +
                 " more pages of " + str(kPageTokens) + " tokens, " +
-                str(pool_.freePages()) + " of " + str(pool_.totalPages()) +
-                " are free"};
+                str(freePages) + " of " + str(totalPages_) + " are free"};
 
   // Pages first (all or none), remembered to undo a failure.
   std::vector<size_t> pagesBefore;
-  std::vector<std::map<uint32_t, int64_t>> lengthsBefore;
   for (size_t e = 0; e < n; ++e) {
     Sequence &seq = *seqs[e];
     pagesBefore.push_back(seq.pages.size());
-    lengthsBefore.push_back(seq.cacheLengths);
     int64_t pages = (seq.length + static_cast<int64_t>(entries[e].count) +
                      kPageTokens - 1) /
                     kPageTokens;
-    pool_.allocate(pages - static_cast<int64_t>(seq.pages.size()), seq.pages);
+    while (int64_t(seq.pages.size()) < pages) {
+      seq.pages.push_back(freePages_.back());
+      freePages_.pop_back();
+    }
   }
   auto undo = [&] {
     for (size_t e = 0; e < n; ++e) {
       Sequence &seq = *seqs[e];
-      pool_.release(seq.pages.data() + pagesBefore[e],
-                    seq.pages.size() - pagesBefore[e]);
+      freePages_.insert(freePages_.end(), seq.pages.begin() + pagesBefore[e],
+                        seq.pages.end());
       seq.pages.resize(pagesBefore[e]);
-      seq.cacheLengths = lengthsBefore[e];
     }
   };
 
-  Tensor ids, positions;
-  ids.isInt = positions.isInt = true;
-  Batch batch;
-  batch.segments.push_back(0);
+  StepBatch batch;
+  for (size_t e = 0; e < n; ++e)
+    batch.pagesPerSequence = std::max<int64_t>(
+        batch.pagesPerSequence, int64_t(seqs[e]->pages.size()));
+  batch.pages.assign(size_t(n * batch.pagesPerSequence), -1);
   for (size_t e = 0; e < n; ++e) {
     Sequence &seq = *seqs[e];
     for (size_t i = 0; i < entries[e].count; ++i) {
-      ids.ints.push_back(entries[e].tokens[i]);
-      positions.ints.push_back(seq.length + static_cast<int64_t>(i));
+      batch.tokens.push_back(entries[e].tokens[i]);
+      batch.positions.push_back(int32_t(seq.length + int64_t(i)));
+      batch.sequences.push_back(int32_t(e));
     }
-    batch.segments.push_back(ids.ints.size());
-    std::map<uint32_t, CacheView> views;
-    for (const auto &[id, g] : layout_) {
-      CacheView view;
-      view.pool = &pool_;
-      view.pages = &seq.pages;
-      view.offset = g.offset;
-      view.heads = g.heads;
-      view.keyDim = g.keyDim;
-      view.valueDim = g.valueDim;
-      view.length = &seq.cacheLengths[id];
-      views[id] = view;
-    }
-    batch.caches.push_back(std::move(views));
+    std::copy(seq.pages.begin(), seq.pages.end(),
+              batch.pages.begin() + int64_t(e) * batch.pagesPerSequence);
+    batch.lengths.push_back(int32_t(seq.length + int64_t(entries[e].count)));
+    if (!allLogits)
+      batch.logitRows.push_back(int32_t(batch.tokens.size() - 1));
   }
-  ids.shape = positions.shape = {static_cast<int64_t>(ids.ints.size())};
+  if (allLogits)
+    for (size_t t = 0; t < batch.tokens.size(); ++t)
+      batch.logitRows.push_back(int32_t(t));
 
   ExpertLoad load;
-  std::vector<Tensor> outputs;
-  const fb::Function *forward = model_.artifact().function("forward");
-  Status status =
-      execute(model_, *forward, {ids, positions}, batch, outputs, &load);
-  if (!status && (outputs.empty() || outputs[0].rank() != 2 ||
-                  outputs[0].dim(0) != ids.shape[0] ||
-                  outputs[0].dim(1) != vocab))
+  std::vector<float> logits;
+  Status status = runForward(model_, batch, caches_, logits, &load);
+  if (!status &&
+      logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
     status = invalidArtifact("@forward returned logits of the wrong shape");
   if (status) {
     undo();
     return status;
   }
-  const Tensor &logits = outputs[0];
+  int64_t row = 0;
   for (size_t e = 0; e < n; ++e) {
     Sequence &seq = *seqs[e];
     seq.length += entries[e].count;
-    auto last = logits.data.begin() + (batch.segments[e + 1] - 1) * vocab;
+    row += allLogits ? int64_t(entries[e].count) : 1;
+    auto last = logits.begin() + (row - 1) * vocab;
     seq.logits.assign(last, last + vocab);
   }
   for (auto &[kernel, stats] : load) {
@@ -201,12 +194,12 @@ Status Session::step(const Entry *entries, size_t n,
       total.pairs[pair] += n;
   }
   if (allLogits)
-    *allLogits = logits.data;
+    *allLogits = std::move(logits);
   return Status::ok();
 }
 
 std::string Session::expertLoadJson() const {
-  const fb::Model &m = model_.artifact().model();
+  const fb::Model &m = model_.model().artifact().model();
   std::string json = "{\"routers\": [";
   bool first = true;
   for (const auto &[kernel, stats] : expertLoad_) {

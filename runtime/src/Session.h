@@ -8,13 +8,19 @@
 
 namespace melt::rt {
 
-/// Several sequences of one model sharing a paged KV cache of fixed
-/// capacity. A step runs tokens of any number of sequences as one batch
-/// (prefills and decode steps mixed). Every call either succeeds or leaves
-/// all sequences, and the pool, as they were.
+/// Several sequences of one model, on the model's device, sharing paged
+/// caches of fixed capacity: one device tensor per cache buffer (layer),
+/// [pages * kPageTokens, width], allocated when the session is created (on
+/// the CPU the OS commits the memory when it is first written). A sequence
+/// owns the same pages in every layer and gives them back when it is freed.
+/// A step runs tokens of any number of sequences as one batch (prefills and
+/// decode steps mixed). Every call either succeeds or leaves all sequences,
+/// and the pages, as they were.
 class Session {
 public:
-  Session(const Model &model, int64_t maxContext, int64_t capacityTokens);
+  static Status create(const DeviceModel &model, int64_t maxContext,
+                       int64_t capacityTokens, std::unique_ptr<Session> &out);
+  ~Session();
 
   Status addSequence(int32_t &id);
   /// Frees a sequence and gives its pages back.
@@ -39,35 +45,31 @@ public:
   Status logits(int32_t id, const std::vector<float> *&out) const;
   Status length(int32_t id, int64_t &out) const;
   int64_t maxContext() const { return maxContext_; }
-  int64_t usedPages() const { return pool_.totalPages() - pool_.freePages(); }
-  int64_t totalPages() const { return pool_.totalPages(); }
+  int64_t usedPages() const { return totalPages_ - int64_t(freePages_.size()); }
+  int64_t totalPages() const { return totalPages_; }
   /// Per-expert load counters of every router, as JSON:
   /// {"routers": [{"gate": NAME, "experts": E, "counts": [...],
   ///               "pairs": [[i, j, times chosen together], ...]}, ...]}.
   std::string expertLoadJson() const;
 
 private:
-  struct Geometry {
-    int64_t offset, heads, keyDim, valueDim;
-  };
   struct Sequence {
     int64_t length = 0;
     std::vector<int32_t> pages;
-    std::map<uint32_t, int64_t> cacheLengths;
     std::vector<float> logits;
   };
+  Session(const DeviceModel &model, int64_t maxContext)
+      : model_(model), maxContext_(maxContext) {}
 
-  const Model &model_;
+  const DeviceModel &model_;
   int64_t maxContext_;
-  std::map<uint32_t, Geometry> layout_; // cache buffers of @forward
-  PagePool pool_;
+  std::map<uint32_t, DeviceTensor> caches_; // by cache buffer of @forward
+  int64_t totalPages_ = 0;
+  std::vector<int32_t> freePages_;
   std::map<int32_t, Sequence> sequences_;
   int32_t nextId_ = 0;
   ExpertLoad expertLoad_;
 };
-
-/// Floats one page holds for every cache of @forward.
-int64_t pageFloatsOf(const Model &model);
 
 } // namespace melt::rt
 

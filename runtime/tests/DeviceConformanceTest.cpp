@@ -125,6 +125,25 @@ protected:
     return out == DType::BF16 ? 8e-3 : 1e-4;
   }
 
+  DeviceTensor ints(const std::vector<int32_t> &values,
+                    std::vector<int64_t> shape) {
+    DeviceTensor t = make(DType::I32, std::move(shape));
+    Status s = device->upload(values.data(), t);
+    EXPECT_FALSE(s) << s.message();
+    return t;
+  }
+  CacheLayout makeLayout(const std::vector<int32_t> &positions,
+                         const std::vector<int32_t> &sequences,
+                         const std::vector<int32_t> &pages, int64_t perSequence,
+                         const std::vector<int32_t> &lengths) {
+    CacheLayout layout;
+    layout.positions = ints(positions, {int64_t(positions.size())});
+    layout.sequences = ints(sequences, {int64_t(sequences.size())});
+    layout.pages = ints(pages, {int64_t(lengths.size()), perSequence});
+    layout.lengths = ints(lengths, {int64_t(lengths.size())});
+    return layout;
+  }
+
   std::unique_ptr<Device> device;
   std::vector<DeviceTensor> owned;
   std::mt19937 rng{42};
@@ -401,45 +420,68 @@ TEST_P(DeviceConformance, CopySliceAndPlace) {
   EXPECT_NE(s.message().find("does not fit"), std::string::npos) << s.message();
 }
 
-TEST_P(DeviceConformance, LatentCacheAndMla) {
+/// Two sequences over paged caches of 4 pages: sequence 0 owns pages 2
+/// then 0 (not in order), sequence 1 page 3. A prefill of 18 tokens of
+/// sequence 0 (crossing a page) and 5 of sequence 1 in one batch, then a
+/// decode step of both.
+struct PagedBatches {
+  static constexpr int64_t kPages = 4, kPerSequence = 2;
+  std::vector<int32_t> pages = {2, 0, 3, -1};
+  struct Step {
+    std::vector<int32_t> positions, sequences, lengths;
+  };
+  std::vector<Step> steps = {
+      {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+        0, 1, 2, 3, 4},
+       {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1},
+       {18, 5}},
+      {{18, 5}, {0, 1}, {19, 6}}};
+  int64_t rowOf(int32_t sequence, int32_t position) const {
+    return pages[size_t(sequence * kPerSequence + position / kPageTokens)] *
+               kPageTokens +
+           position % kPageTokens;
+  }
+};
+
+TEST_P(DeviceConformance, PagedCacheAndMla) {
   // A DeepSeek-shaped MLA head set: 4 heads, nope 16, rope 8, latent 32,
-  // value 16; 5 tokens prefilled, then 1 decoded at position 5.
-  const int64_t H = 4, N = 16, R = 8, L = 32, V = 16, capacity = 12;
+  // value 16.
+  const int64_t H = 4, N = 16, R = 8, L = 32, V = 16;
+  PagedBatches batches;
+  const int64_t rows = PagedBatches::kPages * kPageTokens;
   HostTensor wUk = random(DType::F32, {H, N, L}, rng, 0.3f);
   HostTensor wUv = random(DType::F32, {H, V, L}, rng, 0.3f);
   DeviceTensor dUk = put(wUk), dUv = put(wUv);
-  DeviceTensor cache = make(DType::F32, {capacity, L + R});
-  std::vector<float> cacheHost(static_cast<size_t>(capacity * (L + R)), 0.f);
+  DeviceTensor cache = make(DType::F32, {rows, L + R});
+  std::vector<float> cacheHost(static_cast<size_t>(rows * (L + R)), 0.f);
   const float scale = 0.2f;
-  for (std::vector<int32_t> positions :
-       {std::vector<int32_t>{0, 1, 2, 3, 4}, std::vector<int32_t>{5}}) {
-    int64_t T = int64_t(positions.size());
+  for (const PagedBatches::Step &step : batches.steps) {
+    int64_t T = int64_t(step.positions.size());
+    CacheLayout layout = makeLayout(step.positions, step.sequences,
+                                    batches.pages, PagedBatches::kPerSequence,
+                                    step.lengths);
     HostTensor latent = random(DType::F32, {T, L}, rng);
     HostTensor key = random(DType::F32, {T, 1, R}, rng);
     HostTensor qn = random(DType::F32, {T, H, N}, rng);
     HostTensor qr = random(DType::F32, {T, H, R}, rng);
-    DeviceTensor dp = make(DType::I32, {T});
-    ASSERT_FALSE(device->upload(positions.data(), dp));
     DeviceTensor dl = put(latent), dk = put(key), dqn = put(qn), dqr = put(qr);
-    Status s = device->latentCacheAppend(dl, dk, dp, cache);
+    Status s = device->cacheAppend(dl, dk, layout, cache);
     ASSERT_FALSE(s) << s.message();
     for (int64_t t = 0; t < T; ++t) {
-      std::copy_n(&latent.values[t * L], L, &cacheHost[positions[t] * (L + R)]);
-      std::copy_n(&key.values[t * R], R,
-                  &cacheHost[positions[t] * (L + R) + L]);
+      int64_t row = batches.rowOf(step.sequences[t], step.positions[t]);
+      std::copy_n(&latent.values[t * L], L, &cacheHost[row * (L + R)]);
+      std::copy_n(&key.values[t * R], R, &cacheHost[row * (L + R) + L]);
     }
-    DeviceTensor out = make(DType::F32, {T, H, V});
-    s = device->mla(dqn, dqr, cache, dp, dUk, dUv, scale, out);
-    ASSERT_FALSE(s) << s.message();
     // Reference: the decompressed form, K = W_UK c and V = W_UV c per head.
     std::vector<double> want(static_cast<size_t>(T * H * V));
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < H; ++h) {
-        int64_t visible = positions[t] + 1;
+        int64_t visible = step.positions[t] + 1;
         std::vector<double> p(static_cast<size_t>(visible));
         double top = -1e300, sum = 0;
         for (int64_t j = 0; j < visible; ++j) {
-          const float *c = &cacheHost[j * (L + R)];
+          const float *c =
+              &cacheHost[batches.rowOf(step.sequences[t], int32_t(j)) * (L + R)];
           double score = 0;
           for (int64_t n = 0; n < N; ++n) {
             double k = 0;
@@ -456,26 +498,130 @@ TEST_P(DeviceConformance, LatentCacheAndMla) {
           sum += v = std::exp(v - top);
         for (int64_t d = 0; d < V; ++d)
           for (int64_t j = 0; j < visible; ++j) {
+            const float *c = &cacheHost[batches.rowOf(step.sequences[t],
+                                                      int32_t(j)) *
+                                        (L + R)];
             double value = 0;
             for (int64_t l = 0; l < L; ++l)
-              value += double(wUv.values[(h * V + d) * L + l]) *
-                       cacheHost[j * (L + R) + l];
+              value += double(wUv.values[(h * V + d) * L + l]) * c[l];
             want[(t * H + h) * V + d] += p[j] / sum * value;
           }
       }
-    EXPECT_LE(relativeError(get(out), want), tolerance(DType::F32)) << T;
+    // Absorbed, and (where a device does it) decompressed for prefills.
+    for (int64_t decompressAbove : {int64_t(1) << 30, int64_t(1)}) {
+      DeviceTensor out = make(DType::F32, {T, H, V});
+      s = device->mla(dqn, dqr, cache, layout, dUk, dUv, scale,
+                      decompressAbove, out);
+      ASSERT_FALSE(s) << s.message();
+      EXPECT_LE(relativeError(get(out), want), tolerance(DType::F32))
+          << T << " tokens, decompress above " << decompressAbove;
+    }
   }
-  std::vector<int32_t> past = {int32_t(capacity)};
-  DeviceTensor dp = make(DType::I32, {1});
-  ASSERT_FALSE(device->upload(past.data(), dp));
+  // Position 32 of sequence 0 has no page (its pages hold 0-31).
+  CacheLayout beyond =
+      makeLayout({32}, {0}, batches.pages, PagedBatches::kPerSequence, {33});
   DeviceTensor dl = make(DType::F32, {1, L}), dk = make(DType::F32, {1, R});
   // Positions computed on a device are checked by the next synchronize().
-  Status s = device->latentCacheAppend(dl, dk, dp, cache);
+  Status s = device->cacheAppend(dl, dk, beyond, cache);
   if (!s)
     s = device->synchronize();
   ASSERT_TRUE(s);
   EXPECT_EQ(s.code(), MELT_RESOURCE_EXHAUSTED) << s.message();
   EXPECT_FALSE(device->synchronize()); // reported once; usable again
+}
+
+TEST_P(DeviceConformance, PagedAttention) {
+  // 4 query heads over 2 cached heads (grouped), keys 8, values 6.
+  const int64_t H = 4, Hk = 2, Dk = 8, Dv = 6, width = Hk * (Dk + Dv);
+  PagedBatches batches;
+  const int64_t rows = PagedBatches::kPages * kPageTokens;
+  DeviceTensor cache = make(DType::F32, {rows, width});
+  std::vector<float> cacheHost(static_cast<size_t>(rows * width), 0.f);
+  const float scale = 0.35f;
+  for (const PagedBatches::Step &step : batches.steps) {
+    int64_t T = int64_t(step.positions.size());
+    CacheLayout layout = makeLayout(step.positions, step.sequences,
+                                    batches.pages, PagedBatches::kPerSequence,
+                                    step.lengths);
+    HostTensor k = random(DType::F32, {T, Hk, Dk}, rng);
+    HostTensor v = random(DType::F32, {T, Hk, Dv}, rng);
+    HostTensor q = random(DType::F32, {T, H, Dk}, rng);
+    DeviceTensor dk = put(k), dv = put(v), dq = put(q);
+    DeviceTensor keys = dk, vals = dv;
+    keys.shape = {T, Hk * Dk};
+    Status s = device->cacheAppend(keys, vals, layout, cache);
+    ASSERT_FALSE(s) << s.message();
+    for (int64_t t = 0; t < T; ++t) {
+      int64_t row = batches.rowOf(step.sequences[t], step.positions[t]);
+      std::copy_n(&k.values[t * Hk * Dk], Hk * Dk, &cacheHost[row * width]);
+      std::copy_n(&v.values[t * Hk * Dv], Hk * Dv,
+                  &cacheHost[row * width + Hk * Dk]);
+    }
+    for (bool causal : {true, false}) {
+      std::vector<double> want(static_cast<size_t>(T * H * Dv));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+          int64_t b = step.sequences[t], kh = h / (H / Hk);
+          int64_t visible = causal ? step.positions[t] + 1 : step.lengths[b];
+          std::vector<double> p(static_cast<size_t>(visible));
+          double top = -1e300, sum = 0;
+          for (int64_t j = 0; j < visible; ++j) {
+            const float *row =
+                &cacheHost[batches.rowOf(int32_t(b), int32_t(j)) * width];
+            double score = 0;
+            for (int64_t d = 0; d < Dk; ++d)
+              score += double(q.values[(t * H + h) * Dk + d]) * row[kh * Dk + d];
+            p[j] = score * scale;
+            top = std::max(top, p[j]);
+          }
+          for (double &x : p)
+            sum += x = std::exp(x - top);
+          for (int64_t j = 0; j < visible; ++j) {
+            const float *row =
+                &cacheHost[batches.rowOf(int32_t(b), int32_t(j)) * width];
+            for (int64_t d = 0; d < Dv; ++d)
+              want[(t * H + h) * Dv + d] +=
+                  p[j] / sum * row[Hk * Dk + kh * Dv + d];
+          }
+        }
+      DeviceTensor out = make(DType::F32, {T, H, Dv});
+      s = device->attention(dq, cache, layout, Hk, causal, scale, out);
+      ASSERT_FALSE(s) << s.message();
+      EXPECT_LE(relativeError(get(out), want), tolerance(DType::F32))
+          << T << " tokens, causal " << causal;
+    }
+  }
+}
+
+TEST_P(DeviceConformance, QuantizeBlocks) {
+  // 200 columns in tiles of 128: the second tile is 72 wide.
+  const int64_t T = 3, K = 200, block = 128;
+  HostTensor x = random(DType::F32, {T, K}, rng, 3.f);
+  DeviceTensor dx = put(x), q = make(DType::FP8E4M3, {T, K}),
+               scales = make(DType::F32, {T, 2}), y = make(DType::F32, {T, K});
+  Status s = device->quantizeBlocks(dx, block, q, scales);
+  ASSERT_FALSE(s) << s.message();
+  s = device->dequantizeBlocks(q, scales, block, y);
+  ASSERT_FALSE(s) << s.message();
+  std::vector<float> gotScales = get(scales), gotQ = get(q), gotY = get(y);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < 2; ++b) {
+      float amax = 0.f;
+      for (int64_t c = b * block; c < std::min(K, (b + 1) * block); ++c)
+        amax = std::max(amax, std::fabs(x.values[t * K + c]));
+      float scale = amax / 448.f;
+      EXPECT_FLOAT_EQ(gotScales[t * 2 + b], scale);
+      for (int64_t c = b * block; c < std::min(K, (b + 1) * block); ++c) {
+        float want = roundTo(DType::FP8E4M3, x.values[t * K + c] / scale);
+        EXPECT_EQ(gotQ[t * K + c], want) << t << ", " << c;
+        EXPECT_FLOAT_EQ(gotY[t * K + c], want * scale);
+      }
+    }
+  DeviceTensor wrong = make(DType::F32, {T, 1});
+  s = device->quantizeBlocks(dx, block, q, wrong);
+  ASSERT_TRUE(s);
+  EXPECT_NE(s.message().find("scales [T, ceil(K / 128)]"), std::string::npos)
+      << s.message();
 }
 
 TEST_P(DeviceConformance, MoeExperts) {

@@ -7,44 +7,59 @@
 #include <chrono>
 #include <cstdio>
 
-bool generateGreedy(Sequence &sequence, const std::vector<int> &prompt,
-                    long maxNew, Generated &out,
-                    const std::function<void()> &decodeStarts) {
+bool generateGreedy(melt_session *session,
+                    const std::vector<std::vector<int>> &prompts, long maxNew,
+                    Generated &out, const std::function<void()> &decodeStarts) {
   using Clock = std::chrono::steady_clock;
-  std::string error;
+  size_t n = prompts.size();
+  std::vector<int> ids(n), next(n);
+  std::vector<melt_batch_entry> entries(n);
+  size_t promptTokens = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (melt_session_add_sequence(session, &ids[i]) != MELT_OK) {
+      std::fprintf(stderr, "melt-run: error: %s\n", melt_last_error());
+      return false;
+    }
+    entries[i] = {ids[i], prompts[i].data(), prompts[i].size()};
+    promptTokens += prompts[i].size();
+  }
   auto t0 = Clock::now();
-  if (!sequence.append(prompt, error)) {
-    std::fprintf(stderr, "melt-run: error: prefill: %s\n", error.c_str());
+  if (melt_session_step(session, entries.data(), n) != MELT_OK) {
+    std::fprintf(stderr, "melt-run: error: prefill: %s\n", melt_last_error());
     return false;
   }
   auto t1 = Clock::now();
   if (decodeStarts)
     decodeStarts();
   out.tokens.clear();
-  for (long i = 0; i < maxNew; ++i) {
-    size_t vocab = 0;
-    const float *logits = sequence.logits(vocab);
-    int token = 0;
-    if (!logits || melt_sample_greedy(logits, vocab, &token) != MELT_OK) {
-      std::fprintf(stderr, "melt-run: error: sampling: %s\n",
-                   melt_last_error());
-      return false;
+  for (long step = 0; step < maxNew; ++step) {
+    for (size_t i = 0; i < n; ++i) {
+      const float *logits = nullptr;
+      size_t vocab = 0;
+      if (melt_session_logits(session, ids[i], &logits, &vocab) != MELT_OK ||
+          melt_sample_greedy(logits, vocab, &next[i]) != MELT_OK) {
+        std::fprintf(stderr, "melt-run: error: sampling: %s\n",
+                     melt_last_error());
+        return false;
+      }
+      entries[i] = {ids[i], &next[i], 1};
     }
-    out.tokens.push_back(token);
-    if (i + 1 == maxNew)
+    out.tokens.push_back(next[0]);
+    if (step + 1 == maxNew)
       break;
-    if (!sequence.append({token}, error)) {
-      std::fprintf(stderr, "melt-run: error: decode: %s\n", error.c_str());
+    if (melt_session_step(session, entries.data(), n) != MELT_OK) {
+      std::fprintf(stderr, "melt-run: error: decode: %s\n", melt_last_error());
       return false;
     }
   }
   auto t2 = Clock::now();
   double prefillS = std::chrono::duration<double>(t1 - t0).count();
   double decodeS = std::chrono::duration<double>(t2 - t1).count();
-  out.prefillTokensPerS = prompt.size() / std::max(prefillS, 1e-9);
-  out.decodeTokensPerS = out.tokens.size() > 1
-                             ? (out.tokens.size() - 1) / std::max(decodeS, 1e-9)
-                             : 0.0;
+  out.prefillTokensPerS = promptTokens / std::max(prefillS, 1e-9);
+  out.decodeTokensPerS =
+      out.tokens.size() > 1
+          ? double(n * (out.tokens.size() - 1)) / std::max(decodeS, 1e-9)
+          : 0.0;
   return true;
 }
 
@@ -57,6 +72,7 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
     std::string head, tail;
     if (!extras.deviceName.empty())
       head = "\"device\": \"" + extras.deviceName + "\", ";
+    head += "\"batch\": " + std::to_string(extras.batch) + ", ";
     char number[64];
     if (extras.peakMemoryMB >= 0) {
       std::snprintf(number, sizeof(number), "%.1f", extras.peakMemoryMB);
@@ -78,9 +94,13 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
   std::printf("generated: %s\n", ids.c_str());
   if (!extras.deviceDescription.empty())
     std::printf("device: %s\n", extras.deviceDescription.c_str());
-  std::printf("prefill: %zu tokens, %.1f tokens/s\n", promptTokens,
-              generated.prefillTokensPerS);
-  std::printf("decode: %zu tokens, %.1f tokens/s\n", generated.tokens.size(),
+  if (extras.batch > 1)
+    std::printf("batch: %zu sequences (generated: the first one's)\n",
+                extras.batch);
+  std::printf("prefill: %zu tokens, %.1f tokens/s\n",
+              promptTokens * extras.batch, generated.prefillTokensPerS);
+  std::printf("decode: %zu tokens, %.1f tokens/s\n",
+              generated.tokens.size() * extras.batch,
               generated.decodeTokensPerS);
   if (extras.peakMemoryMB >= 0)
     std::printf("peak memory: %.1f MB\n", extras.peakMemoryMB);

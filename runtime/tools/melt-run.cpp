@@ -2,21 +2,25 @@
 //
 //   melt-run model.melt --checkpoint DIR --prompt-ids 1,2,3 --max-new 32
 //
-// Greedy generation of one sequence; prints the generated ids, prefill and
-// decode tokens/s and the peak memory; --bench prints the same as JSON.
-// On the CPU it uses the C API only, like any embedding program; with
-// --device (cuda:0, or cpu for the same path on the CPU device) it runs
-// the model through the Device interface (DeviceGenerate.cpp) and reports
-// the GPU's energy per decoded token from NVML.
+// Greedy generation; prints the generated ids, prefill and decode tokens/s
+// and the peak memory; --bench prints the same as JSON. It uses the C API
+// only, like any embedding program, on the CPU or (--device cuda:N) a GPU,
+// where it also reports the energy per decoded token from NVML. --batch N
+// runs N sequences together (sequence i's prompt is the given one with
+// every id offset by i, modulo the vocabulary, so that they differ).
 //
 //===----------------------------------------------------------------------===//
-#include "DeviceGenerate.h"
 #include "Generation.h"
+#ifdef MELT_HAVE_CUDA_DEVICE
+#include "cuda/Energy.h"
+#endif
 #include "melt/runtime.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <sys/resource.h>
 #include <vector>
@@ -29,10 +33,12 @@ void usage() {
                "1,2,3 [--max-new N] [--max-context N] [--bench]\n"
                "       [--expert-stats FILE]  (per-expert load counters as "
                "JSON)\n"
-               "       [--device cpu|cuda:N]  (run through the device "
-               "interface: one sequence, F32)\n"
-               "       [--random-weights]  (with --device: seeded random "
-               "weights, no checkpoint; for benchmarks)\n"
+               "       [--device cpu|cuda:N]  (where the model runs; "
+               "default cpu)\n"
+               "       [--batch N]  (N sequences decoded together; default "
+               "1)\n"
+               "       [--random-weights]  (seeded random weights, no "
+               "checkpoint; for benchmarks)\n"
                "Generates greedily from a compiled melt model and reports "
                "tokens/s and peak memory.\n");
 }
@@ -61,29 +67,34 @@ bool parseIds(const char *text, std::vector<int> &ids) {
   return !ids.empty();
 }
 
-/// A sequence of a C API session.
-class SessionSequence final : public Sequence {
+/// Joules the device used, where it can tell (NVML on a GPU); negative
+/// elsewhere.
+class Energy {
 public:
-  explicit SessionSequence(melt_session *session) : session_(session) {
-    melt_session_add_sequence(session_, &id_);
+  explicit Energy(const std::string &device) {
+#ifdef MELT_HAVE_CUDA_DEVICE
+    if (device.rfind("cuda", 0) == 0) {
+      int index = device.size() > 5 ? std::atoi(device.c_str() + 5) : 0;
+      meter_ = melt::rt::cuda::EnergyMeter::open(index, why_);
+    }
+#else
+    (void)device;
+#endif
   }
-  bool append(const std::vector<int> &tokens, std::string &error) override {
-    if (melt_session_append(session_, id_, tokens.data(), tokens.size(),
-                            nullptr) == MELT_OK)
-      return true;
-    error = melt_last_error();
-    return false;
+  double joules() const {
+#ifdef MELT_HAVE_CUDA_DEVICE
+    if (meter_)
+      return meter_->joules();
+#endif
+    return -1;
   }
-  const float *logits(size_t &vocab) override {
-    const float *logits = nullptr;
-    return melt_session_logits(session_, id_, &logits, &vocab) == MELT_OK
-               ? logits
-               : nullptr;
-  }
+  const std::string &why() const { return why_; }
 
 private:
-  melt_session *session_;
-  int id_ = 0;
+  std::string why_ = "no energy counter on this device";
+#ifdef MELT_HAVE_CUDA_DEVICE
+  std::unique_ptr<melt::rt::cuda::EnergyMeter> meter_;
+#endif
 };
 
 double peakMemoryMB() {
@@ -97,7 +108,7 @@ double peakMemoryMB() {
 int main(int argc, char **argv) {
   const char *artifact = nullptr, *checkpoint = nullptr;
   std::vector<int> prompt;
-  long maxNew = 32, maxContext = 4096;
+  long maxNew = 32, maxContext = 4096, batch = 1;
   bool bench = false;
   const char *expertStats = nullptr, *device = nullptr;
   bool randomWeights = false;
@@ -124,6 +135,14 @@ int main(int argc, char **argv) {
     } else if (arg == "--max-context") {
       const char *v = value();
       maxContext = v ? std::strtol(v, nullptr, 10) : -1;
+    } else if (arg == "--batch") {
+      const char *v = value();
+      batch = v ? std::strtol(v, nullptr, 10) : -1;
+      if (batch <= 0 || batch > 4096) {
+        std::fprintf(stderr,
+                     "melt-run: error: --batch takes 1 to 4096 sequences\n");
+        return 1;
+      }
     } else if (arg == "--expert-stats") {
       expertStats = value();
       if (!expertStats) {
@@ -154,40 +173,53 @@ int main(int argc, char **argv) {
     return 1;
   }
 
-  if (randomWeights && !device) {
-    std::fprintf(stderr, "melt-run: error: --random-weights needs --device\n");
-    return 1;
-  }
-  if (device) {
-    if (expertStats) {
-      std::fprintf(stderr, "melt-run: error: --expert-stats is not available "
-                           "with --device yet\n");
-      return 1;
-    }
-    GenerateOptions options;
-    options.artifact = artifact;
-    options.checkpoint = checkpoint ? checkpoint : "";
-    options.device = device;
-    options.prompt = prompt;
-    options.maxNew = maxNew;
-    options.bench = bench;
-    options.randomWeights = randomWeights;
-    return generateOnDevice(options);
-  }
-
+  std::string deviceName = device ? device : "cpu";
   melt_model *model = nullptr;
-  if (melt_model_load(artifact, checkpoint, &model) != MELT_OK)
+  melt_status loaded =
+      randomWeights
+          ? melt_model_load_random(artifact, /*seed=*/1, deviceName.c_str(),
+                                   &model)
+          : melt_model_load_on(artifact, checkpoint, deviceName.c_str(),
+                               &model);
+  if (loaded != MELT_OK)
     return fail("loading the model");
+  long long vocab = melt_model_vocab_size(model);
+  std::vector<std::vector<int>> prompts;
+  for (long i = 0; i < batch; ++i) {
+    prompts.push_back(prompt);
+    if (i > 0) // the first is the given prompt, checked as it is
+      for (int &id : prompts.back())
+        id = int((id + i) % std::max(vocab, 1ll));
+  }
   melt_session *session = nullptr;
-  melt_session_options options{maxContext, maxContext};
+  long long cacheTokens =
+      batch * ((std::min<long long>(maxContext, (long long)prompt.size() +
+                                                    maxNew) +
+                15) / 16 * 16);
+  melt_session_options options{maxContext, cacheTokens};
   if (melt_session_create(model, &options, &session) != MELT_OK)
     return fail("creating a session");
-  SessionSequence sequence(session);
+  Energy energy(deviceName);
   Generated generated;
-  if (!generateGreedy(sequence, prompt, maxNew, generated))
+  double joulesBefore = -1;
+  if (!generateGreedy(session, prompts, maxNew, generated,
+                      [&] { joulesBefore = energy.joules(); }))
     return 1;
+  double joulesAfter = energy.joules();
+  size_t decoded = generated.tokens.size() > 1
+                       ? (generated.tokens.size() - 1) * size_t(batch)
+                       : 0;
   ReportExtras extras;
+  extras.batch = size_t(batch);
   extras.peakMemoryMB = peakMemoryMB();
+  if (device) {
+    extras.deviceName = melt_model_device(model);
+    extras.deviceDescription = melt_model_device_description(model);
+    if (joulesBefore >= 0 && joulesAfter > joulesBefore && decoded)
+      extras.joulesPerToken = (joulesAfter - joulesBefore) / decoded;
+    else
+      extras.energyUnavailable = energy.why();
+  }
   printReport(bench, prompt.size(), generated, extras);
   if (expertStats) {
     size_t size = 0;

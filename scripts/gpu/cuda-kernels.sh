@@ -26,7 +26,7 @@ for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
 done
 export MELT_TEST_MODELS="$models"
-build-gpu/bin/melt-runtime-tests --gtest_filter='*DeviceRunnerTest*' |
+build-gpu/bin/melt-runtime-tests --gtest_filter='*SessionOnDevice*' |
   tee "$out/device-runner.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== melt-run --device cuda:0 (golden models, energy from NVML) =="
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
@@ -49,7 +49,7 @@ done
 # memcheck reports the failed cudaMalloc it provokes as an API error).
 compute-sanitizer --tool memcheck --error-exitcode 3 \
   build-gpu/bin/melt-runtime-tests \
-  --gtest_filter='*Conformance*/cuda*:*DeviceRunnerTest*/cuda*:-*HugeAllocation*' \
+  --gtest_filter='*Conformance*/cuda*:*SessionOnDevice*/cuda*:-*HugeAllocation*' \
   > "$out/sanitizer-memcheck-device.txt" 2>&1 && echo "memcheck (CUDA device): clean" ||
   { echo "memcheck (CUDA device): FAILED"; grep -B2 -A12 "=========" "$out/sanitizer-memcheck-device.txt" | head -60; }
 echo "== machine code =="

@@ -59,6 +59,24 @@ melt_status melt_model_load(const char *artifact_path,
 melt_status melt_model_load_from_memory(const void *artifact, size_t size,
                                         const char *checkpoint_dir,
                                         melt_model **model);
+/* The same on a device: "cpu" (what melt_model_load does) or "cuda:N".
+ * The model's sessions run there; its weights are read from the
+ * checkpoint and placed in the device's memory once, shared by all its
+ * sessions. Sessions of a model on a GPU take turns (one stream). */
+melt_status melt_model_load_on(const char *artifact_path,
+                               const char *checkpoint_dir, const char *device,
+                               melt_model **model);
+/* For benchmarks without a checkpoint (as transformers' random init):
+ * every weight filled with values drawn from `seed` (uniform, std 0.02;
+ * norm scales 1, router biases 0), on `device` (NULL: "cpu"). */
+melt_status melt_model_load_random(const char *artifact_path,
+                                   unsigned long long seed, const char *device,
+                                   melt_model **model);
+/* The device the model's sessions run on ("cpu", "cuda:0"), or "" for an
+ * invalid handle. */
+const char *melt_model_device(const melt_model *model);
+/* A line about the device's hardware (e.g. the GPU's name and memory). */
+const char *melt_model_device_description(const melt_model *model);
 /* Fails while sessions of the model are alive: destroy them first. */
 melt_status melt_model_destroy(melt_model *model);
 /* Vocabulary size, or 0 for an invalid handle. */

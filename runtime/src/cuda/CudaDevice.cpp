@@ -12,6 +12,9 @@
 #include "cuda/Elementwise.h"
 #include "cuda/Gemm.h"
 #include "cuda/ModelKernels.h"
+
+static_assert(melt::rt::cuda::kPageRows == melt::rt::kPageTokens,
+              "the CUDA kernels page caches as the runtime does");
 #include "cuda/Quantize.h"
 
 #include <cuda_runtime.h>
@@ -160,7 +163,7 @@ public:
         check(cudaMemset(flag_ + kCacheFlag, 0, 2 * sizeof(int32_t)), "flag"));
     if (raised[kCacheFlag])
       return {MELT_RESOURCE_EXHAUSTED,
-              "latent_cache_append: a position is outside the cache"};
+              "cache: a position has no cache page"};
     return invalidArgument(
         "moe_experts: an expert index is outside the experts");
   }
@@ -316,49 +319,92 @@ public:
     return copyAxisPart(y, axis, offset, x, true);
   }
 
-  Status latentCacheAppend(const DeviceTensor &latent,
-                           const DeviceTensor &ropeKey,
-                           const DeviceTensor &positions,
-                           DeviceTensor &cache) override {
+  Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
+                     const CacheLayout &layout, DeviceTensor &cache) override {
     MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(
-        check::latentCacheAppend(latent, ropeKey, positions, cache));
+    MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache));
     MELT_RETURN_IF_ERROR(flags());
-    int tokens = int(latent.rows()), l = int(latent.cols());
-    int r = int(cache.shape[1]) - l;
-    MELT_RETURN_IF_ERROR(check(
-        cuda::latentCacheAppend(static_cast<const float *>(latent.data),
-                                static_cast<const float *>(ropeKey.data),
-                                static_cast<const int32_t *>(positions.data),
-                                tokens, l, r, int(cache.shape[0]),
-                                static_cast<float *>(cache.data),
-                                flag_ + kCacheFlag, stream_),
-        "latent_cache_append"));
-    return Status::ok(); // a bad position: at synchronize()
+    int tokens = int(first.rows()), a = int(first.cols());
+    int b = int(cache.shape[1]) - a;
+    return check(cuda::cacheAppend(static_cast<const float *>(first.data),
+                                   static_cast<const float *>(second.data),
+                                   paged(layout, cache), tokens, a, b,
+                                   static_cast<float *>(cache.data),
+                                   flag_ + kCacheFlag, stream_),
+                 "cache_append"); // a position without a page: at synchronize()
+  }
+
+  Status attention(const DeviceTensor &q, const DeviceTensor &cache,
+                   const CacheLayout &layout, int64_t kvHeads, bool causal,
+                   float scale, DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::attention(q, cache, layout, kvHeads, out));
+    MELT_RETURN_IF_ERROR(flags());
+    int maxVisible = int(layout.pages.shape[1] * kPageTokens);
+    if (2 * size_t(maxVisible) * sizeof(float) > 200 * 1024)
+      return {MELT_UNSUPPORTED, "attention: " + std::to_string(maxVisible) +
+                                    " cached tokens are beyond the F32 kernel"};
+    return check(attentionF32(static_cast<const float *>(q.data),
+                              static_cast<const float *>(cache.data),
+                              paged(layout, cache), int(q.shape[0]),
+                              int(q.shape[1]), int(kvHeads), int(q.shape[2]),
+                              int(out.shape[2]), causal, maxVisible, scale,
+                              static_cast<float *>(out.data),
+                              flag_ + kCacheFlag, stream_),
+                 "attention");
   }
 
   Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-             const DeviceTensor &cache, const DeviceTensor &positions,
+             const DeviceTensor &cache, const CacheLayout &layout,
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
+             int64_t /*decompressAbove: always absorbed*/,
              DeviceTensor &out) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
-        check::mla(qNope, qRope, cache, positions, wUk, wUv, out));
-    int latent = int(wUk.shape[2]), capacity = int(cache.shape[0]);
-    if (mlaF32SharedBytes(latent, capacity) > 200 * 1024)
-      return {MELT_UNSUPPORTED, "mla: a cache of " + std::to_string(capacity) +
-                                    " tokens is beyond the F32 kernel"};
+        check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
+    MELT_RETURN_IF_ERROR(flags());
+    int latent = int(wUk.shape[2]);
+    int maxVisible = int(layout.pages.shape[1] * kPageTokens);
+    if (mlaF32SharedBytes(latent, maxVisible) > 200 * 1024)
+      return {MELT_UNSUPPORTED, "mla: " + std::to_string(maxVisible) +
+                                    " cached tokens are beyond the F32 kernel"};
     return check(mlaF32(static_cast<const float *>(qNope.data),
                         static_cast<const float *>(qRope.data),
                         static_cast<const float *>(cache.data),
-                        static_cast<const int32_t *>(positions.data),
+                        paged(layout, cache),
                         static_cast<const float *>(wUk.data),
                         static_cast<const float *>(wUv.data),
                         int(qNope.shape[0]), int(qNope.shape[1]),
                         int(qNope.shape[2]), int(qRope.shape[2]), latent,
-                        int(wUv.shape[1]), capacity, scale,
-                        static_cast<float *>(out.data), stream_),
+                        int(wUv.shape[1]), maxVisible, scale,
+                        static_cast<float *>(out.data), flag_ + kCacheFlag,
+                        stream_),
                  "mla");
+  }
+
+  Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
+                        DeviceTensor &scales) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::quantizeBlocks(x, block, q, scales));
+    return check(cuda::quantizeBlocks(static_cast<const float *>(x.data),
+                                      int(x.shape[0]), int(x.shape[1]),
+                                      int(block),
+                                      static_cast<uint8_t *>(q.data),
+                                      static_cast<float *>(scales.data),
+                                      stream_),
+                 "quantize_blocks");
+  }
+
+  Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,
+                          int64_t block, DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::quantizeBlocks(y, block, q, scales));
+    return check(cuda::dequantizeBlocks(static_cast<const uint8_t *>(q.data),
+                                        static_cast<const float *>(scales.data),
+                                        int(q.shape[0]), int(q.shape[1]),
+                                        int(block),
+                                        static_cast<float *>(y.data), stream_),
+                 "dequantize_blocks");
   }
 
   Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
@@ -390,6 +436,16 @@ public:
   }
 
 private:
+  static PagedLayout paged(const CacheLayout &layout,
+                           const DeviceTensor &cache) {
+    return {static_cast<const int32_t *>(layout.positions.data),
+            static_cast<const int32_t *>(layout.sequences.data),
+            static_cast<const int32_t *>(layout.pages.data),
+            static_cast<const int32_t *>(layout.lengths.data),
+            int(layout.pages.shape[1]), int(layout.pages.shape[0]),
+            int(cache.shape[0])};
+  }
+
   /// The flags kernels raise on bad indices: [0] the embedding's (checked
   /// at once: ids come from the user), [1] the cache's and [2] the
   /// experts' (indices computed on the device: checked at synchronize(),

@@ -4,6 +4,8 @@
 #include "cuda/OperandAccess.cuh"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 using namespace melt::rt::cuda;
 
@@ -122,20 +124,29 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
   }
 }
 
-__global__ void latentAppendKernel(const float *latent, const float *ropeKey,
-                                   const int32_t *positions, int latentDim,
-                                   int ropeDim, int capacity, float *cache,
-                                   int32_t *bad) {
-  int t = blockIdx.x, pos = positions[t], width = latentDim + ropeDim;
-  if (pos < 0 || pos >= capacity) {
+/// The cache row of `position` of sequence b, or -1 without a page.
+__device__ int cacheRow(const PagedLayout &c, int b, int position) {
+  int slot = position / kPageRows;
+  if (b < 0 || b >= c.batch || position < 0 || slot >= c.perSequence)
+    return -1;
+  int page = c.pages[b * c.perSequence + slot];
+  int row = page * kPageRows + position % kPageRows;
+  return page < 0 || row >= c.rows ? -1 : row;
+}
+
+__global__ void cacheAppendKernel(const float *first, const float *second,
+                                  PagedLayout layout, int a, int b,
+                                  float *cache, int32_t *bad) {
+  int t = blockIdx.x, width = a + b;
+  int row = cacheRow(layout, layout.sequences[t], layout.positions[t]);
+  if (row < 0) {
     if (threadIdx.x == 0)
       *bad = 1;
     return;
   }
   for (int i = threadIdx.x; i < width; i += blockDim.x)
-    cache[size_t(pos) * width + i] =
-        i < latentDim ? latent[size_t(t) * latentDim + i]
-                      : ropeKey[size_t(t) * ropeDim + i - latentDim];
+    cache[size_t(row) * width + i] =
+        i < a ? first[size_t(t) * a + i] : second[size_t(t) * b + i - a];
 }
 
 __device__ float blockReduce(float v, bool isMax, float *scratch) {
@@ -164,15 +175,33 @@ __device__ float blockReduce(float v, bool isMax, float *scratch) {
 /// A block per (token, head): latent query, scores over the visible rows,
 /// softmax, weighted latent, W_UV.
 __global__ void mlaKernel(const float *qNope, const float *qRope,
-                          const float *cache, const int32_t *positions,
+                          const float *cache, PagedLayout layout,
                           const float *wUk, const float *wUv, int heads,
                           int nope, int rope, int latent, int valueDim,
-                          float scale, float *out) {
+                          float scale, float *out, int32_t *bad) {
   extern __shared__ float shared[];
   __shared__ float scratch[32];
+  __shared__ int missing;
   float *qlat = shared, *olat = shared + latent, *scores = shared + 2 * latent;
+  // The row of each visible position, after the scores (as ints).
   int t = blockIdx.x / heads, h = blockIdx.x % heads;
-  int visible = positions[t] + 1, width = latent + rope;
+  int visible = layout.positions[t] + 1, width = latent + rope;
+  int b = layout.sequences[t];
+  int *rows = reinterpret_cast<int *>(scores + visible);
+  if (threadIdx.x == 0)
+    missing = 0;
+  __syncthreads();
+  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
+    rows[s] = cacheRow(layout, b, s);
+    if (rows[s] < 0)
+      missing = 1;
+  }
+  __syncthreads();
+  if (missing) {
+    if (threadIdx.x == 0)
+      *bad = 1;
+    return;
+  }
   const float *q = qNope + (size_t(t) * heads + h) * nope;
   const float *qr = qRope + (size_t(t) * heads + h) * rope;
   const float *uk = wUk + size_t(h) * nope * latent;
@@ -185,7 +214,7 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   __syncthreads();
   float top = -INFINITY;
   for (int s = threadIdx.x; s < visible; s += blockDim.x) {
-    const float *row = cache + size_t(s) * width;
+    const float *row = cache + size_t(rows[s]) * width;
     float sum = 0.f;
     for (int l = 0; l < latent; ++l)
       sum += qlat[l] * row[l];
@@ -202,7 +231,7 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   for (int l = threadIdx.x; l < latent; l += blockDim.x) {
     float sum = 0.f;
     for (int s = 0; s < visible; ++s)
-      sum += scores[s] * cache[size_t(s) * width + l];
+      sum += scores[s] * cache[size_t(rows[s]) * width + l];
     olat[l] = sum / total;
   }
   __syncthreads();
@@ -277,40 +306,180 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
 
 } // namespace
 
-cudaError_t melt::rt::cuda::latentCacheAppend(
-    const float *latent, const float *ropeKey, const int32_t *positions,
-    int tokens, int latentDim, int ropeDim, int capacity, float *cache,
-    int32_t *bad, cudaStream_t stream) {
+cudaError_t melt::rt::cuda::cacheAppend(const float *first,
+                                        const float *second,
+                                        const PagedLayout &layout, int tokens,
+                                        int a, int b, float *cache,
+                                        int32_t *bad, cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
-  latentAppendKernel<<<tokens, 256, 0, stream>>>(
-      latent, ropeKey, positions, latentDim, ropeDim, capacity, cache, bad);
+  cacheAppendKernel<<<tokens, 256, 0, stream>>>(first, second, layout, a, b,
+                                                cache, bad);
   return cudaGetLastError();
 }
 
 size_t melt::rt::cuda::mlaF32SharedBytes(int latent, int maxVisible) {
-  return (2 * size_t(latent) + size_t(maxVisible)) * sizeof(float);
+  // Latent query and output, then a score and a row index per position.
+  return (2 * size_t(latent) + 2 * size_t(maxVisible)) * sizeof(float);
 }
 
+namespace {
+template <typename Kernel>
+cudaError_t allowSharedBytes(Kernel kernel, size_t shared) {
+  if (shared <= 48 * 1024)
+    return cudaSuccess;
+  return cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+}
+} // namespace
+
 cudaError_t melt::rt::cuda::mlaF32(const float *qNope, const float *qRope,
-                                   const float *cache, const int32_t *positions,
-                                   const float *wUk, const float *wUv,
-                                   int tokens, int heads, int nope, int rope,
-                                   int latent, int valueDim, int maxVisible,
-                                   float scale, float *out,
+                                   const float *cache,
+                                   const PagedLayout &layout, const float *wUk,
+                                   const float *wUv, int tokens, int heads,
+                                   int nope, int rope, int latent,
+                                   int valueDim, int maxVisible, float scale,
+                                   float *out, int32_t *bad,
                                    cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
   size_t shared = mlaF32SharedBytes(latent, maxVisible);
-  if (shared > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(
-        mlaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
-    if (e != cudaSuccess)
-      return e;
-  }
+  if (cudaError_t e = allowSharedBytes(mlaKernel, shared); e != cudaSuccess)
+    return e;
   mlaKernel<<<tokens * heads, 128, shared, stream>>>(
-      qNope, qRope, cache, positions, wUk, wUv, heads, nope, rope, latent,
-      valueDim, scale, out);
+      qNope, qRope, cache, layout, wUk, wUv, heads, nope, rope, latent,
+      valueDim, scale, out, bad);
+  return cudaGetLastError();
+}
+
+namespace {
+
+/// A block per (token, head): scores over the visible rows in shared
+/// memory, softmax, the weighted values.
+__global__ void attentionKernel(const float *q, const float *cache,
+                                PagedLayout layout, int heads, int kvHeads,
+                                int keyDim, int valueDim, bool causal,
+                                float scale, float *out, int32_t *bad) {
+  extern __shared__ float shared[];
+  __shared__ float scratch[32];
+  __shared__ int missing;
+  int t = blockIdx.x / heads, h = blockIdx.x % heads;
+  int b = layout.sequences[t];
+  int visible = causal ? layout.positions[t] + 1 : layout.lengths[b];
+  int width = kvHeads * (keyDim + valueDim), kh = h / (heads / kvHeads);
+  float *scores = shared;
+  int *rows = reinterpret_cast<int *>(shared + visible);
+  if (threadIdx.x == 0)
+    missing = 0;
+  __syncthreads();
+  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
+    rows[s] = cacheRow(layout, b, s);
+    if (rows[s] < 0)
+      missing = 1;
+  }
+  __syncthreads();
+  if (missing || visible <= 0) {
+    if (threadIdx.x == 0)
+      *bad = 1;
+    return;
+  }
+  const float *qv = q + (size_t(t) * heads + h) * keyDim;
+  float top = -INFINITY;
+  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
+    const float *k = cache + size_t(rows[s]) * width + size_t(kh) * keyDim;
+    float sum = 0.f;
+    for (int d = 0; d < keyDim; ++d)
+      sum += qv[d] * k[d];
+    scores[s] = sum * scale;
+    top = fmaxf(top, scores[s]);
+  }
+  top = blockReduce(top, true, scratch);
+  float total = 0.f;
+  for (int s = threadIdx.x; s < visible; s += blockDim.x)
+    total += scores[s] = expf(scores[s] - top);
+  total = blockReduce(total, false, scratch);
+  size_t valueOffset = size_t(kvHeads) * keyDim + size_t(kh) * valueDim;
+  for (int v = threadIdx.x; v < valueDim; v += blockDim.x) {
+    float sum = 0.f;
+    for (int s = 0; s < visible; ++s)
+      sum += scores[s] * cache[size_t(rows[s]) * width + valueOffset + v];
+    out[(size_t(t) * heads + h) * valueDim + v] = sum / total;
+  }
+}
+
+/// A thread per (token, tile).
+__global__ void quantizeBlocksKernel(const float *x, int tokens, int cols,
+                                     int block, int blocks, uint8_t *q,
+                                     float *scales) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= tokens * blocks)
+    return;
+  int t = i / blocks, c0 = (i % blocks) * block;
+  int c1 = min(cols, c0 + block);
+  const float *row = x + size_t(t) * cols;
+  float amax = 0.f;
+  for (int c = c0; c < c1; ++c)
+    amax = fmaxf(amax, fabsf(row[c]));
+  float scale = fmaxf(amax, 1e-12f) / 448.f;
+  scales[i] = scale;
+  for (int c = c0; c < c1; ++c)
+    q[size_t(t) * cols + c] = __nv_cvt_float_to_fp8(row[c] / scale,
+                                                     __NV_SATFINITE, __NV_E4M3);
+}
+
+__global__ void dequantizeBlocksKernel(const uint8_t *q, const float *scales,
+                                       int tokens, int cols, int block,
+                                       int blocks, float *y) {
+  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= size_t(tokens) * cols)
+    return;
+  int t = int(i / cols), c = int(i % cols);
+  __half_raw h = __nv_cvt_fp8_to_halfraw(q[i], __NV_E4M3);
+  y[i] = __half2float(__half(h)) * scales[size_t(t) * blocks + c / block];
+}
+
+} // namespace
+
+cudaError_t melt::rt::cuda::attentionF32(const float *q, const float *cache,
+                                         const PagedLayout &layout, int tokens,
+                                         int heads, int kvHeads, int keyDim,
+                                         int valueDim, bool causal,
+                                         int maxVisible, float scale,
+                                         float *out, int32_t *bad,
+                                         cudaStream_t stream) {
+  if (tokens == 0)
+    return cudaSuccess;
+  size_t shared = 2 * size_t(maxVisible) * sizeof(float);
+  if (cudaError_t e = allowSharedBytes(attentionKernel, shared);
+      e != cudaSuccess)
+    return e;
+  attentionKernel<<<tokens * heads, 128, shared, stream>>>(
+      q, cache, layout, heads, kvHeads, keyDim, valueDim, causal, scale, out,
+      bad);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::quantizeBlocks(const float *x, int tokens,
+                                           int cols, int block, uint8_t *q,
+                                           float *scales, cudaStream_t stream) {
+  int blocks = (cols + block - 1) / block, n = tokens * blocks;
+  if (n == 0)
+    return cudaSuccess;
+  quantizeBlocksKernel<<<(n + 127) / 128, 128, 0, stream>>>(
+      x, tokens, cols, block, blocks, q, scales);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::dequantizeBlocks(const uint8_t *q,
+                                             const float *scales, int tokens,
+                                             int cols, int block, float *y,
+                                             cudaStream_t stream) {
+  size_t n = size_t(tokens) * cols;
+  if (n == 0)
+    return cudaSuccess;
+  int blocks = (cols + block - 1) / block;
+  dequantizeBlocksKernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(
+      q, scales, tokens, cols, block, blocks, y);
   return cudaGetLastError();
 }
 

@@ -42,23 +42,48 @@ cudaError_t routeExperts(const float *logits, const float *bias, int tokens,
                          int experts, const RouterConfig &config,
                          int32_t *indices, float *weights, cudaStream_t stream);
 
-/// Writes latent rows [tokens, latentDim] and RoPE keys [tokens, ropeDim]
-/// into cache rows `positions` (width latentDim + ropeDim); a position past
-/// `capacity` sets *bad to 1 and is skipped.
-cudaError_t latentCacheAppend(const float *latent, const float *ropeKey,
-                              const int32_t *positions, int tokens,
-                              int latentDim, int ropeDim, int capacity,
-                              float *cache, int32_t *bad, cudaStream_t stream);
+/// A batch's paged caches (CacheLayout of Device.h), device pointers:
+/// position p of sequence b is row pages[b * perSequence + p / 16] * 16 +
+/// p % 16 of a cache of `rows` rows.
+struct PagedLayout {
+  const int32_t *positions, *sequences, *pages, *lengths;
+  int perSequence, batch, rows;
+};
+constexpr int kPageRows = 16;
 
-/// Absorbed MLA of one sequence over an F32 cache, a block per (token,
-/// head); `maxVisible` bounds the positions (it sizes shared memory).
+/// Writes first [tokens, a] then second [tokens, b] into the cache row of
+/// each token (width a + b); a position without a page sets *bad to 1 and
+/// is skipped.
+cudaError_t cacheAppend(const float *first, const float *second,
+                        const PagedLayout &layout, int tokens, int a, int b,
+                        float *cache, int32_t *bad, cudaStream_t stream);
+
+/// Absorbed MLA over paged F32 latent caches, a block per (token, head);
+/// `maxVisible` bounds the positions (it sizes shared memory). A position
+/// without a page sets *bad.
 cudaError_t mlaF32(const float *qNope, const float *qRope, const float *cache,
-                   const int32_t *positions, const float *wUk, const float *wUv,
-                   int tokens, int heads, int nope, int rope, int latent,
-                   int valueDim, int maxVisible, float scale, float *out,
-                   cudaStream_t stream);
-/// Bytes of shared memory mlaF32 needs.
+                   const PagedLayout &layout, const float *wUk,
+                   const float *wUv, int tokens, int heads, int nope, int rope,
+                   int latent, int valueDim, int maxVisible, float scale,
+                   float *out, int32_t *bad, cudaStream_t stream);
+/// Bytes of shared memory mlaF32 (and attentionF32) need.
 size_t mlaF32SharedBytes(int latent, int maxVisible);
+
+/// Attention over paged F32 per-head caches (rows: keys [kvHeads, keyDim]
+/// then values [kvHeads, valueDim]), a block per (token, head).
+cudaError_t attentionF32(const float *q, const float *cache,
+                         const PagedLayout &layout, int tokens, int heads,
+                         int kvHeads, int keyDim, int valueDim, bool causal,
+                         int maxVisible, float scale, float *out, int32_t *bad,
+                         cudaStream_t stream);
+
+/// FP8 e4m3 in 1 x block tiles of x [tokens, cols]: scales [tokens,
+/// ceil(cols / block)] = max(amax, 1e-12) / 448; and back.
+cudaError_t quantizeBlocks(const float *x, int tokens, int cols, int block,
+                           uint8_t *q, float *scales, cudaStream_t stream);
+cudaError_t dequantizeBlocks(const uint8_t *q, const float *scales, int tokens,
+                             int cols, int block, float *y,
+                             cudaStream_t stream);
 
 /// Routed experts in F32: the SwiGLU activations of every (token, choice)
 /// into `scratch` ([tokens * choices, inter]), a warp per row of gate/up,

@@ -1,0 +1,26 @@
+//===- WeightData.h - a model weight on the host ----------------*- C++ -*-===//
+#ifndef MELT_RUNTIME_WEIGHTDATA_H
+#define MELT_RUNTIME_WEIGHTDATA_H
+
+#include "Gemm.h"
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace melt::rt {
+
+/// A weight as the model loads it: f32 `data` for the kernels that read it
+/// directly (embedding, norms, router, MLA's W_UK/W_UV), and prepacked CPU
+/// GEMM operands, one per matrix (stacked experts have one each), for the
+/// projections. A weight only multiplied keeps no f32 copy unless the model
+/// is loaded for another device (keepHostData), which uploads `data`.
+struct WeightData {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+  std::vector<std::unique_ptr<GemmWeight>> gemms;
+};
+
+} // namespace melt::rt
+
+#endif // MELT_RUNTIME_WEIGHTDATA_H

@@ -1,0 +1,225 @@
+// Sessions of the C API on every present device (melt_model_load_on), on
+// the compiled golden models of the environment: a batch of two sequences
+// (prefills of different lengths in one step, then decode steps of both)
+// against the CPU session run one sequence at a time (which matches
+// transformers, test/unit/GoldenLogitsTest). The models come from
+//   MELT_TEST_MODELS="ARTIFACT:CHECKPOINT;..." (';' or '|' between them) or
+//   MELT_TEST_ARTIFACT and MELT_TEST_CHECKPOINT (test.sh and ctest set
+//   these).
+#include "Device.h"
+#include "melt/runtime.h"
+
+#include "DeviceTestNames.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+using namespace melt::rt;
+
+namespace {
+
+struct Compiled {
+  std::string artifact, checkpoint;
+};
+
+std::vector<Compiled> modelsFromEnvironment() {
+  std::vector<Compiled> models;
+  if (const char *list = std::getenv("MELT_TEST_MODELS")) {
+    std::string text = list;
+    std::replace(text.begin(), text.end(), '|', ';');
+    std::stringstream entries(text);
+    std::string entry;
+    while (std::getline(entries, entry, ';')) {
+      size_t colon = entry.find(':');
+      if (colon != std::string::npos)
+        models.push_back({entry.substr(0, colon), entry.substr(colon + 1)});
+    }
+  } else if (std::getenv("MELT_TEST_ARTIFACT") &&
+             std::getenv("MELT_TEST_CHECKPOINT")) {
+    models.push_back({std::getenv("MELT_TEST_ARTIFACT"),
+                      std::getenv("MELT_TEST_CHECKPOINT")});
+  }
+  return models;
+}
+
+/// max |a - b| over the range of b.
+double errorOfRange(const std::vector<float> &a, const float *b, size_t n) {
+  float lo = *std::min_element(b, b + n), hi = *std::max_element(b, b + n);
+  double worst = 0;
+  for (size_t i = 0; i < n; ++i)
+    worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+  return worst / std::max(1e-30, double(hi - lo));
+}
+
+/// A model and a session of it, destroyed together.
+struct Loaded {
+  melt_model *model = nullptr;
+  melt_session *session = nullptr;
+  ~Loaded() {
+    if (session)
+      melt_session_destroy(session);
+    if (model)
+      melt_model_destroy(model);
+  }
+  std::vector<float> logits(int sequence) const {
+    const float *values = nullptr;
+    size_t n = 0;
+    EXPECT_EQ(melt_session_logits(session, sequence, &values, &n), MELT_OK)
+        << melt_last_error();
+    return values ? std::vector<float>(values, values + n)
+                  : std::vector<float>();
+  }
+};
+
+void open(const Compiled &c, const std::string &device, long long context,
+          long long capacity, Loaded &out) {
+  ASSERT_EQ(melt_model_load_on(c.artifact.c_str(), c.checkpoint.c_str(),
+                               device.c_str(), &out.model),
+            MELT_OK)
+      << c.artifact << " on " << device << ": " << melt_last_error();
+  melt_session_options options{context, capacity};
+  ASSERT_EQ(melt_session_create(out.model, &options, &out.session), MELT_OK)
+      << melt_last_error();
+}
+
+int argmax(const std::vector<float> &v) {
+  return int(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+class SessionOnDevice : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SessionOnDevice, BatchMatchesTheCpuSequenceBySequence) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  for (const Compiled &c : models) {
+    Loaded device, cpu;
+    open(c, GetParam(), 64, 64, device);
+    open(c, "cpu", 64, 64, cpu);
+    if (HasFatalFailure())
+      return;
+    EXPECT_EQ(std::string(melt_model_device(device.model)), GetParam());
+    const size_t vocab = size_t(melt_model_vocab_size(cpu.model));
+    // Two sequences; their pages interleave as they grow (a prefill of 20
+    // crosses a page).
+    std::vector<std::vector<int>> tokens = {
+        {1, 17, 42, 99, 3, 250, 7, 128, 5, 6, 9, 11, 12, 13, 14, 15, 16, 18,
+         19, 20},
+        {200, 2, 77, 31, 8}};
+    int ids[2], ref[2];
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_EQ(melt_session_add_sequence(device.session, &ids[i]), MELT_OK);
+      ASSERT_EQ(melt_session_add_sequence(cpu.session, &ref[i]), MELT_OK);
+    }
+    double worst = 0;
+    for (int step = 0; step < 9; ++step) {
+      melt_batch_entry batch[2];
+      for (int i = 0; i < 2; ++i) {
+        batch[i] = {ids[i], tokens[i].data(), tokens[i].size()};
+        ASSERT_EQ(melt_session_append(cpu.session, ref[i], tokens[i].data(),
+                                      tokens[i].size(), nullptr),
+                  MELT_OK)
+            << melt_last_error();
+      }
+      ASSERT_EQ(melt_session_step(device.session, batch, 2), MELT_OK)
+          << c.artifact << " step " << step << ": " << melt_last_error();
+      for (int i = 0; i < 2; ++i) {
+        std::vector<float> got = device.logits(ids[i]),
+                           want = cpu.logits(ref[i]);
+        ASSERT_EQ(got.size(), vocab);
+        ASSERT_EQ(want.size(), vocab);
+        worst = std::max(worst, errorOfRange(got, want.data(), vocab));
+        // Greedy, from the device's logits.
+        tokens[i] = {argmax(got)};
+      }
+    }
+    long long used = 0, total = 0;
+    ASSERT_EQ(melt_session_kv_pages(device.session, &used, &total), MELT_OK);
+    EXPECT_EQ(used, 2 + 1); // 28 and 13 tokens
+    std::printf("%s on %s: a batch of 2 (prefills 20 and 5, 8 decode "
+                "steps), max abs logit difference %.3g of the range from "
+                "the CPU one sequence at a time\n",
+                c.artifact.c_str(), GetParam().c_str(), worst);
+    // FP32 both, different summation orders and batch shapes (and absorbed
+    // vs decompressed MLA): the FP32 bound against transformers.
+    EXPECT_LE(worst, 1e-3) << c.artifact;
+  }
+}
+
+TEST_P(SessionOnDevice, FullCacheAndBadTokensAreClearErrors) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  Loaded loaded;
+  open(models[0], GetParam(), 64, 16, loaded); // one page
+  if (HasFatalFailure())
+    return;
+  int id = 0;
+  ASSERT_EQ(melt_session_add_sequence(loaded.session, &id), MELT_OK);
+  std::vector<int> ten = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  ASSERT_EQ(melt_session_append(loaded.session, id, ten.data(), 10, nullptr),
+            MELT_OK)
+      << melt_last_error();
+  std::vector<float> before = loaded.logits(id);
+  EXPECT_EQ(melt_session_append(loaded.session, id, ten.data(), 10, nullptr),
+            MELT_RESOURCE_EXHAUSTED);
+  EXPECT_NE(std::string(melt_last_error()).find("the KV cache is full"),
+            std::string::npos)
+      << melt_last_error();
+  int bad = 1 << 30;
+  EXPECT_EQ(melt_session_append(loaded.session, id, &bad, 1, nullptr),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(melt_last_error()).find("outside the vocabulary"),
+            std::string::npos)
+      << melt_last_error();
+  // Unchanged, and it goes on.
+  EXPECT_EQ(loaded.logits(id), before);
+  EXPECT_EQ(melt_session_append(loaded.session, id, ten.data(), 6, nullptr),
+            MELT_OK)
+      << melt_last_error();
+  long long used = 0, total = 0;
+  ASSERT_EQ(melt_session_kv_pages(loaded.session, &used, &total), MELT_OK);
+  EXPECT_EQ(used, 1);
+  EXPECT_EQ(total, 1);
+}
+
+// Benchmarks run without a checkpoint: seeded random weights, finite
+// logits, the same ones for the same seed.
+TEST_P(SessionOnDevice, RandomWeightsRun) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    Loaded loaded;
+    ASSERT_EQ(melt_model_load_random(models[0].artifact.c_str(), 7,
+                                     GetParam().c_str(), &loaded.model),
+              MELT_OK)
+        << melt_last_error();
+    melt_session_options options{16, 16};
+    ASSERT_EQ(melt_session_create(loaded.model, &options, &loaded.session),
+              MELT_OK);
+    int id = 0, prompt[3] = {1, 2, 3};
+    ASSERT_EQ(melt_session_add_sequence(loaded.session, &id), MELT_OK);
+    ASSERT_EQ(melt_session_append(loaded.session, id, prompt, 3, nullptr),
+              MELT_OK)
+        << melt_last_error();
+    std::vector<float> logits = loaded.logits(id);
+    for (float v : logits)
+      ASSERT_TRUE(std::isfinite(v));
+    if (run == 0)
+      first = logits;
+    else
+      EXPECT_EQ(logits, first);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Present, SessionOnDevice,
+                         ::testing::ValuesIn(availableDevices()),
+                         deviceTestName);
+
+} // namespace
