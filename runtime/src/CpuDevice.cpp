@@ -56,6 +56,16 @@ Status multiply(const float *x, int64_t m, int64_t k, const DeviceTensor &w,
   const WeightData *weight = cpu::weightOf(w);
   if (weight && int64_t(weight->gemms.size()) > matrix)
     return weight->gemms[size_t(matrix)]->multiply(x, m, y);
+  if (w.dtype == DType::BF16 && w.data) {
+    // BF16 operands: x rounded, W widened, f32 accumulation.
+    std::vector<float> xs(x, x + m * k), ws(size_t(n * k));
+    for (float &v : xs)
+      v = bf16ToFloat(floatToBF16(v));
+    for (int64_t i = 0; i < n * k; ++i)
+      ws[size_t(i)] = load(w, matrix * n * k + i);
+    matmulRows(xs.data(), m, k, ws.data(), n, y);
+    return Status::ok();
+  }
   const float *values = floats(w);
   if (!values)
     return invalidArgument("linear: the weight has neither values nor a "
@@ -199,6 +209,9 @@ Status CpuDevice::linear(const DeviceTensor &x, const DeviceTensor &w,
     return Status::ok();
   }
   std::vector<float> xs = toFloats(x), ws = toFloats(w);
+  if (w.dtype == DType::BF16) // an f32 input to a bf16 weight: rounded
+    for (float &v : xs)
+      v = bf16ToFloat(floatToBF16(v));
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j)
       store(y, i * n + j, dot(xs.data() + i * k, ws.data() + j * k, k));

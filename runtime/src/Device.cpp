@@ -130,10 +130,12 @@ Status check::linear(const DeviceTensor &x, const DeviceTensor &w,
                      const DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(floatType("linear", "x", x));
   MELT_RETURN_IF_ERROR(floatType("linear", "y", y));
-  MELT_RETURN_IF_ERROR(expect(w.dtype == x.dtype, "linear",
-                              std::string("weight ") + dtypeName(w.dtype) +
-                                  " and input " + dtypeName(x.dtype) +
-                                  " differ"));
+  // An f32 input to a bf16 weight is rounded to bf16 first.
+  MELT_RETURN_IF_ERROR(expect(
+      w.dtype == x.dtype || (w.dtype == DType::BF16 && x.dtype == DType::F32),
+      "linear",
+      std::string("weight ") + dtypeName(w.dtype) + " and input " +
+          dtypeName(x.dtype) + " differ"));
   return expect(x.shape.size() == 2 && w.shape.size() == 2 &&
                     y.shape.size() == 2 && x.shape[1] == w.shape[1] &&
                     y.shape[0] == x.shape[0] && y.shape[1] == w.shape[0],
@@ -391,16 +393,18 @@ Status check::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
             gate.shape == up.shape && down.shape.size() == 3 &&
             indices.shape.size() == 2 && weights.shape == indices.shape &&
             indices.dtype == DType::I32 && weights.dtype == DType::F32 &&
-            y.shape == x.shape;
-  for (const DeviceTensor *t : {&x, &gate, &up, &down, &y})
-    ok = ok && t->dtype == DType::F32;
+            y.shape == x.shape && x.dtype == DType::F32 &&
+            y.dtype == DType::F32 &&
+            (gate.dtype == DType::F32 || gate.dtype == DType::BF16) &&
+            up.dtype == gate.dtype && down.dtype == gate.dtype;
   if (ok)
     ok = gate.shape[2] == x.shape[1] && down.shape[0] == gate.shape[0] &&
          down.shape[1] == x.shape[1] && down.shape[2] == gate.shape[1] &&
          indices.shape[0] == x.shape[0];
   return expect(ok, "moe_experts",
-                "needs f32 x [T, D], gate/up [E, I, D], down [E, D, I], y "
-                "[T, D], i32 indices and f32 weights [T, K]; got x " +
+                "needs f32 x [T, D] and y [T, D], gate/up [E, I, D] and down "
+                "[E, D, I] (all f32 or all bf16), i32 indices and f32 weights "
+                "[T, K]; got x " +
                     shapeString(x.shape) + ", gate " + shapeString(gate.shape) +
                     ", down " + shapeString(down.shape) + ", indices " +
                     shapeString(indices.shape));

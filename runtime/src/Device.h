@@ -102,7 +102,8 @@ public:
   /// y = x / sqrt(mean(x^2) + eps) * gamma, per row.
   virtual Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma,
                          float eps, DeviceTensor &y) = 0;
-  /// y[M, N] = x[M, K] w[N, K]^T (x and w of one type; y F32 or BF16).
+  /// y[M, N] = x[M, K] w[N, K]^T (x and w of one type, or x F32 and w
+  /// BF16: x is rounded to BF16 first; y F32 or BF16).
   virtual Status linear(const DeviceTensor &x, const DeviceTensor &w,
                         DeviceTensor &y) = 0;
   /// FP8 e4m3 activations in 1x128 blocks: q [M, K] FP8E4M3, scales
@@ -185,7 +186,9 @@ public:
                                   const DeviceTensor &scales, int64_t block,
                                   DeviceTensor &y) = 0;
   /// Routed experts: y[t] = sum_k w[t,k] down_e(silu(gate_e x) * up_e x),
-  /// e = indices[t, k]; gate/up [E, I, D], down [E, D, I]. combineBf16
+  /// e = indices[t, k]; gate/up [E, I, D], down [E, D, I], all F32 or all
+  /// BF16 (then x and the activations are rounded to BF16 before each
+  /// GEMM, as in linear). combineBf16
   /// rounds each expert's output to BF16 before the sum. An index outside
   /// the experts is an error from this call or the next synchronize().
   virtual Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,

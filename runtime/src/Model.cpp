@@ -113,6 +113,45 @@ private:
   std::vector<uint64_t> sizes;
 };
 
+/// Which weights of the artifact are multiplied (GEMM operands) and which
+/// are read directly by a kernel.
+void weightUses(const fb::Model &m, std::vector<bool> &multiplied,
+                std::vector<bool> &read) {
+  multiplied.assign(m.weights()->size(), false);
+  read.assign(m.weights()->size(), false);
+  for (const fb::Kernel *k : *m.kernels())
+    for (uint32_t i = 0; i < k->weights()->size(); ++i) {
+      bool gemm = k->kind() == fb::KernelKind::Linear ||
+                  k->kind() == fb::KernelKind::Logits ||
+                  k->kind() == fb::KernelKind::MoEExperts ||
+                  (k->kind() == fb::KernelKind::MTPCombine && i == 2);
+      (gemm ? multiplied : read)[k->weights()->Get(i)] = true;
+    }
+}
+
+/// The storage the compiled model gives a weight, with its values rounded
+/// to it (melt-assign-precision's bf16 or FP8 128x128 blocks).
+void applyStorage(const fb::Weight &w, WeightData &data) {
+  int64_t rank = int64_t(data.shape.size());
+  if (w.storage() == 2 && rank >= 2) {
+    data.storage = WeightData::Storage::FP8Blocks;
+    int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
+    uint64_t matrices = data.data.size() / uint64_t(std::max<int64_t>(rows * cols, 1));
+    for (uint64_t m = 0; m < matrices; ++m)
+      roundToFp8Blocks(data.data.data() + m * rows * cols, rows, cols, 128,
+                       128);
+    return;
+  }
+  if (w.storage() == 1) {
+    for (float &v : data.data)
+      v = bf16ToFloat(floatToBF16(v));
+    data.storage = WeightData::Storage::BF16;
+    return;
+  }
+  if (w.dtype() == fb::DType::BF16)
+    data.storage = WeightData::Storage::BF16; // the values are bf16 already
+}
+
 } // namespace
 
 Status Model::loadWeights(const std::string &dir) {
@@ -123,15 +162,8 @@ Status Model::loadWeights(const std::string &dir) {
   weights_.resize(m.weights()->size());
   // Which weights are multiplied (prepacked for GEMMs) and which are read
   // directly (kept in f32).
-  std::vector<bool> multiplied(m.weights()->size()), read(m.weights()->size());
-  for (const fb::Kernel *k : *m.kernels())
-    for (uint32_t i = 0; i < k->weights()->size(); ++i) {
-      bool gemm = k->kind() == fb::KernelKind::Linear ||
-                  k->kind() == fb::KernelKind::Logits ||
-                  k->kind() == fb::KernelKind::MoEExperts ||
-                  (k->kind() == fb::KernelKind::MTPCombine && i == 2);
-      (gemm ? multiplied : read)[k->weights()->Get(i)] = true;
-    }
+  std::vector<bool> multiplied, read;
+  weightUses(m, multiplied, read);
   for (uint32_t i = 0; i < m.weights()->size(); ++i) {
     const fb::Weight *w = m.weights()->Get(i);
     std::string what = "weights[" + str(i) + "] (" +
@@ -203,15 +235,8 @@ Status Model::loadWeights(const std::string &dir) {
       elements = data.data.size();
     }
     // melt-assign-precision: stored narrower than the checkpoint.
-    if (w->storage() == 1) {
-      for (float &v : data.data)
-        v = bf16ToFloat(floatToBF16(v));
-    } else if (w->storage() == 2 && rank >= 2) {
-      int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
-      for (uint64_t m = 0; m < elements / (rows * cols); ++m)
-        roundToFp8Blocks(data.data.data() + m * rows * cols, rows,
-                                  cols, 128, 128);
-    }
+    applyStorage(*w, data);
+    data.gemmOnly = multiplied[i] && !read[i];
     if (!multiplied[i] || rank < 2)
       continue;
     // One GEMM operand per [rows, cols] matrix; BF16 checkpoints stay bf16.
@@ -265,6 +290,8 @@ Status Model::loadRandom(const std::string &artifactPath, uint64_t seed,
   model->keepHostData_ = true;
   const fb::Model &m = model->artifact_.model();
   model->weights_.resize(m.weights()->size());
+  std::vector<bool> multiplied, read;
+  weightUses(m, multiplied, read);
   // Uniform on [-a, a] has std a / sqrt(3): a = 0.02 sqrt(3).
   const float a = 0.0346410f;
   for (uint32_t i = 0; i < m.weights()->size(); ++i) {
@@ -288,6 +315,8 @@ Status Model::loadRandom(const std::string &artifactPath, uint64_t seed,
       x ^= x << 17;
       v = a * (float(x >> 40) * (2.0f / 16777216.0f) - 1.0f);
     }
+    applyStorage(*w, data);
+    data.gemmOnly = multiplied[i] && !read[i];
   }
   out = std::move(model);
   return Status::ok();

@@ -16,9 +16,18 @@ namespace melt::rt {
 /// projections. A weight only multiplied keeps no f32 copy unless the model
 /// is loaded for another device (keepHostData), which uploads `data`.
 struct WeightData {
+  /// How the compiled model keeps a weight (its checkpoint's type, or
+  /// melt-assign-precision's storage); `data` holds the values it takes
+  /// there, in f32.
+  enum class Storage : uint8_t { F32, BF16, FP8Blocks };
+
   std::vector<int64_t> shape;
   std::vector<float> data;
   std::vector<std::unique_ptr<GemmWeight>> gemms;
+  Storage storage = Storage::F32;
+  /// Only ever an operand of GEMMs (projections, experts), never read by
+  /// another kernel: a device may keep it in its storage type.
+  bool gemmOnly = false;
 };
 
 } // namespace melt::rt

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -66,7 +67,7 @@ HostTensor random(DType dtype, std::vector<int64_t> shape, std::mt19937 &rng,
 }
 
 class DeviceConformance : public ::testing::TestWithParam<std::string> {
-protected:
+public:
   void SetUp() override {
     Status s = openDevice(GetParam(), device);
     ASSERT_FALSE(s) << s.message();
@@ -624,54 +625,105 @@ TEST_P(DeviceConformance, QuantizeBlocks) {
       << s.message();
 }
 
-TEST_P(DeviceConformance, MoeExperts) {
+/// Routed experts with F32 and BF16 weights, with and without a BF16
+/// combine, and an expert index out of range.
+void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng) {
+  Device &device = *test.device;
   const int64_t T = 5, D = 48, E = 6, I = 20, K = 2;
   HostTensor x = random(DType::F32, {T, D}, rng);
-  HostTensor gate = random(DType::F32, {E, I, D}, rng, 0.2f);
-  HostTensor up = random(DType::F32, {E, I, D}, rng, 0.2f);
-  HostTensor down = random(DType::F32, {E, D, I}, rng, 0.2f);
   std::vector<int32_t> idx = {0, 5, 3, 3, 1, 2, 4, 0, 5, 1};
   HostTensor w = random(DType::F32, {T, K}, rng);
-  DeviceTensor dx = put(x), dg = put(gate), du = put(up), dd = put(down),
-               dw = put(w), di = make(DType::I32, {T, K}),
-               y = make(DType::F32, {T, D});
-  ASSERT_FALSE(device->upload(idx.data(), di));
-  for (bool bf16 : {false, true}) {
-    Status s = device->moeExperts(dx, di, dw, dg, du, dd, bf16, y);
-    ASSERT_FALSE(s) << s.message();
-    std::vector<double> want(static_cast<size_t>(T * D));
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        int64_t e = idx[t * K + k];
-        std::vector<double> act(static_cast<size_t>(I));
-        for (int64_t i = 0; i < I; ++i) {
-          double a = 0, b = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            a += double(x.values[t * D + d]) * gate.values[(e * I + i) * D + d];
-            b += double(x.values[t * D + d]) * up.values[(e * I + i) * D + d];
+  DeviceTensor dx = test.put(x), dw = test.put(w),
+               di = test.make(DType::I32, {T, K}),
+               y = test.make(DType::F32, {T, D});
+  ASSERT_FALSE(device.upload(idx.data(), di));
+  for (DType type : {DType::F32, DType::BF16}) {
+    HostTensor gate = random(type, {E, I, D}, rng, 0.2f);
+    HostTensor up = random(type, {E, I, D}, rng, 0.2f);
+    HostTensor down = random(type, {E, D, I}, rng, 0.2f);
+    DeviceTensor dg = test.put(gate), du = test.put(up), dd = test.put(down);
+    // BF16 weights: x and the activations rounded to BF16 too.
+    auto operand = [&](double v) {
+      return type == DType::BF16 ? double(roundTo(DType::BF16, float(v))) : v;
+    };
+    for (bool bf16 : {false, true}) {
+      Status s = device.moeExperts(dx, di, dw, dg, du, dd, bf16, y);
+      ASSERT_FALSE(s) << s.message();
+      std::vector<double> want(static_cast<size_t>(T * D));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t k = 0; k < K; ++k) {
+          int64_t e = idx[t * K + k];
+          std::vector<double> act(static_cast<size_t>(I));
+          for (int64_t i = 0; i < I; ++i) {
+            double a = 0, b = 0;
+            for (int64_t d = 0; d < D; ++d) {
+              double xv = operand(x.values[t * D + d]);
+              a += xv * gate.values[(e * I + i) * D + d];
+              b += xv * up.values[(e * I + i) * D + d];
+            }
+            act[i] = operand(a / (1 + std::exp(-a)) * b);
           }
-          act[i] = a / (1 + std::exp(-a)) * b;
+          for (int64_t d = 0; d < D; ++d) {
+            double o = 0;
+            for (int64_t i = 0; i < I; ++i)
+              o += act[i] * down.values[(e * D + d) * I + i];
+            if (bf16)
+              o = roundTo(DType::BF16, float(o));
+            want[t * D + d] += w.values[t * K + k] * o;
+          }
         }
-        for (int64_t d = 0; d < D; ++d) {
-          double o = 0;
-          for (int64_t i = 0; i < I; ++i)
-            o += act[i] * down.values[(e * D + d) * I + i];
-          if (bf16)
-            o = roundTo(DType::BF16, float(o));
-          want[t * D + d] += w.values[t * K + k] * o;
-        }
-      }
-    // BF16 combine: each expert output rounded (2^-9 relative).
-    EXPECT_LE(relativeError(get(y), want), bf16 ? 8e-3 : 1e-4) << bf16;
+      // BF16 anywhere: rounding of 2^-9 relative.
+      bool exact = type == DType::F32 && !bf16;
+      EXPECT_LE(DeviceConformance::relativeError(test.get(y), want),
+                exact ? 1e-4 : 1e-2)
+          << dtypeName(type) << " weights, bf16 combine " << bf16;
+    }
+    if (type == DType::F32) {
+      idx[3] = int32_t(E);
+      ASSERT_FALSE(device.upload(idx.data(), di));
+      Status s = device.moeExperts(dx, di, dw, dg, du, dd, false, y);
+      if (!s)
+        s = device.synchronize();
+      ASSERT_TRUE(s);
+      EXPECT_NE(s.message().find("outside the"), std::string::npos)
+          << s.message();
+      EXPECT_FALSE(device.synchronize());
+      idx[3] = 3;
+      ASSERT_FALSE(device.upload(idx.data(), di));
+    }
   }
-  idx[3] = int32_t(E);
-  ASSERT_FALSE(device->upload(idx.data(), di));
-  Status s = device->moeExperts(dx, di, dw, dg, du, dd, false, y);
-  if (!s)
-    s = device->synchronize();
-  ASSERT_TRUE(s);
-  EXPECT_NE(s.message().find("outside the"), std::string::npos) << s.message();
-  EXPECT_FALSE(device->synchronize());
+}
+
+TEST_P(DeviceConformance, MoeExperts) { checkMoeExperts(*this, rng); }
+
+// The same through the path for many tokens (a GPU groups tokens by expert
+// for one GEMM each from this many (token, choice) pairs).
+TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
+  for (DeviceTensor &t : owned)
+    device->release(t);
+  owned.clear();
+  device.reset();
+  setenv("MELT_MOE_GROUPED_MIN_PAIRS", "1", 1);
+  Status s = openDevice(GetParam(), device);
+  unsetenv("MELT_MOE_GROUPED_MIN_PAIRS");
+  ASSERT_FALSE(s) << s.message();
+  checkMoeExperts(*this, rng);
+}
+
+TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
+  const int64_t M = 3, K = 64, N = 24;
+  HostTensor x = random(DType::F32, {M, K}, rng);
+  HostTensor w = random(DType::BF16, {N, K}, rng);
+  DeviceTensor dx = put(x), dw = put(w), y = make(DType::F32, {M, N});
+  Status s = device->linear(dx, dw, y);
+  ASSERT_FALSE(s) << s.message();
+  std::vector<double> want(static_cast<size_t>(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        want[m * N + n] += double(roundTo(DType::BF16, x.values[m * K + k])) *
+                           w.values[n * K + k];
+  EXPECT_LE(relativeError(get(y), want), 1e-4);
 }
 
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {

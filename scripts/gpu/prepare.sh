@@ -6,9 +6,10 @@
 #   schema/melt/        the generated artifact header
 #   models/             artifacts compiled here from the golden checkpoints
 #   hf_baseline.py      the baseline benchmark of ../shared/bench
-# With --mini also models/mini.melt, compiled from a synthesized 9.3 GB
-# checkpoint that is deleted afterwards (scripts/gpu/mini-model.sh runs it
-# with random weights).
+# With --mini also models/mini{,-bf16,-fp8}.melt (precision policies fp32,
+# bf16 and deepseek-v3), compiled from a synthesized 9.3 GB checkpoint that
+# is deleted afterwards (scripts/gpu/mini-model.sh runs them with random
+# weights).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -28,6 +29,10 @@ if [ "${1:-}" = --mini ]; then
   tmp=$(mktemp -d)
   build/bin/melt-import --synthesize=mini -o "$tmp/mini" 2>/dev/null
   build/bin/melt-compile "$tmp/mini" -o "$carry/models/mini.melt" 2>/dev/null
+  build/bin/melt-compile "$tmp/mini" --precision=bf16 \
+    -o "$carry/models/mini-bf16.melt" 2>/dev/null
+  build/bin/melt-compile "$tmp/mini" --precision=deepseek-v3 \
+    -o "$carry/models/mini-fp8.melt" 2>/dev/null
   rm -rf "$tmp"
 fi
 # What users would run instead (benchmarks run it beside melt).

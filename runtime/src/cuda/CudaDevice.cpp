@@ -19,7 +19,10 @@ static_assert(melt::rt::cuda::kPageRows == melt::rt::kPageTokens,
 
 #include <cuda_runtime.h>
 
+#include "melt/numerics.h"
+
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <vector>
 
@@ -183,6 +186,21 @@ public:
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     int m = int(x.rows()), k = int(x.cols()), n = int(w.rows());
     CudaStatus s;
+    if (w.dtype == DType::BF16 && x.dtype == DType::F32) {
+      // Rounded to BF16 first, into a block the stream reuses after the GEMM.
+      DeviceTensor rounded;
+      MELT_RETURN_IF_ERROR(allocate(DType::BF16, x.shape, rounded));
+      Status converted = check(convert({x.data, false}, size_t(x.numel()),
+                                       {rounded.data, true}, stream_),
+                               "linear");
+      if (!converted)
+        s = gemm_->bf16(static_cast<const __nv_bfloat16 *>(rounded.data),
+                        static_cast<const __nv_bfloat16 *>(w.data), y.data,
+                        y.dtype == DType::F32, m, n, k);
+      release(rounded);
+      MELT_RETURN_IF_ERROR(converted);
+      return fromGemm(s);
+    }
     if (x.dtype == DType::BF16)
       s = gemm_->bf16(static_cast<const __nv_bfloat16 *>(x.data),
                       static_cast<const __nv_bfloat16 *>(w.data), y.data,
@@ -415,18 +433,19 @@ public:
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
     MELT_RETURN_IF_ERROR(flags());
+    int64_t pairs = indices.shape[0] * indices.shape[1];
+    if (pairs >= groupedMinPairs_)
+      return groupedExperts(x, indices, weights, gate, up, down, combineBf16,
+                            y);
     DeviceTensor scratch;
-    MELT_RETURN_IF_ERROR(allocate(
-        DType::F32, {indices.shape[0] * indices.shape[1], gate.shape[1]},
-        scratch));
+    MELT_RETURN_IF_ERROR(
+        allocate(DType::F32, {pairs, gate.shape[1]}, scratch));
     Status launched = check(
-        moeExpertsF32(
+        moeExpertsRowwise(
             static_cast<const float *>(x.data),
             static_cast<const int32_t *>(indices.data),
-            static_cast<const float *>(weights.data),
-            static_cast<const float *>(gate.data),
-            static_cast<const float *>(up.data),
-            static_cast<const float *>(down.data), int(x.shape[0]),
+            static_cast<const float *>(weights.data), gate.data, up.data,
+            down.data, gate.dtype == DType::BF16, int(x.shape[0]),
             int(indices.shape[1]), int(gate.shape[0]), int(gate.shape[1]),
             int(x.shape[1]), combineBf16, static_cast<float *>(scratch.data),
             static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
@@ -435,7 +454,146 @@ public:
     return launched;  // a bad expert index: at synchronize()
   }
 
+  Status importWeight(const WeightData &weight, DeviceTensor &out) override {
+    // GEMM operands the model keeps in BF16 are stored so (half the bytes
+    // a step reads); everything else in F32.
+    if (weight.storage != WeightData::Storage::BF16 || !weight.gemmOnly ||
+        weight.shape.size() < 2)
+      return Device::importWeight(weight, out);
+    int64_t count = 1;
+    for (int64_t d : weight.shape)
+      count *= d;
+    if (int64_t(weight.data.size()) != count)
+      return Device::importWeight(weight, out); // its error
+    std::vector<uint16_t> bf16(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i)
+      bf16[size_t(i)] = melt::floatToBF16(weight.data[size_t(i)]);
+    MELT_RETURN_IF_ERROR(allocate(DType::BF16, weight.shape, out));
+    Status status = upload(bf16.data(), out);
+    if (status)
+      release(out);
+    return status;
+  }
+
+
 private:
+  /// Many tokens' experts (prefills, large batches): tokens grouped by
+  /// expert on the host (the choices are downloaded: one wait per MoE
+  /// layer), one cuBLASLt GEMM per active expert and projection, then each
+  /// token's rows combined. Few tokens take the row-wise kernels, which
+  /// need no wait.
+  Status groupedExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                        const DeviceTensor &weights, const DeviceTensor &gate,
+                        const DeviceTensor &up, const DeviceTensor &down,
+                        bool combineBf16, DeviceTensor &y) {
+    const int T = int(x.shape[0]), D = int(x.shape[1]),
+              E = int(gate.shape[0]), I = int(gate.shape[1]),
+              K = int(indices.shape[1]), P = T * K;
+    const bool bf16 = gate.dtype == DType::BF16;
+    std::vector<int32_t> chosen(static_cast<size_t>(P));
+    MELT_RETURN_IF_ERROR(download(indices, chosen.data()));
+    std::vector<int32_t> counts(size_t(E), 0), first(size_t(E) + 1, 0);
+    for (int32_t e : chosen) {
+      if (e < 0 || e >= E)
+        return invalidArgument("moe_experts: expert " + std::to_string(e) +
+                               " is outside the " + std::to_string(E) +
+                               " experts");
+      ++counts[size_t(e)];
+    }
+    for (int e = 0; e < E; ++e)
+      first[size_t(e) + 1] = first[size_t(e)] + counts[size_t(e)];
+    // Row r of the grouped operands is token tokenOfRow[r]; pair p's row is
+    // rowOfPair[p].
+    std::vector<int32_t> tokenOfRow(static_cast<size_t>(P)),
+        rowOfPair(static_cast<size_t>(P)),
+        next(first.begin(), first.end() - 1);
+    for (int p = 0; p < P; ++p) {
+      int32_t row = next[size_t(chosen[size_t(p)])]++;
+      tokenOfRow[size_t(row)] = p / K;
+      rowOfPair[size_t(p)] = row;
+    }
+    DType operand = bf16 ? DType::BF16 : DType::F32;
+    std::vector<DeviceTensor> held;
+    auto scratch = [&](DType type, std::vector<int64_t> shape,
+                       DeviceTensor &t) -> Status {
+      MELT_RETURN_IF_ERROR(allocate(type, std::move(shape), t));
+      held.push_back(t);
+      return Status::ok();
+    };
+    struct Release {
+      CudaDevice &device;
+      std::vector<DeviceTensor> &held;
+      ~Release() {
+        for (DeviceTensor &t : held)
+          device.release(t);
+      }
+    } releaseAll{*this, held};
+    DeviceTensor rows, pairs, xs, g, u, act, out;
+    MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, rows));
+    MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, pairs));
+    MELT_RETURN_IF_ERROR(scratch(operand, {P, D}, xs));
+    MELT_RETURN_IF_ERROR(scratch(DType::F32, {P, I}, g));
+    MELT_RETURN_IF_ERROR(scratch(DType::F32, {P, I}, u));
+    MELT_RETURN_IF_ERROR(scratch(operand, {P, I}, act));
+    MELT_RETURN_IF_ERROR(scratch(DType::F32, {P, D}, out));
+    MELT_RETURN_IF_ERROR(upload(tokenOfRow.data(), rows));
+    MELT_RETURN_IF_ERROR(upload(rowOfPair.data(), pairs));
+    MELT_RETURN_IF_ERROR(check(
+        gatherRows(static_cast<const float *>(x.data),
+                   static_cast<const int32_t *>(rows.data), P, D,
+                   {xs.data, bf16}, stream_),
+        "moe_experts"));
+    size_t width = bf16 ? 2 : 4;
+    auto at = [](const DeviceTensor &t, size_t offset, size_t element) {
+      return static_cast<const char *>(t.data) + offset * element;
+    };
+    auto product = [&](const void *input, const DeviceTensor &w, int e,
+                       int m, int n, int k, float *result) {
+      const void *matrix = at(w, size_t(e) * n * k, width);
+      return bf16 ? gemm_->bf16(static_cast<const __nv_bfloat16 *>(input),
+                                static_cast<const __nv_bfloat16 *>(matrix),
+                                result, true, m, n, k)
+                  : gemm_->f32(static_cast<const float *>(input),
+                               static_cast<const float *>(matrix), result, m,
+                               n, k);
+    };
+    for (int e = 0; e < E; ++e) {
+      int m = counts[size_t(e)], r = first[size_t(e)];
+      if (m == 0)
+        continue;
+      const void *xe = at(xs, size_t(r) * D, width);
+      MELT_RETURN_IF_ERROR(fromGemm(product(
+          xe, gate, e, m, I, D, static_cast<float *>(g.data) + size_t(r) * I)));
+      MELT_RETURN_IF_ERROR(fromGemm(product(
+          xe, up, e, m, I, D, static_cast<float *>(u.data) + size_t(r) * I)));
+    }
+    MELT_RETURN_IF_ERROR(check(binary(Binary::SiluMul, {g.data, false},
+                                      {u.data, false}, size_t(P) * I,
+                                      {act.data, bf16}, stream_),
+                               "moe_experts"));
+    for (int e = 0; e < E; ++e) {
+      int m = counts[size_t(e)], r = first[size_t(e)];
+      if (m == 0)
+        continue;
+      MELT_RETURN_IF_ERROR(fromGemm(
+          product(at(act, size_t(r) * I, width), down, e, m, D, I,
+                  static_cast<float *>(out.data) + size_t(r) * D)));
+    }
+    return check(combineExpertRows(static_cast<const float *>(out.data),
+                                   static_cast<const int32_t *>(pairs.data),
+                                   static_cast<const float *>(weights.data), T,
+                                   K, D, combineBf16,
+                                   static_cast<float *>(y.data), stream_),
+                 "moe_experts");
+  }
+
+  /// Pairs (token, choice) from which moeExperts groups tokens by expert
+  /// (MELT_MOE_GROUPED_MIN_PAIRS overrides it, for tuning).
+  int64_t groupedMinPairs_ = [] {
+    const char *v = std::getenv("MELT_MOE_GROUPED_MIN_PAIRS");
+    return v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(64);
+  }();
+
   static PagedLayout paged(const CacheLayout &layout,
                            const DeviceTensor &cache) {
     return {static_cast<const int32_t *>(layout.positions.data),

@@ -47,7 +47,23 @@ __global__ void binaryKernel(Binary op, Operand a, Operand b, size_t count,
   }
 }
 
+__global__ void convertKernel(Operand x, size_t count, Result y) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
+       i += size_t(gridDim.x) * blockDim.x)
+    store(y, i, load(x, i));
+}
+
 } // namespace
+
+cudaError_t melt::rt::cuda::convert(Operand x, size_t count, Result y,
+                                    cudaStream_t stream) {
+  if (count == 0)
+    return cudaSuccess;
+  size_t blocks = (count + 255) / 256;
+  convertKernel<<<unsigned(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(
+      x, count, y);
+  return cudaGetLastError();
+}
 
 cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
                                     int rows, int cols, Result y,

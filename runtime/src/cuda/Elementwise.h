@@ -27,6 +27,9 @@ struct Result {
 cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
                     Result y, cudaStream_t stream);
 
+/// y = x in y's type (rounded to BF16 where y is BF16).
+cudaError_t convert(Operand x, size_t count, Result y, cudaStream_t stream);
+
 enum class Binary { SiluMul, Add };
 cudaError_t binary(Binary op, Operand a, Operand b, size_t count, Result y,
                    cudaStream_t stream);

@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <type_traits>
+
 using namespace melt::rt::cuda;
 
 namespace {
@@ -250,12 +252,25 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ float widen(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+/// An input of a product with W: rounded to BF16 where W is BF16.
+template <typename W> __device__ __forceinline__ float operandFor(float v) {
+  if constexpr (std::is_same_v<W, __nv_bfloat16>)
+    return __bfloat162float(__float2bfloat16(v));
+  else
+    return v;
+}
+
 /// Grid (token * choices, inter / 8): a warp per row i of gate and up,
 /// lanes striding over the hidden dimension (coalesced).
+template <typename W>
 __global__ void moeActivationKernel(const float *x, const int32_t *indices,
-                                    const float *gate, const float *up,
-                                    int choices, int experts, int inter,
-                                    int dim, float *act, int32_t *bad) {
+                                    const W *gate, const W *up, int choices,
+                                    int experts, int inter, int dim,
+                                    float *act, int32_t *bad) {
   int pair = blockIdx.x, t = pair / choices;
   int e = indices[pair];
   int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -267,23 +282,25 @@ __global__ void moeActivationKernel(const float *x, const int32_t *indices,
   if (i >= inter)
     return;
   const float *xt = x + size_t(t) * dim;
-  const float *g = gate + (size_t(e) * inter + i) * dim;
-  const float *u = up + (size_t(e) * inter + i) * dim;
+  const W *g = gate + (size_t(e) * inter + i) * dim;
+  const W *u = up + (size_t(e) * inter + i) * dim;
   float a = 0.f, b = 0.f;
   for (int d = lane; d < dim; d += 32) {
-    a += xt[d] * g[d];
-    b += xt[d] * u[d];
+    float v = operandFor<W>(xt[d]);
+    a += v * widen(g[d]);
+    b += v * widen(u[d]);
   }
   a = warpSum(a);
   b = warpSum(b);
   if (lane == 0)
-    act[size_t(pair) * inter + i] = a / (1.f + expf(-a)) * b;
+    act[size_t(pair) * inter + i] = operandFor<W>(a / (1.f + expf(-a)) * b);
 }
 
 /// Grid (token * choices, dim / 8): a warp per output j of the down
 /// projection, added into y weighted.
+template <typename W>
 __global__ void moeDownKernel(const float *act, const int32_t *indices,
-                              const float *weights, const float *down,
+                              const float *weights, const W *down,
                               int choices, int experts, int inter, int dim,
                               bool combineBf16, float *y) {
   int pair = blockIdx.x, t = pair / choices;
@@ -292,15 +309,41 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
   if (e < 0 || e >= experts || j >= dim)
     return;
   const float *a = act + size_t(pair) * inter;
-  const float *dn = down + (size_t(e) * dim + j) * inter;
+  const W *dn = down + (size_t(e) * dim + j) * inter;
   float sum = 0.f;
   for (int i = lane; i < inter; i += 32)
-    sum += a[i] * dn[i];
+    sum += a[i] * widen(dn[i]);
   sum = warpSum(sum);
   if (lane == 0) {
     if (combineBf16)
       sum = __bfloat162float(__float2bfloat16(sum));
     atomicAdd(&y[size_t(t) * dim + j], weights[pair] * sum);
+  }
+}
+
+__global__ void gatherRowsKernel(const float *x, const int32_t *rows, int dim,
+                                 Result y) {
+  const float *source = x + size_t(rows[blockIdx.x]) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    store(y, size_t(blockIdx.x) * dim + i, source[i]);
+}
+
+/// A block per token: its choices' expert rows, weighted, summed.
+__global__ void combineExpertRowsKernel(const float *expertOut,
+                                        const int32_t *rowOfPair,
+                                        const float *weights, int choices,
+                                        int dim, bool combineBf16, float *y) {
+  int t = blockIdx.x;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float sum = 0.f;
+    for (int k = 0; k < choices; ++k) {
+      int pair = t * choices + k;
+      float v = expertOut[size_t(rowOfPair[pair]) * dim + d];
+      if (combineBf16)
+        v = __bfloat162float(__float2bfloat16(v));
+      sum += weights[pair] * v;
+    }
+    y[size_t(t) * dim + d] = sum;
   }
 }
 
@@ -483,22 +526,55 @@ cudaError_t melt::rt::cuda::dequantizeBlocks(const uint8_t *q,
   return cudaGetLastError();
 }
 
-cudaError_t melt::rt::cuda::moeExpertsF32(
+cudaError_t melt::rt::cuda::moeExpertsRowwise(
     const float *x, const int32_t *indices, const float *weights,
-    const float *gate, const float *up, const float *down, int tokens,
-    int choices, int experts, int inter, int dim, bool combineBf16,
-    float *scratch, float *y, int32_t *bad, cudaStream_t stream) {
+    const void *gate, const void *up, const void *down, bool bf16Weights,
+    int tokens, int choices, int experts, int inter, int dim,
+    bool combineBf16, float *scratch, float *y, int32_t *bad,
+    cudaStream_t stream) {
   cudaError_t e =
       cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
   if (e != cudaSuccess || tokens == 0)
     return e;
   dim3 activations(tokens * choices, (inter + 7) / 8);
-  moeActivationKernel<<<activations, 256, 0, stream>>>(
-      x, indices, gate, up, choices, experts, inter, dim, scratch, bad);
   dim3 outputs(tokens * choices, (dim + 7) / 8);
-  moeDownKernel<<<outputs, 256, 0, stream>>>(scratch, indices, weights, down,
-                                             choices, experts, inter, dim,
-                                             combineBf16, y);
+  if (bf16Weights) {
+    using B = __nv_bfloat16;
+    moeActivationKernel<B><<<activations, 256, 0, stream>>>(
+        x, indices, static_cast<const B *>(gate), static_cast<const B *>(up),
+        choices, experts, inter, dim, scratch, bad);
+    moeDownKernel<B><<<outputs, 256, 0, stream>>>(
+        scratch, indices, weights, static_cast<const B *>(down), choices,
+        experts, inter, dim, combineBf16, y);
+  } else {
+    moeActivationKernel<float><<<activations, 256, 0, stream>>>(
+        x, indices, static_cast<const float *>(gate),
+        static_cast<const float *>(up), choices, experts, inter, dim, scratch,
+        bad);
+    moeDownKernel<float><<<outputs, 256, 0, stream>>>(
+        scratch, indices, weights, static_cast<const float *>(down), choices,
+        experts, inter, dim, combineBf16, y);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,
+                                       int count, int dim, Result y,
+                                       cudaStream_t stream) {
+  if (count == 0)
+    return cudaSuccess;
+  gatherRowsKernel<<<count, 256, 0, stream>>>(x, rows, dim, y);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::combineExpertRows(
+    const float *expertOut, const int32_t *rowOfPair, const float *weights,
+    int tokens, int choices, int dim, bool combineBf16, float *y,
+    cudaStream_t stream) {
+  if (tokens == 0)
+    return cudaSuccess;
+  combineExpertRowsKernel<<<tokens, 256, 0, stream>>>(
+      expertOut, rowOfPair, weights, choices, dim, combineBf16, y);
   return cudaGetLastError();
 }
 

@@ -85,16 +85,30 @@ cudaError_t dequantizeBlocks(const uint8_t *q, const float *scales, int tokens,
                              int cols, int block, float *y,
                              cudaStream_t stream);
 
-/// Routed experts in F32: the SwiGLU activations of every (token, choice)
-/// into `scratch` ([tokens * choices, inter]), a warp per row of gate/up,
-/// then the down projection a warp per output, summed into y (zeroed first)
-/// with atomics. An expert id out of range sets *bad.
-cudaError_t moeExpertsF32(const float *x, const int32_t *indices,
-                          const float *weights, const float *gate,
-                          const float *up, const float *down, int tokens,
-                          int choices, int experts, int inter, int dim,
-                          bool combineBf16, float *scratch, float *y,
-                          int32_t *bad, cudaStream_t stream);
+/// Routed experts a row at a time (few tokens): the SwiGLU activations of
+/// every (token, choice) into `scratch` ([tokens * choices, inter]), a warp
+/// per row of gate/up, then the down projection a warp per output, summed
+/// into y (zeroed first) with atomics. Weights F32 or (`bf16Weights`) BF16,
+/// when x and the activations are rounded to BF16 before each product. An
+/// expert id out of range sets *bad.
+cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
+                              const float *weights, const void *gate,
+                              const void *up, const void *down,
+                              bool bf16Weights, int tokens, int choices,
+                              int experts, int inter, int dim,
+                              bool combineBf16, float *scratch, float *y,
+                              int32_t *bad, cudaStream_t stream);
+
+/// y[r] = x[rows[r]] for r < count (y F32 or BF16): tokens gathered by
+/// expert for the grouped GEMMs.
+cudaError_t gatherRows(const float *x, const int32_t *rows, int count,
+                       int dim, Result y, cudaStream_t stream);
+/// y[t] = sum_k weights[t, k] * expertOut[rowOfPair[t * choices + k]]
+/// (each expert row rounded to BF16 first with `combineBf16`).
+cudaError_t combineExpertRows(const float *expertOut,
+                              const int32_t *rowOfPair, const float *weights,
+                              int tokens, int choices, int dim,
+                              bool combineBf16, float *y, cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 
