@@ -4,8 +4,10 @@
 #include "melt/numerics.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <fstream>
+#include <thread>
 
 using namespace melt;
 using namespace melt::rt;
@@ -294,7 +296,7 @@ Status Model::loadRandom(const std::string &artifactPath, uint64_t seed,
   weightUses(m, multiplied, read);
   // Uniform on [-a, a] has std a / sqrt(3): a = 0.02 sqrt(3).
   const float a = 0.0346410f;
-  for (uint32_t i = 0; i < m.weights()->size(); ++i) {
+  auto fill = [&](uint32_t i) {
     const fb::Weight *w = m.weights()->Get(i);
     WeightData &data = model->weights_[i];
     data.shape.assign(w->shape()->begin(), w->shape()->end());
@@ -306,7 +308,7 @@ Status Model::loadRandom(const std::string &artifactPath, uint64_t seed,
     if (data.shape.size() == 1) {
       bool bias = name.find("bias") != std::string::npos;
       std::fill(data.data.begin(), data.data.end(), bias ? 0.0f : 1.0f);
-      continue;
+      return;
     }
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + i + 1;
     for (float &v : data.data) {
@@ -317,7 +319,21 @@ Status Model::loadRandom(const std::string &artifactPath, uint64_t seed,
     }
     applyStorage(*w, data);
     data.gemmOnly = multiplied[i] && !read[i];
-  }
+  };
+  // Weights are independent (each seeded by its index): filled by all the
+  // cores, a weight at a time (a mini model holds 4.7 B values).
+  std::atomic<uint32_t> nextWeight{0};
+  auto worker = [&] {
+    for (uint32_t i; (i = nextWeight++) < m.weights()->size();)
+      fill(i);
+  };
+  std::vector<std::thread> workers;
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned t = 1; t < cores; ++t)
+    workers.emplace_back(worker);
+  worker();
+  for (std::thread &t : workers)
+    t.join();
   out = std::move(model);
   return Status::ok();
 }

@@ -7,7 +7,9 @@
 // only, like any embedding program, on the CPU or (--device cuda:N) a GPU,
 // where it also reports the energy per decoded token from NVML. --batch N
 // runs N sequences together (sequence i's prompt is the given one with
-// every id offset by i, modulo the vocabulary, so that they differ).
+// every id offset by i, modulo the vocabulary, so that they differ); a
+// list (--batch 1,16,64) runs each in turn on the model loaded once, a
+// report for each.
 //
 //===----------------------------------------------------------------------===//
 #include "Generation.h"
@@ -35,8 +37,8 @@ void usage() {
                "JSON)\n"
                "       [--device cpu|cuda:N]  (where the model runs; "
                "default cpu)\n"
-               "       [--batch N]  (N sequences decoded together; default "
-               "1)\n"
+               "       [--batch N[,N...]]  (N sequences decoded together; "
+               "a list runs each; default 1)\n"
                "       [--random-weights]  (seeded random weights, no "
                "checkpoint; for benchmarks)\n"
                "Generates greedily from a compiled melt model and reports "
@@ -108,7 +110,8 @@ double peakMemoryMB() {
 int main(int argc, char **argv) {
   const char *artifact = nullptr, *checkpoint = nullptr;
   std::vector<int> prompt;
-  long maxNew = 32, maxContext = 4096, batch = 1;
+  long maxNew = 32, maxContext = 4096;
+  std::vector<int> batches = {1};
   bool bench = false;
   const char *expertStats = nullptr, *device = nullptr;
   bool randomWeights = false;
@@ -137,10 +140,13 @@ int main(int argc, char **argv) {
       maxContext = v ? std::strtol(v, nullptr, 10) : -1;
     } else if (arg == "--batch") {
       const char *v = value();
-      batch = v ? std::strtol(v, nullptr, 10) : -1;
-      if (batch <= 0 || batch > 4096) {
-        std::fprintf(stderr,
-                     "melt-run: error: --batch takes 1 to 4096 sequences\n");
+      batches.clear();
+      bool ok = v && parseIds(v, batches);
+      for (int b : batches)
+        ok = ok && b >= 1 && b <= 4096;
+      if (!ok) {
+        std::fprintf(stderr, "melt-run: error: --batch takes 1 to 4096 "
+                             "sequences (or a comma-separated list)\n");
         return 1;
       }
     } else if (arg == "--expert-stats") {
@@ -184,43 +190,48 @@ int main(int argc, char **argv) {
   if (loaded != MELT_OK)
     return fail("loading the model");
   long long vocab = melt_model_vocab_size(model);
-  std::vector<std::vector<int>> prompts;
-  for (long i = 0; i < batch; ++i) {
-    prompts.push_back(prompt);
-    if (i > 0) // the first is the given prompt, checked as it is
-      for (int &id : prompts.back())
-        id = int((id + i) % std::max(vocab, 1ll));
-  }
-  melt_session *session = nullptr;
-  long long cacheTokens =
-      batch * ((std::min<long long>(maxContext, (long long)prompt.size() +
-                                                    maxNew) +
-                15) / 16 * 16);
-  melt_session_options options{maxContext, cacheTokens};
-  if (melt_session_create(model, &options, &session) != MELT_OK)
-    return fail("creating a session");
   Energy energy(deviceName);
-  Generated generated;
-  double joulesBefore = -1;
-  if (!generateGreedy(session, prompts, maxNew, generated,
-                      [&] { joulesBefore = energy.joules(); }))
-    return 1;
-  double joulesAfter = energy.joules();
-  size_t decoded = generated.tokens.size() > 1
-                       ? (generated.tokens.size() - 1) * size_t(batch)
-                       : 0;
-  ReportExtras extras;
-  extras.batch = size_t(batch);
-  extras.peakMemoryMB = peakMemoryMB();
-  if (device) {
-    extras.deviceName = melt_model_device(model);
-    extras.deviceDescription = melt_model_device_description(model);
-    if (joulesBefore >= 0 && joulesAfter > joulesBefore && decoded)
-      extras.joulesPerToken = (joulesAfter - joulesBefore) / decoded;
-    else
-      extras.energyUnavailable = energy.why();
+  melt_session *session = nullptr;
+  for (int batch : batches) {
+    std::vector<std::vector<int>> prompts;
+    for (int i = 0; i < batch; ++i) {
+      prompts.push_back(prompt);
+      if (i > 0) // the first is the given prompt, checked as it is
+        for (int &id : prompts.back())
+          id = int((id + i) % std::max(vocab, 1ll));
+    }
+    if (session)
+      melt_session_destroy(session);
+    session = nullptr;
+    long long perSequence =
+        std::min<long long>(maxContext, (long long)prompt.size() + maxNew);
+    melt_session_options options{maxContext,
+                                 batch * ((perSequence + 15) / 16 * 16)};
+    if (melt_session_create(model, &options, &session) != MELT_OK)
+      return fail("creating a session");
+    Generated generated;
+    double joulesBefore = -1;
+    if (!generateGreedy(session, prompts, maxNew, generated,
+                        [&] { joulesBefore = energy.joules(); }))
+      return 1;
+    double joulesAfter = energy.joules();
+    size_t decoded = generated.tokens.size() > 1
+                         ? (generated.tokens.size() - 1) * size_t(batch)
+                         : 0;
+    ReportExtras extras;
+    extras.batch = size_t(batch);
+    extras.peakMemoryMB = peakMemoryMB();
+    if (device) {
+      extras.deviceName = melt_model_device(model);
+      extras.deviceDescription = melt_model_device_description(model);
+      if (joulesBefore >= 0 && joulesAfter > joulesBefore && decoded)
+        extras.joulesPerToken = (joulesAfter - joulesBefore) / decoded;
+      else
+        extras.energyUnavailable = energy.why();
+    }
+    printReport(bench, prompt.size(), generated, extras);
+    std::fflush(stdout);
   }
-  printReport(bench, prompt.size(), generated, extras);
   if (expertStats) {
     size_t size = 0;
     melt_session_expert_load_json(session, nullptr, 0, &size);

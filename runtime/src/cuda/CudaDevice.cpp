@@ -500,13 +500,21 @@ private:
                                " experts");
       ++counts[size_t(e)];
     }
+    // Each expert's rows padded to a few sizes (16, 32, 64, then multiples
+    // of 128), so that cuBLASLt's plans, cached per shape, are reused
+    // across experts, layers and steps; padding rows repeat token 0 and
+    // are never read back.
+    auto padded = [](int m) {
+      return m <= 16 ? 16 : m <= 32 ? 32 : m <= 64 ? 64 : (m + 127) / 128 * 128;
+    };
     for (int e = 0; e < E; ++e)
-      first[size_t(e) + 1] = first[size_t(e)] + counts[size_t(e)];
+      first[size_t(e) + 1] =
+          first[size_t(e)] + (counts[size_t(e)] ? padded(counts[size_t(e)]) : 0);
+    const int R = first[size_t(E)];
     // Row r of the grouped operands is token tokenOfRow[r]; pair p's row is
     // rowOfPair[p].
-    std::vector<int32_t> tokenOfRow(static_cast<size_t>(P)),
-        rowOfPair(static_cast<size_t>(P)),
-        next(first.begin(), first.end() - 1);
+    std::vector<int32_t> tokenOfRow(static_cast<size_t>(R), 0),
+        rowOfPair(static_cast<size_t>(P)), next(first.begin(), first.end() - 1);
     for (int p = 0; p < P; ++p) {
       int32_t row = next[size_t(chosen[size_t(p)])]++;
       tokenOfRow[size_t(row)] = p / K;
@@ -529,18 +537,18 @@ private:
       }
     } releaseAll{*this, held};
     DeviceTensor rows, pairs, xs, g, u, act, out;
-    MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, rows));
+    MELT_RETURN_IF_ERROR(scratch(DType::I32, {R}, rows));
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, pairs));
-    MELT_RETURN_IF_ERROR(scratch(operand, {P, D}, xs));
-    MELT_RETURN_IF_ERROR(scratch(DType::F32, {P, I}, g));
-    MELT_RETURN_IF_ERROR(scratch(DType::F32, {P, I}, u));
-    MELT_RETURN_IF_ERROR(scratch(operand, {P, I}, act));
-    MELT_RETURN_IF_ERROR(scratch(DType::F32, {P, D}, out));
+    MELT_RETURN_IF_ERROR(scratch(operand, {R, D}, xs));
+    MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, I}, g));
+    MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, I}, u));
+    MELT_RETURN_IF_ERROR(scratch(operand, {R, I}, act));
+    MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, D}, out));
     MELT_RETURN_IF_ERROR(upload(tokenOfRow.data(), rows));
     MELT_RETURN_IF_ERROR(upload(rowOfPair.data(), pairs));
     MELT_RETURN_IF_ERROR(check(
         gatherRows(static_cast<const float *>(x.data),
-                   static_cast<const int32_t *>(rows.data), P, D,
+                   static_cast<const int32_t *>(rows.data), R, D,
                    {xs.data, bf16}, stream_),
         "moe_experts"));
     size_t width = bf16 ? 2 : 4;
@@ -558,7 +566,7 @@ private:
                                n, k);
     };
     for (int e = 0; e < E; ++e) {
-      int m = counts[size_t(e)], r = first[size_t(e)];
+      int m = first[size_t(e) + 1] - first[size_t(e)], r = first[size_t(e)];
       if (m == 0)
         continue;
       const void *xe = at(xs, size_t(r) * D, width);
@@ -568,11 +576,11 @@ private:
           xe, up, e, m, I, D, static_cast<float *>(u.data) + size_t(r) * I)));
     }
     MELT_RETURN_IF_ERROR(check(binary(Binary::SiluMul, {g.data, false},
-                                      {u.data, false}, size_t(P) * I,
+                                      {u.data, false}, size_t(R) * I,
                                       {act.data, bf16}, stream_),
                                "moe_experts"));
     for (int e = 0; e < E; ++e) {
-      int m = counts[size_t(e)], r = first[size_t(e)];
+      int m = first[size_t(e) + 1] - first[size_t(e)], r = first[size_t(e)];
       if (m == 0)
         continue;
       MELT_RETURN_IF_ERROR(fromGemm(
@@ -591,7 +599,7 @@ private:
   /// (MELT_MOE_GROUPED_MIN_PAIRS overrides it, for tuning).
   int64_t groupedMinPairs_ = [] {
     const char *v = std::getenv("MELT_MOE_GROUPED_MIN_PAIRS");
-    return v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(64);
+    return v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(128);
   }();
 
   static PagedLayout paged(const CacheLayout &layout,

@@ -174,8 +174,15 @@ __device__ float blockReduce(float v, bool isMax, float *scratch) {
   return scratch[0];
 }
 
-/// A block per (token, head): latent query, scores over the visible rows,
-/// softmax, weighted latent, W_UV.
+__device__ __forceinline__ float warpSum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+/// A block per (token, head): latent query, scores over the visible rows
+/// (a warp per row, its lanes across the row: coalesced), softmax,
+/// weighted latent, W_UV (a warp per output).
 __global__ void mlaKernel(const float *qNope, const float *qRope,
                           const float *cache, PagedLayout layout,
                           const float *wUk, const float *wUv, int heads,
@@ -214,16 +221,20 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
     qlat[l] = sum;
   }
   __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32,
+            warps = blockDim.x / 32;
   float top = -INFINITY;
-  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
+  for (int s = warp; s < visible; s += warps) {
     const float *row = cache + size_t(rows[s]) * width;
     float sum = 0.f;
-    for (int l = 0; l < latent; ++l)
+    for (int l = lane; l < latent; l += 32)
       sum += qlat[l] * row[l];
-    for (int r = 0; r < rope; ++r)
+    for (int r = lane; r < rope; r += 32)
       sum += qr[r] * row[latent + r];
-    scores[s] = sum * scale;
-    top = fmaxf(top, scores[s]);
+    sum = warpSum(sum) * scale;
+    if (lane == 0)
+      scores[s] = sum;
+    top = fmaxf(top, sum);
   }
   top = blockReduce(top, true, scratch);
   float total = 0.f;
@@ -238,18 +249,14 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   }
   __syncthreads();
   const float *uv = wUv + size_t(h) * valueDim * latent;
-  for (int v = threadIdx.x; v < valueDim; v += blockDim.x) {
+  for (int v = warp; v < valueDim; v += warps) {
     float sum = 0.f;
-    for (int l = 0; l < latent; ++l)
+    for (int l = lane; l < latent; l += 32)
       sum += olat[l] * uv[size_t(v) * latent + l];
-    out[(size_t(t) * heads + h) * valueDim + v] = sum;
+    sum = warpSum(sum);
+    if (lane == 0)
+      out[(size_t(t) * heads + h) * valueDim + v] = sum;
   }
-}
-
-__device__ __forceinline__ float warpSum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 __device__ __forceinline__ float widen(float v) { return v; }
