@@ -1,0 +1,68 @@
+"""Chart of the mini model end to end: melt in a session on the GPU beside
+transformers (its best experts implementation for each figure).
+
+Reads the JSON lines of melt-run --bench and hf_baseline.py (both from
+scripts/gpu/mini-model.sh) and writes a PNG with two panels, decode tokens/s
+at batch 1, 16 and 64 and prefill tokens/s at 1x1024 and 8x1024, a bar per
+melt precision policy and one for transformers, on a log scale; the
+batch-1 weight-bandwidth roofline (BF16 weights read once per step at the
+copy bandwidth of the same run) is drawn on the decode panel.
+
+    python3 bench/cuda/plot_mini.py MELT.json TORCH.json OUT.png
+"""
+import sys
+
+from plot_common import pyplot, read
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    melt, torch, out = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
+    plt = pyplot()
+
+    def best(what, **match):
+        rates = [r["tok_per_s"] for r in torch if r["what"] == what and
+                 all(r.get(k) == v for k, v in match.items())]
+        return max(rates) if rates else 0.0
+
+    models = sorted({r["model"] for r in melt})
+    decode = [1, 16, 64]
+    prefill = [1, 8]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / (len(models) + 1)
+    for panel, batches, key, prompt, what in (
+            (left, decode, "decode_tokens_per_s", 128, "hf_decode_eager"),
+            (right, prefill, "prefill_tokens_per_s", 1024, "hf_prefill")):
+        x = range(len(batches))
+        for i, model in enumerate(models):
+            rows = {r["batch"]: r[key] for r in melt
+                    if r["model"] == model and r["prompt_tokens"] == prompt}
+            panel.bar([j + i * width for j in x],
+                      [rows.get(b, 0.0) for b in batches], width,
+                      label=f"melt {model}")
+        theirs = [best(what, batch=b) if what == "hf_decode_eager"
+                  else best(what, batch=b, seq=1024) for b in batches]
+        panel.bar([j + len(models) * width for j in x], theirs, width,
+                  label="transformers (best)")
+        panel.set_xticks([j + 0.4 - width / 2 for j in x],
+                         [f"batch {b}" if prompt == 128 else f"{b}x1024"
+                          for b in batches])
+        panel.set_yscale("log")
+        panel.set_ylabel("tokens/s")
+        panel.set_title("decode (prompt 128, 64 new)" if prompt == 128
+                        else "prefill")
+    copy = next((r["GBps"] for r in torch if r["what"] == "copy_bw"), None)
+    active = next((r["bf16_bytes_per_token_gb"] for r in torch
+                   if r["what"] == "mini_active_params"), None)
+    if copy and active:
+        left.axhline(copy / active, color="gray", linestyle="--",
+                     label=f"b1 BF16 roofline {copy / active:.0f}")
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
