@@ -421,13 +421,14 @@ TEST_P(DeviceConformance, CopySliceAndPlace) {
   EXPECT_NE(s.message().find("does not fit"), std::string::npos) << s.message();
 }
 
-/// Two sequences over paged caches of 4 pages: sequence 0 owns pages 2
-/// then 0 (not in order), sequence 1 page 3. A prefill of 18 tokens of
-/// sequence 0 (crossing a page) and 5 of sequence 1 in one batch, then a
-/// decode step of both.
+/// Two sequences over paged caches of 8 pages: sequence 0 owns pages 2, 0,
+/// 4, 5, 6, 7 (not in order), sequence 1 page 3. A prefill of 18 tokens of
+/// sequence 0 (crossing a page) and 5 of sequence 1 in one batch, a decode
+/// step of both, then 72 more tokens of sequence 0 (a long prefill: some
+/// devices read the cache differently for many tokens).
 struct PagedBatches {
-  static constexpr int64_t kPages = 4, kPerSequence = 2;
-  std::vector<int32_t> pages = {2, 0, 3, -1};
+  static constexpr int64_t kPages = 8, kPerSequence = 6;
+  std::vector<int32_t> pages = {2, 0, 4, 5, 6, 7, 3, -1, -1, -1, -1, -1};
   struct Step {
     std::vector<int32_t> positions, sequences, lengths;
   };
@@ -436,7 +437,17 @@ struct PagedBatches {
         0, 1, 2, 3, 4},
        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1},
        {18, 5}},
-      {{18, 5}, {0, 1}, {19, 6}}};
+      {{18, 5}, {0, 1}, {19, 6}},
+      longPrefill()};
+  static Step longPrefill() {
+    Step step;
+    for (int32_t p = 19; p < 91; ++p) {
+      step.positions.push_back(p);
+      step.sequences.push_back(0);
+    }
+    step.lengths = {91, 6};
+    return step;
+  }
   int64_t rowOf(int32_t sequence, int32_t position) const {
     return pages[size_t(sequence * kPerSequence + position / kPageTokens)] *
                kPageTokens +
@@ -518,9 +529,9 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
           << T << " tokens, decompress above " << decompressAbove;
     }
   }
-  // Position 32 of sequence 0 has no page (its pages hold 0-31).
+  // Position 96 of sequence 0 has no page (its pages hold 0-95).
   CacheLayout beyond =
-      makeLayout({32}, {0}, batches.pages, PagedBatches::kPerSequence, {33});
+      makeLayout({96}, {0}, batches.pages, PagedBatches::kPerSequence, {97});
   DeviceTensor dl = make(DType::F32, {1, L}), dk = make(DType::F32, {1, R});
   // Positions computed on a device are checked by the next synchronize().
   Status s = device->cacheAppend(dl, dk, beyond, cache);

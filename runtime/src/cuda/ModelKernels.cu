@@ -180,9 +180,12 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
-/// A block per (token, head): latent query, scores over the visible rows
-/// (a warp per row, its lanes across the row: coalesced), softmax,
-/// weighted latent, W_UV (a warp per output).
+/// A block per (token, head): latent query, scores over the visible rows,
+/// softmax, weighted latent, W_UV. kWarpPerRow: a warp per cached row and
+/// per output, its lanes across the row (coalesced: for many queries, a
+/// prefill); else a thread per row and per output (more rows in flight at
+/// once: for the few blocks of a decode step).
+template <bool kWarpPerRow>
 __global__ void mlaKernel(const float *qNope, const float *qRope,
                           const float *cache, PagedLayout layout,
                           const float *wUk, const float *wUv, int heads,
@@ -224,17 +227,30 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32,
             warps = blockDim.x / 32;
   float top = -INFINITY;
-  for (int s = warp; s < visible; s += warps) {
-    const float *row = cache + size_t(rows[s]) * width;
-    float sum = 0.f;
-    for (int l = lane; l < latent; l += 32)
-      sum += qlat[l] * row[l];
-    for (int r = lane; r < rope; r += 32)
-      sum += qr[r] * row[latent + r];
-    sum = warpSum(sum) * scale;
-    if (lane == 0)
-      scores[s] = sum;
-    top = fmaxf(top, sum);
+  if constexpr (kWarpPerRow) {
+    for (int s = warp; s < visible; s += warps) {
+      const float *row = cache + size_t(rows[s]) * width;
+      float sum = 0.f;
+      for (int l = lane; l < latent; l += 32)
+        sum += qlat[l] * row[l];
+      for (int r = lane; r < rope; r += 32)
+        sum += qr[r] * row[latent + r];
+      sum = warpSum(sum) * scale;
+      if (lane == 0)
+        scores[s] = sum;
+      top = fmaxf(top, sum);
+    }
+  } else {
+    for (int s = threadIdx.x; s < visible; s += blockDim.x) {
+      const float *row = cache + size_t(rows[s]) * width;
+      float sum = 0.f;
+      for (int l = 0; l < latent; ++l)
+        sum += qlat[l] * row[l];
+      for (int r = 0; r < rope; ++r)
+        sum += qr[r] * row[latent + r];
+      scores[s] = sum * scale;
+      top = fmaxf(top, scores[s]);
+    }
   }
   top = blockReduce(top, true, scratch);
   float total = 0.f;
@@ -249,13 +265,22 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   }
   __syncthreads();
   const float *uv = wUv + size_t(h) * valueDim * latent;
-  for (int v = warp; v < valueDim; v += warps) {
-    float sum = 0.f;
-    for (int l = lane; l < latent; l += 32)
-      sum += olat[l] * uv[size_t(v) * latent + l];
-    sum = warpSum(sum);
-    if (lane == 0)
+  if constexpr (kWarpPerRow) {
+    for (int v = warp; v < valueDim; v += warps) {
+      float sum = 0.f;
+      for (int l = lane; l < latent; l += 32)
+        sum += olat[l] * uv[size_t(v) * latent + l];
+      sum = warpSum(sum);
+      if (lane == 0)
+        out[(size_t(t) * heads + h) * valueDim + v] = sum;
+    }
+  } else {
+    for (int v = threadIdx.x; v < valueDim; v += blockDim.x) {
+      float sum = 0.f;
+      for (int l = 0; l < latent; ++l)
+        sum += olat[l] * uv[size_t(v) * latent + l];
       out[(size_t(t) * heads + h) * valueDim + v] = sum;
+    }
   }
 }
 
@@ -394,9 +419,13 @@ cudaError_t melt::rt::cuda::mlaF32(const float *qNope, const float *qRope,
   if (tokens == 0)
     return cudaSuccess;
   size_t shared = mlaF32SharedBytes(latent, maxVisible);
-  if (cudaError_t e = allowSharedBytes(mlaKernel, shared); e != cudaSuccess)
+  // Measured on the H200 (mini, 16 heads): a thread per row is faster for
+  // a decode step's few blocks, a warp per row for a prefill's many.
+  auto kernel = tokens > kMlaWarpPerRowTokens ? mlaKernel<true>
+                                               : mlaKernel<false>;
+  if (cudaError_t e = allowSharedBytes(kernel, shared); e != cudaSuccess)
     return e;
-  mlaKernel<<<tokens * heads, 128, shared, stream>>>(
+  kernel<<<tokens * heads, 128, shared, stream>>>(
       qNope, qRope, cache, layout, wUk, wUv, heads, nope, rope, latent,
       valueDim, scale, out, bad);
   return cudaGetLastError();

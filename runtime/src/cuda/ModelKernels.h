@@ -58,6 +58,9 @@ cudaError_t cacheAppend(const float *first, const float *second,
                         const PagedLayout &layout, int tokens, int a, int b,
                         float *cache, int32_t *bad, cudaStream_t stream);
 
+/// Beyond this many tokens mlaF32 reads the cache a warp per row.
+constexpr int kMlaWarpPerRowTokens = 64;
+
 /// Absorbed MLA over paged F32 latent caches, a block per (token, head);
 /// `maxVisible` bounds the positions (it sizes shared memory). A position
 /// without a page sets *bad.
