@@ -41,6 +41,8 @@ void usage() {
                "a list runs each; default 1)\n"
                "       [--random-weights]  (seeded random weights, no "
                "checkpoint; for benchmarks)\n"
+               "       [--warmup]  (an untimed generation of each batch "
+               "first: plans, caches; for benchmarks)\n"
                "Generates greedily from a compiled melt model and reports "
                "tokens/s and peak memory.\n");
 }
@@ -114,7 +116,7 @@ int main(int argc, char **argv) {
   std::vector<int> batches = {1};
   bool bench = false;
   const char *expertStats = nullptr, *device = nullptr;
-  bool randomWeights = false;
+  bool randomWeights = false, warmup = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> const char * {
@@ -157,6 +159,8 @@ int main(int argc, char **argv) {
       }
     } else if (arg == "--bench") {
       bench = true;
+    } else if (arg == "--warmup") {
+      warmup = true;
     } else if (arg == "--random-weights") {
       randomWeights = true;
     } else if (arg == "--device") {
@@ -200,13 +204,23 @@ int main(int argc, char **argv) {
         for (int &id : prompts.back())
           id = int((id + i) % std::max(vocab, 1ll));
     }
-    if (session)
-      melt_session_destroy(session);
-    session = nullptr;
     long long perSequence =
         std::min<long long>(maxContext, (long long)prompt.size() + maxNew);
     melt_session_options options{maxContext,
                                  batch * ((perSequence + 15) / 16 * 16)};
+    if (warmup) { // the same shapes once, untimed, in a session of its own
+      melt_session *first = nullptr;
+      Generated ignored;
+      if (melt_session_create(model, &options, &first) != MELT_OK)
+        return fail("creating a session");
+      bool ok = generateGreedy(first, prompts, std::min(maxNew, 4l), ignored);
+      melt_session_destroy(first);
+      if (!ok)
+        return 1;
+    }
+    if (session)
+      melt_session_destroy(session);
+    session = nullptr;
     if (melt_session_create(model, &options, &session) != MELT_OK)
       return fail("creating a session");
     Generated generated;

@@ -13,7 +13,7 @@ source "$(dirname "$0")/common.sh"
 build_gpu melt-run
 prompt() { python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$1"; }
 run() { build-gpu/bin/melt-run "$carry/models/$1" --random-weights \
-  --device cuda:0 --bench "${@:2}" | sed "s/^{/{\"model\": \"$1\", /"; }
+  --device cuda:0 --bench --warmup "${@:2}" | sed "s/^{/{\"model\": \"$1\", /"; }
 : > "$out/mini_melt.json"
 for model in mini-bf16.melt mini-fp8.melt; do
   echo "== melt: $model on cuda:0 =="
