@@ -1,8 +1,9 @@
 //===- Device.h - the interface every device implements ---------*- C++ -*-===//
 //
 // A device owns memory and runs the model's kernels on tensors in that
-// memory. The CPU device is always present; the CUDA device is built where
-// nvcc is and present where a GPU is (HIP follows the same interface). One
+// memory; every session runs its model through this interface (Executor.h).
+// The CPU device is always present; the CUDA device is built where nvcc is
+// and present where a GPU is (HIP follows the same interface). One
 // conformance suite (runtime/tests/DeviceConformanceTest.cpp) runs every
 // kernel of every present device against double-precision references.
 //

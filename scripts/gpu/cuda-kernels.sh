@@ -20,14 +20,14 @@ build-gpu/bin/melt-cuda-kernel-tests | tee "$out/cuda-kernel-tests.txt" |
 echo "== device conformance (every present device) =="
 build-gpu/bin/melt-runtime-tests --gtest_filter='*Conformance*:Devices.*' |
   tee "$out/device-conformance.txt" | grep -E "^\[ +(OK|FAILED|PASSED) |Failure" || true
-echo "== whole models through the device interface, against the CPU session =="
+echo "== sessions on every device (batches over paged caches) against the CPU =="
 models=""
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
 done
 export MELT_TEST_MODELS="$models"
 build-gpu/bin/melt-runtime-tests --gtest_filter='*SessionOnDevice*' |
-  tee "$out/device-runner.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
+  tee "$out/sessions-on-device.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== melt-run --device cuda:0 (golden models, energy from NVML) =="
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   build-gpu/bin/melt-run "$carry/models/$m.melt" --checkpoint "test/golden/$m/checkpoint" \

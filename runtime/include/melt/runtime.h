@@ -84,7 +84,10 @@ long long melt_model_vocab_size(const melt_model *model);
 
 /* Session options. The KV cache is one pool of pages of 16 tokens shared
  * by all sequences; kv_capacity_tokens sets its size (rounded up to whole
- * pages; 0 means one full context). Pages are allocated on first use. */
+ * pages; 0 means one full context). It is reserved in the device's memory
+ * when the session is created (on the CPU the system commits a page of
+ * memory when it is first written); a pool too large for the device is an
+ * error from melt_session_create (MELT_OUT_OF_MEMORY). */
 typedef struct melt_session_options {
   long long max_context;        /* tokens per sequence, > 0 */
   long long kv_capacity_tokens; /* tokens in the cache over all sequences */
