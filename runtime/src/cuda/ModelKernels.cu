@@ -136,6 +136,26 @@ __device__ int cacheRow(const PagedLayout &c, int b, int position) {
   return page < 0 || row >= c.rows ? -1 : row;
 }
 
+/// Every thread of the block: the cache rows of positions [0, visible) of
+/// sequence b into rows[]; whether all of them have a page (if not, *bad
+/// is set once).
+__device__ bool visibleRows(const PagedLayout &layout, int b, int visible,
+                            int *rows, int32_t *bad) {
+  __shared__ int missing;
+  if (threadIdx.x == 0)
+    missing = visible <= 0;
+  __syncthreads();
+  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
+    rows[s] = cacheRow(layout, b, s);
+    if (rows[s] < 0)
+      missing = 1;
+  }
+  __syncthreads();
+  if (missing && threadIdx.x == 0)
+    *bad = 1;
+  return !missing;
+}
+
 __global__ void cacheAppendKernel(const float *first, const float *second,
                                   PagedLayout layout, int a, int b,
                                   float *cache, int32_t *bad) {
@@ -193,27 +213,13 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
                           float scale, float *out, int32_t *bad) {
   extern __shared__ float shared[];
   __shared__ float scratch[32];
-  __shared__ int missing;
   float *qlat = shared, *olat = shared + latent, *scores = shared + 2 * latent;
   // The row of each visible position, after the scores (as ints).
   int t = blockIdx.x / heads, h = blockIdx.x % heads;
   int visible = layout.positions[t] + 1, width = latent + rope;
-  int b = layout.sequences[t];
   int *rows = reinterpret_cast<int *>(scores + visible);
-  if (threadIdx.x == 0)
-    missing = 0;
-  __syncthreads();
-  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
-    rows[s] = cacheRow(layout, b, s);
-    if (rows[s] < 0)
-      missing = 1;
-  }
-  __syncthreads();
-  if (missing) {
-    if (threadIdx.x == 0)
-      *bad = 1;
+  if (!visibleRows(layout, layout.sequences[t], visible, rows, bad))
     return;
-  }
   const float *q = qNope + (size_t(t) * heads + h) * nope;
   const float *qr = qRope + (size_t(t) * heads + h) * rope;
   const float *uk = wUk + size_t(h) * nope * latent;
@@ -441,27 +447,14 @@ __global__ void attentionKernel(const float *q, const float *cache,
                                 float scale, float *out, int32_t *bad) {
   extern __shared__ float shared[];
   __shared__ float scratch[32];
-  __shared__ int missing;
   int t = blockIdx.x / heads, h = blockIdx.x % heads;
   int b = layout.sequences[t];
   int visible = causal ? layout.positions[t] + 1 : layout.lengths[b];
   int width = kvHeads * (keyDim + valueDim), kh = h / (heads / kvHeads);
   float *scores = shared;
   int *rows = reinterpret_cast<int *>(shared + visible);
-  if (threadIdx.x == 0)
-    missing = 0;
-  __syncthreads();
-  for (int s = threadIdx.x; s < visible; s += blockDim.x) {
-    rows[s] = cacheRow(layout, b, s);
-    if (rows[s] < 0)
-      missing = 1;
-  }
-  __syncthreads();
-  if (missing || visible <= 0) {
-    if (threadIdx.x == 0)
-      *bad = 1;
+  if (!visibleRows(layout, b, visible, rows, bad))
     return;
-  }
   const float *qv = q + (size_t(t) * heads + h) * keyDim;
   float top = -INFINITY;
   for (int s = threadIdx.x; s < visible; s += blockDim.x) {
