@@ -73,6 +73,13 @@ struct CacheLayout {
   DeviceTensor lengths;   // [B]
 };
 
+/// Recorded work of a device (a CUDA graph), replayed on the same memory;
+/// see Device::beginCapture. Destroyed before its device.
+class DeviceGraph {
+public:
+  virtual ~DeviceGraph() = default;
+};
+
 class Device {
 public:
   virtual ~Device() = default;
@@ -96,6 +103,23 @@ public:
   /// them: Model::load with keepHostData); the CPU device uses the model's
   /// own memory and prepacked GEMM operands instead, with no copy.
   virtual Status importWeight(const WeightData &weight, DeviceTensor &out);
+
+  // Recording (CUDA graphs). Between beginCapture and endCapture the
+  // kernels are recorded, not run: nothing may be uploaded or read back,
+  // and memory released meanwhile stays reserved for the graph until it is
+  // destroyed. replay runs the recorded kernels again on the same memory
+  // (refill their inputs first with upload).
+  virtual bool canCapture() const { return false; }
+  virtual Status beginCapture() {
+    return {MELT_UNSUPPORTED, name() + ": no recorded graphs"};
+  }
+  virtual Status endCapture(std::unique_ptr<DeviceGraph> &out) {
+    out.reset();
+    return {MELT_UNSUPPORTED, name() + ": no recorded graphs"};
+  }
+  virtual Status replay(DeviceGraph &) {
+    return {MELT_UNSUPPORTED, name() + ": no recorded graphs"};
+  }
 
   // Kernels. Inputs and outputs are F32 or BF16 unless said otherwise; the
   // output is allocated by the caller with the right shape.

@@ -144,15 +144,74 @@ DeviceModel::~DeviceModel() {
     device_.release(t);
 }
 
-Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
-                            std::map<uint32_t, DeviceTensor> &caches,
-                            std::vector<float> &logits, ExpertLoad *load) {
+/// The device side of one step: its inputs and values, and when recorded,
+/// its graph (declared last: destroyed first, before the memory it uses).
+struct ForwardRunner::Pass {
+  explicit Pass(Device &device) : values(device) {}
+  StepValues values;
+  CacheLayout layout;
+  DeviceTensor *tokens = nullptr, *positions = nullptr, *rows = nullptr;
+  const DeviceTensor *logits = nullptr;
+  std::vector<uint32_t> routerIndices, routerKernels;
+  bool recordable = true;
+  std::unique_ptr<DeviceGraph> graph;
+};
+
+namespace {
+
+/// The step's inputs in the device's memory (allocated once per pass).
+Status allocateInputs(const DeviceModel &dm, ForwardRunner::Pass &pass,
+                      const StepBatch &batch) {
+  const fb::Model &m = dm.model().artifact().model();
+  const int64_t T = int64_t(batch.tokens.size());
+  const int64_t B = int64_t(batch.lengths.size());
+  StepValues &values = pass.values;
+  DeviceTensor *t = nullptr;
+  MELT_RETURN_IF_ERROR(values.scratch(DType::I32, {T}, t));
+  pass.layout.sequences = *t;
+  MELT_RETURN_IF_ERROR(
+      values.scratch(DType::I32, {B, batch.pagesPerSequence}, t));
+  pass.layout.pages = *t;
+  MELT_RETURN_IF_ERROR(values.scratch(DType::I32, {B}, t));
+  pass.layout.lengths = *t;
+  MELT_RETURN_IF_ERROR(values.scratch(
+      DType::I32, {int64_t(batch.logitRows.size())}, pass.rows));
+  // @forward's own inputs: token ids and positions (then the caches).
+  size_t next = 0;
+  for (uint32_t id : *dm.forward().inputs()) {
+    if (m.buffers()->Get(id)->kind() == fb::BufferKind::Cache)
+      continue;
+    if (next > 1)
+      return invalidArtifact("@forward takes more than token ids and "
+                             "positions");
+    MELT_RETURN_IF_ERROR(values.make(id, DType::I32, {T}, t));
+    (next++ == 0 ? pass.tokens : pass.positions) = t;
+  }
+  if (next != 2)
+    return invalidArtifact("@forward does not take token ids and positions");
+  pass.layout.positions = *pass.positions;
+  return Status::ok();
+}
+
+Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
+                    const StepBatch &batch) {
+  MELT_RETURN_IF_ERROR(device.upload(batch.tokens.data(), *pass.tokens));
+  MELT_RETURN_IF_ERROR(device.upload(batch.positions.data(), *pass.positions));
+  MELT_RETURN_IF_ERROR(
+      device.upload(batch.sequences.data(), pass.layout.sequences));
+  MELT_RETURN_IF_ERROR(device.upload(batch.pages.data(), pass.layout.pages));
+  MELT_RETURN_IF_ERROR(device.upload(batch.lengths.data(), pass.layout.lengths));
+  return device.upload(batch.logitRows.data(), *pass.rows);
+}
+
+/// Queues every kernel of @forward (nothing is read back: this is what a
+/// graph records).
+Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
+               std::map<uint32_t, DeviceTensor> &caches) {
   Device &device = dm.device();
   const fb::Model &m = dm.model().artifact().model();
   const fb::Function &forward = dm.forward();
-  const int64_t T = int64_t(batch.tokens.size());
-  const int64_t B = int64_t(batch.lengths.size());
-  StepValues values(device);
+  StepValues &values = pass.values;
   auto isCache = [&](uint32_t id) {
     return m.buffers()->Get(id)->kind() == fb::BufferKind::Cache;
   };
@@ -164,50 +223,21 @@ Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
       shape[0] = T;
     return shape;
   };
-
-  // Where the tokens go.
-  CacheLayout layout;
-  {
-    DeviceTensor *t = nullptr;
-    MELT_RETURN_IF_ERROR(
-        values.scratch(DType::I32, {T}, t, batch.sequences.data()));
-    layout.sequences = *t;
-    MELT_RETURN_IF_ERROR(values.scratch(
-        DType::I32, {B, batch.pagesPerSequence}, t, batch.pages.data()));
-    layout.pages = *t;
-    MELT_RETURN_IF_ERROR(
-        values.scratch(DType::I32, {B}, t, batch.lengths.data()));
-    layout.lengths = *t;
-  }
-  // Inputs: token ids and positions, then the caches (by buffer id; an
-  // append's result is the cache it appended to).
+  // The caches by buffer id (an append's result is the cache it appended
+  // to).
   std::map<uint32_t, DeviceTensor *> cacheOf;
-  size_t next = 0;
   for (uint32_t id : *forward.inputs()) {
-    if (isCache(id)) {
-      auto it = caches.find(id);
-      if (it == caches.end())
-        return invalidArgument("no cache bound to buffer " +
-                               std::to_string(id));
-      cacheOf[id] = &it->second;
+    if (!isCache(id))
       continue;
-    }
-    if (next > 1)
-      return invalidArtifact("@forward takes more than token ids and "
-                             "positions");
-    DeviceTensor *t = nullptr;
-    MELT_RETURN_IF_ERROR(values.make(id, DType::I32, {T}, t));
-    MELT_RETURN_IF_ERROR(device.upload(
-        next++ == 0 ? batch.tokens.data() : batch.positions.data(), *t));
-    if (next == 2)
-      layout.positions = *t;
+    auto it = caches.find(id);
+    if (it == caches.end())
+      return invalidArgument("no cache bound to buffer " + std::to_string(id));
+    cacheOf[id] = &it->second;
   }
-  if (next != 2)
-    return invalidArtifact("@forward does not take token ids and positions");
   // KV-cache reads: the keys and values they stand for are the cache's.
   std::map<uint32_t, uint32_t> readOf;
-  std::vector<uint32_t> routerIndices; // value ids, by router kernel
-  std::vector<uint32_t> routerKernels;
+  pass.routerIndices.clear();
+  pass.routerKernels.clear();
 
   for (uint32_t k : *forward.kernels()) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
@@ -252,14 +282,12 @@ Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
       break;
     case fb::KernelKind::Logits: {
       // Only the rows whose logits are wanted.
-      int64_t n = int64_t(batch.logitRows.size());
-      DeviceTensor *rows = nullptr, *gathered = nullptr;
+      int64_t n = pass.rows->shape[0];
+      DeviceTensor *gathered = nullptr;
       DeviceTensor x = asRows(in(0));
       MELT_RETURN_IF_ERROR(
-          values.scratch(DType::I32, {n}, rows, batch.logitRows.data()));
-      MELT_RETURN_IF_ERROR(
           values.scratch(DType::F32, {n, x.cols()}, gathered));
-      status = device.embedding(*rows, x, *gathered);
+      status = device.embedding(*pass.rows, x, *gathered);
       if (status)
         break;
       MELT_RETURN_IF_ERROR(
@@ -334,7 +362,8 @@ Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
       if (!c)
         return invalidArtifact(kernelName(k, kernel) +
                                " appends to a cache that is not an input");
-      status = device.cacheAppend(perToken(in(1)), perToken(in(2)), layout, *c);
+      status = device.cacheAppend(perToken(in(1)), perToken(in(2)), pass.layout,
+                                  *c);
       cacheOf[outId(0)] = c;
       break;
     }
@@ -361,7 +390,7 @@ Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
           {q.shape.empty() ? 0 : q.shape[0], q.shape.size() > 1 ? q.shape[1] : 0,
            valueDim},
           out));
-      status = device.attention(q, *cache(keys->second), layout, kvHeads,
+      status = device.attention(q, *cache(keys->second), pass.layout, kvHeads,
                                 ints(0) != 0, float(kernel.floats()->Get(0)),
                                 *out);
       break;
@@ -377,7 +406,7 @@ Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
       MELT_RETURN_IF_ERROR(values.make(
           outId(0), DType::F32, {qn.shape[0], qn.shape[1], w(1).shape[1]},
           out));
-      status = device.mla(qn, in(1), *c, layout, w(0), w(1),
+      status = device.mla(qn, in(1), *c, pass.layout, w(0), w(1),
                           float(kernel.floats()->Get(0)), ints(0), *out);
       break;
     }
@@ -418,8 +447,8 @@ Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
         status = device.routeExperts(
             *scores, kernel.weights()->size() > 1 ? &w(1) : nullptr, p,
             *indices, *weights);
-      routerIndices.push_back(outId(0));
-      routerKernels.push_back(k);
+      pass.routerIndices.push_back(outId(0));
+      pass.routerKernels.push_back(k);
       break;
     }
     case fb::KernelKind::MoEExperts:
@@ -446,42 +475,105 @@ Status melt::rt::runForward(const DeviceModel &dm, const StepBatch &batch,
                     kernelName(k, kernel) + ": " + status.message());
   }
 
-  // The logits: @forward's first non-cache output (its download waits for
-  // the step, and reports a fault of any kernel of it).
-  const DeviceTensor *result = nullptr;
+  // The logits: @forward's first non-cache output.
+  pass.logits = nullptr;
   for (uint32_t id : *forward.outputs())
     if (!isCache(id)) {
-      result = values.find(id);
+      pass.logits = values.find(id);
       break;
     }
-  if (!result || result->shape.size() != 2 ||
-      result->shape[0] != int64_t(batch.logitRows.size()) ||
-      result->dtype != DType::F32)
+  if (!pass.logits || pass.logits->shape.size() != 2 ||
+      pass.logits->shape[0] != pass.rows->shape[0] ||
+      pass.logits->dtype != DType::F32)
     return invalidArtifact("@forward returned no logits of the right shape");
-  logits.resize(size_t(result->numel()));
-  MELT_RETURN_IF_ERROR(device.download(*result, logits.data()));
-  MELT_RETURN_IF_ERROR(device.synchronize());
-
-  if (load)
-    for (size_t r = 0; r < routerIndices.size(); ++r) {
-      const DeviceTensor &chosenOnDevice = *values.find(routerIndices[r]);
-      std::vector<int32_t> chosen(size_t(chosenOnDevice.numel()));
-      MELT_RETURN_IF_ERROR(device.download(chosenOnDevice, chosen.data()));
-      const fb::Kernel &kernel = *m.kernels()->Get(routerKernels[r]);
-      RouterLoad &stats = (*load)[routerKernels[r]];
-      stats.counts.resize(size_t(dm.weight(kernel.weights()->Get(0)).shape[0]));
-      int64_t topK = chosenOnDevice.shape[1];
-      for (size_t t = 0; t * topK < chosen.size(); ++t)
-        for (int64_t a = 0; a < topK; ++a) {
-          int64_t x = chosen[t * topK + a];
-          if (x < 0 || size_t(x) >= stats.counts.size())
-            continue;
-          ++stats.counts[size_t(x)];
-          for (int64_t b = a + 1; b < topK; ++b) {
-            int64_t y = chosen[t * topK + b];
-            ++stats.pairs[{std::min(x, y), std::max(x, y)}];
-          }
-        }
-    }
   return Status::ok();
+}
+
+/// The logits (the download waits for the step and reports a fault of any
+/// kernel of it), then the routers' choices.
+Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
+               std::vector<float> &logits, ExpertLoad *load) {
+  Device &device = dm.device();
+  const fb::Model &m = dm.model().artifact().model();
+  logits.resize(size_t(pass.logits->numel()));
+  MELT_RETURN_IF_ERROR(device.download(*pass.logits, logits.data()));
+  MELT_RETURN_IF_ERROR(device.synchronize());
+  if (!load)
+    return Status::ok();
+  for (size_t r = 0; r < pass.routerIndices.size(); ++r) {
+    const DeviceTensor &chosenOnDevice = *pass.values.find(pass.routerIndices[r]);
+    std::vector<int32_t> chosen(size_t(chosenOnDevice.numel()));
+    MELT_RETURN_IF_ERROR(device.download(chosenOnDevice, chosen.data()));
+    const fb::Kernel &kernel = *m.kernels()->Get(pass.routerKernels[r]);
+    RouterLoad &stats = (*load)[pass.routerKernels[r]];
+    stats.counts.resize(size_t(dm.weight(kernel.weights()->Get(0)).shape[0]));
+    int64_t topK = chosenOnDevice.shape[1];
+    for (size_t t = 0; t * topK < chosen.size(); ++t)
+      for (int64_t a = 0; a < topK; ++a) {
+        int64_t x = chosen[t * topK + a];
+        if (x < 0 || size_t(x) >= stats.counts.size())
+          continue;
+        ++stats.counts[size_t(x)];
+        for (int64_t b = a + 1; b < topK; ++b) {
+          int64_t y = chosen[t * topK + b];
+          ++stats.pairs[{std::min(x, y), std::max(x, y)}];
+        }
+      }
+  }
+  return Status::ok();
+}
+
+} // namespace
+
+ForwardRunner::ForwardRunner(const DeviceModel &model) : model_(model) {}
+ForwardRunner::~ForwardRunner() = default;
+
+Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
+                              std::map<uint32_t, DeviceTensor> &caches,
+                              std::vector<float> &logits, ExpertLoad *load) {
+  MELT_RETURN_IF_ERROR(allocateInputs(model_, pass, batch));
+  MELT_RETURN_IF_ERROR(uploadInputs(model_.device(), pass, batch));
+  MELT_RETURN_IF_ERROR(
+      enqueue(model_, pass, int64_t(batch.tokens.size()), caches));
+  return collect(model_, pass, logits, load);
+}
+
+Status ForwardRunner::run(const StepBatch &batch,
+                          std::map<uint32_t, DeviceTensor> &caches,
+                          std::vector<float> &logits, ExpertLoad *load) {
+  Device &device = model_.device();
+  const int64_t T = int64_t(batch.tokens.size());
+  const int64_t B = int64_t(batch.lengths.size());
+  // Decode steps are recorded (profiling times kernels one by one).
+  bool decode = device.canCapture() && !profile.enabled && T == B && T > 0;
+  if (!decode) {
+    Pass pass(device);
+    return runOnce(pass, batch, caches, logits, load);
+  }
+  std::unique_ptr<Pass> &slot = recorded_[{B, batch.pagesPerSequence}];
+  if (!slot) {
+    auto pass = std::make_unique<Pass>(device);
+    MELT_RETURN_IF_ERROR(allocateInputs(model_, *pass, batch));
+    MELT_RETURN_IF_ERROR(uploadInputs(device, *pass, batch));
+    MELT_RETURN_IF_ERROR(device.beginCapture());
+    Status queued = enqueue(model_, *pass, T, caches);
+    Status recorded = device.endCapture(pass->graph);
+    if (queued) // the same error a step run kernel by kernel would give
+      return queued;
+    if (recorded) {
+      // This shape runs kernel by kernel from now on.
+      pass->recordable = false;
+      pass->graph.reset();
+    }
+    slot = std::move(pass);
+  } else if (slot->recordable) {
+    MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch));
+  }
+  if (!slot->recordable) {
+    Pass pass(device);
+    return runOnce(pass, batch, caches, logits, load);
+  }
+  MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
+  ++replayed_;
+  return collect(model_, *slot, logits, load);
 }

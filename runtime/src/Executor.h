@@ -63,12 +63,39 @@ struct RouterLoad {
 };
 using ExpertLoad = std::map<uint32_t, RouterLoad>;
 
-/// Runs @forward for `batch` with `caches` (a [pages * kPageTokens, width]
-/// tensor per cache buffer of @forward); `logits` receives [logitRows,
-/// vocab] on the host and `load` (if given) the routers' choices.
-Status runForward(const DeviceModel &model, const StepBatch &batch,
-                  std::map<uint32_t, DeviceTensor> &caches,
-                  std::vector<float> &logits, ExpertLoad *load = nullptr);
+/// Runs @forward for the steps of one session. A decode step (one token
+/// per sequence) on a device that records graphs is recorded once per
+/// shape (sequences, pages per sequence) and then replayed: the kernels of
+/// a step are launched by one call instead of hundreds. Everything else
+/// runs kernel by kernel.
+class ForwardRunner {
+public:
+  explicit ForwardRunner(const DeviceModel &model);
+  ~ForwardRunner();
+
+  /// Runs @forward for `batch` with `caches` (a [pages * kPageTokens,
+  /// width] tensor per cache buffer of @forward); `logits` receives
+  /// [logitRows, vocab] on the host and `load` (if given) the routers'
+  /// choices.
+  Status run(const StepBatch &batch, std::map<uint32_t, DeviceTensor> &caches,
+             std::vector<float> &logits, ExpertLoad *load = nullptr);
+
+  /// Steps replayed from a recording so far (for tests and benchmarks).
+  uint64_t replayedSteps() const { return replayed_; }
+
+  struct Pass;
+
+private:
+  Status runOnce(Pass &pass, const StepBatch &batch,
+                 std::map<uint32_t, DeviceTensor> &caches,
+                 std::vector<float> &logits, ExpertLoad *load);
+
+  const DeviceModel &model_;
+  /// Recorded decode steps by (sequences, pages per sequence); a null
+  /// graph marks a shape that could not be recorded.
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Pass>> recorded_;
+  uint64_t replayed_ = 0;
+};
 
 /// The width of a cache buffer's rows: heads * (key + value) values.
 int64_t cacheRowWidth(const fb::Buffer &cache);

@@ -146,9 +146,21 @@ Status Session::step(const Entry *entries, size_t n,
   };
 
   StepBatch batch;
-  for (size_t e = 0; e < n; ++e)
+  bool decode = true;
+  for (size_t e = 0; e < n; ++e) {
     batch.pagesPerSequence = std::max<int64_t>(
         batch.pagesPerSequence, int64_t(seqs[e]->pages.size()));
+    decode = decode && entries[e].count == 1;
+  }
+  if (decode) {
+    // Decode steps keep one shape for a while (a power of two of pages per
+    // sequence), so that a device that records them replays a recording.
+    int64_t pages = 1, most = (maxContext_ + kPageTokens - 1) / kPageTokens;
+    while (pages < batch.pagesPerSequence)
+      pages *= 2;
+    batch.pagesPerSequence = std::max(batch.pagesPerSequence,
+                                      std::min(pages, most));
+  }
   batch.pages.assign(size_t(n * batch.pagesPerSequence), -1);
   for (size_t e = 0; e < n; ++e) {
     Sequence &seq = *seqs[e];
@@ -169,7 +181,7 @@ Status Session::step(const Entry *entries, size_t n,
 
   ExpertLoad load;
   std::vector<float> logits;
-  Status status = runForward(model_, batch, caches_, logits, &load);
+  Status status = runner_.run(batch, caches_, logits, &load);
   if (!status &&
       logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
     status = invalidArtifact("@forward returned logits of the wrong shape");

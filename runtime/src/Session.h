@@ -47,6 +47,8 @@ public:
   int64_t maxContext() const { return maxContext_; }
   int64_t usedPages() const { return totalPages_ - int64_t(freePages_.size()); }
   int64_t totalPages() const { return totalPages_; }
+  /// Decode steps replayed from a recorded graph (devices that record).
+  uint64_t replayedSteps() const { return runner_.replayedSteps(); }
   /// Per-expert load counters of every router, as JSON:
   /// {"routers": [{"gate": NAME, "experts": E, "counts": [...],
   ///               "pairs": [[i, j, times chosen together], ...]}, ...]}.
@@ -59,10 +61,11 @@ private:
     std::vector<float> logits;
   };
   Session(const DeviceModel &model, int64_t maxContext)
-      : model_(model), maxContext_(maxContext) {}
+      : model_(model), maxContext_(maxContext), runner_(model) {}
 
   const DeviceModel &model_;
   int64_t maxContext_;
+  ForwardRunner runner_;
   std::map<uint32_t, DeviceTensor> caches_; // by cache buffer of @forward
   int64_t totalPages_ = 0;
   std::vector<int32_t> freePages_;

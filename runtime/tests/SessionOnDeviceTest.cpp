@@ -7,6 +7,7 @@
 //   MELT_TEST_ARTIFACT and MELT_TEST_CHECKPOINT (test.sh and ctest set
 //   these).
 #include "Device.h"
+#include "Session.h"
 #include "melt/runtime.h"
 
 #include "DeviceTestNames.h"
@@ -216,6 +217,45 @@ TEST_P(SessionOnDevice, RandomWeightsRun) {
     else
       EXPECT_EQ(logits, first);
   }
+}
+
+// Decode steps on a device that records graphs are replayed from a
+// recording after the first of each shape, and give what the steps run
+// kernel by kernel give (a prefill of the same tokens, all logits).
+TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  std::unique_ptr<Device> device;
+  ASSERT_FALSE(openDevice(GetParam(), device));
+  std::unique_ptr<Model> model;
+  ASSERT_FALSE(Model::load(models[0].artifact, models[0].checkpoint, model,
+                           /*keepHostData=*/true));
+  std::unique_ptr<DeviceModel> onDevice;
+  ASSERT_FALSE(DeviceModel::create(*model, *device, onDevice));
+  std::unique_ptr<Session> stepped, prefilled;
+  ASSERT_FALSE(Session::create(*onDevice, 64, 64, stepped));
+  ASSERT_FALSE(Session::create(*onDevice, 64, 64, prefilled));
+  int32_t a = 0, b = 0;
+  ASSERT_FALSE(stepped->addSequence(a));
+  ASSERT_FALSE(prefilled->addSequence(b));
+  std::vector<int32_t> tokens = {5, 9, 2, 44, 7, 100, 3, 61, 12, 8};
+  ASSERT_FALSE(stepped->append(a, tokens.data(), 2));
+  for (size_t t = 2; t < tokens.size(); ++t) {
+    Status s = stepped->append(a, &tokens[t], 1);
+    ASSERT_FALSE(s) << s.message();
+  }
+  std::vector<float> all;
+  ASSERT_FALSE(prefilled->append(b, tokens.data(), tokens.size(), &all));
+  const std::vector<float> *last = nullptr;
+  ASSERT_FALSE(stepped->logits(a, last));
+  size_t vocab = last->size();
+  EXPECT_LE(errorOfRange(*last, all.data() + all.size() - vocab, vocab), 1e-5);
+  if (device->canCapture())
+    // Every decode step: the first is recorded, then replayed like the rest.
+    EXPECT_EQ(stepped->replayedSteps(), tokens.size() - 2);
+  else
+    EXPECT_EQ(stepped->replayedSteps(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Present, SessionOnDevice,

@@ -127,14 +127,48 @@ public:
       return;
     auto it = blockBytes_.find(tensor.data);
     if (it != blockBytes_.end()) {
-      freeBlocks_[it->second].push_back(tensor.data);
-      blockBytes_.erase(it);
+      if (capturing_) // a recorded kernel may use it: the graph's now
+        parked_.push_back(tensor.data);
+      else {
+        freeBlocks_[it->second].push_back(tensor.data);
+        blockBytes_.erase(it);
+      }
     }
     tensor.data = nullptr;
   }
 
+  bool canCapture() const override { return true; }
+
+  Status beginCapture() override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(flags());
+    MELT_RETURN_IF_ERROR(synchronize());
+    // Relaxed: a block the cache lacks may still be cudaMalloc'ed.
+    MELT_RETURN_IF_ERROR(check(
+        cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed),
+        "cudaStreamBeginCapture"));
+    capturing_ = true;
+    parked_.clear();
+    return Status::ok();
+  }
+
+  Status endCapture(std::unique_ptr<DeviceGraph> &out) override;
+
+  Status replay(DeviceGraph &graph) override;
+
+  /// A graph's blocks, back to the cache when it is destroyed.
+  void returnBlocks(const std::vector<void *> &blocks) {
+    for (void *block : blocks) {
+      DeviceTensor t;
+      t.data = block;
+      release(t);
+    }
+  }
+
   Status upload(const void *host, DeviceTensor &tensor) override {
     MELT_RETURN_IF_ERROR(usable());
+    if (capturing_)
+      return invalidArgument(name() + ": upload while recording a graph");
     MELT_RETURN_IF_ERROR(
         check(cudaMemcpyAsync(tensor.data, host, tensor.bytes(),
                               cudaMemcpyHostToDevice, stream_),
@@ -144,6 +178,8 @@ public:
 
   Status download(const DeviceTensor &tensor, void *host) override {
     MELT_RETURN_IF_ERROR(usable());
+    if (capturing_)
+      return invalidArgument(name() + ": download while recording a graph");
     MELT_RETURN_IF_ERROR(
         check(cudaMemcpyAsync(host, tensor.data, tensor.bytes(),
                               cudaMemcpyDeviceToHost, stream_),
@@ -153,6 +189,8 @@ public:
 
   Status synchronize() override {
     MELT_RETURN_IF_ERROR(usable());
+    if (capturing_)
+      return invalidArgument(name() + ": synchronize while recording a graph");
     MELT_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream_), "kernel"));
     if (!flag_)
       return Status::ok();
@@ -160,10 +198,15 @@ public:
     MELT_RETURN_IF_ERROR(
         check(cudaMemcpy(raised, flag_, sizeof(raised), cudaMemcpyDeviceToHost),
               "flag"));
-    if (!raised[kCacheFlag] && !raised[kExpertFlag])
+    if (!raised[kEmbeddingFlag] && !raised[kCacheFlag] && !raised[kExpertFlag])
       return Status::ok();
+    // Reported once; the device goes on.
     MELT_RETURN_IF_ERROR(
-        check(cudaMemset(flag_ + kCacheFlag, 0, 2 * sizeof(int32_t)), "flag"));
+        check(cudaMemset(flag_, 0, sizeof(raised)), "flag"));
+    if (raised[kEmbeddingFlag])
+      return invalidArgument(
+          "embedding: a token id is outside the vocabulary of " +
+          std::to_string(embeddingRows_));
     if (raised[kCacheFlag])
       return {MELT_RESOURCE_EXHAUSTED,
               "cache: a position has no cache page"};
@@ -258,16 +301,17 @@ public:
                    DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::embedding(ids, table, y));
-    MELT_RETURN_IF_ERROR(clearFlag());
+    MELT_RETURN_IF_ERROR(flags());
+    embeddingRows_ = table.shape[0];
     MELT_RETURN_IF_ERROR(check(
         cuda::embedding(static_cast<const int32_t *>(ids.data),
                         int(ids.shape[0]), operand(table), int(table.shape[0]),
-                        int(table.shape[1]), result(y), flag_, stream_),
+                        int(table.shape[1]), result(y),
+                        flag_ + kEmbeddingFlag, stream_),
         "embedding"));
-    // Ids come from the user: a bad one is reported now, not as a fault.
-    return raisedFlag(
-        invalidArgument("embedding: a token id is outside the vocabulary of " +
-                        std::to_string(table.shape[0])));
+    // Ids come from the user: a bad one is reported now, not as a fault
+    // (while recording, at the synchronize() after the replay).
+    return capturing_ ? Status::ok() : synchronize();
   }
 
   Status rope(const DeviceTensor &x, const DeviceTensor &positions,
@@ -434,7 +478,8 @@ public:
         check::moeExperts(x, indices, weights, gate, up, down, y));
     MELT_RETURN_IF_ERROR(flags());
     int64_t pairs = indices.shape[0] * indices.shape[1];
-    if (pairs >= groupedMinPairs_)
+    // (Grouping reads the choices back: not while recording a graph.)
+    if (pairs >= groupedMinPairs_ && !capturing_)
       return groupedExperts(x, indices, weights, gate, up, down, combineBf16,
                             y);
     DeviceTensor scratch;
@@ -595,6 +640,12 @@ private:
                  "moe_experts");
   }
 
+  bool capturing_ = false;
+  /// Blocks released while recording: the graph's.
+  std::vector<void *> parked_;
+  /// The embedding table's rows, for the message of a bad id.
+  int64_t embeddingRows_ = 0;
+
   /// Pairs (token, choice) from which moeExperts groups tokens by expert
   /// (MELT_MOE_GROUPED_MIN_PAIRS overrides it, for tuning).
   int64_t groupedMinPairs_ = [] {
@@ -625,20 +676,6 @@ private:
     return check(cudaMemsetAsync(flag_, 0, 3 * sizeof(int32_t), stream_),
                  "flag");
   }
-  Status clearFlag() {
-    MELT_RETURN_IF_ERROR(flags());
-    return check(cudaMemsetAsync(flag_, 0, sizeof(int32_t), stream_), "flag");
-  }
-  /// `error` when the last launch raised the flag (waits for it).
-  Status raisedFlag(Status error) {
-    int32_t raised = 0;
-    MELT_RETURN_IF_ERROR(check(cudaMemcpyAsync(&raised, flag_, sizeof(raised),
-                                               cudaMemcpyDeviceToHost, stream_),
-                               "flag"));
-    MELT_RETURN_IF_ERROR(synchronize());
-    return raised ? error : Status::ok();
-  }
-
   Status copyAxisPart(const DeviceTensor &whole, int axis, int64_t offset,
                       const DeviceTensor &part, bool toWhole) {
     int64_t outer, inner;
@@ -733,6 +770,54 @@ private:
   std::map<void *, size_t> blockBytes_;
   std::map<size_t, std::vector<void *>> freeBlocks_;
 };
+
+class CudaGraph final : public DeviceGraph {
+public:
+  CudaGraph(CudaDevice &device, cudaGraphExec_t exec,
+            std::vector<void *> blocks)
+      : device_(device), exec_(exec), blocks_(std::move(blocks)) {}
+  ~CudaGraph() override {
+    cudaGraphExecDestroy(exec_);
+    device_.returnBlocks(blocks_);
+  }
+  cudaGraphExec_t exec() const { return exec_; }
+
+private:
+  CudaDevice &device_;
+  cudaGraphExec_t exec_;
+  std::vector<void *> blocks_;
+};
+
+Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
+  out.reset();
+  if (!capturing_)
+    return invalidArgument(name() + ": endCapture without beginCapture");
+  capturing_ = false;
+  std::vector<void *> blocks = std::move(parked_);
+  parked_.clear();
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+  cudaGraphExec_t exec = nullptr;
+  if (e == cudaSuccess)
+    e = cudaGraphInstantiate(&exec, graph, 0);
+  if (graph)
+    cudaGraphDestroy(graph);
+  if (e != cudaSuccess) {
+    cudaGetLastError(); // a failed recording is not a fault of the device
+    returnBlocks(blocks);
+    return {MELT_UNSUPPORTED, name() + ": recording a graph failed: " +
+                                  cudaGetErrorString(e)};
+  }
+  out = std::make_unique<CudaGraph>(*this, exec, std::move(blocks));
+  return Status::ok();
+}
+
+Status CudaDevice::replay(DeviceGraph &graph) {
+  MELT_RETURN_IF_ERROR(usable());
+  return check(
+      cudaGraphLaunch(static_cast<CudaGraph &>(graph).exec(), stream_),
+      "cudaGraphLaunch");
+}
 
 } // namespace
 
