@@ -1,10 +1,11 @@
 //===- Executor.h - a model's @forward on a Device --------------*- C++ -*-===//
 //
-// Runs the artifact's @forward kernel by kernel through the Device
-// interface for a batch of sequences over paged caches: the one path by
-// which every session runs, on the CPU device and on a GPU alike. Values
-// are F32 (the weights at their stored precision, activations unrounded);
-// kernels a device lacks are refused with a clear error.
+// Runs the artifact's @forward through the Device interface for a batch of
+// sequences over paged caches: the one path by which every session runs,
+// on the CPU device and on a GPU alike. Activations are F32; weights are
+// as the device imports them (their values at the model's storage
+// precision; a GPU keeps BF16 ones in BF16); kernels a device lacks are
+// refused with a clear error.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_EXECUTOR_H
