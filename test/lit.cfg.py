@@ -22,4 +22,5 @@ llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 
 tool_dirs = [config.melt_tools_dir, config.llvm_tools_dir]
 llvm_config.add_tool_substitutions(
-    ["melt-opt", "melt-import", "melt-compile", "melt-run"], tool_dirs)
+    ["melt-opt", "melt-import", "melt-compile", "melt-run", "melt-synthesize"],
+    tool_dirs)
