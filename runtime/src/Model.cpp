@@ -239,7 +239,9 @@ Status Model::loadWeights(const std::string &dir) {
     // melt-assign-precision: stored narrower than the checkpoint.
     applyStorage(*w, data);
     data.gemmOnly = multiplied[i] && !read[i];
-    if (!multiplied[i] || rank < 2)
+    // Loaded for another device: its f32 values are uploaded there, the
+    // CPU's prepacked operands would only take memory and time.
+    if (!multiplied[i] || rank < 2 || keepHostData_)
       continue;
     // One GEMM operand per [rows, cols] matrix; BF16 checkpoints stay bf16.
     int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
@@ -251,7 +253,7 @@ Status Model::loadWeights(const std::string &dir) {
           w->dtype() == fb::DType::BF16 || w->storage() == 1, gemm));
       data.gemms.push_back(std::move(gemm));
     }
-    if (!read[i] && !keepHostData_)
+    if (!read[i])
       std::vector<float>().swap(data.data);
   }
   return Status::ok();

@@ -9,13 +9,14 @@
 
 namespace melt::rt {
 
-/// An artifact and the weights its recipe makes, on the CPU device. FP8
+/// An artifact and the weights its recipe makes, on the host. FP8
 /// weights are dequantized once at load (block x scale_inv) into f32: no
 /// per-step dequantization, at 4x the memory of the FP8 checkpoint.
 class Model {
 public:
-  /// `keepHostData`: keep every weight's f32 values on the host too (a
-  /// device executor uploads them), not only the prepacked GEMM operands.
+  /// `keepHostData`: the model is for a device other than the CPU: every
+  /// weight keeps its f32 values on the host (the device uploads them) and
+  /// no CPU GEMM operands are prepacked.
   static Status load(const std::string &artifactPath,
                      const std::string &checkpointDir,
                      std::unique_ptr<Model> &out, bool keepHostData = false);
@@ -25,8 +26,10 @@ public:
                              bool keepHostData = false);
   /// For benchmarks without a checkpoint (as transformers' random init):
   /// every weight filled with seeded values (uniform, std 0.02; 1-D
-  /// weights, the norm scales and router biases, 1 and 0), kept on the host
-  /// for a device; no prepacked GEMMs, so not for the C API's sessions.
+  /// weights, the norm scales and router biases, 1 and 0), rounded to the
+  /// model's storage precision, kept on the host for any device (no
+  /// prepacked GEMMs: the CPU device multiplies the f32 values directly,
+  /// slower than a loaded model there).
   static Status loadRandom(const std::string &artifactPath, uint64_t seed,
                            std::unique_ptr<Model> &out);
 
