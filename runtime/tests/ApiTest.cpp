@@ -33,6 +33,28 @@ TEST(Api, NullAndStaleHandles) {
             std::string::npos);
 }
 
+TEST(Api, DevicesAndRandomWeightsAreChecked) {
+  melt_model *model = nullptr;
+  EXPECT_EQ(melt_model_load_on(nullptr, "x", "cpu", &model),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(melt_model_load_on("/nonexistent.melt", "/tmp", "cpu", nullptr),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(melt_model_load_on("/nonexistent.melt", "/tmp", "tpu", &model),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(melt_last_error()).find("unknown device 'tpu'"),
+            std::string::npos)
+      << melt_last_error();
+  EXPECT_EQ(model, nullptr);
+  EXPECT_EQ(melt_model_load_random(nullptr, 1, nullptr, &model),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(melt_model_load_random("/nonexistent.melt", 1, "cpu", &model),
+            MELT_NOT_FOUND);
+  EXPECT_NE(std::string(melt_last_error()).find("/nonexistent.melt"),
+            std::string::npos);
+  EXPECT_STREQ(melt_model_device(nullptr), "");
+  EXPECT_STREQ(melt_model_device_description(nullptr), "");
+}
+
 TEST(Api, SamplingParametersAreChecked) {
   float logits[4] = {0.1f, 2.0f, -1.0f, 0.5f};
   unsigned long long state = 1;
@@ -269,6 +291,18 @@ TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   EXPECT_EQ(used, 2);
   melt_session_destroy(session);
   melt_model_destroy(model);
+}
+
+TEST_F(SessionTest, LoadsOnTheCpuDeviceByName) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(melt_model_load_on(artifactPath.c_str(), checkpointDir.c_str(),
+                               nullptr, &model),
+            MELT_OK)
+      << melt_last_error();
+  EXPECT_STREQ(melt_model_device(model), "cpu");
+  EXPECT_NE(std::string(melt_model_device_description(model)).find("cpu"),
+            std::string::npos);
+  EXPECT_EQ(melt_model_destroy(model), MELT_OK);
 }
 
 TEST_F(SessionTest, ChangedCheckpointIsRefused) {
