@@ -170,7 +170,7 @@ public:
   virtual Status place(const DeviceTensor &x, int axis, int64_t offset,
                        DeviceTensor &y) = 0;
 
-  // Caches, attention, MLA and MoE: F32 for now.
+  // Caches, attention and MLA in F32 (MoE experts: F32 or BF16 weights).
 
   /// Writes row t of `first` [T, A] then of `second` (any shape of T * B
   /// values) into the cache row of token t (`layout`); cache [rows, A + B].
