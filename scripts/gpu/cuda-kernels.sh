@@ -25,6 +25,11 @@ models=""
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
 done
+# bf16 and deepseek-v3 policies against the CPU's same policy: GEMMs of
+# rounded operands in another order (bound: 2% of the logit range).
+for policy in bf16 deepseek-v3; do
+  models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
+done
 export MELT_TEST_MODELS="$models"
 build-gpu/bin/melt-runtime-tests --gtest_filter='*SessionOnDevice*' |
   tee "$out/sessions-on-device.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true

@@ -25,6 +25,11 @@ for model in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   build/bin/melt-compile "test/golden/$model/checkpoint" \
     -o "$carry/models/$model.melt" 2>/dev/null
 done
+# The precision policies other than fp32, for the device tests.
+for policy in bf16 deepseek-v3; do
+  build/bin/melt-compile test/golden/v3-tiny/checkpoint --precision=$policy \
+    -o "$carry/models/v3-tiny-$policy.melt" 2>/dev/null
+done
 if [ "${1:-}" = --mini ]; then
   tmp=$(mktemp -d)
   build/bin/melt-import --synthesize=mini -o "$tmp/mini" 2>/dev/null
