@@ -154,6 +154,7 @@ struct ForwardRunner::Pass {
   const DeviceTensor *logits = nullptr;
   std::vector<uint32_t> routerIndices, routerKernels;
   bool recordable = true;
+  uint64_t lastUsed = 0;
   std::unique_ptr<DeviceGraph> graph;
 };
 
@@ -550,7 +551,15 @@ Status ForwardRunner::run(const StepBatch &batch,
     Pass pass(device);
     return runOnce(pass, batch, caches, logits, load);
   }
-  std::unique_ptr<Pass> &slot = recorded_[{B, batch.pagesPerSequence}];
+  std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
+  if (!recorded_.count(shape) && recorded_.size() >= kMaxRecorded) {
+    auto oldest = recorded_.begin();
+    for (auto it = recorded_.begin(); it != recorded_.end(); ++it)
+      if (it->second->lastUsed < oldest->second->lastUsed)
+        oldest = it;
+    recorded_.erase(oldest);
+  }
+  std::unique_ptr<Pass> &slot = recorded_[shape];
   if (!slot) {
     auto pass = std::make_unique<Pass>(device);
     MELT_RETURN_IF_ERROR(allocateInputs(model_, *pass, batch));
@@ -569,6 +578,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   } else if (slot->recordable) {
     MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch));
   }
+  slot->lastUsed = ++steps_;
   if (!slot->recordable) {
     Pass pass(device);
     return runOnce(pass, batch, caches, logits, load);

@@ -93,9 +93,12 @@ private:
 
   const DeviceModel &model_;
   /// Recorded decode steps by (sequences, pages per sequence); a null
-  /// graph marks a shape that could not be recorded.
+  /// graph marks a shape that could not be recorded. Each keeps its
+  /// activations in the device's memory: at most kMaxRecorded shapes, the
+  /// least recently used dropped first.
+  static constexpr size_t kMaxRecorded = 16;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Pass>> recorded_;
-  uint64_t replayed_ = 0;
+  uint64_t replayed_ = 0, steps_ = 0;
 };
 
 /// The width of a cache buffer's rows: heads * (key + value) values.
