@@ -64,26 +64,31 @@ DeviceTensor perToken(const DeviceTensor &t) {
   return view(t, {tokens, tokens ? t.numel() / tokens : 0});
 }
 
-/// Every tensor of one step, released when the step ends.
+/// Every tensor of one step, released when the step ends. Values live in
+/// their buffer's storage: a value the memory plan (melt-plan-memory) puts
+/// in the storage of a dead one replaces it, so that a step holds at once
+/// only what the plan holds.
 class StepValues {
 public:
-  explicit StepValues(Device &device) : device_(device) {}
+  StepValues(Device &device, const fb::Model &model)
+      : device_(device), model_(model) {}
   ~StepValues() {
-    for (auto &[id, t] : values_)
+    for (auto &[key, t] : values_)
       device_.release(t);
     for (DeviceTensor &t : scratch_)
       device_.release(t);
   }
-  /// A new tensor for value `id` (replacing one it had).
+  /// A new tensor for value `id` (replacing the one its storage held).
   Status make(uint32_t id, DType type, std::vector<int64_t> shape,
               DeviceTensor *&out) {
-    auto it = values_.find(id);
+    int64_t key = keyOf(id);
+    auto it = values_.find(key);
     if (it != values_.end())
       device_.release(it->second);
     DeviceTensor t;
     MELT_RETURN_IF_ERROR(device_.allocate(type, std::move(shape), t));
-    values_[id] = t;
-    out = &values_[id];
+    values_[key] = t;
+    out = &values_[key];
     return Status::ok();
   }
   /// A tensor that is no value of the program, holding `host` if given.
@@ -96,13 +101,19 @@ public:
     return host ? device_.upload(host, *out) : Status::ok();
   }
   DeviceTensor *find(uint32_t id) {
-    auto it = values_.find(id);
+    auto it = values_.find(keyOf(id));
     return it == values_.end() ? nullptr : &it->second;
   }
 
 private:
+  int64_t keyOf(uint32_t id) const {
+    int32_t storage = model_.buffers()->Get(id)->storage();
+    return storage >= 0 ? int64_t(storage) : (int64_t(1) << 40) + id;
+  }
+
   Device &device_;
-  std::map<uint32_t, DeviceTensor> values_;
+  const fb::Model &model_;
+  std::map<int64_t, DeviceTensor> values_;
   std::deque<DeviceTensor> scratch_;
 };
 
@@ -147,12 +158,15 @@ DeviceModel::~DeviceModel() {
 /// The device side of one step: its inputs and values, and when recorded,
 /// its graph (declared last: destroyed first, before the memory it uses).
 struct ForwardRunner::Pass {
-  explicit Pass(Device &device) : values(device) {}
+  Pass(Device &device, const fb::Model &model) : values(device, model) {}
   StepValues values;
   CacheLayout layout;
   DeviceTensor *tokens = nullptr, *positions = nullptr, *rows = nullptr;
   const DeviceTensor *logits = nullptr;
-  std::vector<uint32_t> routerIndices, routerKernels;
+  /// Each router's choices, copied (their storage is reused later in the
+  /// step), with its kernel.
+  std::vector<const DeviceTensor *> routerChoices;
+  std::vector<uint32_t> routerKernels;
   bool recordable = true;
   uint64_t lastUsed = 0;
   std::unique_ptr<DeviceGraph> graph;
@@ -237,7 +251,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   }
   // KV-cache reads: the keys and values they stand for are the cache's.
   std::map<uint32_t, uint32_t> readOf;
-  pass.routerIndices.clear();
+  pass.routerChoices.clear();
   pass.routerKernels.clear();
 
   for (uint32_t k : *forward.kernels()) {
@@ -448,8 +462,15 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         status = device.routeExperts(
             *scores, kernel.weights()->size() > 1 ? &w(1) : nullptr, p,
             *indices, *weights);
-      pass.routerIndices.push_back(outId(0));
-      pass.routerKernels.push_back(k);
+      DeviceTensor *kept = nullptr;
+      if (!status)
+        status = values.scratch(DType::I32, indices->shape, kept);
+      if (!status)
+        status = device.copy(*indices, *kept);
+      if (!status) {
+        pass.routerChoices.push_back(kept);
+        pass.routerKernels.push_back(k);
+      }
       break;
     }
     case fb::KernelKind::MoEExperts:
@@ -501,8 +522,8 @@ Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
   MELT_RETURN_IF_ERROR(device.synchronize());
   if (!load)
     return Status::ok();
-  for (size_t r = 0; r < pass.routerIndices.size(); ++r) {
-    const DeviceTensor &chosenOnDevice = *pass.values.find(pass.routerIndices[r]);
+  for (size_t r = 0; r < pass.routerChoices.size(); ++r) {
+    const DeviceTensor &chosenOnDevice = *pass.routerChoices[r];
     std::vector<int32_t> chosen(size_t(chosenOnDevice.numel()));
     MELT_RETURN_IF_ERROR(device.download(chosenOnDevice, chosen.data()));
     const fb::Kernel &kernel = *m.kernels()->Get(pass.routerKernels[r]);
@@ -548,7 +569,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   // Decode steps are recorded (profiling times kernels one by one).
   bool decode = device.canCapture() && !profile.enabled && T == B && T > 0;
   if (!decode) {
-    Pass pass(device);
+    Pass pass(device, model_.model().artifact().model());
     return runOnce(pass, batch, caches, logits, load);
   }
   std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
@@ -561,7 +582,8 @@ Status ForwardRunner::run(const StepBatch &batch,
   }
   std::unique_ptr<Pass> &slot = recorded_[shape];
   if (!slot) {
-    auto pass = std::make_unique<Pass>(device);
+    auto pass =
+        std::make_unique<Pass>(device, model_.model().artifact().model());
     MELT_RETURN_IF_ERROR(allocateInputs(model_, *pass, batch));
     MELT_RETURN_IF_ERROR(uploadInputs(device, *pass, batch));
     MELT_RETURN_IF_ERROR(device.beginCapture());
@@ -580,7 +602,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   }
   slot->lastUsed = ++steps_;
   if (!slot->recordable) {
-    Pass pass(device);
+    Pass pass(device, model_.model().artifact().model());
     return runOnce(pass, batch, caches, logits, load);
   }
   MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
