@@ -74,9 +74,11 @@ Status multiply(const float *x, int64_t m, int64_t k, const DeviceTensor &w,
   return Status::ok();
 }
 
+/// y = op(a, b) element by element; `op` a lambda, so that the f32 loop
+/// inlines it (and vectorizes where it can).
+template <typename Op>
 Status elementwise(const char *kernel, const DeviceTensor &a,
-                   const DeviceTensor &b, DeviceTensor &y,
-                   float (*op)(float, float)) {
+                   const DeviceTensor &b, DeviceTensor &y, Op op) {
   MELT_RETURN_IF_ERROR(check::floatType(kernel, "a", a));
   MELT_RETURN_IF_ERROR(check::floatType(kernel, "b", b));
   MELT_RETURN_IF_ERROR(check::floatType(kernel, "y", y));
