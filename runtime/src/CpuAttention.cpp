@@ -160,7 +160,7 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
     reach[size_t(b)] = std::max<int64_t>(reach[size_t(b)], pos[t] + 1);
   }
   MlaHeadScratch head;
-  std::vector<float> kNope, values, scores;
+  std::vector<float> kNope, values, scores, latents;
   for (int64_t b = 0; b < B; ++b) {
     int64_t S = reach[size_t(b)];
     if (queries[size_t(b)].empty())
@@ -171,19 +171,36 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
     auto ropeKey = [&](int64_t s) { return c + rows.row(b, s) * width + L; };
     bool decompress = int64_t(queries[size_t(b)].size()) > decompressAbove;
     if (decompress) {
-      // K_nope[s, h] = W_UK[h] c[s], V[s, h] = W_UV[h] c[s], once for all
-      // the queries of a long prefill.
-      kNope.assign(size_t(S * H * N), 0.f);
-      values.assign(size_t(S * H * V), 0.f);
-      for (int64_t s = 0; s < S; ++s)
+      // K_nope[h, s] = W_UK[h] c[s], V[h, s] = W_UV[h] c[s], once for all
+      // the queries of a long prefill: a GEMM per head over the gathered
+      // latents where the weights have prepacked ones (a loaded model),
+      // else dot products.
+      kNope.assign(size_t(H * S * N), 0.f);
+      values.assign(size_t(H * S * V), 0.f);
+      const WeightData *k = cpu::weightOf(wUk), *v = cpu::weightOf(wUv);
+      if (k && v && int64_t(k->gemms.size()) == H &&
+          int64_t(v->gemms.size()) == H) {
+        latents.resize(size_t(S * L));
+        for (int64_t s = 0; s < S; ++s)
+          std::memcpy(latents.data() + s * L, latent(s),
+                      size_t(L) * sizeof(float));
         for (int64_t h = 0; h < H; ++h) {
-          for (int64_t n = 0; n < N; ++n)
-            kNope[size_t((s * H + h) * N + n)] =
-                dot(latent(s), uk + (h * N + n) * L, L);
-          for (int64_t v = 0; v < V; ++v)
-            values[size_t((s * H + h) * V + v)] =
-                dot(latent(s), uv + (h * V + v) * L, L);
+          MELT_RETURN_IF_ERROR(k->gemms[size_t(h)]->multiply(
+              latents.data(), S, kNope.data() + h * S * N));
+          MELT_RETURN_IF_ERROR(v->gemms[size_t(h)]->multiply(
+              latents.data(), S, values.data() + h * S * V));
         }
+      } else {
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t s = 0; s < S; ++s) {
+            for (int64_t n = 0; n < N; ++n)
+              kNope[size_t((h * S + s) * N + n)] =
+                  dot(latent(s), uk + (h * N + n) * L, L);
+            for (int64_t c = 0; c < V; ++c)
+              values[size_t((h * S + s) * V + c)] =
+                  dot(latent(s), uv + (h * V + c) * L, L);
+          }
+      }
     }
     for (int64_t t : queries[size_t(b)]) {
       int64_t visible = int64_t(pos[t]) + 1;
@@ -199,7 +216,7 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
         scores.resize(size_t(visible));
         float top = -INFINITY;
         for (int64_t s = 0; s < visible; ++s) {
-          float score = dot(q, kNope.data() + (s * H + h) * N, N) +
+          float score = dot(q, kNope.data() + (h * S + s) * N, N) +
                         dot(qr, ropeKey(s), R);
           scores[size_t(s)] = score * scale;
           top = std::max(top, scores[size_t(s)]);
@@ -209,7 +226,8 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
           sum += v = std::exp(v - top);
         std::fill(o, o + V, 0.f);
         for (int64_t s = 0; s < visible; ++s)
-          axpy(scores[size_t(s)] / sum, values.data() + (s * H + h) * V, o, V);
+          axpy(scores[size_t(s)] / sum, values.data() + (h * S + s) * V, o,
+               V);
       }
     }
   }

@@ -123,6 +123,12 @@ void weightUses(const fb::Model &m, std::vector<bool> &multiplied,
   read.assign(m.weights()->size(), false);
   for (const fb::Kernel *k : *m.kernels())
     for (uint32_t i = 0; i < k->weights()->size(); ++i) {
+      // MLA reads W_UK/W_UV per query (absorbed) and multiplies the cache
+      // by them per head for long prefills (decompressed): both.
+      if (k->kind() == fb::KernelKind::MLA) {
+        multiplied[k->weights()->Get(i)] = read[k->weights()->Get(i)] = true;
+        continue;
+      }
       bool gemm = k->kind() == fb::KernelKind::Linear ||
                   k->kind() == fb::KernelKind::Logits ||
                   k->kind() == fb::KernelKind::MoEExperts ||
