@@ -192,6 +192,9 @@ Status CpuDevice::linear(const DeviceTensor &x, const DeviceTensor &w,
                          DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(check::linear(x, w, y));
   int64_t m = x.rows(), k = x.cols(), n = w.rows();
+  if (w.dtype == DType::FP8E4M3)
+    return invalidArgument("linear: the cpu device keeps fp8 weights in f32 "
+                           "(importWeight); an fp8 tensor has no scales");
   if (w.dtype == DType::F32 && (w.data || w.prepared)) {
     // f32 operands in place; others converted around the GEMM.
     std::vector<float> xs, ys;

@@ -130,9 +130,12 @@ Status check::linear(const DeviceTensor &x, const DeviceTensor &w,
                      const DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(floatType("linear", "x", x));
   MELT_RETURN_IF_ERROR(floatType("linear", "y", y));
-  // An f32 input to a bf16 weight is rounded to bf16 first.
+  // An f32 input to a bf16 weight is rounded to bf16 first; to an fp8 one
+  // (a device's imported FP8 weight) quantized in 1x128 blocks.
   MELT_RETURN_IF_ERROR(expect(
-      w.dtype == x.dtype || (w.dtype == DType::BF16 && x.dtype == DType::F32),
+      w.dtype == x.dtype ||
+          ((w.dtype == DType::BF16 || w.dtype == DType::FP8E4M3) &&
+           x.dtype == DType::F32),
       "linear",
       std::string("weight ") + dtypeName(w.dtype) + " and input " +
           dtypeName(x.dtype) + " differ"));

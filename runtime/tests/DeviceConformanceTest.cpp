@@ -721,6 +721,62 @@ TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
   checkMoeExperts(*this, rng);
 }
 
+// A weight the model keeps in FP8 128x128 blocks (values on the e4m3 grid
+// of their block's scale), imported as each device keeps it (a GPU with
+// MELT_CUDA_FP8_WEIGHTS=1: e4m3 bytes and scales for its FP8 GEMMs), times
+// an input already on the 1x128 FP8 grid: the exact product, up to a BF16
+// output.
+TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
+  for (DeviceTensor &t : owned)
+    device->release(t);
+  owned.clear();
+  device.reset();
+  setenv("MELT_CUDA_FP8_WEIGHTS", "1", 1);
+  Status s = openDevice(GetParam(), device);
+  unsetenv("MELT_CUDA_FP8_WEIGHTS");
+  ASSERT_FALSE(s) << s.message();
+  const int64_t M = 3, K = 512, N = 32;
+  // Rounds each 1 x 128 (rows) or 128 x 128 block to its own FP8 grid.
+  auto onGrid = [](std::vector<float> &v, int64_t rows, int64_t cols,
+                   int64_t blockRows) {
+    for (int64_t r0 = 0; r0 < rows; r0 += blockRows)
+      for (int64_t c0 = 0; c0 < cols; c0 += 128) {
+        float amax = 0.f;
+        for (int64_t r = r0; r < std::min(rows, r0 + blockRows); ++r)
+          for (int64_t c = c0; c < c0 + 128; ++c)
+            amax = std::max(amax, std::fabs(v[size_t(r * cols + c)]));
+        float scale = amax / kFp8E4M3Max;
+        for (int64_t r = r0; r < std::min(rows, r0 + blockRows); ++r)
+          for (int64_t c = c0; c < c0 + 128; ++c) {
+            float &x = v[size_t(r * cols + c)];
+            x = roundTo(DType::FP8E4M3, x / scale) * scale;
+          }
+      }
+  };
+  WeightData weight;
+  weight.shape = {N, K};
+  weight.data = random(DType::F32, {N, K}, rng, 0.05f).values;
+  onGrid(weight.data, N, K, 128);
+  weight.storage = WeightData::Storage::FP8Blocks;
+  weight.gemmOnly = true;
+  HostTensor x = random(DType::F32, {M, K}, rng);
+  onGrid(x.values, M, K, 1);
+  DeviceTensor w;
+  s = device->importWeight(weight, w);
+  ASSERT_FALSE(s) << s.message();
+  DeviceTensor dx = put(x), y = make(DType::F32, {M, N});
+  s = device->linear(dx, w, y);
+  ASSERT_FALSE(s) << s.message();
+  std::vector<double> want(static_cast<size_t>(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        want[m * N + n] +=
+            double(x.values[m * K + k]) * weight.data[size_t(n * K + k)];
+  EXPECT_LE(relativeError(get(y), want), tolerance(DType::BF16));
+  device->release(w);
+}
+
 TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
   const int64_t M = 3, K = 64, N = 24;
   HostTensor x = random(DType::F32, {M, K}, rng);

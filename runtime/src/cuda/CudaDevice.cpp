@@ -22,6 +22,7 @@ static_assert(melt::rt::cuda::kPageRows == melt::rt::kPageTokens,
 #include "melt/numerics.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <vector>
@@ -125,6 +126,12 @@ public:
   void release(DeviceTensor &tensor) override {
     if (!tensor.data)
       return;
+    auto scales = weightScales_.find(tensor.data);
+    if (scales != weightScales_.end()) {
+      DeviceTensor s = scales->second;
+      weightScales_.erase(scales);
+      release(s);
+    }
     auto it = blockBytes_.find(tensor.data);
     if (it != blockBytes_.end()) {
       if (capturing_) // a recorded kernel may use it: the graph's now
@@ -229,6 +236,8 @@ public:
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     int m = int(x.rows()), k = int(x.cols()), n = int(w.rows());
     CudaStatus s;
+    if (w.dtype == DType::FP8E4M3)
+      return linearWithFp8Weight(x, w, y);
     if (w.dtype == DType::BF16 && x.dtype == DType::F32) {
       // Rounded to BF16 first, into a block the stream reuses after the GEMM.
       DeviceTensor rounded;
@@ -500,16 +509,18 @@ public:
   }
 
   Status importWeight(const WeightData &weight, DeviceTensor &out) override {
-    // GEMM operands the model keeps in BF16 are stored so (half the bytes
-    // a step reads); everything else in F32.
-    if (weight.storage != WeightData::Storage::BF16 || !weight.gemmOnly ||
-        weight.shape.size() < 2)
-      return Device::importWeight(weight, out);
     int64_t count = 1;
     for (int64_t d : weight.shape)
       count *= d;
-    if (int64_t(weight.data.size()) != count)
-      return Device::importWeight(weight, out); // its error
+    bool matrix = weight.gemmOnly && weight.shape.size() >= 2 &&
+                  int64_t(weight.data.size()) == count;
+    if (matrix && weight.storage == WeightData::Storage::FP8Blocks &&
+        fp8Weights_ && weight.shape.size() == 2)
+      return importFp8(weight, out);
+    // GEMM operands the model keeps in BF16 are stored so (half the bytes
+    // a step reads); everything else in F32.
+    if (!matrix || weight.storage != WeightData::Storage::BF16)
+      return Device::importWeight(weight, out);
     std::vector<uint16_t> bf16(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i)
       bf16[size_t(i)] = melt::floatToBF16(weight.data[size_t(i)]);
@@ -520,8 +531,87 @@ public:
     return status;
   }
 
-
 private:
+  /// MELT_CUDA_FP8_WEIGHTS=1: weights the model keeps in FP8 128x128 blocks
+  /// (deepseek-v3) are stored so and multiplied by the FP8 GEMMs. Off by
+  /// default until measured on the GPU; without it they run in F32.
+  bool fp8Weights_ = [] {
+    const char *v = std::getenv("MELT_CUDA_FP8_WEIGHTS");
+    return v && std::string(v) == "1";
+  }();
+  /// The block scales of each FP8 weight, by its data.
+  std::map<void *, DeviceTensor> weightScales_;
+
+  /// An FP8-stored weight (f32 values on the e4m3 grid of their 128x128
+  /// block's scale = amax / 448, as melt-assign-precision rounds them):
+  /// the e4m3 bytes and the scales recovered exactly. Shapes the FP8 GEMMs
+  /// cannot take (K a multiple of 4 x 128, N of 16) stay F32.
+  Status importFp8(const WeightData &weight, DeviceTensor &out) {
+    const int64_t n = weight.shape[0], k = weight.shape[1];
+    if (k % 512 != 0 || n % 16 != 0)
+      return Device::importWeight(weight, out);
+    const int64_t kb = k / 128, nb = (n + 127) / 128;
+    std::vector<float> scales(size_t(nb * kb));
+    std::vector<uint8_t> bytes(size_t(n * k));
+    for (int64_t bn = 0; bn < nb; ++bn)
+      for (int64_t bk = 0; bk < kb; ++bk) {
+        float amax = 0.f;
+        for (int64_t r = bn * 128; r < std::min(n, (bn + 1) * 128); ++r)
+          for (int64_t c = bk * 128; c < (bk + 1) * 128; ++c)
+            amax = std::max(amax, std::fabs(weight.data[size_t(r * k + c)]));
+        float scale = std::max(amax, 1e-12f) / melt::kFp8E4M3Max;
+        scales[size_t(bn * kb + bk)] = scale;
+        for (int64_t r = bn * 128; r < std::min(n, (bn + 1) * 128); ++r)
+          for (int64_t c = bk * 128; c < (bk + 1) * 128; ++c)
+            bytes[size_t(r * k + c)] =
+                melt::floatToFp8E4M3(weight.data[size_t(r * k + c)] / scale);
+      }
+    DeviceTensor s;
+    MELT_RETURN_IF_ERROR(allocate(DType::F32, {nb, kb}, s));
+    Status status = upload(scales.data(), s);
+    if (!status)
+      status = allocate(DType::FP8E4M3, weight.shape, out);
+    if (!status)
+      status = upload(bytes.data(), out);
+    if (status) {
+      release(s);
+      release(out);
+      return status;
+    }
+    weightScales_[out.data] = s;
+    return Status::ok();
+  }
+
+  /// y (F32) = x W^T with W stored in FP8: x quantized in 1x128 blocks, the
+  /// block-scaled FP8 GEMM (BF16 out), widened.
+  Status linearWithFp8Weight(const DeviceTensor &x, const DeviceTensor &w,
+                             DeviceTensor &y) {
+    auto scales = weightScales_.find(w.data);
+    if (scales == weightScales_.end() || x.dtype != DType::F32 ||
+        y.dtype != DType::F32)
+      return invalidArgument("linear: an fp8 weight needs its block scales "
+                             "(importWeight) and f32 input and output");
+    int64_t m = x.rows(), k = x.cols(), n = w.rows();
+    DeviceTensor q, qScales, out;
+    Status status = allocate(DType::FP8E4M3, {m, k}, q);
+    if (!status)
+      status = allocate(DType::F32, {k / 128, m}, qScales);
+    if (!status)
+      status = allocate(DType::BF16, {m, n}, out);
+    if (!status)
+      status = quantizeFp8(x, q, qScales);
+    if (!status)
+      status = linearFp8(q, qScales, w, scales->second, out);
+    if (!status)
+      status = check(convert({out.data, true}, size_t(m * n), {y.data, false},
+                             stream_),
+                     "linear");
+    release(q); // stream-ordered: reused only by later work
+    release(qScales);
+    release(out);
+    return status;
+  }
+
   /// Many tokens' experts (prefills, large batches): tokens grouped by
   /// expert on the host (the choices are downloaded: one wait per MoE
   /// layer), one cuBLASLt GEMM per active expert and projection, then each
