@@ -107,8 +107,8 @@ melt_status loadModel(const char *what, const char *artifactPath,
           status = Model::fromArtifact(std::move(parsed), checkpoint,
                                        handle->model, keepHostData);
       } else
-        status = Model::load(artifactPath, checkpoint, handle->model,
-                             keepHostData);
+        status =
+            Model::load(artifactPath, checkpoint, handle->model, keepHostData);
     }
     if (status.isOk())
       status = DeviceModel::create(*handle->model, *handle->device,
@@ -131,9 +131,8 @@ melt_status melt_model_load(const char *artifactPath, const char *checkpoint,
                    checkpoint ? checkpoint : "", nullptr, "cpu", out);
 }
 
-melt_status melt_model_load_on(const char *artifactPath,
-                               const char *checkpoint, const char *device,
-                               melt_model **out) {
+melt_status melt_model_load_on(const char *artifactPath, const char *checkpoint,
+                               const char *device, melt_model **out) {
   return loadModel("melt_model_load_on", artifactPath, nullptr,
                    checkpoint ? checkpoint : "", nullptr, device, out);
 }
@@ -211,9 +210,9 @@ melt_status melt_session_create(melt_model *model,
   long long maxContext = options->max_context;
   long long capacity = options->kv_capacity_tokens;
   if (maxContext <= 0 || maxContext > (1ll << 31))
-    return fail(MELT_INVALID_ARGUMENT,
-                "melt_session_create: max_context " +
-                    std::to_string(maxContext) + " is out of range");
+    return fail(MELT_INVALID_ARGUMENT, "melt_session_create: max_context " +
+                                           std::to_string(maxContext) +
+                                           " is out of range");
   if (capacity < 0 || capacity > (1ll << 40))
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_session_create: kv_capacity_tokens " +
@@ -268,8 +267,7 @@ melt_status melt_session_remove_sequence(melt_session *session, int sequence) {
 }
 
 melt_status melt_session_append(melt_session *session, int sequence,
-                                const int *tokens, size_t n,
-                                float *allLogits) {
+                                const int *tokens, size_t n, float *allLogits) {
   if (!isLive(session))
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_session_append: not a live session handle");
@@ -374,9 +372,8 @@ melt_status melt_sample(const float *logits, size_t n,
                 "melt_sample: top_p must be in (0, 1], got " +
                     std::to_string(params->top_p));
   if (params->top_k < 0)
-    return fail(MELT_INVALID_ARGUMENT,
-                "melt_sample: top_k must be >= 0, got " +
-                    std::to_string(params->top_k));
+    return fail(MELT_INVALID_ARGUMENT, "melt_sample: top_k must be >= 0, got " +
+                                           std::to_string(params->top_k));
   if (params->temperature == 0.0f)
     return melt_sample_greedy(logits, n, token);
   return guarded([&] {
@@ -384,18 +381,18 @@ melt_status melt_sample(const float *logits, size_t n,
     std::vector<size_t> order(n);
     for (size_t i = 0; i < n; ++i)
       order[i] = i;
-    size_t keep = params->top_k > 0
-                      ? std::min(n, static_cast<size_t>(params->top_k))
-                      : n;
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
-                      [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+    size_t keep =
+        params->top_k > 0 ? std::min(n, static_cast<size_t>(params->top_k)) : n;
+    std::partial_sort(
+        order.begin(), order.begin() + keep, order.end(),
+        [&](size_t a, size_t b) { return logits[a] > logits[b]; });
     order.resize(keep);
     double maxLogit = logits[order[0]];
     std::vector<double> p(keep);
     double sum = 0;
     for (size_t i = 0; i < keep; ++i)
-      sum += p[i] = std::exp((logits[order[i]] - maxLogit) /
-                             params->temperature);
+      sum += p[i] =
+          std::exp((logits[order[i]] - maxLogit) / params->temperature);
     double cumulative = 0;
     size_t nucleus = keep;
     for (size_t i = 0; i < keep; ++i) {

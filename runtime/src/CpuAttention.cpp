@@ -53,9 +53,9 @@ private:
 };
 
 Status noPage(const char *kernel, int64_t b, int64_t position) {
-  return {MELT_RESOURCE_EXHAUSTED,
-          std::string(kernel) + ": position " + str(position) +
-              " of sequence " + str(b) + " has no cache page"};
+  return {MELT_RESOURCE_EXHAUSTED, std::string(kernel) + ": position " +
+                                       str(position) + " of sequence " +
+                                       str(b) + " has no cache page"};
 }
 
 /// How many positions of its sequence token t sees.
@@ -80,7 +80,8 @@ Status CpuDevice::cacheAppend(const DeviceTensor &first,
     int64_t r = rows.row(seq, pos);
     if (r < 0)
       return noPage("cache_append", seq, pos);
-    std::memcpy(c + r * width, floats(first) + t * a, size_t(a) * sizeof(float));
+    std::memcpy(c + r * width, floats(first) + t * a,
+                size_t(a) * sizeof(float));
     std::memcpy(c + r * width + a, floats(second) + t * b,
                 size_t(b) * sizeof(float));
   }
@@ -99,7 +100,8 @@ Status CpuDevice::attention(const DeviceTensor &q, const DeviceTensor &cache,
   std::vector<float> scores;
   std::vector<const float *> rowOf;
   for (int64_t t = 0; t < T; ++t) {
-    int64_t b = ints(layout.sequences)[t], visible = visibleOf(layout, t, causal);
+    int64_t b = ints(layout.sequences)[t],
+            visible = visibleOf(layout, t, causal);
     if (visible <= 0)
       return invalidArgument("attention: token " + str(t) + " sees no key");
     rowOf.resize(size_t(visible));
@@ -124,8 +126,8 @@ Status CpuDevice::attention(const DeviceTensor &q, const DeviceTensor &cache,
       float *o = os + (t * H + h) * Dv;
       std::fill(o, o + Dv, 0.f);
       for (int64_t s = 0; s < visible; ++s)
-        axpy(scores[size_t(s)] / sum,
-             rowOf[size_t(s)] + kvHeads * D + kh * Dv, o, Dv);
+        axpy(scores[size_t(s)] / sum, rowOf[size_t(s)] + kvHeads * D + kh * Dv,
+             o, Dv);
     }
   }
   return Status::ok();
@@ -134,8 +136,7 @@ Status CpuDevice::attention(const DeviceTensor &q, const DeviceTensor &cache,
 Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
                       const DeviceTensor &cache, const CacheLayout &layout,
                       const DeviceTensor &wUk, const DeviceTensor &wUv,
-                      float scale, int64_t decompressAbove,
-                      DeviceTensor &out) {
+                      float scale, int64_t decompressAbove, DeviceTensor &out) {
   MELT_RETURN_IF_ERROR(check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
   if (!wUk.data || !wUv.data)
     return invalidArgument("mla: W_UK or W_UV has no values");
@@ -151,8 +152,8 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
   for (int64_t t = 0; t < T; ++t) {
     int64_t b = seq[t];
     if (b < 0 || b >= B)
-      return invalidArgument("mla: token " + str(t) + " of sequence " +
-                             str(b) + " of " + str(B));
+      return invalidArgument("mla: token " + str(t) + " of sequence " + str(b) +
+                             " of " + str(B));
     if (pos[t] < 0)
       return invalidArgument("mla: token " + str(t) + " at position " +
                              str(pos[t]));
@@ -226,8 +227,7 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
           sum += v = std::exp(v - top);
         std::fill(o, o + V, 0.f);
         for (int64_t s = 0; s < visible; ++s)
-          axpy(scores[size_t(s)] / sum, values.data() + (h * S + s) * V, o,
-               V);
+          axpy(scores[size_t(s)] / sum, values.data() + (h * S + s) * V, o, V);
       }
     }
   }

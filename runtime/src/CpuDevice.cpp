@@ -136,8 +136,8 @@ Status CpuDevice::importWeight(const WeightData &weight, DeviceTensor &out) {
   out = DeviceTensor();
   out.dtype = DType::F32;
   out.shape = weight.shape;
-  out.data = weight.data.empty() ? nullptr
-                                 : const_cast<float *>(weight.data.data());
+  out.data =
+      weight.data.empty() ? nullptr : const_cast<float *>(weight.data.data());
   out.prepared = &weight;
   return Status::ok();
 }
@@ -433,7 +433,8 @@ Status CpuDevice::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
     MELT_RETURN_IF_ERROR(multiply(gathered.data(), m, D, gate, e, g.data()));
     MELT_RETURN_IF_ERROR(multiply(gathered.data(), m, D, up, e, u.data()));
     for (int64_t i = 0; i < m * I; ++i)
-      g[size_t(i)] = g[size_t(i)] / (1.f + std::exp(-g[size_t(i)])) * u[size_t(i)];
+      g[size_t(i)] =
+          g[size_t(i)] / (1.f + std::exp(-g[size_t(i)])) * u[size_t(i)];
     MELT_RETURN_IF_ERROR(multiply(g.data(), m, I, down, e, out.data()));
     if (combineBf16)
       for (float &v : out)
@@ -476,6 +477,7 @@ Status CpuDevice::dequantizeBlocks(const DeviceTensor &q,
   float *out = floats(y);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < K; ++c)
-      out[t * K + c] = fp8E4M3ToFloat(in[t * K + c]) * s[t * blocks + c / block];
+      out[t * K + c] =
+          fp8E4M3ToFloat(in[t * K + c]) * s[t * blocks + c / block];
   return Status::ok();
 }

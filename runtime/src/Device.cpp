@@ -132,13 +132,13 @@ Status check::linear(const DeviceTensor &x, const DeviceTensor &w,
   MELT_RETURN_IF_ERROR(floatType("linear", "y", y));
   // An f32 input to a bf16 weight is rounded to bf16 first; to an fp8 one
   // (a device's imported FP8 weight) quantized in 1x128 blocks.
-  MELT_RETURN_IF_ERROR(expect(
-      w.dtype == x.dtype ||
-          ((w.dtype == DType::BF16 || w.dtype == DType::FP8E4M3) &&
-           x.dtype == DType::F32),
-      "linear",
-      std::string("weight ") + dtypeName(w.dtype) + " and input " +
-          dtypeName(x.dtype) + " differ"));
+  MELT_RETURN_IF_ERROR(
+      expect(w.dtype == x.dtype ||
+                 ((w.dtype == DType::BF16 || w.dtype == DType::FP8E4M3) &&
+                  x.dtype == DType::F32),
+             "linear",
+             std::string("weight ") + dtypeName(w.dtype) + " and input " +
+                 dtypeName(x.dtype) + " differ"));
   return expect(x.shape.size() == 2 && w.shape.size() == 2 &&
                     y.shape.size() == 2 && x.shape[1] == w.shape[1] &&
                     y.shape[0] == x.shape[0] && y.shape[1] == w.shape[0],
@@ -281,7 +281,7 @@ Status check::axisPart(const char *kernel, const DeviceTensor &whole, int axis,
 }
 
 Status check::cacheLayout(const char *kernel, const CacheLayout &layout,
-                     int64_t tokens) {
+                          int64_t tokens) {
   const DeviceTensor &p = layout.positions, &s = layout.sequences,
                      &pages = layout.pages, &n = layout.lengths;
   bool ok = p.dtype == DType::I32 && s.dtype == DType::I32 &&
@@ -299,8 +299,8 @@ Status check::cacheLayout(const char *kernel, const CacheLayout &layout,
                     shapeString(n.shape));
 }
 
-Status check::cacheAppend(const DeviceTensor &first,
-                          const DeviceTensor &second, const CacheLayout &layout,
+Status check::cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
+                          const CacheLayout &layout,
                           const DeviceTensor &cache) {
   int64_t t = first.rows(), a = first.cols();
   int64_t b = t ? second.numel() / t : 0;
@@ -324,8 +324,7 @@ Status check::attention(const DeviceTensor &q, const DeviceTensor &cache,
             out.dtype == DType::F32 && q.shape.size() == 3 &&
             out.shape.size() == 3 && cache.shape.size() == 2 && kvHeads > 0;
   if (ok) {
-    int64_t T = q.shape[0], H = q.shape[1], Dk = q.shape[2],
-            Dv = out.shape[2];
+    int64_t T = q.shape[0], H = q.shape[1], Dk = q.shape[2], Dv = out.shape[2];
     ok = H % kvHeads == 0 && out.shape[0] == T && out.shape[1] == H &&
          cache.shape[1] == kvHeads * (Dk + Dv) &&
          cache.shape[0] % kPageTokens == 0;

@@ -180,7 +180,8 @@ public:
   /// which does not wait for its kernels) from the next synchronize().
   virtual Status cacheAppend(const DeviceTensor &first,
                              const DeviceTensor &second,
-                             const CacheLayout &layout, DeviceTensor &cache) = 0;
+                             const CacheLayout &layout,
+                             DeviceTensor &cache) = 0;
   /// Attention of query t (q [T, H, Dk]) over the per-head cache of its
   /// sequence (rows: keys [Hk, Dk] then values [Hk, Dv]; H a multiple of
   /// Hk, query head h reading cache head h / (H / Hk)): positions

@@ -141,8 +141,8 @@ Status DeviceModel::create(const Model &model, Device &device,
       DeviceTensor t;
       Status s = device.importWeight(model.weight(w), t);
       if (s)
-        return Status(s.code(), "weights[" + std::to_string(w) + "]: " +
-                                    s.message());
+        return Status(s.code(),
+                      "weights[" + std::to_string(w) + "]: " + s.message());
       result->weights_[w] = t;
     }
   }
@@ -189,8 +189,8 @@ Status allocateInputs(const DeviceModel &dm, ForwardRunner::Pass &pass,
   pass.layout.pages = *t;
   MELT_RETURN_IF_ERROR(values.scratch(DType::I32, {B}, t));
   pass.layout.lengths = *t;
-  MELT_RETURN_IF_ERROR(values.scratch(
-      DType::I32, {int64_t(batch.logitRows.size())}, pass.rows));
+  MELT_RETURN_IF_ERROR(
+      values.scratch(DType::I32, {int64_t(batch.logitRows.size())}, pass.rows));
   // @forward's own inputs: token ids and positions (then the caches).
   size_t next = 0;
   for (uint32_t id : *dm.forward().inputs()) {
@@ -215,7 +215,8 @@ Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
   MELT_RETURN_IF_ERROR(
       device.upload(batch.sequences.data(), pass.layout.sequences));
   MELT_RETURN_IF_ERROR(device.upload(batch.pages.data(), pass.layout.pages));
-  MELT_RETURN_IF_ERROR(device.upload(batch.lengths.data(), pass.layout.lengths));
+  MELT_RETURN_IF_ERROR(
+      device.upload(batch.lengths.data(), pass.layout.lengths));
   return device.upload(batch.logitRows.data(), *pass.rows);
 }
 
@@ -300,8 +301,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       int64_t n = pass.rows->shape[0];
       DeviceTensor *gathered = nullptr;
       DeviceTensor x = asRows(in(0));
-      MELT_RETURN_IF_ERROR(
-          values.scratch(DType::F32, {n, x.cols()}, gathered));
+      MELT_RETURN_IF_ERROR(values.scratch(DType::F32, {n, x.cols()}, gathered));
       status = device.embedding(*pass.rows, x, *gathered);
       if (status)
         break;
@@ -377,8 +377,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       if (!c)
         return invalidArtifact(kernelName(k, kernel) +
                                " appends to a cache that is not an input");
-      status = device.cacheAppend(perToken(in(1)), perToken(in(2)), pass.layout,
-                                  *c);
+      status =
+          device.cacheAppend(perToken(in(1)), perToken(in(2)), pass.layout, *c);
       cacheOf[outId(0)] = c;
       break;
     }
@@ -400,14 +400,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       int64_t kvHeads = buffer.shape()->Get(0);
       int64_t valueDim = buffer.shape()->Get(2);
       const DeviceTensor &q = in(0);
-      MELT_RETURN_IF_ERROR(values.make(
-          outId(0), DType::F32,
-          {q.shape.empty() ? 0 : q.shape[0], q.shape.size() > 1 ? q.shape[1] : 0,
-           valueDim},
-          out));
-      status = device.attention(q, *cache(keys->second), pass.layout, kvHeads,
-                                ints(0) != 0, float(kernel.floats()->Get(0)),
-                                *out);
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), DType::F32,
+                      {q.shape.empty() ? 0 : q.shape[0],
+                       q.shape.size() > 1 ? q.shape[1] : 0, valueDim},
+                      out));
+      status =
+          device.attention(q, *cache(keys->second), pass.layout, kvHeads,
+                           ints(0) != 0, float(kernel.floats()->Get(0)), *out);
       break;
     }
     case fb::KernelKind::MLA: {
@@ -418,17 +418,17 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       const DeviceTensor &qn = in(0);
       if (qn.shape.size() != 3)
         return invalidArtifact(kernelName(k, kernel) + ": q_nope is not 3-D");
-      MELT_RETURN_IF_ERROR(values.make(
-          outId(0), DType::F32, {qn.shape[0], qn.shape[1], w(1).shape[1]},
-          out));
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), DType::F32,
+                      {qn.shape[0], qn.shape[1], w(1).shape[1]}, out));
       status = device.mla(qn, in(1), *c, pass.layout, w(0), w(1),
                           float(kernel.floats()->Get(0)), ints(0), *out);
       break;
     }
     case fb::KernelKind::Quantize: {
       if (ints(0) != 1 || ints(1) <= 0)
-        return {MELT_UNSUPPORTED, kernelName(k, kernel) +
-                                      ": only 1 x N activation blocks"};
+        return {MELT_UNSUPPORTED,
+                kernelName(k, kernel) + ": only 1 x N activation blocks"};
       DeviceTensor x = perToken(in(0));
       int64_t blocks = (x.cols() + ints(1) - 1) / ints(1);
       DeviceTensor *scales = nullptr;
@@ -440,10 +440,9 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     }
     case fb::KernelKind::Dequantize: {
       if (ints(0) != 1 || ints(1) <= 0)
-        return {MELT_UNSUPPORTED, kernelName(k, kernel) +
-                                      ": only 1 x N activation blocks"};
-      MELT_RETURN_IF_ERROR(
-          values.make(outId(0), DType::F32, in(0).shape, out));
+        return {MELT_UNSUPPORTED,
+                kernelName(k, kernel) + ": only 1 x N activation blocks"};
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
       status = device.dequantizeBlocks(in(0), in(1), ints(1), *out);
       break;
     }

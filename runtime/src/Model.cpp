@@ -63,24 +63,26 @@ public:
 
   Status open(const fb::Model &m, const std::string &dir) {
     if (dir.empty() && m.files()->size() > 0)
-      return {MELT_NOT_FOUND,
-              artifact.name() + ": its weights are read from a checkpoint "
-                                "(" + m.files()->Get(0)->path()->str() +
-                  ", ...): give the checkpoint directory"};
+      return {MELT_NOT_FOUND, artifact.name() +
+                                  ": its weights are read from a checkpoint "
+                                  "(" +
+                                  m.files()->Get(0)->path()->str() +
+                                  ", ...): give the checkpoint directory"};
     for (uint32_t i = 0; i < m.files()->size(); ++i) {
       const fb::CheckpointFile *f = m.files()->Get(i);
       std::string path = dir + "/" + f->path()->str();
-      auto stream = std::make_unique<std::ifstream>(
-          path, std::ios::binary | std::ios::ate);
+      auto stream = std::make_unique<std::ifstream>(path, std::ios::binary |
+                                                              std::ios::ate);
       if (!*stream)
-        return {MELT_NOT_FOUND, path + ": cannot open (files[" + str(i) +
-                                    "] of the artifact)"};
+        return {MELT_NOT_FOUND,
+                path + ": cannot open (files[" + str(i) + "] of the artifact)"};
       uint64_t size = static_cast<uint64_t>(stream->tellg());
       if (size != f->size())
-        return {MELT_INVALID_ARTIFACT,
-                path + ": is " + str(size) + " bytes, the artifact was "
-                "compiled against " + str(f->size()) +
-                " (a different checkpoint?)"};
+        return {MELT_INVALID_ARTIFACT, path + ": is " + str(size) +
+                                           " bytes, the artifact was "
+                                           "compiled against " +
+                                           str(f->size()) +
+                                           " (a different checkpoint?)"};
       sizes.push_back(size);
       streams.push_back(std::move(stream));
     }
@@ -97,8 +99,8 @@ public:
     uint64_t end = 0;
     if (__builtin_add_overflow(r.offset(), r.bytes(), &end) ||
         end > sizes[r.file()])
-      return invalidArtifact(what + " reads bytes [" + str(r.offset()) +
-                             ", +" + str(r.bytes()) + ") past the end of a " +
+      return invalidArtifact(what + " reads bytes [" + str(r.offset()) + ", +" +
+                             str(r.bytes()) + ") past the end of a " +
                              str(sizes[r.file()]) + "-byte file");
     out.resize(r.bytes());
     std::ifstream &s = *streams[r.file()];
@@ -144,7 +146,8 @@ void applyStorage(const fb::Weight &w, WeightData &data) {
   if (w.storage() == 2 && rank >= 2) {
     data.storage = WeightData::Storage::FP8Blocks;
     int64_t rows = data.shape[rank - 2], cols = data.shape[rank - 1];
-    uint64_t matrices = data.data.size() / uint64_t(std::max<int64_t>(rows * cols, 1));
+    uint64_t matrices =
+        data.data.size() / uint64_t(std::max<int64_t>(rows * cols, 1));
     for (uint64_t m = 0; m < matrices; ++m)
       roundToFp8Blocks(data.data.data() + m * rows * cols, rows, cols, 128,
                        128);
@@ -174,8 +177,8 @@ Status Model::loadWeights(const std::string &dir) {
   weightUses(m, multiplied, read);
   for (uint32_t i = 0; i < m.weights()->size(); ++i) {
     const fb::Weight *w = m.weights()->Get(i);
-    std::string what = "weights[" + str(i) + "] (" +
-                       (w->name() ? w->name()->str() : "") + ")";
+    std::string what =
+        "weights[" + str(i) + "] (" + (w->name() ? w->name()->str() : "") + ")";
     WeightData &data = weights_[i];
     // A view is decoded whole from its source, then sliced.
     bool view = w->view_shape() != nullptr;
@@ -196,7 +199,8 @@ Status Model::loadWeights(const std::string &dir) {
     const auto *concat = w->concat_rows();
     uint64_t offset = 0;
     for (uint32_t s = 0; s < sources; ++s) {
-      int64_t rows = concat ? concat->Get(s) : data.shape[rank - 2 < 0 ? 0 : rank - 2];
+      int64_t rows =
+          concat ? concat->Get(s) : data.shape[rank - 2 < 0 ? 0 : rank - 2];
       uint64_t count = concat ? static_cast<uint64_t>(rows) * data.shape[1]
                               : elements / sources;
       MELT_RETURN_IF_ERROR(
@@ -208,8 +212,8 @@ Status Model::loadWeights(const std::string &dir) {
       if (w->dtype() != fb::DType::F8E4M3FN)
         continue;
       // dequantized = q * scale_inv of its block (edge blocks partial).
-      MELT_RETURN_IF_ERROR(files.read(*w->scales()->Get(s), w->embedded(),
-                                      what, scaleBytes));
+      MELT_RETURN_IF_ERROR(
+          files.read(*w->scales()->Get(s), w->embedded(), what, scaleBytes));
       int64_t cols = data.shape[rank - 1];
       int64_t br = w->block()->Get(0), bc = w->block()->Get(1);
       int64_t colBlocks = (cols + bc - 1) / bc;

@@ -109,9 +109,9 @@ Status Session::step(const Entry *entries, size_t n,
     int64_t count = static_cast<int64_t>(entry.count);
     if (count > maxContext_ - seq.length)
       return {MELT_RESOURCE_EXHAUSTED,
-              "sequence " + str(entry.sequence) + " holds " +
-                  str(seq.length) + " tokens; " + str(count) +
-                  " more exceed the context of " + str(maxContext_)};
+              "sequence " + str(entry.sequence) + " holds " + str(seq.length) +
+                  " tokens; " + str(count) + " more exceed the context of " +
+                  str(maxContext_)};
     int64_t pages = (seq.length + count + kPageTokens - 1) / kPageTokens;
     pagesNeeded += pages - static_cast<int64_t>(seq.pages.size());
     seqs.push_back(&seq);
@@ -148,8 +148,8 @@ Status Session::step(const Entry *entries, size_t n,
   StepBatch batch;
   bool decode = true;
   for (size_t e = 0; e < n; ++e) {
-    batch.pagesPerSequence = std::max<int64_t>(
-        batch.pagesPerSequence, int64_t(seqs[e]->pages.size()));
+    batch.pagesPerSequence = std::max<int64_t>(batch.pagesPerSequence,
+                                               int64_t(seqs[e]->pages.size()));
     decode = decode && entries[e].count == 1;
   }
   if (decode) {
@@ -158,8 +158,8 @@ Status Session::step(const Entry *entries, size_t n,
     int64_t pages = 1, most = (maxContext_ + kPageTokens - 1) / kPageTokens;
     while (pages < batch.pagesPerSequence)
       pages *= 2;
-    batch.pagesPerSequence = std::max(batch.pagesPerSequence,
-                                      std::min(pages, most));
+    batch.pagesPerSequence =
+        std::max(batch.pagesPerSequence, std::min(pages, most));
   }
   batch.pages.assign(size_t(n * batch.pagesPerSequence), -1);
   for (size_t e = 0; e < n; ++e) {

@@ -109,9 +109,9 @@ class SessionTest : public ModelTest {};
 
 TEST_F(SessionTest, DoubleDestroyIsAnError) {
   melt_model *model = nullptr;
-  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
-                            &model),
-            MELT_OK)
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK)
       << melt_last_error();
   melt_session *session = nullptr;
   melt_session_options options{32, 0};
@@ -127,9 +127,9 @@ TEST_F(SessionTest, DoubleDestroyIsAnError) {
 
 TEST_F(SessionTest, BadTokensAndContextLeaveStateUnchanged) {
   melt_model *model = nullptr;
-  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
-                            &model),
-            MELT_OK);
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK);
   long long vocab = melt_model_vocab_size(model);
   melt_session *session = nullptr;
   melt_session *rejected = nullptr;
@@ -196,9 +196,9 @@ TEST_F(SessionTest, BadTokensAndContextLeaveStateUnchanged) {
 
 TEST_F(SessionTest, BatchedStepsMatchSingleSequences) {
   melt_model *model = nullptr;
-  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
-                            &model),
-            MELT_OK);
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK);
   melt_session_options options{64, 256};
   melt_session *batched = nullptr, *single = nullptr;
   ASSERT_EQ(melt_session_create(model, &options, &batched), MELT_OK);
@@ -222,12 +222,12 @@ TEST_F(SessionTest, BatchedStepsMatchSingleSequences) {
   struct Case {
     int sequence;
     std::vector<int> tokens;
-  } cases[3] = {{a, {1, 2, 3, 4, 5, 11}}, {b, {9, 8, 11, 12, 13}},
-                {c, {7, 7, 7, 13}}};
+  } cases[3] = {
+      {a, {1, 2, 3, 4, 5, 11}}, {b, {9, 8, 11, 12, 13}}, {c, {7, 7, 7, 13}}};
   for (const Case &k : cases) {
     melt_session_add_sequence(single, &ref);
-    ASSERT_EQ(melt_session_append(single, ref, k.tokens.data(),
-                                  k.tokens.size(), nullptr),
+    ASSERT_EQ(melt_session_append(single, ref, k.tokens.data(), k.tokens.size(),
+                                  nullptr),
               MELT_OK);
     const float *x = nullptr, *y = nullptr;
     size_t nx = 0, ny = 0;
@@ -246,9 +246,9 @@ TEST_F(SessionTest, BatchedStepsMatchSingleSequences) {
 
 TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   melt_model *model = nullptr;
-  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
-                            &model),
-            MELT_OK);
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK);
   // 3 pages of 16 tokens.
   melt_session_options options{64, 48};
   melt_session *session = nullptr;
@@ -285,8 +285,7 @@ TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   EXPECT_EQ(melt_session_remove_sequence(session, a), MELT_OK);
   melt_session_kv_pages(session, &used, &total);
   EXPECT_EQ(used, 0);
-  EXPECT_EQ(melt_session_append(session, b, more.data(), 20, nullptr),
-            MELT_OK);
+  EXPECT_EQ(melt_session_append(session, b, more.data(), 20, nullptr), MELT_OK);
   melt_session_kv_pages(session, &used, &total);
   EXPECT_EQ(used, 2);
   melt_session_destroy(session);

@@ -433,8 +433,8 @@ struct PagedBatches {
     std::vector<int32_t> positions, sequences, lengths;
   };
   std::vector<Step> steps = {
-      {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
-        0, 1, 2, 3, 4},
+      {{0,  1,  2,  3,  4,  5,  6, 7, 8, 9, 10, 11,
+        12, 13, 14, 15, 16, 17, 0, 1, 2, 3, 4},
        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1},
        {18, 5}},
       {{18, 5}, {0, 1}, {19, 6}},
@@ -469,9 +469,9 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
   const float scale = 0.2f;
   for (const PagedBatches::Step &step : batches.steps) {
     int64_t T = int64_t(step.positions.size());
-    CacheLayout layout = makeLayout(step.positions, step.sequences,
-                                    batches.pages, PagedBatches::kPerSequence,
-                                    step.lengths);
+    CacheLayout layout =
+        makeLayout(step.positions, step.sequences, batches.pages,
+                   PagedBatches::kPerSequence, step.lengths);
     HostTensor latent = random(DType::F32, {T, L}, rng);
     HostTensor key = random(DType::F32, {T, 1, R}, rng);
     HostTensor qn = random(DType::F32, {T, H, N}, rng);
@@ -493,7 +493,8 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
         double top = -1e300, sum = 0;
         for (int64_t j = 0; j < visible; ++j) {
           const float *c =
-              &cacheHost[batches.rowOf(step.sequences[t], int32_t(j)) * (L + R)];
+              &cacheHost[batches.rowOf(step.sequences[t], int32_t(j)) *
+                         (L + R)];
           double score = 0;
           for (int64_t n = 0; n < N; ++n) {
             double k = 0;
@@ -510,9 +511,9 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
           sum += v = std::exp(v - top);
         for (int64_t d = 0; d < V; ++d)
           for (int64_t j = 0; j < visible; ++j) {
-            const float *c = &cacheHost[batches.rowOf(step.sequences[t],
-                                                      int32_t(j)) *
-                                        (L + R)];
+            const float *c =
+                &cacheHost[batches.rowOf(step.sequences[t], int32_t(j)) *
+                           (L + R)];
             double value = 0;
             for (int64_t l = 0; l < L; ++l)
               value += double(wUv.values[(h * V + d) * L + l]) * c[l];
@@ -522,8 +523,8 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
     // Absorbed, and (where a device does it) decompressed for prefills.
     for (int64_t decompressAbove : {int64_t(1) << 30, int64_t(1)}) {
       DeviceTensor out = make(DType::F32, {T, H, V});
-      s = device->mla(dqn, dqr, cache, layout, dUk, dUv, scale,
-                      decompressAbove, out);
+      s = device->mla(dqn, dqr, cache, layout, dUk, dUv, scale, decompressAbove,
+                      out);
       ASSERT_FALSE(s) << s.message();
       EXPECT_LE(relativeError(get(out), want), tolerance(DType::F32))
           << T << " tokens, decompress above " << decompressAbove;
@@ -552,9 +553,9 @@ TEST_P(DeviceConformance, PagedAttention) {
   const float scale = 0.35f;
   for (const PagedBatches::Step &step : batches.steps) {
     int64_t T = int64_t(step.positions.size());
-    CacheLayout layout = makeLayout(step.positions, step.sequences,
-                                    batches.pages, PagedBatches::kPerSequence,
-                                    step.lengths);
+    CacheLayout layout =
+        makeLayout(step.positions, step.sequences, batches.pages,
+                   PagedBatches::kPerSequence, step.lengths);
     HostTensor k = random(DType::F32, {T, Hk, Dk}, rng);
     HostTensor v = random(DType::F32, {T, Hk, Dv}, rng);
     HostTensor q = random(DType::F32, {T, H, Dk}, rng);
@@ -582,7 +583,8 @@ TEST_P(DeviceConformance, PagedAttention) {
                 &cacheHost[batches.rowOf(int32_t(b), int32_t(j)) * width];
             double score = 0;
             for (int64_t d = 0; d < Dk; ++d)
-              score += double(q.values[(t * H + h) * Dk + d]) * row[kh * Dk + d];
+              score +=
+                  double(q.values[(t * H + h) * Dk + d]) * row[kh * Dk + d];
             p[j] = score * scale;
             top = std::max(top, p[j]);
           }

@@ -117,10 +117,10 @@ TEST_P(SessionOnDevice, BatchMatchesTheCpuSequenceBySequence) {
     const size_t vocab = size_t(melt_model_vocab_size(cpu.model));
     // Two sequences; their pages interleave as they grow (a prefill of 20
     // crosses a page).
-    std::vector<std::vector<int>> tokens = {
-        {1, 17, 42, 99, 3, 250, 7, 128, 5, 6, 9, 11, 12, 13, 14, 15, 16, 18,
-         19, 20},
-        {200, 2, 77, 31, 8}};
+    std::vector<std::vector<int>> tokens = {{1,   17, 42, 99, 3,  250, 7,
+                                             128, 5,  6,  9,  11, 12,  13,
+                                             14,  15, 16, 18, 19, 20},
+                                            {200, 2, 77, 31, 8}};
     int ids[2], ref[2];
     for (int i = 0; i < 2; ++i) {
       ASSERT_EQ(melt_session_add_sequence(device.session, &ids[i]), MELT_OK);

@@ -185,12 +185,11 @@ int main(int argc, char **argv) {
 
   std::string deviceName = device ? device : "cpu";
   melt_model *model = nullptr;
-  melt_status loaded =
-      randomWeights
-          ? melt_model_load_random(artifact, /*seed=*/1, deviceName.c_str(),
-                                   &model)
-          : melt_model_load_on(artifact, checkpoint, deviceName.c_str(),
-                               &model);
+  melt_status loaded = randomWeights
+                           ? melt_model_load_random(artifact, /*seed=*/1,
+                                                    deviceName.c_str(), &model)
+                           : melt_model_load_on(artifact, checkpoint,
+                                                deviceName.c_str(), &model);
   if (loaded != MELT_OK)
     return fail("loading the model");
   long long vocab = melt_model_vocab_size(model);

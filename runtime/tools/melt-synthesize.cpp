@@ -96,12 +96,11 @@ void fillBytes(const Fill &f, Random &random, std::vector<uint8_t> &out) {
   uint64_t width = dtypeBytes(f.dtype);
   for (uint64_t i = 0; i + width <= f.bytes; i += width) {
     // FP8 weights span the e4m3 range; their scales bring them to kSpread.
-    float v = f.kind == Fill::Ones     ? 1.0f
-              : f.kind == Fill::Zeros  ? 0.0f
-              : f.kind == Fill::Scales ? kSpread / kFp8E4M3Max
-              : f.dtype == fb::DType::F8E4M3FN
-                  ? random.next() * kFp8E4M3Max
-                  : random.next() * kSpread;
+    float v = f.kind == Fill::Ones             ? 1.0f
+              : f.kind == Fill::Zeros          ? 0.0f
+              : f.kind == Fill::Scales         ? kSpread / kFp8E4M3Max
+              : f.dtype == fb::DType::F8E4M3FN ? random.next() * kFp8E4M3Max
+                                               : random.next() * kSpread;
     uint8_t *p = out.data() + i;
     switch (f.dtype) {
     case fb::DType::F32:
@@ -175,8 +174,9 @@ std::string writeFile(const std::string &path, uint64_t size,
   };
   for (const Fill &f : ranges) {
     if (f.offset < at)
-      return path + ": ranges " + std::to_string(f.offset) + " and before "
-                    "overlap";
+      return path + ": ranges " + std::to_string(f.offset) +
+             " and before "
+             "overlap";
     if (f.offset > at)
       entry("filler" + std::to_string(filler++), "U8", at, f.offset,
             f.offset - at);

@@ -121,8 +121,7 @@ melt_status melt_session_kv_pages(melt_session *session, long long *used,
 /* A step of one sequence. If `all_logits` is not NULL it receives
  * n x vocab floats: the logits after each appended token. */
 melt_status melt_session_append(melt_session *session, int sequence,
-                                const int *tokens, size_t n,
-                                float *all_logits);
+                                const int *tokens, size_t n, float *all_logits);
 /* The next-token logits of a sequence, valid until its next append. */
 melt_status melt_session_logits(melt_session *session, int sequence,
                                 const float **logits, size_t *vocab);
@@ -153,8 +152,8 @@ typedef struct melt_sampling {
  * is the caller's random state: seed it once, and the same seed gives the
  * same tokens. */
 melt_status melt_sample(const float *logits, size_t n,
-                        const melt_sampling *params,
-                        unsigned long long *state, int *token);
+                        const melt_sampling *params, unsigned long long *state,
+                        int *token);
 
 #ifdef __cplusplus
 }

@@ -151,9 +151,9 @@ public:
     MELT_RETURN_IF_ERROR(flags());
     MELT_RETURN_IF_ERROR(synchronize());
     // Relaxed: a block the cache lacks may still be cudaMalloc'ed.
-    MELT_RETURN_IF_ERROR(check(
-        cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed),
-        "cudaStreamBeginCapture"));
+    MELT_RETURN_IF_ERROR(
+        check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed),
+              "cudaStreamBeginCapture"));
     capturing_ = true;
     parked_.clear();
     return Status::ok();
@@ -208,15 +208,13 @@ public:
     if (!raised[kEmbeddingFlag] && !raised[kCacheFlag] && !raised[kExpertFlag])
       return Status::ok();
     // Reported once; the device goes on.
-    MELT_RETURN_IF_ERROR(
-        check(cudaMemset(flag_, 0, sizeof(raised)), "flag"));
+    MELT_RETURN_IF_ERROR(check(cudaMemset(flag_, 0, sizeof(raised)), "flag"));
     if (raised[kEmbeddingFlag])
       return invalidArgument(
           "embedding: a token id is outside the vocabulary of " +
           std::to_string(embeddingRows_));
     if (raised[kCacheFlag])
-      return {MELT_RESOURCE_EXHAUSTED,
-              "cache: a position has no cache page"};
+      return {MELT_RESOURCE_EXHAUSTED, "cache: a position has no cache page"};
     return invalidArgument(
         "moe_experts: an expert index is outside the experts");
   }
@@ -312,12 +310,12 @@ public:
     MELT_RETURN_IF_ERROR(check::embedding(ids, table, y));
     MELT_RETURN_IF_ERROR(flags());
     embeddingRows_ = table.shape[0];
-    MELT_RETURN_IF_ERROR(check(
-        cuda::embedding(static_cast<const int32_t *>(ids.data),
-                        int(ids.shape[0]), operand(table), int(table.shape[0]),
-                        int(table.shape[1]), result(y),
-                        flag_ + kEmbeddingFlag, stream_),
-        "embedding"));
+    MELT_RETURN_IF_ERROR(
+        check(cuda::embedding(static_cast<const int32_t *>(ids.data),
+                              int(ids.shape[0]), operand(table),
+                              int(table.shape[0]), int(table.shape[1]),
+                              result(y), flag_ + kEmbeddingFlag, stream_),
+              "embedding"));
     // Ids come from the user: a bad one is reported now, not as a fault
     // (while recording, at the synchronize() after the replay).
     return capturing_ ? Status::ok() : synchronize();
@@ -439,31 +437,28 @@ public:
     if (mlaF32SharedBytes(latent, maxVisible) > 200 * 1024)
       return {MELT_UNSUPPORTED, "mla: " + std::to_string(maxVisible) +
                                     " cached tokens are beyond the F32 kernel"};
-    return check(mlaF32(static_cast<const float *>(qNope.data),
-                        static_cast<const float *>(qRope.data),
-                        static_cast<const float *>(cache.data),
-                        paged(layout, cache),
-                        static_cast<const float *>(wUk.data),
-                        static_cast<const float *>(wUv.data),
-                        int(qNope.shape[0]), int(qNope.shape[1]),
-                        int(qNope.shape[2]), int(qRope.shape[2]), latent,
-                        int(wUv.shape[1]), maxVisible, scale,
-                        static_cast<float *>(out.data), flag_ + kCacheFlag,
-                        stream_),
-                 "mla");
+    return check(
+        mlaF32(static_cast<const float *>(qNope.data),
+               static_cast<const float *>(qRope.data),
+               static_cast<const float *>(cache.data), paged(layout, cache),
+               static_cast<const float *>(wUk.data),
+               static_cast<const float *>(wUv.data), int(qNope.shape[0]),
+               int(qNope.shape[1]), int(qNope.shape[2]), int(qRope.shape[2]),
+               latent, int(wUv.shape[1]), maxVisible, scale,
+               static_cast<float *>(out.data), flag_ + kCacheFlag, stream_),
+        "mla");
   }
 
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::quantizeBlocks(x, block, q, scales));
-    return check(cuda::quantizeBlocks(static_cast<const float *>(x.data),
-                                      int(x.shape[0]), int(x.shape[1]),
-                                      int(block),
-                                      static_cast<uint8_t *>(q.data),
-                                      static_cast<float *>(scales.data),
-                                      stream_),
-                 "quantize_blocks");
+    return check(
+        cuda::quantizeBlocks(static_cast<const float *>(x.data),
+                             int(x.shape[0]), int(x.shape[1]), int(block),
+                             static_cast<uint8_t *>(q.data),
+                             static_cast<float *>(scales.data), stream_),
+        "quantize_blocks");
   }
 
   Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,
@@ -492,8 +487,7 @@ public:
       return groupedExperts(x, indices, weights, gate, up, down, combineBf16,
                             y);
     DeviceTensor scratch;
-    MELT_RETURN_IF_ERROR(
-        allocate(DType::F32, {pairs, gate.shape[1]}, scratch));
+    MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, gate.shape[1]}, scratch));
     Status launched = check(
         moeExpertsRowwise(
             static_cast<const float *>(x.data),
@@ -603,9 +597,9 @@ private:
     if (!status)
       status = linearFp8(q, qScales, w, scales->second, out);
     if (!status)
-      status = check(convert({out.data, true}, size_t(m * n), {y.data, false},
-                             stream_),
-                     "linear");
+      status = check(
+          convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),
+          "linear");
     release(q); // stream-ordered: reused only by later work
     release(qScales);
     release(out);
@@ -621,9 +615,8 @@ private:
                         const DeviceTensor &weights, const DeviceTensor &gate,
                         const DeviceTensor &up, const DeviceTensor &down,
                         bool combineBf16, DeviceTensor &y) {
-    const int T = int(x.shape[0]), D = int(x.shape[1]),
-              E = int(gate.shape[0]), I = int(gate.shape[1]),
-              K = int(indices.shape[1]), P = T * K;
+    const int T = int(x.shape[0]), D = int(x.shape[1]), E = int(gate.shape[0]),
+              I = int(gate.shape[1]), K = int(indices.shape[1]), P = T * K;
     const bool bf16 = gate.dtype == DType::BF16;
     std::vector<int32_t> chosen(static_cast<size_t>(P));
     MELT_RETURN_IF_ERROR(download(indices, chosen.data()));
@@ -644,7 +637,8 @@ private:
     };
     for (int e = 0; e < E; ++e)
       first[size_t(e) + 1] =
-          first[size_t(e)] + (counts[size_t(e)] ? padded(counts[size_t(e)]) : 0);
+          first[size_t(e)] +
+          (counts[size_t(e)] ? padded(counts[size_t(e)]) : 0);
     const int R = first[size_t(E)];
     // Row r of the grouped operands is token tokenOfRow[r]; pair p's row is
     // rowOfPair[p].
@@ -681,24 +675,24 @@ private:
     MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, D}, out));
     MELT_RETURN_IF_ERROR(upload(tokenOfRow.data(), rows));
     MELT_RETURN_IF_ERROR(upload(rowOfPair.data(), pairs));
-    MELT_RETURN_IF_ERROR(check(
-        gatherRows(static_cast<const float *>(x.data),
-                   static_cast<const int32_t *>(rows.data), R, D,
-                   {xs.data, bf16}, stream_),
-        "moe_experts"));
+    MELT_RETURN_IF_ERROR(
+        check(gatherRows(static_cast<const float *>(x.data),
+                         static_cast<const int32_t *>(rows.data), R, D,
+                         {xs.data, bf16}, stream_),
+              "moe_experts"));
     size_t width = bf16 ? 2 : 4;
     auto at = [](const DeviceTensor &t, size_t offset, size_t element) {
       return static_cast<const char *>(t.data) + offset * element;
     };
-    auto product = [&](const void *input, const DeviceTensor &w, int e,
-                       int m, int n, int k, float *result) {
+    auto product = [&](const void *input, const DeviceTensor &w, int e, int m,
+                       int n, int k, float *result) {
       const void *matrix = at(w, size_t(e) * n * k, width);
       return bf16 ? gemm_->bf16(static_cast<const __nv_bfloat16 *>(input),
                                 static_cast<const __nv_bfloat16 *>(matrix),
                                 result, true, m, n, k)
                   : gemm_->f32(static_cast<const float *>(input),
-                               static_cast<const float *>(matrix), result, m,
-                               n, k);
+                               static_cast<const float *>(matrix), result, m, n,
+                               k);
     };
     for (int e = 0; e < E; ++e) {
       int m = first[size_t(e) + 1] - first[size_t(e)], r = first[size_t(e)];
@@ -710,17 +704,17 @@ private:
       MELT_RETURN_IF_ERROR(fromGemm(product(
           xe, up, e, m, I, D, static_cast<float *>(u.data) + size_t(r) * I)));
     }
-    MELT_RETURN_IF_ERROR(check(binary(Binary::SiluMul, {g.data, false},
-                                      {u.data, false}, size_t(R) * I,
-                                      {act.data, bf16}, stream_),
-                               "moe_experts"));
+    MELT_RETURN_IF_ERROR(
+        check(binary(Binary::SiluMul, {g.data, false}, {u.data, false},
+                     size_t(R) * I, {act.data, bf16}, stream_),
+              "moe_experts"));
     for (int e = 0; e < E; ++e) {
       int m = first[size_t(e) + 1] - first[size_t(e)], r = first[size_t(e)];
       if (m == 0)
         continue;
-      MELT_RETURN_IF_ERROR(fromGemm(
-          product(at(act, size_t(r) * I, width), down, e, m, D, I,
-                  static_cast<float *>(out.data) + size_t(r) * D)));
+      MELT_RETURN_IF_ERROR(
+          fromGemm(product(at(act, size_t(r) * I, width), down, e, m, D, I,
+                           static_cast<float *>(out.data) + size_t(r) * D)));
     }
     return check(combineExpertRows(static_cast<const float *>(out.data),
                                    static_cast<const int32_t *>(pairs.data),
@@ -749,7 +743,8 @@ private:
             static_cast<const int32_t *>(layout.sequences.data),
             static_cast<const int32_t *>(layout.pages.data),
             static_cast<const int32_t *>(layout.lengths.data),
-            int(layout.pages.shape[1]), int(layout.pages.shape[0]),
+            int(layout.pages.shape[1]),
+            int(layout.pages.shape[0]),
             int(cache.shape[0])};
   }
 
@@ -895,8 +890,8 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
   if (e != cudaSuccess) {
     cudaGetLastError(); // a failed recording is not a fault of the device
     returnBlocks(blocks);
-    return {MELT_UNSUPPORTED, name() + ": recording a graph failed: " +
-                                  cudaGetErrorString(e)};
+    return {MELT_UNSUPPORTED,
+            name() + ": recording a graph failed: " + cudaGetErrorString(e)};
   }
   out = std::make_unique<CudaGraph>(*this, exec, std::move(blocks));
   return Status::ok();
@@ -904,9 +899,8 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
 
 Status CudaDevice::replay(DeviceGraph &graph) {
   MELT_RETURN_IF_ERROR(usable());
-  return check(
-      cudaGraphLaunch(static_cast<CudaGraph &>(graph).exec(), stream_),
-      "cudaGraphLaunch");
+  return check(cudaGraphLaunch(static_cast<CudaGraph &>(graph).exec(), stream_),
+               "cudaGraphLaunch");
 }
 
 } // namespace

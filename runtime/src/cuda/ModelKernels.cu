@@ -307,8 +307,8 @@ template <typename W> __device__ __forceinline__ float operandFor(float v) {
 template <typename W>
 __global__ void moeActivationKernel(const float *x, const int32_t *indices,
                                     const W *gate, const W *up, int choices,
-                                    int experts, int inter, int dim,
-                                    float *act, int32_t *bad) {
+                                    int experts, int inter, int dim, float *act,
+                                    int32_t *bad) {
   int pair = blockIdx.x, t = pair / choices;
   int e = indices[pair];
   int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -338,9 +338,9 @@ __global__ void moeActivationKernel(const float *x, const int32_t *indices,
 /// projection, added into y weighted.
 template <typename W>
 __global__ void moeDownKernel(const float *act, const int32_t *indices,
-                              const float *weights, const W *down,
-                              int choices, int experts, int inter, int dim,
-                              bool combineBf16, float *y) {
+                              const float *weights, const W *down, int choices,
+                              int experts, int inter, int dim, bool combineBf16,
+                              float *y) {
   int pair = blockIdx.x, t = pair / choices;
   int e = indices[pair];
   int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -387,8 +387,7 @@ __global__ void combineExpertRowsKernel(const float *expertOut,
 
 } // namespace
 
-cudaError_t melt::rt::cuda::cacheAppend(const float *first,
-                                        const float *second,
+cudaError_t melt::rt::cuda::cacheAppend(const float *first, const float *second,
                                         const PagedLayout &layout, int tokens,
                                         int a, int b, float *cache,
                                         int32_t *bad, cudaStream_t stream) {
@@ -418,17 +417,16 @@ cudaError_t melt::rt::cuda::mlaF32(const float *qNope, const float *qRope,
                                    const float *cache,
                                    const PagedLayout &layout, const float *wUk,
                                    const float *wUv, int tokens, int heads,
-                                   int nope, int rope, int latent,
-                                   int valueDim, int maxVisible, float scale,
-                                   float *out, int32_t *bad,
-                                   cudaStream_t stream) {
+                                   int nope, int rope, int latent, int valueDim,
+                                   int maxVisible, float scale, float *out,
+                                   int32_t *bad, cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
   size_t shared = mlaF32SharedBytes(latent, maxVisible);
   // Measured on the H200 (mini, 16 heads): a thread per row is faster for
   // a decode step's few blocks, a warp per row for a prefill's many.
-  auto kernel = tokens > kMlaWarpPerRowTokens ? mlaKernel<true>
-                                               : mlaKernel<false>;
+  auto kernel =
+      tokens > kMlaWarpPerRowTokens ? mlaKernel<true> : mlaKernel<false>;
   if (cudaError_t e = allowSharedBytes(kernel, shared); e != cudaSuccess)
     return e;
   kernel<<<tokens * heads, 128, shared, stream>>>(
@@ -495,8 +493,8 @@ __global__ void quantizeBlocksKernel(const float *x, int tokens, int cols,
   float scale = fmaxf(amax, 1e-12f) / 448.f;
   scales[i] = scale;
   for (int c = c0; c < c1; ++c)
-    q[size_t(t) * cols + c] = __nv_cvt_float_to_fp8(row[c] / scale,
-                                                     __NV_SATFINITE, __NV_E4M3);
+    q[size_t(t) * cols + c] =
+        __nv_cvt_float_to_fp8(row[c] / scale, __NV_SATFINITE, __NV_E4M3);
 }
 
 __global__ void dequantizeBlocksKernel(const uint8_t *q, const float *scales,
@@ -531,9 +529,9 @@ cudaError_t melt::rt::cuda::attentionF32(const float *q, const float *cache,
   return cudaGetLastError();
 }
 
-cudaError_t melt::rt::cuda::quantizeBlocks(const float *x, int tokens,
-                                           int cols, int block, uint8_t *q,
-                                           float *scales, cudaStream_t stream) {
+cudaError_t melt::rt::cuda::quantizeBlocks(const float *x, int tokens, int cols,
+                                           int block, uint8_t *q, float *scales,
+                                           cudaStream_t stream) {
   int blocks = (cols + block - 1) / block, n = tokens * blocks;
   if (n == 0)
     return cudaSuccess;
@@ -558,9 +556,8 @@ cudaError_t melt::rt::cuda::dequantizeBlocks(const uint8_t *q,
 cudaError_t melt::rt::cuda::moeExpertsRowwise(
     const float *x, const int32_t *indices, const float *weights,
     const void *gate, const void *up, const void *down, bool bf16Weights,
-    int tokens, int choices, int experts, int inter, int dim,
-    bool combineBf16, float *scratch, float *y, int32_t *bad,
-    cudaStream_t stream) {
+    int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
+    float *scratch, float *y, int32_t *bad, cudaStream_t stream) {
   cudaError_t e =
       cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
   if (e != cudaSuccess || tokens == 0)
@@ -596,10 +593,12 @@ cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,
   return cudaGetLastError();
 }
 
-cudaError_t melt::rt::cuda::combineExpertRows(
-    const float *expertOut, const int32_t *rowOfPair, const float *weights,
-    int tokens, int choices, int dim, bool combineBf16, float *y,
-    cudaStream_t stream) {
+cudaError_t melt::rt::cuda::combineExpertRows(const float *expertOut,
+                                              const int32_t *rowOfPair,
+                                              const float *weights, int tokens,
+                                              int choices, int dim,
+                                              bool combineBf16, float *y,
+                                              cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
   combineExpertRowsKernel<<<tokens, 256, 0, stream>>>(

@@ -98,20 +98,20 @@ cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
                               const float *weights, const void *gate,
                               const void *up, const void *down,
                               bool bf16Weights, int tokens, int choices,
-                              int experts, int inter, int dim,
-                              bool combineBf16, float *scratch, float *y,
-                              int32_t *bad, cudaStream_t stream);
+                              int experts, int inter, int dim, bool combineBf16,
+                              float *scratch, float *y, int32_t *bad,
+                              cudaStream_t stream);
 
 /// y[r] = x[rows[r]] for r < count (y F32 or BF16): tokens gathered by
 /// expert for the grouped GEMMs.
-cudaError_t gatherRows(const float *x, const int32_t *rows, int count,
-                       int dim, Result y, cudaStream_t stream);
+cudaError_t gatherRows(const float *x, const int32_t *rows, int count, int dim,
+                       Result y, cudaStream_t stream);
 /// y[t] = sum_k weights[t, k] * expertOut[rowOfPair[t * choices + k]]
 /// (each expert row rounded to BF16 first with `combineBf16`).
-cudaError_t combineExpertRows(const float *expertOut,
-                              const int32_t *rowOfPair, const float *weights,
-                              int tokens, int choices, int dim,
-                              bool combineBf16, float *y, cudaStream_t stream);
+cudaError_t combineExpertRows(const float *expertOut, const int32_t *rowOfPair,
+                              const float *weights, int tokens, int choices,
+                              int dim, bool combineBf16, float *y,
+                              cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 
