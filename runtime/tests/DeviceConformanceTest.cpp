@@ -133,6 +133,19 @@ public:
     EXPECT_FALSE(s) << s.message();
     return t;
   }
+  /// The device opened anew with an environment variable set (devices
+  /// read their tuning options when they open).
+  void reopenWith(const char *variable, const char *value) {
+    for (DeviceTensor &t : owned)
+      device->release(t);
+    owned.clear();
+    device.reset();
+    setenv(variable, value, 1);
+    Status s = openDevice(GetParam(), device);
+    unsetenv(variable);
+    ASSERT_FALSE(s) << s.message();
+  }
+
   CacheLayout makeLayout(const std::vector<int32_t> &positions,
                          const std::vector<int32_t> &sequences,
                          const std::vector<int32_t> &pages, int64_t perSequence,
@@ -712,14 +725,9 @@ TEST_P(DeviceConformance, MoeExperts) { checkMoeExperts(*this, rng); }
 // The same through the path for many tokens (a GPU groups tokens by expert
 // for one GEMM each from this many (token, choice) pairs).
 TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
-  for (DeviceTensor &t : owned)
-    device->release(t);
-  owned.clear();
-  device.reset();
-  setenv("MELT_MOE_GROUPED_MIN_PAIRS", "1", 1);
-  Status s = openDevice(GetParam(), device);
-  unsetenv("MELT_MOE_GROUPED_MIN_PAIRS");
-  ASSERT_FALSE(s) << s.message();
+  reopenWith("MELT_MOE_GROUPED_MIN_PAIRS", "1");
+  if (HasFatalFailure())
+    return;
   checkMoeExperts(*this, rng);
 }
 
@@ -729,14 +737,10 @@ TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
 // an input already on the 1x128 FP8 grid: the exact product, up to a BF16
 // output.
 TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
-  for (DeviceTensor &t : owned)
-    device->release(t);
-  owned.clear();
-  device.reset();
-  setenv("MELT_CUDA_FP8_WEIGHTS", "1", 1);
-  Status s = openDevice(GetParam(), device);
-  unsetenv("MELT_CUDA_FP8_WEIGHTS");
-  ASSERT_FALSE(s) << s.message();
+  reopenWith("MELT_CUDA_FP8_WEIGHTS", "1");
+  if (HasFatalFailure())
+    return;
+  Status s;
   const int64_t M = 3, K = 512, N = 32;
   // Rounds each 1 x 128 (rows) or 128 x 128 block to its own FP8 grid.
   auto onGrid = [](std::vector<float> &v, int64_t rows, int64_t cols,

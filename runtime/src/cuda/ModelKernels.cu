@@ -194,6 +194,18 @@ __device__ float blockReduce(float v, bool isMax, float *scratch) {
   return scratch[0];
 }
 
+/// Every thread of the block, after each wrote its scores and kept the
+/// largest it saw in `top`: scores[s] = exp(score - max); returns their sum
+/// (the softmax's denominator).
+__device__ float softmaxWeights(float *scores, int visible, float top,
+                                float *scratch) {
+  top = blockReduce(top, true, scratch);
+  float total = 0.f;
+  for (int s = threadIdx.x; s < visible; s += blockDim.x)
+    total += scores[s] = expf(scores[s] - top);
+  return blockReduce(total, false, scratch);
+}
+
 __device__ __forceinline__ float warpSum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1)
     v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -258,11 +270,7 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
       top = fmaxf(top, scores[s]);
     }
   }
-  top = blockReduce(top, true, scratch);
-  float total = 0.f;
-  for (int s = threadIdx.x; s < visible; s += blockDim.x)
-    total += scores[s] = expf(scores[s] - top);
-  total = blockReduce(total, false, scratch);
+  float total = softmaxWeights(scores, visible, top, scratch);
   for (int l = threadIdx.x; l < latent; l += blockDim.x) {
     float sum = 0.f;
     for (int s = 0; s < visible; ++s)
@@ -463,11 +471,7 @@ __global__ void attentionKernel(const float *q, const float *cache,
     scores[s] = sum * scale;
     top = fmaxf(top, scores[s]);
   }
-  top = blockReduce(top, true, scratch);
-  float total = 0.f;
-  for (int s = threadIdx.x; s < visible; s += blockDim.x)
-    total += scores[s] = expf(scores[s] - top);
-  total = blockReduce(total, false, scratch);
+  float total = softmaxWeights(scores, visible, top, scratch);
   size_t valueOffset = size_t(kvHeads) * keyDim + size_t(kh) * valueDim;
   for (int v = threadIdx.x; v < valueDim; v += blockDim.x) {
     float sum = 0.f;
