@@ -1,4 +1,4 @@
-//===- ModelKernels.cu - embedding, RoPE and routing (CUDA) ---------------===//
+//===- ModelKernels.cu - the model's F32 kernels (CUDA) ------------------===//
 #include "cuda/ModelKernels.h"
 
 #include "cuda/OperandAccess.cuh"

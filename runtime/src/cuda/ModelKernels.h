@@ -1,7 +1,8 @@
-//===- ModelKernels.h - embedding, RoPE and routing (CUDA) ------*- C++ -*-===//
+//===- ModelKernels.h - the model's F32 kernels (CUDA) ----------*- C++ -*-===//
 //
-// The CUDA forms of the model's gather, rotary and routing kernels, with the
-// semantics of KernelParams.h: rotary frequencies come from the host
+// The CUDA forms of the model's gather, rotary, routing, paged cache,
+// attention, MLA, MoE and FP8 block kernels, with the semantics of
+// Device.h and KernelParams.h: rotary frequencies come from the host
 // (ropeInverseFrequencies, in double), and the experts of a token are
 // chosen exactly as routeToken chooses them (ties to the lower index).
 //
