@@ -1,6 +1,7 @@
-"""What the benchmark charts share: reading JSON lines, and matplotlib
-without a display."""
+"""What the benchmark charts share: their command line (MELT.json
+TORCH.json OUT.png), reading JSON lines, and matplotlib without a display."""
 import json
+import sys
 
 
 def read(path):
@@ -14,3 +15,11 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def inputs(usage):
+    """melt's and torch's JSON objects, the output path and pyplot, from the
+    command line; exits with `usage` when it is not three paths."""
+    if len(sys.argv) != 4:
+        sys.exit(usage)
+    return read(sys.argv[1]), read(sys.argv[2]), sys.argv[3], pyplot()

@@ -8,16 +8,11 @@ the roofline (right).
 
     python3 bench/cuda/plot_gemm.py MELT.json TORCH.json OUT.png
 """
-import sys
-
-from plot_common import pyplot, read
+from plot_common import inputs
 
 
 def main():
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    melt, torch, out = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
-    plt = pyplot()
+    melt, torch, out, plt = inputs(__doc__)
 
     copy = next(r["GBps"] for r in melt if r["what"] == "copy_bw")
     ours = [r for r in melt if r["what"] == "gemm_melt"]

@@ -10,16 +10,11 @@ copy bandwidth of the same run) is drawn on the decode panel.
 
     python3 bench/cuda/plot_mini.py MELT.json TORCH.json OUT.png
 """
-import sys
-
-from plot_common import pyplot, read
+from plot_common import inputs
 
 
 def main():
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    melt, torch, out = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
-    plt = pyplot()
+    melt, torch, out, plt = inputs(__doc__)
 
     def best(what, **match):
         rates = [r["tok_per_s"] for r in torch if r["what"] == what and

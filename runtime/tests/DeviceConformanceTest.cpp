@@ -461,6 +461,10 @@ struct PagedBatches {
     step.lengths = {91, 6};
     return step;
   }
+  CacheLayout layout(DeviceConformance &test, const Step &step) const {
+    return test.makeLayout(step.positions, step.sequences, pages, kPerSequence,
+                           step.lengths);
+  }
   int64_t rowOf(int32_t sequence, int32_t position) const {
     return pages[size_t(sequence * kPerSequence + position / kPageTokens)] *
                kPageTokens +
@@ -482,9 +486,7 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
   const float scale = 0.2f;
   for (const PagedBatches::Step &step : batches.steps) {
     int64_t T = int64_t(step.positions.size());
-    CacheLayout layout =
-        makeLayout(step.positions, step.sequences, batches.pages,
-                   PagedBatches::kPerSequence, step.lengths);
+    CacheLayout layout = batches.layout(*this, step);
     HostTensor latent = random(DType::F32, {T, L}, rng);
     HostTensor key = random(DType::F32, {T, 1, R}, rng);
     HostTensor qn = random(DType::F32, {T, H, N}, rng);
@@ -566,9 +568,7 @@ TEST_P(DeviceConformance, PagedAttention) {
   const float scale = 0.35f;
   for (const PagedBatches::Step &step : batches.steps) {
     int64_t T = int64_t(step.positions.size());
-    CacheLayout layout =
-        makeLayout(step.positions, step.sequences, batches.pages,
-                   PagedBatches::kPerSequence, step.lengths);
+    CacheLayout layout = batches.layout(*this, step);
     HostTensor k = random(DType::F32, {T, Hk, Dk}, rng);
     HostTensor v = random(DType::F32, {T, Hk, Dv}, rng);
     HostTensor q = random(DType::F32, {T, H, Dk}, rng);
