@@ -304,6 +304,25 @@ TEST_F(SessionTest, LoadsOnTheCpuDeviceByName) {
   EXPECT_EQ(melt_model_destroy(model), MELT_OK);
 }
 
+// The KV pool is reserved when the session is created: one larger than the
+// device is a clear error then, not a crash later.
+TEST_F(SessionTest, KvPoolBeyondTheDeviceIsOutOfMemory) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
+                            &model),
+            MELT_OK)
+      << melt_last_error();
+  melt_session *session = nullptr;
+  melt_session_options options{4096, 2147483632ll}; // the most pages
+  EXPECT_EQ(melt_session_create(model, &options, &session),
+            MELT_OUT_OF_MEMORY);
+  EXPECT_EQ(session, nullptr);
+  EXPECT_NE(std::string(melt_last_error()).find("the KV cache of"),
+            std::string::npos)
+      << melt_last_error();
+  EXPECT_EQ(melt_model_destroy(model), MELT_OK); // no session left behind
+}
+
 TEST_F(SessionTest, ChangedCheckpointIsRefused) {
   melt_model *model = nullptr;
   EXPECT_EQ(melt_model_load(artifactPath.c_str(), "/nonexistent-dir", &model),
