@@ -204,6 +204,7 @@ TEST_P(DeviceConformance, Linear) {
     DType in, out;
     int64_t m, n, k;
   } cases[] = {{DType::F32, DType::F32, 3, 200, 136},
+               {DType::F32, DType::F32, 8, 77, 1024},
                {DType::BF16, DType::BF16, 1, 2112, 512},
                {DType::BF16, DType::F32, 17, 256, 384}};
   for (const Case &c : cases) {
@@ -784,19 +785,27 @@ TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
 }
 
 TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
-  const int64_t M = 3, K = 64, N = 24;
-  HostTensor x = random(DType::F32, {M, K}, rng);
-  HostTensor w = random(DType::BF16, {N, K}, rng);
-  DeviceTensor dx = put(x), dw = put(w), y = make(DType::F32, {M, N});
-  Status s = device->linear(dx, dw, y);
-  ASSERT_FALSE(s) << s.message();
-  std::vector<double> want(static_cast<size_t>(M * N));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = 0; k < K; ++k)
-        want[m * N + n] += double(roundTo(DType::BF16, x.values[m * K + k])) *
-                           w.values[n * K + k];
-  EXPECT_LE(relativeError(get(y), want), 1e-4);
+  // Decode-sized (a row split over warps on CUDA; N not a multiple of a
+  // block; K of 130 loads), then more rows than the few-row kernel takes.
+  struct Shape {
+    int64_t m, k, n;
+  } shapes[] = {{3, 64, 24}, {1, 2048, 200}, {8, 1040, 131}, {12, 64, 24}};
+  for (const Shape &c : shapes) {
+    HostTensor x = random(DType::F32, {c.m, c.k}, rng);
+    HostTensor w = random(DType::BF16, {c.n, c.k}, rng);
+    DeviceTensor dx = put(x), dw = put(w), y = make(DType::F32, {c.m, c.n});
+    Status s = device->linear(dx, dw, y);
+    ASSERT_FALSE(s) << s.message();
+    std::vector<double> want(static_cast<size_t>(c.m * c.n));
+    for (int64_t m = 0; m < c.m; ++m)
+      for (int64_t n = 0; n < c.n; ++n)
+        for (int64_t k = 0; k < c.k; ++k)
+          want[m * c.n + n] +=
+              double(roundTo(DType::BF16, x.values[m * c.k + k])) *
+              w.values[n * c.k + k];
+    EXPECT_LE(relativeError(get(y), want), 1e-4)
+        << c.m << "x" << c.n << "x" << c.k;
+  }
 }
 
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {

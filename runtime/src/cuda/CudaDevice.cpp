@@ -11,7 +11,9 @@
 
 #include "cuda/Elementwise.h"
 #include "cuda/Gemm.h"
+#include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
+#include "cuda/SmallMGemm.h"
 
 static_assert(melt::rt::cuda::kPageRows == melt::rt::kPageTokens,
               "the CUDA kernels page caches as the runtime does");
@@ -75,7 +77,9 @@ public:
               "cudaStreamCreate"));
     if (CudaStatus s = GemmRunner::create(stream_, gemm_))
       return {MELT_DEVICE_ERROR, name() + ": " + s.error};
-    return Status::ok();
+    return check(cudaDeviceGetAttribute(&multiprocessors_,
+                                        cudaDevAttrMultiProcessorCount, index_),
+                 "cudaDeviceGetAttribute");
   }
 
   std::string name() const override { return "cuda:" + std::to_string(index_); }
@@ -236,6 +240,15 @@ public:
     CudaStatus s;
     if (w.dtype == DType::FP8E4M3)
       return linearWithFp8Weight(x, w, y);
+    // A few rows (decode): melt's kernel streams the weights.
+    bool wideWeight = w.dtype == DType::BF16 || w.dtype == DType::F32;
+    if (x.dtype == DType::F32 && wideWeight && smallMGemm_ &&
+        smallMGemmFits(static_cast<const float *>(x.data), w.data,
+                       w.dtype == DType::BF16, m, k))
+      return check(smallMGemm(static_cast<const float *>(x.data), w.data,
+                              w.dtype == DType::BF16, m, n, k, result(y),
+                              multiprocessors_, stream_),
+                   "linear");
     if (w.dtype == DType::BF16 && x.dtype == DType::F32) {
       // Rounded to BF16 first, into a block the stream reuses after the GEMM.
       DeviceTensor rounded;
@@ -434,6 +447,16 @@ public:
     MELT_RETURN_IF_ERROR(flags());
     int latent = int(wUk.shape[2]);
     int maxVisible = int(layout.pages.shape[1] * kPageTokens);
+    MlaSplitShape shape{int(qNope.shape[0]),
+                        int(qNope.shape[1]),
+                        int(qNope.shape[2]),
+                        int(qRope.shape[2]),
+                        latent,
+                        int(wUv.shape[1]),
+                        maxVisible};
+    if (mlaSplitFits(shape))
+      return mlaInChunks(qNope, qRope, cache, layout, wUk, wUv, shape, scale,
+                         out);
     if (mlaF32SharedBytes(latent, maxVisible) > 200 * 1024)
       return {MELT_UNSUPPORTED, "mla: " + std::to_string(maxVisible) +
                                     " cached tokens are beyond the F32 kernel"};
@@ -526,6 +549,37 @@ public:
   }
 
 private:
+  /// Absorbed MLA with every head of a token reading a cached row once,
+  /// split over the sequence (MlaSplit.h).
+  Status mlaInChunks(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                     const DeviceTensor &cache, const CacheLayout &layout,
+                     const DeviceTensor &wUk, const DeviceTensor &wUv,
+                     const MlaSplitShape &shape, float scale,
+                     DeviceTensor &out) {
+    int chunks = mlaSplitChunks(shape, multiprocessors_);
+    DeviceTensor scratch;
+    MELT_RETURN_IF_ERROR(allocate(
+        DType::F32, {int64_t(mlaSplitScratchFloats(shape, chunks))}, scratch));
+    Status launched = check(
+        mlaSplit(static_cast<const float *>(qNope.data),
+                 static_cast<const float *>(qRope.data),
+                 static_cast<const float *>(cache.data), paged(layout, cache),
+                 static_cast<const float *>(wUk.data),
+                 static_cast<const float *>(wUv.data), shape, chunks, scale,
+                 static_cast<float *>(scratch.data),
+                 static_cast<float *>(out.data), flag_ + kCacheFlag, stream_),
+        "mla");
+    release(scratch); // stream-ordered: reused only by later work
+    return launched;  // a position without a page: at synchronize()
+  }
+
+  int multiprocessors_ = 132;
+  /// MELT_CUDA_SMALL_M=0 sends every product to cuBLASLt (for comparison).
+  bool smallMGemm_ = [] {
+    const char *v = std::getenv("MELT_CUDA_SMALL_M");
+    return !v || std::string(v) != "0";
+  }();
+
   /// MELT_CUDA_FP8_WEIGHTS=1: weights the model keeps in FP8 128x128 blocks
   /// (deepseek-v3) are stored so and multiplied by the FP8 GEMMs. Off by
   /// default until measured on the GPU; without it they run in F32.

@@ -2,11 +2,14 @@
 #include "cuda/ModelKernels.h"
 
 #include "cuda/OperandAccess.cuh"
+#include "cuda/PagedCache.cuh"
+#include "cuda/VectorLoads.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <climits>
 #include <type_traits>
 
 using namespace melt::rt::cuda;
@@ -48,39 +51,69 @@ __global__ void ropeKernel(Operand x, const int32_t *positions, int rows,
   store(y, base + b, float(xb * c + xa * s));
 }
 
-/// One block per token: scores in parallel, then thread 0 chooses as
-/// routeToken does (group scores, stable order, top k, weights).
+/// The better of two (value, index) candidates: the larger value, ties to
+/// the lower index (routeToken's stable order); index INT_MAX: none.
+__device__ __forceinline__ void keepBetter(float &value, int &index,
+                                           float otherValue, int otherIndex) {
+  if (otherIndex == INT_MAX)
+    return;
+  if (index == INT_MAX || otherValue > value ||
+      (otherValue == value && otherIndex < index)) {
+    value = otherValue;
+    index = otherIndex;
+  }
+}
+
+/// The warp's best candidate, in every lane.
+__device__ __forceinline__ void warpBest(float &value, int &index) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    float v = __shfl_xor_sync(0xffffffffu, value, offset);
+    int i = __shfl_xor_sync(0xffffffffu, index, offset);
+    keepBetter(value, index, v, i);
+  }
+}
+
+/// One warp per token, as routeToken chooses: scores (softmax or sigmoid),
+/// the bias for choosing, the topk_group best groups (a lane per group),
+/// then top k rounds of a warp-wide argmax, weights from the scores.
 __global__ void routeKernel(const float *logits, const float *bias, int experts,
                             RouterConfig cfg, int32_t *indices,
                             float *weights) {
   __shared__ float scores[kMaxRouterExperts], choice[kMaxRouterExperts];
   __shared__ bool taken[kMaxRouterExperts];
+  __shared__ int32_t chosen[64];
+  const int lane = threadIdx.x;
   const float *row = logits + size_t(blockIdx.x) * experts;
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+  float top = -INFINITY;
+  for (int e = lane; e < experts; e += 32) {
     scores[e] = cfg.sigmoid ? 1.f / (1.f + expf(-row[e])) : row[e];
+    top = fmaxf(top, scores[e]);
     taken[e] = false;
   }
-  __syncthreads();
-  if (threadIdx.x != 0)
-    return;
   if (!cfg.sigmoid) {
-    float m = scores[0], sum = 0.f;
-    for (int e = 1; e < experts; ++e)
-      m = fmaxf(m, scores[e]);
-    for (int e = 0; e < experts; ++e)
-      sum += scores[e] = expf(scores[e] - m);
-    for (int e = 0; e < experts; ++e)
+    for (int offset = 16; offset > 0; offset >>= 1)
+      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+    float sum = 0.f;
+    for (int e = lane; e < experts; e += 32)
+      sum += scores[e] = expf(scores[e] - top);
+    for (int offset = 16; offset > 0; offset >>= 1)
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    for (int e = lane; e < experts; e += 32)
       scores[e] /= sum;
   }
-  for (int e = 0; e < experts; ++e)
+  for (int e = lane; e < experts; e += 32)
     choice[e] = scores[e] + (bias && cfg.method == 2 ? bias[e] : 0.f);
-  int perGroup = experts / cfg.nGroup;
+  __syncwarp();
+  const int perGroup = experts / cfg.nGroup;
   if (cfg.method != 0 && cfg.nGroup > 1) {
-    float groupScore[64];
-    bool keep[64];
-    for (int g = 0; g < cfg.nGroup; ++g) {
+    // Lanes g and g + 32 score group g and g + 32.
+    float groupScore[2];
+    bool keep[2] = {false, false};
+    for (int j = 0; j < 2; ++j) {
+      int g = lane + 32 * j;
       float first = -INFINITY, second = -INFINITY;
-      for (int e = g * perGroup; e < (g + 1) * perGroup; ++e) {
+      for (int e = g * perGroup; g < cfg.nGroup && e < (g + 1) * perGroup;
+           ++e) {
         float v = choice[e];
         if (v > first) {
           second = first;
@@ -89,34 +122,48 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
           second = v;
         }
       }
-      groupScore[g] =
+      groupScore[j] =
           cfg.method == 2 ? first + (perGroup > 1 ? second : 0.f) : first;
-      keep[g] = false;
     }
-    // The topk_group best groups, ties to the lower group (stable order).
     for (int k = 0; k < cfg.topkGroup; ++k) {
-      int best = -1;
-      for (int g = 0; g < cfg.nGroup; ++g)
-        if (!keep[g] && (best < 0 || groupScore[g] > groupScore[best]))
-          best = g;
-      keep[best] = true;
+      float value = -INFINITY;
+      int index = INT_MAX;
+      for (int j = 0; j < 2; ++j) {
+        int g = lane + 32 * j;
+        if (g < cfg.nGroup && !keep[j])
+          keepBetter(value, index, groupScore[j], g);
+      }
+      warpBest(value, index);
+      for (int j = 0; j < 2; ++j)
+        if (index == lane + 32 * j)
+          keep[j] = true;
     }
-    for (int g = 0; g < cfg.nGroup; ++g)
-      if (!keep[g])
+    for (int j = 0; j < 2; ++j) {
+      int g = lane + 32 * j;
+      if (g < cfg.nGroup && !keep[j])
         for (int e = g * perGroup; e < (g + 1) * perGroup; ++e)
           choice[e] = -INFINITY;
+    }
+    __syncwarp();
   }
-  int32_t chosen[64];
-  double sum = 0;
   for (int k = 0; k < cfg.topK; ++k) {
-    int best = -1;
-    for (int e = 0; e < experts; ++e)
-      if (!taken[e] && (best < 0 || choice[e] > choice[best]))
-        best = e;
-    taken[best] = true;
-    chosen[k] = best;
-    sum += scores[best];
+    float value = -INFINITY;
+    int index = INT_MAX;
+    for (int e = lane; e < experts; e += 32)
+      if (!taken[e])
+        keepBetter(value, index, choice[e], e);
+    warpBest(value, index);
+    if (lane == 0) {
+      taken[index] = true;
+      chosen[k] = index;
+    }
+    __syncwarp();
   }
+  if (lane != 0)
+    return;
+  double sum = 0;
+  for (int k = 0; k < cfg.topK; ++k)
+    sum += scores[chosen[k]];
   for (int k = 0; k < cfg.topK; ++k) {
     double w = scores[chosen[k]];
     if (cfg.normalize)
@@ -124,16 +171,6 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
     indices[size_t(blockIdx.x) * cfg.topK + k] = chosen[k];
     weights[size_t(blockIdx.x) * cfg.topK + k] = float(w * cfg.scale);
   }
-}
-
-/// The cache row of `position` of sequence b, or -1 without a page.
-__device__ int cacheRow(const PagedLayout &c, int b, int position) {
-  int slot = position / kPageRows;
-  if (b < 0 || b >= c.batch || position < 0 || slot >= c.perSequence)
-    return -1;
-  int page = c.pages[b * c.perSequence + slot];
-  int row = page * kPageRows + position % kPageRows;
-  return page < 0 || row >= c.rows ? -1 : row;
 }
 
 /// Every thread of the block: the cache rows of positions [0, visible) of
@@ -204,12 +241,6 @@ __device__ float softmaxWeights(float *scores, int visible, float top,
   for (int s = threadIdx.x; s < visible; s += blockDim.x)
     total += scores[s] = expf(scores[s] - top);
   return blockReduce(total, false, scratch);
-}
-
-__device__ __forceinline__ float warpSum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 /// A block per (token, head): latent query, scores over the visible rows,
@@ -298,20 +329,8 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   }
 }
 
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-/// An input of a product with W: rounded to BF16 where W is BF16.
-template <typename W> __device__ __forceinline__ float operandFor(float v) {
-  if constexpr (std::is_same_v<W, __nv_bfloat16>)
-    return __bfloat162float(__float2bfloat16(v));
-  else
-    return v;
-}
-
 /// Grid (token * choices, inter / 8): a warp per row i of gate and up,
-/// lanes striding over the hidden dimension (coalesced).
+/// lanes across the hidden dimension (16-byte loads, coalesced).
 template <typename W>
 __global__ void moeActivationKernel(const float *x, const int32_t *indices,
                                     const W *gate, const W *up, int choices,
@@ -328,18 +347,12 @@ __global__ void moeActivationKernel(const float *x, const int32_t *indices,
   if (i >= inter)
     return;
   const float *xt = x + size_t(t) * dim;
-  const W *g = gate + (size_t(e) * inter + i) * dim;
-  const W *u = up + (size_t(e) * inter + i) * dim;
-  float a = 0.f, b = 0.f;
-  for (int d = lane; d < dim; d += 32) {
-    float v = operandFor<W>(xt[d]);
-    a += v * widen(g[d]);
-    b += v * widen(u[d]);
-  }
-  a = warpSum(a);
-  b = warpSum(b);
+  float a =
+      warpSum(rowDotPart(gate + (size_t(e) * inter + i) * dim, xt, dim, lane));
+  float b =
+      warpSum(rowDotPart(up + (size_t(e) * inter + i) * dim, xt, dim, lane));
   if (lane == 0)
-    act[size_t(pair) * inter + i] = operandFor<W>(a / (1.f + expf(-a)) * b);
+    act[size_t(pair) * inter + i] = asOperand<W>(a / (1.f + expf(-a)) * b);
 }
 
 /// Grid (token * choices, dim / 8): a warp per output j of the down
@@ -354,12 +367,8 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
   int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (e < 0 || e >= experts || j >= dim)
     return;
-  const float *a = act + size_t(pair) * inter;
-  const W *dn = down + (size_t(e) * dim + j) * inter;
-  float sum = 0.f;
-  for (int i = lane; i < inter; i += 32)
-    sum += a[i] * widen(dn[i]);
-  sum = warpSum(sum);
+  float sum = warpSum(rowDotPart(down + (size_t(e) * dim + j) * inter,
+                                 act + size_t(pair) * inter, inter, lane));
   if (lane == 0) {
     if (combineBf16)
       sum = __bfloat162float(__float2bfloat16(sum));
@@ -644,7 +653,7 @@ cudaError_t melt::rt::cuda::routeExperts(const float *logits, const float *bias,
     return cudaErrorInvalidValue;
   if (tokens == 0)
     return cudaSuccess;
-  routeKernel<<<tokens, 256, 0, stream>>>(logits, bias, experts, config,
-                                          indices, weights);
+  routeKernel<<<tokens, 32, 0, stream>>>(logits, bias, experts, config, indices,
+                                         weights);
   return cudaGetLastError();
 }

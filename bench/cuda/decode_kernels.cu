@@ -1,0 +1,267 @@
+// Benchmark of the kernels a decode step of `mini` (../shared/bench/
+// BASELINES.md) runs, at batch 1 to 64: each product of a few rows with a
+// BF16 weight by melt's small-M kernel (SmallMGemm.h) beside cuBLASLt
+// (the activations rounded to BF16, then GemmRunner::bf16, as the device
+// ran them before), the routed experts row by row (ModelKernels.h), and
+// absorbed MLA split over the sequence (MlaSplit.h). Figures: microseconds
+// and the bytes each must read (weights, cache rows) per second, beside
+// the copy bandwidth measured in the same run. Weights are cycled through
+// several copies, so that no call finds them in the 50 MB L2 left by the
+// previous one. One JSON line each.
+//
+//   melt-bench-decode-kernels [--iters N]
+#include "cuda/Elementwise.h"
+#include "cuda/Gemm.h"
+#include "cuda/MlaSplit.h"
+#include "cuda/ModelKernels.h"
+#include "cuda/SmallMGemm.h"
+
+#include "BenchUtil.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+using namespace melt::rt::cuda;
+
+static const char *benchName = "melt-bench-decode-kernels";
+
+namespace {
+
+__global__ void fillValues(uint16_t *bf16, float *f32, size_t n,
+                           uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    float v = (int(melt::bench::hashIndex(i, seed) % 2001) - 1000) * 1e-4f;
+    if (bf16)
+      bf16[i] = uint16_t(__float_as_uint(v) >> 16);
+    if (f32)
+      f32[i] = v;
+  }
+}
+
+template <typename T> T *deviceValues(size_t n, uint32_t seed) {
+  T *p = nullptr;
+  CHECK(cudaMalloc(&p, n * sizeof(T) + 16));
+  if constexpr (sizeof(T) == 2)
+    fillValues<<<1024, 256>>>(reinterpret_cast<uint16_t *>(p), nullptr, n,
+                              seed);
+  else
+    fillValues<<<1024, 256>>>(nullptr, reinterpret_cast<float *>(p), n, seed);
+  return p;
+}
+
+/// Copies of a weight of `bytes`, enough to leave L2 behind.
+int copiesFor(size_t bytes) {
+  return int(
+      std::min<size_t>(16, std::max<size_t>(1, (size_t(256) << 20) / bytes)));
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  int iters = 50;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
+      iters = std::atoi(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: melt-bench-decode-kernels [--iters N]\n");
+      return 2;
+    }
+  }
+  cudaDeviceProp prop = melt::bench::openDevice(benchName);
+  melt::bench::printCopyBandwidth(benchName, prop, 20);
+  std::unique_ptr<GemmRunner> gemm;
+  if (CudaStatus s = GemmRunner::create(nullptr, gemm)) {
+    std::fprintf(stderr, "%s: %s\n", benchName, s.error.c_str());
+    return 1;
+  }
+  const int sms = prop.multiProcessorCount;
+
+  // Products with BF16 weights (mini's projections).
+  struct Shape {
+    const char *name;
+    int n, k;
+  } shapes[] = {{"q_a+kv_a (fused down)", 2112, 2048},
+                {"q_b", 3072, 1536},
+                {"o_proj", 2048, 2048},
+                {"shared expert gate/up", 1408, 2048},
+                {"dense gate/up", 10944, 2048},
+                {"dense down", 2048, 10944},
+                {"logits", 129280, 2048}};
+  for (const Shape &shape : shapes) {
+    size_t weightBytes = size_t(shape.n) * shape.k * 2;
+    int copies = copiesFor(weightBytes);
+    std::vector<__nv_bfloat16 *> w(static_cast<size_t>(copies));
+    for (int c = 0; c < copies; ++c)
+      w[size_t(c)] = deviceValues<__nv_bfloat16>(size_t(shape.n) * shape.k,
+                                                 uint32_t(c + 1));
+    for (int m : {1, 2, 4, 8}) {
+      float *x = deviceValues<float>(size_t(m) * shape.k, 99);
+      __nv_bfloat16 *xRounded =
+          deviceValues<__nv_bfloat16>(size_t(m) * shape.k, 99);
+      float *y = deviceValues<float>(size_t(m) * shape.n, 3);
+      float smallMs = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            CHECK(smallMGemm(x, w[size_t(i % copies)], true, m, shape.n,
+                             shape.k, {y, false}, sms, nullptr));
+          },
+          iters);
+      float cublasMs = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            CHECK(convert({x, false}, size_t(m) * shape.k, {xRounded, true},
+                          nullptr));
+            if (CudaStatus s = gemm->bf16(xRounded, w[size_t(i % copies)], y,
+                                          true, m, shape.n, shape.k)) {
+              std::fprintf(stderr, "%s: %s\n", benchName, s.error.c_str());
+              std::exit(1);
+            }
+          },
+          iters);
+      std::printf("{\"what\": \"bf16_small_m\", \"shape\": \"%s\", \"m\": %d, "
+                  "\"n\": %d, \"k\": %d, \"melt_us\": %.2f, "
+                  "\"melt_weight_GBps\": %.1f, \"cublaslt_us\": %.2f, "
+                  "\"cublaslt_weight_GBps\": %.1f}\n",
+                  shape.name, m, shape.n, shape.k, smallMs * 1e3,
+                  weightBytes / (smallMs * 1e-3) / 1e9, cublasMs * 1e3,
+                  weightBytes / (cublasMs * 1e-3) / 1e9);
+      std::fflush(stdout);
+      CHECK(cudaFree(x));
+      CHECK(cudaFree(xRounded));
+      CHECK(cudaFree(y));
+    }
+    for (__nv_bfloat16 *p : w)
+      CHECK(cudaFree(p));
+  }
+
+  // Routed experts row by row: 64 experts of 2048 -> 1408 -> 2048, top 6.
+  {
+    const int experts = 64, inter = 1408, dim = 2048, choices = 6;
+    size_t expertValues = size_t(experts) * inter * dim;
+    int copies = copiesFor(3 * expertValues * 2);
+    std::vector<__nv_bfloat16 *> gate(static_cast<size_t>(copies)),
+        up(static_cast<size_t>(copies)), down(static_cast<size_t>(copies));
+    for (int c = 0; c < copies; ++c) {
+      gate[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 10 + c);
+      up[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 30 + c);
+      down[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 50 + c);
+    }
+    for (int tokens : {1, 4, 16}) {
+      std::vector<int32_t> chosen(static_cast<size_t>(tokens) * choices);
+      for (size_t i = 0; i < chosen.size(); ++i)
+        chosen[i] = int32_t((i * 37 + i / choices * 11) % experts);
+      int32_t *indices = nullptr, *bad = nullptr;
+      CHECK(cudaMalloc(&indices, chosen.size() * 4));
+      CHECK(cudaMemcpy(indices, chosen.data(), chosen.size() * 4,
+                       cudaMemcpyHostToDevice));
+      CHECK(cudaMalloc(&bad, 4));
+      CHECK(cudaMemset(bad, 0, 4));
+      float *x = deviceValues<float>(size_t(tokens) * dim, 5);
+      float *weights = deviceValues<float>(chosen.size(), 6);
+      float *scratch = deviceValues<float>(chosen.size() * inter, 7);
+      float *y = deviceValues<float>(size_t(tokens) * dim, 8);
+      std::vector<int32_t> distinct(chosen);
+      std::sort(distinct.begin(), distinct.end());
+      size_t used = size_t(std::unique(distinct.begin(), distinct.end()) -
+                           distinct.begin());
+      float ms = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            size_t c = size_t(i % copies);
+            CHECK(moeExpertsRowwise(
+                x, indices, weights, gate[c], up[c], down[c], true, tokens,
+                choices, experts, inter, dim, true, scratch, y, bad, nullptr));
+          },
+          iters);
+      double bytes = double(used) * 3 * inter * dim * 2;
+      std::printf("{\"what\": \"moe_rowwise\", \"tokens\": %d, "
+                  "\"experts_read\": %zu, \"us\": %.2f, "
+                  "\"weight_GBps\": %.1f}\n",
+                  tokens, used, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
+      std::fflush(stdout);
+      for (void *p : {(void *)indices, (void *)bad, (void *)x, (void *)weights,
+                      (void *)scratch, (void *)y})
+        CHECK(cudaFree(p));
+    }
+    for (int c = 0; c < copies; ++c)
+      for (void *p : {(void *)gate[size_t(c)], (void *)up[size_t(c)],
+                      (void *)down[size_t(c)]})
+        CHECK(cudaFree(p));
+  }
+
+  // Absorbed MLA (mini: 16 heads; 128 as DeepSeek-V3), every sequence at
+  // `context` positions, pages in order.
+  for (int heads : {16, 128})
+    for (int batch : {1, 16, 64})
+      for (int context : {192, 4096}) {
+        const int nope = 128, rope = 64, latent = 512, valueDim = 128;
+        const int width = latent + rope;
+        const int perSequence = (context + kPageRows - 1) / kPageRows;
+        const int pages = batch * perSequence;
+        std::vector<int32_t> table(static_cast<size_t>(pages)),
+            positions(static_cast<size_t>(batch)),
+            sequences(static_cast<size_t>(batch)),
+            lengths(static_cast<size_t>(batch), context);
+        std::iota(table.begin(), table.end(), 0);
+        std::iota(sequences.begin(), sequences.end(), 0);
+        std::fill(positions.begin(), positions.end(), context - 1);
+        auto upload = [](const std::vector<int32_t> &v) {
+          int32_t *p = nullptr;
+          CHECK(cudaMalloc(&p, v.size() * 4));
+          CHECK(cudaMemcpy(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+          return p;
+        };
+        PagedLayout layout{upload(positions), upload(sequences), upload(table),
+                           upload(lengths),   perSequence,       batch,
+                           pages * kPageRows};
+        float *cache =
+            deviceValues<float>(size_t(pages) * kPageRows * width, 1);
+        float *qn = deviceValues<float>(size_t(batch) * heads * nope, 2);
+        float *qr = deviceValues<float>(size_t(batch) * heads * rope, 3);
+        float *wUk = deviceValues<float>(size_t(heads) * nope * latent, 4);
+        float *wUv = deviceValues<float>(size_t(heads) * valueDim * latent, 5);
+        float *out = deviceValues<float>(size_t(batch) * heads * valueDim, 6);
+        int32_t *bad = nullptr;
+        CHECK(cudaMalloc(&bad, 4));
+        MlaSplitShape shape{batch,
+                            heads,
+                            nope,
+                            rope,
+                            latent,
+                            valueDim,
+                            perSequence * kPageRows};
+        int chunks = mlaSplitChunks(shape, sms);
+        float *scratch =
+            deviceValues<float>(mlaSplitScratchFloats(shape, chunks), 7);
+        float ms = melt::bench::timeMs(
+            benchName,
+            [&](int) {
+              CHECK(mlaSplit(qn, qr, cache, layout, wUk, wUv, shape, chunks,
+                             0.07f, scratch, out, bad, nullptr));
+            },
+            iters);
+        double cacheBytes = double(batch) * context * width * 4;
+        double weightBytes = double(heads) * (nope + valueDim) * latent * 4;
+        std::printf("{\"what\": \"mla_split_f32\", \"heads\": %d, \"batch\": "
+                    "%d, \"context\": %d, \"chunks\": %d, \"us\": %.2f, "
+                    "\"cache_GBps\": %.1f, \"bytes_GBps\": %.1f, "
+                    "\"tflops\": %.2f}\n",
+                    heads, batch, context, chunks, ms * 1e3,
+                    cacheBytes / (ms * 1e-3) / 1e9,
+                    (cacheBytes + weightBytes) / (ms * 1e-3) / 1e9,
+                    4.0 * batch * heads * context * width / (ms * 1e-3) / 1e12);
+        std::fflush(stdout);
+        for (void *p : {(void *)layout.positions, (void *)layout.sequences,
+                        (void *)layout.pages, (void *)layout.lengths,
+                        (void *)cache, (void *)qn, (void *)qr, (void *)wUk,
+                        (void *)wUv, (void *)out, (void *)bad, (void *)scratch})
+          CHECK(cudaFree(p));
+      }
+  return 0;
+}

@@ -1,0 +1,47 @@
+//===- MlaSplit.h - absorbed MLA, heads together, split over the sequence ===//
+//
+// Absorbed MLA over paged F32 latent caches (rows: latent then rope) in
+// three kernels, so that each reads its data once with enough blocks:
+//  1. q_lat[t, h] = q_nope[t, h] W_UK[h]  (blocks over heads and latent
+//     columns: W_UK streamed once per 8 tokens);
+//  2. per (token, group of 16 heads, chunk of the sequence): scores of the
+//     chunk's cached rows against every head of the group (a row read once
+//     for all of them), online softmax, the weighted latent rows; the
+//     chunk's running max, sum and output go to scratch;
+//  3. per (token, head, 32 value columns): the chunks combined, then W_UV.
+// The chunks are as many as give every multiprocessor two blocks (one for
+// a long prefill); a decode step over a long context is split so.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_MLASPLIT_H
+#define MELT_RUNTIME_CUDA_MLASPLIT_H
+
+#include "cuda/ModelKernels.h"
+
+#include <cstddef>
+
+namespace melt::rt::cuda {
+
+struct MlaSplitShape {
+  int tokens, heads, nope, rope, latent, valueDim;
+  /// Positions a token may see (the page table's capacity).
+  int maxVisible;
+};
+
+/// Whether the kernels take the shape (latent <= 512, nope <= 256, rows of
+/// at most 1024 values).
+bool mlaSplitFits(const MlaSplitShape &shape);
+/// The chunks for `multiprocessors`, and the F32 scratch they need.
+int mlaSplitChunks(const MlaSplitShape &shape, int multiprocessors);
+size_t mlaSplitScratchFloats(const MlaSplitShape &shape, int chunks);
+
+/// A position without a page sets *bad (its row is skipped).
+cudaError_t mlaSplit(const float *qNope, const float *qRope, const float *cache,
+                     const PagedLayout &layout, const float *wUk,
+                     const float *wUv, const MlaSplitShape &shape, int chunks,
+                     float scale, float *scratch, float *out, int32_t *bad,
+                     cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_MLASPLIT_H

@@ -1,0 +1,137 @@
+//===- SmallMGemm.cu - products of a few rows with wide weights -----------===//
+#include "cuda/SmallMGemm.h"
+
+#include "cuda/OperandAccess.cuh"
+#include "cuda/VectorLoads.cuh"
+
+#include <cstdint>
+
+using namespace melt::rt::cuda;
+
+namespace {
+
+constexpr int kWarps = 8;
+/// Loads each lane has in flight.
+constexpr int kUnroll = 4;
+
+/// A block of kWarps warps: kWarps / split weight rows, each split over
+/// `split` warps along K. Each warp streams its part of a row, kUnroll
+/// 16-byte loads per lane in flight, and keeps the M partial sums; the
+/// warps of a row add theirs in shared memory.
+template <typename W, int M>
+__global__ void __launch_bounds__(kWarps * 32)
+    smallMGemmKernel(const float *x, const W *w, int n, int k, int split,
+                     Result y) {
+  constexpr int V = kPerLoad<W>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = blockIdx.x * (kWarps / split) + warp / split;
+  const int slice = warp % split;
+  const int loads = k / V, perSlice = (loads + split - 1) / split;
+  const int begin = slice * perSlice, end = min(loads, begin + perSlice);
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+    acc[m] = 0.f;
+  if (row < n) {
+    const char *wRow = reinterpret_cast<const char *>(w + size_t(row) * k);
+    for (int base = begin + lane; base < end; base += 32 * kUnroll) {
+      uint4 packed[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int at = base + u * 32;
+        packed[u] = at < end ? streamLoad(wRow + size_t(at) * 16)
+                             : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        int at = base + u * 32;
+        if (at < end) {
+#pragma unroll
+          for (int m = 0; m < M; ++m)
+            acc[m] += dotLoad<W>(x + size_t(m) * k + size_t(at) * V, packed[u]);
+        }
+      }
+    }
+  }
+  __shared__ float partial[kWarps][M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    float s = warpSum(acc[m]);
+    if (lane == 0)
+      partial[warp][m] = s;
+  }
+  __syncthreads();
+  if (slice == 0 && lane < M && row < n) {
+    float sum = 0.f;
+    for (int j = 0; j < split; ++j)
+      sum += partial[warp + j][lane];
+    store(y, size_t(lane) * n + row, sum);
+  }
+}
+
+template <typename W, int M>
+void launch(const float *x, const void *w, int n, int k, int split, Result y,
+            cudaStream_t stream) {
+  int rowsPerBlock = kWarps / split;
+  smallMGemmKernel<W, M>
+      <<<(n + rowsPerBlock - 1) / rowsPerBlock, kWarps * 32, 0, stream>>>(
+          x, static_cast<const W *>(w), n, k, split, y);
+}
+
+template <typename W>
+void launchRows(const float *x, const void *w, int m, int n, int k, int split,
+                Result y, cudaStream_t stream) {
+  switch (m) {
+  case 1:
+    return launch<W, 1>(x, w, n, k, split, y, stream);
+  case 2:
+    return launch<W, 2>(x, w, n, k, split, y, stream);
+  case 3:
+    return launch<W, 3>(x, w, n, k, split, y, stream);
+  case 4:
+    return launch<W, 4>(x, w, n, k, split, y, stream);
+  case 5:
+    return launch<W, 5>(x, w, n, k, split, y, stream);
+  case 6:
+    return launch<W, 6>(x, w, n, k, split, y, stream);
+  case 7:
+    return launch<W, 7>(x, w, n, k, split, y, stream);
+  default:
+    return launch<W, 8>(x, w, n, k, split, y, stream);
+  }
+}
+
+bool aligned16(const void *p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+} // namespace
+
+bool melt::rt::cuda::smallMGemmFits(const float *x, const void *w,
+                                    bool bf16Weights, int m, int k) {
+  return m >= 1 && m <= kSmallMMaxRows && k % 8 == 0 && aligned16(x) &&
+         aligned16(w) && (bf16Weights || k % 4 == 0);
+}
+
+cudaError_t melt::rt::cuda::smallMGemm(const float *x, const void *w,
+                                       bool bf16Weights, int m, int n, int k,
+                                       Result y, int multiprocessors,
+                                       cudaStream_t stream) {
+  if (!smallMGemmFits(x, w, bf16Weights, m, k) || n < 0)
+    return cudaErrorInvalidValue;
+  if (n == 0)
+    return cudaSuccess;
+  // Rows split over more warps until about 32 warps per multiprocessor
+  // stream the weights, each slice keeping at least two loads per lane:
+  // more loads in flight at once where N is small.
+  const int loads = k / (bf16Weights ? 8 : 4);
+  int split = 1;
+  while (split < kWarps && int64_t(n) * split < 32LL * multiprocessors &&
+         loads / (2 * split) >= 2 * 32)
+    split *= 2;
+  if (bf16Weights)
+    launchRows<__nv_bfloat16>(x, w, m, n, k, split, y, stream);
+  else
+    launchRows<float>(x, w, m, n, k, split, y, stream);
+  return cudaGetLastError();
+}

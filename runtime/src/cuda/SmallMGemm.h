@@ -1,0 +1,36 @@
+//===- SmallMGemm.h - products of a few rows with wide weights --*- C++ -*-===//
+//
+// y[M, N] = x[M, K] W[N, K]^T for M <= kSmallMMaxRows (decode steps of a few
+// sequences), x in F32, W in BF16 or F32, y F32 or BF16. Such a product reads
+// each weight once and does M multiply-adds with it: it is a copy of W, and
+// cuBLASLt streams W at a quarter to a third of the copy bandwidth there
+// (H200, BASELINES.md). Here warps stream W rows with 16-byte loads, several
+// in flight, a row split over up to 8 warps where N is small, and take x
+// through L1. With BF16 weights x is rounded to BF16 first (as by
+// convert() + GemmRunner::bf16), in-kernel.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_SMALLMGEMM_H
+#define MELT_RUNTIME_CUDA_SMALLMGEMM_H
+
+#include "cuda/Elementwise.h"
+
+#include <cuda_runtime.h>
+
+namespace melt::rt::cuda {
+
+constexpr int kSmallMMaxRows = 8;
+
+/// Whether smallMGemm takes the shape: M in [1, kSmallMMaxRows], K a
+/// multiple of 8 (one 16-byte load), x and W 16-byte aligned.
+bool smallMGemmFits(const float *x, const void *w, bool bf16Weights, int m,
+                    int k);
+
+/// `multiprocessors` sizes the grid (warps enough to keep loads in flight).
+cudaError_t smallMGemm(const float *x, const void *w, bool bf16Weights, int m,
+                       int n, int k, Result y, int multiprocessors,
+                       cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_SMALLMGEMM_H

@@ -1,0 +1,122 @@
+//===- VectorLoads.cuh - 16-byte weight loads in device code ---*- CUDA -*-===//
+//
+// Kernels that stream weights (few tokens: each weight is read once and used
+// for a handful of products) are bound by memory; 16-byte loads, several in
+// flight per thread, are what reach the copy bandwidth. A load brings 8
+// BF16 or 4 F32 weights, widened here to F32; activations are F32 and are
+// rounded to BF16 first where the weights are BF16 (the CPU device's
+// products, whose operands are rounded so, give the same values).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_VECTORLOADS_CUH
+#define MELT_RUNTIME_CUDA_VECTORLOADS_CUH
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace melt::rt::cuda {
+
+/// Weights per 16-byte load.
+template <typename W> constexpr int kPerLoad = 16 / int(sizeof(W));
+
+/// A streamed load: read once, not kept in L1.
+__device__ __forceinline__ uint4 streamLoad(const void *p) {
+  return __ldcs(static_cast<const uint4 *>(p));
+}
+
+/// The weights of a 16-byte load, widened.
+template <typename W>
+__device__ __forceinline__ void widen(uint4 v, float (&out)[kPerLoad<W>]) {
+  if constexpr (std::is_same_v<W, __nv_bfloat16>) {
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // A BF16 is the high half of an F32.
+      out[2 * i] = __uint_as_float(words[i] << 16);
+      out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  } else {
+    out[0] = __uint_as_float(v.x);
+    out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z);
+    out[3] = __uint_as_float(v.w);
+  }
+}
+
+/// An activation as the product with a W weight takes it.
+template <typename W> __device__ __forceinline__ float asOperand(float v) {
+  if constexpr (std::is_same_v<W, __nv_bfloat16>)
+    return __bfloat162float(__float2bfloat16(v));
+  else
+    return v;
+}
+
+/// sum_i x[i] * w[i] over the kPerLoad<W> values of one load; x (F32, 16-byte
+/// aligned) is read through L1 (it is reused by every weight row).
+template <typename W>
+__device__ __forceinline__ float dotLoad(const float *x, uint4 packed) {
+  float w[kPerLoad<W>];
+  widen<W>(packed, w);
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPerLoad<W>; i += 4) {
+    float4 v = *reinterpret_cast<const float4 *>(x + i);
+    sum += asOperand<W>(v.x) * w[i] + asOperand<W>(v.y) * w[i + 1] +
+           asOperand<W>(v.z) * w[i + 2] + asOperand<W>(v.w) * w[i + 3];
+  }
+  return sum;
+}
+
+__device__ __forceinline__ float warpSum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+/// A lane's part of sum_i x[i] * row[i] over i < len, the warp's lanes
+/// across the row: 16-byte loads, four in flight, where len is a multiple
+/// of a load and row and x are 16-byte aligned; else one weight at a time.
+/// Add the lanes' parts with warpSum.
+template <typename W>
+__device__ __forceinline__ float rowDotPart(const W *row, const float *x,
+                                            int len, int lane) {
+  constexpr int V = kPerLoad<W>, kInFlight = 4;
+  float sum = 0.f;
+  if (len % V != 0 ||
+      (reinterpret_cast<uintptr_t>(row) | reinterpret_cast<uintptr_t>(x)) %
+              16 !=
+          0) {
+    for (int i = lane; i < len; i += 32) {
+      float w;
+      if constexpr (std::is_same_v<W, __nv_bfloat16>)
+        w = __bfloat162float(row[i]);
+      else
+        w = row[i];
+      sum += asOperand<W>(x[i]) * w;
+    }
+    return sum;
+  }
+  const int loads = len / V;
+  for (int base = lane; base < loads; base += 32 * kInFlight) {
+    uint4 packed[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      int at = base + 32 * u;
+      packed[u] = at < loads ? streamLoad(row + size_t(at) * V)
+                             : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      int at = base + 32 * u;
+      if (at < loads)
+        sum += dotLoad<W>(x + size_t(at) * V, packed[u]);
+    }
+  }
+  return sum;
+}
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_VECTORLOADS_CUH

@@ -1,0 +1,119 @@
+// The MLA kernels that read each cached row once for 16 heads and split the
+// sequence into chunks (MlaSplit.h) against the kernel that runs a block per
+// (token, head) over the whole sequence, at DeepSeek-V3's head shapes: 16
+// and 128 heads (8 head groups), decode tokens over 700 positions (many
+// chunks, a partial last tile) and a prefill's causal rows (one chunk
+// each), pages scattered. Skips without a device.
+#include "CudaTestUtil.h"
+#include "cuda/MlaSplit.h"
+#include "cuda/ModelKernels.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::test;
+
+namespace {
+
+struct Case {
+  int heads;
+  /// Each token's sequence and position.
+  std::vector<int32_t> sequences, positions;
+};
+
+void runCase(const Case &c) {
+  const int nope = 128, rope = 64, latent = 512, valueDim = 128;
+  const int width = latent + rope, batch = 2, perSequence = 48;
+  const int tokens = int(c.sequences.size()), pages = batch * perSequence;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto randoms = [&](size_t n, float spread) {
+    std::vector<float> v(n);
+    for (float &x : v)
+      x = normal(rng) * spread;
+    return v;
+  };
+  std::vector<float> cache = randoms(size_t(pages) * kPageRows * width, 1.f);
+  std::vector<float> qNope = randoms(size_t(tokens) * c.heads * nope, 1.f);
+  std::vector<float> qRope = randoms(size_t(tokens) * c.heads * rope, 1.f);
+  std::vector<float> wUk = randoms(size_t(c.heads) * nope * latent, 0.05f);
+  std::vector<float> wUv = randoms(size_t(c.heads) * valueDim * latent, 0.05f);
+  std::vector<int32_t> table(static_cast<size_t>(pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), rng);
+  std::vector<int32_t> lengths(batch, 0);
+  for (int t = 0; t < tokens; ++t)
+    lengths[size_t(c.sequences[size_t(t)])] = std::max(
+        lengths[size_t(c.sequences[size_t(t)])], c.positions[size_t(t)] + 1);
+
+  PagedLayout layout{toDevice(c.positions), toDevice(c.sequences),
+                     toDevice(table),       toDevice(lengths),
+                     perSequence,           batch,
+                     pages * kPageRows};
+  const float *dCache = toDevice(cache), *dQn = toDevice(qNope),
+              *dQr = toDevice(qRope), *dUk = toDevice(wUk),
+              *dUv = toDevice(wUv);
+  const size_t outCount = size_t(tokens) * c.heads * valueDim;
+  float *split = deviceArray<float>(outCount);
+  float *whole = deviceArray<float>(outCount);
+  int32_t *bad = toDevice(std::vector<int32_t>{0});
+  const int maxVisible = perSequence * kPageRows;
+  const float scale = 1.f / std::sqrt(192.f);
+  MlaSplitShape shape{tokens, c.heads,  nope,      rope,
+                      latent, valueDim, maxVisible};
+  ASSERT_TRUE(mlaSplitFits(shape));
+  int chunks = mlaSplitChunks(shape, 132);
+  float *scratch = deviceArray<float>(mlaSplitScratchFloats(shape, chunks));
+  ASSERT_EQ(mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks, scale,
+                     scratch, split, bad, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(mlaF32(dQn, dQr, dCache, layout, dUk, dUv, tokens, c.heads, nope,
+                   rope, latent, valueDim, maxVisible, scale, whole, bad,
+                   nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> have = toHost(split, outCount),
+                     want = toHost(whole, outCount);
+  EXPECT_EQ(toHost(bad, 1)[0], 0);
+  double worst = 0, range = 0;
+  for (size_t i = 0; i < outCount; ++i) {
+    worst = std::max(worst, double(std::fabs(have[i] - want[i])));
+    range = std::max(range, double(std::fabs(want[i])));
+  }
+  EXPECT_LE(worst, 1e-5 * range)
+      << c.heads << " heads, " << tokens << " tokens, " << chunks << " chunks";
+  for (const void *p :
+       {static_cast<const void *>(dCache), static_cast<const void *>(dQn),
+        (const void *)dQr, (const void *)dUk, (const void *)dUv,
+        (const void *)split, (const void *)whole, (const void *)bad,
+        (const void *)scratch, (const void *)layout.positions,
+        (const void *)layout.sequences, (const void *)layout.pages,
+        (const void *)layout.lengths})
+    cudaFree(const_cast<void *>(p));
+}
+
+} // namespace
+
+TEST(CudaMlaSplit, DecodeOverLongContextsMatchesWholeSequence) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  for (int heads : {16, 128})
+    runCase({heads, {0, 1}, {700, 33}});
+}
+
+TEST(CudaMlaSplit, PrefillRowsMatchWholeSequence) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  Case c{16, {}, {}};
+  for (int32_t p = 0; p < 90; ++p) {
+    c.sequences.push_back(p % 2);
+    c.positions.push_back(p / 2 + (p % 2) * 200);
+  }
+  runCase(c);
+}

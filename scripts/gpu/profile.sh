@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On the GPU machine: where a decode step of `mini` spends its time, kernel
+# by kernel (Nsight Compute's durations, graph nodes profiled one by one,
+# clocks left alone), at the given batch sizes; a prefill of 8 tokens per
+# sequence precedes the decode steps and is counted too.
+#   scripts/gpu/profile.sh [MODEL.melt] [BATCH...]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+model=${1:-mini-bf16.melt}
+shift || true
+batches=${*:-1 64}
+build_gpu melt-run
+steps=4
+for b in $batches; do
+  ncu --csv --clock-control none --graph-profiling node \
+    --metrics gpu__time_duration.sum \
+    build-gpu/bin/melt-run "$carry/models/$model" --random-weights \
+    --device cuda:0 --prompt-ids 1,2,3,4,5,6,7,8 --max-new $((steps + 1)) \
+    --batch "$b" > "$out/ncu-$model-b$b.csv" 2>/dev/null || true
+  python3 bench/cuda/kernel_times.py "$out/ncu-$model-b$b.csv" \
+    --steps "$steps" --label "$model b$b" | tee -a "$out/kernel_times.json" |
+    head -n 14
+done
