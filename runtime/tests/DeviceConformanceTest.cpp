@@ -733,8 +733,8 @@ TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
 }
 
 // A weight the model keeps in FP8 128x128 blocks (values on the e4m3 grid
-// of their block's scale), imported as each device keeps it (a GPU with
-// MELT_CUDA_FP8_WEIGHTS=1: e4m3 bytes and scales for its FP8 GEMMs), times
+// of their block's scale), imported as each device keeps it (a GPU: e4m3
+// bytes and scales for its FP8 GEMMs, unless MELT_CUDA_FP8_WEIGHTS=0), times
 // an input already on the 1x128 FP8 grid: the exact product, up to a BF16
 // output.
 TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {

@@ -22,15 +22,6 @@ for model in mini-bf16.melt mini-fp8.melt; do
     run "$model" --prompt-ids "$(prompt 1024)" --max-new 1 --batch 1,8
   } | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'
 done
-# deepseek-v3 with its FP8 weights kept in FP8 on the GPU (opt-in until
-# measured: MELT_CUDA_FP8_WEIGHTS=1).
-echo "== melt: mini-fp8.melt on cuda:0, FP8 weights =="
-{
-  export MELT_CUDA_FP8_WEIGHTS=1
-  run mini-fp8.melt --prompt-ids "$(prompt 128)" --max-new 64 --batch 1,16,64 |
-    sed 's/"model": "mini-fp8.melt"/"model": "mini-fp8.melt, fp8 weights"/'
-  unset MELT_CUDA_FP8_WEIGHTS
-} | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'
 [ "${MELT_SKIP_BASELINE:-}" = 1 ] && exit 0
 echo "== transformers: mini =="
 BASELINE_OUT=$out python3 "$carry/hf_baseline.py" env copy hf | tee "$out/mini_torch.json"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine: where a decode step of `mini` spends its time, kernel
-# by kernel (Nsight Compute's durations, graph nodes profiled one by one,
-# clocks left alone), at the given batch sizes; a prefill of 8 tokens per
-# sequence precedes the decode steps and is counted too.
+# by kernel (Nsight Compute's durations, graph nodes profiled one by one),
+# at the given batch sizes; a prefill of 8 tokens per sequence precedes the
+# decode steps and is counted too. Clocks locked at base (left alone, they
+# drop while ncu stands between kernels, and small kernels look several
+# times slower than they run); caches not flushed (weights do not fit L2
+# anyway). Absolute times are the base clock's: use them for shares.
 #   scripts/gpu/profile.sh [MODEL.melt] [BATCH...]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -12,7 +15,7 @@ batches=${*:-1 64}
 build_gpu melt-run
 steps=4
 for b in $batches; do
-  ncu --csv --clock-control none --graph-profiling node \
+  ncu --csv --clock-control base --cache-control none --graph-profiling node \
     --metrics gpu__time_duration.sum \
     build-gpu/bin/melt-run "$carry/models/$model" --random-weights \
     --device cuda:0 --prompt-ids 1,2,3,4,5,6,7,8 --max-new $((steps + 1)) \

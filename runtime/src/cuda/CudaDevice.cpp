@@ -244,7 +244,8 @@ public:
     bool wideWeight = w.dtype == DType::BF16 || w.dtype == DType::F32;
     if (x.dtype == DType::F32 && wideWeight && smallMGemm_ &&
         smallMGemmFits(static_cast<const float *>(x.data), w.data,
-                       w.dtype == DType::BF16, m, k))
+                       w.dtype == DType::BF16, m, k) &&
+        smallMGemmPays(m, n, k, w.dtype == DType::BF16))
       return check(smallMGemm(static_cast<const float *>(x.data), w.data,
                               w.dtype == DType::BF16, m, n, k, result(y),
                               multiprocessors_, stream_),
@@ -580,12 +581,13 @@ private:
     return !v || std::string(v) != "0";
   }();
 
-  /// MELT_CUDA_FP8_WEIGHTS=1: weights the model keeps in FP8 128x128 blocks
-  /// (deepseek-v3) are stored so and multiplied by the FP8 GEMMs. Off by
-  /// default until measured on the GPU; without it they run in F32.
+  /// Weights the model keeps in FP8 128x128 blocks (deepseek-v3) are stored
+  /// so and multiplied by the FP8 GEMMs (a quarter of the F32 bytes; BF16
+  /// products, as DeepSeek-V3's recipe). MELT_CUDA_FP8_WEIGHTS=0 holds them
+  /// in F32 instead (the CPU device's arithmetic, for comparison).
   bool fp8Weights_ = [] {
     const char *v = std::getenv("MELT_CUDA_FP8_WEIGHTS");
-    return v && std::string(v) == "1";
+    return !v || std::string(v) != "0";
   }();
   /// The block scales of each FP8 weight, by its data.
   std::map<void *, DeviceTensor> weightScales_;

@@ -9,14 +9,25 @@ using namespace melt::rt::cuda;
 
 namespace {
 
-/// One block of 256 threads per row.
-__global__ void rmsNormKernel(Operand x, Operand gamma, float eps, int cols,
-                              Result y) {
+/// One block of 256 threads per row. A row of up to 8 x 256 values is
+/// read once into registers, every load in flight at once (a loop that
+/// loads one value at a time waits a memory latency per value); longer
+/// rows in such batches, twice.
+constexpr int kNormThreads = 256, kNormBatch = 8;
+__global__ void __launch_bounds__(kNormThreads)
+    rmsNormKernel(Operand x, Operand gamma, float eps, int cols, Result y) {
   size_t base = size_t(blockIdx.x) * cols;
+  float kept[kNormBatch];
   float sum = 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    float v = load(x, base + c);
-    sum += v * v;
+  for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
+#pragma unroll
+    for (int u = 0; u < kNormBatch; ++u) {
+      int c = start + u * kNormThreads + threadIdx.x;
+      kept[u] = c < cols ? load(x, base + c) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kNormBatch; ++u)
+      sum += kept[u] * kept[u];
   }
   for (int offset = 16; offset > 0; offset >>= 1)
     sum += __shfl_xor_sync(0xffffffffu, sum, offset);
@@ -26,7 +37,7 @@ __global__ void rmsNormKernel(Operand x, Operand gamma, float eps, int cols,
     partial[warp] = sum;
   __syncthreads();
   if (warp == 0) {
-    float s = lane < blockDim.x / 32 ? partial[lane] : 0.f;
+    float s = lane < kNormThreads / 32 ? partial[lane] : 0.f;
     for (int offset = 16; offset > 0; offset >>= 1)
       s += __shfl_xor_sync(0xffffffffu, s, offset);
     if (lane == 0)
@@ -34,8 +45,23 @@ __global__ void rmsNormKernel(Operand x, Operand gamma, float eps, int cols,
   }
   __syncthreads();
   float scale = rsqrtf(partial[0] / cols + eps);
-  for (int c = threadIdx.x; c < cols; c += blockDim.x)
-    store(y, base + c, load(x, base + c) * scale * load(gamma, c));
+  const bool inRegisters = cols <= kNormBatch * kNormThreads;
+  for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
+    float g[kNormBatch];
+#pragma unroll
+    for (int u = 0; u < kNormBatch; ++u) {
+      int c = start + u * kNormThreads + threadIdx.x;
+      g[u] = c < cols ? load(gamma, c) : 0.f;
+      if (!inRegisters)
+        kept[u] = c < cols ? load(x, base + c) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kNormBatch; ++u) {
+      int c = start + u * kNormThreads + threadIdx.x;
+      if (c < cols)
+        store(y, base + c, kept[u] * scale * g[u]);
+    }
+  }
 }
 
 __global__ void binaryKernel(Binary op, Operand a, Operand b, size_t count,
@@ -70,7 +96,7 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
                                     cudaStream_t stream) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  rmsNormKernel<<<rows, 256, 0, stream>>>(x, gamma, eps, cols, y);
+  rmsNormKernel<<<rows, kNormThreads, 0, stream>>>(x, gamma, eps, cols, y);
   return cudaGetLastError();
 }
 

@@ -15,6 +15,8 @@ constexpr int kMaxNope = 256, kMaxLatent = 512, kMaxWidth = 1024;
 /// Heads of a block of the chunk kernel, and rows scored at once.
 constexpr int kHeadGroup = 16, kTile = 32;
 constexpr int kChunkThreads = 256, kLatentPerThread = kMaxLatent / 256;
+/// The most chunks a sequence is split into.
+constexpr int kMaxChunks = 256;
 /// Tokens whose absorbed queries one block computes (W_UK read once).
 constexpr int kQueryTokens = 8;
 
@@ -108,12 +110,23 @@ __global__ void __launch_bounds__(kChunkThreads)
   const int begin = c * a.chunkRows, end = min(visible, begin + a.chunkRows);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t head0 = size_t(t) * a.heads + h0;
-  for (int i = threadIdx.x; i < kHeadGroup * width; i += blockDim.x) {
-    int h = i / width, j = i % width;
-    q[h * width + j] = h >= group ? 0.f
-                       : j < a.latent
-                           ? a.qLat[(head0 + h) * a.latent + j]
-                           : a.qRope[(head0 + h) * a.rope + j - a.latent];
+  // The group's queries, kBatch loads in flight per thread (one at a time,
+  // each would wait for the last: tens of microseconds).
+  constexpr int kBatch = 12;
+  for (int base = threadIdx.x; base < kHeadGroup * width;
+       base += kBatch * kChunkThreads) {
+    float v[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      int i = base + u * kChunkThreads, h = i / width, j = i % width;
+      v[u] = i >= kHeadGroup * width || h >= group ? 0.f
+             : j < a.latent ? a.qLat[(head0 + h) * a.latent + j]
+                            : a.qRope[(head0 + h) * a.rope + j - a.latent];
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u)
+      if (base + u * kChunkThreads < kHeadGroup * width)
+        q[base + u * kChunkThreads] = v[u];
   }
   if (threadIdx.x < kHeadGroup) {
     runMax[threadIdx.x] = -INFINITY;
@@ -215,27 +228,49 @@ __global__ void combineValueKernel(const float *partialOut,
                                    int heads, int chunks, int latent,
                                    int valueDim, float *out) {
   extern __shared__ float olat[];
+  __shared__ float weight[kMaxChunks];
+  __shared__ float total;
   const int t = blockIdx.x / heads, h = blockIdx.x % heads;
-  float top = -INFINITY;
-  for (int c = 0; c < chunks; ++c)
-    top = fmaxf(top, partialMax[(size_t(t) * chunks + c) * heads + h]);
-  float total = 0.f;
-  for (int c = 0; c < chunks; ++c) {
-    size_t slot = (size_t(t) * chunks + c) * heads + h;
-    if (partialSum[slot] > 0.f)
-      total += partialSum[slot] * expf(partialMax[slot] - top);
-  }
-  for (int l = threadIdx.x; l < latent; l += blockDim.x) {
-    float sum = 0.f;
-    for (int c = 0; c < chunks; ++c) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Each chunk's weight exp(max_c - max) / sum_c' sum_c' exp(max_c' - max),
+  // the statistics read by as many threads at once.
+  if (warp == 0) {
+    float m[kMaxChunks / 32], sums[kMaxChunks / 32];
+    float top = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kMaxChunks / 32; ++i) {
+      int c = lane + 32 * i;
       size_t slot = (size_t(t) * chunks + c) * heads + h;
-      if (partialSum[slot] > 0.f)
-        sum += partialOut[slot * latent + l] * expf(partialMax[slot] - top);
+      m[i] = c < chunks ? partialMax[slot] : -INFINITY;
+      sums[i] = c < chunks ? partialSum[slot] : 0.f;
+      top = fmaxf(top, sums[i] > 0.f ? m[i] : -INFINITY);
     }
-    olat[l] = total > 0.f ? sum / total : 0.f;
+    for (int offset = 16; offset > 0; offset >>= 1)
+      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kMaxChunks / 32; ++i) {
+      float w = sums[i] > 0.f ? expf(m[i] - top) : 0.f;
+      weight[lane + 32 * i] = w;
+      sum += w * sums[i];
+    }
+    sum = warpSum(sum);
+    if (lane == 0)
+      total = sum;
   }
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float norm = total > 0.f ? 1.f / total : 0.f;
+  for (int l = threadIdx.x; l < latent; l += blockDim.x) {
+    float sum = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < chunks; ++c) {
+      size_t slot = (size_t(t) * chunks + c) * heads + h;
+      if (weight[c] > 0.f)
+        sum += partialOut[slot * latent + l] * weight[c];
+    }
+    olat[l] = sum * norm;
+  }
+  __syncthreads();
   for (int v = blockIdx.y * 32 + warp; v < min(valueDim, (blockIdx.y + 1) * 32);
        v += blockDim.x / 32) {
     const float *w = wUv + (size_t(h) * valueDim + v) * latent;
@@ -264,7 +299,7 @@ int melt::rt::cuda::mlaSplitChunks(const MlaSplitShape &s,
                                    int multiprocessors) {
   int groups = (s.heads + kHeadGroup - 1) / kHeadGroup;
   int blocks = std::max(1, s.tokens * groups);
-  int most = std::max(1, (s.maxVisible + kTile - 1) / kTile);
+  int most = std::clamp((s.maxVisible + kTile - 1) / kTile, 1, kMaxChunks);
   return std::clamp((2 * multiprocessors + blocks - 1) / blocks, 1, most);
 }
 
@@ -286,7 +321,7 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
                                      const MlaSplitShape &s, int chunks,
                                      float scale, float *scratch, float *out,
                                      int32_t *bad, cudaStream_t stream) {
-  if (!mlaSplitFits(s) || chunks < 1)
+  if (!mlaSplitFits(s) || chunks < 1 || chunks > kMaxChunks)
     return cudaErrorInvalidValue;
   if (s.tokens == 0)
     return cudaSuccess;

@@ -113,6 +113,11 @@ bool melt::rt::cuda::smallMGemmFits(const float *x, const void *w,
          aligned16(w) && (bf16Weights || k % 4 == 0);
 }
 
+bool melt::rt::cuda::smallMGemmPays(int m, int n, int k, bool bf16Weights) {
+  double weightBytes = double(n) * k * (bf16Weights ? 2 : 4);
+  return m == 1 || m * weightBytes <= 40e6;
+}
+
 cudaError_t melt::rt::cuda::smallMGemm(const float *x, const void *w,
                                        bool bf16Weights, int m, int n, int k,
                                        Result y, int multiprocessors,

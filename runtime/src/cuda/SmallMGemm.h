@@ -26,6 +26,13 @@ constexpr int kSmallMMaxRows = 8;
 bool smallMGemmFits(const float *x, const void *w, bool bf16Weights, int m,
                     int k);
 
+/// Whether smallMGemm beats cuBLASLt (convert + BF16 GEMM) on the shape, as
+/// measured on the H200 (bench/cuda/decode_kernels.cu): one row always;
+/// more while rows x weight bytes stay within 40 MB. Each row beyond the
+/// first reads x again through L1, which bounds it at 4-8 rows on large
+/// weights, where cuBLASLt's tensor cores stream W once for all rows.
+bool smallMGemmPays(int m, int n, int k, bool bf16Weights);
+
 /// `multiprocessors` sizes the grid (warps enough to keep loads in flight).
 cudaError_t smallMGemm(const float *x, const void *w, bool bf16Weights, int m,
                        int n, int k, Result y, int multiprocessors,
