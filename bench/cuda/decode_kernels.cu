@@ -2,7 +2,8 @@
 // BASELINES.md) runs, at batch 1 to 64: each product of a few rows with a
 // BF16 weight by melt's small-M kernel (SmallMGemm.h) beside cuBLASLt
 // (the activations rounded to BF16, then GemmRunner::bf16, as the device
-// ran them before), the routed experts row by row (ModelKernels.h), and
+// ran them before), the routed experts row by row (ModelKernels.h) and
+// grouped by expert on the device (MoeByExpert.h), and
 // absorbed MLA split over the sequence (MlaSplit.h). Figures: microseconds
 // and the bytes each must read (weights, cache rows) per second, beside
 // the copy bandwidth measured in the same run. Weights are cycled through
@@ -14,6 +15,7 @@
 #include "cuda/Gemm.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
+#include "cuda/MoeByExpert.h"
 #include "cuda/SmallMGemm.h"
 
 #include "BenchUtil.h"
@@ -152,7 +154,7 @@ int main(int argc, char **argv) {
       up[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 30 + c);
       down[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 50 + c);
     }
-    for (int tokens : {1, 4, 16}) {
+    for (int tokens : {1, 4, 16, 64}) {
       std::vector<int32_t> chosen(static_cast<size_t>(tokens) * choices);
       for (size_t i = 0; i < chosen.size(); ++i)
         chosen[i] = int32_t((i * 37 + i / choices * 11) % experts);
@@ -179,11 +181,29 @@ int main(int argc, char **argv) {
                 choices, experts, inter, dim, true, scratch, y, bad, nullptr));
           },
           iters);
+      void *grouped = nullptr;
+      CHECK(cudaMalloc(&grouped,
+                       moeByExpertScratchBytes(tokens, choices, experts,
+                                               inter)));
+      float byExpertMs = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            size_t c = size_t(i % copies);
+            CHECK(moeExpertsByExpert(x, indices, weights, gate[c], up[c],
+                                     down[c], true, tokens, choices, experts,
+                                     inter, dim, true, grouped, y, bad,
+                                     nullptr));
+          },
+          iters);
+      CHECK(cudaFree(grouped));
+      // The bytes that must be read: each chosen expert once.
       double bytes = double(used) * 3 * inter * dim * 2;
-      std::printf("{\"what\": \"moe_rowwise\", \"tokens\": %d, "
-                  "\"experts_read\": %zu, \"us\": %.2f, "
-                  "\"weight_GBps\": %.1f}\n",
-                  tokens, used, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
+      std::printf("{\"what\": \"moe\", \"tokens\": %d, "
+                  "\"experts_read\": %zu, \"rowwise_us\": %.2f, "
+                  "\"rowwise_weight_GBps\": %.1f, \"by_expert_us\": %.2f, "
+                  "\"by_expert_weight_GBps\": %.1f}\n",
+                  tokens, used, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                  byExpertMs * 1e3, bytes / (byExpertMs * 1e-3) / 1e9);
       std::fflush(stdout);
       for (void *p : {(void *)indices, (void *)bad, (void *)x, (void *)weights,
                       (void *)scratch, (void *)y})

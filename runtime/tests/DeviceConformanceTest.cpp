@@ -654,11 +654,18 @@ TEST_P(DeviceConformance, QuantizeBlocks) {
 
 /// Routed experts with F32 and BF16 weights, with and without a BF16
 /// combine, and an expert index out of range.
-void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng) {
+/// T tokens, top 2 of 6 experts: 5 (a token choosing one expert twice), or
+/// enough that experts get more than 8 tokens (a GPU's kernels take them 8
+/// at a time).
+void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng,
+                     int64_t T = 5) {
   Device &device = *test.device;
-  const int64_t T = 5, D = 48, E = 6, I = 20, K = 2;
+  const int64_t D = 48, E = 6, I = 20, K = 2;
   HostTensor x = random(DType::F32, {T, D}, rng);
   std::vector<int32_t> idx = {0, 5, 3, 3, 1, 2, 4, 0, 5, 1};
+  idx.resize(static_cast<size_t>(T * K));
+  for (size_t p = 10; p < idx.size(); ++p)
+    idx[p] = int32_t((p * 7 + p / 3) % E);
   HostTensor w = random(DType::F32, {T, K}, rng);
   DeviceTensor dx = test.put(x), dw = test.put(w),
                di = test.make(DType::I32, {T, K}),
@@ -722,6 +729,10 @@ void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng) {
 }
 
 TEST_P(DeviceConformance, MoeExperts) { checkMoeExperts(*this, rng); }
+
+TEST_P(DeviceConformance, MoeExpertsManyTokensPerExpert) {
+  checkMoeExperts(*this, rng, 40);
+}
 
 // The same through the path for many tokens (a GPU groups tokens by expert
 // for one GEMM each from this many (token, choice) pairs).

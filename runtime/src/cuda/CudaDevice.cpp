@@ -13,6 +13,7 @@
 #include "cuda/Gemm.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
+#include "cuda/MoeByExpert.h"
 #include "cuda/SmallMGemm.h"
 
 static_assert(melt::rt::cuda::kPageRows == melt::rt::kPageTokens,
@@ -510,6 +511,27 @@ public:
     if (pairs >= groupedMinPairs_ && !capturing_)
       return groupedExperts(x, indices, weights, gate, up, down, combineBf16,
                             y);
+    const int T = int(x.shape[0]), K = int(indices.shape[1]),
+              E = int(gate.shape[0]), I = int(gate.shape[1]);
+    if (T > 1 && E <= kMoeByExpertMaxExperts) {
+      // Several tokens: each active expert's weights read once for all of
+      // its tokens, grouped on the device (recordable).
+      DeviceTensor scratch;
+      MELT_RETURN_IF_ERROR(allocate(
+          DType::I32, {int64_t(moeByExpertScratchBytes(T, K, E, I) / 4)},
+          scratch));
+      Status launched = check(
+          moeExpertsByExpert(
+              static_cast<const float *>(x.data),
+              static_cast<const int32_t *>(indices.data),
+              static_cast<const float *>(weights.data), gate.data, up.data,
+              down.data, gate.dtype == DType::BF16, T, K, E, I,
+              int(x.shape[1]), combineBf16, scratch.data,
+              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
+          "moe_experts");
+      release(scratch); // stream-ordered: reused only by later work
+      return launched;  // a bad expert index: at synchronize()
+    }
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, gate.shape[1]}, scratch));
     Status launched = check(

@@ -11,7 +11,7 @@ using namespace melt::rt::cuda;
 
 namespace {
 
-constexpr int kMaxNope = 256, kMaxLatent = 512, kMaxWidth = 1024;
+constexpr int kMaxNope = 256, kMaxLatent = 512, kMaxWidth = 640;
 /// Heads of a block of the chunk kernel, and rows scored at once.
 constexpr int kHeadGroup = 16, kTile = 32;
 constexpr int kChunkThreads = 256, kLatentPerThread = kMaxLatent / 256;
@@ -58,25 +58,35 @@ __global__ void __launch_bounds__(256)
           acc[t] + half[t][column];
 }
 
-/// The 16 sums of 16 per-lane values in 16 shuffles (not 16 x 5): each
-/// step exchanges the half a lane gives up. Afterwards lane i holds the sum
-/// of value headOfLane(i) (lanes 2j and 2j + 1 the same).
-__device__ __forceinline__ float warpSums16(float (&v)[kHeadGroup], int lane) {
+/// The N warp-wide sums of N per-lane values in N - 1 + log2(32 / N)
+/// shuffles (not N x 5): each step exchanges the half of its values a lane
+/// gives up. Afterwards each lane holds the sum of value sumIndexOfLane<N>.
+template <int N>
+__device__ __forceinline__ float warpSumsOf(float (&v)[N], int lane) {
+  int offset = 16;
 #pragma unroll
-  for (int width = 8; width >= 1; width >>= 1) {
-    const bool upper = lane & (2 * width);
+  for (int width = N / 2; width >= 1; width /= 2, offset /= 2) {
+    const bool upper = lane & offset;
 #pragma unroll
     for (int i = 0; i < width; ++i) {
       float give = upper ? v[i] : v[i + width];
       float keep = upper ? v[i + width] : v[i];
-      v[i] = keep + __shfl_xor_sync(0xffffffffu, give, 2 * width);
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, give, offset);
     }
   }
-  return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
+  float sum = v[0];
+#pragma unroll
+  for (; offset >= 1; offset /= 2)
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  return sum;
 }
-__device__ __forceinline__ int headOfLane(int lane) {
-  return ((lane >> 4) & 1) * 8 + ((lane >> 3) & 1) * 4 + ((lane >> 2) & 1) * 2 +
-         ((lane >> 1) & 1);
+template <int N> __device__ __forceinline__ int sumIndexOfLane(int lane) {
+  int index = 0, offset = 16;
+#pragma unroll
+  for (int width = N / 2; width >= 1; width /= 2, offset /= 2)
+    if (lane & offset)
+      index += width;
+  return index;
 }
 
 struct ChunkArgs {
@@ -88,45 +98,46 @@ struct ChunkArgs {
   int32_t *bad;
 };
 
+/// Heads each warp scores (a quarter of the group), and the rows of a tile
+/// each warp scores them for (half of it).
+constexpr int kWarpHeads = 4, kRowsPerWarp = kTile / 2;
+
 /// Grid (chunks, tokens, head groups), kChunkThreads threads. Rows of the
-/// chunk in tiles of kTile: each warp loads whole rows (every load of a
-/// row in flight at once), keeps their latent part in shared memory and
-/// scores them against every head of the group; then the online softmax per
-/// head; then each thread adds the tile's weighted rows (from shared
-/// memory) into its latent columns of every head.
+/// chunk in tiles of kTile: the block loads the tile's rows into shared
+/// memory (every load in flight at once, 16 bytes each); each warp scores
+/// half of them against a quarter of the group's heads, whose queries it
+/// keeps in registers (a row value read from shared memory serves 4
+/// heads); then the online softmax per head; then each thread adds the
+/// tile's weighted rows into its latent columns of every head.
 __global__ void __launch_bounds__(kChunkThreads)
     latentChunkKernel(ChunkArgs a) {
-  extern __shared__ float shared[];
-  __shared__ float p[kHeadGroup][kTile];
+  extern __shared__ float4 sharedRows[];
+  float *tileRows = reinterpret_cast<float *>(sharedRows); // [kTile][width]
+  __shared__ __align__(16) float p[kTile][kHeadGroup];
   __shared__ float runMax[kHeadGroup], runSum[kHeadGroup], factor[kHeadGroup];
   __shared__ int rows[kTile];
   const int c = blockIdx.x, t = blockIdx.y, h0 = blockIdx.z * kHeadGroup;
   const int group = min(kHeadGroup, a.heads - h0);
-  const int width = a.latent + a.rope;
-  float *q = shared;                             // [kHeadGroup][width]
-  float *tileRows = shared + kHeadGroup * width; // [kTile][latent]
+  const int width = a.latent + a.rope, width4 = width / 4;
   const int visible = a.layout.positions[t] + 1;
   const int seq = a.layout.sequences[t];
   const int begin = c * a.chunkRows, end = min(visible, begin + a.chunkRows);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t head0 = size_t(t) * a.heads + h0;
-  // The group's queries, kBatch loads in flight per thread (one at a time,
-  // each would wait for the last: tens of microseconds).
-  constexpr int kBatch = 12;
-  for (int base = threadIdx.x; base < kHeadGroup * width;
-       base += kBatch * kChunkThreads) {
-    float v[kBatch];
+  // This warp's heads and their queries (latent then rope), in registers:
+  // q[k][i] is column lane + 32 i of head firstHead + k.
+  const int firstHead = (warp % (kHeadGroup / kWarpHeads)) * kWarpHeads;
+  float q[kWarpHeads][kMaxWidth / 32];
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      int i = base + u * kChunkThreads, h = i / width, j = i % width;
-      v[u] = i >= kHeadGroup * width || h >= group ? 0.f
-             : j < a.latent ? a.qLat[(head0 + h) * a.latent + j]
-                            : a.qRope[(head0 + h) * a.rope + j - a.latent];
+  for (int k = 0; k < kWarpHeads; ++k) {
+    const int h = firstHead + k;
+    const size_t head = size_t(t) * a.heads + h0 + h;
+#pragma unroll
+    for (int i = 0; i < kMaxWidth / 32; ++i) {
+      int j = lane + 32 * i;
+      q[k][i] = h >= group || j >= width ? 0.f
+                : j < a.latent ? a.qLat[head * a.latent + j]
+                               : a.qRope[head * a.rope + j - a.latent];
     }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u)
-      if (base + u * kChunkThreads < kHeadGroup * width)
-        q[base + u * kChunkThreads] = v[u];
   }
   if (threadIdx.x < kHeadGroup) {
     runMax[threadIdx.x] = -INFINITY;
@@ -135,50 +146,65 @@ __global__ void __launch_bounds__(kChunkThreads)
   float o[kHeadGroup][kLatentPerThread] = {};
   for (int tile = begin; tile < end; tile += kTile) {
     const int n = min(kTile, end - tile);
-    __syncthreads(); // q loaded; the last tile's p, rows and tileRows read
-    if (threadIdx.x < n) {
-      int row = cacheRow(a.layout, seq, tile + threadIdx.x);
-      if (row < 0)
+    __syncthreads(); // the last tile's p, rows and tileRows read
+    if (threadIdx.x < kTile) {
+      int row = threadIdx.x < n ? cacheRow(a.layout, seq, tile + threadIdx.x)
+                                : -1;
+      if (threadIdx.x < n && row < 0)
         *a.bad = 1;
       rows[threadIdx.x] = row;
     }
     __syncthreads();
-    for (int s = warp; s < n; s += kChunkThreads / 32) {
-      float v[kMaxWidth / 32];
-      const float *row = a.cache + size_t(max(rows[s], 0)) * width;
+    {
+      constexpr int kLoads = kTile * kMaxWidth / 4 / kChunkThreads;
+      float4 v[kLoads];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        int i = threadIdx.x + u * kChunkThreads, s = i / width4;
+        v[u] = s < kTile && rows[s] >= 0
+                   ? reinterpret_cast<const float4 *>(
+                         a.cache + size_t(rows[s]) * width)[i % width4]
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        int i = threadIdx.x + u * kChunkThreads;
+        if (i < kTile * width4)
+          sharedRows[i] = v[u];
+      }
+    }
+    __syncthreads();
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int s = warp / (kHeadGroup / kWarpHeads) + 2 * r;
+      if (s >= n)
+        break;
+      float acc[kWarpHeads] = {};
+      const float *row = tileRows + s * width;
 #pragma unroll
       for (int i = 0; i < kMaxWidth / 32; ++i) {
         int j = lane + 32 * i;
-        v[i] = rows[s] >= 0 && j < width ? row[j] : 0.f;
-      }
-      float acc[kHeadGroup] = {};
+        float v = j < width ? row[j] : 0.f;
 #pragma unroll
-      for (int i = 0; i < kMaxWidth / 32; ++i) {
-        int j = lane + 32 * i;
-        if (j < width) {
-          if (j < a.latent)
-            tileRows[s * a.latent + j] = v[i];
-#pragma unroll
-          for (int h = 0; h < kHeadGroup; ++h)
-            acc[h] += q[h * width + j] * v[i];
-        }
+        for (int k = 0; k < kWarpHeads; ++k)
+          acc[k] += q[k][i] * v;
       }
-      float sum = warpSums16(acc, lane);
-      if (lane % 2 == 0)
-        p[headOfLane(lane)][s] = rows[s] >= 0 ? sum * a.scale : -INFINITY;
+      float sum = warpSumsOf<kWarpHeads>(acc, lane);
+      if (lane % (32 / kWarpHeads) == 0)
+        p[s][firstHead + sumIndexOfLane<kWarpHeads>(lane)] =
+            rows[s] >= 0 ? sum * a.scale : -INFINITY;
     }
     __syncthreads();
     for (int h = warp; h < group; h += kChunkThreads / 32) {
-      float score = lane < n ? p[h][lane] : -INFINITY;
+      float score = lane < n ? p[lane][h] : -INFINITY;
       float top = score;
       for (int offset = 16; offset > 0; offset >>= 1)
         top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
       float before = runMax[h], now = fmaxf(before, top);
       // No row seen yet (all -inf): nothing to weigh, nothing to rescale.
-      float e = now == -INFINITY ? 0.f : expf(score - now);
+      float e = now == -INFINITY || lane >= n ? 0.f : expf(score - now);
       float sum = warpSum(e);
       if (lane < kTile)
-        p[h][lane] = e;
+        p[lane][h] = e;
       if (lane == 0) {
         float f = before == -INFINITY ? 0.f : expf(before - now);
         factor[h] = f;
@@ -193,13 +219,22 @@ __global__ void __launch_bounds__(kChunkThreads)
       for (int j = 0; j < kLatentPerThread; ++j)
         o[h][j] *= h < group ? factor[h] : 0.f;
     for (int s = 0; s < n; ++s) {
+      float weight[kHeadGroup];
+#pragma unroll
+      for (int h = 0; h < kHeadGroup; h += 4) {
+        float4 w4 = *reinterpret_cast<const float4 *>(&p[s][h]);
+        weight[h] = w4.x;
+        weight[h + 1] = w4.y;
+        weight[h + 2] = w4.z;
+        weight[h + 3] = w4.w;
+      }
 #pragma unroll
       for (int j = 0; j < kLatentPerThread; ++j) {
         int l = threadIdx.x + j * kChunkThreads;
-        float v = l < a.latent ? tileRows[s * a.latent + l] : 0.f;
+        float v = l < a.latent ? tileRows[s * width + l] : 0.f;
 #pragma unroll
         for (int h = 0; h < kHeadGroup; ++h)
-          o[h][j] += p[h][s] * v;
+          o[h][j] += weight[h] * v;
       }
     }
   }
@@ -291,7 +326,8 @@ __global__ void combineValueKernel(const float *partialOut,
 
 bool melt::rt::cuda::mlaSplitFits(const MlaSplitShape &s) {
   return s.latent > 0 && s.latent <= kMaxLatent && s.nope > 0 &&
-         s.nope <= kMaxNope && s.rope >= 0 && s.latent + s.rope <= kMaxWidth &&
+         s.nope <= kMaxNope && s.rope >= 0 && s.latent % 4 == 0 &&
+         s.rope % 4 == 0 && s.latent + s.rope <= kMaxWidth &&
          s.valueDim > 0 && s.heads > 0;
 }
 
@@ -346,9 +382,7 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
                            (s.tokens + kQueryTokens - 1) / kQueryTokens),
                       256, 0, stream>>>(qNope, wUk, s.tokens, s.heads, s.nope,
                                         s.latent, qLat);
-  size_t shared =
-      (size_t(kHeadGroup) * (s.latent + s.rope) + size_t(kTile) * s.latent) *
-      sizeof(float);
+  size_t shared = size_t(kTile) * (s.latent + s.rope) * sizeof(float);
   if (shared > 48 * 1024)
     if (cudaError_t e = cudaFuncSetAttribute(
             latentChunkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -75,28 +75,33 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
-/// A lane's part of sum_i x[i] * row[i] over i < len, the warp's lanes
-/// across the row: 16-byte loads, four in flight, where len is a multiple
-/// of a load and row and x are 16-byte aligned; else one weight at a time.
-/// Add the lanes' parts with warpSum.
-template <typename W>
-__device__ __forceinline__ float rowDotPart(const W *row, const float *x,
-                                            int len, int lane) {
+/// A lane's parts of sum_i xs[r][i] * row[i], r < M, over i < len, the
+/// warp's lanes across the row: 16-byte loads of the row, four in flight,
+/// where len is a multiple of a load and the row and the x rows are 16-byte
+/// aligned (x rows len apart from xs[0]'s alignment); else one weight at a
+/// time. Add the lanes' parts with warpSum.
+template <typename W, int M>
+__device__ __forceinline__ void rowDotParts(const W *row,
+                                            const float *const (&xs)[M],
+                                            int len, int lane,
+                                            float (&acc)[M]) {
   constexpr int V = kPerLoad<W>, kInFlight = 4;
-  float sum = 0.f;
-  if (len % V != 0 ||
-      (reinterpret_cast<uintptr_t>(row) | reinterpret_cast<uintptr_t>(x)) %
-              16 !=
-          0) {
+  uintptr_t addresses = reinterpret_cast<uintptr_t>(row);
+#pragma unroll
+  for (int r = 0; r < M; ++r)
+    addresses |= reinterpret_cast<uintptr_t>(xs[r]);
+  if (len % V != 0 || addresses % 16 != 0) {
     for (int i = lane; i < len; i += 32) {
       float w;
       if constexpr (std::is_same_v<W, __nv_bfloat16>)
         w = __bfloat162float(row[i]);
       else
         w = row[i];
-      sum += asOperand<W>(x[i]) * w;
+#pragma unroll
+      for (int r = 0; r < M; ++r)
+        acc[r] += asOperand<W>(xs[r][i]) * w;
     }
-    return sum;
+    return;
   }
   const int loads = len / V;
   for (int base = lane; base < loads; base += 32 * kInFlight) {
@@ -110,11 +115,23 @@ __device__ __forceinline__ float rowDotPart(const W *row, const float *x,
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
       int at = base + 32 * u;
-      if (at < loads)
-        sum += dotLoad<W>(x + size_t(at) * V, packed[u]);
+      if (at < loads) {
+#pragma unroll
+        for (int r = 0; r < M; ++r)
+          acc[r] += dotLoad<W>(xs[r] + size_t(at) * V, packed[u]);
+      }
     }
   }
-  return sum;
+}
+
+/// The one-row form: a lane's part of sum_i x[i] * row[i].
+template <typename W>
+__device__ __forceinline__ float rowDotPart(const W *row, const float *x,
+                                           int len, int lane) {
+  const float *const xs[1] = {x};
+  float acc[1] = {0.f};
+  rowDotParts<W, 1>(row, xs, len, lane, acc);
+  return acc[0];
 }
 
 } // namespace melt::rt::cuda
