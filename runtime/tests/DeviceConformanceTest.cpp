@@ -656,11 +656,12 @@ TEST_P(DeviceConformance, QuantizeBlocks) {
 /// combine, and an expert index out of range.
 /// T tokens, top 2 of 6 experts: 5 (a token choosing one expert twice), or
 /// enough that experts get more than 8 tokens (a GPU's kernels take them 8
-/// at a time).
+/// at a time); hidden size D and expert size I (multiples of 32: a GPU's
+/// tensor-core kernels).
 void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng,
-                     int64_t T = 5) {
+                     int64_t T = 5, int64_t D = 48, int64_t I = 20) {
   Device &device = *test.device;
-  const int64_t D = 48, E = 6, I = 20, K = 2;
+  const int64_t E = 6, K = 2;
   HostTensor x = random(DType::F32, {T, D}, rng);
   std::vector<int32_t> idx = {0, 5, 3, 3, 1, 2, 4, 0, 5, 1};
   idx.resize(static_cast<size_t>(T * K));
@@ -713,7 +714,7 @@ void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng,
           << dtypeName(type) << " weights, bf16 combine " << bf16;
     }
     if (type == DType::F32) {
-      idx[3] = int32_t(E);
+      idx[1] = int32_t(E);
       ASSERT_FALSE(device.upload(idx.data(), di));
       Status s = device.moeExperts(dx, di, dw, dg, du, dd, false, y);
       if (!s)
@@ -722,7 +723,7 @@ void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng,
       EXPECT_NE(s.message().find("outside the"), std::string::npos)
           << s.message();
       EXPECT_FALSE(device.synchronize());
-      idx[3] = 3;
+      idx[1] = 5;
       ASSERT_FALSE(device.upload(idx.data(), di));
     }
   }
@@ -730,8 +731,12 @@ void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng,
 
 TEST_P(DeviceConformance, MoeExperts) { checkMoeExperts(*this, rng); }
 
+TEST_P(DeviceConformance, MoeExpertsOneToken) {
+  checkMoeExperts(*this, rng, 1);
+}
+
 TEST_P(DeviceConformance, MoeExpertsManyTokensPerExpert) {
-  checkMoeExperts(*this, rng, 40);
+  checkMoeExperts(*this, rng, 40, 64, 32);
 }
 
 // The same through the path for many tokens (a GPU groups tokens by expert
