@@ -11,7 +11,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 baseline=${1:-$carry/hf_baseline.py}
 build_gpu melt-cuda-kernel-tests melt-runtime-tests melt-run \
-  melt-bench-mla-decode melt-bench-gemm
+  melt-bench-mla-decode melt-bench-gemm melt-bench-decode-kernels
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
 echo "== CUDA kernel tests =="
@@ -44,7 +44,7 @@ echo "== compute-sanitizer =="
 # kernels it reports shared-memory hazards it cannot model (mbarriers).
 for tool in memcheck racecheck; do
   filter='*'
-  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*SmallM*'
+  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*MlaSplit*:*SmallM*'
   compute-sanitizer --tool "$tool" --error-exitcode 3 \
     build-gpu/bin/melt-cuda-kernel-tests --gtest_filter="$filter" \
     > "$out/sanitizer-$tool.txt" 2>&1 && echo "$tool: clean" ||
@@ -68,6 +68,7 @@ echo "FP8 small-M GEMM: HMMA: $(grep -c HMMA "$out/fp8-small-m.sass"), LDL/STL: 
 echo "== benchmarks =="
 build-gpu/bin/melt-bench-mla-decode | tee "$out/mla_decode_melt.json"
 build-gpu/bin/melt-bench-gemm | tee "$out/gemm_melt.json"
+build-gpu/bin/melt-bench-decode-kernels | tee "$out/decode_kernels.json"
 python3 bench/cuda/gemm_torch.py | tee "$out/gemm_torch.json"
 if [ -f "$baseline" ]; then
   BASELINE_OUT=$out python3 "$baseline" env copy mla gemm | tee "$out/baseline.json"
