@@ -182,17 +182,15 @@ int main(int argc, char **argv) {
           },
           iters);
       void *grouped = nullptr;
-      CHECK(cudaMalloc(&grouped,
-                       moeByExpertScratchBytes(tokens, choices, experts,
-                                               inter)));
+      CHECK(cudaMalloc(
+          &grouped, moeByExpertScratchBytes(tokens, choices, experts, inter)));
       float byExpertMs = melt::bench::timeMs(
           benchName,
           [&](int i) {
             size_t c = size_t(i % copies);
-            CHECK(moeExpertsByExpert(x, indices, weights, gate[c], up[c],
-                                     down[c], true, tokens, choices, experts,
-                                     inter, dim, true, grouped, y, bad,
-                                     nullptr));
+            CHECK(moeExpertsByExpert(
+                x, indices, weights, gate[c], up[c], down[c], true, tokens,
+                choices, experts, inter, dim, true, grouped, y, bad, nullptr));
           },
           iters);
       CHECK(cudaFree(grouped));

@@ -71,14 +71,23 @@ Status Session::length(int32_t id, int64_t &out) const {
   return Status::ok();
 }
 
-Status Session::logits(int32_t id, const std::vector<float> *&out) const {
+Status Session::logits(int32_t id, const float *&out, size_t &vocab) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end())
     return invalidArgument("no sequence " + str(id));
-  if (it->second.logits.empty())
+  if (!it->second.logits)
     return invalidArgument("sequence " + str(id) + " has no tokens yet");
-  out = &it->second.logits;
+  out = it->second.logits->data() + it->second.logitsOffset;
+  vocab = size_t(model_.model().vocabSize());
   return Status::ok();
+}
+
+Session::LogitsBuffer Session::freeLogitsBuffer() {
+  for (const LogitsBuffer &buffer : logitsBuffers_)
+    if (buffer.use_count() == 1)
+      return buffer;
+  logitsBuffers_.push_back(std::make_shared<std::vector<float>>());
+  return logitsBuffers_.back();
 }
 
 Status Session::step(const Entry *entries, size_t n,
@@ -180,7 +189,8 @@ Status Session::step(const Entry *entries, size_t n,
       batch.logitRows.push_back(int32_t(t));
 
   ExpertLoad load;
-  std::vector<float> logits;
+  LogitsBuffer buffer = freeLogitsBuffer();
+  std::vector<float> &logits = *buffer;
   Status status = runner_.run(batch, caches_, logits, &load);
   if (!status &&
       logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
@@ -194,8 +204,8 @@ Status Session::step(const Entry *entries, size_t n,
     Sequence &seq = *seqs[e];
     seq.length += entries[e].count;
     row += allLogits ? int64_t(entries[e].count) : 1;
-    auto last = logits.begin() + (row - 1) * vocab;
-    seq.logits.assign(last, last + vocab);
+    seq.logits = buffer;
+    seq.logitsOffset = size_t((row - 1) * vocab);
   }
   for (auto &[kernel, stats] : load) {
     RouterLoad &total = expertLoad_[kernel];
@@ -206,7 +216,7 @@ Status Session::step(const Entry *entries, size_t n,
       total.pairs[pair] += n;
   }
   if (allLogits)
-    *allLogits = std::move(logits);
+    *allLogits = logits;
   return Status::ok();
 }
 

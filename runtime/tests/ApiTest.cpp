@@ -76,6 +76,31 @@ TEST(Api, SamplingParametersAreChecked) {
   EXPECT_EQ(melt_sample_greedy(logits, 0, &token), MELT_INVALID_ARGUMENT);
 }
 
+TEST(Api, GreedyTakesTheFirstLargestAndPassesOverNaNs) {
+  auto greedy = [](std::vector<float> logits) {
+    int token = -1;
+    EXPECT_EQ(melt_sample_greedy(logits.data(), logits.size(), &token),
+              MELT_OK);
+    return token;
+  };
+  const float nan = std::nanf("");
+  EXPECT_EQ(greedy({1, 3, 2, 3}), 1); // ties: the first
+  EXPECT_EQ(greedy({nan, 5, nan, 7}), 3);
+  EXPECT_EQ(greedy({5, nan}), 0);
+  EXPECT_EQ(greedy({nan, -INFINITY, nan}), 1);
+  EXPECT_EQ(greedy({nan, nan}), 1); // all NaN: the last
+  EXPECT_EQ(greedy({-INFINITY, -INFINITY}), 0);
+  // Lengths around the scan's 8 lanes, the largest in the tail or a lane.
+  for (size_t n : {1, 7, 8, 9, 17, 129280})
+    for (size_t at : {size_t(0), n / 2, n - 1}) {
+      std::vector<float> logits(n);
+      for (size_t i = 0; i < n; ++i)
+        logits[i] = float((i * 7919) % 1000) * 1e-3f;
+      logits[at] = 2.f;
+      EXPECT_EQ(greedy(logits), int(at)) << n << " logits, largest at " << at;
+    }
+}
+
 TEST(Api, SamplingIsSeededAndRespectsTopKAndTopP) {
   float logits[6] = {3.0f, 2.5f, 2.0f, -5.0f, 1.0f, 0.0f};
   int token = -1;
@@ -308,14 +333,13 @@ TEST_F(SessionTest, LoadsOnTheCpuDeviceByName) {
 // device is a clear error then, not a crash later.
 TEST_F(SessionTest, KvPoolBeyondTheDeviceIsOutOfMemory) {
   melt_model *model = nullptr;
-  ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
-                            &model),
-            MELT_OK)
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK)
       << melt_last_error();
   melt_session *session = nullptr;
   melt_session_options options{4096, 2147483632ll}; // the most pages
-  EXPECT_EQ(melt_session_create(model, &options, &session),
-            MELT_OUT_OF_MEMORY);
+  EXPECT_EQ(melt_session_create(model, &options, &session), MELT_OUT_OF_MEMORY);
   EXPECT_EQ(session, nullptr);
   EXPECT_NE(std::string(melt_last_error()).find("the KV cache of"),
             std::string::npos)

@@ -658,8 +658,8 @@ TEST_P(DeviceConformance, QuantizeBlocks) {
 /// enough that experts get more than 8 tokens (a GPU's kernels take them 8
 /// at a time); hidden size D and expert size I (multiples of 32: a GPU's
 /// tensor-core kernels).
-void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng,
-                     int64_t T = 5, int64_t D = 48, int64_t I = 20) {
+void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng, int64_t T = 5,
+                     int64_t D = 48, int64_t I = 20) {
   Device &device = *test.device;
   const int64_t E = 6, K = 2;
   HostTensor x = random(DType::F32, {T, D}, rng);

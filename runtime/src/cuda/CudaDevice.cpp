@@ -520,15 +520,15 @@ public:
       MELT_RETURN_IF_ERROR(allocate(
           DType::I32, {int64_t(moeByExpertScratchBytes(T, K, E, I) / 4)},
           scratch));
-      Status launched = check(
-          moeExpertsByExpert(
-              static_cast<const float *>(x.data),
-              static_cast<const int32_t *>(indices.data),
-              static_cast<const float *>(weights.data), gate.data, up.data,
-              down.data, gate.dtype == DType::BF16, T, K, E, I,
-              int(x.shape[1]), combineBf16, scratch.data,
-              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
-          "moe_experts");
+      Status launched =
+          check(moeExpertsByExpert(
+                    static_cast<const float *>(x.data),
+                    static_cast<const int32_t *>(indices.data),
+                    static_cast<const float *>(weights.data), gate.data,
+                    up.data, down.data, gate.dtype == DType::BF16, T, K, E, I,
+                    int(x.shape[1]), combineBf16, scratch.data,
+                    static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
+                "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;  // a bad expert index: at synchronize()
     }

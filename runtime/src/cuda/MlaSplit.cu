@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     for (int i = 0; i < kMaxWidth / 32; ++i) {
       int j = lane + 32 * i;
       q[k][i] = h >= group || j >= width ? 0.f
-                : j < a.latent ? a.qLat[head * a.latent + j]
+                : j < a.latent           ? a.qLat[head * a.latent + j]
                                : a.qRope[head * a.rope + j - a.latent];
     }
   }
@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(kChunkThreads)
     const int n = min(kTile, end - tile);
     __syncthreads(); // the last tile's p, rows and tileRows read
     if (threadIdx.x < kTile) {
-      int row = threadIdx.x < n ? cacheRow(a.layout, seq, tile + threadIdx.x)
-                                : -1;
+      int row =
+          threadIdx.x < n ? cacheRow(a.layout, seq, tile + threadIdx.x) : -1;
       if (threadIdx.x < n && row < 0)
         *a.bad = 1;
       rows[threadIdx.x] = row;
@@ -327,8 +327,8 @@ __global__ void combineValueKernel(const float *partialOut,
 bool melt::rt::cuda::mlaSplitFits(const MlaSplitShape &s) {
   return s.latent > 0 && s.latent <= kMaxLatent && s.nope > 0 &&
          s.nope <= kMaxNope && s.rope >= 0 && s.latent % 4 == 0 &&
-         s.rope % 4 == 0 && s.latent + s.rope <= kMaxWidth &&
-         s.valueDim > 0 && s.heads > 0;
+         s.rope % 4 == 0 && s.latent + s.rope <= kMaxWidth && s.valueDim > 0 &&
+         s.heads > 0;
 }
 
 int melt::rt::cuda::mlaSplitChunks(const MlaSplitShape &s,

@@ -19,9 +19,9 @@ constexpr int kTokensPerPass = 8;
 /// One block: offsets[e] = the first slot of expert e (offsets[experts] =
 /// the valid pairs), pairOfSlot[slot] = the pair in that slot. A pair with
 /// an expert out of range sets *bad and takes no slot.
-__global__ void groupPairsKernel(const int32_t *indices, int pairs,
-                                 int experts, int32_t *offsets,
-                                 int32_t *pairOfSlot, int32_t *bad) {
+__global__ void groupPairsKernel(const int32_t *indices, int pairs, int experts,
+                                 int32_t *offsets, int32_t *pairOfSlot,
+                                 int32_t *bad) {
   __shared__ int32_t count[kMoeByExpertMaxExperts],
       cursor[kMoeByExpertMaxExperts];
   for (int e = threadIdx.x; e < experts; e += blockDim.x)
@@ -69,7 +69,8 @@ __device__ void activationRows(const float *x, const int32_t *pairOfSlot,
   for (int r = 0; r < M; ++r) {
     float g = warpSum(a[r]), u = warpSum(b[r]);
     if (lane == 0 && r < count)
-      act[size_t(first + r) * inter + i] = asOperand<W>(g / (1.f + expf(-g)) * u);
+      act[size_t(first + r) * inter + i] =
+          asOperand<W>(g / (1.f + expf(-g)) * u);
   }
 }
 
@@ -89,17 +90,17 @@ __global__ void activationKernel(const float *x, const int32_t *offsets,
   for (int first = begin; first < end; first += kTokensPerPass) {
     int count = min(kTokensPerPass, end - first);
     if (count == 1)
-      activationRows<W, 1>(x, pairOfSlot, gateRow, upRow, first, count,
-                           choices, inter, dim, i, lane, act);
+      activationRows<W, 1>(x, pairOfSlot, gateRow, upRow, first, count, choices,
+                           inter, dim, i, lane, act);
     else if (count == 2)
-      activationRows<W, 2>(x, pairOfSlot, gateRow, upRow, first, count,
-                           choices, inter, dim, i, lane, act);
+      activationRows<W, 2>(x, pairOfSlot, gateRow, upRow, first, count, choices,
+                           inter, dim, i, lane, act);
     else if (count <= 4)
-      activationRows<W, 4>(x, pairOfSlot, gateRow, upRow, first, count,
-                           choices, inter, dim, i, lane, act);
+      activationRows<W, 4>(x, pairOfSlot, gateRow, upRow, first, count, choices,
+                           inter, dim, i, lane, act);
     else
-      activationRows<W, 8>(x, pairOfSlot, gateRow, upRow, first, count,
-                           choices, inter, dim, i, lane, act);
+      activationRows<W, 8>(x, pairOfSlot, gateRow, upRow, first, count, choices,
+                           inter, dim, i, lane, act);
   }
 }
 
@@ -160,9 +161,9 @@ __global__ void downKernel(const float *act, const int32_t *offsets,
 /// time: lane (g, t) loads 16 bytes of rows g and g + 8 at 8t and the
 /// matching 8 values of token g, used as two k16 steps (the same
 /// permutation of K for A and B, so the products are unchanged).
-__device__ __forceinline__ void mmaBf16(float (&d)[4], uint32_t a0,
-                                        uint32_t a1, uint32_t a2, uint32_t a3,
-                                        uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mmaBf16(float (&d)[4], uint32_t a0, uint32_t a1,
+                                        uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
                "{%0, %1, %2, %3};\n"
@@ -182,9 +183,9 @@ constexpr int kMmaUnroll = 4;
 /// g + 8 of each at rows[w] and rows[w] + 8 K; `token` is the lane's token
 /// (g) row of F32 inputs (rounded to BF16 here), or null for none.
 template <int kWeights>
-__device__ __forceinline__ void mmaRows(const __nv_bfloat16 *const (&rows)[kWeights],
-                                        const float *token, int K, int t,
-                                        float (&acc)[kWeights][4]) {
+__device__ __forceinline__ void
+mmaRows(const __nv_bfloat16 *const (&rows)[kWeights], const float *token, int K,
+        int t, float (&acc)[kWeights][4]) {
   for (int kb = 0; kb < K; kb += 32 * kMmaUnroll) {
     uint4 w[kMmaUnroll][kWeights][2];
     float4 x[kMmaUnroll][2];
@@ -199,10 +200,10 @@ __device__ __forceinline__ void mmaRows(const __nv_bfloat16 *const (&rows)[kWeig
                         : make_uint4(0, 0, 0, 0);
       }
       const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-      x[u][0] = in && token ? *reinterpret_cast<const float4 *>(token + k)
-                            : zero;
-      x[u][1] = in && token ? *reinterpret_cast<const float4 *>(token + k + 4)
-                            : zero;
+      x[u][0] =
+          in && token ? *reinterpret_cast<const float4 *>(token + k) : zero;
+      x[u][1] =
+          in && token ? *reinterpret_cast<const float4 *>(token + k + 4) : zero;
     }
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; ++u) {
@@ -269,12 +270,11 @@ __global__ void __launch_bounds__(256)
   const int rowBase = (blockIdx.y * 8 + warp) * 16;
   if (begin == end || rowBase >= dim)
     return;
-  const __nv_bfloat16 *const rows[1] = {down +
-                                        (size_t(e) * dim + rowBase + g) * inter};
+  const __nv_bfloat16 *const rows[1] = {down + (size_t(e) * dim + rowBase + g) *
+                                                   inter};
   for (int pass = begin; pass < end; pass += 8) {
     const int count = min(8, end - pass);
-    const float *token =
-        g < count ? act + size_t(pass + g) * inter : nullptr;
+    const float *token = g < count ? act + size_t(pass + g) * inter : nullptr;
     float acc[1][4] = {};
     mmaRows<1>(rows, token, inter, t, acc);
 #pragma unroll
@@ -321,9 +321,8 @@ size_t melt::rt::cuda::moeByExpertScratchBytes(int tokens, int choices,
 cudaError_t melt::rt::cuda::moeExpertsByExpert(
     const float *x, const int32_t *indices, const float *weights,
     const void *gate, const void *up, const void *down, bool bf16Weights,
-    int tokens, int choices, int experts, int inter, int dim,
-    bool combineBf16, void *scratch, float *y, int32_t *bad,
-    cudaStream_t stream) {
+    int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
+    void *scratch, float *y, int32_t *bad, cudaStream_t stream) {
   if (experts < 1 || experts > kMoeByExpertMaxExperts)
     return cudaErrorInvalidValue;
   cudaError_t e =
@@ -349,11 +348,9 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
   if (bf16Weights && tensorCores && inter % 32 == 0 && dim % 32 == 0 &&
       reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     using B = __nv_bfloat16;
-    activationMmaKernel<<<dim3(experts, (inter + 127) / 128), 256, 0,
-                          stream>>>(x, offsets, pairOfSlot,
-                                    static_cast<const B *>(gate),
-                                    static_cast<const B *>(up), choices,
-                                    inter, dim, act);
+    activationMmaKernel<<<dim3(experts, (inter + 127) / 128), 256, 0, stream>>>(
+        x, offsets, pairOfSlot, static_cast<const B *>(gate),
+        static_cast<const B *>(up), choices, inter, dim, act);
     downMmaKernel<<<dim3(experts, (dim + 127) / 128), 256, 0, stream>>>(
         act, offsets, pairOfSlot, weights, static_cast<const B *>(down),
         choices, inter, dim, combineBf16, y);

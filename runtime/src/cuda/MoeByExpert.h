@@ -25,8 +25,7 @@ constexpr int kMoeByExpertMaxExperts = 1024;
 
 /// Scratch bytes moeExpertsByExpert needs (offsets, pair order, the SwiGLU
 /// activations of every pair in F32).
-size_t moeByExpertScratchBytes(int tokens, int choices, int experts,
-                               int inter);
+size_t moeByExpertScratchBytes(int tokens, int choices, int experts, int inter);
 
 /// The semantics of moeExpertsRowwise (ModelKernels.h): y = sum over the
 /// choices of weight x expert(x), weights F32 or (`bf16Weights`) BF16 with

@@ -81,10 +81,9 @@ __device__ __forceinline__ float warpSum(float v) {
 /// aligned (x rows len apart from xs[0]'s alignment); else one weight at a
 /// time. Add the lanes' parts with warpSum.
 template <typename W, int M>
-__device__ __forceinline__ void rowDotParts(const W *row,
-                                            const float *const (&xs)[M],
-                                            int len, int lane,
-                                            float (&acc)[M]) {
+__device__ __forceinline__ void
+rowDotParts(const W *row, const float *const (&xs)[M], int len, int lane,
+            float (&acc)[M]) {
   constexpr int V = kPerLoad<W>, kInFlight = 4;
   uintptr_t addresses = reinterpret_cast<uintptr_t>(row);
 #pragma unroll
@@ -127,7 +126,7 @@ __device__ __forceinline__ void rowDotParts(const W *row,
 /// The one-row form: a lane's part of sum_i x[i] * row[i].
 template <typename W>
 __device__ __forceinline__ float rowDotPart(const W *row, const float *x,
-                                           int len, int lane) {
+                                            int len, int lane) {
   const float *const xs[1] = {x};
   float acc[1] = {0.f};
   rowDotParts<W, 1>(row, xs, len, lane, acc);
