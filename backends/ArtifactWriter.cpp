@@ -12,6 +12,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringSwitch.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -102,14 +103,13 @@ Writer::ranges(WeightOp weight, Type element,
                                  "' is not in the checkpoint " +
                                  ckpt.directory());
     if (t->dtype != dtype || llvm::ArrayRef<int64_t>(t->shape) != shape)
-      return errorAt(weight,
-                     llvm::formatv("tensor '{0}' of the checkpoint is {1} "
-                                   "[{2}], the model expects {3} [{4}]",
-                                   source.getName(), t->dtype,
-                                   llvm::make_range(t->shape.begin(),
-                                                    t->shape.end()),
-                                   dtype, llvm::make_range(shape.begin(),
-                                                           shape.end())));
+      return errorAt(
+          weight,
+          llvm::formatv("tensor '{0}' of the checkpoint is {1} "
+                        "[{2}], the model expects {3} [{4}]",
+                        source.getName(), t->dtype,
+                        llvm::make_range(t->shape.begin(), t->shape.end()),
+                        dtype, llvm::make_range(shape.begin(), shape.end())));
     if (options.embedWeights) {
       uint64_t offset = 0;
       if (llvm::Error error = embed(*t, offset))
@@ -136,6 +136,31 @@ llvm::Error Writer::embed(const CheckpointTensor &t, uint64_t &offset) {
   return llvm::Error::success();
 }
 
+/// melt.device_format (melt-select-kernels): 1 f32, 2 bf16, 3 FP8 blocks,
+/// 0 unset.
+static int8_t deviceFormatOfWeight(WeightOp weight) {
+  auto format = weight->getAttrOfType<StringAttr>("melt.device_format");
+  if (!format)
+    return 0;
+  return llvm::StringSwitch<int8_t>(format.getValue())
+      .Case("f32", 1)
+      .Case("bf16", 2)
+      .Case("fp8_blocks", 3)
+      .Default(0);
+}
+
+/// melt-select-kernels' kernel choice of an op: 1 tensor_cores / split, 2
+/// cuda_cores / per_head, 0 unset.
+static int8_t variantOfKernel(Operation *op) {
+  for (const char *name : {"melt.experts_kernel", "melt.mla_kernel"})
+    if (auto choice = op->getAttrOfType<StringAttr>(name))
+      return llvm::StringSwitch<int8_t>(choice.getValue())
+          .Cases("tensor_cores", "split", 1)
+          .Cases("cuda_cores", "per_head", 2)
+          .Default(0);
+  return 0;
+}
+
 /// melt.storage (melt-assign-precision): 1 bf16, 2 FP8 blocks, 0 as is.
 static int8_t storageOfWeight(WeightOp weight) {
   auto storage = weight->getAttrOfType<TypeAttr>("melt.storage");
@@ -151,8 +176,8 @@ llvm::Error Writer::addWeight(WeightOp weight) {
   std::optional<fb::DType> dtype = dtypeOf(type.getElementType());
   if (!dtype)
     return errorAt(weight, "unsupported weight type");
-  auto sources = ranges(weight, type.getElementType(),
-                        weight.getSourceShapes(), weight.getSources());
+  auto sources = ranges(weight, type.getElementType(), weight.getSourceShapes(),
+                        weight.getSources());
   if (!sources)
     return sources.takeError();
   std::vector<flatbuffers::Offset<fb::TensorRange>> scales;
@@ -185,7 +210,8 @@ llvm::Error Writer::addWeight(WeightOp weight) {
       scales.empty() ? nullptr : &scales, block.empty() ? nullptr : &block,
       options.embedWeights, viewSource.empty() ? nullptr : &viewSource,
       viewShape.empty() ? nullptr : &viewShape, viewAxis, viewOffset,
-      concatRows.empty() ? nullptr : &concatRows, storageOfWeight(weight)));
+      concatRows.empty() ? nullptr : &concatRows, storageOfWeight(weight),
+      deviceFormatOfWeight(weight)));
   return llvm::Error::success();
 }
 
@@ -218,8 +244,8 @@ llvm::Expected<uint32_t> Writer::newBuffer(Operation *where, Value value,
   // A result the memory plan put in a slot shares that slot's storage.
   int32_t storage = nextStorage;
   if (auto result = llvm::dyn_cast<OpResult>(value))
-    if (auto slots = result.getOwner()->getAttrOfType<DenseI64ArrayAttr>(
-            "melt.slots"))
+    if (auto slots =
+            result.getOwner()->getAttrOfType<DenseI64ArrayAttr>("melt.slots"))
       if (result.getResultNumber() < slots.size() &&
           slots[result.getResultNumber()] >= 0)
         storage = slotBase + slots[result.getResultNumber()];
@@ -376,9 +402,12 @@ llvm::Error Writer::addKernel(Operation *op) {
     weightRefs.push_back(*index);
   }
   currentKernels.push_back(kernels.size());
+  int32_t smallMRows = -1;
+  if (auto rows = op->getAttrOfType<IntegerAttr>("melt.small_m_rows"))
+    smallMRows = int32_t(rows.getInt());
   kernels.push_back(fb::CreateKernelDirect(
       fbb, kind, &inputs, &outputs, &weightRefs, ints.empty() ? nullptr : &ints,
-      floats.empty() ? nullptr : &floats));
+      floats.empty() ? nullptr : &floats, smallMRows, variantOfKernel(op)));
   return llvm::Error::success();
 }
 
@@ -406,9 +435,9 @@ llvm::Error Writer::addFunction(func::FuncOp func) {
     if (llvm::Error error = addKernel(&op))
       return error;
   }
-  functions.push_back(fb::CreateFunctionDirect(
-      fbb, func.getSymName().str().c_str(), &inputs, &outputs,
-      &currentKernels));
+  functions.push_back(
+      fb::CreateFunctionDirect(fbb, func.getSymName().str().c_str(), &inputs,
+                               &outputs, &currentKernels));
   return llvm::Error::success();
 }
 
@@ -457,10 +486,13 @@ llvm::Expected<std::string> Writer::run(ModuleOp module) {
   std::string name;
   if (auto attr = module->getAttrOfType<StringAttr>("melt.model"))
     name = attr.str();
-  auto info = fb::CreateModelInfoDirect(fbb, name.c_str(), vocab, hidden,
-                                        layers, 0);
-  auto model = fb::CreateModelDirect(fbb, info, &fileTables, &weights,
-                                     &buffers, &kernels, &functions);
+  auto info =
+      fb::CreateModelInfoDirect(fbb, name.c_str(), vocab, hidden, layers, 0);
+  std::string target = "cpu";
+  if (auto attr = module->getAttrOfType<StringAttr>("melt.target"))
+    target = attr.str();
+  auto model = fb::CreateModelDirect(fbb, info, &fileTables, &weights, &buffers,
+                                     &kernels, &functions, target.c_str());
   fb::FinishModelBuffer(fbb, model);
 
   ::melt::ArtifactHeader header;
@@ -478,10 +510,10 @@ llvm::Expected<std::string> Writer::run(ModuleOp module) {
     header.weightsSize = blob.size();
     bytes += blob;
   }
-  header.checksum = ::melt::fnv1a64(
-      reinterpret_cast<const uint8_t *>(bytes.data()) +
-          ::melt::kArtifactHeaderSize,
-      bytes.size() - ::melt::kArtifactHeaderSize);
+  header.checksum =
+      ::melt::fnv1a64(reinterpret_cast<const uint8_t *>(bytes.data()) +
+                          ::melt::kArtifactHeaderSize,
+                      bytes.size() - ::melt::kArtifactHeaderSize);
   ::melt::encodeArtifactHeader(header,
                                reinterpret_cast<uint8_t *>(bytes.data()));
   return bytes;

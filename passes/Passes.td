@@ -242,4 +242,50 @@ def PlanExpertsPass : Pass<"melt-plan-experts", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::melt::MeltDialect"];
 }
 
+//===----------------------------------------------------------------------===//
+// Targets
+//===----------------------------------------------------------------------===//
+
+def SelectKernelsPass : Pass<"melt-select-kernels", "::mlir::ModuleOp"> {
+  let summary = "choose the target's weight formats and kernels per op and shape";
+  let description = [{
+    For `target=cuda` (H100/H200, sm_90a), decides from each op's shapes and
+    precision what the CUDA runtime does with it, and checks that the
+    weights fit the device:
+
+    - `melt.device_format` on every weight: how the device stores it.
+      `fp8_blocks` (e4m3 bytes and one F32 scale per 128x128 block) for a
+      weight kept in FP8 blocks whose GEMM the FP8 kernels take (2-D, N a
+      multiple of 16, K of 512); `bf16` for a BF16 GEMM operand; `f32`
+      for the rest (weights read by other kernels, and FP8-rounded weights
+      the FP8 kernels cannot take: held exactly).
+    - `melt.small_m_rows` on `melt.linear` / `melt.logits`: up to how many
+      rows (tokens) the product streams the weight through melt's own
+      kernel rather than cuBLASLt: 8 for FP8 weights (the FP8 small-M
+      kernel); for BF16/F32 weights as many rows as keep rows x weight
+      bytes within 40 MB (at least 1, at most 8), where it was measured to
+      win on the H200 (`bench/cuda/decode_kernels.cu`).
+    - `melt.experts_kernel` on `melt.moe_experts`: `tensor_cores` (BF16
+      weights, hidden and expert sizes multiples of 32: mma.sync for
+      several tokens of an expert) or `cuda_cores`.
+    - `melt.mla_kernel` on `melt.mla`: `split` (heads together, the
+      sequence in chunks; latent <= 512, nope <= 256, latent + rope <= 640,
+      both multiples of 4) or `per_head`.
+
+    The report gives the weight bytes on the device per format and the
+    kernel choices; the pass fails when the weights alone exceed
+    `device-memory` GiB. `target=cpu` changes nothing (the CPU runtime
+    chooses at load time).
+  }];
+  let options = [
+    Option<"target", "target", "std::string", /*default=*/"\"cuda\"",
+           "cpu or cuda">,
+    Option<"deviceMemory", "device-memory", "double", /*default=*/"139.8",
+           "GiB of device memory the weights must fit (an H200's)">,
+    Option<"report", "report", "std::string", /*default=*/"\"-\"",
+           "where to write the report ('-' for stderr)">,
+  ];
+  let dependentDialects = ["::mlir::melt::MeltDialect"];
+}
+
 #endif // MELT_PASSES_TD

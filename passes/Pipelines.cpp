@@ -9,7 +9,8 @@
 using namespace mlir;
 using namespace mlir::melt;
 
-std::optional<CompilePhase> mlir::melt::parseCompilePhase(llvm::StringRef name) {
+std::optional<CompilePhase>
+mlir::melt::parseCompilePhase(llvm::StringRef name) {
   return llvm::StringSwitch<std::optional<CompilePhase>>(name)
       .Case("model", CompilePhase::Model)
       .Case("fuse-mla", CompilePhase::FuseMLA)
@@ -57,6 +58,14 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
     precision.report = options.precisionReport;
     pm.addPass(createAssignPrecisionPass(precision));
   }
+  // After precision: the device formats follow the storage it chose.
+  if (last >= CompilePhase::AssignPrecision && options.target != "cpu") {
+    SelectKernelsPassOptions kernels;
+    kernels.target = options.target;
+    kernels.report = options.kernelReport;
+    kernels.deviceMemory = options.deviceMemory;
+    pm.addPass(createSelectKernelsPass(kernels));
+  }
   if (last >= CompilePhase::PlanMemory && options.planMemory) {
     // Quiet here: melt-opt --melt-plan-memory prints the report.
     PlanMemoryPassOptions memory;
@@ -70,7 +79,7 @@ void mlir::melt::registerMeltPipelines() {
       "melt-default-pipeline",
       "melt's compile pipeline (what melt-compile runs): fuse MLA, place "
       "experts when devices > 1 or statistics are given, assign precision, "
-      "plan memory",
+      "select the target's kernels (target=cuda), plan memory",
       [](OpPassManager &pm, const DefaultPipelineOptions &options) {
         buildDefaultPipeline(pm, options);
       });

@@ -82,6 +82,18 @@ struct DefaultPipelineOptions
   Option<bool> planMemory{*this, "plan-memory",
                           llvm::cl::desc("reuse activation buffers"),
                           llvm::cl::init(true)};
+  Option<std::string> target{
+      *this, "target",
+      llvm::cl::desc("target device: cpu or cuda (melt-select-kernels)"),
+      llvm::cl::init("cpu")};
+  Option<double> deviceMemory{
+      *this, "device-memory",
+      llvm::cl::desc("cuda: GiB of device memory the weights must fit"),
+      llvm::cl::init(139.8)};
+  Option<std::string> kernelReport{
+      *this, "kernel-report",
+      llvm::cl::desc("cuda: where melt-select-kernels writes its report"),
+      llvm::cl::init("/dev/null")};
   Option<std::string> expertPolicy{
       *this, "expert-policy",
       llvm::cl::desc("placement policy: balanced or affinity"),

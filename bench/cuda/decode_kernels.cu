@@ -188,9 +188,10 @@ int main(int argc, char **argv) {
           benchName,
           [&](int i) {
             size_t c = size_t(i % copies);
-            CHECK(moeExpertsByExpert(
-                x, indices, weights, gate[c], up[c], down[c], true, tokens,
-                choices, experts, inter, dim, true, grouped, y, bad, nullptr));
+            CHECK(moeExpertsByExpert(x, indices, weights, gate[c], up[c],
+                                     down[c], true, tokens, choices, experts,
+                                     inter, dim, true, /*tensorCores=*/true,
+                                     grouped, y, bad, nullptr));
           },
           iters);
       CHECK(cudaFree(grouped));

@@ -39,6 +39,11 @@ public:
   const std::string &name() const { return name_; }
   /// The function named `name`, or null.
   const fb::Function *function(const std::string &name) const;
+  /// The device kind it was compiled for ("cpu" when the artifact names
+  /// none).
+  std::string target() const {
+    return model_->target() ? model_->target()->str() : "cpu";
+  }
 
 private:
   Status checkMeaning() const;

@@ -200,6 +200,14 @@ const char *melt_model_device_description(const melt_model *model) {
   return description.c_str();
 }
 
+const char *melt_model_target(const melt_model *model) {
+  if (!isLive(model))
+    return "";
+  static thread_local std::string target;
+  target = model->model->artifact().target();
+  return target.c_str();
+}
+
 melt_status melt_model_destroy(melt_model *model) {
   {
     std::lock_guard<std::mutex> lock(handlesMutex);

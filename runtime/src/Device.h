@@ -103,6 +103,21 @@ public:
   /// them: Model::load with keepHostData); the CPU device uses the model's
   /// own memory and prepacked GEMM operands instead, with no copy.
   virtual Status importWeight(const WeightData &weight, DeviceTensor &out);
+  /// The compiler's kernel choice for the kernel that multiplies `weight`
+  /// (melt-select-kernels, for the artifact's target): a device of that
+  /// target follows it instead of its own rules; others ignore it.
+  struct KernelPlan {
+    /// Linear / Logits: up to how many rows the device's small-M kernel
+    /// streams the weight (-1: the device decides).
+    int smallMRows = -1;
+    /// MoEExperts: 1 tensor cores, 2 CUDA cores; MLA: 1 split over the
+    /// sequence, 2 a block per head; 0: the device decides.
+    int variant = 0;
+  };
+  virtual void planKernel(const DeviceTensor &weight, const KernelPlan &plan) {
+    (void)weight;
+    (void)plan;
+  }
 
   // Recording (CUDA graphs). Between beginCapture and endCapture the
   // kernels are recorded, not run: nothing may be uploaded or read back,

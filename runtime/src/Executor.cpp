@@ -145,6 +145,15 @@ Status DeviceModel::create(const Model &model, Device &device,
                       "weights[" + std::to_string(w) + "]: " + s.message());
       result->weights_[w] = t;
     }
+    // The compiler's choices for the artifact's target, by the weight the
+    // kernel multiplies first.
+    if (kernel.weights()->size() > 0 &&
+        (kernel.small_m_rows() >= 0 || kernel.variant() != 0)) {
+      Device::KernelPlan plan;
+      plan.smallMRows = kernel.small_m_rows();
+      plan.variant = kernel.variant();
+      device.planKernel(result->weights_[kernel.weights()->Get(0)], plan);
+    }
   }
   out = std::move(result);
   return Status::ok();

@@ -163,6 +163,20 @@ void applyStorage(const fb::Weight &w, WeightData &data) {
     data.storage = WeightData::Storage::BF16; // the values are bf16 already
 }
 
+/// melt-select-kernels' device format (artifact: 1 f32, 2 bf16, 3 FP8).
+WeightData::DeviceFormat deviceFormatOf(const fb::Weight &w) {
+  switch (w.device_format()) {
+  case 1:
+    return WeightData::DeviceFormat::F32;
+  case 2:
+    return WeightData::DeviceFormat::BF16;
+  case 3:
+    return WeightData::DeviceFormat::Fp8Blocks;
+  default:
+    return WeightData::DeviceFormat::Unset;
+  }
+}
+
 } // namespace
 
 Status Model::loadWeights(const std::string &dir) {
@@ -249,6 +263,7 @@ Status Model::loadWeights(const std::string &dir) {
     // melt-assign-precision: stored narrower than the checkpoint.
     applyStorage(*w, data);
     data.gemmOnly = multiplied[i] && !read[i];
+    data.deviceFormat = deviceFormatOf(*w);
     // Loaded for another device: its f32 values are uploaded there, the
     // CPU's prepacked operands would only take memory and time.
     if (!multiplied[i] || rank < 2 || keepHostData_)
@@ -331,6 +346,7 @@ Status Model::loadRandom(const std::string &artifactPath, uint64_t seed,
     }
     applyStorage(*w, data);
     data.gemmOnly = multiplied[i] && !read[i];
+    data.deviceFormat = deviceFormatOf(*w);
   };
   // Weights are independent (each seeded by its index): filled by all the
   // cores, a weight at a time (a mini model holds 4.7 B values).

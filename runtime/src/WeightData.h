@@ -28,6 +28,11 @@ struct WeightData {
   /// Only ever an operand of GEMMs (projections, experts), never read by
   /// another kernel: a device may keep it in its storage type.
   bool gemmOnly = false;
+  /// How a device of the artifact's target keeps it (melt-select-kernels;
+  /// Unset: the device decides). Values are those of `data` either way: a
+  /// format that cannot hold them exactly is not chosen.
+  enum class DeviceFormat : uint8_t { Unset, F32, BF16, Fp8Blocks };
+  DeviceFormat deviceFormat = DeviceFormat::Unset;
 };
 
 } // namespace melt::rt

@@ -52,6 +52,7 @@ TEST(Api, DevicesAndRandomWeightsAreChecked) {
   EXPECT_NE(std::string(melt_last_error()).find("/nonexistent.melt"),
             std::string::npos);
   EXPECT_STREQ(melt_model_device(nullptr), "");
+  EXPECT_STREQ(melt_model_target(nullptr), "");
   EXPECT_STREQ(melt_model_device_description(nullptr), "");
 }
 
@@ -324,6 +325,7 @@ TEST_F(SessionTest, LoadsOnTheCpuDeviceByName) {
             MELT_OK)
       << melt_last_error();
   EXPECT_STREQ(melt_model_device(model), "cpu");
+  EXPECT_STREQ(melt_model_target(model), "cpu"); // compiled for the CPU
   EXPECT_NE(std::string(melt_model_device_description(model)).find("cpu"),
             std::string::npos);
   EXPECT_EQ(melt_model_destroy(model), MELT_OK);

@@ -94,6 +94,8 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
   std::printf("generated: %s\n", ids.c_str());
   if (!extras.deviceDescription.empty())
     std::printf("device: %s\n", extras.deviceDescription.c_str());
+  if (!extras.target.empty() && extras.target != "cpu")
+    std::printf("compiled for: %s\n", extras.target.c_str());
   if (extras.batch > 1)
     std::printf("batch: %zu sequences (generated: the first one's)\n",
                 extras.batch);

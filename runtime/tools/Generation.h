@@ -35,6 +35,8 @@ bool generateGreedy(melt_session *session,
 /// only when set.
 struct ReportExtras {
   std::string deviceName, deviceDescription;
+  /// The device kind the artifact was compiled for (melt-compile --target).
+  std::string target;
   size_t batch = 1;
   double peakMemoryMB = -1;
   double joulesPerToken = -1;

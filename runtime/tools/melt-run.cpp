@@ -237,6 +237,7 @@ int main(int argc, char **argv) {
     if (device) {
       extras.deviceName = melt_model_device(model);
       extras.deviceDescription = melt_model_device_description(model);
+      extras.target = melt_model_target(model);
       if (joulesBefore >= 0 && joulesAfter > joulesBefore && decoded)
         extras.joulesPerToken = (joulesAfter - joulesBefore) / decoded;
       else

@@ -1,11 +1,14 @@
 //===- melt-compile.cpp - models into .melt artifacts -----------*- C++ -*-===//
 //
-//   melt-compile CHECKPOINT_DIR --target=cpu -o model.melt
-//   melt-compile model.mlir --checkpoint DIR --target=cpu -o model.melt
-//   melt-compile --builtin=NAME --checkpoint DIR --target=cpu -o model.melt
+//   melt-compile CHECKPOINT_DIR [--target=cpu|cuda] -o model.melt
+//   melt-compile model.mlir --checkpoint DIR -o model.melt
+//   melt-compile --builtin=NAME --checkpoint DIR -o model.melt
 //
 // The checkpoint resolves every weight to a byte range of its shard; the
 // runtime reads those ranges at load time, from the directory it is given.
+// --target=cuda adds the device's weight formats and kernel choices
+// (melt-select-kernels) and checks that the weights fit the device; any
+// device runs the artifact.
 //
 //===----------------------------------------------------------------------===//
 #include "backends/ArtifactWriter.h"
@@ -35,17 +38,31 @@ static cl::OptionCategory category("melt-compile options");
 static cl::opt<std::string> input(cl::Positional,
                                   cl::desc("<model.mlir | checkpoint-dir>"),
                                   cl::cat(category));
-static cl::opt<std::string>
-    builtinName("builtin", cl::desc("Compile a built-in model"),
-                cl::value_desc("name"), cl::cat(category));
+static cl::opt<std::string> builtinName("builtin",
+                                        cl::desc("Compile a built-in model"),
+                                        cl::value_desc("name"),
+                                        cl::cat(category));
 static cl::opt<std::string> checkpointDir(
     "checkpoint",
     cl::desc("Checkpoint whose tensors the weights are read from (implied "
              "when the input is a checkpoint directory)"),
     cl::value_desc("dir"), cl::cat(category));
-static cl::opt<std::string> target("target",
-                                   cl::desc("Target device: cpu"),
-                                   cl::init("cpu"), cl::cat(category));
+static cl::opt<std::string> target(
+    "target",
+    cl::desc("Target device: cpu (default) or cuda (H100/H200: the weight "
+             "formats and kernels of the CUDA runtime chosen per op and "
+             "shape, and a check that the weights fit --device-memory)"),
+    cl::init("cpu"), cl::cat(category));
+static cl::opt<double> deviceMemory(
+    "device-memory",
+    cl::desc("--target=cuda: GiB of device memory the weights must fit "
+             "(default 139.8, an H200)"),
+    cl::init(139.8), cl::cat(category));
+static cl::opt<std::string> kernelReport(
+    "kernel-report",
+    cl::desc("--target=cuda: where to write the kernel selection report "
+             "('-' for stderr; default none)"),
+    cl::value_desc("file"), cl::init(""), cl::cat(category));
 static cl::opt<bool> fuseMLA(
     "fuse-mla",
     cl::desc("Run attention on the latent cache with W_UK/W_UV absorbed "
@@ -87,19 +104,21 @@ static cl::opt<std::string> precisionReport(
     cl::desc("--precision=auto: where to write the per-op report (default "
              "stderr)"),
     cl::value_desc("file"), cl::init("-"), cl::cat(category));
-static cl::opt<int64_t> devices(
-    "devices", cl::desc("Place experts on this many devices (default 1)"),
-    cl::init(1), cl::cat(category));
-static cl::opt<int64_t> redundant(
-    "redundant", cl::desc("Replicas of hot experts for placement"),
-    cl::init(0), cl::cat(category));
+static cl::opt<int64_t>
+    devices("devices",
+            cl::desc("Place experts on this many devices (default 1)"),
+            cl::init(1), cl::cat(category));
+static cl::opt<int64_t>
+    redundant("redundant", cl::desc("Replicas of hot experts for placement"),
+              cl::init(0), cl::cat(category));
 static cl::opt<std::string> expertStats(
     "expert-stats",
     cl::desc("Expert load statistics (melt-run --expert-stats) to place by"),
     cl::value_desc("file"), cl::cat(category));
-static cl::opt<std::string> expertPolicy(
-    "expert-policy", cl::desc("Placement policy: balanced or affinity"),
-    cl::init("balanced"), cl::cat(category));
+static cl::opt<std::string>
+    expertPolicy("expert-policy",
+                 cl::desc("Placement policy: balanced or affinity"),
+                 cl::init("balanced"), cl::cat(category));
 static cl::opt<std::string> compileTo(
     "compile-to",
     cl::desc("Stop after this phase and write its IR (model, fuse-mla, "
@@ -125,16 +144,16 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(
       argc, argv,
       "melt-compile: compile a model into a .melt artifact\n\n"
-      "  melt-compile CHECKPOINT_DIR --target=cpu -o model.melt\n"
+      "  melt-compile CHECKPOINT_DIR [--target=cpu|cuda] -o model.melt\n"
       "  melt-compile model.mlir --checkpoint DIR -o model.melt\n");
   if (input.empty() == builtinName.empty())
     return fail("give exactly one of <model.mlir | checkpoint-dir> or "
                 "--builtin=NAME");
   if (outputFile.empty())
     return fail("no output file (-o model.melt)");
-  if (target != "cpu")
-    return fail("--target: '" + target +
-                "' is not available yet (targets: cpu)");
+  if (target != "cpu" && target != "cuda")
+    return fail("--target: '" + target + "' is not available (targets: " +
+                "cpu, cuda; hip is not built yet)");
 
   MLIRContext context;
   context.loadDialect<MeltDialect, func::FuncDialect>();
@@ -172,8 +191,8 @@ int main(int argc, char **argv) {
   // The compile pipeline (melt-default-pipeline), up to --compile-to.
   std::optional<CompilePhase> last = parseCompilePhase(compileTo);
   if (!last)
-    return fail("--compile-to: unknown phase '" + compileTo + "' (phases: " +
-                compilePhaseNames() + ")");
+    return fail("--compile-to: unknown phase '" + compileTo +
+                "' (phases: " + compilePhaseNames() + ")");
   DefaultPipelineOptions pipeline;
   pipeline.precision = precision.getValue();
   pipeline.bf16 = bf16Overrides.getValue();
@@ -188,13 +207,17 @@ int main(int argc, char **argv) {
   pipeline.redundant = redundant.getValue();
   pipeline.expertStats = expertStats.getValue();
   pipeline.expertPolicy = expertPolicy.getValue();
+  pipeline.target = target.getValue();
+  pipeline.deviceMemory = deviceMemory.getValue();
+  if (!kernelReport.empty())
+    pipeline.kernelReport = kernelReport.getValue();
   PassManager pm(&context);
   buildDefaultPipeline(pm, pipeline, *last);
   if (failed(pm.run(*module)))
     return fail("the compile pipeline failed");
   if (*last != CompilePhase::Artifact) {
-    if (llvm::Error error = llvm::writeToOutput(
-            outputFile, [&](llvm::raw_ostream &os) {
+    if (llvm::Error error =
+            llvm::writeToOutput(outputFile, [&](llvm::raw_ostream &os) {
               module->print(os);
               os << "\n";
               return llvm::Error::success();
@@ -212,8 +235,8 @@ int main(int argc, char **argv) {
   auto bytes = buildArtifact(*module, *ckpt, options);
   if (!bytes)
     return fail(llvm::toString(bytes.takeError()));
-  if (llvm::Error error = llvm::writeToOutput(
-          outputFile, [&](llvm::raw_ostream &os) {
+  if (llvm::Error error =
+          llvm::writeToOutput(outputFile, [&](llvm::raw_ostream &os) {
             os << *bytes;
             return llvm::Error::success();
           }))

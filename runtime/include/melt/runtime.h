@@ -77,6 +77,10 @@ melt_status melt_model_load_random(const char *artifact_path,
 const char *melt_model_device(const melt_model *model);
 /* A line about the device's hardware (e.g. the GPU's name and memory). */
 const char *melt_model_device_description(const melt_model *model);
+/* The device kind the artifact was compiled for (melt-compile --target:
+ * "cpu", "cuda"), or "" for an invalid handle. Any device runs a model;
+ * one of the target's kind follows its compiled kernel choices. */
+const char *melt_model_target(const melt_model *model);
 /* Fails while sessions of the model are alive: destroy them first. */
 melt_status melt_model_destroy(melt_model *model);
 /* Vocabulary size, or 0 for an invalid handle. */

@@ -131,6 +131,7 @@ public:
   void release(DeviceTensor &tensor) override {
     if (!tensor.data)
       return;
+    plans_.erase(tensor.data);
     auto scales = weightScales_.find(tensor.data);
     if (scales != weightScales_.end()) {
       DeviceTensor s = scales->second;
@@ -147,6 +148,11 @@ public:
       }
     }
     tensor.data = nullptr;
+  }
+
+  void planKernel(const DeviceTensor &weight, const KernelPlan &plan) override {
+    if (weight.data)
+      plans_[weight.data] = plan;
   }
 
   bool canCapture() const override { return true; }
@@ -241,12 +247,17 @@ public:
     CudaStatus s;
     if (w.dtype == DType::FP8E4M3)
       return linearWithFp8Weight(x, w, y);
-    // A few rows (decode): melt's kernel streams the weights.
+    // A few rows (decode): melt's kernel streams the weights, up to the
+    // rows the compiler chose for this weight (melt-select-kernels), else
+    // where it was measured to beat cuBLASLt.
     bool wideWeight = w.dtype == DType::BF16 || w.dtype == DType::F32;
-    if (x.dtype == DType::F32 && wideWeight && smallMGemm_ &&
+    const KernelPlan *plan = planOf(w);
+    bool smallM = plan && plan->smallMRows >= 0
+                      ? m <= plan->smallMRows
+                      : smallMGemmPays(m, n, k, w.dtype == DType::BF16);
+    if (x.dtype == DType::F32 && wideWeight && smallMGemm_ && smallM &&
         smallMGemmFits(static_cast<const float *>(x.data), w.data,
-                       w.dtype == DType::BF16, m, k) &&
-        smallMGemmPays(m, n, k, w.dtype == DType::BF16))
+                       w.dtype == DType::BF16, m, k))
       return check(smallMGemm(static_cast<const float *>(x.data), w.data,
                               w.dtype == DType::BF16, m, n, k, result(y),
                               multiprocessors_, stream_),
@@ -456,7 +467,9 @@ public:
                         latent,
                         int(wUv.shape[1]),
                         maxVisible};
-    if (mlaSplitFits(shape))
+    const KernelPlan *plan = planOf(wUk);
+    bool perHead = plan && plan->variant == 2;
+    if (!perHead && mlaSplitFits(shape))
       return mlaInChunks(qNope, qRope, cache, layout, wUk, wUv, shape, scale,
                          out);
     if (mlaF32SharedBytes(latent, maxVisible) > 200 * 1024)
@@ -520,15 +533,15 @@ public:
       MELT_RETURN_IF_ERROR(allocate(
           DType::I32, {int64_t(moeByExpertScratchBytes(T, K, E, I) / 4)},
           scratch));
-      Status launched =
-          check(moeExpertsByExpert(
-                    static_cast<const float *>(x.data),
-                    static_cast<const int32_t *>(indices.data),
-                    static_cast<const float *>(weights.data), gate.data,
-                    up.data, down.data, gate.dtype == DType::BF16, T, K, E, I,
-                    int(x.shape[1]), combineBf16, scratch.data,
-                    static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
-                "moe_experts");
+      Status launched = check(
+          moeExpertsByExpert(
+              static_cast<const float *>(x.data),
+              static_cast<const int32_t *>(indices.data),
+              static_cast<const float *>(weights.data), gate.data, up.data,
+              down.data, gate.dtype == DType::BF16, T, K, E, I, int(x.shape[1]),
+              combineBf16, expertTensorCores(gate), scratch.data,
+              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
+          "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;  // a bad expert index: at synchronize()
     }
@@ -554,12 +567,23 @@ public:
       count *= d;
     bool matrix = weight.gemmOnly && weight.shape.size() >= 2 &&
                   int64_t(weight.data.size()) == count;
-    if (matrix && weight.storage == WeightData::Storage::FP8Blocks &&
-        fp8Weights_ && weight.shape.size() == 2)
+    using Format = WeightData::DeviceFormat;
+    // The compiler's format for this target (melt-select-kernels), else
+    // the device's own rule: FP8-rounded GEMM operands in FP8 (unless
+    // MELT_CUDA_FP8_WEIGHTS=0), BF16 ones in BF16 (half the bytes a step
+    // reads), the rest in F32.
+    Format format = weight.deviceFormat;
+    if (format == Format::Unset)
+      format = !matrix ? Format::F32
+               : weight.storage == WeightData::Storage::FP8Blocks && fp8Weights_
+                   ? Format::Fp8Blocks
+               : weight.storage == WeightData::Storage::BF16 ? Format::BF16
+                                                             : Format::F32;
+    if (format == Format::Fp8Blocks && matrix && weight.shape.size() == 2)
       return importFp8(weight, out);
-    // GEMM operands the model keeps in BF16 are stored so (half the bytes
-    // a step reads); everything else in F32.
-    if (!matrix || weight.storage != WeightData::Storage::BF16)
+    // BF16 only where the values are BF16 already (exact).
+    if (format != Format::BF16 || !matrix ||
+        weight.storage != WeightData::Storage::BF16)
       return Device::importWeight(weight, out);
     std::vector<uint16_t> bf16(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i)
@@ -596,6 +620,23 @@ private:
     return launched;  // a position without a page: at synchronize()
   }
 
+  /// The compiler's kernel choices, by the weight's data.
+  std::map<const void *, KernelPlan> plans_;
+  const KernelPlan *planOf(const DeviceTensor &weight) const {
+    auto it = plans_.find(weight.data);
+    return it == plans_.end() ? nullptr : &it->second;
+  }
+  /// Grouped experts on tensor cores: as compiled (variant 1 / 2), else
+  /// wherever the shapes take them; MELT_MOE_TENSOR_CORES=0 never.
+  bool expertTensorCores(const DeviceTensor &gate) const {
+    static const bool allowed = [] {
+      const char *v = std::getenv("MELT_MOE_TENSOR_CORES");
+      return !v || std::string(v) != "0";
+    }();
+    const KernelPlan *plan = planOf(gate);
+    return allowed && !(plan && plan->variant == 2);
+  }
+
   int multiprocessors_ = 132;
   /// MELT_CUDA_SMALL_M=0 sends every product to cuBLASLt (for comparison).
   bool smallMGemm_ = [] {
@@ -614,10 +655,12 @@ private:
   /// The block scales of each FP8 weight, by its data.
   std::map<void *, DeviceTensor> weightScales_;
 
-  /// An FP8-stored weight (f32 values on the e4m3 grid of their 128x128
-  /// block's scale = amax / 448, as melt-assign-precision rounds them):
-  /// the e4m3 bytes and the scales recovered exactly. Shapes the FP8 GEMMs
-  /// cannot take (K a multiple of 4 x 128, N of 16) stay F32.
+  /// An FP8 weight (f32 values on the e4m3 grid of their 128x128 block's
+  /// scale = amax / 448: melt-assign-precision rounds so, and DeepSeek-V3's
+  /// checkpoints are quantized so): the e4m3 bytes and the scales
+  /// recovered, checked exact. Shapes the FP8 GEMMs cannot take (K a
+  /// multiple of 4 x 128, N of 16), and values not on such a grid, stay
+  /// F32.
   Status importFp8(const WeightData &weight, DeviceTensor &out) {
     const int64_t n = weight.shape[0], k = weight.shape[1];
     if (k % 512 != 0 || n % 16 != 0)
@@ -634,9 +677,13 @@ private:
         float scale = std::max(amax, 1e-12f) / melt::kFp8E4M3Max;
         scales[size_t(bn * kb + bk)] = scale;
         for (int64_t r = bn * 128; r < std::min(n, (bn + 1) * 128); ++r)
-          for (int64_t c = bk * 128; c < (bk + 1) * 128; ++c)
-            bytes[size_t(r * k + c)] =
-                melt::floatToFp8E4M3(weight.data[size_t(r * k + c)] / scale);
+          for (int64_t c = bk * 128; c < (bk + 1) * 128; ++c) {
+            float v = weight.data[size_t(r * k + c)];
+            uint8_t q = melt::floatToFp8E4M3(v / scale);
+            if (melt::fp8E4M3ToFloat(q) * scale != v)
+              return Device::importWeight(weight, out); // not on the grid
+            bytes[size_t(r * k + c)] = q;
+          }
       }
     DeviceTensor s;
     MELT_RETURN_IF_ERROR(allocate(DType::F32, {nb, kb}, s));

@@ -6,8 +6,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 using namespace melt::rt::cuda;
 
@@ -310,6 +308,11 @@ size_t alignedBytes(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 } // namespace
 
+bool melt::rt::cuda::moeByExpertTensorCoresFit(bool bf16Weights, int inter,
+                                               int dim) {
+  return bf16Weights && inter % 32 == 0 && dim % 32 == 0;
+}
+
 size_t melt::rt::cuda::moeByExpertScratchBytes(int tokens, int choices,
                                                int experts, int inter) {
   size_t pairs = size_t(tokens) * choices;
@@ -322,7 +325,8 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
     const float *x, const int32_t *indices, const float *weights,
     const void *gate, const void *up, const void *down, bool bf16Weights,
     int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
-    void *scratch, float *y, int32_t *bad, cudaStream_t stream) {
+    bool tensorCores, void *scratch, float *y, int32_t *bad,
+    cudaStream_t stream) {
   if (experts < 1 || experts > kMoeByExpertMaxExperts)
     return cudaErrorInvalidValue;
   cudaError_t e =
@@ -338,14 +342,9 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
   auto *act = reinterpret_cast<float *>(bytes);
   groupPairsKernel<<<1, 512, 0, stream>>>(indices, pairs, experts, offsets,
                                           pairOfSlot, bad);
-  // Tensor cores where the shapes take them (rows in 16s, K in 32s, and
-  // MELT_MOE_TENSOR_CORES not 0): BF16 products of BF16-rounded inputs,
-  // as the row kernels compute them.
-  static const bool tensorCores = [] {
-    const char *v = std::getenv("MELT_MOE_TENSOR_CORES");
-    return !v || std::string(v) != "0";
-  }();
-  if (bf16Weights && tensorCores && inter % 32 == 0 && dim % 32 == 0 &&
+  // Tensor cores where asked and the shapes take them: BF16 products of
+  // BF16-rounded inputs, as the row kernels compute them.
+  if (tensorCores && moeByExpertTensorCoresFit(bf16Weights, inter, dim) &&
       reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     using B = __nv_bfloat16;
     activationMmaKernel<<<dim3(experts, (inter + 127) / 128), 256, 0, stream>>>(

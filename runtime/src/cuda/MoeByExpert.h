@@ -31,14 +31,17 @@ size_t moeByExpertScratchBytes(int tokens, int choices, int experts, int inter);
 /// choices of weight x expert(x), weights F32 or (`bf16Weights`) BF16 with
 /// x and the activations rounded to BF16; `combineBf16` rounds each expert
 /// output to BF16 before it is weighted. An expert id out of range sets
-/// *bad (the pair is skipped).
-cudaError_t moeExpertsByExpert(const float *x, const int32_t *indices,
-                               const float *weights, const void *gate,
-                               const void *up, const void *down,
-                               bool bf16Weights, int tokens, int choices,
-                               int experts, int inter, int dim,
-                               bool combineBf16, void *scratch, float *y,
-                               int32_t *bad, cudaStream_t stream);
+/// *bad (the pair is skipped). `tensorCores`: BF16 weights whose sizes
+/// are multiples of 32 run on mma.sync (moeByExpertTensorCoresFit).
+cudaError_t
+moeExpertsByExpert(const float *x, const int32_t *indices, const float *weights,
+                   const void *gate, const void *up, const void *down,
+                   bool bf16Weights, int tokens, int choices, int experts,
+                   int inter, int dim, bool combineBf16, bool tensorCores,
+                   void *scratch, float *y, int32_t *bad, cudaStream_t stream);
+
+/// Whether the tensor-core kernels take the shape.
+bool moeByExpertTensorCoresFit(bool bf16Weights, int inter, int dim);
 
 } // namespace melt::rt::cuda
 

@@ -1,0 +1,256 @@
+//===- SelectKernels.cpp - the target's weight formats and kernels --------===//
+//
+// What the CUDA runtime does with each op, decided once at compile time from
+// shapes and precisions (melt-assign-precision's storage), by the rules of
+// the runtime's kernels (runtime/src/cuda): which format each weight takes
+// on the device, up to how many rows a product streams its weight through
+// melt's own kernel, whether grouped experts run on tensor cores, which MLA
+// kernel runs. The runtime honours these choices (and makes the same ones
+// by itself for artifacts compiled for the CPU).
+//
+//===----------------------------------------------------------------------===//
+#include "passes/PassReport.h"
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/SymbolTable.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <map>
+#include <optional>
+#include <string>
+
+namespace mlir::melt {
+#define GEN_PASS_DEF_SELECTKERNELSPASS
+#include "passes/Passes.h.inc"
+} // namespace mlir::melt
+
+using namespace mlir;
+using namespace mlir::melt;
+
+namespace {
+
+/// The largest product (rows x weight bytes) the small-M kernel takes for
+/// BF16/F32 weights, and its row limit (runtime/src/cuda/SmallMGemm.h).
+constexpr double kSmallMBytes = 40e6;
+constexpr int64_t kSmallMMaxRows = 8;
+
+/// How an op uses a weight: multiplied (a GEMM operand), read directly by
+/// the kernel, or both (MLA's W_UK/W_UV).
+struct Use {
+  bool multiplied = false, read = false;
+  /// An op multiplies it in FP8 (its precision's compute type).
+  bool fp8Compute = false;
+};
+
+enum class Format { F32, BF16, Fp8Blocks };
+const char *formatName(Format f) {
+  return f == Format::Fp8Blocks ? "fp8_blocks"
+         : f == Format::BF16    ? "bf16"
+                                : "f32";
+}
+
+/// The type the runtime keeps a weight in after loading it (runtime
+/// Model.cpp applyStorage): melt.storage when set, else BF16 for a BF16
+/// checkpoint tensor, else F32 (FP8 checkpoints are dequantized).
+Type runtimeStorage(WeightOp weight) {
+  Builder b(weight.getContext());
+  if (auto storage = weight->getAttrOfType<TypeAttr>("melt.storage"))
+    return storage.getValue();
+  Type element = weight.getTensorType().getElementType();
+  return element.isBF16() ? Type(b.getBF16Type()) : Type(b.getF32Type());
+}
+
+/// An FP8 checkpoint tensor in DeepSeek-V3's 128x128 blocks.
+bool fp8Checkpoint(WeightOp weight) {
+  std::optional<ArrayRef<int64_t>> block = weight.getBlockSize();
+  return isFp8Type(weight.getTensorType().getElementType()) && block &&
+         block->size() == 2 && (*block)[0] == 128 && (*block)[1] == 128;
+}
+
+Format deviceFormat(WeightOp weight, const Use &use) {
+  if (!use.multiplied || use.read)
+    return Format::F32;
+  Type storage = runtimeStorage(weight);
+  ArrayRef<int64_t> shape = weight.getTensorType().getShape();
+  // FP8-rounded at load (melt.storage), or an FP8 checkpoint multiplied in
+  // FP8: the device keeps e4m3 bytes and block scales.
+  if (isFp8Type(storage) || (fp8Checkpoint(weight) && use.fp8Compute))
+    // The FP8 GEMMs take [N, K] with N % 16 == 0 and K % 512 == 0; other
+    // FP8-rounded weights are held exactly, in F32.
+    return shape.size() == 2 && shape[0] % 16 == 0 && shape[1] % 512 == 0
+               ? Format::Fp8Blocks
+               : Format::F32;
+  return storage.isBF16() ? Format::BF16 : Format::F32;
+}
+
+int64_t deviceBytes(WeightOp weight, Format format) {
+  RankedTensorType type = weight.getTensorType();
+  int64_t n = type.getNumElements();
+  if (format != Format::Fp8Blocks)
+    return n * (format == Format::BF16 ? 2 : 4);
+  ArrayRef<int64_t> shape = type.getShape();
+  int64_t blocks = ((shape[0] + 127) / 128) * ((shape[1] + 127) / 128);
+  return n + 4 * blocks;
+}
+
+/// "1.25 GiB", "310.4 MiB", "12.0 KiB".
+std::string humanBytes(double bytes) {
+  const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024 && unit < 4) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return llvm::formatv("{0:F2} {1}", bytes, units[unit]).str();
+}
+
+struct SelectKernelsPass final
+    : mlir::melt::impl::SelectKernelsPassBase<SelectKernelsPass> {
+  using Base::Base;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    if (target == "cpu")
+      return;
+    if (target != "cuda") {
+      module.emitError() << "melt-select-kernels: unknown target '" << target
+                         << "' (targets: cpu, cuda)";
+      return signalPassFailure();
+    }
+    if (!(deviceMemory > 0)) {
+      module.emitError()
+          << "melt-select-kernels: device-memory must be positive GiB";
+      return signalPassFailure();
+    }
+    SymbolTable symbols(module);
+    module->setAttr("melt.target",
+                    StringAttr::get(module.getContext(), "cuda"));
+    std::map<std::string, Use> uses;
+    module.walk([&](Operation *op) {
+      auto precision = op->getAttrOfType<PrecisionAttr>("precision");
+      bool fp8 = precision && isFp8Type(precision.getCompute());
+      auto mark = [&](StringRef name, bool multiplied) {
+        Use &use = uses[name.str()];
+        (multiplied ? use.multiplied : use.read) = true;
+        use.fp8Compute = use.fp8Compute || (multiplied && fp8);
+      };
+      llvm::TypeSwitch<Operation *>(op)
+          .Case([&](LinearOp o) { mark(o.getWeight(), true); })
+          .Case([&](LogitsOp o) { mark(o.getHead(), true); })
+          .Case([&](MoEExpertsOp o) {
+            for (StringRef w : {o.getGate(), o.getUp(), o.getDown()})
+              mark(w, true);
+          })
+          .Case([&](MTPCombineOp o) {
+            mark(o.getEhProj(), true);
+            mark(o.getEnorm(), false);
+            mark(o.getHnorm(), false);
+          })
+          .Case([&](MLAOp o) {
+            for (StringRef w : {o.getWUk(), o.getWUv()}) {
+              mark(w, true);
+              mark(w, false);
+            }
+          })
+          .Case([&](EmbeddingOp o) { mark(o.getTable(), false); })
+          .Case([&](RMSNormOp o) { mark(o.getWeight(), false); })
+          .Case([&](MoERouterOp o) {
+            mark(o.getGate(), false);
+            if (auto bias = o.getBias())
+              mark(*bias, false);
+          });
+    });
+
+    Builder b(module.getContext());
+    std::map<std::string, Format> formats;
+    int64_t bytes[3] = {0, 0, 0}, counts[3] = {0, 0, 0};
+    for (WeightOp weight : module.getOps<WeightOp>()) {
+      Format format = deviceFormat(weight, uses[weight.getSymName().str()]);
+      formats[weight.getSymName().str()] = format;
+      weight->setAttr("melt.device_format",
+                      b.getStringAttr(formatName(format)));
+      bytes[int(format)] += deviceBytes(weight, format);
+      ++counts[int(format)];
+    }
+
+    std::map<std::string, int64_t> choices;
+    auto smallRows = [&](StringRef name) -> int64_t {
+      WeightOp weight = symbols.lookup<WeightOp>(name);
+      Format format = formats[name.str()];
+      if (!weight)
+        return 1;
+      if (format == Format::Fp8Blocks)
+        return kSmallMMaxRows;
+      double weightBytes = double(deviceBytes(weight, format));
+      int64_t rows = int64_t(kSmallMBytes / std::max(weightBytes, 1.0));
+      return std::clamp<int64_t>(rows, 1, kSmallMMaxRows);
+    };
+    module.walk([&](Operation *op) {
+      llvm::TypeSwitch<Operation *>(op)
+          .Case([&](LinearOp o) {
+            int64_t rows = smallRows(o.getWeight());
+            o->setAttr("melt.small_m_rows", b.getI64IntegerAttr(rows));
+            ++choices["linear: small-M kernel up to " + std::to_string(rows) +
+                      " rows"];
+          })
+          .Case([&](LogitsOp o) {
+            int64_t rows = smallRows(o.getHead());
+            o->setAttr("melt.small_m_rows", b.getI64IntegerAttr(rows));
+            ++choices["logits: small-M kernel up to " + std::to_string(rows) +
+                      " rows"];
+          })
+          .Case([&](MoEExpertsOp o) {
+            WeightOp gate = symbols.lookup<WeightOp>(o.getGate());
+            bool bf16 = true;
+            for (StringRef w : {o.getGate(), o.getUp(), o.getDown()})
+              bf16 = bf16 && formats[w.str()] == Format::BF16;
+            ArrayRef<int64_t> shape = gate.getTensorType().getShape();
+            bool tensorCores = bf16 && shape.size() == 3 &&
+                               shape[1] % 32 == 0 && shape[2] % 32 == 0;
+            const char *kernel = tensorCores ? "tensor_cores" : "cuda_cores";
+            o->setAttr("melt.experts_kernel", b.getStringAttr(kernel));
+            ++choices[std::string("moe_experts: ") + kernel];
+          })
+          .Case([&](MLAOp o) {
+            auto cache = llvm::cast<LatentCacheType>(o.getCache().getType());
+            auto query =
+                llvm::cast<RankedTensorType>(o.getQueryNope().getType());
+            int64_t latent = cache.getLatentDim(), rope = cache.getRopeDim(),
+                    nope = query.getShape().back();
+            bool split = latent <= 512 && nope <= 256 && latent % 4 == 0 &&
+                         rope % 4 == 0 && latent + rope <= 640;
+            const char *kernel = split ? "split" : "per_head";
+            o->setAttr("melt.mla_kernel", b.getStringAttr(kernel));
+            ++choices[std::string("mla: ") + kernel];
+          });
+    });
+
+    const double gib = double(1ull << 30);
+    const double total = double(bytes[0] + bytes[1] + bytes[2]);
+    std::string text = "melt kernel selection (target cuda)\n";
+    text += "  weights on the device: " + humanBytes(total) + " of " +
+            humanBytes(deviceMemory * gib) + "\n";
+    for (Format f : {Format::Fp8Blocks, Format::BF16, Format::F32})
+      text += llvm::formatv("    {0,-10} {1,6} weights, {2}\n", formatName(f),
+                            counts[int(f)], humanBytes(double(bytes[int(f)])))
+                  .str();
+    for (const auto &[choice, n] : choices)
+      text += llvm::formatv("  {0}: {1} ops\n", choice, n).str();
+    if (failed(writePassReport(module, report, text,
+                               "melt-select-kernels: cannot write the report")))
+      return signalPassFailure();
+    if (total > deviceMemory * gib) {
+      module.emitError() << "melt-select-kernels: the weights need "
+                         << humanBytes(total) << " on the device, more than "
+                         << "its " << humanBytes(deviceMemory * gib)
+                         << " (device-memory); spread the experts over more "
+                            "devices or choose a narrower precision";
+      return signalPassFailure();
+    }
+  }
+};
+
+} // namespace

@@ -1,0 +1,45 @@
+// melt-select-kernels (target=cuda): device formats, kernel choices and the
+// device-memory check. BF16 policy on the tiny model: GEMM operands bf16,
+// weights read by other kernels (embedding, norms, W_UK/W_UV) f32; experts
+// with sizes in 32s on tensor cores; MLA split over the sequence.
+// RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' --melt-select-kernels -o - 2>%t.report | FileCheck %s
+// RUN: FileCheck %s --check-prefix=REPORT < %t.report
+// DeepSeek-V3 (FP8 checkpoint, deepseek-v3 policy): 2-D FP8 projections
+// stay FP8 with their block scales; FP8 expert stacks are held in F32 (no
+// FP8 expert kernel yet), so the weights need 2.45 TiB.
+// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' '--melt-select-kernels=device-memory=4000' -o - 2>%t.v3 | FileCheck %s --check-prefix=V3
+// RUN: FileCheck %s --check-prefix=V3REPORT < %t.v3
+// target=cpu changes nothing.
+// RUN: melt-import --builtin=tiny | melt-opt '--melt-select-kernels=target=cpu' -o - | FileCheck %s --check-prefix=CPU
+
+// CHECK: module attributes {{{.*}}melt.target = "cuda"
+// CHECK: melt.weight @model.embed_tokens : {{.+}} {melt.device_format = "f32"}
+// CHECK: melt.weight @model.layers.0.input_layernorm : {{.+}} {melt.device_format = "f32"}
+// CHECK: melt.weight @model.layers.0.self_attn.qkv_a_proj : tensor<104x128xbf16> {{.+}} {melt.device_format = "bf16"}
+// CHECK: melt.weight @model.layers.0.self_attn.w_uk : {{.+}} {melt.device_format = "f32"}
+// CHECK: melt.weight @model.layers.1.mlp.experts.gate_proj : tensor<8x64x128xbf16> {{.+}} {melt.device_format = "bf16"}
+// CHECK: melt.linear {{.+}} @model.layers.0.self_attn.qkv_a_proj {{.*}}melt.small_m_rows = 8
+// CHECK: melt.mla {{.+}}melt.mla_kernel = "split"
+// CHECK: melt.moe_experts {{.+}}melt.experts_kernel = "tensor_cores"
+// CHECK: melt.logits {{.+}}melt.small_m_rows = 8
+
+// REPORT: melt kernel selection (target cuda)
+// REPORT-NEXT: weights on the device: 2.56 MiB of 139.80 GiB
+// REPORT-NEXT: fp8_blocks 0 weights, 0.00 B
+// REPORT-NEXT: bf16 36 weights, 1.98 MiB
+// REPORT-NEXT: f32 36 weights, 595.59 KiB
+// REPORT: moe_experts: tensor_cores: 3 ops
+
+// V3: melt.weight @model.layers.3.self_attn.qkv_a_proj : tensor<2112x7168xf8E4M3FN> {{.+}} {melt.device_format = "fp8_blocks"}
+// V3: melt.weight @model.layers.3.mlp.gate : tensor<256x7168xbf16> {{.+}} {melt.device_format = "f32"}
+// V3: melt.weight @model.layers.3.mlp.experts.gate_proj : tensor<256x2048x7168xf8E4M3FN> {{.+}} {melt.device_format = "f32"}
+// V3: melt.linear {{.+}} @model.layers.3.self_attn.qkv_a_proj {{.*}}melt.small_m_rows = 8
+// The output head (129280 x 7168 BF16, 1.85 GB) streams one row only.
+// V3: melt.logits {{.+}}melt.small_m_rows = 1
+// V3: melt.moe_experts {{.+}}melt.experts_kernel = "cuda_cores"
+
+// V3REPORT: weights on the device: 2.45 TiB of 3.91 TiB
+// V3REPORT-NEXT: fp8_blocks 372 weights, 13.37 GiB
+
+// CPU-NOT: melt.device_format
+// CPU-NOT: melt.target
