@@ -522,55 +522,69 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
 /// The logits (the download waits for the step and reports a fault of any
 /// kernel of it), then the routers' choices.
 Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
-               std::vector<float> &logits, ExpertLoad *load) {
+               std::vector<float> &logits,
+               std::vector<RouterChoices> *choices) {
   Device &device = dm.device();
   const fb::Model &m = dm.model().artifact().model();
   logits.resize(size_t(pass.logits->numel()));
   MELT_RETURN_IF_ERROR(device.download(*pass.logits, logits.data()));
   MELT_RETURN_IF_ERROR(device.synchronize());
-  if (!load)
+  if (!choices)
     return Status::ok();
+  choices->resize(pass.routerChoices.size());
   for (size_t r = 0; r < pass.routerChoices.size(); ++r) {
     const DeviceTensor &chosenOnDevice = *pass.routerChoices[r];
-    std::vector<int32_t> chosen(size_t(chosenOnDevice.numel()));
-    MELT_RETURN_IF_ERROR(device.download(chosenOnDevice, chosen.data()));
+    RouterChoices &step = (*choices)[r];
     const fb::Kernel &kernel = *m.kernels()->Get(pass.routerKernels[r]);
-    RouterLoad &stats = (*load)[pass.routerKernels[r]];
-    stats.counts.resize(size_t(dm.weight(kernel.weights()->Get(0)).shape[0]));
-    int64_t topK = chosenOnDevice.shape[1];
-    for (size_t t = 0; t * topK < chosen.size(); ++t)
-      for (int64_t a = 0; a < topK; ++a) {
-        int64_t x = chosen[t * topK + a];
-        if (x < 0 || size_t(x) >= stats.counts.size())
-          continue;
-        ++stats.counts[size_t(x)];
-        for (int64_t b = a + 1; b < topK; ++b) {
-          int64_t y = chosen[t * topK + b];
-          ++stats.pairs[{std::min(x, y), std::max(x, y)}];
-        }
-      }
+    step.kernel = pass.routerKernels[r];
+    step.experts = dm.weight(kernel.weights()->Get(0)).shape[0];
+    step.topK = chosenOnDevice.shape[1];
+    step.chosen.resize(size_t(chosenOnDevice.numel()));
+    MELT_RETURN_IF_ERROR(device.download(chosenOnDevice, step.chosen.data()));
   }
   return Status::ok();
 }
 
 } // namespace
 
+void RouterLoad::add(const RouterChoices &step) {
+  const size_t experts = size_t(std::max<int64_t>(step.experts, 0));
+  counts.resize(experts);
+  pairs.resize(experts * experts);
+  const size_t topK = size_t(std::max<int64_t>(step.topK, 1));
+  for (size_t t = 0; t * topK < step.chosen.size(); ++t)
+    for (size_t a = 0; a < topK; ++a) {
+      int64_t x = step.chosen[t * topK + a];
+      if (x < 0 || size_t(x) >= experts)
+        continue;
+      ++counts[size_t(x)];
+      for (size_t b = a + 1; b < topK; ++b) {
+        int64_t y = step.chosen[t * topK + b];
+        if (y < 0 || size_t(y) >= experts)
+          continue;
+        ++pairs[size_t(std::min(x, y)) * experts + size_t(std::max(x, y))];
+      }
+    }
+}
+
 ForwardRunner::ForwardRunner(const DeviceModel &model) : model_(model) {}
 ForwardRunner::~ForwardRunner() = default;
 
 Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
                               std::map<uint32_t, DeviceTensor> &caches,
-                              std::vector<float> &logits, ExpertLoad *load) {
+                              std::vector<float> &logits,
+                              std::vector<RouterChoices> *choices) {
   MELT_RETURN_IF_ERROR(allocateInputs(model_, pass, batch));
   MELT_RETURN_IF_ERROR(uploadInputs(model_.device(), pass, batch));
   MELT_RETURN_IF_ERROR(
       enqueue(model_, pass, int64_t(batch.tokens.size()), caches));
-  return collect(model_, pass, logits, load);
+  return collect(model_, pass, logits, choices);
 }
 
 Status ForwardRunner::run(const StepBatch &batch,
                           std::map<uint32_t, DeviceTensor> &caches,
-                          std::vector<float> &logits, ExpertLoad *load) {
+                          std::vector<float> &logits,
+                          std::vector<RouterChoices> *choices) {
   Device &device = model_.device();
   const int64_t T = int64_t(batch.tokens.size());
   const int64_t B = int64_t(batch.lengths.size());
@@ -578,7 +592,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   bool decode = device.canCapture() && !profile.enabled && T == B && T > 0;
   if (!decode) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, load);
+    return runOnce(pass, batch, caches, logits, choices);
   }
   std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
   if (!recorded_.count(shape) && recorded_.size() >= kMaxRecorded) {
@@ -611,9 +625,9 @@ Status ForwardRunner::run(const StepBatch &batch,
   slot->lastUsed = ++steps_;
   if (!slot->recordable) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, load);
+    return runOnce(pass, batch, caches, logits, choices);
   }
   MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
   ++replayed_;
-  return collect(model_, *slot, logits, load);
+  return collect(model_, *slot, logits, choices);
 }

@@ -58,9 +58,19 @@ struct StepBatch {
 /// How many token-to-expert assignments each router made, and how often two
 /// experts were chosen for the same token: the statistics expert placement
 /// (melt-plan-experts) plans from.
+/// One router's choices in a step: [tokens, topK] expert ids.
+struct RouterChoices {
+  uint32_t kernel = 0;
+  int64_t experts = 0, topK = 0;
+  std::vector<int32_t> chosen;
+};
 struct RouterLoad {
   std::vector<uint64_t> counts;
-  std::map<std::pair<int64_t, int64_t>, uint64_t> pairs;
+  /// pairs[i * experts + j], i <= j: tokens that chose both i and j. Dense
+  /// (a step of 64 tokens of DeepSeek-V3 adds 100,000 pairs: a tree of
+  /// them took milliseconds per step).
+  std::vector<uint64_t> pairs;
+  void add(const RouterChoices &step);
 };
 using ExpertLoad = std::map<uint32_t, RouterLoad>;
 
@@ -76,10 +86,11 @@ public:
 
   /// Runs @forward for `batch` with `caches` (a [pages * kPageTokens,
   /// width] tensor per cache buffer of @forward); `logits` receives
-  /// [logitRows, vocab] on the host and `load` (if given) the routers'
+  /// [logitRows, vocab] on the host and `choices` (if given) the routers'
   /// choices.
   Status run(const StepBatch &batch, std::map<uint32_t, DeviceTensor> &caches,
-             std::vector<float> &logits, ExpertLoad *load = nullptr);
+             std::vector<float> &logits,
+             std::vector<RouterChoices> *choices = nullptr);
 
   /// Steps replayed from a recording so far (for tests and benchmarks).
   uint64_t replayedSteps() const { return replayed_; }
@@ -89,7 +100,8 @@ public:
 private:
   Status runOnce(Pass &pass, const StepBatch &batch,
                  std::map<uint32_t, DeviceTensor> &caches,
-                 std::vector<float> &logits, ExpertLoad *load);
+                 std::vector<float> &logits,
+                 std::vector<RouterChoices> *choices);
 
   const DeviceModel &model_;
   /// Recorded decode steps by (sequences, pages per sequence); a null

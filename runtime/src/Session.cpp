@@ -188,10 +188,10 @@ Status Session::step(const Entry *entries, size_t n,
     for (size_t t = 0; t < batch.tokens.size(); ++t)
       batch.logitRows.push_back(int32_t(t));
 
-  ExpertLoad load;
+  std::vector<RouterChoices> &choices = routerChoices_;
   LogitsBuffer buffer = freeLogitsBuffer();
   std::vector<float> &logits = *buffer;
-  Status status = runner_.run(batch, caches_, logits, &load);
+  Status status = runner_.run(batch, caches_, logits, &choices);
   if (!status &&
       logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
     status = invalidArtifact("@forward returned logits of the wrong shape");
@@ -207,14 +207,8 @@ Status Session::step(const Entry *entries, size_t n,
     seq.logits = buffer;
     seq.logitsOffset = size_t((row - 1) * vocab);
   }
-  for (auto &[kernel, stats] : load) {
-    RouterLoad &total = expertLoad_[kernel];
-    total.counts.resize(stats.counts.size());
-    for (size_t e = 0; e < stats.counts.size(); ++e)
-      total.counts[e] += stats.counts[e];
-    for (const auto &[pair, n] : stats.pairs)
-      total.pairs[pair] += n;
-  }
+  for (const RouterChoices &step : choices)
+    expertLoad_[step.kernel].add(step);
   if (allLogits)
     *allLogits = logits;
   return Status::ok();
@@ -237,11 +231,16 @@ std::string Session::expertLoadJson() const {
       json += (e ? ", " : "") + std::to_string(counts[e]);
     json += "], \"pairs\": [";
     bool firstPair = true;
-    for (const auto &[pair, n] : stats.pairs) {
-      json += (firstPair ? "[" : ", [") + std::to_string(pair.first) + ", " +
-              std::to_string(pair.second) + ", " + std::to_string(n) + "]";
-      firstPair = false;
-    }
+    const size_t experts = counts.size();
+    for (size_t i = 0; i < experts; ++i)
+      for (size_t j = i; j < experts; ++j) {
+        uint64_t n = stats.pairs[i * experts + j];
+        if (n == 0)
+          continue;
+        json += (firstPair ? "[" : ", [") + std::to_string(i) + ", " +
+                std::to_string(j) + ", " + std::to_string(n) + "]";
+        firstPair = false;
+      }
     json += "]}";
   }
   return json + "\n]}\n";

@@ -84,6 +84,8 @@ private:
   std::map<int32_t, Sequence> sequences_;
   int32_t nextId_ = 0;
   ExpertLoad expertLoad_;
+  /// The last step's router choices (kept: no allocation per step).
+  std::vector<RouterChoices> routerChoices_;
   std::vector<LogitsBuffer> logitsBuffers_;
 };
 
