@@ -15,6 +15,11 @@ bash scripts/build.sh
 artifact=$PWD/build/test/v3-tiny-fp8.melt
 golden=$PWD/test/golden/v3-tiny-fp8/checkpoint
 build/bin/melt-compile "$golden" -o "$artifact" 2>/dev/null
+# The same family compiled for CUDA: its kernel plans reach a device.
+cudaArtifact=$PWD/build/test/v3-tiny-bf16-cuda.melt
+cudaGolden=$PWD/test/golden/v3-tiny/checkpoint
+build/bin/melt-compile "$cudaGolden" --precision=bf16 --target=cuda \
+  -o "$cudaArtifact" 2>/dev/null
 
 echo "== runtime, standalone (no MLIR), under ASan+UBSan =="
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
@@ -25,6 +30,7 @@ cmake -S runtime -B build/runtime-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInf
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
 ninja -C build/runtime-asan >/dev/null
 MELT_TEST_ARTIFACT=$artifact MELT_TEST_CHECKPOINT=$golden \
+MELT_TEST_CUDA_ARTIFACT=$cudaArtifact MELT_TEST_CUDA_CHECKPOINT=$cudaGolden \
   ctest --test-dir build/runtime-asan --output-on-failure -j "$(nproc)" \
   > build/runtime-asan/ctest.log || { cat build/runtime-asan/ctest.log; exit 1; }
 tail -n 3 build/runtime-asan/ctest.log

@@ -11,7 +11,8 @@ namespace melt::rt {
 /// (VectorMath.h) and weights imported from a Model keep its prepacked
 /// oneDNN GEMM operands (Gemm.h), so a session on this device runs at the
 /// speed of the CPU's GEMMs; other types take a plain element-wise path.
-class CpuDevice final : public Device {
+/// (Not final: tests derive from it to watch what the executor asks.)
+class CpuDevice : public Device {
 public:
   std::string name() const override { return "cpu"; }
   std::string description() const override;

@@ -1,0 +1,96 @@
+// What melt-compile --target=cuda decides (melt-select-kernels) reaches the
+// device: DeviceModel hands each planned kernel's choice to
+// Device::planKernel with the weight it multiplies, and every weight
+// arrives at importWeight with its device format. Watched on a CPU device
+// that records them (the CPU itself ignores them); the CUDA device follows
+// them. Needs MELT_TEST_CUDA_ARTIFACT (v3-tiny compiled with
+// --precision=bf16 --target=cuda) and MELT_TEST_CUDA_CHECKPOINT.
+#include "CpuDevice.h"
+#include "Executor.h"
+#include "Model.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+
+using namespace melt::rt;
+
+namespace {
+
+class RecordingDevice final : public CpuDevice {
+public:
+  Status importWeight(const WeightData &weight, DeviceTensor &out) override {
+    ++formats[weight.deviceFormat];
+    return CpuDevice::importWeight(weight, out);
+  }
+  void planKernel(const DeviceTensor &weight, const KernelPlan &plan) override {
+    EXPECT_NE(weight.data, nullptr);
+    plans.push_back(plan);
+  }
+  std::map<WeightData::DeviceFormat, int> formats;
+  std::vector<KernelPlan> plans;
+};
+
+} // namespace
+
+TEST(KernelPlans, CompiledChoicesReachTheDevice) {
+  const char *artifact = std::getenv("MELT_TEST_CUDA_ARTIFACT");
+  const char *checkpoint = std::getenv("MELT_TEST_CUDA_CHECKPOINT");
+  if (!artifact || !checkpoint)
+    GTEST_SKIP() << "MELT_TEST_CUDA_ARTIFACT / MELT_TEST_CUDA_CHECKPOINT "
+                    "not set";
+  std::unique_ptr<Model> model;
+  Status s = Model::load(artifact, checkpoint, model, /*keepHostData=*/true);
+  ASSERT_FALSE(s) << s.message();
+  EXPECT_EQ(model->artifact().target(), "cuda");
+
+  RecordingDevice device;
+  std::unique_ptr<DeviceModel> onDevice;
+  s = DeviceModel::create(*model, device, onDevice);
+  ASSERT_FALSE(s) << s.message();
+
+  // Every kernel of @forward that the pass plans, planned once.
+  const fb::Model &m = model->artifact().model();
+  int products = 0, experts = 0, mla = 0;
+  for (uint32_t k : *onDevice->forward().kernels())
+    switch (m.kernels()->Get(k)->kind()) {
+    case fb::KernelKind::Linear:
+    case fb::KernelKind::Logits:
+      ++products;
+      break;
+    case fb::KernelKind::MoEExperts:
+      ++experts;
+      break;
+    case fb::KernelKind::MLA:
+      ++mla;
+      break;
+    default:
+      break;
+    }
+  ASSERT_GT(products, 0);
+  ASSERT_GT(experts, 0);
+  ASSERT_GT(mla, 0);
+  int smallM = 0, split = 0;
+  for (const Device::KernelPlan &plan : device.plans) {
+    // The tiny model's weights are small: 8 rows stream through the
+    // small-M kernel; its experts (sizes in 32s, BF16) and MLA take the
+    // tensor-core and split kernels.
+    if (plan.smallMRows >= 0) {
+      EXPECT_EQ(plan.smallMRows, 8);
+      ++smallM;
+    } else {
+      EXPECT_EQ(plan.variant, 1);
+      ++split;
+    }
+  }
+  EXPECT_EQ(smallM, products);
+  EXPECT_EQ(split, experts + mla);
+
+  // BF16 GEMM operands, F32 for what other kernels read; none left to
+  // the device.
+  EXPECT_GT(device.formats[WeightData::DeviceFormat::BF16], 0);
+  EXPECT_GT(device.formats[WeightData::DeviceFormat::F32], 0);
+  EXPECT_EQ(device.formats[WeightData::DeviceFormat::Unset], 0);
+}
