@@ -7,7 +7,8 @@
 #   models/             artifacts compiled here from the golden checkpoints
 #   hf_baseline.py      the baseline benchmark of ../shared/bench
 # With --mini also models/mini{,-bf16,-fp8}.melt (precision policies fp32,
-# bf16 and deepseek-v3), compiled from a synthesized 9.3 GB checkpoint that
+# bf16 and deepseek-v3; the last two --target=cuda), compiled from a
+# synthesized 9.3 GB checkpoint that
 # is deleted afterwards (scripts/gpu/mini-model.sh runs them with random
 # weights).
 set -euo pipefail
@@ -34,9 +35,11 @@ if [ "${1:-}" = --mini ]; then
   tmp=$(mktemp -d)
   build/bin/melt-import --synthesize=mini -o "$tmp/mini" 2>/dev/null
   build/bin/melt-compile "$tmp/mini" -o "$carry/models/mini.melt" 2>/dev/null
-  build/bin/melt-compile "$tmp/mini" --precision=bf16 \
+  # For the GPU they run on: the device formats and kernel choices of
+  # melt-select-kernels.
+  build/bin/melt-compile "$tmp/mini" --precision=bf16 --target=cuda \
     -o "$carry/models/mini-bf16.melt" 2>/dev/null
-  build/bin/melt-compile "$tmp/mini" --precision=deepseek-v3 \
+  build/bin/melt-compile "$tmp/mini" --precision=deepseek-v3 --target=cuda \
     -o "$carry/models/mini-fp8.melt" 2>/dev/null
   rm -rf "$tmp"
 fi
