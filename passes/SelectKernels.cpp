@@ -1,14 +1,15 @@
 //===- SelectKernels.cpp - the target's weight formats and kernels --------===//
 //
 // What the CUDA runtime does with each op, decided once at compile time from
-// shapes and precisions (melt-assign-precision's storage), by the rules of
-// the runtime's kernels (runtime/src/cuda): which format each weight takes
+// shapes and precisions (melt-assign-precision's storage), by the CUDA
+// backend's rules (backends/cuda/KernelRules.h): which format each weight takes
 // on the device, up to how many rows a product streams its weight through
 // melt's own kernel, whether grouped experts run on tensor cores, which MLA
 // kernel runs. The runtime honours these choices (and makes the same ones
 // by itself for artifacts compiled for the CPU).
 //
 //===----------------------------------------------------------------------===//
+#include "backends/cuda/KernelRules.h"
 #include "passes/PassReport.h"
 #include "passes/Passes.h"
 
@@ -32,11 +33,6 @@ using namespace mlir::melt;
 
 namespace {
 
-/// The largest product (rows x weight bytes) the small-M kernel takes for
-/// BF16/F32 weights, and its row limit (runtime/src/cuda/SmallMGemm.h).
-constexpr double kSmallMBytes = 40e6;
-constexpr int64_t kSmallMMaxRows = 8;
-
 /// How an op uses a weight: multiplied (a GEMM operand), read directly by
 /// the kernel, or both (MLA's W_UK/W_UV).
 struct Use {
@@ -45,7 +41,7 @@ struct Use {
   bool fp8Compute = false;
 };
 
-enum class Format { F32, BF16, Fp8Blocks };
+using Format = ::melt::cuda::WeightFormat;
 const char *formatName(Format f) {
   return f == Format::Fp8Blocks ? "fp8_blocks"
          : f == Format::BF16    ? "bf16"
@@ -71,29 +67,24 @@ bool fp8Checkpoint(WeightOp weight) {
 }
 
 Format deviceFormat(WeightOp weight, const Use &use) {
-  if (!use.multiplied || use.read)
-    return Format::F32;
   Type storage = runtimeStorage(weight);
   ArrayRef<int64_t> shape = weight.getTensorType().getShape();
   // FP8-rounded at load (melt.storage), or an FP8 checkpoint multiplied in
-  // FP8: the device keeps e4m3 bytes and block scales.
-  if (isFp8Type(storage) || (fp8Checkpoint(weight) && use.fp8Compute))
-    // The FP8 GEMMs take [N, K] with N % 16 == 0 and K % 512 == 0; other
-    // FP8-rounded weights are held exactly, in F32.
-    return shape.size() == 2 && shape[0] % 16 == 0 && shape[1] % 512 == 0
-               ? Format::Fp8Blocks
-               : Format::F32;
-  return storage.isBF16() ? Format::BF16 : Format::F32;
+  // FP8: the device can keep e4m3 bytes and block scales.
+  bool fp8 = isFp8Type(storage) || (fp8Checkpoint(weight) && use.fp8Compute);
+  int rank = int(shape.size());
+  return ::melt::cuda::weightFormat(
+      use.multiplied && !use.read, fp8, storage.isBF16(), rank,
+      rank >= 2 ? shape[rank - 2] : 0, rank >= 1 ? shape[rank - 1] : 0);
 }
 
 int64_t deviceBytes(WeightOp weight, Format format) {
   RankedTensorType type = weight.getTensorType();
-  int64_t n = type.getNumElements();
-  if (format != Format::Fp8Blocks)
-    return n * (format == Format::BF16 ? 2 : 4);
   ArrayRef<int64_t> shape = type.getShape();
-  int64_t blocks = ((shape[0] + 127) / 128) * ((shape[1] + 127) / 128);
-  return n + 4 * blocks;
+  int64_t blocks = shape.size() == 2
+                       ? ((shape[0] + 127) / 128) * ((shape[1] + 127) / 128)
+                       : 0;
+  return ::melt::cuda::weightBytes(format, type.getNumElements(), blocks);
 }
 
 /// "1.25 GiB", "310.4 MiB", "12.0 KiB".
@@ -179,14 +170,10 @@ struct SelectKernelsPass final
     std::map<std::string, int64_t> choices;
     auto smallRows = [&](StringRef name) -> int64_t {
       WeightOp weight = symbols.lookup<WeightOp>(name);
-      Format format = formats[name.str()];
       if (!weight)
         return 1;
-      if (format == Format::Fp8Blocks)
-        return kSmallMMaxRows;
-      double weightBytes = double(deviceBytes(weight, format));
-      int64_t rows = int64_t(kSmallMBytes / std::max(weightBytes, 1.0));
-      return std::clamp<int64_t>(rows, 1, kSmallMMaxRows);
+      Format format = formats[name.str()];
+      return ::melt::cuda::smallMRows(format, deviceBytes(weight, format));
     };
     module.walk([&](Operation *op) {
       llvm::TypeSwitch<Operation *>(op)
@@ -208,8 +195,9 @@ struct SelectKernelsPass final
             for (StringRef w : {o.getGate(), o.getUp(), o.getDown()})
               bf16 = bf16 && formats[w.str()] == Format::BF16;
             ArrayRef<int64_t> shape = gate.getTensorType().getShape();
-            bool tensorCores = bf16 && shape.size() == 3 &&
-                               shape[1] % 32 == 0 && shape[2] % 32 == 0;
+            bool tensorCores =
+                shape.size() == 3 &&
+                ::melt::cuda::expertsOnTensorCores(bf16, shape[1], shape[2]);
             const char *kernel = tensorCores ? "tensor_cores" : "cuda_cores";
             o->setAttr("melt.experts_kernel", b.getStringAttr(kernel));
             ++choices[std::string("moe_experts: ") + kernel];
@@ -220,8 +208,7 @@ struct SelectKernelsPass final
                 llvm::cast<RankedTensorType>(o.getQueryNope().getType());
             int64_t latent = cache.getLatentDim(), rope = cache.getRopeDim(),
                     nope = query.getShape().back();
-            bool split = latent <= 512 && nope <= 256 && latent % 4 == 0 &&
-                         rope % 4 == 0 && latent + rope <= 640;
+            bool split = ::melt::cuda::mlaSplits(latent, rope, nope);
             const char *kernel = split ? "split" : "per_head";
             o->setAttr("melt.mla_kernel", b.getStringAttr(kernel));
             ++choices[std::string("mla: ") + kernel];

@@ -1,0 +1,80 @@
+//===- KernelRules.h - what the CUDA runtime's kernels take -----*- C++ -*-===//
+//
+// The CUDA backend's rules for choosing, per op and shape, what the CUDA
+// device does (melt-select-kernels applies them at compile time). They
+// restate the constraints and measured crossovers of runtime/src/cuda:
+// a rule changed there is changed here (the kernels check their shapes
+// again at run time, so a stale rule costs speed, never correctness).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_BACKENDS_CUDA_KERNELRULES_H
+#define MELT_BACKENDS_CUDA_KERNELRULES_H
+
+#include <algorithm>
+#include <cstdint>
+
+namespace melt::cuda {
+
+/// How the device keeps a weight.
+enum class WeightFormat { F32, BF16, Fp8Blocks };
+
+/// The FP8 block-scaled GEMMs (cuBLASLt and Fp8SmallM.cu) take [N, K]
+/// weights with N a multiple of 16 and K of 4 x 128.
+inline bool fp8GemmTakes(int64_t rows, int64_t cols) {
+  return rows % 16 == 0 && cols % 512 == 0;
+}
+
+/// A weight's device format: GEMM-only operands stay in the narrow type the
+/// model keeps them in (FP8 blocks where the FP8 GEMMs take the shape,
+/// BF16); everything else, and FP8 values the FP8 GEMMs cannot take, in
+/// F32 (exact).
+inline WeightFormat weightFormat(bool gemmOnly, bool fp8, bool bf16, int rank,
+                                 int64_t rows, int64_t cols) {
+  if (!gemmOnly)
+    return WeightFormat::F32;
+  if (fp8)
+    return rank == 2 && fp8GemmTakes(rows, cols) ? WeightFormat::Fp8Blocks
+                                                 : WeightFormat::F32;
+  return bf16 ? WeightFormat::BF16 : WeightFormat::F32;
+}
+
+/// Bytes of `elements` values in `format` with `blocks` 128x128 scales.
+inline int64_t weightBytes(WeightFormat format, int64_t elements,
+                           int64_t blocks) {
+  switch (format) {
+  case WeightFormat::Fp8Blocks:
+    return elements + 4 * blocks;
+  case WeightFormat::BF16:
+    return 2 * elements;
+  default:
+    return 4 * elements;
+  }
+}
+
+/// Rows the small-M kernels stream a weight for (SmallMGemm.h's
+/// smallMGemmPays: rows x weight bytes within 40 MB, measured on the H200;
+/// Fp8SmallM.cu: up to 8 tokens).
+constexpr int64_t kSmallMMaxRows = 8;
+constexpr double kSmallMBytes = 40e6;
+inline int64_t smallMRows(WeightFormat format, int64_t bytes) {
+  if (format == WeightFormat::Fp8Blocks)
+    return kSmallMMaxRows;
+  int64_t rows = int64_t(kSmallMBytes / double(std::max<int64_t>(bytes, 1)));
+  return std::clamp<int64_t>(rows, 1, kSmallMMaxRows);
+}
+
+/// Grouped experts on tensor cores (MoeByExpert.cu): BF16 weights, the
+/// expert and hidden sizes multiples of 32.
+inline bool expertsOnTensorCores(bool bf16, int64_t inter, int64_t hidden) {
+  return bf16 && inter % 32 == 0 && hidden % 32 == 0;
+}
+
+/// Absorbed MLA split over the sequence (MlaSplit.h's mlaSplitFits).
+inline bool mlaSplits(int64_t latent, int64_t rope, int64_t nope) {
+  return latent > 0 && latent <= 512 && nope > 0 && nope <= 256 &&
+         latent % 4 == 0 && rope % 4 == 0 && latent + rope <= 640;
+}
+
+} // namespace melt::cuda
+
+#endif // MELT_BACKENDS_CUDA_KERNELRULES_H
