@@ -39,6 +39,12 @@ for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
     --prompt-ids 1,17,42,99,3,250,7,128 --max-new 64 --device cuda:0 --bench |
     tee -a "$out/melt-run-cuda.json"
 done
+echo "== a checkpoint synthesized here (no compiler on this machine), run on the GPU =="
+build_gpu melt-synthesize
+build-gpu/bin/melt-synthesize "$carry/models/v3-tiny-fp8.melt" -o /tmp/melt-synth-ckpt --seed 5
+build-gpu/bin/melt-run "$carry/models/v3-tiny-fp8.melt" --checkpoint /tmp/melt-synth-ckpt \
+  --prompt-ids 1,2,3 --max-new 8 --device cuda:0 | head -n 2
+rm -rf /tmp/melt-synth-ckpt
 echo "== compute-sanitizer =="
 # racecheck only on melt's own kernels: inside cuBLAS's TMA-pipelined GEMM
 # kernels it reports shared-memory hazards it cannot model (mbarriers).
