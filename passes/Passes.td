@@ -255,10 +255,12 @@ def SelectKernelsPass : Pass<"melt-select-kernels", "::mlir::ModuleOp"> {
 
     - `melt.device_format` on every weight: how the device stores it.
       `fp8_blocks` (e4m3 bytes and one F32 scale per 128x128 block) for a
-      weight kept in FP8 blocks whose GEMM the FP8 kernels take (2-D, N a
+      GEMM operand kept in FP8 blocks (`melt.storage`, or an FP8 checkpoint
+      multiplied in FP8) whose shape the FP8 kernels take (2-D, N a
       multiple of 16, K of 512); `bf16` for a BF16 GEMM operand; `f32`
-      for the rest (weights read by other kernels, and FP8-rounded weights
-      the FP8 kernels cannot take: held exactly).
+      for the rest (weights read by other kernels, and FP8 values the FP8
+      kernels cannot take, such as expert stacks: held exactly). The rules
+      are the CUDA backend's (`backends/cuda/KernelRules.h`).
     - `melt.small_m_rows` on `melt.linear` / `melt.logits`: up to how many
       rows (tokens) the product streams the weight through melt's own
       kernel rather than cuBLASLt: 8 for FP8 weights (the FP8 small-M
