@@ -1,4 +1,5 @@
 //===- CApi.cpp - the C API over Model and Session --------------*- C++ -*-===//
+#include "Greedy.h"
 #include "Model.h"
 #include "Session.h"
 
@@ -80,31 +81,6 @@ extern "C" {
 const char *melt_last_error(void) { return lastError.c_str(); }
 
 namespace {
-
-/// The index of the largest logit, the first on ties; NaNs are passed over
-/// (all NaN: the last index). Two passes that vectorize, a maximum in 8
-/// independent lanes and then the first index holding it, instead of one
-/// with a data-dependent branch per value: half the time over a
-/// 129280-token vocabulary, which a decode step of 64 sequences samples 64
-/// times.
-size_t greedyIndex(const float *logits, size_t n) {
-  constexpr size_t kLanes = 8;
-  float lane[kLanes];
-  std::fill(lane, lane + kLanes, -INFINITY);
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (size_t j = 0; j < kLanes; ++j)
-      lane[j] = logits[i + j] > lane[j] ? logits[i + j] : lane[j];
-  for (; i < n; ++i)
-    lane[0] = logits[i] > lane[0] ? logits[i] : lane[0];
-  float top = lane[0];
-  for (size_t j = 1; j < kLanes; ++j)
-    top = lane[j] > top ? lane[j] : top;
-  for (size_t k = 0; k < n; ++k)
-    if (logits[k] == top)
-      return k;
-  return n - 1;
-}
 
 /// Loads a model for `deviceName` (its weights from `checkpoint`, or
 /// seeded random ones) and imports them into the device.
@@ -333,6 +309,31 @@ melt_status melt_session_step(melt_session *session,
                        entries[i].n_tokens});
     auto turn = takeTurn(session);
     return report(session->session->step(batch.data(), batch.size()));
+  });
+}
+
+melt_status melt_session_step_greedy(melt_session *session,
+                                     const melt_batch_entry *entries, size_t n,
+                                     int *next_tokens) {
+  if (!isLive(session))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_step_greedy: not a live session handle");
+  if (!entries || n == 0 || !next_tokens)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_step_greedy: empty batch or null result");
+  return guarded([&] {
+    std::vector<Session::Entry> batch;
+    for (size_t i = 0; i < n; ++i)
+      batch.push_back({entries[i].sequence,
+                       reinterpret_cast<const int32_t *>(entries[i].tokens),
+                       entries[i].n_tokens});
+    std::vector<int32_t> next;
+    auto turn = takeTurn(session);
+    Status status = session->session->stepGreedy(batch.data(), n, next);
+    if (!status)
+      for (size_t i = 0; i < n; ++i)
+        next_tokens[i] = next[i];
+    return report(status);
   });
 }
 

@@ -2,6 +2,7 @@
 #include "CpuDevice.h"
 
 #include "CpuTensorAccess.h"
+#include "Greedy.h"
 #include "VectorMath.h"
 #include "melt/numerics.h"
 
@@ -479,5 +480,15 @@ Status CpuDevice::dequantizeBlocks(const DeviceTensor &q,
     for (int64_t c = 0; c < K; ++c)
       out[t * K + c] =
           fp8E4M3ToFloat(in[t * K + c]) * s[t * blocks + c / block];
+  return Status::ok();
+}
+
+Status CpuDevice::argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) {
+  MELT_RETURN_IF_ERROR(check::argmaxRows(logits, ids));
+  const int64_t rows = logits.shape[0], vocab = logits.shape[1];
+  const float *x = static_cast<const float *>(logits.data);
+  int32_t *out = static_cast<int32_t *>(ids.data);
+  for (int64_t r = 0; r < rows; ++r)
+    out[r] = int32_t(greedyIndex(x + r * vocab, size_t(vocab)));
   return Status::ok();
 }

@@ -67,6 +67,7 @@ public:
                     const DeviceTensor &weights, const DeviceTensor &gate,
                     const DeviceTensor &up, const DeviceTensor &down,
                     bool combineBf16, DeviceTensor &y) override;
+  Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) override;
 };
 
 } // namespace melt::rt

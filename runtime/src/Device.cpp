@@ -411,3 +411,13 @@ Status check::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
                     ", down " + shapeString(down.shape) + ", indices " +
                     shapeString(indices.shape));
 }
+
+Status check::argmaxRows(const DeviceTensor &logits, const DeviceTensor &ids) {
+  bool ok = logits.dtype == DType::F32 && logits.shape.size() == 2 &&
+            logits.shape[1] > 0 && ids.dtype == DType::I32 &&
+            ids.shape == std::vector<int64_t>{logits.shape[0]};
+  return expect(ok, "argmax_rows",
+                "needs f32 logits [R, V > 0] and i32 ids [R]; got logits " +
+                    shapeString(logits.shape) + ", ids " +
+                    shapeString(ids.shape));
+}

@@ -237,6 +237,11 @@ public:
                             const DeviceTensor &gate, const DeviceTensor &up,
                             const DeviceTensor &down, bool combineBf16,
                             DeviceTensor &y) = 0;
+
+  /// ids[r] = the greedy token of row r of F32 logits [R, V] (greedyIndex
+  /// of Greedy.h: the first largest, NaNs passed over): only R ids need
+  /// leave the device, not R x V logits.
+  virtual Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) = 0;
 };
 
 /// The devices present on this machine, "cpu" first.
@@ -292,6 +297,7 @@ Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
 /// The products of the dimensions before and after `axis`.
 void axisExtents(const std::vector<int64_t> &shape, int axis, int64_t &outer,
                  int64_t &inner);
+Status argmaxRows(const DeviceTensor &logits, const DeviceTensor &ids);
 } // namespace check
 
 } // namespace melt::rt

@@ -519,15 +519,28 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   return Status::ok();
 }
 
-/// The logits (the download waits for the step and reports a fault of any
-/// kernel of it), then the routers' choices.
+/// The logits, or with `greedy` only each row's greedy token (the download
+/// waits for the step and reports a fault of any kernel of it), then the
+/// routers' choices.
 Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
-               std::vector<float> &logits,
-               std::vector<RouterChoices> *choices) {
+               std::vector<float> &logits, std::vector<RouterChoices> *choices,
+               std::vector<int32_t> *greedy) {
   Device &device = dm.device();
   const fb::Model &m = dm.model().artifact().model();
-  logits.resize(size_t(pass.logits->numel()));
-  MELT_RETURN_IF_ERROR(device.download(*pass.logits, logits.data()));
+  if (greedy) {
+    DeviceTensor ids;
+    MELT_RETURN_IF_ERROR(
+        device.allocate(DType::I32, {pass.logits->shape[0]}, ids));
+    greedy->resize(size_t(pass.logits->shape[0]));
+    Status status = device.argmaxRows(*pass.logits, ids);
+    if (!status)
+      status = device.download(ids, greedy->data());
+    device.release(ids);
+    MELT_RETURN_IF_ERROR(status);
+  } else {
+    logits.resize(size_t(pass.logits->numel()));
+    MELT_RETURN_IF_ERROR(device.download(*pass.logits, logits.data()));
+  }
   MELT_RETURN_IF_ERROR(device.synchronize());
   if (!choices)
     return Status::ok();
@@ -573,18 +586,20 @@ ForwardRunner::~ForwardRunner() = default;
 Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
                               std::map<uint32_t, DeviceTensor> &caches,
                               std::vector<float> &logits,
-                              std::vector<RouterChoices> *choices) {
+                              std::vector<RouterChoices> *choices,
+                              std::vector<int32_t> *greedy) {
   MELT_RETURN_IF_ERROR(allocateInputs(model_, pass, batch));
   MELT_RETURN_IF_ERROR(uploadInputs(model_.device(), pass, batch));
   MELT_RETURN_IF_ERROR(
       enqueue(model_, pass, int64_t(batch.tokens.size()), caches));
-  return collect(model_, pass, logits, choices);
+  return collect(model_, pass, logits, choices, greedy);
 }
 
 Status ForwardRunner::run(const StepBatch &batch,
                           std::map<uint32_t, DeviceTensor> &caches,
                           std::vector<float> &logits,
-                          std::vector<RouterChoices> *choices) {
+                          std::vector<RouterChoices> *choices,
+                          std::vector<int32_t> *greedy) {
   Device &device = model_.device();
   const int64_t T = int64_t(batch.tokens.size());
   const int64_t B = int64_t(batch.lengths.size());
@@ -592,7 +607,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   bool decode = device.canCapture() && !profile.enabled && T == B && T > 0;
   if (!decode) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices);
+    return runOnce(pass, batch, caches, logits, choices, greedy);
   }
   std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
   if (!recorded_.count(shape) && recorded_.size() >= kMaxRecorded) {
@@ -625,9 +640,9 @@ Status ForwardRunner::run(const StepBatch &batch,
   slot->lastUsed = ++steps_;
   if (!slot->recordable) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices);
+    return runOnce(pass, batch, caches, logits, choices, greedy);
   }
   MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
   ++replayed_;
-  return collect(model_, *slot, logits, choices);
+  return collect(model_, *slot, logits, choices, greedy);
 }

@@ -87,10 +87,12 @@ public:
   /// Runs @forward for `batch` with `caches` (a [pages * kPageTokens,
   /// width] tensor per cache buffer of @forward); `logits` receives
   /// [logitRows, vocab] on the host and `choices` (if given) the routers'
-  /// choices.
+  /// choices. With `greedy`, the logits stay on the device: `greedy`
+  /// receives each logit row's greedy token (Device::argmaxRows) instead.
   Status run(const StepBatch &batch, std::map<uint32_t, DeviceTensor> &caches,
              std::vector<float> &logits,
-             std::vector<RouterChoices> *choices = nullptr);
+             std::vector<RouterChoices> *choices = nullptr,
+             std::vector<int32_t> *greedy = nullptr);
 
   /// Steps replayed from a recording so far (for tests and benchmarks).
   uint64_t replayedSteps() const { return replayed_; }
@@ -101,7 +103,8 @@ private:
   Status runOnce(Pass &pass, const StepBatch &batch,
                  std::map<uint32_t, DeviceTensor> &caches,
                  std::vector<float> &logits,
-                 std::vector<RouterChoices> *choices);
+                 std::vector<RouterChoices> *choices,
+                 std::vector<int32_t> *greedy);
 
   const DeviceModel &model_;
   /// Recorded decode steps by (sequences, pages per sequence); a null

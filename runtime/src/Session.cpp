@@ -75,6 +75,10 @@ Status Session::logits(int32_t id, const float *&out, size_t &vocab) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end())
     return invalidArgument("no sequence " + str(id));
+  if (it->second.greedyStep)
+    return invalidArgument("sequence " + str(id) +
+                           ": its last step picked the greedy token on the "
+                           "device and kept no logits");
   if (!it->second.logits)
     return invalidArgument("sequence " + str(id) + " has no tokens yet");
   out = it->second.logits->data() + it->second.logitsOffset;
@@ -92,6 +96,17 @@ Session::LogitsBuffer Session::freeLogitsBuffer() {
 
 Status Session::step(const Entry *entries, size_t n,
                      std::vector<float> *allLogits) {
+  return run(entries, n, allLogits, nullptr);
+}
+
+Status Session::stepGreedy(const Entry *entries, size_t n,
+                           std::vector<int32_t> &next) {
+  return run(entries, n, nullptr, &next);
+}
+
+Status Session::run(const Entry *entries, size_t n,
+                    std::vector<float> *allLogits,
+                    std::vector<int32_t> *greedy) {
   if (!entries || n == 0)
     return invalidArgument("an empty batch");
   int64_t vocab = model_.model().vocabSize();
@@ -189,11 +204,15 @@ Status Session::step(const Entry *entries, size_t n,
       batch.logitRows.push_back(int32_t(t));
 
   std::vector<RouterChoices> &choices = routerChoices_;
-  LogitsBuffer buffer = freeLogitsBuffer();
-  std::vector<float> &logits = *buffer;
-  Status status = runner_.run(batch, caches_, logits, &choices);
-  if (!status &&
+  // A greedy step downloads no logits: no buffer to hold them.
+  LogitsBuffer buffer = greedy ? nullptr : freeLogitsBuffer();
+  std::vector<float> unused;
+  std::vector<float> &logits = buffer ? *buffer : unused;
+  Status status = runner_.run(batch, caches_, logits, &choices, greedy);
+  if (!status && !greedy &&
       logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
+    status = invalidArtifact("@forward returned logits of the wrong shape");
+  if (!status && greedy && greedy->size() != n)
     status = invalidArtifact("@forward returned logits of the wrong shape");
   if (status) {
     undo();
@@ -204,7 +223,8 @@ Status Session::step(const Entry *entries, size_t n,
     Sequence &seq = *seqs[e];
     seq.length += entries[e].count;
     row += allLogits ? int64_t(entries[e].count) : 1;
-    seq.logits = buffer;
+    seq.greedyStep = greedy != nullptr;
+    seq.logits = greedy ? nullptr : buffer;
     seq.logitsOffset = size_t((row - 1) * vocab);
   }
   for (const RouterChoices &step : choices)

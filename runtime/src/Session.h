@@ -37,6 +37,10 @@ public:
   /// of the batch ([tokens, vocab], in entry order).
   Status step(const Entry *entries, size_t n,
               std::vector<float> *allLogits = nullptr);
+  /// The same step, but the logits stay on the device: `next` receives each
+  /// entry's greedy next token (picked there; the sequences then have no
+  /// logits until their next step).
+  Status stepGreedy(const Entry *entries, size_t n, std::vector<int32_t> &next);
   Status append(int32_t id, const int32_t *tokens, size_t n,
                 std::vector<float> *allLogits = nullptr) {
     Entry entry{id, tokens, n};
@@ -64,14 +68,17 @@ private:
   struct Sequence {
     int64_t length = 0;
     std::vector<int32_t> pages;
-    LogitsBuffer logits; // null before the first step
+    LogitsBuffer logits; // null before the first step and after a greedy one
     size_t logitsOffset = 0;
+    bool greedyStep = false; // the last step left the logits on the device
   };
   /// A buffer no sequence holds any more, for the next step's logits:
   /// reused, so that a step neither allocates (and faults in) fresh pages
   /// nor copies each sequence's row (a batch of 64 over DeepSeek-V3's
   /// vocabulary is 33 MB of logits per step).
   LogitsBuffer freeLogitsBuffer();
+  Status run(const Entry *entries, size_t n, std::vector<float> *allLogits,
+             std::vector<int32_t> *greedy);
   Session(const DeviceModel &model, int64_t maxContext)
       : model_(model), maxContext_(maxContext), runner_(model) {}
 

@@ -270,6 +270,61 @@ TEST_F(SessionTest, BatchedStepsMatchSingleSequences) {
   melt_model_destroy(model);
 }
 
+// Greedy steps pick on the device what melt_sample_greedy picks from the
+// logits; those sequences keep no logits until their next ordinary step.
+TEST_F(SessionTest, GreedyStepsPickTheGreedyTokens) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK);
+  melt_session_options options{64, 256};
+  melt_session *greedy = nullptr, *plain = nullptr;
+  ASSERT_EQ(melt_session_create(model, &options, &greedy), MELT_OK);
+  ASSERT_EQ(melt_session_create(model, &options, &plain), MELT_OK);
+  int g[2], p[2];
+  int pa[4] = {1, 2, 3, 4}, pb[2] = {9, 8};
+  for (int i = 0; i < 2; ++i) {
+    melt_session_add_sequence(greedy, &g[i]);
+    melt_session_add_sequence(plain, &p[i]);
+  }
+  melt_batch_entry gs[2] = {{g[0], pa, 4}, {g[1], pb, 2}};
+  melt_batch_entry ps[2] = {{p[0], pa, 4}, {p[1], pb, 2}};
+  int next[2] = {-1, -1}, want[2] = {-1, -1};
+  for (int step = 0; step < 4; ++step) {
+    ASSERT_EQ(melt_session_step_greedy(greedy, gs, 2, next), MELT_OK)
+        << melt_last_error();
+    ASSERT_EQ(melt_session_step(plain, ps, 2), MELT_OK);
+    for (int i = 0; i < 2; ++i) {
+      const float *x = nullptr;
+      size_t n = 0;
+      ASSERT_EQ(melt_session_logits(plain, p[i], &x, &n), MELT_OK);
+      ASSERT_EQ(melt_sample_greedy(x, n, &want[i]), MELT_OK);
+      EXPECT_EQ(next[i], want[i]) << "step " << step << ", sequence " << i;
+    }
+    const float *x = nullptr;
+    size_t n = 0;
+    EXPECT_EQ(melt_session_logits(greedy, g[0], &x, &n), MELT_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(melt_last_error()).find("kept no logits"),
+              std::string::npos);
+    gs[0] = {g[0], &next[0], 1};
+    gs[1] = {g[1], &next[1], 1};
+    ps[0] = {p[0], &want[0], 1};
+    ps[1] = {p[1], &want[1], 1};
+  }
+  EXPECT_EQ(melt_session_step_greedy(greedy, gs, 2, nullptr),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(melt_session_step_greedy(nullptr, gs, 2, next),
+            MELT_INVALID_ARGUMENT);
+  // An ordinary step brings the logits back.
+  ASSERT_EQ(melt_session_step(greedy, gs, 2), MELT_OK);
+  const float *x = nullptr;
+  size_t n = 0;
+  EXPECT_EQ(melt_session_logits(greedy, g[0], &x, &n), MELT_OK);
+  melt_session_destroy(greedy);
+  melt_session_destroy(plain);
+  melt_model_destroy(model);
+}
+
 TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   melt_model *model = nullptr;
   ASSERT_EQ(

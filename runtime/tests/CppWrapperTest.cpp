@@ -24,6 +24,15 @@ TEST_F(CppWrapper, GeneratesAndThrowsOnErrors) {
               std::string::npos);
   }
   EXPECT_NE(session.expertLoadJson().find("\"routers\""), std::string::npos);
+  // A greedy step returns the token the logits would have given.
+  int in[1] = {token};
+  int second = session.addSequence();
+  session.append(second, {1, 17, 42, token});
+  int want = melt::sampleGreedy(session.logits(second));
+  std::vector<int> next = session.stepGreedy({{seq, in, 1}});
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0], want);
+  EXPECT_THROW(session.logits(seq), melt::Error); // stayed on the device
 }
 
 TEST(CppWrapperNoModel, LoadFailureThrows) {

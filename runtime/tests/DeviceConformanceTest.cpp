@@ -4,6 +4,7 @@
 // with F32 and BF16 operands; and the same clear errors for bad calls on
 // every device. A new device passes this suite before the executor uses it.
 #include "Device.h"
+#include "Greedy.h"
 #include "melt/numerics.h"
 
 #include "DeviceTestNames.h"
@@ -822,6 +823,37 @@ TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
     EXPECT_LE(relativeError(get(y), want), 1e-4)
         << c.m << "x" << c.n << "x" << c.k;
   }
+}
+
+// The greedy token of each row, as greedyIndex picks it: the first of tied
+// largest values, NaNs passed over, an all-NaN row's last index; rows of a
+// vocabulary's length and of lengths around the kernels' strides.
+TEST_P(DeviceConformance, ArgmaxRowsPickTheGreedyTokens) {
+  for (int64_t vocab :
+       {int64_t(1), int64_t(7), int64_t(2049), int64_t(129280)}) {
+    const int64_t rows = 6;
+    HostTensor logits = random(DType::F32, {rows, vocab}, rng);
+    const float nan = std::nanf("");
+    float *v = logits.values.data();
+    v[vocab - 1] = 5.f; // row 0: the last
+    v[vocab + 0] = 5.f; // row 1: a tie, the first wins
+    v[vocab + vocab - 1] = 5.f;
+    v[2 * vocab] = nan;                 // row 2: NaN first
+    for (int64_t i = 0; i < vocab; ++i) // row 3: all NaN
+      v[3 * vocab + i] = nan;
+    for (int64_t i = 0; i < vocab; ++i) // row 4: all -inf
+      v[4 * vocab + i] = -INFINITY;
+    std::vector<int32_t> want(static_cast<size_t>(rows)), have(want.size());
+    for (int64_t r = 0; r < rows; ++r)
+      want[size_t(r)] = int32_t(greedyIndex(v + r * vocab, size_t(vocab)));
+    DeviceTensor dl = put(logits), ids = make(DType::I32, {rows});
+    Status s = device->argmaxRows(dl, ids);
+    ASSERT_FALSE(s) << s.message();
+    ASSERT_FALSE(device->download(ids, have.data()));
+    EXPECT_EQ(have, want) << vocab << " logits per row";
+  }
+  DeviceTensor bad = make(DType::F32, {2, 3}), ids = make(DType::I32, {3});
+  EXPECT_EQ(device->argmaxRows(bad, ids).code(), MELT_INVALID_ARGUMENT);
 }
 
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {

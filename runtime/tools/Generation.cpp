@@ -12,7 +12,7 @@ bool generateGreedy(melt_session *session,
                     Generated &out, const std::function<void()> &decodeStarts) {
   using Clock = std::chrono::steady_clock;
   size_t n = prompts.size();
-  std::vector<int> ids(n), next(n);
+  std::vector<int> ids(n), next(n), input(n);
   std::vector<melt_batch_entry> entries(n);
   size_t promptTokens = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -23,8 +23,10 @@ bool generateGreedy(melt_session *session,
     entries[i] = {ids[i], prompts[i].data(), prompts[i].size()};
     promptTokens += prompts[i].size();
   }
+  // Greedy tokens are picked on the model's device: only the ids come back.
   auto t0 = Clock::now();
-  if (melt_session_step(session, entries.data(), n) != MELT_OK) {
+  if (melt_session_step_greedy(session, entries.data(), n, next.data()) !=
+      MELT_OK) {
     std::fprintf(stderr, "melt-run: error: prefill: %s\n", melt_last_error());
     return false;
   }
@@ -33,21 +35,15 @@ bool generateGreedy(melt_session *session,
     decodeStarts();
   out.tokens.clear();
   for (long step = 0; step < maxNew; ++step) {
-    for (size_t i = 0; i < n; ++i) {
-      const float *logits = nullptr;
-      size_t vocab = 0;
-      if (melt_session_logits(session, ids[i], &logits, &vocab) != MELT_OK ||
-          melt_sample_greedy(logits, vocab, &next[i]) != MELT_OK) {
-        std::fprintf(stderr, "melt-run: error: sampling: %s\n",
-                     melt_last_error());
-        return false;
-      }
-      entries[i] = {ids[i], &next[i], 1};
-    }
     out.tokens.push_back(next[0]);
     if (step + 1 == maxNew)
       break;
-    if (melt_session_step(session, entries.data(), n) != MELT_OK) {
+    for (size_t i = 0; i < n; ++i) {
+      input[i] = next[i];
+      entries[i] = {ids[i], &input[i], 1};
+    }
+    if (melt_session_step_greedy(session, entries.data(), n, next.data()) !=
+        MELT_OK) {
       std::fprintf(stderr, "melt-run: error: decode: %s\n", melt_last_error());
       return false;
     }

@@ -118,6 +118,17 @@ typedef struct melt_batch_entry {
 melt_status melt_session_step(melt_session *session,
                               const melt_batch_entry *entries, size_t n);
 
+/* The same step for greedy decoding: next_tokens[i] receives the greedy
+ * next token of entries[i]'s sequence (the largest logit, the first on
+ * ties, as melt_sample_greedy), picked on the model's device; the logits
+ * stay there (a batch of 64 over a 129280-token vocabulary would bring
+ * 33 MB back per step), so melt_session_logits is an error for these
+ * sequences until their next melt_session_step. next_tokens may be the
+ * entries' own token array: it is written after they are read. */
+melt_status melt_session_step_greedy(melt_session *session,
+                                     const melt_batch_entry *entries, size_t n,
+                                     int *next_tokens);
+
 /* Pages of the KV cache in use and in all. */
 melt_status melt_session_kv_pages(melt_session *session, long long *used,
                                   long long *total);

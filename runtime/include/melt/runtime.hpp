@@ -45,7 +45,8 @@ public:
                           checkpoint.empty() ? nullptr : checkpoint.c_str(),
                           &handle_));
   }
-  Model(Model &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  Model(Model &&other) noexcept
+      : handle_(std::exchange(other.handle_, nullptr)) {}
   Model &operator=(Model &&other) noexcept {
     std::swap(handle_, other.handle_);
     return *this;
@@ -99,6 +100,14 @@ public:
   void step(const std::vector<melt_batch_entry> &batch) {
     check(melt_session_step(handle_, batch.data(), batch.size()));
   }
+  /// melt_session_step_greedy: each entry's greedy next token, picked on the
+  /// model's device (the logits stay there).
+  std::vector<int> stepGreedy(const std::vector<melt_batch_entry> &batch) {
+    std::vector<int> next(batch.size());
+    check(melt_session_step_greedy(handle_, batch.data(), batch.size(),
+                                   next.data()));
+    return next;
+  }
   std::vector<float> logits(int sequence) const {
     const float *values = nullptr;
     size_t n = 0;
@@ -125,8 +134,8 @@ inline int sampleGreedy(const std::vector<float> &logits) {
   return token;
 }
 
-inline int sample(const std::vector<float> &logits,
-                  const melt_sampling &params, unsigned long long &state) {
+inline int sample(const std::vector<float> &logits, const melt_sampling &params,
+                  unsigned long long &state) {
   int token = 0;
   check(melt_sample(logits.data(), logits.size(), &params, &state, &token));
   return token;

@@ -561,6 +561,15 @@ public:
     return launched;  // a bad expert index: at synchronize()
   }
 
+  Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::argmaxRows(logits, ids));
+    return check(cuda::argmaxRows(static_cast<const float *>(logits.data),
+                                  int(logits.shape[0]), int(logits.shape[1]),
+                                  static_cast<int32_t *>(ids.data), stream_),
+                 "argmax_rows");
+  }
+
   Status importWeight(const WeightData &weight, DeviceTensor &out) override {
     int64_t count = 1;
     for (int64_t d : weight.shape)

@@ -402,7 +402,71 @@ __global__ void combineExpertRowsKernel(const float *expertOut,
   }
 }
 
+/// A block per row: each thread keeps the best (value, index) of its
+/// strided values (4 loads in flight), then the block keeps the best of
+/// those: the larger value, the lower index on ties; NaNs never taken.
+constexpr int kArgmaxThreads = 512;
+__global__ void __launch_bounds__(kArgmaxThreads)
+    argmaxRowsKernel(const float *logits, int vocab, int32_t *ids) {
+  const float *row = logits + size_t(blockIdx.x) * vocab;
+  float best = -INFINITY;
+  int at = INT_MAX;
+  for (int base = threadIdx.x; base < vocab; base += 4 * kArgmaxThreads) {
+    float v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      int i = base + u * kArgmaxThreads;
+      v[u] = i < vocab ? row[i] : NAN;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      int i = base + u * kArgmaxThreads;
+      // Indices rise within a thread: a tie keeps the earlier one.
+      if (!isnan(v[u]) && (at == INT_MAX || v[u] > best)) {
+        best = v[u];
+        at = i;
+      }
+    }
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    float v = __shfl_xor_sync(0xffffffffu, best, offset);
+    int i = __shfl_xor_sync(0xffffffffu, at, offset);
+    if (i != INT_MAX && (at == INT_MAX || v > best || (v == best && i < at))) {
+      best = v;
+      at = i;
+    }
+  }
+  __shared__ float values[kArgmaxThreads / 32];
+  __shared__ int indices[kArgmaxThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    values[warp] = best;
+    indices[warp] = at;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kArgmaxThreads / 32; ++w)
+      if (indices[w] != INT_MAX &&
+          (indices[0] == INT_MAX || values[w] > values[0] ||
+           (values[w] == values[0] && indices[w] < indices[0]))) {
+        values[0] = values[w];
+        indices[0] = indices[w];
+      }
+    ids[blockIdx.x] = indices[0] == INT_MAX ? vocab - 1 : indices[0];
+  }
+}
+
 } // namespace
+
+cudaError_t melt::rt::cuda::argmaxRows(const float *logits, int rows, int vocab,
+                                       int32_t *ids, cudaStream_t stream) {
+  if (rows < 0 || vocab <= 0)
+    return cudaErrorInvalidValue;
+  if (rows == 0)
+    return cudaSuccess;
+  argmaxRowsKernel<<<rows, kArgmaxThreads, 0, stream>>>(logits, vocab, ids);
+  return cudaGetLastError();
+}
 
 cudaError_t melt::rt::cuda::cacheAppend(const float *first, const float *second,
                                         const PagedLayout &layout, int tokens,

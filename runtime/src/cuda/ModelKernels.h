@@ -114,6 +114,11 @@ cudaError_t combineExpertRows(const float *expertOut, const int32_t *rowOfPair,
                               int dim, bool combineBf16, float *y,
                               cudaStream_t stream);
 
+/// ids[r] = the index of the largest of logits[r, 0..vocab), the first on
+/// ties, NaNs passed over (all NaN: vocab - 1): Greedy.h's greedyIndex.
+cudaError_t argmaxRows(const float *logits, int rows, int vocab, int32_t *ids,
+                       cudaStream_t stream);
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_MODELKERNELS_H
