@@ -519,43 +519,70 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   return Status::ok();
 }
 
-/// The logits, or with `greedy` only each row's greedy token (the download
-/// waits for the step and reports a fault of any kernel of it), then the
-/// routers' choices.
+/// The logits, or with `greedy` only each row's greedy token, and the
+/// routers' choices. The ids and choices are gathered on the device into
+/// one buffer and fetched with one download (a download waits for the
+/// step: one wait, not one per router); the wait reports a fault of any
+/// kernel of the step.
 Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
                std::vector<float> &logits, std::vector<RouterChoices> *choices,
                std::vector<int32_t> *greedy) {
   Device &device = dm.device();
   const fb::Model &m = dm.model().artifact().model();
-  if (greedy) {
-    DeviceTensor ids;
-    MELT_RETURN_IF_ERROR(
-        device.allocate(DType::I32, {pass.logits->shape[0]}, ids));
-    greedy->resize(size_t(pass.logits->shape[0]));
-    Status status = device.argmaxRows(*pass.logits, ids);
-    if (!status)
-      status = device.download(ids, greedy->data());
-    device.release(ids);
-    MELT_RETURN_IF_ERROR(status);
-  } else {
+  if (!greedy) {
     logits.resize(size_t(pass.logits->numel()));
     MELT_RETURN_IF_ERROR(device.download(*pass.logits, logits.data()));
   }
-  MELT_RETURN_IF_ERROR(device.synchronize());
-  if (!choices)
-    return Status::ok();
-  choices->resize(pass.routerChoices.size());
-  for (size_t r = 0; r < pass.routerChoices.size(); ++r) {
-    const DeviceTensor &chosenOnDevice = *pass.routerChoices[r];
-    RouterChoices &step = (*choices)[r];
-    const fb::Kernel &kernel = *m.kernels()->Get(pass.routerKernels[r]);
-    step.kernel = pass.routerKernels[r];
-    step.experts = dm.weight(kernel.weights()->Get(0)).shape[0];
-    step.topK = chosenOnDevice.shape[1];
-    step.chosen.resize(size_t(chosenOnDevice.numel()));
-    MELT_RETURN_IF_ERROR(device.download(chosenOnDevice, step.chosen.data()));
+  const int64_t rows = greedy ? pass.logits->shape[0] : 0;
+  int64_t total = rows;
+  if (choices)
+    for (const DeviceTensor *chosen : pass.routerChoices)
+      total += chosen->numel();
+  if (total > 0) {
+    DeviceTensor gathered;
+    MELT_RETURN_IF_ERROR(device.allocate(DType::I32, {total}, gathered));
+    std::vector<int32_t> host(static_cast<size_t>(total));
+    Status status;
+    if (greedy) {
+      DeviceTensor ids = gathered; // a view of its first rows
+      ids.shape = {rows};
+      status = device.argmaxRows(*pass.logits, ids);
+    }
+    int64_t offset = rows;
+    if (choices)
+      for (const DeviceTensor *chosen : pass.routerChoices) {
+        if (status)
+          break;
+        DeviceTensor flat = *chosen;
+        flat.shape = {chosen->numel()};
+        status = device.place(flat, 0, offset, gathered);
+        offset += chosen->numel();
+      }
+    if (!status)
+      status = device.download(gathered, host.data());
+    device.release(gathered);
+    MELT_RETURN_IF_ERROR(status);
+    if (greedy)
+      greedy->assign(host.begin(), host.begin() + rows);
+    if (choices) {
+      choices->resize(pass.routerChoices.size());
+      offset = rows;
+      for (size_t r = 0; r < pass.routerChoices.size(); ++r) {
+        const DeviceTensor &chosen = *pass.routerChoices[r];
+        RouterChoices &step = (*choices)[r];
+        const fb::Kernel &kernel = *m.kernels()->Get(pass.routerKernels[r]);
+        step.kernel = pass.routerKernels[r];
+        step.experts = dm.weight(kernel.weights()->Get(0)).shape[0];
+        step.topK = chosen.shape[1];
+        step.chosen.assign(host.begin() + offset,
+                           host.begin() + offset + chosen.numel());
+        offset += chosen.numel();
+      }
+    }
+  } else if (choices) {
+    choices->clear();
   }
-  return Status::ok();
+  return device.synchronize();
 }
 
 } // namespace
