@@ -294,6 +294,17 @@ melt_status melt_session_append(melt_session *session, int sequence,
   });
 }
 
+/// The C batch as the session takes it.
+static std::vector<Session::Entry>
+sessionEntries(const melt_batch_entry *entries, size_t n) {
+  std::vector<Session::Entry> batch;
+  for (size_t i = 0; i < n; ++i)
+    batch.push_back({entries[i].sequence,
+                     reinterpret_cast<const int32_t *>(entries[i].tokens),
+                     entries[i].n_tokens});
+  return batch;
+}
+
 melt_status melt_session_step(melt_session *session,
                               const melt_batch_entry *entries, size_t n) {
   if (!isLive(session))
@@ -302,11 +313,7 @@ melt_status melt_session_step(melt_session *session,
   if (!entries || n == 0)
     return fail(MELT_INVALID_ARGUMENT, "melt_session_step: empty batch");
   return guarded([&] {
-    std::vector<Session::Entry> batch;
-    for (size_t i = 0; i < n; ++i)
-      batch.push_back({entries[i].sequence,
-                       reinterpret_cast<const int32_t *>(entries[i].tokens),
-                       entries[i].n_tokens});
+    std::vector<Session::Entry> batch = sessionEntries(entries, n);
     auto turn = takeTurn(session);
     return report(session->session->step(batch.data(), batch.size()));
   });
@@ -322,11 +329,7 @@ melt_status melt_session_step_greedy(melt_session *session,
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_session_step_greedy: empty batch or null result");
   return guarded([&] {
-    std::vector<Session::Entry> batch;
-    for (size_t i = 0; i < n; ++i)
-      batch.push_back({entries[i].sequence,
-                       reinterpret_cast<const int32_t *>(entries[i].tokens),
-                       entries[i].n_tokens});
+    std::vector<Session::Entry> batch = sessionEntries(entries, n);
     std::vector<int32_t> next;
     auto turn = takeTurn(session);
     Status status = session->session->stepGreedy(batch.data(), n, next);
