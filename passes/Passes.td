@@ -275,15 +275,21 @@ def SelectKernelsPass : Pass<"melt-select-kernels", "::mlir::ModuleOp"> {
       both multiples of 4) or `per_head`.
 
     The report gives the weight bytes on the device per format and the
-    kernel choices; the pass fails when the weights alone exceed
-    `device-memory` GiB. `target=cpu` changes nothing (the CPU runtime
-    chooses at load time).
+    kernel choices, and the device's buffer plan: the KV cache per token
+    (F32, as the CUDA runtime keeps it), the activations of a prefill of
+    `prefill-tokens` tokens (melt-plan-memory's plan, in F32), and how many
+    tokens of KV cache fit beside them and the weights. The pass fails when
+    the weights exceed `device-memory` GiB, or leave no room for one
+    context of the memory plan's `max_context`. `target=cpu` changes
+    nothing (the CPU runtime chooses at load time).
   }];
   let options = [
     Option<"target", "target", "std::string", /*default=*/"\"cuda\"",
            "cpu or cuda">,
     Option<"deviceMemory", "device-memory", "double", /*default=*/"139.8",
            "GiB of device memory the weights must fit (an H200's)">,
+    Option<"prefillTokens", "prefill-tokens", "int64_t", /*default=*/"8192",
+           "tokens of one step whose activations the plan reserves">,
     Option<"report", "report", "std::string", /*default=*/"\"-\"",
            "where to write the report ('-' for stderr)">,
   ];

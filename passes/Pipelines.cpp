@@ -58,19 +58,20 @@ void mlir::melt::buildDefaultPipeline(OpPassManager &pm,
     precision.report = options.precisionReport;
     pm.addPass(createAssignPrecisionPass(precision));
   }
-  // After precision: the device formats follow the storage it chose.
-  if (last >= CompilePhase::AssignPrecision && options.target != "cpu") {
-    SelectKernelsPassOptions kernels;
-    kernels.target = options.target;
-    kernels.report = options.kernelReport;
-    kernels.deviceMemory = options.deviceMemory;
-    pm.addPass(createSelectKernelsPass(kernels));
-  }
   if (last >= CompilePhase::PlanMemory && options.planMemory) {
     // Quiet here: melt-opt --melt-plan-memory prints the report.
     PlanMemoryPassOptions memory;
     memory.report = "/dev/null";
     pm.addPass(createPlanMemoryPass(memory));
+  }
+  // After precision (the device formats follow the storage it chose) and
+  // the memory plan (the device's buffer plan takes its sizes).
+  if (last >= CompilePhase::PlanMemory && options.target != "cpu") {
+    SelectKernelsPassOptions kernels;
+    kernels.target = options.target;
+    kernels.report = options.kernelReport;
+    kernels.deviceMemory = options.deviceMemory;
+    pm.addPass(createSelectKernelsPass(kernels));
   }
 }
 

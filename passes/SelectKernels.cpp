@@ -106,6 +106,11 @@ struct SelectKernelsPass final
     ModuleOp module = getOperation();
     if (target == "cpu")
       return;
+    if (prefillTokens < 1) {
+      module.emitError() << "melt-select-kernels: prefill-tokens must be at "
+                            "least 1";
+      return signalPassFailure();
+    }
     if (target != "cuda") {
       module.emitError() << "melt-select-kernels: unknown target '" << target
                          << "' (targets: cpu, cuda)";
@@ -226,9 +231,70 @@ struct SelectKernelsPass final
                   .str();
     for (const auto &[choice, n] : choices)
       text += llvm::formatv("  {0}: {1} ops\n", choice, n).str();
+    // The buffer plan: what the weights leave for the KV cache beside a
+    // prefill's activations (both in F32, as the CUDA runtime keeps them).
+    int64_t kvPerToken = 0, layers = 0;
+    int64_t activationPerToken = 0, maxContext = 0;
+    if (auto forward = module.lookupSymbol<func::FuncOp>("forward")) {
+      for (Type input : forward.getFunctionType().getInputs()) {
+        int64_t values = 0;
+        if (auto kv = llvm::dyn_cast<KVCacheType>(input))
+          values = kv.getValuesPerToken();
+        else if (auto latent = llvm::dyn_cast<LatentCacheType>(input))
+          values = latent.getValuesPerToken();
+        if (values) {
+          kvPerToken += 4 * values;
+          ++layers;
+        }
+      }
+      // melt-plan-memory's activation bytes per token, in the IR's
+      // activation type (that of the hidden state @forward returns).
+      if (auto memory = forward->getAttrOfType<DictionaryAttr>("melt.memory"))
+        if (auto perToken = memory.getAs<IntegerAttr>("bytes_per_token")) {
+          auto results = forward.getFunctionType().getResults();
+          auto hidden = results.size() > 1
+                            ? llvm::dyn_cast<RankedTensorType>(results[1])
+                            : RankedTensorType();
+          int64_t width =
+              hidden ? (hidden.getElementTypeBitWidth() + 7) / 8 : 4;
+          activationPerToken =
+              perToken.getInt() * 4 / std::max<int64_t>(width, 1);
+        }
+    }
+    if (auto kv = module->getAttrOfType<DictionaryAttr>("melt.kv_cache"))
+      if (auto context = kv.getAs<IntegerAttr>("max_context"))
+        maxContext = context.getInt();
+    const double activations = double(activationPerToken) * prefillTokens;
+    const double room = deviceMemory * gib - total - activations;
+    const int64_t kvTokens =
+        kvPerToken > 0 ? int64_t(std::max(room, 0.0) / double(kvPerToken)) : 0;
+    if (kvPerToken > 0) {
+      text += "  KV cache (F32): " + humanBytes(double(kvPerToken)) +
+              " per token over " + std::to_string(layers) + " layers\n";
+      if (activationPerToken > 0)
+        text +=
+            "  activations (F32): " + humanBytes(double(activationPerToken)) +
+            " per token; " + std::to_string(int64_t(prefillTokens)) +
+            " tokens: " + humanBytes(activations) + "\n";
+      text += "  room for " + std::to_string(kvTokens) + " tokens of KV cache";
+      if (maxContext > 0)
+        text += " (" + std::to_string(kvTokens / maxContext) + " contexts of " +
+                std::to_string(maxContext) + ")";
+      text += "\n";
+    }
     if (failed(writePassReport(module, report, text,
                                "melt-select-kernels: cannot write the report")))
       return signalPassFailure();
+    if (total <= deviceMemory * gib && kvPerToken > 0 && maxContext > 0 &&
+        kvTokens < maxContext) {
+      module.emitError() << "melt-select-kernels: the device has room for "
+                         << kvTokens << " tokens of KV cache beside the "
+                         << "weights (" << humanBytes(total)
+                         << ") and a prefill of " << int64_t(prefillTokens)
+                         << " tokens, less than one context of " << maxContext
+                         << "; give it more devices or a shorter context";
+      return signalPassFailure();
+    }
     if (total > deviceMemory * gib) {
       module.emitError() << "melt-select-kernels: the weights need "
                          << humanBytes(total) << " on the device, more than "

@@ -5,6 +5,11 @@
 // RUN: melt-opt memory.mlir '--melt-select-kernels=device-memory=0' -verify-diagnostics
 // RUN: melt-opt big.mlir '--melt-select-kernels=device-memory=0.000001 report=/dev/null' -verify-diagnostics
 // RUN: melt-opt report.mlir '--melt-select-kernels=report=%t/no/such/dir/r.txt' -verify-diagnostics
+// RUN: melt-opt tokens.mlir '--melt-select-kernels=prefill-tokens=0' -verify-diagnostics
+// Weights that fit but leave no room for one context of KV cache beside a
+// prefill's activations (tiny: 2.56 MiB of weights, 54 MiB of activations).
+// RUN: melt-import --builtin=tiny | not melt-opt --melt-fuse-mla '--melt-plan-memory=report=/dev/null' '--melt-select-kernels=device-memory=0.012 report=/dev/null' -o /dev/null 2>&1 | FileCheck %s --check-prefix=ROOM
+// ROOM: error: melt-select-kernels: the device has room for 0 tokens of KV cache beside the weights (2.56 MiB) and a prefill of 8192 tokens, less than one context of 4096; give it more devices or a shorter context
 
 //--- target.mlir
 // expected-error@+1 {{melt-select-kernels: unknown target 'hip' (targets: cpu, cuda)}}
@@ -20,4 +25,7 @@ module {
 }
 //--- report.mlir
 // expected-error@+1 {{melt-select-kernels: cannot write the report: }}
+module {}
+//--- tokens.mlir
+// expected-error@+1 {{melt-select-kernels: prefill-tokens must be at least 1}}
 module {}

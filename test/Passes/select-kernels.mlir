@@ -9,6 +9,9 @@
 // FP8 expert kernel yet), so the weights need 2.45 TiB.
 // RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' '--melt-select-kernels=device-memory=4000' -o - 2>%t.v3 | FileCheck %s --check-prefix=V3
 // RUN: FileCheck %s --check-prefix=V3REPORT < %t.v3
+// After melt-plan-memory: the device's buffer plan (KV cache and a
+// prefill's activations in F32, the room left for the KV cache).
+// RUN: melt-import --builtin=mini | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' '--melt-plan-memory=report=/dev/null' --melt-select-kernels -o /dev/null 2>&1 | FileCheck %s --check-prefix=PLAN
 // target=cpu changes nothing.
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-select-kernels=target=cpu' -o - | FileCheck %s --check-prefix=CPU
 
@@ -40,6 +43,12 @@
 
 // V3REPORT: weights on the device: 2.45 TiB of 3.91 TiB
 // V3REPORT-NEXT: fp8_blocks 372 weights, 13.37 GiB
+
+// mini in BF16: 9.2 GiB of weights; 8 latent caches of 576 F32 values.
+// PLAN: weights on the device: 9.20 GiB of 139.80 GiB
+// PLAN: KV cache (F32): 18.00 KiB per token over 8 layers
+// PLAN-NEXT: activations (F32): 1.09 MiB per token; 8192 tokens: 8.70 GiB
+// PLAN-NEXT: room for 7101369 tokens of KV cache (1733 contexts of 4096)
 
 // CPU-NOT: melt.device_format
 // CPU-NOT: melt.target
