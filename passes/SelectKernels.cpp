@@ -87,7 +87,7 @@ int64_t deviceBytes(WeightOp weight, Format format) {
   return ::melt::cuda::weightBytes(format, type.getNumElements(), blocks);
 }
 
-/// "1.25 GiB", "310.4 MiB", "12.0 KiB".
+/// "1.25 GiB", "310.40 MiB", "12.00 KiB".
 std::string humanBytes(double bytes) {
   const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int unit = 0;

@@ -74,6 +74,17 @@ std::unique_lock<std::mutex> takeTurn(melt_session *session) {
                            : std::unique_lock<std::mutex>();
 }
 
+/// A string of a live model, held for the caller until this thread's next
+/// call for the same getter ("" for an invalid handle).
+template <typename Get>
+const char *modelString(const melt_model *model, Get get) {
+  static thread_local std::string held;
+  if (!isLive(model))
+    return "";
+  held = get(*model);
+  return held.c_str();
+}
+
 } // namespace
 
 extern "C" {
@@ -161,27 +172,18 @@ melt_status melt_model_load_from_memory(const void *artifact, size_t size,
 }
 
 const char *melt_model_device(const melt_model *model) {
-  if (!isLive(model))
-    return "";
-  static thread_local std::string name;
-  name = model->device->name();
-  return name.c_str();
+  return modelString(model,
+                     [](const melt_model &m) { return m.device->name(); });
 }
 
 const char *melt_model_device_description(const melt_model *model) {
-  if (!isLive(model))
-    return "";
-  static thread_local std::string description;
-  description = model->device->description();
-  return description.c_str();
+  return modelString(
+      model, [](const melt_model &m) { return m.device->description(); });
 }
 
 const char *melt_model_target(const melt_model *model) {
-  if (!isLive(model))
-    return "";
-  static thread_local std::string target;
-  target = model->model->artifact().target();
-  return target.c_str();
+  return modelString(
+      model, [](const melt_model &m) { return m.model->artifact().target(); });
 }
 
 melt_status melt_model_destroy(melt_model *model) {

@@ -14,11 +14,8 @@
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
 #include "cuda/MoeByExpert.h"
-#include "cuda/SmallMGemm.h"
-
-static_assert(melt::rt::cuda::kPageRows == melt::rt::kPageTokens,
-              "the CUDA kernels page caches as the runtime does");
 #include "cuda/Quantize.h"
+#include "cuda/SmallMGemm.h"
 
 #include <cuda_runtime.h>
 
@@ -32,6 +29,9 @@ static_assert(melt::rt::cuda::kPageRows == melt::rt::kPageTokens,
 
 using namespace melt::rt;
 using namespace melt::rt::cuda;
+
+static_assert(kPageRows == kPageTokens,
+              "the CUDA kernels page caches as the runtime does");
 
 namespace {
 

@@ -2,6 +2,7 @@
 #include "cuda/Elementwise.h"
 
 #include "cuda/OperandAccess.cuh"
+#include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
 
@@ -29,8 +30,7 @@ __global__ void __launch_bounds__(kNormThreads)
     for (int u = 0; u < kNormBatch; ++u)
       sum += kept[u] * kept[u];
   }
-  for (int offset = 16; offset > 0; offset >>= 1)
-    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  sum = warpSum(sum);
   __shared__ float partial[32];
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0)
@@ -38,8 +38,7 @@ __global__ void __launch_bounds__(kNormThreads)
   __syncthreads();
   if (warp == 0) {
     float s = lane < kNormThreads / 32 ? partial[lane] : 0.f;
-    for (int offset = 16; offset > 0; offset >>= 1)
-      s += __shfl_xor_sync(0xffffffffu, s, offset);
+    s = warpSum(s);
     if (lane == 0)
       partial[0] = s;
   }

@@ -196,9 +196,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     __syncthreads();
     for (int h = warp; h < group; h += kChunkThreads / 32) {
       float score = lane < n ? p[lane][h] : -INFINITY;
-      float top = score;
-      for (int offset = 16; offset > 0; offset >>= 1)
-        top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+      float top = warpMax(score);
       float before = runMax[h], now = fmaxf(before, top);
       // No row seen yet (all -inf): nothing to weigh, nothing to rescale.
       float e = now == -INFINITY || lane >= n ? 0.f : expf(score - now);
@@ -280,8 +278,7 @@ __global__ void combineValueKernel(const float *partialOut,
       sums[i] = c < chunks ? partialSum[slot] : 0.f;
       top = fmaxf(top, sums[i] > 0.f ? m[i] : -INFINITY);
     }
-    for (int offset = 16; offset > 0; offset >>= 1)
-      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+    top = warpMax(top);
     float sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kMaxChunks / 32; ++i) {

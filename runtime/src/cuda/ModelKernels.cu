@@ -91,13 +91,11 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
     taken[e] = false;
   }
   if (!cfg.sigmoid) {
-    for (int offset = 16; offset > 0; offset >>= 1)
-      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+    top = warpMax(top);
     float sum = 0.f;
     for (int e = lane; e < experts; e += 32)
       sum += scores[e] = expf(scores[e] - top);
-    for (int offset = 16; offset > 0; offset >>= 1)
-      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    sum = warpSum(sum);
     for (int e = lane; e < experts; e += 32)
       scores[e] /= sum;
   }
@@ -209,10 +207,7 @@ __global__ void cacheAppendKernel(const float *first, const float *second,
 }
 
 __device__ float blockReduce(float v, bool isMax, float *scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    float other = __shfl_xor_sync(0xffffffffu, v, offset);
-    v = isMax ? fmaxf(v, other) : v + other;
-  }
+  v = isMax ? warpMax(v) : warpSum(v);
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0)
@@ -220,10 +215,7 @@ __device__ float blockReduce(float v, bool isMax, float *scratch) {
   __syncthreads();
   if (warp == 0) {
     v = lane < blockDim.x / 32 ? scratch[lane] : (isMax ? -INFINITY : 0.f);
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      float other = __shfl_xor_sync(0xffffffffu, v, offset);
-      v = isMax ? fmaxf(v, other) : v + other;
-    }
+    v = isMax ? warpMax(v) : warpSum(v);
     if (lane == 0)
       scratch[0] = v;
   }

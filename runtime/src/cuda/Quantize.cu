@@ -6,6 +6,8 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/Quantize.h"
 
+#include "cuda/WarpReduce.cuh"
+
 #include <cstdint>
 
 using namespace melt::rt::cuda;
@@ -13,18 +15,6 @@ using namespace melt::rt::cuda;
 namespace {
 
 constexpr float kE4M3Max = 448.f;
-
-__device__ float warpMax(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
-__device__ float warpSum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 /// Quantizes the 4 values a lane holds of one 128-value block; lane 0
 /// writes the block's scale.
@@ -47,7 +37,8 @@ __device__ void quantizeBlock(const float (&v)[4], __nv_fp8_e4m3 *q,
     *scale = s;
 }
 
-__device__ __forceinline__ void loadFour(const __nv_bfloat16 *x, float (&v)[4]) {
+__device__ __forceinline__ void loadFour(const __nv_bfloat16 *x,
+                                         float (&v)[4]) {
   const __nv_bfloat162 *in = reinterpret_cast<const __nv_bfloat162 *>(x);
   float2 a = __bfloat1622float2(in[0]), b = __bfloat1622float2(in[1]);
   v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
@@ -127,7 +118,7 @@ static cudaError_t quantizeRows(const T *x, int m, int k, __nv_fp8_e4m3 *q,
   int threads = 256;
   long long blocks = (warps * 32 + threads - 1) / threads;
   quantizeRowsKernel<<<unsigned(blocks), threads, 0, stream>>>(x, m, k, q,
-                                                              scales);
+                                                               scales);
   return cudaGetLastError();
 }
 

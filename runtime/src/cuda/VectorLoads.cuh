@@ -11,6 +11,8 @@
 #ifndef MELT_RUNTIME_CUDA_VECTORLOADS_CUH
 #define MELT_RUNTIME_CUDA_VECTORLOADS_CUH
 
+#include "cuda/WarpReduce.cuh"
+
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -67,12 +69,6 @@ __device__ __forceinline__ float dotLoad(const float *x, uint4 packed) {
            asOperand<W>(v.z) * w[i + 2] + asOperand<W>(v.w) * w[i + 3];
   }
   return sum;
-}
-
-__device__ __forceinline__ float warpSum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 /// A lane's parts of sum_i xs[r][i] * row[i], r < M, over i < len, the
