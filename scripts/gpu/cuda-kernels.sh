@@ -7,6 +7,7 @@
 # hf_baseline.py's plain-torch figures and bench/cuda/gemm_torch.py. JSON
 # and PNG charts go to $OUT (or build-gpu/results).
 #   scripts/gpu/cuda-kernels.sh [PATH/TO/hf_baseline.py]
+# MELT_SKIP_BENCHMARKS=1 stops after the tests and the machine code.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 baseline=${1:-$carry/hf_baseline.py}
@@ -71,6 +72,7 @@ cuobjdump -sass build-gpu/bin/melt-bench-gemm |
 # sm_90 has no FP8 mma.sync in hardware: ptxas runs it as FP16 HMMA.
 echo "FP8 small-M GEMM: HMMA: $(grep -c HMMA "$out/fp8-small-m.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/fp8-small-m.sass")"
 
+[ "${MELT_SKIP_BENCHMARKS:-}" = 1 ] && exit 0
 echo "== benchmarks =="
 build-gpu/bin/melt-bench-mla-decode | tee "$out/mla_decode_melt.json"
 build-gpu/bin/melt-bench-gemm | tee "$out/gemm_melt.json"
