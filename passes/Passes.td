@@ -256,11 +256,13 @@ def SelectKernelsPass : Pass<"melt-select-kernels", "::mlir::ModuleOp"> {
     - `melt.device_format` on every weight: how the device stores it.
       `fp8_blocks` (e4m3 bytes and one F32 scale per 128x128 block) for a
       GEMM operand kept in FP8 blocks (`melt.storage`, or an FP8 checkpoint
-      multiplied in FP8) whose shape the FP8 kernels take (2-D, N a
-      multiple of 16, K of 512); `bf16` for a BF16 GEMM operand; `f32`
-      for the rest (weights read by other kernels, and FP8 values the FP8
-      kernels cannot take, such as expert stacks: held exactly). The rules
-      are the CUDA backend's (`backends/cuda/KernelRules.h`).
+      multiplied in FP8) whose shape the FP8 kernels take (a matrix: N a
+      multiple of 16, K of 512, for the FP8 GEMMs; an expert stack [E, N,
+      K]: N and K multiples of 32, scales per expert, for the tensor-core
+      expert kernels); `bf16` for a BF16 GEMM operand; `f32` for the rest
+      (weights read by other kernels, and FP8 values no FP8 kernel takes:
+      held exactly). The rules are the CUDA backend's
+      (`backends/cuda/KernelRules.h`).
     - `melt.small_m_rows` on `melt.linear` / `melt.logits`: up to how many
       rows (tokens) the product streams the weight through melt's own
       kernel rather than cuBLASLt: 8 for FP8 weights (the FP8 small-M
@@ -268,8 +270,8 @@ def SelectKernelsPass : Pass<"melt-select-kernels", "::mlir::ModuleOp"> {
       bytes within 40 MB (at least 1, at most 8), where it was measured to
       win on the H200 (`bench/cuda/decode_kernels.cu`).
     - `melt.experts_kernel` on `melt.moe_experts`: `tensor_cores` (BF16
-      weights, hidden and expert sizes multiples of 32: mma.sync for
-      several tokens of an expert) or `cuda_cores`.
+      or FP8-block weights, hidden and expert sizes multiples of 32:
+      mma.sync for the tokens of an expert) or `cuda_cores`.
     - `melt.mla_kernel` on `melt.mla`: `split` (heads together, the
       sequence in chunks; latent <= 512, nope <= 256, latent + rope <= 640,
       both multiples of 4) or `per_head`.

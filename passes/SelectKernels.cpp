@@ -81,9 +81,13 @@ Format deviceFormat(WeightOp weight, const Use &use) {
 int64_t deviceBytes(WeightOp weight, Format format) {
   RankedTensorType type = weight.getTensorType();
   ArrayRef<int64_t> shape = type.getShape();
-  int64_t blocks = shape.size() == 2
-                       ? ((shape[0] + 127) / 128) * ((shape[1] + 127) / 128)
-                       : 0;
+  // 128x128 scales per matrix (per expert of a stack).
+  const size_t rank = shape.size();
+  int64_t blocks = rank >= 2 ? ((shape[rank - 2] + 127) / 128) *
+                                   ((shape[rank - 1] + 127) / 128)
+                             : 0;
+  if (rank == 3)
+    blocks *= shape[0];
   return ::melt::cuda::weightBytes(format, type.getNumElements(), blocks);
 }
 
@@ -196,13 +200,16 @@ struct SelectKernelsPass final
           })
           .Case([&](MoEExpertsOp o) {
             WeightOp gate = symbols.lookup<WeightOp>(o.getGate());
-            bool bf16 = true;
+            // All three in BF16, or all in FP8 blocks.
+            bool narrow = true;
+            Format first = formats[o.getGate().str()];
             for (StringRef w : {o.getGate(), o.getUp(), o.getDown()})
-              bf16 = bf16 && formats[w.str()] == Format::BF16;
+              narrow = narrow && formats[w.str()] == first &&
+                       first != Format::F32;
             ArrayRef<int64_t> shape = gate.getTensorType().getShape();
             bool tensorCores =
                 shape.size() == 3 &&
-                ::melt::cuda::expertsOnTensorCores(bf16, shape[1], shape[2]);
+                ::melt::cuda::expertsOnTensorCores(narrow, shape[1], shape[2]);
             const char *kernel = tensorCores ? "tensor_cores" : "cuda_cores";
             o->setAttr("melt.experts_kernel", b.getStringAttr(kernel));
             ++choices[std::string("moe_experts: ") + kernel];

@@ -24,17 +24,27 @@ inline bool fp8GemmTakes(int64_t rows, int64_t cols) {
   return rows % 16 == 0 && cols % 512 == 0;
 }
 
+/// The grouped expert kernels (MoeByExpert.cu) take FP8 stacks [E, N, K]
+/// (e4m3 with a scale per 128x128 block of each expert) with N and K
+/// multiples of 32, on tensor cores (moeByExpertTensorCoresFit).
+inline bool fp8ExpertsTake(int64_t rows, int64_t cols) {
+  return rows % 32 == 0 && cols % 32 == 0;
+}
+
 /// A weight's device format: GEMM-only operands stay in the narrow type the
-/// model keeps them in (FP8 blocks where the FP8 GEMMs take the shape,
-/// BF16); everything else, and FP8 values the FP8 GEMMs cannot take, in
-/// F32 (exact).
+/// model keeps them in (FP8 blocks where the FP8 kernels take the shape:
+/// matrices the FP8 GEMMs, expert stacks the expert kernels; BF16);
+/// everything else, and FP8 values no FP8 kernel takes, in F32 (exact).
 inline WeightFormat weightFormat(bool gemmOnly, bool fp8, bool bf16, int rank,
                                  int64_t rows, int64_t cols) {
   if (!gemmOnly)
     return WeightFormat::F32;
-  if (fp8)
-    return rank == 2 && fp8GemmTakes(rows, cols) ? WeightFormat::Fp8Blocks
-                                                 : WeightFormat::F32;
+  if (fp8) {
+    bool takes = rank == 2   ? fp8GemmTakes(rows, cols)
+                 : rank == 3 ? fp8ExpertsTake(rows, cols)
+                             : false;
+    return takes ? WeightFormat::Fp8Blocks : WeightFormat::F32;
+  }
   return bf16 ? WeightFormat::BF16 : WeightFormat::F32;
 }
 
@@ -63,10 +73,10 @@ inline int64_t smallMRows(WeightFormat format, int64_t bytes) {
   return std::clamp<int64_t>(rows, 1, kSmallMMaxRows);
 }
 
-/// Grouped experts on tensor cores (MoeByExpert.cu): BF16 weights, the
-/// expert and hidden sizes multiples of 32.
-inline bool expertsOnTensorCores(bool bf16, int64_t inter, int64_t hidden) {
-  return bf16 && inter % 32 == 0 && hidden % 32 == 0;
+/// Grouped experts on tensor cores (MoeByExpert.cu): BF16 or FP8 weights,
+/// the expert and hidden sizes multiples of 32.
+inline bool expertsOnTensorCores(bool narrow, int64_t inter, int64_t hidden) {
+  return narrow && inter % 32 == 0 && hidden % 32 == 0;
 }
 
 /// Absorbed MLA split over the sequence (MlaSplit.h's mlaSplitFits).

@@ -57,6 +57,20 @@ template <typename T> T *deviceValues(size_t n, uint32_t seed) {
   return p;
 }
 
+/// Random finite e4m3 codes (the low bit clear: never 0x7f / 0xff, NaN).
+__global__ void fillFp8(uint8_t *codes, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    codes[i] = uint8_t(melt::bench::hashIndex(i, seed) & 0xfe);
+}
+
+uint8_t *deviceFp8(size_t n, uint32_t seed) {
+  uint8_t *p = nullptr;
+  CHECK(cudaMalloc(&p, n + 16));
+  fillFp8<<<1024, 256>>>(p, n, seed);
+  return p;
+}
+
 /// Copies of a weight of `bytes`, enough to leave L2 behind.
 int copiesFor(size_t bytes) {
   return int(
@@ -142,7 +156,8 @@ int main(int argc, char **argv) {
       CHECK(cudaFree(p));
   }
 
-  // Routed experts row by row: 64 experts of 2048 -> 1408 -> 2048, top 6.
+  // Routed experts row by row: 64 experts of 2048 -> 1408 -> 2048, top 6;
+  // grouped by expert with BF16 and with FP8 weights (128x128 scales).
   {
     const int experts = 64, inter = 1408, dim = 2048, choices = 6;
     size_t expertValues = size_t(experts) * inter * dim;
@@ -153,6 +168,20 @@ int main(int argc, char **argv) {
       gate[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 10 + c);
       up[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 30 + c);
       down[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 50 + c);
+    }
+    int fp8Copies = copiesFor(3 * expertValues);
+    size_t scaleCount = size_t(experts) * ((inter + 127) / 128) *
+                        ((dim + 127) / 128);
+    std::vector<ExpertStacks> fp8Stacks(static_cast<size_t>(fp8Copies));
+    for (int c = 0; c < fp8Copies; ++c) {
+      ExpertStacks &f = fp8Stacks[size_t(c)];
+      f.type = ExpertStacks::Type::Fp8Blocks;
+      f.gate = deviceFp8(expertValues, 70 + c);
+      f.up = deviceFp8(expertValues, 90 + c);
+      f.down = deviceFp8(expertValues, 110 + c);
+      f.gateScales = deviceValues<float>(scaleCount, 130 + c);
+      f.upScales = deviceValues<float>(scaleCount, 150 + c);
+      f.downScales = deviceValues<float>(scaleCount, 170 + c);
     }
     for (int tokens : {1, 4, 16, 64}) {
       std::vector<int32_t> chosen(static_cast<size_t>(tokens) * choices);
@@ -188,10 +217,24 @@ int main(int argc, char **argv) {
           benchName,
           [&](int i) {
             size_t c = size_t(i % copies);
-            CHECK(moeExpertsByExpert(x, indices, weights, gate[c], up[c],
-                                     down[c], true, tokens, choices, experts,
-                                     inter, dim, true, /*tensorCores=*/true,
-                                     grouped, y, bad, nullptr));
+            ExpertStacks stacks;
+            stacks.type = ExpertStacks::Type::BF16;
+            stacks.gate = gate[c];
+            stacks.up = up[c];
+            stacks.down = down[c];
+            CHECK(moeExpertsByExpert(x, indices, weights, stacks, tokens,
+                                     choices, experts, inter, dim, true,
+                                     /*tensorCores=*/true, grouped, y, bad,
+                                     nullptr));
+          },
+          iters);
+      float fp8Ms = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            CHECK(moeExpertsByExpert(
+                x, indices, weights, fp8Stacks[size_t(i % fp8Copies)], tokens,
+                choices, experts, inter, dim, true, /*tensorCores=*/true,
+                grouped, y, bad, nullptr));
           },
           iters);
       CHECK(cudaFree(grouped));
@@ -200,9 +243,12 @@ int main(int argc, char **argv) {
       std::printf("{\"what\": \"moe\", \"tokens\": %d, "
                   "\"experts_read\": %zu, \"rowwise_us\": %.2f, "
                   "\"rowwise_weight_GBps\": %.1f, \"by_expert_us\": %.2f, "
-                  "\"by_expert_weight_GBps\": %.1f}\n",
+                  "\"by_expert_weight_GBps\": %.1f, "
+                  "\"by_expert_fp8_us\": %.2f, "
+                  "\"by_expert_fp8_weight_GBps\": %.1f}\n",
                   tokens, used, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
-                  byExpertMs * 1e3, bytes / (byExpertMs * 1e-3) / 1e9);
+                  byExpertMs * 1e3, bytes / (byExpertMs * 1e-3) / 1e9,
+                  fp8Ms * 1e3, bytes / 2 / (fp8Ms * 1e-3) / 1e9);
       std::fflush(stdout);
       for (void *p : {(void *)indices, (void *)bad, (void *)x, (void *)weights,
                       (void *)scratch, (void *)y})
@@ -212,6 +258,11 @@ int main(int argc, char **argv) {
       for (void *p : {(void *)gate[size_t(c)], (void *)up[size_t(c)],
                       (void *)down[size_t(c)]})
         CHECK(cudaFree(p));
+    for (const ExpertStacks &f : fp8Stacks)
+      for (const void *p : {f.gate, f.up, f.down, (const void *)f.gateScales,
+                            (const void *)f.upScales,
+                            (const void *)f.downScales})
+        CHECK(cudaFree(const_cast<void *>(p)));
   }
 
   // Absorbed MLA (mini: 16 heads; 128 as DeepSeek-V3), every sequence at

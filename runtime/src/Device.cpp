@@ -397,7 +397,8 @@ Status check::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
             indices.dtype == DType::I32 && weights.dtype == DType::F32 &&
             y.shape == x.shape && x.dtype == DType::F32 &&
             y.dtype == DType::F32 &&
-            (gate.dtype == DType::F32 || gate.dtype == DType::BF16) &&
+            (gate.dtype == DType::F32 || gate.dtype == DType::BF16 ||
+             gate.dtype == DType::FP8E4M3) &&
             up.dtype == gate.dtype && down.dtype == gate.dtype;
   if (ok)
     ok = gate.shape[2] == x.shape[1] && down.shape[0] == gate.shape[0] &&
@@ -405,7 +406,7 @@ Status check::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
          indices.shape[0] == x.shape[0];
   return expect(ok, "moe_experts",
                 "needs f32 x [T, D] and y [T, D], gate/up [E, I, D] and down "
-                "[E, D, I] (all f32 or all bf16), i32 indices and f32 weights "
+                "[E, D, I] (all f32, all bf16 or all fp8), i32 indices and f32 weights "
                 "[T, K]; got x " +
                     shapeString(x.shape) + ", gate " + shapeString(gate.shape) +
                     ", down " + shapeString(down.shape) + ", indices " +

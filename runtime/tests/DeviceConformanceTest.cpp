@@ -653,6 +653,27 @@ TEST_P(DeviceConformance, QuantizeBlocks) {
       << s.message();
 }
 
+/// Rounds each blockRows x 128 block of a [rows, cols] matrix to its own
+/// FP8 grid (scale = the block's amax / 448), as melt-assign-precision and
+/// DeepSeek-V3's checkpoints do.
+void onFp8Grid(float *v, int64_t rows, int64_t cols, int64_t blockRows) {
+  for (int64_t r0 = 0; r0 < rows; r0 += blockRows)
+    for (int64_t c0 = 0; c0 < cols; c0 += 128) {
+      const int64_t r1 = std::min(rows, r0 + blockRows),
+                    c1 = std::min(cols, c0 + 128);
+      float amax = 0.f;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c)
+          amax = std::max(amax, std::fabs(v[r * cols + c]));
+      float scale = amax / kFp8E4M3Max;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) {
+          float &x = v[r * cols + c];
+          x = roundTo(DType::FP8E4M3, x / scale) * scale;
+        }
+    }
+}
+
 /// Routed experts with F32 and BF16 weights, with and without a BF16
 /// combine, and an expert index out of range.
 /// T tokens, top 2 of 6 experts: 5 (a token choosing one expert twice), or
@@ -760,31 +781,14 @@ TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
     return;
   Status s;
   const int64_t M = 3, K = 512, N = 32;
-  // Rounds each 1 x 128 (rows) or 128 x 128 block to its own FP8 grid.
-  auto onGrid = [](std::vector<float> &v, int64_t rows, int64_t cols,
-                   int64_t blockRows) {
-    for (int64_t r0 = 0; r0 < rows; r0 += blockRows)
-      for (int64_t c0 = 0; c0 < cols; c0 += 128) {
-        float amax = 0.f;
-        for (int64_t r = r0; r < std::min(rows, r0 + blockRows); ++r)
-          for (int64_t c = c0; c < c0 + 128; ++c)
-            amax = std::max(amax, std::fabs(v[size_t(r * cols + c)]));
-        float scale = amax / kFp8E4M3Max;
-        for (int64_t r = r0; r < std::min(rows, r0 + blockRows); ++r)
-          for (int64_t c = c0; c < c0 + 128; ++c) {
-            float &x = v[size_t(r * cols + c)];
-            x = roundTo(DType::FP8E4M3, x / scale) * scale;
-          }
-      }
-  };
   WeightData weight;
   weight.shape = {N, K};
   weight.data = random(DType::F32, {N, K}, rng, 0.05f).values;
-  onGrid(weight.data, N, K, 128);
+  onFp8Grid(weight.data.data(), N, K, 128);
   weight.storage = WeightData::Storage::FP8Blocks;
   weight.gemmOnly = true;
   HostTensor x = random(DType::F32, {M, K}, rng);
-  onGrid(x.values, M, K, 1);
+  onFp8Grid(x.values.data(), M, K, 1);
   DeviceTensor w;
   s = device->importWeight(weight, w);
   ASSERT_FALSE(s) << s.message();
@@ -799,6 +803,92 @@ TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
             double(x.values[m * K + k]) * weight.data[size_t(n * K + k)];
   EXPECT_LE(relativeError(get(y), want), tolerance(DType::BF16));
   device->release(w);
+}
+
+/// Expert stacks the model keeps in FP8 128x128 blocks, imported as each
+/// device keeps them (a GPU: e4m3 bytes and per-expert scales for its
+/// tensor-core expert kernels), for T tokens: against the products of the
+/// exact weights with x and the activations rounded to BF16. Sizes with
+/// partial blocks (I = 160, D = 288) and values small enough for e4m3's
+/// subnormals.
+void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng,
+                          int64_t T) {
+  Device &device = *test.device;
+  const int64_t E = 4, K = 2, I = 160, D = 288;
+  auto stack = [&](int64_t rows, int64_t cols) {
+    WeightData w;
+    w.shape = {E, rows, cols};
+    w.data = random(DType::F32, w.shape, rng, 0.1f).values;
+    for (size_t i = 0; i < w.data.size(); i += 97)
+      w.data[i] *= 1e-4f; // e4m3 subnormals beside the block's largest
+    for (int64_t e = 0; e < E; ++e)
+      onFp8Grid(w.data.data() + e * rows * cols, rows, cols, 128);
+    w.storage = WeightData::Storage::FP8Blocks;
+    w.gemmOnly = true;
+    return w;
+  };
+  WeightData gate = stack(I, D), up = stack(I, D), down = stack(D, I);
+  DeviceTensor dg, du, dd;
+  for (auto [weight, tensor] : {std::pair{&gate, &dg}, std::pair{&up, &du},
+                                std::pair{&down, &dd}}) {
+    Status s = device.importWeight(*weight, *tensor);
+    ASSERT_FALSE(s) << s.message();
+    test.owned.push_back(*tensor);
+    if (test.device->name().rfind("cuda", 0) == 0)
+      EXPECT_EQ(tensor->dtype, DType::FP8E4M3) << "kept in fp8 on the GPU";
+  }
+  HostTensor x = random(DType::F32, {T, D}, rng);
+  std::vector<int32_t> idx(static_cast<size_t>(T * K));
+  for (size_t p = 0; p < idx.size(); ++p)
+    idx[p] = int32_t((p * 3 + p / 5) % E);
+  HostTensor w = random(DType::F32, {T, K}, rng);
+  DeviceTensor dx = test.put(x), dw = test.put(w),
+               di = test.make(DType::I32, {T, K}),
+               y = test.make(DType::F32, {T, D});
+  ASSERT_FALSE(device.upload(idx.data(), di));
+  Status s = device.moeExperts(dx, di, dw, dg, du, dd, true, y);
+  ASSERT_FALSE(s) << s.message();
+  auto bf16 = [](double v) { return double(roundTo(DType::BF16, float(v))); };
+  std::vector<double> want(static_cast<size_t>(T * D));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = idx[size_t(t * K + k)];
+      std::vector<double> act(static_cast<size_t>(I));
+      for (int64_t i = 0; i < I; ++i) {
+        double a = 0, b = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          double xv = bf16(x.values[size_t(t * D + d)]);
+          a += xv * gate.data[size_t((e * I + i) * D + d)];
+          b += xv * up.data[size_t((e * I + i) * D + d)];
+        }
+        act[size_t(i)] = bf16(a / (1 + std::exp(-a)) * b);
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        double o = 0;
+        for (int64_t i = 0; i < I; ++i)
+          o += act[size_t(i)] * down.data[size_t((e * D + d) * I + i)];
+        want[size_t(t * D + d)] += w.values[size_t(t * K + k)] * bf16(o);
+      }
+    }
+  EXPECT_LE(DeviceConformance::relativeError(test.get(y), want), 1e-2)
+      << T << " tokens";
+}
+
+TEST_P(DeviceConformance, Fp8ExpertStacksOneToken) {
+  checkFp8ExpertStacks(*this, rng, 1);
+}
+
+TEST_P(DeviceConformance, Fp8ExpertStacksManyTokens) {
+  checkFp8ExpertStacks(*this, rng, 21);
+}
+
+// Through the path for many tokens (a GPU: each active expert widened to
+// BF16 for one GEMM).
+TEST_P(DeviceConformance, Fp8ExpertStacksGroupedByExpert) {
+  reopenWith("MELT_MOE_GROUPED_MIN_PAIRS", "1");
+  if (HasFatalFailure())
+    return;
+  checkFp8ExpertStacks(*this, rng, 21);
 }
 
 TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {

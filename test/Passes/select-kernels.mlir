@@ -5,9 +5,9 @@
 // RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' --melt-select-kernels -o - 2>%t.report | FileCheck %s
 // RUN: FileCheck %s --check-prefix=REPORT < %t.report
 // DeepSeek-V3 (FP8 checkpoint, deepseek-v3 policy): 2-D FP8 projections
-// stay FP8 with their block scales; FP8 expert stacks are held in F32 (no
-// FP8 expert kernel yet), so the weights need 2.45 TiB.
-// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' '--melt-select-kernels=device-memory=4000' -o - 2>%t.v3 | FileCheck %s --check-prefix=V3
+// and the FP8 expert stacks stay FP8 with their block scales (the experts
+// on the tensor-core expert kernels), so the weights need 648 GiB.
+// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' '--melt-select-kernels=device-memory=700' -o - 2>%t.v3 | FileCheck %s --check-prefix=V3
 // RUN: FileCheck %s --check-prefix=V3REPORT < %t.v3
 // After melt-plan-memory: the device's buffer plan (KV cache and a
 // prefill's activations in F32, the room left for the KV cache).
@@ -35,14 +35,14 @@
 
 // V3: melt.weight @model.layers.3.self_attn.qkv_a_proj : tensor<2112x7168xf8E4M3FN> {{.+}} {melt.device_format = "fp8_blocks"}
 // V3: melt.weight @model.layers.3.mlp.gate : tensor<256x7168xbf16> {{.+}} {melt.device_format = "f32"}
-// V3: melt.weight @model.layers.3.mlp.experts.gate_proj : tensor<256x2048x7168xf8E4M3FN> {{.+}} {melt.device_format = "f32"}
+// V3: melt.weight @model.layers.3.mlp.experts.gate_proj : tensor<256x2048x7168xf8E4M3FN> {{.+}} {melt.device_format = "fp8_blocks"}
 // V3: melt.linear {{.+}} @model.layers.3.self_attn.qkv_a_proj {{.*}}melt.small_m_rows = 8
 // The output head (129280 x 7168 BF16, 1.85 GB) streams one row only.
 // V3: melt.logits {{.+}}melt.small_m_rows = 1
-// V3: melt.moe_experts {{.+}}melt.experts_kernel = "cuda_cores"
+// V3: melt.moe_experts {{.+}}melt.experts_kernel = "tensor_cores"
 
-// V3REPORT: weights on the device: 2.45 TiB of 3.91 TiB
-// V3REPORT-NEXT: fp8_blocks 372 weights, 13.37 GiB
+// V3REPORT: weights on the device: 647.85 GiB of 700.00 GiB
+// V3REPORT-NEXT: fp8_blocks 549 weights, 633.02 GiB
 
 // mini in BF16: 9.2 GiB of weights; 8 latent caches of 576 F32 values.
 // PLAN: weights on the device: 9.20 GiB of 139.80 GiB

@@ -516,35 +516,43 @@ public:
                     const DeviceTensor &up, const DeviceTensor &down,
                     bool combineBf16, DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
+    ExpertStacks stacks;
+    MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
     MELT_RETURN_IF_ERROR(flags());
+    const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
     int64_t pairs = indices.shape[0] * indices.shape[1];
     // (Grouping reads the choices back: not while recording a graph.)
     if (pairs >= groupedMinPairs_ && !capturing_)
-      return groupedExperts(x, indices, weights, gate, up, down, combineBf16,
-                            y);
+      return groupedExperts(x, indices, weights, gate, up, down, stacks,
+                            combineBf16, y);
     const int T = int(x.shape[0]), K = int(indices.shape[1]),
               E = int(gate.shape[0]), I = int(gate.shape[1]);
-    if (T > 1 && E <= kMoeByExpertMaxExperts) {
-      // Several tokens: each active expert's weights read once for all of
-      // its tokens, grouped on the device (recordable).
+    // Several tokens: each active expert's weights read once for all of
+    // its tokens, grouped on the device (recordable). FP8 stacks always
+    // (they have only the tensor-core kernels).
+    if ((T > 1 || fp8) && E <= kMoeByExpertMaxExperts) {
       DeviceTensor scratch;
       MELT_RETURN_IF_ERROR(allocate(
           DType::I32, {int64_t(moeByExpertScratchBytes(T, K, E, I) / 4)},
           scratch));
       Status launched = check(
-          moeExpertsByExpert(
-              static_cast<const float *>(x.data),
-              static_cast<const int32_t *>(indices.data),
-              static_cast<const float *>(weights.data), gate.data, up.data,
-              down.data, gate.dtype == DType::BF16, T, K, E, I, int(x.shape[1]),
-              combineBf16, expertTensorCores(gate), scratch.data,
-              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
+          moeExpertsByExpert(static_cast<const float *>(x.data),
+                             static_cast<const int32_t *>(indices.data),
+                             static_cast<const float *>(weights.data), stacks,
+                             T, K, E, I, int(x.shape[1]), combineBf16,
+                             expertTensorCores(gate), scratch.data,
+                             static_cast<float *>(y.data), flag_ + kExpertFlag,
+                             stream_),
           "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;  // a bad expert index: at synchronize()
     }
+    if (fp8)
+      return invalidArgument("moe_experts: fp8 expert stacks of more than " +
+                             std::to_string(kMoeByExpertMaxExperts) +
+                             " experts");
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, gate.shape[1]}, scratch));
     Status launched = check(
@@ -582,13 +590,16 @@ public:
     // MELT_CUDA_FP8_WEIGHTS=0), BF16 ones in BF16 (half the bytes a step
     // reads), the rest in F32.
     Format format = weight.deviceFormat;
+    if (format == Format::Fp8Blocks && !fp8Weights_)
+      format = Format::F32;
     if (format == Format::Unset)
       format = !matrix ? Format::F32
                : weight.storage == WeightData::Storage::FP8Blocks && fp8Weights_
                    ? Format::Fp8Blocks
                : weight.storage == WeightData::Storage::BF16 ? Format::BF16
                                                              : Format::F32;
-    if (format == Format::Fp8Blocks && matrix && weight.shape.size() == 2)
+    if (format == Format::Fp8Blocks && matrix &&
+        (weight.shape.size() == 2 || weight.shape.size() == 3))
       return importFp8(weight, out);
     // BF16 only where the values are BF16 already (exact).
     if (format != Format::BF16 || !matrix ||
@@ -667,35 +678,71 @@ private:
   /// An FP8 weight (f32 values on the e4m3 grid of their 128x128 block's
   /// scale = amax / 448: melt-assign-precision rounds so, and DeepSeek-V3's
   /// checkpoints are quantized so): the e4m3 bytes and the scales
-  /// recovered, checked exact. Shapes the FP8 GEMMs cannot take (K a
-  /// multiple of 4 x 128, N of 16), and values not on such a grid, stay
-  /// F32.
+  /// recovered, checked exact. A matrix [N, K] (scales [N/128, K/128],
+  /// rounded up) or a stack of experts' matrices [E, N, K] (scales per
+  /// expert). Shapes the kernels cannot take (a matrix: K a multiple of 4
+  /// x 128 and N of 16 for the FP8 GEMMs; a stack: N and K multiples of 32
+  /// for the expert kernels), and values not on such a grid, stay F32.
   Status importFp8(const WeightData &weight, DeviceTensor &out) {
-    const int64_t n = weight.shape[0], k = weight.shape[1];
-    if (k % 512 != 0 || n % 16 != 0)
+    const bool stack = weight.shape.size() == 3;
+    const int64_t count = stack ? weight.shape[0] : 1,
+                  n = weight.shape[stack ? 1 : 0],
+                  k = weight.shape[stack ? 2 : 1];
+    // (The expert kernels' condition is the same for [E, I, D] and [E, D, I].)
+    const bool fits = stack ? moeByExpertTensorCoresFit(
+                                  ExpertStacks::Type::Fp8Blocks, int(n), int(k))
+                            : k % 512 == 0 && n % 16 == 0;
+    if (!fits)
       return Device::importWeight(weight, out);
-    const int64_t kb = k / 128, nb = (n + 127) / 128;
-    std::vector<float> scales(size_t(nb * kb));
-    std::vector<uint8_t> bytes(size_t(n * k));
-    for (int64_t bn = 0; bn < nb; ++bn)
-      for (int64_t bk = 0; bk < kb; ++bk) {
-        float amax = 0.f;
-        for (int64_t r = bn * 128; r < std::min(n, (bn + 1) * 128); ++r)
-          for (int64_t c = bk * 128; c < (bk + 1) * 128; ++c)
-            amax = std::max(amax, std::fabs(weight.data[size_t(r * k + c)]));
-        float scale = std::max(amax, 1e-12f) / melt::kFp8E4M3Max;
-        scales[size_t(bn * kb + bk)] = scale;
-        for (int64_t r = bn * 128; r < std::min(n, (bn + 1) * 128); ++r)
-          for (int64_t c = bk * 128; c < (bk + 1) * 128; ++c) {
-            float v = weight.data[size_t(r * k + c)];
-            uint8_t q = melt::floatToFp8E4M3(v / scale);
-            if (melt::fp8E4M3ToFloat(q) * scale != v)
-              return Device::importWeight(weight, out); // not on the grid
-            bytes[size_t(r * k + c)] = q;
+    const int64_t kb = (k + 127) / 128, nb = (n + 127) / 128;
+    std::vector<float> scales(size_t(count * nb * kb));
+    std::vector<uint8_t> bytes(size_t(count * n * k));
+    for (int64_t m = 0; m < count; ++m) {
+      const float *values = weight.data.data() + m * n * k;
+      uint8_t *q = bytes.data() + m * n * k;
+      for (int64_t bn = 0; bn < nb; ++bn)
+        for (int64_t bk = 0; bk < kb; ++bk) {
+          const int64_t r1 = std::min(n, (bn + 1) * 128),
+                        c1 = std::min(k, (bk + 1) * 128);
+          float amax = 0.f;
+          for (int64_t r = bn * 128; r < r1; ++r)
+            for (int64_t c = bk * 128; c < c1; ++c)
+              amax = std::max(amax, std::fabs(values[r * k + c]));
+          // The scale that quantized the block: amax / 448, or (amax was
+          // itself rounded: 448 x scale in F32) an ulp or two beside it.
+          const float guess = std::max(amax, 1e-12f) / melt::kFp8E4M3Max;
+          const float candidates[] = {
+              guess, std::nextafter(guess, 0.f),
+              std::nextafter(guess, INFINITY),
+              std::nextafter(std::nextafter(guess, 0.f), 0.f),
+              std::nextafter(std::nextafter(guess, INFINITY), INFINITY)};
+          bool exact = false;
+          for (float scale : candidates) {
+            exact = true;
+            for (int64_t r = bn * 128; r < r1 && exact; ++r)
+              for (int64_t c = bk * 128; c < c1; ++c) {
+                float v = values[r * k + c];
+                uint8_t code = melt::floatToFp8E4M3(v / scale);
+                if (melt::fp8E4M3ToFloat(code) * scale != v) {
+                  exact = false;
+                  break;
+                }
+                q[r * k + c] = code;
+              }
+            if (exact) {
+              scales[size_t((m * nb + bn) * kb + bk)] = scale;
+              break;
+            }
           }
-      }
+          if (!exact)
+            return Device::importWeight(weight, out); // not on an FP8 grid
+        }
+    }
     DeviceTensor s;
-    MELT_RETURN_IF_ERROR(allocate(DType::F32, {nb, kb}, s));
+    std::vector<int64_t> scaleShape{nb, kb};
+    if (stack)
+      scaleShape.insert(scaleShape.begin(), count);
+    MELT_RETURN_IF_ERROR(allocate(DType::F32, scaleShape, s));
     Status status = upload(scales.data(), s);
     if (!status)
       status = allocate(DType::FP8E4M3, weight.shape, out);
@@ -707,6 +754,41 @@ private:
       return status;
     }
     weightScales_[out.data] = s;
+    return Status::ok();
+  }
+
+  /// The expert kernels' view of a model's stacks (their FP8 scales).
+  Status expertStacks(const DeviceTensor &gate, const DeviceTensor &up,
+                      const DeviceTensor &down, ExpertStacks &stacks) const {
+    using Type = ExpertStacks::Type;
+    if (up.dtype != gate.dtype || down.dtype != gate.dtype)
+      return invalidArgument(
+          std::string("moe_experts: gate, up and down are kept as ") +
+          dtypeName(gate.dtype) + ", " + dtypeName(up.dtype) + " and " +
+          dtypeName(down.dtype) +
+          " (an fp8 stack whose values are not on the 128x128 e4m3 grid is "
+          "kept in f32; the others must be too: run with "
+          "MELT_CUDA_FP8_WEIGHTS=0)");
+    stacks.type = gate.dtype == DType::FP8E4M3 ? Type::Fp8Blocks
+                  : gate.dtype == DType::BF16  ? Type::BF16
+                                               : Type::F32;
+    stacks.gate = gate.data;
+    stacks.up = up.data;
+    stacks.down = down.data;
+    if (stacks.type != Type::Fp8Blocks)
+      return Status::ok();
+    auto scalesOf = [&](const DeviceTensor &w) -> const float * {
+      auto found = weightScales_.find(w.data);
+      return found == weightScales_.end()
+                 ? nullptr
+                 : static_cast<const float *>(found->second.data);
+    };
+    stacks.gateScales = scalesOf(gate);
+    stacks.upScales = scalesOf(up);
+    stacks.downScales = scalesOf(down);
+    if (!stacks.gateScales || !stacks.upScales || !stacks.downScales)
+      return invalidArgument("moe_experts: an fp8 expert stack needs its "
+                             "block scales (importWeight)");
     return Status::ok();
   }
 
@@ -744,14 +826,18 @@ private:
   /// expert on the host (the choices are downloaded: one wait per MoE
   /// layer), one cuBLASLt GEMM per active expert and projection, then each
   /// token's rows combined. Few tokens take the row-wise kernels, which
-  /// need no wait.
+  /// need no wait. FP8 stacks: each active expert's matrix widened to BF16
+  /// (weight x block scale, rounded) into one reused buffer, then the BF16
+  /// GEMM.
   Status groupedExperts(const DeviceTensor &x, const DeviceTensor &indices,
                         const DeviceTensor &weights, const DeviceTensor &gate,
                         const DeviceTensor &up, const DeviceTensor &down,
-                        bool combineBf16, DeviceTensor &y) {
+                        const ExpertStacks &stacks, bool combineBf16,
+                        DeviceTensor &y) {
     const int T = int(x.shape[0]), D = int(x.shape[1]), E = int(gate.shape[0]),
               I = int(gate.shape[1]), K = int(indices.shape[1]), P = T * K;
-    const bool bf16 = gate.dtype == DType::BF16;
+    const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
+    const bool bf16 = gate.dtype == DType::BF16 || fp8;
     std::vector<int32_t> chosen(static_cast<size_t>(P));
     MELT_RETURN_IF_ERROR(download(indices, chosen.data()));
     std::vector<int32_t> counts(size_t(E), 0), first(size_t(E) + 1, 0);
@@ -799,7 +885,9 @@ private:
           device.release(t);
       }
     } releaseAll{*this, held};
-    DeviceTensor rows, pairs, xs, g, u, act, out;
+    DeviceTensor rows, pairs, xs, g, u, act, out, widened;
+    if (fp8)
+      MELT_RETURN_IF_ERROR(scratch(DType::BF16, {int64_t(I) * D}, widened));
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {R}, rows));
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, pairs));
     MELT_RETURN_IF_ERROR(scratch(operand, {R, D}, xs));
@@ -819,8 +907,22 @@ private:
       return static_cast<const char *>(t.data) + offset * element;
     };
     auto product = [&](const void *input, const DeviceTensor &w, int e, int m,
-                       int n, int k, float *result) {
+                       int n, int k, float *result) -> CudaStatus {
       const void *matrix = at(w, size_t(e) * n * k, width);
+      if (fp8) {
+        const float *scales = w.data == gate.data ? stacks.gateScales
+                              : w.data == up.data ? stacks.upScales
+                                                  : stacks.downScales;
+        const size_t blocks = size_t((n + 127) / 128) * ((k + 127) / 128);
+        if (cudaError_t failed = widenFp8Blocks(
+                static_cast<const uint8_t *>(w.data) + size_t(e) * n * k,
+                scales + size_t(e) * blocks, n, k,
+                static_cast<__nv_bfloat16 *>(widened.data), stream_);
+            failed != cudaSuccess)
+          return CudaStatus{std::string("widening an fp8 expert: ") +
+                            cudaGetErrorString(failed)};
+        matrix = widened.data;
+      }
       return bf16 ? gemm_->bf16(static_cast<const __nv_bfloat16 *>(input),
                                 static_cast<const __nv_bfloat16 *>(matrix),
                                 result, true, m, n, k)

@@ -203,6 +203,8 @@ __global__ void __launch_bounds__(kChunkThreads)
       float sum = warpSum(e);
       if (lane < kTile)
         p[lane][h] = e;
+      // Every lane has read runMax[h] before lane 0 replaces it.
+      __syncwarp();
       if (lane == 0) {
         float f = before == -INFINITY ? 0.f : expf(before - now);
         factor[h] = f;

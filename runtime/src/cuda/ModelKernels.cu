@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <climits>
 #include <type_traits>
 
@@ -577,7 +578,43 @@ __global__ void dequantizeBlocksKernel(const uint8_t *q, const float *scales,
   y[i] = __half2float(__half(h)) * scales[size_t(t) * blocks + c / block];
 }
 
+/// Grid-stride over the elements, 4 a thread (cols a multiple of 4).
+__global__ void widenFp8BlocksKernel(const uint8_t *q, const float *scales,
+                                     int rows, int cols, __nv_bfloat16 *y) {
+  const int colBlocks = (cols + 127) / 128;
+  const size_t quads = size_t(rows) * cols / 4;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < quads;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const size_t first = 4 * i;
+    const int r = int(first / cols), c = int(first % cols);
+    const float scale = scales[size_t(r / 128) * colBlocks + c / 128];
+    const uint32_t codes = reinterpret_cast<const uint32_t *>(q)[i];
+    __nv_bfloat16 out[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      __half_raw h = __nv_cvt_fp8_to_halfraw(
+          static_cast<__nv_fp8_storage_t>(codes >> (8 * j)), __NV_E4M3);
+      out[j] = __float2bfloat16(__half2float(__half(h)) * scale);
+    }
+    reinterpret_cast<uint2 *>(y)[i] = *reinterpret_cast<const uint2 *>(out);
+  }
+}
+
 } // namespace
+
+cudaError_t melt::rt::cuda::widenFp8Blocks(const uint8_t *q,
+                                           const float *scales, int rows,
+                                           int cols, __nv_bfloat16 *y,
+                                           cudaStream_t stream) {
+  if (cols % 4 != 0)
+    return cudaErrorInvalidValue;
+  const size_t quads = size_t(rows) * cols / 4;
+  if (quads == 0)
+    return cudaSuccess;
+  const unsigned blocks = unsigned(std::min<size_t>((quads + 255) / 256, 4096));
+  widenFp8BlocksKernel<<<blocks, 256, 0, stream>>>(q, scales, rows, cols, y);
+  return cudaGetLastError();
+}
 
 cudaError_t melt::rt::cuda::attentionF32(const float *q, const float *cache,
                                          const PagedLayout &layout, int tokens,

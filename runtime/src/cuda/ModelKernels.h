@@ -12,6 +12,8 @@
 
 #include "cuda/Elementwise.h"
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 namespace melt::rt::cuda {
@@ -88,6 +90,11 @@ cudaError_t quantizeBlocks(const float *x, int tokens, int cols, int block,
 cudaError_t dequantizeBlocks(const uint8_t *q, const float *scales, int tokens,
                              int cols, int block, float *y,
                              cudaStream_t stream);
+
+/// An FP8 matrix [rows, cols] with a scale per 128x128 block ([ceil(rows /
+/// 128), ceil(cols / 128)]) widened to BF16: e4m3 value x scale, rounded.
+cudaError_t widenFp8Blocks(const uint8_t *q, const float *scales, int rows,
+                           int cols, __nv_bfloat16 *y, cudaStream_t stream);
 
 /// Routed experts a row at a time (few tokens): the SwiGLU activations of
 /// every (token, choice) into `scratch` ([tokens * choices, inter]), a warp

@@ -4,8 +4,10 @@
 #include "cuda/VectorLoads.cuh"
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
+#include <type_traits>
 
 using namespace melt::rt::cuda;
 
@@ -154,11 +156,12 @@ __global__ void downKernel(const float *act, const int32_t *offsets,
   }
 }
 
-/// BF16 weights on tensor cores: mma.sync m16n8k16, a warp's 16 weight
+/// Weights on tensor cores: mma.sync m16n8k16 BF16, a warp's 16 weight
 /// rows (A) against 8 tokens (B), FP32 accumulation. K is read 32 at a
-/// time: lane (g, t) loads 16 bytes of rows g and g + 8 at 8t and the
-/// matching 8 values of token g, used as two k16 steps (the same
-/// permutation of K for A and B, so the products are unchanged).
+/// time: lane (g, t) loads the 8 values of rows g and g + 8 at 8t (16
+/// bytes of BF16, 8 of FP8) and the matching 8 values of token g, used as
+/// two k16 steps (the same permutation of K for A and B, so the products
+/// are unchanged).
 __device__ __forceinline__ void mmaBf16(float (&d)[4], uint32_t a0, uint32_t a1,
                                         uint32_t a2, uint32_t a3, uint32_t b0,
                                         uint32_t b1) {
@@ -174,16 +177,56 @@ __device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t *>(&v);
 }
 
-/// K chunks of 32 each lane has in flight.
+/// Two e4m3 values (the low and high byte of `pair`) as two BF16, exactly:
+/// the hardware's e4m3 -> FP16 conversion (every e4m3 value, subnormals
+/// too, is a normal FP16 or zero), then the FP16 bits re-laid as BF16 bits
+/// (exponent field kept, so the value is scaled by 2^-112, a normal BF16)
+/// and multiplied back by 2^112 (a power of two: exact).
+__device__ __forceinline__ uint32_t fp8PairToBf16(uint32_t pair) {
+  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
+      static_cast<__nv_fp8x2_storage_t>(pair), __NV_E4M3);
+  const uint32_t bits = uint32_t(h.x) | (uint32_t(h.y) << 16);
+  const uint32_t magnitude = bits & 0x7fff7fffu;
+  uint32_t scaled = (magnitude >> 3) | (bits ^ magnitude);
+  __nv_bfloat162 v = *reinterpret_cast<__nv_bfloat162 *>(&scaled);
+  const uint32_t twoTo112 = 0x77807780u; // BF16 2^112, twice
+  v = __hmul2(v, *reinterpret_cast<const __nv_bfloat162 *>(&twoTo112));
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/// 8 consecutive weights of a row as four BF16 pairs (the layout of a
+/// 16-byte BF16 load): streamed, widened from FP8 where they are FP8.
+template <typename W>
+__device__ __forceinline__ uint4 loadEight(const W *p, bool in) {
+  if constexpr (std::is_same_v<W, __nv_bfloat16>) {
+    return in ? streamLoad(p) : make_uint4(0, 0, 0, 0);
+  } else {
+    if (!in)
+      return make_uint4(0, 0, 0, 0);
+    const uint2 v = __ldcs(reinterpret_cast<const uint2 *>(p));
+    return make_uint4(fp8PairToBf16(v.x), fp8PairToBf16(v.x >> 16),
+                      fp8PairToBf16(v.y), fp8PairToBf16(v.y >> 16));
+  }
+}
+
+/// K chunks of 32 each lane has in flight: 128 = one FP8 scale block.
 constexpr int kMmaUnroll = 4;
+constexpr int kScaleBlock = 128;
+static_assert(32 * kMmaUnroll == kScaleBlock,
+              "an FP8 weight's K block is one iteration of mmaRows");
 
 /// acc[w] += rows[w][16 x K] . token^T for the kWeights weights, rows g and
 /// g + 8 of each at rows[w] and rows[w] + 8 K; `token` is the lane's token
-/// (g) row of F32 inputs (rounded to BF16 here), or null for none.
-template <int kWeights>
+/// (g) row of F32 inputs (rounded to BF16 here), or null for none. FP8
+/// weights (W = __nv_fp8_e4m3): each 128 of K is summed on its own and
+/// added times its block's scale, scales[w][k / 128] (the 16 rows lie in
+/// one 128-row block), as DeepSeek-V3's FP8 GEMMs promote partial sums.
+template <typename W, int kWeights>
 __device__ __forceinline__ void
-mmaRows(const __nv_bfloat16 *const (&rows)[kWeights], const float *token, int K,
+mmaRows(const W *const (&rows)[kWeights],
+        const float *const (&scales)[kWeights], const float *token, int K,
         int t, float (&acc)[kWeights][4]) {
+  constexpr bool kScaled = !std::is_same_v<W, __nv_bfloat16>;
   for (int kb = 0; kb < K; kb += 32 * kMmaUnroll) {
     uint4 w[kMmaUnroll][kWeights][2];
     float4 x[kMmaUnroll][2];
@@ -193,9 +236,8 @@ mmaRows(const __nv_bfloat16 *const (&rows)[kWeights], const float *token, int K,
       const bool in = kb + 32 * u < K;
 #pragma unroll
       for (int i = 0; i < kWeights; ++i) {
-        w[u][i][0] = in ? streamLoad(rows[i] + k) : make_uint4(0, 0, 0, 0);
-        w[u][i][1] = in ? streamLoad(rows[i] + size_t(8) * K + k)
-                        : make_uint4(0, 0, 0, 0);
+        w[u][i][0] = loadEight(rows[i] + k, in);
+        w[u][i][1] = loadEight(rows[i] + size_t(8) * K + k, in);
       }
       const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
       x[u][0] =
@@ -203,6 +245,8 @@ mmaRows(const __nv_bfloat16 *const (&rows)[kWeights], const float *token, int K,
       x[u][1] =
           in && token ? *reinterpret_cast<const float4 *>(token + k + 4) : zero;
     }
+    float part[kWeights][4] = {};
+    float (&sum)[kWeights][4] = kScaled ? part : acc;
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; ++u) {
       if (kb + 32 * u >= K)
@@ -214,20 +258,41 @@ mmaRows(const __nv_bfloat16 *const (&rows)[kWeights], const float *token, int K,
 #pragma unroll
       for (int i = 0; i < kWeights; ++i) {
         const uint4 g = w[u][i][0], g8 = w[u][i][1];
-        mmaBf16(acc[i], g.x, g8.x, g.y, g8.y, b0, b1);
-        mmaBf16(acc[i], g.z, g8.z, g.w, g8.w, b2, b3);
+        mmaBf16(sum[i], g.x, g8.x, g.y, g8.y, b0, b1);
+        mmaBf16(sum[i], g.z, g8.z, g.w, g8.w, b2, b3);
+      }
+    }
+    if constexpr (kScaled) {
+#pragma unroll
+      for (int i = 0; i < kWeights; ++i) {
+        const float s = scales[i][kb / kScaleBlock];
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          acc[i][c] += s * part[i][c];
       }
     }
   }
 }
 
+/// The scales of the 128-row block of rows [row, row + 16) of expert e in
+/// a stack of `rows` x `cols` matrices (null for BF16 weights).
+__device__ __forceinline__ const float *
+blockScales(const float *scales, int e, int rows, int cols, int row) {
+  if (!scales)
+    return nullptr;
+  const int rowBlocks = (rows + kScaleBlock - 1) / kScaleBlock,
+            colBlocks = (cols + kScaleBlock - 1) / kScaleBlock;
+  return scales + (size_t(e) * rowBlocks + row / kScaleBlock) * colBlocks;
+}
+
 /// Grid (experts, inter / 128), 256 threads: a warp per 16 gate/up rows of
 /// the block's expert, for its slots 8 at a time.
+template <typename W>
 __global__ void __launch_bounds__(256)
     activationMmaKernel(const float *x, const int32_t *offsets,
-                        const int32_t *pairOfSlot, const __nv_bfloat16 *gate,
-                        const __nv_bfloat16 *up, int choices, int inter,
-                        int dim, float *act) {
+                        const int32_t *pairOfSlot, const W *gate, const W *up,
+                        const float *gateScales, const float *upScales,
+                        int choices, int inter, int dim, float *act) {
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -235,13 +300,16 @@ __global__ void __launch_bounds__(256)
   if (begin == end || rowBase >= inter)
     return;
   const size_t first = (size_t(e) * inter + rowBase + g) * dim;
-  const __nv_bfloat16 *const rows[2] = {gate + first, up + first};
+  const W *const rows[2] = {gate + first, up + first};
+  const float *const scales[2] = {
+      blockScales(gateScales, e, inter, dim, rowBase),
+      blockScales(upScales, e, inter, dim, rowBase)};
   for (int pass = begin; pass < end; pass += 8) {
     const int count = min(8, end - pass);
     const float *token =
         g < count ? x + size_t(pairOfSlot[pass + g] / choices) * dim : nullptr;
     float acc[2][4] = {};
-    mmaRows<2>(rows, token, dim, t, acc);
+    mmaRows<W, 2>(rows, scales, token, dim, t, acc);
     // acc[.][0..1]: row g, tokens 2t, 2t + 1; acc[.][2..3]: row g + 8.
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
@@ -257,24 +325,26 @@ __global__ void __launch_bounds__(256)
 
 /// Grid (experts, dim / 128), 256 threads: a warp per 16 down rows (outputs)
 /// of the block's expert, for its slots 8 at a time, added into y weighted.
+template <typename W>
 __global__ void __launch_bounds__(256)
     downMmaKernel(const float *act, const int32_t *offsets,
                   const int32_t *pairOfSlot, const float *weights,
-                  const __nv_bfloat16 *down, int choices, int inter, int dim,
-                  bool combineBf16, float *y) {
+                  const W *down, const float *downScales, int choices,
+                  int inter, int dim, bool combineBf16, float *y) {
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int rowBase = (blockIdx.y * 8 + warp) * 16;
   if (begin == end || rowBase >= dim)
     return;
-  const __nv_bfloat16 *const rows[1] = {down + (size_t(e) * dim + rowBase + g) *
-                                                   inter};
+  const W *const rows[1] = {down + (size_t(e) * dim + rowBase + g) * inter};
+  const float *const scales[1] = {
+      blockScales(downScales, e, dim, inter, rowBase)};
   for (int pass = begin; pass < end; pass += 8) {
     const int count = min(8, end - pass);
     const float *token = g < count ? act + size_t(pass + g) * inter : nullptr;
     float acc[1][4] = {};
-    mmaRows<1>(rows, token, inter, t, acc);
+    mmaRows<W, 1>(rows, scales, token, inter, t, acc);
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       const int slot = 2 * t + c % 2, row = rowBase + g + (c / 2) * 8;
@@ -290,27 +360,41 @@ __global__ void __launch_bounds__(256)
 }
 
 template <typename W>
+void launchMma(const float *x, const int32_t *offsets,
+               const int32_t *pairOfSlot, const float *weights,
+               const ExpertStacks &stacks, int choices, int experts, int inter,
+               int dim, bool combineBf16, float *act, float *y,
+               cudaStream_t stream) {
+  activationMmaKernel<W><<<dim3(experts, (inter + 127) / 128), 256, 0, stream>>>(
+      x, offsets, pairOfSlot, static_cast<const W *>(stacks.gate),
+      static_cast<const W *>(stacks.up), stacks.gateScales, stacks.upScales,
+      choices, inter, dim, act);
+  downMmaKernel<W><<<dim3(experts, (dim + 127) / 128), 256, 0, stream>>>(
+      act, offsets, pairOfSlot, weights, static_cast<const W *>(stacks.down),
+      stacks.downScales, choices, inter, dim, combineBf16, y);
+}
+
+template <typename W>
 void launchExperts(const float *x, const int32_t *offsets,
                    const int32_t *pairOfSlot, const float *weights,
-                   const void *gate, const void *up, const void *down,
-                   int choices, int experts, int inter, int dim,
-                   bool combineBf16, float *act, float *y,
+                   const ExpertStacks &stacks, int choices, int experts,
+                   int inter, int dim, bool combineBf16, float *act, float *y,
                    cudaStream_t stream) {
   activationKernel<W><<<dim3(experts, (inter + 7) / 8), 256, 0, stream>>>(
-      x, offsets, pairOfSlot, static_cast<const W *>(gate),
-      static_cast<const W *>(up), choices, inter, dim, act);
+      x, offsets, pairOfSlot, static_cast<const W *>(stacks.gate),
+      static_cast<const W *>(stacks.up), choices, inter, dim, act);
   downKernel<W><<<dim3(experts, (dim + 7) / 8), 256, 0, stream>>>(
-      act, offsets, pairOfSlot, weights, static_cast<const W *>(down), choices,
-      inter, dim, combineBf16, y);
+      act, offsets, pairOfSlot, weights, static_cast<const W *>(stacks.down),
+      choices, inter, dim, combineBf16, y);
 }
 
 size_t alignedBytes(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 } // namespace
 
-bool melt::rt::cuda::moeByExpertTensorCoresFit(bool bf16Weights, int inter,
-                                               int dim) {
-  return bf16Weights && inter % 32 == 0 && dim % 32 == 0;
+bool melt::rt::cuda::moeByExpertTensorCoresFit(ExpertStacks::Type type,
+                                               int inter, int dim) {
+  return type != ExpertStacks::Type::F32 && inter % 32 == 0 && dim % 32 == 0;
 }
 
 size_t melt::rt::cuda::moeByExpertScratchBytes(int tokens, int choices,
@@ -323,11 +407,18 @@ size_t melt::rt::cuda::moeByExpertScratchBytes(int tokens, int choices,
 
 cudaError_t melt::rt::cuda::moeExpertsByExpert(
     const float *x, const int32_t *indices, const float *weights,
-    const void *gate, const void *up, const void *down, bool bf16Weights,
-    int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
-    bool tensorCores, void *scratch, float *y, int32_t *bad,
-    cudaStream_t stream) {
+    const ExpertStacks &stacks, int tokens, int choices, int experts,
+    int inter, int dim, bool combineBf16, bool tensorCores, void *scratch,
+    float *y, int32_t *bad, cudaStream_t stream) {
+  using Type = ExpertStacks::Type;
   if (experts < 1 || experts > kMoeByExpertMaxExperts)
+    return cudaErrorInvalidValue;
+  const bool mmaFits = moeByExpertTensorCoresFit(stacks.type, inter, dim) &&
+                       reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  // FP8 stacks have no CUDA-core kernel: the tensor cores or nothing.
+  if (stacks.type == Type::Fp8Blocks &&
+      (!mmaFits || !stacks.gateScales || !stacks.upScales ||
+       !stacks.downScales))
     return cudaErrorInvalidValue;
   cudaError_t e =
       cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
@@ -344,22 +435,18 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
                                           pairOfSlot, bad);
   // Tensor cores where asked and the shapes take them: BF16 products of
   // BF16-rounded inputs, as the row kernels compute them.
-  if (tensorCores && moeByExpertTensorCoresFit(bf16Weights, inter, dim) &&
-      reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-    using B = __nv_bfloat16;
-    activationMmaKernel<<<dim3(experts, (inter + 127) / 128), 256, 0, stream>>>(
-        x, offsets, pairOfSlot, static_cast<const B *>(gate),
-        static_cast<const B *>(up), choices, inter, dim, act);
-    downMmaKernel<<<dim3(experts, (dim + 127) / 128), 256, 0, stream>>>(
-        act, offsets, pairOfSlot, weights, static_cast<const B *>(down),
-        choices, inter, dim, combineBf16, y);
-  } else if (bf16Weights)
-    launchExperts<__nv_bfloat16>(x, offsets, pairOfSlot, weights, gate, up,
-                                 down, choices, experts, inter, dim,
-                                 combineBf16, act, y, stream);
+  if (stacks.type == Type::Fp8Blocks)
+    launchMma<__nv_fp8_e4m3>(x, offsets, pairOfSlot, weights, stacks, choices,
+                             experts, inter, dim, combineBf16, act, y, stream);
+  else if (tensorCores && mmaFits)
+    launchMma<__nv_bfloat16>(x, offsets, pairOfSlot, weights, stacks, choices,
+                             experts, inter, dim, combineBf16, act, y, stream);
+  else if (stacks.type == Type::BF16)
+    launchExperts<__nv_bfloat16>(x, offsets, pairOfSlot, weights, stacks,
+                                 choices, experts, inter, dim, combineBf16, act,
+                                 y, stream);
   else
-    launchExperts<float>(x, offsets, pairOfSlot, weights, gate, up, down,
-                         choices, experts, inter, dim, combineBf16, act, y,
-                         stream);
+    launchExperts<float>(x, offsets, pairOfSlot, weights, stacks, choices,
+                         experts, inter, dim, combineBf16, act, y, stream);
   return cudaGetLastError();
 }

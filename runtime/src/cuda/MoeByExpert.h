@@ -5,8 +5,10 @@
 // (token, choice) pairs are grouped by expert on the device (one block
 // counts, offsets and places them), then each active expert's gate/up rows
 // and down rows are streamed once for up to 8 of its tokens at a time
-// (16-byte loads, a warp per weight row; an expert with more tokens takes
-// them 8 by 8) and each token's expert output is added into y weighted.
+// (an expert with more tokens takes them 8 by 8) and each token's expert
+// output is added into y weighted. BF16 and FP8 weights run on tensor
+// cores (FP8 widened to BF16 in registers, DeepSeek-V3's block scales
+// applied per 128 of K); F32 ones a warp per weight row.
 // Row by row (moeExpertsRowwise) every pair reads its expert's weights
 // again: 64 sequences of top-6 read 384 experts' worth, not at most 64.
 //
@@ -23,25 +25,40 @@ namespace melt::rt::cuda {
 
 constexpr int kMoeByExpertMaxExperts = 1024;
 
+/// The stacked weights of the routed experts: gate and up [E, I, D], down
+/// [E, D, I], all F32, all BF16, or all FP8 e4m3 with a scale per 128x128
+/// block of each expert's matrix ([E, ceil(rows / 128), ceil(cols / 128)]
+/// F32; weight = e4m3 value x its block's scale).
+struct ExpertStacks {
+  enum class Type { F32, BF16, Fp8Blocks };
+  Type type = Type::F32;
+  const void *gate = nullptr, *up = nullptr, *down = nullptr;
+  const float *gateScales = nullptr, *upScales = nullptr,
+              *downScales = nullptr;
+};
+
 /// Scratch bytes moeExpertsByExpert needs (offsets, pair order, the SwiGLU
 /// activations of every pair in F32).
 size_t moeByExpertScratchBytes(int tokens, int choices, int experts, int inter);
 
 /// The semantics of moeExpertsRowwise (ModelKernels.h): y = sum over the
-/// choices of weight x expert(x), weights F32 or (`bf16Weights`) BF16 with
-/// x and the activations rounded to BF16; `combineBf16` rounds each expert
-/// output to BF16 before it is weighted. An expert id out of range sets
-/// *bad (the pair is skipped). `tensorCores`: BF16 weights whose sizes
-/// are multiples of 32 run on mma.sync (moeByExpertTensorCoresFit).
-cudaError_t
-moeExpertsByExpert(const float *x, const int32_t *indices, const float *weights,
-                   const void *gate, const void *up, const void *down,
-                   bool bf16Weights, int tokens, int choices, int experts,
-                   int inter, int dim, bool combineBf16, bool tensorCores,
-                   void *scratch, float *y, int32_t *bad, cudaStream_t stream);
+/// choices of weight x expert(x), with x and the activations rounded to
+/// BF16 where the weights are BF16 or FP8 (FP8 weights: BF16 products
+/// summed per 128 of K in F32, then scaled); `combineBf16` rounds each
+/// expert output to BF16 before it is weighted. An expert id out of range
+/// sets *bad (the pair is skipped). `tensorCores`: BF16 weights whose
+/// sizes are multiples of 32 run on mma.sync (moeByExpertTensorCoresFit);
+/// FP8 weights always do, and need such sizes (else cudaErrorInvalidValue).
+cudaError_t moeExpertsByExpert(const float *x, const int32_t *indices,
+                               const float *weights, const ExpertStacks &stacks,
+                               int tokens, int choices, int experts, int inter,
+                               int dim, bool combineBf16, bool tensorCores,
+                               void *scratch, float *y, int32_t *bad,
+                               cudaStream_t stream);
 
-/// Whether the tensor-core kernels take the shape.
-bool moeByExpertTensorCoresFit(bool bf16Weights, int inter, int dim);
+/// Whether the tensor-core kernels take the shape (BF16 or FP8 weights,
+/// I and D multiples of 32).
+bool moeByExpertTensorCoresFit(ExpertStacks::Type type, int inter, int dim);
 
 } // namespace melt::rt::cuda
 
