@@ -21,6 +21,14 @@
 // to BF16, so that one launch does it all (at 15 MB of weights a second
 // launch would cost a fifth of the time).
 //
+// fp8SmallMFromF32 (up to 8 tokens: a decode step's projections) takes x
+// in F32 and quantizes it in the kernel, 1 x 128 blocks as
+// quantizeRowsFp8 does: the four lanes that hold a token's 128 values of a
+// K block find their amax with two shuffles. Each warp quantizes the
+// block's tokens for itself (128 values per token and K block, from L1),
+// so that the quantize and widen launches around the GEMM disappear; y is
+// written as F32 (rounded to BF16 first, the unfused path's values).
+//
 //===----------------------------------------------------------------------===//
 #include "cuda/Fp8SmallM.h"
 
@@ -76,13 +84,52 @@ __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1,
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/// TILES: 8-token column tiles (M <= 8 * TILES).
-template <int TILES>
+/// Quantizes token `group`'s values [32 t, 32 t + 32) of a 128-value K
+/// block of F32 x (1 x 128 blocks, quantizeRowsFp8's arithmetic): the 32
+/// e4m3 bytes in `codes`, and the block's scale (the same in the token's
+/// four lanes). All lanes of the warp take part (shuffles).
+__device__ __forceinline__ float quantizeLaneSlice(const float *x, bool has,
+                                                   uint4 (&codes)[2]) {
+  float v[32];
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float4 q = has ? __ldg(reinterpret_cast<const float4 *>(x) + i)
+                         : make_float4(0.f, 0.f, 0.f, 0.f);
+    v[4 * i] = q.x, v[4 * i + 1] = q.y, v[4 * i + 2] = q.z, v[4 * i + 3] = q.w;
+    amax = fmaxf(amax, fmaxf(fmaxf(fabsf(q.x), fabsf(q.y)),
+                             fmaxf(fabsf(q.z), fabsf(q.w))));
+  }
+  // Lanes 4 g .. 4 g + 3 hold token g's block.
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+  // An all-zero block keeps scale 1 (any scale would do; 0 would not).
+  const float scale = amax > 0.f ? amax / 448.f : 1.f, inv = 1.f / scale;
+  uint32_t words[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    uint32_t packed = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      packed |= uint32_t(__nv_cvt_float_to_fp8(v[4 * i + j] * inv,
+                                               __NV_SATFINITE, __NV_E4M3))
+                << (8 * j);
+    words[i] = packed;
+  }
+  codes[0] = make_uint4(words[0], words[1], words[2], words[3]);
+  codes[1] = make_uint4(words[4], words[5], words[6], words[7]);
+  return scale;
+}
+
+/// TILES: 8-token column tiles (M <= 8 * TILES). kF32 (TILES 1): x is F32
+/// [M, K] (xF32), quantized here, and y F32 (yF32).
+template <int TILES, bool kF32 = false>
 __global__ void __launch_bounds__(kWarps * 32)
-    fp8SmallMKernel(const uint8_t *x, const float *xScales, const uint8_t *w,
-                    const float *wScales, float *partials,
-                    unsigned *tileCounters, __nv_bfloat16 *y, int m, int n,
-                    int k, int kBlocksPerSplit) {
+    fp8SmallMKernel(const uint8_t *x, const float *xScales, const float *xF32,
+                    const uint8_t *w, const float *wScales, float *partials,
+                    unsigned *tileCounters, __nv_bfloat16 *y, float *yF32,
+                    int m, int n, int k, int kBlocksPerSplit) {
+  static_assert(!kF32 || TILES == 1, "in-kernel quantization: 8 tokens");
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, t = lane % 4;
   const int tile = blockIdx.x, split = blockIdx.y;
@@ -110,7 +157,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int j = 0; j < TILES; ++j) {
       const int token = j * 8 + group;
       uint4 xin[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-      if (token < m) {
+      float tokenScale = 0.f;
+      if constexpr (kF32) {
+        tokenScale = quantizeLaneSlice(
+            xF32 + size_t(token) * k + size_t(kb) * kKBlock + t * 32,
+            token < m, xin);
+      } else if (token < m) {
         const uint4 *p = reinterpret_cast<const uint4 *>(
             x + size_t(token) * k + size_t(kb) * kKBlock + t * 32);
         xin[0] = __ldg(p);
@@ -124,8 +176,17 @@ __global__ void __launch_bounds__(kWarps * 32)
             word(xin, 2 * s + 1));
       // C fragment: rows group and group + 8, tokens t * 2 and t * 2 + 1.
       const int c0 = j * 8 + t * 2;
-      const float s0 = c0 < m ? xScales[size_t(kb) * m + c0] : 0.f;
-      const float s1 = c0 + 1 < m ? xScales[size_t(kb) * m + c0 + 1] : 0.f;
+      float s0, s1;
+      if constexpr (kF32) {
+        // Token c's scale is in lane 4 c (all lanes shuffle).
+        const float a = __shfl_sync(0xffffffffu, tokenScale, (c0 % 8) * 4),
+                    b = __shfl_sync(0xffffffffu, tokenScale, (c0 % 8 + 1) * 4);
+        s0 = c0 < m ? a : 0.f;
+        s1 = c0 + 1 < m ? b : 0.f;
+      } else {
+        s0 = c0 < m ? xScales[size_t(kb) * m + c0] : 0.f;
+        s1 = c0 + 1 < m ? xScales[size_t(kb) * m + c0 + 1] : 0.f;
+      }
       result[j][0] += acc[0] * weightScale * s0;
       result[j][1] += acc[1] * weightScale * s1;
       result[j][2] += acc[2] * weightScale * s0;
@@ -166,7 +227,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     float sum = 0.f;
     for (int p = 0; p < splits; ++p)
       sum += __ldcg(&partials[(size_t(p) * m + token) * n + r]);
-    y[size_t(token) * n + r] = __float2bfloat16(sum);
+    const __nv_bfloat16 rounded = __float2bfloat16(sum);
+    if constexpr (kF32)
+      yF32[size_t(token) * n + r] = __bfloat162float(rounded);
+    else
+      y[size_t(token) * n + r] = rounded;
   }
 }
 
@@ -216,19 +281,42 @@ cudaError_t melt::rt::cuda::fp8SmallM(
   const int tokenTiles = (m + 7) / 8;
   if (tokenTiles <= 1)
     fp8SmallMKernel<1><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
-        s.kBlocksPerSplit);
+        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
+        n, k, s.kBlocksPerSplit);
   else if (tokenTiles <= 2)
     fp8SmallMKernel<2><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
-        s.kBlocksPerSplit);
+        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
+        n, k, s.kBlocksPerSplit);
   else if (tokenTiles <= 4)
     fp8SmallMKernel<4><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
-        s.kBlocksPerSplit);
+        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
+        n, k, s.kBlocksPerSplit);
   else
     fp8SmallMKernel<8><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, wb, wScales, partials, counters, y, m, n, k,
-        s.kBlocksPerSplit);
+        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
+        n, k, s.kBlocksPerSplit);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::fp8SmallMFromF32(
+    const float *x, const __nv_fp8_e4m3 *w, const float *wScales, float *y,
+    int m, int n, int k, void *workspace, size_t workspaceBytes, int smCount,
+    cudaStream_t stream) {
+  if (m < 1 || m > kFp8SmallMFromF32Max || n < 16 || n % 16 ||
+      k < kKBlock || k % kKBlock ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0)
+    return cudaErrorInvalidValue;
+  const int tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  if (tiles * sizeof(unsigned) > kFp8SmallMCounterBytes ||
+      workspaceBytes < kFp8SmallMCounterBytes + size_t(m) * n * sizeof(float))
+    return cudaErrorInvalidValue;
+  Split s =
+      planSplit(m, n, k, smCount, workspaceBytes - kFp8SmallMCounterBytes);
+  auto *counters = static_cast<unsigned *>(workspace);
+  auto *partials = reinterpret_cast<float *>(static_cast<char *>(workspace) +
+                                             kFp8SmallMCounterBytes);
+  fp8SmallMKernel<1, true><<<dim3(tiles, s.splits), kWarps * 32, 0, stream>>>(
+      nullptr, nullptr, x, reinterpret_cast<const uint8_t *>(w), wScales,
+      partials, counters, nullptr, y, m, n, k, s.kBlocksPerSplit);
   return cudaGetLastError();
 }

@@ -74,6 +74,14 @@ public:
                             const __nv_fp8_e4m3 *w, const float *wScales,
                             __nv_bfloat16 *y, int m, int n, int k);
 
+  /// y F32 = x F32 W^T for W FP8 with its block scales when the small-M
+  /// kernel takes M (at most 8 and this runner's small-M limit): x
+  /// quantized in the kernel (fp8SmallMFromF32). `handled` says whether it
+  /// ran; otherwise quantize, fp8BlockScaled and widen.
+  CudaStatus fp8FromF32(const float *x, const __nv_fp8_e4m3 *w,
+                        const float *wScales, float *y, int m, int n, int k,
+                        bool &handled);
+
   cudaStream_t stream() const { return stream_; }
   /// FP8 GEMMs of at most this many tokens run the small-M kernel (0: all
   /// through cuBLASLt, for comparison; at most kFp8SmallMMax).

@@ -194,30 +194,34 @@ __device__ __forceinline__ uint32_t fp8PairToBf16(uint32_t pair) {
   return *reinterpret_cast<uint32_t *>(&v);
 }
 
-/// 8 consecutive weights of a row as four BF16 pairs (the layout of a
-/// 16-byte BF16 load): streamed, widened from FP8 where they are FP8.
+/// 8 consecutive weights of a row as loaded: 16 bytes of BF16 or 8 of FP8
+/// (streamed), and as four BF16 pairs (FP8 widened).
 template <typename W>
-__device__ __forceinline__ uint4 loadEight(const W *p, bool in) {
-  if constexpr (std::is_same_v<W, __nv_bfloat16>) {
+using RawEight =
+    std::conditional_t<std::is_same_v<W, __nv_bfloat16>, uint4, uint2>;
+
+template <typename W>
+__device__ __forceinline__ RawEight<W> loadEight(const W *p, bool in) {
+  if constexpr (std::is_same_v<W, __nv_bfloat16>)
     return in ? streamLoad(p) : make_uint4(0, 0, 0, 0);
-  } else {
-    if (!in)
-      return make_uint4(0, 0, 0, 0);
-    const uint2 v = __ldcs(reinterpret_cast<const uint2 *>(p));
-    return make_uint4(fp8PairToBf16(v.x), fp8PairToBf16(v.x >> 16),
-                      fp8PairToBf16(v.y), fp8PairToBf16(v.y >> 16));
-  }
+  else
+    return in ? __ldcs(reinterpret_cast<const uint2 *>(p)) : make_uint2(0, 0);
 }
 
-/// K chunks of 32 each lane has in flight: 128 = one FP8 scale block.
-constexpr int kMmaUnroll = 4;
-constexpr int kScaleBlock = 128;
-static_assert(32 * kMmaUnroll == kScaleBlock,
-              "an FP8 weight's K block is one iteration of mmaRows");
+__device__ __forceinline__ uint4 asBf16Pairs(uint4 v) { return v; }
+__device__ __forceinline__ uint4 asBf16Pairs(uint2 v) {
+  return make_uint4(fp8PairToBf16(v.x), fp8PairToBf16(v.x >> 16),
+                    fp8PairToBf16(v.y), fp8PairToBf16(v.y >> 16));
+}
+
+/// K chunks of 32 per FP8 scale block.
+constexpr int kScaleBlock = 128, kChunksPerBlock = kScaleBlock / 32;
 
 /// acc[w] += rows[w][16 x K] . token^T for the kWeights weights, rows g and
 /// g + 8 of each at rows[w] and rows[w] + 8 K; `token` is the lane's token
-/// (g) row of F32 inputs (rounded to BF16 here), or null for none. FP8
+/// (g) row of F32 inputs (rounded to BF16 here), or null for none. Each
+/// iteration has all its weight loads in flight before it widens or
+/// multiplies any: 128 of K for BF16, 256 (the same bytes) for FP8. FP8
 /// weights (W = __nv_fp8_e4m3): each 128 of K is summed on its own and
 /// added times its block's scale, scales[w][k / 128] (the 16 rows lie in
 /// one 128-row block), as DeepSeek-V3's FP8 GEMMs promote partial sums.
@@ -227,11 +231,11 @@ mmaRows(const W *const (&rows)[kWeights],
         const float *const (&scales)[kWeights], const float *token, int K,
         int t, float (&acc)[kWeights][4]) {
   constexpr bool kScaled = !std::is_same_v<W, __nv_bfloat16>;
-  for (int kb = 0; kb < K; kb += 32 * kMmaUnroll) {
-    uint4 w[kMmaUnroll][kWeights][2];
-    float4 x[kMmaUnroll][2];
+  constexpr int kBlocks = kScaled ? 2 : 1, kChunks = kBlocks * kChunksPerBlock;
+  for (int kb = 0; kb < K; kb += 32 * kChunks) {
+    RawEight<W> w[kChunks][kWeights][2];
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
+    for (int u = 0; u < kChunks; ++u) {
       const int k = kb + 32 * u + 8 * t;
       const bool in = kb + 32 * u < K;
 #pragma unroll
@@ -239,36 +243,49 @@ mmaRows(const W *const (&rows)[kWeights],
         w[u][i][0] = loadEight(rows[i] + k, in);
         w[u][i][1] = loadEight(rows[i] + size_t(8) * K + k, in);
       }
+    }
+    // The token's values, rounded to BF16 pairs (the B operands).
+    uint32_t b[kChunks][4];
+#pragma unroll
+    for (int u = 0; u < kChunks; ++u) {
+      const int k = kb + 32 * u + 8 * t;
+      const bool in = kb + 32 * u < K && token;
       const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-      x[u][0] =
-          in && token ? *reinterpret_cast<const float4 *>(token + k) : zero;
-      x[u][1] =
-          in && token ? *reinterpret_cast<const float4 *>(token + k + 4) : zero;
+      const float4 lo = in ? *reinterpret_cast<const float4 *>(token + k) : zero,
+                   hi = in ? *reinterpret_cast<const float4 *>(token + k + 4)
+                           : zero;
+      b[u][0] = packBf16(lo.x, lo.y);
+      b[u][1] = packBf16(lo.z, lo.w);
+      b[u][2] = packBf16(hi.x, hi.y);
+      b[u][3] = packBf16(hi.z, hi.w);
     }
-    float part[kWeights][4] = {};
-    float (&sum)[kWeights][4] = kScaled ? part : acc;
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      if (kb + 32 * u >= K)
+    for (int block = 0; block < kBlocks; ++block) {
+      const int k0 = kb + block * kScaleBlock;
+      if (k0 >= K)
         break;
-      const uint32_t b0 = packBf16(x[u][0].x, x[u][0].y),
-                     b1 = packBf16(x[u][0].z, x[u][0].w),
-                     b2 = packBf16(x[u][1].x, x[u][1].y),
-                     b3 = packBf16(x[u][1].z, x[u][1].w);
+      float part[kWeights][4] = {};
 #pragma unroll
-      for (int i = 0; i < kWeights; ++i) {
-        const uint4 g = w[u][i][0], g8 = w[u][i][1];
-        mmaBf16(sum[i], g.x, g8.x, g.y, g8.y, b0, b1);
-        mmaBf16(sum[i], g.z, g8.z, g.w, g8.w, b2, b3);
+      for (int v = 0; v < kChunksPerBlock; ++v) {
+        const int u = block * kChunksPerBlock + v;
+        if (kb + 32 * u >= K)
+          break;
+#pragma unroll
+        for (int i = 0; i < kWeights; ++i) {
+          const uint4 g = asBf16Pairs(w[u][i][0]), g8 = asBf16Pairs(w[u][i][1]);
+          float(&sum)[4] = kScaled ? part[i] : acc[i];
+          mmaBf16(sum, g.x, g8.x, g.y, g8.y, b[u][0], b[u][1]);
+          mmaBf16(sum, g.z, g8.z, g.w, g8.w, b[u][2], b[u][3]);
+        }
       }
-    }
-    if constexpr (kScaled) {
+      if constexpr (kScaled) {
 #pragma unroll
-      for (int i = 0; i < kWeights; ++i) {
-        const float s = scales[i][kb / kScaleBlock];
+        for (int i = 0; i < kWeights; ++i) {
+          const float s = scales[i][k0 / kScaleBlock];
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-          acc[i][c] += s * part[i][c];
+          for (int c = 0; c < 4; ++c)
+            acc[i][c] += s * part[i][c];
+        }
       }
     }
   }

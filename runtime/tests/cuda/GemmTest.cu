@@ -220,6 +220,62 @@ TEST(CudaGemm, Fp8CublasLtMatchesReference) {
   checkFp8(*gemm, Shape{3, 2112, 7168}, 8, rng);
 }
 
+// One launch for a few tokens (x F32, quantized in the kernel; y F32): the
+// same values, bit for bit, as quantizeRowsFp8, the small-M kernel and the
+// widening to F32. x has an all-zero block and values far apart.
+TEST(CudaGemm, Fp8FromF32MatchesQuantizeThenGemm) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_real_distribution<float> scaleDist(0.25f, 4.f);
+  for (Shape s : {Shape{1, 2112, 7168}, Shape{5, 2112, 7168},
+                  Shape{8, 4096, 256}, Shape{3, 16, 128}}) {
+    const int kBlocks = s.k / 128, nBlocks = (s.n + 127) / 128;
+    std::vector<float> x(size_t(s.m) * s.k);
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = normal(rng) * (i % 7 == 0 ? 300.f : 1.f);
+    for (int p = 0; p < 128 && s.m > 1; ++p)
+      x[size_t(s.k) + p] = 0.f; // token 1's first block
+    std::vector<__nv_fp8_e4m3> w(size_t(s.n) * s.k);
+    for (auto &v : w)
+      v = __nv_fp8_e4m3(normal(rng) * 100.f);
+    std::vector<float> wScales(size_t(nBlocks) * kBlocks);
+    for (auto &v : wScales)
+      v = scaleDist(rng) * 1e-3f;
+    float *dx = toDevice(x), *dws = toDevice(wScales);
+    __nv_fp8_e4m3 *dw = toDevice(w);
+    auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(s.m) * s.k);
+    float *dxs = deviceArray<float>(size_t(s.m) * kBlocks);
+    auto *dy = deviceArray<__nv_bfloat16>(size_t(s.m) * s.n);
+    float *dyFused = deviceArray<float>(size_t(s.m) * s.n);
+    ASSERT_EQ(quantizeRowsFp8(dx, s.m, s.k, dq, dxs, nullptr), cudaSuccess);
+    CudaStatus st = gemm->fp8BlockScaled(dq, dxs, dw, dws, dy, s.m, s.n, s.k);
+    ASSERT_FALSE(st) << st.error;
+    bool handled = false;
+    st = gemm->fp8FromF32(dx, dw, dws, dyFused, s.m, s.n, s.k, handled);
+    ASSERT_FALSE(st) << st.error;
+    ASSERT_TRUE(handled) << s.m << " tokens";
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto y = toHost(dy, size_t(s.m) * s.n);
+    auto fused = toHost(dyFused, size_t(s.m) * s.n);
+    int differ = 0;
+    for (size_t i = 0; i < y.size(); ++i)
+      differ += __bfloat162float(y[i]) != fused[i];
+    EXPECT_EQ(differ, 0) << s.m << "x" << s.n << "x" << s.k;
+    cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs),
+        cudaFree(dy), cudaFree(dyFused);
+  }
+  // Beyond 8 tokens: not taken (the caller quantizes and runs the GEMM).
+  bool handled = true;
+  CudaStatus st = gemm->fp8FromF32(nullptr, nullptr, nullptr, nullptr, 9,
+                                   2112, 7168, handled);
+  EXPECT_FALSE(st);
+  EXPECT_FALSE(handled);
+}
+
 TEST(CudaGemm, Fp8RejectsUnalignedShapes) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
