@@ -1,6 +1,8 @@
 //===- Model.cpp - weights from the checkpoint ------------------*- C++ -*-===//
 #include "Model.h"
 
+#include "Fp8Blocks.h"
+
 #include "melt/numerics.h"
 
 #include <algorithm>
@@ -13,27 +15,6 @@ using namespace melt;
 using namespace melt::rt;
 
 namespace {
-
-/// Rounds each [br, bc] block of a [rows, cols] matrix to the FP8 e4m3
-/// grid of its own scale (amax / 448): a weight melt-assign-precision
-/// stores in FP8, held in f32.
-void roundToFp8Blocks(float *data, int64_t rows, int64_t cols, int64_t br,
-                      int64_t bc) {
-  for (int64_t r0 = 0; r0 < rows; r0 += br)
-    for (int64_t c0 = 0; c0 < cols; c0 += bc) {
-      int64_t r1 = std::min(rows, r0 + br), c1 = std::min(cols, c0 + bc);
-      float amax = 0.0f;
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c)
-          amax = std::max(amax, std::fabs(data[r * cols + c]));
-      float scale = std::max(amax, 1e-12f) / kFp8E4M3Max;
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c)
-          data[r * cols + c] =
-              fp8E4M3ToFloat(floatToFp8E4M3(data[r * cols + c] / scale)) *
-              scale;
-    }
-}
 
 std::string str(uint64_t v) { return std::to_string(v); }
 

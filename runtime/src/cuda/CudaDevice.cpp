@@ -9,6 +9,8 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/CudaDevice.h"
 
+#include "Fp8Blocks.h"
+
 #include "cuda/Elementwise.h"
 #include "cuda/Gemm.h"
 #include "cuda/MlaSplit.h"
@@ -697,47 +699,9 @@ private:
     const int64_t kb = (k + 127) / 128, nb = (n + 127) / 128;
     std::vector<float> scales(size_t(count * nb * kb));
     std::vector<uint8_t> bytes(size_t(count * n * k));
-    for (int64_t m = 0; m < count; ++m) {
-      const float *values = weight.data.data() + m * n * k;
-      uint8_t *q = bytes.data() + m * n * k;
-      for (int64_t bn = 0; bn < nb; ++bn)
-        for (int64_t bk = 0; bk < kb; ++bk) {
-          const int64_t r1 = std::min(n, (bn + 1) * 128),
-                        c1 = std::min(k, (bk + 1) * 128);
-          float amax = 0.f;
-          for (int64_t r = bn * 128; r < r1; ++r)
-            for (int64_t c = bk * 128; c < c1; ++c)
-              amax = std::max(amax, std::fabs(values[r * k + c]));
-          // The scale that quantized the block: amax / 448, or (amax was
-          // itself rounded: 448 x scale in F32) an ulp or two beside it.
-          const float guess = std::max(amax, 1e-12f) / melt::kFp8E4M3Max;
-          const float candidates[] = {
-              guess, std::nextafter(guess, 0.f),
-              std::nextafter(guess, INFINITY),
-              std::nextafter(std::nextafter(guess, 0.f), 0.f),
-              std::nextafter(std::nextafter(guess, INFINITY), INFINITY)};
-          bool exact = false;
-          for (float scale : candidates) {
-            exact = true;
-            for (int64_t r = bn * 128; r < r1 && exact; ++r)
-              for (int64_t c = bk * 128; c < c1; ++c) {
-                float v = values[r * k + c];
-                uint8_t code = melt::floatToFp8E4M3(v / scale);
-                if (melt::fp8E4M3ToFloat(code) * scale != v) {
-                  exact = false;
-                  break;
-                }
-                q[r * k + c] = code;
-              }
-            if (exact) {
-              scales[size_t((m * nb + bn) * kb + bk)] = scale;
-              break;
-            }
-          }
-          if (!exact)
-            return Device::importWeight(weight, out); // not on an FP8 grid
-        }
-    }
+    if (!encodeFp8Blocks(weight.data.data(), count, n, k, bytes.data(),
+                         scales.data()))
+      return Device::importWeight(weight, out); // not on an FP8 grid
     DeviceTensor s;
     std::vector<int64_t> scaleShape{nb, kb};
     if (stack)
