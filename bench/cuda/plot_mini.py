@@ -21,7 +21,11 @@ def main():
                  all(r.get(k) == v for k, v in match.items())]
         return max(rates) if rates else 0.0
 
-    models = sorted({r["model"] for r in melt})
+    def label(r):
+        # A prefill re-run with another MLA kernel is a series of its own.
+        return r["model"] + (f" (MLA {r['mla']})" if r.get("mla") else "")
+
+    models = sorted({label(r) for r in melt})
     decode = [1, 16, 64]
     prefill = [1, 8]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -32,7 +36,7 @@ def main():
         x = range(len(batches))
         for i, model in enumerate(models):
             rows = {r["batch"]: r[key] for r in melt
-                    if r["model"] == model and r["prompt_tokens"] == prompt}
+                    if label(r) == model and r["prompt_tokens"] == prompt}
             panel.bar([j + i * width for j in x],
                       [rows.get(b, 0.0) for b in batches], width,
                       label=f"melt {model}")

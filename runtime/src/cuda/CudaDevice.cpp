@@ -471,6 +471,12 @@ public:
                         maxVisible};
     const KernelPlan *plan = planOf(wUk);
     bool perHead = plan && plan->variant == 2;
+    // A prefill (16 query rows a sequence or more) on tensor cores, where
+    // asked (BF16 attention: not yet the default, see mlaTensorCores_).
+    if (mlaTensorCores_ && !perHead && mlaTensorCoresFit(shape) &&
+        shape.tokens >= 16 * layout.pages.shape[0])
+      return mlaOnTensorCores(qNope, qRope, cache, layout, wUk, wUv, shape,
+                              scale, out);
     if (!perHead && mlaSplitFits(shape))
       return mlaInChunks(qNope, qRope, cache, layout, wUk, wUv, shape, scale,
                          out);
@@ -641,6 +647,39 @@ private:
     release(scratch); // stream-ordered: reused only by later work
     return launched;  // a position without a page: at synchronize()
   }
+
+  /// A prefill's absorbed MLA with BF16 scores and sums on tensor cores
+  /// (MlaSplit.h's mlaTensorCores).
+  Status mlaOnTensorCores(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                          const DeviceTensor &cache, const CacheLayout &layout,
+                          const DeviceTensor &wUk, const DeviceTensor &wUv,
+                          const MlaSplitShape &shape, float scale,
+                          DeviceTensor &out) {
+    const PagedLayout paging = paged(layout, cache);
+    const size_t bytes =
+        mlaTensorCoreScratchBytes(shape, paging.batch, multiprocessors_);
+    DeviceTensor scratch;
+    MELT_RETURN_IF_ERROR(
+        allocate(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
+    Status launched = check(
+        mlaTensorCores(static_cast<const float *>(qNope.data),
+                       static_cast<const float *>(qRope.data),
+                       static_cast<const float *>(cache.data), paging,
+                       static_cast<const float *>(wUk.data),
+                       static_cast<const float *>(wUv.data), shape, scale,
+                       scratch.data, bytes, static_cast<float *>(out.data),
+                       flag_ + kCacheFlag, multiprocessors_, stream_),
+        "mla");
+    release(scratch); // stream-ordered: reused only by later work
+    return launched;  // a position without a page: at synchronize()
+  }
+  /// MELT_CUDA_MLA_TENSOR_CORES=1: prefills' MLA on tensor cores in BF16.
+  /// Off by default until it is measured and checked on the GPU (then the
+  /// compiler will choose it for models whose attention is BF16).
+  bool mlaTensorCores_ = [] {
+    const char *v = std::getenv("MELT_CUDA_MLA_TENSOR_CORES");
+    return v && std::string(v) == "1";
+  }();
 
   /// The compiler's kernel choices, by the weight's data.
   std::map<const void *, KernelPlan> plans_;

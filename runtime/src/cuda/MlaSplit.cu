@@ -1,6 +1,7 @@
 //===- MlaSplit.cu - absorbed MLA, heads together, split over the sequence ===//
 #include "cuda/MlaSplit.h"
 
+#include "cuda/MlaDecode.h"
 #include "cuda/PagedCache.cuh"
 #include "cuda/VectorLoads.cuh"
 
@@ -254,6 +255,29 @@ __global__ void __launch_bounds__(kChunkThreads)
   }
 }
 
+/// out[t, h, v] for the block's 32 value columns (blockIdx.y): a warp per
+/// column, W_UV's row read coalesced along the latent dimension.
+__device__ __forceinline__ void projectValues(const float *olat,
+                                              const float *wUv, int t, int h,
+                                              int heads, int latent,
+                                              int valueDim, float *out) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int v = blockIdx.y * 32 + warp; v < min(valueDim, (blockIdx.y + 1) * 32);
+       v += blockDim.x / 32) {
+    const float *w = wUv + (size_t(h) * valueDim + v) * latent;
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kMaxLatent / 32; ++i) {
+      int l = lane + 32 * i;
+      if (l < latent)
+        sum += olat[l] * w[l];
+    }
+    sum = warpSum(sum);
+    if (lane == 0)
+      out[(size_t(t) * heads + h) * valueDim + v] = sum;
+  }
+}
+
 /// Grid (tokens * heads, valueDim / 32), 256 threads: the chunks' outputs
 /// combined into the latent output, then 32 value columns of W_UV a warp
 /// per column (coalesced along the latent dimension).
@@ -305,20 +329,71 @@ __global__ void combineValueKernel(const float *partialOut,
     olat[l] = sum * norm;
   }
   __syncthreads();
-  for (int v = blockIdx.y * 32 + warp; v < min(valueDim, (blockIdx.y + 1) * 32);
-       v += blockDim.x / 32) {
-    const float *w = wUv + (size_t(h) * valueDim + v) * latent;
-    float sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < kMaxLatent / 32; ++i) {
-      int l = lane + 32 * i;
-      if (l < latent)
-        sum += olat[l] * w[l];
-    }
-    sum = warpSum(sum);
-    if (lane == 0)
-      out[(size_t(t) * heads + h) * valueDim + v] = sum;
+  projectValues(olat, wUv, t, h, heads, latent, valueDim, out);
+}
+
+/// Grid (tokens * heads, valueDim / 32), 256 threads: the BF16 latent
+/// outputs of the tensor-core path (normalized), then W_UV as above.
+__global__ void valueKernel(const __nv_bfloat16 *latentOut, const float *wUv,
+                            int heads, int latent, int valueDim, float *out) {
+  extern __shared__ float olat[];
+  const int t = blockIdx.x / heads, h = blockIdx.x % heads;
+  const __nv_bfloat16 *row = latentOut + size_t(blockIdx.x) * latent;
+  for (int l = threadIdx.x; l < latent; l += blockDim.x)
+    olat[l] = __bfloat162float(row[l]);
+  __syncthreads();
+  projectValues(olat, wUv, t, h, heads, latent, valueDim, out);
+}
+
+/// Grid (tokens * heads), 128 threads: the absorbed query (latent, then
+/// rope) in BF16, as the tensor-core kernel reads it.
+__global__ void packQueriesKernel(const float *qLat, const float *qRope,
+                                  int latent, int rope,
+                                  __nv_bfloat16 *queries) {
+  const size_t th = blockIdx.x;
+  for (int i = threadIdx.x; i < latent + rope; i += blockDim.x)
+    queries[th * (latent + rope) + i] = __float2bfloat16(
+        i < latent ? qLat[th * latent + i] : qRope[th * rope + i - latent]);
+}
+
+/// Grid (capacity, sequences), 144 threads (576 values, 4 each): the
+/// cached rows of each sequence up to its length, in BF16, contiguous per
+/// sequence (rows `capacity` apart); a position without a page sets *bad
+/// and its row is zero.
+__global__ void cacheToBf16Kernel(const float *cache, PagedLayout layout,
+                                  int width, int capacity,
+                                  __nv_bfloat16 *rows, int32_t *bad) {
+  const int p = blockIdx.x, b = blockIdx.y;
+  if (p >= layout.lengths[b])
+    return;
+  const int row = cacheRow(layout, b, p);
+  if (row < 0 && threadIdx.x == 0)
+    *bad = 1;
+  __nv_bfloat16 *to = rows + (size_t(b) * capacity + p) * width;
+  for (int i = 4 * threadIdx.x; i < width; i += 4 * blockDim.x) {
+    float4 v = row < 0 ? make_float4(0.f, 0.f, 0.f, 0.f)
+                       : *reinterpret_cast<const float4 *>(
+                             cache + size_t(row) * width + i);
+    to[i] = __float2bfloat16(v.x);
+    to[i + 1] = __float2bfloat16(v.y);
+    to[i + 2] = __float2bfloat16(v.z);
+    to[i + 3] = __float2bfloat16(v.w);
   }
+}
+
+/// A thread per query token: it attends as a decode query would, over its
+/// sequence's rows [0, position]: its page table names the sequence's
+/// contiguous BF16 rows in pages of 32.
+__global__ void queryTablesKernel(PagedLayout layout, int tokens,
+                                  int pagesPerSequence, int32_t *tables,
+                                  int32_t *lengths) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= tokens)
+    return;
+  const int b = layout.sequences[t];
+  lengths[t] = layout.positions[t] + 1;
+  for (int j = 0; j < pagesPerSequence; ++j)
+    tables[size_t(t) * pagesPerSequence + j] = b * pagesPerSequence + j;
 }
 
 } // namespace
@@ -395,5 +470,113 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
                        size_t(s.latent) * sizeof(float), stream>>>(
       a.partialOut, a.partialMax, a.partialSum, wUv, s.heads, chunks, s.latent,
       s.valueDim, out);
+  return cudaGetLastError();
+}
+
+namespace {
+
+/// Rows of a page of the BF16 copy (the tensor-core kernel reads tiles of
+/// 32 rows of one page), and query tokens per launch of it (bounds its
+/// partial sums: 16 heads x 2 KB per token).
+constexpr int kCopyPageRows = 32, kQuerySlab = 1024;
+
+size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+/// Where the tensor-core path keeps what it makes, in its scratch.
+struct TensorCoreScratch {
+  int capacity, pagesPerSequence, slab;
+  size_t qLat, queries, rows, tables, lengths, latentOut, workspace, total;
+  size_t workspaceBytes;
+  TensorCoreScratch(const MlaSplitShape &s, int sequences, int smCount) {
+    capacity = (s.maxVisible + kCopyPageRows - 1) / kCopyPageRows *
+               kCopyPageRows;
+    pagesPerSequence = capacity / kCopyPageRows;
+    slab = std::min(s.tokens, kQuerySlab);
+    const size_t th = size_t(s.tokens) * s.heads;
+    qLat = 0;
+    queries = qLat + aligned(th * s.latent * sizeof(float));
+    rows = queries + aligned(th * kLatentEntry * sizeof(__nv_bfloat16));
+    tables = rows + aligned(size_t(sequences) * capacity * kLatentEntry *
+                            sizeof(__nv_bfloat16));
+    lengths = tables +
+              aligned(size_t(s.tokens) * pagesPerSequence * sizeof(int32_t));
+    latentOut = lengths + aligned(size_t(s.tokens) * sizeof(int32_t));
+    workspace = latentOut + aligned(th * kLatentRank * sizeof(__nv_bfloat16));
+    workspaceBytes = mlaDecodeWorkspaceBytes(args(s, 1.f, slab), smCount);
+    total = workspace + aligned(workspaceBytes);
+  }
+  /// The decode kernel's arguments for `count` query tokens.
+  MlaDecodeArgs args(const MlaSplitShape &s, float scale, int count) const {
+    MlaDecodeArgs a;
+    a.batch = count;
+    a.heads = s.heads;
+    a.pageSize = kCopyPageRows;
+    a.maxPagesPerSequence = pagesPerSequence;
+    a.maxLength = capacity;
+    a.scale = scale;
+    return a;
+  }
+};
+
+} // namespace
+
+bool melt::rt::cuda::mlaTensorCoresFit(const MlaSplitShape &s) {
+  return mlaSplitFits(s) && s.latent == kLatentRank && s.rope == kRopeDim &&
+         s.heads % 16 == 0 && s.maxVisible > 0;
+}
+
+size_t melt::rt::cuda::mlaTensorCoreScratchBytes(const MlaSplitShape &s,
+                                                 int sequences, int smCount) {
+  return TensorCoreScratch(s, sequences, smCount).total;
+}
+
+cudaError_t melt::rt::cuda::mlaTensorCores(
+    const float *qNope, const float *qRope, const float *cache,
+    const PagedLayout &layout, const float *wUk, const float *wUv,
+    const MlaSplitShape &s, float scale, void *scratch, size_t scratchBytes,
+    float *out, int32_t *bad, int smCount, cudaStream_t stream) {
+  if (!mlaTensorCoresFit(s) || layout.batch < 1)
+    return cudaErrorInvalidValue;
+  if (s.tokens == 0)
+    return cudaSuccess;
+  const TensorCoreScratch plan(s, layout.batch, smCount);
+  if (scratchBytes < plan.total)
+    return cudaErrorInvalidValue;
+  char *base = static_cast<char *>(scratch);
+  auto *qLat = reinterpret_cast<float *>(base + plan.qLat);
+  auto *queries = reinterpret_cast<__nv_bfloat16 *>(base + plan.queries);
+  auto *rows = reinterpret_cast<__nv_bfloat16 *>(base + plan.rows);
+  auto *tables = reinterpret_cast<int32_t *>(base + plan.tables);
+  auto *lengths = reinterpret_cast<int32_t *>(base + plan.lengths);
+  auto *latentOut = reinterpret_cast<__nv_bfloat16 *>(base + plan.latentOut);
+  void *workspace = base + plan.workspace;
+  absorbQueryKernel<<<dim3(s.heads, (s.latent + 127) / 128,
+                           (s.tokens + kQueryTokens - 1) / kQueryTokens),
+                      256, 0, stream>>>(qNope, wUk, s.tokens, s.heads, s.nope,
+                                        s.latent, qLat);
+  packQueriesKernel<<<unsigned(size_t(s.tokens) * s.heads), 128, 0, stream>>>(
+      qLat, qRope, s.latent, s.rope, queries);
+  cacheToBf16Kernel<<<dim3(plan.capacity, layout.batch), kLatentEntry / 4, 0,
+                      stream>>>(cache, layout, kLatentEntry, plan.capacity,
+                                rows, bad);
+  queryTablesKernel<<<(s.tokens + 127) / 128, 128, 0, stream>>>(
+      layout, s.tokens, plan.pagesPerSequence, tables, lengths);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+    return e;
+  for (int t0 = 0; t0 < s.tokens; t0 += plan.slab) {
+    MlaDecodeArgs a = plan.args(s, scale, std::min(plan.slab, s.tokens - t0));
+    a.queries = queries + size_t(t0) * s.heads * kLatentEntry;
+    a.cache = rows;
+    a.blockTable = tables + size_t(t0) * plan.pagesPerSequence;
+    a.lengths = lengths + t0;
+    a.output = latentOut + size_t(t0) * s.heads * kLatentRank;
+    if (cudaError_t e = mlaDecode(a, workspace, plan.workspaceBytes, smCount,
+                                  stream);
+        e != cudaSuccess)
+      return e;
+  }
+  valueKernel<<<dim3(s.tokens * s.heads, (s.valueDim + 31) / 32), 256,
+                size_t(s.latent) * sizeof(float), stream>>>(
+      latentOut, wUv, s.heads, s.latent, s.valueDim, out);
   return cudaGetLastError();
 }

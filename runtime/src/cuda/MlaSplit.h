@@ -42,6 +42,23 @@ cudaError_t mlaSplit(const float *qNope, const float *qRope, const float *cache,
                      float scale, float *scratch, float *out, int32_t *bad,
                      cudaStream_t stream);
 
+/// The same attention with its scores and weighted sums on tensor cores,
+/// in BF16 (queries and cached rows rounded; FP32 accumulation): for the
+/// many query rows of a prefill. The sequences' cached rows are copied to
+/// BF16 once, then every query token attends over its rows [0, position]
+/// as a decode query (MlaDecode.cu); stages 1 and 3 as above. Needs latent
+/// 512, rope 64 and heads a multiple of 16 (mlaTensorCoresFit), and
+/// mlaTensorCoreScratchBytes of scratch.
+bool mlaTensorCoresFit(const MlaSplitShape &shape);
+size_t mlaTensorCoreScratchBytes(const MlaSplitShape &shape, int sequences,
+                                 int smCount);
+cudaError_t mlaTensorCores(const float *qNope, const float *qRope,
+                           const float *cache, const PagedLayout &layout,
+                           const float *wUk, const float *wUv,
+                           const MlaSplitShape &shape, float scale,
+                           void *scratch, size_t scratchBytes, float *out,
+                           int32_t *bad, int smCount, cudaStream_t stream);
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_MLASPLIT_H

@@ -3,7 +3,8 @@
 // (token, head) over the whole sequence, at DeepSeek-V3's head shapes: 16
 // and 128 heads (8 head groups), decode tokens over 700 positions (many
 // chunks, a partial last tile) and a prefill's causal rows (one chunk
-// each), pages scattered. Skips without a device.
+// each), pages scattered; and the prefill path on tensor cores (BF16)
+// against the same kernel. Skips without a device.
 #include "CudaTestUtil.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
@@ -25,6 +26,8 @@ struct Case {
   int heads;
   /// Each token's sequence and position.
   std::vector<int32_t> sequences, positions;
+  /// The tensor-core path (BF16 scores and sums) instead of the split.
+  bool tensorCores = false;
 };
 
 void runCase(const Case &c) {
@@ -69,10 +72,20 @@ void runCase(const Case &c) {
                       latent, valueDim, maxVisible};
   ASSERT_TRUE(mlaSplitFits(shape));
   int chunks = mlaSplitChunks(shape, 132);
-  float *scratch = deviceArray<float>(mlaSplitScratchFloats(shape, chunks));
-  ASSERT_EQ(mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks, scale,
-                     scratch, split, bad, nullptr),
-            cudaSuccess);
+  float *scratch = nullptr;
+  if (c.tensorCores) {
+    ASSERT_TRUE(mlaTensorCoresFit(shape));
+    size_t bytes = mlaTensorCoreScratchBytes(shape, batch, 132);
+    scratch = deviceArray<float>(bytes / sizeof(float) + 1);
+    ASSERT_EQ(mlaTensorCores(dQn, dQr, dCache, layout, dUk, dUv, shape, scale,
+                             scratch, bytes, split, bad, 132, nullptr),
+              cudaSuccess);
+  } else {
+    scratch = deviceArray<float>(mlaSplitScratchFloats(shape, chunks));
+    ASSERT_EQ(mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks,
+                       scale, scratch, split, bad, nullptr),
+              cudaSuccess);
+  }
   ASSERT_EQ(mlaF32(dQn, dQr, dCache, layout, dUk, dUv, tokens, c.heads, nope,
                    rope, latent, valueDim, maxVisible, scale, whole, bad,
                    nullptr),
@@ -86,8 +99,10 @@ void runCase(const Case &c) {
     worst = std::max(worst, double(std::fabs(have[i] - want[i])));
     range = std::max(range, double(std::fabs(want[i])));
   }
-  EXPECT_LE(worst, 1e-5 * range)
-      << c.heads << " heads, " << tokens << " tokens, " << chunks << " chunks";
+  // BF16 queries and rows: about 2^-9 relative per operand.
+  EXPECT_LE(worst, (c.tensorCores ? 2e-2 : 1e-5) * range)
+      << c.heads << " heads, " << tokens << " tokens, " << chunks << " chunks"
+      << (c.tensorCores ? ", tensor cores" : "");
   for (const void *p :
        {static_cast<const void *>(dCache), static_cast<const void *>(dQn),
         (const void *)dQr, (const void *)dUk, (const void *)dUv,
@@ -116,4 +131,19 @@ TEST(CudaMlaSplit, PrefillRowsMatchWholeSequence) {
     c.positions.push_back(p / 2 + (p % 2) * 200);
   }
   runCase(c);
+}
+
+// A prefill on tensor cores (BF16): two sequences' causal rows, 16 heads
+// (one head tile) and 128 (four), against the F32 kernel.
+TEST(CudaMlaSplit, PrefillOnTensorCoresMatchesWholeSequence) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  for (int heads : {16, 128}) {
+    Case c{heads, {}, {}, true};
+    for (int32_t p = 0; p < 150; ++p) {
+      c.sequences.push_back(p % 2);
+      c.positions.push_back(p / 2 + (p % 2) * 300);
+    }
+    runCase(c);
+  }
 }
