@@ -674,6 +674,47 @@ void onFp8Grid(float *v, int64_t rows, int64_t cols, int64_t blockRows) {
     }
 }
 
+/// sum over a token's choices of weight x down(silu(gate x) * (up x)), in
+/// double, for x [T, D], stacks gate/up [E, I, D] and down [E, D, I]:
+/// `roundOperands` rounds x and the activations to BF16 (the products of
+/// BF16 and FP8 weights), `combineBf16` each expert's output.
+std::vector<double> expertsReference(const std::vector<float> &x,
+                                     const std::vector<int32_t> &idx,
+                                     const std::vector<float> &weights,
+                                     const std::vector<float> &gate,
+                                     const std::vector<float> &up,
+                                     const std::vector<float> &down, int64_t T,
+                                     int64_t K, int64_t I, int64_t D,
+                                     bool roundOperands, bool combineBf16) {
+  auto operand = [&](double v) {
+    return roundOperands ? double(roundTo(DType::BF16, float(v))) : v;
+  };
+  std::vector<double> want(static_cast<size_t>(T * D));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = idx[size_t(t * K + k)];
+      std::vector<double> act(static_cast<size_t>(I));
+      for (int64_t i = 0; i < I; ++i) {
+        double a = 0, b = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          double xv = operand(x[size_t(t * D + d)]);
+          a += xv * gate[size_t((e * I + i) * D + d)];
+          b += xv * up[size_t((e * I + i) * D + d)];
+        }
+        act[size_t(i)] = operand(a / (1 + std::exp(-a)) * b);
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        double o = 0;
+        for (int64_t i = 0; i < I; ++i)
+          o += act[size_t(i)] * down[size_t((e * D + d) * I + i)];
+        if (combineBf16)
+          o = roundTo(DType::BF16, float(o));
+        want[size_t(t * D + d)] += weights[size_t(t * K + k)] * o;
+      }
+    }
+  return want;
+}
+
 /// Routed experts with F32 and BF16 weights, with and without a BF16
 /// combine, and an expert index out of range.
 /// T tokens, top 2 of 6 experts: 5 (a token choosing one expert twice), or
@@ -699,36 +740,13 @@ void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng, int64_t T = 5,
     HostTensor up = random(type, {E, I, D}, rng, 0.2f);
     HostTensor down = random(type, {E, D, I}, rng, 0.2f);
     DeviceTensor dg = test.put(gate), du = test.put(up), dd = test.put(down);
-    // BF16 weights: x and the activations rounded to BF16 too.
-    auto operand = [&](double v) {
-      return type == DType::BF16 ? double(roundTo(DType::BF16, float(v))) : v;
-    };
     for (bool bf16 : {false, true}) {
       Status s = device.moeExperts(dx, di, dw, dg, du, dd, bf16, y);
       ASSERT_FALSE(s) << s.message();
-      std::vector<double> want(static_cast<size_t>(T * D));
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t k = 0; k < K; ++k) {
-          int64_t e = idx[t * K + k];
-          std::vector<double> act(static_cast<size_t>(I));
-          for (int64_t i = 0; i < I; ++i) {
-            double a = 0, b = 0;
-            for (int64_t d = 0; d < D; ++d) {
-              double xv = operand(x.values[t * D + d]);
-              a += xv * gate.values[(e * I + i) * D + d];
-              b += xv * up.values[(e * I + i) * D + d];
-            }
-            act[i] = operand(a / (1 + std::exp(-a)) * b);
-          }
-          for (int64_t d = 0; d < D; ++d) {
-            double o = 0;
-            for (int64_t i = 0; i < I; ++i)
-              o += act[i] * down.values[(e * D + d) * I + i];
-            if (bf16)
-              o = roundTo(DType::BF16, float(o));
-            want[t * D + d] += w.values[t * K + k] * o;
-          }
-        }
+      // BF16 weights: x and the activations rounded to BF16 too.
+      std::vector<double> want = expertsReference(
+          x.values, idx, w.values, gate.values, up.values, down.values, T, K,
+          I, D, type == DType::BF16, bf16);
       // BF16 anywhere: rounding of 2^-9 relative.
       bool exact = type == DType::F32 && !bf16;
       EXPECT_LE(DeviceConformance::relativeError(test.get(y), want),
@@ -848,28 +866,10 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng,
   ASSERT_FALSE(device.upload(idx.data(), di));
   Status s = device.moeExperts(dx, di, dw, dg, du, dd, true, y);
   ASSERT_FALSE(s) << s.message();
-  auto bf16 = [](double v) { return double(roundTo(DType::BF16, float(v))); };
-  std::vector<double> want(static_cast<size_t>(T * D));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t e = idx[size_t(t * K + k)];
-      std::vector<double> act(static_cast<size_t>(I));
-      for (int64_t i = 0; i < I; ++i) {
-        double a = 0, b = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          double xv = bf16(x.values[size_t(t * D + d)]);
-          a += xv * gate.data[size_t((e * I + i) * D + d)];
-          b += xv * up.data[size_t((e * I + i) * D + d)];
-        }
-        act[size_t(i)] = bf16(a / (1 + std::exp(-a)) * b);
-      }
-      for (int64_t d = 0; d < D; ++d) {
-        double o = 0;
-        for (int64_t i = 0; i < I; ++i)
-          o += act[size_t(i)] * down.data[size_t((e * D + d) * I + i)];
-        want[size_t(t * D + d)] += w.values[size_t(t * K + k)] * bf16(o);
-      }
-    }
+  std::vector<double> want =
+      expertsReference(x.values, idx, w.values, gate.data, up.data, down.data,
+                       T, K, I, D, /*roundOperands=*/true,
+                       /*combineBf16=*/true);
   EXPECT_LE(DeviceConformance::relativeError(test.get(y), want), 1e-2)
       << T << " tokens";
 }

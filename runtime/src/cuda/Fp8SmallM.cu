@@ -259,12 +259,20 @@ size_t melt::rt::cuda::fp8SmallMWorkspaceBytes(int m, int n, int k,
   return kFp8SmallMCounterBytes + size_t(s.splits) * m * n * sizeof(float);
 }
 
-cudaError_t melt::rt::cuda::fp8SmallM(
-    const __nv_fp8_e4m3 *x, const float *xScales, const __nv_fp8_e4m3 *w,
-    const float *wScales, __nv_bfloat16 *y, int m, int n, int k,
-    void *workspace, size_t workspaceBytes, int smCount, cudaStream_t stream) {
-  if (m < 1 || m > kFp8SmallMMax || n < 16 || n % 16 || k < kKBlock ||
-      k % kKBlock)
+namespace {
+
+/// A launch's grid, split and workspace parts, after the checks both entry
+/// points share.
+struct Launch {
+  dim3 grid;
+  int kBlocksPerSplit = 0;
+  unsigned *counters = nullptr;
+  float *partials = nullptr;
+};
+
+cudaError_t planLaunch(int m, int maxM, int n, int k, void *workspace,
+                       size_t workspaceBytes, int smCount, Launch &launch) {
+  if (m < 1 || m > maxM || n < 16 || n % 16 || k < kKBlock || k % kKBlock)
     return cudaErrorInvalidValue;
   const int tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   if (tiles * sizeof(unsigned) > kFp8SmallMCounterBytes ||
@@ -272,29 +280,44 @@ cudaError_t melt::rt::cuda::fp8SmallM(
     return cudaErrorInvalidValue;
   Split s =
       planSplit(m, n, k, smCount, workspaceBytes - kFp8SmallMCounterBytes);
-  dim3 grid(tiles, s.splits);
+  launch.grid = dim3(tiles, s.splits);
+  launch.kBlocksPerSplit = s.kBlocksPerSplit;
+  launch.counters = static_cast<unsigned *>(workspace);
+  launch.partials = reinterpret_cast<float *>(static_cast<char *>(workspace) +
+                                              kFp8SmallMCounterBytes);
+  return cudaSuccess;
+}
+
+} // namespace
+
+cudaError_t melt::rt::cuda::fp8SmallM(
+    const __nv_fp8_e4m3 *x, const float *xScales, const __nv_fp8_e4m3 *w,
+    const float *wScales, __nv_bfloat16 *y, int m, int n, int k,
+    void *workspace, size_t workspaceBytes, int smCount, cudaStream_t stream) {
+  Launch l;
+  if (cudaError_t e = planLaunch(m, kFp8SmallMMax, n, k, workspace,
+                                 workspaceBytes, smCount, l);
+      e != cudaSuccess)
+    return e;
   auto *xb = reinterpret_cast<const uint8_t *>(x);
   auto *wb = reinterpret_cast<const uint8_t *>(w);
-  auto *counters = static_cast<unsigned *>(workspace);
-  auto *partials = reinterpret_cast<float *>(static_cast<char *>(workspace) +
-                                             kFp8SmallMCounterBytes);
   const int tokenTiles = (m + 7) / 8;
   if (tokenTiles <= 1)
-    fp8SmallMKernel<1><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
-        n, k, s.kBlocksPerSplit);
+    fp8SmallMKernel<1><<<l.grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
+        m, n, k, l.kBlocksPerSplit);
   else if (tokenTiles <= 2)
-    fp8SmallMKernel<2><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
-        n, k, s.kBlocksPerSplit);
+    fp8SmallMKernel<2><<<l.grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
+        m, n, k, l.kBlocksPerSplit);
   else if (tokenTiles <= 4)
-    fp8SmallMKernel<4><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
-        n, k, s.kBlocksPerSplit);
+    fp8SmallMKernel<4><<<l.grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
+        m, n, k, l.kBlocksPerSplit);
   else
-    fp8SmallMKernel<8><<<grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, partials, counters, y, nullptr, m,
-        n, k, s.kBlocksPerSplit);
+    fp8SmallMKernel<8><<<l.grid, kWarps * 32, 0, stream>>>(
+        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
+        m, n, k, l.kBlocksPerSplit);
   return cudaGetLastError();
 }
 
@@ -302,21 +325,15 @@ cudaError_t melt::rt::cuda::fp8SmallMFromF32(
     const float *x, const __nv_fp8_e4m3 *w, const float *wScales, float *y,
     int m, int n, int k, void *workspace, size_t workspaceBytes, int smCount,
     cudaStream_t stream) {
-  if (m < 1 || m > kFp8SmallMFromF32Max || n < 16 || n % 16 ||
-      k < kKBlock || k % kKBlock ||
-      reinterpret_cast<uintptr_t>(x) % 16 != 0)
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0)
     return cudaErrorInvalidValue;
-  const int tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  if (tiles * sizeof(unsigned) > kFp8SmallMCounterBytes ||
-      workspaceBytes < kFp8SmallMCounterBytes + size_t(m) * n * sizeof(float))
-    return cudaErrorInvalidValue;
-  Split s =
-      planSplit(m, n, k, smCount, workspaceBytes - kFp8SmallMCounterBytes);
-  auto *counters = static_cast<unsigned *>(workspace);
-  auto *partials = reinterpret_cast<float *>(static_cast<char *>(workspace) +
-                                             kFp8SmallMCounterBytes);
-  fp8SmallMKernel<1, true><<<dim3(tiles, s.splits), kWarps * 32, 0, stream>>>(
+  Launch l;
+  if (cudaError_t e = planLaunch(m, kFp8SmallMFromF32Max, n, k, workspace,
+                                 workspaceBytes, smCount, l);
+      e != cudaSuccess)
+    return e;
+  fp8SmallMKernel<1, true><<<l.grid, kWarps * 32, 0, stream>>>(
       nullptr, nullptr, x, reinterpret_cast<const uint8_t *>(w), wScales,
-      partials, counters, nullptr, y, m, n, k, s.kBlocksPerSplit);
+      l.partials, l.counters, nullptr, y, m, n, k, l.kBlocksPerSplit);
   return cudaGetLastError();
 }
