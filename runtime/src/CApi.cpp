@@ -296,6 +296,15 @@ melt_status melt_session_append(melt_session *session, int sequence,
   });
 }
 
+/// The C sampling parameters as the runtime takes them.
+static SamplingParams samplingParams(const melt_sampling &p) {
+  SamplingParams out;
+  out.temperature = p.temperature;
+  out.topK = p.top_k;
+  out.topP = p.top_p;
+  return out;
+}
+
 /// The C batch as the session takes it.
 static std::vector<Session::Entry>
 sessionEntries(const melt_batch_entry *entries, size_t n) {
@@ -338,6 +347,34 @@ melt_status melt_session_step_greedy(melt_session *session,
     if (!status)
       for (size_t i = 0; i < n; ++i)
         next_tokens[i] = next[i];
+    return report(status);
+  });
+}
+
+melt_status melt_session_step_sample(melt_session *session,
+                                     const melt_batch_entry *entries, size_t n,
+                                     const melt_sampling *params,
+                                     unsigned long long *state,
+                                     int *next_tokens) {
+  if (!isLive(session))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_step_sample: not a live session handle");
+  if (!entries || n == 0 || !params || !state || !next_tokens)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_step_sample: empty batch or null parameters, "
+                "state or result");
+  return guarded([&] {
+    std::vector<Session::Entry> batch = sessionEntries(entries, n);
+    std::vector<int32_t> next;
+    uint64_t draws = *state;
+    auto turn = takeTurn(session);
+    Status status = session->session->stepSample(
+        batch.data(), n, samplingParams(*params), draws, next);
+    if (!status) {
+      *state = draws;
+      for (size_t i = 0; i < n; ++i)
+        next_tokens[i] = next[i];
+    }
     return report(status);
   });
 }
@@ -399,63 +436,16 @@ melt_status melt_sample(const float *logits, size_t n,
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_sample: empty logits or null parameters, state or "
                 "result");
-  if (!std::isfinite(params->temperature) || params->temperature < 0)
-    return fail(MELT_INVALID_ARGUMENT,
-                "melt_sample: temperature must be finite and >= 0, got " +
-                    std::to_string(params->temperature));
-  if (!(params->top_p > 0.0f && params->top_p <= 1.0f))
-    return fail(MELT_INVALID_ARGUMENT,
-                "melt_sample: top_p must be in (0, 1], got " +
-                    std::to_string(params->top_p));
-  if (params->top_k < 0)
-    return fail(MELT_INVALID_ARGUMENT, "melt_sample: top_k must be >= 0, got " +
-                                           std::to_string(params->top_k));
-  if (params->temperature == 0.0f)
+  SamplingParams sampling = samplingParams(*params);
+  if (Status bad = checkSampling(sampling, "melt_sample"))
+    return report(bad);
+  if (sampling.temperature == 0.0f)
     return melt_sample_greedy(logits, n, token);
   return guarded([&] {
-    // Candidates by descending logit, cut by top_k, then by top_p.
-    std::vector<size_t> order(n);
-    for (size_t i = 0; i < n; ++i)
-      order[i] = i;
-    size_t keep =
-        params->top_k > 0 ? std::min(n, static_cast<size_t>(params->top_k)) : n;
-    std::partial_sort(
-        order.begin(), order.begin() + keep, order.end(),
-        [&](size_t a, size_t b) { return logits[a] > logits[b]; });
-    order.resize(keep);
-    double maxLogit = logits[order[0]];
-    std::vector<double> p(keep);
-    double sum = 0;
-    for (size_t i = 0; i < keep; ++i)
-      sum += p[i] =
-          std::exp((logits[order[i]] - maxLogit) / params->temperature);
-    double cumulative = 0;
-    size_t nucleus = keep;
-    for (size_t i = 0; i < keep; ++i) {
-      cumulative += p[i] / sum;
-      if (cumulative >= params->top_p) {
-        nucleus = i + 1;
-        break;
-      }
-    }
-    double total = 0;
-    for (size_t i = 0; i < nucleus; ++i)
-      total += p[i];
-    // splitmix64: the caller's state advances once per draw.
-    uint64_t x = (*state += 0x9e3779b97f4a7c15ull);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    double u = (x >> 11) * (1.0 / 9007199254740992.0) * total;
-    size_t chosen = nucleus - 1;
-    for (size_t i = 0; i < nucleus; ++i) {
-      if (u < p[i]) {
-        chosen = i;
-        break;
-      }
-      u -= p[i];
-    }
-    *token = static_cast<int>(order[chosen]);
+    uint64_t draws = *state;
+    uint64_t draw = nextDraw(draws);
+    *state = draws;
+    *token = sampleToken(logits, n, sampling, draw);
     return report(Status::ok());
   });
 }

@@ -492,3 +492,19 @@ Status CpuDevice::argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) {
     out[r] = int32_t(greedyIndex(x + r * vocab, size_t(vocab)));
   return Status::ok();
 }
+
+Status CpuDevice::sampleRows(const DeviceTensor &logits,
+                             const SamplingParams &params,
+                             const DeviceTensor &draws, DeviceTensor &ids) {
+  MELT_RETURN_IF_ERROR(check::sampleRows(logits, params, draws, ids));
+  const int64_t rows = logits.shape[0], vocab = logits.shape[1];
+  const float *x = static_cast<const float *>(logits.data);
+  const uint32_t *words = static_cast<const uint32_t *>(draws.data);
+  int32_t *out = static_cast<int32_t *>(ids.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t draw =
+        uint64_t(words[2 * r]) | uint64_t(words[2 * r + 1]) << 32;
+    out[r] = sampleToken(x + r * vocab, size_t(vocab), params, draw);
+  }
+  return Status::ok();
+}

@@ -68,6 +68,8 @@ public:
                     const DeviceTensor &up, const DeviceTensor &down,
                     bool combineBf16, DeviceTensor &y) override;
   Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) override;
+  Status sampleRows(const DeviceTensor &logits, const SamplingParams &params,
+                    const DeviceTensor &draws, DeviceTensor &ids) override;
 };
 
 } // namespace melt::rt

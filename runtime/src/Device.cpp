@@ -422,3 +422,22 @@ Status check::argmaxRows(const DeviceTensor &logits, const DeviceTensor &ids) {
                     shapeString(logits.shape) + ", ids " +
                     shapeString(ids.shape));
 }
+
+Status check::sampleRows(const DeviceTensor &logits,
+                         const SamplingParams &params,
+                         const DeviceTensor &draws, const DeviceTensor &ids) {
+  MELT_RETURN_IF_ERROR(checkSampling(params, "sample_rows"));
+  if (params.temperature == 0.f)
+    return invalidArgument("sample_rows: temperature 0 is greedy (argmax_rows)");
+  bool ok = logits.dtype == DType::F32 && logits.shape.size() == 2 &&
+            logits.shape[1] > 0 && draws.dtype == DType::I32 &&
+            draws.shape == std::vector<int64_t>{logits.shape[0], 2} &&
+            ids.dtype == DType::I32 &&
+            ids.shape == std::vector<int64_t>{logits.shape[0]};
+  return expect(ok, "sample_rows",
+                "needs f32 logits [R, V > 0], i32 draws [R, 2] and i32 ids "
+                "[R]; got logits " +
+                    shapeString(logits.shape) + ", draws " +
+                    shapeString(draws.shape) + ", ids " +
+                    shapeString(ids.shape));
+}

@@ -19,6 +19,7 @@
 #define MELT_RUNTIME_DEVICE_H
 
 #include "KernelParams.h"
+#include "Sampling.h"
 #include "Status.h"
 #include "WeightData.h"
 
@@ -242,6 +243,12 @@ public:
   /// of Greedy.h: the first largest, NaNs passed over): only R ids need
   /// leave the device, not R x V logits.
   virtual Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) = 0;
+  /// ids[r] = the token sampleToken (Sampling.h) draws from row r of F32
+  /// logits [R, V] for draws[r] (I32 [R, 2]: the 64-bit draw, low word
+  /// first); temperature > 0. Only R ids leave the device.
+  virtual Status sampleRows(const DeviceTensor &logits,
+                            const SamplingParams &params,
+                            const DeviceTensor &draws, DeviceTensor &ids) = 0;
 };
 
 /// The devices present on this machine, "cpu" first.
@@ -298,6 +305,8 @@ Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
 void axisExtents(const std::vector<int64_t> &shape, int axis, int64_t &outer,
                  int64_t &inner);
 Status argmaxRows(const DeviceTensor &logits, const DeviceTensor &ids);
+Status sampleRows(const DeviceTensor &logits, const SamplingParams &params,
+                  const DeviceTensor &draws, const DeviceTensor &ids);
 } // namespace check
 
 } // namespace melt::rt

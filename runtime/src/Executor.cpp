@@ -519,21 +519,24 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   return Status::ok();
 }
 
-/// The logits, or with `greedy` only each row's greedy token, and the
-/// routers' choices. The ids and choices are gathered on the device into
-/// one buffer and fetched with one download (a download waits for the
+/// The logits, or with `pick` only each row's token picked on the device,
+/// and the routers' choices. The ids and choices are gathered on the device
+/// into one buffer and fetched with one download (a download waits for the
 /// step: one wait, not one per router); the wait reports a fault of any
 /// kernel of the step.
 Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
                std::vector<float> &logits, std::vector<RouterChoices> *choices,
-               std::vector<int32_t> *greedy) {
+               DevicePick *pick) {
   Device &device = dm.device();
   const fb::Model &m = dm.model().artifact().model();
-  if (!greedy) {
+  if (!pick) {
     logits.resize(size_t(pass.logits->numel()));
     MELT_RETURN_IF_ERROR(device.download(*pass.logits, logits.data()));
   }
-  const int64_t rows = greedy ? pass.logits->shape[0] : 0;
+  const int64_t rows = pick ? pass.logits->shape[0] : 0;
+  const bool sample = pick && pick->sampling && pick->sampling->temperature > 0;
+  if (sample && int64_t(pick->draws.size()) != rows)
+    return invalidArgument("a sampled step needs a draw per logit row");
   int64_t total = rows;
   if (choices)
     for (const DeviceTensor *chosen : pass.routerChoices)
@@ -543,10 +546,28 @@ Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
     MELT_RETURN_IF_ERROR(device.allocate(DType::I32, {total}, gathered));
     std::vector<int32_t> host(static_cast<size_t>(total));
     Status status;
-    if (greedy) {
+    if (pick) {
       DeviceTensor ids = gathered; // a view of its first rows
       ids.shape = {rows};
-      status = device.argmaxRows(*pass.logits, ids);
+      if (sample) {
+        DeviceTensor draws;
+        status = device.allocate(DType::I32, {rows, 2}, draws);
+        if (!status) {
+          // The 64-bit draws as their two 32-bit words, low word first.
+          std::vector<uint32_t> words;
+          for (uint64_t d : pick->draws) {
+            words.push_back(uint32_t(d));
+            words.push_back(uint32_t(d >> 32));
+          }
+          status = device.upload(words.data(), draws);
+          if (!status)
+            status = device.sampleRows(*pass.logits, *pick->sampling, draws,
+                                       ids);
+          device.release(draws);
+        }
+      } else {
+        status = device.argmaxRows(*pass.logits, ids);
+      }
     }
     int64_t offset = rows;
     if (choices)
@@ -562,8 +583,8 @@ Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
       status = device.download(gathered, host.data());
     device.release(gathered);
     MELT_RETURN_IF_ERROR(status);
-    if (greedy)
-      greedy->assign(host.begin(), host.begin() + rows);
+    if (pick)
+      pick->tokens.assign(host.begin(), host.begin() + rows);
     if (choices) {
       choices->resize(pass.routerChoices.size());
       offset = rows;
@@ -614,19 +635,19 @@ Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
                               std::map<uint32_t, DeviceTensor> &caches,
                               std::vector<float> &logits,
                               std::vector<RouterChoices> *choices,
-                              std::vector<int32_t> *greedy) {
+                              DevicePick *pick) {
   MELT_RETURN_IF_ERROR(allocateInputs(model_, pass, batch));
   MELT_RETURN_IF_ERROR(uploadInputs(model_.device(), pass, batch));
   MELT_RETURN_IF_ERROR(
       enqueue(model_, pass, int64_t(batch.tokens.size()), caches));
-  return collect(model_, pass, logits, choices, greedy);
+  return collect(model_, pass, logits, choices, pick);
 }
 
 Status ForwardRunner::run(const StepBatch &batch,
                           std::map<uint32_t, DeviceTensor> &caches,
                           std::vector<float> &logits,
                           std::vector<RouterChoices> *choices,
-                          std::vector<int32_t> *greedy) {
+                          DevicePick *pick) {
   Device &device = model_.device();
   const int64_t T = int64_t(batch.tokens.size());
   const int64_t B = int64_t(batch.lengths.size());
@@ -634,7 +655,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   bool decode = device.canCapture() && !profile.enabled && T == B && T > 0;
   if (!decode) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices, greedy);
+    return runOnce(pass, batch, caches, logits, choices, pick);
   }
   std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
   if (!recorded_.count(shape) && recorded_.size() >= kMaxRecorded) {
@@ -667,9 +688,9 @@ Status ForwardRunner::run(const StepBatch &batch,
   slot->lastUsed = ++steps_;
   if (!slot->recordable) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices, greedy);
+    return runOnce(pass, batch, caches, logits, choices, pick);
   }
   MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
   ++replayed_;
-  return collect(model_, *slot, logits, choices, greedy);
+  return collect(model_, *slot, logits, choices, pick);
 }

@@ -79,6 +79,16 @@ using ExpertLoad = std::map<uint32_t, RouterLoad>;
 /// shape (sequences, pages per sequence) and then replayed: the kernels of
 /// a step are launched by one call instead of hundreds. Everything else
 /// runs kernel by kernel.
+/// Tokens picked on the device instead of logits brought back (the logits
+/// stay there): each logit row's greedy token (Device::argmaxRows), or
+/// with `sampling` (temperature > 0) its token for draws[row]
+/// (Device::sampleRows).
+struct DevicePick {
+  const SamplingParams *sampling = nullptr;
+  std::vector<uint64_t> draws;
+  std::vector<int32_t> tokens;
+};
+
 class ForwardRunner {
 public:
   explicit ForwardRunner(const DeviceModel &model);
@@ -87,12 +97,12 @@ public:
   /// Runs @forward for `batch` with `caches` (a [pages * kPageTokens,
   /// width] tensor per cache buffer of @forward); `logits` receives
   /// [logitRows, vocab] on the host and `choices` (if given) the routers'
-  /// choices. With `greedy`, the logits stay on the device: `greedy`
-  /// receives each logit row's greedy token (Device::argmaxRows) instead.
+  /// choices. With `pick`, the logits stay on the device: `pick` receives
+  /// each logit row's token picked there instead.
   Status run(const StepBatch &batch, std::map<uint32_t, DeviceTensor> &caches,
              std::vector<float> &logits,
              std::vector<RouterChoices> *choices = nullptr,
-             std::vector<int32_t> *greedy = nullptr);
+             DevicePick *pick = nullptr);
 
   /// Steps replayed from a recording so far (for tests and benchmarks).
   uint64_t replayedSteps() const { return replayed_; }
@@ -103,8 +113,7 @@ private:
   Status runOnce(Pass &pass, const StepBatch &batch,
                  std::map<uint32_t, DeviceTensor> &caches,
                  std::vector<float> &logits,
-                 std::vector<RouterChoices> *choices,
-                 std::vector<int32_t> *greedy);
+                 std::vector<RouterChoices> *choices, DevicePick *pick);
 
   const DeviceModel &model_;
   /// Recorded decode steps by (sequences, pages per sequence); a null

@@ -75,9 +75,9 @@ Status Session::logits(int32_t id, const float *&out, size_t &vocab) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end())
     return invalidArgument("no sequence " + str(id));
-  if (it->second.greedyStep)
+  if (it->second.pickedOnDevice)
     return invalidArgument("sequence " + str(id) +
-                           ": its last step picked the greedy token on the "
+                           ": its last step picked its next token on the "
                            "device and kept no logits");
   if (!it->second.logits)
     return invalidArgument("sequence " + str(id) + " has no tokens yet");
@@ -101,12 +101,30 @@ Status Session::step(const Entry *entries, size_t n,
 
 Status Session::stepGreedy(const Entry *entries, size_t n,
                            std::vector<int32_t> &next) {
-  return run(entries, n, nullptr, &next);
+  DevicePick pick;
+  MELT_RETURN_IF_ERROR(run(entries, n, nullptr, &pick));
+  next = std::move(pick.tokens);
+  return Status::ok();
+}
+
+Status Session::stepSample(const Entry *entries, size_t n,
+                           const SamplingParams &params, uint64_t &state,
+                           std::vector<int32_t> &next) {
+  MELT_RETURN_IF_ERROR(checkSampling(params, "step_sample"));
+  DevicePick pick;
+  pick.sampling = &params;
+  uint64_t advanced = state;
+  if (params.temperature > 0)
+    for (size_t e = 0; e < n; ++e)
+      pick.draws.push_back(nextDraw(advanced));
+  MELT_RETURN_IF_ERROR(run(entries, n, nullptr, &pick));
+  state = advanced;
+  next = std::move(pick.tokens);
+  return Status::ok();
 }
 
 Status Session::run(const Entry *entries, size_t n,
-                    std::vector<float> *allLogits,
-                    std::vector<int32_t> *greedy) {
+                    std::vector<float> *allLogits, DevicePick *pick) {
   if (!entries || n == 0)
     return invalidArgument("an empty batch");
   int64_t vocab = model_.model().vocabSize();
@@ -204,15 +222,16 @@ Status Session::run(const Entry *entries, size_t n,
       batch.logitRows.push_back(int32_t(t));
 
   std::vector<RouterChoices> &choices = routerChoices_;
-  // A greedy step downloads no logits: no buffer to hold them.
-  LogitsBuffer buffer = greedy ? nullptr : freeLogitsBuffer();
+  // A step that picks its tokens on the device downloads no logits: no
+  // buffer to hold them.
+  LogitsBuffer buffer = pick ? nullptr : freeLogitsBuffer();
   std::vector<float> unused;
   std::vector<float> &logits = buffer ? *buffer : unused;
-  Status status = runner_.run(batch, caches_, logits, &choices, greedy);
-  if (!status && !greedy &&
+  Status status = runner_.run(batch, caches_, logits, &choices, pick);
+  if (!status && !pick &&
       logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
     status = invalidArtifact("@forward returned logits of the wrong shape");
-  if (!status && greedy && greedy->size() != n)
+  if (!status && pick && pick->tokens.size() != n)
     status = invalidArtifact("@forward returned logits of the wrong shape");
   if (status) {
     undo();
@@ -223,8 +242,8 @@ Status Session::run(const Entry *entries, size_t n,
     Sequence &seq = *seqs[e];
     seq.length += entries[e].count;
     row += allLogits ? int64_t(entries[e].count) : 1;
-    seq.greedyStep = greedy != nullptr;
-    seq.logits = greedy ? nullptr : buffer;
+    seq.pickedOnDevice = pick != nullptr;
+    seq.logits = pick ? nullptr : buffer;
     seq.logitsOffset = size_t((row - 1) * vocab);
   }
   for (const RouterChoices &step : choices)

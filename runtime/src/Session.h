@@ -41,6 +41,13 @@ public:
   /// entry's greedy next token (picked there; the sequences then have no
   /// logits until their next step).
   Status stepGreedy(const Entry *entries, size_t n, std::vector<int32_t> &next);
+  /// The same with each entry's next token drawn as melt_sample draws it
+  /// (Sampling.h), picked on the device: one draw of `state` per entry, in
+  /// entry order (temperature 0: greedy, no draw); `state` advances only
+  /// when the step succeeds.
+  Status stepSample(const Entry *entries, size_t n,
+                    const SamplingParams &params, uint64_t &state,
+                    std::vector<int32_t> &next);
   Status append(int32_t id, const int32_t *tokens, size_t n,
                 std::vector<float> *allLogits = nullptr) {
     Entry entry{id, tokens, n};
@@ -68,9 +75,9 @@ private:
   struct Sequence {
     int64_t length = 0;
     std::vector<int32_t> pages;
-    LogitsBuffer logits; // null before the first step and after a greedy one
+    LogitsBuffer logits; // null before the first step and after a pick
     size_t logitsOffset = 0;
-    bool greedyStep = false; // the last step left the logits on the device
+    bool pickedOnDevice = false; // the last step left the logits there
   };
   /// A buffer no sequence holds any more, for the next step's logits:
   /// reused, so that a step neither allocates (and faults in) fresh pages
@@ -78,7 +85,7 @@ private:
   /// vocabulary is 33 MB of logits per step).
   LogitsBuffer freeLogitsBuffer();
   Status run(const Entry *entries, size_t n, std::vector<float> *allLogits,
-             std::vector<int32_t> *greedy);
+             DevicePick *pick);
   Session(const DeviceModel &model, int64_t maxContext)
       : model_(model), maxContext_(maxContext), runner_(model) {}
 

@@ -325,6 +325,70 @@ TEST_F(SessionTest, GreedyStepsPickTheGreedyTokens) {
   melt_model_destroy(model);
 }
 
+// Sampled steps pick the tokens that a plain step and melt_sample on each
+// entry's logits in turn pick, from the same state; temperature 0 is
+// greedy; a failed step leaves the state as it was.
+TEST_F(SessionTest, SampledStepsDrawMeltSamplesTokens) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK);
+  melt_session_options options{64, 256};
+  melt_session *sampled = nullptr, *plain = nullptr;
+  ASSERT_EQ(melt_session_create(model, &options, &sampled), MELT_OK);
+  ASSERT_EQ(melt_session_create(model, &options, &plain), MELT_OK);
+  int g[2], p[2];
+  int pa[4] = {1, 2, 3, 4}, pb[2] = {9, 8};
+  for (int i = 0; i < 2; ++i) {
+    melt_session_add_sequence(sampled, &g[i]);
+    melt_session_add_sequence(plain, &p[i]);
+  }
+  melt_batch_entry gs[2] = {{g[0], pa, 4}, {g[1], pb, 2}};
+  melt_batch_entry ps[2] = {{p[0], pa, 4}, {p[1], pb, 2}};
+  const melt_sampling settings[] = {
+      {0.8f, 5, 0.9f}, {1.5f, 0, 1.f}, {0.f, 0, 1.f}, {1.f, 3, 0.5f}};
+  unsigned long long state = 7, hostState = 7;
+  int next[2] = {-1, -1}, want[2] = {-1, -1};
+  for (const melt_sampling &params : settings) {
+    ASSERT_EQ(melt_session_step_sample(sampled, gs, 2, &params, &state, next),
+              MELT_OK)
+        << melt_last_error();
+    ASSERT_EQ(melt_session_step(plain, ps, 2), MELT_OK);
+    for (int i = 0; i < 2; ++i) {
+      const float *x = nullptr;
+      size_t n = 0;
+      ASSERT_EQ(melt_session_logits(plain, p[i], &x, &n), MELT_OK);
+      ASSERT_EQ(melt_sample(x, n, &params, &hostState, &want[i]), MELT_OK);
+      EXPECT_EQ(next[i], want[i])
+          << "temperature " << params.temperature << ", sequence " << i;
+    }
+    EXPECT_EQ(state, hostState);
+    gs[0] = {g[0], &next[0], 1};
+    gs[1] = {g[1], &next[1], 1};
+    ps[0] = {p[0], &want[0], 1};
+    ps[1] = {p[1], &want[1], 1};
+  }
+  // A bad token: nothing changes, the state included.
+  int badToken = -3;
+  melt_batch_entry bad[1] = {{g[0], &badToken, 1}};
+  const unsigned long long before = state;
+  EXPECT_EQ(melt_session_step_sample(sampled, bad, 1, &settings[0], &state,
+                                     next),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(state, before);
+  const melt_sampling wrong{1.f, -2, 1.f};
+  EXPECT_EQ(melt_session_step_sample(sampled, gs, 2, &wrong, &state, next),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(melt_last_error()).find("top_k must be >= 0"),
+            std::string::npos)
+      << melt_last_error();
+  EXPECT_EQ(melt_session_step_sample(sampled, gs, 2, nullptr, &state, next),
+            MELT_INVALID_ARGUMENT);
+  melt_session_destroy(sampled);
+  melt_session_destroy(plain);
+  melt_model_destroy(model);
+}
+
 TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   melt_model *model = nullptr;
   ASSERT_EQ(

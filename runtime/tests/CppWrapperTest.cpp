@@ -33,6 +33,18 @@ TEST_F(CppWrapper, GeneratesAndThrowsOnErrors) {
   ASSERT_EQ(next.size(), 1u);
   EXPECT_EQ(next[0], want);
   EXPECT_THROW(session.logits(seq), melt::Error); // stayed on the device
+  // A sampled step: top_k 1 takes the largest logit, and draws once.
+  int third = session.addSequence();
+  session.append(third, {1, 17, 42});
+  unsigned long long state = 3;
+  std::vector<int> sampled =
+      session.stepSample({{third, in, 1}}, melt_sampling{0.7f, 1, 1.f}, state);
+  ASSERT_EQ(sampled.size(), 1u);
+  EXPECT_EQ(sampled[0], want);
+  EXPECT_NE(state, 3ull);
+  EXPECT_THROW(
+      session.stepSample({{third, in, 1}}, melt_sampling{-1.f, 0, 1.f}, state),
+      melt::Error);
 }
 
 TEST(CppWrapperNoModel, LoadFailureThrows) {

@@ -946,6 +946,53 @@ TEST_P(DeviceConformance, ArgmaxRowsPickTheGreedyTokens) {
   EXPECT_EQ(device->argmaxRows(bad, ids).code(), MELT_INVALID_ARGUMENT);
 }
 
+// Sampled tokens where the logits are, against the host's sampleToken for
+// the same draws: top_k within the GPU kernel (1, 50, 1024), beyond it or
+// 0 (the logits brought back), a row whose k-th logit is shared by more
+// tokens than the kernel holds, temperatures and top_p cuts.
+TEST_P(DeviceConformance, SampleRowsDrawTheHostsTokens) {
+  const int64_t rows = 6, vocab = 129280;
+  HostTensor logits = random(DType::F32, {rows, vocab}, rng);
+  float *v = logits.values.data();
+  for (int64_t i = 0; i < 5000; ++i) // row 5: 5000 ties at the top
+    v[5 * vocab + i * 7] = 4.f;
+  uint64_t state = 99;
+  std::vector<uint64_t> draws(static_cast<size_t>(rows));
+  std::vector<uint32_t> words;
+  for (uint64_t &d : draws) {
+    d = nextDraw(state);
+    words.push_back(uint32_t(d));
+    words.push_back(uint32_t(d >> 32));
+  }
+  DeviceTensor dl = put(logits), dd = make(DType::I32, {rows, 2}),
+               ids = make(DType::I32, {rows});
+  ASSERT_FALSE(device->upload(words.data(), dd));
+  for (SamplingParams params :
+       {SamplingParams{0.7f, 50, 0.9f}, SamplingParams{1.3f, 1, 1.f},
+        SamplingParams{0.8f, 1024, 0.95f}, SamplingParams{1.f, 0, 0.9f},
+        SamplingParams{2.f, 2000, 1.f}, SamplingParams{0.05f, 8, 0.5f}}) {
+    std::vector<int32_t> want(static_cast<size_t>(rows)), have(want.size());
+    for (int64_t r = 0; r < rows; ++r)
+      want[size_t(r)] =
+          sampleToken(v + r * vocab, size_t(vocab), params, draws[size_t(r)]);
+    Status s = device->sampleRows(dl, params, dd, ids);
+    ASSERT_FALSE(s) << s.message();
+    ASSERT_FALSE(device->download(ids, have.data()));
+    EXPECT_EQ(have, want) << "temperature " << params.temperature << ", top_k "
+                          << params.topK << ", top_p " << params.topP;
+  }
+  // Greedy is argmax_rows; parameters out of range are named.
+  Status s = device->sampleRows(dl, SamplingParams{0.f, 5, 1.f}, dd, ids);
+  EXPECT_NE(s.message().find("greedy"), std::string::npos) << s.message();
+  s = device->sampleRows(dl, SamplingParams{1.f, 5, 0.f}, dd, ids);
+  EXPECT_NE(s.message().find("top_p must be in (0, 1]"), std::string::npos)
+      << s.message();
+  DeviceTensor wrong = make(DType::I32, {rows});
+  s = device->sampleRows(dl, SamplingParams{1.f, 5, 1.f}, wrong, ids);
+  EXPECT_NE(s.message().find("draws [R, 2]"), std::string::npos)
+      << s.message();
+}
+
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {
   DeviceTensor x = make(DType::F32, {2, 64}), y = make(DType::F32, {2, 64});
   DeviceTensor w = make(DType::F32, {8, 32}), g = make(DType::F32, {63});

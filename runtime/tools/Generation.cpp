@@ -1,4 +1,4 @@
-//===- Generation.cpp - melt-run's greedy loop and report ----------------===//
+//===- Generation.cpp - melt-run's decoding loop and report --------------===//
 #include "Generation.h"
 
 #include "melt/runtime.h"
@@ -7,9 +7,10 @@
 #include <chrono>
 #include <cstdio>
 
-bool generateGreedy(melt_session *session,
-                    const std::vector<std::vector<int>> &prompts, long maxNew,
-                    Generated &out, const std::function<void()> &decodeStarts) {
+bool generate(melt_session *session,
+              const std::vector<std::vector<int>> &prompts, long maxNew,
+              const Picking &picking, Generated &out,
+              const std::function<void()> &decodeStarts) {
   using Clock = std::chrono::steady_clock;
   size_t n = prompts.size();
   std::vector<int> ids(n), next(n), input(n);
@@ -23,10 +24,18 @@ bool generateGreedy(melt_session *session,
     entries[i] = {ids[i], prompts[i].data(), prompts[i].size()};
     promptTokens += prompts[i].size();
   }
-  // Greedy tokens are picked on the model's device: only the ids come back.
+  // Tokens are picked on the model's device: only the ids come back.
+  unsigned long long state = picking.seed;
+  auto step = [&] {
+    return picking.sampling.temperature > 0.f
+               ? melt_session_step_sample(session, entries.data(), n,
+                                          &picking.sampling, &state,
+                                          next.data())
+               : melt_session_step_greedy(session, entries.data(), n,
+                                          next.data());
+  };
   auto t0 = Clock::now();
-  if (melt_session_step_greedy(session, entries.data(), n, next.data()) !=
-      MELT_OK) {
+  if (step() != MELT_OK) {
     std::fprintf(stderr, "melt-run: error: prefill: %s\n", melt_last_error());
     return false;
   }
@@ -34,16 +43,15 @@ bool generateGreedy(melt_session *session,
   if (decodeStarts)
     decodeStarts();
   out.tokens.clear();
-  for (long step = 0; step < maxNew; ++step) {
+  for (long made = 0; made < maxNew; ++made) {
     out.tokens.push_back(next[0]);
-    if (step + 1 == maxNew)
+    if (made + 1 == maxNew)
       break;
     for (size_t i = 0; i < n; ++i) {
       input[i] = next[i];
       entries[i] = {ids[i], &input[i], 1};
     }
-    if (melt_session_step_greedy(session, entries.data(), n, next.data()) !=
-        MELT_OK) {
+    if (step() != MELT_OK) {
       std::fprintf(stderr, "melt-run: error: decode: %s\n", melt_last_error());
       return false;
     }

@@ -1,9 +1,9 @@
-//===- Generation.h - melt-run's greedy loop and report ---------*- C++ -*-===//
+//===- Generation.h - melt-run's decoding loop and report --------*- C++ -*-===//
 //
 // What melt-run does with a session of the C API on any device: prefill
-// the prompts of a batch in one step, decode them greedily in steps of one
-// token per sequence, time both, and print the result as text or one JSON
-// line.
+// the prompts of a batch in one step, decode them (greedily, or sampled)
+// in steps of one token per sequence, the tokens picked on the model's
+// device, time both, and print the result as text or one JSON line.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TOOLS_GENERATION_H
@@ -22,14 +22,20 @@ struct Generated {
   double prefillTokensPerS = 0, decodeTokensPerS = 0;
 };
 
+/// How the next tokens are picked: greedily (temperature 0), or drawn as
+/// melt_sample draws them from a state seeded with `seed`.
+struct Picking {
+  melt_sampling sampling{0.f, 0, 1.f};
+  unsigned long long seed = 0;
+};
+
 /// `prompts` (one per sequence) prefilled in one step, then `maxNew` tokens
-/// decoded greedily for each; `decodeStarts` (if set) runs between the two.
-/// Prints "melt-run: error: prefill|decode: ..." and returns false on
-/// failure.
-bool generateGreedy(melt_session *session,
-                    const std::vector<std::vector<int>> &prompts, long maxNew,
-                    Generated &out,
-                    const std::function<void()> &decodeStarts = {});
+/// decoded for each; `decodeStarts` (if set) runs between the two. Prints
+/// "melt-run: error: prefill|decode: ..." and returns false on failure.
+bool generate(melt_session *session,
+              const std::vector<std::vector<int>> &prompts, long maxNew,
+              const Picking &picking, Generated &out,
+              const std::function<void()> &decodeStarts = {});
 
 /// What a report holds besides the tokens and rates; each field is printed
 /// only when set.

@@ -2,7 +2,7 @@
 //
 //   melt-run model.melt --checkpoint DIR --prompt-ids 1,2,3 --max-new 32
 //
-// Greedy generation; prints the generated ids, prefill and decode tokens/s
+// Greedy (or sampled) generation; prints the generated ids, prefill and decode tokens/s
 // and the peak memory; --bench prints the same as JSON. It uses the C API
 // only, like any embedding program, on the CPU or (--device cuda:N) a GPU,
 // where it also reports the energy per decoded token from NVML. --batch N
@@ -19,6 +19,7 @@
 #include "melt/runtime.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -43,8 +44,11 @@ void usage() {
                "checkpoint; for benchmarks)\n"
                "       [--warmup]  (an untimed generation of each batch "
                "first: plans, caches; for benchmarks)\n"
-               "Generates greedily from a compiled melt model and reports "
-               "tokens/s and peak memory.\n");
+               "       [--temperature T] [--top-k K] [--top-p P] [--seed S]  "
+               "(sampling, as melt_sample: T 0 is greedy, the default; K 0 "
+               "and P 1 keep every token)\n"
+               "Generates from a compiled melt model (the tokens picked on "
+               "its device) and reports tokens/s and peak memory.\n");
 }
 
 int fail(const char *what) {
@@ -117,6 +121,7 @@ int main(int argc, char **argv) {
   bool bench = false;
   const char *expertStats = nullptr, *device = nullptr;
   bool randomWeights = false, warmup = false;
+  Picking picking;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> const char * {
@@ -157,6 +162,31 @@ int main(int argc, char **argv) {
         usage();
         return 1;
       }
+    } else if (arg == "--temperature" || arg == "--top-p") {
+      const char *v = value();
+      char *end = nullptr;
+      float f = v ? std::strtof(v, &end) : -1.f;
+      bool temperature = arg == "--temperature";
+      if (!v || *end || !std::isfinite(f) ||
+          (temperature ? f < 0.f : !(f > 0.f && f <= 1.f))) {
+        std::fprintf(stderr, "melt-run: error: %s takes %s\n", arg.c_str(),
+                     temperature ? "a finite number >= 0" : "a number in (0, 1]");
+        return 1;
+      }
+      (temperature ? picking.sampling.temperature : picking.sampling.top_p) = f;
+    } else if (arg == "--top-k" || arg == "--seed") {
+      const char *v = value();
+      char *end = nullptr;
+      long long n = v ? std::strtoll(v, &end, 10) : -1;
+      if (!v || *end || n < 0 || (arg == "--top-k" && n > (1 << 30))) {
+        std::fprintf(stderr, "melt-run: error: %s takes a non-negative "
+                             "integer\n", arg.c_str());
+        return 1;
+      }
+      if (arg == "--top-k")
+        picking.sampling.top_k = int(n);
+      else
+        picking.seed = (unsigned long long)n;
     } else if (arg == "--bench") {
       bench = true;
     } else if (arg == "--warmup") {
@@ -212,7 +242,7 @@ int main(int argc, char **argv) {
       Generated ignored;
       if (melt_session_create(model, &options, &first) != MELT_OK)
         return fail("creating a session");
-      bool ok = generateGreedy(first, prompts, std::min(maxNew, 4l), ignored);
+      bool ok = generate(first, prompts, std::min(maxNew, 4l), picking, ignored);
       melt_session_destroy(first);
       if (!ok)
         return 1;
@@ -224,8 +254,8 @@ int main(int argc, char **argv) {
       return fail("creating a session");
     Generated generated;
     double joulesBefore = -1;
-    if (!generateGreedy(session, prompts, maxNew, generated,
-                        [&] { joulesBefore = energy.joules(); }))
+    if (!generate(session, prompts, maxNew, picking, generated,
+                  [&] { joulesBefore = energy.joules(); }))
       return 1;
     double joulesAfter = energy.joules();
     size_t decoded = generated.tokens.size() > 1

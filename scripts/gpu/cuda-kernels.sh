@@ -57,6 +57,11 @@ for tool in memcheck racecheck; do
     > "$out/sanitizer-$tool.txt" 2>&1 && echo "$tool: clean" ||
     { echo "$tool: FAILED"; tail -n 30 "$out/sanitizer-$tool.txt"; }
 done
+# The sampling kernel (its tests run in the device conformance suite).
+compute-sanitizer --tool racecheck --error-exitcode 3 \
+  build-gpu/bin/melt-runtime-tests --gtest_filter='*SampleRows*/cuda*' \
+  > "$out/sanitizer-racecheck-sampling.txt" 2>&1 && echo "racecheck (sampling): clean" ||
+  { echo "racecheck (sampling): FAILED"; tail -n 30 "$out/sanitizer-racecheck-sampling.txt"; }
 # The CUDA device under memcheck too (not the deliberate 64 TiB allocation:
 # memcheck reports the failed cudaMalloc it provokes as an API error).
 compute-sanitizer --tool memcheck --error-exitcode 3 \

@@ -129,6 +129,20 @@ melt_status melt_session_step_greedy(melt_session *session,
                                      const melt_batch_entry *entries, size_t n,
                                      int *next_tokens);
 
+/* The same step with each entry's next token drawn as melt_sample draws it
+ * (declared below), picked on the model's device: one draw from `state`
+ * per entry, in entry order, so that the tokens are those of
+ * melt_session_step followed by melt_sample on each entry's logits in turn
+ * (temperature 0 is greedy and draws nothing); `state` advances only when
+ * the step succeeds. On the GPU, top_k from 1 to 1024 is sampled there;
+ * other settings bring the logits back to sample them. */
+struct melt_sampling;
+melt_status melt_session_step_sample(melt_session *session,
+                                     const melt_batch_entry *entries, size_t n,
+                                     const struct melt_sampling *params,
+                                     unsigned long long *state,
+                                     int *next_tokens);
+
 /* Pages of the KV cache in use and in all. */
 melt_status melt_session_kv_pages(melt_session *session, long long *used,
                                   long long *total);

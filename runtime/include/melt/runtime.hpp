@@ -108,6 +108,16 @@ public:
                                    next.data()));
     return next;
   }
+  /// melt_session_step_sample: each entry's next token drawn with
+  /// `params` from `state` (advanced once per entry), on the model's device.
+  std::vector<int> stepSample(const std::vector<melt_batch_entry> &batch,
+                              const melt_sampling &params,
+                              unsigned long long &state) {
+    std::vector<int> next(batch.size());
+    check(melt_session_step_sample(handle_, batch.data(), batch.size(),
+                                   &params, &state, next.data()));
+    return next;
+  }
   std::vector<float> logits(int sequence) const {
     const float *values = nullptr;
     size_t n = 0;

@@ -17,6 +17,7 @@
 #include "cuda/ModelKernels.h"
 #include "cuda/MoeByExpert.h"
 #include "cuda/Quantize.h"
+#include "cuda/SampleRows.h"
 #include "cuda/SmallMGemm.h"
 
 #include <cuda_runtime.h>
@@ -584,6 +585,48 @@ public:
                                   int(logits.shape[0]), int(logits.shape[1]),
                                   static_cast<int32_t *>(ids.data), stream_),
                  "argmax_rows");
+  }
+
+  Status sampleRows(const DeviceTensor &logits, const SamplingParams &params,
+                    const DeviceTensor &draws, DeviceTensor &ids) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::sampleRows(logits, params, draws, ids));
+    const int rows = int(logits.shape[0]), vocab = int(logits.shape[1]);
+    std::vector<int32_t> picked(static_cast<size_t>(rows), -1);
+    if (params.topK >= 1 && params.topK <= kSampleMaxTopK) {
+      MELT_RETURN_IF_ERROR(check(
+          sampleRowsTopK(static_cast<const float *>(logits.data), rows, vocab,
+                         params.topK, params.temperature, params.topP,
+                         static_cast<const uint32_t *>(draws.data),
+                         static_cast<int32_t *>(ids.data), stream_),
+          "sample_rows"));
+      MELT_RETURN_IF_ERROR(download(ids, picked.data()));
+      if (std::find(picked.begin(), picked.end(), -1) == picked.end())
+        return Status::ok();
+    }
+    // Every token a candidate (top_k 0 or beyond the kernel), or a row with
+    // more ties at its k-th logit than the kernel holds: those rows on the
+    // host, from their logits.
+    std::vector<uint32_t> words(static_cast<size_t>(2 * rows));
+    MELT_RETURN_IF_ERROR(download(draws, words.data()));
+    std::vector<float> row(static_cast<size_t>(vocab));
+    for (int r = 0; r < rows; ++r) {
+      if (picked[size_t(r)] != -1)
+        continue;
+      MELT_RETURN_IF_ERROR(check(
+          cudaMemcpyAsync(row.data(),
+                          static_cast<const float *>(logits.data) +
+                              size_t(r) * vocab,
+                          size_t(vocab) * sizeof(float),
+                          cudaMemcpyDeviceToHost, stream_),
+          "sample_rows"));
+      MELT_RETURN_IF_ERROR(
+          check(cudaStreamSynchronize(stream_), "sample_rows"));
+      const uint64_t draw = uint64_t(words[size_t(2 * r)]) |
+                            uint64_t(words[size_t(2 * r + 1)]) << 32;
+      picked[size_t(r)] = sampleToken(row.data(), size_t(vocab), params, draw);
+    }
+    return upload(picked.data(), ids);
   }
 
   Status importWeight(const WeightData &weight, DeviceTensor &out) override {
