@@ -131,7 +131,40 @@ TEST(Api, SamplingIsSeededAndRespectsTopKAndTopP) {
   }
 }
 
-class SessionTest : public ModelTest {};
+class SessionTest : public ModelTest {
+protected:
+  /// Two sessions of the model, each with two sequences whose first step
+  /// appends the same prompts: `picked` for steps that pick their tokens
+  /// on the device, `plain` for ordinary steps to compare with.
+  struct PairedSessions {
+    melt_model *model = nullptr;
+    melt_session *picked = nullptr, *plain = nullptr;
+    int g[2] = {-1, -1}, p[2] = {-1, -1};
+    int pa[4] = {1, 2, 3, 4}, pb[2] = {9, 8};
+    melt_batch_entry gs[2], ps[2];
+    ~PairedSessions() {
+      melt_session_destroy(picked);
+      melt_session_destroy(plain);
+      melt_model_destroy(model);
+    }
+  };
+  void openPaired(PairedSessions &s) {
+    ASSERT_EQ(melt_model_load(artifactPath.c_str(), checkpointDir.c_str(),
+                              &s.model),
+              MELT_OK);
+    melt_session_options options{64, 256};
+    ASSERT_EQ(melt_session_create(s.model, &options, &s.picked), MELT_OK);
+    ASSERT_EQ(melt_session_create(s.model, &options, &s.plain), MELT_OK);
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_EQ(melt_session_add_sequence(s.picked, &s.g[i]), MELT_OK);
+      ASSERT_EQ(melt_session_add_sequence(s.plain, &s.p[i]), MELT_OK);
+    }
+    s.gs[0] = {s.g[0], s.pa, 4};
+    s.gs[1] = {s.g[1], s.pb, 2};
+    s.ps[0] = {s.p[0], s.pa, 4};
+    s.ps[1] = {s.p[1], s.pb, 2};
+  }
+};
 
 TEST_F(SessionTest, DoubleDestroyIsAnError) {
   melt_model *model = nullptr;
@@ -273,120 +306,94 @@ TEST_F(SessionTest, BatchedStepsMatchSingleSequences) {
 // Greedy steps pick on the device what melt_sample_greedy picks from the
 // logits; those sequences keep no logits until their next ordinary step.
 TEST_F(SessionTest, GreedyStepsPickTheGreedyTokens) {
-  melt_model *model = nullptr;
-  ASSERT_EQ(
-      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
-      MELT_OK);
-  melt_session_options options{64, 256};
-  melt_session *greedy = nullptr, *plain = nullptr;
-  ASSERT_EQ(melt_session_create(model, &options, &greedy), MELT_OK);
-  ASSERT_EQ(melt_session_create(model, &options, &plain), MELT_OK);
-  int g[2], p[2];
-  int pa[4] = {1, 2, 3, 4}, pb[2] = {9, 8};
-  for (int i = 0; i < 2; ++i) {
-    melt_session_add_sequence(greedy, &g[i]);
-    melt_session_add_sequence(plain, &p[i]);
-  }
-  melt_batch_entry gs[2] = {{g[0], pa, 4}, {g[1], pb, 2}};
-  melt_batch_entry ps[2] = {{p[0], pa, 4}, {p[1], pb, 2}};
+  PairedSessions s;
+  openPaired(s);
+  if (HasFatalFailure())
+    return;
+  melt_session *greedy = s.picked, *plain = s.plain;
   int next[2] = {-1, -1}, want[2] = {-1, -1};
   for (int step = 0; step < 4; ++step) {
-    ASSERT_EQ(melt_session_step_greedy(greedy, gs, 2, next), MELT_OK)
+    ASSERT_EQ(melt_session_step_greedy(greedy, s.gs, 2, next), MELT_OK)
         << melt_last_error();
-    ASSERT_EQ(melt_session_step(plain, ps, 2), MELT_OK);
+    ASSERT_EQ(melt_session_step(plain, s.ps, 2), MELT_OK);
     for (int i = 0; i < 2; ++i) {
       const float *x = nullptr;
       size_t n = 0;
-      ASSERT_EQ(melt_session_logits(plain, p[i], &x, &n), MELT_OK);
+      ASSERT_EQ(melt_session_logits(plain, s.p[i], &x, &n), MELT_OK);
       ASSERT_EQ(melt_sample_greedy(x, n, &want[i]), MELT_OK);
       EXPECT_EQ(next[i], want[i]) << "step " << step << ", sequence " << i;
     }
     const float *x = nullptr;
     size_t n = 0;
-    EXPECT_EQ(melt_session_logits(greedy, g[0], &x, &n), MELT_INVALID_ARGUMENT);
+    EXPECT_EQ(melt_session_logits(greedy, s.g[0], &x, &n),
+              MELT_INVALID_ARGUMENT);
     EXPECT_NE(std::string(melt_last_error()).find("kept no logits"),
               std::string::npos);
-    gs[0] = {g[0], &next[0], 1};
-    gs[1] = {g[1], &next[1], 1};
-    ps[0] = {p[0], &want[0], 1};
-    ps[1] = {p[1], &want[1], 1};
+    for (int i = 0; i < 2; ++i) {
+      s.gs[i] = {s.g[i], &next[i], 1};
+      s.ps[i] = {s.p[i], &want[i], 1};
+    }
   }
-  EXPECT_EQ(melt_session_step_greedy(greedy, gs, 2, nullptr),
+  EXPECT_EQ(melt_session_step_greedy(greedy, s.gs, 2, nullptr),
             MELT_INVALID_ARGUMENT);
-  EXPECT_EQ(melt_session_step_greedy(nullptr, gs, 2, next),
+  EXPECT_EQ(melt_session_step_greedy(nullptr, s.gs, 2, next),
             MELT_INVALID_ARGUMENT);
   // An ordinary step brings the logits back.
-  ASSERT_EQ(melt_session_step(greedy, gs, 2), MELT_OK);
+  ASSERT_EQ(melt_session_step(greedy, s.gs, 2), MELT_OK);
   const float *x = nullptr;
   size_t n = 0;
-  EXPECT_EQ(melt_session_logits(greedy, g[0], &x, &n), MELT_OK);
-  melt_session_destroy(greedy);
-  melt_session_destroy(plain);
-  melt_model_destroy(model);
+  EXPECT_EQ(melt_session_logits(greedy, s.g[0], &x, &n), MELT_OK);
 }
 
 // Sampled steps pick the tokens that a plain step and melt_sample on each
 // entry's logits in turn pick, from the same state; temperature 0 is
 // greedy; a failed step leaves the state as it was.
 TEST_F(SessionTest, SampledStepsDrawMeltSamplesTokens) {
-  melt_model *model = nullptr;
-  ASSERT_EQ(
-      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
-      MELT_OK);
-  melt_session_options options{64, 256};
-  melt_session *sampled = nullptr, *plain = nullptr;
-  ASSERT_EQ(melt_session_create(model, &options, &sampled), MELT_OK);
-  ASSERT_EQ(melt_session_create(model, &options, &plain), MELT_OK);
-  int g[2], p[2];
-  int pa[4] = {1, 2, 3, 4}, pb[2] = {9, 8};
-  for (int i = 0; i < 2; ++i) {
-    melt_session_add_sequence(sampled, &g[i]);
-    melt_session_add_sequence(plain, &p[i]);
-  }
-  melt_batch_entry gs[2] = {{g[0], pa, 4}, {g[1], pb, 2}};
-  melt_batch_entry ps[2] = {{p[0], pa, 4}, {p[1], pb, 2}};
+  PairedSessions s;
+  openPaired(s);
+  if (HasFatalFailure())
+    return;
+  melt_session *sampled = s.picked, *plain = s.plain;
   const melt_sampling settings[] = {
       {0.8f, 5, 0.9f}, {1.5f, 0, 1.f}, {0.f, 0, 1.f}, {1.f, 3, 0.5f}};
   unsigned long long state = 7, hostState = 7;
   int next[2] = {-1, -1}, want[2] = {-1, -1};
   for (const melt_sampling &params : settings) {
-    ASSERT_EQ(melt_session_step_sample(sampled, gs, 2, &params, &state, next),
-              MELT_OK)
+    ASSERT_EQ(
+        melt_session_step_sample(sampled, s.gs, 2, &params, &state, next),
+        MELT_OK)
         << melt_last_error();
-    ASSERT_EQ(melt_session_step(plain, ps, 2), MELT_OK);
+    ASSERT_EQ(melt_session_step(plain, s.ps, 2), MELT_OK);
     for (int i = 0; i < 2; ++i) {
       const float *x = nullptr;
       size_t n = 0;
-      ASSERT_EQ(melt_session_logits(plain, p[i], &x, &n), MELT_OK);
+      ASSERT_EQ(melt_session_logits(plain, s.p[i], &x, &n), MELT_OK);
       ASSERT_EQ(melt_sample(x, n, &params, &hostState, &want[i]), MELT_OK);
       EXPECT_EQ(next[i], want[i])
           << "temperature " << params.temperature << ", sequence " << i;
     }
     EXPECT_EQ(state, hostState);
-    gs[0] = {g[0], &next[0], 1};
-    gs[1] = {g[1], &next[1], 1};
-    ps[0] = {p[0], &want[0], 1};
-    ps[1] = {p[1], &want[1], 1};
+    for (int i = 0; i < 2; ++i) {
+      s.gs[i] = {s.g[i], &next[i], 1};
+      s.ps[i] = {s.p[i], &want[i], 1};
+    }
   }
   // A bad token: nothing changes, the state included.
   int badToken = -3;
-  melt_batch_entry bad[1] = {{g[0], &badToken, 1}};
+  melt_batch_entry bad[1] = {{s.g[0], &badToken, 1}};
   const unsigned long long before = state;
   EXPECT_EQ(melt_session_step_sample(sampled, bad, 1, &settings[0], &state,
                                      next),
             MELT_INVALID_ARGUMENT);
   EXPECT_EQ(state, before);
   const melt_sampling wrong{1.f, -2, 1.f};
-  EXPECT_EQ(melt_session_step_sample(sampled, gs, 2, &wrong, &state, next),
+  EXPECT_EQ(melt_session_step_sample(sampled, s.gs, 2, &wrong, &state, next),
             MELT_INVALID_ARGUMENT);
   EXPECT_NE(std::string(melt_last_error()).find("top_k must be >= 0"),
             std::string::npos)
       << melt_last_error();
-  EXPECT_EQ(melt_session_step_sample(sampled, gs, 2, nullptr, &state, next),
+  EXPECT_EQ(melt_session_step_sample(sampled, s.gs, 2, nullptr, &state, next),
             MELT_INVALID_ARGUMENT);
-  melt_session_destroy(sampled);
-  melt_session_destroy(plain);
-  melt_model_destroy(model);
 }
 
 TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
