@@ -8,6 +8,18 @@ cd "$root"
 carry=$root/.device-carry
 out=${OUT:-$root/build-gpu/results}
 mkdir -p "$out"
+# MELT_RESULTS_ARCHIVE=1: on exit (a failure or a time limit too), the
+# results are packed into $out/results.tgz alone (for a collector that takes
+# few files).
+if [ "${MELT_RESULTS_ARCHIVE:-}" = 1 ]; then
+  pack_results() {
+    local tmp
+    tmp=$(mktemp -d)
+    mv "$out"/* "$tmp"/ 2>/dev/null || true
+    tar czf "$out/results.tgz" -C "$tmp" . && rm -rf "$tmp"
+  }
+  trap pack_results EXIT
+fi
 
 # build_gpu TARGET...: configures build-gpu once and builds the targets.
 build_gpu() {
