@@ -502,9 +502,8 @@ Status CpuDevice::sampleRows(const DeviceTensor &logits,
   const uint32_t *words = static_cast<const uint32_t *>(draws.data);
   int32_t *out = static_cast<int32_t *>(ids.data);
   for (int64_t r = 0; r < rows; ++r) {
-    const uint64_t draw =
-        uint64_t(words[2 * r]) | uint64_t(words[2 * r + 1]) << 32;
-    out[r] = sampleToken(x + r * vocab, size_t(vocab), params, draw);
+    out[r] = sampleToken(x + r * vocab, size_t(vocab), params,
+                         drawOfWords(words + 2 * r));
   }
   return Status::ok();
 }

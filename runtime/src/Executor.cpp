@@ -553,16 +553,13 @@ Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
         DeviceTensor draws;
         status = device.allocate(DType::I32, {rows, 2}, draws);
         if (!status) {
-          // The 64-bit draws as their two 32-bit words, low word first.
-          std::vector<uint32_t> words;
-          for (uint64_t d : pick->draws) {
-            words.push_back(uint32_t(d));
-            words.push_back(uint32_t(d >> 32));
-          }
+          std::vector<uint32_t> words(2 * pick->draws.size());
+          for (size_t r = 0; r < pick->draws.size(); ++r)
+            wordsOfDraw(pick->draws[r], &words[2 * r]);
           status = device.upload(words.data(), draws);
           if (!status)
-            status = device.sampleRows(*pass.logits, *pick->sampling, draws,
-                                       ids);
+            status =
+                device.sampleRows(*pass.logits, *pick->sampling, draws, ids);
           device.release(draws);
         }
       } else {

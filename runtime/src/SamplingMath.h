@@ -32,11 +32,22 @@ inline uint64_t nextDraw(uint64_t &state) {
   return x ^ (x >> 31);
 }
 
+/// A draw as the devices' sampleRows take it: two 32-bit words, the low
+/// one first.
+MELT_HOST_DEVICE inline uint64_t drawOfWords(const uint32_t *words) {
+  return uint64_t(words[0]) | uint64_t(words[1]) << 32;
+}
+inline void wordsOfDraw(uint64_t draw, uint32_t *words) {
+  words[0] = uint32_t(draw);
+  words[1] = uint32_t(draw >> 32);
+}
+
 /// The position in the nucleus a draw picks, given the candidates'
 /// weights p[0..keep) in descending order (melt_sample's last steps; the
 /// CUDA kernel runs the same loop in the same order).
 template <typename Weights>
-MELT_HOST_DEVICE size_t pickInNucleus(const Weights &p, size_t keep, float topP, uint64_t draw) {
+MELT_HOST_DEVICE size_t pickInNucleus(const Weights &p, size_t keep, float topP,
+                                      uint64_t draw) {
   double sum = 0;
   for (size_t i = 0; i < keep; ++i)
     sum += p[i];

@@ -678,14 +678,12 @@ void onFp8Grid(float *v, int64_t rows, int64_t cols, int64_t blockRows) {
 /// double, for x [T, D], stacks gate/up [E, I, D] and down [E, D, I]:
 /// `roundOperands` rounds x and the activations to BF16 (the products of
 /// BF16 and FP8 weights), `combineBf16` each expert's output.
-std::vector<double> expertsReference(const std::vector<float> &x,
-                                     const std::vector<int32_t> &idx,
-                                     const std::vector<float> &weights,
-                                     const std::vector<float> &gate,
-                                     const std::vector<float> &up,
-                                     const std::vector<float> &down, int64_t T,
-                                     int64_t K, int64_t I, int64_t D,
-                                     bool roundOperands, bool combineBf16) {
+std::vector<double>
+expertsReference(const std::vector<float> &x, const std::vector<int32_t> &idx,
+                 const std::vector<float> &weights,
+                 const std::vector<float> &gate, const std::vector<float> &up,
+                 const std::vector<float> &down, int64_t T, int64_t K,
+                 int64_t I, int64_t D, bool roundOperands, bool combineBf16) {
   auto operand = [&](double v) {
     return roundOperands ? double(roundTo(DType::BF16, float(v))) : v;
   };
@@ -744,9 +742,9 @@ void checkMoeExperts(DeviceConformance &test, std::mt19937 &rng, int64_t T = 5,
       Status s = device.moeExperts(dx, di, dw, dg, du, dd, bf16, y);
       ASSERT_FALSE(s) << s.message();
       // BF16 weights: x and the activations rounded to BF16 too.
-      std::vector<double> want = expertsReference(
-          x.values, idx, w.values, gate.values, up.values, down.values, T, K,
-          I, D, type == DType::BF16, bf16);
+      std::vector<double> want =
+          expertsReference(x.values, idx, w.values, gate.values, up.values,
+                           down.values, T, K, I, D, type == DType::BF16, bf16);
       // BF16 anywhere: rounding of 2^-9 relative.
       bool exact = type == DType::F32 && !bf16;
       EXPECT_LE(DeviceConformance::relativeError(test.get(y), want),
@@ -847,8 +845,8 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng,
   };
   WeightData gate = stack(I, D), up = stack(I, D), down = stack(D, I);
   DeviceTensor dg, du, dd;
-  for (auto [weight, tensor] : {std::pair{&gate, &dg}, std::pair{&up, &du},
-                                std::pair{&down, &dd}}) {
+  for (auto [weight, tensor] :
+       {std::pair{&gate, &dg}, std::pair{&up, &du}, std::pair{&down, &dd}}) {
     Status s = device.importWeight(*weight, *tensor);
     ASSERT_FALSE(s) << s.message();
     test.owned.push_back(*tensor);
@@ -958,11 +956,10 @@ TEST_P(DeviceConformance, SampleRowsDrawTheHostsTokens) {
     v[5 * vocab + i * 7] = 4.f;
   uint64_t state = 99;
   std::vector<uint64_t> draws(static_cast<size_t>(rows));
-  std::vector<uint32_t> words;
-  for (uint64_t &d : draws) {
-    d = nextDraw(state);
-    words.push_back(uint32_t(d));
-    words.push_back(uint32_t(d >> 32));
+  std::vector<uint32_t> words(2 * draws.size());
+  for (size_t r = 0; r < draws.size(); ++r) {
+    draws[r] = nextDraw(state);
+    wordsOfDraw(draws[r], &words[2 * r]);
   }
   DeviceTensor dl = put(logits), dd = make(DType::I32, {rows, 2}),
                ids = make(DType::I32, {rows});
@@ -989,8 +986,7 @@ TEST_P(DeviceConformance, SampleRowsDrawTheHostsTokens) {
       << s.message();
   DeviceTensor wrong = make(DType::I32, {rows});
   s = device->sampleRows(dl, SamplingParams{1.f, 5, 1.f}, wrong, ids);
-  EXPECT_NE(s.message().find("draws [R, 2]"), std::string::npos)
-      << s.message();
+  EXPECT_NE(s.message().find("draws [R, 2]"), std::string::npos) << s.message();
 }
 
 TEST_P(DeviceConformance, BadCallsAreClearErrors) {

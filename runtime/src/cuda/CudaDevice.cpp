@@ -546,15 +546,15 @@ public:
       MELT_RETURN_IF_ERROR(allocate(
           DType::I32, {int64_t(moeByExpertScratchBytes(T, K, E, I) / 4)},
           scratch));
-      Status launched = check(
-          moeExpertsByExpert(static_cast<const float *>(x.data),
-                             static_cast<const int32_t *>(indices.data),
-                             static_cast<const float *>(weights.data), stacks,
-                             T, K, E, I, int(x.shape[1]), combineBf16,
-                             expertTensorCores(gate), scratch.data,
-                             static_cast<float *>(y.data), flag_ + kExpertFlag,
-                             stream_),
-          "moe_experts");
+      Status launched =
+          check(moeExpertsByExpert(static_cast<const float *>(x.data),
+                                   static_cast<const int32_t *>(indices.data),
+                                   static_cast<const float *>(weights.data),
+                                   stacks, T, K, E, I, int(x.shape[1]),
+                                   combineBf16, expertTensorCores(gate),
+                                   scratch.data, static_cast<float *>(y.data),
+                                   flag_ + kExpertFlag, stream_),
+                "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;  // a bad expert index: at synchronize()
     }
@@ -614,17 +614,15 @@ public:
       if (picked[size_t(r)] != -1)
         continue;
       MELT_RETURN_IF_ERROR(check(
-          cudaMemcpyAsync(row.data(),
-                          static_cast<const float *>(logits.data) +
-                              size_t(r) * vocab,
-                          size_t(vocab) * sizeof(float),
-                          cudaMemcpyDeviceToHost, stream_),
+          cudaMemcpyAsync(
+              row.data(),
+              static_cast<const float *>(logits.data) + size_t(r) * vocab,
+              size_t(vocab) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
           "sample_rows"));
       MELT_RETURN_IF_ERROR(
           check(cudaStreamSynchronize(stream_), "sample_rows"));
-      const uint64_t draw = uint64_t(words[size_t(2 * r)]) |
-                            uint64_t(words[size_t(2 * r + 1)]) << 32;
-      picked[size_t(r)] = sampleToken(row.data(), size_t(vocab), params, draw);
+      picked[size_t(r)] = sampleToken(row.data(), size_t(vocab), params,
+                                      drawOfWords(&words[size_t(2 * r)]));
     }
     return upload(picked.data(), ids);
   }

@@ -2,6 +2,7 @@
 #include "cuda/Gemm.h"
 
 #include "cuda/Fp8SmallM.h"
+#include "cuda/ScratchLayout.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -94,8 +95,8 @@ CudaStatus GemmRunner::plan(Kind kind, int m, int n, int k, Plan *&out,
   }
   auto p = std::make_unique<Plan>();
   cudaDataType_t in = kind == Kind::FP8Block ? CUDA_R_8F_E4M3
-                       : kind == Kind::F32    ? CUDA_R_32F
-                                              : CUDA_R_16BF;
+                      : kind == Kind::F32    ? CUDA_R_32F
+                                             : CUDA_R_16BF;
   cudaDataType_t outType =
       kind == Kind::BF16ToF32 || kind == Kind::F32 ? CUDA_R_32F : CUDA_R_16BF;
   MELT_RETURN_IF_CUBLAS(
@@ -237,9 +238,9 @@ CudaStatus GemmRunner::fp8BlockScaled(const __nv_fp8_e4m3 *x,
     }
     auto *base = static_cast<char *>(staging_);
     auto *xp = reinterpret_cast<__nv_fp8_e4m3 *>(base);
-    auto *sp = reinterpret_cast<float *>(base + (xBytes + 255) / 256 * 256);
+    auto *sp = reinterpret_cast<float *>(base + scratchPartBytes(xBytes));
     auto *yp = reinterpret_cast<__nv_bfloat16 *>(reinterpret_cast<char *>(sp) +
-                                                 (sBytes + 255) / 256 * 256);
+                                                 scratchPartBytes(sBytes));
     for (cudaError_t e :
          {cudaMemsetAsync(xp, 0, xBytes, stream_),
           cudaMemcpyAsync(xp, x, size_t(m) * k, cudaMemcpyDeviceToDevice,

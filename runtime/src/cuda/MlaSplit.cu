@@ -3,6 +3,7 @@
 
 #include "cuda/MlaDecode.h"
 #include "cuda/PagedCache.cuh"
+#include "cuda/ScratchLayout.h"
 #include "cuda/VectorLoads.cuh"
 
 #include <algorithm>
@@ -361,8 +362,8 @@ __global__ void packQueriesKernel(const float *qLat, const float *qRope,
 /// sequence (rows `capacity` apart); a position without a page sets *bad
 /// and its row is zero.
 __global__ void cacheToBf16Kernel(const float *cache, PagedLayout layout,
-                                  int width, int capacity,
-                                  __nv_bfloat16 *rows, int32_t *bad) {
+                                  int width, int capacity, __nv_bfloat16 *rows,
+                                  int32_t *bad) {
   const int p = blockIdx.x, b = blockIdx.y;
   if (p >= layout.lengths[b])
     return;
@@ -394,6 +395,15 @@ __global__ void queryTablesKernel(PagedLayout layout, int tokens,
   lengths[t] = layout.positions[t] + 1;
   for (int j = 0; j < pagesPerSequence; ++j)
     tables[size_t(t) * pagesPerSequence + j] = b * pagesPerSequence + j;
+}
+
+/// Stage 1 of both paths: q_lat = q_nope W_UK.
+void absorbQueries(const float *qNope, const float *wUk, const MlaSplitShape &s,
+                   float *qLat, cudaStream_t stream) {
+  absorbQueryKernel<<<dim3(s.heads, (s.latent + 127) / 128,
+                           (s.tokens + kQueryTokens - 1) / kQueryTokens),
+                      256, 0, stream>>>(qNope, wUk, s.tokens, s.heads, s.nope,
+                                        s.latent, qLat);
 }
 
 } // namespace
@@ -452,10 +462,7 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
   a.partialMax = a.partialOut + slots * s.latent;
   a.partialSum = a.partialMax + slots;
   a.bad = bad;
-  absorbQueryKernel<<<dim3(s.heads, (s.latent + 127) / 128,
-                           (s.tokens + kQueryTokens - 1) / kQueryTokens),
-                      256, 0, stream>>>(qNope, wUk, s.tokens, s.heads, s.nope,
-                                        s.latent, qLat);
+  absorbQueries(qNope, wUk, s, qLat, stream);
   size_t shared = size_t(kTile) * (s.latent + s.rope) * sizeof(float);
   if (shared > 48 * 1024)
     if (cudaError_t e = cudaFuncSetAttribute(
@@ -480,30 +487,30 @@ namespace {
 /// partial sums: 16 heads x 2 KB per token).
 constexpr int kCopyPageRows = 32, kQuerySlab = 1024;
 
-size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 /// Where the tensor-core path keeps what it makes, in its scratch.
 struct TensorCoreScratch {
   int capacity, pagesPerSequence, slab;
   size_t qLat, queries, rows, tables, lengths, latentOut, workspace, total;
   size_t workspaceBytes;
   TensorCoreScratch(const MlaSplitShape &s, int sequences, int smCount) {
-    capacity = (s.maxVisible + kCopyPageRows - 1) / kCopyPageRows *
-               kCopyPageRows;
+    capacity =
+        (s.maxVisible + kCopyPageRows - 1) / kCopyPageRows * kCopyPageRows;
     pagesPerSequence = capacity / kCopyPageRows;
     slab = std::min(s.tokens, kQuerySlab);
     const size_t th = size_t(s.tokens) * s.heads;
     qLat = 0;
-    queries = qLat + aligned(th * s.latent * sizeof(float));
-    rows = queries + aligned(th * kLatentEntry * sizeof(__nv_bfloat16));
-    tables = rows + aligned(size_t(sequences) * capacity * kLatentEntry *
-                            sizeof(__nv_bfloat16));
-    lengths = tables +
-              aligned(size_t(s.tokens) * pagesPerSequence * sizeof(int32_t));
-    latentOut = lengths + aligned(size_t(s.tokens) * sizeof(int32_t));
-    workspace = latentOut + aligned(th * kLatentRank * sizeof(__nv_bfloat16));
+    queries = qLat + scratchPartBytes(th * s.latent * sizeof(float));
+    rows =
+        queries + scratchPartBytes(th * kLatentEntry * sizeof(__nv_bfloat16));
+    tables = rows + scratchPartBytes(size_t(sequences) * capacity *
+                                     kLatentEntry * sizeof(__nv_bfloat16));
+    lengths = tables + scratchPartBytes(size_t(s.tokens) * pagesPerSequence *
+                                        sizeof(int32_t));
+    latentOut = lengths + scratchPartBytes(size_t(s.tokens) * sizeof(int32_t));
+    workspace =
+        latentOut + scratchPartBytes(th * kLatentRank * sizeof(__nv_bfloat16));
     workspaceBytes = mlaDecodeWorkspaceBytes(args(s, 1.f, slab), smCount);
-    total = workspace + aligned(workspaceBytes);
+    total = workspace + scratchPartBytes(workspaceBytes);
   }
   /// The decode kernel's arguments for `count` query tokens.
   MlaDecodeArgs args(const MlaSplitShape &s, float scale, int count) const {
@@ -550,10 +557,7 @@ cudaError_t melt::rt::cuda::mlaTensorCores(
   auto *lengths = reinterpret_cast<int32_t *>(base + plan.lengths);
   auto *latentOut = reinterpret_cast<__nv_bfloat16 *>(base + plan.latentOut);
   void *workspace = base + plan.workspace;
-  absorbQueryKernel<<<dim3(s.heads, (s.latent + 127) / 128,
-                           (s.tokens + kQueryTokens - 1) / kQueryTokens),
-                      256, 0, stream>>>(qNope, wUk, s.tokens, s.heads, s.nope,
-                                        s.latent, qLat);
+  absorbQueries(qNope, wUk, s, qLat, stream);
   packQueriesKernel<<<unsigned(size_t(s.tokens) * s.heads), 128, 0, stream>>>(
       qLat, qRope, s.latent, s.rope, queries);
   cacheToBf16Kernel<<<dim3(plan.capacity, layout.batch), kLatentEntry / 4, 0,
@@ -570,8 +574,8 @@ cudaError_t melt::rt::cuda::mlaTensorCores(
     a.blockTable = tables + size_t(t0) * plan.pagesPerSequence;
     a.lengths = lengths + t0;
     a.output = latentOut + size_t(t0) * s.heads * kLatentRank;
-    if (cudaError_t e = mlaDecode(a, workspace, plan.workspaceBytes, smCount,
-                                  stream);
+    if (cudaError_t e =
+            mlaDecode(a, workspace, plan.workspaceBytes, smCount, stream);
         e != cudaSuccess)
       return e;
   }

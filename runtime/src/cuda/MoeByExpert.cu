@@ -1,6 +1,7 @@
 //===- MoeByExpert.cu - routed experts grouped by expert (CUDA) -----------===//
 #include "cuda/MoeByExpert.h"
 
+#include "cuda/ScratchLayout.h"
 #include "cuda/VectorLoads.cuh"
 
 #include <cuda_bf16.h>
@@ -226,10 +227,10 @@ constexpr int kScaleBlock = 128, kChunksPerBlock = kScaleBlock / 32;
 /// added times its block's scale, scales[w][k / 128] (the 16 rows lie in
 /// one 128-row block), as DeepSeek-V3's FP8 GEMMs promote partial sums.
 template <typename W, int kWeights>
-__device__ __forceinline__ void
-mmaRows(const W *const (&rows)[kWeights],
-        const float *const (&scales)[kWeights], const float *token, int K,
-        int t, float (&acc)[kWeights][4]) {
+__device__ __forceinline__ void mmaRows(const W *const (&rows)[kWeights],
+                                        const float *const (&scales)[kWeights],
+                                        const float *token, int K, int t,
+                                        float (&acc)[kWeights][4]) {
   constexpr bool kScaled = !std::is_same_v<W, __nv_bfloat16>;
   constexpr int kBlocks = kScaled ? 2 : 1, kChunks = kBlocks * kChunksPerBlock;
   for (int kb = 0; kb < K; kb += 32 * kChunks) {
@@ -251,7 +252,8 @@ mmaRows(const W *const (&rows)[kWeights],
       const int k = kb + 32 * u + 8 * t;
       const bool in = kb + 32 * u < K && token;
       const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-      const float4 lo = in ? *reinterpret_cast<const float4 *>(token + k) : zero,
+      const float4 lo =
+                       in ? *reinterpret_cast<const float4 *>(token + k) : zero,
                    hi = in ? *reinterpret_cast<const float4 *>(token + k + 4)
                            : zero;
       b[u][0] = packBf16(lo.x, lo.y);
@@ -382,10 +384,11 @@ void launchMma(const float *x, const int32_t *offsets,
                const ExpertStacks &stacks, int choices, int experts, int inter,
                int dim, bool combineBf16, float *act, float *y,
                cudaStream_t stream) {
-  activationMmaKernel<W><<<dim3(experts, (inter + 127) / 128), 256, 0, stream>>>(
-      x, offsets, pairOfSlot, static_cast<const W *>(stacks.gate),
-      static_cast<const W *>(stacks.up), stacks.gateScales, stacks.upScales,
-      choices, inter, dim, act);
+  activationMmaKernel<W>
+      <<<dim3(experts, (inter + 127) / 128), 256, 0, stream>>>(
+          x, offsets, pairOfSlot, static_cast<const W *>(stacks.gate),
+          static_cast<const W *>(stacks.up), stacks.gateScales, stacks.upScales,
+          choices, inter, dim, act);
   downMmaKernel<W><<<dim3(experts, (dim + 127) / 128), 256, 0, stream>>>(
       act, offsets, pairOfSlot, weights, static_cast<const W *>(stacks.down),
       stacks.downScales, choices, inter, dim, combineBf16, y);
@@ -405,8 +408,6 @@ void launchExperts(const float *x, const int32_t *offsets,
       choices, inter, dim, combineBf16, y);
 }
 
-size_t alignedBytes(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 } // namespace
 
 bool melt::rt::cuda::moeByExpertTensorCoresFit(ExpertStacks::Type type,
@@ -417,16 +418,16 @@ bool melt::rt::cuda::moeByExpertTensorCoresFit(ExpertStacks::Type type,
 size_t melt::rt::cuda::moeByExpertScratchBytes(int tokens, int choices,
                                                int experts, int inter) {
   size_t pairs = size_t(tokens) * choices;
-  return alignedBytes((size_t(experts) + 1) * sizeof(int32_t)) +
-         alignedBytes(pairs * sizeof(int32_t)) +
-         alignedBytes(pairs * inter * sizeof(float));
+  return scratchPartBytes((size_t(experts) + 1) * sizeof(int32_t)) +
+         scratchPartBytes(pairs * sizeof(int32_t)) +
+         scratchPartBytes(pairs * inter * sizeof(float));
 }
 
 cudaError_t melt::rt::cuda::moeExpertsByExpert(
     const float *x, const int32_t *indices, const float *weights,
-    const ExpertStacks &stacks, int tokens, int choices, int experts,
-    int inter, int dim, bool combineBf16, bool tensorCores, void *scratch,
-    float *y, int32_t *bad, cudaStream_t stream) {
+    const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
+    int dim, bool combineBf16, bool tensorCores, void *scratch, float *y,
+    int32_t *bad, cudaStream_t stream) {
   using Type = ExpertStacks::Type;
   if (experts < 1 || experts > kMoeByExpertMaxExperts)
     return cudaErrorInvalidValue;
@@ -444,9 +445,9 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
   const int pairs = tokens * choices;
   char *bytes = static_cast<char *>(scratch);
   auto *offsets = reinterpret_cast<int32_t *>(bytes);
-  bytes += alignedBytes((size_t(experts) + 1) * sizeof(int32_t));
+  bytes += scratchPartBytes((size_t(experts) + 1) * sizeof(int32_t));
   auto *pairOfSlot = reinterpret_cast<int32_t *>(bytes);
-  bytes += alignedBytes(size_t(pairs) * sizeof(int32_t));
+  bytes += scratchPartBytes(size_t(pairs) * sizeof(int32_t));
   auto *act = reinterpret_cast<float *>(bytes);
   groupPairsKernel<<<1, 512, 0, stream>>>(indices, pairs, experts, offsets,
                                           pairOfSlot, bad);

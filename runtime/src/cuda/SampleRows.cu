@@ -113,10 +113,8 @@ __global__ void __launch_bounds__(kThreads)
     weights[c] = exp((double(x[indexOf(c)]) - top) / double(temperature));
   __syncthreads();
   if (tid == 0) {
-    const uint64_t draw =
-        uint64_t(draws[2 * row]) | uint64_t(draws[2 * row + 1]) << 32;
-    ids[row] = indexOf(
-        int(melt::rt::pickInNucleus(weights, size_t(k), topP, draw)));
+    ids[row] = indexOf(int(melt::rt::pickInNucleus(
+        weights, size_t(k), topP, melt::rt::drawOfWords(draws + 2 * row))));
   }
 }
 
@@ -132,8 +130,7 @@ cudaError_t melt::rt::cuda::sampleRowsTopK(const float *logits, int rows,
     return cudaErrorInvalidValue;
   if (rows == 0)
     return cudaSuccess;
-  sampleTopKKernel<<<rows, kThreads, 0, stream>>>(logits, vocab, topK,
-                                                  temperature, topP, draws,
-                                                  ids);
+  sampleTopKKernel<<<rows, kThreads, 0, stream>>>(
+      logits, vocab, topK, temperature, topP, draws, ids);
   return cudaGetLastError();
 }
