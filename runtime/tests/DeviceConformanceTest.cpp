@@ -889,6 +889,46 @@ TEST_P(DeviceConformance, Fp8ExpertStacksGroupedByExpert) {
   checkFp8ExpertStacks(*this, rng, 21);
 }
 
+// An FP8 expert stack whose values are on no e4m3 grid is kept in F32 while
+// its siblings stay FP8: a GPU names the mix (and the way out) instead of
+// running kernels on mismatched stacks; the CPU keeps all three in F32.
+TEST_P(DeviceConformance, MixedExpertStackFormatsAreNamed) {
+  const int64_t E = 2, I = 64, D = 128, T = 3, K = 1;
+  auto stack = [&](int64_t rows, int64_t cols, bool onGrid) {
+    WeightData w;
+    w.shape = {E, rows, cols};
+    w.data = random(DType::F32, w.shape, rng, 0.1f).values;
+    if (onGrid)
+      for (int64_t e = 0; e < E; ++e)
+        onFp8Grid(w.data.data() + e * rows * cols, rows, cols, 128);
+    w.storage = WeightData::Storage::FP8Blocks;
+    w.gemmOnly = true;
+    return w;
+  };
+  WeightData gate = stack(I, D, true), up = stack(I, D, false),
+             down = stack(D, I, true);
+  DeviceTensor dg, du, dd;
+  for (auto [weight, tensor] :
+       {std::pair{&gate, &dg}, std::pair{&up, &du}, std::pair{&down, &dd}}) {
+    ASSERT_FALSE(device->importWeight(*weight, *tensor));
+    owned.push_back(*tensor);
+  }
+  DeviceTensor x = put(random(DType::F32, {T, D}, rng)),
+               w = put(random(DType::F32, {T, K}, rng)),
+               idx = ints({0, 1, 1}, {T, K}), y = make(DType::F32, {T, D});
+  Status s = device->moeExperts(x, idx, w, dg, du, dd, false, y);
+  if (dg.dtype == du.dtype) {
+    EXPECT_FALSE(s) << s.message();
+  } else {
+    ASSERT_TRUE(s);
+    EXPECT_NE(s.message().find("gate, up and down are kept as"),
+              std::string::npos)
+        << s.message();
+    EXPECT_NE(s.message().find("MELT_CUDA_FP8_WEIGHTS=0"), std::string::npos)
+        << s.message();
+  }
+}
+
 TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
   // Decode-sized (a row split over warps on CUDA; N not a multiple of a
   // block; K of 130 loads), then more rows than the few-row kernel takes.
