@@ -149,15 +149,21 @@ static int8_t deviceFormatOfWeight(WeightOp weight) {
       .Default(0);
 }
 
-/// melt-select-kernels' kernel choice of an op: 1 tensor_cores / split, 2
-/// cuda_cores / per_head, 0 unset.
+/// melt-select-kernels' kernel choice of an op, 0 unset: experts 1
+/// tensor_cores, 2 cuda_cores; MLA 1 split, 2 per_head, 3 tensor_cores (a
+/// prefill's attention on tensor cores, decode split).
 static int8_t variantOfKernel(Operation *op) {
-  for (const char *name : {"melt.experts_kernel", "melt.mla_kernel"})
-    if (auto choice = op->getAttrOfType<StringAttr>(name))
-      return llvm::StringSwitch<int8_t>(choice.getValue())
-          .Cases("tensor_cores", "split", 1)
-          .Cases("cuda_cores", "per_head", 2)
-          .Default(0);
+  if (auto choice = op->getAttrOfType<StringAttr>("melt.experts_kernel"))
+    return llvm::StringSwitch<int8_t>(choice.getValue())
+        .Case("tensor_cores", 1)
+        .Case("cuda_cores", 2)
+        .Default(0);
+  if (auto choice = op->getAttrOfType<StringAttr>("melt.mla_kernel"))
+    return llvm::StringSwitch<int8_t>(choice.getValue())
+        .Case("split", 1)
+        .Case("per_head", 2)
+        .Case("tensor_cores", 3)
+        .Default(0);
   return 0;
 }
 

@@ -204,8 +204,8 @@ struct SelectKernelsPass final
             bool narrow = true;
             Format first = formats[o.getGate().str()];
             for (StringRef w : {o.getGate(), o.getUp(), o.getDown()})
-              narrow = narrow && formats[w.str()] == first &&
-                       first != Format::F32;
+              narrow =
+                  narrow && formats[w.str()] == first && first != Format::F32;
             ArrayRef<int64_t> shape = gate.getTensorType().getShape();
             bool tensorCores =
                 shape.size() == 3 &&
@@ -220,8 +220,15 @@ struct SelectKernelsPass final
                 llvm::cast<RankedTensorType>(o.getQueryNope().getType());
             int64_t latent = cache.getLatentDim(), rope = cache.getRopeDim(),
                     nope = query.getShape().back();
-            bool split = ::melt::cuda::mlaSplits(latent, rope, nope);
-            const char *kernel = split ? "split" : "per_head";
+            auto precision = o->getAttrOfType<PrecisionAttr>("precision");
+            bool narrow = precision && !precision.getCompute().isF32();
+            int64_t heads = query.getShape()[1];
+            const char *kernel =
+                ::melt::cuda::mlaOnTensorCores(narrow, latent, rope, nope,
+                                               heads)
+                    ? "tensor_cores"
+                : ::melt::cuda::mlaSplits(latent, rope, nope) ? "split"
+                                                              : "per_head";
             o->setAttr("melt.mla_kernel", b.getStringAttr(kernel));
             ++choices[std::string("mla: ") + kernel];
           });

@@ -112,7 +112,8 @@ public:
     /// streams the weight (-1: the device decides).
     int smallMRows = -1;
     /// MoEExperts: 1 tensor cores, 2 CUDA cores; MLA: 1 split over the
-    /// sequence, 2 a block per head; 0: the device decides.
+    /// sequence, 2 a block per head, 3 a prefill on tensor cores in BF16
+    /// (decode split); 0: the device decides.
     int variant = 0;
   };
   virtual void planKernel(const DeviceTensor &weight, const KernelPlan &plan) {

@@ -15,21 +15,29 @@ using namespace melt::rt;
 
 namespace {
 
-/// MELT_PROFILE=1: time per kernel kind, printed to stderr at exit (the
-/// device is synchronized after every kernel, so that a GPU's time is
-/// counted where it is spent).
-struct Profile {
-  bool enabled = std::getenv("MELT_PROFILE") != nullptr;
+bool profilingRequested() { return std::getenv("MELT_PROFILE") != nullptr; }
+
+} // namespace
+
+/// MELT_PROFILE=1: time per kernel kind, printed to stderr when the session
+/// ends (the device is synchronized after every kernel, so that a GPU's
+/// time is counted where it is spent; a session of its own, such as
+/// melt-run --warmup's, keeps first-call costs out of the timed one).
+struct melt::rt::ForwardRunner::Profile {
   std::mutex mutex;
   double seconds[64] = {};
   uint64_t calls[64] = {};
+  uint64_t passes = 0;
   ~Profile() {
-    if (!enabled)
-      return;
     double total = 0;
     for (double s : seconds)
       total += s;
-    std::fprintf(stderr, "melt profile (kernel kind: calls, ms, share)\n");
+    if (total <= 0)
+      return;
+    std::fprintf(stderr,
+                 "melt profile of a session, %llu passes (kernel kind: "
+                 "calls, ms, share)\n",
+                 static_cast<unsigned long long>(passes));
     for (int k = 0; k < 64; ++k)
       if (calls[k])
         std::fprintf(stderr, "  %-18s %8llu %10.2f %5.1f%%\n",
@@ -38,7 +46,8 @@ struct Profile {
                      seconds[k] * 1e3, 100.0 * seconds[k] / total);
   }
 };
-Profile profile;
+
+namespace {
 
 std::string kernelName(uint32_t k, const fb::Kernel &kernel) {
   return "kernels[" + std::to_string(k) + "] (" +
@@ -232,6 +241,7 @@ Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
 /// Queues every kernel of @forward (nothing is read back: this is what a
 /// graph records).
 Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
+               ForwardRunner::Profile *profile,
                std::map<uint32_t, DeviceTensor> &caches) {
   Device &device = dm.device();
   const fb::Model &m = dm.model().artifact().model();
@@ -490,15 +500,15 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       return {MELT_UNSUPPORTED,
               kernelName(k, kernel) + " does not run in a session"};
     }
-    if (!status && profile.enabled) {
+    if (!status && profile) {
       status = device.synchronize();
       double s = std::chrono::duration<double>(
                      std::chrono::steady_clock::now() - started)
                      .count();
       int kind = static_cast<int>(kernel.kind()) & 63;
-      std::lock_guard<std::mutex> lock(profile.mutex);
-      profile.seconds[kind] += s;
-      ++profile.calls[kind];
+      std::lock_guard<std::mutex> lock(profile->mutex);
+      profile->seconds[kind] += s;
+      ++profile->calls[kind];
     }
     if (status)
       return Status(status.code(),
@@ -625,7 +635,9 @@ void RouterLoad::add(const RouterChoices &step) {
     }
 }
 
-ForwardRunner::ForwardRunner(const DeviceModel &model) : model_(model) {}
+ForwardRunner::ForwardRunner(const DeviceModel &model)
+    : model_(model),
+      profile_(profilingRequested() ? std::make_unique<Profile>() : nullptr) {}
 ForwardRunner::~ForwardRunner() = default;
 
 Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
@@ -635,8 +647,10 @@ Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
                               DevicePick *pick) {
   MELT_RETURN_IF_ERROR(allocateInputs(model_, pass, batch));
   MELT_RETURN_IF_ERROR(uploadInputs(model_.device(), pass, batch));
-  MELT_RETURN_IF_ERROR(
-      enqueue(model_, pass, int64_t(batch.tokens.size()), caches));
+  if (profile_)
+    ++profile_->passes;
+  MELT_RETURN_IF_ERROR(enqueue(model_, pass, int64_t(batch.tokens.size()),
+                               profile_.get(), caches));
   return collect(model_, pass, logits, choices, pick);
 }
 
@@ -649,7 +663,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   const int64_t T = int64_t(batch.tokens.size());
   const int64_t B = int64_t(batch.lengths.size());
   // Decode steps are recorded (profiling times kernels one by one).
-  bool decode = device.canCapture() && !profile.enabled && T == B && T > 0;
+  bool decode = device.canCapture() && !profile_ && T == B && T > 0;
   if (!decode) {
     Pass pass(device, model_.model().artifact().model());
     return runOnce(pass, batch, caches, logits, choices, pick);
@@ -669,7 +683,7 @@ Status ForwardRunner::run(const StepBatch &batch,
     MELT_RETURN_IF_ERROR(allocateInputs(model_, *pass, batch));
     MELT_RETURN_IF_ERROR(uploadInputs(device, *pass, batch));
     MELT_RETURN_IF_ERROR(device.beginCapture());
-    Status queued = enqueue(model_, *pass, T, caches);
+    Status queued = enqueue(model_, *pass, T, nullptr, caches);
     Status recorded = device.endCapture(pass->graph);
     if (queued) // the same error a step run kernel by kernel would give
       return queued;

@@ -15,6 +15,7 @@
 #include "Model.h"
 
 #include <map>
+#include <memory>
 
 namespace melt::rt {
 
@@ -108,6 +109,7 @@ public:
   uint64_t replayedSteps() const { return replayed_; }
 
   struct Pass;
+  struct Profile;
 
 private:
   Status runOnce(Pass &pass, const StepBatch &batch,
@@ -123,6 +125,8 @@ private:
   static constexpr size_t kMaxRecorded = 16;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Pass>> recorded_;
   uint64_t replayed_ = 0, steps_ = 0;
+  /// MELT_PROFILE: this session's time per kernel kind (null when off).
+  std::unique_ptr<Profile> profile_;
 };
 
 /// The width of a cache buffer's rows: heads * (key + value) values.

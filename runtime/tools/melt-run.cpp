@@ -2,9 +2,9 @@
 //
 //   melt-run model.melt --checkpoint DIR --prompt-ids 1,2,3 --max-new 32
 //
-// Greedy (or sampled) generation; prints the generated ids, prefill and decode tokens/s
-// and the peak memory; --bench prints the same as JSON. It uses the C API
-// only, like any embedding program, on the CPU or (--device cuda:N) a GPU,
+// Greedy (or sampled) generation; prints the generated ids, prefill and decode
+// tokens/s and the peak memory; --bench prints the same as JSON. It uses the C
+// API only, like any embedding program, on the CPU or (--device cuda:N) a GPU,
 // where it also reports the energy per decoded token from NVML. --batch N
 // runs N sequences together (sequence i's prompt is the given one with
 // every id offset by i, modulo the vocabulary, so that they differ); a
@@ -170,7 +170,8 @@ int main(int argc, char **argv) {
       if (!v || *end || !std::isfinite(f) ||
           (temperature ? f < 0.f : !(f > 0.f && f <= 1.f))) {
         std::fprintf(stderr, "melt-run: error: %s takes %s\n", arg.c_str(),
-                     temperature ? "a finite number >= 0" : "a number in (0, 1]");
+                     temperature ? "a finite number >= 0"
+                                 : "a number in (0, 1]");
         return 1;
       }
       (temperature ? picking.sampling.temperature : picking.sampling.top_p) = f;
@@ -179,8 +180,10 @@ int main(int argc, char **argv) {
       char *end = nullptr;
       long long n = v ? std::strtoll(v, &end, 10) : -1;
       if (!v || *end || n < 0 || (arg == "--top-k" && n > (1 << 30))) {
-        std::fprintf(stderr, "melt-run: error: %s takes a non-negative "
-                             "integer\n", arg.c_str());
+        std::fprintf(stderr,
+                     "melt-run: error: %s takes a non-negative "
+                     "integer\n",
+                     arg.c_str());
         return 1;
       }
       if (arg == "--top-k")
@@ -242,7 +245,8 @@ int main(int argc, char **argv) {
       Generated ignored;
       if (melt_session_create(model, &options, &first) != MELT_OK)
         return fail("creating a session");
-      bool ok = generate(first, prompts, std::min(maxNew, 4l), picking, ignored);
+      bool ok =
+          generate(first, prompts, std::min(maxNew, 4l), picking, ignored);
       melt_session_destroy(first);
       if (!ok)
         return 1;
@@ -270,8 +274,13 @@ int main(int argc, char **argv) {
       extras.target = melt_model_target(model);
       if (joulesBefore >= 0 && joulesAfter > joulesBefore && decoded)
         extras.joulesPerToken = (joulesAfter - joulesBefore) / decoded;
-      else
+      else if (joulesBefore < 0)
         extras.energyUnavailable = energy.why();
+      else if (!decoded)
+        extras.energyUnavailable = "no decode steps to measure";
+      else // NVML's counter advances every few milliseconds
+        extras.energyUnavailable = "the decode steps ran too briefly for "
+                                   "the energy counter";
     }
     printReport(bench, prompt.size(), generated, extras);
     std::fflush(stdout);

@@ -1,12 +1,15 @@
 // melt-select-kernels (target=cuda): device formats, kernel choices and the
 // device-memory check. BF16 policy on the tiny model: GEMM operands bf16,
 // weights read by other kernels (embedding, norms, W_UK/W_UV) f32; experts
-// with sizes in 32s on tensor cores; MLA split over the sequence.
+// with sizes in 32s on tensor cores; MLA split over the sequence (the tiny
+// latent of 32 is not the tensor-core kernel's 512).
 // RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' --melt-select-kernels -o - 2>%t.report | FileCheck %s
 // RUN: FileCheck %s --check-prefix=REPORT < %t.report
 // DeepSeek-V3 (FP8 checkpoint, deepseek-v3 policy): 2-D FP8 projections
 // and the FP8 expert stacks stay FP8 with their block scales (the experts
-// on the tensor-core expert kernels), so the weights need 648 GiB.
+// on the tensor-core expert kernels), so the weights need 648 GiB; BF16
+// attention at latent 512 / rope 64 / 128 heads: a prefill's MLA on tensor
+// cores.
 // RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' '--melt-select-kernels=device-memory=700' -o - 2>%t.v3 | FileCheck %s --check-prefix=V3
 // RUN: FileCheck %s --check-prefix=V3REPORT < %t.v3
 // After melt-plan-memory: the device's buffer plan (KV cache and a
@@ -37,6 +40,7 @@
 // V3: melt.weight @model.layers.3.mlp.gate : tensor<256x7168xbf16> {{.+}} {melt.device_format = "f32"}
 // V3: melt.weight @model.layers.3.mlp.experts.gate_proj : tensor<256x2048x7168xf8E4M3FN> {{.+}} {melt.device_format = "fp8_blocks"}
 // V3: melt.linear {{.+}} @model.layers.3.self_attn.qkv_a_proj {{.*}}melt.small_m_rows = 8
+// V3: melt.mla {{.+}}melt.mla_kernel = "tensor_cores"
 // The output head (129280 x 7168 BF16, 1.85 GB) streams one row only.
 // V3: melt.logits {{.+}}melt.small_m_rows = 1
 // V3: melt.moe_experts {{.+}}melt.experts_kernel = "tensor_cores"

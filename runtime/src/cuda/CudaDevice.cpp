@@ -215,11 +215,11 @@ public:
     MELT_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream_), "kernel"));
     if (!flag_)
       return Status::ok();
-    int32_t raised[3] = {0, 0, 0};
+    int32_t raised[kFlags] = {};
     MELT_RETURN_IF_ERROR(
         check(cudaMemcpy(raised, flag_, sizeof(raised), cudaMemcpyDeviceToHost),
               "flag"));
-    if (!raised[kEmbeddingFlag] && !raised[kCacheFlag] && !raised[kExpertFlag])
+    if (std::none_of(raised, raised + kFlags, [](int32_t f) { return f; }))
       return Status::ok();
     // Reported once; the device goes on.
     MELT_RETURN_IF_ERROR(check(cudaMemset(flag_, 0, sizeof(raised)), "flag"));
@@ -229,6 +229,11 @@ public:
           std::to_string(embeddingRows_));
     if (raised[kCacheFlag])
       return {MELT_RESOURCE_EXHAUSTED, "cache: a position has no cache page"};
+    if (raised[kSpreadFlag])
+      return invalidArgument(
+          "mla: a prefill's tokens of one sequence are not at consecutive "
+          "positions (the tensor-core attention groups them; "
+          "MELT_CUDA_MLA_TENSOR_CORES=0 runs the split kernel)");
     return invalidArgument(
         "moe_experts: an expert index is outside the experts");
   }
@@ -472,9 +477,11 @@ public:
                         maxVisible};
     const KernelPlan *plan = planOf(wUk);
     bool perHead = plan && plan->variant == 2;
-    // A prefill (16 query rows a sequence or more) on tensor cores, where
-    // asked (BF16 attention: not yet the default, see mlaTensorCores_).
-    if (mlaTensorCores_ && !perHead && mlaTensorCoresFit(shape) &&
+    // A prefill (16 query rows a sequence or more) on tensor cores in BF16:
+    // where the compiler chose it (BF16 attention), or where asked.
+    bool tensorCores = mlaTensorCores_ == 1 ||
+                       (mlaTensorCores_ < 0 && plan && plan->variant == 3);
+    if (tensorCores && !perHead && mlaTensorCoresFit(shape) &&
         shape.tokens >= 16 * layout.pages.shape[0])
       return mlaOnTensorCores(qNope, qRope, cache, layout, wUk, wUv, shape,
                               scale, out);
@@ -702,24 +709,25 @@ private:
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
         allocate(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
-    Status launched = check(
-        mlaTensorCores(static_cast<const float *>(qNope.data),
-                       static_cast<const float *>(qRope.data),
-                       static_cast<const float *>(cache.data), paging,
-                       static_cast<const float *>(wUk.data),
-                       static_cast<const float *>(wUv.data), shape, scale,
-                       scratch.data, bytes, static_cast<float *>(out.data),
-                       flag_ + kCacheFlag, multiprocessors_, stream_),
-        "mla");
+    Status launched = fromGemm(mlaTensorCores(
+        *gemm_, static_cast<const float *>(qNope.data),
+        static_cast<const float *>(qRope.data),
+        static_cast<const float *>(cache.data), paging,
+        static_cast<const float *>(wUk.data),
+        static_cast<const float *>(wUv.data), shape, scale, scratch.data, bytes,
+        static_cast<float *>(out.data), flag_ + kCacheFlag, flag_ + kSpreadFlag,
+        multiprocessors_));
     release(scratch); // stream-ordered: reused only by later work
     return launched;  // a position without a page: at synchronize()
   }
-  /// MELT_CUDA_MLA_TENSOR_CORES=1: prefills' MLA on tensor cores in BF16.
-  /// Off by default until it is measured and checked on the GPU (then the
-  /// compiler will choose it for models whose attention is BF16).
-  bool mlaTensorCores_ = [] {
+  /// A prefill's MLA on tensor cores in BF16: as compiled (variant 3:
+  /// melt-select-kernels chooses it where the attention is BF16), else not
+  /// (an artifact compiled for the CPU says nothing of its attention's
+  /// precision); MELT_CUDA_MLA_TENSOR_CORES=1 always where the shapes take
+  /// it, =0 never. -1: as compiled.
+  int mlaTensorCores_ = [] {
     const char *v = std::getenv("MELT_CUDA_MLA_TENSOR_CORES");
-    return v && std::string(v) == "1";
+    return !v ? -1 : std::string(v) == "1" ? 1 : std::string(v) == "0" ? 0 : -1;
   }();
 
   /// The compiler's kernel choices, by the weight's data.
@@ -1040,14 +1048,17 @@ private:
   /// The flags kernels raise on bad indices: [0] the embedding's (checked
   /// at once: ids come from the user), [1] the cache's and [2] the
   /// experts' (indices computed on the device: checked at synchronize(),
-  /// so that a model step does not wait after every layer).
-  static constexpr int kEmbeddingFlag = 0, kCacheFlag = 1, kExpertFlag = 2;
+  /// so that a model step does not wait after every layer), [3] a
+  /// prefill's MLA on tensor cores given a sequence's tokens at positions
+  /// that are not consecutive.
+  static constexpr int kEmbeddingFlag = 0, kCacheFlag = 1, kExpertFlag = 2,
+                       kSpreadFlag = 3, kFlags = 4;
   Status flags() {
     if (flag_)
       return Status::ok();
     MELT_RETURN_IF_ERROR(
-        check(cudaMalloc(&flag_, 3 * sizeof(int32_t)), "cudaMalloc"));
-    return check(cudaMemsetAsync(flag_, 0, 3 * sizeof(int32_t), stream_),
+        check(cudaMalloc(&flag_, kFlags * sizeof(int32_t)), "cudaMalloc"));
+    return check(cudaMemsetAsync(flag_, 0, kFlags * sizeof(int32_t), stream_),
                  "flag");
   }
   Status copyAxisPart(const DeviceTensor &whole, int axis, int64_t offset,

@@ -77,6 +77,7 @@ CudaStatus GemmRunner::create(cudaStream_t stream,
 
 GemmRunner::~GemmRunner() {
   plans_.clear();
+  batchedPlans_.clear();
   if (staging_)
     cudaFree(staging_);
   if (workspace_)
@@ -187,6 +188,68 @@ CudaStatus GemmRunner::f32(const float *x, const float *w, float *y, int m,
   if (CudaStatus s = plan(Kind::F32, m, n, k, p))
     return s;
   return run(*p, w, x, y, nullptr, nullptr);
+}
+
+CudaStatus GemmRunner::tf32Batched(const float *x, const float *w, float *y,
+                                   const Batched &g) {
+  if (g.m <= 0 || g.n <= 0 || g.k <= 0 || g.batches <= 0)
+    return {"gemm: empty shape"};
+  if (g.xRow < g.k || g.yRow < g.n)
+    return {"gemm: rows closer than their length"};
+  BatchedKey key{g.m,    g.n,      g.k,      g.batches, g.wNK,
+                 g.xRow, g.xBatch, g.wBatch, g.yRow,    g.yBatch};
+  auto it = batchedPlans_.find(key);
+  if (it == batchedPlans_.end()) {
+    // Column-major: y_b^T [N, M] = op(w_b) [N, K] x_b^T [K, M]; w_b [K, N]
+    // row-major is column-major [N, K] as it is, [N, K] row-major is
+    // column-major [K, N] transposed.
+    auto p = std::make_unique<Plan>();
+    MELT_RETURN_IF_CUBLAS(cublasLtMatmulDescCreate(
+        &p->desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F));
+    cublasOperation_t transA = g.wNK ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      transB = CUBLAS_OP_N;
+    MELT_RETURN_IF_CUBLAS(cublasLtMatmulDescSetAttribute(
+        p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &transA, sizeof(transA)));
+    MELT_RETURN_IF_CUBLAS(cublasLtMatmulDescSetAttribute(
+        p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &transB, sizeof(transB)));
+    MELT_RETURN_IF_CUBLAS(
+        g.wNK ? cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, g.k, g.n, g.k)
+              : cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, g.n, g.k, g.n));
+    MELT_RETURN_IF_CUBLAS(
+        cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, g.k, g.m, g.xRow));
+    MELT_RETURN_IF_CUBLAS(
+        cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, g.n, g.m, g.yRow));
+    const int32_t count = g.batches;
+    const std::pair<cublasLtMatrixLayout_t, int64_t> strides[] = {
+        {p->a, g.wBatch}, {p->b, g.xBatch}, {p->d, g.yBatch}};
+    for (const auto &[layout, stride] : strides) {
+      MELT_RETURN_IF_CUBLAS(cublasLtMatrixLayoutSetAttribute(
+          layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      MELT_RETURN_IF_CUBLAS(cublasLtMatrixLayoutSetAttribute(
+          layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+          sizeof(stride)));
+    }
+    cublasLtMatmulPreference_t preference = nullptr;
+    MELT_RETURN_IF_CUBLAS(cublasLtMatmulPreferenceCreate(&preference));
+    size_t workspaceBytes = cublasWorkspaceBytes();
+    cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspaceBytes,
+        sizeof(workspaceBytes));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->d, p->d,
+                                       preference, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(preference);
+    if (status != CUBLAS_STATUS_SUCCESS || found == 0)
+      return {"cuBLASLt has no algorithm for this batched GEMM (M " +
+              std::to_string(g.m) + ", N " + std::to_string(g.n) + ", K " +
+              std::to_string(g.k) + ", " + std::to_string(g.batches) +
+              " batches): " + cublasLtGetStatusName(status)};
+    p->algo = result.algo;
+    it = batchedPlans_.emplace(key, std::move(p)).first;
+  }
+  return run(*it->second, w, x, y, nullptr, nullptr);
 }
 
 CudaStatus GemmRunner::fp8FromF32(const float *x, const __nv_fp8_e4m3 *w,

@@ -63,8 +63,7 @@ public:
   CudaStatus bf16(const __nv_bfloat16 *x, const __nv_bfloat16 *w, void *y,
                   bool yF32, int m, int n, int k);
   /// FP32 throughout (no TF32): the reference-precision path.
-  CudaStatus f32(const float *x, const float *w, float *y, int m, int n,
-                 int k);
+  CudaStatus f32(const float *x, const float *w, float *y, int m, int n, int k);
 
   /// `xScales`: [K/128, M] row-major (one per 128 values of a row);
   /// `wScales`: [ceil(N/128), K/128] row-major. K must be a multiple of
@@ -82,6 +81,18 @@ public:
                         const float *wScales, float *y, int m, int n, int k,
                         bool &handled);
 
+  /// Batches of y_b[M, N] = x_b[M, K] w_b, every operand FP32 and
+  /// row-major with its own row and batch strides (elements), w_b stored
+  /// [K, N] or, with wNK, [N, K] (then y_b = x_b w_b^T); multiplied on the
+  /// tensor cores in TF32 with FP32 accumulation: MLA's per-head products
+  /// (W_UK into the queries, W_UV onto the attention's latent output).
+  struct Batched {
+    int m = 0, n = 0, k = 0, batches = 0;
+    bool wNK = false;
+    int64_t xRow = 0, xBatch = 0, wBatch = 0, yRow = 0, yBatch = 0;
+  };
+  CudaStatus tf32Batched(const float *x, const float *w, float *y,
+                         const Batched &shape);
   cudaStream_t stream() const { return stream_; }
   /// FP8 GEMMs of at most this many tokens run the small-M kernel (0: all
   /// through cuBLASLt, for comparison; at most kFp8SmallMMax).
@@ -119,6 +130,9 @@ private:
   void *staging_ = nullptr;
   size_t stagingBytes_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  using BatchedKey = std::tuple<int, int, int, int, bool, int64_t, int64_t,
+                                int64_t, int64_t, int64_t>;
+  std::map<BatchedKey, std::unique_ptr<Plan>> batchedPlans_;
 };
 
 } // namespace melt::rt::cuda

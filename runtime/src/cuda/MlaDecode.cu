@@ -60,8 +60,7 @@ __device__ inline void mma16816(float (&acc)[4], const uint32_t (&a)[4],
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
-                 "r"(b1));
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 __device__ inline uint32_t sharedAddress(const void *p) {
@@ -91,8 +90,8 @@ __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
 }
 
 __device__ inline void copy16(void *sharedDst, const void *globalSrc) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
-               ::"r"(sharedAddress(sharedDst)),
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                   sharedAddress(sharedDst)),
                "l"(globalSrc));
 }
 
@@ -211,6 +210,13 @@ __global__ void __launch_bounds__(kThreads)
       constexpr int kHeadThreads = Shape::headThreads;
       constexpr int kThreadTokens = Shape::threadTokens;
       int head = threadIdx.x / kHeadThreads, part = threadIdx.x % kHeadThreads;
+      // Where this row's own tokens end (a prefill's causal rows).
+      int rowEnd = end;
+      if (args.rowLengths) {
+        int perEntry = args.heads / args.rowHeads;
+        rowEnd = min(end, args.rowLengths[size_t(seq) * perEntry +
+                                          (head0 + head) / args.rowHeads]);
+      }
       float row[kThreadTokens];
       float tileMax = -FLT_MAX;
 #pragma unroll
@@ -221,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int d = 0; d < kDimSlices; ++d)
           dot += s.scores[d][at];
-        row[i] = t0 + token < end ? dot * args.scale : -FLT_MAX;
+        row[i] = t0 + token < rowEnd ? dot * args.scale : -FLT_MAX;
         tileMax = fmaxf(tileMax, row[i]);
       }
 #pragma unroll
@@ -320,8 +326,7 @@ __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
   float maxAll = -FLT_MAX;
   for (int c = 0; c < chunks; ++c)
     maxAll = fmaxf(
-        maxAll,
-        partialStats[(size_t(seq) * chunks + c) * args.heads + head].x);
+        maxAll, partialStats[(size_t(seq) * chunks + c) * args.heads + head].x);
   float total = 0;
   float sums[kLatentRank / 128] = {};
   for (int c = 0; c < chunks; ++c) {
@@ -337,11 +342,17 @@ __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
       sums[i] += weight * part[threadIdx.x + i * 128];
   }
   float inverse = total > 0 ? 1.f / total : 0.f;
-  __nv_bfloat16 *out =
-      args.output + (size_t(seq) * args.heads + head) * kLatentRank;
+  const size_t row = (size_t(seq) * args.heads + head) * kLatentRank;
+  if (args.outputF32) {
+#pragma unroll
+    for (int i = 0; i < kLatentRank / 128; ++i)
+      args.outputF32[row + threadIdx.x + i * 128] = sums[i] * inverse;
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < kLatentRank / 128; ++i)
-    out[threadIdx.x + i * 128] = __float2bfloat16(sums[i] * inverse);
+    args.output[row + threadIdx.x + i * 128] =
+        __float2bfloat16(sums[i] * inverse);
 }
 
 /// Head tiles per block: 4 (64 heads, the cache read once per 64 heads)
@@ -366,8 +377,8 @@ int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
       1, kSharedPerSm / int(sharedBytesFor(tilesPerBlock) + kReservedPerBlock));
   int tiles = std::max(1, (args.maxLength + kTileTokens - 1) / kTileTokens);
   int blocks = args.batch * (args.heads / (16 * tilesPerBlock));
-  int chunks = std::clamp(residentPerSm * smCount / blocks, 1,
-                          std::max(1, tiles / 8));
+  int chunks =
+      std::clamp(residentPerSm * smCount / blocks, 1, std::max(1, tiles / 8));
   int tilesPerChunk = (tiles + chunks - 1) / chunks;
   chunkTokens = tilesPerChunk * kTileTokens;
   return (tiles + tilesPerChunk - 1) / tilesPerChunk;
@@ -392,9 +403,8 @@ struct SplitPlan {
 };
 
 template <int kHeadTiles>
-cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens,
-                         int chunks, float *sums, float2 *stats,
-                         cudaStream_t stream) {
+cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
+                         float *sums, float2 *stats, cudaStream_t stream) {
   size_t shared = sizeof(SharedTile<kHeadTiles>);
   cudaError_t error = cudaFuncSetAttribute(
       mlaDecodeChunks<kHeadTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -414,24 +424,24 @@ size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount) {
 }
 
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
-                      size_t workspaceBytes, int smCount,
-                      cudaStream_t stream) {
+                      size_t workspaceBytes, int smCount, cudaStream_t stream) {
   if (args.heads <= 0 || args.heads % 16 != 0 ||
       args.pageSize % kTileTokens != 0 || args.batch <= 0 ||
       args.maxLength <= 0 ||
-      args.maxLength > args.pageSize * args.maxPagesPerSequence)
+      args.maxLength > args.pageSize * args.maxPagesPerSequence ||
+      (args.rowLengths &&
+       (args.rowHeads <= 0 || args.heads % args.rowHeads != 0)))
     return cudaErrorInvalidValue;
   SplitPlan plan(args, smCount);
   if (workspaceBytes < plan.workspaceBytes())
     return cudaErrorInvalidValue;
   float *sums = plan.sums(workspace);
   float2 *stats = plan.stats(workspace);
-  cudaError_t error =
-      headTiles(args, smCount) == 4
-          ? launchChunks<4>(args, plan.chunkTokens, plan.chunks, sums, stats,
-                            stream)
-          : launchChunks<1>(args, plan.chunkTokens, plan.chunks, sums, stats,
-                            stream);
+  cudaError_t error = headTiles(args, smCount) == 4
+                          ? launchChunks<4>(args, plan.chunkTokens, plan.chunks,
+                                            sums, stats, stream)
+                          : launchChunks<1>(args, plan.chunkTokens, plan.chunks,
+                                            sums, stats, stream);
   if (error != cudaSuccess)
     return error;
   mlaDecodeCombine<<<dim3(args.heads, args.batch), 128, 0, stream>>>(

@@ -33,19 +33,28 @@ struct MlaDecodeArgs {
   const int32_t *blockTable;    // [batch, maxPagesPerSequence]
   const int32_t *lengths;       // [batch] cached tokens per sequence
   __nv_bfloat16 *output;        // [batch, heads, 512]
+  /// When set, the output in FP32 here instead of `output`.
+  float *outputF32 = nullptr;
   int batch = 0, heads = 0, pageSize = 0, maxPagesPerSequence = 0;
   int maxLength = 0; // the largest of `lengths` (sizes the split)
   float scale = 0;   // softmax scale (YaRN mscale included)
+  /// Several query tokens of one sequence as one entry (a prefill's causal
+  /// rows): `heads` rows are heads / rowHeads tokens of rowHeads heads
+  /// each, and row r of entry b sees the first
+  /// rowLengths[b * (heads / rowHeads) + r / rowHeads] cached tokens (0:
+  /// none; its output is zero). Null: every row sees lengths[b].
+  const int32_t *rowLengths = nullptr;
+  int rowHeads = 0;
 };
 
 /// Bytes of scratch that mlaDecode needs for these arguments.
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
 
 /// Launches the decode on `stream`. `heads` must be a multiple of 16 and
-/// `pageSize` of 32 (a block reads 32 tokens of one page at a time).
+/// `pageSize` of 32 (a block reads 32 tokens of one page at a time);
+/// rowHeads, where rows have lengths of their own, a divisor of heads.
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
-                      size_t workspaceBytes, int smCount,
-                      cudaStream_t stream);
+                      size_t workspaceBytes, int smCount, cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <tuple>
 
 using namespace melt::rt::cuda;
 
@@ -333,28 +335,21 @@ __global__ void combineValueKernel(const float *partialOut,
   projectValues(olat, wUv, t, h, heads, latent, valueDim, out);
 }
 
-/// Grid (tokens * heads, valueDim / 32), 256 threads: the BF16 latent
-/// outputs of the tensor-core path (normalized), then W_UV as above.
-__global__ void valueKernel(const __nv_bfloat16 *latentOut, const float *wUv,
-                            int heads, int latent, int valueDim, float *out) {
-  extern __shared__ float olat[];
-  const int t = blockIdx.x / heads, h = blockIdx.x % heads;
-  const __nv_bfloat16 *row = latentOut + size_t(blockIdx.x) * latent;
-  for (int l = threadIdx.x; l < latent; l += blockDim.x)
-    olat[l] = __bfloat162float(row[l]);
-  __syncthreads();
-  projectValues(olat, wUv, t, h, heads, latent, valueDim, out);
-}
-
-/// Grid (tokens * heads), 128 threads: the absorbed query (latent, then
-/// rope) in BF16, as the tensor-core kernel reads it.
+/// Grid (slots * heads), 128 threads: each slot's absorbed query (latent,
+/// then rope) in BF16, as the tensor-core kernel reads it; zeros in a slot
+/// that holds no token.
 __global__ void packQueriesKernel(const float *qLat, const float *qRope,
+                                  const int32_t *tokenOfSlot, int heads,
                                   int latent, int rope,
                                   __nv_bfloat16 *queries) {
-  const size_t th = blockIdx.x;
+  const size_t sh = blockIdx.x;
+  const int t = tokenOfSlot[sh / heads];
+  const size_t th = size_t(t) * heads + sh % heads;
   for (int i = threadIdx.x; i < latent + rope; i += blockDim.x)
-    queries[th * (latent + rope) + i] = __float2bfloat16(
-        i < latent ? qLat[th * latent + i] : qRope[th * rope + i - latent]);
+    queries[sh * (latent + rope) + i] =
+        __float2bfloat16(t < 0        ? 0.f
+                         : i < latent ? qLat[th * latent + i]
+                                      : qRope[th * rope + i - latent]);
 }
 
 /// Grid (capacity, sequences), 144 threads (576 values, 4 each): the
@@ -382,19 +377,90 @@ __global__ void cacheToBf16Kernel(const float *cache, PagedLayout layout,
   }
 }
 
-/// A thread per query token: it attends as a decode query would, over its
-/// sequence's rows [0, position]: its page table names the sequence's
-/// contiguous BF16 rows in pages of 32.
-__global__ void queryTablesKernel(PagedLayout layout, int tokens,
-                                  int pagesPerSequence, int32_t *tables,
-                                  int32_t *lengths) {
+// A prefill's query tokens attend in groups: the tokens of one sequence
+// at positions p0 + [0, G) share a group (G = 64 / heads, so that a block
+// of the tensor-core kernel holds 64 query rows and reads each cached row
+// once for all of them), each row masked at its own position. Groups are
+// laid out sequence by sequence in slots of G tokens (a sequence's last
+// group padded); a sequence's tokens in a step are at consecutive
+// positions, so ceil(tokens / G) + sequences groups hold them.
+
+/// Grid over tokens: each sequence's first and last position in the step
+/// (minPos / maxPos start at INT_MAX / -1).
+__global__ void positionSpanKernel(PagedLayout layout, int tokens,
+                                   int32_t *minPos, int32_t *maxPos) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= tokens)
     return;
   const int b = layout.sequences[t];
-  lengths[t] = layout.positions[t] + 1;
-  for (int j = 0; j < pagesPerSequence; ++j)
-    tables[size_t(t) * pagesPerSequence + j] = b * pagesPerSequence + j;
+  if (b < 0 || b >= layout.batch)
+    return;
+  atomicMin(&minPos[b], layout.positions[t]);
+  atomicMax(&maxPos[b], layout.positions[t]);
+}
+
+/// One thread: each sequence's first group; *overflow where positions
+/// spread beyond the groups the scratch holds (not consecutive).
+__global__ void groupBaseKernel(int sequences, int group, int maxGroups,
+                                const int32_t *minPos, const int32_t *maxPos,
+                                int32_t *groupBase, int32_t *overflow) {
+  int base = 0;
+  for (int b = 0; b < sequences; ++b) {
+    groupBase[b] = base;
+    int span = maxPos[b] >= minPos[b] ? maxPos[b] - minPos[b] + 1 : 0;
+    base += (span + group - 1) / group;
+  }
+  if (base > maxGroups)
+    *overflow = 1;
+}
+
+/// Grid over tokens: each token's slot, and each group's sequence and
+/// length (its last row's).
+__global__ void placeTokensKernel(PagedLayout layout, int tokens, int group,
+                                  int maxGroups, const int32_t *minPos,
+                                  const int32_t *groupBase,
+                                  int32_t *slotOfToken, int32_t *tokenOfSlot,
+                                  int32_t *rowLengths, int32_t *groupSequence,
+                                  int32_t *groupLengths) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= tokens)
+    return;
+  const int b = layout.sequences[t], position = layout.positions[t];
+  const int r = b >= 0 && b < layout.batch ? position - minPos[b] : -1;
+  const int g = r < 0 ? maxGroups : groupBase[b] + r / group;
+  if (g >= maxGroups) {
+    slotOfToken[t] = -1;
+    return;
+  }
+  const int slot = g * group + r % group;
+  slotOfToken[t] = slot;
+  tokenOfSlot[slot] = t;
+  rowLengths[slot] = position + 1;
+  groupSequence[g] = b;
+  atomicMax(&groupLengths[g], position + 1);
+}
+
+/// Grid (groups), 32 threads: a group's page table names its sequence's
+/// contiguous BF16 rows in pages of 32.
+__global__ void groupTablesKernel(int pagesPerSequence,
+                                  const int32_t *groupSequence,
+                                  int32_t *tables) {
+  const int g = blockIdx.x, b = groupSequence[g];
+  for (int j = threadIdx.x; j < pagesPerSequence; j += blockDim.x)
+    tables[size_t(g) * pagesPerSequence + j] = b * pagesPerSequence + j;
+}
+
+/// Grid (tokens * heads), 128 threads: a token's values from its slot
+/// (zeros for a token without one).
+__global__ void gatherValuesKernel(const float *slotValues,
+                                   const int32_t *slotOfToken, int heads,
+                                   int valueDim, float *out) {
+  const size_t th = blockIdx.x;
+  const int slot = slotOfToken[th / heads];
+  const float *from =
+      slotValues + (size_t(slot) * heads + th % heads) * valueDim;
+  for (int i = threadIdx.x; i < valueDim; i += blockDim.x)
+    out[th * valueDim + i] = slot < 0 ? 0.f : from[i];
 }
 
 /// Stage 1 of both paths: q_lat = q_nope W_UK.
@@ -483,40 +549,63 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
 namespace {
 
 /// Rows of a page of the BF16 copy (the tensor-core kernel reads tiles of
-/// 32 rows of one page), and query tokens per launch of it (bounds its
-/// partial sums: 16 heads x 2 KB per token).
-constexpr int kCopyPageRows = 32, kQuerySlab = 1024;
+/// 32 rows of one page), query rows a block of it holds, and query tokens
+/// per launch of it (bounds its partial sums).
+constexpr int kCopyPageRows = 32, kGroupRows = 64, kQuerySlab = 4096;
 
-/// Where the tensor-core path keeps what it makes, in its scratch.
+/// Query tokens per group for `heads`.
+int groupTokens(int heads) {
+  return kGroupRows % heads == 0 ? kGroupRows / heads : 1;
+}
+
+/// Where the tensor-core path keeps what it makes, in its scratch. The
+/// absorbed queries (tokens) and the latent outputs (slots) share a part,
+/// as do the BF16 queries and the slots' values: each is dead before the
+/// other is made.
 struct TensorCoreScratch {
-  int capacity, pagesPerSequence, slab;
-  size_t qLat, queries, rows, tables, lengths, latentOut, workspace, total;
+  int group, maxGroups, slots, capacity, pagesPerSequence, slabGroups;
+  size_t latent, queries, rows, tables, groupLengths, groupSequence, rowLengths,
+      tokenOfSlot, slotOfToken, minPos, maxPos, groupBase, workspace, total;
   size_t workspaceBytes;
   TensorCoreScratch(const MlaSplitShape &s, int sequences, int smCount) {
+    group = groupTokens(s.heads);
+    maxGroups = (s.tokens + group - 1) / group + sequences;
+    slots = maxGroups * group;
     capacity =
         (s.maxVisible + kCopyPageRows - 1) / kCopyPageRows * kCopyPageRows;
     pagesPerSequence = capacity / kCopyPageRows;
-    slab = std::min(s.tokens, kQuerySlab);
-    const size_t th = size_t(s.tokens) * s.heads;
-    qLat = 0;
-    queries = qLat + scratchPartBytes(th * s.latent * sizeof(float));
-    rows =
-        queries + scratchPartBytes(th * kLatentEntry * sizeof(__nv_bfloat16));
-    tables = rows + scratchPartBytes(size_t(sequences) * capacity *
-                                     kLatentEntry * sizeof(__nv_bfloat16));
-    lengths = tables + scratchPartBytes(size_t(s.tokens) * pagesPerSequence *
-                                        sizeof(int32_t));
-    latentOut = lengths + scratchPartBytes(size_t(s.tokens) * sizeof(int32_t));
-    workspace =
-        latentOut + scratchPartBytes(th * kLatentRank * sizeof(__nv_bfloat16));
-    workspaceBytes = mlaDecodeWorkspaceBytes(args(s, 1.f, slab), smCount);
-    total = workspace + scratchPartBytes(workspaceBytes);
+    slabGroups = std::min(maxGroups, std::max(1, kQuerySlab / group));
+    const size_t slotRows = size_t(slots) * s.heads;
+    size_t at = 0;
+    auto part = [&](size_t bytes) {
+      size_t begin = at;
+      at += scratchPartBytes(bytes);
+      return begin;
+    };
+    latent = part(slotRows * s.latent * sizeof(float));
+    queries = part(std::max(slotRows * kLatentEntry * sizeof(__nv_bfloat16),
+                            slotRows * s.valueDim * sizeof(float)));
+    rows = part(size_t(sequences) * capacity * kLatentEntry *
+                sizeof(__nv_bfloat16));
+    tables = part(size_t(maxGroups) * pagesPerSequence * sizeof(int32_t));
+    groupLengths = part(size_t(maxGroups) * sizeof(int32_t));
+    groupSequence = part(size_t(maxGroups) * sizeof(int32_t));
+    rowLengths = part(size_t(slots) * sizeof(int32_t));
+    tokenOfSlot = part(size_t(slots) * sizeof(int32_t));
+    slotOfToken = part(size_t(s.tokens) * sizeof(int32_t));
+    minPos = part(size_t(sequences) * sizeof(int32_t));
+    maxPos = part(size_t(sequences) * sizeof(int32_t));
+    groupBase = part(size_t(sequences) * sizeof(int32_t));
+    workspaceBytes = mlaDecodeWorkspaceBytes(args(s, 1.f, slabGroups), smCount);
+    workspace = part(workspaceBytes);
+    total = at;
   }
-  /// The decode kernel's arguments for `count` query tokens.
+  /// The decode kernel's arguments for `count` groups.
   MlaDecodeArgs args(const MlaSplitShape &s, float scale, int count) const {
     MlaDecodeArgs a;
     a.batch = count;
-    a.heads = s.heads;
+    a.heads = s.heads * group;
+    a.rowHeads = s.heads;
     a.pageSize = kCopyPageRows;
     a.maxPagesPerSequence = pagesPerSequence;
     a.maxLength = capacity;
@@ -537,50 +626,105 @@ size_t melt::rt::cuda::mlaTensorCoreScratchBytes(const MlaSplitShape &s,
   return TensorCoreScratch(s, sequences, smCount).total;
 }
 
-cudaError_t melt::rt::cuda::mlaTensorCores(
-    const float *qNope, const float *qRope, const float *cache,
-    const PagedLayout &layout, const float *wUk, const float *wUv,
-    const MlaSplitShape &s, float scale, void *scratch, size_t scratchBytes,
-    float *out, int32_t *bad, int smCount, cudaStream_t stream) {
+CudaStatus melt::rt::cuda::mlaTensorCores(
+    GemmRunner &gemm, const float *qNope, const float *qRope,
+    const float *cache, const PagedLayout &layout, const float *wUk,
+    const float *wUv, const MlaSplitShape &s, float scale, void *scratch,
+    size_t scratchBytes, float *out, int32_t *bad, int32_t *spread,
+    int smCount) {
   if (!mlaTensorCoresFit(s) || layout.batch < 1)
-    return cudaErrorInvalidValue;
+    return {"mla (tensor cores): unsupported shape"};
   if (s.tokens == 0)
-    return cudaSuccess;
+    return CudaStatus::ok();
   const TensorCoreScratch plan(s, layout.batch, smCount);
   if (scratchBytes < plan.total)
-    return cudaErrorInvalidValue;
+    return {"mla (tensor cores): scratch too small"};
+  cudaStream_t stream = gemm.stream();
   char *base = static_cast<char *>(scratch);
-  auto *qLat = reinterpret_cast<float *>(base + plan.qLat);
+  auto ints = [&](size_t offset) {
+    return reinterpret_cast<int32_t *>(base + offset);
+  };
+  auto *latent = reinterpret_cast<float *>(base + plan.latent);
   auto *queries = reinterpret_cast<__nv_bfloat16 *>(base + plan.queries);
+  auto *slotValues = reinterpret_cast<float *>(base + plan.queries);
   auto *rows = reinterpret_cast<__nv_bfloat16 *>(base + plan.rows);
-  auto *tables = reinterpret_cast<int32_t *>(base + plan.tables);
-  auto *lengths = reinterpret_cast<int32_t *>(base + plan.lengths);
-  auto *latentOut = reinterpret_cast<__nv_bfloat16 *>(base + plan.latentOut);
-  void *workspace = base + plan.workspace;
-  absorbQueries(qNope, wUk, s, qLat, stream);
-  packQueriesKernel<<<unsigned(size_t(s.tokens) * s.heads), 128, 0, stream>>>(
-      qLat, qRope, s.latent, s.rope, queries);
-  cacheToBf16Kernel<<<dim3(plan.capacity, layout.batch), kLatentEntry / 4, 0,
-                      stream>>>(cache, layout, kLatentEntry, plan.capacity,
-                                rows, bad);
-  queryTablesKernel<<<(s.tokens + 127) / 128, 128, 0, stream>>>(
-      layout, s.tokens, plan.pagesPerSequence, tables, lengths);
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess)
+  auto failed = [](cudaError_t e) -> CudaStatus {
+    if (e == cudaSuccess)
+      return CudaStatus::ok();
+    return {std::string("mla (tensor cores): ") + cudaGetErrorString(e)};
+  };
+
+  // Stage 1: q_lat[t, h] = q_nope[t, h] W_UK[h], every head in one call.
+  GemmRunner::Batched absorb;
+  absorb.m = s.tokens, absorb.n = s.latent, absorb.k = s.nope;
+  absorb.batches = s.heads;
+  absorb.xRow = int64_t(s.heads) * s.nope, absorb.xBatch = s.nope;
+  absorb.wBatch = int64_t(s.nope) * s.latent;
+  absorb.yRow = int64_t(s.heads) * s.latent, absorb.yBatch = s.latent;
+  if (CudaStatus e = gemm.tf32Batched(qNope, wUk, latent, absorb))
     return e;
-  for (int t0 = 0; t0 < s.tokens; t0 += plan.slab) {
-    MlaDecodeArgs a = plan.args(s, scale, std::min(plan.slab, s.tokens - t0));
-    a.queries = queries + size_t(t0) * s.heads * kLatentEntry;
+
+  // The groups, their slots and page tables.
+  const int B = layout.batch, T = s.tokens;
+  int32_t *minPos = ints(plan.minPos), *maxPos = ints(plan.maxPos);
+  if (CudaStatus e = failed(
+          cudaMemsetAsync(minPos, 0x7f, size_t(B) * sizeof(int32_t), stream)))
+    return e;
+  for (auto [at, value, bytes] :
+       {std::tuple{plan.maxPos, 0xff, size_t(B) * 4},
+        std::tuple{plan.tokenOfSlot, 0xff, size_t(plan.slots) * 4},
+        std::tuple{plan.rowLengths, 0, size_t(plan.slots) * 4},
+        std::tuple{plan.groupLengths, 0, size_t(plan.maxGroups) * 4},
+        std::tuple{plan.groupSequence, 0, size_t(plan.maxGroups) * 4}})
+    if (CudaStatus e = failed(cudaMemsetAsync(base + at, value, bytes, stream)))
+      return e;
+  positionSpanKernel<<<(T + 255) / 256, 256, 0, stream>>>(layout, T, minPos,
+                                                          maxPos);
+  groupBaseKernel<<<1, 1, 0, stream>>>(B, plan.group, plan.maxGroups, minPos,
+                                       maxPos, ints(plan.groupBase), spread);
+  placeTokensKernel<<<(T + 255) / 256, 256, 0, stream>>>(
+      layout, T, plan.group, plan.maxGroups, minPos, ints(plan.groupBase),
+      ints(plan.slotOfToken), ints(plan.tokenOfSlot), ints(plan.rowLengths),
+      ints(plan.groupSequence), ints(plan.groupLengths));
+  groupTablesKernel<<<plan.maxGroups, 32, 0, stream>>>(
+      plan.pagesPerSequence, ints(plan.groupSequence), ints(plan.tables));
+  packQueriesKernel<<<unsigned(size_t(plan.slots) * s.heads), 128, 0, stream>>>(
+      latent, qRope, ints(plan.tokenOfSlot), s.heads, s.latent, s.rope,
+      queries);
+  cacheToBf16Kernel<<<dim3(plan.capacity, B), kLatentEntry / 4, 0, stream>>>(
+      cache, layout, kLatentEntry, plan.capacity, rows, bad);
+  if (CudaStatus e = failed(cudaGetLastError()))
+    return e;
+
+  // Stage 2: each group attends over its sequence's rows (the latent
+  // outputs, in FP32, where the absorbed queries were).
+  void *workspace = base + plan.workspace;
+  for (int g0 = 0; g0 < plan.maxGroups; g0 += plan.slabGroups) {
+    MlaDecodeArgs a =
+        plan.args(s, scale, std::min(plan.slabGroups, plan.maxGroups - g0));
+    const size_t row0 = size_t(g0) * plan.group * s.heads;
+    a.queries = queries + row0 * kLatentEntry;
     a.cache = rows;
-    a.blockTable = tables + size_t(t0) * plan.pagesPerSequence;
-    a.lengths = lengths + t0;
-    a.output = latentOut + size_t(t0) * s.heads * kLatentRank;
-    if (cudaError_t e =
-            mlaDecode(a, workspace, plan.workspaceBytes, smCount, stream);
-        e != cudaSuccess)
+    a.blockTable = ints(plan.tables) + size_t(g0) * plan.pagesPerSequence;
+    a.lengths = ints(plan.groupLengths) + g0;
+    a.rowLengths = ints(plan.rowLengths) + size_t(g0) * plan.group;
+    a.output = nullptr;
+    a.outputF32 = latent + row0 * kLatentRank;
+    if (CudaStatus e = failed(
+            mlaDecode(a, workspace, plan.workspaceBytes, smCount, stream)))
       return e;
   }
-  valueKernel<<<dim3(s.tokens * s.heads, (s.valueDim + 31) / 32), 256,
-                size_t(s.latent) * sizeof(float), stream>>>(
-      latentOut, wUv, s.heads, s.latent, s.valueDim, out);
-  return cudaGetLastError();
+
+  // Stage 3: values[slot, h] = latent[slot, h] W_UV[h]^T, then by token.
+  GemmRunner::Batched value;
+  value.m = plan.slots, value.n = s.valueDim, value.k = s.latent;
+  value.batches = s.heads, value.wNK = true;
+  value.xRow = int64_t(s.heads) * s.latent, value.xBatch = s.latent;
+  value.wBatch = int64_t(s.valueDim) * s.latent;
+  value.yRow = int64_t(s.heads) * s.valueDim, value.yBatch = s.valueDim;
+  if (CudaStatus e = gemm.tf32Batched(latent, wUv, slotValues, value))
+    return e;
+  gatherValuesKernel<<<unsigned(size_t(T) * s.heads), 128, 0, stream>>>(
+      slotValues, ints(plan.slotOfToken), s.heads, s.valueDim, out);
+  return failed(cudaGetLastError());
 }

@@ -16,6 +16,7 @@
 #ifndef MELT_RUNTIME_CUDA_MLASPLIT_H
 #define MELT_RUNTIME_CUDA_MLASPLIT_H
 
+#include "cuda/Gemm.h"
 #include "cuda/ModelKernels.h"
 
 #include <cstddef>
@@ -42,22 +43,26 @@ cudaError_t mlaSplit(const float *qNope, const float *qRope, const float *cache,
                      float scale, float *scratch, float *out, int32_t *bad,
                      cudaStream_t stream);
 
-/// The same attention with its scores and weighted sums on tensor cores,
-/// in BF16 (queries and cached rows rounded; FP32 accumulation): for the
-/// many query rows of a prefill. The sequences' cached rows are copied to
-/// BF16 once, then every query token attends over its rows [0, position]
-/// as a decode query (MlaDecode.cu); stages 1 and 3 as above. Needs latent
-/// 512, rope 64 and heads a multiple of 16 (mlaTensorCoresFit), and
-/// mlaTensorCoreScratchBytes of scratch.
+/// The same attention on tensor cores, for the many query rows of a
+/// prefill: W_UK and W_UV multiply in TF32 as batched GEMMs over the heads
+/// (`gemm`, on its stream); the sequences' cached rows are copied to BF16
+/// once, and the query tokens of a sequence attend in groups of 64 / heads
+/// (MlaDecode.cu with causal rows: each cached row read once per group,
+/// scores and weighted sums in BF16 with FP32 accumulation). Needs latent
+/// 512, rope 64 and heads a multiple of 16 (mlaTensorCoresFit),
+/// mlaTensorCoreScratchBytes of scratch, and each sequence's tokens at
+/// consecutive positions (else *spread is set and the stray tokens' outputs
+/// are zero). A position without a page sets *bad.
 bool mlaTensorCoresFit(const MlaSplitShape &shape);
 size_t mlaTensorCoreScratchBytes(const MlaSplitShape &shape, int sequences,
                                  int smCount);
-cudaError_t mlaTensorCores(const float *qNope, const float *qRope,
-                           const float *cache, const PagedLayout &layout,
-                           const float *wUk, const float *wUv,
-                           const MlaSplitShape &shape, float scale,
-                           void *scratch, size_t scratchBytes, float *out,
-                           int32_t *bad, int smCount, cudaStream_t stream);
+CudaStatus mlaTensorCores(GemmRunner &gemm, const float *qNope,
+                          const float *qRope, const float *cache,
+                          const PagedLayout &layout, const float *wUk,
+                          const float *wUv, const MlaSplitShape &shape,
+                          float scale, void *scratch, size_t scratchBytes,
+                          float *out, int32_t *bad, int32_t *spread,
+                          int smCount);
 
 } // namespace melt::rt::cuda
 

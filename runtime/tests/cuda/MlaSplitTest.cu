@@ -11,6 +11,8 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -28,6 +30,9 @@ struct Case {
   std::vector<int32_t> sequences, positions;
   /// The tensor-core path (BF16 scores and sums) instead of the split.
   bool tensorCores = false;
+  /// Positions of a sequence not consecutive (the tensor-core path flags
+  /// them).
+  bool spread = false;
 };
 
 void runCase(const Case &c) {
@@ -77,13 +82,24 @@ void runCase(const Case &c) {
     ASSERT_TRUE(mlaTensorCoresFit(shape));
     size_t bytes = mlaTensorCoreScratchBytes(shape, batch, 132);
     scratch = deviceArray<float>(bytes / sizeof(float) + 1);
-    ASSERT_EQ(mlaTensorCores(dQn, dQr, dCache, layout, dUk, dUv, shape, scale,
-                             scratch, bytes, split, bad, 132, nullptr),
-              cudaSuccess);
+    std::unique_ptr<GemmRunner> gemm;
+    ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+    int32_t *spread = toDevice(std::vector<int32_t>{0});
+    CudaStatus run =
+        mlaTensorCores(*gemm, dQn, dQr, dCache, layout, dUk, dUv, shape, scale,
+                       scratch, bytes, split, bad, spread, 132);
+    ASSERT_FALSE(run) << run.error;
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(toHost(spread, 1)[0], c.spread ? 1 : 0);
+    cudaFree(spread);
+    if (c.spread) { // the stray tokens' outputs are zero: nothing to compare
+      cudaFree(scratch);
+      return;
+    }
   } else {
     scratch = deviceArray<float>(mlaSplitScratchFloats(shape, chunks));
-    ASSERT_EQ(mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks,
-                       scale, scratch, split, bad, nullptr),
+    ASSERT_EQ(mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks, scale,
+                       scratch, split, bad, nullptr),
               cudaSuccess);
   }
   ASSERT_EQ(mlaF32(dQn, dQr, dCache, layout, dUk, dUv, tokens, c.heads, nope,
@@ -133,12 +149,14 @@ TEST(CudaMlaSplit, PrefillRowsMatchWholeSequence) {
   runCase(c);
 }
 
-// A prefill on tensor cores (BF16): two sequences' causal rows, 16 heads
-// (one head tile) and 128 (four), against the F32 kernel.
+// A prefill on tensor cores (BF16): two sequences' causal rows, their
+// tokens interleaved, against the F32 kernel: 16 heads (query groups of 4
+// tokens), 32 (2) and 128 (1 token, four head tiles); then 37 and 21 tokens
+// (groups padded at each sequence's end) in order.
 TEST(CudaMlaSplit, PrefillOnTensorCoresMatchesWholeSequence) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
-  for (int heads : {16, 128}) {
+  for (int heads : {16, 32, 128}) {
     Case c{heads, {}, {}, true};
     for (int32_t p = 0; p < 150; ++p) {
       c.sequences.push_back(p % 2);
@@ -146,4 +164,23 @@ TEST(CudaMlaSplit, PrefillOnTensorCoresMatchesWholeSequence) {
     }
     runCase(c);
   }
+  Case uneven{16, {}, {}, true};
+  for (int32_t p = 0; p < 37; ++p) {
+    uneven.sequences.push_back(0);
+    uneven.positions.push_back(p);
+  }
+  for (int32_t p = 0; p < 21; ++p) {
+    uneven.sequences.push_back(1);
+    uneven.positions.push_back(500 + p);
+  }
+  runCase(uneven);
+}
+
+// Tokens of one sequence far apart (not one prefill's consecutive
+// positions): the tensor-core path says so instead of attending wrongly.
+TEST(CudaMlaSplit, PrefillOnTensorCoresFlagsSpreadPositions) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  Case c{16, {0, 0, 1}, {0, 700, 5}, true, true};
+  runCase(c);
 }
