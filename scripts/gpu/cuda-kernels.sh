@@ -7,7 +7,8 @@
 # hf_baseline.py's plain-torch figures and bench/cuda/gemm_torch.py. JSON
 # and PNG charts go to $OUT (or build-gpu/results).
 #   scripts/gpu/cuda-kernels.sh [PATH/TO/hf_baseline.py]
-# MELT_SKIP_BENCHMARKS=1 stops after the tests and the machine code.
+# MELT_SKIP_BENCHMARKS=1 stops after the tests and the machine code;
+# MELT_SKIP_SANITIZER=1 leaves out compute-sanitizer's runs.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 baseline=${1:-$carry/hf_baseline.py}
@@ -46,6 +47,7 @@ build-gpu/bin/melt-synthesize "$carry/models/v3-tiny-fp8.melt" -o /tmp/melt-synt
 build-gpu/bin/melt-run "$carry/models/v3-tiny-fp8.melt" --checkpoint /tmp/melt-synth-ckpt \
   --prompt-ids 1,2,3 --max-new 8 --device cuda:0 | head -n 2
 rm -rf /tmp/melt-synth-ckpt
+if [ "${MELT_SKIP_SANITIZER:-}" != 1 ]; then
 echo "== compute-sanitizer =="
 # racecheck only on melt's own kernels: inside cuBLAS's TMA-pipelined GEMM
 # kernels it reports shared-memory hazards it cannot model (mbarriers).
@@ -69,6 +71,7 @@ compute-sanitizer --tool memcheck --error-exitcode 3 \
   --gtest_filter='*Conformance*/cuda*:*SessionOnDevice*/cuda*:-*HugeAllocation*' \
   > "$out/sanitizer-memcheck-device.txt" 2>&1 && echo "memcheck (CUDA device): clean" ||
   { echo "memcheck (CUDA device): FAILED"; grep -B2 -A12 "=========" "$out/sanitizer-memcheck-device.txt" | head -60; }
+fi
 echo "== machine code =="
 cuobjdump -sass build-gpu/bin/melt-bench-mla-decode > "$out/mla-decode.sass"
 echo "MLA decode: HMMA: $(grep -c HMMA "$out/mla-decode.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/mla-decode.sass")"

@@ -63,6 +63,17 @@ public:
       : index_(index), description_(std::move(description)) {}
   ~CudaDevice() override {
     gemm_.reset();
+    for (Lane &lane : lanes_) {
+      lane.gemm.reset();
+      if (lane.stream)
+        cudaStreamSynchronize(lane.stream);
+      if (lane.done)
+        cudaEventDestroy(lane.done);
+      if (lane.stream)
+        cudaStreamDestroy(lane.stream);
+    }
+    if (forked_)
+      cudaEventDestroy(forked_);
     if (stream_)
       cudaStreamSynchronize(stream_);
     trimCache();
@@ -885,11 +896,11 @@ private:
 
   /// Many tokens' experts (prefills, large batches): tokens grouped by
   /// expert on the host (the choices are downloaded: one wait per MoE
-  /// layer), one cuBLASLt GEMM per active expert and projection, then each
-  /// token's rows combined. Few tokens take the row-wise kernels, which
-  /// need no wait. FP8 stacks: each active expert's matrix widened to BF16
-  /// (weight x block scale, rounded) into one reused buffer, then the BF16
-  /// GEMM.
+  /// layer), one cuBLASLt GEMM per active expert and projection, several
+  /// experts at once on side streams (lanes_), then each token's rows
+  /// combined. Few tokens take the row-wise kernels, which need no wait.
+  /// FP8 stacks: each active expert's matrix widened to BF16 (weight x
+  /// block scale, rounded) into a buffer per lane, then the BF16 GEMM.
   Status groupedExperts(const DeviceTensor &x, const DeviceTensor &indices,
                         const DeviceTensor &weights, const DeviceTensor &gate,
                         const DeviceTensor &up, const DeviceTensor &down,
@@ -946,9 +957,12 @@ private:
           device.release(t);
       }
     } releaseAll{*this, held};
-    DeviceTensor rows, pairs, xs, g, u, act, out, widened;
+    MELT_RETURN_IF_ERROR(openLanes());
+    DeviceTensor rows, pairs, xs, g, u, act, out;
+    std::vector<DeviceTensor> widened(lanes_.size());
     if (fp8)
-      MELT_RETURN_IF_ERROR(scratch(DType::BF16, {int64_t(I) * D}, widened));
+      for (DeviceTensor &lane : widened)
+        MELT_RETURN_IF_ERROR(scratch(DType::BF16, {int64_t(I) * D}, lane));
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {R}, rows));
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, pairs));
     MELT_RETURN_IF_ERROR(scratch(operand, {R, D}, xs));
@@ -967,9 +981,11 @@ private:
     auto at = [](const DeviceTensor &t, size_t offset, size_t element) {
       return static_cast<const char *>(t.data) + offset * element;
     };
-    auto product = [&](const void *input, const DeviceTensor &w, int e, int m,
-                       int n, int k, float *result) -> CudaStatus {
+    auto product = [&](size_t lane, const void *input, const DeviceTensor &w,
+                       int e, int m, int n, int k,
+                       float *result) -> CudaStatus {
       const void *matrix = at(w, size_t(e) * n * k, width);
+      GemmRunner &runner = *lanes_[lane].gemm;
       if (fp8) {
         const float *scales = w.data == gate.data ? stacks.gateScales
                               : w.data == up.data ? stacks.upScales
@@ -978,47 +994,134 @@ private:
         if (cudaError_t failed = widenFp8Blocks(
                 static_cast<const uint8_t *>(w.data) + size_t(e) * n * k,
                 scales + size_t(e) * blocks, n, k,
-                static_cast<__nv_bfloat16 *>(widened.data), stream_);
+                static_cast<__nv_bfloat16 *>(widened[lane].data),
+                runner.stream());
             failed != cudaSuccess)
           return CudaStatus{std::string("widening an fp8 expert: ") +
                             cudaGetErrorString(failed)};
-        matrix = widened.data;
+        matrix = widened[lane].data;
       }
-      return bf16 ? gemm_->bf16(static_cast<const __nv_bfloat16 *>(input),
+      return bf16 ? runner.bf16(static_cast<const __nv_bfloat16 *>(input),
                                 static_cast<const __nv_bfloat16 *>(matrix),
                                 result, true, m, n, k)
-                  : gemm_->f32(static_cast<const float *>(input),
+                  : runner.f32(static_cast<const float *>(input),
                                static_cast<const float *>(matrix), result, m, n,
                                k);
     };
+    // The experts' GEMMs go round the lanes (each waits for the main
+    // stream's work so far; the main stream then waits for all of them,
+    // also when a GEMM fails: before the scratch is released).
+    struct LanesJoined {
+      CudaDevice &device;
+      bool forked = false;
+      ~LanesJoined() {
+        if (forked)
+          (void)device.joinLanes();
+      }
+    } lanesJoined{*this};
+    MELT_RETURN_IF_ERROR(forkLanes());
+    lanesJoined.forked = true;
+    size_t turn = 0;
     for (int e = 0; e < E; ++e) {
       int m = first[size_t(e) + 1] - first[size_t(e)], r = first[size_t(e)];
       if (m == 0)
         continue;
+      const size_t lane = turn++ % lanes_.size();
       const void *xe = at(xs, size_t(r) * D, width);
-      MELT_RETURN_IF_ERROR(fromGemm(product(
-          xe, gate, e, m, I, D, static_cast<float *>(g.data) + size_t(r) * I)));
-      MELT_RETURN_IF_ERROR(fromGemm(product(
-          xe, up, e, m, I, D, static_cast<float *>(u.data) + size_t(r) * I)));
+      MELT_RETURN_IF_ERROR(
+          fromGemm(product(lane, xe, gate, e, m, I, D,
+                           static_cast<float *>(g.data) + size_t(r) * I)));
+      MELT_RETURN_IF_ERROR(
+          fromGemm(product(lane, xe, up, e, m, I, D,
+                           static_cast<float *>(u.data) + size_t(r) * I)));
     }
+    lanesJoined.forked = false;
+    MELT_RETURN_IF_ERROR(joinLanes());
     MELT_RETURN_IF_ERROR(
         check(binary(Binary::SiluMul, {g.data, false}, {u.data, false},
                      size_t(R) * I, {act.data, bf16}, stream_),
               "moe_experts"));
+    MELT_RETURN_IF_ERROR(forkLanes());
+    lanesJoined.forked = true;
     for (int e = 0; e < E; ++e) {
       int m = first[size_t(e) + 1] - first[size_t(e)], r = first[size_t(e)];
       if (m == 0)
         continue;
+      const size_t lane = turn++ % lanes_.size();
       MELT_RETURN_IF_ERROR(
-          fromGemm(product(at(act, size_t(r) * I, width), down, e, m, D, I,
-                           static_cast<float *>(out.data) + size_t(r) * D)));
+          fromGemm(product(lane, at(act, size_t(r) * I, width), down, e, m, D,
+                           I, static_cast<float *>(out.data) + size_t(r) * D)));
     }
+    lanesJoined.forked = false;
+    MELT_RETURN_IF_ERROR(joinLanes());
     return check(combineExpertRows(static_cast<const float *>(out.data),
                                    static_cast<const int32_t *>(pairs.data),
                                    static_cast<const float *>(weights.data), T,
                                    K, D, combineBf16,
                                    static_cast<float *>(y.data), stream_),
                  "moe_experts");
+  }
+
+  /// Side streams with GEMM runners of their own, for the GEMMs of many
+  /// experts at once (one expert's GEMM at a prefill's shapes fills a
+  /// fraction of the multiprocessors): made at first use.
+  struct Lane {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t done = nullptr;
+    std::unique_ptr<GemmRunner> gemm;
+  };
+  static constexpr size_t kLanes = 4;
+  std::vector<Lane> lanes_;
+  cudaEvent_t forked_ = nullptr;
+  Status openLanes() {
+    if (!lanes_.empty())
+      return Status::ok();
+    MELT_RETURN_IF_ERROR(check(
+        cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming), "event"));
+    std::vector<Lane> lanes(kLanes);
+    Status status;
+    for (Lane &lane : lanes) {
+      status =
+          check(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking),
+                "cudaStreamCreate");
+      if (!status)
+        status =
+            check(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming),
+                  "event");
+      if (!status)
+        if (CudaStatus s = GemmRunner::create(lane.stream, lane.gemm, 8u << 20))
+          status = {MELT_DEVICE_ERROR, name() + ": " + s.error};
+      if (status)
+        break;
+    }
+    if (status) {
+      for (Lane &lane : lanes) {
+        lane.gemm.reset();
+        if (lane.done)
+          cudaEventDestroy(lane.done);
+        if (lane.stream)
+          cudaStreamDestroy(lane.stream);
+      }
+      return status;
+    }
+    lanes_ = std::move(lanes);
+    return Status::ok();
+  }
+  Status forkLanes() {
+    MELT_RETURN_IF_ERROR(check(cudaEventRecord(forked_, stream_), "event"));
+    for (Lane &lane : lanes_)
+      MELT_RETURN_IF_ERROR(
+          check(cudaStreamWaitEvent(lane.stream, forked_, 0), "event"));
+    return Status::ok();
+  }
+  Status joinLanes() {
+    for (Lane &lane : lanes_) {
+      MELT_RETURN_IF_ERROR(
+          check(cudaEventRecord(lane.done, lane.stream), "event"));
+      MELT_RETURN_IF_ERROR(
+          check(cudaStreamWaitEvent(stream_, lane.done, 0), "event"));
+    }
+    return Status::ok();
   }
 
   bool capturing_ = false;

@@ -18,7 +18,16 @@ constexpr int kNormThreads = 256, kNormBatch = 8;
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormKernel(Operand x, Operand gamma, float eps, int cols, Result y) {
   size_t base = size_t(blockIdx.x) * cols;
-  float kept[kNormBatch];
+  const bool inRegisters = cols <= kNormBatch * kNormThreads;
+  float kept[kNormBatch], g[kNormBatch];
+  // A row held in registers: its gammas load beside it, not after the
+  // reduction (one memory latency instead of two: decode's rows are few).
+  if (inRegisters)
+#pragma unroll
+    for (int u = 0; u < kNormBatch; ++u) {
+      int c = u * kNormThreads + threadIdx.x;
+      g[u] = c < cols ? load(gamma, c) : 0.f;
+    }
   float sum = 0.f;
   for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
 #pragma unroll
@@ -44,16 +53,14 @@ __global__ void __launch_bounds__(kNormThreads)
   }
   __syncthreads();
   float scale = rsqrtf(partial[0] / cols + eps);
-  const bool inRegisters = cols <= kNormBatch * kNormThreads;
   for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
-    float g[kNormBatch];
+    if (!inRegisters)
 #pragma unroll
-    for (int u = 0; u < kNormBatch; ++u) {
-      int c = start + u * kNormThreads + threadIdx.x;
-      g[u] = c < cols ? load(gamma, c) : 0.f;
-      if (!inRegisters)
+      for (int u = 0; u < kNormBatch; ++u) {
+        int c = start + u * kNormThreads + threadIdx.x;
+        g[u] = c < cols ? load(gamma, c) : 0.f;
         kept[u] = c < cols ? load(x, base + c) : 0.f;
-    }
+      }
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
       int c = start + u * kNormThreads + threadIdx.x;

@@ -95,11 +95,12 @@ CudaStatus GemmRunner::plan(Kind kind, int m, int n, int k, Plan *&out,
     return CudaStatus::ok();
   }
   auto p = std::make_unique<Plan>();
+  const bool wide = kind == Kind::F32;
   cudaDataType_t in = kind == Kind::FP8Block ? CUDA_R_8F_E4M3
-                      : kind == Kind::F32    ? CUDA_R_32F
+                      : wide                 ? CUDA_R_32F
                                              : CUDA_R_16BF;
   cudaDataType_t outType =
-      kind == Kind::BF16ToF32 || kind == Kind::F32 ? CUDA_R_32F : CUDA_R_16BF;
+      kind == Kind::BF16ToF32 || wide ? CUDA_R_32F : CUDA_R_16BF;
   MELT_RETURN_IF_CUBLAS(
       cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   cublasOperation_t transA = CUBLAS_OP_T, transB = CUBLAS_OP_N;

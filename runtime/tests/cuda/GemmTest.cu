@@ -77,6 +77,47 @@ TEST(CudaGemm, Bf16MatchesReference) {
   }
 }
 
+// FP32 throughout against a double reference, at small and prefill shapes.
+TEST(CudaGemm, F32MatchesReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (Shape s : {Shape{25, 72, 64}, Shape{20, 64, 64}, Shape{5, 96, 32},
+                  Shape{300, 2048, 1408}}) {
+    std::vector<float> x(size_t(s.m) * s.k), w(size_t(s.n) * s.k);
+    for (float &v : x)
+      v = normal(rng);
+    for (float &v : w)
+      v = 0.05f * normal(rng);
+    float *dx = toDevice(x), *dw = toDevice(w);
+    {
+      float *dy = deviceArray<float>(size_t(s.m) * s.n);
+      CudaStatus st = gemm->f32(dx, dw, dy, s.m, s.n, s.k);
+      ASSERT_FALSE(st) << st.error;
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      auto y = toHost(dy, size_t(s.m) * s.n);
+      double worst = 0, largest = 0;
+      for (int i = 0; i < s.m; ++i)
+        for (int j = 0; j < s.n; ++j) {
+          double want = 0;
+          for (int p = 0; p < s.k; ++p)
+            want += double(x[size_t(i) * s.k + p]) * w[size_t(j) * s.k + p];
+          worst = std::max(worst, std::fabs(y[size_t(i) * s.n + j] - want));
+          largest = std::max(largest, std::fabs(want));
+        }
+      EXPECT_LE(worst, 1e-5 * std::max(1.0, largest))
+          << s.m << "x" << s.n << "x" << s.k;
+      std::printf("f32 gemm %dx%dx%d: max abs error %.3g, largest %.3g\n", s.m,
+                  s.n, s.k, worst, largest);
+      cudaFree(dy);
+    }
+    cudaFree(dx), cudaFree(dw);
+  }
+}
+
 TEST(CudaGemm, QuantizeRowsIsBlockwiseE4M3) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
@@ -270,8 +311,8 @@ TEST(CudaGemm, Fp8FromF32MatchesQuantizeThenGemm) {
   }
   // Beyond 8 tokens: not taken (the caller quantizes and runs the GEMM).
   bool handled = true;
-  CudaStatus st = gemm->fp8FromF32(nullptr, nullptr, nullptr, nullptr, 9,
-                                   2112, 7168, handled);
+  CudaStatus st = gemm->fp8FromF32(nullptr, nullptr, nullptr, nullptr, 9, 2112,
+                                   7168, handled);
   EXPECT_FALSE(st);
   EXPECT_FALSE(handled);
 }
