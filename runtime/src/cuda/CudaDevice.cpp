@@ -63,15 +63,8 @@ public:
       : index_(index), description_(std::move(description)) {}
   ~CudaDevice() override {
     gemm_.reset();
-    for (Lane &lane : lanes_) {
-      lane.gemm.reset();
-      if (lane.stream)
-        cudaStreamSynchronize(lane.stream);
-      if (lane.done)
-        cudaEventDestroy(lane.done);
-      if (lane.stream)
-        cudaStreamDestroy(lane.stream);
-    }
+    for (Lane &lane : lanes_)
+      closeLane(lane);
     if (forked_)
       cudaEventDestroy(forked_);
     if (stream_)
@@ -1071,6 +1064,15 @@ private:
     std::unique_ptr<GemmRunner> gemm;
   };
   static constexpr size_t kLanes = 4;
+  static void closeLane(Lane &lane) {
+    lane.gemm.reset();
+    if (lane.stream)
+      cudaStreamSynchronize(lane.stream);
+    if (lane.done)
+      cudaEventDestroy(lane.done);
+    if (lane.stream)
+      cudaStreamDestroy(lane.stream);
+  }
   std::vector<Lane> lanes_;
   cudaEvent_t forked_ = nullptr;
   Status openLanes() {
@@ -1095,13 +1097,8 @@ private:
         break;
     }
     if (status) {
-      for (Lane &lane : lanes) {
-        lane.gemm.reset();
-        if (lane.done)
-          cudaEventDestroy(lane.done);
-        if (lane.stream)
-          cudaStreamDestroy(lane.stream);
-      }
+      for (Lane &lane : lanes)
+        closeLane(lane);
       return status;
     }
     lanes_ = std::move(lanes);
