@@ -7,7 +7,8 @@
 # and deepseek-v3 precision policies. The artifacts come from here:
 # scripts/gpu/prepare.sh --mini compiles them into .device-carry/models/.
 # JSON lines go to $OUT (or build-gpu/results); bench/cuda/plot_mini.py
-# charts them.
+# charts them. MELT_COMPARE_MLA=1 adds the prefills with MLA on the split
+# kernel; MELT_SKIP_BASELINE=1 leaves transformers out.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 build_gpu melt-run
@@ -20,10 +21,12 @@ for model in mini-bf16.melt mini-fp8.melt; do
   {
     run "$model" --prompt-ids "$(prompt 128)" --max-new 64 --batch 1,16,64
     run "$model" --prompt-ids "$(prompt 1024)" --max-new 1 --batch 1,8
-    # The prefill again with its MLA on the F32 split kernel instead of the
-    # tensor cores melt-compile chose (BF16 attention), for comparison.
-    MELT_CUDA_MLA_TENSOR_CORES=0 run "$model" --prompt-ids "$(prompt 1024)" \
-      --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "split", /'
+    # MELT_COMPARE_MLA=1: the prefill again with its MLA on the F32 split
+    # kernel instead of the tensor cores melt-compile chose (BF16 attention).
+    if [ "${MELT_COMPARE_MLA:-}" = 1 ]; then
+      MELT_CUDA_MLA_TENSOR_CORES=0 run "$model" --prompt-ids "$(prompt 1024)" \
+        --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "split", /'
+    fi
   } | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'
 done
 [ "${MELT_SKIP_BASELINE:-}" = 1 ] && exit 0
