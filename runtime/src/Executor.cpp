@@ -76,29 +76,48 @@ DeviceTensor perToken(const DeviceTensor &t) {
 /// Every tensor of one step, released when the step ends. Values live in
 /// their buffer's storage: a value the memory plan (melt-plan-memory) puts
 /// in the storage of a dead one replaces it, so that a step holds at once
-/// only what the plan holds.
+/// only what the plan holds. A value may be a view of another's memory (a
+/// reshape): memory is released when the last value that holds it goes
+/// (values are never written after they are made).
 class StepValues {
 public:
   StepValues(Device &device, const fb::Model &model)
       : device_(device), model_(model) {}
   ~StepValues() {
     for (auto &[key, t] : values_)
-      device_.release(t);
+      drop(t);
     for (DeviceTensor &t : scratch_)
       device_.release(t);
   }
   /// A new tensor for value `id` (replacing the one its storage held).
   Status make(uint32_t id, DType type, std::vector<int64_t> shape,
               DeviceTensor *&out) {
-    int64_t key = keyOf(id);
-    auto it = values_.find(key);
-    if (it != values_.end())
-      device_.release(it->second);
+    // What the storage held goes first: its memory may serve again.
+    auto held = values_.find(keyOf(id));
+    if (held != values_.end()) {
+      DeviceTensor old = held->second;
+      values_.erase(held);
+      drop(old);
+    }
     DeviceTensor t;
     MELT_RETURN_IF_ERROR(device_.allocate(type, std::move(shape), t));
-    values_[key] = t;
-    out = &values_[key];
+    ++holders_[t.data];
+    out = &put(id, t);
     return Status::ok();
+  }
+  /// Value `id` as a view of value `source`'s memory with `shape`, where
+  /// the step holds that memory and the shape has as many elements; false
+  /// (nothing done) otherwise.
+  bool view(uint32_t id, const DeviceTensor &source, std::vector<int64_t> shape,
+            DeviceTensor *&out) {
+    DeviceTensor t = source;
+    t.shape = std::move(shape);
+    if (!source.data || !holders_.count(source.data) ||
+        t.numel() != source.numel())
+      return false;
+    ++holders_[t.data];
+    out = &put(id, t);
+    return true;
   }
   /// A tensor that is no value of the program, holding `host` if given.
   Status scratch(DType type, std::vector<int64_t> shape, DeviceTensor *&out,
@@ -119,10 +138,34 @@ private:
     int32_t storage = model_.buffers()->Get(id)->storage();
     return storage >= 0 ? int64_t(storage) : (int64_t(1) << 40) + id;
   }
+  /// Stores `t` as value `id`, dropping what its storage held.
+  DeviceTensor &put(uint32_t id, const DeviceTensor &t) {
+    int64_t key = keyOf(id);
+    auto it = values_.find(key);
+    if (it != values_.end()) {
+      DeviceTensor old = it->second;
+      it->second = t;
+      drop(old);
+      return it->second;
+    }
+    return values_[key] = t;
+  }
+  /// One value fewer holds t's memory: released with the last.
+  void drop(DeviceTensor t) {
+    auto it = holders_.find(t.data);
+    if (it == holders_.end())
+      return;
+    if (--it->second > 0)
+      return;
+    holders_.erase(it);
+    device_.release(t);
+  }
 
   Device &device_;
   const fb::Model &model_;
   std::map<int64_t, DeviceTensor> values_;
+  /// How many values hold each tensor's memory.
+  std::map<const void *, int> holders_;
   std::deque<DeviceTensor> scratch_;
 };
 
@@ -343,14 +386,18 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                    : device.siluMul(in(0), in(1), *out);
       break;
     case fb::KernelKind::Reshape:
-    case fb::KernelKind::Convert: // compute is F32 throughout: a copy
-      MELT_RETURN_IF_ERROR(values.make(outId(0), in(0).dtype,
-                                       kernel.kind() == fb::KernelKind::Reshape
-                                           ? shapeOf(outId(0))
-                                           : in(0).shape,
-                                       out));
+    case fb::KernelKind::Convert: { // compute is F32 throughout: the same
+      std::vector<int64_t> shape = kernel.kind() == fb::KernelKind::Reshape
+                                       ? shapeOf(outId(0))
+                                       : in(0).shape;
+      // A view of the input's memory (no kernel), else a copy.
+      if (values.view(outId(0), in(0), shape, out))
+        break;
+      MELT_RETURN_IF_ERROR(
+          values.make(outId(0), in(0).dtype, std::move(shape), out));
       status = device.copy(in(0), *out);
       break;
+    }
     case fb::KernelKind::Split: {
       int axis = int(ints(0));
       int64_t offset = 0;
