@@ -120,6 +120,15 @@ public:
     (void)weight;
     (void)plan;
   }
+  /// Whether linear(x, weight) quantizes x in 1x128 FP8 blocks (scale =
+  /// amax / 448 per block) before it multiplies, as its FP8 GEMM does where
+  /// the device holds `weight` in FP8: then the executor leaves out the
+  /// quantize/dequantize pair melt-assign-precision puts in front of such a
+  /// product (QuantizeFolds.h).
+  virtual bool quantizesFp8Input(const DeviceTensor &weight) const {
+    (void)weight;
+    return false;
+  }
 
   // Recording (CUDA graphs). Between beginCapture and endCapture the
   // kernels are recorded, not run: nothing may be uploaded or read back,

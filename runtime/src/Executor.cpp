@@ -2,6 +2,7 @@
 #include "Executor.h"
 
 #include "KernelArgs.h"
+#include "QuantizeFolds.h"
 
 #include <algorithm>
 #include <chrono>
@@ -207,6 +208,21 @@ Status DeviceModel::create(const Model &model, Device &device,
       device.planKernel(result->weights_[kernel.weights()->Get(0)], plan);
     }
   }
+  // The activation quantization the device's FP8 products do themselves.
+  const char *fold = std::getenv("MELT_FOLD_QUANTIZE");
+  if (!fold || std::string(fold) != "0") {
+    DeviceModel &dm = *result;
+    for (const QuantizeFold &f :
+         findQuantizeFolds(m, *dm.forward_, [&](uint32_t k) {
+           const fb::Kernel &kernel = *m.kernels()->Get(k);
+           return kernel.weights() && kernel.weights()->size() == 1 &&
+                  device.quantizesFp8Input(
+                      dm.weights_.at(kernel.weights()->Get(0)));
+         })) {
+      dm.skipped_.insert(f.quantize);
+      dm.folded_[f.dequantize] = f.source;
+    }
+  }
   out = std::move(result);
   return Status::ok();
 }
@@ -318,6 +334,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   pass.routerKernels.clear();
 
   for (uint32_t k : *forward.kernels()) {
+    if (dm.skips(k)) // a quantize its products do themselves
+      continue;
     const fb::Kernel &kernel = *m.kernels()->Get(k);
     auto inId = [&](uint32_t i) { return kernel.inputs()->Get(i); };
     auto outId = [&](uint32_t i) { return kernel.outputs()->Get(i); };
@@ -508,6 +526,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       if (ints(0) != 1 || ints(1) <= 0)
         return {MELT_UNSUPPORTED,
                 kernelName(k, kernel) + ": only 1 x N activation blocks"};
+      // A pair left out: the products read x itself.
+      if (const uint32_t *source = dm.foldedSource(k)) {
+        DeviceTensor *x = values.find(*source);
+        if (x && values.view(outId(0), *x, x->shape, out))
+          break;
+        return invalidArtifact(kernelName(k, kernel) +
+                               ": the value it stands for is not there");
+      }
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
       status = device.dequantizeBlocks(in(0), in(1), ints(1), *out);
       break;

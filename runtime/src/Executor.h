@@ -16,6 +16,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 
 namespace melt::rt {
 
@@ -34,6 +35,16 @@ public:
   const DeviceTensor &weight(uint32_t index) const {
     return weights_.at(index);
   }
+  /// Quantize kernels of @forward left out (their product quantizes its
+  /// input itself: QuantizeFolds.h; MELT_FOLD_QUANTIZE=0 keeps them all).
+  bool skips(uint32_t kernel) const { return skipped_.count(kernel) != 0; }
+  /// For a dequantize kernel of such a pair, the buffer it stands for (x);
+  /// null otherwise.
+  const uint32_t *foldedSource(uint32_t kernel) const {
+    auto it = folded_.find(kernel);
+    return it == folded_.end() ? nullptr : &it->second;
+  }
+  size_t foldedPairs() const { return folded_.size(); }
 
 private:
   DeviceModel(const Model &model, Device &device)
@@ -42,6 +53,8 @@ private:
   Device &device_;
   const fb::Function *forward_ = nullptr;
   std::map<uint32_t, DeviceTensor> weights_;
+  std::set<uint32_t> skipped_;
+  std::map<uint32_t, uint32_t> folded_;
 };
 
 /// One step of a batch, on the host: the tokens of all sequences and where

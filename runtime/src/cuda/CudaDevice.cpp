@@ -318,6 +318,12 @@ public:
     return check(e, "quantize_fp8");
   }
 
+  /// linearWithFp8Weight quantizes x in 1x128 blocks itself.
+  bool quantizesFp8Input(const DeviceTensor &weight) const override {
+    return weight.dtype == DType::FP8E4M3 && weight.shape.size() == 2 &&
+           weightScales_.count(weight.data) != 0;
+  }
+
   Status linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
                    const DeviceTensor &w, const DeviceTensor &wScales,
                    DeviceTensor &y) override {
