@@ -120,6 +120,10 @@ public:
     (void)weight;
     (void)plan;
   }
+  /// The alignment (bytes) a tensor must have to start inside another's
+  /// memory: the executor makes such views (a contiguous part of a split)
+  /// only at multiples of it.
+  virtual size_t viewAlignment() const { return 1; }
   /// Whether linear(x, weight) quantizes x in 1x128 FP8 blocks (scale =
   /// amax / 448 per block) before it multiplies, as its FP8 GEMM does where
   /// the device holds `weight` in FP8: then the executor leaves out the

@@ -78,8 +78,9 @@ DeviceTensor perToken(const DeviceTensor &t) {
 /// their buffer's storage: a value the memory plan (melt-plan-memory) puts
 /// in the storage of a dead one replaces it, so that a step holds at once
 /// only what the plan holds. A value may be a view of another's memory (a
-/// reshape): memory is released when the last value that holds it goes
-/// (values are never written after they are made).
+/// reshape, a part of a split that is contiguous): memory is released when
+/// the last value that holds it goes (values are never written after they
+/// are made).
 class StepValues {
 public:
   StepValues(Device &device, const fb::Model &model)
@@ -102,21 +103,26 @@ public:
     }
     DeviceTensor t;
     MELT_RETURN_IF_ERROR(device_.allocate(type, std::move(shape), t));
-    ++holders_[t.data];
+    held_[t.data] = {t, 1};
     out = &put(id, t);
     return Status::ok();
   }
-  /// Value `id` as a view of value `source`'s memory with `shape`, where
-  /// the step holds that memory and the shape has as many elements; false
-  /// (nothing done) otherwise.
+  /// Value `id` as a view of value `source`'s memory from `offsetBytes` on,
+  /// with `shape`, where the step holds that memory and the view lies in
+  /// it; false (nothing done) otherwise.
   bool view(uint32_t id, const DeviceTensor &source, std::vector<int64_t> shape,
-            DeviceTensor *&out) {
+            DeviceTensor *&out, size_t offsetBytes = 0) {
     DeviceTensor t = source;
     t.shape = std::move(shape);
-    if (!source.data || !holders_.count(source.data) ||
-        t.numel() != source.numel())
+    const void *base = baseOf(source.data);
+    auto held = held_.find(base);
+    if (!source.data || held == held_.end() ||
+        offsetBytes + t.bytes() > source.bytes())
       return false;
-    ++holders_[t.data];
+    t.data = static_cast<char *>(source.data) + offsetBytes;
+    if (t.data != base)
+      interior_[t.data] = base;
+    ++held->second.values;
     out = &put(id, t);
     return true;
   }
@@ -151,22 +157,35 @@ private:
     }
     return values_[key] = t;
   }
+  /// The start of the memory that `data` lies in.
+  const void *baseOf(const void *data) const {
+    auto it = interior_.find(data);
+    return it == interior_.end() ? data : it->second;
+  }
   /// One value fewer holds t's memory: released with the last.
-  void drop(DeviceTensor t) {
-    auto it = holders_.find(t.data);
-    if (it == holders_.end())
+  void drop(const DeviceTensor &t) {
+    const void *base = baseOf(t.data);
+    auto it = held_.find(base);
+    if (it == held_.end() || --it->second.values > 0)
       return;
-    if (--it->second > 0)
-      return;
-    holders_.erase(it);
-    device_.release(t);
+    DeviceTensor memory = it->second.tensor;
+    held_.erase(it);
+    for (auto v = interior_.begin(); v != interior_.end();)
+      v = v->second == base ? interior_.erase(v) : std::next(v);
+    device_.release(memory);
   }
 
   Device &device_;
   const fb::Model &model_;
   std::map<int64_t, DeviceTensor> values_;
-  /// How many values hold each tensor's memory.
-  std::map<const void *, int> holders_;
+  /// The memory the step's values hold (by its start), and how many hold
+  /// it; views that start inside it, by their start.
+  struct Held {
+    DeviceTensor tensor;
+    int values = 0;
+  };
+  std::map<const void *, Held> held_;
+  std::map<const void *, const void *> interior_;
   std::deque<DeviceTensor> scratch_;
 };
 
@@ -423,12 +442,27 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       if (axis < 0 || size_t(axis) >= source.shape.size())
         return invalidArtifact(kernelName(k, kernel) + ": axis " +
                                std::to_string(axis) + " out of range");
+      // Parts that are contiguous in the source (nothing outside the axis
+      // before it: a decode step's one row) are views where the device
+      // takes a tensor starting there; the others are copies.
+      int64_t outer = 1, inner = 1;
+      for (int d = 0; d < axis; ++d)
+        outer *= source.shape[size_t(d)];
+      for (size_t d = size_t(axis) + 1; d < source.shape.size(); ++d)
+        inner *= source.shape[d];
       for (uint32_t i = 0; i < kernel.outputs()->size() && !status; ++i) {
         std::vector<int64_t> shape = source.shape;
         shape[axis] = shapeOf(outId(i))[axis];
+        const size_t at = size_t(offset * inner) * dtypeBytes(source.dtype);
+        const int64_t extent = shape[axis];
+        if (outer == 1 && at % device.viewAlignment() == 0 &&
+            values.view(outId(i), source, shape, out, at)) {
+          offset += extent;
+          continue;
+        }
         MELT_RETURN_IF_ERROR(values.make(outId(i), source.dtype, shape, out));
         status = device.slice(source, axis, offset, *out);
-        offset += shape[axis];
+        offset += extent;
       }
       break;
     }

@@ -318,6 +318,10 @@ public:
     return check(e, "quantize_fp8");
   }
 
+  /// As allocations are: cuBLASLt's algorithms, chosen once per shape,
+  /// assume 256-byte aligned operands, and kernels load 16 bytes at once.
+  size_t viewAlignment() const override { return 256; }
+
   /// linearWithFp8Weight quantizes x in 1x128 blocks itself.
   bool quantizesFp8Input(const DeviceTensor &weight) const override {
     return weight.dtype == DType::FP8E4M3 && weight.shape.size() == 2 &&
