@@ -22,8 +22,10 @@ def main():
         return max(rates) if rates else 0.0
 
     def label(r):
-        # A prefill re-run with another MLA kernel is a series of its own.
-        return r["model"] + (f" (MLA {r['mla']})" if r.get("mla") else "")
+        # A re-run with another MLA kernel, or with the quantize pairs kept,
+        # is a series of its own.
+        return (r["model"] + (f" (MLA {r['mla']})" if r.get("mla") else "") +
+                (f" (folds {r['fold']})" if r.get("fold") else ""))
 
     models = sorted({label(r) for r in melt})
     decode = [1, 16, 64]

@@ -8,7 +8,8 @@
 # scripts/gpu/prepare.sh --mini compiles them into .device-carry/models/.
 # JSON lines go to $OUT (or build-gpu/results); bench/cuda/plot_mini.py
 # charts them. MELT_COMPARE_MLA=1 adds the prefills with MLA on the split
-# kernel; MELT_SKIP_BASELINE=1 leaves transformers out.
+# kernel, MELT_COMPARE_FOLDS=1 the FP8 decode with the quantize pairs kept;
+# MELT_SKIP_BASELINE=1 leaves transformers out.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 build_gpu melt-run
@@ -27,8 +28,32 @@ for model in mini-bf16.melt mini-fp8.melt; do
       MELT_CUDA_MLA_TENSOR_CORES=0 run "$model" --prompt-ids "$(prompt 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "split", /'
     fi
+    # MELT_COMPARE_FOLDS=1: FP8 decode again with the quantize/dequantize
+    # pairs its FP8 products make redundant kept (MELT_FOLD_QUANTIZE=0).
+    if [ "${MELT_COMPARE_FOLDS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
+      MELT_FOLD_QUANTIZE=0 run "$model" --prompt-ids "$(prompt 128)" \
+        --max-new 64 --batch 1,64 | sed 's/^{/{"fold": "off", /'
+    fi
   } | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'
 done
+if [ "${MELT_COMPARE_FOLDS:-}" = 1 ]; then
+  # The greedy tokens with and without the folds (the same arithmetic up to
+  # the rounding of a scale: they agree unless a near-tie flips).
+  python3 - "$out/mini_melt.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+fp8 = [r for r in rows if r["model"] == "mini-fp8.melt" and r["prompt_tokens"] == 128]
+for batch in (1, 64):
+    on = [r for r in fp8 if r["batch"] == batch and not r.get("fold")]
+    off = [r for r in fp8 if r["batch"] == batch and r.get("fold") == "off"]
+    if on and off:
+        a, b = on[0]["generated"], off[0]["generated"]
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        print(f"folds on/off, batch {batch}: first {same} of {len(a)} tokens "
+              f"the same; decode {on[0]['decode_tokens_per_s']:.0f} vs "
+              f"{off[0]['decode_tokens_per_s']:.0f} tok/s")
+PY
+fi
 [ "${MELT_SKIP_BASELINE:-}" = 1 ] && exit 0
 echo "== transformers: mini =="
 # Bounded (MELT_BASELINE_SECONDS, default 300): its batched_mm experts can
