@@ -176,6 +176,15 @@ public:
   /// y = a + b.
   virtual Status add(const DeviceTensor &a, const DeviceTensor &b,
                      DeviceTensor &y) = 0;
+  /// sum = a + b, then y = rmsNorm(sum) as the two kernels compute them (a
+  /// residual add and the norm after it; a device may do both in one
+  /// pass). The default runs add() then rmsNorm().
+  virtual Status addRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
+                            const DeviceTensor &gamma, float eps,
+                            DeviceTensor &sum, DeviceTensor &y) {
+    MELT_RETURN_IF_ERROR(add(a, b, sum));
+    return rmsNorm(sum, gamma, eps, y);
+  }
   /// y[t] = table[ids[t]] (ids I32 [T]; an id outside the table is an
   /// error, reported by the CPU at once and by a GPU at the next
   /// synchronize()).

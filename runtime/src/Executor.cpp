@@ -126,6 +126,14 @@ public:
     out = &put(id, t);
     return true;
   }
+  /// Keeps t's memory (a value's) while the step replaces values, until
+  /// letGo(t).
+  void hold(const DeviceTensor &t) {
+    auto it = held_.find(baseOf(t.data));
+    if (it != held_.end())
+      ++it->second.values;
+  }
+  void letGo(const DeviceTensor &t) { drop(t); }
   /// A tensor that is no value of the program, holding `host` if given.
   Status scratch(DType type, std::vector<int64_t> shape, DeviceTensor *&out,
                  const void *host = nullptr) {
@@ -352,8 +360,12 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   pass.routerChoices.clear();
   pass.routerKernels.clear();
 
-  for (uint32_t k : *forward.kernels()) {
-    if (dm.skips(k)) // a quantize its products do themselves
+  // A norm done with the residual add before it (addRmsNorm).
+  uint32_t doneNorm = UINT32_MAX;
+  const auto &order = *forward.kernels();
+  for (uint32_t at = 0; at < order.size(); ++at) {
+    const uint32_t k = order.Get(at);
+    if (dm.skips(k) || k == doneNorm) // done elsewhere
       continue;
     const fb::Kernel &kernel = *m.kernels()->Get(k);
     auto inId = [&](uint32_t i) { return kernel.inputs()->Get(i); };
@@ -415,12 +427,38 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       status = device.rope(in(0), in(1), p, *out);
       break;
     }
-    case fb::KernelKind::SiluMul:
-    case fb::KernelKind::Add:
+    case fb::KernelKind::Add: {
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
-      status = kernel.kind() == fb::KernelKind::Add
-                   ? device.add(in(0), in(1), *out)
-                   : device.siluMul(in(0), in(1), *out);
+      // The RMSNorm right after it, of its sum: one call for both (the
+      // operands held meanwhile: the norm's output may take their storage).
+      const fb::Kernel *next =
+          at + 1 < order.size() ? m.kernels()->Get(order.Get(at + 1)) : nullptr;
+      if (next && next->kind() == fb::KernelKind::RMSNorm && next->inputs() &&
+          next->inputs()->Get(0) == outId(0) && next->weights() &&
+          next->weights()->size() == 1 && next->floats() &&
+          next->floats()->size() == 1) {
+        DeviceTensor a = in(0), b = in(1), *y = nullptr;
+        values.hold(a);
+        values.hold(b);
+        status = values.make(next->outputs()->Get(0), DType::F32, a.shape, y);
+        if (!status) {
+          DeviceTensor sumRows = asRows(*values.find(outId(0))),
+                       yRows = asRows(*y);
+          status = device.addRmsNorm(
+              asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
+              float(next->floats()->Get(0)), sumRows, yRows);
+        }
+        values.letGo(a);
+        values.letGo(b);
+        doneNorm = order.Get(at + 1);
+        break;
+      }
+      status = device.add(in(0), in(1), *out);
+      break;
+    }
+    case fb::KernelKind::SiluMul:
+      MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
+      status = device.siluMul(in(0), in(1), *out);
       break;
     case fb::KernelKind::Reshape:
     case fb::KernelKind::Convert: { // compute is F32 throughout: the same

@@ -290,6 +290,33 @@ TEST_P(DeviceConformance, SiluMulAndAdd) {
   }
 }
 
+// The residual add and the norm after it in one call: what add() and
+// rmsNorm() give, bit for bit (rows held in registers and longer ones;
+// F32 and BF16). A GPU runs its one-pass kernel.
+TEST_P(DeviceConformance, AddRmsNormIsAddThenNorm) {
+  reopenWith("MELT_CUDA_FUSED_ADD_NORM", "1");
+  if (HasFatalFailure())
+    return;
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t cols : {int64_t(300), int64_t(7168)}) {
+      const int64_t rows = 3;
+      HostTensor a = random(dtype, {rows, cols}, rng, 3.f);
+      HostTensor b = random(dtype, {rows, cols}, rng);
+      HostTensor gamma = random(dtype, {cols}, rng);
+      DeviceTensor da = put(a), db = put(b), dg = put(gamma),
+                   sum = make(dtype, {rows, cols}),
+                   y = make(dtype, {rows, cols}),
+                   wantSum = make(dtype, {rows, cols}),
+                   wantY = make(dtype, {rows, cols});
+      Status s = device->addRmsNorm(da, db, dg, 1e-6f, sum, y);
+      ASSERT_FALSE(s) << s.message();
+      ASSERT_FALSE(device->add(da, db, wantSum));
+      ASSERT_FALSE(device->rmsNorm(wantSum, dg, 1e-6f, wantY));
+      EXPECT_EQ(get(sum), get(wantSum)) << dtypeName(dtype) << ", " << cols;
+      EXPECT_EQ(get(y), get(wantY)) << dtypeName(dtype) << ", " << cols;
+    }
+}
+
 TEST_P(DeviceConformance, Embedding) {
   HostTensor table = random(DType::BF16, {50, 96}, rng);
   std::vector<int32_t> ids = {3, 0, 49, 3, 17};

@@ -352,6 +352,27 @@ public:
     return binaryOp("add", Binary::Add, a, b, y);
   }
 
+  /// One kernel for both where asked (MELT_CUDA_FUSED_ADD_NORM=1: written
+  /// and compiled, not yet run on the GPU), else add() and rmsNorm().
+  Status addRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
+                    const DeviceTensor &gamma, float eps, DeviceTensor &sum,
+                    DeviceTensor &y) override {
+    if (!fusedAddNorm_)
+      return Device::addRmsNorm(a, b, gamma, eps, sum, y);
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::sameShape("add", a, b));
+    MELT_RETURN_IF_ERROR(check::sameShape("add", a, sum));
+    MELT_RETURN_IF_ERROR(check::rmsNorm(sum, gamma, y));
+    return check(cuda::addRmsNorm(operand(a), operand(b), operand(gamma), eps,
+                                  int(sum.rows()), int(sum.cols()), result(sum),
+                                  result(y), stream_),
+                 "add_rms_norm");
+  }
+  bool fusedAddNorm_ = [] {
+    const char *v = std::getenv("MELT_CUDA_FUSED_ADD_NORM");
+    return v && std::string(v) == "1";
+  }();
+
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
                    DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());

@@ -15,8 +15,28 @@ namespace {
 /// loads one value at a time waits a memory latency per value); longer
 /// rows in such batches, twice.
 constexpr int kNormThreads = 256, kNormBatch = 8;
+
+/// A row's value: x, or with kAdd the residual sum x + b as add() stores
+/// it in `sum` (rounded to BF16 where sum is BF16), written once.
+template <bool kAdd>
+__device__ __forceinline__ float rowValue(Operand x, Operand b, Result sum,
+                                          size_t i, bool write) {
+  if constexpr (!kAdd) {
+    return load(x, i);
+  } else {
+    float v = load(x, i) + load(b, i);
+    if (write)
+      store(sum, i, v);
+    return sum.bf16 ? __bfloat162float(__float2bfloat16(v)) : v;
+  }
+}
+
+/// With kAdd, the residual add before the norm in the same pass
+/// (Device::addRmsNorm).
+template <bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
-    rmsNormKernel(Operand x, Operand gamma, float eps, int cols, Result y) {
+    rmsNormKernel(Operand x, Operand b, Result sumOut, Operand gamma, float eps,
+                  int cols, Result y) {
   size_t base = size_t(blockIdx.x) * cols;
   const bool inRegisters = cols <= kNormBatch * kNormThreads;
   float kept[kNormBatch], g[kNormBatch];
@@ -33,7 +53,7 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
       int c = start + u * kNormThreads + threadIdx.x;
-      kept[u] = c < cols ? load(x, base + c) : 0.f;
+      kept[u] = c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, true) : 0.f;
     }
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u)
@@ -59,7 +79,8 @@ __global__ void __launch_bounds__(kNormThreads)
       for (int u = 0; u < kNormBatch; ++u) {
         int c = start + u * kNormThreads + threadIdx.x;
         g[u] = c < cols ? load(gamma, c) : 0.f;
-        kept[u] = c < cols ? load(x, base + c) : 0.f;
+        kept[u] =
+            c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, false) : 0.f;
       }
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
@@ -102,7 +123,19 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
                                     cudaStream_t stream) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  rmsNormKernel<<<rows, kNormThreads, 0, stream>>>(x, gamma, eps, cols, y);
+  rmsNormKernel<false><<<rows, kNormThreads, 0, stream>>>(
+      x, x, Result{nullptr, false}, gamma, eps, cols, y);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
+                                       float eps, int rows, int cols,
+                                       Result sum, Result y,
+                                       cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0)
+    return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  rmsNormKernel<true>
+      <<<rows, kNormThreads, 0, stream>>>(a, b, sum, gamma, eps, cols, y);
   return cudaGetLastError();
 }
 

@@ -26,6 +26,9 @@ struct Result {
 
 cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
                     Result y, cudaStream_t stream);
+/// sum = a + b (as binary(Add) stores it), y = rmsNorm(sum), one pass.
+cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
+                       int cols, Result sum, Result y, cudaStream_t stream);
 
 /// y = x in y's type (rounded to BF16 where y is BF16).
 cudaError_t convert(Operand x, size_t count, Result y, cudaStream_t stream);
