@@ -86,6 +86,8 @@ public:
   StepValues(Device &device, const fb::Model &model)
       : device_(device), model_(model) {}
   ~StepValues() {
+    for (const DeviceTensor &t : kept_)
+      drop(t);
     for (auto &[key, t] : values_)
       drop(t);
     for (DeviceTensor &t : scratch_)
@@ -134,6 +136,13 @@ public:
       ++it->second.values;
   }
   void letGo(const DeviceTensor &t) { drop(t); }
+  /// Keeps value t's memory to the end of the step; a tensor that stays
+  /// valid as long (t may be replaced in its storage meanwhile).
+  const DeviceTensor *keep(const DeviceTensor &t) {
+    hold(t);
+    kept_.push_back(t);
+    return &kept_.back();
+  }
   /// A tensor that is no value of the program, holding `host` if given.
   Status scratch(DType type, std::vector<int64_t> shape, DeviceTensor *&out,
                  const void *host = nullptr) {
@@ -194,6 +203,7 @@ private:
   };
   std::map<const void *, Held> held_;
   std::map<const void *, const void *> interior_;
+  std::deque<DeviceTensor> kept_;
   std::deque<DeviceTensor> scratch_;
 };
 
@@ -625,13 +635,10 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         status = device.routeExperts(
             *scores, kernel.weights()->size() > 1 ? &w(1) : nullptr, p,
             *indices, *weights);
-      DeviceTensor *kept = nullptr;
-      if (!status)
-        status = values.scratch(DType::I32, indices->shape, kept);
-      if (!status)
-        status = device.copy(*indices, *kept);
+      // The choices kept to the end of the step (their storage takes
+      // other values later), without a copy.
       if (!status) {
-        pass.routerChoices.push_back(kept);
+        pass.routerChoices.push_back(values.keep(*indices));
         pass.routerKernels.push_back(k);
       }
       break;
