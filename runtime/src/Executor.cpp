@@ -277,11 +277,14 @@ struct ForwardRunner::Pass {
   CacheLayout layout;
   DeviceTensor *tokens = nullptr, *positions = nullptr, *rows = nullptr;
   const DeviceTensor *logits = nullptr;
-  /// Each router's choices, copied (their storage is reused later in the
-  /// step), with its kernel.
+  /// Each router's choices, kept to the end of the step (their storage
+  /// takes other values later), with its kernel.
   std::vector<const DeviceTensor *> routerChoices;
   std::vector<uint32_t> routerKernels;
   bool recordable = true;
+  /// The logit rows are all the step's rows, in order (no gather). Decode
+  /// steps, the shapes recorded, always are.
+  bool allRows = false;
   uint64_t lastUsed = 0;
   std::unique_ptr<DeviceGraph> graph;
 };
@@ -305,6 +308,10 @@ Status allocateInputs(const DeviceModel &dm, ForwardRunner::Pass &pass,
   pass.layout.lengths = *t;
   MELT_RETURN_IF_ERROR(
       values.scratch(DType::I32, {int64_t(batch.logitRows.size())}, pass.rows));
+  // Every row's logits, in order (a decode step's, or all asked for).
+  pass.allRows = int64_t(batch.logitRows.size()) == T;
+  for (size_t r = 0; r < batch.logitRows.size() && pass.allRows; ++r)
+    pass.allRows = batch.logitRows[r] == int32_t(r);
   // @forward's own inputs: token ids and positions (then the caches).
   size_t next = 0;
   for (uint32_t id : *dm.forward().inputs()) {
@@ -422,10 +429,15 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       int64_t n = pass.rows->shape[0];
       DeviceTensor *gathered = nullptr;
       DeviceTensor x = asRows(in(0));
-      MELT_RETURN_IF_ERROR(values.scratch(DType::F32, {n, x.cols()}, gathered));
-      status = device.embedding(*pass.rows, x, *gathered);
-      if (status)
-        break;
+      if (pass.allRows && n == x.rows()) {
+        gathered = &x;
+      } else {
+        MELT_RETURN_IF_ERROR(
+            values.scratch(DType::F32, {n, x.cols()}, gathered));
+        status = device.embedding(*pass.rows, x, *gathered);
+        if (status)
+          break;
+      }
       MELT_RETURN_IF_ERROR(
           values.make(outId(0), DType::F32, {n, w(0).shape[0]}, out));
       status = device.linear(*gathered, w(0), *out);
