@@ -854,10 +854,11 @@ TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
 /// exact weights with x and the activations rounded to BF16. Sizes with
 /// partial blocks (I = 160, D = 288) and values small enough for e4m3's
 /// subnormals.
-void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng,
-                          int64_t T) {
+void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
+                          int64_t I = 160, int64_t D = 288,
+                          bool xOnGrid = false) {
   Device &device = *test.device;
-  const int64_t E = 4, K = 2, I = 160, D = 288;
+  const int64_t E = 4, K = 2;
   auto stack = [&](int64_t rows, int64_t cols) {
     WeightData w;
     w.shape = {E, rows, cols};
@@ -881,6 +882,8 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng,
       EXPECT_EQ(tensor->dtype, DType::FP8E4M3) << "kept in fp8 on the GPU";
   }
   HostTensor x = random(DType::F32, {T, D}, rng);
+  if (xOnGrid) // as melt-assign-precision's activation quantization leaves x
+    onFp8Grid(x.values.data(), T, D, 1);
   std::vector<int32_t> idx(static_cast<size_t>(T * K));
   for (size_t p = 0; p < idx.size(); ++p)
     idx[p] = int32_t((p * 3 + p / 5) % E);
@@ -914,6 +917,19 @@ TEST_P(DeviceConformance, Fp8ExpertStacksGroupedByExpert) {
   if (HasFatalFailure())
     return;
   checkFp8ExpertStacks(*this, rng, 21);
+}
+
+// The same with the gate and up products on the FP8 GEMM (a GPU, where
+// asked: MELT_CUDA_FP8_EXPERT_GEMMS=1; hidden size in 512s), x on its 1x128
+// FP8 grid as the model leaves it.
+TEST_P(DeviceConformance, Fp8ExpertStacksGroupedOnFp8Gemms) {
+  setenv("MELT_CUDA_FP8_EXPERT_GEMMS", "1", 1);
+  reopenWith("MELT_MOE_GROUPED_MIN_PAIRS", "1");
+  unsetenv("MELT_CUDA_FP8_EXPERT_GEMMS");
+  if (HasFatalFailure())
+    return;
+  checkFp8ExpertStacks(*this, rng, 21, /*I=*/128, /*D=*/512,
+                       /*xOnGrid=*/true);
 }
 
 // An FP8 expert stack whose values are on no e4m3 grid is kept in F32 while

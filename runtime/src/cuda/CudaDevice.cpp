@@ -368,6 +368,12 @@ public:
                                   result(y), stream_),
                  "add_rms_norm");
   }
+  /// MELT_CUDA_FP8_EXPERT_GEMMS=1: grouped FP8 experts' gate and up
+  /// products on the FP8 GEMM (groupedExperts).
+  bool fp8ExpertGemms_ = [] {
+    const char *v = std::getenv("MELT_CUDA_FP8_EXPERT_GEMMS");
+    return v && std::string(v) == "1";
+  }();
   bool fusedAddNorm_ = [] {
     const char *v = std::getenv("MELT_CUDA_FUSED_ADD_NORM");
     return v && std::string(v) == "1";
@@ -982,16 +988,26 @@ private:
       }
     } releaseAll{*this, held};
     MELT_RETURN_IF_ERROR(openLanes());
-    DeviceTensor rows, pairs, xs, g, u, act, out;
+    // FP8 gate and up products on cuBLASLt's block-scaled FP8 GEMM (each
+    // expert's rows quantized in 1x128 blocks, as DeepSeek-V3 runs them)
+    // where asked (MELT_CUDA_FP8_EXPERT_GEMMS=1: written and compiled, not
+    // yet run on the GPU) and the shapes take it; else widened to BF16.
+    const bool fp8Gemms = fp8 && fp8ExpertGemms_ && D % 512 == 0 && I % 16 == 0;
+    DeviceTensor rows, pairs, xs, g, u, act, out, codes, codeScales;
     std::vector<DeviceTensor> widened(lanes_.size());
     if (fp8)
       for (DeviceTensor &lane : widened)
         MELT_RETURN_IF_ERROR(scratch(DType::BF16, {int64_t(I) * D}, lane));
+    if (fp8Gemms) {
+      MELT_RETURN_IF_ERROR(scratch(DType::FP8E4M3, {R, D}, codes));
+      MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, D / 128}, codeScales));
+    }
+    const DType gateUpType = fp8Gemms ? DType::BF16 : DType::F32;
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {R}, rows));
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, pairs));
-    MELT_RETURN_IF_ERROR(scratch(operand, {R, D}, xs));
-    MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, I}, g));
-    MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, I}, u));
+    MELT_RETURN_IF_ERROR(scratch(fp8Gemms ? DType::F32 : operand, {R, D}, xs));
+    MELT_RETURN_IF_ERROR(scratch(gateUpType, {R, I}, g));
+    MELT_RETURN_IF_ERROR(scratch(gateUpType, {R, I}, u));
     MELT_RETURN_IF_ERROR(scratch(operand, {R, I}, act));
     MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, D}, out));
     MELT_RETURN_IF_ERROR(upload(tokenOfRow.data(), rows));
@@ -999,8 +1015,29 @@ private:
     MELT_RETURN_IF_ERROR(
         check(gatherRows(static_cast<const float *>(x.data),
                          static_cast<const int32_t *>(rows.data), R, D,
-                         {xs.data, bf16}, stream_),
+                         {xs.data, bf16 && !fp8Gemms}, stream_),
               "moe_experts"));
+    // An expert's gate or up product in FP8: its rows [r, r + m) quantized
+    // (scales [D/128, m], the expert's own block of codeScales).
+    auto fp8Product = [&](size_t lane, const DeviceTensor &w,
+                          const float *wScales, int e, int r, int m,
+                          bool quantize, DeviceTensor &result) -> Status {
+      GemmRunner &runner = *lanes_[lane].gemm;
+      auto *q = static_cast<__nv_fp8_e4m3 *>(codes.data) + size_t(r) * D;
+      float *qScales =
+          static_cast<float *>(codeScales.data) + size_t(r) * (D / 128);
+      if (quantize)
+        MELT_RETURN_IF_ERROR(check(
+            quantizeRowsFp8(static_cast<const float *>(xs.data) + size_t(r) * D,
+                            m, D, q, qScales, runner.stream()),
+            "moe_experts"));
+      const size_t blocks = size_t((I + 127) / 128) * (D / 128);
+      return fromGemm(runner.fp8BlockScaled(
+          q, qScales,
+          static_cast<const __nv_fp8_e4m3 *>(w.data) + size_t(e) * I * D,
+          wScales + size_t(e) * blocks,
+          static_cast<__nv_bfloat16 *>(result.data) + size_t(r) * I, m, I, D));
+    };
     size_t width = bf16 ? 2 : 4;
     auto at = [](const DeviceTensor &t, size_t offset, size_t element) {
       return static_cast<const char *>(t.data) + offset * element;
@@ -1051,6 +1088,13 @@ private:
       if (m == 0)
         continue;
       const size_t lane = turn++ % lanes_.size();
+      if (fp8Gemms) {
+        MELT_RETURN_IF_ERROR(
+            fp8Product(lane, gate, stacks.gateScales, e, r, m, true, g));
+        MELT_RETURN_IF_ERROR(
+            fp8Product(lane, up, stacks.upScales, e, r, m, false, u));
+        continue;
+      }
       const void *xe = at(xs, size_t(r) * D, width);
       MELT_RETURN_IF_ERROR(
           fromGemm(product(lane, xe, gate, e, m, I, D,
@@ -1062,7 +1106,7 @@ private:
     lanesJoined.forked = false;
     MELT_RETURN_IF_ERROR(joinLanes());
     MELT_RETURN_IF_ERROR(
-        check(binary(Binary::SiluMul, {g.data, false}, {u.data, false},
+        check(binary(Binary::SiluMul, {g.data, fp8Gemms}, {u.data, fp8Gemms},
                      size_t(R) * I, {act.data, bf16}, stream_),
               "moe_experts"));
     MELT_RETURN_IF_ERROR(forkLanes());
