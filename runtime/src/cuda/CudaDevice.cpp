@@ -360,6 +360,9 @@ public:
     if (!fusedAddNorm_)
       return Device::addRmsNorm(a, b, gamma, eps, sum, y);
     MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::floatType("add", "a", a));
+    MELT_RETURN_IF_ERROR(check::floatType("add", "b", b));
+    MELT_RETURN_IF_ERROR(check::floatType("add", "y", sum));
     MELT_RETURN_IF_ERROR(check::sameShape("add", a, b));
     MELT_RETURN_IF_ERROR(check::sameShape("add", a, sum));
     MELT_RETURN_IF_ERROR(check::rmsNorm(sum, gamma, y));
