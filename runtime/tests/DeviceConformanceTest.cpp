@@ -919,9 +919,9 @@ TEST_P(DeviceConformance, Fp8ExpertStacksGroupedByExpert) {
   checkFp8ExpertStacks(*this, rng, 21);
 }
 
-// The same with the gate and up products on the FP8 GEMM (a GPU, where
-// asked: MELT_CUDA_FP8_EXPERT_GEMMS=1; hidden size in 512s), x on its 1x128
-// FP8 grid as the model leaves it.
+// The same with the gate and up products on the FP8 GEMM (a GPU's default
+// where the hidden size is in 512s), x on its 1x128 FP8 grid as the model
+// leaves it.
 TEST_P(DeviceConformance, Fp8ExpertStacksGroupedOnFp8Gemms) {
   setenv("MELT_CUDA_FP8_EXPERT_GEMMS", "1", 1);
   reopenWith("MELT_MOE_GROUPED_MIN_PAIRS", "1");

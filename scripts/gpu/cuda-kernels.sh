@@ -35,10 +35,10 @@ done
 export MELT_TEST_MODELS="$models"
 build-gpu/bin/melt-runtime-tests --gtest_filter='*SessionOnDevice*' |
   tee "$out/sessions-on-device.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
-echo "== the same with the one-pass residual add + RMSNorm (MELT_CUDA_FUSED_ADD_NORM=1) =="
-MELT_CUDA_FUSED_ADD_NORM=1 build-gpu/bin/melt-runtime-tests \
+echo "== the same with every kernel launched after the one ahead ended and the add apart from the RMSNorm =="
+MELT_CUDA_OVERLAP_KERNELS=0 MELT_CUDA_FUSED_ADD_NORM=0 build-gpu/bin/melt-runtime-tests \
   --gtest_filter='*SessionOnDevice*/cuda*' |
-  tee "$out/sessions-on-device-fused-add-norm.txt" |
+  tee "$out/sessions-on-device-serial.txt" |
   grep -E "on cuda|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== melt-run --device cuda:0 (golden models, energy from NVML) =="
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do

@@ -1,6 +1,7 @@
 //===- Elementwise.cu - row-wise and elementwise kernels (CUDA) -----------===//
 #include "cuda/Elementwise.h"
 
+#include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/WarpReduce.cuh"
 
@@ -40,14 +41,15 @@ __global__ void __launch_bounds__(kNormThreads)
   size_t base = size_t(blockIdx.x) * cols;
   const bool inRegisters = cols <= kNormBatch * kNormThreads;
   float kept[kNormBatch], g[kNormBatch];
-  // A row held in registers: its gammas load beside it, not after the
-  // reduction (one memory latency instead of two: decode's rows are few).
+  // A row held in registers: its gammas load before the kernel ahead has
+  // ended (they are weights), not after the reduction.
   if (inRegisters)
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
       int c = u * kNormThreads + threadIdx.x;
       g[u] = c < cols ? load(gamma, c) : 0.f;
     }
+  awaitPriorKernels();
   float sum = 0.f;
   for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
 #pragma unroll
@@ -93,6 +95,7 @@ __global__ void __launch_bounds__(kNormThreads)
 
 __global__ void binaryKernel(Binary op, Operand a, Operand b, size_t count,
                              Result y) {
+  awaitPriorKernels();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
        i += size_t(gridDim.x) * blockDim.x) {
     float u = load(a, i), v = load(b, i);
@@ -101,6 +104,7 @@ __global__ void binaryKernel(Binary op, Operand a, Operand b, size_t count,
 }
 
 __global__ void convertKernel(Operand x, size_t count, Result y) {
+  awaitPriorKernels();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
        i += size_t(gridDim.x) * blockDim.x)
     store(y, i, load(x, i));
@@ -113,9 +117,9 @@ cudaError_t melt::rt::cuda::convert(Operand x, size_t count, Result y,
   if (count == 0)
     return cudaSuccess;
   size_t blocks = (count + 255) / 256;
-  convertKernel<<<unsigned(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(
-      x, count, y);
-  return cudaGetLastError();
+  return launchOverlapped(convertKernel,
+                          unsigned(blocks < 8192 ? blocks : 8192), 256, 0,
+                          stream, x, count, y);
 }
 
 cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
@@ -123,9 +127,8 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
                                     cudaStream_t stream) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  rmsNormKernel<false><<<rows, kNormThreads, 0, stream>>>(
-      x, x, Result{nullptr, false}, gamma, eps, cols, y);
-  return cudaGetLastError();
+  return launchOverlapped(rmsNormKernel<false>, rows, kNormThreads, 0, stream,
+                          x, x, Result{nullptr, false}, gamma, eps, cols, y);
 }
 
 cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
@@ -134,9 +137,8 @@ cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
                                        cudaStream_t stream) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  rmsNormKernel<true>
-      <<<rows, kNormThreads, 0, stream>>>(a, b, sum, gamma, eps, cols, y);
-  return cudaGetLastError();
+  return launchOverlapped(rmsNormKernel<true>, rows, kNormThreads, 0, stream, a,
+                          b, sum, gamma, eps, cols, y);
 }
 
 cudaError_t melt::rt::cuda::binary(Binary op, Operand a, Operand b,
@@ -145,7 +147,6 @@ cudaError_t melt::rt::cuda::binary(Binary op, Operand a, Operand b,
   if (count == 0)
     return cudaSuccess;
   size_t blocks = (count + 255) / 256;
-  binaryKernel<<<unsigned(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(
-      op, a, b, count, y);
-  return cudaGetLastError();
+  return launchOverlapped(binaryKernel, unsigned(blocks < 8192 ? blocks : 8192),
+                          256, 0, stream, op, a, b, count, y);
 }

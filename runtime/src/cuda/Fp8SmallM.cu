@@ -32,6 +32,8 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/Fp8SmallM.h"
 
+#include "cuda/DependentLaunch.cuh"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -146,8 +148,17 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int j = 0; j < TILES; ++j)
     result[j][0] = result[j][1] = result[j][2] = result[j][3] = 0.f;
 
+  // Weights are constant: the block's rows of its K range head for L2 and
+  // its first K block is loaded before the kernel ahead has ended.
+  const int tileRows = min(kRowsPerBlock, n - tile * kRowsPerBlock);
+  if (int(threadIdx.x) < tileRows && kbBegin < kbEnd &&
+      size_t(n) * k <= kPrefetchBudget)
+    prefetchToL2(w + size_t(tile * kRowsPerBlock + threadIdx.x) * k +
+                     size_t(kbBegin) * kKBlock,
+                 uint32_t(kbEnd - kbBegin) * kKBlock);
   WeightFragment next;
   loadWeights(w, k, row, kbBegin, t, rowsValid && kbBegin < kbEnd, next);
+  awaitPriorKernels();
   for (int kb = kbBegin; kb < kbEnd; ++kb) {
     WeightFragment cur = next;
     if (kb + 1 < kbEnd)
@@ -303,22 +314,21 @@ cudaError_t melt::rt::cuda::fp8SmallM(
   auto *wb = reinterpret_cast<const uint8_t *>(w);
   const int tokenTiles = (m + 7) / 8;
   if (tokenTiles <= 1)
-    fp8SmallMKernel<1><<<l.grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
-        m, n, k, l.kBlocksPerSplit);
+    return launchOverlapped(fp8SmallMKernel<1>, l.grid, kWarps * 32, 0, stream,
+                            xb, xScales, nullptr, wb, wScales, l.partials,
+                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
   else if (tokenTiles <= 2)
-    fp8SmallMKernel<2><<<l.grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
-        m, n, k, l.kBlocksPerSplit);
+    return launchOverlapped(fp8SmallMKernel<2>, l.grid, kWarps * 32, 0, stream,
+                            xb, xScales, nullptr, wb, wScales, l.partials,
+                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
   else if (tokenTiles <= 4)
-    fp8SmallMKernel<4><<<l.grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
-        m, n, k, l.kBlocksPerSplit);
+    return launchOverlapped(fp8SmallMKernel<4>, l.grid, kWarps * 32, 0, stream,
+                            xb, xScales, nullptr, wb, wScales, l.partials,
+                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
   else
-    fp8SmallMKernel<8><<<l.grid, kWarps * 32, 0, stream>>>(
-        xb, xScales, nullptr, wb, wScales, l.partials, l.counters, y, nullptr,
-        m, n, k, l.kBlocksPerSplit);
-  return cudaGetLastError();
+    return launchOverlapped(fp8SmallMKernel<8>, l.grid, kWarps * 32, 0, stream,
+                            xb, xScales, nullptr, wb, wScales, l.partials,
+                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
 }
 
 cudaError_t melt::rt::cuda::fp8SmallMFromF32(
@@ -332,8 +342,8 @@ cudaError_t melt::rt::cuda::fp8SmallMFromF32(
                                  workspaceBytes, smCount, l);
       e != cudaSuccess)
     return e;
-  fp8SmallMKernel<1, true><<<l.grid, kWarps * 32, 0, stream>>>(
-      nullptr, nullptr, x, reinterpret_cast<const uint8_t *>(w), wScales,
-      l.partials, l.counters, nullptr, y, m, n, k, l.kBlocksPerSplit);
-  return cudaGetLastError();
+  return launchOverlapped(
+      fp8SmallMKernel<1, true>, l.grid, kWarps * 32, 0, stream, nullptr,
+      nullptr, x, reinterpret_cast<const uint8_t *>(w), wScales, l.partials,
+      l.counters, nullptr, y, m, n, k, l.kBlocksPerSplit);
 }

@@ -12,6 +12,8 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
 
+#include "cuda/DependentLaunch.cuh"
+
 #include <algorithm>
 #include <cfloat>
 
@@ -119,6 +121,7 @@ template <int kHeadTiles>
 __global__ void __launch_bounds__(kThreads)
     mlaDecodeChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
                     float *partialSums, float2 *partialStats) {
+  awaitPriorKernels();
   using Shape = BlockShape<kHeadTiles>;
   constexpr int kHeads = Shape::heads;
   extern __shared__ __align__(16) unsigned char sharedBytes[];
@@ -322,6 +325,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
                                  const float *partialSums,
                                  const float2 *partialStats) {
+  awaitPriorKernels();
   const int head = blockIdx.x, seq = blockIdx.y;
   float maxAll = -FLT_MAX;
   for (int c = 0; c < chunks; ++c)
@@ -412,8 +416,8 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
   if (error != cudaSuccess)
     return error;
   dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
-  mlaDecodeChunks<kHeadTiles><<<grid, kThreads, shared, stream>>>(
-      args, chunkTokens, chunks, sums, stats);
+  launchOverlapped(mlaDecodeChunks<kHeadTiles>, grid, kThreads, shared, stream,
+                   args, chunkTokens, chunks, sums, stats);
   return cudaGetLastError();
 }
 
@@ -444,8 +448,8 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                                             sums, stats, stream);
   if (error != cudaSuccess)
     return error;
-  mlaDecodeCombine<<<dim3(args.heads, args.batch), 128, 0, stream>>>(
-      args, plan.chunks, sums, stats);
+  launchOverlapped(mlaDecodeCombine, dim3(args.heads, args.batch), 128, 0,
+                   stream, args, plan.chunks, sums, stats);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
 //===- MlaSplit.cu - absorbed MLA, heads together, split over the sequence ===//
 #include "cuda/MlaSplit.h"
 
+#include "cuda/DependentLaunch.cuh"
 #include "cuda/MlaDecode.h"
 #include "cuda/PagedCache.cuh"
 #include "cuda/ScratchLayout.h"
@@ -30,6 +31,7 @@ constexpr int kQueryTokens = 8;
 __global__ void __launch_bounds__(256)
     absorbQueryKernel(const float *qNope, const float *wUk, int tokens,
                       int heads, int nope, int latent, float *qLat) {
+  awaitPriorKernels();
   __shared__ float q[kQueryTokens][kMaxNope];
   __shared__ float half[kQueryTokens][128];
   const int h = blockIdx.x, column = threadIdx.x % 128;
@@ -115,6 +117,7 @@ constexpr int kWarpHeads = 4, kRowsPerWarp = kTile / 2;
 /// tile's weighted rows into its latent columns of every head.
 __global__ void __launch_bounds__(kChunkThreads)
     latentChunkKernel(ChunkArgs a) {
+  awaitPriorKernels();
   extern __shared__ float4 sharedRows[];
   float *tileRows = reinterpret_cast<float *>(sharedRows); // [kTile][width]
   __shared__ __align__(16) float p[kTile][kHeadGroup];
@@ -289,6 +292,7 @@ __global__ void combineValueKernel(const float *partialOut,
                                    const float *partialSum, const float *wUv,
                                    int heads, int chunks, int latent,
                                    int valueDim, float *out) {
+  awaitPriorKernels();
   extern __shared__ float olat[];
   __shared__ float weight[kMaxChunks];
   __shared__ float total;
@@ -342,6 +346,7 @@ __global__ void packQueriesKernel(const float *qLat, const float *qRope,
                                   const int32_t *tokenOfSlot, int heads,
                                   int latent, int rope,
                                   __nv_bfloat16 *queries) {
+  awaitPriorKernels();
   const size_t sh = blockIdx.x;
   const int t = tokenOfSlot[sh / heads];
   const size_t th = size_t(t) * heads + sh % heads;
@@ -359,6 +364,7 @@ __global__ void packQueriesKernel(const float *qLat, const float *qRope,
 __global__ void cacheToBf16Kernel(const float *cache, PagedLayout layout,
                                   int width, int capacity, __nv_bfloat16 *rows,
                                   int32_t *bad) {
+  awaitPriorKernels();
   const int p = blockIdx.x, b = blockIdx.y;
   if (p >= layout.lengths[b])
     return;
@@ -389,6 +395,7 @@ __global__ void cacheToBf16Kernel(const float *cache, PagedLayout layout,
 /// (minPos / maxPos start at INT_MAX / -1).
 __global__ void positionSpanKernel(PagedLayout layout, int tokens,
                                    int32_t *minPos, int32_t *maxPos) {
+  awaitPriorKernels();
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= tokens)
     return;
@@ -404,6 +411,7 @@ __global__ void positionSpanKernel(PagedLayout layout, int tokens,
 __global__ void groupBaseKernel(int sequences, int group, int maxGroups,
                                 const int32_t *minPos, const int32_t *maxPos,
                                 int32_t *groupBase, int32_t *overflow) {
+  awaitPriorKernels();
   int base = 0;
   for (int b = 0; b < sequences; ++b) {
     groupBase[b] = base;
@@ -422,6 +430,7 @@ __global__ void placeTokensKernel(PagedLayout layout, int tokens, int group,
                                   int32_t *slotOfToken, int32_t *tokenOfSlot,
                                   int32_t *rowLengths, int32_t *groupSequence,
                                   int32_t *groupLengths) {
+  awaitPriorKernels();
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= tokens)
     return;
@@ -445,6 +454,7 @@ __global__ void placeTokensKernel(PagedLayout layout, int tokens, int group,
 __global__ void groupTablesKernel(int pagesPerSequence,
                                   const int32_t *groupSequence,
                                   int32_t *tables) {
+  awaitPriorKernels();
   const int g = blockIdx.x, b = groupSequence[g];
   for (int j = threadIdx.x; j < pagesPerSequence; j += blockDim.x)
     tables[size_t(g) * pagesPerSequence + j] = b * pagesPerSequence + j;
@@ -455,6 +465,7 @@ __global__ void groupTablesKernel(int pagesPerSequence,
 __global__ void gatherValuesKernel(const float *slotValues,
                                    const int32_t *slotOfToken, int heads,
                                    int valueDim, float *out) {
+  awaitPriorKernels();
   const size_t th = blockIdx.x;
   const int slot = slotOfToken[th / heads];
   const float *from =
@@ -466,10 +477,11 @@ __global__ void gatherValuesKernel(const float *slotValues,
 /// Stage 1 of both paths: q_lat = q_nope W_UK.
 void absorbQueries(const float *qNope, const float *wUk, const MlaSplitShape &s,
                    float *qLat, cudaStream_t stream) {
-  absorbQueryKernel<<<dim3(s.heads, (s.latent + 127) / 128,
-                           (s.tokens + kQueryTokens - 1) / kQueryTokens),
-                      256, 0, stream>>>(qNope, wUk, s.tokens, s.heads, s.nope,
-                                        s.latent, qLat);
+  launchOverlapped(absorbQueryKernel,
+                   dim3(s.heads, (s.latent + 127) / 128,
+                        (s.tokens + kQueryTokens - 1) / kQueryTokens),
+                   256, 0, stream, qNope, wUk, s.tokens, s.heads, s.nope,
+                   s.latent, qLat);
 }
 
 } // namespace
@@ -536,13 +548,14 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
             int(shared));
         e != cudaSuccess)
       return e;
-  latentChunkKernel<<<dim3(chunks, s.tokens,
-                           (s.heads + kHeadGroup - 1) / kHeadGroup),
-                      kChunkThreads, shared, stream>>>(a);
-  combineValueKernel<<<dim3(s.tokens * s.heads, (s.valueDim + 31) / 32), 256,
-                       size_t(s.latent) * sizeof(float), stream>>>(
-      a.partialOut, a.partialMax, a.partialSum, wUv, s.heads, chunks, s.latent,
-      s.valueDim, out);
+  launchOverlapped(
+      latentChunkKernel,
+      dim3(chunks, s.tokens, (s.heads + kHeadGroup - 1) / kHeadGroup),
+      kChunkThreads, shared, stream, a);
+  launchOverlapped(
+      combineValueKernel, dim3(s.tokens * s.heads, (s.valueDim + 31) / 32), 256,
+      size_t(s.latent) * sizeof(float), stream, a.partialOut, a.partialMax,
+      a.partialSum, wUv, s.heads, chunks, s.latent, s.valueDim, out);
   return cudaGetLastError();
 }
 
@@ -678,21 +691,25 @@ CudaStatus melt::rt::cuda::mlaTensorCores(
         std::tuple{plan.groupSequence, 0, size_t(plan.maxGroups) * 4}})
     if (CudaStatus e = failed(cudaMemsetAsync(base + at, value, bytes, stream)))
       return e;
-  positionSpanKernel<<<(T + 255) / 256, 256, 0, stream>>>(layout, T, minPos,
-                                                          maxPos);
-  groupBaseKernel<<<1, 1, 0, stream>>>(B, plan.group, plan.maxGroups, minPos,
-                                       maxPos, ints(plan.groupBase), spread);
-  placeTokensKernel<<<(T + 255) / 256, 256, 0, stream>>>(
-      layout, T, plan.group, plan.maxGroups, minPos, ints(plan.groupBase),
-      ints(plan.slotOfToken), ints(plan.tokenOfSlot), ints(plan.rowLengths),
-      ints(plan.groupSequence), ints(plan.groupLengths));
-  groupTablesKernel<<<plan.maxGroups, 32, 0, stream>>>(
-      plan.pagesPerSequence, ints(plan.groupSequence), ints(plan.tables));
-  packQueriesKernel<<<unsigned(size_t(plan.slots) * s.heads), 128, 0, stream>>>(
-      latent, qRope, ints(plan.tokenOfSlot), s.heads, s.latent, s.rope,
-      queries);
-  cacheToBf16Kernel<<<dim3(plan.capacity, B), kLatentEntry / 4, 0, stream>>>(
-      cache, layout, kLatentEntry, plan.capacity, rows, bad);
+  launchOverlapped(positionSpanKernel, (T + 255) / 256, 256, 0, stream, layout,
+                   T, minPos, maxPos);
+  launchOverlapped(groupBaseKernel, 1, 1, 0, stream, B, plan.group,
+                   plan.maxGroups, minPos, maxPos, ints(plan.groupBase),
+                   spread);
+  launchOverlapped(placeTokensKernel, (T + 255) / 256, 256, 0, stream, layout,
+                   T, plan.group, plan.maxGroups, minPos, ints(plan.groupBase),
+                   ints(plan.slotOfToken), ints(plan.tokenOfSlot),
+                   ints(plan.rowLengths), ints(plan.groupSequence),
+                   ints(plan.groupLengths));
+  launchOverlapped(groupTablesKernel, plan.maxGroups, 32, 0, stream,
+                   plan.pagesPerSequence, ints(plan.groupSequence),
+                   ints(plan.tables));
+  launchOverlapped(packQueriesKernel, unsigned(size_t(plan.slots) * s.heads),
+                   128, 0, stream, latent, qRope, ints(plan.tokenOfSlot),
+                   s.heads, s.latent, s.rope, queries);
+  launchOverlapped(cacheToBf16Kernel, dim3(plan.capacity, B), kLatentEntry / 4,
+                   0, stream, cache, layout, kLatentEntry, plan.capacity, rows,
+                   bad);
   if (CudaStatus e = failed(cudaGetLastError()))
     return e;
 
@@ -724,7 +741,8 @@ CudaStatus melt::rt::cuda::mlaTensorCores(
   value.yRow = int64_t(s.heads) * s.valueDim, value.yBatch = s.valueDim;
   if (CudaStatus e = gemm.tf32Batched(latent, wUv, slotValues, value))
     return e;
-  gatherValuesKernel<<<unsigned(size_t(T) * s.heads), 128, 0, stream>>>(
-      slotValues, ints(plan.slotOfToken), s.heads, s.valueDim, out);
+  launchOverlapped(gatherValuesKernel, unsigned(size_t(T) * s.heads), 128, 0,
+                   stream, slotValues, ints(plan.slotOfToken), s.heads,
+                   s.valueDim, out);
   return failed(cudaGetLastError());
 }

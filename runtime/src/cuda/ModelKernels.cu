@@ -1,6 +1,7 @@
 //===- ModelKernels.cu - the model's F32 kernels (CUDA) ------------------===//
 #include "cuda/ModelKernels.h"
 
+#include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/PagedCache.cuh"
 #include "cuda/VectorLoads.cuh"
@@ -20,6 +21,7 @@ namespace {
 
 __global__ void embeddingKernel(const int32_t *ids, Operand table, int vocab,
                                 int hidden, Result y, int32_t *badId) {
+  awaitPriorKernels();
   int t = blockIdx.x;
   int id = ids[t];
   bool valid = id >= 0 && id < vocab;
@@ -34,6 +36,7 @@ __global__ void embeddingKernel(const int32_t *ids, Operand table, int vocab,
 __global__ void ropeKernel(Operand x, const int32_t *positions, int rows,
                            int dim, bool interleaved, RopeFrequencies freqs,
                            double mscale, size_t pairs, Result y) {
+  awaitPriorKernels();
   size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= pairs)
     return;
@@ -81,6 +84,7 @@ __device__ __forceinline__ void warpBest(float &value, int &index) {
 __global__ void routeKernel(const float *logits, const float *bias, int experts,
                             RouterConfig cfg, int32_t *indices,
                             float *weights) {
+  awaitPriorKernels();
   __shared__ float scores[kMaxRouterExperts], choice[kMaxRouterExperts];
   __shared__ bool taken[kMaxRouterExperts];
   __shared__ int32_t chosen[64];
@@ -196,6 +200,7 @@ __device__ bool visibleRows(const PagedLayout &layout, int b, int visible,
 __global__ void cacheAppendKernel(const float *first, const float *second,
                                   PagedLayout layout, int a, int b,
                                   float *cache, int32_t *bad) {
+  awaitPriorKernels();
   int t = blockIdx.x, width = a + b;
   int row = cacheRow(layout, layout.sequences[t], layout.positions[t]);
   if (row < 0) {
@@ -248,6 +253,7 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
                           const float *wUk, const float *wUv, int heads,
                           int nope, int rope, int latent, int valueDim,
                           float scale, float *out, int32_t *bad) {
+  awaitPriorKernels();
   extern __shared__ float shared[];
   __shared__ float scratch[32];
   float *qlat = shared, *olat = shared + latent, *scores = shared + 2 * latent;
@@ -330,6 +336,7 @@ __global__ void moeActivationKernel(const float *x, const int32_t *indices,
                                     const W *gate, const W *up, int choices,
                                     int experts, int inter, int dim, float *act,
                                     int32_t *bad) {
+  awaitPriorKernels();
   int pair = blockIdx.x, t = pair / choices;
   int e = indices[pair];
   int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -356,6 +363,7 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
                               const float *weights, const W *down, int choices,
                               int experts, int inter, int dim, bool combineBf16,
                               float *y) {
+  awaitPriorKernels();
   int pair = blockIdx.x, t = pair / choices;
   int e = indices[pair];
   int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -372,6 +380,7 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
 
 __global__ void gatherRowsKernel(const float *x, const int32_t *rows, int dim,
                                  Result y) {
+  awaitPriorKernels();
   const float *source = x + size_t(rows[blockIdx.x]) * dim;
   for (int i = threadIdx.x; i < dim; i += blockDim.x)
     store(y, size_t(blockIdx.x) * dim + i, source[i]);
@@ -382,6 +391,7 @@ __global__ void combineExpertRowsKernel(const float *expertOut,
                                         const int32_t *rowOfPair,
                                         const float *weights, int choices,
                                         int dim, bool combineBf16, float *y) {
+  awaitPriorKernels();
   int t = blockIdx.x;
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
     float sum = 0.f;
@@ -402,6 +412,7 @@ __global__ void combineExpertRowsKernel(const float *expertOut,
 constexpr int kArgmaxThreads = 512;
 __global__ void __launch_bounds__(kArgmaxThreads)
     argmaxRowsKernel(const float *logits, int vocab, int32_t *ids) {
+  awaitPriorKernels();
   const float *row = logits + size_t(blockIdx.x) * vocab;
   float best = -INFINITY;
   int at = INT_MAX;
@@ -458,7 +469,8 @@ cudaError_t melt::rt::cuda::argmaxRows(const float *logits, int rows, int vocab,
     return cudaErrorInvalidValue;
   if (rows == 0)
     return cudaSuccess;
-  argmaxRowsKernel<<<rows, kArgmaxThreads, 0, stream>>>(logits, vocab, ids);
+  launchOverlapped(argmaxRowsKernel, rows, kArgmaxThreads, 0, stream, logits,
+                   vocab, ids);
   return cudaGetLastError();
 }
 
@@ -468,8 +480,8 @@ cudaError_t melt::rt::cuda::cacheAppend(const float *first, const float *second,
                                         int32_t *bad, cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
-  cacheAppendKernel<<<tokens, 256, 0, stream>>>(first, second, layout, a, b,
-                                                cache, bad);
+  launchOverlapped(cacheAppendKernel, tokens, 256, 0, stream, first, second,
+                   layout, a, b, cache, bad);
   return cudaGetLastError();
 }
 
@@ -504,9 +516,9 @@ cudaError_t melt::rt::cuda::mlaF32(const float *qNope, const float *qRope,
       tokens > kMlaWarpPerRowTokens ? mlaKernel<true> : mlaKernel<false>;
   if (cudaError_t e = allowSharedBytes(kernel, shared); e != cudaSuccess)
     return e;
-  kernel<<<tokens * heads, 128, shared, stream>>>(
-      qNope, qRope, cache, layout, wUk, wUv, heads, nope, rope, latent,
-      valueDim, scale, out, bad);
+  launchOverlapped(kernel, tokens * heads, 128, shared, stream, qNope, qRope,
+                   cache, layout, wUk, wUv, heads, nope, rope, latent, valueDim,
+                   scale, out, bad);
   return cudaGetLastError();
 }
 
@@ -518,6 +530,7 @@ __global__ void attentionKernel(const float *q, const float *cache,
                                 PagedLayout layout, int heads, int kvHeads,
                                 int keyDim, int valueDim, bool causal,
                                 float scale, float *out, int32_t *bad) {
+  awaitPriorKernels();
   extern __shared__ float shared[];
   __shared__ float scratch[32];
   int t = blockIdx.x / heads, h = blockIdx.x % heads;
@@ -552,6 +565,7 @@ __global__ void attentionKernel(const float *q, const float *cache,
 __global__ void quantizeBlocksKernel(const float *x, int tokens, int cols,
                                      int block, int blocks, uint8_t *q,
                                      float *scales) {
+  awaitPriorKernels();
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= tokens * blocks)
     return;
@@ -573,6 +587,7 @@ __global__ void quantizeBlocksKernel(const float *x, int tokens, int cols,
 __global__ void quantizeBlocksOf128Kernel(const float *x, int tokens, int cols,
                                           int blocks, uint8_t *q,
                                           float *scales) {
+  awaitPriorKernels();
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (warp >= tokens * blocks)
@@ -604,6 +619,7 @@ __global__ void dequantizeBlocksByFourKernel(const uint8_t *q,
                                              const float *scales, int tokens,
                                              int cols, int block, int blocks,
                                              float *y) {
+  awaitPriorKernels();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(tokens) * cols / 4)
     return;
@@ -624,6 +640,7 @@ __global__ void dequantizeBlocksByFourKernel(const uint8_t *q,
 __global__ void dequantizeBlocksKernel(const uint8_t *q, const float *scales,
                                        int tokens, int cols, int block,
                                        int blocks, float *y) {
+  awaitPriorKernels();
   size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(tokens) * cols)
     return;
@@ -635,6 +652,7 @@ __global__ void dequantizeBlocksKernel(const uint8_t *q, const float *scales,
 /// Grid-stride over the elements, 4 a thread (cols a multiple of 4).
 __global__ void widenFp8BlocksKernel(const uint8_t *q, const float *scales,
                                      int rows, int cols, __nv_bfloat16 *y) {
+  awaitPriorKernels();
   const int colBlocks = (cols + 127) / 128;
   const size_t quads = size_t(rows) * cols / 4;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < quads;
@@ -666,7 +684,8 @@ cudaError_t melt::rt::cuda::widenFp8Blocks(const uint8_t *q,
   if (quads == 0)
     return cudaSuccess;
   const unsigned blocks = unsigned(std::min<size_t>((quads + 255) / 256, 4096));
-  widenFp8BlocksKernel<<<blocks, 256, 0, stream>>>(q, scales, rows, cols, y);
+  launchOverlapped(widenFp8BlocksKernel, blocks, 256, 0, stream, q, scales,
+                   rows, cols, y);
   return cudaGetLastError();
 }
 
@@ -683,9 +702,9 @@ cudaError_t melt::rt::cuda::attentionF32(const float *q, const float *cache,
   if (cudaError_t e = allowSharedBytes(attentionKernel, shared);
       e != cudaSuccess)
     return e;
-  attentionKernel<<<tokens * heads, 128, shared, stream>>>(
-      q, cache, layout, heads, kvHeads, keyDim, valueDim, causal, scale, out,
-      bad);
+  launchOverlapped(attentionKernel, tokens * heads, 128, shared, stream, q,
+                   cache, layout, heads, kvHeads, keyDim, valueDim, causal,
+                   scale, out, bad);
   return cudaGetLastError();
 }
 
@@ -698,11 +717,11 @@ cudaError_t melt::rt::cuda::quantizeBlocks(const float *x, int tokens, int cols,
   if (block == 128 && cols % 4 == 0 &&
       reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(q) % 4 == 0)
-    quantizeBlocksOf128Kernel<<<(n + 7) / 8, 256, 0, stream>>>(
-        x, tokens, cols, blocks, q, scales);
+    launchOverlapped(quantizeBlocksOf128Kernel, (n + 7) / 8, 256, 0, stream, x,
+                     tokens, cols, blocks, q, scales);
   else
-    quantizeBlocksKernel<<<(n + 127) / 128, 128, 0, stream>>>(
-        x, tokens, cols, block, blocks, q, scales);
+    launchOverlapped(quantizeBlocksKernel, (n + 127) / 128, 128, 0, stream, x,
+                     tokens, cols, block, blocks, q, scales);
   return cudaGetLastError();
 }
 
@@ -717,12 +736,12 @@ cudaError_t melt::rt::cuda::dequantizeBlocks(const uint8_t *q,
   if (cols % 4 == 0 && block % 4 == 0 &&
       reinterpret_cast<uintptr_t>(q) % 4 == 0 &&
       reinterpret_cast<uintptr_t>(y) % 16 == 0)
-    dequantizeBlocksByFourKernel<<<unsigned((n / 4 + 255) / 256), 256, 0,
-                                   stream>>>(q, scales, tokens, cols, block,
-                                             blocks, y);
+    launchOverlapped(dequantizeBlocksByFourKernel,
+                     unsigned((n / 4 + 255) / 256), 256, 0, stream, q, scales,
+                     tokens, cols, block, blocks, y);
   else
-    dequantizeBlocksKernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(
-        q, scales, tokens, cols, block, blocks, y);
+    launchOverlapped(dequantizeBlocksKernel, unsigned((n + 255) / 256), 256, 0,
+                     stream, q, scales, tokens, cols, block, blocks, y);
   return cudaGetLastError();
 }
 
@@ -739,20 +758,21 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
   dim3 outputs(tokens * choices, (dim + 7) / 8);
   if (bf16Weights) {
     using B = __nv_bfloat16;
-    moeActivationKernel<B><<<activations, 256, 0, stream>>>(
-        x, indices, static_cast<const B *>(gate), static_cast<const B *>(up),
-        choices, experts, inter, dim, scratch, bad);
-    moeDownKernel<B><<<outputs, 256, 0, stream>>>(
-        scratch, indices, weights, static_cast<const B *>(down), choices,
-        experts, inter, dim, combineBf16, y);
+    launchOverlapped(moeActivationKernel<B>, activations, 256, 0, stream, x,
+                     indices, static_cast<const B *>(gate),
+                     static_cast<const B *>(up), choices, experts, inter, dim,
+                     scratch, bad);
+    launchOverlapped(moeDownKernel<B>, outputs, 256, 0, stream, scratch,
+                     indices, weights, static_cast<const B *>(down), choices,
+                     experts, inter, dim, combineBf16, y);
   } else {
-    moeActivationKernel<float><<<activations, 256, 0, stream>>>(
-        x, indices, static_cast<const float *>(gate),
-        static_cast<const float *>(up), choices, experts, inter, dim, scratch,
-        bad);
-    moeDownKernel<float><<<outputs, 256, 0, stream>>>(
-        scratch, indices, weights, static_cast<const float *>(down), choices,
-        experts, inter, dim, combineBf16, y);
+    launchOverlapped(moeActivationKernel<float>, activations, 256, 0, stream, x,
+                     indices, static_cast<const float *>(gate),
+                     static_cast<const float *>(up), choices, experts, inter,
+                     dim, scratch, bad);
+    launchOverlapped(moeDownKernel<float>, outputs, 256, 0, stream, scratch,
+                     indices, weights, static_cast<const float *>(down),
+                     choices, experts, inter, dim, combineBf16, y);
   }
   return cudaGetLastError();
 }
@@ -762,7 +782,7 @@ cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,
                                        cudaStream_t stream) {
   if (count == 0)
     return cudaSuccess;
-  gatherRowsKernel<<<count, 256, 0, stream>>>(x, rows, dim, y);
+  launchOverlapped(gatherRowsKernel, count, 256, 0, stream, x, rows, dim, y);
   return cudaGetLastError();
 }
 
@@ -774,8 +794,8 @@ cudaError_t melt::rt::cuda::combineExpertRows(const float *expertOut,
                                               cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
-  combineExpertRowsKernel<<<tokens, 256, 0, stream>>>(
-      expertOut, rowOfPair, weights, choices, dim, combineBf16, y);
+  launchOverlapped(combineExpertRowsKernel, tokens, 256, 0, stream, expertOut,
+                   rowOfPair, weights, choices, dim, combineBf16, y);
   return cudaGetLastError();
 }
 
@@ -785,8 +805,8 @@ cudaError_t melt::rt::cuda::embedding(const int32_t *ids, int tokens,
                                       cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
-  embeddingKernel<<<tokens, 256, 0, stream>>>(ids, table, vocab, hidden, y,
-                                              badId);
+  launchOverlapped(embeddingKernel, tokens, 256, 0, stream, ids, table, vocab,
+                   hidden, y, badId);
   return cudaGetLastError();
 }
 
@@ -799,8 +819,8 @@ cudaError_t melt::rt::cuda::rope(Operand x, const int32_t *positions,
   size_t pairs = size_t(tokens) * rows * (dim / 2);
   if (pairs == 0)
     return cudaSuccess;
-  ropeKernel<<<unsigned((pairs + 255) / 256), 256, 0, stream>>>(
-      x, positions, rows, dim, interleaved, freqs, mscale, pairs, y);
+  launchOverlapped(ropeKernel, unsigned((pairs + 255) / 256), 256, 0, stream, x,
+                   positions, rows, dim, interleaved, freqs, mscale, pairs, y);
   return cudaGetLastError();
 }
 
@@ -813,7 +833,7 @@ cudaError_t melt::rt::cuda::routeExperts(const float *logits, const float *bias,
     return cudaErrorInvalidValue;
   if (tokens == 0)
     return cudaSuccess;
-  routeKernel<<<tokens, 32, 0, stream>>>(logits, bias, experts, config, indices,
-                                         weights);
+  launchOverlapped(routeKernel, tokens, 32, 0, stream, logits, bias, experts,
+                   config, indices, weights);
   return cudaGetLastError();
 }

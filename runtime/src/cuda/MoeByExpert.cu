@@ -1,6 +1,7 @@
 //===- MoeByExpert.cu - routed experts grouped by expert (CUDA) -----------===//
 #include "cuda/MoeByExpert.h"
 
+#include "cuda/DependentLaunch.cuh"
 #include "cuda/ScratchLayout.h"
 #include "cuda/VectorLoads.cuh"
 
@@ -23,6 +24,7 @@ constexpr int kTokensPerPass = 8;
 __global__ void groupPairsKernel(const int32_t *indices, int pairs, int experts,
                                  int32_t *offsets, int32_t *pairOfSlot,
                                  int32_t *bad) {
+  awaitPriorKernels();
   __shared__ int32_t count[kMoeByExpertMaxExperts],
       cursor[kMoeByExpertMaxExperts];
   for (int e = threadIdx.x; e < experts; e += blockDim.x)
@@ -82,6 +84,7 @@ __global__ void activationKernel(const float *x, const int32_t *offsets,
                                  const int32_t *pairOfSlot, const W *gate,
                                  const W *up, int choices, int inter, int dim,
                                  float *act) {
+  awaitPriorKernels();
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (begin == end || i >= inter)
@@ -135,6 +138,7 @@ __global__ void downKernel(const float *act, const int32_t *offsets,
                            const int32_t *pairOfSlot, const float *weights,
                            const W *down, int choices, int inter, int dim,
                            bool combineBf16, float *y) {
+  awaitPriorKernels();
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (begin == end || j >= dim)
@@ -312,6 +316,7 @@ __global__ void __launch_bounds__(256)
                         const int32_t *pairOfSlot, const W *gate, const W *up,
                         const float *gateScales, const float *upScales,
                         int choices, int inter, int dim, float *act) {
+  awaitPriorKernels();
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -350,6 +355,7 @@ __global__ void __launch_bounds__(256)
                   const int32_t *pairOfSlot, const float *weights,
                   const W *down, const float *downScales, int choices,
                   int inter, int dim, bool combineBf16, float *y) {
+  awaitPriorKernels();
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -384,14 +390,15 @@ void launchMma(const float *x, const int32_t *offsets,
                const ExpertStacks &stacks, int choices, int experts, int inter,
                int dim, bool combineBf16, float *act, float *y,
                cudaStream_t stream) {
-  activationMmaKernel<W>
-      <<<dim3(experts, (inter + 127) / 128), 256, 0, stream>>>(
-          x, offsets, pairOfSlot, static_cast<const W *>(stacks.gate),
-          static_cast<const W *>(stacks.up), stacks.gateScales, stacks.upScales,
-          choices, inter, dim, act);
-  downMmaKernel<W><<<dim3(experts, (dim + 127) / 128), 256, 0, stream>>>(
-      act, offsets, pairOfSlot, weights, static_cast<const W *>(stacks.down),
-      stacks.downScales, choices, inter, dim, combineBf16, y);
+  launchOverlapped(activationMmaKernel<W>, dim3(experts, (inter + 127) / 128),
+                   256, 0, stream, x, offsets, pairOfSlot,
+                   static_cast<const W *>(stacks.gate),
+                   static_cast<const W *>(stacks.up), stacks.gateScales,
+                   stacks.upScales, choices, inter, dim, act);
+  launchOverlapped(downMmaKernel<W>, dim3(experts, (dim + 127) / 128), 256, 0,
+                   stream, act, offsets, pairOfSlot, weights,
+                   static_cast<const W *>(stacks.down), stacks.downScales,
+                   choices, inter, dim, combineBf16, y);
 }
 
 template <typename W>
@@ -400,12 +407,14 @@ void launchExperts(const float *x, const int32_t *offsets,
                    const ExpertStacks &stacks, int choices, int experts,
                    int inter, int dim, bool combineBf16, float *act, float *y,
                    cudaStream_t stream) {
-  activationKernel<W><<<dim3(experts, (inter + 7) / 8), 256, 0, stream>>>(
-      x, offsets, pairOfSlot, static_cast<const W *>(stacks.gate),
-      static_cast<const W *>(stacks.up), choices, inter, dim, act);
-  downKernel<W><<<dim3(experts, (dim + 7) / 8), 256, 0, stream>>>(
-      act, offsets, pairOfSlot, weights, static_cast<const W *>(stacks.down),
-      choices, inter, dim, combineBf16, y);
+  launchOverlapped(activationKernel<W>, dim3(experts, (inter + 7) / 8), 256, 0,
+                   stream, x, offsets, pairOfSlot,
+                   static_cast<const W *>(stacks.gate),
+                   static_cast<const W *>(stacks.up), choices, inter, dim, act);
+  launchOverlapped(downKernel<W>, dim3(experts, (dim + 7) / 8), 256, 0, stream,
+                   act, offsets, pairOfSlot, weights,
+                   static_cast<const W *>(stacks.down), choices, inter, dim,
+                   combineBf16, y);
 }
 
 } // namespace
@@ -449,8 +458,8 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
   auto *pairOfSlot = reinterpret_cast<int32_t *>(bytes);
   bytes += scratchPartBytes(size_t(pairs) * sizeof(int32_t));
   auto *act = reinterpret_cast<float *>(bytes);
-  groupPairsKernel<<<1, 512, 0, stream>>>(indices, pairs, experts, offsets,
-                                          pairOfSlot, bad);
+  launchOverlapped(groupPairsKernel, 1, 512, 0, stream, indices, pairs, experts,
+                   offsets, pairOfSlot, bad);
   // Tensor cores where asked and the shapes take them: BF16 products of
   // BF16-rounded inputs, as the row kernels compute them.
   if (stacks.type == Type::Fp8Blocks)

@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/Quantize.h"
 
+#include "cuda/DependentLaunch.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cstdint>
@@ -52,6 +53,7 @@ __device__ __forceinline__ void loadFour(const float *x, float (&v)[4]) {
 template <typename T>
 __global__ void quantizeRowsKernel(const T *x, int m, int k, __nv_fp8_e4m3 *q,
                                    float *scales) {
+  awaitPriorKernels();
   int blocksPerRow = k / kQuantBlock;
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
   int lane = threadIdx.x % 32;
@@ -70,6 +72,7 @@ __global__ void rmsNormQuantizeKernel(const __nv_bfloat16 *x,
                                       const __nv_bfloat16 *gamma, float eps,
                                       int m, int k, __nv_fp8_e4m3 *q,
                                       float *scales, __nv_bfloat16 *y) {
+  awaitPriorKernels();
   int row = blockIdx.x;
   const __nv_bfloat16 *xr = x + size_t(row) * k;
   float sum = 0.f;
@@ -117,8 +120,8 @@ static cudaError_t quantizeRows(const T *x, int m, int k, __nv_fp8_e4m3 *q,
   long long warps = (long long)m * (k / kQuantBlock);
   int threads = 256;
   long long blocks = (warps * 32 + threads - 1) / threads;
-  quantizeRowsKernel<<<unsigned(blocks), threads, 0, stream>>>(x, m, k, q,
-                                                               scales);
+  launchOverlapped(quantizeRowsKernel<T>, unsigned(blocks), threads, 0, stream,
+                   x, m, k, q, scales);
   return cudaGetLastError();
 }
 
@@ -140,7 +143,7 @@ cudaError_t melt::rt::cuda::rmsNormQuantizeFp8(
     __nv_fp8_e4m3 *q, float *scales, __nv_bfloat16 *y, cudaStream_t stream) {
   if (m <= 0 || k <= 0 || k % kQuantBlock != 0)
     return cudaErrorInvalidValue;
-  rmsNormQuantizeKernel<<<m, 256, 0, stream>>>(x, gamma, eps, m, k, q, scales,
-                                               y);
+  launchOverlapped(rmsNormQuantizeKernel, m, 256, 0, stream, x, gamma, eps, m,
+                   k, q, scales, y);
   return cudaGetLastError();
 }

@@ -2,6 +2,7 @@
 #include "cuda/SampleRows.h"
 
 #include "SamplingMath.h"
+#include "cuda/DependentLaunch.cuh"
 
 #include <cstdint>
 
@@ -24,6 +25,7 @@ __global__ void __launch_bounds__(kThreads)
     sampleTopKKernel(const float *logits, int vocab, int topK,
                      float temperature, float topP, const uint32_t *draws,
                      int32_t *ids) {
+  awaitPriorKernels();
   __shared__ unsigned histogram[256];
   __shared__ uint32_t prefix, prefixMask;
   __shared__ int remaining, taken, overflow;
@@ -130,7 +132,7 @@ cudaError_t melt::rt::cuda::sampleRowsTopK(const float *logits, int rows,
     return cudaErrorInvalidValue;
   if (rows == 0)
     return cudaSuccess;
-  sampleTopKKernel<<<rows, kThreads, 0, stream>>>(
-      logits, vocab, topK, temperature, topP, draws, ids);
+  launchOverlapped(sampleTopKKernel, rows, kThreads, 0, stream, logits, vocab,
+                   topK, temperature, topP, draws, ids);
   return cudaGetLastError();
 }

@@ -1,6 +1,7 @@
 //===- SmallMGemm.cu - products of a few rows with wide weights -----------===//
 #include "cuda/SmallMGemm.h"
 
+#include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/VectorLoads.cuh"
 
@@ -28,6 +29,17 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int slice = warp % split;
   const int loads = k / V, perSlice = (loads + split - 1) / split;
   const int begin = slice * perSlice, end = min(loads, begin + perSlice);
+  // The block's weight rows (contiguous) towards L2 while the kernel ahead
+  // still runs, within the prefetch budget.
+  if (threadIdx.x == 0) {
+    const size_t rowBytes = size_t(k) * sizeof(W);
+    const int first = blockIdx.x * (kWarps / split);
+    const int count = min(kWarps / split, n - first);
+    if (count > 0 && (size_t(first) + count) * rowBytes <= kPrefetchBudget)
+      prefetchToL2(reinterpret_cast<const char *>(w) + first * rowBytes,
+                   uint32_t(count * rowBytes));
+  }
+  awaitPriorKernels();
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m)
@@ -73,9 +85,9 @@ template <typename W, int M>
 void launch(const float *x, const void *w, int n, int k, int split, Result y,
             cudaStream_t stream) {
   int rowsPerBlock = kWarps / split;
-  smallMGemmKernel<W, M>
-      <<<(n + rowsPerBlock - 1) / rowsPerBlock, kWarps * 32, 0, stream>>>(
-          x, static_cast<const W *>(w), n, k, split, y);
+  launchOverlapped(smallMGemmKernel<W, M>,
+                   (n + rowsPerBlock - 1) / rowsPerBlock, kWarps * 32, 0,
+                   stream, x, static_cast<const W *>(w), n, k, split, y);
 }
 
 template <typename W>
