@@ -16,6 +16,7 @@
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
 #include "cuda/MoeByExpert.h"
+#include "cuda/MoeFp8Rows.h"
 #include "cuda/SmallMGemm.h"
 
 #include "BenchUtil.h"
@@ -157,7 +158,8 @@ int main(int argc, char **argv) {
   }
 
   // Routed experts row by row: 64 experts of 2048 -> 1408 -> 2048, top 6;
-  // grouped by expert with BF16 and with FP8 weights (128x128 scales).
+  // grouped by expert with BF16 and with FP8 weights (128x128 scales), and
+  // the FP8 stacks row by row.
   {
     const int experts = 64, inter = 1408, dim = 2048, choices = 6;
     size_t expertValues = size_t(experts) * inter * dim;
@@ -238,6 +240,14 @@ int main(int argc, char **argv) {
           },
           iters);
       CHECK(cudaFree(grouped));
+      float fp8RowsMs = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            CHECK(moeExpertsFp8Rowwise(
+                x, indices, weights, fp8Stacks[size_t(i % fp8Copies)], tokens,
+                choices, experts, inter, dim, true, scratch, y, bad, nullptr));
+          },
+          iters);
       // The bytes that must be read: each chosen expert once.
       double bytes = double(used) * 3 * inter * dim * 2;
       std::printf("{\"what\": \"moe\", \"tokens\": %d, "
@@ -245,10 +255,13 @@ int main(int argc, char **argv) {
                   "\"rowwise_weight_GBps\": %.1f, \"by_expert_us\": %.2f, "
                   "\"by_expert_weight_GBps\": %.1f, "
                   "\"by_expert_fp8_us\": %.2f, "
-                  "\"by_expert_fp8_weight_GBps\": %.1f}\n",
+                  "\"by_expert_fp8_weight_GBps\": %.1f, "
+                  "\"rowwise_fp8_us\": %.2f, "
+                  "\"rowwise_fp8_weight_GBps\": %.1f}\n",
                   tokens, used, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
                   byExpertMs * 1e3, bytes / (byExpertMs * 1e-3) / 1e9,
-                  fp8Ms * 1e3, bytes / 2 / (fp8Ms * 1e-3) / 1e9);
+                  fp8Ms * 1e3, bytes / 2 / (fp8Ms * 1e-3) / 1e9,
+                  fp8RowsMs * 1e3, bytes / 2 / (fp8RowsMs * 1e-3) / 1e9);
       std::fflush(stdout);
       for (void *p : {(void *)indices, (void *)bad, (void *)x, (void *)weights,
                       (void *)scratch, (void *)y})

@@ -906,6 +906,16 @@ TEST_P(DeviceConformance, Fp8ExpertStacksOneToken) {
   checkFp8ExpertStacks(*this, rng, 1);
 }
 
+// One token's FP8 experts row by row (a GPU, where asked:
+// MELT_CUDA_FP8_EXPERT_ROWS=1), the same semantics.
+TEST_P(DeviceConformance, Fp8ExpertStacksOneTokenRowByRow) {
+  reopenWith("MELT_CUDA_FP8_EXPERT_ROWS", "1");
+  if (HasFatalFailure())
+    return;
+  checkFp8ExpertStacks(*this, rng, 1);
+  checkFp8ExpertStacks(*this, rng, 1, /*I=*/1408, /*D=*/2048);
+}
+
 TEST_P(DeviceConformance, Fp8ExpertStacksManyTokens) {
   checkFp8ExpertStacks(*this, rng, 21);
 }

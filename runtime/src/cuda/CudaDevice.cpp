@@ -16,6 +16,7 @@
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
 #include "cuda/MoeByExpert.h"
+#include "cuda/MoeFp8Rows.h"
 #include "cuda/Quantize.h"
 #include "cuda/SampleRows.h"
 #include "cuda/SmallMGemm.h"
@@ -377,6 +378,12 @@ public:
     const char *v = std::getenv("MELT_CUDA_FP8_EXPERT_GEMMS");
     return !v || std::string(v) != "0";
   }();
+  /// MELT_CUDA_FP8_EXPERT_ROWS=1: one token's FP8 experts row by row
+  /// (moeExpertsFp8Rowwise) instead of grouped by expert.
+  bool fp8ExpertRows_ = [] {
+    const char *v = std::getenv("MELT_CUDA_FP8_EXPERT_ROWS");
+    return v && std::string(v) == "1";
+  }();
   bool fusedAddNorm_ = [] {
     const char *v = std::getenv("MELT_CUDA_FUSED_ADD_NORM");
     return !v || std::string(v) != "0";
@@ -589,6 +596,24 @@ public:
                             combineBf16, y);
     const int T = int(x.shape[0]), K = int(indices.shape[1]),
               E = int(gate.shape[0]), I = int(gate.shape[1]);
+    // One token's FP8 experts a row at a time where asked
+    // (MELT_CUDA_FP8_EXPERT_ROWS=1: written and compiled, not yet run on
+    // the GPU): each weight is read once either way, without the grouping.
+    if (fp8 && T == 1 && fp8ExpertRows_ &&
+        moeFp8RowwiseFits(I, int(x.shape[1]))) {
+      DeviceTensor scratch;
+      MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, I}, scratch));
+      Status launched = check(
+          moeExpertsFp8Rowwise(
+              static_cast<const float *>(x.data),
+              static_cast<const int32_t *>(indices.data),
+              static_cast<const float *>(weights.data), stacks, T, K, E, I,
+              int(x.shape[1]), combineBf16, static_cast<float *>(scratch.data),
+              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
+          "moe_experts");
+      release(scratch); // stream-ordered: reused only by later work
+      return launched;  // a bad expert index: at synchronize()
+    }
     // Several tokens: each active expert's weights read once for all of
     // its tokens, grouped on the device (recordable). FP8 stacks always
     // (they have only the tensor-core kernels).

@@ -1,0 +1,156 @@
+//===- MoeFp8Rows.cu - FP8 expert stacks a row at a time (CUDA) -----------===//
+#include "cuda/MoeFp8Rows.h"
+
+#include "cuda/DependentLaunch.cuh"
+#include "cuda/WarpReduce.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+using namespace melt::rt::cuda;
+
+namespace {
+
+constexpr int kScaleBlock = 128, kPerLoad = 16, kInFlight = 4;
+
+__device__ __forceinline__ float roundedToBf16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
+}
+
+/// The two e4m3 values of the low and high byte of `pair`, exactly (every
+/// e4m3 value is a normal FP16 or zero).
+__device__ __forceinline__ float2 widenPair(uint32_t pair) {
+  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
+      static_cast<__nv_fp8x2_storage_t>(pair & 0xffffu), __NV_E4M3);
+  return __half22float2(*reinterpret_cast<__half2 *>(&h));
+}
+
+/// sum over 16 weights of one load (one scale block) of bf16(x) * w.
+__device__ __forceinline__ float dotSixteen(uint4 packed, const float *x) {
+  const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float4 v = *reinterpret_cast<const float4 *>(x + 4 * i);
+    const float2 lo = widenPair(words[i]), hi = widenPair(words[i] >> 16);
+    sum += roundedToBf16(v.x) * lo.x + roundedToBf16(v.y) * lo.y +
+           roundedToBf16(v.z) * hi.x + roundedToBf16(v.w) * hi.y;
+  }
+  return sum;
+}
+
+/// A lane's part of sum_k bf16(x[k]) * row[k] * scale(k / 128) over a row
+/// of `len` e4m3 weights (len in 16s, row and x 16-byte aligned): the
+/// warp's lanes across the row, kInFlight loads each in flight.
+__device__ __forceinline__ float rowDotPart(const uint8_t *row,
+                                            const float *scales, const float *x,
+                                            int len, int lane) {
+  const int loads = len / kPerLoad;
+  float sum = 0.f;
+  for (int base = lane; base < loads; base += 32 * kInFlight) {
+    uint4 packed[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int at = base + 32 * u;
+      packed[u] = at < loads ? __ldcs(reinterpret_cast<const uint4 *>(row) + at)
+                             : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int at = base + 32 * u;
+      if (at < loads)
+        sum += dotSixteen(packed[u], x + size_t(at) * kPerLoad) *
+               scales[at * kPerLoad / kScaleBlock];
+    }
+  }
+  return sum;
+}
+
+/// The scales of row `row` of expert e in a stack of rows x cols matrices
+/// (128x128 blocks, partial ones at the ends).
+__device__ __forceinline__ const float *rowScales(const float *scales, int e,
+                                                  int rows, int cols, int row) {
+  const int rowBlocks = (rows + kScaleBlock - 1) / kScaleBlock,
+            colBlocks = (cols + kScaleBlock - 1) / kScaleBlock;
+  return scales + (size_t(e) * rowBlocks + row / kScaleBlock) * colBlocks;
+}
+
+/// Grid (tokens * choices, inter / 8), 256 threads: a warp per row i of
+/// gate and up; act = bf16(silu(gate x) * up x).
+__global__ void __launch_bounds__(256)
+    fp8ActivationKernel(const float *x, const int32_t *indices,
+                        ExpertStacks stacks, int choices, int experts,
+                        int inter, int dim, float *act, int32_t *bad) {
+  awaitPriorKernels();
+  const int pair = blockIdx.x, t = pair / choices, e = indices[pair];
+  const int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (e < 0 || e >= experts) {
+    if (threadIdx.x == 0 && blockIdx.y == 0)
+      *bad = 1;
+    return;
+  }
+  if (i >= inter)
+    return;
+  const float *xt = x + size_t(t) * dim;
+  const size_t row = (size_t(e) * inter + i) * dim;
+  const float a = warpSum(rowDotPart(
+      static_cast<const uint8_t *>(stacks.gate) + row,
+      rowScales(stacks.gateScales, e, inter, dim, i), xt, dim, lane));
+  const float b = warpSum(
+      rowDotPart(static_cast<const uint8_t *>(stacks.up) + row,
+                 rowScales(stacks.upScales, e, inter, dim, i), xt, dim, lane));
+  if (lane == 0)
+    act[size_t(pair) * inter + i] = roundedToBf16(a / (1.f + expf(-a)) * b);
+}
+
+/// Grid (tokens * choices, dim / 8), 256 threads: a warp per output j of
+/// the down projection, added into y weighted.
+__global__ void __launch_bounds__(256)
+    fp8DownKernel(const float *act, const int32_t *indices,
+                  const float *weights, ExpertStacks stacks, int choices,
+                  int experts, int inter, int dim, bool combineBf16, float *y) {
+  awaitPriorKernels();
+  const int pair = blockIdx.x, t = pair / choices, e = indices[pair];
+  const int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (e < 0 || e >= experts || j >= dim)
+    return;
+  float sum = warpSum(rowDotPart(static_cast<const uint8_t *>(stacks.down) +
+                                     (size_t(e) * dim + j) * inter,
+                                 rowScales(stacks.downScales, e, dim, inter, j),
+                                 act + size_t(pair) * inter, inter, lane));
+  if (lane == 0) {
+    if (combineBf16)
+      sum = roundedToBf16(sum);
+    atomicAdd(&y[size_t(t) * dim + j], weights[pair] * sum);
+  }
+}
+
+} // namespace
+
+bool melt::rt::cuda::moeFp8RowwiseFits(int inter, int dim) {
+  return inter > 0 && dim > 0 && inter % kPerLoad == 0 && dim % kPerLoad == 0;
+}
+
+cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
+    const float *x, const int32_t *indices, const float *weights,
+    const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
+    int dim, bool combineBf16, float *scratch, float *y, int32_t *bad,
+    cudaStream_t stream) {
+  if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
+      !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
+    return cudaErrorInvalidValue;
+  cudaError_t e =
+      cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
+  if (e != cudaSuccess || tokens == 0)
+    return e;
+  const dim3 activations(tokens * choices, (inter + 7) / 8);
+  const dim3 outputs(tokens * choices, (dim + 7) / 8);
+  if ((e = launchOverlapped(fp8ActivationKernel, activations, 256, 0, stream, x,
+                            indices, stacks, choices, experts, inter, dim,
+                            scratch, bad)) != cudaSuccess)
+    return e;
+  return launchOverlapped(fp8DownKernel, outputs, 256, 0, stream, scratch,
+                          indices, weights, stacks, choices, experts, inter,
+                          dim, combineBf16, y);
+}

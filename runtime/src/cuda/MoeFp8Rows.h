@@ -1,0 +1,44 @@
+//===- MoeFp8Rows.h - FP8 expert stacks a row at a time --------*- C++ -*-===//
+//
+// A decode step of one token multiplies each of its chosen experts' weights
+// with one row of x: the step only streams the experts' bytes. Grouping by
+// expert (moeExpertsByExpert) gains nothing there, and its tensor-core tiles
+// read FP8 stacks at 758 GB/s for one token on the H200 (68 us a layer of
+// mini, where BF16 stacks row by row take 39 us:
+// bench/results/decode_kernels_h200.json). Here as moeExpertsRowwise does
+// for BF16: a warp per row of gate and up, then per row of down, 16 e4m3
+// weights per 16-byte load (one 128-wide scale block), widened exactly;
+// with moeExpertsByExpert's semantics for FP8 stacks: x and the activations
+// rounded to BF16, each block's products summed in F32 and scaled.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_MOEFP8ROWS_H
+#define MELT_RUNTIME_CUDA_MOEFP8ROWS_H
+
+#include "cuda/MoeByExpert.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace melt::rt::cuda {
+
+/// Whether moeExpertsFp8Rowwise takes the shape: the hidden and
+/// intermediate sizes in 16s (whole 16-byte loads).
+bool moeFp8RowwiseFits(int inter, int dim);
+
+/// y = sum over the choices of weight x expert(x) for FP8 128x128
+/// block-scaled stacks (stacks.type Fp8Blocks); `combineBf16` rounds each
+/// expert output to BF16 before it is weighted; `scratch` holds
+/// tokens x choices x inter floats. An expert id out of range sets *bad
+/// (the pair is skipped).
+cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
+                                 const float *weights,
+                                 const ExpertStacks &stacks, int tokens,
+                                 int choices, int experts, int inter, int dim,
+                                 bool combineBf16, float *scratch, float *y,
+                                 int32_t *bad, cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_MOEFP8ROWS_H
