@@ -813,17 +813,13 @@ TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
   checkMoeExperts(*this, rng);
 }
 
-// A weight the model keeps in FP8 128x128 blocks (values on the e4m3 grid
-// of their block's scale), imported as each device keeps it (a GPU: e4m3
-// bytes and scales for its FP8 GEMMs, unless MELT_CUDA_FP8_WEIGHTS=0), times
-// an input already on the 1x128 FP8 grid: the exact product, up to a BF16
-// output.
-TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
-  reopenWith("MELT_CUDA_FP8_WEIGHTS", "1");
-  if (HasFatalFailure())
-    return;
-  Status s;
-  const int64_t M = 3, K = 512, N = 32;
+/// A weight the model keeps in FP8 128x128 blocks (values on the e4m3 grid
+/// of their block's scale), imported as the device keeps it, times an input
+/// already on the 1x128 FP8 grid: the exact product, up to a BF16 output.
+/// `fp8OnGpu`: a GPU must hold it in e4m3 bytes.
+void checkImportedFp8Weight(DeviceConformance &test, std::mt19937 &rng,
+                            int64_t M, int64_t K, int64_t N, bool fp8OnGpu) {
+  Device &device = *test.device;
   WeightData weight;
   weight.shape = {N, K};
   weight.data = random(DType::F32, {N, K}, rng, 0.05f).values;
@@ -833,10 +829,14 @@ TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
   HostTensor x = random(DType::F32, {M, K}, rng);
   onFp8Grid(x.values.data(), M, K, 1);
   DeviceTensor w;
-  s = device->importWeight(weight, w);
+  Status s = device.importWeight(weight, w);
   ASSERT_FALSE(s) << s.message();
-  DeviceTensor dx = put(x), y = make(DType::F32, {M, N});
-  s = device->linear(dx, w, y);
+  if (fp8OnGpu && device.name().rfind("cuda", 0) == 0)
+    EXPECT_EQ(w.dtype, DType::FP8E4M3)
+        << "kept in fp8 on the GPU (K " << K << ")";
+  EXPECT_EQ(w.shape, (std::vector<int64_t>{N, K}));
+  DeviceTensor dx = test.put(x), y = test.make(DType::F32, {M, N});
+  s = device.linear(dx, w, y);
   ASSERT_FALSE(s) << s.message();
   std::vector<double> want(static_cast<size_t>(M * N));
   for (int64_t m = 0; m < M; ++m)
@@ -844,8 +844,31 @@ TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
       for (int64_t k = 0; k < K; ++k)
         want[m * N + n] +=
             double(x.values[m * K + k]) * weight.data[size_t(n * K + k)];
-  EXPECT_LE(relativeError(get(y), want), tolerance(DType::BF16));
-  device->release(w);
+  EXPECT_LE(DeviceConformance::relativeError(test.get(y), want),
+            DeviceConformance::tolerance(DType::BF16))
+      << M << " x " << K << " x " << N;
+  device.release(w);
+}
+
+// (A GPU: e4m3 bytes and scales for its FP8 GEMMs, unless
+// MELT_CUDA_FP8_WEIGHTS=0.)
+TEST_P(DeviceConformance, ImportedFp8WeightsMultiply) {
+  reopenWith("MELT_CUDA_FP8_WEIGHTS", "1");
+  if (HasFatalFailure())
+    return;
+  checkImportedFp8Weight(*this, rng, 3, 512, 32, /*fp8OnGpu=*/true);
+}
+
+// K no multiple of 512 (mini's shared experts' 1408, a partial scale block:
+// 200), stored with rows zero-padded to one where asked
+// (MELT_CUDA_FP8_PAD_K=1, a GPU), for a few tokens and for many.
+TEST_P(DeviceConformance, ImportedFp8WeightsWithPaddedKMultiply) {
+  reopenWith("MELT_CUDA_FP8_PAD_K", "1");
+  if (HasFatalFailure())
+    return;
+  for (int64_t K : {int64_t(1408), int64_t(200)})
+    for (int64_t M : {int64_t(3), int64_t(100)})
+      checkImportedFp8Weight(*this, rng, M, K, 48, /*fp8OnGpu=*/true);
 }
 
 /// Expert stacks the model keeps in FP8 128x128 blocks, imported as each

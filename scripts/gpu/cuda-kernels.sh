@@ -40,6 +40,11 @@ MELT_CUDA_OVERLAP_KERNELS=0 MELT_CUDA_FUSED_ADD_NORM=0 build-gpu/bin/melt-runtim
   --gtest_filter='*SessionOnDevice*/cuda*' |
   tee "$out/sessions-on-device-serial.txt" |
   grep -E "on cuda|^\[ +(OK|FAILED|PASSED) |Failure" || true
+echo "== the same with FP8 weights of K no multiple of 512 padded and one token's FP8 experts row by row (opt-in) =="
+MELT_CUDA_FP8_PAD_K=1 MELT_CUDA_FP8_EXPERT_ROWS=1 build-gpu/bin/melt-runtime-tests \
+  --gtest_filter='*SessionOnDevice*/cuda*' |
+  tee "$out/sessions-on-device-fp8-opt-ins.txt" |
+  grep -E "on cuda|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== melt-run --device cuda:0 (golden models, energy from NVML) =="
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
   build-gpu/bin/melt-run "$carry/models/$m.melt" --checkpoint "test/golden/$m/checkpoint" \

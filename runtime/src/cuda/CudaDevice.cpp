@@ -140,6 +140,7 @@ public:
     if (!tensor.data)
       return;
     plans_.erase(tensor.data);
+    paddedK_.erase(tensor.data);
     auto scales = weightScales_.find(tensor.data);
     if (scales != weightScales_.end()) {
       DeviceTensor s = scales->second;
@@ -334,6 +335,10 @@ public:
                    DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
+    if (paddedK_.count(w.data))
+      return invalidArgument("linear_fp8: the weight is stored with its K "
+                             "padded (MELT_CUDA_FP8_PAD_K=1): multiply it "
+                             "with linear()");
     return fromGemm(
         gemm_->fp8BlockScaled(static_cast<const __nv_fp8_e4m3 *>(q.data),
                               static_cast<const float *>(scales.data),
@@ -833,6 +838,17 @@ private:
   }();
   /// The block scales of each FP8 weight, by its data.
   std::map<void *, DeviceTensor> weightScales_;
+  /// MELT_CUDA_FP8_PAD_K=1 (written and compiled, not yet run on the GPU):
+  /// an FP8 matrix whose K is no multiple of 512 (cuBLASLt's block-scaled
+  /// GEMM's condition) is stored with its rows zero-padded to one, instead
+  /// of in F32: DeepSeek-V3's and mini's first dense down projection (K
+  /// 18432 / 10944) and mini's shared experts' (K 1408).
+  bool padFp8K_ = [] {
+    const char *v = std::getenv("MELT_CUDA_FP8_PAD_K");
+    return v && std::string(v) == "1";
+  }();
+  /// The stored row length of the FP8 weights whose K was padded.
+  std::map<void *, int64_t> paddedK_;
 
   /// An FP8 weight (f32 values on the e4m3 grid of their 128x128 block's
   /// scale = amax / 448: melt-assign-precision rounds so, and DeepSeek-V3's
@@ -848,9 +864,10 @@ private:
                   n = weight.shape[stack ? 1 : 0],
                   k = weight.shape[stack ? 2 : 1];
     // (The expert kernels' condition is the same for [E, I, D] and [E, D, I].)
+    const bool padK = !stack && padFp8K_ && n % 16 == 0 && k % 512 != 0;
     const bool fits = stack ? moeByExpertTensorCoresFit(
                                   ExpertStacks::Type::Fp8Blocks, int(n), int(k))
-                            : k % 512 == 0 && n % 16 == 0;
+                            : (k % 512 == 0 || padK) && n % 16 == 0;
     if (!fits)
       return Device::importWeight(weight, out);
     const int64_t kb = (k + 127) / 128, nb = (n + 127) / 128;
@@ -859,14 +876,32 @@ private:
     if (!encodeFp8Blocks(weight.data.data(), count, n, k, bytes.data(),
                          scales.data()))
       return Device::importWeight(weight, out); // not on an FP8 grid
+    // Padded: each row's bytes followed by zeros (e4m3 0) up to kStored,
+    // the scale blocks beyond the last one 1 (they multiply zeros).
+    const int64_t kStored = padK ? (k + 511) / 512 * 512 : k;
+    const int64_t kbStored = kStored / 128 > kb ? kStored / 128 : kb;
+    if (padK) {
+      std::vector<uint8_t> paddedBytes(size_t(n * kStored), 0);
+      for (int64_t r = 0; r < n; ++r)
+        std::copy_n(bytes.begin() + r * k, k,
+                    paddedBytes.begin() + r * kStored);
+      std::vector<float> paddedScales(size_t(nb * kbStored), 1.f);
+      for (int64_t r = 0; r < nb; ++r)
+        std::copy_n(scales.begin() + r * kb, kb,
+                    paddedScales.begin() + r * kbStored);
+      bytes.swap(paddedBytes);
+      scales.swap(paddedScales);
+    }
     DeviceTensor s;
-    std::vector<int64_t> scaleShape{nb, kb};
+    std::vector<int64_t> scaleShape{nb, kbStored};
     if (stack)
       scaleShape.insert(scaleShape.begin(), count);
     MELT_RETURN_IF_ERROR(allocate(DType::F32, scaleShape, s));
     Status status = upload(scales.data(), s);
+    std::vector<int64_t> storedShape = weight.shape;
+    storedShape.back() = kStored;
     if (!status)
-      status = allocate(DType::FP8E4M3, weight.shape, out);
+      status = allocate(DType::FP8E4M3, storedShape, out);
     if (!status)
       status = upload(bytes.data(), out);
     if (status) {
@@ -874,7 +909,10 @@ private:
       release(out);
       return status;
     }
+    out.shape = weight.shape; // what the model multiplies: K unpadded
     weightScales_[out.data] = s;
+    if (padK)
+      paddedK_[out.data] = kStored;
     return Status::ok();
   }
 
@@ -923,6 +961,9 @@ private:
       return invalidArgument("linear: an fp8 weight needs its block scales "
                              "(importWeight) and f32 input and output");
     int64_t m = x.rows(), k = x.cols(), n = w.rows();
+    auto padded = paddedK_.find(w.data);
+    if (padded != paddedK_.end())
+      return linearWithPaddedFp8Weight(x, w, scales->second, padded->second, y);
     // A few tokens: one kernel quantizes x and multiplies.
     bool handled = false;
     MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8FromF32(
@@ -942,6 +983,43 @@ private:
       status = quantizeFp8(x, q, qScales);
     if (!status)
       status = linearFp8(q, qScales, w, scales->second, out);
+    if (!status)
+      status = check(
+          convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),
+          "linear");
+    release(q); // stream-ordered: reused only by later work
+    release(qScales);
+    release(out);
+    return status;
+  }
+
+  /// linearWithFp8Weight for a weight stored with rows of kStored (> K)
+  /// bytes: x quantized into rows of kStored (zeros beyond K, one scale
+  /// block each), the FP8 GEMM over kStored, widened.
+  Status linearWithPaddedFp8Weight(const DeviceTensor &x, const DeviceTensor &w,
+                                   const DeviceTensor &wScales, int64_t kStored,
+                                   DeviceTensor &y) {
+    const int64_t m = x.rows(), k = x.cols(), n = w.rows();
+    DeviceTensor q, qScales, out;
+    Status status = allocate(DType::FP8E4M3, {m, kStored}, q);
+    if (!status)
+      status = allocate(DType::F32, {kStored / 128, m}, qScales);
+    if (!status)
+      status = allocate(DType::BF16, {m, n}, out);
+    if (!status)
+      status = check(quantizeRowsFp8Padded(
+                         static_cast<const float *>(x.data), int(m), int(k),
+                         int(kStored), static_cast<__nv_fp8_e4m3 *>(q.data),
+                         static_cast<float *>(qScales.data), stream_),
+                     "linear");
+    if (!status)
+      status = fromGemm(
+          gemm_->fp8BlockScaled(static_cast<const __nv_fp8_e4m3 *>(q.data),
+                                static_cast<const float *>(qScales.data),
+                                static_cast<const __nv_fp8_e4m3 *>(w.data),
+                                static_cast<const float *>(wScales.data),
+                                static_cast<__nv_bfloat16 *>(out.data), int(m),
+                                int(n), int(kStored)));
     if (!status)
       status = check(
           convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),

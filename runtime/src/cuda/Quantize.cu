@@ -50,9 +50,16 @@ __device__ __forceinline__ void loadFour(const float *x, float (&v)[4]) {
   v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
 }
 
+__device__ __forceinline__ float toFloat(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+__device__ __forceinline__ float toFloat(float v) { return v; }
+
+/// A warp per 128-value block of q's rows of k values; x's rows hold the
+/// first kIn of them (kIn <= k; the rest quantize as zeros).
 template <typename T>
-__global__ void quantizeRowsKernel(const T *x, int m, int k, __nv_fp8_e4m3 *q,
-                                   float *scales) {
+__global__ void quantizeRowsKernel(const T *x, int m, int kIn, int k,
+                                   __nv_fp8_e4m3 *q, float *scales) {
   awaitPriorKernels();
   int blocksPerRow = k / kQuantBlock;
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -60,10 +67,16 @@ __global__ void quantizeRowsKernel(const T *x, int m, int k, __nv_fp8_e4m3 *q,
   if (warp >= m * blocksPerRow)
     return;
   int row = warp / blocksPerRow, blk = warp % blocksPerRow;
-  size_t base = size_t(warp) * kQuantBlock;
+  const int col = blk * kQuantBlock + lane * 4;
+  const T *xr = x + size_t(row) * kIn;
   float v[4];
-  loadFour(x + base + lane * 4, v);
-  quantizeBlock(v, q + base, scales + size_t(blk) * m + row, lane);
+  if (kIn % 4 == 0 && col + 4 <= kIn)
+    loadFour(xr + col, v);
+  else
+    for (int i = 0; i < 4; ++i)
+      v[i] = col + i < kIn ? toFloat(xr[col + i]) : 0.f;
+  quantizeBlock(v, q + size_t(row) * k + blk * kQuantBlock,
+                scales + size_t(blk) * m + row, lane);
 }
 
 /// One block of 256 threads per row: the sum of squares, then each warp
@@ -113,29 +126,37 @@ __global__ void rmsNormQuantizeKernel(const __nv_bfloat16 *x,
 } // namespace
 
 template <typename T>
-static cudaError_t quantizeRows(const T *x, int m, int k, __nv_fp8_e4m3 *q,
-                                float *scales, cudaStream_t stream) {
-  if (m <= 0 || k <= 0 || k % kQuantBlock != 0)
+static cudaError_t quantizeRows(const T *x, int m, int kIn, int k,
+                                __nv_fp8_e4m3 *q, float *scales,
+                                cudaStream_t stream) {
+  if (m <= 0 || k <= 0 || k % kQuantBlock != 0 || kIn <= 0 || kIn > k)
     return cudaErrorInvalidValue;
   long long warps = (long long)m * (k / kQuantBlock);
   int threads = 256;
   long long blocks = (warps * 32 + threads - 1) / threads;
-  launchOverlapped(quantizeRowsKernel<T>, unsigned(blocks), threads, 0, stream,
-                   x, m, k, q, scales);
-  return cudaGetLastError();
+  return launchOverlapped(quantizeRowsKernel<T>, unsigned(blocks), threads, 0,
+                          stream, x, m, kIn, k, q, scales);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8(const __nv_bfloat16 *x, int m,
                                             int k, __nv_fp8_e4m3 *q,
                                             float *scales,
                                             cudaStream_t stream) {
-  return quantizeRows(x, m, k, q, scales, stream);
+  return quantizeRows(x, m, k, k, q, scales, stream);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8(const float *x, int m, int k,
                                             __nv_fp8_e4m3 *q, float *scales,
                                             cudaStream_t stream) {
-  return quantizeRows(x, m, k, q, scales, stream);
+  return quantizeRows(x, m, k, k, q, scales, stream);
+}
+
+cudaError_t melt::rt::cuda::quantizeRowsFp8Padded(const float *x, int m,
+                                                  int kIn, int k,
+                                                  __nv_fp8_e4m3 *q,
+                                                  float *scales,
+                                                  cudaStream_t stream) {
+  return quantizeRows(x, m, kIn, k, q, scales, stream);
 }
 
 cudaError_t melt::rt::cuda::rmsNormQuantizeFp8(

@@ -25,6 +25,13 @@ cudaError_t quantizeRowsFp8(const __nv_bfloat16 *x, int m, int k,
 cudaError_t quantizeRowsFp8(const float *x, int m, int k, __nv_fp8_e4m3 *q,
                             float *scales, cudaStream_t stream);
 
+/// The same for x's rows of kIn values (kIn <= k) as rows of k, the
+/// values beyond kIn zeros (their blocks get scale 1): x for a weight whose
+/// K was padded to the FP8 GEMMs' multiple (k a multiple of 128).
+cudaError_t quantizeRowsFp8Padded(const float *x, int m, int kIn, int k,
+                                  __nv_fp8_e4m3 *q, float *scales,
+                                  cudaStream_t stream);
+
 /// y = x / rms(x) * gamma per row (FP32 math, eps inside the root), rounded
 /// to BF16 as the BF16 model would, then quantized as above. `y` (BF16
 /// normalized rows) is also written when not null: the residual stream and
