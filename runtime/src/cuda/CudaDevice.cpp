@@ -962,44 +962,21 @@ private:
                              "(importWeight) and f32 input and output");
     int64_t m = x.rows(), k = x.cols(), n = w.rows();
     auto padded = paddedK_.find(w.data);
-    if (padded != paddedK_.end())
-      return linearWithPaddedFp8Weight(x, w, scales->second, padded->second, y);
+    const int64_t kStored = padded == paddedK_.end() ? k : padded->second;
     // A few tokens: one kernel quantizes x and multiplies.
-    bool handled = false;
-    MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8FromF32(
-        static_cast<const float *>(x.data),
-        static_cast<const __nv_fp8_e4m3 *>(w.data),
-        static_cast<const float *>(scales->second.data),
-        static_cast<float *>(y.data), int(m), int(n), int(k), handled)));
-    if (handled)
-      return Status::ok();
-    DeviceTensor q, qScales, out;
-    Status status = allocate(DType::FP8E4M3, {m, k}, q);
-    if (!status)
-      status = allocate(DType::F32, {k / 128, m}, qScales);
-    if (!status)
-      status = allocate(DType::BF16, {m, n}, out);
-    if (!status)
-      status = quantizeFp8(x, q, qScales);
-    if (!status)
-      status = linearFp8(q, qScales, w, scales->second, out);
-    if (!status)
-      status = check(
-          convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),
-          "linear");
-    release(q); // stream-ordered: reused only by later work
-    release(qScales);
-    release(out);
-    return status;
-  }
-
-  /// linearWithFp8Weight for a weight stored with rows of kStored (> K)
-  /// bytes: x quantized into rows of kStored (zeros beyond K, one scale
-  /// block each), the FP8 GEMM over kStored, widened.
-  Status linearWithPaddedFp8Weight(const DeviceTensor &x, const DeviceTensor &w,
-                                   const DeviceTensor &wScales, int64_t kStored,
-                                   DeviceTensor &y) {
-    const int64_t m = x.rows(), k = x.cols(), n = w.rows();
+    if (kStored == k) {
+      bool handled = false;
+      MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8FromF32(
+          static_cast<const float *>(x.data),
+          static_cast<const __nv_fp8_e4m3 *>(w.data),
+          static_cast<const float *>(scales->second.data),
+          static_cast<float *>(y.data), int(m), int(n), int(k), handled)));
+      if (handled)
+        return Status::ok();
+    }
+    // Else x quantized into rows of the weight's stored K (zeros beyond
+    // K where it was padded, one scale block each), the FP8 GEMM over it,
+    // widened.
     DeviceTensor q, qScales, out;
     Status status = allocate(DType::FP8E4M3, {m, kStored}, q);
     if (!status)
@@ -1017,7 +994,7 @@ private:
           gemm_->fp8BlockScaled(static_cast<const __nv_fp8_e4m3 *>(q.data),
                                 static_cast<const float *>(qScales.data),
                                 static_cast<const __nv_fp8_e4m3 *>(w.data),
-                                static_cast<const float *>(wScales.data),
+                                static_cast<const float *>(scales->second.data),
                                 static_cast<__nv_bfloat16 *>(out.data), int(m),
                                 int(n), int(kStored)));
     if (!status)

@@ -2,6 +2,7 @@
 #include "cuda/ModelKernels.h"
 
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/ExpertPairs.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/PagedCache.cuh"
 #include "cuda/VectorLoads.cuh"
@@ -338,14 +339,9 @@ __global__ void moeActivationKernel(const float *x, const int32_t *indices,
                                     int32_t *bad) {
   awaitPriorKernels();
   int pair = blockIdx.x, t = pair / choices;
-  int e = indices[pair];
+  int e = expertOfPair(indices, experts, bad);
   int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (e < 0 || e >= experts) {
-    if (threadIdx.x == 0 && blockIdx.y == 0)
-      *bad = 1;
-    return;
-  }
-  if (i >= inter)
+  if (e < 0 || i >= inter)
     return;
   const float *xt = x + size_t(t) * dim;
   float a =

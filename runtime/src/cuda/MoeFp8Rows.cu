@@ -2,6 +2,7 @@
 #include "cuda/MoeFp8Rows.h"
 
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/ExpertPairs.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
@@ -83,14 +84,10 @@ __global__ void __launch_bounds__(256)
                         ExpertStacks stacks, int choices, int experts,
                         int inter, int dim, float *act, int32_t *bad) {
   awaitPriorKernels();
-  const int pair = blockIdx.x, t = pair / choices, e = indices[pair];
+  const int pair = blockIdx.x, t = pair / choices;
+  const int e = expertOfPair(indices, experts, bad);
   const int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (e < 0 || e >= experts) {
-    if (threadIdx.x == 0 && blockIdx.y == 0)
-      *bad = 1;
-    return;
-  }
-  if (i >= inter)
+  if (e < 0 || i >= inter)
     return;
   const float *xt = x + size_t(t) * dim;
   const size_t row = (size_t(e) * inter + i) * dim;
