@@ -22,10 +22,13 @@ def main():
         return max(rates) if rates else 0.0
 
     def label(r):
-        # A re-run with another MLA kernel, or with the quantize pairs kept,
-        # is a series of its own.
+        # A re-run with another MLA kernel, the quantize pairs kept, the FP8
+        # opt-ins or the kernels launched one after another is a series of
+        # its own.
         return (r["model"] + (f" (MLA {r['mla']})" if r.get("mla") else "") +
-                (f" (folds {r['fold']})" if r.get("fold") else ""))
+                (f" (folds {r['fold']})" if r.get("fold") else "") +
+                (f" (fp8 {r['fp8']})" if r.get("fp8") else "") +
+                (f" (overlap {r['overlap']})" if r.get("overlap") else ""))
 
     models = sorted({label(r) for r in melt})
     decode = [1, 16, 64]
