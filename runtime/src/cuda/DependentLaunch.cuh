@@ -12,8 +12,9 @@
 // The contract, for every kernel launched with launchOverlapped: it calls
 // awaitPriorKernels() before it reads or writes any memory that another
 // kernel of the step writes or reads (activations, caches, scratch, flags),
-// and only weights before that. Recorded into a CUDA graph, such launches
-// become programmatic edges. MELT_CUDA_OVERLAP_KERNELS=0 launches them the
+// and only weights before that (every kernel here calls it, and none is
+// launched with <<< >>>: scripts/lint/check_kernel_launches.py, a ctest).
+// Recorded into a CUDA graph, such launches become programmatic edges. MELT_CUDA_OVERLAP_KERNELS=0 launches them the
 // plain way (the waits are then no-ops).
 //
 //===----------------------------------------------------------------------===//
