@@ -39,6 +39,15 @@ static_assert(kPageRows == kPageTokens,
 
 namespace {
 
+/// A switch from the environment: =1 on, =0 off; unset (or anything else),
+/// the default.
+bool envSwitch(const char *name, bool byDefault) {
+  const char *v = std::getenv(name);
+  if (!v)
+    return byDefault;
+  return byDefault ? std::string(v) != "0" : std::string(v) == "1";
+}
+
 /// Errors after which the CUDA context is unusable.
 bool isSticky(cudaError_t e) {
   switch (e) {
@@ -379,20 +388,11 @@ public:
   }
   /// Grouped FP8 experts' gate and up products on the FP8 GEMM
   /// (groupedExperts); MELT_CUDA_FP8_EXPERT_GEMMS=0 widens them to BF16.
-  bool fp8ExpertGemms_ = [] {
-    const char *v = std::getenv("MELT_CUDA_FP8_EXPERT_GEMMS");
-    return !v || std::string(v) != "0";
-  }();
+  bool fp8ExpertGemms_ = envSwitch("MELT_CUDA_FP8_EXPERT_GEMMS", true);
   /// MELT_CUDA_FP8_EXPERT_ROWS=1: one token's FP8 experts row by row
   /// (moeExpertsFp8Rowwise) instead of grouped by expert.
-  bool fp8ExpertRows_ = [] {
-    const char *v = std::getenv("MELT_CUDA_FP8_EXPERT_ROWS");
-    return v && std::string(v) == "1";
-  }();
-  bool fusedAddNorm_ = [] {
-    const char *v = std::getenv("MELT_CUDA_FUSED_ADD_NORM");
-    return !v || std::string(v) != "0";
-  }();
+  bool fp8ExpertRows_ = envSwitch("MELT_CUDA_FP8_EXPERT_ROWS", false);
+  bool fusedAddNorm_ = envSwitch("MELT_CUDA_FUSED_ADD_NORM", true);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
                    DeviceTensor &y) override {
@@ -813,29 +813,20 @@ private:
   /// Grouped experts on tensor cores: as compiled (variant 1 / 2), else
   /// wherever the shapes take them; MELT_MOE_TENSOR_CORES=0 never.
   bool expertTensorCores(const DeviceTensor &gate) const {
-    static const bool allowed = [] {
-      const char *v = std::getenv("MELT_MOE_TENSOR_CORES");
-      return !v || std::string(v) != "0";
-    }();
+    static const bool allowed = envSwitch("MELT_MOE_TENSOR_CORES", true);
     const KernelPlan *plan = planOf(gate);
     return allowed && !(plan && plan->variant == 2);
   }
 
   int multiprocessors_ = 132;
   /// MELT_CUDA_SMALL_M=0 sends every product to cuBLASLt (for comparison).
-  bool smallMGemm_ = [] {
-    const char *v = std::getenv("MELT_CUDA_SMALL_M");
-    return !v || std::string(v) != "0";
-  }();
+  bool smallMGemm_ = envSwitch("MELT_CUDA_SMALL_M", true);
 
   /// Weights the model keeps in FP8 128x128 blocks (deepseek-v3) are stored
   /// so and multiplied by the FP8 GEMMs (a quarter of the F32 bytes; BF16
   /// products, as DeepSeek-V3's recipe). MELT_CUDA_FP8_WEIGHTS=0 holds them
   /// in F32 instead (the CPU device's arithmetic, for comparison).
-  bool fp8Weights_ = [] {
-    const char *v = std::getenv("MELT_CUDA_FP8_WEIGHTS");
-    return !v || std::string(v) != "0";
-  }();
+  bool fp8Weights_ = envSwitch("MELT_CUDA_FP8_WEIGHTS", true);
   /// The block scales of each FP8 weight, by its data.
   std::map<void *, DeviceTensor> weightScales_;
   /// MELT_CUDA_FP8_PAD_K=1 (written and compiled, not yet run on the GPU):
@@ -843,10 +834,7 @@ private:
   /// GEMM's condition) is stored with its rows zero-padded to one, instead
   /// of in F32: DeepSeek-V3's and mini's first dense down projection (K
   /// 18432 / 10944) and mini's shared experts' (K 1408).
-  bool padFp8K_ = [] {
-    const char *v = std::getenv("MELT_CUDA_FP8_PAD_K");
-    return v && std::string(v) == "1";
-  }();
+  bool padFp8K_ = envSwitch("MELT_CUDA_FP8_PAD_K", false);
   /// The stored row length of the FP8 weights whose K was padded.
   std::map<void *, int64_t> paddedK_;
 
@@ -879,7 +867,7 @@ private:
     // Padded: each row's bytes followed by zeros (e4m3 0) up to kStored,
     // the scale blocks beyond the last one 1 (they multiply zeros).
     const int64_t kStored = padK ? (k + 511) / 512 * 512 : k;
-    const int64_t kbStored = kStored / 128 > kb ? kStored / 128 : kb;
+    const int64_t kbStored = padK ? kStored / 128 : kb;
     if (padK) {
       std::vector<uint8_t> paddedBytes(size_t(n * kStored), 0);
       for (int64_t r = 0; r < n; ++r)

@@ -2,6 +2,7 @@
 #include "cuda/ModelKernels.h"
 
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/PagedCache.cuh"
@@ -622,15 +623,10 @@ __global__ void dequantizeBlocksByFourKernel(const uint8_t *q,
   const int t = int(4 * i / cols), c = int(4 * i % cols);
   const float scale = scales[size_t(t) * blocks + c / block];
   const uint32_t codes = reinterpret_cast<const uint32_t *>(q)[i];
-  float out[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    __half_raw h = __nv_cvt_fp8_to_halfraw(
-        static_cast<__nv_fp8_storage_t>(codes >> (8 * j)), __NV_E4M3);
-    out[j] = __half2float(__half(h)) * scale;
-  }
+  float v[4];
+  e4m3Values(codes, v);
   reinterpret_cast<float4 *>(y)[i] =
-      make_float4(out[0], out[1], out[2], out[3]);
+      make_float4(v[0] * scale, v[1] * scale, v[2] * scale, v[3] * scale);
 }
 
 __global__ void dequantizeBlocksKernel(const uint8_t *q, const float *scales,
@@ -641,8 +637,7 @@ __global__ void dequantizeBlocksKernel(const uint8_t *q, const float *scales,
   if (i >= size_t(tokens) * cols)
     return;
   int t = int(i / cols), c = int(i % cols);
-  __half_raw h = __nv_cvt_fp8_to_halfraw(q[i], __NV_E4M3);
-  y[i] = __half2float(__half(h)) * scales[size_t(t) * blocks + c / block];
+  y[i] = e4m3Value(q[i]) * scales[size_t(t) * blocks + c / block];
 }
 
 /// Grid-stride over the elements, 4 a thread (cols a multiple of 4).
@@ -657,13 +652,12 @@ __global__ void widenFp8BlocksKernel(const uint8_t *q, const float *scales,
     const int r = int(first / cols), c = int(first % cols);
     const float scale = scales[size_t(r / 128) * colBlocks + c / 128];
     const uint32_t codes = reinterpret_cast<const uint32_t *>(q)[i];
+    float v[4];
+    e4m3Values(codes, v);
     __nv_bfloat16 out[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      __half_raw h = __nv_cvt_fp8_to_halfraw(
-          static_cast<__nv_fp8_storage_t>(codes >> (8 * j)), __NV_E4M3);
-      out[j] = __float2bfloat16(__half2float(__half(h)) * scale);
-    }
+    for (int j = 0; j < 4; ++j)
+      out[j] = __float2bfloat16(v[j] * scale);
     reinterpret_cast<uint2 *>(y)[i] = *reinterpret_cast<const uint2 *>(out);
   }
 }

@@ -2,12 +2,11 @@
 #include "cuda/MoeFp8Rows.h"
 
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 
 using namespace melt::rt::cuda;
 
@@ -19,14 +18,6 @@ __device__ __forceinline__ float roundedToBf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
 }
 
-/// The two e4m3 values of the low and high byte of `pair`, exactly (every
-/// e4m3 value is a normal FP16 or zero).
-__device__ __forceinline__ float2 widenPair(uint32_t pair) {
-  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
-      static_cast<__nv_fp8x2_storage_t>(pair & 0xffffu), __NV_E4M3);
-  return __half22float2(*reinterpret_cast<__half2 *>(&h));
-}
-
 /// sum over 16 weights of one load (one scale block) of bf16(x) * w.
 __device__ __forceinline__ float dotSixteen(uint4 packed, const float *x) {
   const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
@@ -34,9 +25,10 @@ __device__ __forceinline__ float dotSixteen(uint4 packed, const float *x) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float4 v = *reinterpret_cast<const float4 *>(x + 4 * i);
-    const float2 lo = widenPair(words[i]), hi = widenPair(words[i] >> 16);
-    sum += roundedToBf16(v.x) * lo.x + roundedToBf16(v.y) * lo.y +
-           roundedToBf16(v.z) * hi.x + roundedToBf16(v.w) * hi.y;
+    float w[4];
+    e4m3Values(words[i], w);
+    sum += roundedToBf16(v.x) * w[0] + roundedToBf16(v.y) * w[1] +
+           roundedToBf16(v.z) * w[2] + roundedToBf16(v.w) * w[3];
   }
   return sum;
 }
