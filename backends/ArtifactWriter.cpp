@@ -304,6 +304,12 @@ llvm::Error Writer::addKernel(Operation *op) {
       .Case([&](LinearOp o) {
         kind = fb::KernelKind::Linear;
         syms = {o.getWeightAttr()};
+        // DeepSeek-V3's FP8 GEMMs write BF16: the runtime rounds an FP8
+        // product's F32 result where the device's GEMM did not.
+        auto precision = o->getAttrOfType<PrecisionAttr>("precision");
+        if (precision && isFp8Type(precision.getCompute()) &&
+            precision.getOutput().isBF16())
+          ints = {1};
       })
       .Case([&](LogitsOp o) {
         kind = fb::KernelKind::Logits;

@@ -22,9 +22,9 @@ def main():
         return max(rates) if rates else 0.0
 
     def label(r):
-        # A re-run with another MLA kernel, the quantize pairs kept, the FP8
-        # opt-ins or the kernels launched one after another is a series of
-        # its own.
+        # A re-run with another MLA kernel, the quantize pairs kept, other
+        # FP8 paths or the kernels launched one after another is a series
+        # of its own.
         return (r["model"] + (f" (MLA {r['mla']})" if r.get("mla") else "") +
                 (f" (folds {r['fold']})" if r.get("fold") else "") +
                 (f" (fp8 {r['fp8']})" if r.get("fp8") else "") +

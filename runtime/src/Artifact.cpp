@@ -50,6 +50,9 @@ Arity arityOf(fb::KernelKind kind) {
   case fb::KernelKind::RMSNorm:
     return {1, 1, 1, 1, 0, 1};
   case fb::KernelKind::Linear:
+    // ints: [an FP8 product's output rounded to BF16] (artifact 0.3;
+    // absent before: f32).
+    return {1, 1, 1, 1, 0, 0, 1};
   case fb::KernelKind::Logits:
     return {1, 1, 1, 1, 0, 0};
   case fb::KernelKind::Rope:

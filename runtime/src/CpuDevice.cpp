@@ -224,6 +224,14 @@ Status CpuDevice::linear(const DeviceTensor &x, const DeviceTensor &w,
   return Status::ok();
 }
 
+Status CpuDevice::roundToBf16(DeviceTensor &x) {
+  MELT_RETURN_IF_ERROR(check::roundToBf16(x));
+  float *values = static_cast<float *>(x.data);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    values[i] = bf16ToFloat(floatToBF16(values[i]));
+  return Status::ok();
+}
+
 Status CpuDevice::quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
                               DeviceTensor &scales) {
   MELT_RETURN_IF_ERROR(check::quantizeFp8(x, q, scales));

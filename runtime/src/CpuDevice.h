@@ -29,6 +29,7 @@ public:
                  DeviceTensor &y) override;
   Status linear(const DeviceTensor &x, const DeviceTensor &w,
                 DeviceTensor &y) override;
+  Status roundToBf16(DeviceTensor &x) override;
   Status quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
                      DeviceTensor &scales) override;
   Status linearFp8(const DeviceTensor &q, const DeviceTensor &scales,

@@ -266,6 +266,11 @@ Status check::copy(const DeviceTensor &x, const DeviceTensor &y) {
                     " differ in size");
 }
 
+Status check::roundToBf16(const DeviceTensor &x) {
+  return expect(x.dtype == DType::F32, "round_to_bf16",
+                std::string("x must be f32, not ") + dtypeName(x.dtype));
+}
+
 Status check::axisPart(const char *kernel, const DeviceTensor &whole, int axis,
                        int64_t offset, const DeviceTensor &part) {
   bool ok = whole.dtype == part.dtype && axis >= 0 &&

@@ -161,6 +161,15 @@ public:
   /// BF16: x is rounded to BF16 first; y F32 or BF16).
   virtual Status linear(const DeviceTensor &x, const DeviceTensor &w,
                         DeviceTensor &y) = 0;
+  /// Whether linear() with `weight` writes values rounded to BF16 (a GPU's
+  /// FP8 GEMM writes BF16): then an FP8 product whose precision's output is
+  /// BF16 needs no roundToBf16 after it.
+  virtual bool linearOutputsBf16(const DeviceTensor &weight) const {
+    (void)weight;
+    return false;
+  }
+  /// x (F32) replaced by its values rounded to BF16 (nearest even).
+  virtual Status roundToBf16(DeviceTensor &x) = 0;
   /// FP8 e4m3 activations in 1x128 blocks: q [M, K] FP8E4M3, scales
   /// [K/128, M] F32 (amax / 448 per block).
   virtual Status quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
@@ -304,6 +313,7 @@ Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                     const RouterParams &params, const DeviceTensor &indices,
                     const DeviceTensor &weights);
 Status copy(const DeviceTensor &x, const DeviceTensor &y);
+Status roundToBf16(const DeviceTensor &x);
 /// For slice and place: `part` along `axis` of `whole` from `offset`.
 Status axisPart(const char *kernel, const DeviceTensor &whole, int axis,
                 int64_t offset, const DeviceTensor &part);

@@ -423,6 +423,10 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       MELT_RETURN_IF_ERROR(values.make(
           outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
       status = device.linear(asRows(in(0)), w(0), *out);
+      // An FP8 product's BF16 output (the compiler's precision), where the
+      // device's product kept more.
+      if (!status && ints(0) == 1 && !device.linearOutputsBf16(w(0)))
+        status = device.roundToBf16(*out);
       break;
     case fb::KernelKind::Logits: {
       // Only the rows whose logits are wanted.

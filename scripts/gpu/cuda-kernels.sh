@@ -40,10 +40,10 @@ MELT_CUDA_OVERLAP_KERNELS=0 MELT_CUDA_FUSED_ADD_NORM=0 build-gpu/bin/melt-runtim
   --gtest_filter='*SessionOnDevice*/cuda*' |
   tee "$out/sessions-on-device-serial.txt" |
   grep -E "on cuda|^\[ +(OK|FAILED|PASSED) |Failure" || true
-echo "== the same with FP8 weights of K no multiple of 512 padded and one token's FP8 experts row by row (opt-in) =="
-MELT_CUDA_FP8_PAD_K=1 MELT_CUDA_FP8_EXPERT_ROWS=1 build-gpu/bin/melt-runtime-tests \
+echo "== the same with FP8 weights of K no multiple of 512 in F32 and one token's FP8 experts grouped by expert =="
+MELT_CUDA_FP8_PAD_K=0 MELT_CUDA_FP8_EXPERT_ROWS=0 build-gpu/bin/melt-runtime-tests \
   --gtest_filter='*SessionOnDevice*/cuda*' |
-  tee "$out/sessions-on-device-fp8-opt-ins.txt" |
+  tee "$out/sessions-on-device-fp8-unpadded.txt" |
   grep -E "on cuda|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== melt-run --device cuda:0 (golden models, energy from NVML) =="
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do

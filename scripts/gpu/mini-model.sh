@@ -9,8 +9,9 @@
 # JSON lines go to $OUT (or build-gpu/results); bench/cuda/plot_mini.py
 # charts them. MELT_COMPARE_MLA=1 adds the prefills with MLA on the split
 # kernel, MELT_COMPARE_FOLDS=1 the FP8 decode with the quantize pairs kept,
-# MELT_COMPARE_FP8_OPT_INS=1 the FP8 runs again with the opt-in FP8 paths
-# (MELT_CUDA_FP8_PAD_K=1 MELT_CUDA_FP8_EXPERT_ROWS=1), MELT_COMPARE_OVERLAP=1
+# MELT_COMPARE_FP8_PATHS=1 the FP8 runs again without the padded FP8
+# weights and the row-wise FP8 experts (MELT_CUDA_FP8_PAD_K=0
+# MELT_CUDA_FP8_EXPERT_ROWS=0), MELT_COMPARE_OVERLAP=1
 # the decode with every kernel launched after the one ahead ended;
 # MELT_SKIP_BASELINE=1 leaves transformers out.
 set -euo pipefail
@@ -37,11 +38,11 @@ for model in mini-bf16.melt mini-fp8.melt; do
       MELT_FOLD_QUANTIZE=0 run "$model" --prompt-ids "$(prompt 128)" \
         --max-new 64 --batch 1,64 | sed 's/^{/{"fold": "off", /'
     fi
-    if [ "${MELT_COMPARE_FP8_OPT_INS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
+    if [ "${MELT_COMPARE_FP8_PATHS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
       for args in "$(prompt 128) --max-new 64 --batch 1,64" "$(prompt 1024) --max-new 1 --batch 1,8"; do
         # shellcheck disable=SC2086 # the prompt and the batches as words
-        MELT_CUDA_FP8_PAD_K=1 MELT_CUDA_FP8_EXPERT_ROWS=1 run "$model" \
-          --prompt-ids $args | sed 's/^{/{"fp8": "opt-ins", /'
+        MELT_CUDA_FP8_PAD_K=0 MELT_CUDA_FP8_EXPERT_ROWS=0 run "$model" \
+          --prompt-ids $args | sed 's/^{/{"fp8": "unpadded, grouped", /'
       done
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then

@@ -6,6 +6,8 @@
 # drop while ncu stands between kernels, and small kernels look several
 # times slower than they run); caches not flushed (weights do not fit L2
 # anyway). Absolute times are the base clock's: use them for shares.
+# MELT_PROFILE_PROMPT=N prefills N tokens a sequence instead (the decode
+# steps then attend over N + 1 ... cached tokens, as the benchmarks' 128).
 #   scripts/gpu/profile.sh [MODEL.melt] [BATCH...]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -14,11 +16,12 @@ shift || true
 batches=${*:-1 64}
 build_gpu melt-run
 steps=4
+prompt=$(python3 -c "import sys; print(','.join(str(i % 1000 + 1) for i in range(int(sys.argv[1]))))" "${MELT_PROFILE_PROMPT:-8}")
 for b in $batches; do
   ncu --csv --clock-control base --cache-control none --graph-profiling node \
     --metrics gpu__time_duration.sum \
     build-gpu/bin/melt-run "$carry/models/$model" --random-weights \
-    --device cuda:0 --prompt-ids 1,2,3,4,5,6,7,8 --max-new $((steps + 1)) \
+    --device cuda:0 --prompt-ids "$prompt" --max-new $((steps + 1)) \
     --batch "$b" > "$out/ncu-$model-b$b.csv" 2>/dev/null || true
   python3 bench/cuda/kernel_times.py "$out/ncu-$model-b$b.csv" \
     --steps "$steps" --label "$model b$b" | tee -a "$out/kernel_times.json" |

@@ -333,6 +333,20 @@ public:
   /// assume 256-byte aligned operands, and kernels load 16 bytes at once.
   size_t viewAlignment() const override { return 256; }
 
+  /// linearWithFp8Weight's FP8 GEMMs write BF16 (widened into y).
+  bool linearOutputsBf16(const DeviceTensor &weight) const override {
+    return weight.dtype == DType::FP8E4M3 && weight.shape.size() == 2 &&
+           weightScales_.count(weight.data) != 0;
+  }
+
+  Status roundToBf16(DeviceTensor &x) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::roundToBf16(x));
+    return check(cuda::roundToBf16(static_cast<float *>(x.data),
+                                   size_t(x.numel()), stream_),
+                 "round_to_bf16");
+  }
+
   /// linearWithFp8Weight quantizes x in 1x128 blocks itself.
   bool quantizesFp8Input(const DeviceTensor &weight) const override {
     return weight.dtype == DType::FP8E4M3 && weight.shape.size() == 2 &&
@@ -346,7 +360,7 @@ public:
     MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
     if (paddedK_.count(w.data))
       return invalidArgument("linear_fp8: the weight is stored with its K "
-                             "padded (MELT_CUDA_FP8_PAD_K=1): multiply it "
+                             "padded (MELT_CUDA_FP8_PAD_K): multiply it "
                              "with linear()");
     return fromGemm(
         gemm_->fp8BlockScaled(static_cast<const __nv_fp8_e4m3 *>(q.data),
@@ -389,9 +403,9 @@ public:
   /// Grouped FP8 experts' gate and up products on the FP8 GEMM
   /// (groupedExperts); MELT_CUDA_FP8_EXPERT_GEMMS=0 widens them to BF16.
   bool fp8ExpertGemms_ = envSwitch("MELT_CUDA_FP8_EXPERT_GEMMS", true);
-  /// MELT_CUDA_FP8_EXPERT_ROWS=1: one token's FP8 experts row by row
-  /// (moeExpertsFp8Rowwise) instead of grouped by expert.
-  bool fp8ExpertRows_ = envSwitch("MELT_CUDA_FP8_EXPERT_ROWS", false);
+  /// One token's FP8 experts row by row (moeExpertsFp8Rowwise);
+  /// MELT_CUDA_FP8_EXPERT_ROWS=0 groups them by expert on tensor cores.
+  bool fp8ExpertRows_ = envSwitch("MELT_CUDA_FP8_EXPERT_ROWS", true);
   bool fusedAddNorm_ = envSwitch("MELT_CUDA_FUSED_ADD_NORM", true);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
@@ -601,9 +615,9 @@ public:
                             combineBf16, y);
     const int T = int(x.shape[0]), K = int(indices.shape[1]),
               E = int(gate.shape[0]), I = int(gate.shape[1]);
-    // One token's FP8 experts a row at a time where asked
-    // (MELT_CUDA_FP8_EXPERT_ROWS=1: written and compiled, not yet run on
-    // the GPU): each weight is read once either way, without the grouping.
+    // One token's FP8 experts a row at a time: each weight is read once
+    // either way, without the grouping (whose tensor-core tiles read FP8
+    // stacks at a quarter of the copy bandwidth for one token).
     if (fp8 && T == 1 && fp8ExpertRows_ &&
         moeFp8RowwiseFits(I, int(x.shape[1]))) {
       DeviceTensor scratch;
@@ -829,12 +843,12 @@ private:
   bool fp8Weights_ = envSwitch("MELT_CUDA_FP8_WEIGHTS", true);
   /// The block scales of each FP8 weight, by its data.
   std::map<void *, DeviceTensor> weightScales_;
-  /// MELT_CUDA_FP8_PAD_K=1 (written and compiled, not yet run on the GPU):
-  /// an FP8 matrix whose K is no multiple of 512 (cuBLASLt's block-scaled
-  /// GEMM's condition) is stored with its rows zero-padded to one, instead
-  /// of in F32: DeepSeek-V3's and mini's first dense down projection (K
-  /// 18432 / 10944) and mini's shared experts' (K 1408).
-  bool padFp8K_ = envSwitch("MELT_CUDA_FP8_PAD_K", false);
+  /// An FP8 matrix whose K is no multiple of 512 (cuBLASLt's block-scaled
+  /// GEMM's condition) is stored with its rows zero-padded to one, where
+  /// that adds at most a quarter (MELT_CUDA_FP8_PAD_K=0: held in F32
+  /// instead): mini's first dense down projection (K 10944) and its shared
+  /// experts' (K 1408).
+  bool padFp8K_ = envSwitch("MELT_CUDA_FP8_PAD_K", true);
   /// The stored row length of the FP8 weights whose K was padded.
   std::map<void *, int64_t> paddedK_;
 
@@ -852,7 +866,11 @@ private:
                   n = weight.shape[stack ? 1 : 0],
                   k = weight.shape[stack ? 2 : 1];
     // (The expert kernels' condition is the same for [E, I, D] and [E, D, I].)
-    const bool padK = !stack && padFp8K_ && n % 16 == 0 && k % 512 != 0;
+    // Padded where that adds at most a quarter to the row: a short K (the
+    // tiny models' 32 to 256) reads fewer bytes in F32 than padded to 512.
+    const int64_t paddedK = (k + 511) / 512 * 512;
+    const bool padK = !stack && padFp8K_ && n % 16 == 0 && k % 512 != 0 &&
+                      paddedK - k <= k / 4;
     const bool fits = stack ? moeByExpertTensorCoresFit(
                                   ExpertStacks::Type::Fp8Blocks, int(n), int(k))
                             : (k % 512 == 0 || padK) && n % 16 == 0;
@@ -866,7 +884,7 @@ private:
       return Device::importWeight(weight, out); // not on an FP8 grid
     // Padded: each row's bytes followed by zeros (e4m3 0) up to kStored,
     // the scale blocks beyond the last one 1 (they multiply zeros).
-    const int64_t kStored = padK ? (k + 511) / 512 * 512 : k;
+    const int64_t kStored = padK ? paddedK : k;
     const int64_t kbStored = padK ? kStored / 128 : kb;
     if (padK) {
       std::vector<uint8_t> paddedBytes(size_t(n * kStored), 0);

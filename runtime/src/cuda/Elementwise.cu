@@ -110,7 +110,24 @@ __global__ void convertKernel(Operand x, size_t count, Result y) {
     store(y, i, load(x, i));
 }
 
+__global__ void roundToBf16Kernel(float *x, size_t count) {
+  awaitPriorKernels();
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
+       i += size_t(gridDim.x) * blockDim.x)
+    x[i] = __bfloat162float(__float2bfloat16(x[i]));
+}
+
 } // namespace
+
+cudaError_t melt::rt::cuda::roundToBf16(float *x, size_t count,
+                                        cudaStream_t stream) {
+  if (count == 0)
+    return cudaSuccess;
+  size_t blocks = (count + 255) / 256;
+  return launchOverlapped(roundToBf16Kernel,
+                          unsigned(blocks < 8192 ? blocks : 8192), 256, 0,
+                          stream, x, count);
+}
 
 cudaError_t melt::rt::cuda::convert(Operand x, size_t count, Result y,
                                     cudaStream_t stream) {

@@ -32,6 +32,8 @@ cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
 
 /// y = x in y's type (rounded to BF16 where y is BF16).
 cudaError_t convert(Operand x, size_t count, Result y, cudaStream_t stream);
+/// x replaced by its values rounded to BF16 (nearest even), in place.
+cudaError_t roundToBf16(float *x, size_t count, cudaStream_t stream);
 
 enum class Binary { SiluMul, Add };
 cudaError_t binary(Binary op, Operand a, Operand b, size_t count, Result y,

@@ -17,25 +17,36 @@ using namespace melt::rt::cuda;
 namespace {
 
 constexpr int kMaxNope = 256, kMaxLatent = 512, kMaxWidth = 640;
-/// Heads of a block of the chunk kernel, and rows scored at once.
-constexpr int kHeadGroup = 16, kTile = 32;
+/// Heads of a block of the chunk kernel, and rows scored at once. Where
+/// the blocks of 16 heads would be few (a decode step of a few tokens over
+/// a short context: a handful of blocks on 132 multiprocessors), blocks of
+/// 4 heads: each cached row is then read by 4 blocks (from L2), each block
+/// has a quarter of the work.
+constexpr int kHeadGroup = 16, kSmallHeadGroup = 4, kTile = 32;
+/// Below this many blocks a kernel of the split takes its narrow form.
+constexpr int kFewBlocks = 64;
 constexpr int kChunkThreads = 256, kLatentPerThread = kMaxLatent / 256;
 /// The most chunks a sequence is split into.
 constexpr int kMaxChunks = 256;
 /// Tokens whose absorbed queries one block computes (W_UK read once).
 constexpr int kQueryTokens = 8;
 
-/// Grid (heads, latent / 128, tokens / kQueryTokens), 256 threads: two
-/// threads per latent column, each over half of the nope dimension (W_UK's
-/// rows read coalesced, 16 loads in flight), added in shared memory.
+/// Grid (heads, latent / (256 / Parts), tokens / kQueryTokens), 256
+/// threads: Parts threads per latent column, each over a part of the nope
+/// dimension (W_UK's rows read coalesced, 16 loads in flight), added in
+/// shared memory. Parts 2 for many tokens; 8 for one slab of them, where
+/// 4x the blocks, each with a quarter of the loads, keep more of W_UK in
+/// flight (it is read once either way).
+template <int Parts>
 __global__ void __launch_bounds__(256)
     absorbQueryKernel(const float *qNope, const float *wUk, int tokens,
                       int heads, int nope, int latent, float *qLat) {
   awaitPriorKernels();
+  constexpr int kColumns = 256 / Parts;
   __shared__ float q[kQueryTokens][kMaxNope];
-  __shared__ float half[kQueryTokens][128];
-  const int h = blockIdx.x, column = threadIdx.x % 128;
-  const int l = blockIdx.y * 128 + column, part = threadIdx.x / 128;
+  __shared__ float partial[Parts - 1][kQueryTokens][kColumns];
+  const int h = blockIdx.x, column = threadIdx.x % kColumns;
+  const int l = blockIdx.y * kColumns + column, part = threadIdx.x / kColumns;
   const int t0 = blockIdx.z * kQueryTokens;
   const int count = min(kQueryTokens, tokens - t0);
   for (int i = threadIdx.x; i < count * nope; i += blockDim.x)
@@ -43,7 +54,7 @@ __global__ void __launch_bounds__(256)
         qNope[(size_t(t0 + i / nope) * heads + h) * nope + i % nope];
   __syncthreads();
   float acc[kQueryTokens] = {};
-  const int begin = part * (nope / 2), end = part ? nope : nope / 2;
+  const int begin = part * nope / Parts, end = (part + 1) * nope / Parts;
   if (l < latent) {
     const float *w = wUk + size_t(h) * nope * latent + l;
 #pragma unroll 16
@@ -54,14 +65,18 @@ __global__ void __launch_bounds__(256)
         acc[t] += q[t][n] * v;
     }
   }
-  if (part == 1)
+  if (part > 0)
     for (int t = 0; t < kQueryTokens; ++t)
-      half[t][column] = acc[t];
+      partial[part - 1][t][column] = acc[t];
   __syncthreads();
   if (part == 0 && l < latent)
-    for (int t = 0; t < count; ++t)
-      qLat[(size_t(t0 + t) * heads + h) * latent + l] =
-          acc[t] + half[t][column];
+    for (int t = 0; t < count; ++t) {
+      float sum = acc[t];
+#pragma unroll
+      for (int i = 0; i < Parts - 1; ++i)
+        sum += partial[i][t][column];
+      qLat[(size_t(t0 + t) * heads + h) * latent + l] = sum;
+    }
 }
 
 /// The N warp-wide sums of N per-lane values in N - 1 + log2(32 / N)
@@ -104,27 +119,33 @@ struct ChunkArgs {
   int32_t *bad;
 };
 
-/// Heads each warp scores (a quarter of the group), and the rows of a tile
-/// each warp scores them for (half of it).
-constexpr int kWarpHeads = 4, kRowsPerWarp = kTile / 2;
+/// Heads each warp scores.
+constexpr int kWarpHeads = 4;
 
-/// Grid (chunks, tokens, head groups), kChunkThreads threads. Rows of the
-/// chunk in tiles of kTile: the block loads the tile's rows into shared
-/// memory (every load in flight at once, 16 bytes each); each warp scores
-/// half of them against a quarter of the group's heads, whose queries it
-/// keeps in registers (a row value read from shared memory serves 4
-/// heads); then the online softmax per head; then each thread adds the
-/// tile's weighted rows into its latent columns of every head.
+/// Grid (chunks, tokens, groups of HeadGroup heads), kChunkThreads threads.
+/// Rows of the chunk in tiles of kTile: the block loads the tile's rows
+/// into shared memory (every load in flight at once, 16 bytes each); each
+/// warp scores a share of them (half for 16 heads, an eighth for 4)
+/// against 4 of the group's heads, whose queries it keeps in registers (a
+/// row value read from shared memory serves 4 heads); then the online
+/// softmax per head; then each thread adds the tile's weighted rows into
+/// its latent columns of every head.
+template <int HeadGroup>
 __global__ void __launch_bounds__(kChunkThreads)
     latentChunkKernel(ChunkArgs a) {
+  // Warps per set of rows (one per 4 heads), sets of rows, rows a warp
+  // scores per tile.
+  constexpr int kQuads = HeadGroup / kWarpHeads;
+  constexpr int kRowSets = kChunkThreads / 32 / kQuads;
+  constexpr int kRowsPerWarp = kTile / kRowSets;
   awaitPriorKernels();
   extern __shared__ float4 sharedRows[];
   float *tileRows = reinterpret_cast<float *>(sharedRows); // [kTile][width]
-  __shared__ __align__(16) float p[kTile][kHeadGroup];
-  __shared__ float runMax[kHeadGroup], runSum[kHeadGroup], factor[kHeadGroup];
+  __shared__ __align__(16) float p[kTile][HeadGroup];
+  __shared__ float runMax[HeadGroup], runSum[HeadGroup], factor[HeadGroup];
   __shared__ int rows[kTile];
-  const int c = blockIdx.x, t = blockIdx.y, h0 = blockIdx.z * kHeadGroup;
-  const int group = min(kHeadGroup, a.heads - h0);
+  const int c = blockIdx.x, t = blockIdx.y, h0 = blockIdx.z * HeadGroup;
+  const int group = min(HeadGroup, a.heads - h0);
   const int width = a.latent + a.rope, width4 = width / 4;
   const int visible = a.layout.positions[t] + 1;
   const int seq = a.layout.sequences[t];
@@ -132,7 +153,7 @@ __global__ void __launch_bounds__(kChunkThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // This warp's heads and their queries (latent then rope), in registers:
   // q[k][i] is column lane + 32 i of head firstHead + k.
-  const int firstHead = (warp % (kHeadGroup / kWarpHeads)) * kWarpHeads;
+  const int firstHead = (warp % kQuads) * kWarpHeads;
   float q[kWarpHeads][kMaxWidth / 32];
 #pragma unroll
   for (int k = 0; k < kWarpHeads; ++k) {
@@ -146,11 +167,11 @@ __global__ void __launch_bounds__(kChunkThreads)
                                : a.qRope[head * a.rope + j - a.latent];
     }
   }
-  if (threadIdx.x < kHeadGroup) {
+  if (threadIdx.x < HeadGroup) {
     runMax[threadIdx.x] = -INFINITY;
     runSum[threadIdx.x] = 0.f;
   }
-  float o[kHeadGroup][kLatentPerThread] = {};
+  float o[HeadGroup][kLatentPerThread] = {};
   for (int tile = begin; tile < end; tile += kTile) {
     const int n = min(kTile, end - tile);
     __syncthreads(); // the last tile's p, rows and tileRows read
@@ -182,7 +203,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     }
     __syncthreads();
     for (int r = 0; r < kRowsPerWarp; ++r) {
-      const int s = warp / (kHeadGroup / kWarpHeads) + 2 * r;
+      const int s = warp / kQuads + kRowSets * r;
       if (s >= n)
         break;
       float acc[kWarpHeads] = {};
@@ -221,14 +242,14 @@ __global__ void __launch_bounds__(kChunkThreads)
     }
     __syncthreads();
 #pragma unroll
-    for (int h = 0; h < kHeadGroup; ++h)
+    for (int h = 0; h < HeadGroup; ++h)
 #pragma unroll
       for (int j = 0; j < kLatentPerThread; ++j)
         o[h][j] *= h < group ? factor[h] : 0.f;
     for (int s = 0; s < n; ++s) {
-      float weight[kHeadGroup];
+      float weight[HeadGroup];
 #pragma unroll
-      for (int h = 0; h < kHeadGroup; h += 4) {
+      for (int h = 0; h < HeadGroup; h += 4) {
         float4 w4 = *reinterpret_cast<const float4 *>(&p[s][h]);
         weight[h] = w4.x;
         weight[h + 1] = w4.y;
@@ -240,7 +261,7 @@ __global__ void __launch_bounds__(kChunkThreads)
         int l = threadIdx.x + j * kChunkThreads;
         float v = l < a.latent ? tileRows[s * width + l] : 0.f;
 #pragma unroll
-        for (int h = 0; h < kHeadGroup; ++h)
+        for (int h = 0; h < HeadGroup; ++h)
           o[h][j] += weight[h] * v;
       }
     }
@@ -261,15 +282,14 @@ __global__ void __launch_bounds__(kChunkThreads)
   }
 }
 
-/// out[t, h, v] for the block's 32 value columns (blockIdx.y): a warp per
-/// column, W_UV's row read coalesced along the latent dimension.
-__device__ __forceinline__ void projectValues(const float *olat,
-                                              const float *wUv, int t, int h,
-                                              int heads, int latent,
-                                              int valueDim, float *out) {
+/// out[t, h, v] for the block's `columns` value columns (blockIdx.y): a
+/// warp per column, W_UV's row read coalesced along the latent dimension.
+__device__ __forceinline__ void
+projectValues(const float *olat, const float *wUv, int t, int h, int heads,
+              int latent, int valueDim, int columns, float *out) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int v = blockIdx.y * 32 + warp; v < min(valueDim, (blockIdx.y + 1) * 32);
-       v += blockDim.x / 32) {
+  for (int v = blockIdx.y * columns + warp;
+       v < min(valueDim, (blockIdx.y + 1) * columns); v += blockDim.x / 32) {
     const float *w = wUv + (size_t(h) * valueDim + v) * latent;
     float sum = 0.f;
 #pragma unroll
@@ -284,14 +304,16 @@ __device__ __forceinline__ void projectValues(const float *olat,
   }
 }
 
-/// Grid (tokens * heads, valueDim / 32), 256 threads: the chunks' outputs
-/// combined into the latent output, then 32 value columns of W_UV a warp
-/// per column (coalesced along the latent dimension).
+/// Grid (tokens * heads, valueDim / columns), 256 threads: the chunks'
+/// outputs combined into the latent output, then `columns` value columns
+/// of W_UV a warp per column (coalesced along the latent dimension). 32
+/// columns a block; 8 where the blocks would be few (each then combines
+/// the chunks again, from L2, for a quarter of the columns).
 __global__ void combineValueKernel(const float *partialOut,
                                    const float *partialMax,
                                    const float *partialSum, const float *wUv,
                                    int heads, int chunks, int latent,
-                                   int valueDim, float *out) {
+                                   int valueDim, int columns, float *out) {
   awaitPriorKernels();
   extern __shared__ float olat[];
   __shared__ float weight[kMaxChunks];
@@ -336,7 +358,7 @@ __global__ void combineValueKernel(const float *partialOut,
     olat[l] = sum * norm;
   }
   __syncthreads();
-  projectValues(olat, wUv, t, h, heads, latent, valueDim, out);
+  projectValues(olat, wUv, t, h, heads, latent, valueDim, columns, out);
 }
 
 /// Grid (slots * heads), 128 threads: each slot's absorbed query (latent,
@@ -474,14 +496,18 @@ __global__ void gatherValuesKernel(const float *slotValues,
     out[th * valueDim + i] = slot < 0 ? 0.f : from[i];
 }
 
-/// Stage 1 of both paths: q_lat = q_nope W_UK.
+/// Stage 1: q_lat = q_nope W_UK.
 void absorbQueries(const float *qNope, const float *wUk, const MlaSplitShape &s,
                    float *qLat, cudaStream_t stream) {
-  launchOverlapped(absorbQueryKernel,
-                   dim3(s.heads, (s.latent + 127) / 128,
-                        (s.tokens + kQueryTokens - 1) / kQueryTokens),
-                   256, 0, stream, qNope, wUk, s.tokens, s.heads, s.nope,
-                   s.latent, qLat);
+  const int slabs = (s.tokens + kQueryTokens - 1) / kQueryTokens;
+  if (slabs == 1)
+    launchOverlapped(absorbQueryKernel<8>,
+                     dim3(s.heads, (s.latent + 31) / 32, slabs), 256, 0, stream,
+                     qNope, wUk, s.tokens, s.heads, s.nope, s.latent, qLat);
+  else
+    launchOverlapped(
+        absorbQueryKernel<2>, dim3(s.heads, (s.latent + 127) / 128, slabs), 256,
+        0, stream, qNope, wUk, s.tokens, s.heads, s.nope, s.latent, qLat);
 }
 
 } // namespace
@@ -542,20 +568,28 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
   a.bad = bad;
   absorbQueries(qNope, wUk, s, qLat, stream);
   size_t shared = size_t(kTile) * (s.latent + s.rope) * sizeof(float);
+  const int wideGroups = (s.heads + kHeadGroup - 1) / kHeadGroup;
+  const bool fewBlocks = chunks * s.tokens * wideGroups < kFewBlocks;
+  auto chunkKernel = fewBlocks ? latentChunkKernel<kSmallHeadGroup>
+                               : latentChunkKernel<kHeadGroup>;
+  const int groupHeads = fewBlocks ? kSmallHeadGroup : kHeadGroup;
   if (shared > 48 * 1024)
     if (cudaError_t e = cudaFuncSetAttribute(
-            latentChunkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            chunkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
             int(shared));
         e != cudaSuccess)
       return e;
   launchOverlapped(
-      latentChunkKernel,
-      dim3(chunks, s.tokens, (s.heads + kHeadGroup - 1) / kHeadGroup),
+      chunkKernel,
+      dim3(chunks, s.tokens, (s.heads + groupHeads - 1) / groupHeads),
       kChunkThreads, shared, stream, a);
+  const int columns =
+      s.tokens * s.heads * ((s.valueDim + 31) / 32) < 2 * kFewBlocks ? 8 : 32;
   launchOverlapped(
-      combineValueKernel, dim3(s.tokens * s.heads, (s.valueDim + 31) / 32), 256,
+      combineValueKernel,
+      dim3(s.tokens * s.heads, (s.valueDim + columns - 1) / columns), 256,
       size_t(s.latent) * sizeof(float), stream, a.partialOut, a.partialMax,
-      a.partialSum, wUv, s.heads, chunks, s.latent, s.valueDim, out);
+      a.partialSum, wUv, s.heads, chunks, s.latent, s.valueDim, columns, out);
   return cudaGetLastError();
 }
 

@@ -138,6 +138,18 @@ TEST(CudaMlaSplit, DecodeOverLongContextsMatchesWholeSequence) {
     runCase({heads, {0, 1}, {700, 33}});
 }
 
+// A decode step of a few tokens: the narrow forms (blocks of 4 heads, W_UK
+// in 8 parts a column, 8 value columns a block), also with a partial group
+// of heads (18).
+TEST(CudaMlaSplit, FewTokensTakeTheNarrowKernels) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  for (int heads : {16, 18}) {
+    runCase({heads, {1}, {40}});
+    runCase({heads, {0, 1}, {130, 7}});
+  }
+}
+
 TEST(CudaMlaSplit, PrefillRowsMatchWholeSequence) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
