@@ -86,6 +86,17 @@ Status Device::importWeight(const WeightData &weight, DeviceTensor &out) {
   return status;
 }
 
+Status Device::linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                               const DeviceTensor &w, DeviceTensor &y) {
+  DeviceTensor product;
+  MELT_RETURN_IF_ERROR(allocate(DType::F32, gate.shape, product));
+  Status status = siluMul(gate, up, product);
+  if (!status)
+    status = linear(product, w, y);
+  release(product);
+  return status;
+}
+
 namespace {
 
 std::string shapeString(const std::vector<int64_t> &shape) {

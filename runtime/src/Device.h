@@ -182,6 +182,18 @@ public:
   /// y = silu(gate) * up.
   virtual Status siluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          DeviceTensor &y) = 0;
+  /// Whether linearOfSiluMul with `weight` does better than siluMul then
+  /// linear (a GPU's FP8 product quantizes silu(gate) * up as it reads
+  /// them): then the executor calls it for an MLP's down projection.
+  virtual bool fusesSiluMulInto(const DeviceTensor &weight) const {
+    (void)weight;
+    return false;
+  }
+  /// y = (silu(gate) * up) w^T, the values of siluMul then linear. The
+  /// default runs the two.
+  virtual Status linearOfSiluMul(const DeviceTensor &gate,
+                                 const DeviceTensor &up, const DeviceTensor &w,
+                                 DeviceTensor &y);
   /// y = a + b.
   virtual Status add(const DeviceTensor &a, const DeviceTensor &b,
                      DeviceTensor &y) = 0;

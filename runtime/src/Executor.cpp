@@ -3,6 +3,7 @@
 
 #include "KernelArgs.h"
 #include "QuantizeFolds.h"
+#include "SiluMulFusions.h"
 
 #include <algorithm>
 #include <chrono>
@@ -246,20 +247,32 @@ Status DeviceModel::create(const Model &model, Device &device,
     }
   }
   // The activation quantization the device's FP8 products do themselves.
-  const char *fold = std::getenv("MELT_FOLD_QUANTIZE");
-  if (!fold || std::string(fold) != "0") {
-    DeviceModel &dm = *result;
-    for (const QuantizeFold &f :
-         findQuantizeFolds(m, *dm.forward_, [&](uint32_t k) {
+  DeviceModel &dm = *result;
+  auto switchedOff = [](const char *variable) {
+    const char *value = std::getenv(variable);
+    return value && std::string(value) == "0";
+  };
+  std::vector<QuantizeFold> folds;
+  if (!switchedOff("MELT_FOLD_QUANTIZE"))
+    folds = findQuantizeFolds(m, *dm.forward_, [&](uint32_t k) {
+      const fb::Kernel &kernel = *m.kernels()->Get(k);
+      return kernel.weights() && kernel.weights()->size() == 1 &&
+             device.quantizesFp8Input(dm.weights_.at(kernel.weights()->Get(0)));
+    });
+  for (const QuantizeFold &f : folds) {
+    dm.skipped_.insert(f.quantize);
+    dm.folded_[f.dequantize] = f.source;
+  }
+  // The MLPs' SiLU-muls the products compute as they read gate and up.
+  if (!switchedOff("MELT_FUSE_SILU_MUL"))
+    for (const SiluMulFusion &f :
+         findSiluMulFusions(m, *dm.forward_, folds, [&](uint32_t k) {
            const fb::Kernel &kernel = *m.kernels()->Get(k);
            return kernel.weights() && kernel.weights()->size() == 1 &&
-                  device.quantizesFp8Input(
+                  device.fusesSiluMulInto(
                       dm.weights_.at(kernel.weights()->Get(0)));
-         })) {
-      dm.skipped_.insert(f.quantize);
-      dm.folded_[f.dequantize] = f.source;
-    }
-  }
+         }))
+      dm.siluMulFusions_[f.siluMul] = f.products;
   out = std::move(result);
   return Status::ok();
 }
@@ -379,6 +392,21 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
 
   // A norm done with the residual add before it (addRmsNorm).
   uint32_t doneNorm = UINT32_MAX;
+  // SiLU-muls left to the products that read them (SiluMulFusions.h), by
+  // the memory their value stands in (gate's): up, held until the last of
+  // those products has run, and how many are still to run.
+  struct PendingSiluMul {
+    DeviceTensor up;
+    uint32_t products = 0;
+  };
+  struct PendingSiluMuls {
+    StepValues &values;
+    std::map<const void *, PendingSiluMul> byValue;
+    ~PendingSiluMuls() {
+      for (auto &entry : byValue)
+        values.letGo(entry.second.up);
+    }
+  } pendingSiluMuls{values, {}};
   const auto &order = *forward.kernels();
   for (uint32_t at = 0; at < order.size(); ++at) {
     const uint32_t k = order.Get(at);
@@ -419,15 +447,34 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                               float(kernel.floats()->Get(0)), y);
       break;
     }
-    case fb::KernelKind::Linear:
-      MELT_RETURN_IF_ERROR(values.make(
-          outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
-      status = device.linear(asRows(in(0)), w(0), *out);
+    case fb::KernelKind::Linear: {
+      auto pending = pendingSiluMuls.byValue.find(in(0).data);
+      if (pending != pendingSiluMuls.byValue.end()) {
+        // silu(gate) * up, computed as the product reads them.
+        DeviceTensor gate = asRows(in(0)), up = pending->second.up;
+        up.shape = gate.shape;
+        values.hold(gate); // its value's storage may take the output
+        Status made = values.make(outId(0), DType::F32,
+                                  {gate.rows(), w(0).shape[0]}, out);
+        if (!made)
+          status = device.linearOfSiluMul(gate, up, w(0), *out);
+        values.letGo(gate);
+        MELT_RETURN_IF_ERROR(made);
+        if (--pending->second.products == 0) {
+          values.letGo(pending->second.up);
+          pendingSiluMuls.byValue.erase(pending);
+        }
+      } else {
+        MELT_RETURN_IF_ERROR(values.make(
+            outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
+        status = device.linear(asRows(in(0)), w(0), *out);
+      }
       // An FP8 product's BF16 output (the compiler's precision), where the
       // device's product kept more.
       if (!status && ints(0) == 1 && !device.linearOutputsBf16(w(0)))
         status = device.roundToBf16(*out);
       break;
+    }
     case fb::KernelKind::Logits: {
       // Only the rows whose logits are wanted.
       int64_t n = pass.rows->shape[0];
@@ -483,6 +530,20 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       break;
     }
     case fb::KernelKind::SiluMul:
+      // Left to the products that read it: its value stands in gate's
+      // memory, up is held until the last of them has run.
+      if (uint32_t products = dm.siluMulProducts(k)) {
+        const DeviceTensor gate = in(0), up = in(1);
+        if (gate.data && up.data && gate.dtype == DType::F32 &&
+            up.dtype == DType::F32 && gate.shape == up.shape) {
+          values.hold(up);
+          if (values.view(outId(0), gate, gate.shape, out)) {
+            pendingSiluMuls.byValue[out->data] = {up, products};
+            break;
+          }
+          values.letGo(up);
+        }
+      }
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
       status = device.siluMul(in(0), in(1), *out);
       break;

@@ -45,6 +45,13 @@ public:
     return it == folded_.end() ? nullptr : &it->second;
   }
   size_t foldedPairs() const { return folded_.size(); }
+  /// For a SiLU-mul kernel the products compute with (SiluMulFusions.h;
+  /// MELT_FUSE_SILU_MUL=0 runs them all), how many products read its value;
+  /// 0 otherwise.
+  uint32_t siluMulProducts(uint32_t kernel) const {
+    auto it = siluMulFusions_.find(kernel);
+    return it == siluMulFusions_.end() ? 0 : it->second;
+  }
 
 private:
   DeviceModel(const Model &model, Device &device)
@@ -55,6 +62,7 @@ private:
   std::map<uint32_t, DeviceTensor> weights_;
   std::set<uint32_t> skipped_;
   std::map<uint32_t, uint32_t> folded_;
+  std::map<uint32_t, uint32_t> siluMulFusions_;
 };
 
 /// One step of a batch, on the host: the tokens of all sequences and where

@@ -878,6 +878,40 @@ TEST_P(DeviceConformance, ImportedFp8WeightsWithPaddedKMultiply) {
       checkImportedFp8Weight(*this, rng, M, K, N, /*fp8OnGpu=*/false);
 }
 
+// An MLP's down projection with its SiLU-mul (a GPU computes it as the FP8
+// product quantizes its input): the values of siluMul then linear, bit for
+// bit, for a decode step's few tokens and a prefill's many, K padded and
+// not.
+TEST_P(DeviceConformance, LinearOfSiluMulIsSiluMulThenLinear) {
+  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 1408},
+                      {5, 1408},
+                      {40, 1408},
+                      {100, 1408},
+                      {3, 512},
+                      {100, 512}}) {
+    const int64_t N = 64;
+    WeightData weight;
+    weight.shape = {N, K};
+    weight.data = random(DType::F32, {N, K}, rng, 0.05f).values;
+    onFp8Grid(weight.data.data(), N, K, 128);
+    weight.storage = WeightData::Storage::FP8Blocks;
+    weight.gemmOnly = true;
+    DeviceTensor w;
+    Status s = device->importWeight(weight, w);
+    ASSERT_FALSE(s) << s.message();
+    owned.push_back(w);
+    DeviceTensor gate = put(random(DType::F32, {M, K}, rng, 3.f)),
+                 up = put(random(DType::F32, {M, K}, rng)),
+                 product = make(DType::F32, {M, K}),
+                 fused = make(DType::F32, {M, N}),
+                 apart = make(DType::F32, {M, N});
+    ASSERT_FALSE(device->linearOfSiluMul(gate, up, w, fused));
+    ASSERT_FALSE(device->siluMul(gate, up, product));
+    ASSERT_FALSE(device->linear(product, w, apart));
+    EXPECT_EQ(get(fused), get(apart)) << M << " x " << K;
+  }
+}
+
 // The same held in F32 where asked (MELT_CUDA_FP8_PAD_K=0).
 TEST_P(DeviceConformance, ImportedFp8WeightsWithUnpaddedKMultiply) {
   reopenWith("MELT_CUDA_FP8_PAD_K", "0");

@@ -9,6 +9,10 @@
 # JSON lines go to $OUT (or build-gpu/results); bench/cuda/plot_mini.py
 # charts them. MELT_COMPARE_MLA=1 adds the prefills with MLA on the split
 # kernel, MELT_COMPARE_FOLDS=1 the FP8 decode with the quantize pairs kept,
+# MELT_COMPARE_SILU_MUL=1 the FP8 decode at batch 1 with the SiLU-muls as
+# kernels of their own (speed, and whether the greedy tokens agree: the
+# product's values are the same, but the experts' F32 atomic combine sums
+# in another order from run to run, which can flip mini's near-ties),
 # MELT_COMPARE_FP8_PATHS=1 the FP8 runs again without the padded FP8
 # weights and the row-wise FP8 experts (MELT_CUDA_FP8_PAD_K=0
 # MELT_CUDA_FP8_EXPERT_ROWS=0), MELT_COMPARE_OVERLAP=1
@@ -38,6 +42,10 @@ for model in mini-bf16.melt mini-fp8.melt; do
       MELT_FOLD_QUANTIZE=0 run "$model" --prompt-ids "$(prompt 128)" \
         --max-new 64 --batch 1,64 | sed 's/^{/{"fold": "off", /'
     fi
+    if [ "${MELT_COMPARE_SILU_MUL:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
+      MELT_FUSE_SILU_MUL=0 run "$model" --prompt-ids "$(prompt 128)" \
+        --max-new 64 --batch 1 | sed 's/^{/{"silu_mul": "apart", /'
+    fi
     if [ "${MELT_COMPARE_FP8_PATHS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
       for args in "$(prompt 128) --max-new 64 --batch 1,64" "$(prompt 1024) --max-new 1 --batch 1,8"; do
         # shellcheck disable=SC2086 # the prompt and the batches as words
@@ -51,6 +59,25 @@ for model in mini-bf16.melt mini-fp8.melt; do
     fi
   } | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'
 done
+if [ "${MELT_COMPARE_SILU_MUL:-}" = 1 ]; then
+  # The greedy tokens with the SiLU-muls fused and apart (the products'
+  # values are bit for bit the same; a step is not bit-reproducible from run
+  # to run: the experts combine with F32 atomics).
+  python3 - "$out/mini_melt.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+fp8 = [r for r in rows if r["model"] == "mini-fp8.melt" and
+       r["prompt_tokens"] == 128 and r["batch"] == 1 and not r.get("fp8")]
+fused = [r for r in fp8 if not r.get("silu_mul")]
+apart = [r for r in fp8 if r.get("silu_mul") == "apart"]
+if fused and apart:
+    a, b = fused[0]["generated"], apart[0]["generated"]
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    print(f"SiLU-mul fused / apart, batch 1: first {same} of {len(a)} tokens the same; "
+          f"decode {fused[0]['decode_tokens_per_s']:.0f} vs "
+          f"{apart[0]['decode_tokens_per_s']:.0f} tok/s")
+PY
+fi
 if [ "${MELT_COMPARE_FOLDS:-}" = 1 ]; then
   # The greedy tokens with and without the folds (the same arithmetic up to
   # the rounding of a scale: they agree unless a near-tie flips).

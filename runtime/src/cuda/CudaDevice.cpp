@@ -347,6 +347,21 @@ public:
                  "round_to_bf16");
   }
 
+  /// An FP8 weight's product quantizes silu(gate) * up as it reads them.
+  bool fusesSiluMulInto(const DeviceTensor &weight) const override {
+    return linearOutputsBf16(weight);
+  }
+
+  Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                         const DeviceTensor &w, DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(usable());
+    if (!fusesSiluMulInto(w))
+      return Device::linearOfSiluMul(gate, up, w, y);
+    MELT_RETURN_IF_ERROR(check::sameShape("silu_mul", gate, up));
+    MELT_RETURN_IF_ERROR(check::linear(gate, w, y));
+    return linearWithFp8Weight(gate, w, y, &up);
+  }
+
   /// linearWithFp8Weight quantizes x in 1x128 blocks itself.
   bool quantizesFp8Input(const DeviceTensor &weight) const override {
     return weight.dtype == DType::FP8E4M3 && weight.shape.size() == 2 &&
@@ -958,28 +973,30 @@ private:
   }
 
   /// y (F32) = x W^T with W stored in FP8: x quantized in 1x128 blocks, the
-  /// block-scaled FP8 GEMM (BF16 out), widened.
+  /// block-scaled FP8 GEMM (BF16 out), widened. Given `up`, x is silu(x) *
+  /// up, computed as the quantization reads them.
   Status linearWithFp8Weight(const DeviceTensor &x, const DeviceTensor &w,
-                             DeviceTensor &y) {
+                             DeviceTensor &y,
+                             const DeviceTensor *up = nullptr) {
     auto scales = weightScales_.find(w.data);
     if (scales == weightScales_.end() || x.dtype != DType::F32 ||
-        y.dtype != DType::F32)
+        y.dtype != DType::F32 || (up && up->dtype != DType::F32))
       return invalidArgument("linear: an fp8 weight needs its block scales "
                              "(importWeight) and f32 input and output");
+    const float *upValues = up ? static_cast<const float *>(up->data) : nullptr;
     int64_t m = x.rows(), k = x.cols(), n = w.rows();
     auto padded = paddedK_.find(w.data);
     const int64_t kStored = padded == paddedK_.end() ? k : padded->second;
-    // A few tokens: one kernel quantizes x and multiplies.
-    if (kStored == k) {
-      bool handled = false;
-      MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8FromF32(
-          static_cast<const float *>(x.data),
-          static_cast<const __nv_fp8_e4m3 *>(w.data),
-          static_cast<const float *>(scales->second.data),
-          static_cast<float *>(y.data), int(m), int(n), int(k), handled)));
-      if (handled)
-        return Status::ok();
-    }
+    // A few tokens: one kernel quantizes x (zeros beyond K where the
+    // weight was padded) and multiplies.
+    bool handled = false;
+    MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8FromF32(
+        static_cast<const float *>(x.data), upValues, int(k),
+        static_cast<const __nv_fp8_e4m3 *>(w.data),
+        static_cast<const float *>(scales->second.data),
+        static_cast<float *>(y.data), int(m), int(n), int(kStored), handled)));
+    if (handled)
+      return Status::ok();
     // Else x quantized into rows of the weight's stored K (zeros beyond
     // K where it was padded, one scale block each), the FP8 GEMM over it,
     // widened.
@@ -990,11 +1007,17 @@ private:
     if (!status)
       status = allocate(DType::BF16, {m, n}, out);
     if (!status)
-      status = check(quantizeRowsFp8Padded(
-                         static_cast<const float *>(x.data), int(m), int(k),
-                         int(kStored), static_cast<__nv_fp8_e4m3 *>(q.data),
-                         static_cast<float *>(qScales.data), stream_),
-                     "linear");
+      status = check(
+          upValues
+              ? siluMulQuantizeRowsFp8Padded(
+                    static_cast<const float *>(x.data), upValues, int(m),
+                    int(k), int(kStored), static_cast<__nv_fp8_e4m3 *>(q.data),
+                    static_cast<float *>(qScales.data), stream_)
+              : quantizeRowsFp8Padded(
+                    static_cast<const float *>(x.data), int(m), int(k),
+                    int(kStored), static_cast<__nv_fp8_e4m3 *>(q.data),
+                    static_cast<float *>(qScales.data), stream_),
+          "linear");
     if (!status)
       status = fromGemm(
           gemm_->fp8BlockScaled(static_cast<const __nv_fp8_e4m3 *>(q.data),

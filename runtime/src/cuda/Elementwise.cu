@@ -3,6 +3,7 @@
 
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
+#include "cuda/Silu.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
@@ -99,7 +100,7 @@ __global__ void binaryKernel(Binary op, Operand a, Operand b, size_t count,
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
        i += size_t(gridDim.x) * blockDim.x) {
     float u = load(a, i), v = load(b, i);
-    store(y, i, op == Binary::Add ? u + v : u / (1.f + __expf(-u)) * v);
+    store(y, i, op == Binary::Add ? u + v : siluTimes(u, v));
   }
 }
 

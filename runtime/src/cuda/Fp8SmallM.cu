@@ -15,11 +15,11 @@
 // each as FP16 HMMAs, exact for e4m3 values). Because the sum over a K
 // block is order-free, each thread loads 32 contiguous bytes of a row and
 // feeds them to the 4 mmas (the same permutation of K for W and x), so
-// every load is a 16-byte vector. The next K block's weights are loaded before the current one is
-// multiplied. Partial sums of the K ranges go to FP32 scratch; the block
-// that finishes a row tile last (a counter per tile) adds them and rounds
-// to BF16, so that one launch does it all (at 15 MB of weights a second
-// launch would cost a fifth of the time).
+// every load is a 16-byte vector. The next K block's weights are loaded before
+// the current one is multiplied. Partial sums of the K ranges go to FP32
+// scratch; the block that finishes a row tile last (a counter per tile) adds
+// them and rounds to BF16, so that one launch does it all (at 15 MB of weights
+// a second launch would cost a fifth of the time).
 //
 // fp8SmallMFromF32 (up to 8 tokens: a decode step's projections) takes x
 // in F32 and quantizes it in the kernel, 1 x 128 blocks as
@@ -27,12 +27,16 @@
 // K block find their amax with two shuffles. Each warp quantizes the
 // block's tokens for itself (128 values per token and K block, from L1),
 // so that the quantize and widen launches around the GEMM disappear; y is
-// written as F32 (rounded to BF16 first, the unfused path's values).
+// written as F32 (rounded to BF16 first, the unfused path's values). Its x
+// rows may be shorter than W's (kIn < K: a weight stored with its K padded
+// to 512); the values beyond kIn are zeros. Given `up`, it multiplies
+// silu(x) * up: an MLP's SiLU-mul folded into the down projection.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/Fp8SmallM.h"
 
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/Silu.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -89,15 +93,23 @@ __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1,
 /// Quantizes token `group`'s values [32 t, 32 t + 32) of a 128-value K
 /// block of F32 x (1 x 128 blocks, quantizeRowsFp8's arithmetic): the 32
 /// e4m3 bytes in `codes`, and the block's scale (the same in the token's
-/// four lanes). All lanes of the warp take part (shuffles).
-__device__ __forceinline__ float quantizeLaneSlice(const float *x, bool has,
+/// four lanes). `present` of the 32 are in x (a multiple of 4; zeros
+/// beyond). Where `up` is given the values are silu(x) * up (the MLP's
+/// SiLU-mul folded in). All lanes of the warp take part (shuffles).
+__device__ __forceinline__ float quantizeLaneSlice(const float *x,
+                                                   const float *up, int present,
                                                    uint4 (&codes)[2]) {
   float v[32];
   float amax = 0.f;
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float4 q = has ? __ldg(reinterpret_cast<const float4 *>(x) + i)
-                         : make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 q = 4 * i < present ? __ldg(reinterpret_cast<const float4 *>(x) + i)
+                               : make_float4(0.f, 0.f, 0.f, 0.f);
+    if (up && 4 * i < present) {
+      const float4 u = __ldg(reinterpret_cast<const float4 *>(up) + i);
+      q = make_float4(siluTimes(q.x, u.x), siluTimes(q.y, u.y),
+                      siluTimes(q.z, u.z), siluTimes(q.w, u.w));
+    }
     v[4 * i] = q.x, v[4 * i + 1] = q.y, v[4 * i + 2] = q.z, v[4 * i + 3] = q.w;
     amax = fmaxf(amax, fmaxf(fmaxf(fabsf(q.x), fabsf(q.y)),
                              fmaxf(fabsf(q.z), fabsf(q.w))));
@@ -124,11 +136,13 @@ __device__ __forceinline__ float quantizeLaneSlice(const float *x, bool has,
 }
 
 /// TILES: 8-token column tiles (M <= 8 * TILES). kF32 (TILES 1): x is F32
-/// [M, K] (xF32), quantized here, and y F32 (yF32).
+/// [M, kIn] (xF32, times silu(xF32) where upF32 is given; kIn <= K, a
+/// multiple of 4), quantized here, and y F32 (yF32).
 template <int TILES, bool kF32 = false>
 __global__ void __launch_bounds__(kWarps * 32)
     fp8SmallMKernel(const uint8_t *x, const float *xScales, const float *xF32,
-                    const uint8_t *w, const float *wScales, float *partials,
+                    const float *upF32, int kIn, const uint8_t *w,
+                    const float *wScales, float *partials,
                     unsigned *tileCounters, __nv_bfloat16 *y, float *yF32,
                     int m, int n, int k, int kBlocksPerSplit) {
   static_assert(!kF32 || TILES == 1, "in-kernel quantization: 8 tokens");
@@ -170,9 +184,11 @@ __global__ void __launch_bounds__(kWarps * 32)
       uint4 xin[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
       float tokenScale = 0.f;
       if constexpr (kF32) {
+        const int column = kb * kKBlock + t * 32;
+        const size_t at = size_t(token) * kIn + column;
         tokenScale = quantizeLaneSlice(
-            xF32 + size_t(token) * k + size_t(kb) * kKBlock + t * 32,
-            token < m, xin);
+            xF32 + at, upF32 ? upF32 + at : nullptr,
+            token < m ? min(32, max(0, kIn - column)) : 0, xin);
       } else if (token < m) {
         const uint4 *p = reinterpret_cast<const uint4 *>(
             x + size_t(token) * k + size_t(kb) * kKBlock + t * 32);
@@ -315,27 +331,33 @@ cudaError_t melt::rt::cuda::fp8SmallM(
   const int tokenTiles = (m + 7) / 8;
   if (tokenTiles <= 1)
     return launchOverlapped(fp8SmallMKernel<1>, l.grid, kWarps * 32, 0, stream,
-                            xb, xScales, nullptr, wb, wScales, l.partials,
-                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
+                            xb, xScales, nullptr, nullptr, 0, wb, wScales,
+                            l.partials, l.counters, y, nullptr, m, n, k,
+                            l.kBlocksPerSplit);
   else if (tokenTiles <= 2)
     return launchOverlapped(fp8SmallMKernel<2>, l.grid, kWarps * 32, 0, stream,
-                            xb, xScales, nullptr, wb, wScales, l.partials,
-                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
+                            xb, xScales, nullptr, nullptr, 0, wb, wScales,
+                            l.partials, l.counters, y, nullptr, m, n, k,
+                            l.kBlocksPerSplit);
   else if (tokenTiles <= 4)
     return launchOverlapped(fp8SmallMKernel<4>, l.grid, kWarps * 32, 0, stream,
-                            xb, xScales, nullptr, wb, wScales, l.partials,
-                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
+                            xb, xScales, nullptr, nullptr, 0, wb, wScales,
+                            l.partials, l.counters, y, nullptr, m, n, k,
+                            l.kBlocksPerSplit);
   else
     return launchOverlapped(fp8SmallMKernel<8>, l.grid, kWarps * 32, 0, stream,
-                            xb, xScales, nullptr, wb, wScales, l.partials,
-                            l.counters, y, nullptr, m, n, k, l.kBlocksPerSplit);
+                            xb, xScales, nullptr, nullptr, 0, wb, wScales,
+                            l.partials, l.counters, y, nullptr, m, n, k,
+                            l.kBlocksPerSplit);
 }
 
 cudaError_t melt::rt::cuda::fp8SmallMFromF32(
-    const float *x, const __nv_fp8_e4m3 *w, const float *wScales, float *y,
-    int m, int n, int k, void *workspace, size_t workspaceBytes, int smCount,
-    cudaStream_t stream) {
-  if (reinterpret_cast<uintptr_t>(x) % 16 != 0)
+    const float *x, const float *up, int kIn, const __nv_fp8_e4m3 *w,
+    const float *wScales, float *y, int m, int n, int k, void *workspace,
+    size_t workspaceBytes, int smCount, cudaStream_t stream) {
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(up) % 16 != 0 || kIn < 4 || kIn > k ||
+      kIn % 4 != 0)
     return cudaErrorInvalidValue;
   Launch l;
   if (cudaError_t e = planLaunch(m, kFp8SmallMFromF32Max, n, k, workspace,
@@ -344,6 +366,6 @@ cudaError_t melt::rt::cuda::fp8SmallMFromF32(
     return e;
   return launchOverlapped(
       fp8SmallMKernel<1, true>, l.grid, kWarps * 32, 0, stream, nullptr,
-      nullptr, x, reinterpret_cast<const uint8_t *>(w), wScales, l.partials,
-      l.counters, nullptr, y, m, n, k, l.kBlocksPerSplit);
+      nullptr, x, up, kIn, reinterpret_cast<const uint8_t *>(w), wScales,
+      l.partials, l.counters, nullptr, y, m, n, k, l.kBlocksPerSplit);
 }

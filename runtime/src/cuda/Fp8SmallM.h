@@ -32,15 +32,19 @@ cudaError_t fp8SmallM(const __nv_fp8_e4m3 *x, const float *xScales,
                       __nv_bfloat16 *y, int m, int n, int k, void *workspace,
                       size_t workspaceBytes, int smCount, cudaStream_t stream);
 
-/// The same product from F32 x [M, K] (quantized in the kernel in 1 x 128
-/// blocks, as quantizeRowsFp8 does) into F32 y (the BF16 result widened),
-/// for M <= kFp8SmallMFromF32Max: one launch for a decode step's FP8
-/// projection. x must be 16-byte aligned.
+/// The same product from F32 x [M, kIn] (quantized in the kernel in 1 x
+/// 128 blocks, as quantizeRowsFp8 does; zeros from kIn to K, for a weight
+/// stored with its K padded) into F32 y (the BF16 result widened), for M
+/// <= kFp8SmallMFromF32Max: one launch for a decode step's FP8 projection.
+/// Where `up` is not null the product is of silu(x) * up (an MLP's down
+/// projection with its SiLU-mul). x and up must be 16-byte aligned and
+/// kIn a multiple of 4.
 constexpr int kFp8SmallMFromF32Max = 8;
-cudaError_t fp8SmallMFromF32(const float *x, const __nv_fp8_e4m3 *w,
-                             const float *wScales, float *y, int m, int n,
-                             int k, void *workspace, size_t workspaceBytes,
-                             int smCount, cudaStream_t stream);
+cudaError_t fp8SmallMFromF32(const float *x, const float *up, int kIn,
+                             const __nv_fp8_e4m3 *w, const float *wScales,
+                             float *y, int m, int n, int k, void *workspace,
+                             size_t workspaceBytes, int smCount,
+                             cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 

@@ -253,16 +253,20 @@ CudaStatus GemmRunner::tf32Batched(const float *x, const float *w, float *y,
   return run(*it->second, w, x, y, nullptr, nullptr);
 }
 
-CudaStatus GemmRunner::fp8FromF32(const float *x, const __nv_fp8_e4m3 *w,
-                                  const float *wScales, float *y, int m, int n,
-                                  int k, bool &handled) {
+CudaStatus GemmRunner::fp8FromF32(const float *x, const float *up, int kIn,
+                                  const __nv_fp8_e4m3 *w, const float *wScales,
+                                  float *y, int m, int n, int k,
+                                  bool &handled) {
   handled = m >= 1 && m <= std::min(smallMLimit_, kFp8SmallMFromF32Max) &&
-            k > 0 && k % 128 == 0 && n >= 16 && n % 16 == 0 &&
-            reinterpret_cast<uintptr_t>(x) % 16 == 0;
+            k > 0 && k % 128 == 0 && n >= 16 && n % 16 == 0 && kIn >= 4 &&
+            kIn <= k && kIn % 4 == 0 &&
+            reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+            reinterpret_cast<uintptr_t>(up) % 16 == 0;
   if (!handled)
     return CudaStatus::ok();
-  return fromCuda(fp8SmallMFromF32(x, w, wScales, y, m, n, k, workspace_,
-                                   workspaceBytes_, smCount_, stream_),
+  return fromCuda(fp8SmallMFromF32(x, up, kIn, w, wScales, y, m, n, k,
+                                   workspace_, workspaceBytes_, smCount_,
+                                   stream_),
                   "fp8SmallMFromF32");
 }
 

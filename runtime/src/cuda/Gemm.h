@@ -75,11 +75,13 @@ public:
 
   /// y F32 = x F32 W^T for W FP8 with its block scales when the small-M
   /// kernel takes M (at most 8 and this runner's small-M limit): x
-  /// quantized in the kernel (fp8SmallMFromF32). `handled` says whether it
+  /// quantized in the kernel (fp8SmallMFromF32); silu(x) * up where `up`
+  /// is not null. x's rows may hold fewer values than W's (kIn < k: W
+  /// stored with its K padded; zeros beyond). `handled` says whether it
   /// ran; otherwise quantize, fp8BlockScaled and widen.
-  CudaStatus fp8FromF32(const float *x, const __nv_fp8_e4m3 *w,
-                        const float *wScales, float *y, int m, int n, int k,
-                        bool &handled);
+  CudaStatus fp8FromF32(const float *x, const float *up, int kIn,
+                        const __nv_fp8_e4m3 *w, const float *wScales, float *y,
+                        int m, int n, int k, bool &handled);
 
   /// Batches of y_b[M, N] = x_b[M, K] w_b, every operand FP32 and
   /// row-major with its own row and batch strides (elements), w_b stored

@@ -7,6 +7,7 @@
 #include "cuda/Quantize.h"
 
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/Silu.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cstdint>
@@ -57,9 +58,11 @@ __device__ __forceinline__ float toFloat(float v) { return v; }
 
 /// A warp per 128-value block of q's rows of k values; x's rows hold the
 /// first kIn of them (kIn <= k; the rest quantize as zeros).
+/// x's rows of kIn values (times silu(x) where `up` is given: SiLU-mul and
+/// its quantization in one pass) quantized into rows of k (zeros beyond).
 template <typename T>
-__global__ void quantizeRowsKernel(const T *x, int m, int kIn, int k,
-                                   __nv_fp8_e4m3 *q, float *scales) {
+__global__ void quantizeRowsKernel(const T *x, const float *up, int m, int kIn,
+                                   int k, __nv_fp8_e4m3 *q, float *scales) {
   awaitPriorKernels();
   int blocksPerRow = k / kQuantBlock;
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -75,6 +78,11 @@ __global__ void quantizeRowsKernel(const T *x, int m, int kIn, int k,
   else
     for (int i = 0; i < 4; ++i)
       v[i] = col + i < kIn ? toFloat(xr[col + i]) : 0.f;
+  if (up) {
+    const float *ur = up + size_t(row) * kIn;
+    for (int i = 0; i < 4; ++i)
+      v[i] = col + i < kIn ? siluTimes(v[i], ur[col + i]) : 0.f;
+  }
   quantizeBlock(v, q + size_t(row) * k + blk * kQuantBlock,
                 scales + size_t(blk) * m + row, lane);
 }
@@ -126,8 +134,8 @@ __global__ void rmsNormQuantizeKernel(const __nv_bfloat16 *x,
 } // namespace
 
 template <typename T>
-static cudaError_t quantizeRows(const T *x, int m, int kIn, int k,
-                                __nv_fp8_e4m3 *q, float *scales,
+static cudaError_t quantizeRows(const T *x, const float *up, int m, int kIn,
+                                int k, __nv_fp8_e4m3 *q, float *scales,
                                 cudaStream_t stream) {
   if (m <= 0 || k <= 0 || k % kQuantBlock != 0 || kIn <= 0 || kIn > k)
     return cudaErrorInvalidValue;
@@ -135,20 +143,20 @@ static cudaError_t quantizeRows(const T *x, int m, int kIn, int k,
   int threads = 256;
   long long blocks = (warps * 32 + threads - 1) / threads;
   return launchOverlapped(quantizeRowsKernel<T>, unsigned(blocks), threads, 0,
-                          stream, x, m, kIn, k, q, scales);
+                          stream, x, up, m, kIn, k, q, scales);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8(const __nv_bfloat16 *x, int m,
                                             int k, __nv_fp8_e4m3 *q,
                                             float *scales,
                                             cudaStream_t stream) {
-  return quantizeRows(x, m, k, k, q, scales, stream);
+  return quantizeRows(x, nullptr, m, k, k, q, scales, stream);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8(const float *x, int m, int k,
                                             __nv_fp8_e4m3 *q, float *scales,
                                             cudaStream_t stream) {
-  return quantizeRows(x, m, k, k, q, scales, stream);
+  return quantizeRows(x, nullptr, m, k, k, q, scales, stream);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8Padded(const float *x, int m,
@@ -156,7 +164,13 @@ cudaError_t melt::rt::cuda::quantizeRowsFp8Padded(const float *x, int m,
                                                   __nv_fp8_e4m3 *q,
                                                   float *scales,
                                                   cudaStream_t stream) {
-  return quantizeRows(x, m, kIn, k, q, scales, stream);
+  return quantizeRows(x, nullptr, m, kIn, k, q, scales, stream);
+}
+
+cudaError_t melt::rt::cuda::siluMulQuantizeRowsFp8Padded(
+    const float *gate, const float *up, int m, int kIn, int k, __nv_fp8_e4m3 *q,
+    float *scales, cudaStream_t stream) {
+  return quantizeRows(gate, up, m, kIn, k, q, scales, stream);
 }
 
 cudaError_t melt::rt::cuda::rmsNormQuantizeFp8(

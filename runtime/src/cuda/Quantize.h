@@ -31,6 +31,12 @@ cudaError_t quantizeRowsFp8(const float *x, int m, int k, __nv_fp8_e4m3 *q,
 cudaError_t quantizeRowsFp8Padded(const float *x, int m, int kIn, int k,
                                   __nv_fp8_e4m3 *q, float *scales,
                                   cudaStream_t stream);
+/// The same for silu(gate) * up (SiLU-mul fused with the quantization:
+/// the values of binary(SiluMul) then quantizeRowsFp8Padded).
+cudaError_t siluMulQuantizeRowsFp8Padded(const float *gate, const float *up,
+                                         int m, int kIn, int k,
+                                         __nv_fp8_e4m3 *q, float *scales,
+                                         cudaStream_t stream);
 
 /// y = x / rms(x) * gamma per row (FP32 math, eps inside the root), rounded
 /// to BF16 as the BF16 model would, then quantized as above. `y` (BF16

@@ -296,7 +296,8 @@ TEST(CudaGemm, Fp8FromF32MatchesQuantizeThenGemm) {
     CudaStatus st = gemm->fp8BlockScaled(dq, dxs, dw, dws, dy, s.m, s.n, s.k);
     ASSERT_FALSE(st) << st.error;
     bool handled = false;
-    st = gemm->fp8FromF32(dx, dw, dws, dyFused, s.m, s.n, s.k, handled);
+    st = gemm->fp8FromF32(dx, nullptr, s.k, dw, dws, dyFused, s.m, s.n, s.k,
+                          handled);
     ASSERT_FALSE(st) << st.error;
     ASSERT_TRUE(handled) << s.m << " tokens";
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -311,10 +312,62 @@ TEST(CudaGemm, Fp8FromF32MatchesQuantizeThenGemm) {
   }
   // Beyond 8 tokens: not taken (the caller quantizes and runs the GEMM).
   bool handled = true;
-  CudaStatus st = gemm->fp8FromF32(nullptr, nullptr, nullptr, nullptr, 9, 2112,
-                                   7168, handled);
+  CudaStatus st = gemm->fp8FromF32(nullptr, nullptr, 7168, nullptr, nullptr,
+                                   nullptr, 9, 2112, 7168, handled);
   EXPECT_FALSE(st);
   EXPECT_FALSE(handled);
+}
+
+// A weight stored with its K padded to 512 (zeros beyond the model's K)
+// times x rows of the model's K: the one launch reads x's shorter rows, bit
+// for bit as quantizeRowsFp8Padded, the small-M kernel and the widening.
+TEST(CudaGemm, Fp8FromF32TakesRowsShorterThanAPaddedWeight) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  std::mt19937 rng(29);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  struct Padded {
+    int m, n, kIn, k;
+  };
+  for (Padded s : {Padded{1, 2048, 1408, 1536}, Padded{5, 2048, 10944, 11264},
+                   Padded{8, 256, 1000, 1024}}) {
+    const int kBlocks = s.k / 128, nBlocks = (s.n + 127) / 128;
+    std::vector<float> x(size_t(s.m) * s.kIn);
+    for (float &v : x)
+      v = normal(rng);
+    std::vector<__nv_fp8_e4m3> w(size_t(s.n) * s.k, __nv_fp8_e4m3(0.f));
+    for (int r = 0; r < s.n; ++r)
+      for (int c = 0; c < s.kIn; ++c)
+        w[size_t(r) * s.k + c] = __nv_fp8_e4m3(normal(rng) * 100.f);
+    std::vector<float> wScales(size_t(nBlocks) * kBlocks, 1e-3f);
+    float *dx = toDevice(x), *dws = toDevice(wScales);
+    __nv_fp8_e4m3 *dw = toDevice(w);
+    auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(s.m) * s.k);
+    float *dxs = deviceArray<float>(size_t(s.m) * kBlocks);
+    auto *dy = deviceArray<__nv_bfloat16>(size_t(s.m) * s.n);
+    float *dyFused = deviceArray<float>(size_t(s.m) * s.n);
+    ASSERT_EQ(quantizeRowsFp8Padded(dx, s.m, s.kIn, s.k, dq, dxs, nullptr),
+              cudaSuccess);
+    CudaStatus st = gemm->fp8BlockScaled(dq, dxs, dw, dws, dy, s.m, s.n, s.k);
+    ASSERT_FALSE(st) << st.error;
+    bool handled = false;
+    st = gemm->fp8FromF32(dx, nullptr, s.kIn, dw, dws, dyFused, s.m, s.n, s.k,
+                          handled);
+    ASSERT_FALSE(st) << st.error;
+    ASSERT_TRUE(handled) << s.m << " tokens";
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto y = toHost(dy, size_t(s.m) * s.n);
+    auto fused = toHost(dyFused, size_t(s.m) * s.n);
+    int differ = 0;
+    for (size_t i = 0; i < y.size(); ++i)
+      differ += __bfloat162float(y[i]) != fused[i];
+    EXPECT_EQ(differ, 0) << s.m << "x" << s.n << "x" << s.kIn << " (" << s.k
+                         << ")";
+    cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs),
+        cudaFree(dy), cudaFree(dyFused);
+  }
 }
 
 TEST(CudaGemm, Fp8RejectsUnalignedShapes) {
