@@ -1,6 +1,8 @@
 //===- QuantizeFolds.cpp - activation quantization a product does itself --===//
 #include "QuantizeFolds.h"
 
+#include "FunctionUses.h"
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -24,21 +26,10 @@ std::vector<QuantizeFold> melt::rt::findQuantizeFolds(
   std::vector<QuantizeFold> folds;
   if (!function.kernels() || !model.kernels())
     return folds;
-  // Each buffer's producing kernel and readers, within the function.
-  std::map<uint32_t, uint32_t> producer;
-  std::map<uint32_t, std::vector<uint32_t>> readers;
-  for (uint32_t k : *function.kernels()) {
-    const fb::Kernel &kernel = *model.kernels()->Get(k);
-    if (kernel.outputs())
-      for (uint32_t b : *kernel.outputs())
-        producer[b] = k;
-    if (kernel.inputs())
-      for (uint32_t b : *kernel.inputs())
-        readers[b].push_back(k);
-  }
-  std::set<uint32_t> outputs;
-  if (function.outputs())
-    outputs.insert(function.outputs()->begin(), function.outputs()->end());
+  FunctionUses uses(model, function);
+  auto &producer = uses.producer;
+  auto &readers = uses.readers;
+  const auto &outputs = uses.outputs;
   auto onlyReader = [&](uint32_t buffer, uint32_t kernel) {
     const std::vector<uint32_t> &r = readers[buffer];
     return !outputs.count(buffer) && !r.empty() &&

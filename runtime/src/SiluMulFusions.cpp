@@ -1,6 +1,8 @@
 //===- SiluMulFusions.cpp - MLP SiLU-muls folded into their products ------===//
 #include "SiluMulFusions.h"
 
+#include "FunctionUses.h"
+
 #include <map>
 #include <set>
 
@@ -14,16 +16,9 @@ std::vector<SiluMulFusion> melt::rt::findSiluMulFusions(
   std::vector<SiluMulFusion> fusions;
   if (!function.kernels() || !model.kernels())
     return fusions;
-  std::map<uint32_t, std::vector<uint32_t>> readers;
-  for (uint32_t k : *function.kernels()) {
-    const fb::Kernel &kernel = *model.kernels()->Get(k);
-    if (kernel.inputs())
-      for (uint32_t b : *kernel.inputs())
-        readers[b].push_back(k);
-  }
-  std::set<uint32_t> outputs;
-  if (function.outputs())
-    outputs.insert(function.outputs()->begin(), function.outputs()->end());
+  FunctionUses uses(model, function);
+  auto &readers = uses.readers;
+  const auto &outputs = uses.outputs;
   std::map<uint32_t, const QuantizeFold *> foldOf; // by its quantize
   for (const QuantizeFold &f : folds)
     foldOf[f.quantize] = &f;

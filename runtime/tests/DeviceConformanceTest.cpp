@@ -813,19 +813,25 @@ TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
   checkMoeExperts(*this, rng);
 }
 
-/// A weight the model keeps in FP8 128x128 blocks (values on the e4m3 grid
-/// of their block's scale), imported as the device keeps it, times an input
-/// already on the 1x128 FP8 grid: the exact product, up to a BF16 output.
-/// `fp8OnGpu`: a GPU must hold it in e4m3 bytes (else in F32).
-void checkImportedFp8Weight(DeviceConformance &test, std::mt19937 &rng,
-                            int64_t M, int64_t K, int64_t N, bool fp8OnGpu) {
-  Device &device = *test.device;
+/// An [N, K] weight the model keeps in FP8 128x128 blocks (values on the
+/// e4m3 grid of their block's scale), multiplied only by GEMMs.
+WeightData fp8BlockWeight(std::mt19937 &rng, int64_t N, int64_t K) {
   WeightData weight;
   weight.shape = {N, K};
   weight.data = random(DType::F32, {N, K}, rng, 0.05f).values;
   onFp8Grid(weight.data.data(), N, K, 128);
   weight.storage = WeightData::Storage::FP8Blocks;
   weight.gemmOnly = true;
+  return weight;
+}
+
+/// Such a weight, imported as the device keeps it, times an input already
+/// on the 1x128 FP8 grid: the exact product, up to a BF16 output.
+/// `fp8OnGpu`: a GPU must hold it in e4m3 bytes (else in F32).
+void checkImportedFp8Weight(DeviceConformance &test, std::mt19937 &rng,
+                            int64_t M, int64_t K, int64_t N, bool fp8OnGpu) {
+  Device &device = *test.device;
+  WeightData weight = fp8BlockWeight(rng, N, K);
   HostTensor x = random(DType::F32, {M, K}, rng);
   onFp8Grid(x.values.data(), M, K, 1);
   DeviceTensor w;
@@ -890,12 +896,8 @@ TEST_P(DeviceConformance, LinearOfSiluMulIsSiluMulThenLinear) {
                       {3, 512},
                       {100, 512}}) {
     const int64_t N = 64;
-    WeightData weight;
-    weight.shape = {N, K};
-    weight.data = random(DType::F32, {N, K}, rng, 0.05f).values;
-    onFp8Grid(weight.data.data(), N, K, 128);
-    weight.storage = WeightData::Storage::FP8Blocks;
-    weight.gemmOnly = true;
+    // (Kept while w is used: a device may multiply the host copy itself.)
+    const WeightData weight = fp8BlockWeight(rng, N, K);
     DeviceTensor w;
     Status s = device->importWeight(weight, w);
     ASSERT_FALSE(s) << s.message();

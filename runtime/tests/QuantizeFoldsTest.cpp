@@ -9,6 +9,7 @@
 #include "CpuDevice.h"
 #include "Executor.h"
 #include "Model.h"
+#include "QuantizingCpuDevice.h"
 #include "Session.h"
 
 #include <gtest/gtest.h>
@@ -17,54 +18,11 @@
 #include <cstdlib>
 #include <memory>
 #include <numeric>
-#include <set>
 #include <vector>
 
 using namespace melt::rt;
 
 namespace {
-
-/// Multiplies FP8-stored weights as an FP8 GEMM would: x quantized in 1x128
-/// blocks first, inside linear().
-class QuantizingDevice final : public CpuDevice {
-public:
-  Status importWeight(const WeightData &weight, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(CpuDevice::importWeight(weight, out));
-    if (weight.storage == WeightData::Storage::FP8Blocks)
-      fp8Stored_.insert(out.data);
-    return Status::ok();
-  }
-  bool quantizesFp8Input(const DeviceTensor &weight) const override {
-    return fp8Stored_.count(weight.data) != 0;
-  }
-  Status linear(const DeviceTensor &x, const DeviceTensor &w,
-                DeviceTensor &y) override {
-    if (!quantizesFp8Input(w))
-      return CpuDevice::linear(x, w, y);
-    ++quantizedProducts;
-    const int64_t rows = x.shape[0], cols = x.shape[1];
-    DeviceTensor q, scales, dq;
-    Status s = allocate(DType::FP8E4M3, {rows, cols}, q);
-    if (!s)
-      s = allocate(DType::F32, {rows, (cols + 127) / 128}, scales);
-    if (!s)
-      s = allocate(DType::F32, {rows, cols}, dq);
-    if (!s)
-      s = quantizeBlocks(x, 128, q, scales);
-    if (!s)
-      s = dequantizeBlocks(q, scales, 128, dq);
-    if (!s)
-      s = CpuDevice::linear(dq, w, y);
-    release(q);
-    release(scales);
-    release(dq);
-    return s;
-  }
-  int quantizedProducts = 0;
-
-private:
-  std::set<const void *> fp8Stored_;
-};
 
 struct Fixture {
   std::unique_ptr<Model> model;
@@ -121,7 +79,7 @@ TEST(QuantizeFolds, ProductsThatQuantizeTheirInputMatchThePairs) {
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
   CpuDevice plain;
-  QuantizingDevice quantizing;
+  QuantizingCpuDevice quantizing;
   std::unique_ptr<DeviceModel> onPlain, onQuantizing;
   ASSERT_FALSE(DeviceModel::create(*f.model, plain, onPlain));
   ASSERT_FALSE(DeviceModel::create(*f.model, quantizing, onQuantizing));
@@ -147,7 +105,7 @@ TEST(QuantizeFolds, CanBeTurnedOff) {
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
   setenv("MELT_FOLD_QUANTIZE", "0", 1);
-  QuantizingDevice quantizing;
+  QuantizingCpuDevice quantizing;
   std::unique_ptr<DeviceModel> dm;
   Status s = DeviceModel::create(*f.model, quantizing, dm);
   unsetenv("MELT_FOLD_QUANTIZE");

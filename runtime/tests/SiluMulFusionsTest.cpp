@@ -10,6 +10,7 @@
 #include "CpuDevice.h"
 #include "Executor.h"
 #include "Model.h"
+#include "QuantizingCpuDevice.h"
 #include "Session.h"
 
 #include <gtest/gtest.h>
@@ -17,61 +18,11 @@
 #include <cstdlib>
 #include <memory>
 #include <numeric>
-#include <set>
 #include <vector>
 
 using namespace melt::rt;
 
 namespace {
-
-/// Quantizes the input of FP8-stored weights' products in 1x128 blocks and
-/// computes silu(gate) * up for them in linearOfSiluMul (into memory of its
-/// own, so that gate and up are read at the product's time).
-class FusingDevice final : public CpuDevice {
-public:
-  Status importWeight(const WeightData &weight, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(CpuDevice::importWeight(weight, out));
-    if (weight.storage == WeightData::Storage::FP8Blocks)
-      fp8Stored_.insert(out.data);
-    return Status::ok();
-  }
-  bool quantizesFp8Input(const DeviceTensor &weight) const override {
-    return fp8Stored_.count(weight.data) != 0;
-  }
-  bool fusesSiluMulInto(const DeviceTensor &weight) const override {
-    return quantizesFp8Input(weight);
-  }
-  Status linear(const DeviceTensor &x, const DeviceTensor &w,
-                DeviceTensor &y) override {
-    if (!quantizesFp8Input(w))
-      return CpuDevice::linear(x, w, y);
-    DeviceTensor q, scales, dq;
-    Status s = allocate(DType::FP8E4M3, x.shape, q);
-    if (!s)
-      s = allocate(DType::F32, {x.shape[0], (x.shape[1] + 127) / 128}, scales);
-    if (!s)
-      s = allocate(DType::F32, x.shape, dq);
-    if (!s)
-      s = quantizeBlocks(x, 128, q, scales);
-    if (!s)
-      s = dequantizeBlocks(q, scales, 128, dq);
-    if (!s)
-      s = CpuDevice::linear(dq, w, y);
-    release(q);
-    release(scales);
-    release(dq);
-    return s;
-  }
-  Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
-                         const DeviceTensor &w, DeviceTensor &y) override {
-    ++fusedProducts;
-    return CpuDevice::linearOfSiluMul(gate, up, w, y);
-  }
-  int fusedProducts = 0;
-
-private:
-  std::set<const void *> fp8Stored_;
-};
 
 std::unique_ptr<Model> loadModel() {
   const char *artifact = std::getenv("MELT_TEST_FP8_POLICY_ARTIFACT");
@@ -119,7 +70,7 @@ TEST(SiluMulFusions, ProductsThatTakeTheSiluMulMatchItsKernel) {
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
   CpuDevice plain;
-  FusingDevice fusing;
+  QuantizingCpuDevice fusing(/*fusesSiluMul=*/true);
   std::unique_ptr<DeviceModel> onPlain, onFusing;
   ASSERT_FALSE(DeviceModel::create(*model, plain, onPlain));
   ASSERT_FALSE(DeviceModel::create(*model, fusing, onFusing));
@@ -146,7 +97,7 @@ TEST(SiluMulFusions, CanBeTurnedOff) {
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
   setenv("MELT_FUSE_SILU_MUL", "0", 1);
-  FusingDevice fusing;
+  QuantizingCpuDevice fusing(/*fusesSiluMul=*/true);
   std::unique_ptr<DeviceModel> dm;
   Status s = DeviceModel::create(*model, fusing, dm);
   unsetenv("MELT_FUSE_SILU_MUL");

@@ -261,6 +261,39 @@ TEST(CudaGemm, Fp8CublasLtMatchesReference) {
   checkFp8(*gemm, Shape{3, 2112, 7168}, 8, rng);
 }
 
+/// fp8FromF32 on host x [m, kIn] against quantizeRowsFp8Padded, the
+/// block-scaled GEMM and the widening to F32 over W [n, k]: bit for bit.
+void expectOneLaunchMatchesQuantizeThenGemm(GemmRunner &gemm,
+                                            const std::vector<float> &x,
+                                            const std::vector<__nv_fp8_e4m3> &w,
+                                            const std::vector<float> &wScales,
+                                            int m, int n, int kIn, int k) {
+  const int kBlocks = k / 128;
+  float *dx = toDevice(x), *dws = toDevice(wScales);
+  __nv_fp8_e4m3 *dw = toDevice(w);
+  auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(m) * k);
+  float *dxs = deviceArray<float>(size_t(m) * kBlocks);
+  auto *dy = deviceArray<__nv_bfloat16>(size_t(m) * n);
+  float *dyFused = deviceArray<float>(size_t(m) * n);
+  ASSERT_EQ(quantizeRowsFp8Padded(dx, m, kIn, k, dq, dxs, nullptr),
+            cudaSuccess);
+  CudaStatus st = gemm.fp8BlockScaled(dq, dxs, dw, dws, dy, m, n, k);
+  ASSERT_FALSE(st) << st.error;
+  bool handled = false;
+  st = gemm.fp8FromF32(dx, nullptr, kIn, dw, dws, dyFused, m, n, k, handled);
+  ASSERT_FALSE(st) << st.error;
+  ASSERT_TRUE(handled) << m << " tokens";
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  auto y = toHost(dy, size_t(m) * n);
+  auto fused = toHost(dyFused, size_t(m) * n);
+  int differ = 0;
+  for (size_t i = 0; i < y.size(); ++i)
+    differ += __bfloat162float(y[i]) != fused[i];
+  EXPECT_EQ(differ, 0) << m << "x" << n << "x" << kIn << " (" << k << ")";
+  cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs),
+      cudaFree(dy), cudaFree(dyFused);
+}
+
 // One launch for a few tokens (x F32, quantized in the kernel; y F32): the
 // same values, bit for bit, as quantizeRowsFp8, the small-M kernel and the
 // widening to F32. x has an all-zero block and values far apart.
@@ -286,29 +319,8 @@ TEST(CudaGemm, Fp8FromF32MatchesQuantizeThenGemm) {
     std::vector<float> wScales(size_t(nBlocks) * kBlocks);
     for (auto &v : wScales)
       v = scaleDist(rng) * 1e-3f;
-    float *dx = toDevice(x), *dws = toDevice(wScales);
-    __nv_fp8_e4m3 *dw = toDevice(w);
-    auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(s.m) * s.k);
-    float *dxs = deviceArray<float>(size_t(s.m) * kBlocks);
-    auto *dy = deviceArray<__nv_bfloat16>(size_t(s.m) * s.n);
-    float *dyFused = deviceArray<float>(size_t(s.m) * s.n);
-    ASSERT_EQ(quantizeRowsFp8(dx, s.m, s.k, dq, dxs, nullptr), cudaSuccess);
-    CudaStatus st = gemm->fp8BlockScaled(dq, dxs, dw, dws, dy, s.m, s.n, s.k);
-    ASSERT_FALSE(st) << st.error;
-    bool handled = false;
-    st = gemm->fp8FromF32(dx, nullptr, s.k, dw, dws, dyFused, s.m, s.n, s.k,
-                          handled);
-    ASSERT_FALSE(st) << st.error;
-    ASSERT_TRUE(handled) << s.m << " tokens";
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    auto y = toHost(dy, size_t(s.m) * s.n);
-    auto fused = toHost(dyFused, size_t(s.m) * s.n);
-    int differ = 0;
-    for (size_t i = 0; i < y.size(); ++i)
-      differ += __bfloat162float(y[i]) != fused[i];
-    EXPECT_EQ(differ, 0) << s.m << "x" << s.n << "x" << s.k;
-    cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs),
-        cudaFree(dy), cudaFree(dyFused);
+    expectOneLaunchMatchesQuantizeThenGemm(*gemm, x, w, wScales, s.m, s.n, s.k,
+                                           s.k);
   }
   // Beyond 8 tokens: not taken (the caller quantizes and runs the GEMM).
   bool handled = true;
@@ -342,31 +354,8 @@ TEST(CudaGemm, Fp8FromF32TakesRowsShorterThanAPaddedWeight) {
       for (int c = 0; c < s.kIn; ++c)
         w[size_t(r) * s.k + c] = __nv_fp8_e4m3(normal(rng) * 100.f);
     std::vector<float> wScales(size_t(nBlocks) * kBlocks, 1e-3f);
-    float *dx = toDevice(x), *dws = toDevice(wScales);
-    __nv_fp8_e4m3 *dw = toDevice(w);
-    auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(s.m) * s.k);
-    float *dxs = deviceArray<float>(size_t(s.m) * kBlocks);
-    auto *dy = deviceArray<__nv_bfloat16>(size_t(s.m) * s.n);
-    float *dyFused = deviceArray<float>(size_t(s.m) * s.n);
-    ASSERT_EQ(quantizeRowsFp8Padded(dx, s.m, s.kIn, s.k, dq, dxs, nullptr),
-              cudaSuccess);
-    CudaStatus st = gemm->fp8BlockScaled(dq, dxs, dw, dws, dy, s.m, s.n, s.k);
-    ASSERT_FALSE(st) << st.error;
-    bool handled = false;
-    st = gemm->fp8FromF32(dx, nullptr, s.kIn, dw, dws, dyFused, s.m, s.n, s.k,
-                          handled);
-    ASSERT_FALSE(st) << st.error;
-    ASSERT_TRUE(handled) << s.m << " tokens";
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    auto y = toHost(dy, size_t(s.m) * s.n);
-    auto fused = toHost(dyFused, size_t(s.m) * s.n);
-    int differ = 0;
-    for (size_t i = 0; i < y.size(); ++i)
-      differ += __bfloat162float(y[i]) != fused[i];
-    EXPECT_EQ(differ, 0) << s.m << "x" << s.n << "x" << s.kIn << " (" << s.k
-                         << ")";
-    cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs),
-        cudaFree(dy), cudaFree(dyFused);
+    expectOneLaunchMatchesQuantizeThenGemm(*gemm, x, w, wScales, s.m, s.n,
+                                           s.kIn, s.k);
   }
 }
 

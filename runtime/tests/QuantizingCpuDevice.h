@@ -1,0 +1,74 @@
+//===- QuantizingCpuDevice.h - a CPU device with FP8 products -*- C++ -*-===//
+//
+// For the executor's tests: a CPU device that multiplies the weights the
+// model stores in FP8 as the CUDA device's FP8 products do, x quantized in
+// 1x128 blocks inside linear(), and, where asked, takes an MLP's SiLU-mul
+// into those products (linearOfSiluMul: siluMul then linear, into memory of
+// its own, so that gate and up are read at the product's time).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
+#define MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
+
+#include "CpuDevice.h"
+
+#include <set>
+
+namespace melt::rt {
+
+class QuantizingCpuDevice final : public CpuDevice {
+public:
+  explicit QuantizingCpuDevice(bool fusesSiluMul = false)
+      : fusesSiluMul_(fusesSiluMul) {}
+
+  Status importWeight(const WeightData &weight, DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(CpuDevice::importWeight(weight, out));
+    if (weight.storage == WeightData::Storage::FP8Blocks)
+      fp8Stored_.insert(out.data);
+    return Status::ok();
+  }
+  bool quantizesFp8Input(const DeviceTensor &weight) const override {
+    return fp8Stored_.count(weight.data) != 0;
+  }
+  bool fusesSiluMulInto(const DeviceTensor &weight) const override {
+    return fusesSiluMul_ && quantizesFp8Input(weight);
+  }
+  Status linear(const DeviceTensor &x, const DeviceTensor &w,
+                DeviceTensor &y) override {
+    if (!quantizesFp8Input(w))
+      return CpuDevice::linear(x, w, y);
+    ++quantizedProducts;
+    const int64_t rows = x.shape[0], cols = x.shape[1];
+    DeviceTensor q, scales, dq;
+    Status s = allocate(DType::FP8E4M3, {rows, cols}, q);
+    if (!s)
+      s = allocate(DType::F32, {rows, (cols + 127) / 128}, scales);
+    if (!s)
+      s = allocate(DType::F32, {rows, cols}, dq);
+    if (!s)
+      s = quantizeBlocks(x, 128, q, scales);
+    if (!s)
+      s = dequantizeBlocks(q, scales, 128, dq);
+    if (!s)
+      s = CpuDevice::linear(dq, w, y);
+    release(q);
+    release(scales);
+    release(dq);
+    return s;
+  }
+  Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                         const DeviceTensor &w, DeviceTensor &y) override {
+    ++fusedProducts;
+    return CpuDevice::linearOfSiluMul(gate, up, w, y);
+  }
+
+  int quantizedProducts = 0, fusedProducts = 0;
+
+private:
+  bool fusesSiluMul_;
+  std::set<const void *> fp8Stored_;
+};
+
+} // namespace melt::rt
+
+#endif // MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
