@@ -20,6 +20,11 @@ cudaArtifact=$PWD/build/test/v3-tiny-bf16-cuda.melt
 cudaGolden=$PWD/test/golden/v3-tiny/checkpoint
 build/bin/melt-compile "$cudaGolden" --precision=bf16 --target=cuda \
   -o "$cudaArtifact" 2>/dev/null
+# The same family in the deepseek-v3 policy: the executor's quantize folds
+# and SiLU-mul fusions, run under the sanitizers too.
+fp8PolicyArtifact=$PWD/build/test/v3-tiny-deepseek-v3.melt
+build/bin/melt-compile "$cudaGolden" --precision=deepseek-v3 \
+  -o "$fp8PolicyArtifact" 2>/dev/null
 
 echo "== runtime, standalone (no MLIR), under ASan+UBSan =="
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
@@ -31,6 +36,8 @@ cmake -S runtime -B build/runtime-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInf
 ninja -C build/runtime-asan >/dev/null
 MELT_TEST_ARTIFACT=$artifact MELT_TEST_CHECKPOINT=$golden \
 MELT_TEST_CUDA_ARTIFACT=$cudaArtifact MELT_TEST_CUDA_CHECKPOINT=$cudaGolden \
+MELT_TEST_FP8_POLICY_ARTIFACT=$fp8PolicyArtifact \
+MELT_TEST_FP8_POLICY_CHECKPOINT=$cudaGolden \
   ctest --test-dir build/runtime-asan --output-on-failure -j "$(nproc)" \
   > build/runtime-asan/ctest.log || { cat build/runtime-asan/ctest.log; exit 1; }
 tail -n 3 build/runtime-asan/ctest.log
