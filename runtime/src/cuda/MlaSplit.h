@@ -10,7 +10,11 @@
 //     chunk's running max, sum and output go to scratch;
 //  3. per (token, head, 32 value columns): the chunks combined, then W_UV.
 // The chunks are as many as give every multiprocessor two blocks (one for
-// a long prefill); a decode step over a long context is split so.
+// a long prefill); a decode step over a long context is split so. Where
+// the blocks would still be few (a decode step of a few tokens over a
+// short context), each kernel takes a narrow form: kernel 1 with 8
+// threads per latent column, kernel 2 with groups of 4 heads, kernel 3
+// with 8 value columns a block.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_MLASPLIT_H
