@@ -4,11 +4,14 @@
 Reads the CSV that `ncu --csv --metrics gpu__time_duration.sum` prints (one
 row per launch) and prints, per kernel name, the launches, the total time
 and its share, longest first; `--steps N` also divides by N (the decode
-steps of the profiled run) to give microseconds per step.
+steps of the profiled run) to give microseconds per step. `--minus CSV`
+takes away another profile's launches and time per kernel name: the same
+run without its decode steps (its prefill alone), so that what is left is
+the decode steps'.
 
   ncu --csv --clock-control none --graph-profiling node \
       --metrics gpu__time_duration.sum melt-run ... > ncu.csv
-  python3 bench/cuda/kernel_times.py ncu.csv --steps 4
+  python3 bench/cuda/kernel_times.py ncu.csv --steps 4 [--minus prefill.csv]
 """
 import argparse
 import collections
@@ -38,15 +41,11 @@ def short(name):
     return "".join(out).replace("void ", "").strip()[:60]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv")
-    parser.add_argument("--steps", type=int, default=0)
-    parser.add_argument("--label", default="")
-    args = parser.parse_args()
+def durations(path):
+    """Microseconds and launches per kernel name."""
     total = collections.Counter()
     launches = collections.Counter()
-    for row in rows(args.csv):
+    for row in rows(path):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
         value = float(row["Metric Value"].replace(",", ""))
@@ -56,7 +55,27 @@ def main():
         total[name] += value * scale
         launches[name] += 1
     if not total:
-        sys.exit(f"{args.csv}: no gpu__time_duration.sum rows")
+        sys.exit(f"{path}: no gpu__time_duration.sum rows")
+    return total, launches
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv")
+    parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--minus", help="a profile whose kernels to take away")
+    args = parser.parse_args()
+    total, launches = durations(args.csv)
+    if args.minus:
+        less, fewer = durations(args.minus)
+        for name in list(total):
+            launches[name] -= fewer[name]
+            total[name] -= less[name]
+            if launches[name] <= 0 or total[name] <= 0:
+                del total[name], launches[name]
+        if not total:
+            sys.exit(f"{args.csv}: nothing left after {args.minus}")
     grand = sum(total.values())
     for name, us in total.most_common():
         entry = {"label": args.label, "kernel": name, "launches": launches[name],

@@ -7,7 +7,8 @@
 # times slower than they run); caches not flushed (weights do not fit L2
 # anyway). Absolute times are the base clock's: use them for shares.
 # MELT_PROFILE_PROMPT=N prefills N tokens a sequence instead (the decode
-# steps then attend over N + 1 ... cached tokens, as the benchmarks' 128).
+# steps then attend over N + 1 ... cached tokens, as the benchmarks' 128);
+# the prefill is then profiled alone too and its kernels taken away.
 #   scripts/gpu/profile.sh [MODEL.melt] [BATCH...]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -17,13 +18,21 @@ batches=${*:-1 64}
 build_gpu melt-run
 steps=4
 prompt=$(python3 -c "import sys; print(','.join(str(i % 1000 + 1) for i in range(int(sys.argv[1]))))" "${MELT_PROFILE_PROMPT:-8}")
-for b in $batches; do
+profile() { # BATCH NEW-TOKENS CSV
   ncu --csv --clock-control base --cache-control none --graph-profiling node \
     --metrics gpu__time_duration.sum \
     build-gpu/bin/melt-run "$carry/models/$model" --random-weights \
-    --device cuda:0 --prompt-ids "$prompt" --max-new $((steps + 1)) \
-    --batch "$b" > "$out/ncu-$model-b$b.csv" 2>/dev/null || true
+    --device cuda:0 --prompt-ids "$prompt" --max-new "$2" \
+    --batch "$1" > "$3" 2>/dev/null || true
+}
+for b in $batches; do
+  profile "$b" $((steps + 1)) "$out/ncu-$model-b$b.csv"
+  minus=()
+  if [ -n "${MELT_PROFILE_PROMPT:-}" ]; then
+    profile "$b" 1 "$out/ncu-$model-b$b-prefill.csv"
+    minus=(--minus "$out/ncu-$model-b$b-prefill.csv")
+  fi
   python3 bench/cuda/kernel_times.py "$out/ncu-$model-b$b.csv" \
-    --steps "$steps" --label "$model b$b" | tee -a "$out/kernel_times.json" |
-    head -n 14
+    --steps "$steps" --label "$model b$b" ${minus[@]+"${minus[@]}"} |
+    tee -a "$out/kernel_times.json" | head -n 14
 done
