@@ -29,6 +29,8 @@ def main():
                 (f" (folds {r['fold']})" if r.get("fold") else "") +
                 (f" (fp8 {r['fp8']})" if r.get("fp8") else "") +
                 (f" (SiLU-mul {r['silu_mul']})" if r.get("silu_mul") else "") +
+                (f" (fixed-order experts {r['deterministic']})"
+                 if r.get("deterministic") else "") +
                 (f" (overlap {r['overlap']})" if r.get("overlap") else ""))
 
     models = sorted({label(r) for r in melt})

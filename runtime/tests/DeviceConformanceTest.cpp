@@ -931,7 +931,7 @@ TEST_P(DeviceConformance, ImportedFp8WeightsWithUnpaddedKMultiply) {
 /// subnormals.
 void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
                           int64_t I = 160, int64_t D = 288,
-                          bool xOnGrid = false) {
+                          bool xOnGrid = false, bool sameBitsTwice = false) {
   Device &device = *test.device;
   const int64_t E = 4, K = 2;
   auto stack = [&](int64_t rows, int64_t cols) {
@@ -975,6 +975,30 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
                        /*combineBf16=*/true);
   EXPECT_LE(DeviceConformance::relativeError(test.get(y), want), 1e-2)
       << T << " tokens";
+  if (sameBitsTwice) {
+    DeviceTensor again = test.make(DType::F32, {T, D});
+    ASSERT_FALSE(device.moeExperts(dx, di, dw, dg, du, dd, true, again));
+    EXPECT_EQ(test.get(again), test.get(y)) << T << " tokens";
+  }
+}
+
+// The expert kernels' sums the same bits every run where asked (a GPU:
+// MELT_CUDA_DETERMINISTIC_EXPERTS=1, each pair's row written, a token's rows
+// summed in choice order, instead of F32 atomics): the same values as
+// ever, twice the same. Row by row and grouped by expert, F32, BF16 and
+// FP8 weights.
+TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
+  reopenWith("MELT_CUDA_DETERMINISTIC_EXPERTS", "1");
+  if (HasFatalFailure())
+    return;
+  checkMoeExperts(*this, rng, 1);
+  checkMoeExperts(*this, rng);
+  checkMoeExperts(*this, rng, 40, 64, 32);
+  for (int64_t T : {int64_t(1), int64_t(21)})
+    checkFp8ExpertStacks(*this, rng, T, 160, 288, /*xOnGrid=*/false,
+                         /*sameBitsTwice=*/true);
+  checkFp8ExpertStacks(*this, rng, 1, 1408, 2048, /*xOnGrid=*/false,
+                       /*sameBitsTwice=*/true);
 }
 
 // One token's FP8 experts row by row (a GPU's default), also at mini's

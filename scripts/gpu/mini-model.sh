@@ -13,7 +13,10 @@
 # kernels of their own (speed, and whether the greedy tokens agree: the
 # product's values are the same, but the experts' F32 atomic combine sums
 # in another order from run to run, which can flip mini's near-ties),
-# MELT_COMPARE_FP8_PATHS=1 the FP8 runs again without the padded FP8
+# MELT_COMPARE_DETERMINISTIC=1 the decode at batch 1 and 64 twice with the
+# experts' sums in a fixed order (MELT_CUDA_DETERMINISTIC_EXPERTS=1: the
+# two runs' tokens must agree), MELT_COMPARE_FP8_PATHS=1 the FP8 runs again
+# without the padded FP8
 # weights and the row-wise FP8 experts (MELT_CUDA_FP8_PAD_K=0
 # MELT_CUDA_FP8_EXPERT_ROWS=0), MELT_COMPARE_OVERLAP=1
 # the decode with every kernel launched after the one ahead ended;
@@ -46,6 +49,12 @@ for model in mini-bf16.melt mini-fp8.melt; do
       MELT_FUSE_SILU_MUL=0 run "$model" --prompt-ids "$(prompt 128)" \
         --max-new 64 --batch 1 | sed 's/^{/{"silu_mul": "apart", /'
     fi
+    if [ "${MELT_COMPARE_DETERMINISTIC:-}" = 1 ]; then
+      for round in 1 2; do
+        MELT_CUDA_DETERMINISTIC_EXPERTS=1 run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1,64 | sed "s/^{/{\"deterministic\": $round, /"
+      done
+    fi
     if [ "${MELT_COMPARE_FP8_PATHS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
       for args in "$(prompt 128) --max-new 64 --batch 1,64" "$(prompt 1024) --max-new 1 --batch 1,8"; do
         # shellcheck disable=SC2086 # the prompt and the batches as words
@@ -59,6 +68,23 @@ for model in mini-bf16.melt mini-fp8.melt; do
     fi
   } | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'
 done
+if [ "${MELT_COMPARE_DETERMINISTIC:-}" = 1 ]; then
+  # Two runs with the experts' sums in a fixed order: the same tokens.
+  python3 - "$out/mini_melt.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+for model in ("mini-bf16.melt", "mini-fp8.melt"):
+    for batch in (1, 64):
+        runs = [r for r in rows if r["model"] == model and r["batch"] == batch
+                and r.get("deterministic")]
+        if len(runs) == 2:
+            same = runs[0]["generated"] == runs[1]["generated"]
+            print(f"{model} batch {batch}, experts summed in a fixed order: "
+                  f"two runs' tokens {'the same' if same else 'DIFFER'}; decode "
+                  f"{runs[0]['decode_tokens_per_s']:.0f} / "
+                  f"{runs[1]['decode_tokens_per_s']:.0f} tok/s")
+PY
+fi
 if [ "${MELT_COMPARE_SILU_MUL:-}" = 1 ]; then
   # The greedy tokens with the SiLU-muls fused and apart (the products'
   # values are bit for bit the same; a step is not bit-reproducible from run

@@ -421,6 +421,12 @@ public:
   /// One token's FP8 experts row by row (moeExpertsFp8Rowwise);
   /// MELT_CUDA_FP8_EXPERT_ROWS=0 groups them by expert on tensor cores.
   bool fp8ExpertRows_ = envSwitch("MELT_CUDA_FP8_EXPERT_ROWS", true);
+  /// MELT_CUDA_DETERMINISTIC_EXPERTS=1 (written and compiled, not yet run on
+  /// the GPU): the device-side expert kernels write each pair's weighted
+  /// output row and sum a token's rows in choice order (the same bits every
+  /// run), instead of adding them into y with F32 atomics.
+  bool deterministicExperts_ =
+      envSwitch("MELT_CUDA_DETERMINISTIC_EXPERTS", false);
   bool fusedAddNorm_ = envSwitch("MELT_CUDA_FUSED_ADD_NORM", true);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
@@ -622,31 +628,56 @@ public:
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
     MELT_RETURN_IF_ERROR(flags());
-    const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
     int64_t pairs = indices.shape[0] * indices.shape[1];
     // (Grouping reads the choices back: not while recording a graph.)
     if (pairs >= groupedMinPairs_ && !capturing_)
       return groupedExperts(x, indices, weights, gate, up, down, stacks,
                             combineBf16, y);
     const int T = int(x.shape[0]), K = int(indices.shape[1]),
-              E = int(gate.shape[0]), I = int(gate.shape[1]);
+              E = int(gate.shape[0]), I = int(gate.shape[1]),
+              D = int(x.shape[1]);
+    // Each pair's weighted output row, where the sums are to be the same
+    // bits every run (deterministicExperts_); released after the kernels
+    // (stream-ordered: reused only by later work).
+    DeviceTensor pairRows;
+    if (deterministicExperts_)
+      MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, D}, pairRows));
+    float *rows = static_cast<float *>(pairRows.data);
+    Status launched =
+        moeExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
+                           combineBf16, T, K, E, I, D, rows, y);
+    if (pairRows.data)
+      release(pairRows);
+    return launched; // a bad expert index: at synchronize()
+  }
+
+  /// moeExperts' device-side kernels (no wait for the choices).
+  Status moeExpertsOnDevice(const DeviceTensor &x, const DeviceTensor &indices,
+                            const DeviceTensor &weights,
+                            const DeviceTensor &gate, const DeviceTensor &up,
+                            const DeviceTensor &down,
+                            const ExpertStacks &stacks, bool combineBf16, int T,
+                            int K, int E, int I, int D, float *pairRows,
+                            DeviceTensor &y) {
+    const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
+    const int64_t pairs = int64_t(T) * K;
     // One token's FP8 experts a row at a time: each weight is read once
     // either way, without the grouping (whose tensor-core tiles read FP8
     // stacks at a quarter of the copy bandwidth for one token).
-    if (fp8 && T == 1 && fp8ExpertRows_ &&
-        moeFp8RowwiseFits(I, int(x.shape[1]))) {
+    if (fp8 && T == 1 && fp8ExpertRows_ && moeFp8RowwiseFits(I, D)) {
       DeviceTensor scratch;
       MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, I}, scratch));
-      Status launched = check(
-          moeExpertsFp8Rowwise(
-              static_cast<const float *>(x.data),
-              static_cast<const int32_t *>(indices.data),
-              static_cast<const float *>(weights.data), stacks, T, K, E, I,
-              int(x.shape[1]), combineBf16, static_cast<float *>(scratch.data),
-              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
-          "moe_experts");
+      Status launched =
+          check(moeExpertsFp8Rowwise(static_cast<const float *>(x.data),
+                                     static_cast<const int32_t *>(indices.data),
+                                     static_cast<const float *>(weights.data),
+                                     stacks, T, K, E, I, D, combineBf16,
+                                     static_cast<float *>(scratch.data),
+                                     static_cast<float *>(y.data),
+                                     flag_ + kExpertFlag, stream_, pairRows),
+                "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
-      return launched;  // a bad expert index: at synchronize()
+      return launched;
     }
     // Several tokens: each active expert's weights read once for all of
     // its tokens, grouped on the device (recordable). FP8 stacks always
@@ -660,32 +691,32 @@ public:
           check(moeExpertsByExpert(static_cast<const float *>(x.data),
                                    static_cast<const int32_t *>(indices.data),
                                    static_cast<const float *>(weights.data),
-                                   stacks, T, K, E, I, int(x.shape[1]),
-                                   combineBf16, expertTensorCores(gate),
-                                   scratch.data, static_cast<float *>(y.data),
-                                   flag_ + kExpertFlag, stream_),
+                                   stacks, T, K, E, I, D, combineBf16,
+                                   expertTensorCores(gate), scratch.data,
+                                   static_cast<float *>(y.data),
+                                   flag_ + kExpertFlag, stream_, pairRows),
                 "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
-      return launched;  // a bad expert index: at synchronize()
+      return launched;
     }
     if (fp8)
       return invalidArgument("moe_experts: fp8 expert stacks of more than " +
                              std::to_string(kMoeByExpertMaxExperts) +
                              " experts");
     DeviceTensor scratch;
-    MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, gate.shape[1]}, scratch));
-    Status launched = check(
-        moeExpertsRowwise(
-            static_cast<const float *>(x.data),
-            static_cast<const int32_t *>(indices.data),
-            static_cast<const float *>(weights.data), gate.data, up.data,
-            down.data, gate.dtype == DType::BF16, int(x.shape[0]),
-            int(indices.shape[1]), int(gate.shape[0]), int(gate.shape[1]),
-            int(x.shape[1]), combineBf16, static_cast<float *>(scratch.data),
-            static_cast<float *>(y.data), flag_ + kExpertFlag, stream_),
-        "moe_experts");
+    MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, I}, scratch));
+    Status launched =
+        check(moeExpertsRowwise(static_cast<const float *>(x.data),
+                                static_cast<const int32_t *>(indices.data),
+                                static_cast<const float *>(weights.data),
+                                gate.data, up.data, down.data,
+                                gate.dtype == DType::BF16, T, K, E, I, D,
+                                combineBf16, static_cast<float *>(scratch.data),
+                                static_cast<float *>(y.data),
+                                flag_ + kExpertFlag, stream_, pairRows),
+              "moe_experts");
     release(scratch); // stream-ordered: reused only by later work
-    return launched;  // a bad expert index: at synchronize()
+    return launched;
   }
 
   Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) override {

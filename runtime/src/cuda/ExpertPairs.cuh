@@ -1,6 +1,7 @@
 //===- ExpertPairs.cuh - a (token, choice) pair's expert -------*- CUDA -*-===//
 //
-// The row-by-row expert kernels run a block row per (token, choice) pair.
+// The row-by-row expert kernels run a block row per (token, choice) pair;
+// every expert kernel hands a pair's weighted output to a PairOutput.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_EXPERTPAIRS_CUH
@@ -22,6 +23,23 @@ __device__ __forceinline__ int expertOfPair(const int32_t *indices, int experts,
     *bad = 1;
   return -1;
 }
+
+/// Where the down kernels put a pair's weighted output values: added into
+/// y ([tokens, dim], zeroed first) with F32 atomics, whose order varies from
+/// run to run; or, where pairRows is given, into the pair's row of it
+/// ([pairs, dim]), summed per token in choice order afterwards
+/// (combinePairRows in ModelKernels.h): the same bits every run.
+struct PairOutput {
+  float *y = nullptr;
+  float *pairRows = nullptr;
+  __device__ __forceinline__ void add(int pair, int choices, int dim, int j,
+                                      float value) const {
+    if (pairRows)
+      pairRows[size_t(pair) * dim + j] = value;
+    else
+      atomicAdd(&y[size_t(pair / choices) * dim + j], value);
+  }
+};
 
 } // namespace melt::rt::cuda
 

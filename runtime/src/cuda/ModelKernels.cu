@@ -359,9 +359,9 @@ template <typename W>
 __global__ void moeDownKernel(const float *act, const int32_t *indices,
                               const float *weights, const W *down, int choices,
                               int experts, int inter, int dim, bool combineBf16,
-                              float *y) {
+                              PairOutput y) {
   awaitPriorKernels();
-  int pair = blockIdx.x, t = pair / choices;
+  int pair = blockIdx.x;
   int e = indices[pair];
   int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (e < 0 || e >= experts || j >= dim)
@@ -371,8 +371,27 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
   if (lane == 0) {
     if (combineBf16)
       sum = __bfloat162float(__float2bfloat16(sum));
-    atomicAdd(&y[size_t(t) * dim + j], weights[pair] * sum);
+    y.add(pair, choices, dim, j, weights[pair] * sum);
   }
+}
+
+/// Grid (tokens, dim / 256), 256 threads: y[t, d] = the sum of the token's
+/// pairs' rows of pairRows in choice order (pairs whose expert is out of
+/// range wrote none).
+__global__ void combinePairRowsKernel(const float *pairRows,
+                                      const int32_t *indices, int choices,
+                                      int experts, int dim, float *y) {
+  awaitPriorKernels();
+  const int t = blockIdx.x, d = blockIdx.y * blockDim.x + threadIdx.x;
+  if (d >= dim)
+    return;
+  float sum = 0.f;
+  for (int k = 0; k < choices; ++k) {
+    const int pair = t * choices + k, e = indices[pair];
+    if (e >= 0 && e < experts)
+      sum += pairRows[size_t(pair) * dim + d];
+  }
+  y[size_t(t) * dim + d] = sum;
 }
 
 __global__ void gatherRowsKernel(const float *x, const int32_t *rows, int dim,
@@ -735,15 +754,31 @@ cudaError_t melt::rt::cuda::dequantizeBlocks(const uint8_t *q,
   return cudaGetLastError();
 }
 
+cudaError_t melt::rt::cuda::combinePairRows(const float *pairRows,
+                                            const int32_t *indices, int tokens,
+                                            int choices, int experts, int dim,
+                                            float *y, cudaStream_t stream) {
+  if (tokens == 0 || dim == 0)
+    return cudaSuccess;
+  return launchOverlapped(combinePairRowsKernel,
+                          dim3(tokens, (dim + 255) / 256), 256, 0, stream,
+                          pairRows, indices, choices, experts, dim, y);
+}
+
 cudaError_t melt::rt::cuda::moeExpertsRowwise(
     const float *x, const int32_t *indices, const float *weights,
     const void *gate, const void *up, const void *down, bool bf16Weights,
     int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
-    float *scratch, float *y, int32_t *bad, cudaStream_t stream) {
-  cudaError_t e =
-      cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
-  if (e != cudaSuccess || tokens == 0)
-    return e;
+    float *scratch, float *y, int32_t *bad, cudaStream_t stream,
+    float *pairRows) {
+  if (!pairRows)
+    if (cudaError_t e =
+            cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
+        e != cudaSuccess)
+      return e;
+  if (tokens == 0)
+    return cudaSuccess;
+  const PairOutput out{y, pairRows};
   dim3 activations(tokens * choices, (inter + 7) / 8);
   dim3 outputs(tokens * choices, (dim + 7) / 8);
   if (bf16Weights) {
@@ -754,7 +789,7 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
                      scratch, bad);
     launchOverlapped(moeDownKernel<B>, outputs, 256, 0, stream, scratch,
                      indices, weights, static_cast<const B *>(down), choices,
-                     experts, inter, dim, combineBf16, y);
+                     experts, inter, dim, combineBf16, out);
   } else {
     launchOverlapped(moeActivationKernel<float>, activations, 256, 0, stream, x,
                      indices, static_cast<const float *>(gate),
@@ -762,8 +797,11 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
                      dim, scratch, bad);
     launchOverlapped(moeDownKernel<float>, outputs, 256, 0, stream, scratch,
                      indices, weights, static_cast<const float *>(down),
-                     choices, experts, inter, dim, combineBf16, y);
+                     choices, experts, inter, dim, combineBf16, out);
   }
+  if (pairRows)
+    return combinePairRows(pairRows, indices, tokens, choices, experts, dim, y,
+                           stream);
   return cudaGetLastError();
 }
 

@@ -99,16 +99,23 @@ cudaError_t widenFp8Blocks(const uint8_t *q, const float *scales, int rows,
 /// Routed experts a row at a time (few tokens): the SwiGLU activations of
 /// every (token, choice) into `scratch` ([tokens * choices, inter]), a warp
 /// per row of gate/up, then the down projection a warp per output, summed
-/// into y (zeroed first) with atomics. Weights F32 or (`bf16Weights`) BF16,
-/// when x and the activations are rounded to BF16 before each product. An
-/// expert id out of range sets *bad.
+/// into y (zeroed first) with atomics, or where `pairRows` ([tokens *
+/// choices, dim]) is given, written there and summed in choice order (the
+/// same bits every run: PairOutput, ExpertPairs.cuh). Weights F32 or
+/// (`bf16Weights`) BF16, when x and the activations are rounded to BF16
+/// before each product. An expert id out of range sets *bad.
 cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
                               const float *weights, const void *gate,
                               const void *up, const void *down,
                               bool bf16Weights, int tokens, int choices,
                               int experts, int inter, int dim, bool combineBf16,
                               float *scratch, float *y, int32_t *bad,
-                              cudaStream_t stream);
+                              cudaStream_t stream, float *pairRows = nullptr);
+/// y[t] = the sum of t's pairs' rows of pairRows, in choice order, the
+/// pairs whose expert id is out of range left out.
+cudaError_t combinePairRows(const float *pairRows, const int32_t *indices,
+                            int tokens, int choices, int experts, int dim,
+                            float *y, cudaStream_t stream);
 
 /// y[r] = x[rows[r]] for r < count (y F32 or BF16): tokens gathered by
 /// expert for the grouped GEMMs.

@@ -2,6 +2,8 @@
 #include "cuda/MoeByExpert.h"
 
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/ExpertPairs.cuh"
+#include "cuda/ModelKernels.h"
 #include "cuda/ScratchLayout.h"
 #include "cuda/VectorLoads.cuh"
 
@@ -112,7 +114,7 @@ template <typename W, int M>
 __device__ void downRows(const float *act, const int32_t *pairOfSlot,
                          const float *weights, const W *downRow, int first,
                          int count, int choices, int inter, int dim, int j,
-                         int lane, bool combineBf16, float *y) {
+                         int lane, bool combineBf16, PairOutput y) {
   const float *as[M];
 #pragma unroll
   for (int r = 0; r < M; ++r)
@@ -126,7 +128,7 @@ __device__ void downRows(const float *act, const int32_t *pairOfSlot,
       int pair = pairOfSlot[first + r];
       if (combineBf16)
         sum = __bfloat162float(__float2bfloat16(sum));
-      atomicAdd(&y[size_t(pair / choices) * dim + j], weights[pair] * sum);
+      y.add(pair, choices, dim, j, weights[pair] * sum);
     }
   }
 }
@@ -137,7 +139,7 @@ template <typename W>
 __global__ void downKernel(const float *act, const int32_t *offsets,
                            const int32_t *pairOfSlot, const float *weights,
                            const W *down, int choices, int inter, int dim,
-                           bool combineBf16, float *y) {
+                           bool combineBf16, PairOutput y) {
   awaitPriorKernels();
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -354,7 +356,7 @@ __global__ void __launch_bounds__(256)
     downMmaKernel(const float *act, const int32_t *offsets,
                   const int32_t *pairOfSlot, const float *weights,
                   const W *down, const float *downScales, int choices,
-                  int inter, int dim, bool combineBf16, float *y) {
+                  int inter, int dim, bool combineBf16, PairOutput y) {
   awaitPriorKernels();
   const int e = blockIdx.x, begin = offsets[e], end = offsets[e + 1];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -378,7 +380,7 @@ __global__ void __launch_bounds__(256)
         float sum = acc[0][c];
         if (combineBf16)
           sum = __bfloat162float(__float2bfloat16(sum));
-        atomicAdd(&y[size_t(pair / choices) * dim + row], weights[pair] * sum);
+        y.add(pair, choices, dim, row, weights[pair] * sum);
       }
     }
   }
@@ -388,7 +390,7 @@ template <typename W>
 void launchMma(const float *x, const int32_t *offsets,
                const int32_t *pairOfSlot, const float *weights,
                const ExpertStacks &stacks, int choices, int experts, int inter,
-               int dim, bool combineBf16, float *act, float *y,
+               int dim, bool combineBf16, float *act, PairOutput y,
                cudaStream_t stream) {
   launchOverlapped(activationMmaKernel<W>, dim3(experts, (inter + 127) / 128),
                    256, 0, stream, x, offsets, pairOfSlot,
@@ -405,8 +407,8 @@ template <typename W>
 void launchExperts(const float *x, const int32_t *offsets,
                    const int32_t *pairOfSlot, const float *weights,
                    const ExpertStacks &stacks, int choices, int experts,
-                   int inter, int dim, bool combineBf16, float *act, float *y,
-                   cudaStream_t stream) {
+                   int inter, int dim, bool combineBf16, float *act,
+                   PairOutput y, cudaStream_t stream) {
   launchOverlapped(activationKernel<W>, dim3(experts, (inter + 7) / 8), 256, 0,
                    stream, x, offsets, pairOfSlot,
                    static_cast<const W *>(stacks.gate),
@@ -436,7 +438,7 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
     const float *x, const int32_t *indices, const float *weights,
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, bool tensorCores, void *scratch, float *y,
-    int32_t *bad, cudaStream_t stream) {
+    int32_t *bad, cudaStream_t stream, float *pairRows) {
   using Type = ExpertStacks::Type;
   if (experts < 1 || experts > kMoeByExpertMaxExperts)
     return cudaErrorInvalidValue;
@@ -447,11 +449,15 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
       (!mmaFits || !stacks.gateScales || !stacks.upScales ||
        !stacks.downScales))
     return cudaErrorInvalidValue;
-  cudaError_t e =
-      cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
-  if (e != cudaSuccess || tokens == 0)
-    return e;
+  if (!pairRows)
+    if (cudaError_t e =
+            cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
+        e != cudaSuccess)
+      return e;
+  if (tokens == 0)
+    return cudaSuccess;
   const int pairs = tokens * choices;
+  const PairOutput out{y, pairRows};
   char *bytes = static_cast<char *>(scratch);
   auto *offsets = reinterpret_cast<int32_t *>(bytes);
   bytes += scratchPartBytes((size_t(experts) + 1) * sizeof(int32_t));
@@ -464,16 +470,21 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
   // BF16-rounded inputs, as the row kernels compute them.
   if (stacks.type == Type::Fp8Blocks)
     launchMma<__nv_fp8_e4m3>(x, offsets, pairOfSlot, weights, stacks, choices,
-                             experts, inter, dim, combineBf16, act, y, stream);
+                             experts, inter, dim, combineBf16, act, out,
+                             stream);
   else if (tensorCores && mmaFits)
     launchMma<__nv_bfloat16>(x, offsets, pairOfSlot, weights, stacks, choices,
-                             experts, inter, dim, combineBf16, act, y, stream);
+                             experts, inter, dim, combineBf16, act, out,
+                             stream);
   else if (stacks.type == Type::BF16)
     launchExperts<__nv_bfloat16>(x, offsets, pairOfSlot, weights, stacks,
                                  choices, experts, inter, dim, combineBf16, act,
-                                 y, stream);
+                                 out, stream);
   else
     launchExperts<float>(x, offsets, pairOfSlot, weights, stacks, choices,
-                         experts, inter, dim, combineBf16, act, y, stream);
+                         experts, inter, dim, combineBf16, act, out, stream);
+  if (pairRows)
+    return combinePairRows(pairRows, indices, tokens, choices, experts, dim, y,
+                           stream);
   return cudaGetLastError();
 }

@@ -49,12 +49,14 @@ size_t moeByExpertScratchBytes(int tokens, int choices, int experts, int inter);
 /// sets *bad (the pair is skipped). `tensorCores`: BF16 weights whose
 /// sizes are multiples of 32 run on mma.sync (moeByExpertTensorCoresFit);
 /// FP8 weights always do, and need such sizes (else cudaErrorInvalidValue).
+/// `pairRows` ([tokens * choices, dim] F32), where given, makes the sum
+/// over the choices the same bits every run (PairOutput, ExpertPairs.cuh).
 cudaError_t moeExpertsByExpert(const float *x, const int32_t *indices,
                                const float *weights, const ExpertStacks &stacks,
                                int tokens, int choices, int experts, int inter,
                                int dim, bool combineBf16, bool tensorCores,
                                void *scratch, float *y, int32_t *bad,
-                               cudaStream_t stream);
+                               cudaStream_t stream, float *pairRows = nullptr);
 
 /// Whether the tensor-core kernels take the shape (BF16 or FP8 weights,
 /// I and D multiples of 32).

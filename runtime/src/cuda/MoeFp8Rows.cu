@@ -4,6 +4,7 @@
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
+#include "cuda/ModelKernels.h"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
@@ -98,9 +99,10 @@ __global__ void __launch_bounds__(256)
 __global__ void __launch_bounds__(256)
     fp8DownKernel(const float *act, const int32_t *indices,
                   const float *weights, ExpertStacks stacks, int choices,
-                  int experts, int inter, int dim, bool combineBf16, float *y) {
+                  int experts, int inter, int dim, bool combineBf16,
+                  PairOutput y) {
   awaitPriorKernels();
-  const int pair = blockIdx.x, t = pair / choices, e = indices[pair];
+  const int pair = blockIdx.x, e = indices[pair];
   const int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (e < 0 || e >= experts || j >= dim)
     return;
@@ -111,7 +113,7 @@ __global__ void __launch_bounds__(256)
   if (lane == 0) {
     if (combineBf16)
       sum = roundedToBf16(sum);
-    atomicAdd(&y[size_t(t) * dim + j], weights[pair] * sum);
+    y.add(pair, choices, dim, j, weights[pair] * sum);
   }
 }
 
@@ -125,21 +127,29 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     const float *x, const int32_t *indices, const float *weights,
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, float *scratch, float *y, int32_t *bad,
-    cudaStream_t stream) {
+    cudaStream_t stream, float *pairRows) {
   if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
       !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
     return cudaErrorInvalidValue;
-  cudaError_t e =
-      cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
-  if (e != cudaSuccess || tokens == 0)
+  cudaError_t e = cudaSuccess;
+  if (!pairRows &&
+      (e = cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float),
+                           stream)) != cudaSuccess)
     return e;
+  if (tokens == 0)
+    return cudaSuccess;
   const dim3 activations(tokens * choices, (inter + 7) / 8);
   const dim3 outputs(tokens * choices, (dim + 7) / 8);
   if ((e = launchOverlapped(fp8ActivationKernel, activations, 256, 0, stream, x,
                             indices, stacks, choices, experts, inter, dim,
                             scratch, bad)) != cudaSuccess)
     return e;
-  return launchOverlapped(fp8DownKernel, outputs, 256, 0, stream, scratch,
-                          indices, weights, stacks, choices, experts, inter,
-                          dim, combineBf16, y);
+  if ((e = launchOverlapped(fp8DownKernel, outputs, 256, 0, stream, scratch,
+                            indices, weights, stacks, choices, experts, inter,
+                            dim, combineBf16, PairOutput{y, pairRows})) !=
+      cudaSuccess)
+    return e;
+  return pairRows ? combinePairRows(pairRows, indices, tokens, choices, experts,
+                                    dim, y, stream)
+                  : cudaSuccess;
 }

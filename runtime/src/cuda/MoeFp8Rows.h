@@ -31,13 +31,14 @@ bool moeFp8RowwiseFits(int inter, int dim);
 /// block-scaled stacks (stacks.type Fp8Blocks); `combineBf16` rounds each
 /// expert output to BF16 before it is weighted; `scratch` holds
 /// tokens x choices x inter floats. An expert id out of range sets *bad
-/// (the pair is skipped).
+/// (the pair is skipped). `pairRows` as moeExpertsRowwise's.
 cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
                                  const float *weights,
                                  const ExpertStacks &stacks, int tokens,
                                  int choices, int experts, int inter, int dim,
                                  bool combineBf16, float *scratch, float *y,
-                                 int32_t *bad, cudaStream_t stream);
+                                 int32_t *bad, cudaStream_t stream,
+                                 float *pairRows = nullptr);
 
 } // namespace melt::rt::cuda
 
