@@ -28,7 +28,8 @@ __device__ __forceinline__ int expertOfPair(const int32_t *indices, int experts,
 /// y ([tokens, dim], zeroed first) with F32 atomics, whose order varies from
 /// run to run; or, where pairRows is given, into the pair's row of it
 /// ([pairs, dim]), summed per token in choice order afterwards
-/// (combinePairRows in ModelKernels.h): the same bits every run.
+/// (startPairOutput / finishPairOutput in ModelKernels.h): the same bits
+/// every run.
 struct PairOutput {
   float *y = nullptr;
   float *pairRows = nullptr;

@@ -754,12 +754,20 @@ cudaError_t melt::rt::cuda::dequantizeBlocks(const uint8_t *q,
   return cudaGetLastError();
 }
 
-cudaError_t melt::rt::cuda::combinePairRows(const float *pairRows,
-                                            const int32_t *indices, int tokens,
-                                            int choices, int experts, int dim,
-                                            float *y, cudaStream_t stream) {
-  if (tokens == 0 || dim == 0)
-    return cudaSuccess;
+cudaError_t melt::rt::cuda::startPairOutput(float *y, const float *pairRows,
+                                            int tokens, int dim,
+                                            cudaStream_t stream) {
+  return pairRows ? cudaSuccess
+                  : cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float),
+                                    stream);
+}
+
+cudaError_t melt::rt::cuda::finishPairOutput(float *y, const float *pairRows,
+                                             const int32_t *indices, int tokens,
+                                             int choices, int experts, int dim,
+                                             cudaStream_t stream) {
+  if (!pairRows || tokens == 0 || dim == 0)
+    return cudaGetLastError();
   return launchOverlapped(combinePairRowsKernel,
                           dim3(tokens, (dim + 255) / 256), 256, 0, stream,
                           pairRows, indices, choices, experts, dim, y);
@@ -771,13 +779,9 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
     float *scratch, float *y, int32_t *bad, cudaStream_t stream,
     float *pairRows) {
-  if (!pairRows)
-    if (cudaError_t e =
-            cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
-        e != cudaSuccess)
-      return e;
-  if (tokens == 0)
-    return cudaSuccess;
+  if (cudaError_t e = startPairOutput(y, pairRows, tokens, dim, stream);
+      e != cudaSuccess || tokens == 0)
+    return e;
   const PairOutput out{y, pairRows};
   dim3 activations(tokens * choices, (inter + 7) / 8);
   dim3 outputs(tokens * choices, (dim + 7) / 8);
@@ -799,10 +803,8 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
                      indices, weights, static_cast<const float *>(down),
                      choices, experts, inter, dim, combineBf16, out);
   }
-  if (pairRows)
-    return combinePairRows(pairRows, indices, tokens, choices, experts, dim, y,
-                           stream);
-  return cudaGetLastError();
+  return finishPairOutput(y, pairRows, indices, tokens, choices, experts, dim,
+                          stream);
 }
 
 cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,

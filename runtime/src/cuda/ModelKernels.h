@@ -111,11 +111,16 @@ cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
                               int experts, int inter, int dim, bool combineBf16,
                               float *scratch, float *y, int32_t *bad,
                               cudaStream_t stream, float *pairRows = nullptr);
-/// y[t] = the sum of t's pairs' rows of pairRows, in choice order, the
-/// pairs whose expert id is out of range left out.
-cudaError_t combinePairRows(const float *pairRows, const int32_t *indices,
-                            int tokens, int choices, int experts, int dim,
-                            float *y, cudaStream_t stream);
+/// Around the expert kernels that hand their outputs to a PairOutput{y,
+/// pairRows} (ExpertPairs.cuh): before them y zeroed where they add into it
+/// (no pairRows); after them, where pairRows is given, y[t] = the sum of
+/// t's pairs' rows of it in choice order, the pairs whose expert id is out
+/// of range left out.
+cudaError_t startPairOutput(float *y, const float *pairRows, int tokens,
+                            int dim, cudaStream_t stream);
+cudaError_t finishPairOutput(float *y, const float *pairRows,
+                             const int32_t *indices, int tokens, int choices,
+                             int experts, int dim, cudaStream_t stream);
 
 /// y[r] = x[rows[r]] for r < count (y F32 or BF16): tokens gathered by
 /// expert for the grouped GEMMs.

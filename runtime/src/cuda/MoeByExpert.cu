@@ -449,13 +449,9 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
       (!mmaFits || !stacks.gateScales || !stacks.upScales ||
        !stacks.downScales))
     return cudaErrorInvalidValue;
-  if (!pairRows)
-    if (cudaError_t e =
-            cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float), stream);
-        e != cudaSuccess)
-      return e;
-  if (tokens == 0)
-    return cudaSuccess;
+  if (cudaError_t e = startPairOutput(y, pairRows, tokens, dim, stream);
+      e != cudaSuccess || tokens == 0)
+    return e;
   const int pairs = tokens * choices;
   const PairOutput out{y, pairRows};
   char *bytes = static_cast<char *>(scratch);
@@ -483,8 +479,6 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
   else
     launchExperts<float>(x, offsets, pairOfSlot, weights, stacks, choices,
                          experts, inter, dim, combineBf16, act, out, stream);
-  if (pairRows)
-    return combinePairRows(pairRows, indices, tokens, choices, experts, dim, y,
-                           stream);
-  return cudaGetLastError();
+  return finishPairOutput(y, pairRows, indices, tokens, choices, experts, dim,
+                          stream);
 }

@@ -131,13 +131,9 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
   if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
       !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
     return cudaErrorInvalidValue;
-  cudaError_t e = cudaSuccess;
-  if (!pairRows &&
-      (e = cudaMemsetAsync(y, 0, size_t(tokens) * dim * sizeof(float),
-                           stream)) != cudaSuccess)
+  cudaError_t e = startPairOutput(y, pairRows, tokens, dim, stream);
+  if (e != cudaSuccess || tokens == 0)
     return e;
-  if (tokens == 0)
-    return cudaSuccess;
   const dim3 activations(tokens * choices, (inter + 7) / 8);
   const dim3 outputs(tokens * choices, (dim + 7) / 8);
   if ((e = launchOverlapped(fp8ActivationKernel, activations, 256, 0, stream, x,
@@ -149,7 +145,6 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
                             dim, combineBf16, PairOutput{y, pairRows})) !=
       cudaSuccess)
     return e;
-  return pairRows ? combinePairRows(pairRows, indices, tokens, choices, experts,
-                                    dim, y, stream)
-                  : cudaSuccess;
+  return finishPairOutput(y, pairRows, indices, tokens, choices, experts, dim,
+                          stream);
 }
