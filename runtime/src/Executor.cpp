@@ -1,6 +1,7 @@
 //===- Executor.cpp - a model's @forward on a Device ----------------------===//
 #include "Executor.h"
 
+#include "EnvSwitch.h"
 #include "KernelArgs.h"
 #include "QuantizeFolds.h"
 #include "SiluMulFusions.h"
@@ -248,12 +249,8 @@ Status DeviceModel::create(const Model &model, Device &device,
   }
   // The activation quantization the device's FP8 products do themselves.
   DeviceModel &dm = *result;
-  auto switchedOff = [](const char *variable) {
-    const char *value = std::getenv(variable);
-    return value && std::string(value) == "0";
-  };
   std::vector<QuantizeFold> folds;
-  if (!switchedOff("MELT_FOLD_QUANTIZE"))
+  if (envSwitch("MELT_FOLD_QUANTIZE", true))
     folds = findQuantizeFolds(m, *dm.forward_, [&](uint32_t k) {
       const fb::Kernel &kernel = *m.kernels()->Get(k);
       return kernel.weights() && kernel.weights()->size() == 1 &&
@@ -264,7 +261,7 @@ Status DeviceModel::create(const Model &model, Device &device,
     dm.folded_[f.dequantize] = f.source;
   }
   // The MLPs' SiLU-muls the products compute as they read gate and up.
-  if (!switchedOff("MELT_FUSE_SILU_MUL"))
+  if (envSwitch("MELT_FUSE_SILU_MUL", true))
     for (const SiluMulFusion &f :
          findSiluMulFusions(m, *dm.forward_, folds, [&](uint32_t k) {
            const fb::Kernel &kernel = *m.kernels()->Get(k);

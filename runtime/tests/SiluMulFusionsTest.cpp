@@ -9,63 +9,20 @@
 // --precision=deepseek-v3) and MELT_TEST_FP8_POLICY_CHECKPOINT.
 #include "CpuDevice.h"
 #include "Executor.h"
+#include "Fp8PolicySessions.h"
 #include "Model.h"
 #include "QuantizingCpuDevice.h"
-#include "Session.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <memory>
-#include <numeric>
 #include <vector>
 
 using namespace melt::rt;
 
-namespace {
-
-std::unique_ptr<Model> loadModel() {
-  const char *artifact = std::getenv("MELT_TEST_FP8_POLICY_ARTIFACT");
-  const char *checkpoint = std::getenv("MELT_TEST_FP8_POLICY_CHECKPOINT");
-  if (!artifact || !checkpoint)
-    return nullptr;
-  std::unique_ptr<Model> model;
-  Status s = Model::load(artifact, checkpoint, model, /*keepHostData=*/true);
-  EXPECT_FALSE(s) << s.message();
-  return model;
-}
-
-/// Two sequences, prefills of 20 and 6 tokens, then 4 decode steps of both
-/// together; every step's logits.
-std::vector<float> run(const DeviceModel &dm) {
-  std::unique_ptr<Session> session;
-  Status s = Session::create(dm, 64, 64, session);
-  EXPECT_FALSE(s) << s.message();
-  if (s)
-    return {};
-  int32_t ids[2] = {0, 0};
-  std::vector<float> all;
-  for (int32_t &id : ids)
-    EXPECT_FALSE(session->addSequence(id));
-  for (int step = 0; step < 5; ++step)
-    for (int i = 0; i < 2; ++i) {
-      std::vector<int32_t> tokens(step ? 1 : (i ? 6 : 20));
-      std::iota(tokens.begin(), tokens.end(), 3 + 11 * i + 7 * step);
-      s = session->append(ids[i], tokens.data(), tokens.size());
-      EXPECT_FALSE(s) << s.message();
-      const float *logits = nullptr;
-      size_t vocab = 0;
-      EXPECT_FALSE(session->logits(ids[i], logits, vocab));
-      if (logits)
-        all.insert(all.end(), logits, logits + vocab);
-    }
-  return all;
-}
-
-} // namespace
-
 TEST(SiluMulFusions, ProductsThatTakeTheSiluMulMatchItsKernel) {
-  std::unique_ptr<Model> model = loadModel();
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
   if (!model)
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
@@ -83,16 +40,13 @@ TEST(SiluMulFusions, ProductsThatTakeTheSiluMulMatchItsKernel) {
   }
   EXPECT_EQ(plainFused, 0u);
   EXPECT_GT(fused, 0u);
-  std::vector<float> want = run(*onPlain), have = run(*onFusing);
-  ASSERT_FALSE(want.empty());
+  std::vector<float> want = stepLogits(*onPlain), have = stepLogits(*onFusing);
   EXPECT_GT(fusing.fusedProducts, 0);
-  ASSERT_EQ(have.size(), want.size());
-  for (size_t i = 0; i < want.size(); ++i)
-    ASSERT_EQ(have[i], want[i]) << "logit " << i;
+  expectSameLogits(have, want);
 }
 
 TEST(SiluMulFusions, CanBeTurnedOff) {
-  std::unique_ptr<Model> model = loadModel();
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
   if (!model)
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";

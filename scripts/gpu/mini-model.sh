@@ -68,60 +68,23 @@ for model in mini-bf16.melt mini-fp8.melt; do
     fi
   } | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'
 done
-if [ "${MELT_COMPARE_DETERMINISTIC:-}" = 1 ]; then
-  # Two runs with the experts' sums in a fixed order: the same tokens.
-  python3 - "$out/mini_melt.json" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-for model in ("mini-bf16.melt", "mini-fp8.melt"):
-    for batch in (1, 64):
-        runs = [r for r in rows if r["model"] == model and r["batch"] == batch
-                and r.get("deterministic")]
-        if len(runs) == 2:
-            same = runs[0]["generated"] == runs[1]["generated"]
-            print(f"{model} batch {batch}, experts summed in a fixed order: "
-                  f"two runs' tokens {'the same' if same else 'DIFFER'}; decode "
-                  f"{runs[0]['decode_tokens_per_s']:.0f} / "
-                  f"{runs[1]['decode_tokens_per_s']:.0f} tok/s")
-PY
-fi
-if [ "${MELT_COMPARE_SILU_MUL:-}" = 1 ]; then
-  # The greedy tokens with the SiLU-muls fused and apart (the products'
-  # values are bit for bit the same; a step is not bit-reproducible from run
-  # to run: the experts combine with F32 atomics).
-  python3 - "$out/mini_melt.json" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-fp8 = [r for r in rows if r["model"] == "mini-fp8.melt" and
-       r["prompt_tokens"] == 128 and r["batch"] == 1 and not r.get("fp8")]
-fused = [r for r in fp8 if not r.get("silu_mul")]
-apart = [r for r in fp8 if r.get("silu_mul") == "apart"]
-if fused and apart:
-    a, b = fused[0]["generated"], apart[0]["generated"]
-    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-    print(f"SiLU-mul fused / apart, batch 1: first {same} of {len(a)} tokens the same; "
-          f"decode {fused[0]['decode_tokens_per_s']:.0f} vs "
-          f"{apart[0]['decode_tokens_per_s']:.0f} tok/s")
-PY
-fi
-if [ "${MELT_COMPARE_FOLDS:-}" = 1 ]; then
-  # The greedy tokens with and without the folds (the same arithmetic up to
-  # the rounding of a scale: they agree unless a near-tie flips).
-  python3 - "$out/mini_melt.json" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-fp8 = [r for r in rows if r["model"] == "mini-fp8.melt" and r["prompt_tokens"] == 128]
-for batch in (1, 64):
-    on = [r for r in fp8 if r["batch"] == batch and not r.get("fold")]
-    off = [r for r in fp8 if r["batch"] == batch and r.get("fold") == "off"]
-    if on and off:
-        a, b = on[0]["generated"], off[0]["generated"]
-        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-        print(f"folds on/off, batch {batch}: first {same} of {len(a)} tokens "
-              f"the same; decode {on[0]['decode_tokens_per_s']:.0f} vs "
-              f"{off[0]['decode_tokens_per_s']:.0f} tok/s")
-PY
-fi
+compare() { python3 bench/cuda/compare_tokens.py "$out/mini_melt.json" "$@"; }
+# Two runs with the experts' sums in a fixed order: the same tokens.
+[ "${MELT_COMPARE_DETERMINISTIC:-}" = 1 ] &&
+  compare --label "experts summed in a fixed order, two runs" \
+    --model mini-bf16.melt --model mini-fp8.melt --batch 1 --batch 64 \
+    deterministic=1 deterministic=2
+# The SiLU-muls fused and apart (the products' values are bit for bit the
+# same; a step is not bit-reproducible from run to run where the experts
+# combine with F32 atomics).
+[ "${MELT_COMPARE_SILU_MUL:-}" = 1 ] &&
+  compare --label "SiLU-mul fused / apart" --model mini-fp8.melt --batch 1 \
+    default silu_mul=apart
+# With and without the folds (the same arithmetic up to the rounding of a
+# scale: they agree unless a near-tie flips).
+[ "${MELT_COMPARE_FOLDS:-}" = 1 ] &&
+  compare --label "folds on/off" --model mini-fp8.melt --batch 1 --batch 64 \
+    default fold=off
 [ "${MELT_SKIP_BASELINE:-}" = 1 ] && exit 0
 echo "== transformers: mini =="
 # Bounded (MELT_BASELINE_SECONDS, default 300): its batched_mm experts can

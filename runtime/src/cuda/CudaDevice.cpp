@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/CudaDevice.h"
 
+#include "EnvSwitch.h"
 #include "Fp8Blocks.h"
 
 #include "cuda/Elementwise.h"
@@ -38,15 +39,6 @@ static_assert(kPageRows == kPageTokens,
               "the CUDA kernels page caches as the runtime does");
 
 namespace {
-
-/// A switch from the environment: =1 on, =0 off; unset (or anything else),
-/// the default.
-bool envSwitch(const char *name, bool byDefault) {
-  const char *v = std::getenv(name);
-  if (!v)
-    return byDefault;
-  return byDefault ? std::string(v) != "0" : std::string(v) == "1";
-}
 
 /// Errors after which the CUDA context is unusable.
 bool isSticky(cudaError_t e) {
@@ -335,8 +327,7 @@ public:
 
   /// linearWithFp8Weight's FP8 GEMMs write BF16 (widened into y).
   bool linearOutputsBf16(const DeviceTensor &weight) const override {
-    return weight.dtype == DType::FP8E4M3 && weight.shape.size() == 2 &&
-           weightScales_.count(weight.data) != 0;
+    return multipliedInFp8(weight);
   }
 
   Status roundToBf16(DeviceTensor &x) override {
@@ -349,7 +340,7 @@ public:
 
   /// An FP8 weight's product quantizes silu(gate) * up as it reads them.
   bool fusesSiluMulInto(const DeviceTensor &weight) const override {
-    return linearOutputsBf16(weight);
+    return multipliedInFp8(weight);
   }
 
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
@@ -364,6 +355,12 @@ public:
 
   /// linearWithFp8Weight quantizes x in 1x128 blocks itself.
   bool quantizesFp8Input(const DeviceTensor &weight) const override {
+    return multipliedInFp8(weight);
+  }
+
+  /// A matrix held in FP8 with its block scales: linear() multiplies it by
+  /// linearWithFp8Weight.
+  bool multipliedInFp8(const DeviceTensor &weight) const {
     return weight.dtype == DType::FP8E4M3 && weight.shape.size() == 2 &&
            weightScales_.count(weight.data) != 0;
   }

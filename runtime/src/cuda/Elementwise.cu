@@ -118,15 +118,20 @@ __global__ void roundToBf16Kernel(float *x, size_t count) {
     x[i] = __bfloat162float(__float2bfloat16(x[i]));
 }
 
+/// Blocks of 256 threads for an elementwise kernel over `count` values
+/// (grid-stride loops beyond 8192 blocks).
+unsigned elementwiseBlocks(size_t count) {
+  const size_t blocks = (count + 255) / 256;
+  return unsigned(blocks < 8192 ? blocks : 8192);
+}
+
 } // namespace
 
 cudaError_t melt::rt::cuda::roundToBf16(float *x, size_t count,
                                         cudaStream_t stream) {
   if (count == 0)
     return cudaSuccess;
-  size_t blocks = (count + 255) / 256;
-  return launchOverlapped(roundToBf16Kernel,
-                          unsigned(blocks < 8192 ? blocks : 8192), 256, 0,
+  return launchOverlapped(roundToBf16Kernel, elementwiseBlocks(count), 256, 0,
                           stream, x, count);
 }
 
@@ -134,9 +139,7 @@ cudaError_t melt::rt::cuda::convert(Operand x, size_t count, Result y,
                                     cudaStream_t stream) {
   if (count == 0)
     return cudaSuccess;
-  size_t blocks = (count + 255) / 256;
-  return launchOverlapped(convertKernel,
-                          unsigned(blocks < 8192 ? blocks : 8192), 256, 0,
+  return launchOverlapped(convertKernel, elementwiseBlocks(count), 256, 0,
                           stream, x, count, y);
 }
 
@@ -164,7 +167,6 @@ cudaError_t melt::rt::cuda::binary(Binary op, Operand a, Operand b,
                                    cudaStream_t stream) {
   if (count == 0)
     return cudaSuccess;
-  size_t blocks = (count + 255) / 256;
-  return launchOverlapped(binaryKernel, unsigned(blocks < 8192 ? blocks : 8192),
-                          256, 0, stream, op, a, b, count, y);
+  return launchOverlapped(binaryKernel, elementwiseBlocks(count), 256, 0,
+                          stream, op, a, b, count, y);
 }

@@ -57,9 +57,8 @@ __device__ __forceinline__ float toFloat(__nv_bfloat16 v) {
 __device__ __forceinline__ float toFloat(float v) { return v; }
 
 /// A warp per 128-value block of q's rows of k values; x's rows hold the
-/// first kIn of them (kIn <= k; the rest quantize as zeros).
-/// x's rows of kIn values (times silu(x) where `up` is given: SiLU-mul and
-/// its quantization in one pass) quantized into rows of k (zeros beyond).
+/// first kIn of them (kIn <= k; the rest quantize as zeros), times silu(x)
+/// where `up` is given (SiLU-mul and its quantization in one pass).
 template <typename T>
 __global__ void quantizeRowsKernel(const T *x, const float *up, int m, int kIn,
                                    int k, __nv_fp8_e4m3 *q, float *scales) {

@@ -1,0 +1,76 @@
+//===- Fp8PolicySessions.h - the deepseek-v3 golden model in sessions ----===//
+//
+// For the executor's tests that compare a device with FP8 products
+// (QuantizingCpuDevice.h) against the plain CPU device: the golden v3-tiny
+// compiled with --precision=deepseek-v3 (MELT_TEST_FP8_POLICY_ARTIFACT and
+// MELT_TEST_FP8_POLICY_CHECKPOINT), a few steps of it in a session, and the
+// logits compared bit for bit.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_TESTS_FP8POLICYSESSIONS_H
+#define MELT_RUNTIME_TESTS_FP8POLICYSESSIONS_H
+
+#include "Executor.h"
+#include "Model.h"
+#include "Session.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+namespace melt::rt {
+
+/// The model, or null where the environment names none.
+inline std::unique_ptr<Model> loadFp8PolicyModel() {
+  const char *artifact = std::getenv("MELT_TEST_FP8_POLICY_ARTIFACT");
+  const char *checkpoint = std::getenv("MELT_TEST_FP8_POLICY_CHECKPOINT");
+  if (!artifact || !checkpoint)
+    return nullptr;
+  std::unique_ptr<Model> model;
+  Status s = Model::load(artifact, checkpoint, model, /*keepHostData=*/true);
+  EXPECT_FALSE(s) << s.message();
+  return model;
+}
+
+/// Two sequences, prefills of 20 and 6 tokens, then 4 decode steps of
+/// each; every step's logits.
+inline std::vector<float> stepLogits(const DeviceModel &dm) {
+  std::unique_ptr<Session> session;
+  Status s = Session::create(dm, 64, 64, session);
+  EXPECT_FALSE(s) << s.message();
+  if (s)
+    return {};
+  int32_t ids[2] = {0, 0};
+  std::vector<float> all;
+  for (int32_t &id : ids)
+    EXPECT_FALSE(session->addSequence(id));
+  for (int step = 0; step < 5; ++step)
+    for (int i = 0; i < 2; ++i) {
+      std::vector<int32_t> tokens(step ? 1 : (i ? 6 : 20));
+      std::iota(tokens.begin(), tokens.end(), 3 + 11 * i + 7 * step);
+      s = session->append(ids[i], tokens.data(), tokens.size());
+      EXPECT_FALSE(s) << s.message();
+      const float *logits = nullptr;
+      size_t vocab = 0;
+      EXPECT_FALSE(session->logits(ids[i], logits, vocab));
+      if (logits)
+        all.insert(all.end(), logits, logits + vocab);
+    }
+  return all;
+}
+
+/// `have` is `want` bit for bit (and not empty).
+inline void expectSameLogits(const std::vector<float> &have,
+                             const std::vector<float> &want) {
+  ASSERT_FALSE(want.empty());
+  ASSERT_EQ(have.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    ASSERT_EQ(have[i], want[i]) << "logit " << i;
+}
+
+} // namespace melt::rt
+
+#endif // MELT_RUNTIME_TESTS_FP8POLICYSESSIONS_H
