@@ -468,7 +468,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       }
       // An FP8 product's BF16 output (the compiler's precision), where the
       // device's product kept more.
-      if (!status && ints(0) == 1 && !device.linearOutputsBf16(w(0)))
+      if (!status && ints(0) != 0 && !device.linearOutputsBf16(w(0)))
         status = device.roundToBf16(*out);
       break;
     }

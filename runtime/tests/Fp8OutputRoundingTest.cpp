@@ -1,0 +1,86 @@
+// An FP8 product's BF16 output (the precision melt-assign-precision gives
+// every FP8 melt.linear: output = bf16): melt-compile marks those Linear
+// kernels in the artifact, and the executor rounds their results to BF16
+// on a device whose product keeps more (the CPU's F32 GEMM), not on one
+// whose FP8 GEMM wrote BF16 already. Needs MELT_TEST_FP8_POLICY_ARTIFACT
+// (v3-tiny compiled with --precision=deepseek-v3) and
+// MELT_TEST_FP8_POLICY_CHECKPOINT.
+#include "CpuDevice.h"
+#include "Executor.h"
+#include "Fp8PolicySessions.h"
+#include "Model.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <set>
+#include <vector>
+
+using namespace melt::rt;
+
+namespace {
+
+/// Counts the roundings; where `fp8GemmOutputs`, says that its products of
+/// FP8-stored weights write BF16 themselves (as a GPU's FP8 GEMM does).
+class RoundingCountingDevice final : public CpuDevice {
+public:
+  explicit RoundingCountingDevice(bool fp8GemmOutputs)
+      : fp8GemmOutputs_(fp8GemmOutputs) {}
+  Status importWeight(const WeightData &weight, DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(CpuDevice::importWeight(weight, out));
+    if (weight.storage == WeightData::Storage::FP8Blocks)
+      fp8Stored_.insert(out.data);
+    return Status::ok();
+  }
+  bool linearOutputsBf16(const DeviceTensor &weight) const override {
+    return fp8GemmOutputs_ && fp8Stored_.count(weight.data) != 0;
+  }
+  Status roundToBf16(DeviceTensor &x) override {
+    ++roundings;
+    return CpuDevice::roundToBf16(x);
+  }
+  int roundings = 0;
+
+private:
+  bool fp8GemmOutputs_;
+  std::set<const void *> fp8Stored_;
+};
+
+} // namespace
+
+TEST(Fp8Outputs, FP8ProductsAreMarkedBf16InTheArtifact) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  const fb::Model &m = model->artifact().model();
+  const fb::Function &forward = *model->artifact().function("forward");
+  int marked = 0;
+  for (uint32_t k : *forward.kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    if (kernel.kind() != fb::KernelKind::Linear || !kernel.ints() ||
+        kernel.ints()->size() == 0 || kernel.ints()->Get(0) == 0)
+      continue;
+    ++marked;
+    // Only products of weights kept in FP8 blocks.
+    EXPECT_EQ(model->weight(kernel.weights()->Get(0)).storage,
+              WeightData::Storage::FP8Blocks)
+        << "kernels[" << k << "]";
+  }
+  EXPECT_GT(marked, 0);
+}
+
+TEST(Fp8Outputs, RoundedWhereTheProductKeptMore) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  RoundingCountingDevice f32Gemms(false), fp8Gemms(true);
+  std::unique_ptr<DeviceModel> onF32, onFp8;
+  ASSERT_FALSE(DeviceModel::create(*model, f32Gemms, onF32));
+  ASSERT_FALSE(DeviceModel::create(*model, fp8Gemms, onFp8));
+  EXPECT_FALSE(stepLogits(*onF32).empty());
+  EXPECT_FALSE(stepLogits(*onFp8).empty());
+  EXPECT_GT(f32Gemms.roundings, 0);
+  EXPECT_EQ(fp8Gemms.roundings, 0);
+}
