@@ -88,7 +88,15 @@ int64_t deviceBytes(WeightOp weight, Format format) {
                              : 0;
   if (rank == 3)
     blocks *= shape[0];
-  return ::melt::cuda::weightBytes(format, type.getNumElements(), blocks);
+  int64_t elements = type.getNumElements();
+  // An FP8 matrix's rows zero-padded to the GEMMs' K (and its scales).
+  if (format == Format::Fp8Blocks && rank == 2 &&
+      ::melt::cuda::fp8GemmPadsCols(shape[1])) {
+    const int64_t paddedCols = (shape[1] + 511) / 512 * 512;
+    elements = shape[0] * paddedCols;
+    blocks = ((shape[0] + 127) / 128) * (paddedCols / 128);
+  }
+  return ::melt::cuda::weightBytes(format, elements, blocks);
 }
 
 /// "1.25 GiB", "310.40 MiB", "12.00 KiB".

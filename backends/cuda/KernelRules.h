@@ -18,10 +18,19 @@ namespace melt::cuda {
 /// How the device keeps a weight.
 enum class WeightFormat { F32, BF16, Fp8Blocks };
 
+/// A K that is no multiple of 4 x 128 is stored with each row zero-padded
+/// to the next one where that adds at most a quarter of the row
+/// (CudaDevice's importFp8: mini's and V2-Lite's 1408 and 10944); a short
+/// K (32 to 256) reads fewer bytes in F32 than padded to 512.
+inline bool fp8GemmPadsCols(int64_t cols) {
+  const int64_t padded = (cols + 511) / 512 * 512;
+  return cols > 0 && cols % 512 != 0 && padded - cols <= cols / 4;
+}
+
 /// The FP8 block-scaled GEMMs (cuBLASLt and Fp8SmallM.cu) take [N, K]
-/// weights with N a multiple of 16 and K of 4 x 128.
+/// weights with N a multiple of 16 and K of 4 x 128, or padded to one.
 inline bool fp8GemmTakes(int64_t rows, int64_t cols) {
-  return rows % 16 == 0 && cols % 512 == 0;
+  return rows % 16 == 0 && (cols % 512 == 0 || fp8GemmPadsCols(cols));
 }
 
 /// The grouped expert kernels (MoeByExpert.cu) take FP8 stacks [E, N, K]

@@ -7,7 +7,9 @@ and its share, longest first; `--steps N` also divides by N (the decode
 steps of the profiled run) to give microseconds per step. `--minus CSV`
 takes away another profile's launches and time per kernel name: the same
 run without its decode steps (its prefill alone), so that what is left is
-the decode steps'.
+the decode steps'; `--after KERNEL` does the same within one profile,
+counting only what follows the first launch of the prefill's last kernel
+(the sampling kernel).
 
   ncu --csv --clock-control none --graph-profiling node \
       --metrics gpu__time_duration.sum melt-run ... > ncu.csv
@@ -41,12 +43,17 @@ def short(name):
     return "".join(out).replace("void ", "").strip()[:60]
 
 
-def durations(path):
-    """Microseconds and launches per kernel name."""
+def durations(path, after=None):
+    """Microseconds and launches per kernel name; with `after`, only the
+    launches that follow the first one whose name contains it."""
     total = collections.Counter()
     launches = collections.Counter()
+    waiting = after is not None
     for row in rows(path):
         if row.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        if waiting:
+            waiting = after not in row["Kernel Name"]
             continue
         value = float(row["Metric Value"].replace(",", ""))
         unit = row.get("Metric Unit", "nsecond")
@@ -65,8 +72,12 @@ def main():
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--label", default="")
     parser.add_argument("--minus", help="a profile whose kernels to take away")
+    parser.add_argument("--after", metavar="KERNEL",
+                        help="count only the launches after the first one of "
+                             "this kernel (the prefill's sampling kernel: "
+                             "what follows is the decode steps')")
     args = parser.parse_args()
-    total, launches = durations(args.csv)
+    total, launches = durations(args.csv, args.after)
     if args.minus:
         less, fewer = durations(args.minus)
         for name in list(total):

@@ -15,6 +15,13 @@
 // After melt-plan-memory: the device's buffer plan (KV cache and a
 // prefill's activations in F32, the room left for the KV cache).
 // RUN: melt-import --builtin=mini | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' '--melt-plan-memory=report=/dev/null' --melt-select-kernels -o /dev/null 2>&1 | FileCheck %s --check-prefix=PLAN
+// mini under deepseek-v3: FP8 matrices whose K is no multiple of 512 stay
+// FP8 where the device's zero-padding adds at most a quarter of a row (the
+// dense down projection's 10944, the shared expert's 1408: padded to 11264
+// and 1536); the tiny model's short K (64) stays F32.
+// RUN: melt-import --builtin=mini | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' --melt-select-kernels -o - 2>%t.mini | FileCheck %s --check-prefix=MINIFP8
+// RUN: FileCheck %s --check-prefix=MINIFP8REPORT < %t.mini
+// RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' --melt-select-kernels -o - 2>/dev/null | FileCheck %s --check-prefix=TINYFP8
 // target=cpu changes nothing.
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-select-kernels=target=cpu' -o - | FileCheck %s --check-prefix=CPU
 
@@ -56,3 +63,10 @@
 
 // CPU-NOT: melt.device_format
 // CPU-NOT: melt.target
+
+// MINIFP8: melt.weight @model.layers.0.mlp.down_proj : tensor<2048x10944xbf16> {{.+}} {melt.device_format = "fp8_blocks", melt.storage = f8E4M3FN}
+// MINIFP8: melt.weight @model.layers.1.mlp.shared_experts.down_proj : tensor<2048x1408xbf16> {{.+}} {melt.device_format = "fp8_blocks", melt.storage = f8E4M3FN}
+// (The padding adds 2.4 MiB.)
+// MINIFP8REPORT: fp8_blocks 69 weights, 3.83 GiB
+
+// TINYFP8: melt.weight @model.layers.1.self_attn.q_b_proj : tensor<96x64xbf16> {{.+}} {melt.device_format = "f32", melt.storage = f8E4M3FN}
