@@ -4,16 +4,14 @@
 Reads the CSV that `ncu --csv --metrics gpu__time_duration.sum` prints (one
 row per launch) and prints, per kernel name, the launches, the total time
 and its share, longest first; `--steps N` also divides by N (the decode
-steps of the profiled run) to give microseconds per step. `--minus CSV`
-takes away another profile's launches and time per kernel name: the same
-run without its decode steps (its prefill alone), so that what is left is
-the decode steps'; `--after KERNEL` does the same within one profile,
-counting only what follows the first launch of the prefill's last kernel
-(the sampling kernel).
+steps of the profiled run) to give microseconds per step. `--after KERNEL`
+counts only what follows the first launch of KERNEL: the prefill's last
+kernel (the sampling kernel), so that what is counted is the decode
+steps'.
 
   ncu --csv --clock-control none --graph-profiling node \
       --metrics gpu__time_duration.sum melt-run ... > ncu.csv
-  python3 bench/cuda/kernel_times.py ncu.csv --steps 4 [--minus prefill.csv]
+  python3 bench/cuda/kernel_times.py ncu.csv --steps 4 [--after argmaxRows]
 """
 import argparse
 import collections
@@ -71,22 +69,12 @@ def main():
     parser.add_argument("csv")
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--label", default="")
-    parser.add_argument("--minus", help="a profile whose kernels to take away")
     parser.add_argument("--after", metavar="KERNEL",
                         help="count only the launches after the first one of "
                              "this kernel (the prefill's sampling kernel: "
                              "what follows is the decode steps')")
     args = parser.parse_args()
     total, launches = durations(args.csv, args.after)
-    if args.minus:
-        less, fewer = durations(args.minus)
-        for name in list(total):
-            launches[name] -= fewer[name]
-            total[name] -= less[name]
-            if launches[name] <= 0 or total[name] <= 0:
-                del total[name], launches[name]
-        if not total:
-            sys.exit(f"{args.csv}: nothing left after {args.minus}")
     grand = sum(total.values())
     for name, us in total.most_common():
         entry = {"label": args.label, "kernel": name, "launches": launches[name],

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU machine: where a decode step of `mini` spends its time, kernel
 # by kernel (Nsight Compute's durations, graph nodes profiled one by one),
-# at the given batch sizes; a prefill of 8 tokens per sequence precedes the
-# decode steps and is counted too. Clocks locked at base (left alone, they
-# drop while ncu stands between kernels, and small kernels look several
-# times slower than they run); caches not flushed (weights do not fit L2
-# anyway). Absolute times are the base clock's: use them for shares.
-# MELT_PROFILE_PROMPT=N prefills N tokens a sequence instead (the decode
-# steps then attend over N + 1 ... cached tokens, as the benchmarks' 128);
-# the prefill is then profiled alone too and its kernels taken away.
+# at the given batch sizes; the prefill (8 tokens a sequence) is left out:
+# only the launches after its sampling kernel count. Clocks locked at base
+# (left alone, they drop while ncu stands between kernels, and small kernels
+# look several times slower than they run); caches not flushed (weights do
+# not fit L2 anyway). Absolute times are the base clock's: use them for
+# shares. MELT_PROFILE_PROMPT=N prefills N tokens a sequence instead (the
+# decode steps then attend over N + 1 ... cached tokens, as the benchmarks'
+# 128).
 #   scripts/gpu/profile.sh [MODEL.melt] [BATCH...]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -27,12 +27,7 @@ profile() { # BATCH NEW-TOKENS CSV
 }
 for b in $batches; do
   profile "$b" $((steps + 1)) "$out/ncu-$model-b$b.csv"
-  minus=()
-  if [ -n "${MELT_PROFILE_PROMPT:-}" ]; then
-    profile "$b" 1 "$out/ncu-$model-b$b-prefill.csv"
-    minus=(--minus "$out/ncu-$model-b$b-prefill.csv")
-  fi
   python3 bench/cuda/kernel_times.py "$out/ncu-$model-b$b.csv" \
-    --steps "$steps" --label "$model b$b" ${minus[@]+"${minus[@]}"} |
+    --steps "$steps" --label "$model b$b" --after argmaxRows |
     tee -a "$out/kernel_times.json" | head -n 14
 done

@@ -21,11 +21,18 @@ __device__ __forceinline__ float e4m3Value(uint32_t code) {
   return __half2float(__half(h));
 }
 
-/// The values of the four e4m3 codes of a word, low byte first.
+/// The values of the four e4m3 codes of a word, low byte first (two codes
+/// per conversion instruction).
 __device__ __forceinline__ void e4m3Values(uint32_t codes, float (&out)[4]) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
-    out[j] = e4m3Value(codes >> (8 * j));
+  for (int j = 0; j < 2; ++j) {
+    const __half2 pair(__nv_cvt_fp8x2_to_halfraw2(
+        static_cast<__nv_fp8x2_storage_t>((codes >> (16 * j)) & 0xffffu),
+        __NV_E4M3));
+    const float2 values = __half22float2(pair);
+    out[2 * j] = values.x;
+    out[2 * j + 1] = values.y;
+  }
 }
 
 } // namespace melt::rt::cuda

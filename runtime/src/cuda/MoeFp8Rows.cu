@@ -14,12 +14,14 @@ using namespace melt::rt::cuda;
 namespace {
 
 constexpr int kScaleBlock = 128, kPerLoad = 16, kInFlight = 4;
+constexpr int kMaxStagedDim = 12288;
 
 __device__ __forceinline__ float roundedToBf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
 }
 
-/// sum over 16 weights of one load (one scale block) of bf16(x) * w.
+/// sum over 16 weights of one load (one scale block) of x * w, x BF16
+/// values already.
 __device__ __forceinline__ float dotSixteen(uint4 packed, const float *x) {
   const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
   float sum = 0.f;
@@ -28,37 +30,46 @@ __device__ __forceinline__ float dotSixteen(uint4 packed, const float *x) {
     const float4 v = *reinterpret_cast<const float4 *>(x + 4 * i);
     float w[4];
     e4m3Values(words[i], w);
-    sum += roundedToBf16(v.x) * w[0] + roundedToBf16(v.y) * w[1] +
-           roundedToBf16(v.z) * w[2] + roundedToBf16(v.w) * w[3];
+    sum += v.x * w[0] + v.y * w[1] + v.z * w[2] + v.w * w[3];
   }
   return sum;
 }
 
-/// A lane's part of sum_k bf16(x[k]) * row[k] * scale(k / 128) over a row
-/// of `len` e4m3 weights (len in 16s, row and x 16-byte aligned): the
-/// warp's lanes across the row, kInFlight loads each in flight.
-__device__ __forceinline__ float rowDotPart(const uint8_t *row,
-                                            const float *scales, const float *x,
-                                            int len, int lane) {
+/// A lane's parts of sum_k x[k] * row[k] * scale(k / 128) over ROWS rows of
+/// `len` e4m3 weights each (len in 16s, rows and x 16-byte aligned, x BF16
+/// values): the warp's lanes across the rows, kInFlight loads of every row
+/// in flight together (gate and up are read at once, not one after the
+/// other).
+template <int ROWS>
+__device__ __forceinline__ void rowDotParts(const uint8_t *const (&rows)[ROWS],
+                                            const float *const (&scales)[ROWS],
+                                            const float *x, int len, int lane,
+                                            float (&sums)[ROWS]) {
   const int loads = len / kPerLoad;
-  float sum = 0.f;
-  for (int base = lane; base < loads; base += 32 * kInFlight) {
-    uint4 packed[kInFlight];
 #pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const int at = base + 32 * u;
-      packed[u] = at < loads ? __ldcs(reinterpret_cast<const uint4 *>(row) + at)
-                             : make_uint4(0, 0, 0, 0);
-    }
+  for (int r = 0; r < ROWS; ++r)
+    sums[r] = 0.f;
+  for (int base = lane; base < loads; base += 32 * kInFlight) {
+    uint4 packed[ROWS][kInFlight];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        const int at = base + 32 * u;
+        packed[r][u] =
+            at < loads ? __ldcs(reinterpret_cast<const uint4 *>(rows[r]) + at)
+                       : make_uint4(0, 0, 0, 0);
+      }
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
       const int at = base + 32 * u;
       if (at < loads)
-        sum += dotSixteen(packed[u], x + size_t(at) * kPerLoad) *
-               scales[at * kPerLoad / kScaleBlock];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r)
+          sums[r] += dotSixteen(packed[r][u], x + size_t(at) * kPerLoad) *
+                     scales[r][at * kPerLoad / kScaleBlock];
     }
   }
-  return sum;
 }
 
 /// The scales of row `row` of expert e in a stack of rows x cols matrices
@@ -70,26 +81,40 @@ __device__ __forceinline__ const float *rowScales(const float *scales, int e,
   return scales + (size_t(e) * rowBlocks + row / kScaleBlock) * colBlocks;
 }
 
-/// Grid (tokens * choices, inter / 8), 256 threads: a warp per row i of
-/// gate and up; act = bf16(silu(gate x) * up x).
+/// Grid (tokens * choices, inter / 8), 256 threads, dim floats of dynamic
+/// shared memory: the block's token row rounded to BF16 once, then a warp
+/// per row i of gate and up; act = bf16(silu(gate x) * up x).
 __global__ void __launch_bounds__(256)
     fp8ActivationKernel(const float *x, const int32_t *indices,
                         ExpertStacks stacks, int choices, int experts,
                         int inter, int dim, float *act, int32_t *bad) {
+  extern __shared__ float4 staged[];
   awaitPriorKernels();
   const int pair = blockIdx.x, t = pair / choices;
   const int e = expertOfPair(indices, experts, bad);
+  if (e < 0)
+    return; // the whole block
+  float *xt = reinterpret_cast<float *>(staged);
+  const float4 *source = reinterpret_cast<const float4 *>(x + size_t(t) * dim);
+  for (int v = threadIdx.x; v < dim / 4; v += blockDim.x) {
+    const float4 q = source[v];
+    staged[v] = make_float4(roundedToBf16(q.x), roundedToBf16(q.y),
+                            roundedToBf16(q.z), roundedToBf16(q.w));
+  }
+  __syncthreads();
   const int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (e < 0 || i >= inter)
+  if (i >= inter)
     return;
-  const float *xt = x + size_t(t) * dim;
   const size_t row = (size_t(e) * inter + i) * dim;
-  const float a = warpSum(rowDotPart(
+  const uint8_t *const rows[2] = {
       static_cast<const uint8_t *>(stacks.gate) + row,
-      rowScales(stacks.gateScales, e, inter, dim, i), xt, dim, lane));
-  const float b = warpSum(
-      rowDotPart(static_cast<const uint8_t *>(stacks.up) + row,
-                 rowScales(stacks.upScales, e, inter, dim, i), xt, dim, lane));
+      static_cast<const uint8_t *>(stacks.up) + row};
+  const float *const scales[2] = {
+      rowScales(stacks.gateScales, e, inter, dim, i),
+      rowScales(stacks.upScales, e, inter, dim, i)};
+  float sums[2];
+  rowDotParts(rows, scales, xt, dim, lane, sums);
+  const float a = warpSum(sums[0]), b = warpSum(sums[1]);
   if (lane == 0)
     act[size_t(pair) * inter + i] = roundedToBf16(a / (1.f + expf(-a)) * b);
 }
@@ -106,10 +131,14 @@ __global__ void __launch_bounds__(256)
   const int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (e < 0 || e >= experts || j >= dim)
     return;
-  float sum = warpSum(rowDotPart(static_cast<const uint8_t *>(stacks.down) +
-                                     (size_t(e) * dim + j) * inter,
-                                 rowScales(stacks.downScales, e, dim, inter, j),
-                                 act + size_t(pair) * inter, inter, lane));
+  // The activations are BF16 values already (fp8ActivationKernel).
+  const uint8_t *const rows[1] = {static_cast<const uint8_t *>(stacks.down) +
+                                  (size_t(e) * dim + j) * inter};
+  const float *const scales[1] = {
+      rowScales(stacks.downScales, e, dim, inter, j)};
+  float sums[1];
+  rowDotParts(rows, scales, act + size_t(pair) * inter, inter, lane, sums);
+  float sum = warpSum(sums[0]);
   if (lane == 0) {
     if (combineBf16)
       sum = roundedToBf16(sum);
@@ -120,7 +149,9 @@ __global__ void __launch_bounds__(256)
 } // namespace
 
 bool melt::rt::cuda::moeFp8RowwiseFits(int inter, int dim) {
-  return inter > 0 && dim > 0 && inter % kPerLoad == 0 && dim % kPerLoad == 0;
+  // x's row in shared memory (within the 48 KiB a launch has by default).
+  return inter > 0 && dim > 0 && inter % kPerLoad == 0 &&
+         dim % kPerLoad == 0 && dim <= kMaxStagedDim;
 }
 
 cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
@@ -136,7 +167,8 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     return e;
   const dim3 activations(tokens * choices, (inter + 7) / 8);
   const dim3 outputs(tokens * choices, (dim + 7) / 8);
-  if ((e = launchOverlapped(fp8ActivationKernel, activations, 256, 0, stream, x,
+  if ((e = launchOverlapped(fp8ActivationKernel, activations, 256,
+                            size_t(dim) * sizeof(float), stream, x,
                             indices, stacks, choices, experts, inter, dim,
                             scratch, bad)) != cudaSuccess)
     return e;
