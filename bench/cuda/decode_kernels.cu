@@ -243,9 +243,10 @@ int main(int argc, char **argv) {
       float fp8RowsMs = melt::bench::timeMs(
           benchName,
           [&](int i) {
-            CHECK(moeExpertsFp8Rowwise(
-                x, indices, weights, fp8Stacks[size_t(i % fp8Copies)], tokens,
-                choices, experts, inter, dim, true, scratch, y, bad, nullptr));
+            CHECK(moeExpertsFp8Rowwise(x, indices, weights,
+                                       fp8Stacks[size_t(i % fp8Copies)], tokens,
+                                       choices, experts, inter, dim, true,
+                                       false, scratch, y, bad, nullptr));
           },
           iters);
       // The bytes that must be read: each chosen expert once.

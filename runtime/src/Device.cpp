@@ -97,6 +97,35 @@ Status Device::linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
   return status;
 }
 
+Status Device::moeExpertsOfQuantized(const DeviceTensor &x,
+                                     const DeviceTensor &indices,
+                                     const DeviceTensor &weights,
+                                     const DeviceTensor &gate,
+                                     const DeviceTensor &up,
+                                     const DeviceTensor &down, bool combineBf16,
+                                     DeviceTensor &y) {
+  if (x.shape.size() != 2)
+    return invalidArgument("moe_experts: x must be [tokens, dim]");
+  const int64_t rows = x.shape[0], cols = x.shape[1];
+  DeviceTensor q, scales, dequantized;
+  Status status = allocate(DType::FP8E4M3, {rows, cols}, q);
+  if (!status)
+    status = allocate(DType::F32, {rows, (cols + 127) / 128}, scales);
+  if (!status)
+    status = allocate(DType::F32, {rows, cols}, dequantized);
+  if (!status)
+    status = quantizeBlocks(x, 128, q, scales);
+  if (!status)
+    status = dequantizeBlocks(q, scales, 128, dequantized);
+  if (!status)
+    status = moeExperts(dequantized, indices, weights, gate, up, down,
+                        combineBf16, y);
+  release(q);
+  release(scales);
+  release(dequantized);
+  return status;
+}
+
 namespace {
 
 std::string shapeString(const std::vector<int64_t> &shape) {

@@ -133,6 +133,13 @@ public:
     (void)weight;
     return false;
   }
+  /// Whether moeExpertsOfQuantized quantizes x within the expert kernels
+  /// for these stacks (cheaper than the pair's two kernels): then the
+  /// executor leaves out the quantize/dequantize pair in front of them too.
+  virtual bool quantizesExpertInput(const DeviceTensor &gate) const {
+    (void)gate;
+    return false;
+  }
 
   // Recording (CUDA graphs). Between beginCapture and endCapture the
   // kernels are recorded, not run: nothing may be uploaded or read back,
@@ -282,6 +289,14 @@ public:
                             const DeviceTensor &gate, const DeviceTensor &up,
                             const DeviceTensor &down, bool combineBf16,
                             DeviceTensor &y) = 0;
+  /// moeExperts of dequantize(quantize(x)) in 1 x 128 FP8 blocks
+  /// (quantizeBlocks' arithmetic); here the pair into memory of its own,
+  /// then moeExperts.
+  virtual Status
+  moeExpertsOfQuantized(const DeviceTensor &x, const DeviceTensor &indices,
+                        const DeviceTensor &weights, const DeviceTensor &gate,
+                        const DeviceTensor &up, const DeviceTensor &down,
+                        bool combineBf16, DeviceTensor &y);
 
   /// ids[r] = the greedy token of row r of F32 logits [R, V] (greedyIndex
   /// of Greedy.h: the first largest, NaNs passed over): only R ids need

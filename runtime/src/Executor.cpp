@@ -253,12 +253,18 @@ Status DeviceModel::create(const Model &model, Device &device,
   if (envSwitch("MELT_FOLD_QUANTIZE", true))
     folds = findQuantizeFolds(m, *dm.forward_, [&](uint32_t k) {
       const fb::Kernel &kernel = *m.kernels()->Get(k);
-      return kernel.weights() && kernel.weights()->size() == 1 &&
-             device.quantizesFp8Input(dm.weights_.at(kernel.weights()->Get(0)));
+      if (!kernel.weights() || kernel.weights()->size() < 1)
+        return false;
+      const DeviceTensor &w = dm.weights_.at(kernel.weights()->Get(0));
+      return kernel.kind() == fb::KernelKind::MoEExperts
+                 ? device.quantizesExpertInput(w)
+                 : kernel.weights()->size() == 1 && device.quantizesFp8Input(w);
     });
   for (const QuantizeFold &f : folds) {
     dm.skipped_.insert(f.quantize);
     dm.folded_[f.dequantize] = f.source;
+    const fb::Kernel &dequantize = *m.kernels()->Get(f.dequantize);
+    dm.unquantized_.insert(dequantize.outputs()->Get(0));
   }
   // The MLPs' SiLU-muls the products compute as they read gate and up.
   if (envSwitch("MELT_FUSE_SILU_MUL", true))
@@ -719,8 +725,13 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     }
     case fb::KernelKind::MoEExperts:
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
-      status = device.moeExperts(in(0), in(1), in(2), w(0), w(1), w(2),
-                                 ints(0) != 0, *out);
+      // x before its folded quantize pair: the experts quantize it.
+      status =
+          dm.unquantized(kernel.inputs()->Get(0))
+              ? device.moeExpertsOfQuantized(in(0), in(1), in(2), w(0), w(1),
+                                             w(2), ints(0) != 0, *out)
+              : device.moeExperts(in(0), in(1), in(2), w(0), w(1), w(2),
+                                  ints(0) != 0, *out);
       break;
     default:
       return {MELT_UNSUPPORTED,

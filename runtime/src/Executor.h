@@ -45,6 +45,8 @@ public:
     return it == folded_.end() ? nullptr : &it->second;
   }
   size_t foldedPairs() const { return folded_.size(); }
+  /// Whether value `id` is a folded pair's: x before its quantization.
+  bool unquantized(uint32_t id) const { return unquantized_.count(id) != 0; }
   /// For a SiLU-mul kernel the products compute with (SiluMulFusions.h;
   /// MELT_FUSE_SILU_MUL=0 runs them all), how many products read its value;
   /// 0 otherwise.
@@ -62,6 +64,8 @@ private:
   std::map<uint32_t, DeviceTensor> weights_;
   std::set<uint32_t> skipped_;
   std::map<uint32_t, uint32_t> folded_;
+  /// The folded pairs' dequantized values (views of their x).
+  std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
 };
 

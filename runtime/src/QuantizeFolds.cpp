@@ -71,9 +71,10 @@ std::vector<QuantizeFold> melt::rt::findQuantizeFolds(
     bool fold = !outputs.count(value) && !r.empty();
     for (uint32_t k : r) {
       const fb::Kernel &reader = *model.kernels()->Get(k);
-      fold = fold && reader.kind() == fb::KernelKind::Linear &&
-             reader.inputs() && reader.inputs()->Get(0) == value &&
-             quantizesInput(k);
+      const bool product = reader.kind() == fb::KernelKind::Linear ||
+                           reader.kind() == fb::KernelKind::MoEExperts;
+      fold = fold && product && reader.inputs() &&
+             reader.inputs()->Get(0) == value && quantizesInput(k);
     }
     if (fold)
       folds.push_back({q, d, source});

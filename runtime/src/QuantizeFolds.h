@@ -6,7 +6,8 @@
 // A device that keeps a weight in FP8 quantizes the product's input in its
 // FP8 GEMM the same way, so that the pair in front of it is work done
 // twice: where the dequantized value feeds only such products, the pair
-// folds away (the products read x).
+// folds away (the products read x). The same for a device whose expert
+// kernels quantize their input themselves (Device::quantizesExpertInput).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_QUANTIZEFOLDS_H
@@ -27,8 +28,8 @@ struct QuantizeFold {
 };
 
 /// The pairs of `function` (1 x 128 blocks) whose dequantized value is read
-/// only by Linear kernels for which `quantizesInput(kernel)` holds, and is
-/// no output of the function.
+/// only as the input of Linear or MoEExperts kernels for which
+/// `quantizesInput(kernel)` holds, and is no output of the function.
 std::vector<QuantizeFold>
 findQuantizeFolds(const fb::Model &model, const fb::Function &function,
                   const std::function<bool(uint32_t kernel)> &quantizesInput);

@@ -929,11 +929,17 @@ TEST_P(DeviceConformance, ImportedFp8WeightsWithUnpaddedKMultiply) {
 /// exact weights with x and the activations rounded to BF16. Sizes with
 /// partial blocks (I = 160, D = 288) and values small enough for e4m3's
 /// subnormals.
-void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
-                          int64_t I = 160, int64_t D = 288,
-                          bool xOnGrid = false, bool sameBitsTwice = false) {
-  Device &device = *test.device;
-  const int64_t E = 4, K = 2;
+/// FP8 expert stacks gate, up [E, I, D] and down [E, D, I] on their 128x128
+/// e4m3 grids, imported into the test's device.
+struct Fp8Experts {
+  static constexpr int64_t E = 4;
+  WeightData gate, up, down;
+  DeviceTensor dg, du, dd;
+};
+
+void importFp8Experts(DeviceConformance &test, std::mt19937 &rng, int64_t I,
+                      int64_t D, Fp8Experts &experts) {
+  const int64_t E = Fp8Experts::E;
   auto stack = [&](int64_t rows, int64_t cols) {
     WeightData w;
     w.shape = {E, rows, cols};
@@ -946,22 +952,43 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
     w.gemmOnly = true;
     return w;
   };
-  WeightData gate = stack(I, D), up = stack(I, D), down = stack(D, I);
-  DeviceTensor dg, du, dd;
-  for (auto [weight, tensor] :
-       {std::pair{&gate, &dg}, std::pair{&up, &du}, std::pair{&down, &dd}}) {
-    Status s = device.importWeight(*weight, *tensor);
+  experts.gate = stack(I, D);
+  experts.up = stack(I, D);
+  experts.down = stack(D, I);
+  for (auto [weight, tensor] : {std::pair{&experts.gate, &experts.dg},
+                                std::pair{&experts.up, &experts.du},
+                                std::pair{&experts.down, &experts.dd}}) {
+    Status s = test.device->importWeight(*weight, *tensor);
     ASSERT_FALSE(s) << s.message();
     test.owned.push_back(*tensor);
     if (test.device->name().rfind("cuda", 0) == 0)
       EXPECT_EQ(tensor->dtype, DType::FP8E4M3) << "kept in fp8 on the GPU";
   }
-  HostTensor x = random(DType::F32, {T, D}, rng);
-  if (xOnGrid) // as melt-assign-precision's activation quantization leaves x
-    onFp8Grid(x.values.data(), T, D, 1);
+}
+
+/// Choices of T tokens, K each, spread over the experts.
+std::vector<int32_t> spreadChoices(int64_t T, int64_t K, int64_t E) {
   std::vector<int32_t> idx(static_cast<size_t>(T * K));
   for (size_t p = 0; p < idx.size(); ++p)
     idx[p] = int32_t((p * 3 + p / 5) % E);
+  return idx;
+}
+
+void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
+                          int64_t I = 160, int64_t D = 288,
+                          bool xOnGrid = false, bool sameBitsTwice = false) {
+  Device &device = *test.device;
+  const int64_t K = 2;
+  Fp8Experts experts;
+  importFp8Experts(test, rng, I, D, experts);
+  if (testing::Test::HasFatalFailure())
+    return;
+  const WeightData &gate = experts.gate, &up = experts.up, &down = experts.down;
+  const DeviceTensor &dg = experts.dg, &du = experts.du, &dd = experts.dd;
+  HostTensor x = random(DType::F32, {T, D}, rng);
+  if (xOnGrid) // as melt-assign-precision's activation quantization leaves x
+    onFp8Grid(x.values.data(), T, D, 1);
+  std::vector<int32_t> idx = spreadChoices(T, K, Fp8Experts::E);
   HostTensor w = random(DType::F32, {T, K}, rng);
   DeviceTensor dx = test.put(x), dw = test.put(w),
                di = test.make(DType::I32, {T, K}),
@@ -999,6 +1026,46 @@ TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
                          /*sameBitsTwice=*/true);
   checkFp8ExpertStacks(*this, rng, 1, 1408, 2048, /*xOnGrid=*/false,
                        /*sameBitsTwice=*/true);
+}
+
+// The experts of x quantized in 1 x 128 FP8 blocks (moeExpertsOfQuantized:
+// where the device quantizes the experts' input itself, the executor folds
+// the quantize pair in front of them; a GPU's one-token FP8 experts row by
+// row) are the experts of the pair's output, bit for bit (the sums in a
+// fixed order): one token (quantized as the kernels stage x) and several
+// (the pair run first), a partial last block (D 288) and mini's sizes.
+TEST_P(DeviceConformance, MoeExpertsOfQuantizedAreThePairThenTheExperts) {
+  reopenWith("MELT_CUDA_DETERMINISTIC_EXPERTS", "1");
+  if (HasFatalFailure())
+    return;
+  const int64_t K = 2;
+  for (auto [I, D] : {std::pair<int64_t, int64_t>{160, 288}, {1408, 2048}}) {
+    Fp8Experts experts;
+    importFp8Experts(*this, rng, I, D, experts);
+    if (HasFatalFailure())
+      return;
+    for (int64_t T : {int64_t(1), int64_t(5)}) {
+      HostTensor x = random(DType::F32, {T, D}, rng, 3.f);
+      HostTensor w = random(DType::F32, {T, K}, rng);
+      std::vector<int32_t> idx = spreadChoices(T, K, Fp8Experts::E);
+      const int64_t blocks = (D + 127) / 128;
+      DeviceTensor dx = put(x), dw = put(w), di = make(DType::I32, {T, K}),
+                   q = make(DType::FP8E4M3, {T, D}),
+                   scales = make(DType::F32, {T, blocks}),
+                   paired = make(DType::F32, {T, D}),
+                   want = make(DType::F32, {T, D}),
+                   have = make(DType::F32, {T, D});
+      ASSERT_FALSE(device->upload(idx.data(), di));
+      ASSERT_FALSE(device->quantizeBlocks(dx, 128, q, scales));
+      ASSERT_FALSE(device->dequantizeBlocks(q, scales, 128, paired));
+      ASSERT_FALSE(device->moeExperts(paired, di, dw, experts.dg, experts.du,
+                                      experts.dd, true, want));
+      Status s = device->moeExpertsOfQuantized(
+          dx, di, dw, experts.dg, experts.du, experts.dd, true, have);
+      ASSERT_FALSE(s) << s.message();
+      EXPECT_EQ(get(have), get(want)) << T << " tokens, I " << I << ", D " << D;
+    }
+  }
 }
 
 // One token's FP8 experts row by row (a GPU's default), also at mini's

@@ -2,8 +2,9 @@
 // (QuantizeFolds.h): on a CPU device that quantizes the inputs of the
 // products whose weights the model stores in FP8 (what the CUDA device's
 // FP8 GEMMs do), the quantize/dequantize pairs in front of those products
-// are left out, the pairs in front of the experts stay, and the logits are
-// bit for bit the plain CPU device's. Needs MELT_TEST_FP8_POLICY_ARTIFACT
+// are left out, the pairs in front of the experts stay (unless the device
+// quantizes the experts' input too), and the logits are bit for bit the
+// plain CPU device's. Needs MELT_TEST_FP8_POLICY_ARTIFACT
 // (v3-tiny compiled with --precision=deepseek-v3) and
 // MELT_TEST_FP8_POLICY_CHECKPOINT.
 #include "CpuDevice.h"
@@ -54,6 +55,26 @@ TEST(QuantizeFolds, ProductsThatQuantizeTheirInputMatchThePairs) {
   std::vector<float> want = stepLogits(*onPlain),
                      have = stepLogits(*onQuantizing);
   EXPECT_GT(quantizing.quantizedProducts, 0);
+  expectSameLogits(have, want);
+}
+
+TEST(QuantizeFolds, ExpertsThatQuantizeTheirInputMatchThePairs) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  CpuDevice plain;
+  QuantizingCpuDevice products, productsAndExperts(false, true);
+  std::unique_ptr<DeviceModel> onPlain, onProducts, onBoth;
+  ASSERT_FALSE(DeviceModel::create(*model, plain, onPlain));
+  ASSERT_FALSE(DeviceModel::create(*model, products, onProducts));
+  ASSERT_FALSE(DeviceModel::create(*model, productsAndExperts, onBoth));
+  // The pairs in front of the experts fold too: every pair, here.
+  EXPECT_GT(onBoth->foldedPairs(), onProducts->foldedPairs());
+  EXPECT_EQ(onBoth->foldedPairs(), dequantizeKernels(*onBoth));
+  std::vector<float> want = stepLogits(*onPlain), have = stepLogits(*onBoth);
+  EXPECT_GT(productsAndExperts.quantizedExperts, 0);
+  EXPECT_EQ(products.quantizedExperts, 0);
   expectSameLogits(have, want);
 }
 

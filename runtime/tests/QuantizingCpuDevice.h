@@ -4,7 +4,9 @@
 // model stores in FP8 as the CUDA device's FP8 products do, x quantized in
 // 1x128 blocks inside linear(), and, where asked, takes an MLP's SiLU-mul
 // into those products (linearOfSiluMul: siluMul then linear, into memory of
-// its own, so that gate and up are read at the product's time).
+// its own, so that gate and up are read at the product's time), and where
+// asked quantizes the FP8 experts' input itself (Device's
+// moeExpertsOfQuantized: the pair into memory of its own).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
@@ -18,8 +20,9 @@ namespace melt::rt {
 
 class QuantizingCpuDevice final : public CpuDevice {
 public:
-  explicit QuantizingCpuDevice(bool fusesSiluMul = false)
-      : fusesSiluMul_(fusesSiluMul) {}
+  explicit QuantizingCpuDevice(bool fusesSiluMul = false,
+                               bool quantizesExperts = false)
+      : fusesSiluMul_(fusesSiluMul), quantizesExperts_(quantizesExperts) {}
 
   Status importWeight(const WeightData &weight, DeviceTensor &out) override {
     MELT_RETURN_IF_ERROR(CpuDevice::importWeight(weight, out));
@@ -56,16 +59,29 @@ public:
     release(dq);
     return s;
   }
+  bool quantizesExpertInput(const DeviceTensor &gate) const override {
+    return quantizesExperts_ && fp8Stored_.count(gate.data) != 0;
+  }
+  Status moeExpertsOfQuantized(const DeviceTensor &x,
+                               const DeviceTensor &indices,
+                               const DeviceTensor &weights,
+                               const DeviceTensor &gate, const DeviceTensor &up,
+                               const DeviceTensor &down, bool combineBf16,
+                               DeviceTensor &y) override {
+    ++quantizedExperts;
+    return CpuDevice::moeExpertsOfQuantized(x, indices, weights, gate, up, down,
+                                            combineBf16, y);
+  }
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          const DeviceTensor &w, DeviceTensor &y) override {
     ++fusedProducts;
     return CpuDevice::linearOfSiluMul(gate, up, w, y);
   }
 
-  int quantizedProducts = 0, fusedProducts = 0;
+  int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0;
 
 private:
-  bool fusesSiluMul_;
+  bool fusesSiluMul_, quantizesExperts_;
   std::set<const void *> fp8Stored_;
 };
 

@@ -619,6 +619,40 @@ public:
                     const DeviceTensor &weights, const DeviceTensor &gate,
                     const DeviceTensor &up, const DeviceTensor &down,
                     bool combineBf16, DeviceTensor &y) override {
+    return experts(x, indices, weights, gate, up, down, combineBf16, false, y);
+  }
+
+  /// One token's FP8 experts row by row quantize x as they stage it (the
+  /// pair's two kernels left out); more tokens run the pair first.
+  bool quantizesExpertInput(const DeviceTensor &gate) const override {
+    return gate.dtype == DType::FP8E4M3 && fp8ExpertRows_;
+  }
+  Status moeExpertsOfQuantized(const DeviceTensor &x,
+                               const DeviceTensor &indices,
+                               const DeviceTensor &weights,
+                               const DeviceTensor &gate, const DeviceTensor &up,
+                               const DeviceTensor &down, bool combineBf16,
+                               DeviceTensor &y) override {
+    if (x.shape.size() == 2 && gate.shape.size() == 3 &&
+        takesFp8Rows(gate.dtype, x.shape[0], gate.shape[1], x.shape[1]))
+      return experts(x, indices, weights, gate, up, down, combineBf16, true, y);
+    return Device::moeExpertsOfQuantized(x, indices, weights, gate, up, down,
+                                         combineBf16, y);
+  }
+
+  /// Whether T tokens of experts (intermediate I, hidden D) run on the FP8
+  /// row-by-row kernels.
+  bool takesFp8Rows(DType stacks, int64_t T, int64_t I, int64_t D) const {
+    return stacks == DType::FP8E4M3 && T == 1 && fp8ExpertRows_ &&
+           moeFp8RowwiseFits(int(I), int(D));
+  }
+
+  /// moeExperts, of x quantized in 1 x 128 blocks first where `quantizeX`
+  /// (only on the FP8 row-by-row kernels).
+  Status experts(const DeviceTensor &x, const DeviceTensor &indices,
+                 const DeviceTensor &weights, const DeviceTensor &gate,
+                 const DeviceTensor &up, const DeviceTensor &down,
+                 bool combineBf16, bool quantizeX, DeviceTensor &y) {
     MELT_RETURN_IF_ERROR(usable());
     ExpertStacks stacks;
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
@@ -627,7 +661,7 @@ public:
     MELT_RETURN_IF_ERROR(flags());
     int64_t pairs = indices.shape[0] * indices.shape[1];
     // (Grouping reads the choices back: not while recording a graph.)
-    if (pairs >= groupedMinPairs_ && !capturing_)
+    if (pairs >= groupedMinPairs_ && !capturing_ && !quantizeX)
       return groupedExperts(x, indices, weights, gate, up, down, stacks,
                             combineBf16, y);
     const int T = int(x.shape[0]), K = int(indices.shape[1]),
@@ -642,7 +676,7 @@ public:
     float *rows = static_cast<float *>(pairRows.data);
     Status launched =
         moeExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
-                           combineBf16, T, K, E, I, D, rows, y);
+                           combineBf16, quantizeX, T, K, E, I, D, rows, y);
     if (pairRows.data)
       release(pairRows);
     return launched; // a bad expert index: at synchronize()
@@ -653,29 +687,32 @@ public:
                             const DeviceTensor &weights,
                             const DeviceTensor &gate, const DeviceTensor &up,
                             const DeviceTensor &down,
-                            const ExpertStacks &stacks, bool combineBf16, int T,
-                            int K, int E, int I, int D, float *pairRows,
-                            DeviceTensor &y) {
+                            const ExpertStacks &stacks, bool combineBf16,
+                            bool quantizeX, int T, int K, int E, int I, int D,
+                            float *pairRows, DeviceTensor &y) {
     const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
     const int64_t pairs = int64_t(T) * K;
     // One token's FP8 experts a row at a time: each weight is read once
     // either way, without the grouping (whose tensor-core tiles read FP8
     // stacks at a quarter of the copy bandwidth for one token).
-    if (fp8 && T == 1 && fp8ExpertRows_ && moeFp8RowwiseFits(I, D)) {
+    if (takesFp8Rows(gate.dtype, T, I, D)) {
       DeviceTensor scratch;
       MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, I}, scratch));
-      Status launched =
-          check(moeExpertsFp8Rowwise(static_cast<const float *>(x.data),
-                                     static_cast<const int32_t *>(indices.data),
-                                     static_cast<const float *>(weights.data),
-                                     stacks, T, K, E, I, D, combineBf16,
-                                     static_cast<float *>(scratch.data),
-                                     static_cast<float *>(y.data),
-                                     flag_ + kExpertFlag, stream_, pairRows),
-                "moe_experts");
+      Status launched = check(
+          moeExpertsFp8Rowwise(static_cast<const float *>(x.data),
+                               static_cast<const int32_t *>(indices.data),
+                               static_cast<const float *>(weights.data), stacks,
+                               T, K, E, I, D, combineBf16, quantizeX,
+                               static_cast<float *>(scratch.data),
+                               static_cast<float *>(y.data),
+                               flag_ + kExpertFlag, stream_, pairRows),
+          "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;
     }
+    if (quantizeX)
+      return invalidArgument("moe_experts: x quantized in the kernels only "
+                             "for one token's FP8 experts");
     // Several tokens: each active expert's weights read once for all of
     // its tokens, grouped on the device (recordable). FP8 stacks always
     // (they have only the tensor-core kernels).

@@ -81,9 +81,35 @@ __device__ __forceinline__ const float *rowScales(const float *scales, int e,
   return scales + (size_t(e) * rowBlocks + row / kScaleBlock) * colBlocks;
 }
 
+/// x's row dequantize(quantize(x)) in 1 x 128 FP8 blocks, rounded to BF16,
+/// into `staged`: a warp per block, quantizeBlocksOf128Kernel's arithmetic
+/// then dequantizeBlocksByFourKernel's (the pair the executor left out).
+__device__ __forceinline__ void stageQuantized(const float4 *source, int dim,
+                                               float4 *staged) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int b = warp; b < (dim + 127) / 128; b += blockDim.x / 32) {
+    const int c = b * 128 + 4 * lane;
+    const bool inside = c < dim;
+    const float4 v = inside ? source[c / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
+    const float amax = warpMax(
+        fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+    const float scale = fmaxf(amax, 1e-12f) / 448.f;
+    auto value = [&](float f) {
+      const uint32_t code =
+          __nv_cvt_float_to_fp8(f / scale, __NV_SATFINITE, __NV_E4M3);
+      return roundedToBf16(e4m3Value(code) * scale);
+    };
+    if (inside)
+      staged[c / 4] =
+          make_float4(value(v.x), value(v.y), value(v.z), value(v.w));
+  }
+}
+
 /// Grid (tokens * choices, inter / 8), 256 threads, dim floats of dynamic
-/// shared memory: the block's token row rounded to BF16 once, then a warp
-/// per row i of gate and up; act = bf16(silu(gate x) * up x).
+/// shared memory: the block's token row rounded to BF16 once (kQuantize:
+/// quantized first), then a warp per row i of gate and up;
+/// act = bf16(silu(gate x) * up x).
+template <bool kQuantize>
 __global__ void __launch_bounds__(256)
     fp8ActivationKernel(const float *x, const int32_t *indices,
                         ExpertStacks stacks, int choices, int experts,
@@ -96,10 +122,14 @@ __global__ void __launch_bounds__(256)
     return; // the whole block
   float *xt = reinterpret_cast<float *>(staged);
   const float4 *source = reinterpret_cast<const float4 *>(x + size_t(t) * dim);
-  for (int v = threadIdx.x; v < dim / 4; v += blockDim.x) {
-    const float4 q = source[v];
-    staged[v] = make_float4(roundedToBf16(q.x), roundedToBf16(q.y),
-                            roundedToBf16(q.z), roundedToBf16(q.w));
+  if constexpr (kQuantize) {
+    stageQuantized(source, dim, staged);
+  } else {
+    for (int v = threadIdx.x; v < dim / 4; v += blockDim.x) {
+      const float4 q = source[v];
+      staged[v] = make_float4(roundedToBf16(q.x), roundedToBf16(q.y),
+                              roundedToBf16(q.z), roundedToBf16(q.w));
+    }
   }
   __syncthreads();
   const int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -157,8 +187,8 @@ bool melt::rt::cuda::moeFp8RowwiseFits(int inter, int dim) {
 cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     const float *x, const int32_t *indices, const float *weights,
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
-    int dim, bool combineBf16, float *scratch, float *y, int32_t *bad,
-    cudaStream_t stream, float *pairRows) {
+    int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
+    int32_t *bad, cudaStream_t stream, float *pairRows) {
   if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
       !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
     return cudaErrorInvalidValue;
@@ -167,10 +197,10 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     return e;
   const dim3 activations(tokens * choices, (inter + 7) / 8);
   const dim3 outputs(tokens * choices, (dim + 7) / 8);
-  if ((e = launchOverlapped(fp8ActivationKernel, activations, 256,
-                            size_t(dim) * sizeof(float), stream, x,
-                            indices, stacks, choices, experts, inter, dim,
-                            scratch, bad)) != cudaSuccess)
+  if ((e = launchOverlapped(
+           quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>,
+           activations, 256, size_t(dim) * sizeof(float), stream, x, indices,
+           stacks, choices, experts, inter, dim, scratch, bad)) != cudaSuccess)
     return e;
   if ((e = launchOverlapped(fp8DownKernel, outputs, 256, 0, stream, scratch,
                             indices, weights, stacks, choices, experts, inter,

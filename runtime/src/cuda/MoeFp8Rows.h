@@ -30,15 +30,16 @@ bool moeFp8RowwiseFits(int inter, int dim);
 /// y = sum over the choices of weight x expert(x) for FP8 128x128
 /// block-scaled stacks (stacks.type Fp8Blocks); `combineBf16` rounds each
 /// expert output to BF16 before it is weighted; `scratch` holds
-/// tokens x choices x inter floats. An expert id out of range sets *bad
+/// tokens x choices x inter floats; `quantizeX` multiplies
+/// dequantize(quantize(x)) in 1 x 128 FP8 blocks (quantizeBlocks and
+/// dequantizeBlocks' arithmetic) instead of x. An expert id out of range
+/// sets *bad
 /// (the pair is skipped). `pairRows` as moeExpertsRowwise's.
-cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
-                                 const float *weights,
-                                 const ExpertStacks &stacks, int tokens,
-                                 int choices, int experts, int inter, int dim,
-                                 bool combineBf16, float *scratch, float *y,
-                                 int32_t *bad, cudaStream_t stream,
-                                 float *pairRows = nullptr);
+cudaError_t moeExpertsFp8Rowwise(
+    const float *x, const int32_t *indices, const float *weights,
+    const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
+    int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
+    int32_t *bad, cudaStream_t stream, float *pairRows = nullptr);
 
 } // namespace melt::rt::cuda
 
