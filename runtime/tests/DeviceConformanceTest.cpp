@@ -1009,11 +1009,10 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
   }
 }
 
-// The expert kernels' sums the same bits every run where asked (a GPU:
-// MELT_CUDA_DETERMINISTIC_EXPERTS=1, each pair's row written, a token's rows
-// summed in choice order, instead of F32 atomics): the same values as
-// ever, twice the same. Row by row and grouped by expert, F32, BF16 and
-// FP8 weights.
+// The expert kernels' sums the same bits every run (a GPU's default,
+// MELT_CUDA_DETERMINISTIC_EXPERTS=1: each pair's row written, a token's rows
+// summed in choice order, instead of F32 atomics): the same values, twice
+// the same. Row by row and grouped by expert, F32, BF16 and FP8 weights.
 TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
   reopenWith("MELT_CUDA_DETERMINISTIC_EXPERTS", "1");
   if (HasFatalFailure())
@@ -1026,6 +1025,18 @@ TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
                          /*sameBitsTwice=*/true);
   checkFp8ExpertStacks(*this, rng, 1, 1408, 2048, /*xOnGrid=*/false,
                        /*sameBitsTwice=*/true);
+}
+
+// The same values with the sums in F32 atomics where asked (a GPU:
+// MELT_CUDA_DETERMINISTIC_EXPERTS=0).
+TEST_P(DeviceConformance, MoeExpertsSumWithAtomicsWhereAsked) {
+  reopenWith("MELT_CUDA_DETERMINISTIC_EXPERTS", "0");
+  if (HasFatalFailure())
+    return;
+  checkMoeExperts(*this, rng, 1);
+  checkMoeExperts(*this, rng);
+  for (int64_t T : {int64_t(1), int64_t(21)})
+    checkFp8ExpertStacks(*this, rng, T);
 }
 
 // The experts of x quantized in 1 x 128 FP8 blocks (moeExpertsOfQuantized:

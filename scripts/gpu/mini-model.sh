@@ -11,11 +11,11 @@
 # kernel, MELT_COMPARE_FOLDS=1 the FP8 decode with the quantize pairs kept,
 # MELT_COMPARE_SILU_MUL=1 the FP8 decode at batch 1 with the SiLU-muls as
 # kernels of their own (speed, and whether the greedy tokens agree: the
-# product's values are the same, but the experts' F32 atomic combine sums
-# in another order from run to run, which can flip mini's near-ties),
-# MELT_COMPARE_DETERMINISTIC=1 the decode at batch 1 and 64 twice with the
-# experts' sums in a fixed order (MELT_CUDA_DETERMINISTIC_EXPERTS=1: the
-# two runs' tokens must agree), MELT_COMPARE_FP8_PATHS=1 the FP8 runs again
+# products' values are the same, and the experts sum in a fixed order),
+# MELT_COMPARE_DETERMINISTIC=1 the decode at batch 1 and 64 twice more
+# (the experts' sums in a fixed order, the default: the two runs' tokens
+# must agree) and once with F32 atomics (MELT_CUDA_DETERMINISTIC_EXPERTS=0,
+# for the speed), MELT_COMPARE_FP8_PATHS=1 the FP8 runs again
 # without the padded FP8
 # weights and the row-wise FP8 experts (MELT_CUDA_FP8_PAD_K=0
 # MELT_CUDA_FP8_EXPERT_ROWS=0), MELT_COMPARE_OVERLAP=1
@@ -51,9 +51,12 @@ for model in mini-bf16.melt mini-fp8.melt; do
     fi
     if [ "${MELT_COMPARE_DETERMINISTIC:-}" = 1 ]; then
       for round in 1 2; do
-        MELT_CUDA_DETERMINISTIC_EXPERTS=1 run "$model" --prompt-ids "$(prompt 128)" \
+        run "$model" --prompt-ids "$(prompt 128)" \
           --max-new 64 --batch 1,64 | sed "s/^{/{\"deterministic\": $round, /"
       done
+      MELT_CUDA_DETERMINISTIC_EXPERTS=0 run "$model" --prompt-ids "$(prompt 128)" \
+        --max-new 64 --batch 1,64 | sed 's/^{/{"experts": "atomic", /'
+
     fi
     if [ "${MELT_COMPARE_FP8_PATHS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
       for args in "$(prompt 128) --max-new 64 --batch 1,64" "$(prompt 1024) --max-new 1 --batch 1,8"; do
@@ -75,8 +78,7 @@ compare() { python3 bench/cuda/compare_tokens.py "$out/mini_melt.json" "$@"; }
     --model mini-bf16.melt --model mini-fp8.melt --batch 1 --batch 64 \
     deterministic=1 deterministic=2
 # The SiLU-muls fused and apart (the products' values are bit for bit the
-# same; a step is not bit-reproducible from run to run where the experts
-# combine with F32 atomics).
+# same, and the experts sum in a fixed order: the same tokens).
 [ "${MELT_COMPARE_SILU_MUL:-}" = 1 ] &&
   compare --label "SiLU-mul fused / apart" --model mini-fp8.melt --batch 1 \
     default silu_mul=apart

@@ -418,12 +418,12 @@ public:
   /// One token's FP8 experts row by row (moeExpertsFp8Rowwise);
   /// MELT_CUDA_FP8_EXPERT_ROWS=0 groups them by expert on tensor cores.
   bool fp8ExpertRows_ = envSwitch("MELT_CUDA_FP8_EXPERT_ROWS", true);
-  /// MELT_CUDA_DETERMINISTIC_EXPERTS=1 (written and compiled, not yet run on
-  /// the GPU): the device-side expert kernels write each pair's weighted
-  /// output row and sum a token's rows in choice order (the same bits every
-  /// run), instead of adding them into y with F32 atomics.
+  /// The device-side expert kernels write each pair's weighted output row
+  /// and sum a token's rows in choice order (the same bits every run, at no
+  /// measured cost); MELT_CUDA_DETERMINISTIC_EXPERTS=0 adds them into y with
+  /// F32 atomics instead, whose order varies from run to run.
   bool deterministicExperts_ =
-      envSwitch("MELT_CUDA_DETERMINISTIC_EXPERTS", false);
+      envSwitch("MELT_CUDA_DETERMINISTIC_EXPERTS", true);
   bool fusedAddNorm_ = envSwitch("MELT_CUDA_FUSED_ADD_NORM", true);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,

@@ -14,7 +14,7 @@ using namespace melt::rt::cuda;
 namespace {
 
 constexpr int kScaleBlock = 128, kPerLoad = 16, kInFlight = 4;
-constexpr int kMaxStagedDim = 12288;
+constexpr int kMaxStagedDim = 12288, kDownRowsPerWarp = 2;
 
 __device__ __forceinline__ float roundedToBf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
@@ -149,8 +149,9 @@ __global__ void __launch_bounds__(256)
     act[size_t(pair) * inter + i] = roundedToBf16(a / (1.f + expf(-a)) * b);
 }
 
-/// Grid (tokens * choices, dim / 8), 256 threads: a warp per output j of
-/// the down projection, added into y weighted.
+/// Grid (tokens * choices, dim / (8 x kDownRowsPerWarp)), 256 threads: a
+/// warp per kDownRowsPerWarp outputs j of the down projection (their loads
+/// in flight together: a row of down is short), added into y weighted.
 __global__ void __launch_bounds__(256)
     fp8DownKernel(const float *act, const int32_t *indices,
                   const float *weights, ExpertStacks stacks, int choices,
@@ -158,21 +159,30 @@ __global__ void __launch_bounds__(256)
                   PairOutput y) {
   awaitPriorKernels();
   const int pair = blockIdx.x, e = indices[pair];
-  const int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (e < 0 || e >= experts || j >= dim)
+  const int j0 = (blockIdx.y * 8 + threadIdx.x / 32) * kDownRowsPerWarp,
+            lane = threadIdx.x % 32;
+  if (e < 0 || e >= experts || j0 >= dim)
     return;
+  // dim is a multiple of 16: all kDownRowsPerWarp rows are there.
+  const uint8_t *rows[kDownRowsPerWarp];
+  const float *scales[kDownRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kDownRowsPerWarp; ++r) {
+    rows[r] = static_cast<const uint8_t *>(stacks.down) +
+              (size_t(e) * dim + j0 + r) * inter;
+    scales[r] = rowScales(stacks.downScales, e, dim, inter, j0 + r);
+  }
   // The activations are BF16 values already (fp8ActivationKernel).
-  const uint8_t *const rows[1] = {static_cast<const uint8_t *>(stacks.down) +
-                                  (size_t(e) * dim + j) * inter};
-  const float *const scales[1] = {
-      rowScales(stacks.downScales, e, dim, inter, j)};
-  float sums[1];
+  float sums[kDownRowsPerWarp];
   rowDotParts(rows, scales, act + size_t(pair) * inter, inter, lane, sums);
-  float sum = warpSum(sums[0]);
-  if (lane == 0) {
-    if (combineBf16)
-      sum = roundedToBf16(sum);
-    y.add(pair, choices, dim, j, weights[pair] * sum);
+#pragma unroll
+  for (int r = 0; r < kDownRowsPerWarp; ++r) {
+    float sum = warpSum(sums[r]);
+    if (lane == 0) {
+      if (combineBf16)
+        sum = roundedToBf16(sum);
+      y.add(pair, choices, dim, j0 + r, weights[pair] * sum);
+    }
   }
 }
 
@@ -196,7 +206,8 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
   if (e != cudaSuccess || tokens == 0)
     return e;
   const dim3 activations(tokens * choices, (inter + 7) / 8);
-  const dim3 outputs(tokens * choices, (dim + 7) / 8);
+  const dim3 outputs(tokens * choices,
+                     (dim + 8 * kDownRowsPerWarp - 1) / (8 * kDownRowsPerWarp));
   if ((e = launchOverlapped(
            quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>,
            activations, 256, size_t(dim) * sizeof(float), stream, x, indices,
