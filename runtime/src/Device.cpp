@@ -97,17 +97,12 @@ Status Device::linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
   return status;
 }
 
-Status Device::moeExpertsOfQuantized(const DeviceTensor &x,
-                                     const DeviceTensor &indices,
-                                     const DeviceTensor &weights,
-                                     const DeviceTensor &gate,
-                                     const DeviceTensor &up,
-                                     const DeviceTensor &down, bool combineBf16,
-                                     DeviceTensor &y) {
+Status Device::quantizedRoundTrip(const DeviceTensor &x,
+                                  DeviceTensor &dequantized) {
   if (x.shape.size() != 2)
-    return invalidArgument("moe_experts: x must be [tokens, dim]");
+    return invalidArgument("quantize: x must be [rows, cols]");
   const int64_t rows = x.shape[0], cols = x.shape[1];
-  DeviceTensor q, scales, dequantized;
+  DeviceTensor q, scales;
   Status status = allocate(DType::FP8E4M3, {rows, cols}, q);
   if (!status)
     status = allocate(DType::F32, {rows, (cols + 127) / 128}, scales);
@@ -117,11 +112,24 @@ Status Device::moeExpertsOfQuantized(const DeviceTensor &x,
     status = quantizeBlocks(x, 128, q, scales);
   if (!status)
     status = dequantizeBlocks(q, scales, 128, dequantized);
-  if (!status)
-    status = moeExperts(dequantized, indices, weights, gate, up, down,
-                        combineBf16, y);
   release(q);
   release(scales);
+  if (status)
+    release(dequantized);
+  return status;
+}
+
+Status Device::moeExpertsOfQuantized(const DeviceTensor &x,
+                                     const DeviceTensor &indices,
+                                     const DeviceTensor &weights,
+                                     const DeviceTensor &gate,
+                                     const DeviceTensor &up,
+                                     const DeviceTensor &down, bool combineBf16,
+                                     DeviceTensor &y) {
+  DeviceTensor dequantized;
+  MELT_RETURN_IF_ERROR(quantizedRoundTrip(x, dequantized));
+  Status status =
+      moeExperts(dequantized, indices, weights, gate, up, down, combineBf16, y);
   release(dequantized);
   return status;
 }

@@ -289,9 +289,12 @@ public:
                             const DeviceTensor &gate, const DeviceTensor &up,
                             const DeviceTensor &down, bool combineBf16,
                             DeviceTensor &y) = 0;
+  /// dequantize(quantize(x)) of x [rows, cols] in 1 x 128 FP8 blocks into
+  /// `dequantized`, allocated here (the caller releases it).
+  Status quantizedRoundTrip(const DeviceTensor &x, DeviceTensor &dequantized);
   /// moeExperts of dequantize(quantize(x)) in 1 x 128 FP8 blocks
-  /// (quantizeBlocks' arithmetic); here the pair into memory of its own,
-  /// then moeExperts.
+  /// (quantizeBlocks' arithmetic); here quantizedRoundTrip, then
+  /// moeExperts.
   virtual Status
   moeExpertsOfQuantized(const DeviceTensor &x, const DeviceTensor &indices,
                         const DeviceTensor &weights, const DeviceTensor &gate,

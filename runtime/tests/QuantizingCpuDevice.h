@@ -41,22 +41,10 @@ public:
     if (!quantizesFp8Input(w))
       return CpuDevice::linear(x, w, y);
     ++quantizedProducts;
-    const int64_t rows = x.shape[0], cols = x.shape[1];
-    DeviceTensor q, scales, dq;
-    Status s = allocate(DType::FP8E4M3, {rows, cols}, q);
-    if (!s)
-      s = allocate(DType::F32, {rows, (cols + 127) / 128}, scales);
-    if (!s)
-      s = allocate(DType::F32, {rows, cols}, dq);
-    if (!s)
-      s = quantizeBlocks(x, 128, q, scales);
-    if (!s)
-      s = dequantizeBlocks(q, scales, 128, dq);
-    if (!s)
-      s = CpuDevice::linear(dq, w, y);
-    release(q);
-    release(scales);
-    release(dq);
+    DeviceTensor dequantized;
+    MELT_RETURN_IF_ERROR(quantizedRoundTrip(x, dequantized));
+    Status s = CpuDevice::linear(dequantized, w, y);
+    release(dequantized);
     return s;
   }
   bool quantizesExpertInput(const DeviceTensor &gate) const override {
