@@ -2,14 +2,16 @@
 //
 // A decode step of one token multiplies each of its chosen experts' weights
 // with one row of x: the step only streams the experts' bytes. Grouping by
-// expert (moeExpertsByExpert) gains nothing there, and its tensor-core tiles
-// read FP8 stacks at 758 GB/s for one token on the H200 (68 us a layer of
-// mini, where BF16 stacks row by row take 39 us:
+// expert (moeExpertsByExpert) gains nothing there: its tensor-core tiles
+// read FP8 stacks at 787 GB/s for one token on the H200 (66 us a layer of
+// mini; row by row here: 32.8 us, BF16 stacks row by row 36.4 us;
 // bench/results/decode_kernels_h200.json). Here as moeExpertsRowwise does
-// for BF16: a warp per row of gate and up, then per row of down, 16 e4m3
-// weights per 16-byte load (one 128-wide scale block), widened exactly;
-// with moeExpertsByExpert's semantics for FP8 stacks: x and the activations
-// rounded to BF16, each block's products summed in F32 and scaled.
+// for BF16: a warp per row of gate and up (both rows' loads in flight
+// together, x staged in shared memory once per block), then per two rows
+// of down, 16 e4m3 weights per 16-byte load (one 128-wide scale block),
+// widened exactly; with moeExpertsByExpert's semantics for FP8 stacks: x
+// and the activations rounded to BF16, each block's products summed in F32
+// and scaled.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_MOEFP8ROWS_H
