@@ -92,7 +92,7 @@ int64_t deviceBytes(WeightOp weight, Format format) {
   // An FP8 matrix's rows zero-padded to the GEMMs' K (and its scales).
   if (format == Format::Fp8Blocks && rank == 2 &&
       ::melt::cuda::fp8GemmPadsCols(shape[1])) {
-    const int64_t paddedCols = (shape[1] + 511) / 512 * 512;
+    const int64_t paddedCols = ::melt::cuda::fp8GemmPaddedCols(shape[1]);
     elements = shape[0] * paddedCols;
     blocks = ((shape[0] + 127) / 128) * (paddedCols / 128);
   }

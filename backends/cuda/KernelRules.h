@@ -22,9 +22,12 @@ enum class WeightFormat { F32, BF16, Fp8Blocks };
 /// to the next one where that adds at most a quarter of the row
 /// (CudaDevice's importFp8: mini's and V2-Lite's 1408 and 10944); a short
 /// K (32 to 256) reads fewer bytes in F32 than padded to 512.
+inline int64_t fp8GemmPaddedCols(int64_t cols) {
+  return (cols + 511) / 512 * 512;
+}
 inline bool fp8GemmPadsCols(int64_t cols) {
-  const int64_t padded = (cols + 511) / 512 * 512;
-  return cols > 0 && cols % 512 != 0 && padded - cols <= cols / 4;
+  return cols > 0 && cols % 512 != 0 &&
+         fp8GemmPaddedCols(cols) - cols <= cols / 4;
 }
 
 /// The FP8 block-scaled GEMMs (cuBLASLt and Fp8SmallM.cu) take [N, K]

@@ -1,6 +1,7 @@
 //===- ModelKernels.cu - the model's F32 kernels (CUDA) ------------------===//
 #include "cuda/ModelKernels.h"
 
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
@@ -591,11 +592,10 @@ __global__ void quantizeBlocksKernel(const float *x, int tokens, int cols,
   float amax = 0.f;
   for (int c = c0; c < c1; ++c)
     amax = fmaxf(amax, fabsf(row[c]));
-  float scale = fmaxf(amax, 1e-12f) / 448.f;
+  float scale = blockScale(amax);
   scales[i] = scale;
   for (int c = c0; c < c1; ++c)
-    q[size_t(t) * cols + c] =
-        __nv_cvt_float_to_fp8(row[c] / scale, __NV_SATFINITE, __NV_E4M3);
+    q[size_t(t) * cols + c] = uint8_t(e4m3Code(row[c], scale));
 }
 
 /// A warp per (token, 128-value block), 4 values a lane (cols a multiple
@@ -613,9 +613,7 @@ __global__ void quantizeBlocksOf128Kernel(const float *x, int tokens, int cols,
   const size_t at = size_t(t) * cols + c;
   const float4 v = inside ? *reinterpret_cast<const float4 *>(x + at)
                           : make_float4(0.f, 0.f, 0.f, 0.f);
-  const float amax = warpMax(
-      fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
-  const float scale = fmaxf(amax, 1e-12f) / 448.f;
+  const float scale = warpBlockScale(v);
   if (lane == 0)
     scales[warp] = scale;
   if (!inside)
@@ -624,9 +622,7 @@ __global__ void quantizeBlocksOf128Kernel(const float *x, int tokens, int cols,
   uint32_t packed = 0;
 #pragma unroll
   for (int i = 0; i < 4; ++i)
-    packed |= uint32_t(__nv_cvt_float_to_fp8(values[i] / scale, __NV_SATFINITE,
-                                             __NV_E4M3))
-              << (8 * i);
+    packed |= e4m3Code(values[i], scale) << (8 * i);
   *reinterpret_cast<uint32_t *>(q + at) = packed;
 }
 

@@ -1,6 +1,7 @@
 //===- MoeFp8Rows.cu - FP8 expert stacks a row at a time (CUDA) -----------===//
 #include "cuda/MoeFp8Rows.h"
 
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
@@ -82,8 +83,9 @@ __device__ __forceinline__ const float *rowScales(const float *scales, int e,
 }
 
 /// x's row dequantize(quantize(x)) in 1 x 128 FP8 blocks, rounded to BF16,
-/// into `staged`: a warp per block, quantizeBlocksOf128Kernel's arithmetic
-/// then dequantizeBlocksByFourKernel's (the pair the executor left out).
+/// into `staged`: a warp per block, the quantize kernels' arithmetic
+/// (BlockQuantize.cuh) then dequantizeBlocksByFourKernel's (the pair the
+/// executor left out).
 __device__ __forceinline__ void stageQuantized(const float4 *source, int dim,
                                                float4 *staged) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -91,13 +93,9 @@ __device__ __forceinline__ void stageQuantized(const float4 *source, int dim,
     const int c = b * 128 + 4 * lane;
     const bool inside = c < dim;
     const float4 v = inside ? source[c / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
-    const float amax = warpMax(
-        fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
-    const float scale = fmaxf(amax, 1e-12f) / 448.f;
+    const float scale = warpBlockScale(v);
     auto value = [&](float f) {
-      const uint32_t code =
-          __nv_cvt_float_to_fp8(f / scale, __NV_SATFINITE, __NV_E4M3);
-      return roundedToBf16(e4m3Value(code) * scale);
+      return roundedToBf16(e4m3Value(e4m3Code(f, scale)) * scale);
     };
     if (inside)
       staged[c / 4] =
