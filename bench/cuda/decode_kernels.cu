@@ -2,7 +2,9 @@
 // BASELINES.md) runs, at batch 1 to 64: each product of a few rows with a
 // BF16 weight by melt's small-M kernel (SmallMGemm.h) beside cuBLASLt
 // (the activations rounded to BF16, then GemmRunner::bf16, as the device
-// ran them before), the routed experts row by row (ModelKernels.h) and
+// ran them before), each with an FP8 weight from F32 x (Fp8SmallM.h: the
+// runner's choice and the few-tokens kernel), the routed experts row by
+// row (ModelKernels.h) and
 // grouped by expert on the device (MoeByExpert.h), and
 // absorbed MLA split over the sequence (MlaSplit.h). Figures: microseconds
 // and the bytes each must read (weights, cache rows) per second, beside
@@ -12,6 +14,7 @@
 //
 //   melt-bench-decode-kernels [--iters N]
 #include "cuda/Elementwise.h"
+#include "cuda/Fp8SmallM.h"
 #include "cuda/Gemm.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
@@ -154,6 +157,77 @@ int main(int argc, char **argv) {
       CHECK(cudaFree(y));
     }
     for (__nv_bfloat16 *p : w)
+      CHECK(cudaFree(p));
+  }
+
+  // Products with FP8 weights (128x128 scales) from F32 x, as a decode step
+  // runs them (x quantized in the kernel): the runner's choice (the
+  // few-tokens kernel where it pays, else the split-K one:
+  // MELT_CUDA_FP8_FEW_TOKENS=0 shows the latter) and the few-tokens kernel
+  // itself. K padded to 512 as the runtime stores such weights.
+  struct Fp8Shape {
+    const char *name;
+    int n, kIn, k;
+  } fp8Shapes[] = {{"q_a+kv_a (fused down)", 2112, 2048, 2048},
+                   {"q_b", 3072, 1536, 1536},
+                   {"o_proj", 2048, 2048, 2048},
+                   {"shared expert gate/up", 1408, 2048, 2048},
+                   {"shared expert down", 2048, 1408, 1536},
+                   {"dense gate/up", 10944, 2048, 2048},
+                   {"dense down", 2048, 10944, 11264}};
+  for (const Fp8Shape &shape : fp8Shapes) {
+    const size_t weightBytes = size_t(shape.n) * shape.k;
+    const int kBlocks = shape.k / 128, nBlocks = (shape.n + 127) / 128;
+    const int copies = copiesFor(weightBytes);
+    std::vector<uint8_t *> w(static_cast<size_t>(copies));
+    for (int c = 0; c < copies; ++c)
+      w[size_t(c)] = deviceFp8(weightBytes, uint32_t(c + 1));
+    float *scales = deviceValues<float>(size_t(nBlocks) * kBlocks, 5);
+    for (int m : {1, 2, 4, 8}) {
+      float *x = deviceValues<float>(size_t(m) * shape.kIn, 99);
+      float *y = deviceValues<float>(size_t(m) * shape.n, 3);
+      auto weight = [&](int i) {
+        return reinterpret_cast<const __nv_fp8_e4m3 *>(w[size_t(i % copies)]);
+      };
+      float runnerMs = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            bool handled = false;
+            if (CudaStatus s =
+                    gemm->fp8FromF32(x, nullptr, shape.kIn, weight(i), scales,
+                                     y, m, shape.n, shape.k, handled);
+                s || !handled) {
+              std::fprintf(stderr, "%s: fp8 %s not taken %s\n", benchName,
+                           shape.name, s.error.c_str());
+              std::exit(1);
+            }
+          },
+          iters);
+      const bool fits = fp8FewTokensFit(m, shape.n, shape.k);
+      float fewMs = fits ? melt::bench::timeMs(
+                               benchName,
+                               [&](int i) {
+                                 CHECK(fp8FewTokensFromF32(
+                                     x, nullptr, shape.kIn, weight(i), scales,
+                                     y, m, shape.n, shape.k, sms, nullptr));
+                               },
+                               iters)
+                         : 0.f;
+      std::printf(
+          "{\"what\": \"fp8_small_m\", \"shape\": \"%s\", \"m\": %d, "
+          "\"n\": %d, \"k\": %d, \"few_tokens_taken\": %s, "
+          "\"runner_us\": %.2f, \"runner_weight_GBps\": %.1f, "
+          "\"few_tokens_us\": %.2f, \"few_tokens_weight_GBps\": %.1f}\n",
+          shape.name, m, shape.n, shape.k,
+          fp8FewTokensPay(m, shape.n, shape.k) ? "true" : "false",
+          runnerMs * 1e3, weightBytes / (runnerMs * 1e-3) / 1e9, fewMs * 1e3,
+          fits ? weightBytes / (fewMs * 1e-3) / 1e9 : 0.0);
+      std::fflush(stdout);
+      CHECK(cudaFree(x));
+      CHECK(cudaFree(y));
+    }
+    CHECK(cudaFree(scales));
+    for (uint8_t *p : w)
       CHECK(cudaFree(p));
   }
 

@@ -12,6 +12,8 @@
 # MELT_COMPARE_SILU_MUL=1 the FP8 decode at batch 1 with the SiLU-muls as
 # kernels of their own (speed, and whether the greedy tokens agree: the
 # products' values are the same, and the experts sum in a fixed order),
+# MELT_COMPARE_FEW_TOKENS=1 the FP8 decode at batch 1 with and without the
+# few-tokens FP8 kernel (MELT_CUDA_FP8_FEW_TOKENS=0), twice each,
 # MELT_COMPARE_DETERMINISTIC=1 the decode at batch 1 and 64 twice more
 # (the experts' sums in a fixed order, the default: the two runs' tokens
 # must agree) and once with F32 atomics (MELT_CUDA_DETERMINISTIC_EXPERTS=0,
@@ -63,6 +65,18 @@ for model in mini-bf16.melt mini-fp8.melt; do
         # shellcheck disable=SC2086 # the prompt and the batches as words
         MELT_CUDA_FP8_PAD_K=0 MELT_CUDA_FP8_EXPERT_ROWS=0 run "$model" \
           --prompt-ids $args | sed 's/^{/{"fp8": "unpadded, grouped", /'
+      done
+    fi
+    # MELT_COMPARE_FEW_TOKENS=1: FP8 decode at batch 1 again with every FP8
+    # product of a few tokens on the split-K kernel (MELT_CUDA_FP8_FEW_TOKENS=0),
+    # then with the few-tokens kernel once more (runs alternate: the
+    # machine's load moves the batch-1 figure by several percent).
+    if [ "${MELT_COMPARE_FEW_TOKENS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
+      for round in 1 2; do
+        MELT_CUDA_FP8_FEW_TOKENS=0 run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1 | sed "s/^{/{\"fp8_few_tokens\": \"off $round\", /"
+        run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1 | sed "s/^{/{\"fp8_few_tokens\": \"on $round\", /"
       done
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then

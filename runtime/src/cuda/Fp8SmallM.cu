@@ -22,6 +22,11 @@
 // one launch does it all (at 15 MB of weights a second launch would cost a
 // fifth of the time).
 //
+// Up to 8 tokens and about 24 MB of weights, fp8FewTokens
+// (Fp8FewTokens.cu) takes the product instead: one pass, no split over K
+// between blocks, which is what a few MB of weights want. Larger weights
+// stay here: their many blocks keep more loads in flight.
+//
 // fp8SmallMFromF32 (up to 8 tokens: a decode step's projections) takes x
 // in F32 and quantizes it in the kernel, 1 x 128 blocks as
 // quantizeRowsFp8 does: the four lanes that hold a token's 128 values of a
@@ -338,6 +343,8 @@ cudaError_t melt::rt::cuda::fp8SmallM(
     const __nv_fp8_e4m3 *x, const float *xScales, const __nv_fp8_e4m3 *w,
     const float *wScales, __nv_bfloat16 *y, int m, int n, int k,
     void *workspace, size_t workspaceBytes, int smCount, cudaStream_t stream) {
+  if (fp8FewTokensPay(m, n, k))
+    return fp8FewTokens(x, xScales, w, wScales, y, m, n, k, smCount, stream);
   Launch l;
   if (cudaError_t e = planLaunch(m, kFp8SmallMMax, n, k, workspace,
                                  workspaceBytes, smCount, l);
@@ -376,6 +383,9 @@ cudaError_t melt::rt::cuda::fp8SmallMFromF32(
       reinterpret_cast<uintptr_t>(up) % 16 != 0 || kIn < 4 || kIn > k ||
       kIn % 4 != 0)
     return cudaErrorInvalidValue;
+  if (fp8FewTokensPay(m, n, k))
+    return fp8FewTokensFromF32(x, up, kIn, w, wScales, y, m, n, k, smCount,
+                               stream);
   Launch l;
   if (cudaError_t e = planLaunch(m, kFp8SmallMFromF32Max, n, k, workspace,
                                  workspaceBytes, smCount, l);

@@ -46,6 +46,27 @@ cudaError_t fp8SmallMFromF32(const float *x, const float *up, int kIn,
                              size_t workspaceBytes, int smCount,
                              cudaStream_t stream);
 
+/// Up to kFp8FewTokensMax tokens, the same products (fp8SmallM's, and
+/// fp8SmallMFromF32's from F32 x) in one pass without scratch: a block
+/// per 16 rows of W at a time, its warps splitting K (Fp8FewTokens.cu).
+/// Fits where x as FP8 (M x K bytes) fits its shared memory (K up to about
+/// 12K at 8 tokens); pays for weights of up to about 24 MB where x's
+/// staging is short (at most 16 (token, K block) pairs a warp), as
+/// measured on the H200 (see fp8FewTokensPay). fp8SmallM and
+/// fp8SmallMFromF32 take it where it pays; smCount is the GPU's
+/// multiprocessors (a block each).
+constexpr int kFp8FewTokensMax = 8;
+bool fp8FewTokensFit(int m, int n, int k);
+bool fp8FewTokensPay(int m, int n, int k);
+cudaError_t fp8FewTokens(const __nv_fp8_e4m3 *x, const float *xScales,
+                         const __nv_fp8_e4m3 *w, const float *wScales,
+                         __nv_bfloat16 *y, int m, int n, int k, int smCount,
+                         cudaStream_t stream);
+cudaError_t fp8FewTokensFromF32(const float *x, const float *up, int kIn,
+                                const __nv_fp8_e4m3 *w, const float *wScales,
+                                float *y, int m, int n, int k, int smCount,
+                                cudaStream_t stream);
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_FP8SMALLM_H

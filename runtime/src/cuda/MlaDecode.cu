@@ -12,6 +12,7 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
 
+#include "cuda/AsyncCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 
 #include <algorithm>
@@ -65,10 +66,6 @@ __device__ inline void mma16816(float (&acc)[4], const uint32_t (&a)[4],
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ inline uint32_t sharedAddress(const void *p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 /// Four 8x8 BF16 matrices from shared memory; lane i names row i%8 of
 /// matrix i/8. `.trans` hands out their transposes.
 __device__ inline void loadMatrices(uint32_t (&r)[4], const void *row) {
@@ -91,12 +88,6 @@ __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
   loadMatrices(a, m + row * stride + col);
 }
 
-__device__ inline void copy16(void *sharedDst, const void *globalSrc) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                   sharedAddress(sharedDst)),
-               "l"(globalSrc));
-}
-
 /// Starts the copy of tile `t0` (tokens [t0, t0+32) of the sequence, in one
 /// page) into `dst`; tokens at or past `end` become zeros.
 __device__ inline void startTileCopy(__nv_bfloat16 *dst,
@@ -110,11 +101,11 @@ __device__ inline void startTileCopy(__nv_bfloat16 *dst,
     int token = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
     __nv_bfloat16 *to = dst + token * kRowStride + col;
     if (t0 + token < end)
-      copy16(to, tile + token * kLatentEntry + col);
+      copyAsync16(to, tile + token * kLatentEntry + col);
     else
       *reinterpret_cast<uint4 *>(to) = make_uint4(0, 0, 0, 0);
   }
-  asm volatile("cp.async.commit_group;\n" ::);
+  commitCopies();
 }
 
 template <int kHeadTiles>
@@ -140,9 +131,10 @@ __global__ void __launch_bounds__(kThreads)
       args.queries + (size_t(seq) * args.heads + head0) * kLatentEntry;
   for (int i = threadIdx.x; i < kHeads * kLatentEntry / 8; i += kThreads) {
     int row = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
-    copy16(&s.queries[row * kRowStride + col], q + row * kLatentEntry + col);
+    copyAsync16(&s.queries[row * kRowStride + col],
+                q + row * kLatentEntry + col);
   }
-  asm volatile("cp.async.commit_group;\n" ::);
+  commitCopies();
   if (begin < end)
     startTileCopy(s.cache[0], args, pages, begin, end);
 
@@ -156,9 +148,9 @@ __global__ void __launch_bounds__(kThreads)
     // The next tile streams in while this one is used.
     if (t0 + kTileTokens < end) {
       startTileCopy(s.cache[buffer ^ 1], args, pages, t0 + kTileTokens, end);
-      asm volatile("cp.async.wait_group 1;\n" ::);
+      awaitCopies<1>();
     } else {
-      asm volatile("cp.async.wait_group 0;\n" ::);
+      awaitCopies<0>();
     }
     __syncthreads();
     const __nv_bfloat16 *cache = s.cache[buffer];
@@ -299,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
     // The buffer just read is the one the next iteration refills.
     __syncthreads();
   }
-  asm volatile("cp.async.wait_group 0;\n" ::);
+  awaitCopies<0>();
 
   // This chunk's unnormalized sums and statistics.
   size_t slot = (size_t(seq) * chunks + chunk) * args.heads + head0;

@@ -245,6 +245,59 @@ TEST(CudaGemm, Fp8SmallMKernelMatchesReference) {
   EXPECT_EQ(gemm->cachedShapes(), 0u);
 }
 
+// The few-tokens kernel with fewer blocks than 16-row tiles (as on a GPU
+// of 4 multiprocessors): each block takes several tiles in turn, its warps'
+// rings running on across them. A tile's sums do not depend on the block
+// that takes it: the same bits as with a block per tile (which the runner
+// uses, and the reference checks above cover), from FP8 and from F32 x.
+TEST(CudaGemm, Fp8FewTokensTakeTilesInTurn) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int m = 3, n = 4096, k = 1536, kBlocks = k / 128;
+  ASSERT_TRUE(fp8FewTokensFit(m, n, k));
+  std::vector<float> x(size_t(m) * k);
+  for (float &v : x)
+    v = normal(rng);
+  std::vector<__nv_fp8_e4m3> w(size_t(n) * k);
+  for (auto &v : w)
+    v = __nv_fp8_e4m3(normal(rng) * 100.f);
+  std::vector<float> wScales(size_t(n / 128) * kBlocks);
+  for (float &v : wScales)
+    v = (1.f + normal(rng) * 0.1f) * 1e-3f;
+  float *dx = toDevice(x), *dws = toDevice(wScales);
+  __nv_fp8_e4m3 *dw = toDevice(w);
+  auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(m) * k);
+  float *dxs = deviceArray<float>(size_t(m) * kBlocks);
+  ASSERT_EQ(quantizeRowsFp8Padded(dx, m, k, k, dq, dxs, nullptr), cudaSuccess);
+  std::vector<std::vector<float>> results;
+  for (int smCount : {n / 16, 4, 1}) {
+    auto *y = deviceArray<__nv_bfloat16>(size_t(m) * n);
+    float *yF32 = deviceArray<float>(size_t(m) * n);
+    ASSERT_EQ(fp8FewTokens(dq, dxs, dw, dws, y, m, n, k, smCount, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(fp8FewTokensFromF32(dx, nullptr, k, dw, dws, yF32, m, n, k,
+                                  smCount, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto fromFp8 = toHost(y, size_t(m) * n);
+    std::vector<float> widened(fromFp8.size());
+    for (size_t i = 0; i < widened.size(); ++i)
+      widened[i] = __bfloat162float(fromFp8[i]);
+    results.push_back(widened);
+    results.push_back(toHost(yF32, size_t(m) * n));
+    cudaFree(y), cudaFree(yF32);
+  }
+  for (size_t r = 1; r < results.size(); ++r) {
+    int differ = 0;
+    for (size_t i = 0; i < results[0].size(); ++i)
+      differ += results[r][i] != results[0][i];
+    EXPECT_EQ(differ, 0) << "run " << r;
+  }
+  cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs);
+}
+
 // cuBLASLt from 9 tokens on, on zero-padded copies when M is not a multiple
 // of 16; then the small-M kernel again after cuBLASLt used the workspace.
 TEST(CudaGemm, Fp8CublasLtMatchesReference) {
