@@ -37,6 +37,7 @@
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/Silu.cuh"
+#include "cuda/VectorLoads.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_fp16.h>
@@ -52,20 +53,6 @@ constexpr int kRowsPerScale = 128, kWarps = 8, kThreads = kWarps * 32;
 constexpr int kKBlock = 128;
 /// mma.m16n8k16 steps per K block.
 constexpr int kSteps = kKBlock / 16;
-
-__device__ __forceinline__ uint32_t word(const uint4 (&v)[2], int i) {
-  const uint4 &u = v[i / 4];
-  switch (i % 4) {
-  case 0:
-    return u.x;
-  case 1:
-    return u.y;
-  case 2:
-    return u.z;
-  default:
-    return u.w;
-  }
-}
 
 /// The FP16 pair of the two e4m3 codes in the low 16 bits of `codes`.
 __device__ __forceinline__ uint32_t halves(uint32_t codes) {
@@ -303,8 +290,8 @@ __global__ void __launch_bounds__(kThreads)
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int step = 0; step < kSteps; ++step) {
-          const uint32_t l = word(cur.lo, step), h = word(cur.hi, step),
-                         x = word(codes, step);
+          const uint32_t l = wordOf(cur.lo, step), h = wordOf(cur.hi, step),
+                         x = wordOf(codes, step);
           mma(acc, halves(l), halves(h), halves(l >> 16), halves(h >> 16),
               halves(x), halves(x >> 16));
         }

@@ -43,6 +43,7 @@
 
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/Silu.cuh"
+#include "cuda/VectorLoads.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -72,20 +73,6 @@ __device__ __forceinline__ void loadWeights(const uint8_t *w, size_t k, int row,
   f.lo[1] = __ldcs(lo + 1);
   f.hi[0] = __ldcs(hi);
   f.hi[1] = __ldcs(hi + 1);
-}
-
-__device__ __forceinline__ uint32_t word(const uint4 (&v)[2], int i) {
-  const uint4 &u = v[i / 4];
-  switch (i % 4) {
-  case 0:
-    return u.x;
-  case 1:
-    return u.y;
-  case 2:
-    return u.z;
-  default:
-    return u.w;
-  }
 }
 
 __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1,
@@ -205,9 +192,9 @@ __global__ void __launch_bounds__(kWarps * 32)
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int s = 0; s < 4; ++s)
-        mma(acc, word(cur.lo, 2 * s), word(cur.hi, 2 * s),
-            word(cur.lo, 2 * s + 1), word(cur.hi, 2 * s + 1), word(xin, 2 * s),
-            word(xin, 2 * s + 1));
+        mma(acc, wordOf(cur.lo, 2 * s), wordOf(cur.hi, 2 * s),
+            wordOf(cur.lo, 2 * s + 1), wordOf(cur.hi, 2 * s + 1),
+            wordOf(xin, 2 * s), wordOf(xin, 2 * s + 1));
       // C fragment: rows group and group + 8, tokens t * 2 and t * 2 + 1.
       const int c0 = j * 8 + t * 2;
       float s0, s1;

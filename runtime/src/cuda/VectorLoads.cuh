@@ -23,6 +23,22 @@ namespace melt::rt::cuda {
 /// Weights per 16-byte load.
 template <typename W> constexpr int kPerLoad = 16 / int(sizeof(W));
 
+/// Word i (0-7) of 32 bytes held as two 16-byte vectors (with i known at
+/// compile time, a register).
+__device__ __forceinline__ uint32_t wordOf(const uint4 (&v)[2], int i) {
+  const uint4 &u = v[i / 4];
+  switch (i % 4) {
+  case 0:
+    return u.x;
+  case 1:
+    return u.y;
+  case 2:
+    return u.z;
+  default:
+    return u.w;
+  }
+}
+
 /// A streamed load: read once, not kept in L1.
 __device__ __forceinline__ uint4 streamLoad(const void *p) {
   return __ldcs(static_cast<const uint4 *>(p));
