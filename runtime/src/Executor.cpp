@@ -276,6 +276,13 @@ Status DeviceModel::create(const Model &model, Device &device,
                       dm.weights_.at(kernel.weights()->Get(0)));
          }))
       dm.siluMulFusions_[f.siluMul] = f.products;
+  // MLA's latent appends with their norm and rope, in one call each.
+  if (envSwitch("MELT_FUSE_LATENT_APPEND", true))
+    for (const LatentAppend &f : findLatentAppends(m, *dm.forward_)) {
+      dm.latentAppends_[f.norm] = f;
+      dm.skipped_.insert(f.rope);
+      dm.skipped_.insert(f.append);
+    }
   out = std::move(result);
   return Status::ok();
 }
@@ -410,6 +417,56 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         values.letGo(entry.second.up);
     }
   } pendingSiluMuls{values, {}};
+  // An MLA latent append with its norm and rope (LatentAppends.h): the
+  // values made as the three kernels would make them, in their order; the
+  // inputs held meanwhile (a value made may take their storage).
+  auto appendLatent = [&](const LatentAppend &f) -> Status {
+    const fb::Kernel &norm = *m.kernels()->Get(f.norm),
+                     &rope = *m.kernels()->Get(f.rope),
+                     &append = *m.kernels()->Get(f.append);
+    auto cacheIt = cacheOf.find(append.inputs()->Get(0));
+    if (cacheIt == cacheOf.end())
+      return invalidArtifact(kernelName(f.append, append) +
+                             " appends to a cache that is not an input");
+    DeviceTensor *latent = values.find(norm.inputs()->Get(0)),
+                 *key = values.find(rope.inputs()->Get(0)),
+                 *positions = values.find(rope.inputs()->Get(1));
+    if (!latent || !key || !positions)
+      return invalidArtifact(kernelName(f.norm, norm) +
+                             ": an input has no value");
+    const DeviceTensor latentIn = *latent, keyIn = *key, at = *positions;
+    values.hold(latentIn);
+    values.hold(keyIn);
+    values.hold(at);
+    DeviceTensor *normed = nullptr, *rotated = nullptr;
+    Status s =
+        values.make(norm.outputs()->Get(0), DType::F32, latentIn.shape, normed);
+    if (!s)
+      s = values.make(rope.outputs()->Get(0), DType::F32, keyIn.shape, rotated);
+    const DeviceTensor &gamma = dm.weight(norm.weights()->Get(0));
+    const float eps = float(norm.floats()->Get(0));
+    DeviceTensor &cache = *cacheIt->second;
+    if (!s && keyIn.shape.size() == 2) {
+      DeviceTensor normedRows = asRows(*normed);
+      s = device.appendLatent(asRows(latentIn), gamma, eps, keyIn, at,
+                              ropeParamsOf(rope), pass.layout, normedRows,
+                              *rotated, cache);
+    } else if (!s) {
+      // A key of another shape: the three as their kernels run them.
+      DeviceTensor normedRows = asRows(*normed);
+      s = device.rmsNorm(asRows(latentIn), gamma, eps, normedRows);
+      if (!s)
+        s = device.rope(keyIn, at, ropeParamsOf(rope), *rotated);
+      if (!s)
+        s = device.cacheAppend(perToken(*normed), perToken(*rotated),
+                               pass.layout, cache);
+    }
+    values.letGo(latentIn);
+    values.letGo(keyIn);
+    values.letGo(at);
+    cacheOf[append.outputs()->Get(0)] = cacheIt->second;
+    return s;
+  };
   const auto &order = *forward.kernels();
   for (uint32_t at = 0; at < order.size(); ++at) {
     const uint32_t k = order.Get(at);
@@ -444,6 +501,10 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       status = device.embedding(in(0), w(0), *out);
       break;
     case fb::KernelKind::RMSNorm: {
+      if (const LatentAppend *fused = dm.latentAppend(k)) {
+        status = appendLatent(*fused);
+        break;
+      }
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
       DeviceTensor y = asRows(*out);
       status = device.rmsNorm(asRows(in(0)), w(0),

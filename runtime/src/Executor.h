@@ -12,6 +12,7 @@
 #define MELT_RUNTIME_EXECUTOR_H
 
 #include "Device.h"
+#include "LatentAppends.h"
 #include "Model.h"
 
 #include <map>
@@ -55,6 +56,15 @@ public:
     return it == siluMulFusions_.end() ? 0 : it->second;
   }
 
+  /// For the RMSNorm of an MLA latent append done in one call with its
+  /// rope and append (LatentAppends.h; both then skipped;
+  /// MELT_FUSE_LATENT_APPEND=0 runs the three apart), the three; null
+  /// otherwise.
+  const LatentAppend *latentAppend(uint32_t norm) const {
+    auto it = latentAppends_.find(norm);
+    return it == latentAppends_.end() ? nullptr : &it->second;
+  }
+
 private:
   DeviceModel(const Model &model, Device &device)
       : model_(model), device_(device) {}
@@ -67,6 +77,7 @@ private:
   /// The folded pairs' dequantized values (views of their x).
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
+  std::map<uint32_t, LatentAppend> latentAppends_;
 };
 
 /// One step of a batch, on the host: the tokens of all sequences and where

@@ -587,6 +587,57 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
   EXPECT_FALSE(device->synchronize()); // reported once; usable again
 }
 
+// MLA's latent append with its norm and rope in one call: the cache rows
+// bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
+// latent 512 and rope 64, YaRN, and a small latent), over the paged
+// batches' steps of several sequences.
+TEST_P(DeviceConformance, AppendLatentIsNormRopeThenAppend) {
+  RopeParams yarn;
+  yarn.theta = 10000;
+  yarn.yarn = true;
+  yarn.originalMax = 4096;
+  yarn.factor = 40;
+  yarn.betaFast = 32;
+  yarn.betaSlow = 1;
+  yarn.mscale = 1;
+  yarn.mscaleAllDim = 1;
+  for (int64_t L : {int64_t(512), int64_t(32)}) {
+    const int64_t R = L == 512 ? 64 : 8;
+    PagedBatches batches;
+    const int64_t rows = PagedBatches::kPages * kPageTokens;
+    HostTensor gamma = random(DType::F32, {L}, rng);
+    DeviceTensor dg = put(gamma);
+    DeviceTensor fused = make(DType::F32, {rows, L + R}),
+                 apart = make(DType::F32, {rows, L + R});
+    std::vector<float> zeros(size_t(rows * (L + R)), 0.f);
+    ASSERT_FALSE(device->upload(zeros.data(), fused));
+    ASSERT_FALSE(device->upload(zeros.data(), apart));
+    for (const PagedBatches::Step &step : batches.steps) {
+      const int64_t T = int64_t(step.positions.size());
+      CacheLayout layout = batches.layout(*this, step);
+      HostTensor latent = random(DType::F32, {T, L}, rng, 3.f);
+      HostTensor key = random(DType::F32, {T, R}, rng);
+      DeviceTensor dl = put(latent), dk = put(key),
+                   positions = ints(step.positions, {T}),
+                   normed = make(DType::F32, {T, L}),
+                   rotated = make(DType::F32, {T, R}),
+                   wantNormed = make(DType::F32, {T, L}),
+                   wantRotated = make(DType::F32, {T, R});
+      Status s = device->appendLatent(dl, dg, 1e-6f, dk, positions, yarn,
+                                      layout, normed, rotated, fused);
+      ASSERT_FALSE(s) << s.message();
+      ASSERT_FALSE(device->rmsNorm(dl, dg, 1e-6f, wantNormed));
+      ASSERT_FALSE(device->rope(dk, positions, yarn, wantRotated));
+      ASSERT_FALSE(device->cacheAppend(wantNormed, wantRotated, layout, apart));
+    }
+    std::vector<float> have = get(fused), want = get(apart);
+    int differ = 0;
+    for (size_t i = 0; i < want.size(); ++i)
+      differ += std::memcmp(&have[i], &want[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0) << "latent " << L;
+  }
+}
+
 TEST_P(DeviceConformance, PagedAttention) {
   // 4 query heads over 2 cached heads (grouped), keys 8, values 6.
   const int64_t H = 4, Hk = 2, Dk = 8, Dv = 6, width = Hk * (Dk + Dv);

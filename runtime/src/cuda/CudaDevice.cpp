@@ -525,6 +525,39 @@ public:
                  "cache_append"); // a position without a page: at synchronize()
   }
 
+  /// One kernel for the three (bit for bit rmsNorm, rope then
+  /// cacheAppend, conformance-tested), normed and rotated left unwritten;
+  /// other shapes and types as the three.
+  Status appendLatent(const DeviceTensor &latent, const DeviceTensor &gamma,
+                      float eps, const DeviceTensor &key,
+                      const DeviceTensor &positions, const RopeParams &params,
+                      const CacheLayout &layout, DeviceTensor &normed,
+                      DeviceTensor &rotated, DeviceTensor &cache) override {
+    const int64_t ropeDim = key.shape.empty() ? 0 : key.shape.back();
+    if (key.shape.size() != 2 || normed.dtype != DType::F32 ||
+        rotated.dtype != DType::F32 || cache.dtype != DType::F32 ||
+        ropeDim / 2 > kMaxRopePairs || cache.shape.size() != 2 ||
+        cache.shape[1] != latent.cols() + ropeDim)
+      return Device::appendLatent(latent, gamma, eps, key, positions, params,
+                                  layout, normed, rotated, cache);
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::rmsNorm(latent, gamma, normed));
+    MELT_RETURN_IF_ERROR(check::rope(key, positions, params, rotated));
+    MELT_RETURN_IF_ERROR(check::cacheAppend(normed, rotated, layout, cache));
+    MELT_RETURN_IF_ERROR(flags());
+    RopeFrequencies freqs{};
+    std::vector<double> inverse = ropeInverseFrequencies(params, ropeDim);
+    std::copy(inverse.begin(), inverse.end(), freqs.inverse);
+    return check(
+        cuda::appendLatent(
+            operand(latent), operand(gamma), eps, int(latent.cols()),
+            operand(key), static_cast<const int32_t *>(positions.data),
+            int(ropeDim), params.interleaved, freqs, ropeOutputScale(params),
+            paged(layout, cache), int(latent.rows()),
+            static_cast<float *>(cache.data), flag_ + kCacheFlag, stream_),
+        "append_latent"); // a position without a page: at synchronize()
+  }
+
   Status attention(const DeviceTensor &q, const DeviceTensor &cache,
                    const CacheLayout &layout, int64_t kvHeads, bool causal,
                    float scale, DeviceTensor &out) override {

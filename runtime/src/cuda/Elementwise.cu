@@ -3,6 +3,7 @@
 
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
+#include "cuda/RowNorm.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/WarpReduce.cuh"
 
@@ -12,86 +13,15 @@ using namespace melt::rt::cuda;
 
 namespace {
 
-/// One block of 256 threads per row. A row of up to 8 x 256 values is
-/// read once into registers, every load in flight at once (a loop that
-/// loads one value at a time waits a memory latency per value); longer
-/// rows in such batches, twice.
-constexpr int kNormThreads = 256, kNormBatch = 8;
-
-/// A row's value: x, or with kAdd the residual sum x + b as add() stores
-/// it in `sum` (rounded to BF16 where sum is BF16), written once.
-template <bool kAdd>
-__device__ __forceinline__ float rowValue(Operand x, Operand b, Result sum,
-                                          size_t i, bool write) {
-  if constexpr (!kAdd) {
-    return load(x, i);
-  } else {
-    float v = load(x, i) + load(b, i);
-    if (write)
-      store(sum, i, v);
-    return sum.bf16 ? __bfloat162float(__float2bfloat16(v)) : v;
-  }
-}
-
 /// With kAdd, the residual add before the norm in the same pass
 /// (Device::addRmsNorm).
 template <bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormKernel(Operand x, Operand b, Result sumOut, Operand gamma, float eps,
                   int cols, Result y) {
-  size_t base = size_t(blockIdx.x) * cols;
-  const bool inRegisters = cols <= kNormBatch * kNormThreads;
-  float kept[kNormBatch], g[kNormBatch];
-  // A row held in registers: its gammas load before the kernel ahead has
-  // ended (they are weights), not after the reduction.
-  if (inRegisters)
-#pragma unroll
-    for (int u = 0; u < kNormBatch; ++u) {
-      int c = u * kNormThreads + threadIdx.x;
-      g[u] = c < cols ? load(gamma, c) : 0.f;
-    }
-  awaitPriorKernels();
-  float sum = 0.f;
-  for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
-#pragma unroll
-    for (int u = 0; u < kNormBatch; ++u) {
-      int c = start + u * kNormThreads + threadIdx.x;
-      kept[u] = c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, true) : 0.f;
-    }
-#pragma unroll
-    for (int u = 0; u < kNormBatch; ++u)
-      sum += kept[u] * kept[u];
-  }
-  sum = warpSum(sum);
-  __shared__ float partial[32];
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0)
-    partial[warp] = sum;
-  __syncthreads();
-  if (warp == 0) {
-    float s = lane < kNormThreads / 32 ? partial[lane] : 0.f;
-    s = warpSum(s);
-    if (lane == 0)
-      partial[0] = s;
-  }
-  __syncthreads();
-  float scale = rsqrtf(partial[0] / cols + eps);
-  for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
-    if (!inRegisters)
-#pragma unroll
-      for (int u = 0; u < kNormBatch; ++u) {
-        int c = start + u * kNormThreads + threadIdx.x;
-        g[u] = c < cols ? load(gamma, c) : 0.f;
-        kept[u] =
-            c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, false) : 0.f;
-      }
-#pragma unroll
-    for (int u = 0; u < kNormBatch; ++u) {
-      int c = start + u * kNormThreads + threadIdx.x;
-      if (c < cols)
-        store(y, base + c, kept[u] * scale * g[u]);
-    }
-  }
+  const size_t base = size_t(blockIdx.x) * cols;
+  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base,
+                [&](int c, float v) { store(y, base + c, v); });
 }
 
 __global__ void binaryKernel(Binary op, Operand a, Operand b, size_t count,

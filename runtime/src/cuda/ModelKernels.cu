@@ -7,6 +7,7 @@
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/PagedCache.cuh"
+#include "cuda/RowNorm.cuh"
 #include "cuda/VectorLoads.cuh"
 #include "cuda/WarpReduce.cuh"
 
@@ -35,6 +36,30 @@ __global__ void embeddingKernel(const int32_t *ids, Operand table, int vocab,
           valid ? load(table, size_t(id) * hidden + h) : 0.f);
 }
 
+/// Pair `pair` of a row of `dim` rotary values: its two columns, and
+/// their values rotated at `position` (the rope kernel's and the latent
+/// append's arithmetic, the same bits).
+struct RotatedPair {
+  int a, b;
+  float ya, yb;
+};
+__device__ __forceinline__ RotatedPair
+rotatePair(Operand x, size_t base, int pair, int dim, bool interleaved,
+           int32_t position, const RopeFrequencies &freqs, double mscale) {
+  const int half = dim / 2;
+  double s, c;
+  sincos(double(position) * freqs.inverse[pair], &s, &c);
+  c *= mscale;
+  s *= mscale;
+  RotatedPair r;
+  r.a = interleaved ? 2 * pair : pair;
+  r.b = interleaved ? 2 * pair + 1 : pair + half;
+  float xa = load(x, base + r.a), xb = load(x, base + r.b);
+  r.ya = float(xa * c - xb * s);
+  r.yb = float(xb * c + xa * s);
+  return r;
+}
+
 /// One thread per rotated pair.
 __global__ void ropeKernel(Operand x, const int32_t *positions, int rows,
                            int dim, bool interleaved, RopeFrequencies freqs,
@@ -47,16 +72,11 @@ __global__ void ropeKernel(Operand x, const int32_t *positions, int rows,
   int pair = int(i % half);
   size_t row = i / half; // token * rows + r
   int token = int(row / rows);
-  double s, c;
-  sincos(double(positions[token]) * freqs.inverse[pair], &s, &c);
-  c *= mscale;
-  s *= mscale;
   size_t base = row * dim;
-  int a = interleaved ? 2 * pair : pair;
-  int b = interleaved ? 2 * pair + 1 : pair + half;
-  float xa = load(x, base + a), xb = load(x, base + b);
-  store(y, base + a, float(xa * c - xb * s));
-  store(y, base + b, float(xb * c + xa * s));
+  const RotatedPair r = rotatePair(x, base, pair, dim, interleaved,
+                                   positions[token], freqs, mscale);
+  store(y, base + r.a, r.ya);
+  store(y, base + r.b, r.yb);
 }
 
 /// The better of two (value, index) candidates: the larger value, ties to
@@ -214,6 +234,32 @@ __global__ void cacheAppendKernel(const float *first, const float *second,
   for (int i = threadIdx.x; i < width; i += blockDim.x)
     cache[size_t(row) * width + i] =
         i < a ? first[size_t(t) * a + i] : second[size_t(t) * b + i - a];
+}
+
+/// A token a block (kNormThreads threads): its latent normalized into its
+/// cache row, then its key rotated after it.
+__global__ void __launch_bounds__(kNormThreads)
+    appendLatentKernel(Operand latent, Operand gamma, float eps, int latentCols,
+                       Operand key, const int32_t *positions, int ropeDim,
+                       bool interleaved, RopeFrequencies freqs, double mscale,
+                       PagedLayout layout, float *cache, int32_t *bad) {
+  awaitPriorKernels();
+  const int t = blockIdx.x, width = latentCols + ropeDim;
+  const int row = cacheRow(layout, layout.sequences[t], layout.positions[t]);
+  if (row < 0) { // the whole block
+    if (threadIdx.x == 0)
+      *bad = 1;
+    return;
+  }
+  float *to = cache + size_t(row) * width;
+  normRow<false>(latent, latent, Result{nullptr, false}, gamma, eps, latentCols,
+                 size_t(t) * latentCols, [&](int c, float v) { to[c] = v; });
+  for (int pair = threadIdx.x; pair < ropeDim / 2; pair += blockDim.x) {
+    const RotatedPair r = rotatePair(key, size_t(t) * ropeDim, pair, ropeDim,
+                                     interleaved, positions[t], freqs, mscale);
+    to[latentCols + r.a] = r.ya;
+    to[latentCols + r.b] = r.yb;
+  }
 }
 
 __device__ float blockReduce(float v, bool isMax, float *scratch) {
@@ -500,6 +546,21 @@ cudaError_t melt::rt::cuda::cacheAppend(const float *first, const float *second,
   launchOverlapped(cacheAppendKernel, tokens, 256, 0, stream, first, second,
                    layout, a, b, cache, bad);
   return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::appendLatent(
+    Operand latent, Operand gamma, float eps, int latentCols, Operand key,
+    const int32_t *positions, int ropeDim, bool interleaved,
+    const RopeFrequencies &freqs, double mscale, const PagedLayout &layout,
+    int tokens, float *cache, int32_t *bad, cudaStream_t stream) {
+  if (latentCols <= 0 || ropeDim % 2 != 0 || ropeDim / 2 > kMaxRopePairs)
+    return cudaErrorInvalidValue;
+  if (tokens == 0)
+    return cudaSuccess;
+  return launchOverlapped(appendLatentKernel, tokens, kNormThreads, 0, stream,
+                          latent, gamma, eps, latentCols, key, positions,
+                          ropeDim, interleaved, freqs, mscale, layout, cache,
+                          bad);
 }
 
 size_t melt::rt::cuda::mlaF32SharedBytes(int latent, int maxVisible) {

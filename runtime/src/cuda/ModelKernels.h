@@ -61,6 +61,18 @@ cudaError_t cacheAppend(const float *first, const float *second,
                         const PagedLayout &layout, int tokens, int a, int b,
                         float *cache, int32_t *bad, cudaStream_t stream);
 
+/// Device::appendLatent: each token's cache row (width latentCols +
+/// ropeDim) from its latent [tokens, latentCols] RMS-normalized (rmsNorm's
+/// arithmetic) and its key [tokens, ropeDim] rotated at positions[t]
+/// (rope's), a block per token; a position without a page sets *bad to 1
+/// and is skipped.
+cudaError_t appendLatent(Operand latent, Operand gamma, float eps,
+                         int latentCols, Operand key, const int32_t *positions,
+                         int ropeDim, bool interleaved,
+                         const RopeFrequencies &freqs, double mscale,
+                         const PagedLayout &layout, int tokens, float *cache,
+                         int32_t *bad, cudaStream_t stream);
+
 /// Beyond this many tokens mlaF32 reads the cache a warp per row.
 constexpr int kMlaWarpPerRowTokens = 64;
 
