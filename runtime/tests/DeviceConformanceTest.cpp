@@ -592,6 +592,9 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
 // latent 512 and rope 64, YaRN, and a small latent), over the paged
 // batches' steps of several sequences.
 TEST_P(DeviceConformance, AppendLatentIsNormRopeThenAppend) {
+  reopenWith("MELT_CUDA_FUSED_LATENT_APPEND", "1");
+  if (HasFatalFailure())
+    return;
   RopeParams yarn;
   yarn.theta = 10000;
   yarn.yarn = true;

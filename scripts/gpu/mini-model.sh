@@ -12,6 +12,8 @@
 # MELT_COMPARE_SILU_MUL=1 the FP8 decode at batch 1 with the SiLU-muls as
 # kernels of their own (speed, and whether the greedy tokens agree: the
 # products' values are the same, and the experts sum in a fixed order),
+# MELT_COMPARE_LATENT_APPEND=1 the decode at batch 1 and 64 with MLA's
+# latent append in one kernel (MELT_CUDA_FUSED_LATENT_APPEND=1),
 # MELT_COMPARE_FEW_TOKENS=1 the FP8 decode at batch 1 with and without the
 # few-tokens FP8 kernel (MELT_CUDA_FP8_FEW_TOKENS=0), twice each,
 # MELT_COMPARE_DETERMINISTIC=1 the decode at batch 1 and 64 twice more
@@ -78,6 +80,12 @@ for model in mini-bf16.melt mini-fp8.melt; do
         run "$model" --prompt-ids "$(prompt 128)" \
           --max-new 64 --batch 1 | sed "s/^{/{\"fp8_few_tokens\": \"on $round\", /"
       done
+    fi
+    # MELT_COMPARE_LATENT_APPEND=1: decode with MLA's latent append, its
+    # norm and rope in one kernel (experimental, MELT_CUDA_FUSED_LATENT_APPEND=1).
+    if [ "${MELT_COMPARE_LATENT_APPEND:-}" = 1 ]; then
+      MELT_CUDA_FUSED_LATENT_APPEND=1 run "$model" --prompt-ids "$(prompt 128)" \
+        --max-new 64 --batch 1,64 | sed 's/^{/{"latent_append": "one kernel", /'
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then
       MELT_CUDA_OVERLAP_KERNELS=0 run "$model" --prompt-ids "$(prompt 128)" \

@@ -425,6 +425,7 @@ public:
   bool deterministicExperts_ =
       envSwitch("MELT_CUDA_DETERMINISTIC_EXPERTS", true);
   bool fusedAddNorm_ = envSwitch("MELT_CUDA_FUSED_ADD_NORM", true);
+  bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
                    DeviceTensor &y) override {
@@ -525,19 +526,21 @@ public:
                  "cache_append"); // a position without a page: at synchronize()
   }
 
-  /// One kernel for the three (bit for bit rmsNorm, rope then
-  /// cacheAppend, conformance-tested), normed and rotated left unwritten;
-  /// other shapes and types as the three.
+  /// With MELT_CUDA_FUSED_LATENT_APPEND=1, one kernel for the three (meant
+  /// bit for bit rmsNorm, rope then cacheAppend: the conformance test
+  /// AppendLatentIsNormRopeThenAppend), normed and rotated left unwritten;
+  /// other shapes and types, and by default, the three. Experimental: the
+  /// kernel is compiled but its test has not run on a GPU yet.
   Status appendLatent(const DeviceTensor &latent, const DeviceTensor &gamma,
                       float eps, const DeviceTensor &key,
                       const DeviceTensor &positions, const RopeParams &params,
                       const CacheLayout &layout, DeviceTensor &normed,
                       DeviceTensor &rotated, DeviceTensor &cache) override {
     const int64_t ropeDim = key.shape.empty() ? 0 : key.shape.back();
-    if (key.shape.size() != 2 || normed.dtype != DType::F32 ||
-        rotated.dtype != DType::F32 || cache.dtype != DType::F32 ||
-        ropeDim / 2 > kMaxRopePairs || cache.shape.size() != 2 ||
-        cache.shape[1] != latent.cols() + ropeDim)
+    if (!fusedLatentAppend_ || key.shape.size() != 2 ||
+        normed.dtype != DType::F32 || rotated.dtype != DType::F32 ||
+        cache.dtype != DType::F32 || ropeDim / 2 > kMaxRopePairs ||
+        cache.shape.size() != 2 || cache.shape[1] != latent.cols() + ropeDim)
       return Device::appendLatent(latent, gamma, eps, key, positions, params,
                                   layout, normed, rotated, cache);
     MELT_RETURN_IF_ERROR(usable());
