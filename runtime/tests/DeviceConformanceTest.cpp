@@ -164,6 +164,20 @@ public:
   std::mt19937 rng{42};
 };
 
+/// DeepSeek-V3's YaRN: factor 40 over 4096 positions, interleaved.
+RopeParams deepSeekV3Yarn(double mscaleAllDim) {
+  RopeParams yarn;
+  yarn.theta = 10000;
+  yarn.yarn = true;
+  yarn.originalMax = 4096;
+  yarn.factor = 40;
+  yarn.betaFast = 32;
+  yarn.betaSlow = 1;
+  yarn.mscale = 1;
+  yarn.mscaleAllDim = mscaleAllDim;
+  return yarn;
+}
+
 TEST_P(DeviceConformance, NamesItself) {
   EXPECT_EQ(device->name(), GetParam());
   EXPECT_FALSE(device->description().empty());
@@ -341,15 +355,7 @@ TEST_P(DeviceConformance, Embedding) {
 TEST_P(DeviceConformance, Rope) {
   // DeepSeek-V3's YaRN (factor 40 over 4096 positions), interleaved, on
   // [T, H, 64]; plain RoPE in halves on [T, 64].
-  RopeParams yarn;
-  yarn.theta = 10000;
-  yarn.yarn = true;
-  yarn.originalMax = 4096;
-  yarn.factor = 40;
-  yarn.betaFast = 32;
-  yarn.betaSlow = 1;
-  yarn.mscale = 1;
-  yarn.mscaleAllDim = 0;
+  RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/0);
   RopeParams plain;
   plain.interleaved = false;
   plain.theta = 500000;
@@ -595,15 +601,7 @@ TEST_P(DeviceConformance, AppendLatentIsNormRopeThenAppend) {
   reopenWith("MELT_CUDA_FUSED_LATENT_APPEND", "1");
   if (HasFatalFailure())
     return;
-  RopeParams yarn;
-  yarn.theta = 10000;
-  yarn.yarn = true;
-  yarn.originalMax = 4096;
-  yarn.factor = 40;
-  yarn.betaFast = 32;
-  yarn.betaSlow = 1;
-  yarn.mscale = 1;
-  yarn.mscaleAllDim = 1;
+  const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/1);
   for (int64_t L : {int64_t(512), int64_t(32)}) {
     const int64_t R = L == 512 ? 64 : 8;
     PagedBatches batches;
