@@ -250,11 +250,11 @@ public:
                              const CacheLayout &layout,
                              DeviceTensor &cache) = 0;
   /// MLA's latent cache append with what comes right before it: normed =
-  /// rmsNorm(latent [T, L]), rotated = rope(key [T, R]) at positions, then
-  /// cacheAppend(normed, rotated). A device may do all three in one pass
-  /// and leave normed and rotated unwritten: the executor calls this only
-  /// where the append is their one reader (LatentAppends.h). The default
-  /// runs the three.
+  /// rmsNorm(latent [T, L]), rotated = rope(key [T, ...]) at positions,
+  /// then cacheAppend(normed, rotated as [T, R]). A device may do all three
+  /// in one pass and leave normed and rotated unwritten: the executor calls
+  /// this only where the append is their one reader (LatentAppends.h). The
+  /// default runs the three.
   virtual Status appendLatent(const DeviceTensor &latent,
                               const DeviceTensor &gamma, float eps,
                               const DeviceTensor &key,
@@ -264,7 +264,10 @@ public:
                               DeviceTensor &cache) {
     MELT_RETURN_IF_ERROR(rmsNorm(latent, gamma, eps, normed));
     MELT_RETURN_IF_ERROR(this->rope(key, positions, rope, rotated));
-    return cacheAppend(normed, rotated, layout, cache);
+    DeviceTensor perToken = rotated;
+    const int64_t tokens = normed.shape.empty() ? 0 : normed.shape[0];
+    perToken.shape = {tokens, tokens ? rotated.numel() / tokens : 0};
+    return cacheAppend(normed, perToken, layout, cache);
   }
   /// Attention of query t (q [T, H, Dk]) over the per-head cache of its
   /// sequence (rows: keys [Hk, Dk] then values [Hk, Dv]; H a multiple of

@@ -446,20 +446,11 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     const DeviceTensor &gamma = dm.weight(norm.weights()->Get(0));
     const float eps = float(norm.floats()->Get(0));
     DeviceTensor &cache = *cacheIt->second;
-    if (!s && keyIn.shape.size() == 2) {
+    if (!s) {
       DeviceTensor normedRows = asRows(*normed);
       s = device.appendLatent(asRows(latentIn), gamma, eps, keyIn, at,
                               ropeParamsOf(rope), pass.layout, normedRows,
                               *rotated, cache);
-    } else if (!s) {
-      // A key of another shape: the three as their kernels run them.
-      DeviceTensor normedRows = asRows(*normed);
-      s = device.rmsNorm(asRows(latentIn), gamma, eps, normedRows);
-      if (!s)
-        s = device.rope(keyIn, at, ropeParamsOf(rope), *rotated);
-      if (!s)
-        s = device.cacheAppend(perToken(*normed), perToken(*rotated),
-                               pass.layout, cache);
     }
     values.letGo(latentIn);
     values.letGo(keyIn);

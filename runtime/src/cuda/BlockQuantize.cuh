@@ -1,10 +1,14 @@
 //===- BlockQuantize.cuh - 1 x 128 FP8 activation blocks in device code ---===//
 //
-// The arithmetic of melt's activation quantization (quantizeBlocks: scale =
-// max(amax, 1e-12) / 448 per block, codes = e4m3(v / scale), saturated), in
-// one place for the kernels that quantize: the quantize kernels and the
-// FP8 experts that quantize their input as they stage it. Their values
-// must agree bit for bit (the executor folds one into the other).
+// The arithmetic of melt's activation quantization, in one place for the
+// kernels that quantize: their values must agree bit for bit (the executor
+// folds one into the other). The model's quantize op (quantizeBlocks:
+// scale = max(amax, 1e-12) / 448 per block, codes = e4m3(v / scale),
+// saturated), for the quantize kernels and the FP8 experts that quantize
+// their input as they stage it; and the FP8 GEMMs' input
+// (quantizeRowsFp8: scale = amax / 448, 1 for an all-zero block, codes =
+// e4m3(v * (1 / scale))), for its kernel and the small-M GEMMs that
+// quantize their F32 input themselves.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_BLOCKQUANTIZE_CUH
@@ -33,6 +37,26 @@ __device__ __forceinline__ float warpBlockScale(float4 v) {
 /// The e4m3 code of v in a block of `scale`.
 __device__ __forceinline__ uint32_t e4m3Code(float v, float scale) {
   return __nv_cvt_float_to_fp8(v / scale, __NV_SATFINITE, __NV_E4M3);
+}
+
+/// quantizeRowsFp8's scale of a block from its largest magnitude (an
+/// all-zero block keeps scale 1: any scale would do; 0 would not).
+__device__ __forceinline__ float gemmInputScale(float amax) {
+  return amax > 0.f ? amax / 448.f : 1.f;
+}
+
+/// quantizeRowsFp8's codes of four values, low byte first, in a block of
+/// scale 1 / `inverse`.
+__device__ __forceinline__ uint32_t gemmInputCodes(float a, float b, float c,
+                                                   float d, float inverse) {
+  const float v[4] = {a, b, c, d};
+  uint32_t packed = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    packed |= uint32_t(__nv_cvt_float_to_fp8(v[i] * inverse, __NV_SATFINITE,
+                                             __NV_E4M3))
+              << (8 * i);
+  return packed;
 }
 
 } // namespace melt::rt::cuda

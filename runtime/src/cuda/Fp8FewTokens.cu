@@ -35,6 +35,7 @@
 #include "EnvSwitch.h"
 
 #include "cuda/AsyncCopy.cuh"
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/VectorLoads.cuh"
@@ -154,17 +155,10 @@ __device__ __forceinline__ void stageWarpX(const Operands &o, int kbBegin,
                           siluTimes(q.z, u[b].z), siluTimes(q.w, u[b].w));
         const float amax = warpMax(fmaxf(fmaxf(fabsf(q.x), fabsf(q.y)),
                                          fmaxf(fabsf(q.z), fabsf(q.w))));
-        // An all-zero block keeps scale 1 (any scale would do; 0 would not).
-        const float scale = amax > 0.f ? amax / 448.f : 1.f, inv = 1.f / scale;
-        const float values[4] = {q.x, q.y, q.z, q.w};
-        uint32_t packed = 0;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          packed |= uint32_t(__nv_cvt_float_to_fp8(values[j] * inv,
-                                                   __NV_SATFINITE, __NV_E4M3))
-                    << (8 * j);
-        reinterpret_cast<uint32_t *>(codes + (size_t(kb) * m + token) *
-                                                 kKBlock)[lane] = packed;
+        const float scale = gemmInputScale(amax);
+        reinterpret_cast<uint32_t *>(codes +
+                                     (size_t(kb) * m + token) * kKBlock)[lane] =
+            gemmInputCodes(q.x, q.y, q.z, q.w, 1.f / scale);
         if (lane == 0)
           scales[kb * m + token] = scale;
       }

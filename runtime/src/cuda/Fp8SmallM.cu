@@ -41,6 +41,7 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/Fp8SmallM.h"
 
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/VectorLoads.cuh"
@@ -111,19 +112,12 @@ __device__ __forceinline__ float quantizeLaneSlice(const float *x,
   // Lanes 4 g .. 4 g + 3 hold token g's block.
   amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
   amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-  // An all-zero block keeps scale 1 (any scale would do; 0 would not).
-  const float scale = amax > 0.f ? amax / 448.f : 1.f, inv = 1.f / scale;
+  const float scale = gemmInputScale(amax), inv = 1.f / scale;
   uint32_t words[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    uint32_t packed = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      packed |= uint32_t(__nv_cvt_float_to_fp8(v[4 * i + j] * inv,
-                                               __NV_SATFINITE, __NV_E4M3))
-                << (8 * j);
-    words[i] = packed;
-  }
+  for (int i = 0; i < 8; ++i)
+    words[i] =
+        gemmInputCodes(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3], inv);
   codes[0] = make_uint4(words[0], words[1], words[2], words[3]);
   codes[1] = make_uint4(words[4], words[5], words[6], words[7]);
   return scale;

@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/Quantize.h"
 
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/WarpReduce.cuh"
@@ -16,8 +17,6 @@ using namespace melt::rt::cuda;
 
 namespace {
 
-constexpr float kE4M3Max = 448.f;
-
 /// Quantizes the 4 values a lane holds of one 128-value block; lane 0
 /// writes the block's scale.
 __device__ void quantizeBlock(const float (&v)[4], __nv_fp8_e4m3 *q,
@@ -25,16 +24,9 @@ __device__ void quantizeBlock(const float (&v)[4], __nv_fp8_e4m3 *q,
   float amax =
       fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
   amax = warpMax(amax);
-  // An all-zero block keeps scale 1 (any scale would do; 0 would not).
-  float s = amax > 0.f ? amax / kE4M3Max : 1.f;
-  float inv = 1.f / s;
-  uint32_t packed = 0;
-  for (int i = 0; i < 4; ++i) {
-    __nv_fp8_storage_t b =
-        __nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3);
-    packed |= uint32_t(b) << (8 * i);
-  }
-  reinterpret_cast<uint32_t *>(q)[lane] = packed;
+  const float s = gemmInputScale(amax);
+  reinterpret_cast<uint32_t *>(q)[lane] =
+      gemmInputCodes(v[0], v[1], v[2], v[3], 1.f / s);
   if (lane == 0)
     *scale = s;
 }
