@@ -11,7 +11,7 @@ steps'.
 
   ncu --csv --clock-control none --graph-profiling node \
       --metrics gpu__time_duration.sum melt-run ... > ncu.csv
-  python3 bench/cuda/kernel_times.py ncu.csv --steps 4 [--after argmaxRows]
+  python3 bench/cuda/kernel_times.py ncu.csv --steps 4 [--after argmaxFinish]
 """
 import argparse
 import collections

@@ -395,7 +395,9 @@ TEST_P(DeviceConformance, Rope) {
 TEST_P(DeviceConformance, RouteExperts) {
   // DeepSeek-V3 (sigmoid, bias, 8 groups keep 4, top 8 of 256, normalized,
   // scale 2.5), V2-Lite (softmax, greedy, top 6 of 64) and V2 (softmax,
-  // group-limited greedy: 8 groups keep 3).
+  // group-limited greedy: 8 groups keep 3); then logits in steps of 0.5,
+  // so that experts and groups tie (the lower index first), with 72
+  // experts (no whole number of warps).
   auto make3 = [](bool sigmoid, int method, int64_t k, int64_t groups,
                   int64_t keep, bool normalize, double scale) {
     RouterParams p;
@@ -412,12 +414,18 @@ TEST_P(DeviceConformance, RouteExperts) {
     RouterParams params;
     int64_t experts;
     bool bias;
+    bool ties = false;
   } cases[] = {{make3(true, 2, 8, 8, 4, true, 2.5), 256, true},
                {make3(false, 0, 6, 1, 1, false, 1.0), 64, false},
-               {make3(false, 1, 6, 8, 3, false, 16.0), 160, false}};
+               {make3(false, 1, 6, 8, 3, false, 16.0), 160, false},
+               {make3(true, 2, 8, 8, 4, true, 2.5), 256, false, true},
+               {make3(false, 1, 5, 8, 3, true, 1.0), 72, false, true}};
   for (const Case &c : cases) {
     const int64_t tokens = 33, k = c.params.topK;
     HostTensor logits = random(DType::F32, {tokens, c.experts}, rng, 2.f);
+    if (c.ties)
+      for (float &v : logits.values)
+        v = std::round(2.f * v) / 2.f;
     HostTensor bias = random(DType::F32, {c.experts}, rng, 0.1f);
     DeviceTensor dl = put(logits), db = put(bias),
                  idx = make(DType::I32, {tokens, k}),
@@ -1241,8 +1249,10 @@ TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
 // largest values, NaNs passed over, an all-NaN row's last index; rows of a
 // vocabulary's length and of lengths around the kernels' strides.
 TEST_P(DeviceConformance, ArgmaxRowsPickTheGreedyTokens) {
-  for (int64_t vocab :
-       {int64_t(1), int64_t(7), int64_t(2049), int64_t(129280)}) {
+  // A GPU reads long rows in parts (ties across parts: row 1), 16-byte
+  // aligned or not (40001).
+  for (int64_t vocab : {int64_t(1), int64_t(7), int64_t(2049), int64_t(40001),
+                        int64_t(129280)}) {
     const int64_t rows = 6;
     HostTensor logits = random(DType::F32, {rows, vocab}, rng);
     const float nan = std::nanf("");

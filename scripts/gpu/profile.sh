@@ -28,6 +28,6 @@ profile() { # BATCH NEW-TOKENS CSV
 for b in $batches; do
   profile "$b" $((steps + 1)) "$out/ncu-$model-b$b.csv"
   python3 bench/cuda/kernel_times.py "$out/ncu-$model-b$b.csv" \
-    --steps "$steps" --label "$model b$b" --after argmaxRows |
+    --steps "$steps" --label "$model b$b" --after argmaxFinish |
     tee -a "$out/kernel_times.json" | head -n 14
 done

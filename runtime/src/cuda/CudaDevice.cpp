@@ -529,8 +529,9 @@ public:
   /// With MELT_CUDA_FUSED_LATENT_APPEND=1, one kernel for the three (meant
   /// bit for bit rmsNorm, rope then cacheAppend: the conformance test
   /// AppendLatentIsNormRopeThenAppend), normed and rotated left unwritten;
-  /// other shapes and types, and by default, the three. Experimental: the
-  /// kernel is compiled but its test has not run on a GPU yet.
+  /// other shapes and types, and by default, the three. Off by default: it
+  /// passes its test and the sessions on the H200, but a mini decode step
+  /// measured no faster with it (bench/results/latent_append_ab.txt).
   Status appendLatent(const DeviceTensor &latent, const DeviceTensor &gamma,
                       float eps, const DeviceTensor &key,
                       const DeviceTensor &positions, const RopeParams &params,
@@ -792,10 +793,19 @@ public:
   Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::argmaxRows(logits, ids));
-    return check(cuda::argmaxRows(static_cast<const float *>(logits.data),
-                                  int(logits.shape[0]), int(logits.shape[1]),
-                                  static_cast<int32_t *>(ids.data), stream_),
-                 "argmax_rows");
+    const int rows = int(logits.shape[0]), vocab = int(logits.shape[1]);
+    DeviceTensor scratch;
+    MELT_RETURN_IF_ERROR(allocate(
+        DType::I32,
+        {std::max<int64_t>(1, int64_t(cuda::argmaxScratchWords(rows, vocab)))},
+        scratch));
+    Status launched =
+        check(cuda::argmaxRows(static_cast<const float *>(logits.data), rows,
+                               vocab, static_cast<int32_t *>(ids.data),
+                               scratch.data, stream_),
+              "argmax_rows");
+    release(scratch); // stream-ordered: reused only by later work
+    return launched;
   }
 
   Status sampleRows(const DeviceTensor &logits, const SamplingParams &params,

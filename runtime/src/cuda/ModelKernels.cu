@@ -79,69 +79,70 @@ __global__ void ropeKernel(Operand x, const int32_t *positions, int rows,
   store(y, base + r.b, r.yb);
 }
 
-/// The better of two (value, index) candidates: the larger value, ties to
-/// the lower index (routeToken's stable order); index INT_MAX: none.
-__device__ __forceinline__ void keepBetter(float &value, int &index,
-                                           float otherValue, int otherIndex) {
-  if (otherIndex == INT_MAX)
-    return;
-  if (index == INT_MAX || otherValue > value ||
-      (otherValue == value && otherIndex < index)) {
-    value = otherValue;
-    index = otherIndex;
-  }
+/// v reduced over the block (max or sum), in every thread; `slots` holds
+/// a value per warp. Every thread of the block calls it.
+template <bool kMax>
+__device__ __forceinline__ float blockReduce(float v, float *slots) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warps = (blockDim.x + 31) / 32;
+  v = kMax ? warpMax(v) : warpSum(v);
+  __syncthreads(); // slots free (an earlier call's readers are done)
+  if (lane == 0)
+    slots[warp] = v;
+  __syncthreads();
+  float all = kMax ? -INFINITY : 0.f;
+  for (int w = 0; w < warps; ++w)
+    all = kMax ? fmaxf(all, slots[w]) : all + slots[w];
+  return all;
 }
 
-/// The warp's best candidate, in every lane.
-__device__ __forceinline__ void warpBest(float &value, int &index) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    float v = __shfl_xor_sync(0xffffffffu, value, offset);
-    int i = __shfl_xor_sync(0xffffffffu, index, offset);
-    keepBetter(value, index, v, i);
+/// How many of `values` come before `own` (at index `self`) in routeToken's
+/// stable order: larger first, ties to the lower index.
+__device__ __forceinline__ int rankAmong(const float *values, int count,
+                                         float own, int self) {
+  int rank = 0;
+  for (int o = 0; o < count; ++o) {
+    const float v = values[o];
+    rank += v > own || (v == own && o < self);
   }
+  return rank;
 }
 
-/// One warp per token, as routeToken chooses: scores (softmax or sigmoid),
-/// the bias for choosing, the topk_group best groups (a lane per group),
-/// then top k rounds of a warp-wide argmax, weights from the scores.
+/// A block per token, a thread per expert: routeToken's choice with every
+/// expert's rank counted at once (a chain of top-k rounds was most of a
+/// decode step's routing time). Scores (softmax or sigmoid), the bias for
+/// choosing, each group's score (a thread per group), the groups kept by
+/// rank, the experts chosen by rank; the weights from the chosen scores
+/// in rank order.
 __global__ void routeKernel(const float *logits, const float *bias, int experts,
                             RouterConfig cfg, int32_t *indices,
                             float *weights) {
   awaitPriorKernels();
-  __shared__ float scores[kMaxRouterExperts], choice[kMaxRouterExperts];
-  __shared__ bool taken[kMaxRouterExperts];
-  __shared__ int32_t chosen[64];
-  const int lane = threadIdx.x;
-  const float *row = logits + size_t(blockIdx.x) * experts;
-  float top = -INFINITY;
-  for (int e = lane; e < experts; e += 32) {
-    scores[e] = cfg.sigmoid ? 1.f / (1.f + expf(-row[e])) : row[e];
-    top = fmaxf(top, scores[e]);
-    taken[e] = false;
+  __shared__ float choice[kMaxRouterExperts];
+  __shared__ float groupScore[kMaxRouterGroups], chosenScore[kMaxRouterTopK];
+  __shared__ float slots[kMaxRouterExperts / 32];
+  const int e = threadIdx.x;
+  const bool real = e < experts;
+  const float logit = real ? logits[size_t(blockIdx.x) * experts + e] : 0.f;
+  float score;
+  if (cfg.sigmoid) {
+    score = 1.f / (1.f + expf(-logit));
+  } else {
+    const float top = blockReduce<true>(real ? logit : -INFINITY, slots);
+    const float raised = real ? expf(logit - top) : 0.f;
+    score = raised / blockReduce<false>(raised, slots);
   }
-  if (!cfg.sigmoid) {
-    top = warpMax(top);
-    float sum = 0.f;
-    for (int e = lane; e < experts; e += 32)
-      sum += scores[e] = expf(scores[e] - top);
-    sum = warpSum(sum);
-    for (int e = lane; e < experts; e += 32)
-      scores[e] /= sum;
-  }
-  for (int e = lane; e < experts; e += 32)
-    choice[e] = scores[e] + (bias && cfg.method == 2 ? bias[e] : 0.f);
-  __syncwarp();
-  const int perGroup = experts / cfg.nGroup;
+  float mine = score + (real && bias && cfg.method == 2 ? bias[e] : 0.f);
+  if (real)
+    choice[e] = mine;
+  __syncthreads();
   if (cfg.method != 0 && cfg.nGroup > 1) {
-    // Lanes g and g + 32 score group g and g + 32.
-    float groupScore[2];
-    bool keep[2] = {false, false};
-    for (int j = 0; j < 2; ++j) {
-      int g = lane + 32 * j;
+    const int perGroup = experts / cfg.nGroup;
+    if (e < cfg.nGroup) {
+      // The group's two best choices (routeToken sorts its members).
       float first = -INFINITY, second = -INFINITY;
-      for (int e = g * perGroup; g < cfg.nGroup && e < (g + 1) * perGroup;
-           ++e) {
-        float v = choice[e];
+      for (int m = e * perGroup; m < (e + 1) * perGroup; ++m) {
+        const float v = choice[m];
         if (v > first) {
           second = first;
           first = v;
@@ -149,54 +150,37 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
           second = v;
         }
       }
-      groupScore[j] =
+      groupScore[e] =
           cfg.method == 2 ? first + (perGroup > 1 ? second : 0.f) : first;
     }
-    for (int k = 0; k < cfg.topkGroup; ++k) {
-      float value = -INFINITY;
-      int index = INT_MAX;
-      for (int j = 0; j < 2; ++j) {
-        int g = lane + 32 * j;
-        if (g < cfg.nGroup && !keep[j])
-          keepBetter(value, index, groupScore[j], g);
-      }
-      warpBest(value, index);
-      for (int j = 0; j < 2; ++j)
-        if (index == lane + 32 * j)
-          keep[j] = true;
+    __syncthreads();
+    if (real) {
+      const int g = e / perGroup;
+      if (rankAmong(groupScore, cfg.nGroup, groupScore[g], g) >= cfg.topkGroup)
+        mine = -INFINITY;
     }
-    for (int j = 0; j < 2; ++j) {
-      int g = lane + 32 * j;
-      if (g < cfg.nGroup && !keep[j])
-        for (int e = g * perGroup; e < (g + 1) * perGroup; ++e)
-          choice[e] = -INFINITY;
-    }
-    __syncwarp();
+    __syncthreads(); // every group scored before the masking
+    if (real)
+      choice[e] = mine;
+    __syncthreads();
   }
-  for (int k = 0; k < cfg.topK; ++k) {
-    float value = -INFINITY;
-    int index = INT_MAX;
-    for (int e = lane; e < experts; e += 32)
-      if (!taken[e])
-        keepBetter(value, index, choice[e], e);
-    warpBest(value, index);
-    if (lane == 0) {
-      taken[index] = true;
-      chosen[k] = index;
+  const size_t first = size_t(blockIdx.x) * cfg.topK;
+  if (real) {
+    const int rank = rankAmong(choice, experts, mine, e);
+    if (rank < cfg.topK) {
+      chosenScore[rank] = score;
+      indices[first + rank] = e;
     }
-    __syncwarp();
   }
-  if (lane != 0)
-    return;
-  double sum = 0;
-  for (int k = 0; k < cfg.topK; ++k)
-    sum += scores[chosen[k]];
-  for (int k = 0; k < cfg.topK; ++k) {
-    double w = scores[chosen[k]];
+  __syncthreads();
+  if (e < cfg.topK) {
+    double sum = 0;
+    for (int k = 0; k < cfg.topK; ++k)
+      sum += chosenScore[k];
+    double w = chosenScore[e];
     if (cfg.normalize)
       w /= sum + 1e-20;
-    indices[size_t(blockIdx.x) * cfg.topK + k] = chosen[k];
-    weights[size_t(blockIdx.x) * cfg.topK + k] = float(w * cfg.scale);
+    weights[first + e] = float(w * cfg.scale);
   }
 }
 
@@ -469,41 +453,84 @@ __global__ void combineExpertRowsKernel(const float *expertOut,
   }
 }
 
-/// A block per row: each thread keeps the best (value, index) of its
-/// strided values (4 loads in flight), then the block keeps the best of
-/// those: the larger value, the lower index on ties; NaNs never taken.
-constexpr int kArgmaxThreads = 512;
+/// The better of two (value, index) candidates into (value, index): the
+/// larger value, the lower index on ties; index INT_MAX: none (NaNs are
+/// never candidates).
+__device__ __forceinline__ void keepBetter(float &value, int &index,
+                                           float otherValue, int otherIndex) {
+  if (otherIndex != INT_MAX && (index == INT_MAX || otherValue > value ||
+                                (otherValue == value && otherIndex < index))) {
+    value = otherValue;
+    index = otherIndex;
+  }
+}
+
+/// The warp's best candidate, in every lane.
+__device__ __forceinline__ void warpBest(float &value, int &index) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    keepBetter(value, index, __shfl_xor_sync(0xffffffffu, value, offset),
+               __shfl_xor_sync(0xffffffffu, index, offset));
+}
+
+/// Grid (parts, rows), kArgmaxThreads threads: the best (value, index) of
+/// part blockIdx.x of a row (`span` values, a multiple of 4) into
+/// partials. Each thread keeps the best of its strided values (indices
+/// rise within a thread: a tie keeps the earlier one), 8 loads in flight,
+/// 16 bytes each where the row is aligned; then the block's best. A
+/// 129280-word vocabulary in one block was a chain of L2 round trips and
+/// one multiprocessor's compares: 12 us of a decode step.
+constexpr int kArgmaxThreads = 256, kArgmaxLoads = 8;
+constexpr int kArgmaxMaxParts = 64, kArgmaxSpanMin = 4 * kArgmaxLoads * 256;
 __global__ void __launch_bounds__(kArgmaxThreads)
-    argmaxRowsKernel(const float *logits, int vocab, int32_t *ids) {
+    argmaxPartsKernel(const float *logits, int vocab, int span,
+                      float *partValues, int32_t *partIndices) {
   awaitPriorKernels();
-  const float *row = logits + size_t(blockIdx.x) * vocab;
+  const float *row = logits + size_t(blockIdx.y) * vocab;
+  const int begin = blockIdx.x * span, end = min(vocab, begin + span);
   float best = -INFINITY;
   int at = INT_MAX;
-  for (int base = threadIdx.x; base < vocab; base += 4 * kArgmaxThreads) {
-    float v[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      int i = base + u * kArgmaxThreads;
-      v[u] = i < vocab ? row[i] : NAN;
-    }
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      int i = base + u * kArgmaxThreads;
-      // Indices rise within a thread: a tie keeps the earlier one.
-      if (!isnan(v[u]) && (at == INT_MAX || v[u] > best)) {
-        best = v[u];
-        at = i;
-      }
-    }
-  }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    float v = __shfl_xor_sync(0xffffffffu, best, offset);
-    int i = __shfl_xor_sync(0xffffffffu, at, offset);
-    if (i != INT_MAX && (at == INT_MAX || v > best || (v == best && i < at))) {
+  auto consider = [&](float v, int i) {
+    if (!isnan(v) && (at == INT_MAX || v > best)) {
       best = v;
       at = i;
     }
+  };
+  if (reinterpret_cast<uintptr_t>(row + begin) % 16 == 0 &&
+      (end - begin) % 4 == 0) {
+    const float4 *quads = reinterpret_cast<const float4 *>(row + begin);
+    const int count = (end - begin) / 4;
+    for (int base = threadIdx.x; base < count;
+         base += kArgmaxLoads * kArgmaxThreads) {
+      float4 v[kArgmaxLoads];
+#pragma unroll
+      for (int u = 0; u < kArgmaxLoads; ++u) {
+        const int i = base + u * kArgmaxThreads;
+        v[u] = i < count ? quads[i] : make_float4(NAN, NAN, NAN, NAN);
+      }
+#pragma unroll
+      for (int u = 0; u < kArgmaxLoads; ++u) {
+        const int i = begin + 4 * (base + u * kArgmaxThreads);
+        consider(v[u].x, i);
+        consider(v[u].y, i + 1);
+        consider(v[u].z, i + 2);
+        consider(v[u].w, i + 3);
+      }
+    }
+  } else {
+    for (int base = begin + threadIdx.x; base < end;
+         base += kArgmaxLoads * kArgmaxThreads) {
+      float v[kArgmaxLoads];
+#pragma unroll
+      for (int u = 0; u < kArgmaxLoads; ++u) {
+        const int i = base + u * kArgmaxThreads;
+        v[u] = i < end ? row[i] : NAN;
+      }
+#pragma unroll
+      for (int u = 0; u < kArgmaxLoads; ++u)
+        consider(v[u], base + u * kArgmaxThreads);
+    }
   }
+  warpBest(best, at);
   __shared__ float values[kArgmaxThreads / 32];
   __shared__ int indices[kArgmaxThreads / 32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -512,28 +539,67 @@ __global__ void __launch_bounds__(kArgmaxThreads)
     indices[warp] = at;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kArgmaxThreads / 32; ++w)
-      if (indices[w] != INT_MAX &&
-          (indices[0] == INT_MAX || values[w] > values[0] ||
-           (values[w] == values[0] && indices[w] < indices[0]))) {
-        values[0] = values[w];
-        indices[0] = indices[w];
-      }
-    ids[blockIdx.x] = indices[0] == INT_MAX ? vocab - 1 : indices[0];
+  if (warp != 0)
+    return;
+  best = lane < kArgmaxThreads / 32 ? values[lane] : -INFINITY;
+  at = lane < kArgmaxThreads / 32 ? indices[lane] : INT_MAX;
+  warpBest(best, at);
+  if (lane == 0) {
+    const size_t slot = size_t(blockIdx.y) * gridDim.x + blockIdx.x;
+    partValues[slot] = best;
+    partIndices[slot] = at;
   }
+}
+
+/// A warp per row: the best of its parts' candidates (none: vocab - 1).
+__global__ void argmaxFinishKernel(const float *partValues,
+                                   const int32_t *partIndices, int parts,
+                                   int vocab, int32_t *ids) {
+  awaitPriorKernels();
+  const int lane = threadIdx.x;
+  float best = -INFINITY;
+  int at = INT_MAX;
+  for (int p = lane; p < parts; p += 32) {
+    const size_t slot = size_t(blockIdx.x) * parts + p;
+    keepBetter(best, at, partValues[slot], partIndices[slot]);
+  }
+  warpBest(best, at);
+  if (lane == 0)
+    ids[blockIdx.x] = at == INT_MAX ? vocab - 1 : at;
+}
+
+/// The parts a row is read in: enough blocks for the multiprocessors, none
+/// shorter than kArgmaxSpanMin values; spans in 4s.
+int argmaxParts(int rows, int vocab) {
+  const int wanted = std::max(1, 264 / std::max(rows, 1));
+  const int most = (vocab + kArgmaxSpanMin - 1) / kArgmaxSpanMin;
+  return std::clamp(std::min(wanted, most), 1, kArgmaxMaxParts);
+}
+int argmaxSpan(int vocab, int parts) {
+  return ((vocab + parts - 1) / parts + 3) / 4 * 4;
 }
 
 } // namespace
 
+size_t melt::rt::cuda::argmaxScratchWords(int rows, int vocab) {
+  return 2 * size_t(std::max(rows, 0)) * argmaxParts(rows, vocab);
+}
+
 cudaError_t melt::rt::cuda::argmaxRows(const float *logits, int rows, int vocab,
-                                       int32_t *ids, cudaStream_t stream) {
+                                       int32_t *ids, void *scratch,
+                                       cudaStream_t stream) {
   if (rows < 0 || vocab <= 0)
     return cudaErrorInvalidValue;
   if (rows == 0)
     return cudaSuccess;
-  launchOverlapped(argmaxRowsKernel, rows, kArgmaxThreads, 0, stream, logits,
-                   vocab, ids);
+  const int parts = argmaxParts(rows, vocab);
+  const int span = argmaxSpan(vocab, parts);
+  float *values = static_cast<float *>(scratch);
+  int32_t *indices = reinterpret_cast<int32_t *>(values + size_t(rows) * parts);
+  launchOverlapped(argmaxPartsKernel, dim3(parts, rows), kArgmaxThreads, 0,
+                   stream, logits, vocab, span, values, indices);
+  launchOverlapped(argmaxFinishKernel, rows, 32, 0, stream, values, indices,
+                   parts, vocab, ids);
   return cudaGetLastError();
 }
 
@@ -916,11 +982,16 @@ cudaError_t melt::rt::cuda::routeExperts(const float *logits, const float *bias,
                                          const RouterConfig &config,
                                          int32_t *indices, float *weights,
                                          cudaStream_t stream) {
-  if (experts > kMaxRouterExperts || config.nGroup > 64 || config.topK > 64)
+  if (experts < 1 || experts > kMaxRouterExperts ||
+      config.nGroup > kMaxRouterGroups || config.topK > kMaxRouterTopK ||
+      config.topK > experts || config.nGroup < 1 ||
+      experts % config.nGroup != 0)
     return cudaErrorInvalidValue;
   if (tokens == 0)
     return cudaSuccess;
-  launchOverlapped(routeKernel, tokens, 32, 0, stream, logits, bias, experts,
-                   config, indices, weights);
+  // A thread per expert (and per group), whole warps.
+  const int threads = (std::max(experts, config.nGroup) + 31) / 32 * 32;
+  launchOverlapped(routeKernel, tokens, threads, 0, stream, logits, bias,
+                   experts, config, indices, weights);
   return cudaGetLastError();
 }

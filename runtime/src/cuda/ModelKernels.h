@@ -33,7 +33,10 @@ cudaError_t rope(Operand x, const int32_t *positions, int tokens, int rows,
                  int dim, bool interleaved, const RopeFrequencies &freqs,
                  double mscale, Result y, cudaStream_t stream);
 
-constexpr int kMaxRouterExperts = 1024;
+/// The most experts, groups and choices routeExperts takes (a thread per
+/// expert in one block).
+constexpr int kMaxRouterExperts = 1024, kMaxRouterGroups = 64,
+              kMaxRouterTopK = 64;
 struct RouterConfig {
   bool sigmoid;
   int method; // 0 greedy, 1 group_limited_greedy, 2 noaux_tc
@@ -147,8 +150,11 @@ cudaError_t combineExpertRows(const float *expertOut, const int32_t *rowOfPair,
 
 /// ids[r] = the index of the largest of logits[r, 0..vocab), the first on
 /// ties, NaNs passed over (all NaN: vocab - 1): Greedy.h's greedyIndex.
+/// Each row is read in parts by blocks of their own, then their candidates
+/// compared: `scratch` holds argmaxScratchWords 4-byte words.
+size_t argmaxScratchWords(int rows, int vocab);
 cudaError_t argmaxRows(const float *logits, int rows, int vocab, int32_t *ids,
-                       cudaStream_t stream);
+                       void *scratch, cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 

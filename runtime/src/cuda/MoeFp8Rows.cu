@@ -10,6 +10,8 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
+
 using namespace melt::rt::cuda;
 
 namespace {
@@ -103,15 +105,16 @@ __device__ __forceinline__ void stageQuantized(const float4 *source, int dim,
   }
 }
 
-/// Grid (tokens * choices, inter / 8), 256 threads, dim floats of dynamic
-/// shared memory: the block's token row rounded to BF16 once (kQuantize:
-/// quantized first), then a warp per row i of gate and up;
-/// act = bf16(silu(gate x) * up x).
+/// Grid (tokens * choices, inter / (8 rowsPerWarp)), 256 threads, dim
+/// floats of dynamic shared memory: the block's token row rounded to BF16
+/// once (kQuantize: quantized first), then each warp takes rowsPerWarp rows
+/// i of gate and up in turn; act = bf16(silu(gate x) * up x).
 template <bool kQuantize>
 __global__ void __launch_bounds__(256)
     fp8ActivationKernel(const float *x, const int32_t *indices,
                         ExpertStacks stacks, int choices, int experts,
-                        int inter, int dim, float *act, int32_t *bad) {
+                        int inter, int dim, int rowsPerWarp, float *act,
+                        int32_t *bad) {
   extern __shared__ float4 staged[];
   awaitPriorKernels();
   const int pair = blockIdx.x, t = pair / choices;
@@ -130,37 +133,33 @@ __global__ void __launch_bounds__(256)
     }
   }
   __syncthreads();
-  const int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (i >= inter)
-    return;
-  const size_t row = (size_t(e) * inter + i) * dim;
-  const uint8_t *const rows[2] = {
-      static_cast<const uint8_t *>(stacks.gate) + row,
-      static_cast<const uint8_t *>(stacks.up) + row};
-  const float *const scales[2] = {
-      rowScales(stacks.gateScales, e, inter, dim, i),
-      rowScales(stacks.upScales, e, inter, dim, i)};
-  float sums[2];
-  rowDotParts(rows, scales, xt, dim, lane, sums);
-  const float a = warpSum(sums[0]), b = warpSum(sums[1]);
-  if (lane == 0)
-    act[size_t(pair) * inter + i] = roundedToBf16(a / (1.f + expf(-a)) * b);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int r = 0; r < rowsPerWarp; ++r) {
+    const int i = (blockIdx.y * rowsPerWarp + r) * 8 + warp;
+    if (i >= inter)
+      return;
+    const size_t row = (size_t(e) * inter + i) * dim;
+    const uint8_t *const rows[2] = {
+        static_cast<const uint8_t *>(stacks.gate) + row,
+        static_cast<const uint8_t *>(stacks.up) + row};
+    const float *const scales[2] = {
+        rowScales(stacks.gateScales, e, inter, dim, i),
+        rowScales(stacks.upScales, e, inter, dim, i)};
+    float sums[2];
+    rowDotParts(rows, scales, xt, dim, lane, sums);
+    const float a = warpSum(sums[0]), b = warpSum(sums[1]);
+    if (lane == 0)
+      act[size_t(pair) * inter + i] = roundedToBf16(a / (1.f + expf(-a)) * b);
+  }
 }
 
-/// Grid (tokens * choices, dim / (8 x kDownRowsPerWarp)), 256 threads: a
-/// warp per kDownRowsPerWarp outputs j of the down projection (their loads
-/// in flight together: a row of down is short), added into y weighted.
-__global__ void __launch_bounds__(256)
-    fp8DownKernel(const float *act, const int32_t *indices,
-                  const float *weights, ExpertStacks stacks, int choices,
-                  int experts, int inter, int dim, bool combineBf16,
-                  PairOutput y) {
-  awaitPriorKernels();
-  const int pair = blockIdx.x, e = indices[pair];
-  const int j0 = (blockIdx.y * 8 + threadIdx.x / 32) * kDownRowsPerWarp,
-            lane = threadIdx.x % 32;
-  if (e < 0 || e >= experts || j0 >= dim)
-    return;
+/// Outputs j0 .. j0 + kDownRowsPerWarp - 1 of pair `pair` (expert e) by one
+/// warp.
+__device__ __forceinline__ void downRows(const float *act, const float *weights,
+                                         const ExpertStacks &stacks, int pair,
+                                         int e, int choices, int inter, int dim,
+                                         int j0, int lane, bool combineBf16,
+                                         const PairOutput &y) {
   // dim is a multiple of 16: all kDownRowsPerWarp rows are there.
   const uint8_t *rows[kDownRowsPerWarp];
   const float *scales[kDownRowsPerWarp];
@@ -184,6 +183,61 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+/// Grid (tokens * choices, dim / (8 x kDownRowsPerWarp x rowsPerWarp)),
+/// 256 threads: each warp takes rowsPerWarp sets of kDownRowsPerWarp
+/// outputs j of the down projection in turn (a set's loads in flight
+/// together: a row of down is short), added into y weighted.
+__global__ void __launch_bounds__(256)
+    fp8DownKernel(const float *act, const int32_t *indices,
+                  const float *weights, ExpertStacks stacks, int choices,
+                  int experts, int inter, int dim, int rowsPerWarp,
+                  bool combineBf16, PairOutput y) {
+  awaitPriorKernels();
+  const int pair = blockIdx.x, e = indices[pair];
+  if (e < 0 || e >= experts)
+    return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int set = 0; set < rowsPerWarp; ++set) {
+    const int j0 =
+        ((blockIdx.y * rowsPerWarp + set) * 8 + warp) * kDownRowsPerWarp;
+    if (j0 >= dim)
+      return;
+    downRows(act, weights, stacks, pair, e, choices, inter, dim, j0, lane,
+             combineBf16, y);
+  }
+}
+
+/// Blocks per pair and rows (sets of rows) per warp for a kernel whose
+/// blocks take `perBlockRound` rows a round: the fewest rounds per warp for
+/// which all the pairs' blocks are resident at once. One wave: a block
+/// stages its x once for several rows, and no second wave waits on the
+/// first one's slowest block (2.7 waves of one row a warp were a decode
+/// step's single largest kernel).
+struct Wave {
+  int blocksPerPair, rowsPerWarp;
+};
+template <class Kernel>
+Wave waveOf(Kernel kernel, int pairs, int rows, int perBlockRound,
+            size_t sharedBytes) {
+  static const int multiprocessors = [] {
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount,
+                               device) != cudaSuccess)
+      return 1;
+    return count;
+  }();
+  int perSm = 1;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, 256,
+                                                    sharedBytes) != cudaSuccess)
+    perSm = 1;
+  const int rounds = (rows + perBlockRound - 1) / perBlockRound;
+  const int resident = std::max(1, std::max(perSm, 1) * multiprocessors);
+  const int blocksWanted = std::clamp(resident / std::max(pairs, 1), 1, rounds);
+  const int rowsPerWarp = (rounds + blocksWanted - 1) / blocksWanted;
+  return {(rounds + rowsPerWarp - 1) / rowsPerWarp, rowsPerWarp};
+}
+
 } // namespace
 
 bool melt::rt::cuda::moeFp8RowwiseFits(int inter, int dim) {
@@ -203,17 +257,20 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
   cudaError_t e = startPairOutput(y, pairRows, tokens, dim, stream);
   if (e != cudaSuccess || tokens == 0)
     return e;
-  const dim3 activations(tokens * choices, (inter + 7) / 8);
-  const dim3 outputs(tokens * choices,
-                     (dim + 8 * kDownRowsPerWarp - 1) / (8 * kDownRowsPerWarp));
-  if ((e = launchOverlapped(
-           quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>,
-           activations, 256, size_t(dim) * sizeof(float), stream, x, indices,
-           stacks, choices, experts, inter, dim, scratch, bad)) != cudaSuccess)
+  const int pairs = tokens * choices;
+  auto activation =
+      quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>;
+  const Wave up = waveOf(activation, pairs, inter, 8, size_t(dim) * 4);
+  const Wave down = waveOf(fp8DownKernel, pairs, dim, 8 * kDownRowsPerWarp, 0);
+  if ((e = launchOverlapped(activation, dim3(pairs, up.blocksPerPair), 256,
+                            size_t(dim) * sizeof(float), stream, x, indices,
+                            stacks, choices, experts, inter, dim,
+                            up.rowsPerWarp, scratch, bad)) != cudaSuccess)
     return e;
-  if ((e = launchOverlapped(fp8DownKernel, outputs, 256, 0, stream, scratch,
-                            indices, weights, stacks, choices, experts, inter,
-                            dim, combineBf16, PairOutput{y, pairRows})) !=
+  if ((e = launchOverlapped(fp8DownKernel, dim3(pairs, down.blocksPerPair), 256,
+                            0, stream, scratch, indices, weights, stacks,
+                            choices, experts, inter, dim, down.rowsPerWarp,
+                            combineBf16, PairOutput{y, pairRows})) !=
       cudaSuccess)
     return e;
   return finishPairOutput(y, pairRows, indices, tokens, choices, experts, dim,
