@@ -14,7 +14,8 @@ import argparse
 import json
 
 # The fields mini-model.sh adds to the runs it repeats with other settings.
-SERIES_FIELDS = ("mla", "fold", "fp8", "silu_mul", "deterministic", "overlap")
+SERIES_FIELDS = ("mla", "fold", "fp8", "silu_mul", "deterministic", "overlap",
+                 "side_stream", "latent_append", "fp8_few_tokens")
 
 
 def matches(row, series):

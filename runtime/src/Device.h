@@ -158,6 +158,18 @@ public:
     return {MELT_UNSUPPORTED, name() + ": no recorded graphs"};
   }
 
+  // Side branches (SideBranches.h): calls a device may run beside the
+  // ones that follow them, e.g. as a recorded graph's second branch.
+  // markBranch() comes after the calls that make a branch's inputs;
+  // between enterBranch() and leaveBranch() a branch call, which reads
+  // nothing made after the mark and whose results nothing reads before
+  // joinBranch(), called before the first reader. A device that runs
+  // every call in order (the default) ignores them.
+  virtual Status markBranch() { return Status::ok(); }
+  virtual Status enterBranch() { return Status::ok(); }
+  virtual void leaveBranch() {}
+  virtual Status joinBranch() { return Status::ok(); }
+
   // Kernels. Inputs and outputs are F32 or BF16 unless said otherwise; the
   // output is allocated by the caller with the right shape.
 

@@ -4,6 +4,7 @@
 #include "EnvSwitch.h"
 #include "KernelArgs.h"
 #include "QuantizeFolds.h"
+#include "SideBranches.h"
 #include "SiluMulFusions.h"
 
 #include <algorithm>
@@ -283,6 +284,13 @@ Status DeviceModel::create(const Model &model, Device &device,
       dm.skipped_.insert(f.rope);
       dm.skipped_.insert(f.append);
     }
+  // Work a device may run beside the rest: the shared experts.
+  if (envSwitch("MELT_SIDE_BRANCHES", true))
+    for (const SideBranch &b : findSideBranches(m, *dm.forward_)) {
+      dm.branchKernels_.insert(b.kernels.begin(), b.kernels.end());
+      dm.branchMarks_.insert(b.markBefore);
+      dm.branchJoins_.insert(b.join);
+    }
   out = std::move(result);
   return Status::ok();
 }
@@ -461,8 +469,24 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   const auto &order = *forward.kernels();
   for (uint32_t at = 0; at < order.size(); ++at) {
     const uint32_t k = order.Get(at);
+    if (dm.joinsBranch(k))
+      MELT_RETURN_IF_ERROR(device.joinBranch());
+    if (dm.marksBranch(k))
+      MELT_RETURN_IF_ERROR(device.markBranch());
     if (dm.skips(k) || k == doneNorm) // done elsewhere
       continue;
+    // A side branch's kernel: its calls beside the ones that follow.
+    struct BranchCalls {
+      Device *device = nullptr;
+      ~BranchCalls() {
+        if (device)
+          device->leaveBranch();
+      }
+    } branchCalls;
+    if (dm.inBranch(k)) {
+      MELT_RETURN_IF_ERROR(device.enterBranch());
+      branchCalls.device = &device;
+    }
     const fb::Kernel &kernel = *m.kernels()->Get(k);
     auto inId = [&](uint32_t i) { return kernel.inputs()->Get(i); };
     auto outId = [&](uint32_t i) { return kernel.outputs()->Get(i); };

@@ -65,6 +65,14 @@ public:
     return it == latentAppends_.end() ? nullptr : &it->second;
   }
 
+  /// Side branches (SideBranches.h; MELT_SIDE_BRANCHES=0 finds none):
+  /// whether kernel k is a branch's, whether a branch's fork is marked
+  /// before it, whether a branch joins before it.
+  bool inBranch(uint32_t k) const { return branchKernels_.count(k) != 0; }
+  bool marksBranch(uint32_t k) const { return branchMarks_.count(k) != 0; }
+  bool joinsBranch(uint32_t k) const { return branchJoins_.count(k) != 0; }
+  size_t sideBranches() const { return branchJoins_.size(); }
+
 private:
   DeviceModel(const Model &model, Device &device)
       : model_(model), device_(device) {}
@@ -78,6 +86,7 @@ private:
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, LatentAppend> latentAppends_;
+  std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
 };
 
 /// One step of a batch, on the host: the tokens of all sequences and where

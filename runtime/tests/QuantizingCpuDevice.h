@@ -18,7 +18,7 @@
 
 namespace melt::rt {
 
-class QuantizingCpuDevice final : public CpuDevice {
+class QuantizingCpuDevice : public CpuDevice {
 public:
   explicit QuantizingCpuDevice(bool fusesSiluMul = false,
                                bool quantizesExperts = false)

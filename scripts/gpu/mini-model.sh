@@ -14,6 +14,9 @@
 # products' values are the same, and the experts sum in a fixed order),
 # MELT_COMPARE_LATENT_APPEND=1 the decode at batch 1 and 64 with MLA's
 # latent append in one kernel (MELT_CUDA_FUSED_LATENT_APPEND=1),
+# MELT_COMPARE_SIDE_STREAM=1 the decode at batch 1, 16 and 64 with the
+# shared experts on a second stream (MELT_CUDA_SIDE_STREAM=1) and without,
+# twice each, and whether their greedy tokens agree,
 # MELT_COMPARE_FEW_TOKENS=1 the FP8 decode at batch 1 with and without the
 # few-tokens FP8 kernel (MELT_CUDA_FP8_FEW_TOKENS=0), twice each,
 # MELT_COMPARE_DETERMINISTIC=1 the decode at batch 1 and 64 twice more
@@ -87,6 +90,17 @@ for model in mini-bf16.melt mini-fp8.melt; do
       MELT_CUDA_FUSED_LATENT_APPEND=1 run "$model" --prompt-ids "$(prompt 128)" \
         --max-new 64 --batch 1,64 | sed 's/^{/{"latent_append": "one kernel", /'
     fi
+    # MELT_COMPARE_SIDE_STREAM=1: decode with the shared experts on a
+    # second stream of the graphs (experimental, MELT_CUDA_SIDE_STREAM=1),
+    # runs alternating with the default.
+    if [ "${MELT_COMPARE_SIDE_STREAM:-}" = 1 ]; then
+      for round in 1 2; do
+        MELT_CUDA_SIDE_STREAM=1 run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"on $round\", /"
+        run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"off $round\", /"
+      done
+    fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then
       MELT_CUDA_OVERLAP_KERNELS=0 run "$model" --prompt-ids "$(prompt 128)" \
         --max-new 64 --batch 1,16,64 | sed 's/^{/{"overlap": "off", /'
@@ -109,6 +123,12 @@ compare() { python3 bench/cuda/compare_tokens.py "$out/mini_melt.json" "$@"; }
 [ "${MELT_COMPARE_FOLDS:-}" = 1 ] &&
   compare --label "folds on/off" --model mini-fp8.melt --batch 1 --batch 64 \
     default fold=off
+# The shared experts beside the routed ones: the same kernels on another
+# stream (the same tokens).
+[ "${MELT_COMPARE_SIDE_STREAM:-}" = 1 ] &&
+  compare --label "shared experts on a second stream / in order" \
+    --model mini-bf16.melt --model mini-fp8.melt --batch 1 --batch 64 \
+    "side_stream=on 1" "side_stream=off 1"
 [ "${MELT_SKIP_BASELINE:-}" = 1 ] && exit 0
 echo "== transformers: mini =="
 # Bounded (MELT_BASELINE_SECONDS, default 300): its batched_mm experts can

@@ -67,6 +67,7 @@ public:
     gemm_.reset();
     for (Lane &lane : lanes_)
       closeLane(lane);
+    closeBranch();
     if (forked_)
       cudaEventDestroy(forked_);
     if (stream_)
@@ -87,6 +88,8 @@ public:
               "cudaStreamCreate"));
     if (CudaStatus s = GemmRunner::create(stream_, gemm_))
       return {MELT_DEVICE_ERROR, name() + ": " + s.error};
+    if (sideStream_)
+      MELT_RETURN_IF_ERROR(openBranch());
     return check(cudaDeviceGetAttribute(&multiprocessors_,
                                         cudaDevAttrMultiProcessorCount, index_),
                  "cudaDeviceGetAttribute");
@@ -177,7 +180,52 @@ public:
               "cudaStreamBeginCapture"));
     capturing_ = true;
     parked_.clear();
+    branchMarked_ = branchBusy_ = false;
     return Status::ok();
+  }
+
+  /// While recording (MELT_CUDA_SIDE_STREAM=1): a branch's calls go to a
+  /// stream of their own that starts at the mark, as the graph's second
+  /// branch; the graph keeps every block it used, so that memory of the
+  /// branch and of the rest never alias. Otherwise every call in order.
+  Status markBranch() override {
+    if (!capturing_ || !branch_.stream || inBranch_)
+      return Status::ok();
+    MELT_RETURN_IF_ERROR(
+        check(cudaEventRecord(branch_.forked, stream_), "cudaEventRecord"));
+    branchMarked_ = branchWaits_ = true;
+    return Status::ok();
+  }
+  Status enterBranch() override {
+    if (!capturing_ || !branchMarked_ || inBranch_)
+      return Status::ok();
+    if (branchWaits_) {
+      MELT_RETURN_IF_ERROR(
+          check(cudaStreamWaitEvent(branch_.stream, branch_.forked, 0),
+                "cudaStreamWaitEvent"));
+      branchWaits_ = false;
+    }
+    std::swap(stream_, branch_.stream);
+    std::swap(gemm_, branch_.gemm);
+    inBranch_ = branchBusy_ = true;
+    return Status::ok();
+  }
+  void leaveBranch() override {
+    if (!inBranch_)
+      return;
+    std::swap(stream_, branch_.stream);
+    std::swap(gemm_, branch_.gemm);
+    inBranch_ = false;
+  }
+  Status joinBranch() override {
+    leaveBranch();
+    if (!branchBusy_)
+      return Status::ok();
+    branchBusy_ = false;
+    MELT_RETURN_IF_ERROR(check(cudaEventRecord(branch_.done, branch_.stream),
+                               "cudaEventRecord"));
+    return check(cudaStreamWaitEvent(stream_, branch_.done, 0),
+                 "cudaStreamWaitEvent");
   }
 
   Status endCapture(std::unique_ptr<DeviceGraph> &out) override;
@@ -1419,6 +1467,46 @@ private:
     return Status::ok();
   }
 
+  /// The side branches' stream, its GEMM runner, its fork and join
+  /// events (MELT_CUDA_SIDE_STREAM=1, experimental: made at start-up).
+  struct Branch {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t forked = nullptr, done = nullptr;
+    std::unique_ptr<GemmRunner> gemm;
+  };
+  Branch branch_;
+  bool sideStream_ = envSwitch("MELT_CUDA_SIDE_STREAM", false);
+  /// A mark recorded in this recording; the branch stream still to wait
+  /// for the latest; calls made there and not joined; in a branch now.
+  bool branchMarked_ = false, branchWaits_ = false, branchBusy_ = false,
+       inBranch_ = false;
+  Status openBranch() {
+    MELT_RETURN_IF_ERROR(
+        check(cudaStreamCreateWithFlags(&branch_.stream, cudaStreamNonBlocking),
+              "cudaStreamCreate"));
+    MELT_RETURN_IF_ERROR(
+        check(cudaEventCreateWithFlags(&branch_.forked, cudaEventDisableTiming),
+              "event"));
+    MELT_RETURN_IF_ERROR(
+        check(cudaEventCreateWithFlags(&branch_.done, cudaEventDisableTiming),
+              "event"));
+    if (CudaStatus s = GemmRunner::create(branch_.stream, branch_.gemm))
+      return {MELT_DEVICE_ERROR, name() + ": " + s.error};
+    return Status::ok();
+  }
+  void closeBranch() {
+    leaveBranch();
+    branch_.gemm.reset();
+    if (branch_.stream)
+      cudaStreamSynchronize(branch_.stream);
+    for (cudaEvent_t e : {branch_.forked, branch_.done})
+      if (e)
+        cudaEventDestroy(e);
+    if (branch_.stream)
+      cudaStreamDestroy(branch_.stream);
+    branch_ = Branch{};
+  }
+
   bool capturing_ = false;
   /// Blocks released while recording: the graph's.
   std::vector<void *> parked_;
@@ -1575,11 +1663,16 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
   out.reset();
   if (!capturing_)
     return invalidArgument(name() + ": endCapture without beginCapture");
+  // A branch not joined yet joins the recording's origin stream (the
+  // recording fails otherwise).
+  Status joined = joinBranch();
   capturing_ = false;
   std::vector<void *> blocks = std::move(parked_);
   parked_.clear();
   cudaGraph_t graph = nullptr;
   cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+  if (e == cudaSuccess && joined)
+    e = cudaErrorStreamCaptureUnjoined;
   cudaGraphExec_t exec = nullptr;
   if (e == cudaSuccess)
     e = cudaGraphInstantiate(&exec, graph, 0);

@@ -1,0 +1,46 @@
+//===- SideBranches.h - work of a step that may run beside the rest -------===//
+//
+// A MoE layer adds two results made from the same input: the routed
+// experts' (router, then experts) and the shared expert's (gate and up
+// products, SiLU-mul, down product). At a decode step's few tokens each is
+// a chain of kernels that leaves most of a GPU idle, one after the other.
+// Nothing ties the shared expert's chain to the routed one but their
+// common input and the sum, so that a device that records a step may run
+// it beside the rest (Device::markBranch ... joinBranch: a graph's second
+// branch).
+//
+// A side branch here is the private slice of one operand of an Add: the
+// kernels that make it, back through values that nothing else reads, of
+// kinds that touch no cache and no routing (products, SiLU-muls,
+// quantize pairs, reshapes). It starts after the last kernel that makes
+// one of its inputs (the fork) and must have other work of the step
+// between the fork and the Add to overlap.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_SIDEBRANCHES_H
+#define MELT_RUNTIME_SIDEBRANCHES_H
+
+#include "Artifact.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace melt::rt {
+
+struct SideBranch {
+  /// The kernel before which the fork is marked: the first in the
+  /// function's order after the last kernel that makes a branch input.
+  uint32_t markBefore = 0;
+  /// The branch's kernels, in the function's order.
+  std::vector<uint32_t> kernels;
+  /// The Add that reads the branch's result (join before it).
+  uint32_t join = 0;
+};
+
+/// The side branches of `function`, in its order; none overlap.
+std::vector<SideBranch> findSideBranches(const fb::Model &model,
+                                         const fb::Function &function);
+
+} // namespace melt::rt
+
+#endif // MELT_RUNTIME_SIDEBRANCHES_H

@@ -1,0 +1,247 @@
+// Side branches (SideBranches.h): the shared experts of the golden
+// deepseek-v3 model run as branches, one a MoE layer, and a device that
+// runs a branch's calls only when it is joined (as late as the executor
+// allows; a GPU runs them at any time in between) gives the logits of the
+// one that runs every call in order, bit for bit. That device also checks
+// that a branch call reads only memory made before the branch's mark or
+// by the branch itself (what a second stream may read), and that no other
+// call happens inside a branch. Memory released stays reserved to the end
+// (as a recorded graph's does), and new F32 memory is NaN, so that a
+// reader of a branch value before the join would show in the logits.
+// Needs MELT_TEST_FP8_POLICY_ARTIFACT and MELT_TEST_FP8_POLICY_CHECKPOINT
+// (v3-tiny compiled with --precision=deepseek-v3).
+#include "SideBranches.h"
+#include "CpuDevice.h"
+#include "Executor.h"
+#include "Fp8PolicySessions.h"
+#include "Model.h"
+#include "QuantizingCpuDevice.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <vector>
+
+using namespace melt::rt;
+
+namespace {
+
+/// A CPU device with FP8 products that defers branch calls to the join.
+class DeferringDevice : public QuantizingCpuDevice {
+public:
+  DeferringDevice()
+      : QuantizingCpuDevice(/*fusesSiluMul=*/true, /*quantizesExperts=*/true) {}
+  ~DeferringDevice() override {
+    for (DeviceTensor &t : parked_)
+      QuantizingCpuDevice::release(t);
+  }
+
+  Status allocate(DType type, std::vector<int64_t> shape,
+                  DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(
+        QuantizingCpuDevice::allocate(type, std::move(shape), out));
+    made_[static_cast<const char *>(out.data)] = {out.bytes(), ++sequence_,
+                                                  inBranch_};
+    if (type == DType::F32) {
+      float *v = static_cast<float *>(out.data);
+      std::fill(v, v + out.numel(), std::numeric_limits<float>::quiet_NaN());
+    }
+    return Status::ok();
+  }
+  void release(DeviceTensor &t) override {
+    if (t.data)
+      parked_.push_back(t);
+    t.data = nullptr;
+  }
+
+  Status markBranch() override {
+    ++marks;
+    markSequence_ = sequence_;
+    return Status::ok();
+  }
+  Status enterBranch() override {
+    inBranch_ = true;
+    return Status::ok();
+  }
+  void leaveBranch() override { inBranch_ = false; }
+  Status joinBranch() override {
+    ++joins;
+    std::vector<std::function<Status()>> calls = std::move(deferred_);
+    deferred_.clear();
+    for (auto &call : calls)
+      MELT_RETURN_IF_ERROR(call());
+    return Status::ok();
+  }
+
+  // The calls a branch may make: deferred, their inputs checked.
+  Status linear(const DeviceTensor &x, const DeviceTensor &w,
+                DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::linear(x, w, y);
+    return defer({x}, [this, x, w, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::linear(x, w, out);
+    });
+  }
+  Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                         const DeviceTensor &w, DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::linearOfSiluMul(gate, up, w, y);
+    return defer({gate, up}, [this, gate, up, w, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::linearOfSiluMul(gate, up, w, out);
+    });
+  }
+  Status siluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                 DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::siluMul(gate, up, y);
+    return defer({gate, up}, [this, gate, up, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::siluMul(gate, up, out);
+    });
+  }
+  Status roundToBf16(DeviceTensor &x) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::roundToBf16(x);
+    return defer({x}, [this, x] {
+      DeviceTensor t = x;
+      return QuantizingCpuDevice::roundToBf16(t);
+    });
+  }
+  Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
+                        DeviceTensor &scales) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::quantizeBlocks(x, block, q, scales);
+    return defer({x}, [this, x, block, q, scales] {
+      DeviceTensor qq = q, ss = scales;
+      return QuantizingCpuDevice::quantizeBlocks(x, block, qq, ss);
+    });
+  }
+  Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,
+                          int64_t block, DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::dequantizeBlocks(q, scales, block, y);
+    return defer({q, scales}, [this, q, scales, block, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::dequantizeBlocks(q, scales, block, out);
+    });
+  }
+  Status copy(const DeviceTensor &x, DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::copy(x, y);
+    return defer({x}, [this, x, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::copy(x, out);
+    });
+  }
+
+  // Calls that have no place in a branch.
+  Status add(const DeviceTensor &a, const DeviceTensor &b,
+             DeviceTensor &y) override {
+    strayCalls += inBranch_;
+    return QuantizingCpuDevice::add(a, b, y);
+  }
+  Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
+                 DeviceTensor &y) override {
+    strayCalls += inBranch_;
+    return QuantizingCpuDevice::rmsNorm(x, gamma, eps, y);
+  }
+  Status moeExpertsOfQuantized(const DeviceTensor &x,
+                               const DeviceTensor &indices,
+                               const DeviceTensor &weights,
+                               const DeviceTensor &gate, const DeviceTensor &up,
+                               const DeviceTensor &down, bool combineBf16,
+                               DeviceTensor &y) override {
+    strayCalls += inBranch_;
+    return QuantizingCpuDevice::moeExpertsOfQuantized(x, indices, weights, gate,
+                                                      up, down, combineBf16, y);
+  }
+
+  int marks = 0, joins = 0, deferredCalls = 0, strayCalls = 0,
+      unorderedReads = 0;
+
+private:
+  struct Made {
+    size_t bytes;
+    uint64_t sequence;
+    bool byBranch;
+  };
+  /// Whether a branch may read t: made before the mark, or by a branch.
+  bool readable(const DeviceTensor &t) const {
+    const char *p = static_cast<const char *>(t.data);
+    auto it = made_.upper_bound(p);
+    if (it == made_.begin())
+      return true; // not the executor's memory (a weight's view)
+    --it;
+    if (p >= it->first + it->second.bytes)
+      return true;
+    return it->second.sequence <= markSequence_ || it->second.byBranch;
+  }
+  Status defer(std::initializer_list<DeviceTensor> inputs,
+               std::function<Status()> call) {
+    for (const DeviceTensor &t : inputs)
+      unorderedReads += !readable(t);
+    ++deferredCalls;
+    deferred_.push_back(std::move(call));
+    return Status::ok();
+  }
+
+  bool inBranch_ = false;
+  uint64_t sequence_ = 0, markSequence_ = 0;
+  std::map<const char *, Made> made_;
+  std::vector<DeviceTensor> parked_;
+  std::vector<std::function<Status()>> deferred_;
+};
+
+} // namespace
+
+TEST(SideBranches, SharedExpertsRunBesideTheRoutedOnes) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  const fb::Model &m = model->artifact().model();
+  QuantizingCpuDevice inOrder(true, true);
+  DeferringDevice deferring;
+  std::unique_ptr<DeviceModel> onInOrder, onDeferring;
+  setenv("MELT_SIDE_BRANCHES", "0", 1);
+  Status s = DeviceModel::create(*model, inOrder, onInOrder);
+  unsetenv("MELT_SIDE_BRANCHES");
+  ASSERT_FALSE(s) << s.message();
+  ASSERT_FALSE(DeviceModel::create(*model, deferring, onDeferring));
+  EXPECT_EQ(onInOrder->sideBranches(), 0u);
+
+  // One branch a MoE layer: the shared expert's products, its SiLU-mul
+  // and quantize pair; joined at the sum of the two experts' results.
+  const fb::Function &forward = onDeferring->forward();
+  std::vector<SideBranch> branches = findSideBranches(m, forward);
+  uint32_t moeLayers = 0;
+  for (uint32_t k : *forward.kernels())
+    moeLayers += m.kernels()->Get(k)->kind() == fb::KernelKind::MoEExperts;
+  ASSERT_GT(moeLayers, 0u);
+  ASSERT_EQ(branches.size(), moeLayers);
+  EXPECT_EQ(onDeferring->sideBranches(), moeLayers);
+  for (const SideBranch &b : branches) {
+    uint32_t products = 0;
+    for (uint32_t k : b.kernels)
+      products += m.kernels()->Get(k)->kind() == fb::KernelKind::Linear;
+    EXPECT_EQ(products, 3u) << "gate, up and down";
+    EXPECT_EQ(m.kernels()->Get(b.join)->kind(), fb::KernelKind::Add);
+    EXPECT_EQ(m.kernels()->Get(b.markBefore)->kind(),
+              fb::KernelKind::MoEExperts)
+        << "the routed experts run beside the branch";
+  }
+
+  std::vector<float> want = stepLogits(*onInOrder),
+                     have = stepLogits(*onDeferring);
+  EXPECT_GT(deferring.deferredCalls, 0);
+  EXPECT_EQ(deferring.marks, deferring.joins);
+  EXPECT_EQ(deferring.strayCalls, 0);
+  EXPECT_EQ(deferring.unorderedReads, 0);
+  expectSameLogits(have, want);
+}
