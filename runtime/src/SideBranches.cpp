@@ -12,7 +12,8 @@ using namespace melt::rt;
 
 namespace {
 
-/// Kinds a branch may hold: they read activations and weights only.
+/// Kinds a branch may hold: they read activations, weights and the step's
+/// positions only, and write their own values.
 bool branchKind(fb::KernelKind kind) {
   switch (kind) {
   case fb::KernelKind::Linear:
@@ -21,6 +22,9 @@ bool branchKind(fb::KernelKind kind) {
   case fb::KernelKind::Dequantize:
   case fb::KernelKind::Reshape:
   case fb::KernelKind::Convert:
+  case fb::KernelKind::Split:
+  case fb::KernelKind::RMSNorm:
+  case fb::KernelKind::Rope:
     return true;
   default:
     return false;
@@ -66,9 +70,10 @@ struct Analysis {
     return true;
   }
 
-  /// The side branch making operand `value` of `join` (the other operand
-  /// `other`), if there is one.
-  bool branchOf(uint32_t join, uint32_t value, uint32_t other,
+  /// The side branch making input `value` of `join`, if there is one
+  /// (the join's other inputs `others`).
+  bool branchOf(uint32_t join, uint32_t value,
+                const std::vector<uint32_t> &others,
                 const fb::Function &function, SideBranch &out) const {
     const int64_t made = producerOf(value);
     if (made < 0 || !branchKind(kernel(uint32_t(made)).kind()))
@@ -111,12 +116,15 @@ struct Analysis {
             fork = std::max(fork, position.at(uint32_t(p)));
         }
     }
-    // Work of the step's own between the fork and the join to overlap: the
-    // other operand made after the fork, outside the branch.
-    const int64_t otherMade = producerOf(other);
-    if (!anyProduct || fork >= first || otherMade < 0 ||
-        slice.count(uint32_t(otherMade)) ||
-        position.at(uint32_t(otherMade)) <= fork)
+    // Work of the step's own between the fork and the join to overlap:
+    // another input of the join made after the fork, outside the branch.
+    bool overlaps = false;
+    for (uint32_t other : others) {
+      const int64_t otherMade = producerOf(other);
+      overlaps |= otherMade >= 0 && !slice.count(uint32_t(otherMade)) &&
+                  position.at(uint32_t(otherMade)) > fork;
+    }
+    if (!anyProduct || fork >= first || !overlaps)
       return false;
     out.markBefore = function.kernels()->Get(uint32_t(fork + 1));
     out.kernels.assign(slice.begin(), slice.end());
@@ -138,17 +146,55 @@ melt::rt::findSideBranches(const fb::Model &model,
   if (!function.kernels() || !model.kernels())
     return found;
   Analysis analysis(model, function);
+  // A join reads the branch and something else; of its inputs' branches
+  // the largest is its candidate (the later inputs first on a tie: a MoE
+  // layer's shared expert is its sum's second operand). Candidates are
+  // taken largest first, none sharing a kernel with one taken (a MoE
+  // layer's whole shared expert, not its up product beside its gate).
+  std::vector<SideBranch> candidates;
   for (uint32_t k : *function.kernels()) {
-    const fb::Kernel &add = analysis.kernel(k);
-    if (add.kind() != fb::KernelKind::Add || !add.inputs() ||
-        add.inputs()->size() != 2 ||
-        add.inputs()->Get(0) == add.inputs()->Get(1))
+    const fb::Kernel &join = analysis.kernel(k);
+    if (!join.inputs() || join.inputs()->size() < 2)
       continue;
-    const uint32_t a = add.inputs()->Get(0), b = add.inputs()->Get(1);
-    SideBranch branch;
-    if (analysis.branchOf(k, b, a, function, branch) ||
-        analysis.branchOf(k, a, b, function, branch))
-      found.push_back(std::move(branch));
+    const std::vector<uint32_t> inputs(join.inputs()->begin(),
+                                       join.inputs()->end());
+    SideBranch best;
+    for (size_t i = inputs.size(); i-- > 0;) {
+      std::vector<uint32_t> others;
+      for (size_t j = 0; j < inputs.size(); ++j)
+        if (inputs[j] != inputs[i])
+          others.push_back(inputs[j]);
+      SideBranch branch;
+      if (!others.empty() &&
+          analysis.branchOf(k, inputs[i], others, function, branch) &&
+          branch.kernels.size() > best.kernels.size())
+        best = std::move(branch);
+    }
+    if (!best.kernels.empty())
+      candidates.push_back(std::move(best));
   }
+  std::sort(candidates.begin(), candidates.end(),
+            [&](const SideBranch &a, const SideBranch &b) {
+              if (a.kernels.size() != b.kernels.size())
+                return a.kernels.size() > b.kernels.size();
+              return analysis.position.at(a.join) <
+                     analysis.position.at(b.join);
+            });
+  std::set<uint32_t> taken;
+  for (SideBranch &branch : candidates) {
+    bool free = true;
+    for (uint32_t b : branch.kernels)
+      free &= !taken.count(b);
+    if (!free)
+      continue;
+    taken.insert(branch.kernels.begin(), branch.kernels.end());
+    found.push_back(std::move(branch));
+  }
+  // In the function's order.
+  std::sort(found.begin(), found.end(),
+            [&](const SideBranch &a, const SideBranch &b) {
+              return analysis.position.at(a.join) <
+                     analysis.position.at(b.join);
+            });
   return found;
 }

@@ -1,5 +1,6 @@
-// Side branches (SideBranches.h): the shared experts of the golden
-// deepseek-v3 model run as branches, one a MoE layer, and a device that
+// Side branches (SideBranches.h): the shared experts, the MLA queries and
+// the dense MLPs' up products of the golden deepseek-v3 model run as
+// branches, and a device that
 // runs a branch's calls only when it is joined (as late as the executor
 // allows; a GPU runs them at any time in between) gives the logits of the
 // one that runs every call in order, bit for bit. That device also checks
@@ -140,16 +141,58 @@ public:
     });
   }
 
+  Status slice(const DeviceTensor &x, int axis, int64_t offset,
+               DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::slice(x, axis, offset, y);
+    return defer({x}, [this, x, axis, offset, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::slice(x, axis, offset, out);
+    });
+  }
+  Status place(const DeviceTensor &x, int axis, int64_t offset,
+               DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::place(x, axis, offset, y);
+    return defer({x}, [this, x, axis, offset, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::place(x, axis, offset, out);
+    });
+  }
+
   // Calls that have no place in a branch.
   Status add(const DeviceTensor &a, const DeviceTensor &b,
              DeviceTensor &y) override {
     strayCalls += inBranch_;
     return QuantizingCpuDevice::add(a, b, y);
   }
+  Status appendLatent(const DeviceTensor &latent, const DeviceTensor &gamma,
+                      float eps, const DeviceTensor &key,
+                      const DeviceTensor &positions, const RopeParams &params,
+                      const CacheLayout &layout, DeviceTensor &normed,
+                      DeviceTensor &rotated, DeviceTensor &cache) override {
+    strayCalls += inBranch_;
+    return QuantizingCpuDevice::appendLatent(latent, gamma, eps, key, positions,
+                                             params, layout, normed, rotated,
+                                             cache);
+  }
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
-    strayCalls += inBranch_;
-    return QuantizingCpuDevice::rmsNorm(x, gamma, eps, y);
+    if (!inBranch_)
+      return QuantizingCpuDevice::rmsNorm(x, gamma, eps, y);
+    return defer({x}, [this, x, gamma, eps, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::rmsNorm(x, gamma, eps, out);
+    });
+  }
+  Status rope(const DeviceTensor &x, const DeviceTensor &positions,
+              const RopeParams &params, DeviceTensor &y) override {
+    if (!inBranch_)
+      return QuantizingCpuDevice::rope(x, positions, params, y);
+    return defer({x, positions}, [this, x, positions, params, y] {
+      DeviceTensor out = y;
+      return QuantizingCpuDevice::rope(x, positions, params, out);
+    });
   }
   Status moeExpertsOfQuantized(const DeviceTensor &x,
                                const DeviceTensor &indices,
@@ -200,7 +243,7 @@ private:
 
 } // namespace
 
-TEST(SideBranches, SharedExpertsRunBesideTheRoutedOnes) {
+TEST(SideBranches, SharedExpertsQueriesAndUpProductsRunBesideTheRest) {
   std::unique_ptr<Model> model = loadFp8PolicyModel();
   if (!model)
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
@@ -216,26 +259,49 @@ TEST(SideBranches, SharedExpertsRunBesideTheRoutedOnes) {
   ASSERT_FALSE(DeviceModel::create(*model, deferring, onDeferring));
   EXPECT_EQ(onInOrder->sideBranches(), 0u);
 
-  // One branch a MoE layer: the shared expert's products, its SiLU-mul
-  // and quantize pair; joined at the sum of the two experts' results.
+  // One branch a MoE layer, the shared expert's products, its SiLU-mul
+  // and quantize pair, joined at the sum of the two experts' results
+  // (the routed experts beside it); one an MLA layer, the query's norm,
+  // q_b product and RoPE, joined at MLA (the latent's norm, the key's RoPE
+  // and the cache append beside it); and one a dense MLP, its up product
+  // beside its gate product, joined at their SiLU-mul.
   const fb::Function &forward = onDeferring->forward();
   std::vector<SideBranch> branches = findSideBranches(m, forward);
-  uint32_t moeLayers = 0;
-  for (uint32_t k : *forward.kernels())
+  uint32_t moeLayers = 0, mlaLayers = 0, mlps = 0;
+  for (uint32_t k : *forward.kernels()) {
     moeLayers += m.kernels()->Get(k)->kind() == fb::KernelKind::MoEExperts;
-  ASSERT_GT(moeLayers, 0u);
-  ASSERT_EQ(branches.size(), moeLayers);
-  EXPECT_EQ(onDeferring->sideBranches(), moeLayers);
-  for (const SideBranch &b : branches) {
-    uint32_t products = 0;
-    for (uint32_t k : b.kernels)
-      products += m.kernels()->Get(k)->kind() == fb::KernelKind::Linear;
-    EXPECT_EQ(products, 3u) << "gate, up and down";
-    EXPECT_EQ(m.kernels()->Get(b.join)->kind(), fb::KernelKind::Add);
-    EXPECT_EQ(m.kernels()->Get(b.markBefore)->kind(),
-              fb::KernelKind::MoEExperts)
-        << "the routed experts run beside the branch";
+    mlaLayers += m.kernels()->Get(k)->kind() == fb::KernelKind::MLA;
+    mlps += m.kernels()->Get(k)->kind() == fb::KernelKind::SiluMul;
   }
+  const uint32_t denseMlps = mlps - moeLayers;
+  ASSERT_GT(moeLayers, 0u);
+  ASSERT_GT(mlaLayers, 0u);
+  ASSERT_GT(denseMlps, 0u);
+  std::map<fb::KernelKind, uint32_t> joins;
+  for (const SideBranch &b : branches) {
+    std::map<fb::KernelKind, int> kinds;
+    for (uint32_t k : b.kernels)
+      ++kinds[m.kernels()->Get(k)->kind()];
+    const fb::KernelKind join = m.kernels()->Get(b.join)->kind();
+    ++joins[join];
+    if (join == fb::KernelKind::Add) {
+      EXPECT_EQ(kinds[fb::KernelKind::Linear], 3) << "gate, up and down";
+      EXPECT_EQ(m.kernels()->Get(b.markBefore)->kind(),
+                fb::KernelKind::MoEExperts);
+    } else if (join == fb::KernelKind::MLA) {
+      EXPECT_EQ(kinds[fb::KernelKind::Linear], 1) << "q_b";
+      EXPECT_EQ(kinds[fb::KernelKind::RMSNorm], 1) << "q_a's norm";
+      EXPECT_EQ(kinds[fb::KernelKind::Rope], 1) << "the query's RoPE";
+    } else {
+      EXPECT_EQ(join, fb::KernelKind::SiluMul);
+      EXPECT_EQ(b.kernels.size(), 1u) << "up";
+    }
+  }
+  EXPECT_EQ(joins[fb::KernelKind::Add], moeLayers);
+  EXPECT_EQ(joins[fb::KernelKind::MLA], mlaLayers);
+  EXPECT_EQ(joins[fb::KernelKind::SiluMul], denseMlps);
+  EXPECT_EQ(branches.size(), moeLayers + mlaLayers + denseMlps);
+  EXPECT_EQ(onDeferring->sideBranches(), branches.size());
 
   std::vector<float> want = stepLogits(*onInOrder),
                      have = stepLogits(*onDeferring);
