@@ -8,7 +8,10 @@
 # not fit L2 anyway). Absolute times are the base clock's: use them for
 # shares. MELT_PROFILE_PROMPT=N prefills N tokens a sequence instead (the
 # decode steps then attend over N + 1 ... cached tokens, as the benchmarks'
-# 128).
+# 128). MELT_PROFILE_OWN_CLOCKS=1 profiles at the GPU's own clocks with the
+# caches flushed before each kernel instead (every weight from memory, as in
+# a step; the kernels' times then add up to a little more than the step's,
+# whose launches overlap).
 #   scripts/gpu/profile.sh [MODEL.melt] [BATCH...]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -19,7 +22,10 @@ build_gpu melt-run
 steps=4
 prompt=$(python3 -c "import sys; print(','.join(str(i % 1000 + 1) for i in range(int(sys.argv[1]))))" "${MELT_PROFILE_PROMPT:-8}")
 profile() { # BATCH NEW-TOKENS CSV
-  ncu --csv --clock-control base --cache-control none --graph-profiling node \
+  local clocks=(--clock-control base --cache-control none)
+  [ "${MELT_PROFILE_OWN_CLOCKS:-}" = 1 ] &&
+    clocks=(--clock-control none --cache-control all)
+  ncu --csv "${clocks[@]}" --graph-profiling node \
     --metrics gpu__time_duration.sum \
     build-gpu/bin/melt-run "$carry/models/$model" --random-weights \
     --device cuda:0 --prompt-ids "$prompt" --max-new "$2" \
