@@ -284,9 +284,19 @@ Status DeviceModel::create(const Model &model, Device &device,
       dm.skipped_.insert(f.rope);
       dm.skipped_.insert(f.append);
     }
-  // Work a device may run beside the rest: the shared experts.
+  // Work a device may run beside the rest: the shared experts, MLA's
+  // queries, the dense MLPs' up products. None with a kernel done in
+  // another kernel's call (a latent append's norm writes the cache).
+  std::set<uint32_t> inLatentAppends;
+  for (const auto &[norm, f] : dm.latentAppends_)
+    inLatentAppends.insert({f.norm, f.rope, f.append});
   if (envSwitch("MELT_SIDE_BRANCHES", true))
     for (const SideBranch &b : findSideBranches(m, *dm.forward_)) {
+      bool apart = true;
+      for (uint32_t k : b.kernels)
+        apart &= !inLatentAppends.count(k);
+      if (!apart)
+        continue;
       dm.branchKernels_.insert(b.kernels.begin(), b.kernels.end());
       dm.branchMarks_.insert(b.markBefore);
       dm.branchJoins_.insert(b.join);
