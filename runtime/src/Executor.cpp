@@ -290,8 +290,11 @@ Status DeviceModel::create(const Model &model, Device &device,
   std::set<uint32_t> inLatentAppends;
   for (const auto &[norm, f] : dm.latentAppends_)
     inLatentAppends.insert({f.norm, f.rope, f.append});
+  std::map<uint32_t, uint32_t> views; // folded pairs' values: views of x
+  for (const QuantizeFold &f : folds)
+    views[m.kernels()->Get(f.dequantize)->outputs()->Get(0)] = f.source;
   if (envSwitch("MELT_SIDE_BRANCHES", true))
-    for (const SideBranch &b : findSideBranches(m, *dm.forward_)) {
+    for (const SideBranch &b : findSideBranches(m, *dm.forward_, views)) {
       bool apart = true;
       for (uint32_t k : b.kernels)
         apart &= !inLatentAppends.count(k);

@@ -34,10 +34,12 @@ bool branchKind(fb::KernelKind kind) {
 struct Analysis {
   const fb::Model &model;
   FunctionUses uses;
+  const std::map<uint32_t, uint32_t> &sameMemory;
   std::map<uint32_t, int> position;
 
-  Analysis(const fb::Model &model, const fb::Function &function)
-      : model(model), uses(model, function) {
+  Analysis(const fb::Model &model, const fb::Function &function,
+           const std::map<uint32_t, uint32_t> &sameMemory)
+      : model(model), uses(model, function), sameMemory(sameMemory) {
     int at = 0;
     for (uint32_t k : *function.kernels())
       position[k] = at++;
@@ -111,8 +113,14 @@ struct Analysis {
       first = std::min(first, position.at(s));
       if (sk.inputs())
         for (uint32_t input : *sk.inputs()) {
-          const int64_t p = producerOf(input);
-          if (p >= 0 && !slice.count(uint32_t(p)))
+          int64_t p = producerOf(input);
+          if (p < 0 || slice.count(uint32_t(p)))
+            continue;
+          // A view's memory is made where the value it views is.
+          auto viewed = sameMemory.find(input);
+          if (viewed != sameMemory.end())
+            p = producerOf(viewed->second);
+          if (p >= 0)
             fork = std::max(fork, position.at(uint32_t(p)));
         }
     }
@@ -140,12 +148,12 @@ struct Analysis {
 } // namespace
 
 std::vector<SideBranch>
-melt::rt::findSideBranches(const fb::Model &model,
-                           const fb::Function &function) {
+melt::rt::findSideBranches(const fb::Model &model, const fb::Function &function,
+                           const std::map<uint32_t, uint32_t> &sameMemory) {
   std::vector<SideBranch> found;
   if (!function.kernels() || !model.kernels())
     return found;
-  Analysis analysis(model, function);
+  Analysis analysis(model, function, sameMemory);
   // A join reads the branch and something else; of its inputs' branches
   // the largest is its candidate (the later inputs first on a tie: a MoE
   // layer's shared expert is its sum's second operand). Candidates are

@@ -26,6 +26,7 @@
 #include "Artifact.h"
 
 #include <cstdint>
+#include <map>
 #include <vector>
 
 namespace melt::rt {
@@ -41,8 +42,12 @@ struct SideBranch {
 };
 
 /// The side branches of `function`, in its order; none overlap.
-std::vector<SideBranch> findSideBranches(const fb::Model &model,
-                                         const fb::Function &function);
+/// `sameMemory` maps a value the executor makes as a view of another (a
+/// folded quantize pair's dequantized value, QuantizeFolds.h) to that
+/// other: a branch reading it forks after the other is made.
+std::vector<SideBranch>
+findSideBranches(const fb::Model &model, const fb::Function &function,
+                 const std::map<uint32_t, uint32_t> &sameMemory = {});
 
 } // namespace melt::rt
 

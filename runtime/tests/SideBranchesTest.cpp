@@ -16,6 +16,7 @@
 #include "Executor.h"
 #include "Fp8PolicySessions.h"
 #include "Model.h"
+#include "QuantizeFolds.h"
 #include "QuantizingCpuDevice.h"
 
 #include <gtest/gtest.h>
@@ -266,7 +267,23 @@ TEST(SideBranches, SharedExpertsQueriesAndUpProductsRunBesideTheRest) {
   // and the cache append beside it); and one a dense MLP, its up product
   // beside its gate product, joined at their SiLU-mul.
   const fb::Function &forward = onDeferring->forward();
-  std::vector<SideBranch> branches = findSideBranches(m, forward);
+  // As the executor sees them: the folded quantize pairs' values are views
+  // of their x.
+  std::vector<QuantizeFold> folds =
+      findQuantizeFolds(m, forward, [&](uint32_t k) {
+        const fb::Kernel &kernel = *m.kernels()->Get(k);
+        return kernel.weights() && kernel.weights()->size() >= 1 &&
+               (kernel.kind() == fb::KernelKind::MoEExperts
+                    ? deferring.quantizesExpertInput(
+                          onDeferring->weight(kernel.weights()->Get(0)))
+                    : deferring.quantizesFp8Input(
+                          onDeferring->weight(kernel.weights()->Get(0))));
+      });
+  std::map<uint32_t, uint32_t> views;
+  for (const QuantizeFold &f : folds)
+    views[m.kernels()->Get(f.dequantize)->outputs()->Get(0)] = f.source;
+  ASSERT_FALSE(views.empty());
+  std::vector<SideBranch> branches = findSideBranches(m, forward, views);
   uint32_t moeLayers = 0, mlaLayers = 0, mlps = 0;
   for (uint32_t k : *forward.kernels()) {
     moeLayers += m.kernels()->Get(k)->kind() == fb::KernelKind::MoEExperts;
@@ -286,8 +303,10 @@ TEST(SideBranches, SharedExpertsQueriesAndUpProductsRunBesideTheRest) {
     ++joins[join];
     if (join == fb::KernelKind::Add) {
       EXPECT_EQ(kinds[fb::KernelKind::Linear], 3) << "gate, up and down";
+      // The router too: the experts' quantize pair is folded, their x
+      // (the norm's) made before it.
       EXPECT_EQ(m.kernels()->Get(b.markBefore)->kind(),
-                fb::KernelKind::MoEExperts);
+                fb::KernelKind::MoERouter);
     } else if (join == fb::KernelKind::MLA) {
       EXPECT_EQ(kinds[fb::KernelKind::Linear], 1) << "q_b";
       EXPECT_EQ(kinds[fb::KernelKind::RMSNorm], 1) << "q_a's norm";
