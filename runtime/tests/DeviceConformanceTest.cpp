@@ -1248,6 +1248,61 @@ TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
 // The greedy token of each row, as greedyIndex picks it: the first of tied
 // largest values, NaNs passed over, an all-NaN row's last index; rows of a
 // vocabulary's length and of lengths around the kernels' strides.
+// Side branches (Device::markBranch ... joinBranch; a GPU records them as a
+// graph's second branch where MELT_CUDA_SIDE_STREAM=1): a product and a
+// SiLU-mul in a branch, a product beside it, their sum after the join give
+// what the same calls give in order, bit for bit, run directly and, where
+// the device records, recorded and replayed twice.
+TEST_P(DeviceConformance, BranchCallsGiveWhatCallsInOrderGive) {
+  reopenWith("MELT_CUDA_SIDE_STREAM", "1");
+  if (HasFatalFailure())
+    return;
+  const int64_t T = 4, K = 256, N = 384;
+  DeviceTensor x = put(random(DType::F32, {T, K}, rng)),
+               w1 = put(random(DType::F32, {N, K}, rng, 0.05f)),
+               w2 = put(random(DType::F32, {N, K}, rng, 0.05f));
+  auto run = [&](DeviceTensor &a, DeviceTensor &b, DeviceTensor &c,
+                 DeviceTensor &z) -> Status {
+    MELT_RETURN_IF_ERROR(device->markBranch());
+    MELT_RETURN_IF_ERROR(device->enterBranch());
+    Status s = device->linear(x, w2, b);
+    device->leaveBranch();
+    MELT_RETURN_IF_ERROR(s);
+    MELT_RETURN_IF_ERROR(device->enterBranch());
+    s = device->siluMul(b, b, c);
+    device->leaveBranch();
+    MELT_RETURN_IF_ERROR(s);
+    MELT_RETURN_IF_ERROR(device->linear(x, w1, a));
+    MELT_RETURN_IF_ERROR(device->joinBranch());
+    return device->add(a, c, z);
+  };
+  auto outputs = [&] {
+    return std::vector<DeviceTensor>{
+        make(DType::F32, {T, N}), make(DType::F32, {T, N}),
+        make(DType::F32, {T, N}), make(DType::F32, {T, N})};
+  };
+  std::vector<DeviceTensor> direct = outputs();
+  Status s = run(direct[0], direct[1], direct[2], direct[3]);
+  ASSERT_FALSE(s) << s.message();
+  ASSERT_FALSE(device->synchronize());
+  const std::vector<float> want = get(direct[3]);
+  if (!device->canCapture())
+    return;
+  std::vector<DeviceTensor> recorded = outputs();
+  ASSERT_FALSE(device->beginCapture());
+  Status queued = run(recorded[0], recorded[1], recorded[2], recorded[3]);
+  std::unique_ptr<DeviceGraph> graph;
+  Status ended = device->endCapture(graph);
+  ASSERT_FALSE(queued) << queued.message();
+  ASSERT_FALSE(ended) << ended.message();
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_FALSE(device->replay(*graph));
+    ASSERT_FALSE(device->synchronize());
+    EXPECT_EQ(get(recorded[3]), want) << "replay " << round;
+  }
+  graph.reset();
+}
+
 TEST_P(DeviceConformance, ArgmaxRowsPickTheGreedyTokens) {
   // A GPU reads long rows in parts (ties across parts: row 1), 16-byte
   // aligned or not (40001).
