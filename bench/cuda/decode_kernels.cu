@@ -5,12 +5,12 @@
 // ran them before), each with an FP8 weight from F32 x (Fp8SmallM.h: the
 // runner's choice and the few-tokens kernel), the routed experts row by
 // row (ModelKernels.h) and
-// grouped by expert on the device (MoeByExpert.h), and
-// absorbed MLA split over the sequence (MlaSplit.h). Figures: microseconds
-// and the bytes each must read (weights, cache rows) per second, beside
-// the copy bandwidth measured in the same run. Weights are cycled through
-// several copies, so that no call finds them in the 50 MB L2 left by the
-// previous one. One JSON line each.
+// grouped by expert on the device (MoeByExpert.h), absorbed MLA split over
+// the sequence (MlaSplit.h), the router's choice and the greedy argmax.
+// Figures: microseconds and the bytes each must read (weights, cache rows) per
+// second, beside the copy bandwidth measured in the same run. Weights are
+// cycled through several copies, so that no call finds them in the 50 MB L2
+// left by the previous one. One JSON line each.
 //
 //   melt-bench-decode-kernels [--iters N]
 #include "cuda/Elementwise.h"
@@ -421,5 +421,56 @@ int main(int argc, char **argv) {
                         (void *)wUv, (void *)out, (void *)bad, (void *)scratch})
           CHECK(cudaFree(p));
       }
+
+  // The router's choice from its logits (mini: 64 experts, top 6; V3: 256,
+  // top 8; sigmoid scores, bias, 8 groups keep 4), and the greedy argmax
+  // over mini's 129280 logits a row (they were just written: from L2).
+  struct Router {
+    const char *name;
+    int experts, topK;
+  } routers[] = {{"mini", 64, 6}, {"v3", 256, 8}};
+  for (const Router &r : routers)
+    for (int tokens : {1, 16, 64}) {
+      float *logits = deviceValues<float>(size_t(tokens) * r.experts, 11);
+      float *bias = deviceValues<float>(size_t(r.experts), 12);
+      float *weights = deviceValues<float>(size_t(tokens) * r.topK, 13);
+      int32_t *indices = nullptr;
+      CHECK(cudaMalloc(&indices, size_t(tokens) * r.topK * 4));
+      const RouterConfig config{true, 2, r.topK, 8, 4, true, 2.5};
+      float ms = melt::bench::timeMs(
+          benchName,
+          [&](int) {
+            CHECK(routeExperts(logits, bias, tokens, r.experts, config, indices,
+                               weights, nullptr));
+          },
+          iters);
+      std::printf("{\"what\": \"route\", \"router\": \"%s\", \"tokens\": "
+                  "%d, \"us\": %.2f}\n",
+                  r.name, tokens, ms * 1e3);
+      std::fflush(stdout);
+      for (void *p :
+           {(void *)logits, (void *)bias, (void *)weights, (void *)indices})
+        CHECK(cudaFree(p));
+    }
+  for (int rows : {1, 16, 64}) {
+    const int vocab = 129280;
+    float *logits = deviceValues<float>(size_t(rows) * vocab, 14);
+    int32_t *ids = nullptr, *scratch = nullptr;
+    CHECK(cudaMalloc(&ids, size_t(rows) * 4));
+    CHECK(cudaMalloc(&scratch, argmaxScratchWords(rows, vocab) * 4 + 4));
+    float ms = melt::bench::timeMs(
+        benchName,
+        [&](int) {
+          CHECK(argmaxRows(logits, rows, vocab, ids, scratch, nullptr));
+        },
+        iters);
+    std::printf("{\"what\": \"argmax\", \"rows\": %d, \"vocab\": %d, "
+                "\"us\": %.2f, \"GBps\": %.1f}\n",
+                rows, vocab, ms * 1e3,
+                double(rows) * vocab * 4 / (ms * 1e-3) / 1e9);
+    std::fflush(stdout);
+    for (void *p : {(void *)logits, (void *)ids, (void *)scratch})
+      CHECK(cudaFree(p));
+  }
   return 0;
 }
