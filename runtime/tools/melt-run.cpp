@@ -48,7 +48,12 @@ void usage() {
                "(sampling, as melt_sample: T 0 is greedy, the default; K 0 "
                "and P 1 keep every token)\n"
                "Generates from a compiled melt model (the tokens picked on "
-               "its device) and reports tokens/s and peak memory.\n");
+               "its device) and reports tokens/s, peak memory and, on a "
+               "GPU, joules per decoded token (--bench: as one JSON line a "
+               "batch).\n"
+               "Environment: MELT_PROFILE=1 prints time per kernel kind; "
+               "the MELT_* switches that compare the runtime's choices are "
+               "listed in the README.\n");
 }
 
 int fail(const char *what) {
