@@ -601,6 +601,45 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
   EXPECT_FALSE(device->synchronize()); // reported once; usable again
 }
 
+// MLA in the decompressed form (K and V per head) where a device does it
+// (a GPU: MELT_CUDA_MLA_DECOMPRESSED=1, TF32 products) is the absorbed
+// form's attention, at DeepSeek's head sizes (16 heads, nope 128, rope 64,
+// latent 512, value 128) over the paged batches' steps: prefills of two
+// sequences, a decode step (one query a sequence: absorbed either way) and
+// a long prefill continuing a cached prefix.
+TEST_P(DeviceConformance, MlaDecompressedIsTheAbsorbedForm) {
+  reopenWith("MELT_CUDA_MLA_DECOMPRESSED", "1");
+  if (HasFatalFailure())
+    return;
+  const int64_t H = 16, N = 128, R = 64, L = 512, V = 128;
+  PagedBatches batches;
+  const int64_t rows = PagedBatches::kPages * kPageTokens;
+  DeviceTensor dUk = put(random(DType::F32, {H, N, L}, rng, 0.05f)),
+               dUv = put(random(DType::F32, {H, V, L}, rng, 0.05f)),
+               cache = make(DType::F32, {rows, L + R});
+  for (const PagedBatches::Step &step : batches.steps) {
+    const int64_t T = int64_t(step.positions.size());
+    CacheLayout layout = batches.layout(*this, step);
+    DeviceTensor dl = put(random(DType::F32, {T, L}, rng)),
+                 dk = put(random(DType::F32, {T, 1, R}, rng)),
+                 dqn = put(random(DType::F32, {T, H, N}, rng)),
+                 dqr = put(random(DType::F32, {T, H, R}, rng));
+    ASSERT_FALSE(device->cacheAppend(dl, dk, layout, cache));
+    DeviceTensor absorbed = make(DType::F32, {T, H, V}),
+                 decompressed = make(DType::F32, {T, H, V});
+    Status s = device->mla(dqn, dqr, cache, layout, dUk, dUv, 0.07f,
+                           int64_t(1) << 30, absorbed);
+    ASSERT_FALSE(s) << s.message();
+    s = device->mla(dqn, dqr, cache, layout, dUk, dUv, 0.07f, 1, decompressed);
+    ASSERT_FALSE(s) << s.message();
+    const std::vector<float> want = get(absorbed);
+    EXPECT_LE(relativeError(get(decompressed),
+                            std::vector<double>(want.begin(), want.end())),
+              5e-3)
+        << T << " tokens";
+  }
+}
+
 // MLA's latent append with its norm and rope in one call: the cache rows
 // bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
 // latent 512 and rope 64, YaRN, and a small latent), over the paged

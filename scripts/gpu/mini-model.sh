@@ -14,6 +14,8 @@
 # products' values are the same, and the experts sum in a fixed order),
 # MELT_COMPARE_LATENT_APPEND=1 the decode at batch 1 and 64 with MLA's
 # latent append in one kernel (MELT_CUDA_FUSED_LATENT_APPEND=1),
+# MELT_COMPARE_MLA_DECOMPRESSED=1 the prefills with MLA decompressed
+# (MELT_CUDA_MLA_DECOMPRESSED=1),
 # MELT_COMPARE_SIDE_STREAM=1 the decode at batch 1, 16 and 64 with the
 # shared experts on a second stream (MELT_CUDA_SIDE_STREAM=1) and without,
 # twice each, and whether their greedy tokens agree,
@@ -45,6 +47,13 @@ for model in mini-bf16.melt mini-fp8.melt; do
     if [ "${MELT_COMPARE_MLA:-}" = 1 ]; then
       MELT_CUDA_MLA_TENSOR_CORES=0 run "$model" --prompt-ids "$(prompt 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "split", /'
+    fi
+    # MELT_COMPARE_MLA_DECOMPRESSED=1: the prefills with MLA in the
+    # decompressed form where the compiler's cost model asks for it (K and V
+    # per head, TF32 GEMMs; experimental, MELT_CUDA_MLA_DECOMPRESSED=1).
+    if [ "${MELT_COMPARE_MLA_DECOMPRESSED:-}" = 1 ]; then
+      MELT_CUDA_MLA_DECOMPRESSED=1 run "$model" --prompt-ids "$(prompt 1024)" \
+        --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "decompressed", /'
     fi
     # MELT_COMPARE_FOLDS=1: FP8 decode again with the quantize/dequantize
     # pairs its FP8 products make redundant kept (MELT_FOLD_QUANTIZE=0).

@@ -14,6 +14,7 @@
 
 #include "cuda/Elementwise.h"
 #include "cuda/Gemm.h"
+#include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
 #include "cuda/MoeByExpert.h"
@@ -633,8 +634,7 @@ public:
   Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
              const DeviceTensor &cache, const CacheLayout &layout,
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
-             int64_t /*decompressAbove: always absorbed*/,
-             DeviceTensor &out) override {
+             int64_t decompressAbove, DeviceTensor &out) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
@@ -650,6 +650,17 @@ public:
                         maxVisible};
     const KernelPlan *plan = planOf(wUk);
     bool perHead = plan && plan->variant == 2;
+    // A long prefill with K and V per head where the compiler's cost model
+    // asks for it (MELT_CUDA_MLA_DECOMPRESSED=1, experimental).
+    if (mlaDecompressed_ && !capturing_ && !perHead &&
+        shape.tokens > decompressAbove && mlaDecompressedFits(shape)) {
+      bool taken = false;
+      MELT_RETURN_IF_ERROR(mlaDecompressedForm(qNope, qRope, cache, layout, wUk,
+                                               wUv, shape, scale,
+                                               decompressAbove, out, taken));
+      if (taken)
+        return Status::ok();
+    }
     // A prefill (16 query rows a sequence or more) on tensor cores in BF16:
     // where the compiler chose it (BF16 attention), or where asked.
     bool tensorCores = mlaTensorCores_ == 1 ||
@@ -934,6 +945,47 @@ public:
   }
 
 private:
+  /// Device::mla in the decompressed form (MlaDecompressed.h) where every
+  /// sequence of the step is one run of more than decompressAbove tokens
+  /// at consecutive positions (their host copies read back: a prefill is
+  /// not recorded); `taken` false otherwise (nothing done).
+  Status
+  mlaDecompressedForm(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                      const DeviceTensor &cache, const CacheLayout &layout,
+                      const DeviceTensor &wUk, const DeviceTensor &wUv,
+                      const MlaSplitShape &shape, float scale,
+                      int64_t decompressAbove, DeviceTensor &out, bool &taken) {
+    taken = false;
+    std::vector<int32_t> sequences(size_t(shape.tokens)),
+        positions(size_t(shape.tokens));
+    MELT_RETURN_IF_ERROR(download(layout.sequences, sequences.data()));
+    MELT_RETURN_IF_ERROR(download(layout.positions, positions.data()));
+    std::vector<DecompressedQueries> runs;
+    if (!decompressedRuns(sequences, positions, runs))
+      return Status::ok();
+    for (const DecompressedQueries &r : runs)
+      if (r.count <= decompressAbove || r.sequence >= layout.pages.shape[0] ||
+          r.position + r.count > shape.maxVisible)
+        return Status::ok();
+    constexpr size_t kScoreFloats = size_t(64) << 20; // 256 MB of scores
+    const size_t floats =
+        mlaDecompressedScratchFloats(shape, runs, kScoreFloats);
+    DeviceTensor scratch;
+    MELT_RETURN_IF_ERROR(
+        allocate(DType::F32, {int64_t(std::max<size_t>(floats, 1))}, scratch));
+    Status launched = fromGemm(mlaDecompressed(
+        *gemm_, static_cast<const float *>(qNope.data),
+        static_cast<const float *>(qRope.data),
+        static_cast<const float *>(cache.data), paged(layout, cache),
+        static_cast<const float *>(wUk.data),
+        static_cast<const float *>(wUv.data), shape, runs, scale,
+        static_cast<float *>(scratch.data), floats, kScoreFloats,
+        static_cast<float *>(out.data), flag_ + kCacheFlag));
+    release(scratch); // stream-ordered: reused only by later work
+    taken = !launched;
+    return launched; // a position without a page: at synchronize()
+  }
+
   /// Absorbed MLA with every head of a token reading a cached row once,
   /// split over the sequence (MlaSplit.h).
   Status mlaInChunks(const DeviceTensor &qNope, const DeviceTensor &qRope,
@@ -987,6 +1039,7 @@ private:
   /// (an artifact compiled for the CPU says nothing of its attention's
   /// precision); MELT_CUDA_MLA_TENSOR_CORES=1 always where the shapes take
   /// it, =0 never. -1: as compiled.
+  bool mlaDecompressed_ = envSwitch("MELT_CUDA_MLA_DECOMPRESSED", false);
   int mlaTensorCores_ = [] {
     const char *v = std::getenv("MELT_CUDA_MLA_TENSOR_CORES");
     return !v ? -1 : std::string(v) == "1" ? 1 : std::string(v) == "0" ? 0 : -1;

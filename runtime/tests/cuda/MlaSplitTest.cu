@@ -6,6 +6,7 @@
 // each), pages scattered; and the prefill path on tensor cores (BF16)
 // against the same kernel. Skips without a device.
 #include "CudaTestUtil.h"
+#include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
 
@@ -33,6 +34,10 @@ struct Case {
   /// Positions of a sequence not consecutive (the tensor-core path flags
   /// them).
   bool spread = false;
+  /// The decompressed form (K and V per head, TF32 GEMMs), its scores held
+  /// for blocks of `scoreBudget` floats (0: unbounded).
+  bool decompressed = false;
+  size_t scoreBudget = 0;
 };
 
 void runCase(const Case &c) {
@@ -96,6 +101,18 @@ void runCase(const Case &c) {
       cudaFree(scratch);
       return;
     }
+  } else if (c.decompressed) {
+    std::vector<DecompressedQueries> runs;
+    ASSERT_TRUE(decompressedRuns(c.sequences, c.positions, runs));
+    const size_t budget = c.scoreBudget ? c.scoreBudget : size_t(1) << 30;
+    const size_t floats = mlaDecompressedScratchFloats(shape, runs, budget);
+    scratch = deviceArray<float>(floats);
+    std::unique_ptr<GemmRunner> gemm;
+    ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+    CudaStatus run =
+        mlaDecompressed(*gemm, dQn, dQr, dCache, layout, dUk, dUv, shape, runs,
+                        scale, scratch, floats, budget, split, bad);
+    ASSERT_FALSE(run) << run.error;
   } else {
     scratch = deviceArray<float>(mlaSplitScratchFloats(shape, chunks));
     ASSERT_EQ(mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks, scale,
@@ -115,10 +132,14 @@ void runCase(const Case &c) {
     worst = std::max(worst, double(std::fabs(have[i] - want[i])));
     range = std::max(range, double(std::fabs(want[i])));
   }
-  // BF16 queries and rows: about 2^-9 relative per operand.
-  EXPECT_LE(worst, (c.tensorCores ? 2e-2 : 1e-5) * range)
+  // BF16 queries and rows: about 2^-9 relative per operand; TF32: 2^-11.
+  EXPECT_LE(worst, (c.tensorCores    ? 2e-2
+                    : c.decompressed ? 5e-3
+                                     : 1e-5) *
+                       range)
       << c.heads << " heads, " << tokens << " tokens, " << chunks << " chunks"
-      << (c.tensorCores ? ", tensor cores" : "");
+      << (c.tensorCores ? ", tensor cores" : "")
+      << (c.decompressed ? ", decompressed" : "");
   for (const void *p :
        {static_cast<const void *>(dCache), static_cast<const void *>(dQn),
         (const void *)dQr, (const void *)dUk, (const void *)dUv,
@@ -186,6 +207,48 @@ TEST(CudaMlaSplit, PrefillOnTensorCoresMatchesWholeSequence) {
     uneven.positions.push_back(500 + p);
   }
   runCase(uneven);
+}
+
+// A prefill with K and V per head (MlaDecompressed.h): two sequences' runs
+// (one continuing 200 cached rows) with 16 heads, one run with 128 heads,
+// and the scores held for blocks of 16 queries.
+TEST(CudaMlaSplit, PrefillDecompressedMatchesWholeSequence) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  Case two{16, {}, {}};
+  two.decompressed = true;
+  for (int32_t p = 0; p < 45; ++p) {
+    two.sequences.push_back(0);
+    two.positions.push_back(p);
+  }
+  for (int32_t p = 0; p < 40; ++p) {
+    two.sequences.push_back(1);
+    two.positions.push_back(200 + p);
+  }
+  runCase(two);
+  Case wide{128, {}, {}};
+  wide.decompressed = true;
+  for (int32_t p = 0; p < 37; ++p) {
+    wide.sequences.push_back(1);
+    wide.positions.push_back(500 + p);
+  }
+  runCase(wide);
+  two.scoreBudget = size_t(16) * 16 * 240;
+  runCase(two);
+}
+
+// The runs of a step the decompressed form takes: each sequence's tokens
+// one contiguous run at consecutive positions.
+TEST(CudaMlaSplit, DecompressedRunsAreContiguous) {
+  std::vector<DecompressedQueries> runs;
+  EXPECT_TRUE(decompressedRuns({0, 0, 0, 1, 1}, {5, 6, 7, 0, 1}, runs));
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[1].first, 3);
+  EXPECT_EQ(runs[1].count, 2);
+  EXPECT_EQ(runs[0].position, 5);
+  EXPECT_FALSE(decompressedRuns({0, 1, 0}, {0, 0, 1}, runs)) << "interleaved";
+  EXPECT_FALSE(decompressedRuns({0, 0}, {0, 2}, runs)) << "a gap";
+  EXPECT_FALSE(decompressedRuns({0, -1}, {0, 1}, runs)) << "no sequence";
 }
 
 // Tokens of one sequence far apart (not one prefill's consecutive

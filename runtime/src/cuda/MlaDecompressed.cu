@@ -1,0 +1,234 @@
+//===- MlaDecompressed.cu - a long prefill's MLA with K and V per head ----===//
+#include "cuda/MlaDecompressed.h"
+
+#include "cuda/DependentLaunch.cuh"
+#include "cuda/PagedCache.cuh"
+#include "cuda/WarpReduce.cuh"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+using namespace melt::rt::cuda;
+
+namespace {
+
+/// Grid (reach), 128 threads: the sequence's cached row p split into its
+/// latent (C [reach, latent]) and its RoPE key, written after each head's
+/// K_nope in keys ([heads, reach, nope + rope]); a position without a page
+/// sets *bad and its row is zero.
+__global__ void gatherRowsKernel(const float *cache, PagedLayout layout,
+                                 int sequence, int heads, int nope, int rope,
+                                 int latent, int reach, float *latents,
+                                 float *keys, int32_t *bad) {
+  awaitPriorKernels();
+  const int p = blockIdx.x;
+  const int row = cacheRow(layout, sequence, p);
+  if (row < 0 && threadIdx.x == 0)
+    *bad = 1;
+  const float *from = cache + size_t(row < 0 ? 0 : row) * (latent + rope);
+  for (int i = threadIdx.x; i < latent; i += blockDim.x)
+    latents[size_t(p) * latent + i] = row < 0 ? 0.f : from[i];
+  const int width = nope + rope;
+  for (int i = threadIdx.x; i < heads * rope; i += blockDim.x) {
+    const int h = i / rope, j = i % rope;
+    keys[(size_t(h) * reach + p) * width + nope + j] =
+        row < 0 ? 0.f : from[latent + j];
+  }
+}
+
+/// Grid (count), 128 threads: the run's queries as [count, heads, nope +
+/// rope] (q_nope then q_rope per head).
+__global__ void packQueriesKernel(const float *qNope, const float *qRope,
+                                  int first, int heads, int nope, int rope,
+                                  float *queries) {
+  awaitPriorKernels();
+  const int i = blockIdx.x, t = first + i, width = nope + rope;
+  for (int e = threadIdx.x; e < heads * width; e += blockDim.x) {
+    const int h = e / width, j = e % width;
+    const size_t th = size_t(t) * heads + h;
+    queries[size_t(i) * heads * width + e] =
+        j < nope ? qNope[th * nope + j] : qRope[th * rope + j - nope];
+  }
+}
+
+/// Grid (queries, heads), 256 threads: row (h, i) of the scores [heads,
+/// queries, reach] becomes the softmax of scale x its first `position + i +
+/// 1` entries (the positions query i sees), zeros after.
+__global__ void causalSoftmaxKernel(float *scores, int queries, int reach,
+                                    int position, float scale) {
+  awaitPriorKernels();
+  const int i = blockIdx.x, h = blockIdx.y;
+  float *row = scores + (size_t(h) * queries + i) * reach;
+  const int visible = min(reach, position + i + 1);
+  __shared__ float slots[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32,
+            warps = blockDim.x / 32;
+  auto reduce = [&](float v, bool max) {
+    v = max ? warpMax(v) : warpSum(v);
+    __syncthreads();
+    if (lane == 0)
+      slots[warp] = v;
+    __syncthreads();
+    float all = max ? -INFINITY : 0.f;
+    for (int w = 0; w < warps; ++w)
+      all = max ? fmaxf(all, slots[w]) : all + slots[w];
+    return all;
+  };
+  float top = -INFINITY;
+  for (int s = threadIdx.x; s < visible; s += blockDim.x)
+    top = fmaxf(top, row[s] * scale);
+  top = reduce(top, true);
+  float sum = 0.f;
+  for (int s = threadIdx.x; s < visible; s += blockDim.x)
+    sum += expf(row[s] * scale - top);
+  sum = reduce(sum, false);
+  const float norm = sum > 0.f ? 1.f / sum : 0.f;
+  for (int s = threadIdx.x; s < reach; s += blockDim.x)
+    row[s] = s < visible ? expf(row[s] * scale - top) * norm : 0.f;
+}
+
+/// Queries a block of scores holds: the budget's worth, at least 16.
+int blockQueries(const MlaSplitShape &s, int count, int reach,
+                 size_t budgetFloats) {
+  const size_t perQuery = size_t(s.heads) * std::max(reach, 1);
+  const size_t fit = std::max<size_t>(16, budgetFloats / perQuery);
+  return int(std::min<size_t>(size_t(count), fit));
+}
+
+/// The scratch a run takes: latents, keys, values, packed queries, scores.
+struct RunScratch {
+  size_t latents, keys, values, queries, scores;
+  size_t total() const { return latents + keys + values + queries + scores; }
+};
+RunScratch runScratch(const MlaSplitShape &s, const DecompressedQueries &r,
+                      size_t budgetFloats) {
+  const int reach = r.position + r.count, width = s.nope + s.rope;
+  // 16-byte aligned pieces.
+  auto round = [](size_t n) { return (n + 3) / 4 * 4; };
+  RunScratch p;
+  p.latents = round(size_t(reach) * s.latent);
+  p.keys = round(size_t(s.heads) * reach * width);
+  p.values = round(size_t(s.heads) * reach * s.valueDim);
+  p.queries = round(size_t(r.count) * s.heads * width);
+  p.scores = round(size_t(s.heads) *
+                   blockQueries(s, r.count, reach, budgetFloats) * reach);
+  return p;
+}
+
+} // namespace
+
+bool melt::rt::cuda::decompressedRuns(const std::vector<int32_t> &sequences,
+                                      const std::vector<int32_t> &positions,
+                                      std::vector<DecompressedQueries> &runs) {
+  runs.clear();
+  if (sequences.size() != positions.size())
+    return false;
+  std::map<int, size_t> seen;
+  for (size_t t = 0; t < sequences.size(); ++t) {
+    const int b = sequences[t], p = positions[t];
+    if (b < 0 || p < 0)
+      return false;
+    if (!runs.empty() && runs.back().sequence == b &&
+        runs.back().position + runs.back().count == p) {
+      ++runs.back().count;
+      continue;
+    }
+    if (seen.count(b)) // a second run of a sequence, or a gap
+      return false;
+    seen[b] = runs.size();
+    runs.push_back({b, int(t), 1, p});
+  }
+  return true;
+}
+
+bool melt::rt::cuda::mlaDecompressedFits(const MlaSplitShape &s) {
+  return s.heads > 0 && s.nope > 0 && s.rope >= 0 && s.latent > 0 &&
+         s.valueDim > 0 && s.latent + s.rope <= 1024;
+}
+
+size_t melt::rt::cuda::mlaDecompressedScratchFloats(
+    const MlaSplitShape &s, const std::vector<DecompressedQueries> &runs,
+    size_t budgetFloats) {
+  size_t most = 0;
+  for (const DecompressedQueries &r : runs)
+    most = std::max(most, runScratch(s, r, budgetFloats).total());
+  return most;
+}
+
+CudaStatus melt::rt::cuda::mlaDecompressed(
+    GemmRunner &gemm, const float *qNope, const float *qRope,
+    const float *cache, const PagedLayout &layout, const float *wUk,
+    const float *wUv, const MlaSplitShape &s,
+    const std::vector<DecompressedQueries> &runs, float scale, float *scratch,
+    size_t scratchFloats, size_t budgetFloats, float *out, int32_t *bad) {
+  if (!mlaDecompressedFits(s))
+    return {"mla (decompressed): unsupported shape"};
+  if (mlaDecompressedScratchFloats(s, runs, budgetFloats) > scratchFloats)
+    return {"mla (decompressed): scratch too small"};
+  cudaStream_t stream = gemm.stream();
+  const int width = s.nope + s.rope, heads = s.heads;
+  auto launched = [](cudaError_t e) -> CudaStatus {
+    if (e != cudaSuccess)
+      return {std::string("mla (decompressed): ") + cudaGetErrorString(e)};
+    return CudaStatus::ok();
+  };
+  for (const DecompressedQueries &r : runs) {
+    const int reach = r.position + r.count;
+    const RunScratch p = runScratch(s, r, budgetFloats);
+    float *latents = scratch, *keys = latents + p.latents,
+          *values = keys + p.keys, *queries = values + p.values,
+          *scores = queries + p.queries;
+    if (CudaStatus e = launched(
+            launchOverlapped(gatherRowsKernel, dim3(reach), 128, 0, stream,
+                             cache, layout, r.sequence, heads, s.nope, s.rope,
+                             s.latent, reach, latents, keys, bad)))
+      return e;
+    if (CudaStatus e = launched(launchOverlapped(
+            packQueriesKernel, dim3(r.count), 128, 0, stream, qNope, qRope,
+            r.first, heads, s.nope, s.rope, queries)))
+      return e;
+    // K_nope[h] = c W_UK[h]^T, into the first nope values of each key row;
+    // V[h] = c W_UV[h]^T.
+    GemmRunner::Batched k;
+    k.m = reach, k.n = s.nope, k.k = s.latent, k.batches = heads;
+    k.wNK = true, k.xRow = s.latent, k.xBatch = 0;
+    k.wBatch = int64_t(s.nope) * s.latent;
+    k.yRow = width, k.yBatch = int64_t(reach) * width;
+    if (CudaStatus e = gemm.tf32Batched(latents, wUk, keys, k))
+      return e;
+    GemmRunner::Batched v = k;
+    v.n = s.valueDim, v.wBatch = int64_t(s.valueDim) * s.latent;
+    v.yRow = s.valueDim, v.yBatch = int64_t(reach) * s.valueDim;
+    if (CudaStatus e = gemm.tf32Batched(latents, wUv, values, v))
+      return e;
+    const int block = blockQueries(s, r.count, reach, budgetFloats);
+    for (int q0 = 0; q0 < r.count; q0 += block) {
+      const int n = std::min(block, r.count - q0);
+      // Scores [heads, n, reach] = Q[h] K[h]^T.
+      GemmRunner::Batched qk;
+      qk.m = n, qk.n = reach, qk.k = width, qk.batches = heads;
+      qk.wNK = true, qk.xRow = int64_t(heads) * width, qk.xBatch = width;
+      qk.wBatch = int64_t(reach) * width;
+      qk.yRow = reach, qk.yBatch = int64_t(n) * reach;
+      if (CudaStatus e = gemm.tf32Batched(queries + size_t(q0) * heads * width,
+                                          keys, scores, qk))
+        return e;
+      if (CudaStatus e = launched(launchOverlapped(
+              causalSoftmaxKernel, dim3(n, heads), 256, 0, stream, scores, n,
+              reach, r.position + q0, scale)))
+        return e;
+      // out[t, h] = P[h] V[h].
+      GemmRunner::Batched pv;
+      pv.m = n, pv.n = s.valueDim, pv.k = reach, pv.batches = heads;
+      pv.wNK = false, pv.xRow = reach, pv.xBatch = int64_t(n) * reach;
+      pv.wBatch = int64_t(reach) * s.valueDim;
+      pv.yRow = int64_t(heads) * s.valueDim, pv.yBatch = s.valueDim;
+      if (CudaStatus e = gemm.tf32Batched(
+              scores, values, out + size_t(r.first + q0) * heads * s.valueDim,
+              pv))
+        return e;
+    }
+  }
+  return CudaStatus::ok();
+}

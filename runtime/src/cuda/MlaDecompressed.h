@@ -1,0 +1,68 @@
+//===- MlaDecompressed.h - a long prefill's MLA with K and V per head -----===//
+//
+// Absorbed MLA reads 576-wide latent rows and sums 512-wide latents per
+// (query, key) pair; a prefill of many queries a sequence does less work
+// with K and V decompressed per head once (K_nope[h] = c W_UK[h]^T, V[h] =
+// c W_UV[h]^T over the sequence's cached latents c), then ordinary causal
+// attention 192 wide (nope then RoPE key, shared by the heads) and 128
+// wide: for mini's 8x1024 prefill about 77 GFLOP a layer against 180.
+// melt-fuse-mla's cost model says from how many queries (the MLA op's
+// decompressAbove; Device::mla).
+//
+// Every product is a cuBLASLt batched GEMM over the heads in TF32 with
+// FP32 accumulation (GemmRunner::tf32Batched); three small kernels gather
+// the sequence's cache rows, pack the queries and take the causal softmax.
+// The scores of a block of queries are held whole ([heads, queries,
+// keys] F32), the blocks sized to a scratch budget.
+//
+// The host plans the GEMMs: it needs each sequence's tokens, contiguous in
+// the step and at consecutive positions (a prefill's), as host arrays.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_MLADECOMPRESSED_H
+#define MELT_RUNTIME_CUDA_MLADECOMPRESSED_H
+
+#include "cuda/Gemm.h"
+#include "cuda/MlaSplit.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace melt::rt::cuda {
+
+/// One sequence's queries in a step: tokens [first, first + count), at
+/// positions [position, position + count) of sequence `sequence`.
+struct DecompressedQueries {
+  int sequence = 0, first = 0, count = 0, position = 0;
+};
+
+/// The step's sequences as runs of tokens, from the host copies of the
+/// layout's sequences and positions; false where a sequence's tokens are
+/// not one contiguous run at consecutive positions.
+bool decompressedRuns(const std::vector<int32_t> &sequences,
+                      const std::vector<int32_t> &positions,
+                      std::vector<DecompressedQueries> &runs);
+
+/// Whether the shape takes the decompressed form (latent + rope <= 1024).
+bool mlaDecompressedFits(const MlaSplitShape &shape);
+
+/// F32 scratch for these runs (query blocks sized to `budgetFloats` of
+/// scores at least 16 queries each).
+size_t
+mlaDecompressedScratchFloats(const MlaSplitShape &shape,
+                             const std::vector<DecompressedQueries> &runs,
+                             size_t budgetFloats);
+
+/// out [T, heads, valueDim] for the runs' tokens (others untouched). A
+/// position without a page sets *bad (its row is zero).
+CudaStatus mlaDecompressed(GemmRunner &gemm, const float *qNope,
+                           const float *qRope, const float *cache,
+                           const PagedLayout &layout, const float *wUk,
+                           const float *wUv, const MlaSplitShape &shape,
+                           const std::vector<DecompressedQueries> &runs,
+                           float scale, float *scratch, size_t scratchFloats,
+                           size_t budgetFloats, float *out, int32_t *bad);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_MLADECOMPRESSED_H
