@@ -13,49 +13,17 @@
 #include "melt/runtime.h"
 
 #include "DeviceTestNames.h"
+#include "TestModels.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <sstream>
 
 using namespace melt::rt;
 
 namespace {
-
-struct Compiled {
-  std::string artifact, checkpoint;
-  double tolerance = 1e-3;
-};
-
-std::vector<Compiled> modelsFromEnvironment() {
-  std::vector<Compiled> models;
-  if (const char *list = std::getenv("MELT_TEST_MODELS")) {
-    std::string text = list;
-    std::replace(text.begin(), text.end(), '|', ';');
-    std::stringstream entries(text);
-    std::string entry;
-    while (std::getline(entries, entry, ';')) {
-      size_t colon = entry.find(':');
-      if (colon == std::string::npos)
-        continue;
-      Compiled c{entry.substr(0, colon), entry.substr(colon + 1)};
-      size_t second = c.checkpoint.find(':');
-      if (second != std::string::npos) {
-        c.tolerance = std::atof(c.checkpoint.c_str() + second + 1);
-        c.checkpoint.resize(second);
-      }
-      models.push_back(c);
-    }
-  } else if (std::getenv("MELT_TEST_ARTIFACT") &&
-             std::getenv("MELT_TEST_CHECKPOINT")) {
-    models.push_back({std::getenv("MELT_TEST_ARTIFACT"),
-                      std::getenv("MELT_TEST_CHECKPOINT")});
-  }
-  return models;
-}
 
 /// max |a - b| over the range of b.
 double errorOfRange(const std::vector<float> &a, const float *b, size_t n) {

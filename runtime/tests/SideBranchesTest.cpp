@@ -18,6 +18,7 @@
 #include "Model.h"
 #include "QuantizeFolds.h"
 #include "QuantizingCpuDevice.h"
+#include "TestModels.h"
 
 #include <gtest/gtest.h>
 
@@ -329,4 +330,34 @@ TEST(SideBranches, SharedExpertsQueriesAndUpProductsRunBesideTheRest) {
   EXPECT_EQ(deferring.strayCalls, 0);
   EXPECT_EQ(deferring.unorderedReads, 0);
   expectSameLogits(have, want);
+}
+
+// Every golden model a test run names (MELT_TEST_MODELS: FP32, V2-Lite
+// without query compression, FP8 weights): its branches deferred to their
+// joins give the in-order logits bit for bit, and each has some.
+TEST(SideBranches, EveryGoldenModelDefersItsBranches) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  for (const Compiled &c : models) {
+    std::unique_ptr<Model> model;
+    Status s = Model::load(c.artifact, c.checkpoint, model,
+                           /*keepHostData=*/true);
+    ASSERT_FALSE(s) << s.message();
+    QuantizingCpuDevice inOrder(true, true);
+    DeferringDevice deferring;
+    std::unique_ptr<DeviceModel> onInOrder, onDeferring;
+    setenv("MELT_SIDE_BRANCHES", "0", 1);
+    s = DeviceModel::create(*model, inOrder, onInOrder);
+    unsetenv("MELT_SIDE_BRANCHES");
+    ASSERT_FALSE(s) << s.message();
+    ASSERT_FALSE(DeviceModel::create(*model, deferring, onDeferring));
+    EXPECT_GT(onDeferring->sideBranches(), 0u) << c.artifact;
+    std::vector<float> want = stepLogits(*onInOrder),
+                       have = stepLogits(*onDeferring);
+    EXPECT_GT(deferring.deferredCalls, 0) << c.artifact;
+    EXPECT_EQ(deferring.strayCalls, 0) << c.artifact;
+    EXPECT_EQ(deferring.unorderedReads, 0) << c.artifact;
+    expectSameLogits(have, want);
+  }
 }
