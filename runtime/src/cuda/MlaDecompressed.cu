@@ -62,27 +62,14 @@ __global__ void causalSoftmaxKernel(float *scores, int queries, int reach,
   float *row = scores + (size_t(h) * queries + i) * reach;
   const int visible = min(reach, position + i + 1);
   __shared__ float slots[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32,
-            warps = blockDim.x / 32;
-  auto reduce = [&](float v, bool max) {
-    v = max ? warpMax(v) : warpSum(v);
-    __syncthreads();
-    if (lane == 0)
-      slots[warp] = v;
-    __syncthreads();
-    float all = max ? -INFINITY : 0.f;
-    for (int w = 0; w < warps; ++w)
-      all = max ? fmaxf(all, slots[w]) : all + slots[w];
-    return all;
-  };
   float top = -INFINITY;
   for (int s = threadIdx.x; s < visible; s += blockDim.x)
     top = fmaxf(top, row[s] * scale);
-  top = reduce(top, true);
+  top = blockReduce<true>(top, slots);
   float sum = 0.f;
   for (int s = threadIdx.x; s < visible; s += blockDim.x)
     sum += expf(row[s] * scale - top);
-  sum = reduce(sum, false);
+  sum = blockReduce<false>(sum, slots);
   const float norm = sum > 0.f ? 1.f / sum : 0.f;
   for (int s = threadIdx.x; s < reach; s += blockDim.x)
     row[s] = s < visible ? expf(row[s] * scale - top) * norm : 0.f;

@@ -79,23 +79,6 @@ __global__ void ropeKernel(Operand x, const int32_t *positions, int rows,
   store(y, base + r.b, r.yb);
 }
 
-/// v reduced over the block (max or sum), in every thread; `slots` holds
-/// a value per warp. Every thread of the block calls it.
-template <bool kMax>
-__device__ __forceinline__ float blockReduce(float v, float *slots) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int warps = (blockDim.x + 31) / 32;
-  v = kMax ? warpMax(v) : warpSum(v);
-  __syncthreads(); // slots free (an earlier call's readers are done)
-  if (lane == 0)
-    slots[warp] = v;
-  __syncthreads();
-  float all = kMax ? -INFINITY : 0.f;
-  for (int w = 0; w < warps; ++w)
-    all = kMax ? fmaxf(all, slots[w]) : all + slots[w];
-  return all;
-}
-
 /// How many of `values` come before `own` (at index `self`) in routeToken's
 /// stable order: larger first, ties to the lower index.
 __device__ __forceinline__ int rankAmong(const float *values, int count,
@@ -480,7 +463,8 @@ __device__ __forceinline__ void warpBest(float &value, int &index) {
 /// 129280-word vocabulary in one block was a chain of L2 round trips and
 /// one multiprocessor's compares: 12 us of a decode step.
 constexpr int kArgmaxThreads = 256, kArgmaxLoads = 8;
-constexpr int kArgmaxMaxParts = 64, kArgmaxSpanMin = 4 * kArgmaxLoads * 256;
+constexpr int kArgmaxMaxParts = 64,
+              kArgmaxSpanMin = 4 * kArgmaxLoads * kArgmaxThreads;
 __global__ void __launch_bounds__(kArgmaxThreads)
     argmaxPartsKernel(const float *logits, int vocab, int span,
                       float *partValues, int32_t *partIndices) {
