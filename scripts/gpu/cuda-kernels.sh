@@ -50,10 +50,10 @@ MELT_CUDA_FUSED_LATENT_APPEND=1 build-gpu/bin/melt-runtime-tests \
   --gtest_filter='*SessionOnDevice*/cuda*' |
   tee "$out/sessions-on-device-latent-append.txt" |
   grep -E "on cuda|^\[ +(OK|FAILED|PASSED) |Failure" || true
-echo "== the same with the shared experts on a second stream of the decode graphs (experimental: MELT_CUDA_SIDE_STREAM=1) =="
-MELT_CUDA_SIDE_STREAM=1 build-gpu/bin/melt-runtime-tests \
+echo "== the same with every side branch of the decode graphs in order on one stream (MELT_CUDA_SIDE_STREAM=0) and MLA absorbed in prefills (MELT_CUDA_MLA_DECOMPRESSED=0) =="
+MELT_CUDA_SIDE_STREAM=0 MELT_CUDA_MLA_DECOMPRESSED=0 build-gpu/bin/melt-runtime-tests \
   --gtest_filter='*SessionOnDevice*/cuda*' |
-  tee "$out/sessions-on-device-side-stream.txt" |
+  tee "$out/sessions-on-device-one-stream.txt" |
   grep -E "on cuda|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== melt-run --device cuda:0 (golden models, energy from NVML) =="
 for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do

@@ -14,11 +14,11 @@
 # products' values are the same, and the experts sum in a fixed order),
 # MELT_COMPARE_LATENT_APPEND=1 the decode at batch 1 and 64 with MLA's
 # latent append in one kernel (MELT_CUDA_FUSED_LATENT_APPEND=1),
-# MELT_COMPARE_MLA_DECOMPRESSED=1 the prefills with MLA decompressed
-# (MELT_CUDA_MLA_DECOMPRESSED=1),
-# MELT_COMPARE_SIDE_STREAM=1 the decode at batch 1, 16 and 64 with the
-# shared experts on a second stream (MELT_CUDA_SIDE_STREAM=1) and without,
-# twice each, and whether their greedy tokens agree,
+# MELT_COMPARE_MLA_DECOMPRESSED=1 the prefills with MLA absorbed
+# (MELT_CUDA_MLA_DECOMPRESSED=0) beside the default decompressed form,
+# MELT_COMPARE_SIDE_STREAM=1 the decode at batch 1, 16 and 64 without the
+# side branches on a second stream (MELT_CUDA_SIDE_STREAM=0) and with (the
+# default), twice each, and whether their greedy tokens agree,
 # MELT_COMPARE_FEW_TOKENS=1 the FP8 decode at batch 1 with and without the
 # few-tokens FP8 kernel (MELT_CUDA_FP8_FEW_TOKENS=0), twice each,
 # MELT_COMPARE_DETERMINISTIC=1 the decode at batch 1 and 64 twice more
@@ -48,12 +48,12 @@ for model in mini-bf16.melt mini-fp8.melt; do
       MELT_CUDA_MLA_TENSOR_CORES=0 run "$model" --prompt-ids "$(prompt 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "split", /'
     fi
-    # MELT_COMPARE_MLA_DECOMPRESSED=1: the prefills with MLA in the
-    # decompressed form where the compiler's cost model asks for it (K and V
-    # per head, TF32 GEMMs; experimental, MELT_CUDA_MLA_DECOMPRESSED=1).
+    # MELT_COMPARE_MLA_DECOMPRESSED=1: the prefills with MLA absorbed
+    # (MELT_CUDA_MLA_DECOMPRESSED=0) where the compiler's cost model asks
+    # for the decompressed form (K and V per head, then the fused attention).
     if [ "${MELT_COMPARE_MLA_DECOMPRESSED:-}" = 1 ]; then
-      MELT_CUDA_MLA_DECOMPRESSED=1 run "$model" --prompt-ids "$(prompt 1024)" \
-        --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "decompressed", /'
+      MELT_CUDA_MLA_DECOMPRESSED=0 run "$model" --prompt-ids "$(prompt 1024)" \
+        --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "absorbed", /'
     fi
     # MELT_COMPARE_FOLDS=1: FP8 decode again with the quantize/dequantize
     # pairs its FP8 products make redundant kept (MELT_FOLD_QUANTIZE=0).
@@ -99,15 +99,15 @@ for model in mini-bf16.melt mini-fp8.melt; do
       MELT_CUDA_FUSED_LATENT_APPEND=1 run "$model" --prompt-ids "$(prompt 128)" \
         --max-new 64 --batch 1,64 | sed 's/^{/{"latent_append": "one kernel", /'
     fi
-    # MELT_COMPARE_SIDE_STREAM=1: decode with the shared experts on a
-    # second stream of the graphs (experimental, MELT_CUDA_SIDE_STREAM=1),
-    # runs alternating with the default.
+    # MELT_COMPARE_SIDE_STREAM=1: decode with every side branch in order on
+    # one stream (MELT_CUDA_SIDE_STREAM=0), runs alternating with the
+    # default (the shared experts and queries on a second stream).
     if [ "${MELT_COMPARE_SIDE_STREAM:-}" = 1 ]; then
       for round in 1 2; do
-        MELT_CUDA_SIDE_STREAM=1 run "$model" --prompt-ids "$(prompt 128)" \
-          --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"on $round\", /"
-        run "$model" --prompt-ids "$(prompt 128)" \
+        MELT_CUDA_SIDE_STREAM=0 run "$model" --prompt-ids "$(prompt 128)" \
           --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"off $round\", /"
+        run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"on $round\", /"
       done
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then

@@ -185,7 +185,7 @@ public:
     return Status::ok();
   }
 
-  /// While recording (MELT_CUDA_SIDE_STREAM=1): a branch's calls go to a
+  /// While recording (unless MELT_CUDA_SIDE_STREAM=0): a branch's calls go to a
   /// stream of their own that starts at the mark, as the graph's second
   /// branch; the graph keeps every block it used, so that memory of the
   /// branch and of the rest never alias. Otherwise every call in order.
@@ -650,21 +650,23 @@ public:
                         maxVisible};
     const KernelPlan *plan = planOf(wUk);
     bool perHead = plan && plan->variant == 2;
-    // A long prefill with K and V per head where the compiler's cost model
-    // asks for it (MELT_CUDA_MLA_DECOMPRESSED=1, experimental).
-    if (mlaDecompressed_ && !capturing_ && !perHead &&
-        shape.tokens > decompressAbove && mlaDecompressedFits(shape)) {
-      bool taken = false;
-      MELT_RETURN_IF_ERROR(mlaDecompressedForm(qNope, qRope, cache, layout, wUk,
-                                               wUv, shape, scale,
-                                               decompressAbove, out, taken));
-      if (taken)
-        return Status::ok();
-    }
     // A prefill (16 query rows a sequence or more) on tensor cores in BF16:
     // where the compiler chose it (BF16 attention), or where asked.
     bool tensorCores = mlaTensorCores_ == 1 ||
                        (mlaTensorCores_ < 0 && plan && plan->variant == 3);
+    // A long prefill with K and V per head where the compiler's cost model
+    // asks for it and the attention is BF16 (MELT_CUDA_MLA_DECOMPRESSED=0:
+    // never): TF32 products, the attention in one BF16 kernel. An F32
+    // attention stays absorbed, in F32.
+    if (mlaDecompressed_ && tensorCores && !capturing_ && !perHead &&
+        shape.tokens > decompressAbove && mlaDecompressedFits(shape)) {
+      bool taken = false;
+      MELT_RETURN_IF_ERROR(mlaDecompressedForm(
+          qNope, qRope, cache, layout, wUk, wUv, shape, scale, decompressAbove,
+          /*bf16Attention=*/true, out, taken));
+      if (taken)
+        return Status::ok();
+    }
     if (tensorCores && !perHead && mlaTensorCoresFit(shape) &&
         shape.tokens >= 16 * layout.pages.shape[0])
       return mlaOnTensorCores(qNope, qRope, cache, layout, wUk, wUv, shape,
@@ -949,12 +951,14 @@ private:
   /// sequence of the step is one run of more than decompressAbove tokens
   /// at consecutive positions (their host copies read back: a prefill is
   /// not recorded); `taken` false otherwise (nothing done).
-  Status
-  mlaDecompressedForm(const DeviceTensor &qNope, const DeviceTensor &qRope,
-                      const DeviceTensor &cache, const CacheLayout &layout,
-                      const DeviceTensor &wUk, const DeviceTensor &wUv,
-                      const MlaSplitShape &shape, float scale,
-                      int64_t decompressAbove, DeviceTensor &out, bool &taken) {
+  Status mlaDecompressedForm(const DeviceTensor &qNope,
+                             const DeviceTensor &qRope,
+                             const DeviceTensor &cache,
+                             const CacheLayout &layout, const DeviceTensor &wUk,
+                             const DeviceTensor &wUv,
+                             const MlaSplitShape &shape, float scale,
+                             int64_t decompressAbove, bool bf16Attention,
+                             DeviceTensor &out, bool &taken) {
     taken = false;
     std::vector<int32_t> sequences(size_t(shape.tokens)),
         positions(size_t(shape.tokens));
@@ -968,8 +972,9 @@ private:
           r.position + r.count > shape.maxVisible)
         return Status::ok();
     constexpr size_t kScoreFloats = size_t(64) << 20; // 256 MB of scores
+    const bool fused = bf16Attention && mlaDecompressedFusesBf16(shape);
     const size_t floats =
-        mlaDecompressedScratchFloats(shape, runs, kScoreFloats);
+        mlaDecompressedScratchFloats(shape, runs, kScoreFloats, fused);
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
         allocate(DType::F32, {int64_t(std::max<size_t>(floats, 1))}, scratch));
@@ -979,7 +984,7 @@ private:
         static_cast<const float *>(cache.data), paged(layout, cache),
         static_cast<const float *>(wUk.data),
         static_cast<const float *>(wUv.data), shape, runs, scale,
-        static_cast<float *>(scratch.data), floats, kScoreFloats,
+        static_cast<float *>(scratch.data), floats, kScoreFloats, fused,
         static_cast<float *>(out.data), flag_ + kCacheFlag));
     release(scratch); // stream-ordered: reused only by later work
     taken = !launched;
@@ -1039,7 +1044,7 @@ private:
   /// (an artifact compiled for the CPU says nothing of its attention's
   /// precision); MELT_CUDA_MLA_TENSOR_CORES=1 always where the shapes take
   /// it, =0 never. -1: as compiled.
-  bool mlaDecompressed_ = envSwitch("MELT_CUDA_MLA_DECOMPRESSED", false);
+  bool mlaDecompressed_ = envSwitch("MELT_CUDA_MLA_DECOMPRESSED", true);
   int mlaTensorCores_ = [] {
     const char *v = std::getenv("MELT_CUDA_MLA_TENSOR_CORES");
     return !v ? -1 : std::string(v) == "1" ? 1 : std::string(v) == "0" ? 0 : -1;
@@ -1326,14 +1331,20 @@ private:
       MELT_RETURN_IF_ERROR(scratch(DType::FP8E4M3, {R, D}, codes));
       MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, D / 128}, codeScales));
     }
-    const DType gateUpType = fp8Gemms ? DType::BF16 : DType::F32;
+    // Gate and up products in BF16 where their operands are (as the FP8
+    // GEMMs give them, and as transformers' BF16 modules hold them): half
+    // the bytes the SiLU-mul reads. Each expert row of the down product in
+    // BF16 where the combine rounds it so anyway (the same values).
+    const DType gateUpType = bf16 ? DType::BF16 : DType::F32;
+    const bool outBf16 = bf16 && combineBf16;
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {R}, rows));
     MELT_RETURN_IF_ERROR(scratch(DType::I32, {P}, pairs));
     MELT_RETURN_IF_ERROR(scratch(fp8Gemms ? DType::F32 : operand, {R, D}, xs));
     MELT_RETURN_IF_ERROR(scratch(gateUpType, {R, I}, g));
     MELT_RETURN_IF_ERROR(scratch(gateUpType, {R, I}, u));
     MELT_RETURN_IF_ERROR(scratch(operand, {R, I}, act));
-    MELT_RETURN_IF_ERROR(scratch(DType::F32, {R, D}, out));
+    MELT_RETURN_IF_ERROR(
+        scratch(outBf16 ? DType::BF16 : DType::F32, {R, D}, out));
     MELT_RETURN_IF_ERROR(upload(tokenOfRow.data(), rows));
     MELT_RETURN_IF_ERROR(upload(rowOfPair.data(), pairs));
     MELT_RETURN_IF_ERROR(
@@ -1364,11 +1375,11 @@ private:
     };
     size_t width = bf16 ? 2 : 4;
     auto at = [](const DeviceTensor &t, size_t offset, size_t element) {
-      return static_cast<const char *>(t.data) + offset * element;
+      return static_cast<char *>(t.data) + offset * element;
     };
     auto product = [&](size_t lane, const void *input, const DeviceTensor &w,
-                       int e, int m, int n, int k,
-                       float *result) -> CudaStatus {
+                       int e, int m, int n, int k, void *result,
+                       bool resultBf16) -> CudaStatus {
       const void *matrix = at(w, size_t(e) * n * k, width);
       GemmRunner &runner = *lanes_[lane].gemm;
       if (fp8) {
@@ -1388,10 +1399,10 @@ private:
       }
       return bf16 ? runner.bf16(static_cast<const __nv_bfloat16 *>(input),
                                 static_cast<const __nv_bfloat16 *>(matrix),
-                                result, true, m, n, k)
+                                result, !resultBf16, m, n, k)
                   : runner.f32(static_cast<const float *>(input),
-                               static_cast<const float *>(matrix), result, m, n,
-                               k);
+                               static_cast<const float *>(matrix),
+                               static_cast<float *>(result), m, n, k);
     };
     // The experts' GEMMs go round the lanes (each waits for the main
     // stream's work so far; the main stream then waits for all of them,
@@ -1420,17 +1431,15 @@ private:
         continue;
       }
       const void *xe = at(xs, size_t(r) * D, width);
-      MELT_RETURN_IF_ERROR(
-          fromGemm(product(lane, xe, gate, e, m, I, D,
-                           static_cast<float *>(g.data) + size_t(r) * I)));
-      MELT_RETURN_IF_ERROR(
-          fromGemm(product(lane, xe, up, e, m, I, D,
-                           static_cast<float *>(u.data) + size_t(r) * I)));
+      MELT_RETURN_IF_ERROR(fromGemm(product(
+          lane, xe, gate, e, m, I, D, at(g, size_t(r) * I, width), bf16)));
+      MELT_RETURN_IF_ERROR(fromGemm(product(
+          lane, xe, up, e, m, I, D, at(u, size_t(r) * I, width), bf16)));
     }
     lanesJoined.forked = false;
     MELT_RETURN_IF_ERROR(joinLanes());
     MELT_RETURN_IF_ERROR(
-        check(binary(Binary::SiluMul, {g.data, fp8Gemms}, {u.data, fp8Gemms},
+        check(binary(Binary::SiluMul, {g.data, bf16}, {u.data, bf16},
                      size_t(R) * I, {act.data, bf16}, stream_),
               "moe_experts"));
     MELT_RETURN_IF_ERROR(forkLanes());
@@ -1440,13 +1449,13 @@ private:
       if (m == 0)
         continue;
       const size_t lane = turn++ % lanes_.size();
-      MELT_RETURN_IF_ERROR(
-          fromGemm(product(lane, at(act, size_t(r) * I, width), down, e, m, D,
-                           I, static_cast<float *>(out.data) + size_t(r) * D)));
+      MELT_RETURN_IF_ERROR(fromGemm(
+          product(lane, at(act, size_t(r) * I, width), down, e, m, D, I,
+                  at(out, size_t(r) * D, outBf16 ? 2 : 4), outBf16)));
     }
     lanesJoined.forked = false;
     MELT_RETURN_IF_ERROR(joinLanes());
-    return check(combineExpertRows(static_cast<const float *>(out.data),
+    return check(combineExpertRows({out.data, outBf16},
                                    static_cast<const int32_t *>(pairs.data),
                                    static_cast<const float *>(weights.data), T,
                                    K, D, combineBf16,
@@ -1521,14 +1530,14 @@ private:
   }
 
   /// The side branches' stream, its GEMM runner, its fork and join
-  /// events (MELT_CUDA_SIDE_STREAM=1, experimental: made at start-up).
+  /// events (made at start-up; MELT_CUDA_SIDE_STREAM=0: none).
   struct Branch {
     cudaStream_t stream = nullptr;
     cudaEvent_t forked = nullptr, done = nullptr;
     std::unique_ptr<GemmRunner> gemm;
   };
   Branch branch_;
-  bool sideStream_ = envSwitch("MELT_CUDA_SIDE_STREAM", false);
+  bool sideStream_ = envSwitch("MELT_CUDA_SIDE_STREAM", true);
   /// A mark recorded in this recording; the branch stream still to wait
   /// for the latest; calls made there and not joined; in a branch now.
   bool branchMarked_ = false, branchWaits_ = false, branchBusy_ = false,

@@ -14,6 +14,7 @@
 
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/TensorCoreMma.cuh"
 
 #include <algorithm>
 #include <cfloat>
@@ -56,30 +57,6 @@ template <int kHeadTiles> struct SharedTile {
   __nv_bfloat16 probs[kHeads * kProbStride];
   float rescale[kHeads];
 };
-
-/// acc += A[16x16] * B[16x8] (A row-major, B column-major fragments).
-__device__ inline void mma16816(float (&acc)[4], const uint32_t (&a)[4],
-                                uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/// Four 8x8 BF16 matrices from shared memory; lane i names row i%8 of
-/// matrix i/8. `.trans` hands out their transposes.
-__device__ inline void loadMatrices(uint32_t (&r)[4], const void *row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(sharedAddress(row)));
-}
-__device__ inline void loadMatricesTransposed(uint32_t (&r)[4],
-                                              const void *row) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(sharedAddress(row)));
-}
 
 /// The A fragment of rows [0,16), columns [k, k+16) of a row-major matrix.
 __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,

@@ -1,6 +1,7 @@
 //===- MlaDecompressed.cu - a long prefill's MLA with K and V per head ----===//
 #include "cuda/MlaDecompressed.h"
 
+#include "cuda/CausalAttention.h"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/PagedCache.cuh"
 #include "cuda/WarpReduce.cuh"
@@ -89,7 +90,7 @@ struct RunScratch {
   size_t total() const { return latents + keys + values + queries + scores; }
 };
 RunScratch runScratch(const MlaSplitShape &s, const DecompressedQueries &r,
-                      size_t budgetFloats) {
+                      size_t budgetFloats, bool fused) {
   const int reach = r.position + r.count, width = s.nope + s.rope;
   // 16-byte aligned pieces.
   auto round = [](size_t n) { return (n + 3) / 4 * 4; };
@@ -97,9 +98,13 @@ RunScratch runScratch(const MlaSplitShape &s, const DecompressedQueries &r,
   p.latents = round(size_t(reach) * s.latent);
   p.keys = round(size_t(s.heads) * reach * width);
   p.values = round(size_t(s.heads) * reach * s.valueDim);
-  p.queries = round(size_t(r.count) * s.heads * width);
-  p.scores = round(size_t(s.heads) *
-                   blockQueries(s, r.count, reach, budgetFloats) * reach);
+  // The fused kernel reads the queries where they are and keeps the
+  // scores on the chip.
+  p.queries = fused ? 0 : round(size_t(r.count) * s.heads * width);
+  p.scores = fused
+                 ? 0
+                 : round(size_t(s.heads) *
+                         blockQueries(s, r.count, reach, budgetFloats) * reach);
   return p;
 }
 
@@ -134,12 +139,16 @@ bool melt::rt::cuda::mlaDecompressedFits(const MlaSplitShape &s) {
          s.valueDim > 0 && s.latent + s.rope <= 1024;
 }
 
+bool melt::rt::cuda::mlaDecompressedFusesBf16(const MlaSplitShape &s) {
+  return causalAttentionFits(s.nope, s.rope, s.valueDim);
+}
+
 size_t melt::rt::cuda::mlaDecompressedScratchFloats(
     const MlaSplitShape &s, const std::vector<DecompressedQueries> &runs,
-    size_t budgetFloats) {
+    size_t budgetFloats, bool bf16Fused) {
   size_t most = 0;
   for (const DecompressedQueries &r : runs)
-    most = std::max(most, runScratch(s, r, budgetFloats).total());
+    most = std::max(most, runScratch(s, r, budgetFloats, bf16Fused).total());
   return most;
 }
 
@@ -148,10 +157,12 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     const float *cache, const PagedLayout &layout, const float *wUk,
     const float *wUv, const MlaSplitShape &s,
     const std::vector<DecompressedQueries> &runs, float scale, float *scratch,
-    size_t scratchFloats, size_t budgetFloats, float *out, int32_t *bad) {
-  if (!mlaDecompressedFits(s))
+    size_t scratchFloats, size_t budgetFloats, bool bf16Fused, float *out,
+    int32_t *bad) {
+  if (!mlaDecompressedFits(s) || (bf16Fused && !mlaDecompressedFusesBf16(s)))
     return {"mla (decompressed): unsupported shape"};
-  if (mlaDecompressedScratchFloats(s, runs, budgetFloats) > scratchFloats)
+  if (mlaDecompressedScratchFloats(s, runs, budgetFloats, bf16Fused) >
+      scratchFloats)
     return {"mla (decompressed): scratch too small"};
   cudaStream_t stream = gemm.stream();
   const int width = s.nope + s.rope, heads = s.heads;
@@ -162,7 +173,7 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
   };
   for (const DecompressedQueries &r : runs) {
     const int reach = r.position + r.count;
-    const RunScratch p = runScratch(s, r, budgetFloats);
+    const RunScratch p = runScratch(s, r, budgetFloats, bf16Fused);
     float *latents = scratch, *keys = latents + p.latents,
           *values = keys + p.keys, *queries = values + p.values,
           *scores = queries + p.queries;
@@ -171,10 +182,11 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
                              cache, layout, r.sequence, heads, s.nope, s.rope,
                              s.latent, reach, latents, keys, bad)))
       return e;
-    if (CudaStatus e = launched(launchOverlapped(
-            packQueriesKernel, dim3(r.count), 128, 0, stream, qNope, qRope,
-            r.first, heads, s.nope, s.rope, queries)))
-      return e;
+    if (!bf16Fused)
+      if (CudaStatus e = launched(launchOverlapped(
+              packQueriesKernel, dim3(r.count), 128, 0, stream, qNope, qRope,
+              r.first, heads, s.nope, s.rope, queries)))
+        return e;
     // K_nope[h] = c W_UK[h]^T, into the first nope values of each key row;
     // V[h] = c W_UV[h]^T.
     GemmRunner::Batched k;
@@ -189,6 +201,13 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     v.yRow = s.valueDim, v.yBatch = int64_t(reach) * s.valueDim;
     if (CudaStatus e = gemm.tf32Batched(latents, wUv, values, v))
       return e;
+    if (bf16Fused) {
+      if (CudaStatus e = launched(causalAttentionBf16(
+              qNope, qRope, keys, values, {r.first, r.count, r.position, reach},
+              heads, s.nope, s.rope, s.valueDim, scale, out, stream)))
+        return e;
+      continue;
+    }
     const int block = blockQueries(s, r.count, reach, budgetFloats);
     for (int q0 = 0; q0 < r.count; q0 += block) {
       const int n = std::min(block, r.count - q0);

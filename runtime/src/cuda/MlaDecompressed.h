@@ -9,11 +9,14 @@
 // melt-fuse-mla's cost model says from how many queries (the MLA op's
 // decompressAbove; Device::mla).
 //
-// Every product is a cuBLASLt batched GEMM over the heads in TF32 with
-// FP32 accumulation (GemmRunner::tf32Batched); three small kernels gather
-// the sequence's cache rows, pack the queries and take the causal softmax.
-// The scores of a block of queries are held whole ([heads, queries,
-// keys] F32), the blocks sized to a scratch budget.
+// K and V are cuBLASLt batched GEMMs over the heads in TF32 with FP32
+// accumulation (GemmRunner::tf32Batched). The attention then runs in one
+// of two forms. Where the attention's precision is BF16 (`bf16Fused`, as
+// melt-compile chose for the op) and the widths take it, one fused kernel
+// a sequence on tensor cores (CausalAttention.h: the scores stay on the
+// chip). Otherwise in TF32: the scores of a block of queries held whole
+// ([heads, queries, keys] F32, the blocks sized to a scratch budget) by a
+// batched GEMM, a causal softmax kernel, and a last GEMM for the output.
 //
 // The host plans the GEMMs: it needs each sequence's tokens, contiguous in
 // the step and at consecutive positions (a prefill's), as host arrays.
@@ -46,22 +49,27 @@ bool decompressedRuns(const std::vector<int32_t> &sequences,
 /// Whether the shape takes the decompressed form (latent + rope <= 1024).
 bool mlaDecompressedFits(const MlaSplitShape &shape);
 
+/// Whether the attention takes the fused BF16 kernel at this shape.
+bool mlaDecompressedFusesBf16(const MlaSplitShape &shape);
+
 /// F32 scratch for these runs (query blocks sized to `budgetFloats` of
-/// scores at least 16 queries each).
+/// scores at least 16 queries each; none where fused).
 size_t
 mlaDecompressedScratchFloats(const MlaSplitShape &shape,
                              const std::vector<DecompressedQueries> &runs,
-                             size_t budgetFloats);
+                             size_t budgetFloats, bool bf16Fused);
 
 /// out [T, heads, valueDim] for the runs' tokens (others untouched). A
-/// position without a page sets *bad (its row is zero).
+/// position without a page sets *bad (its row is zero). `bf16Fused` where
+/// mlaDecompressedFusesBf16 (else cudaErrorInvalidValue's message).
 CudaStatus mlaDecompressed(GemmRunner &gemm, const float *qNope,
                            const float *qRope, const float *cache,
                            const PagedLayout &layout, const float *wUk,
                            const float *wUv, const MlaSplitShape &shape,
                            const std::vector<DecompressedQueries> &runs,
                            float scale, float *scratch, size_t scratchFloats,
-                           size_t budgetFloats, float *out, int32_t *bad);
+                           size_t budgetFloats, bool bf16Fused, float *out,
+                           int32_t *bad);
 
 } // namespace melt::rt::cuda
 

@@ -417,7 +417,7 @@ __global__ void gatherRowsKernel(const float *x, const int32_t *rows, int dim,
 }
 
 /// A block per token: its choices' expert rows, weighted, summed.
-__global__ void combineExpertRowsKernel(const float *expertOut,
+__global__ void combineExpertRowsKernel(Operand expertOut,
                                         const int32_t *rowOfPair,
                                         const float *weights, int choices,
                                         int dim, bool combineBf16, float *y) {
@@ -427,7 +427,7 @@ __global__ void combineExpertRowsKernel(const float *expertOut,
     float sum = 0.f;
     for (int k = 0; k < choices; ++k) {
       int pair = t * choices + k;
-      float v = expertOut[size_t(rowOfPair[pair]) * dim + d];
+      float v = load(expertOut, size_t(rowOfPair[pair]) * dim + d);
       if (combineBf16)
         v = __bfloat162float(__float2bfloat16(v));
       sum += weights[pair] * v;
@@ -923,7 +923,7 @@ cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,
   return cudaGetLastError();
 }
 
-cudaError_t melt::rt::cuda::combineExpertRows(const float *expertOut,
+cudaError_t melt::rt::cuda::combineExpertRows(Operand expertOut,
                                               const int32_t *rowOfPair,
                                               const float *weights, int tokens,
                                               int choices, int dim,

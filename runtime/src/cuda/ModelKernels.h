@@ -142,8 +142,9 @@ cudaError_t finishPairOutput(float *y, const float *pairRows,
 cudaError_t gatherRows(const float *x, const int32_t *rows, int count, int dim,
                        Result y, cudaStream_t stream);
 /// y[t] = sum_k weights[t, k] * expertOut[rowOfPair[t * choices + k]]
-/// (each expert row rounded to BF16 first with `combineBf16`).
-cudaError_t combineExpertRows(const float *expertOut, const int32_t *rowOfPair,
+/// (each expert row rounded to BF16 first with `combineBf16`; rows held in
+/// BF16 already are exact).
+cudaError_t combineExpertRows(Operand expertOut, const int32_t *rowOfPair,
                               const float *weights, int tokens, int choices,
                               int dim, bool combineBf16, float *y,
                               cudaStream_t stream);

@@ -5,6 +5,7 @@
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/ModelKernels.h"
 #include "cuda/ScratchLayout.h"
+#include "cuda/TensorCoreMma.cuh"
 #include "cuda/VectorLoads.cuh"
 
 #include <cuda_bf16.h>
@@ -163,27 +164,6 @@ __global__ void downKernel(const float *act, const int32_t *offsets,
   }
 }
 
-/// Weights on tensor cores: mma.sync m16n8k16 BF16, a warp's 16 weight
-/// rows (A) against 8 tokens (B), FP32 accumulation. K is read 32 at a
-/// time: lane (g, t) loads the 8 values of rows g and g + 8 at 8t (16
-/// bytes of BF16, 8 of FP8) and the matching 8 values of token g, used as
-/// two k16 steps (the same permutation of K for A and B, so the products
-/// are unchanged).
-__device__ __forceinline__ void mmaBf16(float (&d)[4], uint32_t a0, uint32_t a1,
-                                        uint32_t a2, uint32_t a3, uint32_t b0,
-                                        uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-               "{%0, %1, %2, %3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t *>(&v);
-}
-
 /// Two e4m3 values (the low and high byte of `pair`) as two BF16, exactly:
 /// the hardware's e4m3 -> FP16 conversion (every e4m3 value, subnormals
 /// too, is a normal FP16 or zero), then the FP16 bits re-laid as BF16 bits
@@ -224,6 +204,12 @@ __device__ __forceinline__ uint4 asBf16Pairs(uint2 v) {
 /// K chunks of 32 per FP8 scale block.
 constexpr int kScaleBlock = 128, kChunksPerBlock = kScaleBlock / 32;
 
+/// Weights on tensor cores: mma.sync m16n8k16 BF16, a warp's 16 weight
+/// rows (A) against 8 tokens (B), FP32 accumulation. K is read 32 at a
+/// time: lane (g, t) loads the 8 values of rows g and g + 8 at 8t (16
+/// bytes of BF16, 8 of FP8) and the matching 8 values of token g, used as
+/// two k16 steps (the same permutation of K for A and B, so the products
+/// are unchanged).
 /// acc[w] += rows[w][16 x K] . token^T for the kWeights weights, rows g and
 /// g + 8 of each at rows[w] and rows[w] + 8 K; `token` is the lane's token
 /// (g) row of F32 inputs (rounded to BF16 here), or null for none. Each
@@ -282,8 +268,8 @@ __device__ __forceinline__ void mmaRows(const W *const (&rows)[kWeights],
         for (int i = 0; i < kWeights; ++i) {
           const uint4 g = asBf16Pairs(w[u][i][0]), g8 = asBf16Pairs(w[u][i][1]);
           float(&sum)[4] = kScaled ? part[i] : acc[i];
-          mmaBf16(sum, g.x, g8.x, g.y, g8.y, b[u][0], b[u][1]);
-          mmaBf16(sum, g.z, g8.z, g.w, g8.w, b[u][2], b[u][3]);
+          mma16816(sum, {g.x, g8.x, g.y, g8.y}, b[u][0], b[u][1]);
+          mma16816(sum, {g.z, g8.z, g.w, g8.w}, b[u][2], b[u][3]);
         }
       }
       if constexpr (kScaled) {

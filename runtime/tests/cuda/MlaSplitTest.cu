@@ -35,9 +35,11 @@ struct Case {
   /// them).
   bool spread = false;
   /// The decompressed form (K and V per head, TF32 GEMMs), its scores held
-  /// for blocks of `scoreBudget` floats (0: unbounded).
+  /// for blocks of `scoreBudget` floats (0: unbounded), or its attention in
+  /// the fused BF16 kernel.
   bool decompressed = false;
   size_t scoreBudget = 0;
+  bool fusedBf16 = false;
 };
 
 void runCase(const Case &c) {
@@ -105,13 +107,15 @@ void runCase(const Case &c) {
     std::vector<DecompressedQueries> runs;
     ASSERT_TRUE(decompressedRuns(c.sequences, c.positions, runs));
     const size_t budget = c.scoreBudget ? c.scoreBudget : size_t(1) << 30;
-    const size_t floats = mlaDecompressedScratchFloats(shape, runs, budget);
+    ASSERT_EQ(mlaDecompressedFusesBf16(shape), true);
+    const size_t floats =
+        mlaDecompressedScratchFloats(shape, runs, budget, c.fusedBf16);
     scratch = deviceArray<float>(floats);
     std::unique_ptr<GemmRunner> gemm;
     ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
-    CudaStatus run =
-        mlaDecompressed(*gemm, dQn, dQr, dCache, layout, dUk, dUv, shape, runs,
-                        scale, scratch, floats, budget, split, bad);
+    CudaStatus run = mlaDecompressed(*gemm, dQn, dQr, dCache, layout, dUk, dUv,
+                                     shape, runs, scale, scratch, floats,
+                                     budget, c.fusedBf16, split, bad);
     ASSERT_FALSE(run) << run.error;
   } else {
     scratch = deviceArray<float>(mlaSplitScratchFloats(shape, chunks));
@@ -133,7 +137,8 @@ void runCase(const Case &c) {
     range = std::max(range, double(std::fabs(want[i])));
   }
   // BF16 queries and rows: about 2^-9 relative per operand; TF32: 2^-11.
-  EXPECT_LE(worst, (c.tensorCores    ? 2e-2
+  const bool bf16 = c.tensorCores || c.fusedBf16;
+  EXPECT_LE(worst, (bf16             ? 2e-2
                     : c.decompressed ? 5e-3
                                      : 1e-5) *
                        range)
@@ -235,6 +240,18 @@ TEST(CudaMlaSplit, PrefillDecompressedMatchesWholeSequence) {
   runCase(wide);
   two.scoreBudget = size_t(16) * 16 * 240;
   runCase(two);
+  // The attention fused (BF16, scores on the chip): partial query blocks,
+  // a run at position 0 and one after 200 cached rows, 16 and 128 heads.
+  two.fusedBf16 = wide.fusedBf16 = true;
+  runCase(two);
+  runCase(wide);
+  Case longer{16, {}, {}};
+  longer.decompressed = longer.fusedBf16 = true;
+  for (int32_t p = 0; p < 300; ++p) { // several key tiles and query blocks
+    longer.sequences.push_back(0);
+    longer.positions.push_back(p);
+  }
+  runCase(longer);
 }
 
 // The runs of a step the decompressed form takes: each sequence's tokens

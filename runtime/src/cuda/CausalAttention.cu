@@ -1,0 +1,225 @@
+//===- CausalAttention.cu - a prefill's causal attention, fused -----------===//
+#include "cuda/CausalAttention.h"
+
+#include "cuda/DependentLaunch.cuh"
+#include "cuda/TensorCoreMma.cuh"
+
+#include <cmath>
+
+using namespace melt::rt::cuda;
+
+namespace {
+
+constexpr int kWarps = 4, kThreads = kWarps * 32;
+/// Queries a block takes (16 a warp) and keys a tile holds.
+constexpr int kQueries = kWarps * 16, kKeys = 64;
+constexpr int kKeyTiles = kKeys / 8;
+
+template <int kNope, int kRope, int kValue> struct Widths {
+  static constexpr int qk = kNope + kRope;
+  static_assert(kNope % 16 == 0 && kRope % 16 == 0 && kValue % 16 == 0,
+                "widths in whole mma steps");
+  /// Row strides in shared memory (BF16 elements), 16 bytes of padding:
+  /// the eight rows an ldmatrix reads fall in distinct banks.
+  static constexpr int keyStride = qk + 8, valueStride = kValue + 8;
+  static constexpr int qkSteps = qk / 16, valueTiles = kValue / 8;
+};
+
+/// Four floats rounded to BF16 into shared memory (8-byte aligned).
+__device__ __forceinline__ void storeBf16x4(__nv_bfloat16 *to, float4 v) {
+  *reinterpret_cast<uint2 *>(to) =
+      make_uint2(packBf16(v.x, v.y), packBf16(v.z, v.w));
+}
+
+/// Rows [first, first + kKeys) of a head's [keys, width] F32 matrix into
+/// shared memory as BF16 (rows past `keys` zero).
+template <int kWidth, int kStride>
+__device__ __forceinline__ void loadTile(const float *rows, int first, int keys,
+                                         __nv_bfloat16 *tile) {
+  constexpr int kQuads = kWidth / 4;
+  for (int e = threadIdx.x; e < kKeys * kQuads; e += kThreads) {
+    const int r = e / kQuads, c = (e % kQuads) * 4, key = first + r;
+    const float4 v =
+        key < keys
+            ? *reinterpret_cast<const float4 *>(rows + size_t(key) * kWidth + c)
+            : make_float4(0.f, 0.f, 0.f, 0.f);
+    storeBf16x4(tile + r * kStride + c, v);
+  }
+}
+
+/// Grid (query blocks, heads), 128 threads. Warp w holds queries [q0, q0 +
+/// 16) of the block as A fragments, the scores of a key tile (8 n-tiles of
+/// C fragments), and its output rows (kValue / 8 C fragments); lane (g, t)
+/// keeps rows g and g + 8's running maximum and its share of their sums.
+template <int kNope, int kRope, int kValue>
+__global__ void __launch_bounds__(kThreads)
+    causalAttentionKernel(const float *qNope, const float *qRope,
+                          const float *keys, const float *values, CausalRun run,
+                          int heads, float scaleLog2, float *out) {
+  using W = Widths<kNope, kRope, kValue>;
+  __shared__ __align__(16) __nv_bfloat16 keyTile[kKeys * W::keyStride];
+  __shared__ __align__(16) __nv_bfloat16 valueTile[kKeys * W::valueStride];
+  awaitPriorKernels();
+  const int h = blockIdx.y;
+  // The blocks of the last queries walk the most keys: they go first.
+  const int block = int(gridDim.x) - 1 - int(blockIdx.x);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int q0 = block * kQueries + warp * 16;
+
+  uint32_t qa[W::qkSteps][4];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = q0 + g + 8 * half;
+    const bool in = i < run.count;
+    const size_t th = size_t(run.first + (in ? i : 0)) * heads + h;
+#pragma unroll
+    for (int s = 0; s < W::qkSteps; ++s) {
+      const int c = 16 * s + 2 * t;
+      const float *row =
+          c < kNope ? qNope + th * kNope + c : qRope + th * kRope + (c - kNope);
+      const float2 lo =
+          in ? *reinterpret_cast<const float2 *>(row) : make_float2(0.f, 0.f);
+      const float2 hi = in ? *reinterpret_cast<const float2 *>(row + 8)
+                           : make_float2(0.f, 0.f);
+      qa[s][half] = packBf16(lo.x, lo.y);
+      qa[s][2 + half] = packBf16(hi.x, hi.y);
+    }
+  }
+
+  float o[W::valueTiles][4];
+#pragma unroll
+  for (int n = 0; n < W::valueTiles; ++n)
+    o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float rowMax[2] = {-INFINITY, -INFINITY}, rowSum[2] = {0.f, 0.f};
+  // Positions of rows g and g + 8; the block's last query's.
+  const int position[2] = {run.position + q0 + g, run.position + q0 + g + 8};
+  const int last = min(run.count, (block + 1) * kQueries) - 1;
+  const int tiles = (run.position + last) / kKeys + 1;
+  const float *headKeys = keys + size_t(h) * run.keys * W::qk;
+  const float *headValues = values + size_t(h) * run.keys * kValue;
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int first = tile * kKeys;
+    __syncthreads(); // the last tile's reads are done
+    loadTile<W::qk, W::keyStride>(headKeys, first, run.keys, keyTile);
+    loadTile<kValue, W::valueStride>(headValues, first, run.keys, valueTile);
+    __syncthreads();
+
+    // Scores of rows q0 .. q0 + 15 against the tile's keys.
+    float s[kKeyTiles][4];
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j)
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    const int matrix = lane / 8, r = lane % 8;
+#pragma unroll
+    for (int step = 0; step < W::qkSteps; ++step)
+#pragma unroll
+      for (int j = 0; j < kKeyTiles; j += 2) {
+        // Matrices: keys of n-tiles j (0, 1) and j + 1 (2, 3), dims of the
+        // step's low (0, 2) and high (1, 3) halves.
+        uint32_t b[4];
+        loadMatrices(b, keyTile + ((j + matrix / 2) * 8 + r) * W::keyStride +
+                            16 * step + (matrix % 2) * 8);
+        mma16816(s[j], qa[step], b[0], b[1]);
+        mma16816(s[j + 1], qa[step], b[2], b[3]);
+      }
+
+    // Causal mask, scale (in log2 units), the rows' new maxima.
+    float tileMax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = first + j * 8 + 2 * t + (e & 1);
+        const float v =
+            key <= position[e / 2] ? s[j][e] * scaleLog2 : -INFINITY;
+        s[j][e] = v;
+        tileMax[e / 2] = fmaxf(tileMax[e / 2], v);
+      }
+    float reference[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = tileMax[half];
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      const float next = fmaxf(rowMax[half], m);
+      // A row that has seen no key yet keeps zero sums (exp2(-inf) = 0).
+      reference[half] = next == -INFINITY ? 0.f : next;
+      const float correction = exp2f(rowMax[half] - reference[half]);
+      rowMax[half] = next;
+      rowSum[half] *= correction;
+#pragma unroll
+      for (int n = 0; n < W::valueTiles; ++n) {
+        o[n][2 * half] *= correction;
+        o[n][2 * half + 1] *= correction;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[j][e] - reference[e / 2]);
+        s[j][e] = p;
+        rowSum[e / 2] += p;
+      }
+
+      // o += P V: the scores' C fragments of n-tiles 2 k and 2 k + 1 are the
+      // A fragment of keys [16 k, 16 k + 16).
+#pragma unroll
+    for (int k = 0; k < kKeyTiles / 2; ++k) {
+      const uint32_t a[4] = {packBf16(s[2 * k][0], s[2 * k][1]),
+                             packBf16(s[2 * k][2], s[2 * k][3]),
+                             packBf16(s[2 * k + 1][0], s[2 * k + 1][1]),
+                             packBf16(s[2 * k + 1][2], s[2 * k + 1][3])};
+#pragma unroll
+      for (int n = 0; n < W::valueTiles; n += 2) {
+        // Transposed: keys of the step's low (0, 2) and high (1, 3) halves,
+        // value columns of n-tiles n (0, 1) and n + 1 (2, 3).
+        uint32_t b[4];
+        loadMatricesTransposed(
+            b, valueTile + (16 * k + (matrix % 2) * 8 + r) * W::valueStride +
+                   (n + matrix / 2) * 8);
+        mma16816(o[n], a, b[0], b[1]);
+        mma16816(o[n + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = rowSum[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int i = q0 + g + 8 * half;
+    if (i >= run.count)
+      continue;
+    const float norm = sum > 0.f ? 1.f / sum : 0.f;
+    float *row = out + (size_t(run.first + i) * heads + h) * kValue + 2 * t;
+#pragma unroll
+    for (int n = 0; n < W::valueTiles; ++n)
+      *reinterpret_cast<float2 *>(row + n * 8) =
+          make_float2(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
+  }
+}
+
+} // namespace
+
+bool melt::rt::cuda::causalAttentionFits(int nope, int rope, int valueDim) {
+  return nope == 128 && rope == 64 && valueDim == 128;
+}
+
+cudaError_t melt::rt::cuda::causalAttentionBf16(
+    const float *qNope, const float *qRope, const float *keys,
+    const float *values, const CausalRun &run, int heads, int nope, int rope,
+    int valueDim, float scale, float *out, cudaStream_t stream) {
+  if (!causalAttentionFits(nope, rope, valueDim) || run.count < 0 ||
+      run.position < 0 || run.keys < run.position + run.count || heads <= 0)
+    return cudaErrorInvalidValue;
+  if (run.count == 0)
+    return cudaSuccess;
+  const dim3 grid((run.count + kQueries - 1) / kQueries, heads);
+  return launchOverlapped(causalAttentionKernel<128, 64, 128>, grid, kThreads,
+                          0, stream, qNope, qRope, keys, values, run, heads,
+                          float(scale * M_LOG2E), out);
+}

@@ -1,0 +1,44 @@
+//===- CausalAttention.h - a prefill's causal attention, fused (CUDA) ----===//
+//
+// softmax(scale q k^T) v for each head of one sequence's run of queries
+// over per-head keys and values, causal (query i at position p + i sees
+// keys 0 .. p + i), in one kernel: the scores never leave the chip. A
+// block takes 64 queries of one head (a warp 16), walks the keys 64 at a
+// time up to its last query's position, and keeps each row's running
+// maximum and sum (the online softmax); products on tensor cores, BF16
+// operands (queries, keys, probabilities, values rounded), FP32 sums.
+//
+// The queries come as MLA's two parts (q_nope [tokens, heads, nope] and
+// q_rope [tokens, heads, rope]); keys [heads, keys, nope + rope] and values
+// [heads, keys, valueDim] in F32, as the decompressed form makes them
+// (MlaDecompressed.h). The widths are compile-time: DeepSeek's 128 + 64
+// and 128 (causalAttentionFits).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_CAUSALATTENTION_H
+#define MELT_RUNTIME_CUDA_CAUSALATTENTION_H
+
+#include <cuda_runtime.h>
+
+namespace melt::rt::cuda {
+
+/// One sequence's run: queries are tokens [first, first + count) at
+/// positions [position, position + count); keys [0, keys) are cached
+/// (keys >= position + count).
+struct CausalRun {
+  int first = 0, count = 0, position = 0, keys = 0;
+};
+
+/// Whether the kernel takes these widths.
+bool causalAttentionFits(int nope, int rope, int valueDim);
+
+/// out[first + i, h] (rows of heads x valueDim F32) for the run's queries.
+cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
+                                const float *keys, const float *values,
+                                const CausalRun &run, int heads, int nope,
+                                int rope, int valueDim, float scale, float *out,
+                                cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_CAUSALATTENTION_H
