@@ -1,6 +1,7 @@
 //===- CausalAttention.cu - a prefill's causal attention, fused -----------===//
 #include "cuda/CausalAttention.h"
 
+#include "cuda/AsyncCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/TensorCoreMma.cuh"
 
@@ -23,27 +24,24 @@ template <int kNope, int kRope, int kValue> struct Widths {
   /// the eight rows an ldmatrix reads fall in distinct banks.
   static constexpr int keyStride = qk + 8, valueStride = kValue + 8;
   static constexpr int qkSteps = qk / 16, valueTiles = kValue / 8;
+  /// A buffer: the key tile, then the value tile.
+  static constexpr int keyElements = kKeys * keyStride;
+  static constexpr int bufferElements = keyElements + kKeys * valueStride;
+  static constexpr size_t sharedBytes = 2 * bufferElements * 2;
 };
 
-/// Four floats rounded to BF16 into shared memory (8-byte aligned).
-__device__ __forceinline__ void storeBf16x4(__nv_bfloat16 *to, float4 v) {
-  *reinterpret_cast<uint2 *>(to) =
-      make_uint2(packBf16(v.x, v.y), packBf16(v.z, v.w));
-}
-
-/// Rows [first, first + kKeys) of a head's [keys, width] F32 matrix into
-/// shared memory as BF16 (rows past `keys` zero).
+/// Rows [first, first + kKeys) of a head's [keys, kWidth] BF16 matrix into
+/// a tile of shared memory, 16 bytes a copy, in flight on return (rows past
+/// `keys` repeat the last: finite values, never weighted).
 template <int kWidth, int kStride>
-__device__ __forceinline__ void loadTile(const float *rows, int first, int keys,
-                                         __nv_bfloat16 *tile) {
-  constexpr int kQuads = kWidth / 4;
-  for (int e = threadIdx.x; e < kKeys * kQuads; e += kThreads) {
-    const int r = e / kQuads, c = (e % kQuads) * 4, key = first + r;
-    const float4 v =
-        key < keys
-            ? *reinterpret_cast<const float4 *>(rows + size_t(key) * kWidth + c)
-            : make_float4(0.f, 0.f, 0.f, 0.f);
-    storeBf16x4(tile + r * kStride + c, v);
+__device__ __forceinline__ void copyTile(const __nv_bfloat16 *rows, int first,
+                                         int keys, __nv_bfloat16 *tile) {
+  constexpr int kChunks = kWidth / 8;
+#pragma unroll
+  for (int e = threadIdx.x; e < kKeys * kChunks; e += kThreads) {
+    const int r = e / kChunks, c = (e % kChunks) * 8;
+    const int key = min(first + r, keys - 1);
+    copyAsync16(tile + r * kStride + c, rows + size_t(key) * kWidth + c);
   }
 }
 
@@ -51,14 +49,20 @@ __device__ __forceinline__ void loadTile(const float *rows, int first, int keys,
 /// 16) of the block as A fragments, the scores of a key tile (8 n-tiles of
 /// C fragments), and its output rows (kValue / 8 C fragments); lane (g, t)
 /// keeps rows g and g + 8's running maximum and its share of their sums.
+/// Key and value tiles in two buffers: the next tile's copies are in flight
+/// while the block works on this one.
 template <int kNope, int kRope, int kValue>
 __global__ void __launch_bounds__(kThreads)
     causalAttentionKernel(const float *qNope, const float *qRope,
-                          const float *keys, const float *values, CausalRun run,
-                          int heads, float scaleLog2, float *out) {
+                          const __nv_bfloat16 *keys,
+                          const __nv_bfloat16 *values, CausalRun run, int heads,
+                          float scaleLog2, float *out) {
   using W = Widths<kNope, kRope, kValue>;
-  __shared__ __align__(16) __nv_bfloat16 keyTile[kKeys * W::keyStride];
-  __shared__ __align__(16) __nv_bfloat16 valueTile[kKeys * W::valueStride];
+  extern __shared__ __align__(16) uint8_t sharedBytes[];
+  auto keyTileOf = [&](int buffer) {
+    return reinterpret_cast<__nv_bfloat16 *>(sharedBytes) +
+           buffer * W::bufferElements;
+  };
   awaitPriorKernels();
   const int h = blockIdx.y;
   // The blocks of the last queries walk the most keys: they go first.
@@ -96,15 +100,29 @@ __global__ void __launch_bounds__(kThreads)
   const int position[2] = {run.position + q0 + g, run.position + q0 + g + 8};
   const int last = min(run.count, (block + 1) * kQueries) - 1;
   const int tiles = (run.position + last) / kKeys + 1;
-  const float *headKeys = keys + size_t(h) * run.keys * W::qk;
-  const float *headValues = values + size_t(h) * run.keys * kValue;
+  const __nv_bfloat16 *headKeys = keys + size_t(h) * run.keys * W::qk;
+  const __nv_bfloat16 *headValues = values + size_t(h) * run.keys * kValue;
+  auto copyTiles = [&](int tile) {
+    __nv_bfloat16 *to = keyTileOf(tile % 2);
+    copyTile<W::qk, W::keyStride>(headKeys, tile * kKeys, run.keys, to);
+    copyTile<kValue, W::valueStride>(headValues, tile * kKeys, run.keys,
+                                     to + W::keyElements);
+    commitCopies();
+  };
+  copyTiles(0);
 
   for (int tile = 0; tile < tiles; ++tile) {
     const int first = tile * kKeys;
-    __syncthreads(); // the last tile's reads are done
-    loadTile<W::qk, W::keyStride>(headKeys, first, run.keys, keyTile);
-    loadTile<kValue, W::valueStride>(headValues, first, run.keys, valueTile);
+    // The next tile's copies go out (into the buffer every thread finished
+    // reading at the end of the last iteration); this tile's have landed.
+    if (tile + 1 < tiles)
+      copyTiles(tile + 1);
+    else
+      commitCopies();
+    awaitCopies<1>();
     __syncthreads();
+    const __nv_bfloat16 *keyTile = keyTileOf(tile % 2);
+    const __nv_bfloat16 *valueTile = keyTile + W::keyElements;
 
     // Scores of rows q0 .. q0 + 15 against the tile's keys.
     float s[kKeyTiles][4];
@@ -184,6 +202,7 @@ __global__ void __launch_bounds__(kThreads)
         mma16816(o[n + 1], a, b[2], b[3]);
       }
     }
+    __syncthreads(); // this buffer is refilled next iteration
   }
 
 #pragma unroll
@@ -210,16 +229,22 @@ bool melt::rt::cuda::causalAttentionFits(int nope, int rope, int valueDim) {
 }
 
 cudaError_t melt::rt::cuda::causalAttentionBf16(
-    const float *qNope, const float *qRope, const float *keys,
-    const float *values, const CausalRun &run, int heads, int nope, int rope,
-    int valueDim, float scale, float *out, cudaStream_t stream) {
+    const float *qNope, const float *qRope, const __nv_bfloat16 *keys,
+    const __nv_bfloat16 *values, const CausalRun &run, int heads, int nope,
+    int rope, int valueDim, float scale, float *out, cudaStream_t stream) {
   if (!causalAttentionFits(nope, rope, valueDim) || run.count < 0 ||
       run.position < 0 || run.keys < run.position + run.count || heads <= 0)
     return cudaErrorInvalidValue;
   if (run.count == 0)
     return cudaSuccess;
+  auto kernel = causalAttentionKernel<128, 64, 128>;
+  constexpr size_t shared = Widths<128, 64, 128>::sharedBytes;
+  static const cudaError_t sized = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+  if (sized != cudaSuccess)
+    return sized;
   const dim3 grid((run.count + kQueries - 1) / kQueries, heads);
-  return launchOverlapped(causalAttentionKernel<128, 64, 128>, grid, kThreads,
-                          0, stream, qNope, qRope, keys, values, run, heads,
-                          float(scale * M_LOG2E), out);
+  return launchOverlapped(kernel, grid, kThreads, shared, stream, qNope, qRope,
+                          keys, values, run, heads, float(scale * M_LOG2E),
+                          out);
 }

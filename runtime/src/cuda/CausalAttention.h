@@ -9,15 +9,17 @@
 // operands (queries, keys, probabilities, values rounded), FP32 sums.
 //
 // The queries come as MLA's two parts (q_nope [tokens, heads, nope] and
-// q_rope [tokens, heads, rope]); keys [heads, keys, nope + rope] and values
-// [heads, keys, valueDim] in F32, as the decompressed form makes them
-// (MlaDecompressed.h). The widths are compile-time: DeepSeek's 128 + 64
-// and 128 (causalAttentionFits).
+// q_rope [tokens, heads, rope], F32, rounded as they are read); keys
+// [heads, keys, nope + rope] and values [heads, keys, valueDim] in BF16,
+// copied into shared memory a tile ahead (cp.async, two buffers). The
+// widths are compile-time: DeepSeek's 128 + 64 and 128
+// (causalAttentionFits).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_CAUSALATTENTION_H
 #define MELT_RUNTIME_CUDA_CAUSALATTENTION_H
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 namespace melt::rt::cuda {
@@ -34,7 +36,8 @@ bool causalAttentionFits(int nope, int rope, int valueDim);
 
 /// out[first + i, h] (rows of heads x valueDim F32) for the run's queries.
 cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
-                                const float *keys, const float *values,
+                                const __nv_bfloat16 *keys,
+                                const __nv_bfloat16 *values,
                                 const CausalRun &run, int heads, int nope,
                                 int rope, int valueDim, float scale, float *out,
                                 cudaStream_t stream);

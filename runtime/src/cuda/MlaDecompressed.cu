@@ -3,6 +3,7 @@
 
 #include "cuda/CausalAttention.h"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/Elementwise.h"
 #include "cuda/PagedCache.cuh"
 #include "cuda/WarpReduce.cuh"
 
@@ -84,10 +85,13 @@ int blockQueries(const MlaSplitShape &s, int count, int reach,
   return int(std::min<size_t>(size_t(count), fit));
 }
 
-/// The scratch a run takes: latents, keys, values, packed queries, scores.
+/// The scratch a run takes (floats): latents, keys, values, packed
+/// queries, scores; for the fused kernel the keys and values in BF16.
 struct RunScratch {
-  size_t latents, keys, values, queries, scores;
-  size_t total() const { return latents + keys + values + queries + scores; }
+  size_t latents, keys, values, queries, scores, keysBf16, valuesBf16;
+  size_t total() const {
+    return latents + keys + values + queries + scores + keysBf16 + valuesBf16;
+  }
 };
 RunScratch runScratch(const MlaSplitShape &s, const DecompressedQueries &r,
                       size_t budgetFloats, bool fused) {
@@ -105,6 +109,8 @@ RunScratch runScratch(const MlaSplitShape &s, const DecompressedQueries &r,
                  ? 0
                  : round(size_t(s.heads) *
                          blockQueries(s, r.count, reach, budgetFloats) * reach);
+  p.keysBf16 = fused ? round((p.keys + 1) / 2) : 0;
+  p.valuesBf16 = fused ? round((p.values + 1) / 2) : 0;
   return p;
 }
 
@@ -176,7 +182,8 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     const RunScratch p = runScratch(s, r, budgetFloats, bf16Fused);
     float *latents = scratch, *keys = latents + p.latents,
           *values = keys + p.keys, *queries = values + p.values,
-          *scores = queries + p.queries;
+          *scores = queries + p.queries, *keysBf16 = scores + p.scores,
+          *valuesBf16 = keysBf16 + p.keysBf16;
     if (CudaStatus e = launched(
             launchOverlapped(gatherRowsKernel, dim3(reach), 128, 0, stream,
                              cache, layout, r.sequence, heads, s.nope, s.rope,
@@ -202,8 +209,20 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     if (CudaStatus e = gemm.tf32Batched(latents, wUv, values, v))
       return e;
     if (bf16Fused) {
+      // K and V rounded to BF16 once (the kernel copies their tiles as
+      // they are, many query blocks each).
+      const size_t keyCount = size_t(heads) * reach * width,
+                   valueCount = size_t(heads) * reach * s.valueDim;
+      auto *kb = reinterpret_cast<__nv_bfloat16 *>(keysBf16),
+           *vb = reinterpret_cast<__nv_bfloat16 *>(valuesBf16);
+      if (CudaStatus e =
+              launched(convert({keys, false}, keyCount, {kb, true}, stream)))
+        return e;
+      if (CudaStatus e = launched(
+              convert({values, false}, valueCount, {vb, true}, stream)))
+        return e;
       if (CudaStatus e = launched(causalAttentionBf16(
-              qNope, qRope, keys, values, {r.first, r.count, r.position, reach},
+              qNope, qRope, kb, vb, {r.first, r.count, r.position, reach},
               heads, s.nope, s.rope, s.valueDim, scale, out, stream)))
         return e;
       continue;
