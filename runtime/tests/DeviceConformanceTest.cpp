@@ -291,12 +291,15 @@ TEST_P(DeviceConformance, QuantizeAndLinearFp8) {
   }
 }
 
+// A whole number of 4-value vectors (a GPU's vector loads) and not.
 TEST_P(DeviceConformance, SiluMulAndAdd) {
-  for (DType dtype : {DType::F32, DType::BF16}) {
-    HostTensor a = random(dtype, {4, 1000}, rng, 3.f);
-    HostTensor b = random(dtype, {4, 1000}, rng);
-    DeviceTensor da = put(a), db = put(b), y = make(dtype, {4, 1000}),
-                 z = make(dtype, {4, 1000});
+  for (auto [dtype, rows, cols] :
+       {std::tuple{DType::F32, 4, 1000}, std::tuple{DType::BF16, 4, 1000},
+        std::tuple{DType::F32, 3, 333}, std::tuple{DType::BF16, 3, 333}}) {
+    HostTensor a = random(dtype, {rows, cols}, rng, 3.f);
+    HostTensor b = random(dtype, {rows, cols}, rng);
+    DeviceTensor da = put(a), db = put(b), y = make(dtype, {rows, cols}),
+                 z = make(dtype, {rows, cols});
     ASSERT_FALSE(device->siluMul(da, db, y));
     ASSERT_FALSE(device->add(da, db, z));
     std::vector<double> silu(a.values.size()), sum(a.values.size());

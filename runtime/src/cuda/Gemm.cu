@@ -193,20 +193,33 @@ CudaStatus GemmRunner::f32(const float *x, const float *w, float *y, int m,
 
 CudaStatus GemmRunner::tf32Batched(const float *x, const float *w, float *y,
                                    const Batched &g) {
+  return batched(x, w, y, g, /*bf16=*/false);
+}
+
+CudaStatus GemmRunner::bf16Batched(const __nv_bfloat16 *x,
+                                   const __nv_bfloat16 *w, __nv_bfloat16 *y,
+                                   const Batched &g) {
+  return batched(x, w, y, g, /*bf16=*/true);
+}
+
+CudaStatus GemmRunner::batched(const void *x, const void *w, void *y,
+                               const Batched &g, bool bf16) {
   if (g.m <= 0 || g.n <= 0 || g.k <= 0 || g.batches <= 0)
     return {"gemm: empty shape"};
   if (g.xRow < g.k || g.yRow < g.n)
     return {"gemm: rows closer than their length"};
-  BatchedKey key{g.m,    g.n,      g.k,      g.batches, g.wNK,
-                 g.xRow, g.xBatch, g.wBatch, g.yRow,    g.yBatch};
+  BatchedKey key{g.m,      g.n,      g.k,    g.batches, g.wNK, g.xRow,
+                 g.xBatch, g.wBatch, g.yRow, g.yBatch,  bf16};
   auto it = batchedPlans_.find(key);
   if (it == batchedPlans_.end()) {
     // Column-major: y_b^T [N, M] = op(w_b) [N, K] x_b^T [K, M]; w_b [K, N]
     // row-major is column-major [N, K] as it is, [N, K] row-major is
     // column-major [K, N] transposed.
     auto p = std::make_unique<Plan>();
+    const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     MELT_RETURN_IF_CUBLAS(cublasLtMatmulDescCreate(
-        &p->desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F));
+        &p->desc, bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32,
+        CUDA_R_32F));
     cublasOperation_t transA = g.wNK ? CUBLAS_OP_T : CUBLAS_OP_N,
                       transB = CUBLAS_OP_N;
     MELT_RETURN_IF_CUBLAS(cublasLtMatmulDescSetAttribute(
@@ -214,12 +227,12 @@ CudaStatus GemmRunner::tf32Batched(const float *x, const float *w, float *y,
     MELT_RETURN_IF_CUBLAS(cublasLtMatmulDescSetAttribute(
         p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &transB, sizeof(transB)));
     MELT_RETURN_IF_CUBLAS(
-        g.wNK ? cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, g.k, g.n, g.k)
-              : cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, g.n, g.k, g.n));
+        g.wNK ? cublasLtMatrixLayoutCreate(&p->a, type, g.k, g.n, g.k)
+              : cublasLtMatrixLayoutCreate(&p->a, type, g.n, g.k, g.n));
     MELT_RETURN_IF_CUBLAS(
-        cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, g.k, g.m, g.xRow));
+        cublasLtMatrixLayoutCreate(&p->b, type, g.k, g.m, g.xRow));
     MELT_RETURN_IF_CUBLAS(
-        cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, g.n, g.m, g.yRow));
+        cublasLtMatrixLayoutCreate(&p->d, type, g.n, g.m, g.yRow));
     const int32_t count = g.batches;
     const std::pair<cublasLtMatrixLayout_t, int64_t> strides[] = {
         {p->a, g.wBatch}, {p->b, g.xBatch}, {p->d, g.yBatch}};

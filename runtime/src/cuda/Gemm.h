@@ -95,6 +95,10 @@ public:
   };
   CudaStatus tf32Batched(const float *x, const float *w, float *y,
                          const Batched &shape);
+  /// The same with BF16 operands and a BF16 result (FP32 accumulation):
+  /// the decompressed MLA's K and V for its BF16 attention.
+  CudaStatus bf16Batched(const __nv_bfloat16 *x, const __nv_bfloat16 *w,
+                         __nv_bfloat16 *y, const Batched &shape);
   cudaStream_t stream() const { return stream_; }
   /// FP8 GEMMs of at most this many tokens run the small-M kernel (0: all
   /// through cuBLASLt, for comparison; at most kFp8SmallMMax).
@@ -132,9 +136,12 @@ private:
   void *staging_ = nullptr;
   size_t stagingBytes_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  /// Shape, strides and whether BF16 (else TF32).
   using BatchedKey = std::tuple<int, int, int, int, bool, int64_t, int64_t,
-                                int64_t, int64_t, int64_t>;
+                                int64_t, int64_t, int64_t, bool>;
   std::map<BatchedKey, std::unique_ptr<Plan>> batchedPlans_;
+  CudaStatus batched(const void *x, const void *w, void *y, const Batched &g,
+                     bool bf16);
 };
 
 } // namespace melt::rt::cuda

@@ -17,12 +17,14 @@ namespace {
 
 /// Grid (reach), 128 threads: the sequence's cached row p split into its
 /// latent (C [reach, latent]) and its RoPE key, written after each head's
-/// K_nope in keys ([heads, reach, nope + rope]); a position without a page
-/// sets *bad and its row is zero.
+/// K_nope in keys ([heads, reach, nope + rope]), as T (F32, or BF16 for the
+/// fused attention); a position without a page sets *bad and its row is
+/// zero.
+template <typename T>
 __global__ void gatherRowsKernel(const float *cache, PagedLayout layout,
                                  int sequence, int heads, int nope, int rope,
-                                 int latent, int reach, float *latents,
-                                 float *keys, int32_t *bad) {
+                                 int latent, int reach, T *latents, T *keys,
+                                 int32_t *bad) {
   awaitPriorKernels();
   const int p = blockIdx.x;
   const int row = cacheRow(layout, sequence, p);
@@ -30,12 +32,12 @@ __global__ void gatherRowsKernel(const float *cache, PagedLayout layout,
     *bad = 1;
   const float *from = cache + size_t(row < 0 ? 0 : row) * (latent + rope);
   for (int i = threadIdx.x; i < latent; i += blockDim.x)
-    latents[size_t(p) * latent + i] = row < 0 ? 0.f : from[i];
+    latents[size_t(p) * latent + i] = T(row < 0 ? 0.f : from[i]);
   const int width = nope + rope;
   for (int i = threadIdx.x; i < heads * rope; i += blockDim.x) {
     const int h = i / rope, j = i % rope;
     keys[(size_t(h) * reach + p) * width + nope + j] =
-        row < 0 ? 0.f : from[latent + j];
+        T(row < 0 ? 0.f : from[latent + j]);
   }
 }
 
@@ -85,33 +87,41 @@ int blockQueries(const MlaSplitShape &s, int count, int reach,
   return int(std::min<size_t>(size_t(count), fit));
 }
 
-/// The scratch a run takes (floats): latents, keys, values, packed
-/// queries, scores; for the fused kernel the keys and values in BF16.
+/// 16-byte aligned pieces of scratch (floats), of F32 or (halved) BF16.
+size_t floatsOf(size_t elements, bool bf16) {
+  const size_t floats = bf16 ? (elements + 1) / 2 : elements;
+  return (floats + 3) / 4 * 4;
+}
+
+/// The scratch a run takes (floats): latents, keys, values (BF16 for the
+/// fused kernel), packed queries and scores (none for the fused kernel: it
+/// reads the queries where they are and keeps the scores on the chip).
 struct RunScratch {
-  size_t latents, keys, values, queries, scores, keysBf16, valuesBf16;
-  size_t total() const {
-    return latents + keys + values + queries + scores + keysBf16 + valuesBf16;
-  }
+  size_t latents, keys, values, queries, scores;
+  size_t total() const { return latents + keys + values + queries + scores; }
 };
 RunScratch runScratch(const MlaSplitShape &s, const DecompressedQueries &r,
                       size_t budgetFloats, bool fused) {
   const int reach = r.position + r.count, width = s.nope + s.rope;
-  // 16-byte aligned pieces.
-  auto round = [](size_t n) { return (n + 3) / 4 * 4; };
   RunScratch p;
-  p.latents = round(size_t(reach) * s.latent);
-  p.keys = round(size_t(s.heads) * reach * width);
-  p.values = round(size_t(s.heads) * reach * s.valueDim);
-  // The fused kernel reads the queries where they are and keeps the
-  // scores on the chip.
-  p.queries = fused ? 0 : round(size_t(r.count) * s.heads * width);
-  p.scores = fused
-                 ? 0
-                 : round(size_t(s.heads) *
-                         blockQueries(s, r.count, reach, budgetFloats) * reach);
-  p.keysBf16 = fused ? round((p.keys + 1) / 2) : 0;
-  p.valuesBf16 = fused ? round((p.values + 1) / 2) : 0;
+  p.latents = floatsOf(size_t(reach) * s.latent, fused);
+  p.keys = floatsOf(size_t(s.heads) * reach * width, fused);
+  p.values = floatsOf(size_t(s.heads) * reach * s.valueDim, fused);
+  p.queries = fused ? 0 : floatsOf(size_t(r.count) * s.heads * width, false);
+  p.scores =
+      fused
+          ? 0
+          : floatsOf(size_t(s.heads) *
+                         blockQueries(s, r.count, reach, budgetFloats) * reach,
+                     false);
   return p;
+}
+
+/// W_UK and W_UV in BF16, for the fused form (made once a call).
+size_t weightFloats(const MlaSplitShape &s, bool fused) {
+  return fused ? floatsOf(size_t(s.heads) * s.nope * s.latent, true) +
+                     floatsOf(size_t(s.heads) * s.valueDim * s.latent, true)
+               : 0;
 }
 
 } // namespace
@@ -155,7 +165,7 @@ size_t melt::rt::cuda::mlaDecompressedScratchFloats(
   size_t most = 0;
   for (const DecompressedQueries &r : runs)
     most = std::max(most, runScratch(s, r, budgetFloats, bf16Fused).total());
-  return most;
+  return weightFloats(s, bf16Fused) + most;
 }
 
 CudaStatus melt::rt::cuda::mlaDecompressed(
@@ -177,23 +187,27 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
       return {std::string("mla (decompressed): ") + cudaGetErrorString(e)};
     return CudaStatus::ok();
   };
+  // The fused form's BF16 weights, ahead of the runs' scratch.
+  auto *wUkBf16 = reinterpret_cast<__nv_bfloat16 *>(scratch);
+  auto *wUvBf16 = reinterpret_cast<__nv_bfloat16 *>(
+      scratch + floatsOf(size_t(heads) * s.nope * s.latent, true));
+  if (bf16Fused) {
+    if (CudaStatus e =
+            launched(convert({wUk, false}, size_t(heads) * s.nope * s.latent,
+                             {wUkBf16, true}, stream)))
+      return e;
+    if (CudaStatus e = launched(convert({wUv, false},
+                                        size_t(heads) * s.valueDim * s.latent,
+                                        {wUvBf16, true}, stream)))
+      return e;
+  }
+  float *runScratchStart = scratch + weightFloats(s, bf16Fused);
   for (const DecompressedQueries &r : runs) {
     const int reach = r.position + r.count;
     const RunScratch p = runScratch(s, r, budgetFloats, bf16Fused);
-    float *latents = scratch, *keys = latents + p.latents,
+    float *latents = runScratchStart, *keys = latents + p.latents,
           *values = keys + p.keys, *queries = values + p.values,
-          *scores = queries + p.queries, *keysBf16 = scores + p.scores,
-          *valuesBf16 = keysBf16 + p.keysBf16;
-    if (CudaStatus e = launched(
-            launchOverlapped(gatherRowsKernel, dim3(reach), 128, 0, stream,
-                             cache, layout, r.sequence, heads, s.nope, s.rope,
-                             s.latent, reach, latents, keys, bad)))
-      return e;
-    if (!bf16Fused)
-      if (CudaStatus e = launched(launchOverlapped(
-              packQueriesKernel, dim3(r.count), 128, 0, stream, qNope, qRope,
-              r.first, heads, s.nope, s.rope, queries)))
-        return e;
+          *scores = queries + p.queries;
     // K_nope[h] = c W_UK[h]^T, into the first nope values of each key row;
     // V[h] = c W_UV[h]^T.
     GemmRunner::Batched k;
@@ -201,25 +215,23 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     k.wNK = true, k.xRow = s.latent, k.xBatch = 0;
     k.wBatch = int64_t(s.nope) * s.latent;
     k.yRow = width, k.yBatch = int64_t(reach) * width;
-    if (CudaStatus e = gemm.tf32Batched(latents, wUk, keys, k))
-      return e;
     GemmRunner::Batched v = k;
     v.n = s.valueDim, v.wBatch = int64_t(s.valueDim) * s.latent;
     v.yRow = s.valueDim, v.yBatch = int64_t(reach) * s.valueDim;
-    if (CudaStatus e = gemm.tf32Batched(latents, wUv, values, v))
-      return e;
     if (bf16Fused) {
-      // K and V rounded to BF16 once (the kernel copies their tiles as
-      // they are, many query blocks each).
-      const size_t keyCount = size_t(heads) * reach * width,
-                   valueCount = size_t(heads) * reach * s.valueDim;
-      auto *kb = reinterpret_cast<__nv_bfloat16 *>(keysBf16),
-           *vb = reinterpret_cast<__nv_bfloat16 *>(valuesBf16);
-      if (CudaStatus e =
-              launched(convert({keys, false}, keyCount, {kb, true}, stream)))
-        return e;
+      // Latents, K and V in BF16 (the attention's operands): GEMMs of BF16
+      // operands, then the fused attention.
+      auto *cb = reinterpret_cast<__nv_bfloat16 *>(latents),
+           *kb = reinterpret_cast<__nv_bfloat16 *>(keys),
+           *vb = reinterpret_cast<__nv_bfloat16 *>(values);
       if (CudaStatus e = launched(
-              convert({values, false}, valueCount, {vb, true}, stream)))
+              launchOverlapped(gatherRowsKernel<__nv_bfloat16>, dim3(reach),
+                               128, 0, stream, cache, layout, r.sequence, heads,
+                               s.nope, s.rope, s.latent, reach, cb, kb, bad)))
+        return e;
+      if (CudaStatus e = gemm.bf16Batched(cb, wUkBf16, kb, k))
+        return e;
+      if (CudaStatus e = gemm.bf16Batched(cb, wUvBf16, vb, v))
         return e;
       if (CudaStatus e = launched(causalAttentionBf16(
               qNope, qRope, kb, vb, {r.first, r.count, r.position, reach},
@@ -227,6 +239,19 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
         return e;
       continue;
     }
+    if (CudaStatus e = launched(
+            launchOverlapped(gatherRowsKernel<float>, dim3(reach), 128, 0,
+                             stream, cache, layout, r.sequence, heads, s.nope,
+                             s.rope, s.latent, reach, latents, keys, bad)))
+      return e;
+    if (CudaStatus e = launched(launchOverlapped(
+            packQueriesKernel, dim3(r.count), 128, 0, stream, qNope, qRope,
+            r.first, heads, s.nope, s.rope, queries)))
+      return e;
+    if (CudaStatus e = gemm.tf32Batched(latents, wUk, keys, k))
+      return e;
+    if (CudaStatus e = gemm.tf32Batched(latents, wUv, values, v))
+      return e;
     const int block = blockQueries(s, r.count, reach, budgetFloats);
     for (int q0 = 0; q0 < r.count; q0 += block) {
       const int n = std::min(block, r.count - q0);

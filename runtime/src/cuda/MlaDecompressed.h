@@ -9,14 +9,16 @@
 // melt-fuse-mla's cost model says from how many queries (the MLA op's
 // decompressAbove; Device::mla).
 //
-// K and V are cuBLASLt batched GEMMs over the heads in TF32 with FP32
-// accumulation (GemmRunner::tf32Batched). The attention then runs in one
-// of two forms. Where the attention's precision is BF16 (`bf16Fused`, as
-// melt-compile chose for the op) and the widths take it, one fused kernel
-// a sequence on tensor cores (CausalAttention.h: the scores stay on the
-// chip). Otherwise in TF32: the scores of a block of queries held whole
-// ([heads, queries, keys] F32, the blocks sized to a scratch budget) by a
-// batched GEMM, a causal softmax kernel, and a last GEMM for the output.
+// K and V are cuBLASLt batched GEMMs over the heads with FP32
+// accumulation. The attention then runs in one of two forms. Where the
+// attention's precision is BF16 (`bf16Fused`, as melt-compile chose for
+// the op) and the widths take it: the latents, W_UK and W_UV rounded to
+// BF16, K and V made in BF16 (GemmRunner::bf16Batched), then one fused
+// kernel a sequence on tensor cores (CausalAttention.h: the scores stay on
+// the chip). Otherwise all in TF32 (GemmRunner::tf32Batched): the scores
+// of a block of queries held whole ([heads, queries, keys] F32, the blocks
+// sized to a scratch budget) by a batched GEMM, a causal softmax kernel,
+// and a last GEMM for the output.
 //
 // The host plans the GEMMs: it needs each sequence's tokens, contiguous in
 // the step and at consecutive positions (a prefill's), as host arrays.

@@ -12,6 +12,8 @@
 
 #include <cuda_bf16.h>
 
+#include <cstdint>
+
 namespace melt::rt::cuda {
 
 __device__ __forceinline__ float load(Operand o, size_t i) {
@@ -25,6 +27,41 @@ __device__ __forceinline__ void store(Result r, size_t i, float v) {
     static_cast<__nv_bfloat16 *>(r.data)[i] = __float2bfloat16(v);
   else
     static_cast<float *>(r.data)[i] = v;
+}
+
+/// Values i .. i + 3 (i a multiple of 4, the operand aligned to 4 of its
+/// elements: vectorizable): one 16-byte load of F32, one 8-byte of BF16.
+__device__ __forceinline__ float4 load4(Operand o, size_t i) {
+  if (o.bf16) {
+    const uint2 raw = *reinterpret_cast<const uint2 *>(
+        static_cast<const __nv_bfloat16 *>(o.data) + i);
+    const float2 lo =
+        __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
+    const float2 hi =
+        __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+  }
+  return *reinterpret_cast<const float4 *>(static_cast<const float *>(o.data) +
+                                           i);
+}
+
+/// store() of four values at once, rounded the same way.
+__device__ __forceinline__ void store4(Result r, size_t i, float4 v) {
+  if (r.bf16) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y),
+                         hi = __floats2bfloat162_rn(v.z, v.w);
+    uint2 raw;
+    raw.x = *reinterpret_cast<const uint32_t *>(&lo);
+    raw.y = *reinterpret_cast<const uint32_t *>(&hi);
+    *reinterpret_cast<uint2 *>(static_cast<__nv_bfloat16 *>(r.data) + i) = raw;
+  } else {
+    *reinterpret_cast<float4 *>(static_cast<float *>(r.data) + i) = v;
+  }
+}
+
+/// Whether a pointer suits load4 / store4 (4 elements' alignment).
+inline bool alignedFor4(const void *p, bool bf16) {
+  return reinterpret_cast<uintptr_t>(p) % (bf16 ? 8 : 16) == 0;
 }
 
 } // namespace melt::rt::cuda
