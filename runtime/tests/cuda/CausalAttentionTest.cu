@@ -1,0 +1,141 @@
+// The fused causal attention (CausalAttention.h) against a double-precision
+// reference over the same BF16-rounded queries, keys and values: runs at
+// position 0 and after a cached prefix (more keys than the run reaches),
+// query counts that leave a block part-filled, several heads; and the
+// arguments it refuses. Kernel cases skip without a device.
+#include "CudaTestUtil.h"
+#include "cuda/CausalAttention.h"
+
+#include <cuda_bf16.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::test;
+
+namespace {
+
+constexpr int kNope = 128, kRope = 64, kValue = 128, kWidth = kNope + kRope;
+
+float roundedToBf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+struct Case {
+  int heads, tokens; // tokens in the step; the run is a slice of them
+  CausalRun run;
+};
+
+void runCase(const Case &c) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto randoms = [&](size_t n) {
+    std::vector<float> v(n);
+    for (float &x : v)
+      x = normal(rng);
+    return v;
+  };
+  const int keys = c.run.keys, heads = c.heads;
+  std::vector<float> qNope = randoms(size_t(c.tokens) * heads * kNope);
+  std::vector<float> qRope = randoms(size_t(c.tokens) * heads * kRope);
+  std::vector<float> k = randoms(size_t(heads) * keys * kWidth);
+  std::vector<float> v = randoms(size_t(heads) * keys * kValue);
+  std::vector<__nv_bfloat16> kb(k.size()), vb(v.size());
+  for (size_t i = 0; i < k.size(); ++i)
+    kb[i] = __float2bfloat16(k[i]);
+  for (size_t i = 0; i < v.size(); ++i)
+    vb[i] = __float2bfloat16(v[i]);
+  const float scale = 1.f / std::sqrt(float(kWidth));
+
+  const size_t outCount = size_t(c.tokens) * heads * kValue;
+  float *out = deviceArray<float>(outCount);
+  // Rows outside the run stay as they were: NaN here.
+  std::vector<float> nan(outCount, std::nanf(""));
+  ASSERT_EQ(cudaMemcpy(out, nan.data(), outCount * sizeof(float),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  float *dQn = toDevice(qNope), *dQr = toDevice(qRope);
+  __nv_bfloat16 *dK = toDevice(kb), *dV = toDevice(vb);
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, dK, dV, c.run, heads, kNope, kRope,
+                                kValue, scale, out, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> have = toHost(out, outCount);
+
+  double worst = 0, range = 0;
+  for (int i = 0; i < c.run.count; ++i)
+    for (int h = 0; h < heads; ++h) {
+      const size_t th = size_t(c.run.first + i) * heads + h;
+      const int visible = c.run.position + i + 1;
+      std::vector<double> p(size_t(visible), 0.0);
+      double top = -1e300, sum = 0;
+      for (int s = 0; s < visible; ++s) {
+        const float *key = &k[(size_t(h) * keys + s) * kWidth];
+        double score = 0;
+        for (int d = 0; d < kNope; ++d)
+          score += double(roundedToBf16(qNope[th * kNope + d])) *
+                   roundedToBf16(key[d]);
+        for (int d = 0; d < kRope; ++d)
+          score += double(roundedToBf16(qRope[th * kRope + d])) *
+                   roundedToBf16(key[kNope + d]);
+        p[size_t(s)] = score * scale;
+        top = std::max(top, p[size_t(s)]);
+      }
+      for (double &x : p)
+        sum += x = std::exp(x - top);
+      for (int d = 0; d < kValue; ++d) {
+        double want = 0;
+        for (int s = 0; s < visible; ++s)
+          want += p[size_t(s)] / sum *
+                  roundedToBf16(v[(size_t(h) * keys + s) * kValue + d]);
+        const float got = have[th * kValue + d];
+        worst = std::max(worst, std::fabs(double(got) - want));
+        range = std::max(range, std::fabs(want));
+      }
+    }
+  // The probabilities are rounded to BF16 before they weight the values.
+  EXPECT_LE(worst, 1e-2 * range)
+      << c.heads << " heads, " << c.run.count << " queries at "
+      << c.run.position << ", " << keys << " keys";
+  for (int t = 0; t < c.tokens; ++t)
+    if (t < c.run.first || t >= c.run.first + c.run.count)
+      EXPECT_TRUE(std::isnan(have[size_t(t) * heads * kValue]))
+          << "token " << t << " outside the run was written";
+  for (void *p : {static_cast<void *>(out), static_cast<void *>(dQn),
+                  static_cast<void *>(dQr), static_cast<void *>(dK),
+                  static_cast<void *>(dV)})
+    cudaFree(p);
+}
+
+} // namespace
+
+TEST(CudaCausalAttention, MatchesTheReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  runCase({1, 1, {0, 1, 0, 1}});         // one query, one key
+  runCase({3, 70, {0, 70, 0, 70}});      // a second block of 6 queries
+  runCase({2, 140, {5, 130, 200, 400}}); // after a prefix, keys beyond
+  runCase({16, 192, {0, 192, 0, 192}});  // whole blocks, DeepSeek's heads
+}
+
+// Arguments it refuses before launching anything (no device needed).
+TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
+  float *none = nullptr;
+  const __nv_bfloat16 *noKeys = nullptr;
+  EXPECT_FALSE(causalAttentionFits(64, 64, 128));
+  EXPECT_TRUE(causalAttentionFits(128, 64, 128));
+  EXPECT_EQ(causalAttentionBf16(none, none, noKeys, noKeys, {0, 4, 0, 4}, 1, 64,
+                                64, 128, 1.f, none, nullptr),
+            cudaErrorInvalidValue)
+      << "widths";
+  EXPECT_EQ(causalAttentionBf16(none, none, noKeys, noKeys, {0, 4, 10, 12}, 1,
+                                128, 64, 128, 1.f, none, nullptr),
+            cudaErrorInvalidValue)
+      << "fewer keys than the run reaches";
+  EXPECT_EQ(causalAttentionBf16(none, none, noKeys, noKeys, {0, 0, 0, 0}, 1,
+                                128, 64, 128, 1.f, none, nullptr),
+            cudaSuccess)
+      << "an empty run";
+}
