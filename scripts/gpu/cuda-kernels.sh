@@ -70,10 +70,12 @@ rm -rf /tmp/melt-synth-ckpt
 if [ "${MELT_SKIP_SANITIZER:-}" != 1 ]; then
 echo "== compute-sanitizer =="
 # racecheck only on melt's own kernels: inside cuBLAS's TMA-pipelined GEMM
-# kernels it reports shared-memory hazards it cannot model (mbarriers).
+# kernels it reports shared-memory hazards it cannot model (mbarriers;
+# the decompressed MLA's BF16 batched GEMMs are such kernels, so its test
+# is left out: the fused attention has a test of its own).
 for tool in memcheck racecheck; do
   filter='*'
-  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*MlaSplit*:*SmallM*:*CausalAttention*'
+  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*MlaSplit*:*SmallM*:*CausalAttention*-*Decompressed*'
   compute-sanitizer --tool "$tool" --error-exitcode 3 \
     build-gpu/bin/melt-cuda-kernel-tests --gtest_filter="$filter" \
     > "$out/sanitizer-$tool.txt" 2>&1 && echo "$tool: clean" ||
