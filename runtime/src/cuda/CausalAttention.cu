@@ -239,10 +239,11 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
     return cudaSuccess;
   auto kernel = causalAttentionKernel<128, 64, 128>;
   constexpr size_t shared = Widths<128, 64, 128>::sharedBytes;
-  static const cudaError_t sized = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
-  if (sized != cudaSuccess)
-    return sized;
+  // Per launch (per current device; a prefill's few launches).
+  if (cudaError_t e = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+      e != cudaSuccess)
+    return e;
   const dim3 grid((run.count + kQueries - 1) / kQueries, heads);
   return launchOverlapped(kernel, grid, kThreads, shared, stream, qNope, qRope,
                           keys, values, run, heads, float(scale * M_LOG2E),
