@@ -125,7 +125,11 @@ def FuseMLAPass : Pass<"melt-fuse-mla", "::mlir::ModuleOp"> {
     per head and decompressed `nope + rope + v`, but decompressing costs
     `(nope + v) * latent` per cached token; the threshold is the query count
     where both meet (171 tokens for DeepSeek-V3). `absorbed` or
-    `decompressed` force one form; `prefill-threshold` sets it.
+    `decompressed` force one form; `prefill-threshold` sets it. The CPU
+    runtime takes the decompressed form wherever the op asks; the CUDA device
+    where the attention is BF16 (K and V per head by BF16 GEMMs, then one
+    fused causal attention kernel a sequence) and keeps an F32 attention
+    absorbed, in F32.
 
     Before:
     ```mlir
