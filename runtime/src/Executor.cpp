@@ -284,6 +284,9 @@ Status DeviceModel::create(const Model &model, Device &device,
       dm.skipped_.insert(f.rope);
       dm.skipped_.insert(f.append);
     }
+  // What only the wanted logit rows need.
+  if (envSwitch("MELT_LOGIT_ROWS_ONLY", true))
+    dm.logitOnly_ = findLogitOnlyKernels(m, *dm.forward_);
   // Work a device may run beside the rest: the shared experts, MLA's
   // queries, the dense MLPs' up products. None with a kernel done in
   // another kernel's call (a latent append's norm writes the cache).
@@ -320,6 +323,7 @@ struct ForwardRunner::Pass {
   StepValues values;
   CacheLayout layout;
   DeviceTensor *tokens = nullptr, *positions = nullptr, *rows = nullptr;
+  uint32_t positionsId = UINT32_MAX;
   const DeviceTensor *logits = nullptr;
   /// Each router's choices, kept to the end of the step (their storage
   /// takes other values later), with its kernel.
@@ -329,6 +333,10 @@ struct ForwardRunner::Pass {
   /// The logit rows are all the step's rows, in order (no gather). Decode
   /// steps, the shapes recorded, always are.
   bool allRows = false;
+  /// The logit rows' positions and sequences (a layout of those rows), for
+  /// the kernels only they need (DeviceModel::logitOnly); null when the
+  /// step runs every kernel on all rows.
+  DeviceTensor *rowPositions = nullptr, *rowSequences = nullptr;
   uint64_t lastUsed = 0;
   std::unique_ptr<DeviceGraph> graph;
 };
@@ -356,6 +364,12 @@ Status allocateInputs(const DeviceModel &dm, ForwardRunner::Pass &pass,
   pass.allRows = int64_t(batch.logitRows.size()) == T;
   for (size_t r = 0; r < batch.logitRows.size() && pass.allRows; ++r)
     pass.allRows = batch.logitRows[r] == int32_t(r);
+  pass.rowPositions = pass.rowSequences = nullptr;
+  if (!pass.allRows && !dm.logitOnly().kernels.empty()) {
+    const int64_t n = int64_t(batch.logitRows.size());
+    MELT_RETURN_IF_ERROR(values.scratch(DType::I32, {n}, pass.rowPositions));
+    MELT_RETURN_IF_ERROR(values.scratch(DType::I32, {n}, pass.rowSequences));
+  }
   // @forward's own inputs: token ids and positions (then the caches).
   size_t next = 0;
   for (uint32_t id : *dm.forward().inputs()) {
@@ -365,6 +379,8 @@ Status allocateInputs(const DeviceModel &dm, ForwardRunner::Pass &pass,
       return invalidArtifact("@forward takes more than token ids and "
                              "positions");
     MELT_RETURN_IF_ERROR(values.make(id, DType::I32, {T}, t));
+    if (next == 1)
+      pass.positionsId = id;
     (next++ == 0 ? pass.tokens : pass.positions) = t;
   }
   if (next != 2)
@@ -382,6 +398,19 @@ Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
   MELT_RETURN_IF_ERROR(device.upload(batch.pages.data(), pass.layout.pages));
   MELT_RETURN_IF_ERROR(
       device.upload(batch.lengths.data(), pass.layout.lengths));
+  if (pass.rowPositions) {
+    std::vector<int32_t> positions, sequences;
+    for (int32_t r : batch.logitRows) {
+      if (r < 0 || size_t(r) >= batch.tokens.size())
+        return invalidArgument("logit row " + std::to_string(r) +
+                               " is outside the step's " +
+                               std::to_string(batch.tokens.size()) + " rows");
+      positions.push_back(batch.positions[size_t(r)]);
+      sequences.push_back(batch.sequences[size_t(r)]);
+    }
+    MELT_RETURN_IF_ERROR(device.upload(positions.data(), *pass.rowPositions));
+    MELT_RETURN_IF_ERROR(device.upload(sequences.data(), *pass.rowSequences));
+  }
   return device.upload(batch.logitRows.data(), *pass.rows);
 }
 
@@ -397,12 +426,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   auto isCache = [&](uint32_t id) {
     return m.buffers()->Get(id)->kind() == fb::BufferKind::Cache;
   };
+  // The rows the kernel at hand runs on: the step's, or the logit rows'.
+  int64_t rows = T;
   /// The buffer's static shape with the token dimension filled in.
   auto shapeOf = [&](uint32_t id) {
     const auto *s = m.buffers()->Get(id)->shape();
     std::vector<int64_t> shape(s->begin(), s->end());
     if (!shape.empty() && shape[0] < 0)
-      shape[0] = T;
+      shape[0] = rows;
     return shape;
   };
   // The caches by buffer id (an append's result is the cache it appended
@@ -479,13 +510,73 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     cacheOf[append.outputs()->Get(0)] = cacheIt->second;
     return s;
   };
-  const auto &order = *forward.kernels();
+  // A step that wants a few rows' logits: the kernels only they need run
+  // last, on those rows (rows, layout), reading the values they take from
+  // the rest gathered to those rows as soon as they are made (their memory
+  // may serve again before the kernels that read them run).
+  const LogitOnlyKernels &only = dm.logitOnly();
+  bool pruned = pass.rowPositions != nullptr;
+  for (const auto &[id, maker] : only.madeBy)
+    pruned &= !dm.skips(maker);
+  for (uint32_t id : only.inputs)
+    pruned &= id == pass.positionsId;
+  std::vector<uint32_t> order;
+  uint32_t logitsKernel = UINT32_MAX;
+  for (uint32_t k : *forward.kernels()) {
+    if (m.kernels()->Get(k)->kind() == fb::KernelKind::Logits)
+      logitsKernel = k;
+    if (!pruned || !only.kernels.count(k))
+      order.push_back(k);
+  }
+  if (pruned) {
+    order.erase(std::find(order.begin(), order.end(), logitsKernel));
+    for (uint32_t k : *forward.kernels())
+      if (only.kernels.count(k))
+        order.push_back(k);
+    order.push_back(logitsKernel);
+  }
+  bool onRows = false; // running the kernels only the logit rows need
+  CacheLayout rowLayout = pass.layout;
+  if (pruned) {
+    rowLayout.positions = *pass.rowPositions;
+    rowLayout.sequences = *pass.rowSequences;
+  }
+  std::map<uint32_t, DeviceTensor *> gatheredRows;
+  auto gatherMadeBy = [&](uint32_t maker) -> Status {
+    if (!pruned)
+      return Status::ok();
+    for (const auto &[id, by] : only.madeBy) {
+      if (by != maker)
+        continue;
+      DeviceTensor *x = values.find(id);
+      if (!x || x->dtype != DType::F32 || x->shape.empty() || x->shape[0] != T)
+        return invalidArtifact("buffer " + std::to_string(id) +
+                               ": the logit rows' kernels read no F32 rows "
+                               "there");
+      DeviceTensor *to = nullptr;
+      DeviceTensor whole = asRows(*x);
+      MELT_RETURN_IF_ERROR(
+          values.scratch(DType::F32, {pass.rows->shape[0], whole.cols()}, to));
+      MELT_RETURN_IF_ERROR(device.embedding(*pass.rows, whole, *to));
+      to->shape = x->shape;
+      to->shape[0] = pass.rows->shape[0];
+      gatheredRows[id] = to;
+    }
+    return Status::ok();
+  };
   for (uint32_t at = 0; at < order.size(); ++at) {
-    const uint32_t k = order.Get(at);
+    const uint32_t k = order[at];
+    if (pruned && !onRows && (only.kernels.count(k) || k == logitsKernel)) {
+      onRows = true;
+      rows = pass.rows->shape[0];
+      gatheredRows[pass.positionsId] = pass.rowPositions;
+    }
     if (dm.joinsBranch(k))
       MELT_RETURN_IF_ERROR(device.joinBranch());
     if (dm.marksBranch(k))
       MELT_RETURN_IF_ERROR(device.markBranch());
+    if (k == doneNorm)
+      MELT_RETURN_IF_ERROR(gatherMadeBy(k));
     if (dm.skips(k) || k == doneNorm) // done elsewhere
       continue;
     // A side branch's kernel: its calls beside the ones that follow.
@@ -504,8 +595,17 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     auto inId = [&](uint32_t i) { return kernel.inputs()->Get(i); };
     auto outId = [&](uint32_t i) { return kernel.outputs()->Get(i); };
     DeviceTensor missing;
+    // A value by buffer: on the logit rows, those made by the rest gathered.
+    auto find = [&](uint32_t id) -> DeviceTensor * {
+      if (onRows) {
+        auto it = gatheredRows.find(id);
+        if (it != gatheredRows.end())
+          return it->second;
+      }
+      return values.find(id);
+    };
     auto in = [&](uint32_t i) -> DeviceTensor & {
-      DeviceTensor *t = values.find(inId(i));
+      DeviceTensor *t = find(inId(i));
       return t ? *t : missing;
     };
     auto w = [&](uint32_t i) -> const DeviceTensor & {
@@ -572,7 +672,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       int64_t n = pass.rows->shape[0];
       DeviceTensor *gathered = nullptr;
       DeviceTensor x = asRows(in(0));
-      if (pass.allRows && n == x.rows()) {
+      // On the logit rows already (in order), or all rows wanted in order.
+      if (onRows || (pass.allRows && n == x.rows())) {
         gathered = &x;
       } else {
         MELT_RETURN_IF_ERROR(
@@ -597,7 +698,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       // The RMSNorm right after it, of its sum: one call for both (the
       // operands held meanwhile: the norm's output may take their storage).
       const fb::Kernel *next =
-          at + 1 < order.size() ? m.kernels()->Get(order.Get(at + 1)) : nullptr;
+          at + 1 < order.size() ? m.kernels()->Get(order[at + 1]) : nullptr;
       if (next && next->kind() == fb::KernelKind::RMSNorm && next->inputs() &&
           next->inputs()->Get(0) == outId(0) && next->weights() &&
           next->weights()->size() == 1 && next->floats() &&
@@ -615,7 +716,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         }
         values.letGo(a);
         values.letGo(b);
-        doneNorm = order.Get(at + 1);
+        doneNorm = order[at + 1];
         break;
       }
       status = device.add(in(0), in(1), *out);
@@ -701,7 +802,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         return invalidArtifact(kernelName(k, kernel) +
                                ": expects [T, D] to [T, H, D]");
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, shape, out));
-      DeviceTensor row = view(in(0), {T, 1, in(0).shape[1]});
+      DeviceTensor row = view(in(0), {rows, 1, in(0).shape[1]});
       for (int64_t h = 0; h < shape[1] && !status; ++h)
         status = device.place(row, 1, h, *out);
       break;
@@ -756,8 +857,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       MELT_RETURN_IF_ERROR(
           values.make(outId(0), DType::F32,
                       {qn.shape[0], qn.shape[1], w(1).shape[1]}, out));
-      status = device.mla(qn, in(1), *c, pass.layout, w(0), w(1),
-                          float(kernel.floats()->Get(0)), ints(0), *out);
+      status = device.mla(qn, in(1), *c, onRows ? rowLayout : pass.layout, w(0),
+                          w(1), float(kernel.floats()->Get(0)), ints(0), *out);
       break;
     }
     case fb::KernelKind::Quantize: {
@@ -779,7 +880,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                 kernelName(k, kernel) + ": only 1 x N activation blocks"};
       // A pair left out: the products read x itself.
       if (const uint32_t *source = dm.foldedSource(k)) {
-        DeviceTensor *x = values.find(*source);
+        DeviceTensor *x = find(*source);
         if (x && values.view(outId(0), *x, x->shape, out))
           break;
         return invalidArtifact(kernelName(k, kernel) +
@@ -839,6 +940,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     if (status)
       return Status(status.code(),
                     kernelName(k, kernel) + ": " + status.message());
+    if (!onRows)
+      MELT_RETURN_IF_ERROR(gatherMadeBy(k));
   }
 
   // The logits: @forward's first non-cache output.

@@ -13,6 +13,7 @@
 
 #include "Device.h"
 #include "LatentAppends.h"
+#include "LogitOnlyKernels.h"
 #include "Model.h"
 
 #include <map>
@@ -73,6 +74,11 @@ public:
   bool joinsBranch(uint32_t k) const { return branchJoins_.count(k) != 0; }
   size_t sideBranches() const { return branchJoins_.size(); }
 
+  /// The kernels whose results reach only the logits (LogitOnlyKernels.h;
+  /// MELT_LOGIT_ROWS_ONLY=0 finds none): a step that wants a few rows'
+  /// logits runs them last, on those rows.
+  const LogitOnlyKernels &logitOnly() const { return logitOnly_; }
+
 private:
   DeviceModel(const Model &model, Device &device)
       : model_(model), device_(device) {}
@@ -87,6 +93,7 @@ private:
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
+  LogitOnlyKernels logitOnly_;
 };
 
 /// One step of a batch, on the host: the tokens of all sequences and where

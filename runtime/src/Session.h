@@ -63,7 +63,9 @@ public:
   int64_t totalPages() const { return totalPages_; }
   /// Decode steps replayed from a recorded graph (devices that record).
   uint64_t replayedSteps() const { return runner_.replayedSteps(); }
-  /// Per-expert load counters of every router, as JSON:
+  /// Per-expert load counters of every router (the rows each saw: a
+  /// prefill's last MoE layer sees its logit rows only,
+  /// LogitOnlyKernels.h), as JSON:
   /// {"routers": [{"gate": NAME, "experts": E, "counts": [...],
   ///               "pairs": [[i, j, times chosen together], ...]}, ...]}.
   std::string expertLoadJson() const;

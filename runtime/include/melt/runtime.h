@@ -157,7 +157,9 @@ melt_status melt_session_logits(melt_session *session, int sequence,
 
 /* Per-expert load counters of the session (token-to-expert assignments
  * of every MoE router since creation, and how often two experts were
- * chosen for one token) as JSON, the input of melt-plan-experts:
+ * chosen for one token; a prefill's last MoE layer routes only the tokens
+ * whose logits the step wants, unless MELT_LOGIT_ROWS_ONLY=0) as JSON,
+ * the input of melt-plan-experts:
  *   {"routers": [{"gate": "model.layers.3.mlp.gate", "experts": 256,
  *                 "counts": [...], "pairs": [[i, j, n], ...]}, ...]}
  * Writes at most `capacity` bytes (NUL-terminated) to `buffer` and the full
