@@ -113,10 +113,8 @@ TEST(LogitRows, EveryGoldenModelRunsItsLastLayerOnTheLogitRows) {
   if (models.empty())
     GTEST_SKIP() << "no compiled model in the environment";
   for (const Compiled &c : models) {
-    std::unique_ptr<Model> model;
-    Status s = Model::load(c.artifact, c.checkpoint, model,
-                           /*keepHostData=*/true);
-    ASSERT_FALSE(s) << s.message();
+    std::unique_ptr<Model> model = loadCompiled(c);
+    ASSERT_TRUE(model);
     MlaRowsDevice<CpuDevice> everyRow, logitRows;
     expectLogitRowsOnly(*model, c.artifact, everyRow, logitRows);
   }

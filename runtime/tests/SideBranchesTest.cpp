@@ -360,10 +360,8 @@ TEST(SideBranches, EveryGoldenModelDefersItsBranches) {
   if (models.empty())
     GTEST_SKIP() << "no compiled model in the environment";
   for (const Compiled &c : models) {
-    std::unique_ptr<Model> model;
-    Status s = Model::load(c.artifact, c.checkpoint, model,
-                           /*keepHostData=*/true);
-    ASSERT_FALSE(s) << s.message();
+    std::unique_ptr<Model> model = loadCompiled(c);
+    ASSERT_TRUE(model);
     BothWays both;
     both.open(*model);
     if (HasFatalFailure())

@@ -8,8 +8,13 @@
 #ifndef MELT_RUNTIME_TESTS_TESTMODELS_H
 #define MELT_RUNTIME_TESTS_TESTMODELS_H
 
+#include "Model.h"
+
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -46,6 +51,16 @@ inline std::vector<Compiled> modelsFromEnvironment() {
                       std::getenv("MELT_TEST_CHECKPOINT")});
   }
   return models;
+}
+
+/// The compiled model with its checkpoint (host data kept), or null after
+/// a failed expectation.
+inline std::unique_ptr<Model> loadCompiled(const Compiled &c) {
+  std::unique_ptr<Model> model;
+  Status s = Model::load(c.artifact, c.checkpoint, model,
+                         /*keepHostData=*/true);
+  EXPECT_FALSE(s) << c.artifact << ": " << s.message();
+  return s ? nullptr : std::move(model);
 }
 
 } // namespace melt::rt
