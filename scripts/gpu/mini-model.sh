@@ -16,6 +16,9 @@
 # latent append in one kernel (MELT_CUDA_FUSED_LATENT_APPEND=1),
 # MELT_COMPARE_MLA_DECOMPRESSED=1 the prefills with MLA absorbed
 # (MELT_CUDA_MLA_DECOMPRESSED=0) beside the default decompressed form,
+# MELT_COMPARE_LOGIT_ROWS=1 the prefills with every kernel on every row
+# (MELT_LOGIT_ROWS_ONLY=0) beside the default (the last layer's query side
+# on the rows whose logits are wanted only),
 # MELT_COMPARE_SIDE_STREAM=1 the decode at batch 1, 16 and 64 without the
 # side branches on a second stream (MELT_CUDA_SIDE_STREAM=0) and with (the
 # default), twice each, and whether their greedy tokens agree,
@@ -54,6 +57,12 @@ for model in mini-bf16.melt mini-fp8.melt; do
     if [ "${MELT_COMPARE_MLA_DECOMPRESSED:-}" = 1 ]; then
       MELT_CUDA_MLA_DECOMPRESSED=0 run "$model" --prompt-ids "$(prompt 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "absorbed", /'
+    fi
+    # MELT_COMPARE_LOGIT_ROWS=1: the prefills with every kernel on every
+    # row (MELT_LOGIT_ROWS_ONLY=0).
+    if [ "${MELT_COMPARE_LOGIT_ROWS:-}" = 1 ]; then
+      MELT_LOGIT_ROWS_ONLY=0 run "$model" --prompt-ids "$(prompt 1024)" \
+        --max-new 1 --batch 1,8 | sed 's/^{/{"logit_rows": "all rows", /'
     fi
     # MELT_COMPARE_FOLDS=1: FP8 decode again with the quantize/dequantize
     # pairs its FP8 products make redundant kept (MELT_FOLD_QUANTIZE=0).
