@@ -21,17 +21,21 @@ def main():
                  all(r.get(k) == v for k, v in match.items())]
         return max(rates) if rates else 0.0
 
+    # A re-run with another MLA kernel, the quantize pairs kept, other FP8
+    # paths, the kernels launched one after another, ... (mini-model.sh's
+    # MELT_COMPARE_* runs) is a series of its own.
+    series = [("mla", "MLA"), ("fold", "folds"), ("fp8", "fp8"),
+              ("silu_mul", "SiLU-mul"),
+              ("deterministic", "fixed-order experts"),
+              ("overlap", "overlap"), ("side_stream", "side stream"),
+              ("latent_append", "latent append"),
+              ("fp8_few_tokens", "few-tokens FP8"),
+              ("logit_rows", "logit rows")]
+
     def label(r):
-        # A re-run with another MLA kernel, the quantize pairs kept, other
-        # FP8 paths or the kernels launched one after another is a series
-        # of its own.
-        return (r["model"] + (f" (MLA {r['mla']})" if r.get("mla") else "") +
-                (f" (folds {r['fold']})" if r.get("fold") else "") +
-                (f" (fp8 {r['fp8']})" if r.get("fp8") else "") +
-                (f" (SiLU-mul {r['silu_mul']})" if r.get("silu_mul") else "") +
-                (f" (fixed-order experts {r['deterministic']})"
-                 if r.get("deterministic") else "") +
-                (f" (overlap {r['overlap']})" if r.get("overlap") else ""))
+        return r["model"] + "".join(f" ({caption} {r[field]})"
+                                    for field, caption in series
+                                    if r.get(field))
 
     models = sorted({label(r) for r in melt})
     decode = [1, 16, 64]
