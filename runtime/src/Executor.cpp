@@ -520,6 +520,10 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     pruned &= !dm.skips(maker);
   for (uint32_t id : only.inputs)
     pruned &= id == pass.positionsId;
+  // (A folded pair's value is a view of its x: not of a gathered copy.)
+  for (uint32_t k : only.kernels)
+    if (const uint32_t *source = dm.foldedSource(k))
+      pruned &= !only.madeBy.count(*source);
   std::vector<uint32_t> order;
   uint32_t logitsKernel = UINT32_MAX;
   for (uint32_t k : *forward.kernels()) {
@@ -541,6 +545,13 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     rowLayout.positions = *pass.rowPositions;
     rowLayout.sequences = *pass.rowSequences;
   }
+  // x's rows whose logits are wanted, in their order, into new memory.
+  auto gatherLogitRows = [&](const DeviceTensor &x,
+                             DeviceTensor *&to) -> Status {
+    MELT_RETURN_IF_ERROR(
+        values.scratch(DType::F32, {pass.rows->shape[0], x.cols()}, to));
+    return device.embedding(*pass.rows, x, *to);
+  };
   std::map<uint32_t, DeviceTensor *> gatheredRows;
   auto gatherMadeBy = [&](uint32_t maker) -> Status {
     if (!pruned)
@@ -554,10 +565,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                                ": the logit rows' kernels read no F32 rows "
                                "there");
       DeviceTensor *to = nullptr;
-      DeviceTensor whole = asRows(*x);
-      MELT_RETURN_IF_ERROR(
-          values.scratch(DType::F32, {pass.rows->shape[0], whole.cols()}, to));
-      MELT_RETURN_IF_ERROR(device.embedding(*pass.rows, whole, *to));
+      MELT_RETURN_IF_ERROR(gatherLogitRows(asRows(*x), to));
       to->shape = x->shape;
       to->shape[0] = pass.rows->shape[0];
       gatheredRows[id] = to;
@@ -676,9 +684,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       if (onRows || (pass.allRows && n == x.rows())) {
         gathered = &x;
       } else {
-        MELT_RETURN_IF_ERROR(
-            values.scratch(DType::F32, {n, x.cols()}, gathered));
-        status = device.embedding(*pass.rows, x, *gathered);
+        status = gatherLogitRows(x, gathered);
         if (status)
           break;
       }

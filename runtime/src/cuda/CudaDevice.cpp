@@ -661,9 +661,9 @@ public:
     if (mlaDecompressed_ && tensorCores && !capturing_ && !perHead &&
         shape.tokens > decompressAbove && mlaDecompressedFits(shape)) {
       bool taken = false;
-      MELT_RETURN_IF_ERROR(mlaDecompressedForm(
-          qNope, qRope, cache, layout, wUk, wUv, shape, scale, decompressAbove,
-          /*bf16Attention=*/true, out, taken));
+      MELT_RETURN_IF_ERROR(mlaDecompressedForm(qNope, qRope, cache, layout, wUk,
+                                               wUv, shape, scale,
+                                               decompressAbove, out, taken));
       if (taken)
         return Status::ok();
     }
@@ -950,15 +950,15 @@ private:
   /// Device::mla in the decompressed form (MlaDecompressed.h) where every
   /// sequence of the step is one run of more than decompressAbove tokens
   /// at consecutive positions (their host copies read back: a prefill is
-  /// not recorded); `taken` false otherwise (nothing done).
-  Status mlaDecompressedForm(const DeviceTensor &qNope,
-                             const DeviceTensor &qRope,
-                             const DeviceTensor &cache,
-                             const CacheLayout &layout, const DeviceTensor &wUk,
-                             const DeviceTensor &wUv,
-                             const MlaSplitShape &shape, float scale,
-                             int64_t decompressAbove, bool bf16Attention,
-                             DeviceTensor &out, bool &taken) {
+  /// not recorded); `taken` false otherwise (nothing done). Taken only
+  /// where the attention is BF16: its fused kernel at the widths it takes,
+  /// the TF32 scores and softmax at others.
+  Status
+  mlaDecompressedForm(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                      const DeviceTensor &cache, const CacheLayout &layout,
+                      const DeviceTensor &wUk, const DeviceTensor &wUv,
+                      const MlaSplitShape &shape, float scale,
+                      int64_t decompressAbove, DeviceTensor &out, bool &taken) {
     taken = false;
     std::vector<int32_t> sequences(size_t(shape.tokens)),
         positions(size_t(shape.tokens));
@@ -972,7 +972,7 @@ private:
           r.position + r.count > shape.maxVisible)
         return Status::ok();
     constexpr size_t kScoreFloats = size_t(64) << 20; // 256 MB of scores
-    const bool fused = bf16Attention && mlaDecompressedFusesBf16(shape);
+    const bool fused = mlaDecompressedFusesBf16(shape);
     const size_t floats =
         mlaDecompressedScratchFloats(shape, runs, kScoreFloats, fused);
     DeviceTensor scratch;
