@@ -82,30 +82,40 @@ int main(int argc, char **argv) {
     args.maxPagesPerSequence = pagesPerSeq;
     args.maxLength = shape.length;
     args.scale = 0.0721688f;
-    size_t bytes = mlaDecodeWorkspaceBytes(args, prop.multiProcessorCount);
-    void *workspace;
-    CHECK(cudaMalloc(&workspace, bytes));
-    float ms = melt::bench::timeMs(
-        benchName,
-        [&](int) {
-          CHECK(mlaDecode(args, workspace, bytes, prop.multiProcessorCount,
-                          nullptr));
-        },
-        iters);
-    double seconds = ms * 1e-3;
-    double flops = 2.0 * shape.batch * shape.heads * double(shape.length) *
-                   (kLatentEntry + kLatentRank);
-    std::printf("{\"what\": \"mla_decode_melt\", \"batch\": %d, \"heads\": %d, "
-                "\"seq\": %d, \"page_size\": %d, \"us\": %.1f, "
-                "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
-                shape.batch, shape.heads, shape.length, pageSize, ms * 1e3,
-                cacheValues * 2 / seconds / 1e9, flops / seconds / 1e12);
+    // The warpgroup kernel where it takes the shape, then the warp kernel
+    // at the same shape beside it.
+    const bool both = mlaDecodeOnWarpgroups(args);
+    for (bool warpgroups : {true, false}) {
+      if (!warpgroups && !both)
+        break;
+      args.warpgroups = warpgroups;
+      size_t bytes = mlaDecodeWorkspaceBytes(args, prop.multiProcessorCount);
+      void *workspace;
+      CHECK(cudaMalloc(&workspace, bytes));
+      float ms = melt::bench::timeMs(
+          benchName,
+          [&](int) {
+            CHECK(mlaDecode(args, workspace, bytes, prop.multiProcessorCount,
+                            nullptr));
+          },
+          iters);
+      double seconds = ms * 1e-3;
+      double flops = 2.0 * shape.batch * shape.heads * double(shape.length) *
+                     (kLatentEntry + kLatentRank);
+      std::printf("{\"what\": \"mla_decode_melt\", \"kernel\": \"%s\", "
+                  "\"batch\": %d, \"heads\": %d, "
+                  "\"seq\": %d, \"page_size\": %d, \"us\": %.1f, "
+                  "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
+                  mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync",
+                  shape.batch, shape.heads, shape.length, pageSize, ms * 1e3,
+                  cacheValues * 2 / seconds / 1e9, flops / seconds / 1e12);
+      CHECK(cudaFree(workspace));
+    }
     CHECK(cudaFree(cache));
     CHECK(cudaFree(queries));
     CHECK(cudaFree(output));
     CHECK(cudaFree(deviceTable));
     CHECK(cudaFree(deviceLengths));
-    CHECK(cudaFree(workspace));
   }
   return 0;
 }

@@ -14,8 +14,17 @@ def main():
     melt, torch, out, plt = inputs(__doc__)
 
     copy = next(r["GBps"] for r in melt if r["what"] == "copy_bw")
-    ours = {(r["batch"], r["heads"], r["seq"]): r for r in melt
-            if r["what"] == "mla_decode_melt"}
+    # melt's default kernel for the shape (printed first), and the warp-MMA
+    # kernel where the default is the warpgroup one.
+    ours, warp = {}, {}
+    for r in melt:
+        if r["what"] != "mla_decode_melt":
+            continue
+        shape = (r["batch"], r["heads"], r["seq"])
+        if shape not in ours:
+            ours[shape] = r
+        elif r.get("kernel") == "mma.sync":
+            warp[shape] = r
     theirs = {(r["batch"], r["heads"], r["seq"]): r for r in torch
               if r["what"] == "mla_decode_torch"}
     shapes = [s for s in ours if s in theirs]
@@ -25,10 +34,14 @@ def main():
         chosen = [s for s in shapes if s[1] == heads]
         labels = [f"b{b} h{h} s{s}" for b, h, s in chosen]
         x = range(len(chosen))
-        panel.bar([i - 0.2 for i in x], [ours[s][key] for s in chosen], 0.4,
-                  label="melt")
-        panel.bar([i + 0.2 for i in x], [theirs[s][key] for s in chosen], 0.4,
-                  label="plain torch")
+        panel.bar([i - 0.27 for i in x], [ours[s][key] for s in chosen],
+                  0.27, label="melt")
+        if any(s in warp for s in chosen):
+            panel.bar(list(x), [warp[s][key] if s in warp else 0
+                                for s in chosen], 0.27,
+                      label="melt, warp MMA (mma.sync)")
+        panel.bar([i + 0.27 for i in x], [theirs[s][key] for s in chosen],
+                  0.27, label="plain torch")
         if key == "cache_GBps":
             panel.axhline(copy, color="gray", linestyle="--",
                           label=f"copy bandwidth {copy:.0f}")

@@ -11,6 +11,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
+#include "cuda/MlaDecodeWarpgroups.h"
 
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
@@ -341,19 +342,26 @@ size_t sharedBytesFor(int tiles) {
 
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
 /// second, partial wave would leave most SMs idle at its end), but at least
-/// 8 tiles each, so that the queries' load and the partial sums a chunk
-/// writes stay small beside the cache it reads.
+/// 512 tokens each (8 tiles of the warp kernel, 8 of the warpgroup kernel's
+/// at 64), so that the queries' load and the partial sums a chunk writes
+/// stay small beside the cache it reads.
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   constexpr int kSharedPerSm = 228 * 1024, kReservedPerBlock = 1024;
-  int tilesPerBlock = headTiles(args, smCount);
-  int residentPerSm = std::max(
-      1, kSharedPerSm / int(sharedBytesFor(tilesPerBlock) + kReservedPerBlock));
-  int tiles = std::max(1, (args.maxLength + kTileTokens - 1) / kTileTokens);
-  int blocks = args.batch * (args.heads / (16 * tilesPerBlock));
-  int chunks =
-      std::clamp(residentPerSm * smCount / blocks, 1, std::max(1, tiles / 8));
+  const bool warpgroups = mlaWarpgroupsFit(args);
+  const int tileTokens = warpgroups ? kWarpgroupTileTokens : kTileTokens;
+  const int headsPerBlock =
+      warpgroups ? kWarpgroupHeads : 16 * headTiles(args, smCount);
+  const size_t blockShared = warpgroups
+                                 ? mlaWarpgroupSharedBytes()
+                                 : sharedBytesFor(headTiles(args, smCount));
+  int residentPerSm =
+      std::max(1, kSharedPerSm / int(blockShared + kReservedPerBlock));
+  int tiles = std::max(1, (args.maxLength + tileTokens - 1) / tileTokens);
+  int blocks = args.batch * (args.heads / headsPerBlock);
+  int chunks = std::clamp(residentPerSm * smCount / blocks, 1,
+                          std::max(1, tiles * tileTokens / 512));
   int tilesPerChunk = (tiles + chunks - 1) / chunks;
-  chunkTokens = tilesPerChunk * kTileTokens;
+  chunkTokens = tilesPerChunk * tileTokens;
   return (tiles + tilesPerChunk - 1) / tilesPerChunk;
 }
 
@@ -392,6 +400,10 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
 
 } // namespace
 
+bool mlaDecodeOnWarpgroups(const MlaDecodeArgs &args) {
+  return mlaWarpgroupsFit(args);
+}
+
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount) {
   return SplitPlan(args, smCount).workspaceBytes();
 }
@@ -410,11 +422,15 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
     return cudaErrorInvalidValue;
   float *sums = plan.sums(workspace);
   float2 *stats = plan.stats(workspace);
-  cudaError_t error = headTiles(args, smCount) == 4
-                          ? launchChunks<4>(args, plan.chunkTokens, plan.chunks,
-                                            sums, stats, stream)
-                          : launchChunks<1>(args, plan.chunkTokens, plan.chunks,
-                                            sums, stats, stream);
+  cudaError_t error =
+      mlaWarpgroupsFit(args)
+          ? launchMlaWarpgroupChunks(args, plan.chunkTokens, plan.chunks, sums,
+                                     stats, stream)
+      : headTiles(args, smCount) == 4
+          ? launchChunks<4>(args, plan.chunkTokens, plan.chunks, sums, stats,
+                            stream)
+          : launchChunks<1>(args, plan.chunkTokens, plan.chunks, sums, stats,
+                            stream);
   if (error != cudaSuccess)
     return error;
   launchOverlapped(mlaDecodeCombine, dim3(args.heads, args.batch), 128, 0,

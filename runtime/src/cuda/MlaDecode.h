@@ -45,16 +45,23 @@ struct MlaDecodeArgs {
   /// none; its output is zero). Null: every row sees lengths[b].
   const int32_t *rowLengths = nullptr;
   int rowHeads = 0;
+  /// Heads in 64s on Hopper's warpgroup MMA where they fit
+  /// (MlaDecodeWarpgroups.h); false: the warp-MMA kernel (comparisons).
+  bool warpgroups = true;
 };
 
 /// Bytes of scratch that mlaDecode needs for these arguments.
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
 
 /// Launches the decode on `stream`. `heads` must be a multiple of 16 and
-/// `pageSize` of 32 (a block reads 32 tokens of one page at a time);
+/// `pageSize` of 32 (a block reads 32 tokens of one page at a time; the
+/// warpgroup kernel, for heads in 64s, 64 where the pages allow);
 /// rowHeads, where rows have lengths of their own, a divisor of heads.
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                       size_t workspaceBytes, int smCount, cudaStream_t stream);
+
+/// Whether mlaDecode runs these arguments on the warpgroup kernel.
+bool mlaDecodeOnWarpgroups(const MlaDecodeArgs &args);
 
 } // namespace melt::rt::cuda
 

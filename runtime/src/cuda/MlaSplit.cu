@@ -596,9 +596,9 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
 namespace {
 
 /// Rows of a page of the BF16 copy (the tensor-core kernel reads tiles of
-/// 32 rows of one page), query rows a block of it holds, and query tokens
-/// per launch of it (bounds its partial sums).
-constexpr int kCopyPageRows = 32, kGroupRows = 64, kQuerySlab = 4096;
+/// 32 rows of one page, its warpgroup form 64), query rows a block of it
+/// holds, and query tokens per launch of it (bounds its partial sums).
+constexpr int kCopyPageRows = 64, kGroupRows = 64, kQuerySlab = 4096;
 
 /// Query tokens per group for `heads`.
 int groupTokens(int heads) {

@@ -22,6 +22,8 @@ struct Case {
   std::vector<int> lengths;
   // The SM count the split over the sequence is planned for.
   int smCount = 132;
+  // false: the warp-MMA kernel where the warpgroup one would run.
+  bool warpgroups = true;
 };
 
 void runCase(const Case &c) {
@@ -59,6 +61,7 @@ void runCase(const Case &c) {
   args.maxPagesPerSequence = pagesPerSeq;
   args.maxLength = maxLength;
   args.scale = scale;
+  args.warpgroups = c.warpgroups;
   const int smCount = c.smCount;
   size_t bytes = mlaDecodeWorkspaceBytes(args, smCount);
   void *workspace = nullptr;
@@ -107,9 +110,11 @@ void runCase(const Case &c) {
   // BF16 attention weights and output: ~3 significant digits.
   EXPECT_LE(worst, 1e-2 * std::max(1.0, largest))
       << c.heads << " heads, largest " << largest;
-  std::printf("heads %d, batch %d, max length %d: max abs error %.3g "
+  std::printf("heads %d, batch %d, max length %d (%s): max abs error %.3g "
               "(largest value %.3g)\n",
-              c.heads, batch, maxLength, worst, largest);
+              c.heads, batch, maxLength,
+              mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync", worst,
+              largest);
   cudaFree(workspace);
   cudaFree(output);
   cudaFree(const_cast<__nv_bfloat16 *>(args.queries));
@@ -128,6 +133,11 @@ TEST(CudaMlaDecode, MatchesReference) {
   runCase({32, {4096}});
   runCase({128, {5, 300, 1000}, 4});
   runCase({64, {2000, 33}, 2});
+  // Many tiles a chunk on the warpgroup kernel, and the warp kernel at the
+  // heads the warpgroup kernel takes.
+  runCase({128, {4096, 70, 1}});
+  runCase({64, {1500, 64, 2}, 132, false});
+  runCase({128, {5, 300, 1000}, 4, false});
 }
 
 TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
