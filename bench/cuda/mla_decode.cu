@@ -82,13 +82,20 @@ int main(int argc, char **argv) {
     args.maxPagesPerSequence = pagesPerSeq;
     args.maxLength = shape.length;
     args.scale = 0.0721688f;
-    // The warpgroup kernel where it takes the shape, then the warp kernel
-    // at the same shape beside it.
-    const bool both = mlaDecodeOnWarpgroups(args);
-    for (bool warpgroups : {true, false}) {
-      if (!warpgroups && !both)
+    // The default (the warpgroup kernel, its tiles by TMA, where it takes
+    // the shape), then beside it the warpgroup kernel's tiles by cp.async
+    // and the warp kernel.
+    args.cachePages = pages;
+    const bool warpgroupShape = mlaDecodeOnWarpgroups(args);
+    struct Variant {
+      bool warpgroups;
+      int cachePages;
+    } variants[] = {{true, pages}, {true, 0}, {false, pages}};
+    for (const Variant &variant : variants) {
+      if (&variant != variants && !warpgroupShape)
         break;
-      args.warpgroups = warpgroups;
+      args.warpgroups = variant.warpgroups;
+      args.cachePages = variant.cachePages;
       size_t bytes = mlaDecodeWorkspaceBytes(args, prop.multiProcessorCount);
       void *workspace;
       CHECK(cudaMalloc(&workspace, bytes));
@@ -103,11 +110,13 @@ int main(int argc, char **argv) {
       double flops = 2.0 * shape.batch * shape.heads * double(shape.length) *
                      (kLatentEntry + kLatentRank);
       std::printf("{\"what\": \"mla_decode_melt\", \"kernel\": \"%s\", "
+                  "\"tiles\": \"%s\", "
                   "\"batch\": %d, \"heads\": %d, "
                   "\"seq\": %d, \"page_size\": %d, \"us\": %.1f, "
                   "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
                   mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync",
-                  shape.batch, shape.heads, shape.length, pageSize, ms * 1e3,
+                  mlaDecodeBulkCopies(args) ? "tma" : "cp.async", shape.batch,
+                  shape.heads, shape.length, pageSize, ms * 1e3,
                   cacheValues * 2 / seconds / 1e9, flops / seconds / 1e12);
       CHECK(cudaFree(workspace));
     }

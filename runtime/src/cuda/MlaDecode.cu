@@ -404,6 +404,10 @@ bool mlaDecodeOnWarpgroups(const MlaDecodeArgs &args) {
   return mlaWarpgroupsFit(args);
 }
 
+bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {
+  return mlaWarpgroupsBulkCopy(args);
+}
+
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount) {
   return SplitPlan(args, smCount).workspaceBytes();
 }

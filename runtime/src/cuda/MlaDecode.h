@@ -48,6 +48,9 @@ struct MlaDecodeArgs {
   /// Heads in 64s on Hopper's warpgroup MMA where they fit
   /// (MlaDecodeWarpgroups.h); false: the warp-MMA kernel (comparisons).
   bool warpgroups = true;
+  /// Pages the cache holds (0: not given). Where given, the warpgroup
+  /// kernel reads its tiles through a TMA tensor map over them.
+  int cachePages = 0;
 };
 
 /// Bytes of scratch that mlaDecode needs for these arguments.
@@ -60,8 +63,10 @@ size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                       size_t workspaceBytes, int smCount, cudaStream_t stream);
 
-/// Whether mlaDecode runs these arguments on the warpgroup kernel.
+/// Whether mlaDecode runs these arguments on the warpgroup kernel, and
+/// that kernel's tiles by TMA.
 bool mlaDecodeOnWarpgroups(const MlaDecodeArgs &args);
+bool mlaDecodeBulkCopies(const MlaDecodeArgs &args);
 
 } // namespace melt::rt::cuda
 

@@ -23,9 +23,12 @@
 
 #include "EnvSwitch.h"
 
+#include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/Wgmma.cuh"
+
+#include <cudaTypedefs.h>
 
 #include <cfloat>
 
@@ -42,11 +45,13 @@ constexpr int kGroupColumns = kLatentRank / 2;       // per warpgroup
 constexpr int kGroupTokens = kWarpgroupTileTokens / 2;
 
 /// Shared memory, from a 1024-byte aligned base: the queries, two tiles,
-/// the weights, then each warpgroup's row maxima (or, at the end, sums).
+/// the weights, each warpgroup's row maxima (or, at the end, sums), then
+/// the two tiles' load barriers.
 constexpr size_t kQueriesAt = 0, kTilesAt = kTileBytes,
                  kWeightsAt = 3 * size_t(kTileBytes),
                  kRowStatsAt = kWeightsAt + kBlockBytes,
-                 kSharedBytes = kRowStatsAt + 2 * 64 * sizeof(float) +
+                 kBarriersAt = kRowStatsAt + 2 * 64 * sizeof(float),
+                 kSharedBytes = kBarriersAt + 2 * sizeof(uint64_t) +
                                 kSwizzleAtomBytes; // room to align
 
 /// Copies 64 rows of 576 BF16 values (`rowStride` apart at `from`) into
@@ -64,9 +69,14 @@ __device__ __forceinline__ void copyRows(uint8_t *to, const __nv_bfloat16 *from,
   }
 }
 
+/// kBulk: the tiles come by TMA through `cacheMap` (a [rows x 576] view
+/// of the cache, [64 x 64] boxes in the 128-byte swizzle), else by every
+/// thread's cp.async.
+template <bool kBulk>
 __global__ void __launch_bounds__(kThreads, 1)
     mlaDecodeWarpgroupChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
-                             float *partialSums, float2 *partialStats) {
+                             float *partialSums, float2 *partialStats,
+                             const __grid_constant__ CUtensorMap cacheMap) {
   awaitPriorKernels();
   extern __shared__ uint8_t sharedRaw[];
   uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
@@ -75,6 +85,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t *queries = shared + kQueriesAt;
   uint8_t *weights = shared + kWeightsAt;
   float *rowStats = reinterpret_cast<float *>(shared + kRowStatsAt);
+  uint64_t *tileLoaded = reinterpret_cast<uint64_t *>(shared + kBarriersAt);
 
   const int headGroup = blockIdx.x, chunk = blockIdx.y, seq = blockIdx.z;
   const int group = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
@@ -85,22 +96,97 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int head0 = headGroup * kWarpgroupHeads;
   const int32_t *pages =
       args.blockTable + size_t(seq) * args.maxPagesPerSequence;
-  auto copyTile = [&](uint8_t *to, int t0) {
-    const __nv_bfloat16 *tile =
-        args.cache + (size_t(pages[t0 / args.pageSize]) * args.pageSize +
-                      t0 % args.pageSize) *
-                         kLatentEntry;
-    copyRows(to, tile, kLatentEntry, end - t0);
-    commitCopies();
+  // The cache row of token t0 of the sequence (tiles lie in one page).
+  auto rowOf = [&](int t0) {
+    return size_t(pages[t0 / args.pageSize]) * args.pageSize +
+           t0 % args.pageSize;
+  };
+  // Starts the copy of tile `index` of the chunk into its buffer.
+  auto startTile = [&](int index) {
+    const int t0 = begin + index * kWarpgroupTileTokens;
+    uint8_t *to = shared + kTilesAt + (index % 2) * kTileBytes;
+    if constexpr (kBulk) {
+      if (threadIdx.x == 0) {
+        uint64_t *barrier = &tileLoaded[index % 2];
+        expectBytes(barrier, kTileBytes);
+        for (int block = 0; block < kDimBlocks; ++block)
+          loadTile2d(to + block * kBlockBytes, &cacheMap, block * 64,
+                     int(rowOf(t0)), barrier);
+      }
+    } else {
+      copyRows(to, args.cache + rowOf(t0) * kLatentEntry, kLatentEntry,
+               end - t0);
+      commitCopies();
+    }
+  };
+  // Waits for tile `index` (this thread's part of it, for cp.async: a
+  // barrier then shows all of it); a bulk-loaded tile's rows past the
+  // chunk's end (other tokens of the page, or nothing written yet) become
+  // zeros, as cp.async's do, so that they add nothing to the sums.
+  auto awaitTile = [&](int index) {
+    if constexpr (kBulk) {
+      awaitBarrier(&tileLoaded[index % 2], (index / 2) % 2);
+      const int t0 = begin + index * kWarpgroupTileTokens;
+      const int rows = end - t0;
+      if (rows < kWarpgroupTileTokens) { // block-uniform
+        uint8_t *tile = shared + kTilesAt + (index % 2) * kTileBytes;
+        for (int i = threadIdx.x;
+             i < (kWarpgroupTileTokens - rows) * kEntryChunks; i += kThreads) {
+          const int row = rows + i / kEntryChunks, chunk = i % kEntryChunks;
+          *reinterpret_cast<uint4 *>(tile + (chunk / 8) * kBlockBytes +
+                                     swizzledOffset(row, chunk % 8)) =
+              make_uint4(0, 0, 0, 0);
+        }
+      }
+    } else {
+      awaitCopies<0>();
+    }
   };
 
+  // Scores of this warpgroup's 32 tokens of a tile, [64 x 576] x
+  // [576 x 32], issued as one group (waited for by the caller).
+  float score[16];
+  auto issueScores = [&](const uint8_t *tile) {
+    wgmmaFence();
+#pragma unroll
+    for (int step = 0; step < kLatentEntry / 16; ++step) {
+      const int block = step / 4, within = (step % 4) * 32;
+      wgmma64x32(
+          score, kMajorDescriptor(queries + block * kBlockBytes + within),
+          kMajorDescriptor(tile + block * kBlockBytes +
+                           group * kGroupTokens * kSwizzleRowBytes + within),
+          step > 0);
+    }
+    wgmmaCommit();
+  };
+  auto tileAt = [&](int index) {
+    return shared + kTilesAt + (index % 2) * kTileBytes;
+  };
+
+  // The queries and the chunk's first tile, its second into the other
+  // buffer; then the first tile's scores.
+  if (kBulk && threadIdx.x == 0) {
+    initLoadBarrier(&tileLoaded[0]);
+    initLoadBarrier(&tileLoaded[1]);
+  }
   copyRows(queries,
            args.queries + (size_t(seq) * args.heads + head0) * kLatentEntry,
            kLatentEntry, 64);
-  if (begin < end)
-    copyTile(shared + kTilesAt, begin);
-  else
-    commitCopies();
+  commitCopies();
+  __syncthreads(); // the barriers initialized
+  const int tiles =
+      max(0, (end - begin + kWarpgroupTileTokens - 1) / kWarpgroupTileTokens);
+  for (int index = 0; index < min(tiles, 2); ++index)
+    startTile(index);
+  awaitCopies<0>(); // the queries (and cp.async's first tiles)
+  if (tiles > 0)
+    awaitTile(0);
+  fenceSharedForWgmma();
+  __syncthreads();
+  if (tiles > 0) {
+    issueScores(tileAt(0));
+    wgmmaWait<0>();
+  }
 
   // This thread's rows (heads) in every fragment: r[0] = 16 warp + g and
   // r[1] = r[0] + 8; the tokens each sees (a prefill's causal rows).
@@ -120,45 +206,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < 128; ++i)
     acc[i] = 0.f;
 
-  int buffer = 0;
-  for (int t0 = begin; t0 < end; t0 += kWarpgroupTileTokens, buffer ^= 1) {
-    // Tile t0 landed (every thread's copies), shown to the tensor cores;
-    // every warpgroup is past the last tile's products, so the other
-    // buffer may be refilled.
-    awaitCopies<0>();
-    fenceSharedForWgmma();
-    __syncthreads();
-    const uint8_t *tile = shared + kTilesAt + buffer * kTileBytes;
-    if (t0 + kWarpgroupTileTokens < end)
-      copyTile(shared + kTilesAt + (buffer ^ 1) * kTileBytes,
-               t0 + kWarpgroupTileTokens);
-
-    // Scores of this warpgroup's 32 tokens: [64 x 576] x [576 x 32].
-    float score[16];
-#pragma unroll
-    for (int i = 0; i < 16; ++i)
-      score[i] = 0.f;
-    wgmmaFence();
-#pragma unroll
-    for (int step = 0; step < kLatentEntry / 16; ++step) {
-      const int block = step / 4, within = (step % 4) * 32;
-      wgmma64x32(
-          score, kMajorDescriptor(queries + block * kBlockBytes + within),
-          kMajorDescriptor(tile + block * kBlockBytes +
-                           group * kGroupTokens * kSwizzleRowBytes + within),
-          true);
-    }
-    wgmmaCommit();
-    wgmmaWait<0>();
-
+  // At tile i its scores are in `score` and tile i + 1 is in flight or
+  // landed. The tensor cores take tile i's weighted sum and tile i + 1's
+  // scores back to back; tile i + 2 streams into tile i's buffer as soon
+  // as both warpgroups' sums of it are done.
+  for (int i = 0; i < tiles; ++i) {
+    const int t0 = begin + i * kWarpgroupTileTokens;
     // Row maxima over both warpgroups' tokens.
     float tileMax[2] = {-FLT_MAX, -FLT_MAX};
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int r = (i / 2) % 2;
-      const int token = t0 + group * kGroupTokens + 8 * (i / 4) + 2 * t + i % 2;
-      score[i] = token < rowEnd[r] ? score[i] * scale : -FLT_MAX;
-      tileMax[r] = fmaxf(tileMax[r], score[i]);
+    for (int v = 0; v < 16; ++v) {
+      const int r = (v / 2) % 2;
+      const int token = t0 + group * kGroupTokens + 8 * (v / 4) + 2 * t + v % 2;
+      score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
+      tileMax[r] = fmaxf(tileMax[r], score[v]);
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -181,7 +242,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
 
     // The BF16 weights (the sums count what the products use), into
-    // columns 32 group .. of the [64 heads x 64 tokens] block.
+    // columns 32 group .. of the [64 heads x 64 tokens] block (both
+    // warpgroups' sums of the last tile, which read it, are done).
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -189,8 +251,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         float p[2];
 #pragma unroll
         for (int v = 0; v < 2; ++v) {
-          const float s = score[4 * j + 2 * r + v];
-          p[v] = s == -FLT_MAX ? 0.f : exp2f(s - runningMax[r]);
+          const float x = score[4 * j + 2 * r + v];
+          p[v] = x == -FLT_MAX ? 0.f : exp2f(x - runningMax[r]);
         }
         const uint32_t pair = packBf16(p[0], p[1]);
         const __nv_bfloat162 rounded =
@@ -203,14 +265,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     // maximum moved (most tiles once the maxima settle).
     if (__any_sync(0xffffffff, factor[0] != 1.f || factor[1] != 1.f)) {
 #pragma unroll
-      for (int i = 0; i < 128; ++i)
-        acc[i] *= factor[(i / 2) % 2];
+      for (int v = 0; v < 128; ++v)
+        acc[v] *= factor[(v / 2) % 2];
     }
     fenceSharedForWgmma();
     __syncthreads();
 
     // Weights x values: [64 x 64 tokens] x [64 tokens x this warpgroup's
     // 256 columns].
+    const uint8_t *tile = tileAt(i);
     wgmmaFence();
 #pragma unroll
     for (int step = 0; step < kWarpgroupTileTokens / 16; ++step)
@@ -220,6 +283,21 @@ __global__ void __launch_bounds__(kThreads, 1)
                                 step * 2 * kSwizzleAtomBytes,
                             kBlockBytes));
     wgmmaCommit();
+    if (i + 1 == tiles) {
+      wgmmaWait<0>();
+      break;
+    }
+    // Tile i + 1, shown to the tensor cores; its scores behind the sum.
+    awaitTile(i + 1);
+    fenceSharedForWgmma();
+    __syncthreads();
+    issueScores(tileAt(i + 1));
+    // Both warpgroups' sums of tile i done: its buffer (and the weights)
+    // may be written again.
+    wgmmaWait<1>();
+    __syncthreads();
+    if (i + 2 < tiles)
+      startTile(i + 2);
     wgmmaWait<0>();
   }
   awaitCopies<0>();
@@ -264,23 +342,82 @@ bool mlaWarpgroupsFit(const MlaDecodeArgs &args) {
 
 size_t mlaWarpgroupSharedBytes() { return kSharedBytes; }
 
-cudaError_t launchMlaWarpgroupChunks(const MlaDecodeArgs &args, int chunkTokens,
-                                     int chunks, float *sums, float2 *stats,
-                                     cudaStream_t stream) {
-  if (chunkTokens % kWarpgroupTileTokens != 0 || !mlaWarpgroupsFit(args))
-    return cudaErrorInvalidValue;
+namespace {
+
+/// The driver's tensor-map encoder (through the runtime: no link to the
+/// driver library), or null.
+PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void *function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function,
+                                         12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      return PFN_cuTensorMapEncodeTiled_v12000(nullptr);
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
+  }();
+  return encode;
+}
+
+/// The cache as [cachePages * pageSize rows x 576] BF16, read in [64 x 64]
+/// boxes in the 128-byte swizzle; false where it cannot be made (the
+/// kernel then copies with cp.async).
+bool cacheTensorMap(const MlaDecodeArgs &args, CUtensorMap &map) {
+  static const bool enabled =
+      melt::rt::envSwitch("MELT_CUDA_MLA_BULK_COPY", true);
+  PFN_cuTensorMapEncodeTiled_v12000 encode = tensorMapEncoder();
+  if (!enabled || !encode || args.cachePages <= 0 ||
+      reinterpret_cast<uintptr_t>(args.cache) % 16 != 0)
+    return false;
+  const cuuint64_t dims[2] = {kLatentEntry,
+                              cuuint64_t(args.cachePages) * args.pageSize};
+  const cuuint64_t strides[1] = {kLatentEntry * sizeof(__nv_bfloat16)};
+  const cuuint32_t box[2] = {64, kWarpgroupTileTokens};
+  const cuuint32_t elementStrides[2] = {1, 1};
+  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                const_cast<__nv_bfloat16 *>(args.cache), dims, strides, box,
+                elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <bool kBulk>
+cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
+                         float *sums, float2 *stats, const CUtensorMap &map,
+                         cudaStream_t stream) {
   cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeWarpgroupChunks, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      int(kSharedBytes));
+      mlaDecodeWarpgroupChunks<kBulk>,
+      cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSharedBytes));
   if (error != cudaSuccess)
     return error;
   // The head groups of a chunk next to each other: they read the same
   // tiles, the second mostly from L2.
   const dim3 grid(args.heads / kWarpgroupHeads, chunks, args.batch);
-  error =
-      launchOverlapped(mlaDecodeWarpgroupChunks, grid, kThreads, kSharedBytes,
-                       stream, args, chunkTokens, chunks, sums, stats);
+  error = launchOverlapped(mlaDecodeWarpgroupChunks<kBulk>, grid, kThreads,
+                           kSharedBytes, stream, args, chunkTokens, chunks,
+                           sums, stats, map);
   return error != cudaSuccess ? error : cudaGetLastError();
+}
+
+} // namespace
+
+bool mlaWarpgroupsBulkCopy(const MlaDecodeArgs &args) {
+  CUtensorMap map;
+  return mlaWarpgroupsFit(args) && cacheTensorMap(args, map);
+}
+
+cudaError_t launchMlaWarpgroupChunks(const MlaDecodeArgs &args, int chunkTokens,
+                                     int chunks, float *sums, float2 *stats,
+                                     cudaStream_t stream) {
+  if (chunkTokens % kWarpgroupTileTokens != 0 || !mlaWarpgroupsFit(args))
+    return cudaErrorInvalidValue;
+  alignas(64) CUtensorMap map{};
+  return cacheTensorMap(args, map)
+             ? launchChunks<true>(args, chunkTokens, chunks, sums, stats, map,
+                                  stream)
+             : launchChunks<false>(args, chunkTokens, chunks, sums, stats, map,
+                                   stream);
 }
 
 } // namespace melt::rt::cuda

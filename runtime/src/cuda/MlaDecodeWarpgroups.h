@@ -26,6 +26,10 @@ constexpr int kWarpgroupHeads = 64;
 /// never).
 bool mlaWarpgroupsFit(const MlaDecodeArgs &args);
 
+/// Whether its tiles come by TMA (args.cachePages known; the driver's
+/// tensor maps; MELT_CUDA_MLA_BULK_COPY=0: never), else by cp.async.
+bool mlaWarpgroupsBulkCopy(const MlaDecodeArgs &args);
+
 /// Dynamic shared memory of one block (one block per multiprocessor).
 size_t mlaWarpgroupSharedBytes();
 

@@ -610,7 +610,8 @@ int groupTokens(int heads) {
 /// as do the BF16 queries and the slots' values: each is dead before the
 /// other is made.
 struct TensorCoreScratch {
-  int group, maxGroups, slots, capacity, pagesPerSequence, slabGroups;
+  int group, maxGroups, slots, capacity, pagesPerSequence, slabGroups,
+      copyPages;
   size_t latent, queries, rows, tables, groupLengths, groupSequence, rowLengths,
       tokenOfSlot, slotOfToken, minPos, maxPos, groupBase, workspace, total;
   size_t workspaceBytes;
@@ -621,6 +622,7 @@ struct TensorCoreScratch {
     capacity =
         (s.maxVisible + kCopyPageRows - 1) / kCopyPageRows * kCopyPageRows;
     pagesPerSequence = capacity / kCopyPageRows;
+    copyPages = sequences * pagesPerSequence;
     slabGroups = std::min(maxGroups, std::max(1, kQuerySlab / group));
     const size_t slotRows = size_t(slots) * s.heads;
     size_t at = 0;
@@ -655,6 +657,7 @@ struct TensorCoreScratch {
     a.rowHeads = s.heads;
     a.pageSize = kCopyPageRows;
     a.maxPagesPerSequence = pagesPerSequence;
+    a.cachePages = copyPages;
     a.maxLength = capacity;
     a.scale = scale;
     return a;

@@ -24,6 +24,8 @@ struct Case {
   int smCount = 132;
   // false: the warp-MMA kernel where the warpgroup one would run.
   bool warpgroups = true;
+  // false: the cache's extent not given (no TMA: cp.async copies).
+  bool cacheExtent = true;
 };
 
 void runCase(const Case &c) {
@@ -62,6 +64,7 @@ void runCase(const Case &c) {
   args.maxLength = maxLength;
   args.scale = scale;
   args.warpgroups = c.warpgroups;
+  args.cachePages = c.cacheExtent ? totalPages : 0;
   const int smCount = c.smCount;
   size_t bytes = mlaDecodeWorkspaceBytes(args, smCount);
   void *workspace = nullptr;
@@ -110,11 +113,11 @@ void runCase(const Case &c) {
   // BF16 attention weights and output: ~3 significant digits.
   EXPECT_LE(worst, 1e-2 * std::max(1.0, largest))
       << c.heads << " heads, largest " << largest;
-  std::printf("heads %d, batch %d, max length %d (%s): max abs error %.3g "
-              "(largest value %.3g)\n",
+  std::printf("heads %d, batch %d, max length %d (%s, %s): max abs error "
+              "%.3g (largest value %.3g)\n",
               c.heads, batch, maxLength,
-              mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync", worst,
-              largest);
+              mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync",
+              mlaDecodeBulkCopies(args) ? "tma" : "cp.async", worst, largest);
   cudaFree(workspace);
   cudaFree(output);
   cudaFree(const_cast<__nv_bfloat16 *>(args.queries));
@@ -136,6 +139,8 @@ TEST(CudaMlaDecode, MatchesReference) {
   // Many tiles a chunk on the warpgroup kernel, and the warp kernel at the
   // heads the warpgroup kernel takes.
   runCase({128, {4096, 70, 1}});
+  runCase({128, {4096, 70, 1}, 132, true, false});
+  runCase({64, {129, 3000}, 8, true, false});
   runCase({64, {1500, 64, 2}, 132, false});
   runCase({128, {5, 300, 1000}, 4, false});
 }
