@@ -143,24 +143,35 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  // Scores of this warpgroup's 32 tokens of a tile, [64 x 576] x
+  // The operands' descriptors, made once: every step's is one of these
+  // advanced by a constant (the queries; this warpgroup's tokens of each
+  // buffer as keys, and its 256 columns as values; the weights).
+  const uint64_t queriesAt = kMajorDescriptor(queries);
+  // (Buffer 1's are buffer 0's a tile further: a select, not an array in
+  // local memory.)
+  const uint64_t keysAt = kMajorDescriptor(
+      shared + kTilesAt + group * kGroupTokens * kSwizzleRowBytes);
+  const uint64_t valuesAt = mnMajorDescriptor(
+      shared + kTilesAt + group * (kValueBlocks / 2) * kBlockBytes,
+      kBlockBytes);
+  auto inBuffer = [](uint64_t descriptor, int index) {
+    return index % 2 ? advanced(descriptor, kTileBytes) : descriptor;
+  };
+  const uint64_t weightsAt = kMajorDescriptor(weights);
+
+  // Scores of this warpgroup's 32 tokens of tile `index`, [64 x 576] x
   // [576 x 32], issued as one group (waited for by the caller).
   float score[16];
-  auto issueScores = [&](const uint8_t *tile) {
+  auto issueScores = [&](int index) {
+    const uint64_t keys = inBuffer(keysAt, index);
     wgmmaFence();
 #pragma unroll
     for (int step = 0; step < kLatentEntry / 16; ++step) {
-      const int block = step / 4, within = (step % 4) * 32;
-      wgmma64x32(
-          score, kMajorDescriptor(queries + block * kBlockBytes + within),
-          kMajorDescriptor(tile + block * kBlockBytes +
-                           group * kGroupTokens * kSwizzleRowBytes + within),
-          step > 0);
+      const uint32_t offset = (step / 4) * kBlockBytes + (step % 4) * 32;
+      wgmma64x32(score, advanced(queriesAt, offset), advanced(keys, offset),
+                 step > 0);
     }
     wgmmaCommit();
-  };
-  auto tileAt = [&](int index) {
-    return shared + kTilesAt + (index % 2) * kTileBytes;
   };
 
   // The queries and the chunk's first tile, its second into the other
@@ -184,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   fenceSharedForWgmma();
   __syncthreads();
   if (tiles > 0) {
-    issueScores(tileAt(0));
+    issueScores(0);
     wgmmaWait<0>();
   }
 
@@ -212,14 +223,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   // as both warpgroups' sums of it are done.
   for (int i = 0; i < tiles; ++i) {
     const int t0 = begin + i * kWarpgroupTileTokens;
-    // Row maxima over both warpgroups' tokens.
+    // Row maxima over both warpgroups' tokens (tokens past a row's end
+    // count for nothing).
     float tileMax[2] = {-FLT_MAX, -FLT_MAX};
+    if (t0 + kWarpgroupTileTokens <= min(rowEnd[0], rowEnd[1])) {
 #pragma unroll
-    for (int v = 0; v < 16; ++v) {
-      const int r = (v / 2) % 2;
-      const int token = t0 + group * kGroupTokens + 8 * (v / 4) + 2 * t + v % 2;
-      score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
-      tileMax[r] = fmaxf(tileMax[r], score[v]);
+      for (int v = 0; v < 16; ++v) {
+        score[v] *= scale;
+        tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
+      }
+    } else {
+#pragma unroll
+      for (int v = 0; v < 16; ++v) {
+        const int r = (v / 2) % 2;
+        const int token =
+            t0 + group * kGroupTokens + 8 * (v / 4) + 2 * t + v % 2;
+        score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
+        tileMax[r] = fmaxf(tileMax[r], score[v]);
+      }
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -262,7 +283,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             weights + swizzledOffset(rows[r], group * 4 + j) + 4 * t) = pair;
       }
     // The running sums rescaled: skipped where no row of the warp's
-    // maximum moved (most tiles once the maxima settle).
+    // maximum moved.
     if (__any_sync(0xffffffff, factor[0] != 1.f || factor[1] != 1.f)) {
 #pragma unroll
       for (int v = 0; v < 128; ++v)
@@ -273,15 +294,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     // Weights x values: [64 x 64 tokens] x [64 tokens x this warpgroup's
     // 256 columns].
-    const uint8_t *tile = tileAt(i);
+    const uint64_t values = inBuffer(valuesAt, i);
     wgmmaFence();
 #pragma unroll
     for (int step = 0; step < kWarpgroupTileTokens / 16; ++step)
-      wgmma64x256Transposed(
-          acc, kMajorDescriptor(weights + step * 32),
-          mnMajorDescriptor(tile + group * (kValueBlocks / 2) * kBlockBytes +
-                                step * 2 * kSwizzleAtomBytes,
-                            kBlockBytes));
+      wgmma64x256Transposed(acc, advanced(weightsAt, step * 32),
+                            advanced(values, step * 2 * kSwizzleAtomBytes));
     wgmmaCommit();
     if (i + 1 == tiles) {
       wgmmaWait<0>();
@@ -291,7 +309,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     awaitTile(i + 1);
     fenceSharedForWgmma();
     __syncthreads();
-    issueScores(tileAt(i + 1));
+    issueScores(i + 1);
     // Both warpgroups' sums of tile i done: its buffer (and the weights)
     // may be written again.
     wgmmaWait<1>();

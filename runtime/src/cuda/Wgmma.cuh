@@ -69,6 +69,13 @@ __device__ __forceinline__ uint64_t mnMajorDescriptor(const void *tile,
   return swizzledDescriptor(tile, blockBytes, kSwizzleAtomBytes);
 }
 
+/// `descriptor` moved `bytes` (a multiple of 16) further into shared
+/// memory: one add, where the loops' offsets are constants.
+__device__ __forceinline__ uint64_t advanced(uint64_t descriptor,
+                                             uint32_t bytes) {
+  return descriptor + (bytes >> 4);
+}
+
 /// Orders this thread's earlier register writes to the accumulators before
 /// the wgmma that follow (needed before the first of a sequence, and after
 /// the accumulators were touched).
