@@ -6,15 +6,20 @@
 // the 128-byte swizzle (Wgmma.cuh), as nine [64 x 64] blocks of the 576
 // latent dims:
 //  - the queries, [64 heads x 576], loaded once;
-//  - two cache tiles, [64 tokens x 576]: one is used while cp.async
-//    copies the next tile of the chunk into the other. A tile is both the
-//    keys (K-major B of the scores) and, its first 512 dims, the values
-//    (MN-major B of the weighted sum): the swizzled block reads either way;
+//  - two cache tiles, [64 tokens x 576]: one is used while the next tile
+//    of the chunk comes into the other, by TMA (one thread's nine box
+//    loads, counted on an mbarrier) where the cache's extent is known,
+//    else by every thread's cp.async. A tile is both the keys (K-major B
+//    of the scores) and, its first 512 dims, the values (MN-major B of the
+//    weighted sum): the swizzled block reads either way;
 //  - the softmax weights, [64 heads x 64 tokens] BF16.
 // Per tile, warpgroup w scores tokens 32 w .. 32 w + 31 of every head
 // (wgmma m64n32, 36 k16 steps over the 576 dims); the two exchange their
 // row maxima, write their weights, and each adds weights x values into its
 // 256 of the 512 output columns (wgmma m64n256, 4 steps over the tokens).
+// The weighted sum of a tile and the scores of the next are issued back to
+// back; the tile after that is requested once both warpgroups' sums are
+// done with its buffer.
 // The softmax runs in base 2 (the scale times log2 e); the statistics a
 // chunk leaves are natural-log maxima, as the combine expects.
 //
