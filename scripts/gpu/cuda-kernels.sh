@@ -75,7 +75,7 @@ echo "== compute-sanitizer =="
 # is left out: the fused attention has a test of its own).
 for tool in memcheck racecheck; do
   filter='*'
-  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*MlaSplit*:*SmallM*:*CausalAttention*-*Decompressed*'
+  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*MlaSplit*:*SmallM*:*CausalAttention*:*Wgmma*-*Decompressed*'
   compute-sanitizer --tool "$tool" --error-exitcode 3 \
     build-gpu/bin/melt-cuda-kernel-tests --gtest_filter="$filter" \
     > "$out/sanitizer-$tool.txt" 2>&1 && echo "$tool: clean" ||
@@ -96,7 +96,7 @@ compute-sanitizer --tool memcheck --error-exitcode 3 \
 fi
 echo "== machine code =="
 cuobjdump -sass build-gpu/bin/melt-bench-mla-decode > "$out/mla-decode.sass"
-echo "MLA decode: HMMA: $(grep -c HMMA "$out/mla-decode.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/mla-decode.sass")"
+echo "MLA decode: HMMA (mma.sync): $(grep -c HMMA "$out/mla-decode.sass"), HGMMA (wgmma): $(grep -c HGMMA "$out/mla-decode.sass"), UTMALDG (TMA loads): $(grep -c UTMALDG "$out/mla-decode.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/mla-decode.sass")"
 cuobjdump -sass build-gpu/bin/melt-bench-gemm |
   awk '/Function : /{keep = /fp8SmallM/} keep' > "$out/fp8-small-m.sass"
 # sm_90 has no FP8 mma.sync in hardware: ptxas runs it as FP16 HMMA.
