@@ -82,6 +82,18 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
       std::snprintf(number, sizeof(number), "%.1f", extras.peakMemoryMB);
       tail += std::string(", \"peak_memory_mb\": ") + number;
     }
+    auto list = [](const std::vector<double> &values) {
+      std::string text;
+      char number[64];
+      for (size_t i = 0; i < values.size(); ++i) {
+        std::snprintf(number, sizeof(number), "%.2f", values[i]);
+        text += (i ? ", " : "") + std::string(number);
+      }
+      return "[" + text + "]";
+    };
+    if (!extras.prefillRuns.empty())
+      tail += ", \"prefill_tokens_per_s_runs\": " + list(extras.prefillRuns) +
+              ", \"decode_tokens_per_s_runs\": " + list(extras.decodeRuns);
     if (extras.joulesPerToken >= 0)
       tail += ", \"decode_joules_per_token\": " +
               std::to_string(extras.joulesPerToken);
@@ -108,6 +120,8 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
   std::printf("decode: %zu tokens, %.1f tokens/s\n",
               generated.tokens.size() * extras.batch,
               generated.decodeTokensPerS);
+  if (!extras.prefillRuns.empty())
+    std::printf("(medians of %zu runs)\n", extras.prefillRuns.size());
   if (extras.peakMemoryMB >= 0)
     std::printf("peak memory: %.1f MB\n", extras.peakMemoryMB);
   if (extras.joulesPerToken >= 0)

@@ -47,6 +47,9 @@ struct ReportExtras {
   double peakMemoryMB = -1;
   double joulesPerToken = -1;
   std::string energyUnavailable;
+  /// Every run's rates where the generation was timed several times (the
+  /// report's rates are then their medians).
+  std::vector<double> prefillRuns, decodeRuns;
 };
 
 /// Text ("generated: ..." lines) or, with `json`, one JSON line.

@@ -44,6 +44,9 @@ void usage() {
                "checkpoint; for benchmarks)\n"
                "       [--warmup]  (an untimed generation of each batch "
                "first: plans, caches; for benchmarks)\n"
+               "       [--repeat N]  (the timed generation N times, each in "
+               "a session of its own: the median rates, and every run's "
+               "with --bench; default 1)\n"
                "       [--temperature T] [--top-k K] [--top-p P] [--seed S]  "
                "(sampling, as melt_sample: T 0 is greedy, the default; K 0 "
                "and P 1 keep every token)\n"
@@ -110,6 +113,15 @@ private:
 #endif
 };
 
+/// The middle value (the mean of the middle two for an even count).
+double median(std::vector<double> values) {
+  if (values.empty())
+    return 0;
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
 double peakMemoryMB() {
   struct rusage usage;
   getrusage(RUSAGE_SELF, &usage);
@@ -126,6 +138,7 @@ int main(int argc, char **argv) {
   bool bench = false;
   const char *expertStats = nullptr, *device = nullptr;
   bool randomWeights = false, warmup = false;
+  int repeats = 1;
   Picking picking;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -199,6 +212,16 @@ int main(int argc, char **argv) {
       bench = true;
     } else if (arg == "--warmup") {
       warmup = true;
+    } else if (arg == "--repeat") {
+      const char *v = value();
+      char *end = nullptr;
+      long n = v ? std::strtol(v, &end, 10) : 0;
+      if (!v || *end || n < 1 || n > 1000) {
+        std::fprintf(stderr, "melt-run: error: --repeat takes 1 to 1000 "
+                             "runs\n");
+        return 1;
+      }
+      repeats = int(n);
     } else if (arg == "--random-weights") {
       randomWeights = true;
     } else if (arg == "--device") {
@@ -256,30 +279,59 @@ int main(int argc, char **argv) {
       if (!ok)
         return 1;
     }
-    if (session)
-      melt_session_destroy(session);
-    session = nullptr;
-    if (melt_session_create(model, &options, &session) != MELT_OK)
-      return fail("creating a session");
+    // The timed generation, `repeats` times, each in a fresh session (the
+    // same pages, caches and graphs to start from); the last session stays
+    // for --expert-stats.
     Generated generated;
-    double joulesBefore = -1;
-    if (!generate(session, prompts, maxNew, picking, generated,
-                  [&] { joulesBefore = energy.joules(); }))
-      return 1;
-    double joulesAfter = energy.joules();
-    size_t decoded = generated.tokens.size() > 1
-                         ? (generated.tokens.size() - 1) * size_t(batch)
-                         : 0;
+    std::vector<double> prefillRates, decodeRates, joulesPerToken;
+    bool energyRead = false;
+    size_t decoded = 0;
+    for (int run = 0; run < repeats; ++run) {
+      if (session)
+        melt_session_destroy(session);
+      session = nullptr;
+      if (melt_session_create(model, &options, &session) != MELT_OK)
+        return fail("creating a session");
+      Generated thisRun;
+      double joulesBefore = -1;
+      if (!generate(session, prompts, maxNew, picking, thisRun,
+                    [&] { joulesBefore = energy.joules(); }))
+        return 1;
+      double joulesAfter = energy.joules();
+      // Runs of the same inputs agree unless the device sums in an order
+      // of its own (MELT_CUDA_DETERMINISTIC_EXPERTS=0) and a near tie
+      // flips: said, not failed.
+      if (run > 0 && thisRun.tokens != generated.tokens)
+        std::fprintf(stderr,
+                     "melt-run: warning: run %d of batch %d generated other "
+                     "tokens than the run before (reported: the last run's)\n",
+                     run + 1, batch);
+      generated = thisRun;
+      prefillRates.push_back(thisRun.prefillTokensPerS);
+      decodeRates.push_back(thisRun.decodeTokensPerS);
+      decoded = generated.tokens.size() > 1
+                    ? (generated.tokens.size() - 1) * size_t(batch)
+                    : 0;
+      energyRead = joulesBefore >= 0;
+      if (energyRead && joulesAfter > joulesBefore && decoded)
+        joulesPerToken.push_back((joulesAfter - joulesBefore) / decoded);
+    }
+    generated.prefillTokensPerS = median(prefillRates);
+    generated.decodeTokensPerS = median(decodeRates);
     ReportExtras extras;
+    if (repeats > 1) {
+      extras.prefillRuns = prefillRates;
+      extras.decodeRuns = decodeRates;
+    }
     extras.batch = size_t(batch);
     extras.peakMemoryMB = peakMemoryMB();
     if (device) {
       extras.deviceName = melt_model_device(model);
       extras.deviceDescription = melt_model_device_description(model);
       extras.target = melt_model_target(model);
-      if (joulesBefore >= 0 && joulesAfter > joulesBefore && decoded)
-        extras.joulesPerToken = (joulesAfter - joulesBefore) / decoded;
-      else if (joulesBefore < 0)
+      if (!joulesPerToken.empty())
+        extras.joulesPerToken = median(joulesPerToken);
+      else if (!energyRead)
         extras.energyUnavailable = energy.why();
       else if (!decoded)
         extras.energyUnavailable = "no decode steps to measure";

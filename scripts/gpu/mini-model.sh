@@ -6,6 +6,9 @@
 # and 64 (prompt 128, 64 new) and prefill 1x1024 and 8x1024, for the bf16
 # and deepseek-v3 precision policies. The artifacts come from here:
 # scripts/gpu/prepare.sh --mini compiles them into .device-carry/models/.
+# Each of melt's figures is the median of three timed runs, each in a
+# session of its own (melt-run --repeat 3: a single 1x1024 prefill moved by
+# up to 1.7x from run to run), every run's rates beside it in the JSON.
 # JSON lines go to $OUT (or build-gpu/results); bench/cuda/plot_mini.py
 # charts them. MELT_COMPARE_MLA=1 adds the prefills with MLA on the split
 # kernel, MELT_COMPARE_FOLDS=1 the FP8 decode with the quantize pairs kept,
@@ -38,7 +41,8 @@ source "$(dirname "$0")/common.sh"
 build_gpu melt-run
 prompt() { python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$1"; }
 run() { build-gpu/bin/melt-run "$carry/models/$1" --random-weights \
-  --device cuda:0 --bench --warmup "${@:2}" | sed "s/^{/{\"model\": \"$1\", /"; }
+  --device cuda:0 --bench --warmup --repeat 3 "${@:2}" |
+  sed "s/^{/{\"model\": \"$1\", /"; }
 : > "$out/mini_melt.json"
 for model in mini-bf16.melt mini-fp8.melt; do
   echo "== melt: $model on cuda:0 =="

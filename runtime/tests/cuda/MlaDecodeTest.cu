@@ -157,3 +157,27 @@ TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
   args.pageSize = 48; // not a multiple of a tile (32 tokens)
   EXPECT_EQ(mlaDecode(args, nullptr, 0, 132, nullptr), cudaErrorInvalidValue);
 }
+
+TEST(CudaMlaDecode, ChoosesTheKernelByShape) {
+  // Host-side choices only: no device needed.
+  MlaDecodeArgs args;
+  args.batch = 1;
+  args.heads = 128;
+  args.pageSize = 64;
+  args.maxPagesPerSequence = 1;
+  args.maxLength = 10;
+  EXPECT_TRUE(mlaDecodeOnWarpgroups(args));
+  args.heads = 80; // not in 64s
+  EXPECT_FALSE(mlaDecodeOnWarpgroups(args));
+  args.heads = 64;
+  args.pageSize = 32; // a 64-token tile would span two pages
+  EXPECT_FALSE(mlaDecodeOnWarpgroups(args));
+  args.pageSize = 128;
+  EXPECT_TRUE(mlaDecodeOnWarpgroups(args));
+  args.warpgroups = false;
+  EXPECT_FALSE(mlaDecodeOnWarpgroups(args));
+  // TMA only where the cache's extent is given.
+  args.warpgroups = true;
+  args.cachePages = 0;
+  EXPECT_FALSE(mlaDecodeBulkCopies(args));
+}
