@@ -1,11 +1,11 @@
-//===- Wgmma.cuh - Hopper warpgroup MMA on shared-memory tiles --*- CUDA
-//-*-===//
+//===- Wgmma.cuh - Hopper warpgroup MMA on shared-memory tiles -*- CUDA -*-===//
 //
 // sm_90a's wgmma: four warps (a warpgroup, 128 threads) multiply a 64-row
 // A by an N-column B, both read by the tensor cores straight from shared
 // memory through 64-bit descriptors, asynchronously: the issuing threads
-// go on until they wait for the group. It runs at about twice mma.sync's
-// rate on the H100/H200.
+// go on until they wait for the group. Hopper's full tensor-core rate is
+// reached only this way (melt's MLA decode at 128 heads: 153 TFLOP/s on
+// mma.sync, 263-339 on wgmma, bench/results/mla_decode_melt.json).
 //
 // Tiles are kept in the 128-byte swizzle: a row of 64 BF16 values is 128
 // bytes, rows follow each other, and the 16-byte chunk c of row r sits at
