@@ -75,7 +75,7 @@ echo "== compute-sanitizer =="
 # is left out: the fused attention has a test of its own).
 for tool in memcheck racecheck; do
   filter='*'
-  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*MlaSplit*:*SmallM*:*CausalAttention*:*Wgmma*-*Decompressed*'
+  [ "$tool" = racecheck ] && filter='*Quantize*:*MlaDecode*:*MlaSplit*:*SmallM*:*CausalAttention*:*Wgmma*:*GroupedGemm*-*Decompressed*'
   compute-sanitizer --tool "$tool" --error-exitcode 3 \
     build-gpu/bin/melt-cuda-kernel-tests --gtest_filter="$filter" \
     > "$out/sanitizer-$tool.txt" 2>&1 && echo "$tool: clean" ||

@@ -31,9 +31,8 @@
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/TensorCoreMma.cuh"
+#include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"
-
-#include <cudaTypedefs.h>
 
 #include <cfloat>
 
@@ -367,42 +366,16 @@ size_t mlaWarpgroupSharedBytes() { return kSharedBytes; }
 
 namespace {
 
-/// The driver's tensor-map encoder (through the runtime: no link to the
-/// driver library), or null.
-PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void *function = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function,
-                                         12000, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
-      return PFN_cuTensorMapEncodeTiled_v12000(nullptr);
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
-  }();
-  return encode;
-}
-
 /// The cache as [cachePages * pageSize rows x 576] BF16, read in [64 x 64]
 /// boxes in the 128-byte swizzle; false where it cannot be made (the
 /// kernel then copies with cp.async).
 bool cacheTensorMap(const MlaDecodeArgs &args, CUtensorMap &map) {
   static const bool enabled =
       melt::rt::envSwitch("MELT_CUDA_MLA_BULK_COPY", true);
-  PFN_cuTensorMapEncodeTiled_v12000 encode = tensorMapEncoder();
-  if (!enabled || !encode || args.cachePages <= 0 ||
-      reinterpret_cast<uintptr_t>(args.cache) % 16 != 0)
-    return false;
-  const cuuint64_t dims[2] = {kLatentEntry,
-                              cuuint64_t(args.cachePages) * args.pageSize};
-  const cuuint64_t strides[1] = {kLatentEntry * sizeof(__nv_bfloat16)};
-  const cuuint32_t box[2] = {64, kWarpgroupTileTokens};
-  const cuuint32_t elementStrides[2] = {1, 1};
-  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                const_cast<__nv_bfloat16 *>(args.cache), dims, strides, box,
-                elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return enabled && args.cachePages > 0 &&
+         swizzledBf16Map(map, args.cache,
+                         uint64_t(args.cachePages) * args.pageSize,
+                         kLatentEntry, kLatentEntry, kWarpgroupTileTokens);
 }
 
 template <bool kBulk>

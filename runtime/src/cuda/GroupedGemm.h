@@ -1,0 +1,56 @@
+//===- GroupedGemm.h - one launch for every expert's product ----*- C++ -*-===//
+//
+// A prefill's routed experts multiply each expert's rows by that expert's
+// weights. With cuBLASLt that is one GEMM per expert, whose row counts the
+// host must know: the router's choices are read back each MoE layer, and
+// the GPU waits while the host groups them and launches 2-3 products per
+// expert. Here the groups are given on the device (where each expert's
+// rows begin in a gathered operand, in multiples of 128), and one launch
+// covers every (expert, row tile, column tile): a block finds its expert
+// from the group starts, and blocks past the last group's end return.
+//
+// BF16 operands, FP32 accumulation on Hopper's warpgroup MMA (Wgmma.cuh),
+// both operands brought in by TMA through a four-stage ring of shared
+// memory (BulkTensorCopy.cuh, TensorMaps.h); BF16 output.
+//
+// Standalone: the device's grouped experts do not call it yet.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_GROUPEDGEMM_H
+#define MELT_RUNTIME_CUDA_GROUPEDGEMM_H
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace melt::rt::cuda {
+
+/// Rows of a tile: each group's rows start at a multiple of it.
+constexpr int kGroupedGemmRows = 128;
+
+struct GroupedGemmArgs {
+  /// [capacity, k] row-major: group e's rows are [starts[e], starts[e + 1]).
+  const __nv_bfloat16 *x = nullptr;
+  /// [groups, n, k] row-major: group e's matrix is w + e * n * k.
+  const __nv_bfloat16 *w = nullptr;
+  /// [capacity, n] row-major: y[r] = x[r] w[e]^T for the rows of group e
+  /// (a group's padding rows too, from whatever x holds there; rows past
+  /// starts[groups] are not written).
+  __nv_bfloat16 *y = nullptr;
+  /// On the device: groups + 1 non-decreasing multiples of 128, the first
+  /// 0, the last at most `capacity`.
+  const int32_t *starts = nullptr;
+  int groups = 0, capacity = 0, n = 0, k = 0;
+};
+
+/// Whether the kernel takes the shape: n a multiple of 128, k of 64,
+/// capacity of 128, and the operands 16-byte aligned.
+bool groupedGemmFits(const GroupedGemmArgs &args);
+
+/// Launches the product on `stream` (no wait).
+cudaError_t groupedGemmBf16(const GroupedGemmArgs &args, cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_GROUPEDGEMM_H
