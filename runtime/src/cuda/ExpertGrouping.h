@@ -1,0 +1,50 @@
+//===- ExpertGrouping.h - expert choices grouped on the GPU -----*- C++ -*-===//
+//
+// Grouping a prefill's (token, choice) pairs by expert so that each
+// expert's rows can be multiplied together (GroupedGemm.h) without the
+// host: the router's choices stay on the device, and so do the group
+// starts, each pair's row and each row's token. Each expert's group starts
+// at a multiple of 128 rows (the grouped product's tile); within a group
+// the pairs keep their order (the same rows every run), and padding rows,
+// as the rows past the last group up to the capacity, name token 0.
+//
+// Standalone: the device's grouped experts do not call it yet.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_EXPERTGROUPING_H
+#define MELT_RUNTIME_CUDA_EXPERTGROUPING_H
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace melt::rt::cuda {
+
+/// Rows each group's start is a multiple of.
+constexpr int kExpertGroupRows = 128;
+/// The most experts grouping takes.
+constexpr int kMaxGroupedExperts = 1024;
+
+struct ExpertGroupingArgs {
+  /// [tokens, topK] expert indices, on the device.
+  const int32_t *chosen = nullptr;
+  int tokens = 0, topK = 0, experts = 0;
+  /// Rows of the grouped operand: at least expertGroupingCapacity().
+  int capacity = 0;
+  /// Outputs on the device: starts [experts + 1], rowOfPair [tokens *
+  /// topK], tokenOfRow [capacity].
+  int32_t *starts = nullptr, *rowOfPair = nullptr, *tokenOfRow = nullptr;
+  /// Set to 1 where an index is outside [0, experts) (its pair gets no
+  /// row: rowOfPair -1).
+  int32_t *bad = nullptr;
+};
+
+/// The rows that every choice of `pairs` pairs among `experts` fits in.
+int expertGroupingCapacity(int pairs, int experts);
+
+/// Launches the grouping on `stream`.
+cudaError_t groupExperts(const ExpertGroupingArgs &args, cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_EXPERTGROUPING_H
