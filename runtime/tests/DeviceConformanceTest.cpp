@@ -933,6 +933,17 @@ TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
   checkMoeExperts(*this, rng);
 }
 
+// The same with the choices grouped on a GPU, not on the host, and every
+// expert's product in one launch (MELT_CUDA_DEVICE_GROUPING=1: BF16 stacks
+// summed in BF16, hidden and expert sizes in 128s; other shapes and
+// devices run as before).
+TEST_P(DeviceConformance, MoeExpertsGroupedOnTheDevice) {
+  reopenWith("MELT_CUDA_DEVICE_GROUPING", "1");
+  if (HasFatalFailure())
+    return;
+  checkMoeExperts(*this, rng, 300, 256, 128);
+}
+
 /// An [N, K] weight the model keeps in FP8 128x128 blocks (values on the
 /// e4m3 grid of their block's scale), multiplied only by GEMMs.
 WeightData fp8BlockWeight(std::mt19937 &rng, int64_t N, int64_t K) {

@@ -19,6 +19,8 @@
 # latent append in one kernel (MELT_CUDA_FUSED_LATENT_APPEND=1),
 # MELT_COMPARE_MLA_DECOMPRESSED=1 the prefills with MLA absorbed
 # (MELT_CUDA_MLA_DECOMPRESSED=0) beside the default decompressed form,
+# MELT_COMPARE_DEVICE_GROUPING=1 the bf16 prefills with the experts grouped
+# on the GPU (MELT_CUDA_DEVICE_GROUPING=1) beside the default,
 # MELT_COMPARE_LOGIT_ROWS=1 the prefills with every kernel on every row
 # (MELT_LOGIT_ROWS_ONLY=0) beside the default (the last layer's query side
 # on the rows whose logits are wanted only),
@@ -61,6 +63,12 @@ for model in mini-bf16.melt mini-fp8.melt; do
     if [ "${MELT_COMPARE_MLA_DECOMPRESSED:-}" = 1 ]; then
       MELT_CUDA_MLA_DECOMPRESSED=0 run "$model" --prompt-ids "$(prompt 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "absorbed", /'
+    fi
+    # MELT_COMPARE_DEVICE_GROUPING=1: the bf16 prefills with the experts
+    # grouped on the GPU (MELT_CUDA_DEVICE_GROUPING=1).
+    if [ "${MELT_COMPARE_DEVICE_GROUPING:-}" = 1 ] && [ "$model" = mini-bf16.melt ]; then
+      MELT_CUDA_DEVICE_GROUPING=1 run "$model" --prompt-ids "$(prompt 1024)" \
+        --max-new 1 --batch 1,8 | sed 's/^{/{"grouping": "device", /'
     fi
     # MELT_COMPARE_LOGIT_ROWS=1: the prefills with every kernel on every
     # row (MELT_LOGIT_ROWS_ONLY=0).

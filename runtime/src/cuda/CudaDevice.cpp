@@ -13,7 +13,9 @@
 #include "Fp8Blocks.h"
 
 #include "cuda/Elementwise.h"
+#include "cuda/ExpertGrouping.h"
 #include "cuda/Gemm.h"
+#include "cuda/GroupedGemm.h"
 #include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
@@ -474,6 +476,7 @@ public:
   bool deterministicExperts_ =
       envSwitch("MELT_CUDA_DETERMINISTIC_EXPERTS", true);
   bool fusedAddNorm_ = envSwitch("MELT_CUDA_FUSED_ADD_NORM", true);
+  bool deviceGrouping_ = envSwitch("MELT_CUDA_DEVICE_GROUPING", false);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
@@ -758,6 +761,10 @@ public:
         check::moeExperts(x, indices, weights, gate, up, down, y));
     MELT_RETURN_IF_ERROR(flags());
     int64_t pairs = indices.shape[0] * indices.shape[1];
+    if (pairs >= groupedMinPairs_ && !quantizeX &&
+        groupsOnDevice(gate.dtype, int(gate.shape[0]), int(gate.shape[1]),
+                       int(x.shape[1]), combineBf16))
+      return groupedExpertsOnDevice(x, indices, weights, gate, up, down, y);
     // (Grouping reads the choices back: not while recording a graph.)
     if (pairs >= groupedMinPairs_ && !capturing_ && !quantizeX)
       return groupedExperts(x, indices, weights, gate, up, down, stacks,
@@ -778,6 +785,94 @@ public:
     if (pairRows.data)
       release(pairRows);
     return launched; // a bad expert index: at synchronize()
+  }
+
+  /// Whether many tokens' experts are grouped on the device
+  /// (MELT_CUDA_DEVICE_GROUPING=1; not yet run on a GPU, so off by
+  /// default): BF16 stacks whose sizes the grouped product takes, summed
+  /// in BF16 (its products' rows are BF16).
+  bool groupsOnDevice(DType stacks, int E, int I, int D,
+                      bool combineBf16) const {
+    return deviceGrouping_ && stacks == DType::BF16 && combineBf16 &&
+           E <= kMaxGroupedExperts && I % 128 == 0 && D % 128 == 0;
+  }
+
+  /// moeExperts for many tokens without the host: the choices grouped on
+  /// the device (ExpertGrouping.h), the rows gathered in BF16, each
+  /// product one launch for every expert (GroupedGemm.h), then the
+  /// combine. A bad index raises the experts' flag (its pair adds nothing).
+  Status groupedExpertsOnDevice(const DeviceTensor &x,
+                                const DeviceTensor &indices,
+                                const DeviceTensor &weights,
+                                const DeviceTensor &gate,
+                                const DeviceTensor &up,
+                                const DeviceTensor &down, DeviceTensor &y) {
+    const int T = int(x.shape[0]), D = int(x.shape[1]), E = int(gate.shape[0]),
+              I = int(gate.shape[1]), K = int(indices.shape[1]);
+    const int capacity = expertGroupingCapacity(T * K, E);
+    std::vector<DeviceTensor> held;
+    struct Release {
+      CudaDevice &device;
+      std::vector<DeviceTensor> &held;
+      ~Release() {
+        for (DeviceTensor &t : held)
+          device.release(t);
+      }
+    } releaseAll{*this, held};
+    Status allocated;
+    auto scratch = [&](DType type, std::vector<int64_t> shape) -> void * {
+      DeviceTensor t;
+      if (allocated)
+        return nullptr;
+      allocated = allocate(type, std::move(shape), t);
+      if (allocated)
+        return nullptr;
+      held.push_back(t);
+      return t.data;
+    };
+    auto *starts = static_cast<int32_t *>(scratch(DType::I32, {E + 1}));
+    auto *rowOfPair = static_cast<int32_t *>(scratch(DType::I32, {T * K}));
+    auto *tokenOfRow = static_cast<int32_t *>(scratch(DType::I32, {capacity}));
+    auto *xs =
+        static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, D}));
+    auto *g = static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, I}));
+    auto *u = static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, I}));
+    auto *act =
+        static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, I}));
+    auto *out =
+        static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, D}));
+    MELT_RETURN_IF_ERROR(allocated);
+    ExpertGroupingArgs grouping;
+    grouping.chosen = static_cast<const int32_t *>(indices.data);
+    grouping.tokens = T, grouping.topK = K, grouping.experts = E;
+    grouping.capacity = capacity;
+    grouping.starts = starts, grouping.rowOfPair = rowOfPair;
+    grouping.tokenOfRow = tokenOfRow, grouping.bad = flag_ + kExpertFlag;
+    MELT_RETURN_IF_ERROR(check(groupExperts(grouping, stream_), "moe_experts"));
+    MELT_RETURN_IF_ERROR(
+        check(gatherRows(static_cast<const float *>(x.data), tokenOfRow,
+                         capacity, D, {xs, true}, stream_),
+              "moe_experts"));
+    auto product = [&](const __nv_bfloat16 *input, const DeviceTensor &w, int n,
+                       int k, __nv_bfloat16 *result) {
+      GroupedGemmArgs a;
+      a.x = input, a.w = static_cast<const __nv_bfloat16 *>(w.data);
+      a.y = result, a.starts = starts;
+      a.groups = E, a.capacity = capacity, a.n = n, a.k = k;
+      return check(groupedGemmBf16(a, stream_), "moe_experts");
+    };
+    MELT_RETURN_IF_ERROR(product(xs, gate, I, D, g));
+    MELT_RETURN_IF_ERROR(product(xs, up, I, D, u));
+    MELT_RETURN_IF_ERROR(
+        check(binary(Binary::SiluMul, {g, true}, {u, true},
+                     size_t(capacity) * I, {act, true}, stream_),
+              "moe_experts"));
+    MELT_RETURN_IF_ERROR(product(act, down, D, I, out));
+    return check(combineExpertRows({out, true}, rowOfPair,
+                                   static_cast<const float *>(weights.data), T,
+                                   K, D, /*combineBf16=*/true,
+                                   static_cast<float *>(y.data), stream_),
+                 "moe_experts");
   }
 
   /// moeExperts' device-side kernels (no wait for the choices).

@@ -8,7 +8,8 @@
 // the pairs keep their order (the same rows every run), and padding rows,
 // as the rows past the last group up to the capacity, name token 0.
 //
-// Standalone: the device's grouped experts do not call it yet.
+// The device runs it where MELT_CUDA_DEVICE_GROUPING=1 (not yet run on a
+// GPU: off by default).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_EXPERTGROUPING_H

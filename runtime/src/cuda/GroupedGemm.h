@@ -13,7 +13,8 @@
 // both operands brought in by TMA through a four-stage ring of shared
 // memory (BulkTensorCopy.cuh, TensorMaps.h); BF16 output.
 //
-// Standalone: the device's grouped experts do not call it yet.
+// The device runs it where MELT_CUDA_DEVICE_GROUPING=1 (not yet run on a
+// GPU: off by default).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_GROUPEDGEMM_H

@@ -427,6 +427,8 @@ __global__ void combineExpertRowsKernel(Operand expertOut,
     float sum = 0.f;
     for (int k = 0; k < choices; ++k) {
       int pair = t * choices + k;
+      if (rowOfPair[pair] < 0) // no row: its expert index was outside
+        continue;
       float v = load(expertOut, size_t(rowOfPair[pair]) * dim + d);
       if (combineBf16)
         v = __bfloat162float(__float2bfloat16(v));
