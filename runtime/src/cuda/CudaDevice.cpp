@@ -761,7 +761,9 @@ public:
         check::moeExperts(x, indices, weights, gate, up, down, y));
     MELT_RETURN_IF_ERROR(flags());
     int64_t pairs = indices.shape[0] * indices.shape[1];
-    if (pairs >= groupedMinPairs_ && !quantizeX &&
+    // (A recorded decode step keeps its row kernels: groups padded to 128
+    // rows would be mostly padding at a few tokens an expert.)
+    if (pairs >= groupedMinPairs_ && !capturing_ && !quantizeX &&
         groupsOnDevice(gate.dtype, int(gate.shape[0]), int(gate.shape[1]),
                        int(x.shape[1]), combineBf16))
       return groupedExpertsOnDevice(x, indices, weights, gate, up, down, y);
