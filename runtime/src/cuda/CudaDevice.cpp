@@ -789,6 +789,28 @@ public:
     return launched; // a bad expert index: at synchronize()
   }
 
+  /// Scratch tensors of one call, released when it returns (stream-ordered:
+  /// reused only by work queued later).
+  class CallScratch {
+  public:
+    explicit CallScratch(CudaDevice &device) : device_(device) {}
+    CallScratch(const CallScratch &) = delete;
+    CallScratch &operator=(const CallScratch &) = delete;
+    ~CallScratch() {
+      for (DeviceTensor &t : held_)
+        device_.release(t);
+    }
+    Status take(DType type, std::vector<int64_t> shape, DeviceTensor &t) {
+      MELT_RETURN_IF_ERROR(device_.allocate(type, std::move(shape), t));
+      held_.push_back(t);
+      return Status::ok();
+    }
+
+  private:
+    CudaDevice &device_;
+    std::vector<DeviceTensor> held_;
+  };
+
   /// Whether many tokens' experts are grouped on the device
   /// (MELT_CUDA_DEVICE_GROUPING=1; not yet run on a GPU, so off by
   /// default): BF16 stacks whose sizes the grouped product takes, summed
@@ -812,38 +834,24 @@ public:
     const int T = int(x.shape[0]), D = int(x.shape[1]), E = int(gate.shape[0]),
               I = int(gate.shape[1]), K = int(indices.shape[1]);
     const int capacity = expertGroupingCapacity(T * K, E);
-    std::vector<DeviceTensor> held;
-    struct Release {
-      CudaDevice &device;
-      std::vector<DeviceTensor> &held;
-      ~Release() {
-        for (DeviceTensor &t : held)
-          device.release(t);
-      }
-    } releaseAll{*this, held};
-    Status allocated;
-    auto scratch = [&](DType type, std::vector<int64_t> shape) -> void * {
-      DeviceTensor t;
-      if (allocated)
-        return nullptr;
-      allocated = allocate(type, std::move(shape), t);
-      if (allocated)
-        return nullptr;
-      held.push_back(t);
-      return t.data;
-    };
-    auto *starts = static_cast<int32_t *>(scratch(DType::I32, {E + 1}));
-    auto *rowOfPair = static_cast<int32_t *>(scratch(DType::I32, {T * K}));
-    auto *tokenOfRow = static_cast<int32_t *>(scratch(DType::I32, {capacity}));
-    auto *xs =
-        static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, D}));
-    auto *g = static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, I}));
-    auto *u = static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, I}));
-    auto *act =
-        static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, I}));
-    auto *out =
-        static_cast<__nv_bfloat16 *>(scratch(DType::BF16, {capacity, D}));
-    MELT_RETURN_IF_ERROR(allocated);
+    CallScratch scratch(*this);
+    DeviceTensor startsT, rowOfPairT, tokenOfRowT, xsT, gT, uT, actT, outT;
+    MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {E + 1}, startsT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {T * K}, rowOfPairT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {capacity}, tokenOfRowT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, xsT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, gT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, uT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, actT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, outT));
+    auto *starts = static_cast<int32_t *>(startsT.data);
+    auto *rowOfPair = static_cast<int32_t *>(rowOfPairT.data);
+    auto *tokenOfRow = static_cast<int32_t *>(tokenOfRowT.data);
+    auto *xs = static_cast<__nv_bfloat16 *>(xsT.data);
+    auto *g = static_cast<__nv_bfloat16 *>(gT.data);
+    auto *u = static_cast<__nv_bfloat16 *>(uT.data);
+    auto *act = static_cast<__nv_bfloat16 *>(actT.data);
+    auto *out = static_cast<__nv_bfloat16 *>(outT.data);
     ExpertGroupingArgs grouping;
     grouping.chosen = static_cast<const int32_t *>(indices.data);
     grouping.tokens = T, grouping.topK = K, grouping.experts = E;
@@ -1398,21 +1406,11 @@ private:
       rowOfPair[size_t(p)] = row;
     }
     DType operand = bf16 ? DType::BF16 : DType::F32;
-    std::vector<DeviceTensor> held;
+    CallScratch scratchOfCall(*this);
     auto scratch = [&](DType type, std::vector<int64_t> shape,
-                       DeviceTensor &t) -> Status {
-      MELT_RETURN_IF_ERROR(allocate(type, std::move(shape), t));
-      held.push_back(t);
-      return Status::ok();
+                       DeviceTensor &t) {
+      return scratchOfCall.take(type, std::move(shape), t);
     };
-    struct Release {
-      CudaDevice &device;
-      std::vector<DeviceTensor> &held;
-      ~Release() {
-        for (DeviceTensor &t : held)
-          device.release(t);
-      }
-    } releaseAll{*this, held};
     MELT_RETURN_IF_ERROR(openLanes());
     // FP8 gate and up products on cuBLASLt's block-scaled FP8 GEMM (each
     // expert's rows quantized in 1x128 blocks, as DeepSeek-V3 runs them)

@@ -347,7 +347,7 @@ size_t sharedBytesFor(int tiles) {
 /// stay small beside the cache it reads.
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   constexpr int kSharedPerSm = 228 * 1024, kReservedPerBlock = 1024;
-  const bool warpgroups = mlaWarpgroupsFit(args);
+  const bool warpgroups = mlaDecodeOnWarpgroups(args);
   const int tileTokens = warpgroups ? kWarpgroupTileTokens : kTileTokens;
   const int headsPerBlock =
       warpgroups ? kWarpgroupHeads : 16 * headTiles(args, smCount);
@@ -400,14 +400,6 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
 
 } // namespace
 
-bool mlaDecodeOnWarpgroups(const MlaDecodeArgs &args) {
-  return mlaWarpgroupsFit(args);
-}
-
-bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {
-  return mlaWarpgroupsBulkCopy(args);
-}
-
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount) {
   return SplitPlan(args, smCount).workspaceBytes();
 }
@@ -427,7 +419,7 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
   float *sums = plan.sums(workspace);
   float2 *stats = plan.stats(workspace);
   cudaError_t error =
-      mlaWarpgroupsFit(args)
+      mlaDecodeOnWarpgroups(args)
           ? launchMlaWarpgroupChunks(args, plan.chunkTokens, plan.chunks, sums,
                                      stats, stream)
       : headTiles(args, smCount) == 4

@@ -356,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 } // namespace
 
-bool mlaWarpgroupsFit(const MlaDecodeArgs &args) {
+bool mlaDecodeOnWarpgroups(const MlaDecodeArgs &args) {
   static const bool enabled = melt::rt::envSwitch("MELT_CUDA_MLA_WGMMA", true);
   return enabled && args.warpgroups && args.heads % kWarpgroupHeads == 0 &&
          args.pageSize % kWarpgroupTileTokens == 0;
@@ -398,15 +398,15 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
 
 } // namespace
 
-bool mlaWarpgroupsBulkCopy(const MlaDecodeArgs &args) {
+bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {
   CUtensorMap map;
-  return mlaWarpgroupsFit(args) && cacheTensorMap(args, map);
+  return mlaDecodeOnWarpgroups(args) && cacheTensorMap(args, map);
 }
 
 cudaError_t launchMlaWarpgroupChunks(const MlaDecodeArgs &args, int chunkTokens,
                                      int chunks, float *sums, float2 *stats,
                                      cudaStream_t stream) {
-  if (chunkTokens % kWarpgroupTileTokens != 0 || !mlaWarpgroupsFit(args))
+  if (chunkTokens % kWarpgroupTileTokens != 0 || !mlaDecodeOnWarpgroups(args))
     return cudaErrorInvalidValue;
   alignas(64) CUtensorMap map{};
   return cacheTensorMap(args, map)

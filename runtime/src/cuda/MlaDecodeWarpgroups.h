@@ -21,14 +21,10 @@ constexpr int kWarpgroupTileTokens = 64;
 /// Heads a block takes.
 constexpr int kWarpgroupHeads = 64;
 
-/// Whether the warpgroup kernel takes these arguments (heads in 64s, pages
-/// of a multiple of 64 tokens, args.warpgroups; MELT_CUDA_MLA_WGMMA=0:
-/// never).
-bool mlaWarpgroupsFit(const MlaDecodeArgs &args);
-
-/// Whether its tiles come by TMA (args.cachePages known; the driver's
-/// tensor maps; MELT_CUDA_MLA_BULK_COPY=0: never), else by cp.async.
-bool mlaWarpgroupsBulkCopy(const MlaDecodeArgs &args);
+// mlaDecodeOnWarpgroups (MlaDecode.h) is defined here: heads in 64s, pages
+// of a multiple of 64 tokens, args.warpgroups (MELT_CUDA_MLA_WGMMA=0:
+// never); and mlaDecodeBulkCopies: args.cachePages known and the driver's
+// tensor maps at hand (MELT_CUDA_MLA_BULK_COPY=0: never), else cp.async.
 
 /// Dynamic shared memory of one block (one block per multiprocessor).
 size_t mlaWarpgroupSharedBytes();
