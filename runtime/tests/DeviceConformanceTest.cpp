@@ -934,9 +934,9 @@ TEST_P(DeviceConformance, MoeExpertsGroupedByExpert) {
 }
 
 // The same with the choices grouped on a GPU, not on the host, and every
-// expert's product in one launch (MELT_CUDA_DEVICE_GROUPING=1: BF16 stacks
-// summed in BF16, hidden and expert sizes in 128s; other shapes and
-// devices run as before).
+// expert's product in one launch (MELT_CUDA_DEVICE_GROUPING=1: BF16 or FP8
+// stacks, hidden and expert sizes in 128s; other shapes and devices run as
+// before).
 TEST_P(DeviceConformance, MoeExpertsGroupedOnTheDevice) {
   reopenWith("MELT_CUDA_DEVICE_GROUPING", "1");
   if (HasFatalFailure())
@@ -1138,6 +1138,18 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
     ASSERT_FALSE(device.moeExperts(dx, di, dw, dg, du, dd, true, again));
     EXPECT_EQ(test.get(again), test.get(y)) << T << " tokens";
   }
+}
+
+// FP8 stacks grouped on the device (their tiles widened to BF16 in the
+// grouped product), twice the same bits.
+TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnTheDevice) {
+  reopenWith("MELT_CUDA_DEVICE_GROUPING", "1");
+  if (HasFatalFailure())
+    return;
+  checkFp8ExpertStacks(*this, rng, 300, /*I=*/256, /*D=*/384,
+                       /*xOnGrid=*/true, /*sameBitsTwice=*/true);
+  checkFp8ExpertStacks(*this, rng, 70, /*I=*/1408, /*D=*/2048,
+                       /*xOnGrid=*/true);
 }
 
 // The expert kernels' sums the same bits every run (a GPU's default,

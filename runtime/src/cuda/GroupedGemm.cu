@@ -8,11 +8,17 @@
 // warpgroups' products of it are done (a wgmma wait for all but the
 // latest group, then a barrier).
 //
+// FP8 weights: a stage holds w's [128 x 64] codes unswizzled (8 KB); once
+// they land, every thread widens 32 of them into one of two BF16 tiles in
+// the swizzle (a barrier, then the products read it). The widening of
+// block kb runs while the tensor cores are still on block kb - 1.
+//
 //===----------------------------------------------------------------------===//
 #include "cuda/GroupedGemm.h"
 
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/E4m3.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"
@@ -22,16 +28,56 @@ namespace {
 
 constexpr int kTileRows = kGroupedGemmRows, kTileColumns = 128;
 constexpr int kBlockK = 64, kStages = 4, kThreads = 256;
-constexpr int kOperandBytes = kTileRows * kBlockK * 2; // x's or w's tile
-constexpr int kStageBytes = 2 * kOperandBytes;
-constexpr size_t kBarriersAt = size_t(kStages) * kStageBytes;
-constexpr size_t kSharedBytes =
-    kBarriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+constexpr int kOperandBytes = kTileRows * kBlockK * 2; // a BF16 tile
 
+/// Shared memory: kStages stages (x's tile, then w's as loaded), then for
+/// FP8 weights two widened w tiles, then the stages' barriers.
+template <bool kFp8> struct SharedLayout {
+  static constexpr int wBytes = kFp8 ? kTileColumns * kBlockK : kOperandBytes;
+  static constexpr int stageBytes = kOperandBytes + wBytes;
+  static constexpr int widenedAt = kStages * stageBytes;
+  static constexpr size_t barriersAt =
+      size_t(widenedAt) + (kFp8 ? 2 * kOperandBytes : 0);
+  static constexpr size_t bytes =
+      barriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+  static_assert(stageBytes % kSwizzleAtomBytes == 0, "tiles stay aligned");
+};
+
+/// Thread i widens row i / 2 of w's [128 x 64] FP8 codes, its half i % 2
+/// (32 codes, four 16-byte chunks of the BF16 row), times `scale`, into
+/// the swizzled BF16 tile.
+__device__ __forceinline__ void widenTile(const uint8_t *codes,
+                                          uint8_t *widened, float scale) {
+  const int row = threadIdx.x / 2, half = threadIdx.x % 2;
+  const uint4 *from =
+      reinterpret_cast<const uint4 *>(codes + row * kBlockK + half * 32);
+#pragma unroll
+  for (int part = 0; part < 2; ++part) {
+    const uint4 words = from[part];
+    const uint32_t word[4] = {words.x, words.y, words.z, words.w};
+#pragma unroll
+    for (int chunk = 0; chunk < 2; ++chunk) {
+      uint32_t packed[4];
+#pragma unroll
+      for (int pair = 0; pair < 2; ++pair) {
+        float v[4];
+        e4m3Values(word[2 * chunk + pair], v);
+        packed[2 * pair] = packBf16(v[0] * scale, v[1] * scale);
+        packed[2 * pair + 1] = packBf16(v[2] * scale, v[3] * scale);
+      }
+      *reinterpret_cast<uint4 *>(
+          widened + swizzledOffset(row, 4 * half + 2 * part + chunk)) =
+          make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    }
+  }
+}
+
+template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     groupedGemmKernel(GroupedGemmArgs a,
                       const __grid_constant__ CUtensorMap xMap,
                       const __grid_constant__ CUtensorMap wMap) {
+  using Layout = SharedLayout<kFp8>;
   awaitPriorKernels();
   const int row0 = int(blockIdx.y) * kTileRows;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
@@ -53,9 +99,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
                                  sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
                                     kSwizzleAtomBytes;
-  uint64_t *full = reinterpret_cast<uint64_t *>(shared + kBarriersAt);
-  auto xTile = [&](int stage) { return shared + stage * kStageBytes; };
+  uint64_t *full = reinterpret_cast<uint64_t *>(shared + Layout::barriersAt);
+  auto xTile = [&](int stage) { return shared + stage * Layout::stageBytes; };
   auto wTile = [&](int stage) { return xTile(stage) + kOperandBytes; };
+  auto widened = [&](int kb) {
+    return shared + Layout::widenedAt + (kb % 2) * kOperandBytes;
+  };
+  // FP8: the scales of this tile's 128 columns, one per 128 of k.
+  const float *scales =
+      kFp8 ? a.wScales +
+                 (size_t(lo) * (a.n / 128) + n0 / 128) * ((a.k + 127) / 128)
+           : nullptr;
   if (threadIdx.x == 0)
     for (int stage = 0; stage < kStages; ++stage)
       initLoadBarrier(&full[stage]);
@@ -65,7 +119,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Block kb of k into its stage (thread 0).
   auto load = [&](int kb) {
     const int stage = kb % kStages;
-    expectBytes(&full[stage], kStageBytes);
+    expectBytes(&full[stage], Layout::stageBytes);
     loadTile2d(xTile(stage), &xMap, kb * kBlockK, row0, &full[stage]);
     loadTile2d(wTile(stage), &wMap, kb * kBlockK, wRow0, &full[stage]);
   };
@@ -80,10 +134,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     acc[i] = 0.f;
   for (int kb = 0; kb < kBlocks; ++kb) {
     const int stage = kb % kStages;
+    const float scale = kFp8 ? scales[kb * kBlockK / 128] : 0.f;
     awaitBarrier(&full[stage], (kb / kStages) % 2);
+    if (kFp8) {
+      // widened(kb) was last read by block kb - 2's products, done in both
+      // warpgroups before the previous iteration's closing barrier.
+      widenTile(wTile(stage), widened(kb), scale);
+      fenceSharedForWgmma();
+      __syncthreads();
+    }
     const uint64_t x =
         kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
-    const uint64_t w = kMajorDescriptor(wTile(stage));
+    const uint64_t w = kMajorDescriptor(kFp8 ? widened(kb) : wTile(stage));
     wgmmaFence();
 #pragma unroll
     for (int step = 0; step < kBlockK / 16; ++step)
@@ -105,43 +167,68 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const size_t row = size_t(row0 + group * 64 + 16 * warp + g + 8 * half);
-    __nv_bfloat16 *out = a.y + row * a.n + n0 + 2 * t;
+    const size_t at = row * a.n + n0 + 2 * t;
+    if (a.yF32) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
-      *reinterpret_cast<uint32_t *>(out + 8 * j) =
-          packBf16(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
+            make_float2(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+            packBf16(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
+    }
   }
 }
 
 } // namespace
 
 bool groupedGemmFits(const GroupedGemmArgs &a) {
+  static_assert(kTileColumns == 128, "a column tile is one block of scales");
   return a.groups > 0 && a.n > 0 && a.n % kTileColumns == 0 && a.k > 0 &&
          a.k % kBlockK == 0 && a.capacity > 0 && a.capacity % kTileRows == 0 &&
-         a.x && a.w && a.y && a.starts &&
+         a.x && a.w && (a.y != nullptr) != (a.yF32 != nullptr) && a.starts &&
          reinterpret_cast<uintptr_t>(a.x) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(a.w) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(a.y) % 16 == 0;
+         reinterpret_cast<uintptr_t>(a.y) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(a.yF32) % 16 == 0;
 }
+
+namespace {
+
+template <bool kFp8>
+cudaError_t launch(const GroupedGemmArgs &a, const CUtensorMap &xMap,
+                   const CUtensorMap &wMap, cudaStream_t stream) {
+  constexpr size_t shared = SharedLayout<kFp8>::bytes;
+  cudaError_t error = cudaFuncSetAttribute(
+      groupedGemmKernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      int(shared));
+  if (error != cudaSuccess)
+    return error;
+  const dim3 grid(a.n / kTileColumns, a.capacity / kTileRows);
+  error = launchOverlapped(groupedGemmKernel<kFp8>, grid, kThreads, shared,
+                           stream, a, xMap, wMap);
+  return error != cudaSuccess ? error : cudaGetLastError();
+}
+
+} // namespace
 
 cudaError_t groupedGemmBf16(const GroupedGemmArgs &a, cudaStream_t stream) {
   if (!groupedGemmFits(a))
     return cudaErrorInvalidValue;
+  const bool fp8 = a.wScales != nullptr;
   alignas(64) CUtensorMap xMap{}, wMap{};
+  const uint64_t wRows = uint64_t(a.groups) * a.n;
   if (!swizzledBf16Map(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
                        uint64_t(a.k), kTileRows) ||
-      !swizzledBf16Map(wMap, a.w, uint64_t(a.groups) * a.n, uint64_t(a.k),
-                       uint64_t(a.k), kTileColumns))
+      !(fp8 ? plainByteMap(wMap, a.w, wRows, uint64_t(a.k), uint64_t(a.k),
+                           kTileColumns, kBlockK)
+            : swizzledBf16Map(wMap, a.w, wRows, uint64_t(a.k), uint64_t(a.k),
+                              kTileColumns)))
     return cudaErrorNotSupported;
-  cudaError_t error = cudaFuncSetAttribute(
-      groupedGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      int(kSharedBytes));
-  if (error != cudaSuccess)
-    return error;
-  const dim3 grid(a.n / kTileColumns, a.capacity / kTileRows);
-  error = launchOverlapped(groupedGemmKernel, grid, kThreads, kSharedBytes,
-                           stream, a, xMap, wMap);
-  return error != cudaSuccess ? error : cudaGetLastError();
+  return fp8 ? launch<true>(a, xMap, wMap, stream)
+             : launch<false>(a, xMap, wMap, stream);
 }
 
 } // namespace melt::rt::cuda

@@ -11,7 +11,10 @@
 //
 // BF16 operands, FP32 accumulation on Hopper's warpgroup MMA (Wgmma.cuh),
 // both operands brought in by TMA through a four-stage ring of shared
-// memory (BulkTensorCopy.cuh, TensorMaps.h); BF16 output.
+// memory (BulkTensorCopy.cuh, TensorMaps.h); BF16 or F32 output. Weights
+// in FP8 with 128x128 block scales are widened to BF16 in shared memory
+// as they arrive (e4m3 value times its block's scale, rounded: the values
+// widenFp8Blocks gives), so the products are BF16 ones either way.
 //
 // The device runs it where MELT_CUDA_DEVICE_GROUPING=1 (not yet run on a
 // GPU: off by default).
@@ -33,12 +36,17 @@ constexpr int kGroupedGemmRows = 128;
 struct GroupedGemmArgs {
   /// [capacity, k] row-major: group e's rows are [starts[e], starts[e + 1]).
   const __nv_bfloat16 *x = nullptr;
-  /// [groups, n, k] row-major: group e's matrix is w + e * n * k.
-  const __nv_bfloat16 *w = nullptr;
+  /// [groups, n, k] row-major: group e's matrix is w + e * n * k. BF16, or
+  /// FP8 e4m3 codes where wScales is given.
+  const void *w = nullptr;
+  /// FP8 weights' scales, [groups, n / 128, ceil(k / 128)] row-major.
+  const float *wScales = nullptr;
   /// [capacity, n] row-major: y[r] = x[r] w[e]^T for the rows of group e
   /// (a group's padding rows too, from whatever x holds there; rows past
-  /// starts[groups] are not written).
+  /// starts[groups] are not written). In BF16 (y) or F32 (yF32): one of
+  /// the two is given.
   __nv_bfloat16 *y = nullptr;
+  float *yF32 = nullptr;
   /// On the device: groups + 1 non-decreasing multiples of 128, the first
   /// 0, the last at most `capacity`.
   const int32_t *starts = nullptr;

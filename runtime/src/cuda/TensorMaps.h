@@ -1,11 +1,12 @@
-//===- TensorMaps.h - TMA tensor maps over BF16 matrices --------*- C++ -*-===//
+//===- TensorMaps.h - TMA tensor maps over BF16 and FP8 matrices *- C++ -*-===//
 //
 // The host side of TMA (BulkTensorCopy.cuh): a CUtensorMap describes a
 // matrix in global memory and the box one copy brings into shared memory.
 // melt's kernels read row-major BF16 matrices in boxes of 64 columns (128
 // bytes) in the 128-byte swizzle, the layout wgmma's descriptors read
-// (Wgmma.cuh). The driver's encoder is reached through the runtime, so
-// that nothing links the driver library.
+// (Wgmma.cuh), and FP8 matrices in plain boxes that threads widen. The driver's
+// encoder is reached through the runtime, so that nothing links the driver
+// library.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_TENSORMAPS_H
@@ -24,6 +25,14 @@ namespace melt::rt::cuda {
 /// rowStride * 2 in 16 bytes; columns a multiple of 8).
 bool swizzledBf16Map(CUtensorMap &map, const void *base, uint64_t rows,
                      uint64_t columns, uint64_t rowStride, uint32_t boxRows);
+
+/// A map over the row-major byte matrix [rows x columns] at `base` (FP8
+/// codes; rows `rowStride` bytes apart), read in boxes of [boxRows x
+/// boxColumns] without a swizzle; out-of-range parts read as zeros. False
+/// as above (base and rowStride in 16 bytes, boxColumns a multiple of 16).
+bool plainByteMap(CUtensorMap &map, const void *base, uint64_t rows,
+                  uint64_t columns, uint64_t rowStride, uint32_t boxRows,
+                  uint32_t boxColumns);
 
 } // namespace melt::rt::cuda
 
