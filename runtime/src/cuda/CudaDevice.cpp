@@ -826,13 +826,14 @@ public:
   }
 
   /// moeExperts for many tokens without the host: the choices grouped on
-  /// the device (ExpertGrouping.h), the rows gathered in BF16, each
-  /// product one launch for every expert (GroupedGemm.h; FP8 stacks
-  /// widened to BF16 in it), then the combine. The precisions of the host's
-  /// grouping (groupedExperts) with BF16 products: gate, up and their
-  /// SiLU-mul in BF16, the down product's rows in F32 unless the combine
-  /// rounds them to BF16 anyway. A bad index raises the experts' flag (its
-  /// pair adds nothing).
+  /// the device (ExpertGrouping.h), the rows gathered in BF16, gate and up
+  /// as one launch for every expert that writes SiLU(gate) * up, the down
+  /// product one more (GroupedGemm.h; FP8 stacks widened to BF16 in it),
+  /// then the combine. The precisions of the host's grouping
+  /// (groupedExperts) with BF16 products: gate, up and their SiLU-mul in
+  /// BF16, the down product's rows in F32 unless the combine rounds them
+  /// to BF16 anyway. A bad index raises the experts' flag (its pair adds
+  /// nothing).
   Status
   groupedExpertsOnDevice(const DeviceTensor &x, const DeviceTensor &indices,
                          const DeviceTensor &weights, const DeviceTensor &gate,
@@ -843,13 +844,11 @@ public:
               I = int(gate.shape[1]), K = int(indices.shape[1]);
     const int capacity = expertGroupingCapacity(T * K, E);
     CallScratch scratch(*this);
-    DeviceTensor startsT, rowOfPairT, tokenOfRowT, xsT, gT, uT, actT, outT;
+    DeviceTensor startsT, rowOfPairT, tokenOfRowT, xsT, actT, outT;
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {E + 1}, startsT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {T * K}, rowOfPairT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {capacity}, tokenOfRowT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, xsT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, gT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, uT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, actT));
     MELT_RETURN_IF_ERROR(scratch.take(combineBf16 ? DType::BF16 : DType::F32,
                                       {capacity, D}, outT));
@@ -857,9 +856,6 @@ public:
     auto *rowOfPair = static_cast<int32_t *>(rowOfPairT.data);
     auto *tokenOfRow = static_cast<int32_t *>(tokenOfRowT.data);
     auto *xs = static_cast<__nv_bfloat16 *>(xsT.data);
-    auto *g = static_cast<__nv_bfloat16 *>(gT.data);
-    auto *u = static_cast<__nv_bfloat16 *>(uT.data);
-    auto *act = static_cast<__nv_bfloat16 *>(actT.data);
     ExpertGroupingArgs grouping;
     grouping.chosen = static_cast<const int32_t *>(indices.data);
     grouping.tokens = T, grouping.topK = K, grouping.experts = E;
@@ -871,14 +867,16 @@ public:
         check(gatherRows(static_cast<const float *>(x.data), tokenOfRow,
                          capacity, D, {xs, true}, stream_),
               "moe_experts"));
-    auto product = [&](const __nv_bfloat16 *input, const DeviceTensor &w, int n,
-                       int k, DeviceTensor &result) {
+    const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
+    // x w^T, or with w2 (up) SiLU(x w^T) * (x w2^T).
+    auto product = [&](const __nv_bfloat16 *input, const void *w,
+                       const float *wScales, const void *w2,
+                       const float *w2Scales, int n, int k,
+                       DeviceTensor &result) {
       GroupedGemmArgs a;
-      a.x = input, a.w = w.data;
-      if (stacks.type == ExpertStacks::Type::Fp8Blocks)
-        a.wScales = w.data == gate.data ? stacks.gateScales
-                    : w.data == up.data ? stacks.upScales
-                                        : stacks.downScales;
+      a.x = input, a.w = w, a.w2 = w2;
+      if (fp8)
+        a.wScales = wScales, a.w2Scales = w2Scales;
       if (result.dtype == DType::BF16)
         a.y = static_cast<__nv_bfloat16 *>(result.data);
       else
@@ -887,13 +885,11 @@ public:
       a.groups = E, a.capacity = capacity, a.n = n, a.k = k;
       return check(groupedGemmBf16(a, stream_), "moe_experts");
     };
-    MELT_RETURN_IF_ERROR(product(xs, gate, I, D, gT));
-    MELT_RETURN_IF_ERROR(product(xs, up, I, D, uT));
-    MELT_RETURN_IF_ERROR(
-        check(binary(Binary::SiluMul, {g, true}, {u, true},
-                     size_t(capacity) * I, {act, true}, stream_),
-              "moe_experts"));
-    MELT_RETURN_IF_ERROR(product(act, down, D, I, outT));
+    MELT_RETURN_IF_ERROR(product(xs, gate.data, stacks.gateScales, up.data,
+                                 stacks.upScales, I, D, actT));
+    MELT_RETURN_IF_ERROR(product(static_cast<const __nv_bfloat16 *>(actT.data),
+                                 down.data, stacks.downScales, nullptr, nullptr,
+                                 D, I, outT));
     return check(combineExpertRows({outT.data, combineBf16}, rowOfPair,
                                    static_cast<const float *>(weights.data), T,
                                    K, D, combineBf16,

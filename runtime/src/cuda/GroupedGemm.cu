@@ -13,12 +13,17 @@
 // the swizzle (a barrier, then the products read it). The widening of
 // block kb runs while the tensor cores are still on block kb - 1.
 //
+// A gate/up pair (w2 given): each stage holds both weights' tiles, each
+// warpgroup keeps two accumulators, and the epilogue writes SiLU(gate) *
+// up, so the activations leave the block once and x is read once for both.
+//
 //===----------------------------------------------------------------------===//
 #include "cuda/GroupedGemm.h"
 
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
+#include "cuda/Silu.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"
@@ -30,17 +35,20 @@ constexpr int kTileRows = kGroupedGemmRows, kTileColumns = 128;
 constexpr int kBlockK = 64, kStages = 4, kThreads = 256;
 constexpr int kOperandBytes = kTileRows * kBlockK * 2; // a BF16 tile
 
-/// Shared memory: kStages stages (x's tile, then w's as loaded), then for
-/// FP8 weights two widened w tiles, then the stages' barriers.
-template <bool kFp8> struct SharedLayout {
+/// Shared memory: kStages stages (x's tile, then the weights' tiles as
+/// loaded: w's, and with kPair w2's), then for FP8 weights two widened
+/// tiles of each weight, then the stages' barriers.
+template <bool kFp8, bool kPair> struct SharedLayout {
+  static constexpr int weights = kPair ? 2 : 1;
   static constexpr int wBytes = kFp8 ? kTileColumns * kBlockK : kOperandBytes;
-  static constexpr int stageBytes = kOperandBytes + wBytes;
+  static constexpr int stageBytes = kOperandBytes + weights * wBytes;
   static constexpr int widenedAt = kStages * stageBytes;
   static constexpr size_t barriersAt =
-      size_t(widenedAt) + (kFp8 ? 2 * kOperandBytes : 0);
+      size_t(widenedAt) + (kFp8 ? 2 * weights * kOperandBytes : 0);
   static constexpr size_t bytes =
       barriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
   static_assert(stageBytes % kSwizzleAtomBytes == 0, "tiles stay aligned");
+  static_assert(bytes <= 227 * 1024, "fits one SM's shared memory");
 };
 
 /// Thread i widens row i / 2 of w's [128 x 64] FP8 codes, its half i % 2
@@ -72,12 +80,19 @@ __device__ __forceinline__ void widenTile(const uint8_t *codes,
   }
 }
 
-template <bool kFp8>
+/// The BF16 value of `v`, as a float.
+__device__ __forceinline__ float roundedBf16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
+}
+
+template <bool kFp8, bool kPair>
 __global__ void __launch_bounds__(kThreads, 1)
     groupedGemmKernel(GroupedGemmArgs a,
                       const __grid_constant__ CUtensorMap xMap,
-                      const __grid_constant__ CUtensorMap wMap) {
-  using Layout = SharedLayout<kFp8>;
+                      const __grid_constant__ CUtensorMap wMap,
+                      const __grid_constant__ CUtensorMap w2Map) {
+  using Layout = SharedLayout<kFp8, kPair>;
+  constexpr int kWeights = Layout::weights;
   awaitPriorKernels();
   const int row0 = int(blockIdx.y) * kTileRows;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
@@ -101,15 +116,16 @@ __global__ void __launch_bounds__(kThreads, 1)
                                     kSwizzleAtomBytes;
   uint64_t *full = reinterpret_cast<uint64_t *>(shared + Layout::barriersAt);
   auto xTile = [&](int stage) { return shared + stage * Layout::stageBytes; };
-  auto wTile = [&](int stage) { return xTile(stage) + kOperandBytes; };
-  auto widened = [&](int kb) {
-    return shared + Layout::widenedAt + (kb % 2) * kOperandBytes;
+  auto wTile = [&](int stage, int which) {
+    return xTile(stage) + kOperandBytes + which * Layout::wBytes;
+  };
+  auto widened = [&](int kb, int which) {
+    return shared + Layout::widenedAt +
+           ((kb % 2) * kWeights + which) * kOperandBytes;
   };
   // FP8: the scales of this tile's 128 columns, one per 128 of k.
-  const float *scales =
-      kFp8 ? a.wScales +
-                 (size_t(lo) * (a.n / 128) + n0 / 128) * ((a.k + 127) / 128)
-           : nullptr;
+  const size_t scalesAt =
+      (size_t(lo) * (a.n / 128) + n0 / 128) * ((a.k + 127) / 128);
   if (threadIdx.x == 0)
     for (int stage = 0; stage < kStages; ++stage)
       initLoadBarrier(&full[stage]);
@@ -121,36 +137,51 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int stage = kb % kStages;
     expectBytes(&full[stage], Layout::stageBytes);
     loadTile2d(xTile(stage), &xMap, kb * kBlockK, row0, &full[stage]);
-    loadTile2d(wTile(stage), &wMap, kb * kBlockK, wRow0, &full[stage]);
+    loadTile2d(wTile(stage, 0), &wMap, kb * kBlockK, wRow0, &full[stage]);
+    if (kPair)
+      loadTile2d(wTile(stage, 1), &w2Map, kb * kBlockK, wRow0, &full[stage]);
   };
   if (threadIdx.x == 0)
     for (int kb = 0; kb < min(kStages - 1, kBlocks); ++kb)
       load(kb);
 
   const int group = threadIdx.x / 128;
-  float acc[64];
+  float acc[kWeights][64];
 #pragma unroll
-  for (int i = 0; i < 64; ++i)
-    acc[i] = 0.f;
+  for (int m = 0; m < kWeights; ++m)
+#pragma unroll
+    for (int i = 0; i < 64; ++i)
+      acc[m][i] = 0.f;
   for (int kb = 0; kb < kBlocks; ++kb) {
     const int stage = kb % kStages;
-    const float scale = kFp8 ? scales[kb * kBlockK / 128] : 0.f;
+    float scale[kWeights] = {};
+    if (kFp8) {
+      scale[0] = a.wScales[scalesAt + kb * kBlockK / 128];
+      if (kPair)
+        scale[kWeights - 1] = a.w2Scales[scalesAt + kb * kBlockK / 128];
+    }
     awaitBarrier(&full[stage], (kb / kStages) % 2);
     if (kFp8) {
-      // widened(kb) was last read by block kb - 2's products, done in both
-      // warpgroups before the previous iteration's closing barrier.
-      widenTile(wTile(stage), widened(kb), scale);
+      // widened(kb, .) was last read by block kb - 2's products, done in
+      // both warpgroups before the previous iteration's closing barrier.
+#pragma unroll
+      for (int m = 0; m < kWeights; ++m)
+        widenTile(wTile(stage, m), widened(kb, m), scale[m]);
       fenceSharedForWgmma();
       __syncthreads();
     }
     const uint64_t x =
         kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
-    const uint64_t w = kMajorDescriptor(kFp8 ? widened(kb) : wTile(stage));
     wgmmaFence();
 #pragma unroll
-    for (int step = 0; step < kBlockK / 16; ++step)
-      wgmma64x128(acc, advanced(x, step * 32), advanced(w, step * 32),
-                  kb > 0 || step > 0);
+    for (int m = 0; m < kWeights; ++m) {
+      const uint64_t w =
+          kMajorDescriptor(kFp8 ? widened(kb, m) : wTile(stage, m));
+#pragma unroll
+      for (int step = 0; step < kBlockK / 16; ++step)
+        wgmma64x128(acc[m], advanced(x, step * 32), advanced(w, step * 32),
+                    kb > 0 || step > 0);
+    }
     wgmmaCommit();
     // The products of block kb - 1 done in both warpgroups: its stage,
     // the one block kb + 3 goes to, may be refilled.
@@ -168,16 +199,28 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int half = 0; half < 2; ++half) {
     const size_t row = size_t(row0 + group * 64 + 16 * warp + g + 8 * half);
     const size_t at = row * a.n + n0 + 2 * t;
-    if (a.yF32) {
+    if (kPair) {
+      // SiLU(gate) * up of the two products, each rounded to BF16 first:
+      // the values of the separate products and the elementwise SiLU-mul.
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int i = 4 * j + 2 * half;
+        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+            packBf16(siluTimes(roundedBf16(acc[0][i]),
+                               roundedBf16(acc[kWeights - 1][i])),
+                     siluTimes(roundedBf16(acc[0][i + 1]),
+                               roundedBf16(acc[kWeights - 1][i + 1])));
+      }
+    } else if (a.yF32) {
 #pragma unroll
       for (int j = 0; j < 16; ++j)
         *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
-            make_float2(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
+            make_float2(acc[0][4 * j + 2 * half], acc[0][4 * j + 2 * half + 1]);
     } else {
 #pragma unroll
       for (int j = 0; j < 16; ++j)
         *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-            packBf16(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
+            packBf16(acc[0][4 * j + 2 * half], acc[0][4 * j + 2 * half + 1]);
     }
   }
 }
@@ -186,6 +229,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 bool groupedGemmFits(const GroupedGemmArgs &a) {
   static_assert(kTileColumns == 128, "a column tile is one block of scales");
+  // A pair: its second weights in the first's type, BF16 output.
+  if (a.w2 && (a.yF32 || (a.w2Scales != nullptr) != (a.wScales != nullptr) ||
+               reinterpret_cast<uintptr_t>(a.w2) % 16 != 0))
+    return false;
+  if (!a.w2 && a.w2Scales)
+    return false;
   return a.groups > 0 && a.n > 0 && a.n % kTileColumns == 0 && a.k > 0 &&
          a.k % kBlockK == 0 && a.capacity > 0 && a.capacity % kTileRows == 0 &&
          a.x && a.w && (a.y != nullptr) != (a.yF32 != nullptr) && a.starts &&
@@ -197,18 +246,19 @@ bool groupedGemmFits(const GroupedGemmArgs &a) {
 
 namespace {
 
-template <bool kFp8>
+template <bool kFp8, bool kPair>
 cudaError_t launch(const GroupedGemmArgs &a, const CUtensorMap &xMap,
-                   const CUtensorMap &wMap, cudaStream_t stream) {
-  constexpr size_t shared = SharedLayout<kFp8>::bytes;
+                   const CUtensorMap &wMap, const CUtensorMap &w2Map,
+                   cudaStream_t stream) {
+  constexpr size_t shared = SharedLayout<kFp8, kPair>::bytes;
   cudaError_t error = cudaFuncSetAttribute(
-      groupedGemmKernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      int(shared));
+      groupedGemmKernel<kFp8, kPair>,
+      cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
   if (error != cudaSuccess)
     return error;
   const dim3 grid(a.n / kTileColumns, a.capacity / kTileRows);
-  error = launchOverlapped(groupedGemmKernel<kFp8>, grid, kThreads, shared,
-                           stream, a, xMap, wMap);
+  error = launchOverlapped(groupedGemmKernel<kFp8, kPair>, grid, kThreads,
+                           shared, stream, a, xMap, wMap, w2Map);
   return error != cudaSuccess ? error : cudaGetLastError();
 }
 
@@ -217,18 +267,24 @@ cudaError_t launch(const GroupedGemmArgs &a, const CUtensorMap &xMap,
 cudaError_t groupedGemmBf16(const GroupedGemmArgs &a, cudaStream_t stream) {
   if (!groupedGemmFits(a))
     return cudaErrorInvalidValue;
-  const bool fp8 = a.wScales != nullptr;
-  alignas(64) CUtensorMap xMap{}, wMap{};
+  const bool fp8 = a.wScales != nullptr, pair = a.w2 != nullptr;
+  alignas(64) CUtensorMap xMap{}, wMap{}, w2Map{};
   const uint64_t wRows = uint64_t(a.groups) * a.n;
+  auto weightMap = [&](CUtensorMap &map, const void *w) {
+    return fp8 ? plainByteMap(map, w, wRows, uint64_t(a.k), uint64_t(a.k),
+                              kTileColumns, kBlockK)
+               : swizzledBf16Map(map, w, wRows, uint64_t(a.k), uint64_t(a.k),
+                                 kTileColumns);
+  };
   if (!swizzledBf16Map(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
                        uint64_t(a.k), kTileRows) ||
-      !(fp8 ? plainByteMap(wMap, a.w, wRows, uint64_t(a.k), uint64_t(a.k),
-                           kTileColumns, kBlockK)
-            : swizzledBf16Map(wMap, a.w, wRows, uint64_t(a.k), uint64_t(a.k),
-                              kTileColumns)))
+      !weightMap(wMap, a.w) || !weightMap(w2Map, pair ? a.w2 : a.w))
     return cudaErrorNotSupported;
-  return fp8 ? launch<true>(a, xMap, wMap, stream)
-             : launch<false>(a, xMap, wMap, stream);
+  if (fp8)
+    return pair ? launch<true, true>(a, xMap, wMap, w2Map, stream)
+                : launch<true, false>(a, xMap, wMap, w2Map, stream);
+  return pair ? launch<false, true>(a, xMap, wMap, w2Map, stream)
+              : launch<false, false>(a, xMap, wMap, w2Map, stream);
 }
 
 } // namespace melt::rt::cuda

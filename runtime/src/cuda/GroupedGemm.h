@@ -41,6 +41,12 @@ struct GroupedGemmArgs {
   const void *w = nullptr;
   /// FP8 weights' scales, [groups, n / 128, ceil(k / 128)] row-major.
   const float *wScales = nullptr;
+  /// A gate/up pair: where w2 (the up weights, laid out and typed as w,
+  /// with w2Scales where w is FP8) is given, y (BF16) = SiLU(x w^T) *
+  /// (x w2^T), each product rounded to BF16 first, as the separate
+  /// products and the elementwise SiLU-mul give it.
+  const void *w2 = nullptr;
+  const float *w2Scales = nullptr;
   /// [capacity, n] row-major: y[r] = x[r] w[e]^T for the rows of group e
   /// (a group's padding rows too, from whatever x holds there; rows past
   /// starts[groups] are not written). In BF16 (y) or F32 (yF32): one of
@@ -54,7 +60,8 @@ struct GroupedGemmArgs {
 };
 
 /// Whether the kernel takes the shape: n a multiple of 128, k of 64,
-/// capacity of 128, and the operands 16-byte aligned.
+/// capacity of 128, one output, the operands 16-byte aligned, and a pair's
+/// weights alike (both FP8 or both BF16) with a BF16 output.
 bool groupedGemmFits(const GroupedGemmArgs &args);
 
 /// Launches the product on `stream` (no wait).

@@ -2,8 +2,8 @@
 // product of the same BF16 values: groups of 0, 1, 127, 128, 129 and 300
 // rows (padded to 128), several blocks of k, two column tiles, BF16 and
 // F32 output, BF16 and FP8 block-scaled weights (against their widened
-// BF16 values), and rows past the last group left as they were. Skips
-// without a device.
+// BF16 values), gate/up pairs (SiLU(gate) * up), and rows past the last
+// group left as they were. Skips without a device.
 #include "cuda/GroupedGemm.h"
 
 #include "CudaTestUtil.h"
@@ -20,10 +20,62 @@ using namespace melt::rt::cuda::test;
 
 namespace {
 
-/// Output in BF16, or in F32 where `f32Out`; weights in BF16, or in FP8
-/// with 128x128 block scales where `fp8`.
-void runCase(const std::vector<int> &counts, int n, int k, bool f32Out = false,
-             bool fp8 = false) {
+struct Options {
+  bool f32Out = false; // F32 output (else BF16)
+  bool fp8 = false;    // FP8 weights with 128x128 block scales (else BF16)
+  bool pair = false;   // a gate/up pair: SiLU(x w^T) * (x w2^T)
+};
+
+float roundedBf16(double v) {
+  return __bfloat162float(__float2bfloat16(float(v)));
+}
+
+/// A group's weights [groups, n, k] as the kernel reads them (BF16, or FP8
+/// codes and scales), and the BF16 values they stand for.
+struct Weights {
+  std::vector<__nv_bfloat16> values;
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+
+  Weights(std::mt19937 &rng, int groups, int n, int k, bool fp8) {
+    std::normal_distribution<float> normal(0.f, 1.f);
+    values.resize(size_t(groups) * n * k);
+    if (!fp8) {
+      for (auto &v : values)
+        v = __float2bfloat16(normal(rng));
+      return;
+    }
+    // Random e4m3 codes (not the NaN ones) and block scales; the values
+    // are what they widen to (code's value times scale, in BF16).
+    const int scaleBlocks = (k + 127) / 128;
+    codes.resize(values.size());
+    scales.resize(size_t(groups) * (n / 128) * scaleBlocks);
+    std::uniform_int_distribution<int> code(0, 255);
+    std::uniform_real_distribution<float> scaleOf(0.002f, 0.05f);
+    for (float &v : scales)
+      v = scaleOf(rng);
+    for (size_t i = 0; i < codes.size(); ++i) {
+      do
+        codes[i] = uint8_t(code(rng));
+      while ((codes[i] & 0x7f) == 0x7f);
+      const size_t e = i / (size_t(n) * k), r = i / k % n, c = i % k;
+      __nv_fp8_e4m3 value;
+      value.__x = codes[i];
+      values[i] = __float2bfloat16(
+          float(value) *
+          scales[(e * (n / 128) + r / 128) * scaleBlocks + c / 128]);
+    }
+  }
+  const void *toDeviceData() const {
+    return codes.empty() ? static_cast<const void *>(toDevice(values))
+                         : static_cast<const void *>(toDevice(codes));
+  }
+  const float *toDeviceScales() const {
+    return scales.empty() ? nullptr : toDevice(scales);
+  }
+};
+
+void runCase(const std::vector<int> &counts, int n, int k, Options o = {}) {
   const int groups = int(counts.size());
   std::vector<int32_t> starts(size_t(groups) + 1, 0);
   for (int e = 0; e < groups; ++e)
@@ -34,35 +86,11 @@ void runCase(const std::vector<int> &counts, int n, int k, bool f32Out = false,
   const int capacity = starts.back() + kGroupedGemmRows;
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.f, 1.f);
-  auto randomBf16 = [&](size_t count) {
-    std::vector<__nv_bfloat16> v(count);
-    for (auto &x : v)
-      x = __float2bfloat16(normal(rng));
-    return v;
-  };
-  auto x = randomBf16(size_t(capacity) * k);
-  auto w = randomBf16(size_t(groups) * n * k);
-  // FP8: random e4m3 codes (not the NaN ones) and block scales; w then
-  // holds the values they widen to (code's value times scale, in BF16).
-  const int kScaleBlocks = (k + 127) / 128;
-  std::vector<uint8_t> codes(fp8 ? w.size() : 0);
-  std::vector<float> scales(fp8 ? size_t(groups) * (n / 128) * kScaleBlocks
-                                : 0);
-  std::uniform_int_distribution<int> code(0, 255);
-  std::uniform_real_distribution<float> scaleOf(0.002f, 0.05f);
-  for (float &v : scales)
-    v = scaleOf(rng);
-  for (size_t i = 0; i < codes.size(); ++i) {
-    do
-      codes[i] = uint8_t(code(rng));
-    while ((codes[i] & 0x7f) == 0x7f);
-    const size_t e = i / (size_t(n) * k), r = i / k % n, c = i % k;
-    __nv_fp8_e4m3 value;
-    value.__x = codes[i];
-    w[i] = __float2bfloat16(
-        float(value) *
-        scales[(e * (n / 128) + r / 128) * kScaleBlocks + c / 128]);
-  }
+  std::vector<__nv_bfloat16> x(size_t(capacity) * k);
+  for (auto &v : x)
+    v = __float2bfloat16(normal(rng));
+  const Weights w(rng, groups, n, k, o.fp8);
+  const Weights w2(rng, groups, o.pair ? n : 128, o.pair ? k : 64, o.fp8);
   const float untouched = -12345.f;
   std::vector<__nv_bfloat16> y(size_t(capacity) * n,
                                __float2bfloat16(untouched));
@@ -70,14 +98,14 @@ void runCase(const std::vector<int> &counts, int n, int k, bool f32Out = false,
 
   GroupedGemmArgs args;
   args.x = toDevice(x);
-  if (fp8) {
-    args.w = toDevice(codes);
-    args.wScales = toDevice(scales);
-  } else {
-    args.w = toDevice(w);
+  args.w = w.toDeviceData();
+  args.wScales = w.toDeviceScales();
+  if (o.pair) {
+    args.w2 = w2.toDeviceData();
+    args.w2Scales = w2.toDeviceScales();
   }
-  __nv_bfloat16 *deviceY = f32Out ? nullptr : toDevice(y);
-  float *deviceY32 = f32Out ? toDevice(y32) : nullptr;
+  __nv_bfloat16 *deviceY = o.f32Out ? nullptr : toDevice(y);
+  float *deviceY32 = o.f32Out ? toDevice(y32) : nullptr;
   args.y = deviceY;
   args.yF32 = deviceY32;
   args.starts = toDevice(starts);
@@ -88,39 +116,53 @@ void runCase(const std::vector<int> &counts, int n, int k, bool f32Out = false,
   ASSERT_TRUE(groupedGemmFits(args));
   ASSERT_EQ(groupedGemmBf16(args, nullptr), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  if (f32Out)
+  if (o.f32Out)
     y32 = toHost(deviceY32, y32.size());
   else
     y = toHost(deviceY, y.size());
   auto output = [&](size_t i) {
-    return f32Out ? double(y32[i]) : double(__bfloat162float(y[i]));
+    return o.f32Out ? double(y32[i]) : double(__bfloat162float(y[i]));
   };
 
+  auto product = [&](const Weights &m, int e, int r, int c) {
+    double sum = 0;
+    for (int i = 0; i < k; ++i)
+      sum += double(__bfloat162float(x[size_t(r) * k + i])) *
+             __bfloat162float(m.values[(size_t(e) * n + c) * k + i]);
+    return sum;
+  };
   double worst = 0;
   for (int e = 0; e < groups; ++e)
     for (int r = starts[size_t(e)]; r < starts[size_t(e)] + counts[size_t(e)];
          ++r)
       for (int c = 0; c < n; ++c) {
-        double want = 0;
-        for (int i = 0; i < k; ++i)
-          want += double(__bfloat162float(x[size_t(r) * k + i])) *
-                  __bfloat162float(w[(size_t(e) * n + c) * k + i]);
+        double want = product(w, e, r, c);
+        if (o.pair) { // each product rounded to BF16, then SiLU(g) * u
+          const double g = roundedBf16(want),
+                       u = roundedBf16(product(w2, e, r, c));
+          want = g / (1 + std::exp(-g)) * u;
+        }
         const double have = output(size_t(r) * n + c);
-        // BF16 output: 2^-8 of the value; either: the FP32 sums' order.
-        const double bound = f32Out ? std::fabs(want) * 1e-4 + 2e-3
-                                    : std::fabs(want) * 0x1p-8 + 1e-2;
+        // BF16 output: 2^-8 of the value; either: the FP32 sums' order
+        // (a pair: its products' BF16 rounding too, up to 2^-8 of each).
+        const double bound = o.f32Out ? std::fabs(want) * 1e-4 + 2e-3
+                             : o.pair ? std::fabs(want) * 0x1p-6 + 5e-2
+                                      : std::fabs(want) * 0x1p-8 + 1e-2;
         worst = std::max(worst, std::fabs(have - want) / bound);
       }
-  EXPECT_LE(worst, 1.0) << "n " << n << ", k " << k << ", f32 " << f32Out
-                        << ", fp8 " << fp8;
+  EXPECT_LE(worst, 1.0) << "n " << n << ", k " << k << ", f32 " << o.f32Out
+                        << ", fp8 " << o.fp8 << ", pair " << o.pair;
+  const double initial =
+      o.f32Out ? double(untouched)
+               : double(__bfloat162float(__float2bfloat16(untouched)));
   for (size_t i = size_t(starts.back()) * n; i < y.size(); ++i)
-    ASSERT_EQ(output(i),
-              f32Out ? double(untouched)
-                     : double(__bfloat162float(__float2bfloat16(untouched))))
+    ASSERT_EQ(output(i), initial)
         << "row " << i / n << " past the last group was written";
   cudaFree(const_cast<__nv_bfloat16 *>(args.x));
   cudaFree(const_cast<void *>(args.w));
   cudaFree(const_cast<float *>(args.wScales));
+  cudaFree(const_cast<void *>(args.w2));
+  cudaFree(const_cast<float *>(args.w2Scales));
   cudaFree(deviceY);
   cudaFree(deviceY32);
   cudaFree(const_cast<int32_t *>(args.starts));
@@ -136,13 +178,30 @@ TEST(CudaGroupedGemm, MatchesThePlainProducts) {
   runCase({200}, 128, 64);
   runCase({5, 0, 0, 40}, 128, 192);
   runCase({64, 64}, 384, 2048);
-  runCase({0, 1, 127, 128, 129, 300}, 256, 512, /*f32Out=*/true);
-  runCase({64, 64}, 384, 2048, /*f32Out=*/true);
+  Options f32;
+  f32.f32Out = true;
+  runCase({0, 1, 127, 128, 129, 300}, 256, 512, f32);
+  runCase({64, 64}, 384, 2048, f32);
   // FP8 weights: k of one block of 64 (half a scale block), of 11 scale
   // blocks (an expert's intermediate 1408), F32 and BF16 output.
-  runCase({0, 1, 127, 128, 129, 300}, 256, 512, false, /*fp8=*/true);
-  runCase({200}, 128, 64, false, true);
-  runCase({70, 0, 131}, 256, 1408, true, true);
+  Options fp8;
+  fp8.fp8 = true;
+  runCase({0, 1, 127, 128, 129, 300}, 256, 512, fp8);
+  runCase({200}, 128, 64, fp8);
+  fp8.f32Out = true;
+  runCase({70, 0, 131}, 256, 1408, fp8);
+}
+
+TEST(CudaGroupedGemm, GateUpPairsGiveSiluTimesUp) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  Options pair;
+  pair.pair = true;
+  runCase({0, 1, 127, 128, 129, 300}, 256, 512, pair);
+  runCase({200}, 128, 64, pair);
+  pair.fp8 = true;
+  runCase({70, 0, 131}, 256, 1408, pair);
+  runCase({5, 0, 0, 40}, 128, 192, pair);
 }
 
 TEST(CudaGroupedGemm, RefusesWhatItCannotTake) {
@@ -152,6 +211,7 @@ TEST(CudaGroupedGemm, RefusesWhatItCannotTake) {
   args.n = 128;
   args.k = 64;
   auto *p = reinterpret_cast<__nv_bfloat16 *>(uintptr_t(256));
+  auto *scales = reinterpret_cast<const float *>(uintptr_t(512));
   args.x = p, args.w = p, args.y = p;
   args.starts = reinterpret_cast<const int32_t *>(uintptr_t(256));
   EXPECT_TRUE(groupedGemmFits(args));
@@ -169,6 +229,17 @@ TEST(CudaGroupedGemm, RefusesWhatItCannotTake) {
   EXPECT_FALSE(groupedGemmFits(args));
   args.y = nullptr; // the F32 one only
   EXPECT_TRUE(groupedGemmFits(args));
-  args.yF32 = nullptr; // neither
+  args.w2 = p; // a pair with an F32 output
+  EXPECT_FALSE(groupedGemmFits(args));
+  args.yF32 = nullptr, args.y = p;
+  EXPECT_TRUE(groupedGemmFits(args));
+  args.wScales = scales; // FP8 gate, BF16 up
+  EXPECT_FALSE(groupedGemmFits(args));
+  args.w2Scales = scales;
+  EXPECT_TRUE(groupedGemmFits(args));
+  args.w2 = nullptr; // up scales without up weights
+  EXPECT_FALSE(groupedGemmFits(args));
+  args.yF32 = nullptr; // neither output
+  args.y = nullptr, args.w2Scales = nullptr;
   EXPECT_FALSE(groupedGemmFits(args));
 }
