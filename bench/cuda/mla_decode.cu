@@ -82,9 +82,9 @@ int main(int argc, char **argv) {
     args.maxPagesPerSequence = pagesPerSeq;
     args.maxLength = shape.length;
     args.scale = 0.0721688f;
-    // The default (the warpgroup kernel, its tiles by TMA, where it takes
-    // the shape), then beside it the warpgroup kernel's tiles by cp.async
-    // and the warp kernel.
+    // The default (the warpgroup kernel where it takes the shape, else the
+    // warp kernel, tiles by TMA), then beside it the tiles by cp.async and,
+    // where the default is the warpgroup kernel, the warp kernel.
     args.cachePages = pages;
     const bool warpgroupShape = mlaDecodeOnWarpgroups(args);
     struct Variant {
@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
       int cachePages;
     } variants[] = {{true, pages}, {true, 0}, {false, pages}};
     for (const Variant &variant : variants) {
-      if (&variant != variants && !warpgroupShape)
+      if (&variant == variants + 2 && !warpgroupShape)
         break;
       args.warpgroups = variant.warpgroups;
       args.cachePages = variant.cachePages;

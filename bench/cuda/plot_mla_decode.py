@@ -14,8 +14,9 @@ def main():
     melt, torch, out, plt = inputs(__doc__)
 
     copy = next(r["GBps"] for r in melt if r["what"] == "copy_bw")
-    # melt's default kernel for the shape (printed first), and the warp-MMA
-    # kernel where the default is the warpgroup one.
+    # melt's default kernel for the shape (printed first), and beside it the
+    # warp-MMA kernel where the default is the warpgroup one, else the
+    # default kernel with its tiles by cp.async instead of TMA.
     ours, warp = {}, {}
     for r in melt:
         if r["what"] != "mla_decode_melt":
@@ -23,7 +24,9 @@ def main():
         shape = (r["batch"], r["heads"], r["seq"])
         if shape not in ours:
             ours[shape] = r
-        elif r.get("kernel") == "mma.sync":
+        elif r.get("kernel") == "mma.sync" and (
+                ours[shape].get("kernel") != "mma.sync"
+                or r.get("tiles") == "cp.async"):
             warp[shape] = r
     theirs = {(r["batch"], r["heads"], r["seq"]): r for r in torch
               if r["what"] == "mla_decode_torch"}
@@ -39,7 +42,8 @@ def main():
         if any(s in warp for s in chosen):
             panel.bar(list(x), [warp[s][key] if s in warp else 0
                                 for s in chosen], 0.27,
-                      label="melt, warp MMA (mma.sync)")
+                      label="melt, warp MMA (mma.sync)" if heads == 128
+                      else "melt, tiles by cp.async (not TMA)")
         panel.bar([i + 0.27 for i in x], [theirs[s][key] for s in chosen],
                   0.27, label="plain torch")
         if key == "cache_GBps":

@@ -3,19 +3,25 @@
 // One thread block takes 16 heads of one sequence over one chunk of its
 // cache, 32 tokens at a time: the tile is copied to shared memory once and
 // serves all 16 heads, so the cache is read once per 16 heads; the next
-// tile streams in (cp.async, two buffers) while one is used. Scores and
-// the weighted sum run on the tensor cores (mma.sync m16n8k16, BF16 in, FP32
-// out) with an online softmax over the tiles. Each chunk leaves an
-// unnormalized [16, 512] sum with its running max and sum; a combine kernel
-// merges the chunks.
+// tile streams in (two buffers) while one is used: by TMA (one thread's
+// nine box loads, counted on an mbarrier) where the cache's extent is
+// known, else by every thread's cp.async. A tile is kept as nine [32 x 64]
+// blocks of its dims in the 128-byte swizzle (Wgmma.cuh's layout), which
+// both TMA and conflict-free ldmatrix reads take. Scores and the weighted
+// sum run on the tensor cores (mma.sync m16n8k16, BF16 in, FP32 out) with
+// an online softmax over the tiles. Each chunk leaves an unnormalized [16,
+// 512] sum with its running max and sum; a combine kernel merges the
+// chunks.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
 #include "cuda/MlaDecodeWarpgroups.h"
 
 #include "cuda/AsyncCopy.cuh"
+#include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/TensorCoreMma.cuh"
+#include "cuda/Wgmma.cuh"
 
 #include <algorithm>
 #include <cfloat>
@@ -33,9 +39,13 @@ constexpr int kSliceDims = kLatentEntry / kDimSlices;
 // Weighted sum: each warp owns a slice of the 512 output columns.
 constexpr int kWarpColumns = kLatentRank / kWarps;
 constexpr int kColumnTiles = kWarpColumns / 8;
-// Shared-memory rows padded by 8 BF16 (16 bytes): rows 1168 bytes apart
-// put the 8 rows one fragment load touches in different banks.
+// The queries' shared-memory rows padded by 8 BF16 (16 bytes): rows 1168
+// bytes apart put the 8 rows one fragment load touches in different banks.
 constexpr int kRowStride = kLatentEntry + 8;
+// A tile: nine [32 tokens x 64 dims] blocks in the 128-byte swizzle.
+constexpr int kTileBlockBytes = kTileTokens * kSwizzleRowBytes;
+constexpr int kTileBytes = kLatentEntry / 64 * kTileBlockBytes;
+constexpr int kEntryChunks = kLatentEntry * 2 / 16; // 16-byte chunks a row
 constexpr int kProbStride = kTileTokens + 8;
 
 /// A block takes 16 * kHeadTiles heads (kHeadTiles mma tiles of M = 16):
@@ -50,14 +60,27 @@ template <int kHeadTiles> struct BlockShape {
                 "tile shape");
 };
 
+/// Shared memory, from a 1024-byte aligned base (the swizzle's).
 template <int kHeadTiles> struct SharedTile {
   static constexpr int kHeads = BlockShape<kHeadTiles>::heads;
-  __nv_bfloat16 cache[2][kTileTokens * kRowStride]; // double-buffered
+  alignas(kSwizzleAtomBytes) uint8_t cache[2][kTileBytes]; // double-buffered
   __nv_bfloat16 queries[kHeads * kRowStride];
   float scores[kDimSlices][kHeads * kTileTokens]; // per dim slice
   __nv_bfloat16 probs[kHeads * kProbStride];
   float rescale[kHeads];
+  uint64_t loaded[2]; // the buffers' TMA barriers
 };
+
+/// Dynamic shared memory of a block: the tile and room to align it.
+template <int kHeadTiles> constexpr size_t sharedBytes() {
+  return sizeof(SharedTile<kHeadTiles>) + kSwizzleAtomBytes;
+}
+
+/// Byte offset of token row `row`, dims [dim, dim + 8) (dim a multiple of
+/// 8), in a swizzled tile.
+__device__ __forceinline__ int tileOffset(int row, int dim) {
+  return (dim / 64) * kTileBlockBytes + swizzledOffset(row, (dim % 64) / 8);
+}
 
 /// The A fragment of rows [0,16), columns [k, k+16) of a row-major matrix.
 __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
@@ -66,18 +89,35 @@ __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
   loadMatrices(a, m + row * stride + col);
 }
 
-/// Starts the copy of tile `t0` (tokens [t0, t0+32) of the sequence, in one
-/// page) into `dst`; tokens at or past `end` become zeros.
-__device__ inline void startTileCopy(__nv_bfloat16 *dst,
-                                     const MlaDecodeArgs &args,
-                                     const int32_t *pages, int t0, int end) {
-  const __nv_bfloat16 *tile =
-      args.cache +
-      (size_t(pages[t0 / args.pageSize]) * args.pageSize + t0 % args.pageSize) *
-          kLatentEntry;
-  for (int i = threadIdx.x; i < kTileTokens * kLatentEntry / 8; i += kThreads) {
-    int token = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
-    __nv_bfloat16 *to = dst + token * kRowStride + col;
+/// The cache row of token t0 of a sequence (its page's row t0 % pageSize).
+__device__ __forceinline__ size_t cacheRow(const MlaDecodeArgs &args,
+                                           const int32_t *pages, int t0) {
+  return size_t(pages[t0 / args.pageSize]) * args.pageSize + t0 % args.pageSize;
+}
+
+/// kBulk: thread 0 asks TMA for tile `t0` (tokens [t0, t0 + 32) of the
+/// sequence, in one page), nine [32 x 64] boxes counted on `loaded`. Else
+/// every thread starts its cp.async copies of the tile, tokens at or past
+/// `end` becoming zeros.
+template <bool kBulk>
+__device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
+                                     const CUtensorMap &cacheMap,
+                                     uint64_t *loaded, const int32_t *pages,
+                                     int t0, int end) {
+  const size_t row0 = cacheRow(args, pages, t0);
+  if constexpr (kBulk) {
+    if (threadIdx.x == 0) {
+      expectBytes(loaded, kTileBytes);
+      for (int block = 0; block < kLatentEntry / 64; ++block)
+        loadTile2d(dst + block * kTileBlockBytes, &cacheMap, block * 64,
+                   int(row0), loaded);
+    }
+    return;
+  }
+  const __nv_bfloat16 *tile = args.cache + row0 * kLatentEntry;
+  for (int i = threadIdx.x; i < kTileTokens * kEntryChunks; i += kThreads) {
+    int token = i / kEntryChunks, col = (i % kEntryChunks) * 8;
+    uint8_t *to = dst + tileOffset(token, col);
     if (t0 + token < end)
       copyAsync16(to, tile + token * kLatentEntry + col);
     else
@@ -86,15 +126,19 @@ __device__ inline void startTileCopy(__nv_bfloat16 *dst,
   commitCopies();
 }
 
-template <int kHeadTiles>
+template <int kHeadTiles, bool kBulk>
 __global__ void __launch_bounds__(kThreads)
     mlaDecodeChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
-                    float *partialSums, float2 *partialStats) {
+                    float *partialSums, float2 *partialStats,
+                    const __grid_constant__ CUtensorMap cacheMap) {
   awaitPriorKernels();
   using Shape = BlockShape<kHeadTiles>;
   constexpr int kHeads = Shape::heads;
-  extern __shared__ __align__(16) unsigned char sharedBytes[];
-  auto &s = *reinterpret_cast<SharedTile<kHeadTiles> *>(sharedBytes);
+  extern __shared__ __align__(16) unsigned char sharedRaw[];
+  auto &s = *reinterpret_cast<SharedTile<kHeadTiles> *>(
+      sharedRaw +
+      (kSwizzleAtomBytes - sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
+          kSwizzleAtomBytes);
   const int chunk = blockIdx.x, headGroup = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int length = args.lengths[seq];
@@ -113,8 +157,15 @@ __global__ void __launch_bounds__(kThreads)
                 q + row * kLatentEntry + col);
   }
   commitCopies();
+  if (kBulk && threadIdx.x == 0) {
+    initLoadBarrier(&s.loaded[0]);
+    initLoadBarrier(&s.loaded[1]);
+  }
+  if (kBulk)
+    __syncthreads(); // the barriers initialized before their first use
   if (begin < end)
-    startTileCopy(s.cache[0], args, pages, begin, end);
+    startTileCopy<kBulk>(s.cache[0], args, cacheMap, &s.loaded[0], pages, begin,
+                         end);
 
   // Row statistics, kept by the threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
@@ -122,16 +173,36 @@ __global__ void __launch_bounds__(kThreads)
   float acc[kHeadTiles][kColumnTiles][4] = {};
 
   int buffer = 0;
-  for (int t0 = begin; t0 < end; t0 += kTileTokens, buffer ^= 1) {
-    // The next tile streams in while this one is used.
-    if (t0 + kTileTokens < end) {
-      startTileCopy(s.cache[buffer ^ 1], args, pages, t0 + kTileTokens, end);
+  for (int t0 = begin, tile = 0; t0 < end;
+       t0 += kTileTokens, buffer ^= 1, ++tile) {
+    // The next tile streams in while this one is used (its buffer's last
+    // readers passed the previous iteration's closing barrier).
+    const bool next = t0 + kTileTokens < end;
+    if (next)
+      startTileCopy<kBulk>(s.cache[buffer ^ 1], args, cacheMap,
+                           &s.loaded[buffer ^ 1], pages, t0 + kTileTokens, end);
+    if constexpr (kBulk) {
+      // Buffer b's loads are its tiles 0, 2, 4, ...: phase (tile / 2) % 2.
+      awaitBarrier(&s.loaded[buffer], (tile / 2) % 2);
+      // The chunk's last tile: rows past its end (other tokens' entries,
+      // or stale ones) become zeros, so that 0-weighted values stay 0.
+      if (t0 + kTileTokens > end)
+        for (int i = threadIdx.x; i < kTileTokens * kEntryChunks;
+             i += kThreads) {
+          const int token = i / kEntryChunks;
+          if (t0 + token >= end)
+            *reinterpret_cast<uint4 *>(
+                s.cache[buffer] + tileOffset(token, (i % kEntryChunks) * 8)) =
+                make_uint4(0, 0, 0, 0);
+        }
+      awaitCopies<0>(); // the queries (cp.async: the only copies here)
+    } else if (next) {
       awaitCopies<1>();
     } else {
       awaitCopies<0>();
     }
     __syncthreads();
-    const __nv_bfloat16 *cache = s.cache[buffer];
+    const uint8_t *cache = s.cache[buffer];
 
     // Scores, [heads, 576] x [576, 32 tokens]: warp w takes 16 tokens over
     // one slice of the dims; each key fragment serves every head tile.
@@ -141,15 +212,14 @@ __global__ void __launch_bounds__(kThreads)
       const int slice = warp / kTokenGroups, kBegin = slice * kSliceDims;
       // Lane i addresses token (i%8 + 8*(i/16)), dims +8*((i/8)%2): the
       // matrices are (tokens 0-7, k), (0-7, k+8), (8-15, k), (8-15, k+8).
-      const __nv_bfloat16 *keys =
-          cache +
-          ((warp % kTokenGroups) * 16 + (lane & 7) + (lane >> 4) * 8) *
-              kRowStride +
-          ((lane >> 3) & 1) * 8;
+      const int keyRow =
+          (warp % kTokenGroups) * 16 + (lane & 7) + (lane >> 4) * 8;
+      const int keyDim = ((lane >> 3) & 1) * 8;
 #pragma unroll
       for (int step = 0; step < kSliceDims / 16; ++step) {
         uint32_t b[4];
-        loadMatrices(b, keys + kBegin + 16 * step);
+        loadMatrices(b,
+                     cache + tileOffset(keyRow, kBegin + 16 * step + keyDim));
 #pragma unroll
         for (int m = 0; m < kHeadTiles; ++m) {
           uint32_t a[4];
@@ -245,9 +315,8 @@ __global__ void __launch_bounds__(kThreads)
       // Transposed loads: lane i addresses token (i%8 + 8*((i/8)%2)),
       // dims +8*(i/16): (tokens k..k+7, dims n), (k+8.., n), (k.., n+8),
       // (k+8.., n+8) are b0, b1 of tile n and b0, b1 of tile n+8.
-      const __nv_bfloat16 *values =
-          cache + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
-          warp * kWarpColumns + (lane >> 4) * 8;
+      const int valueRow = (lane & 7) + ((lane >> 3) & 1) * 8;
+      const int valueDim = warp * kWarpColumns + (lane >> 4) * 8;
 #pragma unroll
       for (int k = 0; k < kTileTokens; k += 16) {
         uint32_t a[kHeadTiles][4];
@@ -257,7 +326,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int n = 0; n < kColumnTiles; n += 2) {
           uint32_t b[4];
-          loadMatricesTransposed(b, values + k * kRowStride + n * 8);
+          loadMatricesTransposed(
+              b, cache + tileOffset(k + valueRow, valueDim + n * 8));
 #pragma unroll
           for (int m = 0; m < kHeadTiles; ++m) {
             mma16816(acc[m][n], a[m], b[0], b[1]);
@@ -337,7 +407,7 @@ int headTiles(const MlaDecodeArgs &args, int /*smCount*/) {
 }
 
 size_t sharedBytesFor(int tiles) {
-  return tiles == 4 ? sizeof(SharedTile<4>) : sizeof(SharedTile<1>);
+  return tiles == 4 ? sharedBytes<4>() : sharedBytes<1>();
 }
 
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
@@ -383,19 +453,34 @@ struct SplitPlan {
   }
 };
 
-template <int kHeadTiles>
+template <int kHeadTiles, bool kBulk>
 cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
-                         float *sums, float2 *stats, cudaStream_t stream) {
-  size_t shared = sizeof(SharedTile<kHeadTiles>);
+                         float *sums, float2 *stats, const CUtensorMap &map,
+                         cudaStream_t stream) {
+  const size_t shared = sharedBytes<kHeadTiles>();
   cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeChunks<kHeadTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(shared));
+      mlaDecodeChunks<kHeadTiles, kBulk>,
+      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
   if (error != cudaSuccess)
     return error;
   dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
-  launchOverlapped(mlaDecodeChunks<kHeadTiles>, grid, kThreads, shared, stream,
-                   args, chunkTokens, chunks, sums, stats);
+  launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk>, grid, kThreads, shared,
+                   stream, args, chunkTokens, chunks, sums, stats, map);
   return cudaGetLastError();
+}
+
+/// The warp kernel with its tiles by TMA where a tensor map over the cache
+/// can be made, else by cp.async.
+template <int kHeadTiles>
+cudaError_t launchWarpChunks(const MlaDecodeArgs &args, int chunkTokens,
+                             int chunks, float *sums, float2 *stats,
+                             cudaStream_t stream) {
+  alignas(64) CUtensorMap map{};
+  return mlaCacheTensorMap(args, kTileTokens, map)
+             ? launchChunks<kHeadTiles, true>(args, chunkTokens, chunks, sums,
+                                              stats, map, stream)
+             : launchChunks<kHeadTiles, false>(args, chunkTokens, chunks, sums,
+                                               stats, map, stream);
 }
 
 } // namespace
@@ -423,15 +508,22 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
           ? launchMlaWarpgroupChunks(args, plan.chunkTokens, plan.chunks, sums,
                                      stats, stream)
       : headTiles(args, smCount) == 4
-          ? launchChunks<4>(args, plan.chunkTokens, plan.chunks, sums, stats,
-                            stream)
-          : launchChunks<1>(args, plan.chunkTokens, plan.chunks, sums, stats,
-                            stream);
+          ? launchWarpChunks<4>(args, plan.chunkTokens, plan.chunks, sums,
+                                stats, stream)
+          : launchWarpChunks<1>(args, plan.chunkTokens, plan.chunks, sums,
+                                stats, stream);
   if (error != cudaSuccess)
     return error;
   launchOverlapped(mlaDecodeCombine, dim3(args.heads, args.batch), 128, 0,
                    stream, args, plan.chunks, sums, stats);
   return cudaGetLastError();
+}
+
+bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {
+  CUtensorMap map;
+  return mlaCacheTensorMap(
+      args, mlaDecodeOnWarpgroups(args) ? kWarpgroupTileTokens : kTileTokens,
+      map);
 }
 
 } // namespace melt::rt::cuda

@@ -364,19 +364,17 @@ bool mlaDecodeOnWarpgroups(const MlaDecodeArgs &args) {
 
 size_t mlaWarpgroupSharedBytes() { return kSharedBytes; }
 
-namespace {
-
-/// The cache as [cachePages * pageSize rows x 576] BF16, read in [64 x 64]
-/// boxes in the 128-byte swizzle; false where it cannot be made (the
-/// kernel then copies with cp.async).
-bool cacheTensorMap(const MlaDecodeArgs &args, CUtensorMap &map) {
+bool mlaCacheTensorMap(const MlaDecodeArgs &args, int boxRows,
+                       CUtensorMap &map) {
   static const bool enabled =
       melt::rt::envSwitch("MELT_CUDA_MLA_BULK_COPY", true);
   return enabled && args.cachePages > 0 &&
          swizzledBf16Map(map, args.cache,
                          uint64_t(args.cachePages) * args.pageSize,
-                         kLatentEntry, kLatentEntry, kWarpgroupTileTokens);
+                         kLatentEntry, kLatentEntry, uint32_t(boxRows));
 }
+
+namespace {
 
 template <bool kBulk>
 cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
@@ -398,18 +396,13 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
 
 } // namespace
 
-bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {
-  CUtensorMap map;
-  return mlaDecodeOnWarpgroups(args) && cacheTensorMap(args, map);
-}
-
 cudaError_t launchMlaWarpgroupChunks(const MlaDecodeArgs &args, int chunkTokens,
                                      int chunks, float *sums, float2 *stats,
                                      cudaStream_t stream) {
   if (chunkTokens % kWarpgroupTileTokens != 0 || !mlaDecodeOnWarpgroups(args))
     return cudaErrorInvalidValue;
   alignas(64) CUtensorMap map{};
-  return cacheTensorMap(args, map)
+  return mlaCacheTensorMap(args, kWarpgroupTileTokens, map)
              ? launchChunks<true>(args, chunkTokens, chunks, sums, stats, map,
                                   stream)
              : launchChunks<false>(args, chunkTokens, chunks, sums, stats, map,

@@ -14,6 +14,8 @@
 
 #include "cuda/MlaDecode.h"
 
+#include <cuda.h>
+
 namespace melt::rt::cuda {
 
 /// Cached tokens a block takes at a time (a tile lies in one page).
@@ -23,11 +25,17 @@ constexpr int kWarpgroupHeads = 64;
 
 // mlaDecodeOnWarpgroups (MlaDecode.h) is defined here: heads in 64s, pages
 // of a multiple of 64 tokens, args.warpgroups (MELT_CUDA_MLA_WGMMA=0:
-// never); and mlaDecodeBulkCopies: args.cachePages known and the driver's
-// tensor maps at hand (MELT_CUDA_MLA_BULK_COPY=0: never), else cp.async.
+// never).
 
 /// Dynamic shared memory of one block (one block per multiprocessor).
 size_t mlaWarpgroupSharedBytes();
+
+/// The cache as [cachePages * pageSize rows x 576] BF16, read in [boxRows
+/// x 64] boxes in the 128-byte swizzle: where args.cachePages is known and
+/// the driver's tensor maps are at hand (MELT_CUDA_MLA_BULK_COPY=0: never);
+/// false otherwise (the kernels then copy with cp.async).
+bool mlaCacheTensorMap(const MlaDecodeArgs &args, int boxRows,
+                       CUtensorMap &map);
 
 /// Chunk `c` of sequence b covers tokens [c * chunkTokens, ...) (a multiple
 /// of 64); per (sequence, chunk, head) it writes the unnormalized [512]

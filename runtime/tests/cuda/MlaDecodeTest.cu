@@ -143,6 +143,11 @@ TEST(CudaMlaDecode, MatchesReference) {
   runCase({64, {129, 3000}, 8, true, false});
   runCase({64, {1500, 64, 2}, 132, false});
   runCase({128, {5, 300, 1000}, 4, false});
+  // The warp kernel's tiles by cp.async (by TMA above, the cache's extent
+  // given): 16 and 32 heads, and 64 a block.
+  runCase({16, {1, 63, 64, 65, 700, 2048}, 132, true, false});
+  runCase({32, {4096, 31}, 8, true, false});
+  runCase({64, {1500, 64, 2}, 132, false, false});
 }
 
 TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
