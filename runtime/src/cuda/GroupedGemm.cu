@@ -1,9 +1,10 @@
 //===- GroupedGemm.cu - one launch for every expert's product -------------===//
 //
 // A block: a [128 x 128] tile of y, two warpgroups of 64 rows each (wgmma
-// m64n128k16, four k16 steps per 64-wide block of k). Thread 0 keeps three
-// blocks of k ahead in a ring of four stages, each stage's x and w tiles
-// ([128 x 64] BF16 each, in the 128-byte swizzle) brought by TMA and
+// m64n128k16, four k16 steps per 64-wide block of k). Thread 0 keeps the
+// next blocks of k coming into a ring of stages (three for a single
+// product, two blocks an SM; four for a gate/up pair), each stage's x and
+// w tiles ([128 x 64] BF16 each, in the 128-byte swizzle) brought by TMA and
 // counted on the stage's mbarrier. A stage is refilled once both
 // warpgroups' products of it are done (a wgmma wait for all but the
 // latest group, then a barrier).
@@ -32,23 +33,28 @@ namespace melt::rt::cuda {
 namespace {
 
 constexpr int kTileRows = kGroupedGemmRows, kTileColumns = 128;
-constexpr int kBlockK = 64, kStages = 4, kThreads = 256;
+constexpr int kBlockK = 64, kThreads = 256;
 constexpr int kOperandBytes = kTileRows * kBlockK * 2; // a BF16 tile
 
-/// Shared memory: kStages stages (x's tile, then the weights' tiles as
+/// Shared memory: the ring's stages (x's tile, then the weights' tiles as
 /// loaded: w's, and with kPair w2's), then for FP8 weights two widened
-/// tiles of each weight, then the stages' barriers.
+/// tiles of each weight, then the stages' barriers. A pair's four stages
+/// fill an SM; a single product's three leave room for a second block,
+/// whose products run while this one fills its ring or writes its tile.
 template <bool kFp8, bool kPair> struct SharedLayout {
+  static constexpr int stages = kPair ? 4 : 3;
+  static constexpr int blocksPerSm = kPair ? 1 : 2;
   static constexpr int weights = kPair ? 2 : 1;
   static constexpr int wBytes = kFp8 ? kTileColumns * kBlockK : kOperandBytes;
   static constexpr int stageBytes = kOperandBytes + weights * wBytes;
-  static constexpr int widenedAt = kStages * stageBytes;
+  static constexpr int widenedAt = stages * stageBytes;
   static constexpr size_t barriersAt =
       size_t(widenedAt) + (kFp8 ? 2 * weights * kOperandBytes : 0);
   static constexpr size_t bytes =
-      barriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+      barriersAt + stages * sizeof(uint64_t) + kSwizzleAtomBytes;
   static_assert(stageBytes % kSwizzleAtomBytes == 0, "tiles stay aligned");
-  static_assert(bytes <= 227 * 1024, "fits one SM's shared memory");
+  static_assert(blocksPerSm * (bytes + 1024) <= 228 * 1024,
+                "blocksPerSm blocks fit one SM's shared memory");
 };
 
 /// Thread i widens row i / 2 of w's [128 x 64] FP8 codes, its half i % 2
@@ -86,13 +92,14 @@ __device__ __forceinline__ float roundedBf16(float v) {
 }
 
 template <bool kFp8, bool kPair>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads,
+                                  SharedLayout<kFp8, kPair>::blocksPerSm)
     groupedGemmKernel(GroupedGemmArgs a,
                       const __grid_constant__ CUtensorMap xMap,
                       const __grid_constant__ CUtensorMap wMap,
                       const __grid_constant__ CUtensorMap w2Map) {
   using Layout = SharedLayout<kFp8, kPair>;
-  constexpr int kWeights = Layout::weights;
+  constexpr int kWeights = Layout::weights, kStages = Layout::stages;
   awaitPriorKernels();
   const int row0 = int(blockIdx.y) * kTileRows;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
@@ -184,7 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmmaCommit();
     // The products of block kb - 1 done in both warpgroups: its stage,
-    // the one block kb + 3 goes to, may be refilled.
+    // the one block kb + kStages - 1 goes to, may be refilled.
     wgmmaWait<1>();
     __syncthreads();
     if (threadIdx.x == 0 && kb + kStages - 1 < kBlocks)

@@ -10,7 +10,7 @@
 // from the group starts, and blocks past the last group's end return.
 //
 // BF16 operands, FP32 accumulation on Hopper's warpgroup MMA (Wgmma.cuh),
-// both operands brought in by TMA through a four-stage ring of shared
+// both operands brought in by TMA through a ring of shared
 // memory (BulkTensorCopy.cuh, TensorMaps.h); BF16 or F32 output. Weights
 // in FP8 with 128x128 block scales are widened to BF16 in shared memory
 // as they arrive (e4m3 value times its block's scale, rounded: the values
