@@ -171,6 +171,33 @@ __global__ void __launch_bounds__(kThreads)
   float runningMax = -FLT_MAX, runningSum = 0;
   // This warp's output columns for every head tile.
   float acc[kHeadTiles][kColumnTiles][4] = {};
+  // Where this lane's fragments lie in a tile (the same in every tile,
+  // swizzle included), worked out once: the key fragment of each k16 step
+  // of the warp's dim slice, and the value fragment of each 16 tokens and
+  // pair of column tiles.
+  // Keys: lane i addresses token (i%8 + 8*(i/16)), dims +8*((i/8)%2): the
+  // matrices are (tokens 0-7, k), (0-7, k+8), (8-15, k), (8-15, k+8).
+  int keyAt[kSliceDims / 16];
+  {
+    const int row = (warp % kTokenGroups) * 16 + (lane & 7) + (lane >> 4) * 8;
+    const int dim = (warp / kTokenGroups) * kSliceDims + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int step = 0; step < kSliceDims / 16; ++step)
+      keyAt[step] = tileOffset(row, dim + 16 * step);
+  }
+  // Values, loaded transposed: lane i addresses token (i%8 + 8*((i/8)%2)),
+  // dims +8*(i/16): (tokens k..k+7, dims n), (k+8.., n), (k.., n+8),
+  // (k+8.., n+8) are b0, b1 of tile n and b0, b1 of tile n+8.
+  int valueAt[kTileTokens / 16][kColumnTiles / 2];
+  {
+    const int row = (lane & 7) + ((lane >> 3) & 1) * 8;
+    const int dim = warp * kWarpColumns + (lane >> 4) * 8;
+#pragma unroll
+    for (int k = 0; k < kTileTokens / 16; ++k)
+#pragma unroll
+      for (int n = 0; n < kColumnTiles / 2; ++n)
+        valueAt[k][n] = tileOffset(16 * k + row, dim + 16 * n);
+  }
 
   int buffer = 0;
   for (int t0 = begin, tile = 0; t0 < end;
@@ -210,16 +237,10 @@ __global__ void __launch_bounds__(kThreads)
       constexpr int kChains = kHeadTiles == 1 ? 2 : 1; // mma in flight
       float score[kChains][kHeadTiles][2][4] = {};
       const int slice = warp / kTokenGroups, kBegin = slice * kSliceDims;
-      // Lane i addresses token (i%8 + 8*(i/16)), dims +8*((i/8)%2): the
-      // matrices are (tokens 0-7, k), (0-7, k+8), (8-15, k), (8-15, k+8).
-      const int keyRow =
-          (warp % kTokenGroups) * 16 + (lane & 7) + (lane >> 4) * 8;
-      const int keyDim = ((lane >> 3) & 1) * 8;
 #pragma unroll
       for (int step = 0; step < kSliceDims / 16; ++step) {
         uint32_t b[4];
-        loadMatrices(b,
-                     cache + tileOffset(keyRow, kBegin + 16 * step + keyDim));
+        loadMatrices(b, cache + keyAt[step]);
 #pragma unroll
         for (int m = 0; m < kHeadTiles; ++m) {
           uint32_t a[4];
@@ -312,11 +333,6 @@ __global__ void __launch_bounds__(kThreads)
           acc[m][n][3] *= hi;
         }
       }
-      // Transposed loads: lane i addresses token (i%8 + 8*((i/8)%2)),
-      // dims +8*(i/16): (tokens k..k+7, dims n), (k+8.., n), (k.., n+8),
-      // (k+8.., n+8) are b0, b1 of tile n and b0, b1 of tile n+8.
-      const int valueRow = (lane & 7) + ((lane >> 3) & 1) * 8;
-      const int valueDim = warp * kWarpColumns + (lane >> 4) * 8;
 #pragma unroll
       for (int k = 0; k < kTileTokens; k += 16) {
         uint32_t a[kHeadTiles][4];
@@ -326,8 +342,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int n = 0; n < kColumnTiles; n += 2) {
           uint32_t b[4];
-          loadMatricesTransposed(
-              b, cache + tileOffset(k + valueRow, valueDim + n * 8));
+          loadMatricesTransposed(b, cache + valueAt[k / 16][n / 2]);
 #pragma unroll
           for (int m = 0; m < kHeadTiles; ++m) {
             mma16816(acc[m][n], a[m], b[0], b[1]);
