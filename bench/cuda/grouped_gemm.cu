@@ -3,16 +3,18 @@
 // DeepSeek-V3 (256, 7168, 2048, top-8) for a prefill of 8192 tokens, the
 // choices spread over the experts by a hash: the gate/up pair (one launch
 // writing SiLU(gate) * up) and the down product, with BF16 and with FP8
-// weights (widened to BF16 in the kernel). Beside each, cuBLASLt on the
-// same rows as one dense matrix (one expert's weights): BF16, and FP8 with
-// block scales (the rate a single large product reaches, the ceiling the
-// grouping is measured against). TFLOP/s count the rows the choices fill,
-// not the padding. One JSON line each, after the copy bandwidth.
+// weights (widened to BF16 in the kernel; the pair also on FP8 tensor
+// cores, GroupedGemmFp8.h). Beside each, cuBLASLt on the same rows as one
+// dense matrix (one expert's weights): BF16, and FP8 with block scales
+// (the rate a single large product reaches, the ceiling the grouping is
+// measured against). TFLOP/s count the rows the choices fill, not the
+// padding. One JSON line each, after the copy bandwidth.
 //
 //   melt-bench-grouped-gemm [--iters N]
 #include "cuda/ExpertGrouping.h"
 #include "cuda/Gemm.h"
 #include "cuda/GroupedGemm.h"
+#include "cuda/GroupedGemmFp8.h"
 #include "cuda/Quantize.h"
 
 #include "BenchUtil.h"
@@ -130,14 +132,32 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
     downArgs.wScales = downScales;
     downArgs.starts = starts, downArgs.groups = E;
     downArgs.capacity = capacity, downArgs.n = D, downArgs.k = I;
+    // FP8 stacks: the pair on FP8 tensor cores too (x as e4m3 codes).
+    auto *xCodes = deviceBytes<uint8_t>(size_t(capacity) * D, 9, 0x77);
+    float *xScales = deviceScales(size_t(D / 128) * capacity);
+    GroupedFp8PairArgs fp8Pair;
+    fp8Pair.x = xCodes, fp8Pair.xScales = xScales;
+    fp8Pair.gate = gate, fp8Pair.up = up;
+    fp8Pair.gateScales = gateScales, fp8Pair.upScales = upScales;
+    fp8Pair.y = act, fp8Pair.starts = starts, fp8Pair.groups = E;
+    fp8Pair.capacity = capacity, fp8Pair.n = I, fp8Pair.k = D;
     struct Product {
       const char *what;
       const GroupedGemmArgs &args;
       int products;
-    } products[] = {{"gate/up pair", pair, 2}, {"down", downArgs, 1}};
+      bool fp8TensorCores;
+    } products[] = {{"gate/up pair", pair, 2, false},
+                    {"gate/up pair, fp8 tensor cores", pair, 2, true},
+                    {"down", downArgs, 1, false}};
     for (const Product &p : products) {
+      if (p.fp8TensorCores && !fp8)
+        continue;
       const float ms = melt::bench::timeMs(
-          benchName, [&](int) { CHECK(groupedGemmBf16(p.args, nullptr)); },
+          benchName,
+          [&](int) {
+            CHECK(p.fp8TensorCores ? groupedGemmFp8Pair(fp8Pair, nullptr)
+                                   : groupedGemmBf16(p.args, nullptr));
+          },
           iters);
       // cuBLASLt on the same rows as one matrix, one expert's weights.
       const int n = p.args.n, k = p.args.k;
@@ -192,6 +212,8 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
           denseFp8Ms > 0 ? flops / (denseFp8Ms * 1e-3) / 1e12 : 0.0);
       std::fflush(stdout);
     }
+    CHECK(cudaFree(xCodes));
+    CHECK(cudaFree(xScales));
     CHECK(cudaFree(gate));
     CHECK(cudaFree(up));
     CHECK(cudaFree(down));

@@ -1152,6 +1152,18 @@ TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnTheDevice) {
                        /*xOnGrid=*/true);
 }
 
+// The same with their gate and up on FP8 tensor cores (x quantized per
+// token in 1x128 blocks: exact where it is on that grid already).
+TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnFp8TensorCores) {
+  reopenWith("MELT_CUDA_FP8_GROUPED_WGMMA", "1");
+  if (HasFatalFailure())
+    return;
+  checkFp8ExpertStacks(*this, rng, 300, /*I=*/256, /*D=*/384,
+                       /*xOnGrid=*/true, /*sameBitsTwice=*/true);
+  checkFp8ExpertStacks(*this, rng, 70, /*I=*/1408, /*D=*/2048,
+                       /*xOnGrid=*/true);
+}
+
 // The expert kernels' sums the same bits every run (a GPU's default,
 // MELT_CUDA_DETERMINISTIC_EXPERTS=1: each pair's row written, a token's rows
 // summed in choice order, instead of F32 atomics): the same values, twice

@@ -16,6 +16,7 @@
 #include "cuda/ExpertGrouping.h"
 #include "cuda/Gemm.h"
 #include "cuda/GroupedGemm.h"
+#include "cuda/GroupedGemmFp8.h"
 #include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
@@ -481,6 +482,9 @@ public:
   /// of 1x1024 2.5x, 8x1024 1.2x the host's grouping on the H200);
   /// MELT_CUDA_DEVICE_GROUPING=0 groups them on the host (cuBLASLt).
   bool deviceGrouping_ = envSwitch("MELT_CUDA_DEVICE_GROUPING", true);
+  /// Those experts' FP8 gate and up on FP8 tensor cores (GroupedGemmFp8.h;
+  /// not yet run on a GPU: off by default), else widened to BF16.
+  bool fp8GroupedWgmma_ = envSwitch("MELT_CUDA_FP8_GROUPED_WGMMA", false);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
@@ -848,7 +852,13 @@ public:
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {E + 1}, startsT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {T * K}, rowOfPairT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {capacity}, tokenOfRowT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, xsT));
+    const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
+    // FP8 gate and up on FP8 tensor cores (MELT_CUDA_FP8_GROUPED_WGMMA=1):
+    // x quantized per token, its rows gathered as codes; else x's rows in
+    // BF16.
+    const bool fp8TensorCores = fp8 && fp8GroupedWgmma_;
+    if (!fp8TensorCores)
+      MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, xsT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, actT));
     MELT_RETURN_IF_ERROR(scratch.take(combineBf16 ? DType::BF16 : DType::F32,
                                       {capacity, D}, outT));
@@ -863,11 +873,11 @@ public:
     grouping.starts = starts, grouping.rowOfPair = rowOfPair;
     grouping.tokenOfRow = tokenOfRow, grouping.bad = flag_ + kExpertFlag;
     MELT_RETURN_IF_ERROR(check(groupExperts(grouping, stream_), "moe_experts"));
-    MELT_RETURN_IF_ERROR(
-        check(gatherRows(static_cast<const float *>(x.data), tokenOfRow,
-                         capacity, D, {xs, true}, stream_),
-              "moe_experts"));
-    const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
+    if (!fp8TensorCores)
+      MELT_RETURN_IF_ERROR(
+          check(gatherRows(static_cast<const float *>(x.data), tokenOfRow,
+                           capacity, D, {xs, true}, stream_),
+                "moe_experts"));
     // x w^T, or with w2 (up) SiLU(x w^T) * (x w2^T).
     auto product = [&](const __nv_bfloat16 *input, const void *w,
                        const float *wScales, const void *w2,
@@ -885,8 +895,39 @@ public:
       a.groups = E, a.capacity = capacity, a.n = n, a.k = k;
       return check(groupedGemmBf16(a, stream_), "moe_experts");
     };
-    MELT_RETURN_IF_ERROR(product(xs, gate.data, stacks.gateScales, up.data,
-                                 stacks.upScales, I, D, actT));
+    if (fp8TensorCores) {
+      DeviceTensor codesT, scalesT, rowCodesT, rowScalesT;
+      MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, D}, codesT));
+      MELT_RETURN_IF_ERROR(scratch.take(DType::F32, {D / 128, T}, scalesT));
+      MELT_RETURN_IF_ERROR(
+          scratch.take(DType::FP8E4M3, {capacity, D}, rowCodesT));
+      MELT_RETURN_IF_ERROR(
+          scratch.take(DType::F32, {D / 128, capacity}, rowScalesT));
+      auto *codes = static_cast<uint8_t *>(codesT.data);
+      auto *rowCodes = static_cast<uint8_t *>(rowCodesT.data);
+      auto *rowScales = static_cast<float *>(rowScalesT.data);
+      MELT_RETURN_IF_ERROR(
+          check(quantizeRowsFp8(static_cast<const float *>(x.data), T, D,
+                                reinterpret_cast<__nv_fp8_e4m3 *>(codes),
+                                static_cast<float *>(scalesT.data), stream_),
+                "moe_experts"));
+      MELT_RETURN_IF_ERROR(check(
+          gatherFp8Rows(codes, static_cast<const float *>(scalesT.data), T,
+                        tokenOfRow, capacity, D, rowCodes, rowScales, stream_),
+          "moe_experts"));
+      GroupedFp8PairArgs a;
+      a.x = rowCodes, a.xScales = rowScales;
+      a.gate = static_cast<const uint8_t *>(gate.data);
+      a.up = static_cast<const uint8_t *>(up.data);
+      a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
+      a.y = static_cast<__nv_bfloat16 *>(actT.data), a.starts = starts;
+      a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
+      MELT_RETURN_IF_ERROR(
+          check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
+    } else {
+      MELT_RETURN_IF_ERROR(product(xs, gate.data, stacks.gateScales, up.data,
+                                   stacks.upScales, I, D, actT));
+    }
     MELT_RETURN_IF_ERROR(product(static_cast<const __nv_bfloat16 *>(actT.data),
                                  down.data, stacks.downScales, nullptr, nullptr,
                                  D, I, outT));

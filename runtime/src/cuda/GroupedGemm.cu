@@ -24,6 +24,7 @@
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
+#include "cuda/GroupOfRow.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/TensorMaps.h"
@@ -104,16 +105,7 @@ __global__ void __launch_bounds__(kThreads,
   const int row0 = int(blockIdx.y) * kTileRows;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
     return;
-  // The group whose rows hold row0: the last with starts[e] <= row0 (the
-  // groups without rows share their start with the next).
-  int lo = 0, hi = a.groups - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (a.starts[mid] <= row0)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
+  const int lo = groupOfRow(a.starts, a.groups, row0);
   const int n0 = int(blockIdx.x) * kTileColumns;
   const int wRow0 = lo * a.n + n0;
 

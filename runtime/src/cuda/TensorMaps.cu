@@ -50,6 +50,12 @@ bool swizzledBf16Map(CUtensorMap &map, const void *base, uint64_t rows,
                   rowStride, boxRows, 64, CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
+bool swizzledByteMap(CUtensorMap &map, const void *base, uint64_t rows,
+                     uint64_t columns, uint64_t rowStride, uint32_t boxRows) {
+  return encode2d(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, base, rows, columns,
+                  rowStride, boxRows, 128, CU_TENSOR_MAP_SWIZZLE_128B);
+}
+
 bool plainByteMap(CUtensorMap &map, const void *base, uint64_t rows,
                   uint64_t columns, uint64_t rowStride, uint32_t boxRows,
                   uint32_t boxColumns) {

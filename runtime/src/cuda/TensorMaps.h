@@ -27,6 +27,13 @@ bool swizzledBf16Map(CUtensorMap &map, const void *base, uint64_t rows,
                      uint64_t columns, uint64_t rowStride, uint32_t boxRows);
 
 /// A map over the row-major byte matrix [rows x columns] at `base` (FP8
+/// codes; rows `rowStride` bytes apart), read in boxes of [boxRows x 128]
+/// in the 128-byte swizzle (wgmma's K-major FP8 operand layout); false as
+/// above.
+bool swizzledByteMap(CUtensorMap &map, const void *base, uint64_t rows,
+                     uint64_t columns, uint64_t rowStride, uint32_t boxRows);
+
+/// A map over the row-major byte matrix [rows x columns] at `base` (FP8
 /// codes; rows `rowStride` bytes apart), read in boxes of [boxRows x
 /// boxColumns] without a swizzle; out-of-range parts read as zeros. False
 /// as above (base and rowStride in 16 bytes, boxColumns a multiple of 16).
