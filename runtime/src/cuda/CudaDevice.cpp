@@ -147,6 +147,9 @@ public:
   void release(DeviceTensor &tensor) override {
     if (!tensor.data)
       return;
+    if (tensor.data == layoutCopy_.positions ||
+        tensor.data == layoutCopy_.sequences)
+      layoutCopy_ = {};
     plans_.erase(tensor.data);
     paddedK_.erase(tensor.data);
     auto scales = weightScales_.find(tensor.data);
@@ -249,6 +252,7 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     if (capturing_)
       return invalidArgument(name() + ": upload while recording a graph");
+    layoutCopy_ = {}; // a step's inputs change here
     MELT_RETURN_IF_ERROR(
         check(cudaMemcpyAsync(tensor.data, host, tensor.bytes(),
                               cudaMemcpyHostToDevice, stream_),
@@ -1118,10 +1122,23 @@ private:
                       const MlaSplitShape &shape, float scale,
                       int64_t decompressAbove, DeviceTensor &out, bool &taken) {
     taken = false;
-    std::vector<int32_t> sequences(size_t(shape.tokens)),
-        positions(size_t(shape.tokens));
-    MELT_RETURN_IF_ERROR(download(layout.sequences, sequences.data()));
-    MELT_RETURN_IF_ERROR(download(layout.positions, positions.data()));
+    // Every layer of a step passes the same layout: read back once.
+    if (layout.positions.data != layoutCopy_.positions ||
+        layout.sequences.data != layoutCopy_.sequences ||
+        layoutCopy_.positionsHost.size() != size_t(shape.tokens)) {
+      LayoutCopy copy;
+      copy.sequencesHost.resize(size_t(shape.tokens));
+      copy.positionsHost.resize(size_t(shape.tokens));
+      MELT_RETURN_IF_ERROR(
+          download(layout.sequences, copy.sequencesHost.data()));
+      MELT_RETURN_IF_ERROR(
+          download(layout.positions, copy.positionsHost.data()));
+      copy.positions = layout.positions.data;
+      copy.sequences = layout.sequences.data;
+      layoutCopy_ = std::move(copy);
+    }
+    const std::vector<int32_t> &sequences = layoutCopy_.sequencesHost,
+                               &positions = layoutCopy_.positionsHost;
     std::vector<DecompressedQueries> runs;
     if (!decompressedRuns(sequences, positions, runs))
       return Status::ok();
@@ -1722,6 +1739,15 @@ private:
   std::vector<void *> parked_;
   /// The embedding table's rows, for the message of a bad id.
   int64_t embeddingRows_ = 0;
+
+  /// Host copies of a step's positions and sequences, read back by the
+  /// decompressed MLA: each read-back waits for the GPU, and every layer of
+  /// a step passes the same tensors. Forgotten at every upload (a step's
+  /// inputs are written so) and when either tensor is released.
+  struct LayoutCopy {
+    const void *positions = nullptr, *sequences = nullptr;
+    std::vector<int32_t> positionsHost, sequencesHost;
+  } layoutCopy_;
 
   /// Pairs (token, choice) from which moeExperts groups tokens by expert
   /// (MELT_MOE_GROUPED_MIN_PAIRS overrides it, for tuning).
