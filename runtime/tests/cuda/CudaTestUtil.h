@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <vector>
 
 namespace melt::rt::cuda::test {
@@ -29,6 +30,16 @@ template <typename T> std::vector<T> toHost(const T *device, size_t count) {
                        cudaMemcpyDeviceToHost),
             cudaSuccess);
   return host;
+}
+
+/// Where each group's rows start in a grouped operand whose groups are
+/// padded to `tile` rows: counts.size() + 1 entries, the first 0.
+inline std::vector<int32_t> paddedGroupStarts(const std::vector<int> &counts,
+                                              int tile) {
+  std::vector<int32_t> starts(counts.size() + 1, 0);
+  for (size_t e = 0; e < counts.size(); ++e)
+    starts[e + 1] = starts[e] + (counts[e] + tile - 1) / tile * tile;
+  return starts;
 }
 
 template <typename T> T *deviceArray(size_t count) {

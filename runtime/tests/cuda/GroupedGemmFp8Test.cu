@@ -51,10 +51,7 @@ double roundedBf16(double v) {
 
 void runCase(const std::vector<int> &counts, int n, int k) {
   const int groups = int(counts.size()), blocks = k / 128;
-  std::vector<int32_t> starts(size_t(groups) + 1, 0);
-  for (int e = 0; e < groups; ++e)
-    starts[size_t(e) + 1] =
-        starts[size_t(e)] + (counts[size_t(e)] + 127) / 128 * 128;
+  const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
   // One spare tile past the last group: its rows must stay untouched.
   const int capacity = starts.back() + 128;
   std::mt19937 rng(23);

@@ -77,11 +77,8 @@ struct Weights {
 
 void runCase(const std::vector<int> &counts, int n, int k, Options o = {}) {
   const int groups = int(counts.size());
-  std::vector<int32_t> starts(size_t(groups) + 1, 0);
-  for (int e = 0; e < groups; ++e)
-    starts[size_t(e) + 1] =
-        starts[size_t(e)] + (counts[size_t(e)] + kGroupedGemmRows - 1) /
-                                kGroupedGemmRows * kGroupedGemmRows;
+  const std::vector<int32_t> starts =
+      paddedGroupStarts(counts, kGroupedGemmRows);
   // One spare tile past the last group: its rows must stay untouched.
   const int capacity = starts.back() + kGroupedGemmRows;
   std::mt19937 rng(11);
