@@ -5,6 +5,7 @@
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/TensorCoreMma.cuh"
 
+#include <algorithm>
 #include <cmath>
 
 using namespace melt::rt::cuda;
@@ -45,7 +46,16 @@ __device__ __forceinline__ void copyTile(const __nv_bfloat16 *rows, int first,
   }
 }
 
-/// Grid (query blocks, heads), 128 threads. Warp w holds queries [q0, q0 +
+/// A launch's runs (a kernel parameter: no copy to the device).
+struct CausalRunList {
+  int count = 0, blocks = 0; // runs; query blocks of the longest
+  CausalRunOperands run[kCausalMaxRuns];
+};
+
+/// Grid blocks x heads x runs (blocks: of the longest run), 128 threads;
+/// block i takes query block blocks - 1 - i / (heads x runs) (the last
+/// queries of every run and head first), head and run from the rest;
+/// blocks past a run's queries return. Warp w holds queries [q0, q0 +
 /// 16) of the block as A fragments, the scores of a key tile (8 n-tiles of
 /// C fragments), and its output rows (kValue / 8 C fragments); lane (g, t)
 /// keeps rows g and g + 8's running maximum and its share of their sums.
@@ -54,8 +64,7 @@ __device__ __forceinline__ void copyTile(const __nv_bfloat16 *rows, int first,
 template <int kNope, int kRope, int kValue>
 __global__ void __launch_bounds__(kThreads)
     causalAttentionKernel(const float *qNope, const float *qRope,
-                          const __nv_bfloat16 *keys,
-                          const __nv_bfloat16 *values, CausalRun run, int heads,
+                          const __grid_constant__ CausalRunList runs, int heads,
                           float scaleLog2, float *out) {
   using W = Widths<kNope, kRope, kValue>;
   extern __shared__ __align__(16) uint8_t sharedBytes[];
@@ -64,9 +73,16 @@ __global__ void __launch_bounds__(kThreads)
            buffer * W::bufferElements;
   };
   awaitPriorKernels();
-  const int h = blockIdx.y;
   // The blocks of the last queries walk the most keys: they go first.
-  const int block = int(gridDim.x) - 1 - int(blockIdx.x);
+  const int perBlock = heads * runs.count;
+  const int block = runs.blocks - 1 - int(blockIdx.x) / perBlock;
+  const int h = int(blockIdx.x) % perBlock % heads;
+  const CausalRunOperands &operands =
+      runs.run[int(blockIdx.x) % perBlock / heads];
+  const CausalRun &run = operands.run;
+  if (block * kQueries >= run.count)
+    return;
+  const __nv_bfloat16 *keys = operands.keys, *values = operands.values;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int q0 = block * kQueries + warp * 16;
@@ -232,10 +248,30 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
     const float *qNope, const float *qRope, const __nv_bfloat16 *keys,
     const __nv_bfloat16 *values, const CausalRun &run, int heads, int nope,
     int rope, int valueDim, float scale, float *out, cudaStream_t stream) {
-  if (!causalAttentionFits(nope, rope, valueDim) || run.count < 0 ||
-      run.position < 0 || run.keys < run.position + run.count || heads <= 0)
+  const CausalRunOperands one{run, keys, values};
+  return causalAttentionBf16(qNope, qRope, &one, 1, heads, nope, rope, valueDim,
+                             scale, out, stream);
+}
+
+cudaError_t melt::rt::cuda::causalAttentionBf16(
+    const float *qNope, const float *qRope, const CausalRunOperands *runs,
+    int runCount, int heads, int nope, int rope, int valueDim, float scale,
+    float *out, cudaStream_t stream) {
+  if (!causalAttentionFits(nope, rope, valueDim) || heads <= 0 ||
+      runCount < 0 || runCount > kCausalMaxRuns)
     return cudaErrorInvalidValue;
-  if (run.count == 0)
+  CausalRunList list;
+  for (int i = 0; i < runCount; ++i) {
+    const CausalRun &run = runs[i].run;
+    if (run.count < 0 || run.position < 0 ||
+        run.keys < run.position + run.count)
+      return cudaErrorInvalidValue;
+    if (run.count == 0) // nothing to attend: left out of the grid
+      continue;
+    list.run[list.count++] = runs[i];
+    list.blocks = std::max(list.blocks, (run.count + kQueries - 1) / kQueries);
+  }
+  if (list.count == 0)
     return cudaSuccess;
   auto kernel = causalAttentionKernel<128, 64, 128>;
   constexpr size_t shared = Widths<128, 64, 128>::sharedBytes;
@@ -244,8 +280,7 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
           kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
       e != cudaSuccess)
     return e;
-  const dim3 grid((run.count + kQueries - 1) / kQueries, heads);
-  return launchOverlapped(kernel, grid, kThreads, shared, stream, qNope, qRope,
-                          keys, values, run, heads, float(scale * M_LOG2E),
-                          out);
+  const unsigned grid = unsigned(list.blocks) * heads * list.count;
+  return launchOverlapped(kernel, dim3(grid), kThreads, shared, stream, qNope,
+                          qRope, list, heads, float(scale * M_LOG2E), out);
 }

@@ -1,12 +1,13 @@
 //===- CausalAttention.h - a prefill's causal attention, fused (CUDA) ----===//
 //
 // softmax(scale q k^T) v for each head of one sequence's run of queries
-// over per-head keys and values, causal (query i at position p + i sees
-// keys 0 .. p + i), in one kernel: the scores never leave the chip. A
-// block takes 64 queries of one head (a warp 16), walks the keys 64 at a
-// time up to its last query's position, and keeps each row's running
-// maximum and sum (the online softmax); products on tensor cores, BF16
-// operands (queries, keys, probabilities, values rounded), FP32 sums.
+// (or of several sequences' runs) over per-head keys and values, causal
+// (query i at position p + i sees keys 0 .. p + i), in one kernel: the
+// scores never leave the chip. A block takes 64 queries of one head (a
+// warp 16), walks the keys 64 at a time up to its last query's position,
+// and keeps each row's running maximum and sum (the online softmax);
+// products on tensor cores, BF16 operands (queries, keys, probabilities,
+// values rounded), FP32 sums.
 //
 // The queries come as MLA's two parts (q_nope [tokens, heads, nope] and
 // q_rope [tokens, heads, rope], F32, rounded as they are read); keys
@@ -31,6 +32,16 @@ struct CausalRun {
   int first = 0, count = 0, position = 0, keys = 0;
 };
 
+/// A run with its keys ([heads, run.keys, nope + rope]) and values
+/// ([heads, run.keys, valueDim]), for a launch of several runs.
+struct CausalRunOperands {
+  CausalRun run;
+  const __nv_bfloat16 *keys = nullptr, *values = nullptr;
+};
+
+/// Runs one launch takes.
+constexpr int kCausalMaxRuns = 32;
+
 /// Whether the kernel takes these widths.
 bool causalAttentionFits(int nope, int rope, int valueDim);
 
@@ -41,6 +52,15 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
                                 const CausalRun &run, int heads, int nope,
                                 int rope, int valueDim, float scale, float *out,
                                 cudaStream_t stream);
+
+/// The same for up to kCausalMaxRuns runs (a prefill's sequences) in one
+/// launch: every run's query blocks in one grid, the blocks of the last
+/// queries (the most keys) of every run and head first, so that the
+/// shorter ones fill in behind them.
+cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
+                                const CausalRunOperands *runs, int runCount,
+                                int heads, int nope, int rope, int valueDim,
+                                float scale, float *out, cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 

@@ -117,6 +117,28 @@ RunScratch runScratch(const MlaSplitShape &s, const DecompressedQueries &r,
   return p;
 }
 
+/// The fused form's runs in groups, each one attention launch: up to
+/// kCausalMaxRuns runs whose scratch together stays within the budget (a
+/// run alone past it is a group of its own). [begin, end) index pairs.
+std::vector<std::pair<size_t, size_t>>
+fusedGroups(const MlaSplitShape &s,
+            const std::vector<DecompressedQueries> &runs, size_t budgetFloats) {
+  std::vector<std::pair<size_t, size_t>> groups;
+  size_t floats = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const size_t run = runScratch(s, runs[i], budgetFloats, true).total();
+    if (groups.empty() ||
+        groups.back().second - groups.back().first >= size_t(kCausalMaxRuns) ||
+        floats + run > budgetFloats) {
+      groups.push_back({i, i});
+      floats = 0;
+    }
+    ++groups.back().second;
+    floats += run;
+  }
+  return groups;
+}
+
 /// W_UK and W_UV in BF16, for the fused form (made once a call).
 size_t weightFloats(const MlaSplitShape &s, bool fused) {
   return fused ? floatsOf(size_t(s.heads) * s.nope * s.latent, true) +
@@ -163,6 +185,16 @@ size_t melt::rt::cuda::mlaDecompressedScratchFloats(
     const MlaSplitShape &s, const std::vector<DecompressedQueries> &runs,
     size_t budgetFloats, bool bf16Fused) {
   size_t most = 0;
+  if (bf16Fused) {
+    // A group's runs side by side.
+    for (const auto &[begin, end] : fusedGroups(s, runs, budgetFloats)) {
+      size_t group = 0;
+      for (size_t i = begin; i < end; ++i)
+        group += runScratch(s, runs[i], budgetFloats, true).total();
+      most = std::max(most, group);
+    }
+    return weightFloats(s, bf16Fused) + most;
+  }
   for (const DecompressedQueries &r : runs)
     most = std::max(most, runScratch(s, r, budgetFloats, bf16Fused).total());
   return weightFloats(s, bf16Fused) + most;
@@ -202,43 +234,61 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
       return e;
   }
   float *runScratchStart = scratch + weightFloats(s, bf16Fused);
-  for (const DecompressedQueries &r : runs) {
-    const int reach = r.position + r.count;
-    const RunScratch p = runScratch(s, r, budgetFloats, bf16Fused);
-    float *latents = runScratchStart, *keys = latents + p.latents,
-          *values = keys + p.keys, *queries = values + p.values,
-          *scores = queries + p.queries;
-    // K_nope[h] = c W_UK[h]^T, into the first nope values of each key row;
-    // V[h] = c W_UV[h]^T.
-    GemmRunner::Batched k;
+  // K_nope[h] = c W_UK[h]^T, into the first nope values of each key row;
+  // V[h] = c W_UV[h]^T: a run's two batched products over the heads.
+  auto products = [&](int reach, GemmRunner::Batched &k,
+                      GemmRunner::Batched &v) {
     k.m = reach, k.n = s.nope, k.k = s.latent, k.batches = heads;
     k.wNK = true, k.xRow = s.latent, k.xBatch = 0;
     k.wBatch = int64_t(s.nope) * s.latent;
     k.yRow = width, k.yBatch = int64_t(reach) * width;
-    GemmRunner::Batched v = k;
+    v = k;
     v.n = s.valueDim, v.wBatch = int64_t(s.valueDim) * s.latent;
     v.yRow = s.valueDim, v.yBatch = int64_t(reach) * s.valueDim;
-    if (bf16Fused) {
-      // Latents, K and V in BF16 (the attention's operands): GEMMs of BF16
-      // operands, then the fused attention.
-      auto *cb = reinterpret_cast<__nv_bfloat16 *>(latents),
-           *kb = reinterpret_cast<__nv_bfloat16 *>(keys),
-           *vb = reinterpret_cast<__nv_bfloat16 *>(values);
-      if (CudaStatus e = launched(
-              launchOverlapped(gatherRowsKernel<__nv_bfloat16>, dim3(reach),
-                               128, 0, stream, cache, layout, r.sequence, heads,
-                               s.nope, s.rope, s.latent, reach, cb, kb, bad)))
-        return e;
-      if (CudaStatus e = gemm.bf16Batched(cb, wUkBf16, kb, k))
-        return e;
-      if (CudaStatus e = gemm.bf16Batched(cb, wUvBf16, vb, v))
-        return e;
+  };
+  if (bf16Fused) {
+    // Latents, K and V in BF16 (the attention's operands), each run of a
+    // group in scratch of its own: GEMMs of BF16 operands, then one fused
+    // attention launch for the group (its runs' blocks fill one grid).
+    for (const auto &[begin, end] : fusedGroups(s, runs, budgetFloats)) {
+      CausalRunOperands group[kCausalMaxRuns];
+      float *at = runScratchStart;
+      for (size_t i = begin; i < end; ++i) {
+        const DecompressedQueries &r = runs[i];
+        const int reach = r.position + r.count;
+        const RunScratch p = runScratch(s, r, budgetFloats, true);
+        auto *cb = reinterpret_cast<__nv_bfloat16 *>(at),
+             *kb = reinterpret_cast<__nv_bfloat16 *>(at + p.latents),
+             *vb = reinterpret_cast<__nv_bfloat16 *>(at + p.latents + p.keys);
+        at += p.total();
+        GemmRunner::Batched k, v;
+        products(reach, k, v);
+        if (CudaStatus e = launched(launchOverlapped(
+                gatherRowsKernel<__nv_bfloat16>, dim3(reach), 128, 0, stream,
+                cache, layout, r.sequence, heads, s.nope, s.rope, s.latent,
+                reach, cb, kb, bad)))
+          return e;
+        if (CudaStatus e = gemm.bf16Batched(cb, wUkBf16, kb, k))
+          return e;
+        if (CudaStatus e = gemm.bf16Batched(cb, wUvBf16, vb, v))
+          return e;
+        group[i - begin] = {{r.first, r.count, r.position, reach}, kb, vb};
+      }
       if (CudaStatus e = launched(causalAttentionBf16(
-              qNope, qRope, kb, vb, {r.first, r.count, r.position, reach},
-              heads, s.nope, s.rope, s.valueDim, scale, out, stream)))
+              qNope, qRope, group, int(end - begin), heads, s.nope, s.rope,
+              s.valueDim, scale, out, stream)))
         return e;
-      continue;
     }
+    return CudaStatus::ok();
+  }
+  for (const DecompressedQueries &r : runs) {
+    const int reach = r.position + r.count;
+    const RunScratch p = runScratch(s, r, budgetFloats, false);
+    float *latents = runScratchStart, *keys = latents + p.latents,
+          *values = keys + p.keys, *queries = values + p.values,
+          *scores = queries + p.queries;
+    GemmRunner::Batched k, v;
+    products(reach, k, v);
     if (CudaStatus e = launched(
             launchOverlapped(gatherRowsKernel<float>, dim3(reach), 128, 0,
                              stream, cache, layout, r.sequence, heads, s.nope,

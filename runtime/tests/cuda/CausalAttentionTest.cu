@@ -1,8 +1,9 @@
 // The fused causal attention (CausalAttention.h) against a double-precision
 // reference over the same BF16-rounded queries, keys and values: runs at
 // position 0 and after a cached prefix (more keys than the run reaches),
-// query counts that leave a block part-filled, several heads; and the
-// arguments it refuses. Kernel cases skip without a device.
+// query counts that leave a block part-filled, several heads; several runs
+// in one launch against their own launches; and the arguments it refuses.
+// Kernel cases skip without a device.
 #include "CudaTestUtil.h"
 #include "cuda/CausalAttention.h"
 
@@ -120,6 +121,66 @@ TEST(CudaCausalAttention, MatchesTheReference) {
   runCase({16, 192, {0, 192, 0, 192}});  // whole blocks, DeepSeek's heads
 }
 
+// Several runs in one launch (a prefill's sequences: different lengths,
+// one after a cached prefix, one empty) give each run's output bit for bit
+// as its own launch does: the same blocks, scheduled otherwise.
+TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  const int heads = 3, tokens = 300;
+  const std::vector<CausalRun> runs = {
+      {0, 130, 0, 130}, {130, 0, 0, 0}, {130, 1, 0, 1}, {131, 169, 40, 260}};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto randoms = [&](size_t n) {
+    std::vector<float> v(n);
+    for (float &x : v)
+      x = normal(rng);
+    return v;
+  };
+  auto bf16s = [&](size_t n) {
+    std::vector<__nv_bfloat16> v(n);
+    for (auto &x : v)
+      x = __float2bfloat16(normal(rng));
+    return v;
+  };
+  float *dQn = toDevice(randoms(size_t(tokens) * heads * kNope));
+  float *dQr = toDevice(randoms(size_t(tokens) * heads * kRope));
+  std::vector<CausalRunOperands> operands;
+  std::vector<void *> owned = {dQn, dQr};
+  for (const CausalRun &run : runs) {
+    const size_t keys = size_t(std::max(run.keys, 1));
+    __nv_bfloat16 *k = toDevice(bf16s(heads * keys * kWidth));
+    __nv_bfloat16 *v = toDevice(bf16s(heads * keys * kValue));
+    operands.push_back({run, k, v});
+    owned.push_back(k);
+    owned.push_back(v);
+  }
+  const size_t outCount = size_t(tokens) * heads * kValue;
+  float *together = deviceArray<float>(outCount);
+  float *apart = deviceArray<float>(outCount);
+  owned.push_back(together);
+  owned.push_back(apart);
+  const float scale = 1.f / std::sqrt(float(kWidth));
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
+                                heads, kNope, kRope, kValue, scale, together,
+                                nullptr),
+            cudaSuccess);
+  for (const CausalRunOperands &o : operands)
+    ASSERT_EQ(causalAttentionBf16(dQn, dQr, o.keys, o.values, o.run, heads,
+                                  kNope, kRope, kValue, scale, apart, nullptr),
+              cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> a = toHost(together, outCount),
+                           b = toHost(apart, outCount);
+  // Every token belongs to a run here: the whole outputs compare.
+  for (size_t i = 0; i < outCount; ++i)
+    ASSERT_EQ(a[i], b[i]) << "token " << i / (heads * kValue) << ", head "
+                          << i / kValue % heads;
+  for (void *p : owned)
+    cudaFree(p);
+}
+
 // Arguments it refuses before launching anything (no device needed).
 TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
   float *none = nullptr;
@@ -138,4 +199,13 @@ TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
                                 128, 64, 128, 1.f, none, nullptr),
             cudaSuccess)
       << "an empty run";
+  const CausalRunOperands many[kCausalMaxRuns + 1] = {};
+  EXPECT_EQ(causalAttentionBf16(none, none, many, kCausalMaxRuns + 1, 1, 128,
+                                64, 128, 1.f, none, nullptr),
+            cudaErrorInvalidValue)
+      << "more runs than a launch takes";
+  EXPECT_EQ(causalAttentionBf16(none, none, many, kCausalMaxRuns, 1, 128, 64,
+                                128, 1.f, none, nullptr),
+            cudaSuccess)
+      << "empty runs only";
 }
