@@ -486,6 +486,39 @@ TEST_P(DeviceConformance, CopySliceAndPlace) {
   EXPECT_NE(s.message().find("does not fit"), std::string::npos) << s.message();
 }
 
+// Slices and places whose runs and offsets are not in 16 bytes (a GPU
+// copies them 4 bytes or a byte at a time): split along axis 1 at `cut`,
+// placed back in the other order.
+TEST_P(DeviceConformance, CopySliceAndPlaceOfNarrowRuns) {
+  struct Case {
+    DType type;
+    int64_t outer, middle, inner, cut;
+  };
+  for (const Case &c : {Case{DType::F32, 4, 3, 5, 1},  // 20-byte runs
+                        Case{DType::BF16, 2, 5, 3, 1}, // 6-byte offset
+                        Case{DType::BF16, 3, 7, 1, 4}}) {
+    HostTensor x = random(c.type, {c.outer, c.middle, c.inner}, rng);
+    DeviceTensor dx = put(x);
+    DeviceTensor a = make(c.type, {c.outer, c.cut, c.inner}),
+                 b = make(c.type, {c.outer, c.middle - c.cut, c.inner});
+    ASSERT_FALSE(device->slice(dx, 1, 0, a));
+    ASSERT_FALSE(device->slice(dx, 1, c.cut, b));
+    DeviceTensor swapped = make(c.type, {c.outer, c.middle, c.inner});
+    ASSERT_FALSE(device->place(b, 1, 0, swapped));
+    ASSERT_FALSE(device->place(a, 1, c.middle - c.cut, swapped));
+    const std::vector<float> got = get(swapped);
+    for (int64_t o = 0; o < c.outer; ++o)
+      for (int64_t i = 0; i < c.middle; ++i)
+        for (int64_t j = 0; j < c.inner; ++j) {
+          const int64_t from =
+              i < c.middle - c.cut ? i + c.cut : i - (c.middle - c.cut);
+          ASSERT_EQ(got[size_t((o * c.middle + i) * c.inner + j)],
+                    x.values[size_t((o * c.middle + from) * c.inner + j)])
+              << dtypeName(c.type) << " " << o << " " << i << " " << j;
+        }
+  }
+}
+
 /// Two sequences over paged caches of 8 pages: sequence 0 owns pages 2, 0,
 /// 4, 5, 6, 7 (not in order), sequence 1 page 3. A prefill of 18 tokens of
 /// sequence 0 (crossing a page) and 5 of sequence 1 in one batch, a decode

@@ -1792,13 +1792,10 @@ private:
         static_cast<char *>(whole.data) + size_t(offset * inner) * element;
     if (run == 0 || outer == 0)
       return Status::ok();
-    cudaError_t e = toWhole
-                        ? cudaMemcpy2DAsync(inWhole, wholePitch, part.data, run,
-                                            run, size_t(outer),
-                                            cudaMemcpyDeviceToDevice, stream_)
-                        : cudaMemcpy2DAsync(part.data, run, inWhole, wholePitch,
-                                            run, size_t(outer),
-                                            cudaMemcpyDeviceToDevice, stream_);
+    cudaError_t e = toWhole ? copyRuns(inWhole, wholePitch, part.data, run, run,
+                                       size_t(outer), stream_)
+                            : copyRuns(part.data, run, inWhole, wholePitch, run,
+                                       size_t(outer), stream_);
     return check(e, toWhole ? "place" : "slice");
   }
 

@@ -77,6 +77,32 @@ unsigned elementwiseBlocks(size_t count) {
   return unsigned(blocks < 8192 ? blocks : 8192);
 }
 
+/// Word: the unit of a copy (uint4, uint32_t or uint8_t); pitches and the
+/// run's length in words.
+template <typename Word>
+__global__ void copyRunsKernel(Word *to, size_t toPitch, const Word *from,
+                               size_t fromPitch, size_t runWords, size_t rows) {
+  awaitPriorKernels();
+  const size_t count = rows * runWords;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const size_t row = i / runWords, word = i % runWords;
+    to[row * toPitch + word] = from[row * fromPitch + word];
+  }
+}
+
+template <typename Word>
+cudaError_t launchCopyRuns(void *to, size_t toPitch, const void *from,
+                           size_t fromPitch, size_t runBytes, size_t rows,
+                           cudaStream_t stream) {
+  constexpr size_t w = sizeof(Word);
+  const size_t words = rows * (runBytes / w);
+  return launchOverlapped(copyRunsKernel<Word>, elementwiseBlocks(words), 256,
+                          0, stream, static_cast<Word *>(to), toPitch / w,
+                          static_cast<const Word *>(from), fromPitch / w,
+                          runBytes / w, rows);
+}
+
 } // namespace
 
 cudaError_t melt::rt::cuda::roundToBf16(float *x, size_t count,
@@ -129,4 +155,24 @@ cudaError_t melt::rt::cuda::binary(Binary op, Operand a, Operand b,
                             256, 0, stream, op, a, b, count, y);
   return launchOverlapped(binaryKernel<false>, elementwiseBlocks(count), 256, 0,
                           stream, op, a, b, count, y);
+}
+
+cudaError_t melt::rt::cuda::copyRuns(void *to, size_t toPitch, const void *from,
+                                     size_t fromPitch, size_t runBytes,
+                                     size_t rows, cudaStream_t stream) {
+  if (runBytes == 0 || rows == 0)
+    return cudaSuccess;
+  const auto all = [&](size_t unit) {
+    return reinterpret_cast<uintptr_t>(to) % unit == 0 &&
+           reinterpret_cast<uintptr_t>(from) % unit == 0 &&
+           toPitch % unit == 0 && fromPitch % unit == 0 && runBytes % unit == 0;
+  };
+  if (all(16))
+    return launchCopyRuns<uint4>(to, toPitch, from, fromPitch, runBytes, rows,
+                                 stream);
+  if (all(4))
+    return launchCopyRuns<uint32_t>(to, toPitch, from, fromPitch, runBytes,
+                                    rows, stream);
+  return launchCopyRuns<uint8_t>(to, toPitch, from, fromPitch, runBytes, rows,
+                                 stream);
 }

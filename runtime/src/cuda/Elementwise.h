@@ -1,8 +1,9 @@
 //===- Elementwise.h - row-wise and elementwise kernels (CUDA) --*- C++ -*-===//
 //
 // RMSNorm, SiLU-mul and add over F32 or BF16 tensors (each operand of its
-// own type, FP32 math), the generic forms the CUDA device runs; the model
-// path's fused forms (RMSNorm + FP8 quantization) are in Quantize.h.
+// own type, FP32 math), and strided copies: the generic forms the CUDA
+// device runs; the model path's fused forms (RMSNorm + FP8 quantization)
+// are in Quantize.h.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_ELEMENTWISE_H
@@ -34,6 +35,15 @@ cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
 cudaError_t convert(Operand x, size_t count, Result y, cudaStream_t stream);
 /// x replaced by its values rounded to BF16 (nearest even), in place.
 cudaError_t roundToBf16(float *x, size_t count, cudaStream_t stream);
+
+/// `rows` runs of `runBytes` from `from` (runs `fromPitch` bytes apart) to
+/// `to` (`toPitch` apart): a slice of a tensor along an axis, or its
+/// placing back. 16 bytes a copy where every address and length allows,
+/// else 4, else 1. (The copy engine's 2-D copy moved a prefill's narrow
+/// runs, 256 bytes to 2 KB, at a fraction of the SMs' bandwidth.)
+cudaError_t copyRuns(void *to, size_t toPitch, const void *from,
+                     size_t fromPitch, size_t runBytes, size_t rows,
+                     cudaStream_t stream);
 
 enum class Binary { SiluMul, Add };
 cudaError_t binary(Binary op, Operand a, Operand b, size_t count, Result y,
