@@ -9,6 +9,8 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
+
 using namespace melt::rt::cuda;
 
 namespace {
@@ -78,16 +80,18 @@ unsigned elementwiseBlocks(size_t count) {
 }
 
 /// Word: the unit of a copy (uint4, uint32_t or uint8_t); pitches and the
-/// run's length in words.
+/// run's length in words. Blocks of 8 warps, a warp a run at a time (no
+/// division per word).
 template <typename Word>
 __global__ void copyRunsKernel(Word *to, size_t toPitch, const Word *from,
                                size_t fromPitch, size_t runWords, size_t rows) {
   awaitPriorKernels();
-  const size_t count = rows * runWords;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const size_t row = i / runWords, word = i % runWords;
-    to[row * toPitch + word] = from[row * fromPitch + word];
+  for (size_t row = blockIdx.x * size_t(blockDim.y) + threadIdx.y; row < rows;
+       row += size_t(gridDim.x) * blockDim.y) {
+    Word *out = to + row * toPitch;
+    const Word *in = from + row * fromPitch;
+    for (size_t word = threadIdx.x; word < runWords; word += 32)
+      out[word] = in[word];
   }
 }
 
@@ -96,8 +100,8 @@ cudaError_t launchCopyRuns(void *to, size_t toPitch, const void *from,
                            size_t fromPitch, size_t runBytes, size_t rows,
                            cudaStream_t stream) {
   constexpr size_t w = sizeof(Word);
-  const size_t words = rows * (runBytes / w);
-  return launchOverlapped(copyRunsKernel<Word>, elementwiseBlocks(words), 256,
+  const size_t blocks = std::min<size_t>((rows + 7) / 8, 8192);
+  return launchOverlapped(copyRunsKernel<Word>, unsigned(blocks), dim3(32, 8),
                           0, stream, static_cast<Word *>(to), toPitch / w,
                           static_cast<const Word *>(from), fromPitch / w,
                           runBytes / w, rows);
