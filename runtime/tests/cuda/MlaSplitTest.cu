@@ -6,6 +6,7 @@
 // each), pages scattered; and the prefill path on tensor cores (BF16)
 // against the same kernel. Skips without a device.
 #include "CudaTestUtil.h"
+#include "cuda/CausalAttention.h"
 #include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
@@ -266,6 +267,41 @@ TEST(CudaMlaSplit, DecompressedRunsAreContiguous) {
   EXPECT_FALSE(decompressedRuns({0, 1, 0}, {0, 0, 1}, runs)) << "interleaved";
   EXPECT_FALSE(decompressedRuns({0, 0}, {0, 2}, runs)) << "a gap";
   EXPECT_FALSE(decompressedRuns({0, -1}, {0, 1}, runs)) << "no sequence";
+}
+
+// The fused form's scratch: every run of a launch in scratch of its own
+// (K and V of each sequence, then one attention launch for the group), so
+// equal runs take their sum; past the budget (or kCausalMaxRuns runs) a
+// new group starts, and the scratch is the largest group's. Host-side.
+TEST(CudaMlaSplit, DecompressedScratchHoldsAGroupOfRuns) {
+  const MlaSplitShape shape{8 * 1024, 16, 128, 64, 512, 128, 1024};
+  const std::vector<DecompressedQueries> one = {{0, 0, 1024, 0}};
+  std::vector<DecompressedQueries> eight;
+  for (int b = 0; b < 8; ++b)
+    eight.push_back({b, b * 1024, 1024, 0});
+  const size_t budget = size_t(64) << 20;
+  const size_t weights =
+      mlaDecompressedScratchFloats(shape, {}, budget, /*bf16Fused=*/true);
+  const size_t run =
+      mlaDecompressedScratchFloats(shape, one, budget, true) - weights;
+  ASSERT_GT(run, 0u);
+  EXPECT_EQ(mlaDecompressedScratchFloats(shape, eight, budget, true),
+            weights + 8 * run)
+      << "eight runs side by side";
+  // A budget of three runs: groups of three, three and two.
+  EXPECT_EQ(mlaDecompressedScratchFloats(shape, eight, 3 * run, true),
+            weights + 3 * run);
+  // A budget below one run: one run a group.
+  EXPECT_EQ(mlaDecompressedScratchFloats(shape, eight, run / 2, true),
+            weights + run);
+  // More runs than a launch takes: kCausalMaxRuns a group.
+  std::vector<DecompressedQueries> many;
+  for (int b = 0; b < kCausalMaxRuns + 3; ++b)
+    many.push_back({b, b * 64, 64, 0});
+  const size_t small =
+      mlaDecompressedScratchFloats(shape, {many[0]}, budget, true) - weights;
+  EXPECT_EQ(mlaDecompressedScratchFloats(shape, many, budget, true),
+            weights + size_t(kCausalMaxRuns) * small);
 }
 
 // Tokens of one sequence far apart (not one prefill's consecutive
