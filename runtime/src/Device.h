@@ -72,6 +72,11 @@ struct CacheLayout {
   DeviceTensor sequences; // [T]
   DeviceTensor pages;     // [B, P]
   DeviceTensor lengths;   // [B]
+  /// The host's copies of positions and sequences, where the caller has
+  /// them (a step's inputs, uploaded from them): a device that plans on
+  /// the host reads them here instead of back from its memory (a wait).
+  /// Null: read them back.
+  const int32_t *hostPositions = nullptr, *hostSequences = nullptr;
 };
 
 /// Recorded work of a device (a CUDA graph), replayed on the same memory;

@@ -337,6 +337,10 @@ struct ForwardRunner::Pass {
   /// the kernels only they need (DeviceModel::logitOnly); null when the
   /// step runs every kernel on all rows.
   DeviceTensor *rowPositions = nullptr, *rowSequences = nullptr;
+  /// The host's copies of the step's positions and sequences, and of the
+  /// logit rows' (the layouts point at them: CacheLayout::hostPositions).
+  std::vector<int32_t> positionsHost, sequencesHost, rowPositionsHost,
+      rowSequencesHost;
   uint64_t lastUsed = 0;
   std::unique_ptr<DeviceGraph> graph;
 };
@@ -398,6 +402,10 @@ Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
   MELT_RETURN_IF_ERROR(device.upload(batch.pages.data(), pass.layout.pages));
   MELT_RETURN_IF_ERROR(
       device.upload(batch.lengths.data(), pass.layout.lengths));
+  pass.positionsHost = batch.positions;
+  pass.sequencesHost = batch.sequences;
+  pass.layout.hostPositions = pass.positionsHost.data();
+  pass.layout.hostSequences = pass.sequencesHost.data();
   if (pass.rowPositions) {
     std::vector<int32_t> positions, sequences;
     for (int32_t r : batch.logitRows) {
@@ -410,6 +418,8 @@ Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
     }
     MELT_RETURN_IF_ERROR(device.upload(positions.data(), *pass.rowPositions));
     MELT_RETURN_IF_ERROR(device.upload(sequences.data(), *pass.rowSequences));
+    pass.rowPositionsHost = std::move(positions);
+    pass.rowSequencesHost = std::move(sequences);
   }
   return device.upload(batch.logitRows.data(), *pass.rows);
 }
@@ -544,6 +554,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   if (pruned) {
     rowLayout.positions = *pass.rowPositions;
     rowLayout.sequences = *pass.rowSequences;
+    rowLayout.hostPositions = pass.rowPositionsHost.data();
+    rowLayout.hostSequences = pass.rowSequencesHost.data();
   }
   // x's rows whose logits are wanted, in their order, into new memory.
   auto gatherLogitRows = [&](const DeviceTensor &x,

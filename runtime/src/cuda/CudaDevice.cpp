@@ -147,9 +147,6 @@ public:
   void release(DeviceTensor &tensor) override {
     if (!tensor.data)
       return;
-    if (tensor.data == layoutCopy_.positions ||
-        tensor.data == layoutCopy_.sequences)
-      layoutCopy_ = {};
     plans_.erase(tensor.data);
     paddedK_.erase(tensor.data);
     auto scales = weightScales_.find(tensor.data);
@@ -252,7 +249,6 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     if (capturing_)
       return invalidArgument(name() + ": upload while recording a graph");
-    layoutCopy_ = {}; // a step's inputs change here
     MELT_RETURN_IF_ERROR(
         check(cudaMemcpyAsync(tensor.data, host, tensor.bytes(),
                               cudaMemcpyHostToDevice, stream_),
@@ -1111,10 +1107,11 @@ public:
 private:
   /// Device::mla in the decompressed form (MlaDecompressed.h) where every
   /// sequence of the step is one run of more than decompressAbove tokens
-  /// at consecutive positions (their host copies read back: a prefill is
-  /// not recorded); `taken` false otherwise (nothing done). Taken only
-  /// where the attention is BF16: its fused kernel at the widths it takes,
-  /// the TF32 scores and softmax at others.
+  /// at consecutive positions (planned on the host from the layout's host
+  /// copies, else read back: a prefill is not recorded); `taken` false
+  /// otherwise (nothing done). Taken only where the attention is BF16: its
+  /// fused kernel at the widths it takes, the TF32 scores and softmax at
+  /// others.
   Status
   mlaDecompressedForm(const DeviceTensor &qNope, const DeviceTensor &qRope,
                       const DeviceTensor &cache, const CacheLayout &layout,
@@ -1122,23 +1119,17 @@ private:
                       const MlaSplitShape &shape, float scale,
                       int64_t decompressAbove, DeviceTensor &out, bool &taken) {
     taken = false;
-    // Every layer of a step passes the same layout: read back once.
-    if (layout.positions.data != layoutCopy_.positions ||
-        layout.sequences.data != layoutCopy_.sequences ||
-        layoutCopy_.positionsHost.size() != size_t(shape.tokens)) {
-      LayoutCopy copy;
-      copy.sequencesHost.resize(size_t(shape.tokens));
-      copy.positionsHost.resize(size_t(shape.tokens));
-      MELT_RETURN_IF_ERROR(
-          download(layout.sequences, copy.sequencesHost.data()));
-      MELT_RETURN_IF_ERROR(
-          download(layout.positions, copy.positionsHost.data()));
-      copy.positions = layout.positions.data;
-      copy.sequences = layout.sequences.data;
-      layoutCopy_ = std::move(copy);
+    // The host's copies where the caller gave them (a step's: every layer
+    // would otherwise wait for a read-back), else read back.
+    std::vector<int32_t> sequences(size_t(shape.tokens)),
+        positions(size_t(shape.tokens));
+    if (layout.hostSequences && layout.hostPositions) {
+      std::copy_n(layout.hostSequences, sequences.size(), sequences.begin());
+      std::copy_n(layout.hostPositions, positions.size(), positions.begin());
+    } else {
+      MELT_RETURN_IF_ERROR(download(layout.sequences, sequences.data()));
+      MELT_RETURN_IF_ERROR(download(layout.positions, positions.data()));
     }
-    const std::vector<int32_t> &sequences = layoutCopy_.sequencesHost,
-                               &positions = layoutCopy_.positionsHost;
     std::vector<DecompressedQueries> runs;
     if (!decompressedRuns(sequences, positions, runs))
       return Status::ok();
@@ -1739,15 +1730,6 @@ private:
   std::vector<void *> parked_;
   /// The embedding table's rows, for the message of a bad id.
   int64_t embeddingRows_ = 0;
-
-  /// Host copies of a step's positions and sequences, read back by the
-  /// decompressed MLA: each read-back waits for the GPU, and every layer of
-  /// a step passes the same tensors. Forgotten at every upload (a step's
-  /// inputs are written so) and when either tensor is released.
-  struct LayoutCopy {
-    const void *positions = nullptr, *sequences = nullptr;
-    std::vector<int32_t> positionsHost, sequencesHost;
-  } layoutCopy_;
 
   /// Pairs (token, choice) from which moeExperts groups tokens by expert
   /// (MELT_MOE_GROUPED_MIN_PAIRS overrides it, for tuning).

@@ -87,11 +87,6 @@ __device__ __forceinline__ void widenTile(const uint8_t *codes,
   }
 }
 
-/// The BF16 value of `v`, as a float.
-__device__ __forceinline__ float roundedBf16(float v) {
-  return __bfloat162float(__float2bfloat16(v));
-}
-
 template <bool kFp8, bool kPair>
 __global__ void __launch_bounds__(kThreads,
                                   SharedLayout<kFp8, kPair>::blocksPerSm)
@@ -205,10 +200,8 @@ __global__ void __launch_bounds__(kThreads,
       for (int j = 0; j < 16; ++j) {
         const int i = 4 * j + 2 * half;
         *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-            packBf16(siluTimes(roundedBf16(acc[0][i]),
-                               roundedBf16(acc[kWeights - 1][i])),
-                     siluTimes(roundedBf16(acc[0][i + 1]),
-                               roundedBf16(acc[kWeights - 1][i + 1])));
+            packBf16(siluTimesOfBf16(acc[0][i], acc[kWeights - 1][i]),
+                     siluTimesOfBf16(acc[0][i + 1], acc[kWeights - 1][i + 1]));
       }
     } else if (a.yF32) {
 #pragma unroll

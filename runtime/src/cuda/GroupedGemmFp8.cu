@@ -43,10 +43,6 @@ addScaled(float (&sum)[64], const float (&part)[64], float lo, float hi) {
   }
 }
 
-__device__ __forceinline__ float roundedBf16(float v) {
-  return __bfloat162float(__float2bfloat16(v));
-}
-
 __global__ void __launch_bounds__(kThreads, 1)
     groupedFp8PairKernel(GroupedFp8PairArgs a,
                          const __grid_constant__ CUtensorMap xMap,
@@ -134,9 +130,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       const int i = 4 * j + 2 * half;
-      *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) = packBf16(
-          siluTimes(roundedBf16(sums[0][i]), roundedBf16(sums[1][i])),
-          siluTimes(roundedBf16(sums[0][i + 1]), roundedBf16(sums[1][i + 1])));
+      *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+          packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
+                   siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
     }
   }
 }

@@ -24,6 +24,15 @@ constexpr int kNope = 128, kRope = 64, kValue = 128, kWidth = kNope + kRope;
 
 float roundedToBf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
+/// n standard-normal values.
+std::vector<float> randoms(std::mt19937 &rng, size_t n) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> v(n);
+  for (float &x : v)
+    x = normal(rng);
+  return v;
+}
+
 struct Case {
   int heads, tokens; // tokens in the step; the run is a slice of them
   CausalRun run;
@@ -31,18 +40,11 @@ struct Case {
 
 void runCase(const Case &c) {
   std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.f, 1.f);
-  auto randoms = [&](size_t n) {
-    std::vector<float> v(n);
-    for (float &x : v)
-      x = normal(rng);
-    return v;
-  };
   const int keys = c.run.keys, heads = c.heads;
-  std::vector<float> qNope = randoms(size_t(c.tokens) * heads * kNope);
-  std::vector<float> qRope = randoms(size_t(c.tokens) * heads * kRope);
-  std::vector<float> k = randoms(size_t(heads) * keys * kWidth);
-  std::vector<float> v = randoms(size_t(heads) * keys * kValue);
+  std::vector<float> qNope = randoms(rng, size_t(c.tokens) * heads * kNope);
+  std::vector<float> qRope = randoms(rng, size_t(c.tokens) * heads * kRope);
+  std::vector<float> k = randoms(rng, size_t(heads) * keys * kWidth);
+  std::vector<float> v = randoms(rng, size_t(heads) * keys * kValue);
   std::vector<__nv_bfloat16> kb(k.size()), vb(v.size());
   for (size_t i = 0; i < k.size(); ++i)
     kb[i] = __float2bfloat16(k[i]);
@@ -131,21 +133,15 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   const std::vector<CausalRun> runs = {
       {0, 130, 0, 130}, {130, 0, 0, 0}, {130, 1, 0, 1}, {131, 169, 40, 260}};
   std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.f, 1.f);
-  auto randoms = [&](size_t n) {
-    std::vector<float> v(n);
-    for (float &x : v)
-      x = normal(rng);
-    return v;
-  };
   auto bf16s = [&](size_t n) {
+    const std::vector<float> values = randoms(rng, n);
     std::vector<__nv_bfloat16> v(n);
-    for (auto &x : v)
-      x = __float2bfloat16(normal(rng));
+    for (size_t i = 0; i < n; ++i)
+      v[i] = __float2bfloat16(values[i]);
     return v;
   };
-  float *dQn = toDevice(randoms(size_t(tokens) * heads * kNope));
-  float *dQr = toDevice(randoms(size_t(tokens) * heads * kRope));
+  float *dQn = toDevice(randoms(rng, size_t(tokens) * heads * kNope));
+  float *dQr = toDevice(randoms(rng, size_t(tokens) * heads * kRope));
   std::vector<CausalRunOperands> operands;
   std::vector<void *> owned = {dQn, dQr};
   for (const CausalRun &run : runs) {
