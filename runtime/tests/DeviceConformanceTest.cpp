@@ -1176,7 +1176,7 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
 // FP8 stacks grouped on the device (their tiles widened to BF16 in the
 // grouped product), twice the same bits.
 TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnTheDevice) {
-  reopenWith("MELT_CUDA_DEVICE_GROUPING", "1");
+  reopenWith("MELT_CUDA_FP8_GROUPED_WGMMA", "0");
   if (HasFatalFailure())
     return;
   checkFp8ExpertStacks(*this, rng, 300, /*I=*/256, /*D=*/384,
@@ -1188,7 +1188,7 @@ TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnTheDevice) {
 // The same with their gate and up on FP8 tensor cores (x quantized per
 // token in 1x128 blocks: exact where it is on that grid already).
 TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnFp8TensorCores) {
-  reopenWith("MELT_CUDA_FP8_GROUPED_WGMMA", "1");
+  reopenWith("MELT_CUDA_DEVICE_GROUPING", "1");
   if (HasFatalFailure())
     return;
   checkFp8ExpertStacks(*this, rng, 300, /*I=*/256, /*D=*/384,

@@ -22,7 +22,8 @@
 # MELT_COMPARE_DEVICE_GROUPING=1 the bf16 prefills with the experts grouped
 # on the host (MELT_CUDA_DEVICE_GROUPING=0) beside the default (on the GPU),
 # MELT_COMPARE_FP8_GROUPED_WGMMA=1 the FP8 prefills with the grouped gate
-# and up on FP8 tensor cores (MELT_CUDA_FP8_GROUPED_WGMMA=1),
+# and up widened to BF16 (MELT_CUDA_FP8_GROUPED_WGMMA=0) beside the default
+# (on FP8 tensor cores),
 # MELT_COMPARE_LOGIT_ROWS=1 the prefills with every kernel on every row
 # (MELT_LOGIT_ROWS_ONLY=0) beside the default (the last layer's query side
 # on the rows whose logits are wanted only),
@@ -73,10 +74,10 @@ for model in mini-bf16.melt mini-fp8.melt; do
         --max-new 1 --batch 1,8 | sed 's/^{/{"grouping": "host", /'
     fi
     # MELT_COMPARE_FP8_GROUPED_WGMMA=1: the FP8 prefills with the experts'
-    # gate and up on FP8 tensor cores (MELT_CUDA_FP8_GROUPED_WGMMA=1).
+    # gate and up widened to BF16 (MELT_CUDA_FP8_GROUPED_WGMMA=0).
     if [ "${MELT_COMPARE_FP8_GROUPED_WGMMA:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
-      MELT_CUDA_FP8_GROUPED_WGMMA=1 run "$model" --prompt-ids "$(prompt 1024)" \
-        --max-new 1 --batch 1,8 | sed 's/^{/{"fp8_grouped": "tensor cores", /'
+      MELT_CUDA_FP8_GROUPED_WGMMA=0 run "$model" --prompt-ids "$(prompt 1024)" \
+        --max-new 1 --batch 1,8 | sed 's/^{/{"fp8_grouped": "widened", /'
     fi
     # MELT_COMPARE_LOGIT_ROWS=1: the prefills with every kernel on every
     # row (MELT_LOGIT_ROWS_ONLY=0).

@@ -484,7 +484,7 @@ public:
   bool deviceGrouping_ = envSwitch("MELT_CUDA_DEVICE_GROUPING", true);
   /// Those experts' FP8 gate and up on FP8 tensor cores (GroupedGemmFp8.h;
   /// not yet run on a GPU: off by default), else widened to BF16.
-  bool fp8GroupedWgmma_ = envSwitch("MELT_CUDA_FP8_GROUPED_WGMMA", false);
+  bool fp8GroupedWgmma_ = envSwitch("MELT_CUDA_FP8_GROUPED_WGMMA", true);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
@@ -853,7 +853,7 @@ public:
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {T * K}, rowOfPairT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {capacity}, tokenOfRowT));
     const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
-    // FP8 gate and up on FP8 tensor cores (MELT_CUDA_FP8_GROUPED_WGMMA=1):
+    // FP8 gate and up on FP8 tensor cores (by default; 0 widens them):
     // x quantized per token, its rows gathered as codes; else x's rows in
     // BF16.
     const bool fp8TensorCores = fp8 && fp8GroupedWgmma_;

@@ -8,8 +8,9 @@
 // product rounded to BF16 first), the same products as cuBLASLt's
 // block-scaled FP8 GEMM that the host's grouping runs.
 //
-// Off by default until it has run on a GPU (MELT_CUDA_FP8_GROUPED_WGMMA=1):
-// the device then widens FP8 stacks to BF16 in GroupedGemm.h's kernel.
+// The device's default for FP8 stacks' gate and up in a prefill; with
+// MELT_CUDA_FP8_GROUPED_WGMMA=0 it widens them to BF16 in GroupedGemm.h's
+// kernel instead (the down product is widened either way).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_GROUPEDGEMMFP8_H
