@@ -30,6 +30,31 @@ __device__ __forceinline__ float binaryOf(Binary op, float u, float v) {
   return op == Binary::Add ? u + v : siluTimes(u, v);
 }
 
+/// Groups a thread loads before it stores any: a loop of one load at a
+/// time kept too few bytes in flight for the copy bandwidth (a prefill's
+/// slices of 128 and 64 BF16 values a row ran at half of it).
+constexpr int kBatch = 4;
+
+/// Grid-stride over `groups` groups, kBatch a thread at a time: the loads
+/// of a batch (load(q)) all in flight before its stores (store(q, v)).
+template <class Value, class Load, class Store>
+__device__ __forceinline__ void batchedGroups(size_t groups, Load load,
+                                              Store store) {
+  const size_t first = blockIdx.x * size_t(blockDim.x) + threadIdx.x,
+               stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t q0 = first; q0 < groups; q0 += kBatch * stride) {
+    Value v[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+      if (q0 + k * stride < groups)
+        v[k] = load(q0 + k * stride);
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+      if (q0 + k * stride < groups)
+        store(q0 + k * stride, v[k]);
+  }
+}
+
 /// kVector: four values a thread at a time (count a multiple of 4, every
 /// operand aligned to 4 elements): the same values, fewer and wider loads.
 template <bool kVector>
@@ -79,20 +104,31 @@ unsigned elementwiseBlocks(size_t count) {
   return unsigned(blocks < 8192 ? blocks : 8192);
 }
 
+/// Blocks for batchedGroups over `groups` groups.
+unsigned batchedBlocks(size_t groups) {
+  return elementwiseBlocks((groups + kBatch - 1) / kBatch);
+}
+
 /// Word: the unit of a copy (uint4, uint32_t or uint8_t); pitches and the
-/// run's length in words. Blocks of 8 warps, a warp a run at a time (no
-/// division per word).
+/// run's length in words. A thread a word, the runs' words numbered one
+/// after the other (32-bit: at most 2^31 of them), kBatch words a thread
+/// in flight: a warp a run left half a warp idle on runs of 16 words and
+/// one load in flight per lane.
 template <typename Word>
 __global__ void copyRunsKernel(Word *to, size_t toPitch, const Word *from,
-                               size_t fromPitch, size_t runWords, size_t rows) {
+                               size_t fromPitch, uint32_t runWords,
+                               uint32_t words) {
   awaitPriorKernels();
-  for (size_t row = blockIdx.x * size_t(blockDim.y) + threadIdx.y; row < rows;
-       row += size_t(gridDim.x) * blockDim.y) {
-    Word *out = to + row * toPitch;
-    const Word *in = from + row * fromPitch;
-    for (size_t word = threadIdx.x; word < runWords; word += 32)
-      out[word] = in[word];
-  }
+  batchedGroups<Word>(
+      words,
+      [&](size_t w) {
+        const uint32_t i = uint32_t(w);
+        return from[size_t(i / runWords) * fromPitch + i % runWords];
+      },
+      [&](size_t w, const Word &v) {
+        const uint32_t i = uint32_t(w);
+        to[size_t(i / runWords) * toPitch + i % runWords] = v;
+      });
 }
 
 template <typename Word>
@@ -100,11 +136,13 @@ cudaError_t launchCopyRuns(void *to, size_t toPitch, const void *from,
                            size_t fromPitch, size_t runBytes, size_t rows,
                            cudaStream_t stream) {
   constexpr size_t w = sizeof(Word);
-  const size_t blocks = std::min<size_t>((rows + 7) / 8, 8192);
-  return launchOverlapped(copyRunsKernel<Word>, unsigned(blocks), dim3(32, 8),
-                          0, stream, static_cast<Word *>(to), toPitch / w,
+  const size_t words = runBytes / w * rows;
+  if (words > (size_t(1) << 31))
+    return cudaErrorInvalidValue;
+  return launchOverlapped(copyRunsKernel<Word>, batchedBlocks(words), 256, 0,
+                          stream, static_cast<Word *>(to), toPitch / w,
                           static_cast<const Word *>(from), fromPitch / w,
-                          runBytes / w, rows);
+                          uint32_t(runBytes / w), uint32_t(words));
 }
 
 } // namespace

@@ -39,8 +39,9 @@ cudaError_t roundToBf16(float *x, size_t count, cudaStream_t stream);
 /// `rows` runs of `runBytes` from `from` (runs `fromPitch` bytes apart) to
 /// `to` (`toPitch` apart): a slice of a tensor along an axis, or its
 /// placing back. 16 bytes a copy where every address and length allows,
-/// else 4, else 1. (The copy engine's 2-D copy moved a prefill's narrow
-/// runs, 256 bytes to 2 KB, at a fraction of the SMs' bandwidth.)
+/// else 4, else 1 (at most 2^31 copies: cudaErrorInvalidValue past it).
+/// (The copy engine's 2-D copy moved a prefill's narrow runs, 256 bytes to
+/// 2 KB, at a fraction of the SMs' bandwidth.)
 cudaError_t copyRuns(void *to, size_t toPitch, const void *from,
                      size_t fromPitch, size_t runBytes, size_t rows,
                      cudaStream_t stream);
