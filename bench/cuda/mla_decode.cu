@@ -87,15 +87,21 @@ int main(int argc, char **argv) {
     // where the default is the warpgroup kernel, the warp kernel.
     args.cachePages = pages;
     const bool warpgroupShape = mlaDecodeOnWarpgroups(args);
+    // The warp kernel's shapes also with other splits of a sequence.
     struct Variant {
       bool warpgroups;
-      int cachePages;
-    } variants[] = {{true, pages}, {true, 0}, {false, pages}};
+      int cachePages, chunksPerSequence;
+    };
+    std::vector<Variant> variants = {{true, pages, 0}, {true, 0, 0}};
+    if (warpgroupShape)
+      variants.push_back({false, pages, 0});
+    else
+      for (int chunks : {8, 16, 32, 64, 128})
+        variants.push_back({true, pages, chunks});
     for (const Variant &variant : variants) {
-      if (&variant == variants + 2 && !warpgroupShape)
-        break;
       args.warpgroups = variant.warpgroups;
       args.cachePages = variant.cachePages;
+      args.chunksPerSequence = variant.chunksPerSequence;
       size_t bytes = mlaDecodeWorkspaceBytes(args, prop.multiProcessorCount);
       void *workspace;
       CHECK(cudaMalloc(&workspace, bytes));
@@ -110,13 +116,14 @@ int main(int argc, char **argv) {
       double flops = 2.0 * shape.batch * shape.heads * double(shape.length) *
                      (kLatentEntry + kLatentRank);
       std::printf("{\"what\": \"mla_decode_melt\", \"kernel\": \"%s\", "
-                  "\"tiles\": \"%s\", "
+                  "\"tiles\": \"%s\", \"chunks_per_sequence\": %d, "
                   "\"batch\": %d, \"heads\": %d, "
                   "\"seq\": %d, \"page_size\": %d, \"us\": %.1f, "
                   "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
                   mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync",
-                  mlaDecodeBulkCopies(args) ? "tma" : "cp.async", shape.batch,
-                  shape.heads, shape.length, pageSize, ms * 1e3,
+                  mlaDecodeBulkCopies(args) ? "tma" : "cp.async",
+                  args.chunksPerSequence, shape.batch, shape.heads,
+                  shape.length, pageSize, ms * 1e3,
                   cacheValues * 2 / seconds / 1e9, flops / seconds / 1e12);
       CHECK(cudaFree(workspace));
     }

@@ -9,9 +9,10 @@
 // blocks of its dims in the 128-byte swizzle (Wgmma.cuh's layout), which
 // both TMA and conflict-free ldmatrix reads take. Scores and the weighted
 // sum run on the tensor cores (mma.sync m16n8k16, BF16 in, FP32 out) with
-// an online softmax over the tiles. Each chunk leaves an unnormalized [16,
-// 512] sum with its running max and sum; a combine kernel merges the
-// chunks.
+// an online softmax over the tiles; with one head tile a block, each
+// warp's query fragments stay in registers from the first tile on. Each
+// chunk leaves an unnormalized [16, 512] sum with its running max and sum;
+// a combine kernel merges the chunks.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
@@ -199,6 +200,13 @@ __global__ void __launch_bounds__(kThreads)
         valueAt[k][n] = tileOffset(16 * k + row, dim + 16 * n);
   }
 
+  // One head tile: the warp's query fragments over its dim slice (36
+  // registers) are read from shared memory once, at the first tile, not
+  // again at every tile.
+  constexpr bool kQueriesInRegisters = kHeadTiles == 1;
+  uint32_t queryFragments[kQueriesInRegisters ? kSliceDims / 16 : 1][4];
+  const int sliceBegin = (warp / kTokenGroups) * kSliceDims;
+
   int buffer = 0;
   for (int t0 = begin, tile = 0; t0 < end;
        t0 += kTileTokens, buffer ^= 1, ++tile) {
@@ -230,13 +238,19 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     const uint8_t *cache = s.cache[buffer];
+    if constexpr (kQueriesInRegisters)
+      if (tile == 0)
+#pragma unroll
+        for (int step = 0; step < kSliceDims / 16; ++step)
+          loadA(queryFragments[step], s.queries, kRowStride,
+                sliceBegin + 16 * step, lane);
 
     // Scores, [heads, 576] x [576, 32 tokens]: warp w takes 16 tokens over
     // one slice of the dims; each key fragment serves every head tile.
     {
       constexpr int kChains = kHeadTiles == 1 ? 2 : 1; // mma in flight
       float score[kChains][kHeadTiles][2][4] = {};
-      const int slice = warp / kTokenGroups, kBegin = slice * kSliceDims;
+      const int slice = warp / kTokenGroups;
 #pragma unroll
       for (int step = 0; step < kSliceDims / 16; ++step) {
         uint32_t b[4];
@@ -244,8 +258,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int m = 0; m < kHeadTiles; ++m) {
           uint32_t a[4];
-          loadA(a, s.queries + m * 16 * kRowStride, kRowStride,
-                kBegin + 16 * step, lane);
+          if constexpr (kQueriesInRegisters) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+              a[i] = queryFragments[step][i];
+          } else {
+            loadA(a, s.queries + m * 16 * kRowStride, kRowStride,
+                  sliceBegin + 16 * step, lane);
+          }
           mma16816(score[step % kChains][m][0], a, b[0], b[1]);
           mma16816(score[step % kChains][m][1], a, b[2], b[3]);
         }
@@ -427,9 +447,14 @@ size_t sharedBytesFor(int tiles) {
 
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
 /// second, partial wave would leave most SMs idle at its end), but at least
-/// 512 tokens each (8 tiles of the warp kernel, 8 of the warpgroup kernel's
-/// at 64), so that the queries' load and the partial sums a chunk writes
-/// stay small beside the cache it reads.
+/// kMinChunkTokens each, so that the queries' load and the partial sums a
+/// chunk writes stay small beside the cache it reads.
+/// 128 tokens: a 16-head block's queries (18 KB) and partial sums (32 KB)
+/// are a third of its 144 KB of cache, which one sequence over a few
+/// blocks cannot fill the GPU without (b1, 16 heads, 4096 tokens on the
+/// H200: 35.1 us at 512 tokens a chunk, 22.2 at 128).
+constexpr int kMinChunkTokens = 128;
+
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   constexpr int kSharedPerSm = 228 * 1024, kReservedPerBlock = 1024;
   const bool warpgroups = mlaDecodeOnWarpgroups(args);
@@ -443,8 +468,11 @@ int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
       std::max(1, kSharedPerSm / int(blockShared + kReservedPerBlock));
   int tiles = std::max(1, (args.maxLength + tileTokens - 1) / tileTokens);
   int blocks = args.batch * (args.heads / headsPerBlock);
-  int chunks = std::clamp(residentPerSm * smCount / blocks, 1,
-                          std::max(1, tiles * tileTokens / 512));
+  int chunks =
+      args.chunksPerSequence > 0
+          ? std::min(args.chunksPerSequence, tiles)
+          : std::clamp(residentPerSm * smCount / blocks, 1,
+                       std::max(1, tiles * tileTokens / kMinChunkTokens));
   int tilesPerChunk = (tiles + chunks - 1) / chunks;
   chunkTokens = tilesPerChunk * tileTokens;
   return (tiles + tilesPerChunk - 1) / tilesPerChunk;

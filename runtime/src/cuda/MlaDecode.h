@@ -51,6 +51,9 @@ struct MlaDecodeArgs {
   /// Pages the cache holds (0: not given). Where given, the warpgroup
   /// kernel reads its tiles through a TMA tensor map over them.
   int cachePages = 0;
+  /// Chunks a sequence is split into (0: as many as fill one wave of
+  /// resident blocks; more: a finer split, for comparisons).
+  int chunksPerSequence = 0;
 };
 
 /// Bytes of scratch that mlaDecode needs for these arguments.
