@@ -96,6 +96,49 @@ __device__ __forceinline__ size_t cacheRow(const MlaDecodeArgs &args,
   return size_t(pages[t0 / args.pageSize]) * args.pageSize + t0 % args.pageSize;
 }
 
+/// Head `head` of sequence `seq`: its chunks' unnormalized sums merged
+/// through their (max, sum) statistics into the output, columns `thread`,
+/// + 128, + 256, + 384 (a thread of 128). The chunks' sums are read past
+/// L1: where the merging block is the last of the chunk kernel's, other
+/// blocks wrote them.
+__device__ __forceinline__ void mergeChunksOfHead(const MlaDecodeArgs &args,
+                                                  int chunks, int seq, int head,
+                                                  int thread,
+                                                  const float *partialSums,
+                                                  const float2 *partialStats) {
+  float maxAll = -FLT_MAX;
+  for (int c = 0; c < chunks; ++c)
+    maxAll = fmaxf(
+        maxAll,
+        __ldcg(&partialStats[(size_t(seq) * chunks + c) * args.heads + head])
+            .x);
+  float total = 0;
+  float sums[kLatentRank / 128] = {};
+  for (int c = 0; c < chunks; ++c) {
+    size_t slot = (size_t(seq) * chunks + c) * args.heads + head;
+    float2 stats = __ldcg(&partialStats[slot]);
+    if (stats.x == -FLT_MAX)
+      continue;
+    float weight = __expf(stats.x - maxAll);
+    total += weight * stats.y;
+    const float *part = partialSums + slot * kLatentRank;
+#pragma unroll
+    for (int i = 0; i < kLatentRank / 128; ++i)
+      sums[i] += weight * __ldcg(&part[thread + i * 128]);
+  }
+  float inverse = total > 0 ? 1.f / total : 0.f;
+  const size_t row = (size_t(seq) * args.heads + head) * kLatentRank;
+  if (args.outputF32) {
+#pragma unroll
+    for (int i = 0; i < kLatentRank / 128; ++i)
+      args.outputF32[row + thread + i * 128] = sums[i] * inverse;
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kLatentRank / 128; ++i)
+    args.output[row + thread + i * 128] = __float2bfloat16(sums[i] * inverse);
+}
+
 /// kBulk: thread 0 asks TMA for tile `t0` (tokens [t0, t0 + 32) of the
 /// sequence, in one page), nine [32 x 64] boxes counted on `loaded`. Else
 /// every thread starts its cp.async copies of the tile, tokens at or past
@@ -394,44 +437,38 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x % Shape::headThreads == 0)
     partialStats[slot + threadIdx.x / Shape::headThreads] =
         make_float2(begin < end ? runningMax : -FLT_MAX, runningSum);
+  if (!args.arrivals)
+    return; // the combine kernel merges the chunks
+  // The last of this (sequence, head group)'s chunks to finish merges them
+  // all, with the combine kernel's arithmetic, and sets its counter back
+  // to zero for the next launch: the chunks' writes made visible first,
+  // then counted.
+  __shared__ int lastArrival;
+  __threadfence();
+  __syncthreads();
+  int32_t *arrivals =
+      args.arrivals + size_t(seq) * gridDim.y + size_t(headGroup);
+  if (threadIdx.x == 0)
+    lastArrival = atomicAdd(arrivals, 1) == chunks - 1;
+  __syncthreads();
+  if (!lastArrival)
+    return;
+  __threadfence();
+  static_assert(kThreads % 128 == 0, "heads merged by 128 threads each");
+  for (int h = threadIdx.x / 128; h < kHeads; h += kThreads / 128)
+    mergeChunksOfHead(args, chunks, seq, head0 + h, threadIdx.x % 128,
+                      partialSums, partialStats);
+  if (threadIdx.x == 0)
+    *arrivals = 0;
 }
 
-/// One block per (sequence, head): merges the chunks.
+/// One block of 128 threads per (sequence, head): merges the chunks.
 __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
                                  const float *partialSums,
                                  const float2 *partialStats) {
   awaitPriorKernels();
-  const int head = blockIdx.x, seq = blockIdx.y;
-  float maxAll = -FLT_MAX;
-  for (int c = 0; c < chunks; ++c)
-    maxAll = fmaxf(
-        maxAll, partialStats[(size_t(seq) * chunks + c) * args.heads + head].x);
-  float total = 0;
-  float sums[kLatentRank / 128] = {};
-  for (int c = 0; c < chunks; ++c) {
-    size_t slot = (size_t(seq) * chunks + c) * args.heads + head;
-    float2 stats = partialStats[slot];
-    if (stats.x == -FLT_MAX)
-      continue;
-    float weight = __expf(stats.x - maxAll);
-    total += weight * stats.y;
-    const float *part = partialSums + slot * kLatentRank;
-#pragma unroll
-    for (int i = 0; i < kLatentRank / 128; ++i)
-      sums[i] += weight * part[threadIdx.x + i * 128];
-  }
-  float inverse = total > 0 ? 1.f / total : 0.f;
-  const size_t row = (size_t(seq) * args.heads + head) * kLatentRank;
-  if (args.outputF32) {
-#pragma unroll
-    for (int i = 0; i < kLatentRank / 128; ++i)
-      args.outputF32[row + threadIdx.x + i * 128] = sums[i] * inverse;
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < kLatentRank / 128; ++i)
-    args.output[row + threadIdx.x + i * 128] =
-        __float2bfloat16(sums[i] * inverse);
+  mergeChunksOfHead(args, chunks, blockIdx.y, blockIdx.x, threadIdx.x,
+                    partialSums, partialStats);
 }
 
 /// Head tiles per block: 4 (64 heads, the cache read once per 64 heads)
@@ -557,9 +594,18 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                                 stats, stream);
   if (error != cudaSuccess)
     return error;
+  if (mlaDecodeArrivalCount(args) > 0 && args.arrivals)
+    return cudaSuccess; // the chunk kernel's last blocks merged the chunks
   launchOverlapped(mlaDecodeCombine, dim3(args.heads, args.batch), 128, 0,
                    stream, args, plan.chunks, sums, stats);
   return cudaGetLastError();
+}
+
+size_t mlaDecodeArrivalCount(const MlaDecodeArgs &args) {
+  if (args.heads <= 0 || args.heads % 16 != 0 || args.batch <= 0 ||
+      mlaDecodeOnWarpgroups(args))
+    return 0;
+  return size_t(args.batch) * (args.heads / (16 * headTiles(args, 0)));
 }
 
 bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {

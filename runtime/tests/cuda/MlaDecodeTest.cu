@@ -1,6 +1,8 @@
 // The CUDA MLA decode kernel against a double-precision reference on the
 // same BF16 inputs: several sequence lengths (partial tiles, empty chunks,
-// one token), scattered pages, 16 and 128 heads. Skips without a device.
+// one token), scattered pages, 16 and 128 heads; the chunks merged by the
+// chunk kernel's last blocks against the combine kernel. Skips without a
+// device.
 #include "cuda/MlaDecode.h"
 #include "CudaTestUtil.h"
 
@@ -8,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -26,6 +29,9 @@ struct Case {
   bool warpgroups = true;
   // false: the cache's extent not given (no TMA: cp.async copies).
   bool cacheExtent = true;
+  // Also merged by the chunk kernel's last blocks (arrival counters): the
+  // same bits as the combine kernel's, twice (the counters left at zero).
+  bool mergedInChunks = false;
 };
 
 void runCase(const Case &c) {
@@ -113,6 +119,26 @@ void runCase(const Case &c) {
   // BF16 attention weights and output: ~3 significant digits.
   EXPECT_LE(worst, 1e-2 * std::max(1.0, largest))
       << c.heads << " heads, largest " << largest;
+  if (c.mergedInChunks) {
+    const size_t counters = mlaDecodeArrivalCount(args);
+    ASSERT_GT(counters, 0u) << "the warp kernel takes these heads";
+    args.arrivals = toDevice(std::vector<int32_t>(counters, 0));
+    for (int call = 0; call < 2; ++call) {
+      ASSERT_EQ(cudaMemset(output, 0, got.size() * 2), cudaSuccess);
+      ASSERT_EQ(mlaDecode(args, workspace, bytes, smCount, nullptr),
+                cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<__nv_bfloat16> merged = toHost(output, got.size());
+      int differ = 0;
+      for (size_t i = 0; i < got.size(); ++i)
+        differ += std::memcmp(&merged[i], &got[i], 2) != 0;
+      EXPECT_EQ(differ, 0) << "call " << call;
+      EXPECT_EQ(toHost(args.arrivals, counters),
+                std::vector<int32_t>(counters, 0))
+          << "call " << call;
+    }
+    cudaFree(args.arrivals);
+  }
   std::printf("heads %d, batch %d, max length %d (%s, %s): max abs error "
               "%.3g (largest value %.3g)\n",
               c.heads, batch, maxLength,
@@ -148,6 +174,13 @@ TEST(CudaMlaDecode, MatchesReference) {
   runCase({16, {1, 63, 64, 65, 700, 2048}, 132, true, false});
   runCase({32, {4096, 31}, 8, true, false});
   runCase({64, {1500, 64, 2}, 132, false, false});
+  // The chunks merged by the chunk kernel's last blocks: one sequence in
+  // many chunks, empty chunks, one chunk; both copy paths; 64 heads a
+  // block.
+  runCase({16, {1, 63, 64, 65, 700, 2048}, 132, true, true, true});
+  runCase({32, {4096, 31}, 8, true, false, true});
+  runCase({64, {1500, 64, 2}, 132, false, true, true});
+  runCase({16, {64, 40}, 132, true, true, true});
 }
 
 TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
