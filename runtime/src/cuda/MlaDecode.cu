@@ -96,27 +96,37 @@ __device__ __forceinline__ size_t cacheRow(const MlaDecodeArgs &args,
   return size_t(pages[t0 / args.pageSize]) * args.pageSize + t0 % args.pageSize;
 }
 
+/// A chunk's partial value; kPastL1: read past L1 (the merging block is the
+/// last of the chunk kernel's, and other blocks wrote it), else plainly (the
+/// combine kernel, a launch after the writes).
+template <bool kPastL1, typename T>
+__device__ __forceinline__ T loadPartial(const T *p) {
+  if constexpr (kPastL1)
+    return __ldcg(p);
+  else
+    return *p;
+}
+
 /// Head `head` of sequence `seq`: its chunks' unnormalized sums merged
 /// through their (max, sum) statistics into the output, columns `thread`,
-/// + 128, + 256, + 384 (a thread of 128). The chunks' sums are read past
-/// L1: where the merging block is the last of the chunk kernel's, other
-/// blocks wrote them.
-__device__ __forceinline__ void mergeChunksOfHead(const MlaDecodeArgs &args,
-                                                  int chunks, int seq, int head,
-                                                  int thread,
-                                                  const float *partialSums,
-                                                  const float2 *partialStats) {
+/// + 128, + 256, + 384 (a thread of 128).
+template <bool kPastL1>
+__device__ __forceinline__ void
+mergeChunksOfHead(const MlaDecodeArgs &args, int chunks, int seq, int head,
+                  int thread, const float *partialSums,
+                  const float2 *partialStats) {
   float maxAll = -FLT_MAX;
   for (int c = 0; c < chunks; ++c)
-    maxAll = fmaxf(
-        maxAll,
-        __ldcg(&partialStats[(size_t(seq) * chunks + c) * args.heads + head])
-            .x);
+    maxAll =
+        fmaxf(maxAll,
+              loadPartial<kPastL1>(
+                  &partialStats[(size_t(seq) * chunks + c) * args.heads + head])
+                  .x);
   float total = 0;
   float sums[kLatentRank / 128] = {};
   for (int c = 0; c < chunks; ++c) {
     size_t slot = (size_t(seq) * chunks + c) * args.heads + head;
-    float2 stats = __ldcg(&partialStats[slot]);
+    float2 stats = loadPartial<kPastL1>(&partialStats[slot]);
     if (stats.x == -FLT_MAX)
       continue;
     float weight = __expf(stats.x - maxAll);
@@ -124,7 +134,7 @@ __device__ __forceinline__ void mergeChunksOfHead(const MlaDecodeArgs &args,
     const float *part = partialSums + slot * kLatentRank;
 #pragma unroll
     for (int i = 0; i < kLatentRank / 128; ++i)
-      sums[i] += weight * __ldcg(&part[thread + i * 128]);
+      sums[i] += weight * loadPartial<kPastL1>(&part[thread + i * 128]);
   }
   float inverse = total > 0 ? 1.f / total : 0.f;
   const size_t row = (size_t(seq) * args.heads + head) * kLatentRank;
@@ -456,8 +466,8 @@ __global__ void __launch_bounds__(kThreads)
   __threadfence();
   static_assert(kThreads % 128 == 0, "heads merged by 128 threads each");
   for (int h = threadIdx.x / 128; h < kHeads; h += kThreads / 128)
-    mergeChunksOfHead(args, chunks, seq, head0 + h, threadIdx.x % 128,
-                      partialSums, partialStats);
+    mergeChunksOfHead<true>(args, chunks, seq, head0 + h, threadIdx.x % 128,
+                            partialSums, partialStats);
   if (threadIdx.x == 0)
     *arrivals = 0;
 }
@@ -467,8 +477,8 @@ __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
                                  const float *partialSums,
                                  const float2 *partialStats) {
   awaitPriorKernels();
-  mergeChunksOfHead(args, chunks, blockIdx.y, blockIdx.x, threadIdx.x,
-                    partialSums, partialStats);
+  mergeChunksOfHead<false>(args, chunks, blockIdx.y, blockIdx.x, threadIdx.x,
+                           partialSums, partialStats);
 }
 
 /// Head tiles per block: 4 (64 heads, the cache read once per 64 heads)
