@@ -219,3 +219,35 @@ TEST(CudaMlaDecode, ChoosesTheKernelByShape) {
   args.cachePages = 0;
   EXPECT_FALSE(mlaDecodeBulkCopies(args));
 }
+
+// Host-side planning (no device needed): a sequence split into as many
+// chunks as fill one wave of the warp kernel's blocks (two an SM), each of
+// at least 128 tokens, read off the workspace (an unnormalized [512] sum
+// and its statistics per sequence, chunk and head); one arrival counter per
+// sequence and block of heads, none on the warpgroup kernel.
+TEST(CudaMlaDecode, SplitsSequencesIntoChunksOfAtLeast128Tokens) {
+  MlaDecodeArgs args;
+  args.heads = 16;
+  args.pageSize = 64;
+  auto chunks = [&](int batch, int length, int smCount) {
+    args.batch = batch;
+    args.maxLength = length;
+    args.maxPagesPerSequence = (length + 63) / 64;
+    const size_t perSlot = kLatentRank * sizeof(float) + sizeof(float2);
+    return mlaDecodeWorkspaceBytes(args, smCount) /
+           (size_t(batch) * args.heads * perSlot);
+  };
+  EXPECT_EQ(chunks(1, 4096, 132), 32u); // 4096 / 128, not the 264 slots
+  EXPECT_EQ(chunks(64, 4096, 132), 4u); // 264 slots / 64 sequences
+  EXPECT_EQ(chunks(1, 100, 132), 1u);   // shorter than one chunk
+  EXPECT_EQ(chunks(2, 4096, 4), 4u);    // 8 slots / 2 sequences
+  args.chunksPerSequence = 8;           // asked for
+  EXPECT_EQ(chunks(64, 4096, 132), 8u);
+  args.chunksPerSequence = 0;
+  args.batch = 3;
+  EXPECT_EQ(mlaDecodeArrivalCount(args), 3u);
+  args.heads = 128;
+  EXPECT_EQ(mlaDecodeArrivalCount(args), 0u); // the warpgroup kernel's
+  args.warpgroups = false;
+  EXPECT_EQ(mlaDecodeArrivalCount(args), 6u); // 64 heads a block
+}
