@@ -12,7 +12,8 @@
 // an online softmax over the tiles; with one head tile a block, each
 // warp's query fragments stay in registers from the first tile on. Each
 // chunk leaves an unnormalized [16, 512] sum with its running max and sum;
-// a combine kernel merges the chunks.
+// a combine kernel merges the chunks (or, given arrival counters, the last
+// chunk of each sequence to finish does).
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
@@ -499,7 +500,7 @@ size_t sharedBytesFor(int tiles) {
 /// 128 tokens: a 16-head block's queries (18 KB) and partial sums (32 KB)
 /// are a third of its 144 KB of cache, which one sequence over a few
 /// blocks cannot fill the GPU without (b1, 16 heads, 4096 tokens on the
-/// H200: 35.1 us at 512 tokens a chunk, 22.2 at 128).
+/// H200: 35.1 us at 512 tokens a chunk, 22.0 at 128).
 constexpr int kMinChunkTokens = 128;
 
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
