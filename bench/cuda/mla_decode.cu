@@ -87,33 +87,21 @@ int main(int argc, char **argv) {
     // where the default is the warpgroup kernel, the warp kernel.
     args.cachePages = pages;
     const bool warpgroupShape = mlaDecodeOnWarpgroups(args);
-    // The warp kernel's shapes also with other splits of a sequence, and
-    // with the chunks merged by the chunk kernel's last blocks.
+    // The warp kernel's shapes also with other splits of a sequence.
     struct Variant {
       bool warpgroups;
       int cachePages, chunksPerSequence;
-      bool mergedInChunks = false;
     };
     std::vector<Variant> variants = {{true, pages, 0}, {true, 0, 0}};
-    if (warpgroupShape) {
+    if (warpgroupShape)
       variants.push_back({false, pages, 0});
-    } else {
+    else
       for (int chunks : {8, 16, 32, 64, 128})
         variants.push_back({true, pages, chunks});
-      variants.push_back({true, pages, 0, true});
-      variants.push_back({true, 0, 0, true});
-    }
-    int32_t *arrivals = nullptr;
-    const size_t counters = mlaDecodeArrivalCount(args);
-    if (counters > 0) {
-      CHECK(cudaMalloc(&arrivals, counters * 4));
-      CHECK(cudaMemset(arrivals, 0, counters * 4));
-    }
     for (const Variant &variant : variants) {
       args.warpgroups = variant.warpgroups;
       args.cachePages = variant.cachePages;
       args.chunksPerSequence = variant.chunksPerSequence;
-      args.arrivals = variant.mergedInChunks ? arrivals : nullptr;
       size_t bytes = mlaDecodeWorkspaceBytes(args, prop.multiProcessorCount);
       void *workspace;
       CHECK(cudaMalloc(&workspace, bytes));
@@ -129,19 +117,16 @@ int main(int argc, char **argv) {
                      (kLatentEntry + kLatentRank);
       std::printf("{\"what\": \"mla_decode_melt\", \"kernel\": \"%s\", "
                   "\"tiles\": \"%s\", \"chunks_per_sequence\": %d, "
-                  "\"merged_in\": \"%s\", "
                   "\"batch\": %d, \"heads\": %d, "
                   "\"seq\": %d, \"page_size\": %d, \"us\": %.1f, "
                   "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
                   mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync",
                   mlaDecodeBulkCopies(args) ? "tma" : "cp.async",
-                  args.chunksPerSequence,
-                  args.arrivals ? "chunk kernel" : "combine kernel",
-                  shape.batch, shape.heads, shape.length, pageSize, ms * 1e3,
+                  args.chunksPerSequence, shape.batch, shape.heads,
+                  shape.length, pageSize, ms * 1e3,
                   cacheValues * 2 / seconds / 1e9, flops / seconds / 1e12);
       CHECK(cudaFree(workspace));
     }
-    CHECK(cudaFree(arrivals));
     CHECK(cudaFree(cache));
     CHECK(cudaFree(queries));
     CHECK(cudaFree(output));

@@ -12,8 +12,7 @@
 // an online softmax over the tiles; with one head tile a block, each
 // warp's query fragments stay in registers from the first tile on. Each
 // chunk leaves an unnormalized [16, 512] sum with its running max and sum;
-// a combine kernel merges the chunks (or, given arrival counters, the last
-// chunk of each sequence to finish does).
+// a combine kernel merges the chunks.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
@@ -95,59 +94,6 @@ __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
 __device__ __forceinline__ size_t cacheRow(const MlaDecodeArgs &args,
                                            const int32_t *pages, int t0) {
   return size_t(pages[t0 / args.pageSize]) * args.pageSize + t0 % args.pageSize;
-}
-
-/// A chunk's partial value; kPastL1: read past L1 (the merging block is the
-/// last of the chunk kernel's, and other blocks wrote it), else plainly (the
-/// combine kernel, a launch after the writes).
-template <bool kPastL1, typename T>
-__device__ __forceinline__ T loadPartial(const T *p) {
-  if constexpr (kPastL1)
-    return __ldcg(p);
-  else
-    return *p;
-}
-
-/// Head `head` of sequence `seq`: its chunks' unnormalized sums merged
-/// through their (max, sum) statistics into the output, columns `thread`,
-/// + 128, + 256, + 384 (a thread of 128).
-template <bool kPastL1>
-__device__ __forceinline__ void
-mergeChunksOfHead(const MlaDecodeArgs &args, int chunks, int seq, int head,
-                  int thread, const float *partialSums,
-                  const float2 *partialStats) {
-  float maxAll = -FLT_MAX;
-  for (int c = 0; c < chunks; ++c)
-    maxAll =
-        fmaxf(maxAll,
-              loadPartial<kPastL1>(
-                  &partialStats[(size_t(seq) * chunks + c) * args.heads + head])
-                  .x);
-  float total = 0;
-  float sums[kLatentRank / 128] = {};
-  for (int c = 0; c < chunks; ++c) {
-    size_t slot = (size_t(seq) * chunks + c) * args.heads + head;
-    float2 stats = loadPartial<kPastL1>(&partialStats[slot]);
-    if (stats.x == -FLT_MAX)
-      continue;
-    float weight = __expf(stats.x - maxAll);
-    total += weight * stats.y;
-    const float *part = partialSums + slot * kLatentRank;
-#pragma unroll
-    for (int i = 0; i < kLatentRank / 128; ++i)
-      sums[i] += weight * loadPartial<kPastL1>(&part[thread + i * 128]);
-  }
-  float inverse = total > 0 ? 1.f / total : 0.f;
-  const size_t row = (size_t(seq) * args.heads + head) * kLatentRank;
-  if (args.outputF32) {
-#pragma unroll
-    for (int i = 0; i < kLatentRank / 128; ++i)
-      args.outputF32[row + thread + i * 128] = sums[i] * inverse;
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < kLatentRank / 128; ++i)
-    args.output[row + thread + i * 128] = __float2bfloat16(sums[i] * inverse);
 }
 
 /// kBulk: thread 0 asks TMA for tile `t0` (tokens [t0, t0 + 32) of the
@@ -448,38 +394,44 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x % Shape::headThreads == 0)
     partialStats[slot + threadIdx.x / Shape::headThreads] =
         make_float2(begin < end ? runningMax : -FLT_MAX, runningSum);
-  if (!args.arrivals)
-    return; // the combine kernel merges the chunks
-  // The last of this (sequence, head group)'s chunks to finish merges them
-  // all, with the combine kernel's arithmetic, and sets its counter back
-  // to zero for the next launch: the chunks' writes made visible first,
-  // then counted.
-  __shared__ int lastArrival;
-  __threadfence();
-  __syncthreads();
-  int32_t *arrivals =
-      args.arrivals + size_t(seq) * gridDim.y + size_t(headGroup);
-  if (threadIdx.x == 0)
-    lastArrival = atomicAdd(arrivals, 1) == chunks - 1;
-  __syncthreads();
-  if (!lastArrival)
-    return;
-  __threadfence();
-  static_assert(kThreads % 128 == 0, "heads merged by 128 threads each");
-  for (int h = threadIdx.x / 128; h < kHeads; h += kThreads / 128)
-    mergeChunksOfHead<true>(args, chunks, seq, head0 + h, threadIdx.x % 128,
-                            partialSums, partialStats);
-  if (threadIdx.x == 0)
-    *arrivals = 0;
 }
 
-/// One block of 128 threads per (sequence, head): merges the chunks.
+/// One block per (sequence, head): merges the chunks.
 __global__ void mlaDecodeCombine(MlaDecodeArgs args, int chunks,
                                  const float *partialSums,
                                  const float2 *partialStats) {
   awaitPriorKernels();
-  mergeChunksOfHead<false>(args, chunks, blockIdx.y, blockIdx.x, threadIdx.x,
-                           partialSums, partialStats);
+  const int head = blockIdx.x, seq = blockIdx.y;
+  float maxAll = -FLT_MAX;
+  for (int c = 0; c < chunks; ++c)
+    maxAll = fmaxf(
+        maxAll, partialStats[(size_t(seq) * chunks + c) * args.heads + head].x);
+  float total = 0;
+  float sums[kLatentRank / 128] = {};
+  for (int c = 0; c < chunks; ++c) {
+    size_t slot = (size_t(seq) * chunks + c) * args.heads + head;
+    float2 stats = partialStats[slot];
+    if (stats.x == -FLT_MAX)
+      continue;
+    float weight = __expf(stats.x - maxAll);
+    total += weight * stats.y;
+    const float *part = partialSums + slot * kLatentRank;
+#pragma unroll
+    for (int i = 0; i < kLatentRank / 128; ++i)
+      sums[i] += weight * part[threadIdx.x + i * 128];
+  }
+  float inverse = total > 0 ? 1.f / total : 0.f;
+  const size_t row = (size_t(seq) * args.heads + head) * kLatentRank;
+  if (args.outputF32) {
+#pragma unroll
+    for (int i = 0; i < kLatentRank / 128; ++i)
+      args.outputF32[row + threadIdx.x + i * 128] = sums[i] * inverse;
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kLatentRank / 128; ++i)
+    args.output[row + threadIdx.x + i * 128] =
+        __float2bfloat16(sums[i] * inverse);
 }
 
 /// Head tiles per block: 4 (64 heads, the cache read once per 64 heads)
@@ -500,7 +452,7 @@ size_t sharedBytesFor(int tiles) {
 /// 128 tokens: a 16-head block's queries (18 KB) and partial sums (32 KB)
 /// are a third of its 144 KB of cache, which one sequence over a few
 /// blocks cannot fill the GPU without (b1, 16 heads, 4096 tokens on the
-/// H200: 35.1 us at 512 tokens a chunk, 22.0 at 128).
+/// H200: 35.1 us at 512 tokens a chunk, 22.2 at 128).
 constexpr int kMinChunkTokens = 128;
 
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
@@ -605,18 +557,9 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                                 stats, stream);
   if (error != cudaSuccess)
     return error;
-  if (mlaDecodeArrivalCount(args) > 0 && args.arrivals)
-    return cudaSuccess; // the chunk kernel's last blocks merged the chunks
   launchOverlapped(mlaDecodeCombine, dim3(args.heads, args.batch), 128, 0,
                    stream, args, plan.chunks, sums, stats);
   return cudaGetLastError();
-}
-
-size_t mlaDecodeArrivalCount(const MlaDecodeArgs &args) {
-  if (args.heads <= 0 || args.heads % 16 != 0 || args.batch <= 0 ||
-      mlaDecodeOnWarpgroups(args))
-    return 0;
-  return size_t(args.batch) * (args.heads / (16 * headTiles(args, 0)));
 }
 
 bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {

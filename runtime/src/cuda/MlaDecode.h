@@ -9,8 +9,7 @@
 //
 // The sequence is split into chunks that separate thread blocks handle (so
 // that a small batch still fills the GPU); a second kernel combines the
-// chunks through their softmax maxima and sums (or, given counters, the
-// last chunk to finish does).
+// chunks through their softmax maxima and sums.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_MLADECODE_H
@@ -55,12 +54,6 @@ struct MlaDecodeArgs {
   /// Chunks a sequence is split into (0: as many as fill one wave of
   /// resident blocks; more: a finer split, for comparisons).
   int chunksPerSequence = 0;
-  /// Where given (mlaDecodeArrivalCount(args) counters, zero before the
-  /// first call; each call leaves them zero): the warp kernel's last chunk
-  /// of each sequence and head group to finish merges the chunks, and no
-  /// combine kernel runs. The values are those of the combine kernel. Not
-  /// yet run on a GPU; the device does not pass them.
-  int32_t *arrivals = nullptr;
 };
 
 /// Bytes of scratch that mlaDecode needs for these arguments.
@@ -72,11 +65,6 @@ size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
 /// rowHeads, where rows have lengths of their own, a divisor of heads.
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                       size_t workspaceBytes, int smCount, cudaStream_t stream);
-
-/// The counters `arrivals` needs for these arguments: one per sequence
-/// and block of heads on the warp kernel; 0 where the warpgroup kernel
-/// runs (its chunks are merged by the combine kernel).
-size_t mlaDecodeArrivalCount(const MlaDecodeArgs &args);
 
 /// Whether mlaDecode runs these arguments on the warpgroup kernel, and
 /// that kernel's tiles by TMA.

@@ -1,8 +1,6 @@
 // The CUDA MLA decode kernel against a double-precision reference on the
 // same BF16 inputs: several sequence lengths (partial tiles, empty chunks,
-// one token), scattered pages, 16 and 128 heads; the chunks merged by the
-// chunk kernel's last blocks against the combine kernel. Skips without a
-// device.
+// one token), scattered pages, 16 and 128 heads. Skips without a device.
 #include "cuda/MlaDecode.h"
 #include "CudaTestUtil.h"
 
@@ -10,7 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -29,9 +26,6 @@ struct Case {
   bool warpgroups = true;
   // false: the cache's extent not given (no TMA: cp.async copies).
   bool cacheExtent = true;
-  // Also merged by the chunk kernel's last blocks (arrival counters): the
-  // same bits as the combine kernel's, twice (the counters left at zero).
-  bool mergedInChunks = false;
 };
 
 void runCase(const Case &c) {
@@ -119,26 +113,6 @@ void runCase(const Case &c) {
   // BF16 attention weights and output: ~3 significant digits.
   EXPECT_LE(worst, 1e-2 * std::max(1.0, largest))
       << c.heads << " heads, largest " << largest;
-  if (c.mergedInChunks) {
-    const size_t counters = mlaDecodeArrivalCount(args);
-    ASSERT_GT(counters, 0u) << "the warp kernel takes these heads";
-    args.arrivals = toDevice(std::vector<int32_t>(counters, 0));
-    for (int call = 0; call < 2; ++call) {
-      ASSERT_EQ(cudaMemset(output, 0, got.size() * 2), cudaSuccess);
-      ASSERT_EQ(mlaDecode(args, workspace, bytes, smCount, nullptr),
-                cudaSuccess);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      const std::vector<__nv_bfloat16> merged = toHost(output, got.size());
-      int differ = 0;
-      for (size_t i = 0; i < got.size(); ++i)
-        differ += std::memcmp(&merged[i], &got[i], 2) != 0;
-      EXPECT_EQ(differ, 0) << "call " << call;
-      EXPECT_EQ(toHost(args.arrivals, counters),
-                std::vector<int32_t>(counters, 0))
-          << "call " << call;
-    }
-    cudaFree(args.arrivals);
-  }
   std::printf("heads %d, batch %d, max length %d (%s, %s): max abs error "
               "%.3g (largest value %.3g)\n",
               c.heads, batch, maxLength,
@@ -174,13 +148,6 @@ TEST(CudaMlaDecode, MatchesReference) {
   runCase({16, {1, 63, 64, 65, 700, 2048}, 132, true, false});
   runCase({32, {4096, 31}, 8, true, false});
   runCase({64, {1500, 64, 2}, 132, false, false});
-  // The chunks merged by the chunk kernel's last blocks: one sequence in
-  // many chunks, empty chunks, one chunk; both copy paths; 64 heads a
-  // block.
-  runCase({16, {1, 63, 64, 65, 700, 2048}, 132, true, true, true});
-  runCase({32, {4096, 31}, 8, true, false, true});
-  runCase({64, {1500, 64, 2}, 132, false, true, true});
-  runCase({16, {64, 40}, 132, true, true, true});
 }
 
 TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
@@ -223,8 +190,7 @@ TEST(CudaMlaDecode, ChoosesTheKernelByShape) {
 // Host-side planning (no device needed): a sequence split into as many
 // chunks as fill one wave of the warp kernel's blocks (two an SM), each of
 // at least 128 tokens, read off the workspace (an unnormalized [512] sum
-// and its statistics per sequence, chunk and head); one arrival counter per
-// sequence and block of heads, none on the warpgroup kernel.
+// and its statistics per sequence, chunk and head).
 TEST(CudaMlaDecode, SplitsSequencesIntoChunksOfAtLeast128Tokens) {
   MlaDecodeArgs args;
   args.heads = 16;
@@ -243,11 +209,4 @@ TEST(CudaMlaDecode, SplitsSequencesIntoChunksOfAtLeast128Tokens) {
   EXPECT_EQ(chunks(2, 4096, 4), 4u);    // 8 slots / 2 sequences
   args.chunksPerSequence = 8;           // asked for
   EXPECT_EQ(chunks(64, 4096, 132), 8u);
-  args.chunksPerSequence = 0;
-  args.batch = 3;
-  EXPECT_EQ(mlaDecodeArrivalCount(args), 3u);
-  args.heads = 128;
-  EXPECT_EQ(mlaDecodeArrivalCount(args), 0u); // the warpgroup kernel's
-  args.warpgroups = false;
-  EXPECT_EQ(mlaDecodeArrivalCount(args), 6u); // 64 heads a block
 }
