@@ -10,6 +10,9 @@
 #include <new>
 #include <set>
 
+static_assert(melt::rt::kPageTokens == MELT_KV_PAGE_TOKENS,
+              "the C API's page size is the runtime's");
+
 using namespace melt;
 using namespace melt::rt;
 

@@ -59,8 +59,10 @@ struct DeviceTensor {
 /// Rows per page of a paged cache. A cache is one device tensor
 /// [pages * kPageTokens, width] per cache buffer of the model (a layer);
 /// page p holds rows [p * kPageTokens, (p + 1) * kPageTokens), and a
-/// sequence owns the same pages in every layer.
-constexpr int64_t kPageTokens = 16;
+/// sequence owns the same pages in every layer. 64 tokens: the MLA decode
+/// kernels read a page's rows as whole tiles (32 tokens, 64 on wgmma: a
+/// TMA box each), as FlashMLA's pages of 64 are read.
+constexpr int64_t kPageTokens = 64;
 
 /// Where the T tokens of a batch of B sequences sit (I32 tensors in the
 /// device's memory): token t is at `positions[t]` of sequence
@@ -117,8 +119,9 @@ public:
     /// streams the weight (-1: the device decides).
     int smallMRows = -1;
     /// MoEExperts: 1 tensor cores, 2 CUDA cores; MLA: 1 split over the
-    /// sequence, 2 a block per head, 3 a prefill on tensor cores in BF16
-    /// (decode split); 0: the device decides.
+    /// sequence, 2 a block per head, 3 on tensor cores in BF16 (a GPU then
+    /// keeps the latent cache in BF16: latentCacheType); 0: the device
+    /// decides.
     int variant = 0;
   };
   virtual void planKernel(const DeviceTensor &weight, const KernelPlan &plan) {
@@ -306,6 +309,13 @@ public:
                      const DeviceTensor &wUk, const DeviceTensor &wUv,
                      float scale, int64_t decompressAbove,
                      DeviceTensor &out) = 0;
+  /// The element type a session keeps the latent cache of the MLA that
+  /// absorbs `wUk` in: F32, or BF16 where the device stores it so (its
+  /// cacheAppend, appendLatent and mla then take a BF16 cache: each row
+  /// rounded once, when it is appended).
+  virtual DType latentCacheType(const DeviceTensor & /*wUk*/) const {
+    return DType::F32;
+  }
   /// FP8 e4m3 in 1 x `block` tiles of the rows of x [T, K] (the last tile
   /// may be shorter): scales F32 [T, ceil(K / block)] = max(amax, 1e-12) /
   /// 448, q FP8E4M3 [T, K] = x / scale. The artifact's quantize kernel.
@@ -386,15 +396,18 @@ Status axisPart(const char *kernel, const DeviceTensor &whole, int axis,
                 int64_t offset, const DeviceTensor &part);
 Status cacheLayout(const char *kernel, const CacheLayout &layout,
                    int64_t tokens);
+/// A cache F32, or also BF16 where `bf16Cache` (a device's own latent
+/// caches: Device::latentCacheType).
 Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
-                   const CacheLayout &layout, const DeviceTensor &cache);
+                   const CacheLayout &layout, const DeviceTensor &cache,
+                   bool bf16Cache = false);
 Status attention(const DeviceTensor &q, const DeviceTensor &cache,
                  const CacheLayout &layout, int64_t kvHeads,
                  const DeviceTensor &out);
 Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
            const DeviceTensor &cache, const CacheLayout &layout,
            const DeviceTensor &wUk, const DeviceTensor &wUv,
-           const DeviceTensor &out);
+           const DeviceTensor &out, bool bf16Cache = false);
 Status quantizeBlocks(const DeviceTensor &x, int64_t block,
                       const DeviceTensor &q, const DeviceTensor &scales);
 Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,

@@ -217,6 +217,42 @@ int64_t melt::rt::cacheRowWidth(const fb::Buffer &cache) {
   return s && s->size() == 3 ? s->Get(0) * (s->Get(1) + s->Get(2)) : 0;
 }
 
+void DeviceModel::findCacheTypes() {
+  const fb::Model &m = model_.artifact().model();
+  // The cache buffer each latent append's result stands for.
+  std::map<uint32_t, uint32_t> bufferOf;
+  for (uint32_t k : *forward_->kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    if (kernel.kind() == fb::KernelKind::LatentCacheAppend && kernel.inputs() &&
+        kernel.inputs()->size() > 0 && kernel.outputs() &&
+        kernel.outputs()->size() == 1)
+      bufferOf[kernel.outputs()->Get(0)] = kernel.inputs()->Get(0);
+  }
+  // A buffer is BF16 where every MLA over it says so; any other reader of
+  // the cache (none in a melt-fuse-mla model) keeps it F32.
+  std::map<uint32_t, bool> bf16;
+  for (uint32_t k : *forward_->kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    if (!kernel.inputs())
+      continue;
+    for (uint32_t i = 0; i < kernel.inputs()->size(); ++i) {
+      auto buffer = bufferOf.find(kernel.inputs()->Get(i));
+      if (buffer == bufferOf.end())
+        continue;
+      const bool mla = kernel.kind() == fb::KernelKind::MLA && i == 2 &&
+                       kernel.weights() && kernel.weights()->size() == 2;
+      const bool wants = mla && device_.latentCacheType(weights_.at(
+                                    kernel.weights()->Get(0))) == DType::BF16;
+      auto [it, first] = bf16.emplace(buffer->second, wants);
+      if (!first)
+        it->second = it->second && wants;
+    }
+  }
+  for (const auto &[buffer, isBf16] : bf16)
+    if (isBf16)
+      cacheTypes_[buffer] = DType::BF16;
+}
+
 Status DeviceModel::create(const Model &model, Device &device,
                            std::unique_ptr<DeviceModel> &out) {
   std::unique_ptr<DeviceModel> result(new DeviceModel(model, device));
@@ -250,6 +286,7 @@ Status DeviceModel::create(const Model &model, Device &device,
   }
   // The activation quantization the device's FP8 products do themselves.
   DeviceModel &dm = *result;
+  dm.findCacheTypes();
   std::vector<QuantizeFold> folds;
   if (envSwitch("MELT_FOLD_QUANTIZE", true))
     folds = findQuantizeFolds(m, *dm.forward_, [&](uint32_t k) {

@@ -79,9 +79,19 @@ public:
   /// logits runs them last, on those rows.
   const LogitOnlyKernels &logitOnly() const { return logitOnly_; }
 
+  /// The element type cache buffer `id` of @forward is kept in: BF16 for a
+  /// latent cache whose every MLA the device keeps so
+  /// (Device::latentCacheType), else F32.
+  DType cacheType(uint32_t id) const {
+    auto it = cacheTypes_.find(id);
+    return it == cacheTypes_.end() ? DType::F32 : it->second;
+  }
+
 private:
   DeviceModel(const Model &model, Device &device)
       : model_(model), device_(device) {}
+  /// Fills cacheTypes_ from @forward's latent appends and MLAs.
+  void findCacheTypes();
   const Model &model_;
   Device &device_;
   const fb::Function *forward_ = nullptr;
@@ -94,6 +104,7 @@ private:
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
   LogitOnlyKernels logitOnly_;
+  std::map<uint32_t, DType> cacheTypes_;
 };
 
 /// One step of a batch, on the host: the tokens of all sequences and where

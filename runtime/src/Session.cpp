@@ -30,7 +30,8 @@ Status Session::create(const DeviceModel &model, int64_t maxContext,
                              "]: a cache must be [heads, key, value]");
     DeviceTensor cache;
     Status s = model.device().allocate(
-        DType::F32, {session->totalPages_ * kPageTokens, width}, cache);
+        model.cacheType(id), {session->totalPages_ * kPageTokens, width},
+        cache);
     if (s)
       return Status(s.code(), "the KV cache of " + str(capacityTokens) +
                                   " tokens: " + s.message());

@@ -199,7 +199,7 @@ TEST_F(SessionTest, BadTokensAndContextLeaveStateUnchanged) {
   EXPECT_EQ(melt_session_create(model, nullptr, &rejected),
             MELT_INVALID_ARGUMENT);
   EXPECT_EQ(rejected, nullptr);
-  melt_session_options options{8, 64};
+  melt_session_options options{8, 128}; // a page each
   ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
   int seq = 0, other = 0;
   ASSERT_EQ(melt_session_add_sequence(session, &seq), MELT_OK);
@@ -401,8 +401,8 @@ TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   ASSERT_EQ(
       melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
       MELT_OK);
-  // 3 pages of 16 tokens.
-  melt_session_options options{64, 48};
+  // 3 pages of 64 tokens.
+  melt_session_options options{256, 192};
   melt_session *session = nullptr;
   ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
   long long used = 0, total = 0;
@@ -411,8 +411,8 @@ TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   int a = 0, b = 0;
   melt_session_add_sequence(session, &a);
   melt_session_add_sequence(session, &b);
-  std::vector<int> twenty(20, 3), ten(10, 4);
-  ASSERT_EQ(melt_session_append(session, a, twenty.data(), 20, nullptr),
+  std::vector<int> eighty(80, 3), ten(10, 4);
+  ASSERT_EQ(melt_session_append(session, a, eighty.data(), 80, nullptr),
             MELT_OK);
   melt_session_kv_pages(session, &used, &total);
   EXPECT_EQ(used, 2);
@@ -421,9 +421,9 @@ TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   ASSERT_EQ(melt_session_logits(session, a, &x, &n), MELT_OK);
   std::vector<float> before(x, x + n);
 
-  // 20 more tokens for b need 2 pages; 1 is free.
-  std::vector<int> more(20, 5);
-  melt_batch_entry batch[2] = {{a, ten.data(), 1}, {b, more.data(), 20}};
+  // 80 more tokens for b need 2 pages; 1 is free.
+  std::vector<int> more(80, 5);
+  melt_batch_entry batch[2] = {{a, ten.data(), 1}, {b, more.data(), 80}};
   EXPECT_EQ(melt_session_step(session, batch, 2), MELT_RESOURCE_EXHAUSTED);
   EXPECT_NE(std::string(melt_last_error()).find("the KV cache is full"),
             std::string::npos);
@@ -437,7 +437,7 @@ TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   EXPECT_EQ(melt_session_remove_sequence(session, a), MELT_OK);
   melt_session_kv_pages(session, &used, &total);
   EXPECT_EQ(used, 0);
-  EXPECT_EQ(melt_session_append(session, b, more.data(), 20, nullptr), MELT_OK);
+  EXPECT_EQ(melt_session_append(session, b, more.data(), 80, nullptr), MELT_OK);
   melt_session_kv_pages(session, &used, &total);
   EXPECT_EQ(used, 2);
   melt_session_destroy(session);
@@ -466,7 +466,7 @@ TEST_F(SessionTest, KvPoolBeyondTheDeviceIsOutOfMemory) {
       MELT_OK)
       << melt_last_error();
   melt_session *session = nullptr;
-  melt_session_options options{4096, 2147483632ll}; // the most pages
+  melt_session_options options{4096, 2147483584ll}; // the most pages
   EXPECT_EQ(melt_session_create(model, &options, &session), MELT_OUT_OF_MEMORY);
   EXPECT_EQ(session, nullptr);
   EXPECT_NE(std::string(melt_last_error()).find("the KV cache of"),

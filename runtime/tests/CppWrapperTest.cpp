@@ -9,7 +9,7 @@ class CppWrapper : public ModelTest {};
 
 TEST_F(CppWrapper, GeneratesAndThrowsOnErrors) {
   melt::Model model(artifactPath, checkpointDir);
-  melt::Session session(model, {64, 0});
+  melt::Session session(model, {64, 3 * MELT_KV_PAGE_TOKENS}); // 3 sequences
   int seq = session.addSequence();
   session.append(seq, {1, 17, 42});
   int token = melt::sampleGreedy(session.logits(seq));

@@ -630,9 +630,9 @@ TEST_P(DeviceConformance, PagedCacheAndMla) {
           << T << " tokens, decompress above " << decompressAbove;
     }
   }
-  // Position 96 of sequence 0 has no page (its pages hold 0-95).
-  CacheLayout beyond =
-      makeLayout({96}, {0}, batches.pages, PagedBatches::kPerSequence, {97});
+  // Position 64 of sequence 1 has no page (its one page holds 0-63).
+  CacheLayout beyond = makeLayout({64}, {1}, batches.pages,
+                                  PagedBatches::kPerSequence, {91, 65});
   DeviceTensor dl = make(DType::F32, {1, L}), dk = make(DType::F32, {1, R});
   // Positions computed on a device are checked by the next synchronize().
   Status s = device->cacheAppend(dl, dk, beyond, cache);
@@ -698,6 +698,66 @@ TEST_P(DeviceConformance, MlaDecompressedIsTheAbsorbedForm) {
 // bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
 // latent 512 and rope 64, YaRN, and a small latent), over the paged
 // batches' steps of several sequences.
+// Where a device keeps a latent cache in BF16 (Device::latentCacheType: the
+// CUDA device, for an MLA compiled to BF16 tensor cores at DeepSeek's dims),
+// an append rounds each row once and every form of the MLA reads the BF16
+// rows: a prefill of few rows (the split), one of many (tensor cores), and a
+// decode step (token t of sequence t, the layout's host copies given: the
+// device's decode kernel), for 16 heads (a warp kernel) and 128 (wgmma).
+// Against the same device over an F32 cache of the rounded rows; BF16
+// queries and softmax weights on one side (2^-9 relative each).
+TEST_P(DeviceConformance, Bf16LatentCacheMatchesF32CacheOfRoundedRows) {
+  const int64_t N = 128, R = 64, L = 512, V = 128;
+  auto rounded = [](HostTensor t) {
+    for (float &v : t.values)
+      v = melt::bf16ToFloat(melt::floatToBF16(v));
+    return t;
+  };
+  for (int64_t H : {16, 128}) {
+    HostTensor wUk = random(DType::F32, {H, N, L}, rng, 0.05f);
+    HostTensor wUv = random(DType::F32, {H, V, L}, rng, 0.05f);
+    DeviceTensor dUk = put(wUk), dUv = put(wUv);
+    Device::KernelPlan plan;
+    plan.variant = 3; // melt-select-kernels' "tensor_cores"
+    device->planKernel(dUk, plan);
+    if (device->latentCacheType(dUk) != DType::BF16)
+      GTEST_SKIP() << GetParam() << " keeps latent caches in F32";
+    PagedBatches batches;
+    const int64_t rows = PagedBatches::kPages * kPageTokens;
+    DeviceTensor bf16Cache = make(DType::BF16, {rows, L + R});
+    DeviceTensor f32Cache = make(DType::F32, {rows, L + R});
+    for (const PagedBatches::Step &step : batches.steps) {
+      const int64_t T = int64_t(step.positions.size());
+      CacheLayout layout = batches.layout(*this, step);
+      layout.hostPositions = step.positions.data();
+      layout.hostSequences = step.sequences.data();
+      HostTensor latent = random(DType::F32, {T, L}, rng);
+      HostTensor key = random(DType::F32, {T, R}, rng);
+      ASSERT_FALSE(
+          device->cacheAppend(put(latent), put(key), layout, bf16Cache));
+      ASSERT_FALSE(device->cacheAppend(put(rounded(latent)), put(rounded(key)),
+                                       layout, f32Cache));
+      DeviceTensor qn = put(random(DType::F32, {T, H, N}, rng));
+      DeviceTensor qr = put(random(DType::F32, {T, H, R}, rng));
+      DeviceTensor have = make(DType::F32, {T, H, V});
+      DeviceTensor want = make(DType::F32, {T, H, V});
+      const float scale = 1.f / std::sqrt(float(N + R));
+      Status s = device->mla(qn, qr, bf16Cache, layout, dUk, dUv, scale,
+                             int64_t(1) << 30, have);
+      ASSERT_FALSE(s) << s.message();
+      s = device->mla(qn, qr, f32Cache, layout, dUk, dUv, scale,
+                      int64_t(1) << 30, want);
+      ASSERT_FALSE(s) << s.message();
+      std::vector<float> reference = get(want);
+      EXPECT_LE(relativeError(get(have), std::vector<double>(reference.begin(),
+                                                             reference.end())),
+                2e-2)
+          << H << " heads, " << T << " tokens";
+    }
+  }
+  ASSERT_FALSE(device->synchronize());
+}
+
 TEST_P(DeviceConformance, AppendLatentIsNormRopeThenAppend) {
   reopenWith("MELT_CUDA_FUSED_LATENT_APPEND", "1");
   if (HasFatalFailure())

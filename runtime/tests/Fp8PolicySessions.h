@@ -39,7 +39,7 @@ inline std::unique_ptr<Model> loadFp8PolicyModel() {
 /// each; every step's logits.
 inline std::vector<float> stepLogits(const DeviceModel &dm) {
   std::unique_ptr<Session> session;
-  Status s = Session::create(dm, 64, 64, session);
+  Status s = Session::create(dm, 64, 2 * kPageTokens, session); // a page each
   EXPECT_FALSE(s) << s.message();
   if (s)
     return {};

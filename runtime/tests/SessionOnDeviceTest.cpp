@@ -77,18 +77,20 @@ TEST_P(SessionOnDevice, BatchMatchesTheCpuSequenceBySequence) {
     GTEST_SKIP() << "no compiled model in the environment";
   for (const Compiled &c : models) {
     Loaded device, cpu;
-    open(c, GetParam(), 64, 64, device);
-    open(c, "cpu", 64, 64, cpu);
+    open(c, GetParam(), 128, 3 * MELT_KV_PAGE_TOKENS, device);
+    open(c, "cpu", 128, 3 * MELT_KV_PAGE_TOKENS, cpu);
     if (HasFatalFailure())
       return;
     EXPECT_EQ(std::string(melt_model_device(device.model)), GetParam());
     const size_t vocab = size_t(melt_model_vocab_size(cpu.model));
-    // Two sequences; their pages interleave as they grow (a prefill of 20
+    // Two sequences; their pages interleave as they grow (a prefill of 70
     // crosses a page).
     std::vector<std::vector<int>> tokens = {{1,   17, 42, 99, 3,  250, 7,
                                              128, 5,  6,  9,  11, 12,  13,
                                              14,  15, 16, 18, 19, 20},
                                             {200, 2, 77, 31, 8}};
+    for (int i = 0; i < 50; ++i)
+      tokens[0].push_back(i * 37 % 250 + 1);
     int ids[2], ref[2];
     for (int i = 0; i < 2; ++i) {
       ASSERT_EQ(melt_session_add_sequence(device.session, &ids[i]), MELT_OK);
@@ -118,8 +120,8 @@ TEST_P(SessionOnDevice, BatchMatchesTheCpuSequenceBySequence) {
     }
     long long used = 0, total = 0;
     ASSERT_EQ(melt_session_kv_pages(device.session, &used, &total), MELT_OK);
-    EXPECT_EQ(used, 2 + 1); // 28 and 13 tokens
-    std::printf("%s on %s: a batch of 2 (prefills 20 and 5, 8 decode "
+    EXPECT_EQ(used, 2 + 1); // 78 and 13 tokens
+    std::printf("%s on %s: a batch of 2 (prefills 70 and 5, 8 decode "
                 "steps), max abs logit difference %.3g of the range from "
                 "the CPU one sequence at a time\n",
                 c.artifact.c_str(), GetParam().c_str(), worst);
@@ -135,13 +137,16 @@ TEST_P(SessionOnDevice, FullCacheAndBadTokensAreClearErrors) {
   if (models.empty())
     GTEST_SKIP() << "no compiled model in the environment";
   Loaded loaded;
-  open(models[0], GetParam(), 64, 16, loaded); // one page
+  open(models[0], GetParam(), 128, 64, loaded); // one page
   if (HasFatalFailure())
     return;
   int id = 0;
   ASSERT_EQ(melt_session_add_sequence(loaded.session, &id), MELT_OK);
   std::vector<int> ten = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
-  ASSERT_EQ(melt_session_append(loaded.session, id, ten.data(), 10, nullptr),
+  std::vector<int> sixty(60);
+  for (size_t i = 0; i < sixty.size(); ++i)
+    sixty[i] = int(i % 10) + 1;
+  ASSERT_EQ(melt_session_append(loaded.session, id, sixty.data(), 60, nullptr),
             MELT_OK)
       << melt_last_error();
   std::vector<float> before = loaded.logits(id);
@@ -158,7 +163,7 @@ TEST_P(SessionOnDevice, FullCacheAndBadTokensAreClearErrors) {
       << melt_last_error();
   // Unchanged, and it goes on.
   EXPECT_EQ(loaded.logits(id), before);
-  EXPECT_EQ(melt_session_append(loaded.session, id, ten.data(), 6, nullptr),
+  EXPECT_EQ(melt_session_append(loaded.session, id, ten.data(), 4, nullptr),
             MELT_OK)
       << melt_last_error();
   long long used = 0, total = 0;

@@ -266,8 +266,9 @@ int main(int argc, char **argv) {
     }
     long long perSequence =
         std::min<long long>(maxContext, (long long)prompt.size() + maxNew);
-    melt_session_options options{maxContext,
-                                 batch * ((perSequence + 15) / 16 * 16)};
+    constexpr long long kPage = MELT_KV_PAGE_TOKENS;
+    melt_session_options options{
+        maxContext, batch * ((perSequence + kPage - 1) / kPage * kPage)};
     if (warmup) { // the same shapes once, untimed, in a session of its own
       melt_session *first = nullptr;
       Generated ignored;

@@ -86,12 +86,15 @@ melt_status melt_model_destroy(melt_model *model);
 /* Vocabulary size, or 0 for an invalid handle. */
 long long melt_model_vocab_size(const melt_model *model);
 
-/* Session options. The KV cache is one pool of pages of 16 tokens shared
- * by all sequences; kv_capacity_tokens sets its size (rounded up to whole
- * pages; 0 means one full context). It is reserved in the device's memory
- * when the session is created (on the CPU the system commits a page of
- * memory when it is first written); a pool too large for the device is an
- * error from melt_session_create (MELT_OUT_OF_MEMORY). */
+/* Tokens a page of the KV cache holds (a sequence takes whole pages). */
+#define MELT_KV_PAGE_TOKENS 64
+
+/* Session options. The KV cache is one pool of pages of
+ * MELT_KV_PAGE_TOKENS tokens shared by all sequences; kv_capacity_tokens
+ * sets its size (rounded up to whole pages; 0 means one full context). It is
+ * reserved in the device's memory when the session is created (on the CPU the
+ * system commits a page of memory when it is first written); a pool too large
+ * for the device is an error from melt_session_create (MELT_OUT_OF_MEMORY). */
 typedef struct melt_session_options {
   long long max_context;        /* tokens per sequence, > 0 */
   long long kv_capacity_tokens; /* tokens in the cache over all sequences */

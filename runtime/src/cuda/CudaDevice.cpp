@@ -574,16 +574,28 @@ public:
   Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
                      const CacheLayout &layout, DeviceTensor &cache) override {
     MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache));
+    MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache,
+                                            /*bf16Cache=*/true));
     MELT_RETURN_IF_ERROR(flags());
     int tokens = int(first.rows()), a = int(first.cols());
     int b = int(cache.shape[1]) - a;
-    return check(cuda::cacheAppend(static_cast<const float *>(first.data),
-                                   static_cast<const float *>(second.data),
-                                   paged(layout, cache), tokens, a, b,
-                                   static_cast<float *>(cache.data),
-                                   flag_ + kCacheFlag, stream_),
+    return check(withCache(cache,
+                           [&](auto *rows) {
+                             return cuda::cacheAppend(
+                                 static_cast<const float *>(first.data),
+                                 static_cast<const float *>(second.data),
+                                 paged(layout, cache), tokens, a, b, rows,
+                                 flag_ + kCacheFlag, stream_);
+                           }),
                  "cache_append"); // a position without a page: at synchronize()
+  }
+
+  DType latentCacheType(const DeviceTensor &wUk) const override {
+    const KernelPlan *plan = planOf(wUk);
+    const bool bf16Attention =
+        mlaTensorCores_ == 1 ||
+        (mlaTensorCores_ < 0 && plan && plan->variant == 3);
+    return bf16LatentCache_ && bf16Attention ? DType::BF16 : DType::F32;
   }
 
   /// With MELT_CUDA_FUSED_LATENT_APPEND=1, one kernel for the three (meant
@@ -600,25 +612,30 @@ public:
     const int64_t ropeDim = key.shape.empty() ? 0 : key.shape.back();
     if (!fusedLatentAppend_ || key.shape.size() != 2 ||
         normed.dtype != DType::F32 || rotated.dtype != DType::F32 ||
-        cache.dtype != DType::F32 || ropeDim / 2 > kMaxRopePairs ||
-        cache.shape.size() != 2 || cache.shape[1] != latent.cols() + ropeDim)
+        ropeDim / 2 > kMaxRopePairs || cache.shape.size() != 2 ||
+        cache.shape[1] != latent.cols() + ropeDim)
       return Device::appendLatent(latent, gamma, eps, key, positions, params,
                                   layout, normed, rotated, cache);
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rmsNorm(latent, gamma, normed));
     MELT_RETURN_IF_ERROR(check::rope(key, positions, params, rotated));
-    MELT_RETURN_IF_ERROR(check::cacheAppend(normed, rotated, layout, cache));
+    MELT_RETURN_IF_ERROR(check::cacheAppend(normed, rotated, layout, cache,
+                                            /*bf16Cache=*/true));
     MELT_RETURN_IF_ERROR(flags());
     RopeFrequencies freqs{};
     std::vector<double> inverse = ropeInverseFrequencies(params, ropeDim);
     std::copy(inverse.begin(), inverse.end(), freqs.inverse);
     return check(
-        cuda::appendLatent(
-            operand(latent), operand(gamma), eps, int(latent.cols()),
-            operand(key), static_cast<const int32_t *>(positions.data),
-            int(ropeDim), params.interleaved, freqs, ropeOutputScale(params),
-            paged(layout, cache), int(latent.rows()),
-            static_cast<float *>(cache.data), flag_ + kCacheFlag, stream_),
+        withCache(cache,
+                  [&](auto *rows) {
+                    return cuda::appendLatent(
+                        operand(latent), operand(gamma), eps,
+                        int(latent.cols()), operand(key),
+                        static_cast<const int32_t *>(positions.data),
+                        int(ropeDim), params.interleaved, freqs,
+                        ropeOutputScale(params), paged(layout, cache),
+                        int(latent.rows()), rows, flag_ + kCacheFlag, stream_);
+                  }),
         "append_latent"); // a position without a page: at synchronize()
   }
 
@@ -647,8 +664,8 @@ public:
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
              int64_t decompressAbove, DeviceTensor &out) override {
     MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(
-        check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
+    MELT_RETURN_IF_ERROR(check::mla(qNope, qRope, cache, layout, wUk, wUv, out,
+                                    /*bf16Cache=*/true));
     MELT_RETURN_IF_ERROR(flags());
     int latent = int(wUk.shape[2]);
     int maxVisible = int(layout.pages.shape[1] * kPageTokens);
@@ -682,9 +699,17 @@ public:
         shape.tokens >= 16 * layout.pages.shape[0])
       return mlaOnTensorCores(qNope, qRope, cache, layout, wUk, wUv, shape,
                               scale, out);
+    if (cache.dtype == DType::BF16 && bf16DecodeKernel_ &&
+        mlaDecodeStepFits(shape) && isDecodeStep(layout, shape.tokens))
+      return mlaDecodeStepForm(qNope, qRope, cache, layout, wUk, wUv, shape,
+                               scale, out);
     if (!perHead && mlaSplitFits(shape))
       return mlaInChunks(qNope, qRope, cache, layout, wUk, wUv, shape, scale,
                          out);
+    if (cache.dtype != DType::F32)
+      return {MELT_UNSUPPORTED, "mla: a " +
+                                    std::string(dtypeName(cache.dtype)) +
+                                    " latent cache at these shapes"};
     if (mlaF32SharedBytes(latent, maxVisible) > 200 * 1024)
       return {MELT_UNSUPPORTED, "mla: " + std::to_string(maxVisible) +
                                     " cached tokens are beyond the F32 kernel"};
@@ -1144,14 +1169,15 @@ private:
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
         allocate(DType::F32, {int64_t(std::max<size_t>(floats, 1))}, scratch));
-    Status launched = fromGemm(mlaDecompressed(
-        *gemm_, static_cast<const float *>(qNope.data),
-        static_cast<const float *>(qRope.data),
-        static_cast<const float *>(cache.data), paged(layout, cache),
-        static_cast<const float *>(wUk.data),
-        static_cast<const float *>(wUv.data), shape, runs, scale,
-        static_cast<float *>(scratch.data), floats, kScoreFloats, fused,
-        static_cast<float *>(out.data), flag_ + kCacheFlag));
+    Status launched = fromGemm(withCache(cache, [&](auto *rows) {
+      return mlaDecompressed(
+          *gemm_, static_cast<const float *>(qNope.data),
+          static_cast<const float *>(qRope.data), rows, paged(layout, cache),
+          static_cast<const float *>(wUk.data),
+          static_cast<const float *>(wUv.data), shape, runs, scale,
+          static_cast<float *>(scratch.data), floats, kScoreFloats, fused,
+          static_cast<float *>(out.data), flag_ + kCacheFlag);
+    }));
     release(scratch); // stream-ordered: reused only by later work
     taken = !launched;
     return launched; // a position without a page: at synchronize()
@@ -1168,17 +1194,62 @@ private:
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(allocate(
         DType::F32, {int64_t(mlaSplitScratchFloats(shape, chunks))}, scratch));
-    Status launched = check(
-        mlaSplit(static_cast<const float *>(qNope.data),
-                 static_cast<const float *>(qRope.data),
-                 static_cast<const float *>(cache.data), paged(layout, cache),
-                 static_cast<const float *>(wUk.data),
-                 static_cast<const float *>(wUv.data), shape, chunks, scale,
-                 static_cast<float *>(scratch.data),
-                 static_cast<float *>(out.data), flag_ + kCacheFlag, stream_),
-        "mla");
+    Status launched =
+        check(withCache(cache,
+                        [&](auto *rows) {
+                          return mlaSplit(
+                              static_cast<const float *>(qNope.data),
+                              static_cast<const float *>(qRope.data), rows,
+                              paged(layout, cache),
+                              static_cast<const float *>(wUk.data),
+                              static_cast<const float *>(wUv.data), shape,
+                              chunks, scale, static_cast<float *>(scratch.data),
+                              static_cast<float *>(out.data),
+                              flag_ + kCacheFlag, stream_);
+                        }),
+              "mla");
     release(scratch); // stream-ordered: reused only by later work
     return launched;  // a position without a page: at synchronize()
+  }
+
+  /// Whether the step is a decode step as MlaDecode.cu's chunk kernel
+  /// takes it: token t the one token of sequence t (read from the layout's
+  /// host copies; without them, not). A recorded step replays with the
+  /// same shape, and a decode step of B sequences is always laid out so.
+  static bool isDecodeStep(const CacheLayout &layout, int tokens) {
+    if (!layout.hostSequences || layout.pages.shape.size() != 2 ||
+        layout.pages.shape[0] != tokens)
+      return false;
+    for (int t = 0; t < tokens; ++t)
+      if (layout.hostSequences[t] != t)
+        return false;
+    return true;
+  }
+
+  /// A decode step over a BF16 latent cache on MlaDecode.cu's chunk kernel
+  /// (MlaSplit.h's mlaDecodeStep).
+  Status mlaDecodeStepForm(const DeviceTensor &qNope, const DeviceTensor &qRope,
+                           const DeviceTensor &cache, const CacheLayout &layout,
+                           const DeviceTensor &wUk, const DeviceTensor &wUv,
+                           const MlaSplitShape &shape, float scale,
+                           DeviceTensor &out) {
+    const PagedLayout paging = paged(layout, cache);
+    const size_t bytes =
+        mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);
+    DeviceTensor scratch;
+    MELT_RETURN_IF_ERROR(
+        allocate(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
+    Status launched =
+        check(mlaDecodeStep(static_cast<const float *>(qNope.data),
+                            static_cast<const float *>(qRope.data),
+                            static_cast<const __nv_bfloat16 *>(cache.data),
+                            paging, static_cast<const float *>(wUk.data),
+                            static_cast<const float *>(wUv.data), shape, scale,
+                            scratch.data, bytes, static_cast<float *>(out.data),
+                            multiprocessors_, stream_),
+              "mla");
+    release(scratch); // stream-ordered: reused only by later work
+    return launched;
   }
 
   /// A prefill's absorbed MLA with BF16 scores and sums on tensor cores
@@ -1194,14 +1265,15 @@ private:
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
         allocate(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
-    Status launched = fromGemm(mlaTensorCores(
-        *gemm_, static_cast<const float *>(qNope.data),
-        static_cast<const float *>(qRope.data),
-        static_cast<const float *>(cache.data), paging,
-        static_cast<const float *>(wUk.data),
-        static_cast<const float *>(wUv.data), shape, scale, scratch.data, bytes,
-        static_cast<float *>(out.data), flag_ + kCacheFlag, flag_ + kSpreadFlag,
-        multiprocessors_));
+    Status launched = fromGemm(withCache(cache, [&](auto *rows) {
+      return mlaTensorCores(*gemm_, static_cast<const float *>(qNope.data),
+                            static_cast<const float *>(qRope.data), rows,
+                            paging, static_cast<const float *>(wUk.data),
+                            static_cast<const float *>(wUv.data), shape, scale,
+                            scratch.data, bytes, static_cast<float *>(out.data),
+                            flag_ + kCacheFlag, flag_ + kSpreadFlag,
+                            multiprocessors_);
+    }));
     release(scratch); // stream-ordered: reused only by later work
     return launched;  // a position without a page: at synchronize()
   }
@@ -1211,6 +1283,12 @@ private:
   /// precision); MELT_CUDA_MLA_TENSOR_CORES=1 always where the shapes take
   /// it, =0 never. -1: as compiled.
   bool mlaDecompressed_ = envSwitch("MELT_CUDA_MLA_DECOMPRESSED", true);
+  /// Latent caches in BF16 where the attention is BF16
+  /// (MELT_CUDA_BF16_LATENT_CACHE=0: F32 always), and their decode steps
+  /// on MlaDecode.cu's chunk kernel (MELT_CUDA_MLA_DECODE_KERNEL=0: on
+  /// MlaSplit.cu's, reading the BF16 rows).
+  bool bf16LatentCache_ = envSwitch("MELT_CUDA_BF16_LATENT_CACHE", true);
+  bool bf16DecodeKernel_ = envSwitch("MELT_CUDA_MLA_DECODE_KERNEL", true);
   int mlaTensorCores_ = [] {
     const char *v = std::getenv("MELT_CUDA_MLA_TENSOR_CORES");
     return !v ? -1 : std::string(v) == "1" ? 1 : std::string(v) == "0" ? 0 : -1;
@@ -1735,6 +1813,16 @@ private:
   /// (MELT_MOE_GROUPED_MIN_PAIRS overrides it, for tuning).
   int64_t groupedMinPairs_ =
       envInt("MELT_MOE_GROUPED_MIN_PAIRS", 128, 1, int64_t(1) << 40);
+
+  /// f(the cache's rows as float * or __nv_bfloat16 *: its type,
+  /// Device::latentCacheType).
+  template <typename F>
+  static auto withCache(const DeviceTensor &cache, F f)
+      -> decltype(f(static_cast<float *>(nullptr))) {
+    if (cache.dtype == DType::BF16)
+      return f(static_cast<__nv_bfloat16 *>(cache.data));
+    return f(static_cast<float *>(cache.data));
+  }
 
   static PagedLayout paged(const CacheLayout &layout,
                            const DeviceTensor &cache) {

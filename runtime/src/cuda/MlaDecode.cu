@@ -532,8 +532,13 @@ size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount) {
   return SplitPlan(args, smCount).workspaceBytes();
 }
 
-cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
-                      size_t workspaceBytes, int smCount, cudaStream_t stream) {
+int mlaDecodeChunkCount(const MlaDecodeArgs &args, int smCount) {
+  return SplitPlan(args, smCount).chunks;
+}
+
+cudaError_t mlaDecodeChunks(const MlaDecodeArgs &args, void *workspace,
+                            size_t workspaceBytes, int smCount,
+                            cudaStream_t stream, MlaDecodePartials &partials) {
   if (args.heads <= 0 || args.heads % 16 != 0 ||
       args.pageSize % kTileTokens != 0 || args.batch <= 0 ||
       args.maxLength <= 0 ||
@@ -557,8 +562,20 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                                 stats, stream);
   if (error != cudaSuccess)
     return error;
+  partials = {plan.chunks, sums, stats};
+  return cudaSuccess;
+}
+
+cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
+                      size_t workspaceBytes, int smCount, cudaStream_t stream) {
+  MlaDecodePartials partials;
+  if (cudaError_t error = mlaDecodeChunks(args, workspace, workspaceBytes,
+                                          smCount, stream, partials);
+      error != cudaSuccess)
+    return error;
   launchOverlapped(mlaDecodeCombine, dim3(args.heads, args.batch), 128, 0,
-                   stream, args, plan.chunks, sums, stats);
+                   stream, args, partials.chunks, partials.sums,
+                   partials.stats);
   return cudaGetLastError();
 }
 

@@ -58,6 +58,8 @@ struct MlaDecodeArgs {
 
 /// Bytes of scratch that mlaDecode needs for these arguments.
 size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
+/// The chunks mlaDecode splits each sequence into for these arguments.
+int mlaDecodeChunkCount(const MlaDecodeArgs &args, int smCount);
 
 /// Launches the decode on `stream`. `heads` must be a multiple of 16 and
 /// `pageSize` of 32 (a block reads 32 tokens of one page at a time; the
@@ -65,6 +67,25 @@ size_t mlaDecodeWorkspaceBytes(const MlaDecodeArgs &args, int smCount);
 /// rowHeads, where rows have lengths of their own, a divisor of heads.
 cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
                       size_t workspaceBytes, int smCount, cudaStream_t stream);
+
+/// The chunks of a split sequence, for a caller that merges them itself
+/// (the session's decode merges them as it applies W_UV): chunk c of entry
+/// b leaves, for head h, slot s = (b * chunks + c) * heads + h, an
+/// unnormalized [512] sum at sums + s * 512 (the softmax weights relative
+/// to the chunk's own maximum) and (maximum, sum of the weights) at
+/// stats[s], natural-log maxima; a chunk with no token leaves
+/// (-FLT_MAX, 0).
+struct MlaDecodePartials {
+  int chunks = 0;
+  const float *sums = nullptr;
+  const float2 *stats = nullptr;
+};
+
+/// mlaDecode without its combine: the chunk kernel alone (`output` and
+/// `outputF32` are not written), `partials` in the workspace.
+cudaError_t mlaDecodeChunks(const MlaDecodeArgs &args, void *workspace,
+                            size_t workspaceBytes, int smCount,
+                            cudaStream_t stream, MlaDecodePartials &partials);
 
 /// Whether mlaDecode runs these arguments on the warpgroup kernel, and
 /// that kernel's tiles by TMA.

@@ -20,8 +20,8 @@ namespace {
 /// K_nope in keys ([heads, reach, nope + rope]), as T (F32, or BF16 for the
 /// fused attention); a position without a page sets *bad and its row is
 /// zero.
-template <typename T>
-__global__ void gatherRowsKernel(const float *cache, PagedLayout layout,
+template <typename T, typename CacheT>
+__global__ void gatherRowsKernel(const CacheT *cache, PagedLayout layout,
                                  int sequence, int heads, int nope, int rope,
                                  int latent, int reach, T *latents, T *keys,
                                  int32_t *bad) {
@@ -30,14 +30,14 @@ __global__ void gatherRowsKernel(const float *cache, PagedLayout layout,
   const int row = cacheRow(layout, sequence, p);
   if (row < 0 && threadIdx.x == 0)
     *bad = 1;
-  const float *from = cache + size_t(row < 0 ? 0 : row) * (latent + rope);
+  const CacheT *from = cache + size_t(row < 0 ? 0 : row) * (latent + rope);
   for (int i = threadIdx.x; i < latent; i += blockDim.x)
-    latents[size_t(p) * latent + i] = T(row < 0 ? 0.f : from[i]);
+    latents[size_t(p) * latent + i] = T(row < 0 ? 0.f : cacheValue(from, i));
   const int width = nope + rope;
   for (int i = threadIdx.x; i < heads * rope; i += blockDim.x) {
     const int h = i / rope, j = i % rope;
     keys[(size_t(h) * reach + p) * width + nope + j] =
-        T(row < 0 ? 0.f : from[latent + j]);
+        T(row < 0 ? 0.f : cacheValue(from, latent + j));
   }
 }
 
@@ -200,9 +200,10 @@ size_t melt::rt::cuda::mlaDecompressedScratchFloats(
   return weightFloats(s, bf16Fused) + most;
 }
 
+template <typename CacheT>
 CudaStatus melt::rt::cuda::mlaDecompressed(
     GemmRunner &gemm, const float *qNope, const float *qRope,
-    const float *cache, const PagedLayout &layout, const float *wUk,
+    const CacheT *cache, const PagedLayout &layout, const float *wUk,
     const float *wUv, const MlaSplitShape &s,
     const std::vector<DecompressedQueries> &runs, float scale, float *scratch,
     size_t scratchFloats, size_t budgetFloats, bool bf16Fused, float *out,
@@ -264,9 +265,9 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
         GemmRunner::Batched k, v;
         products(reach, k, v);
         if (CudaStatus e = launched(launchOverlapped(
-                gatherRowsKernel<__nv_bfloat16>, dim3(reach), 128, 0, stream,
-                cache, layout, r.sequence, heads, s.nope, s.rope, s.latent,
-                reach, cb, kb, bad)))
+                gatherRowsKernel<__nv_bfloat16, CacheT>, dim3(reach), 128, 0,
+                stream, cache, layout, r.sequence, heads, s.nope, s.rope,
+                s.latent, reach, cb, kb, bad)))
           return e;
         if (CudaStatus e = gemm.bf16Batched(cb, wUkBf16, kb, k))
           return e;
@@ -289,10 +290,10 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
           *scores = queries + p.queries;
     GemmRunner::Batched k, v;
     products(reach, k, v);
-    if (CudaStatus e = launched(
-            launchOverlapped(gatherRowsKernel<float>, dim3(reach), 128, 0,
-                             stream, cache, layout, r.sequence, heads, s.nope,
-                             s.rope, s.latent, reach, latents, keys, bad)))
+    if (CudaStatus e = launched(launchOverlapped(
+            gatherRowsKernel<float, CacheT>, dim3(reach), 128, 0, stream, cache,
+            layout, r.sequence, heads, s.nope, s.rope, s.latent, reach, latents,
+            keys, bad)))
       return e;
     if (CudaStatus e = launched(launchOverlapped(
             packQueriesKernel, dim3(r.count), 128, 0, stream, qNope, qRope,
@@ -332,3 +333,15 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
   }
   return CudaStatus::ok();
 }
+
+namespace melt::rt::cuda {
+#define MELT_DECOMPRESSED_READER(CacheT)                                       \
+  template CudaStatus mlaDecompressed(                                         \
+      GemmRunner &, const float *, const float *, const CacheT *,              \
+      const PagedLayout &, const float *, const float *,                       \
+      const MlaSplitShape &, const std::vector<DecompressedQueries> &, float,  \
+      float *, size_t, size_t, bool, float *, int32_t *);
+MELT_DECOMPRESSED_READER(float)
+MELT_DECOMPRESSED_READER(__nv_bfloat16)
+#undef MELT_DECOMPRESSED_READER
+} // namespace melt::rt::cuda

@@ -65,14 +65,15 @@ mlaDecompressedScratchFloats(const MlaSplitShape &shape,
 /// out [T, heads, valueDim] for the runs' tokens (others untouched). A
 /// position without a page sets *bad (its row is zero). `bf16Fused` where
 /// mlaDecompressedFusesBf16 (else cudaErrorInvalidValue's message).
-CudaStatus mlaDecompressed(GemmRunner &gemm, const float *qNope,
-                           const float *qRope, const float *cache,
-                           const PagedLayout &layout, const float *wUk,
-                           const float *wUv, const MlaSplitShape &shape,
-                           const std::vector<DecompressedQueries> &runs,
-                           float scale, float *scratch, size_t scratchFloats,
-                           size_t budgetFloats, bool bf16Fused, float *out,
-                           int32_t *bad);
+/// CacheT: float or __nv_bfloat16.
+template <typename CacheT>
+CudaStatus
+mlaDecompressed(GemmRunner &gemm, const float *qNope, const float *qRope,
+                const CacheT *cache, const PagedLayout &layout,
+                const float *wUk, const float *wUv, const MlaSplitShape &shape,
+                const std::vector<DecompressedQueries> &runs, float scale,
+                float *scratch, size_t scratchFloats, size_t budgetFloats,
+                bool bf16Fused, float *out, int32_t *bad);
 
 } // namespace melt::rt::cuda
 

@@ -31,17 +31,31 @@ constexpr int kMaxChunks = 256;
 /// Tokens whose absorbed queries one block computes (W_UK read once).
 constexpr int kQueryTokens = 8;
 
+/// Writes v to out[i], rounded to nearest for BF16.
+__device__ __forceinline__ void storeValue(float *out, size_t i, float v) {
+  out[i] = v;
+}
+__device__ __forceinline__ void storeValue(__nv_bfloat16 *out, size_t i,
+                                           float v) {
+  out[i] = __float2bfloat16(v);
+}
+
 /// Grid (heads, latent / (256 / Parts), tokens / kQueryTokens), 256
 /// threads: Parts threads per latent column, each over a part of the nope
 /// dimension (W_UK's rows read coalesced, 16 loads in flight), added in
 /// shared memory. Parts 2 for many tokens; 8 for one slab of them, where
 /// 4x the blocks, each with a quarter of the loads, keep more of W_UK in
-/// flight (it is read once either way).
-template <int Parts>
+/// flight (it is read once either way). Rows of qLat are [latent] (F32),
+/// or with qRope [latent + rope]: the latent query then q_rope, as
+/// MlaDecode.cu reads them (BF16; the blocks of the first latent columns
+/// copy q_rope).
+template <int Parts, typename OutT>
 __global__ void __launch_bounds__(256)
     absorbQueryKernel(const float *qNope, const float *wUk, int tokens,
-                      int heads, int nope, int latent, float *qLat) {
+                      int heads, int nope, int latent, const float *qRope,
+                      int rope, OutT *qLat) {
   awaitPriorKernels();
+  const int rowWidth = latent + (qRope ? rope : 0);
   constexpr int kColumns = 256 / Parts;
   __shared__ float q[kQueryTokens][kMaxNope];
   __shared__ float partial[Parts - 1][kQueryTokens][kColumns];
@@ -75,7 +89,13 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
       for (int i = 0; i < Parts - 1; ++i)
         sum += partial[i][t][column];
-      qLat[(size_t(t0 + t) * heads + h) * latent + l] = sum;
+      storeValue(qLat, (size_t(t0 + t) * heads + h) * rowWidth + l, sum);
+    }
+  if (qRope && blockIdx.y == 0)
+    for (int i = threadIdx.x; i < count * rope; i += blockDim.x) {
+      const size_t th = size_t(t0 + i / rope) * heads + h;
+      storeValue(qLat, th * rowWidth + latent + i % rope,
+                 qRope[th * rope + i % rope]);
     }
 }
 
@@ -110,8 +130,9 @@ template <int N> __device__ __forceinline__ int sumIndexOfLane(int lane) {
   return index;
 }
 
-struct ChunkArgs {
-  const float *qLat, *qRope, *cache;
+template <typename CacheT> struct ChunkArgs {
+  const float *qLat, *qRope;
+  const CacheT *cache;
   PagedLayout layout;
   int heads, rope, latent, chunkRows, chunks;
   float scale;
@@ -130,9 +151,9 @@ constexpr int kWarpHeads = 4;
 /// row value read from shared memory serves 4 heads); then the online
 /// softmax per head; then each thread adds the tile's weighted rows into
 /// its latent columns of every head.
-template <int HeadGroup>
+template <int HeadGroup, typename CacheT>
 __global__ void __launch_bounds__(kChunkThreads)
-    latentChunkKernel(ChunkArgs a) {
+    latentChunkKernel(ChunkArgs<CacheT> a) {
   // Warps per set of rows (one per 4 heads), sets of rows, rows a warp
   // scores per tile.
   constexpr int kQuads = HeadGroup / kWarpHeads;
@@ -190,8 +211,7 @@ __global__ void __launch_bounds__(kChunkThreads)
       for (int u = 0; u < kLoads; ++u) {
         int i = threadIdx.x + u * kChunkThreads, s = i / width4;
         v[u] = s < kTile && rows[s] >= 0
-                   ? reinterpret_cast<const float4 *>(
-                         a.cache + size_t(rows[s]) * width)[i % width4]
+                   ? cacheValues4(a.cache + size_t(rows[s]) * width, i % width4)
                    : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
@@ -304,16 +324,25 @@ projectValues(const float *olat, const float *wUv, int t, int h, int heads,
   }
 }
 
+/// The chunks' statistics: separate maxima and sums (latentChunkKernel's),
+/// or (max, sum) pairs (MlaDecode.cu's).
+struct ChunkStats {
+  const float *max = nullptr, *sum = nullptr;
+  const float2 *pairs = nullptr;
+  __device__ float2 operator[](size_t slot) const {
+    return pairs ? pairs[slot] : make_float2(max[slot], sum[slot]);
+  }
+};
+
 /// Grid (tokens * heads, valueDim / columns), 256 threads: the chunks'
 /// outputs combined into the latent output, then `columns` value columns
 /// of W_UV a warp per column (coalesced along the latent dimension). 32
 /// columns a block; 8 where the blocks would be few (each then combines
 /// the chunks again, from L2, for a quarter of the columns).
-__global__ void combineValueKernel(const float *partialOut,
-                                   const float *partialMax,
-                                   const float *partialSum, const float *wUv,
-                                   int heads, int chunks, int latent,
-                                   int valueDim, int columns, float *out) {
+__global__ void combineValueKernel(const float *partialOut, ChunkStats stats,
+                                   const float *wUv, int heads, int chunks,
+                                   int latent, int valueDim, int columns,
+                                   float *out) {
   awaitPriorKernels();
   extern __shared__ float olat[];
   __shared__ float weight[kMaxChunks];
@@ -329,8 +358,10 @@ __global__ void combineValueKernel(const float *partialOut,
     for (int i = 0; i < kMaxChunks / 32; ++i) {
       int c = lane + 32 * i;
       size_t slot = (size_t(t) * chunks + c) * heads + h;
-      m[i] = c < chunks ? partialMax[slot] : -INFINITY;
-      sums[i] = c < chunks ? partialSum[slot] : 0.f;
+      const float2 stat =
+          c < chunks ? stats[slot] : make_float2(-INFINITY, 0.f);
+      m[i] = stat.x;
+      sums[i] = stat.y;
       top = fmaxf(top, sums[i] > 0.f ? m[i] : -INFINITY);
     }
     top = warpMax(top);
@@ -383,7 +414,8 @@ __global__ void packQueriesKernel(const float *qLat, const float *qRope,
 /// cached rows of each sequence up to its length, in BF16, contiguous per
 /// sequence (rows `capacity` apart); a position without a page sets *bad
 /// and its row is zero.
-__global__ void cacheToBf16Kernel(const float *cache, PagedLayout layout,
+template <typename CacheT>
+__global__ void cacheToBf16Kernel(const CacheT *cache, PagedLayout layout,
                                   int width, int capacity, __nv_bfloat16 *rows,
                                   int32_t *bad) {
   awaitPriorKernels();
@@ -396,8 +428,7 @@ __global__ void cacheToBf16Kernel(const float *cache, PagedLayout layout,
   __nv_bfloat16 *to = rows + (size_t(b) * capacity + p) * width;
   for (int i = 4 * threadIdx.x; i < width; i += 4 * blockDim.x) {
     float4 v = row < 0 ? make_float4(0.f, 0.f, 0.f, 0.f)
-                       : *reinterpret_cast<const float4 *>(
-                             cache + size_t(row) * width + i);
+                       : cacheValues4(cache + size_t(row) * width, i / 4);
     to[i] = __float2bfloat16(v.x);
     to[i + 1] = __float2bfloat16(v.y);
     to[i + 2] = __float2bfloat16(v.z);
@@ -496,18 +527,35 @@ __global__ void gatherValuesKernel(const float *slotValues,
     out[th * valueDim + i] = slot < 0 ? 0.f : from[i];
 }
 
-/// Stage 1: q_lat = q_nope W_UK.
+/// Stage 3: the chunks merged, then W_UV.
+void combineValues(const float *partialOut, const ChunkStats &stats,
+                   const float *wUv, const MlaSplitShape &s, int chunks,
+                   float *out, cudaStream_t stream) {
+  const int columns =
+      s.tokens * s.heads * ((s.valueDim + 31) / 32) < 2 * kFewBlocks ? 8 : 32;
+  launchOverlapped(
+      combineValueKernel,
+      dim3(s.tokens * s.heads, (s.valueDim + columns - 1) / columns), 256,
+      size_t(s.latent) * sizeof(float), stream, partialOut, stats, wUv, s.heads,
+      chunks, s.latent, s.valueDim, columns, out);
+}
+
+/// Stage 1: q_lat = q_nope W_UK ([T, H, latent] F32; with qRope, rows of
+/// [latent + rope] in OutT).
+template <typename OutT>
 void absorbQueries(const float *qNope, const float *wUk, const MlaSplitShape &s,
-                   float *qLat, cudaStream_t stream) {
+                   const float *qRope, OutT *qLat, cudaStream_t stream) {
   const int slabs = (s.tokens + kQueryTokens - 1) / kQueryTokens;
   if (slabs == 1)
-    launchOverlapped(absorbQueryKernel<8>,
+    launchOverlapped(absorbQueryKernel<8, OutT>,
                      dim3(s.heads, (s.latent + 31) / 32, slabs), 256, 0, stream,
-                     qNope, wUk, s.tokens, s.heads, s.nope, s.latent, qLat);
+                     qNope, wUk, s.tokens, s.heads, s.nope, s.latent, qRope,
+                     s.rope, qLat);
   else
-    launchOverlapped(
-        absorbQueryKernel<2>, dim3(s.heads, (s.latent + 127) / 128, slabs), 256,
-        0, stream, qNope, wUk, s.tokens, s.heads, s.nope, s.latent, qLat);
+    launchOverlapped(absorbQueryKernel<2, OutT>,
+                     dim3(s.heads, (s.latent + 127) / 128, slabs), 256, 0,
+                     stream, qNope, wUk, s.tokens, s.heads, s.nope, s.latent,
+                     qRope, s.rope, qLat);
 }
 
 } // namespace
@@ -538,8 +586,9 @@ size_t melt::rt::cuda::mlaSplitScratchFloats(const MlaSplitShape &s,
   return size_t(s.tokens) * s.heads * s.latent + slots * s.latent + 2 * slots;
 }
 
+template <typename CacheT>
 cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
-                                     const float *cache,
+                                     const CacheT *cache,
                                      const PagedLayout &layout,
                                      const float *wUk, const float *wUv,
                                      const MlaSplitShape &s, int chunks,
@@ -551,7 +600,7 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
     return cudaSuccess;
   float *qLat = scratch;
   size_t slots = size_t(s.tokens) * chunks * s.heads;
-  ChunkArgs a{};
+  ChunkArgs<CacheT> a{};
   a.qLat = qLat;
   a.qRope = qRope;
   a.cache = cache;
@@ -566,12 +615,12 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
   a.partialMax = a.partialOut + slots * s.latent;
   a.partialSum = a.partialMax + slots;
   a.bad = bad;
-  absorbQueries(qNope, wUk, s, qLat, stream);
+  absorbQueries<float>(qNope, wUk, s, nullptr, qLat, stream);
   size_t shared = size_t(kTile) * (s.latent + s.rope) * sizeof(float);
   const int wideGroups = (s.heads + kHeadGroup - 1) / kHeadGroup;
   const bool fewBlocks = chunks * s.tokens * wideGroups < kFewBlocks;
-  auto chunkKernel = fewBlocks ? latentChunkKernel<kSmallHeadGroup>
-                               : latentChunkKernel<kHeadGroup>;
+  auto chunkKernel = fewBlocks ? latentChunkKernel<kSmallHeadGroup, CacheT>
+                               : latentChunkKernel<kHeadGroup, CacheT>;
   const int groupHeads = fewBlocks ? kSmallHeadGroup : kHeadGroup;
   if (shared > 48 * 1024)
     if (cudaError_t e = cudaFuncSetAttribute(
@@ -583,13 +632,10 @@ cudaError_t melt::rt::cuda::mlaSplit(const float *qNope, const float *qRope,
       chunkKernel,
       dim3(chunks, s.tokens, (s.heads + groupHeads - 1) / groupHeads),
       kChunkThreads, shared, stream, a);
-  const int columns =
-      s.tokens * s.heads * ((s.valueDim + 31) / 32) < 2 * kFewBlocks ? 8 : 32;
-  launchOverlapped(
-      combineValueKernel,
-      dim3(s.tokens * s.heads, (s.valueDim + columns - 1) / columns), 256,
-      size_t(s.latent) * sizeof(float), stream, a.partialOut, a.partialMax,
-      a.partialSum, wUv, s.heads, chunks, s.latent, s.valueDim, columns, out);
+  ChunkStats stats;
+  stats.max = a.partialMax;
+  stats.sum = a.partialSum;
+  combineValues(a.partialOut, stats, wUv, s, chunks, out, stream);
   return cudaGetLastError();
 }
 
@@ -676,9 +722,10 @@ size_t melt::rt::cuda::mlaTensorCoreScratchBytes(const MlaSplitShape &s,
   return TensorCoreScratch(s, sequences, smCount).total;
 }
 
+template <typename CacheT>
 CudaStatus melt::rt::cuda::mlaTensorCores(
     GemmRunner &gemm, const float *qNope, const float *qRope,
-    const float *cache, const PagedLayout &layout, const float *wUk,
+    const CacheT *cache, const PagedLayout &layout, const float *wUk,
     const float *wUv, const MlaSplitShape &s, float scale, void *scratch,
     size_t scratchBytes, float *out, int32_t *bad, int32_t *spread,
     int smCount) {
@@ -744,9 +791,9 @@ CudaStatus melt::rt::cuda::mlaTensorCores(
   launchOverlapped(packQueriesKernel, unsigned(size_t(plan.slots) * s.heads),
                    128, 0, stream, latent, qRope, ints(plan.tokenOfSlot),
                    s.heads, s.latent, s.rope, queries);
-  launchOverlapped(cacheToBf16Kernel, dim3(plan.capacity, B), kLatentEntry / 4,
-                   0, stream, cache, layout, kLatentEntry, plan.capacity, rows,
-                   bad);
+  launchOverlapped(cacheToBf16Kernel<CacheT>, dim3(plan.capacity, B),
+                   kLatentEntry / 4, 0, stream, cache, layout, kLatentEntry,
+                   plan.capacity, rows, bad);
   if (CudaStatus e = failed(cudaGetLastError()))
     return e;
 
@@ -783,3 +830,93 @@ CudaStatus melt::rt::cuda::mlaTensorCores(
                    s.valueDim, out);
   return failed(cudaGetLastError());
 }
+
+bool melt::rt::cuda::mlaDecodeStepFits(const MlaSplitShape &s) {
+  return s.latent == kLatentRank && s.rope == kRopeDim && s.heads > 0 &&
+         s.heads % 16 == 0 && s.nope > 0 && s.nope <= kMaxNope &&
+         s.valueDim > 0;
+}
+
+namespace {
+
+/// The chunk kernel's arguments for a decode step: entry t is token t and
+/// its sequence t, the page table and lengths the step's; the split sized
+/// by the table's capacity (the same for every replay of a recorded step),
+/// at most kMaxChunks chunks (the combine's).
+MlaDecodeArgs decodeStepArgs(const MlaSplitShape &s, const PagedLayout &layout,
+                             float scale, int smCount) {
+  MlaDecodeArgs a{};
+  a.batch = s.tokens;
+  a.heads = s.heads;
+  a.pageSize = kPageRows;
+  a.maxPagesPerSequence = layout.perSequence;
+  a.maxLength = layout.perSequence * kPageRows;
+  a.scale = scale;
+  a.blockTable = layout.pages;
+  a.lengths = layout.lengths;
+  a.cachePages = layout.rows / kPageRows;
+  if (mlaDecodeChunkCount(a, smCount) > kMaxChunks)
+    a.chunksPerSequence = kMaxChunks;
+  return a;
+}
+
+size_t decodeQueryBytes(const MlaSplitShape &s) {
+  return (size_t(s.tokens) * s.heads * kLatentEntry * sizeof(__nv_bfloat16) +
+          255) /
+         256 * 256;
+}
+
+} // namespace
+
+size_t melt::rt::cuda::mlaDecodeStepScratchBytes(const MlaSplitShape &s,
+                                                 const PagedLayout &layout,
+                                                 int smCount) {
+  return decodeQueryBytes(s) +
+         mlaDecodeWorkspaceBytes(decodeStepArgs(s, layout, 1.f, smCount),
+                                 smCount);
+}
+
+cudaError_t melt::rt::cuda::mlaDecodeStep(
+    const float *qNope, const float *qRope, const __nv_bfloat16 *cache,
+    const PagedLayout &layout, const float *wUk, const float *wUv,
+    const MlaSplitShape &s, float scale, void *scratch, size_t scratchBytes,
+    float *out, int smCount, cudaStream_t stream) {
+  if (!mlaDecodeStepFits(s) || layout.batch != s.tokens ||
+      layout.perSequence < 1 ||
+      scratchBytes < mlaDecodeStepScratchBytes(s, layout, smCount))
+    return cudaErrorInvalidValue;
+  if (s.tokens == 0)
+    return cudaSuccess;
+  MlaDecodeArgs a = decodeStepArgs(s, layout, scale, smCount);
+  auto *queries = static_cast<__nv_bfloat16 *>(scratch);
+  a.queries = queries;
+  a.cache = cache;
+  absorbQueries(qNope, wUk, s, qRope, queries, stream);
+  const size_t queryBytes = decodeQueryBytes(s);
+  MlaDecodePartials partials;
+  if (cudaError_t e =
+          mlaDecodeChunks(a, static_cast<char *>(scratch) + queryBytes,
+                          scratchBytes - queryBytes, smCount, stream, partials);
+      e != cudaSuccess)
+    return e;
+  ChunkStats stats;
+  stats.pairs = partials.stats;
+  combineValues(partials.sums, stats, wUv, s, partials.chunks, out, stream);
+  return cudaGetLastError();
+}
+
+namespace melt::rt::cuda {
+#define MELT_LATENT_CACHE_READERS(CacheT)                                      \
+  template cudaError_t mlaSplit(                                               \
+      const float *, const float *, const CacheT *, const PagedLayout &,       \
+      const float *, const float *, const MlaSplitShape &, int, float,         \
+      float *, float *, int32_t *, cudaStream_t);                              \
+  template CudaStatus mlaTensorCores(                                          \
+      GemmRunner &, const float *, const float *, const CacheT *,              \
+      const PagedLayout &, const float *, const float *,                       \
+      const MlaSplitShape &, float, void *, size_t, float *, int32_t *,        \
+      int32_t *, int);
+MELT_LATENT_CACHE_READERS(float)
+MELT_LATENT_CACHE_READERS(__nv_bfloat16)
+#undef MELT_LATENT_CACHE_READERS
+} // namespace melt::rt::cuda

@@ -40,12 +40,14 @@ bool mlaSplitFits(const MlaSplitShape &shape);
 int mlaSplitChunks(const MlaSplitShape &shape, int multiprocessors);
 size_t mlaSplitScratchFloats(const MlaSplitShape &shape, int chunks);
 
-/// A position without a page sets *bad (its row is skipped).
-cudaError_t mlaSplit(const float *qNope, const float *qRope, const float *cache,
-                     const PagedLayout &layout, const float *wUk,
-                     const float *wUv, const MlaSplitShape &shape, int chunks,
-                     float scale, float *scratch, float *out, int32_t *bad,
-                     cudaStream_t stream);
+/// A position without a page sets *bad (its row is skipped). CacheT: float
+/// or __nv_bfloat16 (Device::latentCacheType).
+template <typename CacheT>
+cudaError_t
+mlaSplit(const float *qNope, const float *qRope, const CacheT *cache,
+         const PagedLayout &layout, const float *wUk, const float *wUv,
+         const MlaSplitShape &shape, int chunks, float scale, float *scratch,
+         float *out, int32_t *bad, cudaStream_t stream);
 
 /// The same attention on tensor cores, for the many query rows of a
 /// prefill: W_UK and W_UV multiply in TF32 as batched GEMMs over the heads
@@ -60,13 +62,32 @@ cudaError_t mlaSplit(const float *qNope, const float *qRope, const float *cache,
 bool mlaTensorCoresFit(const MlaSplitShape &shape);
 size_t mlaTensorCoreScratchBytes(const MlaSplitShape &shape, int sequences,
                                  int smCount);
-CudaStatus mlaTensorCores(GemmRunner &gemm, const float *qNope,
-                          const float *qRope, const float *cache,
-                          const PagedLayout &layout, const float *wUk,
-                          const float *wUv, const MlaSplitShape &shape,
-                          float scale, void *scratch, size_t scratchBytes,
-                          float *out, int32_t *bad, int32_t *spread,
-                          int smCount);
+template <typename CacheT>
+CudaStatus
+mlaTensorCores(GemmRunner &gemm, const float *qNope, const float *qRope,
+               const CacheT *cache, const PagedLayout &layout, const float *wUk,
+               const float *wUv, const MlaSplitShape &shape, float scale,
+               void *scratch, size_t scratchBytes, float *out, int32_t *bad,
+               int32_t *spread, int smCount);
+
+/// A decode step over a paged BF16 latent cache (latent 512, rope 64,
+/// heads in 16s; token t the one token of sequence t of `layout`) in three
+/// kernels: W_UK absorbed into BF16 queries (latent then rope, as
+/// MlaDecode.h reads them), MlaDecode.cu's chunk kernel over the pages
+/// (wgmma for heads in 64s, TMA tiles), then the chunks merged with W_UV
+/// applied (the combine of mlaSplit). The split is sized by the page
+/// table's capacity, so that a recorded step replays at any length it
+/// holds. The kernel trusts the table below each sequence's length (the
+/// step's own appends check their positions).
+bool mlaDecodeStepFits(const MlaSplitShape &shape);
+size_t mlaDecodeStepScratchBytes(const MlaSplitShape &shape,
+                                 const PagedLayout &layout, int smCount);
+cudaError_t mlaDecodeStep(const float *qNope, const float *qRope,
+                          const __nv_bfloat16 *cache, const PagedLayout &layout,
+                          const float *wUk, const float *wUv,
+                          const MlaSplitShape &shape, float scale,
+                          void *scratch, size_t scratchBytes, float *out,
+                          int smCount, cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 

@@ -187,9 +187,10 @@ __device__ bool visibleRows(const PagedLayout &layout, int b, int visible,
   return !missing;
 }
 
+template <typename CacheT>
 __global__ void cacheAppendKernel(const float *first, const float *second,
                                   PagedLayout layout, int a, int b,
-                                  float *cache, int32_t *bad) {
+                                  CacheT *cache, int32_t *bad) {
   awaitPriorKernels();
   int t = blockIdx.x, width = a + b;
   int row = cacheRow(layout, layout.sequences[t], layout.positions[t]);
@@ -198,18 +199,21 @@ __global__ void cacheAppendKernel(const float *first, const float *second,
       *bad = 1;
     return;
   }
+  CacheT *to = cache + size_t(row) * width;
   for (int i = threadIdx.x; i < width; i += blockDim.x)
-    cache[size_t(row) * width + i] =
-        i < a ? first[size_t(t) * a + i] : second[size_t(t) * b + i - a];
+    storeCacheValue(to, i,
+                    i < a ? first[size_t(t) * a + i]
+                          : second[size_t(t) * b + i - a]);
 }
 
 /// A token a block (kNormThreads threads): its latent normalized into its
 /// cache row, then its key rotated after it.
+template <typename CacheT>
 __global__ void __launch_bounds__(kNormThreads)
     appendLatentKernel(Operand latent, Operand gamma, float eps, int latentCols,
                        Operand key, const int32_t *positions, int ropeDim,
                        bool interleaved, RopeFrequencies freqs, double mscale,
-                       PagedLayout layout, float *cache, int32_t *bad) {
+                       PagedLayout layout, CacheT *cache, int32_t *bad) {
   awaitPriorKernels();
   const int t = blockIdx.x, width = latentCols + ropeDim;
   const int row = cacheRow(layout, layout.sequences[t], layout.positions[t]);
@@ -218,14 +222,15 @@ __global__ void __launch_bounds__(kNormThreads)
       *bad = 1;
     return;
   }
-  float *to = cache + size_t(row) * width;
+  CacheT *to = cache + size_t(row) * width;
   normRow<false>(latent, latent, Result{nullptr, false}, gamma, eps, latentCols,
-                 size_t(t) * latentCols, [&](int c, float v) { to[c] = v; });
+                 size_t(t) * latentCols,
+                 [&](int c, float v) { storeCacheValue(to, c, v); });
   for (int pair = threadIdx.x; pair < ropeDim / 2; pair += blockDim.x) {
     const RotatedPair r = rotatePair(key, size_t(t) * ropeDim, pair, ropeDim,
                                      interleaved, positions[t], freqs, mscale);
-    to[latentCols + r.a] = r.ya;
-    to[latentCols + r.b] = r.yb;
+    storeCacheValue(to, latentCols + r.a, r.ya);
+    storeCacheValue(to, latentCols + r.b, r.yb);
   }
 }
 
@@ -616,31 +621,47 @@ cudaError_t melt::rt::cuda::argmaxRows(const float *logits, int rows, int vocab,
   return cudaGetLastError();
 }
 
+template <typename CacheT>
 cudaError_t melt::rt::cuda::cacheAppend(const float *first, const float *second,
                                         const PagedLayout &layout, int tokens,
-                                        int a, int b, float *cache,
+                                        int a, int b, CacheT *cache,
                                         int32_t *bad, cudaStream_t stream) {
   if (tokens == 0)
     return cudaSuccess;
-  launchOverlapped(cacheAppendKernel, tokens, 256, 0, stream, first, second,
-                   layout, a, b, cache, bad);
+  launchOverlapped(cacheAppendKernel<CacheT>, tokens, 256, 0, stream, first,
+                   second, layout, a, b, cache, bad);
   return cudaGetLastError();
 }
 
+template <typename CacheT>
 cudaError_t melt::rt::cuda::appendLatent(
     Operand latent, Operand gamma, float eps, int latentCols, Operand key,
     const int32_t *positions, int ropeDim, bool interleaved,
     const RopeFrequencies &freqs, double mscale, const PagedLayout &layout,
-    int tokens, float *cache, int32_t *bad, cudaStream_t stream) {
+    int tokens, CacheT *cache, int32_t *bad, cudaStream_t stream) {
   if (latentCols <= 0 || ropeDim % 2 != 0 || ropeDim / 2 > kMaxRopePairs)
     return cudaErrorInvalidValue;
   if (tokens == 0)
     return cudaSuccess;
-  return launchOverlapped(appendLatentKernel, tokens, kNormThreads, 0, stream,
-                          latent, gamma, eps, latentCols, key, positions,
-                          ropeDim, interleaved, freqs, mscale, layout, cache,
-                          bad);
+  return launchOverlapped(appendLatentKernel<CacheT>, tokens, kNormThreads, 0,
+                          stream, latent, gamma, eps, latentCols, key,
+                          positions, ropeDim, interleaved, freqs, mscale,
+                          layout, cache, bad);
 }
+
+namespace melt::rt::cuda {
+#define MELT_CACHE_WRITERS(CacheT)                                             \
+  template cudaError_t cacheAppend(const float *, const float *,               \
+                                   const PagedLayout &, int, int, int,         \
+                                   CacheT *, int32_t *, cudaStream_t);         \
+  template cudaError_t appendLatent(                                           \
+      Operand, Operand, float, int, Operand, const int32_t *, int, bool,       \
+      const RopeFrequencies &, double, const PagedLayout &, int, CacheT *,     \
+      int32_t *, cudaStream_t);
+MELT_CACHE_WRITERS(float)
+MELT_CACHE_WRITERS(__nv_bfloat16)
+#undef MELT_CACHE_WRITERS
+} // namespace melt::rt::cuda
 
 size_t melt::rt::cuda::mlaF32SharedBytes(int latent, int maxVisible) {
   // Latent query and output, then a score and a row index per position.

@@ -55,25 +55,27 @@ struct PagedLayout {
   const int32_t *positions, *sequences, *pages, *lengths;
   int perSequence, batch, rows;
 };
-constexpr int kPageRows = 16;
+constexpr int kPageRows = 64;
 
 /// Writes first [tokens, a] then second [tokens, b] into the cache row of
-/// each token (width a + b); a position without a page sets *bad to 1 and
-/// is skipped.
+/// each token (width a + b; CacheT float or __nv_bfloat16, rounded to
+/// nearest); a position without a page sets *bad to 1 and is skipped.
+template <typename CacheT>
 cudaError_t cacheAppend(const float *first, const float *second,
                         const PagedLayout &layout, int tokens, int a, int b,
-                        float *cache, int32_t *bad, cudaStream_t stream);
+                        CacheT *cache, int32_t *bad, cudaStream_t stream);
 
 /// Device::appendLatent: each token's cache row (width latentCols +
 /// ropeDim) from its latent [tokens, latentCols] RMS-normalized (rmsNorm's
 /// arithmetic) and its key [tokens, ropeDim] rotated at positions[t]
 /// (rope's), a block per token; a position without a page sets *bad to 1
-/// and is skipped.
+/// and is skipped. CacheT: float or __nv_bfloat16.
+template <typename CacheT>
 cudaError_t appendLatent(Operand latent, Operand gamma, float eps,
                          int latentCols, Operand key, const int32_t *positions,
                          int ropeDim, bool interleaved,
                          const RopeFrequencies &freqs, double mscale,
-                         const PagedLayout &layout, int tokens, float *cache,
+                         const PagedLayout &layout, int tokens, CacheT *cache,
                          int32_t *bad, cudaStream_t stream);
 
 /// Beyond this many tokens mlaF32 reads the cache a warp per row.

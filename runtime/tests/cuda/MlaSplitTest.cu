@@ -10,6 +10,7 @@
 #include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
+#include "melt/numerics.h"
 
 #include <gtest/gtest.h>
 
@@ -41,6 +42,10 @@ struct Case {
   bool decompressed = false;
   size_t scoreBudget = 0;
   bool fusedBf16 = false;
+  /// The tested path reads a BF16 copy of the cache (the reference reads
+  /// the same values in F32); with decodeStep, on mlaDecodeStep (token t
+  /// the one token of sequence t).
+  bool bf16Cache = false, decodeStep = false;
 };
 
 void runCase(const Case &c) {
@@ -56,6 +61,12 @@ void runCase(const Case &c) {
     return v;
   };
   std::vector<float> cache = randoms(size_t(pages) * kPageRows * width, 1.f);
+  std::vector<uint16_t> cacheBits;
+  if (c.bf16Cache)
+    for (float &v : cache) {
+      cacheBits.push_back(melt::floatToBF16(v));
+      v = melt::bf16ToFloat(cacheBits.back());
+    }
   std::vector<float> qNope = randoms(size_t(tokens) * c.heads * nope, 1.f);
   std::vector<float> qRope = randoms(size_t(tokens) * c.heads * rope, 1.f);
   std::vector<float> wUk = randoms(size_t(c.heads) * nope * latent, 0.05f);
@@ -72,6 +83,8 @@ void runCase(const Case &c) {
                      toDevice(table),       toDevice(lengths),
                      perSequence,           batch,
                      pages * kPageRows};
+  const auto *dCacheBf16 = reinterpret_cast<const __nv_bfloat16 *>(
+      c.bf16Cache ? toDevice(cacheBits) : nullptr);
   const float *dCache = toDevice(cache), *dQn = toDevice(qNope),
               *dQr = toDevice(qRope), *dUk = toDevice(wUk),
               *dUv = toDevice(wUv);
@@ -86,7 +99,14 @@ void runCase(const Case &c) {
   ASSERT_TRUE(mlaSplitFits(shape));
   int chunks = mlaSplitChunks(shape, 132);
   float *scratch = nullptr;
-  if (c.tensorCores) {
+  if (c.decodeStep) {
+    ASSERT_TRUE(c.bf16Cache && mlaDecodeStepFits(shape));
+    size_t bytes = mlaDecodeStepScratchBytes(shape, layout, 132);
+    scratch = deviceArray<float>(bytes / sizeof(float) + 1);
+    ASSERT_EQ(mlaDecodeStep(dQn, dQr, dCacheBf16, layout, dUk, dUv, shape,
+                            scale, scratch, bytes, split, 132, nullptr),
+              cudaSuccess);
+  } else if (c.tensorCores) {
     ASSERT_TRUE(mlaTensorCoresFit(shape));
     size_t bytes = mlaTensorCoreScratchBytes(shape, batch, 132);
     scratch = deviceArray<float>(bytes / sizeof(float) + 1);
@@ -94,8 +114,12 @@ void runCase(const Case &c) {
     ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
     int32_t *spread = toDevice(std::vector<int32_t>{0});
     CudaStatus run =
-        mlaTensorCores(*gemm, dQn, dQr, dCache, layout, dUk, dUv, shape, scale,
-                       scratch, bytes, split, bad, spread, 132);
+        c.bf16Cache
+            ? mlaTensorCores(*gemm, dQn, dQr, dCacheBf16, layout, dUk, dUv,
+                             shape, scale, scratch, bytes, split, bad, spread,
+                             132)
+            : mlaTensorCores(*gemm, dQn, dQr, dCache, layout, dUk, dUv, shape,
+                             scale, scratch, bytes, split, bad, spread, 132);
     ASSERT_FALSE(run) << run.error;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_EQ(toHost(spread, 1)[0], c.spread ? 1 : 0);
@@ -114,14 +138,21 @@ void runCase(const Case &c) {
     scratch = deviceArray<float>(floats);
     std::unique_ptr<GemmRunner> gemm;
     ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
-    CudaStatus run = mlaDecompressed(*gemm, dQn, dQr, dCache, layout, dUk, dUv,
-                                     shape, runs, scale, scratch, floats,
-                                     budget, c.fusedBf16, split, bad);
+    CudaStatus run =
+        c.bf16Cache ? mlaDecompressed(*gemm, dQn, dQr, dCacheBf16, layout, dUk,
+                                      dUv, shape, runs, scale, scratch, floats,
+                                      budget, c.fusedBf16, split, bad)
+                    : mlaDecompressed(*gemm, dQn, dQr, dCache, layout, dUk, dUv,
+                                      shape, runs, scale, scratch, floats,
+                                      budget, c.fusedBf16, split, bad);
     ASSERT_FALSE(run) << run.error;
   } else {
     scratch = deviceArray<float>(mlaSplitScratchFloats(shape, chunks));
-    ASSERT_EQ(mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks, scale,
-                       scratch, split, bad, nullptr),
+    ASSERT_EQ(c.bf16Cache
+                  ? mlaSplit(dQn, dQr, dCacheBf16, layout, dUk, dUv, shape,
+                             chunks, scale, scratch, split, bad, nullptr)
+                  : mlaSplit(dQn, dQr, dCache, layout, dUk, dUv, shape, chunks,
+                             scale, scratch, split, bad, nullptr),
               cudaSuccess);
   }
   ASSERT_EQ(mlaF32(dQn, dQr, dCache, layout, dUk, dUv, tokens, c.heads, nope,
@@ -138,21 +169,23 @@ void runCase(const Case &c) {
     range = std::max(range, double(std::fabs(want[i])));
   }
   // BF16 queries and rows: about 2^-9 relative per operand; TF32: 2^-11.
-  const bool bf16 = c.tensorCores || c.fusedBf16;
+  const bool bf16 = c.tensorCores || c.fusedBf16 || c.decodeStep;
   EXPECT_LE(worst, (bf16             ? 2e-2
                     : c.decompressed ? 5e-3
                                      : 1e-5) *
                        range)
       << c.heads << " heads, " << tokens << " tokens, " << chunks << " chunks"
       << (c.tensorCores ? ", tensor cores" : "")
-      << (c.decompressed ? ", decompressed" : "");
+      << (c.decompressed ? ", decompressed" : "")
+      << (c.bf16Cache ? ", bf16 cache" : "")
+      << (c.decodeStep ? ", decode step" : "");
   for (const void *p :
        {static_cast<const void *>(dCache), static_cast<const void *>(dQn),
-        (const void *)dQr, (const void *)dUk, (const void *)dUv,
-        (const void *)split, (const void *)whole, (const void *)bad,
-        (const void *)scratch, (const void *)layout.positions,
-        (const void *)layout.sequences, (const void *)layout.pages,
-        (const void *)layout.lengths})
+        static_cast<const void *>(dCacheBf16), (const void *)dQr,
+        (const void *)dUk, (const void *)dUv, (const void *)split,
+        (const void *)whole, (const void *)bad, (const void *)scratch,
+        (const void *)layout.positions, (const void *)layout.sequences,
+        (const void *)layout.pages, (const void *)layout.lengths})
     cudaFree(const_cast<void *>(p));
 }
 
@@ -163,6 +196,42 @@ TEST(CudaMlaSplit, DecodeOverLongContextsMatchesWholeSequence) {
     GTEST_SKIP() << "no CUDA device";
   for (int heads : {16, 128})
     runCase({heads, {0, 1}, {700, 33}});
+}
+
+// Over a BF16 cache: a decode step on MlaDecode.cu's chunk kernel (16
+// heads: mma.sync; 64 and 128: wgmma, TMA tiles of the session's pages),
+// one token a sequence, 701 and 34 cached tokens (many chunks, a partial
+// last tile, chunks past a sequence's end); and each other path reading
+// the BF16 rows.
+TEST(CudaMlaSplit, Bf16CacheMatchesWholeSequence) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  for (int heads : {16, 64, 128}) {
+    Case step{heads, {0, 1}, {700, 33}};
+    step.bf16Cache = step.decodeStep = true;
+    runCase(step);
+  }
+  Case one{16, {0, 1}, {0, 130}}; // a sequence of one token
+  one.bf16Cache = one.decodeStep = true;
+  runCase(one);
+  Case split{16, {0, 1}, {700, 33}};
+  split.bf16Cache = true;
+  runCase(split);
+  Case prefill{16, {}, {}, true};
+  prefill.bf16Cache = true;
+  for (int32_t p = 0; p < 150; ++p) {
+    prefill.sequences.push_back(p % 2);
+    prefill.positions.push_back(p / 2 + (p % 2) * 300);
+  }
+  runCase(prefill);
+  Case decompressed{16, {}, {}};
+  decompressed.decompressed = decompressed.fusedBf16 = true;
+  decompressed.bf16Cache = true;
+  for (int32_t p = 0; p < 45; ++p) {
+    decompressed.sequences.push_back(0);
+    decompressed.positions.push_back(p);
+  }
+  runCase(decompressed);
 }
 
 // A decode step of a few tokens: the narrow forms (blocks of 4 heads, W_UK
