@@ -392,6 +392,17 @@ melt_status melt_session_kv_pages(melt_session *session, long long *used,
   return report(Status::ok());
 }
 
+melt_status melt_session_kv_bytes(melt_session *session, long long *total,
+                                  long long *per_page) {
+  if (!isLive(session) || !total || !per_page)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_kv_bytes: invalid session or result");
+  *total = (long long)session->session->cacheBytes();
+  const int64_t pages = session->session->totalPages();
+  *per_page = pages > 0 ? *total / pages : 0;
+  return report(Status::ok());
+}
+
 melt_status melt_session_logits(melt_session *session, int sequence,
                                 const float **logits, size_t *vocab) {
   if (!isLive(session) || !logits || !vocab)

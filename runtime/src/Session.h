@@ -61,6 +61,13 @@ public:
   int64_t maxContext() const { return maxContext_; }
   int64_t usedPages() const { return totalPages_ - int64_t(freePages_.size()); }
   int64_t totalPages() const { return totalPages_; }
+  /// Bytes of the caches (every layer's pages), in their element types.
+  size_t cacheBytes() const {
+    size_t bytes = 0;
+    for (const auto &[id, cache] : caches_)
+      bytes += cache.bytes();
+    return bytes;
+  }
   /// Decode steps replayed from a recorded graph (devices that record).
   uint64_t replayedSteps() const { return runner_.replayedSteps(); }
   /// Per-expert load counters of every router (the rows each saw: a

@@ -408,6 +408,12 @@ TEST_F(SessionTest, FullKVCacheLeavesEverySequenceUnchanged) {
   long long used = 0, total = 0;
   ASSERT_EQ(melt_session_kv_pages(session, &used, &total), MELT_OK);
   EXPECT_EQ(total, 3);
+  long long bytes = 0, perPage = 0;
+  ASSERT_EQ(melt_session_kv_bytes(session, &bytes, &perPage), MELT_OK);
+  EXPECT_GT(perPage, 0);
+  EXPECT_EQ(bytes, 3 * perPage);
+  EXPECT_EQ(melt_session_kv_bytes(session, nullptr, &perPage),
+            MELT_INVALID_ARGUMENT);
   int a = 0, b = 0;
   melt_session_add_sequence(session, &a);
   melt_session_add_sequence(session, &b);

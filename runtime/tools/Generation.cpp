@@ -82,6 +82,12 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
       std::snprintf(number, sizeof(number), "%.1f", extras.peakMemoryMB);
       tail += std::string(", \"peak_memory_mb\": ") + number;
     }
+    if (extras.kvCacheMB >= 0) {
+      std::snprintf(number, sizeof(number), "%.1f", extras.kvCacheMB);
+      tail += std::string(", \"kv_cache_mb\": ") + number;
+      std::snprintf(number, sizeof(number), "%.0f", extras.kvBytesPerToken);
+      tail += std::string(", \"kv_bytes_per_token\": ") + number;
+    }
     auto list = [](const std::vector<double> &values) {
       std::string text;
       char number[64];
@@ -124,6 +130,9 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
     std::printf("(medians of %zu runs)\n", extras.prefillRuns.size());
   if (extras.peakMemoryMB >= 0)
     std::printf("peak memory: %.1f MB\n", extras.peakMemoryMB);
+  if (extras.kvCacheMB >= 0)
+    std::printf("KV cache: %.1f MB (%.0f bytes a token)\n", extras.kvCacheMB,
+                extras.kvBytesPerToken);
   if (extras.joulesPerToken >= 0)
     std::printf("energy: %.3f J per decoded token\n", extras.joulesPerToken);
 }

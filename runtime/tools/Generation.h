@@ -44,7 +44,11 @@ struct ReportExtras {
   /// The device kind the artifact was compiled for (melt-compile --target).
   std::string target;
   size_t batch = 1;
+  /// The process's peak resident memory on the host.
   double peakMemoryMB = -1;
+  /// The session's KV cache in its device's memory, and one token's share
+  /// of it over all layers.
+  double kvCacheMB = -1, kvBytesPerToken = -1;
   double joulesPerToken = -1;
   std::string energyUnavailable;
   /// Every run's rates where the generation was timed several times (the

@@ -326,6 +326,12 @@ int main(int argc, char **argv) {
     }
     extras.batch = size_t(batch);
     extras.peakMemoryMB = peakMemoryMB();
+    long long kvBytes = 0, kvPageBytes = 0;
+    if (session &&
+        melt_session_kv_bytes(session, &kvBytes, &kvPageBytes) == MELT_OK) {
+      extras.kvCacheMB = double(kvBytes) / (1 << 20);
+      extras.kvBytesPerToken = double(kvPageBytes) / MELT_KV_PAGE_TOKENS;
+    }
     if (device) {
       extras.deviceName = melt_model_device(model);
       extras.deviceDescription = melt_model_device_description(model);

@@ -149,6 +149,12 @@ melt_status melt_session_step_sample(melt_session *session,
 /* Pages of the KV cache in use and in all. */
 melt_status melt_session_kv_pages(melt_session *session, long long *used,
                                   long long *total);
+/* Bytes the session's KV cache takes in its device's memory (reserved when
+ * the session was created), and of them one page's, over all layers: a
+ * device may keep a latent cache in BF16 where its attention is BF16 (the
+ * CUDA device), else F32. */
+melt_status melt_session_kv_bytes(melt_session *session, long long *total,
+                                  long long *per_page);
 
 /* A step of one sequence. If `all_logits` is not NULL it receives
  * n x vocab floats: the logits after each appended token. */
