@@ -219,7 +219,8 @@ int64_t melt::rt::cacheRowWidth(const fb::Buffer &cache) {
 
 void DeviceModel::findCacheTypes() {
   const fb::Model &m = model_.artifact().model();
-  // The cache buffer each latent append's result stands for.
+  // The cache buffer each latent append's result stands for (an append's
+  // result is its cache, in place: often the same id).
   std::map<uint32_t, uint32_t> bufferOf;
   for (uint32_t k : *forward_->kernels()) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
@@ -235,7 +236,8 @@ void DeviceModel::findCacheTypes() {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
     if (!kernel.inputs())
       continue;
-    for (uint32_t i = 0; i < kernel.inputs()->size(); ++i) {
+    const bool append = kernel.kind() == fb::KernelKind::LatentCacheAppend;
+    for (uint32_t i = append ? 1 : 0; i < kernel.inputs()->size(); ++i) {
       auto buffer = bufferOf.find(kernel.inputs()->Get(i));
       if (buffer == bufferOf.end())
         continue;

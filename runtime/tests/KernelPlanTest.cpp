@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <set>
 
 using namespace melt::rt;
 
@@ -93,4 +94,59 @@ TEST(KernelPlans, CompiledChoicesReachTheDevice) {
   EXPECT_GT(device.formats[WeightData::DeviceFormat::BF16], 0);
   EXPECT_GT(device.formats[WeightData::DeviceFormat::F32], 0);
   EXPECT_EQ(device.formats[WeightData::DeviceFormat::Unset], 0);
+}
+
+namespace {
+
+/// A CPU device that asks for BF16 latent caches for every MLA after the
+/// first `f32Mlas` it is asked about (as the CUDA device does for those
+/// planned on tensor cores).
+class Bf16CacheDevice final : public CpuDevice {
+public:
+  explicit Bf16CacheDevice(int f32Mlas) : f32Mlas(f32Mlas) {}
+  DType latentCacheType(const DeviceTensor &wUk) const override {
+    EXPECT_EQ(wUk.shape.size(), 3u);
+    return asked++ < f32Mlas ? DType::F32 : DType::BF16;
+  }
+  const int f32Mlas;
+  mutable int asked = 0;
+};
+
+} // namespace
+
+// DeviceModel gives each cache buffer of @forward the element type the
+// device asks for the MLA over it (the append before it, which names the
+// same buffer, is no other reader); a buffer whose MLA the device keeps in
+// F32 stays F32.
+TEST(KernelPlans, LatentCachesTakeTheTypeTheirMlaAsks) {
+  const char *artifact = std::getenv("MELT_TEST_CUDA_ARTIFACT");
+  const char *checkpoint = std::getenv("MELT_TEST_CUDA_CHECKPOINT");
+  if (!artifact || !checkpoint)
+    GTEST_SKIP() << "MELT_TEST_CUDA_ARTIFACT / MELT_TEST_CUDA_CHECKPOINT "
+                    "not set";
+  std::unique_ptr<Model> model;
+  Status s = Model::load(artifact, checkpoint, model, /*keepHostData=*/true);
+  ASSERT_FALSE(s) << s.message();
+  const fb::Model &m = model->artifact().model();
+  // The cache each MLA reads, in order.
+  std::vector<uint32_t> mlas;
+  const fb::Function *forward = model->artifact().function("forward");
+  ASSERT_NE(forward, nullptr);
+  for (uint32_t k : *forward->kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    if (kernel.kind() == fb::KernelKind::MLA)
+      mlas.push_back(kernel.inputs()->Get(2));
+  }
+  ASSERT_GE(mlas.size(), 2u);
+  // First every MLA in F32, then all but the first in BF16.
+  for (bool someBf16 : {false, true}) {
+    Bf16CacheDevice device(someBf16 ? 1 : 1 << 30);
+    std::unique_ptr<DeviceModel> onDevice;
+    ASSERT_FALSE(DeviceModel::create(*model, device, onDevice));
+    EXPECT_EQ(device.asked, int(mlas.size())); // once per MLA
+    for (size_t i = 0; i < mlas.size(); ++i)
+      EXPECT_EQ(onDevice->cacheType(mlas[i]),
+                someBf16 && i > 0 ? DType::BF16 : DType::F32)
+          << "MLA " << i << (someBf16 ? ", BF16 asked" : "");
+  }
 }
