@@ -203,6 +203,64 @@ TEST_P(SessionOnDevice, RandomWeightsRun) {
   }
 }
 
+// A model whose MLA runs on BF16 tensor cores at DeepSeek's dims (mini
+// compiled --target=cuda: MELT_TEST_BF16_CACHE_ARTIFACT, random weights)
+// keeps its latent caches in BF16 on a device that does so: half the
+// bytes of its F32 caches (MELT_CUDA_BF16_LATENT_CACHE=0), and the logits
+// of a long prompt and of decode steps over it (the decode kernel over
+// the BF16 pages) within the bf16 policy's bound of the F32 cache's.
+TEST_P(SessionOnDevice, Bf16LatentCacheKeepsTheLogits) {
+  const char *artifact = std::getenv("MELT_TEST_BF16_CACHE_ARTIFACT");
+  if (!artifact)
+    GTEST_SKIP() << "MELT_TEST_BF16_CACHE_ARTIFACT not set";
+  if (GetParam() == "cpu")
+    GTEST_SKIP() << "the CPU keeps latent caches in F32";
+  std::vector<float> logits[2];
+  long long bytes[2] = {0, 0}, perPage = 0;
+  for (int bf16 = 0; bf16 < 2; ++bf16) {
+    ::setenv("MELT_CUDA_BF16_LATENT_CACHE", bf16 ? "1" : "0", 1);
+    Loaded loaded;
+    ASSERT_EQ(
+        melt_model_load_random(artifact, 7, GetParam().c_str(), &loaded.model),
+        MELT_OK)
+        << melt_last_error();
+    const long long vocab = melt_model_vocab_size(loaded.model);
+    melt_session_options options{2048, 2048};
+    ASSERT_EQ(melt_session_create(loaded.model, &options, &loaded.session),
+              MELT_OK)
+        << melt_last_error();
+    int id = 0;
+    ASSERT_EQ(melt_session_add_sequence(loaded.session, &id), MELT_OK);
+    std::vector<int> prompt(1500);
+    for (size_t i = 0; i < prompt.size(); ++i)
+      prompt[i] = int((i * 7919) % size_t(vocab));
+    ASSERT_EQ(melt_session_append(loaded.session, id, prompt.data(),
+                                  prompt.size(), nullptr),
+              MELT_OK)
+        << melt_last_error();
+    logits[bf16] = loaded.logits(id);
+    for (int step = 0; step < 4; ++step) { // the same tokens in both runs
+      int token = 11 + step;
+      ASSERT_EQ(melt_session_append(loaded.session, id, &token, 1, nullptr),
+                MELT_OK)
+          << melt_last_error();
+      std::vector<float> next = loaded.logits(id);
+      logits[bf16].insert(logits[bf16].end(), next.begin(), next.end());
+    }
+    ASSERT_EQ(melt_session_kv_bytes(loaded.session, &bytes[bf16], &perPage),
+              MELT_OK);
+  }
+  ::unsetenv("MELT_CUDA_BF16_LATENT_CACHE");
+  EXPECT_EQ(bytes[0], 2 * bytes[1]);
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  const double worst =
+      errorOfRange(logits[1], logits[0].data(), logits[0].size());
+  std::printf("%s: BF16 latent cache against F32, 1500 tokens and 4 decode "
+              "steps: max abs logit difference %.3g of the range\n",
+              artifact, worst);
+  EXPECT_LE(worst, 0.02);
+}
+
 // Decode steps on a device that records graphs are replayed from a
 // recording after the first of each shape, and give what the steps run
 // kernel by kernel give (a prefill of the same tokens, all logits).

@@ -34,6 +34,9 @@ for policy in bf16 deepseek-v3; do
   models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
 done
 export MELT_TEST_MODELS="$models"
+# mini (prepare.sh --mini), where carried: its BF16 latent cache against F32.
+[ -f "$carry/models/mini-bf16.melt" ] &&
+  export MELT_TEST_BF16_CACHE_ARTIFACT="$carry/models/mini-bf16.melt"
 build-gpu/bin/melt-runtime-tests --gtest_filter='*SessionOnDevice*' |
   tee "$out/sessions-on-device.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== the same with every kernel launched after the one ahead ended and the add apart from the RMSNorm =="

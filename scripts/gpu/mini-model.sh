@@ -27,6 +27,9 @@
 # MELT_COMPARE_LOGIT_ROWS=1 the prefills with every kernel on every row
 # (MELT_LOGIT_ROWS_ONLY=0) beside the default (the last layer's query side
 # on the rows whose logits are wanted only),
+# MELT_COMPARE_LATENT_CACHE=1 the decode with the BF16 latent cache (the
+# default) and the F32 one (MELT_CUDA_BF16_LATENT_CACHE=0), at 128 and at
+# 4000 prompt tokens,
 # MELT_COMPARE_SIDE_STREAM=1 the decode at batch 1, 16 and 64 without the
 # side branches on a second stream (MELT_CUDA_SIDE_STREAM=0) and with (the
 # default), twice each, and whether their greedy tokens agree,
@@ -138,6 +141,16 @@ for model in mini-bf16.melt mini-fp8.melt; do
           --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"off $round\", /"
         run "$model" --prompt-ids "$(prompt 128)" \
           --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"on $round\", /"
+      done
+    fi
+    if [ "${MELT_COMPARE_LATENT_CACHE:-}" = 1 ]; then
+      # The F32 latent cache against the default BF16 one, at the prompt
+      # above and over 4000 cached tokens.
+      for cache in 1 0; do
+        MELT_CUDA_BF16_LATENT_CACHE=$cache run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1,64 | sed "s/^{/{\"latent_cache\": \"$cache\", /"
+        MELT_CUDA_BF16_LATENT_CACHE=$cache run "$model" --prompt-ids "$(prompt 4000)" \
+          --max-new 32 --batch 1,8,32 | sed "s/^{/{\"latent_cache\": \"$cache\", /"
       done
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then
