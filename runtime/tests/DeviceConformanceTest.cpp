@@ -708,6 +708,11 @@ TEST_P(DeviceConformance, MlaDecompressedIsTheAbsorbedForm) {
 // queries and softmax weights on one side (2^-9 relative each).
 TEST_P(DeviceConformance, Bf16LatentCacheMatchesF32CacheOfRoundedRows) {
   const int64_t N = 128, R = 64, L = 512, V = 128;
+  // The CUDA device's BF16 latent cache is opt-in.
+  ::setenv("MELT_CUDA_BF16_LATENT_CACHE", "1", 1);
+  struct Unset {
+    ~Unset() { ::unsetenv("MELT_CUDA_BF16_LATENT_CACHE"); }
+  } unset;
   auto rounded = [](HostTensor t) {
     for (float &v : t.values)
       v = melt::bf16ToFloat(melt::floatToBF16(v));

@@ -205,11 +205,14 @@ TEST_P(SessionOnDevice, RandomWeightsRun) {
 
 // A model whose MLA runs on BF16 tensor cores at DeepSeek's dims (mini
 // compiled --target=cuda: MELT_TEST_BF16_CACHE_ARTIFACT, random weights)
-// keeps its latent caches in BF16 on a device that does so: half the
-// bytes of its F32 caches (MELT_CUDA_BF16_LATENT_CACHE=0), and the logits
-// of a long prompt and of decode steps over it (the decode kernel over
-// the BF16 pages) within the bf16 policy's bound of the F32 cache's.
-TEST_P(SessionOnDevice, Bf16LatentCacheKeepsTheLogits) {
+// keeps its latent caches in BF16 where asked (MELT_CUDA_BF16_LATENT_CACHE
+// =1): half the bytes of its F32 caches, finite logits over a long prompt
+// and decode steps on the decode kernel. How far its logits are from the
+// F32 cache's is printed, not bounded: with random weights mini's routers
+// turn on near ties, and on the CPU the cache's BF16 rounding alone moves
+// its logits by 7% of their range after 24 tokens (docs/CudaBackend.md).
+// The bound is the golden sessions' (v3-mla512, cuda-kernels.sh).
+TEST_P(SessionOnDevice, Bf16LatentCacheHalvesTheCache) {
   const char *artifact = std::getenv("MELT_TEST_BF16_CACHE_ARTIFACT");
   if (!artifact)
     GTEST_SKIP() << "MELT_TEST_BF16_CACHE_ARTIFACT not set";
@@ -253,12 +256,13 @@ TEST_P(SessionOnDevice, Bf16LatentCacheKeepsTheLogits) {
   ::unsetenv("MELT_CUDA_BF16_LATENT_CACHE");
   EXPECT_EQ(bytes[0], 2 * bytes[1]);
   ASSERT_EQ(logits[0].size(), logits[1].size());
+  for (float v : logits[1])
+    ASSERT_TRUE(std::isfinite(v));
   const double worst =
       errorOfRange(logits[1], logits[0].data(), logits[0].size());
   std::printf("%s: BF16 latent cache against F32, 1500 tokens and 4 decode "
               "steps: max abs logit difference %.3g of the range\n",
               artifact, worst);
-  EXPECT_LE(worst, 0.02);
 }
 
 // Decode steps on a device that records graphs are replayed from a

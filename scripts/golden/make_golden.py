@@ -12,6 +12,11 @@ greedy generations:
   v3-tiny-fp8   v3-tiny with its Linear weights quantized to float8_e4m3fn in
                 128x128 blocks with weight_scale_inv, as DeepSeek-V3 stores
                 them; the reference runs on the dequantized weights
+  v3-mla512     v3-tiny with DeepSeek's MLA dims where the GPU kernels key on
+                them: kv_lora_rank 512, qk_rope_head_dim 64, 16 heads (so
+                that melt-compile --target=cuda puts its MLA on tensor cores
+                and the CUDA device's BF16 latent cache and decode kernel
+                run on it); nope and value dims 16 keep it small
 
 Run it where transformers is installed (the GPU machine):
   python3 scripts/golden/make_golden.py OUT_DIR
@@ -88,6 +93,14 @@ CONFIGS = {
         rope_parameters=dict(rope_type="default", rope_theta=10000.0),
     ),
 }
+# Added after the three above: their seeds (their order) are unchanged.
+CONFIGS["v3-mla512"] = dict(
+    CONFIGS["v3-tiny"],
+    kv_lora_rank=512,
+    qk_rope_head_dim=64,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+)
 
 
 def make_model(name, seed):

@@ -33,12 +33,20 @@ done
 for policy in bf16 deepseek-v3; do
   models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
 done
+# At DeepSeek's MLA dims (prepare.sh, where its golden data exists).
+[ -f "$carry/models/v3-mla512-bf16.melt" ] &&
+  models="$models;$carry/models/v3-mla512-bf16.melt:test/golden/v3-mla512/checkpoint:0.02"
 export MELT_TEST_MODELS="$models"
 # mini (prepare.sh --mini), where carried: its BF16 latent cache against F32.
 [ -f "$carry/models/mini-bf16.melt" ] &&
   export MELT_TEST_BF16_CACHE_ARTIFACT="$carry/models/mini-bf16.melt"
 build-gpu/bin/melt-runtime-tests --gtest_filter='*SessionOnDevice*' |
   tee "$out/sessions-on-device.txt" | grep -E "on cuda|on cpu|^\[ +(OK|FAILED|PASSED) |Failure" || true
+echo "== the same with the BF16 latent cache (MELT_CUDA_BF16_LATENT_CACHE=1: MLA on tensor cores at DeepSeek's dims only) =="
+MELT_CUDA_BF16_LATENT_CACHE=1 build-gpu/bin/melt-runtime-tests \
+  --gtest_filter='*SessionOnDevice*/cuda*' |
+  tee "$out/sessions-on-device-bf16-latent-cache.txt" |
+  grep -E "on cuda|BF16 latent|^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== the same with every kernel launched after the one ahead ended and the add apart from the RMSNorm =="
 MELT_CUDA_OVERLAP_KERNELS=0 MELT_CUDA_FUSED_ADD_NORM=0 build-gpu/bin/melt-runtime-tests \
   --gtest_filter='*SessionOnDevice*/cuda*' |

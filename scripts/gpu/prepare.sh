@@ -31,6 +31,12 @@ for policy in bf16 deepseek-v3; do
   build/bin/melt-compile test/golden/v3-tiny/checkpoint --precision=$policy \
     -o "$carry/models/v3-tiny-$policy.melt" 2>/dev/null
 done
+# DeepSeek's MLA dims (scripts/golden/make_golden.py's v3-mla512), where
+# its golden data exists: bf16 for the GPU (MLA on tensor cores).
+if [ -d test/golden/v3-mla512 ]; then
+  build/bin/melt-compile test/golden/v3-mla512/checkpoint --precision=bf16 \
+    --target=cuda -o "$carry/models/v3-mla512-bf16.melt" 2>/dev/null
+fi
 if [ "${1:-}" = --mini ]; then
   tmp=$(mktemp -d)
   build/bin/melt-import --synthesize=mini -o "$tmp/mini" 2>/dev/null

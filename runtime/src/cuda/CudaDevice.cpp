@@ -590,12 +590,19 @@ public:
                  "cache_append"); // a position without a page: at synchronize()
   }
 
+  /// BF16 where asked (MELT_CUDA_BF16_LATENT_CACHE=1, read when a model is
+  /// placed on the device) and the attention is BF16 on tensor cores.
+  /// Opt-in: on the H200 its kernel and device tests pass; no session at
+  /// these dims has been checked against a reference yet
+  /// (docs/CudaBackend.md).
   DType latentCacheType(const DeviceTensor &wUk) const override {
+    const char *asked = std::getenv("MELT_CUDA_BF16_LATENT_CACHE");
     const KernelPlan *plan = planOf(wUk);
     const bool bf16Attention =
         mlaTensorCores_ == 1 ||
         (mlaTensorCores_ < 0 && plan && plan->variant == 3);
-    return bf16LatentCache_ && bf16Attention ? DType::BF16 : DType::F32;
+    return asked && std::string(asked) == "1" && bf16Attention ? DType::BF16
+                                                               : DType::F32;
   }
 
   /// With MELT_CUDA_FUSED_LATENT_APPEND=1, one kernel for the three (meant
@@ -1283,11 +1290,9 @@ private:
   /// precision); MELT_CUDA_MLA_TENSOR_CORES=1 always where the shapes take
   /// it, =0 never. -1: as compiled.
   bool mlaDecompressed_ = envSwitch("MELT_CUDA_MLA_DECOMPRESSED", true);
-  /// Latent caches in BF16 where the attention is BF16
-  /// (MELT_CUDA_BF16_LATENT_CACHE=0: F32 always), and their decode steps
-  /// on MlaDecode.cu's chunk kernel (MELT_CUDA_MLA_DECODE_KERNEL=0: on
-  /// MlaSplit.cu's, reading the BF16 rows).
-  bool bf16LatentCache_ = envSwitch("MELT_CUDA_BF16_LATENT_CACHE", true);
+  /// A BF16 latent cache's decode steps on MlaDecode.cu's chunk kernel
+  /// (MELT_CUDA_MLA_DECODE_KERNEL=0: on MlaSplit.cu's, reading the BF16
+  /// rows).
   bool bf16DecodeKernel_ = envSwitch("MELT_CUDA_MLA_DECODE_KERNEL", true);
   int mlaTensorCores_ = [] {
     const char *v = std::getenv("MELT_CUDA_MLA_TENSOR_CORES");
