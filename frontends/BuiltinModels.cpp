@@ -150,6 +150,20 @@ ModelConfig makeTiny() {
   return c;
 }
 
+/// tiny at DeepSeek's MLA dims where the GPU kernels key on them (latent
+/// 512, rope 64, heads in 16s): melt-compile --target=cuda puts its
+/// attention on tensor cores, so that the CUDA device's MLA decode kernel
+/// and BF16 latent cache run on a model small enough to check against the
+/// CPU in seconds.
+ModelConfig makeTinyMla() {
+  ModelConfig c = makeTiny();
+  c.name = "tiny-mla";
+  c.numAttentionHeads = 16;
+  c.kvLoraRank = 512;
+  c.qkRopeHeadDim = 64;
+  return c;
+}
+
 struct Builtin {
   const char *name;
   ModelConfig (*make)();
@@ -157,7 +171,7 @@ struct Builtin {
 
 const Builtin kBuiltins[] = {
     {"tiny", makeTiny}, {"mini", makeMini}, {"v2-lite", makeV2Lite},
-    {"v2", makeV2},     {"v3", makeV3},
+    {"v2", makeV2},     {"v3", makeV3},     {"tiny-mla", makeTinyMla},
 };
 
 } // namespace

@@ -87,7 +87,7 @@ struct ModelConfig {
 /// that is wrong (config.json spelling), one per line.
 llvm::Error validate(const ModelConfig &config);
 
-/// The built-in configurations: tiny, mini, v2-lite, v2, v3.
+/// The built-in configurations: tiny, mini, v2-lite, v2, v3, tiny-mla.
 std::vector<std::string> builtinModelNames();
 /// Looks up a built-in configuration; an error lists the known names.
 llvm::Expected<ModelConfig> getBuiltinModel(llvm::StringRef name);

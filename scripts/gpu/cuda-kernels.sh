@@ -33,6 +33,21 @@ done
 for policy in bf16 deepseek-v3; do
   models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
 done
+# tiny-mla (DeepSeek's MLA dims) on a checkpoint synthesized here, the same
+# one for the GPU and the CPU. Bounds: 2% of the logit range (bf16); 5%
+# (deepseek-v3: on the CPU, rounding the cache to BF16 alone moves its
+# logits 2.6% through the FP8 quantization of what follows,
+# bench/results/cpu_bf16_cache_rounding_sensitivity.txt).
+build_gpu melt-synthesize
+for policy in bf16:0.02 deepseek-v3:0.05; do
+  name=${policy%%:*} bound=${policy##*:}
+  if [ -f "$carry/models/tiny-mla-$name.melt" ]; then
+    rm -rf "/tmp/tiny-mla-$name"
+    build-gpu/bin/melt-synthesize "$carry/models/tiny-mla-$name.melt" \
+      -o "/tmp/tiny-mla-$name" --seed 3 >/dev/null
+    models="$models;$carry/models/tiny-mla-$name.melt:/tmp/tiny-mla-$name:$bound"
+  fi
+done
 # At DeepSeek's MLA dims (prepare.sh, where its golden data exists).
 [ -f "$carry/models/v3-mla512-bf16.melt" ] &&
   models="$models;$carry/models/v3-mla512-bf16.melt:test/golden/v3-mla512/checkpoint:0.02"

@@ -31,6 +31,15 @@ for policy in bf16 deepseek-v3; do
   build/bin/melt-compile test/golden/v3-tiny/checkpoint --precision=$policy \
     -o "$carry/models/v3-tiny-$policy.melt" 2>/dev/null
 done
+# tiny-mla (tiny at DeepSeek's MLA dims) for the GPU, bf16 and deepseek-v3:
+# its MLA on tensor cores; cuda-kernels.sh synthesizes its checkpoint there.
+tmp=$(mktemp -d)
+build/bin/melt-import --synthesize=tiny-mla -o "$tmp/tiny-mla" 2>/dev/null
+for policy in bf16 deepseek-v3; do
+  build/bin/melt-compile "$tmp/tiny-mla" --precision=$policy --target=cuda \
+    -o "$carry/models/tiny-mla-$policy.melt" 2>/dev/null
+done
+rm -rf "$tmp"
 # DeepSeek's MLA dims (scripts/golden/make_golden.py's v3-mla512), where
 # its golden data exists: bf16 for the GPU (MLA on tensor cores).
 if [ -d test/golden/v3-mla512 ]; then

@@ -24,6 +24,13 @@
 // RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=deepseek-v3' --melt-select-kernels -o - 2>/dev/null | FileCheck %s --check-prefix=TINYFP8
 // target=cpu changes nothing.
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-select-kernels=target=cpu' -o - | FileCheck %s --check-prefix=CPU
+// tiny-mla (tiny at latent 512, rope 64, 16 heads) in BF16: its MLA on
+// tensor cores, as DeepSeek's, in every layer and the MTP layer; in F32
+// split over the sequence.
+// RUN: melt-import --builtin=tiny-mla | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' --melt-select-kernels -o /dev/null 2>&1 | FileCheck %s --check-prefix=TINYMLA
+// RUN: melt-import --builtin=tiny-mla | melt-opt --melt-fuse-mla --melt-select-kernels -o /dev/null 2>&1 | FileCheck %s --check-prefix=TINYMLAF32
+// TINYMLA: mla: tensor_cores: 4 ops
+// TINYMLAF32: mla: split: 4 ops
 
 // CHECK: module attributes {{{.*}}melt.target = "cuda"
 // CHECK: melt.weight @model.embed_tokens : {{.+}} {melt.device_format = "f32"}

@@ -32,10 +32,10 @@ static cl::OptionCategory category("melt-import options");
 static cl::opt<std::string> checkpointDir(cl::Positional,
                                           cl::desc("<checkpoint-dir>"),
                                           cl::cat(category));
-static cl::opt<std::string>
-    builtinName("builtin",
-                cl::desc("Build a built-in model: tiny, mini, v2-lite, v2, v3"),
-                cl::value_desc("name"), cl::cat(category));
+static cl::opt<std::string> builtinName(
+    "builtin",
+    cl::desc("Build a built-in model: tiny, mini, v2-lite, v2, v3, tiny-mla"),
+    cl::value_desc("name"), cl::cat(category));
 static cl::opt<bool> listBuiltins("list-builtins",
                                   cl::desc("List the built-in models and exit"),
                                   cl::cat(category));
