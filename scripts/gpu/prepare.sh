@@ -14,7 +14,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-bash scripts/build.sh melt-compile >/dev/null
+bash scripts/build.sh melt-compile melt-import >/dev/null
 carry=.device-carry
 rm -rf "$carry"
 mkdir -p "$carry/schema/melt" "$carry/models"
