@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Where a replayed CUDA graph's time goes, from a kernel_trace.cpp trace.
+
+Each replay of a recorded graph (a decode step) is the kernels with one
+(graph id, launch correlation id); a graph is a step's shape. For each graph
+replayed at least --min-replays times, over its replays (medians):
+
+- span: first kernel's start to last kernel's end;
+- busy: the time some kernel of the replay runs (the union of their
+  intervals), and idle = span - busy: the GPU waiting between kernels;
+- per kernel name: launches a replay, time running, and the idle time just
+  before it starts (since the replay's last kernel to end before it ended):
+  what launching it costs on the step's critical path.
+
+  CUDA_INJECTION64_PATH=build-gpu/lib/libmelt-kernel-trace.so \\
+  MELT_KERNEL_TRACE=trace.jsonl build-gpu/bin/melt-run MODEL --device cuda:0 ...
+  python3 bench/cuda/kernel_timeline.py trace.jsonl [--top 20] [--json]
+"""
+import argparse
+import collections
+import json
+import re
+import statistics
+import sys
+
+
+def short(name):
+    """A kernel's name without its namespaces, template arguments and
+    parameters."""
+    name = re.sub(r"^void ", "", name)
+    depth, kept = 0, ""
+    for c in name:
+        if c in "<(":
+            depth += 1
+        elif c in ">)":
+            depth -= 1
+        elif depth == 0:
+            kept += c
+    return kept.split("::")[-1] or name
+
+
+def replays(path):
+    """{graph id: [[kernel, ...] per replay]}, kernels by start."""
+    runs = collections.defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            k = json.loads(line)
+            if k.get("graph"):
+                runs[(k["graph"], k["correlation"])].append(k)
+    graphs = collections.defaultdict(list)
+    for (graph, _), kernels in runs.items():
+        graphs[graph].append(sorted(kernels, key=lambda k: k["start"]))
+    return graphs
+
+
+def replay_times(kernels):
+    """(span, busy, {name: [launches, running, idle before]}) of a replay."""
+    span = kernels[-1]["end"] - kernels[0]["start"]
+    busy, ended = 0, kernels[0]["start"]
+    per = collections.defaultdict(lambda: [0, 0, 0])
+    for k in kernels:
+        idle = max(0, k["start"] - ended)
+        busy += max(0, k["end"] - max(k["start"], ended))
+        ended = max(ended, k["end"])
+        entry = per[short(k["name"])]
+        entry[0] += 1
+        entry[1] += k["end"] - k["start"]
+        entry[2] += idle
+    return span, busy, per
+
+
+def summary(kernel_lists):
+    spans, busies, names = [], [], collections.defaultdict(list)
+    for kernels in kernel_lists:
+        span, busy, per = replay_times(kernels)
+        spans.append(span)
+        busies.append(busy)
+        for name, entry in per.items():
+            names[name].append(entry)
+    n = len(kernel_lists)
+
+    def median_of(entries, i):
+        values = [e[i] for e in entries] + [0] * (n - len(entries))
+        return statistics.median(values)
+
+    rows = [{"kernel": name,
+             "launches": median_of(entries, 0),
+             "running_us": median_of(entries, 1) / 1e3,
+             "idle_before_us": median_of(entries, 2) / 1e3}
+            for name, entries in names.items()]
+    span, busy = statistics.median(spans), statistics.median(busies)
+    return {"replays": n, "kernels": len(kernel_lists[0]),
+            "span_us": span / 1e3, "busy_us": busy / 1e3,
+            "idle_us": (span - busy) / 1e3, "by_kernel": rows}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trace")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--min-replays", type=int, default=3)
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON line per graph instead of tables")
+    args = parser.parse_args()
+    graphs = replays(args.trace)
+    if not graphs:
+        sys.exit(f"{args.trace}: no kernel of a replayed graph")
+    for graph, kernel_lists in sorted(graphs.items()):
+        if len(kernel_lists) < args.min_replays:
+            continue
+        s = summary(kernel_lists)
+        if args.json:
+            print(json.dumps(dict(graph=graph, **s)))
+            continue
+        print(f"graph {graph}: {s['replays']} replays of {s['kernels']} "
+              f"kernels; span {s['span_us']:.1f} us, kernels running "
+              f"{s['busy_us']:.1f} us, idle {s['idle_us']:.1f} us")
+        for key, title in (("running_us", "running"),
+                           ("idle_before_us", "idle before")):
+            print(f"  by {title} (us a replay, medians):")
+            for row in sorted(s["by_kernel"], key=lambda r: -r[key])[:args.top]:
+                print(f"    {row['kernel']:<40} {row['launches']:>5g} x "
+                      f"running {row['running_us']:8.1f}  idle before "
+                      f"{row['idle_before_us']:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the GPU machine: where a decode step's time goes as it runs (replayed
+# graphs, kernels overlapping), from CUPTI's kernel records
+# (bench/cuda/kernel_trace.cpp) summarized by bench/cuda/kernel_timeline.py:
+# each step's span, the time kernels run, the idle time between them, and
+# per kernel its running time and the idle time before it. Unlike
+# profile.sh (Nsight Compute, kernels one at a time), nothing is
+# serialized.
+#   scripts/gpu/timeline.sh [MODEL.melt] [BATCH...]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+model=${1:-mini-fp8.melt}
+shift || true
+batches=${*:-1 64}
+build_gpu melt-run melt-kernel-trace
+prompt=$(python3 -c "print(','.join(str((i * 7919) % 129280) for i in range(128)))")
+for b in $batches; do
+  trace="$out/trace-$model-b$b.jsonl"
+  CUDA_INJECTION64_PATH="$root/build-gpu/lib/libmelt-kernel-trace.so" \
+    MELT_KERNEL_TRACE="$trace" build-gpu/bin/melt-run "$carry/models/$model" \
+    --random-weights --device cuda:0 --prompt-ids "$prompt" --max-new 32 \
+    --batch "$b" > /dev/null
+  python3 bench/cuda/kernel_timeline.py "$trace" --json \
+    > "$out/timeline-$model-b$b.json"
+  python3 bench/cuda/kernel_timeline.py "$trace" | tee "$out/timeline-$model-b$b.txt" |
+    head -n 40
+  rm -f "$trace" # large; the summaries stay
+done
