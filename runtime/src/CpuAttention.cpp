@@ -1,7 +1,9 @@
 //===- CpuAttention.cpp - the CPU device's paged caches and attention -----===//
 //
 // Cache appends, per-head attention and absorbed MLA over the paged caches
-// of a batch (CacheLayout in Device.h), for the CPU device.
+// of a batch (CacheLayout in Device.h), for the CPU device. A latent cache
+// may be BF16 (Device::latentCacheType): appends round into it, and MLA
+// reads a sequence's rows as F32.
 //
 //===----------------------------------------------------------------------===//
 #include "CpuDevice.h"
@@ -70,20 +72,28 @@ int64_t visibleOf(const CacheLayout &layout, int64_t t, bool causal) {
 Status CpuDevice::cacheAppend(const DeviceTensor &first,
                               const DeviceTensor &second,
                               const CacheLayout &layout, DeviceTensor &cache) {
-  MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache));
+  MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache,
+                                          /*bf16Cache=*/true));
   PagedRows rows(layout, cache);
   int64_t T = first.rows(), a = first.cols(), width = cache.shape[1];
   int64_t b = width - a;
-  float *c = floats(cache);
   for (int64_t t = 0; t < T; ++t) {
     int64_t seq = ints(layout.sequences)[t], pos = ints(layout.positions)[t];
     int64_t r = rows.row(seq, pos);
     if (r < 0)
       return noPage("cache_append", seq, pos);
-    std::memcpy(c + r * width, floats(first) + t * a,
-                size_t(a) * sizeof(float));
-    std::memcpy(c + r * width + a, floats(second) + t * b,
-                size_t(b) * sizeof(float));
+    const float *x = floats(first) + t * a, *y = floats(second) + t * b;
+    if (cache.dtype == DType::BF16) {
+      uint16_t *to = static_cast<uint16_t *>(cache.data) + r * width;
+      for (int64_t i = 0; i < a; ++i)
+        to[i] = floatToBF16(x[i]);
+      for (int64_t i = 0; i < b; ++i)
+        to[a + i] = floatToBF16(y[i]);
+      continue;
+    }
+    float *c = floats(cache);
+    std::memcpy(c + r * width, x, size_t(a) * sizeof(float));
+    std::memcpy(c + r * width + a, y, size_t(b) * sizeof(float));
   }
   return Status::ok();
 }
@@ -137,14 +147,15 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
                       const DeviceTensor &cache, const CacheLayout &layout,
                       const DeviceTensor &wUk, const DeviceTensor &wUv,
                       float scale, int64_t decompressAbove, DeviceTensor &out) {
-  MELT_RETURN_IF_ERROR(check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
+  MELT_RETURN_IF_ERROR(check::mla(qNope, qRope, cache, layout, wUk, wUv, out,
+                                  /*bf16Cache=*/true));
   if (!wUk.data || !wUv.data)
     return invalidArgument("mla: W_UK or W_UV has no values");
   PagedRows rows(layout, cache);
   int64_t T = qNope.shape[0], H = qNope.shape[1], N = qNope.shape[2],
           R = qRope.shape[2], L = wUk.shape[2], V = wUv.shape[1],
           width = cache.shape[1], B = layout.pages.shape[0];
-  const float *c = floats(cache), *uk = floats(wUk), *uv = floats(wUv);
+  const float *uk = floats(wUk), *uv = floats(wUv);
   const int32_t *seq = ints(layout.sequences), *pos = ints(layout.positions);
   // The queries of each sequence, and how far each sequence is read.
   std::vector<std::vector<int64_t>> queries(static_cast<size_t>(B));
@@ -161,15 +172,29 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
     reach[size_t(b)] = std::max<int64_t>(reach[size_t(b)], pos[t] + 1);
   }
   MlaHeadScratch head;
-  std::vector<float> kNope, values, scores, latents;
+  std::vector<float> kNope, values, scores, latents, widened;
   for (int64_t b = 0; b < B; ++b) {
     int64_t S = reach[size_t(b)];
     if (queries[size_t(b)].empty())
       continue;
     if (!rows.covers(b, S))
       return noPage("mla", b, S - 1);
-    auto latent = [&](int64_t s) { return c + rows.row(b, s) * width; };
-    auto ropeKey = [&](int64_t s) { return c + rows.row(b, s) * width + L; };
+    // The sequence's rows as F32: the cache's own, or a BF16 cache's
+    // widened once for all its queries.
+    const bool bf16 = cache.dtype == DType::BF16;
+    const float *c = floats(cache);
+    if (bf16) {
+      widened.resize(size_t(S * width));
+      const uint16_t *bits = static_cast<const uint16_t *>(cache.data);
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t i = 0; i < width; ++i)
+          widened[size_t(s * width + i)] =
+              bf16ToFloat(bits[rows.row(b, s) * width + i]);
+    }
+    auto latent = [&](int64_t s) {
+      return bf16 ? widened.data() + s * width : c + rows.row(b, s) * width;
+    };
+    auto ropeKey = [&](int64_t s) { return latent(s) + L; };
     bool decompress = int64_t(queries[size_t(b)].size()) > decompressAbove;
     if (decompress) {
       // K_nope[h, s] = W_UK[h] c[s], V[h, s] = W_UV[h] c[s], once for all

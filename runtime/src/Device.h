@@ -310,9 +310,10 @@ public:
                      float scale, int64_t decompressAbove,
                      DeviceTensor &out) = 0;
   /// The element type a session keeps the latent cache of the MLA that
-  /// absorbs `wUk` in: F32, or BF16 where the device stores it so (its
-  /// cacheAppend, appendLatent and mla then take a BF16 cache: each row
-  /// rounded once, when it is appended).
+  /// absorbs `wUk` in: F32, or BF16 where the device stores it so. Every
+  /// device's cacheAppend, appendLatent and mla take a latent cache of
+  /// either type (a BF16 one's rows rounded once, when appended); this says
+  /// which a session allocates.
   virtual DType latentCacheType(const DeviceTensor & /*wUk*/) const {
     return DType::F32;
   }

@@ -698,21 +698,17 @@ TEST_P(DeviceConformance, MlaDecompressedIsTheAbsorbedForm) {
 // bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
 // latent 512 and rope 64, YaRN, and a small latent), over the paged
 // batches' steps of several sequences.
-// Where a device keeps a latent cache in BF16 (Device::latentCacheType: the
-// CUDA device, for an MLA compiled to BF16 tensor cores at DeepSeek's dims),
-// an append rounds each row once and every form of the MLA reads the BF16
-// rows: a prefill of few rows (the split), one of many (tensor cores), and a
-// decode step (token t of sequence t, the layout's host copies given: the
-// device's decode kernel), for 16 heads (a warp kernel) and 128 (wgmma).
-// Against the same device over an F32 cache of the rounded rows; BF16
-// queries and softmax weights on one side (2^-9 relative each).
+// Every device takes a latent cache in BF16 (Device::latentCacheType says
+// where a session keeps one): an append rounds each row once and every form
+// of the MLA reads the BF16 rows: a prefill of few rows (the split), one of
+// many (on the CUDA device, tensor cores as planned), and a decode step
+// (token t of sequence t, the layout's host copies given: the CUDA device's
+// decode kernel), for 16 heads (a warp kernel) and 128 (wgmma). Against the
+// same device over an F32 cache of the rounded rows (the CPU: the same
+// values; the CUDA decode kernel: BF16 queries and softmax weights, 2^-9
+// relative each).
 TEST_P(DeviceConformance, Bf16LatentCacheMatchesF32CacheOfRoundedRows) {
   const int64_t N = 128, R = 64, L = 512, V = 128;
-  // The CUDA device's BF16 latent cache is opt-in.
-  ::setenv("MELT_CUDA_BF16_LATENT_CACHE", "1", 1);
-  struct Unset {
-    ~Unset() { ::unsetenv("MELT_CUDA_BF16_LATENT_CACHE"); }
-  } unset;
   auto rounded = [](HostTensor t) {
     for (float &v : t.values)
       v = melt::bf16ToFloat(melt::floatToBF16(v));
@@ -725,8 +721,6 @@ TEST_P(DeviceConformance, Bf16LatentCacheMatchesF32CacheOfRoundedRows) {
     Device::KernelPlan plan;
     plan.variant = 3; // melt-select-kernels' "tensor_cores"
     device->planKernel(dUk, plan);
-    if (device->latentCacheType(dUk) != DType::BF16)
-      GTEST_SKIP() << GetParam() << " keeps latent caches in F32";
     PagedBatches batches;
     const int64_t rows = PagedBatches::kPages * kPageTokens;
     DeviceTensor bf16Cache = make(DType::BF16, {rows, L + R});
