@@ -83,7 +83,7 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
       tail += std::string(", \"peak_memory_mb\": ") + number;
     }
     if (extras.kvCacheMB >= 0) {
-      std::snprintf(number, sizeof(number), "%.1f", extras.kvCacheMB);
+      std::snprintf(number, sizeof(number), "%.2f", extras.kvCacheMB);
       tail += std::string(", \"kv_cache_mb\": ") + number;
       std::snprintf(number, sizeof(number), "%.0f", extras.kvBytesPerToken);
       tail += std::string(", \"kv_bytes_per_token\": ") + number;
@@ -131,7 +131,7 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
   if (extras.peakMemoryMB >= 0)
     std::printf("peak memory: %.1f MB\n", extras.peakMemoryMB);
   if (extras.kvCacheMB >= 0)
-    std::printf("KV cache: %.1f MB (%.0f bytes a token)\n", extras.kvCacheMB,
+    std::printf("KV cache: %.2f MB (%.0f bytes a token)\n", extras.kvCacheMB,
                 extras.kvBytesPerToken);
   if (extras.joulesPerToken >= 0)
     std::printf("energy: %.3f J per decoded token\n", extras.joulesPerToken);
