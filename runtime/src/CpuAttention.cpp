@@ -72,8 +72,7 @@ int64_t visibleOf(const CacheLayout &layout, int64_t t, bool causal) {
 Status CpuDevice::cacheAppend(const DeviceTensor &first,
                               const DeviceTensor &second,
                               const CacheLayout &layout, DeviceTensor &cache) {
-  MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache,
-                                          /*bf16Cache=*/true));
+  MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache));
   PagedRows rows(layout, cache);
   int64_t T = first.rows(), a = first.cols(), width = cache.shape[1];
   int64_t b = width - a;
@@ -147,8 +146,7 @@ Status CpuDevice::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
                       const DeviceTensor &cache, const CacheLayout &layout,
                       const DeviceTensor &wUk, const DeviceTensor &wUv,
                       float scale, int64_t decompressAbove, DeviceTensor &out) {
-  MELT_RETURN_IF_ERROR(check::mla(qNope, qRope, cache, layout, wUk, wUv, out,
-                                  /*bf16Cache=*/true));
+  MELT_RETURN_IF_ERROR(check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
   if (!wUk.data || !wUv.data)
     return invalidArgument("mla: W_UK or W_UV has no values");
   PagedRows rows(layout, cache);

@@ -353,20 +353,19 @@ Status check::cacheLayout(const char *kernel, const CacheLayout &layout,
 }
 
 Status check::cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
-                          const CacheLayout &layout, const DeviceTensor &cache,
-                          bool bf16Cache) {
+                          const CacheLayout &layout,
+                          const DeviceTensor &cache) {
   int64_t t = first.rows(), a = first.cols();
   int64_t b = t ? second.numel() / t : 0;
   MELT_RETURN_IF_ERROR(cacheLayout("cache_append", layout, t));
   const bool cacheType =
-      cache.dtype == DType::F32 || (bf16Cache && cache.dtype == DType::BF16);
+      cache.dtype == DType::F32 || cache.dtype == DType::BF16;
   return expect(
       first.dtype == DType::F32 && second.dtype == DType::F32 && cacheType &&
           cache.shape.size() == 2 && cache.shape[1] == a + b &&
           second.rows() == t && cache.shape[0] % kPageTokens == 0,
       "cache_append",
-      std::string("needs f32 rows [T, A] and [T, B] and a") +
-          (bf16Cache ? "n f32 or bf16" : "n f32") + " cache [pages * " +
+      "needs f32 rows [T, A] and [T, B] and an f32 or bf16 cache [pages * " +
           std::to_string(kPageTokens) + ", A + B]; got " +
           shapeString(first.shape) + ", " + shapeString(second.shape) +
           ", cache " + shapeString(cache.shape));
@@ -397,14 +396,13 @@ Status check::attention(const DeviceTensor &q, const DeviceTensor &cache,
 Status check::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
                   const DeviceTensor &cache, const CacheLayout &layout,
                   const DeviceTensor &wUk, const DeviceTensor &wUv,
-                  const DeviceTensor &out, bool bf16Cache) {
+                  const DeviceTensor &out) {
   bool ok = qNope.shape.size() == 3 && qRope.shape.size() == 3 &&
             wUk.shape.size() == 3 && wUv.shape.size() == 3 &&
             cache.shape.size() == 2 && out.shape.size() == 3;
   for (const DeviceTensor *t : {&qNope, &qRope, &wUk, &wUv, &out})
     ok = ok && t->dtype == DType::F32;
-  ok = ok &&
-       (cache.dtype == DType::F32 || (bf16Cache && cache.dtype == DType::BF16));
+  ok = ok && (cache.dtype == DType::F32 || cache.dtype == DType::BF16);
   if (ok) {
     int64_t T = qNope.shape[0], H = qNope.shape[1], N = qNope.shape[2],
             R = qRope.shape[2], L = wUk.shape[2], V = wUv.shape[1];
@@ -416,8 +414,8 @@ Status check::mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
   }
   MELT_RETURN_IF_ERROR(expect(
       ok, "mla",
-      std::string("needs f32 q_nope [T, H, N], q_rope [T, H, R], ") +
-          (bf16Cache ? "an f32 or bf16" : "an f32") + " cache [pages * " +
+      "needs f32 q_nope [T, H, N], q_rope [T, H, R], an f32 or bf16 cache "
+      "[pages * " +
           std::to_string(kPageTokens) +
           ", L + R], W_UK [H, N, L], W_UV [H, V, L] and out [T, H, V]; got "
           "q_nope " +

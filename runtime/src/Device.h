@@ -397,18 +397,16 @@ Status axisPart(const char *kernel, const DeviceTensor &whole, int axis,
                 int64_t offset, const DeviceTensor &part);
 Status cacheLayout(const char *kernel, const CacheLayout &layout,
                    int64_t tokens);
-/// A cache F32, or also BF16 where `bf16Cache` (a device's own latent
-/// caches: Device::latentCacheType).
+/// A cache F32 or BF16 (a latent cache in BF16: Device::latentCacheType).
 Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
-                   const CacheLayout &layout, const DeviceTensor &cache,
-                   bool bf16Cache = false);
+                   const CacheLayout &layout, const DeviceTensor &cache);
 Status attention(const DeviceTensor &q, const DeviceTensor &cache,
                  const CacheLayout &layout, int64_t kvHeads,
                  const DeviceTensor &out);
 Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
            const DeviceTensor &cache, const CacheLayout &layout,
            const DeviceTensor &wUk, const DeviceTensor &wUv,
-           const DeviceTensor &out, bool bf16Cache = false);
+           const DeviceTensor &out);
 Status quantizeBlocks(const DeviceTensor &x, int64_t block,
                       const DeviceTensor &q, const DeviceTensor &scales);
 Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,

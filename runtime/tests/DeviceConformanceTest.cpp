@@ -694,10 +694,6 @@ TEST_P(DeviceConformance, MlaDecompressedIsTheAbsorbedForm) {
   expectDecompressedMlaIsAbsorbed(4, 32, 16, 64, 32, 2e-2);
 }
 
-// MLA's latent append with its norm and rope in one call: the cache rows
-// bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
-// latent 512 and rope 64, YaRN, and a small latent), over the paged
-// batches' steps of several sequences.
 // Every device takes a latent cache in BF16 (Device::latentCacheType says
 // where a session keeps one): an append rounds each row once and every form
 // of the MLA reads the BF16 rows: a prefill of few rows (the split), one of
@@ -757,6 +753,10 @@ TEST_P(DeviceConformance, Bf16LatentCacheMatchesF32CacheOfRoundedRows) {
   ASSERT_FALSE(device->synchronize());
 }
 
+// MLA's latent append with its norm and rope in one call: the cache rows
+// bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
+// latent 512 and rope 64, YaRN, and a small latent), over the paged
+// batches' steps of several sequences.
 TEST_P(DeviceConformance, AppendLatentIsNormRopeThenAppend) {
   reopenWith("MELT_CUDA_FUSED_LATENT_APPEND", "1");
   if (HasFatalFailure())

@@ -574,8 +574,7 @@ public:
   Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
                      const CacheLayout &layout, DeviceTensor &cache) override {
     MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache,
-                                            /*bf16Cache=*/true));
+    MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache));
     MELT_RETURN_IF_ERROR(flags());
     int tokens = int(first.rows()), a = int(first.cols());
     int b = int(cache.shape[1]) - a;
@@ -626,8 +625,7 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rmsNorm(latent, gamma, normed));
     MELT_RETURN_IF_ERROR(check::rope(key, positions, params, rotated));
-    MELT_RETURN_IF_ERROR(check::cacheAppend(normed, rotated, layout, cache,
-                                            /*bf16Cache=*/true));
+    MELT_RETURN_IF_ERROR(check::cacheAppend(normed, rotated, layout, cache));
     MELT_RETURN_IF_ERROR(flags());
     RopeFrequencies freqs{};
     std::vector<double> inverse = ropeInverseFrequencies(params, ropeDim);
@@ -671,8 +669,8 @@ public:
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
              int64_t decompressAbove, DeviceTensor &out) override {
     MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(check::mla(qNope, qRope, cache, layout, wUk, wUv, out,
-                                    /*bf16Cache=*/true));
+    MELT_RETURN_IF_ERROR(
+        check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
     MELT_RETURN_IF_ERROR(flags());
     int latent = int(wUk.shape[2]);
     int maxVisible = int(layout.pages.shape[1] * kPageTokens);
@@ -1243,20 +1241,19 @@ private:
     const PagedLayout paging = paged(layout, cache);
     const size_t bytes =
         mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);
+    CallScratch held(*this);
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
-        allocate(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
-    Status launched =
-        check(mlaDecodeStep(static_cast<const float *>(qNope.data),
-                            static_cast<const float *>(qRope.data),
-                            static_cast<const __nv_bfloat16 *>(cache.data),
-                            paging, static_cast<const float *>(wUk.data),
-                            static_cast<const float *>(wUv.data), shape, scale,
-                            scratch.data, bytes, static_cast<float *>(out.data),
-                            multiprocessors_, stream_),
-              "mla");
-    release(scratch); // stream-ordered: reused only by later work
-    return launched;
+        held.take(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
+    return check(mlaDecodeStep(static_cast<const float *>(qNope.data),
+                               static_cast<const float *>(qRope.data),
+                               static_cast<const __nv_bfloat16 *>(cache.data),
+                               paging, static_cast<const float *>(wUk.data),
+                               static_cast<const float *>(wUv.data), shape,
+                               scale, scratch.data, bytes,
+                               static_cast<float *>(out.data), multiprocessors_,
+                               stream_),
+                 "mla");
   }
 
   /// A prefill's absorbed MLA with BF16 scores and sums on tensor cores

@@ -32,12 +32,12 @@ __global__ void gatherRowsKernel(const CacheT *cache, PagedLayout layout,
     *bad = 1;
   const CacheT *from = cache + size_t(row < 0 ? 0 : row) * (latent + rope);
   for (int i = threadIdx.x; i < latent; i += blockDim.x)
-    latents[size_t(p) * latent + i] = T(row < 0 ? 0.f : cacheValue(from, i));
+    latents[size_t(p) * latent + i] = T(row < 0 ? 0.f : loadValue(from, i));
   const int width = nope + rope;
   for (int i = threadIdx.x; i < heads * rope; i += blockDim.x) {
     const int h = i / rope, j = i % rope;
     keys[(size_t(h) * reach + p) * width + nope + j] =
-        T(row < 0 ? 0.f : cacheValue(from, latent + j));
+        T(row < 0 ? 0.f : loadValue(from, latent + j));
   }
 }
 

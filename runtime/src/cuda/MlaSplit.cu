@@ -31,15 +31,6 @@ constexpr int kMaxChunks = 256;
 /// Tokens whose absorbed queries one block computes (W_UK read once).
 constexpr int kQueryTokens = 8;
 
-/// Writes v to out[i], rounded to nearest for BF16.
-__device__ __forceinline__ void storeValue(float *out, size_t i, float v) {
-  out[i] = v;
-}
-__device__ __forceinline__ void storeValue(__nv_bfloat16 *out, size_t i,
-                                           float v) {
-  out[i] = __float2bfloat16(v);
-}
-
 /// Grid (heads, latent / (256 / Parts), tokens / kQueryTokens), 256
 /// threads: Parts threads per latent column, each over a part of the nope
 /// dimension (W_UK's rows read coalesced, 16 loads in flight), added in
@@ -211,7 +202,8 @@ __global__ void __launch_bounds__(kChunkThreads)
       for (int u = 0; u < kLoads; ++u) {
         int i = threadIdx.x + u * kChunkThreads, s = i / width4;
         v[u] = s < kTile && rows[s] >= 0
-                   ? cacheValues4(a.cache + size_t(rows[s]) * width, i % width4)
+                   ? loadValues4(a.cache + size_t(rows[s]) * width,
+                                 4 * size_t(i % width4))
                    : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
@@ -428,7 +420,7 @@ __global__ void cacheToBf16Kernel(const CacheT *cache, PagedLayout layout,
   __nv_bfloat16 *to = rows + (size_t(b) * capacity + p) * width;
   for (int i = 4 * threadIdx.x; i < width; i += 4 * blockDim.x) {
     float4 v = row < 0 ? make_float4(0.f, 0.f, 0.f, 0.f)
-                       : cacheValues4(cache + size_t(row) * width, i / 4);
+                       : loadValues4(cache + size_t(row) * width, i);
     to[i] = __float2bfloat16(v.x);
     to[i + 1] = __float2bfloat16(v.y);
     to[i + 2] = __float2bfloat16(v.z);

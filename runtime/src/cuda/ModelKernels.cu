@@ -201,9 +201,9 @@ __global__ void cacheAppendKernel(const float *first, const float *second,
   }
   CacheT *to = cache + size_t(row) * width;
   for (int i = threadIdx.x; i < width; i += blockDim.x)
-    storeCacheValue(to, i,
-                    i < a ? first[size_t(t) * a + i]
-                          : second[size_t(t) * b + i - a]);
+    storeValue(to, i,
+               i < a ? first[size_t(t) * a + i]
+                     : second[size_t(t) * b + i - a]);
 }
 
 /// A token a block (kNormThreads threads): its latent normalized into its
@@ -225,12 +225,12 @@ __global__ void __launch_bounds__(kNormThreads)
   CacheT *to = cache + size_t(row) * width;
   normRow<false>(latent, latent, Result{nullptr, false}, gamma, eps, latentCols,
                  size_t(t) * latentCols,
-                 [&](int c, float v) { storeCacheValue(to, c, v); });
+                 [&](int c, float v) { storeValue(to, c, v); });
   for (int pair = threadIdx.x; pair < ropeDim / 2; pair += blockDim.x) {
     const RotatedPair r = rotatePair(key, size_t(t) * ropeDim, pair, ropeDim,
                                      interleaved, positions[t], freqs, mscale);
-    storeCacheValue(to, latentCols + r.a, r.ya);
-    storeCacheValue(to, latentCols + r.b, r.yb);
+    storeValue(to, latentCols + r.a, r.ya);
+    storeValue(to, latentCols + r.b, r.yb);
   }
 }
 

@@ -1,8 +1,10 @@
 //===- OperandAccess.cuh - F32 or BF16 operands in device code -*- CUDA -*-===//
 //
-// Loads and stores of the generic kernels' operands (Elementwise.h), whose
-// element type is known only at run time: compute in FP32, round to BF16 on
-// store where the result is BF16.
+// Loads and stores of F32 or BF16 values, computed in FP32 and rounded to
+// BF16 on store where the result is BF16: typed, for kernels that know the
+// element type when compiled (a latent cache's rows, PagedCache.cuh), and
+// through Operand / Result, for the generic kernels (Elementwise.h) that
+// know it only at run time.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_OPERANDACCESS_CUH
@@ -16,33 +18,52 @@
 
 namespace melt::rt::cuda {
 
+__device__ __forceinline__ float loadValue(const float *p, size_t i) {
+  return p[i];
+}
+__device__ __forceinline__ float loadValue(const __nv_bfloat16 *p, size_t i) {
+  return __bfloat162float(p[i]);
+}
+
+__device__ __forceinline__ void storeValue(float *p, size_t i, float v) {
+  p[i] = v;
+}
+__device__ __forceinline__ void storeValue(__nv_bfloat16 *p, size_t i,
+                                           float v) {
+  p[i] = __float2bfloat16(v);
+}
+
+/// Values i .. i + 3 (i a multiple of 4, p aligned to 4 of its elements:
+/// vectorizable): one 16-byte load of F32, one 8-byte of BF16.
+__device__ __forceinline__ float4 loadValues4(const float *p, size_t i) {
+  return *reinterpret_cast<const float4 *>(p + i);
+}
+__device__ __forceinline__ float4 loadValues4(const __nv_bfloat16 *p,
+                                              size_t i) {
+  const uint2 raw = *reinterpret_cast<const uint2 *>(p + i);
+  const float2 lo =
+      __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
+  const float2 hi =
+      __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 __device__ __forceinline__ float load(Operand o, size_t i) {
-  return o.bf16
-             ? __bfloat162float(static_cast<const __nv_bfloat16 *>(o.data)[i])
-             : static_cast<const float *>(o.data)[i];
+  return o.bf16 ? loadValue(static_cast<const __nv_bfloat16 *>(o.data), i)
+                : loadValue(static_cast<const float *>(o.data), i);
 }
 
 __device__ __forceinline__ void store(Result r, size_t i, float v) {
   if (r.bf16)
-    static_cast<__nv_bfloat16 *>(r.data)[i] = __float2bfloat16(v);
+    storeValue(static_cast<__nv_bfloat16 *>(r.data), i, v);
   else
-    static_cast<float *>(r.data)[i] = v;
+    storeValue(static_cast<float *>(r.data), i, v);
 }
 
-/// Values i .. i + 3 (i a multiple of 4, the operand aligned to 4 of its
-/// elements: vectorizable): one 16-byte load of F32, one 8-byte of BF16.
+/// loadValues4 of an operand of either type.
 __device__ __forceinline__ float4 load4(Operand o, size_t i) {
-  if (o.bf16) {
-    const uint2 raw = *reinterpret_cast<const uint2 *>(
-        static_cast<const __nv_bfloat16 *>(o.data) + i);
-    const float2 lo =
-        __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
-    const float2 hi =
-        __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
-    return make_float4(lo.x, lo.y, hi.x, hi.y);
-  }
-  return *reinterpret_cast<const float4 *>(static_cast<const float *>(o.data) +
-                                           i);
+  return o.bf16 ? loadValues4(static_cast<const __nv_bfloat16 *>(o.data), i)
+                : loadValues4(static_cast<const float *>(o.data), i);
 }
 
 /// store() of four values at once, rounded the same way.
