@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 using namespace melt;
 using namespace melt::rt;
@@ -95,6 +97,11 @@ Status CpuDevice::cacheAppend(const DeviceTensor &first,
     std::memcpy(c + r * width + a, y, size_t(b) * sizeof(float));
   }
   return Status::ok();
+}
+
+DType CpuDevice::latentCacheType(const DeviceTensor &) const {
+  const char *asked = std::getenv("MELT_CPU_BF16_LATENT_CACHE");
+  return asked && std::string(asked) == "1" ? DType::BF16 : DType::F32;
 }
 
 Status CpuDevice::attention(const DeviceTensor &q, const DeviceTensor &cache,

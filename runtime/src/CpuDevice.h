@@ -60,6 +60,10 @@ public:
              const DeviceTensor &cache, const CacheLayout &layout,
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
              int64_t decompressAbove, DeviceTensor &out) override;
+  /// F32; BF16 with MELT_CPU_BF16_LATENT_CACHE=1 (read when a model is
+  /// placed on the device), for comparisons: how far a BF16 cache's
+  /// rounding alone moves a model's logits.
+  DType latentCacheType(const DeviceTensor &wUk) const override;
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override;
   Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,

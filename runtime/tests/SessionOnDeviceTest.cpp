@@ -203,39 +203,46 @@ TEST_P(SessionOnDevice, RandomWeightsRun) {
   }
 }
 
-// A model whose MLA runs on BF16 tensor cores at DeepSeek's dims (mini
-// compiled --target=cuda: MELT_TEST_BF16_CACHE_ARTIFACT, random weights)
-// keeps its latent caches in BF16 where asked (MELT_CUDA_BF16_LATENT_CACHE
-// =1): half the bytes of its F32 caches, finite logits over a long prompt
-// and decode steps on the decode kernel. How far its logits are from the
-// F32 cache's is printed, not bounded: with random weights mini's routers
-// turn on near ties, and on the CPU the cache's BF16 rounding alone moves
-// its logits by 7% of their range after 24 tokens (docs/CudaBackend.md).
-// The bound is that of the sessions of small models at these dims against
-// the CPU (tiny-mla, v3-mla512: cuda-kernels.sh).
+// A model's latent caches in BF16 where asked (MELT_CUDA_BF16_LATENT_CACHE=1
+// on the GPU, for an MLA at DeepSeek's dims compiled --target=cuda;
+// MELT_CPU_BF16_LATENT_CACHE=1 on the CPU, any MLA) against F32 ones: half
+// the bytes, finite logits over a prompt and 4 decode steps (on the GPU,
+// on the decode kernel). How far the logits move is printed, not bounded:
+// it measures a model's sensitivity (with random weights mini's routers
+// turn on near ties: docs/CudaBackend.md); the bound is that of the
+// sessions of small models at these dims against the CPU (tiny-mla,
+// v3-mla512: cuda-kernels.sh). MELT_TEST_BF16_CACHE_ARTIFACT names the
+// model; MELT_TEST_BF16_CACHE_CHECKPOINT its checkpoint (else seeded
+// random weights), MELT_TEST_BF16_CACHE_PROMPT the prompt's tokens (1500).
 TEST_P(SessionOnDevice, Bf16LatentCacheHalvesTheCache) {
   const char *artifact = std::getenv("MELT_TEST_BF16_CACHE_ARTIFACT");
   if (!artifact)
     GTEST_SKIP() << "MELT_TEST_BF16_CACHE_ARTIFACT not set";
-  if (GetParam() == "cpu")
-    GTEST_SKIP() << "the CPU keeps latent caches in F32";
+  const char *checkpoint = std::getenv("MELT_TEST_BF16_CACHE_CHECKPOINT");
+  const char *promptTokens = std::getenv("MELT_TEST_BF16_CACHE_PROMPT");
+  const size_t promptSize = promptTokens ? std::stoul(promptTokens) : 1500;
   std::vector<float> logits[2];
   long long bytes[2] = {0, 0}, perPage = 0;
   for (int bf16 = 0; bf16 < 2; ++bf16) {
-    ::setenv("MELT_CUDA_BF16_LATENT_CACHE", bf16 ? "1" : "0", 1);
+    for (const char *name :
+         {"MELT_CUDA_BF16_LATENT_CACHE", "MELT_CPU_BF16_LATENT_CACHE"})
+      ::setenv(name, bf16 ? "1" : "0", 1);
     Loaded loaded;
-    ASSERT_EQ(
-        melt_model_load_random(artifact, 7, GetParam().c_str(), &loaded.model),
-        MELT_OK)
+    ASSERT_EQ(checkpoint ? melt_model_load_on(artifact, checkpoint,
+                                              GetParam().c_str(), &loaded.model)
+                         : melt_model_load_random(
+                               artifact, 7, GetParam().c_str(), &loaded.model),
+              MELT_OK)
         << melt_last_error();
     const long long vocab = melt_model_vocab_size(loaded.model);
-    melt_session_options options{2048, 2048};
+    const long long context = (long long)promptSize + 4;
+    melt_session_options options{context, context};
     ASSERT_EQ(melt_session_create(loaded.model, &options, &loaded.session),
               MELT_OK)
         << melt_last_error();
     int id = 0;
     ASSERT_EQ(melt_session_add_sequence(loaded.session, &id), MELT_OK);
-    std::vector<int> prompt(1500);
+    std::vector<int> prompt(promptSize);
     for (size_t i = 0; i < prompt.size(); ++i)
       prompt[i] = int((i * 7919) % size_t(vocab));
     ASSERT_EQ(melt_session_append(loaded.session, id, prompt.data(),
@@ -254,16 +261,19 @@ TEST_P(SessionOnDevice, Bf16LatentCacheHalvesTheCache) {
     ASSERT_EQ(melt_session_kv_bytes(loaded.session, &bytes[bf16], &perPage),
               MELT_OK);
   }
-  ::unsetenv("MELT_CUDA_BF16_LATENT_CACHE");
+  for (const char *name :
+       {"MELT_CUDA_BF16_LATENT_CACHE", "MELT_CPU_BF16_LATENT_CACHE"})
+    ::unsetenv(name);
   EXPECT_EQ(bytes[0], 2 * bytes[1]);
   ASSERT_EQ(logits[0].size(), logits[1].size());
   for (float v : logits[1])
     ASSERT_TRUE(std::isfinite(v));
   const double worst =
       errorOfRange(logits[1], logits[0].data(), logits[0].size());
-  std::printf("%s: BF16 latent cache against F32, 1500 tokens and 4 decode "
-              "steps: max abs logit difference %.3g of the range\n",
-              artifact, worst);
+  std::printf("%s on %s (%s): BF16 latent cache against F32, %zu tokens and "
+              "4 decode steps: max abs logit difference %.3g of the range\n",
+              artifact, GetParam().c_str(),
+              checkpoint ? checkpoint : "random weights", promptSize, worst);
 }
 
 // Decode steps on a device that records graphs are replayed from a
