@@ -42,9 +42,17 @@ def short(name):
 def replays(path):
     """{graph id: [[kernel, ...] per replay]}, kernels by start."""
     runs = collections.defaultdict(list)
-    with open(path) as f:
-        for line in f:
-            k = json.loads(line)
+    try:
+        f = open(path)
+    except OSError as e:
+        sys.exit(f"{path}: {e.strerror}")
+    with f:
+        for number, line in enumerate(f, 1):
+            try:
+                k = json.loads(line)
+                k["start"], k["end"], k["name"], k["correlation"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                sys.exit(f"{path}:{number}: not a kernel record ({e})")
             if k.get("graph"):
                 runs[(k["graph"], k["correlation"])].append(k)
     graphs = collections.defaultdict(list)
