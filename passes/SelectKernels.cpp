@@ -254,18 +254,36 @@ struct SelectKernelsPass final
     for (const auto &[choice, n] : choices)
       text += llvm::formatv("  {0}: {1} ops\n", choice, n).str();
     // The buffer plan: what the weights leave for the KV cache beside a
-    // prefill's activations (both in F32, as the CUDA runtime keeps them).
-    int64_t kvPerToken = 0, layers = 0;
+    // prefill's activations, as the CUDA runtime keeps them: activations in
+    // F32; a latent cache in BF16 where its MLA runs on tensor cores (BF16
+    // attention: Device::latentCacheType), else every cache in F32.
+    int64_t kvPerToken = 0, layers = 0, bf16Layers = 0;
     int64_t activationPerToken = 0, maxContext = 0;
     if (auto forward = module.lookupSymbol<func::FuncOp>("forward")) {
-      for (Type input : forward.getFunctionType().getInputs()) {
-        int64_t values = 0;
-        if (auto kv = llvm::dyn_cast<KVCacheType>(input))
+      llvm::DenseSet<Value> bf16Caches;
+      forward.walk([&](MLAOp o) {
+        auto kernel = o->getAttrOfType<StringAttr>("melt.mla_kernel");
+        if (!kernel || kernel.getValue() != "tensor_cores")
+          return;
+        Value cache = o.getCache();
+        if (auto append = cache.getDefiningOp<LatentCacheAppendOp>())
+          cache = append.getCache();
+        bf16Caches.insert(cache);
+      });
+      for (BlockArgument input : forward.getArguments()) {
+        int64_t values = 0, bytes = 4;
+        if (auto kv = llvm::dyn_cast<KVCacheType>(input.getType()))
           values = kv.getValuesPerToken();
-        else if (auto latent = llvm::dyn_cast<LatentCacheType>(input))
+        else if (auto latent =
+                     llvm::dyn_cast<LatentCacheType>(input.getType())) {
           values = latent.getValuesPerToken();
+          if (bf16Caches.contains(input)) {
+            bytes = 2;
+            ++bf16Layers;
+          }
+        }
         if (values) {
-          kvPerToken += 4 * values;
+          kvPerToken += bytes * values;
           ++layers;
         }
       }
@@ -291,8 +309,12 @@ struct SelectKernelsPass final
     const int64_t kvTokens =
         kvPerToken > 0 ? int64_t(std::max(room, 0.0) / double(kvPerToken)) : 0;
     if (kvPerToken > 0) {
-      text += "  KV cache (F32): " + humanBytes(double(kvPerToken)) +
-              " per token over " + std::to_string(layers) + " layers\n";
+      const char *type = bf16Layers == layers ? "BF16"
+                         : bf16Layers > 0     ? "BF16 and F32"
+                                              : "F32";
+      text += std::string("  KV cache (") + type +
+              "): " + humanBytes(double(kvPerToken)) + " per token over " +
+              std::to_string(layers) + " layers\n";
       if (activationPerToken > 0)
         text +=
             "  activations (F32): " + humanBytes(double(activationPerToken)) +

@@ -100,9 +100,9 @@ inline bool mlaSplits(int64_t latent, int64_t rope, int64_t nope) {
 /// Absorbed MLA on tensor cores (MlaSplit.h's mlaTensorCoresFit and
 /// mlaDecodeStepFits): attention computed in BF16 or narrower (queries and
 /// latent rows rounded to BF16), DeepSeek's latent 512 and rope 64, the
-/// heads in 16s. With MELT_CUDA_BF16_LATENT_CACHE=1 the runtime then keeps
-/// the latent cache in BF16 and runs a decode step on MlaDecode.cu's kernel
-/// over it (opt-in: docs/CudaBackend.md).
+/// heads in 16s. The runtime then keeps the latent cache in BF16 and runs
+/// a decode step on MlaDecode.cu's kernel over it, a prefill on its causal
+/// rows.
 inline bool mlaOnTensorCores(bool narrowCompute, int64_t latent, int64_t rope,
                              int64_t nope, int64_t heads) {
   return narrowCompute && mlaSplits(latent, rope, nope) && latent == 512 &&

@@ -314,14 +314,15 @@ TEST_P(DeviceConformance, SiluMulAndAdd) {
 }
 
 // The residual add and the norm after it in one call: what add() and
-// rmsNorm() give, bit for bit (rows held in registers and longer ones;
-// F32 and BF16). A GPU runs its one-pass kernel.
+// rmsNorm() give, bit for bit (rows held in registers and longer ones,
+// read in one batch and in several; F32 and BF16). A GPU runs its
+// one-pass kernel.
 TEST_P(DeviceConformance, AddRmsNormIsAddThenNorm) {
   reopenWith("MELT_CUDA_FUSED_ADD_NORM", "1");
   if (HasFatalFailure())
     return;
   for (DType dtype : {DType::F32, DType::BF16})
-    for (int64_t cols : {int64_t(300), int64_t(7168)}) {
+    for (int64_t cols : {int64_t(300), int64_t(7168), int64_t(9000)}) {
       const int64_t rows = 3;
       HostTensor a = random(dtype, {rows, cols}, rng, 3.f);
       HostTensor b = random(dtype, {rows, cols}, rng);

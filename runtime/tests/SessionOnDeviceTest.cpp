@@ -19,7 +19,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <string>
 
 using namespace melt::rt;
 
@@ -97,7 +99,9 @@ TEST_P(SessionOnDevice, BatchMatchesTheCpuSequenceBySequence) {
       ASSERT_EQ(melt_session_add_sequence(cpu.session, &ref[i]), MELT_OK);
     }
     double worst = 0;
+    std::string perStep; // each step's difference, to tell prefill from decode
     for (int step = 0; step < 9; ++step) {
+      double stepWorst = 0;
       melt_batch_entry batch[2];
       for (int i = 0; i < 2; ++i) {
         batch[i] = {ids[i], tokens[i].data(), tokens[i].size()};
@@ -113,18 +117,23 @@ TEST_P(SessionOnDevice, BatchMatchesTheCpuSequenceBySequence) {
                            want = cpu.logits(ref[i]);
         ASSERT_EQ(got.size(), vocab);
         ASSERT_EQ(want.size(), vocab);
-        worst = std::max(worst, errorOfRange(got, want.data(), vocab));
+        stepWorst = std::max(stepWorst, errorOfRange(got, want.data(), vocab));
         // Greedy, from the device's logits.
         tokens[i] = {argmax(got)};
       }
+      worst = std::max(worst, stepWorst);
+      char figure[16];
+      std::snprintf(figure, sizeof figure, "%s%.2g", step ? " " : "",
+                    stepWorst);
+      perStep += figure;
     }
     long long used = 0, total = 0;
     ASSERT_EQ(melt_session_kv_pages(device.session, &used, &total), MELT_OK);
     EXPECT_EQ(used, 2 + 1); // 78 and 13 tokens
     std::printf("%s on %s: a batch of 2 (prefills 70 and 5, 8 decode "
                 "steps), max abs logit difference %.3g of the range from "
-                "the CPU one sequence at a time\n",
-                c.artifact.c_str(), GetParam().c_str(), worst);
+                "the CPU one sequence at a time (by step: %s)\n",
+                c.artifact.c_str(), GetParam().c_str(), worst, perStep.c_str());
     // FP32 models: different summation orders and batch shapes (and
     // absorbed vs decompressed MLA) within the FP32 bound against
     // transformers; narrower policies as given.
@@ -203,8 +212,8 @@ TEST_P(SessionOnDevice, RandomWeightsRun) {
   }
 }
 
-// A model's latent caches in BF16 where asked (MELT_CUDA_BF16_LATENT_CACHE=1
-// on the GPU, for an MLA at DeepSeek's dims compiled --target=cuda;
+// A model's latent caches in BF16 (on the GPU by default for an MLA at
+// DeepSeek's dims compiled --target=cuda, MELT_CUDA_BF16_LATENT_CACHE=1;
 // MELT_CPU_BF16_LATENT_CACHE=1 on the CPU, any MLA) against F32 ones: half
 // the bytes, finite logits over a prompt and 4 decode steps (on the GPU,
 // on the decode kernel). How far the logits move is printed, not bounded:
@@ -307,9 +316,14 @@ TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
   const float *last = nullptr;
   size_t vocab = 0;
   ASSERT_FALSE(stepped->logits(a, last, vocab));
+  // An FP32 model: the same arithmetic in another order. A narrower one
+  // (BF16 attention: the decode steps' kernel rounds other operands than
+  // the prefill's) within its own bound against the CPU.
+  const double bound = models[0].tolerance <= 1e-3 ? 1e-5 : models[0].tolerance;
   EXPECT_LE(errorOfRange(std::vector<float>(last, last + vocab),
                          all.data() + all.size() - vocab, vocab),
-            1e-5);
+            bound)
+      << models[0].artifact;
   if (device->canCapture())
     // Every decode step: the first is recorded, then replayed like the rest.
     EXPECT_EQ(stepped->replayedSteps(), tokens.size() - 2);

@@ -40,12 +40,14 @@ for policy in bf16 deepseek-v3; do
     -o "$carry/models/tiny-mla-$policy.melt" 2>/dev/null
 done
 rm -rf "$tmp"
-# DeepSeek's MLA dims (scripts/golden/make_golden.py's v3-mla512), where
-# its golden data exists: bf16 for the GPU (MLA on tensor cores).
-if [ -d test/golden/v3-mla512 ]; then
-  build/bin/melt-compile test/golden/v3-mla512/checkpoint --precision=bf16 \
-    --target=cuda -o "$carry/models/v3-mla512-bf16.melt" 2>/dev/null
-fi
+# The golden model at DeepSeek's MLA dims (test/golden/v3-mla512): fp32,
+# and bf16 and deepseek-v3 for the GPU (MLA on tensor cores, BF16 cache).
+build/bin/melt-compile test/golden/v3-mla512/checkpoint \
+  -o "$carry/models/v3-mla512.melt" 2>/dev/null
+for policy in bf16 deepseek-v3; do
+  build/bin/melt-compile test/golden/v3-mla512/checkpoint --precision=$policy \
+    --target=cuda -o "$carry/models/v3-mla512-$policy.melt" 2>/dev/null
+done
 if [ "${1:-}" = --mini ]; then
   tmp=$(mktemp -d)
   build/bin/melt-import --synthesize=mini -o "$tmp/mini" 2>/dev/null

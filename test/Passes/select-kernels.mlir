@@ -49,6 +49,7 @@
 // REPORT-NEXT: bf16 36 weights, 1.98 MiB
 // REPORT-NEXT: f32 36 weights, 595.59 KiB
 // REPORT: moe_experts: tensor_cores: 3 ops
+// REPORT: KV cache (F32):
 
 // V3: melt.weight @model.layers.3.self_attn.qkv_a_proj : tensor<2112x7168xf8E4M3FN> {{.+}} {melt.device_format = "fp8_blocks"}
 // V3: melt.weight @model.layers.3.mlp.gate : tensor<256x7168xbf16> {{.+}} {melt.device_format = "f32"}
@@ -62,11 +63,12 @@
 // V3REPORT: weights on the device: 647.85 GiB of 700.00 GiB
 // V3REPORT-NEXT: fp8_blocks 549 weights, 633.02 GiB
 
-// mini in BF16: 9.2 GiB of weights; 8 latent caches of 576 F32 values.
+// mini in BF16: 9.2 GiB of weights; 8 latent caches of 576 values, BF16
+// (their MLA on tensor cores); the tiny model's (latent 32) stay F32.
 // PLAN: weights on the device: 9.20 GiB of 139.80 GiB
-// PLAN: KV cache (F32): 18.00 KiB per token over 8 layers
+// PLAN: KV cache (BF16): 9.00 KiB per token over 8 layers
 // PLAN-NEXT: activations (F32): 1.09 MiB per token; 8192 tokens: 8.70 GiB
-// PLAN-NEXT: room for 7101369 tokens of KV cache (1733 contexts of 4096)
+// PLAN-NEXT: room for 14202738 tokens of KV cache (3467 contexts of 4096)
 
 // CPU-NOT: melt.device_format
 // CPU-NOT: melt.target

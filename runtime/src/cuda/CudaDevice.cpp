@@ -589,19 +589,19 @@ public:
                  "cache_append"); // a position without a page: at synchronize()
   }
 
-  /// BF16 where asked (MELT_CUDA_BF16_LATENT_CACHE=1, read when a model is
-  /// placed on the device) and the attention is BF16 on tensor cores.
-  /// Opt-in: on the H200 its kernel and device tests pass; no session at
-  /// these dims has been checked against a reference yet
-  /// (docs/CudaBackend.md).
+  /// BF16 where the attention is BF16 on tensor cores (half the bytes, and
+  /// a decode step on MlaDecode.cu's kernel); MELT_CUDA_BF16_LATENT_CACHE=0
+  /// (read when a model is placed on the device) keeps F32 rows, as the
+  /// CPU does. Checked on the H200 against the CPU and transformers at
+  /// DeepSeek's MLA dims (golden v3-mla512: docs/CudaBackend.md).
   DType latentCacheType(const DeviceTensor &wUk) const override {
-    const char *asked = std::getenv("MELT_CUDA_BF16_LATENT_CACHE");
     const KernelPlan *plan = planOf(wUk);
     const bool bf16Attention =
         mlaTensorCores_ == 1 ||
         (mlaTensorCores_ < 0 && plan && plan->variant == 3);
-    return asked && std::string(asked) == "1" && bf16Attention ? DType::BF16
-                                                               : DType::F32;
+    return envSwitch("MELT_CUDA_BF16_LATENT_CACHE", true) && bf16Attention
+               ? DType::BF16
+               : DType::F32;
   }
 
   /// With MELT_CUDA_FUSED_LATENT_APPEND=1, one kernel for the three (meant

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -170,6 +171,12 @@ void runCase(const Case &c) {
   }
   // BF16 queries and rows: about 2^-9 relative per operand; TF32: 2^-11.
   const bool bf16 = c.tensorCores || c.fusedBf16 || c.decodeStep;
+  std::printf(
+      "%d heads, %d tokens%s%s%s%s: max abs difference %.3g of the "
+      "largest output\n",
+      c.heads, tokens, c.tensorCores ? ", tensor cores" : "",
+      c.decompressed ? ", decompressed" : "", c.bf16Cache ? ", bf16 cache" : "",
+      c.decodeStep ? ", decode step" : "", worst / std::max(range, 1e-30));
   EXPECT_LE(worst, (bf16             ? 2e-2
                     : c.decompressed ? 5e-3
                                      : 1e-5) *
