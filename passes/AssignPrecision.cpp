@@ -5,6 +5,7 @@
 
 #include "frontends/hf/Checkpoint.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/TypeSwitch.h"
@@ -264,6 +265,35 @@ struct AssignPrecisionPass final
       weight->setAttr("melt.storage", TypeAttr::get(b.getBF16Type()));
   }
 
+  /// The latent cache an MLA reads holds that attention's operands: in its
+  /// compute type (DeepSeek-V3 keeps it in BF16). The cache is a function
+  /// argument that its append updates in place and returns: the argument,
+  /// the append's result and the function's type change together.
+  void setLatentCacheType(MLAOp mla, Type element) {
+    auto append = mla.getCache().getDefiningOp<LatentCacheAppendOp>();
+    auto arg = append ? llvm::dyn_cast<BlockArgument>(append.getCache())
+                      : BlockArgument();
+    auto func =
+        arg ? llvm::dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp())
+            : func::FuncOp();
+    if (!func)
+      return;
+    auto old = llvm::cast<LatentCacheType>(arg.getType());
+    if (old.getElementType() == element)
+      return;
+    auto narrowed = LatentCacheType::get(&getContext(), old.getLatentDim(),
+                                         old.getRopeDim(), element);
+    arg.setType(narrowed);
+    append.getResult().setType(narrowed);
+    SmallVector<Type> results;
+    func.walk([&](func::ReturnOp ret) {
+      results.assign(ret.getOperandTypes().begin(),
+                     ret.getOperandTypes().end());
+    });
+    func.setFunctionType(FunctionType::get(
+        &getContext(), func.getBody().getArgumentTypes(), results));
+  }
+
   /// x -> dequantize(quantize(x)) in 1x128 blocks, in front of `op`.
   void quantizeInput(Operation *op, unsigned operand) {
     Value x = op->getOperand(operand);
@@ -365,18 +395,18 @@ struct AssignPrecisionPass final
             o.setPrecisionAttr(attr(wide, Kind::F32));
             setStorage(symbols.lookup<WeightOp>(o.getHead()), wide);
           })
-          .Case([&](MoERouterOp o) {
-            o.setPrecisionAttr(attr(wide, Kind::F32));
-          })
+          .Case(
+              [&](MoERouterOp o) { o.setPrecisionAttr(attr(wide, Kind::F32)); })
           .Case([&](MTPCombineOp o) {
             o.setPrecisionAttr(attr(wide, wide));
             setStorage(symbols.lookup<WeightOp>(o.getEhProj()), wide);
           })
           .Case([&](AttentionOp o) { o.setPrecisionAttr(attr(wide, wide)); })
-          .Case([&](MLAOp o) { o.setPrecisionAttr(attr(wide, wide)); })
-          .Case([&](RMSNormOp o) {
-            o.setPrecisionAttr(attr(Kind::F32, wide));
+          .Case([&](MLAOp o) {
+            o.setPrecisionAttr(attr(wide, wide));
+            setLatentCacheType(o, type(wide));
           })
+          .Case([&](RMSNormOp o) { o.setPrecisionAttr(attr(Kind::F32, wide)); })
           .Case([&](RopeOp o) { o.setPrecisionAttr(attr(Kind::F32, wide)); });
     });
     if (policy == "auto" && failed(writeReport(module)))

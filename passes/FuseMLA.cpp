@@ -257,9 +257,11 @@ struct FuseMLAPass final
                               "argument";
       return failure();
     }
-    KVCacheType oldCache = m.append.getCache().getType();
-    auto latentCache = LatentCacheType::get(
-        &getContext(), m.latentDim, m.rope, oldCache.getElementType());
+    // F32 (the attention's operands as an unoptimized FP32 run keeps them)
+    // until melt-assign-precision gives the cache its attention's compute
+    // type; the checkpoint's dtype says nothing of the activations.
+    auto latentCache = LatentCacheType::get(&getContext(), m.latentDim, m.rope,
+                                            Float32Type::get(&getContext()));
     cacheArg.setType(latentCache);
 
     StringRef kvName = m.kvB.getSymName();

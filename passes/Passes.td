@@ -53,6 +53,13 @@ def AssignPrecisionPass : Pass<"melt-assign-precision", "::mlir::ModuleOp"> {
       norms and RoPE in FP32.
     - `fp32`: everything in FP32.
 
+    A latent cache (`!melt.latent_cache`, F32 out of `melt-fuse-mla`) takes
+    the compute type of its MLA: BF16 in `deepseek-v3` and `bf16`, as
+    DeepSeek-V3 keeps it (the function's cache arguments and results and
+    each append change type together). A device keeps it so where its
+    kernels take it (the CUDA device where the MLA runs on BF16 tensor
+    cores); the CPU, the reference, keeps F32 rows.
+
     FP8 activations get a `melt.quantize` / `melt.dequantize` pair in front
     of the op (1x128 blocks). A weight whose op computes in a narrower type
     than the checkpoint stores it gets `melt.storage`: a BF16 or F32 weight
@@ -114,7 +121,9 @@ def FuseMLAPass : Pass<"melt-fuse-mla", "::mlir::ModuleOp"> {
     kv_b_proj is split, without materializing anything, into W_UK
     (`[heads, nope, latent]`) and W_UV (`[heads, v, latent]`) weight views;
     decode runs absorbed (W_UK folded into the query, W_UV into the
-    output). Cache arguments and results of the functions change type.
+    output). Cache arguments and results of the functions change type; the
+    latent cache is F32 (the attention's operands as an FP32 run keeps
+    them) until `melt-assign-precision` gives it its attention's type.
     The q and kv down-projections, which read the same hidden states,
     become one GEMM over their concatenated weights (`concat`); for FP8 the
     q part must fill whole 128-row blocks (1536 rows in DeepSeek-V3).

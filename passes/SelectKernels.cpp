@@ -255,8 +255,9 @@ struct SelectKernelsPass final
       text += llvm::formatv("  {0}: {1} ops\n", choice, n).str();
     // The buffer plan: what the weights leave for the KV cache beside a
     // prefill's activations, as the CUDA runtime keeps them: activations in
-    // F32; a latent cache in BF16 where its MLA runs on tensor cores (BF16
-    // attention: Device::latentCacheType), else every cache in F32.
+    // F32; a latent cache in BF16 where melt-assign-precision typed it so
+    // and its MLA runs on tensor cores (Device::latentCacheType), else every
+    // cache in F32.
     int64_t kvPerToken = 0, layers = 0, bf16Layers = 0;
     int64_t activationPerToken = 0, maxContext = 0;
     if (auto forward = module.lookupSymbol<func::FuncOp>("forward")) {
@@ -277,7 +278,7 @@ struct SelectKernelsPass final
         else if (auto latent =
                      llvm::dyn_cast<LatentCacheType>(input.getType())) {
           values = latent.getValuesPerToken();
-          if (bf16Caches.contains(input)) {
+          if (bf16Caches.contains(input) && latent.getElementType().isBF16()) {
             bytes = 2;
             ++bf16Layers;
           }

@@ -7,6 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "CpuDevice.h"
+#include "EnvSwitch.h"
 
 #include "CpuTensorAccess.h"
 #include "MlaMath.h"
@@ -99,9 +100,16 @@ Status CpuDevice::cacheAppend(const DeviceTensor &first,
   return Status::ok();
 }
 
-DType CpuDevice::latentCacheType(const DeviceTensor &) const {
-  const char *asked = std::getenv("MELT_CPU_BF16_LATENT_CACHE");
-  return asked && std::string(asked) == "1" ? DType::BF16 : DType::F32;
+/// F32 whatever the compiler chose: the CPU is the reference device, its
+/// activations F32 in every policy (a GEMM's operands are rounded, not
+/// what it writes), the cache's rows too. MELT_CPU_BF16_LATENT_CACHE=1
+/// keeps them in BF16 (comparisons: how far a BF16 cache's rounding alone
+/// moves a model: a CPU with BF16 caches against the H200's F32 ones moved
+/// v3-tiny's deepseek-v3 prefill by 28% of its logit range, through its
+/// FP8 activation blocks and routers; the reference does not round).
+DType CpuDevice::latentCacheType(const DeviceTensor &, DType) const {
+  return envSwitch("MELT_CPU_BF16_LATENT_CACHE", false) ? DType::BF16
+                                                        : DType::F32;
 }
 
 Status CpuDevice::attention(const DeviceTensor &q, const DeviceTensor &cache,

@@ -63,7 +63,7 @@ public:
   /// F32; BF16 with MELT_CPU_BF16_LATENT_CACHE=1 (read when a model is
   /// placed on the device), for comparisons: how far a BF16 cache's
   /// rounding alone moves a model's logits.
-  DType latentCacheType(const DeviceTensor &wUk) const override;
+  DType latentCacheType(const DeviceTensor &wUk, DType compiled) const override;
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override;
   Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,

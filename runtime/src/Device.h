@@ -310,11 +310,14 @@ public:
                      float scale, int64_t decompressAbove,
                      DeviceTensor &out) = 0;
   /// The element type a session keeps the latent cache of the MLA that
-  /// absorbs `wUk` in: F32, or BF16 where the device stores it so. Every
-  /// device's cacheAppend, appendLatent and mla take a latent cache of
-  /// either type (a BF16 one's rows rounded once, when appended); this says
-  /// which a session allocates.
-  virtual DType latentCacheType(const DeviceTensor & /*wUk*/) const {
+  /// absorbs `wUk` in, given the type the compiler chose for it
+  /// (`compiled`: the artifact's, from melt-assign-precision: the
+  /// attention's compute type): F32, or BF16 where the device stores it
+  /// so. Every device's cacheAppend, appendLatent and mla take a latent
+  /// cache of either type (a BF16 one's rows rounded once, when appended);
+  /// this says which a session allocates.
+  virtual DType latentCacheType(const DeviceTensor & /*wUk*/,
+                                DType /*compiled*/) const {
     return DType::F32;
   }
   /// FP8 e4m3 in 1 x `block` tiles of the rows of x [T, K] (the last tile

@@ -243,8 +243,12 @@ void DeviceModel::findCacheTypes() {
         continue;
       const bool mla = kernel.kind() == fb::KernelKind::MLA && i == 2 &&
                        kernel.weights() && kernel.weights()->size() == 2;
-      const bool wants = mla && device_.latentCacheType(weights_.at(
-                                    kernel.weights()->Get(0))) == DType::BF16;
+      const fb::Buffer &cache = *m.buffers()->Get(buffer->second);
+      const DType compiled =
+          cache.dtype() == fb::DType::BF16 ? DType::BF16 : DType::F32;
+      const bool wants =
+          mla && device_.latentCacheType(weights_.at(kernel.weights()->Get(0)),
+                                         compiled) == DType::BF16;
       auto [it, first] = bf16.emplace(buffer->second, wants);
       if (!first)
         it->second = it->second && wants;

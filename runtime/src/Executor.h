@@ -80,8 +80,8 @@ public:
   const LogitOnlyKernels &logitOnly() const { return logitOnly_; }
 
   /// The element type cache buffer `id` of @forward is kept in: BF16 for a
-  /// latent cache whose every MLA the device keeps so
-  /// (Device::latentCacheType), else F32.
+  /// latent cache whose every MLA the device keeps so, given the artifact's
+  /// type for it (Device::latentCacheType), else F32.
   DType cacheType(uint32_t id) const {
     auto it = cacheTypes_.find(id);
     return it == cacheTypes_.end() ? DType::F32 : it->second;

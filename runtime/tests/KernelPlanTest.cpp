@@ -109,16 +109,19 @@ namespace {
 
 /// A CPU device that asks for BF16 latent caches for every MLA after the
 /// first `f32Mlas` it is asked about (as the CUDA device does for those
-/// planned on tensor cores).
+/// planned on tensor cores), whatever the compiler chose (recorded).
 class Bf16CacheDevice final : public CpuDevice {
 public:
   explicit Bf16CacheDevice(int f32Mlas) : f32Mlas(f32Mlas) {}
-  DType latentCacheType(const DeviceTensor &wUk) const override {
+  DType latentCacheType(const DeviceTensor &wUk,
+                        DType compiled) const override {
     EXPECT_EQ(wUk.shape.size(), 3u);
+    compiledTypes.insert(compiled);
     return asked++ < f32Mlas ? DType::F32 : DType::BF16;
   }
   const int f32Mlas;
   mutable int asked = 0;
+  mutable std::set<DType> compiledTypes;
 };
 
 } // namespace
@@ -149,9 +152,39 @@ TEST(KernelPlans, LatentCachesTakeTheTypeTheirMlaAsks) {
     std::unique_ptr<DeviceModel> onDevice;
     ASSERT_FALSE(DeviceModel::create(*model, device, onDevice));
     EXPECT_EQ(device.asked, int(mlas.size())); // once per MLA
+    // The bf16 policy's caches, as melt-assign-precision typed them.
+    EXPECT_EQ(device.compiledTypes, std::set<DType>{DType::BF16});
     for (size_t i = 0; i < mlas.size(); ++i)
       EXPECT_EQ(onDevice->cacheType(mlas[i]),
                 someBf16 && i > 0 ? DType::BF16 : DType::F32)
           << "MLA " << i << (someBf16 ? ", BF16 asked" : "");
   }
+}
+
+// The CPU device, the reference, keeps every latent cache in F32 whatever
+// the compiler chose (the bf16 policy's attention: BF16), unless
+// MELT_CPU_BF16_LATENT_CACHE=1.
+TEST(KernelPlans, CpuKeepsLatentCachesInF32UnlessAsked) {
+  std::unique_ptr<Model> bf16Model;
+  loadCudaArtifact(bf16Model);
+  if (!bf16Model)
+    return; // skipped or failed
+  auto cacheTypes = [](const Model &model) {
+    CpuDevice device;
+    std::unique_ptr<DeviceModel> onDevice;
+    std::set<DType> types;
+    EXPECT_FALSE(DeviceModel::create(model, device, onDevice));
+    const fb::Model &m = model.artifact().model();
+    for (uint32_t k : *onDevice->forward().kernels()) {
+      const fb::Kernel &kernel = *m.kernels()->Get(k);
+      if (kernel.kind() == fb::KernelKind::MLA)
+        types.insert(onDevice->cacheType(kernel.inputs()->Get(2)));
+    }
+    return types;
+  };
+  ::unsetenv("MELT_CPU_BF16_LATENT_CACHE");
+  EXPECT_EQ(cacheTypes(*bf16Model), std::set<DType>{DType::F32});
+  ::setenv("MELT_CPU_BF16_LATENT_CACHE", "1", 1);
+  EXPECT_EQ(cacheTypes(*bf16Model), std::set<DType>{DType::BF16});
+  ::unsetenv("MELT_CPU_BF16_LATENT_CACHE");
 }

@@ -4,6 +4,9 @@
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=bf16=layers.0-1,lm_head,shared_experts' | FileCheck %s --check-prefix=KEEP
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=bf16' | FileCheck %s --check-prefix=BF16 --implicit-check-not=melt.quantize
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy=fp32' | FileCheck %s --check-prefix=FP32 --implicit-check-not=melt.quantize --implicit-check-not=melt.storage
+// After melt-fuse-mla: the latent caches take their attention's compute type.
+// RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla --melt-assign-precision | FileCheck %s --check-prefix=LATENT --implicit-check-not="rope = 8, f32>"
+// RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=fp32' | FileCheck %s --check-prefix=LATENT32 --implicit-check-not="rope = 8, bf16>"
 // Small IR, before and after (the sections at the end of this file).
 // RUN: melt-opt %s --split-input-file --melt-assign-precision | FileCheck %s --check-prefix=SMALL
 // RUN: melt-opt %s --split-input-file '--melt-assign-precision=bf16-ops=linear' | FileCheck %s --check-prefix=SMALLBF16
@@ -13,6 +16,18 @@
 // RUN: rm -rf %t && mkdir -p %t
 // RUN: echo '{"policy": "deepseek-v3", "bf16": ["lm_head", "layers.0-1"], "bf16_ops": ["moe_experts"]}' > %t/policy.json
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-assign-precision=policy-file=%t/policy.json' | FileCheck %s --check-prefix=FILE
+
+// The latent caches (F32 out of melt-fuse-mla) in BF16 under the deepseek-v3
+// recipe: the function's arguments and results, and each append.
+// LATENT-LABEL: func.func @forward
+// LATENT-SAME: %arg2: !melt.latent_cache<latent = 32, rope = 8, bf16>
+// LATENT-SAME: -> ({{.+}}, !melt.latent_cache<latent = 32, rope = 8, bf16>
+// LATENT: melt.latent_cache_append %arg2, {{.+}} : <latent = 32, rope = 8, bf16>
+// LATENT: melt.mla {{.+}}precision = #melt.precision<compute = bf16
+// The fp32 policy keeps them F32.
+// LATENT32-LABEL: func.func @forward
+// LATENT32-SAME: %arg2: !melt.latent_cache<latent = 32, rope = 8, f32>
+// LATENT32: melt.latent_cache_append %arg2, {{.+}} : <latent = 32, rope = 8, f32>
 
 // A BF16 checkpoint: its GEMM weights become FP8 128x128 blocks at load.
 // V3: melt.weight @model.layers.0.self_attn.q_a_proj : tensor<64x128xbf16> {{.+}} {melt.storage = f8E4M3FN}

@@ -1,6 +1,6 @@
 // melt-fuse-mla: attention on a latent cache with W_UK/W_UV absorbed.
 // RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla | FileCheck %s --check-prefix=TINY --implicit-check-not=melt.attention --implicit-check-not=kv_cache --implicit-check-not=@model.layers.0.self_attn.kv_b_proj
-// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla --melt-model-report -o /dev/null 2>&1 | FileCheck %s --check-prefix=V3
+// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla --melt-assign-precision --melt-model-report -o /dev/null 2>&1 | FileCheck %s --check-prefix=V3
 // RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla | FileCheck %s --check-prefix=V3IR
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-fuse-mla=prefill=absorbed' | FileCheck %s --check-prefix=ABSORBED
 // RUN: melt-import --builtin=tiny | melt-opt '--melt-fuse-mla=prefill=decompressed' | FileCheck %s --check-prefix=DECOMPRESSED
@@ -17,8 +17,8 @@
 // TINY: melt.weight @model.layers.0.self_attn.w_uk : tensor<4x16x32xbf16> from [#melt.tensor<"model.layers.0.self_attn.kv_b_proj.weight">] view <source = [128, 32], shape = [4, 32, 32], axis = 1, offset = 0>
 // TINY: melt.weight @model.layers.0.self_attn.w_uv : tensor<4x16x32xbf16> from [#melt.tensor<"model.layers.0.self_attn.kv_b_proj.weight">] view <source = [128, 32], shape = [4, 32, 32], axis = 1, offset = 16>
 // TINY-LABEL: func.func @forward
-// TINY-SAME: %[[C0:[a-z0-9]+]]: !melt.latent_cache<latent = 32, rope = 8, bf16>
-// TINY-SAME: -> (tensor<?x512xf32>, tensor<?x128xbf16>, !melt.latent_cache<latent = 32, rope = 8, bf16>
+// TINY-SAME: %[[C0:[a-z0-9]+]]: !melt.latent_cache<latent = 32, rope = 8, f32>
+// TINY-SAME: -> (tensor<?x512xf32>, tensor<?x128xbf16>, !melt.latent_cache<latent = 32, rope = 8, f32>
 // TINY: %[[QKV:.+]] = melt.linear %{{.+}}, @model.layers.0.self_attn.qkv_a_proj : tensor<?x128xbf16> -> tensor<?x104xbf16>
 // TINY: %[[PARTS:.+]]:2 = melt.split %[[QKV]] {axis = 1 : i64} : tensor<?x104xbf16> -> tensor<?x64xbf16>, tensor<?x40xbf16>
 // TINY: melt.rms_norm %[[PARTS]]#0, @model.layers.0.self_attn.q_a_layernorm
@@ -31,7 +31,8 @@
 // TINY-LABEL: func.func @mtp_0
 // TINY: melt.mla
 
-// DeepSeek-V3: 512 + 64 = 576 values, 1152 bytes in bf16, per token per layer.
+// DeepSeek-V3: 512 + 64 = 576 values per token per layer, 1152 bytes in
+// bf16 (the cache's type once melt-assign-precision gives it the attention's).
 // V3: kv cache: latent, 62 layers, 576 values (1152 bytes) per token per layer, 71424 bytes per token
 // The FP8 views keep kv_b_proj's scales; the cost model decompresses
 // prefills above ceil(256 * 512 / (2 * 512 + 64 - 320)) = 171 tokens.

@@ -1,8 +1,9 @@
 // melt-plan-memory: activation slots by liveness, KV sizing.
 // RUN: melt-opt %s --split-input-file '--melt-plan-memory=max-batch=2 max-context=100 max-tokens=10' 2>%t.report | FileCheck %s
 // RUN: FileCheck %s --check-prefix=REPORT < %t.report
-// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla '--melt-plan-memory=max-batch=8 max-context=4096' -o /dev/null 2>&1 | FileCheck %s --check-prefix=V3
+// RUN: melt-import --builtin=v3 | melt-opt --melt-fuse-mla --melt-assign-precision '--melt-plan-memory=max-batch=8 max-context=4096' -o /dev/null 2>&1 | FileCheck %s --check-prefix=V3
 // RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla --melt-plan-memory -o /dev/null 2>&1 | FileCheck %s --check-prefix=TINY
+// RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' --melt-plan-memory -o /dev/null 2>&1 | FileCheck %s --check-prefix=TINYBF16
 
 // %a (64 B/token) is dead after %b: %c reuses its slot; %b stays live
 // until the add.
@@ -17,7 +18,8 @@
 // REPORT-NEXT: @f: 3 activations in 2 buffers; 192 -> 128 bytes per token
 // REPORT-NEXT: kv cache: 2 layers, 160 bytes per token per layer, 320 bytes per token; 2 x 100 tokens
 
-// DeepSeek-V3 with the latent cache in bf16: 1152 bytes per token per layer.
+// DeepSeek-V3 with the latent cache in bf16 (the deepseek-v3 recipe): 1152
+// bytes per token per layer.
 // V3: kv cache: 62 layers, 1152 bytes per token per layer, 71424 bytes per token; 8 x 4096 tokens: 2232.0 MiB
 
 module {
@@ -52,6 +54,8 @@ func.func @g(%x: tensor<?x8xbf16>, %c0: !melt.latent_cache<latent = 512, rope = 
   return %e : tensor<?x8xbf16>
 }
 
-// The tiny model's latent cache: 32 + 8 values in bf16 = 80 bytes.
+// The tiny model's latent cache: 32 + 8 values, in F32 before
+// melt-assign-precision (160 bytes), in bf16 after it (80 bytes).
 // TINY: @forward: 83 activations in 6 buffers
-// TINY: kv cache: 4 layers, 80 bytes per token per layer, 320 bytes per token
+// TINY: kv cache: 4 layers, 160 bytes per token per layer, 640 bytes per token
+// TINYBF16: kv cache: 4 layers, 80 bytes per token per layer, 320 bytes per token

@@ -589,17 +589,21 @@ public:
                  "cache_append"); // a position without a page: at synchronize()
   }
 
-  /// BF16 where the attention is BF16 on tensor cores (half the bytes, and
-  /// a decode step on MlaDecode.cu's kernel); MELT_CUDA_BF16_LATENT_CACHE=0
-  /// (read when a model is placed on the device) keeps F32 rows, as the
-  /// CPU does. Checked on the H200 against the CPU and transformers at
+  /// BF16 where the compiler chose it and the attention runs on BF16
+  /// tensor cores (half the bytes, and a decode step on MlaDecode.cu's
+  /// kernel); elsewhere F32 rows (the kernels that take other shapes read
+  /// F32). MELT_CUDA_BF16_LATENT_CACHE=0 (read when a model is placed on
+  /// the device) keeps F32 rows, =1 BF16 ones wherever the tensor cores
+  /// run. Checked on the H200 against the CPU and transformers at
   /// DeepSeek's MLA dims (golden v3-mla512: docs/CudaBackend.md).
-  DType latentCacheType(const DeviceTensor &wUk) const override {
+  DType latentCacheType(const DeviceTensor &wUk,
+                        DType compiled) const override {
     const KernelPlan *plan = planOf(wUk);
     const bool bf16Attention =
         mlaTensorCores_ == 1 ||
         (mlaTensorCores_ < 0 && plan && plan->variant == 3);
-    return envSwitch("MELT_CUDA_BF16_LATENT_CACHE", true) && bf16Attention
+    return envSwitch("MELT_CUDA_BF16_LATENT_CACHE", compiled == DType::BF16) &&
+                   bf16Attention
                ? DType::BF16
                : DType::F32;
   }
