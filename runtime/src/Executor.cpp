@@ -51,6 +51,93 @@ struct melt::rt::ForwardRunner::Profile {
   }
 };
 
+/// MELT_PROFILE_STEPS=1: where the host's time of a decode step goes
+/// (graphs still run, unlike MELT_PROFILE), printed to stderr when the
+/// session ends, in microseconds a step: the caller's time between steps
+/// (the session's bookkeeping, the program's loop), the layout's uploads,
+/// the kernels queued (a recorded step: the graph's launch; else every
+/// kernel's call), the pick and router choices queued after them, and the
+/// wait for the step's results (the device's time the host did not
+/// overlap). Steps that record a graph are left out.
+namespace {
+struct StepPhases {
+  double upload = 0, queue = 0, pick = 0, wait = 0;
+};
+} // namespace
+
+struct melt::rt::ForwardRunner::StepTimes {
+  using Clock = std::chrono::steady_clock;
+  double between = 0;
+  StepPhases sum;
+  uint64_t steps = 0, replayed = 0;
+  Clock::time_point lastEnd{};
+  ~StepTimes() {
+    if (steps < 2)
+      return;
+    const double n = double(steps);
+    std::fprintf(stderr,
+                 "melt step times, %llu decode steps (%llu replayed), us a "
+                 "step: between steps %.1f, uploads %.1f, kernels queued "
+                 "%.1f, pick and choices queued %.1f, wait for the results "
+                 "%.1f; total %.1f\n",
+                 static_cast<unsigned long long>(steps),
+                 static_cast<unsigned long long>(replayed), between / (n - 1),
+                 sum.upload / n, sum.queue / n, sum.pick / n, sum.wait / n,
+                 between / (n - 1) +
+                     (sum.upload + sum.queue + sum.pick + sum.wait) / n);
+  }
+};
+
+/// One step's phases into StepTimes (nothing when null).
+class melt::rt::ForwardRunner::StepTimer {
+public:
+  using Clock = StepTimes::Clock;
+  /// `counted`: a decode step (others only mark where they end).
+  StepTimer(StepTimes *times, bool counted) : times_(times), counted_(counted) {
+    if (times_ && times_->steps > 0)
+      between_ = micros(times_->lastEnd, mark_);
+  }
+  /// The time since the last mark goes to `phase`.
+  void mark(double StepPhases::*phase) {
+    const Clock::time_point now = Clock::now();
+    phases_.*phase += micros(mark_, now);
+    mark_ = now;
+  }
+  /// collect()'s time: `waited` of it the wait, the rest the pick queued.
+  void markCollect(double waited) {
+    mark(&StepPhases::pick);
+    phases_.pick -= waited;
+    phases_.wait += waited;
+  }
+  void replayed() { replayed_ = true; }
+  void leaveOut() { counted_ = false; } // a step that records a graph
+  ~StepTimer() {
+    if (!times_)
+      return;
+    times_->lastEnd = Clock::now();
+    if (!counted_)
+      return;
+    if (times_->steps > 0)
+      times_->between += between_;
+    for (double StepPhases::*phase : {&StepPhases::upload, &StepPhases::queue,
+                                      &StepPhases::pick, &StepPhases::wait})
+      times_->sum.*phase += phases_.*phase;
+    ++times_->steps;
+    times_->replayed += replayed_ ? 1 : 0;
+  }
+
+private:
+  static double micros(Clock::time_point from, Clock::time_point to) {
+    return std::chrono::duration<double, std::micro>(to - from).count();
+  }
+  StepTimes *times_;
+  bool counted_;
+  Clock::time_point mark_ = Clock::now();
+  double between_ = 0;
+  bool replayed_ = false;
+  StepPhases phases_;
+};
+
 namespace {
 
 std::string kernelName(uint32_t k, const fb::Kernel &kernel) {
@@ -1026,7 +1113,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
 /// kernel of the step.
 Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
                std::vector<float> &logits, std::vector<RouterChoices> *choices,
-               DevicePick *pick) {
+               DevicePick *pick, double *waitMicroseconds = nullptr) {
+  using Clock = std::chrono::steady_clock;
   Device &device = dm.device();
   const fb::Model &m = dm.model().artifact().model();
   if (!pick) {
@@ -1076,8 +1164,14 @@ Status collect(const DeviceModel &dm, ForwardRunner::Pass &pass,
         status = device.place(flat, 0, offset, gathered);
         offset += chosen->numel();
       }
-    if (!status)
+    if (!status) {
+      const Clock::time_point waitStarted = Clock::now();
       status = device.download(gathered, host.data());
+      if (waitMicroseconds)
+        *waitMicroseconds = std::chrono::duration<double, std::micro>(
+                                Clock::now() - waitStarted)
+                                .count();
+    }
     device.release(gathered);
     MELT_RETURN_IF_ERROR(status);
     if (pick)
@@ -1127,21 +1221,29 @@ void RouterLoad::add(const RouterChoices &step) {
 
 ForwardRunner::ForwardRunner(const DeviceModel &model)
     : model_(model),
-      profile_(profilingRequested() ? std::make_unique<Profile>() : nullptr) {}
+      profile_(profilingRequested() ? std::make_unique<Profile>() : nullptr),
+      stepTimes_(std::getenv("MELT_PROFILE_STEPS")
+                     ? std::make_unique<StepTimes>()
+                     : nullptr) {}
 ForwardRunner::~ForwardRunner() = default;
 
 Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
                               std::map<uint32_t, DeviceTensor> &caches,
                               std::vector<float> &logits,
                               std::vector<RouterChoices> *choices,
-                              DevicePick *pick) {
+                              DevicePick *pick, StepTimer &timer) {
   MELT_RETURN_IF_ERROR(allocateInputs(model_, pass, batch));
   MELT_RETURN_IF_ERROR(uploadInputs(model_.device(), pass, batch));
+  timer.mark(&StepPhases::upload);
   if (profile_)
     ++profile_->passes;
   MELT_RETURN_IF_ERROR(enqueue(model_, pass, int64_t(batch.tokens.size()),
                                profile_.get(), caches));
-  return collect(model_, pass, logits, choices, pick);
+  timer.mark(&StepPhases::queue);
+  double waited = 0;
+  Status status = collect(model_, pass, logits, choices, pick, &waited);
+  timer.markCollect(waited);
+  return status;
 }
 
 Status ForwardRunner::run(const StepBatch &batch,
@@ -1154,9 +1256,10 @@ Status ForwardRunner::run(const StepBatch &batch,
   const int64_t B = int64_t(batch.lengths.size());
   // Decode steps are recorded (profiling times kernels one by one).
   bool decode = device.canCapture() && !profile_ && T == B && T > 0;
+  StepTimer timer(stepTimes_.get(), T == B && T > 0);
   if (!decode) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices, pick);
+    return runOnce(pass, batch, caches, logits, choices, pick, timer);
   }
   std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
   if (!recorded_.count(shape) && recorded_.size() >= kMaxRecorded) {
@@ -1168,6 +1271,7 @@ Status ForwardRunner::run(const StepBatch &batch,
   }
   std::unique_ptr<Pass> &slot = recorded_[shape];
   if (!slot) {
+    timer.leaveOut();
     auto pass =
         std::make_unique<Pass>(device, model_.model().artifact().model());
     MELT_RETURN_IF_ERROR(allocateInputs(model_, *pass, batch));
@@ -1185,13 +1289,19 @@ Status ForwardRunner::run(const StepBatch &batch,
     slot = std::move(pass);
   } else if (slot->recordable) {
     MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch));
+    timer.mark(&StepPhases::upload);
   }
   slot->lastUsed = ++steps_;
   if (!slot->recordable) {
     Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices, pick);
+    return runOnce(pass, batch, caches, logits, choices, pick, timer);
   }
   MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
   ++replayed_;
-  return collect(model_, *slot, logits, choices, pick);
+  timer.replayed();
+  timer.mark(&StepPhases::queue);
+  double waited = 0;
+  Status status = collect(model_, *slot, logits, choices, pick, &waited);
+  timer.markCollect(waited);
+  return status;
 }

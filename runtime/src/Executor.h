@@ -173,12 +173,15 @@ public:
 
   struct Pass;
   struct Profile;
+  struct StepTimes;
+  class StepTimer;
 
 private:
   Status runOnce(Pass &pass, const StepBatch &batch,
                  std::map<uint32_t, DeviceTensor> &caches,
                  std::vector<float> &logits,
-                 std::vector<RouterChoices> *choices, DevicePick *pick);
+                 std::vector<RouterChoices> *choices, DevicePick *pick,
+                 StepTimer &timer);
 
   const DeviceModel &model_;
   /// Recorded decode steps by (sequences, pages per sequence); a null
@@ -190,6 +193,9 @@ private:
   uint64_t replayed_ = 0, steps_ = 0;
   /// MELT_PROFILE: this session's time per kernel kind (null when off).
   std::unique_ptr<Profile> profile_;
+  /// MELT_PROFILE_STEPS: where a replayed step's host time goes (null when
+  /// off).
+  std::unique_ptr<StepTimes> stepTimes_;
 };
 
 /// The width of a cache buffer's rows: heads * (key + value) values.

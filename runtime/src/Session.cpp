@@ -228,7 +228,8 @@ Status Session::run(const Entry *entries, size_t n,
   LogitsBuffer buffer = pick ? nullptr : freeLogitsBuffer();
   std::vector<float> unused;
   std::vector<float> &logits = buffer ? *buffer : unused;
-  Status status = runner_.run(batch, caches_, logits, &choices, pick);
+  Status status = runner_.run(batch, caches_, logits,
+                              countExpertLoad_ ? &choices : nullptr, pick);
   if (!status && !pick &&
       logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
     status = invalidArtifact("@forward returned logits of the wrong shape");
@@ -247,8 +248,9 @@ Status Session::run(const Entry *entries, size_t n,
     seq.logits = pick ? nullptr : buffer;
     seq.logitsOffset = size_t((row - 1) * vocab);
   }
-  for (const RouterChoices &step : choices)
-    expertLoad_[step.kernel].add(step);
+  if (countExpertLoad_)
+    for (const RouterChoices &step : choices)
+      expertLoad_[step.kernel].add(step);
   if (allLogits)
     *allLogits = logits;
   return Status::ok();

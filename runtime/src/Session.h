@@ -2,6 +2,7 @@
 #ifndef MELT_RUNTIME_SESSION_H
 #define MELT_RUNTIME_SESSION_H
 
+#include "EnvSwitch.h"
 #include "Executor.h"
 
 #include <map>
@@ -107,6 +108,9 @@ private:
   std::map<int32_t, Sequence> sequences_;
   int32_t nextId_ = 0;
   ExpertLoad expertLoad_;
+  /// MELT_EXPERT_LOAD=0: no per-expert load counters (the routers' choices
+  /// are then not read back after each step).
+  bool countExpertLoad_ = envSwitch("MELT_EXPERT_LOAD", true);
   /// The last step's router choices (kept: no allocation per step).
   std::vector<RouterChoices> routerChoices_;
   std::vector<LogitsBuffer> logitsBuffers_;

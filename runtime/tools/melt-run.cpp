@@ -180,6 +180,12 @@ int main(int argc, char **argv) {
         usage();
         return 1;
       }
+      const char *counting = std::getenv("MELT_EXPERT_LOAD");
+      if (counting && std::string(counting) == "0")
+        std::fprintf(stderr,
+                     "melt-run: warning: MELT_EXPERT_LOAD=0 counts "
+                     "no expert load: %s will list no routers\n",
+                     expertStats);
     } else if (arg == "--temperature" || arg == "--top-p") {
       const char *v = value();
       char *end = nullptr;
