@@ -354,6 +354,27 @@ melt_status melt_session_step_greedy(melt_session *session,
   });
 }
 
+melt_status melt_session_generate_greedy(melt_session *session,
+                                         const melt_batch_entry *entries,
+                                         size_t n, size_t steps, int *tokens) {
+  if (!isLive(session))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_generate_greedy: not a live session handle");
+  if (!entries || n == 0 || !tokens)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_session_generate_greedy: empty batch or null result");
+  return guarded([&] {
+    std::vector<Session::Entry> batch = sessionEntries(entries, n);
+    std::vector<int32_t> next;
+    auto turn = takeTurn(session);
+    Status status =
+        session->session->generateGreedy(batch.data(), n, steps, next);
+    if (!status)
+      std::copy(next.begin(), next.end(), tokens);
+    return report(status);
+  });
+}
+
 melt_status melt_session_step_sample(melt_session *session,
                                      const melt_batch_entry *entries, size_t n,
                                      const melt_sampling *params,

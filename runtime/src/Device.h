@@ -100,8 +100,14 @@ public:
   virtual Status allocate(DType type, std::vector<int64_t> shape,
                           DeviceTensor &out) = 0;
   virtual void release(DeviceTensor &tensor) = 0;
-  /// Copies `tensor.bytes()` bytes from the host into / out of the tensor.
+  /// Copies `tensor.bytes()` bytes from the host into the tensor, in the
+  /// order of the device's work (kernels queued later see them); the host
+  /// memory may be reused once it returns. It need not wait for the device:
+  /// a fault of earlier work may be reported only by the next download or
+  /// synchronize().
   virtual Status upload(const void *host, DeviceTensor &tensor) = 0;
+  /// Copies the tensor out to the host once the work ahead of it is done;
+  /// reports a fault of that work, as synchronize() does.
   virtual Status download(const DeviceTensor &tensor, void *host) = 0;
   /// Waits for the device's queued work; reports a fault that happened in
   /// it (a device that faulted stays failed: every later call reports it).

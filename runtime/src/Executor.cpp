@@ -1227,23 +1227,78 @@ ForwardRunner::ForwardRunner(const DeviceModel &model)
                      : nullptr) {}
 ForwardRunner::~ForwardRunner() = default;
 
-Status ForwardRunner::runOnce(Pass &pass, const StepBatch &batch,
-                              std::map<uint32_t, DeviceTensor> &caches,
-                              std::vector<float> &logits,
-                              std::vector<RouterChoices> *choices,
-                              DevicePick *pick, StepTimer &timer) {
-  MELT_RETURN_IF_ERROR(allocateInputs(model_, pass, batch));
-  MELT_RETURN_IF_ERROR(uploadInputs(model_.device(), pass, batch));
+Status ForwardRunner::queueStep(const StepBatch &batch,
+                                std::map<uint32_t, DeviceTensor> &caches,
+                                const DeviceTensor *tokens,
+                                std::unique_ptr<Pass> &scratch, Pass *&pass,
+                                StepTimer &timer) {
+  Device &device = model_.device();
+  const int64_t T = int64_t(batch.tokens.size());
+  const int64_t B = int64_t(batch.lengths.size());
+  // The step's token ids from the device, in place of batch.tokens.
+  auto takeTokens = [&](Pass &p) {
+    return tokens ? device.copy(*tokens, *p.tokens) : Status::ok();
+  };
+  // Every kernel of the step queued one by one, on a pass of its own.
+  auto queueKernels = [&]() -> Status {
+    scratch = std::make_unique<Pass>(device, model_.model().artifact().model());
+    pass = scratch.get();
+    MELT_RETURN_IF_ERROR(allocateInputs(model_, *pass, batch));
+    MELT_RETURN_IF_ERROR(uploadInputs(device, *pass, batch));
+    MELT_RETURN_IF_ERROR(takeTokens(*pass));
+    timer.mark(&StepPhases::upload);
+    if (profile_)
+      ++profile_->passes;
+    MELT_RETURN_IF_ERROR(enqueue(model_, *pass, T, profile_.get(), caches));
+    timer.mark(&StepPhases::queue);
+    return Status::ok();
+  };
+  // Decode steps are recorded (profiling times kernels one by one).
+  bool decode = device.canCapture() && !profile_ && T == B && T > 0;
+  if (!decode)
+    return queueKernels();
+  std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
+  if (!recorded_.count(shape) && recorded_.size() >= kMaxRecorded) {
+    auto oldest = recorded_.begin();
+    for (auto it = recorded_.begin(); it != recorded_.end(); ++it)
+      if (it->second->lastUsed < oldest->second->lastUsed)
+        oldest = it;
+    // Steps queued ahead (a multi-step generation) may still read it.
+    MELT_RETURN_IF_ERROR(device.synchronize());
+    recorded_.erase(oldest);
+  }
+  std::unique_ptr<Pass> &slot = recorded_[shape];
+  if (!slot) {
+    timer.leaveOut();
+    auto recording =
+        std::make_unique<Pass>(device, model_.model().artifact().model());
+    MELT_RETURN_IF_ERROR(allocateInputs(model_, *recording, batch));
+    MELT_RETURN_IF_ERROR(uploadInputs(device, *recording, batch));
+    MELT_RETURN_IF_ERROR(device.beginCapture());
+    Status queued = enqueue(model_, *recording, T, nullptr, caches);
+    Status recorded = device.endCapture(recording->graph);
+    if (queued) // the same error a step run kernel by kernel would give
+      return queued;
+    if (recorded) {
+      // This shape runs kernel by kernel from now on.
+      recording->recordable = false;
+      recording->graph.reset();
+    }
+    slot = std::move(recording);
+  } else if (slot->recordable) {
+    MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch));
+  }
+  slot->lastUsed = ++steps_;
+  if (!slot->recordable)
+    return queueKernels();
+  MELT_RETURN_IF_ERROR(takeTokens(*slot));
   timer.mark(&StepPhases::upload);
-  if (profile_)
-    ++profile_->passes;
-  MELT_RETURN_IF_ERROR(enqueue(model_, pass, int64_t(batch.tokens.size()),
-                               profile_.get(), caches));
+  MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
+  ++replayed_;
+  timer.replayed();
   timer.mark(&StepPhases::queue);
-  double waited = 0;
-  Status status = collect(model_, pass, logits, choices, pick, &waited);
-  timer.markCollect(waited);
-  return status;
+  pass = slot.get();
+  return Status::ok();
 }
 
 Status ForwardRunner::run(const StepBatch &batch,
@@ -1251,57 +1306,114 @@ Status ForwardRunner::run(const StepBatch &batch,
                           std::vector<float> &logits,
                           std::vector<RouterChoices> *choices,
                           DevicePick *pick) {
-  Device &device = model_.device();
   const int64_t T = int64_t(batch.tokens.size());
-  const int64_t B = int64_t(batch.lengths.size());
-  // Decode steps are recorded (profiling times kernels one by one).
-  bool decode = device.canCapture() && !profile_ && T == B && T > 0;
-  StepTimer timer(stepTimes_.get(), T == B && T > 0);
-  if (!decode) {
-    Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices, pick, timer);
-  }
-  std::pair<int64_t, int64_t> shape{B, batch.pagesPerSequence};
-  if (!recorded_.count(shape) && recorded_.size() >= kMaxRecorded) {
-    auto oldest = recorded_.begin();
-    for (auto it = recorded_.begin(); it != recorded_.end(); ++it)
-      if (it->second->lastUsed < oldest->second->lastUsed)
-        oldest = it;
-    recorded_.erase(oldest);
-  }
-  std::unique_ptr<Pass> &slot = recorded_[shape];
-  if (!slot) {
-    timer.leaveOut();
-    auto pass =
-        std::make_unique<Pass>(device, model_.model().artifact().model());
-    MELT_RETURN_IF_ERROR(allocateInputs(model_, *pass, batch));
-    MELT_RETURN_IF_ERROR(uploadInputs(device, *pass, batch));
-    MELT_RETURN_IF_ERROR(device.beginCapture());
-    Status queued = enqueue(model_, *pass, T, nullptr, caches);
-    Status recorded = device.endCapture(pass->graph);
-    if (queued) // the same error a step run kernel by kernel would give
-      return queued;
-    if (recorded) {
-      // This shape runs kernel by kernel from now on.
-      pass->recordable = false;
-      pass->graph.reset();
-    }
-    slot = std::move(pass);
-  } else if (slot->recordable) {
-    MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch));
-    timer.mark(&StepPhases::upload);
-  }
-  slot->lastUsed = ++steps_;
-  if (!slot->recordable) {
-    Pass pass(device, model_.model().artifact().model());
-    return runOnce(pass, batch, caches, logits, choices, pick, timer);
-  }
-  MELT_RETURN_IF_ERROR(device.replay(*slot->graph));
-  ++replayed_;
-  timer.replayed();
-  timer.mark(&StepPhases::queue);
+  StepTimer timer(stepTimes_.get(),
+                  T == int64_t(batch.lengths.size()) && T > 0);
+  std::unique_ptr<Pass> scratch;
+  Pass *pass = nullptr;
+  MELT_RETURN_IF_ERROR(queueStep(batch, caches, nullptr, scratch, pass, timer));
   double waited = 0;
-  Status status = collect(model_, *slot, logits, choices, pick, &waited);
+  Status status = collect(model_, *pass, logits, choices, pick, &waited);
   timer.markCollect(waited);
   return status;
+}
+
+Status
+ForwardRunner::runGreedySteps(const std::vector<StepBatch> &batches,
+                              std::map<uint32_t, DeviceTensor> &caches,
+                              std::vector<std::vector<RouterChoices>> *choices,
+                              std::vector<int32_t> &tokens) {
+  Device &device = model_.device();
+  const fb::Model &m = model_.model().artifact().model();
+  const size_t steps = batches.size();
+  const int64_t n = steps ? int64_t(batches[0].tokens.size()) : 0;
+  if (n == 0)
+    return invalidArgument("no decode steps to run");
+  // Per step: its n picked ids, then every router's choices (the same
+  // shapes each step): one buffer, one download at the end.
+  DeviceTensor gathered;
+  int64_t perStep = 0;
+  std::vector<std::pair<uint32_t, std::vector<int64_t>>> routers;
+  auto viewOf = [&](int64_t offset, std::vector<int64_t> shape) {
+    DeviceTensor v = gathered;
+    v.data = static_cast<int32_t *>(gathered.data) + offset;
+    v.shape = std::move(shape);
+    return v;
+  };
+  Status status;
+  for (size_t s = 0; s < steps && !status; ++s) {
+    const StepBatch &batch = batches[s];
+    if (int64_t(batch.tokens.size()) != n ||
+        int64_t(batch.lengths.size()) != n) {
+      status = invalidArgument("a multi-step batch must be one token of "
+                               "each of the same sequences every step");
+      break;
+    }
+    StepTimer timer(stepTimes_.get(), true);
+    std::unique_ptr<Pass> scratch;
+    Pass *pass = nullptr;
+    DeviceTensor previous;
+    if (s > 0)
+      previous = viewOf(int64_t(s - 1) * perStep, {n});
+    status = queueStep(batch, caches, s > 0 ? &previous : nullptr, scratch,
+                       pass, timer);
+    if (status)
+      break;
+    if (s == 0) {
+      perStep = n;
+      if (choices)
+        for (size_t r = 0; r < pass->routerChoices.size(); ++r) {
+          routers.push_back(
+              {pass->routerKernels[r], pass->routerChoices[r]->shape});
+          perStep += pass->routerChoices[r]->numel();
+        }
+      status =
+          device.allocate(DType::I32, {int64_t(steps) * perStep}, gathered);
+      if (status)
+        break;
+    }
+    DeviceTensor ids = viewOf(int64_t(s) * perStep, {n});
+    status = device.argmaxRows(*pass->logits, ids);
+    int64_t offset = int64_t(s) * perStep + n;
+    if (choices)
+      for (size_t r = 0; r < routers.size() && !status; ++r) {
+        DeviceTensor flat = *pass->routerChoices[r];
+        flat.shape = {flat.numel()};
+        status = device.place(flat, 0, offset, gathered);
+        offset += flat.numel();
+      }
+    timer.markCollect(0);
+  }
+  std::vector<int32_t> host;
+  if (!status) {
+    host.resize(size_t(int64_t(steps) * perStep));
+    StepTimer timer(stepTimes_.get(), false);
+    status = device.download(gathered, host.data());
+  }
+  if (gathered.data)
+    device.release(gathered);
+  MELT_RETURN_IF_ERROR(status);
+  tokens.assign(size_t(int64_t(steps) * n), 0);
+  if (choices)
+    choices->assign(steps, {});
+  for (size_t s = 0; s < steps; ++s) {
+    const int32_t *step = host.data() + int64_t(s) * perStep;
+    std::copy(step, step + n, tokens.begin() + int64_t(s) * n);
+    int64_t offset = n;
+    if (choices)
+      for (const auto &[kernel, shape] : routers) {
+        RouterChoices one;
+        const fb::Kernel &k = *m.kernels()->Get(kernel);
+        one.kernel = kernel;
+        one.experts = model_.weight(k.weights()->Get(0)).shape[0];
+        one.topK = shape.size() > 1 ? shape[1] : 1;
+        int64_t count = 1;
+        for (int64_t d : shape)
+          count *= d;
+        one.chosen.assign(step + offset, step + offset + count);
+        offset += count;
+        (*choices)[s].push_back(std::move(one));
+      }
+  }
+  return Status::ok();
 }

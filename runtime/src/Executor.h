@@ -168,6 +168,17 @@ public:
              std::vector<RouterChoices> *choices = nullptr,
              DevicePick *pick = nullptr);
 
+  /// Greedy decode steps queued back to back: batches[s] is step s of the
+  /// same n sequences, one token each; step s > 0 takes, in place of its
+  /// batch's tokens, the ids step s - 1 picked on the device, so that the
+  /// host does not wait between steps. `tokens` receives [steps, n] picked
+  /// ids, `choices` (if given) each step's routers' choices; one download
+  /// at the end (it reports a fault of any step).
+  Status runGreedySteps(const std::vector<StepBatch> &batches,
+                        std::map<uint32_t, DeviceTensor> &caches,
+                        std::vector<std::vector<RouterChoices>> *choices,
+                        std::vector<int32_t> &tokens);
+
   /// Steps replayed from a recording so far (for tests and benchmarks).
   uint64_t replayedSteps() const { return replayed_; }
 
@@ -177,11 +188,14 @@ public:
   class StepTimer;
 
 private:
-  Status runOnce(Pass &pass, const StepBatch &batch,
-                 std::map<uint32_t, DeviceTensor> &caches,
-                 std::vector<float> &logits,
-                 std::vector<RouterChoices> *choices, DevicePick *pick,
-                 StepTimer &timer);
+  /// Queues `batch`'s kernels (a decode step on a device that records:
+  /// its recording replayed, recorded first if new) with its token ids
+  /// taken from `tokens` on the device where given; `pass` receives the
+  /// pass whose values hold the results: a recorded one or `scratch`.
+  Status queueStep(const StepBatch &batch,
+                   std::map<uint32_t, DeviceTensor> &caches,
+                   const DeviceTensor *tokens, std::unique_ptr<Pass> &scratch,
+                   Pass *&pass, StepTimer &timer);
 
   const DeviceModel &model_;
   /// Recorded decode steps by (sequences, pages per sequence); a null

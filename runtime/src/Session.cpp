@@ -108,6 +108,49 @@ Status Session::stepGreedy(const Entry *entries, size_t n,
   return Status::ok();
 }
 
+Status Session::generateGreedy(const Entry *entries, size_t n, size_t steps,
+                               std::vector<int32_t> &next) {
+  if (steps == 0 || steps > size_t(INT32_MAX))
+    return invalidArgument("generate: " + str(int64_t(steps)) +
+                           " steps (1 or more)");
+  for (size_t e = 0; entries && e < n; ++e)
+    if (entries[e].count != 1)
+      return invalidArgument("generate: sequence " + str(entries[e].sequence) +
+                             " is given " + str(int64_t(entries[e].count)) +
+                             " tokens; one token a sequence starts it");
+  std::vector<Sequence *> seqs;
+  std::vector<size_t> pagesBefore;
+  MELT_RETURN_IF_ERROR(admit(entries, n, int64_t(steps), seqs, pagesBefore));
+  // Steps after the first take their tokens on the device: these are
+  // placeholders.
+  std::vector<int32_t> placeholder(n, 0);
+  std::vector<Entry> later(n);
+  for (size_t e = 0; e < n; ++e)
+    later[e] = {entries[e].sequence, &placeholder[e], 1};
+  std::vector<StepBatch> batches;
+  for (size_t s = 0; s < steps; ++s)
+    batches.push_back(
+        makeBatch(seqs, s == 0 ? entries : later.data(), int64_t(s), false));
+  std::vector<std::vector<RouterChoices>> choices;
+  Status status = runner_.runGreedySteps(
+      batches, caches_, countExpertLoad_ ? &choices : nullptr, next);
+  if (!status && next.size() != steps * n)
+    status = invalidArtifact("@forward returned logits of the wrong shape");
+  if (status) {
+    giveBackPages(seqs, pagesBefore);
+    return status;
+  }
+  for (Sequence *seq : seqs) {
+    seq->length += int64_t(steps);
+    seq->pickedOnDevice = true;
+    seq->logits = nullptr;
+  }
+  for (const std::vector<RouterChoices> &step : choices)
+    for (const RouterChoices &router : step)
+      expertLoad_[router.kernel].add(router);
+  return Status::ok();
+}
+
 Status Session::stepSample(const Entry *entries, size_t n,
                            const SamplingParams &params, uint64_t &state,
                            std::vector<int32_t> &next) {
@@ -124,12 +167,12 @@ Status Session::stepSample(const Entry *entries, size_t n,
   return Status::ok();
 }
 
-Status Session::run(const Entry *entries, size_t n,
-                    std::vector<float> *allLogits, DevicePick *pick) {
+Status Session::admit(const Entry *entries, size_t n, int64_t tokensEach,
+                      std::vector<Sequence *> &seqs,
+                      std::vector<size_t> &pagesBefore) {
   if (!entries || n == 0)
     return invalidArgument("an empty batch");
   int64_t vocab = model_.model().vocabSize();
-  std::vector<Sequence *> seqs;
   std::set<int32_t> seen;
   int64_t pagesNeeded = 0;
   for (size_t e = 0; e < n; ++e) {
@@ -149,7 +192,7 @@ Status Session::run(const Entry *entries, size_t n,
                                str(entry.tokens[i]) +
                                ", outside the vocabulary of " + str(vocab));
     Sequence &seq = it->second;
-    int64_t count = static_cast<int64_t>(entry.count);
+    int64_t count = tokensEach ? tokensEach : int64_t(entry.count);
     if (count > maxContext_ - seq.length)
       return {MELT_RESOURCE_EXHAUSTED,
               "sequence " + str(entry.sequence) + " holds " + str(seq.length) +
@@ -166,33 +209,44 @@ Status Session::run(const Entry *entries, size_t n,
                 " more pages of " + str(kPageTokens) + " tokens, " +
                 str(freePages) + " of " + str(totalPages_) + " are free"};
 
-  // Pages first (all or none), remembered to undo a failure.
-  std::vector<size_t> pagesBefore;
+  // Pages (all or none), remembered to undo a failure.
   for (size_t e = 0; e < n; ++e) {
     Sequence &seq = *seqs[e];
     pagesBefore.push_back(seq.pages.size());
-    int64_t pages = (seq.length + static_cast<int64_t>(entries[e].count) +
-                     kPageTokens - 1) /
-                    kPageTokens;
+    int64_t count = tokensEach ? tokensEach : int64_t(entries[e].count);
+    int64_t pages = (seq.length + count + kPageTokens - 1) / kPageTokens;
     while (int64_t(seq.pages.size()) < pages) {
       seq.pages.push_back(freePages_.back());
       freePages_.pop_back();
     }
   }
-  auto undo = [&] {
-    for (size_t e = 0; e < n; ++e) {
-      Sequence &seq = *seqs[e];
-      freePages_.insert(freePages_.end(), seq.pages.begin() + pagesBefore[e],
-                        seq.pages.end());
-      seq.pages.resize(pagesBefore[e]);
-    }
-  };
+  return Status::ok();
+}
 
+void Session::giveBackPages(const std::vector<Sequence *> &seqs,
+                            const std::vector<size_t> &pagesBefore) {
+  for (size_t e = 0; e < seqs.size(); ++e) {
+    Sequence &seq = *seqs[e];
+    freePages_.insert(freePages_.end(), seq.pages.begin() + pagesBefore[e],
+                      seq.pages.end());
+    seq.pages.resize(pagesBefore[e]);
+  }
+}
+
+StepBatch Session::makeBatch(const std::vector<Sequence *> &seqs,
+                             const Entry *entries, int64_t ahead,
+                             bool allLogits) const {
+  const size_t n = seqs.size();
   StepBatch batch;
   bool decode = true;
+  // The pages each sequence uses in this step (it may hold more, reserved
+  // for the steps after it).
+  std::vector<int64_t> used(n);
   for (size_t e = 0; e < n; ++e) {
-    batch.pagesPerSequence = std::max<int64_t>(batch.pagesPerSequence,
-                                               int64_t(seqs[e]->pages.size()));
+    used[e] = (seqs[e]->length + ahead + int64_t(entries[e].count) +
+               kPageTokens - 1) /
+              kPageTokens;
+    batch.pagesPerSequence = std::max(batch.pagesPerSequence, used[e]);
     decode = decode && entries[e].count == 1;
   }
   if (decode) {
@@ -206,21 +260,33 @@ Status Session::run(const Entry *entries, size_t n,
   }
   batch.pages.assign(size_t(n * batch.pagesPerSequence), -1);
   for (size_t e = 0; e < n; ++e) {
-    Sequence &seq = *seqs[e];
+    const Sequence &seq = *seqs[e];
+    const int64_t length = seq.length + ahead;
     for (size_t i = 0; i < entries[e].count; ++i) {
       batch.tokens.push_back(entries[e].tokens[i]);
-      batch.positions.push_back(int32_t(seq.length + int64_t(i)));
+      batch.positions.push_back(int32_t(length + int64_t(i)));
       batch.sequences.push_back(int32_t(e));
     }
-    std::copy(seq.pages.begin(), seq.pages.end(),
+    std::copy(seq.pages.begin(), seq.pages.begin() + used[e],
               batch.pages.begin() + int64_t(e) * batch.pagesPerSequence);
-    batch.lengths.push_back(int32_t(seq.length + int64_t(entries[e].count)));
+    batch.lengths.push_back(int32_t(length + int64_t(entries[e].count)));
     if (!allLogits)
       batch.logitRows.push_back(int32_t(batch.tokens.size() - 1));
   }
   if (allLogits)
     for (size_t t = 0; t < batch.tokens.size(); ++t)
       batch.logitRows.push_back(int32_t(t));
+  return batch;
+}
+
+Status Session::run(const Entry *entries, size_t n,
+                    std::vector<float> *allLogits, DevicePick *pick) {
+  int64_t vocab = model_.model().vocabSize();
+  std::vector<Sequence *> seqs;
+  std::vector<size_t> pagesBefore;
+  MELT_RETURN_IF_ERROR(admit(entries, n, 0, seqs, pagesBefore));
+  auto undo = [&] { giveBackPages(seqs, pagesBefore); };
+  StepBatch batch = makeBatch(seqs, entries, 0, allLogits != nullptr);
 
   std::vector<RouterChoices> &choices = routerChoices_;
   // A step that picks its tokens on the device downloads no logits: no

@@ -49,6 +49,15 @@ public:
   Status stepSample(const Entry *entries, size_t n,
                     const SamplingParams &params, uint64_t &state,
                     std::vector<int32_t> &next);
+  /// `steps` greedy decode steps of each entry's sequence in one call:
+  /// step 0 appends the entry's one token, each later step the token the
+  /// step before picked for it, on the device (the host waits once, at the
+  /// end; a device that records steps runs them back to back). `next`
+  /// receives [steps, n] tokens: what `steps` calls of stepGreedy would
+  /// give. Capacity for all the steps is checked first; on a failure no
+  /// sequence changes.
+  Status generateGreedy(const Entry *entries, size_t n, size_t steps,
+                        std::vector<int32_t> &next);
   Status append(int32_t id, const int32_t *tokens, size_t n,
                 std::vector<float> *allLogits = nullptr) {
     Entry entry{id, tokens, n};
@@ -96,6 +105,18 @@ private:
   LogitsBuffer freeLogitsBuffer();
   Status run(const Entry *entries, size_t n, std::vector<float> *allLogits,
              DevicePick *pick);
+  /// Checks a batch (its sequences, tokens, the context) for `tokensEach`
+  /// tokens a sequence (0: each entry's count) and reserves their pages:
+  /// all or none. `seqs` and `pagesBefore` receive the batch's sequences
+  /// and their page counts before, for giveBackPages.
+  Status admit(const Entry *entries, size_t n, int64_t tokensEach,
+               std::vector<Sequence *> &seqs, std::vector<size_t> &pagesBefore);
+  void giveBackPages(const std::vector<Sequence *> &seqs,
+                     const std::vector<size_t> &pagesBefore);
+  /// The step that appends each entry's tokens to its sequence, `ahead`
+  /// tokens past its length (the steps of one call before it).
+  StepBatch makeBatch(const std::vector<Sequence *> &seqs, const Entry *entries,
+                      int64_t ahead, bool allLogits) const;
   Session(const DeviceModel &model, int64_t maxContext)
       : model_(model), maxContext_(maxContext), runner_(model) {}
 

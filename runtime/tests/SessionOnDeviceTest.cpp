@@ -285,6 +285,96 @@ TEST_P(SessionOnDevice, Bf16LatentCacheHalvesTheCache) {
               checkpoint ? checkpoint : "random weights", promptSize, worst);
 }
 
+// Greedy steps generated in one call, the device feeding each step's pick
+// to the next: the tokens, the expert load and the state after them are
+// those of one stepGreedy call a step (70 steps from prompts of 60 and 5:
+// across pages, and across a recorded shape's change on a device that
+// records). Too many steps for the context, or several tokens to start a
+// sequence, change nothing.
+TEST_P(SessionOnDevice, GeneratedStepsAreStepsOneByOne) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  const Compiled &c = models[0];
+  Loaded generated, stepped;
+  open(c, GetParam(), 256, 8 * MELT_KV_PAGE_TOKENS, generated);
+  open(c, GetParam(), 256, 8 * MELT_KV_PAGE_TOKENS, stepped);
+  if (HasFatalFailure())
+    return;
+  std::vector<std::vector<int>> prompts = {{}, {200, 2, 77, 31, 8}};
+  for (int i = 0; i < 60; ++i)
+    prompts[0].push_back(i * 37 % 250 + 1);
+  int ids[2], refs[2], first[2];
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(melt_session_add_sequence(generated.session, &ids[i]), MELT_OK);
+    ASSERT_EQ(melt_session_add_sequence(stepped.session, &refs[i]), MELT_OK);
+    for (melt_session *s : {generated.session, stepped.session})
+      ASSERT_EQ(
+          melt_session_append(s, s == generated.session ? ids[i] : refs[i],
+                              prompts[i].data(), prompts[i].size(), nullptr),
+          MELT_OK)
+          << melt_last_error();
+    first[i] = argmax(stepped.logits(refs[i]));
+  }
+  const size_t steps = 70;
+  std::vector<int> tokens(2 * steps);
+  melt_batch_entry batch[2] = {{ids[0], &first[0], 1}, {ids[1], &first[1], 1}};
+  ASSERT_EQ(melt_session_generate_greedy(generated.session, batch, 2, steps,
+                                         tokens.data()),
+            MELT_OK)
+      << melt_last_error();
+  int next[2] = {first[0], first[1]};
+  for (size_t s = 0; s < steps; ++s) {
+    melt_batch_entry one[2] = {{refs[0], &next[0], 1}, {refs[1], &next[1], 1}};
+    ASSERT_EQ(melt_session_step_greedy(stepped.session, one, 2, next), MELT_OK)
+        << melt_last_error();
+    EXPECT_EQ(tokens[2 * s], next[0]) << "step " << s;
+    EXPECT_EQ(tokens[2 * s + 1], next[1]) << "step " << s;
+  }
+  // The same caches: one more step of each gives the same logits.
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(
+        melt_session_append(generated.session, ids[i], &next[i], 1, nullptr),
+        MELT_OK);
+    ASSERT_EQ(
+        melt_session_append(stepped.session, refs[i], &next[i], 1, nullptr),
+        MELT_OK);
+    std::vector<float> a = generated.logits(ids[i]),
+                       b = stepped.logits(refs[i]);
+    EXPECT_LE(errorOfRange(a, b.data(), b.size()), 1e-6) << "sequence " << i;
+  }
+  auto loadJson = [](melt_session *s) {
+    size_t size = 0;
+    EXPECT_EQ(melt_session_expert_load_json(s, nullptr, 0, &size), MELT_OK);
+    std::string json(size, '\0');
+    EXPECT_EQ(melt_session_expert_load_json(s, json.data(), size, &size),
+              MELT_OK);
+    return json;
+  };
+  EXPECT_EQ(loadJson(generated.session), loadJson(stepped.session));
+  // Past the context of 256: nothing changes (its pages, its logits).
+  long long pagesUsed = 0, pagesTotal = 0, usedAfter = 0;
+  ASSERT_EQ(melt_session_kv_pages(generated.session, &pagesUsed, &pagesTotal),
+            MELT_OK);
+  const std::vector<float> logitsBefore = generated.logits(ids[0]);
+  melt_batch_entry again[1] = {{ids[0], &next[0], 1}};
+  EXPECT_EQ(melt_session_generate_greedy(generated.session, again, 1, 200,
+                                         tokens.data()),
+            MELT_RESOURCE_EXHAUSTED);
+  ASSERT_EQ(melt_session_kv_pages(generated.session, &usedAfter, &pagesTotal),
+            MELT_OK);
+  EXPECT_EQ(usedAfter, pagesUsed);
+  EXPECT_EQ(generated.logits(ids[0]), logitsBefore);
+  int two[2] = {1, 2};
+  melt_batch_entry twoTokens[1] = {{ids[0], two, 2}};
+  EXPECT_EQ(melt_session_generate_greedy(generated.session, twoTokens, 1, 3,
+                                         tokens.data()),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(melt_last_error()).find("one token a sequence"),
+            std::string::npos)
+      << melt_last_error();
+}
+
 // Decode steps on a device that records graphs are replayed from a
 // recording after the first of each shape, and give what the steps run
 // kernel by kernel give (a prefill of the same tokens, all logits).

@@ -43,7 +43,31 @@ bool generate(melt_session *session,
   if (decodeStarts)
     decodeStarts();
   out.tokens.clear();
-  for (long made = 0; made < maxNew; ++made) {
+  if (picking.sampling.temperature <= 0.f && picking.stepsPerCall > 1 &&
+      maxNew > 0) {
+    out.tokens.push_back(next[0]);
+    std::vector<int> picked;
+    for (long left = maxNew - 1; left > 0;) {
+      const long steps = std::min(left, picking.stepsPerCall);
+      for (size_t i = 0; i < n; ++i) {
+        input[i] = next[i];
+        entries[i] = {ids[i], &input[i], 1};
+      }
+      picked.resize(size_t(steps) * n);
+      if (melt_session_generate_greedy(session, entries.data(), n,
+                                       size_t(steps),
+                                       picked.data()) != MELT_OK) {
+        std::fprintf(stderr, "melt-run: error: decode: %s\n",
+                     melt_last_error());
+        return false;
+      }
+      for (long s = 0; s < steps; ++s)
+        out.tokens.push_back(picked[size_t(s) * n]);
+      std::copy(picked.end() - long(n), picked.end(), next.begin());
+      left -= steps;
+    }
+  }
+  for (long made = long(out.tokens.size()); made < maxNew; ++made) {
     out.tokens.push_back(next[0]);
     if (made + 1 == maxNew)
       break;

@@ -27,6 +27,10 @@ struct Generated {
 struct Picking {
   melt_sampling sampling{0.f, 0, 1.f};
   unsigned long long seed = 0;
+  /// Greedy decoding in calls of up to this many steps
+  /// (melt_session_generate_greedy: each pick fed back on the device, one
+  /// wait a call); 1: a melt_session_step_greedy call a step.
+  long stepsPerCall = 1;
 };
 
 /// `prompts` (one per sequence) prefilled in one step, then `maxNew` tokens

@@ -50,6 +50,9 @@ void usage() {
                "       [--temperature T] [--top-k K] [--top-p P] [--seed S]  "
                "(sampling, as melt_sample: T 0 is greedy, the default; K 0 "
                "and P 1 keep every token)\n"
+               "       [--steps-per-call N]  (greedy decoding N steps a "
+               "call, each pick fed back on the device: "
+               "melt_session_generate_greedy; default 1)\n"
                "Generates from a compiled melt model (the tokens picked on "
                "its device) and reports tokens/s, peak memory and, on a "
                "GPU, joules per decoded token (--bench: as one JSON line a "
@@ -214,6 +217,16 @@ int main(int argc, char **argv) {
         picking.sampling.top_k = int(n);
       else
         picking.seed = (unsigned long long)n;
+    } else if (arg == "--steps-per-call") {
+      const char *v = value();
+      char *end = nullptr;
+      long n = v ? std::strtol(v, &end, 10) : 0;
+      if (!v || *end || n < 1 || n > (1 << 20)) {
+        std::fprintf(stderr, "melt-run: error: --steps-per-call takes a "
+                             "whole number from 1 to 1048576\n");
+        return 1;
+      }
+      picking.stepsPerCall = n;
     } else if (arg == "--bench") {
       bench = true;
     } else if (arg == "--warmup") {

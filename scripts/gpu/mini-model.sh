@@ -43,6 +43,8 @@
 # weights and the row-wise FP8 experts (MELT_CUDA_FP8_PAD_K=0
 # MELT_CUDA_FP8_EXPERT_ROWS=0), MELT_COMPARE_OVERLAP=1
 # the decode with every kernel launched after the one ahead ended;
+# MELT_COMPARE_STEPS_PER_CALL=1 the decode in one call of all its steps
+# (melt-run --steps-per-call 64: each pick fed back on the device);
 # MELT_SKIP_BASELINE=1 leaves transformers out.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -152,6 +154,13 @@ for model in mini-bf16.melt mini-fp8.melt; do
         MELT_CUDA_BF16_LATENT_CACHE=$cache run "$model" --prompt-ids "$(prompt 4000)" \
           --max-new 32 --batch 1,8,32 | sed "s/^{/{\"latent_cache\": \"$cache\", /"
       done
+    fi
+    # MELT_COMPARE_STEPS_PER_CALL=1: greedy decode in one call of all its
+    # steps (melt-run --steps-per-call 64: each pick fed back on the
+    # device, the host waiting once) beside a call a step.
+    if [ "${MELT_COMPARE_STEPS_PER_CALL:-}" = 1 ]; then
+      run "$model" --prompt-ids "$(prompt 128)" --max-new 64 --batch 1,16,64 \
+        --steps-per-call 64 | sed 's/^{/{"steps_per_call": 64, /'
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then
       MELT_CUDA_OVERLAP_KERNELS=0 run "$model" --prompt-ids "$(prompt 128)" \

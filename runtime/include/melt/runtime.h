@@ -132,6 +132,19 @@ melt_status melt_session_step_greedy(melt_session *session,
                                      const melt_batch_entry *entries, size_t n,
                                      int *next_tokens);
 
+/* `steps` greedy decode steps of n sequences in one call: step 0 appends
+ * entries[i]'s one token (count 1) to its sequence, each later step the
+ * token the step before picked for it, on the model's device, which runs
+ * the steps back to back (the host waits once, at the end). tokens receives
+ * steps * n ids, step-major: tokens[s * n + i] is what the s-th of `steps`
+ * calls of melt_session_step_greedy would return for entries[i]. Nothing
+ * stops early (an end-of-sequence token is generated past like any other).
+ * The context and KV cache must hold all the steps (checked first:
+ * MELT_RESOURCE_EXHAUSTED); on any failure no sequence changes. */
+melt_status melt_session_generate_greedy(melt_session *session,
+                                         const melt_batch_entry *entries,
+                                         size_t n, size_t steps, int *tokens);
+
 /* The same step with each entry's next token drawn as melt_sample draws it
  * (declared below), picked on the model's device: one draw from `state`
  * per entry, in entry order, so that the tokens are those of

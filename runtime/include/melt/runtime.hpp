@@ -108,6 +108,16 @@ public:
                                    next.data()));
     return next;
   }
+  /// melt_session_generate_greedy: `steps` greedy tokens of each entry's
+  /// sequence, step-major ([steps][entries]), picked and fed back on the
+  /// model's device.
+  std::vector<int> generateGreedy(const std::vector<melt_batch_entry> &batch,
+                                  size_t steps) {
+    std::vector<int> tokens(batch.size() * steps);
+    check(melt_session_generate_greedy(handle_, batch.data(), batch.size(),
+                                       steps, tokens.data()));
+    return tokens;
+  }
   /// melt_session_step_sample: each entry's next token drawn with
   /// `params` from `state` (advanced once per entry), on the model's device.
   std::vector<int> stepSample(const std::vector<melt_batch_entry> &batch,

@@ -81,6 +81,8 @@ public:
       cudaFree(block);
     if (flag_)
       cudaFree(flag_);
+    if (hostFlags_)
+      cudaFreeHost(hostFlags_);
     if (stream_)
       cudaStreamDestroy(stream_);
   }
@@ -245,6 +247,13 @@ public:
     }
   }
 
+  /// In stream order, without waiting: a copy from pageable memory is
+  /// staged before cudaMemcpyAsync returns (the host's memory may be reused
+  /// at once), and the kernels after it on the stream see it; so the next
+  /// step of a multi-step generation is queued while the one ahead runs.
+  /// MELT_CUDA_WAIT_UPLOADS=1 waits after each (a comparison: for single
+  /// steps the two measured alike on the H200,
+  /// bench/results/b1_step_experiments_tried.txt).
   Status upload(const void *host, DeviceTensor &tensor) override {
     MELT_RETURN_IF_ERROR(usable());
     if (capturing_)
@@ -253,34 +262,56 @@ public:
         check(cudaMemcpyAsync(tensor.data, host, tensor.bytes(),
                               cudaMemcpyHostToDevice, stream_),
               "upload"));
-    return synchronize();
+    return waitUploads_ ? synchronize() : Status::ok();
   }
+  bool waitUploads_ = envSwitch("MELT_CUDA_WAIT_UPLOADS", false);
 
+  /// The flags' copy is queued ahead of the data's, so that the one wait
+  /// for the data covers both.
   Status download(const DeviceTensor &tensor, void *host) override {
     MELT_RETURN_IF_ERROR(usable());
     if (capturing_)
       return invalidArgument(name() + ": download while recording a graph");
+    MELT_RETURN_IF_ERROR(queueFlagsCopy());
     MELT_RETURN_IF_ERROR(
         check(cudaMemcpyAsync(host, tensor.data, tensor.bytes(),
                               cudaMemcpyDeviceToHost, stream_),
               "download"));
-    return synchronize();
+    MELT_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream_), "kernel"));
+    return raisedFlags();
   }
 
   Status synchronize() override {
     MELT_RETURN_IF_ERROR(usable());
     if (capturing_)
       return invalidArgument(name() + ": synchronize while recording a graph");
+    MELT_RETURN_IF_ERROR(queueFlagsCopy());
     MELT_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream_), "kernel"));
+    return raisedFlags();
+  }
+
+  /// The kernels' flags copied to pinned host memory at this point of the
+  /// stream (read by raisedFlags() after a wait): one copy queued, not a
+  /// second blocking round trip after each wait.
+  Status queueFlagsCopy() {
     if (!flag_)
       return Status::ok();
-    int32_t raised[kFlags] = {};
-    MELT_RETURN_IF_ERROR(
-        check(cudaMemcpy(raised, flag_, sizeof(raised), cudaMemcpyDeviceToHost),
-              "flag"));
+    return check(cudaMemcpyAsync(hostFlags_, flag_, kFlags * sizeof(int32_t),
+                                 cudaMemcpyDeviceToHost, stream_),
+                 "flag");
+  }
+
+  /// After a wait that covered queueFlagsCopy(): the error of a raised
+  /// flag.
+  Status raisedFlags() {
+    if (!flag_)
+      return Status::ok();
+    int32_t raised[kFlags];
+    std::copy(hostFlags_, hostFlags_ + kFlags, raised);
     if (std::none_of(raised, raised + kFlags, [](int32_t f) { return f; }))
       return Status::ok();
     // Reported once; the device goes on.
+    std::fill(hostFlags_, hostFlags_ + kFlags, 0);
     MELT_RETURN_IF_ERROR(check(cudaMemset(flag_, 0, sizeof(raised)), "flag"));
     if (raised[kEmbeddingFlag])
       return invalidArgument(
@@ -1852,6 +1883,12 @@ private:
   Status flags() {
     if (flag_)
       return Status::ok();
+    if (!hostFlags_) {
+      MELT_RETURN_IF_ERROR(
+          check(cudaMallocHost(&hostFlags_, kFlags * sizeof(int32_t)),
+                "cudaMallocHost"));
+      std::fill(hostFlags_, hostFlags_ + kFlags, 0);
+    }
     MELT_RETURN_IF_ERROR(
         check(cudaMalloc(&flag_, kFlags * sizeof(int32_t)), "cudaMalloc"));
     return check(cudaMemsetAsync(flag_, 0, kFlags * sizeof(int32_t), stream_),
@@ -1944,6 +1981,7 @@ private:
   std::unique_ptr<GemmRunner> gemm_;
   std::string failure_;
   int32_t *flag_ = nullptr; // raised by kernels on bad indices
+  int32_t *hostFlags_ = nullptr; // pinned: flag_'s copy (queueFlagsCopy)
   /// Live blocks and their rounded sizes; freed blocks by rounded size.
   std::map<void *, size_t> blockBytes_;
   std::map<size_t, std::vector<void *>> freeBlocks_;
