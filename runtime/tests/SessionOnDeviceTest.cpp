@@ -373,6 +373,13 @@ TEST_P(SessionOnDevice, GeneratedStepsAreStepsOneByOne) {
   EXPECT_NE(std::string(melt_last_error()).find("one token a sequence"),
             std::string::npos)
       << melt_last_error();
+  EXPECT_EQ(melt_session_generate_greedy(generated.session, again, 1, 0,
+                                         tokens.data()),
+            MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(
+      melt_session_generate_greedy(generated.session, again, 1, 3, nullptr),
+      MELT_INVALID_ARGUMENT);
+  EXPECT_EQ(generated.logits(ids[0]), logitsBefore);
 }
 
 // Decode steps on a device that records graphs are replayed from a
