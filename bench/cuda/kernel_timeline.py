@@ -10,7 +10,10 @@ replayed at least --min-replays times, over its replays (medians):
   intervals), and idle = span - busy: the GPU waiting between kernels;
 - per kernel name: launches a replay, time running, and the idle time just
   before it starts (since the replay's last kernel to end before it ended):
-  what launching it costs on the step's critical path.
+  what launching it costs on the step's critical path;
+- between replays: from one replay's last kernel's end to the next one's
+  first kernel's start (the host's turn between steps), and how much of it
+  kernels outside any graph run (a step's pick, its router choices' copies).
 
   CUDA_INJECTION64_PATH=build-gpu/lib/libmelt-kernel-trace.so \\
   MELT_KERNEL_TRACE=trace.jsonl build-gpu/bin/melt-run MODEL --device cuda:0 ...
@@ -40,8 +43,10 @@ def short(name):
 
 
 def replays(path):
-    """{graph id: [[kernel, ...] per replay]}, kernels by start."""
+    """({graph id: [[kernel, ...] per replay]}, kernels of no graph), each
+    list by start."""
     runs = collections.defaultdict(list)
+    loose = []
     try:
         f = open(path)
     except OSError as e:
@@ -55,10 +60,36 @@ def replays(path):
                 sys.exit(f"{path}:{number}: not a kernel record ({e})")
             if k.get("graph"):
                 runs[(k["graph"], k["correlation"])].append(k)
+            else:
+                loose.append(k)
     graphs = collections.defaultdict(list)
     for (graph, _), kernels in runs.items():
         graphs[graph].append(sorted(kernels, key=lambda k: k["start"]))
-    return graphs
+    for kernel_lists in graphs.values():
+        kernel_lists.sort(key=lambda kernels: kernels[0]["start"])
+    return graphs, sorted(loose, key=lambda k: k["start"])
+
+
+def between(kernel_lists, loose):
+    """Medians over consecutive replays (ns): the gap between them, and the
+    time kernels of no graph run inside it; with those kernels' names."""
+    gaps, outside, names = [], [], collections.Counter()
+    for before, after in zip(kernel_lists, kernel_lists[1:]):
+        start, end = before[-1]["end"], after[0]["start"]
+        gaps.append(max(0, end - start))
+        running = 0
+        for k in loose:
+            if k["end"] <= start or k["start"] >= end:
+                continue
+            running += min(k["end"], end) - max(k["start"], start)
+            names[short(k["name"])] += 1
+        outside.append(running)
+    if not gaps:
+        return None
+    return {"gap_us": statistics.median(gaps) / 1e3,
+            "other_kernels_us": statistics.median(outside) / 1e3,
+            "other_kernels": {name: count / len(gaps)
+                              for name, count in names.most_common()}}
 
 
 def replay_times(kernels):
@@ -110,19 +141,27 @@ def main():
     parser.add_argument("--json", action="store_true",
                         help="one JSON line per graph instead of tables")
     args = parser.parse_args()
-    graphs = replays(args.trace)
+    graphs, loose = replays(args.trace)
     if not graphs:
         sys.exit(f"{args.trace}: no kernel of a replayed graph")
     for graph, kernel_lists in sorted(graphs.items()):
         if len(kernel_lists) < args.min_replays:
             continue
         s = summary(kernel_lists)
+        s["between_replays"] = between(kernel_lists, loose)
         if args.json:
             print(json.dumps(dict(graph=graph, **s)))
             continue
         print(f"graph {graph}: {s['replays']} replays of {s['kernels']} "
               f"kernels; span {s['span_us']:.1f} us, kernels running "
               f"{s['busy_us']:.1f} us, idle {s['idle_us']:.1f} us")
+        gap = s["between_replays"]
+        if gap:
+            others = ", ".join(f"{name} {count:g}" for name, count in
+                               gap["other_kernels"].items()) or "none"
+            print(f"  between replays (medians): {gap['gap_us']:.1f} us, "
+                  f"other kernels running {gap['other_kernels_us']:.1f} us "
+                  f"of it (a gap: {others})")
         for key, title in (("running_us", "running"),
                            ("idle_before_us", "idle before")):
             print(f"  by {title} (us a replay, medians):")

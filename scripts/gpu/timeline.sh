@@ -7,6 +7,7 @@
 # profile.sh (Nsight Compute, kernels one at a time), nothing is
 # serialized.
 #   scripts/gpu/timeline.sh [MODEL.melt] [BATCH...]
+# MELT_TIMELINE_ARGS adds melt-run options (e.g. --steps-per-call 32).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 model=${1:-mini-fp8.melt}
@@ -19,7 +20,7 @@ for b in $batches; do
   CUDA_INJECTION64_PATH="$root/build-gpu/lib/libmelt-kernel-trace.so" \
     MELT_KERNEL_TRACE="$trace" build-gpu/bin/melt-run "$carry/models/$model" \
     --random-weights --device cuda:0 --prompt-ids "$prompt" --max-new 32 \
-    --batch "$b" > /dev/null
+    --batch "$b" ${MELT_TIMELINE_ARGS:-} > /dev/null
   python3 bench/cuda/kernel_timeline.py "$trace" --json \
     > "$out/timeline-$model-b$b.json"
   python3 bench/cuda/kernel_timeline.py "$trace" | tee "$out/timeline-$model-b$b.txt" |
