@@ -1372,6 +1372,10 @@ ForwardRunner::runGreedySteps(const std::vector<StepBatch> &batches,
       if (status)
         break;
     }
+    if (choices && pass->routerChoices.size() != routers.size()) {
+      status = invalidArtifact("@forward's routers differ between steps");
+      break;
+    }
     DeviceTensor ids = viewOf(int64_t(s) * perStep, {n});
     status = device.argmaxRows(*pass->logits, ids);
     int64_t offset = int64_t(s) * perStep + n;
