@@ -45,6 +45,14 @@ TEST_F(CppWrapper, GeneratesAndThrowsOnErrors) {
   EXPECT_THROW(
       session.stepSample({{third, in, 1}}, melt_sampling{-1.f, 0, 1.f}, state),
       melt::Error);
+  // Greedy steps in one call: the first is the greedy step's token.
+  session.removeSequence(third); // its page for the next one
+  int fourth = session.addSequence();
+  session.append(fourth, {1, 17, 42});
+  std::vector<int> generated = session.generateGreedy({{fourth, in, 1}}, 3);
+  ASSERT_EQ(generated.size(), 3u);
+  EXPECT_EQ(generated[0], want);
+  EXPECT_THROW(session.generateGreedy({{fourth, in, 1}}, 0), melt::Error);
 }
 
 TEST(CppWrapperNoModel, LoadFailureThrows) {
