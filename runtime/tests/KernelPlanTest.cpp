@@ -47,6 +47,19 @@ void loadCudaArtifact(std::unique_ptr<Model> &model) {
   ASSERT_FALSE(s) << s.message();
 }
 
+/// The latent cache each MLA of @forward reads, in order.
+std::vector<uint32_t> mlaCaches(const Model &model) {
+  const fb::Model &m = model.artifact().model();
+  std::vector<uint32_t> caches;
+  if (const fb::Function *forward = model.artifact().function("forward"))
+    for (uint32_t k : *forward->kernels()) {
+      const fb::Kernel &kernel = *m.kernels()->Get(k);
+      if (kernel.kind() == fb::KernelKind::MLA)
+        caches.push_back(kernel.inputs()->Get(2));
+    }
+  return caches;
+}
+
 } // namespace
 
 TEST(KernelPlans, CompiledChoicesReachTheDevice) {
@@ -135,16 +148,7 @@ TEST(KernelPlans, LatentCachesTakeTheTypeTheirMlaAsks) {
   loadCudaArtifact(model);
   if (!model)
     return; // skipped or failed
-  const fb::Model &m = model->artifact().model();
-  // The cache each MLA reads, in order.
-  std::vector<uint32_t> mlas;
-  const fb::Function *forward = model->artifact().function("forward");
-  ASSERT_NE(forward, nullptr);
-  for (uint32_t k : *forward->kernels()) {
-    const fb::Kernel &kernel = *m.kernels()->Get(k);
-    if (kernel.kind() == fb::KernelKind::MLA)
-      mlas.push_back(kernel.inputs()->Get(2));
-  }
+  const std::vector<uint32_t> mlas = mlaCaches(*model);
   ASSERT_GE(mlas.size(), 2u);
   // First every MLA in F32, then all but the first in BF16.
   for (bool someBf16 : {false, true}) {
@@ -174,12 +178,8 @@ TEST(KernelPlans, CpuKeepsLatentCachesInF32UnlessAsked) {
     std::unique_ptr<DeviceModel> onDevice;
     std::set<DType> types;
     EXPECT_FALSE(DeviceModel::create(model, device, onDevice));
-    const fb::Model &m = model.artifact().model();
-    for (uint32_t k : *onDevice->forward().kernels()) {
-      const fb::Kernel &kernel = *m.kernels()->Get(k);
-      if (kernel.kind() == fb::KernelKind::MLA)
-        types.insert(onDevice->cacheType(kernel.inputs()->Get(2)));
-    }
+    for (uint32_t cache : mlaCaches(model))
+      types.insert(onDevice->cacheType(cache));
     return types;
   };
   ::unsetenv("MELT_CPU_BF16_LATENT_CACHE");

@@ -879,6 +879,10 @@ public:
       held_.push_back(t);
       return Status::ok();
     }
+    /// At least `bytes` bytes (a kernel's untyped scratch).
+    Status takeBytes(size_t bytes, DeviceTensor &t) {
+      return take(DType::I32, {int64_t((bytes + 3) / 4)}, t);
+    }
 
   private:
     CudaDevice &device_;
@@ -1278,8 +1282,7 @@ private:
         mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);
     CallScratch held(*this);
     DeviceTensor scratch;
-    MELT_RETURN_IF_ERROR(
-        held.take(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
+    MELT_RETURN_IF_ERROR(held.takeBytes(bytes, scratch));
     return check(mlaDecodeStep(static_cast<const float *>(qNope.data),
                                static_cast<const float *>(qRope.data),
                                static_cast<const __nv_bfloat16 *>(cache.data),
@@ -1301,9 +1304,9 @@ private:
     const PagedLayout paging = paged(layout, cache);
     const size_t bytes =
         mlaTensorCoreScratchBytes(shape, paging.batch, multiprocessors_);
+    CallScratch held(*this); // released after the launch, stream-ordered
     DeviceTensor scratch;
-    MELT_RETURN_IF_ERROR(
-        allocate(DType::I32, {int64_t((bytes + 3) / 4)}, scratch));
+    MELT_RETURN_IF_ERROR(held.takeBytes(bytes, scratch));
     Status launched = fromGemm(withCache(cache, [&](auto *rows) {
       return mlaTensorCores(*gemm_, static_cast<const float *>(qNope.data),
                             static_cast<const float *>(qRope.data), rows,
@@ -1313,19 +1316,20 @@ private:
                             flag_ + kCacheFlag, flag_ + kSpreadFlag,
                             multiprocessors_);
     }));
-    release(scratch); // stream-ordered: reused only by later work
-    return launched;  // a position without a page: at synchronize()
+    return launched; // a position without a page: at synchronize()
   }
-  /// A prefill's MLA on tensor cores in BF16: as compiled (variant 3:
-  /// melt-select-kernels chooses it where the attention is BF16), else not
-  /// (an artifact compiled for the CPU says nothing of its attention's
-  /// precision); MELT_CUDA_MLA_TENSOR_CORES=1 always where the shapes take
-  /// it, =0 never. -1: as compiled.
+  /// A long prefill's MLA in the decompressed form where the compiler
+  /// asks for it (MELT_CUDA_MLA_DECOMPRESSED=0: absorbed).
   bool mlaDecompressed_ = envSwitch("MELT_CUDA_MLA_DECOMPRESSED", true);
   /// A BF16 latent cache's decode steps on MlaDecode.cu's chunk kernel
   /// (MELT_CUDA_MLA_DECODE_KERNEL=0: on MlaSplit.cu's, reading the BF16
   /// rows).
   bool bf16DecodeKernel_ = envSwitch("MELT_CUDA_MLA_DECODE_KERNEL", true);
+  /// A prefill's MLA on tensor cores in BF16: as compiled (variant 3:
+  /// melt-select-kernels chooses it where the attention is BF16), else not
+  /// (an artifact compiled for the CPU says nothing of its attention's
+  /// precision); MELT_CUDA_MLA_TENSOR_CORES=1 always where the shapes take
+  /// it, =0 never. -1: as compiled.
   int mlaTensorCores_ = [] {
     const char *v = std::getenv("MELT_CUDA_MLA_TENSOR_CORES");
     return !v ? -1 : std::string(v) == "1" ? 1 : std::string(v) == "0" ? 0 : -1;
