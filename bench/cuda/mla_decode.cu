@@ -41,14 +41,18 @@ int main(int argc, char **argv) {
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, iters);
 
+  // capacity: the page table's tokens where more than the length (a
+  // decode step recorded for a longer context, as a session's is).
   struct Shape {
-    int batch, heads, length;
-  } shapes[] = {{64, 16, 4096}, {64, 128, 4096}, {128, 128, 2048},
-                {1, 16, 4096},  {1, 128, 32768}, {16, 128, 8192}};
+    int batch, heads, length, capacity = 0;
+  } shapes[] = {{64, 16, 4096},     {64, 128, 4096},    {128, 128, 2048},
+                {1, 16, 4096},      {1, 128, 32768},    {16, 128, 8192},
+                {1, 16, 192, 4096}, {16, 16, 192, 4096}};
   const int pageSize = 64;
   std::mt19937 rng(1);
   for (const Shape &shape : shapes) {
-    int pagesPerSeq = shape.length / pageSize;
+    const int capacity = std::max(shape.capacity, shape.length);
+    int pagesPerSeq = (capacity + pageSize - 1) / pageSize;
     int pages = shape.batch * pagesPerSeq;
     std::vector<int32_t> table(pages);
     std::iota(table.begin(), table.end(), 0);
@@ -80,7 +84,7 @@ int main(int argc, char **argv) {
     args.heads = shape.heads;
     args.pageSize = pageSize;
     args.maxPagesPerSequence = pagesPerSeq;
-    args.maxLength = shape.length;
+    args.maxLength = capacity;
     args.scale = 0.0721688f;
     // The default (the warpgroup kernel where it takes the shape, else the
     // warp kernel, tiles by TMA), then beside it the tiles by cp.async and,
@@ -113,18 +117,24 @@ int main(int argc, char **argv) {
           },
           iters);
       double seconds = ms * 1e-3;
+      double cacheBytesRead =
+          double(shape.batch) * shape.length * kLatentEntry * 2;
       double flops = 2.0 * shape.batch * shape.heads * double(shape.length) *
                      (kLatentEntry + kLatentRank);
       std::printf("{\"what\": \"mla_decode_melt\", \"kernel\": \"%s\", "
-                  "\"tiles\": \"%s\", \"chunks_per_sequence\": %d, "
+                  "\"tiles\": \"%s\", "
+                  "\"chunks_per_sequence\": %d, \"chunks\": %d, "
                   "\"batch\": %d, \"heads\": %d, "
-                  "\"seq\": %d, \"page_size\": %d, \"us\": %.1f, "
+                  "\"seq\": %d, \"capacity\": %d, \"page_size\": %d, "
+                  "\"us\": %.1f, "
                   "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
                   mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync",
                   mlaDecodeBulkCopies(args) ? "tma" : "cp.async",
-                  args.chunksPerSequence, shape.batch, shape.heads,
-                  shape.length, pageSize, ms * 1e3,
-                  cacheValues * 2 / seconds / 1e9, flops / seconds / 1e12);
+                  args.chunksPerSequence,
+                  mlaDecodeChunkCount(args, prop.multiProcessorCount),
+                  shape.batch, shape.heads, shape.length, capacity, pageSize,
+                  ms * 1e3, cacheBytesRead / seconds / 1e9,
+                  flops / seconds / 1e12);
       CHECK(cudaFree(workspace));
     }
     CHECK(cudaFree(cache));

@@ -52,7 +52,7 @@ void usage() {
                "and P 1 keep every token)\n"
                "       [--steps-per-call N]  (greedy decoding N steps a "
                "call, each pick fed back on the device: "
-               "melt_session_generate_greedy; default 1)\n"
+               "melt_session_generate_greedy; default 64, 1: a call a step)\n"
                "Generates from a compiled melt model (the tokens picked on "
                "its device) and reports tokens/s, peak memory and, on a "
                "GPU, joules per decoded token (--bench: as one JSON line a "

@@ -127,10 +127,16 @@ __device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
   commitCopies();
 }
 
+/// Grid (chunks, head groups, sequences). A sequence's tokens are spread
+/// over its `chunks` blocks by its own length, whole tiles each: the split
+/// is planned for the page table's capacity (a recorded step replays at
+/// every length it holds), and a short sequence in a long table would
+/// otherwise leave all its tiles to the first block or two, one after the
+/// other (mini's batch-1 step at 130-190 tokens: 4 tiles in a row).
 template <int kHeadTiles, bool kBulk>
 __global__ void __launch_bounds__(kThreads)
-    mlaDecodeChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
-                    float *partialSums, float2 *partialStats,
+    mlaDecodeChunks(MlaDecodeArgs args, int chunks, float *partialSums,
+                    float2 *partialStats,
                     const __grid_constant__ CUtensorMap cacheMap) {
   awaitPriorKernels();
   using Shape = BlockShape<kHeadTiles>;
@@ -143,9 +149,21 @@ __global__ void __launch_bounds__(kThreads)
   const int chunk = blockIdx.x, headGroup = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int length = args.lengths[seq];
+  const int lengthTiles = (length + kTileTokens - 1) / kTileTokens;
+  const int chunkTokens = (lengthTiles + chunks - 1) / chunks * kTileTokens;
   const int begin = chunk * chunkTokens;
   const int end = min(length, begin + chunkTokens);
   const int head0 = headGroup * kHeads;
+  // A chunk past the sequence's end: its statistics alone, an empty
+  // chunk's (both combines skip a chunk of no weight without reading its
+  // sums). A batch of 16 at 192 tokens, its table's capacity 4096: 11.2 us
+  // instead of 14.6 (bench/results/mla_decode_short_contexts_h200.txt).
+  if (begin >= end) {
+    if (threadIdx.x < kHeads)
+      partialStats[(size_t(seq) * chunks + chunk) * args.heads + head0 +
+                   threadIdx.x] = make_float2(-FLT_MAX, 0.f);
+    return;
+  }
   const int32_t *pages =
       args.blockTable + size_t(seq) * args.maxPagesPerSequence;
 
@@ -164,9 +182,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (kBulk)
     __syncthreads(); // the barriers initialized before their first use
-  if (begin < end)
-    startTileCopy<kBulk>(s.cache[0], args, cacheMap, &s.loaded[0], pages, begin,
-                         end);
+  startTileCopy<kBulk>(s.cache[0], args, cacheMap, &s.loaded[0], pages, begin,
+                       end);
 
   // Row statistics, kept by the threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
@@ -393,7 +410,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   if (threadIdx.x % Shape::headThreads == 0)
     partialStats[slot + threadIdx.x / Shape::headThreads] =
-        make_float2(begin < end ? runningMax : -FLT_MAX, runningSum);
+        make_float2(runningMax, runningSum);
 }
 
 /// One block per (sequence, head): merges the chunks.
@@ -447,8 +464,10 @@ size_t sharedBytesFor(int tiles) {
 
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
 /// second, partial wave would leave most SMs idle at its end), but at least
-/// kMinChunkTokens each, so that the queries' load and the partial sums a
-/// chunk writes stay small beside the cache it reads.
+/// kMinChunkTokens each at the table's capacity (a shorter sequence is
+/// spread over them by its length, mlaDecodeChunks), so that the queries'
+/// load and the partial sums a chunk writes stay small beside the cache it
+/// reads.
 /// 128 tokens: a 16-head block's queries (18 KB) and partial sums (32 KB)
 /// are a third of its 144 KB of cache, which one sequence over a few
 /// blocks cannot fill the GPU without (b1, 16 heads, 4096 tokens on the
@@ -497,8 +516,8 @@ struct SplitPlan {
 };
 
 template <int kHeadTiles, bool kBulk>
-cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
-                         float *sums, float2 *stats, const CUtensorMap &map,
+cudaError_t launchChunks(const MlaDecodeArgs &args, int chunks, float *sums,
+                         float2 *stats, const CUtensorMap &map,
                          cudaStream_t stream) {
   const size_t shared = sharedBytes<kHeadTiles>();
   cudaError_t error = cudaFuncSetAttribute(
@@ -508,22 +527,21 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunkTokens, int chunks,
     return error;
   dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
   launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk>, grid, kThreads, shared,
-                   stream, args, chunkTokens, chunks, sums, stats, map);
+                   stream, args, chunks, sums, stats, map);
   return cudaGetLastError();
 }
 
 /// The warp kernel with its tiles by TMA where a tensor map over the cache
 /// can be made, else by cp.async.
 template <int kHeadTiles>
-cudaError_t launchWarpChunks(const MlaDecodeArgs &args, int chunkTokens,
-                             int chunks, float *sums, float2 *stats,
-                             cudaStream_t stream) {
+cudaError_t launchWarpChunks(const MlaDecodeArgs &args, int chunks, float *sums,
+                             float2 *stats, cudaStream_t stream) {
   alignas(64) CUtensorMap map{};
   return mlaCacheTensorMap(args, kTileTokens, map)
-             ? launchChunks<kHeadTiles, true>(args, chunkTokens, chunks, sums,
-                                              stats, map, stream)
-             : launchChunks<kHeadTiles, false>(args, chunkTokens, chunks, sums,
-                                               stats, map, stream);
+             ? launchChunks<kHeadTiles, true>(args, chunks, sums, stats, map,
+                                              stream)
+             : launchChunks<kHeadTiles, false>(args, chunks, sums, stats, map,
+                                               stream);
 }
 
 } // namespace
@@ -556,10 +574,8 @@ cudaError_t mlaDecodeChunks(const MlaDecodeArgs &args, void *workspace,
           ? launchMlaWarpgroupChunks(args, plan.chunkTokens, plan.chunks, sums,
                                      stats, stream)
       : headTiles(args, smCount) == 4
-          ? launchWarpChunks<4>(args, plan.chunkTokens, plan.chunks, sums,
-                                stats, stream)
-          : launchWarpChunks<1>(args, plan.chunkTokens, plan.chunks, sums,
-                                stats, stream);
+          ? launchWarpChunks<4>(args, plan.chunks, sums, stats, stream)
+          : launchWarpChunks<1>(args, plan.chunks, sums, stats, stream);
   if (error != cudaSuccess)
     return error;
   partials = {plan.chunks, sums, stats};

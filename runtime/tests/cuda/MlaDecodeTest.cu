@@ -26,11 +26,16 @@ struct Case {
   bool warpgroups = true;
   // false: the cache's extent not given (no TMA: cp.async copies).
   bool cacheExtent = true;
+  // The page table's tokens a sequence, where more than the longest (a
+  // step recorded for a longer context: the split planned for it, the
+  // sequences spread over its chunks by their lengths).
+  int capacity = 0;
 };
 
 void runCase(const Case &c) {
   const int batch = static_cast<int>(c.lengths.size()), pageSize = 64;
-  const int maxLength = *std::max_element(c.lengths.begin(), c.lengths.end());
+  const int maxLength = std::max(
+      c.capacity, *std::max_element(c.lengths.begin(), c.lengths.end()));
   const int pagesPerSeq = (maxLength + pageSize - 1) / pageSize;
   const int totalPages = batch * pagesPerSeq;
   std::mt19937 rng(7);
@@ -148,6 +153,13 @@ TEST(CudaMlaDecode, MatchesReference) {
   runCase({16, {1, 63, 64, 65, 700, 2048}, 132, true, false});
   runCase({32, {4096, 31}, 8, true, false});
   runCase({64, {1500, 64, 2}, 132, false, false});
+  // Sequences spread over a split planned for a longer table (a step
+  // recorded for its capacity): chunks past a sequence's end, by TMA and by
+  // cp.async, and on the warpgroup kernel.
+  runCase({16, {190, 1, 33, 1000}, 132, true, true, 4096});
+  runCase({16, {190, 1, 33}, 132, true, false, 8192});
+  runCase({128, {190, 1}, 132, false, true, 4096});
+  runCase({32, {700, 64}, 8, true, true, 4096});
 }
 
 TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
