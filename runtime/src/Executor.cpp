@@ -58,7 +58,9 @@ struct melt::rt::ForwardRunner::Profile {
 /// the kernels queued (a recorded step: the graph's launch; else every
 /// kernel's call), the pick and router choices queued after them, and the
 /// wait for the step's results (the device's time the host did not
-/// overlap). Steps that record a graph are left out.
+/// overlap). Steps that record a graph are left out of those; their
+/// recordings (the host's capture and instantiation of a decode step's
+/// graph, once per shape and session) are counted on a line of their own.
 namespace {
 struct StepPhases {
   double upload = 0, queue = 0, pick = 0, wait = 0;
@@ -69,9 +71,16 @@ struct melt::rt::ForwardRunner::StepTimes {
   using Clock = std::chrono::steady_clock;
   double between = 0;
   StepPhases sum;
-  uint64_t steps = 0, replayed = 0;
+  uint64_t steps = 0, replayed = 0, recordings = 0;
+  double recording = 0;
   Clock::time_point lastEnd{};
   ~StepTimes() {
+    if (recordings > 0)
+      std::fprintf(stderr,
+                   "melt step recordings: %llu, %.1f us each (a decode "
+                   "step's graph captured and instantiated)\n",
+                   static_cast<unsigned long long>(recordings),
+                   recording / double(recordings));
     if (steps < 2)
       return;
     const double n = double(steps);
@@ -1271,6 +1280,8 @@ Status ForwardRunner::queueStep(const StepBatch &batch,
   std::unique_ptr<Pass> &slot = recorded_[shape];
   if (!slot) {
     timer.leaveOut();
+    const StepTimes::Clock::time_point recordingStarts =
+        StepTimes::Clock::now();
     auto recording =
         std::make_unique<Pass>(device, model_.model().artifact().model());
     MELT_RETURN_IF_ERROR(allocateInputs(model_, *recording, batch));
@@ -1278,6 +1289,12 @@ Status ForwardRunner::queueStep(const StepBatch &batch,
     MELT_RETURN_IF_ERROR(device.beginCapture());
     Status queued = enqueue(model_, *recording, T, nullptr, caches);
     Status recorded = device.endCapture(recording->graph);
+    if (stepTimes_) {
+      ++stepTimes_->recordings;
+      stepTimes_->recording += std::chrono::duration<double, std::micro>(
+                                   StepTimes::Clock::now() - recordingStarts)
+                                   .count();
+    }
     if (queued) // the same error a step run kernel by kernel would give
       return queued;
     if (recorded) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: where a decode step's host time goes beside its
 # graph (MELT_PROFILE_STEPS=1: between steps, uploads, the graph's launch,
-# the pick and router choices queued after it, the wait for the results),
+# the pick and router choices queued after it, the wait for the results;
+# and each session's recordings of its decode graph, host time each),
 # for mini (prepare.sh --mini) with random weights, prompt 128, 64 new
 # tokens, at each batch; each run once with the per-expert load counters
 # (the default: the routers' choices read back after every step) and once
@@ -22,7 +23,8 @@ for model in $models; do
       --warmup --repeat 2 --prompt-ids "$prompt" --max-new 64 \
       --batch "${MELT_STEP_BATCHES:-1,64}" > "$log" 2>&1
     # The timed sessions' lines (the warmup session's come first).
-    grep -o "melt step times.*" "$log" | sed "s/^/$model expert_load=$load: /"
+    grep -o "melt step times.*\|melt step recordings.*" "$log" |
+      sed "s/^/$model expert_load=$load: /"
     grep -o '"batch": [0-9]*\|"decode_tokens_per_s": [0-9.]*' "$log" |
       paste -sd' ' | sed "s/^/$model expert_load=$load: /"
   done
