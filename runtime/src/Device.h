@@ -159,9 +159,12 @@ public:
   // kernels are recorded, not run: nothing may be uploaded or read back,
   // and memory released meanwhile stays reserved for the graph until it is
   // destroyed. replay runs the recorded kernels again on the same memory
-  // (refill their inputs first with upload).
+  // (refill their inputs first with upload). `behindQueued`: the kernels
+  // queued before may still run while the host records (no wait first:
+  // the recording of the next step hidden behind this one).
   virtual bool canCapture() const { return false; }
-  virtual Status beginCapture() {
+  virtual Status beginCapture(bool behindQueued = false) {
+    (void)behindQueued;
     return {MELT_UNSUPPORTED, name() + ": no recorded graphs"};
   }
   virtual Status endCapture(std::unique_ptr<DeviceGraph> &out) {

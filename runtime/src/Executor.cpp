@@ -71,16 +71,18 @@ struct melt::rt::ForwardRunner::StepTimes {
   using Clock = std::chrono::steady_clock;
   double between = 0;
   StepPhases sum;
-  uint64_t steps = 0, replayed = 0, recordings = 0;
+  uint64_t steps = 0, replayed = 0, recordings = 0, recordedAhead = 0;
   double recording = 0;
   Clock::time_point lastEnd{};
   ~StepTimes() {
     if (recordings > 0)
       std::fprintf(stderr,
                    "melt step recordings: %llu, %.1f us each (a decode "
-                   "step's graph captured and instantiated)\n",
+                   "step's graph captured and instantiated; %llu while the "
+                   "step before ran)\n",
                    static_cast<unsigned long long>(recordings),
-                   recording / double(recordings));
+                   recording / double(recordings),
+                   static_cast<unsigned long long>(recordedAhead));
     if (steps < 2)
       return;
     const double n = double(steps);
@@ -1280,29 +1282,7 @@ Status ForwardRunner::queueStep(const StepBatch &batch,
   std::unique_ptr<Pass> &slot = recorded_[shape];
   if (!slot) {
     timer.leaveOut();
-    const StepTimes::Clock::time_point recordingStarts =
-        StepTimes::Clock::now();
-    auto recording =
-        std::make_unique<Pass>(device, model_.model().artifact().model());
-    MELT_RETURN_IF_ERROR(allocateInputs(model_, *recording, batch));
-    MELT_RETURN_IF_ERROR(uploadInputs(device, *recording, batch));
-    MELT_RETURN_IF_ERROR(device.beginCapture());
-    Status queued = enqueue(model_, *recording, T, nullptr, caches);
-    Status recorded = device.endCapture(recording->graph);
-    if (stepTimes_) {
-      ++stepTimes_->recordings;
-      stepTimes_->recording += std::chrono::duration<double, std::micro>(
-                                   StepTimes::Clock::now() - recordingStarts)
-                                   .count();
-    }
-    if (queued) // the same error a step run kernel by kernel would give
-      return queued;
-    if (recorded) {
-      // This shape runs kernel by kernel from now on.
-      recording->recordable = false;
-      recording->graph.reset();
-    }
-    slot = std::move(recording);
+    MELT_RETURN_IF_ERROR(record(batch, caches, false, slot));
   } else if (slot->recordable) {
     MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch));
   }
@@ -1319,17 +1299,68 @@ Status ForwardRunner::queueStep(const StepBatch &batch,
   return Status::ok();
 }
 
+Status ForwardRunner::record(const StepBatch &batch,
+                             std::map<uint32_t, DeviceTensor> &caches,
+                             bool behindQueued, std::unique_ptr<Pass> &out) {
+  Device &device = model_.device();
+  const StepTimes::Clock::time_point starts = StepTimes::Clock::now();
+  auto recording =
+      std::make_unique<Pass>(device, model_.model().artifact().model());
+  MELT_RETURN_IF_ERROR(allocateInputs(model_, *recording, batch));
+  MELT_RETURN_IF_ERROR(uploadInputs(device, *recording, batch));
+  MELT_RETURN_IF_ERROR(device.beginCapture(behindQueued));
+  Status queued = enqueue(model_, *recording, int64_t(batch.tokens.size()),
+                          nullptr, caches);
+  Status recorded = device.endCapture(recording->graph);
+  if (stepTimes_) {
+    ++stepTimes_->recordings;
+    stepTimes_->recordedAhead += behindQueued ? 1 : 0;
+    stepTimes_->recording += std::chrono::duration<double, std::micro>(
+                                 StepTimes::Clock::now() - starts)
+                                 .count();
+  }
+  if (queued) // the same error a step run kernel by kernel would give
+    return queued;
+  if (recorded) {
+    // This shape runs kernel by kernel from now on.
+    recording->recordable = false;
+    recording->graph.reset();
+  }
+  out = std::move(recording);
+  return Status::ok();
+}
+
+void ForwardRunner::recordAhead(const StepBatch &next,
+                                std::map<uint32_t, DeviceTensor> &caches) {
+  Device &device = model_.device();
+  const int64_t T = int64_t(next.tokens.size());
+  const int64_t B = int64_t(next.lengths.size());
+  const std::pair<int64_t, int64_t> shape{B, next.pagesPerSequence};
+  if (!device.canCapture() || profile_ || T != B || T == 0 ||
+      recorded_.count(shape) || recorded_.size() >= kMaxRecorded)
+    return;
+  std::unique_ptr<Pass> recording;
+  // A recording that fails here is the step's to make again (and to
+  // report, or to give up on for its shape): nothing is kept.
+  if (record(next, caches, true, recording) || !recording->recordable)
+    return;
+  recorded_[shape] = std::move(recording);
+  ++recordedAhead_;
+}
+
 Status ForwardRunner::run(const StepBatch &batch,
                           std::map<uint32_t, DeviceTensor> &caches,
                           std::vector<float> &logits,
-                          std::vector<RouterChoices> *choices,
-                          DevicePick *pick) {
+                          std::vector<RouterChoices> *choices, DevicePick *pick,
+                          const StepBatch *next) {
   const int64_t T = int64_t(batch.tokens.size());
   StepTimer timer(stepTimes_.get(),
                   T == int64_t(batch.lengths.size()) && T > 0);
   std::unique_ptr<Pass> scratch;
   Pass *pass = nullptr;
   MELT_RETURN_IF_ERROR(queueStep(batch, caches, nullptr, scratch, pass, timer));
+  if (next)
+    recordAhead(*next, caches);
   double waited = 0;
   Status status = collect(model_, *pass, logits, choices, pick, &waited);
   timer.markCollect(waited);

@@ -162,11 +162,14 @@ public:
   /// width] tensor per cache buffer of @forward); `logits` receives
   /// [logitRows, vocab] on the host and `choices` (if given) the routers'
   /// choices. With `pick`, the logits stay on the device: `pick` receives
-  /// each logit row's token picked there instead.
+  /// each logit row's token picked there instead. With `next` (a decode
+  /// step of the shape expected next), a device that records steps
+  /// records that shape while this step runs, if it has no recording of
+  /// it yet (a recording that fails is left to the step itself).
   Status run(const StepBatch &batch, std::map<uint32_t, DeviceTensor> &caches,
              std::vector<float> &logits,
              std::vector<RouterChoices> *choices = nullptr,
-             DevicePick *pick = nullptr);
+             DevicePick *pick = nullptr, const StepBatch *next = nullptr);
 
   /// Greedy decode steps queued back to back: batches[s] is step s of the
   /// same n sequences, one token each; step s > 0 takes, in place of its
@@ -181,6 +184,10 @@ public:
 
   /// Steps replayed from a recording so far (for tests and benchmarks).
   uint64_t replayedSteps() const { return replayed_; }
+  /// Recordings made while the step before them ran (run()'s `next`).
+  uint64_t recordedAhead() const { return recordedAhead_; }
+  /// Decode shapes with a recording kept (or marked unrecordable).
+  size_t recordedShapes() const { return recorded_.size(); }
 
   struct Pass;
   struct Profile;
@@ -196,6 +203,15 @@ private:
                    std::map<uint32_t, DeviceTensor> &caches,
                    const DeviceTensor *tokens, std::unique_ptr<Pass> &scratch,
                    Pass *&pass, StepTimer &timer);
+  /// Records `batch`'s step into `out` (a pass whose graph is null where
+  /// the device could not record it); `behindQueued`: while the kernels
+  /// queued before run (Device::beginCapture).
+  Status record(const StepBatch &batch,
+                std::map<uint32_t, DeviceTensor> &caches, bool behindQueued,
+                std::unique_ptr<Pass> &out);
+  /// run()'s `next`: its shape recorded now where it has no recording.
+  void recordAhead(const StepBatch &next,
+                   std::map<uint32_t, DeviceTensor> &caches);
 
   const DeviceModel &model_;
   /// Recorded decode steps by (sequences, pages per sequence); a null
@@ -204,7 +220,7 @@ private:
   /// least recently used dropped first.
   static constexpr size_t kMaxRecorded = 16;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Pass>> recorded_;
-  uint64_t replayed_ = 0, steps_ = 0;
+  uint64_t replayed_ = 0, steps_ = 0, recordedAhead_ = 0;
   /// MELT_PROFILE: this session's time per kernel kind (null when off).
   std::unique_ptr<Profile> profile_;
   /// MELT_PROFILE_STEPS: where a replayed step's host time goes (null when

@@ -247,15 +247,8 @@ StepBatch Session::makeBatch(const std::vector<Sequence *> &seqs,
     batch.pagesPerSequence = std::max(batch.pagesPerSequence, used[e]);
     decode = decode && entries[e].count == 1;
   }
-  if (decode) {
-    // Decode steps keep one shape for a while (a power of two of pages per
-    // sequence), so that a device that records them replays a recording.
-    int64_t pages = 1, most = (maxContext_ + kPageTokens - 1) / kPageTokens;
-    while (pages < batch.pagesPerSequence)
-      pages *= 2;
-    batch.pagesPerSequence =
-        std::max(batch.pagesPerSequence, std::min(pages, most));
-  }
+  if (decode)
+    batch.pagesPerSequence = decodeTablePages(batch.pagesPerSequence);
   batch.pages.assign(size_t(n * batch.pagesPerSequence), -1);
   for (size_t e = 0; e < n; ++e) {
     const Sequence &seq = *seqs[e];
@@ -277,6 +270,41 @@ StepBatch Session::makeBatch(const std::vector<Sequence *> &seqs,
   return batch;
 }
 
+int64_t Session::decodeTablePages(int64_t used) const {
+  int64_t pages = 1, most = (maxContext_ + kPageTokens - 1) / kPageTokens;
+  while (pages < used)
+    pages *= 2;
+  return std::max(used, std::min(pages, most));
+}
+
+StepBatch Session::nextDecodeBatch(const std::vector<Sequence *> &seqs,
+                                   const Entry *entries) const {
+  const size_t n = seqs.size();
+  StepBatch batch;
+  std::vector<int64_t> lengths(n);
+  for (size_t e = 0; e < n; ++e) {
+    lengths[e] = seqs[e]->length + int64_t(entries[e].count);
+    batch.pagesPerSequence =
+        std::max(batch.pagesPerSequence,
+                 (lengths[e] + 1 + kPageTokens - 1) / kPageTokens);
+  }
+  batch.pagesPerSequence = decodeTablePages(batch.pagesPerSequence);
+  batch.pages.assign(size_t(n * batch.pagesPerSequence), -1);
+  for (size_t e = 0; e < n; ++e) {
+    const std::vector<int32_t> &pages = seqs[e]->pages;
+    std::copy(pages.begin(),
+              pages.begin() + std::min<int64_t>(int64_t(pages.size()),
+                                                batch.pagesPerSequence),
+              batch.pages.begin() + int64_t(e) * batch.pagesPerSequence);
+    batch.tokens.push_back(0);
+    batch.positions.push_back(int32_t(lengths[e]));
+    batch.sequences.push_back(int32_t(e));
+    batch.lengths.push_back(int32_t(lengths[e] + 1));
+    batch.logitRows.push_back(int32_t(e));
+  }
+  return batch;
+}
+
 Status Session::run(const Entry *entries, size_t n,
                     std::vector<float> *allLogits, DevicePick *pick) {
   int64_t vocab = model_.model().vocabSize();
@@ -292,8 +320,17 @@ Status Session::run(const Entry *entries, size_t n,
   LogitsBuffer buffer = pick ? nullptr : freeLogitsBuffer();
   std::vector<float> unused;
   std::vector<float> &logits = buffer ? *buffer : unused;
-  Status status = runner_.run(batch, caches_, logits,
-                              countExpertLoad_ ? &choices : nullptr, pick);
+  // The decode step expected next, recorded while this one runs (a
+  // context full after this step has none).
+  StepBatch next;
+  bool recordNext = recordAhead_;
+  for (size_t e = 0; e < n && recordNext; ++e)
+    recordNext = seqs[e]->length + int64_t(entries[e].count) < maxContext_;
+  if (recordNext)
+    next = nextDecodeBatch(seqs, entries);
+  Status status =
+      runner_.run(batch, caches_, logits, countExpertLoad_ ? &choices : nullptr,
+                  pick, recordNext ? &next : nullptr);
   if (!status && !pick &&
       logits.size() != batch.logitRows.size() * static_cast<size_t>(vocab))
     status = invalidArtifact("@forward returned logits of the wrong shape");

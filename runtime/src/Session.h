@@ -80,6 +80,9 @@ public:
   }
   /// Decode steps replayed from a recorded graph (devices that record).
   uint64_t replayedSteps() const { return runner_.replayedSteps(); }
+  /// Decode shapes recorded while the step before ran (MELT_RECORD_AHEAD).
+  uint64_t recordedAhead() const { return runner_.recordedAhead(); }
+  size_t recordedShapes() const { return runner_.recordedShapes(); }
   /// Per-expert load counters of every router (the rows each saw: a
   /// prefill's last MoE layer sees its logit rows only,
   /// LogitOnlyKernels.h), as JSON:
@@ -117,6 +120,16 @@ private:
   /// tokens past its length (the steps of one call before it).
   StepBatch makeBatch(const std::vector<Sequence *> &seqs, const Entry *entries,
                       int64_t ahead, bool allLogits) const;
+  /// Pages a sequence in a decode step whose longest sequence uses `used`:
+  /// a power of two (one shape for a while: a device that records steps
+  /// replays a recording), within the context.
+  int64_t decodeTablePages(int64_t used) const;
+  /// The decode step after a step of `entries` (each sequence one token
+  /// further), for recording ahead: its shape is what makeBatch will give
+  /// it; its pages those the sequences hold now, -1 past them (a recording
+  /// runs nothing; a replay uploads its own step's).
+  StepBatch nextDecodeBatch(const std::vector<Sequence *> &seqs,
+                            const Entry *entries) const;
   Session(const DeviceModel &model, int64_t maxContext)
       : model_(model), maxContext_(maxContext), runner_(model) {}
 
@@ -132,6 +145,9 @@ private:
   /// MELT_EXPERT_LOAD=0: no per-expert load counters (the routers' choices
   /// are then not read back after each step).
   bool countExpertLoad_ = envSwitch("MELT_EXPERT_LOAD", true);
+  /// MELT_RECORD_AHEAD=1: a step that ends in a decode shape not yet
+  /// recorded has it recorded while it runs (ForwardRunner::run's `next`).
+  bool recordAhead_ = envSwitch("MELT_RECORD_AHEAD", false);
   /// The last step's router choices (kept: no allocation per step).
   std::vector<RouterChoices> routerChoices_;
   std::vector<LogitsBuffer> logitsBuffers_;

@@ -428,6 +428,68 @@ TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
     EXPECT_EQ(stepped->replayedSteps(), 0u);
 }
 
+// MELT_RECORD_AHEAD=1: the prefill records the decode step after it while
+// it runs; the steps replay that recording and give, bit for bit, what a
+// session that records each shape at its first step gives. A device that
+// records nothing runs every step as before.
+TEST_P(SessionOnDevice, DecodeRecordedAheadReplaysTheSame) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  std::unique_ptr<Device> device;
+  ASSERT_FALSE(openDevice(GetParam(), device));
+  std::unique_ptr<Model> model;
+  ASSERT_FALSE(Model::load(models[0].artifact, models[0].checkpoint, model,
+                           /*keepHostData=*/true));
+  std::unique_ptr<DeviceModel> onDevice;
+  ASSERT_FALSE(DeviceModel::create(*model, *device, onDevice));
+  std::unique_ptr<Session> ahead, atFirstStep;
+  ::setenv("MELT_RECORD_AHEAD", "1", 1);
+  Status created = Session::create(*onDevice, 256, 512, ahead);
+  ::unsetenv("MELT_RECORD_AHEAD");
+  ASSERT_FALSE(created) << created.message();
+  ASSERT_FALSE(Session::create(*onDevice, 256, 512, atFirstStep));
+  // Two sequences: a prefill of 70 and 3 tokens, then decode steps across
+  // a page boundary and a table's doubling (2 -> 4 pages).
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 70; ++i)
+    prompt.push_back(i * 53 % 250 + 1);
+  int32_t ids[2][2];
+  for (Session *s : {ahead.get(), atFirstStep.get()}) {
+    const int which = s == ahead.get() ? 0 : 1;
+    ASSERT_FALSE(s->addSequence(ids[which][0]));
+    ASSERT_FALSE(s->addSequence(ids[which][1]));
+    const Session::Entry prefill[2] = {
+        {ids[which][0], prompt.data(), prompt.size()},
+        {ids[which][1], prompt.data() + 10, 3}};
+    Status status = s->step(prefill, 2);
+    ASSERT_FALSE(status) << status.message();
+  }
+  for (int step = 0; step < 64; ++step) {
+    std::vector<float> logits[2];
+    for (Session *s : {ahead.get(), atFirstStep.get()}) {
+      const int which = s == ahead.get() ? 0 : 1;
+      const int32_t token = step * 17 % 240 + 3;
+      const Session::Entry one[2] = {{ids[which][0], &token, 1},
+                                     {ids[which][1], &token, 1}};
+      Status status = s->step(one, 2);
+      ASSERT_FALSE(status) << status.message();
+      const float *last = nullptr;
+      size_t vocab = 0;
+      ASSERT_FALSE(s->logits(ids[which][1], last, vocab));
+      logits[which].assign(last, last + vocab);
+    }
+    EXPECT_EQ(logits[0], logits[1]) << "step " << step;
+  }
+  EXPECT_EQ(ahead->replayedSteps(), atFirstStep->replayedSteps());
+  // The shapes recorded ahead were the steps' own: no other recordings.
+  EXPECT_EQ(ahead->recordedShapes(), atFirstStep->recordedShapes());
+  // Recorded ahead: the first decode shape (by the prefill), the doubled
+  // table's (by the step before it).
+  EXPECT_EQ(ahead->recordedAhead(), device->canCapture() ? 2u : 0u);
+  EXPECT_EQ(atFirstStep->recordedAhead(), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Present, SessionOnDevice,
                          ::testing::ValuesIn(availableDevices()),
                          deviceTestName);

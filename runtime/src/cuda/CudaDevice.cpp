@@ -176,10 +176,14 @@ public:
 
   bool canCapture() const override { return true; }
 
-  Status beginCapture() override {
+  Status beginCapture(bool behindQueued) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(flags());
-    MELT_RETURN_IF_ERROR(synchronize());
+    // Without a wait, the queued kernels' faults surface at the wait that
+    // follows (the step's collect), not here; a recording starts behind
+    // them in stream order all the same.
+    if (!behindQueued)
+      MELT_RETURN_IF_ERROR(synchronize());
     // Relaxed: a block the cache lacks may still be cudaMalloc'ed.
     MELT_RETURN_IF_ERROR(
         check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed),
