@@ -15,7 +15,8 @@ import json
 
 # The fields mini-model.sh adds to the runs it repeats with other settings.
 SERIES_FIELDS = ("mla", "fold", "fp8", "silu_mul", "deterministic", "overlap",
-                 "side_stream", "latent_append", "fp8_few_tokens", "logit_rows")
+                 "side_stream", "latent_append", "fp8_few_tokens", "logit_rows",
+                 "steps_per_call", "record_ahead")
 
 
 def matches(row, series):

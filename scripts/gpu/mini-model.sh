@@ -43,8 +43,11 @@
 # weights and the row-wise FP8 experts (MELT_CUDA_FP8_PAD_K=0
 # MELT_CUDA_FP8_EXPERT_ROWS=0), MELT_COMPARE_OVERLAP=1
 # the decode with every kernel launched after the one ahead ended;
-# MELT_COMPARE_STEPS_PER_CALL=1 the decode in one call of all its steps
-# (melt-run --steps-per-call 64: each pick fed back on the device);
+# MELT_COMPARE_STEPS_PER_CALL=1 the decode a step a call (melt-run
+# --steps-per-call 1) beside the default calls of 64 steps;
+# MELT_COMPARE_RECORD_AHEAD=1 the decode with each session's first decode
+# step recorded while its prefill runs (MELT_RECORD_AHEAD=1), twice,
+# alternating with the default;
 # MELT_SKIP_BASELINE=1 leaves transformers out.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -155,12 +158,22 @@ for model in mini-bf16.melt mini-fp8.melt; do
           --max-new 32 --batch 1,8,32 | sed "s/^{/{\"latent_cache\": \"$cache\", /"
       done
     fi
-    # MELT_COMPARE_STEPS_PER_CALL=1: greedy decode in one call of all its
-    # steps (melt-run --steps-per-call 64: each pick fed back on the
-    # device, the host waiting once) beside a call a step.
+    # MELT_COMPARE_STEPS_PER_CALL=1: greedy decode a step a call (the host
+    # waiting for each pick) beside the default calls of 64 steps.
     if [ "${MELT_COMPARE_STEPS_PER_CALL:-}" = 1 ]; then
       run "$model" --prompt-ids "$(prompt 128)" --max-new 64 --batch 1,16,64 \
-        --steps-per-call 64 | sed 's/^{/{"steps_per_call": 64, /'
+        --steps-per-call 1 | sed 's/^{/{"steps_per_call": 1, /'
+    fi
+    # MELT_COMPARE_RECORD_AHEAD=1: the first decode step's graph recorded
+    # while the prefill runs (MELT_RECORD_AHEAD=1), alternating with the
+    # default (recorded at that step, the GPU idle meanwhile).
+    if [ "${MELT_COMPARE_RECORD_AHEAD:-}" = 1 ]; then
+      for round in 1 2; do
+        MELT_RECORD_AHEAD=1 run "$model" --prompt-ids "$(prompt 128)" \
+          --max-new 64 --batch 1,16,64 | sed "s/^{/{\"record_ahead\": \"on $round\", /"
+        run "$model" --prompt-ids "$(prompt 128)" --max-new 64 \
+          --batch 1,16,64 | sed "s/^{/{\"record_ahead\": \"off $round\", /"
+      done
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then
       MELT_CUDA_OVERLAP_KERNELS=0 run "$model" --prompt-ids "$(prompt 128)" \
@@ -190,6 +203,11 @@ compare() { python3 bench/cuda/compare_tokens.py "$out/mini_melt.json" "$@"; }
   compare --label "shared experts on a second stream / in order" \
     --model mini-bf16.melt --model mini-fp8.melt --batch 1 --batch 64 \
     "side_stream=on 1" "side_stream=off 1"
+# Recorded ahead or at the step: the same graphs (the same tokens).
+[ "${MELT_COMPARE_RECORD_AHEAD:-}" = 1 ] &&
+  compare --label "recorded ahead / at the first step" \
+    --model mini-bf16.melt --model mini-fp8.melt --batch 1 --batch 64 \
+    "record_ahead=on 1" "record_ahead=off 1"
 [ "${MELT_SKIP_BASELINE:-}" = 1 ] && exit 0
 echo "== transformers: mini =="
 # Bounded (MELT_BASELINE_SECONDS, default 300): its batched_mm experts can
