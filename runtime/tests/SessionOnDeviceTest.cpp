@@ -382,6 +382,22 @@ TEST_P(SessionOnDevice, GeneratedStepsAreStepsOneByOne) {
   EXPECT_EQ(generated.logits(ids[0]), logitsBefore);
 }
 
+// A compiled model loaded in this process onto a device, for tests that
+// use Session directly (its recordings, its counters).
+struct OnDevice {
+  std::unique_ptr<Device> device;
+  std::unique_ptr<Model> host;
+  std::unique_ptr<DeviceModel> model;
+};
+
+void loadOnDevice(const Compiled &c, const std::string &deviceName,
+                  OnDevice &out) {
+  ASSERT_FALSE(openDevice(deviceName, out.device));
+  ASSERT_FALSE(Model::load(c.artifact, c.checkpoint, out.host,
+                           /*keepHostData=*/true));
+  ASSERT_FALSE(DeviceModel::create(*out.host, *out.device, out.model));
+}
+
 // Decode steps on a device that records graphs are replayed from a
 // recording after the first of each shape, and give what the steps run
 // kernel by kernel give (a prefill of the same tokens, all logits).
@@ -389,13 +405,12 @@ TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
   std::vector<Compiled> models = modelsFromEnvironment();
   if (models.empty())
     GTEST_SKIP() << "no compiled model in the environment";
-  std::unique_ptr<Device> device;
-  ASSERT_FALSE(openDevice(GetParam(), device));
-  std::unique_ptr<Model> model;
-  ASSERT_FALSE(Model::load(models[0].artifact, models[0].checkpoint, model,
-                           /*keepHostData=*/true));
-  std::unique_ptr<DeviceModel> onDevice;
-  ASSERT_FALSE(DeviceModel::create(*model, *device, onDevice));
+  OnDevice loaded;
+  loadOnDevice(models[0], GetParam(), loaded);
+  if (HasFatalFailure())
+    return;
+  Device *device = loaded.device.get();
+  DeviceModel *onDevice = loaded.model.get();
   std::unique_ptr<Session> stepped, prefilled;
   ASSERT_FALSE(Session::create(*onDevice, 64, 64, stepped));
   ASSERT_FALSE(Session::create(*onDevice, 64, 64, prefilled));
@@ -436,13 +451,12 @@ TEST_P(SessionOnDevice, DecodeRecordedAheadReplaysTheSame) {
   std::vector<Compiled> models = modelsFromEnvironment();
   if (models.empty())
     GTEST_SKIP() << "no compiled model in the environment";
-  std::unique_ptr<Device> device;
-  ASSERT_FALSE(openDevice(GetParam(), device));
-  std::unique_ptr<Model> model;
-  ASSERT_FALSE(Model::load(models[0].artifact, models[0].checkpoint, model,
-                           /*keepHostData=*/true));
-  std::unique_ptr<DeviceModel> onDevice;
-  ASSERT_FALSE(DeviceModel::create(*model, *device, onDevice));
+  OnDevice loaded;
+  loadOnDevice(models[0], GetParam(), loaded);
+  if (HasFatalFailure())
+    return;
+  Device *device = loaded.device.get();
+  DeviceModel *onDevice = loaded.model.get();
   std::unique_ptr<Session> ahead, atFirstStep;
   ::setenv("MELT_RECORD_AHEAD", "1", 1);
   Status created = Session::create(*onDevice, 256, 512, ahead);
