@@ -145,9 +145,10 @@ private:
   /// MELT_EXPERT_LOAD=0: no per-expert load counters (the routers' choices
   /// are then not read back after each step).
   bool countExpertLoad_ = envSwitch("MELT_EXPERT_LOAD", true);
-  /// MELT_RECORD_AHEAD=1: a step that ends in a decode shape not yet
-  /// recorded has it recorded while it runs (ForwardRunner::run's `next`).
-  bool recordAhead_ = envSwitch("MELT_RECORD_AHEAD", false);
+  /// A step that ends in a decode shape not yet recorded has it recorded
+  /// while it runs (ForwardRunner::run's `next`); MELT_RECORD_AHEAD=0: at
+  /// that shape's first step instead.
+  bool recordAhead_ = envSwitch("MELT_RECORD_AHEAD", true);
   /// The last step's router choices (kept: no allocation per step).
   std::vector<RouterChoices> routerChoices_;
   std::vector<LogitsBuffer> logitsBuffers_;
