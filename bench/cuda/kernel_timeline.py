@@ -18,6 +18,12 @@ replayed at least --min-replays times, over its replays (medians):
   CUDA_INJECTION64_PATH=build-gpu/lib/libmelt-kernel-trace.so \\
   MELT_KERNEL_TRACE=trace.jsonl build-gpu/bin/melt-run MODEL --device cuda:0 ...
   python3 bench/cuda/kernel_timeline.py trace.jsonl [--top 20] [--json]
+
+--order lists instead, for each graph, its kernels in the order they start
+(by graph node: the same kernel in every replay), with medians of: start
+and end after the replay's first start, and the time the kernel moves the
+replay's end forward (its end past every earlier kernel's end): what it
+adds to the span, the sum of which is the span.
 """
 import argparse
 import collections
@@ -133,6 +139,33 @@ def summary(kernel_lists):
             "idle_us": (span - busy) / 1e3, "by_kernel": rows}
 
 
+def in_order(kernel_lists):
+    """Per kernel of a replay, in start order (matched across replays by
+    graph node): name, grid, and medians (us) of start, end and the span
+    added."""
+    by_node = collections.defaultdict(lambda: collections.defaultdict(list))
+    names, grids, first_seen = {}, {}, {}
+    for kernels in kernel_lists:
+        origin, ended = kernels[0]["start"], kernels[0]["start"]
+        for position, k in enumerate(kernels):
+            node = k.get("node", position)
+            names[node] = short(k["name"])
+            grids[node] = k.get("grid")
+            first_seen.setdefault(node, position)
+            entry = by_node[node]
+            entry["start"].append((k["start"] - origin) / 1e3)
+            entry["end"].append((k["end"] - origin) / 1e3)
+            entry["adds"].append(max(0, k["end"] - ended) / 1e3)
+            ended = max(ended, k["end"])
+    rows = []
+    for node, entry in by_node.items():
+        rows.append({"kernel": names[node], "grid": grids[node],
+                     **{key: statistics.median(values)
+                        for key, values in entry.items()}})
+    rows.sort(key=lambda r: r["start"])
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace")
@@ -140,12 +173,24 @@ def main():
     parser.add_argument("--min-replays", type=int, default=3)
     parser.add_argument("--json", action="store_true",
                         help="one JSON line per graph instead of tables")
+    parser.add_argument("--order", action="store_true",
+                        help="each graph's kernels in order, with the span "
+                        "each adds")
     args = parser.parse_args()
     graphs, loose = replays(args.trace)
     if not graphs:
         sys.exit(f"{args.trace}: no kernel of a replayed graph")
     for graph, kernel_lists in sorted(graphs.items()):
         if len(kernel_lists) < args.min_replays:
+            continue
+        if args.order:
+            rows = in_order(kernel_lists)
+            print(f"graph {graph}: {len(kernel_lists)} replays, kernels in "
+                  f"order (us, medians: start, end, span added)")
+            for r in rows:
+                grid = "x".join(str(g) for g in r["grid"]) if r["grid"] else ""
+                print(f"  {r['start']:8.1f} {r['end']:8.1f} {r['adds']:6.1f}"
+                      f"  {r['kernel']:<32} {grid}")
             continue
         s = summary(kernel_lists)
         s["between_replays"] = between(kernel_lists, loose)

@@ -134,6 +134,68 @@ Status Device::moeExpertsOfQuantized(const DeviceTensor &x,
   return status;
 }
 
+Status Device::moeExpertsWithShared(
+    const DeviceTensor &x, const DeviceTensor &indices,
+    const DeviceTensor &weights, const DeviceTensor &gate,
+    const DeviceTensor &up, const DeviceTensor &down, bool combineBf16,
+    bool quantizedX, const SharedExpert &shared, DeviceTensor &y) {
+  if (!shared.gate || !shared.up || !shared.down)
+    return invalidArgument("moe_experts: a shared expert needs its gate, up "
+                           "and down weights");
+  if (x.shape.size() != 2)
+    return invalidArgument("moe_experts: x must be [tokens, hidden]");
+  const int64_t T = x.shape[0];
+  // Every tensor of the calls below, released together at the end.
+  std::vector<DeviceTensor> made;
+  auto make = [&](std::vector<int64_t> shape, DeviceTensor *&t) {
+    made.emplace_back();
+    t = &made.back();
+    return allocate(DType::F32, std::move(shape), *t);
+  };
+  made.reserve(5);
+  DeviceTensor *routed = nullptr, *g = nullptr, *u = nullptr, *d = nullptr;
+  // A linear as the executor runs it: the output rounded to BF16 where its
+  // precision says so and the device kept more.
+  auto product = [&](const DeviceTensor &in, const DeviceTensor &w, bool round,
+                     DeviceTensor &out) {
+    Status s = linear(in, w, out);
+    return !s && round && !linearOutputsBf16(w) ? roundToBf16(out) : s;
+  };
+  Status status = make(x.shape, routed);
+  if (!status)
+    status = quantizedX ? moeExpertsOfQuantized(x, indices, weights, gate, up,
+                                                down, combineBf16, *routed)
+                        : moeExperts(x, indices, weights, gate, up, down,
+                                     combineBf16, *routed);
+  if (!status)
+    status = make({T, shared.gate->shape[0]}, g);
+  if (!status)
+    status = product(x, *shared.gate, shared.roundGateUp, *g);
+  if (!status)
+    status = make({T, shared.up->shape[0]}, u);
+  if (!status)
+    status = product(x, *shared.up, shared.roundGateUp, *u);
+  if (!status)
+    status = make({T, shared.down->shape[0]}, d);
+  if (!status && fusesSiluMulInto(*shared.down)) {
+    status = linearOfSiluMul(*g, *u, *shared.down, *d);
+    if (!status && shared.roundDown && !linearOutputsBf16(*shared.down))
+      status = roundToBf16(*d);
+  } else if (!status) {
+    DeviceTensor *s = nullptr;
+    status = make(g->shape, s);
+    if (!status)
+      status = siluMul(*g, *u, *s);
+    if (!status)
+      status = product(*s, *shared.down, shared.roundDown, *d);
+  }
+  if (!status)
+    status = add(*routed, *d, y);
+  for (DeviceTensor &t : made)
+    release(t);
+  return status;
+}
+
 namespace {
 
 std::string shapeString(const std::vector<int64_t> &shape) {

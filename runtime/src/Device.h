@@ -361,6 +361,37 @@ public:
                         const DeviceTensor &up, const DeviceTensor &down,
                         bool combineBf16, DeviceTensor &y);
 
+  /// A shared expert beside the routed ones (DeepSeek's shared_experts):
+  /// the MLP down(silu(gate x) * up x) of three linears whose weights these
+  /// are, each product's output rounded to BF16 where the flag says so (its
+  /// precision's output; the device's own rounding aside), and the
+  /// SiLU-mul taken into the down product where the device fuses it.
+  struct SharedExpert {
+    const DeviceTensor *gate = nullptr, *up = nullptr, *down = nullptr;
+    bool roundGateUp = false, roundDown = false;
+  };
+  /// Whether moeExpertsWithShared does better for `tokens` tokens of these
+  /// routed experts than the shared expert's own kernels beside them (the
+  /// GPU's one-token experts read the shared expert as one more expert in
+  /// the same launches): then the executor calls it in place of the shared
+  /// expert's kernels and the add of the two (SharedExpertFusions.h).
+  virtual bool fusesSharedExpert(const DeviceTensor &gate,
+                                 const SharedExpert &shared,
+                                 int64_t tokens) const {
+    (void)gate, (void)shared, (void)tokens;
+    return false;
+  }
+  /// y = the routed experts of moeExperts (of x quantized in 1 x 128 blocks
+  /// first where `quantizedX`: moeExpertsOfQuantized) + the shared expert
+  /// as its linears compute it from x, added after. The default runs those
+  /// calls one after the other.
+  virtual Status
+  moeExpertsWithShared(const DeviceTensor &x, const DeviceTensor &indices,
+                       const DeviceTensor &weights, const DeviceTensor &gate,
+                       const DeviceTensor &up, const DeviceTensor &down,
+                       bool combineBf16, bool quantizedX,
+                       const SharedExpert &shared, DeviceTensor &y);
+
   /// ids[r] = the greedy token of row r of F32 logits [R, V] (greedyIndex
   /// of Greedy.h: the first largest, NaNs passed over): only R ids need
   /// leave the device, not R x V logits.

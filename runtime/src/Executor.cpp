@@ -425,6 +425,14 @@ Status DeviceModel::create(const Model &model, Device &device,
       dm.skipped_.insert(f.rope);
       dm.skipped_.insert(f.append);
     }
+  // MoE layers' routed and shared experts, in one call where the device
+  // takes them so for a step's tokens (decided each step).
+  if (envSwitch("MELT_FUSE_SHARED_EXPERT", true))
+    for (SharedExpertFusion &f :
+         findSharedExpertFusions(m, *dm.forward_, folds)) {
+      const uint32_t first = f.kernels.front();
+      dm.sharedExperts_[first] = std::move(f);
+    }
   // What only the wanted logit rows need.
   if (envSwitch("MELT_LOGIT_ROWS_ONLY", true))
     dm.logitOnly_ = findLogitOnlyKernels(m, *dm.forward_);
@@ -725,6 +733,79 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     }
     return Status::ok();
   };
+  // A MoE layer's routed and shared experts and their add in one device
+  // call, where the device takes this step's tokens so and the group's
+  // kernels are consecutive in this step's order too: `fused` set, the
+  // group's other kernels added to `inCall`.
+  std::set<uint32_t> inCall;
+  auto sharedExpertsInOneCall = [&](const SharedExpertFusion &f, uint32_t at,
+                                    bool onRows, bool &fused) -> Status {
+    fused = false;
+    if (at + f.kernels.size() > order.size() ||
+        !std::equal(f.kernels.begin(), f.kernels.end(), order.begin() + at))
+      return Status::ok();
+    const fb::Kernel &experts = *m.kernels()->Get(f.experts);
+    auto valueOf = [&](uint32_t id) -> DeviceTensor * {
+      if (onRows) {
+        auto it = gatheredRows.find(id);
+        if (it != gatheredRows.end())
+          return it->second;
+      }
+      return values.find(id);
+    };
+    DeviceTensor *xIn = valueOf(experts.inputs()->Get(0)),
+                 *indicesIn = valueOf(experts.inputs()->Get(1)),
+                 *weightsIn = valueOf(experts.inputs()->Get(2));
+    if (!xIn || !indicesIn || !weightsIn) // the kernels say what is missing
+      return Status::ok();
+    auto weightOf = [&](uint32_t kernel, uint32_t i) -> const DeviceTensor & {
+      return dm.weight(m.kernels()->Get(kernel)->weights()->Get(i));
+    };
+    auto roundsOutput = [&](uint32_t kernel) {
+      const fb::Kernel &linear = *m.kernels()->Get(kernel);
+      return linear.ints() && linear.ints()->size() > 0 &&
+             linear.ints()->Get(0) != 0;
+    };
+    Device::SharedExpert shared;
+    shared.gate = &weightOf(f.gate, 0);
+    shared.up = &weightOf(f.up, 0);
+    shared.down = &weightOf(f.down, 0);
+    shared.roundGateUp = roundsOutput(f.gate) && roundsOutput(f.up);
+    shared.roundDown = roundsOutput(f.down);
+    if (roundsOutput(f.gate) != roundsOutput(f.up))
+      return Status::ok();
+    // Copies: making the add's value may replace a value in its storage.
+    const DeviceTensor x = asRows(*xIn), indices = *indicesIn,
+                       weights = *weightsIn;
+    if (!device.fusesSharedExpert(weightOf(f.experts, 0), shared, x.rows()))
+      return Status::ok();
+    fused = true;
+    values.hold(x);
+    values.hold(indices);
+    values.hold(weights);
+    const fb::Kernel &add = *m.kernels()->Get(f.add);
+    DeviceTensor *out = nullptr;
+    Status status =
+        values.make(add.outputs()->Get(0), DType::F32, xIn->shape, out);
+    if (!status) {
+      DeviceTensor y = asRows(*out);
+      status = device.moeExpertsWithShared(
+          x, indices, weights, weightOf(f.experts, 0), weightOf(f.experts, 1),
+          weightOf(f.experts, 2),
+          experts.ints() && experts.ints()->size() > 0 &&
+              experts.ints()->Get(0) != 0,
+          dm.unquantized(experts.inputs()->Get(0)), shared, y);
+    }
+    values.letGo(x);
+    values.letGo(indices);
+    values.letGo(weights);
+    inCall.insert(f.kernels.begin() + 1, f.kernels.end());
+    if (status)
+      return Status(status.code(),
+                    kernelName(f.experts, experts) +
+                        " with its shared expert: " + status.message());
+    return onRows ? Status::ok() : gatherMadeBy(f.add);
+  };
   for (uint32_t at = 0; at < order.size(); ++at) {
     const uint32_t k = order[at];
     if (pruned && !onRows && (only.kernels.count(k) || k == logitsKernel)) {
@@ -738,8 +819,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       MELT_RETURN_IF_ERROR(device.markBranch());
     if (k == doneNorm)
       MELT_RETURN_IF_ERROR(gatherMadeBy(k));
-    if (dm.skips(k) || k == doneNorm) // done elsewhere
+    if (dm.skips(k) || k == doneNorm || inCall.count(k)) // done elsewhere
       continue;
+    if (const SharedExpertFusion *f = dm.sharedExpertsFrom(k)) {
+      bool fused = false;
+      MELT_RETURN_IF_ERROR(sharedExpertsInOneCall(*f, at, onRows, fused));
+      if (fused)
+        continue;
+    }
     // A side branch's kernel: its calls beside the ones that follow.
     struct BranchCalls {
       Device *device = nullptr;

@@ -15,6 +15,7 @@
 #include "LatentAppends.h"
 #include "LogitOnlyKernels.h"
 #include "Model.h"
+#include "SharedExpertFusions.h"
 
 #include <map>
 #include <memory>
@@ -66,6 +67,16 @@ public:
     return it == latentAppends_.end() ? nullptr : &it->second;
   }
 
+  /// For the first kernel (in @forward's order) of a MoE layer's routed
+  /// and shared experts and their add, which a device may run in one call
+  /// (SharedExpertFusions.h; MELT_FUSE_SHARED_EXPERT=0 finds none), the
+  /// group; null otherwise.
+  const SharedExpertFusion *sharedExpertsFrom(uint32_t first) const {
+    auto it = sharedExperts_.find(first);
+    return it == sharedExperts_.end() ? nullptr : &it->second;
+  }
+  size_t sharedExpertGroups() const { return sharedExperts_.size(); }
+
   /// Side branches (SideBranches.h; MELT_SIDE_BRANCHES=0 finds none):
   /// whether kernel k is a branch's, whether a branch's fork is marked
   /// before it, whether a branch joins before it.
@@ -102,6 +113,7 @@ private:
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, LatentAppend> latentAppends_;
+  std::map<uint32_t, SharedExpertFusion> sharedExperts_;
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
   LogitOnlyKernels logitOnly_;
   std::map<uint32_t, DType> cacheTypes_;

@@ -6,7 +6,9 @@
 // into those products (linearOfSiluMul: siluMul then linear, into memory of
 // its own, so that gate and up are read at the product's time), and where
 // asked quantizes the FP8 experts' input itself (Device's
-// moeExpertsOfQuantized: the pair into memory of its own).
+// moeExpertsOfQuantized: the pair into memory of its own) and takes one
+// token's shared expert into the routed experts' call (Device's
+// moeExpertsWithShared: the calls one after the other).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
@@ -21,8 +23,10 @@ namespace melt::rt {
 class QuantizingCpuDevice : public CpuDevice {
 public:
   explicit QuantizingCpuDevice(bool fusesSiluMul = false,
-                               bool quantizesExperts = false)
-      : fusesSiluMul_(fusesSiluMul), quantizesExperts_(quantizesExperts) {}
+                               bool quantizesExperts = false,
+                               bool fusesSharedExpert = false)
+      : fusesSiluMul_(fusesSiluMul), quantizesExperts_(quantizesExperts),
+        fusesSharedExpert_(fusesSharedExpert) {}
 
   Status importWeight(const WeightData &weight, DeviceTensor &out) override {
     MELT_RETURN_IF_ERROR(CpuDevice::importWeight(weight, out));
@@ -66,10 +70,27 @@ public:
     return CpuDevice::linearOfSiluMul(gate, up, w, y);
   }
 
-  int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0;
+  bool fusesSharedExpert(const DeviceTensor &, const SharedExpert &,
+                         int64_t tokens) const override {
+    return fusesSharedExpert_ && tokens == 1;
+  }
+  Status moeExpertsWithShared(const DeviceTensor &x,
+                              const DeviceTensor &indices,
+                              const DeviceTensor &weights,
+                              const DeviceTensor &gate, const DeviceTensor &up,
+                              const DeviceTensor &down, bool combineBf16,
+                              bool quantizedX, const SharedExpert &shared,
+                              DeviceTensor &y) override {
+    ++sharedExpertCalls;
+    return CpuDevice::moeExpertsWithShared(x, indices, weights, gate, up, down,
+                                           combineBf16, quantizedX, shared, y);
+  }
+
+  int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
+      sharedExpertCalls = 0;
 
 private:
-  bool fusesSiluMul_, quantizesExperts_;
+  bool fusesSiluMul_, quantizesExperts_, fusesSharedExpert_;
   std::set<const void *> fp8Stored_;
 };
 

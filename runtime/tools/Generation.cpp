@@ -39,9 +39,12 @@ bool generate(melt_session *session,
     std::fprintf(stderr, "melt-run: error: prefill: %s\n", melt_last_error());
     return false;
   }
-  auto t1 = Clock::now();
+  const auto prefillEnds = Clock::now();
+  // Out of both timings: the caller's reading at the decode's start (NVML's
+  // energy counter takes milliseconds to read).
   if (decodeStarts)
     decodeStarts();
+  auto t1 = Clock::now();
   out.tokens.clear();
   if (picking.sampling.temperature <= 0.f && picking.stepsPerCall > 1 &&
       maxNew > 0) {
@@ -81,7 +84,7 @@ bool generate(melt_session *session,
     }
   }
   auto t2 = Clock::now();
-  double prefillS = std::chrono::duration<double>(t1 - t0).count();
+  double prefillS = std::chrono::duration<double>(prefillEnds - t0).count();
   double decodeS = std::chrono::duration<double>(t2 - t1).count();
   out.prefillTokensPerS = promptTokens / std::max(prefillS, 1e-9);
   out.decodeTokensPerS =

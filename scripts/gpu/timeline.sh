@@ -5,7 +5,8 @@
 # each step's span, the time kernels run, the idle time between them, and
 # per kernel its running time and the idle time before it. Unlike
 # profile.sh (Nsight Compute, kernels one at a time), nothing is
-# serialized.
+# serialized. timeline-order-MODEL-bB.txt lists a step's kernels in order
+# with the span each adds.
 #   scripts/gpu/timeline.sh [MODEL.melt] [BATCH...]
 # MELT_TIMELINE_ARGS adds melt-run options (e.g. --steps-per-call 32).
 set -euo pipefail
@@ -23,6 +24,8 @@ for b in $batches; do
     --batch "$b" ${MELT_TIMELINE_ARGS:-} > /dev/null
   python3 bench/cuda/kernel_timeline.py "$trace" --json \
     > "$out/timeline-$model-b$b.json"
+  python3 bench/cuda/kernel_timeline.py "$trace" --order \
+    > "$out/timeline-order-$model-b$b.txt"
   python3 bench/cuda/kernel_timeline.py "$trace" | tee "$out/timeline-$model-b$b.txt" |
     head -n 40
   rm -f "$trace" # large; the summaries stay

@@ -521,6 +521,9 @@ public:
   /// not yet run on a GPU: off by default), else widened to BF16.
   bool fp8GroupedWgmma_ = envSwitch("MELT_CUDA_FP8_GROUPED_WGMMA", true);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
+  /// One token's shared expert in the routed experts' kernels
+  /// (fusesSharedExpert).
+  bool fusedSharedExpert_ = envSwitch("MELT_CUDA_FUSED_SHARED_EXPERT", true);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
                    DeviceTensor &y) override {
@@ -816,6 +819,81 @@ public:
       return experts(x, indices, weights, gate, up, down, combineBf16, true, y);
     return Device::moeExpertsOfQuantized(x, indices, weights, gate, up, down,
                                          combineBf16, y);
+  }
+
+  /// One token's shared expert as one more expert of the FP8 row-by-row
+  /// kernels (MELT_CUDA_FUSED_SHARED_EXPERT=0: its three FP8 products, on a
+  /// stream of their own, and the add): FP8 weights of one intermediate
+  /// size, each with its block scales.
+  bool fusesSharedExpert(const DeviceTensor &gate, const SharedExpert &shared,
+                         int64_t tokens) const override {
+    if (!fusedSharedExpert_ || gate.shape.size() != 3 || !shared.gate ||
+        !shared.up || !shared.down)
+      return false;
+    const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
+    const int64_t D = gate.shape[2];
+    auto fp8Blocks = [&](const DeviceTensor &w) {
+      return w.dtype == DType::FP8E4M3 && w.shape.size() == 2 &&
+             weightScales_.count(w.data);
+    };
+    return takesFp8Rows(gate.dtype, tokens, gate.shape[1], D) && fp8Blocks(g) &&
+           fp8Blocks(u) && fp8Blocks(d) && g.shape == u.shape &&
+           g.shape[1] == D && d.shape[0] == D && d.shape[1] == g.shape[0] &&
+           moeFp8RowwiseFits(int(g.shape[0]), int(D));
+  }
+  Status moeExpertsWithShared(const DeviceTensor &x,
+                              const DeviceTensor &indices,
+                              const DeviceTensor &weights,
+                              const DeviceTensor &gate, const DeviceTensor &up,
+                              const DeviceTensor &down, bool combineBf16,
+                              bool quantizedX, const SharedExpert &shared,
+                              DeviceTensor &y) override {
+    if (x.shape.size() != 2 || !fusesSharedExpert(gate, shared, x.shape[0]))
+      return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
+                                          combineBf16, quantizedX, shared, y);
+    MELT_RETURN_IF_ERROR(usable());
+    ExpertStacks stacks;
+    MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
+    MELT_RETURN_IF_ERROR(
+        check::moeExperts(x, indices, weights, gate, up, down, y));
+    SharedFp8Expert sharedExpert;
+    MELT_RETURN_IF_ERROR(expertStacks(*shared.gate, *shared.up, *shared.down,
+                                      sharedExpert.stacks));
+    sharedExpert.inter = int(shared.gate->shape[0]);
+    auto storedK = [&](const DeviceTensor &w) {
+      auto padded = paddedK_.find(w.data);
+      return int(padded == paddedK_.end() ? w.shape[1] : padded->second);
+    };
+    sharedExpert.gateUpStride = storedK(*shared.gate);
+    sharedExpert.downStride = storedK(*shared.down);
+    if (storedK(*shared.up) != sharedExpert.gateUpStride)
+      return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
+                                          combineBf16, quantizedX, shared, y);
+    MELT_RETURN_IF_ERROR(flags());
+    const int T = int(x.shape[0]), K = int(indices.shape[1]),
+              E = int(gate.shape[0]), I = int(gate.shape[1]),
+              D = int(x.shape[1]);
+    // The routed pairs, then a shared one per token.
+    const int64_t pairs = int64_t(T) * (K + 1);
+    DeviceTensor pairRows, scratch;
+    if (deterministicExperts_)
+      MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, D}, pairRows));
+    Status status = allocate(
+        DType::F32, {pairs, std::max<int64_t>(I, sharedExpert.inter)}, scratch);
+    if (!status)
+      status = check(
+          moeExpertsFp8Rowwise(
+              static_cast<const float *>(x.data),
+              static_cast<const int32_t *>(indices.data),
+              static_cast<const float *>(weights.data), stacks, T, K, E, I, D,
+              combineBf16, quantizedX, static_cast<float *>(scratch.data),
+              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
+              static_cast<float *>(pairRows.data), &sharedExpert),
+          "moe_experts");
+    // Stream-ordered: reused only by later work.
+    release(scratch);
+    release(pairRows);
+    return status; // a bad expert index: at synchronize()
   }
 
   /// Whether T tokens of experts (intermediate I, hidden D) run on the FP8

@@ -35,10 +35,16 @@ struct PairOutput {
   float *pairRows = nullptr;
   __device__ __forceinline__ void add(int pair, int choices, int dim, int j,
                                       float value) const {
+    addRow(pair, pair / choices, dim, j, value);
+  }
+  /// Value j of the row of pair `pair`, token `token`'s (a shared expert's
+  /// pairs follow the routed ones).
+  __device__ __forceinline__ void addRow(int pair, int token, int dim, int j,
+                                         float value) const {
     if (pairRows)
       pairRows[size_t(pair) * dim + j] = value;
     else
-      atomicAdd(&y[size_t(pair / choices) * dim + j], value);
+      atomicAdd(&y[size_t(token) * dim + j], value);
   }
 };
 

@@ -399,7 +399,8 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
 /// range wrote none).
 __global__ void combinePairRowsKernel(const float *pairRows,
                                       const int32_t *indices, int choices,
-                                      int experts, int dim, float *y) {
+                                      int experts, int dim,
+                                      const float *sharedRows, float *y) {
   awaitPriorKernels();
   const int t = blockIdx.x, d = blockIdx.y * blockDim.x + threadIdx.x;
   if (d >= dim)
@@ -410,6 +411,8 @@ __global__ void combinePairRowsKernel(const float *pairRows,
     if (e >= 0 && e < experts)
       sum += pairRows[size_t(pair) * dim + d];
   }
+  if (sharedRows) // the shared expert's output, added to the routed sum
+    sum += sharedRows[size_t(t) * dim + d];
   y[size_t(t) * dim + d] = sum;
 }
 
@@ -922,12 +925,13 @@ cudaError_t melt::rt::cuda::startPairOutput(float *y, const float *pairRows,
 cudaError_t melt::rt::cuda::finishPairOutput(float *y, const float *pairRows,
                                              const int32_t *indices, int tokens,
                                              int choices, int experts, int dim,
-                                             cudaStream_t stream) {
+                                             cudaStream_t stream,
+                                             const float *sharedRows) {
   if (!pairRows || tokens == 0 || dim == 0)
     return cudaGetLastError();
-  return launchOverlapped(combinePairRowsKernel,
-                          dim3(tokens, (dim + 255) / 256), 256, 0, stream,
-                          pairRows, indices, choices, experts, dim, y);
+  return launchOverlapped(
+      combinePairRowsKernel, dim3(tokens, (dim + 255) / 256), 256, 0, stream,
+      pairRows, indices, choices, experts, dim, sharedRows, y);
 }
 
 cudaError_t melt::rt::cuda::moeExpertsRowwise(

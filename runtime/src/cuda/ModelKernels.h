@@ -132,12 +132,14 @@ cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
 /// pairRows} (ExpertPairs.cuh): before them y zeroed where they add into it
 /// (no pairRows); after them, where pairRows is given, y[t] = the sum of
 /// t's pairs' rows of it in choice order, the pairs whose expert id is out
-/// of range left out.
+/// of range left out, then row t of `sharedRows` where given (a shared
+/// expert's outputs).
 cudaError_t startPairOutput(float *y, const float *pairRows, int tokens,
                             int dim, cudaStream_t stream);
 cudaError_t finishPairOutput(float *y, const float *pairRows,
                              const int32_t *indices, int tokens, int choices,
-                             int experts, int dim, cudaStream_t stream);
+                             int experts, int dim, cudaStream_t stream,
+                             const float *sharedRows = nullptr);
 
 /// y[r] = x[rows[r]] for r < count (y F32 or BF16): tokens gathered by
 /// expert for the grouped GEMMs.

@@ -6,6 +6,7 @@
 #include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/ModelKernels.h"
+#include "cuda/Silu.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
@@ -105,25 +106,83 @@ __device__ __forceinline__ void stageQuantized(const float4 *source, int dim,
   }
 }
 
-/// Grid (tokens * choices, inter / (8 rowsPerWarp)), 256 threads, dim
-/// floats of dynamic shared memory: the block's token row rounded to BF16
-/// once (kQuantize: quantized first), then each warp takes rowsPerWarp rows
-/// i of gate and up in turn; act = bf16(silu(gate x) * up x).
+/// A row of `dim` F32 values dequantize(quantize(v)) in 1 x 128 FP8 blocks
+/// with the FP8 GEMMs' input arithmetic (quantizeRowsFp8: what an FP8
+/// linear does to its input), unrounded, into `staged`: a warp per block.
+__device__ __forceinline__ void stageGemmInput(const float4 *source, int dim,
+                                               float4 *staged) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int b = warp; b < (dim + 127) / 128; b += blockDim.x / 32) {
+    const int c = b * 128 + 4 * lane;
+    const bool inside = c < dim;
+    const float4 v = inside ? source[c / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
+    const float scale = gemmInputScale(warpMax(
+        fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)))));
+    const uint32_t codes = gemmInputCodes(v.x, v.y, v.z, v.w, 1.f / scale);
+    float values[4];
+    e4m3Values(codes, values);
+    if (inside)
+      staged[c / 4] = make_float4(values[0] * scale, values[1] * scale,
+                                  values[2] * scale, values[3] * scale);
+  }
+}
+
+/// Where a block's pair is: a routed (token, choice) pair, or with a shared
+/// expert, pairs routedPairs .. routedPairs + tokens - 1, token t's shared
+/// expert (expert 0 of shared.stacks, weight 1).
+struct PairSource {
+  bool shared;
+  int token, expert, inter;
+  const ExpertStacks *stacks;
+  int gateUpStride, downStride; // K as stored
+};
+__device__ __forceinline__ PairSource
+pairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
+           int experts, int inter, int dim, const SharedFp8Expert &shared,
+           int routedPairs, int32_t *bad) {
+  const int pair = blockIdx.x;
+  if (pair >= routedPairs)
+    return {true,
+            pair - routedPairs,
+            0,
+            shared.inter,
+            &shared.stacks,
+            shared.gateUpStride,
+            shared.downStride};
+  return {false, pair / choices, expertOfPair(indices, experts, bad),
+          inter, &stacks,        dim,
+          inter};
+}
+
+/// Grid (tokens * choices [+ tokens: the shared expert's pairs], rows /
+/// (8 rowsPerWarp)), 256 threads, dim floats of dynamic shared memory: the
+/// block's token row rounded to BF16 once (kQuantize: quantized first),
+/// then each warp takes rowsPerWarp rows i of gate and up in turn; act =
+/// bf16(silu(gate x) * up x). A shared expert's pair does what its FP8
+/// linears and SiLU-mul do: x quantized as an FP8 linear's input, gate and
+/// up rounded to BF16, act = silu(gate) * up unrounded (its down product
+/// quantizes it).
 template <bool kQuantize>
 __global__ void __launch_bounds__(256)
     fp8ActivationKernel(const float *x, const int32_t *indices,
                         ExpertStacks stacks, int choices, int experts,
                         int inter, int dim, int rowsPerWarp, float *act,
-                        int32_t *bad) {
+                        int actStride, int32_t *bad, SharedFp8Expert shared,
+                        int routedPairs) {
   extern __shared__ float4 staged[];
   awaitPriorKernels();
-  const int pair = blockIdx.x, t = pair / choices;
-  const int e = expertOfPair(indices, experts, bad);
+  const int pair = blockIdx.x;
+  const PairSource p = pairSource(indices, stacks, choices, experts, inter, dim,
+                                  shared, routedPairs, bad);
+  const int e = p.expert;
   if (e < 0)
     return; // the whole block
   float *xt = reinterpret_cast<float *>(staged);
-  const float4 *source = reinterpret_cast<const float4 *>(x + size_t(t) * dim);
-  if constexpr (kQuantize) {
+  const float4 *source =
+      reinterpret_cast<const float4 *>(x + size_t(p.token) * dim);
+  if (p.shared) {
+    stageGemmInput(source, dim, staged);
+  } else if constexpr (kQuantize) {
     stageQuantized(source, dim, staged);
   } else {
     for (int v = threadIdx.x; v < dim / 4; v += blockDim.x) {
@@ -134,76 +193,103 @@ __global__ void __launch_bounds__(256)
   }
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const ExpertStacks &w = *p.stacks;
   for (int r = 0; r < rowsPerWarp; ++r) {
     const int i = (blockIdx.y * rowsPerWarp + r) * 8 + warp;
-    if (i >= inter)
+    if (i >= p.inter)
       return;
-    const size_t row = (size_t(e) * inter + i) * dim;
-    const uint8_t *const rows[2] = {
-        static_cast<const uint8_t *>(stacks.gate) + row,
-        static_cast<const uint8_t *>(stacks.up) + row};
+    const size_t row = (size_t(e) * p.inter + i) * p.gateUpStride;
+    const uint8_t *const rows[2] = {static_cast<const uint8_t *>(w.gate) + row,
+                                    static_cast<const uint8_t *>(w.up) + row};
     const float *const scales[2] = {
-        rowScales(stacks.gateScales, e, inter, dim, i),
-        rowScales(stacks.upScales, e, inter, dim, i)};
+        rowScales(w.gateScales, e, p.inter, p.gateUpStride, i),
+        rowScales(w.upScales, e, p.inter, p.gateUpStride, i)};
     float sums[2];
     rowDotParts(rows, scales, xt, dim, lane, sums);
     const float a = warpSum(sums[0]), b = warpSum(sums[1]);
     if (lane == 0)
-      act[size_t(pair) * inter + i] = roundedToBf16(a / (1.f + expf(-a)) * b);
+      act[size_t(pair) * actStride + i] =
+          p.shared ? siluTimesOfBf16(a, b)
+                   : roundedToBf16(a / (1.f + expf(-a)) * b);
   }
 }
 
-/// Outputs j0 .. j0 + kDownRowsPerWarp - 1 of pair `pair` (expert e) by one
-/// warp.
-__device__ __forceinline__ void downRows(const float *act, const float *weights,
-                                         const ExpertStacks &stacks, int pair,
-                                         int e, int choices, int inter, int dim,
-                                         int j0, int lane, bool combineBf16,
+/// Outputs j0 .. j0 + kDownRowsPerWarp - 1 of a pair (expert e of `w`,
+/// rows `stride` bytes apart; `len` activations at `a`, BF16 values or a
+/// shared expert's quantized ones) by one warp: each rounded to BF16 where
+/// `round`, times `weight`.
+__device__ __forceinline__ void downRows(const float *a, float weight,
+                                         const ExpertStacks &w, int e, int len,
+                                         int stride, int dim, int j0, int lane,
+                                         bool round, int pair, int token,
                                          const PairOutput &y) {
   // dim is a multiple of 16: all kDownRowsPerWarp rows are there.
   const uint8_t *rows[kDownRowsPerWarp];
   const float *scales[kDownRowsPerWarp];
 #pragma unroll
   for (int r = 0; r < kDownRowsPerWarp; ++r) {
-    rows[r] = static_cast<const uint8_t *>(stacks.down) +
-              (size_t(e) * dim + j0 + r) * inter;
-    scales[r] = rowScales(stacks.downScales, e, dim, inter, j0 + r);
+    rows[r] = static_cast<const uint8_t *>(w.down) +
+              (size_t(e) * dim + j0 + r) * stride;
+    scales[r] = rowScales(w.downScales, e, dim, stride, j0 + r);
   }
-  // The activations are BF16 values already (fp8ActivationKernel).
   float sums[kDownRowsPerWarp];
-  rowDotParts(rows, scales, act + size_t(pair) * inter, inter, lane, sums);
+  rowDotParts(rows, scales, a, len, lane, sums);
 #pragma unroll
   for (int r = 0; r < kDownRowsPerWarp; ++r) {
     float sum = warpSum(sums[r]);
     if (lane == 0) {
-      if (combineBf16)
+      if (round)
         sum = roundedToBf16(sum);
-      y.add(pair, choices, dim, j0 + r, weights[pair] * sum);
+      y.addRow(pair, token, dim, j0 + r, weight * sum);
     }
   }
 }
 
-/// Grid (tokens * choices, dim / (8 x kDownRowsPerWarp x rowsPerWarp)),
-/// 256 threads: each warp takes rowsPerWarp sets of kDownRowsPerWarp
-/// outputs j of the down projection in turn (a set's loads in flight
-/// together: a row of down is short), added into y weighted.
+/// Grid (tokens * choices [+ tokens: the shared expert's pairs], dim / (8
+/// x kDownRowsPerWarp x rowsPerWarp)), 256 threads: each warp takes
+/// rowsPerWarp sets of kDownRowsPerWarp outputs j of the down projection in
+/// turn (a set's loads in flight together: a row of down is short), added
+/// into y weighted. A shared expert's pair first quantizes its activations
+/// as an FP8 linear's input (into shared.inter floats of dynamic shared
+/// memory) and rounds its outputs to BF16 (an FP8 linear's), weight 1.
 __global__ void __launch_bounds__(256)
     fp8DownKernel(const float *act, const int32_t *indices,
                   const float *weights, ExpertStacks stacks, int choices,
                   int experts, int inter, int dim, int rowsPerWarp,
-                  bool combineBf16, PairOutput y) {
+                  bool combineBf16, PairOutput y, int actStride,
+                  SharedFp8Expert shared, int routedPairs) {
+  extern __shared__ float4 stagedAct[];
   awaitPriorKernels();
-  const int pair = blockIdx.x, e = indices[pair];
-  if (e < 0 || e >= experts)
-    return;
+  const int pair = blockIdx.x;
+  PairSource p{false, pair / max(choices, 1), 0, inter, &stacks, dim, inter};
+  if (pair >= routedPairs) {
+    p = {true,
+         pair - routedPairs,
+         0,
+         shared.inter,
+         &shared.stacks,
+         shared.gateUpStride,
+         shared.downStride};
+  } else {
+    p.expert = indices[pair];
+    if (p.expert < 0 || p.expert >= experts)
+      return;
+  }
+  const float *a = act + size_t(pair) * actStride;
+  if (p.shared) {
+    stageGemmInput(reinterpret_cast<const float4 *>(a), p.inter, stagedAct);
+    __syncthreads();
+    a = reinterpret_cast<const float *>(stagedAct);
+  }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int set = 0; set < rowsPerWarp; ++set) {
     const int j0 =
         ((blockIdx.y * rowsPerWarp + set) * 8 + warp) * kDownRowsPerWarp;
     if (j0 >= dim)
       return;
-    downRows(act, weights, stacks, pair, e, choices, inter, dim, j0, lane,
-             combineBf16, y);
+    downRows(a, p.shared ? 1.f : weights[pair], *p.stacks, p.expert, p.inter,
+             p.downStride, dim, j0, lane, p.shared || combineBf16, pair,
+             p.token, y);
   }
 }
 
@@ -250,29 +336,48 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     const float *x, const int32_t *indices, const float *weights,
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
-    int32_t *bad, cudaStream_t stream, float *pairRows) {
+    int32_t *bad, cudaStream_t stream, float *pairRows,
+    const SharedFp8Expert *shared) {
   if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
       !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
     return cudaErrorInvalidValue;
+  SharedFp8Expert sharedExpert;
+  if (shared) {
+    const ExpertStacks &s = shared->stacks;
+    if (s.type != ExpertStacks::Type::Fp8Blocks || !s.gateScales ||
+        !s.upScales || !s.downScales ||
+        !moeFp8RowwiseFits(shared->inter, dim) || shared->gateUpStride < dim ||
+        shared->gateUpStride % kPerLoad != 0 ||
+        shared->downStride < shared->inter ||
+        shared->downStride % kPerLoad != 0)
+      return cudaErrorInvalidValue;
+    sharedExpert = *shared;
+  }
   cudaError_t e = startPairOutput(y, pairRows, tokens, dim, stream);
   if (e != cudaSuccess || tokens == 0)
     return e;
-  const int pairs = tokens * choices;
+  const int routedPairs = tokens * choices,
+            pairs = routedPairs + (shared ? tokens : 0);
+  const int rows = std::max(inter, sharedExpert.inter);
   auto activation =
       quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>;
-  const Wave up = waveOf(activation, pairs, inter, 8, size_t(dim) * 4);
-  const Wave down = waveOf(fp8DownKernel, pairs, dim, 8 * kDownRowsPerWarp, 0);
+  const size_t downShared = size_t(sharedExpert.inter) * sizeof(float);
+  const Wave up = waveOf(activation, pairs, rows, 8, size_t(dim) * 4);
+  const Wave down =
+      waveOf(fp8DownKernel, pairs, dim, 8 * kDownRowsPerWarp, downShared);
   if ((e = launchOverlapped(activation, dim3(pairs, up.blocksPerPair), 256,
                             size_t(dim) * sizeof(float), stream, x, indices,
                             stacks, choices, experts, inter, dim,
-                            up.rowsPerWarp, scratch, bad)) != cudaSuccess)
+                            up.rowsPerWarp, scratch, rows, bad, sharedExpert,
+                            routedPairs)) != cudaSuccess)
     return e;
-  if ((e = launchOverlapped(fp8DownKernel, dim3(pairs, down.blocksPerPair), 256,
-                            0, stream, scratch, indices, weights, stacks,
-                            choices, experts, inter, dim, down.rowsPerWarp,
-                            combineBf16, PairOutput{y, pairRows})) !=
-      cudaSuccess)
+  if ((e = launchOverlapped(
+           fp8DownKernel, dim3(pairs, down.blocksPerPair), 256, downShared,
+           stream, scratch, indices, weights, stacks, choices, experts, inter,
+           dim, down.rowsPerWarp, combineBf16, PairOutput{y, pairRows}, rows,
+           sharedExpert, routedPairs)) != cudaSuccess)
     return e;
-  return finishPairOutput(y, pairRows, indices, tokens, choices, experts, dim,
-                          stream);
+  return finishPairOutput(
+      y, pairRows, indices, tokens, choices, experts, dim, stream,
+      shared && pairRows ? pairRows + size_t(routedPairs) * dim : nullptr);
 }

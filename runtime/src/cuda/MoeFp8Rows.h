@@ -25,6 +25,19 @@
 
 namespace melt::rt::cuda {
 
+/// A shared expert (DeepSeek's shared_experts: an MLP every token runs)
+/// taken into the routed experts' kernels: its gate, up and down FP8
+/// linears' weights (128x128 block scales) as a stack of one expert of
+/// intermediate size `inter`, each weight's rows `...Stride` bytes apart
+/// (K as stored: zero-padded past the hidden size for gate and up, past
+/// `inter` for down, where the device pads it; their scales then have a
+/// block column for each 128 of it).
+struct SharedFp8Expert {
+  ExpertStacks stacks;
+  int inter = 0;
+  int gateUpStride = 0, downStride = 0;
+};
+
 /// Whether moeExpertsFp8Rowwise takes the shape: the hidden and
 /// intermediate sizes in 16s (whole 16-byte loads).
 bool moeFp8RowwiseFits(int inter, int dim);
@@ -37,11 +50,23 @@ bool moeFp8RowwiseFits(int inter, int dim);
 /// dequantizeBlocks' arithmetic) instead of x. An expert id out of range
 /// sets *bad
 /// (the pair is skipped). `pairRows` as moeExpertsRowwise's.
-cudaError_t moeExpertsFp8Rowwise(
-    const float *x, const int32_t *indices, const float *weights,
-    const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
-    int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
-    int32_t *bad, cudaStream_t stream, float *pairRows = nullptr);
+///
+/// With `shared`, y also adds, after the routed sum, each token's shared
+/// expert as its FP8 linears and SiLU-mul compute it (the executor's
+/// shared-expert fusion, SharedExpertFusions.h): x and the activations
+/// quantized in 1 x 128 blocks as an FP8 linear's input, gate, up and the
+/// output rounded to BF16, silu(gate) * up between: one more pair per token
+/// in the same two launches. `scratch` then holds tokens x (choices + 1) x
+/// max(inter, shared->inter) floats and `pairRows`, where given,
+/// tokens x (choices + 1) rows.
+cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
+                                 const float *weights,
+                                 const ExpertStacks &stacks, int tokens,
+                                 int choices, int experts, int inter, int dim,
+                                 bool combineBf16, bool quantizeX,
+                                 float *scratch, float *y, int32_t *bad,
+                                 cudaStream_t stream, float *pairRows = nullptr,
+                                 const SharedFp8Expert *shared = nullptr);
 
 } // namespace melt::rt::cuda
 
