@@ -16,8 +16,6 @@
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
-
-#include "EnvSwitch.h"
 #include "cuda/MlaDecodeWarpgroups.h"
 
 #include "cuda/AsyncCopy.cuh"
@@ -466,26 +464,15 @@ size_t sharedBytesFor(int tiles) {
 
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
 /// second, partial wave would leave most SMs idle at its end), but at least
-/// kMinChunkTokens each at the table's capacity beyond kShortChunks of them (a
-/// shorter sequence is spread over them by its length, mlaDecodeChunks), so
-/// that the queries' load and the partial sums a chunk writes stay small beside
-/// the cache it reads. 128 tokens: a 16-head block's queries (18 KB) and
-/// partial sums (32 KB) are a third of its 144 KB of cache, which one sequence
-/// over a few blocks cannot fill the GPU without (b1, 16 heads, 4096 tokens on
-/// the H200: 35.1 us at 512 tokens a chunk, 22.2 at 128). A short table is
-/// still split into up to kShortChunks chunks of a tile or more: at a few
-/// hundred tokens the blocks' time is their tiles' latency one after the
-/// other, not the bytes (a batch-1 step of mini: 2 blocks of 4 tiles each
-/// took 7 us a layer).
+/// kMinChunkTokens each at the table's capacity (a shorter sequence is
+/// spread over them by its length, mlaDecodeChunks), so that the queries'
+/// load and the partial sums a chunk writes stay small beside the cache it
+/// reads.
+/// 128 tokens: a 16-head block's queries (18 KB) and partial sums (32 KB)
+/// are a third of its 144 KB of cache, which one sequence over a few
+/// blocks cannot fill the GPU without (b1, 16 heads, 4096 tokens on the
+/// H200: 35.1 us at 512 tokens a chunk, 22.2 at 128).
 constexpr int kMinChunkTokens = 128;
-/// kShortChunks, or 1 with MELT_CUDA_MLA_SHORT_CHUNKS=0.
-int shortChunks() {
-  constexpr int kShortChunks = 8;
-  static const int chunks =
-      melt::rt::envSwitch("MELT_CUDA_MLA_SHORT_CHUNKS", true) ? kShortChunks
-                                                              : 1;
-  return chunks;
-}
 
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   constexpr int kSharedPerSm = 228 * 1024, kReservedPerBlock = 1024;
@@ -504,8 +491,7 @@ int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
       args.chunksPerSequence > 0
           ? std::min(args.chunksPerSequence, tiles)
           : std::clamp(residentPerSm * smCount / blocks, 1,
-                       std::max({1, std::min(tiles, shortChunks()),
-                                 tiles * tileTokens / kMinChunkTokens}));
+                       std::max(1, tiles * tileTokens / kMinChunkTokens));
   int tilesPerChunk = (tiles + chunks - 1) / chunks;
   chunkTokens = tilesPerChunk * tileTokens;
   return (tiles + tilesPerChunk - 1) / tilesPerChunk;

@@ -1,8 +1,6 @@
 //===- MlaSplit.cu - absorbed MLA, heads together, split over the sequence ===//
 #include "cuda/MlaSplit.h"
 
-#include "EnvSwitch.h"
-
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/MlaDecode.h"
 #include "cuda/PagedCache.cuh"
@@ -42,23 +40,12 @@ constexpr int kQueryTokens = 8;
 /// or with qRope [latent + rope]: the latent query then q_rope, as
 /// MlaDecode.cu reads them (BF16; the blocks of the first latent columns
 /// copy q_rope).
-/// Whether the absorb and combine kernels load their W_UK / W_UV values
-/// before the kernel ahead ends (MELT_CUDA_MLA_WEIGHTS_EARLY=0: after).
-bool weightsEarly() {
-  static const bool early =
-      melt::rt::envSwitch("MELT_CUDA_MLA_WEIGHTS_EARLY", true);
-  return early;
-}
-
-/// W_UK values a thread of the one-slab form loads before the kernel ahead
-/// ends (its whole part where nope / Parts fits: 128 / 8 for DeepSeek's).
-constexpr int kEarlyWeights = 16;
-
 template <int Parts, typename OutT>
 __global__ void __launch_bounds__(256)
     absorbQueryKernel(const float *qNope, const float *wUk, int tokens,
                       int heads, int nope, int latent, const float *qRope,
-                      int rope, OutT *qLat, bool loadEarly) {
+                      int rope, OutT *qLat) {
+  awaitPriorKernels();
   const int rowWidth = latent + (qRope ? rope : 0);
   constexpr int kColumns = 256 / Parts;
   __shared__ float q[kQueryTokens][kMaxNope];
@@ -67,31 +54,14 @@ __global__ void __launch_bounds__(256)
   const int l = blockIdx.y * kColumns + column, part = threadIdx.x / kColumns;
   const int t0 = blockIdx.z * kQueryTokens;
   const int count = min(kQueryTokens, tokens - t0);
-  const int begin = part * nope / Parts, end = (part + 1) * nope / Parts;
-  const float *w = wUk + size_t(h) * nope * latent + l;
-  // W_UK is a weight: this thread's part of it comes in while the kernel
-  // ahead still runs, where it fits in registers.
-  const bool early =
-      loadEarly && Parts == 8 && end - begin <= kEarlyWeights && l < latent;
-  float weights[kEarlyWeights];
-  if (early)
-#pragma unroll
-    for (int i = 0; i < kEarlyWeights; ++i)
-      weights[i] = begin + i < end ? w[size_t(begin + i) * latent] : 0.f;
-  awaitPriorKernels();
   for (int i = threadIdx.x; i < count * nope; i += blockDim.x)
     q[i / nope][i % nope] =
         qNope[(size_t(t0 + i / nope) * heads + h) * nope + i % nope];
   __syncthreads();
   float acc[kQueryTokens] = {};
-  if (early) {
-#pragma unroll
-    for (int i = 0; i < kEarlyWeights; ++i)
-      if (begin + i < end)
-#pragma unroll
-        for (int t = 0; t < kQueryTokens; ++t)
-          acc[t] += q[t][begin + i] * weights[i];
-  } else if (l < latent) {
+  const int begin = part * nope / Parts, end = (part + 1) * nope / Parts;
+  if (l < latent) {
+    const float *w = wUk + size_t(h) * nope * latent + l;
 #pragma unroll 16
     for (int n = begin; n < end; ++n) {
       float v = w[size_t(n) * latent];
@@ -328,19 +298,17 @@ __global__ void __launch_bounds__(kChunkThreads)
 /// warp per column, W_UV's row read coalesced along the latent dimension.
 __device__ __forceinline__ void
 projectValues(const float *olat, const float *wUv, int t, int h, int heads,
-              int latent, int valueDim, int columns, float *out,
-              const float (&first)[kMaxLatent / 32], bool loadEarly) {
+              int latent, int valueDim, int columns, float *out) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int v = blockIdx.y * columns + warp;
        v < min(valueDim, (blockIdx.y + 1) * columns); v += blockDim.x / 32) {
     const float *w = wUv + (size_t(h) * valueDim + v) * latent;
-    const bool loaded = loadEarly && v < blockIdx.y * columns + blockDim.x / 32;
     float sum = 0.f;
 #pragma unroll
     for (int i = 0; i < kMaxLatent / 32; ++i) {
       int l = lane + 32 * i;
       if (l < latent)
-        sum += olat[l] * (loaded ? first[i] : w[l]);
+        sum += olat[l] * w[l];
     }
     sum = warpSum(sum);
     if (lane == 0)
@@ -366,20 +334,7 @@ struct ChunkStats {
 __global__ void combineValueKernel(const float *partialOut, ChunkStats stats,
                                    const float *wUv, int heads, int chunks,
                                    int latent, int valueDim, int columns,
-                                   float *out, bool loadEarly) {
-  // W_UV is a weight: the row of this warp's first value column comes in
-  // while the kernel ahead still runs.
-  float first[kMaxLatent / 32];
-  {
-    const int v = blockIdx.y * columns + threadIdx.x / 32,
-              h = blockIdx.x % heads, lane = threadIdx.x % 32;
-    const bool mine =
-        loadEarly && v < min(valueDim, (blockIdx.y + 1) * columns);
-    const float *w = wUv + (size_t(h) * valueDim + v) * latent;
-#pragma unroll
-    for (int i = 0; i < kMaxLatent / 32; ++i)
-      first[i] = mine && lane + 32 * i < latent ? w[lane + 32 * i] : 0.f;
-  }
+                                   float *out) {
   awaitPriorKernels();
   extern __shared__ float olat[];
   __shared__ float weight[kMaxChunks];
@@ -426,8 +381,7 @@ __global__ void combineValueKernel(const float *partialOut, ChunkStats stats,
     olat[l] = sum * norm;
   }
   __syncthreads();
-  projectValues(olat, wUv, t, h, heads, latent, valueDim, columns, out, first,
-                loadEarly);
+  projectValues(olat, wUv, t, h, heads, latent, valueDim, columns, out);
 }
 
 /// Grid (slots * heads), 128 threads: each slot's absorbed query (latent,
@@ -575,7 +529,7 @@ void combineValues(const float *partialOut, const ChunkStats &stats,
       combineValueKernel,
       dim3(s.tokens * s.heads, (s.valueDim + columns - 1) / columns), 256,
       size_t(s.latent) * sizeof(float), stream, partialOut, stats, wUv, s.heads,
-      chunks, s.latent, s.valueDim, columns, out, weightsEarly());
+      chunks, s.latent, s.valueDim, columns, out);
 }
 
 /// Stage 1: q_lat = q_nope W_UK ([T, H, latent] F32; with qRope, rows of
@@ -588,12 +542,12 @@ void absorbQueries(const float *qNope, const float *wUk, const MlaSplitShape &s,
     launchOverlapped(absorbQueryKernel<8, OutT>,
                      dim3(s.heads, (s.latent + 31) / 32, slabs), 256, 0, stream,
                      qNope, wUk, s.tokens, s.heads, s.nope, s.latent, qRope,
-                     s.rope, qLat, weightsEarly());
+                     s.rope, qLat);
   else
     launchOverlapped(absorbQueryKernel<2, OutT>,
                      dim3(s.heads, (s.latent + 127) / 128, slabs), 256, 0,
                      stream, qNope, wUk, s.tokens, s.heads, s.nope, s.latent,
-                     qRope, s.rope, qLat, false);
+                     qRope, s.rope, qLat);
 }
 
 } // namespace
