@@ -145,10 +145,12 @@ private:
   /// MELT_EXPERT_LOAD=0: no per-expert load counters (the routers' choices
   /// are then not read back after each step).
   bool countExpertLoad_ = envSwitch("MELT_EXPERT_LOAD", true);
-  /// A step that ends in a decode shape not yet recorded has it recorded
-  /// while it runs (ForwardRunner::run's `next`); MELT_RECORD_AHEAD=0: at
-  /// that shape's first step instead.
-  bool recordAhead_ = envSwitch("MELT_RECORD_AHEAD", true);
+  /// MELT_RECORD_AHEAD=1: a step that ends in a decode shape not yet
+  /// recorded has it recorded after it is queued (ForwardRunner::run's
+  /// `next`), else at that shape's first step. Off by default: on the H200
+  /// the recording still waits for the queued step (the prefill's time grew
+  /// by what the decode's shrank; docs/CudaBackend.md).
+  bool recordAhead_ = envSwitch("MELT_RECORD_AHEAD", false);
   /// The last step's router choices (kept: no allocation per step).
   std::vector<RouterChoices> routerChoices_;
   std::vector<LogitsBuffer> logitsBuffers_;

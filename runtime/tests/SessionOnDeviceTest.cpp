@@ -443,8 +443,8 @@ TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
     EXPECT_EQ(stepped->replayedSteps(), 0u);
 }
 
-// By default the prefill records the decode step after it while it runs
-// (MELT_RECORD_AHEAD=0: at that step); the steps replay that recording and
+// MELT_RECORD_AHEAD=1: the prefill records the decode step after it once
+// it is queued; the steps replay that recording and
 // give, bit for bit, what a session that records each shape at its first step
 // gives. A device that records nothing runs every step as before.
 TEST_P(SessionOnDevice, DecodeRecordedAheadReplaysTheSame) {
@@ -458,11 +458,11 @@ TEST_P(SessionOnDevice, DecodeRecordedAheadReplaysTheSame) {
   Device *device = loaded.device.get();
   DeviceModel *onDevice = loaded.model.get();
   std::unique_ptr<Session> ahead, atFirstStep;
-  ASSERT_FALSE(Session::create(*onDevice, 256, 512, ahead));
-  ::setenv("MELT_RECORD_AHEAD", "0", 1);
-  Status created = Session::create(*onDevice, 256, 512, atFirstStep);
+  ::setenv("MELT_RECORD_AHEAD", "1", 1);
+  Status created = Session::create(*onDevice, 256, 512, ahead);
   ::unsetenv("MELT_RECORD_AHEAD");
   ASSERT_FALSE(created) << created.message();
+  ASSERT_FALSE(Session::create(*onDevice, 256, 512, atFirstStep));
   // Two sequences: a prefill of 70 and 3 tokens, then decode steps across
   // a page boundary and a table's doubling (2 -> 4 pages).
   std::vector<int32_t> prompt;

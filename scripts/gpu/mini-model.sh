@@ -46,8 +46,8 @@
 # MELT_COMPARE_STEPS_PER_CALL=1 the decode a step a call (melt-run
 # --steps-per-call 1) beside the default calls of 64 steps;
 # MELT_COMPARE_RECORD_AHEAD=1 the decode with each session's first decode
-# step recorded at that step (MELT_RECORD_AHEAD=0), twice, alternating
-# with the default (recorded while the prefill runs);
+# step recorded once the prefill is queued (MELT_RECORD_AHEAD=1), twice,
+# alternating with the default (recorded at that step);
 # MELT_SKIP_BASELINE=1 leaves transformers out.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -165,13 +165,13 @@ for model in mini-bf16.melt mini-fp8.melt; do
         --steps-per-call 1 | sed 's/^{/{"steps_per_call": 1, /'
     fi
     # MELT_COMPARE_RECORD_AHEAD=1: the first decode step's graph recorded
-    # while the prefill runs (the default), alternating with recording it
-    # at that step, the GPU idle meanwhile (MELT_RECORD_AHEAD=0).
+    # once the prefill is queued (MELT_RECORD_AHEAD=1), alternating with the
+    # default (recorded at that step).
     if [ "${MELT_COMPARE_RECORD_AHEAD:-}" = 1 ]; then
       for round in 1 2; do
-        run "$model" --prompt-ids "$(prompt 128)" \
+        MELT_RECORD_AHEAD=1 run "$model" --prompt-ids "$(prompt 128)" \
           --max-new 64 --batch 1,16,64 | sed "s/^{/{\"record_ahead\": \"on $round\", /"
-        MELT_RECORD_AHEAD=0 run "$model" --prompt-ids "$(prompt 128)" --max-new 64 \
+        run "$model" --prompt-ids "$(prompt 128)" --max-new 64 \
           --batch 1,16,64 | sed "s/^{/{\"record_ahead\": \"off $round\", /"
       done
     fi

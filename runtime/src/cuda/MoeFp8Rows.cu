@@ -1,8 +1,6 @@
 //===- MoeFp8Rows.cu - FP8 expert stacks a row at a time (CUDA) -----------===//
 #include "cuda/MoeFp8Rows.h"
 
-#include "EnvSwitch.h"
-
 #include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
@@ -76,99 +74,6 @@ __device__ __forceinline__ void rowDotParts(const uint8_t *const (&rows)[ROWS],
                      scales[r][at * kPerLoad / kScaleBlock];
     }
   }
-}
-
-/// A set of rows dotted with one x: their weights, their scales and x.
-template <int ROWS> struct RowSet {
-  const uint8_t *rows[ROWS];
-  const float *scales[ROWS];
-  const float *x;
-};
-
-/// Batch `batch` of a set's loads (kInFlight a lane of every row).
-template <int ROWS>
-__device__ __forceinline__ void loadBatch(const RowSet<ROWS> &set, int batch,
-                                          int loads, int lane,
-                                          uint4 (&packed)[ROWS][kInFlight]) {
-  const int base = lane + batch * 32 * kInFlight;
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const int at = base + 32 * u;
-      packed[r][u] =
-          at < loads ? __ldcs(reinterpret_cast<const uint4 *>(set.rows[r]) + at)
-                     : make_uint4(0, 0, 0, 0);
-    }
-}
-
-/// Batch `batch`'s products added to the lane's sums (rowDotParts' order).
-template <int ROWS>
-__device__ __forceinline__ void
-sumBatch(const RowSet<ROWS> &set, int batch, int loads, int lane,
-         const uint4 (&packed)[ROWS][kInFlight], float (&sums)[ROWS]) {
-  const int base = lane + batch * 32 * kInFlight;
-#pragma unroll
-  for (int u = 0; u < kInFlight; ++u) {
-    const int at = base + 32 * u;
-    if (at < loads)
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r)
-        sums[r] += dotSixteen(packed[r][u], set.x + size_t(at) * kPerLoad) *
-                   set.scales[r][at * kPerLoad / kScaleBlock];
-  }
-}
-
-/// A warp's `sets` sets of ROWS rows of `len` e4m3 weights each, one set
-/// after the other, dotted with their x as rowDotParts does (the same sums
-/// in the same order), with the loads of the next batch (a set's next
-/// kInFlight loads a lane, or the next set's first) in flight while one is
-/// summed: a warp's next rows no longer wait a memory round trip after its
-/// last ones. rowsOf(set) gives a set's RowSet; done(set, sums) takes its
-/// per-lane sums (every lane calls it: it may reduce across the warp).
-template <int ROWS, class RowsOf, class Done>
-__device__ __forceinline__ void pipelinedRowDots(int sets, int len, int lane,
-                                                 RowsOf rowsOf, Done done) {
-  const int loads = len / kPerLoad;
-  const int batches = (loads + 32 * kInFlight - 1) / (32 * kInFlight);
-  const int items = sets * batches;
-  uint4 a[ROWS][kInFlight], b[ROWS][kInFlight];
-  float sums[ROWS] = {};
-  // Item i: batch i % batches of set i / batches.
-  auto finish = [&](int item) {
-    if (item % batches != batches - 1)
-      return;
-    done(item / batches, sums);
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
-      sums[r] = 0.f;
-  };
-  if (items > 0)
-    loadBatch(rowsOf(0), 0, loads, lane, a);
-  for (int item = 0; item < items; item += 2) {
-    if (item + 1 < items)
-      loadBatch(rowsOf((item + 1) / batches), (item + 1) % batches, loads, lane,
-                b);
-    sumBatch(rowsOf(item / batches), item % batches, loads, lane, a, sums);
-    finish(item);
-    if (item + 2 < items)
-      loadBatch(rowsOf((item + 2) / batches), (item + 2) % batches, loads, lane,
-                a);
-    if (item + 1 < items) {
-      sumBatch(rowsOf((item + 1) / batches), (item + 1) % batches, loads, lane,
-               b, sums);
-      finish(item + 1);
-    }
-  }
-}
-
-/// Whether the row kernels keep the next rows' loads in flight
-/// (pipelinedRowDots; MELT_CUDA_EXPERT_ROWS_PIPELINED=0: a row's loads
-/// after the last row's sums).
-bool rowsPipelined() {
-  static const bool pipelined =
-      melt::rt::envSwitch("MELT_CUDA_EXPERT_ROWS_PIPELINED", true);
-  return pipelined;
 }
 
 /// The scales of row `row` of expert e in a stack of rows x cols matrices
@@ -264,7 +169,7 @@ __global__ void __launch_bounds__(256)
                         ExpertStacks stacks, int choices, int experts,
                         int inter, int dim, int rowsPerWarp, float *act,
                         int actStride, int32_t *bad, SharedFp8Expert shared,
-                        int routedPairs, bool pipelined) {
+                        int routedPairs) {
   extern __shared__ float4 staged[];
   awaitPriorKernels();
   const int pair = blockIdx.x;
@@ -290,33 +195,7 @@ __global__ void __launch_bounds__(256)
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const ExpertStacks &w = p.stacks;
-  if (pipelined) {
-    // Rows i of this warp below the pair's size, in turn.
-    const int firstRow = blockIdx.y * rowsPerWarp * 8 + warp;
-    const int sets = max(0, min(rowsPerWarp, (p.inter - firstRow + 7) / 8));
-    pipelinedRowDots<2>(
-        sets, dim, lane,
-        [&](int set) {
-          const int i = firstRow + set * 8;
-          const size_t row = (size_t(e) * p.inter + i) * p.gateUpStride;
-          return RowSet<2>{
-              {static_cast<const uint8_t *>(w.gate) + row,
-               static_cast<const uint8_t *>(w.up) + row},
-              {rowScales(w.gateScales, e, p.inter, p.gateUpStride, i),
-               rowScales(w.upScales, e, p.inter, p.gateUpStride, i)},
-              xt};
-        },
-        [&](int set, float(&sums)[2]) {
-          const float a = warpSum(sums[0]), b = warpSum(sums[1]);
-          if (lane == 0)
-            act[size_t(pair) * actStride + firstRow + set * 8] =
-                p.shared ? siluTimesOfBf16(a, b)
-                         : roundedToBf16(a / (1.f + expf(-a)) * b);
-        });
-    return;
-  }
   for (int r = 0; r < rowsPerWarp; ++r) {
-
     const int i = (blockIdx.y * rowsPerWarp + r) * 8 + warp;
     if (i >= p.inter)
       return;
@@ -379,7 +258,7 @@ __global__ void __launch_bounds__(256)
                   const float *weights, ExpertStacks stacks, int choices,
                   int experts, int inter, int dim, int rowsPerWarp,
                   bool combineBf16, PairOutput y, int actStride,
-                  SharedFp8Expert shared, int routedPairs, bool pipelined) {
+                  SharedFp8Expert shared, int routedPairs) {
   extern __shared__ float4 stagedAct[];
   awaitPriorKernels();
   const int pair = blockIdx.x;
@@ -406,45 +285,7 @@ __global__ void __launch_bounds__(256)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float weight = p.shared ? 1.f : weights[pair];
   const bool round = p.shared || combineBf16;
-  if (pipelined) {
-    // Sets of kDownRowsPerWarp outputs j0 of this warp below dim, in turn.
-    const int firstSet = blockIdx.y * rowsPerWarp * 8 + warp;
-    const int setRows = 8 * kDownRowsPerWarp;
-    const int sets = max(
-        0, min(rowsPerWarp,
-               (dim - firstSet * kDownRowsPerWarp + setRows - 1) / setRows));
-    const ExpertStacks &w = p.stacks;
-    pipelinedRowDots<kDownRowsPerWarp>(
-        sets, p.inter, lane,
-        [&](int set) {
-          const int j0 = (firstSet + set * 8) * kDownRowsPerWarp;
-          RowSet<kDownRowsPerWarp> rows;
-#pragma unroll
-          for (int r = 0; r < kDownRowsPerWarp; ++r) {
-            rows.rows[r] = static_cast<const uint8_t *>(w.down) +
-                           (size_t(p.expert) * dim + j0 + r) * p.downStride;
-            rows.scales[r] =
-                rowScales(w.downScales, p.expert, dim, p.downStride, j0 + r);
-          }
-          rows.x = a;
-          return rows;
-        },
-        [&](int set, float(&sums)[kDownRowsPerWarp]) {
-          const int j0 = (firstSet + set * 8) * kDownRowsPerWarp;
-#pragma unroll
-          for (int r = 0; r < kDownRowsPerWarp; ++r) {
-            float total = warpSum(sums[r]);
-            if (lane == 0) {
-              if (round)
-                total = roundedToBf16(total);
-              y.addRow(pair, p.token, dim, j0 + r, weight * total);
-            }
-          }
-        });
-    return;
-  }
   for (int set = 0; set < rowsPerWarp; ++set) {
-
     const int j0 =
         ((blockIdx.y * rowsPerWarp + set) * 8 + warp) * kDownRowsPerWarp;
     if (j0 >= dim)
@@ -530,13 +371,13 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
                             size_t(dim) * sizeof(float), stream, x, indices,
                             stacks, choices, experts, inter, dim,
                             up.rowsPerWarp, scratch, rows, bad, sharedExpert,
-                            routedPairs, rowsPipelined())) != cudaSuccess)
+                            routedPairs)) != cudaSuccess)
     return e;
   if ((e = launchOverlapped(
            fp8DownKernel, dim3(pairs, down.blocksPerPair), 256, downShared,
            stream, scratch, indices, weights, stacks, choices, experts, inter,
            dim, down.rowsPerWarp, combineBf16, PairOutput{y, pairRows}, rows,
-           sharedExpert, routedPairs, rowsPipelined())) != cudaSuccess)
+           sharedExpert, routedPairs)) != cudaSuccess)
     return e;
   return finishPairOutput(
       y, pairRows, indices, tokens, choices, experts, dim, stream,
