@@ -738,6 +738,15 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   // kernels are consecutive in this step's order too: `fused` set, the
   // group's other kernels added to `inCall`.
   std::set<uint32_t> inCall;
+  // A value by buffer: on the logit rows, those made by the rest gathered.
+  auto findValue = [&](uint32_t id, bool onRows) -> DeviceTensor * {
+    if (onRows) {
+      auto it = gatheredRows.find(id);
+      if (it != gatheredRows.end())
+        return it->second;
+    }
+    return values.find(id);
+  };
   auto sharedExpertsInOneCall = [&](const SharedExpertFusion &f, uint32_t at,
                                     bool onRows, bool &fused) -> Status {
     fused = false;
@@ -745,17 +754,9 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         !std::equal(f.kernels.begin(), f.kernels.end(), order.begin() + at))
       return Status::ok();
     const fb::Kernel &experts = *m.kernels()->Get(f.experts);
-    auto valueOf = [&](uint32_t id) -> DeviceTensor * {
-      if (onRows) {
-        auto it = gatheredRows.find(id);
-        if (it != gatheredRows.end())
-          return it->second;
-      }
-      return values.find(id);
-    };
-    DeviceTensor *xIn = valueOf(experts.inputs()->Get(0)),
-                 *indicesIn = valueOf(experts.inputs()->Get(1)),
-                 *weightsIn = valueOf(experts.inputs()->Get(2));
+    DeviceTensor *xIn = findValue(experts.inputs()->Get(0), onRows),
+                 *indicesIn = findValue(experts.inputs()->Get(1), onRows),
+                 *weightsIn = findValue(experts.inputs()->Get(2), onRows);
     if (!xIn || !indicesIn || !weightsIn) // the kernels say what is missing
       return Status::ok();
     auto weightOf = [&](uint32_t kernel, uint32_t i) -> const DeviceTensor & {
@@ -843,15 +844,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     auto inId = [&](uint32_t i) { return kernel.inputs()->Get(i); };
     auto outId = [&](uint32_t i) { return kernel.outputs()->Get(i); };
     DeviceTensor missing;
-    // A value by buffer: on the logit rows, those made by the rest gathered.
-    auto find = [&](uint32_t id) -> DeviceTensor * {
-      if (onRows) {
-        auto it = gatheredRows.find(id);
-        if (it != gatheredRows.end())
-          return it->second;
-      }
-      return values.find(id);
-    };
+    auto find = [&](uint32_t id) { return findValue(id, onRows); };
     auto in = [&](uint32_t i) -> DeviceTensor & {
       DeviceTensor *t = find(inId(i));
       return t ? *t : missing;
