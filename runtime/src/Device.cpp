@@ -196,6 +196,37 @@ Status Device::moeExpertsWithShared(
   return status;
 }
 
+Status Device::mlaOfQuery(const DeviceTensor &q, int64_t nope,
+                          const DeviceTensor &positions, const RopeParams &rope,
+                          const DeviceTensor &cache, const CacheLayout &layout,
+                          const DeviceTensor &wUk, const DeviceTensor &wUv,
+                          float scale, int64_t decompressAbove,
+                          DeviceTensor &out) {
+  if (q.shape.size() != 3 || nope <= 0 || nope >= q.shape[2])
+    return invalidArgument("mla: the query must be [tokens, heads, nope + "
+                           "rope] with both parts there");
+  const int64_t T = q.shape[0], H = q.shape[1], R = q.shape[2] - nope;
+  DeviceTensor qNope, qRope, rotated;
+  Status status = allocate(DType::F32, {T, H, nope}, qNope);
+  if (!status)
+    status = allocate(DType::F32, {T, H, R}, qRope);
+  if (!status)
+    status = allocate(DType::F32, {T, H, R}, rotated);
+  if (!status)
+    status = slice(q, 2, 0, qNope);
+  if (!status)
+    status = slice(q, 2, nope, qRope);
+  if (!status)
+    status = this->rope(qRope, positions, rope, rotated);
+  if (!status)
+    status = mla(qNope, rotated, cache, layout, wUk, wUv, scale,
+                 decompressAbove, out);
+  release(qNope);
+  release(qRope);
+  release(rotated);
+  return status;
+}
+
 namespace {
 
 std::string shapeString(const std::vector<int64_t> &shape) {

@@ -318,6 +318,21 @@ public:
                      const DeviceTensor &wUk, const DeviceTensor &wUv,
                      float scale, int64_t decompressAbove,
                      DeviceTensor &out) = 0;
+  /// Whether mlaOfQuery does better than the query's split and rope ahead
+  /// of mla (a GPU's absorb kernel can read q_nope and rotate q_rope from
+  /// the query projection's rows itself): then the executor calls it for
+  /// an MLA whose query comes straight from such a split and rope
+  /// (MlaQueryFusions.h).
+  virtual bool fusesMlaQuery() const { return false; }
+  /// mla of q_nope = q[..., :nope] and q_rope = rope(q[..., nope:]) at
+  /// `positions`, for q [T, H, nope + rope]. The default slices, ropes and
+  /// calls mla.
+  virtual Status mlaOfQuery(const DeviceTensor &q, int64_t nope,
+                            const DeviceTensor &positions,
+                            const RopeParams &rope, const DeviceTensor &cache,
+                            const CacheLayout &layout, const DeviceTensor &wUk,
+                            const DeviceTensor &wUv, float scale,
+                            int64_t decompressAbove, DeviceTensor &out);
   /// The element type a session keeps the latent cache of the MLA that
   /// absorbs `wUk` in, given the type the compiler chose for it
   /// (`compiled`: the artifact's, from melt-assign-precision: the

@@ -436,6 +436,18 @@ Status DeviceModel::create(const Model &model, Device &device,
   // What only the wanted logit rows need.
   if (envSwitch("MELT_LOGIT_ROWS_ONLY", true))
     dm.logitOnly_ = findLogitOnlyKernels(m, *dm.forward_);
+  // MLA queries split and rotated in the MLA's call: the three kernels on
+  // the same rows (all of them, or the logit rows' alone).
+  if (envSwitch("MELT_FUSE_MLA_QUERY", true) && device.fusesMlaQuery())
+    for (const MlaQueryFusion &f : findMlaQueryFusions(m, *dm.forward_)) {
+      const auto &rowsOnly = dm.logitOnly_.kernels;
+      if (rowsOnly.count(f.split) != rowsOnly.count(f.mla) ||
+          rowsOnly.count(f.rope) != rowsOnly.count(f.mla))
+        continue;
+      dm.mlaQuerySplits_[f.split] = f;
+      dm.mlaQueries_[f.mla] = f;
+      dm.skipped_.insert(f.rope);
+    }
   // Work a device may run beside the rest: the shared experts, MLA's
   // queries, the dense MLPs' up products. None with a kernel done in
   // another kernel's call (a latent append's norm writes the cache).
@@ -807,6 +819,18 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                         " with its shared expert: " + status.message());
     return onRows ? Status::ok() : gatherMadeBy(f.add);
   };
+  // MLA queries whose split and rope the MLA's call does
+  // (MlaQueryFusions.h): the query projection, by MLA kernel, held from
+  // its split on until the MLA has read it (a value made meanwhile may take
+  // its storage).
+  struct HeldQueries {
+    StepValues &values;
+    std::map<uint32_t, DeviceTensor> byMla;
+    ~HeldQueries() {
+      for (auto &entry : byMla)
+        values.letGo(entry.second);
+    }
+  } heldQueries{values, {}};
   for (uint32_t at = 0; at < order.size(); ++at) {
     const uint32_t k = order[at];
     if (pruned && !onRows && (only.kernels.count(k) || k == logitsKernel)) {
@@ -822,6 +846,16 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       MELT_RETURN_IF_ERROR(gatherMadeBy(k));
     if (dm.skips(k) || k == doneNorm || inCall.count(k)) // done elsewhere
       continue;
+    if (const MlaQueryFusion *f = dm.mlaQueryOfSplit(k)) {
+      const fb::Kernel &split = *m.kernels()->Get(k);
+      DeviceTensor *q = findValue(split.inputs()->Get(0), onRows);
+      if (!q)
+        return invalidArtifact(kernelName(k, split) +
+                               ": the query it splits is not there");
+      values.hold(*q);
+      heldQueries.byMla[f->mla] = *q;
+      continue;
+    }
     if (const SharedExpertFusion *f = dm.sharedExpertsFrom(k)) {
       bool fused = false;
       MELT_RETURN_IF_ERROR(sharedExpertsInOneCall(*f, at, onRows, fused));
@@ -1090,6 +1124,30 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       if (!c)
         return invalidArtifact(kernelName(k, kernel) +
                                " attends to a cache that is not an input");
+      auto held = heldQueries.byMla.find(k);
+      if (held != heldQueries.byMla.end()) {
+        // The query's split and rope in the MLA's call.
+        const DeviceTensor q = held->second;
+        heldQueries.byMla.erase(held);
+        const fb::Kernel &rope = *m.kernels()->Get(dm.mlaQueryOf(k)->rope);
+        const DeviceTensor *positions = find(rope.inputs()->Get(1));
+        const auto *nopeShape = m.buffers()->Get(inId(0))->shape();
+        Status made =
+            !positions || q.shape.size() != 3 || !nopeShape ||
+                    nopeShape->size() != 3
+                ? invalidArtifact(kernelName(k, kernel) +
+                                  ": its query or positions are not there")
+                : values.make(outId(0), DType::F32,
+                              {q.shape[0], q.shape[1], w(1).shape[1]}, out);
+        if (!made)
+          status = device.mlaOfQuery(
+              q, nopeShape->Get(2), *positions, ropeParamsOf(rope), *c,
+              onRows ? rowLayout : pass.layout, w(0), w(1),
+              float(kernel.floats()->Get(0)), ints(0), *out);
+        values.letGo(q);
+        MELT_RETURN_IF_ERROR(made);
+        break;
+      }
       const DeviceTensor &qn = in(0);
       if (qn.shape.size() != 3)
         return invalidArtifact(kernelName(k, kernel) + ": q_nope is not 3-D");

@@ -14,6 +14,7 @@
 #include "Device.h"
 #include "LatentAppends.h"
 #include "LogitOnlyKernels.h"
+#include "MlaQueryFusions.h"
 #include "Model.h"
 #include "SharedExpertFusions.h"
 
@@ -77,6 +78,19 @@ public:
   }
   size_t sharedExpertGroups() const { return sharedExperts_.size(); }
 
+  /// An MLA whose query's split and rope the device does in its call
+  /// (MlaQueryFusions.h; MELT_FUSE_MLA_QUERY=0 finds none; the rope is then
+  /// skipped): by its split or by the MLA; null otherwise.
+  const MlaQueryFusion *mlaQueryOfSplit(uint32_t split) const {
+    auto it = mlaQuerySplits_.find(split);
+    return it == mlaQuerySplits_.end() ? nullptr : &it->second;
+  }
+  const MlaQueryFusion *mlaQueryOf(uint32_t mla) const {
+    auto it = mlaQueries_.find(mla);
+    return it == mlaQueries_.end() ? nullptr : &it->second;
+  }
+  size_t mlaQueryFusions() const { return mlaQueries_.size(); }
+
   /// Side branches (SideBranches.h; MELT_SIDE_BRANCHES=0 finds none):
   /// whether kernel k is a branch's, whether a branch's fork is marked
   /// before it, whether a branch joins before it.
@@ -114,6 +128,7 @@ private:
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;
+  std::map<uint32_t, MlaQueryFusion> mlaQuerySplits_, mlaQueries_;
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
   LogitOnlyKernels logitOnly_;
   std::map<uint32_t, DType> cacheTypes_;

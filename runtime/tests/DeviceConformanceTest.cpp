@@ -754,6 +754,57 @@ TEST_P(DeviceConformance, Bf16LatentCacheMatchesF32CacheOfRoundedRows) {
   ASSERT_FALSE(device->synchronize());
 }
 
+// An MLA with its query's split and rope in its call (Device::mlaOfQuery):
+// bit for bit the slices, the rope and mla, over a BF16 latent cache at
+// DeepSeek-V3's MLA dims (YaRN), for 16 and 128 heads, at the paged
+// batches' prefills and their decode step (a GPU with
+// MELT_CUDA_FUSED_MLA_QUERY=1 reads and rotates the query in its absorb
+// kernel there).
+TEST_P(DeviceConformance, MlaOfQueryIsSplitRopeThenMla) {
+  reopenWith("MELT_CUDA_FUSED_MLA_QUERY", "1");
+  if (HasFatalFailure())
+    return;
+  const int64_t N = 128, R = 64, L = 512, V = 128;
+  const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/1);
+  for (int64_t H : {16, 128}) {
+    // (The CPU runs the calls apart: one head count shows it.)
+    if (device->name().rfind("cuda", 0) != 0 && H > 16)
+      break;
+    DeviceTensor dUk = put(random(DType::F32, {H, N, L}, rng, 0.05f));
+    DeviceTensor dUv = put(random(DType::F32, {H, V, L}, rng, 0.05f));
+    PagedBatches batches;
+    const int64_t rows = PagedBatches::kPages * kPageTokens;
+    DeviceTensor cache = make(DType::BF16, {rows, L + R});
+    for (const PagedBatches::Step &step : batches.steps) {
+      const int64_t T = int64_t(step.positions.size());
+      CacheLayout layout = batches.layout(*this, step);
+      layout.hostPositions = step.positions.data();
+      layout.hostSequences = step.sequences.data();
+      ASSERT_FALSE(device->cacheAppend(put(random(DType::F32, {T, L}, rng)),
+                                       put(random(DType::F32, {T, R}, rng)),
+                                       layout, cache));
+      DeviceTensor q = put(random(DType::F32, {T, H, N + R}, rng));
+      DeviceTensor qn = make(DType::F32, {T, H, N}),
+                   qr = make(DType::F32, {T, H, R}),
+                   rotated = make(DType::F32, {T, H, R}),
+                   want = make(DType::F32, {T, H, V}),
+                   have = make(DType::F32, {T, H, V});
+      const float scale = 1.f / std::sqrt(float(N + R));
+      ASSERT_FALSE(device->slice(q, 2, 0, qn));
+      ASSERT_FALSE(device->slice(q, 2, N, qr));
+      ASSERT_FALSE(device->rope(qr, layout.positions, yarn, rotated));
+      Status s = device->mla(qn, rotated, cache, layout, dUk, dUv, scale,
+                             int64_t(1) << 30, want);
+      ASSERT_FALSE(s) << s.message();
+      s = device->mlaOfQuery(q, N, layout.positions, yarn, cache, layout, dUk,
+                             dUv, scale, int64_t(1) << 30, have);
+      ASSERT_FALSE(s) << s.message();
+      EXPECT_EQ(get(have), get(want)) << H << " heads, " << T << " tokens";
+    }
+  }
+  ASSERT_FALSE(device->synchronize());
+}
+
 // MLA's latent append with its norm and rope in one call: the cache rows
 // bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
 // latent 512 and rope 64, YaRN, and a small latent), over the paged

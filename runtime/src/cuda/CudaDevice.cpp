@@ -772,6 +772,75 @@ public:
         "mla");
   }
 
+  /// MELT_CUDA_FUSED_MLA_QUERY=1: a decode step's MLA over a BF16 latent
+  /// cache reads q_nope and rotates q_rope from the query projection in its
+  /// absorb kernel (the split's two copies and the rope left out; the same
+  /// bits). Written after session 19's GPU time was spent: compiled, its
+  /// executor side tested on the CPU, not yet run on a GPU, so off by
+  /// default.
+  bool fusedMlaQuery_ = envSwitch("MELT_CUDA_FUSED_MLA_QUERY", false);
+  bool fusesMlaQuery() const override { return fusedMlaQuery_; }
+  Status mlaOfQuery(const DeviceTensor &q, int64_t nope,
+                    const DeviceTensor &positions, const RopeParams &rope,
+                    const DeviceTensor &cache, const CacheLayout &layout,
+                    const DeviceTensor &wUk, const DeviceTensor &wUv,
+                    float scale, int64_t decompressAbove,
+                    DeviceTensor &out) override {
+    const int64_t ropeDim = q.shape.size() == 3 && nope > 0 && nope < q.shape[2]
+                                ? q.shape[2] - nope
+                                : 0;
+    // Where mla() would take the decode step's form (a decode step: no
+    // prefill form applies to its one token a sequence).
+    bool taken = fusedMlaQuery_ && ropeDim > 0 && ropeDim % 2 == 0 &&
+                 ropeDim / 2 <= kMaxRopePairs && q.dtype == DType::F32 &&
+                 positions.dtype == DType::I32 && cache.dtype == DType::BF16 &&
+                 bf16DecodeKernel_ && wUk.shape.size() == 3 &&
+                 wUv.shape.size() == 3 && layout.pages.shape.size() == 2 &&
+                 isDecodeStep(layout, int(q.shape[0]));
+    MlaSplitShape shape{};
+    if (taken) {
+      shape = MlaSplitShape{int(q.shape[0]),
+                            int(q.shape[1]),
+                            int(nope),
+                            int(ropeDim),
+                            int(wUk.shape[2]),
+                            int(wUv.shape[1]),
+                            int(layout.pages.shape[1] * kPageTokens)};
+      taken = mlaDecodeStepFits(shape) && wUk.shape[0] == q.shape[1] &&
+              wUk.shape[1] == nope && cache.shape.size() == 2 &&
+              cache.shape[1] == wUk.shape[2] + ropeDim &&
+              out.dtype == DType::F32 &&
+              out.shape ==
+                  std::vector<int64_t>{q.shape[0], q.shape[1], wUv.shape[1]};
+    }
+    if (!taken)
+      return Device::mlaOfQuery(q, nope, positions, rope, cache, layout, wUk,
+                                wUv, scale, decompressAbove, out);
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(flags());
+    ProjectedQuery projected;
+    projected.q = static_cast<const float *>(q.data);
+    projected.positions = static_cast<const int32_t *>(positions.data);
+    projected.interleaved = rope.interleaved;
+    std::vector<double> inverse = ropeInverseFrequencies(rope, ropeDim);
+    std::copy(inverse.begin(), inverse.end(), projected.freqs.inverse);
+    projected.mscale = ropeOutputScale(rope);
+    const PagedLayout paging = paged(layout, cache);
+    const size_t bytes =
+        mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);
+    CallScratch held(*this);
+    DeviceTensor scratch;
+    MELT_RETURN_IF_ERROR(held.takeBytes(bytes, scratch));
+    return check(mlaDecodeStep(nullptr, nullptr,
+                               static_cast<const __nv_bfloat16 *>(cache.data),
+                               paging, static_cast<const float *>(wUk.data),
+                               static_cast<const float *>(wUv.data), shape,
+                               scale, scratch.data, bytes,
+                               static_cast<float *>(out.data), multiprocessors_,
+                               stream_, &projected),
+                 "mla");
+  }
+
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override {
     MELT_RETURN_IF_ERROR(usable());

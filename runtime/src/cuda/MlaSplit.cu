@@ -4,6 +4,7 @@
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/MlaDecode.h"
 #include "cuda/PagedCache.cuh"
+#include "cuda/RopeRotation.cuh"
 #include "cuda/ScratchLayout.h"
 #include "cuda/VectorLoads.cuh"
 
@@ -39,14 +40,17 @@ constexpr int kQueryTokens = 8;
 /// flight (it is read once either way). Rows of qLat are [latent] (F32),
 /// or with qRope [latent + rope]: the latent query then q_rope, as
 /// MlaDecode.cu reads them (BF16; the blocks of the first latent columns
-/// copy q_rope).
+/// copy q_rope). q_nope's (token, head) rows are qStride values apart
+/// (nope, or nope + rope in a query projection's rows). With `projected`,
+/// q_nope is its query's and q_rope is rotated from it here (the rope
+/// kernel's arithmetic: the same bits as the rope, then a copy).
 template <int Parts, typename OutT>
-__global__ void __launch_bounds__(256)
-    absorbQueryKernel(const float *qNope, const float *wUk, int tokens,
-                      int heads, int nope, int latent, const float *qRope,
-                      int rope, OutT *qLat) {
+__device__ __forceinline__ void
+absorbQueryRows(const float *qNope, int qStride, const float *wUk, int tokens,
+                int heads, int nope, int latent, const float *qRope, int rope,
+                OutT *qLat, const ProjectedQuery *projected) {
   awaitPriorKernels();
-  const int rowWidth = latent + (qRope ? rope : 0);
+  const int rowWidth = latent + (qRope || projected ? rope : 0);
   constexpr int kColumns = 256 / Parts;
   __shared__ float q[kQueryTokens][kMaxNope];
   __shared__ float partial[Parts - 1][kQueryTokens][kColumns];
@@ -56,7 +60,7 @@ __global__ void __launch_bounds__(256)
   const int count = min(kQueryTokens, tokens - t0);
   for (int i = threadIdx.x; i < count * nope; i += blockDim.x)
     q[i / nope][i % nope] =
-        qNope[(size_t(t0 + i / nope) * heads + h) * nope + i % nope];
+        qNope[(size_t(t0 + i / nope) * heads + h) * qStride + i % nope];
   __syncthreads();
   float acc[kQueryTokens] = {};
   const int begin = part * nope / Parts, end = (part + 1) * nope / Parts;
@@ -82,12 +86,44 @@ __global__ void __launch_bounds__(256)
         sum += partial[i][t][column];
       storeValue(qLat, (size_t(t0 + t) * heads + h) * rowWidth + l, sum);
     }
-  if (qRope && blockIdx.y == 0)
+  if (projected && blockIdx.y == 0) {
+    const int half = rope / 2;
+    for (int i = threadIdx.x; i < count * half; i += blockDim.x) {
+      const int t = t0 + i / half;
+      const size_t th = size_t(t) * heads + h;
+      const RotatedPair r = rotatePair(
+          Operand{projected->q, false}, th * qStride + nope, i % half, rope,
+          projected->interleaved, projected->positions[t], projected->freqs,
+          projected->mscale);
+      storeValue(qLat, th * rowWidth + latent + r.a, r.ya);
+      storeValue(qLat, th * rowWidth + latent + r.b, r.yb);
+    }
+  } else if (qRope && blockIdx.y == 0) {
     for (int i = threadIdx.x; i < count * rope; i += blockDim.x) {
       const size_t th = size_t(t0 + i / rope) * heads + h;
       storeValue(qLat, th * rowWidth + latent + i % rope,
                  qRope[th * rope + i % rope]);
     }
+  }
+}
+
+template <int Parts, typename OutT>
+__global__ void __launch_bounds__(256)
+    absorbQueryKernel(const float *qNope, const float *wUk, int tokens,
+                      int heads, int nope, int latent, const float *qRope,
+                      int rope, OutT *qLat) {
+  absorbQueryRows<Parts>(qNope, nope, wUk, tokens, heads, nope, latent, qRope,
+                         rope, qLat, nullptr);
+}
+
+/// absorbQueryKernel of a query projection's rows (ProjectedQuery).
+template <int Parts, typename OutT>
+__global__ void __launch_bounds__(256)
+    absorbProjectedQueryKernel(const float *wUk, int tokens, int heads,
+                               int nope, int latent, int rope, OutT *qLat,
+                               ProjectedQuery projected) {
+  absorbQueryRows<Parts>(projected.q, nope + rope, wUk, tokens, heads, nope,
+                         latent, nullptr, rope, qLat, &projected);
 }
 
 /// The N warp-wide sums of N per-lane values in N - 1 + log2(32 / N)
@@ -536,9 +572,20 @@ void combineValues(const float *partialOut, const ChunkStats &stats,
 /// [latent + rope] in OutT).
 template <typename OutT>
 void absorbQueries(const float *qNope, const float *wUk, const MlaSplitShape &s,
-                   const float *qRope, OutT *qLat, cudaStream_t stream) {
+                   const float *qRope, OutT *qLat, cudaStream_t stream,
+                   const ProjectedQuery *projected = nullptr) {
   const int slabs = (s.tokens + kQueryTokens - 1) / kQueryTokens;
-  if (slabs == 1)
+  if (projected && slabs == 1)
+    launchOverlapped(absorbProjectedQueryKernel<8, OutT>,
+                     dim3(s.heads, (s.latent + 31) / 32, slabs), 256, 0, stream,
+                     wUk, s.tokens, s.heads, s.nope, s.latent, s.rope, qLat,
+                     *projected);
+  else if (projected)
+    launchOverlapped(absorbProjectedQueryKernel<2, OutT>,
+                     dim3(s.heads, (s.latent + 127) / 128, slabs), 256, 0,
+                     stream, wUk, s.tokens, s.heads, s.nope, s.latent, s.rope,
+                     qLat, *projected);
+  else if (slabs == 1)
     launchOverlapped(absorbQueryKernel<8, OutT>,
                      dim3(s.heads, (s.latent + 31) / 32, slabs), 256, 0, stream,
                      qNope, wUk, s.tokens, s.heads, s.nope, s.latent, qRope,
@@ -872,7 +919,8 @@ cudaError_t melt::rt::cuda::mlaDecodeStep(
     const float *qNope, const float *qRope, const __nv_bfloat16 *cache,
     const PagedLayout &layout, const float *wUk, const float *wUv,
     const MlaSplitShape &s, float scale, void *scratch, size_t scratchBytes,
-    float *out, int smCount, cudaStream_t stream) {
+    float *out, int smCount, cudaStream_t stream,
+    const ProjectedQuery *projected) {
   if (!mlaDecodeStepFits(s) || layout.batch != s.tokens ||
       layout.perSequence < 1 ||
       scratchBytes < mlaDecodeStepScratchBytes(s, layout, smCount))
@@ -883,7 +931,7 @@ cudaError_t melt::rt::cuda::mlaDecodeStep(
   auto *queries = static_cast<__nv_bfloat16 *>(scratch);
   a.queries = queries;
   a.cache = cache;
-  absorbQueries(qNope, wUk, s, qRope, queries, stream);
+  absorbQueries(qNope, wUk, s, qRope, queries, stream, projected);
   const size_t queryBytes = decodeQueryBytes(s);
   MlaDecodePartials partials;
   if (cudaError_t e =

@@ -78,7 +78,20 @@ mlaTensorCores(GemmRunner &gemm, const float *qNope, const float *qRope,
 /// applied (the combine of mlaSplit). The split is sized by the page
 /// table's capacity, so that a recorded step replays at any length it
 /// holds. The kernel trusts the table below each sequence's length (the
-/// step's own appends check their positions).
+/// step's own appends check their positions). With `projected`, qNope and
+/// qRope are not read: the query comes from the projection.
+/// A decode step's query read from the query projection itself
+/// (Device::mlaOfQuery): q [T, H, nope + rope] F32, q_nope the first nope
+/// values of each (token, head) row, q_rope the last rope values rotated at
+/// the token's position with the rope kernel's arithmetic (RopeRotation.cuh:
+/// the same bits as the split, the rope and mlaDecodeStep).
+struct ProjectedQuery {
+  const float *q = nullptr;
+  const int32_t *positions = nullptr;
+  bool interleaved = true;
+  RopeFrequencies freqs{};
+  double mscale = 1.0;
+};
 bool mlaDecodeStepFits(const MlaSplitShape &shape);
 size_t mlaDecodeStepScratchBytes(const MlaSplitShape &shape,
                                  const PagedLayout &layout, int smCount);
@@ -87,7 +100,8 @@ cudaError_t mlaDecodeStep(const float *qNope, const float *qRope,
                           const float *wUk, const float *wUv,
                           const MlaSplitShape &shape, float scale,
                           void *scratch, size_t scratchBytes, float *out,
-                          int smCount, cudaStream_t stream);
+                          int smCount, cudaStream_t stream,
+                          const ProjectedQuery *projected = nullptr);
 
 } // namespace melt::rt::cuda
 

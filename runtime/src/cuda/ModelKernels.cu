@@ -7,6 +7,7 @@
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/PagedCache.cuh"
+#include "cuda/RopeRotation.cuh"
 #include "cuda/RowNorm.cuh"
 #include "cuda/VectorLoads.cuh"
 #include "cuda/WarpReduce.cuh"
@@ -34,30 +35,6 @@ __global__ void embeddingKernel(const int32_t *ids, Operand table, int vocab,
   for (int h = threadIdx.x; h < hidden; h += blockDim.x)
     store(y, size_t(t) * hidden + h,
           valid ? load(table, size_t(id) * hidden + h) : 0.f);
-}
-
-/// Pair `pair` of a row of `dim` rotary values: its two columns, and
-/// their values rotated at `position` (the rope kernel's and the latent
-/// append's arithmetic, the same bits).
-struct RotatedPair {
-  int a, b;
-  float ya, yb;
-};
-__device__ __forceinline__ RotatedPair
-rotatePair(Operand x, size_t base, int pair, int dim, bool interleaved,
-           int32_t position, const RopeFrequencies &freqs, double mscale) {
-  const int half = dim / 2;
-  double s, c;
-  sincos(double(position) * freqs.inverse[pair], &s, &c);
-  c *= mscale;
-  s *= mscale;
-  RotatedPair r;
-  r.a = interleaved ? 2 * pair : pair;
-  r.b = interleaved ? 2 * pair + 1 : pair + half;
-  float xa = load(x, base + r.a), xb = load(x, base + r.b);
-  r.ya = float(xa * c - xb * s);
-  r.yb = float(xb * c + xa * s);
-  return r;
 }
 
 /// One thread per rotated pair.

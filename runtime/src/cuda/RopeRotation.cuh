@@ -1,0 +1,45 @@
+//===- RopeRotation.cuh - one rotary pair's RoPE in device code -*- CUDA
+//-*-===//
+//
+// The rotation of the rope kernel, in one place for the kernels that
+// rotate: the rope kernel, MLA's latent append (its key) and the MLA
+// absorb kernel that rotates q_rope from the query projection itself
+// (Device::mlaOfQuery). Their values must agree bit for bit.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_ROPEROTATION_CUH
+#define MELT_RUNTIME_CUDA_ROPEROTATION_CUH
+
+#include "cuda/ModelKernels.h"
+#include "cuda/OperandAccess.cuh"
+
+#include <cstdint>
+
+namespace melt::rt::cuda {
+
+/// Pair `pair` of a row of `dim` rotary values: its two columns, and
+/// their values rotated at `position`.
+struct RotatedPair {
+  int a, b;
+  float ya, yb;
+};
+__device__ __forceinline__ RotatedPair
+rotatePair(Operand x, size_t base, int pair, int dim, bool interleaved,
+           int32_t position, const RopeFrequencies &freqs, double mscale) {
+  const int half = dim / 2;
+  double s, c;
+  sincos(double(position) * freqs.inverse[pair], &s, &c);
+  c *= mscale;
+  s *= mscale;
+  RotatedPair r;
+  r.a = interleaved ? 2 * pair : pair;
+  r.b = interleaved ? 2 * pair + 1 : pair + half;
+  float xa = load(x, base + r.a), xb = load(x, base + r.b);
+  r.ya = float(xa * c - xb * s);
+  r.yb = float(xb * c + xa * s);
+  return r;
+}
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_ROPEROTATION_CUH
