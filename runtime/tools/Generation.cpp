@@ -87,6 +87,7 @@ bool generate(melt_session *session,
   double prefillS = std::chrono::duration<double>(prefillEnds - t0).count();
   double decodeS = std::chrono::duration<double>(t2 - t1).count();
   out.prefillTokensPerS = promptTokens / std::max(prefillS, 1e-9);
+  out.generationSeconds = prefillS + decodeS;
   out.decodeTokensPerS =
       out.tokens.size() > 1
           ? double(n * (out.tokens.size() - 1)) / std::max(decodeS, 1e-9)
@@ -127,6 +128,17 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
     if (!extras.prefillRuns.empty())
       tail += ", \"prefill_tokens_per_s_runs\": " + list(extras.prefillRuns) +
               ", \"decode_tokens_per_s_runs\": " + list(extras.decodeRuns);
+    std::snprintf(number, sizeof(number), "%.6f", generated.generationSeconds);
+    tail += std::string(", \"generation_seconds\": ") + number;
+    if (!extras.generationSecondsRuns.empty()) {
+      std::string runs;
+      for (size_t i = 0; i < extras.generationSecondsRuns.size(); ++i) {
+        std::snprintf(number, sizeof(number), "%.6f",
+                      extras.generationSecondsRuns[i]);
+        runs += (i ? ", " : "") + std::string(number);
+      }
+      tail += ", \"generation_seconds_runs\": [" + runs + "]";
+    }
     if (extras.joulesPerToken >= 0)
       tail += ", \"decode_joules_per_token\": " +
               std::to_string(extras.joulesPerToken);
@@ -153,6 +165,8 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
   std::printf("decode: %zu tokens, %.1f tokens/s\n",
               generated.tokens.size() * extras.batch,
               generated.decodeTokensPerS);
+  std::printf("prefill and decode: %.2f ms\n",
+              generated.generationSeconds * 1e3);
   if (!extras.prefillRuns.empty())
     std::printf("(medians of %zu runs)\n", extras.prefillRuns.size());
   if (extras.peakMemoryMB >= 0)

@@ -20,6 +20,9 @@ struct Generated {
   std::vector<int> tokens;
   /// Tokens per second over all sequences.
   double prefillTokensPerS = 0, decodeTokensPerS = 0;
+  /// The prefill's and the decode's seconds together: what moving work
+  /// from one to the other cannot change.
+  double generationSeconds = 0;
 };
 
 /// How the next tokens are picked: greedily (temperature 0), or drawn as
@@ -59,7 +62,7 @@ struct ReportExtras {
   std::string energyUnavailable;
   /// Every run's rates where the generation was timed several times (the
   /// report's rates are then their medians).
-  std::vector<double> prefillRuns, decodeRuns;
+  std::vector<double> prefillRuns, decodeRuns, generationSecondsRuns;
 };
 
 /// Text ("generated: ..." lines) or, with `json`, one JSON line.

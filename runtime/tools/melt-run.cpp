@@ -54,8 +54,9 @@ void usage() {
                "call, each pick fed back on the device: "
                "melt_session_generate_greedy; default 64, 1: a call a step)\n"
                "Generates from a compiled melt model (the tokens picked on "
-               "its device) and reports tokens/s, peak memory and, on a "
-               "GPU, joules per decoded token (--bench: as one JSON line a "
+               "its device) and reports tokens/s of the prefill and the "
+               "decode, their time together, peak memory and, on a GPU, "
+               "joules per decoded token (--bench: as one JSON line a "
                "batch).\n"
                "Environment: MELT_PROFILE=1 prints time per kernel kind; "
                "the MELT_* switches that compare the runtime's choices are "
@@ -303,7 +304,8 @@ int main(int argc, char **argv) {
     // same pages, caches and graphs to start from); the last session stays
     // for --expert-stats.
     Generated generated;
-    std::vector<double> prefillRates, decodeRates, joulesPerToken;
+    std::vector<double> prefillRates, decodeRates, generationSeconds,
+        joulesPerToken;
     bool energyRead = false;
     size_t decoded = 0;
     for (int run = 0; run < repeats; ++run) {
@@ -329,6 +331,7 @@ int main(int argc, char **argv) {
       generated = thisRun;
       prefillRates.push_back(thisRun.prefillTokensPerS);
       decodeRates.push_back(thisRun.decodeTokensPerS);
+      generationSeconds.push_back(thisRun.generationSeconds);
       decoded = generated.tokens.size() > 1
                     ? (generated.tokens.size() - 1) * size_t(batch)
                     : 0;
@@ -338,10 +341,12 @@ int main(int argc, char **argv) {
     }
     generated.prefillTokensPerS = median(prefillRates);
     generated.decodeTokensPerS = median(decodeRates);
+    generated.generationSeconds = median(generationSeconds);
     ReportExtras extras;
     if (repeats > 1) {
       extras.prefillRuns = prefillRates;
       extras.decodeRuns = decodeRates;
+      extras.generationSecondsRuns = generationSeconds;
     }
     extras.batch = size_t(batch);
     extras.peakMemoryMB = peakMemoryMB();
