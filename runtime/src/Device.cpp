@@ -196,6 +196,19 @@ Status Device::moeExpertsWithShared(
   return status;
 }
 
+Status Device::gatherParts(const std::vector<DeviceTensor> &parts,
+                           int64_t offset, DeviceTensor &into) {
+  DeviceTensor flatInto = into;
+  flatInto.shape = {into.numel()};
+  for (const DeviceTensor &part : parts) {
+    DeviceTensor flat = part;
+    flat.shape = {part.numel()};
+    MELT_RETURN_IF_ERROR(place(flat, 0, offset, flatInto));
+    offset += flat.numel();
+  }
+  return Status::ok();
+}
+
 Status Device::mlaOfQuery(const DeviceTensor &q, int64_t nope,
                           const DeviceTensor &positions, const RopeParams &rope,
                           const DeviceTensor &cache, const CacheLayout &layout,

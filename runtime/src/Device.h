@@ -265,6 +265,11 @@ public:
                        DeviceTensor &y) = 0;
   virtual Status place(const DeviceTensor &x, int axis, int64_t offset,
                        DeviceTensor &y) = 0;
+  /// Each of `parts`, flat, one after the other into the flat `into` from
+  /// element `offset` on (all of one element type: a step's router choices
+  /// gathered for one download). The default places them one by one.
+  virtual Status gatherParts(const std::vector<DeviceTensor> &parts,
+                             int64_t offset, DeviceTensor &into);
 
   // Caches, attention and MLA in F32 (MoE experts: F32 or BF16 weights).
 

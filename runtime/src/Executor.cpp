@@ -1565,14 +1565,12 @@ ForwardRunner::runGreedySteps(const std::vector<StepBatch> &batches,
     }
     DeviceTensor ids = viewOf(int64_t(s) * perStep, {n});
     status = device.argmaxRows(*pass->logits, ids);
-    int64_t offset = int64_t(s) * perStep + n;
-    if (choices)
-      for (size_t r = 0; r < routers.size() && !status; ++r) {
-        DeviceTensor flat = *pass->routerChoices[r];
-        flat.shape = {flat.numel()};
-        status = device.place(flat, 0, offset, gathered);
-        offset += flat.numel();
-      }
+    if (choices && !status) {
+      std::vector<DeviceTensor> parts;
+      for (const DeviceTensor *router : pass->routerChoices)
+        parts.push_back(*router);
+      status = device.gatherParts(parts, int64_t(s) * perStep + n, gathered);
+    }
     timer.markCollect(0);
   }
   std::vector<int32_t> host;

@@ -754,6 +754,49 @@ TEST_P(DeviceConformance, Bf16LatentCacheMatchesF32CacheOfRoundedRows) {
   ASSERT_FALSE(device->synchronize());
 }
 
+// Parts gathered into one tensor (a decode step's router choices; a GPU
+// with MELT_CUDA_GATHER_PARTS=1 copies them in one launch): the values of
+// placing them one by one; parts past the tensor's end an error.
+TEST_P(DeviceConformance, GatherPartsIsPlaceOneByOne) {
+  reopenWith("MELT_CUDA_GATHER_PARTS", "1");
+  if (HasFatalFailure())
+    return;
+  std::vector<std::vector<int64_t>> shapes = {{1, 6}, {3, 2}, {7}, {64, 8}};
+  std::vector<DeviceTensor> parts;
+  int64_t total = 0;
+  int32_t next = 1;
+  for (const std::vector<int64_t> &shape : shapes) {
+    DeviceTensor part = make(DType::I32, shape);
+    std::vector<int32_t> values(size_t(part.numel()));
+    for (int32_t &v : values)
+      v = next++;
+    ASSERT_FALSE(device->upload(values.data(), part));
+    parts.push_back(part);
+    total += part.numel();
+  }
+  const int64_t offset = 5;
+  DeviceTensor have = make(DType::I32, {offset + total + 3});
+  DeviceTensor want = make(DType::I32, {offset + total + 3});
+  std::vector<int32_t> zeros(size_t(offset + total + 3), 0);
+  ASSERT_FALSE(device->upload(zeros.data(), have));
+  ASSERT_FALSE(device->upload(zeros.data(), want));
+  Status s = device->gatherParts(parts, offset, have);
+  ASSERT_FALSE(s) << s.message();
+  int64_t at = offset;
+  for (const DeviceTensor &part : parts) {
+    DeviceTensor flat = part;
+    flat.shape = {part.numel()};
+    ASSERT_FALSE(device->place(flat, 0, at, want));
+    at += part.numel();
+  }
+  std::vector<int32_t> got(zeros.size()), expected(zeros.size());
+  ASSERT_FALSE(device->download(have, got.data()));
+  ASSERT_FALSE(device->download(want, expected.data()));
+  EXPECT_EQ(got, expected);
+  EXPECT_EQ(got[size_t(offset)], 1);
+  EXPECT_TRUE(device->gatherParts(parts, offset + 4, have));
+}
+
 // An MLA with its query's split and rope in its call (Device::mlaOfQuery):
 // bit for bit the slices, the rope and mla, over a BF16 latent cache at
 // DeepSeek-V3's MLA dims (YaRN), for 16 and 128 heads, at the paged

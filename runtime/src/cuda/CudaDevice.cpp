@@ -609,6 +609,38 @@ public:
     return copyAxisPart(y, axis, offset, x, true);
   }
 
+  /// MELT_CUDA_GATHER_PARTS=1: the parts in one launch (gatherParts), not
+  /// a copy kernel each. Written after session 19's GPU time was spent:
+  /// compiled, not yet run on a GPU, so off by default.
+  bool gatherPartsKernel_ = envSwitch("MELT_CUDA_GATHER_PARTS", false);
+  Status gatherParts(const std::vector<DeviceTensor> &parts, int64_t offset,
+                     DeviceTensor &into) override {
+    if (!gatherPartsKernel_ || parts.size() > size_t(kMaxGatheredParts) ||
+        dtypeBytes(into.dtype) != 4)
+      return Device::gatherParts(parts, offset, into);
+    MELT_RETURN_IF_ERROR(usable());
+    GatheredParts gathered;
+    int64_t at = offset;
+    for (const DeviceTensor &part : parts) {
+      if (part.dtype != into.dtype)
+        return invalidArgument("gather_parts: a part of " +
+                               std::string(dtypeName(part.dtype)) + " into " +
+                               dtypeName(into.dtype));
+      if (at < 0 || at + part.numel() > into.numel() ||
+          at + part.numel() > int64_t(UINT32_MAX))
+        return invalidArgument("gather_parts: the parts end past their "
+                               "tensor's " +
+                               std::to_string(into.numel()) + " values");
+      gathered.from[gathered.count] = part.data;
+      gathered.words[gathered.count] = uint32_t(part.numel());
+      gathered.offset[gathered.count] = uint32_t(at);
+      ++gathered.count;
+      at += part.numel();
+    }
+    return check(cuda::gatherParts(gathered, into.data, stream_),
+                 "gather_parts");
+  }
+
   Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
                      const CacheLayout &layout, DeviceTensor &cache) override {
     MELT_RETURN_IF_ERROR(usable());

@@ -145,7 +145,26 @@ cudaError_t launchCopyRuns(void *to, size_t toPitch, const void *from,
                           uint32_t(runBytes / w), uint32_t(words));
 }
 
+/// A block a part: part blockIdx.x's words to its offset.
+__global__ void gatherPartsKernel(GatheredParts parts, uint32_t *to) {
+  awaitPriorKernels();
+  const int p = blockIdx.x;
+  const uint32_t *from = static_cast<const uint32_t *>(parts.from[p]);
+  for (uint32_t i = threadIdx.x; i < parts.words[p]; i += blockDim.x)
+    to[size_t(parts.offset[p]) + i] = from[i];
+}
+
 } // namespace
+
+cudaError_t melt::rt::cuda::gatherParts(const GatheredParts &parts, void *to,
+                                        cudaStream_t stream) {
+  if (parts.count < 0 || parts.count > kMaxGatheredParts)
+    return cudaErrorInvalidValue;
+  if (parts.count == 0)
+    return cudaSuccess;
+  return launchOverlapped(gatherPartsKernel, dim3(parts.count), 256, 0, stream,
+                          parts, static_cast<uint32_t *>(to));
+}
 
 cudaError_t melt::rt::cuda::roundToBf16(float *x, size_t count,
                                         cudaStream_t stream) {

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace melt::rt::cuda {
 
@@ -45,6 +46,20 @@ cudaError_t roundToBf16(float *x, size_t count, cudaStream_t stream);
 cudaError_t copyRuns(void *to, size_t toPitch, const void *from,
                      size_t fromPitch, size_t runBytes, size_t rows,
                      cudaStream_t stream);
+
+/// The most parts gatherParts copies in one launch.
+constexpr int kMaxGatheredParts = 32;
+/// Parts of 4-byte words, each to its offset (in words) of one tensor.
+struct GatheredParts {
+  const void *from[kMaxGatheredParts];
+  uint32_t words[kMaxGatheredParts], offset[kMaxGatheredParts];
+  int count = 0;
+};
+/// Each part's words into `to` at its offset, in one launch (a block a
+/// part): a decode step's router choices gathered for one download, one
+/// kernel where a copy a part took a launch each.
+cudaError_t gatherParts(const GatheredParts &parts, void *to,
+                        cudaStream_t stream);
 
 enum class Binary { SiluMul, Add };
 cudaError_t binary(Binary op, Operand a, Operand b, size_t count, Result y,
