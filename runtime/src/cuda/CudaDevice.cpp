@@ -780,8 +780,9 @@ public:
                               scale, out);
     if (cache.dtype == DType::BF16 && bf16DecodeKernel_ &&
         mlaDecodeStepFits(shape) && isDecodeStep(layout, shape.tokens))
-      return mlaDecodeStepForm(qNope, qRope, cache, layout, wUk, wUv, shape,
-                               scale, out);
+      return mlaDecodeStepForm(static_cast<const float *>(qNope.data),
+                               static_cast<const float *>(qRope.data), cache,
+                               layout, wUk, wUv, shape, scale, out);
     if (!perHead && mlaSplitFits(shape))
       return mlaInChunks(qNope, qRope, cache, layout, wUk, wUv, shape, scale,
                          out);
@@ -857,20 +858,8 @@ public:
     std::vector<double> inverse = ropeInverseFrequencies(rope, ropeDim);
     std::copy(inverse.begin(), inverse.end(), projected.freqs.inverse);
     projected.mscale = ropeOutputScale(rope);
-    const PagedLayout paging = paged(layout, cache);
-    const size_t bytes =
-        mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);
-    CallScratch held(*this);
-    DeviceTensor scratch;
-    MELT_RETURN_IF_ERROR(held.takeBytes(bytes, scratch));
-    return check(mlaDecodeStep(nullptr, nullptr,
-                               static_cast<const __nv_bfloat16 *>(cache.data),
-                               paging, static_cast<const float *>(wUk.data),
-                               static_cast<const float *>(wUv.data), shape,
-                               scale, scratch.data, bytes,
-                               static_cast<float *>(out.data), multiprocessors_,
-                               stream_, &projected),
-                 "mla");
+    return mlaDecodeStepForm(nullptr, nullptr, cache, layout, wUk, wUv, shape,
+                             scale, out, &projected);
   }
 
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
@@ -1455,25 +1444,25 @@ private:
 
   /// A decode step over a BF16 latent cache on MlaDecode.cu's chunk kernel
   /// (MlaSplit.h's mlaDecodeStep).
-  Status mlaDecodeStepForm(const DeviceTensor &qNope, const DeviceTensor &qRope,
+  Status mlaDecodeStepForm(const float *qNope, const float *qRope,
                            const DeviceTensor &cache, const CacheLayout &layout,
                            const DeviceTensor &wUk, const DeviceTensor &wUv,
                            const MlaSplitShape &shape, float scale,
-                           DeviceTensor &out) {
+                           DeviceTensor &out,
+                           const ProjectedQuery *projected = nullptr) {
     const PagedLayout paging = paged(layout, cache);
     const size_t bytes =
         mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);
     CallScratch held(*this);
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(held.takeBytes(bytes, scratch));
-    return check(mlaDecodeStep(static_cast<const float *>(qNope.data),
-                               static_cast<const float *>(qRope.data),
+    return check(mlaDecodeStep(qNope, qRope,
                                static_cast<const __nv_bfloat16 *>(cache.data),
                                paging, static_cast<const float *>(wUk.data),
                                static_cast<const float *>(wUv.data), shape,
                                scale, scratch.data, bytes,
                                static_cast<float *>(out.data), multiprocessors_,
-                               stream_),
+                               stream_, projected),
                  "mla");
   }
 
