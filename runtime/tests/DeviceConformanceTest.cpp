@@ -1459,6 +1459,70 @@ TEST_P(DeviceConformance, MoeExpertsWithSharedIsTheCallsApart) {
   }
 }
 
+// The same for BF16 weights (the bf16 policy: the linears' outputs kept
+// in F32, or rounded to BF16 where their precision says so), one token; a
+// GPU with MELT_CUDA_FUSED_SHARED_EXPERT_BF16=1 reads the shared expert as
+// one more expert of its BF16 row kernels.
+TEST_P(DeviceConformance, Bf16MoeExpertsWithSharedIsTheCallsApart) {
+  reopenWith("MELT_CUDA_FUSED_SHARED_EXPERT_BF16", "1");
+  if (HasFatalFailure())
+    return;
+  const int64_t T = 1, K = 2, E = 4, D = 256;
+  for (auto [I, sharedI] : {std::pair<int64_t, int64_t>{128, 128}, {96, 192}})
+    for (bool rounded : {false, true}) {
+      DeviceTensor dg = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
+                   du = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
+                   dd = put(random(DType::BF16, {E, D, I}, rng, 0.1f)),
+                   sg = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
+                   su = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
+                   sd = put(random(DType::BF16, {D, sharedI}, rng, 0.1f));
+      Device::SharedExpert shared;
+      shared.gate = &sg;
+      shared.up = &su;
+      shared.down = &sd;
+      shared.roundGateUp = shared.roundDown = rounded;
+      if (device->name().rfind("cuda", 0) == 0)
+        EXPECT_TRUE(device->fusesSharedExpert(dg, shared, T));
+      std::vector<int32_t> idx = spreadChoices(T, K, E);
+      DeviceTensor dx = put(random(DType::F32, {T, D}, rng)),
+                   dw = put(random(DType::F32, {T, K}, rng)),
+                   di = make(DType::I32, {T, K}),
+                   fused = make(DType::F32, {T, D}),
+                   routed = make(DType::F32, {T, D}),
+                   g = make(DType::F32, {T, sharedI}),
+                   u = make(DType::F32, {T, sharedI}),
+                   act = make(DType::F32, {T, sharedI}),
+                   d = make(DType::F32, {T, D}),
+                   apart = make(DType::F32, {T, D});
+      ASSERT_FALSE(device->upload(idx.data(), di));
+      Status s = device->moeExpertsWithShared(dx, di, dw, dg, du, dd, true,
+                                              false, shared, fused);
+      ASSERT_FALSE(s) << s.message();
+      auto product = [&](const DeviceTensor &in, const DeviceTensor &w,
+                         DeviceTensor &out) {
+        Status st = device->linear(in, w, out);
+        return !st && rounded && !device->linearOutputsBf16(w)
+                   ? device->roundToBf16(out)
+                   : st;
+      };
+      ASSERT_FALSE(device->moeExperts(dx, di, dw, dg, du, dd, true, routed));
+      ASSERT_FALSE(product(dx, sg, g));
+      ASSERT_FALSE(product(dx, su, u));
+      ASSERT_FALSE(device->siluMul(g, u, act));
+      ASSERT_FALSE(product(act, sd, d));
+      ASSERT_FALSE(device->add(routed, d, apart));
+      const std::vector<float> have = get(fused), want = get(apart);
+      if (device->name().rfind("cuda", 0) != 0) {
+        EXPECT_EQ(have, want);
+        continue;
+      }
+      EXPECT_LE(
+          relativeError(have, std::vector<double>(want.begin(), want.end())),
+          1e-2)
+          << "I " << I << ", shared " << sharedI << ", rounded " << rounded;
+    }
+}
+
 // The same values with the sums in F32 atomics where asked (a GPU:
 // MELT_CUDA_DETERMINISTIC_EXPERTS=0).
 TEST_P(DeviceConformance, MoeExpertsSumWithAtomicsWhereAsked) {

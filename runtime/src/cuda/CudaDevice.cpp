@@ -922,6 +922,8 @@ public:
       return false;
     const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
     const int64_t D = gate.shape[2];
+    if (gate.dtype == DType::BF16)
+      return takesBf16SharedRows(gate, shared, tokens);
     auto fp8Blocks = [&](const DeviceTensor &w) {
       return w.dtype == DType::FP8E4M3 && w.shape.size() == 2 &&
              weightScales_.count(w.data);
@@ -930,6 +932,24 @@ public:
            fp8Blocks(u) && fp8Blocks(d) && g.shape == u.shape &&
            g.shape[1] == D && d.shape[0] == D && d.shape[1] == g.shape[0] &&
            moeFp8RowwiseFits(int(g.shape[0]), int(D));
+  }
+  /// One token's BF16 routed experts with their shared expert in the row
+  /// kernels (moeExpertsRowwise with a shared expert):
+  /// MELT_CUDA_FUSED_SHARED_EXPERT_BF16=1. Written after session 19's GPU
+  /// time was spent: compiled, not yet run on a GPU, so off by default.
+  bool fusedSharedExpertBf16_ =
+      envSwitch("MELT_CUDA_FUSED_SHARED_EXPERT_BF16", false);
+  bool takesBf16SharedRows(const DeviceTensor &gate, const SharedExpert &shared,
+                           int64_t tokens) const {
+    const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
+    const int64_t D = gate.shape[2];
+    auto bf16Matrix = [](const DeviceTensor &w) {
+      return w.dtype == DType::BF16 && w.shape.size() == 2;
+    };
+    // One token: experts() takes the row kernels for it.
+    return fusedSharedExpertBf16_ && tokens == 1 && bf16Matrix(g) &&
+           bf16Matrix(u) && bf16Matrix(d) && g.shape == u.shape &&
+           g.shape[1] == D && d.shape[0] == D && d.shape[1] == g.shape[0];
   }
   Status moeExpertsWithShared(const DeviceTensor &x,
                               const DeviceTensor &indices,
@@ -941,6 +961,9 @@ public:
     if (x.shape.size() != 2 || !fusesSharedExpert(gate, shared, x.shape[0]))
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, quantizedX, shared, y);
+    if (gate.dtype == DType::BF16)
+      return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
+                                   combineBf16, shared, y);
     MELT_RETURN_IF_ERROR(usable());
     ExpertStacks stacks;
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
@@ -984,6 +1007,52 @@ public:
     release(scratch);
     release(pairRows);
     return status; // a bad expert index: at synchronize()
+  }
+
+  /// moeExpertsWithShared for one token's BF16 experts (takesBf16SharedRows).
+  Status bf16ExpertsWithShared(const DeviceTensor &x,
+                               const DeviceTensor &indices,
+                               const DeviceTensor &weights,
+                               const DeviceTensor &gate, const DeviceTensor &up,
+                               const DeviceTensor &down, bool combineBf16,
+                               const SharedExpert &shared, DeviceTensor &y) {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(
+        check::moeExperts(x, indices, weights, gate, up, down, y));
+    // (As experts() does: many pairs are grouped, never the rows.)
+    if (indices.shape[0] * indices.shape[1] >= groupedMinPairs_)
+      return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
+                                          combineBf16, false, shared, y);
+    MELT_RETURN_IF_ERROR(flags());
+    SharedRowsExpert rows;
+    rows.gate = shared.gate->data;
+    rows.up = shared.up->data;
+    rows.down = shared.down->data;
+    rows.inter = int(shared.gate->shape[0]);
+    rows.roundGateUp = shared.roundGateUp;
+    rows.roundDown = shared.roundDown;
+    const int T = int(x.shape[0]), K = int(indices.shape[1]),
+              E = int(gate.shape[0]), I = int(gate.shape[1]),
+              D = int(x.shape[1]);
+    const int64_t pairs = int64_t(T) * (K + 1);
+    DeviceTensor pairRows, scratch;
+    if (deterministicExperts_)
+      MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, D}, pairRows));
+    Status status = allocate(
+        DType::F32, {pairs, int64_t(std::max(I, rows.inter))}, scratch);
+    if (!status)
+      status = check(moeExpertsRowwise(
+                         static_cast<const float *>(x.data),
+                         static_cast<const int32_t *>(indices.data),
+                         static_cast<const float *>(weights.data), gate.data,
+                         up.data, down.data, true, T, K, E, I, D, combineBf16,
+                         static_cast<float *>(scratch.data),
+                         static_cast<float *>(y.data), flag_ + kExpertFlag,
+                         stream_, static_cast<float *>(pairRows.data), &rows),
+                     "moe_experts");
+    release(scratch); // stream-ordered: reused only by later work
+    release(pairRows);
+    return status;
   }
 
   /// Whether T tokens of experts (intermediate I, hidden D) run on the FP8

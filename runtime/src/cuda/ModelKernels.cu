@@ -9,6 +9,7 @@
 #include "cuda/PagedCache.cuh"
 #include "cuda/RopeRotation.cuh"
 #include "cuda/RowNorm.cuh"
+#include "cuda/Silu.cuh"
 #include "cuda/VectorLoads.cuh"
 #include "cuda/WarpReduce.cuh"
 
@@ -327,47 +328,68 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
   }
 }
 
-/// Grid (token * choices, inter / 8): a warp per row i of gate and up,
-/// lanes across the hidden dimension (16-byte loads, coalesced).
-template <typename W>
+/// Grid (token * choices [+ tokens: the shared expert's pairs], rows / 8):
+/// a warp per row i of gate and up, lanes across the hidden dimension
+/// (16-byte loads, coalesced). A shared expert's pair (blockIdx.x past
+/// routedPairs) does what its linears and SiLU-mul do (ModelKernels.h).
+template <typename W, bool kShared>
 __global__ void moeActivationKernel(const float *x, const int32_t *indices,
                                     const W *gate, const W *up, int choices,
                                     int experts, int inter, int dim, float *act,
-                                    int32_t *bad) {
+                                    int32_t *bad, SharedRowsExpert shared,
+                                    int routedPairs, int actStride) {
   awaitPriorKernels();
-  int pair = blockIdx.x, t = pair / choices;
-  int e = expertOfPair(indices, experts, bad);
+  const int pair = blockIdx.x;
+  const bool isShared = kShared && pair >= routedPairs;
+  const int t = isShared ? pair - routedPairs : pair / choices;
+  const int e = isShared ? 0 : expertOfPair(indices, experts, bad);
+  const int rows = isShared ? shared.inter : inter;
+  const W *gates = isShared ? static_cast<const W *>(shared.gate) : gate;
+  const W *ups = isShared ? static_cast<const W *>(shared.up) : up;
   int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (e < 0 || i >= inter)
+  if (e < 0 || i >= rows)
     return;
   const float *xt = x + size_t(t) * dim;
   float a =
-      warpSum(rowDotPart(gate + (size_t(e) * inter + i) * dim, xt, dim, lane));
+      warpSum(rowDotPart(gates + (size_t(e) * rows + i) * dim, xt, dim, lane));
   float b =
-      warpSum(rowDotPart(up + (size_t(e) * inter + i) * dim, xt, dim, lane));
-  if (lane == 0)
-    act[size_t(pair) * inter + i] = asOperand<W>(a / (1.f + expf(-a)) * b);
+      warpSum(rowDotPart(ups + (size_t(e) * rows + i) * dim, xt, dim, lane));
+  if (lane != 0)
+    return;
+  if (!isShared) {
+    act[size_t(pair) * actStride + i] = asOperand<W>(a / (1.f + expf(-a)) * b);
+    return;
+  }
+  // (Unrounded here: the down product rounds its input as it reads it.)
+  act[size_t(pair) * actStride + i] =
+      shared.roundGateUp ? siluTimesOfBf16(a, b) : siluTimes(a, b);
 }
 
-/// Grid (token * choices, dim / 8): a warp per output j of the down
-/// projection, added into y weighted.
-template <typename W>
+/// Grid (token * choices [+ tokens: the shared expert's pairs], dim / 8):
+/// a warp per output j of the down projection, added into y weighted (a
+/// shared expert's pair: weight 1, rounded where its linear's output is).
+template <typename W, bool kShared>
 __global__ void moeDownKernel(const float *act, const int32_t *indices,
                               const float *weights, const W *down, int choices,
                               int experts, int inter, int dim, bool combineBf16,
-                              PairOutput y) {
+                              PairOutput y, SharedRowsExpert shared,
+                              int routedPairs, int actStride) {
   awaitPriorKernels();
-  int pair = blockIdx.x;
-  int e = indices[pair];
+  const int pair = blockIdx.x;
+  const bool isShared = kShared && pair >= routedPairs;
+  const int e = isShared ? 0 : indices[pair];
+  const int len = isShared ? shared.inter : inter;
+  const W *downs = isShared ? static_cast<const W *>(shared.down) : down;
   int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (e < 0 || e >= experts || j >= dim)
     return;
-  float sum = warpSum(rowDotPart(down + (size_t(e) * dim + j) * inter,
-                                 act + size_t(pair) * inter, inter, lane));
+  float sum = warpSum(rowDotPart(downs + (size_t(e) * dim + j) * len,
+                                 act + size_t(pair) * actStride, len, lane));
   if (lane == 0) {
-    if (combineBf16)
+    if (isShared ? shared.roundDown : combineBf16)
       sum = __bfloat162float(__float2bfloat16(sum));
-    y.add(pair, choices, dim, j, weights[pair] * sum);
+    y.addRow(pair, isShared ? pair - routedPairs : pair / choices, dim, j,
+             (isShared ? 1.f : weights[pair]) * sum);
   }
 }
 
@@ -916,33 +938,43 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     const void *gate, const void *up, const void *down, bool bf16Weights,
     int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
     float *scratch, float *y, int32_t *bad, cudaStream_t stream,
-    float *pairRows) {
+    float *pairRows, const SharedRowsExpert *shared) {
+  if (shared && (!bf16Weights || shared->inter <= 0 || !shared->gate ||
+                 !shared->up || !shared->down))
+    return cudaErrorInvalidValue;
   if (cudaError_t e = startPairOutput(y, pairRows, tokens, dim, stream);
       e != cudaSuccess || tokens == 0)
     return e;
   const PairOutput out{y, pairRows};
-  dim3 activations(tokens * choices, (inter + 7) / 8);
-  dim3 outputs(tokens * choices, (dim + 7) / 8);
-  if (bf16Weights) {
-    using B = __nv_bfloat16;
-    launchOverlapped(moeActivationKernel<B>, activations, 256, 0, stream, x,
-                     indices, static_cast<const B *>(gate),
-                     static_cast<const B *>(up), choices, experts, inter, dim,
-                     scratch, bad);
-    launchOverlapped(moeDownKernel<B>, outputs, 256, 0, stream, scratch,
-                     indices, weights, static_cast<const B *>(down), choices,
-                     experts, inter, dim, combineBf16, out);
-  } else {
-    launchOverlapped(moeActivationKernel<float>, activations, 256, 0, stream, x,
-                     indices, static_cast<const float *>(gate),
-                     static_cast<const float *>(up), choices, experts, inter,
-                     dim, scratch, bad);
-    launchOverlapped(moeDownKernel<float>, outputs, 256, 0, stream, scratch,
-                     indices, weights, static_cast<const float *>(down),
-                     choices, experts, inter, dim, combineBf16, out);
-  }
-  return finishPairOutput(y, pairRows, indices, tokens, choices, experts, dim,
-                          stream);
+  const SharedRowsExpert sharedExpert = shared ? *shared : SharedRowsExpert{};
+  const int routedPairs = tokens * choices,
+            pairs = routedPairs + (shared ? tokens : 0),
+            rows = std::max(inter, sharedExpert.inter);
+  dim3 activations(pairs, (rows + 7) / 8);
+  dim3 outputs(pairs, (dim + 7) / 8);
+  // (The kernels without a shared expert are their own instances: the code
+  // of the routed experts alone as before.)
+  auto launch = [&](auto weight, auto withShared) {
+    using W = decltype(weight);
+    constexpr bool kShared = decltype(withShared)::value;
+    launchOverlapped(moeActivationKernel<W, kShared>, activations, 256, 0,
+                     stream, x, indices, static_cast<const W *>(gate),
+                     static_cast<const W *>(up), choices, experts, inter, dim,
+                     scratch, bad, sharedExpert, routedPairs, rows);
+    launchOverlapped(moeDownKernel<W, kShared>, outputs, 256, 0, stream,
+                     scratch, indices, weights, static_cast<const W *>(down),
+                     choices, experts, inter, dim, combineBf16, out,
+                     sharedExpert, routedPairs, rows);
+  };
+  if (bf16Weights && shared)
+    launch(__nv_bfloat16{}, std::true_type{});
+  else if (bf16Weights)
+    launch(__nv_bfloat16{}, std::false_type{});
+  else
+    launch(float{}, std::false_type{});
+  return finishPairOutput(
+      y, pairRows, indices, tokens, choices, experts, dim, stream,
+      shared && pairRows ? pairRows + size_t(routedPairs) * dim : nullptr);
 }
 
 cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,

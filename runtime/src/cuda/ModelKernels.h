@@ -121,13 +121,28 @@ cudaError_t widenFp8Blocks(const uint8_t *q, const float *scales, int rows,
 /// same bits every run: PairOutput, ExpertPairs.cuh). Weights F32 or
 /// (`bf16Weights`) BF16, when x and the activations are rounded to BF16
 /// before each product. An expert id out of range sets *bad.
+///
+/// With `shared` (BF16 weights only), y also adds, after the routed sum,
+/// each token's shared expert as its BF16 linears and SiLU-mul compute it
+/// (the executor's shared-expert fusion, SharedExpertFusions.h): x rounded
+/// to BF16, gate and up rounded to BF16 where `roundGateUp`, silu(gate) *
+/// up rounded to BF16 as the down product reads it, the output rounded
+/// where `roundDown`: one more pair per token in the same two launches.
+/// `scratch` then holds tokens x (choices + 1) x max(inter, shared->inter)
+/// floats and `pairRows`, where given, tokens x (choices + 1) rows.
+struct SharedRowsExpert {
+  const void *gate = nullptr, *up = nullptr, *down = nullptr;
+  int inter = 0;
+  bool roundGateUp = false, roundDown = false;
+};
 cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
                               const float *weights, const void *gate,
                               const void *up, const void *down,
                               bool bf16Weights, int tokens, int choices,
                               int experts, int inter, int dim, bool combineBf16,
                               float *scratch, float *y, int32_t *bad,
-                              cudaStream_t stream, float *pairRows = nullptr);
+                              cudaStream_t stream, float *pairRows = nullptr,
+                              const SharedRowsExpert *shared = nullptr);
 /// Around the expert kernels that hand their outputs to a PairOutput{y,
 /// pairRows} (ExpertPairs.cuh): before them y zeroed where they add into it
 /// (no pairRows); after them, where pairRows is given, y[t] = the sum of
