@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# On the GPU machine: the CUDA switches written but off by default until
+# run on a GPU (README's table of switches says which), checked and
+# compared in one command: their conformance tests on cuda:0, the golden
+# models' sessions on cuda:0 with all of them on (MELT_TEST_MODELS as in
+# cuda-kernels.sh, from prepare.sh's artifacts), then each switch's graph
+# span against the default (ab-timeline.sh, ROUNDS rounds, alternating)
+# for mini FP8 and bf16 at batch 1 (prepare.sh --mini).
+#   scripts/gpu/check-switches.sh
+# MELT_CHECK_SWITCHES overrides the list (NAME=VALUE words).
+set -uo pipefail
+source "$(dirname "$0")/common.sh"
+switches=${MELT_CHECK_SWITCHES:-MELT_CUDA_FUSED_MLA_QUERY=1 MELT_CUDA_GATHER_PARTS=1 MELT_CUDA_FUSED_SHARED_EXPERT_BF16=1}
+build_gpu melt-run melt-runtime-tests melt-kernel-trace
+echo "== conformance on cuda:0 =="
+build-gpu/bin/melt-runtime-tests \
+  --gtest_filter='*MlaOfQuery*/cuda*:*GatherParts*/cuda*:*MoeExpertsWithShared*/cuda*' \
+  > "$out/check-switches-conformance.txt" 2>&1
+echo "rc=$?"
+grep -E "^\[ +(FAILED|PASSED) |Failure" "$out/check-switches-conformance.txt" | head
+models=""
+for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
+  models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
+done
+for policy in bf16 deepseek-v3; do
+  models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
+done
+for policy in :0.001 -bf16:0.02 -deepseek-v3:0.05; do
+  name=${policy%%:*} bound=${policy##*:}
+  models="$models;$carry/models/v3-mla512$name.melt:test/golden/v3-mla512/checkpoint:$bound"
+done
+echo "== sessions on cuda:0, every switch on =="
+# shellcheck disable=SC2086 # the switches as words
+env $switches MELT_TEST_MODELS="$models" build-gpu/bin/melt-runtime-tests \
+  --gtest_filter='*SessionOnDevice*/cuda*' > "$out/check-switches-sessions.txt" 2>&1
+echo "rc=$?"
+grep -E "^\[ +(FAILED|PASSED) |Failure|of the range" "$out/check-switches-sessions.txt" |
+  cut -c1-160 | head -20
+echo "== graph spans, batch 1 =="
+for model in mini-fp8.melt mini-bf16.melt; do
+  # shellcheck disable=SC2086 # the switches as variants
+  ROUNDS=${ROUNDS:-2} bash "$(dirname "$0")/ab-timeline.sh" "$model" 1 default $switches
+done
