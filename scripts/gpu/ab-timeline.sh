@@ -7,7 +7,8 @@
 #   scripts/gpu/ab-timeline.sh MODEL.melt BATCH VARIANT...
 # VARIANT: "default" (the environment as it is) or NAME=VALUE[,NAME=VALUE]
 # (e.g. MELT_CUDA_OVERLAP_KERNELS=0 or A=0,B=1). ROUNDS: 2 by default.
-# Prints "MODEL bBATCH VARIANT round R: span S us, kernels K"; a JSON line
+# Prints "MODEL bBATCH VARIANT round R: span S us, kernels K, between
+# replays G us" (the gap from one replay's end to the next's start); a JSON line
 # a run goes to $OUT/ab_timeline.json (with the run's timeline summary),
 # the per-kernel table of each variant's last round to
 # $OUT/ab-timeline-MODEL-bBATCH-VARIANT.txt.
@@ -43,8 +44,10 @@ step = max(graphs, key=lambda g: g["replays"])
 with open(results, "a") as f:
     f.write(json.dumps({"model": model, "batch": int(batch),
                         "variant": variant, "round": int(rnd), **step}) + "\n")
+gap = step.get("between_replays") or {}
 print(f"{model} b{batch} {variant} round {rnd}: span {step['span_us']:.1f} us,"
-      f" kernels {step['kernels']}")
+      f" kernels {step['kernels']}, between replays "
+      f"{gap.get('gap_us', float('nan')):.1f} us")
 PY
     cp "$out/timeline-$model-b$batch.txt" \
       "$out/ab-timeline-$model-b$batch-${variant//[=,]/_}.txt"
