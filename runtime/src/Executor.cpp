@@ -779,17 +779,19 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       return linear.ints() && linear.ints()->size() > 0 &&
              linear.ints()->Get(0) != 0;
     };
+    // (Gate and up rounded alike: the device takes one flag for both.)
+    if (roundsOutput(f.gate) != roundsOutput(f.up))
+      return Status::ok();
     Device::SharedExpert shared;
     shared.gate = &weightOf(f.gate, 0);
     shared.up = &weightOf(f.up, 0);
     shared.down = &weightOf(f.down, 0);
-    shared.roundGateUp = roundsOutput(f.gate) && roundsOutput(f.up);
+    shared.roundGateUp = roundsOutput(f.gate);
     shared.roundDown = roundsOutput(f.down);
-    if (roundsOutput(f.gate) != roundsOutput(f.up))
-      return Status::ok();
     // Copies: making the add's value may replace a value in its storage.
     const DeviceTensor x = asRows(*xIn), indices = *indicesIn,
                        weights = *weightsIn;
+    const std::vector<int64_t> shape = xIn->shape;
     if (!device.fusesSharedExpert(weightOf(f.experts, 0), shared, x.rows()))
       return Status::ok();
     fused = true;
@@ -798,8 +800,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     values.hold(weights);
     const fb::Kernel &add = *m.kernels()->Get(f.add);
     DeviceTensor *out = nullptr;
-    Status status =
-        values.make(add.outputs()->Get(0), DType::F32, xIn->shape, out);
+    Status status = values.make(add.outputs()->Get(0), DType::F32, shape, out);
     if (!status) {
       DeviceTensor y = asRows(*out);
       status = device.moeExpertsWithShared(

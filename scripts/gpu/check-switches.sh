@@ -2,8 +2,8 @@
 # On the GPU machine: the CUDA switches written but off by default until
 # run on a GPU (README's table of switches says which), checked and
 # compared in one command: their conformance tests on cuda:0, the golden
-# models' sessions on cuda:0 with all of them on (MELT_TEST_MODELS as in
-# cuda-kernels.sh, from prepare.sh's artifacts), then each switch's graph
+# models' sessions on cuda:0 with all of them on (common.sh's
+# golden_models, from prepare.sh's artifacts), then each switch's graph
 # span against the default (ab-timeline.sh, ROUNDS rounds, alternating)
 # for mini FP8 and bf16 at batch 1 (prepare.sh --mini).
 #   scripts/gpu/check-switches.sh
@@ -18,17 +18,7 @@ build-gpu/bin/melt-runtime-tests \
   > "$out/check-switches-conformance.txt" 2>&1
 echo "rc=$?"
 grep -E "^\[ +(FAILED|PASSED) |Failure" "$out/check-switches-conformance.txt" | head
-models=""
-for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
-  models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
-done
-for policy in bf16 deepseek-v3; do
-  models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
-done
-for policy in :0.001 -bf16:0.02 -deepseek-v3:0.05; do
-  name=${policy%%:*} bound=${policy##*:}
-  models="$models;$carry/models/v3-mla512$name.melt:test/golden/v3-mla512/checkpoint:$bound"
-done
+models=$(golden_models)
 echo "== sessions on cuda:0, every switch on =="
 # shellcheck disable=SC2086 # the switches as words
 env $switches MELT_TEST_MODELS="$models" build-gpu/bin/melt-runtime-tests \

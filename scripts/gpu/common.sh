@@ -28,3 +28,26 @@ build_gpu() {
     -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" >/dev/null
   ninja -C build-gpu "$@" >/dev/null
 }
+
+# golden_models: MELT_TEST_MODELS for the sessions' tests (artifact:checkpoint
+# [:bound of the logit range], ';'-separated) of the golden models
+# prepare.sh compiles: v3-tiny, v2-lite-tiny and v3-tiny-fp8 against the CPU
+# (FP32); v3-tiny's bf16 and deepseek-v3 policies against the CPU's same
+# policy (GEMMs of rounded operands in another order: 2%); and the golden
+# model at DeepSeek's MLA dims (test/golden/v3-mla512) in each policy,
+# where compiled.
+golden_models() {
+  local models="" m policy name bound
+  for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
+    models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
+  done
+  for policy in bf16 deepseek-v3; do
+    models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
+  done
+  for policy in :0.001 -bf16:0.02 -deepseek-v3:0.05; do
+    name=${policy%%:*} bound=${policy##*:}
+    [ -f "$carry/models/v3-mla512$name.melt" ] &&
+      models="$models;$carry/models/v3-mla512$name.melt:test/golden/v3-mla512/checkpoint:$bound"
+  done
+  echo "$models"
+}

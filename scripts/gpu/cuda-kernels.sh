@@ -24,15 +24,7 @@ echo "== device conformance (every present device) =="
 build-gpu/bin/melt-runtime-tests --gtest_filter='*Conformance*:Devices.*' |
   tee "$out/device-conformance.txt" | grep -E "^\[ +(OK|FAILED|PASSED) |Failure" || true
 echo "== sessions on every device (batches over paged caches) against the CPU =="
-models=""
-for m in v3-tiny v2-lite-tiny v3-tiny-fp8; do
-  models="$models${models:+;}$carry/models/$m.melt:test/golden/$m/checkpoint"
-done
-# bf16 and deepseek-v3 policies against the CPU's same policy: GEMMs of
-# rounded operands in another order (bound: 2% of the logit range).
-for policy in bf16 deepseek-v3; do
-  models="$models;$carry/models/v3-tiny-$policy.melt:test/golden/v3-tiny/checkpoint:0.02"
-done
+models=$(golden_models)
 # tiny-mla (DeepSeek's MLA dims: the GPU keeps its latent caches in BF16)
 # on a checkpoint synthesized here, the same one for the GPU and the CPU.
 # Bounds: 3% of the logit range (bf16: 0.2-0.3% at every step but one,
@@ -50,13 +42,6 @@ for policy in bf16:0.03 deepseek-v3:0.05; do
       -o "/tmp/tiny-mla-$name" --seed 3 >/dev/null
     models="$models;$carry/models/tiny-mla-$name.melt:/tmp/tiny-mla-$name:$bound"
   fi
-done
-# The golden model at DeepSeek's MLA dims (test/golden/v3-mla512; prepare.sh
-# compiles it for the GPU in each policy).
-for policy in :0.001 -bf16:0.02 -deepseek-v3:0.05; do
-  name=${policy%%:*} bound=${policy##*:}
-  [ -f "$carry/models/v3-mla512$name.melt" ] &&
-    models="$models;$carry/models/v3-mla512$name.melt:test/golden/v3-mla512/checkpoint:$bound"
 done
 export MELT_TEST_MODELS="$models"
 build-gpu/bin/melt-runtime-tests --gtest_filter='*SessionOnDevice*' |

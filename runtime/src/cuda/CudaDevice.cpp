@@ -987,26 +987,20 @@ public:
               E = int(gate.shape[0]), I = int(gate.shape[1]),
               D = int(x.shape[1]);
     // The routed pairs, then a shared one per token.
-    const int64_t pairs = int64_t(T) * (K + 1);
-    DeviceTensor pairRows, scratch;
-    if (deterministicExperts_)
-      MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, D}, pairRows));
-    Status status = allocate(
-        DType::F32, {pairs, std::max<int64_t>(I, sharedExpert.inter)}, scratch);
-    if (!status)
-      status = check(
-          moeExpertsFp8Rowwise(
-              static_cast<const float *>(x.data),
-              static_cast<const int32_t *>(indices.data),
-              static_cast<const float *>(weights.data), stacks, T, K, E, I, D,
-              combineBf16, quantizedX, static_cast<float *>(scratch.data),
-              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
-              static_cast<float *>(pairRows.data), &sharedExpert),
-          "moe_experts");
-    // Stream-ordered: reused only by later work.
-    release(scratch);
-    release(pairRows);
-    return status; // a bad expert index: at synchronize()
+    CallScratch held(*this);
+    float *pairRows = nullptr, *scratch = nullptr;
+    MELT_RETURN_IF_ERROR(rowKernelBuffers(int64_t(T) * (K + 1), D,
+                                          std::max(I, sharedExpert.inter), held,
+                                          pairRows, scratch));
+    // (A bad expert index: at synchronize().)
+    return check(
+        moeExpertsFp8Rowwise(static_cast<const float *>(x.data),
+                             static_cast<const int32_t *>(indices.data),
+                             static_cast<const float *>(weights.data), stacks,
+                             T, K, E, I, D, combineBf16, quantizedX, scratch,
+                             static_cast<float *>(y.data), flag_ + kExpertFlag,
+                             stream_, pairRows, &sharedExpert),
+        "moe_experts");
   }
 
   /// moeExpertsWithShared for one token's BF16 experts (takesBf16SharedRows).
@@ -1034,25 +1028,19 @@ public:
     const int T = int(x.shape[0]), K = int(indices.shape[1]),
               E = int(gate.shape[0]), I = int(gate.shape[1]),
               D = int(x.shape[1]);
-    const int64_t pairs = int64_t(T) * (K + 1);
-    DeviceTensor pairRows, scratch;
-    if (deterministicExperts_)
-      MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, D}, pairRows));
-    Status status = allocate(
-        DType::F32, {pairs, int64_t(std::max(I, rows.inter))}, scratch);
-    if (!status)
-      status = check(moeExpertsRowwise(
-                         static_cast<const float *>(x.data),
-                         static_cast<const int32_t *>(indices.data),
-                         static_cast<const float *>(weights.data), gate.data,
-                         up.data, down.data, true, T, K, E, I, D, combineBf16,
-                         static_cast<float *>(scratch.data),
-                         static_cast<float *>(y.data), flag_ + kExpertFlag,
-                         stream_, static_cast<float *>(pairRows.data), &rows),
-                     "moe_experts");
-    release(scratch); // stream-ordered: reused only by later work
-    release(pairRows);
-    return status;
+    CallScratch held(*this);
+    float *pairRows = nullptr, *scratch = nullptr;
+    MELT_RETURN_IF_ERROR(rowKernelBuffers(int64_t(T) * (K + 1), D,
+                                          std::max(I, rows.inter), held,
+                                          pairRows, scratch));
+    return check(
+        moeExpertsRowwise(static_cast<const float *>(x.data),
+                          static_cast<const int32_t *>(indices.data),
+                          static_cast<const float *>(weights.data), gate.data,
+                          up.data, down.data, true, T, K, E, I, D, combineBf16,
+                          scratch, static_cast<float *>(y.data),
+                          flag_ + kExpertFlag, stream_, pairRows, &rows),
+        "moe_experts");
   }
 
   /// Whether T tokens of experts (intermediate I, hidden D) run on the FP8
@@ -1129,6 +1117,24 @@ public:
     CudaDevice &device_;
     std::vector<DeviceTensor> held_;
   };
+
+  /// The row kernels' buffers for `pairs` (token, expert) pairs: each
+  /// pair's weighted output row where the sums are to be the same bits
+  /// every run (deterministicExperts_; else null), and its `inter`
+  /// activations; released with `held`.
+  Status rowKernelBuffers(int64_t pairs, int64_t dim, int64_t inter,
+                          CallScratch &held, float *&pairRows,
+                          float *&activations) {
+    DeviceTensor rows, act;
+    pairRows = nullptr;
+    if (deterministicExperts_) {
+      MELT_RETURN_IF_ERROR(held.take(DType::F32, {pairs, dim}, rows));
+      pairRows = static_cast<float *>(rows.data);
+    }
+    MELT_RETURN_IF_ERROR(held.take(DType::F32, {pairs, inter}, act));
+    activations = static_cast<float *>(act.data);
+    return Status::ok();
+  }
 
   /// Whether many tokens' experts are grouped on the device
   /// (deviceGrouping_): BF16 or FP8 stacks whose sizes the
