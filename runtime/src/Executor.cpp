@@ -473,8 +473,25 @@ Status DeviceModel::create(const Model &model, Device &device,
 }
 
 DeviceModel::~DeviceModel() {
+  closed_.reset(); // its recordings read the weights
   for (auto &[id, t] : weights_)
     device_.release(t);
+}
+
+std::unique_ptr<ClosedSession> DeviceModel::takeClosedSession() const {
+  std::lock_guard<std::mutex> lock(closedMutex_);
+  return std::move(closed_);
+}
+
+void DeviceModel::keepClosedSession(
+    std::unique_ptr<ClosedSession> closed) const {
+  std::unique_ptr<ClosedSession> dropped;
+  {
+    std::lock_guard<std::mutex> lock(closedMutex_);
+    dropped = std::move(closed_);
+    closed_ = std::move(closed);
+  }
+  // `dropped` is released here, outside the lock.
 }
 
 /// The device side of one step: its inputs and values, and when recorded,
@@ -1378,6 +1395,25 @@ ForwardRunner::ForwardRunner(const DeviceModel &model)
                      : nullptr) {}
 ForwardRunner::~ForwardRunner() = default;
 
+void ForwardRunner::giveRecordings(Recordings &into) {
+  into.clear();
+  into.swap(recorded_);
+}
+
+void ForwardRunner::adoptRecordings(Recordings &from) {
+  if (recorded_.empty())
+    recorded_.swap(from);
+  from.clear();
+}
+
+ClosedSession::ClosedSession(Device &device) : device(device) {}
+
+ClosedSession::~ClosedSession() {
+  recordings.clear(); // their graphs first: they read the caches
+  for (auto &[id, cache] : caches)
+    device.release(cache);
+}
+
 Status ForwardRunner::queueStep(const StepBatch &batch,
                                 std::map<uint32_t, DeviceTensor> &caches,
                                 const DeviceTensor *tokens,
@@ -1451,6 +1487,7 @@ Status ForwardRunner::record(const StepBatch &batch,
   Status queued = enqueue(model_, *recording, int64_t(batch.tokens.size()),
                           nullptr, caches);
   Status recorded = device.endCapture(recording->graph);
+  ++recordings_;
   if (stepTimes_) {
     ++stepTimes_->recordings;
     stepTimes_->recordedAhead += behindQueued ? 1 : 0;

@@ -20,9 +20,12 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 
 namespace melt::rt {
+
+struct ClosedSession;
 
 /// A model's weights imported into one device: what every session of the
 /// model on that device shares.
@@ -112,6 +115,13 @@ public:
     return it == cacheTypes_.end() ? DType::F32 : it->second;
   }
 
+  /// A closed session's device state (its caches and recorded decode
+  /// steps), kept for the next session (Session.h): the one kept is handed
+  /// over (null if none), and is the caller's to use or to drop.
+  std::unique_ptr<ClosedSession> takeClosedSession() const;
+  /// Keeps `closed` for the next session (dropping the one kept before).
+  void keepClosedSession(std::unique_ptr<ClosedSession> closed) const;
+
 private:
   DeviceModel(const Model &model, Device &device)
       : model_(model), device_(device) {}
@@ -132,6 +142,9 @@ private:
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
   LogitOnlyKernels logitOnly_;
   std::map<uint32_t, DType> cacheTypes_;
+  /// Sessions open and close on any thread (the C API's handles).
+  mutable std::mutex closedMutex_;
+  mutable std::unique_ptr<ClosedSession> closed_;
 };
 
 /// One step of a batch, on the host: the tokens of all sequences and where
@@ -211,6 +224,8 @@ public:
 
   /// Steps replayed from a recording so far (for tests and benchmarks).
   uint64_t replayedSteps() const { return replayed_; }
+  /// Decode steps recorded (a graph captured and instantiated) so far.
+  uint64_t recordings() const { return recordings_; }
   /// Recordings made while the step before them ran (run()'s `next`).
   uint64_t recordedAhead() const { return recordedAhead_; }
   /// Decode shapes with a recording kept (or marked unrecordable).
@@ -220,6 +235,17 @@ public:
   struct Profile;
   struct StepTimes;
   class StepTimer;
+
+  /// Recorded decode steps by (sequences, pages per sequence); a null
+  /// graph marks a shape that could not be recorded.
+  using Recordings =
+      std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Pass>>;
+  /// The recordings, moved into `into` (this runner records anew), or from
+  /// `from` (where this runner has none yet): a closed session's, for the
+  /// next session over the same caches (their graphs read those caches).
+  /// By reference: a Pass is complete only in Executor.cpp.
+  void giveRecordings(Recordings &into);
+  void adoptRecordings(Recordings &from);
 
 private:
   /// Queues `batch`'s kernels (a decode step on a device that records:
@@ -241,18 +267,35 @@ private:
                    std::map<uint32_t, DeviceTensor> &caches);
 
   const DeviceModel &model_;
-  /// Recorded decode steps by (sequences, pages per sequence); a null
-  /// graph marks a shape that could not be recorded. Each keeps its
-  /// activations in the device's memory: at most kMaxRecorded shapes, the
-  /// least recently used dropped first.
+  /// Each recording keeps its activations in the device's memory: at most
+  /// kMaxRecorded shapes, the least recently used dropped first.
   static constexpr size_t kMaxRecorded = 16;
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Pass>> recorded_;
-  uint64_t replayed_ = 0, steps_ = 0, recordedAhead_ = 0;
+  Recordings recorded_;
+  uint64_t replayed_ = 0, steps_ = 0, recordedAhead_ = 0, recordings_ = 0;
   /// MELT_PROFILE: this session's time per kernel kind (null when off).
   std::unique_ptr<Profile> profile_;
   /// MELT_PROFILE_STEPS: where a replayed step's host time goes (null when
   /// off).
   std::unique_ptr<StepTimes> stepTimes_;
+};
+
+/// What a closed session leaves on its device for the next session of its
+/// model: its caches ([rows, width] per cache buffer, their contents
+/// stale) and its recorded decode steps, whose graphs read those caches. A
+/// session opened with caches of as many rows takes both, and replays the
+/// steps recorded before instead of recording them again (a server's next
+/// request; melt-run's timed runs after --warmup). Released by its
+/// destructor.
+struct ClosedSession {
+  // Out of line, as ForwardRunner's: a Pass is complete in Executor.cpp.
+  explicit ClosedSession(Device &device);
+  ~ClosedSession();
+  ClosedSession(const ClosedSession &) = delete;
+  ClosedSession &operator=(const ClosedSession &) = delete;
+  Device &device;
+  int64_t cacheRows = 0;
+  std::map<uint32_t, DeviceTensor> caches; // by cache buffer of @forward
+  ForwardRunner::Recordings recordings;
 };
 
 /// The width of a cache buffer's rows: heads * (key + value) values.

@@ -19,22 +19,35 @@ Status Session::create(const DeviceModel &model, int64_t maxContext,
   if (session->totalPages_ > INT32_MAX / kPageTokens)
     return invalidArgument("a KV cache of " + str(capacityTokens) +
                            " tokens is too large");
+  const int64_t rows = session->totalPages_ * kPageTokens;
+  // A closed session's caches of as many rows, and the steps recorded over
+  // them; one of another size is released before these are allocated.
+  if (std::unique_ptr<ClosedSession> closed = model.takeClosedSession();
+      closed && closed->cacheRows == rows && session->keepsWhenClosed_) {
+    session->caches_ = std::move(closed->caches);
+    session->runner_.adoptRecordings(closed->recordings);
+  }
   const fb::Model &m = model.model().artifact().model();
   for (uint32_t id : *model.forward().inputs()) {
     const fb::Buffer &b = *m.buffers()->Get(id);
     if (b.kind() != fb::BufferKind::Cache)
       continue;
     int64_t width = cacheRowWidth(b);
-    if (width <= 0)
+    if (width <= 0) {
+      session->keepsWhenClosed_ = false;
       return invalidArtifact("buffers[" + str(id) +
                              "]: a cache must be [heads, key, value]");
+    }
+    if (session->caches_.count(id))
+      continue; // the closed session's
     DeviceTensor cache;
-    Status s = model.device().allocate(
-        model.cacheType(id), {session->totalPages_ * kPageTokens, width},
-        cache);
-    if (s)
+    Status s =
+        model.device().allocate(model.cacheType(id), {rows, width}, cache);
+    if (s) {
+      session->keepsWhenClosed_ = false; // out of memory: give all back
       return Status(s.code(), "the KV cache of " + str(capacityTokens) +
                                   " tokens: " + s.message());
+    }
     session->caches_[id] = cache;
   }
   for (int64_t p = session->totalPages_ - 1; p >= 0; --p)
@@ -44,8 +57,16 @@ Status Session::create(const DeviceModel &model, int64_t maxContext,
 }
 
 Session::~Session() {
-  for (auto &[id, cache] : caches_)
-    model_.device().release(cache);
+  if (!keepsWhenClosed_ || caches_.empty()) {
+    for (auto &[id, cache] : caches_)
+      model_.device().release(cache);
+    return;
+  }
+  auto closed = std::make_unique<ClosedSession>(model_.device());
+  closed->cacheRows = totalPages_ * kPageTokens;
+  closed->caches = std::move(caches_);
+  runner_.giveRecordings(closed->recordings);
+  model_.keepClosedSession(std::move(closed));
 }
 
 Status Session::addSequence(int32_t &id) {

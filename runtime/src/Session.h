@@ -18,6 +18,13 @@ namespace melt::rt {
 /// A step runs tokens of any number of sequences as one batch (prefills and
 /// decode steps mixed). Every call either succeeds or leaves all sequences,
 /// and the pages, as they were.
+///
+/// A session that closes leaves its caches and its recorded decode steps
+/// to the model (DeviceModel::keepClosedSession, one kept at a time); the
+/// next session with caches of as many rows takes them and replays those
+/// steps without recording them again (on the H200 a recording costs 1-3
+/// ms, the GPU idle). One of another size releases them first.
+/// MELT_KEEP_CLOSED_SESSION=0 releases a session's memory as it closes.
 class Session {
 public:
   static Status create(const DeviceModel &model, int64_t maxContext,
@@ -80,6 +87,9 @@ public:
   }
   /// Decode steps replayed from a recorded graph (devices that record).
   uint64_t replayedSteps() const { return runner_.replayedSteps(); }
+  /// Decode steps recorded (devices that record; a closed session's
+  /// recordings taken over are not counted).
+  uint64_t recordings() const { return runner_.recordings(); }
   /// Decode shapes recorded while the step before ran (MELT_RECORD_AHEAD).
   uint64_t recordedAhead() const { return runner_.recordedAhead(); }
   size_t recordedShapes() const { return runner_.recordedShapes(); }
@@ -151,6 +161,9 @@ private:
   /// the recording still waits for the queued step (the prefill's time grew
   /// by what the decode's shrank; docs/CudaBackend.md).
   bool recordAhead_ = envSwitch("MELT_RECORD_AHEAD", false);
+  /// MELT_KEEP_CLOSED_SESSION=0: the caches and recordings released when
+  /// the session closes, not kept for the next one.
+  bool keepsWhenClosed_ = envSwitch("MELT_KEEP_CLOSED_SESSION", true);
   /// The last step's router choices (kept: no allocation per step).
   std::vector<RouterChoices> routerChoices_;
   std::vector<LogitsBuffer> logitsBuffers_;

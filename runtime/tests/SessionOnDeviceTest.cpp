@@ -504,6 +504,96 @@ TEST_P(SessionOnDevice, DecodeRecordedAheadReplaysTheSame) {
   EXPECT_EQ(atFirstStep->recordedAhead(), 0u);
 }
 
+// A session that closes leaves its caches and recorded decode steps to the
+// model; the next session of the same cache size takes them: it records
+// nothing (every decode step replays the closed session's recordings) and
+// gives, bit for bit, the logits the first gave (its caches' stale rows
+// are never read). A session of another size, or with
+// MELT_KEEP_CLOSED_SESSION=0, starts afresh.
+TEST_P(SessionOnDevice, ClosedSessionIsTheNextOnes) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  OnDevice loaded;
+  loadOnDevice(models[0], GetParam(), loaded);
+  if (HasFatalFailure())
+    return;
+  Device *device = loaded.device.get();
+  DeviceModel *onDevice = loaded.model.get();
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 70; ++i)
+    prompt.push_back(i * 37 % 250 + 2);
+  // A prefill of 70 and 3 tokens, then 12 decode steps: each step's logits
+  // of both sequences.
+  struct Run {
+    std::vector<std::vector<float>> logits;
+    uint64_t replayed = 0, recordings = 0;
+    size_t shapesAtStart = 0, shapesAtEnd = 0;
+  };
+  auto run = [&](int64_t capacity, Run &out) {
+    std::unique_ptr<Session> s;
+    ASSERT_FALSE(Session::create(*onDevice, 256, capacity, s));
+    out.shapesAtStart = s->recordedShapes();
+    int32_t a = 0, b = 0;
+    ASSERT_FALSE(s->addSequence(a));
+    ASSERT_FALSE(s->addSequence(b));
+    const Session::Entry prefill[2] = {{a, prompt.data(), prompt.size()},
+                                       {b, prompt.data() + 20, 3}};
+    ASSERT_FALSE(s->step(prefill, 2));
+    for (int step = 0; step < 12; ++step) {
+      const int32_t token = step * 29 % 240 + 5;
+      const Session::Entry one[2] = {{a, &token, 1}, {b, &token, 1}};
+      Status status = s->step(one, 2);
+      ASSERT_FALSE(status) << status.message();
+      for (int32_t id : {a, b}) {
+        const float *last = nullptr;
+        size_t vocab = 0;
+        ASSERT_FALSE(s->logits(id, last, vocab));
+        out.logits.emplace_back(last, last + vocab);
+      }
+    }
+    out.replayed = s->replayedSteps();
+    out.recordings = s->recordings();
+    out.shapesAtEnd = s->recordedShapes();
+  };
+  Run first, again, otherSize, unkept, afterUnkept;
+  run(512, first);
+  if (HasFatalFailure())
+    return;
+  run(512, again);
+  if (HasFatalFailure())
+    return;
+  EXPECT_EQ(first.shapesAtStart, 0u);
+  EXPECT_EQ(again.shapesAtStart, first.shapesAtEnd);
+  EXPECT_EQ(again.shapesAtEnd, first.shapesAtEnd);
+  EXPECT_TRUE(again.logits == first.logits) << "logits differ";
+  EXPECT_EQ(again.replayed, first.replayed);
+  EXPECT_EQ(again.recordings, 0u);
+  if (device->canCapture()) {
+    EXPECT_GT(first.shapesAtEnd, 0u);
+    EXPECT_GT(first.recordings, 0u); // each shape at its first step
+    EXPECT_EQ(again.replayed, 12u);
+  }
+  run(1024, otherSize);
+  if (HasFatalFailure())
+    return;
+  EXPECT_EQ(otherSize.shapesAtStart, 0u);
+  EXPECT_EQ(otherSize.recordings, first.recordings);
+  EXPECT_TRUE(otherSize.logits == first.logits) << "logits differ";
+  ::setenv("MELT_KEEP_CLOSED_SESSION", "0", 1);
+  run(1024, unkept); // takes otherSize's state; keeps nothing
+  ::unsetenv("MELT_KEEP_CLOSED_SESSION");
+  if (HasFatalFailure())
+    return;
+  EXPECT_EQ(unkept.shapesAtStart, 0u);
+  run(1024, afterUnkept); // nothing was kept
+  if (HasFatalFailure())
+    return;
+  EXPECT_EQ(afterUnkept.shapesAtStart, 0u);
+  EXPECT_EQ(afterUnkept.recordings, first.recordings);
+  EXPECT_TRUE(afterUnkept.logits == first.logits) << "logits differ";
+}
+
 INSTANTIATE_TEST_SUITE_P(Present, SessionOnDevice,
                          ::testing::ValuesIn(availableDevices()),
                          deviceTestName);

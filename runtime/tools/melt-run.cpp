@@ -43,7 +43,8 @@ void usage() {
                "       [--random-weights]  (seeded random weights, no "
                "checkpoint; for benchmarks)\n"
                "       [--warmup]  (an untimed generation of each batch "
-               "first: plans, caches; for benchmarks)\n"
+               "first: plans, caches, recorded decode steps, which the "
+               "timed sessions take over; for benchmarks)\n"
                "       [--repeat N]  (the timed generation N times, each in "
                "a session of its own: the median rates, and every run's "
                "with --bench; default 1)\n"
@@ -289,6 +290,12 @@ int main(int argc, char **argv) {
     constexpr long long kPage = MELT_KV_PAGE_TOKENS;
     melt_session_options options{
         maxContext, batch * ((perSequence + kPage - 1) / kPage * kPage)};
+    // The last batch's session closes first: the warmup's session then
+    // leaves this batch's state (caches, recorded steps) to the timed runs
+    // (melt_session_destroy keeps one closed session's).
+    if (session)
+      melt_session_destroy(session);
+    session = nullptr;
     if (warmup) { // the same shapes once, untimed, in a session of its own
       melt_session *first = nullptr;
       Generated ignored;

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# On the GPU machine: the CUDA switches written but off by default until
-# run on a GPU (README's table of switches says which), checked and
-# compared in one command: their conformance tests on cuda:0, the golden
-# models' sessions on cuda:0 with all of them on (common.sh's
-# golden_models, from prepare.sh's artifacts), then each switch's graph
-# span against the default (ab-timeline.sh, ROUNDS rounds, alternating)
-# for mini FP8 and bf16 at batch 1 (prepare.sh --mini).
-#   scripts/gpu/check-switches.sh
-# MELT_CHECK_SWITCHES overrides the list (NAME=VALUE words).
+# On the GPU machine: CUDA switches written but off by default until run
+# on a GPU, checked and compared in one command: their conformance tests on
+# cuda:0 (a gtest filter), the golden models' sessions on cuda:0 with all
+# of them on (common.sh's golden_models, from prepare.sh's artifacts), then
+# each switch's graph span against the default (ab-timeline.sh, ROUNDS
+# rounds, alternating) for mini FP8 and bf16 at batch 1 (prepare.sh --mini).
+#   scripts/gpu/check-switches.sh 'FILTER' NAME=VALUE...
+# e.g. scripts/gpu/check-switches.sh '*MlaOfQuery*/cuda*' MELT_CUDA_FUSED_MLA_QUERY=1
+# (session 20 ran it so for the three switches now on by default:
+# bench/results/switches_s20_h200.txt).
 set -uo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: scripts/gpu/check-switches.sh 'GTEST_FILTER' NAME=VALUE..." >&2
+  exit 2
+fi
 source "$(dirname "$0")/common.sh"
-switches=${MELT_CHECK_SWITCHES:-MELT_CUDA_FUSED_MLA_QUERY=1 MELT_CUDA_GATHER_PARTS=1 MELT_CUDA_FUSED_SHARED_EXPERT_BF16=1}
+filter=$1
+shift
+switches="$*"
 build_gpu melt-run melt-runtime-tests melt-kernel-trace
 echo "== conformance on cuda:0 =="
 build-gpu/bin/melt-runtime-tests \
-  --gtest_filter='*MlaOfQuery*/cuda*:*GatherParts*/cuda*:*MoeExpertsWithShared*/cuda*' \
+  --gtest_filter="$filter" \
   > "$out/check-switches-conformance.txt" 2>&1
 echo "rc=$?"
 grep -E "^\[ +(FAILED|PASSED) |Failure" "$out/check-switches-conformance.txt" | head

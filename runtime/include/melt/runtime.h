@@ -103,6 +103,13 @@ typedef struct melt_session_options {
 melt_status melt_session_create(melt_model *model,
                                 const melt_session_options *options,
                                 melt_session **session);
+/* Ends a session. Its KV cache memory and its recorded decode steps (a
+ * device that records steps as graphs: CUDA) stay with the model for the
+ * next session created with a cache of as many pages, which then replays
+ * those steps instead of recording them again; one session's worth is
+ * kept at a time, released by melt_model_destroy or by creating a session
+ * of another cache size. The environment variable MELT_KEEP_CLOSED_SESSION=0
+ * releases everything here. */
 melt_status melt_session_destroy(melt_session *session);
 melt_status melt_session_add_sequence(melt_session *session, int *sequence);
 melt_status melt_session_remove_sequence(melt_session *session, int sequence);

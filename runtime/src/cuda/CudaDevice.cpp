@@ -609,10 +609,11 @@ public:
     return copyAxisPart(y, axis, offset, x, true);
   }
 
-  /// MELT_CUDA_GATHER_PARTS=1: the parts in one launch (gatherParts), not
-  /// a copy kernel each. Written after session 19's GPU time was spent:
-  /// compiled, not yet run on a GPU, so off by default.
-  bool gatherPartsKernel_ = envSwitch("MELT_CUDA_GATHER_PARTS", false);
+  /// The parts in one launch (gatherParts), not a copy kernel each:
+  /// between two replays of mini FP8's batch-1 step 16.7 against 22.7 us
+  /// (bench/results/switches_s20_h200.txt). MELT_CUDA_GATHER_PARTS=0 copies
+  /// them one by one.
+  bool gatherPartsKernel_ = envSwitch("MELT_CUDA_GATHER_PARTS", true);
   Status gatherParts(const std::vector<DeviceTensor> &parts, int64_t offset,
                      DeviceTensor &into) override {
     if (!gatherPartsKernel_ || parts.size() > size_t(kMaxGatheredParts) ||
@@ -805,13 +806,12 @@ public:
         "mla");
   }
 
-  /// MELT_CUDA_FUSED_MLA_QUERY=1: a decode step's MLA over a BF16 latent
-  /// cache reads q_nope and rotates q_rope from the query projection in its
-  /// absorb kernel (the split's two copies and the rope left out; the same
-  /// bits). Written after session 19's GPU time was spent: compiled, its
-  /// executor side tested on the CPU, not yet run on a GPU, so off by
-  /// default.
-  bool fusedMlaQuery_ = envSwitch("MELT_CUDA_FUSED_MLA_QUERY", false);
+  /// A decode step's MLA over a BF16 latent cache reads q_nope and rotates
+  /// q_rope from the query projection in its absorb kernel (the split's two
+  /// copies and the rope left out; the same bits): mini FP8's batch-1 step
+  /// 746.1 against 754.1 us (bench/results/switches_s20_h200.txt).
+  /// MELT_CUDA_FUSED_MLA_QUERY=0 declines it.
+  bool fusedMlaQuery_ = envSwitch("MELT_CUDA_FUSED_MLA_QUERY", true);
   bool fusesMlaQuery() const override { return fusedMlaQuery_; }
   Status mlaOfQuery(const DeviceTensor &q, int64_t nope,
                     const DeviceTensor &positions, const RopeParams &rope,
@@ -934,11 +934,11 @@ public:
            moeFp8RowwiseFits(int(g.shape[0]), int(D));
   }
   /// One token's BF16 routed experts with their shared expert in the row
-  /// kernels (moeExpertsRowwise with a shared expert):
-  /// MELT_CUDA_FUSED_SHARED_EXPERT_BF16=1. Written after session 19's GPU
-  /// time was spent: compiled, not yet run on a GPU, so off by default.
+  /// kernels (moeExpertsRowwise with a shared expert): mini bf16's batch-1
+  /// step 828.8 against 832.5 us (bench/results/switches_s20_h200.txt).
+  /// MELT_CUDA_FUSED_SHARED_EXPERT_BF16=0 declines it.
   bool fusedSharedExpertBf16_ =
-      envSwitch("MELT_CUDA_FUSED_SHARED_EXPERT_BF16", false);
+      envSwitch("MELT_CUDA_FUSED_SHARED_EXPERT_BF16", true);
   bool takesBf16SharedRows(const DeviceTensor &gate, const SharedExpert &shared,
                            int64_t tokens) const {
     const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
