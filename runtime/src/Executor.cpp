@@ -519,6 +519,10 @@ struct ForwardRunner::Pass {
   /// logit rows' (the layouts point at them: CacheLayout::hostPositions).
   std::vector<int32_t> positionsHost, sequencesHost, rowPositionsHost,
       rowSequencesHost;
+  /// A recorded pass's layout as last uploaded (uploadInputs: its scratch
+  /// keeps it between replays), with sequencesHost.
+  std::vector<int32_t> pagesHost, lengthsHost, rowsHost;
+  bool uploaded = false;
   uint64_t lastUsed = 0;
   std::unique_ptr<DeviceGraph> graph;
 };
@@ -571,15 +575,36 @@ Status allocateInputs(const DeviceModel &dm, ForwardRunner::Pass &pass,
   return Status::ok();
 }
 
+/// The step's inputs into the pass's buffers. A recorded pass gets the
+/// layout's tensors (scratch of its own: they keep their values between
+/// replays) where they changed since its last upload (each upload is a
+/// copy on the device's stream between two replays; a decode step's
+/// sequences, pages and logit rows rarely change); token ids and positions
+/// (values of @forward, whose storage later values of a step may take)
+/// every time. `tokensTaken`: the tokens come from the device (a
+/// multi-step call's picks), not from the batch.
 Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
-                    const StepBatch &batch) {
-  MELT_RETURN_IF_ERROR(device.upload(batch.tokens.data(), *pass.tokens));
+                    const StepBatch &batch, bool tokensTaken = false) {
+  const bool kept = pass.uploaded && pass.recordable && pass.graph;
+  pass.uploaded = false; // until every upload below has been queued
+  auto put = [&](const std::vector<int32_t> &values, std::vector<int32_t> &last,
+                 DeviceTensor &to) -> Status {
+    if (kept && values == last)
+      return Status::ok();
+    last.clear();
+    MELT_RETURN_IF_ERROR(device.upload(values.data(), to));
+    last = values;
+    return Status::ok();
+  };
+  if (!tokensTaken)
+    MELT_RETURN_IF_ERROR(device.upload(batch.tokens.data(), *pass.tokens));
   MELT_RETURN_IF_ERROR(device.upload(batch.positions.data(), *pass.positions));
+  if (!kept || batch.sequences != pass.sequencesHost)
+    MELT_RETURN_IF_ERROR(
+        device.upload(batch.sequences.data(), pass.layout.sequences));
+  MELT_RETURN_IF_ERROR(put(batch.pages, pass.pagesHost, pass.layout.pages));
   MELT_RETURN_IF_ERROR(
-      device.upload(batch.sequences.data(), pass.layout.sequences));
-  MELT_RETURN_IF_ERROR(device.upload(batch.pages.data(), pass.layout.pages));
-  MELT_RETURN_IF_ERROR(
-      device.upload(batch.lengths.data(), pass.layout.lengths));
+      put(batch.lengths, pass.lengthsHost, pass.layout.lengths));
   pass.positionsHost = batch.positions;
   pass.sequencesHost = batch.sequences;
   pass.layout.hostPositions = pass.positionsHost.data();
@@ -599,7 +624,9 @@ Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
     pass.rowPositionsHost = std::move(positions);
     pass.rowSequencesHost = std::move(sequences);
   }
-  return device.upload(batch.logitRows.data(), *pass.rows);
+  MELT_RETURN_IF_ERROR(put(batch.logitRows, pass.rowsHost, *pass.rows));
+  pass.uploaded = true;
+  return Status::ok();
 }
 
 /// Queues every kernel of @forward (nothing is read back: this is what a
@@ -1424,7 +1451,9 @@ Status ForwardRunner::queueStep(const StepBatch &batch,
   const int64_t B = int64_t(batch.lengths.size());
   // The step's token ids from the device, in place of batch.tokens.
   auto takeTokens = [&](Pass &p) {
-    return tokens ? device.copy(*tokens, *p.tokens) : Status::ok();
+    return tokens && tokens->data != p.tokens->data
+               ? device.copy(*tokens, *p.tokens)
+               : Status::ok();
   };
   // Every kernel of the step queued one by one, on a pass of its own.
   auto queueKernels = [&]() -> Status {
@@ -1459,7 +1488,7 @@ Status ForwardRunner::queueStep(const StepBatch &batch,
     timer.leaveOut();
     MELT_RETURN_IF_ERROR(record(batch, caches, false, slot));
   } else if (slot->recordable) {
-    MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch));
+    MELT_RETURN_IF_ERROR(uploadInputs(device, *slot, batch, tokens != nullptr));
   }
   slot->lastUsed = ++steps_;
   if (!slot->recordable)
@@ -1566,6 +1595,9 @@ ForwardRunner::runGreedySteps(const std::vector<StepBatch> &batches,
     return v;
   };
   Status status;
+  // Where the step before put its picks: a recorded step's own token ids
+  // (the next step of its shape reads them in place), else `gathered`.
+  DeviceTensor picked;
   for (size_t s = 0; s < steps && !status; ++s) {
     const StepBatch &batch = batches[s];
     if (int64_t(batch.tokens.size()) != n ||
@@ -1577,11 +1609,8 @@ ForwardRunner::runGreedySteps(const std::vector<StepBatch> &batches,
     StepTimer timer(stepTimes_.get(), true);
     std::unique_ptr<Pass> scratch;
     Pass *pass = nullptr;
-    DeviceTensor previous;
-    if (s > 0)
-      previous = viewOf(int64_t(s - 1) * perStep, {n});
-    status = queueStep(batch, caches, s > 0 ? &previous : nullptr, scratch,
-                       pass, timer);
+    status = queueStep(batch, caches, s > 0 ? &picked : nullptr, scratch, pass,
+                       timer);
     if (status)
       break;
     if (s == 0) {
@@ -1601,14 +1630,23 @@ ForwardRunner::runGreedySteps(const std::vector<StepBatch> &batches,
       status = invalidArtifact("@forward's routers differ between steps");
       break;
     }
-    DeviceTensor ids = viewOf(int64_t(s) * perStep, {n});
-    status = device.argmaxRows(*pass->logits, ids);
-    if (choices && !status) {
-      std::vector<DeviceTensor> parts;
+    // A recorded pass outlives the step (a scratch one is released at its
+    // end): its token ids take the picks, then go to `gathered` with the
+    // router choices (one launch, no copy before the next replay).
+    const bool inPlace = pass != scratch.get() && pass->tokens &&
+                         pass->tokens->dtype == DType::I32 &&
+                         pass->tokens->numel() == n;
+    picked = inPlace ? *pass->tokens : viewOf(int64_t(s) * perStep, {n});
+    status = device.argmaxRows(*pass->logits, picked);
+    std::vector<DeviceTensor> parts;
+    if (inPlace)
+      parts.push_back(picked);
+    if (choices)
       for (const DeviceTensor *router : pass->routerChoices)
         parts.push_back(*router);
-      status = device.gatherParts(parts, int64_t(s) * perStep + n, gathered);
-    }
+    if (!status && !parts.empty())
+      status = device.gatherParts(
+          parts, int64_t(s) * perStep + (inPlace ? 0 : n), gathered);
     timer.markCollect(0);
   }
   std::vector<int32_t> host;
