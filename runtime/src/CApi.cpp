@@ -236,8 +236,13 @@ melt_status melt_session_create(melt_model *model,
   return guarded([&] {
     auto handle = std::make_unique<melt_session>();
     handle->owner = model;
+    std::unique_lock<std::mutex> turn =
+        model->serialized ? std::unique_lock<std::mutex>(model->deviceMutex)
+                          : std::unique_lock<std::mutex>();
     Status status = Session::create(*model->onDevice, maxContext, capacity,
                                     handle->session);
+    if (turn.owns_lock())
+      turn.unlock();
     if (status)
       return report(status);
     std::lock_guard<std::mutex> lock(handlesMutex);
@@ -256,7 +261,13 @@ melt_status melt_session_destroy(melt_session *session) {
                   "melt_session_destroy: not a live session handle");
     --session->owner->sessions;
   }
-  delete session;
+  {
+    // Its caches and recordings go back to the device, or to the model for
+    // the next session (which may release the one kept before): the
+    // device's turn, as every other call on it.
+    std::unique_lock<std::mutex> turn = takeTurn(session);
+    delete session;
+  }
   return report(Status::ok());
 }
 

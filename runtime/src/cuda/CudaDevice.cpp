@@ -2269,6 +2269,18 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
   cudaError_t e = cudaStreamEndCapture(stream_, &graph);
   if (e == cudaSuccess && joined)
     e = cudaErrorStreamCaptureUnjoined;
+  // MELT_CUDA_GRAPH_DOT=PREFIX: each recording's graph (nodes, edges and
+  // their types, kernel parameters) as Graphviz, PREFIX-N.dot: which
+  // kernels start early (programmatic edges) and where a branch forks.
+  if (e == cudaSuccess)
+    if (const char *prefix = std::getenv("MELT_CUDA_GRAPH_DOT")) {
+      static int dumped = 0;
+      const std::string path =
+          std::string(prefix) + "-" + std::to_string(dumped++) + ".dot";
+      if (cudaGraphDebugDotPrint(graph, path.c_str(),
+                                 cudaGraphDebugDotFlagsVerbose) != cudaSuccess)
+        cudaGetLastError(); // a diagnostic only
+    }
   cudaGraphExec_t exec = nullptr;
   if (e == cudaSuccess)
     e = cudaGraphInstantiate(&exec, graph, 0);
