@@ -398,16 +398,25 @@ void loadOnDevice(const Compiled &c, const std::string &deviceName,
   ASSERT_FALSE(DeviceModel::create(*out.host, *out.device, out.model));
 }
 
+/// The environment's first compiled model, loaded on `deviceName`; the
+/// test skipped where the environment has none.
+void loadFirstModel(const std::string &deviceName, Compiled &model,
+                    OnDevice &loaded) {
+  std::vector<Compiled> models = modelsFromEnvironment();
+  if (models.empty())
+    GTEST_SKIP() << "no compiled model in the environment";
+  model = models[0];
+  loadOnDevice(model, deviceName, loaded);
+}
+
 // Decode steps on a device that records graphs are replayed from a
 // recording after the first of each shape, and give what the steps run
 // kernel by kernel give (a prefill of the same tokens, all logits).
 TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
-  std::vector<Compiled> models = modelsFromEnvironment();
-  if (models.empty())
-    GTEST_SKIP() << "no compiled model in the environment";
+  Compiled model;
   OnDevice loaded;
-  loadOnDevice(models[0], GetParam(), loaded);
-  if (HasFatalFailure())
+  loadFirstModel(GetParam(), model, loaded);
+  if (IsSkipped() || HasFatalFailure())
     return;
   Device *device = loaded.device.get();
   DeviceModel *onDevice = loaded.model.get();
@@ -431,11 +440,11 @@ TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
   // An FP32 model: the same arithmetic in another order. A narrower one
   // (BF16 attention: the decode steps' kernel rounds other operands than
   // the prefill's) within its own bound against the CPU.
-  const double bound = models[0].tolerance <= 1e-3 ? 1e-5 : models[0].tolerance;
+  const double bound = model.tolerance <= 1e-3 ? 1e-5 : model.tolerance;
   EXPECT_LE(errorOfRange(std::vector<float>(last, last + vocab),
                          all.data() + all.size() - vocab, vocab),
             bound)
-      << models[0].artifact;
+      << model.artifact;
   if (device->canCapture())
     // Every decode step: the first is recorded, then replayed like the rest.
     EXPECT_EQ(stepped->replayedSteps(), tokens.size() - 2);
@@ -448,12 +457,10 @@ TEST_P(SessionOnDevice, DecodeStepsReplayRecordings) {
 // give, bit for bit, what a session that records each shape at its first step
 // gives. A device that records nothing runs every step as before.
 TEST_P(SessionOnDevice, DecodeRecordedAheadReplaysTheSame) {
-  std::vector<Compiled> models = modelsFromEnvironment();
-  if (models.empty())
-    GTEST_SKIP() << "no compiled model in the environment";
+  Compiled model;
   OnDevice loaded;
-  loadOnDevice(models[0], GetParam(), loaded);
-  if (HasFatalFailure())
+  loadFirstModel(GetParam(), model, loaded);
+  if (IsSkipped() || HasFatalFailure())
     return;
   Device *device = loaded.device.get();
   DeviceModel *onDevice = loaded.model.get();
@@ -511,12 +518,10 @@ TEST_P(SessionOnDevice, DecodeRecordedAheadReplaysTheSame) {
 // are never read). A session of another size, or with
 // MELT_KEEP_CLOSED_SESSION=0, starts afresh.
 TEST_P(SessionOnDevice, ClosedSessionIsTheNextOnes) {
-  std::vector<Compiled> models = modelsFromEnvironment();
-  if (models.empty())
-    GTEST_SKIP() << "no compiled model in the environment";
+  Compiled model;
   OnDevice loaded;
-  loadOnDevice(models[0], GetParam(), loaded);
-  if (HasFatalFailure())
+  loadFirstModel(GetParam(), model, loaded);
+  if (IsSkipped() || HasFatalFailure())
     return;
   Device *device = loaded.device.get();
   DeviceModel *onDevice = loaded.model.get();
