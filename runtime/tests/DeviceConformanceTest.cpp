@@ -848,6 +848,100 @@ TEST_P(DeviceConformance, MlaOfQueryIsSplitRopeThenMla) {
   ASSERT_FALSE(device->synchronize());
 }
 
+// A decode step's MLA of a few sequences over a short table as one kernel
+// (a GPU with MELT_CUDA_FUSED_MLA_DECODE=1, MlaDecodeFused.h) against the
+// default's three kernels: the same values up to the order of their sums
+// (BF16 queries and cache rows in both), through mla() and mlaOfQuery(),
+// at 16 and 128 heads, one to four sequences, tables of 4 and 16 pages.
+TEST_P(DeviceConformance, MlaDecodeFusedIsTheThreeKernels) {
+  const int64_t N = 128, R = 64, L = 512, V = 128;
+  const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/1);
+  struct Case {
+    int64_t heads, perSequence;
+    std::vector<int32_t> positions;
+  };
+  std::vector<Case> cases = {{16, 4, {200}},
+                             {16, 4, {200, 70, 5, 130}},
+                             {128, 4, {63, 64}},
+                             {16, 16, {1000, 3}}};
+  // (The switch is the GPU's: elsewhere one case shows the calls agree.)
+  if (device->name().rfind("cuda", 0) != 0)
+    cases.resize(1);
+  // Each case's inputs on the host, then its outputs by the device as it
+  // opens by default and as it opens with the switch.
+  struct Inputs {
+    HostTensor uk, uv, cache, q;
+  };
+  std::vector<Inputs> inputs;
+  for (const Case &c : cases) {
+    const int64_t T = int64_t(c.positions.size());
+    const int64_t rows = T * c.perSequence * kPageTokens;
+    inputs.push_back({random(DType::F32, {c.heads, N, L}, rng, 0.05f),
+                      random(DType::F32, {c.heads, V, L}, rng, 0.05f),
+                      random(DType::BF16, {rows, L + R}, rng),
+                      random(DType::F32, {T, c.heads, N + R}, rng)});
+  }
+  auto outputs = [&](std::vector<std::vector<float>> &out) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const Case &c = cases[i];
+      const Inputs &in = inputs[i];
+      const int64_t T = int64_t(c.positions.size()), H = c.heads;
+      std::vector<int32_t> sequences, pages, lengths;
+      for (int64_t t = 0; t < T; ++t) {
+        sequences.push_back(int32_t(t));
+        lengths.push_back(c.positions[size_t(t)] + 1);
+        for (int64_t p = 0; p < c.perSequence; ++p)
+          pages.push_back(int32_t(t * c.perSequence + p));
+      }
+      CacheLayout layout =
+          makeLayout(c.positions, sequences, pages, c.perSequence, lengths);
+      layout.hostPositions = c.positions.data();
+      layout.hostSequences = sequences.data();
+      DeviceTensor dUk = put(in.uk), dUv = put(in.uv), cache = put(in.cache),
+                   q = put(in.q);
+      DeviceTensor qn = make(DType::F32, {T, H, N}),
+                   qr = make(DType::F32, {T, H, R}),
+                   rotated = make(DType::F32, {T, H, R}),
+                   split = make(DType::F32, {T, H, V}),
+                   projected = make(DType::F32, {T, H, V});
+      const float scale = 1.f / std::sqrt(float(N + R));
+      ASSERT_FALSE(device->slice(q, 2, 0, qn));
+      ASSERT_FALSE(device->slice(q, 2, N, qr));
+      ASSERT_FALSE(device->rope(qr, layout.positions, yarn, rotated));
+      Status s = device->mla(qn, rotated, cache, layout, dUk, dUv, scale,
+                             int64_t(1) << 30, split);
+      ASSERT_FALSE(s) << s.message();
+      s = device->mlaOfQuery(q, N, layout.positions, yarn, cache, layout, dUk,
+                             dUv, scale, int64_t(1) << 30, projected);
+      ASSERT_FALSE(s) << s.message();
+      out.push_back(get(split));
+      out.push_back(get(projected));
+    }
+  };
+  std::vector<std::vector<float>> apart, fused;
+  outputs(apart);
+  if (HasFatalFailure())
+    return;
+  reopenWith("MELT_CUDA_FUSED_MLA_DECODE", "1");
+  if (HasFatalFailure())
+    return;
+  outputs(fused);
+  if (HasFatalFailure())
+    return;
+  ASSERT_EQ(fused.size(), apart.size());
+  for (size_t i = 0; i < apart.size(); ++i) {
+    const Case &c = cases[i / 2];
+    const double error = relativeError(
+        fused[i], std::vector<double>(apart[i].begin(), apart[i].end()));
+    std::printf("%s: mla decode, %lld heads, %zu tokens, table %lld pages "
+                "(%s): fused against apart %.2g of the largest output\n",
+                device->name().c_str(), (long long)c.heads, c.positions.size(),
+                (long long)c.perSequence, i % 2 ? "projected" : "split", error);
+    EXPECT_LE(error, 2e-2) << c.heads << " heads, " << c.positions.size()
+                           << " tokens";
+  }
+}
+
 // MLA's latent append with its norm and rope in one call: the cache rows
 // bit for bit those of rmsNorm, rope and cacheAppend (DeepSeek-V3's
 // latent 512 and rope 64, YaRN, and a small latent), over the paged

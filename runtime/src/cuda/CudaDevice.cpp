@@ -17,6 +17,7 @@
 #include "cuda/Gemm.h"
 #include "cuda/GroupedGemm.h"
 #include "cuda/GroupedGemmFp8.h"
+#include "cuda/MlaDecodeFused.h"
 #include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
@@ -1519,6 +1520,11 @@ private:
 
   /// A decode step over a BF16 latent cache on MlaDecode.cu's chunk kernel
   /// (MlaSplit.h's mlaDecodeStep).
+  /// MELT_CUDA_FUSED_MLA_DECODE=1: a decode step of a few tokens over a
+  /// short table as one kernel (MlaDecodeFused.h) instead of the three of
+  /// mlaDecodeStep. Written after session 20's GPU time was spent:
+  /// compiled, not yet run on a GPU, so off by default.
+  bool fusedMlaDecode_ = envSwitch("MELT_CUDA_FUSED_MLA_DECODE", false);
   Status mlaDecodeStepForm(const float *qNope, const float *qRope,
                            const DeviceTensor &cache, const CacheLayout &layout,
                            const DeviceTensor &wUk, const DeviceTensor &wUv,
@@ -1526,6 +1532,14 @@ private:
                            DeviceTensor &out,
                            const ProjectedQuery *projected = nullptr) {
     const PagedLayout paging = paged(layout, cache);
+    if (fusedMlaDecode_ && mlaDecodeFusedFits(shape))
+      return check(
+          mlaDecodeFused(qNope, qRope,
+                         static_cast<const __nv_bfloat16 *>(cache.data), paging,
+                         static_cast<const float *>(wUk.data),
+                         static_cast<const float *>(wUv.data), shape, scale,
+                         static_cast<float *>(out.data), stream_, projected),
+          "mla");
     const size_t bytes =
         mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);
     CallScratch held(*this);

@@ -1,0 +1,257 @@
+//===- MlaDecodeFused.cu - a few tokens' MLA in one kernel ----------------===//
+#include "cuda/MlaDecodeFused.h"
+
+#include "cuda/DependentLaunch.cuh"
+#include "cuda/PagedCache.cuh"
+#include "cuda/RopeRotation.cuh"
+#include "cuda/WarpReduce.cuh"
+
+#include <cooperative_groups.h>
+
+#include <cmath>
+
+using namespace melt::rt::cuda;
+namespace cg = cooperative_groups;
+
+namespace {
+
+/// Blocks per (token, head), latent columns, the share of them a block
+/// multiplies, and the widest nope, rope and value rows taken.
+constexpr int kCluster = 8, kThreads = 256, kLatent = 512;
+constexpr int kSlice = kLatent / kCluster;
+constexpr int kMaxNope = 128, kMaxRope = 64, kMaxValue = 128;
+/// Threads per latent column of the absorb (each over a quarter of nope),
+/// and the nope rows each adds.
+constexpr int kAbsorbParts = kThreads / kSlice;
+constexpr int kAbsorbRows = kMaxNope / kAbsorbParts;
+/// Values of W_UV's product per warp (a warp per value at a time).
+constexpr int kValuesPerWarp = kMaxValue / (kThreads / 32);
+/// Cached positions a block scores at most.
+constexpr int kMaxPerBlock = kMlaFusedMaxVisible / kCluster;
+
+static_assert(kSlice == 64, "a W_UV row's share: two values a lane");
+static_assert(kAbsorbParts * kAbsorbRows == kMaxNope, "nope split evenly");
+
+struct FusedArgs {
+  const float *qNope, *qRope;
+  const __nv_bfloat16 *cache;
+  PagedLayout layout;
+  const float *wUk, *wUv;
+  int heads, nope, rope, value;
+  float scale;
+  float *out;
+};
+
+__device__ __forceinline__ float roundedToBf16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
+}
+
+/// Grid (kCluster, heads, tokens), clusters of kCluster blocks along x:
+/// block `rank` of (token t, head h) absorbs latent columns rank * 64 ..
+/// + 63 of the query, scores its share of the cached positions against the
+/// whole query (gathered from the cluster), merges the cluster's partial
+/// sums for its 64 columns and multiplies them by its rows of W_UV; the
+/// cluster then adds the values' partial products.
+__global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
+    mlaDecodeFusedKernel(FusedArgs a, ProjectedQuery projected,
+                         bool fromProjection) {
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = int(cluster.block_rank());
+  const int h = blockIdx.y, t = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int lBase = rank * kSlice;
+
+  // The block's weights into registers while the kernel ahead runs:
+  // W_UK[h][n][lBase + column] for a quarter of nope, and W_UV[h][v][lBase
+  // .. + 63] (two values a lane) for the warp's values v.
+  const int column = tid % kSlice, part = tid / kSlice;
+  float wk[kAbsorbRows];
+#pragma unroll
+  for (int i = 0; i < kAbsorbRows; ++i) {
+    const int n = part * kAbsorbRows + i;
+    wk[i] = n < a.nope
+                ? a.wUk[(size_t(h) * a.nope + n) * kLatent + lBase + column]
+                : 0.f;
+  }
+  float wv[kValuesPerWarp][2];
+#pragma unroll
+  for (int j = 0; j < kValuesPerWarp; ++j) {
+    const int v = warp + 8 * j;
+    const float *row = a.wUv + (size_t(h) * a.value + v) * kLatent + lBase;
+    wv[j][0] = v < a.value ? row[lane] : 0.f;
+    wv[j][1] = v < a.value ? row[lane + 32] : 0.f;
+  }
+  awaitPriorKernels();
+
+  // The query: q_nope for the absorb; the rope part rounded to BF16 (each
+  // block rotates or copies it itself).
+  __shared__ float qNope[kMaxNope];
+  __shared__ __align__(16) float query[kLatent + kMaxRope];
+  __shared__ float absorbed[kAbsorbParts][kSlice];
+  __shared__ float slice[kSlice];
+  const size_t th = size_t(t) * a.heads + h;
+  const int projectedRow = a.nope + a.rope;
+  for (int i = tid; i < kMaxNope; i += kThreads)
+    qNope[i] = i >= a.nope      ? 0.f
+               : fromProjection ? projected.q[th * projectedRow + i]
+                                : a.qNope[th * a.nope + i];
+  if (fromProjection) {
+    for (int pair = tid; pair < a.rope / 2; pair += kThreads) {
+      const RotatedPair r =
+          rotatePair(Operand{projected.q, false}, th * projectedRow + a.nope,
+                     pair, a.rope, projected.interleaved,
+                     projected.positions[t], projected.freqs, projected.mscale);
+      query[kLatent + r.a] = roundedToBf16(r.ya);
+      query[kLatent + r.b] = roundedToBf16(r.yb);
+    }
+  } else {
+    for (int i = tid; i < a.rope; i += kThreads)
+      query[kLatent + i] = roundedToBf16(a.qRope[th * a.rope + i]);
+  }
+  __syncthreads();
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kAbsorbRows; ++i)
+    acc += qNope[part * kAbsorbRows + i] * wk[i];
+  absorbed[part][column] = acc;
+  __syncthreads();
+  if (tid < kSlice) {
+    float sum = 0.f;
+#pragma unroll
+    for (int p = 0; p < kAbsorbParts; ++p)
+      sum += absorbed[p][tid];
+    slice[tid] = roundedToBf16(sum);
+  }
+  cluster.sync(); // every block's slice of the latent query is there
+  for (int i = tid; i < kLatent; i += kThreads)
+    query[i] = cluster.map_shared_rank(slice, i / kSlice)[i % kSlice];
+  __syncthreads();
+
+  // This block's share of the visible positions: scores (a warp a row),
+  // their maximum, the weights and their sum, the weighted latent rows.
+  const int visible = a.layout.positions[t] + 1;
+  const int seq = a.layout.sequences[t];
+  const int per = (visible + kCluster - 1) / kCluster;
+  const int begin = rank * per;
+  // (A position past the table has no page; kMaxPerBlock bounds a table
+  // of kMlaFusedMaxVisible.)
+  const int count =
+      min(kMaxPerBlock, max(0, min(visible, begin + per) - begin));
+  const int width = kLatent + a.rope;
+  __shared__ float weight[kMaxPerBlock];
+  __shared__ int rowOf[kMaxPerBlock];
+  __shared__ float reduced[kThreads / 32];
+  for (int p = warp; p < count; p += kThreads / 32) {
+    const int row = cacheRow(a.layout, seq, begin + p);
+    float dot = 0.f;
+    if (row >= 0) {
+      const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(
+          a.cache + size_t(row) * width);
+      for (int j = lane; j < width / 2; j += 32) {
+        const float2 v = __bfloat1622float2(pairs[j]);
+        dot += query[2 * j] * v.x + query[2 * j + 1] * v.y;
+      }
+    }
+    dot = warpSum(dot);
+    if (lane == 0) {
+      weight[p] = row >= 0 ? dot * a.scale : -INFINITY;
+      rowOf[p] = row;
+    }
+  }
+  __syncthreads();
+  float top = -INFINITY;
+  for (int p = tid; p < count; p += kThreads)
+    top = fmaxf(top, weight[p]);
+  top = blockReduce<true>(top, reduced);
+  float total = 0.f;
+  for (int p = tid; p < count; p += kThreads) {
+    const float e = top == -INFINITY ? 0.f : expf(weight[p] - top);
+    weight[p] = e;
+    total += e;
+  }
+  total = blockReduce<false>(total, reduced); // (its barriers: weights seen)
+  float o0 = 0.f, o1 = 0.f;
+  for (int p = 0; p < count; ++p) {
+    const int row = rowOf[p];
+    if (row < 0)
+      continue;
+    const __nv_bfloat16 *cached = a.cache + size_t(row) * width;
+    o0 += weight[p] * __bfloat162float(cached[tid]);
+    o1 += weight[p] * __bfloat162float(cached[tid + kThreads]);
+  }
+  __shared__ float partial[kLatent];
+  __shared__ float stats[2];
+  partial[tid] = o0;
+  partial[tid + kThreads] = o1;
+  if (tid == 0) {
+    stats[0] = top;
+    stats[1] = total;
+  }
+  cluster.sync(); // every block's partial sums are there
+
+  // This block's 64 latent columns, merged over the cluster's blocks by
+  // their maxima, then its share of W_UV's product for every value.
+  __shared__ float merged[kSlice];
+  if (tid < kSlice) {
+    float best = -INFINITY;
+    for (int r = 0; r < kCluster; ++r)
+      best = fmaxf(best, cluster.map_shared_rank(stats, r)[0]);
+    float sum = 0.f, value = 0.f;
+    for (int r = 0; r < kCluster; ++r) {
+      const float *s = cluster.map_shared_rank(stats, r);
+      const float f = s[0] == -INFINITY ? 0.f : expf(s[0] - best);
+      sum += s[1] * f;
+      value += cluster.map_shared_rank(partial, r)[lBase + tid] * f;
+    }
+    merged[tid] = sum > 0.f ? value / sum : 0.f;
+  }
+  __syncthreads();
+  __shared__ float products[kMaxValue];
+#pragma unroll
+  for (int j = 0; j < kValuesPerWarp; ++j) {
+    const int v = warp + 8 * j;
+    float d = merged[lane] * wv[j][0] + merged[lane + 32] * wv[j][1];
+    d = warpSum(d);
+    if (lane == 0 && v < a.value)
+      products[v] = d;
+  }
+  cluster.sync(); // every block's products are there
+  const int perRank = (a.value + kCluster - 1) / kCluster;
+  if (tid < perRank) {
+    const int v = rank * perRank + tid;
+    if (v < a.value) {
+      float sum = 0.f;
+      for (int r = 0; r < kCluster; ++r)
+        sum += cluster.map_shared_rank(products, r)[v];
+      a.out[th * a.value + v] = sum;
+    }
+  }
+  cluster.sync(); // no block leaves while another reads its memory
+}
+
+} // namespace
+
+bool melt::rt::cuda::mlaDecodeFusedFits(const MlaSplitShape &s) {
+  return s.latent == kLatent && s.rope > 0 && s.rope <= kMaxRope &&
+         s.rope % 2 == 0 && s.nope > 0 && s.nope <= kMaxNope &&
+         s.valueDim > 0 && s.valueDim <= kMaxValue && s.tokens >= 1 &&
+         s.tokens <= kMlaFusedMaxTokens && s.maxVisible >= 1 &&
+         s.maxVisible <= kMlaFusedMaxVisible && s.heads >= 1 &&
+         s.heads <= 65535;
+}
+
+cudaError_t melt::rt::cuda::mlaDecodeFused(
+    const float *qNope, const float *qRope, const __nv_bfloat16 *cache,
+    const PagedLayout &layout, const float *wUk, const float *wUv,
+    const MlaSplitShape &s, float scale, float *out, cudaStream_t stream,
+    const ProjectedQuery *projected) {
+  if (!mlaDecodeFusedFits(s) || layout.batch != s.tokens ||
+      (!projected && (!qNope || !qRope)))
+    return cudaErrorInvalidValue;
+  const FusedArgs a{qNope,   qRope,  cache,  layout,     wUk,   wUv,
+                    s.heads, s.nope, s.rope, s.valueDim, scale, out};
+  const ProjectedQuery query = projected ? *projected : ProjectedQuery{};
+  return launchOverlapped(mlaDecodeFusedKernel,
+                          dim3(kCluster, unsigned(s.heads), unsigned(s.tokens)),
+                          kThreads, 0, stream, a, query, projected != nullptr);
+}

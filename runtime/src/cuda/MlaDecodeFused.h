@@ -1,0 +1,53 @@
+//===- MlaDecodeFused.h - a few tokens' MLA in one kernel -------*- C++ -*-===//
+//
+// A decode step of a few sequences over a short context spends most of its
+// MLA time between three dependent kernels (mlaDecodeStep: W_UK absorbed
+// into the queries, the chunk kernel over the latent cache, the chunks
+// merged with W_UV applied), each with a handful of work for 132
+// multiprocessors. Here the three are one kernel: a cluster of 8 blocks
+// per (token, head), which split the latent columns for the products and
+// the cached positions for the attention, and trade the pieces through
+// distributed shared memory. Each block loads its share of W_UK and W_UV
+// into registers before the kernel ahead ends (weights only: the
+// programmatic-launch contract), so that the two products wait on no
+// memory round trip of their own.
+//
+// The values are those of mlaDecodeStep's arithmetic up to the order of
+// its sums: queries rounded to BF16 (latent then rope, the rope rotated
+// from the projection with RopeRotation.cuh where given), scores of BF16
+// queries and cached rows in F32, the softmax in F32 (the weights
+// unrounded), the chunks merged by their maxima, W_UV's product in F32.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_MLADECODEFUSED_H
+#define MELT_RUNTIME_CUDA_MLADECODEFUSED_H
+
+#include "cuda/MlaSplit.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace melt::rt::cuda {
+
+/// Whether the fused kernel takes the step: latent 512, rope at most 64
+/// (even), nope at most 128 (a multiple of 4), value width at most 128,
+/// at most kMlaFusedMaxTokens tokens and a table of at most
+/// kMlaFusedMaxVisible positions (longer ones want the chunk kernel's
+/// split).
+constexpr int kMlaFusedMaxTokens = 4, kMlaFusedMaxVisible = 1024;
+bool mlaDecodeFusedFits(const MlaSplitShape &shape);
+
+/// mlaDecodeStep's result in one launch (qNope / qRope as there, or the
+/// projection's rows with `projected`); out [tokens, heads, valueDim].
+/// wUk [heads, nope, latent], wUv [heads, valueDim, latent]. A position
+/// without a page is left out of the attention.
+cudaError_t mlaDecodeFused(const float *qNope, const float *qRope,
+                           const __nv_bfloat16 *cache,
+                           const PagedLayout &layout, const float *wUk,
+                           const float *wUv, const MlaSplitShape &shape,
+                           float scale, float *out, cudaStream_t stream,
+                           const ProjectedQuery *projected = nullptr);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_MLADECODEFUSED_H
