@@ -206,6 +206,20 @@ melt_status melt_model_destroy(melt_model *model) {
   return report(Status::ok());
 }
 
+melt_status melt_model_release_closed_session(melt_model *model) {
+  if (!isLive(model))
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_model_release_closed_session: not a live model handle");
+  return guarded([&] {
+    // Released on the device: in its turn, as every other call on it.
+    std::unique_lock<std::mutex> turn =
+        model->serialized ? std::unique_lock<std::mutex>(model->deviceMutex)
+                          : std::unique_lock<std::mutex>();
+    model->onDevice->takeClosedSession().reset();
+    return report(Status::ok());
+  });
+}
+
 long long melt_model_vocab_size(const melt_model *model) {
   return isLive(model) ? model->model->vocabSize() : 0;
 }

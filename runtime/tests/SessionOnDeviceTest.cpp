@@ -596,6 +596,9 @@ TEST_P(SessionOnDevice, ClosedSessionIsTheNextOnes) {
     return;
   EXPECT_EQ(afterUnkept.shapesAtStart, 0u);
   EXPECT_EQ(afterUnkept.recordings, first.recordings);
+  // afterUnkept's state is kept, and once taken (released), no longer.
+  EXPECT_NE(onDevice->takeClosedSession(), nullptr);
+  EXPECT_EQ(onDevice->takeClosedSession(), nullptr);
   EXPECT_TRUE(afterUnkept.logits == first.logits) << "logits differ";
 }
 

@@ -107,10 +107,15 @@ melt_status melt_session_create(melt_model *model,
  * device that records steps as graphs: CUDA) stay with the model for the
  * next session created with a cache of as many pages, which then replays
  * those steps instead of recording them again; one session's worth is
- * kept at a time, released by melt_model_destroy or by creating a session
- * of another cache size. The environment variable MELT_KEEP_CLOSED_SESSION=0
- * releases everything here. */
+ * kept at a time, released by melt_model_release_closed_session, by
+ * melt_model_destroy or by creating a session of another cache size. The
+ * environment variable MELT_KEEP_CLOSED_SESSION=0 releases everything
+ * here. */
 melt_status melt_session_destroy(melt_session *session);
+/* Releases what a closed session left with the model (melt_session_destroy):
+ * its KV cache memory and recorded steps, e.g. before another model is
+ * loaded on the same device. Nothing kept is not an error. */
+melt_status melt_model_release_closed_session(melt_model *model);
 melt_status melt_session_add_sequence(melt_session *session, int *sequence);
 melt_status melt_session_remove_sequence(melt_session *session, int sequence);
 

@@ -59,6 +59,11 @@ public:
   }
 
   long long vocabSize() const { return melt_model_vocab_size(handle_); }
+  /// Releases what a closed session left with the model (its KV cache and
+  /// recorded steps: melt_model_release_closed_session).
+  void releaseClosedSession() {
+    check(melt_model_release_closed_session(handle_));
+  }
   melt_model *get() const { return handle_; }
 
 private:
