@@ -53,6 +53,8 @@ TEST_F(CppWrapper, GeneratesAndThrowsOnErrors) {
   ASSERT_EQ(generated.size(), 3u);
   EXPECT_EQ(generated[0], want);
   EXPECT_THROW(session.generateGreedy({{fourth, in, 1}}, 0), melt::Error);
+  // Nothing kept yet (the session is open): releasing is no error.
+  EXPECT_NO_THROW(model.releaseClosedSession());
 }
 
 TEST(CppWrapperNoModel, LoadFailureThrows) {
