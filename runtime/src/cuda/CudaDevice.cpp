@@ -205,6 +205,21 @@ public:
     MELT_RETURN_IF_ERROR(
         check(cudaEventRecord(branch_.forked, stream_), "cudaEventRecord"));
     branchMarked_ = branchWaits_ = true;
+    if (branchFromForkAlone_) {
+      // The recording's nodes the fork comes after (and their edges' data).
+      cudaStreamCaptureStatus status;
+      const cudaGraphNode_t *nodes = nullptr;
+      const cudaGraphEdgeData *edges = nullptr;
+      size_t count = 0;
+      MELT_RETURN_IF_ERROR(
+          check(cudaStreamGetCaptureInfo(stream_, &status, nullptr, nullptr,
+                                         &nodes, &edges, &count),
+                "cudaStreamGetCaptureInfo"));
+      forkNodes_.assign(nodes, nodes + count);
+      forkEdges_.clear();
+      if (edges)
+        forkEdges_.assign(edges, edges + count);
+    }
     return Status::ok();
   }
   Status enterBranch() override {
@@ -214,6 +229,15 @@ public:
       MELT_RETURN_IF_ERROR(
           check(cudaStreamWaitEvent(branch_.stream, branch_.forked, 0),
                 "cudaStreamWaitEvent"));
+      // The branch after the fork alone, not also after the last branch's
+      // kernels on this stream (an edge the graph needs not).
+      if (branchFromForkAlone_)
+        MELT_RETURN_IF_ERROR(
+            check(cudaStreamUpdateCaptureDependencies(
+                      branch_.stream, forkNodes_.data(),
+                      forkEdges_.empty() ? nullptr : forkEdges_.data(),
+                      forkNodes_.size(), cudaStreamSetCaptureDependencies),
+                  "cudaStreamUpdateCaptureDependencies"));
       branchWaits_ = false;
     }
     std::swap(stream_, branch_.stream);
@@ -2078,6 +2102,18 @@ private:
   /// for the latest; calls made there and not joined; in a branch now.
   bool branchMarked_ = false, branchWaits_ = false, branchBusy_ = false,
        inBranch_ = false;
+  /// MELT_CUDA_BRANCH_FROM_FORK=1: each branch's first kernel depends on
+  /// the fork alone (the recording's nodes at the mark), not also on the
+  /// last branch's kernels on the side stream. A recorded batch-1 step with
+  /// side branches has its nodes in an order (the graph's topological ids)
+  /// that interleaves later layers with the first, and its first norm
+  /// starts 7 us after the embedding (docs/CudaBackend.md "An idle start");
+  /// without the side stream's own chain the order may follow the step's.
+  /// Written after session 20's GPU time was spent: compiled, not yet run
+  /// on a GPU, so off by default.
+  bool branchFromForkAlone_ = envSwitch("MELT_CUDA_BRANCH_FROM_FORK", false);
+  std::vector<cudaGraphNode_t> forkNodes_;
+  std::vector<cudaGraphEdgeData> forkEdges_;
   Status openBranch() {
     MELT_RETURN_IF_ERROR(
         check(cudaStreamCreateWithFlags(&branch_.stream, cudaStreamNonBlocking),
