@@ -70,11 +70,14 @@ template <typename F> melt_status guarded(F body) {
   }
 }
 
-/// Sessions of a model on a GPU take turns on its stream.
-std::unique_lock<std::mutex> takeTurn(melt_session *session) {
-  melt_model *model = session->owner;
+/// Sessions of a model on a GPU take turns on its stream (so do the
+/// calls that create, close or release their state there).
+std::unique_lock<std::mutex> takeTurn(melt_model *model) {
   return model->serialized ? std::unique_lock<std::mutex>(model->deviceMutex)
                            : std::unique_lock<std::mutex>();
+}
+std::unique_lock<std::mutex> takeTurn(melt_session *session) {
+  return takeTurn(session->owner);
 }
 
 /// A string of a live model, held for the caller until this thread's next
@@ -211,10 +214,7 @@ melt_status melt_model_release_closed_session(melt_model *model) {
     return fail(MELT_INVALID_ARGUMENT,
                 "melt_model_release_closed_session: not a live model handle");
   return guarded([&] {
-    // Released on the device: in its turn, as every other call on it.
-    std::unique_lock<std::mutex> turn =
-        model->serialized ? std::unique_lock<std::mutex>(model->deviceMutex)
-                          : std::unique_lock<std::mutex>();
+    std::unique_lock<std::mutex> turn = takeTurn(model);
     model->onDevice->takeClosedSession().reset();
     return report(Status::ok());
   });
@@ -250,9 +250,7 @@ melt_status melt_session_create(melt_model *model,
   return guarded([&] {
     auto handle = std::make_unique<melt_session>();
     handle->owner = model;
-    std::unique_lock<std::mutex> turn =
-        model->serialized ? std::unique_lock<std::mutex>(model->deviceMutex)
-                          : std::unique_lock<std::mutex>();
+    std::unique_lock<std::mutex> turn = takeTurn(model);
     Status status = Session::create(*model->onDevice, maxContext, capacity,
                                     handle->session);
     if (turn.owns_lock())
@@ -277,8 +275,7 @@ melt_status melt_session_destroy(melt_session *session) {
   }
   {
     // Its caches and recordings go back to the device, or to the model for
-    // the next session (which may release the one kept before): the
-    // device's turn, as every other call on it.
+    // the next session (which may release the one kept before).
     std::unique_lock<std::mutex> turn = takeTurn(session);
     delete session;
   }

@@ -599,14 +599,12 @@ Status uploadInputs(Device &device, ForwardRunner::Pass &pass,
   if (!tokensTaken)
     MELT_RETURN_IF_ERROR(device.upload(batch.tokens.data(), *pass.tokens));
   MELT_RETURN_IF_ERROR(device.upload(batch.positions.data(), *pass.positions));
-  if (!kept || batch.sequences != pass.sequencesHost)
-    MELT_RETURN_IF_ERROR(
-        device.upload(batch.sequences.data(), pass.layout.sequences));
+  MELT_RETURN_IF_ERROR(
+      put(batch.sequences, pass.sequencesHost, pass.layout.sequences));
   MELT_RETURN_IF_ERROR(put(batch.pages, pass.pagesHost, pass.layout.pages));
   MELT_RETURN_IF_ERROR(
       put(batch.lengths, pass.lengthsHost, pass.layout.lengths));
   pass.positionsHost = batch.positions;
-  pass.sequencesHost = batch.sequences;
   pass.layout.hostPositions = pass.positionsHost.data();
   pass.layout.hostSequences = pass.sequencesHost.data();
   if (pass.rowPositions) {

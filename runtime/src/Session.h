@@ -22,8 +22,8 @@ namespace melt::rt {
 /// A session that closes leaves its caches and its recorded decode steps
 /// to the model (DeviceModel::keepClosedSession, one kept at a time); the
 /// next session with caches of as many rows takes them and replays those
-/// steps without recording them again (on the H200 a recording costs 1-3
-/// ms, the GPU idle). One of another size releases them first.
+/// steps without recording them again (on the H200 a recording of mini's
+/// step costs 1.5-7 ms, the GPU idle). One of another size releases them first.
 /// MELT_KEEP_CLOSED_SESSION=0 releases a session's memory as it closes.
 class Session {
 public:

@@ -165,10 +165,45 @@ public:
   void expectDecompressedMlaIsAbsorbed(int64_t H, int64_t N, int64_t R,
                                        int64_t L, int64_t V, double tolerance);
 
+  /// A decode step's MLA of q [T, H, nope + rope] two ways: q split, its
+  /// rope part rotated (`rope`) and mla() on the parts into `split`, and
+  /// mlaOfQuery() on q into `projected` ([T, H, V] each; the absorbed
+  /// form: a decompression threshold no step reaches).
+  void mlaBothWays(const DeviceTensor &q, int64_t nope, const RopeParams &rope,
+                   const DeviceTensor &cache, const CacheLayout &layout,
+                   const DeviceTensor &wUk, const DeviceTensor &wUv,
+                   std::vector<float> &split, std::vector<float> &projected);
+
   std::unique_ptr<Device> device;
   std::vector<DeviceTensor> owned;
   std::mt19937 rng{42};
 };
+
+void DeviceConformance::mlaBothWays(
+    const DeviceTensor &q, int64_t nope, const RopeParams &rope,
+    const DeviceTensor &cache, const CacheLayout &layout,
+    const DeviceTensor &wUk, const DeviceTensor &wUv, std::vector<float> &split,
+    std::vector<float> &projected) {
+  const int64_t T = q.shape[0], H = q.shape[1], R = q.shape[2] - nope,
+                V = wUv.shape[1];
+  DeviceTensor qn = make(DType::F32, {T, H, nope}),
+               qr = make(DType::F32, {T, H, R}),
+               rotated = make(DType::F32, {T, H, R}),
+               apart = make(DType::F32, {T, H, V}),
+               fromQuery = make(DType::F32, {T, H, V});
+  const float scale = 1.f / std::sqrt(float(nope + R));
+  ASSERT_FALSE(device->slice(q, 2, 0, qn));
+  ASSERT_FALSE(device->slice(q, 2, nope, qr));
+  ASSERT_FALSE(device->rope(qr, layout.positions, rope, rotated));
+  Status s = device->mla(qn, rotated, cache, layout, wUk, wUv, scale,
+                         int64_t(1) << 30, apart);
+  ASSERT_FALSE(s) << s.message();
+  s = device->mlaOfQuery(q, nope, layout.positions, rope, cache, layout, wUk,
+                         wUv, scale, int64_t(1) << 30, fromQuery);
+  ASSERT_FALSE(s) << s.message();
+  split = get(apart);
+  projected = get(fromQuery);
+}
 
 /// DeepSeek-V3's YaRN: factor 40 over 4096 positions, interleaved.
 RopeParams deepSeekV3Yarn(double mscaleAllDim) {
@@ -827,22 +862,11 @@ TEST_P(DeviceConformance, MlaOfQueryIsSplitRopeThenMla) {
                                        put(random(DType::F32, {T, R}, rng)),
                                        layout, cache));
       DeviceTensor q = put(random(DType::F32, {T, H, N + R}, rng));
-      DeviceTensor qn = make(DType::F32, {T, H, N}),
-                   qr = make(DType::F32, {T, H, R}),
-                   rotated = make(DType::F32, {T, H, R}),
-                   want = make(DType::F32, {T, H, V}),
-                   have = make(DType::F32, {T, H, V});
-      const float scale = 1.f / std::sqrt(float(N + R));
-      ASSERT_FALSE(device->slice(q, 2, 0, qn));
-      ASSERT_FALSE(device->slice(q, 2, N, qr));
-      ASSERT_FALSE(device->rope(qr, layout.positions, yarn, rotated));
-      Status s = device->mla(qn, rotated, cache, layout, dUk, dUv, scale,
-                             int64_t(1) << 30, want);
-      ASSERT_FALSE(s) << s.message();
-      s = device->mlaOfQuery(q, N, layout.positions, yarn, cache, layout, dUk,
-                             dUv, scale, int64_t(1) << 30, have);
-      ASSERT_FALSE(s) << s.message();
-      EXPECT_EQ(get(have), get(want)) << H << " heads, " << T << " tokens";
+      std::vector<float> want, have;
+      mlaBothWays(q, N, yarn, cache, layout, dUk, dUv, want, have);
+      if (HasFatalFailure())
+        return;
+      EXPECT_EQ(have, want) << H << " heads, " << T << " tokens";
     }
   }
   ASSERT_FALSE(device->synchronize());
@@ -885,7 +909,7 @@ TEST_P(DeviceConformance, MlaDecodeFusedIsTheThreeKernels) {
     for (size_t i = 0; i < cases.size(); ++i) {
       const Case &c = cases[i];
       const Inputs &in = inputs[i];
-      const int64_t T = int64_t(c.positions.size()), H = c.heads;
+      const int64_t T = int64_t(c.positions.size());
       std::vector<int32_t> sequences, pages, lengths;
       for (int64_t t = 0; t < T; ++t) {
         sequences.push_back(int32_t(t));
@@ -897,25 +921,13 @@ TEST_P(DeviceConformance, MlaDecodeFusedIsTheThreeKernels) {
           makeLayout(c.positions, sequences, pages, c.perSequence, lengths);
       layout.hostPositions = c.positions.data();
       layout.hostSequences = sequences.data();
-      DeviceTensor dUk = put(in.uk), dUv = put(in.uv), cache = put(in.cache),
-                   q = put(in.q);
-      DeviceTensor qn = make(DType::F32, {T, H, N}),
-                   qr = make(DType::F32, {T, H, R}),
-                   rotated = make(DType::F32, {T, H, R}),
-                   split = make(DType::F32, {T, H, V}),
-                   projected = make(DType::F32, {T, H, V});
-      const float scale = 1.f / std::sqrt(float(N + R));
-      ASSERT_FALSE(device->slice(q, 2, 0, qn));
-      ASSERT_FALSE(device->slice(q, 2, N, qr));
-      ASSERT_FALSE(device->rope(qr, layout.positions, yarn, rotated));
-      Status s = device->mla(qn, rotated, cache, layout, dUk, dUv, scale,
-                             int64_t(1) << 30, split);
-      ASSERT_FALSE(s) << s.message();
-      s = device->mlaOfQuery(q, N, layout.positions, yarn, cache, layout, dUk,
-                             dUv, scale, int64_t(1) << 30, projected);
-      ASSERT_FALSE(s) << s.message();
-      out.push_back(get(split));
-      out.push_back(get(projected));
+      std::vector<float> split, projected;
+      mlaBothWays(put(in.q), N, yarn, put(in.cache), layout, put(in.uk),
+                  put(in.uv), split, projected);
+      if (HasFatalFailure())
+        return;
+      out.push_back(std::move(split));
+      out.push_back(std::move(projected));
     }
   };
   std::vector<std::vector<float>> apart, fused;

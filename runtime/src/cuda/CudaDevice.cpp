@@ -1542,13 +1542,14 @@ private:
     return true;
   }
 
-  /// A decode step over a BF16 latent cache on MlaDecode.cu's chunk kernel
-  /// (MlaSplit.h's mlaDecodeStep).
   /// MELT_CUDA_FUSED_MLA_DECODE=1: a decode step of a few tokens over a
   /// short table as one kernel (MlaDecodeFused.h) instead of the three of
   /// mlaDecodeStep. Written after session 20's GPU time was spent:
   /// compiled, not yet run on a GPU, so off by default.
   bool fusedMlaDecode_ = envSwitch("MELT_CUDA_FUSED_MLA_DECODE", false);
+  /// A decode step over a BF16 latent cache on MlaDecode.cu's chunk kernel
+  /// (MlaSplit.h's mlaDecodeStep), or where fusedMlaDecode_ takes it, in
+  /// one kernel.
   Status mlaDecodeStepForm(const float *qNope, const float *qRope,
                            const DeviceTensor &cache, const CacheLayout &layout,
                            const DeviceTensor &wUk, const DeviceTensor &wUv,
