@@ -1542,11 +1542,11 @@ private:
     return true;
   }
 
-  /// MELT_CUDA_FUSED_MLA_DECODE=1: a decode step of a few tokens over a
-  /// short table as one kernel (MlaDecodeFused.h) instead of the three of
-  /// mlaDecodeStep. Written after session 20's GPU time was spent:
-  /// compiled, not yet run on a GPU, so off by default.
-  bool fusedMlaDecode_ = envSwitch("MELT_CUDA_FUSED_MLA_DECODE", false);
+  /// A decode step of a few tokens over a short table as one kernel
+  /// (MlaDecodeFused.h) instead of the three of mlaDecodeStep (mini's FP8
+  /// batch-1 step 694 against 741 us on the H200);
+  /// MELT_CUDA_FUSED_MLA_DECODE=0 keeps the three.
+  bool fusedMlaDecode_ = envSwitch("MELT_CUDA_FUSED_MLA_DECODE", true);
   /// A decode step over a BF16 latent cache on MlaDecode.cu's chunk kernel
   /// (MlaSplit.h's mlaDecodeStep), or where fusedMlaDecode_ takes it, in
   /// one kernel.
@@ -2110,8 +2110,9 @@ private:
   /// that interleaves later layers with the first, and its first norm
   /// starts 7 us after the embedding (docs/CudaBackend.md "An idle start");
   /// without the side stream's own chain the order may follow the step's.
-  /// Written after session 20's GPU time was spent: compiled, not yet run
-  /// on a GPU, so off by default.
+  /// Run on the H200 (session 21): the idle before the norm goes, but the
+  /// norm runs as much longer (it waits inside, launched early), the span
+  /// the same (FP8 742.4 against 740.6 us); off by default.
   bool branchFromForkAlone_ = envSwitch("MELT_CUDA_BRANCH_FROM_FORK", false);
   std::vector<cudaGraphNode_t> forkNodes_;
   std::vector<cudaGraphEdgeData> forkEdges_;
