@@ -166,6 +166,27 @@ def in_order(kernel_lists):
     return rows
 
 
+def bursts(loose, gap_ns):
+    """Kernels of no graph (by start) split where nothing runs for gap_ns."""
+    groups, ended = [], None
+    for k in loose:
+        if ended is None or k["start"] - ended >= gap_ns:
+            groups.append([])
+        groups[-1].append(k)
+        ended = k["end"] if ended is None else max(ended, k["end"])
+    return groups
+
+
+def print_summary(s, top):
+    for key, title in (("running_us", "running"),
+                       ("idle_before_us", "idle before")):
+        print(f"  by {title} (us a replay, medians):")
+        for row in sorted(s["by_kernel"], key=lambda r: -r[key])[:top]:
+            print(f"    {row['kernel']:<40} {row['launches']:>5g} x "
+                  f"running {row['running_us']:8.1f}  idle before "
+                  f"{row['idle_before_us']:8.1f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace")
@@ -176,8 +197,28 @@ def main():
     parser.add_argument("--order", action="store_true",
                         help="each graph's kernels in order, with the span "
                         "each adds")
+    parser.add_argument("--burst", action="store_true",
+                        help="the last long burst of kernels of no graph "
+                        "(a prefill) instead of the graphs")
+    parser.add_argument("--burst-gap-ms", type=float, default=2.0)
+    parser.add_argument("--min-burst-ms", type=float, default=1.0)
     args = parser.parse_args()
     graphs, loose = replays(args.trace)
+    if args.burst:
+        long = [b for b in bursts(loose, args.burst_gap_ms * 1e6)
+                if b[-1]["end"] - b[0]["start"] >= args.min_burst_ms * 1e6]
+        if not long:
+            sys.exit(f"{args.trace}: no burst of kernels of {args.min_burst_ms}"
+                     f" ms or longer outside graphs")
+        s = summary([long[-1]])
+        if args.json:
+            print(json.dumps(dict(burst=len(long), **s)))
+            return
+        print(f"burst {len(long)} of kernels of no graph: {s['kernels']} "
+              f"kernels; span {s['span_us']:.1f} us, kernels running "
+              f"{s['busy_us']:.1f} us, idle {s['idle_us']:.1f} us")
+        print_summary(s, args.top)
+        return
     if not graphs:
         sys.exit(f"{args.trace}: no kernel of a replayed graph")
     for graph, kernel_lists in sorted(graphs.items()):
@@ -207,13 +248,7 @@ def main():
             print(f"  between replays (medians): {gap['gap_us']:.1f} us, "
                   f"other kernels running {gap['other_kernels_us']:.1f} us "
                   f"of it (a gap: {others})")
-        for key, title in (("running_us", "running"),
-                           ("idle_before_us", "idle before")):
-            print(f"  by {title} (us a replay, medians):")
-            for row in sorted(s["by_kernel"], key=lambda r: -r[key])[:args.top]:
-                print(f"    {row['kernel']:<40} {row['launches']:>5g} x "
-                      f"running {row['running_us']:8.1f}  idle before "
-                      f"{row['idle_before_us']:8.1f}")
+        print_summary(s, args.top)
 
 
 if __name__ == "__main__":

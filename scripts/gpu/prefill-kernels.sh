@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On the GPU machine: where a timed prefill of `mini` spends its time as it
+# runs (nothing serialized, unlike profile-prefill.sh's MELT_PROFILE): CUPTI's
+# kernel records (bench/cuda/kernel_trace.cpp) of melt-run --warmup, the
+# timed session's prefill summarized by bench/cuda/kernel_timeline.py
+# --burst (its span, busy and idle time, per kernel name the launches,
+# running time and idle before).
+#   scripts/gpu/prefill-kernels.sh [SEQUENCES] [TOKENS] [MODEL.melt...]
+# Writes $OUT/prefill-kernels-MODEL-SxT.txt and a JSON line each to
+# $OUT/prefill_kernels.json.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+sequences=${1:-8}
+tokens=${2:-1024}
+shift 2 || true
+models=${*:-mini-fp8.melt mini-bf16.melt}
+build_gpu melt-run melt-kernel-trace
+prompt=$(python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$tokens")
+for model in $models; do
+  trace="$out/trace-prefill-$model.jsonl"
+  rm -f "$trace"
+  CUDA_INJECTION64_PATH="$root/build-gpu/lib/libmelt-kernel-trace.so" \
+    MELT_KERNEL_TRACE="$trace" build-gpu/bin/melt-run "$carry/models/$model" \
+    --random-weights --device cuda:0 --warmup --prompt-ids "$prompt" \
+    --max-new 1 --batch "$sequences" | grep -E "prefill" || true
+  python3 bench/cuda/kernel_timeline.py "$trace" --burst --top 25 |
+    tee "$out/prefill-kernels-$model-${sequences}x$tokens.txt"
+  python3 bench/cuda/kernel_timeline.py "$trace" --burst --json |
+    python3 -c "import json,sys; d=json.load(sys.stdin); d.update(model='$model', sequences=$sequences, tokens=$tokens); print(json.dumps(d))" \
+    >> "$out/prefill_kernels.json"
+  rm -f "$trace"
+done
