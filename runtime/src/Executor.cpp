@@ -60,7 +60,9 @@ struct melt::rt::ForwardRunner::Profile {
 /// wait for the step's results (the device's time the host did not
 /// overlap). Steps that record a graph are left out of those; their
 /// recordings (the host's capture and instantiation of a decode step's
-/// graph, once per shape and session) are counted on a line of their own.
+/// graph, once per shape and session) are counted on a line of their own,
+/// and prefills (steps of more tokens than sequences) the same phases on
+/// another, in microseconds each.
 namespace {
 struct StepPhases {
   double upload = 0, queue = 0, pick = 0, wait = 0;
@@ -70,11 +72,25 @@ struct StepPhases {
 struct melt::rt::ForwardRunner::StepTimes {
   using Clock = std::chrono::steady_clock;
   double between = 0;
-  StepPhases sum;
-  uint64_t steps = 0, replayed = 0, recordings = 0, recordedAhead = 0;
+  StepPhases sum, prefillSum;
+  uint64_t steps = 0, replayed = 0, recordings = 0, recordedAhead = 0,
+           prefills = 0;
   double recording = 0;
   Clock::time_point lastEnd{};
   ~StepTimes() {
+    if (prefills > 0) {
+      const double n = double(prefills);
+      std::fprintf(stderr,
+                   "melt prefill times, %llu prefills, us each: uploads "
+                   "%.1f, kernels queued %.1f, pick queued %.1f, wait for "
+                   "the results %.1f; total %.1f\n",
+                   static_cast<unsigned long long>(prefills),
+                   prefillSum.upload / n, prefillSum.queue / n,
+                   prefillSum.pick / n, prefillSum.wait / n,
+                   (prefillSum.upload + prefillSum.queue + prefillSum.pick +
+                    prefillSum.wait) /
+                       n);
+    }
     if (recordings > 0)
       std::fprintf(stderr,
                    "melt step recordings: %llu, %.1f us each (a decode "
@@ -103,8 +119,10 @@ struct melt::rt::ForwardRunner::StepTimes {
 class melt::rt::ForwardRunner::StepTimer {
 public:
   using Clock = StepTimes::Clock;
-  /// `counted`: a decode step (others only mark where they end).
-  StepTimer(StepTimes *times, bool counted) : times_(times), counted_(counted) {
+  /// `counted`: a decode step (others only mark where they end, or with
+  /// `prefill` count on the prefills' line).
+  StepTimer(StepTimes *times, bool counted, bool prefill = false)
+      : times_(times), counted_(counted), prefill_(prefill && !counted) {
     if (times_ && times_->steps > 0)
       between_ = micros(times_->lastEnd, mark_);
   }
@@ -126,6 +144,13 @@ public:
     if (!times_)
       return;
     times_->lastEnd = Clock::now();
+    if (prefill_) {
+      for (double StepPhases::*phase :
+           {&StepPhases::upload, &StepPhases::queue, &StepPhases::pick,
+            &StepPhases::wait})
+        times_->prefillSum.*phase += phases_.*phase;
+      ++times_->prefills;
+    }
     if (!counted_)
       return;
     if (times_->steps > 0)
@@ -142,7 +167,7 @@ private:
     return std::chrono::duration<double, std::micro>(to - from).count();
   }
   StepTimes *times_;
-  bool counted_;
+  bool counted_, prefill_;
   Clock::time_point mark_ = Clock::now();
   double between_ = 0;
   bool replayed_ = false;
@@ -1557,8 +1582,8 @@ Status ForwardRunner::run(const StepBatch &batch,
                           std::vector<RouterChoices> *choices, DevicePick *pick,
                           const StepBatch *next) {
   const int64_t T = int64_t(batch.tokens.size());
-  StepTimer timer(stepTimes_.get(),
-                  T == int64_t(batch.lengths.size()) && T > 0);
+  const bool decode = T == int64_t(batch.lengths.size()) && T > 0;
+  StepTimer timer(stepTimes_.get(), decode, T > 0 && !decode);
   std::unique_ptr<Pass> scratch;
   Pass *pass = nullptr;
   MELT_RETURN_IF_ERROR(queueStep(batch, caches, nullptr, scratch, pass, timer));
