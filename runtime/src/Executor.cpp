@@ -1437,6 +1437,15 @@ void RouterLoad::add(const RouterChoices &step) {
     }
 }
 
+void RouterLoad::merge(const RouterLoad &other) {
+  counts.resize(std::max(counts.size(), other.counts.size()));
+  pairs.resize(std::max(pairs.size(), other.pairs.size()));
+  for (size_t i = 0; i < other.counts.size(); ++i)
+    counts[i] += other.counts[i];
+  for (size_t i = 0; i < other.pairs.size(); ++i)
+    pairs[i] += other.pairs[i];
+}
+
 ForwardRunner::ForwardRunner(const DeviceModel &model)
     : model_(model),
       profile_(profilingRequested() ? std::make_unique<Profile>() : nullptr),

@@ -175,6 +175,8 @@ struct RouterLoad {
   /// them took milliseconds per step).
   std::vector<uint64_t> pairs;
   void add(const RouterChoices &step);
+  /// Adds another's counts (of as many experts, or none).
+  void merge(const RouterLoad &other);
 };
 using ExpertLoad = std::map<uint32_t, RouterLoad>;
 

@@ -2,6 +2,7 @@
 #include "Session.h"
 
 #include <set>
+#include <system_error>
 
 using namespace melt;
 using namespace melt::rt;
@@ -57,6 +58,7 @@ Status Session::create(const DeviceModel &model, int64_t maxContext,
 }
 
 Session::~Session() {
+  joinCounting();
   if (!keepsWhenClosed_ || caches_.empty()) {
     for (auto &[id, cache] : caches_)
       model_.device().release(cache);
@@ -164,10 +166,43 @@ Status Session::generateGreedy(const Entry *entries, size_t n, size_t steps,
     seq->pickedOnDevice = true;
     seq->logits = nullptr;
   }
-  for (const std::vector<RouterChoices> &step : choices)
-    for (const RouterChoices &router : step)
-      expertLoad_[router.kernel].add(router);
+  std::vector<RouterChoices> routers;
+  for (std::vector<RouterChoices> &step : choices)
+    for (RouterChoices &router : step)
+      routers.push_back(std::move(router));
+  countChoices(std::move(routers));
   return Status::ok();
+}
+
+void Session::countChoices(std::vector<RouterChoices> &&choices) {
+  size_t chosen = 0;
+  for (const RouterChoices &router : choices)
+    chosen += router.chosen.size();
+  if (chosen < kCountedAsideChoices) {
+    for (const RouterChoices &router : choices)
+      expertLoad_[router.kernel].add(router);
+    return;
+  }
+  joinCounting();
+  auto all = std::make_shared<std::vector<RouterChoices>>(std::move(choices));
+  try {
+    counting_ = std::async(std::launch::async, [this, all] {
+      for (const RouterChoices &router : *all)
+        countedAside_[router.kernel].add(router);
+    });
+  } catch (const std::system_error &) { // no thread to be had: count here
+    for (const RouterChoices &router : *all)
+      expertLoad_[router.kernel].add(router);
+  }
+}
+
+void Session::joinCounting() const {
+  if (!counting_.valid())
+    return;
+  counting_.get();
+  for (const auto &[kernel, load] : countedAside_)
+    expertLoad_[kernel].merge(load);
+  countedAside_.clear();
 }
 
 Status Session::stepSample(const Entry *entries, size_t n,
@@ -371,14 +406,14 @@ Status Session::run(const Entry *entries, size_t n,
     seq.logitsOffset = size_t((row - 1) * vocab);
   }
   if (countExpertLoad_)
-    for (const RouterChoices &step : choices)
-      expertLoad_[step.kernel].add(step);
+    countChoices(std::move(choices));
   if (allLogits)
     *allLogits = logits;
   return Status::ok();
 }
 
 std::string Session::expertLoadJson() const {
+  joinCounting();
   const fb::Model &m = model_.model().artifact().model();
   std::string json = "{\"routers\": [";
   bool first = true;

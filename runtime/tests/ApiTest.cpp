@@ -1,5 +1,6 @@
 //===- ApiTest.cpp - C API misuse and session behaviour ---------*- C++ -*-===//
 #include "ModelFixture.h"
+#include "Session.h"
 
 #include <cmath>
 #include <limits>
@@ -220,6 +221,95 @@ TEST_F(SessionTest, ClosedSessionCanBeReleased) {
   }
   EXPECT_EQ(melt_model_destroy(model), MELT_OK);
   EXPECT_EQ(melt_model_release_closed_session(model), MELT_INVALID_ARGUMENT);
+}
+
+/// Each router's {sum of counts, sum of pairs} in an expert-load JSON.
+std::vector<std::pair<uint64_t, uint64_t>>
+expertLoadSums(const std::string &json) {
+  std::vector<std::pair<uint64_t, uint64_t>> sums;
+  auto sumOf = [&](size_t at) {
+    uint64_t sum = 0;
+    const size_t end = json.find(']', at);
+    for (size_t i = at; i < end; ++i)
+      if (json[i] >= '0' && json[i] <= '9') {
+        size_t used = 0;
+        sum += std::stoull(json.substr(i), &used);
+        i += used;
+      }
+    return sum;
+  };
+  for (size_t at = json.find("\"counts\": ["); at != std::string::npos;
+       at = json.find("\"counts\": [", at + 1)) {
+    uint64_t counts = sumOf(at + 11), pairs = 0;
+    // "pairs": [[i, j, n], ...]: every third number.
+    const size_t from = json.find("\"pairs\": [", at);
+    const size_t end = json.find("]]", from);
+    for (size_t i = json.find('[', from + 10);
+         i < end && i != std::string::npos; i = json.find('[', i + 1)) {
+      const size_t last = json.find(']', i);
+      pairs += std::stoull(json.substr(json.rfind(' ', last) + 1));
+    }
+    sums.push_back({counts, pairs});
+  }
+  return sums;
+}
+
+// A prefill of many tokens counts its router choices on a thread of its
+// own (the step returns meanwhile): the counts read afterwards are all of
+// them (every token's top-2 of each router: 2 choices, 1 pair), and a
+// session closed while that thread may still run closes cleanly.
+TEST_F(SessionTest, ManyTokensExpertLoadIsCountedAside) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK)
+      << melt_last_error();
+  melt_session_options options{256, 16 * 256};
+  // 16 x 255 tokens, 2 routers of top-2: 8160 choices of the first router
+  // (counted aside), then a decode step of the 16 (counted in the call).
+  constexpr int kSequences = 16;
+  static_assert(kSequences * 255 * 2 >=
+                melt::rt::Session::kCountedAsideChoices);
+  std::vector<int> prompt(256);
+  for (size_t i = 0; i < prompt.size(); ++i)
+    prompt[i] = int((i * 37 + 11) % 256);
+  for (bool readFirst : {true, false}) {
+    melt_session *session = nullptr;
+    ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
+    std::vector<melt_batch_entry> batch(kSequences);
+    int next[kSequences];
+    for (int i = 0; i < kSequences; ++i) {
+      int id = -1;
+      ASSERT_EQ(melt_session_add_sequence(session, &id), MELT_OK);
+      batch[size_t(i)] = {id, prompt.data(), 255};
+    }
+    ASSERT_EQ(melt_session_step_greedy(session, batch.data(), kSequences, next),
+              MELT_OK)
+        << melt_last_error();
+    for (int i = 0; i < kSequences; ++i)
+      batch[size_t(i)] = {batch[size_t(i)].sequence, &next[i], 1};
+    ASSERT_EQ(melt_session_step_greedy(session, batch.data(), kSequences, next),
+              MELT_OK);
+    if (readFirst) {
+      size_t size = 0;
+      ASSERT_EQ(melt_session_expert_load_json(session, nullptr, 0, &size),
+                MELT_OK);
+      std::string json(size, '\0');
+      ASSERT_EQ(
+          melt_session_expert_load_json(session, json.data(), size, &size),
+          MELT_OK);
+      // The first router sees every token; the last only the rows whose
+      // logits are wanted (the executor's logit-only kernels).
+      const auto sums = expertLoadSums(json);
+      ASSERT_EQ(sums.size(), 2u) << json;
+      EXPECT_EQ(sums[0].first, kSequences * 256u * 2) << json;
+      EXPECT_EQ(sums[0].second, kSequences * 256u) << json;
+      for (const auto &[counts, pairs] : sums)
+        EXPECT_EQ(counts, 2 * pairs) << json;
+    }
+    EXPECT_EQ(melt_session_destroy(session), MELT_OK);
+  }
+  EXPECT_EQ(melt_model_destroy(model), MELT_OK);
 }
 
 TEST_F(SessionTest, BadTokensAndContextLeaveStateUnchanged) {
