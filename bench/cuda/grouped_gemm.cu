@@ -141,22 +141,50 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
     fp8Pair.gateScales = gateScales, fp8Pair.upScales = upScales;
     fp8Pair.y = act, fp8Pair.starts = starts, fp8Pair.groups = E;
     fp8Pair.capacity = capacity, fp8Pair.n = I, fp8Pair.k = D;
+    // The pair writing FP8 codes and scales, and the down product of them.
+    auto *actCodes = deviceBytes<uint8_t>(size_t(capacity) * I, 10, 0x77);
+    float *actScales = deviceScales(size_t(I / 128) * capacity);
+    GroupedFp8PairArgs fp8PairFp8Out = fp8Pair;
+    fp8PairFp8Out.y = nullptr;
+    fp8PairFp8Out.yCodes = actCodes, fp8PairFp8Out.yScales = actScales;
+    GroupedFp8Args fp8Down;
+    fp8Down.x = actCodes, fp8Down.xScales = actScales;
+    fp8Down.w = down, fp8Down.wScales = downScales, fp8Down.yF32 = out;
+    fp8Down.starts = starts, fp8Down.groups = E, fp8Down.capacity = capacity;
+    fp8Down.n = D, fp8Down.k = I;
+    enum class Kernel { Bf16, Fp8Pair, Fp8PairFp8Out, Fp8Single };
     struct Product {
       const char *what;
       const GroupedGemmArgs &args;
       int products;
-      bool fp8TensorCores;
-    } products[] = {{"gate/up pair", pair, 2, false},
-                    {"gate/up pair, fp8 tensor cores", pair, 2, true},
-                    {"down", downArgs, 1, false}};
+      Kernel kernel;
+    } products[] = {
+        {"gate/up pair", pair, 2, Kernel::Bf16},
+        {"gate/up pair, fp8 tensor cores", pair, 2, Kernel::Fp8Pair},
+        {"gate/up pair, fp8 tensor cores, fp8 out", pair, 2,
+         Kernel::Fp8PairFp8Out},
+        {"down", downArgs, 1, Kernel::Bf16},
+        {"down, fp8 tensor cores", downArgs, 1, Kernel::Fp8Single}};
     for (const Product &p : products) {
-      if (p.fp8TensorCores && !fp8)
+      if (p.kernel != Kernel::Bf16 && !fp8)
         continue;
       const float ms = melt::bench::timeMs(
           benchName,
           [&](int) {
-            CHECK(p.fp8TensorCores ? groupedGemmFp8Pair(fp8Pair, nullptr)
-                                   : groupedGemmBf16(p.args, nullptr));
+            switch (p.kernel) {
+            case Kernel::Bf16:
+              CHECK(groupedGemmBf16(p.args, nullptr));
+              break;
+            case Kernel::Fp8Pair:
+              CHECK(groupedGemmFp8Pair(fp8Pair, nullptr));
+              break;
+            case Kernel::Fp8PairFp8Out:
+              CHECK(groupedGemmFp8Pair(fp8PairFp8Out, nullptr));
+              break;
+            case Kernel::Fp8Single:
+              CHECK(groupedGemmFp8(fp8Down, nullptr));
+              break;
+            }
           },
           iters);
       // cuBLASLt on the same rows as one matrix, one expert's weights.
@@ -214,6 +242,8 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
     }
     CHECK(cudaFree(xCodes));
     CHECK(cudaFree(xScales));
+    CHECK(cudaFree(actCodes));
+    CHECK(cudaFree(actScales));
     CHECK(cudaFree(gate));
     CHECK(cudaFree(up));
     CHECK(cudaFree(down));

@@ -282,10 +282,11 @@ TEST_P(DeviceConformance, Linear) {
 }
 
 TEST_P(DeviceConformance, QuantizeAndLinearFp8) {
-  // 1 token (decode), 24 (cuBLASLt on CUDA, padded), 64.
-  for (int64_t m : {1, 24, 64}) {
+  // 1 token (decode), 24 (cuBLASLt on CUDA, padded), 64 and 258 (a GPU
+  // quantizes from 64 rows on four a warp: 258 leaves two), the last F32.
+  for (int64_t m : {1, 24, 64, 258}) {
     const int64_t n = 384, k = 512, kb = k / 128, nb = n / 128;
-    HostTensor x = random(DType::BF16, {m, k}, rng, 2.f);
+    HostTensor x = random(m > 64 ? DType::F32 : DType::BF16, {m, k}, rng, 2.f);
     HostTensor w = random(DType::FP8E4M3, {n, k}, rng, 50.f);
     HostTensor wScales{DType::F32, {nb, kb}, {}};
     for (int64_t i = 0; i < nb * kb; ++i)

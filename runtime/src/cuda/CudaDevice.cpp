@@ -542,9 +542,14 @@ public:
   /// of 1x1024 2.5x, 8x1024 1.2x the host's grouping on the H200);
   /// MELT_CUDA_DEVICE_GROUPING=0 groups them on the host (cuBLASLt).
   bool deviceGrouping_ = envSwitch("MELT_CUDA_DEVICE_GROUPING", true);
-  /// Those experts' FP8 gate and up on FP8 tensor cores (GroupedGemmFp8.h;
-  /// not yet run on a GPU: off by default), else widened to BF16.
+  /// Those experts' FP8 gate and up on FP8 tensor cores (GroupedGemmFp8.h),
+  /// else widened to BF16.
   bool fp8GroupedWgmma_ = envSwitch("MELT_CUDA_FP8_GROUPED_WGMMA", true);
+  /// Their down product on FP8 tensor cores too, its input (the pair's
+  /// SiLU-mul) quantized in 1 x 128 blocks by the pair's kernel, as
+  /// DeepSeek-V3 multiplies every expert product (groupedGemmFp8); =0
+  /// widens the down weights to BF16 for the pair's BF16 rows.
+  bool fp8GroupedDown_ = envSwitch("MELT_CUDA_FP8_GROUPED_DOWN", true);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -1173,8 +1178,9 @@ public:
   /// moeExperts for many tokens without the host: the choices grouped on
   /// the device (ExpertGrouping.h), the rows gathered in BF16, gate and up
   /// as one launch for every expert that writes SiLU(gate) * up, the down
-  /// product one more (GroupedGemm.h; FP8 stacks widened to BF16 in it),
-  /// then the combine. The precisions of the host's grouping
+  /// product one more (GroupedGemm.h; FP8 stacks widened to BF16 in it, or
+  /// with fp8GroupedDown_ on FP8 tensor cores of the pair's quantized
+  /// rows), then the combine. The precisions of the host's grouping
   /// (groupedExperts) with BF16 products: gate, up and their SiLU-mul in
   /// BF16, the down product's rows in F32 unless the combine rounds them
   /// to BF16 anyway. A bad index raises the experts' flag (its pair adds
@@ -1200,7 +1206,8 @@ public:
     const bool fp8TensorCores = fp8 && fp8GroupedWgmma_;
     if (!fp8TensorCores)
       MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, xsT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, actT));
+    if (!fp8TensorCores || !fp8GroupedDown_)
+      MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, actT));
     MELT_RETURN_IF_ERROR(scratch.take(combineBf16 ? DType::BF16 : DType::F32,
                                       {capacity, D}, outT));
     auto *starts = static_cast<int32_t *>(startsT.data);
@@ -1261,10 +1268,41 @@ public:
       a.gate = static_cast<const uint8_t *>(gate.data);
       a.up = static_cast<const uint8_t *>(up.data);
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
-      a.y = static_cast<__nv_bfloat16 *>(actT.data), a.starts = starts;
+      a.starts = starts;
       a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
-      MELT_RETURN_IF_ERROR(
-          check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
+      if (!fp8GroupedDown_) {
+        a.y = static_cast<__nv_bfloat16 *>(actT.data);
+        MELT_RETURN_IF_ERROR(
+            check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
+      } else {
+        // The pair's rows quantized as it writes them, then the down
+        // product on FP8 tensor cores.
+        DeviceTensor actCodesT, actScalesT;
+        MELT_RETURN_IF_ERROR(
+            scratch.take(DType::FP8E4M3, {capacity, I}, actCodesT));
+        MELT_RETURN_IF_ERROR(
+            scratch.take(DType::F32, {I / 128, capacity}, actScalesT));
+        a.yCodes = static_cast<uint8_t *>(actCodesT.data);
+        a.yScales = static_cast<float *>(actScalesT.data);
+        MELT_RETURN_IF_ERROR(
+            check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
+        GroupedFp8Args d;
+        d.x = a.yCodes, d.xScales = a.yScales;
+        d.w = static_cast<const uint8_t *>(down.data);
+        d.wScales = stacks.downScales;
+        if (outT.dtype == DType::BF16)
+          d.y = static_cast<__nv_bfloat16 *>(outT.data);
+        else
+          d.yF32 = static_cast<float *>(outT.data);
+        d.starts = starts;
+        d.groups = E, d.capacity = capacity, d.n = D, d.k = I;
+        MELT_RETURN_IF_ERROR(check(groupedGemmFp8(d, stream_), "moe_experts"));
+        return check(combineExpertRows({outT.data, combineBf16}, rowOfPair,
+                                       static_cast<const float *>(weights.data),
+                                       T, K, D, combineBf16,
+                                       static_cast<float *>(y.data), stream_),
+                     "moe_experts");
+      }
     } else {
       MELT_RETURN_IF_ERROR(product(xs, gate.data, stacks.gateScales, up.data,
                                    stacks.upScales, I, D, actT));

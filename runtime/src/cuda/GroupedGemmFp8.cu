@@ -7,11 +7,17 @@
 // warpgroup multiplies x by gate (wgmma m64n128k32, four steps) into a
 // scratch accumulator, waits for it, and adds it times its rows' x scales
 // and the tile's gate scale into the gate sums; then the same for up. The
-// other warpgroup's products run while one adds.
+// other warpgroup's products run while one adds. The single product (the
+// down projection) is the same loop over one weight, six stages.
+//
+// A tile's 128 columns are one 1 x 128 block of each of its rows: the pair
+// can quantize its own output (each row's largest magnitude from the four
+// threads that hold its columns), as quantizeRowsFp8 would its BF16 rows.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/GroupedGemmFp8.h"
 
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/GroupOfRow.cuh"
@@ -23,12 +29,37 @@
 namespace melt::rt::cuda {
 namespace {
 
-constexpr int kTile = 128, kThreads = 256, kStages = 4;
+constexpr int kTile = 128, kThreads = 256;
 constexpr int kOperandBytes = kTile * kTile; // a [128 x 128] e4m3 tile
-constexpr int kStageBytes = 3 * kOperandBytes;
-constexpr size_t kBarriersAt = size_t(kStages) * kStageBytes;
-constexpr size_t kSharedBytes =
-    kBarriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+
+/// What a launch computes: the gate/up pair into BF16 rows or into FP8
+/// codes and their 1 x 128 scales, or one product into F32 or BF16 rows.
+enum class Mode { PairBf16, PairFp8, Single };
+
+/// The weights a stage holds, the ring's stages, its bytes.
+template <Mode kMode> struct Layout {
+  static constexpr int kWeights = kMode == Mode::Single ? 1 : 2;
+  static constexpr int kStages = kMode == Mode::Single ? 6 : 4;
+  static constexpr int kStageBytes = (1 + kWeights) * kOperandBytes;
+  static constexpr size_t kBarriersAt = size_t(kStages) * kStageBytes;
+  static constexpr size_t kSharedBytes =
+      kBarriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+};
+
+/// Every mode's operands: x ([capacity, k] codes, [k / 128, capacity]
+/// scales), one or two weights ([groups, n, k] codes, [groups, n / 128,
+/// k / 128] scales), and the output the mode writes.
+struct KernelArgs {
+  const uint8_t *x = nullptr;
+  const float *xScales = nullptr;
+  const float *wScales[2] = {nullptr, nullptr};
+  __nv_bfloat16 *y = nullptr;
+  float *yF32 = nullptr;
+  uint8_t *yCodes = nullptr;
+  float *yScales = nullptr;
+  const int32_t *starts = nullptr;
+  int groups = 0, capacity = 0, n = 0, k = 0;
+};
 
 /// sum += part times the scale of its row: rows g (d[4j], d[4j + 1]) take
 /// `lo`, rows g + 8 (d[4j + 2], d[4j + 3]) `hi` (Wgmma.cuh's fragments).
@@ -43,11 +74,12 @@ addScaled(float (&sum)[64], const float (&part)[64], float lo, float hi) {
   }
 }
 
+template <Mode kMode>
 __global__ void __launch_bounds__(kThreads, 1)
-    groupedFp8PairKernel(GroupedFp8PairArgs a,
-                         const __grid_constant__ CUtensorMap xMap,
-                         const __grid_constant__ CUtensorMap gateMap,
-                         const __grid_constant__ CUtensorMap upMap) {
+    groupedFp8Kernel(KernelArgs a, const __grid_constant__ CUtensorMap xMap,
+                     const __grid_constant__ CUtensorMap gateMap,
+                     const __grid_constant__ CUtensorMap upMap) {
+  using L = Layout<kMode>;
   awaitPriorKernels();
   const int row0 = int(blockIdx.y) * kTile;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
@@ -64,49 +96,49 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
                                  sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
                                     kSwizzleAtomBytes;
-  uint64_t *full = reinterpret_cast<uint64_t *>(shared + kBarriersAt);
+  uint64_t *full = reinterpret_cast<uint64_t *>(shared + L::kBarriersAt);
   // A stage's tiles: x, then gate (0) and up (1).
-  auto xTile = [&](int stage) { return shared + stage * kStageBytes; };
+  auto xTile = [&](int stage) { return shared + stage * L::kStageBytes; };
   auto wTile = [&](int stage, int which) {
     return xTile(stage) + (1 + which) * kOperandBytes;
   };
   if (threadIdx.x == 0)
-    for (int stage = 0; stage < kStages; ++stage)
+    for (int stage = 0; stage < L::kStages; ++stage)
       initLoadBarrier(&full[stage]);
   __syncthreads();
   // Block kb of k into its stage (thread 0).
   auto load = [&](int kb) {
-    const int stage = kb % kStages;
-    expectBytes(&full[stage], kStageBytes);
+    const int stage = kb % L::kStages;
+    expectBytes(&full[stage], L::kStageBytes);
     loadTile2d(xTile(stage), &xMap, kb * kTile, row0, &full[stage]);
     loadTile2d(wTile(stage, 0), &gateMap, kb * kTile, wRow0, &full[stage]);
-    loadTile2d(wTile(stage, 1), &upMap, kb * kTile, wRow0, &full[stage]);
+    if constexpr (L::kWeights == 2)
+      loadTile2d(wTile(stage, 1), &upMap, kb * kTile, wRow0, &full[stage]);
   };
   if (threadIdx.x == 0)
-    for (int kb = 0; kb < min(kStages - 1, kBlocks); ++kb)
+    for (int kb = 0; kb < min(L::kStages - 1, kBlocks); ++kb)
       load(kb);
 
   // This thread's rows: 16 warp + g and + 8 of its warpgroup's 64.
   const int group = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int rowLo = row0 + group * 64 + 16 * warp + g;
-  float sums[2][64], part[64];
+  float sums[L::kWeights][64], part[64];
 #pragma unroll
-  for (int which = 0; which < 2; ++which)
+  for (int which = 0; which < L::kWeights; ++which)
 #pragma unroll
     for (int i = 0; i < 64; ++i)
       sums[which][i] = 0.f;
   for (int kb = 0; kb < kBlocks; ++kb) {
-    const int stage = kb % kStages;
+    const int stage = kb % L::kStages;
     const float *xScales = a.xScales + size_t(kb) * a.capacity;
     const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
-    const float wScale[2] = {a.gateScales[scalesAt + kb],
-                             a.upScales[scalesAt + kb]};
-    awaitBarrier(&full[stage], (kb / kStages) % 2);
+    awaitBarrier(&full[stage], (kb / L::kStages) % 2);
     const uint64_t x =
         kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
 #pragma unroll
-    for (int which = 0; which < 2; ++which) {
+    for (int which = 0; which < L::kWeights; ++which) {
+      const float wScale = a.wScales[which][scalesAt + kb];
       const uint64_t w = kMajorDescriptor(wTile(stage, which));
       wgmmaFence(); // part was read by the last addScaled
 #pragma unroll
@@ -115,24 +147,61 @@ __global__ void __launch_bounds__(kThreads, 1)
                        step > 0);
       wgmmaCommit();
       wgmmaWait<0>();
-      addScaled(sums[which], part, xLo * wScale[which], xHi * wScale[which]);
+      addScaled(sums[which], part, xLo * wScale, xHi * wScale);
     }
-    // Both warpgroups done with the stage: the one block kb + 3 goes to.
+    // Both warpgroups done with the stage: the one block kb + stages - 1
+    // goes to.
     __syncthreads();
-    if (threadIdx.x == 0 && kb + kStages - 1 < kBlocks)
-      load(kb + kStages - 1);
+    if (threadIdx.x == 0 && kb + L::kStages - 1 < kBlocks)
+      load(kb + L::kStages - 1);
   }
 
-  // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const size_t at = size_t(rowLo + 8 * half) * a.n + n0 + 2 * t;
+    const int row = rowLo + 8 * half;
+    const size_t at = size_t(row) * a.n + n0 + 2 * t;
+    if constexpr (kMode == Mode::Single) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int i = 4 * j + 2 * half;
-      *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-          packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
-                   siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
+      for (int j = 0; j < 16; ++j) {
+        const int i = 4 * j + 2 * half;
+        if (a.yF32)
+          *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
+              make_float2(sums[0][i], sums[0][i + 1]);
+        else
+          *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+              packBf16(sums[0][i], sums[0][i + 1]);
+      }
+    } else if constexpr (kMode == Mode::PairBf16) {
+      // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int i = 4 * j + 2 * half;
+        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+            packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
+                     siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
+      }
+    } else {
+      // The same BF16 values, then the row's block quantized: its largest
+      // magnitude over the quad's 128 columns.
+      float v[32], amax = 0.f;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int i = 4 * j + 2 * half + c;
+          v[2 * j + c] = __bfloat162float(
+              __float2bfloat16(siluTimesOfBf16(sums[0][i], sums[1][i])));
+          amax = fmaxf(amax, fabsf(v[2 * j + c]));
+        }
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      const float scale = gemmInputScale(amax), inverse = 1.f / scale;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<uint16_t *>(a.yCodes + at + 8 * j) =
+            uint16_t(gemmInputCodes(v[2 * j], v[2 * j + 1], 0.f, 0.f, inverse));
+      if (t == 0)
+        a.yScales[size_t(n0 / kTile) * a.capacity + row] = scale;
     }
   }
 }
@@ -156,36 +225,81 @@ bool aligned16(const void *p) {
   return p && reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
+/// Launches mode kMode over [capacity / 128] row tiles and [n / 128]
+/// column tiles: the tensor maps of x and the weights (`up` null for one).
+template <Mode kMode>
+cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
+                          const uint8_t *up, cudaStream_t stream) {
+  using L = Layout<kMode>;
+  alignas(64) CUtensorMap xMap{}, gateMap{}, upMap{};
+  const uint64_t wRows = uint64_t(a.groups) * a.n;
+  if (!swizzledByteMap(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
+                       uint64_t(a.k), kTile) ||
+      !swizzledByteMap(gateMap, gate, wRows, uint64_t(a.k), uint64_t(a.k),
+                       kTile) ||
+      (up &&
+       !swizzledByteMap(upMap, up, wRows, uint64_t(a.k), uint64_t(a.k), kTile)))
+    return cudaErrorNotSupported;
+  if (!up)
+    upMap = gateMap; // (not read)
+  cudaError_t error = cudaFuncSetAttribute(
+      groupedFp8Kernel<kMode>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      int(L::kSharedBytes));
+  if (error != cudaSuccess)
+    return error;
+  const dim3 grid(a.n / kTile, a.capacity / kTile);
+  error = launchOverlapped(groupedFp8Kernel<kMode>, grid, kThreads,
+                           L::kSharedBytes, stream, a, xMap, gateMap, upMap);
+  return error != cudaSuccess ? error : cudaGetLastError();
+}
+
+bool shapeFits(int groups, int capacity, int n, int k) {
+  return groups > 0 && n > 0 && n % kTile == 0 && k > 0 && k % kTile == 0 &&
+         capacity > 0 && capacity % kTile == 0;
+}
+
 } // namespace
 
 bool groupedFp8PairFits(const GroupedFp8PairArgs &a) {
-  return a.groups > 0 && a.n > 0 && a.n % kTile == 0 && a.k > 0 &&
-         a.k % kTile == 0 && a.capacity > 0 && a.capacity % kTile == 0 &&
-         aligned16(a.x) && aligned16(a.gate) && aligned16(a.up) &&
-         aligned16(a.y) && a.xScales && a.gateScales && a.upScales && a.starts;
+  const bool bf16Out = a.y && !a.yCodes && !a.yScales && aligned16(a.y);
+  const bool fp8Out = !a.y && aligned16(a.yCodes) && a.yScales;
+  return shapeFits(a.groups, a.capacity, a.n, a.k) && aligned16(a.x) &&
+         aligned16(a.gate) && aligned16(a.up) && (bf16Out || fp8Out) &&
+         a.xScales && a.gateScales && a.upScales && a.starts;
 }
 
 cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
                                cudaStream_t stream) {
   if (!groupedFp8PairFits(a))
     return cudaErrorInvalidValue;
-  alignas(64) CUtensorMap xMap{}, gateMap{}, upMap{};
-  const uint64_t wRows = uint64_t(a.groups) * a.n;
-  if (!swizzledByteMap(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
-                       uint64_t(a.k), kTile) ||
-      !swizzledByteMap(gateMap, a.gate, wRows, uint64_t(a.k), uint64_t(a.k),
-                       kTile) ||
-      !swizzledByteMap(upMap, a.up, wRows, uint64_t(a.k), uint64_t(a.k), kTile))
-    return cudaErrorNotSupported;
-  cudaError_t error = cudaFuncSetAttribute(
-      groupedFp8PairKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      int(kSharedBytes));
-  if (error != cudaSuccess)
-    return error;
-  const dim3 grid(a.n / kTile, a.capacity / kTile);
-  error = launchOverlapped(groupedFp8PairKernel, grid, kThreads, kSharedBytes,
-                           stream, a, xMap, gateMap, upMap);
-  return error != cudaSuccess ? error : cudaGetLastError();
+  KernelArgs k;
+  k.x = a.x, k.xScales = a.xScales;
+  k.wScales[0] = a.gateScales, k.wScales[1] = a.upScales;
+  k.y = a.y, k.yCodes = a.yCodes, k.yScales = a.yScales;
+  k.starts = a.starts;
+  k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
+  return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, stream)
+             : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, stream);
+}
+
+bool groupedFp8Fits(const GroupedFp8Args &a) {
+  return shapeFits(a.groups, a.capacity, a.n, a.k) && aligned16(a.x) &&
+         aligned16(a.w) && (a.y == nullptr) != (a.yF32 == nullptr) &&
+         aligned16(a.y ? static_cast<const void *>(a.y)
+                       : static_cast<const void *>(a.yF32)) &&
+         a.xScales && a.wScales && a.starts;
+}
+
+cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
+  if (!groupedFp8Fits(a))
+    return cudaErrorInvalidValue;
+  KernelArgs k;
+  k.x = a.x, k.xScales = a.xScales;
+  k.wScales[0] = a.wScales;
+  k.y = a.y, k.yF32 = a.yF32;
+  k.starts = a.starts;
+  k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
+  return launchGrouped<Mode::Single>(k, a.w, nullptr, stream);
 }
 
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,

@@ -10,7 +10,10 @@
 //
 // The device's default for FP8 stacks' gate and up in a prefill; with
 // MELT_CUDA_FP8_GROUPED_WGMMA=0 it widens them to BF16 in GroupedGemm.h's
-// kernel instead (the down product is widened either way).
+// kernel instead. The down product of the pair's output quantized in 1 x
+// 128 blocks (DeepSeek-V3's recipe for every expert product) runs here too
+// (groupedGemmFp8) where MELT_CUDA_FP8_GROUPED_DOWN=1, else widened in
+// GroupedGemm.h's kernel.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_GROUPEDGEMMFP8_H
@@ -34,6 +37,11 @@ struct GroupedFp8PairArgs {
   /// [capacity, n]: SiLU(x gate^T) * (x up^T), each product rounded to
   /// BF16 first (rows past starts[groups] are not written).
   __nv_bfloat16 *y = nullptr;
+  /// Or (y null) the same BF16 rows quantized as quantizeRowsFp8 quantizes
+  /// them: [capacity, n] e4m3 codes and [n / 128, capacity] scales (a row's
+  /// block b at b * capacity + row), the input of an FP8 product.
+  uint8_t *yCodes = nullptr;
+  float *yScales = nullptr;
   /// On the device: groups + 1 non-decreasing multiples of 128, the first
   /// 0, the last at most `capacity`.
   const int32_t *starts = nullptr;
@@ -41,12 +49,37 @@ struct GroupedFp8PairArgs {
 };
 
 /// Whether the kernel takes the shape: n, k and capacity multiples of 128,
-/// the operands 16-byte aligned.
+/// the operands 16-byte aligned, one output (y, or yCodes and yScales).
 bool groupedFp8PairFits(const GroupedFp8PairArgs &args);
 
 /// Launches the pair on `stream` (no wait).
 cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &args,
                                cudaStream_t stream);
+
+/// One grouped FP8 product (the experts' down projection of the pair's
+/// FP8 output): y[r] = x[r] w[e]^T for the rows of group e, each 128 of k
+/// summed in F32 apart and added times its two scales.
+struct GroupedFp8Args {
+  /// [capacity, k] e4m3 codes and [k / 128, capacity] scales.
+  const uint8_t *x = nullptr;
+  const float *xScales = nullptr;
+  /// [groups, n, k] e4m3 codes, and their scales [groups, n / 128, k / 128].
+  const uint8_t *w = nullptr;
+  const float *wScales = nullptr;
+  /// [capacity, n], BF16 (y) or F32 (yF32): one of the two (rows past
+  /// starts[groups] are not written).
+  __nv_bfloat16 *y = nullptr;
+  float *yF32 = nullptr;
+  /// As GroupedFp8PairArgs::starts.
+  const int32_t *starts = nullptr;
+  int groups = 0, capacity = 0, n = 0, k = 0;
+};
+
+/// Whether groupedGemmFp8 takes the shape (as groupedFp8PairFits).
+bool groupedFp8Fits(const GroupedFp8Args &args);
+
+/// Launches the product on `stream` (no wait).
+cudaError_t groupedGemmFp8(const GroupedFp8Args &args, cudaStream_t stream);
 
 /// codes[r] = x[tokenOfRow[r]] and scales likewise for r < count: x's rows
 /// quantized once per token ([tokens, dim] codes, [dim / 128, tokens]

@@ -48,34 +48,69 @@ __device__ __forceinline__ float toFloat(__nv_bfloat16 v) {
 }
 __device__ __forceinline__ float toFloat(float v) { return v; }
 
-/// A warp per 128-value block of q's rows of k values; x's rows hold the
-/// first kIn of them (kIn <= k; the rest quantize as zeros), times silu(x)
-/// where `up` is given (SiLU-mul and its quantization in one pass).
+/// Lane `lane`'s 4 values of the 128-value block at `col` of row xr (kIn
+/// values held; the rest quantize as zeros), times silu(x) where `ur`
+/// (the row of up) is given.
 template <typename T>
-__global__ void quantizeRowsKernel(const T *x, const float *up, int m, int kIn,
-                                   int k, __nv_fp8_e4m3 *q, float *scales) {
-  awaitPriorKernels();
-  int blocksPerRow = k / kQuantBlock;
-  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  int lane = threadIdx.x % 32;
-  if (warp >= m * blocksPerRow)
-    return;
-  int row = warp / blocksPerRow, blk = warp % blocksPerRow;
-  const int col = blk * kQuantBlock + lane * 4;
-  const T *xr = x + size_t(row) * kIn;
-  float v[4];
+__device__ __forceinline__ void laneValues(const T *xr, const float *ur,
+                                           int col, int kIn, float (&v)[4]) {
   if (kIn % 4 == 0 && col + 4 <= kIn)
     loadFour(xr + col, v);
   else
     for (int i = 0; i < 4; ++i)
       v[i] = col + i < kIn ? toFloat(xr[col + i]) : 0.f;
-  if (up) {
-    const float *ur = up + size_t(row) * kIn;
+  if (ur) {
+    float u[4];
+    if (kIn % 4 == 0 && col + 4 <= kIn)
+      loadFour(ur + col, u);
+    else
+      for (int i = 0; i < 4; ++i)
+        u[i] = col + i < kIn ? ur[col + i] : 0.f;
     for (int i = 0; i < 4; ++i)
-      v[i] = col + i < kIn ? siluTimes(v[i], ur[col + i]) : 0.f;
+      v[i] = col + i < kIn ? siluTimes(v[i], u[i]) : 0.f;
   }
-  quantizeBlock(v, q + size_t(row) * k + blk * kQuantBlock,
-                scales + size_t(blk) * m + row, lane);
+}
+
+/// A warp per 128-value block of kRows consecutive rows of q's k values:
+/// x's rows hold the first kIn of them (kIn <= k; the rest quantize as
+/// zeros), times silu(x) where `up` is given (SiLU-mul and its
+/// quantization in one pass). Each row's block is quantized as alone;
+/// with kRows > 1 (many rows) every row's loads are in flight together
+/// and lane r writes row r's scale, the rows' scales being adjacent.
+template <typename T, int kRows>
+__global__ void quantizeRowsKernel(const T *x, const float *up, int m, int kIn,
+                                   int k, __nv_fp8_e4m3 *q, float *scales) {
+  awaitPriorKernels();
+  const int blocksPerRow = k / kQuantBlock;
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const int groups = (m + kRows - 1) / kRows;
+  if (warp >= groups * blocksPerRow)
+    return;
+  const int row0 = warp / blocksPerRow * kRows, blk = warp % blocksPerRow;
+  const int col = blk * kQuantBlock + lane * 4;
+  float v[kRows][4];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    if (row0 + r < m)
+      laneValues(x + size_t(row0 + r) * kIn,
+                 up ? up + size_t(row0 + r) * kIn : nullptr, col, kIn, v[r]);
+  float scale = 0.f;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    if (row0 + r >= m)
+      break;
+    float amax = fmaxf(fmaxf(fabsf(v[r][0]), fabsf(v[r][1])),
+                       fmaxf(fabsf(v[r][2]), fabsf(v[r][3])));
+    const float s = gemmInputScale(warpMax(amax));
+    reinterpret_cast<uint32_t *>(q + size_t(row0 + r) * k +
+                                 blk * kQuantBlock)[lane] =
+        gemmInputCodes(v[r][0], v[r][1], v[r][2], v[r][3], 1.f / s);
+    if (lane == r)
+      scale = s;
+  }
+  if (lane < kRows && row0 + lane < m)
+    scales[size_t(blk) * m + row0 + lane] = scale;
 }
 
 /// One block of 256 threads per row: the sum of squares, then each warp
@@ -130,11 +165,20 @@ static cudaError_t quantizeRows(const T *x, const float *up, int m, int kIn,
                                 cudaStream_t stream) {
   if (m <= 0 || k <= 0 || k % kQuantBlock != 0 || kIn <= 0 || kIn > k)
     return cudaErrorInvalidValue;
-  long long warps = (long long)m * (k / kQuantBlock);
-  int threads = 256;
-  long long blocks = (warps * 32 + threads - 1) / threads;
-  return launchOverlapped(quantizeRowsKernel<T>, unsigned(blocks), threads, 0,
-                          stream, x, up, m, kIn, k, q, scales);
+  // Rows in fours from 64 on (a prefill's thousands: a warp's loads of a
+  // single block were too few to keep the memory busy), else one a warp.
+  constexpr int kManyRows = 64, kRowsPerWarp = 4;
+  const int rows = m >= kManyRows ? kRowsPerWarp : 1;
+  const long long warps =
+      (long long)((m + rows - 1) / rows) * (k / kQuantBlock);
+  const int threads = 256;
+  const long long blocks = (warps * 32 + threads - 1) / threads;
+  return rows == 1
+             ? launchOverlapped(quantizeRowsKernel<T, 1>, unsigned(blocks),
+                                threads, 0, stream, x, up, m, kIn, k, q, scales)
+             : launchOverlapped(quantizeRowsKernel<T, kRowsPerWarp>,
+                                unsigned(blocks), threads, 0, stream, x, up, m,
+                                kIn, k, q, scales);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8(const __nv_bfloat16 *x, int m,

@@ -2,8 +2,11 @@
 // double-precision products of the same e4m3 values and block scales:
 // groups of 0, 1, 127, 128, 129 and 300 rows (padded to 128), k of one to
 // sixteen blocks, two column tiles, and rows past the last group left as
-// they were; and the gather of x's quantized rows. Skips without a device.
+// they were; the pair's FP8 output as quantizeRowsFp8 quantizes its BF16
+// one; the single product (the down projection) likewise against double
+// precision; and the gather of x's quantized rows. Skips without a device.
 #include "cuda/GroupedGemmFp8.h"
+#include "cuda/Quantize.h"
 
 #include "CudaTestUtil.h"
 
@@ -158,7 +161,164 @@ void runCase(const std::vector<int> &counts, int n, int k) {
   cudaFree(const_cast<int32_t *>(args.starts));
 }
 
+/// The pair into FP8 codes and scales against the pair into BF16 rows,
+/// quantized by quantizeRowsFp8: the same codes and scales, bit for bit.
+void runFp8OutputCase(const std::vector<int> &counts, int n, int k) {
+  const int groups = int(counts.size()), blocks = k / 128;
+  const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
+  const int capacity = starts.back();
+  std::mt19937 rng(29);
+  GroupedFp8PairArgs args;
+  args.x = toDevice(randomCodes(rng, size_t(capacity) * k));
+  args.xScales = toDevice(randomScales(rng, size_t(blocks) * capacity));
+  args.gate = toDevice(randomCodes(rng, size_t(groups) * n * k));
+  args.up = toDevice(randomCodes(rng, size_t(groups) * n * k));
+  args.gateScales =
+      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
+  args.upScales =
+      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
+  args.starts = toDevice(starts);
+  args.groups = groups, args.capacity = capacity, args.n = n, args.k = k;
+  __nv_bfloat16 *rows = deviceArray<__nv_bfloat16>(size_t(capacity) * n);
+  auto *wantCodes = deviceArray<__nv_fp8_e4m3>(size_t(capacity) * n);
+  float *wantScales = deviceArray<float>(size_t(n / 128) * capacity);
+  args.y = rows;
+  ASSERT_EQ(groupedGemmFp8Pair(args, nullptr), cudaSuccess);
+  ASSERT_EQ(quantizeRowsFp8(rows, capacity, n, wantCodes, wantScales, nullptr),
+            cudaSuccess);
+  uint8_t *codes = deviceArray<uint8_t>(size_t(capacity) * n);
+  float *scales = deviceArray<float>(size_t(n / 128) * capacity);
+  args.y = nullptr, args.yCodes = codes, args.yScales = scales;
+  ASSERT_TRUE(groupedFp8PairFits(args));
+  ASSERT_EQ(groupedGemmFp8Pair(args, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto want =
+      toHost(reinterpret_cast<uint8_t *>(wantCodes), size_t(capacity) * n);
+  const auto have = toHost(codes, size_t(capacity) * n);
+  const auto wantS = toHost(wantScales, size_t(n / 128) * capacity);
+  const auto haveS = toHost(scales, size_t(n / 128) * capacity);
+  // Rows of the groups only (a group's padding rows hold what x held).
+  for (int e = 0; e < groups; ++e)
+    for (int r = starts[size_t(e)]; r < starts[size_t(e)] + counts[size_t(e)];
+         ++r) {
+      for (int b = 0; b < n / 128; ++b)
+        ASSERT_EQ(haveS[size_t(b) * capacity + r],
+                  wantS[size_t(b) * capacity + r])
+            << "row " << r << ", block " << b;
+      for (int c = 0; c < n; ++c)
+        ASSERT_EQ(have[size_t(r) * n + c], want[size_t(r) * n + c])
+            << "row " << r << ", column " << c;
+    }
+  for (const void *p :
+       {static_cast<const void *>(args.x),
+        static_cast<const void *>(args.xScales),
+        static_cast<const void *>(args.gate),
+        static_cast<const void *>(args.up),
+        static_cast<const void *>(args.gateScales),
+        static_cast<const void *>(args.upScales),
+        static_cast<const void *>(args.starts), static_cast<const void *>(rows),
+        static_cast<const void *>(wantCodes),
+        static_cast<const void *>(wantScales), static_cast<const void *>(codes),
+        static_cast<const void *>(scales)})
+    cudaFree(const_cast<void *>(p));
+}
+
+/// The single product into F32 (or BF16) rows against double precision.
+void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16) {
+  const int groups = int(counts.size()), blocks = k / 128;
+  const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
+  const int capacity = starts.back() + 128; // a spare tile, left untouched
+  std::mt19937 rng(31);
+  const auto x = randomCodes(rng, size_t(capacity) * k);
+  const auto xScales = randomScales(rng, size_t(blocks) * capacity);
+  const auto w = randomCodes(rng, size_t(groups) * n * k);
+  const auto wScales = randomScales(rng, size_t(groups) * (n / 128) * blocks);
+  GroupedFp8Args args;
+  args.x = toDevice(x);
+  args.xScales = toDevice(xScales);
+  args.w = toDevice(w);
+  args.wScales = toDevice(wScales);
+  args.starts = toDevice(starts);
+  args.groups = groups, args.capacity = capacity, args.n = n, args.k = k;
+  const float untouched = -12345.f;
+  float *yF32 = nullptr;
+  __nv_bfloat16 *yBf16 = nullptr;
+  if (bf16)
+    args.y = yBf16 = toDevice(std::vector<__nv_bfloat16>(
+        size_t(capacity) * n, __float2bfloat16(untouched)));
+  else
+    args.yF32 = yF32 =
+        toDevice(std::vector<float>(size_t(capacity) * n, untouched));
+  ASSERT_TRUE(groupedFp8Fits(args));
+  ASSERT_EQ(groupedGemmFp8(args, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> y(size_t(capacity) * n);
+  if (bf16) {
+    const auto rows = toHost(yBf16, y.size());
+    for (size_t i = 0; i < y.size(); ++i)
+      y[i] = __bfloat162float(rows[i]);
+  } else {
+    y = toHost(yF32, y.size());
+  }
+  // As the pair's test: each 128 of k apart, 2^-11 of the terms'
+  // magnitudes for the tensor cores' accumulation, BF16's rounding.
+  constexpr double kAccumulation = 0x1p-11;
+  double worst = 0;
+  for (int e = 0; e < groups; ++e)
+    for (int r = starts[size_t(e)]; r < starts[size_t(e)] + counts[size_t(e)];
+         ++r)
+      for (int c = 0; c < n; ++c) {
+        double value = 0, magnitude = 0;
+        for (int b = 0; b < blocks; ++b) {
+          double part = 0, size = 0;
+          for (int i = 128 * b; i < 128 * (b + 1); ++i) {
+            const double term = e4m3(x[size_t(r) * k + i]) *
+                                e4m3(w[(size_t(e) * n + c) * k + i]);
+            part += term;
+            size += std::fabs(term);
+          }
+          const double scale =
+              double(xScales[size_t(b) * capacity + r]) *
+              wScales[(size_t(e) * (n / 128) + c / 128) * blocks + b];
+          value += part * scale;
+          magnitude += size * scale;
+        }
+        const double have = y[size_t(r) * n + c];
+        const double bound = kAccumulation * magnitude +
+                             (bf16 ? std::fabs(value) * 0x1p-8 : 0.0) + 1e-6;
+        worst = std::max(worst, std::fabs(have - value) / bound);
+      }
+  EXPECT_LE(worst, 1.0) << "n " << n << ", k " << k << (bf16 ? ", bf16" : "");
+  for (size_t i = size_t(starts.back()) * n; i < y.size(); ++i)
+    ASSERT_EQ(y[i],
+              bf16 ? __bfloat162float(__float2bfloat16(untouched)) : untouched)
+        << "row " << i / n << " past the last group was written";
+  for (const void *p :
+       {static_cast<const void *>(args.x),
+        static_cast<const void *>(args.xScales),
+        static_cast<const void *>(args.w),
+        static_cast<const void *>(args.wScales),
+        static_cast<const void *>(args.starts), static_cast<const void *>(yF32),
+        static_cast<const void *>(yBf16)})
+    cudaFree(const_cast<void *>(p));
+}
+
 } // namespace
+
+TEST(CudaGroupedGemmFp8, PairQuantizesItsRowsAsQuantizeRowsFp8) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  runFp8OutputCase({0, 1, 127, 128, 129, 300}, 256, 512);
+  runFp8OutputCase({70, 0, 131}, 384, 2048);
+}
+
+TEST(CudaGroupedGemmFp8, SingleMatchesTheBlockScaledProducts) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  runSingleCase({0, 1, 127, 128, 129, 300}, 256, 512, false);
+  runSingleCase({200}, 128, 128, true);          // one block of k, BF16 rows
+  runSingleCase({70, 0, 131}, 256, 1408, false); // eleven: mini's down
+}
 
 TEST(CudaGroupedGemmFp8, PairMatchesTheBlockScaledProducts) {
   if (!haveDevice())
@@ -222,7 +382,29 @@ TEST(CudaGroupedGemmFp8, RefusesWhatItCannotTake) {
   args.n = 192; // not a column tile
   EXPECT_FALSE(groupedFp8PairFits(args));
   args.n = 128;
+  args.upScales = scales;
+  args.yCodes = const_cast<uint8_t *>(bytes); // two outputs
+  EXPECT_FALSE(groupedFp8PairFits(args));
+  args.y = nullptr; // FP8 rows need their scales too
+  EXPECT_FALSE(groupedFp8PairFits(args));
+  args.yScales = const_cast<float *>(scales);
+  EXPECT_TRUE(groupedFp8PairFits(args));
   args.upScales = nullptr;
   EXPECT_FALSE(groupedFp8PairFits(args));
   EXPECT_EQ(groupedGemmFp8Pair(args, nullptr), cudaErrorInvalidValue);
+
+  GroupedFp8Args single;
+  single.groups = 1, single.capacity = 128, single.n = 128, single.k = 1408;
+  single.x = bytes, single.w = bytes;
+  single.xScales = scales, single.wScales = scales;
+  single.yF32 = const_cast<float *>(scales);
+  single.starts = args.starts;
+  EXPECT_TRUE(groupedFp8Fits(single));
+  single.y = reinterpret_cast<__nv_bfloat16 *>(uintptr_t(1024)); // two
+  EXPECT_FALSE(groupedFp8Fits(single));
+  single.yF32 = nullptr;
+  EXPECT_TRUE(groupedFp8Fits(single));
+  single.k = 1400; // not a block of scales
+  EXPECT_FALSE(groupedFp8Fits(single));
+  EXPECT_EQ(groupedGemmFp8(single, nullptr), cudaErrorInvalidValue);
 }
