@@ -1151,13 +1151,16 @@ void onFp8Grid(float *v, int64_t rows, int64_t cols, int64_t blockRows) {
 /// sum over a token's choices of weight x down(silu(gate x) * (up x)), in
 /// double, for x [T, D], stacks gate/up [E, I, D] and down [E, D, I]:
 /// `roundOperands` rounds x and the activations to BF16 (the products of
-/// BF16 and FP8 weights), `combineBf16` each expert's output.
+/// BF16 and FP8 weights), `combineBf16` each expert's output,
+/// `quantizeActivations` the (rounded) activations in 1 x 128 FP8 blocks
+/// as quantizeRowsFp8 does (scale amax / 448, codes of v times 1 / scale).
 std::vector<double>
 expertsReference(const std::vector<float> &x, const std::vector<int32_t> &idx,
                  const std::vector<float> &weights,
                  const std::vector<float> &gate, const std::vector<float> &up,
                  const std::vector<float> &down, int64_t T, int64_t K,
-                 int64_t I, int64_t D, bool roundOperands, bool combineBf16) {
+                 int64_t I, int64_t D, bool roundOperands, bool combineBf16,
+                 bool quantizeActivations = false) {
   auto operand = [&](double v) {
     return roundOperands ? double(roundTo(DType::BF16, float(v))) : v;
   };
@@ -1174,6 +1177,18 @@ expertsReference(const std::vector<float> &x, const std::vector<int32_t> &idx,
           b += xv * up[size_t((e * I + i) * D + d)];
         }
         act[size_t(i)] = operand(a / (1 + std::exp(-a)) * b);
+      }
+      for (int64_t b = 0; quantizeActivations && b < I; b += 128) {
+        const int64_t end = std::min(I, b + 128);
+        float amax = 0.f;
+        for (int64_t i = b; i < end; ++i)
+          amax = std::max(amax, std::fabs(float(act[size_t(i)])));
+        const float scale = amax > 0.f ? amax / 448.f : 1.f,
+                    inverse = 1.f / scale;
+        for (int64_t i = b; i < end; ++i)
+          act[size_t(i)] =
+              double(roundTo(DType::FP8E4M3, float(act[size_t(i)]) * inverse)) *
+              scale;
       }
       for (int64_t d = 0; d < D; ++d) {
         double o = 0;
@@ -1434,7 +1449,8 @@ std::vector<int32_t> spreadChoices(int64_t T, int64_t K, int64_t E) {
 
 void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
                           int64_t I = 160, int64_t D = 288,
-                          bool xOnGrid = false, bool sameBitsTwice = false) {
+                          bool xOnGrid = false, bool sameBitsTwice = false,
+                          bool fp8Activations = false) {
   Device &device = *test.device;
   const int64_t K = 2;
   Fp8Experts experts;
@@ -1457,9 +1473,9 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
   std::vector<double> want =
       expertsReference(x.values, idx, w.values, gate.data, up.data, down.data,
                        T, K, I, D, /*roundOperands=*/true,
-                       /*combineBf16=*/true);
+                       /*combineBf16=*/true, fp8Activations);
   EXPECT_LE(DeviceConformance::relativeError(test.get(y), want), 1e-2)
-      << T << " tokens";
+      << T << " tokens" << (fp8Activations ? ", FP8 activations" : "");
   if (sameBitsTwice) {
     DeviceTensor again = test.make(DType::F32, {T, D});
     ASSERT_FALSE(device.moeExperts(dx, di, dw, dg, du, dd, true, again));
@@ -1480,15 +1496,21 @@ TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnTheDevice) {
 }
 
 // The same with their gate and up on FP8 tensor cores (x quantized per
-// token in 1x128 blocks: exact where it is on that grid already).
+// token in 1x128 blocks: exact where it is on that grid already), and a
+// GPU's down product too, of the activations quantized in 1x128 blocks
+// (MELT_CUDA_FP8_GROUPED_DOWN, by default; =0 keeps them BF16).
 TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnFp8TensorCores) {
-  reopenWith("MELT_CUDA_DEVICE_GROUPING", "1");
-  if (HasFatalFailure())
-    return;
-  checkFp8ExpertStacks(*this, rng, 300, /*I=*/256, /*D=*/384,
-                       /*xOnGrid=*/true, /*sameBitsTwice=*/true);
-  checkFp8ExpertStacks(*this, rng, 70, /*I=*/1408, /*D=*/2048,
-                       /*xOnGrid=*/true);
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  for (const char *fp8Down : {"1", "0"}) {
+    reopenWith("MELT_CUDA_FP8_GROUPED_DOWN", fp8Down);
+    if (HasFatalFailure())
+      return;
+    const bool quantized = gpu && fp8Down[0] == '1';
+    checkFp8ExpertStacks(*this, rng, 300, /*I=*/256, /*D=*/384,
+                         /*xOnGrid=*/true, /*sameBitsTwice=*/true, quantized);
+    checkFp8ExpertStacks(*this, rng, 70, /*I=*/1408, /*D=*/2048,
+                         /*xOnGrid=*/true, /*sameBitsTwice=*/false, quantized);
+  }
 }
 
 // The expert kernels' sums the same bits every run (a GPU's default,

@@ -260,9 +260,12 @@ void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16) {
   } else {
     y = toHost(yF32, y.size());
   }
-  // As the pair's test: each 128 of k apart, 2^-11 of the terms'
-  // magnitudes for the tensor cores' accumulation, BF16's rounding.
-  constexpr double kAccumulation = 0x1p-11;
+  // As the pair's test: each 128 of k apart, the tensor cores'
+  // accumulation within a fraction of the terms' magnitudes (2^-10.8 seen
+  // on the H200 for F32 rows: 2^-10 bounds it, while a block lost or
+  // scaled wrongly, 2^-4 to 2^-1 of its magnitudes, still fails), BF16's
+  // rounding.
+  constexpr double kAccumulation = 0x1p-10;
   double worst = 0;
   for (int e = 0; e < groups; ++e)
     for (int r = starts[size_t(e)]; r < starts[size_t(e)] + counts[size_t(e)];
