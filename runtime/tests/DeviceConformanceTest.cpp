@@ -1152,8 +1152,11 @@ void onFp8Grid(float *v, int64_t rows, int64_t cols, int64_t blockRows) {
 /// double, for x [T, D], stacks gate/up [E, I, D] and down [E, D, I]:
 /// `roundOperands` rounds x and the activations to BF16 (the products of
 /// BF16 and FP8 weights), `combineBf16` each expert's output,
-/// `quantizeActivations` the (rounded) activations in 1 x 128 FP8 blocks
-/// as quantizeRowsFp8 does (scale amax / 448, codes of v times 1 / scale).
+/// `quantizeActivations` the activations in 1 x 128 FP8 blocks as the
+/// GPU's grouped pair does (gate and up rounded to BF16, then SiLU-mul,
+/// rounded; scale amax / 448, codes of v times 1 / scale): a code that
+/// flips (an e4m3 step, 1/8 of the value) moves a few of the down
+/// product's terms.
 std::vector<double>
 expertsReference(const std::vector<float> &x, const std::vector<int32_t> &idx,
                  const std::vector<float> &weights,
@@ -1175,6 +1178,10 @@ expertsReference(const std::vector<float> &x, const std::vector<int32_t> &idx,
           double xv = operand(x[size_t(t * D + d)]);
           a += xv * gate[size_t((e * I + i) * D + d)];
           b += xv * up[size_t((e * I + i) * D + d)];
+        }
+        if (quantizeActivations) {
+          a = roundTo(DType::BF16, float(a));
+          b = roundTo(DType::BF16, float(b));
         }
         act[size_t(i)] = operand(a / (1 + std::exp(-a)) * b);
       }
@@ -1474,7 +1481,14 @@ void checkFp8ExpertStacks(DeviceConformance &test, std::mt19937 &rng, int64_t T,
       expertsReference(x.values, idx, w.values, gate.data, up.data, down.data,
                        T, K, I, D, /*roundOperands=*/true,
                        /*combineBf16=*/true, fp8Activations);
-  EXPECT_LE(DeviceConformance::relativeError(test.get(y), want), 1e-2)
+  // FP8 activations: the gate and up sums' tensor-core accumulation
+  // (within 2^-10 of their terms' magnitudes, GroupedGemmFp8Test) moves
+  // many activations across an e4m3 step (1/16 to 1/8 of the value) that
+  // the reference's exact sums do not cross: 1.4-2.1% of the largest
+  // output on the H200 (1e-2 without them). A block lost or scaled wrongly
+  // moves it by far more.
+  EXPECT_LE(DeviceConformance::relativeError(test.get(y), want),
+            fp8Activations ? 3e-2 : 1e-2)
       << T << " tokens" << (fp8Activations ? ", FP8 activations" : "");
   if (sameBitsTwice) {
     DeviceTensor again = test.make(DType::F32, {T, D});
