@@ -1716,7 +1716,11 @@ TEST_P(DeviceConformance, MoeExpertsSumWithAtomicsWhereAsked) {
 // the quantize pair in front of them; a GPU's one-token FP8 experts row by
 // row) are the experts of the pair's output, bit for bit (the sums in a
 // fixed order): one token (quantized as the kernels stage x) and several
-// (the pair run first), a partial last block (D 288) and mini's sizes.
+// (the pair run first), a partial last block (D 288) and mini's sizes;
+// and many tokens at mini's sizes (a GPU's experts grouped on FP8 tensor
+// cores, which quantize x themselves: the same codes but where v / s and
+// v * (1 / s) round apart, and scales within an ulp: 1e-3 of the largest
+// output).
 TEST_P(DeviceConformance, MoeExpertsOfQuantizedAreThePairThenTheExperts) {
   reopenWith("MELT_CUDA_DETERMINISTIC_EXPERTS", "1");
   if (HasFatalFailure())
@@ -1727,7 +1731,9 @@ TEST_P(DeviceConformance, MoeExpertsOfQuantizedAreThePairThenTheExperts) {
     importFp8Experts(*this, rng, I, D, experts);
     if (HasFatalFailure())
       return;
-    for (int64_t T : {int64_t(1), int64_t(5)}) {
+    for (int64_t T : {int64_t(1), int64_t(5), int64_t(100)}) {
+      if (T == 100 && I != 1408)
+        continue;
       HostTensor x = random(DType::F32, {T, D}, rng, 3.f);
       HostTensor w = random(DType::F32, {T, K}, rng);
       std::vector<int32_t> idx = spreadChoices(T, K, Fp8Experts::E);
@@ -1746,7 +1752,16 @@ TEST_P(DeviceConformance, MoeExpertsOfQuantizedAreThePairThenTheExperts) {
       Status s = device->moeExpertsOfQuantized(
           dx, di, dw, experts.dg, experts.du, experts.dd, true, have);
       ASSERT_FALSE(s) << s.message();
-      EXPECT_EQ(get(have), get(want)) << T << " tokens, I " << I << ", D " << D;
+      if (T < 100) {
+        EXPECT_EQ(get(have), get(want))
+            << T << " tokens, I " << I << ", D " << D;
+      } else {
+        const std::vector<float> wanted = get(want);
+        EXPECT_LE(relativeError(get(have), std::vector<double>(wanted.begin(),
+                                                               wanted.end())),
+                  1e-3)
+            << T << " tokens, I " << I << ", D " << D;
+      }
     }
   }
 }

@@ -937,6 +937,17 @@ public:
     if (x.shape.size() == 2 && gate.shape.size() == 3 &&
         takesFp8Rows(gate.dtype, x.shape[0], gate.shape[1], x.shape[1]))
       return experts(x, indices, weights, gate, up, down, combineBf16, true, y);
+    // Grouped on FP8 tensor cores, x is quantized per token in 1 x 128
+    // blocks there anyway (quantizeRowsFp8): x itself, not the pair's
+    // round trip first (two kernels over x, 0.35 ms of mini's 8x1024
+    // prefill; the codes the same up to v / s against v * (1 / s)).
+    if (x.shape.size() == 2 && gate.shape.size() == 3 &&
+        indices.shape.size() == 2 &&
+        groupsOnFp8TensorCores(gate.dtype, indices.shape[0] * indices.shape[1],
+                               int(gate.shape[0]), int(gate.shape[1]),
+                               int(x.shape[1])))
+      return experts(x, indices, weights, gate, up, down, combineBf16, false,
+                     y);
     return Device::moeExpertsOfQuantized(x, indices, weights, gate, up, down,
                                          combineBf16, y);
   }
@@ -1093,11 +1104,8 @@ public:
         check::moeExperts(x, indices, weights, gate, up, down, y));
     MELT_RETURN_IF_ERROR(flags());
     int64_t pairs = indices.shape[0] * indices.shape[1];
-    // (A recorded decode step keeps its row kernels: groups padded to 128
-    // rows would be mostly padding at a few tokens an expert.)
-    if (pairs >= groupedMinPairs_ && !capturing_ && !quantizeX &&
-        groupsOnDevice(gate.dtype, int(gate.shape[0]), int(gate.shape[1]),
-                       int(x.shape[1])))
+    if (!quantizeX && groupsMany(gate.dtype, pairs, int(gate.shape[0]),
+                                 int(gate.shape[1]), int(x.shape[1])))
       return groupedExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
                                     combineBf16, y);
     // (Grouping reads the choices back: not while recording a graph.)
@@ -1173,6 +1181,21 @@ public:
     return deviceGrouping_ &&
            (stacks == DType::BF16 || stacks == DType::FP8E4M3) &&
            E <= kMaxGroupedExperts && I % 128 == 0 && D % 128 == 0;
+  }
+  /// Whether experts() groups these `pairs` (tokens x choices) on the
+  /// device (groupedExpertsOnDevice). (A recorded decode step keeps its row
+  /// kernels: groups padded to 128 rows would be mostly padding at a few
+  /// tokens an expert.)
+  bool groupsMany(DType stacks, int64_t pairs, int E, int I, int D) const {
+    return pairs >= groupedMinPairs_ && !capturing_ &&
+           groupsOnDevice(stacks, E, I, D);
+  }
+  /// Whether they are FP8 stacks grouped so and multiplied on FP8 tensor
+  /// cores, x quantized per token in 1 x 128 blocks by the grouping.
+  bool groupsOnFp8TensorCores(DType stacks, int64_t pairs, int E, int I,
+                              int D) const {
+    return stacks == DType::FP8E4M3 && fp8GroupedWgmma_ &&
+           groupsMany(stacks, pairs, E, I, D);
   }
 
   /// moeExperts for many tokens without the host: the choices grouped on

@@ -196,12 +196,29 @@ __global__ void __launch_bounds__(kThreads, 1)
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
       const float scale = gemmInputScale(amax), inverse = 1.f / scale;
+      // Into the tile in shared memory (the ring's first x tile, free
+      // since the loop's last barrier), 16-byte chunks swizzled by row so
+      // that a warp's 8 rows fall on other banks; stored whole below.
+      const int local = row - row0;
 #pragma unroll
       for (int j = 0; j < 16; ++j)
-        *reinterpret_cast<uint16_t *>(a.yCodes + at + 8 * j) =
+        *reinterpret_cast<uint16_t *>(shared + local * kTile +
+                                      ((j / 2) ^ (local % 8)) * 16 +
+                                      8 * (j % 2) + 2 * t) =
             uint16_t(gemmInputCodes(v[2 * j], v[2 * j + 1], 0.f, 0.f, inverse));
       if (t == 0)
         a.yScales[size_t(n0 / kTile) * a.capacity + row] = scale;
+    }
+  }
+  if constexpr (kMode == Mode::PairFp8) {
+    // The tile's rows, 128 bytes each, in 16-byte stores.
+    __syncthreads();
+    for (int c = threadIdx.x; c < kTile * kTile / 16; c += kThreads) {
+      const int local = c / 8, chunk = c % 8;
+      *reinterpret_cast<uint4 *>(a.yCodes + size_t(row0 + local) * a.n + n0 +
+                                 chunk * 16) =
+          *reinterpret_cast<const uint4 *>(shared + local * kTile +
+                                           (chunk ^ (local % 8)) * 16);
     }
   }
 }
