@@ -1229,7 +1229,11 @@ public:
     const bool fp8TensorCores = fp8 && fp8GroupedWgmma_;
     if (!fp8TensorCores)
       MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, xsT));
-    if (!fp8TensorCores || !fp8GroupedDown_)
+    // The pair's rows: BF16, or FP8 codes and scales for the down product
+    // on FP8 tensor cores.
+    const bool fp8Down = fp8TensorCores && fp8GroupedDown_;
+    DeviceTensor actCodesT, actScalesT;
+    if (!fp8Down)
       MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, I}, actT));
     MELT_RETURN_IF_ERROR(scratch.take(combineBf16 ? DType::BF16 : DType::F32,
                                       {capacity, D}, outT));
@@ -1293,46 +1297,40 @@ public:
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
       a.starts = starts;
       a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
-      if (!fp8GroupedDown_) {
-        a.y = static_cast<__nv_bfloat16 *>(actT.data);
-        MELT_RETURN_IF_ERROR(
-            check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
-      } else {
-        // The pair's rows quantized as it writes them, then the down
-        // product on FP8 tensor cores.
-        DeviceTensor actCodesT, actScalesT;
+      if (fp8Down) { // the rows quantized as the pair writes them
         MELT_RETURN_IF_ERROR(
             scratch.take(DType::FP8E4M3, {capacity, I}, actCodesT));
         MELT_RETURN_IF_ERROR(
             scratch.take(DType::F32, {I / 128, capacity}, actScalesT));
         a.yCodes = static_cast<uint8_t *>(actCodesT.data);
         a.yScales = static_cast<float *>(actScalesT.data);
-        MELT_RETURN_IF_ERROR(
-            check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
-        GroupedFp8Args d;
-        d.x = a.yCodes, d.xScales = a.yScales;
-        d.w = static_cast<const uint8_t *>(down.data);
-        d.wScales = stacks.downScales;
-        if (outT.dtype == DType::BF16)
-          d.y = static_cast<__nv_bfloat16 *>(outT.data);
-        else
-          d.yF32 = static_cast<float *>(outT.data);
-        d.starts = starts;
-        d.groups = E, d.capacity = capacity, d.n = D, d.k = I;
-        MELT_RETURN_IF_ERROR(check(groupedGemmFp8(d, stream_), "moe_experts"));
-        return check(combineExpertRows({outT.data, combineBf16}, rowOfPair,
-                                       static_cast<const float *>(weights.data),
-                                       T, K, D, combineBf16,
-                                       static_cast<float *>(y.data), stream_),
-                     "moe_experts");
+      } else {
+        a.y = static_cast<__nv_bfloat16 *>(actT.data);
       }
+      MELT_RETURN_IF_ERROR(
+          check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
     } else {
       MELT_RETURN_IF_ERROR(product(xs, gate.data, stacks.gateScales, up.data,
                                    stacks.upScales, I, D, actT));
     }
-    MELT_RETURN_IF_ERROR(product(static_cast<const __nv_bfloat16 *>(actT.data),
-                                 down.data, stacks.downScales, nullptr, nullptr,
-                                 D, I, outT));
+    if (fp8Down) { // the down product on FP8 tensor cores too
+      GroupedFp8Args d;
+      d.x = static_cast<const uint8_t *>(actCodesT.data);
+      d.xScales = static_cast<const float *>(actScalesT.data);
+      d.w = static_cast<const uint8_t *>(down.data);
+      d.wScales = stacks.downScales;
+      if (outT.dtype == DType::BF16)
+        d.y = static_cast<__nv_bfloat16 *>(outT.data);
+      else
+        d.yF32 = static_cast<float *>(outT.data);
+      d.starts = starts;
+      d.groups = E, d.capacity = capacity, d.n = D, d.k = I;
+      MELT_RETURN_IF_ERROR(check(groupedGemmFp8(d, stream_), "moe_experts"));
+    } else {
+      MELT_RETURN_IF_ERROR(
+          product(static_cast<const __nv_bfloat16 *>(actT.data), down.data,
+                  stacks.downScales, nullptr, nullptr, D, I, outT));
+    }
     return check(combineExpertRows({outT.data, combineBf16}, rowOfPair,
                                    static_cast<const float *>(weights.data), T,
                                    K, D, combineBf16,
