@@ -26,6 +26,8 @@
 #include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"
 
+#include <algorithm>
+
 namespace melt::rt::cuda {
 namespace {
 
@@ -36,12 +38,17 @@ constexpr int kOperandBytes = kTile * kTile; // a [128 x 128] e4m3 tile
 /// codes and their 1 x 128 scales, or one product into F32 or BF16 rows.
 enum class Mode { PairBf16, PairFp8, Single };
 
-/// The weights a stage holds, the ring's stages, its bytes.
-template <Mode kMode> struct Layout {
+/// The weights a stage holds, the ring's stages, its bytes; a persistent
+/// block's FP8 rows are staged apart from the ring (whose stages may hold
+/// the next tile's blocks of k by then).
+template <Mode kMode, bool kPersistent = false> struct Layout {
   static constexpr int kWeights = kMode == Mode::Single ? 1 : 2;
   static constexpr int kStages = kMode == Mode::Single ? 6 : 4;
   static constexpr int kStageBytes = (1 + kWeights) * kOperandBytes;
-  static constexpr size_t kBarriersAt = size_t(kStages) * kStageBytes;
+  static constexpr size_t kStagingAt = size_t(kStages) * kStageBytes;
+  static constexpr size_t kBarriersAt =
+      kStagingAt +
+      (kPersistent && kMode == Mode::PairFp8 ? size_t(kOperandBytes) : 0);
   static constexpr size_t kSharedBytes =
       kBarriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
 };
@@ -71,6 +78,107 @@ addScaled(float (&sum)[64], const float (&part)[64], float lo, float hi) {
     sum[4 * j + 1] += part[4 * j + 1] * lo;
     sum[4 * j + 2] += part[4 * j + 2] * hi;
     sum[4 * j + 3] += part[4 * j + 3] * hi;
+  }
+}
+
+/// One block of k of a tile, from the stage at `stage` (x's tile, then
+/// each weight's): this warpgroup's 64 rows of x times each weight's tile
+/// (wgmma m64n128k32, four steps) into `part`, then added into its sums
+/// times the rows' x scales and the weight block's scale (a.wScales[w]
+/// [scaleIndex]).
+template <Mode kMode>
+__device__ __forceinline__ void
+multiplyBlock(const KernelArgs &a, float (&sums)[Layout<kMode>::kWeights][64],
+              float (&part)[64], const uint8_t *stage, int group,
+              size_t scaleIndex, float xLo, float xHi) {
+  const uint64_t x = kMajorDescriptor(stage + group * 64 * kSwizzleRowBytes);
+#pragma unroll
+  for (int which = 0; which < Layout<kMode>::kWeights; ++which) {
+    const float wScale = a.wScales[which][scaleIndex];
+    const uint64_t w = kMajorDescriptor(stage + (1 + which) * kOperandBytes);
+    wgmmaFence(); // part was read by the last addScaled
+#pragma unroll
+    for (int step = 0; step < kTile / 32; ++step)
+      wgmma64x128Fp8(part, advanced(x, step * 32), advanced(w, step * 32),
+                     step > 0);
+    wgmmaCommit();
+    wgmmaWait<0>();
+    addScaled(sums[which], part, xLo * wScale, xHi * wScale);
+  }
+}
+
+/// A tile's sums into the mode's output: rows rowLo and rowLo + 8 of the
+/// [128 x 128] tile at (row0, n0), this thread's columns 8 j + 2 t, + 1.
+/// The FP8 rows go through `staging` (16 KB of shared memory no copy
+/// writes meanwhile), every thread of the block taking part.
+template <Mode kMode>
+__device__ __forceinline__ void
+storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
+          int row0, int n0, int rowLo, int t, uint8_t *staging) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = rowLo + 8 * half;
+    const size_t at = size_t(row) * a.n + n0 + 2 * t;
+    if constexpr (kMode == Mode::Single) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int i = 4 * j + 2 * half;
+        if (a.yF32)
+          *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
+              make_float2(sums[0][i], sums[0][i + 1]);
+        else
+          *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+              packBf16(sums[0][i], sums[0][i + 1]);
+      }
+    } else if constexpr (kMode == Mode::PairBf16) {
+      // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int i = 4 * j + 2 * half;
+        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+            packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
+                     siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
+      }
+    } else {
+      // The same BF16 values, then the row's block quantized: its largest
+      // magnitude over the quad's 128 columns.
+      float v[32], amax = 0.f;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int i = 4 * j + 2 * half + c;
+          v[2 * j + c] = __bfloat162float(
+              __float2bfloat16(siluTimesOfBf16(sums[0][i], sums[1][i])));
+          amax = fmaxf(amax, fabsf(v[2 * j + c]));
+        }
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      const float scale = gemmInputScale(amax), inverse = 1.f / scale;
+      // Into the staging tile in shared memory, 16-byte chunks swizzled by
+      // row so that a warp's 8 rows fall on other banks; stored whole
+      // below.
+      const int local = row - row0;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<uint16_t *>(staging + local * kTile +
+                                      ((j / 2) ^ (local % 8)) * 16 +
+                                      8 * (j % 2) + 2 * t) =
+            uint16_t(gemmInputCodes(v[2 * j], v[2 * j + 1], 0.f, 0.f, inverse));
+      if (t == 0)
+        a.yScales[size_t(n0 / kTile) * a.capacity + row] = scale;
+    }
+  }
+  if constexpr (kMode == Mode::PairFp8) {
+    // The tile's rows, 128 bytes each, in 16-byte stores.
+    __syncthreads();
+    for (int c = threadIdx.x; c < kTile * kTile / 16; c += kThreads) {
+      const int local = c / 8, chunk = c % 8;
+      *reinterpret_cast<uint4 *>(a.yCodes + size_t(row0 + local) * a.n + n0 +
+                                 chunk * 16) =
+          *reinterpret_cast<const uint4 *>(staging + local * kTile +
+                                           (chunk ^ (local % 8)) * 16);
+    }
   }
 }
 
@@ -134,21 +242,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float *xScales = a.xScales + size_t(kb) * a.capacity;
     const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
     awaitBarrier(&full[stage], (kb / L::kStages) % 2);
-    const uint64_t x =
-        kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
-#pragma unroll
-    for (int which = 0; which < L::kWeights; ++which) {
-      const float wScale = a.wScales[which][scalesAt + kb];
-      const uint64_t w = kMajorDescriptor(wTile(stage, which));
-      wgmmaFence(); // part was read by the last addScaled
-#pragma unroll
-      for (int step = 0; step < kTile / 32; ++step)
-        wgmma64x128Fp8(part, advanced(x, step * 32), advanced(w, step * 32),
-                       step > 0);
-      wgmmaCommit();
-      wgmmaWait<0>();
-      addScaled(sums[which], part, xLo * wScale, xHi * wScale);
-    }
+    multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb, xLo,
+                         xHi);
     // Both warpgroups done with the stage: the one block kb + stages - 1
     // goes to.
     __syncthreads();
@@ -156,70 +251,95 @@ __global__ void __launch_bounds__(kThreads, 1)
       load(kb + L::kStages - 1);
   }
 
+  storeTile<kMode>(a, sums, row0, n0, rowLo, t, shared);
+}
+
+/// groupedFp8Kernel's tiles taken by a grid of at most one block an SM,
+/// each block going over tiles blockIdx.x, + gridDim.x, ... (a row tile's
+/// column tiles one after another: its x tile stays in L2). A block's
+/// blocks of k form one sequence over its tiles: thread 0 keeps the ring
+/// kStages - 1 blocks of k ahead across a tile's end, so that the next
+/// tile's first tiles stream in while this one's sums are stored.
+template <Mode kMode>
+__global__ void __launch_bounds__(kThreads, 1)
+    groupedFp8PersistentKernel(KernelArgs a,
+                               const __grid_constant__ CUtensorMap xMap,
+                               const __grid_constant__ CUtensorMap gateMap,
+                               const __grid_constant__ CUtensorMap upMap) {
+  using L = Layout<kMode, true>;
+  awaitPriorKernels();
+  const int colTiles = a.n / kTile, kBlocks = a.k / kTile;
+  // The groups' rows are a multiple of 128: tiles past them are none.
+  const int tiles = colTiles * (a.starts[a.groups] / kTile);
+  const int first = int(blockIdx.x), stride = int(gridDim.x);
+  if (first >= tiles)
+    return;
+  const int myTiles = (tiles - first + stride - 1) / stride;
+  const int steps = myTiles * kBlocks;
+
+  extern __shared__ uint8_t sharedRaw[];
+  uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
+                                 sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
+                                    kSwizzleAtomBytes;
+  uint64_t *full = reinterpret_cast<uint64_t *>(shared + L::kBarriersAt);
+  auto stageAt = [&](int stage) { return shared + stage * L::kStageBytes; };
+  if (threadIdx.x == 0)
+    for (int stage = 0; stage < L::kStages; ++stage)
+      initLoadBarrier(&full[stage]);
+  __syncthreads();
+  // Tile j of this block: its first row, first column and expert.
+  auto origin = [&](int j, int &row0, int &n0, int &expert) {
+    const int tile = first + j * stride;
+    row0 = tile / colTiles * kTile;
+    n0 = tile % colTiles * kTile;
+    expert = groupOfRow(a.starts, a.groups, row0);
+  };
+  // Step s (tile s / kBlocks, block of k s % kBlocks) into its stage
+  // (thread 0).
+  auto load = [&](int s) {
+    int row0, n0, expert;
+    origin(s / kBlocks, row0, n0, expert);
+    const int kb = s % kBlocks, stage = s % L::kStages;
+    const int wRow0 = expert * a.n + n0;
+    expectBytes(&full[stage], L::kStageBytes);
+    uint8_t *at = stageAt(stage);
+    loadTile2d(at, &xMap, kb * kTile, row0, &full[stage]);
+    loadTile2d(at + kOperandBytes, &gateMap, kb * kTile, wRow0, &full[stage]);
+    if constexpr (L::kWeights == 2)
+      loadTile2d(at + 2 * kOperandBytes, &upMap, kb * kTile, wRow0,
+                 &full[stage]);
+  };
+  if (threadIdx.x == 0)
+    for (int s = 0; s < min(L::kStages - 1, steps); ++s)
+      load(s);
+
+  const int group = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float sums[L::kWeights][64], part[64];
+  for (int j = 0, s = 0; j < myTiles; ++j) {
+    int row0, n0, expert;
+    origin(j, row0, n0, expert);
+    const size_t scalesAt = (size_t(expert) * colTiles + n0 / kTile) * kBlocks;
+    const int rowLo = row0 + group * 64 + 16 * warp + g;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = rowLo + 8 * half;
-    const size_t at = size_t(row) * a.n + n0 + 2 * t;
-    if constexpr (kMode == Mode::Single) {
+    for (int which = 0; which < L::kWeights; ++which)
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int i = 4 * j + 2 * half;
-        if (a.yF32)
-          *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
-              make_float2(sums[0][i], sums[0][i + 1]);
-        else
-          *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-              packBf16(sums[0][i], sums[0][i + 1]);
-      }
-    } else if constexpr (kMode == Mode::PairBf16) {
-      // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int i = 4 * j + 2 * half;
-        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-            packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
-                     siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
-      }
-    } else {
-      // The same BF16 values, then the row's block quantized: its largest
-      // magnitude over the quad's 128 columns.
-      float v[32], amax = 0.f;
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int i = 4 * j + 2 * half + c;
-          v[2 * j + c] = __bfloat162float(
-              __float2bfloat16(siluTimesOfBf16(sums[0][i], sums[1][i])));
-          amax = fmaxf(amax, fabsf(v[2 * j + c]));
-        }
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-      const float scale = gemmInputScale(amax), inverse = 1.f / scale;
-      // Into the tile in shared memory (the ring's first x tile, free
-      // since the loop's last barrier), 16-byte chunks swizzled by row so
-      // that a warp's 8 rows fall on other banks; stored whole below.
-      const int local = row - row0;
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-        *reinterpret_cast<uint16_t *>(shared + local * kTile +
-                                      ((j / 2) ^ (local % 8)) * 16 +
-                                      8 * (j % 2) + 2 * t) =
-            uint16_t(gemmInputCodes(v[2 * j], v[2 * j + 1], 0.f, 0.f, inverse));
-      if (t == 0)
-        a.yScales[size_t(n0 / kTile) * a.capacity + row] = scale;
+      for (int i = 0; i < 64; ++i)
+        sums[which][i] = 0.f;
+    for (int kb = 0; kb < kBlocks; ++kb, ++s) {
+      const int stage = s % L::kStages;
+      const float *xScales = a.xScales + size_t(kb) * a.capacity;
+      const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
+      awaitBarrier(&full[stage], (s / L::kStages) % 2);
+      multiplyBlock<kMode>(a, sums, part, stageAt(stage), group, scalesAt + kb,
+                           xLo, xHi);
+      // Both warpgroups done with the stage: the step s + stages - 1 goes
+      // to it.
+      __syncthreads();
+      if (threadIdx.x == 0 && s + L::kStages - 1 < steps)
+        load(s + L::kStages - 1);
     }
-  }
-  if constexpr (kMode == Mode::PairFp8) {
-    // The tile's rows, 128 bytes each, in 16-byte stores.
-    __syncthreads();
-    for (int c = threadIdx.x; c < kTile * kTile / 16; c += kThreads) {
-      const int local = c / 8, chunk = c % 8;
-      *reinterpret_cast<uint4 *>(a.yCodes + size_t(row0 + local) * a.n + n0 +
-                                 chunk * 16) =
-          *reinterpret_cast<const uint4 *>(shared + local * kTile +
-                                           (chunk ^ (local % 8)) * 16);
-    }
+    storeTile<kMode>(a, sums, row0, n0, rowLo, t, shared + L::kStagingAt);
   }
 }
 
@@ -244,10 +364,10 @@ bool aligned16(const void *p) {
 
 /// Launches mode kMode over [capacity / 128] row tiles and [n / 128]
 /// column tiles: the tensor maps of x and the weights (`up` null for one).
-template <Mode kMode>
+template <Mode kMode, bool kPersistent>
 cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
                           const uint8_t *up, cudaStream_t stream) {
-  using L = Layout<kMode>;
+  using L = Layout<kMode, kPersistent>;
   alignas(64) CUtensorMap xMap{}, gateMap{}, upMap{};
   const uint64_t wRows = uint64_t(a.groups) * a.n;
   if (!swizzledByteMap(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
@@ -259,14 +379,27 @@ cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
     return cudaErrorNotSupported;
   if (!up)
     upMap = gateMap; // (not read)
-  cudaError_t error = cudaFuncSetAttribute(
-      groupedFp8Kernel<kMode>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      int(L::kSharedBytes));
+  auto *kernel =
+      kPersistent ? groupedFp8PersistentKernel<kMode> : groupedFp8Kernel<kMode>;
+  cudaError_t error =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           int(L::kSharedBytes));
   if (error != cudaSuccess)
     return error;
-  const dim3 grid(a.n / kTile, a.capacity / kTile);
-  error = launchOverlapped(groupedFp8Kernel<kMode>, grid, kThreads,
-                           L::kSharedBytes, stream, a, xMap, gateMap, upMap);
+  dim3 grid(a.n / kTile, a.capacity / kTile);
+  if constexpr (kPersistent) {
+    // One block an SM at most (the tiles' count is the device's to know).
+    int device = 0, multiprocessors = 0;
+    if ((error = cudaGetDevice(&device)) != cudaSuccess ||
+        (error = cudaDeviceGetAttribute(&multiprocessors,
+                                        cudaDevAttrMultiProcessorCount,
+                                        device)) != cudaSuccess)
+      return error;
+    grid = dim3(unsigned(std::min<long long>((long long)grid.x * grid.y,
+                                             std::max(multiprocessors, 1))));
+  }
+  error = launchOverlapped(kernel, grid, kThreads, L::kSharedBytes, stream, a,
+                           xMap, gateMap, upMap);
   return error != cudaSuccess ? error : cudaGetLastError();
 }
 
@@ -295,8 +428,11 @@ cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
   k.y = a.y, k.yCodes = a.yCodes, k.yScales = a.yScales;
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
-  return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, stream)
-             : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, stream);
+  if (a.persistent)
+    return a.y ? launchGrouped<Mode::PairBf16, true>(k, a.gate, a.up, stream)
+               : launchGrouped<Mode::PairFp8, true>(k, a.gate, a.up, stream);
+  return a.y ? launchGrouped<Mode::PairBf16, false>(k, a.gate, a.up, stream)
+             : launchGrouped<Mode::PairFp8, false>(k, a.gate, a.up, stream);
 }
 
 bool groupedFp8Fits(const GroupedFp8Args &a) {
@@ -316,7 +452,9 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
   k.y = a.y, k.yF32 = a.yF32;
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
-  return launchGrouped<Mode::Single>(k, a.w, nullptr, stream);
+  return a.persistent
+             ? launchGrouped<Mode::Single, true>(k, a.w, nullptr, stream)
+             : launchGrouped<Mode::Single, false>(k, a.w, nullptr, stream);
 }
 
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,
