@@ -16,8 +16,8 @@
 // as they arrive (e4m3 value times its block's scale, rounded: the values
 // widenFp8Blocks gives), so the products are BF16 ones either way.
 //
-// The device runs it where MELT_CUDA_DEVICE_GROUPING=1 (not yet run on a
-// GPU: off by default).
+// The device runs it for a prefill's experts (MELT_CUDA_DEVICE_GROUPING,
+// on by default since it was run on the H200; =0 groups on the host).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_GROUPEDGEMM_H
