@@ -312,6 +312,67 @@ TEST_F(SessionTest, ManyTokensExpertLoadIsCountedAside) {
   EXPECT_EQ(melt_model_destroy(model), MELT_OK);
 }
 
+// A multi-step greedy call's choices (16 sequences x 128 steps, counted
+// aside) give the counts that the same steps one call each give (a few
+// choices a call, counted in the call): the same JSON.
+TEST_F(SessionTest, MultiStepExpertLoadIsTheStepsOne) {
+  melt_model *model = nullptr;
+  ASSERT_EQ(
+      melt_model_load(artifactPath.c_str(), checkpointDir.c_str(), &model),
+      MELT_OK)
+      << melt_last_error();
+  constexpr int kSequences = 16, kSteps = 128;
+  static_assert(kSequences * kSteps * 2 >=
+                melt::rt::Session::kCountedAsideChoices);
+  melt_session_options options{256, kSequences * 256};
+  auto loadJson = [](melt_session *s) {
+    size_t size = 0;
+    EXPECT_EQ(melt_session_expert_load_json(s, nullptr, 0, &size), MELT_OK);
+    std::string json(size, '\0');
+    EXPECT_EQ(melt_session_expert_load_json(s, json.data(), size, &size),
+              MELT_OK);
+    return json;
+  };
+  std::string jsons[2];
+  std::vector<int> tokens[2];
+  for (int multi = 0; multi < 2; ++multi) {
+    melt_session *session = nullptr;
+    ASSERT_EQ(melt_session_create(model, &options, &session), MELT_OK);
+    std::vector<melt_batch_entry> batch(kSequences);
+    int prompt[kSequences], next[kSequences];
+    for (int i = 0; i < kSequences; ++i) {
+      int id = -1;
+      ASSERT_EQ(melt_session_add_sequence(session, &id), MELT_OK);
+      prompt[i] = (i * 37 + 5) % 256;
+      batch[size_t(i)] = {id, &prompt[i], 1};
+    }
+    if (multi) {
+      tokens[1].resize(size_t(kSequences) * kSteps);
+      ASSERT_EQ(melt_session_generate_greedy(session, batch.data(), kSequences,
+                                             kSteps, tokens[1].data()),
+                MELT_OK)
+          << melt_last_error();
+    } else {
+      for (int step = 0; step < kSteps; ++step) {
+        ASSERT_EQ(
+            melt_session_step_greedy(session, batch.data(), kSequences, next),
+            MELT_OK)
+            << melt_last_error();
+        for (int i = 0; i < kSequences; ++i) {
+          tokens[0].push_back(next[i]);
+          prompt[i] = next[i];
+        }
+      }
+    }
+    jsons[multi] = loadJson(session);
+    EXPECT_EQ(melt_session_destroy(session), MELT_OK);
+  }
+  EXPECT_EQ(tokens[1], tokens[0]);
+  EXPECT_EQ(jsons[1], jsons[0]);
+  EXPECT_NE(jsons[0].find("\"counts\""), std::string::npos) << jsons[0];
+  EXPECT_EQ(melt_model_destroy(model), MELT_OK);
+}
+
 TEST_F(SessionTest, BadTokensAndContextLeaveStateUnchanged) {
   melt_model *model = nullptr;
   ASSERT_EQ(
