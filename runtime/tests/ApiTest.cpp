@@ -291,13 +291,8 @@ TEST_F(SessionTest, ManyTokensExpertLoadIsCountedAside) {
     ASSERT_EQ(melt_session_step_greedy(session, batch.data(), kSequences, next),
               MELT_OK);
     if (readFirst) {
-      size_t size = 0;
-      ASSERT_EQ(melt_session_expert_load_json(session, nullptr, 0, &size),
-                MELT_OK);
-      std::string json(size, '\0');
-      ASSERT_EQ(
-          melt_session_expert_load_json(session, json.data(), size, &size),
-          MELT_OK);
+      std::string json;
+      ASSERT_EQ(expertLoadJson(session, json), MELT_OK);
       // The first router sees every token; the last only the rows whose
       // logits are wanted (the executor's logit-only kernels).
       const auto sums = expertLoadSums(json);
@@ -325,14 +320,6 @@ TEST_F(SessionTest, MultiStepExpertLoadIsTheStepsOne) {
   static_assert(kSequences * kSteps * 2 >=
                 melt::rt::Session::kCountedAsideChoices);
   melt_session_options options{256, kSequences * 256};
-  auto loadJson = [](melt_session *s) {
-    size_t size = 0;
-    EXPECT_EQ(melt_session_expert_load_json(s, nullptr, 0, &size), MELT_OK);
-    std::string json(size, '\0');
-    EXPECT_EQ(melt_session_expert_load_json(s, json.data(), size, &size),
-              MELT_OK);
-    return json;
-  };
   std::string jsons[2];
   std::vector<int> tokens[2];
   for (int multi = 0; multi < 2; ++multi) {
@@ -364,7 +351,7 @@ TEST_F(SessionTest, MultiStepExpertLoadIsTheStepsOne) {
         }
       }
     }
-    jsons[multi] = loadJson(session);
+    EXPECT_EQ(expertLoadJson(session, jsons[multi]), MELT_OK);
     EXPECT_EQ(melt_session_destroy(session), MELT_OK);
   }
   EXPECT_EQ(tokens[1], tokens[0]);

@@ -37,4 +37,15 @@ protected:
   std::vector<char> bytes;
 };
 
+/// A session's expert-load JSON through the C API (its size asked first):
+/// the first call's status that is not MELT_OK, else MELT_OK.
+inline melt_status expertLoadJson(melt_session *session, std::string &json) {
+  size_t size = 0;
+  if (melt_status s = melt_session_expert_load_json(session, nullptr, 0, &size);
+      s != MELT_OK)
+    return s;
+  json.assign(size, '\0');
+  return melt_session_expert_load_json(session, json.data(), size, &size);
+}
+
 #endif // MELT_RUNTIME_TESTS_MODELFIXTURE_H

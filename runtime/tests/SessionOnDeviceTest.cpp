@@ -13,6 +13,7 @@
 #include "melt/runtime.h"
 
 #include "DeviceTestNames.h"
+#include "ModelFixture.h"
 #include "TestModels.h"
 
 #include <gtest/gtest.h>
@@ -343,15 +344,10 @@ TEST_P(SessionOnDevice, GeneratedStepsAreStepsOneByOne) {
                        b = stepped.logits(refs[i]);
     EXPECT_LE(errorOfRange(a, b.data(), b.size()), 1e-6) << "sequence " << i;
   }
-  auto loadJson = [](melt_session *s) {
-    size_t size = 0;
-    EXPECT_EQ(melt_session_expert_load_json(s, nullptr, 0, &size), MELT_OK);
-    std::string json(size, '\0');
-    EXPECT_EQ(melt_session_expert_load_json(s, json.data(), size, &size),
-              MELT_OK);
-    return json;
-  };
-  EXPECT_EQ(loadJson(generated.session), loadJson(stepped.session));
+  std::string generatedLoad, steppedLoad;
+  EXPECT_EQ(expertLoadJson(generated.session, generatedLoad), MELT_OK);
+  EXPECT_EQ(expertLoadJson(stepped.session, steppedLoad), MELT_OK);
+  EXPECT_EQ(generatedLoad, steppedLoad);
   // Past the context of 256: nothing changes (its pages, its logits).
   long long pagesUsed = 0, pagesTotal = 0, usedAfter = 0;
   ASSERT_EQ(melt_session_kv_pages(generated.session, &pagesUsed, &pagesTotal),

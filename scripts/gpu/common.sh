@@ -21,6 +21,12 @@ if [ "${MELT_RESULTS_ARCHIVE:-}" = 1 ]; then
   trap pack_results EXIT
 fi
 
+# prompt_ids N: the benchmarks' prompt of N token ids (spread over mini's
+# vocabulary), comma-separated, as melt-run --prompt-ids takes it.
+prompt_ids() {
+  python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$1"
+}
+
 # build_gpu TARGET...: configures build-gpu once and builds the targets.
 build_gpu() {
   cmake -S runtime -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \

@@ -52,7 +52,6 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 build_gpu melt-run
-prompt() { python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$1"; }
 run() { build-gpu/bin/melt-run "$carry/models/$1" --random-weights \
   --device cuda:0 --bench --warmup --repeat 3 "${@:2}" |
   sed "s/^{/{\"model\": \"$1\", /"; }
@@ -60,60 +59,60 @@ run() { build-gpu/bin/melt-run "$carry/models/$1" --random-weights \
 for model in mini-bf16.melt mini-fp8.melt; do
   echo "== melt: $model on cuda:0 =="
   {
-    run "$model" --prompt-ids "$(prompt 128)" --max-new 64 --batch 1,16,64
-    run "$model" --prompt-ids "$(prompt 1024)" --max-new 1 --batch 1,8
+    run "$model" --prompt-ids "$(prompt_ids 128)" --max-new 64 --batch 1,16,64
+    run "$model" --prompt-ids "$(prompt_ids 1024)" --max-new 1 --batch 1,8
     # MELT_COMPARE_MLA=1: the prefill again with its MLA on the F32 split
     # kernel instead of the tensor cores melt-compile chose (BF16 attention).
     if [ "${MELT_COMPARE_MLA:-}" = 1 ]; then
-      MELT_CUDA_MLA_TENSOR_CORES=0 run "$model" --prompt-ids "$(prompt 1024)" \
+      MELT_CUDA_MLA_TENSOR_CORES=0 run "$model" --prompt-ids "$(prompt_ids 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "split", /'
     fi
     # MELT_COMPARE_MLA_DECOMPRESSED=1: the prefills with MLA absorbed
     # (MELT_CUDA_MLA_DECOMPRESSED=0) where the compiler's cost model asks
     # for the decompressed form (K and V per head, then the fused attention).
     if [ "${MELT_COMPARE_MLA_DECOMPRESSED:-}" = 1 ]; then
-      MELT_CUDA_MLA_DECOMPRESSED=0 run "$model" --prompt-ids "$(prompt 1024)" \
+      MELT_CUDA_MLA_DECOMPRESSED=0 run "$model" --prompt-ids "$(prompt_ids 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"mla": "absorbed", /'
     fi
     # MELT_COMPARE_DEVICE_GROUPING=1: the bf16 prefills with the experts
     # grouped on the host (MELT_CUDA_DEVICE_GROUPING=0).
     if [ "${MELT_COMPARE_DEVICE_GROUPING:-}" = 1 ] && [ "$model" = mini-bf16.melt ]; then
-      MELT_CUDA_DEVICE_GROUPING=0 run "$model" --prompt-ids "$(prompt 1024)" \
+      MELT_CUDA_DEVICE_GROUPING=0 run "$model" --prompt-ids "$(prompt_ids 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"grouping": "host", /'
     fi
     # MELT_COMPARE_FP8_GROUPED_WGMMA=1: the FP8 prefills with the experts'
     # gate and up widened to BF16 (MELT_CUDA_FP8_GROUPED_WGMMA=0).
     if [ "${MELT_COMPARE_FP8_GROUPED_WGMMA:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
-      MELT_CUDA_FP8_GROUPED_WGMMA=0 run "$model" --prompt-ids "$(prompt 1024)" \
+      MELT_CUDA_FP8_GROUPED_WGMMA=0 run "$model" --prompt-ids "$(prompt_ids 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"fp8_grouped": "widened", /'
     fi
     # MELT_COMPARE_LOGIT_ROWS=1: the prefills with every kernel on every
     # row (MELT_LOGIT_ROWS_ONLY=0).
     if [ "${MELT_COMPARE_LOGIT_ROWS:-}" = 1 ]; then
-      MELT_LOGIT_ROWS_ONLY=0 run "$model" --prompt-ids "$(prompt 1024)" \
+      MELT_LOGIT_ROWS_ONLY=0 run "$model" --prompt-ids "$(prompt_ids 1024)" \
         --max-new 1 --batch 1,8 | sed 's/^{/{"logit_rows": "all rows", /'
     fi
     # MELT_COMPARE_FOLDS=1: FP8 decode again with the quantize/dequantize
     # pairs its FP8 products make redundant kept (MELT_FOLD_QUANTIZE=0).
     if [ "${MELT_COMPARE_FOLDS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
-      MELT_FOLD_QUANTIZE=0 run "$model" --prompt-ids "$(prompt 128)" \
+      MELT_FOLD_QUANTIZE=0 run "$model" --prompt-ids "$(prompt_ids 128)" \
         --max-new 64 --batch 1,64 | sed 's/^{/{"fold": "off", /'
     fi
     if [ "${MELT_COMPARE_SILU_MUL:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
-      MELT_FUSE_SILU_MUL=0 run "$model" --prompt-ids "$(prompt 128)" \
+      MELT_FUSE_SILU_MUL=0 run "$model" --prompt-ids "$(prompt_ids 128)" \
         --max-new 64 --batch 1 | sed 's/^{/{"silu_mul": "apart", /'
     fi
     if [ "${MELT_COMPARE_DETERMINISTIC:-}" = 1 ]; then
       for round in 1 2; do
-        run "$model" --prompt-ids "$(prompt 128)" \
+        run "$model" --prompt-ids "$(prompt_ids 128)" \
           --max-new 64 --batch 1,64 | sed "s/^{/{\"deterministic\": $round, /"
       done
-      MELT_CUDA_DETERMINISTIC_EXPERTS=0 run "$model" --prompt-ids "$(prompt 128)" \
+      MELT_CUDA_DETERMINISTIC_EXPERTS=0 run "$model" --prompt-ids "$(prompt_ids 128)" \
         --max-new 64 --batch 1,64 | sed 's/^{/{"experts": "atomic", /'
 
     fi
     if [ "${MELT_COMPARE_FP8_PATHS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
-      for args in "$(prompt 128) --max-new 64 --batch 1,64" "$(prompt 1024) --max-new 1 --batch 1,8"; do
+      for args in "$(prompt_ids 128) --max-new 64 --batch 1,64" "$(prompt_ids 1024) --max-new 1 --batch 1,8"; do
         # shellcheck disable=SC2086 # the prompt and the batches as words
         MELT_CUDA_FP8_PAD_K=0 MELT_CUDA_FP8_EXPERT_ROWS=0 run "$model" \
           --prompt-ids $args | sed 's/^{/{"fp8": "unpadded, grouped", /'
@@ -125,16 +124,16 @@ for model in mini-bf16.melt mini-fp8.melt; do
     # machine's load moves the batch-1 figure by several percent).
     if [ "${MELT_COMPARE_FEW_TOKENS:-}" = 1 ] && [ "$model" = mini-fp8.melt ]; then
       for round in 1 2; do
-        MELT_CUDA_FP8_FEW_TOKENS=0 run "$model" --prompt-ids "$(prompt 128)" \
+        MELT_CUDA_FP8_FEW_TOKENS=0 run "$model" --prompt-ids "$(prompt_ids 128)" \
           --max-new 64 --batch 1 | sed "s/^{/{\"fp8_few_tokens\": \"off $round\", /"
-        run "$model" --prompt-ids "$(prompt 128)" \
+        run "$model" --prompt-ids "$(prompt_ids 128)" \
           --max-new 64 --batch 1 | sed "s/^{/{\"fp8_few_tokens\": \"on $round\", /"
       done
     fi
     # MELT_COMPARE_LATENT_APPEND=1: decode with MLA's latent append, its
     # norm and rope in one kernel (experimental, MELT_CUDA_FUSED_LATENT_APPEND=1).
     if [ "${MELT_COMPARE_LATENT_APPEND:-}" = 1 ]; then
-      MELT_CUDA_FUSED_LATENT_APPEND=1 run "$model" --prompt-ids "$(prompt 128)" \
+      MELT_CUDA_FUSED_LATENT_APPEND=1 run "$model" --prompt-ids "$(prompt_ids 128)" \
         --max-new 64 --batch 1,64 | sed 's/^{/{"latent_append": "one kernel", /'
     fi
     # MELT_COMPARE_SIDE_STREAM=1: decode with every side branch in order on
@@ -142,9 +141,9 @@ for model in mini-bf16.melt mini-fp8.melt; do
     # default (the shared experts and queries on a second stream).
     if [ "${MELT_COMPARE_SIDE_STREAM:-}" = 1 ]; then
       for round in 1 2; do
-        MELT_CUDA_SIDE_STREAM=0 run "$model" --prompt-ids "$(prompt 128)" \
+        MELT_CUDA_SIDE_STREAM=0 run "$model" --prompt-ids "$(prompt_ids 128)" \
           --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"off $round\", /"
-        run "$model" --prompt-ids "$(prompt 128)" \
+        run "$model" --prompt-ids "$(prompt_ids 128)" \
           --max-new 64 --batch 1,16,64 | sed "s/^{/{\"side_stream\": \"on $round\", /"
       done
     fi
@@ -152,16 +151,16 @@ for model in mini-bf16.melt mini-fp8.melt; do
       # The F32 latent cache against the default BF16 one, at the prompt
       # above and over 4000 cached tokens.
       for cache in 1 0; do
-        MELT_CUDA_BF16_LATENT_CACHE=$cache run "$model" --prompt-ids "$(prompt 128)" \
+        MELT_CUDA_BF16_LATENT_CACHE=$cache run "$model" --prompt-ids "$(prompt_ids 128)" \
           --max-new 64 --batch 1,64 | sed "s/^{/{\"latent_cache\": \"$cache\", /"
-        MELT_CUDA_BF16_LATENT_CACHE=$cache run "$model" --prompt-ids "$(prompt 4000)" \
+        MELT_CUDA_BF16_LATENT_CACHE=$cache run "$model" --prompt-ids "$(prompt_ids 4000)" \
           --max-new 32 --batch 1,8,32 | sed "s/^{/{\"latent_cache\": \"$cache\", /"
       done
     fi
     # MELT_COMPARE_STEPS_PER_CALL=1: greedy decode a step a call (the host
     # waiting for each pick) beside the default calls of 64 steps.
     if [ "${MELT_COMPARE_STEPS_PER_CALL:-}" = 1 ]; then
-      run "$model" --prompt-ids "$(prompt 128)" --max-new 64 --batch 1,16,64 \
+      run "$model" --prompt-ids "$(prompt_ids 128)" --max-new 64 --batch 1,16,64 \
         --steps-per-call 1 | sed 's/^{/{"steps_per_call": 1, /'
     fi
     # MELT_COMPARE_RECORD_AHEAD=1: the first decode step's graph recorded
@@ -169,14 +168,14 @@ for model in mini-bf16.melt mini-fp8.melt; do
     # default (recorded at that step).
     if [ "${MELT_COMPARE_RECORD_AHEAD:-}" = 1 ]; then
       for round in 1 2; do
-        MELT_RECORD_AHEAD=1 run "$model" --prompt-ids "$(prompt 128)" \
+        MELT_RECORD_AHEAD=1 run "$model" --prompt-ids "$(prompt_ids 128)" \
           --max-new 64 --batch 1,16,64 | sed "s/^{/{\"record_ahead\": \"on $round\", /"
-        run "$model" --prompt-ids "$(prompt 128)" --max-new 64 \
+        run "$model" --prompt-ids "$(prompt_ids 128)" --max-new 64 \
           --batch 1,16,64 | sed "s/^{/{\"record_ahead\": \"off $round\", /"
       done
     fi
     if [ "${MELT_COMPARE_OVERLAP:-}" = 1 ]; then
-      MELT_CUDA_OVERLAP_KERNELS=0 run "$model" --prompt-ids "$(prompt 128)" \
+      MELT_CUDA_OVERLAP_KERNELS=0 run "$model" --prompt-ids "$(prompt_ids 128)" \
         --max-new 64 --batch 1,16,64 | sed 's/^{/{"overlap": "off", /'
     fi
   } | tee -a "$out/mini_melt.json" | sed 's/"generated": \[[0-9,]*\], //'

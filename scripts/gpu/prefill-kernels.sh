@@ -15,7 +15,7 @@ tokens=${2:-1024}
 shift 2 || true
 models=${*:-mini-fp8.melt mini-bf16.melt}
 build_gpu melt-run melt-kernel-trace
-prompt=$(python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$tokens")
+prompt=$(prompt_ids "$tokens")
 for model in $models; do
   trace="$out/trace-prefill-$model.jsonl"
   rm -f "$trace"

@@ -11,7 +11,7 @@ tokens=${2:-1024}
 shift 2 || true
 models=${*:-mini-bf16.melt mini-fp8.melt}
 build_gpu melt-run
-prompt=$(python3 -c "import sys; n=int(sys.argv[1]); print(','.join(str((i * 7919) % 129280) for i in range(n)))" "$tokens")
+prompt=$(prompt_ids "$tokens")
 for model in $models; do
   echo "== $model: prefill $sequences x $tokens =="
   # The warm-up session's profile comes first; the timed session's last.

@@ -14,7 +14,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 models=${*:-mini-fp8.melt mini-bf16.melt}
 build_gpu melt-run
-prompt=$(python3 -c "print(','.join(str((i * 7919) % 129280) for i in range(128)))")
+prompt=$(prompt_ids 128)
 for model in $models; do
   for load in 1 0; do
     log="$out/step-times-${model%.melt}-load$load.txt"

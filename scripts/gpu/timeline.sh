@@ -15,7 +15,7 @@ model=${1:-mini-fp8.melt}
 shift || true
 batches=${*:-1 64}
 build_gpu melt-run melt-kernel-trace
-prompt=$(python3 -c "print(','.join(str((i * 7919) % 129280) for i in range(128)))")
+prompt=$(prompt_ids 128)
 for b in $batches; do
   trace="$out/trace-$model-b$b.jsonl"
   CUDA_INJECTION64_PATH="$root/build-gpu/lib/libmelt-kernel-trace.so" \
