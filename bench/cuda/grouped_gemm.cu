@@ -158,25 +158,16 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
       const GroupedGemmArgs &args;
       int products;
       Kernel kernel;
-      bool persistent = false;
     } products[] = {
         {"gate/up pair", pair, 2, Kernel::Bf16},
         {"gate/up pair, fp8 tensor cores", pair, 2, Kernel::Fp8Pair},
-        {"gate/up pair, fp8 tensor cores, persistent", pair, 2, Kernel::Fp8Pair,
-         true},
         {"gate/up pair, fp8 tensor cores, fp8 out", pair, 2,
          Kernel::Fp8PairFp8Out},
-        {"gate/up pair, fp8 tensor cores, fp8 out, persistent", pair, 2,
-         Kernel::Fp8PairFp8Out, true},
         {"down", downArgs, 1, Kernel::Bf16},
-        {"down, fp8 tensor cores", downArgs, 1, Kernel::Fp8Single},
-        {"down, fp8 tensor cores, persistent", downArgs, 1, Kernel::Fp8Single,
-         true}};
+        {"down, fp8 tensor cores", downArgs, 1, Kernel::Fp8Single}};
     for (const Product &p : products) {
       if (p.kernel != Kernel::Bf16 && !fp8)
         continue;
-      fp8Pair.persistent = fp8PairFp8Out.persistent = fp8Down.persistent =
-          p.persistent;
       const float ms = melt::bench::timeMs(
           benchName,
           [&](int) {

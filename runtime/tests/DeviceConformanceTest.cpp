@@ -1527,23 +1527,6 @@ TEST_P(DeviceConformance, MoeExpertsFp8GroupedOnFp8TensorCores) {
   }
 }
 
-// The same on a GPU with the grouped FP8 products by persistent blocks
-// (MELT_CUDA_FP8_GROUPED_PERSISTENT=1: written after session 21's GPU time
-// was spent, off by default until this has run).
-TEST_P(DeviceConformance, MoeExpertsFp8GroupedByPersistentBlocks) {
-  if (device->name().rfind("cuda", 0) != 0)
-    GTEST_SKIP() << "a GPU's switch";
-  reopenWith("MELT_CUDA_FP8_GROUPED_PERSISTENT", "1");
-  if (HasFatalFailure())
-    return;
-  checkFp8ExpertStacks(*this, rng, 300, /*I=*/256, /*D=*/384,
-                       /*xOnGrid=*/true, /*sameBitsTwice=*/true,
-                       /*fp8Activations=*/true);
-  checkFp8ExpertStacks(*this, rng, 70, /*I=*/1408, /*D=*/2048,
-                       /*xOnGrid=*/true, /*sameBitsTwice=*/false,
-                       /*fp8Activations=*/true);
-}
-
 // The expert kernels' sums the same bits every run (a GPU's default,
 // MELT_CUDA_DETERMINISTIC_EXPERTS=1: each pair's row written, a token's rows
 // summed in choice order, instead of F32 atomics): the same values, twice

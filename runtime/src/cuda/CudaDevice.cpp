@@ -550,12 +550,6 @@ public:
   /// DeepSeek-V3 multiplies every expert product (groupedGemmFp8); =0
   /// widens the down weights to BF16 for the pair's BF16 rows.
   bool fp8GroupedDown_ = envSwitch("MELT_CUDA_FP8_GROUPED_DOWN", true);
-  /// Their products (pair and down) by persistent blocks, one an SM, each
-  /// streaming its next tile's first blocks of k in while it stores one
-  /// (GroupedFp8PairArgs::persistent). Written after session 21's GPU time
-  /// was spent: compiled, not yet run on a GPU, so off by default.
-  bool fp8GroupedPersistent_ =
-      envSwitch("MELT_CUDA_FP8_GROUPED_PERSISTENT", false);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -1303,7 +1297,6 @@ public:
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
       a.starts = starts;
       a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
-      a.persistent = fp8GroupedPersistent_;
       if (fp8Down) { // the rows quantized as the pair writes them
         MELT_RETURN_IF_ERROR(
             scratch.take(DType::FP8E4M3, {capacity, I}, actCodesT));
@@ -1332,7 +1325,6 @@ public:
         d.yF32 = static_cast<float *>(outT.data);
       d.starts = starts;
       d.groups = E, d.capacity = capacity, d.n = D, d.k = I;
-      d.persistent = fp8GroupedPersistent_;
       MELT_RETURN_IF_ERROR(check(groupedGemmFp8(d, stream_), "moe_experts"));
     } else {
       MELT_RETURN_IF_ERROR(

@@ -38,17 +38,12 @@ constexpr int kOperandBytes = kTile * kTile; // a [128 x 128] e4m3 tile
 /// codes and their 1 x 128 scales, or one product into F32 or BF16 rows.
 enum class Mode { PairBf16, PairFp8, Single };
 
-/// The weights a stage holds, the ring's stages, its bytes; a persistent
-/// block's FP8 rows are staged apart from the ring (whose stages may hold
-/// the next tile's blocks of k by then).
-template <Mode kMode, bool kPersistent = false> struct Layout {
+/// The weights a stage holds, the ring's stages, its bytes.
+template <Mode kMode> struct Layout {
   static constexpr int kWeights = kMode == Mode::Single ? 1 : 2;
   static constexpr int kStages = kMode == Mode::Single ? 6 : 4;
   static constexpr int kStageBytes = (1 + kWeights) * kOperandBytes;
-  static constexpr size_t kStagingAt = size_t(kStages) * kStageBytes;
-  static constexpr size_t kBarriersAt =
-      kStagingAt +
-      (kPersistent && kMode == Mode::PairFp8 ? size_t(kOperandBytes) : 0);
+  static constexpr size_t kBarriersAt = size_t(kStages) * kStageBytes;
   static constexpr size_t kSharedBytes =
       kBarriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
 };
@@ -254,95 +249,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   storeTile<kMode>(a, sums, row0, n0, rowLo, t, shared);
 }
 
-/// groupedFp8Kernel's tiles taken by a grid of at most one block an SM,
-/// each block going over tiles blockIdx.x, + gridDim.x, ... (a row tile's
-/// column tiles one after another: its x tile stays in L2). A block's
-/// blocks of k form one sequence over its tiles: thread 0 keeps the ring
-/// kStages - 1 blocks of k ahead across a tile's end, so that the next
-/// tile's first tiles stream in while this one's sums are stored.
-template <Mode kMode>
-__global__ void __launch_bounds__(kThreads, 1)
-    groupedFp8PersistentKernel(KernelArgs a,
-                               const __grid_constant__ CUtensorMap xMap,
-                               const __grid_constant__ CUtensorMap gateMap,
-                               const __grid_constant__ CUtensorMap upMap) {
-  using L = Layout<kMode, true>;
-  awaitPriorKernels();
-  const int colTiles = a.n / kTile, kBlocks = a.k / kTile;
-  // The groups' rows are a multiple of 128: tiles past them are none.
-  const int tiles = colTiles * (a.starts[a.groups] / kTile);
-  const int first = int(blockIdx.x), stride = int(gridDim.x);
-  if (first >= tiles)
-    return;
-  const int myTiles = (tiles - first + stride - 1) / stride;
-  const int steps = myTiles * kBlocks;
-
-  extern __shared__ uint8_t sharedRaw[];
-  uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
-                                 sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
-                                    kSwizzleAtomBytes;
-  uint64_t *full = reinterpret_cast<uint64_t *>(shared + L::kBarriersAt);
-  auto stageAt = [&](int stage) { return shared + stage * L::kStageBytes; };
-  if (threadIdx.x == 0)
-    for (int stage = 0; stage < L::kStages; ++stage)
-      initLoadBarrier(&full[stage]);
-  __syncthreads();
-  // Tile j of this block: its first row, first column and expert.
-  auto origin = [&](int j, int &row0, int &n0, int &expert) {
-    const int tile = first + j * stride;
-    row0 = tile / colTiles * kTile;
-    n0 = tile % colTiles * kTile;
-    expert = groupOfRow(a.starts, a.groups, row0);
-  };
-  // Step s (tile s / kBlocks, block of k s % kBlocks) into its stage
-  // (thread 0).
-  auto load = [&](int s) {
-    int row0, n0, expert;
-    origin(s / kBlocks, row0, n0, expert);
-    const int kb = s % kBlocks, stage = s % L::kStages;
-    const int wRow0 = expert * a.n + n0;
-    expectBytes(&full[stage], L::kStageBytes);
-    uint8_t *at = stageAt(stage);
-    loadTile2d(at, &xMap, kb * kTile, row0, &full[stage]);
-    loadTile2d(at + kOperandBytes, &gateMap, kb * kTile, wRow0, &full[stage]);
-    if constexpr (L::kWeights == 2)
-      loadTile2d(at + 2 * kOperandBytes, &upMap, kb * kTile, wRow0,
-                 &full[stage]);
-  };
-  if (threadIdx.x == 0)
-    for (int s = 0; s < min(L::kStages - 1, steps); ++s)
-      load(s);
-
-  const int group = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  float sums[L::kWeights][64], part[64];
-  for (int j = 0, s = 0; j < myTiles; ++j) {
-    int row0, n0, expert;
-    origin(j, row0, n0, expert);
-    const size_t scalesAt = (size_t(expert) * colTiles + n0 / kTile) * kBlocks;
-    const int rowLo = row0 + group * 64 + 16 * warp + g;
-#pragma unroll
-    for (int which = 0; which < L::kWeights; ++which)
-#pragma unroll
-      for (int i = 0; i < 64; ++i)
-        sums[which][i] = 0.f;
-    for (int kb = 0; kb < kBlocks; ++kb, ++s) {
-      const int stage = s % L::kStages;
-      const float *xScales = a.xScales + size_t(kb) * a.capacity;
-      const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
-      awaitBarrier(&full[stage], (s / L::kStages) % 2);
-      multiplyBlock<kMode>(a, sums, part, stageAt(stage), group, scalesAt + kb,
-                           xLo, xHi);
-      // Both warpgroups done with the stage: the step s + stages - 1 goes
-      // to it.
-      __syncthreads();
-      if (threadIdx.x == 0 && s + L::kStages - 1 < steps)
-        load(s + L::kStages - 1);
-    }
-    storeTile<kMode>(a, sums, row0, n0, rowLo, t, shared + L::kStagingAt);
-  }
-}
-
 /// A block per row: its codes 16 bytes a thread, then its scales.
 __global__ void gatherFp8RowsKernel(const uint8_t *x, const float *xScales,
                                     int tokens, const int32_t *tokenOfRow,
@@ -364,10 +270,10 @@ bool aligned16(const void *p) {
 
 /// Launches mode kMode over [capacity / 128] row tiles and [n / 128]
 /// column tiles: the tensor maps of x and the weights (`up` null for one).
-template <Mode kMode, bool kPersistent>
+template <Mode kMode>
 cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
                           const uint8_t *up, cudaStream_t stream) {
-  using L = Layout<kMode, kPersistent>;
+  using L = Layout<kMode>;
   alignas(64) CUtensorMap xMap{}, gateMap{}, upMap{};
   const uint64_t wRows = uint64_t(a.groups) * a.n;
   if (!swizzledByteMap(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
@@ -379,25 +285,13 @@ cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
     return cudaErrorNotSupported;
   if (!up)
     upMap = gateMap; // (not read)
-  auto *kernel =
-      kPersistent ? groupedFp8PersistentKernel<kMode> : groupedFp8Kernel<kMode>;
+  auto *kernel = groupedFp8Kernel<kMode>;
   cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            int(L::kSharedBytes));
   if (error != cudaSuccess)
     return error;
   dim3 grid(a.n / kTile, a.capacity / kTile);
-  if constexpr (kPersistent) {
-    // One block an SM at most (the tiles' count is the device's to know).
-    int device = 0, multiprocessors = 0;
-    if ((error = cudaGetDevice(&device)) != cudaSuccess ||
-        (error = cudaDeviceGetAttribute(&multiprocessors,
-                                        cudaDevAttrMultiProcessorCount,
-                                        device)) != cudaSuccess)
-      return error;
-    grid = dim3(unsigned(std::min<long long>((long long)grid.x * grid.y,
-                                             std::max(multiprocessors, 1))));
-  }
   error = launchOverlapped(kernel, grid, kThreads, L::kSharedBytes, stream, a,
                            xMap, gateMap, upMap);
   return error != cudaSuccess ? error : cudaGetLastError();
@@ -428,11 +322,8 @@ cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
   k.y = a.y, k.yCodes = a.yCodes, k.yScales = a.yScales;
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
-  if (a.persistent)
-    return a.y ? launchGrouped<Mode::PairBf16, true>(k, a.gate, a.up, stream)
-               : launchGrouped<Mode::PairFp8, true>(k, a.gate, a.up, stream);
-  return a.y ? launchGrouped<Mode::PairBf16, false>(k, a.gate, a.up, stream)
-             : launchGrouped<Mode::PairFp8, false>(k, a.gate, a.up, stream);
+  return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, stream)
+             : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, stream);
 }
 
 bool groupedFp8Fits(const GroupedFp8Args &a) {
@@ -452,9 +343,7 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
   k.y = a.y, k.yF32 = a.yF32;
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
-  return a.persistent
-             ? launchGrouped<Mode::Single, true>(k, a.w, nullptr, stream)
-             : launchGrouped<Mode::Single, false>(k, a.w, nullptr, stream);
+  return launchGrouped<Mode::Single>(k, a.w, nullptr, stream);
 }
 
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,

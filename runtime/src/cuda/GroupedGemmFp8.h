@@ -46,11 +46,6 @@ struct GroupedFp8PairArgs {
   /// 0, the last at most `capacity`.
   const int32_t *starts = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
-  /// The tiles taken by at most one block an SM, each going over several
-  /// and streaming the next one's first blocks of k in while it stores a
-  /// tile (MELT_CUDA_FP8_GROUPED_PERSISTENT=1; written after session 21's
-  /// GPU time was spent: not yet run on a GPU).
-  bool persistent = false;
 };
 
 /// Whether the kernel takes the shape: n, k and capacity multiples of 128,
@@ -78,8 +73,6 @@ struct GroupedFp8Args {
   /// As GroupedFp8PairArgs::starts.
   const int32_t *starts = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
-  /// As GroupedFp8PairArgs::persistent.
-  bool persistent = false;
 };
 
 /// Whether groupedGemmFp8 takes the shape (as groupedFp8PairFits).

@@ -53,8 +53,7 @@ double roundedBf16(double v) {
   return __bfloat162float(__float2bfloat16(float(v)));
 }
 
-void runCase(const std::vector<int> &counts, int n, int k,
-             bool persistent = false) {
+void runCase(const std::vector<int> &counts, int n, int k) {
   const int groups = int(counts.size()), blocks = k / 128;
   const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
   // One spare tile past the last group: its rows must stay untouched.
@@ -85,7 +84,6 @@ void runCase(const std::vector<int> &counts, int n, int k,
   args.capacity = capacity;
   args.n = n;
   args.k = k;
-  args.persistent = persistent;
   ASSERT_TRUE(groupedFp8PairFits(args));
   ASSERT_EQ(groupedGemmFp8Pair(args, nullptr), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -146,11 +144,9 @@ void runCase(const std::vector<int> &counts, int n, int k,
         worstOfMagnitudes =
             std::max(worstOfMagnitudes, std::fabs(have - want) / magnitudes);
       }
-  EXPECT_LE(worst, 1.0) << "n " << n << ", k " << k
-                        << (persistent ? ", persistent" : "");
-  std::printf("n %d, k %d%s: error at most 2^%.1f of the terms' magnitudes\n",
-              n, k, persistent ? " (persistent)" : "",
-              std::log2(worstOfMagnitudes));
+  EXPECT_LE(worst, 1.0) << "n " << n << ", k " << k;
+  std::printf("n %d, k %d: error at most 2^%.1f of the terms' magnitudes\n", n,
+              k, std::log2(worstOfMagnitudes));
   const double initial = __bfloat162float(__float2bfloat16(untouched));
   for (size_t i = size_t(starts.back()) * n; i < y.size(); ++i)
     ASSERT_EQ(double(__bfloat162float(y[i])), initial)
@@ -167,8 +163,7 @@ void runCase(const std::vector<int> &counts, int n, int k,
 
 /// The pair into FP8 codes and scales against the pair into BF16 rows,
 /// quantized by quantizeRowsFp8: the same codes and scales, bit for bit.
-void runFp8OutputCase(const std::vector<int> &counts, int n, int k,
-                      bool persistent = false) {
+void runFp8OutputCase(const std::vector<int> &counts, int n, int k) {
   const int groups = int(counts.size()), blocks = k / 128;
   const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
   const int capacity = starts.back();
@@ -184,7 +179,6 @@ void runFp8OutputCase(const std::vector<int> &counts, int n, int k,
       toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
   args.starts = toDevice(starts);
   args.groups = groups, args.capacity = capacity, args.n = n, args.k = k;
-  args.persistent = persistent;
   __nv_bfloat16 *rows = deviceArray<__nv_bfloat16>(size_t(capacity) * n);
   auto *wantCodes = deviceArray<__nv_fp8_e4m3>(size_t(capacity) * n);
   float *wantScales = deviceArray<float>(size_t(n / 128) * capacity);
@@ -210,12 +204,10 @@ void runFp8OutputCase(const std::vector<int> &counts, int n, int k,
       for (int b = 0; b < n / 128; ++b)
         ASSERT_EQ(haveS[size_t(b) * capacity + r],
                   wantS[size_t(b) * capacity + r])
-            << "row " << r << ", block " << b
-            << (persistent ? ", persistent" : "");
+            << "row " << r << ", block " << b;
       for (int c = 0; c < n; ++c)
         ASSERT_EQ(have[size_t(r) * n + c], want[size_t(r) * n + c])
-            << "row " << r << ", column " << c
-            << (persistent ? ", persistent" : "");
+            << "row " << r << ", column " << c;
     }
   for (const void *p :
        {static_cast<const void *>(args.x),
@@ -232,8 +224,7 @@ void runFp8OutputCase(const std::vector<int> &counts, int n, int k,
 }
 
 /// The single product into F32 (or BF16) rows against double precision.
-void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16,
-                   bool persistent = false) {
+void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16) {
   const int groups = int(counts.size()), blocks = k / 128;
   const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
   const int capacity = starts.back() + 128; // a spare tile, left untouched
@@ -249,7 +240,6 @@ void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16,
   args.wScales = toDevice(wScales);
   args.starts = toDevice(starts);
   args.groups = groups, args.capacity = capacity, args.n = n, args.k = k;
-  args.persistent = persistent;
   const float untouched = -12345.f;
   float *yF32 = nullptr;
   __nv_bfloat16 *yBf16 = nullptr;
@@ -301,8 +291,7 @@ void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16,
                              (bf16 ? std::fabs(value) * 0x1p-8 : 0.0) + 1e-6;
         worst = std::max(worst, std::fabs(have - value) / bound);
       }
-  EXPECT_LE(worst, 1.0) << "n " << n << ", k " << k << (bf16 ? ", bf16" : "")
-                        << (persistent ? ", persistent" : "");
+  EXPECT_LE(worst, 1.0) << "n " << n << ", k " << k << (bf16 ? ", bf16" : "");
   for (size_t i = size_t(starts.back()) * n; i < y.size(); ++i)
     ASSERT_EQ(y[i],
               bf16 ? __bfloat162float(__float2bfloat16(untouched)) : untouched)
@@ -319,38 +308,27 @@ void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16,
 
 } // namespace
 
-// Each also by persistent blocks (GroupedFp8PairArgs::persistent): the
-// same products, a block's tiles one after another, the ring running on
-// across them (one block of k a tile: a tile's stages hold later tiles').
 TEST(CudaGroupedGemmFp8, PairQuantizesItsRowsAsQuantizeRowsFp8) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
-  for (bool persistent : {false, true}) {
-    runFp8OutputCase({0, 1, 127, 128, 129, 300}, 256, 512, persistent);
-    runFp8OutputCase({70, 0, 131}, 384, 2048, persistent);
-  }
+  runFp8OutputCase({0, 1, 127, 128, 129, 300}, 256, 512);
+  runFp8OutputCase({70, 0, 131}, 384, 2048);
 }
 
 TEST(CudaGroupedGemmFp8, SingleMatchesTheBlockScaledProducts) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
-  for (bool persistent : {false, true}) {
-    runSingleCase({0, 1, 127, 128, 129, 300}, 256, 512, false, persistent);
-    // One block of k, BF16 rows; eleven, mini's down.
-    runSingleCase({200}, 128, 128, true, persistent);
-    runSingleCase({70, 0, 131}, 256, 1408, false, persistent);
-  }
+  runSingleCase({0, 1, 127, 128, 129, 300}, 256, 512, false);
+  runSingleCase({200}, 128, 128, true);          // one block of k, BF16 rows
+  runSingleCase({70, 0, 131}, 256, 1408, false); // eleven: mini's down
 }
 
 TEST(CudaGroupedGemmFp8, PairMatchesTheBlockScaledProducts) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
-  for (bool persistent : {false, true}) {
-    runCase({0, 1, 127, 128, 129, 300}, 256, 512, persistent);
-    runCase({200}, 128, 128, persistent); // one block of k
-    // Sixteen: more than the ring's stages.
-    runCase({70, 0, 131}, 256, 2048, persistent);
-  }
+  runCase({0, 1, 127, 128, 129, 300}, 256, 512);
+  runCase({200}, 128, 128);         // one block of k
+  runCase({70, 0, 131}, 256, 2048); // sixteen: more than the ring's stages
 }
 
 TEST(CudaGroupedGemmFp8, GathersQuantizedRows) {
