@@ -1545,18 +1545,20 @@ TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
                        /*sameBitsTwice=*/true);
 }
 
-/// One token's routed FP8 experts with a shared expert (FP8 linears of
-/// intermediate size `sharedI`) in one call against the calls the executor
-/// makes for them apart: the routed experts of x quantized, the shared
-/// expert's gate and up, its down product of their SiLU-mul, each rounded
-/// to BF16 where the device keeps more, and the add. The same bits where
-/// the device runs those calls (the CPU); a GPU reads the shared expert as
-/// one more expert of its row kernels (fusesSharedExpert), whose sums run
-/// in an order of their own.
+/// T tokens' routed FP8 experts (K choices each) with a shared expert (FP8
+/// linears of intermediate size `sharedI`) in one call against the calls
+/// the executor makes for them apart: the routed experts of x quantized,
+/// the shared expert's gate and up, its down product of their SiLU-mul,
+/// each rounded to BF16 where the device keeps more, and the add. The same
+/// bits where the device runs those calls (the CPU), and on a GPU for many
+/// tokens (the shared products beside the grouped experts from x's codes
+/// quantized once, the add in the combine: the same arithmetic); one
+/// token's on a GPU reads the shared expert as one more expert of its row
+/// kernels (fusesSharedExpert), whose sums run in an order of their own.
 void checkSharedExpertInOneCall(DeviceConformance &test, std::mt19937 &rng,
-                                int64_t I, int64_t D, int64_t sharedI) {
+                                int64_t I, int64_t D, int64_t sharedI,
+                                int64_t T = 1, int64_t K = 2) {
   Device &device = *test.device;
-  const int64_t T = 1, K = 2;
   Fp8Experts experts;
   importFp8Experts(test, rng, I, D, experts);
   if (testing::Test::HasFatalFailure())
@@ -1610,8 +1612,12 @@ void checkSharedExpertInOneCall(DeviceConformance &test, std::mt19937 &rng,
   ASSERT_FALSE(rounded(sd, d));
   ASSERT_FALSE(device.add(routed, d, apart));
   const std::vector<float> have = test.get(fused), want = test.get(apart);
-  if (!gpu) {
-    EXPECT_EQ(have, want);
+  if (!gpu || T > 1) {
+    EXPECT_EQ(have, want) << T << " tokens, I " << I << ", shared " << sharedI
+                          << ": relative error "
+                          << DeviceConformance::relativeError(
+                                 have,
+                                 std::vector<double>(want.begin(), want.end()));
     return;
   }
   EXPECT_LE(DeviceConformance::relativeError(
@@ -1633,6 +1639,15 @@ TEST_P(DeviceConformance, MoeExpertsWithSharedIsTheCallsApart) {
     checkSharedExpertInOneCall(*this, rng, 1408, 512, 1408);
     checkSharedExpertInOneCall(*this, rng, 1408, 512, 2816);
   }
+}
+
+// A prefill's MoE layer with its shared expert in one call: on a GPU the
+// grouped FP8 experts' path (fusesSharedExpert for many tokens; the shared
+// down product's K padded for 1408), the same bits as the calls apart.
+TEST_P(DeviceConformance, ManyTokensMoeExpertsWithSharedIsTheCallsApart) {
+  for (int64_t sharedI : {int64_t(1408), int64_t(512)})
+    checkSharedExpertInOneCall(*this, rng, 256, 512, sharedI, /*T=*/160,
+                               /*K=*/3);
 }
 
 // The same for BF16 weights (the bf16 policy: the linears' outputs kept

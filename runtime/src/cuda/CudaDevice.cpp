@@ -554,6 +554,10 @@ public:
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
   bool fusedSharedExpert_ = envSwitch("MELT_CUDA_FUSED_SHARED_EXPERT", true);
+  /// Many tokens' shared expert in the grouped FP8 experts' call
+  /// (takesGroupedShared).
+  bool groupedSharedExpert_ =
+      envSwitch("MELT_CUDA_GROUPED_SHARED_EXPERT", true);
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
                    DeviceTensor &y) override {
@@ -965,15 +969,53 @@ public:
     const int64_t D = gate.shape[2];
     if (gate.dtype == DType::BF16)
       return takesBf16SharedRows(gate, shared, tokens);
+    if (takesGroupedShared(gate, shared, tokens))
+      return true;
+    return takesFp8Rows(gate.dtype, tokens, gate.shape[1], D) &&
+           sharedFp8Shapes(gate, shared) &&
+           moeFp8RowwiseFits(int(g.shape[0]), int(D));
+  }
+  /// FP8 block-scaled shared weights of one intermediate size, gate/up
+  /// [inter, D] and down [D, inter] for routed stacks of hidden size D.
+  bool sharedFp8Shapes(const DeviceTensor &gate,
+                       const SharedExpert &shared) const {
+    const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
+    const int64_t D = gate.shape[2];
     auto fp8Blocks = [&](const DeviceTensor &w) {
       return w.dtype == DType::FP8E4M3 && w.shape.size() == 2 &&
              weightScales_.count(w.data);
     };
-    return takesFp8Rows(gate.dtype, tokens, gate.shape[1], D) && fp8Blocks(g) &&
-           fp8Blocks(u) && fp8Blocks(d) && g.shape == u.shape &&
-           g.shape[1] == D && d.shape[0] == D && d.shape[1] == g.shape[0] &&
-           moeFp8RowwiseFits(int(g.shape[0]), int(D));
+    return fp8Blocks(g) && fp8Blocks(u) && fp8Blocks(d) && g.shape == u.shape &&
+           g.shape[1] == D && d.shape[0] == D && d.shape[1] == g.shape[0];
   }
+  /// The K an FP8 weight is stored with (its own, or padded: paddedK_).
+  int64_t storedK(const DeviceTensor &w) const {
+    auto padded = paddedK_.find(w.data);
+    return padded == paddedK_.end() ? w.shape[1] : padded->second;
+  }
+  /// Many tokens' shared expert taken into the grouped FP8 experts' call
+  /// (groupedExpertsOnDevice with a shared expert): x quantized once for
+  /// the routed experts and the shared gate and up products, the SiLU-mul
+  /// quantized from their BF16 outputs as they are, and the shared down
+  /// product's BF16 output added by the combine: the values of the calls
+  /// apart (the linears each quantizing x again, each BF16 output widened
+  /// to F32, the add of the two) without those kernels. `tokens` is the
+  /// least the (token, choice) pairs can be.
+  bool takesGroupedShared(const DeviceTensor &gate, const SharedExpert &shared,
+                          int64_t tokens) const {
+    if (!groupedSharedExpert_ || gate.dtype != DType::FP8E4M3 ||
+        gate.shape.size() != 3 || !sharedFp8Shapes(gate, shared))
+      return false;
+    const int64_t E = gate.shape[0], I = gate.shape[1], D = gate.shape[2];
+    const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
+    return fp8GroupedWgmma_ &&
+           groupsOnFp8TensorCores(gate.dtype, tokens, int(E), int(I), int(D)) &&
+           storedK(g) == D && storedK(u) == D && cublasLtTakesK(D) &&
+           cublasLtTakesK(storedK(d)) && g.shape[0] % 16 == 0;
+  }
+  /// K that GemmRunner::fp8BlockScaled multiplies on cuBLASLt (beyond its
+  /// small-M kernel): 128-blocks of K in fours.
+  static bool cublasLtTakesK(int64_t k) { return k > 0 && k % 512 == 0; }
   /// One token's BF16 routed experts with their shared expert in the row
   /// kernels (moeExpertsRowwise with a shared expert): mini bf16's batch-1
   /// step 828.8 against 832.5 us (bench/results/switches_s20_h200.txt).
@@ -1002,6 +1044,19 @@ public:
     if (x.shape.size() != 2 || !fusesSharedExpert(gate, shared, x.shape[0]))
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, quantizedX, shared, y);
+    if (takesGroupedShared(gate, shared, x.shape[0]) &&
+        indices.shape.size() == 2) {
+      // (x is quantized by the grouping whether or not `quantizedX`: as
+      // moeExpertsOfQuantized hands it x itself.)
+      MELT_RETURN_IF_ERROR(usable());
+      ExpertStacks stacks;
+      MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
+      MELT_RETURN_IF_ERROR(
+          check::moeExperts(x, indices, weights, gate, up, down, y));
+      MELT_RETURN_IF_ERROR(flags());
+      return groupedExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
+                                    combineBf16, y, &shared);
+    }
     if (gate.dtype == DType::BF16)
       return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
                                    combineBf16, shared, y);
@@ -1014,12 +1069,8 @@ public:
     MELT_RETURN_IF_ERROR(expertStacks(*shared.gate, *shared.up, *shared.down,
                                       sharedExpert.stacks));
     sharedExpert.inter = int(shared.gate->shape[0]);
-    auto storedK = [&](const DeviceTensor &w) {
-      auto padded = paddedK_.find(w.data);
-      return int(padded == paddedK_.end() ? w.shape[1] : padded->second);
-    };
-    sharedExpert.gateUpStride = storedK(*shared.gate);
-    sharedExpert.downStride = storedK(*shared.down);
+    sharedExpert.gateUpStride = int(storedK(*shared.gate));
+    sharedExpert.downStride = int(storedK(*shared.down));
     if (storedK(*shared.up) != sharedExpert.gateUpStride)
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, quantizedX, shared, y);
@@ -1208,17 +1259,20 @@ public:
   /// BF16, the down product's rows in F32 unless the combine rounds them
   /// to BF16 anyway. A bad index raises the experts' flag (its pair adds
   /// nothing).
+  /// With `shared` (takesGroupedShared), its expert from the same quantized
+  /// x, added by the combine.
   Status
   groupedExpertsOnDevice(const DeviceTensor &x, const DeviceTensor &indices,
                          const DeviceTensor &weights, const DeviceTensor &gate,
                          const DeviceTensor &up, const DeviceTensor &down,
                          const ExpertStacks &stacks, bool combineBf16,
-                         DeviceTensor &y) {
+                         DeviceTensor &y,
+                         const SharedExpert *shared = nullptr) {
     const int T = int(x.shape[0]), D = int(x.shape[1]), E = int(gate.shape[0]),
               I = int(gate.shape[1]), K = int(indices.shape[1]);
     const int capacity = expertGroupingCapacity(T * K, E);
     CallScratch scratch(*this);
-    DeviceTensor startsT, rowOfPairT, tokenOfRowT, xsT, actT, outT;
+    DeviceTensor startsT, rowOfPairT, tokenOfRowT, xsT, actT, outT, sharedOutT;
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {E + 1}, startsT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {T * K}, rowOfPairT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {capacity}, tokenOfRowT));
@@ -1290,6 +1344,10 @@ public:
           gatherFp8Rows(codes, static_cast<const float *>(scalesT.data), T,
                         tokenOfRow, capacity, D, rowCodes, rowScales, stream_),
           "moe_experts"));
+      if (shared)
+        MELT_RETURN_IF_ERROR(sharedExpertOfCodes(
+            *shared, reinterpret_cast<const __nv_fp8_e4m3 *>(codes),
+            static_cast<const float *>(scalesT.data), T, scratch, sharedOutT));
       GroupedFp8PairArgs a;
       a.x = rowCodes, a.xScales = rowScales;
       a.gate = static_cast<const uint8_t *>(gate.data);
@@ -1331,11 +1389,55 @@ public:
           product(static_cast<const __nv_bfloat16 *>(actT.data), down.data,
                   stacks.downScales, nullptr, nullptr, D, I, outT));
     }
-    return check(combineExpertRows({outT.data, combineBf16}, rowOfPair,
-                                   static_cast<const float *>(weights.data), T,
-                                   K, D, combineBf16,
-                                   static_cast<float *>(y.data), stream_),
-                 "moe_experts");
+    if (shared && !sharedOutT.data)
+      return invalidArgument("moe_experts: the shared expert needs the FP8 "
+                             "experts' grouped tensor-core path");
+    return check(
+        combineExpertRows({outT.data, combineBf16}, rowOfPair,
+                          static_cast<const float *>(weights.data), T, K, D,
+                          combineBf16, static_cast<float *>(y.data), stream_,
+                          static_cast<const __nv_bfloat16 *>(sharedOutT.data)),
+        "moe_experts");
+  }
+
+  /// A shared expert's MLP of T tokens from x's FP8 codes and 1 x 128
+  /// scales ([D / 128, T]): gate and up BF16 products, their SiLU-mul
+  /// quantized (to the down weight's stored K), the down product into
+  /// `out` (BF16 [T, D], taken from `scratch`).
+  Status sharedExpertOfCodes(const SharedExpert &shared,
+                             const __nv_fp8_e4m3 *codes, const float *scales,
+                             int T, CallScratch &scratch, DeviceTensor &out) {
+    const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
+    const int inter = int(g.shape[0]), D = int(g.shape[1]),
+              downK = int(storedK(d));
+    auto scalesOf = [&](const DeviceTensor &w) {
+      return static_cast<const float *>(weightScales_.at(w.data).data);
+    };
+    auto codesOf = [](const DeviceTensor &w) {
+      return static_cast<const __nv_fp8_e4m3 *>(w.data);
+    };
+    DeviceTensor gT, uT, actT, actScalesT;
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, gT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, uT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, downK}, actT));
+    MELT_RETURN_IF_ERROR(
+        scratch.take(DType::F32, {downK / 128, T}, actScalesT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, D}, out));
+    auto *gOut = static_cast<__nv_bfloat16 *>(gT.data);
+    auto *uOut = static_cast<__nv_bfloat16 *>(uT.data);
+    auto *act = static_cast<__nv_fp8_e4m3 *>(actT.data);
+    auto *actScales = static_cast<float *>(actScalesT.data);
+    MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8BlockScaled(
+        codes, scales, codesOf(g), scalesOf(g), gOut, T, inter, D)));
+    MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8BlockScaled(
+        codes, scales, codesOf(u), scalesOf(u), uOut, T, inter, D)));
+    MELT_RETURN_IF_ERROR(
+        check(siluMulQuantizeRowsFp8Padded(gOut, uOut, T, inter, downK, act,
+                                           actScales, stream_),
+              "moe_experts"));
+    return fromGemm(gemm_->fp8BlockScaled(
+        act, actScales, codesOf(d), scalesOf(d),
+        static_cast<__nv_bfloat16 *>(out.data), T, D, downK));
   }
 
   /// moeExperts' device-side kernels (no wait for the choices).

@@ -51,9 +51,9 @@ __device__ __forceinline__ float toFloat(float v) { return v; }
 /// Lane `lane`'s 4 values of the 128-value block at `col` of row xr (kIn
 /// values held; the rest quantize as zeros), times silu(x) where `ur`
 /// (the row of up) is given.
-template <typename T>
-__device__ __forceinline__ void laneValues(const T *xr, const float *ur,
-                                           int col, int kIn, float (&v)[4]) {
+template <typename T, typename U>
+__device__ __forceinline__ void laneValues(const T *xr, const U *ur, int col,
+                                           int kIn, float (&v)[4]) {
   if (kIn % 4 == 0 && col + 4 <= kIn)
     loadFour(xr + col, v);
   else
@@ -65,7 +65,7 @@ __device__ __forceinline__ void laneValues(const T *xr, const float *ur,
       loadFour(ur + col, u);
     else
       for (int i = 0; i < 4; ++i)
-        u[i] = col + i < kIn ? ur[col + i] : 0.f;
+        u[i] = col + i < kIn ? toFloat(ur[col + i]) : 0.f;
     for (int i = 0; i < 4; ++i)
       v[i] = col + i < kIn ? siluTimes(v[i], u[i]) : 0.f;
   }
@@ -77,8 +77,8 @@ __device__ __forceinline__ void laneValues(const T *xr, const float *ur,
 /// quantization in one pass). Each row's block is quantized as alone;
 /// with kRows > 1 (many rows) every row's loads are in flight together
 /// and lane r writes row r's scale, the rows' scales being adjacent.
-template <typename T, int kRows>
-__global__ void quantizeRowsKernel(const T *x, const float *up, int m, int kIn,
+template <typename T, typename U, int kRows>
+__global__ void quantizeRowsKernel(const T *x, const U *up, int m, int kIn,
                                    int k, __nv_fp8_e4m3 *q, float *scales) {
   awaitPriorKernels();
   const int blocksPerRow = k / kQuantBlock;
@@ -159,9 +159,9 @@ __global__ void rmsNormQuantizeKernel(const __nv_bfloat16 *x,
 
 } // namespace
 
-template <typename T>
-static cudaError_t quantizeRows(const T *x, const float *up, int m, int kIn,
-                                int k, __nv_fp8_e4m3 *q, float *scales,
+template <typename T, typename U = float>
+static cudaError_t quantizeRows(const T *x, const U *up, int m, int kIn, int k,
+                                __nv_fp8_e4m3 *q, float *scales,
                                 cudaStream_t stream) {
   if (m <= 0 || k <= 0 || k % kQuantBlock != 0 || kIn <= 0 || kIn > k)
     return cudaErrorInvalidValue;
@@ -174,9 +174,9 @@ static cudaError_t quantizeRows(const T *x, const float *up, int m, int kIn,
   const int threads = 256;
   const long long blocks = (warps * 32 + threads - 1) / threads;
   return rows == 1
-             ? launchOverlapped(quantizeRowsKernel<T, 1>, unsigned(blocks),
+             ? launchOverlapped(quantizeRowsKernel<T, U, 1>, unsigned(blocks),
                                 threads, 0, stream, x, up, m, kIn, k, q, scales)
-             : launchOverlapped(quantizeRowsKernel<T, kRowsPerWarp>,
+             : launchOverlapped(quantizeRowsKernel<T, U, kRowsPerWarp>,
                                 unsigned(blocks), threads, 0, stream, x, up, m,
                                 kIn, k, q, scales);
 }
@@ -185,13 +185,15 @@ cudaError_t melt::rt::cuda::quantizeRowsFp8(const __nv_bfloat16 *x, int m,
                                             int k, __nv_fp8_e4m3 *q,
                                             float *scales,
                                             cudaStream_t stream) {
-  return quantizeRows(x, nullptr, m, k, k, q, scales, stream);
+  return quantizeRows(x, static_cast<const float *>(nullptr), m, k, k, q,
+                      scales, stream);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8(const float *x, int m, int k,
                                             __nv_fp8_e4m3 *q, float *scales,
                                             cudaStream_t stream) {
-  return quantizeRows(x, nullptr, m, k, k, q, scales, stream);
+  return quantizeRows(x, static_cast<const float *>(nullptr), m, k, k, q,
+                      scales, stream);
 }
 
 cudaError_t melt::rt::cuda::quantizeRowsFp8Padded(const float *x, int m,
@@ -199,7 +201,8 @@ cudaError_t melt::rt::cuda::quantizeRowsFp8Padded(const float *x, int m,
                                                   __nv_fp8_e4m3 *q,
                                                   float *scales,
                                                   cudaStream_t stream) {
-  return quantizeRows(x, nullptr, m, kIn, k, q, scales, stream);
+  return quantizeRows(x, static_cast<const float *>(nullptr), m, kIn, k, q,
+                      scales, stream);
 }
 
 cudaError_t melt::rt::cuda::siluMulQuantizeRowsFp8Padded(
@@ -216,4 +219,10 @@ cudaError_t melt::rt::cuda::rmsNormQuantizeFp8(
   launchOverlapped(rmsNormQuantizeKernel, m, 256, 0, stream, x, gamma, eps, m,
                    k, q, scales, y);
   return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::siluMulQuantizeRowsFp8Padded(
+    const __nv_bfloat16 *gate, const __nv_bfloat16 *up, int m, int kIn, int k,
+    __nv_fp8_e4m3 *q, float *scales, cudaStream_t stream) {
+  return quantizeRows(gate, up, m, kIn, k, q, scales, stream);
 }

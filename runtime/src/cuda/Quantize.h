@@ -37,6 +37,12 @@ cudaError_t siluMulQuantizeRowsFp8Padded(const float *gate, const float *up,
                                          int m, int kIn, int k,
                                          __nv_fp8_e4m3 *q, float *scales,
                                          cudaStream_t stream);
+/// The same of BF16 gate and up rows (FP8 products' outputs, read as
+/// they are: the values their widened F32 copies would hold).
+cudaError_t siluMulQuantizeRowsFp8Padded(const __nv_bfloat16 *gate,
+                                         const __nv_bfloat16 *up, int m,
+                                         int kIn, int k, __nv_fp8_e4m3 *q,
+                                         float *scales, cudaStream_t stream);
 
 /// y = x / rms(x) * gamma per row (FP32 math, eps inside the root), rounded
 /// to BF16 as the BF16 model would, then quantized as above. `y` (BF16
