@@ -272,7 +272,9 @@ def SelectKernelsPass : Pass<"melt-select-kernels", "::mlir::ModuleOp"> {
       multiplied in FP8) whose shape the FP8 kernels take (a matrix: N a
       multiple of 16, K of 512, for the FP8 GEMMs; an expert stack [E, N,
       K]: N and K multiples of 32, scales per expert, for the tensor-core
-      expert kernels); `bf16` for a BF16 GEMM operand; `f32` for the rest
+      expert kernels); `bf16` for a BF16 GEMM operand (a router's gate too
+      where the router's precision computes in BF16: its scores are a GEMM
+      before the routing kernel); `f32` for the rest
       (weights read by other kernels, and FP8 values no FP8 kernel takes:
       held exactly). The rules are the CUDA backend's
       (`backends/cuda/KernelRules.h`).

@@ -166,7 +166,14 @@ struct SelectKernelsPass final
           .Case([&](EmbeddingOp o) { mark(o.getTable(), false); })
           .Case([&](RMSNormOp o) { mark(o.getWeight(), false); })
           .Case([&](MoERouterOp o) {
-            mark(o.getGate(), false);
+            // The router's scores are a GEMM (the runtime's linear, then
+            // the routing kernel): in BF16, as its precision computes
+            // them, the gate is a BF16 operand of the tensor cores (an
+            // F32 copy ran on CUDA cores: 0.55 ms of mini's 8x1024
+            // prefill); otherwise F32.
+            const bool bf16Compute =
+                precision && precision.getCompute().isBF16();
+            mark(o.getGate(), bf16Compute);
             if (auto bias = o.getBias())
               mark(*bias, false);
           });

@@ -230,6 +230,51 @@ public:
   virtual Status linearOfSiluMul(const DeviceTensor &gate,
                                  const DeviceTensor &up, const DeviceTensor &w,
                                  DeviceTensor &y);
+  /// What a norm's kernel prepares for the products that read its value
+  /// (rmsNormForProducts): whatever the device's linearOfPrepared reads in
+  /// place of that value (the CUDA device: its FP8 codes and their 1 x 128
+  /// scales). The executor releases both once the last product has run.
+  struct PreparedInput {
+    DeviceTensor q, scales;
+  };
+  /// Whether an RMSNorm of `rows` rows whose value only linears read (with
+  /// `weight` among them, each quantizing its input itself:
+  /// quantizesFp8Input) does better preparing their input in its own
+  /// kernel (the 1 x 128 quantization the products would each do, from
+  /// the values it holds): then the executor calls rmsNormForProducts /
+  /// addRmsNormForProducts and linearOfPrepared.
+  virtual bool preparesInNorm(const DeviceTensor &weight, int64_t rows) const {
+    (void)weight, (void)rows;
+    return false;
+  }
+  /// rmsNorm(x) into y, and into `prepared` (allocated here) what the
+  /// products of linearOfPrepared read in its place. The default runs
+  /// rmsNorm alone (nothing prepared).
+  virtual Status rmsNormForProducts(const DeviceTensor &x,
+                                    const DeviceTensor &gamma, float eps,
+                                    DeviceTensor &y, PreparedInput &prepared) {
+    (void)prepared;
+    return rmsNorm(x, gamma, eps, y);
+  }
+  /// addRmsNorm's sum and y, and `prepared` of y as rmsNormForProducts.
+  /// The default runs addRmsNorm alone.
+  virtual Status addRmsNormForProducts(const DeviceTensor &a,
+                                       const DeviceTensor &b,
+                                       const DeviceTensor &gamma, float eps,
+                                       DeviceTensor &sum, DeviceTensor &y,
+                                       PreparedInput &prepared) {
+    (void)prepared;
+    return addRmsNorm(a, b, gamma, eps, sum, y);
+  }
+  /// linear(x, w, y) where `prepared` holds what the norm that made x
+  /// prepared for it: the same values. The default (or nothing prepared)
+  /// runs linear.
+  virtual Status linearOfPrepared(const DeviceTensor &x,
+                                  const PreparedInput &prepared,
+                                  const DeviceTensor &w, DeviceTensor &y) {
+    (void)prepared;
+    return linear(x, w, y);
+  }
   /// y = a + b.
   virtual Status add(const DeviceTensor &a, const DeviceTensor &b,
                      DeviceTensor &y) = 0;

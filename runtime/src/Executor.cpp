@@ -3,6 +3,7 @@
 
 #include "EnvSwitch.h"
 #include "KernelArgs.h"
+#include "NormProductFusions.h"
 #include "QuantizeFolds.h"
 #include "SideBranches.h"
 #include "SiluMulFusions.h"
@@ -443,6 +444,17 @@ Status DeviceModel::create(const Model &model, Device &device,
                       dm.weights_.at(kernel.weights()->Get(0)));
          }))
       dm.siluMulFusions_[f.siluMul] = f.products;
+  // Norms whose value only such products read: their kernel may prepare
+  // the products' input (decided each step, by its rows).
+  if (envSwitch("MELT_FUSE_NORM_QUANTIZE", true))
+    for (NormProductFusion &f :
+         findNormProductFusions(m, *dm.forward_, folds, [&](uint32_t k) {
+           const fb::Kernel &kernel = *m.kernels()->Get(k);
+           return kernel.weights() && kernel.weights()->size() == 1 &&
+                  device.quantizesFp8Input(
+                      dm.weights_.at(kernel.weights()->Get(0)));
+         }))
+      dm.normProducts_[f.norm] = std::move(f.products);
   // MLA's latent appends with their norm and rope, in one call each.
   if (envSwitch("MELT_FUSE_LATENT_APPEND", true))
     for (const LatentAppend &f : findLatentAppends(m, *dm.forward_)) {
@@ -707,6 +719,49 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         values.letGo(entry.second.up);
     }
   } pendingSiluMuls{values, {}};
+  // Inputs norms prepared for the products that read their value
+  // (NormProductFusions.h), by the memory of that value: what the device
+  // prepared and the products still to read it (a product of another
+  // value at that memory later is not among them).
+  struct PendingPrepared {
+    Device::PreparedInput prepared;
+    std::set<uint32_t> products;
+  };
+  struct PendingPreparedInputs {
+    Device &device;
+    std::map<const void *, PendingPrepared> byValue;
+    void drop(std::map<const void *, PendingPrepared>::iterator it) {
+      device.release(it->second.prepared.q);
+      device.release(it->second.prepared.scales);
+      byValue.erase(it);
+    }
+    ~PendingPreparedInputs() {
+      while (!byValue.empty())
+        drop(byValue.begin());
+    }
+  } pendingPrepared{device, {}};
+  // Whether the device prepares the input of a norm's products (null: it
+  // has none) for `rows` rows in the norm's kernel.
+  auto preparesFor = [&](const std::vector<uint32_t> *products, int64_t rows) {
+    if (!products)
+      return false;
+    for (uint32_t p : *products)
+      if (!device.preparesInNorm(
+              dm.weight(m.kernels()->Get(p)->weights()->Get(0)), rows))
+        return false;
+    return true;
+  };
+  auto keepPrepared = [&](const DeviceTensor &normed,
+                          Device::PreparedInput &prepared,
+                          const std::vector<uint32_t> &products) {
+    if (!prepared.q.data) // nothing prepared: the products run as before
+      return;
+    auto old = pendingPrepared.byValue.find(normed.data);
+    if (old != pendingPrepared.byValue.end())
+      pendingPrepared.drop(old);
+    pendingPrepared.byValue[normed.data] = {
+        prepared, std::set<uint32_t>(products.begin(), products.end())};
+  };
   // An MLA latent append with its norm and rope (LatentAppends.h): the
   // values made as the three kernels would make them, in their order; the
   // inputs held meanwhile (a value made may take their storage).
@@ -978,6 +1033,15 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       }
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
       DeviceTensor y = asRows(*out);
+      const std::vector<uint32_t> *products = dm.normProducts(k);
+      if (preparesFor(products, y.rows())) {
+        Device::PreparedInput prepared;
+        status = device.rmsNormForProducts(
+            asRows(in(0)), w(0), float(kernel.floats()->Get(0)), y, prepared);
+        if (!status)
+          keepPrepared(*out, prepared, *products);
+        break;
+      }
       status = device.rmsNorm(asRows(in(0)), w(0),
                               float(kernel.floats()->Get(0)), y);
       break;
@@ -999,6 +1063,17 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
           values.letGo(pending->second.up);
           pendingSiluMuls.byValue.erase(pending);
         }
+      } else if (auto prepared = pendingPrepared.byValue.find(in(0).data);
+                 prepared != pendingPrepared.byValue.end() &&
+                 prepared->second.products.count(k)) {
+        // Its input as the norm that made it prepared it.
+        MELT_RETURN_IF_ERROR(values.make(
+            outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
+        status = device.linearOfPrepared(asRows(in(0)),
+                                         prepared->second.prepared, w(0), *out);
+        prepared->second.products.erase(k);
+        if (prepared->second.products.empty())
+          pendingPrepared.drop(prepared);
       } else {
         MELT_RETURN_IF_ERROR(values.make(
             outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
@@ -1051,9 +1126,20 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         if (!status) {
           DeviceTensor sumRows = asRows(*values.find(outId(0))),
                        yRows = asRows(*y);
-          status = device.addRmsNorm(
-              asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
-              float(next->floats()->Get(0)), sumRows, yRows);
+          const std::vector<uint32_t> *products =
+              dm.normProducts(order[at + 1]);
+          if (preparesFor(products, yRows.rows())) {
+            Device::PreparedInput prepared;
+            status = device.addRmsNormForProducts(
+                asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
+                float(next->floats()->Get(0)), sumRows, yRows, prepared);
+            if (!status)
+              keepPrepared(*y, prepared, *products);
+          } else {
+            status = device.addRmsNorm(
+                asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
+                float(next->floats()->Get(0)), sumRows, yRows);
+          }
         }
         values.letGo(a);
         values.letGo(b);

@@ -62,6 +62,15 @@ public:
     return it == siluMulFusions_.end() ? 0 : it->second;
   }
 
+  /// For an RMSNorm whose value only products that quantize their input
+  /// read (NormProductFusions.h; MELT_FUSE_NORM_QUANTIZE=0 finds none),
+  /// those products; null otherwise. The device decides each step, by its
+  /// rows, whether the norm prepares their input (Device::preparesInNorm).
+  const std::vector<uint32_t> *normProducts(uint32_t norm) const {
+    auto it = normProducts_.find(norm);
+    return it == normProducts_.end() ? nullptr : &it->second;
+  }
+
   /// For the RMSNorm of an MLA latent append done in one call with its
   /// rope and append (LatentAppends.h; both then skipped;
   /// MELT_FUSE_LATENT_APPEND=0 runs the three apart), the three; null
@@ -136,6 +145,7 @@ private:
   /// The folded pairs' dequantized values (views of their x).
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
+  std::map<uint32_t, std::vector<uint32_t>> normProducts_;
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;
   std::map<uint32_t, MlaQueryFusion> mlaQuerySplits_, mlaQueries_;

@@ -1545,6 +1545,75 @@ TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
                        /*sameBitsTwice=*/true);
 }
 
+// A norm whose value only FP8 products read, preparing their input in its
+// kernel (rmsNormForProducts, addRmsNormForProducts; a GPU quantizes the
+// rows it wrote), then the products of what it prepared (linearOfPrepared):
+// the same bits as the norm and linear() (which quantizes its input
+// itself), the norm's and the add's values too. Rows past a GPU's
+// few-token kernel (24 there, 300 from cuBLASLt); two products of one
+// norm, one K of 1536 (three 512s).
+TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  for (int64_t rows : {24, 300})
+    for (int64_t cols : {512, 1536})
+      for (bool add : {false, true}) {
+        HostTensor a = random(DType::F32, {rows, cols}, rng, 3.f);
+        HostTensor b = random(DType::F32, {rows, cols}, rng, 3.f);
+        HostTensor gamma = random(DType::F32, {cols}, rng);
+        std::vector<WeightData> kept;
+        kept.reserve(2);
+        DeviceTensor w[2];
+        for (DeviceTensor &weight : w) {
+          kept.push_back(fp8BlockWeight(rng, 256, cols));
+          Status s = device->importWeight(kept.back(), weight);
+          ASSERT_FALSE(s) << s.message();
+          owned.push_back(weight);
+        }
+        if (gpu)
+          EXPECT_TRUE(device->preparesInNorm(w[0], rows))
+              << rows << " rows, K " << cols;
+        DeviceTensor da = put(a), db = put(b), dg = put(gamma);
+        DeviceTensor sums[2] = {make(DType::F32, {rows, cols}),
+                                make(DType::F32, {rows, cols})};
+        DeviceTensor normed[2] = {make(DType::F32, {rows, cols}),
+                                  make(DType::F32, {rows, cols})};
+        DeviceTensor outs[2][2];
+        for (auto &pair : outs)
+          for (DeviceTensor &o : pair)
+            o = make(DType::F32, {rows, 256});
+        // Apart: the norm, then each product quantizing its input.
+        Status s =
+            add ? device->addRmsNorm(da, db, dg, 1e-6f, sums[0], normed[0])
+                : device->rmsNorm(da, dg, 1e-6f, normed[0]);
+        ASSERT_FALSE(s) << s.message();
+        for (int p = 0; p < 2; ++p)
+          ASSERT_FALSE(device->linear(normed[0], w[p], outs[0][p]));
+        // Prepared by the norm.
+        Device::PreparedInput prepared;
+        s = add ? device->addRmsNormForProducts(da, db, dg, 1e-6f, sums[1],
+                                                normed[1], prepared)
+                : device->rmsNormForProducts(da, dg, 1e-6f, normed[1],
+                                             prepared);
+        ASSERT_FALSE(s) << s.message();
+        if (gpu)
+          EXPECT_NE(prepared.q.data, nullptr) << rows << " rows, K " << cols;
+        for (int p = 0; p < 2; ++p) {
+          s = device->linearOfPrepared(normed[1], prepared, w[p], outs[1][p]);
+          ASSERT_FALSE(s) << s.message();
+        }
+        device->release(prepared.q);
+        device->release(prepared.scales);
+        const std::string what = std::to_string(rows) + " rows, K " +
+                                 std::to_string(cols) +
+                                 (add ? ", add and norm" : ", norm");
+        EXPECT_EQ(get(normed[1]), get(normed[0])) << what;
+        if (add)
+          EXPECT_EQ(get(sums[1]), get(sums[0])) << what;
+        for (int p = 0; p < 2; ++p)
+          EXPECT_EQ(get(outs[1][p]), get(outs[0][p])) << what;
+      }
+}
+
 /// T tokens' routed FP8 experts (K choices each) with a shared expert (FP8
 /// linears of intermediate size `sharedI`) in one call against the calls
 /// the executor makes for them apart: the routed experts of x quantized,

@@ -8,7 +8,8 @@
 // asked quantizes the FP8 experts' input itself (Device's
 // moeExpertsOfQuantized: the pair into memory of its own) and takes one
 // token's shared expert into the routed experts' call (Device's
-// moeExpertsWithShared: the calls one after the other).
+// moeExpertsWithShared: the calls one after the other), and where asked
+// prepares the FP8 products' input in the norms that make it.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
@@ -86,8 +87,39 @@ public:
                                            combineBf16, quantizedX, shared, y);
   }
 
+  // Where preparesInNorms: the norms of the FP8 products' inputs quantize
+  // them (the dequantized values, in memory of their own, stand in
+  // prepared.q), and the products multiply those (linearOfPrepared).
+  bool preparesInNorm(const DeviceTensor &weight, int64_t rows) const override {
+    (void)rows;
+    return preparesInNorms && quantizesFp8Input(weight);
+  }
+  Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
+                            float eps, DeviceTensor &y,
+                            PreparedInput &prepared) override {
+    MELT_RETURN_IF_ERROR(rmsNorm(x, gamma, eps, y));
+    ++preparingNorms;
+    return quantizedRoundTrip(y, prepared.q);
+  }
+  Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
+                               const DeviceTensor &gamma, float eps,
+                               DeviceTensor &sum, DeviceTensor &y,
+                               PreparedInput &prepared) override {
+    MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
+    ++preparingNorms;
+    return quantizedRoundTrip(y, prepared.q);
+  }
+  Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
+                          const DeviceTensor &w, DeviceTensor &y) override {
+    if (!prepared.q.data || prepared.q.shape != x.shape)
+      return linear(x, w, y);
+    ++preparedProducts;
+    return CpuDevice::linear(prepared.q, w, y);
+  }
+
+  bool preparesInNorms = false;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
-      sharedExpertCalls = 0;
+      sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0;
 
 private:
   bool fusesSiluMul_, quantizesExperts_, fusesSharedExpert_;

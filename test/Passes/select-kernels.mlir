@@ -1,6 +1,7 @@
 // melt-select-kernels (target=cuda): device formats, kernel choices and the
-// device-memory check. BF16 policy on the tiny model: GEMM operands bf16,
-// weights read by other kernels (embedding, norms, W_UK/W_UV) f32; experts
+// device-memory check. BF16 policy on the tiny model: GEMM operands bf16
+// (the routers' gates too: their scores computed in BF16), weights read by
+// other kernels (embedding, norms, W_UK/W_UV) f32; experts
 // with sizes in 32s on tensor cores; MLA split over the sequence (the tiny
 // latent of 32 is not the tensor-core kernel's 512).
 // RUN: melt-import --builtin=tiny | melt-opt --melt-fuse-mla '--melt-assign-precision=policy=bf16' --melt-select-kernels -o - 2>%t.report | FileCheck %s
@@ -37,6 +38,7 @@
 // CHECK: melt.weight @model.layers.0.input_layernorm : {{.+}} {melt.device_format = "f32"}
 // CHECK: melt.weight @model.layers.0.self_attn.qkv_a_proj : tensor<104x128xbf16> {{.+}} {melt.device_format = "bf16"}
 // CHECK: melt.weight @model.layers.0.self_attn.w_uk : {{.+}} {melt.device_format = "f32"}
+// CHECK: melt.weight @model.layers.1.mlp.gate : tensor<8x128xbf16> {{.+}} {melt.device_format = "bf16"}
 // CHECK: melt.weight @model.layers.1.mlp.experts.gate_proj : tensor<8x64x128xbf16> {{.+}} {melt.device_format = "bf16"}
 // CHECK: melt.linear {{.+}} @model.layers.0.self_attn.qkv_a_proj {{.*}}melt.small_m_rows = 8
 // CHECK: melt.mla {{.+}}melt.mla_kernel = "split"
@@ -44,15 +46,15 @@
 // CHECK: melt.logits {{.+}}melt.small_m_rows = 8
 
 // REPORT: melt kernel selection (target cuda)
-// REPORT-NEXT: weights on the device: 2.56 MiB of 139.80 GiB
+// REPORT-NEXT: weights on the device: 2.55 MiB of 139.80 GiB
 // REPORT-NEXT: fp8_blocks 0 weights, 0.00 B
-// REPORT-NEXT: bf16 36 weights, 1.98 MiB
-// REPORT-NEXT: f32 36 weights, 595.59 KiB
+// REPORT-NEXT: bf16 39 weights, 1.98 MiB
+// REPORT-NEXT: f32 33 weights, 583.59 KiB
 // REPORT: moe_experts: tensor_cores: 3 ops
 // REPORT: KV cache (F32):
 
 // V3: melt.weight @model.layers.3.self_attn.qkv_a_proj : tensor<2112x7168xf8E4M3FN> {{.+}} {melt.device_format = "fp8_blocks"}
-// V3: melt.weight @model.layers.3.mlp.gate : tensor<256x7168xbf16> {{.+}} {melt.device_format = "f32"}
+// V3: melt.weight @model.layers.3.mlp.gate : tensor<256x7168xbf16> {{.+}} {melt.device_format = "bf16"}
 // V3: melt.weight @model.layers.3.mlp.experts.gate_proj : tensor<256x2048x7168xf8E4M3FN> {{.+}} {melt.device_format = "fp8_blocks"}
 // V3: melt.linear {{.+}} @model.layers.3.self_attn.qkv_a_proj {{.*}}melt.small_m_rows = 8
 // V3: melt.mla {{.+}}melt.mla_kernel = "tensor_cores"
@@ -60,7 +62,7 @@
 // V3: melt.logits {{.+}}melt.small_m_rows = 1
 // V3: melt.moe_experts {{.+}}melt.experts_kernel = "tensor_cores"
 
-// V3REPORT: weights on the device: 647.85 GiB of 700.00 GiB
+// V3REPORT: weights on the device: 647.65 GiB of 700.00 GiB
 // V3REPORT-NEXT: fp8_blocks 549 weights, 633.02 GiB
 
 // mini in BF16: 9.2 GiB of weights; 8 latent caches of 576 values, BF16
@@ -68,7 +70,7 @@
 // PLAN: weights on the device: 9.20 GiB of 139.80 GiB
 // PLAN: KV cache (BF16): 9.00 KiB per token over 8 layers
 // PLAN-NEXT: activations (F32): 1.09 MiB per token; 8192 tokens: 8.70 GiB
-// PLAN-NEXT: room for 14202738 tokens of KV cache (3467 contexts of 4096)
+// PLAN-NEXT: room for 14202937 tokens of KV cache (3467 contexts of 4096)
 
 // CPU-NOT: melt.device_format
 // CPU-NOT: melt.target

@@ -524,6 +524,103 @@ public:
                                   result(y), stream_),
                  "add_rms_norm");
   }
+  /// Norms whose value only FP8 products read quantize their rows for
+  /// them (NormProductFusions.h): each product's own quantize kernel,
+  /// which read the rows back, left out. MELT_CUDA_NORM_QUANTIZE=0
+  /// declines.
+  bool normQuantize_ = envSwitch("MELT_CUDA_NORM_QUANTIZE", true);
+  /// Weights the compiler made BF16 GEMM operands though the runtime's
+  /// uses call them read (the routers' gates) kept in BF16;
+  /// MELT_CUDA_BF16_ROUTER=0 keeps them in F32 (an F32 GEMM).
+  bool compilersBf16Operands_ = envSwitch("MELT_CUDA_BF16_ROUTER", true);
+  /// Rows that linear() would quantize with a kernel of their own for this
+  /// FP8 weight (not its few-token kernel, which quantizes as it
+  /// multiplies), K unpadded.
+  bool preparesInNorm(const DeviceTensor &weight, int64_t rows) const override {
+    return normQuantize_ && multipliedInFp8(weight) &&
+           !gemm_->quantizesF32Rows(int(rows)) &&
+           storedK(weight) == weight.shape[1] && weight.shape[1] % 128 == 0;
+  }
+  Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
+                            float eps, DeviceTensor &y,
+                            PreparedInput &prepared) override {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
+    if (y.dtype != DType::F32 || y.cols() % 128 != 0)
+      return rmsNorm(x, gamma, eps, y);
+    return normQuantizingRows(x, nullptr, gamma, eps, nullptr, y, prepared);
+  }
+  Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
+                               const DeviceTensor &gamma, float eps,
+                               DeviceTensor &sum, DeviceTensor &y,
+                               PreparedInput &prepared) override {
+    if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
+      return addRmsNorm(a, b, gamma, eps, sum, y);
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::floatType("add", "a", a));
+    MELT_RETURN_IF_ERROR(check::floatType("add", "b", b));
+    MELT_RETURN_IF_ERROR(check::floatType("add", "y", sum));
+    MELT_RETURN_IF_ERROR(check::sameShape("add", a, b));
+    MELT_RETURN_IF_ERROR(check::sameShape("add", a, sum));
+    MELT_RETURN_IF_ERROR(check::rmsNorm(sum, gamma, y));
+    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared);
+  }
+  /// The norm of x (with b: of x + b, written to sum) into F32 y, and y's
+  /// rows quantized in 1 x 128 blocks into `prepared` (rmsNormQuantizeRowsFp8).
+  Status normQuantizingRows(const DeviceTensor &x, const DeviceTensor *b,
+                            const DeviceTensor &gamma, float eps,
+                            DeviceTensor *sum, DeviceTensor &y,
+                            PreparedInput &prepared) {
+    const int64_t rows = y.rows(), cols = y.cols();
+    PreparedInput made;
+    Status status = allocate(DType::FP8E4M3, {rows, cols}, made.q);
+    if (!status)
+      status = allocate(DType::F32, {cols / 128, rows}, made.scales);
+    const Operand bOperand = b ? operand(*b) : Operand{nullptr, false};
+    if (!status)
+      status =
+          check(rmsNormQuantizeRowsFp8(
+                    operand(x), b ? &bOperand : nullptr,
+                    sum ? result(*sum) : Result{nullptr, false}, operand(gamma),
+                    eps, int(rows), int(cols), static_cast<float *>(y.data),
+                    static_cast<__nv_fp8_e4m3 *>(made.q.data),
+                    static_cast<float *>(made.scales.data), stream_),
+                "rms_norm");
+    if (status) {
+      release(made.q);
+      release(made.scales);
+      return status;
+    }
+    prepared = made;
+    return Status::ok();
+  }
+  /// linearWithFp8Weight past its few-token kernel, of the rows the norm
+  /// quantized: the same product of the same codes, the quantize kernel
+  /// left out.
+  Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
+                          const DeviceTensor &w, DeviceTensor &y) override {
+    if (!prepared.q.data || !preparesInNorm(w, x.rows()) ||
+        prepared.q.shape != std::vector<int64_t>{x.rows(), x.cols()} ||
+        x.cols() != w.shape[1] || y.dtype != DType::F32)
+      return linear(x, w, y);
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(check::linear(x, w, y));
+    const int64_t m = x.rows(), k = x.cols(), n = w.rows();
+    DeviceTensor out;
+    MELT_RETURN_IF_ERROR(allocate(DType::BF16, {m, n}, out));
+    Status status = fromGemm(gemm_->fp8BlockScaled(
+        static_cast<const __nv_fp8_e4m3 *>(prepared.q.data),
+        static_cast<const float *>(prepared.scales.data),
+        static_cast<const __nv_fp8_e4m3 *>(w.data),
+        static_cast<const float *>(weightScales_.at(w.data).data),
+        static_cast<__nv_bfloat16 *>(out.data), int(m), int(n), int(k)));
+    if (!status)
+      status = check(
+          convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),
+          "linear");
+    release(out); // stream-ordered: reused only by later work
+    return status;
+  }
   /// Grouped FP8 experts' gate and up products on the FP8 GEMM
   /// (groupedExperts); MELT_CUDA_FP8_EXPERT_GEMMS=0 widens them to BF16.
   bool fp8ExpertGemms_ = envSwitch("MELT_CUDA_FP8_EXPERT_GEMMS", true);
@@ -1573,9 +1670,15 @@ public:
     int64_t count = 1;
     for (int64_t d : weight.shape)
       count *= d;
-    bool matrix = weight.gemmOnly && weight.shape.size() >= 2 &&
-                  int64_t(weight.data.size()) == count;
     using Format = WeightData::DeviceFormat;
+    // A GEMM operand alone; or one the compiler made a BF16 operand (it
+    // gives BF16 only to weights its target multiplies and nothing reads:
+    // a router's gate, whose scores linear() computes before the routing
+    // kernel).
+    bool matrix =
+        (weight.gemmOnly ||
+         (compilersBf16Operands_ && weight.deviceFormat == Format::BF16)) &&
+        weight.shape.size() >= 2 && int64_t(weight.data.size()) == count;
     // The compiler's format for this target (melt-select-kernels), else
     // the device's own rule: FP8-rounded GEMM operands in FP8 (unless
     // MELT_CUDA_FP8_WEIGHTS=0), BF16 ones in BF16 (half the bytes a step

@@ -1,6 +1,7 @@
 //===- Elementwise.cu - row-wise and elementwise kernels (CUDA) -----------===//
 #include "cuda/Elementwise.h"
 
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/RowNorm.cuh"
@@ -24,6 +25,33 @@ __global__ void __launch_bounds__(kNormThreads)
   const size_t base = size_t(blockIdx.x) * cols;
   normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base,
                 [&](int c, float v) { store(y, base + c, v); });
+}
+
+/// rmsNormKernel into F32 y, then the block quantizes the row it wrote in
+/// 1 x 128 blocks, a warp a block, with quantizeRowsFp8's arithmetic
+/// (BlockQuantize.cuh): the same codes and scales as that kernel reading y.
+template <bool kAdd>
+__global__ void __launch_bounds__(kNormThreads)
+    rmsNormQuantizeKernel(Operand x, Operand b, Result sumOut, Operand gamma,
+                          float eps, int rows, int cols, float *y,
+                          __nv_fp8_e4m3 *q, float *scales) {
+  const size_t base = size_t(blockIdx.x) * cols;
+  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base,
+                [&](int c, float v) { y[base + c] = v; });
+  __syncthreads(); // the row written, for every thread of the block
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int blk = warp; blk < cols / 128; blk += kNormThreads / 32) {
+    // (Past L1: the row was just written through it by other threads.)
+    const float4 v =
+        __ldcg(reinterpret_cast<const float4 *>(y + base + blk * 128) + lane);
+    const float amax =
+        fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    const float s = gemmInputScale(warpMax(amax));
+    reinterpret_cast<uint32_t *>(q + base + blk * 128)[lane] =
+        gemmInputCodes(v.x, v.y, v.z, v.w, 1.f / s);
+    if (lane == 0)
+      scales[size_t(blk) * rows + blockIdx.x] = s;
+  }
 }
 
 __device__ __forceinline__ float binaryOf(Binary op, float u, float v) {
@@ -193,6 +221,21 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   return launchOverlapped(rmsNormKernel<false>, rows, kNormThreads, 0, stream,
                           x, x, Result{nullptr, false}, gamma, eps, cols, y);
+}
+
+cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
+    Operand x, const Operand *b, Result sum, Operand gamma, float eps, int rows,
+    int cols, float *y, __nv_fp8_e4m3 *q, float *scales, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0)
+    return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0)
+    return cudaErrorInvalidValue;
+  return b ? launchOverlapped(rmsNormQuantizeKernel<true>, rows, kNormThreads,
+                              0, stream, x, *b, sum, gamma, eps, rows, cols, y,
+                              q, scales)
+           : launchOverlapped(rmsNormQuantizeKernel<false>, rows, kNormThreads,
+                              0, stream, x, x, Result{nullptr, false}, gamma,
+                              eps, rows, cols, y, q, scales);
 }
 
 cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,

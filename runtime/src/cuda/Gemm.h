@@ -36,6 +36,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -103,6 +104,10 @@ public:
   /// FP8 GEMMs of at most this many tokens run the small-M kernel (0: all
   /// through cuBLASLt, for comparison; at most kFp8SmallMMax).
   void setSmallMLimit(int limit) { smallMLimit_ = limit; }
+  /// Whether fp8FromF32 may take m rows (its kernel quantizing x itself).
+  bool quantizesF32Rows(int m) const {
+    return m >= 1 && m <= std::min(smallMLimit_, kFp8SmallMFromF32Max);
+  }
   /// Shapes whose algorithm is cached.
   size_t cachedShapes() const { return plans_.size(); }
 

@@ -1,0 +1,41 @@
+//===- NormProductFusions.h - norms that prepare their products' input ----===//
+//
+// An RMSNorm whose value only FP8 products read (through the quantize pairs
+// the executor folds into them: QuantizeFolds.h) hands each product the
+// same input, which each quantizes in 1 x 128 blocks again: a kernel that
+// reads the norm's rows back from memory, per product. A device whose norm
+// kernel can quantize the rows it holds (the CUDA device, for many rows)
+// does that once there: the executor then calls rmsNormForProducts (or
+// addRmsNormForProducts for an add and norm) and hands what it prepared to
+// the products (Device::linearOfPrepared).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_NORMPRODUCTFUSIONS_H
+#define MELT_RUNTIME_NORMPRODUCTFUSIONS_H
+
+#include "Artifact.h"
+#include "QuantizeFolds.h"
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+namespace melt::rt {
+
+/// An RMSNorm kernel and the Linear kernels that read its value.
+struct NormProductFusion {
+  uint32_t norm = 0;
+  std::vector<uint32_t> products;
+};
+
+/// The RMSNorm kernels of `function` whose value is no output of the
+/// function and is read only by Linear kernels (as their x) for which
+/// `fuses(kernel)` holds, directly or through a quantize pair in `folds`.
+std::vector<NormProductFusion>
+findNormProductFusions(const fb::Model &model, const fb::Function &function,
+                       const std::vector<QuantizeFold> &folds,
+                       const std::function<bool(uint32_t kernel)> &fuses);
+
+} // namespace melt::rt
+
+#endif // MELT_RUNTIME_NORMPRODUCTFUSIONS_H
