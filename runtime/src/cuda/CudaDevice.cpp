@@ -505,13 +505,10 @@ public:
     return binaryOp("add", Binary::Add, a, b, y);
   }
 
-  /// One kernel for both (bit for bit add() then rmsNorm(), conformance-
-  /// tested; MELT_CUDA_FUSED_ADD_NORM=0 runs the two instead).
-  Status addRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
-                    const DeviceTensor &gamma, float eps, DeviceTensor &sum,
-                    DeviceTensor &y) override {
-    if (!fusedAddNorm_)
-      return Device::addRmsNorm(a, b, gamma, eps, sum, y);
+  /// addRmsNorm's operands as add() and rmsNorm() would check them.
+  Status checkAddRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
+                         const DeviceTensor &gamma, const DeviceTensor &sum,
+                         const DeviceTensor &y) {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::floatType("add", "a", a));
     MELT_RETURN_IF_ERROR(check::floatType("add", "b", b));
@@ -519,6 +516,16 @@ public:
     MELT_RETURN_IF_ERROR(check::sameShape("add", a, b));
     MELT_RETURN_IF_ERROR(check::sameShape("add", a, sum));
     MELT_RETURN_IF_ERROR(check::rmsNorm(sum, gamma, y));
+    return Status::ok();
+  }
+  /// One kernel for both (bit for bit add() then rmsNorm(), conformance-
+  /// tested; MELT_CUDA_FUSED_ADD_NORM=0 runs the two instead).
+  Status addRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
+                    const DeviceTensor &gamma, float eps, DeviceTensor &sum,
+                    DeviceTensor &y) override {
+    if (!fusedAddNorm_)
+      return Device::addRmsNorm(a, b, gamma, eps, sum, y);
+    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
     return check(cuda::addRmsNorm(operand(a), operand(b), operand(gamma), eps,
                                   int(sum.rows()), int(sum.cols()), result(sum),
                                   result(y), stream_),
@@ -556,13 +563,7 @@ public:
                                PreparedInput &prepared) override {
     if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
       return addRmsNorm(a, b, gamma, eps, sum, y);
-    MELT_RETURN_IF_ERROR(usable());
-    MELT_RETURN_IF_ERROR(check::floatType("add", "a", a));
-    MELT_RETURN_IF_ERROR(check::floatType("add", "b", b));
-    MELT_RETURN_IF_ERROR(check::floatType("add", "y", sum));
-    MELT_RETURN_IF_ERROR(check::sameShape("add", a, b));
-    MELT_RETURN_IF_ERROR(check::sameShape("add", a, sum));
-    MELT_RETURN_IF_ERROR(check::rmsNorm(sum, gamma, y));
+    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
     return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared);
   }
   /// The norm of x (with b: of x + b, written to sum) into F32 y, and y's
