@@ -6,7 +6,9 @@
 // runner's choice and the few-tokens kernel), the routed experts row by
 // row (ModelKernels.h) and
 // grouped by expert on the device (MoeByExpert.h), absorbed MLA split over
-// the sequence (MlaSplit.h), the router's choice and the greedy argmax.
+// the sequence (MlaSplit.h), the router's scores (its gate in F32 and in
+// BF16, a decode step's rows to a prefill's) and choice, and the greedy
+// argmax.
 // Figures: microseconds and the bytes each must read (weights, cache rows) per
 // second, beside the copy bandwidth measured in the same run. Weights are
 // cycled through several copies, so that no call finds them in the 50 MB L2
@@ -157,6 +159,86 @@ int main(int argc, char **argv) {
       CHECK(cudaFree(y));
     }
     for (__nv_bfloat16 *p : w)
+      CHECK(cudaFree(p));
+  }
+
+  // The router's scores (its gate N x K, x F32 as the device holds it) at a
+  // decode step's rows and a prefill's, the gate in F32 and in BF16 (the
+  // compiler's choice for target cuda, as the router's precision computes
+  // them): melt's small-M kernel where it fits, and cuBLASLt (F32, or x
+  // rounded to BF16 then BF16), as CudaDevice::linear chooses between them.
+  struct RouterShape {
+    const char *name;
+    int n, k;
+  } routerGates[] = {{"mini router", 64, 2048}, {"V3 router", 256, 7168}};
+  auto reportRouter = [&](const RouterShape &shape, int m, const char *gate,
+                          const char *kernel, float ms) {
+    std::printf("{\"what\": \"router\", \"shape\": \"%s\", \"gate\": "
+                "\"%s\", \"kernel\": \"%s\", \"m\": %d, \"n\": %d, "
+                "\"k\": %d, \"us\": %.2f}\n",
+                shape.name, gate, kernel, m, shape.n, shape.k, ms * 1e3);
+    std::fflush(stdout);
+  };
+  for (const RouterShape &shape : routerGates) {
+    const size_t values = size_t(shape.n) * shape.k;
+    const int copies = copiesFor(values * 4);
+    std::vector<float *> wF32(static_cast<size_t>(copies));
+    std::vector<__nv_bfloat16 *> wBf16(static_cast<size_t>(copies));
+    for (int c = 0; c < copies; ++c) {
+      wF32[size_t(c)] = deviceValues<float>(values, uint32_t(c + 1));
+      wBf16[size_t(c)] = deviceValues<__nv_bfloat16>(values, uint32_t(c + 1));
+    }
+    for (int m : {1, 8, 16, 64, 128, 1024, 8192}) {
+      float *x = deviceValues<float>(size_t(m) * shape.k, 99);
+      __nv_bfloat16 *xRounded =
+          deviceValues<__nv_bfloat16>(size_t(m) * shape.k, 99);
+      float *y = deviceValues<float>(size_t(m) * shape.n, 3);
+      auto checked = [&](CudaStatus s) {
+        if (s) {
+          std::fprintf(stderr, "%s: %s\n", benchName, s.error.c_str());
+          std::exit(1);
+        }
+      };
+      for (bool bf16 : {false, true}) {
+        const char *gate = bf16 ? "bf16" : "f32";
+        auto weight = [&](int i) -> const void * {
+          return bf16 ? static_cast<const void *>(wBf16[size_t(i % copies)])
+                      : static_cast<const void *>(wF32[size_t(i % copies)]);
+        };
+        if (smallMGemmFits(x, weight(0), bf16, m, shape.k))
+          reportRouter(shape, m, gate, "small_m",
+                       melt::bench::timeMs(
+                           benchName,
+                           [&](int i) {
+                             CHECK(smallMGemm(x, weight(i), bf16, m, shape.n,
+                                              shape.k, {y, false}, sms,
+                                              nullptr));
+                           },
+                           iters));
+        reportRouter(shape, m, gate, "cublaslt",
+                     melt::bench::timeMs(
+                         benchName,
+                         [&](int i) {
+                           if (!bf16) {
+                             checked(gemm->f32(x, wF32[size_t(i % copies)], y,
+                                               m, shape.n, shape.k));
+                             return;
+                           }
+                           CHECK(convert({x, false}, size_t(m) * shape.k,
+                                         {xRounded, true}, nullptr));
+                           checked(gemm->bf16(xRounded,
+                                              wBf16[size_t(i % copies)], y,
+                                              true, m, shape.n, shape.k));
+                         },
+                         iters));
+      }
+      CHECK(cudaFree(x));
+      CHECK(cudaFree(xRounded));
+      CHECK(cudaFree(y));
+    }
+    for (float *p : wF32)
+      CHECK(cudaFree(p));
+    for (__nv_bfloat16 *p : wBf16)
       CHECK(cudaFree(p));
   }
 
