@@ -1146,12 +1146,9 @@ public:
         indices.shape.size() == 2) {
       // (x is quantized by the grouping whether or not `quantizedX`: as
       // moeExpertsOfQuantized hands it x itself.)
-      MELT_RETURN_IF_ERROR(usable());
       ExpertStacks stacks;
-      MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
       MELT_RETURN_IF_ERROR(
-          check::moeExperts(x, indices, weights, gate, up, down, y));
-      MELT_RETURN_IF_ERROR(flags());
+          startExperts(x, indices, weights, gate, up, down, y, stacks));
       return groupedExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
                                     combineBf16, y, &shared);
     }
@@ -1240,18 +1237,28 @@ public:
            moeFp8RowwiseFits(int(I), int(D));
   }
 
+  /// What an experts call does first: the device usable, the stacks and
+  /// operands checked, the error flags ready.
+  Status startExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                      const DeviceTensor &weights, const DeviceTensor &gate,
+                      const DeviceTensor &up, const DeviceTensor &down,
+                      const DeviceTensor &y, ExpertStacks &stacks) {
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
+    MELT_RETURN_IF_ERROR(
+        check::moeExperts(x, indices, weights, gate, up, down, y));
+    return flags();
+  }
+
   /// moeExperts, of x quantized in 1 x 128 blocks first where `quantizeX`
   /// (only on the FP8 row-by-row kernels).
   Status experts(const DeviceTensor &x, const DeviceTensor &indices,
                  const DeviceTensor &weights, const DeviceTensor &gate,
                  const DeviceTensor &up, const DeviceTensor &down,
                  bool combineBf16, bool quantizeX, DeviceTensor &y) {
-    MELT_RETURN_IF_ERROR(usable());
     ExpertStacks stacks;
-    MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
     MELT_RETURN_IF_ERROR(
-        check::moeExperts(x, indices, weights, gate, up, down, y));
-    MELT_RETURN_IF_ERROR(flags());
+        startExperts(x, indices, weights, gate, up, down, y, stacks));
     int64_t pairs = indices.shape[0] * indices.shape[1];
     if (!quantizeX && groupsMany(gate.dtype, pairs, int(gate.shape[0]),
                                  int(gate.shape[1]), int(x.shape[1])))
