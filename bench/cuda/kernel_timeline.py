@@ -139,16 +139,16 @@ def summary(kernel_lists):
             "idle_us": (span - busy) / 1e3, "by_kernel": rows}
 
 
-def in_order(kernel_lists):
+def in_order(kernel_lists, by_position=False):
     """Per kernel of a replay, in start order (matched across replays by
-    graph node): name, grid, and medians (us) of start, end and the span
-    added."""
+    graph node, or with by_position by place: kernels of no graph): name,
+    grid, and medians (us) of start, end and the span added."""
     by_node = collections.defaultdict(lambda: collections.defaultdict(list))
     names, grids, first_seen = {}, {}, {}
     for kernels in kernel_lists:
         origin, ended = kernels[0]["start"], kernels[0]["start"]
         for position, k in enumerate(kernels):
-            node = k.get("node", position)
+            node = position if by_position else k.get("node", position)
             names[node] = short(k["name"])
             grids[node] = k.get("grid")
             first_seen.setdefault(node, position)
@@ -187,6 +187,14 @@ def print_summary(s, top):
                   f"{row['idle_before_us']:8.1f}")
 
 
+def print_order(title, kernel_lists, by_position=False):
+    print(f"{title}, kernels in order (us, medians: start, end, span added)")
+    for r in in_order(kernel_lists, by_position):
+        grid = "x".join(str(g) for g in r["grid"]) if r["grid"] else ""
+        print(f"  {r['start']:8.1f} {r['end']:8.1f} {r['adds']:6.1f}"
+              f"  {r['kernel']:<32} {grid}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace")
@@ -195,8 +203,8 @@ def main():
     parser.add_argument("--json", action="store_true",
                         help="one JSON line per graph instead of tables")
     parser.add_argument("--order", action="store_true",
-                        help="each graph's kernels in order, with the span "
-                        "each adds")
+                        help="each graph's (with --burst, the burst's) "
+                        "kernels in order, with the span each adds")
     parser.add_argument("--burst", action="store_true",
                         help="the last long burst of kernels of no graph "
                         "(a prefill) instead of the graphs")
@@ -210,6 +218,10 @@ def main():
         if not long:
             sys.exit(f"{args.trace}: no burst of kernels of {args.min_burst_ms}"
                      f" ms or longer outside graphs")
+        if args.order:
+            print_order(f"burst {len(long)} of kernels of no graph",
+                        [long[-1]], by_position=True)
+            return
         s = summary([long[-1]])
         if args.json:
             print(json.dumps(dict(burst=len(long), **s)))
@@ -225,13 +237,8 @@ def main():
         if len(kernel_lists) < args.min_replays:
             continue
         if args.order:
-            rows = in_order(kernel_lists)
-            print(f"graph {graph}: {len(kernel_lists)} replays, kernels in "
-                  f"order (us, medians: start, end, span added)")
-            for r in rows:
-                grid = "x".join(str(g) for g in r["grid"]) if r["grid"] else ""
-                print(f"  {r['start']:8.1f} {r['end']:8.1f} {r['adds']:6.1f}"
-                      f"  {r['kernel']:<32} {grid}")
+            print_order(f"graph {graph}: {len(kernel_lists)} replays",
+                        kernel_lists)
             continue
         s = summary(kernel_lists)
         s["between_replays"] = between(kernel_lists, loose)

@@ -6,7 +6,8 @@
 # --burst (its span, busy and idle time, per kernel name the launches,
 # running time and idle before).
 #   scripts/gpu/prefill-kernels.sh [SEQUENCES] [TOKENS] [MODEL.melt...]
-# Writes $OUT/prefill-kernels-MODEL-SxT.txt and a JSON line each to
+# Writes $OUT/prefill-kernels-MODEL-SxT.txt, the kernels in order to
+# $OUT/prefill-order-MODEL-SxT.txt and a JSON line each to
 # $OUT/prefill_kernels.json.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -25,6 +26,8 @@ for model in $models; do
     --max-new 1 --batch "$sequences" | grep -E "prefill" || true
   python3 bench/cuda/kernel_timeline.py "$trace" --burst --top 25 |
     tee "$out/prefill-kernels-$model-${sequences}x$tokens.txt"
+  python3 bench/cuda/kernel_timeline.py "$trace" --burst --order \
+    > "$out/prefill-order-$model-${sequences}x$tokens.txt"
   python3 bench/cuda/kernel_timeline.py "$trace" --burst --json |
     python3 -c "import json,sys; d=json.load(sys.stdin); d.update(model='$model', sequences=$sequences, tokens=$tokens); print(json.dumps(d))" \
     >> "$out/prefill_kernels.json"

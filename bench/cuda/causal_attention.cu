@@ -1,0 +1,104 @@
+// Benchmark of the fused causal attention of a prefill (CausalAttention.h):
+// both kernels (the warp kernel on mma.sync and the warpgroup kernel on
+// wgmma) at the shapes of mini's and DeepSeek-V3's prefill (MLA's 128 +
+// 64 query and key dims, 128 value dims, decompressed), each sequence a
+// run of one launch. FLOPs count the causal products only (query i
+// against its i + 1 keys: 2 x (192 + 128) a key and head). Prints one
+// JSON line per measurement; bench/cuda/causal_attention_torch.py times
+// torch's scaled_dot_product_attention at the same shapes.
+//
+//   melt-bench-causal-attention [--iters N]
+#include "cuda/CausalAttention.h"
+
+#include "BenchUtil.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+using namespace melt::rt::cuda;
+
+static const char *benchName = "melt-bench-causal-attention";
+
+__global__ void fillRandom(__nv_bfloat16 *data, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = melt::bench::hashIndex(i, seed);
+    data[i] = __float2bfloat16((x & 0xffff) / 32768.f - 1.f);
+  }
+}
+
+__global__ void fillRandom(float *data, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = melt::bench::hashIndex(i, seed);
+    data[i] = (x & 0xffff) / 32768.f - 1.f;
+  }
+}
+
+int main(int argc, char **argv) {
+  int iters = 20;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
+      iters = std::atoi(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: %s [--iters N]\n", benchName);
+      return 2;
+    }
+  }
+  cudaDeviceProp prop = melt::bench::openDevice(benchName);
+  (void)prop;
+  constexpr int kNope = 128, kRope = 64, kValue = 128;
+  struct Shape {
+    int sequences, tokens, heads;
+  } shapes[] = {{8, 1024, 16}, {1, 1024, 16}, {1, 4096, 16}, {8, 1024, 128},
+                {1, 4096, 128}};
+  for (const Shape &shape : shapes) {
+    const size_t tokens = size_t(shape.sequences) * shape.tokens;
+    float *qNope, *qRope, *out;
+    __nv_bfloat16 *keys, *values;
+    const size_t keyValues = size_t(shape.heads) * shape.tokens * (kNope + kRope);
+    const size_t valueValues = size_t(shape.heads) * shape.tokens * kValue;
+    CHECK(cudaMalloc(&qNope, tokens * shape.heads * kNope * 4));
+    CHECK(cudaMalloc(&qRope, tokens * shape.heads * kRope * 4));
+    CHECK(cudaMalloc(&out, tokens * shape.heads * kValue * 4));
+    CHECK(cudaMalloc(&keys, keyValues * shape.sequences * 2));
+    CHECK(cudaMalloc(&values, valueValues * shape.sequences * 2));
+    fillRandom<<<1024, 256>>>(qNope, tokens * shape.heads * kNope, 1);
+    fillRandom<<<1024, 256>>>(qRope, tokens * shape.heads * kRope, 2);
+    fillRandom<<<1024, 256>>>(keys, keyValues * shape.sequences, 3);
+    fillRandom<<<1024, 256>>>(values, valueValues * shape.sequences, 4);
+    std::vector<CausalRunOperands> runs;
+    for (int s = 0; s < shape.sequences; ++s)
+      runs.push_back({{s * shape.tokens, shape.tokens, 0, shape.tokens},
+                      keys + s * keyValues,
+                      values + s * valueValues});
+    const double flops = 2.0 * (kNope + kRope + kValue) * shape.heads *
+                         shape.sequences * double(shape.tokens) *
+                         (shape.tokens + 1) / 2;
+    for (CausalKernel kernel : {CausalKernel::Warps, CausalKernel::Warpgroups}) {
+      float ms = melt::bench::timeMs(
+          benchName,
+          [&](int) {
+            CHECK(causalAttentionBf16(qNope, qRope, runs.data(),
+                                      int(runs.size()), shape.heads, kNope,
+                                      kRope, kValue, 0.0721688f, out, nullptr,
+                                      kernel));
+          },
+          iters);
+      std::printf("{\"what\": \"causal_attention_melt\", \"kernel\": \"%s\", "
+                  "\"sequences\": %d, \"tokens\": %d, \"heads\": %d, "
+                  "\"us\": %.1f, \"tflops\": %.1f}\n",
+                  kernel == CausalKernel::Warps ? "mma.sync" : "wgmma",
+                  shape.sequences, shape.tokens, shape.heads, ms * 1e3,
+                  flops / (ms * 1e-3) / 1e12);
+    }
+    CHECK(cudaFree(qNope));
+    CHECK(cudaFree(qRope));
+    CHECK(cudaFree(out));
+    CHECK(cudaFree(keys));
+    CHECK(cudaFree(values));
+  }
+  return 0;
+}
