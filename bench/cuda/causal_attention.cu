@@ -1,8 +1,7 @@
-// Benchmark of the fused causal attention of a prefill (CausalAttention.h):
-// both kernels (the warp kernel on mma.sync and the warpgroup kernel on
-// wgmma) at the shapes of mini's and DeepSeek-V3's prefill (MLA's 128 +
-// 64 query and key dims, 128 value dims, decompressed), each sequence a
-// run of one launch. FLOPs count the causal products only (query i
+// Benchmark of the fused causal attention of a prefill (CausalAttention.h)
+// at the shapes of mini's and DeepSeek-V3's prefill (MLA's 128 + 64 query
+// and key dims, 128 value dims, decompressed), each sequence a run of one
+// launch. FLOPs count the causal products only (query i
 // against its i + 1 keys: 2 x (192 + 128) a key and head). Prints one
 // JSON line per measurement; bench/cuda/causal_attention_torch.py times
 // torch's scaled_dot_product_attention at the same shapes.
@@ -77,23 +76,19 @@ int main(int argc, char **argv) {
     const double flops = 2.0 * (kNope + kRope + kValue) * shape.heads *
                          shape.sequences * double(shape.tokens) *
                          (shape.tokens + 1) / 2;
-    for (CausalKernel kernel : {CausalKernel::Warps, CausalKernel::Warpgroups}) {
-      float ms = melt::bench::timeMs(
-          benchName,
-          [&](int) {
-            CHECK(causalAttentionBf16(qNope, qRope, runs.data(),
-                                      int(runs.size()), shape.heads, kNope,
-                                      kRope, kValue, 0.0721688f, out, nullptr,
-                                      kernel));
-          },
-          iters);
-      std::printf("{\"what\": \"causal_attention_melt\", \"kernel\": \"%s\", "
-                  "\"sequences\": %d, \"tokens\": %d, \"heads\": %d, "
-                  "\"us\": %.1f, \"tflops\": %.1f}\n",
-                  kernel == CausalKernel::Warps ? "mma.sync" : "wgmma",
-                  shape.sequences, shape.tokens, shape.heads, ms * 1e3,
-                  flops / (ms * 1e-3) / 1e12);
-    }
+    float ms = melt::bench::timeMs(
+        benchName,
+        [&](int) {
+          CHECK(causalAttentionBf16(qNope, qRope, runs.data(), int(runs.size()),
+                                    shape.heads, kNope, kRope, kValue,
+                                    0.0721688f, out, nullptr));
+        },
+        iters);
+    std::printf("{\"what\": \"causal_attention_melt\", \"kernel\": "
+                "\"mma.sync\", \"sequences\": %d, \"tokens\": %d, "
+                "\"heads\": %d, \"us\": %.1f, \"tflops\": %.1f}\n",
+                shape.sequences, shape.tokens, shape.heads, ms * 1e3,
+                flops / (ms * 1e-3) / 1e12);
     CHECK(cudaFree(qNope));
     CHECK(cudaFree(qRope));
     CHECK(cudaFree(out));

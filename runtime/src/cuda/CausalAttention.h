@@ -39,12 +39,6 @@ struct CausalRunOperands {
   const __nv_bfloat16 *keys = nullptr, *values = nullptr;
 };
 
-/// Which kernel runs a launch: Default is the warpgroup kernel (wgmma,
-/// 128 queries a block) unless MELT_CUDA_CAUSAL_WARPGROUPS=0 chooses the
-/// warp kernel (mma.sync, 64 queries a block); tests and benchmarks name
-/// one.
-enum class CausalKernel { Default, Warps, Warpgroups };
-
 /// Runs one launch takes.
 constexpr int kCausalMaxRuns = 32;
 
@@ -57,8 +51,7 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
                                 const __nv_bfloat16 *values,
                                 const CausalRun &run, int heads, int nope,
                                 int rope, int valueDim, float scale, float *out,
-                                cudaStream_t stream,
-                                CausalKernel kernel = CausalKernel::Default);
+                                cudaStream_t stream);
 
 /// The same for up to kCausalMaxRuns runs (a prefill's sequences) in one
 /// launch: every run's query blocks in one grid, the blocks of the last
@@ -67,8 +60,7 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
 cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
                                 const CausalRunOperands *runs, int runCount,
                                 int heads, int nope, int rope, int valueDim,
-                                float scale, float *out, cudaStream_t stream,
-                                CausalKernel kernel = CausalKernel::Default);
+                                float scale, float *out, cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 

@@ -125,30 +125,6 @@ __device__ __forceinline__ void wgmma64x32(float (&d)[16], uint64_t a,
 #endif
 }
 
-/// d[64 x 64] (+)= A[64 x 16] B[16 x 64], both K-major BF16 in shared
-/// memory; `accumulate` false overwrites d.
-__device__ __forceinline__ void wgmma64x64(float (&d)[32], uint64_t a,
-                                           uint64_t b, bool accumulate) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-               "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-               "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,"
-               "%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
-                 "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
-                 "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                 "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                 "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-                 "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-                 "+f"(d[30]), "+f"(d[31])
-               : "l"(a), "l"(b), "r"(int(accumulate)));
-#else
-  __trap();
-#endif
-}
-
 // The 64 accumulators of an m64n128 product: the register list and the
 // operands (d[0..63] as %0..%63; the descriptors and the scale-d flag
 // follow as %64, %65, %66).
@@ -199,25 +175,6 @@ __device__ __forceinline__ void wgmma64x128Fp8(float (&d)[64], uint64_t a,
                "e4m3 " MELT_WGMMA_D64_REGISTERS ", %64, %65, p, 1, 1;\n}\n"
                : MELT_WGMMA_D64_OPERANDS(d)
                : "l"(a), "l"(b), "r"(int(accumulate)));
-#else
-  __trap();
-#endif
-}
-
-/// d[64 x 128] += A[64 x 16] B[16 x 128]: A in registers (this warp's 16
-/// rows as an mma.sync m16n8k16 A fragment: a[0] row g, columns 2 t, 2 t +
-/// 1; a[1] row g + 8; a[2], a[3] the same 8 columns on), B MN-major BF16 in
-/// shared memory (its rows are K).
-__device__ __forceinline__ void wgmma64x128RegisterA(float (&d)[64],
-                                                     const uint32_t (&a)[4],
-                                                     uint64_t b) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16."
-               "bf16 " MELT_WGMMA_D64_REGISTERS
-               ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-               : MELT_WGMMA_D64_OPERANDS(d)
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 #else
   __trap();
 #endif

@@ -33,20 +33,12 @@ std::vector<float> randoms(std::mt19937 &rng, size_t n) {
   return v;
 }
 
-const char *kernelName(CausalKernel kernel) {
-  return kernel == CausalKernel::Warpgroups ? "warpgroup kernel"
-                                            : "warp kernel";
-}
-
-constexpr CausalKernel kKernels[] = {CausalKernel::Warps,
-                                     CausalKernel::Warpgroups};
-
 struct Case {
   int heads, tokens; // tokens in the step; the run is a slice of them
   CausalRun run;
 };
 
-void runCase(const Case &c, CausalKernel kernel) {
+void runCase(const Case &c) {
   std::mt19937 rng(7);
   const int keys = c.run.keys, heads = c.heads;
   std::vector<float> qNope = randoms(rng, size_t(c.tokens) * heads * kNope);
@@ -70,7 +62,7 @@ void runCase(const Case &c, CausalKernel kernel) {
   float *dQn = toDevice(qNope), *dQr = toDevice(qRope);
   __nv_bfloat16 *dK = toDevice(kb), *dV = toDevice(vb);
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, dK, dV, c.run, heads, kNope, kRope,
-                                kValue, scale, out, nullptr, kernel),
+                                kValue, scale, out, nullptr),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> have = toHost(out, outCount);
@@ -108,14 +100,12 @@ void runCase(const Case &c, CausalKernel kernel) {
     }
   // The probabilities are rounded to BF16 before they weight the values.
   EXPECT_LE(worst, 1e-2 * range)
-      << kernelName(kernel) << ": " << c.heads << " heads, " << c.run.count
-      << " queries at "
+      << c.heads << " heads, " << c.run.count << " queries at "
       << c.run.position << ", " << keys << " keys";
   for (int t = 0; t < c.tokens; ++t)
     if (t < c.run.first || t >= c.run.first + c.run.count)
       EXPECT_TRUE(std::isnan(have[size_t(t) * heads * kValue]))
-          << kernelName(kernel) << ": token " << t
-          << " outside the run was written";
+          << "token " << t << " outside the run was written";
   for (void *p : {static_cast<void *>(out), static_cast<void *>(dQn),
                   static_cast<void *>(dQr), static_cast<void *>(dK),
                   static_cast<void *>(dV)})
@@ -127,17 +117,12 @@ void runCase(const Case &c, CausalKernel kernel) {
 TEST(CudaCausalAttention, MatchesTheReference) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
-  for (CausalKernel kernel : kKernels) {
-    runCase({1, 1, {0, 1, 0, 1}}, kernel);         // one query, one key
-    runCase({3, 70, {0, 70, 0, 70}}, kernel);      // a second block of 6
-    runCase({2, 140, {5, 130, 200, 400}}, kernel); // after a prefix
-    runCase({16, 192, {0, 192, 0, 192}}, kernel);  // DeepSeek's heads
-    // A warpgroup kernel block whose second warpgroup has no query (65
-    // queries: 64 and 1), and one whose first ends before the second's
-    // last tiles.
-    runCase({2, 65, {0, 65, 0, 65}}, kernel);
-    runCase({1, 300, {0, 300, 37, 400}}, kernel);
-  }
+  runCase({1, 1, {0, 1, 0, 1}});         // one query, one key
+  runCase({3, 70, {0, 70, 0, 70}});      // a second block of 6 queries
+  runCase({2, 140, {5, 130, 200, 400}}); // after a prefix, keys beyond
+  runCase({16, 192, {0, 192, 0, 192}});  // whole blocks, DeepSeek's heads
+  runCase({2, 65, {0, 65, 0, 65}});      // a block of one query
+  runCase({1, 300, {0, 300, 37, 400}});  // blocks across key tiles
 }
 
 // Several runs in one launch (a prefill's sequences: different lengths,
@@ -175,25 +160,21 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   owned.push_back(together);
   owned.push_back(apart);
   const float scale = 1.f / std::sqrt(float(kWidth));
-  for (CausalKernel kernel : kKernels) {
-    ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
-                                  heads, kNope, kRope, kValue, scale, together,
-                                  nullptr, kernel),
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
+                                heads, kNope, kRope, kValue, scale, together,
+                                nullptr),
+            cudaSuccess);
+  for (const CausalRunOperands &o : operands)
+    ASSERT_EQ(causalAttentionBf16(dQn, dQr, o.keys, o.values, o.run, heads,
+                                  kNope, kRope, kValue, scale, apart, nullptr),
               cudaSuccess);
-    for (const CausalRunOperands &o : operands)
-      ASSERT_EQ(causalAttentionBf16(dQn, dQr, o.keys, o.values, o.run, heads,
-                                    kNope, kRope, kValue, scale, apart,
-                                    nullptr, kernel),
-                cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const std::vector<float> a = toHost(together, outCount),
-                             b = toHost(apart, outCount);
-    // Every token belongs to a run here: the whole outputs compare.
-    for (size_t i = 0; i < outCount; ++i)
-      ASSERT_EQ(a[i], b[i]) << kernelName(kernel) << ": token "
-                            << i / (heads * kValue) << ", head "
-                            << i / kValue % heads;
-  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> a = toHost(together, outCount),
+                           b = toHost(apart, outCount);
+  // Every token belongs to a run here: the whole outputs compare.
+  for (size_t i = 0; i < outCount; ++i)
+    ASSERT_EQ(a[i], b[i]) << "token " << i / (heads * kValue) << ", head "
+                          << i / kValue % heads;
   for (void *p : owned)
     cudaFree(p);
 }
