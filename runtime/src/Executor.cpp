@@ -1,6 +1,7 @@
 //===- Executor.cpp - a model's @forward on a Device ----------------------===//
 #include "Executor.h"
 
+#include "Bf16Addends.h"
 #include "EnvSwitch.h"
 #include "KernelArgs.h"
 #include "NormProductFusions.h"
@@ -473,6 +474,21 @@ Status DeviceModel::create(const Model &model, Device &device,
   // What only the wanted logit rows need.
   if (envSwitch("MELT_LOGIT_ROWS_ONLY", true))
     dm.logitOnly_ = findLogitOnlyKernels(m, *dm.forward_);
+  // Products only adds read, kept in BF16 where the device writes them so:
+  // not those a shared-expert call makes, nor the logit rows' (their
+  // values may be gathered, in F32). Off unless MELT_BF16_ADDENDS=1: its
+  // conformance and the executor's wiring are tested (on cuda:0 and the
+  // CPU), its whole-model runs on the GPU are not yet (docs/CudaBackend.md).
+  if (envSwitch("MELT_BF16_ADDENDS", false)) {
+    std::set<uint32_t> excluded = dm.logitOnly_.kernels;
+    for (const auto &[first, f] : dm.sharedExperts_)
+      excluded.insert(f.kernels.begin(), f.kernels.end());
+    dm.bf16Addends_ =
+        findBf16Addends(m, *dm.forward_, excluded, [&](uint32_t k) {
+          return device.linearWritesBf16(
+              dm.weights_.at(m.kernels()->Get(k)->weights()->Get(0)), 1 << 20);
+        });
+  }
   // MLA queries split and rotated in the MLA's call: the three kernels on
   // the same rows (all of them, or the logit rows' alone).
   if (envSwitch("MELT_FUSE_MLA_QUERY", true) && device.fusesMlaQuery())
@@ -1047,13 +1063,20 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       break;
     }
     case fb::KernelKind::Linear: {
+      // BF16 where only adds read the value and the device writes it so
+      // at these rows (Bf16Addends.h).
+      const DType productType =
+          dm.writesBf16Addend(k) &&
+                  device.linearWritesBf16(w(0), asRows(in(0)).rows())
+              ? DType::BF16
+              : DType::F32;
       auto pending = pendingSiluMuls.byValue.find(in(0).data);
       if (pending != pendingSiluMuls.byValue.end()) {
         // silu(gate) * up, computed as the product reads them.
         DeviceTensor gate = asRows(in(0)), up = pending->second.up;
         up.shape = gate.shape;
         values.hold(gate); // its value's storage may take the output
-        Status made = values.make(outId(0), DType::F32,
+        Status made = values.make(outId(0), productType,
                                   {gate.rows(), w(0).shape[0]}, out);
         if (!made)
           status = device.linearOfSiluMul(gate, up, w(0), *out);
@@ -1068,7 +1091,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                  prepared->second.products.count(k)) {
         // Its input as the norm that made it prepared it.
         MELT_RETURN_IF_ERROR(values.make(
-            outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
+            outId(0), productType, {asRows(in(0)).rows(), w(0).shape[0]}, out));
         status = device.linearOfPrepared(asRows(in(0)),
                                          prepared->second.prepared, w(0), *out);
         prepared->second.products.erase(k);
@@ -1076,12 +1099,13 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
           pendingPrepared.drop(prepared);
       } else {
         MELT_RETURN_IF_ERROR(values.make(
-            outId(0), DType::F32, {asRows(in(0)).rows(), w(0).shape[0]}, out));
+            outId(0), productType, {asRows(in(0)).rows(), w(0).shape[0]}, out));
         status = device.linear(asRows(in(0)), w(0), *out);
       }
       // An FP8 product's BF16 output (the compiler's precision), where the
       // device's product kept more.
-      if (!status && ints(0) != 0 && !device.linearOutputsBf16(w(0)))
+      if (!status && ints(0) != 0 && out->dtype == DType::F32 &&
+          !device.linearOutputsBf16(w(0)))
         status = device.roundToBf16(*out);
       break;
     }

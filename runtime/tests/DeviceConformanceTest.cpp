@@ -1614,6 +1614,74 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
       }
 }
 
+/// Where a device writes an FP8 product in BF16 (linearWritesBf16: the
+/// CUDA device past its few-token kernel, for the executor's products only
+/// adds read), the values are those of its F32 product (BF16 values, or
+/// rounded so), the SiLU-mul's product's likewise, and add, addRmsNorm and
+/// addRmsNormForProducts take the BF16 operand as its values: the same bits
+/// as with the F32 operand.
+TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  const int64_t K = 512, N = 1024;
+  for (int64_t rows : {int64_t(1), int64_t(300)}) {
+    std::vector<WeightData> kept;
+    kept.push_back(fp8BlockWeight(rng, N, K));
+    DeviceTensor w;
+    Status s = device->importWeight(kept.back(), w);
+    ASSERT_FALSE(s) << s.message();
+    owned.push_back(w);
+    if (gpu)
+      EXPECT_EQ(device->linearWritesBf16(w, rows), rows == 300) << rows;
+    if (!device->linearWritesBf16(w, rows))
+      continue;
+    const std::string what = std::to_string(rows) + " rows";
+    DeviceTensor x = put(random(DType::F32, {rows, K}, rng, 2.f));
+    DeviceTensor up = put(random(DType::F32, {rows, K}, rng, 2.f));
+    DeviceTensor wide[2] = {make(DType::F32, {rows, N}),
+                            make(DType::F32, {rows, N})};
+    DeviceTensor narrow[2] = {make(DType::BF16, {rows, N}),
+                              make(DType::BF16, {rows, N})};
+    ASSERT_FALSE(device->linear(x, w, wide[0]));
+    ASSERT_FALSE(device->linear(x, w, narrow[0]));
+    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, wide[1]));
+    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, narrow[1]));
+    for (DeviceTensor &t : wide)
+      if (!device->linearOutputsBf16(w))
+        ASSERT_FALSE(device->roundToBf16(t));
+    EXPECT_EQ(get(narrow[0]), get(wide[0])) << what << ", linear";
+    EXPECT_EQ(get(narrow[1]), get(wide[1])) << what << ", SiLU-mul's linear";
+    // The residual stream plus the product, alone and with the norm.
+    DeviceTensor a = put(random(DType::F32, {rows, N}, rng, 3.f));
+    DeviceTensor gamma = put(random(DType::F32, {N}, rng));
+    DeviceTensor sums[2], normed[2];
+    for (int i = 0; i < 2; ++i) {
+      sums[i] = make(DType::F32, {rows, N});
+      normed[i] = make(DType::F32, {rows, N});
+    }
+    ASSERT_FALSE(device->add(a, wide[0], sums[0]));
+    ASSERT_FALSE(device->add(a, narrow[0], sums[1]));
+    EXPECT_EQ(get(sums[1]), get(sums[0])) << what << ", add";
+    ASSERT_FALSE(
+        device->addRmsNorm(a, wide[0], gamma, 1e-6f, sums[0], normed[0]));
+    ASSERT_FALSE(
+        device->addRmsNorm(a, narrow[0], gamma, 1e-6f, sums[1], normed[1]));
+    EXPECT_EQ(get(sums[1]), get(sums[0])) << what << ", add and norm";
+    EXPECT_EQ(get(normed[1]), get(normed[0])) << what << ", add and norm";
+    Device::PreparedInput prepared[2];
+    for (int i = 0; i < 2; ++i) {
+      s = device->addRmsNormForProducts(a, i ? narrow[0] : wide[0], gamma,
+                                        1e-6f, sums[i], normed[i], prepared[i]);
+      ASSERT_FALSE(s) << s.message();
+    }
+    EXPECT_EQ(get(sums[1]), get(sums[0])) << what << ", for products";
+    EXPECT_EQ(get(normed[1]), get(normed[0])) << what << ", for products";
+    for (Device::PreparedInput &p : prepared) {
+      device->release(p.q);
+      device->release(p.scales);
+    }
+  }
+}
+
 /// T tokens' routed FP8 experts (K choices each) with a shared expert (FP8
 /// linears of intermediate size `sharedI`) in one call against the calls
 /// the executor makes for them apart: the routed experts of x quantized,

@@ -8,8 +8,10 @@
 // asked quantizes the FP8 experts' input itself (Device's
 // moeExpertsOfQuantized: the pair into memory of its own) and takes one
 // token's shared expert into the routed experts' call (Device's
-// moeExpertsWithShared: the calls one after the other), and where asked
-// prepares the FP8 products' input in the norms that make it.
+// moeExpertsWithShared: the calls one after the other), where asked
+// prepares the FP8 products' input in the norms that make it, and where
+// asked writes the FP8 products only adds read in BF16 (the F32 product
+// rounded, as roundToBf16 rounds it) and adds such BF16 operands (widened).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
@@ -17,6 +19,10 @@
 
 #include "CpuDevice.h"
 
+#include "melt/numerics.h"
+
+#include <cstdint>
+#include <functional>
 #include <set>
 
 namespace melt::rt {
@@ -43,6 +49,8 @@ public:
   }
   Status linear(const DeviceTensor &x, const DeviceTensor &w,
                 DeviceTensor &y) override {
+    if (y.dtype == DType::BF16)
+      return intoBf16(y, [&](DeviceTensor &t) { return linear(x, w, t); });
     if (!quantizesFp8Input(w))
       return CpuDevice::linear(x, w, y);
     ++quantizedProducts;
@@ -67,6 +75,9 @@ public:
   }
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          const DeviceTensor &w, DeviceTensor &y) override {
+    if (y.dtype == DType::BF16)
+      return intoBf16(
+          y, [&](DeviceTensor &t) { return linearOfSiluMul(gate, up, w, t); });
     ++fusedProducts;
     return CpuDevice::linearOfSiluMul(gate, up, w, y);
   }
@@ -111,17 +122,88 @@ public:
   }
   Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
                           const DeviceTensor &w, DeviceTensor &y) override {
+    if (y.dtype == DType::BF16)
+      return intoBf16(y, [&](DeviceTensor &t) {
+        return linearOfPrepared(x, prepared, w, t);
+      });
     if (!prepared.q.data || prepared.q.shape != x.shape)
       return linear(x, w, y);
     ++preparedProducts;
     return CpuDevice::linear(prepared.q, w, y);
   }
 
-  bool preparesInNorms = false;
+  // Where writesBf16Addends: the FP8 products only adds read in BF16.
+  bool linearWritesBf16(const DeviceTensor &weight,
+                        int64_t rows) const override {
+    (void)rows;
+    return writesBf16Addends && quantizesFp8Input(weight);
+  }
+  Status add(const DeviceTensor &a, const DeviceTensor &b,
+             DeviceTensor &y) override {
+    return withF32Operands(a, b,
+                           [&](const DeviceTensor &u, const DeviceTensor &v) {
+                             return CpuDevice::add(u, v, y);
+                           });
+  }
+  Status addRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
+                    const DeviceTensor &gamma, float eps, DeviceTensor &sum,
+                    DeviceTensor &y) override {
+    return withF32Operands(
+        a, b, [&](const DeviceTensor &u, const DeviceTensor &v) {
+          return CpuDevice::addRmsNorm(u, v, gamma, eps, sum, y);
+        });
+  }
+
+  bool preparesInNorms = false, writesBf16Addends = false;
+  int bf16Products = 0, bf16Addends = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0;
 
 private:
+  /// The F32 product(t) rounded into BF16 y.
+  Status intoBf16(DeviceTensor &y,
+                  const std::function<Status(DeviceTensor &)> &product) {
+    DeviceTensor wide;
+    MELT_RETURN_IF_ERROR(allocate(DType::F32, y.shape, wide));
+    Status s = product(wide);
+    if (!s) {
+      const float *from = static_cast<const float *>(wide.data);
+      uint16_t *to = static_cast<uint16_t *>(y.data);
+      for (int64_t i = 0; i < y.numel(); ++i)
+        to[i] = melt::floatToBF16(from[i]);
+      ++bf16Products;
+    }
+    release(wide);
+    return s;
+  }
+  /// f(a, b) with a BF16 operand widened to F32 (exactly).
+  Status withF32Operands(const DeviceTensor &a, const DeviceTensor &b,
+                         const std::function<Status(const DeviceTensor &,
+                                                    const DeviceTensor &)> &f) {
+    DeviceTensor wide[2];
+    const DeviceTensor *operands[2] = {&a, &b};
+    Status s;
+    for (int i = 0; i < 2 && !s; ++i) {
+      if (operands[i]->dtype != DType::BF16)
+        continue;
+      s = allocate(DType::F32, operands[i]->shape, wide[i]);
+      if (s)
+        break;
+      const uint16_t *from = static_cast<const uint16_t *>(operands[i]->data);
+      float *to = static_cast<float *>(wide[i].data);
+      for (int64_t e = 0; e < operands[i]->numel(); ++e)
+        to[e] = melt::bf16ToFloat(from[e]);
+      operands[i] = &wide[i];
+      ++bf16Addends;
+    }
+    if (!s)
+      s = f(*operands[0], *operands[1]);
+    for (DeviceTensor &t : wide)
+      if (t.data)
+        release(t);
+    return s;
+  }
+
   bool fusesSiluMul_, quantizesExperts_, fusesSharedExpert_;
   std::set<const void *> fp8Stored_;
 };

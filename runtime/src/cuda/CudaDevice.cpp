@@ -450,6 +450,14 @@ public:
                  "round_to_bf16");
   }
 
+  /// An FP8 weight's product past its few-token kernel writes cuBLASLt's
+  /// BF16 output straight into a BF16 y (no widening kernel); add() and
+  /// addRmsNorm() read a BF16 operand as they read an F32 one.
+  bool linearWritesBf16(const DeviceTensor &weight,
+                        int64_t rows) const override {
+    return multipliedInFp8(weight) && !gemm_->quantizesF32Rows(int(rows));
+  }
+
   /// An FP8 weight's product quantizes silu(gate) * up as it reads them.
   bool fusesSiluMulInto(const DeviceTensor &weight) const override {
     return multipliedInFp8(weight);
@@ -600,26 +608,31 @@ public:
   /// left out.
   Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
                           const DeviceTensor &w, DeviceTensor &y) override {
+    const bool bf16Out =
+        y.dtype == DType::BF16 && linearWritesBf16(w, x.rows());
     if (!prepared.q.data || !preparesInNorm(w, x.rows()) ||
         prepared.q.shape != std::vector<int64_t>{x.rows(), x.cols()} ||
-        x.cols() != w.shape[1] || y.dtype != DType::F32)
+        x.cols() != w.shape[1] || (y.dtype != DType::F32 && !bf16Out))
       return linear(x, w, y);
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     const int64_t m = x.rows(), k = x.cols(), n = w.rows();
     DeviceTensor out;
-    MELT_RETURN_IF_ERROR(allocate(DType::BF16, {m, n}, out));
+    if (!bf16Out)
+      MELT_RETURN_IF_ERROR(allocate(DType::BF16, {m, n}, out));
     Status status = fromGemm(gemm_->fp8BlockScaled(
         static_cast<const __nv_fp8_e4m3 *>(prepared.q.data),
         static_cast<const float *>(prepared.scales.data),
         static_cast<const __nv_fp8_e4m3 *>(w.data),
         static_cast<const float *>(weightScales_.at(w.data).data),
-        static_cast<__nv_bfloat16 *>(out.data), int(m), int(n), int(k)));
-    if (!status)
+        static_cast<__nv_bfloat16 *>(bf16Out ? y.data : out.data), int(m),
+        int(n), int(k)));
+    if (!status && !bf16Out)
       status = check(
           convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),
           "linear");
-    release(out); // stream-ordered: reused only by later work
+    if (!bf16Out)
+      release(out); // stream-ordered: reused only by later work
     return status;
   }
   /// Grouped FP8 experts' gate and up products on the FP8 GEMM
@@ -2039,10 +2052,13 @@ private:
                              DeviceTensor &y,
                              const DeviceTensor *up = nullptr) {
     auto scales = weightScales_.find(w.data);
+    const bool bf16Out = y.dtype == DType::BF16 &&
+                         linearWritesBf16(w, x.rows()); // (linearWritesBf16)
     if (scales == weightScales_.end() || x.dtype != DType::F32 ||
-        y.dtype != DType::F32 || (up && up->dtype != DType::F32))
+        (y.dtype != DType::F32 && !bf16Out) || (up && up->dtype != DType::F32))
       return invalidArgument("linear: an fp8 weight needs its block scales "
-                             "(importWeight) and f32 input and output");
+                             "(importWeight), f32 input and an f32 output "
+                             "(or bf16 where linearWritesBf16 says so)");
     const float *upValues = up ? static_cast<const float *>(up->data) : nullptr;
     int64_t m = x.rows(), k = x.cols(), n = w.rows();
     auto padded = paddedK_.find(w.data);
@@ -2050,11 +2066,13 @@ private:
     // A few tokens: one kernel quantizes x (zeros beyond K where the
     // weight was padded) and multiplies.
     bool handled = false;
-    MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8FromF32(
-        static_cast<const float *>(x.data), upValues, int(k),
-        static_cast<const __nv_fp8_e4m3 *>(w.data),
-        static_cast<const float *>(scales->second.data),
-        static_cast<float *>(y.data), int(m), int(n), int(kStored), handled)));
+    if (!bf16Out)
+      MELT_RETURN_IF_ERROR(fromGemm(
+          gemm_->fp8FromF32(static_cast<const float *>(x.data), upValues,
+                            int(k), static_cast<const __nv_fp8_e4m3 *>(w.data),
+                            static_cast<const float *>(scales->second.data),
+                            static_cast<float *>(y.data), int(m), int(n),
+                            int(kStored), handled)));
     if (handled)
       return Status::ok();
     // Else x quantized into rows of the weight's stored K (zeros beyond
@@ -2064,7 +2082,7 @@ private:
     Status status = allocate(DType::FP8E4M3, {m, kStored}, q);
     if (!status)
       status = allocate(DType::F32, {kStored / 128, m}, qScales);
-    if (!status)
+    if (!status && !bf16Out)
       status = allocate(DType::BF16, {m, n}, out);
     if (!status)
       status = check(
@@ -2079,20 +2097,21 @@ private:
                     static_cast<float *>(qScales.data), stream_),
           "linear");
     if (!status)
-      status = fromGemm(
-          gemm_->fp8BlockScaled(static_cast<const __nv_fp8_e4m3 *>(q.data),
-                                static_cast<const float *>(qScales.data),
-                                static_cast<const __nv_fp8_e4m3 *>(w.data),
-                                static_cast<const float *>(scales->second.data),
-                                static_cast<__nv_bfloat16 *>(out.data), int(m),
-                                int(n), int(kStored)));
-    if (!status)
+      status = fromGemm(gemm_->fp8BlockScaled(
+          static_cast<const __nv_fp8_e4m3 *>(q.data),
+          static_cast<const float *>(qScales.data),
+          static_cast<const __nv_fp8_e4m3 *>(w.data),
+          static_cast<const float *>(scales->second.data),
+          static_cast<__nv_bfloat16 *>(bf16Out ? y.data : out.data), int(m),
+          int(n), int(kStored)));
+    if (!status && !bf16Out)
       status = check(
           convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),
           "linear");
     release(q); // stream-ordered: reused only by later work
     release(qScales);
-    release(out);
+    if (!bf16Out)
+      release(out);
     return status;
   }
 
