@@ -653,6 +653,9 @@ public:
   /// of 1x1024 2.5x, 8x1024 1.2x the host's grouping on the H200);
   /// MELT_CUDA_DEVICE_GROUPING=0 groups them on the host (cuBLASLt).
   bool deviceGrouping_ = envSwitch("MELT_CUDA_DEVICE_GROUPING", true);
+  /// The grouping by chunks of pairs (ExpertGrouping.h; the same rows):
+  /// MELT_CUDA_CHUNKED_GROUPING=1, off until run on a GPU.
+  bool chunkedGrouping_ = envSwitch("MELT_CUDA_CHUNKED_GROUPING", false);
   /// Those experts' FP8 gate and up on FP8 tensor cores (GroupedGemmFp8.h),
   /// else widened to BF16.
   bool fp8GroupedWgmma_ = envSwitch("MELT_CUDA_FP8_GROUPED_WGMMA", true);
@@ -1419,6 +1422,13 @@ public:
     grouping.capacity = capacity;
     grouping.starts = starts, grouping.rowOfPair = rowOfPair;
     grouping.tokenOfRow = tokenOfRow, grouping.bad = flag_ + kExpertFlag;
+    DeviceTensor chunkOffsetsT;
+    if (chunkedGrouping_) {
+      MELT_RETURN_IF_ERROR(scratch.take(
+          DType::I32, {std::max<int64_t>(1, expertGroupingWorkspace(T * K, E))},
+          chunkOffsetsT));
+      grouping.chunkOffsets = static_cast<int32_t *>(chunkOffsetsT.data);
+    }
     MELT_RETURN_IF_ERROR(check(groupExperts(grouping, stream_), "moe_experts"));
     if (!fp8TensorCores)
       MELT_RETURN_IF_ERROR(

@@ -1,11 +1,15 @@
 //===- ExpertGrouping.cu - expert choices grouped on the GPU --------------===//
 //
-// Two kernels. The first (one block) counts each expert's pairs in shared
-// memory and writes the group starts. The second (a block per expert, and
-// one more for the rows past the last group) walks the pairs in order,
-// 1024 at a time: each warp's matches are ranked by a ballot, the warps'
-// counts added in warp order, so that a pair's row is its rank among its
-// expert's pairs, the same every run.
+// By experts, two kernels. The first (one block) counts each expert's
+// pairs in shared memory and writes the group starts. The second (a block
+// per expert, and one more for the rows past the last group) walks the
+// pairs in order, 1024 at a time: each warp's matches are ranked by a
+// ballot, the warps' counts added in warp order, so that a pair's row is
+// its rank among its expert's pairs, the same every run.
+//
+// By chunks (a workspace given), three: counts per chunk and expert, their
+// exclusive sums over the chunks with the group starts and padding rows
+// (one block), and each chunk's ranks from its offsets: the same rows.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/ExpertGrouping.h"
@@ -87,7 +91,119 @@ __global__ void __launch_bounds__(kThreads)
     a.tokenOfRow[r] = 0;
 }
 
+constexpr int kChunkWarps = kGroupingChunk / 32;
+
+/// Block c: chunk c's pairs of expert e into chunkOffsets[e * chunks + c]
+/// (an expert's counts in chunk order, for the scan).
+__global__ void __launch_bounds__(kGroupingChunk)
+    countChunksKernel(ExpertGroupingArgs a) {
+  awaitPriorKernels();
+  __shared__ int counts[kMaxGroupedExperts];
+  for (int e = threadIdx.x; e < a.experts; e += kGroupingChunk)
+    counts[e] = 0;
+  __syncthreads();
+  const int p = blockIdx.x * kGroupingChunk + threadIdx.x;
+  if (p < a.tokens * a.topK) {
+    const int e = a.chosen[p];
+    if (e >= 0 && e < a.experts)
+      atomicAdd(&counts[e], 1);
+    else
+      *a.bad = 1;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < a.experts; e += kGroupingChunk)
+    a.chunkOffsets[size_t(e) * gridDim.x + blockIdx.x] = counts[e];
+}
+
+/// One block: each expert's counts replaced by their sums over the chunks
+/// before (in chunk order; a warp an expert, 32 chunks a step, scanned by
+/// shuffles), the group starts, and the padding rows (each group's past
+/// its pairs, and past the last group) naming token 0.
+__global__ void __launch_bounds__(kThreads)
+    chunkOffsetsKernel(ExpertGroupingArgs a, int chunks) {
+  awaitPriorKernels();
+  __shared__ int totals[kMaxGroupedExperts], starts[kMaxGroupedExperts + 1];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int e = warp; e < a.experts; e += kWarps) {
+    int32_t *counts = a.chunkOffsets + size_t(e) * chunks;
+    int carried = 0;
+    for (int c0 = 0; c0 < chunks; c0 += 32) {
+      const int c = c0 + lane;
+      const int n = c < chunks ? counts[c] : 0;
+      int inclusive = n;
+      for (int d = 1; d < 32; d *= 2) {
+        const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+        if (lane >= d)
+          inclusive += v;
+      }
+      if (c < chunks)
+        counts[c] = carried + inclusive - n;
+      carried += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+    if (lane == 0)
+      totals[e] = carried;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int start = 0;
+    for (int e = 0; e < a.experts; ++e) {
+      starts[e] = start;
+      start += (totals[e] + kExpertGroupRows - 1) / kExpertGroupRows *
+               kExpertGroupRows;
+    }
+    starts[a.experts] = start;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e <= a.experts; e += kThreads)
+    a.starts[e] = starts[e];
+  // A warp per group's padding rows (fewer than kExpertGroupRows).
+  for (int e = warp; e < a.experts; e += kWarps)
+    for (int r = starts[e] + totals[e] + lane; r < starts[e + 1]; r += 32)
+      a.tokenOfRow[r] = 0;
+  for (int r = starts[a.experts] + threadIdx.x; r < a.capacity; r += kThreads)
+    a.tokenOfRow[r] = 0;
+}
+
+/// Block c: each pair of chunk c its row, the group's start plus the
+/// chunk's offset plus its rank among the chunk's pairs of its expert
+/// (within a warp by __match_any_sync, the warps' counts added in warp
+/// order from shared memory: kChunkWarps x experts values).
+__global__ void __launch_bounds__(kGroupingChunk)
+    assignChunksKernel(ExpertGroupingArgs a) {
+  awaitPriorKernels();
+  extern __shared__ int warpCounts[]; // [kChunkWarps][experts]
+  for (int i = threadIdx.x; i < kChunkWarps * a.experts; i += kGroupingChunk)
+    warpCounts[i] = 0;
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int p = blockIdx.x * kGroupingChunk + threadIdx.x;
+  const bool inRange = p < a.tokens * a.topK;
+  const int e = inRange ? a.chosen[p] : -1;
+  const bool valid = inRange && e >= 0 && e < a.experts;
+  if (inRange && !valid)
+    a.rowOfPair[p] = -1; // counted as bad by the first kernel
+  // Lanes of the same expert (the out-of-range and bad ones share -1).
+  const unsigned same = __match_any_sync(0xffffffffu, valid ? e : -1);
+  const int rank = __popc(same & ((1u << lane) - 1u));
+  if (valid && rank == 0)
+    warpCounts[warp * a.experts + e] = __popc(same);
+  __syncthreads();
+  if (valid) {
+    int before = rank;
+    for (int w = 0; w < warp; ++w)
+      before += warpCounts[w * a.experts + e];
+    const int row = a.starts[e] +
+                    a.chunkOffsets[size_t(e) * gridDim.x + blockIdx.x] + before;
+    a.rowOfPair[p] = row;
+    a.tokenOfRow[row] = p / a.topK;
+  }
+}
+
 } // namespace
+
+int expertGroupingWorkspace(int pairs, int experts) {
+  return (pairs + kGroupingChunk - 1) / kGroupingChunk * experts;
+}
 
 int expertGroupingCapacity(int pairs, int experts) {
   // Every group padded by at most 127 rows; the total in whole tiles.
@@ -103,6 +219,27 @@ cudaError_t groupExperts(const ExpertGroupingArgs &a, cudaStream_t stream) {
       a.experts > kMaxGroupedExperts ||
       a.capacity < expertGroupingCapacity(a.tokens * a.topK, a.experts))
     return cudaErrorInvalidValue;
+  if (a.chunkOffsets) {
+    const int pairs = a.tokens * a.topK;
+    const int chunks = (pairs + kGroupingChunk - 1) / kGroupingChunk;
+    if (chunks == 0) { // no pair: empty groups, every row padding
+      return launchOverlapped(chunkOffsetsKernel, 1, kThreads, 0, stream, a, 0);
+    }
+    cudaError_t error = launchOverlapped(countChunksKernel, chunks,
+                                         kGroupingChunk, 0, stream, a);
+    if (error == cudaSuccess)
+      error = launchOverlapped(chunkOffsetsKernel, 1, kThreads, 0, stream, a,
+                               chunks);
+    const size_t shared = size_t(kChunkWarps) * a.experts * sizeof(int);
+    if (error == cudaSuccess && shared > 48 * 1024)
+      error = cudaFuncSetAttribute(assignChunksKernel,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   int(shared));
+    if (error == cudaSuccess)
+      error = launchOverlapped(assignChunksKernel, chunks, kGroupingChunk,
+                               shared, stream, a);
+    return error != cudaSuccess ? error : cudaGetLastError();
+  }
   cudaError_t error =
       launchOverlapped(countGroupsKernel, 1, kThreads, 0, stream, a);
   if (error != cudaSuccess)

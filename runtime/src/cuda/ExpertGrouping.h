@@ -11,6 +11,16 @@
 // The device runs it for a prefill's experts (MELT_CUDA_DEVICE_GROUPING,
 // on by default since it was run on the H200; =0 groups on the host).
 //
+// Two ways, the same rows: a block per expert walking every pair in order
+// (the default: 60 us for mini's 8192 x 6 pairs, 64 blocks in a loop of 48
+// dependent steps, and 18 us to count them in one block), or, given a
+// workspace (MELT_CUDA_CHUNKED_GROUPING=1, written in session 23 and not
+// yet run on a GPU), by chunks: a block per 256 pairs counts its chunk's
+// pairs of each expert, one block turns the counts into each chunk's
+// offsets and the group starts, and a block per chunk ranks its pairs
+// among their expert's (a warp's by a match, the warps' counts added in
+// warp order) from its chunk's offset.
+//
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_EXPERTGROUPING_H
 #define MELT_RUNTIME_CUDA_EXPERTGROUPING_H
@@ -38,10 +48,20 @@ struct ExpertGroupingArgs {
   /// Set to 1 where an index is outside [0, experts) (its pair gets no
   /// row: rowOfPair -1).
   int32_t *bad = nullptr;
+  /// Workspace of expertGroupingWorkspace() values on the device: where
+  /// given, the pairs are grouped by chunks of kGroupingChunk (the chunked
+  /// kernels below), else by a block per expert walking all the pairs.
+  int32_t *chunkOffsets = nullptr;
 };
 
 /// The rows that every choice of `pairs` pairs among `experts` fits in.
 int expertGroupingCapacity(int pairs, int experts);
+
+/// Pairs a block of the chunked grouping takes.
+constexpr int kGroupingChunk = 256;
+/// The int32 values of the chunked grouping's workspace (each chunk's count
+/// of each expert's pairs, then their offsets).
+int expertGroupingWorkspace(int pairs, int experts);
 
 /// Launches the grouping on `stream`.
 cudaError_t groupExperts(const ExpertGroupingArgs &args, cudaStream_t stream);

@@ -1,13 +1,15 @@
-// Expert grouping on the GPU (ExpertGrouping.h) against the same grouping
-// on the host: group starts in multiples of 128, each pair's row its rank
-// among its expert's pairs, each row's token (padding rows token 0), and a
-// bad index flagged. Skips without a device.
+// Expert grouping on the GPU (ExpertGrouping.h), by experts and by chunks
+// (a workspace given), against the same grouping on the host: group starts
+// in multiples of 128, each pair's row its rank among its expert's pairs,
+// each row's token (padding rows token 0), and a bad index flagged. Skips
+// without a device.
 #include "cuda/ExpertGrouping.h"
 
 #include "CudaTestUtil.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -22,7 +24,7 @@ struct Grouped {
 };
 
 Grouped onDevice(const std::vector<int32_t> &chosen, int topK, int experts,
-                 int capacity) {
+                 int capacity, bool chunked) {
   ExpertGroupingArgs args;
   args.chosen = toDevice(chosen);
   args.tokens = int(chosen.size()) / topK;
@@ -34,6 +36,9 @@ Grouped onDevice(const std::vector<int32_t> &chosen, int topK, int experts,
   // Rows start as garbage: every one must be written.
   args.tokenOfRow = toDevice(std::vector<int32_t>(size_t(capacity), 7777));
   args.bad = toDevice(std::vector<int32_t>{0});
+  if (chunked)
+    args.chunkOffsets = deviceArray<int32_t>(size_t(
+        std::max(1, expertGroupingWorkspace(int(chosen.size()), experts))));
   Grouped got;
   EXPECT_EQ(groupExperts(args, nullptr), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -41,9 +46,10 @@ Grouped onDevice(const std::vector<int32_t> &chosen, int topK, int experts,
   got.rowOfPair = toHost(args.rowOfPair, chosen.size());
   got.tokenOfRow = toHost(args.tokenOfRow, size_t(capacity));
   got.bad = toHost(args.bad, 1)[0];
-  for (const void *p : {(const void *)args.chosen, (const void *)args.starts,
-                        (const void *)args.rowOfPair,
-                        (const void *)args.tokenOfRow, (const void *)args.bad})
+  for (const void *p :
+       {(const void *)args.chosen, (const void *)args.starts,
+        (const void *)args.rowOfPair, (const void *)args.tokenOfRow,
+        (const void *)args.bad, (const void *)args.chunkOffsets})
     cudaFree(const_cast<void *>(p));
   return got;
 }
@@ -79,12 +85,15 @@ Grouped onHost(const std::vector<int32_t> &chosen, int topK, int experts,
 void expectSame(const std::vector<int32_t> &chosen, int topK, int experts) {
   const int capacity =
       expertGroupingCapacity(int(chosen.size()), experts) + kExpertGroupRows;
-  const Grouped got = onDevice(chosen, topK, experts, capacity);
   const Grouped want = onHost(chosen, topK, experts, capacity);
-  EXPECT_EQ(got.starts, want.starts);
-  EXPECT_EQ(got.rowOfPair, want.rowOfPair);
-  EXPECT_EQ(got.tokenOfRow, want.tokenOfRow);
-  EXPECT_EQ(got.bad, want.bad);
+  for (bool chunked : {false, true}) {
+    const Grouped got = onDevice(chosen, topK, experts, capacity, chunked);
+    const char *how = chunked ? "by chunks" : "by experts";
+    EXPECT_EQ(got.starts, want.starts) << how;
+    EXPECT_EQ(got.rowOfPair, want.rowOfPair) << how;
+    EXPECT_EQ(got.tokenOfRow, want.tokenOfRow) << how;
+    EXPECT_EQ(got.bad, want.bad) << how;
+  }
 }
 
 } // namespace
@@ -93,11 +102,15 @@ TEST(CudaExpertGrouping, MatchesTheHost) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(5);
-  // mini's prefill at 1024 tokens (64 experts, top 6), a skewed choice
-  // (most pairs on a few experts), V3's 256 experts, and a single token.
+  // mini's prefill at 1024 and 8192 tokens (64 experts, top 6), a skewed
+  // choice (most pairs on a few experts), V3's 256 experts (8192 tokens:
+  // 256 chunks of pairs), the most experts, and a single token.
   for (auto [tokens, topK, experts, skew] :
-       {std::tuple{1024, 6, 64, false}, std::tuple{3000, 6, 64, true},
-        std::tuple{700, 8, 256, false}, std::tuple{1, 8, 256, false}}) {
+       {std::tuple{1024, 6, 64, false}, std::tuple{8192, 6, 64, false},
+        std::tuple{3000, 6, 64, true}, std::tuple{700, 8, 256, false},
+        std::tuple{8192, 8, 256, false},
+        std::tuple{500, 8, kMaxGroupedExperts, false},
+        std::tuple{1, 8, 256, false}}) {
     std::vector<int32_t> chosen(size_t(tokens) * topK);
     std::uniform_int_distribution<int> any(0, experts - 1), few(0, 3);
     for (auto &e : chosen)
