@@ -8,6 +8,7 @@
 #ifndef MELT_BENCH_CUDA_BENCHUTIL_H
 #define MELT_BENCH_CUDA_BENCHUTIL_H
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -33,6 +34,15 @@ __device__ inline uint32_t hashIndex(size_t i, uint32_t seed) {
   x *= 0x5bd1e995u;
   x ^= x >> 15;
   return x;
+}
+
+/// data[i] uniform in [-1, 1) from hashIndex(i, seed), F32 or BF16 (the
+/// benchmarks' operands; a grid-stride loop).
+template <typename T>
+__global__ void fillRandom(T *data, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    data[i] = T((hashIndex(i, seed) & 0xffff) / 32768.f - 1.f);
 }
 
 /// Milliseconds per call of f(i), i the call's index, after 3 warm-ups.

@@ -20,22 +20,6 @@ using namespace melt::rt::cuda;
 
 static const char *benchName = "melt-bench-causal-attention";
 
-__global__ void fillRandom(__nv_bfloat16 *data, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t x = melt::bench::hashIndex(i, seed);
-    data[i] = __float2bfloat16((x & 0xffff) / 32768.f - 1.f);
-  }
-}
-
-__global__ void fillRandom(float *data, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t x = melt::bench::hashIndex(i, seed);
-    data[i] = (x & 0xffff) / 32768.f - 1.f;
-  }
-}
-
 int main(int argc, char **argv) {
   int iters = 20;
   for (int i = 1; i < argc; ++i) {
@@ -64,10 +48,14 @@ int main(int argc, char **argv) {
     CHECK(cudaMalloc(&out, tokens * shape.heads * kValue * 4));
     CHECK(cudaMalloc(&keys, keyValues * shape.sequences * 2));
     CHECK(cudaMalloc(&values, valueValues * shape.sequences * 2));
-    fillRandom<<<1024, 256>>>(qNope, tokens * shape.heads * kNope, 1);
-    fillRandom<<<1024, 256>>>(qRope, tokens * shape.heads * kRope, 2);
-    fillRandom<<<1024, 256>>>(keys, keyValues * shape.sequences, 3);
-    fillRandom<<<1024, 256>>>(values, valueValues * shape.sequences, 4);
+    melt::bench::fillRandom<<<1024, 256>>>(qNope, tokens * shape.heads * kNope,
+                                           1);
+    melt::bench::fillRandom<<<1024, 256>>>(qRope, tokens * shape.heads * kRope,
+                                           2);
+    melt::bench::fillRandom<<<1024, 256>>>(keys, keyValues * shape.sequences,
+                                           3);
+    melt::bench::fillRandom<<<1024, 256>>>(values,
+                                           valueValues * shape.sequences, 4);
     std::vector<CausalRunOperands> runs;
     for (int s = 0; s < shape.sequences; ++s)
       runs.push_back({{s * shape.tokens, shape.tokens, 0, shape.tokens},

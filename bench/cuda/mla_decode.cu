@@ -20,14 +20,6 @@ using namespace melt::rt::cuda;
 
 static const char *benchName = "melt-bench-mla-decode";
 
-__global__ void fillRandom(__nv_bfloat16 *data, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t x = melt::bench::hashIndex(i, seed);
-    data[i] = __float2bfloat16((x & 0xffff) / 32768.f - 1.f);
-  }
-}
-
 int main(int argc, char **argv) {
   int iters = 20;
   for (int i = 1; i < argc; ++i) {
@@ -68,8 +60,8 @@ int main(int argc, char **argv) {
                      size_t(shape.batch) * shape.heads * kLatentRank * 2));
     CHECK(cudaMalloc(&deviceTable, pages * 4));
     CHECK(cudaMalloc(&deviceLengths, shape.batch * 4));
-    fillRandom<<<1024, 256>>>(cache, cacheValues, 1);
-    fillRandom<<<1024, 256>>>(queries, queryValues, 2);
+    melt::bench::fillRandom<<<1024, 256>>>(cache, cacheValues, 1);
+    melt::bench::fillRandom<<<1024, 256>>>(queries, queryValues, 2);
     CHECK(cudaMemcpy(deviceTable, table.data(), pages * 4,
                      cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(deviceLengths, lengths.data(), shape.batch * 4,
