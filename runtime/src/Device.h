@@ -206,14 +206,17 @@ public:
   }
   /// Whether linear() (and linearOfSiluMul, linearOfPrepared) with `weight`
   /// at `rows` rows writes a BF16 y, the product's values (its precision's
-  /// output BF16) without a widening pass, and add() / addRmsNorm() /
-  /// addRmsNormForProducts() take such a BF16 operand: then a product that
-  /// only adds read keeps its value in BF16 (Bf16Addends.h).
+  /// output BF16) without a widening pass (Bf16Products.h).
   virtual bool linearWritesBf16(const DeviceTensor &weight,
                                 int64_t rows) const {
     (void)weight, (void)rows;
     return false;
   }
+  /// Whether add(), addRmsNorm(), rmsNorm(), the norms for products,
+  /// rope(), slice() and appendLatent() read BF16 activations (x, b, a
+  /// latent or a key) as the F32 of their values, and slice() copies BF16
+  /// parts (Bf16Products.h).
+  virtual bool readsBf16Activations() const { return false; }
   /// x (F32) replaced by its values rounded to BF16 (nearest even).
   virtual Status roundToBf16(DeviceTensor &x) = 0;
   /// FP8 e4m3 activations in 1x128 blocks: q [M, K] FP8E4M3, scales

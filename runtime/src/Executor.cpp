@@ -1,7 +1,7 @@
 //===- Executor.cpp - a model's @forward on a Device ----------------------===//
 #include "Executor.h"
 
-#include "Bf16Addends.h"
+#include "Bf16Products.h"
 #include "EnvSwitch.h"
 #include "KernelArgs.h"
 #include "NormProductFusions.h"
@@ -474,21 +474,6 @@ Status DeviceModel::create(const Model &model, Device &device,
   // What only the wanted logit rows need.
   if (envSwitch("MELT_LOGIT_ROWS_ONLY", true))
     dm.logitOnly_ = findLogitOnlyKernels(m, *dm.forward_);
-  // Products only adds read, kept in BF16 where the device writes them so:
-  // not those a shared-expert call makes, nor the logit rows' (their
-  // values may be gathered, in F32). Off unless MELT_BF16_ADDENDS=1: its
-  // conformance and the executor's wiring are tested (on cuda:0 and the
-  // CPU), its whole-model runs on the GPU are not yet (docs/CudaBackend.md).
-  if (envSwitch("MELT_BF16_ADDENDS", false)) {
-    std::set<uint32_t> excluded = dm.logitOnly_.kernels;
-    for (const auto &[first, f] : dm.sharedExperts_)
-      excluded.insert(f.kernels.begin(), f.kernels.end());
-    dm.bf16Addends_ =
-        findBf16Addends(m, *dm.forward_, excluded, [&](uint32_t k) {
-          return device.linearWritesBf16(
-              dm.weights_.at(m.kernels()->Get(k)->weights()->Get(0)), 1 << 20);
-        });
-  }
   // MLA queries split and rotated in the MLA's call: the three kernels on
   // the same rows (all of them, or the logit rows' alone).
   if (envSwitch("MELT_FUSE_MLA_QUERY", true) && device.fusesMlaQuery())
@@ -501,6 +486,32 @@ Status DeviceModel::create(const Model &model, Device &device,
       dm.mlaQueries_[f.mla] = f;
       dm.skipped_.insert(f.rope);
     }
+  // Products whose readers all read BF16 activations, kept in BF16 where
+  // the device writes them so: not those a shared-expert call or the
+  // logit rows' kernels make or read (the rows' gathers read F32), nor a
+  // query the MLA's call splits. Off unless MELT_BF16_PRODUCTS=1: its
+  // conformance and the executor's wiring are tested (on cuda:0 and the
+  // CPU), its whole-model runs on the GPU are not yet (docs/CudaBackend.md).
+  if (envSwitch("MELT_BF16_PRODUCTS", false) && device.readsBf16Activations()) {
+    std::set<uint32_t> excluded = dm.logitOnly_.kernels, excludedValues;
+    for (const auto &[first, f] : dm.sharedExperts_)
+      excluded.insert(f.kernels.begin(), f.kernels.end());
+    for (const auto &[split, f] : dm.mlaQuerySplits_)
+      excluded.insert(split);
+    for (const auto &[value, maker] : dm.logitOnly_.madeBy)
+      excludedValues.insert(value);
+    dm.bf16Products_ = findBf16Products(
+        m, *dm.forward_, excluded, excludedValues,
+        [](fb::KernelKind kind) {
+          return kind == fb::KernelKind::Add ||
+                 kind == fb::KernelKind::RMSNorm ||
+                 kind == fb::KernelKind::Rope;
+        },
+        [&](uint32_t k) {
+          return device.linearWritesBf16(
+              dm.weights_.at(m.kernels()->Get(k)->weights()->Get(0)), 1 << 20);
+        });
+  }
   // Work a device may run beside the rest: the shared experts, MLA's
   // queries, the dense MLPs' up products. None with a kernel done in
   // another kernel's call (a latent append's norm writes the cache).
@@ -1063,10 +1074,10 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       break;
     }
     case fb::KernelKind::Linear: {
-      // BF16 where only adds read the value and the device writes it so
-      // at these rows (Bf16Addends.h).
+      // BF16 where its readers read BF16 and the device writes it so at
+      // these rows (Bf16Products.h).
       const DType productType =
-          dm.writesBf16Addend(k) &&
+          dm.writesBf16Product(k) &&
                   device.linearWritesBf16(w(0), asRows(in(0)).rows())
               ? DType::BF16
               : DType::F32;

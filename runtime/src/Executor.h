@@ -71,11 +71,11 @@ public:
     return it == normProducts_.end() ? nullptr : &it->second;
   }
 
-  /// Whether Linear kernel k's value is read by adds only, which the
-  /// device may take in BF16 (Bf16Addends.h; found only with
-  /// MELT_BF16_ADDENDS=1): decided each step by its rows
+  /// Whether Linear kernel k's value is read only by kernels that read BF16
+  /// activations, so that the device may write it in BF16 (Bf16Products.h;
+  /// found only with MELT_BF16_PRODUCTS=1): decided each step by its rows
   /// (Device::linearWritesBf16).
-  bool writesBf16Addend(uint32_t k) const { return bf16Addends_.count(k); }
+  bool writesBf16Product(uint32_t k) const { return bf16Products_.count(k); }
 
   /// For the RMSNorm of an MLA latent append done in one call with its
   /// rope and append (LatentAppends.h; both then skipped;
@@ -152,7 +152,7 @@ private:
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, std::vector<uint32_t>> normProducts_;
-  std::set<uint32_t> bf16Addends_;
+  std::set<uint32_t> bf16Products_;
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;
   std::map<uint32_t, MlaQueryFusion> mlaQuerySplits_, mlaQueries_;

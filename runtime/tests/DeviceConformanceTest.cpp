@@ -1615,11 +1615,13 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
 }
 
 /// Where a device writes an FP8 product in BF16 (linearWritesBf16: the
-/// CUDA device past its few-token kernel, for the executor's products only
-/// adds read), the values are those of its F32 product (BF16 values, or
+/// CUDA device past its few-token kernel, for the executor's BF16
+/// products), the values are those of its F32 product (BF16 values, or
 /// rounded so), the SiLU-mul's product's likewise, and add, addRmsNorm and
 /// addRmsNormForProducts take the BF16 operand as its values: the same bits
-/// as with the F32 operand.
+/// as with the F32 operand; where it reads BF16 activations
+/// (readsBf16Activations), so do rmsNorm, rmsNormForProducts, slice and
+/// rope.
 TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
   const bool gpu = device->name().rfind("cuda", 0) == 0;
   const int64_t K = 512, N = 1024;
@@ -1679,6 +1681,43 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
       device->release(p.q);
       device->release(p.scales);
     }
+    if (!device->readsBf16Activations())
+      continue;
+    // The product's BF16 value read by a norm, a norm for products, a rope
+    // and a slice: the same as its F32 value (a slice's BF16 part holds
+    // the F32 part's values).
+    DeviceTensor normedBy[2] = {make(DType::F32, {rows, N}),
+                                make(DType::F32, {rows, N})};
+    ASSERT_FALSE(device->rmsNorm(wide[0], gamma, 1e-6f, normedBy[0]));
+    ASSERT_FALSE(device->rmsNorm(narrow[0], gamma, 1e-6f, normedBy[1]));
+    EXPECT_EQ(get(normedBy[1]), get(normedBy[0])) << what << ", norm";
+    for (int i = 0; i < 2; ++i) {
+      s = device->rmsNormForProducts(i ? narrow[0] : wide[0], gamma, 1e-6f,
+                                     normedBy[i], prepared[i]);
+      ASSERT_FALSE(s) << s.message();
+    }
+    EXPECT_EQ(get(normedBy[1]), get(normedBy[0])) << what << ", norm for "
+                                                  << "products";
+    for (Device::PreparedInput &p : prepared) {
+      device->release(p.q);
+      device->release(p.scales);
+    }
+    const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/0);
+    std::vector<int32_t> positions(static_cast<size_t>(rows));
+    for (int64_t t = 0; t < rows; ++t)
+      positions[size_t(t)] = int32_t(3 * t + 1);
+    DeviceTensor dp = make(DType::I32, {rows});
+    ASSERT_FALSE(device->upload(positions.data(), dp));
+    DeviceTensor keys[2] = {make(DType::F32, {rows, 64}),
+                            make(DType::BF16, {rows, 64})};
+    DeviceTensor rotated[2] = {make(DType::F32, {rows, 64}),
+                               make(DType::F32, {rows, 64})};
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_FALSE(device->slice(i ? narrow[0] : wide[0], 1, 448, keys[i]));
+      ASSERT_FALSE(device->rope(keys[i], dp, yarn, rotated[i]));
+    }
+    EXPECT_EQ(get(keys[1]), get(keys[0])) << what << ", slice";
+    EXPECT_EQ(get(rotated[1]), get(rotated[0])) << what << ", rope";
   }
 }
 

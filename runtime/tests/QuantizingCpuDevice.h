@@ -10,8 +10,9 @@
 // token's shared expert into the routed experts' call (Device's
 // moeExpertsWithShared: the calls one after the other), where asked
 // prepares the FP8 products' input in the norms that make it, and where
-// asked writes the FP8 products only adds read in BF16 (the F32 product
-// rounded, as roundToBf16 rounds it) and adds such BF16 operands (widened).
+// asked writes FP8 products in BF16 (the F32 product rounded, as
+// roundToBf16 rounds it) and reads BF16 activations (adds, norms, ropes:
+// widened; slices of BF16 values: BF16 parts).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
@@ -49,8 +50,10 @@ public:
   }
   Status linear(const DeviceTensor &x, const DeviceTensor &w,
                 DeviceTensor &y) override {
-    if (y.dtype == DType::BF16)
+    if (y.dtype == DType::BF16) {
+      ++bf16Products;
       return intoBf16(y, [&](DeviceTensor &t) { return linear(x, w, t); });
+    }
     if (!quantizesFp8Input(w))
       return CpuDevice::linear(x, w, y);
     ++quantizedProducts;
@@ -75,9 +78,11 @@ public:
   }
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          const DeviceTensor &w, DeviceTensor &y) override {
-    if (y.dtype == DType::BF16)
+    if (y.dtype == DType::BF16) {
+      ++bf16Products;
       return intoBf16(
           y, [&](DeviceTensor &t) { return linearOfSiluMul(gate, up, w, t); });
+    }
     ++fusedProducts;
     return CpuDevice::linearOfSiluMul(gate, up, w, y);
   }
@@ -122,21 +127,50 @@ public:
   }
   Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
                           const DeviceTensor &w, DeviceTensor &y) override {
-    if (y.dtype == DType::BF16)
+    if (y.dtype == DType::BF16) {
+      ++bf16Products;
       return intoBf16(y, [&](DeviceTensor &t) {
         return linearOfPrepared(x, prepared, w, t);
       });
+    }
     if (!prepared.q.data || prepared.q.shape != x.shape)
       return linear(x, w, y);
     ++preparedProducts;
     return CpuDevice::linear(prepared.q, w, y);
   }
 
-  // Where writesBf16Addends: the FP8 products only adds read in BF16.
+  // Where writesBf16Products: FP8 products in BF16, BF16 activations read.
   bool linearWritesBf16(const DeviceTensor &weight,
                         int64_t rows) const override {
     (void)rows;
-    return writesBf16Addends && quantizesFp8Input(weight);
+    return writesBf16Products && quantizesFp8Input(weight);
+  }
+  bool readsBf16Activations() const override { return writesBf16Products; }
+  Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
+                 DeviceTensor &y) override {
+    return withF32Operands(x, gamma,
+                           [&](const DeviceTensor &u, const DeviceTensor &) {
+                             return CpuDevice::rmsNorm(u, gamma, eps, y);
+                           });
+  }
+  Status rope(const DeviceTensor &x, const DeviceTensor &positions,
+              const RopeParams &params, DeviceTensor &y) override {
+    return withF32Operands(x, positions,
+                           [&](const DeviceTensor &u, const DeviceTensor &) {
+                             return CpuDevice::rope(u, positions, params, y);
+                           });
+  }
+  Status slice(const DeviceTensor &x, int axis, int64_t offset,
+               DeviceTensor &y) override {
+    if (x.dtype != DType::BF16 || y.dtype != DType::BF16)
+      return CpuDevice::slice(x, axis, offset, y);
+    // The F32 part of the widened values, rounded back (exactly).
+    return intoBf16(y, [&](DeviceTensor &part) {
+      return withF32Operands(x, x,
+                             [&](const DeviceTensor &u, const DeviceTensor &) {
+                               return CpuDevice::slice(u, axis, offset, part);
+                             });
+    });
   }
   Status add(const DeviceTensor &a, const DeviceTensor &b,
              DeviceTensor &y) override {
@@ -154,8 +188,8 @@ public:
         });
   }
 
-  bool preparesInNorms = false, writesBf16Addends = false;
-  int bf16Products = 0, bf16Addends = 0;
+  bool preparesInNorms = false, writesBf16Products = false;
+  int bf16Products = 0, bf16Reads = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0;
 
@@ -171,7 +205,6 @@ private:
       uint16_t *to = static_cast<uint16_t *>(y.data);
       for (int64_t i = 0; i < y.numel(); ++i)
         to[i] = melt::floatToBF16(from[i]);
-      ++bf16Products;
     }
     release(wide);
     return s;
@@ -194,7 +227,7 @@ private:
       for (int64_t e = 0; e < operands[i]->numel(); ++e)
         to[e] = melt::bf16ToFloat(from[e]);
       operands[i] = &wide[i];
-      ++bf16Addends;
+      ++bf16Reads;
     }
     if (!s)
       s = f(*operands[0], *operands[1]);

@@ -451,12 +451,15 @@ public:
   }
 
   /// An FP8 weight's product past its few-token kernel writes cuBLASLt's
-  /// BF16 output straight into a BF16 y (no widening kernel); add() and
-  /// addRmsNorm() read a BF16 operand as they read an F32 one.
+  /// BF16 output straight into a BF16 y (no widening kernel).
   bool linearWritesBf16(const DeviceTensor &weight,
                         int64_t rows) const override {
     return multipliedInFp8(weight) && !gemm_->quantizesF32Rows(int(rows));
   }
+  /// The add, norm and rope kernels read their operands through Operand
+  /// (F32 or BF16, Elementwise.h), the slices copy bytes; appendLatent's
+  /// default runs the norm, the rope, then the append of their F32 values.
+  bool readsBf16Activations() const override { return true; }
 
   /// An FP8 weight's product quantizes silu(gate) * up as it reads them.
   bool fusesSiluMulInto(const DeviceTensor &weight) const override {

@@ -1,0 +1,89 @@
+// Products kept in BF16 (Bf16Products.h): on a CPU device that multiplies
+// the FP8-stored weights as the CUDA device does and, asked to, writes
+// those products in BF16 and reads BF16 activations in its adds, norms,
+// ropes and slices (what the CUDA device does past its few-token kernel),
+// the logits are bit for bit the plain CPU device's (which widens nothing:
+// it rounds the F32 products to BF16 values). With MELT_BF16_PRODUCTS=1
+// (off by default): the attention's output and joint q/kv down projections
+// and the dense MLP's down projection are such products; the query's up
+// projection (the MLA reads it), the MLP's gate and up (the SiLU-mul) are
+// not. Needs MELT_TEST_FP8_POLICY_ARTIFACT (v3-tiny compiled with
+// --precision=deepseek-v3) and MELT_TEST_FP8_POLICY_CHECKPOINT.
+#include "CpuDevice.h"
+#include "Executor.h"
+#include "Fp8PolicySessions.h"
+#include "Model.h"
+#include "QuantizingCpuDevice.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+using namespace melt::rt;
+
+namespace {
+
+/// The names of the weights the BF16 products multiply, without their
+/// layer ("self_attn.o_proj").
+std::set<std::string> productWeights(const Model &model,
+                                     const DeviceModel &dm) {
+  std::set<std::string> names;
+  const fb::Model &m = model.artifact().model();
+  for (uint32_t k : *dm.forward().kernels())
+    if (dm.writesBf16Product(k)) {
+      std::string name = m.weights()
+                             ->Get(m.kernels()->Get(k)->weights()->Get(0))
+                             ->name()
+                             ->str();
+      // model.layers.N.rest -> rest
+      size_t dot = name.find('.', name.find("layers.") + 7);
+      names.insert(dot == std::string::npos ? name : name.substr(dot + 1));
+    }
+  return names;
+}
+
+} // namespace
+
+TEST(Bf16Products, ProductsInBf16GiveTheSameLogits) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  QuantizingCpuDevice plain, narrowing;
+  narrowing.writesBf16Products = true;
+  std::unique_ptr<DeviceModel> onPlain, onNarrowing;
+  setenv("MELT_BF16_PRODUCTS", "1", 1);
+  Status made = DeviceModel::create(*model, plain, onPlain);
+  if (!made)
+    made = DeviceModel::create(*model, narrowing, onNarrowing);
+  unsetenv("MELT_BF16_PRODUCTS");
+  ASSERT_FALSE(made) << made.message();
+  EXPECT_TRUE(productWeights(*model, *onPlain).empty());
+  EXPECT_EQ(productWeights(*model, *onNarrowing),
+            (std::set<std::string>{"self_attn.o_proj", "self_attn.qkv_a_proj",
+                                   "mlp.down_proj"}));
+  std::vector<float> want = stepLogits(*onPlain),
+                     have = stepLogits(*onNarrowing);
+  EXPECT_GT(narrowing.bf16Products, 0);
+  EXPECT_GT(narrowing.bf16Reads, narrowing.bf16Products);
+  expectSameLogits(have, want);
+}
+
+// Off unless asked for (its whole-model GPU runs are still to be made).
+TEST(Bf16Products, OffByDefault) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  unsetenv("MELT_BF16_PRODUCTS");
+  QuantizingCpuDevice narrowing;
+  narrowing.writesBf16Products = true;
+  std::unique_ptr<DeviceModel> dm;
+  Status s = DeviceModel::create(*model, narrowing, dm);
+  ASSERT_FALSE(s) << s.message();
+  EXPECT_TRUE(productWeights(*model, *dm).empty());
+}
