@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #define CHECK(call)                                                            \
   do {                                                                         \
@@ -62,6 +63,21 @@ template <typename F> float timeMs(const char *benchName, F &&f, int iters) {
   CHECK(cudaEventDestroy(start));
   CHECK(cudaEventDestroy(stop));
   return ms / iters;
+}
+
+/// The benchmark's only option, `--iters N` (default `iters`); anything
+/// else prints the usage and exits with status 2.
+inline int itersFromArgs(const char *benchName, int argc, char **argv,
+                         int iters) {
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) {
+      iters = std::atoi(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: %s [--iters N]\n", benchName);
+      std::exit(2);
+    }
+  }
+  return iters;
 }
 
 /// The device's properties, after checking that there is one.

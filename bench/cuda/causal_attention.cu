@@ -12,8 +12,6 @@
 #include "BenchUtil.h"
 
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 using namespace melt::rt::cuda;
@@ -21,15 +19,7 @@ using namespace melt::rt::cuda;
 static const char *benchName = "melt-bench-causal-attention";
 
 int main(int argc, char **argv) {
-  int iters = 20;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
-      iters = std::atoi(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: %s [--iters N]\n", benchName);
-      return 2;
-    }
-  }
+  const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 20);
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   (void)prop;
   constexpr int kNope = 128, kRope = 64, kValue = 128;

@@ -29,7 +29,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <numeric>
 #include <vector>
@@ -86,15 +85,7 @@ int copiesFor(size_t bytes) {
 } // namespace
 
 int main(int argc, char **argv) {
-  int iters = 50;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
-      iters = std::atoi(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: melt-bench-decode-kernels [--iters N]\n");
-      return 2;
-    }
-  }
+  const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 50);
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, 20);
   std::unique_ptr<GemmRunner> gemm;

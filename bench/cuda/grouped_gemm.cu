@@ -23,7 +23,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 using namespace melt::rt::cuda;
@@ -264,15 +263,7 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
 } // namespace
 
 int main(int argc, char **argv) {
-  int iters = 10;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
-      iters = std::atoi(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: %s [--iters N]\n", benchName);
-      return 2;
-    }
-  }
+  const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 10);
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, iters);
   std::unique_ptr<GemmRunner> gemm;

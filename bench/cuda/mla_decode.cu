@@ -10,8 +10,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -21,15 +19,7 @@ using namespace melt::rt::cuda;
 static const char *benchName = "melt-bench-mla-decode";
 
 int main(int argc, char **argv) {
-  int iters = 20;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
-      iters = std::atoi(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: melt-bench-mla-decode [--iters N]\n");
-      return 2;
-    }
-  }
+  const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 20);
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, iters);
 

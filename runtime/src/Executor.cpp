@@ -508,8 +508,12 @@ Status DeviceModel::create(const Model &model, Device &device,
                  kind == fb::KernelKind::Rope;
         },
         [&](uint32_t k) {
+          // Whether it ever does: at a prefill's rows (each step decides
+          // by its own).
+          constexpr int64_t kManyRows = int64_t(1) << 20;
           return device.linearWritesBf16(
-              dm.weights_.at(m.kernels()->Get(k)->weights()->Get(0)), 1 << 20);
+              dm.weights_.at(m.kernels()->Get(k)->weights()->Get(0)),
+              kManyRows);
         });
   }
   // Work a device may run beside the rest: the shared experts, MLA's

@@ -148,17 +148,15 @@ public:
   bool readsBf16Activations() const override { return writesBf16Products; }
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
-    return withF32Operands(x, gamma,
-                           [&](const DeviceTensor &u, const DeviceTensor &) {
-                             return CpuDevice::rmsNorm(u, gamma, eps, y);
-                           });
+    return withF32(x, [&](const DeviceTensor &u) {
+      return CpuDevice::rmsNorm(u, gamma, eps, y);
+    });
   }
   Status rope(const DeviceTensor &x, const DeviceTensor &positions,
               const RopeParams &params, DeviceTensor &y) override {
-    return withF32Operands(x, positions,
-                           [&](const DeviceTensor &u, const DeviceTensor &) {
-                             return CpuDevice::rope(u, positions, params, y);
-                           });
+    return withF32(x, [&](const DeviceTensor &u) {
+      return CpuDevice::rope(u, positions, params, y);
+    });
   }
   Status slice(const DeviceTensor &x, int axis, int64_t offset,
                DeviceTensor &y) override {
@@ -166,10 +164,9 @@ public:
       return CpuDevice::slice(x, axis, offset, y);
     // The F32 part of the widened values, rounded back (exactly).
     return intoBf16(y, [&](DeviceTensor &part) {
-      return withF32Operands(x, x,
-                             [&](const DeviceTensor &u, const DeviceTensor &) {
-                               return CpuDevice::slice(u, axis, offset, part);
-                             });
+      return withF32(x, [&](const DeviceTensor &u) {
+        return CpuDevice::slice(u, axis, offset, part);
+      });
     });
   }
   Status add(const DeviceTensor &a, const DeviceTensor &b,
@@ -209,32 +206,29 @@ private:
     release(wide);
     return s;
   }
-  /// f(a, b) with a BF16 operand widened to F32 (exactly).
+  /// f(t), t widened to F32 (exactly) where it is BF16.
+  Status withF32(const DeviceTensor &t,
+                 const std::function<Status(const DeviceTensor &)> &f) {
+    if (t.dtype != DType::BF16)
+      return f(t);
+    DeviceTensor wide;
+    MELT_RETURN_IF_ERROR(allocate(DType::F32, t.shape, wide));
+    const uint16_t *from = static_cast<const uint16_t *>(t.data);
+    float *to = static_cast<float *>(wide.data);
+    for (int64_t e = 0; e < t.numel(); ++e)
+      to[e] = melt::bf16ToFloat(from[e]);
+    ++bf16Reads;
+    Status s = f(wide);
+    release(wide);
+    return s;
+  }
+  /// f(a, b), each widened as withF32.
   Status withF32Operands(const DeviceTensor &a, const DeviceTensor &b,
                          const std::function<Status(const DeviceTensor &,
                                                     const DeviceTensor &)> &f) {
-    DeviceTensor wide[2];
-    const DeviceTensor *operands[2] = {&a, &b};
-    Status s;
-    for (int i = 0; i < 2 && !s; ++i) {
-      if (operands[i]->dtype != DType::BF16)
-        continue;
-      s = allocate(DType::F32, operands[i]->shape, wide[i]);
-      if (s)
-        break;
-      const uint16_t *from = static_cast<const uint16_t *>(operands[i]->data);
-      float *to = static_cast<float *>(wide[i].data);
-      for (int64_t e = 0; e < operands[i]->numel(); ++e)
-        to[e] = melt::bf16ToFloat(from[e]);
-      operands[i] = &wide[i];
-      ++bf16Reads;
-    }
-    if (!s)
-      s = f(*operands[0], *operands[1]);
-    for (DeviceTensor &t : wide)
-      if (t.data)
-        release(t);
-    return s;
+    return withF32(a, [&](const DeviceTensor &u) {
+      return withF32(b, [&](const DeviceTensor &v) { return f(u, v); });
+    });
   }
 
   bool fusesSiluMul_, quantizesExperts_, fusesSharedExpert_;

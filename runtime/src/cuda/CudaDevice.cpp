@@ -619,15 +619,25 @@ public:
       return linear(x, w, y);
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
-    const int64_t m = x.rows(), k = x.cols(), n = w.rows();
+    return fp8ProductInto(prepared.q, prepared.scales, w,
+                          weightScales_.at(w.data), x.cols(), y);
+  }
+  /// y = the FP8 block-scaled product of codes q (1 x 128 scales qScales)
+  /// and w (K `k`, w's stored K): cuBLASLt's BF16 output straight into a
+  /// BF16 y, or into a block of its own widened into an F32 y.
+  Status fp8ProductInto(const DeviceTensor &q, const DeviceTensor &qScales,
+                        const DeviceTensor &w, const DeviceTensor &wScales,
+                        int64_t k, DeviceTensor &y) {
+    const int64_t m = y.rows(), n = y.cols();
+    const bool bf16Out = y.dtype == DType::BF16;
     DeviceTensor out;
     if (!bf16Out)
       MELT_RETURN_IF_ERROR(allocate(DType::BF16, {m, n}, out));
     Status status = fromGemm(gemm_->fp8BlockScaled(
-        static_cast<const __nv_fp8_e4m3 *>(prepared.q.data),
-        static_cast<const float *>(prepared.scales.data),
+        static_cast<const __nv_fp8_e4m3 *>(q.data),
+        static_cast<const float *>(qScales.data),
         static_cast<const __nv_fp8_e4m3 *>(w.data),
-        static_cast<const float *>(weightScales_.at(w.data).data),
+        static_cast<const float *>(wScales.data),
         static_cast<__nv_bfloat16 *>(bf16Out ? y.data : out.data), int(m),
         int(n), int(k)));
     if (!status && !bf16Out)
@@ -2065,8 +2075,8 @@ private:
                              DeviceTensor &y,
                              const DeviceTensor *up = nullptr) {
     auto scales = weightScales_.find(w.data);
-    const bool bf16Out = y.dtype == DType::BF16 &&
-                         linearWritesBf16(w, x.rows()); // (linearWritesBf16)
+    const bool bf16Out =
+        y.dtype == DType::BF16 && linearWritesBf16(w, x.rows());
     if (scales == weightScales_.end() || x.dtype != DType::F32 ||
         (y.dtype != DType::F32 && !bf16Out) || (up && up->dtype != DType::F32))
       return invalidArgument("linear: an fp8 weight needs its block scales "
@@ -2091,12 +2101,10 @@ private:
     // Else x quantized into rows of the weight's stored K (zeros beyond
     // K where it was padded, one scale block each), the FP8 GEMM over it,
     // widened.
-    DeviceTensor q, qScales, out;
+    DeviceTensor q, qScales;
     Status status = allocate(DType::FP8E4M3, {m, kStored}, q);
     if (!status)
       status = allocate(DType::F32, {kStored / 128, m}, qScales);
-    if (!status && !bf16Out)
-      status = allocate(DType::BF16, {m, n}, out);
     if (!status)
       status = check(
           upValues
@@ -2110,21 +2118,9 @@ private:
                     static_cast<float *>(qScales.data), stream_),
           "linear");
     if (!status)
-      status = fromGemm(gemm_->fp8BlockScaled(
-          static_cast<const __nv_fp8_e4m3 *>(q.data),
-          static_cast<const float *>(qScales.data),
-          static_cast<const __nv_fp8_e4m3 *>(w.data),
-          static_cast<const float *>(scales->second.data),
-          static_cast<__nv_bfloat16 *>(bf16Out ? y.data : out.data), int(m),
-          int(n), int(kStored)));
-    if (!status && !bf16Out)
-      status = check(
-          convert({out.data, true}, size_t(m * n), {y.data, false}, stream_),
-          "linear");
+      status = fp8ProductInto(q, qScales, w, scales->second, kStored, y);
     release(q); // stream-ordered: reused only by later work
     release(qScales);
-    if (!bf16Out)
-      release(out);
     return status;
   }
 

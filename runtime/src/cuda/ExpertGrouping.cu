@@ -21,6 +21,29 @@ namespace {
 
 constexpr int kThreads = 1024, kWarps = kThreads / 32;
 
+/// Pair p counted in its expert's counts[e] (shared memory), or, its index
+/// outside the experts, the bad flag raised.
+__device__ __forceinline__ void countChoice(const ExpertGroupingArgs &a, int p,
+                                            int *counts) {
+  const int e = a.chosen[p];
+  if (e >= 0 && e < a.experts)
+    atomicAdd(&counts[e], 1);
+  else
+    *a.bad = 1;
+}
+
+/// By one thread: the groups' starts, each group `counts[e]` rows rounded
+/// up to kExpertGroupRows, into starts[0 .. experts].
+__device__ void writeGroupStarts(const int *counts, int experts, int *starts) {
+  int start = 0;
+  for (int e = 0; e < experts; ++e) {
+    starts[e] = start;
+    start += (counts[e] + kExpertGroupRows - 1) / kExpertGroupRows *
+             kExpertGroupRows;
+  }
+  starts[experts] = start;
+}
+
 __global__ void __launch_bounds__(kThreads)
     countGroupsKernel(ExpertGroupingArgs a) {
   awaitPriorKernels();
@@ -29,23 +52,11 @@ __global__ void __launch_bounds__(kThreads)
     counts[e] = 0;
   __syncthreads();
   const int pairs = a.tokens * a.topK;
-  for (int p = threadIdx.x; p < pairs; p += kThreads) {
-    const int e = a.chosen[p];
-    if (e >= 0 && e < a.experts)
-      atomicAdd(&counts[e], 1);
-    else
-      *a.bad = 1;
-  }
+  for (int p = threadIdx.x; p < pairs; p += kThreads)
+    countChoice(a, p, counts);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int start = 0;
-    for (int e = 0; e < a.experts; ++e) {
-      a.starts[e] = start;
-      start += (counts[e] + kExpertGroupRows - 1) / kExpertGroupRows *
-               kExpertGroupRows;
-    }
-    a.starts[a.experts] = start;
-  }
+  if (threadIdx.x == 0)
+    writeGroupStarts(counts, a.experts, a.starts);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -103,13 +114,8 @@ __global__ void __launch_bounds__(kGroupingChunk)
     counts[e] = 0;
   __syncthreads();
   const int p = blockIdx.x * kGroupingChunk + threadIdx.x;
-  if (p < a.tokens * a.topK) {
-    const int e = a.chosen[p];
-    if (e >= 0 && e < a.experts)
-      atomicAdd(&counts[e], 1);
-    else
-      *a.bad = 1;
-  }
+  if (p < a.tokens * a.topK)
+    countChoice(a, p, counts);
   __syncthreads();
   for (int e = threadIdx.x; e < a.experts; e += kGroupingChunk)
     a.chunkOffsets[size_t(e) * gridDim.x + blockIdx.x] = counts[e];
@@ -144,15 +150,8 @@ __global__ void __launch_bounds__(kThreads)
       totals[e] = carried;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int start = 0;
-    for (int e = 0; e < a.experts; ++e) {
-      starts[e] = start;
-      start += (totals[e] + kExpertGroupRows - 1) / kExpertGroupRows *
-               kExpertGroupRows;
-    }
-    starts[a.experts] = start;
-  }
+  if (threadIdx.x == 0)
+    writeGroupStarts(totals, a.experts, starts);
   __syncthreads();
   for (int e = threadIdx.x; e <= a.experts; e += kThreads)
     a.starts[e] = starts[e];
