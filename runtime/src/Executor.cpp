@@ -489,10 +489,11 @@ Status DeviceModel::create(const Model &model, Device &device,
   // Products whose readers all read BF16 activations, kept in BF16 where
   // the device writes them so: not those a shared-expert call or the
   // logit rows' kernels make or read (the rows' gathers read F32), nor a
-  // query the MLA's call splits. Off unless MELT_BF16_PRODUCTS=1: its
-  // conformance and the executor's wiring are tested (on cuda:0 and the
-  // CPU), its whole-model runs on the GPU are not yet (docs/CudaBackend.md).
-  if (envSwitch("MELT_BF16_PRODUCTS", false) && device.readsBf16Activations()) {
+  // query the MLA's call splits. On by default since session 24's run on
+  // the H200 (the same greedy tokens, prefill +1-3%:
+  // bench/results/bf16_products_ab_s24_h200.txt); MELT_BF16_PRODUCTS=0
+  // widens every product to F32 as before.
+  if (envSwitch("MELT_BF16_PRODUCTS", true) && device.readsBf16Activations()) {
     std::set<uint32_t> excluded = dm.logitOnly_.kernels, excludedValues;
     for (const auto &[first, f] : dm.sharedExperts_)
       excluded.insert(f.kernels.begin(), f.kernels.end());

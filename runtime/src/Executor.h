@@ -73,7 +73,7 @@ public:
 
   /// Whether Linear kernel k's value is read only by kernels that read BF16
   /// activations, so that the device may write it in BF16 (Bf16Products.h;
-  /// found only with MELT_BF16_PRODUCTS=1): decided each step by its rows
+  /// none with MELT_BF16_PRODUCTS=0): decided each step by its rows
   /// (Device::linearWritesBf16).
   bool writesBf16Product(uint32_t k) const { return bf16Products_.count(k); }
 

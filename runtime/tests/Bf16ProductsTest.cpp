@@ -3,8 +3,8 @@
 // those products in BF16 and reads BF16 activations in its adds, norms,
 // ropes and slices (what the CUDA device does past its few-token kernel),
 // the logits are bit for bit the plain CPU device's (which widens nothing:
-// it rounds the F32 products to BF16 values). With MELT_BF16_PRODUCTS=1
-// (off by default): the attention's output and joint q/kv down projections
+// it rounds the F32 products to BF16 values). By default (none with
+// MELT_BF16_PRODUCTS=0): the attention's output and joint q/kv down projections
 // and the dense MLP's down projection are such products; the query's up
 // projection (the MLA reads it), the MLP's gate and up (the SiLU-mul) are
 // not. Needs MELT_TEST_FP8_POLICY_ARTIFACT (v3-tiny compiled with
@@ -56,11 +56,9 @@ TEST(Bf16Products, ProductsInBf16GiveTheSameLogits) {
   QuantizingCpuDevice plain, narrowing;
   narrowing.writesBf16Products = true;
   std::unique_ptr<DeviceModel> onPlain, onNarrowing;
-  setenv("MELT_BF16_PRODUCTS", "1", 1);
   Status made = DeviceModel::create(*model, plain, onPlain);
   if (!made)
     made = DeviceModel::create(*model, narrowing, onNarrowing);
-  unsetenv("MELT_BF16_PRODUCTS");
   ASSERT_FALSE(made) << made.message();
   EXPECT_TRUE(productWeights(*model, *onPlain).empty());
   EXPECT_EQ(productWeights(*model, *onNarrowing),
@@ -73,17 +71,23 @@ TEST(Bf16Products, ProductsInBf16GiveTheSameLogits) {
   expectSameLogits(have, want);
 }
 
-// Off unless asked for (its whole-model GPU runs are still to be made).
-TEST(Bf16Products, OffByDefault) {
+// On by default (run on the H200 in session 24); MELT_BF16_PRODUCTS=0 finds
+// none.
+TEST(Bf16Products, OnByDefaultAndOffWhereAsked) {
   std::unique_ptr<Model> model = loadFp8PolicyModel();
   if (!model)
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
-  unsetenv("MELT_BF16_PRODUCTS");
   QuantizingCpuDevice narrowing;
   narrowing.writesBf16Products = true;
-  std::unique_ptr<DeviceModel> dm;
-  Status s = DeviceModel::create(*model, narrowing, dm);
+  unsetenv("MELT_BF16_PRODUCTS");
+  std::unique_ptr<DeviceModel> byDefault, off;
+  Status s = DeviceModel::create(*model, narrowing, byDefault);
   ASSERT_FALSE(s) << s.message();
-  EXPECT_TRUE(productWeights(*model, *dm).empty());
+  EXPECT_FALSE(productWeights(*model, *byDefault).empty());
+  setenv("MELT_BF16_PRODUCTS", "0", 1);
+  s = DeviceModel::create(*model, narrowing, off);
+  unsetenv("MELT_BF16_PRODUCTS");
+  ASSERT_FALSE(s) << s.message();
+  EXPECT_TRUE(productWeights(*model, *off).empty());
 }

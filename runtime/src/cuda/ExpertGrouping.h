@@ -12,10 +12,10 @@
 // on by default since it was run on the H200; =0 groups on the host).
 //
 // Two ways, the same rows: a block per expert walking every pair in order
-// (the default: 60 us for mini's 8192 x 6 pairs, 64 blocks in a loop of 48
-// dependent steps, and 18 us to count them in one block), or, given a
-// workspace (MELT_CUDA_CHUNKED_GROUPING=1, written in session 23 and not
-// yet run on a GPU), by chunks: a block per 256 pairs counts its chunk's
+// (MELT_CUDA_CHUNKED_GROUPING=0: 60 us for mini's 8192 x 6 pairs, 64 blocks
+// in a loop of 48 dependent steps, and 18 us to count them in one block),
+// or, given a workspace (the default since session 24's run on the H200:
+// prefill 8x1024 +1.5%), by chunks: a block per 256 pairs counts its chunk's
 // pairs of each expert, one block turns the counts into each chunk's
 // offsets and the group starts, and a block per chunk ranks its pairs
 // among their expert's (a warp's by a match, the warps' counts added in
