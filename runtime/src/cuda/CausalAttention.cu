@@ -116,8 +116,9 @@ __global__ void __launch_bounds__(kThreads)
   const int position[2] = {run.position + q0 + g, run.position + q0 + g + 8};
   const int last = min(run.count, (block + 1) * kQueries) - 1;
   const int tiles = (run.position + last) / kKeys + 1;
-  const __nv_bfloat16 *headKeys = keys + size_t(h) * run.keys * W::qk;
-  const __nv_bfloat16 *headValues = values + size_t(h) * run.keys * kValue;
+  const size_t headRows = operands.headRows > 0 ? operands.headRows : run.keys;
+  const __nv_bfloat16 *headKeys = keys + size_t(h) * headRows * W::qk;
+  const __nv_bfloat16 *headValues = values + size_t(h) * headRows * kValue;
   auto copyTiles = [&](int tile) {
     __nv_bfloat16 *to = keyTileOf(tile % 2);
     copyTile<W::qk, W::keyStride>(headKeys, tile * kKeys, run.keys, to);
@@ -264,7 +265,8 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
   for (int i = 0; i < runCount; ++i) {
     const CausalRun &run = runs[i].run;
     if (run.count < 0 || run.position < 0 ||
-        run.keys < run.position + run.count)
+        run.keys < run.position + run.count ||
+        (runs[i].headRows != 0 && runs[i].headRows < run.keys))
       return cudaErrorInvalidValue;
     if (run.count == 0) // nothing to attend: left out of the grid
       continue;

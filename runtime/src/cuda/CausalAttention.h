@@ -33,10 +33,13 @@ struct CausalRun {
 };
 
 /// A run with its keys ([heads, run.keys, nope + rope]) and values
-/// ([heads, run.keys, valueDim]), for a launch of several runs.
+/// ([heads, run.keys, valueDim]), for a launch of several runs. Where runs
+/// share one matrix of keys (values), each at rows of its own, headRows is
+/// the rows between a head's keys and the next head's (0: run.keys).
 struct CausalRunOperands {
   CausalRun run;
   const __nv_bfloat16 *keys = nullptr, *values = nullptr;
+  int headRows = 0;
 };
 
 /// Runs one launch takes.

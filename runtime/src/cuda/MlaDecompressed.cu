@@ -15,28 +15,42 @@ using namespace melt::rt::cuda;
 
 namespace {
 
-/// Grid (reach), 128 threads: the sequence's cached row p split into its
-/// latent (C [reach, latent]) and its RoPE key, written after each head's
-/// K_nope in keys ([heads, reach, nope + rope]), as T (F32, or BF16 for the
-/// fused attention); a position without a page sets *bad and its row is
-/// zero.
+/// Runs whose cached rows one gather takes, side by side: run i's rows
+/// [rowStart[i], rowStart[i + 1]) of the matrices are its sequence's
+/// positions 0 .. reach - 1.
+struct GatherRuns {
+  int count = 0;
+  int sequence[kCausalMaxRuns];
+  int rowStart[kCausalMaxRuns + 1];
+};
+
+/// Grid (rows), 128 threads: each run's cached row p split into its latent
+/// (C [rows, latent]) and its RoPE key, written after each head's K_nope in
+/// keys ([heads, rows, nope + rope]), as T (F32, or BF16 for the fused
+/// attention); a position without a page sets *bad and its row is zero.
+/// One launch for a group's runs, so that K and V are two products for the
+/// group rather than two a run (mini's 8 sequences: 8 gathers and 16
+/// products of ~7 us each a layer).
 template <typename T, typename CacheT>
 __global__ void gatherRowsKernel(const CacheT *cache, PagedLayout layout,
-                                 int sequence, int heads, int nope, int rope,
-                                 int latent, int reach, T *latents, T *keys,
+                                 GatherRuns runs, int heads, int nope, int rope,
+                                 int latent, T *latents, T *keys,
                                  int32_t *bad) {
   awaitPriorKernels();
-  const int p = blockIdx.x;
-  const int row = cacheRow(layout, sequence, p);
+  const int r = blockIdx.x, rows = runs.rowStart[runs.count];
+  int i = 0;
+  while (r >= runs.rowStart[i + 1])
+    ++i;
+  const int row = cacheRow(layout, runs.sequence[i], r - runs.rowStart[i]);
   if (row < 0 && threadIdx.x == 0)
     *bad = 1;
   const CacheT *from = cache + size_t(row < 0 ? 0 : row) * (latent + rope);
-  for (int i = threadIdx.x; i < latent; i += blockDim.x)
-    latents[size_t(p) * latent + i] = T(row < 0 ? 0.f : loadValue(from, i));
+  for (int e = threadIdx.x; e < latent; e += blockDim.x)
+    latents[size_t(r) * latent + e] = T(row < 0 ? 0.f : loadValue(from, e));
   const int width = nope + rope;
-  for (int i = threadIdx.x; i < heads * rope; i += blockDim.x) {
-    const int h = i / rope, j = i % rope;
-    keys[(size_t(h) * reach + p) * width + nope + j] =
+  for (int e = threadIdx.x; e < heads * rope; e += blockDim.x) {
+    const int h = e / rope, j = e % rope;
+    keys[(size_t(h) * rows + r) * width + nope + j] =
         T(row < 0 ? 0.f : loadValue(from, latent + j));
   }
 }
@@ -236,44 +250,58 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
   }
   float *runScratchStart = scratch + weightFloats(s, bf16Fused);
   // K_nope[h] = c W_UK[h]^T, into the first nope values of each key row;
-  // V[h] = c W_UV[h]^T: a run's two batched products over the heads.
-  auto products = [&](int reach, GemmRunner::Batched &k,
+  // V[h] = c W_UV[h]^T: two batched products over the heads for `rows`
+  // gathered rows.
+  auto products = [&](int rows, GemmRunner::Batched &k,
                       GemmRunner::Batched &v) {
-    k.m = reach, k.n = s.nope, k.k = s.latent, k.batches = heads;
+    k.m = rows, k.n = s.nope, k.k = s.latent, k.batches = heads;
     k.wNK = true, k.xRow = s.latent, k.xBatch = 0;
     k.wBatch = int64_t(s.nope) * s.latent;
-    k.yRow = width, k.yBatch = int64_t(reach) * width;
+    k.yRow = width, k.yBatch = int64_t(rows) * width;
     v = k;
     v.n = s.valueDim, v.wBatch = int64_t(s.valueDim) * s.latent;
-    v.yRow = s.valueDim, v.yBatch = int64_t(reach) * s.valueDim;
+    v.yRow = s.valueDim, v.yBatch = int64_t(rows) * s.valueDim;
   };
   if (bf16Fused) {
-    // Latents, K and V in BF16 (the attention's operands), each run of a
-    // group in scratch of its own: GEMMs of BF16 operands, then one fused
+    // A group's latents, K and V in BF16 (the attention's operands), its
+    // runs' rows side by side in one matrix each (within the runs' own
+    // scratch added up): one gather, two products, then one fused
     // attention launch for the group (its runs' blocks fill one grid).
     for (const auto &[begin, end] : fusedGroups(s, runs, budgetFloats)) {
+      GatherRuns gather;
+      for (size_t i = begin; i < end; ++i) {
+        gather.sequence[gather.count] = runs[i].sequence;
+        gather.rowStart[gather.count + 1] =
+            (gather.count ? gather.rowStart[gather.count] : 0) +
+            runs[i].position + runs[i].count;
+        ++gather.count;
+      }
+      gather.rowStart[0] = 0;
+      const int rows = gather.rowStart[gather.count];
+      auto *cb = reinterpret_cast<__nv_bfloat16 *>(runScratchStart);
+      auto *kb = reinterpret_cast<__nv_bfloat16 *>(
+          runScratchStart + floatsOf(size_t(rows) * s.latent, true));
+      auto *vb = kb + floatsOf(size_t(heads) * rows * width, true) * 2;
+      GemmRunner::Batched k, v;
+      products(rows, k, v);
+      if (CudaStatus e = launched(launchOverlapped(
+              gatherRowsKernel<__nv_bfloat16, CacheT>, dim3(rows), 128, 0,
+              stream, cache, layout, gather, heads, s.nope, s.rope, s.latent,
+              cb, kb, bad)))
+        return e;
+      if (CudaStatus e = gemm.bf16Batched(cb, wUkBf16, kb, k))
+        return e;
+      if (CudaStatus e = gemm.bf16Batched(cb, wUvBf16, vb, v))
+        return e;
       CausalRunOperands group[kCausalMaxRuns];
-      float *at = runScratchStart;
       for (size_t i = begin; i < end; ++i) {
         const DecompressedQueries &r = runs[i];
-        const int reach = r.position + r.count;
-        const RunScratch p = runScratch(s, r, budgetFloats, true);
-        auto *cb = reinterpret_cast<__nv_bfloat16 *>(at),
-             *kb = reinterpret_cast<__nv_bfloat16 *>(at + p.latents),
-             *vb = reinterpret_cast<__nv_bfloat16 *>(at + p.latents + p.keys);
-        at += p.total();
-        GemmRunner::Batched k, v;
-        products(reach, k, v);
-        if (CudaStatus e = launched(launchOverlapped(
-                gatherRowsKernel<__nv_bfloat16, CacheT>, dim3(reach), 128, 0,
-                stream, cache, layout, r.sequence, heads, s.nope, s.rope,
-                s.latent, reach, cb, kb, bad)))
-          return e;
-        if (CudaStatus e = gemm.bf16Batched(cb, wUkBf16, kb, k))
-          return e;
-        if (CudaStatus e = gemm.bf16Batched(cb, wUvBf16, vb, v))
-          return e;
-        group[i - begin] = {{r.first, r.count, r.position, reach}, kb, vb};
+        const int first = gather.rowStart[i - begin];
+        group[i - begin] = {
+            {r.first, r.count, r.position, r.position + r.count},
+            kb + size_t(first) * width,
+            vb + size_t(first) * s.valueDim,
+            rows};
       }
       if (CudaStatus e = launched(causalAttentionBf16(
               qNope, qRope, group, int(end - begin), heads, s.nope, s.rope,
@@ -290,10 +318,13 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
           *scores = queries + p.queries;
     GemmRunner::Batched k, v;
     products(reach, k, v);
-    if (CudaStatus e = launched(launchOverlapped(
-            gatherRowsKernel<float, CacheT>, dim3(reach), 128, 0, stream, cache,
-            layout, r.sequence, heads, s.nope, s.rope, s.latent, reach, latents,
-            keys, bad)))
+    GatherRuns gather;
+    gather.count = 1, gather.sequence[0] = r.sequence;
+    gather.rowStart[0] = 0, gather.rowStart[1] = reach;
+    if (CudaStatus e = launched(
+            launchOverlapped(gatherRowsKernel<float, CacheT>, dim3(reach), 128,
+                             0, stream, cache, layout, gather, heads, s.nope,
+                             s.rope, s.latent, latents, keys, bad)))
       return e;
     if (CudaStatus e = launched(launchOverlapped(
             packQueriesKernel, dim3(r.count), 128, 0, stream, qNope, qRope,

@@ -13,10 +13,11 @@
 // accumulation. The attention then runs in one of two forms. Where the
 // attention's precision is BF16 (`bf16Fused`, as melt-compile chose for
 // the op) and the widths take it: the latents, W_UK and W_UV rounded to
-// BF16, K and V made in BF16 (GemmRunner::bf16Batched) for each sequence
-// in scratch of its own, then one fused kernel on tensor cores for all of
-// them (CausalAttention.h: the scores stay on the chip; up to
-// kCausalMaxRuns sequences within the scratch budget a launch). Otherwise all in TF32 (GemmRunner::tf32Batched): the scores
+// BF16, K and V made in BF16 (GemmRunner::bf16Batched) for a group of
+// sequences at once (up to kCausalMaxRuns within the scratch budget: one
+// gather of their cached rows side by side, two products), then one fused
+// kernel on tensor cores for the group (CausalAttention.h: the scores stay
+// on the chip). Otherwise all in TF32 (GemmRunner::tf32Batched): the scores
 // of a block of queries held whole ([heads, queries, keys] F32, the blocks
 // sized to a scratch budget) by a batched GEMM, a causal softmax kernel,
 // and a last GEMM for the output.

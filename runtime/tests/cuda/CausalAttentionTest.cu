@@ -127,7 +127,8 @@ TEST(CudaCausalAttention, MatchesTheReference) {
 
 // Several runs in one launch (a prefill's sequences: different lengths,
 // one after a cached prefix, one empty) give each run's output bit for bit
-// as its own launch does: the same blocks, scheduled otherwise.
+// as its own launch does: the same blocks, scheduled otherwise; so do the
+// runs' keys and values side by side in one matrix (headRows).
 TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
@@ -174,6 +175,53 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   // Every token belongs to a run here: the whole outputs compare.
   for (size_t i = 0; i < outCount; ++i)
     ASSERT_EQ(a[i], b[i]) << "token " << i / (heads * kValue) << ", head "
+                          << i / kValue % heads;
+
+  // The runs' keys and values side by side in one matrix each (a head's
+  // rows of every run, then the next head's), each run at its rows: the
+  // same output again.
+  int rows = 0;
+  for (const CausalRunOperands &o : operands)
+    rows += std::max(o.run.keys, 1);
+  std::vector<__nv_bfloat16> sharedKeys(size_t(heads) * rows * kWidth),
+      sharedValues(size_t(heads) * rows * kValue);
+  std::vector<int> rowStart;
+  int start = 0;
+  for (const CausalRunOperands &o : operands) {
+    const int keys = std::max(o.run.keys, 1);
+    rowStart.push_back(start);
+    const std::vector<__nv_bfloat16> k =
+        toHost(o.keys, size_t(heads) * keys * kWidth);
+    const std::vector<__nv_bfloat16> v =
+        toHost(o.values, size_t(heads) * keys * kValue);
+    for (int h = 0; h < heads; ++h) {
+      std::copy_n(k.begin() + size_t(h) * keys * kWidth, size_t(keys) * kWidth,
+                  sharedKeys.begin() + (size_t(h) * rows + start) * kWidth);
+      std::copy_n(v.begin() + size_t(h) * keys * kValue, size_t(keys) * kValue,
+                  sharedValues.begin() + (size_t(h) * rows + start) * kValue);
+    }
+    start += keys;
+  }
+  __nv_bfloat16 *dSharedKeys = toDevice(sharedKeys),
+                *dSharedValues = toDevice(sharedValues);
+  owned.push_back(dSharedKeys);
+  owned.push_back(dSharedValues);
+  std::vector<CausalRunOperands> sharing;
+  for (size_t i = 0; i < operands.size(); ++i)
+    sharing.push_back({operands[i].run,
+                       dSharedKeys + size_t(rowStart[i]) * kWidth,
+                       dSharedValues + size_t(rowStart[i]) * kValue, rows});
+  float *shared = deviceArray<float>(outCount);
+  owned.push_back(shared);
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, sharing.data(), int(sharing.size()),
+                                heads, kNope, kRope, kValue, scale, shared,
+                                nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> c = toHost(shared, outCount);
+  for (size_t i = 0; i < outCount; ++i)
+    ASSERT_EQ(c[i], b[i]) << "sharing one matrix: token "
+                          << i / (heads * kValue) << ", head "
                           << i / kValue % heads;
   for (void *p : owned)
     cudaFree(p);

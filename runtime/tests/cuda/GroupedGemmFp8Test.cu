@@ -331,39 +331,48 @@ TEST(CudaGroupedGemmFp8, PairMatchesTheBlockScaledProducts) {
   runCase({70, 0, 131}, 256, 2048); // sixteen: more than the ring's stages
 }
 
+// Rows of tokens' codes and scales gathered: a part of a block of rows,
+// several blocks with a part at the end, mini's width.
 TEST(CudaGroupedGemmFp8, GathersQuantizedRows) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
-  const int tokens = 5, dim = 384, count = 7, blocks = dim / 128;
-  std::mt19937 rng(3);
-  const auto x = randomCodes(rng, size_t(tokens) * dim);
-  const auto xScales = randomScales(rng, size_t(blocks) * tokens);
-  const std::vector<int32_t> tokenOfRow = {4, 0, 0, 2, 1, 3, 4};
-  uint8_t *codes = deviceArray<uint8_t>(size_t(count) * dim);
-  float *scales = deviceArray<float>(size_t(blocks) * count);
-  const uint8_t *deviceX = toDevice(x);
-  const float *deviceScales = toDevice(xScales);
-  const int32_t *deviceRows = toDevice(tokenOfRow);
-  ASSERT_EQ(gatherFp8Rows(deviceX, deviceScales, tokens, deviceRows, count, dim,
-                          codes, scales, nullptr),
-            cudaSuccess);
-  const auto gotCodes = toHost(codes, size_t(count) * dim);
-  const auto gotScales = toHost(scales, size_t(blocks) * count);
-  for (int r = 0; r < count; ++r) {
-    const int t = tokenOfRow[size_t(r)];
-    for (int i = 0; i < dim; ++i)
-      ASSERT_EQ(gotCodes[size_t(r) * dim + i], x[size_t(t) * dim + i])
-          << "row " << r << ", value " << i;
-    for (int b = 0; b < blocks; ++b)
-      ASSERT_EQ(gotScales[size_t(b) * count + r],
-                xScales[size_t(b) * tokens + t])
-          << "row " << r << ", block " << b;
-  }
-  cudaFree(codes);
-  cudaFree(scales);
-  cudaFree(const_cast<uint8_t *>(deviceX));
-  cudaFree(const_cast<float *>(deviceScales));
-  cudaFree(const_cast<int32_t *>(deviceRows));
+  auto gather = [](int tokens, int dim, int count) {
+    const int blocks = dim / 128;
+    std::mt19937 rng(3);
+    const auto x = randomCodes(rng, size_t(tokens) * dim);
+    const auto xScales = randomScales(rng, size_t(blocks) * tokens);
+    std::vector<int32_t> tokenOfRow(static_cast<size_t>(count));
+    for (int r = 0; r < count; ++r)
+      tokenOfRow[size_t(r)] = int32_t(rng() % unsigned(tokens));
+    uint8_t *codes = deviceArray<uint8_t>(size_t(count) * dim);
+    float *scales = deviceArray<float>(size_t(blocks) * count);
+    const uint8_t *deviceX = toDevice(x);
+    const float *deviceScales = toDevice(xScales);
+    const int32_t *deviceRows = toDevice(tokenOfRow);
+    ASSERT_EQ(gatherFp8Rows(deviceX, deviceScales, tokens, deviceRows, count,
+                            dim, codes, scales, nullptr),
+              cudaSuccess);
+    const auto gotCodes = toHost(codes, size_t(count) * dim);
+    const auto gotScales = toHost(scales, size_t(blocks) * count);
+    for (int r = 0; r < count; ++r) {
+      const int t = tokenOfRow[size_t(r)];
+      for (int i = 0; i < dim; ++i)
+        ASSERT_EQ(gotCodes[size_t(r) * dim + i], x[size_t(t) * dim + i])
+            << count << " rows: row " << r << ", value " << i;
+      for (int b = 0; b < blocks; ++b)
+        ASSERT_EQ(gotScales[size_t(b) * count + r],
+                  xScales[size_t(b) * tokens + t])
+            << count << " rows: row " << r << ", block " << b;
+    }
+    cudaFree(codes);
+    cudaFree(scales);
+    cudaFree(const_cast<uint8_t *>(deviceX));
+    cudaFree(const_cast<float *>(deviceScales));
+    cudaFree(const_cast<int32_t *>(deviceRows));
+  };
+  gather(5, 384, 7);
+  gather(9, 384, 70);
+  gather(40, 2048, 300);
 }
 
 TEST(CudaGroupedGemmFp8, RefusesWhatItCannotTake) {
