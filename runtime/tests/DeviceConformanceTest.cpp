@@ -400,7 +400,9 @@ TEST_P(DeviceConformance, Embedding) {
 
 TEST_P(DeviceConformance, Rope) {
   // DeepSeek-V3's YaRN (factor 40 over 4096 positions), interleaved, on
-  // [T, H, 64]; plain RoPE in halves on [T, 64].
+  // [T, H, 64]; plain RoPE in halves on [T, 64]; and a prefill's query of
+  // 1100 tokens x 16 heads (the CUDA device rotates every head of a token
+  // in one thread there).
   RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/0);
   RopeParams plain;
   plain.interleaved = false;
@@ -409,32 +411,38 @@ TEST_P(DeviceConformance, Rope) {
     RopeParams params;
     std::vector<int64_t> shape;
     DType dtype;
-  } cases[] = {{yarn, {6, 4, 64}, DType::F32}, {plain, {6, 64}, DType::BF16}};
-  std::vector<int32_t> positions = {0, 1, 7, 100, 4095, 163839};
+  } cases[] = {{yarn, {6, 4, 64}, DType::F32},
+               {plain, {6, 64}, DType::BF16},
+               {yarn, {1100, 16, 64}, DType::F32}};
+  const int32_t spread[] = {0, 1, 7, 100, 4095, 163839};
   for (const Case &c : cases) {
+    const int64_t T = c.shape[0];
+    std::vector<int32_t> positions(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t)
+      positions[size_t(t)] = spread[t % 6] + int32_t(t / 6);
     HostTensor x = random(c.dtype, c.shape, rng);
-    DeviceTensor dx = put(x), dp = make(DType::I32, {6}),
+    DeviceTensor dx = put(x), dp = make(DType::I32, {T}),
                  y = make(c.dtype, c.shape);
     ASSERT_FALSE(device->upload(positions.data(), dp));
     Status s = device->rope(dx, dp, c.params, y);
     ASSERT_FALSE(s) << s.message();
-    int64_t dim = c.shape.back(), rows = x.numel() / dim / 6;
+    int64_t dim = c.shape.back(), rows = x.numel() / dim / T;
     std::vector<double> inv = ropeInverseFrequencies(c.params, dim);
     double mscale = ropeOutputScale(c.params);
     std::vector<double> want(x.values.size());
-    for (int64_t t = 0; t < 6; ++t)
+    for (int64_t t = 0; t < T; ++t)
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t i = 0; i < dim / 2; ++i) {
           int64_t base = (t * rows + r) * dim;
           int64_t a = c.params.interleaved ? 2 * i : i,
                   b = c.params.interleaved ? 2 * i + 1 : i + dim / 2;
-          double angle = positions[t] * inv[i];
+          double angle = positions[size_t(t)] * inv[i];
           double co = std::cos(angle) * mscale, si = std::sin(angle) * mscale;
           want[base + a] = x.values[base + a] * co - x.values[base + b] * si;
           want[base + b] = x.values[base + b] * co + x.values[base + a] * si;
         }
     EXPECT_LE(relativeError(get(y), want), tolerance(c.dtype))
-        << dtypeName(c.dtype);
+        << dtypeName(c.dtype) << ", " << T << " tokens";
   }
 }
 

@@ -17,27 +17,43 @@
 
 namespace melt::rt::cuda {
 
+/// The rotation of pair `pair` at `position`: its cosine and sine, scaled.
+struct RopeAngle {
+  double c, s;
+};
+__device__ __forceinline__ RopeAngle ropeAngle(int pair, int32_t position,
+                                               const RopeFrequencies &freqs,
+                                               double mscale) {
+  double s, c;
+  sincos(double(position) * freqs.inverse[pair], &s, &c);
+  return {c * mscale, s * mscale};
+}
+
 /// Pair `pair` of a row of `dim` rotary values: its two columns, and
-/// their values rotated at `position`.
+/// their values rotated by `angle`.
 struct RotatedPair {
   int a, b;
   float ya, yb;
 };
+__device__ __forceinline__ RotatedPair rotateBy(const RopeAngle &angle,
+                                                Operand x, size_t base,
+                                                int pair, int dim,
+                                                bool interleaved) {
+  RotatedPair r;
+  r.a = interleaved ? 2 * pair : pair;
+  r.b = interleaved ? 2 * pair + 1 : pair + dim / 2;
+  float xa = load(x, base + r.a), xb = load(x, base + r.b);
+  r.ya = float(xa * angle.c - xb * angle.s);
+  r.yb = float(xb * angle.c + xa * angle.s);
+  return r;
+}
+
+/// The same at `position`.
 __device__ __forceinline__ RotatedPair
 rotatePair(Operand x, size_t base, int pair, int dim, bool interleaved,
            int32_t position, const RopeFrequencies &freqs, double mscale) {
-  const int half = dim / 2;
-  double s, c;
-  sincos(double(position) * freqs.inverse[pair], &s, &c);
-  c *= mscale;
-  s *= mscale;
-  RotatedPair r;
-  r.a = interleaved ? 2 * pair : pair;
-  r.b = interleaved ? 2 * pair + 1 : pair + half;
-  float xa = load(x, base + r.a), xb = load(x, base + r.b);
-  r.ya = float(xa * c - xb * s);
-  r.yb = float(xb * c + xa * s);
-  return r;
+  return rotateBy(ropeAngle(pair, position, freqs, mscale), x, base, pair, dim,
+                  interleaved);
 }
 
 } // namespace melt::rt::cuda
