@@ -6,14 +6,15 @@
 // bytes it needs. Where the device writes such a product in BF16
 // (Device::linearWritesBf16) and its kernels read BF16 activations as the
 // F32 of their values (Device::readsBf16Activations: adds, norms, ropes,
-// slices), the executor keeps the value in BF16 when every kernel that
-// reads it is such a kernel, through the splits and reshapes between (their
-// parts and views keep the type): the attention's o_proj and a dense MLP's
-// down_proj (only the residual add reads them), the attention's joint q/kv
-// down projection (its split's parts go to the query's norm, the latent's
-// norm and the key's rope), not the query's up projection (the MLA reads
-// it). The same values, the widening kernels left out, the bytes read
-// halved.
+// slices, SiLU-muls and the products that take them), the executor keeps
+// the value in BF16 when every kernel that reads it is such a kernel,
+// through the splits and reshapes between (their parts and views keep the
+// type): the attention's o_proj and a dense MLP's down_proj (only the
+// residual add reads them), the attention's joint q/kv down projection
+// (its split's parts go to the query's norm, the latent's norm and the
+// key's rope), a dense MLP's gate and up (its SiLU-mul reads them), not
+// the query's up projection (the MLA reads it). The same values, the
+// widening kernels left out, the bytes read halved.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_BF16PRODUCTS_H

@@ -284,12 +284,14 @@ Status check::linear(const DeviceTensor &x, const DeviceTensor &w,
                      const DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(floatType("linear", "x", x));
   MELT_RETURN_IF_ERROR(floatType("linear", "y", y));
-  // An f32 input to a bf16 weight is rounded to bf16 first; to an fp8 one
-  // (a device's imported FP8 weight) quantized in 1x128 blocks.
+  // An f32 input to a bf16 weight is rounded to bf16 first; an f32 or
+  // bf16 one to an fp8 weight (a device's imported FP8 weight) quantized in
+  // 1x128 blocks.
   MELT_RETURN_IF_ERROR(
       expect(w.dtype == x.dtype ||
                  ((w.dtype == DType::BF16 || w.dtype == DType::FP8E4M3) &&
-                  x.dtype == DType::F32),
+                  x.dtype == DType::F32) ||
+                 (w.dtype == DType::FP8E4M3 && x.dtype == DType::BF16),
              "linear",
              std::string("weight ") + dtypeName(w.dtype) + " and input " +
                  dtypeName(x.dtype) + " differ"));

@@ -213,9 +213,9 @@ public:
     return false;
   }
   /// Whether add(), addRmsNorm(), rmsNorm(), the norms for products,
-  /// rope(), slice() and appendLatent() read BF16 activations (x, b, a
-  /// latent or a key) as the F32 of their values, and slice() copies BF16
-  /// parts (Bf16Products.h).
+  /// rope(), slice(), appendLatent(), siluMul() and linearOfSiluMul()
+  /// read BF16 activations (x, b, a latent or a key, gate and up) as the
+  /// F32 of their values, and slice() copies BF16 parts (Bf16Products.h).
   virtual bool readsBf16Activations() const { return false; }
   /// x (F32) replaced by its values rounded to BF16 (nearest even).
   virtual Status roundToBf16(DeviceTensor &x) = 0;

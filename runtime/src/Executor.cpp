@@ -506,7 +506,8 @@ Status DeviceModel::create(const Model &model, Device &device,
         [](fb::KernelKind kind) {
           return kind == fb::KernelKind::Add ||
                  kind == fb::KernelKind::RMSNorm ||
-                 kind == fb::KernelKind::Rope;
+                 kind == fb::KernelKind::Rope ||
+                 kind == fb::KernelKind::SiluMul;
         },
         [&](uint32_t k) {
           // Whether it ever does: at a prefill's rows (each step decides
@@ -1194,8 +1195,9 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       // memory, up is held until the last of them has run.
       if (uint32_t products = dm.siluMulProducts(k)) {
         const DeviceTensor gate = in(0), up = in(1);
-        if (gate.data && up.data && gate.dtype == DType::F32 &&
-            up.dtype == DType::F32 && gate.shape == up.shape) {
+        if (gate.data && up.data && gate.dtype == up.dtype &&
+            (gate.dtype == DType::F32 || gate.dtype == DType::BF16) &&
+            gate.shape == up.shape) {
           values.hold(up);
           if (values.view(outId(0), gate, gate.shape, out)) {
             pendingSiluMuls.byValue[out->data] = {up, products};

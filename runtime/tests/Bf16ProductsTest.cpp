@@ -1,13 +1,14 @@
 // Products kept in BF16 (Bf16Products.h): on a CPU device that multiplies
 // the FP8-stored weights as the CUDA device does and, asked to, writes
 // those products in BF16 and reads BF16 activations in its adds, norms,
-// ropes and slices (what the CUDA device does past its few-token kernel),
-// the logits are bit for bit the plain CPU device's (which widens nothing:
-// it rounds the F32 products to BF16 values). By default (none with
-// MELT_BF16_PRODUCTS=0): the attention's output and joint q/kv down projections
-// and the dense MLP's down projection are such products; the query's up
-// projection (the MLA reads it), the MLP's gate and up (the SiLU-mul) are
-// not. Needs MELT_TEST_FP8_POLICY_ARTIFACT (v3-tiny compiled with
+// ropes, slices and SiLU-muls (what the CUDA device does past its
+// few-token kernel), the logits are bit for bit the plain CPU device's
+// (which widens nothing: it rounds the F32 products to BF16 values). By
+// default (none with MELT_BF16_PRODUCTS=0): the attention's output and
+// joint q/kv down projections and the dense MLP's gate, up (its SiLU-mul
+// reads them, apart or in the down product) and down projections are such
+// products; the query's up projection (the MLA reads it) is not. Needs
+// MELT_TEST_FP8_POLICY_ARTIFACT (v3-tiny compiled with
 // --precision=deepseek-v3) and MELT_TEST_FP8_POLICY_CHECKPOINT.
 #include "CpuDevice.h"
 #include "Executor.h"
@@ -53,22 +54,30 @@ TEST(Bf16Products, ProductsInBf16GiveTheSameLogits) {
   if (!model)
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
-  QuantizingCpuDevice plain, narrowing;
-  narrowing.writesBf16Products = true;
-  std::unique_ptr<DeviceModel> onPlain, onNarrowing;
-  Status made = DeviceModel::create(*model, plain, onPlain);
-  if (!made)
-    made = DeviceModel::create(*model, narrowing, onNarrowing);
-  ASSERT_FALSE(made) << made.message();
-  EXPECT_TRUE(productWeights(*model, *onPlain).empty());
-  EXPECT_EQ(productWeights(*model, *onNarrowing),
-            (std::set<std::string>{"self_attn.o_proj", "self_attn.qkv_a_proj",
-                                   "mlp.down_proj"}));
-  std::vector<float> want = stepLogits(*onPlain),
-                     have = stepLogits(*onNarrowing);
-  EXPECT_GT(narrowing.bf16Products, 0);
-  EXPECT_GT(narrowing.bf16Reads, narrowing.bf16Products);
-  expectSameLogits(have, want);
+  // The MLP's SiLU-mul a kernel of its own, then taken into the down
+  // product (linearOfSiluMul): either way it reads BF16 gate and up.
+  for (bool fusesSiluMul : {false, true}) {
+    SCOPED_TRACE(fusesSiluMul ? "SiLU-mul in the product" : "SiLU-mul apart");
+    QuantizingCpuDevice plain(fusesSiluMul), narrowing(fusesSiluMul);
+    narrowing.writesBf16Products = true;
+    std::unique_ptr<DeviceModel> onPlain, onNarrowing;
+    Status made = DeviceModel::create(*model, plain, onPlain);
+    if (!made)
+      made = DeviceModel::create(*model, narrowing, onNarrowing);
+    ASSERT_FALSE(made) << made.message();
+    EXPECT_TRUE(productWeights(*model, *onPlain).empty());
+    EXPECT_EQ(productWeights(*model, *onNarrowing),
+              (std::set<std::string>{"self_attn.o_proj", "self_attn.qkv_a_proj",
+                                     "mlp.gate_proj", "mlp.up_proj",
+                                     "mlp.down_proj"}));
+    std::vector<float> want = stepLogits(*onPlain),
+                       have = stepLogits(*onNarrowing);
+    EXPECT_GT(narrowing.bf16Products, 0);
+    EXPECT_GT(narrowing.bf16Reads, narrowing.bf16Products);
+    if (fusesSiluMul)
+      EXPECT_GT(narrowing.fusedProducts, 0);
+    expectSameLogits(have, want);
+  }
 }
 
 // On by default (run on the H200 in session 24); MELT_BF16_PRODUCTS=0 finds

@@ -1726,6 +1726,27 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     }
     EXPECT_EQ(get(keys[1]), get(keys[0])) << what << ", slice";
     EXPECT_EQ(get(rotated[1]), get(rotated[0])) << what << ", rope";
+    // Two products' BF16 values as an MLP's gate and up: the SiLU-mul, and
+    // the down product that takes them (linearOfSiluMul), the same as of
+    // their F32 values.
+    kept.push_back(fp8BlockWeight(rng, 256, N));
+    DeviceTensor down;
+    s = device->importWeight(kept.back(), down);
+    ASSERT_FALSE(s) << s.message();
+    owned.push_back(down);
+    DeviceTensor gated[2] = {make(DType::F32, {rows, N}),
+                             make(DType::F32, {rows, N})};
+    DeviceTensor downs[2] = {make(DType::F32, {rows, 256}),
+                             make(DType::F32, {rows, 256})};
+    for (int i = 0; i < 2; ++i) {
+      const DeviceTensor *pair = i ? narrow : wide;
+      ASSERT_FALSE(device->siluMul(pair[0], pair[1], gated[i]));
+      s = device->linearOfSiluMul(pair[0], pair[1], down, downs[i]);
+      ASSERT_FALSE(s) << s.message();
+    }
+    EXPECT_EQ(get(gated[1]), get(gated[0])) << what << ", SiLU-mul";
+    EXPECT_EQ(get(downs[1]), get(downs[0]))
+        << what << ", the product of a SiLU-mul";
   }
 }
 

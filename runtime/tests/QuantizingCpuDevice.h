@@ -11,8 +11,9 @@
 // moeExpertsWithShared: the calls one after the other), where asked
 // prepares the FP8 products' input in the norms that make it, and where
 // asked writes FP8 products in BF16 (the F32 product rounded, as
-// roundToBf16 rounds it) and reads BF16 activations (adds, norms, ropes:
-// widened; slices of BF16 values: BF16 parts).
+// roundToBf16 rounds it) and reads BF16 activations (adds, norms, ropes,
+// SiLU-muls and the products that take them: widened; slices of BF16
+// values: BF16 parts).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
@@ -84,7 +85,17 @@ public:
           y, [&](DeviceTensor &t) { return linearOfSiluMul(gate, up, w, t); });
     }
     ++fusedProducts;
-    return CpuDevice::linearOfSiluMul(gate, up, w, y);
+    return withF32Operands(gate, up,
+                           [&](const DeviceTensor &g, const DeviceTensor &u) {
+                             return CpuDevice::linearOfSiluMul(g, u, w, y);
+                           });
+  }
+  Status siluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                 DeviceTensor &y) override {
+    return withF32Operands(gate, up,
+                           [&](const DeviceTensor &g, const DeviceTensor &u) {
+                             return CpuDevice::siluMul(g, u, y);
+                           });
   }
 
   bool fusesSharedExpert(const DeviceTensor &, const SharedExpert &,

@@ -2079,19 +2079,25 @@ private:
     auto scales = weightScales_.find(w.data);
     const bool bf16Out =
         y.dtype == DType::BF16 && linearWritesBf16(w, x.rows());
-    if (scales == weightScales_.end() || x.dtype != DType::F32 ||
-        (y.dtype != DType::F32 && !bf16Out) || (up && up->dtype != DType::F32))
+    // BF16 gate and up of a SiLU-mul (products kept in BF16,
+    // Bf16Products.h): quantized from BF16 as they are read.
+    const bool bf16In =
+        x.dtype == DType::BF16 && up && up->dtype == DType::BF16;
+    if (scales == weightScales_.end() || (x.dtype != DType::F32 && !bf16In) ||
+        (y.dtype != DType::F32 && !bf16Out) || (up && up->dtype != x.dtype))
       return invalidArgument("linear: an fp8 weight needs its block scales "
-                             "(importWeight), f32 input and an f32 output "
-                             "(or bf16 where linearWritesBf16 says so)");
-    const float *upValues = up ? static_cast<const float *>(up->data) : nullptr;
+                             "(importWeight), f32 input (or a SiLU-mul's bf16 "
+                             "gate and up) and an f32 output (or bf16 where "
+                             "linearWritesBf16 says so)");
+    const float *upValues =
+        up && !bf16In ? static_cast<const float *>(up->data) : nullptr;
     int64_t m = x.rows(), k = x.cols(), n = w.rows();
     auto padded = paddedK_.find(w.data);
     const int64_t kStored = padded == paddedK_.end() ? k : padded->second;
     // A few tokens: one kernel quantizes x (zeros beyond K where the
     // weight was padded) and multiplies.
     bool handled = false;
-    if (!bf16Out)
+    if (!bf16Out && !bf16In)
       MELT_RETURN_IF_ERROR(fromGemm(
           gemm_->fp8FromF32(static_cast<const float *>(x.data), upValues,
                             int(k), static_cast<const __nv_fp8_e4m3 *>(w.data),
@@ -2109,7 +2115,13 @@ private:
       status = allocate(DType::F32, {kStored / 128, m}, qScales);
     if (!status)
       status = check(
-          upValues
+          bf16In
+              ? siluMulQuantizeRowsFp8Padded(
+                    static_cast<const __nv_bfloat16 *>(x.data),
+                    static_cast<const __nv_bfloat16 *>(up->data), int(m),
+                    int(k), int(kStored), static_cast<__nv_fp8_e4m3 *>(q.data),
+                    static_cast<float *>(qScales.data), stream_)
+          : upValues
               ? siluMulQuantizeRowsFp8Padded(
                     static_cast<const float *>(x.data), upValues, int(m),
                     int(k), int(kStored), static_cast<__nv_fp8_e4m3 *>(q.data),
