@@ -165,14 +165,15 @@ public:
   void expectDecompressedMlaIsAbsorbed(int64_t H, int64_t N, int64_t R,
                                        int64_t L, int64_t V, double tolerance);
 
-  /// A decode step's MLA of q [T, H, nope + rope] two ways: q split, its
-  /// rope part rotated (`rope`) and mla() on the parts into `split`, and
-  /// mlaOfQuery() on q into `projected` ([T, H, V] each; the absorbed
-  /// form: a decompression threshold no step reaches).
+  /// A step's MLA of q [T, H, nope + rope] two ways: q split, its rope
+  /// part rotated (`rope`) and mla() on the parts into `split`, and
+  /// mlaOfQuery() on q into `projected` ([T, H, V] each; by default the
+  /// absorbed form: a decompression threshold no step reaches).
   void mlaBothWays(const DeviceTensor &q, int64_t nope, const RopeParams &rope,
                    const DeviceTensor &cache, const CacheLayout &layout,
                    const DeviceTensor &wUk, const DeviceTensor &wUv,
-                   std::vector<float> &split, std::vector<float> &projected);
+                   std::vector<float> &split, std::vector<float> &projected,
+                   int64_t decompressAbove = int64_t(1) << 30);
 
   std::unique_ptr<Device> device;
   std::vector<DeviceTensor> owned;
@@ -183,7 +184,7 @@ void DeviceConformance::mlaBothWays(
     const DeviceTensor &q, int64_t nope, const RopeParams &rope,
     const DeviceTensor &cache, const CacheLayout &layout,
     const DeviceTensor &wUk, const DeviceTensor &wUv, std::vector<float> &split,
-    std::vector<float> &projected) {
+    std::vector<float> &projected, int64_t decompressAbove) {
   const int64_t T = q.shape[0], H = q.shape[1], R = q.shape[2] - nope,
                 V = wUv.shape[1];
   DeviceTensor qn = make(DType::F32, {T, H, nope}),
@@ -196,10 +197,10 @@ void DeviceConformance::mlaBothWays(
   ASSERT_FALSE(device->slice(q, 2, nope, qr));
   ASSERT_FALSE(device->rope(qr, layout.positions, rope, rotated));
   Status s = device->mla(qn, rotated, cache, layout, wUk, wUv, scale,
-                         int64_t(1) << 30, apart);
+                         decompressAbove, apart);
   ASSERT_FALSE(s) << s.message();
   s = device->mlaOfQuery(q, nope, layout.positions, rope, cache, layout, wUk,
-                         wUv, scale, int64_t(1) << 30, fromQuery);
+                         wUv, scale, decompressAbove, fromQuery);
   ASSERT_FALSE(s) << s.message();
   split = get(apart);
   projected = get(fromQuery);
@@ -877,6 +878,47 @@ TEST_P(DeviceConformance, MlaOfQueryIsSplitRopeThenMla) {
         return;
       EXPECT_EQ(have, want) << H << " heads, " << T << " tokens";
     }
+  }
+  ASSERT_FALSE(device->synchronize());
+}
+
+// The same in the decompressed form of a prefill (K and V per head, the
+// fused BF16 attention; forced here by MELT_CUDA_MLA_TENSOR_CORES=1 and a
+// threshold of one query): with MELT_CUDA_PREFILL_MLA_QUERY=1 a GPU's
+// attention kernel splits and rotates the projected query as it reads it,
+// bit for bit the split's copies, the rope kernel and mla(), over the paged
+// batches' prefills (two sequences; one continuing a cached prefix) and
+// their decode step.
+TEST_P(DeviceConformance, MlaOfQueryDecompressedIsSplitRopeThenMla) {
+  setenv("MELT_CUDA_PREFILL_MLA_QUERY", "1", 1);
+  setenv("MELT_CUDA_MLA_TENSOR_CORES", "1", 1);
+  reopenWith("MELT_CUDA_FUSED_MLA_QUERY", "1");
+  unsetenv("MELT_CUDA_PREFILL_MLA_QUERY");
+  unsetenv("MELT_CUDA_MLA_TENSOR_CORES");
+  if (HasFatalFailure())
+    return;
+  const int64_t H = 16, N = 128, R = 64, L = 512, V = 128;
+  const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/1);
+  DeviceTensor dUk = put(random(DType::F32, {H, N, L}, rng, 0.05f));
+  DeviceTensor dUv = put(random(DType::F32, {H, V, L}, rng, 0.05f));
+  PagedBatches batches;
+  const int64_t rows = PagedBatches::kPages * kPageTokens;
+  DeviceTensor cache = make(DType::BF16, {rows, L + R});
+  for (const PagedBatches::Step &step : batches.steps) {
+    const int64_t T = int64_t(step.positions.size());
+    CacheLayout layout = batches.layout(*this, step);
+    layout.hostPositions = step.positions.data();
+    layout.hostSequences = step.sequences.data();
+    ASSERT_FALSE(device->cacheAppend(put(random(DType::F32, {T, L}, rng)),
+                                     put(random(DType::F32, {T, R}, rng)),
+                                     layout, cache));
+    DeviceTensor q = put(random(DType::F32, {T, H, N + R}, rng));
+    std::vector<float> want, have;
+    mlaBothWays(q, N, yarn, cache, layout, dUk, dUv, want, have,
+                /*decompressAbove=*/1);
+    if (HasFatalFailure())
+      return;
+    EXPECT_EQ(have, want) << T << " tokens";
   }
   ASSERT_FALSE(device->synchronize());
 }

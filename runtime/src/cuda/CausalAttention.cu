@@ -3,10 +3,12 @@
 
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/RopeRotation.cuh"
 #include "cuda/TensorCoreMma.cuh"
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 using namespace melt::rt::cuda;
 
@@ -52,6 +54,16 @@ struct CausalRunList {
   CausalRunOperands run[kCausalMaxRuns];
 };
 
+/// Where a token-head's queries are: its nope part at nope + th *
+/// nopeStride, its rope part at rope + th * ropeStride (th = token x heads
+/// + head); the rope part rotated already, or (rotation.positions set)
+/// rotated as it is read.
+struct QuerySource {
+  const float *nope = nullptr, *rope = nullptr;
+  int nopeStride = 0, ropeStride = 0;
+  CausalProjectedQuery rotation;
+};
+
 /// Grid blocks x heads x runs (blocks: of the longest run), 128 threads;
 /// block i takes query block blocks - 1 - i / (heads x runs) (the last
 /// queries of every run and head first), head and run from the rest;
@@ -63,7 +75,7 @@ struct CausalRunList {
 /// while the block works on this one.
 template <int kNope, int kRope, int kValue>
 __global__ void __launch_bounds__(kThreads)
-    causalAttentionKernel(const float *qNope, const float *qRope,
+    causalAttentionKernel(const __grid_constant__ QuerySource query,
                           const __grid_constant__ CausalRunList runs, int heads,
                           float scaleLog2, float *out) {
   using W = Widths<kNope, kRope, kValue>;
@@ -92,16 +104,30 @@ __global__ void __launch_bounds__(kThreads)
   for (int half = 0; half < 2; ++half) {
     const int i = q0 + g + 8 * half;
     const bool in = i < run.count;
-    const size_t th = size_t(run.first + (in ? i : 0)) * heads + h;
+    const int token = run.first + (in ? i : 0);
+    const size_t th = size_t(token) * heads + h;
+    const bool rotate = query.rotation.positions != nullptr && in;
+    const int32_t position = rotate ? query.rotation.positions[token] : 0;
 #pragma unroll
     for (int s = 0; s < W::qkSteps; ++s) {
       const int c = 16 * s + 2 * t;
-      const float *row =
-          c < kNope ? qNope + th * kNope + c : qRope + th * kRope + (c - kNope);
-      const float2 lo =
+      const float *row = c < kNope
+                             ? query.nope + th * query.nopeStride + c
+                             : query.rope + th * query.ropeStride + (c - kNope);
+      float2 lo =
           in ? *reinterpret_cast<const float2 *>(row) : make_float2(0.f, 0.f);
-      const float2 hi = in ? *reinterpret_cast<const float2 *>(row + 8)
-                           : make_float2(0.f, 0.f);
+      float2 hi = in ? *reinterpret_cast<const float2 *>(row + 8)
+                     : make_float2(0.f, 0.f);
+      if (16 * s >= kNope && rotate) {
+        // Interleaved pairs: (c, c + 1) is pair (c - nope) / 2, eight
+        // columns on four pairs more.
+        const int pair = (c - kNope) / 2;
+        const CausalProjectedQuery &r = query.rotation;
+        lo = rotateValues(ropeAngleOf(r.inverse[pair], position, r.mscale),
+                          lo.x, lo.y);
+        hi = rotateValues(ropeAngleOf(r.inverse[pair + 4], position, r.mscale),
+                          hi.x, hi.y);
+      }
       qa[s][half] = packBf16(lo.x, lo.y);
       qa[s][2 + half] = packBf16(hi.x, hi.y);
     }
@@ -254,10 +280,13 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
                              scale, out, stream);
 }
 
-cudaError_t melt::rt::cuda::causalAttentionBf16(
-    const float *qNope, const float *qRope, const CausalRunOperands *runs,
-    int runCount, int heads, int nope, int rope, int valueDim, float scale,
-    float *out, cudaStream_t stream) {
+namespace {
+
+cudaError_t launchCausalAttention(const QuerySource &query,
+                                  const CausalRunOperands *runs, int runCount,
+                                  int heads, int nope, int rope, int valueDim,
+                                  float scale, float *out,
+                                  cudaStream_t stream) {
   if (!causalAttentionFits(nope, rope, valueDim) || heads <= 0 ||
       runCount < 0 || runCount > kCausalMaxRuns)
     return cudaErrorInvalidValue;
@@ -283,6 +312,34 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
       e != cudaSuccess)
     return e;
   const unsigned grid = unsigned(list.blocks) * heads * list.count;
-  return launchOverlapped(kernel, dim3(grid), kThreads, shared, stream, qNope,
-                          qRope, list, heads, float(scale * M_LOG2E), out);
+  return launchOverlapped(kernel, dim3(grid), kThreads, shared, stream, query,
+                          list, heads, float(scale * M_LOG2E), out);
+}
+
+} // namespace
+
+cudaError_t melt::rt::cuda::causalAttentionBf16(
+    const float *qNope, const float *qRope, const CausalRunOperands *runs,
+    int runCount, int heads, int nope, int rope, int valueDim, float scale,
+    float *out, cudaStream_t stream) {
+  QuerySource query;
+  query.nope = qNope, query.rope = qRope;
+  query.nopeStride = nope, query.ropeStride = rope;
+  return launchCausalAttention(query, runs, runCount, heads, nope, rope,
+                               valueDim, scale, out, stream);
+}
+
+cudaError_t melt::rt::cuda::causalAttentionBf16(
+    const CausalProjectedQuery &projected, const CausalRunOperands *runs,
+    int runCount, int heads, int nope, int rope, int valueDim, float scale,
+    float *out, cudaStream_t stream) {
+  if (!projected.q || !projected.positions ||
+      rope != 2 * int(std::size(projected.inverse)))
+    return cudaErrorInvalidValue;
+  QuerySource query;
+  query.nope = projected.q, query.rope = projected.q + nope;
+  query.nopeStride = query.ropeStride = nope + rope;
+  query.rotation = projected;
+  return launchCausalAttention(query, runs, runCount, heads, nope, rope,
+                               valueDim, scale, out, stream);
 }

@@ -921,16 +921,8 @@ public:
                         maxVisible};
     const KernelPlan *plan = planOf(wUk);
     bool perHead = plan && plan->variant == 2;
-    // A prefill (16 query rows a sequence or more) on tensor cores in BF16:
-    // where the compiler chose it (BF16 attention), or where asked.
-    bool tensorCores = mlaTensorCores_ == 1 ||
-                       (mlaTensorCores_ < 0 && plan && plan->variant == 3);
-    // A long prefill with K and V per head where the compiler's cost model
-    // asks for it and the attention is BF16 (MELT_CUDA_MLA_DECOMPRESSED=0:
-    // never): TF32 products, the attention in one BF16 kernel. An F32
-    // attention stays absorbed, in F32.
-    if (mlaDecompressed_ && tensorCores && !capturing_ && !perHead &&
-        shape.tokens > decompressAbove && mlaDecompressedFits(shape)) {
+    bool tensorCores = mlaOnTensorCores(wUk);
+    if (takesDecompressedForm(wUk, shape, decompressAbove)) {
       bool taken = false;
       MELT_RETURN_IF_ERROR(mlaDecompressedForm(qNope, qRope, cache, layout, wUk,
                                                wUv, shape, scale,
@@ -967,6 +959,29 @@ public:
                latent, int(wUv.shape[1]), maxVisible, scale,
                static_cast<float *>(out.data), flag_ + kCacheFlag, stream_),
         "mla");
+  }
+
+  /// Whether a prefill's MLA (16 query rows a sequence or more) runs on
+  /// tensor cores in BF16: where the compiler chose it (BF16 attention),
+  /// or where asked.
+  bool mlaOnTensorCores(const DeviceTensor &wUk) const {
+    const KernelPlan *plan = planOf(wUk);
+    return mlaTensorCores_ == 1 ||
+           (mlaTensorCores_ < 0 && plan && plan->variant == 3);
+  }
+  /// Whether mla() tries the decompressed form: a long prefill with K and
+  /// V per head where the compiler's cost model asks for it and the
+  /// attention is BF16 (MELT_CUDA_MLA_DECOMPRESSED=0: never): TF32 or
+  /// BF16 products, the attention in one BF16 kernel. An F32 attention
+  /// stays absorbed, in F32.
+  bool takesDecompressedForm(const DeviceTensor &wUk,
+                             const MlaSplitShape &shape,
+                             int64_t decompressAbove) const {
+    const KernelPlan *plan = planOf(wUk);
+    const bool perHead = plan && plan->variant == 2;
+    return mlaDecompressed_ && mlaOnTensorCores(wUk) && !capturing_ &&
+           !perHead && shape.tokens > decompressAbove &&
+           mlaDecompressedFits(shape);
   }
 
   /// A decode step's MLA over a BF16 latent cache reads q_nope and rotates
@@ -1009,9 +1024,16 @@ public:
               out.shape ==
                   std::vector<int64_t>{q.shape[0], q.shape[1], wUv.shape[1]};
     }
-    if (!taken)
+    if (!taken) {
+      bool prefillTaken = false;
+      MELT_RETURN_IF_ERROR(prefillMlaOfQuery(
+          q, nope, ropeDim, positions, rope, cache, layout, wUk, wUv, scale,
+          decompressAbove, out, prefillTaken));
+      if (prefillTaken)
+        return Status::ok();
       return Device::mlaOfQuery(q, nope, positions, rope, cache, layout, wUk,
                                 wUv, scale, decompressAbove, out);
+    }
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(flags());
     ProjectedQuery projected;
@@ -1024,6 +1046,58 @@ public:
     return mlaDecodeStepForm(nullptr, nullptr, cache, layout, wUk, wUv, shape,
                              scale, out, &projected);
   }
+
+  /// A long prefill's MLA in the decompressed form with the query as the
+  /// projection leaves it: the attention kernel splits it and rotates its
+  /// rope part as it reads it (CausalProjectedQuery; the split's two copies
+  /// and the rope kernel left out, the same bits). Off by default
+  /// (MELT_CUDA_PREFILL_MLA_QUERY=1): written in session 24 after its GPU
+  /// time was spent. `taken` false: nothing ran, the caller splits.
+  Status prefillMlaOfQuery(const DeviceTensor &q, int64_t nope, int64_t ropeDim,
+                           const DeviceTensor &positions,
+                           const RopeParams &rope, const DeviceTensor &cache,
+                           const CacheLayout &layout, const DeviceTensor &wUk,
+                           const DeviceTensor &wUv, float scale,
+                           int64_t decompressAbove, DeviceTensor &out,
+                           bool &taken) {
+    taken = false;
+    CausalProjectedQuery projected;
+    if (!prefillMlaQuery_ || !rope.interleaved || q.dtype != DType::F32 ||
+        q.shape.size() != 3 ||
+        ropeDim != 2 * int64_t(std::size(projected.inverse)) ||
+        positions.dtype != DType::I32 || positions.numel() != q.shape[0] ||
+        wUk.shape.size() != 3 || wUv.shape.size() != 3 ||
+        layout.pages.shape.size() != 2)
+      return Status::ok();
+    // The parts' shapes, for mla()'s checks (their memory is q's: unread).
+    DeviceTensor qNope = q, qRope = q;
+    qNope.shape = {q.shape[0], q.shape[1], nope};
+    qRope.shape = {q.shape[0], q.shape[1], ropeDim};
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(
+        check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
+    const MlaSplitShape shape{int(q.shape[0]),
+                              int(q.shape[1]),
+                              int(nope),
+                              int(ropeDim),
+                              int(wUk.shape[2]),
+                              int(wUv.shape[1]),
+                              int(layout.pages.shape[1] * kPageTokens)};
+    if (!takesDecompressedForm(wUk, shape, decompressAbove) ||
+        !mlaDecompressedFusesBf16(shape))
+      return Status::ok();
+    MELT_RETURN_IF_ERROR(flags());
+    projected.q = static_cast<const float *>(q.data);
+    projected.positions = static_cast<const int32_t *>(positions.data);
+    const std::vector<double> inverse = ropeInverseFrequencies(rope, ropeDim);
+    std::copy(inverse.begin(), inverse.end(), projected.inverse);
+    projected.mscale = ropeOutputScale(rope);
+    return mlaDecompressedForm(qNope, qRope, cache, layout, wUk, wUv, shape,
+                               scale, decompressAbove, out, taken, &projected);
+  }
+  /// MELT_CUDA_PREFILL_MLA_QUERY=1: prefillMlaOfQuery (off until run on a
+  /// GPU).
+  bool prefillMlaQuery_ = envSwitch("MELT_CUDA_PREFILL_MLA_QUERY", false);
 
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override {
@@ -1768,7 +1842,8 @@ private:
                       const DeviceTensor &cache, const CacheLayout &layout,
                       const DeviceTensor &wUk, const DeviceTensor &wUv,
                       const MlaSplitShape &shape, float scale,
-                      int64_t decompressAbove, DeviceTensor &out, bool &taken) {
+                      int64_t decompressAbove, DeviceTensor &out, bool &taken,
+                      const CausalProjectedQuery *projected = nullptr) {
     taken = false;
     // The host's copies where the caller gave them (a step's: every layer
     // would otherwise wait for a read-back), else read back.
@@ -1790,6 +1865,8 @@ private:
         return Status::ok();
     constexpr size_t kScoreFloats = size_t(64) << 20; // 256 MB of scores
     const bool fused = mlaDecompressedFusesBf16(shape);
+    if (projected && !fused)
+      return Status::ok();
     const size_t floats =
         mlaDecompressedScratchFloats(shape, runs, kScoreFloats, fused);
     DeviceTensor scratch;
@@ -1802,7 +1879,7 @@ private:
           static_cast<const float *>(wUk.data),
           static_cast<const float *>(wUv.data), shape, runs, scale,
           static_cast<float *>(scratch.data), floats, kScoreFloats, fused,
-          static_cast<float *>(out.data), flag_ + kCacheFlag);
+          static_cast<float *>(out.data), flag_ + kCacheFlag, projected);
     }));
     release(scratch); // stream-ordered: reused only by later work
     taken = !launched;

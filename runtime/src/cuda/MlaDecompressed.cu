@@ -221,9 +221,11 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     const float *wUv, const MlaSplitShape &s,
     const std::vector<DecompressedQueries> &runs, float scale, float *scratch,
     size_t scratchFloats, size_t budgetFloats, bool bf16Fused, float *out,
-    int32_t *bad) {
+    int32_t *bad, const CausalProjectedQuery *projected) {
   if (!mlaDecompressedFits(s) || (bf16Fused && !mlaDecompressedFusesBf16(s)))
     return {"mla (decompressed): unsupported shape"};
+  if (projected && !bf16Fused)
+    return {"mla (decompressed): projected queries need the fused attention"};
   if (mlaDecompressedScratchFloats(s, runs, budgetFloats, bf16Fused) >
       scratchFloats)
     return {"mla (decompressed): scratch too small"};
@@ -303,9 +305,14 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
             vb + size_t(first) * s.valueDim,
             rows};
       }
-      if (CudaStatus e = launched(causalAttentionBf16(
-              qNope, qRope, group, int(end - begin), heads, s.nope, s.rope,
-              s.valueDim, scale, out, stream)))
+      if (CudaStatus e = launched(
+              projected
+                  ? causalAttentionBf16(*projected, group, int(end - begin),
+                                        heads, s.nope, s.rope, s.valueDim,
+                                        scale, out, stream)
+                  : causalAttentionBf16(qNope, qRope, group, int(end - begin),
+                                        heads, s.nope, s.rope, s.valueDim,
+                                        scale, out, stream)))
         return e;
     }
     return CudaStatus::ok();
@@ -371,7 +378,8 @@ namespace melt::rt::cuda {
       GemmRunner &, const float *, const float *, const CacheT *,              \
       const PagedLayout &, const float *, const float *,                       \
       const MlaSplitShape &, const std::vector<DecompressedQueries> &, float,  \
-      float *, size_t, size_t, bool, float *, int32_t *);
+      float *, size_t, size_t, bool, float *, int32_t *,                       \
+      const CausalProjectedQuery *);
 MELT_DECOMPRESSED_READER(float)
 MELT_DECOMPRESSED_READER(__nv_bfloat16)
 #undef MELT_DECOMPRESSED_READER

@@ -29,6 +29,7 @@
 #ifndef MELT_RUNTIME_CUDA_MLADECOMPRESSED_H
 #define MELT_RUNTIME_CUDA_MLADECOMPRESSED_H
 
+#include "cuda/CausalAttention.h"
 #include "cuda/Gemm.h"
 #include "cuda/MlaSplit.h"
 
@@ -66,7 +67,9 @@ mlaDecompressedScratchFloats(const MlaSplitShape &shape,
 /// out [T, heads, valueDim] for the runs' tokens (others untouched). A
 /// position without a page sets *bad (its row is zero). `bf16Fused` where
 /// mlaDecompressedFusesBf16 (else cudaErrorInvalidValue's message).
-/// CacheT: float or __nv_bfloat16.
+/// `projected` (the fused form only; qNope and qRope unread): the queries
+/// as the projection leaves them, split and rotated by the attention
+/// kernel. CacheT: float or __nv_bfloat16.
 template <typename CacheT>
 CudaStatus
 mlaDecompressed(GemmRunner &gemm, const float *qNope, const float *qRope,
@@ -74,7 +77,8 @@ mlaDecompressed(GemmRunner &gemm, const float *qNope, const float *qRope,
                 const float *wUk, const float *wUv, const MlaSplitShape &shape,
                 const std::vector<DecompressedQueries> &runs, float scale,
                 float *scratch, size_t scratchFloats, size_t budgetFloats,
-                bool bf16Fused, float *out, int32_t *bad);
+                bool bf16Fused, float *out, int32_t *bad,
+                const CausalProjectedQuery *projected = nullptr);
 
 } // namespace melt::rt::cuda
 

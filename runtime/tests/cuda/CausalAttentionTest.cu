@@ -2,10 +2,13 @@
 // reference over the same BF16-rounded queries, keys and values: runs at
 // position 0 and after a cached prefix (more keys than the run reaches),
 // query counts that leave a block part-filled, several heads; several runs
-// in one launch against their own launches; and the arguments it refuses.
+// in one launch against their own launches; the queries as the projection
+// leaves them against the split and rotated ones; and the arguments it
+// refuses.
 // Kernel cases skip without a device.
 #include "CudaTestUtil.h"
 #include "cuda/CausalAttention.h"
+#include "cuda/ModelKernels.h"
 
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
@@ -227,6 +230,74 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
     cudaFree(p);
 }
 
+// Queries as the projection leaves them ([tokens, heads, 192], the rope
+// part's interleaved pairs not yet rotated): the kernel's own split and
+// rotation give the output of the split queries rotated by the rope kernel
+// (DeepSeek-V3's YaRN frequencies and scale, positions past 4096), bit for
+// bit.
+TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  const int heads = 3, tokens = 150;
+  const CausalRun run{10, 140, 60, 200};
+  std::mt19937 rng(11);
+  const std::vector<float> q = randoms(rng, size_t(tokens) * heads * kWidth);
+  std::vector<float> qNope, qRope;
+  for (size_t th = 0; th < size_t(tokens) * heads; ++th) {
+    qNope.insert(qNope.end(), q.begin() + th * kWidth,
+                 q.begin() + th * kWidth + kNope);
+    qRope.insert(qRope.end(), q.begin() + th * kWidth + kNope,
+                 q.begin() + (th + 1) * kWidth);
+  }
+  std::vector<int32_t> positions(static_cast<size_t>(tokens));
+  for (int t = 0; t < tokens; ++t)
+    positions[size_t(t)] = t < run.first ? 0 : 4000 + run.position + t;
+  CausalProjectedQuery projected;
+  RopeFrequencies freqs{};
+  for (int i = 0; i < kRope / 2; ++i) // YaRN-like: a spread of wavelengths
+    freqs.inverse[i] = projected.inverse[i] =
+        std::pow(10000.0, -2.0 * i / kRope) * (i < 8 ? 1.0 : 0.025);
+  projected.mscale = 1.1386;
+  auto bf16s = [&](size_t n) {
+    const std::vector<float> values = randoms(rng, n);
+    std::vector<__nv_bfloat16> v(n);
+    for (size_t i = 0; i < n; ++i)
+      v[i] = __float2bfloat16(values[i]);
+    return v;
+  };
+  __nv_bfloat16 *dK = toDevice(bf16s(size_t(heads) * run.keys * kWidth));
+  __nv_bfloat16 *dV = toDevice(bf16s(size_t(heads) * run.keys * kValue));
+  float *dQ = toDevice(q), *dQn = toDevice(qNope), *dQr = toDevice(qRope);
+  int32_t *dPositions = toDevice(positions);
+  const size_t outCount = size_t(tokens) * heads * kValue;
+  float *split = deviceArray<float>(outCount);
+  float *fromProjection = deviceArray<float>(outCount);
+  ASSERT_EQ(rope({dQr, false}, dPositions, tokens, heads, kRope,
+                 /*interleaved=*/true, freqs, projected.mscale, {dQr, false},
+                 nullptr),
+            cudaSuccess);
+  const float scale = 1.f / std::sqrt(float(kWidth));
+  const CausalRunOperands operands{run, dK, dV};
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, &operands, 1, heads, kNope, kRope,
+                                kValue, scale, split, nullptr),
+            cudaSuccess);
+  projected.q = dQ, projected.positions = dPositions;
+  ASSERT_EQ(causalAttentionBf16(projected, &operands, 1, heads, kNope, kRope,
+                                kValue, scale, fromProjection, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> want = toHost(split, outCount),
+                           have = toHost(fromProjection, outCount);
+  for (int t = run.first; t < run.first + run.count; ++t)
+    for (int e = 0; e < heads * kValue; ++e) {
+      const size_t i = size_t(t) * heads * kValue + e;
+      ASSERT_EQ(have[i], want[i]) << "token " << t << ", head " << e / kValue;
+    }
+  for (void *p : std::vector<void *>{dK, dV, dQ, dQn, dQr, dPositions, split,
+                                     fromProjection})
+    cudaFree(p);
+}
+
 // Arguments it refuses before launching anything (no device needed).
 TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
   float *none = nullptr;
@@ -254,4 +325,22 @@ TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
                                 128, 1.f, none, nullptr),
             cudaSuccess)
       << "empty runs only";
+  CausalRunOperands shared = many[0];
+  shared.run = {0, 4, 0, 8};
+  shared.headRows = 6;
+  EXPECT_EQ(causalAttentionBf16(none, none, &shared, 1, 1, 128, 64, 128, 1.f,
+                                none, nullptr),
+            cudaErrorInvalidValue)
+      << "a head's rows fewer than the run's keys";
+  CausalProjectedQuery projected;
+  EXPECT_EQ(causalAttentionBf16(projected, many, 1, 1, 128, 64, 128, 1.f, none,
+                                nullptr),
+            cudaErrorInvalidValue)
+      << "projected queries without the queries";
+  projected.q = reinterpret_cast<const float *>(uintptr_t(256));
+  projected.positions = reinterpret_cast<const int32_t *>(uintptr_t(256));
+  EXPECT_EQ(causalAttentionBf16(projected, many, 1, 1, 128, 32, 128, 1.f, none,
+                                nullptr),
+            cudaErrorInvalidValue)
+      << "projected queries of another rope width";
 }
