@@ -175,6 +175,10 @@ public:
                    std::vector<float> &split, std::vector<float> &projected,
                    int64_t decompressAbove = int64_t(1) << 30);
 
+  /// mlaBothWays over the paged batches' steps (a BF16 latent cache at
+  /// DeepSeek-V3's MLA dims, YaRN, H heads): the same bits both ways.
+  void expectMlaOfQueryIsSplitRopeThenMla(int64_t H, int64_t decompressAbove);
+
   std::unique_ptr<Device> device;
   std::vector<DeviceTensor> owned;
   std::mt19937 rng{42};
@@ -842,62 +846,9 @@ TEST_P(DeviceConformance, GatherPartsIsPlaceOneByOne) {
   EXPECT_TRUE(device->gatherParts(parts, offset + 4, have));
 }
 
-// An MLA with its query's split and rope in its call (Device::mlaOfQuery):
-// bit for bit the slices, the rope and mla, over a BF16 latent cache at
-// DeepSeek-V3's MLA dims (YaRN), for 16 and 128 heads, at the paged
-// batches' prefills and their decode step (a GPU with
-// MELT_CUDA_FUSED_MLA_QUERY=1 reads and rotates the query in its absorb
-// kernel there).
-TEST_P(DeviceConformance, MlaOfQueryIsSplitRopeThenMla) {
-  reopenWith("MELT_CUDA_FUSED_MLA_QUERY", "1");
-  if (HasFatalFailure())
-    return;
+void DeviceConformance::expectMlaOfQueryIsSplitRopeThenMla(
+    int64_t H, int64_t decompressAbove) {
   const int64_t N = 128, R = 64, L = 512, V = 128;
-  const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/1);
-  for (int64_t H : {16, 128}) {
-    // (The CPU runs the calls apart: one head count shows it.)
-    if (device->name().rfind("cuda", 0) != 0 && H > 16)
-      break;
-    DeviceTensor dUk = put(random(DType::F32, {H, N, L}, rng, 0.05f));
-    DeviceTensor dUv = put(random(DType::F32, {H, V, L}, rng, 0.05f));
-    PagedBatches batches;
-    const int64_t rows = PagedBatches::kPages * kPageTokens;
-    DeviceTensor cache = make(DType::BF16, {rows, L + R});
-    for (const PagedBatches::Step &step : batches.steps) {
-      const int64_t T = int64_t(step.positions.size());
-      CacheLayout layout = batches.layout(*this, step);
-      layout.hostPositions = step.positions.data();
-      layout.hostSequences = step.sequences.data();
-      ASSERT_FALSE(device->cacheAppend(put(random(DType::F32, {T, L}, rng)),
-                                       put(random(DType::F32, {T, R}, rng)),
-                                       layout, cache));
-      DeviceTensor q = put(random(DType::F32, {T, H, N + R}, rng));
-      std::vector<float> want, have;
-      mlaBothWays(q, N, yarn, cache, layout, dUk, dUv, want, have);
-      if (HasFatalFailure())
-        return;
-      EXPECT_EQ(have, want) << H << " heads, " << T << " tokens";
-    }
-  }
-  ASSERT_FALSE(device->synchronize());
-}
-
-// The same in the decompressed form of a prefill (K and V per head, the
-// fused BF16 attention; forced here by MELT_CUDA_MLA_TENSOR_CORES=1 and a
-// threshold of one query): with MELT_CUDA_PREFILL_MLA_QUERY=1 a GPU's
-// attention kernel splits and rotates the projected query as it reads it,
-// bit for bit the split's copies, the rope kernel and mla(), over the paged
-// batches' prefills (two sequences; one continuing a cached prefix) and
-// their decode step.
-TEST_P(DeviceConformance, MlaOfQueryDecompressedIsSplitRopeThenMla) {
-  setenv("MELT_CUDA_PREFILL_MLA_QUERY", "1", 1);
-  setenv("MELT_CUDA_MLA_TENSOR_CORES", "1", 1);
-  reopenWith("MELT_CUDA_FUSED_MLA_QUERY", "1");
-  unsetenv("MELT_CUDA_PREFILL_MLA_QUERY");
-  unsetenv("MELT_CUDA_MLA_TENSOR_CORES");
-  if (HasFatalFailure())
-    return;
-  const int64_t H = 16, N = 128, R = 64, L = 512, V = 128;
   const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/1);
   DeviceTensor dUk = put(random(DType::F32, {H, N, L}, rng, 0.05f));
   DeviceTensor dUv = put(random(DType::F32, {H, V, L}, rng, 0.05f));
@@ -915,12 +866,46 @@ TEST_P(DeviceConformance, MlaOfQueryDecompressedIsSplitRopeThenMla) {
     DeviceTensor q = put(random(DType::F32, {T, H, N + R}, rng));
     std::vector<float> want, have;
     mlaBothWays(q, N, yarn, cache, layout, dUk, dUv, want, have,
-                /*decompressAbove=*/1);
-    if (HasFatalFailure())
+                decompressAbove);
+    if (testing::Test::HasFatalFailure())
       return;
-    EXPECT_EQ(have, want) << T << " tokens";
+    EXPECT_EQ(have, want) << H << " heads, " << T << " tokens";
   }
   ASSERT_FALSE(device->synchronize());
+}
+
+// An MLA with its query's split and rope in its call (Device::mlaOfQuery):
+// bit for bit the slices, the rope and mla, over a BF16 latent cache at
+// DeepSeek-V3's MLA dims (YaRN), for 16 and 128 heads, at the paged
+// batches' prefills and their decode step (a GPU with
+// MELT_CUDA_FUSED_MLA_QUERY=1 reads and rotates the query in its absorb
+// kernel there).
+TEST_P(DeviceConformance, MlaOfQueryIsSplitRopeThenMla) {
+  reopenWith("MELT_CUDA_FUSED_MLA_QUERY", "1");
+  if (HasFatalFailure())
+    return;
+  expectMlaOfQueryIsSplitRopeThenMla(16, int64_t(1) << 30);
+  // (The CPU runs the calls apart: one head count shows it.)
+  if (device->name().rfind("cuda", 0) == 0)
+    expectMlaOfQueryIsSplitRopeThenMla(128, int64_t(1) << 30);
+}
+
+// The same in the decompressed form of a prefill (K and V per head, the
+// fused BF16 attention; forced here by MELT_CUDA_MLA_TENSOR_CORES=1 and a
+// threshold of one query): with MELT_CUDA_PREFILL_MLA_QUERY=1 a GPU's
+// attention kernel splits and rotates the projected query as it reads it,
+// bit for bit the split's copies, the rope kernel and mla(), over the paged
+// batches' prefills (two sequences; one continuing a cached prefix) and
+// their decode step.
+TEST_P(DeviceConformance, MlaOfQueryDecompressedIsSplitRopeThenMla) {
+  setenv("MELT_CUDA_PREFILL_MLA_QUERY", "1", 1);
+  setenv("MELT_CUDA_MLA_TENSOR_CORES", "1", 1);
+  reopenWith("MELT_CUDA_FUSED_MLA_QUERY", "1");
+  unsetenv("MELT_CUDA_PREFILL_MLA_QUERY");
+  unsetenv("MELT_CUDA_MLA_TENSOR_CORES");
+  if (HasFatalFailure())
+    return;
+  expectMlaOfQueryIsSplitRopeThenMla(16, /*decompressAbove=*/1);
 }
 
 // A decode step's MLA of a few sequences over a short table as one kernel

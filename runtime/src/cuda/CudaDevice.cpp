@@ -921,7 +921,7 @@ public:
                         maxVisible};
     const KernelPlan *plan = planOf(wUk);
     bool perHead = plan && plan->variant == 2;
-    bool tensorCores = mlaOnTensorCores(wUk);
+    bool tensorCores = mlaTakesTensorCores(wUk);
     if (takesDecompressedForm(wUk, shape, decompressAbove)) {
       bool taken = false;
       MELT_RETURN_IF_ERROR(mlaDecompressedForm(qNope, qRope, cache, layout, wUk,
@@ -964,7 +964,7 @@ public:
   /// Whether a prefill's MLA (16 query rows a sequence or more) runs on
   /// tensor cores in BF16: where the compiler chose it (BF16 attention),
   /// or where asked.
-  bool mlaOnTensorCores(const DeviceTensor &wUk) const {
+  bool mlaTakesTensorCores(const DeviceTensor &wUk) const {
     const KernelPlan *plan = planOf(wUk);
     return mlaTensorCores_ == 1 ||
            (mlaTensorCores_ < 0 && plan && plan->variant == 3);
@@ -979,7 +979,7 @@ public:
                              int64_t decompressAbove) const {
     const KernelPlan *plan = planOf(wUk);
     const bool perHead = plan && plan->variant == 2;
-    return mlaDecompressed_ && mlaOnTensorCores(wUk) && !capturing_ &&
+    return mlaDecompressed_ && mlaTakesTensorCores(wUk) && !capturing_ &&
            !perHead && shape.tokens > decompressAbove &&
            mlaDecompressedFits(shape);
   }
@@ -1010,13 +1010,7 @@ public:
                  isDecodeStep(layout, int(q.shape[0]));
     MlaSplitShape shape{};
     if (taken) {
-      shape = MlaSplitShape{int(q.shape[0]),
-                            int(q.shape[1]),
-                            int(nope),
-                            int(ropeDim),
-                            int(wUk.shape[2]),
-                            int(wUv.shape[1]),
-                            int(layout.pages.shape[1] * kPageTokens)};
+      shape = mlaShapeOfQuery(q, nope, ropeDim, wUk, wUv, layout);
       taken = mlaDecodeStepFits(shape) && wUk.shape[0] == q.shape[1] &&
               wUk.shape[1] == nope && cache.shape.size() == 2 &&
               cache.shape[1] == wUk.shape[2] + ropeDim &&
@@ -1045,6 +1039,21 @@ public:
     projected.mscale = ropeOutputScale(rope);
     return mlaDecodeStepForm(nullptr, nullptr, cache, layout, wUk, wUv, shape,
                              scale, out, &projected);
+  }
+
+  /// The MLA's shape for a query [T, H, nope + ropeDim] (3-D weights, a
+  /// 2-D page table: the caller checked).
+  static MlaSplitShape mlaShapeOfQuery(const DeviceTensor &q, int64_t nope,
+                                       int64_t ropeDim, const DeviceTensor &wUk,
+                                       const DeviceTensor &wUv,
+                                       const CacheLayout &layout) {
+    return MlaSplitShape{int(q.shape[0]),
+                         int(q.shape[1]),
+                         int(nope),
+                         int(ropeDim),
+                         int(wUk.shape[2]),
+                         int(wUv.shape[1]),
+                         int(layout.pages.shape[1] * kPageTokens)};
   }
 
   /// A long prefill's MLA in the decompressed form with the query as the
@@ -1076,13 +1085,8 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
-    const MlaSplitShape shape{int(q.shape[0]),
-                              int(q.shape[1]),
-                              int(nope),
-                              int(ropeDim),
-                              int(wUk.shape[2]),
-                              int(wUv.shape[1]),
-                              int(layout.pages.shape[1] * kPageTokens)};
+    const MlaSplitShape shape =
+        mlaShapeOfQuery(q, nope, ropeDim, wUk, wUv, layout);
     if (!takesDecompressedForm(wUk, shape, decompressAbove) ||
         !mlaDecompressedFusesBf16(shape))
       return Status::ok();

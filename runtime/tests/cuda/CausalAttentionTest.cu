@@ -36,6 +36,15 @@ std::vector<float> randoms(std::mt19937 &rng, size_t n) {
   return v;
 }
 
+/// n standard-normal values rounded to BF16.
+std::vector<__nv_bfloat16> bf16Randoms(std::mt19937 &rng, size_t n) {
+  const std::vector<float> values = randoms(rng, n);
+  std::vector<__nv_bfloat16> v(n);
+  for (size_t i = 0; i < n; ++i)
+    v[i] = __float2bfloat16(values[i]);
+  return v;
+}
+
 struct Case {
   int heads, tokens; // tokens in the step; the run is a slice of them
   CausalRun run;
@@ -139,21 +148,14 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   const std::vector<CausalRun> runs = {
       {0, 130, 0, 130}, {130, 0, 0, 0}, {130, 1, 0, 1}, {131, 169, 40, 260}};
   std::mt19937 rng(5);
-  auto bf16s = [&](size_t n) {
-    const std::vector<float> values = randoms(rng, n);
-    std::vector<__nv_bfloat16> v(n);
-    for (size_t i = 0; i < n; ++i)
-      v[i] = __float2bfloat16(values[i]);
-    return v;
-  };
   float *dQn = toDevice(randoms(rng, size_t(tokens) * heads * kNope));
   float *dQr = toDevice(randoms(rng, size_t(tokens) * heads * kRope));
   std::vector<CausalRunOperands> operands;
   std::vector<void *> owned = {dQn, dQr};
   for (const CausalRun &run : runs) {
     const size_t keys = size_t(std::max(run.keys, 1));
-    __nv_bfloat16 *k = toDevice(bf16s(heads * keys * kWidth));
-    __nv_bfloat16 *v = toDevice(bf16s(heads * keys * kValue));
+    __nv_bfloat16 *k = toDevice(bf16Randoms(rng, heads * keys * kWidth));
+    __nv_bfloat16 *v = toDevice(bf16Randoms(rng, heads * keys * kValue));
     operands.push_back({run, k, v});
     owned.push_back(k);
     owned.push_back(v);
@@ -258,15 +260,10 @@ TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
     freqs.inverse[i] = projected.inverse[i] =
         std::pow(10000.0, -2.0 * i / kRope) * (i < 8 ? 1.0 : 0.025);
   projected.mscale = 1.1386;
-  auto bf16s = [&](size_t n) {
-    const std::vector<float> values = randoms(rng, n);
-    std::vector<__nv_bfloat16> v(n);
-    for (size_t i = 0; i < n; ++i)
-      v[i] = __float2bfloat16(values[i]);
-    return v;
-  };
-  __nv_bfloat16 *dK = toDevice(bf16s(size_t(heads) * run.keys * kWidth));
-  __nv_bfloat16 *dV = toDevice(bf16s(size_t(heads) * run.keys * kValue));
+  __nv_bfloat16 *dK =
+      toDevice(bf16Randoms(rng, size_t(heads) * run.keys * kWidth));
+  __nv_bfloat16 *dV =
+      toDevice(bf16Randoms(rng, size_t(heads) * run.keys * kValue));
   float *dQ = toDevice(q), *dQn = toDevice(qNope), *dQr = toDevice(qRope);
   int32_t *dPositions = toDevice(positions);
   const size_t outCount = size_t(tokens) * heads * kValue;
