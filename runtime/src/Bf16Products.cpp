@@ -12,7 +12,7 @@ struct Search {
   const fb::Model &model;
   const FunctionUses &uses;
   const std::set<uint32_t> &excluded, &excludedValues;
-  const std::function<bool(fb::KernelKind)> &readsBf16;
+  const std::function<bool(uint32_t kernel)> &readsBf16;
 
   /// Whether every reader of `value` reads it as BF16 (splits and reshapes
   /// by their values' readers).
@@ -32,7 +32,7 @@ struct Search {
         for (uint32_t part : *kernel.outputs())
           if (!readAsBf16(part))
             return false;
-      } else if (!readsBf16(kind)) {
+      } else if (!readsBf16(reader)) {
         return false;
       }
     }
@@ -46,7 +46,7 @@ std::set<uint32_t> melt::rt::findBf16Products(
     const fb::Model &model, const fb::Function &function,
     const std::set<uint32_t> &excluded,
     const std::set<uint32_t> &excludedValues,
-    const std::function<bool(fb::KernelKind)> &readsBf16,
+    const std::function<bool(uint32_t kernel)> &readsBf16,
     const std::function<bool(uint32_t kernel)> &writesBf16) {
   std::set<uint32_t> found;
   if (!function.kernels() || !model.kernels())

@@ -31,7 +31,7 @@ namespace melt::rt {
 /// The Linear kernels of `function` (one weight, a BF16 output precision)
 /// whose value is no output of the function, is none of `excludedValues`
 /// (values other kernels read in F32: the logit rows' gathers), and is read
-/// only by kernels for which `readsBf16(kind)` holds or, recursively, by
+/// only by kernels for which `readsBf16(kernel)` holds or, recursively, by
 /// Split and Reshape kernels whose values are so read; none of them in
 /// `excluded` (kernels another fusion runs in its own call), and
 /// `writesBf16(linear)` holding.
@@ -39,7 +39,7 @@ std::set<uint32_t>
 findBf16Products(const fb::Model &model, const fb::Function &function,
                  const std::set<uint32_t> &excluded,
                  const std::set<uint32_t> &excludedValues,
-                 const std::function<bool(fb::KernelKind)> &readsBf16,
+                 const std::function<bool(uint32_t kernel)> &readsBf16,
                  const std::function<bool(uint32_t kernel)> &writesBf16);
 
 } // namespace melt::rt

@@ -396,6 +396,9 @@ public:
                             const CacheLayout &layout, const DeviceTensor &wUk,
                             const DeviceTensor &wUv, float scale,
                             int64_t decompressAbove, DeviceTensor &out);
+  /// Whether mlaOfQuery takes a BF16 q (the F32 of its values): then the
+  /// query projection may stay BF16 where it writes so (Bf16Products.h).
+  virtual bool mlaOfQueryReadsBf16() const { return false; }
   /// The element type a session keeps the latent cache of the MLA that
   /// absorbs `wUk` in, given the type the compiler chose for it
   /// (`compiled`: the artifact's, from melt-assign-precision: the

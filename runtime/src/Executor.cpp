@@ -489,7 +489,8 @@ Status DeviceModel::create(const Model &model, Device &device,
   // Products whose readers all read BF16 activations, kept in BF16 where
   // the device writes them so: not those a shared-expert call or the
   // logit rows' kernels make or read (the rows' gathers read F32), nor a
-  // query the MLA's call splits. On by default since session 24's run on
+  // query the MLA's call splits unless its mlaOfQuery reads BF16. On by
+  // default since session 24's run on
   // the H200 (the same greedy tokens, prefill +1-3%:
   // bench/results/bf16_products_ab_s24_h200.txt); MELT_BF16_PRODUCTS=0
   // widens every product to F32 as before.
@@ -497,13 +498,19 @@ Status DeviceModel::create(const Model &model, Device &device,
     std::set<uint32_t> excluded = dm.logitOnly_.kernels, excludedValues;
     for (const auto &[first, f] : dm.sharedExperts_)
       excluded.insert(f.kernels.begin(), f.kernels.end());
-    for (const auto &[split, f] : dm.mlaQuerySplits_)
-      excluded.insert(split);
+    const bool queriesInBf16 = device.mlaOfQueryReadsBf16();
+    if (!queriesInBf16)
+      for (const auto &[split, f] : dm.mlaQuerySplits_)
+        excluded.insert(split);
     for (const auto &[value, maker] : dm.logitOnly_.madeBy)
       excludedValues.insert(value);
     dm.bf16Products_ = findBf16Products(
         m, *dm.forward_, excluded, excludedValues,
-        [](fb::KernelKind kind) {
+        [&](uint32_t k) {
+          const fb::KernelKind kind = m.kernels()->Get(k)->kind();
+          // An MLA whose call reads its query from the projection.
+          if (kind == fb::KernelKind::MLA)
+            return queriesInBf16 && dm.mlaQueries_.count(k) != 0;
           return kind == fb::KernelKind::Add ||
                  kind == fb::KernelKind::RMSNorm ||
                  kind == fb::KernelKind::Rope ||

@@ -80,6 +80,32 @@ TEST(Bf16Products, ProductsInBf16GiveTheSameLogits) {
   }
 }
 
+// Where the device's mlaOfQuery reads a BF16 query projection (the CUDA
+// device with MELT_CUDA_PREFILL_MLA_QUERY=1), q_b_proj is such a product
+// too: the MLA's call takes it, the logits the same bits.
+TEST(Bf16Products, QueryProjectionInBf16WhereTheMlaReadsIt) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  QuantizingCpuDevice plain, narrowing;
+  narrowing.writesBf16Products = narrowing.takesMlaQueryInBf16 = true;
+  std::unique_ptr<DeviceModel> onPlain, onNarrowing;
+  Status made = DeviceModel::create(*model, plain, onPlain);
+  if (!made)
+    made = DeviceModel::create(*model, narrowing, onNarrowing);
+  ASSERT_FALSE(made) << made.message();
+  EXPECT_GT(onNarrowing->mlaQueryFusions(), 0u);
+  EXPECT_EQ(productWeights(*model, *onNarrowing),
+            (std::set<std::string>{"self_attn.o_proj", "self_attn.qkv_a_proj",
+                                   "self_attn.q_b_proj", "mlp.gate_proj",
+                                   "mlp.up_proj", "mlp.down_proj"}));
+  std::vector<float> want = stepLogits(*onPlain),
+                     have = stepLogits(*onNarrowing);
+  EXPECT_GT(narrowing.bf16Queries, 0);
+  expectSameLogits(have, want);
+}
+
 // On by default (run on the H200 in session 24); MELT_BF16_PRODUCTS=0 finds
 // none.
 TEST(Bf16Products, OnByDefaultAndOffWhereAsked) {

@@ -863,13 +863,27 @@ void DeviceConformance::expectMlaOfQueryIsSplitRopeThenMla(
     ASSERT_FALSE(device->cacheAppend(put(random(DType::F32, {T, L}, rng)),
                                      put(random(DType::F32, {T, R}, rng)),
                                      layout, cache));
-    DeviceTensor q = put(random(DType::F32, {T, H, N + R}, rng));
+    // Values BF16 holds, so that a device reading a BF16 projection
+    // (mlaOfQueryReadsBf16) is asked for the same again.
+    HostTensor values = random(DType::BF16, {T, H, N + R}, rng);
+    values.dtype = DType::F32;
+    DeviceTensor q = put(values);
     std::vector<float> want, have;
     mlaBothWays(q, N, yarn, cache, layout, dUk, dUv, want, have,
                 decompressAbove);
     if (testing::Test::HasFatalFailure())
       return;
     EXPECT_EQ(have, want) << H << " heads, " << T << " tokens";
+    if (!device->mlaOfQueryReadsBf16())
+      continue;
+    values.dtype = DType::BF16;
+    DeviceTensor fromBf16 = make(DType::F32, {T, H, V});
+    Status s = device->mlaOfQuery(
+        put(values), N, layout.positions, yarn, cache, layout, dUk, dUv,
+        1.f / std::sqrt(float(N + R)), decompressAbove, fromBf16);
+    ASSERT_FALSE(s) << s.message();
+    EXPECT_EQ(get(fromBf16), want)
+        << "a BF16 query: " << H << " heads, " << T << " tokens";
   }
   ASSERT_FALSE(device->synchronize());
 }

@@ -157,6 +157,24 @@ public:
     return writesBf16Products && quantizesFp8Input(weight);
   }
   bool readsBf16Activations() const override { return writesBf16Products; }
+  // Where takesMlaQueryInBf16: the MLA's query from its projection, a BF16
+  // one widened first (what the CUDA device reads as the F32 of its
+  // values), then the calls apart.
+  bool fusesMlaQuery() const override { return takesMlaQueryInBf16; }
+  bool mlaOfQueryReadsBf16() const override { return takesMlaQueryInBf16; }
+  Status mlaOfQuery(const DeviceTensor &q, int64_t nope,
+                    const DeviceTensor &positions, const RopeParams &rope,
+                    const DeviceTensor &cache, const CacheLayout &layout,
+                    const DeviceTensor &wUk, const DeviceTensor &wUv,
+                    float scale, int64_t decompressAbove,
+                    DeviceTensor &out) override {
+    if (q.dtype == DType::BF16)
+      ++bf16Queries;
+    return withF32(q, [&](const DeviceTensor &wide) {
+      return CpuDevice::mlaOfQuery(wide, nope, positions, rope, cache, layout,
+                                   wUk, wUv, scale, decompressAbove, out);
+    });
+  }
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
     return withF32(x, [&](const DeviceTensor &u) {
@@ -196,8 +214,9 @@ public:
         });
   }
 
-  bool preparesInNorms = false, writesBf16Products = false;
-  int bf16Products = 0, bf16Reads = 0;
+  bool preparesInNorms = false, writesBf16Products = false,
+       takesMlaQueryInBf16 = false;
+  int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0;
 

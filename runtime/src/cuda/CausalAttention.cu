@@ -56,13 +56,24 @@ struct CausalRunList {
 
 /// Where a token-head's queries are: its nope part at nope + th *
 /// nopeStride, its rope part at rope + th * ropeStride (th = token x heads
-/// + head); the rope part rotated already, or (rotation.positions set)
-/// rotated as it is read.
+/// + head), F32 or (bf16) BF16; the rope part rotated already, or
+/// (rotation.positions set) rotated as it is read.
 struct QuerySource {
-  const float *nope = nullptr, *rope = nullptr;
+  const void *nope = nullptr, *rope = nullptr;
   int nopeStride = 0, ropeStride = 0;
+  bool bf16 = false;
   CausalProjectedQuery rotation;
 };
+
+/// Two consecutive query values at element `at` of F32 or BF16 rows.
+__device__ __forceinline__ float2 loadQueryPair(const void *rows, size_t at,
+                                                bool bf16) {
+  if (bf16)
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
+        static_cast<const __nv_bfloat16 *>(rows) + at));
+  return *reinterpret_cast<const float2 *>(static_cast<const float *>(rows) +
+                                           at);
+}
 
 /// Grid blocks x heads x runs (blocks: of the longest run), 128 threads;
 /// block i takes query block blocks - 1 - i / (heads x runs) (the last
@@ -111,13 +122,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int s = 0; s < W::qkSteps; ++s) {
       const int c = 16 * s + 2 * t;
-      const float *row = c < kNope
-                             ? query.nope + th * query.nopeStride + c
-                             : query.rope + th * query.ropeStride + (c - kNope);
+      const void *rows = c < kNope ? query.nope : query.rope;
+      const size_t at = c < kNope ? th * query.nopeStride + c
+                                  : th * query.ropeStride + (c - kNope);
       float2 lo =
-          in ? *reinterpret_cast<const float2 *>(row) : make_float2(0.f, 0.f);
-      float2 hi = in ? *reinterpret_cast<const float2 *>(row + 8)
-                     : make_float2(0.f, 0.f);
+          in ? loadQueryPair(rows, at, query.bf16) : make_float2(0.f, 0.f);
+      float2 hi =
+          in ? loadQueryPair(rows, at + 8, query.bf16) : make_float2(0.f, 0.f);
       if (16 * s >= kNope && rotate) {
         // Interleaved pairs: (c, c + 1) is pair (c - nope) / 2, eight
         // columns on four pairs more.
@@ -333,11 +344,15 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
     const CausalProjectedQuery &projected, const CausalRunOperands *runs,
     int runCount, int heads, int nope, int rope, int valueDim, float scale,
     float *out, cudaStream_t stream) {
-  if (!projected.q || !projected.positions ||
+  if (!projected.q == !projected.qBf16 || !projected.positions ||
       rope != 2 * int(std::size(projected.inverse)))
     return cudaErrorInvalidValue;
   QuerySource query;
-  query.nope = projected.q, query.rope = projected.q + nope;
+  if (projected.qBf16)
+    query.nope = projected.qBf16, query.rope = projected.qBf16 + nope;
+  else
+    query.nope = projected.q, query.rope = projected.q + nope;
+  query.bf16 = projected.qBf16 != nullptr;
   query.nopeStride = query.ropeStride = nope + rope;
   query.rotation = projected;
   return launchCausalAttention(query, runs, runCount, heads, nope, rope,

@@ -45,14 +45,16 @@ struct CausalRunOperands {
 /// Runs one launch takes.
 constexpr int kCausalMaxRuns = 32;
 /// The queries as the query projection leaves them, split and rotated by
-/// the kernel as it reads them: q [tokens, heads, nope + rope] F32, the
-/// rope part's pairs interleaved (DeepSeek's) and not yet rotated; each
-/// token's position; the rope's 32 pairs' inverse frequencies and its
-/// output scale. The rope kernel's arithmetic (RopeRotation.cuh): the
-/// values of the split's copies and the rope kernel, bit for bit, without
-/// their three kernels (mini's 8x1024 prefill: 73 us a layer).
+/// the kernel as it reads them: q [tokens, heads, nope + rope] F32 (or
+/// qBf16: BF16, read as the F32 of its values), the rope part's pairs
+/// interleaved (DeepSeek's) and not yet rotated; each token's position; the
+/// rope's 32 pairs' inverse frequencies and its output scale. The rope
+/// kernel's arithmetic (RopeRotation.cuh): the values of the split's copies
+/// and the rope kernel, bit for bit, without their three kernels (mini's
+/// 8x1024 prefill: 73 us a layer).
 struct CausalProjectedQuery {
   const float *q = nullptr;
+  const __nv_bfloat16 *qBf16 = nullptr;
   const int32_t *positions = nullptr;
   double inverse[32] = {};
   double mscale = 1.0;

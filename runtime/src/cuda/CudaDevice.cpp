@@ -1025,8 +1025,20 @@ public:
           decompressAbove, out, prefillTaken));
       if (prefillTaken)
         return Status::ok();
-      return Device::mlaOfQuery(q, nope, positions, rope, cache, layout, wUk,
-                                wUv, scale, decompressAbove, out);
+      if (q.dtype != DType::BF16)
+        return Device::mlaOfQuery(q, nope, positions, rope, cache, layout, wUk,
+                                  wUv, scale, decompressAbove, out);
+      // A BF16 projection (mlaOfQueryReadsBf16) where the prefill's form
+      // does not apply: its F32 values, then the calls apart.
+      DeviceTensor wide;
+      MELT_RETURN_IF_ERROR(allocate(DType::F32, q.shape, wide));
+      Status status = check(
+          convert(operand(q), size_t(q.numel()), result(wide), stream_), "mla");
+      if (!status)
+        status = Device::mlaOfQuery(wide, nope, positions, rope, cache, layout,
+                                    wUk, wUv, scale, decompressAbove, out);
+      release(wide); // stream-ordered: reused only by later work
+      return status;
     }
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(flags());
@@ -1071,7 +1083,8 @@ public:
                            bool &taken) {
     taken = false;
     CausalProjectedQuery projected;
-    if (!prefillMlaQuery_ || !rope.interleaved || q.dtype != DType::F32 ||
+    if (!prefillMlaQuery_ || !rope.interleaved ||
+        (q.dtype != DType::F32 && q.dtype != DType::BF16) ||
         q.shape.size() != 3 ||
         ropeDim != 2 * int64_t(std::size(projected.inverse)) ||
         positions.dtype != DType::I32 || positions.numel() != q.shape[0] ||
@@ -1082,6 +1095,7 @@ public:
     DeviceTensor qNope = q, qRope = q;
     qNope.shape = {q.shape[0], q.shape[1], nope};
     qRope.shape = {q.shape[0], q.shape[1], ropeDim};
+    qNope.dtype = qRope.dtype = DType::F32;
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
@@ -1091,7 +1105,10 @@ public:
         !mlaDecompressedFusesBf16(shape))
       return Status::ok();
     MELT_RETURN_IF_ERROR(flags());
-    projected.q = static_cast<const float *>(q.data);
+    if (q.dtype == DType::BF16)
+      projected.qBf16 = static_cast<const __nv_bfloat16 *>(q.data);
+    else
+      projected.q = static_cast<const float *>(q.data);
     projected.positions = static_cast<const int32_t *>(positions.data);
     const std::vector<double> inverse = ropeInverseFrequencies(rope, ropeDim);
     std::copy(inverse.begin(), inverse.end(), projected.inverse);
@@ -1100,8 +1117,10 @@ public:
                                scale, decompressAbove, out, taken, &projected);
   }
   /// MELT_CUDA_PREFILL_MLA_QUERY=1: prefillMlaOfQuery (off until run on a
-  /// GPU).
+  /// GPU), and with it the query projection in BF16 where it is written so
+  /// (the prefill's form reads it; elsewhere mlaOfQuery widens it first).
   bool prefillMlaQuery_ = envSwitch("MELT_CUDA_PREFILL_MLA_QUERY", false);
+  bool mlaOfQueryReadsBf16() const override { return prefillMlaQuery_; }
 
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override {

@@ -233,17 +233,22 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
 }
 
 // Queries as the projection leaves them ([tokens, heads, 192], the rope
-// part's interleaved pairs not yet rotated): the kernel's own split and
-// rotation give the output of the split queries rotated by the rope kernel
-// (DeepSeek-V3's YaRN frequencies and scale, positions past 4096), bit for
-// bit.
+// part's interleaved pairs not yet rotated), in F32 and in BF16 (values
+// BF16 holds): the kernel's own split and rotation give the output of the
+// split queries rotated by the rope kernel (YaRN-like frequencies and
+// scale, positions past 4096), bit for bit.
 TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
   const int heads = 3, tokens = 150;
   const CausalRun run{10, 140, 60, 200};
   std::mt19937 rng(11);
-  const std::vector<float> q = randoms(rng, size_t(tokens) * heads * kWidth);
+  std::vector<float> q = randoms(rng, size_t(tokens) * heads * kWidth);
+  std::vector<__nv_bfloat16> qBf16(q.size());
+  for (size_t i = 0; i < q.size(); ++i) {
+    qBf16[i] = __float2bfloat16(q[i]);
+    q[i] = __bfloat162float(qBf16[i]);
+  }
   std::vector<float> qNope, qRope;
   for (size_t th = 0; th < size_t(tokens) * heads; ++th) {
     qNope.insert(qNope.end(), q.begin() + th * kWidth,
@@ -265,10 +270,12 @@ TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
   __nv_bfloat16 *dV =
       toDevice(bf16Randoms(rng, size_t(heads) * run.keys * kValue));
   float *dQ = toDevice(q), *dQn = toDevice(qNope), *dQr = toDevice(qRope);
+  __nv_bfloat16 *dQBf16 = toDevice(qBf16);
   int32_t *dPositions = toDevice(positions);
   const size_t outCount = size_t(tokens) * heads * kValue;
   float *split = deviceArray<float>(outCount);
   float *fromProjection = deviceArray<float>(outCount);
+  float *fromBf16Projection = deviceArray<float>(outCount);
   ASSERT_EQ(rope({dQr, false}, dPositions, tokens, heads, kRope,
                  /*interleaved=*/true, freqs, projected.mscale, {dQr, false},
                  nullptr),
@@ -282,16 +289,24 @@ TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
   ASSERT_EQ(causalAttentionBf16(projected, &operands, 1, heads, kNope, kRope,
                                 kValue, scale, fromProjection, nullptr),
             cudaSuccess);
+  CausalProjectedQuery inBf16 = projected;
+  inBf16.q = nullptr, inBf16.qBf16 = dQBf16;
+  ASSERT_EQ(causalAttentionBf16(inBf16, &operands, 1, heads, kNope, kRope,
+                                kValue, scale, fromBf16Projection, nullptr),
+            cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> want = toHost(split, outCount),
-                           have = toHost(fromProjection, outCount);
+                           have = toHost(fromProjection, outCount),
+                           haveBf16 = toHost(fromBf16Projection, outCount);
   for (int t = run.first; t < run.first + run.count; ++t)
     for (int e = 0; e < heads * kValue; ++e) {
       const size_t i = size_t(t) * heads * kValue + e;
       ASSERT_EQ(have[i], want[i]) << "token " << t << ", head " << e / kValue;
+      ASSERT_EQ(haveBf16[i], want[i])
+          << "BF16 queries: token " << t << ", head " << e / kValue;
     }
-  for (void *p : std::vector<void *>{dK, dV, dQ, dQn, dQr, dPositions, split,
-                                     fromProjection})
+  for (void *p : std::vector<void *>{dK, dV, dQ, dQBf16, dQn, dQr, dPositions,
+                                     split, fromProjection, fromBf16Projection})
     cudaFree(p);
 }
 
@@ -335,7 +350,13 @@ TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
             cudaErrorInvalidValue)
       << "projected queries without the queries";
   projected.q = reinterpret_cast<const float *>(uintptr_t(256));
+  projected.qBf16 = reinterpret_cast<const __nv_bfloat16 *>(uintptr_t(256));
   projected.positions = reinterpret_cast<const int32_t *>(uintptr_t(256));
+  EXPECT_EQ(causalAttentionBf16(projected, many, 1, 1, 128, 64, 128, 1.f, none,
+                                nullptr),
+            cudaErrorInvalidValue)
+      << "projected queries in F32 and in BF16 at once";
+  projected.qBf16 = nullptr;
   EXPECT_EQ(causalAttentionBf16(projected, many, 1, 1, 128, 32, 128, 1.f, none,
                                 nullptr),
             cudaErrorInvalidValue)
