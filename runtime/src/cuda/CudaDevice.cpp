@@ -1001,9 +1001,12 @@ public:
                                 ? q.shape[2] - nope
                                 : 0;
     // Where mla() would take the decode step's form (a decode step: no
-    // prefill form applies to its one token a sequence).
+    // prefill form applies to its one token a sequence). Its absorb kernel
+    // reads a BF16 projection too (mlaOfQueryReadsBf16: a batch of 16 or
+    // 64 writes q_b in BF16).
     bool taken = fusedMlaQuery_ && ropeDim > 0 && ropeDim % 2 == 0 &&
-                 ropeDim / 2 <= kMaxRopePairs && q.dtype == DType::F32 &&
+                 ropeDim / 2 <= kMaxRopePairs &&
+                 (q.dtype == DType::F32 || q.dtype == DType::BF16) &&
                  positions.dtype == DType::I32 && cache.dtype == DType::BF16 &&
                  bf16DecodeKernel_ && wUk.shape.size() == 3 &&
                  wUv.shape.size() == 3 && layout.pages.shape.size() == 2 &&
@@ -1043,7 +1046,8 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(flags());
     ProjectedQuery projected;
-    projected.q = static_cast<const float *>(q.data);
+    projected.q = q.data;
+    projected.bf16 = q.dtype == DType::BF16;
     projected.positions = static_cast<const int32_t *>(positions.data);
     projected.interleaved = rope.interleaved;
     std::vector<double> inverse = ropeInverseFrequencies(rope, ropeDim);

@@ -93,14 +93,15 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   const int projectedRow = a.nope + a.rope;
   for (int i = tid; i < kMaxNope; i += kThreads)
     qNope[i] = i >= a.nope      ? 0.f
-               : fromProjection ? projected.q[th * projectedRow + i]
+               : fromProjection ? load(Operand{projected.q, projected.bf16},
+                                       th * projectedRow + i)
                                 : a.qNope[th * a.nope + i];
   if (fromProjection) {
     for (int pair = tid; pair < a.rope / 2; pair += kThreads) {
-      const RotatedPair r =
-          rotatePair(Operand{projected.q, false}, th * projectedRow + a.nope,
-                     pair, a.rope, projected.interleaved,
-                     projected.positions[t], projected.freqs, projected.mscale);
+      const RotatedPair r = rotatePair(
+          Operand{projected.q, projected.bf16}, th * projectedRow + a.nope,
+          pair, a.rope, projected.interleaved, projected.positions[t],
+          projected.freqs, projected.mscale);
       query[kLatent + r.a] = roundedToBf16(r.ya);
       query[kLatent + r.b] = roundedToBf16(r.yb);
     }

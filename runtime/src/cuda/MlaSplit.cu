@@ -46,7 +46,7 @@ constexpr int kQueryTokens = 8;
 /// kernel's arithmetic: the same bits as the rope, then a copy).
 template <int Parts, typename OutT>
 __device__ __forceinline__ void
-absorbQueryRows(const float *qNope, int qStride, const float *wUk, int tokens,
+absorbQueryRows(Operand qNope, int qStride, const float *wUk, int tokens,
                 int heads, int nope, int latent, const float *qRope, int rope,
                 OutT *qLat, const ProjectedQuery *projected) {
   awaitPriorKernels();
@@ -60,7 +60,7 @@ absorbQueryRows(const float *qNope, int qStride, const float *wUk, int tokens,
   const int count = min(kQueryTokens, tokens - t0);
   for (int i = threadIdx.x; i < count * nope; i += blockDim.x)
     q[i / nope][i % nope] =
-        qNope[(size_t(t0 + i / nope) * heads + h) * qStride + i % nope];
+        load(qNope, (size_t(t0 + i / nope) * heads + h) * qStride + i % nope);
   __syncthreads();
   float acc[kQueryTokens] = {};
   const int begin = part * nope / Parts, end = (part + 1) * nope / Parts;
@@ -92,9 +92,9 @@ absorbQueryRows(const float *qNope, int qStride, const float *wUk, int tokens,
       const int t = t0 + i / half;
       const size_t th = size_t(t) * heads + h;
       const RotatedPair r = rotatePair(
-          Operand{projected->q, false}, th * qStride + nope, i % half, rope,
-          projected->interleaved, projected->positions[t], projected->freqs,
-          projected->mscale);
+          Operand{projected->q, projected->bf16}, th * qStride + nope, i % half,
+          rope, projected->interleaved, projected->positions[t],
+          projected->freqs, projected->mscale);
       storeValue(qLat, th * rowWidth + latent + r.a, r.ya);
       storeValue(qLat, th * rowWidth + latent + r.b, r.yb);
     }
@@ -112,8 +112,8 @@ __global__ void __launch_bounds__(256)
     absorbQueryKernel(const float *qNope, const float *wUk, int tokens,
                       int heads, int nope, int latent, const float *qRope,
                       int rope, OutT *qLat) {
-  absorbQueryRows<Parts>(qNope, nope, wUk, tokens, heads, nope, latent, qRope,
-                         rope, qLat, nullptr);
+  absorbQueryRows<Parts>(Operand{qNope, false}, nope, wUk, tokens, heads, nope,
+                         latent, qRope, rope, qLat, nullptr);
 }
 
 /// absorbQueryKernel of a query projection's rows (ProjectedQuery).
@@ -122,8 +122,9 @@ __global__ void __launch_bounds__(256)
     absorbProjectedQueryKernel(const float *wUk, int tokens, int heads,
                                int nope, int latent, int rope, OutT *qLat,
                                ProjectedQuery projected) {
-  absorbQueryRows<Parts>(projected.q, nope + rope, wUk, tokens, heads, nope,
-                         latent, nullptr, rope, qLat, &projected);
+  absorbQueryRows<Parts>(Operand{projected.q, projected.bf16}, nope + rope, wUk,
+                         tokens, heads, nope, latent, nullptr, rope, qLat,
+                         &projected);
 }
 
 /// The N warp-wide sums of N per-lane values in N - 1 + log2(32 / N)

@@ -81,12 +81,14 @@ mlaTensorCores(GemmRunner &gemm, const float *qNope, const float *qRope,
 /// step's own appends check their positions). With `projected`, qNope and
 /// qRope are not read: the query comes from the projection.
 /// A decode step's query read from the query projection itself
-/// (Device::mlaOfQuery): q [T, H, nope + rope] F32, q_nope the first nope
-/// values of each (token, head) row, q_rope the last rope values rotated at
-/// the token's position with the rope kernel's arithmetic (RopeRotation.cuh:
-/// the same bits as the split, the rope and mlaDecodeStep).
+/// (Device::mlaOfQuery): q [T, H, nope + rope] F32 (BF16 where bf16: read
+/// as the F32 of its values), q_nope the first nope values of each (token,
+/// head) row, q_rope the last rope values rotated at the token's position
+/// with the rope kernel's arithmetic (RopeRotation.cuh: the same bits as the
+/// split, the rope and mlaDecodeStep).
 struct ProjectedQuery {
-  const float *q = nullptr;
+  const void *q = nullptr;
+  bool bf16 = false;
   const int32_t *positions = nullptr;
   bool interleaved = true;
   RopeFrequencies freqs{};
