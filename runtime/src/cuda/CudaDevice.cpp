@@ -1120,6 +1120,9 @@ public:
     return mlaDecompressedForm(qNope, qRope, cache, layout, wUk, wUv, shape,
                                scale, decompressAbove, out, taken, &projected);
   }
+  /// MELT_CUDA_COMBINE_ROWS_AHEAD=1: the experts' combine with a token's
+  /// rows read ahead (combineExpertRows; off until run on a GPU).
+  bool combineRowsAhead_ = envSwitch("MELT_CUDA_COMBINE_ROWS_AHEAD", false);
   /// MELT_CUDA_PREFILL_MLA_QUERY=1: prefillMlaOfQuery (off until run on a
   /// GPU), and with it the query projection in BF16 where it is written so
   /// (the prefill's form reads it; elsewhere mlaOfQuery widens it first).
@@ -1640,7 +1643,8 @@ public:
         combineExpertRows({outT.data, combineBf16}, rowOfPair,
                           static_cast<const float *>(weights.data), T, K, D,
                           combineBf16, static_cast<float *>(y.data), stream_,
-                          static_cast<const __nv_bfloat16 *>(sharedOutT.data)),
+                          static_cast<const __nv_bfloat16 *>(sharedOutT.data),
+                          combineRowsAhead_),
         "moe_experts");
   }
 
@@ -2434,12 +2438,12 @@ private:
     }
     lanesJoined.forked = false;
     MELT_RETURN_IF_ERROR(joinLanes());
-    return check(combineExpertRows({out.data, outBf16},
-                                   static_cast<const int32_t *>(pairs.data),
-                                   static_cast<const float *>(weights.data), T,
-                                   K, D, combineBf16,
-                                   static_cast<float *>(y.data), stream_),
-                 "moe_experts");
+    return check(
+        combineExpertRows(
+            {out.data, outBf16}, static_cast<const int32_t *>(pairs.data),
+            static_cast<const float *>(weights.data), T, K, D, combineBf16,
+            static_cast<float *>(y.data), stream_, nullptr, combineRowsAhead_),
+        "moe_experts");
   }
 
   /// Side streams with GEMM runners of their own, for the GEMMs of many
