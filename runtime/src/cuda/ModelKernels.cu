@@ -521,7 +521,7 @@ __global__ void combineExpertRowsByFourKernel(Operand expertOut,
 }
 
 /// The most choices a token's rows-ahead combine holds in registers.
-constexpr int kCombineAheadChoices = 16;
+constexpr int kCombineAheadChoices = 8;
 
 /// combineExpertRowsByFourKernel with each token's rows and weights read
 /// once into registers (not again for every four values) and every row's

@@ -164,7 +164,7 @@ cudaError_t gatherRows(const float *x, const int32_t *rows, int count, int dim,
 /// (each expert row rounded to BF16 first with `combineBf16`; rows held in
 /// BF16 already are exact), then + plus[t] where `plus` ([tokens, dim]
 /// BF16: a shared expert's output) is given, as add() of the two would.
-/// `rowsAhead` (up to 16 choices): a token's rows and weights read once and
+/// `rowsAhead` (up to 8 choices): a token's rows and weights read once and
 /// every row's values loaded before the first is added; the same bits.
 cudaError_t combineExpertRows(Operand expertOut, const int32_t *rowOfPair,
                               const float *weights, int tokens, int choices,

@@ -74,6 +74,7 @@ TEST(CudaCombineExpertRows, RowsAheadIsByFour) {
   expectRowsAheadIsByFour({300, 6, 2048, true, true, true});
   expectRowsAheadIsByFour({70, 8, 7168, false, true, false});
   expectRowsAheadIsByFour({33, 6, 256, false, false, true});
-  expectRowsAheadIsByFour({5, 16, 1024, true, false, false});
+  expectRowsAheadIsByFour({5, 7, 1024, true, false, false});
+  expectRowsAheadIsByFour({5, 12, 1024, true, false, false}); // by four
   expectRowsAheadIsByFour({9, 1, 4096, true, true, true}); // one choice
 }
