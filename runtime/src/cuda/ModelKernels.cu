@@ -483,6 +483,31 @@ __global__ void combineExpertRowsKernel(Operand expertOut,
   }
 }
 
+/// sum += w times four values of an expert's row (each rounded to BF16
+/// first with combineBf16).
+__device__ __forceinline__ void addWeightedFour(float (&sum)[4], float4 four,
+                                                float w, bool combineBf16) {
+  float v[4] = {four.x, four.y, four.z, four.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (combineBf16)
+      v[i] = __bfloat162float(__float2bfloat16(v[i]));
+    sum[i] += w * v[i];
+  }
+}
+
+/// y[at .. at + 4) = the four sums, plus plus's values there where given.
+__device__ __forceinline__ void storeCombinedFour(float (&sum)[4],
+                                                  const __nv_bfloat16 *plus,
+                                                  float *y, size_t at) {
+  if (plus) {
+    const float4 p = loadValues4(plus, at);
+    sum[0] += p.x, sum[1] += p.y, sum[2] += p.z, sum[3] += p.w;
+  }
+  *reinterpret_cast<float4 *>(y + at) =
+      make_float4(sum[0], sum[1], sum[2], sum[3]);
+}
+
 /// The same four values a thread (dim a multiple of 4): each value's sum
 /// in the same order, so the same bits, with 16-byte loads and stores (a
 /// prefill's combine had run at 40% of the copy bandwidth on scalars).
@@ -501,22 +526,10 @@ __global__ void combineExpertRowsByFourKernel(Operand expertOut,
       const int row = rowOfPair[pair];
       if (row < 0) // no row: its expert index was outside
         continue;
-      const float4 four = load4(expertOut, size_t(row) * dim + d);
-      float v[4] = {four.x, four.y, four.z, four.w};
-      const float w = weights[pair];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if (combineBf16)
-          v[i] = __bfloat162float(__float2bfloat16(v[i]));
-        sum[i] += w * v[i];
-      }
+      addWeightedFour(sum, load4(expertOut, size_t(row) * dim + d),
+                      weights[pair], combineBf16);
     }
-    if (plus) {
-      const float4 p = loadValues4(plus, size_t(t) * dim + d);
-      sum[0] += p.x, sum[1] += p.y, sum[2] += p.z, sum[3] += p.w;
-    }
-    *reinterpret_cast<float4 *>(y + size_t(t) * dim + d) =
-        make_float4(sum[0], sum[1], sum[2], sum[3]);
+    storeCombinedFour(sum, plus, y, size_t(t) * dim + d);
   }
 }
 
@@ -554,22 +567,10 @@ __global__ void combineExpertRowsAheadKernel(Operand expertOut,
     float sum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int k = 0; k < kCombineAheadChoices; ++k) {
-      if (rows[k] < 0)
-        continue;
-      float values[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if (combineBf16)
-          values[i] = __bfloat162float(__float2bfloat16(values[i]));
-        sum[i] += w[k] * values[i];
-      }
+      if (rows[k] >= 0)
+        addWeightedFour(sum, v[k], w[k], combineBf16);
     }
-    if (plus) {
-      const float4 p = loadValues4(plus, size_t(t) * dim + d);
-      sum[0] += p.x, sum[1] += p.y, sum[2] += p.z, sum[3] += p.w;
-    }
-    *reinterpret_cast<float4 *>(y + size_t(t) * dim + d) =
-        make_float4(sum[0], sum[1], sum[2], sum[3]);
+    storeCombinedFour(sum, plus, y, size_t(t) * dim + d);
   }
 }
 
