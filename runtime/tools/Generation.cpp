@@ -110,6 +110,10 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
       std::snprintf(number, sizeof(number), "%.1f", extras.peakMemoryMB);
       tail += std::string(", \"peak_memory_mb\": ") + number;
     }
+    if (extras.loadSeconds >= 0) {
+      std::snprintf(number, sizeof(number), "%.2f", extras.loadSeconds);
+      tail += std::string(", \"load_seconds\": ") + number;
+    }
     if (extras.kvCacheMB >= 0) {
       std::snprintf(number, sizeof(number), "%.2f", extras.kvCacheMB);
       tail += std::string(", \"kv_cache_mb\": ") + number;
@@ -171,6 +175,8 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
     std::printf("(medians of %zu runs)\n", extras.prefillRuns.size());
   if (extras.peakMemoryMB >= 0)
     std::printf("peak memory: %.1f MB\n", extras.peakMemoryMB);
+  if (extras.loadSeconds >= 0)
+    std::printf("model loaded in %.2f s\n", extras.loadSeconds);
   if (extras.kvCacheMB >= 0)
     std::printf("KV cache: %.2f MB (%.0f bytes a token)\n", extras.kvCacheMB,
                 extras.kvBytesPerToken);

@@ -60,6 +60,9 @@ struct ReportExtras {
   double kvCacheMB = -1, kvBytesPerToken = -1;
   double joulesPerToken = -1;
   std::string energyUnavailable;
+  /// Seconds the model took to load (weights read or made, then put on
+  /// the device).
+  double loadSeconds = -1;
   /// Every run's rates where the generation was timed several times (the
   /// report's rates are then their medians).
   std::vector<double> prefillRuns, decodeRuns, generationSecondsRuns;

@@ -19,6 +19,7 @@
 #include "melt/runtime.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -267,6 +268,7 @@ int main(int argc, char **argv) {
 
   std::string deviceName = device ? device : "cpu";
   melt_model *model = nullptr;
+  const auto loadStarts = std::chrono::steady_clock::now();
   melt_status loaded = randomWeights
                            ? melt_model_load_random(artifact, /*seed=*/1,
                                                     deviceName.c_str(), &model)
@@ -274,6 +276,9 @@ int main(int argc, char **argv) {
                                                 deviceName.c_str(), &model);
   if (loaded != MELT_OK)
     return fail("loading the model");
+  const double loadSeconds = std::chrono::duration<double>(
+                                 std::chrono::steady_clock::now() - loadStarts)
+                                 .count();
   long long vocab = melt_model_vocab_size(model);
   Energy energy(deviceName);
   melt_session *session = nullptr;
@@ -357,6 +362,7 @@ int main(int argc, char **argv) {
     }
     extras.batch = size_t(batch);
     extras.peakMemoryMB = peakMemoryMB();
+    extras.loadSeconds = loadSeconds;
     long long kvBytes = 0, kvPageBytes = 0;
     if (session &&
         melt_session_kv_bytes(session, &kvBytes, &kvPageBytes) == MELT_OK) {
