@@ -38,6 +38,28 @@ std::vector<float> samples() {
     for (float d : {0.0f, 1e-3f, -1e-3f, 0.03125f, -0.03125f, 0.0625f})
       values.push_back(v * (1.0f + d));
   }
+  // The midpoints between neighbouring FP8 values (ties: to even) and the
+  // floats either side of them, the subnormal grid's too.
+  for (int b = 0; b < 0x7e; ++b) {
+    const float lo = melt::fp8E4M3ToFloat(static_cast<uint8_t>(b)),
+                hi = melt::fp8E4M3ToFloat(static_cast<uint8_t>(b + 1)),
+                mid = (lo + hi) / 2;
+    for (float m :
+         {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, INFINITY)}) {
+      values.push_back(m);
+      values.push_back(-m);
+    }
+  }
+  // Every float from 2^-12 to 512 whose low 12 mantissa bits are zero or
+  // all ones: each binade's rounding at every kept and dropped pattern.
+  for (int e = -12; e < 9; ++e)
+    for (uint32_t top = 0; top < (1u << 11); ++top)
+      for (uint32_t low : {0u, 0xfffu}) {
+        const float f =
+            melt::bitsToFloat(uint32_t(e + 127) << 23 | top << 12 | low);
+        values.push_back(f);
+        values.push_back(-f);
+      }
   return values;
 }
 

@@ -72,44 +72,43 @@ inline float f16ToFloat(uint16_t h) {
 /// Largest finite value of float8 e4m3fn.
 constexpr float kFp8E4M3Max = 448.0f;
 
+/// float8 e4m3fn -> f32, exactly (NaN for the two NaN codes). From the bits:
+/// loading a large checkpoint decodes billions of them.
 inline float fp8E4M3ToFloat(uint8_t v) {
-  float sign = (v & 0x80) ? -1.0f : 1.0f;
-  int exponent = (v >> 3) & 0xf, mantissa = v & 0x7;
+  const uint32_t sign = static_cast<uint32_t>(v & 0x80) << 24;
+  const uint32_t exponent = (v >> 3) & 0xfu, mantissa = v & 0x7u;
   if (exponent == 0xf && mantissa == 0x7)
     return std::nanf("");
-  if (exponent == 0)
-    return sign * std::ldexp(static_cast<float>(mantissa), -9);
-  return sign * std::ldexp(1.0f + mantissa / 8.0f, exponent - 7);
+  if (exponent == 0) // subnormal: mantissa x 2^-9 (exact)
+    return bitsToFloat(sign | floatBits(static_cast<float>(mantissa) / 512.0f));
+  return bitsToFloat(sign | ((exponent + 120) << 23) | (mantissa << 20));
 }
 
-/// f32 -> float8 e4m3fn, round to nearest even, saturating to +-448.
+/// f32 -> float8 e4m3fn, round to nearest even, saturating to +-448. On the
+/// bits (no frexp, ldexp or division): a checkpoint's FP8 weights are
+/// encoded and checked value by value when a device stores them in FP8.
 inline uint8_t floatToFp8E4M3(float f) {
   if (std::isnan(f))
     return 0x7f;
-  uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
-  float a = std::fabs(f);
-  if (a >= kFp8E4M3Max)
-    return sign | 0x7e; // 448
-  // Step between representable values at a's binade: subnormals (a < 2^-6)
-  // are multiples of 2^-9, normals have 3 mantissa bits.
-  int exponent;
-  std::frexp(a, &exponent); // a = m * 2^exponent, m in [0.5, 1)
-  int e = exponent - 1;     // a in [2^e, 2^(e+1))
-  if (e < -6)
-    e = -6;
-  float step = std::ldexp(1.0f, e - 3);
-  float q = std::nearbyint(a / step) * step; // ties to even under FE_TONEAREST
-  if (q >= kFp8E4M3Max)
+  const uint32_t bits = floatBits(f);
+  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude >= floatBits(kFp8E4M3Max)) // 448 and beyond, infinity too
     return sign | 0x7e;
-  if (q == 0.0f)
-    return sign;
-  int qe;
-  float qm = std::frexp(q, &qe); // q = qm * 2^qe, qm in [0.5, 1)
-  int biased = qe - 1 + 7;
-  if (biased <= 0) // subnormal: q = mantissa * 2^-9
-    return sign | static_cast<uint8_t>(std::lround(std::ldexp(q, 9)));
-  int mantissa = static_cast<int>(std::lround((qm * 2.0f - 1.0f) * 8.0f));
-  return sign | static_cast<uint8_t>((biased << 3) | mantissa);
+  if (magnitude < floatBits(0.015625f)) {
+    // Below 2^-6: the subnormal grid, multiples of 2^-9 (8 of them: 2^-6,
+    // the first normal's code 0x08, as the grid's next step).
+    const float steps = std::nearbyint(bitsToFloat(magnitude) * 512.0f);
+    return sign | static_cast<uint8_t>(steps);
+  }
+  // Normals: 3 mantissa bits of the 23, rounded to nearest even (a carry
+  // moves to the next binade).
+  const uint32_t rounded =
+      (magnitude + 0x7ffffu + ((magnitude >> 20) & 1u)) & ~0xfffffu;
+  if (rounded >= floatBits(kFp8E4M3Max))
+    return sign | 0x7e;
+  const uint32_t exponent = (rounded >> 23) - 120; // f32 bias 127, e4m3's 7
+  return sign | static_cast<uint8_t>((exponent << 3) | ((rounded >> 20) & 7u));
 }
 
 } // namespace melt
