@@ -5,7 +5,8 @@
 # with and without the switches (their md5s must agree where the switch
 # keeps the values), then ROUNDS rounds (default 2) of the 1x1024 and
 # 8x1024 prefills (melt-run --bench --repeat 3: medians of three) with the
-# switches and without. Lines go to $OUT/prefill-ab.txt as they come.
+# switches and without (each line with the model's load time). Lines go to
+# $OUT/prefill-ab.txt as they come.
 #   scripts/gpu/prefill-ab.sh NAME=VALUE... [-- MODEL.melt...]
 # e.g. scripts/gpu/prefill-ab.sh MELT_CUDA_PREFILL_MLA_QUERY=1
 set -uo pipefail
@@ -52,7 +53,8 @@ for model in "${models[@]}"; do
     for on in 1 0; do
       r=$(melt "$model" $on --bench --warmup --repeat 3 --prompt-ids "$(prompt_ids 1024)" \
         --max-new 1 --batch 1,8 2>&1 |
-        grep -o '"batch": [0-9]*\|"prefill_tokens_per_s": [0-9.]*' | paste -sd' ')
+        grep -o '"batch": [0-9]*\|"prefill_tokens_per_s": [0-9.]*\|"load_seconds": [0-9.]*' |
+        paste -sd' ')
       say "$model round $round switches=$on prefill: $r"
     done
   done
