@@ -490,10 +490,9 @@ Status DeviceModel::create(const Model &model, Device &device,
   // the device writes them so: not those a shared-expert call or the
   // logit rows' kernels make or read (the rows' gathers read F32), nor a
   // query the MLA's call splits unless its mlaOfQuery reads BF16. On by
-  // default since session 24's run on
-  // the H200 (the same greedy tokens, prefill +1-3%:
-  // bench/results/bf16_products_ab_s24_h200.txt); MELT_BF16_PRODUCTS=0
-  // widens every product to F32 as before.
+  // default since session 24's run on the H200 (the same greedy tokens,
+  // prefill +1-3%: bench/results/bf16_products_ab_s24_h200.txt);
+  // MELT_BF16_PRODUCTS=0 widens every product to F32 as before.
   if (envSwitch("MELT_BF16_PRODUCTS", true) && device.readsBf16Activations()) {
     std::set<uint32_t> excluded = dm.logitOnly_.kernels, excludedValues;
     for (const auto &[first, f] : dm.sharedExperts_)

@@ -666,10 +666,10 @@ public:
   /// of 1x1024 2.5x, 8x1024 1.2x the host's grouping on the H200);
   /// MELT_CUDA_DEVICE_GROUPING=0 groups them on the host (cuBLASLt).
   bool deviceGrouping_ = envSwitch("MELT_CUDA_DEVICE_GROUPING", true);
-  /// The grouping by chunks of pairs (ExpertGrouping.h; the same rows):
-  /// On by default since session 24's run on the H200 (the same rows,
-  /// prefill 8x1024 +1.5%); MELT_CUDA_CHUNKED_GROUPING=0 for a block per
-  /// expert walking every pair.
+  /// The grouping by chunks of pairs (ExpertGrouping.h), on by default
+  /// since session 24's run on the H200 (the same rows, prefill 8x1024
+  /// +1.5%); MELT_CUDA_CHUNKED_GROUPING=0 for a block per expert walking
+  /// every pair.
   bool chunkedGrouping_ = envSwitch("MELT_CUDA_CHUNKED_GROUPING", true);
   /// Those experts' FP8 gate and up on FP8 tensor cores (GroupedGemmFp8.h),
   /// else widened to BF16.
@@ -832,12 +832,8 @@ public:
   /// DeepSeek's MLA dims (golden v3-mla512: docs/CudaBackend.md).
   DType latentCacheType(const DeviceTensor &wUk,
                         DType compiled) const override {
-    const KernelPlan *plan = planOf(wUk);
-    const bool bf16Attention =
-        mlaTensorCores_ == 1 ||
-        (mlaTensorCores_ < 0 && plan && plan->variant == 3);
     return envSwitch("MELT_CUDA_BF16_LATENT_CACHE", compiled == DType::BF16) &&
-                   bf16Attention
+                   mlaTakesTensorCores(wUk)
                ? DType::BF16
                : DType::F32;
   }
@@ -919,9 +915,8 @@ public:
                         latent,
                         int(wUv.shape[1]),
                         maxVisible};
-    const KernelPlan *plan = planOf(wUk);
-    bool perHead = plan && plan->variant == 2;
-    bool tensorCores = mlaTakesTensorCores(wUk);
+    const bool perHead = mlaPerHead(wUk);
+    const bool tensorCores = mlaTakesTensorCores(wUk);
     if (takesDecompressedForm(wUk, shape, decompressAbove)) {
       bool taken = false;
       MELT_RETURN_IF_ERROR(mlaDecompressedForm(qNope, qRope, cache, layout, wUk,
@@ -969,6 +964,11 @@ public:
     return mlaTensorCores_ == 1 ||
            (mlaTensorCores_ < 0 && plan && plan->variant == 3);
   }
+  /// Whether melt-select-kernels planned the MLA per head.
+  bool mlaPerHead(const DeviceTensor &wUk) const {
+    const KernelPlan *plan = planOf(wUk);
+    return plan && plan->variant == 2;
+  }
   /// Whether mla() tries the decompressed form: a long prefill with K and
   /// V per head where the compiler's cost model asks for it and the
   /// attention is BF16 (MELT_CUDA_MLA_DECOMPRESSED=0: never): TF32 or
@@ -977,10 +977,8 @@ public:
   bool takesDecompressedForm(const DeviceTensor &wUk,
                              const MlaSplitShape &shape,
                              int64_t decompressAbove) const {
-    const KernelPlan *plan = planOf(wUk);
-    const bool perHead = plan && plan->variant == 2;
     return mlaDecompressed_ && mlaTakesTensorCores(wUk) && !capturing_ &&
-           !perHead && shape.tokens > decompressAbove &&
+           !mlaPerHead(wUk) && shape.tokens > decompressAbove &&
            mlaDecompressedFits(shape);
   }
 

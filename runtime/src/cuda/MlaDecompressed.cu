@@ -24,6 +24,19 @@ struct GatherRuns {
   int rowStart[kCausalMaxRuns + 1];
 };
 
+/// runs[begin, end)'s cached rows side by side (at most kCausalMaxRuns).
+GatherRuns gatherOf(const std::vector<DecompressedQueries> &runs, size_t begin,
+                    size_t end) {
+  GatherRuns gather;
+  gather.rowStart[0] = 0;
+  for (size_t i = begin; i < end; ++i, ++gather.count) {
+    gather.sequence[gather.count] = runs[i].sequence;
+    gather.rowStart[gather.count + 1] =
+        gather.rowStart[gather.count] + runs[i].position + runs[i].count;
+  }
+  return gather;
+}
+
 /// Grid (rows), 128 threads: each run's cached row p split into its latent
 /// (C [rows, latent]) and its RoPE key, written after each head's K_nope in
 /// keys ([heads, rows, nope + rope]), as T (F32, or BF16 for the fused
@@ -270,15 +283,7 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     // scratch added up): one gather, two products, then one fused
     // attention launch for the group (its runs' blocks fill one grid).
     for (const auto &[begin, end] : fusedGroups(s, runs, budgetFloats)) {
-      GatherRuns gather;
-      for (size_t i = begin; i < end; ++i) {
-        gather.sequence[gather.count] = runs[i].sequence;
-        gather.rowStart[gather.count + 1] =
-            (gather.count ? gather.rowStart[gather.count] : 0) +
-            runs[i].position + runs[i].count;
-        ++gather.count;
-      }
-      gather.rowStart[0] = 0;
+      const GatherRuns gather = gatherOf(runs, begin, end);
       const int rows = gather.rowStart[gather.count];
       auto *cb = reinterpret_cast<__nv_bfloat16 *>(runScratchStart);
       auto *kb = reinterpret_cast<__nv_bfloat16 *>(
@@ -317,7 +322,8 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     }
     return CudaStatus::ok();
   }
-  for (const DecompressedQueries &r : runs) {
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const DecompressedQueries &r = runs[i];
     const int reach = r.position + r.count;
     const RunScratch p = runScratch(s, r, budgetFloats, false);
     float *latents = runScratchStart, *keys = latents + p.latents,
@@ -325,9 +331,7 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
           *scores = queries + p.queries;
     GemmRunner::Batched k, v;
     products(reach, k, v);
-    GatherRuns gather;
-    gather.count = 1, gather.sequence[0] = r.sequence;
-    gather.rowStart[0] = 0, gather.rowStart[1] = reach;
+    const GatherRuns gather = gatherOf(runs, i, i + 1);
     if (CudaStatus e = launched(
             launchOverlapped(gatherRowsKernel<float, CacheT>, dim3(reach), 128,
                              0, stream, cache, layout, gather, heads, s.nope,
