@@ -1073,9 +1073,10 @@ public:
   /// A long prefill's MLA in the decompressed form with the query as the
   /// projection leaves it: the attention kernel splits it and rotates its
   /// rope part as it reads it (CausalProjectedQuery; the split's two copies
-  /// and the rope kernel left out, the same bits). Off by default
-  /// (MELT_CUDA_PREFILL_MLA_QUERY=1): written in session 24 after its GPU
-  /// time was spent. `taken` false: nothing ran, the caller splits.
+  /// and the rope kernel left out, the same bits). On by default
+  /// (MELT_CUDA_PREFILL_MLA_QUERY=0 off): mini's 8x1024 FP8 prefill +3%,
+  /// its tokens the same (bench/results/prefill_mla_query_ab_s25_h200.txt).
+  /// `taken` false: nothing ran, the caller splits.
   Status prefillMlaOfQuery(const DeviceTensor &q, int64_t nope, int64_t ropeDim,
                            const DeviceTensor &positions,
                            const RopeParams &rope, const DeviceTensor &cache,
@@ -1118,13 +1119,10 @@ public:
     return mlaDecompressedForm(qNope, qRope, cache, layout, wUk, wUv, shape,
                                scale, decompressAbove, out, taken, &projected);
   }
-  /// MELT_CUDA_COMBINE_ROWS_AHEAD=1: the experts' combine with a token's
-  /// rows read ahead (combineExpertRows; off until run on a GPU).
-  bool combineRowsAhead_ = envSwitch("MELT_CUDA_COMBINE_ROWS_AHEAD", false);
-  /// MELT_CUDA_PREFILL_MLA_QUERY=1: prefillMlaOfQuery (off until run on a
-  /// GPU), and with it the query projection in BF16 where it is written so
-  /// (the prefill's form reads it; elsewhere mlaOfQuery widens it first).
-  bool prefillMlaQuery_ = envSwitch("MELT_CUDA_PREFILL_MLA_QUERY", false);
+  /// prefillMlaOfQuery (MELT_CUDA_PREFILL_MLA_QUERY=0 off), and with it the
+  /// query projection in BF16 where it is written so (the prefill's form
+  /// reads it; elsewhere mlaOfQuery widens it first).
+  bool prefillMlaQuery_ = envSwitch("MELT_CUDA_PREFILL_MLA_QUERY", true);
   bool mlaOfQueryReadsBf16() const override { return prefillMlaQuery_; }
 
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
@@ -1641,8 +1639,7 @@ public:
         combineExpertRows({outT.data, combineBf16}, rowOfPair,
                           static_cast<const float *>(weights.data), T, K, D,
                           combineBf16, static_cast<float *>(y.data), stream_,
-                          static_cast<const __nv_bfloat16 *>(sharedOutT.data),
-                          combineRowsAhead_),
+                          static_cast<const __nv_bfloat16 *>(sharedOutT.data)),
         "moe_experts");
   }
 
@@ -2440,7 +2437,7 @@ private:
         combineExpertRows(
             {out.data, outBf16}, static_cast<const int32_t *>(pairs.data),
             static_cast<const float *>(weights.data), T, K, D, combineBf16,
-            static_cast<float *>(y.data), stream_, nullptr, combineRowsAhead_),
+            static_cast<float *>(y.data), stream_, nullptr),
         "moe_experts");
   }
 

@@ -533,47 +533,6 @@ __global__ void combineExpertRowsByFourKernel(Operand expertOut,
   }
 }
 
-/// The most choices a token's rows-ahead combine holds in registers.
-constexpr int kCombineAheadChoices = 8;
-
-/// combineExpertRowsByFourKernel with each token's rows and weights read
-/// once into registers (not again for every four values) and every row's
-/// four values loaded before the first is added: the same sums in the same
-/// order, so the same bits, with all of a token's row loads in flight at
-/// once (mini's 8x1024 prefill combines 6 rows a token at 125 us a layer,
-/// 2.4 TB/s, a row index then its row loaded one choice at a time).
-__global__ void combineExpertRowsAheadKernel(Operand expertOut,
-                                             const int32_t *rowOfPair,
-                                             const float *weights, int choices,
-                                             int dim, bool combineBf16,
-                                             const __nv_bfloat16 *plus,
-                                             float *y) {
-  awaitPriorKernels();
-  const int t = blockIdx.x;
-  int rows[kCombineAheadChoices];
-  float w[kCombineAheadChoices];
-#pragma unroll
-  for (int k = 0; k < kCombineAheadChoices; ++k) {
-    const bool chosen = k < choices;
-    rows[k] = chosen ? rowOfPair[t * choices + k] : -1;
-    w[k] = chosen ? weights[t * choices + k] : 0.f;
-  }
-  for (int d = 4 * threadIdx.x; d < dim; d += 4 * blockDim.x) {
-    float4 v[kCombineAheadChoices];
-#pragma unroll
-    for (int k = 0; k < kCombineAheadChoices; ++k)
-      if (rows[k] >= 0) // no row: its expert index was outside
-        v[k] = load4(expertOut, size_t(rows[k]) * dim + d);
-    float sum[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int k = 0; k < kCombineAheadChoices; ++k) {
-      if (rows[k] >= 0)
-        addWeightedFour(sum, v[k], w[k], combineBf16);
-    }
-    storeCombinedFour(sum, plus, y, size_t(t) * dim + d);
-  }
-}
-
 /// The better of two (value, index) candidates into (value, index): the
 /// larger value, the lower index on ties; index INT_MAX: none (NaNs are
 /// never candidates).
@@ -1096,7 +1055,7 @@ cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,
 cudaError_t melt::rt::cuda::combineExpertRows(
     Operand expertOut, const int32_t *rowOfPair, const float *weights,
     int tokens, int choices, int dim, bool combineBf16, float *y,
-    cudaStream_t stream, const __nv_bfloat16 *plus, bool rowsAhead) {
+    cudaStream_t stream, const __nv_bfloat16 *plus) {
   if (tokens == 0)
     return cudaSuccess;
   auto aligned = [](const void *p) {
@@ -1104,12 +1063,7 @@ cudaError_t melt::rt::cuda::combineExpertRows(
   };
   const bool byFour = dim % 4 == 0 && aligned(expertOut.data) && aligned(y) &&
                       (!plus || aligned(plus));
-  if (byFour && rowsAhead && choices <= kCombineAheadChoices)
-    launchOverlapped(combineExpertRowsAheadKernel, tokens,
-                     std::min(256, std::max(32, (dim / 4 + 31) / 32 * 32)), 0,
-                     stream, expertOut, rowOfPair, weights, choices, dim,
-                     combineBf16, plus, y);
-  else if (byFour)
+  if (byFour)
     launchOverlapped(combineExpertRowsByFourKernel, tokens,
                      std::min(256, std::max(32, (dim / 4 + 31) / 32 * 32)), 0,
                      stream, expertOut, rowOfPair, weights, choices, dim,

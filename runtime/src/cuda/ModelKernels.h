@@ -164,14 +164,11 @@ cudaError_t gatherRows(const float *x, const int32_t *rows, int count, int dim,
 /// (each expert row rounded to BF16 first with `combineBf16`; rows held in
 /// BF16 already are exact), then + plus[t] where `plus` ([tokens, dim]
 /// BF16: a shared expert's output) is given, as add() of the two would.
-/// `rowsAhead` (up to 8 choices): a token's rows and weights read once and
-/// every row's values loaded before the first is added; the same bits.
 cudaError_t combineExpertRows(Operand expertOut, const int32_t *rowOfPair,
                               const float *weights, int tokens, int choices,
                               int dim, bool combineBf16, float *y,
                               cudaStream_t stream,
-                              const __nv_bfloat16 *plus = nullptr,
-                              bool rowsAhead = false);
+                              const __nv_bfloat16 *plus = nullptr);
 
 /// ids[r] = the index of the largest of logits[r, 0..vocab), the first on
 /// ties, NaNs passed over (all NaN: vocab - 1): Greedy.h's greedyIndex.
