@@ -4,7 +4,8 @@
 // choices spread over the experts by a hash: the gate/up pair (one launch
 // writing SiLU(gate) * up) and the down product, with BF16 and with FP8
 // weights (widened to BF16 in the kernel; the pair also on FP8 tensor
-// cores, GroupedGemmFp8.h). Beside each, cuBLASLt on the same rows as one
+// cores, GroupedGemmFp8.h, by default and with GroupedFp8Options' other
+// ways for comparison). Beside each, cuBLASLt on the same rows as one
 // dense matrix (one expert's weights): BF16, and FP8 with block scales
 // (the rate a single large product reaches, the ceiling the grouping is
 // measured against). TFLOP/s count the rows the choices fill, not the
@@ -157,16 +158,33 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
       const GroupedGemmArgs &args;
       int products;
       Kernel kernel;
+      GroupedFp8Options options = {};
     } products[] = {
         {"gate/up pair", pair, 2, Kernel::Bf16},
         {"gate/up pair, fp8 tensor cores", pair, 2, Kernel::Fp8Pair},
         {"gate/up pair, fp8 tensor cores, fp8 out", pair, 2,
          Kernel::Fp8PairFp8Out},
+        {"gate/up pair, fp8 tensor cores, fp8 out, no producer warpgroup",
+         pair,
+         2,
+         Kernel::Fp8PairFp8Out,
+         {false, false}},
         {"down", downArgs, 1, Kernel::Bf16},
-        {"down, fp8 tensor cores", downArgs, 1, Kernel::Fp8Single}};
+        {"down, fp8 tensor cores", downArgs, 1, Kernel::Fp8Single},
+        {"down, fp8 tensor cores, 128 columns",
+         downArgs,
+         1,
+         Kernel::Fp8Single,
+         {true, false}},
+        {"down, fp8 tensor cores, 128 columns, no producer warpgroup",
+         downArgs,
+         1,
+         Kernel::Fp8Single,
+         {false, false}}};
     for (const Product &p : products) {
       if (p.kernel != Kernel::Bf16 && !fp8)
         continue;
+      fp8Pair.options = fp8PairFp8Out.options = fp8Down.options = p.options;
       const float ms = melt::bench::timeMs(
           benchName,
           [&](int) {

@@ -28,6 +28,24 @@ __device__ __forceinline__ void initLoadBarrier(uint64_t *barrier) {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 
+/// A barrier that `count` plain arrivals complete (a stage given back by
+/// its readers).
+__device__ __forceinline__ void initArrivalBarrier(uint64_t *barrier,
+                                                   uint32_t count) {
+  asm volatile(
+      "mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(sharedAddress(barrier)),
+      "r"(count)
+      : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+/// One arrival on `barrier`.
+__device__ __forceinline__ void arriveAt(uint64_t *barrier) {
+  asm volatile(
+      "mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(sharedAddress(barrier))
+      : "memory");
+}
+
 /// Arrives on `barrier` expecting `bytes` to land before its phase ends.
 __device__ __forceinline__ void expectBytes(uint64_t *barrier, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(

@@ -679,6 +679,15 @@ public:
   /// DeepSeek-V3 multiplies every expert product (groupedGemmFp8); =0
   /// widens the down weights to BF16 for the pair's BF16 rows.
   bool fp8GroupedDown_ = envSwitch("MELT_CUDA_FP8_GROUPED_DOWN", true);
+  /// How those grouped FP8 kernels run (GroupedFp8Options; the same bits):
+  /// a producer warpgroup asking for their loads (=0 in
+  /// MELT_CUDA_GROUPED_FP8_PRODUCER: a consumer thread between blocks of
+  /// k), the down product 256 columns a block (MELT_CUDA_GROUPED_FP8_WIDE_DOWN
+  /// =0: 128). Both on since session 25's run: mini's 8x1024 FP8 prefill
+  /// +2.5%, the same tokens.
+  GroupedFp8Options groupedFp8Options_ = {
+      envSwitch("MELT_CUDA_GROUPED_FP8_PRODUCER", true),
+      envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true)};
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -1598,6 +1607,7 @@ public:
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
       a.starts = starts;
       a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
+      a.options = groupedFp8Options_;
       if (fp8Down) { // the rows quantized as the pair writes them
         MELT_RETURN_IF_ERROR(
             scratch.take(DType::FP8E4M3, {capacity, I}, actCodesT));
@@ -1626,6 +1636,7 @@ public:
         d.yF32 = static_cast<float *>(outT.data);
       d.starts = starts;
       d.groups = E, d.capacity = capacity, d.n = D, d.k = I;
+      d.options = groupedFp8Options_;
       MELT_RETURN_IF_ERROR(check(groupedGemmFp8(d, stream_), "moe_experts"));
     } else {
       MELT_RETURN_IF_ERROR(

@@ -8,7 +8,23 @@
 // scratch accumulator, waits for it, and adds it times its rows' x scales
 // and the tile's gate scale into the gate sums; then the same for up. The
 // other warpgroup's products run while one adds. The single product (the
-// down projection) is the same loop over one weight, six stages.
+// down projection) is the same loop over one weight, six stages; or, where
+// its n takes them (GroupedFp8Options::wideColumns), 256 columns a block as
+// two tiles of the one weight through the pair's four stages: a stage's
+// 48 KB then feed twice the products of the 32 KB of a 128-column one (at
+// mini's 8192 tokens the down product ran at ~550 TFLOP/s to the pair's
+// ~750, its blocks' 11 of k a short loop behind their first loads).
+//
+// The loads: thread 0 asks for each stage once both warpgroups are done
+// with the one before it (a block barrier each 128 of k); or
+// (GroupedFp8Options::producerWarpgroup) a third warpgroup's first thread
+// asks as far ahead as the ring goes, each consumer warp giving a stage
+// back on its `empty` barrier as its products are done reading it: the
+// two consumers then drift apart, one's adds under the other's products.
+// The producer gives its registers to the consumers (setmaxnreg: 40 and
+// 232 a thread). A ninth warp alone would not do: a quarter of the SM's
+// registers serve its warps on one scheduler, so three warps there cap a
+// thread at 168 registers, and the pair's 216 spill.
 //
 // A tile's 128 columns are one 1 x 128 block of each of its rows: the pair
 // can quantize its own output (each row's largest magnitude from the four
@@ -35,22 +51,43 @@ constexpr int kTile = 128, kThreads = 256;
 constexpr int kOperandBytes = kTile * kTile; // a [128 x 128] e4m3 tile
 
 /// What a launch computes: the gate/up pair into BF16 rows or into FP8
-/// codes and their 1 x 128 scales, or one product into F32 or BF16 rows.
-enum class Mode { PairBf16, PairFp8, Single };
+/// codes and their 1 x 128 scales, or one product into F32 or BF16 rows
+/// (128 columns a block, or 256 as two tiles of its weight: SingleWide).
+enum class Mode { PairBf16, PairFp8, Single, SingleWide };
 
-/// The weights a stage holds, the ring's stages, its bytes.
+/// The weight tiles a stage holds (a weight's, or two column tiles of one
+/// weight), the ring's stages, its bytes (the `full` barriers, then the
+/// `empty` ones), the columns of a block.
 template <Mode kMode> struct Layout {
   static constexpr int kWeights = kMode == Mode::Single ? 1 : 2;
   static constexpr int kStages = kMode == Mode::Single ? 6 : 4;
   static constexpr int kStageBytes = (1 + kWeights) * kOperandBytes;
   static constexpr size_t kBarriersAt = size_t(kStages) * kStageBytes;
   static constexpr size_t kSharedBytes =
-      kBarriersAt + kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+      kBarriersAt + 2 * kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+  static constexpr int kColumns = kMode == Mode::SingleWide ? 2 * kTile : kTile;
 };
+
+/// The threads of a block: its two consumer warpgroups, and the producer
+/// warpgroup where there is one.
+constexpr int threadsOf(bool producerWarpgroup) {
+  return producerWarpgroup ? kThreads + 128 : kThreads;
+}
+
+/// The registers a thread of the producer warpgroup keeps and a consumer's
+/// take (128 x 40 + 256 x 232 of the SM's 65,536).
+constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+
+/// Waits for the consumer warpgroups' 256 threads alone (a producer warp
+/// may have left).
+__device__ __forceinline__ void syncConsumers() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory");
+}
 
 /// Every mode's operands: x ([capacity, k] codes, [k / 128, capacity]
 /// scales), one or two weights ([groups, n, k] codes, [groups, n / 128,
-/// k / 128] scales), and the output the mode writes.
+/// k / 128] scales; SingleWide's second: the first's next column block's),
+/// and the output the mode writes.
 struct KernelArgs {
   const uint8_t *x = nullptr;
   const float *xScales = nullptr;
@@ -103,9 +140,9 @@ multiplyBlock(const KernelArgs &a, float (&sums)[Layout<kMode>::kWeights][64],
 }
 
 /// A tile's sums into the mode's output: rows rowLo and rowLo + 8 of the
-/// [128 x 128] tile at (row0, n0), this thread's columns 8 j + 2 t, + 1.
-/// The FP8 rows go through `staging` (16 KB of shared memory no copy
-/// writes meanwhile), every thread of the block taking part.
+/// [128 x kColumns] tile at (row0, n0), this thread's columns 8 j + 2 t,
+/// + 1 (of each 128). The FP8 rows go through `staging` (16 KB of shared
+/// memory no copy writes meanwhile), the consumers' threads taking part.
 template <Mode kMode>
 __device__ __forceinline__ void
 storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
@@ -114,17 +151,20 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
   for (int half = 0; half < 2; ++half) {
     const int row = rowLo + 8 * half;
     const size_t at = size_t(row) * a.n + n0 + 2 * t;
-    if constexpr (kMode == Mode::Single) {
+    if constexpr (kMode == Mode::Single || kMode == Mode::SingleWide) {
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int i = 4 * j + 2 * half;
-        if (a.yF32)
-          *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
-              make_float2(sums[0][i], sums[0][i + 1]);
-        else
-          *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-              packBf16(sums[0][i], sums[0][i + 1]);
-      }
+      for (int which = 0; which < Layout<kMode>::kWeights; ++which)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const int i = 4 * j + 2 * half;
+          const size_t to = at + which * kTile + 8 * j;
+          if (a.yF32)
+            *reinterpret_cast<float2 *>(a.yF32 + to) =
+                make_float2(sums[which][i], sums[which][i + 1]);
+          else
+            *reinterpret_cast<uint32_t *>(a.y + to) =
+                packBf16(sums[which][i], sums[which][i + 1]);
+        }
     } else if constexpr (kMode == Mode::PairBf16) {
       // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
 #pragma unroll
@@ -136,7 +176,10 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
       }
     } else {
       // The same BF16 values, then the row's block quantized: its largest
-      // magnitude over the quad's 128 columns.
+      // magnitude over the quad's 128 columns. (Both warpgroups done with
+      // the ring first: the staging tile is its first stage.)
+      if (half == 0)
+        syncConsumers();
       float v[32], amax = 0.f;
 #pragma unroll
       for (int j = 0; j < 16; ++j)
@@ -166,7 +209,7 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
   }
   if constexpr (kMode == Mode::PairFp8) {
     // The tile's rows, 128 bytes each, in 16-byte stores.
-    __syncthreads();
+    syncConsumers();
     for (int c = threadIdx.x; c < kTile * kTile / 16; c += kThreads) {
       const int local = c / 8, chunk = c % 8;
       *reinterpret_cast<uint4 *>(a.yCodes + size_t(row0 + local) * a.n + n0 +
@@ -177,8 +220,8 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
   }
 }
 
-template <Mode kMode>
-__global__ void __launch_bounds__(kThreads, 1)
+template <Mode kMode, bool kProducerGroup>
+__global__ void __launch_bounds__(threadsOf(kProducerGroup), 1)
     groupedFp8Kernel(KernelArgs a, const __grid_constant__ CUtensorMap xMap,
                      const __grid_constant__ CUtensorMap gateMap,
                      const __grid_constant__ CUtensorMap upMap) {
@@ -188,10 +231,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
     return;
   const int expert = groupOfRow(a.starts, a.groups, row0);
-  const int n0 = int(blockIdx.x) * kTile;
+  const int n0 = int(blockIdx.x) * L::kColumns;
   const int wRow0 = expert * a.n + n0;
   const int kBlocks = a.k / kTile;
-  // The scales of this tile's 128 columns, one per block of k.
+  // The scales of this tile's (first) 128 columns, one per block of k.
   const size_t scalesAt =
       (size_t(expert) * (a.n / kTile) + n0 / kTile) * kBlocks;
 
@@ -200,27 +243,51 @@ __global__ void __launch_bounds__(kThreads, 1)
                                  sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
                                     kSwizzleAtomBytes;
   uint64_t *full = reinterpret_cast<uint64_t *>(shared + L::kBarriersAt);
-  // A stage's tiles: x, then gate (0) and up (1).
+  uint64_t *empty = full + L::kStages;
+  // A stage's tiles: x, then gate (0) and up (1), or the weight's two
+  // column tiles.
   auto xTile = [&](int stage) { return shared + stage * L::kStageBytes; };
   auto wTile = [&](int stage, int which) {
     return xTile(stage) + (1 + which) * kOperandBytes;
   };
   if (threadIdx.x == 0)
-    for (int stage = 0; stage < L::kStages; ++stage)
+    for (int stage = 0; stage < L::kStages; ++stage) {
       initLoadBarrier(&full[stage]);
+      if constexpr (kProducerGroup) // a consumer warp's arrival each
+        initArrivalBarrier(&empty[stage], kThreads / 32);
+    }
   __syncthreads();
-  // Block kb of k into its stage (thread 0).
+  // Block kb of k into its stage (one thread).
   auto load = [&](int kb) {
     const int stage = kb % L::kStages;
     expectBytes(&full[stage], L::kStageBytes);
     loadTile2d(xTile(stage), &xMap, kb * kTile, row0, &full[stage]);
     loadTile2d(wTile(stage, 0), &gateMap, kb * kTile, wRow0, &full[stage]);
-    if constexpr (L::kWeights == 2)
+    if constexpr (kMode == Mode::SingleWide)
+      loadTile2d(wTile(stage, 1), &gateMap, kb * kTile, wRow0 + kTile,
+                 &full[stage]);
+    else if constexpr (L::kWeights == 2)
       loadTile2d(wTile(stage, 1), &upMap, kb * kTile, wRow0, &full[stage]);
   };
-  if (threadIdx.x == 0)
+  if constexpr (kProducerGroup) {
+    if (threadIdx.x >= kThreads) {
+      // The producer: each stage once its 8 consumer warps gave it back.
+      asm volatile(
+          "setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
+      if (threadIdx.x == kThreads)
+        for (int kb = 0; kb < kBlocks; ++kb) {
+          if (kb >= L::kStages)
+            awaitBarrier(&empty[kb % L::kStages], (kb / L::kStages - 1) % 2);
+          load(kb);
+        }
+      return;
+    }
+    asm volatile(
+        "setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+  } else if (threadIdx.x == 0) {
     for (int kb = 0; kb < min(L::kStages - 1, kBlocks); ++kb)
       load(kb);
+  }
 
   // This thread's rows: 16 warp + g and + 8 of its warpgroup's 64.
   const int group = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
@@ -239,11 +306,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     awaitBarrier(&full[stage], (kb / L::kStages) % 2);
     multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb, xLo,
                          xHi);
-    // Both warpgroups done with the stage: the one block kb + stages - 1
-    // goes to.
-    __syncthreads();
-    if (threadIdx.x == 0 && kb + L::kStages - 1 < kBlocks)
-      load(kb + L::kStages - 1);
+    if constexpr (kProducerGroup) {
+      // This warp's products are done reading the stage (wgmmaWait).
+      if (lane == 0)
+        arriveAt(&empty[stage]);
+    } else {
+      // Both warpgroups done with the stage: the one block kb + stages - 1
+      // goes to.
+      __syncthreads();
+      if (threadIdx.x == 0 && kb + L::kStages - 1 < kBlocks)
+        load(kb + L::kStages - 1);
+    }
   }
 
   storeTile<kMode>(a, sums, row0, n0, rowLo, t, shared);
@@ -285,9 +358,9 @@ bool aligned16(const void *p) {
   return p && reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-/// Launches mode kMode over [capacity / 128] row tiles and [n / 128]
+/// Launches mode kMode over [capacity / 128] row tiles and [n / kColumns]
 /// column tiles: the tensor maps of x and the weights (`up` null for one).
-template <Mode kMode>
+template <Mode kMode, bool kProducerGroup>
 cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
                           const uint8_t *up, cudaStream_t stream) {
   using L = Layout<kMode>;
@@ -302,16 +375,26 @@ cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
     return cudaErrorNotSupported;
   if (!up)
     upMap = gateMap; // (not read)
-  auto *kernel = groupedFp8Kernel<kMode>;
+  auto *kernel = groupedFp8Kernel<kMode, kProducerGroup>;
   cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            int(L::kSharedBytes));
   if (error != cudaSuccess)
     return error;
-  dim3 grid(a.n / kTile, a.capacity / kTile);
-  error = launchOverlapped(kernel, grid, kThreads, L::kSharedBytes, stream, a,
-                           xMap, gateMap, upMap);
+  dim3 grid(a.n / L::kColumns, a.capacity / kTile);
+  error = launchOverlapped(kernel, grid, threadsOf(kProducerGroup),
+                           L::kSharedBytes, stream, a, xMap, gateMap, upMap);
   return error != cudaSuccess ? error : cudaGetLastError();
+}
+
+/// launchGrouped<kMode, options.producerWarpgroup>.
+template <Mode kMode>
+cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
+                          const uint8_t *up, const GroupedFp8Options &options,
+                          cudaStream_t stream) {
+  return options.producerWarpgroup
+             ? launchGrouped<kMode, true>(a, gate, up, stream)
+             : launchGrouped<kMode, false>(a, gate, up, stream);
 }
 
 bool shapeFits(int groups, int capacity, int n, int k) {
@@ -339,8 +422,8 @@ cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
   k.y = a.y, k.yCodes = a.yCodes, k.yScales = a.yScales;
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
-  return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, stream)
-             : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, stream);
+  return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, a.options, stream)
+             : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, a.options, stream);
 }
 
 bool groupedFp8Fits(const GroupedFp8Args &a) {
@@ -360,7 +443,11 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
   k.y = a.y, k.yF32 = a.yF32;
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
-  return launchGrouped<Mode::Single>(k, a.w, nullptr, stream);
+  if (a.options.wideColumns && a.n % (2 * kTile) == 0) {
+    k.wScales[1] = a.wScales + a.k / kTile; // the next column block's
+    return launchGrouped<Mode::SingleWide>(k, a.w, nullptr, a.options, stream);
+  }
+  return launchGrouped<Mode::Single>(k, a.w, nullptr, a.options, stream);
 }
 
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,

@@ -26,6 +26,20 @@
 
 namespace melt::rt::cuda {
 
+/// How the grouped FP8 kernels run (GroupedGemmFp8.cu; the same sums
+/// either way). The defaults are the faster on the H200 (mini's 8192
+/// tokens: the pair with FP8 output 826 against 858 us, the down product
+/// 426 against 510; bench/results/grouped_fp8_producer_wide_s25_h200.txt);
+/// the others are kept for comparison.
+struct GroupedFp8Options {
+  /// Loads asked by a warpgroup of their own as far ahead as the ring
+  /// goes, each stage given back as its readers finish (else by a consumer
+  /// thread between blocks of k, both warpgroups synced each one).
+  bool producerWarpgroup = true;
+  /// The single product 256 columns a block where n takes them (else 128).
+  bool wideColumns = true;
+};
+
 struct GroupedFp8PairArgs {
   /// [capacity, k] e4m3 codes: group e's rows are [starts[e], starts[e+1]).
   const uint8_t *x = nullptr;
@@ -46,6 +60,7 @@ struct GroupedFp8PairArgs {
   /// 0, the last at most `capacity`.
   const int32_t *starts = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
+  GroupedFp8Options options;
 };
 
 /// Whether the kernel takes the shape: n, k and capacity multiples of 128,
@@ -73,6 +88,7 @@ struct GroupedFp8Args {
   /// As GroupedFp8PairArgs::starts.
   const int32_t *starts = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
+  GroupedFp8Options options;
 };
 
 /// Whether groupedGemmFp8 takes the shape (as groupedFp8PairFits).

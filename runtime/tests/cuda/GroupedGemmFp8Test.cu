@@ -4,7 +4,8 @@
 // sixteen blocks, two column tiles, and rows past the last group left as
 // they were; the pair's FP8 output as quantizeRowsFp8 quantizes its BF16
 // one; the single product (the down projection) likewise against double
-// precision; and the gather of x's quantized rows. Skips without a device.
+// precision; each way the kernels run (GroupedFp8Options) the same bits;
+// and the gather of x's quantized rows. Skips without a device.
 #include "cuda/GroupedGemmFp8.h"
 #include "cuda/Quantize.h"
 
@@ -306,6 +307,82 @@ void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16) {
     cudaFree(const_cast<void *>(p));
 }
 
+/// Each way GroupedFp8Options runs the kernels against the default's
+/// bytes: the pair into BF16 rows and into FP8 codes and scales, the
+/// single product into F32 and BF16 rows (the same sums in the same
+/// order, so the same bits; rows past the last group untouched).
+void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
+  const int groups = int(counts.size()), blocks = k / 128;
+  const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
+  const int capacity = starts.back() + 128; // a spare tile
+  std::mt19937 rng(37);
+  const uint8_t *x = toDevice(randomCodes(rng, size_t(capacity) * k));
+  const float *xScales = toDevice(randomScales(rng, size_t(blocks) * capacity));
+  const uint8_t *gate = toDevice(randomCodes(rng, size_t(groups) * n * k));
+  const uint8_t *up = toDevice(randomCodes(rng, size_t(groups) * n * k));
+  const float *gateScales =
+      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
+  const float *upScales =
+      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
+  const int32_t *deviceStarts = toDevice(starts);
+  const size_t values = size_t(capacity) * n, scaleCount = values / 128;
+  // Outputs: BF16 rows, FP8 codes, their scales, F32 rows; filled with
+  // 0xff bytes first.
+  const size_t bytes[4] = {2 * values, values, 4 * scaleCount, 4 * values};
+  uint8_t *out[4];
+  for (int i = 0; i < 4; ++i)
+    out[i] = deviceArray<uint8_t>(bytes[i]);
+  std::vector<std::vector<uint8_t>> first;
+  const GroupedFp8Options ways[] = {
+      {false, false}, {true, false}, {false, true}, {true, true}};
+  for (const GroupedFp8Options &options : ways) {
+    for (int i = 0; i < 4; ++i)
+      ASSERT_EQ(cudaMemset(out[i], 0xff, bytes[i]), cudaSuccess);
+    GroupedFp8PairArgs pair;
+    pair.x = x, pair.xScales = xScales, pair.gate = gate, pair.up = up;
+    pair.gateScales = gateScales, pair.upScales = upScales;
+    pair.starts = deviceStarts, pair.groups = groups;
+    pair.capacity = capacity, pair.n = n, pair.k = k, pair.options = options;
+    pair.y = reinterpret_cast<__nv_bfloat16 *>(out[0]);
+    ASSERT_EQ(groupedGemmFp8Pair(pair, nullptr), cudaSuccess);
+    pair.y = nullptr, pair.yCodes = out[1];
+    pair.yScales = reinterpret_cast<float *>(out[2]);
+    ASSERT_EQ(groupedGemmFp8Pair(pair, nullptr), cudaSuccess);
+    GroupedFp8Args single;
+    single.x = x, single.xScales = xScales, single.w = gate;
+    single.wScales = gateScales, single.starts = deviceStarts;
+    single.groups = groups, single.capacity = capacity, single.n = n;
+    single.k = k, single.options = options;
+    single.yF32 = reinterpret_cast<float *>(out[3]);
+    ASSERT_EQ(groupedGemmFp8(single, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<std::vector<uint8_t>> have;
+    for (int i = 0; i < 4; ++i)
+      have.push_back(toHost(out[i], bytes[i]));
+    if (first.empty()) {
+      first = have;
+      continue;
+    }
+    const char *names[] = {"pair's BF16 rows", "pair's FP8 codes",
+                           "pair's FP8 scales", "single's F32 rows"};
+    for (int i = 0; i < 4; ++i)
+      for (size_t b = 0; b < bytes[i]; ++b)
+        ASSERT_EQ(have[size_t(i)][b], first[size_t(i)][b])
+            << names[i] << ", byte " << b << ", n " << n << ", k " << k
+            << ", producer warpgroup " << options.producerWarpgroup
+            << ", wide columns " << options.wideColumns;
+  }
+  for (const void *p :
+       {static_cast<const void *>(x), static_cast<const void *>(xScales),
+        static_cast<const void *>(gate), static_cast<const void *>(up),
+        static_cast<const void *>(gateScales),
+        static_cast<const void *>(upScales),
+        static_cast<const void *>(deviceStarts)})
+    cudaFree(const_cast<void *>(p));
+  for (uint8_t *p : out)
+    cudaFree(p);
+}
+
 } // namespace
 
 TEST(CudaGroupedGemmFp8, PairQuantizesItsRowsAsQuantizeRowsFp8) {
@@ -329,6 +406,15 @@ TEST(CudaGroupedGemmFp8, PairMatchesTheBlockScaledProducts) {
   runCase({0, 1, 127, 128, 129, 300}, 256, 512);
   runCase({200}, 128, 128);         // one block of k
   runCase({70, 0, 131}, 256, 2048); // sixteen: more than the ring's stages
+}
+
+TEST(CudaGroupedGemmFp8, EveryWayGivesTheSameBits) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  expectOptionsAgree({0, 1, 127, 128, 129, 300}, 256, 512);
+  expectOptionsAgree({200}, 128, 128);         // one block of k, 128 columns
+  expectOptionsAgree({70, 0, 131}, 384, 1408); // 3 column tiles: not wide
+  expectOptionsAgree({70, 0, 131}, 512, 2048); // more than the ring's stages
 }
 
 // Rows of tokens' codes and scales gathered: a part of a block of rows,
