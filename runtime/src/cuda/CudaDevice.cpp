@@ -679,15 +679,19 @@ public:
   /// DeepSeek-V3 multiplies every expert product (groupedGemmFp8); =0
   /// widens the down weights to BF16 for the pair's BF16 rows.
   bool fp8GroupedDown_ = envSwitch("MELT_CUDA_FP8_GROUPED_DOWN", true);
-  /// How those grouped FP8 kernels run (GroupedFp8Options; the same bits):
-  /// a producer warpgroup asking for their loads (=0 in
-  /// MELT_CUDA_GROUPED_FP8_PRODUCER: a consumer thread between blocks of
-  /// k), the down product 256 columns a block (MELT_CUDA_GROUPED_FP8_WIDE_DOWN
-  /// =0: 128). Both on since session 25's run: mini's 8x1024 FP8 prefill
-  /// +2.5%, the same tokens.
-  GroupedFp8Options groupedFp8Options_ = {
-      envSwitch("MELT_CUDA_GROUPED_FP8_PRODUCER", true),
-      envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true)};
+  /// How those grouped FP8 kernels run (GroupedFp8Options; the same bits).
+  /// The down product 256 columns a block (since session 25's run: mini's
+  /// 8x1024 FP8 prefill +2.5% with the producer warpgroup, the same tokens;
+  /// MELT_CUDA_GROUPED_FP8_WIDE_DOWN=0: 128) and a block an SM going over
+  /// the tiles (MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN=0: a block a tile;
+  /// mini's down 391 against 426 us, DeepSeek-V3's 2974 against 3440). The
+  /// pair a block a tile: persistent, mini's pair with FP8 output took 826
+  /// against 790 us (DeepSeek-V3's 4929 against 5088;
+  /// bench/results/grouped_fp8_persistent_s25_h200.txt).
+  GroupedFp8Options groupedFp8Down_ = {
+      envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true),
+      envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true)};
+  GroupedFp8Options groupedFp8Pair_ = {true, false};
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -1125,9 +1129,32 @@ public:
     const std::vector<double> inverse = ropeInverseFrequencies(rope, ropeDim);
     std::copy(inverse.begin(), inverse.end(), projected.inverse);
     projected.mscale = ropeOutputScale(rope);
-    return mlaDecompressedForm(qNope, qRope, cache, layout, wUk, wUv, shape,
-                               scale, decompressAbove, out, taken, &projected);
+    // The queries' rope angles once per (token, pair), not again in every
+    // head's blocks.
+    DeviceTensor angles;
+    if (prefillRopeAngles_) {
+      MELT_RETURN_IF_ERROR(
+          allocate(DType::F32,
+                   {q.shape[0] * int64_t(std::size(projected.inverse)) *
+                    int64_t(sizeof(double2) / sizeof(float))},
+                   angles));
+      projected.angles = static_cast<const double2 *>(angles.data);
+      MELT_RETURN_IF_ERROR(
+          check(ropeAngles(projected, int(q.shape[0]),
+                           static_cast<double2 *>(angles.data), stream_),
+                "mla"));
+    }
+    const Status ran =
+        mlaDecompressedForm(qNope, qRope, cache, layout, wUk, wUv, shape, scale,
+                            decompressAbove, out, taken, &projected);
+    if (angles.data)
+      release(angles); // stream-ordered: reused only by later work
+    return ran;
   }
+  /// prefillMlaOfQuery's rope angles in a table ahead of the attention
+  /// (CausalProjectedQuery::angles; MELT_CUDA_PREFILL_ROPE_ANGLES=0: each
+  /// block computes its own).
+  bool prefillRopeAngles_ = envSwitch("MELT_CUDA_PREFILL_ROPE_ANGLES", true);
   /// prefillMlaOfQuery (MELT_CUDA_PREFILL_MLA_QUERY=0 off), and with it the
   /// query projection in BF16 where it is written so (the prefill's form
   /// reads it; elsewhere mlaOfQuery widens it first).
@@ -1607,7 +1634,7 @@ public:
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
       a.starts = starts;
       a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
-      a.options = groupedFp8Options_;
+      a.options = groupedFp8Pair_;
       if (fp8Down) { // the rows quantized as the pair writes them
         MELT_RETURN_IF_ERROR(
             scratch.take(DType::FP8E4M3, {capacity, I}, actCodesT));
@@ -1636,7 +1663,7 @@ public:
         d.yF32 = static_cast<float *>(outT.data);
       d.starts = starts;
       d.groups = E, d.capacity = capacity, d.n = D, d.k = I;
-      d.options = groupedFp8Options_;
+      d.options = groupedFp8Down_;
       MELT_RETURN_IF_ERROR(check(groupedGemmFp8(d, stream_), "moe_experts"));
     } else {
       MELT_RETURN_IF_ERROR(

@@ -3,7 +3,7 @@
 // A block: a [128 x 128] tile of y, two warpgroups of 64 rows each. A stage
 // holds one 128-wide block of k (one block of scales): x's, gate's and
 // up's [128 x 128] e4m3 tiles in the 128-byte swizzle, brought by TMA
-// through a ring of four stages (thread 0 keeps three ahead). Each
+// through a ring of four stages. Each
 // warpgroup multiplies x by gate (wgmma m64n128k32, four steps) into a
 // scratch accumulator, waits for it, and adds it times its rows' x scales
 // and the tile's gate scale into the gate sums; then the same for up. The
@@ -15,16 +15,23 @@
 // mini's 8192 tokens the down product ran at ~550 TFLOP/s to the pair's
 // ~750, its blocks' 11 of k a short loop behind their first loads).
 //
-// The loads: thread 0 asks for each stage once both warpgroups are done
-// with the one before it (a block barrier each 128 of k); or
-// (GroupedFp8Options::producerWarpgroup) a third warpgroup's first thread
-// asks as far ahead as the ring goes, each consumer warp giving a stage
-// back on its `empty` barrier as its products are done reading it: the
-// two consumers then drift apart, one's adds under the other's products.
-// The producer gives its registers to the consumers (setmaxnreg: 40 and
-// 232 a thread). A ninth warp alone would not do: a quarter of the SM's
-// registers serve its warps on one scheduler, so three warps there cap a
-// thread at 168 registers, and the pair's 216 spill.
+// The loads: a third warpgroup's first thread asks as far ahead as the
+// ring goes, each consumer warp giving a stage back on its `empty` barrier
+// as its products are done reading it: the two consumers drift apart, one's
+// adds under the other's products. The producer gives its registers to the
+// consumers (setmaxnreg: 40 and 232 a thread). A ninth warp alone would not
+// do: a quarter of the SM's registers serve its warps on one scheduler, so
+// three warps there cap a thread at 168 registers, and the pair's 216
+// spill. (Session 25, bench/results/grouped_fp8_producer_wide_s25_h200.txt:
+// against thread 0 of the consumers asking between blocks of k, both
+// warpgroups synced each one, mini's 8192 tokens' down product 426 against
+// 439 us at 256 columns, 485 against 510 at 128; the pair with FP8 output
+// 826 against 858.)
+//
+// GroupedFp8Options::persistent: a block an SM, each going over tiles b,
+// b + grid, ..., the producer's ring running on across a tile's end, so
+// the next tile's first blocks of k load while one is stored (its FP8
+// rows staged apart from the ring).
 //
 // A tile's 128 columns are one 1 x 128 block of each of its rows: the pair
 // can quantize its own output (each row's largest magnitude from the four
@@ -56,30 +63,31 @@ constexpr int kOperandBytes = kTile * kTile; // a [128 x 128] e4m3 tile
 enum class Mode { PairBf16, PairFp8, Single, SingleWide };
 
 /// The weight tiles a stage holds (a weight's, or two column tiles of one
-/// weight), the ring's stages, its bytes (the `full` barriers, then the
-/// `empty` ones), the columns of a block.
+/// weight), the ring's stages, its bytes (then the pair's 16-KB staging
+/// tile for its FP8 rows, the `full` barriers, the `empty` ones), the
+/// columns of a block.
 template <Mode kMode> struct Layout {
   static constexpr int kWeights = kMode == Mode::Single ? 1 : 2;
   static constexpr int kStages = kMode == Mode::Single ? 6 : 4;
   static constexpr int kStageBytes = (1 + kWeights) * kOperandBytes;
-  static constexpr size_t kBarriersAt = size_t(kStages) * kStageBytes;
+  static constexpr size_t kStagingAt = size_t(kStages) * kStageBytes;
+  static constexpr size_t kBarriersAt =
+      kStagingAt + (kMode == Mode::PairFp8 ? kOperandBytes : 0);
   static constexpr size_t kSharedBytes =
       kBarriersAt + 2 * kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
   static constexpr int kColumns = kMode == Mode::SingleWide ? 2 * kTile : kTile;
 };
 
-/// The threads of a block: its two consumer warpgroups, and the producer
-/// warpgroup where there is one.
-constexpr int threadsOf(bool producerWarpgroup) {
-  return producerWarpgroup ? kThreads + 128 : kThreads;
-}
+/// The threads of a block: its two consumer warpgroups (kThreads), then
+/// the producer warpgroup.
+constexpr int kBlockThreads = kThreads + 128;
 
 /// The registers a thread of the producer warpgroup keeps and a consumer's
 /// take (128 x 40 + 256 x 232 of the SM's 65,536).
 constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
-/// Waits for the consumer warpgroups' 256 threads alone (a producer warp
-/// may have left).
+/// Waits for the consumer warpgroups' 256 threads alone (the producer
+/// has left).
 __device__ __forceinline__ void syncConsumers() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory");
 }
@@ -142,7 +150,7 @@ multiplyBlock(const KernelArgs &a, float (&sums)[Layout<kMode>::kWeights][64],
 /// A tile's sums into the mode's output: rows rowLo and rowLo + 8 of the
 /// [128 x kColumns] tile at (row0, n0), this thread's columns 8 j + 2 t,
 /// + 1 (of each 128). The FP8 rows go through `staging` (16 KB of shared
-/// memory no copy writes meanwhile), the consumers' threads taking part.
+/// memory apart from the ring), the consumers' threads taking part.
 template <Mode kMode>
 __device__ __forceinline__ void
 storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
@@ -177,7 +185,7 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
     } else {
       // The same BF16 values, then the row's block quantized: its largest
       // magnitude over the quad's 128 columns. (Both warpgroups done with
-      // the ring first: the staging tile is its first stage.)
+      // the staging tile's last rows first.)
       if (half == 0)
         syncConsumers();
       float v[32], amax = 0.f;
@@ -220,23 +228,40 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
   }
 }
 
-template <Mode kMode, bool kProducerGroup>
-__global__ void __launch_bounds__(threadsOf(kProducerGroup), 1)
+/// A tile of the launch: its first row, its rows' group and its first
+/// column; `none` past the last group's rows (no tile after it has any).
+struct TileAt {
+  int row0 = 0, expert = 0, n0 = 0;
+  bool none = false;
+};
+
+template <Mode kMode>
+__device__ __forceinline__ TileAt tileAt(const KernelArgs &a, int tile,
+                                         int columnTiles, int rowsEnd) {
+  TileAt at;
+  at.row0 = tile / columnTiles * kTile;
+  at.none = at.row0 >= rowsEnd;
+  if (!at.none) {
+    at.expert = groupOfRow(a.starts, a.groups, at.row0);
+    at.n0 = tile % columnTiles * Layout<kMode>::kColumns;
+  }
+  return at;
+}
+
+/// Tiles blockIdx.x, + gridDim.x, ... in row-tile order (a launch of a
+/// block a tile takes one; a persistent one its share, the ring running on
+/// across a tile's end).
+template <Mode kMode>
+__global__ void __launch_bounds__(kBlockThreads, 1)
     groupedFp8Kernel(KernelArgs a, const __grid_constant__ CUtensorMap xMap,
                      const __grid_constant__ CUtensorMap gateMap,
                      const __grid_constant__ CUtensorMap upMap) {
   using L = Layout<kMode>;
   awaitPriorKernels();
-  const int row0 = int(blockIdx.y) * kTile;
-  if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
-    return;
-  const int expert = groupOfRow(a.starts, a.groups, row0);
-  const int n0 = int(blockIdx.x) * L::kColumns;
-  const int wRow0 = expert * a.n + n0;
+  const int columnTiles = a.n / L::kColumns;
+  const int tiles = columnTiles * (a.capacity / kTile);
+  const int rowsEnd = a.starts[a.groups];
   const int kBlocks = a.k / kTile;
-  // The scales of this tile's (first) 128 columns, one per block of k.
-  const size_t scalesAt =
-      (size_t(expert) * (a.n / kTile) + n0 / kTile) * kBlocks;
 
   extern __shared__ uint8_t sharedRaw[];
   uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
@@ -253,73 +278,73 @@ __global__ void __launch_bounds__(threadsOf(kProducerGroup), 1)
   if (threadIdx.x == 0)
     for (int stage = 0; stage < L::kStages; ++stage) {
       initLoadBarrier(&full[stage]);
-      if constexpr (kProducerGroup) // a consumer warp's arrival each
-        initArrivalBarrier(&empty[stage], kThreads / 32);
+      initArrivalBarrier(&empty[stage], kThreads / 32); // a consumer warp's
     }
   __syncthreads();
-  // Block kb of k into its stage (one thread).
-  auto load = [&](int kb) {
-    const int stage = kb % L::kStages;
-    expectBytes(&full[stage], L::kStageBytes);
-    loadTile2d(xTile(stage), &xMap, kb * kTile, row0, &full[stage]);
-    loadTile2d(wTile(stage, 0), &gateMap, kb * kTile, wRow0, &full[stage]);
-    if constexpr (kMode == Mode::SingleWide)
-      loadTile2d(wTile(stage, 1), &gateMap, kb * kTile, wRow0 + kTile,
-                 &full[stage]);
-    else if constexpr (L::kWeights == 2)
-      loadTile2d(wTile(stage, 1), &upMap, kb * kTile, wRow0, &full[stage]);
-  };
-  if constexpr (kProducerGroup) {
-    if (threadIdx.x >= kThreads) {
-      // The producer: each stage once its 8 consumer warps gave it back.
-      asm volatile(
-          "setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-      if (threadIdx.x == kThreads)
-        for (int kb = 0; kb < kBlocks; ++kb) {
-          if (kb >= L::kStages)
-            awaitBarrier(&empty[kb % L::kStages], (kb / L::kStages - 1) % 2);
-          load(kb);
-        }
-      return;
-    }
-    asm volatile(
-        "setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
-  } else if (threadIdx.x == 0) {
-    for (int kb = 0; kb < min(L::kStages - 1, kBlocks); ++kb)
-      load(kb);
-  }
 
-  // This thread's rows: 16 warp + g and + 8 of its warpgroup's 64.
+  if (threadIdx.x >= kThreads) {
+    // The producer: each stage once its 8 consumer warps gave it back.
+    asm volatile(
+        "setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
+    if (threadIdx.x != kThreads)
+      return;
+    int round = 0; // blocks of k asked for so far, over the tiles
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      const TileAt at = tileAt<kMode>(a, tile, columnTiles, rowsEnd);
+      if (at.none)
+        break;
+      const int wRow0 = at.expert * a.n + at.n0;
+      for (int kb = 0; kb < kBlocks; ++kb, ++round) {
+        const int stage = round % L::kStages;
+        if (round >= L::kStages)
+          awaitBarrier(&empty[stage], (round / L::kStages - 1) % 2);
+        expectBytes(&full[stage], L::kStageBytes);
+        loadTile2d(xTile(stage), &xMap, kb * kTile, at.row0, &full[stage]);
+        loadTile2d(wTile(stage, 0), &gateMap, kb * kTile, wRow0, &full[stage]);
+        if constexpr (kMode == Mode::SingleWide)
+          loadTile2d(wTile(stage, 1), &gateMap, kb * kTile, wRow0 + kTile,
+                     &full[stage]);
+        else if constexpr (L::kWeights == 2)
+          loadTile2d(wTile(stage, 1), &upMap, kb * kTile, wRow0, &full[stage]);
+      }
+    }
+    return;
+  }
+  asm volatile(
+      "setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+
+  // This thread's rows of a tile: 16 warp + g and + 8 of its warpgroup's
+  // 64.
   const int group = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int rowLo = row0 + group * 64 + 16 * warp + g;
-  float sums[L::kWeights][64], part[64];
+  int round = 0;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const TileAt at = tileAt<kMode>(a, tile, columnTiles, rowsEnd);
+    if (at.none)
+      break;
+    const int rowLo = at.row0 + group * 64 + 16 * warp + g;
+    // The scales of the tile's (first) 128 columns, one per block of k.
+    const size_t scalesAt =
+        (size_t(at.expert) * (a.n / kTile) + at.n0 / kTile) * kBlocks;
+    float sums[L::kWeights][64], part[64];
 #pragma unroll
-  for (int which = 0; which < L::kWeights; ++which)
+    for (int which = 0; which < L::kWeights; ++which)
 #pragma unroll
-    for (int i = 0; i < 64; ++i)
-      sums[which][i] = 0.f;
-  for (int kb = 0; kb < kBlocks; ++kb) {
-    const int stage = kb % L::kStages;
-    const float *xScales = a.xScales + size_t(kb) * a.capacity;
-    const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
-    awaitBarrier(&full[stage], (kb / L::kStages) % 2);
-    multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb, xLo,
-                         xHi);
-    if constexpr (kProducerGroup) {
+      for (int i = 0; i < 64; ++i)
+        sums[which][i] = 0.f;
+    for (int kb = 0; kb < kBlocks; ++kb, ++round) {
+      const int stage = round % L::kStages;
+      const float *xScales = a.xScales + size_t(kb) * a.capacity;
+      const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
+      awaitBarrier(&full[stage], (round / L::kStages) % 2);
+      multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb,
+                           xLo, xHi);
       // This warp's products are done reading the stage (wgmmaWait).
       if (lane == 0)
         arriveAt(&empty[stage]);
-    } else {
-      // Both warpgroups done with the stage: the one block kb + stages - 1
-      // goes to.
-      __syncthreads();
-      if (threadIdx.x == 0 && kb + L::kStages - 1 < kBlocks)
-        load(kb + L::kStages - 1);
     }
+    storeTile<kMode>(a, sums, at.row0, at.n0, rowLo, t, shared + L::kStagingAt);
   }
-
-  storeTile<kMode>(a, sums, row0, n0, rowLo, t, shared);
 }
 
 /// Rows a gather block takes (a warp a row at a time) and its threads.
@@ -359,10 +384,12 @@ bool aligned16(const void *p) {
 }
 
 /// Launches mode kMode over [capacity / 128] row tiles and [n / kColumns]
-/// column tiles: the tensor maps of x and the weights (`up` null for one).
-template <Mode kMode, bool kProducerGroup>
+/// column tiles, a block a tile or (persistent) a block an SM: the tensor
+/// maps of x and the weights (`up` null for one).
+template <Mode kMode>
 cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
-                          const uint8_t *up, cudaStream_t stream) {
+                          const uint8_t *up, const GroupedFp8Options &options,
+                          cudaStream_t stream) {
   using L = Layout<kMode>;
   alignas(64) CUtensorMap xMap{}, gateMap{}, upMap{};
   const uint64_t wRows = uint64_t(a.groups) * a.n;
@@ -375,26 +402,25 @@ cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
     return cudaErrorNotSupported;
   if (!up)
     upMap = gateMap; // (not read)
-  auto *kernel = groupedFp8Kernel<kMode, kProducerGroup>;
+  auto *kernel = groupedFp8Kernel<kMode>;
   cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            int(L::kSharedBytes));
   if (error != cudaSuccess)
     return error;
-  dim3 grid(a.n / L::kColumns, a.capacity / kTile);
-  error = launchOverlapped(kernel, grid, threadsOf(kProducerGroup),
+  int blocks = (a.n / L::kColumns) * (a.capacity / kTile);
+  if (options.persistent) {
+    int device = 0, processors = 0;
+    if ((error = cudaGetDevice(&device)) != cudaSuccess ||
+        (error =
+             cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount,
+                                    device)) != cudaSuccess)
+      return error;
+    blocks = std::min(blocks, processors);
+  }
+  error = launchOverlapped(kernel, unsigned(blocks), kBlockThreads,
                            L::kSharedBytes, stream, a, xMap, gateMap, upMap);
   return error != cudaSuccess ? error : cudaGetLastError();
-}
-
-/// launchGrouped<kMode, options.producerWarpgroup>.
-template <Mode kMode>
-cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
-                          const uint8_t *up, const GroupedFp8Options &options,
-                          cudaStream_t stream) {
-  return options.producerWarpgroup
-             ? launchGrouped<kMode, true>(a, gate, up, stream)
-             : launchGrouped<kMode, false>(a, gate, up, stream);
 }
 
 bool shapeFits(int groups, int capacity, int n, int k) {

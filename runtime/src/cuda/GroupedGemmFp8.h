@@ -27,17 +27,15 @@
 namespace melt::rt::cuda {
 
 /// How the grouped FP8 kernels run (GroupedGemmFp8.cu; the same sums
-/// either way). The defaults are the faster on the H200 (mini's 8192
-/// tokens: the pair with FP8 output 826 against 858 us, the down product
-/// 426 against 510; bench/results/grouped_fp8_producer_wide_s25_h200.txt);
-/// the others are kept for comparison.
+/// either way): the device's choice, or the other ways for comparison.
 struct GroupedFp8Options {
-  /// Loads asked by a warpgroup of their own as far ahead as the ring
-  /// goes, each stage given back as its readers finish (else by a consumer
-  /// thread between blocks of k, both warpgroups synced each one).
-  bool producerWarpgroup = true;
   /// The single product 256 columns a block where n takes them (else 128).
+  /// On the H200, mini's down product (8192 tokens) 426 against 485 us
+  /// (bench/results/grouped_fp8_producer_wide_s25_h200.txt).
   bool wideColumns = true;
+  /// A block an SM going over the tiles, the next tile's loads under a
+  /// tile's store (else a block a tile).
+  bool persistent = false;
 };
 
 struct GroupedFp8PairArgs {

@@ -369,8 +369,8 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
       for (size_t b = 0; b < bytes[i]; ++b)
         ASSERT_EQ(have[size_t(i)][b], first[size_t(i)][b])
             << names[i] << ", byte " << b << ", n " << n << ", k " << k
-            << ", producer warpgroup " << options.producerWarpgroup
-            << ", wide columns " << options.wideColumns;
+            << ", wide columns " << options.wideColumns << ", persistent "
+            << options.persistent;
   }
   for (const void *p :
        {static_cast<const void *>(x), static_cast<const void *>(xScales),
