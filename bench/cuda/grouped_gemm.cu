@@ -154,9 +154,8 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
     fp8Down.n = D, fp8Down.k = I;
     enum class Kernel { Bf16, Fp8Pair, Fp8PairFp8Out, Fp8Single };
     // GroupedFp8Options' ways beside the default.
-    GroupedFp8Options persistent, multicast, narrow;
+    GroupedFp8Options persistent, narrow;
     persistent.persistent = true;
-    multicast.multicast = true;
     narrow.wideColumns = false;
     struct Product {
       const char *what;
@@ -173,14 +172,10 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
          Kernel::Fp8PairFp8Out},
         {"gate/up pair, fp8 tensor cores, fp8 out, persistent", pair, 2,
          Kernel::Fp8PairFp8Out, persistent},
-        {"gate/up pair, fp8 tensor cores, fp8 out, multicast", pair, 2,
-         Kernel::Fp8PairFp8Out, multicast},
         {"down", downArgs, 1, Kernel::Bf16},
         {"down, fp8 tensor cores", downArgs, 1, Kernel::Fp8Single},
         {"down, fp8 tensor cores, persistent", downArgs, 1, Kernel::Fp8Single,
          persistent},
-        {"down, fp8 tensor cores, multicast", downArgs, 1, Kernel::Fp8Single,
-         multicast},
         {"down, fp8 tensor cores, 128 columns", downArgs, 1, Kernel::Fp8Single,
          narrow}};
     for (const Product &p : products) {

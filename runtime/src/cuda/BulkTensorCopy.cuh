@@ -76,49 +76,6 @@ __device__ __forceinline__ void loadTile2d(void *to, const CUtensorMap *map,
                : "memory");
 }
 
-// A cluster's blocks (Hopper thread block clusters) share one load: TMA
-// writes a box into the same offset of each block in `mask` and counts its
-// bytes on the barrier at the same offset in each; a block gives a stage
-// back to its peer by arriving on the peer's barrier.
-
-/// This block's rank in its cluster.
-__device__ __forceinline__ uint32_t clusterRank() {
-  uint32_t rank;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-  return rank;
-}
-
-/// Every thread of the cluster's blocks waits for all the others (and what
-/// each wrote to shared memory before it is visible to the others).
-__device__ __forceinline__ void clusterSync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n"
-               "barrier.cluster.wait.acquire.aligned;\n" ::
-                   : "memory");
-}
-
-/// One arrival on the barrier at `barrier`'s offset in block `rank` of the
-/// cluster.
-__device__ __forceinline__ void arriveAtPeer(uint64_t *barrier, uint32_t rank) {
-  asm volatile("{\n.reg .b32 remote;\n"
-               "mapa.shared::cluster.u32 remote, %0, %1;\n"
-               "mbarrier.arrive.release.cluster.shared::cluster.b64 _, "
-               "[remote];\n}\n" ::"r"(sharedAddress(barrier)),
-               "r"(rank)
-               : "memory");
-}
-
-/// loadTile2d into `to` of every block in `mask` (bit r: rank r), counted
-/// on the barrier at `barrier`'s offset in each.
-__device__ __forceinline__ void
-loadTile2dToBlocks(void *to, const CUtensorMap *map, int x, int y,
-                   uint64_t *barrier, uint16_t mask) {
-  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::"
-               "complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], "
-               "[%4], %5;\n" ::"r"(sharedAddress(to)),
-               "l"(map), "r"(x), "r"(y), "r"(sharedAddress(barrier)), "h"(mask)
-               : "memory");
-}
-
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_BULKTENSORCOPY_CUH

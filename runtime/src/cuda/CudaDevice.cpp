@@ -688,17 +688,10 @@ public:
   /// pair a block a tile: persistent, mini's pair with FP8 output took 826
   /// against 790 us (DeepSeek-V3's 4929 against 5088;
   /// bench/results/grouped_fp8_persistent_s25_h200.txt).
-  /// MELT_CUDA_GROUPED_FP8_MULTICAST=1: both in clusters of two blocks on
-  /// row tiles of one expert, a stage's weight tiles loaded once for both
-  /// (GroupedFp8Options::multicast; written in session 25 after its GPU
-  /// time was spent, not yet run on a GPU).
-  bool groupedFp8Multicast_ =
-      envSwitch("MELT_CUDA_GROUPED_FP8_MULTICAST", false);
   GroupedFp8Options groupedFp8Down_ = {
       envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true),
-      envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true),
-      groupedFp8Multicast_};
-  GroupedFp8Options groupedFp8Pair_ = {true, false, groupedFp8Multicast_};
+      envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true)};
+  GroupedFp8Options groupedFp8Pair_ = {true, false};
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).

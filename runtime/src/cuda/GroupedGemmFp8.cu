@@ -33,12 +33,6 @@
 // the next tile's first blocks of k load while one is stored (its FP8
 // rows staged apart from the ring).
 //
-// GroupedFp8Options::multicast (for two weight tiles a stage): a stage's
-// 48 KB for 8.4 MFLOP is 175 FLOP a byte, and at the tensor cores' rate all
-// the SMs would draw ~11 TB/s from L2 together. In clusters of two blocks
-// on row tiles of one expert each block loads one of the two weight tiles
-// into both (TMA multicast): 32 KB a stage a block, not 48.
-//
 // A tile's 128 columns are one 1 x 128 block of each of its rows: the pair
 // can quantize its own output (each row's largest magnitude from the four
 // threads that hold its columns), as quantizeRowsFp8 would its BF16 rows.
@@ -256,40 +250,18 @@ __device__ __forceinline__ TileAt tileAt(const KernelArgs &a, int tile,
 
 /// Tiles blockIdx.x, + gridDim.x, ... in row-tile order (a launch of a
 /// block a tile takes one; a persistent one its share, the ring running on
-/// across a tile's end). kClustered: the launch's blocks in clusters of
-/// two, rank r taking row tile 2 p + r of cluster (p, column tile); where
-/// both row tiles are rows of one expert, each block loads one of the two
-/// weight tiles of a stage into both blocks (`paired`), and a stage goes
-/// back to the producers once both blocks' 16 consumer warps are done
-/// with it.
-template <Mode kMode, bool kClustered>
-__device__ __forceinline__ void
-groupedFp8Body(const KernelArgs &a, const CUtensorMap &xMap,
-               const CUtensorMap &gateMap, const CUtensorMap &upMap) {
+/// across a tile's end).
+template <Mode kMode>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    groupedFp8Kernel(KernelArgs a, const __grid_constant__ CUtensorMap xMap,
+                     const __grid_constant__ CUtensorMap gateMap,
+                     const __grid_constant__ CUtensorMap upMap) {
   using L = Layout<kMode>;
   awaitPriorKernels();
-  const int columnTiles = a.n / L::kColumns, rowTiles = a.capacity / kTile;
-  const int tiles = columnTiles * rowTiles;
+  const int columnTiles = a.n / L::kColumns;
+  const int tiles = columnTiles * (a.capacity / kTile);
   const int rowsEnd = a.starts[a.groups];
   const int kBlocks = a.k / kTile;
-  int firstTile = int(blockIdx.x), tileStride = int(gridDim.x);
-  uint32_t rank = 0;
-  bool paired = false; // sharing the weight tiles with the peer block
-  if constexpr (kClustered) {
-    static_assert(L::kWeights == 2, "a weight tile a block of the pair");
-    rank = clusterRank();
-    const int cluster = int(blockIdx.x) / 2;
-    const int rowPair = cluster / columnTiles, column = cluster % columnTiles;
-    auto rowTile = [&](uint32_t r) { return 2 * rowPair + int(r); };
-    auto rowsIn = [&](uint32_t r) {
-      return rowTile(r) < rowTiles && rowTile(r) * kTile < rowsEnd;
-    };
-    firstTile = rowsIn(rank) ? rowTile(rank) * columnTiles + column : tiles;
-    tileStride = tiles; // one tile
-    paired = rowsIn(0) && rowsIn(1) &&
-             groupOfRow(a.starts, a.groups, rowTile(0) * kTile) ==
-                 groupOfRow(a.starts, a.groups, rowTile(1) * kTile);
-  }
 
   extern __shared__ uint8_t sharedRaw[];
   uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
@@ -306,57 +278,35 @@ groupedFp8Body(const KernelArgs &a, const CUtensorMap &xMap,
   if (threadIdx.x == 0)
     for (int stage = 0; stage < L::kStages; ++stage) {
       initLoadBarrier(&full[stage]);
-      // A consumer warp's arrival each (both blocks' where paired).
-      initArrivalBarrier(&empty[stage], (paired ? 2 : 1) * kThreads / 32);
+      initArrivalBarrier(&empty[stage], kThreads / 32); // a consumer warp's
     }
-  if constexpr (kClustered)
-    clusterSync(); // the peer's barriers are ready before anything reaches them
-  else
-    __syncthreads();
+  __syncthreads();
 
   if (threadIdx.x >= kThreads) {
-    // The producer: each stage once its consumer warps gave it back.
+    // The producer: each stage once its 8 consumer warps gave it back.
     asm volatile(
         "setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
     if (threadIdx.x != kThreads)
       return;
     int round = 0; // blocks of k asked for so far, over the tiles
-    for (int tile = firstTile; tile < tiles; tile += tileStride) {
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
       const TileAt at = tileAt<kMode>(a, tile, columnTiles, rowsEnd);
       if (at.none)
         break;
       const int wRow0 = at.expert * a.n + at.n0;
-      // Weight tile `which`'s map and first row.
-      auto weightOf = [&](int which) {
-        return kMode == Mode::SingleWide ? &gateMap
-                                         : (which == 0 ? &gateMap : &upMap);
-      };
-      auto weightRow = [&](int which) {
-        return kMode == Mode::SingleWide ? wRow0 + which * kTile : wRow0;
-      };
       for (int kb = 0; kb < kBlocks; ++kb, ++round) {
         const int stage = round % L::kStages;
         if (round >= L::kStages)
           awaitBarrier(&empty[stage], (round / L::kStages - 1) % 2);
         expectBytes(&full[stage], L::kStageBytes);
         loadTile2d(xTile(stage), &xMap, kb * kTile, at.row0, &full[stage]);
-        if (paired) {
-          const int which = int(rank);
-          loadTile2dToBlocks(wTile(stage, which), weightOf(which), kb * kTile,
-                             weightRow(which), &full[stage], 0b11);
-        } else {
-#pragma unroll
-          for (int which = 0; which < L::kWeights; ++which)
-            loadTile2d(wTile(stage, which), weightOf(which), kb * kTile,
-                       weightRow(which), &full[stage]);
-        }
+        loadTile2d(wTile(stage, 0), &gateMap, kb * kTile, wRow0, &full[stage]);
+        if constexpr (kMode == Mode::SingleWide)
+          loadTile2d(wTile(stage, 1), &gateMap, kb * kTile, wRow0 + kTile,
+                     &full[stage]);
+        else if constexpr (L::kWeights == 2)
+          loadTile2d(wTile(stage, 1), &upMap, kb * kTile, wRow0, &full[stage]);
       }
-    }
-    if constexpr (kClustered) {
-      // Not gone while the peer's consumers may still arrive here: every
-      // stage's last round given back.
-      for (int r = max(0, round - L::kStages); r < round; ++r)
-        awaitBarrier(&empty[r % L::kStages], (r / L::kStages) % 2);
     }
     return;
   }
@@ -368,7 +318,7 @@ groupedFp8Body(const KernelArgs &a, const CUtensorMap &xMap,
   const int group = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   int round = 0;
-  for (int tile = firstTile; tile < tiles; tile += tileStride) {
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const TileAt at = tileAt<kMode>(a, tile, columnTiles, rowsEnd);
     if (at.none)
       break;
@@ -390,32 +340,11 @@ groupedFp8Body(const KernelArgs &a, const CUtensorMap &xMap,
       multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb,
                            xLo, xHi);
       // This warp's products are done reading the stage (wgmmaWait).
-      if (lane == 0) {
+      if (lane == 0)
         arriveAt(&empty[stage]);
-        if (paired)
-          arriveAtPeer(&empty[stage], rank ^ 1u);
-      }
     }
     storeTile<kMode>(a, sums, at.row0, at.n0, rowLo, t, shared + L::kStagingAt);
   }
-}
-
-template <Mode kMode>
-__global__ void __launch_bounds__(kBlockThreads, 1)
-    groupedFp8Kernel(KernelArgs a, const __grid_constant__ CUtensorMap xMap,
-                     const __grid_constant__ CUtensorMap gateMap,
-                     const __grid_constant__ CUtensorMap upMap) {
-  groupedFp8Body<kMode, false>(a, xMap, gateMap, upMap);
-}
-
-/// The same in clusters of two blocks (GroupedFp8Options::multicast).
-template <Mode kMode>
-__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kBlockThreads, 1)
-    groupedFp8ClusterKernel(KernelArgs a,
-                            const __grid_constant__ CUtensorMap xMap,
-                            const __grid_constant__ CUtensorMap gateMap,
-                            const __grid_constant__ CUtensorMap upMap) {
-  groupedFp8Body<kMode, true>(a, xMap, gateMap, upMap);
 }
 
 /// Rows a gather block takes (a warp a row at a time) and its threads.
@@ -455,8 +384,7 @@ bool aligned16(const void *p) {
 }
 
 /// Launches mode kMode over [capacity / 128] row tiles and [n / kColumns]
-/// column tiles, a block a tile, (persistent) a block an SM, or (multicast,
-/// two weight tiles a stage) a block a tile in clusters of two: the tensor
+/// column tiles, a block a tile or (persistent) a block an SM: the tensor
 /// maps of x and the weights (`up` null for one).
 template <Mode kMode>
 cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
@@ -474,21 +402,14 @@ cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
     return cudaErrorNotSupported;
   if (!up)
     upMap = gateMap; // (not read)
-  const bool clustered = options.multicast && L::kWeights == 2;
   auto *kernel = groupedFp8Kernel<kMode>;
-  if constexpr (L::kWeights == 2)
-    if (clustered)
-      kernel = groupedFp8ClusterKernel<kMode>;
   cudaError_t error =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            int(L::kSharedBytes));
   if (error != cudaSuccess)
     return error;
-  const int rowTiles = a.capacity / kTile, columnTiles = a.n / L::kColumns;
-  int blocks = columnTiles * rowTiles;
-  if (clustered) {
-    blocks = 2 * columnTiles * ((rowTiles + 1) / 2); // row tiles in twos
-  } else if (options.persistent) {
+  int blocks = (a.n / L::kColumns) * (a.capacity / kTile);
+  if (options.persistent) {
     int device = 0, processors = 0;
     if ((error = cudaGetDevice(&device)) != cudaSuccess ||
         (error =

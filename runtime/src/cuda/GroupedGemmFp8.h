@@ -36,12 +36,6 @@ struct GroupedFp8Options {
   /// A block an SM going over the tiles, the next tile's loads under a
   /// tile's store (else a block a tile).
   bool persistent = false;
-  /// Where a stage holds two weight tiles (the pair, a 256-column single
-  /// product): blocks in clusters of two on row tiles of one expert, each
-  /// loading one of the weight tiles into both (TMA multicast), a block a
-  /// tile (`persistent` then not taken). Written in session 25 after its
-  /// GPU time was spent: not yet run on a GPU.
-  bool multicast = false;
 };
 
 struct GroupedFp8PairArgs {

@@ -333,9 +333,8 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
   for (int i = 0; i < 4; ++i)
     out[i] = deviceArray<uint8_t>(bytes[i]);
   std::vector<std::vector<uint8_t>> first;
-  const GroupedFp8Options ways[] = {{false, false, false}, {true, false, false},
-                                    {false, true, false},  {true, true, false},
-                                    {false, false, true},  {true, false, true}};
+  const GroupedFp8Options ways[] = {
+      {false, false}, {true, false}, {false, true}, {true, true}};
   for (const GroupedFp8Options &options : ways) {
     for (int i = 0; i < 4; ++i)
       ASSERT_EQ(cudaMemset(out[i], 0xff, bytes[i]), cudaSuccess);
@@ -371,7 +370,7 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
         ASSERT_EQ(have[size_t(i)][b], first[size_t(i)][b])
             << names[i] << ", byte " << b << ", n " << n << ", k " << k
             << ", wide columns " << options.wideColumns << ", persistent "
-            << options.persistent << ", multicast " << options.multicast;
+            << options.persistent;
   }
   for (const void *p :
        {static_cast<const void *>(x), static_cast<const void *>(xScales),
@@ -416,8 +415,7 @@ TEST(CudaGroupedGemmFp8, EveryWayGivesTheSameBits) {
   expectOptionsAgree({200}, 128, 128);         // one block of k, 128 columns
   expectOptionsAgree({70, 0, 131}, 384, 1408); // 3 column tiles: not wide
   expectOptionsAgree({70, 0, 131}, 512, 2048); // more than the ring's stages
-  // Clusters of two row tiles of one expert (multicast), and of two.
-  expectOptionsAgree({300, 520, 7}, 256, 1024);
+  expectOptionsAgree({300, 520, 7}, 256, 1024); // several tiles an expert
 }
 
 // Rows of tokens' codes and scales gathered: a part of a block of rows,
