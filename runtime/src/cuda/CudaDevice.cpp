@@ -692,6 +692,12 @@ public:
       envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true),
       envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true)};
   GroupedFp8Options groupedFp8Pair_ = {true, false};
+  /// MELT_CUDA_GROUPED_FP8_GATHERS_ROWS=1: the grouped pair gathers its
+  /// tokens' FP8 rows as it loads them (GroupedFp8PairArgs::tokenOfRow), no
+  /// gatherFp8Rows first; written in session 25 after its GPU time was
+  /// spent, not yet run on a GPU.
+  bool groupedFp8GathersRows_ =
+      envSwitch("MELT_CUDA_GROUPED_FP8_GATHERS_ROWS", false);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -1607,10 +1613,12 @@ public:
       DeviceTensor codesT, scalesT, rowCodesT, rowScalesT;
       MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, D}, codesT));
       MELT_RETURN_IF_ERROR(scratch.take(DType::F32, {D / 128, T}, scalesT));
-      MELT_RETURN_IF_ERROR(
-          scratch.take(DType::FP8E4M3, {capacity, D}, rowCodesT));
-      MELT_RETURN_IF_ERROR(
-          scratch.take(DType::F32, {D / 128, capacity}, rowScalesT));
+      if (!groupedFp8GathersRows_) { // the gathered rows
+        MELT_RETURN_IF_ERROR(
+            scratch.take(DType::FP8E4M3, {capacity, D}, rowCodesT));
+        MELT_RETURN_IF_ERROR(
+            scratch.take(DType::F32, {D / 128, capacity}, rowScalesT));
+      }
       auto *codes = static_cast<uint8_t *>(codesT.data);
       auto *rowCodes = static_cast<uint8_t *>(rowCodesT.data);
       auto *rowScales = static_cast<float *>(rowScalesT.data);
@@ -1619,16 +1627,22 @@ public:
                                 reinterpret_cast<__nv_fp8_e4m3 *>(codes),
                                 static_cast<float *>(scalesT.data), stream_),
                 "moe_experts"));
-      MELT_RETURN_IF_ERROR(check(
-          gatherFp8Rows(codes, static_cast<const float *>(scalesT.data), T,
-                        tokenOfRow, capacity, D, rowCodes, rowScales, stream_),
-          "moe_experts"));
+      if (!groupedFp8GathersRows_)
+        MELT_RETURN_IF_ERROR(
+            check(gatherFp8Rows(codes, static_cast<const float *>(scalesT.data),
+                                T, tokenOfRow, capacity, D, rowCodes, rowScales,
+                                stream_),
+                  "moe_experts"));
       if (shared)
         MELT_RETURN_IF_ERROR(sharedExpertOfCodes(
             *shared, reinterpret_cast<const __nv_fp8_e4m3 *>(codes),
             static_cast<const float *>(scalesT.data), T, scratch, sharedOutT));
       GroupedFp8PairArgs a;
       a.x = rowCodes, a.xScales = rowScales;
+      if (groupedFp8GathersRows_) { // the kernel gathers the tokens' rows
+        a.x = codes, a.xScales = static_cast<const float *>(scalesT.data);
+        a.tokenOfRow = tokenOfRow, a.tokens = int(T);
+      }
       a.gate = static_cast<const uint8_t *>(gate.data);
       a.up = static_cast<const uint8_t *>(up.data);
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;

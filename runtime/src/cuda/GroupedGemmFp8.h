@@ -59,6 +59,13 @@ struct GroupedFp8PairArgs {
   const int32_t *starts = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
   GroupedFp8Options options;
+  /// Or, where given ([capacity] on the device, each in [0, tokens)): x is
+  /// x's rows per token ([tokens, k] codes, [k / 128, tokens] scales) and
+  /// row r of the grouped operand is token tokenOfRow[r]'s, gathered as
+  /// the kernel loads them (what gatherFp8Rows would write first). Written
+  /// in session 25 after its GPU time was spent: not yet run on a GPU.
+  const int32_t *tokenOfRow = nullptr;
+  int tokens = 0;
 };
 
 /// Whether the kernel takes the shape: n, k and capacity multiples of 128,

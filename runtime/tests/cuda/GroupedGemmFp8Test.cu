@@ -5,6 +5,8 @@
 // they were; the pair's FP8 output as quantizeRowsFp8 quantizes its BF16
 // one; the single product (the down projection) likewise against double
 // precision; each way the kernels run (GroupedFp8Options) the same bits;
+// the pair gathering its rows as it loads them as the pair of rows gathered
+// first;
 // and the gather of x's quantized rows. Skips without a device.
 #include "cuda/GroupedGemmFp8.h"
 #include "cuda/Quantize.h"
@@ -14,6 +16,7 @@
 #include <cuda_fp8.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -383,6 +386,96 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
     cudaFree(p);
 }
 
+/// The pair given x's rows per token and the rows' tokens
+/// (GroupedFp8PairArgs::tokenOfRow) against the pair given the rows
+/// gathered first, as gatherFp8Rows gathers them: the same bytes, into
+/// BF16 rows and into FP8 codes and scales, a block a tile and persistent.
+void expectGatheredAsLoaded(const std::vector<int> &counts, int tokens, int n,
+                            int k) {
+  const int groups = int(counts.size()), blocks = k / 128;
+  const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
+  const int capacity = starts.back() + 128;
+  std::mt19937 rng(41);
+  const auto x = randomCodes(rng, size_t(tokens) * k);
+  const auto xScales = randomScales(rng, size_t(blocks) * tokens);
+  std::uniform_int_distribution<int32_t> token(0, tokens - 1);
+  std::vector<int32_t> tokenOfRow(static_cast<size_t>(capacity));
+  for (int32_t &t : tokenOfRow)
+    t = token(rng);
+  std::vector<uint8_t> rows(size_t(capacity) * k);
+  std::vector<float> rowScales(size_t(blocks) * capacity);
+  for (int r = 0; r < capacity; ++r) {
+    const int t = tokenOfRow[size_t(r)];
+    std::copy_n(x.begin() + ptrdiff_t(t) * k, k,
+                rows.begin() + ptrdiff_t(r) * k);
+    for (int b = 0; b < blocks; ++b)
+      rowScales[size_t(b) * capacity + r] = xScales[size_t(b) * tokens + t];
+  }
+  GroupedFp8PairArgs gathered;
+  gathered.x = toDevice(rows), gathered.xScales = toDevice(rowScales);
+  gathered.gate = toDevice(randomCodes(rng, size_t(groups) * n * k));
+  gathered.up = toDevice(randomCodes(rng, size_t(groups) * n * k));
+  gathered.gateScales =
+      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
+  gathered.upScales =
+      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
+  gathered.starts = toDevice(starts);
+  gathered.groups = groups, gathered.capacity = capacity;
+  gathered.n = n, gathered.k = k;
+  GroupedFp8PairArgs asLoaded = gathered;
+  asLoaded.x = toDevice(x), asLoaded.xScales = toDevice(xScales);
+  asLoaded.tokenOfRow = toDevice(tokenOfRow), asLoaded.tokens = tokens;
+  const size_t values = size_t(capacity) * n;
+  auto *y = deviceArray<__nv_bfloat16>(values);
+  uint8_t *codes = deviceArray<uint8_t>(values);
+  float *scales = deviceArray<float>(values / 128);
+  // Each output of one launch as bytes (its rows past the groups 0xff).
+  auto run = [&](GroupedFp8PairArgs args, bool fp8Out) {
+    EXPECT_EQ(cudaMemset(y, 0xff, values * 2), cudaSuccess);
+    EXPECT_EQ(cudaMemset(codes, 0xff, values), cudaSuccess);
+    EXPECT_EQ(cudaMemset(scales, 0xff, values / 128 * 4), cudaSuccess);
+    if (fp8Out)
+      args.yCodes = codes, args.yScales = scales;
+    else
+      args.y = y;
+    EXPECT_TRUE(groupedFp8PairFits(args));
+    EXPECT_EQ(groupedGemmFp8Pair(args, nullptr), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<uint8_t> bytes =
+        toHost(reinterpret_cast<const uint8_t *>(y), values * 2);
+    const auto c = toHost(codes, values);
+    const auto sc =
+        toHost(reinterpret_cast<const uint8_t *>(scales), values / 128 * 4);
+    bytes.insert(bytes.end(), c.begin(), c.end());
+    bytes.insert(bytes.end(), sc.begin(), sc.end());
+    return bytes;
+  };
+  for (bool fp8Out : {false, true})
+    for (bool persistent : {false, true}) {
+      gathered.options.persistent = asLoaded.options.persistent = persistent;
+      const auto want = run(gathered, fp8Out), have = run(asLoaded, fp8Out);
+      ASSERT_EQ(have.size(), want.size());
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_EQ(have[i], want[i])
+            << "byte " << i << (fp8Out ? ", FP8 out" : ", BF16 out")
+            << (persistent ? ", persistent" : "");
+    }
+  for (const void *p :
+       {static_cast<const void *>(gathered.x),
+        static_cast<const void *>(gathered.xScales),
+        static_cast<const void *>(asLoaded.x),
+        static_cast<const void *>(asLoaded.xScales),
+        static_cast<const void *>(asLoaded.tokenOfRow),
+        static_cast<const void *>(gathered.gate),
+        static_cast<const void *>(gathered.up),
+        static_cast<const void *>(gathered.gateScales),
+        static_cast<const void *>(gathered.upScales),
+        static_cast<const void *>(gathered.starts),
+        static_cast<const void *>(y), static_cast<const void *>(codes),
+        static_cast<const void *>(scales)})
+    cudaFree(const_cast<void *>(p));
+}
+
 } // namespace
 
 TEST(CudaGroupedGemmFp8, PairQuantizesItsRowsAsQuantizeRowsFp8) {
@@ -416,6 +509,13 @@ TEST(CudaGroupedGemmFp8, EveryWayGivesTheSameBits) {
   expectOptionsAgree({70, 0, 131}, 384, 1408); // 3 column tiles: not wide
   expectOptionsAgree({70, 0, 131}, 512, 2048); // more than the ring's stages
   expectOptionsAgree({300, 520, 7}, 256, 1024); // several tiles an expert
+}
+
+TEST(CudaGroupedGemmFp8, GathersRowsAsItLoadsThem) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  expectGatheredAsLoaded({70, 0, 131, 260}, 300, 256, 1024);
+  expectGatheredAsLoaded({1}, 5, 128, 128); // one block of k
 }
 
 // Rows of tokens' codes and scales gathered: a part of a block of rows,
