@@ -698,6 +698,12 @@ public:
   /// spent, not yet run on a GPU.
   bool groupedFp8GathersRows_ =
       envSwitch("MELT_CUDA_GROUPED_FP8_GATHERS_ROWS", false);
+  /// MELT_CUDA_GROUPED_SHARED_PAIR=1: a grouped prefill's shared expert's
+  /// gate and up on the grouped pair kernel (sharedExpertOfCodes), not two
+  /// cuBLASLt products and a SiLU-mul quantize (mini's 8x1024 prefill: 46
+  /// + 48 + 37 us a layer); written in session 25 after its GPU time was
+  /// spent, not yet run on a GPU.
+  bool groupedSharedPair_ = envSwitch("MELT_CUDA_GROUPED_SHARED_PAIR", false);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -1712,6 +1718,58 @@ public:
       return static_cast<const __nv_fp8_e4m3 *>(w.data);
     };
     DeviceTensor gT, uT, actT, actScalesT;
+    if (groupedSharedPair_ && storedK(g) == D && storedK(u) == D &&
+        inter % 128 == 0 && D % 128 == 0 && downK % 128 == 0) {
+      // Gate and up as the routed experts' pair kernel multiplies them
+      // (one group of every token's row, gathered in order): the SiLU-mul
+      // written quantized, in rows of the down weight's stored K (the
+      // columns past `inter` zeros), for a down product of every row.
+      const int rows = (T + 127) / 128 * 128;
+      DeviceTensor tokenOfRowT, startsT;
+      MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {rows}, tokenOfRowT));
+      MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {2}, startsT));
+      MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {rows, downK}, actT));
+      MELT_RETURN_IF_ERROR(
+          scratch.take(DType::F32, {downK / 128, rows}, actScalesT));
+      MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {rows, D}, out));
+      auto *act = static_cast<uint8_t *>(actT.data);
+      auto *actScales = static_cast<float *>(actScalesT.data);
+      MELT_RETURN_IF_ERROR(
+          check(singleGroupRows(static_cast<int32_t *>(tokenOfRowT.data),
+                                static_cast<int32_t *>(startsT.data), rows, T,
+                                stream_),
+                "moe_experts"));
+      if (downK > inter) {
+        MELT_RETURN_IF_ERROR(check(cudaMemset2DAsync(act + inter, size_t(downK),
+                                                     0, size_t(downK - inter),
+                                                     size_t(rows), stream_),
+                                   "moe_experts"));
+        MELT_RETURN_IF_ERROR(check(
+            cudaMemsetAsync(
+                actScales + size_t(inter / 128) * rows, 0,
+                sizeof(float) * size_t((downK - inter) / 128) * rows, stream_),
+            "moe_experts"));
+      }
+      GroupedFp8PairArgs a;
+      a.x = reinterpret_cast<const uint8_t *>(codes), a.xScales = scales;
+      a.tokenOfRow = static_cast<const int32_t *>(tokenOfRowT.data);
+      a.tokens = T;
+      a.gate = reinterpret_cast<const uint8_t *>(g.data);
+      a.up = reinterpret_cast<const uint8_t *>(u.data);
+      a.gateScales = scalesOf(g), a.upScales = scalesOf(u);
+      a.yCodes = act, a.yScales = actScales, a.yStride = downK;
+      a.starts = static_cast<const int32_t *>(startsT.data);
+      a.groups = 1, a.capacity = rows, a.n = inter, a.k = D;
+      a.options = groupedFp8Pair_;
+      MELT_RETURN_IF_ERROR(
+          check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
+      MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8BlockScaled(
+          reinterpret_cast<const __nv_fp8_e4m3 *>(act), actScales, codesOf(d),
+          scalesOf(d), static_cast<__nv_bfloat16 *>(out.data), rows, D,
+          downK)));
+      out.shape = {T, D}; // its first T rows
+      return Status::ok();
+    }
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, gT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, uT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, downK}, actT));

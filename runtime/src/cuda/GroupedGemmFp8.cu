@@ -120,6 +120,8 @@ struct KernelArgs {
   /// r of the grouped operand x's row tokenOfRow[r] (gathered as loaded).
   const int32_t *tokenOfRow = nullptr;
   int tokens = 0;
+  /// yCodes' row stride (n where 0).
+  int yCodesStride = 0;
 };
 
 /// sum += part times the scale of its row: rows g (d[4j], d[4j + 1]) take
@@ -234,8 +236,10 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
     syncConsumers();
     for (int c = threadIdx.x; c < kTile * kTile / 16; c += kThreads) {
       const int local = c / 8, chunk = c % 8;
-      *reinterpret_cast<uint4 *>(a.yCodes + size_t(row0 + local) * a.n + n0 +
-                                 chunk * 16) =
+      *reinterpret_cast<uint4 *>(a.yCodes +
+                                 size_t(row0 + local) *
+                                     (a.yCodesStride ? a.yCodesStride : a.n) +
+                                 n0 + chunk * 16) =
           *reinterpret_cast<const uint4 *>(staging + local * kTile +
                                            (chunk ^ (local % 8)) * 16);
     }
@@ -476,7 +480,9 @@ bool groupedFp8PairFits(const GroupedFp8PairArgs &a) {
   return shapeFits(a.groups, a.capacity, a.n, a.k) && aligned16(a.x) &&
          aligned16(a.gate) && aligned16(a.up) && (bf16Out || fp8Out) &&
          a.xScales && a.gateScales && a.upScales && a.starts &&
-         (!a.tokenOfRow || a.tokens > 0);
+         (!a.tokenOfRow || a.tokens > 0) &&
+         (a.yStride == 0 ||
+          (fp8Out && a.yStride >= a.n && a.yStride % 16 == 0));
 }
 
 cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
@@ -490,6 +496,7 @@ cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
   k.tokenOfRow = a.tokenOfRow, k.tokens = a.tokens;
+  k.yCodesStride = a.yStride;
   return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, a.options, stream)
              : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, a.options, stream);
 }
@@ -516,6 +523,28 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
     return launchGrouped<Mode::SingleWide>(k, a.w, nullptr, a.options, stream);
   }
   return launchGrouped<Mode::Single>(k, a.w, nullptr, a.options, stream);
+}
+
+namespace {
+__global__ void singleGroupRowsKernel(int32_t *tokenOfRow, int32_t *starts,
+                                      int rows, int tokens) {
+  awaitPriorKernels();
+  const int r = int(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < rows)
+    tokenOfRow[r] = r < tokens ? r : 0;
+  if (r == 0)
+    starts[0] = 0, starts[1] = rows;
+}
+} // namespace
+
+cudaError_t singleGroupRows(int32_t *tokenOfRow, int32_t *starts, int rows,
+                            int tokens, cudaStream_t stream) {
+  if (rows <= 0 || tokens <= 0)
+    return cudaErrorInvalidValue;
+  const cudaError_t error =
+      launchOverlapped(singleGroupRowsKernel, unsigned((rows + 255) / 256), 256,
+                       0, stream, tokenOfRow, starts, rows, tokens);
+  return error != cudaSuccess ? error : cudaGetLastError();
 }
 
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,

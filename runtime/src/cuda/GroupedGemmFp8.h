@@ -66,6 +66,9 @@ struct GroupedFp8PairArgs {
   /// in session 25 after its GPU time was spent: not yet run on a GPU.
   const int32_t *tokenOfRow = nullptr;
   int tokens = 0;
+  /// yCodes' row stride where it is more than n (a multiple of 16; the
+  /// columns past n not written): 0 for n.
+  int yStride = 0;
 };
 
 /// Whether the kernel takes the shape: n, k and capacity multiples of 128,
@@ -101,6 +104,13 @@ bool groupedFp8Fits(const GroupedFp8Args &args);
 
 /// Launches the product on `stream` (no wait).
 cudaError_t groupedGemmFp8(const GroupedFp8Args &args, cudaStream_t stream);
+
+/// One group of `rows` rows (a multiple of 128) over `tokens` tokens in
+/// order: starts = {0, rows}, tokenOfRow[r] = r below `tokens`, else 0 (a
+/// padding row). For a product of every token (a shared expert) through
+/// the grouped kernels, which take a group's rows in 128s.
+cudaError_t singleGroupRows(int32_t *tokenOfRow, int32_t *starts, int rows,
+                            int tokens, cudaStream_t stream);
 
 /// codes[r] = x[tokenOfRow[r]] and scales likewise for r < count: x's rows
 /// quantized once per token ([tokens, dim] codes, [dim / 128, tokens]

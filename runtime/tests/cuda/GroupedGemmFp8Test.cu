@@ -476,6 +476,80 @@ void expectGatheredAsLoaded(const std::vector<int> &counts, int tokens, int n,
     cudaFree(const_cast<void *>(p));
 }
 
+/// A product of every token in one group (a shared expert's gate and up:
+/// singleGroupRows, the rows gathered in order) writing its FP8 codes at a
+/// wider row stride, against the same group of rows gathered on the host
+/// at stride n: the same codes and scales, the columns past n untouched.
+void expectOneGroupOfEveryToken(int tokens, int n, int k, int stride) {
+  const int blocks = k / 128, rows = (tokens + 127) / 128 * 128;
+  std::mt19937 rng(43);
+  const auto x = randomCodes(rng, size_t(tokens) * k);
+  const auto xScales = randomScales(rng, size_t(blocks) * tokens);
+  std::vector<uint8_t> gatheredRows(size_t(rows) * k);
+  std::vector<float> gatheredScales(size_t(blocks) * rows);
+  for (int r = 0; r < rows; ++r) {
+    const int t = r < tokens ? r : 0;
+    std::copy_n(x.begin() + ptrdiff_t(t) * k, k,
+                gatheredRows.begin() + ptrdiff_t(r) * k);
+    for (int b = 0; b < blocks; ++b)
+      gatheredScales[size_t(b) * rows + r] = xScales[size_t(b) * tokens + t];
+  }
+  int32_t *tokenOfRow = deviceArray<int32_t>(size_t(rows));
+  int32_t *starts = deviceArray<int32_t>(2);
+  ASSERT_EQ(singleGroupRows(tokenOfRow, starts, rows, tokens, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto haveStarts = toHost(starts, 2);
+  ASSERT_EQ(haveStarts[0], 0);
+  ASSERT_EQ(haveStarts[1], rows);
+  GroupedFp8PairArgs want;
+  want.x = toDevice(gatheredRows), want.xScales = toDevice(gatheredScales);
+  want.gate = toDevice(randomCodes(rng, size_t(n) * k));
+  want.up = toDevice(randomCodes(rng, size_t(n) * k));
+  want.gateScales = toDevice(randomScales(rng, size_t(n / 128) * blocks));
+  want.upScales = toDevice(randomScales(rng, size_t(n / 128) * blocks));
+  want.starts = starts, want.groups = 1, want.capacity = rows;
+  want.n = n, want.k = k;
+  want.yCodes = deviceArray<uint8_t>(size_t(rows) * n);
+  want.yScales = deviceArray<float>(size_t(n / 128) * rows);
+  GroupedFp8PairArgs have = want;
+  have.x = toDevice(x), have.xScales = toDevice(xScales);
+  have.tokenOfRow = tokenOfRow, have.tokens = tokens, have.yStride = stride;
+  have.yCodes = deviceArray<uint8_t>(size_t(rows) * stride);
+  have.yScales = deviceArray<float>(size_t(n / 128) * rows);
+  ASSERT_EQ(cudaMemset(have.yCodes, 0xff, size_t(rows) * stride), cudaSuccess);
+  ASSERT_TRUE(groupedFp8PairFits(have));
+  ASSERT_EQ(groupedGemmFp8Pair(want, nullptr), cudaSuccess);
+  ASSERT_EQ(groupedGemmFp8Pair(have, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto wantCodes = toHost(want.yCodes, size_t(rows) * n);
+  const auto haveCodes = toHost(have.yCodes, size_t(rows) * stride);
+  const auto wantScales = toHost(want.yScales, size_t(n / 128) * rows);
+  const auto haveScales = toHost(have.yScales, size_t(n / 128) * rows);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < stride; ++c)
+      ASSERT_EQ(haveCodes[size_t(r) * stride + c],
+                c < n ? wantCodes[size_t(r) * n + c] : uint8_t(0xff))
+          << "row " << r << ", column " << c;
+  for (size_t i = 0; i < wantScales.size(); ++i)
+    ASSERT_EQ(haveScales[i], wantScales[i]) << "scale " << i;
+  for (const void *p : {static_cast<const void *>(want.x),
+                        static_cast<const void *>(want.xScales),
+                        static_cast<const void *>(have.x),
+                        static_cast<const void *>(have.xScales),
+                        static_cast<const void *>(want.gate),
+                        static_cast<const void *>(want.up),
+                        static_cast<const void *>(want.gateScales),
+                        static_cast<const void *>(want.upScales),
+                        static_cast<const void *>(want.yCodes),
+                        static_cast<const void *>(want.yScales),
+                        static_cast<const void *>(have.yCodes),
+                        static_cast<const void *>(have.yScales),
+                        static_cast<const void *>(tokenOfRow),
+                        static_cast<const void *>(starts)})
+    cudaFree(const_cast<void *>(p));
+}
+
 } // namespace
 
 TEST(CudaGroupedGemmFp8, PairQuantizesItsRowsAsQuantizeRowsFp8) {
@@ -516,6 +590,13 @@ TEST(CudaGroupedGemmFp8, GathersRowsAsItLoadsThem) {
     GTEST_SKIP() << "no CUDA device";
   expectGatheredAsLoaded({70, 0, 131, 260}, 300, 256, 1024);
   expectGatheredAsLoaded({1}, 5, 128, 128); // one block of k
+}
+
+TEST(CudaGroupedGemmFp8, OneGroupOfEveryTokenAtAStride) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  expectOneGroupOfEveryToken(200, 256, 512, 384); // mini's 1408 of 1536 too
+  expectOneGroupOfEveryToken(128, 128, 128, 128);
 }
 
 // Rows of tokens' codes and scales gathered: a part of a block of rows,
@@ -587,6 +668,16 @@ TEST(CudaGroupedGemmFp8, RefusesWhatItCannotTake) {
   args.y = nullptr; // FP8 rows need their scales too
   EXPECT_FALSE(groupedFp8PairFits(args));
   args.yScales = const_cast<float *>(scales);
+  EXPECT_TRUE(groupedFp8PairFits(args));
+  args.yStride = 120; // narrower than n
+  EXPECT_FALSE(groupedFp8PairFits(args));
+  args.yStride = 136; // not in 16-byte chunks
+  EXPECT_FALSE(groupedFp8PairFits(args));
+  args.yStride = 144;
+  EXPECT_TRUE(groupedFp8PairFits(args));
+  args.tokenOfRow = args.starts; // gathered rows need their tokens' count
+  EXPECT_FALSE(groupedFp8PairFits(args));
+  args.tokens = 5;
   EXPECT_TRUE(groupedFp8PairFits(args));
   args.upScales = nullptr;
   EXPECT_FALSE(groupedFp8PairFits(args));
