@@ -1,10 +1,10 @@
 //===- GroupedGemmFp8.cu - grouped gate/up on FP8 tensor cores ------------===//
 //
-// A block: a [128 x 128] tile of y, two warpgroups of 64 rows each. A stage
-// holds one 128-wide block of k (one block of scales): x's, gate's and
-// up's [128 x 128] e4m3 tiles in the 128-byte swizzle, brought by TMA
-// through a ring of four stages. Each
-// warpgroup multiplies x by gate (wgmma m64n128k32, four steps) into a
+// A block: a [128 x 128] tile of y, two consumer warpgroups of 64 rows each
+// and a producer warpgroup. A stage holds one 128-wide block of k (one
+// block of scales): x's, gate's and up's [128 x 128] e4m3 tiles in the
+// 128-byte swizzle, brought by TMA through a ring of four stages. Each
+// consumer warpgroup multiplies x by gate (wgmma m64n128k32, four steps) into a
 // scratch accumulator, waits for it, and adds it times its rows' x scales
 // and the tile's gate scale into the gate sums; then the same for up. The
 // other warpgroup's products run while one adds. The single product (the
