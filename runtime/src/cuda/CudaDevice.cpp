@@ -1701,6 +1701,16 @@ public:
         "moe_experts");
   }
 
+  /// A down product's FP8 input ([rows, k] codes, [k / 128, rows] scales)
+  /// and BF16 output ([rows, n]), taken from `scratch`.
+  static Status takeDownOperands(CallScratch &scratch, int64_t rows, int64_t k,
+                                 int64_t n, DeviceTensor &codes,
+                                 DeviceTensor &scales, DeviceTensor &out) {
+    MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {rows, k}, codes));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::F32, {k / 128, rows}, scales));
+    return scratch.take(DType::BF16, {rows, n}, out);
+  }
+
   /// A shared expert's MLP of T tokens from x's FP8 codes and 1 x 128
   /// scales ([D / 128, T]): gate and up BF16 products, their SiLU-mul
   /// quantized (to the down weight's stored K), the down product into
@@ -1728,10 +1738,8 @@ public:
       DeviceTensor tokenOfRowT, startsT;
       MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {rows}, tokenOfRowT));
       MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {2}, startsT));
-      MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {rows, downK}, actT));
       MELT_RETURN_IF_ERROR(
-          scratch.take(DType::F32, {downK / 128, rows}, actScalesT));
-      MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {rows, D}, out));
+          takeDownOperands(scratch, rows, downK, D, actT, actScalesT, out));
       auto *act = static_cast<uint8_t *>(actT.data);
       auto *actScales = static_cast<float *>(actScalesT.data);
       MELT_RETURN_IF_ERROR(
@@ -1772,10 +1780,8 @@ public:
     }
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, gT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, uT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, downK}, actT));
     MELT_RETURN_IF_ERROR(
-        scratch.take(DType::F32, {downK / 128, T}, actScalesT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, D}, out));
+        takeDownOperands(scratch, T, downK, D, actT, actScalesT, out));
     auto *gOut = static_cast<__nv_bfloat16 *>(gT.data);
     auto *uOut = static_cast<__nv_bfloat16 *>(uT.data);
     auto *act = static_cast<__nv_fp8_e4m3 *>(actT.data);
