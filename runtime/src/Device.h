@@ -249,6 +249,9 @@ public:
   /// scales). The executor releases both once the last product has run.
   struct PreparedInput {
     DeviceTensor q, scales;
+    /// The rows in BF16 as well, where asked for (addRmsNormForExperts: a
+    /// MoE router's BF16 product reads them).
+    DeviceTensor bf16;
   };
   /// Whether an RMSNorm of `rows` rows whose value only linears read (with
   /// `weight` among them, each quantizing its input itself:
@@ -279,6 +282,36 @@ public:
     (void)prepared;
     return addRmsNorm(a, b, gamma, eps, sum, y);
   }
+  /// Whether an add and RMSNorm of `rows` rows whose value a MoE router
+  /// (of weight `router`) and MoE experts (of `gate` stacks) read does
+  /// better preparing what they read in its kernel: the experts' 1 x 128
+  /// FP8 codes and the router's BF16 rows (the same values as each would
+  /// make of the F32 rows). Then the executor calls addRmsNormForExperts
+  /// and attaches what it prepared to the value (attachPrepared) until the
+  /// router and the experts have read it.
+  virtual bool preparesForExperts(const DeviceTensor &router,
+                                  const DeviceTensor &gate,
+                                  int64_t rows) const {
+    (void)router, (void)gate, (void)rows;
+    return false;
+  }
+  /// addRmsNorm's sum and y, and into `prepared` y's FP8 codes and its
+  /// BF16 rows. The default runs addRmsNorm alone (nothing prepared).
+  virtual Status addRmsNormForExperts(const DeviceTensor &a,
+                                      const DeviceTensor &b,
+                                      const DeviceTensor &gamma, float eps,
+                                      DeviceTensor &sum, DeviceTensor &y,
+                                      PreparedInput &prepared) {
+    (void)prepared;
+    return addRmsNorm(a, b, gamma, eps, sum, y);
+  }
+  /// What a norm prepared of the value at `data`, for this device's calls
+  /// that read that value (a router's linear, the experts) to read in its
+  /// place, until detachPrepared (before the memory takes another value).
+  virtual void attachPrepared(const void *data, const PreparedInput &prepared) {
+    (void)data, (void)prepared;
+  }
+  virtual void detachPrepared(const void *data) { (void)data; }
   /// linear(x, w, y) where `prepared` holds what the norm that made x
   /// prepared for it: the same values. The default (or nothing prepared)
   /// runs linear.

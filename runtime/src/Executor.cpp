@@ -456,6 +456,12 @@ Status DeviceModel::create(const Model &model, Device &device,
                       dm.weights_.at(kernel.weights()->Get(0)));
          }))
       dm.normProducts_[f.norm] = std::move(f.products);
+  // MoE layers' input norms: their kernel may prepare what the router and
+  // the experts read of their value (decided each step, by its rows).
+  if (envSwitch("MELT_FUSE_NORM_EXPERTS", true))
+    for (const NormExpertFusion &f :
+         findNormExpertFusions(m, *dm.forward_, folds))
+      dm.normExperts_[f.norm] = f;
   // MLA's latent appends with their norm and rope, in one call each.
   if (envSwitch("MELT_FUSE_LATENT_APPEND", true))
     for (const LatentAppend &f : findLatentAppends(m, *dm.forward_)) {
@@ -770,9 +776,19 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     Device &device;
     std::map<const void *, PendingPrepared> byValue;
     void drop(std::map<const void *, PendingPrepared>::iterator it) {
+      device.detachPrepared(it->first);
       device.release(it->second.prepared.q);
       device.release(it->second.prepared.scales);
+      device.release(it->second.prepared.bf16);
       byValue.erase(it);
+    }
+    /// Kernel k has read the value at `data`: what was prepared of it goes
+    /// once its last reader has.
+    void readBy(const void *data, uint32_t k) {
+      auto it = byValue.find(data);
+      if (it != byValue.end() && it->second.products.erase(k) &&
+          it->second.products.empty())
+        drop(it);
     }
     ~PendingPreparedInputs() {
       while (!byValue.empty())
@@ -800,6 +816,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       pendingPrepared.drop(old);
     pendingPrepared.byValue[normed.data] = {
         prepared, std::set<uint32_t>(products.begin(), products.end())};
+  };
+  // A MoE layer's input norm: whether the device prepares what its router
+  // and experts read, for `rows` rows.
+  auto preparesForExperts = [&](const NormExpertFusion *f, int64_t rows) {
+    return f && device.preparesForExperts(
+                    dm.weight(m.kernels()->Get(f->router)->weights()->Get(0)),
+                    dm.weight(m.kernels()->Get(f->experts)->weights()->Get(0)),
+                    rows);
   };
   // An MLA latent append with its norm and rope (LatentAppends.h): the
   // values made as the three kernels would make them, in their order; the
@@ -971,6 +995,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
               experts.ints()->Get(0) != 0,
           dm.unquantized(experts.inputs()->Get(0)), shared, y);
     }
+    pendingPrepared.readBy(x.data, f.experts);
     values.letGo(x);
     values.letGo(indices);
     values.letGo(weights);
@@ -1175,6 +1200,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                        yRows = asRows(*y);
           const std::vector<uint32_t> *products =
               dm.normProducts(order[at + 1]);
+          const NormExpertFusion *experts = dm.normExperts(order[at + 1]);
           if (preparesFor(products, yRows.rows())) {
             Device::PreparedInput prepared;
             status = device.addRmsNormForProducts(
@@ -1182,6 +1208,17 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                 float(next->floats()->Get(0)), sumRows, yRows, prepared);
             if (!status)
               keepPrepared(*y, prepared, *products);
+          } else if (preparesForExperts(experts, yRows.rows())) {
+            // The router's BF16 rows and the experts' codes, attached to
+            // the value until both have read it.
+            Device::PreparedInput prepared;
+            status = device.addRmsNormForExperts(
+                asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
+                float(next->floats()->Get(0)), sumRows, yRows, prepared);
+            if (!status && prepared.q.data) {
+              keepPrepared(*y, prepared, {experts->router, experts->experts});
+              device.attachPrepared(y->data, prepared);
+            }
           } else {
             status = device.addRmsNorm(
                 asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
@@ -1404,6 +1441,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         status = device.routeExperts(
             *scores, kernel.weights()->size() > 1 ? &w(1) : nullptr, p,
             *indices, *weights);
+      pendingPrepared.readBy(x.data, k);
       // The choices kept to the end of the step (their storage takes
       // other values later), without a copy.
       if (!status) {
@@ -1421,6 +1459,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                                              w(2), ints(0) != 0, *out)
               : device.moeExperts(in(0), in(1), in(2), w(0), w(1), w(2),
                                   ints(0) != 0, *out);
+      pendingPrepared.readBy(in(0).data, k);
       break;
     default:
       return {MELT_UNSUPPORTED,

@@ -16,6 +16,7 @@
 #include "LogitOnlyKernels.h"
 #include "MlaQueryFusions.h"
 #include "Model.h"
+#include "NormProductFusions.h"
 #include "SharedExpertFusions.h"
 
 #include <map>
@@ -69,6 +70,12 @@ public:
   const std::vector<uint32_t> *normProducts(uint32_t norm) const {
     auto it = normProducts_.find(norm);
     return it == normProducts_.end() ? nullptr : &it->second;
+  }
+  /// For an RMSNorm kernel whose value a MoE router and MoE experts read
+  /// (NormProductFusions.h; MELT_FUSE_NORM_EXPERTS=0: none), the two.
+  const NormExpertFusion *normExperts(uint32_t norm) const {
+    auto it = normExperts_.find(norm);
+    return it == normExperts_.end() ? nullptr : &it->second;
   }
 
   /// Whether Linear kernel k's value is read only by kernels that read BF16
@@ -152,6 +159,7 @@ private:
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, std::vector<uint32_t>> normProducts_;
+  std::map<uint32_t, NormExpertFusion> normExperts_;
   std::set<uint32_t> bf16Products_;
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;

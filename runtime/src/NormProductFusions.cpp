@@ -29,3 +29,54 @@ std::vector<NormProductFusion> melt::rt::findNormProductFusions(
   }
   return fusions;
 }
+
+std::vector<NormExpertFusion>
+melt::rt::findNormExpertFusions(const fb::Model &model,
+                                const fb::Function &function,
+                                const std::vector<QuantizeFold> &folds) {
+  std::vector<NormExpertFusion> fusions;
+  if (!function.kernels() || !model.kernels())
+    return fusions;
+  FunctionUses uses(model, function);
+  auto readersOf = [&](uint32_t value) -> const std::vector<uint32_t> & {
+    static const std::vector<uint32_t> none;
+    auto it = uses.readers.find(value);
+    return it == uses.readers.end() ? none : it->second;
+  };
+  // Kernel k of `kind` whose first input is `value`.
+  auto readsAsX = [&](uint32_t k, fb::KernelKind kind, uint32_t value) {
+    const fb::Kernel &kernel = *model.kernels()->Get(k);
+    return kernel.kind() == kind && kernel.inputs() &&
+           kernel.inputs()->size() > 0 && kernel.inputs()->Get(0) == value;
+  };
+  for (uint32_t k : *function.kernels()) {
+    const fb::Kernel &norm = *model.kernels()->Get(k);
+    if (norm.kind() != fb::KernelKind::RMSNorm || !norm.inputs() ||
+        norm.inputs()->size() != 1 || !norm.outputs() ||
+        norm.outputs()->size() != 1 || !norm.weights() ||
+        norm.weights()->size() != 1)
+      continue;
+    const uint32_t value = norm.outputs()->Get(0);
+    if (uses.outputs.count(value))
+      continue;
+    std::vector<uint32_t> routers, experts;
+    for (uint32_t r : readersOf(value)) {
+      if (readsAsX(r, fb::KernelKind::MoERouter, value))
+        routers.push_back(r);
+      if (readsAsX(r, fb::KernelKind::MoEExperts, value))
+        experts.push_back(r);
+      // Through a folded quantize pair: the dequantized value's experts.
+      for (const QuantizeFold &f : folds)
+        if (f.quantize == r && f.source == value) {
+          const uint32_t stands =
+              model.kernels()->Get(f.dequantize)->outputs()->Get(0);
+          for (uint32_t e : readersOf(stands))
+            if (readsAsX(e, fb::KernelKind::MoEExperts, stands))
+              experts.push_back(e);
+        }
+    }
+    if (routers.size() == 1 && experts.size() == 1)
+      fusions.push_back({k, routers.front(), experts.front()});
+  }
+  return fusions;
+}

@@ -36,6 +36,22 @@ findNormProductFusions(const fb::Model &model, const fb::Function &function,
                        const std::vector<QuantizeFold> &folds,
                        const std::function<bool(uint32_t kernel)> &fuses);
 
+/// An RMSNorm kernel whose value a MoE router and MoE experts read (a MoE
+/// layer's input norm): its kernel may prepare what both read of it
+/// (Device::preparesForExperts), the router's BF16 rows and the experts'
+/// FP8 codes, which each would otherwise make again from its F32 rows.
+struct NormExpertFusion {
+  uint32_t norm = 0, router = 0, experts = 0;
+};
+
+/// The RMSNorm kernels of `function` whose value is no output of the
+/// function and is read as x by one MoERouter kernel and one MoEExperts
+/// kernel (directly or through a quantize pair in `folds`); other readers
+/// may read it too (they read its F32 rows as before).
+std::vector<NormExpertFusion>
+findNormExpertFusions(const fb::Model &model, const fb::Function &function,
+                      const std::vector<QuantizeFold> &folds);
+
 } // namespace melt::rt
 
 #endif // MELT_RUNTIME_NORMPRODUCTFUSIONS_H

@@ -6,7 +6,10 @@
 // device's; the norms before the attention's down projection (alone and
 // with the residual add) and before the query's up projection prepare,
 // the router's norm does not (the router reads its value). Under ASan this
-// also checks that what was prepared lives until its products ran. Needs
+// also checks that what was prepared lives until its products ran. A MoE
+// layer's input norm prepares what its router and experts read, attached
+// to its value until both have read it, the logits bit for bit the same.
+// Needs
 // MELT_TEST_FP8_POLICY_ARTIFACT (v3-tiny compiled with
 // --precision=deepseek-v3) and MELT_TEST_FP8_POLICY_CHECKPOINT.
 #include "CpuDevice.h"
@@ -64,4 +67,36 @@ TEST(NormProductFusions, CanBeTurnedOff) {
   ASSERT_FALSE(s) << s.message();
   for (uint32_t k : *dm->forward().kernels())
     EXPECT_EQ(dm->normProducts(k), nullptr);
+}
+
+TEST(NormProductFusions, MoeNormsPrepareWhatTheRouterAndExpertsRead) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  // The experts quantize their input on both devices (the same values).
+  for (bool sharedInOneCall : {false, true}) {
+    SCOPED_TRACE(sharedInOneCall ? "shared expert in the experts' call"
+                                 : "shared expert apart");
+    QuantizingCpuDevice plain(false, true, sharedInOneCall),
+        preparing(false, true, sharedInOneCall);
+    preparing.preparesForExpertsInNorms = true;
+    std::unique_ptr<DeviceModel> onPlain, onPreparing;
+    ASSERT_FALSE(DeviceModel::create(*model, plain, onPlain));
+    ASSERT_FALSE(DeviceModel::create(*model, preparing, onPreparing));
+    uint32_t norms = 0;
+    for (uint32_t k : *onPreparing->forward().kernels())
+      norms += onPreparing->normExperts(k) != nullptr;
+    EXPECT_GT(norms, 0u);
+    std::vector<float> want = stepLogits(*onPlain),
+                       have = stepLogits(*onPreparing);
+    EXPECT_GT(preparing.expertNorms, 0);
+    EXPECT_EQ(plain.expertNorms, 0);
+    // Each prepared value read by its router and its experts while
+    // attached, and detached after.
+    EXPECT_GE(preparing.attachedLinearReads, preparing.expertNorms);
+    EXPECT_EQ(preparing.attachedExpertReads, preparing.expertNorms);
+    EXPECT_TRUE(preparing.nothingAttached());
+    expectSameLogits(have, want);
+  }
 }

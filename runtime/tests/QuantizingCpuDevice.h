@@ -51,6 +51,7 @@ public:
   }
   Status linear(const DeviceTensor &x, const DeviceTensor &w,
                 DeviceTensor &y) override {
+    attachedLinearReads += attached_.count(x.data) != 0;
     if (y.dtype == DType::BF16) {
       ++bf16Products;
       return intoBf16(y, [&](DeviceTensor &t) { return linear(x, w, t); });
@@ -74,8 +75,17 @@ public:
                                const DeviceTensor &down, bool combineBf16,
                                DeviceTensor &y) override {
     ++quantizedExperts;
+    attachedExpertReads += attached_.count(x.data) != 0;
     return CpuDevice::moeExpertsOfQuantized(x, indices, weights, gate, up, down,
                                             combineBf16, y);
+  }
+  Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                    const DeviceTensor &weights, const DeviceTensor &gate,
+                    const DeviceTensor &up, const DeviceTensor &down,
+                    bool combineBf16, DeviceTensor &y) override {
+    attachedExpertReads += attached_.count(x.data) != 0;
+    return CpuDevice::moeExperts(x, indices, weights, gate, up, down,
+                                 combineBf16, y);
   }
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          const DeviceTensor &w, DeviceTensor &y) override {
@@ -109,7 +119,7 @@ public:
                               const DeviceTensor &down, bool combineBf16,
                               bool quantizedX, const SharedExpert &shared,
                               DeviceTensor &y) override {
-    ++sharedExpertCalls;
+    ++sharedExpertCalls; // (its experts' call counts an attached read)
     return CpuDevice::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                            combineBf16, quantizedX, shared, y);
   }
@@ -136,6 +146,29 @@ public:
     ++preparingNorms;
     return quantizedRoundTrip(y, prepared.q);
   }
+  // Where preparesForExpertsInNorms: a MoE layer's input norm prepares
+  // what its router and experts read (here as above: the dequantized
+  // values), attached to its value until both have read it; they count
+  // their reads of attached memory and compute as before.
+  bool preparesForExperts(const DeviceTensor &router, const DeviceTensor &gate,
+                          int64_t rows) const override {
+    (void)router, (void)gate, (void)rows;
+    return preparesForExpertsInNorms;
+  }
+  Status addRmsNormForExperts(const DeviceTensor &a, const DeviceTensor &b,
+                              const DeviceTensor &gamma, float eps,
+                              DeviceTensor &sum, DeviceTensor &y,
+                              PreparedInput &prepared) override {
+    MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
+    ++expertNorms;
+    return quantizedRoundTrip(y, prepared.q);
+  }
+  void attachPrepared(const void *data, const PreparedInput &) override {
+    attached_.insert(data);
+  }
+  void detachPrepared(const void *data) override { attached_.erase(data); }
+  bool nothingAttached() const { return attached_.empty(); }
+
   Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
                           const DeviceTensor &w, DeviceTensor &y) override {
     if (y.dtype == DType::BF16) {
@@ -215,12 +248,14 @@ public:
   }
 
   bool preparesInNorms = false, writesBf16Products = false,
-       takesMlaQueryInBf16 = false;
+       takesMlaQueryInBf16 = false, preparesForExpertsInNorms = false;
+  int expertNorms = 0, attachedLinearReads = 0, attachedExpertReads = 0;
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0;
 
 private:
+  std::set<const void *> attached_;
   /// The F32 product(t) rounded into BF16 y.
   Status intoBf16(DeviceTensor &y,
                   const std::function<Status(DeviceTensor &)> &product) {

@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <unordered_map>
 #include <vector>
 
 using namespace melt::rt;
@@ -390,7 +391,15 @@ public:
                               multiprocessors_, stream_),
                    "linear");
     if (w.dtype == DType::BF16 && x.dtype == DType::F32) {
-      // Rounded to BF16 first, into a block the stream reuses after the GEMM.
+      // The rows in BF16 as the norm that made them prepared them
+      // (attachPrepared: a MoE router's), else rounded to BF16 first, into a
+      // block the stream reuses after the GEMM.
+      if (const PreparedInput *prepared = attachedTo(x);
+          prepared && prepared->bf16.data)
+        return fromGemm(
+            gemm_->bf16(static_cast<const __nv_bfloat16 *>(prepared->bf16.data),
+                        static_cast<const __nv_bfloat16 *>(w.data), y.data,
+                        y.dtype == DType::F32, m, n, k));
       DeviceTensor rounded;
       MELT_RETURN_IF_ERROR(allocate(DType::BF16, x.shape, rounded));
       Status converted = check(convert({x.data, false}, size_t(x.numel()),
@@ -577,17 +586,64 @@ public:
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
     return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared);
   }
+  /// A MoE layer's input norm preparing its router's BF16 rows and its
+  /// FP8 experts' codes (grouped on tensor cores for these rows): off until
+  /// run on a GPU (MELT_CUDA_NORM_EXPERTS=1; written in session 25 after
+  /// its GPU time was spent).
+  bool normExperts_ = envSwitch("MELT_CUDA_NORM_EXPERTS", false);
+  bool preparesForExperts(const DeviceTensor &router, const DeviceTensor &gate,
+                          int64_t rows) const override {
+    if (!normExperts_ || !normQuantize_ || !fusedAddNorm_ ||
+        router.dtype != DType::BF16 || router.shape.size() != 2 ||
+        gate.dtype != DType::FP8E4M3 || gate.shape.size() != 3)
+      return false;
+    const int64_t E = gate.shape[0], I = gate.shape[1], D = gate.shape[2];
+    return D % 128 == 0 && router.shape[1] == D && fp8GroupedWgmma_ &&
+           groupsOnFp8TensorCores(gate.dtype, rows, int(E), int(I), int(D));
+  }
+  Status addRmsNormForExperts(const DeviceTensor &a, const DeviceTensor &b,
+                              const DeviceTensor &gamma, float eps,
+                              DeviceTensor &sum, DeviceTensor &y,
+                              PreparedInput &prepared) override {
+    if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
+      return addRmsNorm(a, b, gamma, eps, sum, y);
+    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
+    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared,
+                              /*withBf16=*/true);
+  }
+  /// What norms prepared of the values at these addresses
+  /// (attachPrepared), for linear()'s BF16 products and the grouped FP8
+  /// experts to read.
+  std::unordered_map<const void *, PreparedInput> attached_;
+  void attachPrepared(const void *data,
+                      const PreparedInput &prepared) override {
+    attached_[data] = prepared;
+  }
+  void detachPrepared(const void *data) override { attached_.erase(data); }
+  /// What is attached to x's memory, where it is of x's rows.
+  const PreparedInput *attachedTo(const DeviceTensor &x) const {
+    if (attached_.empty() || x.shape.empty())
+      return nullptr;
+    auto it = attached_.find(x.data);
+    if (it == attached_.end() ||
+        it->second.q.shape != std::vector<int64_t>{x.rows(), x.cols()})
+      return nullptr;
+    return &it->second;
+  }
   /// The norm of x (with b: of x + b, written to sum) into F32 y, and y's
-  /// rows quantized in 1 x 128 blocks into `prepared` (rmsNormQuantizeRowsFp8).
+  /// rows quantized in 1 x 128 blocks into `prepared` (rmsNormQuantizeRowsFp8;
+  /// with `withBf16`, y's rows in BF16 too).
   Status normQuantizingRows(const DeviceTensor &x, const DeviceTensor *b,
                             const DeviceTensor &gamma, float eps,
                             DeviceTensor *sum, DeviceTensor &y,
-                            PreparedInput &prepared) {
+                            PreparedInput &prepared, bool withBf16 = false) {
     const int64_t rows = y.rows(), cols = y.cols();
     PreparedInput made;
     Status status = allocate(DType::FP8E4M3, {rows, cols}, made.q);
     if (!status)
       status = allocate(DType::F32, {cols / 128, rows}, made.scales);
+    if (!status && withBf16)
+      status = allocate(DType::BF16, {rows, cols}, made.bf16);
     const Operand bOperand = b ? operand(*b) : Operand{nullptr, false};
     if (!status)
       status =
@@ -596,11 +652,13 @@ public:
                     sum ? result(*sum) : Result{nullptr, false}, operand(gamma),
                     eps, int(rows), int(cols), static_cast<float *>(y.data),
                     static_cast<__nv_fp8_e4m3 *>(made.q.data),
-                    static_cast<float *>(made.scales.data), stream_),
+                    static_cast<float *>(made.scales.data), stream_,
+                    static_cast<__nv_bfloat16 *>(made.bf16.data)),
                 "rms_norm");
     if (status) {
       release(made.q);
       release(made.scales);
+      release(made.bf16);
       return status;
     }
     prepared = made;
@@ -1617,8 +1675,14 @@ public:
     };
     if (fp8TensorCores) {
       DeviceTensor codesT, scalesT, rowCodesT, rowScalesT;
-      MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, D}, codesT));
-      MELT_RETURN_IF_ERROR(scratch.take(DType::F32, {D / 128, T}, scalesT));
+      // x's codes as the norm that made it prepared them, or quantized here.
+      const PreparedInput *prepared = attachedTo(x);
+      if (prepared) {
+        codesT = prepared->q, scalesT = prepared->scales;
+      } else {
+        MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, D}, codesT));
+        MELT_RETURN_IF_ERROR(scratch.take(DType::F32, {D / 128, T}, scalesT));
+      }
       if (!groupedFp8GathersRows_) { // the gathered rows
         MELT_RETURN_IF_ERROR(
             scratch.take(DType::FP8E4M3, {capacity, D}, rowCodesT));
@@ -1628,11 +1692,12 @@ public:
       auto *codes = static_cast<uint8_t *>(codesT.data);
       auto *rowCodes = static_cast<uint8_t *>(rowCodesT.data);
       auto *rowScales = static_cast<float *>(rowScalesT.data);
-      MELT_RETURN_IF_ERROR(
-          check(quantizeRowsFp8(static_cast<const float *>(x.data), T, D,
-                                reinterpret_cast<__nv_fp8_e4m3 *>(codes),
-                                static_cast<float *>(scalesT.data), stream_),
-                "moe_experts"));
+      if (!prepared)
+        MELT_RETURN_IF_ERROR(
+            check(quantizeRowsFp8(static_cast<const float *>(x.data), T, D,
+                                  reinterpret_cast<__nv_fp8_e4m3 *>(codes),
+                                  static_cast<float *>(scalesT.data), stream_),
+                  "moe_experts"));
       if (!groupedFp8GathersRows_)
         MELT_RETURN_IF_ERROR(
             check(gatherFp8Rows(codes, static_cast<const float *>(scalesT.data),

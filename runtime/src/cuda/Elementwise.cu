@@ -6,6 +6,7 @@
 #include "cuda/OperandAccess.cuh"
 #include "cuda/RowNorm.cuh"
 #include "cuda/Silu.cuh"
+#include "cuda/TensorCoreMma.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
@@ -34,7 +35,8 @@ template <bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormQuantizeKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                           float eps, int rows, int cols, float *y,
-                          __nv_fp8_e4m3 *q, float *scales) {
+                          __nv_fp8_e4m3 *q, float *scales,
+                          __nv_bfloat16 *yBf16) {
   const size_t base = size_t(blockIdx.x) * cols;
   normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base,
                 [&](int c, float v) { y[base + c] = v; });
@@ -51,6 +53,9 @@ __global__ void __launch_bounds__(kNormThreads)
         gemmInputCodes(v.x, v.y, v.z, v.w, 1.f / s);
     if (lane == 0)
       scales[size_t(blk) * rows + blockIdx.x] = s;
+    if (yBf16) // the row in BF16 too (a BF16 product's input)
+      reinterpret_cast<uint2 *>(yBf16 + base + blk * 128)[lane] =
+          make_uint2(packBf16(v.x, v.y), packBf16(v.z, v.w));
   }
 }
 
@@ -225,17 +230,19 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
 
 cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
     Operand x, const Operand *b, Result sum, Operand gamma, float eps, int rows,
-    int cols, float *y, __nv_fp8_e4m3 *q, float *scales, cudaStream_t stream) {
+    int cols, float *y, __nv_fp8_e4m3 *q, float *scales, cudaStream_t stream,
+    __nv_bfloat16 *yBf16) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0)
+  if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(yBf16) % 8 != 0)
     return cudaErrorInvalidValue;
   return b ? launchOverlapped(rmsNormQuantizeKernel<true>, rows, kNormThreads,
                               0, stream, x, *b, sum, gamma, eps, rows, cols, y,
-                              q, scales)
+                              q, scales, yBf16)
            : launchOverlapped(rmsNormQuantizeKernel<false>, rows, kNormThreads,
                               0, stream, x, x, Result{nullptr, false}, gamma,
-                              eps, rows, cols, y, q, scales);
+                              eps, rows, cols, y, q, scales, yBf16);
 }
 
 cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,

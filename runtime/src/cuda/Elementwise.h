@@ -32,11 +32,13 @@ cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
 /// rmsNorm into F32 y (or with `b`, addRmsNorm: sum = x + b as well), and
 /// y's rows quantized as quantizeRowsFp8 quantizes them (cols a multiple
 /// of 128): q [rows, cols] e4m3, scales [cols / 128, rows]. One kernel:
-/// each block quantizes the row it has just written.
+/// each block quantizes the row it has just written. `yBf16` (where given,
+/// 8-byte aligned): y's rows rounded to BF16 as well.
 cudaError_t rmsNormQuantizeRowsFp8(Operand x, const Operand *b, Result sum,
                                    Operand gamma, float eps, int rows, int cols,
                                    float *y, __nv_fp8_e4m3 *q, float *scales,
-                                   cudaStream_t stream);
+                                   cudaStream_t stream,
+                                   __nv_bfloat16 *yBf16 = nullptr);
 /// sum = a + b (as binary(Add) stores it), y = rmsNorm(sum), one pass.
 cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
                        int cols, Result sum, Result y, cudaStream_t stream);
