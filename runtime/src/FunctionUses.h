@@ -32,6 +32,12 @@ struct FunctionUses {
     if (function.outputs())
       outputs.insert(function.outputs()->begin(), function.outputs()->end());
   }
+  /// The kernels reading buffer `value` (none: empty).
+  const std::vector<uint32_t> &readersOf(uint32_t value) const {
+    static const std::vector<uint32_t> none;
+    auto it = readers.find(value);
+    return it == readers.end() ? none : it->second;
+  }
   std::map<uint32_t, uint32_t> producer;
   std::map<uint32_t, std::vector<uint32_t>> readers;
   std::set<uint32_t> outputs;

@@ -7,6 +7,18 @@
 using namespace melt;
 using namespace melt::rt;
 
+namespace {
+
+/// An RMSNorm of one input into one output with its one weight.
+bool isPlainRmsNorm(const fb::Kernel &norm) {
+  return norm.kind() == fb::KernelKind::RMSNorm && norm.inputs() &&
+         norm.inputs()->size() == 1 && norm.outputs() &&
+         norm.outputs()->size() == 1 && norm.weights() &&
+         norm.weights()->size() == 1;
+}
+
+} // namespace
+
 std::vector<NormProductFusion> melt::rt::findNormProductFusions(
     const fb::Model &model, const fb::Function &function,
     const std::vector<QuantizeFold> &folds,
@@ -17,10 +29,7 @@ std::vector<NormProductFusion> melt::rt::findNormProductFusions(
   FunctionUses uses(model, function);
   for (uint32_t k : *function.kernels()) {
     const fb::Kernel &norm = *model.kernels()->Get(k);
-    if (norm.kind() != fb::KernelKind::RMSNorm || !norm.inputs() ||
-        norm.inputs()->size() != 1 || !norm.outputs() ||
-        norm.outputs()->size() != 1 || !norm.weights() ||
-        norm.weights()->size() != 1)
+    if (!isPlainRmsNorm(norm))
       continue;
     std::vector<uint32_t> products =
         fusingProductsOf(model, uses, folds, norm.outputs()->Get(0), fuses);
@@ -38,11 +47,6 @@ melt::rt::findNormExpertFusions(const fb::Model &model,
   if (!function.kernels() || !model.kernels())
     return fusions;
   FunctionUses uses(model, function);
-  auto readersOf = [&](uint32_t value) -> const std::vector<uint32_t> & {
-    static const std::vector<uint32_t> none;
-    auto it = uses.readers.find(value);
-    return it == uses.readers.end() ? none : it->second;
-  };
   // Kernel k of `kind` whose first input is `value`.
   auto readsAsX = [&](uint32_t k, fb::KernelKind kind, uint32_t value) {
     const fb::Kernel &kernel = *model.kernels()->Get(k);
@@ -51,16 +55,13 @@ melt::rt::findNormExpertFusions(const fb::Model &model,
   };
   for (uint32_t k : *function.kernels()) {
     const fb::Kernel &norm = *model.kernels()->Get(k);
-    if (norm.kind() != fb::KernelKind::RMSNorm || !norm.inputs() ||
-        norm.inputs()->size() != 1 || !norm.outputs() ||
-        norm.outputs()->size() != 1 || !norm.weights() ||
-        norm.weights()->size() != 1)
+    if (!isPlainRmsNorm(norm))
       continue;
     const uint32_t value = norm.outputs()->Get(0);
     if (uses.outputs.count(value))
       continue;
     std::vector<uint32_t> routers, experts;
-    for (uint32_t r : readersOf(value)) {
+    for (uint32_t r : uses.readersOf(value)) {
       if (readsAsX(r, fb::KernelKind::MoERouter, value))
         routers.push_back(r);
       if (readsAsX(r, fb::KernelKind::MoEExperts, value))
@@ -70,7 +71,7 @@ melt::rt::findNormExpertFusions(const fb::Model &model,
         if (f.quantize == r && f.source == value) {
           const uint32_t stands =
               model.kernels()->Get(f.dequantize)->outputs()->Get(0);
-          for (uint32_t e : readersOf(stands))
+          for (uint32_t e : uses.readersOf(stands))
             if (readsAsX(e, fb::KernelKind::MoEExperts, stands))
               experts.push_back(e);
         }

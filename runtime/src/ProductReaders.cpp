@@ -17,15 +17,10 @@ melt::rt::fusingProductsOf(const fb::Model &model, const FunctionUses &uses,
            kernel.inputs()->size() == 1 && kernel.inputs()->Get(0) == x &&
            fuses(k);
   };
-  auto readersOf = [&](uint32_t x) -> const std::vector<uint32_t> & {
-    static const std::vector<uint32_t> none;
-    auto it = uses.readers.find(x);
-    return it == uses.readers.end() ? none : it->second;
-  };
   std::vector<uint32_t> products;
   if (uses.outputs.count(value))
     return products;
-  for (uint32_t k : readersOf(value)) {
+  for (uint32_t k : uses.readersOf(value)) {
     if (fusingProduct(k, value)) {
       products.push_back(k);
       continue;
@@ -41,7 +36,7 @@ melt::rt::fusingProductsOf(const fb::Model &model, const FunctionUses &uses,
     const uint32_t stands = dequantize.outputs()->Get(0);
     if (uses.outputs.count(stands))
       return {};
-    for (uint32_t r : readersOf(stands)) {
+    for (uint32_t r : uses.readersOf(stands)) {
       if (!fusingProduct(r, stands))
         return {};
       products.push_back(r);

@@ -581,10 +581,18 @@ public:
                                const DeviceTensor &gamma, float eps,
                                DeviceTensor &sum, DeviceTensor &y,
                                PreparedInput &prepared) override {
+    return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, false);
+  }
+  /// addRmsNorm, y's rows quantized into `prepared` (and with `withBf16`
+  /// in BF16 too) where the fused kernel takes them; else addRmsNorm alone.
+  Status addNormQuantizing(const DeviceTensor &a, const DeviceTensor &b,
+                           const DeviceTensor &gamma, float eps,
+                           DeviceTensor &sum, DeviceTensor &y,
+                           PreparedInput &prepared, bool withBf16) {
     if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
       return addRmsNorm(a, b, gamma, eps, sum, y);
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
-    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared);
+    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared, withBf16);
   }
   /// A MoE layer's input norm preparing its router's BF16 rows and its
   /// FP8 experts' codes (grouped on tensor cores for these rows): off until
@@ -605,11 +613,7 @@ public:
                               const DeviceTensor &gamma, float eps,
                               DeviceTensor &sum, DeviceTensor &y,
                               PreparedInput &prepared) override {
-    if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
-      return addRmsNorm(a, b, gamma, eps, sum, y);
-    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
-    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared,
-                              /*withBf16=*/true);
+    return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, true);
   }
   /// What norms prepared of the values at these addresses
   /// (attachPrepared), for linear()'s BF16 products and the grouped FP8

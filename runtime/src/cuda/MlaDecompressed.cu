@@ -1,6 +1,7 @@
 //===- MlaDecompressed.cu - a long prefill's MLA with K and V per head ----===//
 #include "cuda/MlaDecompressed.h"
 
+#include "EnvSwitch.h"
 #include "cuda/CausalAttention.h"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/Elementwise.h"
@@ -9,8 +10,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <type_traits>
 
@@ -40,6 +39,20 @@ GatherRuns gatherOf(const std::vector<DecompressedQueries> &runs, size_t begin,
   return gather;
 }
 
+/// The cache row of gathered row r (blockIdx.x) of `runs`: -1 where its
+/// position has no page (then *bad is set).
+__device__ __forceinline__ int gatheredCacheRow(const PagedLayout &layout,
+                                                const GatherRuns &runs, int r,
+                                                int32_t *bad) {
+  int i = 0;
+  while (r >= runs.rowStart[i + 1])
+    ++i;
+  const int row = cacheRow(layout, runs.sequence[i], r - runs.rowStart[i]);
+  if (row < 0 && threadIdx.x == 0)
+    *bad = 1;
+  return row;
+}
+
 /// Grid (rows), 128 threads: each run's cached row p split into its latent
 /// (C [rows, latent]) and its RoPE key, written after each head's K_nope in
 /// keys ([heads, rows, nope + rope]), as T (F32, or BF16 for the fused
@@ -54,12 +67,7 @@ __global__ void gatherRowsKernel(const CacheT *cache, PagedLayout layout,
                                  int32_t *bad) {
   awaitPriorKernels();
   const int r = blockIdx.x, rows = runs.rowStart[runs.count];
-  int i = 0;
-  while (r >= runs.rowStart[i + 1])
-    ++i;
-  const int row = cacheRow(layout, runs.sequence[i], r - runs.rowStart[i]);
-  if (row < 0 && threadIdx.x == 0)
-    *bad = 1;
+  const int row = gatheredCacheRow(layout, runs, r, bad);
   const CacheT *from = cache + size_t(row < 0 ? 0 : row) * (latent + rope);
   for (int e = threadIdx.x; e < latent; e += blockDim.x)
     latents[size_t(r) * latent + e] = T(row < 0 ? 0.f : loadValue(from, e));
@@ -83,12 +91,7 @@ __global__ void gatherBf16RowsBy16Kernel(const __nv_bfloat16 *cache,
                                          __nv_bfloat16 *keys, int32_t *bad) {
   awaitPriorKernels();
   const int r = blockIdx.x, rows = runs.rowStart[runs.count];
-  int i = 0;
-  while (r >= runs.rowStart[i + 1])
-    ++i;
-  const int row = cacheRow(layout, runs.sequence[i], r - runs.rowStart[i]);
-  if (row < 0 && threadIdx.x == 0)
-    *bad = 1;
+  const int row = gatheredCacheRow(layout, runs, r, bad);
   const uint4 *from = reinterpret_cast<const uint4 *>(
       cache + size_t(row < 0 ? 0 : row) * (latent + rope));
   const uint4 zero = make_uint4(0, 0, 0, 0);
@@ -109,10 +112,7 @@ __global__ void gatherBf16RowsBy16Kernel(const __nv_bfloat16 *cache,
 /// time was spent, off until run on a GPU).
 bool gathersBy16(int nope, int rope, int latent, const void *cache,
                  const void *latents, const void *keys) {
-  static const bool asked = [] {
-    const char *v = std::getenv("MELT_CUDA_GATHER_BY16");
-    return v && std::strcmp(v, "1") == 0;
-  }();
+  static const bool asked = melt::rt::envSwitch("MELT_CUDA_GATHER_BY16", false);
   auto aligned = [](const void *p) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0;
   };
