@@ -18,9 +18,6 @@ constexpr int kWarps = 4, kThreads = kWarps * 32;
 /// Queries a block takes (16 a warp) and keys a tile holds.
 constexpr int kQueries = kWarps * 16, kKeys = 64;
 constexpr int kKeyTiles = kKeys / 8;
-/// A projected query's rope pairs (CausalProjectedQuery::inverse).
-constexpr int kRopeAnglePairs =
-    int(sizeof(CausalProjectedQuery::inverse) / sizeof(double));
 
 template <int kNope, int kRope, int kValue> struct Widths {
   static constexpr int qk = kNope + kRope;
@@ -150,14 +147,10 @@ __global__ void __launch_bounds__(kThreads)
         // columns on four pairs more.
         const int pair = (c - kNope) / 2;
         const CausalProjectedQuery &r = query.rotation;
-        auto angleOf = [&](int p) {
-          if (!r.angles)
-            return ropeAngleOf(r.inverse[p], position, r.mscale);
-          const double2 a = r.angles[size_t(token) * kRopeAnglePairs + p];
-          return RopeAngle{a.x, a.y};
-        };
-        lo = rotateValues(angleOf(pair), lo.x, lo.y);
-        hi = rotateValues(angleOf(pair + 4), hi.x, hi.y);
+        lo = rotateValues(ropeAngleOf(r.inverse[pair], position, r.mscale),
+                          lo.x, lo.y);
+        hi = rotateValues(ropeAngleOf(r.inverse[pair + 4], position, r.mscale),
+                          hi.x, hi.y);
       }
       qa[s][half] = packBf16(lo.x, lo.y);
       qa[s][2 + half] = packBf16(hi.x, hi.y);
@@ -296,18 +289,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// One (token, pair) a thread: ropeAngles.
-__global__ void ropeAnglesKernel(CausalProjectedQuery r, int count,
-                                 double2 *angles) {
-  awaitPriorKernels();
-  const int i = int(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= count)
-    return;
-  const RopeAngle a = ropeAngleOf(r.inverse[i % kRopeAnglePairs],
-                                  r.positions[i / kRopeAnglePairs], r.mscale);
-  angles[i] = make_double2(a.c, a.s);
-}
-
 } // namespace
 
 bool melt::rt::cuda::causalAttentionFits(int nope, int rope, int valueDim) {
@@ -371,20 +352,6 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
   query.nopeStride = nope, query.ropeStride = rope;
   return launchCausalAttention(query, runs, runCount, heads, nope, rope,
                                valueDim, scale, out, stream);
-}
-
-cudaError_t melt::rt::cuda::ropeAngles(const CausalProjectedQuery &projected,
-                                       int tokens, double2 *angles,
-                                       cudaStream_t stream) {
-  if (tokens <= 0)
-    return cudaSuccess;
-  if (!projected.positions || !angles)
-    return cudaErrorInvalidValue;
-  const int count = tokens * kRopeAnglePairs;
-  const cudaError_t error =
-      launchOverlapped(ropeAnglesKernel, unsigned((count + 255) / 256), 256, 0,
-                       stream, projected, count, angles);
-  return error != cudaSuccess ? error : cudaGetLastError();
 }
 
 cudaError_t melt::rt::cuda::causalAttentionBf16(

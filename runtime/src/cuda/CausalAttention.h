@@ -51,26 +51,19 @@ constexpr int kCausalMaxRuns = 32;
 /// rope's 32 pairs' inverse frequencies and its output scale. The rope
 /// kernel's arithmetic (RopeRotation.cuh): the values of the split's copies
 /// and the rope kernel, bit for bit, without their three kernels (mini's
-/// 8x1024 prefill: 73 us a layer). `angles` ([tokens, 32] of (cos, sin)
-/// times mscale, ropeAngles'), where given, in place of each block's own
-/// double-precision sincos: every head's blocks would compute a token's
-/// angles again (mini's 8x1024 prefill: the attention 68 us a layer
-/// slower than with the rope kernel's rotated queries).
+/// 8x1024 prefill: 73 us a layer). Each block computes its queries'
+/// angles itself (double-precision sincos, under the queries' loads): a
+/// table of them once per (token, pair) ahead of the attention was tried
+/// and removed in session 26 (mini's traced 8x1024 prefill: the attention
+/// and the table's kernel 1778 us against 1699 without them;
+/// bench/results/prefill_switches_trace_s26_h200.txt).
 struct CausalProjectedQuery {
   const float *q = nullptr;
   const __nv_bfloat16 *qBf16 = nullptr;
   const int32_t *positions = nullptr;
   double inverse[32] = {};
   double mscale = 1.0;
-  const double2 *angles = nullptr;
 };
-
-/// angles[t * 32 + p] = the rope kernel's (cos, sin) of pair p at
-/// positions[t], times mscale, for t < tokens (`projected`'s positions,
-/// inverse frequencies and scale): the table CausalProjectedQuery::angles
-/// reads.
-cudaError_t ropeAngles(const CausalProjectedQuery &projected, int tokens,
-                       double2 *angles, cudaStream_t stream);
 
 /// Whether the kernel takes these widths.
 bool causalAttentionFits(int nope, int rope, int valueDim);

@@ -595,10 +595,11 @@ public:
     return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared, withBf16);
   }
   /// A MoE layer's input norm preparing its router's BF16 rows and its
-  /// FP8 experts' codes (grouped on tensor cores for these rows): off until
-  /// run on a GPU (MELT_CUDA_NORM_EXPERTS=1; written in session 25 after
-  /// its GPU time was spent).
-  bool normExperts_ = envSwitch("MELT_CUDA_NORM_EXPERTS", false);
+  /// FP8 experts' codes (grouped on tensor cores for these rows;
+  /// MELT_CUDA_NORM_EXPERTS=0: the router's conversion and the experts'
+  /// quantize apart). mini's traced 8x1024 FP8 prefill 17.74 against 17.99
+  /// ms (bench/results/prefill_switches_trace_s26_h200.txt).
+  bool normExperts_ = envSwitch("MELT_CUDA_NORM_EXPERTS", true);
   bool preparesForExperts(const DeviceTensor &router, const DeviceTensor &gate,
                           int64_t rows) const override {
     if (!normExperts_ || !normQuantize_ || !fusedAddNorm_ ||
@@ -754,18 +755,6 @@ public:
       envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true),
       envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true)};
   GroupedFp8Options groupedFp8Pair_ = {true, false};
-  /// MELT_CUDA_GROUPED_FP8_GATHERS_ROWS=1: the grouped pair gathers its
-  /// tokens' FP8 rows as it loads them (GroupedFp8PairArgs::tokenOfRow), no
-  /// gatherFp8Rows first; written in session 25 after its GPU time was
-  /// spent, not yet run on a GPU.
-  bool groupedFp8GathersRows_ =
-      envSwitch("MELT_CUDA_GROUPED_FP8_GATHERS_ROWS", false);
-  /// MELT_CUDA_GROUPED_SHARED_PAIR=1: a grouped prefill's shared expert's
-  /// gate and up on the grouped pair kernel (sharedExpertOfCodes), not two
-  /// cuBLASLt products and a SiLU-mul quantize (mini's 8x1024 prefill: 46
-  /// + 48 + 37 us a layer); written in session 25 after its GPU time was
-  /// spent, not yet run on a GPU.
-  bool groupedSharedPair_ = envSwitch("MELT_CUDA_GROUPED_SHARED_PAIR", false);
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -1203,32 +1192,9 @@ public:
     const std::vector<double> inverse = ropeInverseFrequencies(rope, ropeDim);
     std::copy(inverse.begin(), inverse.end(), projected.inverse);
     projected.mscale = ropeOutputScale(rope);
-    // The queries' rope angles once per (token, pair), not again in every
-    // head's blocks.
-    DeviceTensor angles;
-    if (prefillRopeAngles_) {
-      MELT_RETURN_IF_ERROR(
-          allocate(DType::F32,
-                   {q.shape[0] * int64_t(std::size(projected.inverse)) *
-                    int64_t(sizeof(double2) / sizeof(float))},
-                   angles));
-      projected.angles = static_cast<const double2 *>(angles.data);
-      MELT_RETURN_IF_ERROR(
-          check(ropeAngles(projected, int(q.shape[0]),
-                           static_cast<double2 *>(angles.data), stream_),
-                "mla"));
-    }
-    const Status ran =
-        mlaDecompressedForm(qNope, qRope, cache, layout, wUk, wUv, shape, scale,
-                            decompressAbove, out, taken, &projected);
-    if (angles.data)
-      release(angles); // stream-ordered: reused only by later work
-    return ran;
+    return mlaDecompressedForm(qNope, qRope, cache, layout, wUk, wUv, shape,
+                               scale, decompressAbove, out, taken, &projected);
   }
-  /// prefillMlaOfQuery's rope angles in a table ahead of the attention
-  /// (CausalProjectedQuery::angles; MELT_CUDA_PREFILL_ROPE_ANGLES=0: each
-  /// block computes its own).
-  bool prefillRopeAngles_ = envSwitch("MELT_CUDA_PREFILL_ROPE_ANGLES", true);
   /// prefillMlaOfQuery (MELT_CUDA_PREFILL_MLA_QUERY=0 off), and with it the
   /// query projection in BF16 where it is written so (the prefill's form
   /// reads it; elsewhere mlaOfQuery widens it first).
@@ -1687,12 +1653,10 @@ public:
         MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, D}, codesT));
         MELT_RETURN_IF_ERROR(scratch.take(DType::F32, {D / 128, T}, scalesT));
       }
-      if (!groupedFp8GathersRows_) { // the gathered rows
-        MELT_RETURN_IF_ERROR(
-            scratch.take(DType::FP8E4M3, {capacity, D}, rowCodesT));
-        MELT_RETURN_IF_ERROR(
-            scratch.take(DType::F32, {D / 128, capacity}, rowScalesT));
-      }
+      MELT_RETURN_IF_ERROR(
+          scratch.take(DType::FP8E4M3, {capacity, D}, rowCodesT));
+      MELT_RETURN_IF_ERROR(
+          scratch.take(DType::F32, {D / 128, capacity}, rowScalesT));
       auto *codes = static_cast<uint8_t *>(codesT.data);
       auto *rowCodes = static_cast<uint8_t *>(rowCodesT.data);
       auto *rowScales = static_cast<float *>(rowScalesT.data);
@@ -1702,22 +1666,16 @@ public:
                                   reinterpret_cast<__nv_fp8_e4m3 *>(codes),
                                   static_cast<float *>(scalesT.data), stream_),
                   "moe_experts"));
-      if (!groupedFp8GathersRows_)
-        MELT_RETURN_IF_ERROR(
-            check(gatherFp8Rows(codes, static_cast<const float *>(scalesT.data),
-                                T, tokenOfRow, capacity, D, rowCodes, rowScales,
-                                stream_),
-                  "moe_experts"));
+      MELT_RETURN_IF_ERROR(check(
+          gatherFp8Rows(codes, static_cast<const float *>(scalesT.data), T,
+                        tokenOfRow, capacity, D, rowCodes, rowScales, stream_),
+          "moe_experts"));
       if (shared)
         MELT_RETURN_IF_ERROR(sharedExpertOfCodes(
             *shared, reinterpret_cast<const __nv_fp8_e4m3 *>(codes),
             static_cast<const float *>(scalesT.data), T, scratch, sharedOutT));
       GroupedFp8PairArgs a;
       a.x = rowCodes, a.xScales = rowScales;
-      if (groupedFp8GathersRows_) { // the kernel gathers the tokens' rows
-        a.x = codes, a.xScales = static_cast<const float *>(scalesT.data);
-        a.tokenOfRow = tokenOfRow, a.tokens = int(T);
-      }
       a.gate = static_cast<const uint8_t *>(gate.data);
       a.up = static_cast<const uint8_t *>(up.data);
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
@@ -1770,16 +1728,6 @@ public:
         "moe_experts");
   }
 
-  /// A down product's FP8 input ([rows, k] codes, [k / 128, rows] scales)
-  /// and BF16 output ([rows, n]), taken from `scratch`.
-  static Status takeDownOperands(CallScratch &scratch, int64_t rows, int64_t k,
-                                 int64_t n, DeviceTensor &codes,
-                                 DeviceTensor &scales, DeviceTensor &out) {
-    MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {rows, k}, codes));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::F32, {k / 128, rows}, scales));
-    return scratch.take(DType::BF16, {rows, n}, out);
-  }
-
   /// A shared expert's MLP of T tokens from x's FP8 codes and 1 x 128
   /// scales ([D / 128, T]): gate and up BF16 products, their SiLU-mul
   /// quantized (to the down weight's stored K), the down product into
@@ -1797,60 +1745,12 @@ public:
       return static_cast<const __nv_fp8_e4m3 *>(w.data);
     };
     DeviceTensor gT, uT, actT, actScalesT;
-    if (groupedSharedPair_ && storedK(g) == D && storedK(u) == D &&
-        inter % 128 == 0 && D % 128 == 0 && downK % 128 == 0) {
-      // Gate and up as the routed experts' pair kernel multiplies them
-      // (one group of every token's row, gathered in order): the SiLU-mul
-      // written quantized, in rows of the down weight's stored K (the
-      // columns past `inter` zeros), for a down product of every row.
-      const int rows = (T + 127) / 128 * 128;
-      DeviceTensor tokenOfRowT, startsT;
-      MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {rows}, tokenOfRowT));
-      MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {2}, startsT));
-      MELT_RETURN_IF_ERROR(
-          takeDownOperands(scratch, rows, downK, D, actT, actScalesT, out));
-      auto *act = static_cast<uint8_t *>(actT.data);
-      auto *actScales = static_cast<float *>(actScalesT.data);
-      MELT_RETURN_IF_ERROR(
-          check(singleGroupRows(static_cast<int32_t *>(tokenOfRowT.data),
-                                static_cast<int32_t *>(startsT.data), rows, T,
-                                stream_),
-                "moe_experts"));
-      if (downK > inter) {
-        MELT_RETURN_IF_ERROR(check(cudaMemset2DAsync(act + inter, size_t(downK),
-                                                     0, size_t(downK - inter),
-                                                     size_t(rows), stream_),
-                                   "moe_experts"));
-        MELT_RETURN_IF_ERROR(check(
-            cudaMemsetAsync(
-                actScales + size_t(inter / 128) * rows, 0,
-                sizeof(float) * size_t((downK - inter) / 128) * rows, stream_),
-            "moe_experts"));
-      }
-      GroupedFp8PairArgs a;
-      a.x = reinterpret_cast<const uint8_t *>(codes), a.xScales = scales;
-      a.tokenOfRow = static_cast<const int32_t *>(tokenOfRowT.data);
-      a.tokens = T;
-      a.gate = reinterpret_cast<const uint8_t *>(g.data);
-      a.up = reinterpret_cast<const uint8_t *>(u.data);
-      a.gateScales = scalesOf(g), a.upScales = scalesOf(u);
-      a.yCodes = act, a.yScales = actScales, a.yStride = downK;
-      a.starts = static_cast<const int32_t *>(startsT.data);
-      a.groups = 1, a.capacity = rows, a.n = inter, a.k = D;
-      a.options = groupedFp8Pair_;
-      MELT_RETURN_IF_ERROR(
-          check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
-      MELT_RETURN_IF_ERROR(fromGemm(gemm_->fp8BlockScaled(
-          reinterpret_cast<const __nv_fp8_e4m3 *>(act), actScales, codesOf(d),
-          scalesOf(d), static_cast<__nv_bfloat16 *>(out.data), rows, D,
-          downK)));
-      out.shape = {T, D}; // its first T rows
-      return Status::ok();
-    }
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, gT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, uT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::FP8E4M3, {T, downK}, actT));
     MELT_RETURN_IF_ERROR(
-        takeDownOperands(scratch, T, downK, D, actT, actScalesT, out));
+        scratch.take(DType::F32, {downK / 128, T}, actScalesT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, D}, out));
     auto *gOut = static_cast<__nv_bfloat16 *>(gT.data);
     auto *uOut = static_cast<__nv_bfloat16 *>(uT.data);
     auto *act = static_cast<__nv_fp8_e4m3 *>(actT.data);

@@ -28,15 +28,15 @@
 // 439 us at 256 columns, 485 against 510 at 128; the pair with FP8 output
 // 826 against 858.)
 //
-// GroupedFp8PairArgs::tokenOfRow: x's rows gathered as they are loaded,
-// not by gatherFp8Rows first (47 us a layer of mini's 8x1024 prefill, 100
-// MB written and read again): each of the producer warpgroup's 128 threads
-// copies its row's 128 bytes of a block of k into the stage with cp.async,
-// at the places TMA's 128-byte swizzle puts them (16-byte chunk c of row r
-// at chunk c ^ (r % 8)), and the stage's barrier counts their 128
-// arrivals beside TMA's bytes of the weights; the consumers fence the
-// generic proxy's writes before their wgmma reads them. Written in session
-// 25 after its GPU time was spent: not yet run on a GPU.
+// Tried and removed (session 26): the pair gathering its tokens' rows as
+// it loads them, not gatherFp8Rows first (each of the producer warpgroup's
+// 128 threads a row, cp.async into TMA's swizzled places, 129 arrivals a
+// stage): the same bits, and mini's grouped experts in the 8x1024 prefill
+// 9.73 ms against 7.17 (9.77 against 3.63 at 1x1024). And a shared
+// expert's gate and up on the pair as one group of every token (its SiLU-
+// mul written quantized): 128 us a layer against cuBLASLt's two products
+// (45 us each) and a quantize (37), no faster
+// (bench/results/prefill_switches_trace_s26_h200.txt).
 //
 // GroupedFp8Options::persistent: a block an SM, each going over tiles b,
 // b + grid, ..., the producer's ring running on across a tile's end, so
@@ -116,12 +116,6 @@ struct KernelArgs {
   float *yScales = nullptr;
   const int32_t *starts = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
-  /// Where given: x is [tokens, k] codes and [k / 128, tokens] scales, row
-  /// r of the grouped operand x's row tokenOfRow[r] (gathered as loaded).
-  const int32_t *tokenOfRow = nullptr;
-  int tokens = 0;
-  /// yCodes' row stride (n where 0).
-  int yCodesStride = 0;
 };
 
 /// sum += part times the scale of its row: rows g (d[4j], d[4j + 1]) take
@@ -236,10 +230,8 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
     syncConsumers();
     for (int c = threadIdx.x; c < kTile * kTile / 16; c += kThreads) {
       const int local = c / 8, chunk = c % 8;
-      *reinterpret_cast<uint4 *>(a.yCodes +
-                                 size_t(row0 + local) *
-                                     (a.yCodesStride ? a.yCodesStride : a.n) +
-                                 n0 + chunk * 16) =
+      *reinterpret_cast<uint4 *>(a.yCodes + size_t(row0 + local) * a.n + n0 +
+                                 chunk * 16) =
           *reinterpret_cast<const uint4 *>(staging + local * kTile +
                                            (chunk ^ (local % 8)) * 16);
     }
@@ -293,12 +285,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   auto wTile = [&](int stage, int which) {
     return xTile(stage) + (1 + which) * kOperandBytes;
   };
-  // x's rows gathered by the producer warpgroup's threads, a row each.
-  const bool gathers = a.tokenOfRow != nullptr;
   if (threadIdx.x == 0)
     for (int stage = 0; stage < L::kStages; ++stage) {
-      // TMA's arrival, and each gathering thread's.
-      initArrivalBarrier(&full[stage], gathers ? 1 + kTile : 1);
+      initLoadBarrier(&full[stage]);
       initArrivalBarrier(&empty[stage], kThreads / 32); // a consumer warp's
     }
   __syncthreads();
@@ -307,8 +296,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     // The producer: each stage once its 8 consumer warps gave it back.
     asm volatile(
         "setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-    const int p = int(threadIdx.x) - kThreads; // the tile row it gathers
-    if (p != 0 && !gathers)
+    if (threadIdx.x != kThreads)
       return;
     int round = 0; // blocks of k asked for so far, over the tiles
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -316,25 +304,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       if (at.none)
         break;
       const int wRow0 = at.expert * a.n + at.n0;
-      const uint8_t *xRow =
-          gathers ? a.x + size_t(a.tokenOfRow[at.row0 + p]) * a.k : nullptr;
       for (int kb = 0; kb < kBlocks; ++kb, ++round) {
         const int stage = round % L::kStages;
         if (round >= L::kStages)
           awaitBarrier(&empty[stage], (round / L::kStages - 1) % 2);
-        if (gathers) {
-          uint8_t *to = xTile(stage) + p * kTile;
-#pragma unroll
-          for (int c = 0; c < kTile / 16; ++c)
-            copyAsync16(to + ((c ^ (p % 8)) * 16), xRow + kb * kTile + c * 16);
-          arriveWhenCopiesLand(&full[stage]);
-        }
-        if (p != 0)
-          continue;
-        expectBytes(&full[stage],
-                    L::kStageBytes - (gathers ? kOperandBytes : 0));
-        if (!gathers)
-          loadTile2d(xTile(stage), &xMap, kb * kTile, at.row0, &full[stage]);
+        expectBytes(&full[stage], L::kStageBytes);
+        loadTile2d(xTile(stage), &xMap, kb * kTile, at.row0, &full[stage]);
         loadTile2d(wTile(stage, 0), &gateMap, kb * kTile, wRow0, &full[stage]);
         if constexpr (kMode == Mode::SingleWide)
           loadTile2d(wTile(stage, 1), &gateMap, kb * kTile, wRow0 + kTile,
@@ -343,8 +318,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
           loadTile2d(wTile(stage, 1), &upMap, kb * kTile, wRow0, &full[stage]);
       }
     }
-    if (gathers)
-      awaitCopies<0>(); // none left in flight as the thread ends
     return;
   }
   asm volatile(
@@ -360,10 +333,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     if (at.none)
       break;
     const int rowLo = at.row0 + group * 64 + 16 * warp + g;
-    // Where the rows' scales are: their tokens' where x is gathered.
-    const int scaleLo = gathers ? a.tokenOfRow[rowLo] : rowLo;
-    const int scaleHi = gathers ? a.tokenOfRow[rowLo + 8] : rowLo + 8;
-    const size_t scaleStride = gathers ? size_t(a.tokens) : size_t(a.capacity);
     // The scales of the tile's (first) 128 columns, one per block of k.
     const size_t scalesAt =
         (size_t(at.expert) * (a.n / kTile) + at.n0 / kTile) * kBlocks;
@@ -375,11 +344,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         sums[which][i] = 0.f;
     for (int kb = 0; kb < kBlocks; ++kb, ++round) {
       const int stage = round % L::kStages;
-      const float *xScales = a.xScales + size_t(kb) * scaleStride;
-      const float xLo = xScales[scaleLo], xHi = xScales[scaleHi];
+      const float *xScales = a.xScales + size_t(kb) * a.capacity;
+      const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
       awaitBarrier(&full[stage], (round / L::kStages) % 2);
-      if (gathers)
-        fenceSharedForAsyncProxy(); // the gathered rows, for wgmma
       multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb,
                            xLo, xHi);
       // This warp's products are done reading the stage (wgmmaWait).
@@ -436,9 +403,8 @@ cudaError_t launchGrouped(const KernelArgs &a, const uint8_t *gate,
   using L = Layout<kMode>;
   alignas(64) CUtensorMap xMap{}, gateMap{}, upMap{};
   const uint64_t wRows = uint64_t(a.groups) * a.n;
-  // (x's rows: its tokens' where the kernel gathers them, the map unread.)
-  const uint64_t xRows = uint64_t(a.tokenOfRow ? a.tokens : a.capacity);
-  if (!swizzledByteMap(xMap, a.x, xRows, uint64_t(a.k), uint64_t(a.k), kTile) ||
+  if (!swizzledByteMap(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
+                       uint64_t(a.k), kTile) ||
       !swizzledByteMap(gateMap, gate, wRows, uint64_t(a.k), uint64_t(a.k),
                        kTile) ||
       (up &&
@@ -479,10 +445,7 @@ bool groupedFp8PairFits(const GroupedFp8PairArgs &a) {
   const bool fp8Out = !a.y && aligned16(a.yCodes) && a.yScales;
   return shapeFits(a.groups, a.capacity, a.n, a.k) && aligned16(a.x) &&
          aligned16(a.gate) && aligned16(a.up) && (bf16Out || fp8Out) &&
-         a.xScales && a.gateScales && a.upScales && a.starts &&
-         (!a.tokenOfRow || a.tokens > 0) &&
-         (a.yStride == 0 ||
-          (fp8Out && a.yStride >= a.n && a.yStride % 16 == 0));
+         a.xScales && a.gateScales && a.upScales && a.starts;
 }
 
 cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
@@ -495,8 +458,6 @@ cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
   k.y = a.y, k.yCodes = a.yCodes, k.yScales = a.yScales;
   k.starts = a.starts;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
-  k.tokenOfRow = a.tokenOfRow, k.tokens = a.tokens;
-  k.yCodesStride = a.yStride;
   return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, a.options, stream)
              : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, a.options, stream);
 }
@@ -523,28 +484,6 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
     return launchGrouped<Mode::SingleWide>(k, a.w, nullptr, a.options, stream);
   }
   return launchGrouped<Mode::Single>(k, a.w, nullptr, a.options, stream);
-}
-
-namespace {
-__global__ void singleGroupRowsKernel(int32_t *tokenOfRow, int32_t *starts,
-                                      int rows, int tokens) {
-  awaitPriorKernels();
-  const int r = int(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r < rows)
-    tokenOfRow[r] = r < tokens ? r : 0;
-  if (r == 0)
-    starts[0] = 0, starts[1] = rows;
-}
-} // namespace
-
-cudaError_t singleGroupRows(int32_t *tokenOfRow, int32_t *starts, int rows,
-                            int tokens, cudaStream_t stream) {
-  if (rows <= 0 || tokens <= 0)
-    return cudaErrorInvalidValue;
-  const cudaError_t error =
-      launchOverlapped(singleGroupRowsKernel, unsigned((rows + 255) / 256), 256,
-                       0, stream, tokenOfRow, starts, rows, tokens);
-  return error != cudaSuccess ? error : cudaGetLastError();
 }
 
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,

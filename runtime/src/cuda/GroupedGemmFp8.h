@@ -59,16 +59,6 @@ struct GroupedFp8PairArgs {
   const int32_t *starts = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
   GroupedFp8Options options;
-  /// Or, where given ([capacity] on the device, each in [0, tokens)): x is
-  /// x's rows per token ([tokens, k] codes, [k / 128, tokens] scales) and
-  /// row r of the grouped operand is token tokenOfRow[r]'s, gathered as
-  /// the kernel loads them (what gatherFp8Rows would write first). Written
-  /// in session 25 after its GPU time was spent: not yet run on a GPU.
-  const int32_t *tokenOfRow = nullptr;
-  int tokens = 0;
-  /// yCodes' row stride where it is more than n (a multiple of 16; the
-  /// columns past n not written): 0 for n.
-  int yStride = 0;
 };
 
 /// Whether the kernel takes the shape: n, k and capacity multiples of 128,
@@ -104,13 +94,6 @@ bool groupedFp8Fits(const GroupedFp8Args &args);
 
 /// Launches the product on `stream` (no wait).
 cudaError_t groupedGemmFp8(const GroupedFp8Args &args, cudaStream_t stream);
-
-/// One group of `rows` rows (a multiple of 128) over `tokens` tokens in
-/// order: starts = {0, rows}, tokenOfRow[r] = r below `tokens`, else 0 (a
-/// padding row). For a product of every token (a shared expert) through
-/// the grouped kernels, which take a group's rows in 128s.
-cudaError_t singleGroupRows(int32_t *tokenOfRow, int32_t *starts, int rows,
-                            int tokens, cudaStream_t stream);
 
 /// codes[r] = x[tokenOfRow[r]] and scales likewise for r < count: x's rows
 /// quantized once per token ([tokens, dim] codes, [dim / 128, tokens]

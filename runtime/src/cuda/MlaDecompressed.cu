@@ -108,11 +108,12 @@ __global__ void gatherBf16RowsBy16Kernel(const __nv_bfloat16 *cache,
 }
 
 /// Whether gatherBf16RowsBy16Kernel takes the widths and matrices, and is
-/// asked for (MELT_CUDA_GATHER_BY16=1: written in session 25 after its GPU
-/// time was spent, off until run on a GPU).
+/// not turned off (MELT_CUDA_GATHER_BY16=0: 2 bytes a copy). mini's traced
+/// 8x1024 prefill: 7 gathers 90 against 176 us
+/// (bench/results/prefill_switches_trace_s26_h200.txt).
 bool gathersBy16(int nope, int rope, int latent, const void *cache,
                  const void *latents, const void *keys) {
-  static const bool asked = melt::rt::envSwitch("MELT_CUDA_GATHER_BY16", false);
+  static const bool asked = melt::rt::envSwitch("MELT_CUDA_GATHER_BY16", true);
   auto aligned = [](const void *p) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0;
   };

@@ -294,34 +294,19 @@ TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
   ASSERT_EQ(causalAttentionBf16(inBf16, &operands, 1, heads, kNope, kRope,
                                 kValue, scale, fromBf16Projection, nullptr),
             cudaSuccess);
-  // The angles from a table (ropeAngles') in place of each block's own.
-  double2 *angles = nullptr;
-  float *fromTable = deviceArray<float>(outCount);
-  ASSERT_EQ(cudaMalloc(&angles, sizeof(double2) * tokens * (kRope / 2)),
-            cudaSuccess);
-  ASSERT_EQ(ropeAngles(projected, tokens, angles, nullptr), cudaSuccess);
-  CausalProjectedQuery tabled = inBf16;
-  tabled.angles = angles;
-  ASSERT_EQ(causalAttentionBf16(tabled, &operands, 1, heads, kNope, kRope,
-                                kValue, scale, fromTable, nullptr),
-            cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> want = toHost(split, outCount),
                            have = toHost(fromProjection, outCount),
-                           haveBf16 = toHost(fromBf16Projection, outCount),
-                           haveTable = toHost(fromTable, outCount);
+                           haveBf16 = toHost(fromBf16Projection, outCount);
   for (int t = run.first; t < run.first + run.count; ++t)
     for (int e = 0; e < heads * kValue; ++e) {
       const size_t i = size_t(t) * heads * kValue + e;
       ASSERT_EQ(have[i], want[i]) << "token " << t << ", head " << e / kValue;
       ASSERT_EQ(haveBf16[i], want[i])
           << "BF16 queries: token " << t << ", head " << e / kValue;
-      ASSERT_EQ(haveTable[i], want[i])
-          << "angles from a table: token " << t << ", head " << e / kValue;
     }
   for (void *p : std::vector<void *>{dK, dV, dQ, dQBf16, dQn, dQr, dPositions,
-                                     split, fromProjection, fromBf16Projection,
-                                     fromTable, angles})
+                                     split, fromProjection, fromBf16Projection})
     cudaFree(p);
 }
 

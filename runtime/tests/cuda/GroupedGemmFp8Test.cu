@@ -5,8 +5,6 @@
 // they were; the pair's FP8 output as quantizeRowsFp8 quantizes its BF16
 // one; the single product (the down projection) likewise against double
 // precision; each way the kernels run (GroupedFp8Options) the same bits;
-// the pair gathering its rows as it loads them as the pair of rows gathered
-// first;
 // and the gather of x's quantized rows. Skips without a device.
 #include "cuda/GroupedGemmFp8.h"
 #include "cuda/Quantize.h"
@@ -16,7 +14,6 @@
 #include <cuda_fp8.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -386,170 +383,6 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
     cudaFree(p);
 }
 
-/// The pair given x's rows per token and the rows' tokens
-/// (GroupedFp8PairArgs::tokenOfRow) against the pair given the rows
-/// gathered first, as gatherFp8Rows gathers them: the same bytes, into
-/// BF16 rows and into FP8 codes and scales, a block a tile and persistent.
-void expectGatheredAsLoaded(const std::vector<int> &counts, int tokens, int n,
-                            int k) {
-  const int groups = int(counts.size()), blocks = k / 128;
-  const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
-  const int capacity = starts.back() + 128;
-  std::mt19937 rng(41);
-  const auto x = randomCodes(rng, size_t(tokens) * k);
-  const auto xScales = randomScales(rng, size_t(blocks) * tokens);
-  std::uniform_int_distribution<int32_t> token(0, tokens - 1);
-  std::vector<int32_t> tokenOfRow(static_cast<size_t>(capacity));
-  for (int32_t &t : tokenOfRow)
-    t = token(rng);
-  std::vector<uint8_t> rows(size_t(capacity) * k);
-  std::vector<float> rowScales(size_t(blocks) * capacity);
-  for (int r = 0; r < capacity; ++r) {
-    const int t = tokenOfRow[size_t(r)];
-    std::copy_n(x.begin() + ptrdiff_t(t) * k, k,
-                rows.begin() + ptrdiff_t(r) * k);
-    for (int b = 0; b < blocks; ++b)
-      rowScales[size_t(b) * capacity + r] = xScales[size_t(b) * tokens + t];
-  }
-  GroupedFp8PairArgs gathered;
-  gathered.x = toDevice(rows), gathered.xScales = toDevice(rowScales);
-  gathered.gate = toDevice(randomCodes(rng, size_t(groups) * n * k));
-  gathered.up = toDevice(randomCodes(rng, size_t(groups) * n * k));
-  gathered.gateScales =
-      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
-  gathered.upScales =
-      toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
-  gathered.starts = toDevice(starts);
-  gathered.groups = groups, gathered.capacity = capacity;
-  gathered.n = n, gathered.k = k;
-  GroupedFp8PairArgs asLoaded = gathered;
-  asLoaded.x = toDevice(x), asLoaded.xScales = toDevice(xScales);
-  asLoaded.tokenOfRow = toDevice(tokenOfRow), asLoaded.tokens = tokens;
-  const size_t values = size_t(capacity) * n;
-  auto *y = deviceArray<__nv_bfloat16>(values);
-  uint8_t *codes = deviceArray<uint8_t>(values);
-  float *scales = deviceArray<float>(values / 128);
-  // Each output of one launch as bytes (its rows past the groups 0xff).
-  auto run = [&](GroupedFp8PairArgs args, bool fp8Out) {
-    EXPECT_EQ(cudaMemset(y, 0xff, values * 2), cudaSuccess);
-    EXPECT_EQ(cudaMemset(codes, 0xff, values), cudaSuccess);
-    EXPECT_EQ(cudaMemset(scales, 0xff, values / 128 * 4), cudaSuccess);
-    if (fp8Out)
-      args.yCodes = codes, args.yScales = scales;
-    else
-      args.y = y;
-    EXPECT_TRUE(groupedFp8PairFits(args));
-    EXPECT_EQ(groupedGemmFp8Pair(args, nullptr), cudaSuccess);
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    std::vector<uint8_t> bytes =
-        toHost(reinterpret_cast<const uint8_t *>(y), values * 2);
-    const auto c = toHost(codes, values);
-    const auto sc =
-        toHost(reinterpret_cast<const uint8_t *>(scales), values / 128 * 4);
-    bytes.insert(bytes.end(), c.begin(), c.end());
-    bytes.insert(bytes.end(), sc.begin(), sc.end());
-    return bytes;
-  };
-  for (bool fp8Out : {false, true})
-    for (bool persistent : {false, true}) {
-      gathered.options.persistent = asLoaded.options.persistent = persistent;
-      const auto want = run(gathered, fp8Out), have = run(asLoaded, fp8Out);
-      ASSERT_EQ(have.size(), want.size());
-      for (size_t i = 0; i < want.size(); ++i)
-        ASSERT_EQ(have[i], want[i])
-            << "byte " << i << (fp8Out ? ", FP8 out" : ", BF16 out")
-            << (persistent ? ", persistent" : "");
-    }
-  for (const void *p :
-       {static_cast<const void *>(gathered.x),
-        static_cast<const void *>(gathered.xScales),
-        static_cast<const void *>(asLoaded.x),
-        static_cast<const void *>(asLoaded.xScales),
-        static_cast<const void *>(asLoaded.tokenOfRow),
-        static_cast<const void *>(gathered.gate),
-        static_cast<const void *>(gathered.up),
-        static_cast<const void *>(gathered.gateScales),
-        static_cast<const void *>(gathered.upScales),
-        static_cast<const void *>(gathered.starts),
-        static_cast<const void *>(y), static_cast<const void *>(codes),
-        static_cast<const void *>(scales)})
-    cudaFree(const_cast<void *>(p));
-}
-
-/// A product of every token in one group (a shared expert's gate and up:
-/// singleGroupRows, the rows gathered in order) writing its FP8 codes at a
-/// wider row stride, against the same group of rows gathered on the host
-/// at stride n: the same codes and scales, the columns past n untouched.
-void expectOneGroupOfEveryToken(int tokens, int n, int k, int stride) {
-  const int blocks = k / 128, rows = (tokens + 127) / 128 * 128;
-  std::mt19937 rng(43);
-  const auto x = randomCodes(rng, size_t(tokens) * k);
-  const auto xScales = randomScales(rng, size_t(blocks) * tokens);
-  std::vector<uint8_t> gatheredRows(size_t(rows) * k);
-  std::vector<float> gatheredScales(size_t(blocks) * rows);
-  for (int r = 0; r < rows; ++r) {
-    const int t = r < tokens ? r : 0;
-    std::copy_n(x.begin() + ptrdiff_t(t) * k, k,
-                gatheredRows.begin() + ptrdiff_t(r) * k);
-    for (int b = 0; b < blocks; ++b)
-      gatheredScales[size_t(b) * rows + r] = xScales[size_t(b) * tokens + t];
-  }
-  int32_t *tokenOfRow = deviceArray<int32_t>(size_t(rows));
-  int32_t *starts = deviceArray<int32_t>(2);
-  ASSERT_EQ(singleGroupRows(tokenOfRow, starts, rows, tokens, nullptr),
-            cudaSuccess);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto haveStarts = toHost(starts, 2);
-  ASSERT_EQ(haveStarts[0], 0);
-  ASSERT_EQ(haveStarts[1], rows);
-  GroupedFp8PairArgs want;
-  want.x = toDevice(gatheredRows), want.xScales = toDevice(gatheredScales);
-  want.gate = toDevice(randomCodes(rng, size_t(n) * k));
-  want.up = toDevice(randomCodes(rng, size_t(n) * k));
-  want.gateScales = toDevice(randomScales(rng, size_t(n / 128) * blocks));
-  want.upScales = toDevice(randomScales(rng, size_t(n / 128) * blocks));
-  want.starts = starts, want.groups = 1, want.capacity = rows;
-  want.n = n, want.k = k;
-  want.yCodes = deviceArray<uint8_t>(size_t(rows) * n);
-  want.yScales = deviceArray<float>(size_t(n / 128) * rows);
-  GroupedFp8PairArgs have = want;
-  have.x = toDevice(x), have.xScales = toDevice(xScales);
-  have.tokenOfRow = tokenOfRow, have.tokens = tokens, have.yStride = stride;
-  have.yCodes = deviceArray<uint8_t>(size_t(rows) * stride);
-  have.yScales = deviceArray<float>(size_t(n / 128) * rows);
-  ASSERT_EQ(cudaMemset(have.yCodes, 0xff, size_t(rows) * stride), cudaSuccess);
-  ASSERT_TRUE(groupedFp8PairFits(have));
-  ASSERT_EQ(groupedGemmFp8Pair(want, nullptr), cudaSuccess);
-  ASSERT_EQ(groupedGemmFp8Pair(have, nullptr), cudaSuccess);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto wantCodes = toHost(want.yCodes, size_t(rows) * n);
-  const auto haveCodes = toHost(have.yCodes, size_t(rows) * stride);
-  const auto wantScales = toHost(want.yScales, size_t(n / 128) * rows);
-  const auto haveScales = toHost(have.yScales, size_t(n / 128) * rows);
-  for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < stride; ++c)
-      ASSERT_EQ(haveCodes[size_t(r) * stride + c],
-                c < n ? wantCodes[size_t(r) * n + c] : uint8_t(0xff))
-          << "row " << r << ", column " << c;
-  for (size_t i = 0; i < wantScales.size(); ++i)
-    ASSERT_EQ(haveScales[i], wantScales[i]) << "scale " << i;
-  for (const void *p : {static_cast<const void *>(want.x),
-                        static_cast<const void *>(want.xScales),
-                        static_cast<const void *>(have.x),
-                        static_cast<const void *>(have.xScales),
-                        static_cast<const void *>(want.gate),
-                        static_cast<const void *>(want.up),
-                        static_cast<const void *>(want.gateScales),
-                        static_cast<const void *>(want.upScales),
-                        static_cast<const void *>(want.yCodes),
-                        static_cast<const void *>(want.yScales),
-                        static_cast<const void *>(have.yCodes),
-                        static_cast<const void *>(have.yScales),
-                        static_cast<const void *>(tokenOfRow),
-                        static_cast<const void *>(starts)})
-    cudaFree(const_cast<void *>(p));
-}
-
 } // namespace
 
 TEST(CudaGroupedGemmFp8, PairQuantizesItsRowsAsQuantizeRowsFp8) {
@@ -583,20 +416,6 @@ TEST(CudaGroupedGemmFp8, EveryWayGivesTheSameBits) {
   expectOptionsAgree({70, 0, 131}, 384, 1408); // 3 column tiles: not wide
   expectOptionsAgree({70, 0, 131}, 512, 2048); // more than the ring's stages
   expectOptionsAgree({300, 520, 7}, 256, 1024); // several tiles an expert
-}
-
-TEST(CudaGroupedGemmFp8, GathersRowsAsItLoadsThem) {
-  if (!haveDevice())
-    GTEST_SKIP() << "no CUDA device";
-  expectGatheredAsLoaded({70, 0, 131, 260}, 300, 256, 1024);
-  expectGatheredAsLoaded({1}, 5, 128, 128); // one block of k
-}
-
-TEST(CudaGroupedGemmFp8, OneGroupOfEveryTokenAtAStride) {
-  if (!haveDevice())
-    GTEST_SKIP() << "no CUDA device";
-  expectOneGroupOfEveryToken(200, 256, 512, 384); // mini's 1408 of 1536 too
-  expectOneGroupOfEveryToken(128, 128, 128, 128);
 }
 
 // Rows of tokens' codes and scales gathered: a part of a block of rows,
@@ -668,16 +487,6 @@ TEST(CudaGroupedGemmFp8, RefusesWhatItCannotTake) {
   args.y = nullptr; // FP8 rows need their scales too
   EXPECT_FALSE(groupedFp8PairFits(args));
   args.yScales = const_cast<float *>(scales);
-  EXPECT_TRUE(groupedFp8PairFits(args));
-  args.yStride = 120; // narrower than n
-  EXPECT_FALSE(groupedFp8PairFits(args));
-  args.yStride = 136; // not in 16-byte chunks
-  EXPECT_FALSE(groupedFp8PairFits(args));
-  args.yStride = 144;
-  EXPECT_TRUE(groupedFp8PairFits(args));
-  args.tokenOfRow = args.starts; // gathered rows need their tokens' count
-  EXPECT_FALSE(groupedFp8PairFits(args));
-  args.tokens = 5;
   EXPECT_TRUE(groupedFp8PairFits(args));
   args.upScales = nullptr;
   EXPECT_FALSE(groupedFp8PairFits(args));
