@@ -252,6 +252,10 @@ public:
     /// The rows in BF16 as well, where asked for (addRmsNormForExperts: a
     /// MoE router's BF16 product reads them).
     DeviceTensor bf16;
+    /// Whether the norm left y's F32 rows unwritten (asked with `rowsRead`
+    /// false: nothing but the products reads them). linearOfPrepared then
+    /// has only what was prepared to read.
+    bool rowsUnwritten = false;
   };
   /// Whether an RMSNorm of `rows` rows whose value only linears read (with
   /// `weight` among them, each quantizing its input itself:
@@ -265,21 +269,26 @@ public:
   }
   /// rmsNorm(x) into y, and into `prepared` (allocated here) what the
   /// products of linearOfPrepared read in its place. The default runs
-  /// rmsNorm alone (nothing prepared).
+  /// rmsNorm alone (nothing prepared). With `rowsRead` false nothing but
+  /// the products (linearOfPrepared) reads y: a device that prepared what
+  /// they read may leave y's rows unwritten (PreparedInput::rowsUnwritten;
+  /// the CUDA device: a norm's F32 rows are a third of what it writes).
   virtual Status rmsNormForProducts(const DeviceTensor &x,
                                     const DeviceTensor &gamma, float eps,
-                                    DeviceTensor &y, PreparedInput &prepared) {
-    (void)prepared;
+                                    DeviceTensor &y, PreparedInput &prepared,
+                                    bool rowsRead) {
+    (void)prepared, (void)rowsRead;
     return rmsNorm(x, gamma, eps, y);
   }
-  /// addRmsNorm's sum and y, and `prepared` of y as rmsNormForProducts.
-  /// The default runs addRmsNorm alone.
+  /// addRmsNorm's sum and y, and `prepared` of y as rmsNormForProducts
+  /// (`rowsRead` likewise; sum is always written). The default runs
+  /// addRmsNorm alone.
   virtual Status addRmsNormForProducts(const DeviceTensor &a,
                                        const DeviceTensor &b,
                                        const DeviceTensor &gamma, float eps,
                                        DeviceTensor &sum, DeviceTensor &y,
-                                       PreparedInput &prepared) {
-    (void)prepared;
+                                       PreparedInput &prepared, bool rowsRead) {
+    (void)prepared, (void)rowsRead;
     return addRmsNorm(a, b, gamma, eps, sum, y);
   }
   /// Whether an add and RMSNorm of `rows` rows whose value a MoE router

@@ -911,6 +911,12 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     return device.embedding(*pass.rows, x, *to);
   };
   std::map<uint32_t, DeviceTensor *> gatheredRows;
+  // Whether value `id`'s rows are gathered for the logit rows' kernels as
+  // it is made: read then beside its products (a norm whose value only
+  // its products read leaves its rows unwritten otherwise).
+  auto rowsGathered = [&](uint32_t id) {
+    return pruned && only.madeBy.count(id) != 0;
+  };
   auto gatherMadeBy = [&](uint32_t maker) -> Status {
     if (!pruned)
       return Status::ok();
@@ -1100,8 +1106,9 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       const std::vector<uint32_t> *products = dm.normProducts(k);
       if (preparesFor(products, y.rows())) {
         Device::PreparedInput prepared;
-        status = device.rmsNormForProducts(
-            asRows(in(0)), w(0), float(kernel.floats()->Get(0)), y, prepared);
+        status = device.rmsNormForProducts(asRows(in(0)), w(0),
+                                           float(kernel.floats()->Get(0)), y,
+                                           prepared, rowsGathered(outId(0)));
         if (!status)
           keepPrepared(*out, prepared, *products);
         break;
@@ -1205,7 +1212,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
             Device::PreparedInput prepared;
             status = device.addRmsNormForProducts(
                 asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
-                float(next->floats()->Get(0)), sumRows, yRows, prepared);
+                float(next->floats()->Get(0)), sumRows, yRows, prepared,
+                rowsGathered(next->outputs()->Get(0)));
             if (!status)
               keepPrepared(*y, prepared, *products);
           } else if (preparesForExperts(experts, yRows.rows())) {

@@ -1624,42 +1624,49 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
         DeviceTensor da = put(a), db = put(b), dg = put(gamma);
         DeviceTensor sums[2] = {make(DType::F32, {rows, cols}),
                                 make(DType::F32, {rows, cols})};
-        DeviceTensor normed[2] = {make(DType::F32, {rows, cols}),
-                                  make(DType::F32, {rows, cols})};
+        DeviceTensor normed = make(DType::F32, {rows, cols});
         DeviceTensor outs[2][2];
         for (auto &pair : outs)
           for (DeviceTensor &o : pair)
             o = make(DType::F32, {rows, 256});
         // Apart: the norm, then each product quantizing its input.
-        Status s =
-            add ? device->addRmsNorm(da, db, dg, 1e-6f, sums[0], normed[0])
-                : device->rmsNorm(da, dg, 1e-6f, normed[0]);
+        Status s = add ? device->addRmsNorm(da, db, dg, 1e-6f, sums[0], normed)
+                       : device->rmsNorm(da, dg, 1e-6f, normed);
         ASSERT_FALSE(s) << s.message();
         for (int p = 0; p < 2; ++p)
-          ASSERT_FALSE(device->linear(normed[0], w[p], outs[0][p]));
-        // Prepared by the norm.
-        Device::PreparedInput prepared;
-        s = add ? device->addRmsNormForProducts(da, db, dg, 1e-6f, sums[1],
-                                                normed[1], prepared)
-                : device->rmsNormForProducts(da, dg, 1e-6f, normed[1],
-                                             prepared);
-        ASSERT_FALSE(s) << s.message();
-        if (gpu)
-          EXPECT_NE(prepared.q.data, nullptr) << rows << " rows, K " << cols;
-        for (int p = 0; p < 2; ++p) {
-          s = device->linearOfPrepared(normed[1], prepared, w[p], outs[1][p]);
+          ASSERT_FALSE(device->linear(normed, w[p], outs[0][p]));
+        // Prepared by the norm; then with its rows read by nothing else
+        // (a GPU leaves them unwritten: y keeps what it held).
+        for (bool rowsRead : {true, false}) {
+          const std::string what = std::to_string(rows) + " rows, K " +
+                                   std::to_string(cols) +
+                                   (add ? ", add and norm" : ", norm") +
+                                   (rowsRead ? "" : ", rows not read");
+          DeviceTensor y = put(random(DType::F32, {rows, cols}, rng));
+          const std::vector<float> held = get(y);
+          Device::PreparedInput prepared;
+          s = add ? device->addRmsNormForProducts(da, db, dg, 1e-6f, sums[1], y,
+                                                  prepared, rowsRead)
+                  : device->rmsNormForProducts(da, dg, 1e-6f, y, prepared,
+                                               rowsRead);
           ASSERT_FALSE(s) << s.message();
+          if (gpu) {
+            EXPECT_NE(prepared.q.data, nullptr) << what;
+            EXPECT_EQ(prepared.rowsUnwritten, !rowsRead) << what;
+          }
+          for (int p = 0; p < 2; ++p) {
+            s = device->linearOfPrepared(y, prepared, w[p], outs[1][p]);
+            ASSERT_FALSE(s) << s.message();
+          }
+          device->release(prepared.q);
+          device->release(prepared.scales);
+          EXPECT_EQ(get(y), prepared.rowsUnwritten ? held : get(normed))
+              << what;
+          if (add)
+            EXPECT_EQ(get(sums[1]), get(sums[0])) << what;
+          for (int p = 0; p < 2; ++p)
+            EXPECT_EQ(get(outs[1][p]), get(outs[0][p])) << what;
         }
-        device->release(prepared.q);
-        device->release(prepared.scales);
-        const std::string what = std::to_string(rows) + " rows, K " +
-                                 std::to_string(cols) +
-                                 (add ? ", add and norm" : ", norm");
-        EXPECT_EQ(get(normed[1]), get(normed[0])) << what;
-        if (add)
-          EXPECT_EQ(get(sums[1]), get(sums[0])) << what;
-        for (int p = 0; p < 2; ++p)
-          EXPECT_EQ(get(outs[1][p]), get(outs[0][p])) << what;
       }
 }
 
@@ -1721,7 +1728,8 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     Device::PreparedInput prepared[2];
     for (int i = 0; i < 2; ++i) {
       s = device->addRmsNormForProducts(a, i ? narrow[0] : wide[0], gamma,
-                                        1e-6f, sums[i], normed[i], prepared[i]);
+                                        1e-6f, sums[i], normed[i], prepared[i],
+                                        /*rowsRead=*/true);
       ASSERT_FALSE(s) << s.message();
     }
     EXPECT_EQ(get(sums[1]), get(sums[0])) << what << ", for products";
@@ -1742,7 +1750,8 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     EXPECT_EQ(get(normedBy[1]), get(normedBy[0])) << what << ", norm";
     for (int i = 0; i < 2; ++i) {
       s = device->rmsNormForProducts(i ? narrow[0] : wide[0], gamma, 1e-6f,
-                                     normedBy[i], prepared[i]);
+                                     normedBy[i], prepared[i],
+                                     /*rowsRead=*/true);
       ASSERT_FALSE(s) << s.message();
     }
     EXPECT_EQ(get(normedBy[1]), get(normedBy[0])) << what << ", norm for "

@@ -50,6 +50,9 @@ TEST(NormProductFusions, NormsThatPrepareTheProductsInputMatchTheKernels) {
   EXPECT_GT(preparing.preparingNorms, 0);
   // Every product of what was prepared multiplied it.
   EXPECT_GE(preparing.preparedProducts, preparing.preparingNorms);
+  // The norms' own rows were NaNs (nothing but the products reads them):
+  // no NaN reached the logits.
+  EXPECT_EQ(preparing.unwrittenNorms, preparing.preparingNorms);
   expectSameLogits(have, want);
 }
 

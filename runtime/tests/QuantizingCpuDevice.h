@@ -24,6 +24,7 @@
 #include "melt/numerics.h"
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <set>
 
@@ -131,20 +132,31 @@ public:
     (void)rows;
     return preparesInNorms && quantizesFp8Input(weight);
   }
+  // Where asked (rowsRead false), y's rows are NaNs after the norm, as
+  // unwritten memory could hold: a reader of them shows in the results.
   Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
-                            float eps, DeviceTensor &y,
-                            PreparedInput &prepared) override {
+                            float eps, DeviceTensor &y, PreparedInput &prepared,
+                            bool rowsRead) override {
     MELT_RETURN_IF_ERROR(rmsNorm(x, gamma, eps, y));
     ++preparingNorms;
-    return quantizedRoundTrip(y, prepared.q);
+    MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
+    return rowsRead ? Status::ok() : leaveUnwritten(y, prepared);
   }
   Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
                                const DeviceTensor &gamma, float eps,
                                DeviceTensor &sum, DeviceTensor &y,
-                               PreparedInput &prepared) override {
+                               PreparedInput &prepared,
+                               bool rowsRead) override {
     MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
     ++preparingNorms;
-    return quantizedRoundTrip(y, prepared.q);
+    MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
+    return rowsRead ? Status::ok() : leaveUnwritten(y, prepared);
+  }
+  Status leaveUnwritten(DeviceTensor &y, PreparedInput &prepared) {
+    ++unwrittenNorms;
+    prepared.rowsUnwritten = true;
+    std::memset(y.data, 0xff, y.bytes()); // NaNs, in F32 and in BF16
+    return Status::ok();
   }
   // Where preparesForExpertsInNorms: a MoE layer's input norm prepares
   // what its router and experts read (here as above: the dequantized
@@ -252,7 +264,8 @@ public:
   int expertNorms = 0, attachedLinearReads = 0, attachedExpertReads = 0;
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
-      sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0;
+      sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0,
+      unwrittenNorms = 0;
 
 private:
   std::set<const void *> attached_;

@@ -569,31 +569,39 @@ public:
            storedK(weight) == weight.shape[1] && weight.shape[1] % 128 == 0;
   }
   Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
-                            float eps, DeviceTensor &y,
-                            PreparedInput &prepared) override {
+                            float eps, DeviceTensor &y, PreparedInput &prepared,
+                            bool rowsRead) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
     if (y.dtype != DType::F32 || y.cols() % 128 != 0)
       return rmsNorm(x, gamma, eps, y);
-    return normQuantizingRows(x, nullptr, gamma, eps, nullptr, y, prepared);
+    return normQuantizingRows(x, nullptr, gamma, eps, nullptr, y, prepared,
+                              false, rowsRead);
   }
   Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
                                const DeviceTensor &gamma, float eps,
                                DeviceTensor &sum, DeviceTensor &y,
-                               PreparedInput &prepared) override {
-    return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, false);
+                               PreparedInput &prepared,
+                               bool rowsRead) override {
+    return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, false,
+                             rowsRead);
   }
   /// addRmsNorm, y's rows quantized into `prepared` (and with `withBf16`
   /// in BF16 too) where the fused kernel takes them; else addRmsNorm alone.
   Status addNormQuantizing(const DeviceTensor &a, const DeviceTensor &b,
                            const DeviceTensor &gamma, float eps,
                            DeviceTensor &sum, DeviceTensor &y,
-                           PreparedInput &prepared, bool withBf16) {
+                           PreparedInput &prepared, bool withBf16,
+                           bool rowsRead = true) {
     if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
       return addRmsNorm(a, b, gamma, eps, sum, y);
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
-    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared, withBf16);
+    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared, withBf16,
+                              rowsRead);
   }
+  /// A norm whose F32 rows nothing but its products reads leaves them
+  /// unwritten (MELT_CUDA_NORM_ROWS_UNWRITTEN=0: written all the same).
+  bool normRowsUnwritten_ = envSwitch("MELT_CUDA_NORM_ROWS_UNWRITTEN", true);
   /// A MoE layer's input norm preparing its router's BF16 rows and its
   /// FP8 experts' codes (grouped on tensor cores for these rows;
   /// MELT_CUDA_NORM_EXPERTS=0: the router's conversion and the experts'
@@ -637,13 +645,17 @@ public:
   }
   /// The norm of x (with b: of x + b, written to sum) into F32 y, and y's
   /// rows quantized in 1 x 128 blocks into `prepared` (rmsNormQuantizeRowsFp8;
-  /// with `withBf16`, y's rows in BF16 too).
+  /// with `withBf16`, y's rows in BF16 too; without `rowsRead`, y left
+  /// unwritten where the kernel can).
   Status normQuantizingRows(const DeviceTensor &x, const DeviceTensor *b,
                             const DeviceTensor &gamma, float eps,
                             DeviceTensor *sum, DeviceTensor &y,
-                            PreparedInput &prepared, bool withBf16 = false) {
+                            PreparedInput &prepared, bool withBf16 = false,
+                            bool rowsRead = true) {
     const int64_t rows = y.rows(), cols = y.cols();
     PreparedInput made;
+    made.rowsUnwritten =
+        !rowsRead && normRowsUnwritten_ && normRowsStage(int(cols));
     Status status = allocate(DType::FP8E4M3, {rows, cols}, made.q);
     if (!status)
       status = allocate(DType::F32, {cols / 128, rows}, made.scales);
@@ -655,7 +667,8 @@ public:
           check(rmsNormQuantizeRowsFp8(
                     operand(x), b ? &bOperand : nullptr,
                     sum ? result(*sum) : Result{nullptr, false}, operand(gamma),
-                    eps, int(rows), int(cols), static_cast<float *>(y.data),
+                    eps, int(rows), int(cols),
+                    made.rowsUnwritten ? nullptr : static_cast<float *>(y.data),
                     static_cast<__nv_fp8_e4m3 *>(made.q.data),
                     static_cast<float *>(made.scales.data), stream_,
                     static_cast<__nv_bfloat16 *>(made.bf16.data)),
@@ -678,8 +691,13 @@ public:
         y.dtype == DType::BF16 && linearWritesBf16(w, x.rows());
     if (!prepared.q.data || !preparesInNorm(w, x.rows()) ||
         prepared.q.shape != std::vector<int64_t>{x.rows(), x.cols()} ||
-        x.cols() != w.shape[1] || (y.dtype != DType::F32 && !bf16Out))
+        x.cols() != w.shape[1] || (y.dtype != DType::F32 && !bf16Out)) {
+      if (prepared.rowsUnwritten) // (x's rows were left out: none to read)
+        return {MELT_INTERNAL,
+                "linear: the norm's rows were left unwritten for products "
+                "that read its codes, and this one cannot"};
       return linear(x, w, y);
+    }
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     return fp8ProductInto(prepared.q, prepared.scales, w,

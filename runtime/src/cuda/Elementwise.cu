@@ -28,24 +28,35 @@ __global__ void __launch_bounds__(kNormThreads)
                 [&](int c, float v) { store(y, base + c, v); });
 }
 
-/// rmsNormKernel into F32 y, then the block quantizes the row it wrote in
-/// 1 x 128 blocks, a warp a block, with quantizeRowsFp8's arithmetic
-/// (BlockQuantize.cuh): the same codes and scales as that kernel reading y.
-template <bool kAdd>
+/// rmsNormKernel into F32 y (where given), then the block quantizes the
+/// row in 1 x 128 blocks, a warp a block, with quantizeRowsFp8's
+/// arithmetic (BlockQuantize.cuh): the same codes and scales as that
+/// kernel reading y. kStaged: the row kept in shared memory for that
+/// (cols floats), else read back from y.
+template <bool kAdd, bool kStaged>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormQuantizeKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                           float eps, int rows, int cols, float *y,
                           __nv_fp8_e4m3 *q, float *scales,
                           __nv_bfloat16 *yBf16) {
+  extern __shared__ float4 stagedRow[];
+  float *staged = reinterpret_cast<float *>(stagedRow);
   const size_t base = size_t(blockIdx.x) * cols;
-  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base,
-                [&](int c, float v) { y[base + c] = v; });
+  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, [&](int c, float v) {
+    if constexpr (kStaged)
+      staged[c] = v;
+    if (y)
+      y[base + c] = v;
+  });
   __syncthreads(); // the row written, for every thread of the block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int blk = warp; blk < cols / 128; blk += kNormThreads / 32) {
     // (Past L1: the row was just written through it by other threads.)
     const float4 v =
-        __ldcg(reinterpret_cast<const float4 *>(y + base + blk * 128) + lane);
+        kStaged
+            ? stagedRow[blk * 32 + lane]
+            : __ldcg(reinterpret_cast<const float4 *>(y + base + blk * 128) +
+                     lane);
     const float amax =
         fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
     const float s = gemmInputScale(warpMax(amax));
@@ -234,15 +245,31 @@ cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
     __nv_bfloat16 *yBf16) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  const size_t stagedBytes = sizeof(float) * size_t(cols);
+  const bool staged = normRowsStage(cols);
   if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(yBf16) % 8 != 0)
+      reinterpret_cast<uintptr_t>(yBf16) % 8 != 0 || (!y && !staged))
     return cudaErrorInvalidValue;
-  return b ? launchOverlapped(rmsNormQuantizeKernel<true>, rows, kNormThreads,
-                              0, stream, x, *b, sum, gamma, eps, rows, cols, y,
-                              q, scales, yBf16)
-           : launchOverlapped(rmsNormQuantizeKernel<false>, rows, kNormThreads,
-                              0, stream, x, x, Result{nullptr, false}, gamma,
-                              eps, rows, cols, y, q, scales, yBf16);
+  auto launch = [&](auto kernel) {
+    return b ? launchOverlapped(kernel, rows, kNormThreads,
+                                staged ? stagedBytes : 0, stream, x, *b, sum,
+                                gamma, eps, rows, cols, y, q, scales, yBf16)
+             : launchOverlapped(kernel, rows, kNormThreads,
+                                staged ? stagedBytes : 0, stream, x, x,
+                                Result{nullptr, false}, gamma, eps, rows, cols,
+                                y, q, scales, yBf16);
+  };
+  if (b)
+    return staged ? launch(rmsNormQuantizeKernel<true, true>)
+                  : launch(rmsNormQuantizeKernel<true, false>);
+  return staged ? launch(rmsNormQuantizeKernel<false, true>)
+                : launch(rmsNormQuantizeKernel<false, false>);
+}
+
+bool melt::rt::cuda::normRowsStage(int cols) {
+  // (Within the 48 KB a block has without asking: DeepSeek-V3's 7168
+  // columns take 28.)
+  return cols > 0 && sizeof(float) * size_t(cols) <= 48 * 1024;
 }
 
 cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,

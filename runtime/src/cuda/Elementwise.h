@@ -32,13 +32,18 @@ cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
 /// rmsNorm into F32 y (or with `b`, addRmsNorm: sum = x + b as well), and
 /// y's rows quantized as quantizeRowsFp8 quantizes them (cols a multiple
 /// of 128): q [rows, cols] e4m3, scales [cols / 128, rows]. One kernel:
-/// each block quantizes the row it has just written. `yBf16` (where given,
+/// each block quantizes the row it has just normalized (kept in shared
+/// memory where normRowsStage(cols)). y may be null where
+/// normRowsStage(cols): the rows only quantized. `yBf16` (where given,
 /// 8-byte aligned): y's rows rounded to BF16 as well.
 cudaError_t rmsNormQuantizeRowsFp8(Operand x, const Operand *b, Result sum,
                                    Operand gamma, float eps, int rows, int cols,
                                    float *y, __nv_fp8_e4m3 *q, float *scales,
                                    cudaStream_t stream,
                                    __nv_bfloat16 *yBf16 = nullptr);
+/// Whether rmsNormQuantizeRowsFp8 keeps a row of `cols` in shared memory
+/// (and so can leave y out).
+bool normRowsStage(int cols);
 /// sum = a + b (as binary(Add) stores it), y = rmsNorm(sum), one pass.
 cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
                        int cols, Result sum, Result y, cudaStream_t stream);
