@@ -118,11 +118,11 @@ TEST(CudaGemm, F32MatchesReference) {
   }
 }
 
-TEST(CudaGemm, QuantizeRowsIsBlockwiseE4M3) {
-  if (!haveDevice())
-    GTEST_SKIP() << "no CUDA device";
+/// quantizeRowsFp8 of m BF16 rows against the blockwise reference (one
+/// row a warp below 64 rows, four to 1024, eight from there).
+void checkQuantizeRows(int m) {
   std::mt19937 rng(5);
-  const int m = 37, k = 512, blocks = k / kQuantBlock;
+  const int k = 512, blocks = k / kQuantBlock;
   auto x = randomBf16(size_t(m) * k, rng);
   // Blocks of very different magnitudes, and one all-zero block.
   for (int i = 0; i < m; ++i)
@@ -157,10 +157,17 @@ TEST(CudaGemm, QuantizeRowsIsBlockwiseE4M3) {
         // the subnormal step (2^-9 of the scale) for tiny values.
         EXPECT_LE(std::fabs(have - want),
                   std::fabs(want) / 16 + std::ldexp(scale, -9) + 1e-12)
-            << "row " << i << " value " << p;
+            << m << " rows: row " << i << " value " << p;
       }
     }
   cudaFree(dx), cudaFree(dq), cudaFree(ds);
+}
+
+TEST(CudaGemm, QuantizeRowsIsBlockwiseE4M3) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  for (int m : {37, 70, 1029})
+    checkQuantizeRows(m);
 }
 
 /// One FP8 block-scaled GEMM against the double-precision reference; the
