@@ -119,7 +119,7 @@ TEST(CudaGemm, F32MatchesReference) {
 }
 
 /// quantizeRowsFp8 of m BF16 rows against the blockwise reference (one
-/// row a warp below 64 rows, four to 1024, eight from there).
+/// row a warp below 64 rows, four from there).
 void checkQuantizeRows(int m) {
   std::mt19937 rng(5);
   const int k = 512, blocks = k / kQuantBlock;
