@@ -305,13 +305,18 @@ public:
     return false;
   }
   /// addRmsNorm's sum and y, and into `prepared` y's FP8 codes and its
-  /// BF16 rows. The default runs addRmsNorm alone (nothing prepared).
+  /// BF16 rows. With `rowsRead` false nothing but the router, the experts
+  /// and a shared expert in the experts' call (moeExpertsWithShared) reads
+  /// y, all of them through what is attached: the device may leave y's
+  /// rows unwritten (PreparedInput::rowsUnwritten) where its calls read
+  /// the attached data for these rows. The default runs addRmsNorm alone
+  /// (nothing prepared).
   virtual Status addRmsNormForExperts(const DeviceTensor &a,
                                       const DeviceTensor &b,
                                       const DeviceTensor &gamma, float eps,
                                       DeviceTensor &sum, DeviceTensor &y,
-                                      PreparedInput &prepared) {
-    (void)prepared;
+                                      PreparedInput &prepared, bool rowsRead) {
+    (void)prepared, (void)rowsRead;
     return addRmsNorm(a, b, gamma, eps, sum, y);
   }
   /// What a norm prepared of the value at `data`, for this device's calls

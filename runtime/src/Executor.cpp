@@ -477,6 +477,17 @@ Status DeviceModel::create(const Model &model, Device &device,
       const uint32_t first = f.kernels.front();
       dm.sharedExperts_[first] = std::move(f);
     }
+  // A MoE norm's other readers, where they are a shared-expert call's gate
+  // and up: in a step that takes the call nothing but what the norm
+  // prepared is read of its value.
+  for (auto &[norm, f] : dm.normExperts_)
+    for (const auto &[first, shared] : dm.sharedExperts_)
+      if (shared.experts == f.experts && !f.otherReaders.empty() &&
+          std::all_of(f.otherReaders.begin(), f.otherReaders.end(),
+                      [&, &shared = shared](uint32_t r) {
+                        return r == shared.gate || r == shared.up;
+                      }))
+        f.sharedCall = first;
   // What only the wanted logit rows need.
   if (envSwitch("MELT_LOGIT_ROWS_ONLY", true))
     dm.logitOnly_ = findLogitOnlyKernels(m, *dm.forward_);
@@ -950,11 +961,48 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     }
     return values.find(id);
   };
+  auto weightOf = [&](uint32_t kernel, uint32_t i) -> const DeviceTensor & {
+    return dm.weight(m.kernels()->Get(kernel)->weights()->Get(i));
+  };
+  // The shared expert of a call, where its gate and up round alike (the
+  // device takes one flag for both); false otherwise.
+  auto sharedExpertOf = [&](const SharedExpertFusion &f,
+                            Device::SharedExpert &shared) {
+    auto roundsOutput = [&](uint32_t kernel) {
+      const fb::Kernel &linear = *m.kernels()->Get(kernel);
+      return linear.ints() && linear.ints()->size() > 0 &&
+             linear.ints()->Get(0) != 0;
+    };
+    if (roundsOutput(f.gate) != roundsOutput(f.up))
+      return false;
+    shared.gate = &weightOf(f.gate, 0);
+    shared.up = &weightOf(f.up, 0);
+    shared.down = &weightOf(f.down, 0);
+    shared.roundGateUp = roundsOutput(f.gate);
+    shared.roundDown = roundsOutput(f.down);
+    return true;
+  };
+  // Whether this step's order has the call's kernels one after the other
+  // from `at` (they run as one call there).
+  auto inOrderAt = [&](const SharedExpertFusion &f, size_t at) {
+    return at + f.kernels.size() <= order.size() &&
+           std::equal(f.kernels.begin(), f.kernels.end(), order.begin() + at);
+  };
+  // Whether the shared-expert call that starts at kernel `first` will run
+  // as one call this step, on `rows` rows.
+  auto takesSharedCall = [&](uint32_t first, int64_t rows) {
+    const SharedExpertFusion *f = dm.sharedExpertsFrom(first);
+    Device::SharedExpert shared;
+    return f && !dm.skips(first) &&
+           inOrderAt(*f, size_t(std::find(order.begin(), order.end(), first) -
+                                order.begin())) &&
+           sharedExpertOf(*f, shared) &&
+           device.fusesSharedExpert(weightOf(f->experts, 0), shared, rows);
+  };
   auto sharedExpertsInOneCall = [&](const SharedExpertFusion &f, uint32_t at,
                                     bool onRows, bool &fused) -> Status {
     fused = false;
-    if (at + f.kernels.size() > order.size() ||
-        !std::equal(f.kernels.begin(), f.kernels.end(), order.begin() + at))
+    if (!inOrderAt(f, at))
       return Status::ok();
     const fb::Kernel &experts = *m.kernels()->Get(f.experts);
     DeviceTensor *xIn = findValue(experts.inputs()->Get(0), onRows),
@@ -962,23 +1010,9 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                  *weightsIn = findValue(experts.inputs()->Get(2), onRows);
     if (!xIn || !indicesIn || !weightsIn) // the kernels say what is missing
       return Status::ok();
-    auto weightOf = [&](uint32_t kernel, uint32_t i) -> const DeviceTensor & {
-      return dm.weight(m.kernels()->Get(kernel)->weights()->Get(i));
-    };
-    auto roundsOutput = [&](uint32_t kernel) {
-      const fb::Kernel &linear = *m.kernels()->Get(kernel);
-      return linear.ints() && linear.ints()->size() > 0 &&
-             linear.ints()->Get(0) != 0;
-    };
-    // (Gate and up rounded alike: the device takes one flag for both.)
-    if (roundsOutput(f.gate) != roundsOutput(f.up))
-      return Status::ok();
     Device::SharedExpert shared;
-    shared.gate = &weightOf(f.gate, 0);
-    shared.up = &weightOf(f.up, 0);
-    shared.down = &weightOf(f.down, 0);
-    shared.roundGateUp = roundsOutput(f.gate);
-    shared.roundDown = roundsOutput(f.down);
+    if (!sharedExpertOf(f, shared))
+      return Status::ok();
     // Copies: making the add's value may replace a value in its storage.
     const DeviceTensor x = asRows(*xIn), indices = *indicesIn,
                        weights = *weightsIn;
@@ -1218,11 +1252,19 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
               keepPrepared(*y, prepared, *products);
           } else if (preparesForExperts(experts, yRows.rows())) {
             // The router's BF16 rows and the experts' codes, attached to
-            // the value until both have read it.
+            // the value until both have read it; its rows read by nothing
+            // else where its other readers are none, or the gate and up of
+            // a shared-expert call this step takes, and they are not
+            // gathered for the logit rows.
+            const bool othersRead =
+                !experts->otherReaders.empty() &&
+                (experts->sharedCall == UINT32_MAX ||
+                 !takesSharedCall(experts->sharedCall, yRows.rows()));
             Device::PreparedInput prepared;
             status = device.addRmsNormForExperts(
                 asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
-                float(next->floats()->Get(0)), sumRows, yRows, prepared);
+                float(next->floats()->Get(0)), sumRows, yRows, prepared,
+                othersRead || rowsGathered(next->outputs()->Get(0)));
             if (!status && prepared.q.data) {
               keepPrepared(*y, prepared, {experts->router, experts->experts});
               device.attachPrepared(y->data, prepared);

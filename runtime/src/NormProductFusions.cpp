@@ -60,24 +60,34 @@ melt::rt::findNormExpertFusions(const fb::Model &model,
     const uint32_t value = norm.outputs()->Get(0);
     if (uses.outputs.count(value))
       continue;
-    std::vector<uint32_t> routers, experts;
+    std::vector<uint32_t> routers, experts, others;
     for (uint32_t r : uses.readersOf(value)) {
-      if (readsAsX(r, fb::KernelKind::MoERouter, value))
+      if (readsAsX(r, fb::KernelKind::MoERouter, value)) {
         routers.push_back(r);
-      if (readsAsX(r, fb::KernelKind::MoEExperts, value))
+        continue;
+      }
+      if (readsAsX(r, fb::KernelKind::MoEExperts, value)) {
         experts.push_back(r);
+        continue;
+      }
       // Through a folded quantize pair: the dequantized value's experts.
+      bool folded = false;
       for (const QuantizeFold &f : folds)
         if (f.quantize == r && f.source == value) {
+          folded = true;
           const uint32_t stands =
               model.kernels()->Get(f.dequantize)->outputs()->Get(0);
           for (uint32_t e : uses.readersOf(stands))
-            if (readsAsX(e, fb::KernelKind::MoEExperts, stands))
-              experts.push_back(e);
+            (readsAsX(e, fb::KernelKind::MoEExperts, stands) ? experts : others)
+                .push_back(e);
+          if (uses.outputs.count(stands)) // (read after the function)
+            others.push_back(UINT32_MAX);
         }
+      if (!folded)
+        others.push_back(r);
     }
     if (routers.size() == 1 && experts.size() == 1)
-      fusions.push_back({k, routers.front(), experts.front()});
+      fusions.push_back({k, routers.front(), experts.front(), others});
   }
   return fusions;
 }

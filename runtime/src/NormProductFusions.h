@@ -42,12 +42,21 @@ findNormProductFusions(const fb::Model &model, const fb::Function &function,
 /// FP8 codes, which each would otherwise make again from its F32 rows.
 struct NormExpertFusion {
   uint32_t norm = 0, router = 0, experts = 0;
+  /// The value's other readers (directly, or of the dequantized value of a
+  /// folded quantize pair of it; UINT32_MAX: that value is an output of
+  /// the function).
+  std::vector<uint32_t> otherReaders;
+  /// Set by the executor: the first kernel of the shared-expert call
+  /// (SharedExpertFusions.h) of these experts whose gate and up are all
+  /// the other readers; UINT32_MAX where the other readers are none or not
+  /// those.
+  uint32_t sharedCall = UINT32_MAX;
 };
 
 /// The RMSNorm kernels of `function` whose value is no output of the
 /// function and is read as x by one MoERouter kernel and one MoEExperts
 /// kernel (directly or through a quantize pair in `folds`); other readers
-/// may read it too (they read its F32 rows as before).
+/// may read it too (they read its F32 rows as before: otherReaders).
 std::vector<NormExpertFusion>
 findNormExpertFusions(const fb::Model &model, const fb::Function &function,
                       const std::vector<QuantizeFold> &folds);

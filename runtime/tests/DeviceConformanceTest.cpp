@@ -1670,6 +1670,71 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
       }
 }
 
+// A MoE layer's input norm preparing what its router and experts read
+// (addRmsNormForExperts, attached to its value), its rows left unwritten
+// where only they read them (on a GPU with
+// MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN=1): the router's scores and the
+// experts' sums the same bits as from the norm's rows, y untouched. A
+// device that prepares nothing for experts has nothing to check.
+TEST_P(DeviceConformance, MoeNormRowsUnwrittenAreReadThroughWhatItPrepared) {
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  if (gpu) {
+    reopenWith("MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN", "1");
+    if (HasFatalFailure())
+      return;
+  }
+  const int64_t T = 256, D = 512, I = 256, K = 2, E = Fp8Experts::E;
+  Fp8Experts experts;
+  importFp8Experts(*this, rng, I, D, experts);
+  if (HasFatalFailure())
+    return;
+  DeviceTensor router = put(random(DType::BF16, {E, D}, rng, 0.1f));
+  if (gpu)
+    EXPECT_TRUE(device->preparesForExperts(router, experts.dg, T));
+  if (!device->preparesForExperts(router, experts.dg, T))
+    GTEST_SKIP() << device->name() << " prepares nothing for experts";
+  DeviceTensor da = put(random(DType::F32, {T, D}, rng, 3.f)),
+               db = put(random(DType::F32, {T, D}, rng, 3.f)),
+               gamma = put(random(DType::F32, {D}, rng)),
+               di = make(DType::I32, {T, K}),
+               dw = put(random(DType::F32, {T, K}, rng));
+  const std::vector<int32_t> idx = spreadChoices(T, K, E);
+  ASSERT_FALSE(device->upload(idx.data(), di));
+  // Apart: the norm's rows, read by the router and the experts.
+  DeviceTensor sums[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
+  DeviceTensor normed = make(DType::F32, {T, D});
+  DeviceTensor scores[2] = {make(DType::F32, {T, E}), make(DType::F32, {T, E})};
+  DeviceTensor outs[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
+  ASSERT_FALSE(device->addRmsNorm(da, db, gamma, 1e-6f, sums[0], normed));
+  ASSERT_FALSE(device->linear(normed, router, scores[0]));
+  ASSERT_FALSE(device->moeExpertsOfQuantized(
+      normed, di, dw, experts.dg, experts.du, experts.dd, true, outs[0]));
+  // Through what the norm prepared, its rows read by nothing else.
+  DeviceTensor y = put(random(DType::F32, {T, D}, rng));
+  const std::vector<float> held = get(y);
+  Device::PreparedInput prepared;
+  Status s = device->addRmsNormForExperts(da, db, gamma, 1e-6f, sums[1], y,
+                                          prepared, /*rowsRead=*/false);
+  ASSERT_FALSE(s) << s.message();
+  if (gpu)
+    EXPECT_TRUE(prepared.rowsUnwritten);
+  device->attachPrepared(y.data, prepared);
+  s = device->linear(y, router, scores[1]);
+  EXPECT_FALSE(s) << s.message();
+  s = device->moeExpertsOfQuantized(y, di, dw, experts.dg, experts.du,
+                                    experts.dd, true, outs[1]);
+  EXPECT_FALSE(s) << s.message();
+  device->detachPrepared(y.data);
+  ASSERT_FALSE(device->synchronize());
+  EXPECT_EQ(get(sums[1]), get(sums[0]));
+  EXPECT_EQ(get(scores[1]), get(scores[0]));
+  EXPECT_EQ(get(outs[1]), get(outs[0]));
+  EXPECT_EQ(get(y), prepared.rowsUnwritten ? held : get(normed));
+  device->release(prepared.q);
+  device->release(prepared.scales);
+  device->release(prepared.bf16);
+}
+
 /// Where a device writes an FP8 product in BF16 (linearWritesBf16: the
 /// CUDA device past its few-token kernel, for the executor's BF16
 /// products), the values are those of its F32 product (BF16 values, or

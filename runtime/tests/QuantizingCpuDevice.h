@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <set>
 
 namespace melt::rt {
@@ -50,9 +51,10 @@ public:
   bool fusesSiluMulInto(const DeviceTensor &weight) const override {
     return fusesSiluMul_ && quantizesFp8Input(weight);
   }
-  Status linear(const DeviceTensor &x, const DeviceTensor &w,
+  Status linear(const DeviceTensor &xIn, const DeviceTensor &w,
                 DeviceTensor &y) override {
-    attachedLinearReads += attached_.count(x.data) != 0;
+    attachedLinearReads += attached_.count(xIn.data) != 0;
+    const DeviceTensor x = rowsOf(xIn);
     if (y.dtype == DType::BF16) {
       ++bf16Products;
       return intoBf16(y, [&](DeviceTensor &t) { return linear(x, w, t); });
@@ -77,15 +79,15 @@ public:
                                DeviceTensor &y) override {
     ++quantizedExperts;
     attachedExpertReads += attached_.count(x.data) != 0;
-    return CpuDevice::moeExpertsOfQuantized(x, indices, weights, gate, up, down,
-                                            combineBf16, y);
+    return CpuDevice::moeExpertsOfQuantized(rowsOf(x), indices, weights, gate,
+                                            up, down, combineBf16, y);
   }
   Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
                     const DeviceTensor &weights, const DeviceTensor &gate,
                     const DeviceTensor &up, const DeviceTensor &down,
                     bool combineBf16, DeviceTensor &y) override {
     attachedExpertReads += attached_.count(x.data) != 0;
-    return CpuDevice::moeExperts(x, indices, weights, gate, up, down,
+    return CpuDevice::moeExperts(rowsOf(x), indices, weights, gate, up, down,
                                  combineBf16, y);
   }
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
@@ -121,6 +123,7 @@ public:
                               bool quantizedX, const SharedExpert &shared,
                               DeviceTensor &y) override {
     ++sharedExpertCalls; // (its experts' call counts an attached read)
+    // (Its shared expert's products read x through linear(): the rows.)
     return CpuDevice::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                            combineBf16, quantizedX, shared, y);
   }
@@ -140,7 +143,10 @@ public:
     MELT_RETURN_IF_ERROR(rmsNorm(x, gamma, eps, y));
     ++preparingNorms;
     MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
-    return rowsRead ? Status::ok() : leaveUnwritten(y, prepared);
+    if (rowsRead)
+      return Status::ok();
+    ++unwrittenNorms;
+    return leaveUnwritten(y, prepared);
   }
   Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
                                const DeviceTensor &gamma, float eps,
@@ -150,10 +156,12 @@ public:
     MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
     ++preparingNorms;
     MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
-    return rowsRead ? Status::ok() : leaveUnwritten(y, prepared);
+    if (rowsRead)
+      return Status::ok();
+    ++unwrittenNorms;
+    return leaveUnwritten(y, prepared);
   }
   Status leaveUnwritten(DeviceTensor &y, PreparedInput &prepared) {
-    ++unwrittenNorms;
     prepared.rowsUnwritten = true;
     std::memset(y.data, 0xff, y.bytes()); // NaNs, in F32 and in BF16
     return Status::ok();
@@ -167,16 +175,27 @@ public:
     (void)router, (void)gate, (void)rows;
     return preparesForExpertsInNorms;
   }
+  // Where asked (rowsRead false) y's rows are NaNs after the norm; the
+  // router and the experts read a copy of them kept in prepared.bf16 (this
+  // device's own use of it), attached, as the CUDA device's read what it
+  // prepared: any other reader of y shows in the results.
   Status addRmsNormForExperts(const DeviceTensor &a, const DeviceTensor &b,
                               const DeviceTensor &gamma, float eps,
                               DeviceTensor &sum, DeviceTensor &y,
-                              PreparedInput &prepared) override {
+                              PreparedInput &prepared, bool rowsRead) override {
     MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
     ++expertNorms;
-    return quantizedRoundTrip(y, prepared.q);
+    MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
+    if (rowsRead)
+      return Status::ok();
+    MELT_RETURN_IF_ERROR(allocate(y.dtype, y.shape, prepared.bf16));
+    std::memcpy(prepared.bf16.data, y.data, y.bytes());
+    ++unwrittenExpertNorms;
+    return leaveUnwritten(y, prepared);
   }
-  void attachPrepared(const void *data, const PreparedInput &) override {
-    attached_.insert(data);
+  void attachPrepared(const void *data,
+                      const PreparedInput &prepared) override {
+    attached_[data] = prepared;
   }
   void detachPrepared(const void *data) override { attached_.erase(data); }
   bool nothingAttached() const { return attached_.empty(); }
@@ -265,10 +284,19 @@ public:
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0,
-      unwrittenNorms = 0;
+      unwrittenNorms = 0, unwrittenExpertNorms = 0;
 
 private:
-  std::set<const void *> attached_;
+  std::map<const void *, PreparedInput> attached_;
+  /// x, or the rows kept in place of x's where a norm left them unwritten.
+  DeviceTensor rowsOf(const DeviceTensor &x) const {
+    auto it = attached_.find(x.data);
+    if (it == attached_.end() || !it->second.rowsUnwritten)
+      return x;
+    DeviceTensor rows = it->second.bf16;
+    rows.shape = x.shape;
+    return rows;
+  }
   /// The F32 product(t) rounded into BF16 y.
   Status intoBf16(DeviceTensor &y,
                   const std::function<Status(DeviceTensor &)> &product) {

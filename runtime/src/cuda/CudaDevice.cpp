@@ -373,6 +373,18 @@ public:
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     int m = int(x.rows()), k = int(x.cols()), n = int(w.rows());
     CudaStatus s;
+    // The rows in BF16 as the norm that made them prepared them
+    // (attachPrepared: a MoE router's), whatever the rows (the norm may
+    // have left x's own unwritten).
+    const PreparedInput *prepared = attachedTo(x);
+    if (prepared && prepared->bf16.data && w.dtype == DType::BF16 &&
+        x.dtype == DType::F32)
+      return fromGemm(
+          gemm_->bf16(static_cast<const __nv_bfloat16 *>(prepared->bf16.data),
+                      static_cast<const __nv_bfloat16 *>(w.data), y.data,
+                      y.dtype == DType::F32, m, n, k));
+    if (prepared && prepared->rowsUnwritten)
+      return unwrittenRows("linear");
     if (w.dtype == DType::FP8E4M3)
       return linearWithFp8Weight(x, w, y);
     // A few rows (decode): melt's kernel streams the weights, up to the
@@ -391,15 +403,7 @@ public:
                               multiprocessors_, stream_),
                    "linear");
     if (w.dtype == DType::BF16 && x.dtype == DType::F32) {
-      // The rows in BF16 as the norm that made them prepared them
-      // (attachPrepared: a MoE router's), else rounded to BF16 first, into a
-      // block the stream reuses after the GEMM.
-      if (const PreparedInput *prepared = attachedTo(x);
-          prepared && prepared->bf16.data)
-        return fromGemm(
-            gemm_->bf16(static_cast<const __nv_bfloat16 *>(prepared->bf16.data),
-                        static_cast<const __nv_bfloat16 *>(w.data), y.data,
-                        y.dtype == DType::F32, m, n, k));
+      // Rounded to BF16 first, into a block the stream reuses after the GEMM.
       DeviceTensor rounded;
       MELT_RETURN_IF_ERROR(allocate(DType::BF16, x.shape, rounded));
       Status converted = check(convert({x.data, false}, size_t(x.numel()),
@@ -599,6 +603,15 @@ public:
     return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared, withBf16,
                               rowsRead);
   }
+  /// A call that would read rows a norm left unwritten for the calls that
+  /// read what it prepared (the executor's choice and the device's
+  /// disagree: a bug, not bad input).
+  static Status unwrittenRows(const char *op) {
+    return {MELT_INTERNAL, std::string(op) +
+                               ": its input's rows were left unwritten by the "
+                               "norm that made them, and this call cannot "
+                               "read what the norm prepared in their place"};
+  }
   /// A norm whose F32 rows nothing but its products reads leaves them
   /// unwritten (MELT_CUDA_NORM_ROWS_UNWRITTEN=0: written all the same).
   bool normRowsUnwritten_ = envSwitch("MELT_CUDA_NORM_ROWS_UNWRITTEN", true);
@@ -621,9 +634,17 @@ public:
   Status addRmsNormForExperts(const DeviceTensor &a, const DeviceTensor &b,
                               const DeviceTensor &gamma, float eps,
                               DeviceTensor &sum, DeviceTensor &y,
-                              PreparedInput &prepared) override {
-    return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, true);
+                              PreparedInput &prepared, bool rowsRead) override {
+    return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, true,
+                             rowsRead || !moeNormRowsUnwritten_);
   }
+  /// A MoE layer's input norm leaves its F32 rows unwritten where only the
+  /// router and the experts (with a shared expert in their call) read
+  /// them, through what it attached (MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN=1;
+  /// written in session 26 after its GPU time was spent: off until run on
+  /// a GPU; 67 MB a layer of mini's 8x1024 prefill).
+  bool moeNormRowsUnwritten_ =
+      envSwitch("MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN", false);
   /// What norms prepared of the values at these addresses
   /// (attachPrepared), for linear()'s BF16 products and the grouped FP8
   /// experts to read.
@@ -693,9 +714,7 @@ public:
         prepared.q.shape != std::vector<int64_t>{x.rows(), x.cols()} ||
         x.cols() != w.shape[1] || (y.dtype != DType::F32 && !bf16Out)) {
       if (prepared.rowsUnwritten) // (x's rows were left out: none to read)
-        return {MELT_INTERNAL,
-                "linear: the norm's rows were left unwritten for products "
-                "that read its codes, and this one cannot"};
+        return unwrittenRows("linear");
       return linear(x, w, y);
     }
     MELT_RETURN_IF_ERROR(usable());
@@ -1377,6 +1396,9 @@ public:
       return groupedExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
                                     combineBf16, y, &shared);
     }
+    if (const PreparedInput *prepared = attachedTo(x);
+        prepared && prepared->rowsUnwritten)
+      return unwrittenRows("moe_experts");
     if (gate.dtype == DType::BF16)
       return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
                                    combineBf16, shared, y);
@@ -1485,6 +1507,13 @@ public:
     MELT_RETURN_IF_ERROR(
         startExperts(x, indices, weights, gate, up, down, y, stacks));
     int64_t pairs = indices.shape[0] * indices.shape[1];
+    // (Only grouped on FP8 tensor cores do they read the attached codes in
+    // place of x's rows.)
+    const PreparedInput *prepared = attachedTo(x);
+    if (prepared && prepared->rowsUnwritten &&
+        !groupsOnFp8TensorCores(gate.dtype, pairs, int(gate.shape[0]),
+                                int(gate.shape[1]), int(x.shape[1])))
+      return unwrittenRows("moe_experts");
     if (!quantizeX && groupsMany(gate.dtype, pairs, int(gate.shape[0]),
                                  int(gate.shape[1]), int(x.shape[1])))
       return groupedExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
