@@ -326,6 +326,21 @@ public:
     (void)data, (void)prepared;
   }
   virtual void detachPrepared(const void *data) { (void)data; }
+  /// Whether the device's MLA call over `rows` query rows can also write
+  /// what a product of `weight` that quantizes its input reads of the MLA's
+  /// output (its 1 x 128 FP8 codes; MlaProductFusions.h): then the executor
+  /// asks for it (prepareMlaOutput) and the product reads it
+  /// (linearOfPrepared).
+  virtual bool preparesInMla(const DeviceTensor &weight, int64_t rows) const {
+    (void)weight, (void)rows;
+    return false;
+  }
+  /// The next mla / mlaOfQuery call also writes into `into` what the
+  /// products of its output read in its place, as a norm's
+  /// rmsNormForProducts does (into->q left empty where it cannot); null:
+  /// none asked. The executor asks just before the call and clears it
+  /// after. The default prepares nothing.
+  virtual void prepareMlaOutput(PreparedInput *into) { (void)into; }
   /// linear(x, w, y) where `prepared` holds what the norm that made x
   /// prepared for it: the same values. The default (or nothing prepared)
   /// runs linear.

@@ -4,6 +4,7 @@
 #include "Bf16Products.h"
 #include "EnvSwitch.h"
 #include "KernelArgs.h"
+#include "MlaProductFusions.h"
 #include "NormProductFusions.h"
 #include "QuantizeFolds.h"
 #include "SideBranches.h"
@@ -456,6 +457,17 @@ Status DeviceModel::create(const Model &model, Device &device,
                       dm.weights_.at(kernel.weights()->Get(0)));
          }))
       dm.normProducts_[f.norm] = std::move(f.products);
+  // MLA outputs only such products read: the MLA's call may prepare their
+  // input (decided each step, by its rows).
+  if (envSwitch("MELT_FUSE_MLA_QUANTIZE", true))
+    for (MlaProductFusion &f :
+         findMlaProductFusions(m, *dm.forward_, folds, [&](uint32_t k) {
+           const fb::Kernel &kernel = *m.kernels()->Get(k);
+           return kernel.weights() && kernel.weights()->size() == 1 &&
+                  device.quantizesFp8Input(
+                      dm.weights_.at(kernel.weights()->Get(0)));
+         }))
+      dm.mlaProducts_[f.mla] = std::move(f.products);
   // MoE layers' input norms: their kernel may prepare what the router and
   // the experts read of their value (decided each step, by its rows).
   if (envSwitch("MELT_FUSE_NORM_EXPERTS", true))
@@ -813,6 +825,17 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       return false;
     for (uint32_t p : *products)
       if (!device.preparesInNorm(
+              dm.weight(m.kernels()->Get(p)->weights()->Get(0)), rows))
+        return false;
+    return true;
+  };
+  // The same for an MLA's output and its products (MlaProductFusions.h).
+  auto preparesInMlaFor = [&](const std::vector<uint32_t> *products,
+                              int64_t rows) {
+    if (!products)
+      return false;
+    for (uint32_t p : *products)
+      if (!device.preparesInMla(
               dm.weight(m.kernels()->Get(p)->weights()->Get(0)), rows))
         return false;
     return true;
@@ -1413,6 +1436,22 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       if (!c)
         return invalidArtifact(kernelName(k, kernel) +
                                " attends to a cache that is not an input");
+      // Its output's FP8 codes for the products that alone read it, where
+      // the device's call writes them (asked for this call only).
+      const std::vector<uint32_t> *products = dm.mlaProducts(k);
+      Device::PreparedInput prepared;
+      struct AskedForCall {
+        Device &device;
+        bool asked = false;
+        void ask(Device::PreparedInput &into) {
+          device.prepareMlaOutput(&into);
+          asked = true;
+        }
+        ~AskedForCall() {
+          if (asked)
+            device.prepareMlaOutput(nullptr);
+        }
+      } mlaOutput{device};
       auto held = heldQueries.byMla.find(k);
       if (held != heldQueries.byMla.end()) {
         // The query's split and rope in the MLA's call.
@@ -1428,6 +1467,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                                   ": its query or positions are not there")
                 : values.make(outId(0), DType::F32,
                               {q.shape[0], q.shape[1], w(1).shape[1]}, out);
+        if (!made && preparesInMlaFor(products, q.shape[0]))
+          mlaOutput.ask(prepared);
         if (!made)
           status = device.mlaOfQuery(
               q, nopeShape->Get(2), *positions, ropeParamsOf(rope), *c,
@@ -1435,6 +1476,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
               float(kernel.floats()->Get(0)), ints(0), *out);
         values.letGo(q);
         MELT_RETURN_IF_ERROR(made);
+        if (!status && mlaOutput.asked)
+          keepPrepared(*out, prepared, *products);
         break;
       }
       const DeviceTensor &qn = in(0);
@@ -1443,8 +1486,12 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       MELT_RETURN_IF_ERROR(
           values.make(outId(0), DType::F32,
                       {qn.shape[0], qn.shape[1], w(1).shape[1]}, out));
+      if (preparesInMlaFor(products, qn.shape[0]))
+        mlaOutput.ask(prepared);
       status = device.mla(qn, in(1), *c, onRows ? rowLayout : pass.layout, w(0),
                           w(1), float(kernel.floats()->Get(0)), ints(0), *out);
+      if (!status && mlaOutput.asked)
+        keepPrepared(*out, prepared, *products);
       break;
     }
     case fb::KernelKind::Quantize: {

@@ -71,6 +71,12 @@ public:
     auto it = normProducts_.find(norm);
     return it == normProducts_.end() ? nullptr : &it->second;
   }
+  /// The FP8 products that alone read MLA kernel `mla`'s value (through
+  /// its Reshape: MlaProductFusions.h), or null.
+  const std::vector<uint32_t> *mlaProducts(uint32_t mla) const {
+    auto it = mlaProducts_.find(mla);
+    return it == mlaProducts_.end() ? nullptr : &it->second;
+  }
   /// For an RMSNorm kernel whose value a MoE router and MoE experts read
   /// (NormProductFusions.h; MELT_FUSE_NORM_EXPERTS=0: none), the two.
   const NormExpertFusion *normExperts(uint32_t norm) const {
@@ -159,6 +165,7 @@ private:
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, std::vector<uint32_t>> normProducts_;
+  std::map<uint32_t, std::vector<uint32_t>> mlaProducts_;
   std::map<uint32_t, NormExpertFusion> normExperts_;
   std::set<uint32_t> bf16Products_;
   std::map<uint32_t, LatentAppend> latentAppends_;

@@ -234,10 +234,39 @@ public:
                     DeviceTensor &out) override {
     if (q.dtype == DType::BF16)
       ++bf16Queries;
-    return withF32(q, [&](const DeviceTensor &wide) {
+    // (Its output prepared once, here, whatever the base calls.)
+    PreparedInput *into = mlaOutput_;
+    mlaOutput_ = nullptr;
+    Status s = withF32(q, [&](const DeviceTensor &wide) {
       return CpuDevice::mlaOfQuery(wide, nope, positions, rope, cache, layout,
                                    wUk, wUv, scale, decompressAbove, out);
     });
+    mlaOutput_ = into;
+    return s ? s : prepareMlaRows(out);
+  }
+  Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+             const DeviceTensor &cache, const CacheLayout &layout,
+             const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
+             int64_t decompressAbove, DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(CpuDevice::mla(qNope, qRope, cache, layout, wUk, wUv,
+                                        scale, decompressAbove, out));
+    return prepareMlaRows(out);
+  }
+  // Where preparesMlaOutputs: an MLA's output prepared for the FP8
+  // products that alone read it (the dequantized values of its rows, a
+  // token's heads in one row, in memory of their own).
+  bool preparesInMla(const DeviceTensor &weight, int64_t rows) const override {
+    (void)rows;
+    return preparesMlaOutputs && quantizesFp8Input(weight);
+  }
+  void prepareMlaOutput(PreparedInput *into) override { mlaOutput_ = into; }
+  Status prepareMlaRows(const DeviceTensor &out) {
+    if (!mlaOutput_ || out.shape.empty())
+      return Status::ok();
+    ++preparedMlaOutputs;
+    DeviceTensor rows = out;
+    rows.shape = {out.shape[0], out.numel() / out.shape[0]};
+    return quantizedRoundTrip(rows, mlaOutput_->q);
   }
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
@@ -278,16 +307,18 @@ public:
         });
   }
 
-  bool preparesInNorms = false, writesBf16Products = false,
-       takesMlaQueryInBf16 = false, preparesForExpertsInNorms = false;
+  bool preparesInNorms = false, preparesMlaOutputs = false,
+       writesBf16Products = false, takesMlaQueryInBf16 = false,
+       preparesForExpertsInNorms = false;
   int expertNorms = 0, attachedLinearReads = 0, attachedExpertReads = 0;
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0,
-      unwrittenNorms = 0, unwrittenExpertNorms = 0;
+      unwrittenNorms = 0, unwrittenExpertNorms = 0, preparedMlaOutputs = 0;
 
 private:
   std::map<const void *, PreparedInput> attached_;
+  PreparedInput *mlaOutput_ = nullptr;
   /// x, or the rows kept in place of x's where a norm left them unwritten.
   DeviceTensor rowsOf(const DeviceTensor &x) const {
     auto it = attached_.find(x.data);

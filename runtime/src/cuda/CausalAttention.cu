@@ -2,6 +2,7 @@
 #include "cuda/CausalAttention.h"
 
 #include "cuda/AsyncCopy.cuh"
+#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/RopeRotation.cuh"
 #include "cuda/TensorCoreMma.cuh"
@@ -95,7 +96,8 @@ template <int kNope, int kRope, int kValue, bool kBf16Query>
 __global__ void __launch_bounds__(kThreads)
     causalAttentionKernel(const __grid_constant__ QuerySource query,
                           const __grid_constant__ CausalRunList runs, int heads,
-                          float scaleLog2, float *out) {
+                          float scaleLog2, float *out,
+                          const CausalOutputCodes codes) {
   using W = Widths<kNope, kRope, kValue>;
   extern __shared__ __align__(16) uint8_t sharedBytes[];
   auto keyTileOf = [&](int buffer) {
@@ -278,14 +280,43 @@ __global__ void __launch_bounds__(kThreads)
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const int i = q0 + g + 8 * half;
+    const float norm = sum > 0.f ? 1.f / sum : 0.f;
+    // The row's block of 128: its largest magnitude over the quad's four
+    // threads (every lane shuffles, rows past the run too).
+    float amax = 0.f;
+    if (codes.codes) {
+#pragma unroll
+      for (int n = 0; n < W::valueTiles; ++n)
+        amax = fmaxf(amax, fmaxf(fabsf(o[n][2 * half] * norm),
+                                 fabsf(o[n][2 * half + 1] * norm)));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    }
     if (i >= run.count)
       continue;
-    const float norm = sum > 0.f ? 1.f / sum : 0.f;
-    float *row = out + (size_t(run.first + i) * heads + h) * kValue + 2 * t;
+    const size_t at = (size_t(run.first + i) * heads + h) * kValue + 2 * t;
+    float *row = out + at;
 #pragma unroll
     for (int n = 0; n < W::valueTiles; ++n)
       *reinterpret_cast<float2 *>(row + n * 8) =
           make_float2(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
+    if (codes.codes) {
+      // quantizeRowsFp8's arithmetic on the values just written.
+      const float s = gemmInputScale(amax), inverse = 1.f / s;
+#pragma unroll
+      for (int n = 0; n < W::valueTiles; ++n) {
+        const uint32_t lo = __nv_cvt_float_to_fp8(o[n][2 * half] * norm *
+                                                      inverse,
+                                                  __NV_SATFINITE, __NV_E4M3),
+                       hi = __nv_cvt_float_to_fp8(o[n][2 * half + 1] * norm *
+                                                      inverse,
+                                                  __NV_SATFINITE, __NV_E4M3);
+        *reinterpret_cast<uint16_t *>(codes.codes + at + n * 8) =
+            uint16_t(lo | (hi << 8));
+      }
+      if (t == 0)
+        codes.scales[size_t(h) * codes.rows + run.first + i] = s;
+    }
   }
 }
 
@@ -309,10 +340,11 @@ namespace {
 cudaError_t launchCausalAttention(const QuerySource &query,
                                   const CausalRunOperands *runs, int runCount,
                                   int heads, int nope, int rope, int valueDim,
-                                  float scale, float *out,
-                                  cudaStream_t stream) {
+                                  float scale, float *out, cudaStream_t stream,
+                                  const CausalOutputCodes *codes) {
   if (!causalAttentionFits(nope, rope, valueDim) || heads <= 0 ||
-      runCount < 0 || runCount > kCausalMaxRuns)
+      runCount < 0 || runCount > kCausalMaxRuns ||
+      (codes && (!codes->codes || !codes->scales || codes->rows <= 0)))
     return cudaErrorInvalidValue;
   CausalRunList list;
   for (int i = 0; i < runCount; ++i) {
@@ -338,7 +370,8 @@ cudaError_t launchCausalAttention(const QuerySource &query,
     return e;
   const unsigned grid = unsigned(list.blocks) * heads * list.count;
   return launchOverlapped(kernel, dim3(grid), kThreads, shared, stream, query,
-                          list, heads, float(scale * M_LOG2E), out);
+                          list, heads, float(scale * M_LOG2E), out,
+                          codes ? *codes : CausalOutputCodes{});
 }
 
 } // namespace
@@ -346,18 +379,18 @@ cudaError_t launchCausalAttention(const QuerySource &query,
 cudaError_t melt::rt::cuda::causalAttentionBf16(
     const float *qNope, const float *qRope, const CausalRunOperands *runs,
     int runCount, int heads, int nope, int rope, int valueDim, float scale,
-    float *out, cudaStream_t stream) {
+    float *out, cudaStream_t stream, const CausalOutputCodes *codes) {
   QuerySource query;
   query.nope = qNope, query.rope = qRope;
   query.nopeStride = nope, query.ropeStride = rope;
   return launchCausalAttention(query, runs, runCount, heads, nope, rope,
-                               valueDim, scale, out, stream);
+                               valueDim, scale, out, stream, codes);
 }
 
 cudaError_t melt::rt::cuda::causalAttentionBf16(
     const CausalProjectedQuery &projected, const CausalRunOperands *runs,
     int runCount, int heads, int nope, int rope, int valueDim, float scale,
-    float *out, cudaStream_t stream) {
+    float *out, cudaStream_t stream, const CausalOutputCodes *codes) {
   if (!projected.q == !projected.qBf16 || !projected.positions ||
       rope != 2 * int(std::size(projected.inverse)))
     return cudaErrorInvalidValue;
@@ -370,5 +403,5 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
   query.nopeStride = query.ropeStride = nope + rope;
   query.rotation = projected;
   return launchCausalAttention(query, runs, runCount, heads, nope, rope,
-                               valueDim, scale, out, stream);
+                               valueDim, scale, out, stream, codes);
 }

@@ -23,6 +23,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace melt::rt::cuda {
 
 /// One sequence's run: queries are tokens [first, first + count) at
@@ -76,19 +78,34 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
                                 int rope, int valueDim, float scale, float *out,
                                 cudaStream_t stream);
 
+/// The output's 1 x 128 FP8 codes as well (a head's value row of 128 is
+/// one block), written beside `out` by the kernel that computed it, as
+/// quantizeRowsFp8 would write them from `out` ([rows, heads * 128] codes,
+/// [heads, rows] scales: block h of row t at h * rows + t), for the output
+/// projection to read (MlaProductFusions.h). Written in session 26 after
+/// its GPU time was spent: not yet run on a GPU.
+struct CausalOutputCodes {
+  uint8_t *codes = nullptr;
+  float *scales = nullptr;
+  int rows = 0;
+};
+
 /// The same for up to kCausalMaxRuns runs (a prefill's sequences) in one
 /// launch: every run's query blocks in one grid, the blocks of the last
 /// queries (the most keys) of every run and head first, so that the
-/// shorter ones fill in behind them.
+/// shorter ones fill in behind them. `codes`, where given: the output's
+/// FP8 codes too.
 cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
                                 const CausalRunOperands *runs, int runCount,
                                 int heads, int nope, int rope, int valueDim,
-                                float scale, float *out, cudaStream_t stream);
+                                float scale, float *out, cudaStream_t stream,
+                                const CausalOutputCodes *codes = nullptr);
 /// The same with the queries as the projection leaves them.
 cudaError_t causalAttentionBf16(const CausalProjectedQuery &query,
                                 const CausalRunOperands *runs, int runCount,
                                 int heads, int nope, int rope, int valueDim,
-                                float scale, float *out, cudaStream_t stream);
+                                float scale, float *out, cudaStream_t stream,
+                                const CausalOutputCodes *codes = nullptr);
 
 } // namespace melt::rt::cuda
 

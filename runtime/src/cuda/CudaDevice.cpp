@@ -703,6 +703,17 @@ public:
     prepared = made;
     return Status::ok();
   }
+  /// A prefill's causal attention writing its output's FP8 codes for the
+  /// output projection (MlaProductFusions.h; CausalOutputCodes), where the
+  /// executor asks (MELT_CUDA_MLA_OUTPUT_CODES=1: written in session 26
+  /// after its GPU time was spent, off until run on a GPU; the quantize it
+  /// leaves out took 22.6 us a layer of mini's 8x1024 prefill).
+  bool mlaOutputCodes_ = envSwitch("MELT_CUDA_MLA_OUTPUT_CODES", false);
+  PreparedInput *mlaOutputInto_ = nullptr;
+  bool preparesInMla(const DeviceTensor &weight, int64_t rows) const override {
+    return mlaOutputCodes_ && preparesInNorm(weight, rows);
+  }
+  void prepareMlaOutput(PreparedInput *into) override { mlaOutputInto_ = into; }
   /// linearWithFp8Weight past its few-token kernel, of the rows the norm
   /// quantized: the same product of the same codes, the quantize kernel
   /// left out.
@@ -2030,6 +2041,25 @@ private:
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
         allocate(DType::F32, {int64_t(std::max<size_t>(floats, 1))}, scratch));
+    // The output's FP8 codes too, where asked (prepareMlaOutput) and the
+    // fused kernel writes every row.
+    PreparedInput codes;
+    CausalOutputCodes outputCodes;
+    const int64_t T = out.shape.empty() ? 0 : out.shape[0],
+                  width = shape.heads * shape.valueDim;
+    if (mlaOutputInto_ && fused && shape.valueDim == 128) {
+      Status made = allocate(DType::FP8E4M3, {T, width}, codes.q);
+      if (!made)
+        made = allocate(DType::F32, {width / 128, T}, codes.scales);
+      if (made) {
+        release(codes.q);
+        release(scratch);
+        return made;
+      }
+      outputCodes.codes = static_cast<uint8_t *>(codes.q.data);
+      outputCodes.scales = static_cast<float *>(codes.scales.data);
+      outputCodes.rows = int(T);
+    }
     Status launched = fromGemm(withCache(cache, [&](auto *rows) {
       return mlaDecompressed(
           *gemm_, static_cast<const float *>(qNope.data),
@@ -2037,9 +2067,16 @@ private:
           static_cast<const float *>(wUk.data),
           static_cast<const float *>(wUv.data), shape, runs, scale,
           static_cast<float *>(scratch.data), floats, kScoreFloats, fused,
-          static_cast<float *>(out.data), flag_ + kCacheFlag, projected);
+          static_cast<float *>(out.data), flag_ + kCacheFlag, projected,
+          outputCodes.codes ? &outputCodes : nullptr);
     }));
     release(scratch); // stream-ordered: reused only by later work
+    if (outputCodes.codes && !launched) {
+      *mlaOutputInto_ = codes;
+    } else {
+      release(codes.q);
+      release(codes.scales);
+    }
     taken = !launched;
     return launched; // a position without a page: at synchronize()
   }

@@ -287,8 +287,10 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     const float *wUv, const MlaSplitShape &s,
     const std::vector<DecompressedQueries> &runs, float scale, float *scratch,
     size_t scratchFloats, size_t budgetFloats, bool bf16Fused, float *out,
-    int32_t *bad, const CausalProjectedQuery *projected) {
-  if (!mlaDecompressedFits(s) || (bf16Fused && !mlaDecompressedFusesBf16(s)))
+    int32_t *bad, const CausalProjectedQuery *projected,
+    const CausalOutputCodes *codes) {
+  if (!mlaDecompressedFits(s) || (bf16Fused && !mlaDecompressedFusesBf16(s)) ||
+      (codes && !bf16Fused))
     return {"mla (decompressed): unsupported shape"};
   if (projected && !bf16Fused)
     return {"mla (decompressed): projected queries need the fused attention"};
@@ -380,10 +382,10 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
               projected
                   ? causalAttentionBf16(*projected, group, int(end - begin),
                                         heads, s.nope, s.rope, s.valueDim,
-                                        scale, out, stream)
+                                        scale, out, stream, codes)
                   : causalAttentionBf16(qNope, qRope, group, int(end - begin),
                                         heads, s.nope, s.rope, s.valueDim,
-                                        scale, out, stream)))
+                                        scale, out, stream, codes)))
         return e;
     }
     return CudaStatus::ok();
@@ -449,7 +451,7 @@ namespace melt::rt::cuda {
       const PagedLayout &, const float *, const float *,                       \
       const MlaSplitShape &, const std::vector<DecompressedQueries> &, float,  \
       float *, size_t, size_t, bool, float *, int32_t *,                       \
-      const CausalProjectedQuery *);
+      const CausalProjectedQuery *, const CausalOutputCodes *);
 MELT_DECOMPRESSED_READER(float)
 MELT_DECOMPRESSED_READER(__nv_bfloat16)
 #undef MELT_DECOMPRESSED_READER

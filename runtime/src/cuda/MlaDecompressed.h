@@ -69,7 +69,8 @@ mlaDecompressedScratchFloats(const MlaSplitShape &shape,
 /// mlaDecompressedFusesBf16 (else cudaErrorInvalidValue's message).
 /// `projected` (the fused form only; qNope and qRope unread): the queries
 /// as the projection leaves them, split and rotated by the attention
-/// kernel. CacheT: float or __nv_bfloat16.
+/// kernel. `codes` (the fused form only): out's FP8 codes as well
+/// (CausalOutputCodes). CacheT: float or __nv_bfloat16.
 template <typename CacheT>
 CudaStatus
 mlaDecompressed(GemmRunner &gemm, const float *qNope, const float *qRope,
@@ -78,7 +79,8 @@ mlaDecompressed(GemmRunner &gemm, const float *qNope, const float *qRope,
                 const std::vector<DecompressedQueries> &runs, float scale,
                 float *scratch, size_t scratchFloats, size_t budgetFloats,
                 bool bf16Fused, float *out, int32_t *bad,
-                const CausalProjectedQuery *projected = nullptr);
+                const CausalProjectedQuery *projected = nullptr,
+                const CausalOutputCodes *codes = nullptr);
 
 } // namespace melt::rt::cuda
 

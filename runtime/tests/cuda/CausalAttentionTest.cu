@@ -9,6 +9,7 @@
 #include "CudaTestUtil.h"
 #include "cuda/CausalAttention.h"
 #include "cuda/ModelKernels.h"
+#include "cuda/Quantize.h"
 
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
@@ -228,6 +229,75 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
     ASSERT_EQ(c[i], b[i]) << "sharing one matrix: token "
                           << i / (heads * kValue) << ", head "
                           << i / kValue % heads;
+  for (void *p : owned)
+    cudaFree(p);
+}
+
+// The output's FP8 codes written beside it (CausalOutputCodes): the
+// bytes and scales quantizeRowsFp8 makes of the F32 output (a token's heads
+// as one row, a head's 128 values a block), the F32 output itself the
+// same as without them; runs of several lengths in one launch, rows past
+// the last full block of 64 queries among them.
+TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  const int heads = 3, tokens = 300;
+  const std::vector<CausalRun> runs = {
+      {0, 130, 0, 130}, {130, 1, 0, 1}, {131, 169, 40, 260}};
+  std::mt19937 rng(7);
+  float *dQn = toDevice(randoms(rng, size_t(tokens) * heads * kNope));
+  float *dQr = toDevice(randoms(rng, size_t(tokens) * heads * kRope));
+  std::vector<CausalRunOperands> operands;
+  std::vector<void *> owned = {dQn, dQr};
+  for (const CausalRun &run : runs) {
+    const size_t keys = size_t(run.keys);
+    __nv_bfloat16 *k = toDevice(bf16Randoms(rng, heads * keys * kWidth));
+    __nv_bfloat16 *v = toDevice(bf16Randoms(rng, heads * keys * kValue));
+    operands.push_back({run, k, v});
+    owned.push_back(k);
+    owned.push_back(v);
+  }
+  const size_t outCount = size_t(tokens) * heads * kValue;
+  float *plain = deviceArray<float>(outCount);
+  float *withCodes = deviceArray<float>(outCount);
+  auto *codes = deviceArray<uint8_t>(outCount);
+  auto *wantCodes = deviceArray<__nv_fp8_e4m3>(outCount);
+  float *scales = deviceArray<float>(size_t(heads) * tokens);
+  float *wantScales = deviceArray<float>(size_t(heads) * tokens);
+  owned.insert(owned.end(),
+               {plain, withCodes, codes, wantCodes, scales, wantScales});
+  const float scale = 1.f / std::sqrt(float(kWidth));
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
+                                heads, kNope, kRope, kValue, scale, plain,
+                                nullptr),
+            cudaSuccess);
+  const CausalOutputCodes out{codes, scales, tokens};
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
+                                heads, kNope, kRope, kValue, scale, withCodes,
+                                nullptr, &out),
+            cudaSuccess);
+  ASSERT_EQ(quantizeRowsFp8(withCodes, tokens, heads * kValue, wantCodes,
+                            wantScales, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> a = toHost(plain, outCount),
+                           b = toHost(withCodes, outCount);
+  for (size_t i = 0; i < outCount; ++i)
+    ASSERT_EQ(b[i], a[i]) << "output " << i;
+  const std::vector<uint8_t> have = toHost(codes, outCount),
+                             want =
+                                 toHost(reinterpret_cast<uint8_t *>(wantCodes),
+                                        outCount);
+  for (size_t i = 0; i < outCount; ++i)
+    ASSERT_EQ(have[i], want[i])
+        << "code of token " << i / (heads * kValue) << ", head "
+        << i / kValue % heads << ", value " << i % kValue;
+  const std::vector<float> haveScales = toHost(scales, size_t(heads) * tokens),
+                           wantScalesHost =
+                               toHost(wantScales, size_t(heads) * tokens);
+  for (size_t i = 0; i < haveScales.size(); ++i)
+    ASSERT_EQ(haveScales[i], wantScalesHost[i])
+        << "scale of head " << i / tokens << ", token " << i % tokens;
   for (void *p : owned)
     cudaFree(p);
 }
