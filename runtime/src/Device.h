@@ -337,10 +337,14 @@ public:
   }
   /// The next mla / mlaOfQuery call also writes into `into` what the
   /// products of its output read in its place, as a norm's
-  /// rmsNormForProducts does (into->q left empty where it cannot); null:
-  /// none asked. The executor asks just before the call and clears it
-  /// after. The default prepares nothing.
-  virtual void prepareMlaOutput(PreparedInput *into) { (void)into; }
+  /// rmsNormForProducts does (into->q left empty where it cannot; with
+  /// `rowsRead` false nothing else reads the output, which the call may
+  /// then leave unwritten: PreparedInput::rowsUnwritten); null: none asked.
+  /// The executor asks just before the call and clears it after. The
+  /// default prepares nothing.
+  virtual void prepareMlaOutput(PreparedInput *into, bool rowsRead) {
+    (void)into, (void)rowsRead;
+  }
   /// linear(x, w, y) where `prepared` holds what the norm that made x
   /// prepared for it: the same values. The default (or nothing prepared)
   /// runs linear.

@@ -4,7 +4,6 @@
 #include "Bf16Products.h"
 #include "EnvSwitch.h"
 #include "KernelArgs.h"
-#include "MlaProductFusions.h"
 #include "NormProductFusions.h"
 #include "QuantizeFolds.h"
 #include "SideBranches.h"
@@ -467,7 +466,7 @@ Status DeviceModel::create(const Model &model, Device &device,
                   device.quantizesFp8Input(
                       dm.weights_.at(kernel.weights()->Get(0)));
          }))
-      dm.mlaProducts_[f.mla] = std::move(f.products);
+      dm.mlaProducts_[f.mla] = std::move(f);
   // MoE layers' input norms: their kernel may prepare what the router and
   // the experts read of their value (decided each step, by its rows).
   if (envSwitch("MELT_FUSE_NORM_EXPERTS", true))
@@ -946,10 +945,21 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   };
   std::map<uint32_t, DeviceTensor *> gatheredRows;
   // Whether value `id`'s rows are gathered for the logit rows' kernels as
-  // it is made: read then beside its products (a norm whose value only
+  // it is made, itself or a view of it (a folded pair's dequantized value,
+  // a Reshape's): read then beside its products (a norm whose value only
   // its products read leaves its rows unwritten otherwise).
   auto rowsGathered = [&](uint32_t id) {
-    return pruned && only.madeBy.count(id) != 0;
+    if (!pruned)
+      return false;
+    for (const auto &[value, maker] : only.madeBy) {
+      const fb::Kernel &made = *m.kernels()->Get(maker);
+      const uint32_t *source = dm.foldedSource(maker);
+      if (value == id || (source && *source == id) ||
+          (made.kind() == fb::KernelKind::Reshape && made.inputs() &&
+           made.inputs()->size() == 1 && made.inputs()->Get(0) == id))
+        return true;
+    }
+    return false;
   };
   auto gatherMadeBy = [&](uint32_t maker) -> Status {
     if (!pruned)
@@ -1438,18 +1448,25 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                                " attends to a cache that is not an input");
       // Its output's FP8 codes for the products that alone read it, where
       // the device's call writes them (asked for this call only).
-      const std::vector<uint32_t> *products = dm.mlaProducts(k);
+      // Its rows read by nothing else where they are not gathered for the
+      // logit rows (itself or the Reshape's view of it).
+      const MlaProductFusion *fusion = dm.mlaProducts(k);
+      const std::vector<uint32_t> *products =
+          fusion ? &fusion->products : nullptr;
+      const bool rowsRead =
+          fusion && (rowsGathered(outId(0)) || (fusion->view != UINT32_MAX &&
+                                                rowsGathered(fusion->view)));
       Device::PreparedInput prepared;
       struct AskedForCall {
         Device &device;
         bool asked = false;
-        void ask(Device::PreparedInput &into) {
-          device.prepareMlaOutput(&into);
+        void ask(Device::PreparedInput &into, bool rowsRead) {
+          device.prepareMlaOutput(&into, rowsRead);
           asked = true;
         }
         ~AskedForCall() {
           if (asked)
-            device.prepareMlaOutput(nullptr);
+            device.prepareMlaOutput(nullptr, true);
         }
       } mlaOutput{device};
       auto held = heldQueries.byMla.find(k);
@@ -1468,7 +1485,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                 : values.make(outId(0), DType::F32,
                               {q.shape[0], q.shape[1], w(1).shape[1]}, out);
         if (!made && preparesInMlaFor(products, q.shape[0]))
-          mlaOutput.ask(prepared);
+          mlaOutput.ask(prepared, rowsRead);
         if (!made)
           status = device.mlaOfQuery(
               q, nopeShape->Get(2), *positions, ropeParamsOf(rope), *c,
@@ -1487,7 +1504,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
           values.make(outId(0), DType::F32,
                       {qn.shape[0], qn.shape[1], w(1).shape[1]}, out));
       if (preparesInMlaFor(products, qn.shape[0]))
-        mlaOutput.ask(prepared);
+        mlaOutput.ask(prepared, rowsRead);
       status = device.mla(qn, in(1), *c, onRows ? rowLayout : pass.layout, w(0),
                           w(1), float(kernel.floats()->Get(0)), ints(0), *out);
       if (!status && mlaOutput.asked)

@@ -14,6 +14,7 @@
 #include "Device.h"
 #include "LatentAppends.h"
 #include "LogitOnlyKernels.h"
+#include "MlaProductFusions.h"
 #include "MlaQueryFusions.h"
 #include "Model.h"
 #include "NormProductFusions.h"
@@ -73,7 +74,7 @@ public:
   }
   /// The FP8 products that alone read MLA kernel `mla`'s value (through
   /// its Reshape: MlaProductFusions.h), or null.
-  const std::vector<uint32_t> *mlaProducts(uint32_t mla) const {
+  const MlaProductFusion *mlaProducts(uint32_t mla) const {
     auto it = mlaProducts_.find(mla);
     return it == mlaProducts_.end() ? nullptr : &it->second;
   }
@@ -165,7 +166,7 @@ private:
   std::set<uint32_t> unquantized_;
   std::map<uint32_t, uint32_t> siluMulFusions_;
   std::map<uint32_t, std::vector<uint32_t>> normProducts_;
-  std::map<uint32_t, std::vector<uint32_t>> mlaProducts_;
+  std::map<uint32_t, MlaProductFusion> mlaProducts_;
   std::map<uint32_t, NormExpertFusion> normExperts_;
   std::set<uint32_t> bf16Products_;
   std::map<uint32_t, LatentAppend> latentAppends_;

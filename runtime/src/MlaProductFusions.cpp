@@ -20,7 +20,7 @@ std::vector<MlaProductFusion> melt::rt::findMlaProductFusions(
     if (mla.kind() != fb::KernelKind::MLA || !mla.outputs() ||
         mla.outputs()->size() != 1)
       continue;
-    uint32_t value = mla.outputs()->Get(0);
+    uint32_t value = mla.outputs()->Get(0), view = UINT32_MAX;
     if (uses.outputs.count(value))
       continue;
     // Through the Reshape of the heads into one row, where that is all
@@ -31,12 +31,12 @@ std::vector<MlaProductFusion> melt::rt::findMlaProductFusions(
       if (reshape.kind() == fb::KernelKind::Reshape && reshape.inputs() &&
           reshape.inputs()->size() == 1 && reshape.outputs() &&
           reshape.outputs()->size() == 1)
-        value = reshape.outputs()->Get(0);
+        value = view = reshape.outputs()->Get(0);
     }
     std::vector<uint32_t> products =
         fusingProductsOf(model, uses, folds, value, fuses);
     if (!products.empty())
-      fusions.push_back({k, std::move(products)});
+      fusions.push_back({k, std::move(products), view});
   }
   return fusions;
 }

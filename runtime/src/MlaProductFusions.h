@@ -27,6 +27,9 @@ namespace melt::rt {
 struct MlaProductFusion {
   uint32_t mla = 0;
   std::vector<uint32_t> products;
+  /// The Reshape's value the products read (a view of the MLA's), or
+  /// UINT32_MAX where they read the MLA's value itself.
+  uint32_t view = UINT32_MAX;
 };
 
 /// The MLA kernels of `function` whose value is no output of the function

@@ -37,8 +37,11 @@ TEST(MlaProductFusions, OutputsPreparedForTheirProductsMatchTheKernels) {
                      have = stepLogits(*onPreparing);
   EXPECT_EQ(plain.preparedMlaOutputs, 0);
   EXPECT_GT(preparing.preparedMlaOutputs, 0);
-  // Every output prepared was read by its product.
+  // Every output prepared was read by its product; the outputs' own rows
+  // were NaNs where nothing gathers them for the logit rows (the layers
+  // before the last of a prompt's step), reaching no logit.
   EXPECT_GE(preparing.preparedProducts, preparing.preparedMlaOutputs);
+  EXPECT_GT(preparing.unwrittenMlaOutputs, 0);
   expectSameLogits(have, want);
 }
 

@@ -259,14 +259,22 @@ public:
     (void)rows;
     return preparesMlaOutputs && quantizesFp8Input(weight);
   }
-  void prepareMlaOutput(PreparedInput *into) override { mlaOutput_ = into; }
-  Status prepareMlaRows(const DeviceTensor &out) {
+  void prepareMlaOutput(PreparedInput *into, bool rowsRead) override {
+    mlaOutput_ = into;
+    mlaRowsRead_ = rowsRead;
+  }
+  // (Rows nothing else reads are NaNs after the call, as for the norms.)
+  Status prepareMlaRows(DeviceTensor &out) {
     if (!mlaOutput_ || out.shape.empty())
       return Status::ok();
     ++preparedMlaOutputs;
     DeviceTensor rows = out;
     rows.shape = {out.shape[0], out.numel() / out.shape[0]};
-    return quantizedRoundTrip(rows, mlaOutput_->q);
+    MELT_RETURN_IF_ERROR(quantizedRoundTrip(rows, mlaOutput_->q));
+    if (mlaRowsRead_)
+      return Status::ok();
+    ++unwrittenMlaOutputs;
+    return leaveUnwritten(out, *mlaOutput_);
   }
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
@@ -314,11 +322,13 @@ public:
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0,
-      unwrittenNorms = 0, unwrittenExpertNorms = 0, preparedMlaOutputs = 0;
+      unwrittenNorms = 0, unwrittenExpertNorms = 0, preparedMlaOutputs = 0,
+      unwrittenMlaOutputs = 0;
 
 private:
   std::map<const void *, PreparedInput> attached_;
   PreparedInput *mlaOutput_ = nullptr;
+  bool mlaRowsRead_ = true;
   /// x, or the rows kept in place of x's where a norm left them unwritten.
   DeviceTensor rowsOf(const DeviceTensor &x) const {
     auto it = attached_.find(x.data);

@@ -295,11 +295,11 @@ __global__ void __launch_bounds__(kThreads)
     if (i >= run.count)
       continue;
     const size_t at = (size_t(run.first + i) * heads + h) * kValue + 2 * t;
-    float *row = out + at;
+    if (out) // (null: only the codes read)
 #pragma unroll
-    for (int n = 0; n < W::valueTiles; ++n)
-      *reinterpret_cast<float2 *>(row + n * 8) =
-          make_float2(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
+      for (int n = 0; n < W::valueTiles; ++n)
+        *reinterpret_cast<float2 *>(out + at + n * 8) =
+            make_float2(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
     if (codes.codes) {
       // quantizeRowsFp8's arithmetic on the values just written.
       const float s = gemmInputScale(amax), inverse = 1.f / s;
@@ -360,6 +360,8 @@ cudaError_t launchCausalAttention(const QuerySource &query,
   }
   if (list.count == 0)
     return cudaSuccess;
+  if (!out && !codes) // (nothing to write)
+    return cudaErrorInvalidValue;
   auto kernel = query.bf16 ? causalAttentionKernel<128, 64, 128, true>
                            : causalAttentionKernel<128, 64, 128, false>;
   constexpr size_t shared = Widths<128, 64, 128>::sharedBytes;

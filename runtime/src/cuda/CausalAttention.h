@@ -82,8 +82,9 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
 /// one block), written beside `out` by the kernel that computed it, as
 /// quantizeRowsFp8 would write them from `out` ([rows, heads * 128] codes,
 /// [heads, rows] scales: block h of row t at h * rows + t), for the output
-/// projection to read (MlaProductFusions.h). Written in session 26 after
-/// its GPU time was spent: not yet run on a GPU.
+/// projection to read (MlaProductFusions.h); `out` may then be null (the
+/// codes alone). Written in session 26 after its GPU time was spent: not
+/// yet run on a GPU.
 struct CausalOutputCodes {
   uint8_t *codes = nullptr;
   float *scales = nullptr;

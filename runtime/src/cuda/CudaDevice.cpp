@@ -710,10 +710,14 @@ public:
   /// leaves out took 22.6 us a layer of mini's 8x1024 prefill).
   bool mlaOutputCodes_ = envSwitch("MELT_CUDA_MLA_OUTPUT_CODES", false);
   PreparedInput *mlaOutputInto_ = nullptr;
+  bool mlaRowsRead_ = true;
   bool preparesInMla(const DeviceTensor &weight, int64_t rows) const override {
     return mlaOutputCodes_ && preparesInNorm(weight, rows);
   }
-  void prepareMlaOutput(PreparedInput *into) override { mlaOutputInto_ = into; }
+  void prepareMlaOutput(PreparedInput *into, bool rowsRead) override {
+    mlaOutputInto_ = into;
+    mlaRowsRead_ = rowsRead;
+  }
   /// linearWithFp8Weight past its few-token kernel, of the rows the norm
   /// quantized: the same product of the same codes, the quantize kernel
   /// left out.
@@ -2059,6 +2063,8 @@ private:
       outputCodes.codes = static_cast<uint8_t *>(codes.q.data);
       outputCodes.scales = static_cast<float *>(codes.scales.data);
       outputCodes.rows = int(T);
+      // (The F32 rows too unless nothing else reads them.)
+      codes.rowsUnwritten = !mlaRowsRead_ && normRowsUnwritten_;
     }
     Status launched = fromGemm(withCache(cache, [&](auto *rows) {
       return mlaDecompressed(
@@ -2067,7 +2073,8 @@ private:
           static_cast<const float *>(wUk.data),
           static_cast<const float *>(wUv.data), shape, runs, scale,
           static_cast<float *>(scratch.data), floats, kScoreFloats, fused,
-          static_cast<float *>(out.data), flag_ + kCacheFlag, projected,
+          codes.rowsUnwritten ? nullptr : static_cast<float *>(out.data),
+          flag_ + kCacheFlag, projected,
           outputCodes.codes ? &outputCodes : nullptr);
     }));
     release(scratch); // stream-ordered: reused only by later work

@@ -236,8 +236,9 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
 // The output's FP8 codes written beside it (CausalOutputCodes): the
 // bytes and scales quantizeRowsFp8 makes of the F32 output (a token's heads
 // as one row, a head's 128 values a block), the F32 output itself the
-// same as without them; runs of several lengths in one launch, rows past
-// the last full block of 64 queries among them.
+// same as without them, and the codes alone (no F32 output) the same
+// bytes; runs of several lengths in one launch, rows past the last full
+// block of 64 queries among them.
 TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
@@ -264,8 +265,10 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
   auto *wantCodes = deviceArray<__nv_fp8_e4m3>(outCount);
   float *scales = deviceArray<float>(size_t(heads) * tokens);
   float *wantScales = deviceArray<float>(size_t(heads) * tokens);
-  owned.insert(owned.end(),
-               {plain, withCodes, codes, wantCodes, scales, wantScales});
+  auto *aloneCodes = deviceArray<uint8_t>(outCount);
+  float *aloneScales = deviceArray<float>(size_t(heads) * tokens);
+  owned.insert(owned.end(), {plain, withCodes, codes, wantCodes, scales,
+                             wantScales, aloneCodes, aloneScales});
   const float scale = 1.f / std::sqrt(float(kWidth));
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
                                 heads, kNope, kRope, kValue, scale, plain,
@@ -278,6 +281,11 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
             cudaSuccess);
   ASSERT_EQ(quantizeRowsFp8(withCodes, tokens, heads * kValue, wantCodes,
                             wantScales, nullptr),
+            cudaSuccess);
+  const CausalOutputCodes alone{aloneCodes, aloneScales, tokens};
+  ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
+                                heads, kNope, kRope, kValue, scale, nullptr,
+                                nullptr, &alone),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> a = toHost(plain, outCount),
@@ -298,6 +306,9 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
   for (size_t i = 0; i < haveScales.size(); ++i)
     ASSERT_EQ(haveScales[i], wantScalesHost[i])
         << "scale of head " << i / tokens << ", token " << i % tokens;
+  EXPECT_EQ(toHost(aloneCodes, outCount), have) << "the codes alone";
+  EXPECT_EQ(toHost(aloneScales, size_t(heads) * tokens), haveScales)
+      << "the codes alone";
   for (void *p : owned)
     cudaFree(p);
 }
