@@ -445,27 +445,23 @@ Status DeviceModel::create(const Model &model, Device &device,
                       dm.weights_.at(kernel.weights()->Get(0)));
          }))
       dm.siluMulFusions_[f.siluMul] = f.products;
+  // A product that quantizes its input itself (its one weight FP8).
+  auto quantizesItsInput = [&](uint32_t k) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    return kernel.weights() && kernel.weights()->size() == 1 &&
+           device.quantizesFp8Input(dm.weights_.at(kernel.weights()->Get(0)));
+  };
   // Norms whose value only such products read: their kernel may prepare
   // the products' input (decided each step, by its rows).
   if (envSwitch("MELT_FUSE_NORM_QUANTIZE", true))
     for (NormProductFusion &f :
-         findNormProductFusions(m, *dm.forward_, folds, [&](uint32_t k) {
-           const fb::Kernel &kernel = *m.kernels()->Get(k);
-           return kernel.weights() && kernel.weights()->size() == 1 &&
-                  device.quantizesFp8Input(
-                      dm.weights_.at(kernel.weights()->Get(0)));
-         }))
+         findNormProductFusions(m, *dm.forward_, folds, quantizesItsInput))
       dm.normProducts_[f.norm] = std::move(f.products);
   // MLA outputs only such products read: the MLA's call may prepare their
   // input (decided each step, by its rows).
   if (envSwitch("MELT_FUSE_MLA_QUANTIZE", true))
     for (MlaProductFusion &f :
-         findMlaProductFusions(m, *dm.forward_, folds, [&](uint32_t k) {
-           const fb::Kernel &kernel = *m.kernels()->Get(k);
-           return kernel.weights() && kernel.weights()->size() == 1 &&
-                  device.quantizesFp8Input(
-                      dm.weights_.at(kernel.weights()->Get(0)));
-         }))
+         findMlaProductFusions(m, *dm.forward_, folds, quantizesItsInput))
       dm.mlaProducts_[f.mla] = std::move(f);
   // MoE layers' input norms: their kernel may prepare what the router and
   // the experts read of their value (decided each step, by its rows).

@@ -125,6 +125,31 @@ void runCase(const Case &c) {
     cudaFree(p);
 }
 
+/// Random queries of `tokens` tokens (split: nope and rope) and each run's
+/// keys and values on the device (BF16; at least one key's rows for an
+/// empty run), their memory added to `owned`.
+struct RandomRuns {
+  float *qNope = nullptr, *qRope = nullptr;
+  std::vector<CausalRunOperands> operands;
+};
+RandomRuns randomRuns(const std::vector<CausalRun> &runs, int heads, int tokens,
+                      std::mt19937 &rng, std::vector<void *> &owned) {
+  RandomRuns r;
+  r.qNope = toDevice(randoms(rng, size_t(tokens) * heads * kNope));
+  r.qRope = toDevice(randoms(rng, size_t(tokens) * heads * kRope));
+  owned.push_back(r.qNope);
+  owned.push_back(r.qRope);
+  for (const CausalRun &run : runs) {
+    const size_t keys = size_t(std::max(run.keys, 1));
+    __nv_bfloat16 *k = toDevice(bf16Randoms(rng, heads * keys * kWidth));
+    __nv_bfloat16 *v = toDevice(bf16Randoms(rng, heads * keys * kValue));
+    r.operands.push_back({run, k, v});
+    owned.push_back(k);
+    owned.push_back(v);
+  }
+  return r;
+}
+
 } // namespace
 
 TEST(CudaCausalAttention, MatchesTheReference) {
@@ -149,18 +174,10 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   const std::vector<CausalRun> runs = {
       {0, 130, 0, 130}, {130, 0, 0, 0}, {130, 1, 0, 1}, {131, 169, 40, 260}};
   std::mt19937 rng(5);
-  float *dQn = toDevice(randoms(rng, size_t(tokens) * heads * kNope));
-  float *dQr = toDevice(randoms(rng, size_t(tokens) * heads * kRope));
-  std::vector<CausalRunOperands> operands;
-  std::vector<void *> owned = {dQn, dQr};
-  for (const CausalRun &run : runs) {
-    const size_t keys = size_t(std::max(run.keys, 1));
-    __nv_bfloat16 *k = toDevice(bf16Randoms(rng, heads * keys * kWidth));
-    __nv_bfloat16 *v = toDevice(bf16Randoms(rng, heads * keys * kValue));
-    operands.push_back({run, k, v});
-    owned.push_back(k);
-    owned.push_back(v);
-  }
+  std::vector<void *> owned;
+  const RandomRuns random = randomRuns(runs, heads, tokens, rng, owned);
+  float *dQn = random.qNope, *dQr = random.qRope;
+  const std::vector<CausalRunOperands> &operands = random.operands;
   const size_t outCount = size_t(tokens) * heads * kValue;
   float *together = deviceArray<float>(outCount);
   float *apart = deviceArray<float>(outCount);
@@ -246,18 +263,10 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
   const std::vector<CausalRun> runs = {
       {0, 130, 0, 130}, {130, 1, 0, 1}, {131, 169, 40, 260}};
   std::mt19937 rng(7);
-  float *dQn = toDevice(randoms(rng, size_t(tokens) * heads * kNope));
-  float *dQr = toDevice(randoms(rng, size_t(tokens) * heads * kRope));
-  std::vector<CausalRunOperands> operands;
-  std::vector<void *> owned = {dQn, dQr};
-  for (const CausalRun &run : runs) {
-    const size_t keys = size_t(run.keys);
-    __nv_bfloat16 *k = toDevice(bf16Randoms(rng, heads * keys * kWidth));
-    __nv_bfloat16 *v = toDevice(bf16Randoms(rng, heads * keys * kValue));
-    operands.push_back({run, k, v});
-    owned.push_back(k);
-    owned.push_back(v);
-  }
+  std::vector<void *> owned;
+  const RandomRuns random = randomRuns(runs, heads, tokens, rng, owned);
+  float *dQn = random.qNope, *dQr = random.qRope;
+  const std::vector<CausalRunOperands> &operands = random.operands;
   const size_t outCount = size_t(tokens) * heads * kValue;
   float *plain = deviceArray<float>(outCount);
   float *withCodes = deviceArray<float>(outCount);
