@@ -813,27 +813,27 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         drop(byValue.begin());
     }
   } pendingPrepared{device, {}};
-  // Whether the device prepares the input of a norm's products (null: it
-  // has none) for `rows` rows in the norm's kernel.
-  auto preparesFor = [&](const std::vector<uint32_t> *products, int64_t rows) {
+  // Whether the device prepares the input of a kernel's products (null:
+  // it has none) for `rows` rows, as `prepares` says for each product's
+  // weight: in a norm's kernel (preparesInNorm) or an MLA's call
+  // (preparesInMla, MlaProductFusions.h).
+  using PreparesFor = bool (Device::*)(const DeviceTensor &, int64_t) const;
+  auto preparesEach = [&](const std::vector<uint32_t> *products, int64_t rows,
+                          PreparesFor prepares) {
     if (!products)
       return false;
     for (uint32_t p : *products)
-      if (!device.preparesInNorm(
-              dm.weight(m.kernels()->Get(p)->weights()->Get(0)), rows))
+      if (!(device.*prepares)(dm.weight(m.kernels()->Get(p)->weights()->Get(0)),
+                              rows))
         return false;
     return true;
   };
-  // The same for an MLA's output and its products (MlaProductFusions.h).
+  auto preparesFor = [&](const std::vector<uint32_t> *products, int64_t rows) {
+    return preparesEach(products, rows, &Device::preparesInNorm);
+  };
   auto preparesInMlaFor = [&](const std::vector<uint32_t> *products,
                               int64_t rows) {
-    if (!products)
-      return false;
-    for (uint32_t p : *products)
-      if (!device.preparesInMla(
-              dm.weight(m.kernels()->Get(p)->weights()->Get(0)), rows))
-        return false;
-    return true;
+    return preparesEach(products, rows, &Device::preparesInMla);
   };
   auto keepPrepared = [&](const DeviceTensor &normed,
                           Device::PreparedInput &prepared,

@@ -46,20 +46,6 @@ __device__ __forceinline__ void arriveAt(uint64_t *barrier) {
       : "memory");
 }
 
-/// An arrival on `barrier` once this thread's cp.async copies issued so far
-/// have landed (counted among the barrier's arrivals: initialized for it).
-__device__ __forceinline__ void arriveWhenCopiesLand(uint64_t *barrier) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
-                   sharedAddress(barrier))
-               : "memory");
-}
-
-/// Orders this thread's view of shared memory written through the generic
-/// proxy (cp.async, stores) before its async-proxy reads (wgmma).
-__device__ __forceinline__ void fenceSharedForAsyncProxy() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
 /// Arrives on `barrier` expecting `bytes` to land before its phase ends.
 __device__ __forceinline__ void expectBytes(uint64_t *barrier, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(

@@ -383,7 +383,7 @@ public:
           gemm_->bf16(static_cast<const __nv_bfloat16 *>(prepared->bf16.data),
                       static_cast<const __nv_bfloat16 *>(w.data), y.data,
                       y.dtype == DType::F32, m, n, k));
-    if (prepared && prepared->rowsUnwritten)
+    if (rowsUnwrittenOf(x))
       return unwrittenRows("linear");
     if (w.dtype == DType::FP8E4M3)
       return linearWithFp8Weight(x, w, y);
@@ -663,6 +663,11 @@ public:
         it->second.q.shape != std::vector<int64_t>{x.rows(), x.cols()})
       return nullptr;
     return &it->second;
+  }
+  /// Whether a norm left x's rows unwritten for what it attached.
+  bool rowsUnwrittenOf(const DeviceTensor &x) const {
+    const PreparedInput *prepared = attachedTo(x);
+    return prepared && prepared->rowsUnwritten;
   }
   /// The norm of x (with b: of x + b, written to sum) into F32 y, and y's
   /// rows quantized in 1 x 128 blocks into `prepared` (rmsNormQuantizeRowsFp8;
@@ -1411,8 +1416,7 @@ public:
       return groupedExpertsOnDevice(x, indices, weights, gate, up, down, stacks,
                                     combineBf16, y, &shared);
     }
-    if (const PreparedInput *prepared = attachedTo(x);
-        prepared && prepared->rowsUnwritten)
+    if (rowsUnwrittenOf(x))
       return unwrittenRows("moe_experts");
     if (gate.dtype == DType::BF16)
       return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
@@ -1524,8 +1528,7 @@ public:
     int64_t pairs = indices.shape[0] * indices.shape[1];
     // (Only grouped on FP8 tensor cores do they read the attached codes in
     // place of x's rows.)
-    const PreparedInput *prepared = attachedTo(x);
-    if (prepared && prepared->rowsUnwritten &&
+    if (rowsUnwrittenOf(x) &&
         !groupsOnFp8TensorCores(gate.dtype, pairs, int(gate.shape[0]),
                                 int(gate.shape[1]), int(x.shape[1])))
       return unwrittenRows("moe_experts");
