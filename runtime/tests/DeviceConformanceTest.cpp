@@ -240,24 +240,29 @@ TEST_P(DeviceConformance, MemoryRoundTrips) {
 }
 
 TEST_P(DeviceConformance, RmsNorm) {
-  for (DType dtype : {DType::F32, DType::BF16}) {
-    const int64_t rows = 5, cols = 7168;
-    HostTensor x = random(dtype, {rows, cols}, rng, 3.f);
-    HostTensor gamma = random(dtype, {cols}, rng);
-    DeviceTensor dx = put(x), dg = put(gamma), dy = make(dtype, {rows, cols});
-    ASSERT_FALSE(device->rmsNorm(dx, dg, 1e-6f, dy));
-    std::vector<double> want(size_t(rows * cols));
-    for (int64_t r = 0; r < rows; ++r) {
-      double sum = 0;
-      for (int64_t c = 0; c < cols; ++c)
-        sum += double(x.values[r * cols + c]) * x.values[r * cols + c];
-      double scale = 1 / std::sqrt(sum / cols + 1e-6);
-      for (int64_t c = 0; c < cols; ++c)
-        want[r * cols + c] = x.values[r * cols + c] * scale * gamma.values[c];
+  // (A GPU: a block a row, and a warp a row for 64 rows and more of up
+  // to 2048 columns in fours, masked where the row is not a whole number
+  // of warps' fours.)
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t cols :
+         {int64_t(7168), int64_t(2048), int64_t(1500), int64_t(30)}) {
+      const int64_t rows = cols == 2048 || cols == 1500 ? 2100 : 5;
+      HostTensor x = random(dtype, {rows, cols}, rng, 3.f);
+      HostTensor gamma = random(dtype, {cols}, rng);
+      DeviceTensor dx = put(x), dg = put(gamma), dy = make(dtype, {rows, cols});
+      ASSERT_FALSE(device->rmsNorm(dx, dg, 1e-6f, dy));
+      std::vector<double> want(size_t(rows * cols));
+      for (int64_t r = 0; r < rows; ++r) {
+        double sum = 0;
+        for (int64_t c = 0; c < cols; ++c)
+          sum += double(x.values[r * cols + c]) * x.values[r * cols + c];
+        double scale = 1 / std::sqrt(sum / cols + 1e-6);
+        for (int64_t c = 0; c < cols; ++c)
+          want[r * cols + c] = x.values[r * cols + c] * scale * gamma.values[c];
+      }
+      EXPECT_LE(relativeError(get(dy), want), tolerance(dtype))
+          << dtypeName(dtype) << ", " << cols;
     }
-    EXPECT_LE(relativeError(get(dy), want), tolerance(dtype))
-        << dtypeName(dtype);
-  }
 }
 
 TEST_P(DeviceConformance, Linear) {
@@ -356,15 +361,16 @@ TEST_P(DeviceConformance, SiluMulAndAdd) {
 
 // The residual add and the norm after it in one call: what add() and
 // rmsNorm() give, bit for bit (rows held in registers and longer ones,
-// read in one batch and in several; F32 and BF16). A GPU runs its
-// one-pass kernel.
+// read in one batch and in several, and a warp's rows; F32 and BF16). A
+// GPU runs its one-pass kernel.
 TEST_P(DeviceConformance, AddRmsNormIsAddThenNorm) {
   reopenWith("MELT_CUDA_FUSED_ADD_NORM", "1");
   if (HasFatalFailure())
     return;
   for (DType dtype : {DType::F32, DType::BF16})
-    for (int64_t cols : {int64_t(300), int64_t(7168), int64_t(9000)}) {
-      const int64_t rows = 3;
+    for (int64_t cols :
+         {int64_t(300), int64_t(2048), int64_t(7168), int64_t(9000)}) {
+      const int64_t rows = cols <= 2048 ? 2100 : 3; // (a GPU: a warp a row)
       HostTensor a = random(dtype, {rows, cols}, rng, 3.f);
       HostTensor b = random(dtype, {rows, cols}, rng);
       HostTensor gamma = random(dtype, {cols}, rng);
@@ -1599,75 +1605,78 @@ TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
 // rows it wrote), then the products of what it prepared (linearOfPrepared):
 // the same bits as the norm and linear() (which quantizes its input
 // itself), the norm's and the add's values too. Rows past a GPU's
-// few-token kernel (24 there, 300 from cuBLASLt); two products of one
-// norm, one K of 1536 (three 512s).
+// few-token kernel (24 there, 300 from cuBLASLt, its norms a warp a row on
+// a GPU, and there 2100 as well); two products of one norm, one K of 1536
+// (three 512s).
 TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
   const bool gpu = device->name().rfind("cuda", 0) == 0;
-  for (int64_t rows : {24, 300})
-    for (int64_t cols : {512, 1536})
-      for (bool add : {false, true}) {
-        HostTensor a = random(DType::F32, {rows, cols}, rng, 3.f);
-        HostTensor b = random(DType::F32, {rows, cols}, rng, 3.f);
-        HostTensor gamma = random(DType::F32, {cols}, rng);
-        std::vector<WeightData> kept;
-        kept.reserve(2);
-        DeviceTensor w[2];
-        for (DeviceTensor &weight : w) {
-          kept.push_back(fp8BlockWeight(rng, 256, cols));
-          Status s = device->importWeight(kept.back(), weight);
-          ASSERT_FALSE(s) << s.message();
-          owned.push_back(weight);
-        }
-        if (gpu)
-          EXPECT_TRUE(device->preparesInNorm(w[0], rows))
-              << rows << " rows, K " << cols;
-        DeviceTensor da = put(a), db = put(b), dg = put(gamma);
-        DeviceTensor sums[2] = {make(DType::F32, {rows, cols}),
-                                make(DType::F32, {rows, cols})};
-        DeviceTensor normed = make(DType::F32, {rows, cols});
-        DeviceTensor outs[2][2];
-        for (auto &pair : outs)
-          for (DeviceTensor &o : pair)
-            o = make(DType::F32, {rows, 256});
-        // Apart: the norm, then each product quantizing its input.
-        Status s = add ? device->addRmsNorm(da, db, dg, 1e-6f, sums[0], normed)
-                       : device->rmsNorm(da, dg, 1e-6f, normed);
-        ASSERT_FALSE(s) << s.message();
-        for (int p = 0; p < 2; ++p)
-          ASSERT_FALSE(device->linear(normed, w[p], outs[0][p]));
-        // Prepared by the norm; then with its rows read by nothing else
-        // (a GPU leaves them unwritten: y keeps what it held).
-        for (bool rowsRead : {true, false}) {
-          const std::string what = std::to_string(rows) + " rows, K " +
-                                   std::to_string(cols) +
-                                   (add ? ", add and norm" : ", norm") +
-                                   (rowsRead ? "" : ", rows not read");
-          DeviceTensor y = put(random(DType::F32, {rows, cols}, rng));
-          const std::vector<float> held = get(y);
-          Device::PreparedInput prepared;
-          s = add ? device->addRmsNormForProducts(da, db, dg, 1e-6f, sums[1], y,
-                                                  prepared, rowsRead)
-                  : device->rmsNormForProducts(da, dg, 1e-6f, y, prepared,
-                                               rowsRead);
-          ASSERT_FALSE(s) << s.message();
-          if (gpu) {
-            EXPECT_NE(prepared.q.data, nullptr) << what;
-            EXPECT_EQ(prepared.rowsUnwritten, !rowsRead) << what;
-          }
-          for (int p = 0; p < 2; ++p) {
-            s = device->linearOfPrepared(y, prepared, w[p], outs[1][p]);
+  for (int64_t rows : {int64_t(24), int64_t(300), int64_t(gpu ? 2100 : 0)})
+    if (rows > 0)
+      for (int64_t cols : {512, 1536})
+        for (bool add : {false, true}) {
+          HostTensor a = random(DType::F32, {rows, cols}, rng, 3.f);
+          HostTensor b = random(DType::F32, {rows, cols}, rng, 3.f);
+          HostTensor gamma = random(DType::F32, {cols}, rng);
+          std::vector<WeightData> kept;
+          kept.reserve(2);
+          DeviceTensor w[2];
+          for (DeviceTensor &weight : w) {
+            kept.push_back(fp8BlockWeight(rng, 256, cols));
+            Status s = device->importWeight(kept.back(), weight);
             ASSERT_FALSE(s) << s.message();
+            owned.push_back(weight);
           }
-          device->release(prepared.q);
-          device->release(prepared.scales);
-          EXPECT_EQ(get(y), prepared.rowsUnwritten ? held : get(normed))
-              << what;
-          if (add)
-            EXPECT_EQ(get(sums[1]), get(sums[0])) << what;
+          if (gpu)
+            EXPECT_TRUE(device->preparesInNorm(w[0], rows))
+                << rows << " rows, K " << cols;
+          DeviceTensor da = put(a), db = put(b), dg = put(gamma);
+          DeviceTensor sums[2] = {make(DType::F32, {rows, cols}),
+                                  make(DType::F32, {rows, cols})};
+          DeviceTensor normed = make(DType::F32, {rows, cols});
+          DeviceTensor outs[2][2];
+          for (auto &pair : outs)
+            for (DeviceTensor &o : pair)
+              o = make(DType::F32, {rows, 256});
+          // Apart: the norm, then each product quantizing its input.
+          Status s =
+              add ? device->addRmsNorm(da, db, dg, 1e-6f, sums[0], normed)
+                  : device->rmsNorm(da, dg, 1e-6f, normed);
+          ASSERT_FALSE(s) << s.message();
           for (int p = 0; p < 2; ++p)
-            EXPECT_EQ(get(outs[1][p]), get(outs[0][p])) << what;
+            ASSERT_FALSE(device->linear(normed, w[p], outs[0][p]));
+          // Prepared by the norm; then with its rows read by nothing else
+          // (a GPU leaves them unwritten: y keeps what it held).
+          for (bool rowsRead : {true, false}) {
+            const std::string what = std::to_string(rows) + " rows, K " +
+                                     std::to_string(cols) +
+                                     (add ? ", add and norm" : ", norm") +
+                                     (rowsRead ? "" : ", rows not read");
+            DeviceTensor y = put(random(DType::F32, {rows, cols}, rng));
+            const std::vector<float> held = get(y);
+            Device::PreparedInput prepared;
+            s = add ? device->addRmsNormForProducts(da, db, dg, 1e-6f, sums[1],
+                                                    y, prepared, rowsRead)
+                    : device->rmsNormForProducts(da, dg, 1e-6f, y, prepared,
+                                                 rowsRead);
+            ASSERT_FALSE(s) << s.message();
+            if (gpu) {
+              EXPECT_NE(prepared.q.data, nullptr) << what;
+              EXPECT_EQ(prepared.rowsUnwritten, !rowsRead) << what;
+            }
+            for (int p = 0; p < 2; ++p) {
+              s = device->linearOfPrepared(y, prepared, w[p], outs[1][p]);
+              ASSERT_FALSE(s) << s.message();
+            }
+            device->release(prepared.q);
+            device->release(prepared.scales);
+            EXPECT_EQ(get(y), prepared.rowsUnwritten ? held : get(normed))
+                << what;
+            if (add)
+              EXPECT_EQ(get(sums[1]), get(sums[0])) << what;
+            for (int p = 0; p < 2; ++p)
+              EXPECT_EQ(get(outs[1][p]), get(outs[0][p])) << what;
+          }
         }
-      }
 }
 
 // A MoE layer's input norm preparing what its router and experts read

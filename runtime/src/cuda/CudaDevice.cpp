@@ -640,11 +640,11 @@ public:
   }
   /// A MoE layer's input norm leaves its F32 rows unwritten where only the
   /// router and the experts (with a shared expert in their call) read
-  /// them, through what it attached (MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN=1;
-  /// written in session 26 after its GPU time was spent: off until run on
-  /// a GPU; 67 MB a layer of mini's 8x1024 prefill).
+  /// them, through what it attached (MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN=0:
+  /// written all the same; 67 MB a layer of mini's 8x1024 prefill, its
+  /// norms 1769.5 -> 1722.0 us traced on an H200).
   bool moeNormRowsUnwritten_ =
-      envSwitch("MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN", false);
+      envSwitch("MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN", true);
   /// What norms prepared of the values at these addresses
   /// (attachPrepared), for linear()'s BF16 products and the grouped FP8
   /// experts to read.
@@ -710,10 +710,10 @@ public:
   }
   /// A prefill's causal attention writing its output's FP8 codes for the
   /// output projection (MlaProductFusions.h; CausalOutputCodes), where the
-  /// executor asks (MELT_CUDA_MLA_OUTPUT_CODES=1: written in session 26
-  /// after its GPU time was spent, off until run on a GPU; the quantize it
-  /// leaves out took 22.6 us a layer of mini's 8x1024 prefill).
-  bool mlaOutputCodes_ = envSwitch("MELT_CUDA_MLA_OUTPUT_CODES", false);
+  /// executor asks (MELT_CUDA_MLA_OUTPUT_CODES=0: off; the quantize it
+  /// leaves out took 35 us a layer of mini's 8x1024 prefill, the attention
+  /// 7 us more, traced on an H200).
+  bool mlaOutputCodes_ = envSwitch("MELT_CUDA_MLA_OUTPUT_CODES", true);
   PreparedInput *mlaOutputInto_ = nullptr;
   bool mlaRowsRead_ = true;
   bool preparesInMla(const DeviceTensor &weight, int64_t rows) const override {

@@ -9,9 +9,12 @@
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/WarpReduce.cuh"
 
+#include "EnvSwitch.h"
+
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 using namespace melt::rt::cuda;
 
@@ -68,6 +71,106 @@ __global__ void __launch_bounds__(kNormThreads)
       reinterpret_cast<uint2 *>(yBf16 + base + blk * 128)[lane] =
           make_uint2(packBf16(v.x, v.y), packBf16(v.z, v.w));
   }
+}
+
+/// Rows a block of the warp-a-row norms (normRowsByWarp).
+constexpr int kWarpNormRowsPerBlock = 4;
+
+/// Four values to y at i, rounded as store() rounds them; one wide store
+/// where y's address allows.
+__device__ __forceinline__ void storeFour(Result y, size_t i, float4 v) {
+  if (reinterpret_cast<uintptr_t>(static_cast<char *>(y.data) +
+                                  i * (y.bf16 ? 2 : 4)) %
+          (y.bf16 ? 8 : 16) ==
+      0) {
+    store4(y, i, v);
+  } else {
+    store(y, i, v.x);
+    store(y, i + 1, v.y);
+    store(y, i + 2, v.z);
+    store(y, i + 3, v.w);
+  }
+}
+
+/// rmsNormKernel (y where given) and, with kQuantize, rmsNormQuantizeKernel
+/// (cols a multiple of 128: y's 1 x 128 blocks quantized, q and scales,
+/// and y in BF16 where yBf16 is given), a warp a row (warpNormRow). The
+/// blocks' largest magnitudes are reduced over the warp for all blocks at
+/// once (a block after another waited on five shuffles each).
+template <bool kAdd, int kQuads, bool kQuantize, bool kBf16X>
+__global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
+    warpNormKernel(Operand x, Operand b, Result sumOut, Operand gamma,
+                   float eps, int rows, int cols, Result y, __nv_fp8_e4m3 *q,
+                   float *scales, __nv_bfloat16 *yBf16) {
+  awaitPriorKernels();
+  const int row = blockIdx.x * kWarpNormRowsPerBlock + threadIdx.x / 32,
+            lane = threadIdx.x % 32;
+  if (row >= rows)
+    return;
+  const size_t base = size_t(row) * cols;
+  float4 v[kQuads];
+  x.bf16 = kBf16X; // (the launch's choice: one load path compiled)
+  warpNormRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, v);
+  const int quads = cols / 4;
+  if (y.data)
+#pragma unroll
+    for (int j = 0; j < kQuads; ++j)
+      if (lane + 32 * j < quads)
+        storeFour(y, base + 4 * size_t(lane + 32 * j), v[j]);
+  if constexpr (kQuantize) {
+    const int blocks = cols / 128; // every lane holds a four of each
+    float amax[kQuads];
+#pragma unroll
+    for (int j = 0; j < kQuads; ++j)
+      amax[j] = fmaxf(fmaxf(fabsf(v[j].x), fabsf(v[j].y)),
+                      fmaxf(fabsf(v[j].z), fabsf(v[j].w)));
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1)
+#pragma unroll
+      for (int j = 0; j < kQuads; ++j)
+        amax[j] = fmaxf(amax[j], __shfl_xor_sync(0xffffffffu, amax[j], offset));
+#pragma unroll
+    for (int j = 0; j < kQuads; ++j) {
+      if (j >= blocks)
+        break;
+      const size_t c = base + 128 * size_t(j) + 4 * lane;
+      const float s = gemmInputScale(amax[j]);
+      *reinterpret_cast<uint32_t *>(q + c) =
+          gemmInputCodes(v[j].x, v[j].y, v[j].z, v[j].w, 1.f / s);
+      if (lane == j % 32)
+        scales[size_t(j) * rows + row] = s;
+      if (yBf16)
+        *reinterpret_cast<uint2 *>(yBf16 + c) =
+            make_uint2(packBf16(v[j].x, v[j].y), packBf16(v[j].z, v[j].w));
+    }
+  }
+}
+
+/// Launches warpNormKernel's instance for `cols`.
+template <bool kAdd, bool kQuantize>
+cudaError_t launchWarpNorm(Operand x, Operand b, Result sum, Operand gamma,
+                           float eps, int rows, int cols, Result y,
+                           __nv_fp8_e4m3 *q, float *scales,
+                           __nv_bfloat16 *yBf16, cudaStream_t stream) {
+  const unsigned blocks =
+      unsigned((rows + kWarpNormRowsPerBlock - 1) / kWarpNormRowsPerBlock);
+  auto launch = [&](auto kernel) {
+    return launchOverlapped(kernel, blocks, 32 * kWarpNormRowsPerBlock, 0,
+                            stream, x, b, sum, gamma, eps, rows, cols, y, q,
+                            scales, yBf16);
+  };
+  auto launchOf = [&](auto bf16X) {
+    constexpr bool kBf16X = decltype(bf16X)::value;
+    switch (warpNormQuads(cols)) {
+    case 4:
+      return launch(warpNormKernel<kAdd, 4, kQuantize, kBf16X>);
+    case 8:
+      return launch(warpNormKernel<kAdd, 8, kQuantize, kBf16X>);
+    default:
+      return launch(warpNormKernel<kAdd, 16, kQuantize, kBf16X>);
+    }
+  };
+  return x.bf16 ? launchOf(std::true_type()) : launchOf(std::false_type());
 }
 
 __device__ __forceinline__ float binaryOf(Binary op, float u, float v) {
@@ -235,6 +338,10 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
                                     cudaStream_t stream) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  if (normRowsByWarp(rows, cols, x))
+    return launchWarpNorm<false, false>(x, x, Result{nullptr, false}, gamma,
+                                        eps, rows, cols, y, nullptr, nullptr,
+                                        nullptr, stream);
   return launchOverlapped(rmsNormKernel<false>, rows, kNormThreads, 0, stream,
                           x, x, Result{nullptr, false}, gamma, eps, cols, y);
 }
@@ -250,6 +357,14 @@ cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
   if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(yBf16) % 8 != 0 || (!y && !staged))
     return cudaErrorInvalidValue;
+  if (b ? normRowsByWarp(rows, cols, x, b, &sum)
+        : normRowsByWarp(rows, cols, x))
+    return b ? launchWarpNorm<true, true>(x, *b, sum, gamma, eps, rows, cols,
+                                          Result{y, false}, q, scales, yBf16,
+                                          stream)
+             : launchWarpNorm<false, true>(x, x, Result{nullptr, false}, gamma,
+                                           eps, rows, cols, Result{y, false}, q,
+                                           scales, yBf16, stream);
   auto launch = [&](auto kernel) {
     return b ? launchOverlapped(kernel, rows, kNormThreads,
                                 staged ? stagedBytes : 0, stream, x, *b, sum,
@@ -266,6 +381,17 @@ cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
                 : launch(rmsNormQuantizeKernel<false, false>);
 }
 
+bool melt::rt::cuda::normRowsByWarp(int rows, int cols, Operand x,
+                                    const Operand *b, const Result *sum) {
+  static const bool byWarp = envSwitch("MELT_CUDA_NORM_BY_WARP", true);
+  static const long long fewestRows =
+      envInt("MELT_CUDA_NORM_BY_WARP_ROWS", 64, 1, 1 << 30);
+  return byWarp && rows >= fewestRows && cols > 0 && cols % 4 == 0 &&
+         cols <= kWarpNormCols && alignedFor4(x.data, x.bf16) &&
+         (!b || alignedFor4(b->data, b->bf16)) &&
+         (!sum || alignedFor4(sum->data, sum->bf16));
+}
+
 bool melt::rt::cuda::normRowsStage(int cols) {
   // (Within the 48 KB a block has without asking: DeepSeek-V3's 7168
   // columns take 28.)
@@ -278,6 +404,9 @@ cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
                                        cudaStream_t stream) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  if (normRowsByWarp(rows, cols, a, &b, &sum))
+    return launchWarpNorm<true, false>(a, b, sum, gamma, eps, rows, cols, y,
+                                       nullptr, nullptr, nullptr, stream);
   return launchOverlapped(rmsNormKernel<true>, rows, kNormThreads, 0, stream, a,
                           b, sum, gamma, eps, cols, y);
 }

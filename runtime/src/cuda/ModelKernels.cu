@@ -192,13 +192,15 @@ __global__ void cacheAppendKernel(const float *first, const float *second,
 }
 
 /// A token a block (kNormThreads threads): its latent normalized into its
-/// cache row, then its key rotated after it.
+/// cache row (by its first warp where byWarp: normRowsByWarp, as rmsNorm
+/// would), then its key rotated after it.
 template <typename CacheT>
 __global__ void __launch_bounds__(kNormThreads)
     appendLatentKernel(Operand latent, Operand gamma, float eps, int latentCols,
-                       Operand key, const int32_t *positions, int ropeDim,
-                       bool interleaved, RopeFrequencies freqs, double mscale,
-                       PagedLayout layout, CacheT *cache, int32_t *bad) {
+                       bool byWarp, Operand key, const int32_t *positions,
+                       int ropeDim, bool interleaved, RopeFrequencies freqs,
+                       double mscale, PagedLayout layout, CacheT *cache,
+                       int32_t *bad) {
   awaitPriorKernels();
   const int t = blockIdx.x, width = latentCols + ropeDim;
   const int row = cacheRow(layout, layout.sequences[t], layout.positions[t]);
@@ -208,9 +210,18 @@ __global__ void __launch_bounds__(kNormThreads)
     return;
   }
   CacheT *to = cache + size_t(row) * width;
-  normRow<false>(latent, latent, Result{nullptr, false}, gamma, eps, latentCols,
-                 size_t(t) * latentCols,
-                 [&](int c, float v) { storeValue(to, c, v); });
+  if (!byWarp)
+    normRow<false>(latent, latent, Result{nullptr, false}, gamma, eps,
+                   latentCols, size_t(t) * latentCols,
+                   [&](int c, float v) { storeValue(to, c, v); });
+  else if (threadIdx.x < 32)
+    warpNormRowOfAnyWidth(latent, gamma, eps, latentCols,
+                          size_t(t) * latentCols, [&](int c, float4 v) {
+                            storeValue(to, c, v.x);
+                            storeValue(to, c + 1, v.y);
+                            storeValue(to, c + 2, v.z);
+                            storeValue(to, c + 3, v.w);
+                          });
   for (int pair = threadIdx.x; pair < ropeDim / 2; pair += blockDim.x) {
     const RotatedPair r = rotatePair(key, size_t(t) * ropeDim, pair, ropeDim,
                                      interleaved, positions[t], freqs, mscale);
@@ -706,10 +717,10 @@ cudaError_t melt::rt::cuda::appendLatent(
     return cudaErrorInvalidValue;
   if (tokens == 0)
     return cudaSuccess;
-  return launchOverlapped(appendLatentKernel<CacheT>, tokens, kNormThreads, 0,
-                          stream, latent, gamma, eps, latentCols, key,
-                          positions, ropeDim, interleaved, freqs, mscale,
-                          layout, cache, bad);
+  return launchOverlapped(
+      appendLatentKernel<CacheT>, tokens, kNormThreads, 0, stream, latent,
+      gamma, eps, latentCols, normRowsByWarp(tokens, latentCols, latent), key,
+      positions, ropeDim, interleaved, freqs, mscale, layout, cache, bad);
 }
 
 namespace melt::rt::cuda {

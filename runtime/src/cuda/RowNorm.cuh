@@ -16,6 +16,8 @@
 
 #include <cuda_bf16.h>
 
+#include <type_traits>
+
 namespace melt::rt::cuda {
 
 /// One block of 256 threads per row. A row of up to 8 x 256 values is
@@ -97,6 +99,123 @@ __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
       if (c < cols)
         write(c, kept[u] * scale * g[u]);
     }
+  }
+}
+
+/// Rows of up to kWarpNormCols values in fours (normRowsByWarp), many of
+/// them, are normalized a warp a row by warpNormRow: a block a row kept
+/// five or six rows an SM in flight, each through three barriers, and a
+/// prefill's 8192-row norms ran at 1.1-2 TB/s, latency-bound. The fewest
+/// rows keep a block a row: eight warps on a row finish it sooner than one
+/// (melt-bench-prefill-rows on an H200, a layer's input norm after the add:
+/// 1 row 3.5 us a block a row against 4.7 a warp a row; 64 rows 6.3
+/// against 5.6, 1024 16.1 against 12.9, 8192 100 against 63). The warp's sum of
+/// squares comes in another order than normRow's, so every kernel whose values
+/// must agree with another's asks normRowsByWarp (the host decides, from the
+/// shape and the operands' alignment alone).
+constexpr int kWarpNormCols = 2048;
+
+/// Whether `rows` rows of `cols` values of x (and b and the sum, where
+/// given) are normalized a warp a row: cols a multiple of 4 up to
+/// kWarpNormCols, at least MELT_CUDA_NORM_BY_WARP_ROWS rows (default
+/// 64), each operand aligned to 4 elements (MELT_CUDA_NORM_BY_WARP=0:
+/// never).
+bool normRowsByWarp(int rows, int cols, Operand x, const Operand *b = nullptr,
+                    const Result *sum = nullptr);
+
+/// The fours of a row a lane holds: ceil(cols / 128) of them, rounded up to
+/// a kernel's instance (4, 8 or 16; the unused ones are zeros, which leave
+/// the sum of squares as it is).
+__host__ __device__ constexpr int warpNormQuads(int cols) {
+  return cols <= 512 ? 4 : cols <= 1024 ? 8 : 16;
+}
+
+/// normRow's RMSNorm of the row at `base` by one warp (normRowsByWarp),
+/// into v: lane l holds the row's fours l, l + 32, ..., v[j] the four at
+/// columns 4 (l + 32 j) (zeros past the row). Its sum of squares is each
+/// lane's fours in order (fmaf, x y z w), then warpSum. Nothing is stored
+/// after the sums (with kAdd): the callers' stores come after every load,
+/// and their per-four work (a quantize block is the warp's j-th fours) can
+/// run for all j at once rather than one four's loads and shuffles after
+/// another's.
+template <bool kAdd, int kQuads>
+__device__ __forceinline__ void warpNormRow(Operand x, Operand b, Result sumOut,
+                                            Operand gamma, float eps, int cols,
+                                            size_t base, float4 (&v)[kQuads]) {
+  const int lane = threadIdx.x % 32, quads = cols / 4;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  // Every load of the row before any store (the sum may be x's memory).
+#pragma unroll
+  for (int j = 0; j < kQuads; ++j) {
+    const int q = lane + 32 * j;
+    v[j] = q < quads ? load4(x, base + 4 * size_t(q)) : zero;
+  }
+  if constexpr (kAdd) {
+    float4 w[kQuads];
+#pragma unroll
+    for (int j = 0; j < kQuads; ++j) {
+      const int q = lane + 32 * j;
+      w[j] = q < quads ? load4(b, base + 4 * size_t(q)) : zero;
+    }
+#pragma unroll
+    for (int j = 0; j < kQuads; ++j) {
+      const int q = lane + 32 * j;
+      if (q >= quads)
+        continue;
+      float4 s = make_float4(v[j].x + w[j].x, v[j].y + w[j].y, v[j].z + w[j].z,
+                             v[j].w + w[j].w);
+      store4(sumOut, base + 4 * size_t(q), s);
+      if (sumOut.bf16) // the value as stored
+        s = make_float4(__bfloat162float(__float2bfloat16(s.x)),
+                        __bfloat162float(__float2bfloat16(s.y)),
+                        __bfloat162float(__float2bfloat16(s.z)),
+                        __bfloat162float(__float2bfloat16(s.w)));
+      v[j] = s;
+    }
+  }
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kQuads; ++j) {
+    sum = __fmaf_rn(v[j].x, v[j].x, sum);
+    sum = __fmaf_rn(v[j].y, v[j].y, sum);
+    sum = __fmaf_rn(v[j].z, v[j].z, sum);
+    sum = __fmaf_rn(v[j].w, v[j].w, sum);
+  }
+  sum = warpSum(sum);
+  const float scale = rsqrtf(sum / cols + eps);
+  // (No store between these gamma loads: all in flight at once.)
+#pragma unroll
+  for (int j = 0; j < kQuads; ++j) {
+    const int q = lane + 32 * j;
+    const float4 g = q < quads ? load4(gamma, 4 * size_t(q)) : zero;
+    v[j] = make_float4(v[j].x * scale * g.x, v[j].y * scale * g.y,
+                       v[j].z * scale * g.z, v[j].w * scale * g.w);
+  }
+}
+
+/// warpNormRow with its instance chosen at run time (warpNormQuads), each
+/// of the row's fours then given to write(c, four) (columns c .. c + 3):
+/// kernels with other work than the norm (the latent append).
+template <class Write>
+__device__ __forceinline__ void
+warpNormRowOfAnyWidth(Operand x, Operand gamma, float eps, int cols,
+                      size_t base, Write write) {
+  auto normalize = [&](auto quads) {
+    float4 v[decltype(quads)::value];
+    warpNormRow<false>(x, x, Result{nullptr, false}, gamma, eps, cols, base, v);
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int j = 0; j < decltype(quads)::value; ++j)
+      if (4 * (lane + 32 * j) < cols)
+        write(4 * (lane + 32 * j), v[j]);
+  };
+  switch (warpNormQuads(cols)) {
+  case 4:
+    return normalize(std::integral_constant<int, 4>());
+  case 8:
+    return normalize(std::integral_constant<int, 8>());
+  default:
+    return normalize(std::integral_constant<int, 16>());
   }
 }
 

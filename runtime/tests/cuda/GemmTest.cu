@@ -10,7 +10,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -168,6 +170,63 @@ TEST(CudaGemm, QuantizeRowsIsBlockwiseE4M3) {
     GTEST_SKIP() << "no CUDA device";
   for (int m : {37, 70, 1029})
     checkQuantizeRows(m);
+}
+
+// Many rows (a prefill's: the kernel that streams a warp's items, four
+// rows each) give each row what it gets alone (fewer than 64 rows: a warp
+// a block of one row), bit for bit: the SiLU-mul of BF16 gate and up, with
+// the rows shorter than the quantized width (whole fours and not), and F32
+// rows.
+TEST(CudaGemm, QuantizeRowsOfManyRowsAreEachRowAlone) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(17);
+  const int m = 1029, apart = 37;
+  for (int kIn : {1408, 1406, 1280}) {
+    const int k = (kIn + 127) / 128 * 128 + (kIn == 1280 ? 0 : 128);
+    const int blocks = k / 128;
+    auto gate = randomBf16(size_t(m) * kIn, rng, 3.f),
+         up = randomBf16(size_t(m) * kIn, rng);
+    std::vector<float> f32(size_t(m) * kIn);
+    for (size_t i = 0; i < f32.size(); ++i)
+      f32[i] = __bfloat162float(gate[i]) * 7.f;
+    __nv_bfloat16 *dg = toDevice(gate), *du = toDevice(up);
+    float *df = toDevice(f32);
+    for (bool silu : {true, false}) {
+      auto *all = deviceArray<__nv_fp8_e4m3>(size_t(m) * k);
+      float *allScales = deviceArray<float>(size_t(blocks) * m);
+      auto quantize = [&](int row0, int rows, __nv_fp8_e4m3 *q, float *sc) {
+        const size_t at = size_t(row0) * kIn;
+        return silu ? siluMulQuantizeRowsFp8Padded(dg + at, du + at, rows, kIn,
+                                                   k, q, sc, nullptr)
+                    : quantizeRowsFp8Padded(df + at, rows, kIn, k, q, sc,
+                                            nullptr);
+      };
+      ASSERT_EQ(quantize(0, m, all, allScales), cudaSuccess);
+      auto *part = deviceArray<__nv_fp8_e4m3>(size_t(apart) * k);
+      float *partScales = deviceArray<float>(size_t(blocks) * apart);
+      auto q = toHost(all, size_t(m) * k);
+      auto scales = toHost(allScales, size_t(blocks) * m);
+      int differ = 0;
+      for (int row0 = 0; row0 < m; row0 += apart) {
+        const int rows = std::min(apart, m - row0);
+        ASSERT_EQ(quantize(row0, rows, part, partScales), cudaSuccess);
+        auto pq = toHost(part, size_t(rows) * k);
+        auto ps = toHost(partScales, size_t(blocks) * apart);
+        for (int r = 0; r < rows; ++r) {
+          for (int c = 0; c < k; ++c)
+            differ += std::memcmp(&pq[size_t(r) * k + c],
+                                  &q[size_t(row0 + r) * k + c], 1) != 0;
+          for (int b = 0; b < blocks; ++b)
+            differ +=
+                ps[size_t(b) * rows + r] != scales[size_t(b) * m + row0 + r];
+        }
+      }
+      EXPECT_EQ(differ, 0) << (silu ? "SiLU-mul" : "F32") << ", kIn " << kIn;
+      cudaFree(all), cudaFree(allScales), cudaFree(part), cudaFree(partScales);
+    }
+    cudaFree(dg), cudaFree(du), cudaFree(df);
+  }
 }
 
 /// One FP8 block-scaled GEMM against the double-precision reference; the
