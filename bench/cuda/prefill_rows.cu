@@ -9,6 +9,8 @@
 // as well (a decode step's to a short prefill's). The SiLU-mul quantizes
 // (Quantize.h) of the BF16 gate and up of the dense MLP (10944 columns,
 // the down projection's K padded to 11264) and of a shared expert (1408).
+// The routed experts' combine (ModelKernels.h: 6 BF16 rows a token and
+// the shared expert's, MELT_CUDA_COMBINE_BATCHED=1 its batched kernel).
 // Inputs are cycled through enough copies that none is in the 50 MB L2
 // from the call before. Figures: microseconds and the bytes each must
 // move (inputs read, sums, rows, codes and scales written) per second,
@@ -18,6 +20,7 @@
 //
 //   melt-bench-prefill-rows [--iters N]
 #include "cuda/Elementwise.h"
+#include "cuda/ModelKernels.h"
 #include "cuda/Quantize.h"
 
 #include "BenchUtil.h"
@@ -173,6 +176,48 @@ int main(int argc, char **argv) {
     for (auto *list : {&gate, &up, &q, &scales})
       for (void *b : *list)
         CHECK(cudaFree(b));
+  }
+  // The routed experts' combine (ModelKernels.h): each token's six BF16
+  // rows of the down product weighted and summed, the shared expert's BF16
+  // row added, into F32; the rows in expert order (a permutation of the
+  // pairs, as grouped).
+  {
+    const int choices = 6, dim = 2048, pairs = rows * choices;
+    const size_t n = size_t(pairs) * dim;
+    const int copies = 2;
+    std::vector<void *> expertRows = buffers<__nv_bfloat16>(n, copies, 21),
+                        plus = buffers<__nv_bfloat16>(size_t(rows) * dim,
+                                                      copies, 22),
+                        y = buffers<float>(size_t(rows) * dim, copies, 23),
+                        weights = buffers<float>(size_t(pairs), 1, 24);
+    std::vector<int32_t> order(static_cast<size_t>(pairs));
+    for (int p = 0; p < pairs; ++p) // pair p's row: by expert, as grouped
+      order[size_t(p)] = int32_t((size_t(p) * 7919) % size_t(pairs));
+    int32_t *rowOfPair = nullptr;
+    CHECK(cudaMalloc(&rowOfPair, order.size() * sizeof(int32_t)));
+    CHECK(cudaMemcpy(rowOfPair, order.data(), order.size() * sizeof(int32_t),
+                     cudaMemcpyHostToDevice));
+    auto call = [&](int i) {
+      const size_t c = size_t(i % copies);
+      CHECK(combineExpertRows({expertRows[c], true}, rowOfPair,
+                              static_cast<const float *>(weights[0]), rows,
+                              choices, dim, true, static_cast<float *>(y[c]),
+                              nullptr,
+                              static_cast<const __nv_bfloat16 *>(plus[c])));
+    };
+    const float ms = melt::bench::timeMs(benchName, call, iters);
+    const double bytes = double(n) * 2 + double(rows) * dim * (2 + 4);
+    const char *batched = std::getenv("MELT_CUDA_COMBINE_BATCHED");
+    std::printf("{\"what\": \"prefill_combine\", \"tokens\": %d, "
+                "\"choices\": %d, \"dim\": %d, \"batched\": %s, \"us\": "
+                "%.2f, \"GBps\": %.1f}\n",
+                rows, choices, dim,
+                batched && std::string(batched) == "1" ? "true" : "false",
+                ms * 1e3, bytes / (ms * 1e-3) / 1e9);
+    for (auto *list : {&expertRows, &plus, &y, &weights})
+      for (void *b : *list)
+        CHECK(cudaFree(b));
+    CHECK(cudaFree(rowOfPair));
   }
   return 0;
 }

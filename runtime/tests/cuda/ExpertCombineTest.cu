@@ -1,0 +1,134 @@
+// The experts' combine (combineExpertRows, ModelKernels.h): each token's
+// chosen rows weighted and summed, then a shared expert's BF16 row added.
+// The kernel of aligned rows (four values a thread; with
+// MELT_CUDA_COMBINE_BATCHED=1 every choice's loads in flight at once) and
+// the scalar one (the same call on rows one element off the 16-byte grid)
+// sum in the same order, so they agree bit for bit; both against a double
+// reference. Rows missing (-1: an expert outside the stack), BF16 and F32
+// rows, rows rounded to BF16 first, 6 and 8 choices, V3's hidden size.
+// Skips without a device.
+#include "cuda/ModelKernels.h"
+
+#include "CudaTestUtil.h"
+
+#include <cuda_bf16.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::test;
+
+namespace {
+
+struct CombineCase {
+  int tokens, choices, dim;
+  bool bf16Rows, combineBf16, withPlus;
+};
+
+/// combineExpertRows on the device, its rows `offset` elements past an
+/// aligned start (offset 1: the scalar kernel).
+std::vector<float> combineOnDevice(const CombineCase &c,
+                                   const std::vector<float> &rows,
+                                   const std::vector<int32_t> &rowOfPair,
+                                   const std::vector<float> &weights,
+                                   const std::vector<__nv_bfloat16> &plus,
+                                   int offset) {
+  const size_t n = rows.size();
+  void *expertOut = nullptr;
+  if (c.bf16Rows) {
+    std::vector<__nv_bfloat16> held(n + size_t(offset));
+    for (size_t i = 0; i < n; ++i)
+      held[i + size_t(offset)] = __float2bfloat16(rows[i]);
+    expertOut = toDevice(held);
+  } else {
+    std::vector<float> held(n + size_t(offset));
+    std::copy(rows.begin(), rows.end(), held.begin() + offset);
+    expertOut = toDevice(held);
+  }
+  const void *first = static_cast<const char *>(expertOut) +
+                      size_t(offset) * (c.bf16Rows ? 2 : 4);
+  int32_t *dRows = toDevice(rowOfPair);
+  float *dWeights = toDevice(weights);
+  __nv_bfloat16 *dPlus = c.withPlus ? toDevice(plus) : nullptr;
+  float *y = deviceArray<float>(size_t(c.tokens) * c.dim);
+  EXPECT_EQ(combineExpertRows({first, c.bf16Rows}, dRows, dWeights, c.tokens,
+                              c.choices, c.dim, c.combineBf16, y, nullptr,
+                              dPlus),
+            cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> out = toHost(y, size_t(c.tokens) * c.dim);
+  cudaFree(expertOut), cudaFree(dRows), cudaFree(dWeights), cudaFree(y);
+  if (dPlus)
+    cudaFree(dPlus);
+  return out;
+}
+
+TEST(CudaExpertCombine, AlignedAndScalarKernelsSumTheSameBits) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  const CombineCase cases[] = {{300, 6, 2048, true, true, true},
+                               {300, 6, 2048, false, false, false},
+                               {300, 6, 2048, false, true, true},
+                               {37, 8, 7168, true, true, true},
+                               {64, 8, 300, false, false, true}};
+  for (const CombineCase &c : cases) {
+    const int pairs = c.tokens * c.choices;
+    std::vector<float> rows(size_t(pairs) * c.dim);
+    for (float &v : rows)
+      v = normal(rng) * 4.f;
+    if (c.bf16Rows) // the rows as the device holds them
+      for (float &v : rows)
+        v = __bfloat162float(__float2bfloat16(v));
+    std::vector<int32_t> rowOfPair(static_cast<size_t>(pairs));
+    for (int p = 0; p < pairs; ++p)
+      rowOfPair[size_t(p)] = p;
+    std::shuffle(rowOfPair.begin(), rowOfPair.end(), rng);
+    for (int p = 0; p < pairs; p += 7) // some experts outside the stack
+      rowOfPair[size_t(p)] = -1;
+    std::vector<float> weights(static_cast<size_t>(pairs));
+    for (float &w : weights)
+      w = unit(rng);
+    std::vector<__nv_bfloat16> plus(size_t(c.tokens) * c.dim);
+    for (auto &v : plus)
+      v = __float2bfloat16(normal(rng));
+    const std::vector<float> aligned =
+        combineOnDevice(c, rows, rowOfPair, weights, plus, 0);
+    const std::vector<float> scalar =
+        combineOnDevice(c, rows, rowOfPair, weights, plus, 1);
+    int differ = 0;
+    double worst = 0, largest = 0;
+    for (int t = 0; t < c.tokens; ++t)
+      for (int d = 0; d < c.dim; ++d) {
+        const size_t at = size_t(t) * c.dim + d;
+        differ += std::memcmp(&aligned[at], &scalar[at], sizeof(float)) != 0;
+        double want = 0;
+        for (int k = 0; k < c.choices; ++k) {
+          const int row = rowOfPair[size_t(t) * c.choices + k];
+          if (row < 0)
+            continue;
+          float v = rows[size_t(row) * c.dim + d];
+          if (c.combineBf16)
+            v = __bfloat162float(__float2bfloat16(v));
+          want += double(weights[size_t(t) * c.choices + k]) * v;
+        }
+        if (c.withPlus)
+          want += __bfloat162float(plus[at]);
+        worst = std::max(worst, std::fabs(aligned[at] - want));
+        largest = std::max(largest, std::fabs(want));
+      }
+    EXPECT_EQ(differ, 0) << c.tokens << " tokens, " << c.choices
+                         << " choices, dim " << c.dim;
+    EXPECT_LE(worst, 1e-5 * std::max(1.0, largest))
+        << c.tokens << " tokens, " << c.choices << " choices, dim " << c.dim;
+  }
+}
+
+} // namespace
