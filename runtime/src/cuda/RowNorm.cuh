@@ -1,8 +1,8 @@
-//===- RowNorm.cuh - one row's RMSNorm by a block of threads ----*- CUDA
-//-*-===//
+//===- RowNorm.cuh - one row's RMSNorm by a block or a warp ---*- CUDA -*-===//
 //
-// The RMSNorm of rmsNorm / addRmsNorm, in one place for the kernels that
-// normalize a row: the norm kernel and MLA's latent append (which writes
+// The RMSNorm of rmsNorm / addRmsNorm (a block a row, or a warp a row for
+// many rows of up to 2048 values), in one place for the kernels that
+// normalize a row: the norm kernels and MLA's latent append (which writes
 // the normalized latent into its cache row). Their values must agree bit
 // for bit (the executor does the append's norm in the append's kernel).
 //
@@ -133,10 +133,10 @@ __host__ __device__ constexpr int warpNormQuads(int cols) {
 /// normRow's RMSNorm of the row at `base` by one warp (normRowsByWarp),
 /// into v: lane l holds the row's fours l, l + 32, ..., v[j] the four at
 /// columns 4 (l + 32 j) (zeros past the row). Its sum of squares is each
-/// lane's fours in order (fmaf, x y z w), then warpSum. Nothing is stored
-/// after the sums (with kAdd): the callers' stores come after every load,
+/// lane's fours in order (fmaf, x y z w), then warpSum. It stores nothing
+/// but the sums (with kAdd), so the callers' stores come after every load
 /// and their per-four work (a quantize block is the warp's j-th fours) can
-/// run for all j at once rather than one four's loads and shuffles after
+/// run for all j at once, not one four's loads and shuffles after
 /// another's.
 template <bool kAdd, int kQuads>
 __device__ __forceinline__ void warpNormRow(Operand x, Operand b, Result sumOut,
