@@ -14,7 +14,7 @@ source "$(dirname "$0")/common.sh"
 baseline=${1:-$carry/hf_baseline.py}
 build_gpu melt-cuda-kernel-tests melt-runtime-tests melt-run \
   melt-bench-mla-decode melt-bench-gemm melt-bench-decode-kernels \
-  melt-bench-grouped-gemm
+  melt-bench-grouped-gemm melt-bench-prefill-rows
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 
 echo "== CUDA kernel tests =="
@@ -139,6 +139,7 @@ build-gpu/bin/melt-bench-mla-decode | tee "$out/mla_decode_melt.json"
 build-gpu/bin/melt-bench-gemm | tee "$out/gemm_melt.json"
 build-gpu/bin/melt-bench-decode-kernels | tee "$out/decode_kernels.json"
 build-gpu/bin/melt-bench-grouped-gemm | tee "$out/grouped_gemm_melt.json"
+build-gpu/bin/melt-bench-prefill-rows | tee "$out/prefill_rows.json"
 python3 bench/cuda/gemm_torch.py | tee "$out/gemm_torch.json"
 if [ -f "$baseline" ]; then
   BASELINE_OUT=$out python3 "$baseline" env copy mla gemm | tee "$out/baseline.json"
