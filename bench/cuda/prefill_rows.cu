@@ -22,6 +22,7 @@
 #include "cuda/Elementwise.h"
 #include "cuda/ModelKernels.h"
 #include "cuda/Quantize.h"
+#include "cuda/RowNorm.cuh"
 
 #include "BenchUtil.h"
 
@@ -68,15 +69,6 @@ int main(int argc, char **argv) {
   const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 50);
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, 20);
-  // Whether the norms of so many rows run a warp a row, as the library
-  // decides it (normRowsByWarp: the switch and the fewest rows).
-  const char *byWarpSwitch = std::getenv("MELT_CUDA_NORM_BY_WARP"),
-             *fewestRowsSet = std::getenv("MELT_CUDA_NORM_BY_WARP_ROWS");
-  const int fewestRows = fewestRowsSet ? std::atoi(fewestRowsSet) : 64;
-  auto byWarp = [&](int rows) {
-    return !(byWarpSwitch && std::string(byWarpSwitch) == "0") &&
-           rows >= fewestRows;
-  };
   const int rows = 8192;
   const Case cases[] = {
       {"layer input norm after the add", rows, 2048, false, true, true},
@@ -106,6 +98,11 @@ int main(int argc, char **argv) {
     std::vector<void *> q = buffers<uint8_t>(n, copies, 11);
     std::vector<void *> scales =
         buffers<float>(size_t(c.cols / 128) * rows, copies, 13);
+    // Whether these rows run a warp a row, as the library decides it.
+    const Operand x0{x[0], c.bf16Input}, b0{c.add ? b[0] : nullptr, false};
+    const Result sum0{c.add ? sum[0] : nullptr, false};
+    const bool byWarp = c.add ? normRowsByWarp(rows, c.cols, x0, &b0, &sum0)
+                              : normRowsByWarp(rows, c.cols, x0);
     for (bool rowsWritten : {false, true}) {
       if (!c.quantize && !rowsWritten)
         continue;
@@ -139,7 +136,7 @@ int main(int argc, char **argv) {
                   "%d, \"cols\": %d, \"rows_written\": %s, \"by_warp\": %s, "
                   "\"us\": %.2f, \"GBps\": %.1f}\n",
                   c.name, rows, c.cols, rowsWritten ? "true" : "false",
-                  byWarp(rows) ? "true" : "false", ms * 1e3,
+                  byWarp ? "true" : "false", ms * 1e3,
                   bytes / (ms * 1e-3) / 1e9);
     }
     for (auto *list : {&x, &b, &sum, &gamma, &y, &q, &scales})

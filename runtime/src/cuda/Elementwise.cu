@@ -79,10 +79,7 @@ constexpr int kWarpNormRowsPerBlock = 4;
 /// Four values to y at i, rounded as store() rounds them; one wide store
 /// where y's address allows.
 __device__ __forceinline__ void storeFour(Result y, size_t i, float4 v) {
-  if (reinterpret_cast<uintptr_t>(static_cast<char *>(y.data) +
-                                  i * (y.bf16 ? 2 : 4)) %
-          (y.bf16 ? 8 : 16) ==
-      0) {
+  if (alignedFor4(static_cast<char *>(y.data) + i * (y.bf16 ? 2 : 4), y.bf16)) {
     store4(y, i, v);
   } else {
     store(y, i, v.x);

@@ -81,7 +81,7 @@ __device__ __forceinline__ void store4(Result r, size_t i, float4 v) {
 }
 
 /// Whether a pointer suits load4 / store4 (4 elements' alignment).
-inline bool alignedFor4(const void *p, bool bf16) {
+__host__ __device__ inline bool alignedFor4(const void *p, bool bf16) {
   return reinterpret_cast<uintptr_t>(p) % (bf16 ? 8 : 16) == 0;
 }
 
