@@ -2,8 +2,10 @@
 // FP8 e4m3 with 1x128 activation / 128x128 weight block scales (cuBLASLt,
 // as the runtime runs them, activation quantization timed separately) and
 // BF16, for M in {1, 16, 64, 128, 512, 4096, 8192}. Up to 8 tokens the
-// FP8 GEMM is melt's own kernel; for 16 to 64 tokens that kernel's figure
-// is given beside cuBLASLt's. The device's copy
+// FP8 GEMM ("fp8_us") is melt's small-M kernel, beyond cuBLASLt; for 16 to
+// 64 tokens the small-M kernel's figure is given beside it, and up to 64
+// the split-K wgmma kernel's (Fp8SplitKWgmma.cu: what the runtime runs
+// from 9 to 16 tokens by default). The device's copy
 // bandwidth is measured in the same run; for small M the figure that
 // matters is the weight bandwidth (weight bytes / time). Several copies
 // of each weight are cycled through, so that no GEMM finds its weight in
@@ -12,6 +14,7 @@
 //
 //   melt-bench-gemm [--iters N] [--quick]
 #include "cuda/Energy.h"
+#include "cuda/Fp8SplitKWgmma.h"
 #include "cuda/Gemm.h"
 #include "cuda/Quantize.h"
 
@@ -120,6 +123,9 @@ int main(int argc, char **argv) {
                                0x3f);
       CHECK(quantizeRowsFp8(x, m, shape.k, xq, xScales, nullptr));
       double flops = 2.0 * m * shape.n * shape.k;
+      // The runner's own kernels up to 8 tokens, cuBLASLt beyond (the
+      // split-K wgmma kernel, the runner's choice for 9-64, timed apart).
+      gemm->setSplitKRows(0);
       float fp8Ms = melt::bench::timeMs(
           benchName,
           [&](int i) {
@@ -141,6 +147,17 @@ int main(int argc, char **argv) {
             iters);
         gemm->setSmallMLimit(8);
       }
+      // The split-K wgmma kernel (Fp8SplitKWgmma.cu) up to 64 tokens.
+      float wgmmaMs = 0;
+      if (m <= kFp8SplitKWgmmaMax)
+        wgmmaMs = melt::bench::timeMs(
+            benchName,
+            [&](int i) {
+              CHECK(fp8SplitKWgmma(xq, xScales, w8[i % copies], wScales, y, m,
+                                   shape.n, shape.k, prop.multiProcessorCount,
+                                   nullptr));
+            },
+            iters);
       float quantMs = melt::bench::timeMs(
           benchName,
           [&](int) {
@@ -175,7 +192,9 @@ int main(int argc, char **argv) {
           "\"fp8_weight_GBps\": %.1f, \"quantize_us\": %.1f, \"bf16_us\": "
           "%.1f, \"bf16_tflops\": %.1f, \"bf16_weight_GBps\": %.1f, "
           "\"weight_copies\": %d, \"fp8_small_m_kernel_us\": %.1f, "
-          "\"fp8_small_m_kernel_weight_GBps\": %.1f, \"fp8_joules\": %.4f, "
+          "\"fp8_small_m_kernel_weight_GBps\": %.1f, "
+          "\"fp8_split_k_wgmma_us\": %.1f, "
+          "\"fp8_split_k_wgmma_weight_GBps\": %.1f, \"fp8_joules\": %.4f, "
           "\"fp8_tflop_per_joule\": %.2f}\n",
           shape.name, m, shape.n, shape.k, fp8Ms * 1e3,
           flops / (fp8Ms * 1e-3) / 1e12,
@@ -183,6 +202,8 @@ int main(int argc, char **argv) {
           quantMs * 1e3, bf16Ms * 1e3, flops / (bf16Ms * 1e-3) / 1e12,
           2.0 * weightBytes / (bf16Ms * 1e-3) / 1e9, copies, smallMs * 1e3,
           smallMs > 0 ? weightBytes / (smallMs * 1e-3) / 1e9 : 0.0,
+          wgmmaMs * 1e3,
+          wgmmaMs > 0 ? weightBytes / (wgmmaMs * 1e-3) / 1e9 : 0.0,
           joulesPerCall,
           joulesPerCall > 0 ? flops / joulesPerCall / 1e12 : 0.0);
       std::fflush(stdout);

@@ -10,7 +10,7 @@
 // (Quantize.h) of the BF16 gate and up of the dense MLP (10944 columns,
 // the down projection's K padded to 11264) and of a shared expert (1408).
 // The routed experts' combine (ModelKernels.h: 6 BF16 rows a token and
-// the shared expert's, MELT_CUDA_COMBINE_BATCHED=1 its batched kernel).
+// the shared expert's).
 // Inputs are cycled through enough copies that none is in the 50 MB L2
 // from the call before. Figures: microseconds and the bytes each must
 // move (inputs read, sums, rows, codes and scales written) per second,
@@ -30,8 +30,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 using namespace melt::rt::cuda;
@@ -204,13 +202,10 @@ int main(int argc, char **argv) {
     };
     const float ms = melt::bench::timeMs(benchName, call, iters);
     const double bytes = double(n) * 2 + double(rows) * dim * (2 + 4);
-    const char *batched = std::getenv("MELT_CUDA_COMBINE_BATCHED");
     std::printf("{\"what\": \"prefill_combine\", \"tokens\": %d, "
-                "\"choices\": %d, \"dim\": %d, \"batched\": %s, \"us\": "
-                "%.2f, \"GBps\": %.1f}\n",
-                rows, choices, dim,
-                batched && std::string(batched) == "1" ? "true" : "false",
-                ms * 1e3, bytes / (ms * 1e-3) / 1e9);
+                "\"choices\": %d, \"dim\": %d, \"us\": %.2f, \"GBps\": "
+                "%.1f}\n",
+                rows, choices, dim, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
     for (auto *list : {&expertRows, &plus, &y, &weights})
       for (void *b : *list)
         CHECK(cudaFree(b));

@@ -1,7 +1,10 @@
 //===- Gemm.cu - GEMMs of the CUDA device through cuBLASLt ----------------===//
 #include "cuda/Gemm.h"
 
+#include "EnvSwitch.h"
+
 #include "cuda/Fp8SmallM.h"
+#include "cuda/Fp8SplitKWgmma.h"
 #include "cuda/ScratchLayout.h"
 
 #include <algorithm>
@@ -56,6 +59,8 @@ CudaStatus GemmRunner::create(cudaStream_t stream,
                               size_t workspaceBytes) {
   std::unique_ptr<GemmRunner> runner(new GemmRunner());
   runner->stream_ = stream;
+  runner->splitKRows_ =
+      int(envInt("MELT_CUDA_FP8_SPLIT_K_ROWS", 16, 0, kFp8SplitKWgmmaMax));
   int device = 0;
   if (cudaGetDevice(&device) == cudaSuccess)
     cudaDeviceGetAttribute(&runner->smCount_, cudaDevAttrMultiProcessorCount,
@@ -293,14 +298,18 @@ CudaStatus GemmRunner::fp8BlockScaled(const __nv_fp8_e4m3 *x,
             "(M " +
             std::to_string(m) + ", N " + std::to_string(n) + ", K " +
             std::to_string(k) + ")"};
-  if (m > smallMLimit_ && (k / 128) % 4 != 0)
-    return {"fp8 gemm: cuBLASLt's 128x128 weight scales need K/128 to be a "
-            "multiple of 4 (K " +
-            std::to_string(k) + ")"};
   if (m <= smallMLimit_)
     return fromCuda(fp8SmallM(x, xScales, w, wScales, y, m, n, k, workspace_,
                               workspaceBytes_, smCount_, stream_),
                     "fp8SmallM");
+  if (m <= splitKRows_ && fp8SplitKWgmmaTakes(x, w, y, m, n, k))
+    return fromCuda(
+        fp8SplitKWgmma(x, xScales, w, wScales, y, m, n, k, smCount_, stream_),
+        "fp8SplitKWgmma");
+  if ((k / 128) % 4 != 0)
+    return {"fp8 gemm: cuBLASLt's 128x128 weight scales need K/128 to be a "
+            "multiple of 4 (K " +
+            std::to_string(k) + ")"};
   const int padded = (m + 15) / 16 * 16;
   if (padded != m) {
     // cuBLASLt wants M a multiple of 16: run on zero-padded copies.

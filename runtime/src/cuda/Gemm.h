@@ -18,9 +18,12 @@
 //
 // FP8 GEMMs of at most 8 tokens (decode) run melt's own kernel
 // (Fp8SmallM.cu): cuBLASLt 13.1 has no block-scaled algorithm for M = 1
-// and streams W at a fifth to a half of the copy bandwidth there. Nor has
-// it one for M not a multiple of 16: those run on copies padded with zero
-// rows (the copies cost M x (K + N) bytes, small beside the weight).
+// and streams W at a fifth to a half of the copy bandwidth there. From 9
+// to 16 tokens (setSplitKRows) the split-K wgmma kernel (Fp8SplitKWgmma.cu)
+// takes them: cuBLASLt reads the narrow weights at a fifth to two thirds
+// of the copy bandwidth there. Nor has cuBLASLt an algorithm for M not a
+// multiple of 16: those run on copies padded with zero rows (the copies
+// cost M x (K + N) bytes, small beside the weight).
 //
 // The algorithm for a shape is chosen once (cuBLASLt's heuristic, the
 // best that runs) and cached; the workspace is allocated once.
@@ -68,8 +71,9 @@ public:
 
   /// `xScales`: [K/128, M] row-major (one per 128 values of a row);
   /// `wScales`: [ceil(N/128), K/128] row-major. K must be a multiple of
-  /// 128 and N of 16; beyond 8 tokens (cuBLASLt), K/128 of 4 as well
-  /// (true of every DeepSeek-V3 projection).
+  /// 128 and N of 16; where cuBLASLt takes it (beyond the small-M limit and
+  /// the split-K rows), K/128 of 4 as well (true of every DeepSeek-V3
+  /// projection).
   CudaStatus fp8BlockScaled(const __nv_fp8_e4m3 *x, const float *xScales,
                             const __nv_fp8_e4m3 *w, const float *wScales,
                             __nv_bfloat16 *y, int m, int n, int k);
@@ -104,6 +108,14 @@ public:
   /// FP8 GEMMs of at most this many tokens run the small-M kernel (0: all
   /// through cuBLASLt, for comparison; at most kFp8SmallMMax).
   void setSmallMLimit(int limit) { smallMLimit_ = limit; }
+  /// FP8 GEMMs of more tokens than the small-M limit and at most `rows`
+  /// (up to kFp8SplitKWgmmaMax) run the split-K wgmma kernel
+  /// (Fp8SplitKWgmma.cu) where it takes the operands, the rest cuBLASLt; 0:
+  /// none. The default, MELT_CUDA_FP8_SPLIT_K_ROWS or 16: at 16 tokens it
+  /// beat cuBLASLt at every DeepSeek-V3 shape and mini's batch-16 decode by
+  /// 5%; at 64 it lost mini's batch-64 decode by 11%
+  /// (bench/results/fp8_split_k_wgmma_s28_h200.txt).
+  void setSplitKRows(int rows) { splitKRows_ = rows; }
   /// Whether fp8FromF32 may take m rows (its kernel quantizing x itself).
   bool quantizesF32Rows(int m) const {
     return m >= 1 && m <= std::min(smallMLimit_, kFp8SmallMFromF32Max);
@@ -137,6 +149,7 @@ private:
     return workspaceBytes_ - kFp8SmallMCounterBytes;
   }
   int smCount_ = 132, smallMLimit_ = 8;
+  int splitKRows_ = 16;
   /// Zero-padded copies of x, its scales and y for M not a multiple of 16.
   void *staging_ = nullptr;
   size_t stagingBytes_ = 0;

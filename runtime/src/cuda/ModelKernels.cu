@@ -546,58 +546,6 @@ __global__ void combineExpertRowsByFourKernel(Operand expertOut,
   }
 }
 
-/// The most choices a token the batched combine holds (DeepSeek-V3's 8).
-constexpr int kCombineMaxChoices = 8;
-/// The fours a thread of the batched combine takes at once.
-constexpr int kCombineFours = 2;
-
-/// combineExpertRowsByFourKernel with every load of a thread's fours in
-/// flight before its first sum: the token's row indices and weights first
-/// (one load each, the same for the whole block), then each of its fours
-/// of every chosen row, then the sums in the same order (k = 0, 1, ...:
-/// the same bits). The kernel it replaces waited on each choice's row
-/// index and then its row, one after another (a prefill's combine of mini
-/// at ~2.1 TB/s, its 8192 tokens' six BF16 rows).
-__global__ void
-combineExpertRowsBatchedKernel(Operand expertOut, const int32_t *rowOfPair,
-                               const float *weights, int choices, int dim,
-                               bool combineBf16, const __nv_bfloat16 *plus,
-                               float *y) {
-  awaitPriorKernels();
-  const int t = blockIdx.x;
-  int rows[kCombineMaxChoices];
-  float w[kCombineMaxChoices];
-#pragma unroll
-  for (int k = 0; k < kCombineMaxChoices; ++k) {
-    rows[k] = k < choices ? rowOfPair[t * choices + k] : -1;
-    w[k] = k < choices ? weights[t * choices + k] : 0.f;
-  }
-  const int step = 4 * blockDim.x;
-  for (int d0 = 4 * threadIdx.x; d0 < dim; d0 += kCombineFours * step) {
-    float4 v[kCombineFours][kCombineMaxChoices];
-#pragma unroll
-    for (int f = 0; f < kCombineFours; ++f)
-#pragma unroll
-      for (int k = 0; k < kCombineMaxChoices; ++k) {
-        const int d = d0 + f * step;
-        if (d < dim && rows[k] >= 0) // (no row: its expert was outside)
-          v[f][k] = load4(expertOut, size_t(rows[k]) * dim + d);
-      }
-#pragma unroll
-    for (int f = 0; f < kCombineFours; ++f) {
-      const int d = d0 + f * step;
-      if (d >= dim)
-        break;
-      float sum[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int k = 0; k < kCombineMaxChoices; ++k)
-        if (rows[k] >= 0)
-          addWeightedFour(sum, v[f][k], w[k], combineBf16);
-      storeCombinedFour(sum, plus, y, size_t(t) * dim + d);
-    }
-  }
-}
-
 /// The better of two (value, index) candidates into (value, index): the
 /// larger value, the lower index on ties; index INT_MAX: none (NaNs are
 /// never candidates).
@@ -1128,14 +1076,7 @@ cudaError_t melt::rt::cuda::combineExpertRows(
   };
   const bool byFour = dim % 4 == 0 && aligned(expertOut.data) && aligned(y) &&
                       (!plus || aligned(plus));
-  static const bool batched =
-      melt::rt::envSwitch("MELT_CUDA_COMBINE_BATCHED", false);
-  if (byFour && batched && choices <= kCombineMaxChoices)
-    launchOverlapped(combineExpertRowsBatchedKernel, tokens,
-                     std::min(256, std::max(32, (dim / 4 + 31) / 32 * 32)), 0,
-                     stream, expertOut, rowOfPair, weights, choices, dim,
-                     combineBf16, plus, y);
-  else if (byFour)
+  if (byFour)
     launchOverlapped(combineExpertRowsByFourKernel, tokens,
                      std::min(256, std::max(32, (dim / 4 + 31) / 32 * 32)), 0,
                      stream, expertOut, rowOfPair, weights, choices, dim,

@@ -1,12 +1,10 @@
 // The experts' combine (combineExpertRows, ModelKernels.h): each token's
 // chosen rows weighted and summed, then a shared expert's BF16 row added.
-// The kernel of aligned rows (four values a thread; with
-// MELT_CUDA_COMBINE_BATCHED=1 every choice's loads in flight at once) and
-// the scalar one (the same call on rows one element off the 16-byte grid)
-// sum in the same order, so they agree bit for bit; both against a double
-// reference. Rows missing (-1: an expert outside the stack), BF16 and F32
-// rows, rows rounded to BF16 first, 6 and 8 choices, V3's hidden size.
-// Skips without a device.
+// The kernel of aligned rows (four values a thread) and the scalar one (the
+// same call on rows one element off the 16-byte grid) sum in the same order, so
+// they agree bit for bit; both against a double reference. Rows missing (-1: an
+// expert outside the stack), BF16 and F32 rows, rows rounded to BF16 first, 6
+// and 8 choices, V3's hidden size. Skips without a device.
 #include "cuda/ModelKernels.h"
 
 #include "CudaTestUtil.h"

@@ -5,6 +5,7 @@
 // device.
 #include "CudaTestUtil.h"
 #include "cuda/Fp8SmallM.h"
+#include "cuda/Fp8SplitKWgmma.h"
 #include "cuda/Gemm.h"
 #include "cuda/Quantize.h"
 
@@ -13,7 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 using namespace melt::rt::cuda;
@@ -229,10 +232,16 @@ TEST(CudaGemm, QuantizeRowsOfManyRowsAreEachRowAlone) {
   }
 }
 
-/// One FP8 block-scaled GEMM against the double-precision reference; the
-/// runner sends it to the small-M kernel when M <= `limit`.
-void checkFp8(GemmRunner &gemm, Shape s, int limit, std::mt19937 &rng) {
-  gemm.setSmallMLimit(limit);
+/// Runs y = x W^T (FP8 x with its [K/128, M] scales, FP8 W with its
+/// [N/128, K/128] scales) on the device.
+using Fp8Product = std::function<void(
+    const __nv_fp8_e4m3 *x, const float *xScales, const __nv_fp8_e4m3 *w,
+    const float *wScales, __nv_bfloat16 *y, Shape s)>;
+
+/// One FP8 block-scaled GEMM by `product` against the double-precision
+/// reference; `path` names it in the messages.
+void checkFp8With(const Fp8Product &product, const char *path, Shape s,
+                  std::mt19937 &rng) {
   std::uniform_real_distribution<float> scaleDist(0.25f, 4.f);
   const int kBlocks = s.k / 128, nBlocks = (s.n + 127) / 128;
   auto x = randomBf16(size_t(s.m) * s.k, rng);
@@ -251,8 +260,7 @@ void checkFp8(GemmRunner &gemm, Shape s, int limit, std::mt19937 &rng) {
   float *dxs = deviceArray<float>(size_t(s.m) * kBlocks);
   auto *dy = deviceArray<__nv_bfloat16>(size_t(s.m) * s.n);
   ASSERT_EQ(quantizeRowsFp8(dx, s.m, s.k, dq, dxs, nullptr), cudaSuccess);
-  CudaStatus st = gemm.fp8BlockScaled(dq, dxs, dw, dws, dy, s.m, s.n, s.k);
-  ASSERT_FALSE(st) << st.error;
+  ASSERT_NO_FATAL_FAILURE(product(dq, dxs, dw, dws, dy, s));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   auto q = toHost(dq, size_t(s.m) * s.k);
   auto xs = toHost(dxs, size_t(s.m) * kBlocks);
@@ -284,16 +292,28 @@ void checkFp8(GemmRunner &gemm, Shape s, int limit, std::mt19937 &rng) {
       largest = std::max(largest, std::fabs(want[0]));
     }
   EXPECT_LE(worst[0], 8e-3 * std::max(1.0, largest))
-      << s.m << "x" << s.n << "x" << s.k << " small-M limit " << limit
-      << ": errors if the input scales "
+      << s.m << "x" << s.n << "x" << s.k << " (" << path
+      << "): errors if the input scales "
       << "were [M, K/128]: " << worst[1] << ", the weight scales [K/128, "
       << "N/128]: " << worst[2] << ", both: " << worst[3];
   std::printf("fp8 block-scaled gemm %dx%dx%d (%s): max abs error %.3g, "
               "largest %.3g\n",
-              s.m, s.n, s.k, s.m <= limit ? "small-M kernel" : "cuBLASLt",
-              worst[0], largest);
+              s.m, s.n, s.k, path, worst[0], largest);
   cudaFree(dx), cudaFree(dw), cudaFree(dws), cudaFree(dq), cudaFree(dxs),
       cudaFree(dy);
+}
+
+/// The runner's FP8 GEMM, which sends M <= `limit` to the small-M kernel.
+void checkFp8(GemmRunner &gemm, Shape s, int limit, std::mt19937 &rng) {
+  gemm.setSmallMLimit(limit);
+  checkFp8With(
+      [&](const __nv_fp8_e4m3 *x, const float *xScales, const __nv_fp8_e4m3 *w,
+          const float *wScales, __nv_bfloat16 *y, Shape shape) {
+        CudaStatus st = gemm.fp8BlockScaled(x, xScales, w, wScales, y, shape.m,
+                                            shape.n, shape.k);
+        ASSERT_FALSE(st) << st.error;
+      },
+      s.m <= limit ? "small-M kernel" : "the runner's choice", s, rng);
 }
 
 // melt's small-M kernel: a partial 128-row tile (N 2112), tokens not a
@@ -309,6 +329,92 @@ TEST(CudaGemm, Fp8SmallMKernelMatchesReference) {
         Shape{37, 2112, 7168}, Shape{64, 256, 1024}})
     checkFp8(*gemm, s, kFp8SmallMMax, rng);
   EXPECT_EQ(gemm->cachedShapes(), 0u);
+}
+
+// The split-K wgmma kernel: tokens in each of its four widths (8, 16, 32,
+// 64) and not a multiple of 8, a partial 128-row tile (N 2112), K ranges
+// of one to eight blocks of a cluster, and ranges left empty (more splits
+// than K blocks would give each one).
+TEST(CudaGemm, Fp8SplitKWgmmaMatchesReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  int smCount = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&smCount, cudaDevAttrMultiProcessorCount, 0),
+            cudaSuccess);
+  std::mt19937 rng(23);
+  struct Case {
+    Shape shape;
+    int splits;
+  };
+  for (Case c : {Case{{1, 2112, 7168}, 0}, Case{{5, 2112, 7168}, 8},
+                 Case{{16, 4096, 256}, 0}, Case{{23, 2112, 1024}, 3},
+                 Case{{37, 2112, 7168}, 0}, Case{{64, 256, 1024}, 1},
+                 Case{{64, 2048, 7168}, 0}, Case{{9, 1536, 768}, 8}}) {
+    const std::string path =
+        "split-K wgmma, splits " + std::to_string(c.splits);
+    checkFp8With(
+        [&](const __nv_fp8_e4m3 *x, const float *xScales,
+            const __nv_fp8_e4m3 *w, const float *wScales, __nv_bfloat16 *y,
+            Shape s) {
+          ASSERT_EQ(fp8SplitKWgmma(x, xScales, w, wScales, y, s.m, s.n, s.k,
+                                   smCount, nullptr, c.splits),
+                    cudaSuccess);
+        },
+        path.c_str(), c.shape, rng);
+  }
+}
+
+// The runner, its split-K rows at 64, sends 9 to 64 tokens to the split-K
+// wgmma kernel (no cuBLASLt plan made), K/128 not a multiple of 4 included
+// (which cuBLASLt's block scales refuse), and more tokens to cuBLASLt.
+TEST(CudaGemm, Fp8RunnerTakesSplitKWgmmaUpTo64Tokens) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<GemmRunner> gemm;
+  ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  gemm->setSplitKRows(kFp8SplitKWgmmaMax);
+  std::mt19937 rng(37);
+  for (Shape s : {Shape{9, 2112, 7168}, Shape{64, 2048, 384}})
+    checkFp8(*gemm, s, 8, rng);
+  EXPECT_EQ(gemm->cachedShapes(), 0u);
+  checkFp8(*gemm, Shape{65, 256, 512}, 8, rng);
+  EXPECT_EQ(gemm->cachedShapes(), 1u);
+}
+
+// The same product twice gives the same bits (the partial sums are added
+// in the cluster's rank order, not as they arrive).
+TEST(CudaGemm, Fp8SplitKWgmmaIsTheSameEveryRun) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(29);
+  const int m = 48, n = 2112, k = 7168, kBlocks = k / 128;
+  auto x = randomBf16(size_t(m) * k, rng);
+  std::vector<__nv_fp8_e4m3> w(size_t(n) * k);
+  std::normal_distribution<float> normal(0.f, 100.f);
+  for (auto &v : w)
+    v = __nv_fp8_e4m3(normal(rng));
+  std::vector<float> wScales(size_t((n + 127) / 128) * kBlocks, 1e-3f);
+  __nv_bfloat16 *dx = toDevice(x);
+  __nv_fp8_e4m3 *dw = toDevice(w);
+  float *dws = toDevice(wScales);
+  auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(m) * k);
+  float *dxs = deviceArray<float>(size_t(m) * kBlocks);
+  ASSERT_EQ(quantizeRowsFp8(dx, m, k, dq, dxs, nullptr), cudaSuccess);
+  std::vector<std::vector<__nv_bfloat16>> runs;
+  for (int run = 0; run < 3; ++run) {
+    auto *dy = deviceArray<__nv_bfloat16>(size_t(m) * n);
+    ASSERT_EQ(fp8SplitKWgmma(dq, dxs, dw, dws, dy, m, n, k, 132, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    runs.push_back(toHost(dy, size_t(m) * n));
+    cudaFree(dy);
+  }
+  for (int run = 1; run < 3; ++run)
+    EXPECT_EQ(std::memcmp(runs[run].data(), runs[0].data(),
+                          runs[0].size() * sizeof(__nv_bfloat16)),
+              0)
+        << "run " << run;
+  cudaFree(dx), cudaFree(dw), cudaFree(dws), cudaFree(dq), cudaFree(dxs);
 }
 
 // The few-tokens kernel with fewer blocks than 16-row tiles (as on a GPU
@@ -364,13 +470,15 @@ TEST(CudaGemm, Fp8FewTokensTakeTilesInTurn) {
   cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs);
 }
 
-// cuBLASLt from 9 tokens on, on zero-padded copies when M is not a multiple
-// of 16; then the small-M kernel again after cuBLASLt used the workspace.
+// cuBLASLt from 9 tokens on (the split-K wgmma kernel declined), on
+// zero-padded copies when M is not a multiple of 16; then the small-M
+// kernel again after cuBLASLt used the workspace.
 TEST(CudaGemm, Fp8CublasLtMatchesReference) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
   std::unique_ptr<GemmRunner> gemm;
   ASSERT_FALSE(GemmRunner::create(nullptr, gemm));
+  gemm->setSplitKRows(0);
   std::mt19937 rng(17);
   for (Shape s : {Shape{37, 2112, 7168}, Shape{64, 256, 1024},
                   Shape{130, 400, 1024}, Shape{512, 1536, 512}})
