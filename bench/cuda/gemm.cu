@@ -12,7 +12,12 @@
 // the 50 MB L2 cache left by the previous one. At M >= 4096 the energy per
 // GEMM comes from NVML's counter over about a second. One JSON line each.
 //
-//   melt-bench-gemm [--iters N] [--quick]
+// --mini takes the shapes of the `mini` model's FP8 products instead (the
+// fused down projection, q_b, o_proj, the dense MLP's gate/up and its down
+// with K padded to 11264), for M in {1, 16, 32, 64}: what its decode steps
+// run through the runner.
+//
+//   melt-bench-gemm [--iters N] [--quick] [--mini]
 #include "cuda/Energy.h"
 #include "cuda/Fp8SplitKWgmma.h"
 #include "cuda/Gemm.h"
@@ -56,14 +61,17 @@ __global__ void fillFloats(float *data, size_t n, float value) {
 
 int main(int argc, char **argv) {
   int iters = 20;
-  bool quick = false;
+  bool quick = false, mini = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
       iters = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick"))
       quick = true;
+    else if (!std::strcmp(argv[i], "--mini"))
+      mini = true;
     else {
-      std::fprintf(stderr, "usage: melt-bench-gemm [--iters N] [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: melt-bench-gemm [--iters N] [--quick] [--mini]\n");
       return 2;
     }
   }
@@ -79,7 +87,8 @@ int main(int argc, char **argv) {
   struct Shape {
     const char *name;
     int n, k;
-  } shapes[] = {
+  };
+  std::vector<Shape> shapes = {
       {"q_a+kv_a (fused down)", 2112, 7168},
       {"q_b", 24576, 1536},
       {"o_proj", 7168, 16384},
@@ -90,6 +99,14 @@ int main(int argc, char **argv) {
   std::vector<int> ms = {1, 16, 64, 128, 512, 4096, 8192};
   if (quick)
     ms = {1, 64, 4096};
+  if (mini) {
+    shapes = {{"mini q_a+kv_a (fused down)", 2112, 2048},
+              {"mini q_b", 3072, 1536},
+              {"mini o_proj", 2048, 2048},
+              {"mini dense gate/up", 21888, 2048},
+              {"mini dense down", 2048, 11264}};
+    ms = {1, 16, 32, 64};
+  }
   const size_t rotateBytes = size_t(256) << 20;
   for (const Shape &shape : shapes) {
     size_t weightBytes = size_t(shape.n) * shape.k;
