@@ -47,7 +47,7 @@ bool generate(melt_session *session,
   auto t1 = Clock::now();
   out.tokens.clear();
   if (picking.sampling.temperature <= 0.f && picking.stepsPerCall > 1 &&
-      maxNew > 0) {
+      !picking.forced && maxNew > 0) {
     out.tokens.push_back(next[0]);
     std::vector<int> picked;
     for (long left = maxNew - 1; left > 0;) {
@@ -75,7 +75,8 @@ bool generate(melt_session *session,
     if (made + 1 == maxNew)
       break;
     for (size_t i = 0; i < n; ++i) {
-      input[i] = next[i];
+      input[i] = picking.forced ? prompts[i][size_t(made) % prompts[i].size()]
+                                : next[i];
       entries[i] = {ids[i], &input[i], 1};
     }
     if (step() != MELT_OK) {

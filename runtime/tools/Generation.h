@@ -36,6 +36,13 @@ struct Picking {
   /// default: on the H200, mini's FP8 decode at batch 1 went from
   /// 1043-1112 to 1151 tokens/s (bench/results/steps_per_call_h200.txt).
   long stepsPerCall = 64;
+  /// Decode step s (from 1) of sequence i reads prompts[i][(s - 1) %
+  /// length] instead of its last pick (a call a step): inputs that do not
+  /// depend on the numerics, so that two runs (kernels, switches) decode
+  /// the same tokens. With random weights a pick that moves by one last
+  /// bit sends the rest of a free generation elsewhere, and a MoE layer's
+  /// time follows where its rows are routed.
+  bool forced = false;
 };
 
 /// `prompts` (one per sequence) prefilled in one step, then `maxNew` tokens

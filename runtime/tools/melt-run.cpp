@@ -55,6 +55,10 @@ void usage() {
                "       [--steps-per-call N]  (greedy decoding N steps a "
                "call, each pick fed back on the device: "
                "melt_session_generate_greedy; default 64, 1: a call a step)\n"
+               "       [--forced-decode]  (each decode step's input is the "
+               "sequence's prompt again, token after token, not its last "
+               "pick: the same inputs whatever the numerics, to compare "
+               "the speed and the picks of two runs; a call a step)\n"
                "Generates from a compiled melt model (the tokens picked on "
                "its device) and reports tokens/s of the prefill and the "
                "decode, their time together, peak memory and, on a GPU, "
@@ -230,6 +234,8 @@ int main(int argc, char **argv) {
         return 1;
       }
       picking.stepsPerCall = n;
+    } else if (arg == "--forced-decode") {
+      picking.forced = true;
     } else if (arg == "--bench") {
       bench = true;
     } else if (arg == "--warmup") {
