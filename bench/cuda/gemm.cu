@@ -141,7 +141,8 @@ int main(int argc, char **argv) {
       CHECK(quantizeRowsFp8(x, m, shape.k, xq, xScales, nullptr));
       double flops = 2.0 * m * shape.n * shape.k;
       // The runner's own kernels up to 8 tokens, cuBLASLt beyond (the
-      // split-K wgmma kernel, the runner's choice for 9-64, timed apart).
+      // split-K wgmma kernel, the runner's choice for 9-16 by default, timed
+      // apart).
       gemm->setSplitKRows(0);
       float fp8Ms = melt::bench::timeMs(
           benchName,
