@@ -1873,13 +1873,13 @@ public:
           DType::I32, {int64_t(moeByExpertScratchBytes(T, K, E, I) / 4)},
           scratch));
       Status launched =
-          check(moeExpertsByExpert(static_cast<const float *>(x.data),
-                                   static_cast<const int32_t *>(indices.data),
-                                   static_cast<const float *>(weights.data),
-                                   stacks, T, K, E, I, D, combineBf16,
-                                   expertTensorCores(gate), scratch.data,
-                                   static_cast<float *>(y.data),
-                                   flag_ + kExpertFlag, stream_, pairRows),
+          check(moeExpertsByExpert(
+                    static_cast<const float *>(x.data),
+                    static_cast<const int32_t *>(indices.data),
+                    static_cast<const float *>(weights.data), stacks, T, K, E,
+                    I, D, combineBf16, expertTensorCores(gate), scratch.data,
+                    static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
+                    pairRows, moeWidePasses_),
                 "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;
@@ -2228,6 +2228,9 @@ private:
   }
 
   int multiprocessors_ = 132;
+  /// MELT_CUDA_MOE_WIDE_PASSES=1: a few tokens' experts on the tensor
+  /// cores take an expert's tokens 16 at a time (moeExpertsByExpert).
+  bool moeWidePasses_ = envSwitch("MELT_CUDA_MOE_WIDE_PASSES", false);
   /// MELT_CUDA_SMALL_M=0 sends every product to cuBLASLt (for comparison).
   bool smallMGemm_ = envSwitch("MELT_CUDA_SMALL_M", true);
 

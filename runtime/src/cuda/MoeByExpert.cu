@@ -210,21 +210,28 @@ constexpr int kScaleBlock = 128, kChunksPerBlock = kScaleBlock / 32;
 /// bytes of BF16, 8 of FP8) and the matching 8 values of token g, used as
 /// two k16 steps (the same permutation of K for A and B, so the products
 /// are unchanged).
-/// acc[w] += rows[w][16 x K] . token^T for the kWeights weights, rows g and
-/// g + 8 of each at rows[w] and rows[w] + 8 K; `token` is the lane's token
-/// (g) row of F32 inputs (rounded to BF16 here), or null for none. Each
-/// iteration has all its weight loads in flight before it widens or
-/// multiplies any: 128 of K for BF16, 256 (the same bytes) for FP8. FP8
+/// acc[w][n] += rows[w][16 x K] . tokens[n]^T for the kWeights weights,
+/// rows g and g + 8 of each at rows[w] and rows[w] + 8 K, and kGroups
+/// groups of 8 tokens; tokens[n] is the lane's token (g) of group n, a row
+/// of F32 inputs (rounded to BF16 here), or null for none. Each iteration
+/// has all its weight loads in flight before it widens or multiplies any:
+/// 128 of K for BF16, 256 (the same bytes) for FP8 with one group, 128
+/// with two (whose tokens' operands take the registers). Each weight
+/// fragment serves every group: a group more reads no weight again. FP8
 /// weights (W = __nv_fp8_e4m3): each 128 of K is summed on its own and
 /// added times its block's scale, scales[w][k / 128] (the 16 rows lie in
-/// one 128-row block), as DeepSeek-V3's FP8 GEMMs promote partial sums.
-template <typename W, int kWeights>
+/// one 128-row block), as DeepSeek-V3's FP8 GEMMs promote partial sums. A
+/// token's sums are the same whatever its group (the same products in the
+/// same order).
+template <typename W, int kWeights, int kGroups>
 __device__ __forceinline__ void mmaRows(const W *const (&rows)[kWeights],
                                         const float *const (&scales)[kWeights],
-                                        const float *token, int K, int t,
-                                        float (&acc)[kWeights][4]) {
+                                        const float *const (&tokens)[kGroups],
+                                        int K, int t,
+                                        float (&acc)[kWeights][kGroups][4]) {
   constexpr bool kScaled = !std::is_same_v<W, __nv_bfloat16>;
-  constexpr int kBlocks = kScaled ? 2 : 1, kChunks = kBlocks * kChunksPerBlock;
+  constexpr int kBlocks = kScaled && kGroups == 1 ? 2 : 1,
+                kChunks = kBlocks * kChunksPerBlock;
   for (int kb = 0; kb < K; kb += 32 * kChunks) {
     RawEight<W> w[kChunks][kWeights][2];
 #pragma unroll
@@ -237,28 +244,31 @@ __device__ __forceinline__ void mmaRows(const W *const (&rows)[kWeights],
         w[u][i][1] = loadEight(rows[i] + size_t(8) * K + k, in);
       }
     }
-    // The token's values, rounded to BF16 pairs (the B operands).
-    uint32_t b[kChunks][4];
+    // The tokens' values, rounded to BF16 pairs (the B operands).
+    uint32_t b[kChunks][kGroups][4];
 #pragma unroll
-    for (int u = 0; u < kChunks; ++u) {
-      const int k = kb + 32 * u + 8 * t;
-      const bool in = kb + 32 * u < K && token;
-      const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-      const float4 lo =
-                       in ? *reinterpret_cast<const float4 *>(token + k) : zero,
-                   hi = in ? *reinterpret_cast<const float4 *>(token + k + 4)
-                           : zero;
-      b[u][0] = packBf16(lo.x, lo.y);
-      b[u][1] = packBf16(lo.z, lo.w);
-      b[u][2] = packBf16(hi.x, hi.y);
-      b[u][3] = packBf16(hi.z, hi.w);
-    }
+    for (int u = 0; u < kChunks; ++u)
+#pragma unroll
+      for (int n = 0; n < kGroups; ++n) {
+        const float *token = tokens[n];
+        const int k = kb + 32 * u + 8 * t;
+        const bool in = kb + 32 * u < K && token;
+        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 lo = in ? *reinterpret_cast<const float4 *>(token + k)
+                             : zero,
+                     hi = in ? *reinterpret_cast<const float4 *>(token + k + 4)
+                             : zero;
+        b[u][n][0] = packBf16(lo.x, lo.y);
+        b[u][n][1] = packBf16(lo.z, lo.w);
+        b[u][n][2] = packBf16(hi.x, hi.y);
+        b[u][n][3] = packBf16(hi.z, hi.w);
+      }
 #pragma unroll
     for (int block = 0; block < kBlocks; ++block) {
       const int k0 = kb + block * kScaleBlock;
       if (k0 >= K)
         break;
-      float part[kWeights][4] = {};
+      float part[kWeights][kGroups][4] = {};
 #pragma unroll
       for (int v = 0; v < kChunksPerBlock; ++v) {
         const int u = block * kChunksPerBlock + v;
@@ -267,9 +277,12 @@ __device__ __forceinline__ void mmaRows(const W *const (&rows)[kWeights],
 #pragma unroll
         for (int i = 0; i < kWeights; ++i) {
           const uint4 g = asBf16Pairs(w[u][i][0]), g8 = asBf16Pairs(w[u][i][1]);
-          float(&sum)[4] = kScaled ? part[i] : acc[i];
-          mma16816(sum, {g.x, g8.x, g.y, g8.y}, b[u][0], b[u][1]);
-          mma16816(sum, {g.z, g8.z, g.w, g8.w}, b[u][2], b[u][3]);
+#pragma unroll
+          for (int n = 0; n < kGroups; ++n) {
+            float(&sum)[4] = kScaled ? part[i][n] : acc[i][n];
+            mma16816(sum, {g.x, g8.x, g.y, g8.y}, b[u][n][0], b[u][n][1]);
+            mma16816(sum, {g.z, g8.z, g.w, g8.w}, b[u][n][2], b[u][n][3]);
+          }
         }
       }
       if constexpr (kScaled) {
@@ -277,8 +290,10 @@ __device__ __forceinline__ void mmaRows(const W *const (&rows)[kWeights],
         for (int i = 0; i < kWeights; ++i) {
           const float s = scales[i][k0 / kScaleBlock];
 #pragma unroll
-          for (int c = 0; c < 4; ++c)
-            acc[i][c] += s * part[i][c];
+          for (int n = 0; n < kGroups; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              acc[i][n][c] += s * part[i][n][c];
         }
       }
     }
@@ -296,9 +311,47 @@ blockScales(const float *scales, int e, int rows, int cols, int row) {
   return scales + (size_t(e) * rowBlocks + row / kScaleBlock) * colBlocks;
 }
 
+/// Tokens a pass of the tensor-core expert kernels takes: 8 (one group),
+/// or with wide passes 16 where more than 8 are left (two groups: the
+/// expert's weight rows streamed once for 16 tokens, not twice).
+template <int kGroups> __device__ __forceinline__ int passTokens(int left) {
+  return min(8 * kGroups, left);
+}
+
+/// One pass of activationMmaKernel: slots [pass, pass + count) of the
+/// warp's 16 gate/up rows at rowBase.
+template <typename W, int kGroups>
+__device__ __forceinline__ void
+activationPass(const float *x, const int32_t *pairOfSlot,
+               const W *const (&rows)[2], const float *const (&scales)[2],
+               int pass, int count, int choices, int inter, int dim,
+               int rowBase, int g, int t, float *act) {
+  const float *tokens[kGroups];
+#pragma unroll
+  for (int n = 0; n < kGroups; ++n)
+    tokens[n] = 8 * n + g < count
+                    ? x + size_t(pairOfSlot[pass + 8 * n + g] / choices) * dim
+                    : nullptr;
+  float acc[2][kGroups][4] = {};
+  mmaRows<W, 2, kGroups>(rows, scales, tokens, dim, t, acc);
+  // acc[.][n][0..1]: row g, slots 8 n + 2t, + 1; acc[.][n][2..3]: row g + 8.
+#pragma unroll
+  for (int n = 0; n < kGroups; ++n)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int slot = 8 * n + 2 * t + c % 2, row = rowBase + g + (c / 2) * 8;
+      if (slot < count) {
+        float a = acc[0][n][c], b = acc[1][n][c];
+        act[size_t(pass + slot) * inter + row] =
+            asOperand<__nv_bfloat16>(a / (1.f + expf(-a)) * b);
+      }
+    }
+}
+
 /// Grid (experts, inter / 128), 256 threads: a warp per 16 gate/up rows of
-/// the block's expert, for its slots 8 at a time.
-template <typename W>
+/// the block's expert, for its slots 8 at a time (kWide: 16 at a time
+/// while more than 8 are left).
+template <typename W, bool kWide>
 __global__ void __launch_bounds__(256)
     activationMmaKernel(const float *x, const int32_t *offsets,
                         const int32_t *pairOfSlot, const W *gate, const W *up,
@@ -316,28 +369,62 @@ __global__ void __launch_bounds__(256)
   const float *const scales[2] = {
       blockScales(gateScales, e, inter, dim, rowBase),
       blockScales(upScales, e, inter, dim, rowBase)};
-  for (int pass = begin; pass < end; pass += 8) {
-    const int count = min(8, end - pass);
-    const float *token =
-        g < count ? x + size_t(pairOfSlot[pass + g] / choices) * dim : nullptr;
-    float acc[2][4] = {};
-    mmaRows<W, 2>(rows, scales, token, dim, t, acc);
-    // acc[.][0..1]: row g, tokens 2t, 2t + 1; acc[.][2..3]: row g + 8.
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int slot = 2 * t + c % 2, row = rowBase + g + (c / 2) * 8;
-      if (slot < count) {
-        float a = acc[0][c], b = acc[1][c];
-        act[size_t(pass + slot) * inter + row] =
-            asOperand<__nv_bfloat16>(a / (1.f + expf(-a)) * b);
+  if constexpr (kWide) {
+    for (int pass = begin; pass < end;) {
+      const int left = end - pass;
+      if (left > 8) {
+        const int count = passTokens<2>(left);
+        activationPass<W, 2>(x, pairOfSlot, rows, scales, pass, count, choices,
+                             inter, dim, rowBase, g, t, act);
+        pass += count;
+      } else {
+        activationPass<W, 1>(x, pairOfSlot, rows, scales, pass, left, choices,
+                             inter, dim, rowBase, g, t, act);
+        pass += left;
       }
     }
+  } else {
+    for (int pass = begin; pass < end; pass += 8)
+      activationPass<W, 1>(x, pairOfSlot, rows, scales, pass,
+                           min(8, end - pass), choices, inter, dim, rowBase, g,
+                           t, act);
   }
 }
 
+/// One pass of downMmaKernel: slots [pass, pass + count) of the warp's 16
+/// down rows at rowBase, added into y weighted.
+template <typename W, int kGroups>
+__device__ __forceinline__ void
+downPass(const float *act, const int32_t *pairOfSlot, const float *weights,
+         const W *const (&rows)[1], const float *const (&scales)[1], int pass,
+         int count, int choices, int inter, int dim, int rowBase, int g, int t,
+         bool combineBf16, PairOutput y) {
+  const float *tokens[kGroups];
+#pragma unroll
+  for (int n = 0; n < kGroups; ++n)
+    tokens[n] =
+        8 * n + g < count ? act + size_t(pass + 8 * n + g) * inter : nullptr;
+  float acc[1][kGroups][4] = {};
+  mmaRows<W, 1, kGroups>(rows, scales, tokens, inter, t, acc);
+#pragma unroll
+  for (int n = 0; n < kGroups; ++n)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int slot = 8 * n + 2 * t + c % 2, row = rowBase + g + (c / 2) * 8;
+      if (slot < count) {
+        const int pair = pairOfSlot[pass + slot];
+        float sum = acc[0][n][c];
+        if (combineBf16)
+          sum = __bfloat162float(__float2bfloat16(sum));
+        y.add(pair, choices, dim, row, weights[pair] * sum);
+      }
+    }
+}
+
 /// Grid (experts, dim / 128), 256 threads: a warp per 16 down rows (outputs)
-/// of the block's expert, for its slots 8 at a time, added into y weighted.
-template <typename W>
+/// of the block's expert, for its slots 8 at a time (kWide: 16 while more
+/// than 8 are left), added into y weighted.
+template <typename W, bool kWide>
 __global__ void __launch_bounds__(256)
     downMmaKernel(const float *act, const int32_t *offsets,
                   const int32_t *pairOfSlot, const float *weights,
@@ -353,40 +440,58 @@ __global__ void __launch_bounds__(256)
   const W *const rows[1] = {down + (size_t(e) * dim + rowBase + g) * inter};
   const float *const scales[1] = {
       blockScales(downScales, e, dim, inter, rowBase)};
-  for (int pass = begin; pass < end; pass += 8) {
-    const int count = min(8, end - pass);
-    const float *token = g < count ? act + size_t(pass + g) * inter : nullptr;
-    float acc[1][4] = {};
-    mmaRows<W, 1>(rows, scales, token, inter, t, acc);
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int slot = 2 * t + c % 2, row = rowBase + g + (c / 2) * 8;
-      if (slot < count) {
-        const int pair = pairOfSlot[pass + slot];
-        float sum = acc[0][c];
-        if (combineBf16)
-          sum = __bfloat162float(__float2bfloat16(sum));
-        y.add(pair, choices, dim, row, weights[pair] * sum);
+  if constexpr (kWide) {
+    for (int pass = begin; pass < end;) {
+      const int left = end - pass;
+      if (left > 8) {
+        const int count = passTokens<2>(left);
+        downPass<W, 2>(act, pairOfSlot, weights, rows, scales, pass, count,
+                       choices, inter, dim, rowBase, g, t, combineBf16, y);
+        pass += count;
+      } else {
+        downPass<W, 1>(act, pairOfSlot, weights, rows, scales, pass, left,
+                       choices, inter, dim, rowBase, g, t, combineBf16, y);
+        pass += left;
       }
     }
+  } else {
+    for (int pass = begin; pass < end; pass += 8)
+      downPass<W, 1>(act, pairOfSlot, weights, rows, scales, pass,
+                     min(8, end - pass), choices, inter, dim, rowBase, g, t,
+                     combineBf16, y);
   }
 }
 
+template <typename W, bool kWide>
+void launchMmaKernels(const float *x, const int32_t *offsets,
+                      const int32_t *pairOfSlot, const float *weights,
+                      const ExpertStacks &stacks, int choices, int experts,
+                      int inter, int dim, bool combineBf16, float *act,
+                      PairOutput y, cudaStream_t stream) {
+  launchOverlapped(activationMmaKernel<W, kWide>,
+                   dim3(experts, (inter + 127) / 128), 256, 0, stream, x,
+                   offsets, pairOfSlot, static_cast<const W *>(stacks.gate),
+                   static_cast<const W *>(stacks.up), stacks.gateScales,
+                   stacks.upScales, choices, inter, dim, act);
+  launchOverlapped(downMmaKernel<W, kWide>, dim3(experts, (dim + 127) / 128),
+                   256, 0, stream, act, offsets, pairOfSlot, weights,
+                   static_cast<const W *>(stacks.down), stacks.downScales,
+                   choices, inter, dim, combineBf16, y);
+}
+
 template <typename W>
-void launchMma(const float *x, const int32_t *offsets,
+void launchMma(bool widePasses, const float *x, const int32_t *offsets,
                const int32_t *pairOfSlot, const float *weights,
                const ExpertStacks &stacks, int choices, int experts, int inter,
                int dim, bool combineBf16, float *act, PairOutput y,
                cudaStream_t stream) {
-  launchOverlapped(activationMmaKernel<W>, dim3(experts, (inter + 127) / 128),
-                   256, 0, stream, x, offsets, pairOfSlot,
-                   static_cast<const W *>(stacks.gate),
-                   static_cast<const W *>(stacks.up), stacks.gateScales,
-                   stacks.upScales, choices, inter, dim, act);
-  launchOverlapped(downMmaKernel<W>, dim3(experts, (dim + 127) / 128), 256, 0,
-                   stream, act, offsets, pairOfSlot, weights,
-                   static_cast<const W *>(stacks.down), stacks.downScales,
-                   choices, inter, dim, combineBf16, y);
+  if (widePasses)
+    launchMmaKernels<W, true>(x, offsets, pairOfSlot, weights, stacks, choices,
+                              experts, inter, dim, combineBf16, act, y, stream);
+  else
+    launchMmaKernels<W, false>(x, offsets, pairOfSlot, weights, stacks, choices,
+                               experts, inter, dim, combineBf16, act, y,
+                               stream);
 }
 
 template <typename W>
@@ -424,7 +529,7 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
     const float *x, const int32_t *indices, const float *weights,
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, bool tensorCores, void *scratch, float *y,
-    int32_t *bad, cudaStream_t stream, float *pairRows) {
+    int32_t *bad, cudaStream_t stream, float *pairRows, bool widePasses) {
   using Type = ExpertStacks::Type;
   if (experts < 1 || experts > kMoeByExpertMaxExperts)
     return cudaErrorInvalidValue;
@@ -451,13 +556,13 @@ cudaError_t melt::rt::cuda::moeExpertsByExpert(
   // Tensor cores where asked and the shapes take them: BF16 products of
   // BF16-rounded inputs, as the row kernels compute them.
   if (stacks.type == Type::Fp8Blocks)
-    launchMma<__nv_fp8_e4m3>(x, offsets, pairOfSlot, weights, stacks, choices,
-                             experts, inter, dim, combineBf16, act, out,
-                             stream);
+    launchMma<__nv_fp8_e4m3>(widePasses, x, offsets, pairOfSlot, weights,
+                             stacks, choices, experts, inter, dim, combineBf16,
+                             act, out, stream);
   else if (tensorCores && mmaFits)
-    launchMma<__nv_bfloat16>(x, offsets, pairOfSlot, weights, stacks, choices,
-                             experts, inter, dim, combineBf16, act, out,
-                             stream);
+    launchMma<__nv_bfloat16>(widePasses, x, offsets, pairOfSlot, weights,
+                             stacks, choices, experts, inter, dim, combineBf16,
+                             act, out, stream);
   else if (stacks.type == Type::BF16)
     launchExperts<__nv_bfloat16>(x, offsets, pairOfSlot, weights, stacks,
                                  choices, experts, inter, dim, combineBf16, act,

@@ -51,12 +51,16 @@ size_t moeByExpertScratchBytes(int tokens, int choices, int experts, int inter);
 /// FP8 weights always do, and need such sizes (else cudaErrorInvalidValue).
 /// `pairRows` ([tokens * choices, dim] F32), where given, makes the sum
 /// over the choices the same bits every run (PairOutput, ExpertPairs.cuh).
+/// `widePasses`: the tensor-core kernels take an expert's tokens 16 at a
+/// time while more than 8 are left (its weights streamed once for 16, not
+/// twice), with the same bits (MELT_CUDA_MOE_WIDE_PASSES).
 cudaError_t moeExpertsByExpert(const float *x, const int32_t *indices,
                                const float *weights, const ExpertStacks &stacks,
                                int tokens, int choices, int experts, int inter,
                                int dim, bool combineBf16, bool tensorCores,
                                void *scratch, float *y, int32_t *bad,
-                               cudaStream_t stream, float *pairRows = nullptr);
+                               cudaStream_t stream, float *pairRows = nullptr,
+                               bool widePasses = false);
 
 /// Whether the tensor-core kernels take the shape (BF16 or FP8 weights,
 /// I and D multiples of 32).
