@@ -57,3 +57,35 @@ golden_models() {
   done
   echo "$models"
 }
+
+# A/B scripts (prefill-ab.sh, decode-ab.sh): ab_arguments NAME=VALUE...
+# [-- MODEL.melt...] sets the arrays `switches` (the NAME=VALUEs) and
+# `models` (the models after --, else those in $AB_DEFAULT_MODELS).
+ab_arguments() {
+  switches=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    switches+=("$1")
+    shift
+  done
+  [ "${1:-}" = "--" ] && shift
+  if [ $# -eq 0 ]; then
+    read -r -a models <<< "$AB_DEFAULT_MODELS"
+  else
+    models=("$@")
+  fi
+}
+
+# ab_melt MODEL SWITCHES-ON(0|1) ARGS...: melt-run on MODEL (random
+# weights, cuda:0) with the switches or without, within $AB_TIMEOUT seconds
+# (default 120).
+ab_melt() {
+  local model=$1 on=$2
+  shift 2
+  if [ "$on" = 1 ]; then
+    timeout "${AB_TIMEOUT:-120}" env "${switches[@]}" build-gpu/bin/melt-run \
+      "$carry/models/$model" --random-weights --device cuda:0 "$@"
+  else
+    timeout "${AB_TIMEOUT:-120}" build-gpu/bin/melt-run \
+      "$carry/models/$model" --random-weights --device cuda:0 "$@"
+  fi
+}

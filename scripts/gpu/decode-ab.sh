@@ -22,36 +22,15 @@ if [ $# -lt 1 ]; then
   exit 2
 fi
 source "$(dirname "$0")/common.sh"
-switches=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-  switches+=("$1")
-  shift
-done
-[ "${1:-}" = "--" ] && shift
-if [ $# -eq 0 ]; then
-  models=(mini-fp8.melt)
-else
-  models=("$@")
-fi
+AB_DEFAULT_MODELS=mini-fp8.melt ab_arguments "$@"
 batches=${BATCHES:-1,16,32,64}
 build_gpu melt-run
 log="$out/decode-ab.txt"
 say() { echo "$*" | tee -a "$log"; }
 say "switches: ${switches[*]}"
-melt() { # melt MODEL SWITCHES-ON(0|1) ARGS...
-  local model=$1 on=$2
-  shift 2
-  if [ "$on" = 1 ]; then
-    timeout 150 env "${switches[@]}" build-gpu/bin/melt-run "$carry/models/$model" \
-      --random-weights --device cuda:0 --forced-decode "$@"
-  else
-    timeout 150 build-gpu/bin/melt-run "$carry/models/$model" \
-      --random-weights --device cuda:0 --forced-decode "$@"
-  fi
-}
 for model in "${models[@]}"; do
   for on in 1 0; do
-    picks=$(melt "$model" $on --bench --prompt-ids "$(prompt_ids 128)" --max-new 16 \
+    picks=$(AB_TIMEOUT=150 ab_melt "$model" $on --forced-decode --bench --prompt-ids "$(prompt_ids 128)" --max-new 16 \
       --batch "$batches" 2>&1 | grep -o '"batch": [0-9]*\|"generated": \[[0-9, ]*\]' |
       paste -d' ' - - | while read -r line; do
         echo "b${line#*\"batch\": }" | sed 's/ "generated".*//' | tr -d '\n'
@@ -61,7 +40,7 @@ for model in "${models[@]}"; do
   done
   for round in $(seq "${ROUNDS:-2}"); do
     for on in 1 0; do
-      r=$(melt "$model" $on --bench --warmup --repeat 3 --prompt-ids "$(prompt_ids 128)" \
+      r=$(AB_TIMEOUT=150 ab_melt "$model" $on --forced-decode --bench --warmup --repeat 3 --prompt-ids "$(prompt_ids 128)" \
         --max-new 64 --batch "$batches" 2>&1 |
         grep -o '"batch": [0-9]*\|"decode_tokens_per_s": [0-9.]*' | paste -sd' ')
       say "$model round $round switches=$on decode: $r"

@@ -15,43 +15,22 @@ if [ $# -lt 1 ]; then
   exit 2
 fi
 source "$(dirname "$0")/common.sh"
-switches=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-  switches+=("$1")
-  shift
-done
-[ "${1:-}" = "--" ] && shift
-if [ $# -eq 0 ]; then
-  models=(mini-fp8.melt mini-bf16.melt)
-else
-  models=("$@")
-fi
+AB_DEFAULT_MODELS="mini-fp8.melt mini-bf16.melt" ab_arguments "$@"
 build_gpu melt-run
 log="$out/prefill-ab.txt"
 say() { echo "$*" | tee -a "$log"; }
 say "switches: ${switches[*]}"
-melt() { # melt MODEL SWITCHES-ON(0|1) ARGS...
-  local model=$1 on=$2
-  shift 2
-  if [ "$on" = 1 ]; then
-    timeout 120 env "${switches[@]}" build-gpu/bin/melt-run "$carry/models/$model" \
-      --random-weights --device cuda:0 "$@"
-  else
-    timeout 120 build-gpu/bin/melt-run "$carry/models/$model" \
-      --random-weights --device cuda:0 "$@"
-  fi
-}
 for model in "${models[@]}"; do
   for on in 1 0; do
-    h8=$(melt "$model" $on --prompt-ids "$(prompt_ids 1024)" --max-new 6 --batch 8 2>&1 |
+    h8=$(ab_melt "$model" $on --prompt-ids "$(prompt_ids 1024)" --max-new 6 --batch 8 2>&1 |
       grep -E "generated" | md5sum | cut -c1-32)
-    h64=$(melt "$model" $on --prompt-ids "$(prompt_ids 128)" --max-new 8 --batch 64 2>&1 |
+    h64=$(ab_melt "$model" $on --prompt-ids "$(prompt_ids 128)" --max-new 8 --batch 64 2>&1 |
       grep -E "generated" | md5sum | cut -c1-32)
     say "$model switches=$on tokens md5: 8x1024 $h8, 64x128 $h64"
   done
   for round in $(seq "${ROUNDS:-2}"); do
     for on in 1 0; do
-      r=$(melt "$model" $on --bench --warmup --repeat 3 --prompt-ids "$(prompt_ids 1024)" \
+      r=$(ab_melt "$model" $on --bench --warmup --repeat 3 --prompt-ids "$(prompt_ids 1024)" \
         --max-new 1 --batch 1,8 2>&1 |
         grep -o '"batch": [0-9]*\|"prefill_tokens_per_s": [0-9.]*\|"load_seconds": [0-9.]*' |
         paste -sd' ')
