@@ -245,16 +245,24 @@ cudaError_t launch(const __nv_fp8_e4m3 *x, const float *xScales,
                    __nv_bfloat16 *y, int m, int n, int k, int splits,
                    cudaStream_t stream) {
   using L = Layout<kTokens>;
+  // Nothing launched where the driver makes no tensor maps or the GPU
+  // gives no such shared memory: cudaErrorNotSupported, for the caller to
+  // take another kernel.
   CUtensorMap wMap, xMap;
   if (!swizzledByteMap(wMap, w, uint64_t(n), uint64_t(k), uint64_t(k),
                        kTileRows) ||
       !swizzledByteMap(xMap, x, uint64_t(m), uint64_t(k), uint64_t(k), kTokens))
-    return cudaErrorInvalidValue;
-  static const cudaError_t configured = cudaFuncSetAttribute(
-      fp8SplitKKernel<kTokens>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      int(L::sharedBytes));
+    return cudaErrorNotSupported;
+  static const cudaError_t configured = [] {
+    const cudaError_t e = cudaFuncSetAttribute(
+        fp8SplitKKernel<kTokens>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        int(L::sharedBytes));
+    if (e != cudaSuccess)
+      (void)cudaGetLastError(); // not a sticky error: cleared
+    return e;
+  }();
   if (configured != cudaSuccess)
-    return configured;
+    return cudaErrorNotSupported;
   cudaLaunchAttribute attributes[2] = {};
   attributes[0].id = cudaLaunchAttributeClusterDimension;
   attributes[0].val.clusterDim.x = unsigned(splits);

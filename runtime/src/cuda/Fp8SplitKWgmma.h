@@ -27,7 +27,10 @@ bool fp8SplitKWgmmaTakes(const void *x, const void *w, const void *y, int m,
 /// The product, one launch, no scratch; the same bits every run for a
 /// shape on a GPU of `smCount` multiprocessors (the split over K follows
 /// from the shape and smCount alone). `splits` > 0 forces the number of K
-/// ranges (1 to 8, for tests); 0 picks it.
+/// ranges (1 to 8, for tests); 0 picks it. cudaErrorNotSupported, with
+/// nothing launched, where the driver makes no TMA tensor maps or the GPU
+/// gives the kernel less shared memory than it needs (GemmRunner then
+/// takes cuBLASLt).
 cudaError_t fp8SplitKWgmma(const __nv_fp8_e4m3 *x, const float *xScales,
                            const __nv_fp8_e4m3 *w, const float *wScales,
                            __nv_bfloat16 *y, int m, int n, int k, int smCount,

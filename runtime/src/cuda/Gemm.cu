@@ -302,10 +302,12 @@ CudaStatus GemmRunner::fp8BlockScaled(const __nv_fp8_e4m3 *x,
     return fromCuda(fp8SmallM(x, xScales, w, wScales, y, m, n, k, workspace_,
                               workspaceBytes_, smCount_, stream_),
                     "fp8SmallM");
-  if (m <= splitKRows_ && fp8SplitKWgmmaTakes(x, w, y, m, n, k))
-    return fromCuda(
-        fp8SplitKWgmma(x, xScales, w, wScales, y, m, n, k, smCount_, stream_),
-        "fp8SplitKWgmma");
+  if (m <= splitKRows_ && fp8SplitKWgmmaTakes(x, w, y, m, n, k)) {
+    const cudaError_t e =
+        fp8SplitKWgmma(x, xScales, w, wScales, y, m, n, k, smCount_, stream_);
+    if (e != cudaErrorNotSupported) // else cuBLASLt below
+      return fromCuda(e, "fp8SplitKWgmma");
+  }
   if ((k / 128) % 4 != 0)
     return {"fp8 gemm: cuBLASLt's 128x128 weight scales need K/128 to be a "
             "multiple of 4 (K " +
