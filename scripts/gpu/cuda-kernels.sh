@@ -132,11 +132,15 @@ cuobjdump -sass build-gpu/bin/melt-bench-gemm |
   awk '/Function : /{keep = /fp8SmallM/} keep' > "$out/fp8-small-m.sass"
 # sm_90 has no FP8 mma.sync in hardware: ptxas runs it as FP16 HMMA.
 echo "FP8 small-M GEMM: HMMA: $(grep -c HMMA "$out/fp8-small-m.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/fp8-small-m.sass")"
+cuobjdump -sass build-gpu/bin/melt-bench-gemm |
+  awk '/Function : /{keep = /fp8SplitKKernel/} keep' > "$out/fp8-split-k.sass"
+echo "FP8 split-K wgmma GEMM: HGMMA: $(grep -c HGMMA "$out/fp8-split-k.sass"), UTMALDG: $(grep -c UTMALDG "$out/fp8-split-k.sass"), LDL/STL: $(grep -cE 'LDL|STL' "$out/fp8-split-k.sass")"
 
 [ "${MELT_SKIP_BENCHMARKS:-}" = 1 ] && exit 0
 echo "== benchmarks =="
 build-gpu/bin/melt-bench-mla-decode | tee "$out/mla_decode_melt.json"
 build-gpu/bin/melt-bench-gemm | tee "$out/gemm_melt.json"
+build-gpu/bin/melt-bench-gemm --mini | tee "$out/gemm_mini_melt.json"
 build-gpu/bin/melt-bench-decode-kernels | tee "$out/decode_kernels.json"
 build-gpu/bin/melt-bench-grouped-gemm | tee "$out/grouped_gemm_melt.json"
 build-gpu/bin/melt-bench-prefill-rows | tee "$out/prefill_rows.json"
