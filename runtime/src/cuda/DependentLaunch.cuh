@@ -65,23 +65,58 @@ inline bool kernelsOverlap() {
   return overlap;
 }
 
+namespace detail {
+/// kernel<<<grid, block, shared, stream>>>(args...) in clusters of
+/// `clusterX` blocks along x (0: no cluster attribute), allowed to start
+/// early where kernelsOverlap().
+template <typename... Params, typename... Args>
+cudaError_t launchWith(void (*kernel)(Params...), dim3 grid, dim3 block,
+                       size_t shared, cudaStream_t stream, unsigned clusterX,
+                       Args &&...args) {
+  cudaLaunchAttribute attributes[2] = {};
+  unsigned count = 0;
+  if (clusterX > 0) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = clusterX;
+    attributes[count].val.clusterDim.y = 1;
+    attributes[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  if (kernelsOverlap()) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = count;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+} // namespace detail
+
 /// kernel<<<grid, block, shared, stream>>>(args...), allowed to start while
 /// the kernel ahead of it runs (see the contract above).
 template <typename... Params, typename... Args>
 cudaError_t launchOverlapped(void (*kernel)(Params...), dim3 grid, dim3 block,
                              size_t shared, cudaStream_t stream,
                              Args &&...args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = shared;
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = kernelsOverlap() ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  return detail::launchWith(kernel, grid, block, shared, stream, 0,
+                            std::forward<Args>(args)...);
+}
+
+/// launchOverlapped in thread-block clusters of `clusterX` blocks along x
+/// (grid.x a multiple of it; sm_90).
+template <typename... Params, typename... Args>
+cudaError_t launchOverlappedInClusters(void (*kernel)(Params...), dim3 grid,
+                                       dim3 block, size_t shared,
+                                       cudaStream_t stream, unsigned clusterX,
+                                       Args &&...args) {
+  return detail::launchWith(kernel, grid, block, shared, stream, clusterX,
+                            std::forward<Args>(args)...);
 }
 
 } // namespace melt::rt::cuda

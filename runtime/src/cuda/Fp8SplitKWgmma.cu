@@ -32,6 +32,7 @@
 
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/OperandAccess.cuh"
 #include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"
 
@@ -218,12 +219,7 @@ __global__ void __launch_bounds__(kThreads)
       if (c < splits)
         total.x += v[c].x, total.y += v[c].y, total.z += v[c].z,
             total.w += v[c].w;
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(total.x, total.y);
-    const __nv_bfloat162 hi = __floats2bfloat162_rn(total.z, total.w);
-    uint2 packed;
-    packed.x = *reinterpret_cast<const uint32_t *>(&lo);
-    packed.y = *reinterpret_cast<const uint32_t *>(&hi);
-    *reinterpret_cast<uint2 *>(y + size_t(token) * n + n0 + row) = packed;
+    store4(Result{y, true}, size_t(token) * n + n0 + row, total);
   }
   cluster.sync(); // no block leaves while its partial sums are read
 }
@@ -263,23 +259,11 @@ cudaError_t launch(const __nv_fp8_e4m3 *x, const float *xScales,
   }();
   if (configured != cudaSuccess)
     return cudaErrorNotSupported;
-  cudaLaunchAttribute attributes[2] = {};
-  attributes[0].id = cudaLaunchAttributeClusterDimension;
-  attributes[0].val.clusterDim.x = unsigned(splits);
-  attributes[0].val.clusterDim.y = 1;
-  attributes[0].val.clusterDim.z = 1;
-  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[1].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim =
-      dim3(unsigned(splits), unsigned((n + kTileRows - 1) / kTileRows));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = L::sharedBytes;
-  config.stream = stream;
-  config.attrs = attributes;
-  config.numAttrs = kernelsOverlap() ? 2 : 1;
-  return cudaLaunchKernelEx(&config, fp8SplitKKernel<kTokens>, wMap, xMap,
-                            xScales, wScales, y, m, n, k);
+  return launchOverlappedInClusters(
+      fp8SplitKKernel<kTokens>,
+      dim3(unsigned(splits), unsigned((n + kTileRows - 1) / kTileRows)),
+      dim3(kThreads), L::sharedBytes, stream, unsigned(splits), wMap, xMap,
+      xScales, wScales, y, m, n, k);
 }
 
 } // namespace

@@ -187,7 +187,8 @@ __global__ void __launch_bounds__(kThreads)
       initLoadBarrier(&s.loaded[b]);
   if (kBulk)
     __syncthreads(); // the barriers initialized before their first use
-  // The first kStages - 1 tiles.
+  // The first kStages - 1 tiles. (Two stages keep the two-buffer forms
+  // here and in the loop: the instructions they had before kStages.)
   if constexpr (kStages == 2)
     startTileCopy<kBulk>(s.cache[0], args, cacheMap, &s.loaded[0], pages, begin,
                          end);
@@ -475,15 +476,19 @@ int headTiles(const MlaDecodeArgs &args, int /*smCount*/) {
   return args.heads % 64 == 0 ? 4 : 1;
 }
 
-/// Cache buffers of the 16-head kernel with TMA tiles
-/// (MELT_CUDA_MLA_DECODE_STAGES, 2 to 4; default 2: one tile ahead, two
-/// blocks an SM; 3 or 4: two or three tiles ahead, one block an SM, half
-/// the chunks to combine). 64-head blocks keep 2.
-int cacheStages(const MlaDecodeArgs &args, int tiles) {
+/// Cache buffers of the warp kernel of `tiles` head tiles where its tiles
+/// come by TMA (MELT_CUDA_MLA_DECODE_STAGES, 2 to 4, for 16 heads; default
+/// 2: one tile ahead, two blocks an SM; 3 or 4: two or three tiles ahead,
+/// one block an SM, half the chunks to combine). 64-head blocks keep 2.
+int bulkCacheStages(int tiles) {
   static const int stages = int(envInt("MELT_CUDA_MLA_DECODE_STAGES", 2, 2, 4));
-  if (tiles != 1 || stages == 2)
-    return 2;
-  return mlaDecodeBulkCopies(args) ? stages : 2;
+  return tiles == 1 ? stages : 2;
+}
+
+/// The same for a launch: 2 where the tiles come by cp.async.
+int cacheStages(const MlaDecodeArgs &args, int tiles) {
+  const int stages = bulkCacheStages(tiles);
+  return stages == 2 || mlaDecodeBulkCopies(args) ? stages : 2;
 }
 
 size_t sharedBytesFor(int tiles, int stages) {
@@ -575,7 +580,7 @@ cudaError_t launchWarpChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                                            stream);
   if constexpr (kHeadTiles == 1) {
     // The split planned with these stages' shared memory (chunkCount).
-    const int stages = cacheStages(args, kHeadTiles);
+    const int stages = bulkCacheStages(kHeadTiles);
     if (stages == 4)
       return launchChunks<1, true, 4>(args, chunks, sums, stats, map, stream);
     if (stages == 3)

@@ -311,11 +311,29 @@ blockScales(const float *scales, int e, int rows, int cols, int row) {
   return scales + (size_t(e) * rowBlocks + row / kScaleBlock) * colBlocks;
 }
 
-/// Tokens a pass of the tensor-core expert kernels takes: 8 (one group),
-/// or with wide passes 16 where more than 8 are left (two groups: the
-/// expert's weight rows streamed once for 16 tokens, not twice).
-template <int kGroups> __device__ __forceinline__ int passTokens(int left) {
-  return min(8 * kGroups, left);
+/// pass(groups, first, count) over an expert's slots [begin, end), the
+/// passes of the tensor-core expert kernels: 8 slots at a time (groups an
+/// integral_constant of 1), or with kWide 16 while more than 8 are left
+/// (groups 2: the expert's weight rows streamed once for 16 tokens, not
+/// twice).
+template <bool kWide, class Pass>
+__device__ __forceinline__ void forEachPass(int begin, int end, Pass pass) {
+  if constexpr (kWide) {
+    for (int first = begin; first < end;) {
+      const int left = end - first;
+      if (left > 8) {
+        const int count = min(16, left);
+        pass(std::integral_constant<int, 2>(), first, count);
+        first += count;
+      } else {
+        pass(std::integral_constant<int, 1>(), first, left);
+        first += left;
+      }
+    }
+  } else {
+    for (int first = begin; first < end; first += 8)
+      pass(std::integral_constant<int, 1>(), first, min(8, end - first));
+  }
 }
 
 /// One pass of activationMmaKernel: slots [pass, pass + count) of the
@@ -369,26 +387,11 @@ __global__ void __launch_bounds__(256)
   const float *const scales[2] = {
       blockScales(gateScales, e, inter, dim, rowBase),
       blockScales(upScales, e, inter, dim, rowBase)};
-  if constexpr (kWide) {
-    for (int pass = begin; pass < end;) {
-      const int left = end - pass;
-      if (left > 8) {
-        const int count = passTokens<2>(left);
-        activationPass<W, 2>(x, pairOfSlot, rows, scales, pass, count, choices,
-                             inter, dim, rowBase, g, t, act);
-        pass += count;
-      } else {
-        activationPass<W, 1>(x, pairOfSlot, rows, scales, pass, left, choices,
-                             inter, dim, rowBase, g, t, act);
-        pass += left;
-      }
-    }
-  } else {
-    for (int pass = begin; pass < end; pass += 8)
-      activationPass<W, 1>(x, pairOfSlot, rows, scales, pass,
-                           min(8, end - pass), choices, inter, dim, rowBase, g,
-                           t, act);
-  }
+  forEachPass<kWide>(begin, end, [&](auto groups, int first, int count) {
+    activationPass<W, decltype(groups)::value>(x, pairOfSlot, rows, scales,
+                                               first, count, choices, inter,
+                                               dim, rowBase, g, t, act);
+  });
 }
 
 /// One pass of downMmaKernel: slots [pass, pass + count) of the warp's 16
@@ -440,26 +443,11 @@ __global__ void __launch_bounds__(256)
   const W *const rows[1] = {down + (size_t(e) * dim + rowBase + g) * inter};
   const float *const scales[1] = {
       blockScales(downScales, e, dim, inter, rowBase)};
-  if constexpr (kWide) {
-    for (int pass = begin; pass < end;) {
-      const int left = end - pass;
-      if (left > 8) {
-        const int count = passTokens<2>(left);
-        downPass<W, 2>(act, pairOfSlot, weights, rows, scales, pass, count,
-                       choices, inter, dim, rowBase, g, t, combineBf16, y);
-        pass += count;
-      } else {
-        downPass<W, 1>(act, pairOfSlot, weights, rows, scales, pass, left,
-                       choices, inter, dim, rowBase, g, t, combineBf16, y);
-        pass += left;
-      }
-    }
-  } else {
-    for (int pass = begin; pass < end; pass += 8)
-      downPass<W, 1>(act, pairOfSlot, weights, rows, scales, pass,
-                     min(8, end - pass), choices, inter, dim, rowBase, g, t,
-                     combineBf16, y);
-  }
+  forEachPass<kWide>(begin, end, [&](auto groups, int first, int count) {
+    downPass<W, decltype(groups)::value>(act, pairOfSlot, weights, rows, scales,
+                                         first, count, choices, inter, dim,
+                                         rowBase, g, t, combineBf16, y);
+  });
 }
 
 template <typename W, bool kWide>
