@@ -18,8 +18,6 @@
 #include "cuda/MlaDecode.h"
 #include "cuda/MlaDecodeWarpgroups.h"
 
-#include "EnvSwitch.h"
-
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
@@ -63,21 +61,20 @@ template <int kHeadTiles> struct BlockShape {
                 "tile shape");
 };
 
-/// Shared memory, from a 1024-byte aligned base (the swizzle's): kStages
-/// cache tiles, kStages - 1 of them loading while one is read.
-template <int kHeadTiles, int kStages = 2> struct SharedTile {
+/// Shared memory, from a 1024-byte aligned base (the swizzle's).
+template <int kHeadTiles> struct SharedTile {
   static constexpr int kHeads = BlockShape<kHeadTiles>::heads;
-  alignas(kSwizzleAtomBytes) uint8_t cache[kStages][kTileBytes];
+  alignas(kSwizzleAtomBytes) uint8_t cache[2][kTileBytes]; // double-buffered
   __nv_bfloat16 queries[kHeads * kRowStride];
   float scores[kDimSlices][kHeads * kTileTokens]; // per dim slice
   __nv_bfloat16 probs[kHeads * kProbStride];
   float rescale[kHeads];
-  uint64_t loaded[kStages]; // the buffers' TMA barriers
+  uint64_t loaded[2]; // the buffers' TMA barriers
 };
 
 /// Dynamic shared memory of a block: the tile and room to align it.
-template <int kHeadTiles, int kStages = 2> constexpr size_t sharedBytes() {
-  return sizeof(SharedTile<kHeadTiles, kStages>) + kSwizzleAtomBytes;
+template <int kHeadTiles> constexpr size_t sharedBytes() {
+  return sizeof(SharedTile<kHeadTiles>) + kSwizzleAtomBytes;
 }
 
 /// Byte offset of token row `row`, dims [dim, dim + 8) (dim a multiple of
@@ -136,19 +133,16 @@ __device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
 /// every length it holds), and a short sequence in a long table would
 /// otherwise leave all its tiles to the first block or two, one after the
 /// other (mini's batch-1 step at 130-190 tokens: 4 tiles in a row).
-/// kStages cache buffers, kStages - 1 tiles ahead (more than two with TMA
-/// only: cp.async's groups are waited for one behind).
-template <int kHeadTiles, bool kBulk, int kStages>
+template <int kHeadTiles, bool kBulk>
 __global__ void __launch_bounds__(kThreads)
     mlaDecodeChunks(MlaDecodeArgs args, int chunks, float *partialSums,
                     float2 *partialStats,
                     const __grid_constant__ CUtensorMap cacheMap) {
-  static_assert(kStages >= 2 && (kBulk || kStages == 2), "cache stages");
   awaitPriorKernels();
   using Shape = BlockShape<kHeadTiles>;
   constexpr int kHeads = Shape::heads;
   extern __shared__ __align__(16) unsigned char sharedRaw[];
-  auto &s = *reinterpret_cast<SharedTile<kHeadTiles, kStages> *>(
+  auto &s = *reinterpret_cast<SharedTile<kHeadTiles> *>(
       sharedRaw +
       (kSwizzleAtomBytes - sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
           kSwizzleAtomBytes);
@@ -182,20 +176,14 @@ __global__ void __launch_bounds__(kThreads)
                 q + row * kLatentEntry + col);
   }
   commitCopies();
-  if (kBulk && threadIdx.x == 0)
-    for (int b = 0; b < kStages; ++b)
-      initLoadBarrier(&s.loaded[b]);
+  if (kBulk && threadIdx.x == 0) {
+    initLoadBarrier(&s.loaded[0]);
+    initLoadBarrier(&s.loaded[1]);
+  }
   if (kBulk)
     __syncthreads(); // the barriers initialized before their first use
-  // The first kStages - 1 tiles. (Two stages keep the two-buffer forms
-  // here and in the loop: the instructions they had before kStages.)
-  if constexpr (kStages == 2)
-    startTileCopy<kBulk>(s.cache[0], args, cacheMap, &s.loaded[0], pages, begin,
-                         end);
-  else
-    for (int b = 0; b + 1 < kStages && begin + b * kTileTokens < end; ++b)
-      startTileCopy<kBulk>(s.cache[b], args, cacheMap, &s.loaded[b], pages,
-                           begin + b * kTileTokens, end);
+  startTileCopy<kBulk>(s.cache[0], args, cacheMap, &s.loaded[0], pages, begin,
+                       end);
 
   // Row statistics, kept by the threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
@@ -237,23 +225,17 @@ __global__ void __launch_bounds__(kThreads)
   const int sliceBegin = (warp / kTokenGroups) * kSliceDims;
 
   int buffer = 0;
-  for (int t0 = begin, tile = 0; t0 < end; t0 += kTileTokens,
-           buffer = kStages == 2 ? buffer ^ 1 : (buffer + 1) % kStages,
-           ++tile) {
-    // The tile kStages - 1 ahead streams in while this one is used (its
-    // buffer, the one before this one, passed the previous iteration's
-    // closing barrier).
-    const bool next = t0 + (kStages - 1) * kTileTokens < end;
-    if (next) {
-      const int to =
-          kStages == 2 ? buffer ^ 1 : (buffer + kStages - 1) % kStages;
-      startTileCopy<kBulk>(s.cache[to], args, cacheMap, &s.loaded[to], pages,
-                           t0 + (kStages - 1) * kTileTokens, end);
-    }
+  for (int t0 = begin, tile = 0; t0 < end;
+       t0 += kTileTokens, buffer ^= 1, ++tile) {
+    // The next tile streams in while this one is used (its buffer's last
+    // readers passed the previous iteration's closing barrier).
+    const bool next = t0 + kTileTokens < end;
+    if (next)
+      startTileCopy<kBulk>(s.cache[buffer ^ 1], args, cacheMap,
+                           &s.loaded[buffer ^ 1], pages, t0 + kTileTokens, end);
     if constexpr (kBulk) {
-      // Buffer b's loads are its tiles b, b + kStages, ...: phase
-      // (tile / kStages) % 2.
-      awaitBarrier(&s.loaded[buffer], (tile / kStages) % 2);
+      // Buffer b's loads are its tiles 0, 2, 4, ...: phase (tile / 2) % 2.
+      awaitBarrier(&s.loaded[buffer], (tile / 2) % 2);
       // The chunk's last tile: rows past its end (other tokens' entries,
       // or stale ones) become zeros, so that 0-weighted values stay 0.
       if (t0 + kTileTokens > end)
@@ -476,27 +458,8 @@ int headTiles(const MlaDecodeArgs &args, int /*smCount*/) {
   return args.heads % 64 == 0 ? 4 : 1;
 }
 
-/// Cache buffers of the warp kernel of `tiles` head tiles where its tiles
-/// come by TMA (MELT_CUDA_MLA_DECODE_STAGES, 2 to 4, for 16 heads; default
-/// 2: one tile ahead, two blocks an SM; 3 or 4: two or three tiles ahead,
-/// one block an SM, half the chunks to combine). 64-head blocks keep 2.
-int bulkCacheStages(int tiles) {
-  static const int stages = int(envInt("MELT_CUDA_MLA_DECODE_STAGES", 2, 2, 4));
-  return tiles == 1 ? stages : 2;
-}
-
-/// The same for a launch: 2 where the tiles come by cp.async.
-int cacheStages(const MlaDecodeArgs &args, int tiles) {
-  const int stages = bulkCacheStages(tiles);
-  return stages == 2 || mlaDecodeBulkCopies(args) ? stages : 2;
-}
-
-size_t sharedBytesFor(int tiles, int stages) {
-  if (tiles == 4)
-    return sharedBytes<4>();
-  return stages == 4   ? sharedBytes<1, 4>()
-         : stages == 3 ? sharedBytes<1, 3>()
-                       : sharedBytes<1>();
+size_t sharedBytesFor(int tiles) {
+  return tiles == 4 ? sharedBytes<4>() : sharedBytes<1>();
 }
 
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
@@ -517,22 +480,21 @@ int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   const int tileTokens = warpgroups ? kWarpgroupTileTokens : kTileTokens;
   const int headsPerBlock =
       warpgroups ? kWarpgroupHeads : 16 * headTiles(args, smCount);
-  const int tiles = headTiles(args, smCount);
-  const size_t blockShared =
-      warpgroups ? mlaWarpgroupSharedBytes()
-                 : sharedBytesFor(tiles, cacheStages(args, tiles));
+  const size_t blockShared = warpgroups
+                                 ? mlaWarpgroupSharedBytes()
+                                 : sharedBytesFor(headTiles(args, smCount));
   int residentPerSm =
       std::max(1, kSharedPerSm / int(blockShared + kReservedPerBlock));
-  int cacheTiles = std::max(1, (args.maxLength + tileTokens - 1) / tileTokens);
+  int tiles = std::max(1, (args.maxLength + tileTokens - 1) / tileTokens);
   int blocks = args.batch * (args.heads / headsPerBlock);
   int chunks =
       args.chunksPerSequence > 0
-          ? std::min(args.chunksPerSequence, cacheTiles)
+          ? std::min(args.chunksPerSequence, tiles)
           : std::clamp(residentPerSm * smCount / blocks, 1,
-                       std::max(1, cacheTiles * tileTokens / kMinChunkTokens));
-  int tilesPerChunk = (cacheTiles + chunks - 1) / chunks;
+                       std::max(1, tiles * tileTokens / kMinChunkTokens));
+  int tilesPerChunk = (tiles + chunks - 1) / chunks;
   chunkTokens = tilesPerChunk * tileTokens;
-  return (cacheTiles + tilesPerChunk - 1) / tilesPerChunk;
+  return (tiles + tilesPerChunk - 1) / tilesPerChunk;
 }
 
 /// The split of a launch and its workspace: per (sequence, chunk, head) an
@@ -553,19 +515,19 @@ struct SplitPlan {
   }
 };
 
-template <int kHeadTiles, bool kBulk, int kStages = 2>
+template <int kHeadTiles, bool kBulk>
 cudaError_t launchChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                          float2 *stats, const CUtensorMap &map,
                          cudaStream_t stream) {
-  const size_t shared = sharedBytes<kHeadTiles, kStages>();
+  const size_t shared = sharedBytes<kHeadTiles>();
   cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeChunks<kHeadTiles, kBulk, kStages>,
+      mlaDecodeChunks<kHeadTiles, kBulk>,
       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
   if (error != cudaSuccess)
     return error;
   dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
-  launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk, kStages>, grid, kThreads,
-                   shared, stream, args, chunks, sums, stats, map);
+  launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk>, grid, kThreads, shared,
+                   stream, args, chunks, sums, stats, map);
   return cudaGetLastError();
 }
 
@@ -575,18 +537,11 @@ template <int kHeadTiles>
 cudaError_t launchWarpChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                              float2 *stats, cudaStream_t stream) {
   alignas(64) CUtensorMap map{};
-  if (!mlaCacheTensorMap(args, kTileTokens, map))
-    return launchChunks<kHeadTiles, false>(args, chunks, sums, stats, map,
-                                           stream);
-  if constexpr (kHeadTiles == 1) {
-    // The split planned with these stages' shared memory (chunkCount).
-    const int stages = bulkCacheStages(kHeadTiles);
-    if (stages == 4)
-      return launchChunks<1, true, 4>(args, chunks, sums, stats, map, stream);
-    if (stages == 3)
-      return launchChunks<1, true, 3>(args, chunks, sums, stats, map, stream);
-  }
-  return launchChunks<kHeadTiles, true>(args, chunks, sums, stats, map, stream);
+  return mlaCacheTensorMap(args, kTileTokens, map)
+             ? launchChunks<kHeadTiles, true>(args, chunks, sums, stats, map,
+                                              stream)
+             : launchChunks<kHeadTiles, false>(args, chunks, sums, stats, map,
+                                               stream);
 }
 
 } // namespace

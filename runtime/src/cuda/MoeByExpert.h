@@ -53,7 +53,8 @@ size_t moeByExpertScratchBytes(int tokens, int choices, int experts, int inter);
 /// over the choices the same bits every run (PairOutput, ExpertPairs.cuh).
 /// `widePasses`: the tensor-core kernels take an expert's tokens 16 at a
 /// time while more than 8 are left (its weights streamed once for 16, not
-/// twice), with the same bits (MELT_CUDA_MOE_WIDE_PASSES).
+/// twice), with the same bits (the CUDA device asks for it where the
+/// pairs average MELT_CUDA_MOE_WIDE_PASSES_FROM tokens an expert or more).
 cudaError_t moeExpertsByExpert(const float *x, const int32_t *indices,
                                const float *weights, const ExpertStacks &stacks,
                                int tokens, int choices, int experts, int inter,
