@@ -1,0 +1,198 @@
+// One token's FP8 experts row by row (moeExpertsFp8Rowwise, MoeFp8Rows.h):
+// the routed sum against a double-precision reference of its semantics (x
+// and the activations rounded to BF16, each 128-wide block's products
+// times its scale), and the same bits every run, routed and with a shared
+// expert. Shapes with a row of x in one round of loads or several, a last
+// round part-filled, and several rows a warp (a decode step's few pairs).
+// Skips without a device.
+#include "CudaTestUtil.h"
+#include "cuda/MoeFp8Rows.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::test;
+
+namespace {
+
+float bf16Rounded(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+/// A stack of `matrices` rows x cols e4m3 matrices (random codes, no NaN)
+/// with its 128x128 block scales, on the host and the device.
+struct Fp8Stack {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  int rows = 0, cols = 0;
+  void *deviceCodes = nullptr;
+  float *deviceScales = nullptr;
+
+  Fp8Stack(int matrices, int rows, int cols, std::mt19937 &rng)
+      : codes(size_t(matrices) * rows * cols),
+        scales(size_t(matrices) * ((rows + 127) / 128) * ((cols + 127) / 128)),
+        rows(rows), cols(cols) {
+    for (auto &c : codes) {
+      c = uint8_t(rng());
+      if ((c & 0x7f) == 0x7f) // NaN
+        c &= 0xfe;
+    }
+    std::uniform_real_distribution<float> spread(0.5f, 1.5f);
+    for (float &s : scales)
+      s = spread(rng) * 2e-3f;
+    deviceCodes = toDevice(codes);
+    deviceScales = toDevice(scales);
+  }
+  ~Fp8Stack() { cudaFree(deviceCodes), cudaFree(deviceScales); }
+
+  double value(int e, int r, int c) const {
+    static const std::vector<double> ofCode = [] {
+      std::vector<double> table(256);
+      for (int code = 0; code < 256; ++code) {
+        __nv_fp8_e4m3 v;
+        const uint8_t byte = uint8_t(code);
+        std::memcpy(&v, &byte, 1);
+        table[code] = double(float(v));
+      }
+      return table;
+    }();
+    return ofCode[codes[(size_t(e) * rows + r) * cols + c]];
+  }
+  double scale(int e, int r, int c) const {
+    const int rowBlocks = (rows + 127) / 128, colBlocks = (cols + 127) / 128;
+    return scales[(size_t(e) * rowBlocks + r / 128) * colBlocks + c / 128];
+  }
+  /// Row r of matrix e dotted with v (BF16 values), per-block scaled.
+  double dot(int e, int r, const std::vector<float> &v) const {
+    double sum = 0;
+    for (int b = 0; b < cols; b += 128) {
+      double part = 0;
+      for (int c = b; c < std::min(cols, b + 128); ++c)
+        part += value(e, r, c) * v[c];
+      sum += part * scale(e, r, b);
+    }
+    return sum;
+  }
+};
+
+struct Case {
+  int experts, inter, dim, tokens;
+};
+
+/// y of one moeExpertsFp8Rowwise call.
+std::vector<float> run(const ExpertStacks &stacks, const float *x,
+                       const int32_t *indices, const float *weights,
+                       const Case &c, int choices,
+                       const SharedFp8Expert *shared) {
+  const int pairs = c.tokens * (choices + (shared ? 1 : 0));
+  const int rows = std::max(c.inter, shared ? shared->inter : 0);
+  float *scratch = deviceArray<float>(size_t(pairs) * rows);
+  float *y = deviceArray<float>(size_t(c.tokens) * c.dim);
+  float *pairRows = deviceArray<float>(size_t(pairs) * c.dim);
+  int32_t *bad = deviceArray<int32_t>(1);
+  EXPECT_EQ(cudaMemset(bad, 0, 4), cudaSuccess);
+  EXPECT_EQ(moeExpertsFp8Rowwise(x, indices, weights, stacks, c.tokens, choices,
+                                 c.experts, c.inter, c.dim, false, false,
+                                 scratch, y, bad, nullptr, pairRows, shared),
+            cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> out = toHost(y, size_t(c.tokens) * c.dim);
+  EXPECT_EQ(toHost(bad, 1)[0], 0);
+  cudaFree(scratch), cudaFree(y), cudaFree(pairRows), cudaFree(bad);
+  return out;
+}
+
+TEST(CudaMoeFp8Rows, MatchesReferenceAndIsTheSameEveryRun) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(29);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int choices = 6;
+  // mini's routed experts (x in one chunk of loads, down's rows part of
+  // one); DeepSeek-V3's hidden size (x in four chunks, the last half-full);
+  // a small one with several tokens.
+  for (const Case &c :
+       {Case{8, 1408, 2048, 1}, Case{7, 2048, 7168, 1}, Case{8, 256, 384, 3}}) {
+    Fp8Stack gate(c.experts, c.inter, c.dim, rng),
+        up(c.experts, c.inter, c.dim, rng),
+        down(c.experts, c.dim, c.inter, rng);
+    ExpertStacks stacks;
+    stacks.type = ExpertStacks::Type::Fp8Blocks;
+    stacks.gate = gate.deviceCodes, stacks.up = up.deviceCodes;
+    stacks.down = down.deviceCodes;
+    stacks.gateScales = gate.deviceScales, stacks.upScales = up.deviceScales;
+    stacks.downScales = down.deviceScales;
+    Fp8Stack sharedGate(1, c.inter, c.dim, rng),
+        sharedUp(1, c.inter, c.dim, rng), sharedDown(1, c.dim, c.inter, rng);
+    SharedFp8Expert shared;
+    shared.stacks = {ExpertStacks::Type::Fp8Blocks, sharedGate.deviceCodes,
+                     sharedUp.deviceCodes,          sharedDown.deviceCodes,
+                     sharedGate.deviceScales,       sharedUp.deviceScales,
+                     sharedDown.deviceScales};
+    shared.inter = c.inter, shared.gateUpStride = c.dim;
+    shared.downStride = c.inter;
+
+    std::vector<float> x(size_t(c.tokens) * c.dim),
+        weights(size_t(c.tokens) * choices);
+    for (float &v : x)
+      v = normal(rng);
+    for (float &v : weights)
+      v = 0.1f + std::abs(normal(rng));
+    std::vector<int32_t> indices(size_t(c.tokens) * choices);
+    for (size_t i = 0; i < indices.size(); ++i)
+      indices[i] = int32_t((i * 5 + i / choices) % c.experts);
+    float *dx = toDevice(x), *dw = toDevice(weights);
+    int32_t *di = toDevice(indices);
+    const std::string shape = std::to_string(c.inter) + " x " +
+                              std::to_string(c.dim) + ", " +
+                              std::to_string(c.tokens) + " tokens";
+
+    // The routed sum against its reference.
+    std::vector<float> y = run(stacks, dx, di, dw, c, choices, nullptr);
+    double worst = 0, norm = 0;
+    for (int t = 0; t < c.tokens; ++t) {
+      std::vector<float> xt(c.dim), act(c.inter);
+      for (int k = 0; k < c.dim; ++k)
+        xt[k] = bf16Rounded(x[size_t(t) * c.dim + k]);
+      std::vector<double> want(c.dim, 0.0);
+      for (int k = 0; k < choices; ++k) {
+        const int e = indices[size_t(t) * choices + k];
+        for (int i = 0; i < c.inter; ++i) {
+          const double a = gate.dot(e, i, xt), b = up.dot(e, i, xt);
+          act[i] = bf16Rounded(float(a / (1.0 + std::exp(-a)) * b));
+        }
+        for (int j = 0; j < c.dim; ++j)
+          want[j] += weights[size_t(t) * choices + k] * down.dot(e, j, act);
+      }
+      for (int j = 0; j < c.dim; ++j) {
+        worst = std::max(worst, std::abs(want[j] - y[size_t(t) * c.dim + j]));
+        norm = std::max(norm, std::abs(want[j]));
+      }
+    }
+    ASSERT_GT(norm, 0.0) << shape;
+    EXPECT_LE(worst, 1e-2 * norm) << shape;
+
+    // Run twice: the same bits (each output's pairs are added in a fixed
+    // order), routed and with the shared expert.
+    for (const SharedFp8Expert *withShared :
+         {static_cast<const SharedFp8Expert *>(nullptr),
+          static_cast<const SharedFp8Expert *>(&shared)}) {
+      std::vector<float> first =
+          run(stacks, dx, di, dw, c, choices, withShared);
+      std::vector<float> second =
+          run(stacks, dx, di, dw, c, choices, withShared);
+      int differ = 0;
+      for (size_t i = 0; i < first.size(); ++i)
+        differ += std::memcmp(&first[i], &second[i], sizeof(float)) != 0;
+      EXPECT_EQ(differ, 0) << shape << (withShared ? ", shared expert" : "");
+    }
+    cudaFree(dx), cudaFree(dw), cudaFree(di);
+  }
+}
+
+} // namespace
