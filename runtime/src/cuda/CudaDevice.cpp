@@ -1452,7 +1452,7 @@ public:
                              static_cast<const float *>(weights.data), stacks,
                              T, K, E, I, D, combineBf16, quantizedX, scratch,
                              static_cast<float *>(y.data), flag_ + kExpertFlag,
-                             stream_, pairRows, &sharedExpert),
+                             stream_, pairRows, &sharedExpert, moeRowsOnTiles_),
         "moe_experts");
   }
 
@@ -1850,13 +1850,13 @@ public:
       DeviceTensor scratch;
       MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, I}, scratch));
       Status launched = check(
-          moeExpertsFp8Rowwise(static_cast<const float *>(x.data),
-                               static_cast<const int32_t *>(indices.data),
-                               static_cast<const float *>(weights.data), stacks,
-                               T, K, E, I, D, combineBf16, quantizeX,
-                               static_cast<float *>(scratch.data),
-                               static_cast<float *>(y.data),
-                               flag_ + kExpertFlag, stream_, pairRows),
+          moeExpertsFp8Rowwise(
+              static_cast<const float *>(x.data),
+              static_cast<const int32_t *>(indices.data),
+              static_cast<const float *>(weights.data), stacks, T, K, E, I, D,
+              combineBf16, quantizeX, static_cast<float *>(scratch.data),
+              static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
+              pairRows, nullptr, moeRowsOnTiles_),
           "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;
@@ -2228,6 +2228,10 @@ private:
   }
 
   int multiprocessors_ = 132;
+  /// One token's FP8 experts (moeExpertsFp8Rowwise) on tensor cores, a
+  /// block per 16-row tile (MELT_CUDA_MOE_ROWS_TILES=0: a warp per row on
+  /// the CUDA cores).
+  bool moeRowsOnTiles_ = envSwitch("MELT_CUDA_MOE_ROWS_TILES", true);
   /// The routed experts of a few tokens on the tensor cores take an
   /// expert's tokens 16 at a time (moeExpertsByExpert's widePasses) where
   /// the pairs average at least this many tokens an expert

@@ -14,6 +14,14 @@
 
 namespace melt::rt::cuda {
 
+/// The FP16 pair (low half first) of the two e4m3 codes in the low 16 bits
+/// of `codes`: an mma.sync FP16 operand.
+__device__ __forceinline__ uint32_t e4m3PairAsHalves(uint32_t codes) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
+      static_cast<__nv_fp8x2_storage_t>(codes & 0xffffu), __NV_E4M3);
+  return uint32_t(h.x) | (uint32_t(h.y) << 16);
+}
+
 /// The value of the e4m3 code in the low byte of `code`.
 __device__ __forceinline__ float e4m3Value(uint32_t code) {
   __half_raw h = __nv_cvt_fp8_to_halfraw(

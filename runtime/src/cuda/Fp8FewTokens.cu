@@ -37,7 +37,9 @@
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/E4m3.cuh"
 #include "cuda/Silu.cuh"
+#include "cuda/TensorCoreMma.cuh"
 #include "cuda/VectorLoads.cuh"
 #include "cuda/WarpReduce.cuh"
 
@@ -54,22 +56,6 @@ constexpr int kRowsPerScale = 128, kWarps = 8, kThreads = kWarps * 32;
 constexpr int kKBlock = 128;
 /// mma.m16n8k16 steps per K block.
 constexpr int kSteps = kKBlock / 16;
-
-/// The FP16 pair of the two e4m3 codes in the low 16 bits of `codes`.
-__device__ __forceinline__ uint32_t halves(uint32_t codes) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
-      static_cast<__nv_fp8x2_storage_t>(codes & 0xffffu), __NV_E4M3);
-  return uint32_t(h.x) | (uint32_t(h.y) << 16);
-}
-
-__device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1,
-                                    uint32_t a2, uint32_t a3, uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 /// What one launch reads.
 struct Operands {
@@ -286,8 +272,9 @@ __global__ void __launch_bounds__(kThreads)
         for (int step = 0; step < kSteps; ++step) {
           const uint32_t l = wordOf(cur.lo, step), h = wordOf(cur.hi, step),
                          x = wordOf(codes, step);
-          mma(acc, halves(l), halves(h), halves(l >> 16), halves(h >> 16),
-              halves(x), halves(x >> 16));
+          mma16816Half(acc, e4m3PairAsHalves(l), e4m3PairAsHalves(h),
+                       e4m3PairAsHalves(l >> 16), e4m3PairAsHalves(h >> 16),
+                       e4m3PairAsHalves(x), e4m3PairAsHalves(x >> 16));
         }
         s0 *= weightScale, s1 *= weightScale;
         result[0] += acc[0] * s0;

@@ -7,9 +7,12 @@
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/ModelKernels.h"
 #include "cuda/Silu.cuh"
+#include "cuda/TensorCoreMma.cuh"
+#include "cuda/VectorLoads.cuh"
 #include "cuda/WarpReduce.cuh"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 
@@ -17,7 +20,7 @@ using namespace melt::rt::cuda;
 
 namespace {
 
-constexpr int kScaleBlock = 128, kPerLoad = 16, kInFlight = 4;
+constexpr int kScaleBlock = 128, kWeightsPerLoad = 16, kInFlight = 4;
 constexpr int kMaxStagedDim = 12288, kDownRowsPerWarp = 2;
 
 __device__ __forceinline__ float roundedToBf16(float v) {
@@ -49,7 +52,7 @@ __device__ __forceinline__ void rowDotParts(const uint8_t *const (&rows)[ROWS],
                                             const float *const (&scales)[ROWS],
                                             const float *x, int len, int lane,
                                             float (&sums)[ROWS]) {
-  const int loads = len / kPerLoad;
+  const int loads = len / kWeightsPerLoad;
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
     sums[r] = 0.f;
@@ -70,8 +73,9 @@ __device__ __forceinline__ void rowDotParts(const uint8_t *const (&rows)[ROWS],
       if (at < loads)
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
-          sums[r] += dotSixteen(packed[r][u], x + size_t(at) * kPerLoad) *
-                     scales[r][at * kPerLoad / kScaleBlock];
+          sums[r] +=
+              dotSixteen(packed[r][u], x + size_t(at) * kWeightsPerLoad) *
+              scales[r][at * kWeightsPerLoad / kScaleBlock];
     }
   }
 }
@@ -295,6 +299,346 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// ---- The same on tensor cores: a block a 16-row tile ----
+//
+// The row kernels above spend ~53 instructions a lane on 16 weights (each
+// e4m3 pair widened to FP16, then to two F32, an FMA each, x from shared
+// memory): an H200 ran them at ~2 TB/s, issue-bound with few warps
+// eligible (bench/results/moe_fp8_rows_two_in_flight_tried_s29_h200.txt).
+// Here a block takes a pair's 16-row tile of gate and up (or of down), its
+// 8 warps splitting K in 128-wide blocks, and a warp multiplies with
+// mma.sync m16n8k16 on FP16 operands: a conversion per two weights, no
+// FMA, the token as column 0 of B. The weights' e4m3 values are exact in
+// FP16. So are the inputs, each 128-wide block as FP16 times a multiplier:
+// a shared expert's FP8 input codes times their scale; BF16 values times a
+// power of two that puts the block's largest magnitude in [2^14, 2^15)
+// (BF16 has 8 significant bits: exact down to 2^-31 of the largest, the
+// rest's share below F32's rounding of the sum). A block's products are
+// summed in F32 by the mma, then added times the weight's block scale and
+// the input's multiplier: the row kernels' sums in another order.
+
+constexpr int kTileRows = 16, kTileWarps = 8, kTileSteps = kScaleBlock / 16;
+
+/// A 128-wide block of a row of inputs as FP16 operands: each lane's four
+/// values as FP16 pairs, and the block's multiplier (input = FP16 value x
+/// multiplier).
+struct HalfBlock {
+  uint2 halves;
+  float multiplier;
+};
+
+__device__ __forceinline__ uint32_t halfPair(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t *>(&h);
+}
+
+/// BF16 values (four a lane, the warp's 128) times a power of two: the
+/// block's largest magnitude to [2^14, 2^15), below FP16's largest finite.
+__device__ __forceinline__ HalfBlock scaledHalves(float4 v) {
+  const float top = warpMax(
+      fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+  const int exponent =
+      min(max(((__float_as_int(top) >> 23) & 0xff) - 127 - 14, -100), 100);
+  const float down = __int_as_float((127 - exponent) << 23);
+  return {make_uint2(halfPair(v.x * down, v.y * down),
+                     halfPair(v.z * down, v.w * down)),
+          __int_as_float((127 + exponent) << 23)};
+}
+
+/// An FP8 linear's input (quantizeRowsFp8's codes and scale, as
+/// stageGemmInput): the codes as FP16, the scale the multiplier.
+__device__ __forceinline__ HalfBlock gemmInputHalves(float4 v) {
+  const float scale = gemmInputScale(warpMax(
+      fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)))));
+  const uint32_t codes = gemmInputCodes(v.x, v.y, v.z, v.w, 1.f / scale);
+  return {make_uint2(e4m3PairAsHalves(codes), e4m3PairAsHalves(codes >> 16)),
+          scale};
+}
+
+/// What a tile kernel does to its input row before the products.
+enum class TileInput {
+  Bf16,      // rounded to BF16 (x of the routed experts; their activations)
+  Quantized, // dequantize(quantize(x)) in 1 x 128 blocks, rounded to BF16
+  GemmInput, // an FP8 linear's input (a shared expert's x and activations)
+};
+
+/// `len` F32 values at `source` (len in 16s) as FP16 operand blocks in
+/// `halves` (zeros to the end of the last 128-wide block) and their
+/// multipliers: a warp per block.
+__device__ __forceinline__ void stageHalves(const float4 *source, int len,
+                                            TileInput input, __half *halves,
+                                            float *multipliers) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int b = warp; b < (len + kScaleBlock - 1) / kScaleBlock;
+       b += blockDim.x / 32) {
+    const int c = b * kScaleBlock + 4 * lane;
+    const bool inside = c < len;
+    float4 v = inside ? source[c / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
+    HalfBlock block;
+    if (input == TileInput::GemmInput) {
+      block = gemmInputHalves(v);
+    } else {
+      if (input == TileInput::Quantized) {
+        const float scale = warpBlockScale(v);
+        auto value = [&](float f) {
+          return e4m3Value(e4m3Code(f, scale)) * scale;
+        };
+        v = make_float4(value(v.x), value(v.y), value(v.z), value(v.w));
+      }
+      v = make_float4(roundedToBf16(v.x), roundedToBf16(v.y),
+                      roundedToBf16(v.z), roundedToBf16(v.w));
+      block = scaledHalves(v);
+    }
+    *reinterpret_cast<uint2 *>(halves + c) =
+        inside ? block.halves : make_uint2(0, 0);
+    if (lane == 0)
+      multipliers[b] = block.multiplier;
+  }
+}
+
+/// The dynamic shared memory of a tile kernel whose input rows are `len`
+/// long: the FP16 blocks, then their multipliers.
+size_t tileSharedBytes(int len) {
+  const int blocks = (len + kScaleBlock - 1) / kScaleBlock;
+  return size_t(blocks) * kScaleBlock * sizeof(__half) +
+         size_t(blocks) * sizeof(float);
+}
+
+/// Rows g and g + 8 of a 16-row tile, 32 bytes each at K offset `at`
+/// (zeros from `len` on).
+struct TileFragment {
+  uint4 lo[2], hi[2];
+};
+__device__ __forceinline__ TileFragment loadTileFragment(const uint8_t *row,
+                                                         size_t stride, int at,
+                                                         int len) {
+  TileFragment f;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const bool in = at + 16 * (i + 1) <= len;
+    f.lo[i] = in ? __ldcs(reinterpret_cast<const uint4 *>(row + at) + i) : zero;
+    f.hi[i] =
+        in ? __ldcs(reinterpret_cast<const uint4 *>(row + 8 * stride + at) + i)
+           : zero;
+  }
+  return f;
+}
+
+/// A warp's share of a tile: kWeights 16-row tiles (rows[w]: the lane's
+/// row g; row g + 8 is 8 `stride`s on) times the block's staged input,
+/// over the 128-wide K blocks [first, end), two blocks' loads in flight at
+/// a time; out[w] as mma's C fragment (column 0: token 0). The first
+/// blocks' loads go out before `prepare` (the input's staging, with the
+/// block's barrier: every warp calls it), so that they overlap it.
+template <int kWeights, class Prepare>
+__device__ __forceinline__ void
+tileProducts(const uint8_t *const (&rows)[kWeights], size_t stride,
+             const float *const (&scales)[kWeights], const __half *halves,
+             const float *multipliers, int len, int first, int end, int lane,
+             Prepare prepare, float (&out)[kWeights][4]) {
+  const int g = lane / 4, t = lane % 4;
+  TileFragment a[2][kWeights];
+  auto load = [&](int kb) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int w = 0; w < kWeights; ++w)
+        a[j][w] =
+            loadTileFragment(rows[w], stride, (kb + j) * kScaleBlock + 32 * t,
+                             kb + j < end ? len : 0);
+  };
+  if (first < end)
+    load(first);
+  prepare();
+  for (int kb = first; kb < end; kb += 2) {
+    if (kb > first)
+      load(kb);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      if (kb + j >= end)
+        break;
+      // Token 0's values of K chunk t (B's column g = 0; the other
+      // columns are zero).
+      uint4 x[2][2] = {};
+      if (g == 0) {
+        const uint4 *from = reinterpret_cast<const uint4 *>(
+            halves + (kb + j) * kScaleBlock + 32 * t);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          x[i / 2][i % 2] = from[i];
+      }
+      float acc[kWeights][4] = {};
+#pragma unroll
+      for (int s = 0; s < kTileSteps; ++s) {
+        // Bytes 4s .. 4s + 3 of the chunk: K 2t, 2t + 1 then 2t + 8,
+        // 2t + 9 of the step's k16 (the same order for A and B).
+        const uint2 b = make_uint2(wordOf(x[s / 4], (2 * s) % 8),
+                                   wordOf(x[s / 4], (2 * s) % 8 + 1));
+#pragma unroll
+        for (int w = 0; w < kWeights; ++w) {
+          const uint32_t l = wordOf(a[j][w].lo, s), h = wordOf(a[j][w].hi, s);
+          mma16816Half(acc[w], e4m3PairAsHalves(l), e4m3PairAsHalves(h),
+                       e4m3PairAsHalves(l >> 16), e4m3PairAsHalves(h >> 16),
+                       b.x, b.y);
+        }
+      }
+      const float multiplier = multipliers[kb + j];
+#pragma unroll
+      for (int w = 0; w < kWeights; ++w) {
+        const float scale = scales[w][kb + j] * multiplier;
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          out[w][c] += acc[w][c] * scale;
+      }
+    }
+  }
+}
+
+/// This warp's 128-wide K blocks of `len`: an even share of the tile's.
+__device__ __forceinline__ int2 warpKBlocks(int len, int warp) {
+  const int blocks = (len + kScaleBlock - 1) / kScaleBlock,
+            per = (blocks + kTileWarps - 1) / kTileWarps;
+  return make_int2(min(blocks, warp * per), min(blocks, (warp + 1) * per));
+}
+
+/// Row r of the tile's kWeights sums: the warps' parts (column 0 of their
+/// C fragments) added in warp order, for threads r < 16.
+template <int kWeights>
+__device__ __forceinline__ void tileSums(const float (&out)[kWeights][4],
+                                         float (&sums)[kWeights]) {
+  __shared__ float parts[kTileWarps][kWeights][kTileRows];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane % 4 == 0)
+#pragma unroll
+    for (int w = 0; w < kWeights; ++w) {
+      parts[warp][w][lane / 4] = out[w][0];
+      parts[warp][w][lane / 4 + 8] = out[w][2];
+    }
+  __syncthreads();
+  if (threadIdx.x < kTileRows)
+#pragma unroll
+    for (int w = 0; w < kWeights; ++w) {
+      float sum = 0.f;
+      for (int v = 0; v < kTileWarps; ++v)
+        sum += parts[v][w][threadIdx.x];
+      sums[w] = sum;
+    }
+}
+
+/// Grid (pairs as fp8ActivationKernel's, rows / 16), 256 threads,
+/// tileSharedBytes(dim): rows [16 y, 16 y + 16) of the pair's gate and up
+/// on tensor cores, act as fp8ActivationKernel's.
+template <bool kQuantize>
+__global__ void __launch_bounds__(256)
+    fp8ActivationTileKernel(const float *x, const int32_t *indices,
+                            ExpertStacks stacks, int choices, int experts,
+                            int inter, int dim, float *act, int actStride,
+                            int32_t *bad, SharedFp8Expert shared,
+                            int routedPairs) {
+  extern __shared__ float4 tileShared[];
+  awaitPriorKernels();
+  const int pair = blockIdx.x;
+  const PairSource p = pairSource(indices, stacks, choices, experts, inter, dim,
+                                  shared, routedPairs, bad);
+  const int e = p.expert, row0 = blockIdx.y * kTileRows;
+  if (e < 0 || row0 >= p.inter)
+    return; // the whole block
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto *halves = reinterpret_cast<__half *>(tileShared);
+  auto *multipliers = reinterpret_cast<float *>(
+      halves + size_t((dim + kScaleBlock - 1) / kScaleBlock) * kScaleBlock);
+  const ExpertStacks &w = p.stacks;
+  const size_t row = (size_t(e) * p.inter + row0 + lane / 4) * p.gateUpStride;
+  const uint8_t *const rows[2] = {static_cast<const uint8_t *>(w.gate) + row,
+                                  static_cast<const uint8_t *>(w.up) + row};
+  const float *const scales[2] = {
+      rowScales(w.gateScales, e, p.inter, p.gateUpStride, row0),
+      rowScales(w.upScales, e, p.inter, p.gateUpStride, row0)};
+  const TileInput input = p.shared    ? TileInput::GemmInput
+                          : kQuantize ? TileInput::Quantized
+                                      : TileInput::Bf16;
+  const int2 range = warpKBlocks(dim, warp);
+  float out[2][4] = {};
+  tileProducts<2>(
+      rows, p.gateUpStride, scales, halves, multipliers, dim, range.x, range.y,
+      lane,
+      [&] {
+        stageHalves(reinterpret_cast<const float4 *>(x + size_t(p.token) * dim),
+                    dim, input, halves, multipliers);
+        __syncthreads();
+      },
+      out);
+  float sums[2];
+  tileSums<2>(out, sums);
+  if (threadIdx.x < kTileRows) {
+    const float a = sums[0], b = sums[1];
+    act[size_t(pair) * actStride + row0 + threadIdx.x] =
+        p.shared ? siluTimesOfBf16(a, b)
+                 : roundedToBf16(a / (1.f + expf(-a)) * b);
+  }
+}
+
+/// Grid (pairs as fp8DownKernel's, dim / 16), 256 threads,
+/// tileSharedBytes(largest inter): outputs [16 y, 16 y + 16) of the pair's
+/// down projection on tensor cores, added into y as fp8DownKernel's.
+__global__ void __launch_bounds__(256)
+    fp8DownTileKernel(const float *act, const int32_t *indices,
+                      const float *weights, ExpertStacks stacks, int choices,
+                      int experts, int inter, int dim, bool combineBf16,
+                      PairOutput y, int actStride, SharedFp8Expert shared,
+                      int routedPairs) {
+  extern __shared__ float4 tileShared[];
+  awaitPriorKernels();
+  const int pair = blockIdx.x;
+  PairSource p{false, pair / max(choices, 1), 0, inter, stacks, dim, inter};
+  if (pair >= routedPairs) {
+    p = {true,
+         pair - routedPairs,
+         0,
+         shared.inter,
+         shared.stacks,
+         shared.gateUpStride,
+         shared.downStride};
+  } else {
+    p.expert = indices[pair];
+    if (p.expert < 0 || p.expert >= experts)
+      return;
+  }
+  const int j0 = blockIdx.y * kTileRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto *halves = reinterpret_cast<__half *>(tileShared);
+  auto *multipliers = reinterpret_cast<float *>(
+      halves + size_t((p.inter + kScaleBlock - 1) / kScaleBlock) * kScaleBlock);
+  const uint8_t *const rows[1] = {static_cast<const uint8_t *>(p.stacks.down) +
+                                  (size_t(p.expert) * dim + j0 + lane / 4) *
+                                      p.downStride};
+  const float *const scales[1] = {
+      rowScales(p.stacks.downScales, p.expert, dim, p.downStride, j0)};
+  const int2 range = warpKBlocks(p.inter, warp);
+  float out[1][4] = {};
+  tileProducts<1>(
+      rows, p.downStride, scales, halves, multipliers, p.inter, range.x,
+      range.y, lane,
+      [&] {
+        stageHalves(
+            reinterpret_cast<const float4 *>(act + size_t(pair) * actStride),
+            p.inter, p.shared ? TileInput::GemmInput : TileInput::Bf16, halves,
+            multipliers);
+        __syncthreads();
+      },
+      out);
+  float sums[1];
+  tileSums<1>(out, sums);
+  if (threadIdx.x < kTileRows) {
+    float sum = sums[0];
+    if (p.shared || combineBf16)
+      sum = roundedToBf16(sum);
+    y.addRow(pair, p.token, dim, j0 + threadIdx.x,
+             (p.shared ? 1.f : weights[pair]) * sum);
+  }
+}
+
 /// Blocks per pair and rows (sets of rows) per warp for a kernel whose
 /// blocks take `perBlockRound` rows a round: the fewest rounds per warp for
 /// which all the pairs' blocks are resident at once. One wave: a block
@@ -330,8 +674,8 @@ Wave waveOf(Kernel kernel, int pairs, int rows, int perBlockRound,
 
 bool melt::rt::cuda::moeFp8RowwiseFits(int inter, int dim) {
   // x's row in shared memory (within the 48 KiB a launch has by default).
-  return inter > 0 && dim > 0 && inter % kPerLoad == 0 &&
-         dim % kPerLoad == 0 && dim <= kMaxStagedDim;
+  return inter > 0 && dim > 0 && inter % kWeightsPerLoad == 0 &&
+         dim % kWeightsPerLoad == 0 && dim <= kMaxStagedDim;
 }
 
 cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
@@ -339,7 +683,7 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
     int32_t *bad, cudaStream_t stream, float *pairRows,
-    const SharedFp8Expert *shared) {
+    const SharedFp8Expert *shared, bool tiles) {
   if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
       !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
     return cudaErrorInvalidValue;
@@ -349,9 +693,9 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     if (s.type != ExpertStacks::Type::Fp8Blocks || !s.gateScales ||
         !s.upScales || !s.downScales ||
         !moeFp8RowwiseFits(shared->inter, dim) || shared->gateUpStride < dim ||
-        shared->gateUpStride % kPerLoad != 0 ||
+        shared->gateUpStride % kWeightsPerLoad != 0 ||
         shared->downStride < shared->inter ||
-        shared->downStride % kPerLoad != 0)
+        shared->downStride % kWeightsPerLoad != 0)
       return cudaErrorInvalidValue;
     sharedExpert = *shared;
   }
@@ -361,6 +705,26 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
   const int routedPairs = tokens * choices,
             pairs = routedPairs + (shared ? tokens : 0);
   const int rows = std::max(inter, sharedExpert.inter);
+  if (tiles) {
+    auto activationTiles = quantizeX ? fp8ActivationTileKernel<true>
+                                     : fp8ActivationTileKernel<false>;
+    if ((e = launchOverlapped(
+             activationTiles, dim3(pairs, (rows + kTileRows - 1) / kTileRows),
+             256, tileSharedBytes(dim), stream, x, indices, stacks, choices,
+             experts, inter, dim, scratch, rows, bad, sharedExpert,
+             routedPairs)) != cudaSuccess)
+      return e;
+    if ((e = launchOverlapped(fp8DownTileKernel,
+                              dim3(pairs, (dim + kTileRows - 1) / kTileRows),
+                              256, tileSharedBytes(rows), stream, scratch,
+                              indices, weights, stacks, choices, experts, inter,
+                              dim, combineBf16, PairOutput{y, pairRows}, rows,
+                              sharedExpert, routedPairs)) != cudaSuccess)
+      return e;
+    return finishPairOutput(
+        y, pairRows, indices, tokens, choices, experts, dim, stream,
+        shared && pairRows ? pairRows + size_t(routedPairs) * dim : nullptr);
+  }
   auto activation =
       quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>;
   const size_t downShared = size_t(sharedExpert.inter) * sizeof(float);

@@ -59,14 +59,16 @@ bool moeFp8RowwiseFits(int inter, int dim);
 /// in the same two launches. `scratch` then holds tokens x (choices + 1) x
 /// max(inter, shared->inter) floats and `pairRows`, where given,
 /// tokens x (choices + 1) rows.
-cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
-                                 const float *weights,
-                                 const ExpertStacks &stacks, int tokens,
-                                 int choices, int experts, int inter, int dim,
-                                 bool combineBf16, bool quantizeX,
-                                 float *scratch, float *y, int32_t *bad,
-                                 cudaStream_t stream, float *pairRows = nullptr,
-                                 const SharedFp8Expert *shared = nullptr);
+///
+/// `tiles`: on tensor cores, a block per 16-row tile of a pair's gate and
+/// up, then of its down (FP16 mma.sync; the same products summed in
+/// another order); else a warp per row on the CUDA cores.
+cudaError_t moeExpertsFp8Rowwise(
+    const float *x, const int32_t *indices, const float *weights,
+    const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
+    int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
+    int32_t *bad, cudaStream_t stream, float *pairRows = nullptr,
+    const SharedFp8Expert *shared = nullptr, bool tiles = true);
 
 } // namespace melt::rt::cuda
 

@@ -2,9 +2,9 @@
 //-*-===//
 //
 // The warp-level tensor-core pieces melt's BF16 kernels share: the
-// m16n8k16 product with FP32 accumulation, its fragments loaded from
-// shared memory by ldmatrix (plain or transposed), and two floats packed
-// as a BF16 pair.
+// m16n8k16 product with FP32 accumulation (and its FP16 form), its fragments
+// loaded from shared memory by ldmatrix (plain or transposed), and two floats
+// packed as a BF16 pair.
 //
 // Fragments (lane = 4 g + t): A rows g and g + 8, columns 2t, 2t + 1 and
 // 2t + 8, 2t + 9; B column g, rows likewise; C rows g and g + 8, columns
@@ -29,6 +29,17 @@ mma16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
                "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/// The same with FP16 operands (a0..a3 and b0, b1 as the fragments above).
+__device__ __forceinline__ void mma16816Half(float (&acc)[4], uint32_t a0,
+                                             uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0,
+                                             uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 /// Four 8x8 BF16 matrices from shared memory; lane i names row i%8 of

@@ -1,10 +1,10 @@
-// One token's FP8 experts row by row (moeExpertsFp8Rowwise, MoeFp8Rows.h):
-// the routed sum against a double-precision reference of its semantics (x
-// and the activations rounded to BF16, each 128-wide block's products
-// times its scale), and the same bits every run, routed and with a shared
-// expert. Shapes with a row of x in one round of loads or several, a last
-// round part-filled, and several rows a warp (a decode step's few pairs).
-// Skips without a device.
+// One token's FP8 experts (moeExpertsFp8Rowwise, MoeFp8Rows.h), a warp per
+// row on the CUDA cores and a block per 16-row tile on tensor cores: the
+// routed sum against a double-precision reference of its semantics (x and
+// the activations rounded to BF16, each 128-wide block's products times
+// its scale); with x quantized and with a shared expert, the tiles against
+// the rows (the same products in another order) and the same bits every
+// run. Skips without a device.
 #include "CudaTestUtil.h"
 #include "cuda/MoeFp8Rows.h"
 
@@ -88,7 +88,8 @@ struct Case {
 std::vector<float> run(const ExpertStacks &stacks, const float *x,
                        const int32_t *indices, const float *weights,
                        const Case &c, int choices,
-                       const SharedFp8Expert *shared) {
+                       const SharedFp8Expert *shared, bool quantizeX,
+                       bool tiles) {
   const int pairs = c.tokens * (choices + (shared ? 1 : 0));
   const int rows = std::max(c.inter, shared ? shared->inter : 0);
   float *scratch = deviceArray<float>(size_t(pairs) * rows);
@@ -97,8 +98,9 @@ std::vector<float> run(const ExpertStacks &stacks, const float *x,
   int32_t *bad = deviceArray<int32_t>(1);
   EXPECT_EQ(cudaMemset(bad, 0, 4), cudaSuccess);
   EXPECT_EQ(moeExpertsFp8Rowwise(x, indices, weights, stacks, c.tokens, choices,
-                                 c.experts, c.inter, c.dim, false, false,
-                                 scratch, y, bad, nullptr, pairRows, shared),
+                                 c.experts, c.inter, c.dim, false, quantizeX,
+                                 scratch, y, bad, nullptr, pairRows, shared,
+                                 tiles),
             cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<float> out = toHost(y, size_t(c.tokens) * c.dim);
@@ -107,17 +109,18 @@ std::vector<float> run(const ExpertStacks &stacks, const float *x,
   return out;
 }
 
-TEST(CudaMoeFp8Rows, MatchesReferenceAndIsTheSameEveryRun) {
+TEST(CudaMoeFp8Rows, RowsAndTilesMatchTheReference) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(29);
   std::normal_distribution<float> normal(0.f, 1.f);
   const int choices = 6;
-  // mini's routed experts (x in one chunk of loads, down's rows part of
-  // one); DeepSeek-V3's hidden size (x in four chunks, the last half-full);
-  // a small one with several tokens.
+  // mini's routed experts (x in one round of a row kernel's loads, down's
+  // rows part of one); DeepSeek-V3's hidden size (x in four rounds, the
+  // last half-full); several tokens, and K not in 128s (a last scale block
+  // part-filled).
   for (const Case &c :
-       {Case{8, 1408, 2048, 1}, Case{7, 2048, 7168, 1}, Case{8, 256, 384, 3}}) {
+       {Case{8, 1408, 2048, 1}, Case{7, 2048, 7168, 1}, Case{8, 272, 400, 3}}) {
     Fp8Stack gate(c.experts, c.inter, c.dim, rng),
         up(c.experts, c.inter, c.dim, rng),
         down(c.experts, c.dim, c.inter, rng);
@@ -152,45 +155,61 @@ TEST(CudaMoeFp8Rows, MatchesReferenceAndIsTheSameEveryRun) {
                               std::to_string(c.dim) + ", " +
                               std::to_string(c.tokens) + " tokens";
 
-    // The routed sum against its reference.
-    std::vector<float> y = run(stacks, dx, di, dw, c, choices, nullptr);
-    double worst = 0, norm = 0;
-    for (int t = 0; t < c.tokens; ++t) {
-      std::vector<float> xt(c.dim), act(c.inter);
-      for (int k = 0; k < c.dim; ++k)
-        xt[k] = bf16Rounded(x[size_t(t) * c.dim + k]);
-      std::vector<double> want(c.dim, 0.0);
-      for (int k = 0; k < choices; ++k) {
-        const int e = indices[size_t(t) * choices + k];
-        for (int i = 0; i < c.inter; ++i) {
-          const double a = gate.dot(e, i, xt), b = up.dot(e, i, xt);
-          act[i] = bf16Rounded(float(a / (1.0 + std::exp(-a)) * b));
+    // The routed sum against its reference, on the CUDA cores and on
+    // tensor cores.
+    for (bool tiles : {false, true}) {
+      std::vector<float> y =
+          run(stacks, dx, di, dw, c, choices, nullptr, false, tiles);
+      double worst = 0, norm = 0;
+      for (int t = 0; t < c.tokens; ++t) {
+        std::vector<float> xt(c.dim), act(c.inter);
+        for (int k = 0; k < c.dim; ++k)
+          xt[k] = bf16Rounded(x[size_t(t) * c.dim + k]);
+        std::vector<double> want(c.dim, 0.0);
+        for (int k = 0; k < choices; ++k) {
+          const int e = indices[size_t(t) * choices + k];
+          for (int i = 0; i < c.inter; ++i) {
+            const double a = gate.dot(e, i, xt), b = up.dot(e, i, xt);
+            act[i] = bf16Rounded(float(a / (1.0 + std::exp(-a)) * b));
+          }
+          for (int j = 0; j < c.dim; ++j)
+            want[j] += weights[size_t(t) * choices + k] * down.dot(e, j, act);
         }
-        for (int j = 0; j < c.dim; ++j)
-          want[j] += weights[size_t(t) * choices + k] * down.dot(e, j, act);
+        for (int j = 0; j < c.dim; ++j) {
+          worst = std::max(worst, std::abs(want[j] - y[size_t(t) * c.dim + j]));
+          norm = std::max(norm, std::abs(want[j]));
+        }
       }
-      for (int j = 0; j < c.dim; ++j) {
-        worst = std::max(worst, std::abs(want[j] - y[size_t(t) * c.dim + j]));
-        norm = std::max(norm, std::abs(want[j]));
-      }
+      ASSERT_GT(norm, 0.0) << shape;
+      EXPECT_LE(worst, 1e-2 * norm) << shape << (tiles ? ", tiles" : "");
     }
-    ASSERT_GT(norm, 0.0) << shape;
-    EXPECT_LE(worst, 1e-2 * norm) << shape;
 
-    // Run twice: the same bits (each output's pairs are added in a fixed
-    // order), routed and with the shared expert.
-    for (const SharedFp8Expert *withShared :
-         {static_cast<const SharedFp8Expert *>(nullptr),
-          static_cast<const SharedFp8Expert *>(&shared)}) {
-      std::vector<float> first =
-          run(stacks, dx, di, dw, c, choices, withShared);
-      std::vector<float> second =
-          run(stacks, dx, di, dw, c, choices, withShared);
-      int differ = 0;
-      for (size_t i = 0; i < first.size(); ++i)
-        differ += std::memcmp(&first[i], &second[i], sizeof(float)) != 0;
-      EXPECT_EQ(differ, 0) << shape << (withShared ? ", shared expert" : "");
-    }
+    // x quantized and the shared expert (an FP8 linear's input): tensor
+    // cores against the CUDA cores (the same products in another order),
+    // and the same bits every run.
+    for (bool quantizeX : {false, true})
+      for (const SharedFp8Expert *withShared :
+           {static_cast<const SharedFp8Expert *>(nullptr),
+            static_cast<const SharedFp8Expert *>(&shared)}) {
+        const std::string what = shape + (quantizeX ? ", x quantized" : "") +
+                                 (withShared ? ", shared expert" : "");
+        std::vector<float> rows =
+            run(stacks, dx, di, dw, c, choices, withShared, quantizeX, false);
+        std::vector<float> first =
+            run(stacks, dx, di, dw, c, choices, withShared, quantizeX, true);
+        std::vector<float> second =
+            run(stacks, dx, di, dw, c, choices, withShared, quantizeX, true);
+        double worst = 0, norm = 0;
+        int differ = 0;
+        for (size_t i = 0; i < first.size(); ++i) {
+          worst = std::max(worst, double(std::abs(first[i] - rows[i])));
+          norm = std::max(norm, double(std::abs(rows[i])));
+          differ += std::memcmp(&first[i], &second[i], sizeof(float)) != 0;
+        }
+        ASSERT_GT(norm, 0.0) << what;
+        EXPECT_LE(worst, 1e-2 * norm) << what;
+        EXPECT_EQ(differ, 0) << what;
+      }
     cudaFree(dx), cudaFree(dw), cudaFree(di);
   }
 }
