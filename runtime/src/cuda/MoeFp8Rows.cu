@@ -159,6 +159,31 @@ pairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
           inter};
 }
 
+/// The down kernels' pair: as pairSource, an expert out of range -1 (the
+/// activation kernel has flagged it).
+__device__ __forceinline__ PairSource
+downPairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
+               int experts, int inter, int dim, const SharedFp8Expert &shared,
+               int routedPairs) {
+  const int pair = blockIdx.x;
+  if (pair >= routedPairs)
+    return {true,
+            pair - routedPairs,
+            0,
+            shared.inter,
+            shared.stacks,
+            shared.gateUpStride,
+            shared.downStride};
+  const int e = indices[pair];
+  return {false,
+          pair / max(choices, 1),
+          e >= 0 && e < experts ? e : -1,
+          inter,
+          stacks,
+          dim,
+          inter};
+}
+
 /// Grid (tokens * choices [+ tokens: the shared expert's pairs], rows /
 /// (8 rowsPerWarp)), 256 threads, dim floats of dynamic shared memory: the
 /// block's token row rounded to BF16 once (kQuantize: quantized first),
@@ -266,20 +291,10 @@ __global__ void __launch_bounds__(256)
   extern __shared__ float4 stagedAct[];
   awaitPriorKernels();
   const int pair = blockIdx.x;
-  PairSource p{false, pair / max(choices, 1), 0, inter, stacks, dim, inter};
-  if (pair >= routedPairs) {
-    p = {true,
-         pair - routedPairs,
-         0,
-         shared.inter,
-         shared.stacks,
-         shared.gateUpStride,
-         shared.downStride};
-  } else {
-    p.expert = indices[pair];
-    if (p.expert < 0 || p.expert >= experts)
-      return;
-  }
+  const PairSource p = downPairSource(indices, stacks, choices, experts, inter,
+                                      dim, shared, routedPairs);
+  if (p.expert < 0)
+    return; // the whole block
   const float *a = act + size_t(pair) * actStride;
   if (p.shared) {
     stageGemmInput(reinterpret_cast<const float4 *>(a), p.inter, stagedAct);
@@ -591,20 +606,10 @@ __global__ void __launch_bounds__(256)
   extern __shared__ float4 tileShared[];
   awaitPriorKernels();
   const int pair = blockIdx.x;
-  PairSource p{false, pair / max(choices, 1), 0, inter, stacks, dim, inter};
-  if (pair >= routedPairs) {
-    p = {true,
-         pair - routedPairs,
-         0,
-         shared.inter,
-         shared.stacks,
-         shared.gateUpStride,
-         shared.downStride};
-  } else {
-    p.expert = indices[pair];
-    if (p.expert < 0 || p.expert >= experts)
-      return;
-  }
+  const PairSource p = downPairSource(indices, stacks, choices, experts, inter,
+                                      dim, shared, routedPairs);
+  if (p.expert < 0)
+    return; // the whole block
   const int j0 = blockIdx.y * kTileRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   auto *halves = reinterpret_cast<__half *>(tileShared);
