@@ -2232,6 +2232,9 @@ private:
   /// block per 16-row tile (MELT_CUDA_MOE_ROWS_TILES=0: a warp per row on
   /// the CUDA cores).
   bool moeRowsOnTiles_ = envSwitch("MELT_CUDA_MOE_ROWS_TILES", true);
+  /// MELT_CUDA_MOE_TILES_ONE_WAVE=1: those tiles in one wave of blocks,
+  /// each taking tiles in turn (moeExpertsFp8Rowwise's oneWave).
+  bool moeTilesOneWave_ = envSwitch("MELT_CUDA_MOE_TILES_ONE_WAVE", false);
   /// The routed experts of a few tokens on the tensor cores take an
   /// expert's tokens 16 at a time (moeExpertsByExpert's widePasses) where
   /// the pairs average at least this many tokens an expert

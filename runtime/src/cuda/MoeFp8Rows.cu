@@ -440,30 +440,44 @@ __device__ __forceinline__ TileFragment loadTileFragment(const uint8_t *row,
   return f;
 }
 
+/// The loads of two 128-wide K blocks of a warp's share of a tile.
+template <int kWeights> struct TilePair { TileFragment a[2][kWeights]; };
+
+/// Blocks kb and kb + 1 (those before `end`) of rows[w] into `pair`.
+template <int kWeights>
+__device__ __forceinline__ void
+loadTilePair(TilePair<kWeights> &pair, const uint8_t *const (&rows)[kWeights],
+             size_t stride, int kb, int end, int len, int t) {
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int w = 0; w < kWeights; ++w)
+      pair.a[j][w] =
+          loadTileFragment(rows[w], stride, (kb + j) * kScaleBlock + 32 * t,
+                           kb + j < end ? len : 0);
+}
+
 /// A warp's share of a tile: kWeights 16-row tiles (rows[w]: the lane's
 /// row g; row g + 8 is 8 `stride`s on) times the block's staged input,
 /// over the 128-wide K blocks [first, end), two blocks' loads in flight at
 /// a time; out[w] as mma's C fragment (column 0: token 0). The first
 /// blocks' loads go out before `prepare` (the input's staging, with the
-/// block's barrier: every warp calls it), so that they overlap it.
+/// block's barrier: every warp calls it), so that they overlap it; where
+/// `firstLoaded`, `pair` holds them already (loaded by the caller while it
+/// finished the tile before).
 template <int kWeights, class Prepare>
 __device__ __forceinline__ void
 tileProducts(const uint8_t *const (&rows)[kWeights], size_t stride,
              const float *const (&scales)[kWeights], const __half *halves,
              const float *multipliers, int len, int first, int end, int lane,
-             Prepare prepare, float (&out)[kWeights][4]) {
+             Prepare prepare, float (&out)[kWeights][4],
+             TilePair<kWeights> &pair, bool firstLoaded = false) {
   const int g = lane / 4, t = lane % 4;
-  TileFragment a[2][kWeights];
+  auto &a = pair.a;
   auto load = [&](int kb) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-#pragma unroll
-      for (int w = 0; w < kWeights; ++w)
-        a[j][w] =
-            loadTileFragment(rows[w], stride, (kb + j) * kScaleBlock + 32 * t,
-                             kb + j < end ? len : 0);
+    loadTilePair(pair, rows, stride, kb, end, len, t);
   };
-  if (first < end)
+  if (first < end && !firstLoaded)
     load(first);
   prepare();
   for (int kb = first; kb < end; kb += 2) {
@@ -518,17 +532,20 @@ __device__ __forceinline__ int2 warpKBlocks(int len, int warp) {
 }
 
 /// Row r of the tile's kWeights sums: the warps' parts (column 0 of their
-/// C fragments) added in warp order, for threads r < 16.
-template <int kWeights>
+/// C fragments) added in warp order, for threads r < 16. kBuffers 2: the
+/// parts of consecutive tiles of a block alternate (`parity`), so that a
+/// tile's parts are not written over while the one before is summed.
+template <int kWeights, int kBuffers = 1>
 __device__ __forceinline__ void tileSums(const float (&out)[kWeights][4],
-                                         float (&sums)[kWeights]) {
-  __shared__ float parts[kTileWarps][kWeights][kTileRows];
+                                         float (&sums)[kWeights],
+                                         int parity = 0) {
+  __shared__ float parts[kBuffers][kTileWarps][kWeights][kTileRows];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane % 4 == 0)
 #pragma unroll
     for (int w = 0; w < kWeights; ++w) {
-      parts[warp][w][lane / 4] = out[w][0];
-      parts[warp][w][lane / 4 + 8] = out[w][2];
+      parts[parity][warp][w][lane / 4] = out[w][0];
+      parts[parity][warp][w][lane / 4 + 8] = out[w][2];
     }
   __syncthreads();
   if (threadIdx.x < kTileRows)
@@ -536,16 +553,66 @@ __device__ __forceinline__ void tileSums(const float (&out)[kWeights][4],
     for (int w = 0; w < kWeights; ++w) {
       float sum = 0.f;
       for (int v = 0; v < kTileWarps; ++v)
-        sum += parts[v][w][threadIdx.x];
+        sum += parts[parity][v][w][threadIdx.x];
       sums[w] = sum;
     }
 }
 
-/// Grid (pairs as fp8ActivationKernel's, rows / 16), 256 threads,
-/// tileSharedBytes(dim): rows [16 y, 16 y + 16) of the pair's gate and up
-/// on tensor cores, act as fp8ActivationKernel's.
-template <bool kQuantize>
-__global__ void __launch_bounds__(256)
+/// A lane's rows (g) of a tile of kWeights weights and their scale rows.
+template <int kWeights> struct TileRows {
+  const uint8_t *rows[kWeights];
+  const float *scales[kWeights];
+};
+
+/// A block's tiles: tile blockIdx.y (kOneWave false: the grid has one
+/// block a tile), or tiles blockIdx.y, + gridDim.y, ... (kOneWave: one
+/// wave of blocks; the input staged once, and each tile's first loads
+/// issued before the tile ahead is summed and written). rowsOf(tile) names
+/// a tile's rows; stage() stages the input (with the block's barrier);
+/// finish(tile, out, parity) sums and writes a tile (tileSums with parity
+/// for kBuffers 2). The same sums either way.
+template <int kWeights, bool kOneWave, class RowsOf, class Stage, class Finish>
+__device__ __forceinline__ void
+blockTiles(int tiles, RowsOf rowsOf, size_t stride, const __half *halves,
+           const float *multipliers, int len, int2 range, int lane, Stage stage,
+           Finish finish) {
+  TilePair<kWeights> loads;
+  if constexpr (!kOneWave) {
+    const TileRows<kWeights> r = rowsOf(int(blockIdx.y));
+    float out[kWeights][4] = {};
+    tileProducts<kWeights>(r.rows, stride, r.scales, halves, multipliers, len,
+                           range.x, range.y, lane, stage, out, loads);
+    finish(int(blockIdx.y), out, 0);
+  } else {
+    bool loaded = false;
+    for (int tile = blockIdx.y, round = 0; tile < tiles;
+         tile += gridDim.y, ++round) {
+      const TileRows<kWeights> r = rowsOf(tile);
+      float out[kWeights][4] = {};
+      tileProducts<kWeights>(
+          r.rows, stride, r.scales, halves, multipliers, len, range.x, range.y,
+          lane,
+          [&] {
+            if (round == 0)
+              stage();
+          },
+          out, loads, loaded);
+      const int next = tile + gridDim.y;
+      loaded = next < tiles && range.x < range.y;
+      if (loaded)
+        loadTilePair(loads, rowsOf(next).rows, stride, range.x, range.y, len,
+                     lane % 4);
+      finish(tile, out, round % 2);
+    }
+  }
+}
+
+/// Grid (pairs as fp8ActivationKernel's, rows / 16; kOneWave: fewer, each
+/// block taking every gridDim.y-th tile), 256 threads,
+/// tileSharedBytes(dim): rows [16 tile, 16 tile + 16) of the pair's gate
+/// and up on tensor cores, act as fp8ActivationKernel's.
+template <bool kQuantize, bool kOneWave>
+__global__ void __launch_bounds__(256, kOneWave ? 2 : 0)
     fp8ActivationTileKernel(const float *x, const int32_t *indices,
                             ExpertStacks stacks, int choices, int experts,
                             int inter, int dim, float *act, int actStride,
@@ -556,48 +623,52 @@ __global__ void __launch_bounds__(256)
   const int pair = blockIdx.x;
   const PairSource p = pairSource(indices, stacks, choices, experts, inter, dim,
                                   shared, routedPairs, bad);
-  const int e = p.expert, row0 = blockIdx.y * kTileRows;
-  if (e < 0 || row0 >= p.inter)
+  const int e = p.expert, tiles = p.inter / kTileRows;
+  if (e < 0 || int(blockIdx.y) >= tiles)
     return; // the whole block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   auto *halves = reinterpret_cast<__half *>(tileShared);
   auto *multipliers = reinterpret_cast<float *>(
       halves + size_t((dim + kScaleBlock - 1) / kScaleBlock) * kScaleBlock);
   const ExpertStacks &w = p.stacks;
-  const size_t row = (size_t(e) * p.inter + row0 + lane / 4) * p.gateUpStride;
-  const uint8_t *const rows[2] = {static_cast<const uint8_t *>(w.gate) + row,
-                                  static_cast<const uint8_t *>(w.up) + row};
-  const float *const scales[2] = {
-      rowScales(w.gateScales, e, p.inter, p.gateUpStride, row0),
-      rowScales(w.upScales, e, p.inter, p.gateUpStride, row0)};
+  auto rowsOf = [&](int tile) {
+    const int row0 = tile * kTileRows;
+    const size_t row = (size_t(e) * p.inter + row0 + lane / 4) * p.gateUpStride;
+    return TileRows<2>{
+        {static_cast<const uint8_t *>(w.gate) + row,
+         static_cast<const uint8_t *>(w.up) + row},
+        {rowScales(w.gateScales, e, p.inter, p.gateUpStride, row0),
+         rowScales(w.upScales, e, p.inter, p.gateUpStride, row0)}};
+  };
   const TileInput input = p.shared    ? TileInput::GemmInput
                           : kQuantize ? TileInput::Quantized
                                       : TileInput::Bf16;
-  const int2 range = warpKBlocks(dim, warp);
-  float out[2][4] = {};
-  tileProducts<2>(
-      rows, p.gateUpStride, scales, halves, multipliers, dim, range.x, range.y,
-      lane,
+  blockTiles<2, kOneWave>(
+      tiles, rowsOf, p.gateUpStride, halves, multipliers, dim,
+      warpKBlocks(dim, warp), lane,
       [&] {
         stageHalves(reinterpret_cast<const float4 *>(x + size_t(p.token) * dim),
                     dim, input, halves, multipliers);
         __syncthreads();
       },
-      out);
-  float sums[2];
-  tileSums<2>(out, sums);
-  if (threadIdx.x < kTileRows) {
-    const float a = sums[0], b = sums[1];
-    act[size_t(pair) * actStride + row0 + threadIdx.x] =
-        p.shared ? siluTimesOfBf16(a, b)
-                 : roundedToBf16(a / (1.f + expf(-a)) * b);
-  }
+      [&](int tile, const float(&out)[2][4], int parity) {
+        float sums[2];
+        tileSums<2, kOneWave ? 2 : 1>(out, sums, parity);
+        if (threadIdx.x < kTileRows) {
+          const float a = sums[0], b = sums[1];
+          act[size_t(pair) * actStride + tile * kTileRows + threadIdx.x] =
+              p.shared ? siluTimesOfBf16(a, b)
+                       : roundedToBf16(a / (1.f + expf(-a)) * b);
+        }
+      });
 }
 
-/// Grid (pairs as fp8DownKernel's, dim / 16), 256 threads,
-/// tileSharedBytes(largest inter): outputs [16 y, 16 y + 16) of the pair's
-/// down projection on tensor cores, added into y as fp8DownKernel's.
-__global__ void __launch_bounds__(256)
+/// Grid (pairs as fp8DownKernel's, dim / 16; kOneWave: fewer, each block
+/// taking every gridDim.y-th tile), 256 threads, tileSharedBytes(largest
+/// inter): outputs [16 tile, 16 tile + 16) of the pair's down projection
+/// on tensor cores, added into y as fp8DownKernel's.
+template <bool kOneWave>
+__global__ void __launch_bounds__(256, kOneWave ? 3 : 0)
     fp8DownTileKernel(const float *act, const int32_t *indices,
                       const float *weights, ExpertStacks stacks, int choices,
                       int experts, int inter, int dim, bool combineBf16,
@@ -610,21 +681,20 @@ __global__ void __launch_bounds__(256)
                                       dim, shared, routedPairs);
   if (p.expert < 0)
     return; // the whole block
-  const int j0 = blockIdx.y * kTileRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   auto *halves = reinterpret_cast<__half *>(tileShared);
   auto *multipliers = reinterpret_cast<float *>(
       halves + size_t((p.inter + kScaleBlock - 1) / kScaleBlock) * kScaleBlock);
-  const uint8_t *const rows[1] = {static_cast<const uint8_t *>(p.stacks.down) +
-                                  (size_t(p.expert) * dim + j0 + lane / 4) *
-                                      p.downStride};
-  const float *const scales[1] = {
-      rowScales(p.stacks.downScales, p.expert, dim, p.downStride, j0)};
-  const int2 range = warpKBlocks(p.inter, warp);
-  float out[1][4] = {};
-  tileProducts<1>(
-      rows, p.downStride, scales, halves, multipliers, p.inter, range.x,
-      range.y, lane,
+  auto rowsOf = [&](int tile) {
+    const int j0 = tile * kTileRows;
+    return TileRows<1>{
+        {static_cast<const uint8_t *>(p.stacks.down) +
+         (size_t(p.expert) * dim + j0 + lane / 4) * p.downStride},
+        {rowScales(p.stacks.downScales, p.expert, dim, p.downStride, j0)}};
+  };
+  blockTiles<1, kOneWave>(
+      dim / kTileRows, rowsOf, p.downStride, halves, multipliers, p.inter,
+      warpKBlocks(p.inter, warp), lane,
       [&] {
         stageHalves(
             reinterpret_cast<const float4 *>(act + size_t(pair) * actStride),
@@ -632,16 +702,17 @@ __global__ void __launch_bounds__(256)
             multipliers);
         __syncthreads();
       },
-      out);
-  float sums[1];
-  tileSums<1>(out, sums);
-  if (threadIdx.x < kTileRows) {
-    float sum = sums[0];
-    if (p.shared || combineBf16)
-      sum = roundedToBf16(sum);
-    y.addRow(pair, p.token, dim, j0 + threadIdx.x,
-             (p.shared ? 1.f : weights[pair]) * sum);
-  }
+      [&](int tile, const float(&out)[1][4], int parity) {
+        float sums[1];
+        tileSums<1, kOneWave ? 2 : 1>(out, sums, parity);
+        if (threadIdx.x < kTileRows) {
+          float sum = sums[0];
+          if (p.shared || combineBf16)
+            sum = roundedToBf16(sum);
+          y.addRow(pair, p.token, dim, tile * kTileRows + threadIdx.x,
+                   (p.shared ? 1.f : weights[pair]) * sum);
+        }
+      });
 }
 
 /// Blocks per pair and rows (sets of rows) per warp for a kernel whose
@@ -688,7 +759,7 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
     int32_t *bad, cudaStream_t stream, float *pairRows,
-    const SharedFp8Expert *shared, bool tiles) {
+    const SharedFp8Expert *shared, bool tiles, bool oneWave) {
   if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
       !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
     return cudaErrorInvalidValue;
@@ -711,19 +782,34 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
             pairs = routedPairs + (shared ? tokens : 0);
   const int rows = std::max(inter, sharedExpert.inter);
   if (tiles) {
-    auto activationTiles = quantizeX ? fp8ActivationTileKernel<true>
-                                     : fp8ActivationTileKernel<false>;
-    if ((e = launchOverlapped(
-             activationTiles, dim3(pairs, (rows + kTileRows - 1) / kTileRows),
-             256, tileSharedBytes(dim), stream, x, indices, stacks, choices,
-             experts, inter, dim, scratch, rows, bad, sharedExpert,
-             routedPairs)) != cudaSuccess)
+    // Every tile its own block, or (oneWave) the blocks resident at once
+    // taking the tiles in turn.
+    auto activationTiles =
+        oneWave ? (quantizeX ? fp8ActivationTileKernel<true, true>
+                             : fp8ActivationTileKernel<false, true>)
+                : (quantizeX ? fp8ActivationTileKernel<true, false>
+                             : fp8ActivationTileKernel<false, false>);
+    auto downTiles =
+        oneWave ? fp8DownTileKernel<true> : fp8DownTileKernel<false>;
+    const int upTiles = (rows + kTileRows - 1) / kTileRows,
+              downTileCount = (dim + kTileRows - 1) / kTileRows;
+    const int upBlocks = oneWave ? waveOf(activationTiles, pairs, rows,
+                                          kTileRows, tileSharedBytes(dim))
+                                       .blocksPerPair
+                                 : upTiles;
+    const int downBlocks = oneWave ? waveOf(downTiles, pairs, dim, kTileRows,
+                                            tileSharedBytes(rows))
+                                         .blocksPerPair
+                                   : downTileCount;
+    if ((e = launchOverlapped(activationTiles, dim3(pairs, upBlocks), 256,
+                              tileSharedBytes(dim), stream, x, indices, stacks,
+                              choices, experts, inter, dim, scratch, rows, bad,
+                              sharedExpert, routedPairs)) != cudaSuccess)
       return e;
-    if ((e = launchOverlapped(fp8DownTileKernel,
-                              dim3(pairs, (dim + kTileRows - 1) / kTileRows),
-                              256, tileSharedBytes(rows), stream, scratch,
-                              indices, weights, stacks, choices, experts, inter,
-                              dim, combineBf16, PairOutput{y, pairRows}, rows,
+    if ((e = launchOverlapped(downTiles, dim3(pairs, downBlocks), 256,
+                              tileSharedBytes(rows), stream, scratch, indices,
+                              weights, stacks, choices, experts, inter, dim,
+                              combineBf16, PairOutput{y, pairRows}, rows,
                               sharedExpert, routedPairs)) != cudaSuccess)
       return e;
     return finishPairOutput(

@@ -62,13 +62,19 @@ bool moeFp8RowwiseFits(int inter, int dim);
 ///
 /// `tiles`: on tensor cores, a block per 16-row tile of a pair's gate and
 /// up, then of its down (FP16 mma.sync; the same products summed in
-/// another order); else a warp per row on the CUDA cores.
-cudaError_t moeExpertsFp8Rowwise(
-    const float *x, const int32_t *indices, const float *weights,
-    const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
-    int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
-    int32_t *bad, cudaStream_t stream, float *pairRows = nullptr,
-    const SharedFp8Expert *shared = nullptr, bool tiles = true);
+/// another order); else a warp per row on the CUDA cores. `oneWave` (with
+/// `tiles`): only the blocks resident at once, each taking tiles in turn
+/// (the input staged once a block, a tile's first loads issued before the
+/// tile ahead is summed): the same bits.
+cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
+                                 const float *weights,
+                                 const ExpertStacks &stacks, int tokens,
+                                 int choices, int experts, int inter, int dim,
+                                 bool combineBf16, bool quantizeX,
+                                 float *scratch, float *y, int32_t *bad,
+                                 cudaStream_t stream, float *pairRows = nullptr,
+                                 const SharedFp8Expert *shared = nullptr,
+                                 bool tiles = true, bool oneWave = false);
 
 } // namespace melt::rt::cuda
 

@@ -3,8 +3,9 @@
 // routed sum against a double-precision reference of its semantics (x and
 // the activations rounded to BF16, each 128-wide block's products times
 // its scale); with x quantized and with a shared expert, the tiles against
-// the rows (the same products in another order) and the same bits every
-// run. Skips without a device.
+// the rows (the same products in another order), the same bits every run
+// and in one wave of blocks (each taking tiles in turn). Skips without a
+// device.
 #include "CudaTestUtil.h"
 #include "cuda/MoeFp8Rows.h"
 
@@ -89,7 +90,7 @@ std::vector<float> run(const ExpertStacks &stacks, const float *x,
                        const int32_t *indices, const float *weights,
                        const Case &c, int choices,
                        const SharedFp8Expert *shared, bool quantizeX,
-                       bool tiles) {
+                       bool tiles, bool oneWave = false) {
   const int pairs = c.tokens * (choices + (shared ? 1 : 0));
   const int rows = std::max(c.inter, shared ? shared->inter : 0);
   float *scratch = deviceArray<float>(size_t(pairs) * rows);
@@ -100,7 +101,7 @@ std::vector<float> run(const ExpertStacks &stacks, const float *x,
   EXPECT_EQ(moeExpertsFp8Rowwise(x, indices, weights, stacks, c.tokens, choices,
                                  c.experts, c.inter, c.dim, false, quantizeX,
                                  scratch, y, bad, nullptr, pairRows, shared,
-                                 tiles),
+                                 tiles, oneWave),
             cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<float> out = toHost(y, size_t(c.tokens) * c.dim);
@@ -199,16 +200,21 @@ TEST(CudaMoeFp8Rows, RowsAndTilesMatchTheReference) {
             run(stacks, dx, di, dw, c, choices, withShared, quantizeX, true);
         std::vector<float> second =
             run(stacks, dx, di, dw, c, choices, withShared, quantizeX, true);
+        std::vector<float> oneWave = run(stacks, dx, di, dw, c, choices,
+                                         withShared, quantizeX, true, true);
         double worst = 0, norm = 0;
-        int differ = 0;
+        int differ = 0, differOneWave = 0;
         for (size_t i = 0; i < first.size(); ++i) {
           worst = std::max(worst, double(std::abs(first[i] - rows[i])));
           norm = std::max(norm, double(std::abs(rows[i])));
           differ += std::memcmp(&first[i], &second[i], sizeof(float)) != 0;
+          differOneWave +=
+              std::memcmp(&first[i], &oneWave[i], sizeof(float)) != 0;
         }
         ASSERT_GT(norm, 0.0) << what;
         EXPECT_LE(worst, 1e-2 * norm) << what;
         EXPECT_EQ(differ, 0) << what;
+        EXPECT_EQ(differOneWave, 0) << what << ", one wave";
       }
     cudaFree(dx), cudaFree(dw), cudaFree(di);
   }
