@@ -141,6 +141,9 @@ struct PairSource {
                        // the parameters in local memory)
   int gateUpStride, downStride; // K as stored
 };
+/// The block's pair (blockIdx.x); a routed pair's expert -1 where its index
+/// is out of range, flagged in *bad where `bad` is given (the activation
+/// kernels; the down kernels after them pass none).
 __device__ __forceinline__ PairSource
 pairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
            int experts, int inter, int dim, const SharedFp8Expert &shared,
@@ -154,34 +157,9 @@ pairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
             shared.stacks,
             shared.gateUpStride,
             shared.downStride};
-  return {false, pair / choices, expertOfPair(indices, experts, bad),
-          inter, stacks,         dim,
-          inter};
-}
-
-/// The down kernels' pair: as pairSource, an expert out of range -1 (the
-/// activation kernel has flagged it).
-__device__ __forceinline__ PairSource
-downPairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
-               int experts, int inter, int dim, const SharedFp8Expert &shared,
-               int routedPairs) {
-  const int pair = blockIdx.x;
-  if (pair >= routedPairs)
-    return {true,
-            pair - routedPairs,
-            0,
-            shared.inter,
-            shared.stacks,
-            shared.gateUpStride,
-            shared.downStride};
-  const int e = indices[pair];
-  return {false,
-          pair / max(choices, 1),
-          e >= 0 && e < experts ? e : -1,
-          inter,
-          stacks,
-          dim,
-          inter};
+  const int e = bad ? expertOfPair(indices, experts, bad) : indices[pair];
+  return {false, pair / choices, e >= 0 && e < experts ? e : -1, inter, stacks,
+          dim,   inter};
 }
 
 /// Grid (tokens * choices [+ tokens: the shared expert's pairs], rows /
@@ -291,8 +269,8 @@ __global__ void __launch_bounds__(256)
   extern __shared__ float4 stagedAct[];
   awaitPriorKernels();
   const int pair = blockIdx.x;
-  const PairSource p = downPairSource(indices, stacks, choices, experts, inter,
-                                      dim, shared, routedPairs);
+  const PairSource p = pairSource(indices, stacks, choices, experts, inter, dim,
+                                  shared, routedPairs, nullptr);
   if (p.expert < 0)
     return; // the whole block
   const float *a = act + size_t(pair) * actStride;
@@ -677,8 +655,8 @@ __global__ void __launch_bounds__(256, kOneWave ? 3 : 0)
   extern __shared__ float4 tileShared[];
   awaitPriorKernels();
   const int pair = blockIdx.x;
-  const PairSource p = downPairSource(indices, stacks, choices, experts, inter,
-                                      dim, shared, routedPairs);
+  const PairSource p = pairSource(indices, stacks, choices, experts, inter, dim,
+                                  shared, routedPairs, nullptr);
   if (p.expert < 0)
     return; // the whole block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
