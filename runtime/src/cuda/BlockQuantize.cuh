@@ -27,11 +27,16 @@ __device__ __forceinline__ float blockScale(float amax) {
   return fmaxf(amax, 1e-12f) / 448.f;
 }
 
-/// The scale of a 128-value block whose values the warp's lanes hold four
-/// each (all lanes take part).
+/// The largest magnitude of a 128-value block whose values the warp's lanes
+/// hold four each (all lanes take part).
+__device__ __forceinline__ float warpAbsMax(float4 v) {
+  return warpMax(
+      fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+}
+
+/// The scale of such a block.
 __device__ __forceinline__ float warpBlockScale(float4 v) {
-  return blockScale(warpMax(
-      fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)))));
+  return blockScale(warpAbsMax(v));
 }
 
 /// The e4m3 code of v in a block of `scale`.

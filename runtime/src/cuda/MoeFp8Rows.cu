@@ -120,8 +120,7 @@ __device__ __forceinline__ void stageGemmInput(const float4 *source, int dim,
     const int c = b * 128 + 4 * lane;
     const bool inside = c < dim;
     const float4 v = inside ? source[c / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
-    const float scale = gemmInputScale(warpMax(
-        fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)))));
+    const float scale = gemmInputScale(warpAbsMax(v));
     const uint32_t codes = gemmInputCodes(v.x, v.y, v.z, v.w, 1.f / scale);
     float values[4];
     e4m3Values(codes, values);
@@ -328,8 +327,7 @@ __device__ __forceinline__ uint32_t halfPair(float lo, float hi) {
 /// BF16 values (four a lane, the warp's 128) times a power of two: the
 /// block's largest magnitude to [2^14, 2^15), below FP16's largest finite.
 __device__ __forceinline__ HalfBlock scaledHalves(float4 v) {
-  const float top = warpMax(
-      fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+  const float top = warpAbsMax(v);
   const int exponent =
       min(max(((__float_as_int(top) >> 23) & 0xff) - 127 - 14, -100), 100);
   const float down = __int_as_float((127 - exponent) << 23);
@@ -341,8 +339,7 @@ __device__ __forceinline__ HalfBlock scaledHalves(float4 v) {
 /// An FP8 linear's input (quantizeRowsFp8's codes and scale, as
 /// stageGemmInput): the codes as FP16, the scale the multiplier.
 __device__ __forceinline__ HalfBlock gemmInputHalves(float4 v) {
-  const float scale = gemmInputScale(warpMax(
-      fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)))));
+  const float scale = gemmInputScale(warpAbsMax(v));
   const uint32_t codes = gemmInputCodes(v.x, v.y, v.z, v.w, 1.f / scale);
   return {make_uint2(e4m3PairAsHalves(codes), e4m3PairAsHalves(codes >> 16)),
           scale};
@@ -395,6 +392,13 @@ size_t tileSharedBytes(int len) {
   const int blocks = (len + kScaleBlock - 1) / kScaleBlock;
   return size_t(blocks) * kScaleBlock * sizeof(__half) +
          size_t(blocks) * sizeof(float);
+}
+
+/// Where the multipliers of a row of `len` start, after its FP16 blocks at
+/// `halves` (tileSharedBytes' layout).
+__device__ __forceinline__ float *tileMultipliers(__half *halves, int len) {
+  return reinterpret_cast<float *>(
+      halves + size_t((len + kScaleBlock - 1) / kScaleBlock) * kScaleBlock);
 }
 
 /// Rows g and g + 8 of a 16-row tile, 32 bytes each at K offset `at`
@@ -606,8 +610,7 @@ __global__ void __launch_bounds__(256, kOneWave ? 2 : 0)
     return; // the whole block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   auto *halves = reinterpret_cast<__half *>(tileShared);
-  auto *multipliers = reinterpret_cast<float *>(
-      halves + size_t((dim + kScaleBlock - 1) / kScaleBlock) * kScaleBlock);
+  float *multipliers = tileMultipliers(halves, dim);
   const ExpertStacks &w = p.stacks;
   auto rowsOf = [&](int tile) {
     const int row0 = tile * kTileRows;
@@ -661,8 +664,7 @@ __global__ void __launch_bounds__(256, kOneWave ? 3 : 0)
     return; // the whole block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   auto *halves = reinterpret_cast<__half *>(tileShared);
-  auto *multipliers = reinterpret_cast<float *>(
-      halves + size_t((p.inter + kScaleBlock - 1) / kScaleBlock) * kScaleBlock);
+  float *multipliers = tileMultipliers(halves, p.inter);
   auto rowsOf = [&](int tile) {
     const int j0 = tile * kTileRows;
     return TileRows<1>{
@@ -759,58 +761,56 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
   const int routedPairs = tokens * choices,
             pairs = routedPairs + (shared ? tokens : 0);
   const int rows = std::max(inter, sharedExpert.inter);
-  if (tiles) {
-    // Every tile its own block, or (oneWave) the blocks resident at once
-    // taking the tiles in turn.
-    auto activationTiles =
-        oneWave ? (quantizeX ? fp8ActivationTileKernel<true, true>
-                             : fp8ActivationTileKernel<false, true>)
-                : (quantizeX ? fp8ActivationTileKernel<true, false>
-                             : fp8ActivationTileKernel<false, false>);
-    auto downTiles =
-        oneWave ? fp8DownTileKernel<true> : fp8DownTileKernel<false>;
-    const int upTiles = (rows + kTileRows - 1) / kTileRows,
-              downTileCount = (dim + kTileRows - 1) / kTileRows;
-    const int upBlocks = oneWave ? waveOf(activationTiles, pairs, rows,
-                                          kTileRows, tileSharedBytes(dim))
+  // On tensor cores: every tile its own block, or (oneWave) the blocks
+  // resident at once taking the tiles in turn.
+  auto launchTiles = [&]() -> cudaError_t {
+    auto activation = oneWave
+                          ? (quantizeX ? fp8ActivationTileKernel<true, true>
+                                       : fp8ActivationTileKernel<false, true>)
+                          : (quantizeX ? fp8ActivationTileKernel<true, false>
+                                       : fp8ActivationTileKernel<false, false>);
+    auto down = oneWave ? fp8DownTileKernel<true> : fp8DownTileKernel<false>;
+    const int upBlocks = oneWave ? waveOf(activation, pairs, rows, kTileRows,
+                                          tileSharedBytes(dim))
                                        .blocksPerPair
-                                 : upTiles;
-    const int downBlocks = oneWave ? waveOf(downTiles, pairs, dim, kTileRows,
-                                            tileSharedBytes(rows))
-                                         .blocksPerPair
-                                   : downTileCount;
-    if ((e = launchOverlapped(activationTiles, dim3(pairs, upBlocks), 256,
-                              tileSharedBytes(dim), stream, x, indices, stacks,
-                              choices, experts, inter, dim, scratch, rows, bad,
-                              sharedExpert, routedPairs)) != cudaSuccess)
+                                 : (rows + kTileRows - 1) / kTileRows;
+    const int downBlocks =
+        oneWave ? waveOf(down, pairs, dim, kTileRows, tileSharedBytes(rows))
+                      .blocksPerPair
+                : (dim + kTileRows - 1) / kTileRows;
+    if (cudaError_t e = launchOverlapped(
+            activation, dim3(pairs, upBlocks), 256, tileSharedBytes(dim),
+            stream, x, indices, stacks, choices, experts, inter, dim, scratch,
+            rows, bad, sharedExpert, routedPairs);
+        e != cudaSuccess)
       return e;
-    if ((e = launchOverlapped(downTiles, dim3(pairs, downBlocks), 256,
-                              tileSharedBytes(rows), stream, scratch, indices,
-                              weights, stacks, choices, experts, inter, dim,
-                              combineBf16, PairOutput{y, pairRows}, rows,
-                              sharedExpert, routedPairs)) != cudaSuccess)
+    return launchOverlapped(
+        down, dim3(pairs, downBlocks), 256, tileSharedBytes(rows), stream,
+        scratch, indices, weights, stacks, choices, experts, inter, dim,
+        combineBf16, PairOutput{y, pairRows}, rows, sharedExpert, routedPairs);
+  };
+  // On the CUDA cores: a warp a row.
+  auto launchRows = [&]() -> cudaError_t {
+    auto activation =
+        quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>;
+    const size_t downShared = size_t(sharedExpert.inter) * sizeof(float);
+    const Wave up = waveOf(activation, pairs, rows, 8, size_t(dim) * 4);
+    const Wave down =
+        waveOf(fp8DownKernel, pairs, dim, 8 * kDownRowsPerWarp, downShared);
+    if (cudaError_t e = launchOverlapped(
+            activation, dim3(pairs, up.blocksPerPair), 256,
+            size_t(dim) * sizeof(float), stream, x, indices, stacks, choices,
+            experts, inter, dim, up.rowsPerWarp, scratch, rows, bad,
+            sharedExpert, routedPairs);
+        e != cudaSuccess)
       return e;
-    return finishPairOutput(
-        y, pairRows, indices, tokens, choices, experts, dim, stream,
-        shared && pairRows ? pairRows + size_t(routedPairs) * dim : nullptr);
-  }
-  auto activation =
-      quantizeX ? fp8ActivationKernel<true> : fp8ActivationKernel<false>;
-  const size_t downShared = size_t(sharedExpert.inter) * sizeof(float);
-  const Wave up = waveOf(activation, pairs, rows, 8, size_t(dim) * 4);
-  const Wave down =
-      waveOf(fp8DownKernel, pairs, dim, 8 * kDownRowsPerWarp, downShared);
-  if ((e = launchOverlapped(activation, dim3(pairs, up.blocksPerPair), 256,
-                            size_t(dim) * sizeof(float), stream, x, indices,
-                            stacks, choices, experts, inter, dim,
-                            up.rowsPerWarp, scratch, rows, bad, sharedExpert,
-                            routedPairs)) != cudaSuccess)
-    return e;
-  if ((e = launchOverlapped(
-           fp8DownKernel, dim3(pairs, down.blocksPerPair), 256, downShared,
-           stream, scratch, indices, weights, stacks, choices, experts, inter,
-           dim, down.rowsPerWarp, combineBf16, PairOutput{y, pairRows}, rows,
-           sharedExpert, routedPairs)) != cudaSuccess)
+    return launchOverlapped(
+        fp8DownKernel, dim3(pairs, down.blocksPerPair), 256, downShared, stream,
+        scratch, indices, weights, stacks, choices, experts, inter, dim,
+        down.rowsPerWarp, combineBf16, PairOutput{y, pairRows}, rows,
+        sharedExpert, routedPairs);
+  };
+  if ((e = tiles ? launchTiles() : launchRows()) != cudaSuccess)
     return e;
   return finishPairOutput(
       y, pairRows, indices, tokens, choices, experts, dim, stream,
