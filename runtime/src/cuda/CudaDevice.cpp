@@ -1452,7 +1452,8 @@ public:
                              static_cast<const float *>(weights.data), stacks,
                              T, K, E, I, D, combineBf16, quantizedX, scratch,
                              static_cast<float *>(y.data), flag_ + kExpertFlag,
-                             stream_, pairRows, &sharedExpert, moeRowsOnTiles_),
+                             stream_, pairRows, &sharedExpert, moeRowsOnTiles_,
+                             moeTilesOneWave_),
         "moe_experts");
   }
 
@@ -1856,7 +1857,7 @@ public:
               static_cast<const float *>(weights.data), stacks, T, K, E, I, D,
               combineBf16, quantizeX, static_cast<float *>(scratch.data),
               static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
-              pairRows, nullptr, moeRowsOnTiles_),
+              pairRows, nullptr, moeRowsOnTiles_, moeTilesOneWave_),
           "moe_experts");
       release(scratch); // stream-ordered: reused only by later work
       return launched;
@@ -2232,9 +2233,10 @@ private:
   /// block per 16-row tile (MELT_CUDA_MOE_ROWS_TILES=0: a warp per row on
   /// the CUDA cores).
   bool moeRowsOnTiles_ = envSwitch("MELT_CUDA_MOE_ROWS_TILES", true);
-  /// MELT_CUDA_MOE_TILES_ONE_WAVE=1: those tiles in one wave of blocks,
-  /// each taking tiles in turn (moeExpertsFp8Rowwise's oneWave).
-  bool moeTilesOneWave_ = envSwitch("MELT_CUDA_MOE_TILES_ONE_WAVE", false);
+  /// Those tiles in one wave of blocks, each taking tiles in turn
+  /// (moeExpertsFp8Rowwise's oneWave; MELT_CUDA_MOE_TILES_ONE_WAVE=0: a
+  /// block a tile, 2.3 waves for mini's batch-1 step and 5% slower).
+  bool moeTilesOneWave_ = envSwitch("MELT_CUDA_MOE_TILES_ONE_WAVE", true);
   /// The routed experts of a few tokens on the tensor cores take an
   /// expert's tokens 16 at a time (moeExpertsByExpert's widePasses) where
   /// the pairs average at least this many tokens an expert

@@ -65,7 +65,7 @@ bool moeFp8RowwiseFits(int inter, int dim);
 /// another order); else a warp per row on the CUDA cores. `oneWave` (with
 /// `tiles`): only the blocks resident at once, each taking tiles in turn
 /// (the input staged once a block, a tile's first loads issued before the
-/// tile ahead is summed): the same bits.
+/// tile ahead is summed; the default): the same bits.
 cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
                                  const float *weights,
                                  const ExpertStacks &stacks, int tokens,
@@ -74,7 +74,7 @@ cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
                                  float *scratch, float *y, int32_t *bad,
                                  cudaStream_t stream, float *pairRows = nullptr,
                                  const SharedFp8Expert *shared = nullptr,
-                                 bool tiles = true, bool oneWave = false);
+                                 bool tiles = true, bool oneWave = true);
 
 } // namespace melt::rt::cuda
 
