@@ -7,6 +7,7 @@
 // against the same kernel. Skips without a device.
 #include "CudaTestUtil.h"
 #include "cuda/CausalAttention.h"
+#include "cuda/MlaDecodeFused.h"
 #include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
@@ -47,6 +48,9 @@ struct Case {
   /// the same values in F32); with decodeStep, on mlaDecodeStep (token t
   /// the one token of sequence t).
   bool bf16Cache = false, decodeStep = false;
+  /// With bf16Cache, on mlaDecodeFused (one kernel) for a table of this
+  /// many positions.
+  int fusedMaxVisible = 0;
 };
 
 void runCase(const Case &c) {
@@ -93,14 +97,20 @@ void runCase(const Case &c) {
   float *split = deviceArray<float>(outCount);
   float *whole = deviceArray<float>(outCount);
   int32_t *bad = toDevice(std::vector<int32_t>{0});
-  const int maxVisible = perSequence * kPageRows;
+  const int maxVisible =
+      c.fusedMaxVisible ? c.fusedMaxVisible : perSequence * kPageRows;
   const float scale = 1.f / std::sqrt(192.f);
   MlaSplitShape shape{tokens, c.heads,  nope,      rope,
                       latent, valueDim, maxVisible};
   ASSERT_TRUE(mlaSplitFits(shape));
   int chunks = mlaSplitChunks(shape, 132);
   float *scratch = nullptr;
-  if (c.decodeStep) {
+  if (c.fusedMaxVisible) {
+    ASSERT_TRUE(c.bf16Cache && mlaDecodeFusedFits(shape));
+    ASSERT_EQ(mlaDecodeFused(dQn, dQr, dCacheBf16, layout, dUk, dUv, shape,
+                             scale, split, nullptr),
+              cudaSuccess);
+  } else if (c.decodeStep) {
     ASSERT_TRUE(c.bf16Cache && mlaDecodeStepFits(shape));
     size_t bytes = mlaDecodeStepScratchBytes(shape, layout, 132);
     scratch = deviceArray<float>(bytes / sizeof(float) + 1);
@@ -170,13 +180,15 @@ void runCase(const Case &c) {
     range = std::max(range, double(std::fabs(want[i])));
   }
   // BF16 queries and rows: about 2^-9 relative per operand; TF32: 2^-11.
-  const bool bf16 = c.tensorCores || c.fusedBf16 || c.decodeStep;
+  const bool bf16 =
+      c.tensorCores || c.fusedBf16 || c.decodeStep || c.fusedMaxVisible;
   std::printf(
-      "%d heads, %d tokens%s%s%s%s: max abs difference %.3g of the "
+      "%d heads, %d tokens%s%s%s%s%s: max abs difference %.3g of the "
       "largest output\n",
       c.heads, tokens, c.tensorCores ? ", tensor cores" : "",
       c.decompressed ? ", decompressed" : "", c.bf16Cache ? ", bf16 cache" : "",
-      c.decodeStep ? ", decode step" : "", worst / std::max(range, 1e-30));
+      c.decodeStep ? ", decode step" : "", c.fusedMaxVisible ? ", fused" : "",
+      worst / std::max(range, 1e-30));
   EXPECT_LE(worst, (bf16             ? 2e-2
                     : c.decompressed ? 5e-3
                                      : 1e-5) *
@@ -185,7 +197,8 @@ void runCase(const Case &c) {
       << (c.tensorCores ? ", tensor cores" : "")
       << (c.decompressed ? ", decompressed" : "")
       << (c.bf16Cache ? ", bf16 cache" : "")
-      << (c.decodeStep ? ", decode step" : "");
+      << (c.decodeStep ? ", decode step" : "")
+      << (c.fusedMaxVisible ? ", fused" : "");
   for (const void *p :
        {static_cast<const void *>(dCache), static_cast<const void *>(dQn),
         static_cast<const void *>(dCacheBf16), (const void *)dQr,
@@ -239,6 +252,28 @@ TEST(CudaMlaSplit, Bf16CacheMatchesWholeSequence) {
     decompressed.positions.push_back(p);
   }
   runCase(decompressed);
+}
+
+// A few tokens' decode step in one kernel (MlaDecodeFused.cu: a token a
+// sequence) against the whole-sequence kernel: tables of 1024, 256 and
+// 320 positions, a sequence of one token, the last blocks' shares partial
+// or empty, 16 and 128 heads.
+TEST(CudaMlaSplit, FusedDecodeMatchesWholeSequence) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  struct Fused {
+    int heads, maxVisible;
+    std::vector<int32_t> sequences, positions;
+  };
+  for (const Fused &f :
+       {Fused{16, 1024, {0, 1}, {700, 33}}, Fused{128, 1024, {0, 1}, {1000, 3}},
+        Fused{16, 256, {0, 1}, {200, 33}}, Fused{128, 320, {0, 1}, {319, 0}},
+        Fused{16, 320, {1, 0}, {250, 6}}}) {
+    Case c{f.heads, f.sequences, f.positions};
+    c.bf16Cache = true;
+    c.fusedMaxVisible = f.maxVisible;
+    runCase(c);
+  }
 }
 
 // A decode step of a few tokens: the narrow forms (blocks of 4 heads, W_UK
