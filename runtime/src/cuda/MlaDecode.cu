@@ -18,6 +18,8 @@
 #include "cuda/MlaDecode.h"
 #include "cuda/MlaDecodeWarpgroups.h"
 
+#include "EnvSwitch.h"
+
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
@@ -30,57 +32,69 @@
 namespace melt::rt::cuda {
 namespace {
 
-constexpr int kTileTokens = 32;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-// Scores: each warp takes 16 tokens over a slice of the 576 dims.
-constexpr int kTokenGroups = kTileTokens / 16;
-constexpr int kDimSlices = kWarps / kTokenGroups;
-constexpr int kSliceDims = kLatentEntry / kDimSlices;
+/// Tokens a tile: 32 (two blocks an SM), or 64 (a page of 64 a tile; one
+/// block an SM: half the barriers and softmax rounds per byte of cache).
+constexpr int kSmallTileTokens = 32, kLargeTileTokens = 64;
 // Weighted sum: each warp owns a slice of the 512 output columns.
 constexpr int kWarpColumns = kLatentRank / kWarps;
 constexpr int kColumnTiles = kWarpColumns / 8;
 // The queries' shared-memory rows padded by 8 BF16 (16 bytes): rows 1168
 // bytes apart put the 8 rows one fragment load touches in different banks.
 constexpr int kRowStride = kLatentEntry + 8;
-// A tile: nine [32 tokens x 64 dims] blocks in the 128-byte swizzle.
-constexpr int kTileBlockBytes = kTileTokens * kSwizzleRowBytes;
-constexpr int kTileBytes = kLatentEntry / 64 * kTileBlockBytes;
 constexpr int kEntryChunks = kLatentEntry * 2 / 16; // 16-byte chunks a row
-constexpr int kProbStride = kTileTokens + 8;
+
+/// A tile of kTokens cached tokens and how the warps split it.
+template <int kTokens> struct TileGeometry {
+  // Scores: each warp takes 16 tokens over a slice of the 576 dims.
+  static constexpr int tokenGroups = kTokens / 16;
+  static constexpr int dimSlices = kWarps / tokenGroups;
+  static constexpr int sliceDims = kLatentEntry / dimSlices;
+  // Nine [kTokens x 64 dims] blocks in the 128-byte swizzle.
+  static constexpr int blockBytes = kTokens * kSwizzleRowBytes;
+  static constexpr int bytes = kLatentEntry / 64 * blockBytes;
+  static constexpr int probStride = kTokens + 8;
+};
 
 /// A block takes 16 * kHeadTiles heads (kHeadTiles mma tiles of M = 16):
 /// more heads per block read the cache fewer times but hold more state.
-template <int kHeadTiles> struct BlockShape {
+template <int kHeadTiles, int kTileTokens> struct BlockShape {
   static constexpr int heads = 16 * kHeadTiles;
   // Softmax: threads per head and tokens per thread.
   static constexpr int headThreads = kThreads / heads;
   static constexpr int threadTokens = kTileTokens / headThreads;
-  static_assert(kSliceDims % 16 == 0 && kColumnTiles % 2 == 0 &&
-                    headThreads <= 32 && threadTokens >= 1,
+  static_assert(TileGeometry<kTileTokens>::sliceDims % 16 == 0 &&
+                    kColumnTiles % 2 == 0 && headThreads <= 32 &&
+                    threadTokens >= 1,
                 "tile shape");
 };
 
 /// Shared memory, from a 1024-byte aligned base (the swizzle's).
-template <int kHeadTiles> struct SharedTile {
-  static constexpr int kHeads = BlockShape<kHeadTiles>::heads;
-  alignas(kSwizzleAtomBytes) uint8_t cache[2][kTileBytes]; // double-buffered
+template <int kHeadTiles, int kTileTokens> struct SharedTile {
+  using Geometry = TileGeometry<kTileTokens>;
+  static constexpr int kHeads = BlockShape<kHeadTiles, kTileTokens>::heads;
+  // Double-buffered.
+  alignas(kSwizzleAtomBytes) uint8_t cache[2][Geometry::bytes];
   __nv_bfloat16 queries[kHeads * kRowStride];
-  float scores[kDimSlices][kHeads * kTileTokens]; // per dim slice
-  __nv_bfloat16 probs[kHeads * kProbStride];
+  // Per dim slice.
+  float scores[Geometry::dimSlices][kHeads * kTileTokens];
+  __nv_bfloat16 probs[kHeads * Geometry::probStride];
   float rescale[kHeads];
   uint64_t loaded[2]; // the buffers' TMA barriers
 };
 
 /// Dynamic shared memory of a block: the tile and room to align it.
-template <int kHeadTiles> constexpr size_t sharedBytes() {
-  return sizeof(SharedTile<kHeadTiles>) + kSwizzleAtomBytes;
+template <int kHeadTiles, int kTileTokens> constexpr size_t sharedBytes() {
+  return sizeof(SharedTile<kHeadTiles, kTileTokens>) + kSwizzleAtomBytes;
 }
 
 /// Byte offset of token row `row`, dims [dim, dim + 8) (dim a multiple of
-/// 8), in a swizzled tile.
+/// 8), in a swizzled tile of kTileTokens tokens.
+template <int kTileTokens>
 __device__ __forceinline__ int tileOffset(int row, int dim) {
-  return (dim / 64) * kTileBlockBytes + swizzledOffset(row, (dim % 64) / 8);
+  return (dim / 64) * TileGeometry<kTileTokens>::blockBytes +
+         swizzledOffset(row, (dim % 64) / 8);
 }
 
 /// The A fragment of rows [0,16), columns [k, k+16) of a row-major matrix.
@@ -96,11 +110,11 @@ __device__ __forceinline__ size_t cacheRow(const MlaDecodeArgs &args,
   return size_t(pages[t0 / args.pageSize]) * args.pageSize + t0 % args.pageSize;
 }
 
-/// kBulk: thread 0 asks TMA for tile `t0` (tokens [t0, t0 + 32) of the
-/// sequence, in one page), nine [32 x 64] boxes counted on `loaded`. Else
-/// every thread starts its cp.async copies of the tile, tokens at or past
-/// `end` becoming zeros.
-template <bool kBulk>
+/// kBulk: thread 0 asks TMA for tile `t0` (tokens [t0, t0 + kTileTokens)
+/// of the sequence, in one page), nine [kTileTokens x 64] boxes counted on
+/// `loaded`. Else every thread starts its cp.async copies of the tile,
+/// tokens at or past `end` becoming zeros.
+template <bool kBulk, int kTileTokens>
 __device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
                                      const CUtensorMap &cacheMap,
                                      uint64_t *loaded, const int32_t *pages,
@@ -108,17 +122,17 @@ __device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
   const size_t row0 = cacheRow(args, pages, t0);
   if constexpr (kBulk) {
     if (threadIdx.x == 0) {
-      expectBytes(loaded, kTileBytes);
+      expectBytes(loaded, TileGeometry<kTileTokens>::bytes);
       for (int block = 0; block < kLatentEntry / 64; ++block)
-        loadTile2d(dst + block * kTileBlockBytes, &cacheMap, block * 64,
-                   int(row0), loaded);
+        loadTile2d(dst + block * TileGeometry<kTileTokens>::blockBytes,
+                   &cacheMap, block * 64, int(row0), loaded);
     }
     return;
   }
   const __nv_bfloat16 *tile = args.cache + row0 * kLatentEntry;
   for (int i = threadIdx.x; i < kTileTokens * kEntryChunks; i += kThreads) {
     int token = i / kEntryChunks, col = (i % kEntryChunks) * 8;
-    uint8_t *to = dst + tileOffset(token, col);
+    uint8_t *to = dst + tileOffset<kTileTokens>(token, col);
     if (t0 + token < end)
       copyAsync16(to, tile + token * kLatentEntry + col);
     else
@@ -133,16 +147,21 @@ __device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
 /// every length it holds), and a short sequence in a long table would
 /// otherwise leave all its tiles to the first block or two, one after the
 /// other (mini's batch-1 step at 130-190 tokens: 4 tiles in a row).
-template <int kHeadTiles, bool kBulk>
+template <int kHeadTiles, bool kBulk, int kTileTokens>
 __global__ void __launch_bounds__(kThreads)
     mlaDecodeChunks(MlaDecodeArgs args, int chunks, float *partialSums,
                     float2 *partialStats,
                     const __grid_constant__ CUtensorMap cacheMap) {
   awaitPriorKernels();
-  using Shape = BlockShape<kHeadTiles>;
+  using Shape = BlockShape<kHeadTiles, kTileTokens>;
+  using Geometry = TileGeometry<kTileTokens>;
+  constexpr int kTokenGroups = Geometry::tokenGroups;
+  constexpr int kDimSlices = Geometry::dimSlices;
+  constexpr int kSliceDims = Geometry::sliceDims;
+  constexpr int kProbStride = Geometry::probStride;
   constexpr int kHeads = Shape::heads;
   extern __shared__ __align__(16) unsigned char sharedRaw[];
-  auto &s = *reinterpret_cast<SharedTile<kHeadTiles> *>(
+  auto &s = *reinterpret_cast<SharedTile<kHeadTiles, kTileTokens> *>(
       sharedRaw +
       (kSwizzleAtomBytes - sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
           kSwizzleAtomBytes);
@@ -182,8 +201,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (kBulk)
     __syncthreads(); // the barriers initialized before their first use
-  startTileCopy<kBulk>(s.cache[0], args, cacheMap, &s.loaded[0], pages, begin,
-                       end);
+  startTileCopy<kBulk, kTileTokens>(s.cache[0], args, cacheMap, &s.loaded[0],
+                                    pages, begin, end);
 
   // Row statistics, kept by the threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
@@ -201,7 +220,7 @@ __global__ void __launch_bounds__(kThreads)
     const int dim = (warp / kTokenGroups) * kSliceDims + ((lane >> 3) & 1) * 8;
 #pragma unroll
     for (int step = 0; step < kSliceDims / 16; ++step)
-      keyAt[step] = tileOffset(row, dim + 16 * step);
+      keyAt[step] = tileOffset<kTileTokens>(row, dim + 16 * step);
   }
   // Values, loaded transposed: lane i addresses token (i%8 + 8*((i/8)%2)),
   // dims +8*(i/16): (tokens k..k+7, dims n), (k+8.., n), (k.., n+8),
@@ -214,7 +233,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < kTileTokens / 16; ++k)
 #pragma unroll
       for (int n = 0; n < kColumnTiles / 2; ++n)
-        valueAt[k][n] = tileOffset(16 * k + row, dim + 16 * n);
+        valueAt[k][n] = tileOffset<kTileTokens>(16 * k + row, dim + 16 * n);
   }
 
   // One head tile: the warp's query fragments over its dim slice (36
@@ -231,8 +250,9 @@ __global__ void __launch_bounds__(kThreads)
     // readers passed the previous iteration's closing barrier).
     const bool next = t0 + kTileTokens < end;
     if (next)
-      startTileCopy<kBulk>(s.cache[buffer ^ 1], args, cacheMap,
-                           &s.loaded[buffer ^ 1], pages, t0 + kTileTokens, end);
+      startTileCopy<kBulk, kTileTokens>(s.cache[buffer ^ 1], args, cacheMap,
+                                        &s.loaded[buffer ^ 1], pages,
+                                        t0 + kTileTokens, end);
     if constexpr (kBulk) {
       // Buffer b's loads are its tiles 0, 2, 4, ...: phase (tile / 2) % 2.
       awaitBarrier(&s.loaded[buffer], (tile / 2) % 2);
@@ -244,7 +264,8 @@ __global__ void __launch_bounds__(kThreads)
           const int token = i / kEntryChunks;
           if (t0 + token >= end)
             *reinterpret_cast<uint4 *>(
-                s.cache[buffer] + tileOffset(token, (i % kEntryChunks) * 8)) =
+                s.cache[buffer] +
+                tileOffset<kTileTokens>(token, (i % kEntryChunks) * 8)) =
                 make_uint4(0, 0, 0, 0);
         }
       awaitCopies<0>(); // the queries (cp.async: the only copies here)
@@ -458,8 +479,22 @@ int headTiles(const MlaDecodeArgs &args, int /*smCount*/) {
   return args.heads % 64 == 0 ? 4 : 1;
 }
 
-size_t sharedBytesFor(int tiles) {
-  return tiles == 4 ? sharedBytes<4>() : sharedBytes<1>();
+/// Tokens a tile of the warp kernel: 64 for a block of 16 heads where a
+/// page holds whole tiles of 64 (MELT_CUDA_MLA_LARGE_TILES=0: 32), else
+/// 32 (4 head tiles' queries and scores leave no room for two 64-token
+/// buffers).
+int warpTileTokens(const MlaDecodeArgs &args, int smCount) {
+  static const bool large = envSwitch("MELT_CUDA_MLA_LARGE_TILES", true);
+  return large && headTiles(args, smCount) == 1 &&
+                 args.pageSize % kLargeTileTokens == 0
+             ? kLargeTileTokens
+             : kSmallTileTokens;
+}
+
+size_t sharedBytesFor(int tiles, int tileTokens) {
+  return tiles == 4                       ? sharedBytes<4, kSmallTileTokens>()
+         : tileTokens == kLargeTileTokens ? sharedBytes<1, kLargeTileTokens>()
+                                          : sharedBytes<1, kSmallTileTokens>();
 }
 
 /// Chunks per sequence: as many as fill one wave of resident blocks (a
@@ -477,12 +512,13 @@ constexpr int kMinChunkTokens = 128;
 int chunkCount(const MlaDecodeArgs &args, int smCount, int &chunkTokens) {
   constexpr int kSharedPerSm = 228 * 1024, kReservedPerBlock = 1024;
   const bool warpgroups = mlaDecodeOnWarpgroups(args);
-  const int tileTokens = warpgroups ? kWarpgroupTileTokens : kTileTokens;
+  const int tileTokens =
+      warpgroups ? kWarpgroupTileTokens : warpTileTokens(args, smCount);
   const int headsPerBlock =
       warpgroups ? kWarpgroupHeads : 16 * headTiles(args, smCount);
-  const size_t blockShared = warpgroups
-                                 ? mlaWarpgroupSharedBytes()
-                                 : sharedBytesFor(headTiles(args, smCount));
+  const size_t blockShared =
+      warpgroups ? mlaWarpgroupSharedBytes()
+                 : sharedBytesFor(headTiles(args, smCount), tileTokens);
   int residentPerSm =
       std::max(1, kSharedPerSm / int(blockShared + kReservedPerBlock));
   int tiles = std::max(1, (args.maxLength + tileTokens - 1) / tileTokens);
@@ -515,33 +551,33 @@ struct SplitPlan {
   }
 };
 
-template <int kHeadTiles, bool kBulk>
+template <int kHeadTiles, bool kBulk, int kTileTokens>
 cudaError_t launchChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                          float2 *stats, const CUtensorMap &map,
                          cudaStream_t stream) {
-  const size_t shared = sharedBytes<kHeadTiles>();
+  const size_t shared = sharedBytes<kHeadTiles, kTileTokens>();
   cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeChunks<kHeadTiles, kBulk>,
+      mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens>,
       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
   if (error != cudaSuccess)
     return error;
   dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
-  launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk>, grid, kThreads, shared,
-                   stream, args, chunks, sums, stats, map);
+  launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens>, grid,
+                   kThreads, shared, stream, args, chunks, sums, stats, map);
   return cudaGetLastError();
 }
 
 /// The warp kernel with its tiles by TMA where a tensor map over the cache
 /// can be made, else by cp.async.
-template <int kHeadTiles>
+template <int kHeadTiles, int kTileTokens>
 cudaError_t launchWarpChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                              float2 *stats, cudaStream_t stream) {
   alignas(64) CUtensorMap map{};
   return mlaCacheTensorMap(args, kTileTokens, map)
-             ? launchChunks<kHeadTiles, true>(args, chunks, sums, stats, map,
-                                              stream)
-             : launchChunks<kHeadTiles, false>(args, chunks, sums, stats, map,
-                                               stream);
+             ? launchChunks<kHeadTiles, true, kTileTokens>(args, chunks, sums,
+                                                           stats, map, stream)
+             : launchChunks<kHeadTiles, false, kTileTokens>(args, chunks, sums,
+                                                            stats, map, stream);
 }
 
 } // namespace
@@ -558,7 +594,7 @@ cudaError_t mlaDecodeChunks(const MlaDecodeArgs &args, void *workspace,
                             size_t workspaceBytes, int smCount,
                             cudaStream_t stream, MlaDecodePartials &partials) {
   if (args.heads <= 0 || args.heads % 16 != 0 ||
-      args.pageSize % kTileTokens != 0 || args.batch <= 0 ||
+      args.pageSize % kSmallTileTokens != 0 || args.batch <= 0 ||
       args.maxLength <= 0 ||
       args.maxLength > args.pageSize * args.maxPagesPerSequence ||
       (args.rowLengths &&
@@ -574,8 +610,13 @@ cudaError_t mlaDecodeChunks(const MlaDecodeArgs &args, void *workspace,
           ? launchMlaWarpgroupChunks(args, plan.chunkTokens, plan.chunks, sums,
                                      stats, stream)
       : headTiles(args, smCount) == 4
-          ? launchWarpChunks<4>(args, plan.chunks, sums, stats, stream)
-          : launchWarpChunks<1>(args, plan.chunks, sums, stats, stream);
+          ? launchWarpChunks<4, kSmallTileTokens>(args, plan.chunks, sums,
+                                                  stats, stream)
+      : warpTileTokens(args, smCount) == kLargeTileTokens
+          ? launchWarpChunks<1, kLargeTileTokens>(args, plan.chunks, sums,
+                                                  stats, stream)
+          : launchWarpChunks<1, kSmallTileTokens>(args, plan.chunks, sums,
+                                                  stats, stream);
   if (error != cudaSuccess)
     return error;
   partials = {plan.chunks, sums, stats};
@@ -597,9 +638,11 @@ cudaError_t mlaDecode(const MlaDecodeArgs &args, void *workspace,
 
 bool mlaDecodeBulkCopies(const MlaDecodeArgs &args) {
   CUtensorMap map;
-  return mlaCacheTensorMap(
-      args, mlaDecodeOnWarpgroups(args) ? kWarpgroupTileTokens : kTileTokens,
-      map);
+  return mlaCacheTensorMap(args,
+                           mlaDecodeOnWarpgroups(args)
+                               ? kWarpgroupTileTokens
+                               : warpTileTokens(args, /*smCount=*/0),
+                           map);
 }
 
 } // namespace melt::rt::cuda

@@ -30,10 +30,13 @@ struct Case {
   // step recorded for a longer context: the split planned for it, the
   // sequences spread over its chunks by their lengths).
   int capacity = 0;
+  // Tokens a page: 64, or 32 (16 heads then take 32-token tiles, two
+  // blocks an SM, not 64-token ones).
+  int pageSize = 64;
 };
 
 void runCase(const Case &c) {
-  const int batch = static_cast<int>(c.lengths.size()), pageSize = 64;
+  const int batch = static_cast<int>(c.lengths.size()), pageSize = c.pageSize;
   const int maxLength = std::max(
       c.capacity, *std::max_element(c.lengths.begin(), c.lengths.end()));
   const int pagesPerSeq = (maxLength + pageSize - 1) / pageSize;
@@ -160,6 +163,10 @@ TEST(CudaMlaDecode, MatchesReference) {
   runCase({16, {190, 1, 33}, 132, true, false, 8192});
   runCase({128, {190, 1}, 132, false, true, 4096});
   runCase({32, {700, 64}, 8, true, true, 4096});
+  // Pages of 32 tokens: 16 and 32 heads on 32-token tiles (64 above), by
+  // TMA and by cp.async, a split planned for a longer table.
+  runCase({16, {1, 31, 32, 33, 700, 2048}, 132, true, true, 0, 32});
+  runCase({32, {190, 1, 1000}, 132, true, false, 4096, 32});
 }
 
 TEST(CudaMlaDecode, RejectsUnsupportedShapes) {
@@ -200,9 +207,10 @@ TEST(CudaMlaDecode, ChoosesTheKernelByShape) {
 }
 
 // Host-side planning (no device needed): a sequence split into as many
-// chunks as fill one wave of the warp kernel's blocks (two an SM), each of
-// at least 128 tokens, read off the workspace (an unnormalized [512] sum
-// and its statistics per sequence, chunk and head).
+// chunks as fill one wave of the warp kernel's blocks (16 heads on pages of
+// 64: 64-token tiles, one block an SM; on pages of 32: 32-token tiles, two
+// an SM), each of at least 128 tokens, read off the workspace (an
+// unnormalized [512] sum and its statistics per sequence, chunk and head).
 TEST(CudaMlaDecode, SplitsSequencesIntoChunksOfAtLeast128Tokens) {
   MlaDecodeArgs args;
   args.heads = 16;
@@ -210,14 +218,17 @@ TEST(CudaMlaDecode, SplitsSequencesIntoChunksOfAtLeast128Tokens) {
   auto chunks = [&](int batch, int length, int smCount) {
     args.batch = batch;
     args.maxLength = length;
-    args.maxPagesPerSequence = (length + 63) / 64;
+    args.maxPagesPerSequence = (length + args.pageSize - 1) / args.pageSize;
     const size_t perSlot = kLatentRank * sizeof(float) + sizeof(float2);
     return mlaDecodeWorkspaceBytes(args, smCount) /
            (size_t(batch) * args.heads * perSlot);
   };
-  EXPECT_EQ(chunks(1, 4096, 132), 32u); // 4096 / 128, not the 264 slots
-  EXPECT_EQ(chunks(64, 4096, 132), 4u); // 264 slots / 64 sequences
+  EXPECT_EQ(chunks(1, 4096, 132), 32u); // 4096 / 128, not the 132 slots
+  EXPECT_EQ(chunks(64, 4096, 132), 2u); // 132 slots / 64 sequences
   EXPECT_EQ(chunks(1, 100, 132), 1u);   // shorter than one chunk
+  EXPECT_EQ(chunks(2, 4096, 4), 2u);    // 4 slots / 2 sequences
+  args.pageSize = 32;                   // 32-token tiles: two an SM
+  EXPECT_EQ(chunks(64, 4096, 132), 4u); // 264 slots / 64 sequences
   EXPECT_EQ(chunks(2, 4096, 4), 4u);    // 8 slots / 2 sequences
   args.chunksPerSequence = 8;           // asked for
   EXPECT_EQ(chunks(64, 4096, 132), 8u);
