@@ -1,18 +1,20 @@
 //===- MlaDecode.cu - MLA decode over the paged latent cache --------------===//
 //
 // One thread block takes 16 heads of one sequence over one chunk of its
-// cache, 32 tokens at a time: the tile is copied to shared memory once and
-// serves all 16 heads, so the cache is read once per 16 heads; the next
-// tile streams in (two buffers) while one is used: by TMA (one thread's
-// nine box loads, counted on an mbarrier) where the cache's extent is
-// known, else by every thread's cp.async. A tile is kept as nine [32 x 64]
-// blocks of its dims in the 128-byte swizzle (Wgmma.cuh's layout), which
-// both TMA and conflict-free ldmatrix reads take. Scores and the weighted
-// sum run on the tensor cores (mma.sync m16n8k16, BF16 in, FP32 out) with
-// an online softmax over the tiles; with one head tile a block, each
-// warp's query fragments stay in registers from the first tile on. Each
-// chunk leaves an unnormalized [16, 512] sum with its running max and sum;
-// a combine kernel merges the chunks.
+// cache, 64 tokens at a time (a page of 64 a tile, one block an SM; 32 on
+// smaller pages, two blocks an SM, and for 64 heads a block): the tile is
+// copied to shared memory once and serves all its heads, so the cache is
+// read once per 16 heads; the next tile streams in (two buffers) while one
+// is used: by TMA (one thread's nine box loads, counted on an mbarrier)
+// where the cache's extent is known, else by every thread's cp.async. A
+// tile is kept as nine [tokens x 64] blocks of its dims in the 128-byte
+// swizzle (Wgmma.cuh's layout), which both TMA and conflict-free ldmatrix
+// reads take. Scores and the weighted sum run on the tensor cores
+// (mma.sync m16n8k16, BF16 in, FP32 out) with an online softmax over the
+// tiles; with one head tile a block, each warp's query fragments stay in
+// registers from the first tile on. Each chunk leaves an unnormalized
+// [16, 512] sum with its running max and sum; a combine kernel merges the
+// chunks.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
