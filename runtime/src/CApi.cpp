@@ -2,6 +2,7 @@
 #include "Greedy.h"
 #include "Model.h"
 #include "Session.h"
+#include "StepBytes.h"
 
 #include <algorithm>
 #include <cmath>
@@ -222,6 +223,28 @@ melt_status melt_model_release_closed_session(melt_model *model) {
 
 long long melt_model_vocab_size(const melt_model *model) {
   return isLive(model) ? model->model->vocabSize() : 0;
+}
+
+melt_status melt_model_decode_weight_bytes(const melt_model *model,
+                                           long long *bytes) {
+  if (!isLive(model) || !bytes)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_model_decode_weight_bytes: invalid model or result");
+  *bytes =
+      static_cast<long long>(decodeStepWeightBytes(model->model->artifact()));
+  return report(Status::ok());
+}
+
+melt_status melt_model_copy_bandwidth(melt_model *model,
+                                      double *gigabytes_per_second) {
+  if (!isLive(model) || !gigabytes_per_second)
+    return fail(MELT_INVALID_ARGUMENT,
+                "melt_model_copy_bandwidth: invalid model or result");
+  *gigabytes_per_second = 0;
+  return guarded([&] {
+    auto turn = takeTurn(model);
+    return report(model->device->measureCopyBandwidth(*gigabytes_per_second));
+  });
 }
 
 melt_status melt_session_create(melt_model *model,

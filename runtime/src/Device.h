@@ -112,6 +112,13 @@ public:
   /// Waits for the device's queued work; reports a fault that happened in
   /// it (a device that faulted stays failed: every later call reports it).
   virtual Status synchronize() = 0;
+  /// The device's memory bandwidth as a device-to-device copy measures it
+  /// (bytes read plus bytes written a second, in GB/s: what a roofline
+  /// divides bytes read by); devices that cannot measure it say so.
+  virtual Status measureCopyBandwidth(double &gigabytesPerSecond) {
+    (void)gigabytesPerSecond;
+    return {MELT_UNSUPPORTED, name() + ": no copy bandwidth measurement"};
+  }
   /// A model weight in this device's memory, to be released with
   /// release(). By default its f32 values are uploaded (the model must keep
   /// them: Model::load with keepHostData); the CPU device uses the model's

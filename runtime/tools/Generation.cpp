@@ -96,6 +96,14 @@ bool generate(melt_session *session,
   return true;
 }
 
+/// Batch 1's decode roofline: steps a second at which the copy bandwidth
+/// reads a step's weights (0 where either is unknown or batch > 1).
+static double rooflineTokensPerS(const ReportExtras &extras) {
+  if (extras.batch != 1 || extras.stepWeightBytes <= 0 || extras.copyGBps <= 0)
+    return 0;
+  return extras.copyGBps * 1e9 / extras.stepWeightBytes;
+}
+
 void printReport(bool json, size_t promptTokens, const Generated &generated,
                  const ReportExtras &extras) {
   std::string ids;
@@ -120,6 +128,21 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
       tail += std::string(", \"kv_cache_mb\": ") + number;
       std::snprintf(number, sizeof(number), "%.0f", extras.kvBytesPerToken);
       tail += std::string(", \"kv_bytes_per_token\": ") + number;
+    }
+    if (extras.stepWeightBytes >= 0) {
+      std::snprintf(number, sizeof(number), "%.0f", extras.stepWeightBytes);
+      tail += std::string(", \"decode_step_weight_bytes\": ") + number;
+    }
+    if (extras.copyGBps > 0) {
+      std::snprintf(number, sizeof(number), "%.1f", extras.copyGBps);
+      tail += std::string(", \"copy_GBps\": ") + number;
+    }
+    if (const double roofline = rooflineTokensPerS(extras); roofline > 0) {
+      std::snprintf(number, sizeof(number), "%.1f", roofline);
+      tail += std::string(", \"decode_roofline_tokens_per_s\": ") + number;
+      std::snprintf(number, sizeof(number), "%.4f",
+                    generated.decodeTokensPerS / roofline);
+      tail += std::string(", \"decode_roofline_share\": ") + number;
     }
     auto list = [](const std::vector<double> &values) {
       std::string text;
@@ -183,4 +206,9 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
                 extras.kvBytesPerToken);
   if (extras.joulesPerToken >= 0)
     std::printf("energy: %.3f J per decoded token\n", extras.joulesPerToken);
+  if (const double roofline = rooflineTokensPerS(extras); roofline > 0)
+    std::printf("roofline: a step reads %.3f GB of weights, at the %.1f GB/s "
+                "copy bandwidth %.1f tokens/s (this decode: %.1f%%)\n",
+                extras.stepWeightBytes / 1e9, extras.copyGBps, roofline,
+                100 * generated.decodeTokensPerS / roofline);
 }

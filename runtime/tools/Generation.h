@@ -70,6 +70,10 @@ struct ReportExtras {
   /// Seconds the model took to load (weights read or made, then put on
   /// the device).
   double loadSeconds = -1;
+  /// The weight bytes a one-sequence decode step reads
+  /// (melt_model_decode_weight_bytes) and the device's copy bandwidth in
+  /// GB/s (melt_model_copy_bandwidth): at batch 1 the decode's roofline.
+  double stepWeightBytes = -1, copyGBps = -1;
   /// Every run's rates where the generation was timed several times (the
   /// report's rates are then their medians).
   std::vector<double> prefillRuns, decodeRuns, generationSecondsRuns;

@@ -63,7 +63,9 @@ void usage() {
                "its device) and reports tokens/s of the prefill and the "
                "decode, their time together, peak memory and, on a GPU, "
                "joules per decoded token (--bench: as one JSON line a "
-               "batch).\n"
+               "batch; on a GPU also the weight bytes a step reads, the "
+               "copy bandwidth measured before the runs and, at batch 1, "
+               "the decode's share of that roofline).\n"
                "Environment: MELT_PROFILE=1 prints time per kernel kind; "
                "the MELT_* switches that compare the runtime's choices are "
                "listed in the README.\n");
@@ -286,6 +288,14 @@ int main(int argc, char **argv) {
                                  std::chrono::steady_clock::now() - loadStarts)
                                  .count();
   long long vocab = melt_model_vocab_size(model);
+  // The batch-1 roofline's terms: a step's weight bytes, and with --bench on
+  // a device that measures it, the copy bandwidth (once, before the runs).
+  long long stepWeightBytes = -1;
+  if (melt_model_decode_weight_bytes(model, &stepWeightBytes) != MELT_OK)
+    stepWeightBytes = -1;
+  double copyGBps = -1;
+  if (bench && device && melt_model_copy_bandwidth(model, &copyGBps) != MELT_OK)
+    copyGBps = -1;
   Energy energy(deviceName);
   melt_session *session = nullptr;
   for (int batch : batches) {
@@ -369,6 +379,8 @@ int main(int argc, char **argv) {
     extras.batch = size_t(batch);
     extras.peakMemoryMB = peakMemoryMB();
     extras.loadSeconds = loadSeconds;
+    extras.stepWeightBytes = double(stepWeightBytes);
+    extras.copyGBps = copyGBps;
     long long kvBytes = 0, kvPageBytes = 0;
     if (session &&
         melt_session_kv_bytes(session, &kvBytes, &kvPageBytes) == MELT_OK) {

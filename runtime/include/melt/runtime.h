@@ -85,6 +85,19 @@ const char *melt_model_target(const melt_model *model);
 melt_status melt_model_destroy(melt_model *model);
 /* Vocabulary size, or 0 for an invalid handle. */
 long long melt_model_vocab_size(const melt_model *model);
+/* The weight bytes a decode step of one sequence reads at least: every
+ * weight of the forward pass at the precision the compiled model keeps it
+ * in (FP8 a byte a value plus its 128x128 block scales, BF16 two, f32
+ * four), an embedding table's one row and the top-k routed experts of
+ * each MoE layer; caches and activations aside. Over the copy bandwidth
+ * (melt_model_copy_bandwidth) it gives a batch-1 decode's roofline. */
+melt_status melt_model_decode_weight_bytes(const melt_model *model,
+                                           long long *bytes);
+/* Measures the model's device's memory bandwidth by a device-to-device
+ * copy (bytes read plus written a second, in GB/s; 1 GiB of device memory
+ * for the moment it runs). MELT_UNSUPPORTED on the CPU. */
+melt_status melt_model_copy_bandwidth(melt_model *model,
+                                      double *gigabytes_per_second);
 
 /* Tokens a page of the KV cache holds (a sequence takes whole pages). */
 #define MELT_KV_PAGE_TOKENS 64

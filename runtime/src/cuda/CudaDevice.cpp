@@ -320,6 +320,49 @@ public:
     return raisedFlags();
   }
 
+  /// Copies of 512 MiB (ten times the L2) on the device's stream, timed by
+  /// events after one untimed: what hf_baseline.py's `copy` measures.
+  Status measureCopyBandwidth(double &gigabytesPerSecond) override {
+    MELT_RETURN_IF_ERROR(synchronize());
+    constexpr size_t kBytes = size_t(512) << 20;
+    constexpr int kCopies = 10;
+    void *from = nullptr, *to = nullptr;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    Status status = check(cudaMalloc(&from, kBytes), "copy bandwidth");
+    if (!status)
+      status = check(cudaMalloc(&to, kBytes), "copy bandwidth");
+    if (!status)
+      status = check(cudaMemsetAsync(from, 0, kBytes, stream_), "memset");
+    if (!status)
+      status = check(cudaEventCreate(&start), "cudaEventCreate");
+    if (!status)
+      status = check(cudaEventCreate(&stop), "cudaEventCreate");
+    for (int i = 0; i <= kCopies && !status; ++i) {
+      if (i == 1)
+        status = check(cudaEventRecord(start, stream_), "cudaEventRecord");
+      if (!status)
+        status = check(cudaMemcpyAsync(to, from, kBytes,
+                                       cudaMemcpyDeviceToDevice, stream_),
+                       "cudaMemcpyAsync");
+    }
+    float ms = 0;
+    if (!status)
+      status = check(cudaEventRecord(stop, stream_), "cudaEventRecord");
+    if (!status)
+      status = check(cudaEventSynchronize(stop), "copy bandwidth");
+    if (!status)
+      status = check(cudaEventElapsedTime(&ms, start, stop), "copy bandwidth");
+    if (start)
+      cudaEventDestroy(start);
+    if (stop)
+      cudaEventDestroy(stop);
+    cudaFree(from);
+    cudaFree(to);
+    if (!status && ms > 0)
+      gigabytesPerSecond = 2.0 * kBytes * kCopies / (ms * 1e-3) / 1e9;
+    return status;
+  }
+
   /// The kernels' flags copied to pinned host memory at this point of the
   /// stream (read by raisedFlags() after a wait): one copy queued, not a
   /// second blocking round trip after each wait.
