@@ -86,10 +86,13 @@ template <int kHeadTiles, int kTileTokens, int kStages = 2> struct SharedTile {
   static_assert(kStages == 2 || (kStages == 3 && kHeadTiles == 1),
                 "three stages keep the queries in registers");
   alignas(kSwizzleAtomBytes) uint8_t cache[kStages][Geometry::bytes];
-  __nv_bfloat16 queriesApart[kCompact ? 1 : kHeads * kRowStride];
+  // (16-byte aligned: cp.async and ldmatrix rows, whatever sizes the
+  // arrays ahead take.)
+  alignas(16) __nv_bfloat16 queriesApart[kCompact ? 1 : kHeads * kRowStride];
   // Per dim slice.
-  float scores[Geometry::dimSlices][kHeads * kTileTokens];
-  __nv_bfloat16 probsApart[kCompact ? 1 : kHeads * Geometry::probStride];
+  alignas(16) float scores[Geometry::dimSlices][kHeads * kTileTokens];
+  alignas(16)
+      __nv_bfloat16 probsApart[kCompact ? 1 : kHeads * Geometry::probStride];
   float rescale[kHeads];
   uint64_t loaded[kStages]; // the buffers' TMA barriers
   static_assert(!kCompact ||
