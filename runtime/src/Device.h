@@ -383,18 +383,6 @@ public:
                       const RopeParams &params, DeviceTensor &y) = 0;
   /// The experts of each token from router logits (F32 [T, E]; bias F32
   /// [E] or null): indices I32 [T, K], weights F32 [T, K] (routeToken).
-  /// A MoE router: logits = x router^T, then routeExperts' choice from
-  /// them. By default the two calls; a device may do both in one kernel
-  /// (the logits are written either way).
-  virtual Status routeFromRouter(const DeviceTensor &x,
-                                 const DeviceTensor &router,
-                                 const DeviceTensor *bias,
-                                 const RouterParams &params,
-                                 DeviceTensor &logits, DeviceTensor &indices,
-                                 DeviceTensor &weights) {
-    MELT_RETURN_IF_ERROR(linear(x, router, logits));
-    return routeExperts(logits, bias, params, indices, weights);
-  }
   virtual Status routeExperts(const DeviceTensor &logits,
                               const DeviceTensor *bias,
                               const RouterParams &params, DeviceTensor &indices,

@@ -1546,9 +1546,11 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
           values.make(outId(0), DType::I32, {x.rows(), p.topK}, indices));
       MELT_RETURN_IF_ERROR(
           values.make(outId(1), DType::F32, {x.rows(), p.topK}, weights));
-      status = device.routeFromRouter(
-          x, w(0), kernel.weights()->size() > 1 ? &w(1) : nullptr, p, *scores,
-          *indices, *weights);
+      status = device.linear(x, w(0), *scores);
+      if (!status)
+        status = device.routeExperts(
+            *scores, kernel.weights()->size() > 1 ? &w(1) : nullptr, p,
+            *indices, *weights);
       pendingPrepared.readBy(x.data, k);
       // The choices kept to the end of the step (their storage takes
       // other values later), without a copy.

@@ -459,36 +459,34 @@ TEST_P(DeviceConformance, Rope) {
   }
 }
 
-/// Router parameters (KernelParams' RouterParams) in one expression.
-RouterParams routing(bool sigmoid, int method, int64_t k, int64_t groups,
-                     int64_t keep, bool normalize, double scale) {
-  RouterParams p;
-  p.sigmoid = sigmoid;
-  p.method = method;
-  p.topK = k;
-  p.nGroup = groups;
-  p.topkGroup = keep;
-  p.normalize = normalize;
-  p.scale = scale;
-  return p;
-}
-
 TEST_P(DeviceConformance, RouteExperts) {
   // DeepSeek-V3 (sigmoid, bias, 8 groups keep 4, top 8 of 256, normalized,
   // scale 2.5), V2-Lite (softmax, greedy, top 6 of 64) and V2 (softmax,
   // group-limited greedy: 8 groups keep 3); then logits in steps of 0.5,
   // so that experts and groups tie (the lower index first), with 72
   // experts (no whole number of warps).
+  auto make3 = [](bool sigmoid, int method, int64_t k, int64_t groups,
+                  int64_t keep, bool normalize, double scale) {
+    RouterParams p;
+    p.sigmoid = sigmoid;
+    p.method = method;
+    p.topK = k;
+    p.nGroup = groups;
+    p.topkGroup = keep;
+    p.normalize = normalize;
+    p.scale = scale;
+    return p;
+  };
   struct Case {
     RouterParams params;
     int64_t experts;
     bool bias;
     bool ties = false;
-  } cases[] = {{routing(true, 2, 8, 8, 4, true, 2.5), 256, true},
-               {routing(false, 0, 6, 1, 1, false, 1.0), 64, false},
-               {routing(false, 1, 6, 8, 3, false, 16.0), 160, false},
-               {routing(true, 2, 8, 8, 4, true, 2.5), 256, false, true},
-               {routing(false, 1, 5, 8, 3, true, 1.0), 72, false, true}};
+  } cases[] = {{make3(true, 2, 8, 8, 4, true, 2.5), 256, true},
+               {make3(false, 0, 6, 1, 1, false, 1.0), 64, false},
+               {make3(false, 1, 6, 8, 3, false, 16.0), 160, false},
+               {make3(true, 2, 8, 8, 4, true, 2.5), 256, false, true},
+               {make3(false, 1, 5, 8, 3, true, 1.0), 72, false, true}};
   for (const Case &c : cases) {
     const int64_t tokens = 33, k = c.params.topK;
     HostTensor logits = random(DType::F32, {tokens, c.experts}, rng, 2.f);
@@ -517,54 +515,6 @@ TEST_P(DeviceConformance, RouteExperts) {
         ASSERT_NEAR(gotW[t * k + j], wantW[j], 1e-5 * std::fabs(wantW[j]));
       }
     }
-  }
-}
-
-TEST_P(DeviceConformance, RouteFromRouterIsTheProductThenTheRoute) {
-  // One token (CUDA routes it in the product's last block) and three, by
-  // BF16 and F32 routers: the logits, choices and weights of linear() then
-  // routeExperts(), bit for bit.
-  struct Case {
-    RouterParams params;
-    int64_t experts, tokens;
-    DType weights;
-    bool bias;
-  } cases[] = {
-      {routing(true, 2, 8, 8, 4, true, 2.5), 256, 1, DType::BF16, true},
-      {routing(true, 2, 6, 8, 4, true, 2.5), 64, 1, DType::BF16, true},
-      {routing(false, 0, 6, 1, 1, false, 1.0), 64, 1, DType::F32, false},
-      {routing(false, 1, 5, 8, 3, true, 1.0), 72, 1, DType::BF16, false},
-      {routing(true, 2, 8, 8, 4, true, 2.5), 256, 3, DType::BF16, true}};
-  for (const Case &c : cases) {
-    const int64_t hidden = 512, k = c.params.topK;
-    HostTensor x = random(DType::F32, {c.tokens, hidden}, rng);
-    HostTensor router = random(c.weights, {c.experts, hidden}, rng, 0.05f);
-    HostTensor bias = random(DType::F32, {c.experts}, rng, 0.1f);
-    DeviceTensor dx = put(x), dr = put(router), db = put(bias);
-    const DeviceTensor *biasOf = c.bias ? &db : nullptr;
-    DeviceTensor logits = make(DType::F32, {c.tokens, c.experts}),
-                 idx = make(DType::I32, {c.tokens, k}),
-                 w = make(DType::F32, {c.tokens, k});
-    Status s =
-        device->routeFromRouter(dx, dr, biasOf, c.params, logits, idx, w);
-    ASSERT_FALSE(s) << s.message();
-    DeviceTensor apartLogits = make(DType::F32, {c.tokens, c.experts}),
-                 apartIdx = make(DType::I32, {c.tokens, k}),
-                 apartW = make(DType::F32, {c.tokens, k});
-    s = device->linear(dx, dr, apartLogits);
-    ASSERT_FALSE(s) << s.message();
-    s = device->routeExperts(apartLogits, biasOf, c.params, apartIdx, apartW);
-    ASSERT_FALSE(s) << s.message();
-    std::vector<int32_t> gotIdx(size_t(c.tokens * k)),
-        wantIdx(size_t(c.tokens * k));
-    ASSERT_FALSE(device->download(idx, gotIdx.data()));
-    ASSERT_FALSE(device->download(apartIdx, wantIdx.data()));
-    const std::string what = std::to_string(c.tokens) + " tokens, " +
-                             std::to_string(c.experts) + " experts, " +
-                             dtypeName(c.weights);
-    EXPECT_EQ(get(logits), get(apartLogits)) << what;
-    EXPECT_EQ(gotIdx, wantIdx) << what;
-    EXPECT_EQ(get(w), get(apartW)) << what;
   }
 }
 

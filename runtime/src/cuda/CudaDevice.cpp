@@ -83,8 +83,6 @@ public:
       cudaFree(block);
     if (flag_)
       cudaFree(flag_);
-    if (routerArrived_)
-      cudaFree(routerArrived_);
     if (hostFlags_)
       cudaFreeHost(hostFlags_);
     if (stream_)
@@ -412,25 +410,6 @@ public:
                  "rms_norm");
   }
 
-  /// Whether linear() multiplies x by w with smallMGemm: a few F32 rows
-  /// (decode) of their own (no BF16 rows a norm prepared) by a BF16 or F32
-  /// weight, up to the rows the compiler chose for this weight
-  /// (melt-select-kernels), else where it was measured to beat cuBLASLt.
-  bool takesSmallMProduct(const DeviceTensor &x, const DeviceTensor &w) {
-    const PreparedInput *prepared = attachedTo(x);
-    if ((prepared && prepared->bf16.data && w.dtype == DType::BF16) ||
-        rowsUnwrittenOf(x) || x.dtype != DType::F32 ||
-        (w.dtype != DType::BF16 && w.dtype != DType::F32) || !smallMGemm_)
-      return false;
-    const int m = int(x.rows()), k = int(x.cols()), n = int(w.rows());
-    const KernelPlan *plan = planOf(w);
-    const bool smallM = plan && plan->smallMRows >= 0
-                            ? m <= plan->smallMRows
-                            : smallMGemmPays(m, n, k, w.dtype == DType::BF16);
-    return smallM && smallMGemmFits(static_cast<const float *>(x.data), w.data,
-                                    w.dtype == DType::BF16, m, k);
-  }
-
   Status linear(const DeviceTensor &x, const DeviceTensor &w,
                 DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
@@ -451,7 +430,17 @@ public:
       return unwrittenRows("linear");
     if (w.dtype == DType::FP8E4M3)
       return linearWithFp8Weight(x, w, y);
-    if (takesSmallMProduct(x, w))
+    // A few rows (decode): melt's kernel streams the weights, up to the
+    // rows the compiler chose for this weight (melt-select-kernels), else
+    // where it was measured to beat cuBLASLt.
+    bool wideWeight = w.dtype == DType::BF16 || w.dtype == DType::F32;
+    const KernelPlan *plan = planOf(w);
+    bool smallM = plan && plan->smallMRows >= 0
+                      ? m <= plan->smallMRows
+                      : smallMGemmPays(m, n, k, w.dtype == DType::BF16);
+    if (x.dtype == DType::F32 && wideWeight && smallMGemm_ && smallM &&
+        smallMGemmFits(static_cast<const float *>(x.data), w.data,
+                       w.dtype == DType::BF16, m, k))
       return check(smallMGemm(static_cast<const float *>(x.data), w.data,
                               w.dtype == DType::BF16, m, n, k, result(y),
                               multiprocessors_, stream_),
@@ -936,50 +925,6 @@ public:
                      static_cast<float *>(weights.data), stream_),
                  "route_experts");
   }
-
-  /// One token's router at batch 1: its product's last block routes the
-  /// row (smallMGemm's RouteAfterProduct), a kernel less a MoE layer;
-  /// MELT_CUDA_ROUTE_IN_ROUTER=0: the product and the route kernel apart.
-  Status routeFromRouter(const DeviceTensor &x, const DeviceTensor &router,
-                         const DeviceTensor *bias, const RouterParams &params,
-                         DeviceTensor &logits, DeviceTensor &indices,
-                         DeviceTensor &weights) override {
-    MELT_RETURN_IF_ERROR(usable());
-    const RouterConfig config{params.sigmoid,        params.method,
-                              int(params.topK),      int(params.nGroup),
-                              int(params.topkGroup), params.normalize,
-                              params.scale};
-    const bool fused =
-        routeInRouter_ && x.rows() == 1 && logits.dtype == DType::F32 &&
-        indices.dtype == DType::I32 && weights.dtype == DType::F32 &&
-        takesSmallMProduct(x, router) &&
-        smallMGemmRoutes(int(router.rows()), config);
-    if (!fused)
-      return Device::routeFromRouter(x, router, bias, params, logits, indices,
-                                     weights);
-    MELT_RETURN_IF_ERROR(check::linear(x, router, logits));
-    MELT_RETURN_IF_ERROR(
-        check::routeExperts(logits, bias, params, indices, weights));
-    if (!routerArrived_) {
-      MELT_RETURN_IF_ERROR(
-          check(cudaMalloc(&routerArrived_, sizeof(unsigned)), "cudaMalloc"));
-      MELT_RETURN_IF_ERROR(
-          check(cudaMemsetAsync(routerArrived_, 0, sizeof(unsigned), stream_),
-                "moe_router"));
-    }
-    RouteAfterProduct route;
-    route.arrived = routerArrived_;
-    route.bias = bias ? static_cast<const float *>(bias->data) : nullptr;
-    route.config = config;
-    route.indices = static_cast<int32_t *>(indices.data);
-    route.weights = static_cast<float *>(weights.data);
-    return check(smallMGemm(static_cast<const float *>(x.data), router.data,
-                            router.dtype == DType::BF16, 1, int(router.rows()),
-                            int(x.cols()), result(logits), multiprocessors_,
-                            stream_, route),
-                 "moe_router");
-  }
-  bool routeInRouter_ = envSwitch("MELT_CUDA_ROUTE_IN_ROUTER", true);
 
   Status copy(const DeviceTensor &x, DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
@@ -2996,9 +2941,6 @@ private:
   std::unique_ptr<GemmRunner> gemm_;
   std::string failure_;
   int32_t *flag_ = nullptr; // raised by kernels on bad indices
-  /// The routers' product kernels' count of finished blocks (zero between
-  /// launches): RouteAfterProduct.
-  unsigned *routerArrived_ = nullptr;
   int32_t *hostFlags_ = nullptr; // pinned: flag_'s copy (queueFlagsCopy)
   /// Live blocks and their rounded sizes; freed blocks by rounded size.
   std::map<void *, size_t> blockBytes_;

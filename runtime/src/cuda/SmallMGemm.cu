@@ -3,7 +3,6 @@
 
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
-#include "cuda/RouteRow.cuh"
 #include "cuda/VectorLoads.cuh"
 
 #include <cstdint>
@@ -23,7 +22,7 @@ constexpr int kUnroll = 4;
 template <typename W, int M>
 __global__ void __launch_bounds__(kWarps * 32)
     smallMGemmKernel(const float *x, const W *w, int n, int k, int split,
-                     Result y, RouteAfterProduct route) {
+                     Result y) {
   constexpr int V = kPerLoad<W>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * (kWarps / split) + warp / split;
@@ -80,54 +79,37 @@ __global__ void __launch_bounds__(kWarps * 32)
       sum += partial[warp + j][lane];
     store(y, size_t(lane) * n + row, sum);
   }
-  if (route.arrived) {
-    // The last block to finish routes the row: every block's logits are
-    // written and fenced before it counts itself in.
-    __threadfence();
-    __syncthreads();
-    __shared__ bool last;
-    if (threadIdx.x == 0)
-      last = atomicAdd(route.arrived, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (last) {
-      if (threadIdx.x == 0)
-        *route.arrived = 0; // zero again for the next launch (or replay)
-      __threadfence();
-      routeRow(static_cast<const float *>(y.data), route.bias, n, route.config,
-               route.indices, route.weights);
-    }
-  }
 }
 
 template <typename W, int M>
 void launch(const float *x, const void *w, int n, int k, int split, Result y,
-            const RouteAfterProduct &route, cudaStream_t stream) {
+            cudaStream_t stream) {
   int rowsPerBlock = kWarps / split;
   launchOverlapped(smallMGemmKernel<W, M>,
                    (n + rowsPerBlock - 1) / rowsPerBlock, kWarps * 32, 0,
-                   stream, x, static_cast<const W *>(w), n, k, split, y, route);
+                   stream, x, static_cast<const W *>(w), n, k, split, y);
 }
 
 template <typename W>
 void launchRows(const float *x, const void *w, int m, int n, int k, int split,
-                Result y, const RouteAfterProduct &route, cudaStream_t stream) {
+                Result y, cudaStream_t stream) {
   switch (m) {
   case 1:
-    return launch<W, 1>(x, w, n, k, split, y, route, stream);
+    return launch<W, 1>(x, w, n, k, split, y, stream);
   case 2:
-    return launch<W, 2>(x, w, n, k, split, y, route, stream);
+    return launch<W, 2>(x, w, n, k, split, y, stream);
   case 3:
-    return launch<W, 3>(x, w, n, k, split, y, route, stream);
+    return launch<W, 3>(x, w, n, k, split, y, stream);
   case 4:
-    return launch<W, 4>(x, w, n, k, split, y, route, stream);
+    return launch<W, 4>(x, w, n, k, split, y, stream);
   case 5:
-    return launch<W, 5>(x, w, n, k, split, y, route, stream);
+    return launch<W, 5>(x, w, n, k, split, y, stream);
   case 6:
-    return launch<W, 6>(x, w, n, k, split, y, route, stream);
+    return launch<W, 6>(x, w, n, k, split, y, stream);
   case 7:
-    return launch<W, 7>(x, w, n, k, split, y, route, stream);
+    return launch<W, 7>(x, w, n, k, split, y, stream);
   default:
-    return launch<W, 8>(x, w, n, k, split, y, route, stream);
+    return launch<W, 8>(x, w, n, k, split, y, stream);
   }
 }
 
@@ -143,15 +125,6 @@ bool melt::rt::cuda::smallMGemmFits(const float *x, const void *w,
          aligned16(w) && (bf16Weights || k % 4 == 0);
 }
 
-bool melt::rt::cuda::smallMGemmRoutes(int experts, const RouterConfig &c) {
-  // routeRow's thread per expert and per group, in one block of the
-  // product's.
-  return experts >= 1 && experts <= kWarps * 32 && c.nGroup >= 1 &&
-         c.nGroup <= kMaxRouterGroups && c.nGroup <= kWarps * 32 &&
-         experts % c.nGroup == 0 && c.topK >= 1 && c.topK <= kMaxRouterTopK &&
-         c.topK <= experts;
-}
-
 bool melt::rt::cuda::smallMGemmPays(int m, int n, int k, bool bf16Weights) {
   double weightBytes = double(n) * k * (bf16Weights ? 2 : 4);
   return m == 1 || m * weightBytes <= 40e6;
@@ -160,11 +133,8 @@ bool melt::rt::cuda::smallMGemmPays(int m, int n, int k, bool bf16Weights) {
 cudaError_t melt::rt::cuda::smallMGemm(const float *x, const void *w,
                                        bool bf16Weights, int m, int n, int k,
                                        Result y, int multiprocessors,
-                                       cudaStream_t stream,
-                                       const RouteAfterProduct &route) {
+                                       cudaStream_t stream) {
   if (!smallMGemmFits(x, w, bf16Weights, m, k) || n < 0)
-    return cudaErrorInvalidValue;
-  if (route.arrived && (m != 1 || y.bf16 || !smallMGemmRoutes(n, route.config)))
     return cudaErrorInvalidValue;
   if (n == 0)
     return cudaSuccess;
@@ -177,8 +147,8 @@ cudaError_t melt::rt::cuda::smallMGemm(const float *x, const void *w,
          loads / (2 * split) >= 2 * 32)
     split *= 2;
   if (bf16Weights)
-    launchRows<__nv_bfloat16>(x, w, m, n, k, split, y, route, stream);
+    launchRows<__nv_bfloat16>(x, w, m, n, k, split, y, stream);
   else
-    launchRows<float>(x, w, m, n, k, split, y, route, stream);
+    launchRows<float>(x, w, m, n, k, split, y, stream);
   return cudaGetLastError();
 }

@@ -14,7 +14,6 @@
 #define MELT_RUNTIME_CUDA_SMALLMGEMM_H
 
 #include "cuda/Elementwise.h"
-#include "cuda/ModelKernels.h"
 
 #include <cuda_runtime.h>
 
@@ -34,29 +33,10 @@ bool smallMGemmFits(const float *x, const void *w, bool bf16Weights, int m,
 /// weights, where cuBLASLt's tensor cores stream W once for all rows.
 bool smallMGemmPays(int m, int n, int k, bool bf16Weights);
 
-/// A MoE router's product that also routes its row (one token): the
-/// logits y (F32, [1, experts]) go to routeExperts' choice in the
-/// product's last block to finish, not to a kernel of their own (a
-/// dependent launch less in a decode step's layer). `arrived` is a zeroed
-/// counter in device memory, zero again when the kernel ends; launches
-/// sharing it must not overlap (a stream's kernels in turn). Null: no
-/// routing.
-struct RouteAfterProduct {
-  unsigned *arrived = nullptr;
-  const float *bias = nullptr;
-  RouterConfig config{};
-  int32_t *indices = nullptr;
-  float *weights = nullptr;
-};
-
-/// Whether smallMGemm routes `experts` logits with `config` in its block.
-bool smallMGemmRoutes(int experts, const RouterConfig &config);
-
 /// `multiprocessors` sizes the grid (warps enough to keep loads in flight).
 cudaError_t smallMGemm(const float *x, const void *w, bool bf16Weights, int m,
                        int n, int k, Result y, int multiprocessors,
-                       cudaStream_t stream,
-                       const RouteAfterProduct &route = {});
+                       cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 
