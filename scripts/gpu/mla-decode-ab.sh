@@ -9,7 +9,7 @@
 # bandwidth as a share of that run's copy. The runs' JSON goes to
 # $OUT/mla-ab-ROUND-on|off.json, the printed lines to $OUT/mla-ab.txt.
 #   scripts/gpu/mla-decode-ab.sh NAME=VALUE...
-# e.g. scripts/gpu/mla-decode-ab.sh MELT_CUDA_MLA_TILE_STAGES=3
+# e.g. scripts/gpu/mla-decode-ab.sh MELT_CUDA_MLA_LARGE_TILES=0
 set -uo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: scripts/gpu/mla-decode-ab.sh NAME=VALUE..." >&2

@@ -65,13 +65,6 @@ __device__ __forceinline__ void awaitBarrier(uint64_t *barrier,
                : "memory");
 }
 
-/// Orders this thread's earlier shared-memory accesses (the generic
-/// proxy's: stores, cp.async, ldmatrix) before the tensor copies asked for
-/// after it (the async proxy's) into the same memory.
-__device__ __forceinline__ void fenceBeforeBulkCopies() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
 /// The box of `map` at (x, y) (x the inner coordinate) into `to`
 /// (aligned as the map's swizzle needs), counted on `barrier`.
 __device__ __forceinline__ void loadTile2d(void *to, const CUtensorMap *map,

@@ -72,56 +72,24 @@ template <int kHeadTiles, int kTileTokens> struct BlockShape {
                 "tile shape");
 };
 
-/// Shared memory, from a 1024-byte aligned base (the swizzle's): kStages
-/// tile buffers (2: one streams in while the other is used; 3: two stream
-/// in). Three 64-token buffers leave no room for the queries and the
-/// weights apart: the queries then wait in the third buffer (read into
-/// registers at the first tile, before that buffer's first load: 16 heads
-/// only) and the weights share the scores' memory (each softmax thread has
-/// read its scores before any writes a weight: a barrier between).
-template <int kHeadTiles, int kTileTokens, int kStages = 2> struct SharedTile {
+/// Shared memory, from a 1024-byte aligned base (the swizzle's).
+template <int kHeadTiles, int kTileTokens> struct SharedTile {
   using Geometry = TileGeometry<kTileTokens>;
   static constexpr int kHeads = BlockShape<kHeadTiles, kTileTokens>::heads;
-  static constexpr bool kCompact = kStages == 3;
-  static_assert(kStages == 2 || (kStages == 3 && kHeadTiles == 1),
-                "three stages keep the queries in registers");
-  alignas(kSwizzleAtomBytes) uint8_t cache[kStages][Geometry::bytes];
-  // (16-byte aligned: cp.async and ldmatrix rows, whatever sizes the
-  // arrays ahead take.)
-  alignas(16) __nv_bfloat16 queriesApart[kCompact ? 1 : kHeads * kRowStride];
+  // Double-buffered.
+  alignas(kSwizzleAtomBytes) uint8_t cache[2][Geometry::bytes];
+  __nv_bfloat16 queries[kHeads * kRowStride];
   // Per dim slice.
-  alignas(16) float scores[Geometry::dimSlices][kHeads * kTileTokens];
-  alignas(16)
-      __nv_bfloat16 probsApart[kCompact ? 1 : kHeads * Geometry::probStride];
+  float scores[Geometry::dimSlices][kHeads * kTileTokens];
+  __nv_bfloat16 probs[kHeads * Geometry::probStride];
   float rescale[kHeads];
-  uint64_t loaded[kStages]; // the buffers' TMA barriers
-  static_assert(!kCompact ||
-                    (sizeof(__nv_bfloat16) * kHeads * kRowStride <=
-                         Geometry::bytes &&
-                     sizeof(__nv_bfloat16) * kHeads * Geometry::probStride <=
-                         sizeof(scores)),
-                "the queries and weights fit where they are kept");
-  __device__ __nv_bfloat16 *queries() {
-    return kCompact ? reinterpret_cast<__nv_bfloat16 *>(cache[kStages - 1])
-                    : queriesApart;
-  }
-  __device__ __nv_bfloat16 *probs() {
-    return kCompact ? reinterpret_cast<__nv_bfloat16 *>(scores) : probsApart;
-  }
+  uint64_t loaded[2]; // the buffers' TMA barriers
 };
 
 /// Dynamic shared memory of a block: the tile and room to align it.
-template <int kHeadTiles, int kTileTokens, int kStages = 2>
-constexpr size_t sharedBytes() {
-  return sizeof(SharedTile<kHeadTiles, kTileTokens, kStages>) +
-         kSwizzleAtomBytes;
+template <int kHeadTiles, int kTileTokens> constexpr size_t sharedBytes() {
+  return sizeof(SharedTile<kHeadTiles, kTileTokens>) + kSwizzleAtomBytes;
 }
-
-// A block's shared memory within the 227 KB an SM lends one block.
-static_assert(sharedBytes<1, 64, 3>() <= 227 * 1024 &&
-                  sharedBytes<1, 64, 2>() <= 227 * 1024 &&
-                  sharedBytes<4, 32, 2>() <= 227 * 1024,
-              "shared memory of a block");
 
 /// Byte offset of token row `row`, dims [dim, dim + 8) (dim a multiple of
 /// 8), in a swizzled tile of kTileTokens tokens.
@@ -181,7 +149,7 @@ __device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
 /// every length it holds), and a short sequence in a long table would
 /// otherwise leave all its tiles to the first block or two, one after the
 /// other (mini's batch-1 step at 130-190 tokens: 4 tiles in a row).
-template <int kHeadTiles, bool kBulk, int kTileTokens, int kStages>
+template <int kHeadTiles, bool kBulk, int kTileTokens>
 __global__ void __launch_bounds__(kThreads)
     mlaDecodeChunks(MlaDecodeArgs args, int chunks, float *partialSums,
                     float2 *partialStats,
@@ -194,10 +162,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kSliceDims = Geometry::sliceDims;
   constexpr int kProbStride = Geometry::probStride;
   constexpr int kHeads = Shape::heads;
-  using Shared = SharedTile<kHeadTiles, kTileTokens, kStages>;
-  static_assert(kStages == 2 || kBulk, "three stages by TMA only");
   extern __shared__ __align__(16) unsigned char sharedRaw[];
-  auto &s = *reinterpret_cast<Shared *>(
+  auto &s = *reinterpret_cast<SharedTile<kHeadTiles, kTileTokens> *>(
       sharedRaw +
       (kSwizzleAtomBytes - sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
           kSwizzleAtomBytes);
@@ -227,22 +193,18 @@ __global__ void __launch_bounds__(kThreads)
       args.queries + (size_t(seq) * args.heads + head0) * kLatentEntry;
   for (int i = threadIdx.x; i < kHeads * kLatentEntry / 8; i += kThreads) {
     int row = i / (kLatentEntry / 8), col = (i % (kLatentEntry / 8)) * 8;
-    copyAsync16(&s.queries()[row * kRowStride + col],
+    copyAsync16(&s.queries[row * kRowStride + col],
                 q + row * kLatentEntry + col);
   }
   commitCopies();
-  if (kBulk && threadIdx.x == 0)
-    for (int b = 0; b < kStages; ++b)
-      initLoadBarrier(&s.loaded[b]);
+  if (kBulk && threadIdx.x == 0) {
+    initLoadBarrier(&s.loaded[0]);
+    initLoadBarrier(&s.loaded[1]);
+  }
   if (kBulk)
     __syncthreads(); // the barriers initialized before their first use
   startTileCopy<kBulk, kTileTokens>(s.cache[0], args, cacheMap, &s.loaded[0],
                                     pages, begin, end);
-  // Three stages: the second tile now too (the third buffer holds the
-  // queries until the first tile's scores have read them).
-  if (kStages == 3 && begin + kTileTokens < end)
-    startTileCopy<kBulk, kTileTokens>(s.cache[1], args, cacheMap, &s.loaded[1],
-                                      pages, begin + kTileTokens, end);
 
   // Row statistics, kept by the threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
@@ -283,21 +245,19 @@ __global__ void __launch_bounds__(kThreads)
   uint32_t queryFragments[kQueriesInRegisters ? kSliceDims / 16 : 1][4];
   const int sliceBegin = (warp / kTokenGroups) * kSliceDims;
 
-  for (int t0 = begin, tile = 0; t0 < end; t0 += kTileTokens, ++tile) {
-    const int buffer = tile % kStages;
-    // The tile kStages - 1 ahead streams in while this one is used (its
-    // buffer's last readers passed the previous iteration's closing
-    // barrier; with three stages, tile 2's after the first scores).
+  int buffer = 0;
+  for (int t0 = begin, tile = 0; t0 < end;
+       t0 += kTileTokens, buffer ^= 1, ++tile) {
+    // The next tile streams in while this one is used (its buffer's last
+    // readers passed the previous iteration's closing barrier).
     const bool next = t0 + kTileTokens < end;
-    const int ahead = t0 + (kStages - 1) * kTileTokens;
-    if (ahead < end && (kStages == 2 || tile > 0))
-      startTileCopy<kBulk, kTileTokens>(
-          s.cache[(tile + kStages - 1) % kStages], args, cacheMap,
-          &s.loaded[(tile + kStages - 1) % kStages], pages, ahead, end);
+    if (next)
+      startTileCopy<kBulk, kTileTokens>(s.cache[buffer ^ 1], args, cacheMap,
+                                        &s.loaded[buffer ^ 1], pages,
+                                        t0 + kTileTokens, end);
     if constexpr (kBulk) {
-      // Buffer b's loads are its tiles b, b + kStages, ...: phase
-      // (tile / kStages) % 2.
-      awaitBarrier(&s.loaded[buffer], (tile / kStages) % 2);
+      // Buffer b's loads are its tiles 0, 2, 4, ...: phase (tile / 2) % 2.
+      awaitBarrier(&s.loaded[buffer], (tile / 2) % 2);
       // The chunk's last tile: rows past its end (other tokens' entries,
       // or stale ones) become zeros, so that 0-weighted values stay 0.
       if (t0 + kTileTokens > end)
@@ -322,7 +282,7 @@ __global__ void __launch_bounds__(kThreads)
       if (tile == 0)
 #pragma unroll
         for (int step = 0; step < kSliceDims / 16; ++step)
-          loadA(queryFragments[step], s.queries(), kRowStride,
+          loadA(queryFragments[step], s.queries, kRowStride,
                 sliceBegin + 16 * step, lane);
 
     // Scores, [heads, 576] x [576, 32 tokens]: warp w takes 16 tokens over
@@ -343,7 +303,7 @@ __global__ void __launch_bounds__(kThreads)
             for (int i = 0; i < 4; ++i)
               a[i] = queryFragments[step][i];
           } else {
-            loadA(a, s.queries() + m * 16 * kRowStride, kRowStride,
+            loadA(a, s.queries + m * 16 * kRowStride, kRowStride,
                   sliceBegin + 16 * step, lane);
           }
           mma16816(score[step % kChains][m][0], a, b[0], b[1]);
@@ -367,14 +327,7 @@ __global__ void __launch_bounds__(kThreads)
             scores[head * kTileTokens + token] = dot;
           }
     }
-    // Three stages: the queries' buffer (every warp has read its
-    // fragments) takes tile 2 once this barrier is passed.
-    if (kStages == 3 && tile == 0)
-      fenceBeforeBulkCopies();
     __syncthreads();
-    if (kStages == 3 && tile == 0 && ahead < end)
-      startTileCopy<kBulk, kTileTokens>(s.cache[2], args, cacheMap,
-                                        &s.loaded[2], pages, ahead, end);
 
     // Online softmax: Shape::headThreads threads per head.
     {
@@ -401,8 +354,6 @@ __global__ void __launch_bounds__(kThreads)
         row[i] = t0 + token < rowEnd ? dot * args.scale : -FLT_MAX;
         tileMax = fmaxf(tileMax, row[i]);
       }
-      if constexpr (Shared::kCompact)
-        __syncthreads(); // every score read before the weights overwrite them
 #pragma unroll
       for (int offset = kHeadThreads / 2; offset > 0; offset /= 2)
         tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffff, tileMax, offset));
@@ -413,7 +364,7 @@ __global__ void __launch_bounds__(kThreads)
         float p = row[i] == -FLT_MAX ? 0.f : __expf(row[i] - newMax);
         // The sum counts the rounded weights that the tensor cores use.
         __nv_bfloat16 rounded = __float2bfloat16(p);
-        s.probs()[head * kProbStride + part * kThreadTokens + i] = rounded;
+        s.probs[head * kProbStride + part * kThreadTokens + i] = rounded;
         sum += __bfloat162float(rounded);
       }
 #pragma unroll
@@ -447,7 +398,7 @@ __global__ void __launch_bounds__(kThreads)
         uint32_t a[kHeadTiles][4];
 #pragma unroll
         for (int m = 0; m < kHeadTiles; ++m)
-          loadA(a[m], s.probs() + m * 16 * kProbStride, kProbStride, k, lane);
+          loadA(a[m], s.probs + m * 16 * kProbStride, kProbStride, k, lane);
 #pragma unroll
         for (int n = 0; n < kColumnTiles; n += 2) {
           uint32_t b[4];
@@ -535,23 +486,11 @@ int headTiles(const MlaDecodeArgs &args, int /*smCount*/) {
 /// 32 (4 head tiles' queries and scores leave no room for two 64-token
 /// buffers).
 int warpTileTokens(const MlaDecodeArgs &args, int smCount) {
-  static const bool large =
-      melt::rt::envSwitch("MELT_CUDA_MLA_LARGE_TILES", true);
+  static const bool large = envSwitch("MELT_CUDA_MLA_LARGE_TILES", true);
   return large && headTiles(args, smCount) == 1 &&
                  args.pageSize % kLargeTileTokens == 0
              ? kLargeTileTokens
              : kSmallTileTokens;
-}
-
-/// MELT_CUDA_MLA_TILE_STAGES=3 (experimental, off by default: compiled,
-/// not yet run on a GPU): the 64-token tiles by TMA in three buffers, two
-/// streaming in while one is used (the queries kept in the third until
-/// the first tile's scores have read them, the weights in the scores'
-/// memory): one block an SM keeps 147 KB of cache in flight, not 74.
-bool threeLargeTiles() {
-  static const bool three =
-      melt::rt::envInt("MELT_CUDA_MLA_TILE_STAGES", 2, 2, 3) == 3;
-  return three;
 }
 
 size_t sharedBytesFor(int tiles, int tileTokens) {
@@ -614,20 +553,19 @@ struct SplitPlan {
   }
 };
 
-template <int kHeadTiles, bool kBulk, int kTileTokens, int kStages = 2>
+template <int kHeadTiles, bool kBulk, int kTileTokens>
 cudaError_t launchChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                          float2 *stats, const CUtensorMap &map,
                          cudaStream_t stream) {
-  const size_t shared = sharedBytes<kHeadTiles, kTileTokens, kStages>();
+  const size_t shared = sharedBytes<kHeadTiles, kTileTokens>();
   cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens, kStages>,
+      mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens>,
       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
   if (error != cudaSuccess)
     return error;
   dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
-  launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens, kStages>,
-                   grid, kThreads, shared, stream, args, chunks, sums, stats,
-                   map);
+  launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens>, grid,
+                   kThreads, shared, stream, args, chunks, sums, stats, map);
   return cudaGetLastError();
 }
 
@@ -637,15 +575,11 @@ template <int kHeadTiles, int kTileTokens>
 cudaError_t launchWarpChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                              float2 *stats, cudaStream_t stream) {
   alignas(64) CUtensorMap map{};
-  if (!mlaCacheTensorMap(args, kTileTokens, map))
-    return launchChunks<kHeadTiles, false, kTileTokens>(args, chunks, sums,
-                                                        stats, map, stream);
-  if constexpr (kHeadTiles == 1 && kTileTokens == kLargeTileTokens)
-    if (threeLargeTiles())
-      return launchChunks<1, true, kLargeTileTokens, 3>(args, chunks, sums,
-                                                        stats, map, stream);
-  return launchChunks<kHeadTiles, true, kTileTokens>(args, chunks, sums, stats,
-                                                     map, stream);
+  return mlaCacheTensorMap(args, kTileTokens, map)
+             ? launchChunks<kHeadTiles, true, kTileTokens>(args, chunks, sums,
+                                                           stats, map, stream)
+             : launchChunks<kHeadTiles, false, kTileTokens>(args, chunks, sums,
+                                                            stats, map, stream);
 }
 
 } // namespace
