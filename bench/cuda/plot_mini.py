@@ -5,8 +5,10 @@ Reads the JSON lines of melt-run --bench and hf_baseline.py (both from
 scripts/gpu/mini-model.sh) and writes a PNG with two panels, decode tokens/s
 at batch 1, 16 and 64 and prefill tokens/s at 1x1024 and 8x1024, a bar per
 melt precision policy and one for transformers, on a log scale; the
-batch-1 weight-bandwidth roofline (BF16 weights read once per step at the
-copy bandwidth of the same run) is drawn on the decode panel.
+batch-1 weight-bandwidth roofline of each policy (melt-run's
+decode_roofline_tokens_per_s: the step's weight bytes at the policy's
+precision over the copy bandwidth it measured in the same run; else BF16
+weights at hf_baseline's copy bandwidth) is drawn on the decode panel.
 
     python3 bench/cuda/plot_mini.py MELT.json TORCH.json OUT.png
 """
@@ -63,10 +65,24 @@ def main():
         panel.set_ylabel("tokens/s")
         panel.set_title("decode (prompt 128, 64 new)" if prompt == 128
                         else "prefill")
+    # Each policy's batch-1 roofline as melt-run measured it (the step's
+    # weight bytes at the policy's precision over its copy bandwidth);
+    # without those fields, BF16 weights at hf_baseline's copy bandwidth.
+    styles = iter(["--", ":", "-."])
+    drawn = False
+    for model in models:
+        roofline = next((r["decode_roofline_tokens_per_s"] for r in melt
+                         if label(r) == model and r.get("batch") == 1
+                         and r.get("prompt_tokens") == 128
+                         and "decode_roofline_tokens_per_s" in r), None)
+        if roofline:
+            left.axhline(roofline, color="gray", linestyle=next(styles),
+                         label=f"b1 roofline {model}: {roofline:.0f}")
+            drawn = True
     copy = next((r["GBps"] for r in torch if r["what"] == "copy_bw"), None)
     active = next((r["bf16_bytes_per_token_gb"] for r in torch
                    if r["what"] == "mini_active_params"), None)
-    if copy and active:
+    if copy and active and not drawn:
         left.axhline(copy / active, color="gray", linestyle="--",
                      label=f"b1 BF16 roofline {copy / active:.0f}")
     left.legend(fontsize=8)

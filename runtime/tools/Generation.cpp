@@ -97,9 +97,12 @@ bool generate(melt_session *session,
 }
 
 /// Batch 1's decode roofline: steps a second at which the copy bandwidth
-/// reads a step's weights (0 where either is unknown or batch > 1).
-static double rooflineTokensPerS(const ReportExtras &extras) {
-  if (extras.batch != 1 || extras.stepWeightBytes <= 0 || extras.copyGBps <= 0)
+/// reads a step's weights (0 where either is unknown, batch > 1 or nothing
+/// was decoded).
+static double rooflineTokensPerS(const ReportExtras &extras,
+                                 const Generated &generated) {
+  if (extras.batch != 1 || extras.stepWeightBytes <= 0 ||
+      extras.copyGBps <= 0 || generated.decodeTokensPerS <= 0)
     return 0;
   return extras.copyGBps * 1e9 / extras.stepWeightBytes;
 }
@@ -137,7 +140,8 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
       std::snprintf(number, sizeof(number), "%.1f", extras.copyGBps);
       tail += std::string(", \"copy_GBps\": ") + number;
     }
-    if (const double roofline = rooflineTokensPerS(extras); roofline > 0) {
+    if (const double roofline = rooflineTokensPerS(extras, generated);
+        roofline > 0) {
       std::snprintf(number, sizeof(number), "%.1f", roofline);
       tail += std::string(", \"decode_roofline_tokens_per_s\": ") + number;
       std::snprintf(number, sizeof(number), "%.4f",
@@ -206,7 +210,8 @@ void printReport(bool json, size_t promptTokens, const Generated &generated,
                 extras.kvBytesPerToken);
   if (extras.joulesPerToken >= 0)
     std::printf("energy: %.3f J per decoded token\n", extras.joulesPerToken);
-  if (const double roofline = rooflineTokensPerS(extras); roofline > 0)
+  if (const double roofline = rooflineTokensPerS(extras, generated);
+      roofline > 0)
     std::printf("roofline: a step reads %.3f GB of weights, at the %.1f GB/s "
                 "copy bandwidth %.1f tokens/s (this decode: %.1f%%)\n",
                 extras.stepWeightBytes / 1e9, extras.copyGBps, roofline,
