@@ -17,6 +17,7 @@
 #include "cuda/Gemm.h"
 #include "cuda/GroupedGemm.h"
 #include "cuda/GroupedGemmFp8.h"
+#include "cuda/LaunchCount.h"
 #include "cuda/MlaDecodeFused.h"
 #include "cuda/MlaDecompressed.h"
 #include "cuda/MlaSplit.h"
@@ -260,8 +261,13 @@ public:
     branchBusy_ = false;
     MELT_RETURN_IF_ERROR(check(cudaEventRecord(branch_.done, branch_.stream),
                                "cudaEventRecord"));
-    return check(cudaStreamWaitEvent(stream_, branch_.done, 0),
-                 "cudaStreamWaitEvent");
+    MELT_RETURN_IF_ERROR(check(cudaStreamWaitEvent(stream_, branch_.done, 0),
+                               "cudaStreamWaitEvent"));
+    // What this stream launches from now on starts after the branch's
+    // kernels have ended, a cache append among them.
+    if (lastCacheAppend_.stream == branch_.stream)
+      lastCacheAppend_.joinedInto = stream_;
+    return Status::ok();
   }
 
   Status endCapture(std::unique_ptr<DeviceGraph> &out) override;
@@ -988,16 +994,46 @@ public:
     MELT_RETURN_IF_ERROR(flags());
     int tokens = int(first.rows()), a = int(first.cols());
     int b = int(cache.shape[1]) - a;
-    return check(withCache(cache,
-                           [&](auto *rows) {
-                             return cuda::cacheAppend(
-                                 static_cast<const float *>(first.data),
-                                 static_cast<const float *>(second.data),
-                                 paged(layout, cache), tokens, a, b, rows,
-                                 flag_ + kCacheFlag, stream_);
-                           }),
-                 "cache_append"); // a position without a page: at synchronize()
+    Status appended =
+        check(withCache(cache,
+                        [&](auto *rows) {
+                          return cuda::cacheAppend(
+                              static_cast<const float *>(first.data),
+                              static_cast<const float *>(second.data),
+                              paged(layout, cache), tokens, a, b, rows,
+                              flag_ + kCacheFlag, stream_);
+                        }),
+              "cache_append"); // a position without a page: at synchronize()
+    noteCacheAppend();
+    return appended;
   }
+
+  /// Where the last cache append was launched (the launch count after it,
+  /// and its stream): an MLA launched next on the same stream follows it
+  /// directly (mlaDecodeFused's queryBeforeWait).
+  /// `joinedInto`: the stream that joined the append's branch after it.
+  struct CacheAppendMark {
+    uint64_t launches = ~uint64_t(0);
+    cudaStream_t stream = nullptr, joinedInto = nullptr;
+  } lastCacheAppend_;
+  void noteCacheAppend() {
+    lastCacheAppend_ = {overlappedLaunchCount().load(), stream_, nullptr};
+  }
+  /// What a fused MLA decode launched now may read before its wait
+  /// (MlaEarlyReads): the query where the cache append is the kernel just
+  /// ahead on this stream; the cache where the append's branch was joined
+  /// into this stream. MELT_CUDA_MLA_EARLY_READS=0: neither.
+  MlaEarlyReads mlaEarlyReads() const {
+    if (!mlaEarlyReads_)
+      return MlaEarlyReads::None;
+    if (lastCacheAppend_.stream == stream_ &&
+        lastCacheAppend_.launches == overlappedLaunchCount().load())
+      return MlaEarlyReads::Query;
+    if (lastCacheAppend_.joinedInto == stream_)
+      return MlaEarlyReads::Cache;
+    return MlaEarlyReads::None;
+  }
+  bool mlaEarlyReads_ = envSwitch("MELT_CUDA_MLA_EARLY_READS", true);
 
   /// BF16 where the compiler chose it and the attention runs on BF16
   /// tensor cores (half the bytes, and a decode step on MlaDecode.cu's
@@ -1040,7 +1076,7 @@ public:
     RopeFrequencies freqs{};
     std::vector<double> inverse = ropeInverseFrequencies(params, ropeDim);
     std::copy(inverse.begin(), inverse.end(), freqs.inverse);
-    return check(
+    Status appended = check(
         withCache(cache,
                   [&](auto *rows) {
                     return cuda::appendLatent(
@@ -1052,6 +1088,8 @@ public:
                         int(latent.rows()), rows, flag_ + kCacheFlag, stream_);
                   }),
         "append_latent"); // a position without a page: at synchronize()
+    noteCacheAppend();
+    return appended;
   }
 
   Status attention(const DeviceTensor &q, const DeviceTensor &cache,
@@ -2199,7 +2237,8 @@ private:
                          static_cast<const __nv_bfloat16 *>(cache.data), paging,
                          static_cast<const float *>(wUk.data),
                          static_cast<const float *>(wUv.data), shape, scale,
-                         static_cast<float *>(out.data), stream_, projected),
+                         static_cast<float *>(out.data), stream_, projected,
+                         projected ? mlaEarlyReads() : MlaEarlyReads::None),
           "mla");
     const size_t bytes =
         mlaDecodeStepScratchBytes(shape, paging, multiprocessors_);

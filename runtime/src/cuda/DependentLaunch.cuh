@@ -21,6 +21,8 @@
 #ifndef MELT_RUNTIME_CUDA_DEPENDENTLAUNCH_CUH
 #define MELT_RUNTIME_CUDA_DEPENDENTLAUNCH_CUH
 
+#include "cuda/LaunchCount.h"
+
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -94,6 +96,7 @@ cudaError_t launchWith(void (*kernel)(Params...), dim3 grid, dim3 block,
   config.stream = stream;
   config.attrs = attributes;
   config.numAttrs = count;
+  overlappedLaunchCount().fetch_add(1, std::memory_order_relaxed);
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 } // namespace detail

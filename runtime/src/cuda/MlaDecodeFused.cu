@@ -54,7 +54,9 @@ __device__ __forceinline__ float roundedToBf16(float v) {
 /// cluster then adds the values' partial products.
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     mlaDecodeFusedKernel(FusedArgs a, ProjectedQuery projected,
-                         bool fromProjection) {
+                         bool fromProjection, MlaEarlyReads early) {
+  const bool queryEarly = early == MlaEarlyReads::Query,
+             cacheEarly = early == MlaEarlyReads::Cache;
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = int(cluster.block_rank());
   const int h = blockIdx.y, t = blockIdx.z;
@@ -81,7 +83,32 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     wv[j][0] = v < a.value ? row[lane] : 0.f;
     wv[j][1] = v < a.value ? row[lane + 32] : 0.f;
   }
-  awaitPriorKernels();
+  // The step's layout was written before its kernels: read before the
+  // wait where the kernel ahead is known (either of the early reads).
+  if (early == MlaEarlyReads::None)
+    awaitPriorKernels();
+
+  // This block's share of the visible positions and the place of each
+  // one's row (a thread a position, kept in a register until the query is
+  // done: their loads under the query's).
+  const int visible = a.layout.positions[t] + 1;
+  const int seq = a.layout.sequences[t];
+  const int per = (visible + kCluster - 1) / kCluster;
+  const int begin = rank * per;
+  // (A position past the table has no page; kMaxPerBlock bounds a table
+  // of kMlaFusedMaxVisible.)
+  const int count =
+      min(kMaxPerBlock, max(0, min(visible, begin + per) - begin));
+  const int width = kLatent + a.rope;
+  static_assert(kMaxPerBlock <= kThreads, "a thread a position");
+  const int myRow = tid < count ? cacheRow(a.layout, seq, begin + tid) : -1;
+  // The cache appended before the kernel ahead: the rows towards L2 while
+  // the query's projection ends.
+  if (cacheEarly && myRow >= 0)
+    prefetchToL2(a.cache + size_t(myRow) * width,
+                 uint32_t(width * sizeof(__nv_bfloat16)));
+  if (cacheEarly)
+    awaitPriorKernels();
 
   // The query: q_nope for the absorb; the rope part rounded to BF16 (each
   // block rotates or copies it itself).
@@ -128,22 +155,19 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     query[i] = cluster.map_shared_rank(slice, i / kSlice)[i % kSlice];
   __syncthreads();
 
-  // This block's share of the visible positions: scores (a warp a row),
-  // their maximum, the weights and their sum, the weighted latent rows.
-  const int visible = a.layout.positions[t] + 1;
-  const int seq = a.layout.sequences[t];
-  const int per = (visible + kCluster - 1) / kCluster;
-  const int begin = rank * per;
-  // (A position past the table has no page; kMaxPerBlock bounds a table
-  // of kMlaFusedMaxVisible.)
-  const int count =
-      min(kMaxPerBlock, max(0, min(visible, begin + per) - begin));
-  const int width = kLatent + a.rope;
+  // Scores (a warp a row), their maximum, the weights and their sum, the
+  // weighted latent rows. The cache append's row is among them: its kernel
+  // ended before this.
   __shared__ float weight[kMaxPerBlock];
   __shared__ int rowOf[kMaxPerBlock];
   __shared__ float reduced[kThreads / 32];
+  if (tid < count)
+    rowOf[tid] = myRow;
+  if (queryEarly)
+    awaitPriorKernels();
+  __syncthreads();
   for (int p = warp; p < count; p += kThreads / 32) {
-    const int row = cacheRow(a.layout, seq, begin + p);
+    const int row = rowOf[p];
     float dot = 0.f;
     if (row >= 0) {
       const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(
@@ -154,10 +178,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
       }
     }
     dot = warpSum(dot);
-    if (lane == 0) {
+    if (lane == 0)
       weight[p] = row >= 0 ? dot * a.scale : -INFINITY;
-      rowOf[p] = row;
-    }
   }
   __syncthreads();
   float top = -INFINITY;
@@ -245,7 +267,7 @@ cudaError_t melt::rt::cuda::mlaDecodeFused(
     const float *qNope, const float *qRope, const __nv_bfloat16 *cache,
     const PagedLayout &layout, const float *wUk, const float *wUv,
     const MlaSplitShape &s, float scale, float *out, cudaStream_t stream,
-    const ProjectedQuery *projected) {
+    const ProjectedQuery *projected, MlaEarlyReads early) {
   if (!mlaDecodeFusedFits(s) || layout.batch != s.tokens ||
       (!projected && (!qNope || !qRope)))
     return cudaErrorInvalidValue;
@@ -254,5 +276,6 @@ cudaError_t melt::rt::cuda::mlaDecodeFused(
   const ProjectedQuery query = projected ? *projected : ProjectedQuery{};
   return launchOverlapped(mlaDecodeFusedKernel,
                           dim3(kCluster, unsigned(s.heads), unsigned(s.tokens)),
-                          kThreads, 0, stream, a, query, projected != nullptr);
+                          kThreads, 0, stream, a, query, projected != nullptr,
+                          projected ? early : MlaEarlyReads::None);
 }

@@ -41,12 +41,24 @@ bool mlaDecodeFusedFits(const MlaSplitShape &shape);
 /// projection's rows with `projected`); out [tokens, heads, valueDim].
 /// wUk [heads, nope, latent], wUv [heads, valueDim, latent]. A position
 /// without a page is left out of the attention.
+///
+/// `early` (with `projected` only) says what the caller knows of the kernel
+/// just ahead in the stream, whose end the blocks otherwise wait for before
+/// they read anything but weights. Query: it is the cache append, which
+/// itself waited for everything before it (the query's projection among
+/// it): the blocks read, rotate, absorb and gather the query, and look up
+/// their rows, before they wait (the scores need the appended row). Cache:
+/// the cache append ended before this kernel could start (a branch joined
+/// after it): the blocks look up their rows and ask for them towards L2
+/// before they wait for the kernel ahead (the query's projection).
+enum class MlaEarlyReads { None, Query, Cache };
 cudaError_t mlaDecodeFused(const float *qNope, const float *qRope,
                            const __nv_bfloat16 *cache,
                            const PagedLayout &layout, const float *wUk,
                            const float *wUv, const MlaSplitShape &shape,
                            float scale, float *out, cudaStream_t stream,
-                           const ProjectedQuery *projected = nullptr);
+                           const ProjectedQuery *projected = nullptr,
+                           MlaEarlyReads early = MlaEarlyReads::None);
 
 } // namespace melt::rt::cuda
 
