@@ -1,6 +1,8 @@
 //===- MlaDecodeFused.cu - a few tokens' MLA in one kernel ----------------===//
 #include "cuda/MlaDecodeFused.h"
 
+#include "EnvSwitch.h"
+
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/PagedCache.cuh"
 #include "cuda/RopeRotation.cuh"
@@ -46,12 +48,27 @@ __device__ __forceinline__ float roundedToBf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
 }
 
+/// One halving of a warp's sums: lanes whose bit 2 * kHalf is set keep
+/// the upper kHalf of d[0 .. 2 kHalf), the others the lower, each adding
+/// its partner's copy of them into d[0 .. kHalf).
+template <int kHalf>
+__device__ __forceinline__ void halveSums(float *d, int lane) {
+  const bool upper = lane & (2 * kHalf);
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) {
+    const float keep = upper ? d[i + kHalf] : d[i];
+    const float send = upper ? d[i] : d[i + kHalf];
+    d[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2 * kHalf);
+  }
+}
+
 /// Grid (kCluster, heads, tokens), clusters of kCluster blocks along x:
 /// block `rank` of (token t, head h) absorbs latent columns rank * 64 ..
 /// + 63 of the query, scores its share of the cached positions against the
 /// whole query (gathered from the cluster), merges the cluster's partial
 /// sums for its 64 columns and multiplies them by its rows of W_UV; the
 /// cluster then adds the values' partial products.
+template <bool kHalvingSums>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     mlaDecodeFusedKernel(FusedArgs a, ProjectedQuery projected,
                          bool fromProjection, MlaEarlyReads early) {
@@ -193,14 +210,25 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     total += e;
   }
   total = blockReduce<false>(total, reduced); // (its barriers: weights seen)
+  // The rows' values four at a time, loaded before they are summed (the
+  // same sums in the same order: a row without a place adds 0).
+  constexpr int kRowsInFlight = 4;
   float o0 = 0.f, o1 = 0.f;
-  for (int p = 0; p < count; ++p) {
-    const int row = rowOf[p];
-    if (row < 0)
-      continue;
-    const __nv_bfloat16 *cached = a.cache + size_t(row) * width;
-    o0 += weight[p] * __bfloat162float(cached[tid]);
-    o1 += weight[p] * __bfloat162float(cached[tid + kThreads]);
+  for (int p0 = 0; p0 < count; p0 += kRowsInFlight) {
+    float v0[kRowsInFlight], v1[kRowsInFlight];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int row = p0 + u < count ? rowOf[p0 + u] : -1;
+      const __nv_bfloat16 *cached = a.cache + size_t(max(row, 0)) * width;
+      v0[u] = row >= 0 ? __bfloat162float(cached[tid]) : 0.f;
+      v1[u] = row >= 0 ? __bfloat162float(cached[tid + kThreads]) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u)
+      if (p0 + u < count && rowOf[p0 + u] >= 0) {
+        o0 += weight[p0 + u] * v0[u];
+        o1 += weight[p0 + u] * v1[u];
+      }
   }
   __shared__ float partial[kLatent];
   __shared__ float stats[2];
@@ -230,13 +258,32 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   }
   __syncthreads();
   __shared__ float products[kMaxValue];
+  // The warp's 16 values' sums over its lanes together: each exchange
+  // halves the sums a lane holds (16 shuffles, not 16 sums of 5 each), so
+  // that lane l ends with value j = l / 2's (lanes l and l ^ 1 alike).
+  // (MELT_CUDA_MLA_HALVING_SUMS=0: a warpSum for each value.)
+  static_assert(kValuesPerWarp == 16, "four halvings, then a pair");
+  float d[kValuesPerWarp];
 #pragma unroll
-  for (int j = 0; j < kValuesPerWarp; ++j) {
-    const int v = warp + 8 * j;
-    float d = merged[lane] * wv[j][0] + merged[lane + 32] * wv[j][1];
-    d = warpSum(d);
-    if (lane == 0 && v < a.value)
-      products[v] = d;
+  for (int j = 0; j < kValuesPerWarp; ++j)
+    d[j] = merged[lane] * wv[j][0] + merged[lane + 32] * wv[j][1];
+  if constexpr (kHalvingSums) {
+    halveSums<8>(d, lane);
+    halveSums<4>(d, lane);
+    halveSums<2>(d, lane);
+    halveSums<1>(d, lane);
+    d[0] += __shfl_xor_sync(0xffffffffu, d[0], 1);
+    const int v = warp + 8 * (lane / 2);
+    if (lane % 2 == 0 && v < a.value)
+      products[v] = d[0];
+  } else {
+#pragma unroll
+    for (int j = 0; j < kValuesPerWarp; ++j) {
+      const int v = warp + 8 * j;
+      const float sum = warpSum(d[j]);
+      if (lane == 0 && v < a.value)
+        products[v] = sum;
+    }
   }
   cluster.sync(); // every block's products are there
   const int perRank = (a.value + kCluster - 1) / kCluster;
@@ -274,7 +321,9 @@ cudaError_t melt::rt::cuda::mlaDecodeFused(
   const FusedArgs a{qNope,   qRope,  cache,  layout,     wUk,   wUv,
                     s.heads, s.nope, s.rope, s.valueDim, scale, out};
   const ProjectedQuery query = projected ? *projected : ProjectedQuery{};
-  return launchOverlapped(mlaDecodeFusedKernel,
+  static const bool halving = envSwitch("MELT_CUDA_MLA_HALVING_SUMS", true);
+  return launchOverlapped(halving ? mlaDecodeFusedKernel<true>
+                                  : mlaDecodeFusedKernel<false>,
                           dim3(kCluster, unsigned(s.heads), unsigned(s.tokens)),
                           kThreads, 0, stream, a, query, projected != nullptr,
                           projected ? early : MlaEarlyReads::None);
