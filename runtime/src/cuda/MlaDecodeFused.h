@@ -8,9 +8,9 @@
 // per (token, head), which split the latent columns for the products and
 // the cached positions for the attention, and trade the pieces through
 // distributed shared memory. Each block loads its share of W_UK and W_UV
-// into registers before the kernel ahead ends (weights only: the
-// programmatic-launch contract), so that the two products wait on no
-// memory round trip of their own.
+// into registers before the kernel ahead ends (weights, and what the
+// caller vouches that kernel does not write: `early` below), so that the
+// two products wait on no memory round trip of their own.
 //
 // The values are those of mlaDecodeStep's arithmetic up to the order of
 // its sums: queries rounded to BF16 (latent then rope, the rope rotated
