@@ -120,8 +120,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   static_assert(kMaxPerBlock <= kThreads, "a thread a position");
   const int myRow = tid < count ? cacheRow(a.layout, seq, begin + tid) : -1;
   // The cache appended before the kernel ahead: the rows towards L2 while
-  // the query's projection ends.
-  if (cacheEarly && myRow >= 0)
+  // the query's projection ends (a bulk prefetch: rows of whole 16 bytes).
+  if (cacheEarly && myRow >= 0 && width * sizeof(__nv_bfloat16) % 16 == 0)
     prefetchToL2(a.cache + size_t(myRow) * width,
                  uint32_t(width * sizeof(__nv_bfloat16)));
   if (cacheEarly)
