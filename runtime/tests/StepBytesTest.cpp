@@ -35,7 +35,7 @@ constexpr uint64_t kLmHead = 256 * 64;
 // (2048 each a layer) and the two routers (64x8 and a bias of 8).
 constexpr uint64_t kRestF32 = 64 + 3 * 192 + 64 + 3 * 4096 + 2 * 520;
 
-std::string artifactFromEnvironment(const char *variable) {
+std::string pathFromEnvironment(const char *variable) {
   const char *path = std::getenv(variable);
   return path ? path : "";
 }
@@ -63,7 +63,7 @@ TEST(StepBytes, Fp32PolicyReadsFourBytesAValue) {
 }
 
 TEST(StepBytes, Bf16PolicyHalvesTheProducts) {
-  const std::string bf16 = artifactFromEnvironment("MELT_TEST_CUDA_ARTIFACT");
+  const std::string bf16 = pathFromEnvironment("MELT_TEST_CUDA_ARTIFACT");
   if (bf16.empty())
     GTEST_SKIP() << "MELT_TEST_CUDA_ARTIFACT (v3-tiny, bf16) is not set";
   EXPECT_EQ(bytesOfArtifact(bf16), 2 * (kAttentionProducts + kDenseMlp +
@@ -72,8 +72,7 @@ TEST(StepBytes, Bf16PolicyHalvesTheProducts) {
 }
 
 TEST(StepBytes, DeepSeekPolicyCountsFp8BlocksAndTheirScales) {
-  const std::string fp8 =
-      artifactFromEnvironment("MELT_TEST_FP8_POLICY_ARTIFACT");
+  const std::string fp8 = pathFromEnvironment("MELT_TEST_FP8_POLICY_ARTIFACT");
   if (fp8.empty())
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT is not set";
   // An f32 scale a 128x128 block: one for each attention product, two for
@@ -86,9 +85,8 @@ TEST(StepBytes, DeepSeekPolicyCountsFp8BlocksAndTheirScales) {
 }
 
 TEST(StepBytes, ReportedThroughTheCApi) {
-  const std::string path = artifactFromEnvironment("MELT_TEST_ARTIFACT");
-  const std::string checkpoint =
-      artifactFromEnvironment("MELT_TEST_CHECKPOINT");
+  const std::string path = pathFromEnvironment("MELT_TEST_ARTIFACT");
+  const std::string checkpoint = pathFromEnvironment("MELT_TEST_CHECKPOINT");
   if (path.empty() || checkpoint.empty())
     GTEST_SKIP() << "MELT_TEST_ARTIFACT/MELT_TEST_CHECKPOINT are not set";
   melt_model *model = nullptr;

@@ -1009,9 +1009,8 @@ public:
   }
 
   /// Where the last cache append was launched (the launch count after it,
-  /// and its stream): an MLA launched next on the same stream follows it
-  /// directly (mlaDecodeFused's queryBeforeWait).
-  /// `joinedInto`: the stream that joined the append's branch after it.
+  /// and its stream; `joinedInto`: the stream that joined the append's
+  /// branch after it): what mlaEarlyReads() tells a fused MLA decode.
   struct CacheAppendMark {
     uint64_t launches = ~uint64_t(0);
     cudaStream_t stream = nullptr, joinedInto = nullptr;
