@@ -25,6 +25,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecodeWarpgroups.h"
+#include "cuda/MlaDecodeSeesaw.h"
 
 #include "EnvSwitch.h"
 
@@ -402,11 +403,13 @@ cudaError_t launchMlaWarpgroupChunks(const MlaDecodeArgs &args, int chunkTokens,
   if (chunkTokens % kWarpgroupTileTokens != 0 || !mlaDecodeOnWarpgroups(args))
     return cudaErrorInvalidValue;
   alignas(64) CUtensorMap map{};
-  return mlaCacheTensorMap(args, kWarpgroupTileTokens, map)
-             ? launchChunks<true>(args, chunkTokens, chunks, sums, stats, map,
-                                  stream)
-             : launchChunks<false>(args, chunkTokens, chunks, sums, stats, map,
-                                   stream);
+  if (!mlaCacheTensorMap(args, kWarpgroupTileTokens, map))
+    return launchChunks<false>(args, chunkTokens, chunks, sums, stats, map,
+                               stream);
+  return mlaDecodeSeesaw() ? launchMlaSeesawChunks(args, chunkTokens, chunks,
+                                                   sums, stats, map, stream)
+                           : launchChunks<true>(args, chunkTokens, chunks, sums,
+                                                stats, map, stream);
 }
 
 } // namespace melt::rt::cuda

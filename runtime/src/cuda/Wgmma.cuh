@@ -100,6 +100,16 @@ template <int kPending> __device__ __forceinline__ void wgmmaWait() {
 #endif
 }
 
+/// Keeps the compiler from moving reads or writes of `d` (a wgmma's
+/// accumulators) across the wgmmaWait just before: the registers are
+/// written by the tensor cores until then, which the compiler cannot see.
+template <int N>
+__device__ __forceinline__ void wgmmaFenceOperands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    asm volatile("" : "+f"(d[i])::"memory");
+}
+
 /// Makes this thread's ordinary writes to shared memory (stores and
 /// cp.async copies that have landed) visible to the tensor cores' reads.
 __device__ __forceinline__ void fenceSharedForWgmma() {
@@ -119,6 +129,30 @@ __device__ __forceinline__ void wgmma64x32(float (&d)[16], uint64_t a,
                  "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
                  "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
                  "+f"(d[14]), "+f"(d[15])
+               : "l"(a), "l"(b), "r"(int(accumulate)));
+#else
+  __trap();
+#endif
+}
+
+/// d[64 x 64] (+)= A[64 x 16] B[16 x 64], both K-major BF16 in shared
+/// memory; `accumulate` false overwrites d.
+__device__ __forceinline__ void wgmma64x64(float (&d)[32], uint64_t a,
+                                           uint64_t b, bool accumulate) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+               "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%"
+               "17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+               "%32, %33, p, 1, 1, 0, 0;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
+                 "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
+                 "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+                 "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+                 "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
+                 "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                 "+f"(d[30]), "+f"(d[31])
                : "l"(a), "l"(b), "r"(int(accumulate)));
 #else
   __trap();

@@ -1,0 +1,452 @@
+//===- MlaDecodeSeesaw.cu - MLA decode, warpgroups taking turns -----------===//
+//
+// The warpgroup chunk kernel (MlaDecodeWarpgroups.h) with its two
+// warpgroups on different tiles, so that one's softmax runs while the
+// other's products keep the tensor cores busy. At 128 heads the MLA decode
+// is bound by the tensor cores (2 x heads FLOP a cached byte); the kernel it
+// replaces scored half of each tile in each warpgroup and met at three
+// block barriers a tile, the tensor cores idle through every softmax (37%
+// busy, a third of the warps' samples at barriers: Nsight Compute,
+// bench/results/mla_wgmma_profile_s32_h200.txt).
+//
+// A block takes 64 heads of one sequence over one chunk, two tiles of 64
+// cached tokens at a time: tile A (even) in buffer 0, tile B (odd) in
+// buffer 1, each [64 tokens x 576] BF16 in nine 128-byte-swizzled blocks
+// (Wgmma.cuh), loaded by TMA. The 64 x 512 output is split by columns:
+// warpgroup 0 sums columns 0..255, warpgroup 1 columns 256..511. Per pair
+// of tiles, with m the running row maxima both keep:
+//   WG0: scores S_A = Q A^T (m64n64, 36 k16 steps); mA = max(m, rows of
+//        S_A); P_A = exp(S_A - mA) in BF16 into A's ninth block (its RoPE
+//        dims, read by nothing after the scores); o_L = o_L e^(m - mA) +
+//        P_A V_A,L.
+//   WG1: scores S_B = Q B^T, issued before waiting for P_A; then o_R =
+//        o_R e^(m - mA) + P_A V_A,R behind them; mB = max(mA, rows of S_B),
+//        P_B = exp(S_B - mB) into B's ninth block; o_R = o_R e^(mA - mB) +
+//        P_B V_B,R.
+//   WG0: o_L = o_L e^(mA - mB) + P_B V_B,L.
+// The same online softmax as the one-tile-at-a-time kernel, in base 2 (the
+// scale times log2 e). Each warpgroup keeps the row sums of the weights it
+// made (in the running frame), added at the end; the chunk's partial sums
+// and statistics are the other kernel's, for the same combine.
+//
+// Hand-offs by named barriers (NamedBarrier.cuh), producer arriving,
+// consumer syncing: P_A ready (with mA and e^(m - mA)), P_B ready (mB and
+// e^(mA - mB)), buffer 0 given back by WG1's P_A V_A,R (WG0 then loads the
+// next A), buffer 1 given back by WG0's P_B V_B,L (WG1 loads the next B).
+// Each producer's next arrival needs the consumer's previous sync, so a
+// barrier never holds two rounds.
+//
+//===----------------------------------------------------------------------===//
+#include "cuda/MlaDecodeSeesaw.h"
+
+#include "EnvSwitch.h"
+
+#include "cuda/BulkTensorCopy.cuh"
+#include "cuda/DependentLaunch.cuh"
+#include "cuda/NamedBarrier.cuh"
+#include "cuda/TensorCoreMma.cuh"
+#include "cuda/Wgmma.cuh"
+
+#include <cfloat>
+
+namespace melt::rt::cuda {
+namespace {
+
+constexpr int kThreads = 256; // two warpgroups
+constexpr int kGroupThreads = 128;
+constexpr int kTileTokens = 64;
+constexpr int kHeads = 64;
+constexpr int kDimBlocks = kLatentEntry / 64;        // 9 blocks of 64 dims
+constexpr int kBlockBytes = 64 * kSwizzleRowBytes;   // [64 rows x 64 dims]
+constexpr int kTileBytes = kDimBlocks * kBlockBytes; // 72 KB
+constexpr int kEntryChunks = kLatentEntry * 2 / 16;  // 16-byte chunks a row
+constexpr int kValueChunks = kLatentRank * 2 / 16;
+constexpr int kGroupColumns = kLatentRank / 2; // per warpgroup
+constexpr int kGroupValueBlocks = kGroupColumns / 64;
+/// The block of a tile that takes its softmax weights once scored.
+constexpr int kWeightsBlock = kDimBlocks - 1;
+
+// Barrier numbers (0 is __syncthreads').
+constexpr int kWeightsAReady = 1, kWeightsBReady = 2, kBufferAFree = 3,
+              kBufferBFree = 4, kGroupBarrier = 5; // + group
+
+/// Shared memory from a 1024-byte aligned base: the queries, the two tile
+/// buffers, per row the maxima and rescales the two warpgroups hand each
+/// other ([0]: after A, [1]: after B) and WG1's row sums at the end, then
+/// the buffers' load barriers.
+constexpr size_t kQueriesAt = 0, kTilesAt = kTileBytes,
+                 kRowMaxAt = 3 * size_t(kTileBytes),
+                 kRowRescaleAt = kRowMaxAt + 2 * kHeads * sizeof(float),
+                 kRowSumAt = kRowRescaleAt + 2 * kHeads * sizeof(float),
+                 kBarriersAt = kRowSumAt + kHeads * sizeof(float),
+                 kSharedBytes = kBarriersAt + 2 * sizeof(uint64_t) +
+                                kSwizzleAtomBytes; // room to align
+
+__device__ __forceinline__ void syncGroup(int group) {
+  if (group == 0)
+    syncNamedBarrier<kGroupBarrier, kGroupThreads>();
+  else
+    syncNamedBarrier<kGroupBarrier + 1, kGroupThreads>();
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    mlaDecodeSeesawChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
+                          float *partialSums, float2 *partialStats,
+                          const __grid_constant__ CUtensorMap cacheMap) {
+  awaitPriorKernels();
+  extern __shared__ uint8_t sharedRaw[];
+  uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
+                                 sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
+                                    kSwizzleAtomBytes;
+  uint8_t *queries = shared + kQueriesAt;
+  float *rowMax = reinterpret_cast<float *>(shared + kRowMaxAt);
+  float *rowRescale = reinterpret_cast<float *>(shared + kRowRescaleAt);
+  float *rowSum = reinterpret_cast<float *>(shared + kRowSumAt);
+  uint64_t *tileLoaded = reinterpret_cast<uint64_t *>(shared + kBarriersAt);
+
+  const int headGroup = blockIdx.x, chunk = blockIdx.y, seq = blockIdx.z;
+  const int group = threadIdx.x / kGroupThreads;
+  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int length = args.lengths[seq];
+  const int begin = chunk * chunkTokens;
+  const int end = min(length, begin + chunkTokens);
+  const int head0 = headGroup * kHeads;
+  const int tiles = max(0, (end - begin + kTileTokens - 1) / kTileTokens);
+  const int pairs = (tiles + 1) / 2;
+  const int32_t *pages =
+      args.blockTable + size_t(seq) * args.maxPagesPerSequence;
+  auto bufferOf = [&](int which) {
+    return shared + kTilesAt + which * kTileBytes;
+  };
+  // Tile `index` of the chunk into buffer index % 2, by one thread.
+  auto startTile = [&](int index) {
+    const int t0 = begin + index * kTileTokens;
+    const int row =
+        pages[t0 / args.pageSize] * args.pageSize + t0 % args.pageSize;
+    uint64_t *barrier = &tileLoaded[index % 2];
+    expectBytes(barrier, kTileBytes);
+    for (int block = 0; block < kDimBlocks; ++block)
+      loadTile2d(bufferOf(index % 2) + block * kBlockBytes, &cacheMap,
+                 block * 64, row, barrier);
+  };
+  // Waits for tile `index` (of pair `pair`); rows past the chunk's end
+  // (other tokens of its page, or nothing written yet) become zeros in its
+  // value blocks, by this warpgroup, so that they add nothing to the sums
+  // (their scores are masked; their RoPE dims are overwritten).
+  // Returns whether it zeroed rows (the warpgroup then syncs before its
+  // products read them).
+  auto awaitTile = [&](int index, int pair) {
+    awaitBarrier(&tileLoaded[index % 2], pair % 2);
+    const int rows = end - (begin + index * kTileTokens);
+    if (rows < kTileTokens) { // block-uniform
+      uint8_t *tile = bufferOf(index % 2);
+      for (int i = threadIdx.x % kGroupThreads;
+           i < (kTileTokens - rows) * kValueChunks; i += kGroupThreads) {
+        const int row = rows + i / kValueChunks, c = i % kValueChunks;
+        *reinterpret_cast<uint4 *>(tile + (c / 8) * kBlockBytes +
+                                   swizzledOffset(row, c % 8)) =
+            make_uint4(0, 0, 0, 0);
+      }
+      fenceSharedForWgmma();
+      return true;
+    }
+    return false;
+  };
+
+  if (threadIdx.x == 0) {
+    initLoadBarrier(&tileLoaded[0]);
+    initLoadBarrier(&tileLoaded[1]);
+  }
+  // The queries by every thread's cp.async.
+  for (int i = threadIdx.x; i < kHeads * kEntryChunks; i += kThreads) {
+    const int row = i / kEntryChunks, c = i % kEntryChunks;
+    copyAsync16(queries + (c / 8) * kBlockBytes + swizzledOffset(row, c % 8),
+                args.queries +
+                    (size_t(seq) * args.heads + head0 + row) * kLatentEntry +
+                    c * 8);
+  }
+  commitCopies();
+  __syncthreads(); // the barriers initialized
+  if (threadIdx.x % kGroupThreads == 0 && group < tiles)
+    startTile(group);
+  awaitCopies<0>();
+  fenceSharedForWgmma();
+  __syncthreads(); // the queries shown to the tensor cores
+
+  // This thread's rows (heads) in every fragment: r[0] = 16 warp + g and
+  // r[1] = r[0] + 8; the tokens each sees (a prefill's causal rows).
+  const int rows[2] = {16 * warp + g, 16 * warp + g + 8};
+  int rowEnd[2] = {end, end};
+  if (args.rowLengths) {
+    const int perEntry = args.heads / args.rowHeads;
+    for (int i = 0; i < 2; ++i)
+      rowEnd[i] = min(end, args.rowLengths[size_t(seq) * perEntry +
+                                           (head0 + rows[i]) / args.rowHeads]);
+  }
+  const float scale = args.scale * 1.4426950408889634f; // log2 e
+
+  const uint64_t queriesAt = kMajorDescriptor(queries);
+  // Per buffer: its tokens as keys, this warpgroup's 256 columns of its
+  // values, its weights block.
+  auto keysOf = [&](int which) { return kMajorDescriptor(bufferOf(which)); };
+  auto valuesOf = [&](int which) {
+    return mnMajorDescriptor(bufferOf(which) +
+                                 group * kGroupValueBlocks * kBlockBytes,
+                             kBlockBytes);
+  };
+  auto weightsOf = [&](int which) {
+    return kMajorDescriptor(bufferOf(which) + kWeightsBlock * kBlockBytes);
+  };
+
+  float score[32];
+  // S = Q K^T of the tile in buffer `which`: [64 x 576] x [576 x 64].
+  auto issueScores = [&](int which) {
+    const uint64_t keys = keysOf(which);
+    wgmmaFence();
+#pragma unroll
+    for (int step = 0; step < kLatentEntry / 16; ++step) {
+      const uint32_t offset = (step / 4) * kBlockBytes + (step % 4) * 32;
+      wgmma64x64(score, advanced(queriesAt, offset), advanced(keys, offset),
+                 step > 0);
+    }
+    wgmmaCommit();
+  };
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i)
+    acc[i] = 0.f;
+  // o += P V over the tile in buffer `which` (its weights block as P).
+  auto issueWeightedSum = [&](int which) {
+    const uint64_t weights = weightsOf(which), values = valuesOf(which);
+    wgmmaFence();
+#pragma unroll
+    for (int step = 0; step < kTileTokens / 16; ++step)
+      wgmma64x256Transposed(acc, advanced(weights, step * 32),
+                            advanced(values, step * 2 * kSwizzleAtomBytes));
+    wgmmaCommit();
+  };
+  auto rescale = [&](const float (&factor)[2]) {
+    // Skipped where no row of the warp's maximum moved.
+    if (__any_sync(0xffffffff, factor[0] != 1.f || factor[1] != 1.f)) {
+#pragma unroll
+      for (int v = 0; v < 128; ++v)
+        acc[v] *= factor[(v / 2) % 2];
+    }
+  };
+  // The softmax of the scores of tile `index` against running maxima
+  // `from`: the new maxima into `to`, BF16 weights into the tile's weights
+  // block, their sum (as rounded) into `sum`; returns in `factor` the
+  // rescale e^(from - to).
+  auto softmax = [&](int index, const float (&from)[2], float (&to)[2],
+                     float (&factor)[2], float (&sum)[2]) {
+    const int t0 = begin + index * kTileTokens;
+    float tileMax[2] = {-FLT_MAX, -FLT_MAX};
+    if (t0 + kTileTokens <= min(rowEnd[0], rowEnd[1])) {
+#pragma unroll
+      for (int v = 0; v < 32; ++v) {
+        score[v] *= scale;
+        tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
+      }
+    } else {
+#pragma unroll
+      for (int v = 0; v < 32; ++v) {
+        const int r = (v / 2) % 2;
+        const int token = t0 + 8 * (v / 4) + 2 * t + v % 2;
+        score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
+        tileMax[r] = fmaxf(tileMax[r], score[v]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tileMax[r] =
+          fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 1));
+      tileMax[r] =
+          fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 2));
+      to[r] = fmaxf(from[r], tileMax[r]);
+      factor[r] = exp2f(from[r] - to[r]); // 1 while both are -FLT_MAX
+      sum[r] = 0.f;
+    }
+    uint8_t *weights = bufferOf(index % 2) + kWeightsBlock * kBlockBytes;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float p[2];
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+          const float x = score[4 * j + 2 * r + v];
+          p[v] = x == -FLT_MAX ? 0.f : exp2f(x - to[r]);
+        }
+        const uint32_t pair = packBf16(p[0], p[1]);
+        const __nv_bfloat162 rounded =
+            *reinterpret_cast<const __nv_bfloat162 *>(&pair);
+        sum[r] += __low2float(rounded) + __high2float(rounded);
+        *reinterpret_cast<uint32_t *>(weights + swizzledOffset(rows[r], j) +
+                                      4 * t) = pair;
+      }
+    fenceSharedForWgmma();
+  };
+
+  float runningMax[2] = {-FLT_MAX, -FLT_MAX};
+  float runningSum[2] = {0.f, 0.f}; // this warpgroup's weights only
+  for (int pair = 0; pair < pairs; ++pair) {
+    const int a = 2 * pair, b = a + 1;
+    const bool hasB = b < tiles, nextA = a + 2 < tiles, nextB = b + 2 < tiles;
+    if (group == 0) {
+      if (awaitTile(a, pair))
+        syncGroup(0); // the zeroed rows written by the whole warpgroup
+      issueScores(0);
+      wgmmaWait<0>(); // (and the last pair's P_B V_B,L)
+      wgmmaFenceOperands(score);
+      wgmmaFenceOperands(acc);
+      float maxA[2], factorA[2], sumA[2];
+      softmax(a, runningMax, maxA, factorA, sumA);
+      if (t == 0)
+        for (int r = 0; r < 2; ++r) {
+          rowMax[rows[r]] = maxA[r];
+          rowRescale[rows[r]] = factorA[r];
+        }
+      arriveAtNamedBarrier<kWeightsAReady, kThreads>();
+      syncGroup(0); // P_A whole before this warpgroup's products read it
+      rescale(factorA);
+      for (int r = 0; r < 2; ++r) {
+        runningSum[r] = runningSum[r] * factorA[r] + sumA[r];
+        runningMax[r] = maxA[r];
+      }
+      issueWeightedSum(0);
+      if (!hasB)
+        continue; // the last pair
+      syncNamedBarrier<kWeightsBReady, kThreads>();
+      float factorB[2];
+      for (int r = 0; r < 2; ++r) {
+        factorB[r] = rowRescale[kHeads + rows[r]];
+        runningMax[r] = rowMax[kHeads + rows[r]];
+        runningSum[r] *= factorB[r];
+      }
+      wgmmaWait<0>(); // P_A V_A,L
+      wgmmaFenceOperands(acc);
+      rescale(factorB);
+      issueWeightedSum(1);
+      if (nextA) {
+        syncNamedBarrier<kBufferAFree, kThreads>(); // WG1's P_A V_A,R done
+        if (threadIdx.x == 0)
+          startTile(a + 2);
+      }
+      if (nextB) {
+        wgmmaWait<0>(); // P_B V_B,L
+        arriveAtNamedBarrier<kBufferBFree, kThreads>();
+      }
+    } else {
+      if (hasB) {
+        if (awaitTile(b, pair))
+          syncGroup(1);
+        issueScores(1);
+      }
+      syncNamedBarrier<kWeightsAReady, kThreads>();
+      float maxA[2], factorA[2];
+      for (int r = 0; r < 2; ++r) {
+        maxA[r] = rowMax[rows[r]];
+        factorA[r] = rowRescale[rows[r]];
+        runningSum[r] *= factorA[r];
+        runningMax[r] = maxA[r];
+      }
+      // S_B (done behind P_A's wait, mostly) and the last pair's P_B V_B,R
+      // (waited for already: a wait for one group of two here would let
+      // ptxas serialize every wgmma, unable to tell which of the two).
+      wgmmaWait<0>();
+      wgmmaFenceOperands(score);
+      wgmmaFenceOperands(acc);
+      rescale(factorA);
+      issueWeightedSum(0);
+      if (!hasB)
+        continue; // the last pair
+      float maxB[2], factorB[2], sumB[2];
+      softmax(b, maxA, maxB, factorB, sumB);
+      if (t == 0)
+        for (int r = 0; r < 2; ++r) {
+          rowMax[kHeads + rows[r]] = maxB[r];
+          rowRescale[kHeads + rows[r]] = factorB[r];
+        }
+      arriveAtNamedBarrier<kWeightsBReady, kThreads>();
+      syncGroup(1); // P_B whole
+      wgmmaWait<0>(); // P_A V_A,R
+      wgmmaFenceOperands(acc);
+      if (nextA)
+        arriveAtNamedBarrier<kBufferAFree, kThreads>();
+      rescale(factorB);
+      for (int r = 0; r < 2; ++r) {
+        runningSum[r] = runningSum[r] * factorB[r] + sumB[r];
+        runningMax[r] = maxB[r];
+      }
+      issueWeightedSum(1);
+      if (nextB) {
+        wgmmaWait<0>(); // P_B V_B,R
+        syncNamedBarrier<kBufferBFree, kThreads>(); // WG0's P_B V_B,L
+        if (threadIdx.x == kGroupThreads)
+          startTile(b + 2);
+      }
+    }
+  }
+  wgmmaWait<0>();
+  wgmmaFenceOperands(acc);
+
+  // This chunk's unnormalized sums, and its statistics: the row sums of
+  // both warpgroups' weights added.
+  const size_t slot = (size_t(seq) * chunks + chunk) * args.heads + head0;
+  float *out = partialSums + slot * kLatentRank + group * kGroupColumns;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const int column = 8 * j + 2 * t;
+    *reinterpret_cast<float2 *>(out + rows[0] * kLatentRank + column) =
+        make_float2(acc[4 * j], acc[4 * j + 1]);
+    *reinterpret_cast<float2 *>(out + rows[1] * kLatentRank + column) =
+        make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    runningSum[r] += __shfl_xor_sync(0xffffffff, runningSum[r], 1);
+    runningSum[r] += __shfl_xor_sync(0xffffffff, runningSum[r], 2);
+  }
+  if (group == 1 && t == 0)
+    for (int r = 0; r < 2; ++r)
+      rowSum[rows[r]] = runningSum[r];
+  __syncthreads();
+  if (group == 0 && t == 0)
+    for (int r = 0; r < 2; ++r)
+      partialStats[slot + rows[r]] = make_float2(
+          runningMax[r] == -FLT_MAX ? -FLT_MAX
+                                    : runningMax[r] * 0.6931471805599453f,
+          runningSum[r] + rowSum[rows[r]]);
+}
+
+} // namespace
+
+bool mlaDecodeSeesaw() {
+  static const bool enabled =
+      melt::rt::envSwitch("MELT_CUDA_MLA_SEESAW", true);
+  return enabled;
+}
+
+cudaError_t launchMlaSeesawChunks(const MlaDecodeArgs &args, int chunkTokens,
+                                  int chunks, float *sums, float2 *stats,
+                                  const CUtensorMap &map,
+                                  cudaStream_t stream) {
+  if (chunkTokens % kTileTokens != 0 || args.heads % kHeads != 0 ||
+      args.pageSize % kTileTokens != 0)
+    return cudaErrorInvalidValue;
+  cudaError_t error =
+      cudaFuncSetAttribute(mlaDecodeSeesawChunks,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           int(kSharedBytes));
+  if (error != cudaSuccess)
+    return error;
+  // The head groups of a chunk next to each other: they read the same
+  // tiles, the second mostly from L2.
+  const dim3 grid(args.heads / kHeads, chunks, args.batch);
+  error = launchOverlapped(mlaDecodeSeesawChunks, grid, kThreads, kSharedBytes,
+                           stream, args, chunkTokens, chunks, sums, stats, map);
+  return error != cudaSuccess ? error : cudaGetLastError();
+}
+
+} // namespace melt::rt::cuda
