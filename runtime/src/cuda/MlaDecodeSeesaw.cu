@@ -290,6 +290,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   float runningMax[2] = {-FLT_MAX, -FLT_MAX};
   float runningSum[2] = {0.f, 0.f}; // this warpgroup's weights only
+  // Every branch of the loop ends with no wgmma in flight: a merge of paths
+  // with one pending makes ptxas serialize every wgmma of the kernel
+  // (C7515), the register copies at the join counted as writes to their
+  // accumulators.
   for (int pair = 0; pair < pairs; ++pair) {
     const int a = 2 * pair, b = a + 1;
     const bool hasB = b < tiles, nextA = a + 2 < tiles, nextB = b + 2 < tiles;
@@ -297,9 +301,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (awaitTile(a, pair))
         syncGroup(0); // the zeroed rows written by the whole warpgroup
       issueScores(0);
-      wgmmaWait<0>(); // (and the last pair's P_B V_B,L)
+      wgmmaWait<0>();
       wgmmaFenceOperands(score);
-      wgmmaFenceOperands(acc);
       float maxA[2], factorA[2], sumA[2];
       softmax(a, runningMax, maxA, factorA, sumA);
       if (t == 0)
@@ -315,34 +318,35 @@ __global__ void __launch_bounds__(kThreads, 1)
         runningMax[r] = maxA[r];
       }
       issueWeightedSum(0);
-      if (!hasB)
-        continue; // the last pair
-      syncNamedBarrier<kWeightsBReady, kThreads>();
-      float factorB[2];
-      for (int r = 0; r < 2; ++r) {
-        factorB[r] = rowRescale[kHeads + rows[r]];
-        runningMax[r] = rowMax[kHeads + rows[r]];
-        runningSum[r] *= factorB[r];
-      }
-      wgmmaWait<0>(); // P_A V_A,L
-      wgmmaFenceOperands(acc);
-      rescale(factorB);
-      issueWeightedSum(1);
-      if (nextA) {
-        syncNamedBarrier<kBufferAFree, kThreads>(); // WG1's P_A V_A,R done
-        if (threadIdx.x == 0)
-          startTile(a + 2);
-      }
-      if (nextB) {
-        wgmmaWait<0>(); // P_B V_B,L
-        arriveAtNamedBarrier<kBufferBFree, kThreads>();
-      }
-    } else {
       if (hasB) {
-        if (awaitTile(b, pair))
-          syncGroup(1);
-        issueScores(1);
+        syncNamedBarrier<kWeightsBReady, kThreads>();
+        float factorB[2];
+        for (int r = 0; r < 2; ++r) {
+          factorB[r] = rowRescale[kHeads + rows[r]];
+          runningMax[r] = rowMax[kHeads + rows[r]];
+          runningSum[r] *= factorB[r];
+        }
+        wgmmaWait<0>(); // P_A V_A,L
+        wgmmaFenceOperands(acc);
+        rescale(factorB);
+        issueWeightedSum(1);
+        if (nextA) {
+          syncNamedBarrier<kBufferAFree, kThreads>(); // WG1's P_A V_A,R done
+          if (threadIdx.x == 0)
+            startTile(a + 2);
+        }
+        wgmmaWait<0>(); // P_B V_B,L
+        wgmmaFenceOperands(acc);
+        if (nextB)
+          arriveAtNamedBarrier<kBufferBFree, kThreads>();
+      } else { // the last pair
+        wgmmaWait<0>();
+        wgmmaFenceOperands(acc);
       }
+    } else if (hasB) {
+      if (awaitTile(b, pair))
+        syncGroup(1);
+      issueScores(1);
       syncNamedBarrier<kWeightsAReady, kThreads>();
       float maxA[2], factorA[2];
       for (int r = 0; r < 2; ++r) {
@@ -351,16 +355,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         runningSum[r] *= factorA[r];
         runningMax[r] = maxA[r];
       }
-      // S_B (done behind P_A's wait, mostly) and the last pair's P_B V_B,R
-      // (waited for already: a wait for one group of two here would let
-      // ptxas serialize every wgmma, unable to tell which of the two).
-      wgmmaWait<0>();
+      wgmmaWait<0>(); // S_B, mostly done behind P_A's wait
       wgmmaFenceOperands(score);
-      wgmmaFenceOperands(acc);
       rescale(factorA);
       issueWeightedSum(0);
-      if (!hasB)
-        continue; // the last pair
       float maxB[2], factorB[2], sumB[2];
       softmax(b, maxA, maxB, factorB, sumB);
       if (t == 0)
@@ -380,12 +378,25 @@ __global__ void __launch_bounds__(kThreads, 1)
         runningMax[r] = maxB[r];
       }
       issueWeightedSum(1);
+      wgmmaWait<0>(); // P_B V_B,R
+      wgmmaFenceOperands(acc);
       if (nextB) {
-        wgmmaWait<0>(); // P_B V_B,R
         syncNamedBarrier<kBufferBFree, kThreads>(); // WG0's P_B V_B,L
         if (threadIdx.x == kGroupThreads)
           startTile(b + 2);
       }
+    } else { // the last pair, A alone
+      syncNamedBarrier<kWeightsAReady, kThreads>();
+      float factorA[2];
+      for (int r = 0; r < 2; ++r) {
+        factorA[r] = rowRescale[rows[r]];
+        runningSum[r] *= factorA[r];
+        runningMax[r] = rowMax[rows[r]];
+      }
+      rescale(factorA);
+      issueWeightedSum(0);
+      wgmmaWait<0>();
+      wgmmaFenceOperands(acc);
     }
   }
   wgmmaWait<0>();
