@@ -63,8 +63,21 @@ constexpr int kEntryChunks = kLatentEntry * 2 / 16;  // 16-byte chunks a row
 constexpr int kValueChunks = kLatentRank * 2 / 16;
 constexpr int kGroupColumns = kLatentRank / 2; // per warpgroup
 constexpr int kGroupValueBlocks = kGroupColumns / 64;
+constexpr int kValueBlocksTotal = kLatentRank / 64;
 /// The block of a tile that takes its softmax weights once scored.
 constexpr int kWeightsBlock = kDimBlocks - 1;
+
+/// A tile comes in two parts: the four value blocks of its owner's columns
+/// (WG0 owns A, columns 0..255; WG1 owns B, 256..511), which only the owner
+/// reads, loaded again as soon as the owner's own products are done; then
+/// the other five (the other's columns and the RoPE / weights block),
+/// once the other warpgroup has given the buffer back. The owner scores the
+/// first part while the second comes.
+constexpr int kOwnBlocks = kGroupValueBlocks;
+constexpr int kOwnBytes = kOwnBlocks * kBlockBytes;
+__device__ __forceinline__ bool ownedBy(int block, int owner) {
+  return block < kValueBlocksTotal && block / kGroupValueBlocks == owner;
+}
 
 // Barrier numbers (0 is __syncthreads').
 constexpr int kWeightsAReady = 1, kWeightsBReady = 2, kBufferAFree = 3,
@@ -73,13 +86,13 @@ constexpr int kWeightsAReady = 1, kWeightsBReady = 2, kBufferAFree = 3,
 /// Shared memory from a 1024-byte aligned base: the queries, the two tile
 /// buffers, per row the maxima and rescales the two warpgroups hand each
 /// other ([0]: after A, [1]: after B) and WG1's row sums at the end, then
-/// the buffers' load barriers.
+/// the buffers' load barriers (per buffer: its owner's half, the rest).
 constexpr size_t kQueriesAt = 0, kTilesAt = kTileBytes,
                  kRowMaxAt = 3 * size_t(kTileBytes),
                  kRowRescaleAt = kRowMaxAt + 2 * kHeads * sizeof(float),
                  kRowSumAt = kRowRescaleAt + 2 * kHeads * sizeof(float),
                  kBarriersAt = kRowSumAt + kHeads * sizeof(float),
-                 kSharedBytes = kBarriersAt + 2 * sizeof(uint64_t) +
+                 kSharedBytes = kBarriersAt + 4 * sizeof(uint64_t) +
                                 kSwizzleAtomBytes; // room to align
 
 __device__ __forceinline__ void syncGroup(int group) {
@@ -119,44 +132,47 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto bufferOf = [&](int which) {
     return shared + kTilesAt + which * kTileBytes;
   };
-  // Tile `index` of the chunk into buffer index % 2, by one thread.
-  auto startTile = [&](int index) {
+  // Part `part` (0: its owner's value blocks, 1: the rest) of tile `index`
+  // of the chunk into buffer index % 2, by one thread.
+  auto startTile = [&](int index, int part) {
     const int t0 = begin + index * kTileTokens;
     const int row =
         pages[t0 / args.pageSize] * args.pageSize + t0 % args.pageSize;
-    uint64_t *barrier = &tileLoaded[index % 2];
-    expectBytes(barrier, kTileBytes);
+    uint64_t *barrier = &tileLoaded[2 * (index % 2) + part];
+    expectBytes(barrier, part == 0 ? kOwnBytes : kTileBytes - kOwnBytes);
     for (int block = 0; block < kDimBlocks; ++block)
-      loadTile2d(bufferOf(index % 2) + block * kBlockBytes, &cacheMap,
-                 block * 64, row, barrier);
+      if (ownedBy(block, index % 2) == (part == 0))
+        loadTile2d(bufferOf(index % 2) + block * kBlockBytes, &cacheMap,
+                   block * 64, row, barrier);
   };
-  // Waits for tile `index` (of pair `pair`); rows past the chunk's end
-  // (other tokens of its page, or nothing written yet) become zeros in its
-  // value blocks, by this warpgroup, so that they add nothing to the sums
-  // (their scores are masked; their RoPE dims are overwritten).
-  // Returns whether it zeroed rows (the warpgroup then syncs before its
-  // products read them).
-  auto awaitTile = [&](int index, int pair) {
-    awaitBarrier(&tileLoaded[index % 2], pair % 2);
+  // Where tile `index` (of pair `pair`) is partial: waits for all of it;
+  // rows past the chunk's end (other tokens of its page, or nothing written
+  // yet) become zeros in its value blocks, by this warpgroup, so that they
+  // add nothing to the sums (their scores are masked; their RoPE dims are
+  // overwritten); returns true (the warpgroup then syncs before its
+  // products read them). A whole tile is waited for part by part as it is
+  // scored (issueScores).
+  auto awaitPartialTile = [&](int index, int pair) {
     const int rows = end - (begin + index * kTileTokens);
-    if (rows < kTileTokens) { // block-uniform
-      uint8_t *tile = bufferOf(index % 2);
-      for (int i = threadIdx.x % kGroupThreads;
-           i < (kTileTokens - rows) * kValueChunks; i += kGroupThreads) {
-        const int row = rows + i / kValueChunks, c = i % kValueChunks;
-        *reinterpret_cast<uint4 *>(tile + (c / 8) * kBlockBytes +
-                                   swizzledOffset(row, c % 8)) =
-            make_uint4(0, 0, 0, 0);
-      }
-      fenceSharedForWgmma();
-      return true;
+    if (rows >= kTileTokens) // block-uniform
+      return false;
+    awaitBarrier(&tileLoaded[2 * (index % 2)], pair % 2);
+    awaitBarrier(&tileLoaded[2 * (index % 2) + 1], pair % 2);
+    uint8_t *tile = bufferOf(index % 2);
+    for (int i = threadIdx.x % kGroupThreads;
+         i < (kTileTokens - rows) * kValueChunks; i += kGroupThreads) {
+      const int row = rows + i / kValueChunks, c = i % kValueChunks;
+      *reinterpret_cast<uint4 *>(tile + (c / 8) * kBlockBytes +
+                                 swizzledOffset(row, c % 8)) =
+          make_uint4(0, 0, 0, 0);
     }
-    return false;
+    fenceSharedForWgmma();
+    return true;
   };
 
   if (threadIdx.x == 0) {
-    initLoadBarrier(&tileLoaded[0]);
-    initLoadBarrier(&tileLoaded[1]);
+    for (int i = 0; i < 4; ++i)
+      initLoadBarrier(&tileLoaded[i]);
   }
   // The queries by every thread's cp.async.
   for (int i = threadIdx.x; i < kHeads * kEntryChunks; i += kThreads) {
@@ -168,8 +184,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   commitCopies();
   __syncthreads(); // the barriers initialized
-  if (threadIdx.x % kGroupThreads == 0 && group < tiles)
-    startTile(group);
+  if (threadIdx.x % kGroupThreads == 0 && group < tiles) {
+    startTile(group, 0);
+    startTile(group, 1);
+  }
   awaitCopies<0>();
   fenceSharedForWgmma();
   __syncthreads(); // the queries shown to the tensor cores
@@ -200,15 +218,29 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   float score[32];
-  // S = Q K^T of the tile in buffer `which`: [64 x 576] x [576 x 64].
-  auto issueScores = [&](int which) {
+  // S = Q K^T of tile `index` (of pair `pair`; in buffer index % 2, this
+  // warpgroup's): [64 x 576] x [576 x 64], its owner's value dims first,
+  // each part's steps issued once the part has landed.
+  auto issueScores = [&](int index, int pair) {
+    const int which = index % 2;
     const uint64_t keys = keysOf(which);
-    wgmmaFence();
+    bool first = true;
 #pragma unroll
-    for (int step = 0; step < kLatentEntry / 16; ++step) {
-      const uint32_t offset = (step / 4) * kBlockBytes + (step % 4) * 32;
-      wgmma64x64(score, advanced(queriesAt, offset), advanced(keys, offset),
-                 step > 0);
+    for (int part = 0; part < 2; ++part) {
+      awaitBarrier(&tileLoaded[2 * which + part], pair % 2);
+      wgmmaFence(); // after the wait (else ptxas adds one on its branch)
+#pragma unroll
+      for (int block = 0; block < kDimBlocks; ++block) {
+        if (ownedBy(block, which) != (part == 0))
+          continue;
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+          const uint32_t offset = block * kBlockBytes + step * 32;
+          wgmma64x64(score, advanced(queriesAt, offset),
+                     advanced(keys, offset), !first);
+          first = false;
+        }
+      }
     }
     wgmmaCommit();
   };
@@ -298,9 +330,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int a = 2 * pair, b = a + 1;
     const bool hasB = b < tiles, nextA = a + 2 < tiles, nextB = b + 2 < tiles;
     if (group == 0) {
-      if (awaitTile(a, pair))
+      if (awaitPartialTile(a, pair))
         syncGroup(0); // the zeroed rows written by the whole warpgroup
-      issueScores(0);
+      issueScores(a, pair);
       wgmmaWait<0>();
       wgmmaFenceOperands(score);
       float maxA[2], factorA[2], sumA[2];
@@ -326,14 +358,16 @@ __global__ void __launch_bounds__(kThreads, 1)
           runningMax[r] = rowMax[kHeads + rows[r]];
           runningSum[r] *= factorB[r];
         }
-        wgmmaWait<0>(); // P_A V_A,L
+        wgmmaWait<0>(); // P_A V_A,L: A's columns 0..255 read
         wgmmaFenceOperands(acc);
+        if (nextA && threadIdx.x == 0)
+          startTile(a + 2, 0);
         rescale(factorB);
         issueWeightedSum(1);
         if (nextA) {
           syncNamedBarrier<kBufferAFree, kThreads>(); // WG1's P_A V_A,R done
           if (threadIdx.x == 0)
-            startTile(a + 2);
+            startTile(a + 2, 1);
         }
         wgmmaWait<0>(); // P_B V_B,L
         wgmmaFenceOperands(acc);
@@ -344,9 +378,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmmaFenceOperands(acc);
       }
     } else if (hasB) {
-      if (awaitTile(b, pair))
+      if (awaitPartialTile(b, pair))
         syncGroup(1);
-      issueScores(1);
+      issueScores(b, pair);
       syncNamedBarrier<kWeightsAReady, kThreads>();
       float maxA[2], factorA[2];
       for (int r = 0; r < 2; ++r) {
@@ -378,12 +412,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         runningMax[r] = maxB[r];
       }
       issueWeightedSum(1);
-      wgmmaWait<0>(); // P_B V_B,R
+      wgmmaWait<0>(); // P_B V_B,R: B's columns 256..511 read
       wgmmaFenceOperands(acc);
       if (nextB) {
+        if (threadIdx.x == kGroupThreads)
+          startTile(b + 2, 0);
         syncNamedBarrier<kBufferBFree, kThreads>(); // WG0's P_B V_B,L
         if (threadIdx.x == kGroupThreads)
-          startTile(b + 2);
+          startTile(b + 2, 1);
       }
     } else { // the last pair, A alone
       syncNamedBarrier<kWeightsAReady, kThreads>();
