@@ -25,12 +25,12 @@
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecodeWarpgroups.h"
-#include "cuda/MlaDecodeSeesaw.h"
 
 #include "EnvSwitch.h"
 
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/MlaDecodeSeesaw.h"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"

@@ -1,4 +1,4 @@
-//===- NamedBarrier.cuh - barriers between a block's warpgroups -*- CUDA -*-===//
+//===- NamedBarrier.cuh - barriers between warpgroups ---------*- CUDA -*-===//
 //
 // A block's 16 hardware barriers by number (0 is __syncthreads'): a group
 // of warps that produces something for another arrives at a barrier and
