@@ -46,6 +46,7 @@
 
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/MlaWarpgroupRows.cuh"
 #include "cuda/NamedBarrier.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/Wgmma.cuh"
@@ -198,13 +199,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // This thread's rows (heads) in every fragment: r[0] = 16 warp + g and
   // r[1] = r[0] + 8; the tokens each sees (a prefill's causal rows).
   const int rows[2] = {16 * warp + g, 16 * warp + g + 8};
-  int rowEnd[2] = {end, end};
-  if (args.rowLengths) {
-    const int perEntry = args.heads / args.rowHeads;
-    for (int i = 0; i < 2; ++i)
-      rowEnd[i] = min(end, args.rowLengths[size_t(seq) * perEntry +
-                                           (head0 + rows[i]) / args.rowHeads]);
-  }
+  int rowEnd[2];
+  mlaRowEnds(args, seq, head0, end, rows, rowEnd);
   const float scale = args.scale * 1.4426950408889634f; // log2 e
 
   const uint64_t queriesAt = kMajorDescriptor(queries);
@@ -301,24 +297,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       factor[r] = exp2f(from[r] - to[r]); // 1 while both are -FLT_MAX
       sum[r] = 0.f;
     }
-    uint8_t *weights = bufferOf(index % 2) + kWeightsBlock * kBlockBytes;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float p[2];
-#pragma unroll
-        for (int v = 0; v < 2; ++v) {
-          const float x = score[4 * j + 2 * r + v];
-          p[v] = x == -FLT_MAX ? 0.f : exp2f(x - to[r]);
-        }
-        const uint32_t pair = packBf16(p[0], p[1]);
-        const __nv_bfloat162 rounded =
-            *reinterpret_cast<const __nv_bfloat162 *>(&pair);
-        sum[r] += __low2float(rounded) + __high2float(rounded);
-        *reinterpret_cast<uint32_t *>(weights + swizzledOffset(rows[r], j) +
-                                      4 * t) = pair;
-      }
+    storeMlaWeights<64>(score, to,
+                        bufferOf(index % 2) + kWeightsBlock * kBlockBytes, 0,
+                        rows, t, sum);
     fenceSharedForWgmma();
   };
 
@@ -444,14 +425,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // both warpgroups' weights added.
   const size_t slot = (size_t(seq) * chunks + chunk) * args.heads + head0;
   float *out = partialSums + slot * kLatentRank + group * kGroupColumns;
-#pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    const int column = 8 * j + 2 * t;
-    *reinterpret_cast<float2 *>(out + rows[0] * kLatentRank + column) =
-        make_float2(acc[4 * j], acc[4 * j + 1]);
-    *reinterpret_cast<float2 *>(out + rows[1] * kLatentRank + column) =
-        make_float2(acc[4 * j + 2], acc[4 * j + 3]);
-  }
+  storeMlaSums(acc, out, rows, t);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     runningSum[r] += __shfl_xor_sync(0xffffffff, runningSum[r], 1);
@@ -463,10 +437,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   if (group == 0 && t == 0)
     for (int r = 0; r < 2; ++r)
-      partialStats[slot + rows[r]] = make_float2(
-          runningMax[r] == -FLT_MAX ? -FLT_MAX
-                                    : runningMax[r] * 0.6931471805599453f,
-          runningSum[r] + rowSum[rows[r]]);
+      partialStats[slot + rows[r]] =
+          mlaRowStats(runningMax[r], runningSum[r] + rowSum[rows[r]]);
 }
 
 } // namespace

@@ -1,0 +1,90 @@
+//===- MlaWarpgroupRows.cuh - a warpgroup MLA decode's rows -----*- CUDA
+//-*-===//
+//
+// What the two warpgroup MLA decode kernels (MlaDecodeWarpgroups.cu,
+// MlaDecodeSeesaw.cu) do alike with a thread's two rows (heads) of the
+// wgmma fragments (Wgmma.cuh: rows 16 warp + g and + 8, lane = 4 g + t):
+// the tokens each row sees, the softmax weights of a tile's scores, and the
+// chunk's unnormalized sums and statistics at the end.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_MLAWARPGROUPROWS_CUH
+#define MELT_RUNTIME_CUDA_MLAWARPGROUPROWS_CUH
+
+#include "cuda/MlaDecode.h"
+#include "cuda/TensorCoreMma.cuh"
+#include "cuda/Wgmma.cuh"
+
+#include <cfloat>
+
+namespace melt::rt::cuda {
+
+/// The tokens rows `rows` (of heads head0 + ...) of entry `seq` see: the
+/// chunk's `end`, or less where the rows have lengths of their own (a
+/// prefill's causal rows).
+__device__ __forceinline__ void mlaRowEnds(const MlaDecodeArgs &args, int seq,
+                                           int head0, int end,
+                                           const int (&rows)[2],
+                                           int (&rowEnd)[2]) {
+  rowEnd[0] = rowEnd[1] = end;
+  if (!args.rowLengths)
+    return;
+  const int perEntry = args.heads / args.rowHeads;
+  for (int i = 0; i < 2; ++i)
+    rowEnd[i] = min(end, args.rowLengths[size_t(seq) * perEntry +
+                                         (head0 + rows[i]) / args.rowHeads]);
+}
+
+/// The BF16 softmax weights exp2(score - rowMax) (0 where a score is
+/// -FLT_MAX: a masked token) of a thread's fragment of N / 8 chunks of 8
+/// tokens, into 16-byte chunks `firstChunk`.. of rows `rows` of the
+/// 128-byte-swizzled [64 x 64] block `weights`; their sums, as rounded
+/// (what the products use), added to `sum`.
+template <int N>
+__device__ __forceinline__ void
+storeMlaWeights(const float (&score)[N / 2], const float (&rowMax)[2],
+                uint8_t *weights, int firstChunk, const int (&rows)[2], int t,
+                float (&sum)[2]) {
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float p[2];
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        const float x = score[4 * j + 2 * r + v];
+        p[v] = x == -FLT_MAX ? 0.f : exp2f(x - rowMax[r]);
+      }
+      const uint32_t pair = packBf16(p[0], p[1]);
+      const __nv_bfloat162 rounded =
+          *reinterpret_cast<const __nv_bfloat162 *>(&pair);
+      sum[r] += __low2float(rounded) + __high2float(rounded);
+      *reinterpret_cast<uint32_t *>(
+          weights + swizzledOffset(rows[r], firstChunk + j) + 4 * t) = pair;
+    }
+}
+
+/// A warpgroup's [64 x 256] accumulators (m64n256 fragments) into the
+/// chunk's unnormalized sums at `out` (row stride kLatentRank).
+__device__ __forceinline__ void
+storeMlaSums(const float (&acc)[128], float *out, const int (&rows)[2], int t) {
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const int column = 8 * j + 2 * t;
+    *reinterpret_cast<float2 *>(out + rows[0] * kLatentRank + column) =
+        make_float2(acc[4 * j], acc[4 * j + 1]);
+    *reinterpret_cast<float2 *>(out + rows[1] * kLatentRank + column) =
+        make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+  }
+}
+
+/// A row's statistics as the combine reads them: the base-2 running
+/// maximum as a natural-log one (-FLT_MAX kept: no token), and the sum.
+__device__ __forceinline__ float2 mlaRowStats(float base2Max, float sum) {
+  return make_float2(
+      base2Max == -FLT_MAX ? -FLT_MAX : base2Max * 0.6931471805599453f, sum);
+}
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_MLAWARPGROUPROWS_CUH
