@@ -271,28 +271,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto softmax = [&](int index, const float(&from)[2], float(&to)[2],
                      float(&factor)[2], float(&sum)[2]) {
     const int t0 = begin + index * kTileTokens;
-    float tileMax[2] = {-FLT_MAX, -FLT_MAX};
-    if (t0 + kTileTokens <= min(rowEnd[0], rowEnd[1])) {
-#pragma unroll
-      for (int v = 0; v < 32; ++v) {
-        score[v] *= scale;
-        tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
-      }
-    } else {
-#pragma unroll
-      for (int v = 0; v < 32; ++v) {
-        const int r = (v / 2) % 2;
-        const int token = t0 + 8 * (v / 4) + 2 * t + v % 2;
-        score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
-        tileMax[r] = fmaxf(tileMax[r], score[v]);
-      }
-    }
+    float tileMax[2];
+    scaleMlaScores<64>(score, t0, t0 + kTileTokens <= min(rowEnd[0], rowEnd[1]),
+                       rowEnd, scale, t, tileMax);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      tileMax[r] =
-          fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 1));
-      tileMax[r] =
-          fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 2));
       to[r] = fmaxf(from[r], tileMax[r]);
       factor[r] = exp2f(from[r] - to[r]); // 1 while both are -FLT_MAX
       sum[r] = 0.f;

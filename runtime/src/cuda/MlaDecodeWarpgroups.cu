@@ -226,29 +226,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int t0 = begin + i * kWarpgroupTileTokens;
     // Row maxima over both warpgroups' tokens (tokens past a row's end
     // count for nothing).
-    float tileMax[2] = {-FLT_MAX, -FLT_MAX};
-    if (t0 + kWarpgroupTileTokens <= min(rowEnd[0], rowEnd[1])) {
-#pragma unroll
-      for (int v = 0; v < 16; ++v) {
-        score[v] *= scale;
-        tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
-      }
-    } else {
-#pragma unroll
-      for (int v = 0; v < 16; ++v) {
-        const int r = (v / 2) % 2;
-        const int token =
-            t0 + group * kGroupTokens + 8 * (v / 4) + 2 * t + v % 2;
-        score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
-        tileMax[r] = fmaxf(tileMax[r], score[v]);
-      }
-    }
+    float tileMax[2];
+    scaleMlaScores<32>(score, t0 + group * kGroupTokens,
+                       t0 + kWarpgroupTileTokens <= min(rowEnd[0], rowEnd[1]),
+                       rowEnd, scale, t, tileMax);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      tileMax[r] =
-          fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 1));
-      tileMax[r] =
-          fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 2));
       if (t == 0)
         rowStats[group * 64 + rows[r]] = tileMax[r];
     }

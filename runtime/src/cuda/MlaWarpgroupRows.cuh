@@ -4,7 +4,8 @@
 // What the two warpgroup MLA decode kernels (MlaDecodeWarpgroups.cu,
 // MlaDecodeSeesaw.cu) do alike with a thread's two rows (heads) of the
 // wgmma fragments (Wgmma.cuh: rows 16 warp + g and + 8, lane = 4 g + t):
-// the tokens each row sees, the softmax weights of a tile's scores, and the
+// the tokens each row sees, the scaled and masked scores and their row
+// maxima, the softmax weights of a tile's scores, and the
 // chunk's unnormalized sums and statistics at the end.
 //
 //===----------------------------------------------------------------------===//
@@ -33,6 +34,39 @@ __device__ __forceinline__ void mlaRowEnds(const MlaDecodeArgs &args, int seq,
   for (int i = 0; i < 2; ++i)
     rowEnd[i] = min(end, args.rowLengths[size_t(seq) * perEntry +
                                          (head0 + rows[i]) / args.rowHeads]);
+}
+
+/// A thread's fragment of a tile's scores (N / 2 values: columns 8 j + 2 t
+/// (+ 1) of its two rows) scaled, or -FLT_MAX for tokens past a row's end
+/// (the fragment's first column is token `firstToken`; `allSeen`: no token
+/// of the tile is past either row's end); into `tileMax` each row's maximum
+/// over the quad's fragments (the four lanes of a row).
+template <int N>
+__device__ __forceinline__ void
+scaleMlaScores(float (&score)[N / 2], int firstToken, bool allSeen,
+               const int (&rowEnd)[2], float scale, int t,
+               float (&tileMax)[2]) {
+  tileMax[0] = tileMax[1] = -FLT_MAX;
+  if (allSeen) {
+#pragma unroll
+    for (int v = 0; v < N / 2; ++v) {
+      score[v] *= scale;
+      tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < N / 2; ++v) {
+      const int r = (v / 2) % 2;
+      const int token = firstToken + 8 * (v / 4) + 2 * t + v % 2;
+      score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
+      tileMax[r] = fmaxf(tileMax[r], score[v]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 1));
+    tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 2));
+  }
 }
 
 /// The BF16 softmax weights exp2(score - rowMax) (0 where a score is
