@@ -109,6 +109,7 @@ __device__ __forceinline__ void syncGroup(int group) {
 __global__ void __launch_bounds__(kThreads, 1)
     mlaDecodeSeesawChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
                           float *partialSums, float2 *partialStats,
+                          int prefetchPairs,
                           const __grid_constant__ CUtensorMap cacheMap) {
   awaitPriorKernels();
   extern __shared__ uint8_t sharedRaw[];
@@ -295,6 +296,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int pair = 0; pair < pairs; ++pair) {
     const int a = 2 * pair, b = a + 1;
     const bool hasB = b < tiles, nextA = a + 2 < tiles, nextB = b + 2 < tiles;
+    // The pair `prefetchPairs` ahead brought into L2 now: its loads, issued
+    // once buffers are given back late in a pair, then wait on L2, not on
+    // memory. (A tile is 64 rows of one page, contiguous.)
+    if (prefetchPairs > 0 && threadIdx.x % kGroupThreads == 0) {
+      const int ahead = a + 2 * prefetchPairs + group;
+      if (ahead < tiles) {
+        const int t0 = begin + ahead * kTileTokens;
+        prefetchToL2(args.cache +
+                         (size_t(pages[t0 / args.pageSize]) * args.pageSize +
+                          t0 % args.pageSize) *
+                             kLatentEntry,
+                     uint32_t(kTileBytes));
+      }
+    }
     if (group == 0) {
       if (awaitPartialTile(a, pair))
         syncGroup(0); // the zeroed rows written by the whole warpgroup
@@ -445,8 +460,13 @@ cudaError_t launchMlaSeesawChunks(const MlaDecodeArgs &args, int chunkTokens,
   // The head groups of a chunk next to each other: they read the same
   // tiles, the second mostly from L2.
   const dim3 grid(args.heads / kHeads, chunks, args.batch);
+  // Pairs ahead whose tiles each block brings into L2
+  // (MELT_CUDA_MLA_PREFETCH_PAIRS, 0: none).
+  static const int prefetchPairs =
+      int(melt::rt::envInt("MELT_CUDA_MLA_PREFETCH_PAIRS", 1, 0, 8));
   error = launchOverlapped(mlaDecodeSeesawChunks, grid, kThreads, kSharedBytes,
-                           stream, args, chunkTokens, chunks, sums, stats, map);
+                           stream, args, chunkTokens, chunks, sums, stats,
+                           prefetchPairs, map);
   return error != cudaSuccess ? error : cudaGetLastError();
 }
 
