@@ -85,7 +85,8 @@ __device__ __forceinline__ bool ownedBy(int block, int owner) {
 
 // Barrier numbers (0 is __syncthreads').
 constexpr int kWeightsAReady = 1, kWeightsBReady = 2, kBufferAFree = 3,
-              kBufferBFree = 4, kGroupBarrier = 5; // + group
+              kBufferBFree = 4, kScoresAIssued = 7,
+              kGroupBarrier = 5; // + group
 
 /// Shared memory from a 1024-byte aligned base: the queries, the two tile
 /// buffers, per row the maxima and rescales the two warpgroups hand each
@@ -106,10 +107,14 @@ __device__ __forceinline__ void syncGroup(int group) {
     syncNamedBarrier<kGroupBarrier + 1, kGroupThreads>();
 }
 
+/// kRegisterWeights: each warpgroup's products over its own tile take its
+/// weights from registers (wgmma's A), not from the weights block it wrote
+/// for the other (no warpgroup barrier before them).
+template <bool kRegisterWeights>
 __global__ void __launch_bounds__(kThreads, 1)
     mlaDecodeSeesawChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
                           float *partialSums, float2 *partialStats,
-                          int prefetchPairs,
+                          int prefetchPairs, bool scoresInTurn,
                           const __grid_constant__ CUtensorMap cacheMap) {
   awaitPriorKernels();
   extern __shared__ uint8_t sharedRaw[];
@@ -257,6 +262,24 @@ __global__ void __launch_bounds__(kThreads, 1)
                             advanced(values, step * 2 * kSwizzleAtomBytes));
     wgmmaCommit();
   };
+  // o += P V over this warpgroup's own tile (in buffer `which`), P from
+  // `packed` where kRegisterWeights, else from the tile's weights block.
+  auto issueOwnWeightedSum = [&](int which, const uint32_t(&packed)[16]) {
+    if constexpr (kRegisterWeights) {
+      const uint64_t values = valuesOf(which);
+      wgmmaFence();
+#pragma unroll
+      for (int step = 0; step < kTileTokens / 16; ++step) {
+        const uint32_t a[4] = {packed[4 * step], packed[4 * step + 1],
+                               packed[4 * step + 2], packed[4 * step + 3]};
+        wgmma64x256RegisterA(acc, a,
+                             advanced(values, step * 2 * kSwizzleAtomBytes));
+      }
+      wgmmaCommit();
+    } else {
+      issueWeightedSum(which);
+    }
+  };
   auto rescale = [&](const float(&factor)[2]) {
     // Skipped where no row of the warp's maximum moved.
     if (__any_sync(0xffffffff, factor[0] != 1.f || factor[1] != 1.f)) {
@@ -270,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // block, their sum (as rounded) into `sum`; returns in `factor` the
   // rescale e^(from - to).
   auto softmax = [&](int index, const float(&from)[2], float(&to)[2],
-                     float(&factor)[2], float(&sum)[2]) {
+                     float(&factor)[2], float(&sum)[2], uint32_t(&packed)[16]) {
     const int t0 = begin + index * kTileTokens;
     float tileMax[2];
     scaleMlaScores<64>(score, t0, t0 + kTileTokens <= min(rowEnd[0], rowEnd[1]),
@@ -283,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     storeMlaWeights<64>(score, to,
                         bufferOf(index % 2) + kWeightsBlock * kBlockBytes, 0,
-                        rows, t, sum);
+                        rows, t, sum, kRegisterWeights ? packed : nullptr);
     fenceSharedForWgmma();
   };
 
@@ -314,23 +337,27 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (awaitPartialTile(a, pair))
         syncGroup(0); // the zeroed rows written by the whole warpgroup
       issueScores(a, pair);
+      if (scoresInTurn && hasB)
+        arriveAtNamedBarrier<kScoresAIssued, kThreads>();
       wgmmaWait<0>();
       wgmmaFenceOperands(score);
       float maxA[2], factorA[2], sumA[2];
-      softmax(a, runningMax, maxA, factorA, sumA);
+      uint32_t packedA[16];
+      softmax(a, runningMax, maxA, factorA, sumA, packedA);
       if (t == 0)
         for (int r = 0; r < 2; ++r) {
           rowMax[rows[r]] = maxA[r];
           rowRescale[rows[r]] = factorA[r];
         }
       arriveAtNamedBarrier<kWeightsAReady, kThreads>();
-      syncGroup(0); // P_A whole before this warpgroup's products read it
+      if (!kRegisterWeights)
+        syncGroup(0); // P_A whole before this warpgroup's products read it
       rescale(factorA);
       for (int r = 0; r < 2; ++r) {
         runningSum[r] = runningSum[r] * factorA[r] + sumA[r];
         runningMax[r] = maxA[r];
       }
-      issueWeightedSum(0);
+      issueOwnWeightedSum(0, packedA);
       if (hasB) {
         syncNamedBarrier<kWeightsBReady, kThreads>();
         float factorB[2];
@@ -361,6 +388,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     } else if (hasB) {
       if (awaitPartialTile(b, pair))
         syncGroup(1);
+      // Behind A's scores on the tensor cores (their products queue in
+      // issue order): A's finish first, and B's run through A's softmax.
+      if (scoresInTurn)
+        syncNamedBarrier<kScoresAIssued, kThreads>();
       issueScores(b, pair);
       syncNamedBarrier<kWeightsAReady, kThreads>();
       float maxA[2], factorA[2];
@@ -375,14 +406,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       rescale(factorA);
       issueWeightedSum(0);
       float maxB[2], factorB[2], sumB[2];
-      softmax(b, maxA, maxB, factorB, sumB);
+      uint32_t packedB[16];
+      softmax(b, maxA, maxB, factorB, sumB, packedB);
       if (t == 0)
         for (int r = 0; r < 2; ++r) {
           rowMax[kHeads + rows[r]] = maxB[r];
           rowRescale[kHeads + rows[r]] = factorB[r];
         }
       arriveAtNamedBarrier<kWeightsBReady, kThreads>();
-      syncGroup(1);   // P_B whole
+      if (!kRegisterWeights)
+        syncGroup(1); // P_B whole
       wgmmaWait<0>(); // P_A V_A,R
       wgmmaFenceOperands(acc);
       if (nextA)
@@ -392,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         runningSum[r] = runningSum[r] * factorB[r] + sumB[r];
         runningMax[r] = maxB[r];
       }
-      issueWeightedSum(1);
+      issueOwnWeightedSum(1, packedB);
       wgmmaWait<0>(); // P_B V_B,R: B's columns 256..511 read
       wgmmaFenceOperands(acc);
       if (nextB) {
@@ -446,15 +479,15 @@ bool mlaDecodeSeesaw() {
   return enabled;
 }
 
-cudaError_t launchMlaSeesawChunks(const MlaDecodeArgs &args, int chunkTokens,
-                                  int chunks, float *sums, float2 *stats,
-                                  const CUtensorMap &map, cudaStream_t stream) {
-  if (chunkTokens % kTileTokens != 0 || args.heads % kHeads != 0 ||
-      args.pageSize % kTileTokens != 0)
-    return cudaErrorInvalidValue;
+namespace {
+
+template <bool kRegisterWeights>
+cudaError_t launchSeesaw(const MlaDecodeArgs &args, int chunkTokens, int chunks,
+                         float *sums, float2 *stats, const CUtensorMap &map,
+                         cudaStream_t stream) {
   cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeSeesawChunks, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      int(kSharedBytes));
+      mlaDecodeSeesawChunks<kRegisterWeights>,
+      cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSharedBytes));
   if (error != cudaSuccess)
     return error;
   // The head groups of a chunk next to each other: they read the same
@@ -464,10 +497,33 @@ cudaError_t launchMlaSeesawChunks(const MlaDecodeArgs &args, int chunkTokens,
   // (MELT_CUDA_MLA_PREFETCH_PAIRS, 0: none).
   static const int prefetchPairs =
       int(melt::rt::envInt("MELT_CUDA_MLA_PREFETCH_PAIRS", 1, 0, 8));
-  error = launchOverlapped(mlaDecodeSeesawChunks, grid, kThreads, kSharedBytes,
-                           stream, args, chunkTokens, chunks, sums, stats,
-                           prefetchPairs, map);
+  // WG1 issues B's scores once WG0 has issued A's
+  // (MELT_CUDA_MLA_SCORES_IN_TURN=0: at once).
+  static const bool scoresInTurn =
+      melt::rt::envSwitch("MELT_CUDA_MLA_SCORES_IN_TURN", true);
+  error =
+      launchOverlapped(mlaDecodeSeesawChunks<kRegisterWeights>, grid, kThreads,
+                       kSharedBytes, stream, args, chunkTokens, chunks, sums,
+                       stats, prefetchPairs, scoresInTurn, map);
   return error != cudaSuccess ? error : cudaGetLastError();
+}
+
+} // namespace
+
+cudaError_t launchMlaSeesawChunks(const MlaDecodeArgs &args, int chunkTokens,
+                                  int chunks, float *sums, float2 *stats,
+                                  const CUtensorMap &map, cudaStream_t stream) {
+  if (chunkTokens % kTileTokens != 0 || args.heads % kHeads != 0 ||
+      args.pageSize % kTileTokens != 0)
+    return cudaErrorInvalidValue;
+  // Each warpgroup's products over its own tile with the weights from
+  // registers (MELT_CUDA_MLA_REGISTER_WEIGHTS=0: from shared memory).
+  static const bool registerWeights =
+      melt::rt::envSwitch("MELT_CUDA_MLA_REGISTER_WEIGHTS", true);
+  return registerWeights ? launchSeesaw<true>(args, chunkTokens, chunks, sums,
+                                              stats, map, stream)
+                         : launchSeesaw<false>(args, chunkTokens, chunks, sums,
+                                               stats, map, stream);
 }
 
 } // namespace melt::rt::cuda

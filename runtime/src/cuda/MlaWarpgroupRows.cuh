@@ -73,12 +73,14 @@ scaleMlaScores(float (&score)[N / 2], int firstToken, bool allSeen,
 /// -FLT_MAX: a masked token) of a thread's fragment of N / 8 chunks of 8
 /// tokens, into 16-byte chunks `firstChunk`.. of rows `rows` of the
 /// 128-byte-swizzled [64 x 64] block `weights`; their sums, as rounded
-/// (what the products use), added to `sum`.
+/// (what the products use), added to `sum`. Given `packed` (N / 4 values),
+/// the BF16 pairs kept there too, chunk j's row r at 2 j + r: four of them
+/// a k16 step are wgmma's A from registers (wgmma64x256RegisterA).
 template <int N>
 __device__ __forceinline__ void
 storeMlaWeights(const float (&score)[N / 2], const float (&rowMax)[2],
                 uint8_t *weights, int firstChunk, const int (&rows)[2], int t,
-                float (&sum)[2]) {
+                float (&sum)[2], uint32_t *packed = nullptr) {
 #pragma unroll
   for (int j = 0; j < N / 8; ++j)
 #pragma unroll
@@ -95,6 +97,8 @@ storeMlaWeights(const float (&score)[N / 2], const float (&rowMax)[2],
       sum[r] += __low2float(rounded) + __high2float(rounded);
       *reinterpret_cast<uint32_t *>(
           weights + swizzledOffset(rows[r], firstChunk + j) + 4 * t) = pair;
+      if (packed)
+        packed[2 * j + r] = pair;
     }
 }
 
