@@ -110,7 +110,9 @@ __device__ __forceinline__ void syncGroup(int group) {
 /// kRegisterWeights: each warpgroup's products over its own tile take its
 /// weights from registers (wgmma's A), not from the weights block it wrote
 /// for the other (no warpgroup barrier before them).
-template <bool kRegisterWeights>
+/// kScaleInExp: the softmax scale applied in the weights' exponent (one
+/// FMA), the scores masked to -infinity, not scaled one by one.
+template <bool kRegisterWeights, bool kScaleInExp>
 __global__ void __launch_bounds__(kThreads, 1)
     mlaDecodeSeesawChunks(MlaDecodeArgs args, int chunkTokens, int chunks,
                           float *partialSums, float2 *partialStats,
@@ -296,17 +298,18 @@ __global__ void __launch_bounds__(kThreads, 1)
                      float(&factor)[2], float(&sum)[2], uint32_t(&packed)[16]) {
     const int t0 = begin + index * kTileTokens;
     float tileMax[2];
-    scaleMlaScores<64>(score, t0, t0 + kTileTokens <= min(rowEnd[0], rowEnd[1]),
-                       rowEnd, scale, t, tileMax);
+    scaleMlaScores<64, kScaleInExp>(
+        score, t0, t0 + kTileTokens <= min(rowEnd[0], rowEnd[1]), rowEnd, scale,
+        t, tileMax);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       to[r] = fmaxf(from[r], tileMax[r]);
       factor[r] = exp2f(from[r] - to[r]); // 1 while both are -FLT_MAX
       sum[r] = 0.f;
     }
-    storeMlaWeights<64>(score, to,
-                        bufferOf(index % 2) + kWeightsBlock * kBlockBytes, 0,
-                        rows, t, sum, kRegisterWeights ? packed : nullptr);
+    storeMlaWeights<64, kScaleInExp>(
+        score, to, bufferOf(index % 2) + kWeightsBlock * kBlockBytes, 0, rows,
+        t, sum, kRegisterWeights ? packed : nullptr, scale);
     fenceSharedForWgmma();
   };
 
@@ -481,12 +484,12 @@ bool mlaDecodeSeesaw() {
 
 namespace {
 
-template <bool kRegisterWeights>
+template <bool kRegisterWeights, bool kScaleInExp>
 cudaError_t launchSeesaw(const MlaDecodeArgs &args, int chunkTokens, int chunks,
                          float *sums, float2 *stats, const CUtensorMap &map,
                          cudaStream_t stream) {
   cudaError_t error = cudaFuncSetAttribute(
-      mlaDecodeSeesawChunks<kRegisterWeights>,
+      mlaDecodeSeesawChunks<kRegisterWeights, kScaleInExp>,
       cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSharedBytes));
   if (error != cudaSuccess)
     return error;
@@ -502,9 +505,9 @@ cudaError_t launchSeesaw(const MlaDecodeArgs &args, int chunkTokens, int chunks,
   static const bool scoresInTurn =
       melt::rt::envSwitch("MELT_CUDA_MLA_SCORES_IN_TURN", true);
   error =
-      launchOverlapped(mlaDecodeSeesawChunks<kRegisterWeights>, grid, kThreads,
-                       kSharedBytes, stream, args, chunkTokens, chunks, sums,
-                       stats, prefetchPairs, scoresInTurn, map);
+      launchOverlapped(mlaDecodeSeesawChunks<kRegisterWeights, kScaleInExp>,
+                       grid, kThreads, kSharedBytes, stream, args, chunkTokens,
+                       chunks, sums, stats, prefetchPairs, scoresInTurn, map);
   return error != cudaSuccess ? error : cudaGetLastError();
 }
 
@@ -520,10 +523,19 @@ cudaError_t launchMlaSeesawChunks(const MlaDecodeArgs &args, int chunkTokens,
   // registers (MELT_CUDA_MLA_REGISTER_WEIGHTS=0: from shared memory).
   static const bool registerWeights =
       melt::rt::envSwitch("MELT_CUDA_MLA_REGISTER_WEIGHTS", true);
-  return registerWeights ? launchSeesaw<true>(args, chunkTokens, chunks, sums,
-                                              stats, map, stream)
-                         : launchSeesaw<false>(args, chunkTokens, chunks, sums,
-                                               stats, map, stream);
+  // The softmax scale in the weights' exponent
+  // (MELT_CUDA_MLA_SCALE_IN_EXP=0: each score scaled first).
+  static const bool scaleInExp =
+      melt::rt::envSwitch("MELT_CUDA_MLA_SCALE_IN_EXP", true);
+  if (registerWeights)
+    return scaleInExp ? launchSeesaw<true, true>(args, chunkTokens, chunks,
+                                                 sums, stats, map, stream)
+                      : launchSeesaw<true, false>(args, chunkTokens, chunks,
+                                                  sums, stats, map, stream);
+  return scaleInExp ? launchSeesaw<false, true>(args, chunkTokens, chunks, sums,
+                                                stats, map, stream)
+                    : launchSeesaw<false, false>(args, chunkTokens, chunks,
+                                                 sums, stats, map, stream);
 }
 
 } // namespace melt::rt::cuda

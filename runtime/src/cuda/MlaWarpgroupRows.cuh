@@ -40,14 +40,31 @@ __device__ __forceinline__ void mlaRowEnds(const MlaDecodeArgs &args, int seq,
 /// (+ 1) of its two rows) scaled, or -FLT_MAX for tokens past a row's end
 /// (the fragment's first column is token `firstToken`; `allSeen`: no token
 /// of the tile is past either row's end); into `tileMax` each row's maximum
-/// over the quad's fragments (the four lanes of a row).
-template <int N>
+/// over the quad's fragments (the four lanes of a row). kScaleInExp: the
+/// scores are left unscaled (masked ones -infinity), the maxima scaled
+/// (the scale is positive), for storeMlaWeights to scale in its exponent.
+template <int N, bool kScaleInExp = false>
 __device__ __forceinline__ void
 scaleMlaScores(float (&score)[N / 2], int firstToken, bool allSeen,
                const int (&rowEnd)[2], float scale, int t,
                float (&tileMax)[2]) {
   tileMax[0] = tileMax[1] = -FLT_MAX;
-  if (allSeen) {
+  if constexpr (kScaleInExp) {
+    tileMax[0] = tileMax[1] = -INFINITY;
+    if (allSeen) {
+#pragma unroll
+      for (int v = 0; v < N / 2; ++v)
+        tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
+    } else {
+#pragma unroll
+      for (int v = 0; v < N / 2; ++v) {
+        const int r = (v / 2) % 2;
+        const int token = firstToken + 8 * (v / 4) + 2 * t + v % 2;
+        score[v] = token < rowEnd[r] ? score[v] : -INFINITY;
+        tileMax[r] = fmaxf(tileMax[r], score[v]);
+      }
+    }
+  } else if (allSeen) {
 #pragma unroll
     for (int v = 0; v < N / 2; ++v) {
       score[v] *= scale;
@@ -66,6 +83,8 @@ scaleMlaScores(float (&score)[N / 2], int firstToken, bool allSeen,
   for (int r = 0; r < 2; ++r) {
     tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 1));
     tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffff, tileMax[r], 2));
+    if constexpr (kScaleInExp)
+      tileMax[r] *= scale;
   }
 }
 
@@ -76,11 +95,15 @@ scaleMlaScores(float (&score)[N / 2], int firstToken, bool allSeen,
 /// (what the products use), added to `sum`. Given `packed` (N / 4 values),
 /// the BF16 pairs kept there too, chunk j's row r at 2 j + r: four of them
 /// a k16 step are wgmma's A from registers (wgmma64x256RegisterA).
-template <int N>
+/// kScaleInExp: the scores unscaled (scaleMlaScores<N, true>): the weights
+/// exp2(score * scale - rowMax), one FMA in the exponent (-infinity, a
+/// masked token, gives 0; rowMax is at least -FLT_MAX).
+template <int N, bool kScaleInExp = false>
 __device__ __forceinline__ void
 storeMlaWeights(const float (&score)[N / 2], const float (&rowMax)[2],
                 uint8_t *weights, int firstChunk, const int (&rows)[2], int t,
-                float (&sum)[2], uint32_t *packed = nullptr) {
+                float (&sum)[2], uint32_t *packed = nullptr,
+                float scale = 1.f) {
 #pragma unroll
   for (int j = 0; j < N / 8; ++j)
 #pragma unroll
@@ -89,7 +112,10 @@ storeMlaWeights(const float (&score)[N / 2], const float (&rowMax)[2],
 #pragma unroll
       for (int v = 0; v < 2; ++v) {
         const float x = score[4 * j + 2 * r + v];
-        p[v] = x == -FLT_MAX ? 0.f : exp2f(x - rowMax[r]);
+        if constexpr (kScaleInExp)
+          p[v] = exp2f(fmaf(x, scale, -rowMax[r]));
+        else
+          p[v] = x == -FLT_MAX ? 0.f : exp2f(x - rowMax[r]);
       }
       const uint32_t pair = packBf16(p[0], p[1]);
       const __nv_bfloat162 rounded =
