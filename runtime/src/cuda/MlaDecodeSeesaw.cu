@@ -7,7 +7,7 @@
 // replaces scored half of each tile in each warpgroup and met at three
 // block barriers a tile, the tensor cores idle through every softmax (37%
 // busy, a third of the warps' samples at barriers: Nsight Compute,
-// bench/results/mla_seesaw_s32_h200.txt). This one: 420 against 338
+// bench/results/mla_seesaw_s32_h200.txt). This one: 491 against 346
 // TFLOP/s at 128 heads, batch 64 x 4096 cached tokens on the H200.
 //
 // A block takes 64 heads of one sequence over one chunk, two tiles of 64
