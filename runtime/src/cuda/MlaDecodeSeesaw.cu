@@ -39,6 +39,13 @@
 // Each producer's next arrival needs the consumer's previous sync, so a
 // barrier never holds two rounds.
 //
+// Also, each measured on the H200 (bench/results/mla_seesaw_s32_h200.txt):
+// a tile comes in two parts (below); the pair ahead is prefetched into L2;
+// WG1 issues B's scores once WG0 has issued A's, so that A's finish first
+// and B's run through A's softmax; a warpgroup's products over its own tile
+// take the weights from registers; the softmax scale goes into the
+// weights' exponent (the softmax is the chain both warpgroups wait on).
+//
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecodeSeesaw.h"
 
