@@ -294,20 +294,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const size_t slot = (size_t(seq) * chunks + chunk) * args.heads + head0;
   float *out = partialSums + slot * kLatentRank + group * kGroupColumns;
   storeMlaSums(acc, out, rows, t);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    runningSum[r] += __shfl_xor_sync(0xffffffff, runningSum[r], 1);
-    runningSum[r] += __shfl_xor_sync(0xffffffff, runningSum[r], 2);
-  }
   __syncthreads(); // the row maxima's last readers are done
-  if (group == 1 && t == 0)
-    for (int r = 0; r < 2; ++r)
-      rowStats[rows[r]] = runningSum[r];
-  __syncthreads();
-  if (group == 0 && t == 0)
-    for (int r = 0; r < 2; ++r)
-      partialStats[slot + rows[r]] =
-          mlaRowStats(runningMax[r], runningSum[r] + rowStats[rows[r]]);
+  // (their memory takes the row sums)
+  storeMlaStatistics(runningMax, runningSum, rowStats, partialStats + slot,
+                     rows, group, t);
 }
 
 } // namespace

@@ -1,5 +1,4 @@
-//===- MlaWarpgroupRows.cuh - a warpgroup MLA decode's rows -----*- CUDA
-//-*-===//
+//===- MlaWarpgroupRows.cuh - warpgroup MLA decode rows --------*- CUDA -*-===//
 //
 // What the two warpgroup MLA decode kernels (MlaDecodeWarpgroups.cu,
 // MlaDecodeSeesaw.cu) do alike with a thread's two rows (heads) of the
@@ -48,26 +47,15 @@ __device__ __forceinline__ void
 scaleMlaScores(float (&score)[N / 2], int firstToken, bool allSeen,
                const int (&rowEnd)[2], float scale, int t,
                float (&tileMax)[2]) {
-  tileMax[0] = tileMax[1] = -FLT_MAX;
-  if constexpr (kScaleInExp) {
-    tileMax[0] = tileMax[1] = -INFINITY;
-    if (allSeen) {
-#pragma unroll
-      for (int v = 0; v < N / 2; ++v)
-        tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
-    } else {
-#pragma unroll
-      for (int v = 0; v < N / 2; ++v) {
-        const int r = (v / 2) % 2;
-        const int token = firstToken + 8 * (v / 4) + 2 * t + v % 2;
-        score[v] = token < rowEnd[r] ? score[v] : -INFINITY;
-        tileMax[r] = fmaxf(tileMax[r], score[v]);
-      }
-    }
-  } else if (allSeen) {
+  // Unscaled scores mask to -infinity (storeMlaWeights's FMA then gives
+  // 0); scaled ones to -FLT_MAX (its test for it gives 0).
+  constexpr float kMasked = kScaleInExp ? -INFINITY : -FLT_MAX;
+  tileMax[0] = tileMax[1] = kMasked;
+  if (allSeen) {
 #pragma unroll
     for (int v = 0; v < N / 2; ++v) {
-      score[v] *= scale;
+      if constexpr (!kScaleInExp)
+        score[v] *= scale;
       tileMax[(v / 2) % 2] = fmaxf(tileMax[(v / 2) % 2], score[v]);
     }
   } else {
@@ -75,7 +63,8 @@ scaleMlaScores(float (&score)[N / 2], int firstToken, bool allSeen,
     for (int v = 0; v < N / 2; ++v) {
       const int r = (v / 2) % 2;
       const int token = firstToken + 8 * (v / 4) + 2 * t + v % 2;
-      score[v] = token < rowEnd[r] ? score[v] * scale : -FLT_MAX;
+      score[v] = token < rowEnd[r] ? (kScaleInExp ? score[v] : score[v] * scale)
+                                   : kMasked;
       tileMax[r] = fmaxf(tileMax[r], score[v]);
     }
   }
@@ -147,6 +136,30 @@ storeMlaSums(const float (&acc)[128], float *out, const int (&rows)[2], int t) {
 __device__ __forceinline__ float2 mlaRowStats(float base2Max, float sum) {
   return make_float2(
       base2Max == -FLT_MAX ? -FLT_MAX : base2Max * 0.6931471805599453f, sum);
+}
+
+/// The chunk's row statistics, both warpgroups' weights summed: each
+/// thread's sums added over its quad, warpgroup 1's handed to warpgroup 0
+/// through `exchange` (64 floats of shared memory no thread reads any more),
+/// whose lanes t == 0 write (maximum, sum) of rows `rows` at `stats` (a
+/// head's slot each). Every thread of the block calls it: a block barrier.
+__device__ __forceinline__ void
+storeMlaStatistics(const float (&runningMax)[2], float (&runningSum)[2],
+                   float *exchange, float2 *stats, const int (&rows)[2],
+                   int group, int t) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    runningSum[r] += __shfl_xor_sync(0xffffffff, runningSum[r], 1);
+    runningSum[r] += __shfl_xor_sync(0xffffffff, runningSum[r], 2);
+  }
+  if (group == 1 && t == 0)
+    for (int r = 0; r < 2; ++r)
+      exchange[rows[r]] = runningSum[r];
+  __syncthreads();
+  if (group == 0 && t == 0)
+    for (int r = 0; r < 2; ++r)
+      stats[rows[r]] =
+          mlaRowStats(runningMax[r], runningSum[r] + exchange[rows[r]]);
 }
 
 } // namespace melt::rt::cuda
