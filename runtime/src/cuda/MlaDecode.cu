@@ -25,6 +25,7 @@
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/MlaWarpgroupRows.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/Wgmma.cuh"
 
@@ -57,6 +58,10 @@ template <int kTokens> struct TileGeometry {
   static constexpr int blockBytes = kTokens * kSwizzleRowBytes;
   static constexpr int bytes = kLatentEntry / 64 * blockBytes;
   static constexpr int probStride = kTokens + 8;
+  // A head's scores padded by 8 floats: the warps' float2 stores of their
+  // fragments (lanes 4 g + t at head g, tokens 2 t) fill the 32 banks once
+  // a half warp, and the softmax's vector loads of a head's row do too.
+  static constexpr int scoreStride = kTokens + 8;
 };
 
 /// A block takes 16 * kHeadTiles heads (kHeadTiles mma tiles of M = 16):
@@ -80,7 +85,7 @@ template <int kHeadTiles, int kTileTokens> struct SharedTile {
   alignas(kSwizzleAtomBytes) uint8_t cache[2][Geometry::bytes];
   __nv_bfloat16 queries[kHeads * kRowStride];
   // Per dim slice.
-  float scores[Geometry::dimSlices][kHeads * kTileTokens];
+  alignas(16) float scores[Geometry::dimSlices][kHeads * Geometry::scoreStride];
   __nv_bfloat16 probs[kHeads * Geometry::probStride];
   float rescale[kHeads];
   uint64_t loaded[2]; // the buffers' TMA barriers
@@ -104,6 +109,51 @@ __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
                              int stride, int k, int lane) {
   int row = (lane & 7) + ((lane >> 3) & 1) * 8, col = k + (lane >> 4) * 8;
   loadMatrices(a, m + row * stride + col);
+}
+
+/// Adds N floats of shared memory at `from` to `row`, in the widest loads
+/// their alignment allows (16 bytes for N a multiple of 4, 8 for 2).
+template <int N>
+__device__ __forceinline__ void addSharedRow(float (&row)[N],
+                                             const float *from) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(from + i);
+      row[i] += v.x, row[i + 1] += v.y, row[i + 2] += v.z, row[i + 3] += v.w;
+    }
+  } else if constexpr (N % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(from + i);
+      row[i] += v.x, row[i + 1] += v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      row[i] += from[i];
+  }
+}
+
+/// N words (BF16 pairs) to shared memory at `to`, in the widest stores
+/// their alignment allows (the same rule in words).
+template <int N>
+__device__ __forceinline__ void storeSharedWords(const uint32_t (&words)[N],
+                                                 void *to) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4)
+      reinterpret_cast<uint4 *>(to)[i / 4] =
+          make_uint4(words[i], words[i + 1], words[i + 2], words[i + 3]);
+  } else if constexpr (N % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 2)
+      reinterpret_cast<uint2 *>(to)[i / 2] = make_uint2(words[i], words[i + 1]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      reinterpret_cast<uint32_t *>(to)[i] = words[i];
+  }
 }
 
 /// The cache row of token t0 of a sequence (its page's row t0 % pageSize).
@@ -149,10 +199,13 @@ __device__ inline void startTileCopy(uint8_t *dst, const MlaDecodeArgs &args,
 /// every length it holds), and a short sequence in a long table would
 /// otherwise leave all its tiles to the first block or two, one after the
 /// other (mini's batch-1 step at 130-190 tokens: 4 tiles in a row).
+/// `scaleInExp`: the weights exp2(fma(score, scale * log2 e, -max)), the
+/// scale in their exponent, in place of each score scaled first
+/// (MELT_CUDA_MLA_SCALE_IN_EXP).
 template <int kHeadTiles, bool kBulk, int kTileTokens>
 __global__ void __launch_bounds__(kThreads)
     mlaDecodeChunks(MlaDecodeArgs args, int chunks, float *partialSums,
-                    float2 *partialStats,
+                    float2 *partialStats, bool scaleInExp,
                     const __grid_constant__ CUtensorMap cacheMap) {
   awaitPriorKernels();
   using Shape = BlockShape<kHeadTiles, kTileTokens>;
@@ -161,6 +214,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kDimSlices = Geometry::dimSlices;
   constexpr int kSliceDims = Geometry::sliceDims;
   constexpr int kProbStride = Geometry::probStride;
+  constexpr int kScoreStride = Geometry::scoreStride;
   constexpr int kHeads = Shape::heads;
   extern __shared__ __align__(16) unsigned char sharedRaw[];
   auto &s = *reinterpret_cast<SharedTile<kHeadTiles, kTileTokens> *>(
@@ -208,6 +262,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Row statistics, kept by the threads that own a head in the softmax.
   float runningMax = -FLT_MAX, runningSum = 0;
+  const float base2Scale = args.scale * 1.4426950408889634f;
   // This warp's output columns for every head tile.
   float acc[kHeadTiles][kColumnTiles][4] = {};
   // Where this lane's fragments lie in a tile (the same in every tile,
@@ -316,15 +371,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int n = 0; n < 2; ++n)
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            int head = m * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);
-            int token =
-                (warp % kTokenGroups) * 16 + n * 8 + (lane & 3) * 2 + (r & 1);
-            float dot = 0;
+          for (int half = 0; half < 2; ++half) {
+            int head = m * 16 + (lane >> 2) + 8 * half;
+            int token = (warp % kTokenGroups) * 16 + n * 8 + (lane & 3) * 2;
+            float2 dot = make_float2(0.f, 0.f);
 #pragma unroll
-            for (int c = 0; c < kChains; ++c)
-              dot += score[c][m][n][r];
-            scores[head * kTileTokens + token] = dot;
+            for (int c = 0; c < kChains; ++c) {
+              dot.x += score[c][m][n][2 * half];
+              dot.y += score[c][m][n][2 * half + 1];
+            }
+            *reinterpret_cast<float2 *>(scores + head * kScoreStride + token) =
+                dot;
           }
     }
     __syncthreads();
@@ -333,6 +390,7 @@ __global__ void __launch_bounds__(kThreads)
     {
       constexpr int kHeadThreads = Shape::headThreads;
       constexpr int kThreadTokens = Shape::threadTokens;
+      static_assert(kThreadTokens % 2 == 0, "weights stored in pairs");
       int head = threadIdx.x / kHeadThreads, part = threadIdx.x % kHeadThreads;
       // Where this row's own tokens end (a prefill's causal rows).
       int rowEnd = end;
@@ -341,36 +399,53 @@ __global__ void __launch_bounds__(kThreads)
         rowEnd = min(end, args.rowLengths[size_t(seq) * perEntry +
                                           (head0 + head) / args.rowHeads]);
       }
-      float row[kThreadTokens];
-      float tileMax = -FLT_MAX;
+      // Scale in the exponent: the scores unscaled, masked ones -infinity
+      // (exp2 of the FMA gives 0), the maxima base-2 (scale * log2 e: the
+      // statistics go out as natural-log ones, mlaRowStats). Else scaled
+      // scores, masked ones -FLT_MAX.
+      const float masked = scaleInExp ? -INFINITY : -FLT_MAX;
+      float row[kThreadTokens] = {};
+#pragma unroll
+      for (int d = 0; d < kDimSlices; ++d)
+        addSharedRow(row,
+                     s.scores[d] + head * kScoreStride + part * kThreadTokens);
+      float tileMax = masked;
 #pragma unroll
       for (int i = 0; i < kThreadTokens; ++i) {
-        int token = part * kThreadTokens + i;
-        int at = head * kTileTokens + token;
-        float dot = 0;
-#pragma unroll
-        for (int d = 0; d < kDimSlices; ++d)
-          dot += s.scores[d][at];
-        row[i] = t0 + token < rowEnd ? dot * args.scale : -FLT_MAX;
+        row[i] = t0 + part * kThreadTokens + i >= rowEnd ? masked
+                 : scaleInExp                            ? row[i]
+                                                         : row[i] * args.scale;
         tileMax = fmaxf(tileMax, row[i]);
       }
 #pragma unroll
       for (int offset = kHeadThreads / 2; offset > 0; offset /= 2)
         tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffff, tileMax, offset));
+      if (scaleInExp)
+        tileMax *= base2Scale;
       float newMax = fmaxf(runningMax, tileMax);
       float sum = 0;
+      uint32_t weights[kThreadTokens / 2];
 #pragma unroll
-      for (int i = 0; i < kThreadTokens; ++i) {
-        float p = row[i] == -FLT_MAX ? 0.f : __expf(row[i] - newMax);
+      for (int i = 0; i < kThreadTokens; i += 2) {
+        float p[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          p[j] = scaleInExp ? exp2f(fmaf(row[i + j], base2Scale, -newMax))
+                 : row[i + j] == -FLT_MAX ? 0.f
+                                          : __expf(row[i + j] - newMax);
         // The sum counts the rounded weights that the tensor cores use.
-        __nv_bfloat16 rounded = __float2bfloat16(p);
-        s.probs[head * kProbStride + part * kThreadTokens + i] = rounded;
-        sum += __bfloat162float(rounded);
+        weights[i / 2] = packBf16(p[0], p[1]);
+        const __nv_bfloat162 rounded =
+            *reinterpret_cast<const __nv_bfloat162 *>(&weights[i / 2]);
+        sum += __low2float(rounded) + __high2float(rounded);
       }
+      storeSharedWords(weights,
+                       s.probs + head * kProbStride + part * kThreadTokens);
 #pragma unroll
       for (int offset = kHeadThreads / 2; offset > 0; offset /= 2)
         sum += __shfl_xor_sync(0xffffffff, sum, offset);
-      float factor = __expf(runningMax - newMax);
+      float factor =
+          scaleInExp ? exp2f(runningMax - newMax) : __expf(runningMax - newMax);
       runningSum = runningSum * factor + sum;
       runningMax = newMax;
       if (part == 0)
@@ -433,7 +508,8 @@ __global__ void __launch_bounds__(kThreads)
     }
   if (threadIdx.x % Shape::headThreads == 0)
     partialStats[slot + threadIdx.x / Shape::headThreads] =
-        make_float2(runningMax, runningSum);
+        scaleInExp ? mlaRowStats(runningMax, runningSum)
+                   : make_float2(runningMax, runningSum);
 }
 
 /// One block per (sequence, head): merges the chunks.
@@ -557,6 +633,7 @@ template <int kHeadTiles, bool kBulk, int kTileTokens>
 cudaError_t launchChunks(const MlaDecodeArgs &args, int chunks, float *sums,
                          float2 *stats, const CUtensorMap &map,
                          cudaStream_t stream) {
+  static const bool scaleInExp = envSwitch("MELT_CUDA_MLA_SCALE_IN_EXP", true);
   const size_t shared = sharedBytes<kHeadTiles, kTileTokens>();
   cudaError_t error = cudaFuncSetAttribute(
       mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens>,
@@ -565,7 +642,8 @@ cudaError_t launchChunks(const MlaDecodeArgs &args, int chunks, float *sums,
     return error;
   dim3 grid(chunks, args.heads / (16 * kHeadTiles), args.batch);
   launchOverlapped(mlaDecodeChunks<kHeadTiles, kBulk, kTileTokens>, grid,
-                   kThreads, shared, stream, args, chunks, sums, stats, map);
+                   kThreads, shared, stream, args, chunks, sums, stats,
+                   scaleInExp, map);
   return cudaGetLastError();
 }
 
