@@ -154,6 +154,14 @@ public:
     (void)weight;
     return false;
   }
+  /// Whether linear(x, weight) rounds F32 x to BF16 before it multiplies
+  /// (a BF16 GEMM's input), at some rows: a norm whose value only such
+  /// products (or FP8 ones) read may then write those rows for them
+  /// (preparesInNorm decides by the rows; NormProductFusions.h).
+  virtual bool roundsInputToBf16(const DeviceTensor &weight) const {
+    (void)weight;
+    return false;
+  }
   /// Whether moeExpertsOfQuantized quantizes x within the expert kernels
   /// for these stacks (cheaper than the pair's two kernels): then the
   /// executor leaves out the quantize/dequantize pair in front of them too.
@@ -253,12 +261,15 @@ public:
   /// What a norm's kernel prepares for the products that read its value
   /// (rmsNormForProducts): whatever the device's linearOfPrepared reads in
   /// place of that value (the CUDA device: its FP8 codes and their 1 x 128
-  /// scales). The executor releases both once the last product has run.
+  /// scales for FP8 weights, its rows in BF16 for BF16 ones). The executor
+  /// releases them once the last product has run.
   struct PreparedInput {
     DeviceTensor q, scales;
-    /// The rows in BF16 as well, where asked for (addRmsNormForExperts: a
-    /// MoE router's BF16 product reads them).
+    /// The rows in BF16 (BF16 products' input; with the codes, where asked
+    /// for: addRmsNormForExperts, a MoE router's BF16 product reads them).
     DeviceTensor bf16;
+    /// Whether anything was prepared.
+    bool any() const { return q.data || bf16.data; }
     /// Whether the norm left y's F32 rows unwritten (asked with `rowsRead`
     /// false: nothing but the products reads them). linearOfPrepared then
     /// has only what was prepared to read.
@@ -275,16 +286,17 @@ public:
     return false;
   }
   /// rmsNorm(x) into y, and into `prepared` (allocated here) what the
-  /// products of linearOfPrepared read in its place. The default runs
+  /// products of linearOfPrepared read in its place; `weight` is one of
+  /// those products' weights (they are all of its type). The default runs
   /// rmsNorm alone (nothing prepared). With `rowsRead` false nothing but
   /// the products (linearOfPrepared) reads y: a device that prepared what
   /// they read may leave y's rows unwritten (PreparedInput::rowsUnwritten;
   /// the CUDA device: a norm's F32 rows are a third of what it writes).
   virtual Status rmsNormForProducts(const DeviceTensor &x,
                                     const DeviceTensor &gamma, float eps,
-                                    DeviceTensor &y, PreparedInput &prepared,
-                                    bool rowsRead) {
-    (void)prepared, (void)rowsRead;
+                                    DeviceTensor &y, const DeviceTensor &weight,
+                                    PreparedInput &prepared, bool rowsRead) {
+    (void)weight, (void)prepared, (void)rowsRead;
     return rmsNorm(x, gamma, eps, y);
   }
   /// addRmsNorm's sum and y, and `prepared` of y as rmsNormForProducts
@@ -294,17 +306,20 @@ public:
                                        const DeviceTensor &b,
                                        const DeviceTensor &gamma, float eps,
                                        DeviceTensor &sum, DeviceTensor &y,
+                                       const DeviceTensor &weight,
                                        PreparedInput &prepared, bool rowsRead) {
-    (void)prepared, (void)rowsRead;
+    (void)weight, (void)prepared, (void)rowsRead;
     return addRmsNorm(a, b, gamma, eps, sum, y);
   }
   /// Whether an add and RMSNorm of `rows` rows whose value a MoE router
   /// (of weight `router`) and MoE experts (of `gate` stacks) read does
   /// better preparing what they read in its kernel: the experts' 1 x 128
-  /// FP8 codes and the router's BF16 rows (the same values as each would
-  /// make of the F32 rows). Then the executor calls addRmsNormForExperts
-  /// and attaches what it prepared to the value (attachPrepared) until the
-  /// router and the experts have read it.
+  /// FP8 codes and the router's BF16 rows, or for BF16 stacks the BF16
+  /// rows that both read (the same values as each would make of the F32
+  /// rows). Then the executor calls addRmsNormForExperts and attaches what
+  /// it prepared to the value (attachPrepared) until the router and the
+  /// experts (and the products of a shared expert run apart, which read
+  /// it too) have read it.
   virtual bool preparesForExperts(const DeviceTensor &router,
                                   const DeviceTensor &gate,
                                   int64_t rows) const {
@@ -312,7 +327,8 @@ public:
     return false;
   }
   /// addRmsNorm's sum and y, and into `prepared` y's FP8 codes and its
-  /// BF16 rows. With `rowsRead` false nothing but the router, the experts
+  /// BF16 rows (its BF16 rows alone for BF16 `gate` stacks). With
+  /// `rowsRead` false nothing but the router, the experts
   /// and a shared expert in the experts' call (moeExpertsWithShared) reads
   /// y, all of them through what is attached: the device may leave y's
   /// rows unwritten (PreparedInput::rowsUnwritten) where its calls read
@@ -322,8 +338,9 @@ public:
                                       const DeviceTensor &b,
                                       const DeviceTensor &gamma, float eps,
                                       DeviceTensor &sum, DeviceTensor &y,
+                                      const DeviceTensor &gate,
                                       PreparedInput &prepared, bool rowsRead) {
-    (void)prepared, (void)rowsRead;
+    (void)gate, (void)prepared, (void)rowsRead;
     return addRmsNorm(a, b, gamma, eps, sum, y);
   }
   /// What a norm prepared of the value at `data`, for this device's calls

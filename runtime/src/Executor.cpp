@@ -147,9 +147,8 @@ public:
       return;
     times_->lastEnd = Clock::now();
     if (prefill_) {
-      for (double StepPhases::*phase :
-           {&StepPhases::upload, &StepPhases::queue, &StepPhases::pick,
-            &StepPhases::wait})
+      for (double StepPhases::*phase : {&StepPhases::upload, &StepPhases::queue,
+                                        &StepPhases::pick, &StepPhases::wait})
         times_->prefillSum.*phase += phases_.*phase;
       ++times_->prefills;
     }
@@ -451,11 +450,18 @@ Status DeviceModel::create(const Model &model, Device &device,
     return kernel.weights() && kernel.weights()->size() == 1 &&
            device.quantizesFp8Input(dm.weights_.at(kernel.weights()->Get(0)));
   };
-  // Norms whose value only such products read: their kernel may prepare
-  // the products' input (decided each step, by its rows).
+  // Norms whose value only such products read, or products that round
+  // their input to BF16: their kernel may prepare the products' input
+  // (decided each step, by its rows).
+  auto preparedInput = [&](uint32_t k) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    return quantizesItsInput(k) ||
+           (kernel.weights() && kernel.weights()->size() == 1 &&
+            device.roundsInputToBf16(dm.weights_.at(kernel.weights()->Get(0))));
+  };
   if (envSwitch("MELT_FUSE_NORM_QUANTIZE", true))
     for (NormProductFusion &f :
-         findNormProductFusions(m, *dm.forward_, folds, quantizesItsInput))
+         findNormProductFusions(m, *dm.forward_, folds, preparedInput))
       dm.normProducts_[f.norm] = std::move(f.products);
   // MLA outputs only such products read: the MLA's call may prepare their
   // input (decided each step, by its rows).
@@ -818,13 +824,18 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   // weight: in a norm's kernel (preparesInNorm) or an MLA's call
   // (preparesInMla, MlaProductFusions.h).
   using PreparesFor = bool (Device::*)(const DeviceTensor &, int64_t) const;
+  // (The products' weights of one type too: what is prepared depends on
+  // it, FP8 codes or BF16 rows.)
+  auto productWeight = [&](uint32_t p) -> const DeviceTensor & {
+    return dm.weight(m.kernels()->Get(p)->weights()->Get(0));
+  };
   auto preparesEach = [&](const std::vector<uint32_t> *products, int64_t rows,
                           PreparesFor prepares) {
-    if (!products)
+    if (!products || products->empty())
       return false;
     for (uint32_t p : *products)
-      if (!(device.*prepares)(dm.weight(m.kernels()->Get(p)->weights()->Get(0)),
-                              rows))
+      if (productWeight(p).dtype != productWeight(products->front()).dtype ||
+          !(device.*prepares)(productWeight(p), rows))
         return false;
     return true;
   };
@@ -838,7 +849,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   auto keepPrepared = [&](const DeviceTensor &normed,
                           Device::PreparedInput &prepared,
                           const std::vector<uint32_t> &products) {
-    if (!prepared.q.data) // nothing prepared: the products run as before
+    if (!prepared.any()) // nothing prepared: the products run as before
       return;
     auto old = pendingPrepared.byValue.find(normed.data);
     if (old != pendingPrepared.byValue.end())
@@ -1169,9 +1180,9 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       const std::vector<uint32_t> *products = dm.normProducts(k);
       if (preparesFor(products, y.rows())) {
         Device::PreparedInput prepared;
-        status = device.rmsNormForProducts(asRows(in(0)), w(0),
-                                           float(kernel.floats()->Get(0)), y,
-                                           prepared, rowsGathered(outId(0)));
+        status = device.rmsNormForProducts(
+            asRows(in(0)), w(0), float(kernel.floats()->Get(0)), y,
+            productWeight(products->front()), prepared, rowsGathered(outId(0)));
         if (!status)
           keepPrepared(*out, prepared, *products);
         break;
@@ -1275,7 +1286,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
             Device::PreparedInput prepared;
             status = device.addRmsNormForProducts(
                 asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
-                float(next->floats()->Get(0)), sumRows, yRows, prepared,
+                float(next->floats()->Get(0)), sumRows, yRows,
+                productWeight(products->front()), prepared,
                 rowsGathered(next->outputs()->Get(0)));
             if (!status)
               keepPrepared(*y, prepared, *products);
@@ -1289,13 +1301,30 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                 !experts->otherReaders.empty() &&
                 (experts->sharedCall == UINT32_MAX ||
                  !takesSharedCall(experts->sharedCall, yRows.rows()));
+            const bool gathered = rowsGathered(next->outputs()->Get(0));
             Device::PreparedInput prepared;
             status = device.addRmsNormForExperts(
                 asRows(a), asRows(b), dm.weight(next->weights()->Get(0)),
-                float(next->floats()->Get(0)), sumRows, yRows, prepared,
-                othersRead || rowsGathered(next->outputs()->Get(0)));
-            if (!status && prepared.q.data) {
-              keepPrepared(*y, prepared, {experts->router, experts->experts});
+                float(next->floats()->Get(0)), sumRows, yRows,
+                dm.weight(
+                    m.kernels()->Get(experts->experts)->weights()->Get(0)),
+                prepared, othersRead || gathered);
+            if (!status && prepared.any()) {
+              // Its other readers' linears (a shared expert's gate and up
+              // run apart) read what is attached too, where they run on
+              // this value (not on the logit rows gathered from it): it
+              // stays until they have.
+              std::vector<uint32_t> readers{experts->router, experts->experts};
+              if (othersRead && !gathered)
+                for (uint32_t r : experts->otherReaders) {
+                  const fb::Kernel *reader =
+                      r == UINT32_MAX ? nullptr : m.kernels()->Get(r);
+                  if (reader && reader->kind() == fb::KernelKind::Linear &&
+                      reader->inputs() && reader->inputs()->size() > 0 &&
+                      reader->inputs()->Get(0) == next->outputs()->Get(0))
+                    readers.push_back(r);
+                }
+              keepPrepared(*y, prepared, readers);
               device.attachPrepared(y->data, prepared);
             }
           } else {

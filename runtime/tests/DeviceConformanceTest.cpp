@@ -1602,20 +1602,23 @@ TEST_P(DeviceConformance, MoeExpertsSumTheSameBitsWhereAsked) {
                        /*sameBitsTwice=*/true);
 }
 
-// A norm whose value only FP8 products read, preparing their input in its
-// kernel (rmsNormForProducts, addRmsNormForProducts; a GPU quantizes the
-// rows it wrote), then the products of what it prepared (linearOfPrepared):
-// the same bits as the norm and linear() (which quantizes its input
-// itself), the norm's and the add's values too. Rows past a GPU's
-// few-token kernel (24 there, 300 from cuBLASLt, its norms a warp a row on
-// a GPU, and there 2100 as well); two products of one norm, one K of 1536
-// (three 512s).
+// A norm whose value only FP8 products (or BF16 ones) read, preparing
+// their input in its kernel (rmsNormForProducts, addRmsNormForProducts; a
+// GPU quantizes the rows it wrote, or writes them in BF16), then the
+// products of what it prepared (linearOfPrepared): the same bits as the
+// norm and linear() (which quantizes its input itself, or rounds it to
+// BF16), the norm's and the add's values too. Rows past a GPU's few-token
+// kernel (24 there, 300 from cuBLASLt, its norms a warp a row on a GPU,
+// and there 2100 as well, and 300 rows of 7168 columns: a block a row);
+// two products of one norm, one K of 1536 (three 512s).
 TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
   const bool gpu = device->name().rfind("cuda", 0) == 0;
-  for (int64_t rows : {int64_t(24), int64_t(300), int64_t(gpu ? 2100 : 0)})
-    if (rows > 0)
-      for (int64_t cols : {512, 1536})
+  for (bool bf16 : {false, true})
+    for (int64_t rows : {int64_t(24), int64_t(300), int64_t(gpu ? 2100 : 0)})
+      for (int64_t cols : {int64_t(512), int64_t(1536), int64_t(7168)})
         for (bool add : {false, true}) {
+          if (rows == 0 || (cols == 7168 && rows != 300))
+            continue;
           HostTensor a = random(DType::F32, {rows, cols}, rng, 3.f);
           HostTensor b = random(DType::F32, {rows, cols}, rng, 3.f);
           HostTensor gamma = random(DType::F32, {cols}, rng);
@@ -1623,14 +1626,19 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
           kept.reserve(2);
           DeviceTensor w[2];
           for (DeviceTensor &weight : w) {
+            if (bf16) {
+              weight = put(random(DType::BF16, {256, cols}, rng, 0.05f));
+              continue;
+            }
             kept.push_back(fp8BlockWeight(rng, 256, cols));
             Status s = device->importWeight(kept.back(), weight);
             ASSERT_FALSE(s) << s.message();
             owned.push_back(weight);
           }
-          if (gpu)
+          // (BF16: from cuBLASLt's rows on, past the few-token kernel.)
+          if (gpu && (!bf16 || rows >= 300))
             EXPECT_TRUE(device->preparesInNorm(w[0], rows))
-                << rows << " rows, K " << cols;
+                << rows << " rows, K " << cols << (bf16 ? ", BF16" : "");
           DeviceTensor da = put(a), db = put(b), dg = put(gamma);
           DeviceTensor sums[2] = {make(DType::F32, {rows, cols}),
                                   make(DType::F32, {rows, cols})};
@@ -1649,20 +1657,22 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
           // Prepared by the norm; then with its rows read by nothing else
           // (a GPU leaves them unwritten: y keeps what it held).
           for (bool rowsRead : {true, false}) {
-            const std::string what = std::to_string(rows) + " rows, K " +
-                                     std::to_string(cols) +
-                                     (add ? ", add and norm" : ", norm") +
-                                     (rowsRead ? "" : ", rows not read");
+            const std::string what =
+                std::to_string(rows) + " rows, K " + std::to_string(cols) +
+                (bf16 ? ", BF16 weights" : ", FP8 weights") +
+                (add ? ", add and norm" : ", norm") +
+                (rowsRead ? "" : ", rows not read");
             DeviceTensor y = put(random(DType::F32, {rows, cols}, rng));
             const std::vector<float> held = get(y);
             Device::PreparedInput prepared;
             s = add ? device->addRmsNormForProducts(da, db, dg, 1e-6f, sums[1],
-                                                    y, prepared, rowsRead)
-                    : device->rmsNormForProducts(da, dg, 1e-6f, y, prepared,
-                                                 rowsRead);
+                                                    y, w[0], prepared, rowsRead)
+                    : device->rmsNormForProducts(da, dg, 1e-6f, y, w[0],
+                                                 prepared, rowsRead);
             ASSERT_FALSE(s) << s.message();
             if (gpu) {
-              EXPECT_NE(prepared.q.data, nullptr) << what;
+              EXPECT_NE(bf16 ? prepared.bf16.data : prepared.q.data, nullptr)
+                  << what;
               EXPECT_EQ(prepared.rowsUnwritten, !rowsRead) << what;
             }
             for (int p = 0; p < 2; ++p) {
@@ -1671,6 +1681,7 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
             }
             device->release(prepared.q);
             device->release(prepared.scales);
+            device->release(prepared.bf16);
             EXPECT_EQ(get(y), prepared.rowsUnwritten ? held : get(normed))
                 << what;
             if (add)
@@ -1725,7 +1736,8 @@ TEST_P(DeviceConformance, MoeNormRowsUnwrittenAreReadThroughWhatItPrepared) {
   const std::vector<float> held = get(y);
   Device::PreparedInput prepared;
   Status s = device->addRmsNormForExperts(da, db, gamma, 1e-6f, sums[1], y,
-                                          prepared, /*rowsRead=*/false);
+                                          experts.dg, prepared,
+                                          /*rowsRead=*/false);
   ASSERT_FALSE(s) << s.message();
   if (gpu)
     EXPECT_TRUE(prepared.rowsUnwritten);
@@ -1743,6 +1755,72 @@ TEST_P(DeviceConformance, MoeNormRowsUnwrittenAreReadThroughWhatItPrepared) {
   EXPECT_EQ(get(y), prepared.rowsUnwritten ? held : get(normed));
   device->release(prepared.q);
   device->release(prepared.scales);
+  device->release(prepared.bf16);
+}
+
+// The same for BF16 stacks (256 tokens, two choices each: grouped on a
+// GPU): the norm prepares its rows in BF16, which the router's product,
+// the experts' gathered rows and a shared expert's BF16 gate run apart
+// (linearOfPrepared) read; the same bits as from the norm's F32 rows.
+TEST_P(DeviceConformance, MoeNormBf16RowsAreReadByItsReaders) {
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  if (gpu) {
+    reopenWith("MELT_CUDA_MOE_NORM_ROWS_UNWRITTEN", "1");
+    if (HasFatalFailure())
+      return;
+  }
+  const int64_t T = 256, D = 512, I = 256, K = 2, E = 4;
+  DeviceTensor gate = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
+               up = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
+               down = put(random(DType::BF16, {E, D, I}, rng, 0.1f)),
+               sharedGate = put(random(DType::BF16, {I, D}, rng, 0.1f)),
+               router = put(random(DType::BF16, {E, D}, rng, 0.1f));
+  if (gpu)
+    EXPECT_TRUE(device->preparesForExperts(router, gate, T));
+  if (!device->preparesForExperts(router, gate, T))
+    GTEST_SKIP() << device->name() << " prepares nothing for BF16 experts";
+  DeviceTensor da = put(random(DType::F32, {T, D}, rng, 3.f)),
+               db = put(random(DType::F32, {T, D}, rng, 3.f)),
+               gamma = put(random(DType::F32, {D}, rng)),
+               di = make(DType::I32, {T, K}),
+               dw = put(random(DType::F32, {T, K}, rng));
+  const std::vector<int32_t> idx = spreadChoices(T, K, E);
+  ASSERT_FALSE(device->upload(idx.data(), di));
+  DeviceTensor sums[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
+  DeviceTensor normed = make(DType::F32, {T, D});
+  DeviceTensor scores[2] = {make(DType::F32, {T, E}), make(DType::F32, {T, E})};
+  DeviceTensor outs[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
+  DeviceTensor shared[2] = {make(DType::F32, {T, I}), make(DType::F32, {T, I})};
+  ASSERT_FALSE(device->addRmsNorm(da, db, gamma, 1e-6f, sums[0], normed));
+  ASSERT_FALSE(device->linear(normed, router, scores[0]));
+  ASSERT_FALSE(
+      device->moeExperts(normed, di, dw, gate, up, down, true, outs[0]));
+  ASSERT_FALSE(device->linear(normed, sharedGate, shared[0]));
+  DeviceTensor y = put(random(DType::F32, {T, D}, rng));
+  const std::vector<float> held = get(y);
+  Device::PreparedInput prepared;
+  Status s = device->addRmsNormForExperts(da, db, gamma, 1e-6f, sums[1], y,
+                                          gate, prepared, /*rowsRead=*/false);
+  ASSERT_FALSE(s) << s.message();
+  if (gpu) {
+    EXPECT_TRUE(prepared.rowsUnwritten);
+    EXPECT_NE(prepared.bf16.data, nullptr);
+    EXPECT_EQ(prepared.q.data, nullptr);
+  }
+  device->attachPrepared(y.data, prepared);
+  s = device->linear(y, router, scores[1]);
+  EXPECT_FALSE(s) << s.message();
+  s = device->moeExperts(y, di, dw, gate, up, down, true, outs[1]);
+  EXPECT_FALSE(s) << s.message();
+  s = device->linearOfPrepared(y, prepared, sharedGate, shared[1]);
+  EXPECT_FALSE(s) << s.message();
+  device->detachPrepared(y.data);
+  ASSERT_FALSE(device->synchronize());
+  EXPECT_EQ(get(sums[1]), get(sums[0]));
+  EXPECT_EQ(get(scores[1]), get(scores[0]));
+  EXPECT_EQ(get(outs[1]), get(outs[0]));
+  EXPECT_EQ(get(shared[1]), get(shared[0]));
+  EXPECT_EQ(get(y), prepared.rowsUnwritten ? held : get(normed));
   device->release(prepared.bf16);
 }
 
@@ -1804,8 +1882,8 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     Device::PreparedInput prepared[2];
     for (int i = 0; i < 2; ++i) {
       s = device->addRmsNormForProducts(a, i ? narrow[0] : wide[0], gamma,
-                                        1e-6f, sums[i], normed[i], prepared[i],
-                                        /*rowsRead=*/true);
+                                        1e-6f, sums[i], normed[i], w,
+                                        prepared[i], /*rowsRead=*/true);
       ASSERT_FALSE(s) << s.message();
     }
     EXPECT_EQ(get(sums[1]), get(sums[0])) << what << ", for products";
@@ -1813,6 +1891,7 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     for (Device::PreparedInput &p : prepared) {
       device->release(p.q);
       device->release(p.scales);
+      device->release(p.bf16);
     }
     if (!device->readsBf16Activations())
       continue;
@@ -1826,7 +1905,7 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     EXPECT_EQ(get(normedBy[1]), get(normedBy[0])) << what << ", norm";
     for (int i = 0; i < 2; ++i) {
       s = device->rmsNormForProducts(i ? narrow[0] : wide[0], gamma, 1e-6f,
-                                     normedBy[i], prepared[i],
+                                     normedBy[i], w, prepared[i],
                                      /*rowsRead=*/true);
       ASSERT_FALSE(s) << s.message();
     }
@@ -1835,6 +1914,7 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     for (Device::PreparedInput &p : prepared) {
       device->release(p.q);
       device->release(p.scales);
+      device->release(p.bf16);
     }
     const RopeParams yarn = deepSeekV3Yarn(/*mscaleAllDim=*/0);
     std::vector<int32_t> positions(static_cast<size_t>(rows));

@@ -138,8 +138,8 @@ public:
   // Where asked (rowsRead false), y's rows are NaNs after the norm, as
   // unwritten memory could hold: a reader of them shows in the results.
   Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
-                            float eps, DeviceTensor &y, PreparedInput &prepared,
-                            bool rowsRead) override {
+                            float eps, DeviceTensor &y, const DeviceTensor &,
+                            PreparedInput &prepared, bool rowsRead) override {
     MELT_RETURN_IF_ERROR(rmsNorm(x, gamma, eps, y));
     ++preparingNorms;
     MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
@@ -151,7 +151,7 @@ public:
   Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
                                const DeviceTensor &gamma, float eps,
                                DeviceTensor &sum, DeviceTensor &y,
-                               PreparedInput &prepared,
+                               const DeviceTensor &, PreparedInput &prepared,
                                bool rowsRead) override {
     MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
     ++preparingNorms;
@@ -182,7 +182,8 @@ public:
   Status addRmsNormForExperts(const DeviceTensor &a, const DeviceTensor &b,
                               const DeviceTensor &gamma, float eps,
                               DeviceTensor &sum, DeviceTensor &y,
-                              PreparedInput &prepared, bool rowsRead) override {
+                              const DeviceTensor &, PreparedInput &prepared,
+                              bool rowsRead) override {
     MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
     ++expertNorms;
     MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));

@@ -617,15 +617,26 @@ public:
   /// FP8 weight (not its few-token kernel, which quantizes as it
   /// multiplies), K unpadded.
   bool preparesInNorm(const DeviceTensor &weight, int64_t rows) const override {
+    if (weight.dtype == DType::BF16)
+      return normBf16Rows_ && weight.shape.size() == 2 &&
+             !takesSmallMGemm(weight, rows);
+    return quantizesInNorm(weight, rows);
+  }
+  /// FP8 weights: the norm writes the rows' FP8 codes.
+  bool quantizesInNorm(const DeviceTensor &weight, int64_t rows) const {
     return normQuantize_ && multipliedInFp8(weight) &&
            !gemm_->quantizesF32Rows(int(rows)) &&
            storedK(weight) == weight.shape[1] && weight.shape[1] % 128 == 0;
   }
   Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
-                            float eps, DeviceTensor &y, PreparedInput &prepared,
+                            float eps, DeviceTensor &y,
+                            const DeviceTensor &weight, PreparedInput &prepared,
                             bool rowsRead) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
+    if (weight.dtype == DType::BF16 && y.dtype == DType::F32)
+      return normBf16Rows(x, nullptr, gamma, eps, nullptr, y, prepared,
+                          rowsRead);
     if (y.dtype != DType::F32 || y.cols() % 128 != 0)
       return rmsNorm(x, gamma, eps, y);
     return normQuantizingRows(x, nullptr, gamma, eps, nullptr, y, prepared,
@@ -634,10 +645,73 @@ public:
   Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
                                const DeviceTensor &gamma, float eps,
                                DeviceTensor &sum, DeviceTensor &y,
+                               const DeviceTensor &weight,
                                PreparedInput &prepared,
                                bool rowsRead) override {
+    if (weight.dtype == DType::BF16)
+      return addNormBf16Rows(a, b, gamma, eps, sum, y, prepared, rowsRead);
     return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, false,
                              rowsRead);
+  }
+  /// BF16 products of many rows read their input as the BF16 rows its
+  /// norm wrote (NormProductFusions.h): each product's conversion of the
+  /// norm's F32 rows left out, and where nothing else reads them, those
+  /// rows too (MELT_CUDA_NORM_BF16_ROWS=0 declines).
+  bool normBf16Rows_ = envSwitch("MELT_CUDA_NORM_BF16_ROWS", true);
+  bool roundsInputToBf16(const DeviceTensor &weight) const override {
+    return normBf16Rows_ && weight.dtype == DType::BF16 &&
+           weight.shape.size() == 2;
+  }
+  /// Whether linear() multiplies F32 rows of `w` (BF16 or F32) on the
+  /// runtime's small-M kernel at `m` rows (else it rounds them to BF16
+  /// for cuBLASLt).
+  bool takesSmallMGemm(const DeviceTensor &w, int64_t m) const {
+    const KernelPlan *plan = planOf(w);
+    const bool smallM =
+        plan && plan->smallMRows >= 0
+            ? m <= plan->smallMRows
+            : smallMGemmPays(int(m), int(w.shape[0]), int(w.shape[1]),
+                             w.dtype == DType::BF16);
+    return smallMGemm_ && smallM;
+  }
+  /// addRmsNorm, with y's rows in BF16 into `prepared` where the fused
+  /// kernel runs; else addRmsNorm alone.
+  Status addNormBf16Rows(const DeviceTensor &a, const DeviceTensor &b,
+                         const DeviceTensor &gamma, float eps,
+                         DeviceTensor &sum, DeviceTensor &y,
+                         PreparedInput &prepared, bool rowsRead) {
+    if (!fusedAddNorm_ || y.dtype != DType::F32)
+      return addRmsNorm(a, b, gamma, eps, sum, y);
+    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
+    return normBf16Rows(a, &b, gamma, eps, &sum, y, prepared, rowsRead);
+  }
+  /// The norm of x (with b: of x + b, written to sum) into F32 y and its
+  /// rows in BF16 into `prepared.bf16`, one kernel; without `rowsRead`
+  /// (and normRowsUnwritten_) into the BF16 rows alone, y left unwritten.
+  Status normBf16Rows(const DeviceTensor &x, const DeviceTensor *b,
+                      const DeviceTensor &gamma, float eps, DeviceTensor *sum,
+                      DeviceTensor &y, PreparedInput &prepared, bool rowsRead) {
+    const int rows = int(y.rows()), cols = int(y.cols());
+    PreparedInput made;
+    made.rowsUnwritten = !rowsRead && normRowsUnwritten_;
+    MELT_RETURN_IF_ERROR(allocate(DType::BF16, {rows, cols}, made.bf16));
+    auto *bf16 = static_cast<__nv_bfloat16 *>(made.bf16.data);
+    const Result out = made.rowsUnwritten ? Result{bf16, true} : result(y);
+    __nv_bfloat16 *alsoBf16 = made.rowsUnwritten ? nullptr : bf16;
+    Status status =
+        b ? check(cuda::addRmsNorm(operand(x), operand(*b), operand(gamma), eps,
+                                   rows, cols, result(*sum), out, stream_,
+                                   alsoBf16),
+                  "add_rms_norm")
+          : check(cuda::rmsNorm(operand(x), operand(gamma), eps, rows, cols,
+                                out, stream_, alsoBf16),
+                  "rms_norm");
+    if (status) {
+      release(made.bf16);
+      return status;
+    }
+    prepared = made;
+    return Status::ok();
   }
   /// addRmsNorm, y's rows quantized into `prepared` (and with `withBf16`
   /// in BF16 too) where the fused kernel takes them; else addRmsNorm alone.
@@ -672,6 +746,8 @@ public:
   bool normExperts_ = envSwitch("MELT_CUDA_NORM_EXPERTS", true);
   bool preparesForExperts(const DeviceTensor &router, const DeviceTensor &gate,
                           int64_t rows) const override {
+    if (gate.dtype == DType::BF16)
+      return preparesBf16ForExperts(router, gate, rows);
     if (!normExperts_ || !normQuantize_ || !fusedAddNorm_ ||
         router.dtype != DType::BF16 || router.shape.size() != 2 ||
         gate.dtype != DType::FP8E4M3 || gate.shape.size() != 3)
@@ -680,10 +756,28 @@ public:
     return D % 128 == 0 && router.shape[1] == D && fp8GroupedWgmma_ &&
            groupsOnFp8TensorCores(gate.dtype, rows, int(E), int(I), int(D));
   }
+  /// BF16 stacks: the norm's BF16 rows for the router's BF16 product, the
+  /// experts grouped on the device (their gathered rows) and a shared
+  /// expert's BF16 gate and up run apart.
+  bool preparesBf16ForExperts(const DeviceTensor &router,
+                              const DeviceTensor &gate, int64_t rows) const {
+    if (!normExperts_ || !normBf16Rows_ || !fusedAddNorm_ ||
+        router.dtype != DType::BF16 || router.shape.size() != 2 ||
+        gate.shape.size() != 3)
+      return false;
+    const int64_t E = gate.shape[0], I = gate.shape[1], D = gate.shape[2];
+    // (Top k of at least one choice: rows pairs at least.)
+    return router.shape[1] == D &&
+           groupsMany(gate.dtype, rows, int(E), int(I), int(D));
+  }
   Status addRmsNormForExperts(const DeviceTensor &a, const DeviceTensor &b,
                               const DeviceTensor &gamma, float eps,
                               DeviceTensor &sum, DeviceTensor &y,
-                              PreparedInput &prepared, bool rowsRead) override {
+                              const DeviceTensor &gate, PreparedInput &prepared,
+                              bool rowsRead) override {
+    if (gate.dtype == DType::BF16)
+      return addNormBf16Rows(a, b, gamma, eps, sum, y, prepared,
+                             rowsRead || !moeNormRowsUnwritten_);
     return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, true,
                              rowsRead || !moeNormRowsUnwritten_);
   }
@@ -708,8 +802,11 @@ public:
     if (attached_.empty() || x.shape.empty())
       return nullptr;
     auto it = attached_.find(x.data);
-    if (it == attached_.end() ||
-        it->second.q.shape != std::vector<int64_t>{x.rows(), x.cols()})
+    if (it == attached_.end())
+      return nullptr;
+    const DeviceTensor &rows =
+        it->second.q.data ? it->second.q : it->second.bf16;
+    if (rows.shape != std::vector<int64_t>{x.rows(), x.cols()})
       return nullptr;
     return &it->second;
   }
@@ -766,7 +863,7 @@ public:
   PreparedInput *mlaOutputInto_ = nullptr;
   bool mlaRowsRead_ = true;
   bool preparesInMla(const DeviceTensor &weight, int64_t rows) const override {
-    return mlaOutputCodes_ && preparesInNorm(weight, rows);
+    return mlaOutputCodes_ && quantizesInNorm(weight, rows);
   }
   void prepareMlaOutput(PreparedInput *into, bool rowsRead) override {
     mlaOutputInto_ = into;
@@ -777,9 +874,20 @@ public:
   /// left out.
   Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
                           const DeviceTensor &w, DeviceTensor &y) override {
+    // A BF16 weight: the rows in BF16 as the norm wrote them.
+    if (w.dtype == DType::BF16 && prepared.bf16.data &&
+        prepared.bf16.shape == std::vector<int64_t>{x.rows(), x.cols()} &&
+        x.dtype == DType::F32) {
+      MELT_RETURN_IF_ERROR(usable());
+      MELT_RETURN_IF_ERROR(check::linear(x, w, y));
+      return fromGemm(gemm_->bf16(
+          static_cast<const __nv_bfloat16 *>(prepared.bf16.data),
+          static_cast<const __nv_bfloat16 *>(w.data), y.data,
+          y.dtype == DType::F32, int(x.rows()), int(w.rows()), int(x.cols())));
+    }
     const bool bf16Out =
         y.dtype == DType::BF16 && linearWritesBf16(w, x.rows());
-    if (!prepared.q.data || !preparesInNorm(w, x.rows()) ||
+    if (!prepared.q.data || !quantizesInNorm(w, x.rows()) ||
         prepared.q.shape != std::vector<int64_t>{x.rows(), x.cols()} ||
         x.cols() != w.shape[1] || (y.dtype != DType::F32 && !bf16Out)) {
       if (prepared.rowsUnwritten) // (x's rows were left out: none to read)
@@ -1607,11 +1715,15 @@ public:
     MELT_RETURN_IF_ERROR(
         startExperts(x, indices, weights, gate, up, down, y, stacks));
     int64_t pairs = indices.shape[0] * indices.shape[1];
-    // (Only grouped on FP8 tensor cores do they read the attached codes in
-    // place of x's rows.)
+    // (Only grouped on the device do they read what is attached in place
+    // of x's rows: on FP8 tensor cores its codes, BF16 stacks its BF16
+    // rows.)
     if (rowsUnwrittenOf(x) &&
         !groupsOnFp8TensorCores(gate.dtype, pairs, int(gate.shape[0]),
-                                int(gate.shape[1]), int(x.shape[1])))
+                                int(gate.shape[1]), int(x.shape[1])) &&
+        !(gate.dtype == DType::BF16 && attachedTo(x)->bf16.data && !quantizeX &&
+          groupsMany(gate.dtype, pairs, int(gate.shape[0]), int(gate.shape[1]),
+                     int(x.shape[1]))))
       return unwrittenRows("moe_experts");
     if (!quantizeX && groupsMany(gate.dtype, pairs, int(gate.shape[0]),
                                  int(gate.shape[1]), int(x.shape[1])))
@@ -1767,11 +1879,17 @@ public:
       grouping.chunkOffsets = static_cast<int32_t *>(chunkOffsetsT.data);
     }
     MELT_RETURN_IF_ERROR(check(groupExperts(grouping, stream_), "moe_experts"));
-    if (!fp8TensorCores)
-      MELT_RETURN_IF_ERROR(
-          check(gatherRows(static_cast<const float *>(x.data), tokenOfRow,
-                           capacity, D, {xs, true}, stream_),
-                "moe_experts"));
+    if (!fp8TensorCores) {
+      // x's rows in BF16 as the norm that made it prepared them (half the
+      // bytes), else its F32 rows.
+      const PreparedInput *prepared = attachedTo(x);
+      const Operand rowsIn = prepared && prepared->bf16.data
+                                 ? Operand{prepared->bf16.data, true}
+                                 : Operand{x.data, false};
+      MELT_RETURN_IF_ERROR(check(
+          gatherRows(rowsIn, tokenOfRow, capacity, D, {xs, true}, stream_),
+          "moe_experts"));
+    }
     // x w^T, or with w2 (up) SiLU(x w^T) * (x w2^T).
     auto product = [&](const __nv_bfloat16 *input, const void *w,
                        const float *wScales, const void *w2,
@@ -2603,11 +2721,10 @@ private:
         scratch(outBf16 ? DType::BF16 : DType::F32, {R, D}, out));
     MELT_RETURN_IF_ERROR(upload(tokenOfRow.data(), rows));
     MELT_RETURN_IF_ERROR(upload(rowOfPair.data(), pairs));
-    MELT_RETURN_IF_ERROR(
-        check(gatherRows(static_cast<const float *>(x.data),
-                         static_cast<const int32_t *>(rows.data), R, D,
-                         {xs.data, bf16 && !fp8Gemms}, stream_),
-              "moe_experts"));
+    MELT_RETURN_IF_ERROR(check(
+        gatherRows({x.data, false}, static_cast<const int32_t *>(rows.data), R,
+                   D, {xs.data, bf16 && !fp8Gemms}, stream_),
+        "moe_experts"));
     // An expert's gate or up product in FP8: its rows [r, r + m) quantized
     // (scales [D/128, m], the expert's own block of codeScales).
     auto fp8Product = [&](size_t lane, const DeviceTensor &w,
@@ -2978,7 +3095,7 @@ private:
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<GemmRunner> gemm_;
   std::string failure_;
-  int32_t *flag_ = nullptr; // raised by kernels on bad indices
+  int32_t *flag_ = nullptr;      // raised by kernels on bad indices
   int32_t *hostFlags_ = nullptr; // pinned: flag_'s copy (queueFlagsCopy)
   /// Live blocks and their rounded sizes; freed blocks by rounded size.
   std::map<void *, size_t> blockBytes_;

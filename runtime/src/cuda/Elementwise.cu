@@ -22,13 +22,17 @@ namespace {
 
 /// With kAdd, the residual add before the norm in the same pass
 /// (Device::addRmsNorm).
+/// `yBf16` (where given): y's rows in BF16 as well.
 template <bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormKernel(Operand x, Operand b, Result sumOut, Operand gamma, float eps,
-                  int cols, Result y) {
+                  int cols, Result y, __nv_bfloat16 *yBf16) {
   const size_t base = size_t(blockIdx.x) * cols;
-  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base,
-                [&](int c, float v) { store(y, base + c, v); });
+  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, [&](int c, float v) {
+    store(y, base + c, v);
+    if (yBf16)
+      yBf16[base + c] = __float2bfloat16(v);
+  });
 }
 
 /// rmsNormKernel into F32 y (where given), then the block quantizes the
@@ -89,9 +93,10 @@ __device__ __forceinline__ void storeFour(Result y, size_t i, float4 v) {
   }
 }
 
-/// rmsNormKernel (y where given) and, with kQuantize, rmsNormQuantizeKernel
-/// (cols a multiple of 128: y's 1 x 128 blocks quantized, q and scales,
-/// and y in BF16 where yBf16 is given), a warp a row (warpNormRow). The
+/// rmsNormKernel (y where given, and y in BF16 where yBf16 is) and, with
+/// kQuantize, rmsNormQuantizeKernel (cols a multiple of 128: y's 1 x 128
+/// blocks quantized, q and scales, and y in BF16 where yBf16 is given), a
+/// warp a row (warpNormRow). The
 /// blocks' largest magnitudes are reduced over the warp for all blocks at
 /// once (a block after another waited on five shuffles each).
 template <bool kAdd, int kQuads, bool kQuantize, bool kBf16X>
@@ -114,6 +119,11 @@ __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
     for (int j = 0; j < kQuads; ++j)
       if (lane + 32 * j < quads)
         storeFour(y, base + 4 * size_t(lane + 32 * j), v[j]);
+  if (!kQuantize && yBf16) // (quantizing, the loop below writes them)
+#pragma unroll
+    for (int j = 0; j < kQuads; ++j)
+      if (lane + 32 * j < quads)
+        storeFour(Result{yBf16, true}, base + 4 * size_t(lane + 32 * j), v[j]);
   if constexpr (kQuantize) {
     const int blocks = cols / 128; // every lane holds a four of each
     float amax[kQuads];
@@ -332,15 +342,16 @@ cudaError_t melt::rt::cuda::convert(Operand x, size_t count, Result y,
 
 cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
                                     int rows, int cols, Result y,
-                                    cudaStream_t stream) {
+                                    cudaStream_t stream, __nv_bfloat16 *yBf16) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   if (normRowsByWarp(rows, cols, x))
     return launchWarpNorm<false, false>(x, x, Result{nullptr, false}, gamma,
                                         eps, rows, cols, y, nullptr, nullptr,
-                                        nullptr, stream);
+                                        yBf16, stream);
   return launchOverlapped(rmsNormKernel<false>, rows, kNormThreads, 0, stream,
-                          x, x, Result{nullptr, false}, gamma, eps, cols, y);
+                          x, x, Result{nullptr, false}, gamma, eps, cols, y,
+                          yBf16);
 }
 
 cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
@@ -398,14 +409,15 @@ bool melt::rt::cuda::normRowsStage(int cols) {
 cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
                                        float eps, int rows, int cols,
                                        Result sum, Result y,
-                                       cudaStream_t stream) {
+                                       cudaStream_t stream,
+                                       __nv_bfloat16 *yBf16) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   if (normRowsByWarp(rows, cols, a, &b, &sum))
     return launchWarpNorm<true, false>(a, b, sum, gamma, eps, rows, cols, y,
-                                       nullptr, nullptr, nullptr, stream);
+                                       nullptr, nullptr, yBf16, stream);
   return launchOverlapped(rmsNormKernel<true>, rows, kNormThreads, 0, stream, a,
-                          b, sum, gamma, eps, cols, y);
+                          b, sum, gamma, eps, cols, y, yBf16);
 }
 
 cudaError_t melt::rt::cuda::binary(Binary op, Operand a, Operand b,

@@ -27,8 +27,11 @@ struct Result {
   bool bf16;
 };
 
+/// `yBf16` (where given): y's rows rounded to BF16 as well (a BF16
+/// product's input, beside y's own type).
 cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
-                    Result y, cudaStream_t stream);
+                    Result y, cudaStream_t stream,
+                    __nv_bfloat16 *yBf16 = nullptr);
 /// rmsNorm into F32 y (or with `b`, addRmsNorm: sum = x + b as well), and
 /// y's rows quantized as quantizeRowsFp8 quantizes them (cols a multiple
 /// of 128): q [rows, cols] e4m3, scales [cols / 128, rows]. One kernel:
@@ -44,9 +47,11 @@ cudaError_t rmsNormQuantizeRowsFp8(Operand x, const Operand *b, Result sum,
 /// Whether rmsNormQuantizeRowsFp8 keeps a row of `cols` in shared memory
 /// (and so can leave y out).
 bool normRowsStage(int cols);
-/// sum = a + b (as binary(Add) stores it), y = rmsNorm(sum), one pass.
+/// sum = a + b (as binary(Add) stores it), y = rmsNorm(sum), one pass
+/// (`yBf16` as rmsNorm's).
 cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
-                       int cols, Result sum, Result y, cudaStream_t stream);
+                       int cols, Result sum, Result y, cudaStream_t stream,
+                       __nv_bfloat16 *yBf16 = nullptr);
 
 /// y = x in y's type (rounded to BF16 where y is BF16).
 cudaError_t convert(Operand x, size_t count, Result y, cudaStream_t stream);

@@ -442,10 +442,10 @@ __global__ void combinePairRowsKernel(const float *pairRows,
 constexpr int kGatherLoads = 4;
 
 template <bool kVector>
-__global__ void gatherRowsKernel(const float *x, const int32_t *rows, int dim,
+__global__ void gatherRowsKernel(Operand x, const int32_t *rows, int dim,
                                  Result y) {
   awaitPriorKernels();
-  const float *source = x + size_t(rows[blockIdx.x]) * dim;
+  const size_t source = size_t(rows[blockIdx.x]) * dim;
   const size_t base = size_t(blockIdx.x) * dim;
   if constexpr (kVector) {
     const int groups = dim / 4;
@@ -455,7 +455,7 @@ __global__ void gatherRowsKernel(const float *x, const int32_t *rows, int dim,
       for (int k = 0; k < kGatherLoads; ++k) {
         const int g = g0 + k * int(blockDim.x);
         if (g < groups)
-          v[k] = reinterpret_cast<const float4 *>(source)[g];
+          v[k] = load4(x, source + 4 * size_t(g));
       }
 #pragma unroll
       for (int k = 0; k < kGatherLoads; ++k) {
@@ -466,7 +466,7 @@ __global__ void gatherRowsKernel(const float *x, const int32_t *rows, int dim,
     }
   } else {
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
-      store(y, base + i, source[i]);
+      store(y, base + i, load(x, source + i));
   }
 }
 
@@ -1051,12 +1051,13 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
       shared && pairRows ? pairRows + size_t(routedPairs) * dim : nullptr);
 }
 
-cudaError_t melt::rt::cuda::gatherRows(const float *x, const int32_t *rows,
+cudaError_t melt::rt::cuda::gatherRows(Operand x, const int32_t *rows,
                                        int count, int dim, Result y,
                                        cudaStream_t stream) {
   if (count == 0)
     return cudaSuccess;
-  if (dim % 4 == 0 && alignedFor4(x, false) && alignedFor4(y.data, y.bf16))
+  if (dim % 4 == 0 && alignedFor4(x.data, x.bf16) &&
+      alignedFor4(y.data, y.bf16))
     launchOverlapped(gatherRowsKernel<true>, count, 256, 0, stream, x, rows,
                      dim, y);
   else

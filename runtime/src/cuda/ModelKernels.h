@@ -156,9 +156,9 @@ cudaError_t finishPairOutput(float *y, const float *pairRows,
                              int experts, int dim, cudaStream_t stream,
                              const float *sharedRows = nullptr);
 
-/// y[r] = x[rows[r]] for r < count (y F32 or BF16): tokens gathered by
-/// expert for the grouped GEMMs.
-cudaError_t gatherRows(const float *x, const int32_t *rows, int count, int dim,
+/// y[r] = x[rows[r]] for r < count (x and y each F32 or BF16): tokens
+/// gathered by expert for the grouped GEMMs.
+cudaError_t gatherRows(Operand x, const int32_t *rows, int count, int dim,
                        Result y, cudaStream_t stream);
 /// y[t] = sum_k weights[t, k] * expertOut[rowOfPair[t * choices + k]]
 /// (each expert row rounded to BF16 first with `combineBf16`; rows held in
