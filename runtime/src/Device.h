@@ -351,23 +351,25 @@ public:
   }
   virtual void detachPrepared(const void *data) { (void)data; }
   /// Whether the device's MLA call over `rows` query rows can also write
-  /// what a product of `weight` that quantizes its input reads of the MLA's
-  /// output (its 1 x 128 FP8 codes; MlaProductFusions.h): then the executor
-  /// asks for it (prepareMlaOutput) and the product reads it
-  /// (linearOfPrepared).
+  /// what a product of `weight` that quantizes its input (or rounds it to
+  /// BF16) reads of the MLA's output (its 1 x 128 FP8 codes, or its BF16
+  /// rows; MlaProductFusions.h): then the executor asks for it
+  /// (prepareMlaOutput) and the product reads it (linearOfPrepared).
   virtual bool preparesInMla(const DeviceTensor &weight, int64_t rows) const {
     (void)weight, (void)rows;
     return false;
   }
   /// The next mla / mlaOfQuery call also writes into `into` what the
   /// products of its output read in its place, as a norm's
-  /// rmsNormForProducts does (into->q left empty where it cannot; with
-  /// `rowsRead` false nothing else reads the output, which the call may
-  /// then leave unwritten: PreparedInput::rowsUnwritten); null: none asked.
-  /// The executor asks just before the call and clears it after. The
-  /// default prepares nothing.
-  virtual void prepareMlaOutput(PreparedInput *into, bool rowsRead) {
-    (void)into, (void)rowsRead;
+  /// rmsNormForProducts does for products of `weight`'s type (into left
+  /// empty where it cannot; with `rowsRead` false nothing else reads the
+  /// output, which the call may then leave unwritten:
+  /// PreparedInput::rowsUnwritten); null: none asked. The executor asks
+  /// just before the call and clears it after. The default prepares
+  /// nothing.
+  virtual void prepareMlaOutput(PreparedInput *into, bool rowsRead,
+                                const DeviceTensor *weight) {
+    (void)into, (void)rowsRead, (void)weight;
   }
   /// linear(x, w, y) where `prepared` holds what the norm that made x
   /// prepared for it: the same values. The default (or nothing prepared)

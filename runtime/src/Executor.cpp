@@ -467,7 +467,7 @@ Status DeviceModel::create(const Model &model, Device &device,
   // input (decided each step, by its rows).
   if (envSwitch("MELT_FUSE_MLA_QUANTIZE", true))
     for (MlaProductFusion &f :
-         findMlaProductFusions(m, *dm.forward_, folds, quantizesItsInput))
+         findMlaProductFusions(m, *dm.forward_, folds, preparedInput))
       dm.mlaProducts_[f.mla] = std::move(f);
   // MoE layers' input norms: their kernel may prepare what the router and
   // the experts read of their value (decided each step, by its rows).
@@ -1485,13 +1485,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       struct AskedForCall {
         Device &device;
         bool asked = false;
-        void ask(Device::PreparedInput &into, bool rowsRead) {
-          device.prepareMlaOutput(&into, rowsRead);
+        void ask(Device::PreparedInput &into, bool rowsRead,
+                 const DeviceTensor &weight) {
+          device.prepareMlaOutput(&into, rowsRead, &weight);
           asked = true;
         }
         ~AskedForCall() {
           if (asked)
-            device.prepareMlaOutput(nullptr, true);
+            device.prepareMlaOutput(nullptr, true, nullptr);
         }
       } mlaOutput{device};
       auto held = heldQueries.byMla.find(k);
@@ -1510,7 +1511,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                 : values.make(outId(0), DType::F32,
                               {q.shape[0], q.shape[1], w(1).shape[1]}, out);
         if (!made && preparesInMlaFor(products, q.shape[0]))
-          mlaOutput.ask(prepared, rowsRead);
+          mlaOutput.ask(prepared, rowsRead, productWeight(products->front()));
         if (!made)
           status = device.mlaOfQuery(
               q, nopeShape->Get(2), *positions, ropeParamsOf(rope), *c,
@@ -1529,7 +1530,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
           values.make(outId(0), DType::F32,
                       {qn.shape[0], qn.shape[1], w(1).shape[1]}, out));
       if (preparesInMlaFor(products, qn.shape[0]))
-        mlaOutput.ask(prepared, rowsRead);
+        mlaOutput.ask(prepared, rowsRead, productWeight(products->front()));
       status = device.mla(qn, in(1), *c, onRows ? rowLayout : pass.layout, w(0),
                           w(1), float(kernel.floats()->Get(0)), ints(0), *out);
       if (!status && mlaOutput.asked)

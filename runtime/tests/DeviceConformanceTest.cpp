@@ -1422,33 +1422,40 @@ TEST_P(DeviceConformance, ImportedFp8WeightsWithPaddedKMultiply) {
 }
 
 // An MLP's down projection with its SiLU-mul (a GPU computes it as the FP8
-// product quantizes its input): the values of siluMul then linear, bit for
-// bit, for a decode step's few tokens and a prefill's many, K padded and
-// not.
+// product quantizes its input, or for a BF16 weight into BF16 rows): the
+// values of siluMul then linear, bit for bit, for a decode step's few
+// tokens and a prefill's many, K padded and not.
 TEST_P(DeviceConformance, LinearOfSiluMulIsSiluMulThenLinear) {
-  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 1408},
-                      {5, 1408},
-                      {40, 1408},
-                      {100, 1408},
-                      {3, 512},
-                      {100, 512}}) {
-    const int64_t N = 64;
-    // (Kept while w is used: a device may multiply the host copy itself.)
-    const WeightData weight = fp8BlockWeight(rng, N, K);
-    DeviceTensor w;
-    Status s = device->importWeight(weight, w);
-    ASSERT_FALSE(s) << s.message();
-    owned.push_back(w);
-    DeviceTensor gate = put(random(DType::F32, {M, K}, rng, 3.f)),
-                 up = put(random(DType::F32, {M, K}, rng)),
-                 product = make(DType::F32, {M, K}),
-                 fused = make(DType::F32, {M, N}),
-                 apart = make(DType::F32, {M, N});
-    ASSERT_FALSE(device->linearOfSiluMul(gate, up, w, fused));
-    ASSERT_FALSE(device->siluMul(gate, up, product));
-    ASSERT_FALSE(device->linear(product, w, apart));
-    EXPECT_EQ(get(fused), get(apart)) << M << " x " << K;
-  }
+  for (bool bf16 : {false, true})
+    for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 1408},
+                        {5, 1408},
+                        {40, 1408},
+                        {100, 1408},
+                        {3, 512},
+                        {100, 512},
+                        {600, 1408}}) {
+      const int64_t N = 64;
+      // (Kept while w is used: a device may multiply the host copy itself.)
+      const WeightData weight = fp8BlockWeight(rng, N, K);
+      DeviceTensor w;
+      if (bf16) {
+        w = put(random(DType::BF16, {N, K}, rng, 0.05f));
+      } else {
+        Status s = device->importWeight(weight, w);
+        ASSERT_FALSE(s) << s.message();
+        owned.push_back(w);
+      }
+      DeviceTensor gate = put(random(DType::F32, {M, K}, rng, 3.f)),
+                   up = put(random(DType::F32, {M, K}, rng)),
+                   product = make(DType::F32, {M, K}),
+                   fused = make(DType::F32, {M, N}),
+                   apart = make(DType::F32, {M, N});
+      ASSERT_FALSE(device->linearOfSiluMul(gate, up, w, fused));
+      ASSERT_FALSE(device->siluMul(gate, up, product));
+      ASSERT_FALSE(device->linear(product, w, apart));
+      EXPECT_EQ(get(fused), get(apart))
+          << M << " x " << K << (bf16 ? ", BF16 weight" : ", FP8 weight");
+    }
 }
 
 // The same held in F32 where asked (MELT_CUDA_FP8_PAD_K=0).

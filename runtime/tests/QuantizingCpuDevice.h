@@ -260,7 +260,8 @@ public:
     (void)rows;
     return preparesMlaOutputs && quantizesFp8Input(weight);
   }
-  void prepareMlaOutput(PreparedInput *into, bool rowsRead) override {
+  void prepareMlaOutput(PreparedInput *into, bool rowsRead,
+                        const DeviceTensor *) override {
     mlaOutput_ = into;
     mlaRowsRead_ = rowsRead;
   }

@@ -317,6 +317,11 @@ __global__ void __launch_bounds__(kThreads)
       if (t == 0)
         codes.scales[size_t(h) * codes.rows + run.first + i] = s;
     }
+    if (codes.bf16)
+#pragma unroll
+      for (int n = 0; n < W::valueTiles; ++n)
+        *reinterpret_cast<uint32_t *>(codes.bf16 + at + n * 8) =
+            packBf16(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
   }
 }
 
@@ -344,7 +349,8 @@ cudaError_t launchCausalAttention(const QuerySource &query,
                                   const CausalOutputCodes *codes) {
   if (!causalAttentionFits(nope, rope, valueDim) || heads <= 0 ||
       runCount < 0 || runCount > kCausalMaxRuns ||
-      (codes && (!codes->codes || !codes->scales || codes->rows <= 0)))
+      (codes && codes->codes && (!codes->scales || codes->rows <= 0)) ||
+      (codes && !codes->codes && !codes->bf16))
     return cudaErrorInvalidValue;
   CausalRunList list;
   for (int i = 0; i < runCount; ++i) {

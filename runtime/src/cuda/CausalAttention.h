@@ -81,14 +81,15 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
 /// The output's 1 x 128 FP8 codes as well (a head's value row of 128 is
 /// one block), written beside `out` by the kernel that computed it, as
 /// quantizeRowsFp8 would write them from `out` ([rows, heads * 128] codes,
-/// [heads, rows] scales: block h of row t at h * rows + t), for the output
-/// projection to read (MlaProductFusions.h); `out` may then be null (the
-/// codes alone). Written in session 26 after its GPU time was spent: not
-/// yet run on a GPU.
+/// [heads, rows] scales: block h of row t at h * rows + t), for an FP8
+/// output projection to read (MlaProductFusions.h); or `bf16`, the output
+/// rounded to BF16 (as out's layout) for a BF16 one. `out` may then be
+/// null (the prepared rows alone).
 struct CausalOutputCodes {
   uint8_t *codes = nullptr;
   float *scales = nullptr;
   int rows = 0;
+  __nv_bfloat16 *bf16 = nullptr;
 };
 
 /// The same for up to kCausalMaxRuns runs (a prefill's sequences) in one

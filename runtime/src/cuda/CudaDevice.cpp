@@ -525,17 +525,42 @@ public:
 
   /// An FP8 weight's product quantizes silu(gate) * up as it reads them.
   bool fusesSiluMulInto(const DeviceTensor &weight) const override {
-    return multipliedInFp8(weight);
+    return multipliedInFp8(weight) || roundsInputToBf16(weight);
   }
 
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          const DeviceTensor &w, DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
-    if (!fusesSiluMulInto(w))
+    if (w.dtype == DType::BF16 && gate.shape.size() == 2 &&
+        !takesSmallMGemm(w, gate.rows()))
+      return bf16LinearOfSiluMul(gate, up, w, y);
+    if (!multipliedInFp8(w))
       return Device::linearOfSiluMul(gate, up, w, y);
     MELT_RETURN_IF_ERROR(check::sameShape("silu_mul", gate, up));
     MELT_RETURN_IF_ERROR(check::linear(gate, w, y));
     return linearWithFp8Weight(gate, w, y, &up);
+  }
+
+  /// A BF16 product of silu(gate) * up: the SiLU-mul written straight
+  /// into BF16 rows (the values linear() would round its F32 rows to), the
+  /// F32 rows and their conversion left out.
+  Status bf16LinearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
+                             const DeviceTensor &w, DeviceTensor &y) {
+    MELT_RETURN_IF_ERROR(check::sameShape("silu_mul", gate, up));
+    MELT_RETURN_IF_ERROR(check::linear(gate, w, y));
+    DeviceTensor rows;
+    MELT_RETURN_IF_ERROR(allocate(DType::BF16, gate.shape, rows));
+    Status status = check(binary(Binary::SiluMul, operand(gate), operand(up),
+                                 size_t(gate.numel()), result(rows), stream_),
+                          "silu_mul");
+    if (!status)
+      status =
+          fromGemm(gemm_->bf16(static_cast<const __nv_bfloat16 *>(rows.data),
+                               static_cast<const __nv_bfloat16 *>(w.data),
+                               y.data, y.dtype == DType::F32, int(gate.rows()),
+                               int(w.rows()), int(gate.cols())));
+    release(rows); // stream-ordered: reused only by later work
+    return status;
   }
 
   /// linearWithFp8Weight quantizes x in 1x128 blocks itself.
@@ -618,7 +643,7 @@ public:
   /// multiplies), K unpadded.
   bool preparesInNorm(const DeviceTensor &weight, int64_t rows) const override {
     if (weight.dtype == DType::BF16)
-      return normBf16Rows_ && weight.shape.size() == 2 &&
+      return bf16InputRows_ && weight.shape.size() == 2 &&
              !takesSmallMGemm(weight, rows);
     return quantizesInNorm(weight, rows);
   }
@@ -653,13 +678,15 @@ public:
     return addNormQuantizing(a, b, gamma, eps, sum, y, prepared, false,
                              rowsRead);
   }
-  /// BF16 products of many rows read their input as the BF16 rows its
-  /// norm wrote (NormProductFusions.h): each product's conversion of the
-  /// norm's F32 rows left out, and where nothing else reads them, those
-  /// rows too (MELT_CUDA_NORM_BF16_ROWS=0 declines).
-  bool normBf16Rows_ = envSwitch("MELT_CUDA_NORM_BF16_ROWS", true);
+  /// BF16 products of many rows read their input as BF16 rows written by
+  /// the kernel that made it: a norm (NormProductFusions.h), the SiLU-mul
+  /// of an MLP (linearOfSiluMul), a prefill's attention (its output for
+  /// o_proj, MlaProductFusions.h); each product's conversion of F32 rows
+  /// left out, and where nothing else reads them, those rows too
+  /// (MELT_CUDA_BF16_INPUT_ROWS=0 declines).
+  bool bf16InputRows_ = envSwitch("MELT_CUDA_BF16_INPUT_ROWS", true);
   bool roundsInputToBf16(const DeviceTensor &weight) const override {
-    return normBf16Rows_ && weight.dtype == DType::BF16 &&
+    return bf16InputRows_ && weight.dtype == DType::BF16 &&
            weight.shape.size() == 2;
   }
   /// Whether linear() multiplies F32 rows of `w` (BF16 or F32) on the
@@ -761,7 +788,7 @@ public:
   /// expert's BF16 gate and up run apart.
   bool preparesBf16ForExperts(const DeviceTensor &router,
                               const DeviceTensor &gate, int64_t rows) const {
-    if (!normExperts_ || !normBf16Rows_ || !fusedAddNorm_ ||
+    if (!normExperts_ || !bf16InputRows_ || !fusedAddNorm_ ||
         router.dtype != DType::BF16 || router.shape.size() != 2 ||
         gate.shape.size() != 3)
       return false;
@@ -863,11 +890,17 @@ public:
   PreparedInput *mlaOutputInto_ = nullptr;
   bool mlaRowsRead_ = true;
   bool preparesInMla(const DeviceTensor &weight, int64_t rows) const override {
-    return mlaOutputCodes_ && quantizesInNorm(weight, rows);
+    return mlaOutputCodes_ &&
+           (weight.dtype == DType::BF16 ? preparesInNorm(weight, rows)
+                                        : quantizesInNorm(weight, rows));
   }
-  void prepareMlaOutput(PreparedInput *into, bool rowsRead) override {
+  /// Whether what was asked is BF16 rows (a BF16 product), not codes.
+  bool mlaOutputBf16_ = false;
+  void prepareMlaOutput(PreparedInput *into, bool rowsRead,
+                        const DeviceTensor *weight) override {
     mlaOutputInto_ = into;
     mlaRowsRead_ = rowsRead;
+    mlaOutputBf16_ = weight && weight->dtype == DType::BF16;
   }
   /// linearWithFp8Weight past its few-token kernel, of the rows the norm
   /// quantized: the same product of the same codes, the quantize kernel
@@ -2254,16 +2287,21 @@ private:
     const int64_t T = out.shape.empty() ? 0 : out.shape[0],
                   width = shape.heads * shape.valueDim;
     if (mlaOutputInto_ && fused && shape.valueDim == 128) {
-      Status made = allocate(DType::FP8E4M3, {T, width}, codes.q);
-      if (!made)
+      // (BF16 rows for a BF16 output projection.)
+      Status made = mlaOutputBf16_
+                        ? allocate(DType::BF16, {T, width}, codes.bf16)
+                        : allocate(DType::FP8E4M3, {T, width}, codes.q);
+      if (!made && !mlaOutputBf16_)
         made = allocate(DType::F32, {width / 128, T}, codes.scales);
       if (made) {
         release(codes.q);
+        release(codes.bf16);
         release(scratch);
         return made;
       }
       outputCodes.codes = static_cast<uint8_t *>(codes.q.data);
       outputCodes.scales = static_cast<float *>(codes.scales.data);
+      outputCodes.bf16 = static_cast<__nv_bfloat16 *>(codes.bf16.data);
       outputCodes.rows = int(T);
       // (The F32 rows too unless nothing else reads them.)
       codes.rowsUnwritten = !mlaRowsRead_ && normRowsUnwritten_;
@@ -2276,15 +2314,15 @@ private:
           static_cast<const float *>(wUv.data), shape, runs, scale,
           static_cast<float *>(scratch.data), floats, kScoreFloats, fused,
           codes.rowsUnwritten ? nullptr : static_cast<float *>(out.data),
-          flag_ + kCacheFlag, projected,
-          outputCodes.codes ? &outputCodes : nullptr);
+          flag_ + kCacheFlag, projected, codes.any() ? &outputCodes : nullptr);
     }));
     release(scratch); // stream-ordered: reused only by later work
-    if (outputCodes.codes && !launched) {
+    if (codes.any() && !launched) {
       *mlaOutputInto_ = codes;
     } else {
       release(codes.q);
       release(codes.scales);
+      release(codes.bf16);
     }
     taken = !launched;
     return launched; // a position without a page: at synchronize()

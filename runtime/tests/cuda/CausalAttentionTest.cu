@@ -322,6 +322,46 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
     cudaFree(p);
 }
 
+// The output's BF16 rows in place of its F32 ones (CausalOutputCodes::bf16,
+// for a BF16 output projection): the F32 output rounded to BF16, bit for
+// bit, the same runs.
+TEST(CudaCausalAttention, WritesItsOutputInBf16AsTheF32OutputRounded) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  const int heads = 3, tokens = 300;
+  const std::vector<CausalRun> runs = {
+      {0, 130, 0, 130}, {130, 1, 0, 1}, {131, 169, 40, 260}};
+  std::mt19937 rng(11);
+  std::vector<void *> owned;
+  const RandomRuns random = randomRuns(runs, heads, tokens, rng, owned);
+  const size_t outCount = size_t(tokens) * heads * kValue;
+  float *plain = deviceArray<float>(outCount);
+  auto *rows = deviceArray<__nv_bfloat16>(outCount);
+  owned.insert(owned.end(), {plain, rows});
+  const float scale = 1.f / std::sqrt(float(kWidth));
+  ASSERT_EQ(causalAttentionBf16(random.qNope, random.qRope,
+                                random.operands.data(), int(runs.size()), heads,
+                                kNope, kRope, kValue, scale, plain, nullptr),
+            cudaSuccess);
+  CausalOutputCodes bf16;
+  bf16.bf16 = rows;
+  ASSERT_EQ(causalAttentionBf16(random.qNope, random.qRope,
+                                random.operands.data(), int(runs.size()), heads,
+                                kNope, kRope, kValue, scale, nullptr, nullptr,
+                                &bf16),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> want = toHost(plain, outCount);
+  const std::vector<__nv_bfloat16> have = toHost(rows, outCount);
+  for (size_t i = 0; i < outCount; ++i)
+    ASSERT_EQ(__bfloat162float(have[i]),
+              __bfloat162float(__float2bfloat16(want[i])))
+        << "token " << i / (heads * kValue) << ", head " << i / kValue % heads
+        << ", value " << i % kValue;
+  for (void *p : owned)
+    cudaFree(p);
+}
+
 // Queries as the projection leaves them ([tokens, heads, 192], the rope
 // part's interleaved pairs not yet rotated), in F32 and in BF16 (values
 // BF16 holds): the kernel's own split and rotation give the output of the
