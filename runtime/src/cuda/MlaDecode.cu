@@ -11,10 +11,11 @@
 // swizzle (Wgmma.cuh's layout), which both TMA and conflict-free ldmatrix
 // reads take. Scores and the weighted sum run on the tensor cores
 // (mma.sync m16n8k16, BF16 in, FP32 out) with an online softmax over the
-// tiles; with one head tile a block, each warp's query fragments stay in
-// registers from the first tile on. Each chunk leaves an unnormalized
-// [16, 512] sum with its running max and sum; a combine kernel merges the
-// chunks.
+// tiles (the scale in the weights' exponent; the warps' scores meet in
+// padded shared rows, written and read without bank conflicts); with one
+// head tile a block, each warp's query fragments stay in registers from
+// the first tile on. Each chunk leaves an unnormalized [16, 512] sum with
+// its running max and sum; a combine kernel merges the chunks.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/MlaDecode.h"
