@@ -2132,6 +2132,88 @@ TEST_P(DeviceConformance, Bf16MoeExpertsWithSharedIsTheCallsApart) {
     }
 }
 
+// A prefill's BF16 MoE layer with its shared expert in one call (the
+// products' outputs rounded to BF16): on a GPU the grouped experts with the
+// shared expert's products from x's BF16 rows and its output added by the
+// combine; the values of the calls apart, x's rows as F32 and as a norm's
+// BF16 rows attached to them (never read as F32 then).
+TEST_P(DeviceConformance, ManyTokensBf16MoeExpertsWithSharedIsTheCallsApart) {
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  const int64_t T = 160, K = 3, E = 4, I = 256, D = 512, sharedI = 512;
+  DeviceTensor dg = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
+               du = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
+               dd = put(random(DType::BF16, {E, D, I}, rng, 0.1f)),
+               sg = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
+               su = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
+               sd = put(random(DType::BF16, {D, sharedI}, rng, 0.1f));
+  Device::SharedExpert shared;
+  shared.gate = &sg;
+  shared.up = &su;
+  shared.down = &sd;
+  shared.roundGateUp = shared.roundDown = true;
+  if (gpu)
+    EXPECT_TRUE(device->fusesSharedExpert(dg, shared, T));
+  const std::vector<int32_t> idx = spreadChoices(T, K, E);
+  DeviceTensor dx = put(random(DType::F32, {T, D}, rng)),
+               dw = put(random(DType::F32, {T, K}, rng)),
+               di = make(DType::I32, {T, K}), routed = make(DType::F32, {T, D}),
+               g = make(DType::F32, {T, sharedI}),
+               u = make(DType::F32, {T, sharedI}),
+               act = make(DType::F32, {T, sharedI}),
+               d = make(DType::F32, {T, D}), apart = make(DType::F32, {T, D});
+  ASSERT_FALSE(device->upload(idx.data(), di));
+  auto product = [&](const DeviceTensor &in, const DeviceTensor &w,
+                     DeviceTensor &out) {
+    Status st = device->linear(in, w, out);
+    return !st && !device->linearOutputsBf16(w) ? device->roundToBf16(out) : st;
+  };
+  ASSERT_FALSE(device->moeExperts(dx, di, dw, dg, du, dd, true, routed));
+  ASSERT_FALSE(product(dx, sg, g));
+  ASSERT_FALSE(product(dx, su, u));
+  ASSERT_FALSE(device->siluMul(g, u, act));
+  ASSERT_FALSE(product(act, sd, d));
+  ASSERT_FALSE(device->add(routed, d, apart));
+  const std::vector<float> want = get(apart);
+  const std::vector<double> wanted(want.begin(), want.end());
+  for (bool attached : {false, true}) {
+    DeviceTensor x = dx, fused = make(DType::F32, {T, D});
+    Device::PreparedInput rows;
+    if (attached) {
+      // x's rows as a norm would leave them: BF16 attached, F32 NaNs.
+      x = put(random(DType::F32, {T, D}, rng));
+      ASSERT_FALSE(device->allocate(DType::BF16, {T, D}, rows.bf16));
+      ASSERT_FALSE(device->copy(dx, x));
+      DeviceTensor asBf16 = rows.bf16;
+      ASSERT_FALSE(device->roundToBf16(x));
+      std::vector<float> host = get(x);
+      std::vector<uint16_t> bits(host.size());
+      for (size_t i = 0; i < host.size(); ++i) {
+        uint32_t word;
+        std::memcpy(&word, &host[i], 4);
+        bits[i] = uint16_t(word >> 16); // (exact: rounded already)
+      }
+      ASSERT_FALSE(device->upload(bits.data(), asBf16));
+      std::vector<float> nans(host.size(), std::nanf(""));
+      ASSERT_FALSE(device->upload(nans.data(), x));
+      rows.rowsUnwritten = true;
+      device->attachPrepared(x.data, rows);
+    }
+    Status s = device->moeExpertsWithShared(x, di, dw, dg, du, dd, true, false,
+                                            shared, fused);
+    if (attached)
+      device->detachPrepared(x.data);
+    if (attached && !gpu) { // (a CPU has nothing to read them through)
+      device->release(rows.bf16);
+      continue;
+    }
+    ASSERT_FALSE(s) << s.message();
+    const std::vector<float> have = get(fused);
+    EXPECT_LE(relativeError(have, wanted), gpu ? 1e-2 : 0.0)
+        << (attached ? "x's BF16 rows attached" : "x's F32 rows");
+    device->release(rows.bf16);
+  }
+}
+
 // The same values with the sums in F32 atomics where asked (a GPU:
 // MELT_CUDA_DETERMINISTIC_EXPERTS=0).
 TEST_P(DeviceConformance, MoeExpertsSumWithAtomicsWhereAsked) {

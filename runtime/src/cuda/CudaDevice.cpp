@@ -1551,7 +1551,8 @@ public:
     const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
     const int64_t D = gate.shape[2];
     if (gate.dtype == DType::BF16)
-      return takesBf16SharedRows(gate, shared, tokens);
+      return takesBf16SharedRows(gate, shared, tokens) ||
+             takesGroupedShared(gate, shared, tokens);
     if (takesGroupedShared(gate, shared, tokens))
       return true;
     return takesFp8Rows(gate.dtype, tokens, gate.shape[1], D) &&
@@ -1586,6 +1587,8 @@ public:
   /// least the (token, choice) pairs can be.
   bool takesGroupedShared(const DeviceTensor &gate, const SharedExpert &shared,
                           int64_t tokens) const {
+    if (gate.dtype == DType::BF16)
+      return takesGroupedBf16Shared(gate, shared, tokens);
     if (!groupedSharedExpert_ || gate.dtype != DType::FP8E4M3 ||
         gate.shape.size() != 3 || !sharedFp8Shapes(gate, shared))
       return false;
@@ -1595,6 +1598,28 @@ public:
            groupsOnFp8TensorCores(gate.dtype, tokens, int(E), int(I), int(D)) &&
            storedK(g) == D && storedK(u) == D && cublasLtTakesK(D) &&
            cublasLtTakesK(storedK(d)) && g.shape[0] % 16 == 0;
+  }
+  /// BF16 stacks grouped on the device for these tokens, with a BF16 shared
+  /// expert whose products' outputs are BF16 values (rounded so, as the
+  /// calls apart round them: the combine adds its BF16 output): its gate,
+  /// up and down products on cuBLASLt from x's BF16 rows, the SiLU-mul
+  /// written in BF16, the add left to the combine (no F32 output of the
+  /// shared expert, no add kernel, and x's F32 rows unread).
+  bool takesGroupedBf16Shared(const DeviceTensor &gate,
+                              const SharedExpert &shared,
+                              int64_t tokens) const {
+    if (!groupedSharedExpert_ || !bf16InputRows_ || gate.shape.size() != 3 ||
+        !shared.roundGateUp || !shared.roundDown)
+      return false;
+    const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
+    auto bf16Matrix = [](const DeviceTensor &w) {
+      return w.dtype == DType::BF16 && w.shape.size() == 2;
+    };
+    const int64_t E = gate.shape[0], I = gate.shape[1], D = gate.shape[2];
+    return bf16Matrix(g) && bf16Matrix(u) && bf16Matrix(d) &&
+           g.shape == u.shape && g.shape[1] == D && d.shape[0] == D &&
+           d.shape[1] == g.shape[0] && !takesSmallMGemm(g, tokens) &&
+           groupsMany(gate.dtype, tokens, int(E), int(I), int(D));
   }
   /// K that GemmRunner::fp8BlockScaled multiplies on cuBLASLt (beyond its
   /// small-M kernel): 128-blocks of K in fours.
@@ -1922,6 +1947,21 @@ public:
       MELT_RETURN_IF_ERROR(check(
           gatherRows(rowsIn, tokenOfRow, capacity, D, {xs, true}, stream_),
           "moe_experts"));
+      if (shared && !fp8) {
+        // (x's BF16 rows: the prepared ones, else x rounded here.)
+        DeviceTensor rowsT;
+        if (!rowsIn.bf16) {
+          MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, D}, rowsT));
+          MELT_RETURN_IF_ERROR(
+              check(convert(rowsIn, size_t(T) * D, {rowsT.data, true}, stream_),
+                    "moe_experts"));
+        }
+        MELT_RETURN_IF_ERROR(
+            sharedExpertOfBf16Rows(*shared,
+                                   static_cast<const __nv_bfloat16 *>(
+                                       rowsIn.bf16 ? rowsIn.data : rowsT.data),
+                                   T, scratch, sharedOutT));
+      }
     }
     // x w^T, or with w2 (up) SiLU(x w^T) * (x w2^T).
     auto product = [&](const __nv_bfloat16 *input, const void *w,
@@ -2016,7 +2056,8 @@ public:
     }
     if (shared && !sharedOutT.data)
       return invalidArgument("moe_experts: the shared expert needs the FP8 "
-                             "experts' grouped tensor-core path");
+                             "experts' grouped tensor-core path or BF16 "
+                             "stacks");
     return check(
         combineExpertRows({outT.data, combineBf16}, rowOfPair,
                           static_cast<const float *>(weights.data), T, K, D,
@@ -2063,6 +2104,34 @@ public:
     return fromGemm(gemm_->fp8BlockScaled(
         act, actScales, codesOf(d), scalesOf(d),
         static_cast<__nv_bfloat16 *>(out.data), T, D, downK));
+  }
+
+  /// A BF16 shared expert's MLP of T tokens from x's BF16 rows: gate and up
+  /// products in BF16, their SiLU-mul written in BF16, the down product
+  /// into `out` (BF16 [T, D], taken from `scratch`).
+  Status sharedExpertOfBf16Rows(const SharedExpert &shared,
+                                const __nv_bfloat16 *rows, int T,
+                                CallScratch &scratch, DeviceTensor &out) {
+    const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
+    const int inter = int(g.shape[0]), D = int(g.shape[1]);
+    DeviceTensor gT, uT, actT;
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, gT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, uT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, actT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, D}, out));
+    auto weights = [](const DeviceTensor &w) {
+      return static_cast<const __nv_bfloat16 *>(w.data);
+    };
+    MELT_RETURN_IF_ERROR(
+        fromGemm(gemm_->bf16(rows, weights(g), gT.data, false, T, inter, D)));
+    MELT_RETURN_IF_ERROR(
+        fromGemm(gemm_->bf16(rows, weights(u), uT.data, false, T, inter, D)));
+    MELT_RETURN_IF_ERROR(
+        check(binary(Binary::SiluMul, {gT.data, true}, {uT.data, true},
+                     size_t(T) * inter, {actT.data, true}, stream_),
+              "moe_experts"));
+    return fromGemm(gemm_->bf16(static_cast<const __nv_bfloat16 *>(actT.data),
+                                weights(d), out.data, false, T, D, inter));
   }
 
   /// moeExperts' device-side kernels (no wait for the choices).
