@@ -1699,6 +1699,33 @@ TEST_P(DeviceConformance, NormForProductsIsTheNormThenTheProducts) {
         }
 }
 
+/// A MoE layer's input norm's operands for T tokens of D (K choices each
+/// of E experts, spread), and for the norm's two ways (apart, then through
+/// what it prepared) its sums, the router's scores and the experts'
+/// outputs.
+struct MoeNormCase {
+  DeviceTensor a, b, gamma, indices, weights, normed;
+  DeviceTensor sums[2], scores[2], outs[2];
+};
+MoeNormCase moeNormCase(DeviceConformance &test, std::mt19937 &rng, int64_t T,
+                        int64_t D, int64_t K, int64_t E) {
+  MoeNormCase c;
+  c.a = test.put(random(DType::F32, {T, D}, rng, 3.f));
+  c.b = test.put(random(DType::F32, {T, D}, rng, 3.f));
+  c.gamma = test.put(random(DType::F32, {D}, rng));
+  c.indices = test.make(DType::I32, {T, K});
+  c.weights = test.put(random(DType::F32, {T, K}, rng));
+  const std::vector<int32_t> idx = spreadChoices(T, K, E);
+  EXPECT_FALSE(test.device->upload(idx.data(), c.indices));
+  c.normed = test.make(DType::F32, {T, D});
+  for (int i = 0; i < 2; ++i) {
+    c.sums[i] = test.make(DType::F32, {T, D});
+    c.scores[i] = test.make(DType::F32, {T, E});
+    c.outs[i] = test.make(DType::F32, {T, D});
+  }
+  return c;
+}
+
 // A MoE layer's input norm preparing what its router and experts read
 // (addRmsNormForExperts, attached to its value), its rows left unwritten
 // where only they read them (on a GPU with
@@ -1722,18 +1749,11 @@ TEST_P(DeviceConformance, MoeNormRowsUnwrittenAreReadThroughWhatItPrepared) {
     EXPECT_TRUE(device->preparesForExperts(router, experts.dg, T));
   if (!device->preparesForExperts(router, experts.dg, T))
     GTEST_SKIP() << device->name() << " prepares nothing for experts";
-  DeviceTensor da = put(random(DType::F32, {T, D}, rng, 3.f)),
-               db = put(random(DType::F32, {T, D}, rng, 3.f)),
-               gamma = put(random(DType::F32, {D}, rng)),
-               di = make(DType::I32, {T, K}),
-               dw = put(random(DType::F32, {T, K}, rng));
-  const std::vector<int32_t> idx = spreadChoices(T, K, E);
-  ASSERT_FALSE(device->upload(idx.data(), di));
+  MoeNormCase c = moeNormCase(*this, rng, T, D, K, E);
+  DeviceTensor &da = c.a, &db = c.b, &gamma = c.gamma, &di = c.indices,
+               &dw = c.weights, &normed = c.normed;
+  DeviceTensor(&sums)[2] = c.sums, (&scores)[2] = c.scores, (&outs)[2] = c.outs;
   // Apart: the norm's rows, read by the router and the experts.
-  DeviceTensor sums[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
-  DeviceTensor normed = make(DType::F32, {T, D});
-  DeviceTensor scores[2] = {make(DType::F32, {T, E}), make(DType::F32, {T, E})};
-  DeviceTensor outs[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
   ASSERT_FALSE(device->addRmsNorm(da, db, gamma, 1e-6f, sums[0], normed));
   ASSERT_FALSE(device->linear(normed, router, scores[0]));
   ASSERT_FALSE(device->moeExpertsOfQuantized(
@@ -1786,17 +1806,10 @@ TEST_P(DeviceConformance, MoeNormBf16RowsAreReadByItsReaders) {
     EXPECT_TRUE(device->preparesForExperts(router, gate, T));
   if (!device->preparesForExperts(router, gate, T))
     GTEST_SKIP() << device->name() << " prepares nothing for BF16 experts";
-  DeviceTensor da = put(random(DType::F32, {T, D}, rng, 3.f)),
-               db = put(random(DType::F32, {T, D}, rng, 3.f)),
-               gamma = put(random(DType::F32, {D}, rng)),
-               di = make(DType::I32, {T, K}),
-               dw = put(random(DType::F32, {T, K}, rng));
-  const std::vector<int32_t> idx = spreadChoices(T, K, E);
-  ASSERT_FALSE(device->upload(idx.data(), di));
-  DeviceTensor sums[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
-  DeviceTensor normed = make(DType::F32, {T, D});
-  DeviceTensor scores[2] = {make(DType::F32, {T, E}), make(DType::F32, {T, E})};
-  DeviceTensor outs[2] = {make(DType::F32, {T, D}), make(DType::F32, {T, D})};
+  MoeNormCase c = moeNormCase(*this, rng, T, D, K, E);
+  DeviceTensor &da = c.a, &db = c.b, &gamma = c.gamma, &di = c.indices,
+               &dw = c.weights, &normed = c.normed;
+  DeviceTensor(&sums)[2] = c.sums, (&scores)[2] = c.scores, (&outs)[2] = c.outs;
   DeviceTensor shared[2] = {make(DType::F32, {T, I}), make(DType::F32, {T, I})};
   ASSERT_FALSE(device->addRmsNorm(da, db, gamma, 1e-6f, sums[0], normed));
   ASSERT_FALSE(device->linear(normed, router, scores[0]));
@@ -2068,6 +2081,58 @@ TEST_P(DeviceConformance, ManyTokensMoeExpertsWithSharedIsTheCallsApart) {
                                /*K=*/3);
 }
 
+/// BF16 routed stacks (E experts of I x D) and a BF16 shared expert of
+/// intermediate size sharedI, its products' outputs rounded to BF16 where
+/// `rounded` (the bf16 policy's precision), for moeExpertsWithShared.
+struct Bf16SharedMoe {
+  DeviceTensor gate, up, down, sharedGate, sharedUp, sharedDown;
+  Device::SharedExpert shared;
+  Bf16SharedMoe(DeviceConformance &test, std::mt19937 &rng, int64_t E,
+                int64_t I, int64_t D, int64_t sharedI, bool rounded) {
+    gate = test.put(random(DType::BF16, {E, I, D}, rng, 0.1f));
+    up = test.put(random(DType::BF16, {E, I, D}, rng, 0.1f));
+    down = test.put(random(DType::BF16, {E, D, I}, rng, 0.1f));
+    sharedGate = test.put(random(DType::BF16, {sharedI, D}, rng, 0.1f));
+    sharedUp = test.put(random(DType::BF16, {sharedI, D}, rng, 0.1f));
+    sharedDown = test.put(random(DType::BF16, {D, sharedI}, rng, 0.1f));
+    shared.gate = &sharedGate;
+    shared.up = &sharedUp;
+    shared.down = &sharedDown;
+    shared.roundGateUp = shared.roundDown = rounded;
+  }
+  Bf16SharedMoe(const Bf16SharedMoe &) = delete; // (shared points here)
+  /// The calls apart on x's T rows: the routed experts, the shared
+  /// expert's linears (rounded as its precision says), its SiLU-mul, the
+  /// add.
+  std::vector<float> apart(DeviceConformance &test, const DeviceTensor &x,
+                           const DeviceTensor &indices,
+                           const DeviceTensor &weights) const {
+    Device &device = *test.device;
+    const int64_t T = x.shape[0], D = x.shape[1], sharedI = sharedGate.shape[0];
+    DeviceTensor routed = test.make(DType::F32, {T, D}),
+                 g = test.make(DType::F32, {T, sharedI}),
+                 u = test.make(DType::F32, {T, sharedI}),
+                 act = test.make(DType::F32, {T, sharedI}),
+                 d = test.make(DType::F32, {T, D}),
+                 sum = test.make(DType::F32, {T, D});
+    auto product = [&](const DeviceTensor &in, const DeviceTensor &w,
+                       DeviceTensor &out) {
+      Status st = device.linear(in, w, out);
+      return !st && shared.roundDown && !device.linearOutputsBf16(w)
+                 ? device.roundToBf16(out)
+                 : st;
+    };
+    EXPECT_FALSE(
+        device.moeExperts(x, indices, weights, gate, up, down, true, routed));
+    EXPECT_FALSE(product(x, sharedGate, g));
+    EXPECT_FALSE(product(x, sharedUp, u));
+    EXPECT_FALSE(device.siluMul(g, u, act));
+    EXPECT_FALSE(product(act, sharedDown, d));
+    EXPECT_FALSE(device.add(routed, d, sum));
+    return test.get(sum);
+  }
+};
+
 // The same for BF16 weights (the bf16 policy: the linears' outputs kept
 // in F32, or rounded to BF16 where their precision says so), one token; a
 // GPU with MELT_CUDA_FUSED_SHARED_EXPERT_BF16=1 reads the shared expert as
@@ -2079,48 +2144,21 @@ TEST_P(DeviceConformance, Bf16MoeExpertsWithSharedIsTheCallsApart) {
   const int64_t T = 1, K = 2, E = 4, D = 256;
   for (auto [I, sharedI] : {std::pair<int64_t, int64_t>{128, 128}, {96, 192}})
     for (bool rounded : {false, true}) {
-      DeviceTensor dg = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
-                   du = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
-                   dd = put(random(DType::BF16, {E, D, I}, rng, 0.1f)),
-                   sg = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
-                   su = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
-                   sd = put(random(DType::BF16, {D, sharedI}, rng, 0.1f));
-      Device::SharedExpert shared;
-      shared.gate = &sg;
-      shared.up = &su;
-      shared.down = &sd;
-      shared.roundGateUp = shared.roundDown = rounded;
+      const Bf16SharedMoe moe(*this, rng, E, I, D, sharedI, rounded);
       if (device->name().rfind("cuda", 0) == 0)
-        EXPECT_TRUE(device->fusesSharedExpert(dg, shared, T));
+        EXPECT_TRUE(device->fusesSharedExpert(moe.gate, moe.shared, T));
       std::vector<int32_t> idx = spreadChoices(T, K, E);
       DeviceTensor dx = put(random(DType::F32, {T, D}, rng)),
                    dw = put(random(DType::F32, {T, K}, rng)),
                    di = make(DType::I32, {T, K}),
-                   fused = make(DType::F32, {T, D}),
-                   routed = make(DType::F32, {T, D}),
-                   g = make(DType::F32, {T, sharedI}),
-                   u = make(DType::F32, {T, sharedI}),
-                   act = make(DType::F32, {T, sharedI}),
-                   d = make(DType::F32, {T, D}),
-                   apart = make(DType::F32, {T, D});
+                   fused = make(DType::F32, {T, D});
       ASSERT_FALSE(device->upload(idx.data(), di));
-      Status s = device->moeExpertsWithShared(dx, di, dw, dg, du, dd, true,
-                                              false, shared, fused);
+      Status s =
+          device->moeExpertsWithShared(dx, di, dw, moe.gate, moe.up, moe.down,
+                                       true, false, moe.shared, fused);
       ASSERT_FALSE(s) << s.message();
-      auto product = [&](const DeviceTensor &in, const DeviceTensor &w,
-                         DeviceTensor &out) {
-        Status st = device->linear(in, w, out);
-        return !st && rounded && !device->linearOutputsBf16(w)
-                   ? device->roundToBf16(out)
-                   : st;
-      };
-      ASSERT_FALSE(device->moeExperts(dx, di, dw, dg, du, dd, true, routed));
-      ASSERT_FALSE(product(dx, sg, g));
-      ASSERT_FALSE(product(dx, su, u));
-      ASSERT_FALSE(device->siluMul(g, u, act));
-      ASSERT_FALSE(product(act, sd, d));
-      ASSERT_FALSE(device->add(routed, d, apart));
-      const std::vector<float> have = get(fused), want = get(apart);
+      const std::vector<float> have = get(fused),
+                               want = moe.apart(*this, dx, di, dw);
       if (device->name().rfind("cuda", 0) != 0) {
         EXPECT_EQ(have, want);
         continue;
@@ -2140,40 +2178,15 @@ TEST_P(DeviceConformance, Bf16MoeExpertsWithSharedIsTheCallsApart) {
 TEST_P(DeviceConformance, ManyTokensBf16MoeExpertsWithSharedIsTheCallsApart) {
   const bool gpu = device->name().rfind("cuda", 0) == 0;
   const int64_t T = 160, K = 3, E = 4, I = 256, D = 512, sharedI = 512;
-  DeviceTensor dg = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
-               du = put(random(DType::BF16, {E, I, D}, rng, 0.1f)),
-               dd = put(random(DType::BF16, {E, D, I}, rng, 0.1f)),
-               sg = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
-               su = put(random(DType::BF16, {sharedI, D}, rng, 0.1f)),
-               sd = put(random(DType::BF16, {D, sharedI}, rng, 0.1f));
-  Device::SharedExpert shared;
-  shared.gate = &sg;
-  shared.up = &su;
-  shared.down = &sd;
-  shared.roundGateUp = shared.roundDown = true;
+  const Bf16SharedMoe moe(*this, rng, E, I, D, sharedI, /*rounded=*/true);
   if (gpu)
-    EXPECT_TRUE(device->fusesSharedExpert(dg, shared, T));
+    EXPECT_TRUE(device->fusesSharedExpert(moe.gate, moe.shared, T));
   const std::vector<int32_t> idx = spreadChoices(T, K, E);
   DeviceTensor dx = put(random(DType::F32, {T, D}, rng)),
                dw = put(random(DType::F32, {T, K}, rng)),
-               di = make(DType::I32, {T, K}), routed = make(DType::F32, {T, D}),
-               g = make(DType::F32, {T, sharedI}),
-               u = make(DType::F32, {T, sharedI}),
-               act = make(DType::F32, {T, sharedI}),
-               d = make(DType::F32, {T, D}), apart = make(DType::F32, {T, D});
+               di = make(DType::I32, {T, K});
   ASSERT_FALSE(device->upload(idx.data(), di));
-  auto product = [&](const DeviceTensor &in, const DeviceTensor &w,
-                     DeviceTensor &out) {
-    Status st = device->linear(in, w, out);
-    return !st && !device->linearOutputsBf16(w) ? device->roundToBf16(out) : st;
-  };
-  ASSERT_FALSE(device->moeExperts(dx, di, dw, dg, du, dd, true, routed));
-  ASSERT_FALSE(product(dx, sg, g));
-  ASSERT_FALSE(product(dx, su, u));
-  ASSERT_FALSE(device->siluMul(g, u, act));
-  ASSERT_FALSE(product(act, sd, d));
-  ASSERT_FALSE(device->add(routed, d, apart));
-  const std::vector<float> want = get(apart);
+  const std::vector<float> want = moe.apart(*this, dx, di, dw);
   const std::vector<double> wanted(want.begin(), want.end());
   for (bool attached : {false, true}) {
     DeviceTensor x = dx, fused = make(DType::F32, {T, D});
@@ -2198,8 +2211,8 @@ TEST_P(DeviceConformance, ManyTokensBf16MoeExpertsWithSharedIsTheCallsApart) {
       rows.rowsUnwritten = true;
       device->attachPrepared(x.data, rows);
     }
-    Status s = device->moeExpertsWithShared(x, di, dw, dg, du, dd, true, false,
-                                            shared, fused);
+    Status s = device->moeExpertsWithShared(
+        x, di, dw, moe.gate, moe.up, moe.down, true, false, moe.shared, fused);
     if (attached)
       device->detachPrepared(x.data);
     if (attached && !gpu) { // (a CPU has nothing to read them through)
