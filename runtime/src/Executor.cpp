@@ -1471,10 +1471,10 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       if (!c)
         return invalidArtifact(kernelName(k, kernel) +
                                " attends to a cache that is not an input");
-      // Its output's FP8 codes for the products that alone read it, where
-      // the device's call writes them (asked for this call only); its F32
-      // rows read by nothing else where they are not gathered for the
-      // logit rows (itself or the Reshape's view of it).
+      // Its output's FP8 codes (or BF16 rows) for the products that alone
+      // read it, where the device's call writes them (asked for this call
+      // only); its F32 rows read by nothing else where they are not
+      // gathered for the logit rows (itself or the Reshape's view of it).
       const MlaProductFusion *fusion = dm.mlaProducts(k);
       const std::vector<uint32_t> *products =
           fusion ? &fusion->products : nullptr;

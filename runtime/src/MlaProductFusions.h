@@ -4,9 +4,10 @@
 // An MLA's output reaches nothing but its output projection (through a
 // Reshape of its heads into one row and the quantize pair the executor
 // folds into the product): an FP8 product that quantizes its input in
-// 1 x 128 blocks, reading back the attention's F32 rows. A device whose
-// attention kernel can write those codes itself (a block is one head's
-// value row, held by the threads that computed it) does so where asked
+// 1 x 128 blocks, reading back the attention's F32 rows (or a BF16 one
+// that rounds them to BF16). A device whose attention kernel can write
+// those codes (or BF16 rows) itself (a block is one head's value row, held
+// by the threads that computed it) does so where asked
 // (Device::preparesInMla, Device::prepareMlaOutput), and the product reads
 // them (Device::linearOfPrepared), as for the norms of NormProductFusions.h.
 //

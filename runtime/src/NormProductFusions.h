@@ -3,11 +3,13 @@
 // An RMSNorm whose value only FP8 products read (through the quantize pairs
 // the executor folds into them: QuantizeFolds.h) hands each product the
 // same input, which each quantizes in 1 x 128 blocks again: a kernel that
-// reads the norm's rows back from memory, per product. A device whose norm
-// kernel can quantize the rows it holds (the CUDA device, for many rows)
-// does that once there: the executor then calls rmsNormForProducts (or
-// addRmsNormForProducts for an add and norm) and hands what it prepared to
-// the products (Device::linearOfPrepared).
+// reads the norm's rows back from memory, per product (BF16 products
+// likewise round it to BF16 each). A device whose norm kernel can quantize
+// (or round) the rows it holds (the CUDA device, for many rows) does that
+// once there: the executor then calls rmsNormForProducts (or
+// addRmsNormForProducts for an add and norm) with one of the products'
+// weights, all of one type, and hands what it prepared to the products
+// (Device::linearOfPrepared).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_NORMPRODUCTFUSIONS_H
