@@ -1,11 +1,11 @@
 // The BF16 rows a device's kernels prepare for the BF16 products that read
 // them (the CUDA device's MELT_CUDA_BF16_INPUT_ROWS), routed by the
 // executor, checked without a GPU: on a CPU device whose BF16 products
-// round their input to BF16 (Bf16RowsCpuDevice.h), norms that write those
-// rows for them (their own rows NaNs where nothing else reads them) and
-// MoE input norms that attach them for the router and a shared expert's
-// products run apart give the logits of the same device rounding in each
-// product, bit for bit. The model: v3-tiny in the bf16 policy
+// round their input to BF16 (Bf16RowsCpuDevice.h), norms and MLA calls that
+// write those rows for them (their own rows NaNs where nothing else reads
+// them) and MoE input norms that attach them for the router and a shared
+// expert's products run apart give the logits of the same device rounding
+// in each product, bit for bit. The model: v3-tiny in the bf16 policy
 // (MELT_TEST_CUDA_ARTIFACT, compiled --precision=bf16 --target=cuda, and
 // MELT_TEST_CUDA_CHECKPOINT): a dense layer, MoE layers with a shared
 // expert.
@@ -64,8 +64,12 @@ TEST(Bf16InputRows, NormsPreparingBf16RowsGiveTheRoundingProductsLogits) {
   // the norms' F32 rows; a GPU keeps them in BF16 and reads what is
   // attached.)
   EXPECT_GT(preparing.expertNorms, 0);
-  EXPECT_GE(preparing.preparedProducts,
-            preparing.preparingNorms + 2 * preparing.expertNorms);
+  // The attentions' outputs, for their o_proj.
+  EXPECT_GT(preparing.preparedMlaOutputs, 0);
+  EXPECT_GT(preparing.unwrittenMlaOutputs, 0);
+  EXPECT_GE(preparing.preparedProducts, preparing.preparingNorms +
+                                            2 * preparing.expertNorms +
+                                            preparing.preparedMlaOutputs);
   EXPECT_TRUE(preparing.nothingAttached());
   expectSameLogits(have, want);
 }

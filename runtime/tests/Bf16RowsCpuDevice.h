@@ -4,10 +4,10 @@
 // BF16 products (the CUDA device's MELT_CUDA_BF16_INPUT_ROWS), without a
 // GPU: a CPU device whose products of weights the model stores in BF16
 // round their F32 input to BF16 first (as a GPU's BF16 GEMM reads it) and,
-// where asked (preparesBf16Rows), whose norms write those rounded rows for
-// them (leaving their own rows NaNs where nothing else reads them), and
-// whose MoE input norms attach them for the router and the shared expert's
-// products run apart. Counters say which paths ran.
+// where asked (preparesBf16Rows), whose norms and MLA calls write those
+// rounded rows for them (leaving their own rows NaNs where nothing else
+// reads them), and whose MoE input norms attach them for the router and the
+// shared expert's products run apart. Counters say which paths ran.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_BF16ROWSCPUDEVICE_H
@@ -28,6 +28,7 @@ public:
   /// input itself).
   bool preparesBf16Rows = false;
   int preparingNorms = 0, unwrittenNorms = 0, expertNorms = 0;
+  int preparedMlaOutputs = 0, unwrittenMlaOutputs = 0;
   int preparedProducts = 0, attachedReads = 0;
 
   /// A matrix the model stores in BF16 (the CPU holds its values in F32).
@@ -104,6 +105,35 @@ public:
     ++expertNorms;
     return roundedCopy(y, prepared.bf16);
   }
+  /// An MLA's output for the BF16 products that alone read it (o_proj,
+  /// through the Reshape of a token's heads into one row).
+  bool preparesInMla(const DeviceTensor &weight, int64_t) const override {
+    return preparesBf16Rows && roundsInputToBf16(weight);
+  }
+  void prepareMlaOutput(PreparedInput *into, bool rowsRead,
+                        const DeviceTensor *) override {
+    mlaOutput_ = into;
+    mlaRowsRead_ = rowsRead;
+  }
+  Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
+             const DeviceTensor &cache, const CacheLayout &layout,
+             const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
+             int64_t decompressAbove, DeviceTensor &out) override {
+    MELT_RETURN_IF_ERROR(CpuDevice::mla(qNope, qRope, cache, layout, wUk, wUv,
+                                        scale, decompressAbove, out));
+    if (!mlaOutput_ || out.shape.empty())
+      return Status::ok();
+    ++preparedMlaOutputs;
+    DeviceTensor rows = out;
+    rows.shape = {out.shape[0], out.numel() / out.shape[0]};
+    MELT_RETURN_IF_ERROR(roundedCopy(rows, mlaOutput_->bf16));
+    if (mlaRowsRead_)
+      return Status::ok();
+    ++unwrittenMlaOutputs;
+    mlaOutput_->rowsUnwritten = true;
+    std::memset(out.data, 0xff, out.bytes());
+    return Status::ok();
+  }
   void attachPrepared(const void *data,
                       const PreparedInput &prepared) override {
     attached_[data] = prepared;
@@ -134,6 +164,8 @@ private:
   }
 
   std::map<const void *, PreparedInput> attached_;
+  PreparedInput *mlaOutput_ = nullptr;
+  bool mlaRowsRead_ = true;
 };
 
 } // namespace melt::rt
