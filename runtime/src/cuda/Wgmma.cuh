@@ -116,19 +116,33 @@ __device__ __forceinline__ void fenceSharedForWgmma() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// The accumulators of an m64n32 product (16 a thread) and of an m64n64
+// one (32): the register lists and the operands (d[0..] as %0..).
+#define MELT_WGMMA_D16_REGISTERS                                               \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}"
+#define MELT_WGMMA_D16_OPERANDS(d)                                             \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),      \
+      "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]),             \
+      "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+#define MELT_WGMMA_D32_REGISTERS                                               \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,"                \
+  "%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
+#define MELT_WGMMA_D32_OPERANDS(d)                                             \
+  MELT_WGMMA_D16_OPERANDS(d), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),           \
+      "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),         \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),         \
+      "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
 /// d[64 x 32] (+)= A[64 x 16] B[16 x 32], both K-major in shared memory;
 /// `accumulate` false overwrites d.
 __device__ __forceinline__ void wgmma64x32(float (&d)[16], uint64_t a,
                                            uint64_t b, bool accumulate) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-               "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
-               "%16, %17, p, 1, 1, 0, 0;\n}\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
-                 "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
-                 "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                 "+f"(d[14]), "+f"(d[15])
+               "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16."
+               "bf16 " MELT_WGMMA_D16_REGISTERS
+               ", %16, %17, p, 1, 1, 0, 0;\n}\n"
+               : MELT_WGMMA_D16_OPERANDS(d)
                : "l"(a), "l"(b), "r"(int(accumulate)));
 #else
   __trap();
@@ -141,18 +155,10 @@ __device__ __forceinline__ void wgmma64x64(float (&d)[32], uint64_t a,
                                            uint64_t b, bool accumulate) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-               "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%"
-               "17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-               "%32, %33, p, 1, 1, 0, 0;\n}\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
-                 "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
-                 "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                 "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-                 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                 "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-                 "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-                 "+f"(d[30]), "+f"(d[31])
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16."
+               "bf16 " MELT_WGMMA_D32_REGISTERS
+               ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+               : MELT_WGMMA_D32_OPERANDS(d)
                : "l"(a), "l"(b), "r"(int(accumulate)));
 #else
   __trap();
@@ -168,19 +174,13 @@ __device__ __forceinline__ void wgmma64x64(float (&d)[32], uint64_t a,
   "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"           \
   "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
 #define MELT_WGMMA_D64_OPERANDS(d)                                             \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),      \
-      "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]),             \
-      "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),         \
-      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),         \
-      "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),         \
-      "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),         \
-      "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),         \
-      "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),         \
-      "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]),         \
-      "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]),         \
-      "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),         \
-      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]),         \
-      "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+  MELT_WGMMA_D32_OPERANDS(d), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),           \
+      "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),         \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]),         \
+      "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),         \
+      "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),         \
+      "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),         \
+      "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
 /// d[64 x 128] (+)= A[64 x 16] B[16 x 128], both K-major BF16 in shared
 /// memory; `accumulate` false overwrites d.
@@ -252,13 +252,9 @@ template <> struct WgmmaFp8<32> {
                                              uint64_t b, bool accumulate) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 "
-                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
-                 "%16, %17, p, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
-                   "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
-                   "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                   "+f"(d[14]), "+f"(d[15])
+                 "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3."
+                 "e4m3 " MELT_WGMMA_D16_REGISTERS ", %16, %17, p, 1, 1;\n}\n"
+                 : MELT_WGMMA_D16_OPERANDS(d)
                  : "l"(a), "l"(b), "r"(int(accumulate)));
 #else
     __trap();
@@ -270,18 +266,9 @@ template <> struct WgmmaFp8<64> {
                                              uint64_t b, bool accumulate) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
-                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%"
-                 "17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-                 "%32, %33, p, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
-                   "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
-                   "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                   "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-                   "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-                   "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-                   "+f"(d[30]), "+f"(d[31])
+                 "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3."
+                 "e4m3 " MELT_WGMMA_D32_REGISTERS ", %32, %33, p, 1, 1;\n}\n"
+                 : MELT_WGMMA_D32_OPERANDS(d)
                  : "l"(a), "l"(b), "r"(int(accumulate)));
 #else
     __trap();
@@ -352,6 +339,10 @@ wgmma64x256RegisterA(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
 #endif
 }
 
+#undef MELT_WGMMA_D16_REGISTERS
+#undef MELT_WGMMA_D16_OPERANDS
+#undef MELT_WGMMA_D32_REGISTERS
+#undef MELT_WGMMA_D32_OPERANDS
 #undef MELT_WGMMA_D64_REGISTERS
 #undef MELT_WGMMA_D64_OPERANDS
 #undef MELT_WGMMA_D128_REGISTERS
