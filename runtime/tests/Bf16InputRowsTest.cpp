@@ -16,29 +16,14 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <memory>
 #include <vector>
 
 using namespace melt::rt;
 
-namespace {
-
-std::unique_ptr<Model> loadBf16PolicyModel() {
-  const char *artifact = std::getenv("MELT_TEST_CUDA_ARTIFACT");
-  const char *checkpoint = std::getenv("MELT_TEST_CUDA_CHECKPOINT");
-  if (!artifact || !checkpoint)
-    return nullptr;
-  std::unique_ptr<Model> model;
-  Status s = Model::load(artifact, checkpoint, model, /*keepHostData=*/true);
-  EXPECT_FALSE(s) << s.message();
-  return model;
-}
-
-} // namespace
-
 TEST(Bf16InputRows, NormsPreparingBf16RowsGiveTheRoundingProductsLogits) {
-  std::unique_ptr<Model> model = loadBf16PolicyModel();
+  std::unique_ptr<Model> model = loadModelFromEnvironment(
+      "MELT_TEST_CUDA_ARTIFACT", "MELT_TEST_CUDA_CHECKPOINT");
   if (!model)
     GTEST_SKIP() << "MELT_TEST_CUDA_ARTIFACT / MELT_TEST_CUDA_CHECKPOINT "
                     "not set";

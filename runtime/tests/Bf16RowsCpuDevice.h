@@ -130,9 +130,7 @@ public:
     if (mlaRowsRead_)
       return Status::ok();
     ++unwrittenMlaOutputs;
-    mlaOutput_->rowsUnwritten = true;
-    std::memset(out.data, 0xff, out.bytes());
-    return Status::ok();
+    return leaveUnwritten(out, *mlaOutput_);
   }
   void attachPrepared(const void *data,
                       const PreparedInput &prepared) override {
@@ -158,8 +156,13 @@ private:
     if (rowsRead)
       return Status::ok();
     ++unwrittenNorms;
+    return leaveUnwritten(y, prepared);
+  }
+  /// y's rows as unwritten memory could hold them (NaNs: a reader of them
+  /// shows in the logits), what was prepared read in their place.
+  static Status leaveUnwritten(DeviceTensor &y, PreparedInput &prepared) {
     prepared.rowsUnwritten = true;
-    std::memset(y.data, 0xff, y.bytes()); // NaNs: a reader shows
+    std::memset(y.data, 0xff, y.bytes());
     return Status::ok();
   }
 

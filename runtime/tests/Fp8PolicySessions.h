@@ -4,7 +4,8 @@
 // (QuantizingCpuDevice.h) against the plain CPU device: the golden v3-tiny
 // compiled with --precision=deepseek-v3 (MELT_TEST_FP8_POLICY_ARTIFACT and
 // MELT_TEST_FP8_POLICY_CHECKPOINT), a few steps of it in a session, and the
-// logits compared bit for bit.
+// logits compared bit for bit (the steps and the comparison serve the
+// tests of other policies' models too).
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_TESTS_FP8POLICYSESSIONS_H
@@ -23,16 +24,26 @@
 
 namespace melt::rt {
 
-/// The model, or null where the environment names none.
-inline std::unique_ptr<Model> loadFp8PolicyModel() {
-  const char *artifact = std::getenv("MELT_TEST_FP8_POLICY_ARTIFACT");
-  const char *checkpoint = std::getenv("MELT_TEST_FP8_POLICY_CHECKPOINT");
+/// The model the environment variables `artifactVariable` and
+/// `checkpointVariable` name, or null where they name none.
+inline std::unique_ptr<Model>
+loadModelFromEnvironment(const char *artifactVariable,
+                         const char *checkpointVariable) {
+  const char *artifact = std::getenv(artifactVariable);
+  const char *checkpoint = std::getenv(checkpointVariable);
   if (!artifact || !checkpoint)
     return nullptr;
   std::unique_ptr<Model> model;
   Status s = Model::load(artifact, checkpoint, model, /*keepHostData=*/true);
   EXPECT_FALSE(s) << s.message();
   return model;
+}
+
+/// The deepseek-v3 policy's model, or null where the environment names
+/// none.
+inline std::unique_ptr<Model> loadFp8PolicyModel() {
+  return loadModelFromEnvironment("MELT_TEST_FP8_POLICY_ARTIFACT",
+                                  "MELT_TEST_FP8_POLICY_CHECKPOINT");
 }
 
 /// Two sequences, prefills of 20 and 6 tokens, then 4 decode steps of
