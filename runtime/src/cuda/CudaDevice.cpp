@@ -428,10 +428,7 @@ public:
     const PreparedInput *prepared = attachedTo(x);
     if (prepared && prepared->bf16.data && w.dtype == DType::BF16 &&
         x.dtype == DType::F32)
-      return fromGemm(
-          gemm_->bf16(static_cast<const __nv_bfloat16 *>(prepared->bf16.data),
-                      static_cast<const __nv_bfloat16 *>(w.data), y.data,
-                      y.dtype == DType::F32, m, n, k));
+      return bf16Product(prepared->bf16.data, w, y);
     if (rowsUnwrittenOf(x))
       return unwrittenRows("linear");
     if (w.dtype == DType::FP8E4M3)
@@ -554,13 +551,18 @@ public:
                                  size_t(gate.numel()), result(rows), stream_),
                           "silu_mul");
     if (!status)
-      status =
-          fromGemm(gemm_->bf16(static_cast<const __nv_bfloat16 *>(rows.data),
-                               static_cast<const __nv_bfloat16 *>(w.data),
-                               y.data, y.dtype == DType::F32, int(gate.rows()),
-                               int(w.rows()), int(gate.cols())));
+      status = bf16Product(rows.data, w, y);
     release(rows); // stream-ordered: reused only by later work
     return status;
+  }
+
+  /// y = rows w^T, `rows` BF16 [y.rows(), w.cols()] and w a BF16 matrix:
+  /// cuBLASLt's BF16 product into F32 or BF16 y.
+  Status bf16Product(const void *rows, const DeviceTensor &w, DeviceTensor &y) {
+    return fromGemm(gemm_->bf16(static_cast<const __nv_bfloat16 *>(rows),
+                                static_cast<const __nv_bfloat16 *>(w.data),
+                                y.data, y.dtype == DType::F32, int(y.rows()),
+                                int(w.rows()), int(w.cols())));
   }
 
   /// linearWithFp8Weight quantizes x in 1x128 blocks itself.
@@ -913,10 +915,7 @@ public:
         x.dtype == DType::F32) {
       MELT_RETURN_IF_ERROR(usable());
       MELT_RETURN_IF_ERROR(check::linear(x, w, y));
-      return fromGemm(gemm_->bf16(
-          static_cast<const __nv_bfloat16 *>(prepared.bf16.data),
-          static_cast<const __nv_bfloat16 *>(w.data), y.data,
-          y.dtype == DType::F32, int(x.rows()), int(w.rows()), int(x.cols())));
+      return bf16Product(prepared.bf16.data, w, y);
     }
     const bool bf16Out =
         y.dtype == DType::BF16 && linearWritesBf16(w, x.rows());
@@ -2119,19 +2118,13 @@ public:
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, uT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, actT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, D}, out));
-    auto weights = [](const DeviceTensor &w) {
-      return static_cast<const __nv_bfloat16 *>(w.data);
-    };
-    MELT_RETURN_IF_ERROR(
-        fromGemm(gemm_->bf16(rows, weights(g), gT.data, false, T, inter, D)));
-    MELT_RETURN_IF_ERROR(
-        fromGemm(gemm_->bf16(rows, weights(u), uT.data, false, T, inter, D)));
+    MELT_RETURN_IF_ERROR(bf16Product(rows, g, gT));
+    MELT_RETURN_IF_ERROR(bf16Product(rows, u, uT));
     MELT_RETURN_IF_ERROR(
         check(binary(Binary::SiluMul, {gT.data, true}, {uT.data, true},
                      size_t(T) * inter, {actT.data, true}, stream_),
               "moe_experts"));
-    return fromGemm(gemm_->bf16(static_cast<const __nv_bfloat16 *>(actT.data),
-                                weights(d), out.data, false, T, D, inter));
+    return bf16Product(actT.data, d, out);
   }
 
   /// moeExperts' device-side kernels (no wait for the choices).
