@@ -113,31 +113,29 @@ __device__ inline void loadA(uint32_t (&a)[4], const __nv_bfloat16 *m,
 }
 
 /// Adds N floats of shared memory at `from` to `row`, in the widest loads
-/// their alignment allows (16 bytes for N a multiple of 4, 8 for 2).
+/// their alignment allows (16 bytes for N a multiple of 4, else 8).
 template <int N>
 __device__ __forceinline__ void addSharedRow(float (&row)[N],
                                              const float *from) {
+  static_assert(N % 2 == 0, "pairs at least");
   if constexpr (N % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < N; i += 4) {
       const float4 v = *reinterpret_cast<const float4 *>(from + i);
       row[i] += v.x, row[i + 1] += v.y, row[i + 2] += v.z, row[i + 3] += v.w;
     }
-  } else if constexpr (N % 2 == 0) {
+  } else {
 #pragma unroll
     for (int i = 0; i < N; i += 2) {
       const float2 v = *reinterpret_cast<const float2 *>(from + i);
       row[i] += v.x, row[i + 1] += v.y;
     }
-  } else {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-      row[i] += from[i];
   }
 }
 
 /// N words (BF16 pairs) to shared memory at `to`, in the widest stores
-/// their alignment allows (the same rule in words).
+/// their alignment allows (16 bytes for N a multiple of 4, else 8 where
+/// N is even, else 4).
 template <int N>
 __device__ __forceinline__ void storeSharedWords(const uint32_t (&words)[N],
                                                  void *to) {
