@@ -17,9 +17,16 @@
 // A gate/up pair (w2 given): each stage holds both weights' tiles, each
 // warpgroup keeps two accumulators, and the epilogue writes SiLU(gate) *
 // up, so the activations leave the block once and x is read once for both.
+// The two tiles lie one after the other (gate's 128 rows, then up's): one
+// [256 x 64] K-major operand, multiplied (BF16 weights) by one m64n256
+// wgmma a k16 step (MELT_CUDA_GROUPED_PAIR_N256; the accumulators of
+// m64n256 are gate's m64n128 ones then up's), x's rows read from shared
+// memory once for both weights, not once each.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/GroupedGemm.h"
+
+#include "EnvSwitch.h"
 
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
@@ -87,7 +94,8 @@ __device__ __forceinline__ void widenTile(const uint8_t *codes,
   }
 }
 
-template <bool kFp8, bool kPair>
+/// kN256 (BF16 pairs): the pair's m64n256 products.
+template <bool kFp8, bool kPair, bool kN256 = false>
 __global__ void __launch_bounds__(kThreads,
                                   SharedLayout<kFp8, kPair>::blocksPerSm)
     groupedGemmKernel(GroupedGemmArgs a,
@@ -96,6 +104,7 @@ __global__ void __launch_bounds__(kThreads,
                       const __grid_constant__ CUtensorMap w2Map) {
   using Layout = SharedLayout<kFp8, kPair>;
   constexpr int kWeights = Layout::weights, kStages = Layout::stages;
+  static_assert(!kN256 || (kPair && !kFp8), "a BF16 pair's products");
   awaitPriorKernels();
   const int row0 = int(blockIdx.y) * kTileRows;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
@@ -140,12 +149,15 @@ __global__ void __launch_bounds__(kThreads,
       load(kb);
 
   const int group = threadIdx.x / 128;
-  float acc[kWeights][64];
+  // Each weight's m64n128 accumulators, one after the other: with kPair
+  // the m64n256 ones of the two weights' tiles together.
+  float accumulators[kWeights * 64];
+  auto acc = [&](int m) -> float(&)[64] {
+    return *reinterpret_cast<float(*)[64]>(accumulators + 64 * m);
+  };
 #pragma unroll
-  for (int m = 0; m < kWeights; ++m)
-#pragma unroll
-    for (int i = 0; i < 64; ++i)
-      acc[m][i] = 0.f;
+  for (int i = 0; i < kWeights * 64; ++i)
+    accumulators[i] = 0.f;
   for (int kb = 0; kb < kBlocks; ++kb) {
     const int stage = kb % kStages;
     float scale[kWeights] = {};
@@ -167,14 +179,24 @@ __global__ void __launch_bounds__(kThreads,
     const uint64_t x =
         kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
     wgmmaFence();
-#pragma unroll
-    for (int m = 0; m < kWeights; ++m) {
-      const uint64_t w =
-          kMajorDescriptor(kFp8 ? widened(kb, m) : wTile(stage, m));
+    if constexpr (kN256) {
+      // (The two weights' tiles one after the other: one operand.)
+      const uint64_t w = kMajorDescriptor(wTile(stage, 0));
 #pragma unroll
       for (int step = 0; step < kBlockK / 16; ++step)
-        wgmma64x128(acc[m], advanced(x, step * 32), advanced(w, step * 32),
+        wgmma64x256(*reinterpret_cast<float(*)[128]>(accumulators),
+                    advanced(x, step * 32), advanced(w, step * 32),
                     kb > 0 || step > 0);
+    } else {
+#pragma unroll
+      for (int m = 0; m < kWeights; ++m) {
+        const uint64_t w =
+            kMajorDescriptor(kFp8 ? widened(kb, m) : wTile(stage, m));
+#pragma unroll
+        for (int step = 0; step < kBlockK / 16; ++step)
+          wgmma64x128(acc(m), advanced(x, step * 32), advanced(w, step * 32),
+                      kb > 0 || step > 0);
+      }
     }
     wgmmaCommit();
     // The products of block kb - 1 done in both warpgroups: its stage,
@@ -200,19 +222,19 @@ __global__ void __launch_bounds__(kThreads,
       for (int j = 0; j < 16; ++j) {
         const int i = 4 * j + 2 * half;
         *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-            packBf16(siluTimesOfBf16(acc[0][i], acc[kWeights - 1][i]),
-                     siluTimesOfBf16(acc[0][i + 1], acc[kWeights - 1][i + 1]));
+            packBf16(siluTimesOfBf16(acc(0)[i], acc(kWeights - 1)[i]),
+                     siluTimesOfBf16(acc(0)[i + 1], acc(kWeights - 1)[i + 1]));
       }
     } else if (a.yF32) {
 #pragma unroll
       for (int j = 0; j < 16; ++j)
         *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
-            make_float2(acc[0][4 * j + 2 * half], acc[0][4 * j + 2 * half + 1]);
+            make_float2(acc(0)[4 * j + 2 * half], acc(0)[4 * j + 2 * half + 1]);
     } else {
 #pragma unroll
       for (int j = 0; j < 16; ++j)
         *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-            packBf16(acc[0][4 * j + 2 * half], acc[0][4 * j + 2 * half + 1]);
+            packBf16(acc(0)[4 * j + 2 * half], acc(0)[4 * j + 2 * half + 1]);
     }
   }
 }
@@ -238,19 +260,19 @@ bool groupedGemmFits(const GroupedGemmArgs &a) {
 
 namespace {
 
-template <bool kFp8, bool kPair>
+template <bool kFp8, bool kPair, bool kN256 = false>
 cudaError_t launch(const GroupedGemmArgs &a, const CUtensorMap &xMap,
                    const CUtensorMap &wMap, const CUtensorMap &w2Map,
                    cudaStream_t stream) {
   constexpr size_t shared = SharedLayout<kFp8, kPair>::bytes;
+  auto kernel = groupedGemmKernel<kFp8, kPair, kN256>;
   cudaError_t error = cudaFuncSetAttribute(
-      groupedGemmKernel<kFp8, kPair>,
-      cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
   if (error != cudaSuccess)
     return error;
   const dim3 grid(a.n / kTileColumns, a.capacity / kTileRows);
-  error = launchOverlapped(groupedGemmKernel<kFp8, kPair>, grid, kThreads,
-                           shared, stream, a, xMap, wMap, w2Map);
+  error = launchOverlapped(kernel, grid, kThreads, shared, stream, a, xMap,
+                           wMap, w2Map);
   return error != cudaSuccess ? error : cudaGetLastError();
 }
 
@@ -275,8 +297,13 @@ cudaError_t groupedGemmBf16(const GroupedGemmArgs &a, cudaStream_t stream) {
   if (fp8)
     return pair ? launch<true, true>(a, xMap, wMap, w2Map, stream)
                 : launch<true, false>(a, xMap, wMap, w2Map, stream);
-  return pair ? launch<false, true>(a, xMap, wMap, w2Map, stream)
-              : launch<false, false>(a, xMap, wMap, w2Map, stream);
+  // MELT_CUDA_GROUPED_PAIR_N256=0: the BF16 pair's two m64n128 products a
+  // k16 step instead of one m64n256.
+  static const bool n256 = envSwitch("MELT_CUDA_GROUPED_PAIR_N256", true);
+  if (pair)
+    return n256 ? launch<false, true, true>(a, xMap, wMap, w2Map, stream)
+                : launch<false, true>(a, xMap, wMap, w2Map, stream);
+  return launch<false, false>(a, xMap, wMap, w2Map, stream);
 }
 
 } // namespace melt::rt::cuda

@@ -305,6 +305,23 @@ template <> struct WgmmaFp8<64> {
       "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]),    \
       "+f"(d[127])
 
+/// d[64 x 256] (+)= A[64 x 16] B[16 x 256], both K-major BF16 in shared
+/// memory (B's 256 rows one 128-byte-swizzled tile, or two [128 x 64]
+/// tiles one after the other); `accumulate` false overwrites d.
+__device__ __forceinline__ void wgmma64x256(float (&d)[128], uint64_t a,
+                                            uint64_t b, bool accumulate) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16."
+               "bf16 " MELT_WGMMA_D128_REGISTERS
+               ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+               : MELT_WGMMA_D128_OPERANDS(d)
+               : "l"(a), "l"(b), "r"(int(accumulate)));
+#else
+  __trap();
+#endif
+}
+
 /// d[64 x 256] += A[64 x 16] B[16 x 256]: A K-major, B MN-major (its rows
 /// are K), both in shared memory.
 __device__ __forceinline__ void wgmma64x256Transposed(float (&d)[128],
