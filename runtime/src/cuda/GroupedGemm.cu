@@ -21,7 +21,9 @@
 // [256 x 64] K-major operand, multiplied (BF16 weights) by one m64n256
 // wgmma a k16 step (MELT_CUDA_GROUPED_PAIR_N256; the accumulators of
 // m64n256 are gate's m64n128 ones then up's), x's rows read from shared
-// memory once for both weights, not once each.
+// memory once for both weights, not once each. A single product with
+// BF16 weights takes 256 columns a block the same way (its weight's two
+// column tiles a stage, MELT_CUDA_GROUPED_WIDE_BF16), where n allows.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/GroupedGemm.h"
@@ -94,23 +96,27 @@ __device__ __forceinline__ void widenTile(const uint8_t *codes,
   }
 }
 
-/// kN256 (BF16 pairs): the pair's m64n256 products.
+/// kN256 (BF16 weights): m64n256 products over two weight tiles a stage,
+/// a pair's gate and up, or a single product's two column tiles (256
+/// columns a block, in the pair's layout).
 template <bool kFp8, bool kPair, bool kN256 = false>
-__global__ void __launch_bounds__(kThreads,
-                                  SharedLayout<kFp8, kPair>::blocksPerSm)
+__global__ void
+__launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
     groupedGemmKernel(GroupedGemmArgs a,
                       const __grid_constant__ CUtensorMap xMap,
                       const __grid_constant__ CUtensorMap wMap,
                       const __grid_constant__ CUtensorMap w2Map) {
-  using Layout = SharedLayout<kFp8, kPair>;
+  using Layout = SharedLayout<kFp8, kPair || kN256>;
   constexpr int kWeights = Layout::weights, kStages = Layout::stages;
-  static_assert(!kN256 || (kPair && !kFp8), "a BF16 pair's products");
+  static_assert(!kN256 || !kFp8, "BF16 weights' products");
+  // Columns of y a block: a single product's two tiles with kN256.
+  constexpr int kColumns = !kPair && kN256 ? 2 * kTileColumns : kTileColumns;
   awaitPriorKernels();
   const int row0 = int(blockIdx.y) * kTileRows;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
     return;
   const int lo = groupOfRow(a.starts, a.groups, row0);
-  const int n0 = int(blockIdx.x) * kTileColumns;
+  const int n0 = int(blockIdx.x) * kColumns;
   const int wRow0 = lo * a.n + n0;
 
   extern __shared__ uint8_t sharedRaw[];
@@ -143,6 +149,9 @@ __global__ void __launch_bounds__(kThreads,
     loadTile2d(wTile(stage, 0), &wMap, kb * kBlockK, wRow0, &full[stage]);
     if (kPair)
       loadTile2d(wTile(stage, 1), &w2Map, kb * kBlockK, wRow0, &full[stage]);
+    else if (kN256) // the weight's next 128 rows
+      loadTile2d(wTile(stage, 1), &wMap, kb * kBlockK, wRow0 + kTileColumns,
+                 &full[stage]);
   };
   if (threadIdx.x == 0)
     for (int kb = 0; kb < min(kStages - 1, kBlocks); ++kb)
@@ -225,16 +234,20 @@ __global__ void __launch_bounds__(kThreads,
             packBf16(siluTimesOfBf16(acc(0)[i], acc(kWeights - 1)[i]),
                      siluTimesOfBf16(acc(0)[i + 1], acc(kWeights - 1)[i + 1]));
       }
-    } else if (a.yF32) {
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-        *reinterpret_cast<float2 *>(a.yF32 + at + 8 * j) =
-            make_float2(acc(0)[4 * j + 2 * half], acc(0)[4 * j + 2 * half + 1]);
     } else {
+      // Each column tile (two with kN256) from its accumulators.
 #pragma unroll
-      for (int j = 0; j < 16; ++j)
-        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-            packBf16(acc(0)[4 * j + 2 * half], acc(0)[4 * j + 2 * half + 1]);
+      for (int m = 0; m < kWeights; ++m)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const size_t c = at + kTileColumns * m + 8 * j;
+          const float lo = acc(m)[4 * j + 2 * half],
+                      hi = acc(m)[4 * j + 2 * half + 1];
+          if (a.yF32)
+            *reinterpret_cast<float2 *>(a.yF32 + c) = make_float2(lo, hi);
+          else
+            *reinterpret_cast<uint32_t *>(a.y + c) = packBf16(lo, hi);
+        }
     }
   }
 }
@@ -264,13 +277,14 @@ template <bool kFp8, bool kPair, bool kN256 = false>
 cudaError_t launch(const GroupedGemmArgs &a, const CUtensorMap &xMap,
                    const CUtensorMap &wMap, const CUtensorMap &w2Map,
                    cudaStream_t stream) {
-  constexpr size_t shared = SharedLayout<kFp8, kPair>::bytes;
+  constexpr size_t shared = SharedLayout < kFp8, kPair || kN256 > ::bytes;
   auto kernel = groupedGemmKernel<kFp8, kPair, kN256>;
   cudaError_t error = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
   if (error != cudaSuccess)
     return error;
-  const dim3 grid(a.n / kTileColumns, a.capacity / kTileRows);
+  const int columns = !kPair && kN256 ? 2 * kTileColumns : kTileColumns;
+  const dim3 grid(a.n / columns, a.capacity / kTileRows);
   error = launchOverlapped(kernel, grid, kThreads, shared, stream, a, xMap,
                            wMap, w2Map);
   return error != cudaSuccess ? error : cudaGetLastError();
@@ -298,12 +312,16 @@ cudaError_t groupedGemmBf16(const GroupedGemmArgs &a, cudaStream_t stream) {
     return pair ? launch<true, true>(a, xMap, wMap, w2Map, stream)
                 : launch<true, false>(a, xMap, wMap, w2Map, stream);
   // MELT_CUDA_GROUPED_PAIR_N256=0: the BF16 pair's two m64n128 products a
-  // k16 step instead of one m64n256.
-  static const bool n256 = envSwitch("MELT_CUDA_GROUPED_PAIR_N256", true);
+  // k16 step instead of one m64n256; MELT_CUDA_GROUPED_WIDE_BF16=0 a single
+  // product's 128 columns a block instead of 256 (n in 256s).
+  static const bool n256 = envSwitch("MELT_CUDA_GROUPED_PAIR_N256", true),
+                    wide = envSwitch("MELT_CUDA_GROUPED_WIDE_BF16", true);
   if (pair)
     return n256 ? launch<false, true, true>(a, xMap, wMap, w2Map, stream)
                 : launch<false, true>(a, xMap, wMap, w2Map, stream);
-  return launch<false, false>(a, xMap, wMap, w2Map, stream);
+  return wide && a.n % (2 * kTileColumns) == 0
+             ? launch<false, false, true>(a, xMap, wMap, w2Map, stream)
+             : launch<false, false>(a, xMap, wMap, w2Map, stream);
 }
 
 } // namespace melt::rt::cuda
