@@ -17,13 +17,13 @@
 // A gate/up pair (w2 given): each stage holds both weights' tiles, each
 // warpgroup keeps two accumulators, and the epilogue writes SiLU(gate) *
 // up, so the activations leave the block once and x is read once for both.
-// The two tiles lie one after the other (gate's 128 rows, then up's): one
-// [256 x 64] K-major operand, multiplied (BF16 weights) by one m64n256
-// wgmma a k16 step (MELT_CUDA_GROUPED_PAIR_N256; the accumulators of
-// m64n256 are gate's m64n128 ones then up's), x's rows read from shared
-// memory once for both weights, not once each. A single product with
-// BF16 weights takes 256 columns a block the same way (its weight's two
-// column tiles a stage, MELT_CUDA_GROUPED_WIDE_BF16), where n allows.
+// A single product with BF16 weights takes 256 columns a block where n
+// allows (MELT_CUDA_GROUPED_WIDE_BF16): its weight's two column tiles a
+// stage, one after the other, are one [256 x 64] K-major operand of one
+// m64n256 wgmma a k16 step, so x's rows are read from shared memory once
+// for 256 columns, not once for each 128 (mini's down 8.5% faster, V3's
+// 4-7%). The pair's two weights as one m64n256 operand were measured too
+// and gained nothing (bench/results/grouped_bf16_n256_s34_h200.txt).
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/GroupedGemm.h"
@@ -96,9 +96,9 @@ __device__ __forceinline__ void widenTile(const uint8_t *codes,
   }
 }
 
-/// kN256 (BF16 weights): m64n256 products over two weight tiles a stage,
-/// a pair's gate and up, or a single product's two column tiles (256
-/// columns a block, in the pair's layout).
+/// kN256 (BF16 weights, a single product): m64n256 products over the
+/// weight's two column tiles a stage (256 columns a block, in the pair's
+/// shared layout).
 template <bool kFp8, bool kPair, bool kN256 = false>
 __global__ void
 __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
@@ -108,9 +108,9 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
                       const __grid_constant__ CUtensorMap w2Map) {
   using Layout = SharedLayout<kFp8, kPair || kN256>;
   constexpr int kWeights = Layout::weights, kStages = Layout::stages;
-  static_assert(!kN256 || !kFp8, "BF16 weights' products");
-  // Columns of y a block: a single product's two tiles with kN256.
-  constexpr int kColumns = !kPair && kN256 ? 2 * kTileColumns : kTileColumns;
+  static_assert(!kN256 || (!kFp8 && !kPair), "a BF16 single product");
+  // Columns of y a block: two tiles with kN256.
+  constexpr int kColumns = kN256 ? 2 * kTileColumns : kTileColumns;
   awaitPriorKernels();
   const int row0 = int(blockIdx.y) * kTileRows;
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
@@ -149,7 +149,7 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
     loadTile2d(wTile(stage, 0), &wMap, kb * kBlockK, wRow0, &full[stage]);
     if (kPair)
       loadTile2d(wTile(stage, 1), &w2Map, kb * kBlockK, wRow0, &full[stage]);
-    else if (kN256) // the weight's next 128 rows
+    else if (kN256) // the weight's next 128 rows, right after
       loadTile2d(wTile(stage, 1), &wMap, kb * kBlockK, wRow0 + kTileColumns,
                  &full[stage]);
   };
@@ -158,8 +158,8 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
       load(kb);
 
   const int group = threadIdx.x / 128;
-  // Each weight's m64n128 accumulators, one after the other: with kPair
-  // the m64n256 ones of the two weights' tiles together.
+  // Each weight tile's m64n128 accumulators, one after the other: with
+  // kN256 the m64n256 ones of the two column tiles together.
   float accumulators[kWeights * 64];
   auto acc = [&](int m) -> float(&)[64] {
     return *reinterpret_cast<float(*)[64]>(accumulators + 64 * m);
@@ -189,7 +189,7 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
         kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
     wgmmaFence();
     if constexpr (kN256) {
-      // (The two weights' tiles one after the other: one operand.)
+      // (The two column tiles one after the other: one operand.)
       const uint64_t w = kMajorDescriptor(wTile(stage, 0));
 #pragma unroll
       for (int step = 0; step < kBlockK / 16; ++step)
@@ -283,7 +283,7 @@ cudaError_t launch(const GroupedGemmArgs &a, const CUtensorMap &xMap,
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
   if (error != cudaSuccess)
     return error;
-  const int columns = !kPair && kN256 ? 2 * kTileColumns : kTileColumns;
+  const int columns = kN256 ? 2 * kTileColumns : kTileColumns;
   const dim3 grid(a.n / columns, a.capacity / kTileRows);
   error = launchOverlapped(kernel, grid, kThreads, shared, stream, a, xMap,
                            wMap, w2Map);
@@ -311,14 +311,10 @@ cudaError_t groupedGemmBf16(const GroupedGemmArgs &a, cudaStream_t stream) {
   if (fp8)
     return pair ? launch<true, true>(a, xMap, wMap, w2Map, stream)
                 : launch<true, false>(a, xMap, wMap, w2Map, stream);
-  // MELT_CUDA_GROUPED_PAIR_N256=0: the BF16 pair's two m64n128 products a
-  // k16 step instead of one m64n256; MELT_CUDA_GROUPED_WIDE_BF16=0 a single
-  // product's 128 columns a block instead of 256 (n in 256s).
-  static const bool n256 = envSwitch("MELT_CUDA_GROUPED_PAIR_N256", true),
-                    wide = envSwitch("MELT_CUDA_GROUPED_WIDE_BF16", true);
   if (pair)
-    return n256 ? launch<false, true, true>(a, xMap, wMap, w2Map, stream)
-                : launch<false, true>(a, xMap, wMap, w2Map, stream);
+    return launch<false, true>(a, xMap, wMap, w2Map, stream);
+  // MELT_CUDA_GROUPED_WIDE_BF16=0: 128 columns a block instead of 256.
+  static const bool wide = envSwitch("MELT_CUDA_GROUPED_WIDE_BF16", true);
   return wide && a.n % (2 * kTileColumns) == 0
              ? launch<false, false, true>(a, xMap, wMap, w2Map, stream)
              : launch<false, false>(a, xMap, wMap, w2Map, stream);
