@@ -1738,7 +1738,8 @@ public:
                           static_cast<const float *>(weights.data), gate.data,
                           up.data, down.data, true, T, K, E, I, D, combineBf16,
                           scratch, static_cast<float *>(y.data),
-                          flag_ + kExpertFlag, stream_, pairRows, &rows),
+                          flag_ + kExpertFlag, stream_, pairRows, &rows,
+                          moeRowsGateUpTogether_, moeRowsDownPairs_),
         "moe_experts");
   }
 
@@ -2185,14 +2186,14 @@ public:
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(allocate(DType::F32, {pairs, I}, scratch));
     Status launched =
-        check(moeExpertsRowwise(static_cast<const float *>(x.data),
-                                static_cast<const int32_t *>(indices.data),
-                                static_cast<const float *>(weights.data),
-                                gate.data, up.data, down.data,
-                                gate.dtype == DType::BF16, T, K, E, I, D,
-                                combineBf16, static_cast<float *>(scratch.data),
-                                static_cast<float *>(y.data),
-                                flag_ + kExpertFlag, stream_, pairRows),
+        check(moeExpertsRowwise(
+                  static_cast<const float *>(x.data),
+                  static_cast<const int32_t *>(indices.data),
+                  static_cast<const float *>(weights.data), gate.data, up.data,
+                  down.data, gate.dtype == DType::BF16, T, K, E, I, D,
+                  combineBf16, static_cast<float *>(scratch.data),
+                  static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
+                  pairRows, nullptr, moeRowsGateUpTogether_, moeRowsDownPairs_),
               "moe_experts");
     release(scratch); // stream-ordered: reused only by later work
     return launched;
@@ -2536,6 +2537,15 @@ private:
   /// (moeExpertsFp8Rowwise's oneWave; MELT_CUDA_MOE_TILES_ONE_WAVE=0: a
   /// block a tile, 2.3 waves for mini's batch-1 step and 5% slower).
   bool moeTilesOneWave_ = envSwitch("MELT_CUDA_MOE_TILES_ONE_WAVE", true);
+  /// The BF16 and F32 row kernels (moeExpertsRowwise) take a warp's gate
+  /// and up rows' loads together and ask a shared expert's rows into L2
+  /// early (MELT_CUDA_MOE_ROWS_GATE_UP_TOGETHER=0: one row, then the other,
+  /// as before session 34).
+  bool moeRowsGateUpTogether_ =
+      envSwitch("MELT_CUDA_MOE_ROWS_GATE_UP_TOGETHER", true);
+  /// Their down kernel takes two outputs a warp, both rows' loads together
+  /// (MELT_CUDA_MOE_ROWS_DOWN_PAIRS=0: an output a warp).
+  bool moeRowsDownPairs_ = envSwitch("MELT_CUDA_MOE_ROWS_DOWN_PAIRS", true);
   /// The routed experts of a few tokens on the tensor cores take an
   /// expert's tokens 16 at a time (moeExpertsByExpert's widePasses) where
   /// the pairs average at least this many tokens an expert

@@ -352,28 +352,49 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
 /// a warp per row i of gate and up, lanes across the hidden dimension
 /// (16-byte loads, coalesced). A shared expert's pair (blockIdx.x past
 /// routedPairs) does what its linears and SiLU-mul do (ModelKernels.h).
-template <typename W, bool kShared>
+/// kGateUpTogether: the gate and up rows' loads in flight together, and a
+/// shared expert's rows asked into L2 before the wait.
+template <typename W, bool kShared, bool kGateUpTogether>
 __global__ void moeActivationKernel(const float *x, const int32_t *indices,
                                     const W *gate, const W *up, int choices,
                                     int experts, int inter, int dim, float *act,
                                     int32_t *bad, SharedRowsExpert shared,
                                     int routedPairs, int actStride) {
-  awaitPriorKernels();
   const int pair = blockIdx.x;
   const bool isShared = kShared && pair >= routedPairs;
-  const int t = isShared ? pair - routedPairs : pair / choices;
-  const int e = isShared ? 0 : expertOfPair(indices, experts, bad);
   const int rows = isShared ? shared.inter : inter;
   const W *gates = isShared ? static_cast<const W *>(shared.gate) : gate;
   const W *ups = isShared ? static_cast<const W *>(shared.up) : up;
   int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  // A shared expert's rows, which need no choice, towards L2 while the
+  // kernel ahead (the route) still runs.
+  if (kGateUpTogether && isShared && lane == 0 && i < rows) {
+    const uint32_t rowBytes = uint32_t(dim * sizeof(W));
+    const W *g = gates + size_t(i) * dim, *u = ups + size_t(i) * dim;
+    if (rowBytes % 16 == 0 &&
+        (reinterpret_cast<uintptr_t>(g) | reinterpret_cast<uintptr_t>(u)) %
+                16 ==
+            0) {
+      prefetchToL2(g, rowBytes);
+      prefetchToL2(u, rowBytes);
+    }
+  }
+  awaitPriorKernels();
+  const int t = isShared ? pair - routedPairs : pair / choices;
+  const int e = isShared ? 0 : expertOfPair(indices, experts, bad);
   if (e < 0 || i >= rows)
     return;
   const float *xt = x + size_t(t) * dim;
-  float a =
-      warpSum(rowDotPart(gates + (size_t(e) * rows + i) * dim, xt, dim, lane));
-  float b =
-      warpSum(rowDotPart(ups + (size_t(e) * rows + i) * dim, xt, dim, lane));
+  const W *gateRow = gates + (size_t(e) * rows + i) * dim,
+          *upRow = ups + (size_t(e) * rows + i) * dim;
+  float a = 0.f, b = 0.f;
+  if constexpr (kGateUpTogether) {
+    rowPairDotParts(gateRow, upRow, xt, dim, lane, a, b);
+  } else {
+    a = rowDotPart(gateRow, xt, dim, lane);
+    b = rowDotPart(upRow, xt, dim, lane);
+  }
+  a = warpSum(a), b = warpSum(b);
   if (lane != 0)
     return;
   if (!isShared) {
@@ -385,10 +406,12 @@ __global__ void moeActivationKernel(const float *x, const int32_t *indices,
       shared.roundGateUp ? siluTimesOfBf16(a, b) : siluTimes(a, b);
 }
 
-/// Grid (token * choices [+ tokens: the shared expert's pairs], dim / 8):
-/// a warp per output j of the down projection, added into y weighted (a
-/// shared expert's pair: weight 1, rounded where its linear's output is).
-template <typename W, bool kShared>
+/// Grid (token * choices [+ tokens: the shared expert's pairs], dim / 8,
+/// or dim / 16 with kTwoOutputs): a warp per output j of the down
+/// projection (kTwoOutputs: outputs j and j + 1, both rows' loads in flight
+/// together, the same sums), added into y weighted (a shared expert's
+/// pair: weight 1, rounded where its linear's output is).
+template <typename W, bool kShared, bool kTwoOutputs>
 __global__ void moeDownKernel(const float *act, const int32_t *indices,
                               const float *weights, const W *down, int choices,
                               int experts, int inter, int dim, bool combineBf16,
@@ -400,16 +423,31 @@ __global__ void moeDownKernel(const float *act, const int32_t *indices,
   const int e = isShared ? 0 : indices[pair];
   const int len = isShared ? shared.inter : inter;
   const W *downs = isShared ? static_cast<const W *>(shared.down) : down;
-  int j = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  constexpr int kOutputs = kTwoOutputs ? 2 : 1;
+  const int lane = threadIdx.x % 32;
+  const int j = (blockIdx.y * 8 + threadIdx.x / 32) * kOutputs;
   if (e < 0 || e >= experts || j >= dim)
     return;
-  float sum = warpSum(rowDotPart(downs + (size_t(e) * dim + j) * len,
-                                 act + size_t(pair) * actStride, len, lane));
-  if (lane == 0) {
-    if (isShared ? shared.roundDown : combineBf16)
-      sum = __bfloat162float(__float2bfloat16(sum));
-    y.addRow(pair, isShared ? pair - routedPairs : pair / choices, dim, j,
-             (isShared ? 1.f : weights[pair]) * sum);
+  const W *row = downs + (size_t(e) * dim + j) * len;
+  const float *a = act + size_t(pair) * actStride;
+  float sums[kOutputs] = {};
+  if constexpr (kTwoOutputs) {
+    if (j + 1 < dim)
+      rowPairDotParts(row, row + len, a, len, lane, sums[0], sums[1]);
+    else
+      sums[0] = rowDotPart(row, a, len, lane);
+  } else {
+    sums[0] = rowDotPart(row, a, len, lane);
+  }
+#pragma unroll
+  for (int o = 0; o < kOutputs; ++o) {
+    float sum = warpSum(sums[o]);
+    if (lane == 0 && j + o < dim) {
+      if (isShared ? shared.roundDown : combineBf16)
+        sum = __bfloat162float(__float2bfloat16(sum));
+      y.addRow(pair, isShared ? pair - routedPairs : pair / choices, dim, j + o,
+               (isShared ? 1.f : weights[pair]) * sum);
+    }
   }
 }
 
@@ -1012,7 +1050,8 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     const void *gate, const void *up, const void *down, bool bf16Weights,
     int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
     float *scratch, float *y, int32_t *bad, cudaStream_t stream,
-    float *pairRows, const SharedRowsExpert *shared) {
+    float *pairRows, const SharedRowsExpert *shared, bool gateUpTogether,
+    bool downPairs) {
   if (shared && (!bf16Weights || shared->inter <= 0 || !shared->gate ||
                  !shared->up || !shared->down))
     return cudaErrorInvalidValue;
@@ -1025,20 +1064,23 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
             pairs = routedPairs + (shared ? tokens : 0),
             rows = std::max(inter, sharedExpert.inter);
   dim3 activations(pairs, (rows + 7) / 8);
-  dim3 outputs(pairs, (dim + 7) / 8);
+  dim3 outputs(pairs, downPairs ? (dim + 15) / 16 : (dim + 7) / 8);
   // (The kernels without a shared expert are their own instances: the code
   // of the routed experts alone as before.)
   auto launch = [&](auto weight, auto withShared) {
     using W = decltype(weight);
     constexpr bool kShared = decltype(withShared)::value;
-    launchOverlapped(moeActivationKernel<W, kShared>, activations, 256, 0,
-                     stream, x, indices, static_cast<const W *>(gate),
-                     static_cast<const W *>(up), choices, experts, inter, dim,
-                     scratch, bad, sharedExpert, routedPairs, rows);
-    launchOverlapped(moeDownKernel<W, kShared>, outputs, 256, 0, stream,
-                     scratch, indices, weights, static_cast<const W *>(down),
-                     choices, experts, inter, dim, combineBf16, out,
-                     sharedExpert, routedPairs, rows);
+    launchOverlapped(gateUpTogether ? moeActivationKernel<W, kShared, true>
+                                    : moeActivationKernel<W, kShared, false>,
+                     activations, 256, 0, stream, x, indices,
+                     static_cast<const W *>(gate), static_cast<const W *>(up),
+                     choices, experts, inter, dim, scratch, bad, sharedExpert,
+                     routedPairs, rows);
+    launchOverlapped(downPairs ? moeDownKernel<W, kShared, true>
+                               : moeDownKernel<W, kShared, false>,
+                     outputs, 256, 0, stream, scratch, indices, weights,
+                     static_cast<const W *>(down), choices, experts, inter, dim,
+                     combineBf16, out, sharedExpert, routedPairs, rows);
   };
   if (bf16Weights && shared)
     launch(__nv_bfloat16{}, std::true_type{});

@@ -118,7 +118,12 @@ cudaError_t widenFp8Blocks(const uint8_t *q, const float *scales, int rows,
 /// per row of gate/up, then the down projection a warp per output, summed
 /// into y (zeroed first) with atomics, or where `pairRows` ([tokens *
 /// choices, dim]) is given, written there and summed in choice order (the
-/// same bits every run: PairOutput, ExpertPairs.cuh). Weights F32 or
+/// same bits every run: PairOutput, ExpertPairs.cuh). `gateUpTogether`: a
+/// warp's gate and up rows' loads in flight at once, and a shared expert's
+/// rows asked into L2 before the kernel waits for the one ahead (the same
+/// sums; one memory round trip where two rows one after the other take
+/// two); `downPairs`: a warp's two outputs' down rows likewise. Weights F32
+/// or
 /// (`bf16Weights`) BF16, when x and the activations are rounded to BF16
 /// before each product. An expert id out of range sets *bad.
 ///
@@ -135,14 +140,13 @@ struct SharedRowsExpert {
   int inter = 0;
   bool roundGateUp = false, roundDown = false;
 };
-cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
-                              const float *weights, const void *gate,
-                              const void *up, const void *down,
-                              bool bf16Weights, int tokens, int choices,
-                              int experts, int inter, int dim, bool combineBf16,
-                              float *scratch, float *y, int32_t *bad,
-                              cudaStream_t stream, float *pairRows = nullptr,
-                              const SharedRowsExpert *shared = nullptr);
+cudaError_t moeExpertsRowwise(
+    const float *x, const int32_t *indices, const float *weights,
+    const void *gate, const void *up, const void *down, bool bf16Weights,
+    int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
+    float *scratch, float *y, int32_t *bad, cudaStream_t stream,
+    float *pairRows = nullptr, const SharedRowsExpert *shared = nullptr,
+    bool gateUpTogether = true, bool downPairs = true);
 /// Around the expert kernels that hand their outputs to a PairOutput{y,
 /// pairRows} (ExpertPairs.cuh): before them y zeroed where they add into it
 /// (no pairRows); after them, where pairRows is given, y[t] = the sum of

@@ -135,6 +135,48 @@ rowDotParts(const W *row, const float *const (&xs)[M], int len, int lane,
   }
 }
 
+/// A lane's parts of sum_i x[i] * a[i] and sum_i x[i] * b[i] (a gate row
+/// and its up row), both rows' loads in flight together: one memory round
+/// trip where rowDotPart twice takes two. Each part adds its loads in the
+/// order rowDotPart does: the same sums.
+template <typename W>
+__device__ __forceinline__ void
+rowPairDotParts(const W *a, const W *b, const float *x, int len, int lane,
+                float &sumA, float &sumB) {
+  constexpr int V = kPerLoad<W>, kInFlight = 4;
+  const uintptr_t addresses = reinterpret_cast<uintptr_t>(a) |
+                              reinterpret_cast<uintptr_t>(b) |
+                              reinterpret_cast<uintptr_t>(x);
+  if (len % V != 0 || addresses % 16 != 0) {
+    const float *const xs[1] = {x};
+    float accA[1] = {sumA}, accB[1] = {sumB};
+    rowDotParts<W, 1>(a, xs, len, lane, accA);
+    rowDotParts<W, 1>(b, xs, len, lane, accB);
+    sumA = accA[0], sumB = accB[0];
+    return;
+  }
+  const int loads = len / V;
+  for (int base = lane; base < loads; base += 32 * kInFlight) {
+    uint4 packedA[kInFlight], packedB[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int at = base + 32 * u;
+      packedA[u] =
+          at < loads ? streamLoad(a + size_t(at) * V) : make_uint4(0, 0, 0, 0);
+      packedB[u] =
+          at < loads ? streamLoad(b + size_t(at) * V) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int at = base + 32 * u;
+      if (at < loads) {
+        sumA += dotLoad<W>(x + size_t(at) * V, packedA[u]);
+        sumB += dotLoad<W>(x + size_t(at) * V, packedB[u]);
+      }
+    }
+  }
+}
+
 /// The one-row form: a lane's part of sum_i x[i] * row[i].
 template <typename W>
 __device__ __forceinline__ float rowDotPart(const W *row, const float *x,
