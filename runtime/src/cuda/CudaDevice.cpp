@@ -1161,7 +1161,11 @@ public:
   /// What a fused MLA decode launched now may read before its wait
   /// (MlaEarlyReads): the query where the cache append is the kernel just
   /// ahead on this stream; the cache where the append's branch was joined
-  /// into this stream. MELT_CUDA_MLA_EARLY_READS=0: neither.
+  /// into this stream. Only with MELT_CUDA_MLA_EARLY_READS=1: on by
+  /// default until session 34, when mini-fp8's batch-1 greedy tokens were
+  /// found to differ from one session to the next with it and never
+  /// without (bench/results/mla_early_reads_race_s34_h200.txt): one of
+  /// these reads comes before its data is written there.
   MlaEarlyReads mlaEarlyReads() const {
     if (!mlaEarlyReads_)
       return MlaEarlyReads::None;
@@ -1172,7 +1176,7 @@ public:
       return MlaEarlyReads::Cache;
     return MlaEarlyReads::None;
   }
-  bool mlaEarlyReads_ = envSwitch("MELT_CUDA_MLA_EARLY_READS", true);
+  bool mlaEarlyReads_ = envSwitch("MELT_CUDA_MLA_EARLY_READS", false);
 
   /// BF16 where the compiler chose it and the attention runs on BF16
   /// tensor cores (half the bytes, and a decode step on MlaDecode.cu's
