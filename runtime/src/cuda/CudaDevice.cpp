@@ -267,6 +267,13 @@ public:
     // kernels have ended, a cache append among them.
     if (lastCacheAppend_.stream == branch_.stream)
       lastCacheAppend_.joinedInto = stream_;
+    // An append on this stream is no longer the only kernel ahead: the
+    // branch's last one (a query's projection: side branches hold no cache
+    // append, SideBranches.h) ends, in a recorded graph, no sooner than
+    // the next kernel's wait. Reading the query before that wait was the
+    // race of bench/results/mla_early_reads_race_s34_h200.txt.
+    if (lastCacheAppend_.stream == stream_)
+      lastCacheAppend_.launches = ~uint64_t(0);
     return Status::ok();
   }
 
@@ -1164,8 +1171,12 @@ public:
   /// into this stream. Only with MELT_CUDA_MLA_EARLY_READS=1: on by
   /// default until session 34, when mini-fp8's batch-1 greedy tokens were
   /// found to differ from one session to the next with it and never
-  /// without (bench/results/mla_early_reads_race_s34_h200.txt): one of
-  /// these reads comes before its data is written there.
+  /// without (bench/results/mla_early_reads_race_s34_h200.txt). The cause
+  /// found in the trace (mla_early_reads_trace_s34_h200.txt): the query's
+  /// projection runs in a side branch joined after the append, so the
+  /// append was taken for the only kernel ahead while the projection could
+  /// still be writing the query; joinBranch now withdraws that (not yet
+  /// run on a GPU: the switch stays off until it is).
   MlaEarlyReads mlaEarlyReads() const {
     if (!mlaEarlyReads_)
       return MlaEarlyReads::None;
