@@ -10,8 +10,10 @@ out=${OUT:-$root/build-gpu/results}
 mkdir -p "$out"
 # MELT_RESULTS_ARCHIVE=1: on exit (a failure or a time limit too), the
 # results are packed into $out/results.tgz alone (for a collector that takes
-# few files).
-if [ "${MELT_RESULTS_ARCHIVE:-}" = 1 ]; then
+# few files), by the outermost script only (one that another runs, e.g.
+# mini-model.sh from a call's script, leaves its files to it).
+if [ "${MELT_RESULTS_ARCHIVE:-}" = 1 ] && [ -z "${MELT_RESULTS_PACKER:-}" ]; then
+  export MELT_RESULTS_PACKER=$$
   pack_results() {
     local tmp
     tmp=$(mktemp -d)

@@ -52,10 +52,15 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 build_gpu melt-run
+# (melt-run's stderr is kept too: a run of the same inputs whose greedy
+# tokens differ from the run before says so there, counted at the end.)
 run() { build-gpu/bin/melt-run "$carry/models/$1" --random-weights \
-  --device cuda:0 --bench --warmup --repeat 3 "${@:2}" |
+  --device cuda:0 --bench --warmup --repeat 3 "${@:2}" \
+  2> >(tee -a "$out/melt_run_stderr.txt" >&2) |
   sed "s/^{/{\"model\": \"$1\", /"; }
 : > "$out/mini_melt.json"
+: > "$out/melt_run_stderr.txt"
+
 for model in mini-bf16.melt mini-fp8.melt; do
   echo "== melt: $model on cuda:0 =="
   {
@@ -207,6 +212,10 @@ compare() { python3 bench/cuda/compare_tokens.py "$out/mini_melt.json" "$@"; }
   compare --label "recorded ahead / at the first step" \
     --model mini-bf16.melt --model mini-fp8.melt --batch 1 --batch 64 \
     "record_ahead=on 1" "record_ahead=off 1"
+# What the runs said: repeats of the same inputs must agree (session 34
+# found a race so, bench/results/mla_early_reads_race_s34_h200.txt).
+echo "melt-run: runs whose greedy tokens differed from the run before:" \
+  "$(grep -c "other tokens than the run before" "$out/melt_run_stderr.txt")"
 [ "${MELT_SKIP_BASELINE:-}" = 1 ] && exit 0
 echo "== transformers: mini =="
 # Bounded (MELT_BASELINE_SECONDS, default 300): its batched_mm experts can
