@@ -263,17 +263,8 @@ public:
                                "cudaEventRecord"));
     MELT_RETURN_IF_ERROR(check(cudaStreamWaitEvent(stream_, branch_.done, 0),
                                "cudaStreamWaitEvent"));
-    // What this stream launches from now on starts after the branch's
-    // kernels have ended, a cache append among them.
-    if (lastCacheAppend_.stream == branch_.stream)
-      lastCacheAppend_.joinedInto = stream_;
-    // An append on this stream is no longer the only kernel ahead: the
-    // branch's last one (a query's projection: side branches hold no cache
-    // append, SideBranches.h) ends, in a recorded graph, no sooner than
-    // the next kernel's wait. Reading the query before that wait was the
-    // race of bench/results/mla_early_reads_race_s34_h200.txt.
-    if (lastCacheAppend_.stream == stream_)
-      lastCacheAppend_.launches = ~uint64_t(0);
+    // (An append before the join: CacheAppendTracker.h.)
+    cacheAppends_.joined(branch_.stream, stream_);
     return Status::ok();
   }
 
@@ -1155,37 +1146,26 @@ public:
     return appended;
   }
 
-  /// Where the last cache append was launched (the launch count after it,
-  /// and its stream; `joinedInto`: the stream that joined the append's
-  /// branch after it): what mlaEarlyReads() tells a fused MLA decode.
-  struct CacheAppendMark {
-    uint64_t launches = ~uint64_t(0);
-    cudaStream_t stream = nullptr, joinedInto = nullptr;
-  } lastCacheAppend_;
+  /// Where the last cache append was launched and what joined after it:
+  /// what mlaEarlyReads() tells a fused MLA decode.
+  CacheAppendTracker cacheAppends_;
   void noteCacheAppend() {
-    lastCacheAppend_ = {overlappedLaunchCount().load(), stream_, nullptr};
+    cacheAppends_.appended(overlappedLaunchCount().load(), stream_);
   }
   /// What a fused MLA decode launched now may read before its wait
-  /// (MlaEarlyReads): the query where the cache append is the kernel just
-  /// ahead on this stream; the cache where the append's branch was joined
-  /// into this stream. Only with MELT_CUDA_MLA_EARLY_READS=1: on by
-  /// default until session 34, when mini-fp8's batch-1 greedy tokens were
-  /// found to differ from one session to the next with it and never
+  /// (CacheAppendTracker::earlyReads). Only with MELT_CUDA_MLA_EARLY_READS=1:
+  /// on by default until session 34, when mini-fp8's batch-1 greedy tokens
+  /// were found to differ from one session to the next with it and never
   /// without (bench/results/mla_early_reads_race_s34_h200.txt). The cause
   /// found in the trace (mla_early_reads_trace_s34_h200.txt): the query's
   /// projection runs in a side branch joined after the append, so the
   /// append was taken for the only kernel ahead while the projection could
-  /// still be writing the query; joinBranch now withdraws that (not yet
-  /// run on a GPU: the switch stays off until it is).
+  /// still be writing the query; the tracker now withdraws that at the
+  /// join (not yet run on a GPU: the switch stays off until it is).
   MlaEarlyReads mlaEarlyReads() const {
-    if (!mlaEarlyReads_)
-      return MlaEarlyReads::None;
-    if (lastCacheAppend_.stream == stream_ &&
-        lastCacheAppend_.launches == overlappedLaunchCount().load())
-      return MlaEarlyReads::Query;
-    if (lastCacheAppend_.joinedInto == stream_)
-      return MlaEarlyReads::Cache;
-    return MlaEarlyReads::None;
+    return mlaEarlyReads_ ? cacheAppends_.earlyReads(
+                                stream_, overlappedLaunchCount().load())
+                          : MlaEarlyReads::None;
   }
   bool mlaEarlyReads_ = envSwitch("MELT_CUDA_MLA_EARLY_READS", false);
 

@@ -22,6 +22,7 @@
 #ifndef MELT_RUNTIME_CUDA_MLADECODEFUSED_H
 #define MELT_RUNTIME_CUDA_MLADECODEFUSED_H
 
+#include "cuda/CacheAppendTracker.h"
 #include "cuda/MlaSplit.h"
 
 #include <cuda_bf16.h>
@@ -42,16 +43,16 @@ bool mlaDecodeFusedFits(const MlaSplitShape &shape);
 /// wUk [heads, nope, latent], wUv [heads, valueDim, latent]. A position
 /// without a page is left out of the attention.
 ///
-/// `early` (with `projected` only) says what the caller knows of the kernel
-/// just ahead in the stream, whose end the blocks otherwise wait for before
-/// they read anything but weights. Query: it is the cache append, which
-/// itself waited for everything before it (the query's projection among
-/// it): the blocks read, rotate, absorb and gather the query, and look up
-/// their rows, before they wait (the scores need the appended row). Cache:
-/// the cache append ended before this kernel could start (a branch joined
-/// after it): the blocks look up their rows and ask for them towards L2
-/// before they wait for the kernel ahead (the query's projection).
-enum class MlaEarlyReads { None, Query, Cache };
+/// `early` (with `projected` only) says what the caller knows of the kernels
+/// just ahead (CacheAppendTracker.h), whose end the blocks otherwise wait
+/// for before they read anything but weights. Query: the one kernel ahead
+/// is the cache append, which itself waited for everything before it (the
+/// query's projection among it): the blocks read, rotate, absorb and
+/// gather the query, and look up their rows, before they wait (the scores
+/// need the appended row). Cache: the append is in a branch joined before
+/// this kernel: the blocks look up their rows (the step's layout was
+/// written before its kernels) and ask for them towards L2 (a prefetch,
+/// harmless while the append may still write its row), then wait.
 cudaError_t mlaDecodeFused(const float *qNope, const float *qRope,
                            const __nv_bfloat16 *cache,
                            const PagedLayout &layout, const float *wUk,
