@@ -13,22 +13,17 @@
 #ifndef MELT_RUNTIME_TESTS_BF16ROWSCPUDEVICE_H
 #define MELT_RUNTIME_TESTS_BF16ROWSCPUDEVICE_H
 
-#include "CpuDevice.h"
+#include "PreparingCpuDevice.h"
 #include "WeightData.h"
-
-#include <cmath>
-#include <cstring>
-#include <map>
 
 namespace melt::rt {
 
-class Bf16RowsCpuDevice : public CpuDevice {
+class Bf16RowsCpuDevice : public PreparingCpuDevice {
 public:
   /// Whether norms prepare the BF16 rows (else every product rounds its
   /// input itself).
   bool preparesBf16Rows = false;
   int preparingNorms = 0, unwrittenNorms = 0, expertNorms = 0;
-  int preparedMlaOutputs = 0, unwrittenMlaOutputs = 0;
   int preparedProducts = 0, attachedReads = 0;
 
   /// A matrix the model stores in BF16 (the CPU holds its values in F32).
@@ -110,36 +105,12 @@ public:
   bool preparesInMla(const DeviceTensor &weight, int64_t) const override {
     return preparesBf16Rows && roundsInputToBf16(weight);
   }
-  void prepareMlaOutput(PreparedInput *into, bool rowsRead,
-                        const DeviceTensor *) override {
-    mlaOutput_ = into;
-    mlaRowsRead_ = rowsRead;
-  }
-  Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-             const DeviceTensor &cache, const CacheLayout &layout,
-             const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
-             int64_t decompressAbove, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(CpuDevice::mla(qNope, qRope, cache, layout, wUk, wUv,
-                                        scale, decompressAbove, out));
-    if (!mlaOutput_ || out.shape.empty())
-      return Status::ok();
-    ++preparedMlaOutputs;
-    DeviceTensor rows = out;
-    rows.shape = {out.shape[0], out.numel() / out.shape[0]};
-    MELT_RETURN_IF_ERROR(roundedCopy(rows, mlaOutput_->bf16));
-    if (mlaRowsRead_)
-      return Status::ok();
-    ++unwrittenMlaOutputs;
-    return leaveUnwritten(out, *mlaOutput_);
-  }
-  void attachPrepared(const void *data,
-                      const PreparedInput &prepared) override {
-    attached_[data] = prepared;
-  }
-  void detachPrepared(const void *data) override { attached_.erase(data); }
-  bool nothingAttached() const { return attached_.empty(); }
 
 private:
+  /// An MLA's output rows for the BF16 products: rounded.
+  Status prepareRows(const DeviceTensor &rows, PreparedInput &into) override {
+    return roundedCopy(rows, into.bf16);
+  }
   /// x's values rounded to BF16, in F32 memory of their own.
   Status roundedCopy(const DeviceTensor &x, DeviceTensor &rounded) {
     MELT_RETURN_IF_ERROR(allocate(DType::F32, x.shape, rounded));
@@ -158,17 +129,6 @@ private:
     ++unwrittenNorms;
     return leaveUnwritten(y, prepared);
   }
-  /// y's rows as unwritten memory could hold them (NaNs: a reader of them
-  /// shows in the logits), what was prepared read in their place.
-  static Status leaveUnwritten(DeviceTensor &y, PreparedInput &prepared) {
-    prepared.rowsUnwritten = true;
-    std::memset(y.data, 0xff, y.bytes());
-    return Status::ok();
-  }
-
-  std::map<const void *, PreparedInput> attached_;
-  PreparedInput *mlaOutput_ = nullptr;
-  bool mlaRowsRead_ = true;
 };
 
 } // namespace melt::rt

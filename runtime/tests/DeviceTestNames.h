@@ -8,8 +8,8 @@
 #include <string>
 
 /// "cuda:0" -> "cuda_0": a device name as a test name.
-inline std::string deviceTestName(
-    const ::testing::TestParamInfo<std::string> &info) {
+inline std::string
+deviceTestName(const ::testing::TestParamInfo<std::string> &info) {
   std::string name = info.param;
   for (char &c : name)
     if (!std::isalnum(static_cast<unsigned char>(c)))

@@ -19,19 +19,18 @@
 #ifndef MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
 #define MELT_RUNTIME_TESTS_QUANTIZINGCPUDEVICE_H
 
-#include "CpuDevice.h"
+#include "PreparingCpuDevice.h"
 
 #include "melt/numerics.h"
 
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <map>
 #include <set>
 
 namespace melt::rt {
 
-class QuantizingCpuDevice : public CpuDevice {
+class QuantizingCpuDevice : public PreparingCpuDevice {
 public:
   explicit QuantizingCpuDevice(bool fusesSiluMul = false,
                                bool quantizesExperts = false,
@@ -161,11 +160,6 @@ public:
     ++unwrittenNorms;
     return leaveUnwritten(y, prepared);
   }
-  Status leaveUnwritten(DeviceTensor &y, PreparedInput &prepared) {
-    prepared.rowsUnwritten = true;
-    std::memset(y.data, 0xff, y.bytes()); // NaNs, in F32 and in BF16
-    return Status::ok();
-  }
   // Where preparesForExpertsInNorms: a MoE layer's input norm prepares
   // what its router and experts read (here as above: the dequantized
   // values), attached to its value until both have read it; they count
@@ -194,12 +188,6 @@ public:
     ++unwrittenExpertNorms;
     return leaveUnwritten(y, prepared);
   }
-  void attachPrepared(const void *data,
-                      const PreparedInput &prepared) override {
-    attached_[data] = prepared;
-  }
-  void detachPrepared(const void *data) override { attached_.erase(data); }
-  bool nothingAttached() const { return attached_.empty(); }
 
   Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
                           const DeviceTensor &w, DeviceTensor &y) override {
@@ -245,38 +233,12 @@ public:
     mlaOutput_ = into;
     return s ? s : prepareMlaRows(out);
   }
-  Status mla(const DeviceTensor &qNope, const DeviceTensor &qRope,
-             const DeviceTensor &cache, const CacheLayout &layout,
-             const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
-             int64_t decompressAbove, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(CpuDevice::mla(qNope, qRope, cache, layout, wUk, wUv,
-                                        scale, decompressAbove, out));
-    return prepareMlaRows(out);
-  }
   // Where preparesMlaOutputs: an MLA's output prepared for the FP8
   // products that alone read it (the dequantized values of its rows, a
   // token's heads in one row, in memory of their own).
   bool preparesInMla(const DeviceTensor &weight, int64_t rows) const override {
     (void)rows;
     return preparesMlaOutputs && quantizesFp8Input(weight);
-  }
-  void prepareMlaOutput(PreparedInput *into, bool rowsRead,
-                        const DeviceTensor *) override {
-    mlaOutput_ = into;
-    mlaRowsRead_ = rowsRead;
-  }
-  // (Rows nothing else reads are NaNs after the call, as for the norms.)
-  Status prepareMlaRows(DeviceTensor &out) {
-    if (!mlaOutput_ || out.shape.empty())
-      return Status::ok();
-    ++preparedMlaOutputs;
-    DeviceTensor rows = out;
-    rows.shape = {out.shape[0], out.numel() / out.shape[0]};
-    MELT_RETURN_IF_ERROR(quantizedRoundTrip(rows, mlaOutput_->q));
-    if (mlaRowsRead_)
-      return Status::ok();
-    ++unwrittenMlaOutputs;
-    return leaveUnwritten(out, *mlaOutput_);
   }
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
@@ -324,13 +286,13 @@ public:
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
       sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0,
-      unwrittenNorms = 0, unwrittenExpertNorms = 0, preparedMlaOutputs = 0,
-      unwrittenMlaOutputs = 0;
+      unwrittenNorms = 0, unwrittenExpertNorms = 0;
 
 private:
-  std::map<const void *, PreparedInput> attached_;
-  PreparedInput *mlaOutput_ = nullptr;
-  bool mlaRowsRead_ = true;
+  /// An MLA's output rows for the FP8 products: their dequantized values.
+  Status prepareRows(const DeviceTensor &rows, PreparedInput &into) override {
+    return quantizedRoundTrip(rows, into.q);
+  }
   /// x, or the rows kept in place of x's where a norm left them unwritten.
   DeviceTensor rowsOf(const DeviceTensor &x) const {
     auto it = attached_.find(x.data);
