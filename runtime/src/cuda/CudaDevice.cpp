@@ -1161,7 +1161,9 @@ public:
   /// projection runs in a side branch joined after the append, so the
   /// append was taken for the only kernel ahead while the projection could
   /// still be writing the query; the tracker now withdraws that at the
-  /// join (not yet run on a GPU: the switch stays off until it is).
+  /// join: with it the repeats agree on the H200 (session 35), but the
+  /// step is no faster (1522.9 against 1531.3 tokens/s,
+  /// bench/results/trigger_early_tried_s35_h200.txt), so it stays off.
   MlaEarlyReads mlaEarlyReads() const {
     return mlaEarlyReads_ ? cacheAppends_.earlyReads(
                                 stream_, overlappedLaunchCount().load())
