@@ -61,7 +61,7 @@ __global__ void fillFloats(float *data, size_t n, float value) {
 
 int main(int argc, char **argv) {
   int iters = 20;
-  bool quick = false, mini = false;
+  bool quick = false, mini = false, large = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
       iters = std::atoi(argv[++i]);
@@ -69,9 +69,12 @@ int main(int argc, char **argv) {
       quick = true;
     else if (!std::strcmp(argv[i], "--mini"))
       mini = true;
+    else if (!std::strcmp(argv[i], "--large"))
+      large = true;
     else {
       std::fprintf(stderr,
-                   "usage: melt-bench-gemm [--iters N] [--quick] [--mini]\n");
+                   "usage: melt-bench-gemm [--iters N] [--quick] [--mini] "
+                   "[--large]\n");
       return 2;
     }
   }
@@ -99,6 +102,8 @@ int main(int argc, char **argv) {
   std::vector<int> ms = {1, 16, 64, 128, 512, 4096, 8192};
   if (quick)
     ms = {1, 64, 4096};
+  if (large) // the prefill's M alone (cuBLASLt's)
+    ms = {4096, 8192};
   if (mini) {
     shapes = {{"mini q_a+kv_a (fused down)", 2112, 2048},
               {"mini q_b", 3072, 1536},

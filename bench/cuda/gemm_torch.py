@@ -3,7 +3,7 @@ DeepSeek-V3 block scales (1x128 activations, 128x128 weights; cuBLASLt
 underneath) and a BF16 matmul, at the shapes and M of melt-bench-gemm, with
 the same weight rotation (no weight found in L2). One JSON line each.
 
-    python3 bench/cuda/gemm_torch.py [--quick]
+    python3 bench/cuda/gemm_torch.py [--quick | --large]
 """
 import json
 import sys
@@ -13,7 +13,8 @@ import torch
 SHAPES = [("q_a+kv_a (fused down)", 2112, 7168), ("q_b", 24576, 1536),
           ("o_proj", 7168, 16384), ("dense gate/up", 18432, 7168),
           ("dense down", 7168, 18432), ("expert gate/up", 2048, 7168)]
-MS = [1, 64, 4096] if "--quick" in sys.argv else [1, 16, 64, 128, 512, 4096, 8192]
+MS = ([1, 64, 4096] if "--quick" in sys.argv else
+      [4096, 8192] if "--large" in sys.argv else [1, 16, 64, 128, 512, 4096, 8192])
 ROTATE_BYTES = 256 << 20
 
 
