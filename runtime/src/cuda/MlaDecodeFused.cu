@@ -3,6 +3,7 @@
 
 #include "EnvSwitch.h"
 
+#include "cuda/AsyncCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/PagedCache.cuh"
 #include "cuda/RopeRotation.cuh"
@@ -299,6 +300,244 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   cluster.sync(); // no block leaves while another reads its memory
 }
 
+/// The latent-slices form (MlaFusedForm::LatentSlices): rope 64 and at
+/// most kSlicesMaxVisible positions. The blocks of a cluster split the
+/// latent columns for the attention too, not the positions: block `rank`
+/// stages its 64 latent columns and 8 rope columns of every visible row
+/// (one round of 16-byte copies, read twice from shared memory), scores
+/// them against its slice of the absorbed query (which it computed itself:
+/// no query gathered over the cluster), and the cluster adds each row's
+/// eight partial scores in rank order (every block the same sums, the same
+/// softmax); each block then weighs its own columns of the rows, so that
+/// no partial latent sums are merged, and W_UV's product is as above. Two
+/// cluster exchanges where the form above has three.
+constexpr int kSliceRope = 8;                // rope columns a block (64 over 8)
+constexpr int kSliceChunks = kSlice / 8 + 1; // 16-byte pieces a row
+constexpr int kSlicesMaxVisible = 512;
+/// Threads per staged row while scoring (a piece each, lane 0 of the
+/// eight also the rope's), rows scored at once, and the row groups of the
+/// weighted columns.
+constexpr int kScoreLanes = 8, kScoreRows = kThreads / kScoreLanes;
+constexpr int kColumnParts = kThreads / kSlice;
+static_assert(kSliceChunks - 1 == kScoreLanes, "a latent piece a lane");
+
+/// Dynamic shared memory of the latent-slices form for tables of
+/// `maxVisible` positions: the staged pieces, then the partial scores, the
+/// weights and the rows' places.
+__host__ __device__ constexpr size_t slicesSharedBytes(int maxVisible) {
+  return size_t(maxVisible) * kSliceChunks * 16 +
+         size_t(maxVisible) * (2 * sizeof(float) + sizeof(int));
+}
+
+__global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
+    mlaDecodeSlicesKernel(FusedArgs a, ProjectedQuery projected,
+                          bool fromProjection, int maxVisible) {
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = int(cluster.block_rank());
+  const int h = blockIdx.y, t = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int lBase = rank * kSlice;
+
+  // The block's weights into registers while the kernel ahead runs, as
+  // mlaDecodeFusedKernel's.
+  const int column = tid % kSlice, part = tid / kSlice;
+  float wk[kAbsorbRows];
+#pragma unroll
+  for (int i = 0; i < kAbsorbRows; ++i) {
+    const int n = part * kAbsorbRows + i;
+    wk[i] = n < a.nope
+                ? a.wUk[(size_t(h) * a.nope + n) * kLatent + lBase + column]
+                : 0.f;
+  }
+  float wv[kValuesPerWarp][2];
+#pragma unroll
+  for (int j = 0; j < kValuesPerWarp; ++j) {
+    const int v = warp + 8 * j;
+    const float *row = a.wUv + (size_t(h) * a.value + v) * kLatent + lBase;
+    wv[j][0] = v < a.value ? row[lane] : 0.f;
+    wv[j][1] = v < a.value ? row[lane + 32] : 0.f;
+  }
+  awaitPriorKernels();
+
+  extern __shared__ __align__(16) uint8_t slicesShared[];
+  auto *pieces = reinterpret_cast<__nv_bfloat16 *>(slicesShared);
+  auto *partial = reinterpret_cast<float *>(
+      slicesShared + size_t(maxVisible) * kSliceChunks * 16);
+  float *weight = partial + maxVisible;
+  int *rowOf = reinterpret_cast<int *>(weight + maxVisible);
+  __shared__ float qNope[kMaxNope];
+  __shared__ float qRope[kMaxRope];
+  __shared__ float qSlice[kSlice];
+  __shared__ float parts[kColumnParts][kSlice];
+  __shared__ float merged[kSlice];
+  __shared__ float products[kMaxValue];
+  __shared__ float reduced[kThreads / 32];
+
+  // Every visible position's row, then this block's pieces of them (a row
+  // without a page: zeros, its weight 0 below).
+  const int visible = min(a.layout.positions[t] + 1, maxVisible);
+  const int seq = a.layout.sequences[t];
+  const int width = kLatent + a.rope;
+  for (int p = tid; p < visible; p += kThreads)
+    rowOf[p] = cacheRow(a.layout, seq, p);
+  __syncthreads();
+  for (int i = tid; i < visible * kSliceChunks; i += kThreads) {
+    const int p = i / kSliceChunks, c = i % kSliceChunks;
+    uint8_t *to = slicesShared + size_t(i) * 16;
+    const int row = rowOf[p];
+    if (row < 0) {
+      *reinterpret_cast<uint4 *>(to) = make_uint4(0, 0, 0, 0);
+      continue;
+    }
+    const int first =
+        c < kScoreLanes ? lBase + 8 * c : kLatent + rank * kSliceRope;
+    copyAsync16(to, a.cache + size_t(row) * width + first);
+  }
+  commitCopies();
+
+  // The query under the copies: q_nope, and the rope part rounded to BF16
+  // (rotated here from the projection's rows where given).
+  const size_t th = size_t(t) * a.heads + h;
+  const int projectedRow = a.nope + a.rope;
+  for (int i = tid; i < kMaxNope; i += kThreads)
+    qNope[i] = i >= a.nope      ? 0.f
+               : fromProjection ? load(Operand{projected.q, projected.bf16},
+                                       th * projectedRow + i)
+                                : a.qNope[th * a.nope + i];
+  if (fromProjection) {
+    for (int pair = tid; pair < a.rope / 2; pair += kThreads) {
+      const RotatedPair r = rotatePair(
+          Operand{projected.q, projected.bf16}, th * projectedRow + a.nope,
+          pair, a.rope, projected.interleaved, projected.positions[t],
+          projected.freqs, projected.mscale);
+      qRope[r.a] = roundedToBf16(r.ya);
+      qRope[r.b] = roundedToBf16(r.yb);
+    }
+  } else {
+    for (int i = tid; i < a.rope; i += kThreads)
+      qRope[i] = roundedToBf16(a.qRope[th * a.rope + i]);
+  }
+  __syncthreads();
+  // This block's 64 columns of the absorbed query, rounded to BF16.
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kAbsorbRows; ++i)
+    acc += qNope[part * kAbsorbRows + i] * wk[i];
+  parts[part][column] = acc;
+  __syncthreads();
+  if (tid < kSlice) {
+    float sum = 0.f;
+#pragma unroll
+    for (int q = 0; q < kColumnParts; ++q)
+      sum += parts[q][tid];
+    qSlice[tid] = roundedToBf16(sum);
+  }
+  awaitCopies<0>();
+  __syncthreads(); // the pieces and the query's slice are there
+
+  // Each row's partial score over the block's columns: eight lanes a row,
+  // a piece each, summed by three exchanges.
+  const int piece = tid % kScoreLanes;
+  for (int p0 = 0; p0 < visible; p0 += kScoreRows) {
+    const int p = p0 + tid / kScoreLanes;
+    float dot = 0.f;
+    if (p < visible) {
+      const __nv_bfloat16 *at = pieces + size_t(p) * kSliceChunks * 8;
+#pragma unroll
+      for (int e = 0; e < 8; e += 2) {
+        const float2 v = __bfloat1622float2(
+            *reinterpret_cast<const __nv_bfloat162 *>(at + 8 * piece + e));
+        dot += qSlice[8 * piece + e] * v.x + qSlice[8 * piece + e + 1] * v.y;
+      }
+      if (piece == 0) {
+#pragma unroll
+        for (int e = 0; e < kSliceRope; e += 2) {
+          const float2 v =
+              __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
+                  at + 8 * kScoreLanes + e));
+          dot += qRope[rank * kSliceRope + e] * v.x +
+                 qRope[rank * kSliceRope + e + 1] * v.y;
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 1; o < kScoreLanes; o *= 2)
+      dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (p < visible && piece == 0)
+      partial[p] = dot;
+  }
+  cluster.sync(); // every block's partial scores are there
+
+  // Each row's score, the eight partials added in rank order (the same
+  // bits in every block), their maximum, the weights and their sum.
+  float top = -INFINITY;
+  for (int p = tid; p < visible; p += kThreads) {
+    float parts8[kCluster];
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r)
+      parts8[r] = cluster.map_shared_rank(partial, r)[p];
+    float score = 0.f;
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r)
+      score += parts8[r];
+    score = rowOf[p] >= 0 ? score * a.scale : -INFINITY;
+    weight[p] = score;
+    top = fmaxf(top, score);
+  }
+  top = blockReduce<true>(top, reduced);
+  float total = 0.f;
+  for (int p = tid; p < visible; p += kThreads) {
+    const float e = top == -INFINITY ? 0.f : expf(weight[p] - top);
+    weight[p] = e;
+    total += e;
+  }
+  total = blockReduce<false>(total, reduced); // (its barriers: weights seen)
+
+  // The block's 64 columns of the weighted rows: a column a thread, the
+  // rows in kColumnParts interleaved parts, added in order.
+  float o = 0.f;
+  for (int p = part; p < visible; p += kColumnParts)
+    o += weight[p] *
+         __bfloat162float(pieces[size_t(p) * kSliceChunks * 8 + column]);
+  parts[part][column] = o;
+  __syncthreads();
+  if (tid < kSlice) {
+    float sum = 0.f;
+#pragma unroll
+    for (int q = 0; q < kColumnParts; ++q)
+      sum += parts[q][tid];
+    merged[tid] = total > 0.f ? sum / total : 0.f;
+  }
+  __syncthreads();
+  // W_UV's product of the block's columns, as mlaDecodeFusedKernel's.
+  float d[kValuesPerWarp];
+#pragma unroll
+  for (int j = 0; j < kValuesPerWarp; ++j)
+    d[j] = merged[lane] * wv[j][0] + merged[lane + 32] * wv[j][1];
+  halveSums<8>(d, lane);
+  halveSums<4>(d, lane);
+  halveSums<2>(d, lane);
+  halveSums<1>(d, lane);
+  d[0] += __shfl_xor_sync(0xffffffffu, d[0], 1);
+  {
+    const int v = warp + 8 * (lane / 2);
+    if (lane % 2 == 0 && v < a.value)
+      products[v] = d[0];
+  }
+  cluster.sync(); // every block's products are there
+  const int perRank = (a.value + kCluster - 1) / kCluster;
+  if (tid < perRank) {
+    const int v = rank * perRank + tid;
+    if (v < a.value) {
+      float sum = 0.f;
+      for (int r = 0; r < kCluster; ++r)
+        sum += cluster.map_shared_rank(products, r)[v];
+      a.out[th * a.value + v] = sum;
+    }
+  }
+  cluster.sync(); // no block leaves while another reads its memory
+}
+
 } // namespace
 
 bool melt::rt::cuda::mlaDecodeFusedFits(const MlaSplitShape &s) {
@@ -314,17 +553,43 @@ cudaError_t melt::rt::cuda::mlaDecodeFused(
     const float *qNope, const float *qRope, const __nv_bfloat16 *cache,
     const PagedLayout &layout, const float *wUk, const float *wUv,
     const MlaSplitShape &s, float scale, float *out, cudaStream_t stream,
-    const ProjectedQuery *projected, MlaEarlyReads early) {
+    const ProjectedQuery *projected, MlaEarlyReads early, MlaFusedForm form) {
   if (!mlaDecodeFusedFits(s) || layout.batch != s.tokens ||
       (!projected && (!qNope || !qRope)))
     return cudaErrorInvalidValue;
   const FusedArgs a{qNope,   qRope,  cache,  layout,     wUk,   wUv,
                     s.heads, s.nope, s.rope, s.valueDim, scale, out};
   const ProjectedQuery query = projected ? *projected : ProjectedQuery{};
+  const MlaEarlyReads reads = projected ? early : MlaEarlyReads::None;
+  static const bool slicesByDefault =
+      envSwitch("MELT_CUDA_MLA_LATENT_SLICES", true);
+  const bool slicesFit = s.rope == kCluster * kSliceRope &&
+                         s.maxVisible <= kSlicesMaxVisible &&
+                         reads == MlaEarlyReads::None;
+  if (form == MlaFusedForm::LatentSlices && !slicesFit)
+    return cudaErrorInvalidValue;
+  if (slicesFit && (form == MlaFusedForm::LatentSlices ||
+                    (form == MlaFusedForm::Chosen && slicesByDefault))) {
+    static const cudaError_t configured = [] {
+      const cudaError_t e = cudaFuncSetAttribute(
+          mlaDecodeSlicesKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          int(slicesSharedBytes(kSlicesMaxVisible)));
+      if (e != cudaSuccess)
+        (void)cudaGetLastError(); // not sticky: the other form runs
+      return e;
+    }();
+    if (configured == cudaSuccess)
+      return launchOverlapped(
+          mlaDecodeSlicesKernel,
+          dim3(kCluster, unsigned(s.heads), unsigned(s.tokens)), kThreads,
+          slicesSharedBytes(s.maxVisible), stream, a, query,
+          projected != nullptr, s.maxVisible);
+    if (form == MlaFusedForm::LatentSlices)
+      return configured;
+  }
   static const bool halving = envSwitch("MELT_CUDA_MLA_HALVING_SUMS", true);
-  return launchOverlapped(halving ? mlaDecodeFusedKernel<true>
-                                  : mlaDecodeFusedKernel<false>,
-                          dim3(kCluster, unsigned(s.heads), unsigned(s.tokens)),
-                          kThreads, 0, stream, a, query, projected != nullptr,
-                          projected ? early : MlaEarlyReads::None);
+  return launchOverlapped(
+      halving ? mlaDecodeFusedKernel<true> : mlaDecodeFusedKernel<false>,
+      dim3(kCluster, unsigned(s.heads), unsigned(s.tokens)), kThreads, 0,
+      stream, a, query, projected != nullptr, reads);
 }

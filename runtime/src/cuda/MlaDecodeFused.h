@@ -53,13 +53,24 @@ bool mlaDecodeFusedFits(const MlaSplitShape &shape);
 /// this kernel: the blocks look up their rows (the step's layout was
 /// written before its kernels) and ask for them towards L2 (a prefetch,
 /// harmless while the append may still write its row), then wait.
+///
+/// Two forms split a (token, head)'s work over its cluster: by cached
+/// positions (each block attends to a share of them over all 576 columns,
+/// the cluster then merges the partial sums), or by latent slices (each
+/// block attends to every position over its 64 latent and 8 rope columns,
+/// the cluster adding the partial scores: rope 64, tables of at most 512
+/// positions, no early reads). `form` Chosen takes the latent slices where
+/// they fit (MELT_CUDA_MLA_LATENT_SLICES=0: the positions); the others are
+/// for tests (LatentSlices where it does not fit: cudaErrorInvalidValue).
+enum class MlaFusedForm { Chosen, Positions, LatentSlices };
 cudaError_t mlaDecodeFused(const float *qNope, const float *qRope,
                            const __nv_bfloat16 *cache,
                            const PagedLayout &layout, const float *wUk,
                            const float *wUv, const MlaSplitShape &shape,
                            float scale, float *out, cudaStream_t stream,
                            const ProjectedQuery *projected = nullptr,
-                           MlaEarlyReads early = MlaEarlyReads::None);
+                           MlaEarlyReads early = MlaEarlyReads::None,
+                           MlaFusedForm form = MlaFusedForm::Chosen);
 
 } // namespace melt::rt::cuda
 

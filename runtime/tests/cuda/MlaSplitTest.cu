@@ -49,8 +49,9 @@ struct Case {
   /// the one token of sequence t).
   bool bf16Cache = false, decodeStep = false;
   /// With bf16Cache, on mlaDecodeFused (one kernel) for a table of this
-  /// many positions.
+  /// many positions, in this form.
   int fusedMaxVisible = 0;
+  MlaFusedForm fusedForm = MlaFusedForm::Chosen;
 };
 
 void runCase(const Case &c) {
@@ -108,7 +109,8 @@ void runCase(const Case &c) {
   if (c.fusedMaxVisible) {
     ASSERT_TRUE(c.bf16Cache && mlaDecodeFusedFits(shape));
     ASSERT_EQ(mlaDecodeFused(dQn, dQr, dCacheBf16, layout, dUk, dUv, shape,
-                             scale, split, nullptr),
+                             scale, split, nullptr, nullptr,
+                             MlaEarlyReads::None, c.fusedForm),
               cudaSuccess);
   } else if (c.decodeStep) {
     ASSERT_TRUE(c.bf16Cache && mlaDecodeStepFits(shape));
@@ -187,7 +189,10 @@ void runCase(const Case &c) {
       "largest output\n",
       c.heads, tokens, c.tensorCores ? ", tensor cores" : "",
       c.decompressed ? ", decompressed" : "", c.bf16Cache ? ", bf16 cache" : "",
-      c.decodeStep ? ", decode step" : "", c.fusedMaxVisible ? ", fused" : "",
+      c.decodeStep ? ", decode step" : "",
+      !c.fusedMaxVisible                          ? ""
+      : c.fusedForm == MlaFusedForm::LatentSlices ? ", fused by latent slices"
+                                                  : ", fused",
       worst / std::max(range, 1e-30));
   EXPECT_LE(worst, (bf16             ? 2e-2
                     : c.decompressed ? 5e-3
@@ -257,7 +262,8 @@ TEST(CudaMlaSplit, Bf16CacheMatchesWholeSequence) {
 // A few tokens' decode step in one kernel (MlaDecodeFused.cu: a token a
 // sequence) against the whole-sequence kernel: tables of 1024, 256 and
 // 320 positions, a sequence of one token, the last blocks' shares partial
-// or empty, 16 and 128 heads.
+// or empty, 16 and 128 heads; in both forms where the latent slices fit
+// (tables of at most 512), and the slices refusing a longer table.
 TEST(CudaMlaSplit, FusedDecodeMatchesWholeSequence) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
@@ -269,11 +275,29 @@ TEST(CudaMlaSplit, FusedDecodeMatchesWholeSequence) {
        {Fused{16, 1024, {0, 1}, {700, 33}}, Fused{128, 1024, {0, 1}, {1000, 3}},
         Fused{16, 256, {0, 1}, {200, 33}}, Fused{128, 320, {0, 1}, {319, 0}},
         Fused{16, 320, {1, 0}, {250, 6}}}) {
-    Case c{f.heads, f.sequences, f.positions};
-    c.bf16Cache = true;
-    c.fusedMaxVisible = f.maxVisible;
-    runCase(c);
+    for (MlaFusedForm form :
+         {MlaFusedForm::Positions, MlaFusedForm::LatentSlices}) {
+      if (form == MlaFusedForm::LatentSlices && f.maxVisible > 512)
+        continue;
+      Case c{f.heads, f.sequences, f.positions};
+      c.bf16Cache = true;
+      c.fusedMaxVisible = f.maxVisible;
+      c.fusedForm = form;
+      runCase(c);
+    }
   }
+  // A table of 1024 is not the latent slices' (refused before a launch:
+  // the operands are never read).
+  const MlaSplitShape longTable{2, 16, 128, 64, 512, 128, 1024};
+  PagedLayout layout{};
+  layout.batch = 2;
+  const auto *unread = reinterpret_cast<const float *>(256);
+  EXPECT_EQ(mlaDecodeFused(unread, unread,
+                           reinterpret_cast<const __nv_bfloat16 *>(256), layout,
+                           unread, unread, longTable, 1.f,
+                           reinterpret_cast<float *>(256), nullptr, nullptr,
+                           MlaEarlyReads::None, MlaFusedForm::LatentSlices),
+            cudaErrorInvalidValue);
 }
 
 // A decode step of a few tokens: the narrow forms (blocks of 4 heads, W_UK
