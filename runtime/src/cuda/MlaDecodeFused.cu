@@ -331,8 +331,7 @@ __host__ __device__ constexpr size_t slicesSharedBytes(int maxVisible) {
 
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     mlaDecodeSlicesKernel(FusedArgs a, ProjectedQuery projected,
-                          bool fromProjection, int maxVisible,
-                          bool oldRowsEarly) {
+                          bool fromProjection, int maxVisible) {
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = int(cluster.block_rank());
   const int h = blockIdx.y, t = blockIdx.z;
@@ -358,6 +357,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     wv[j][0] = v < a.value ? row[lane] : 0.f;
     wv[j][1] = v < a.value ? row[lane + 32] : 0.f;
   }
+  awaitPriorKernels();
 
   extern __shared__ __align__(16) uint8_t slicesShared[];
   auto *pieces = reinterpret_cast<__nv_bfloat16 *>(slicesShared);
@@ -374,56 +374,26 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   __shared__ float reduced[kThreads / 32];
 
   // Every visible position's row, then this block's pieces of them (a row
-  // without a page: zeros, its weight 0 below), in one group of copies for
-  // positions [from, to).
+  // without a page: zeros, its weight 0 below).
+  const int visible = min(a.layout.positions[t] + 1, maxVisible);
+  const int seq = a.layout.sequences[t];
   const int width = kLatent + a.rope;
-  int visible = 0, seq = 0, appendedFrom = 0;
-  auto lookUpRows = [&] {
-    visible = min(a.layout.positions[t] + 1, maxVisible);
-    seq = a.layout.sequences[t];
-    // The first of the positions this step appends to the sequence (its
-    // tokens' own): rows before it were written by earlier steps.
-    appendedFrom = visible - 1;
-    for (int u = 0; u < int(gridDim.z); ++u)
-      if (a.layout.sequences[u] == seq)
-        appendedFrom = min(appendedFrom, a.layout.positions[u]);
-    appendedFrom = max(appendedFrom, 0);
-    for (int p = tid; p < visible; p += kThreads)
-      rowOf[p] = cacheRow(a.layout, seq, p);
-    __syncthreads();
-  };
-  auto stagePieces = [&](int from, int to) {
-    for (int i = from * kSliceChunks + tid; i < to * kSliceChunks;
-         i += kThreads) {
-      const int p = i / kSliceChunks, c = i % kSliceChunks;
-      uint8_t *into = slicesShared + size_t(i) * 16;
-      const int row = rowOf[p];
-      if (row < 0) {
-        *reinterpret_cast<uint4 *>(into) = make_uint4(0, 0, 0, 0);
-        continue;
-      }
-      const int first =
-          c < kScoreLanes ? lBase + 8 * c : kLatent + rank * kSliceRope;
-      copyAsync16(into, a.cache + size_t(row) * width + first);
+  for (int p = tid; p < visible; p += kThreads)
+    rowOf[p] = cacheRow(a.layout, seq, p);
+  __syncthreads();
+  for (int i = tid; i < visible * kSliceChunks; i += kThreads) {
+    const int p = i / kSliceChunks, c = i % kSliceChunks;
+    uint8_t *to = slicesShared + size_t(i) * 16;
+    const int row = rowOf[p];
+    if (row < 0) {
+      *reinterpret_cast<uint4 *>(to) = make_uint4(0, 0, 0, 0);
+      continue;
     }
-    commitCopies();
-  };
-  // With oldRowsEarly, the rows earlier steps wrote are staged while the
-  // kernels ahead still run: the step's layout was uploaded before its
-  // kernels, and no kernel of a step writes a cached row but its appends,
-  // each its tokens' own positions (the kernel ahead, or a branch joined
-  // before this one, may still be writing those: read after the wait).
-  if (oldRowsEarly) {
-    lookUpRows();
-    stagePieces(0, appendedFrom);
+    const int first =
+        c < kScoreLanes ? lBase + 8 * c : kLatent + rank * kSliceRope;
+    copyAsync16(to, a.cache + size_t(row) * width + first);
   }
-  awaitPriorKernels();
-  if (oldRowsEarly) {
-    stagePieces(appendedFrom, visible);
-  } else {
-    lookUpRows();
-    stagePieces(0, visible);
-  }
+  commitCopies();
 
   // The query under the copies: q_nope, and the rope part rounded to BF16
   // (rotated here from the projection's rows where given).
@@ -593,8 +563,6 @@ cudaError_t melt::rt::cuda::mlaDecodeFused(
   const MlaEarlyReads reads = projected ? early : MlaEarlyReads::None;
   static const bool slicesByDefault =
       envSwitch("MELT_CUDA_MLA_LATENT_SLICES", true);
-  static const bool oldRowsEarly =
-      envSwitch("MELT_CUDA_MLA_OLD_ROWS_EARLY", true);
   const bool slicesFit = s.rope == kCluster * kSliceRope &&
                          s.maxVisible <= kSlicesMaxVisible &&
                          reads == MlaEarlyReads::None;
@@ -615,7 +583,7 @@ cudaError_t melt::rt::cuda::mlaDecodeFused(
           mlaDecodeSlicesKernel,
           dim3(kCluster, unsigned(s.heads), unsigned(s.tokens)), kThreads,
           slicesSharedBytes(s.maxVisible), stream, a, query,
-          projected != nullptr, s.maxVisible, oldRowsEarly);
+          projected != nullptr, s.maxVisible);
     if (form == MlaFusedForm::LatentSlices)
       return configured;
   }
