@@ -63,6 +63,146 @@ __device__ __forceinline__ void halveSums(float *d, int lane) {
   }
 }
 
+/// The block's weights: W_UK[h][n][lBase + column] for a quarter of nope
+/// (column = tid % 64, part = tid / 64) and W_UV[h][v][lBase .. + 63] (two
+/// values a lane) for the warp's values v (warp + 8 j).
+__device__ __forceinline__ void
+loadBlockWeights(const FusedArgs &a, int h, int lBase, int tid,
+                 float (&wk)[kAbsorbRows], float (&wv)[kValuesPerWarp][2]) {
+  const int column = tid % kSlice, part = tid / kSlice;
+  const int warp = tid / 32, lane = tid % 32;
+#pragma unroll
+  for (int i = 0; i < kAbsorbRows; ++i) {
+    const int n = part * kAbsorbRows + i;
+    wk[i] = n < a.nope
+                ? a.wUk[(size_t(h) * a.nope + n) * kLatent + lBase + column]
+                : 0.f;
+  }
+#pragma unroll
+  for (int j = 0; j < kValuesPerWarp; ++j) {
+    const int v = warp + 8 * j;
+    const float *row = a.wUv + (size_t(h) * a.value + v) * kLatent + lBase;
+    wv[j][0] = v < a.value ? row[lane] : 0.f;
+    wv[j][1] = v < a.value ? row[lane + 32] : 0.f;
+  }
+}
+
+/// Token t, head h's query into shared memory: q_nope (zeros past nope),
+/// and the rope part rounded to BF16 into rope[0 .. rope) (rotated here
+/// from the projection's rows where given).
+__device__ __forceinline__ void loadQuery(const FusedArgs &a,
+                                          const ProjectedQuery &projected,
+                                          bool fromProjection, int t, int h,
+                                          int tid, float *qNope, float *rope) {
+  const size_t th = size_t(t) * a.heads + h;
+  const int projectedRow = a.nope + a.rope;
+  for (int i = tid; i < kMaxNope; i += kThreads)
+    qNope[i] = i >= a.nope      ? 0.f
+               : fromProjection ? load(Operand{projected.q, projected.bf16},
+                                       th * projectedRow + i)
+                                : a.qNope[th * a.nope + i];
+  if (fromProjection) {
+    for (int pair = tid; pair < a.rope / 2; pair += kThreads) {
+      const RotatedPair r = rotatePair(
+          Operand{projected.q, projected.bf16}, th * projectedRow + a.nope,
+          pair, a.rope, projected.interleaved, projected.positions[t],
+          projected.freqs, projected.mscale);
+      rope[r.a] = roundedToBf16(r.ya);
+      rope[r.b] = roundedToBf16(r.yb);
+    }
+  } else {
+    for (int i = tid; i < a.rope; i += kThreads)
+      rope[i] = roundedToBf16(a.qRope[th * a.rope + i]);
+  }
+}
+
+/// The block's 64 columns of the absorbed query, rounded to BF16, into
+/// slice (after the barrier ahead of it, which shows qNope): each thread's
+/// quarter of nope times its W_UK values, the quarters added in order.
+__device__ __forceinline__ void absorbSlice(const float *qNope,
+                                            const float (&wk)[kAbsorbRows],
+                                            int tid, float (*absorbed)[kSlice],
+                                            float *slice) {
+  const int column = tid % kSlice, part = tid / kSlice;
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kAbsorbRows; ++i)
+    acc += qNope[part * kAbsorbRows + i] * wk[i];
+  absorbed[part][column] = acc;
+  __syncthreads();
+  if (tid < kSlice) {
+    float sum = 0.f;
+#pragma unroll
+    for (int p = 0; p < kAbsorbParts; ++p)
+      sum += absorbed[p][tid];
+    slice[tid] = roundedToBf16(sum);
+  }
+}
+
+/// The softmax's weights of the scores in weight[0, count) (in place),
+/// against their maximum `top` over the block, and their sum, in every
+/// thread (blockReduce's barriers: every weight seen after it).
+__device__ __forceinline__ float
+exponentiate(float *weight, int count, float top, float *reduced, int tid) {
+  float total = 0.f;
+  for (int p = tid; p < count; p += kThreads) {
+    const float e = top == -INFINITY ? 0.f : expf(weight[p] - top);
+    weight[p] = e;
+    total += e;
+  }
+  return blockReduce<false>(total, reduced);
+}
+
+/// W_UV's product of the block's 64 merged latent columns for every value
+/// into products (kHalvingSums: the warp's 16 values' sums over its lanes
+/// together, each exchange halving the sums a lane holds, 16 shuffles, not
+/// 16 sums of 5, so that lane l ends with value j = l / 2's; else a
+/// warpSum for each value); then, once the cluster's blocks all have
+/// theirs, block `rank`'s share of the values added over the cluster in
+/// rank order into out.
+template <bool kHalvingSums>
+__device__ __forceinline__ void
+valueProducts(cg::cluster_group &cluster, const FusedArgs &a,
+              const float *merged, const float (&wv)[kValuesPerWarp][2],
+              int rank, int tid, size_t th, float *products) {
+  const int warp = tid / 32, lane = tid % 32;
+  static_assert(kValuesPerWarp == 16, "four halvings, then a pair");
+  float d[kValuesPerWarp];
+#pragma unroll
+  for (int j = 0; j < kValuesPerWarp; ++j)
+    d[j] = merged[lane] * wv[j][0] + merged[lane + 32] * wv[j][1];
+  if constexpr (kHalvingSums) {
+    halveSums<8>(d, lane);
+    halveSums<4>(d, lane);
+    halveSums<2>(d, lane);
+    halveSums<1>(d, lane);
+    d[0] += __shfl_xor_sync(0xffffffffu, d[0], 1);
+    const int v = warp + 8 * (lane / 2);
+    if (lane % 2 == 0 && v < a.value)
+      products[v] = d[0];
+  } else {
+#pragma unroll
+    for (int j = 0; j < kValuesPerWarp; ++j) {
+      const int v = warp + 8 * j;
+      const float sum = warpSum(d[j]);
+      if (lane == 0 && v < a.value)
+        products[v] = sum;
+    }
+  }
+  cluster.sync(); // every block's products are there
+  const int perRank = (a.value + kCluster - 1) / kCluster;
+  if (tid < perRank) {
+    const int v = rank * perRank + tid;
+    if (v < a.value) {
+      float sum = 0.f;
+      for (int r = 0; r < kCluster; ++r)
+        sum += cluster.map_shared_rank(products, r)[v];
+      a.out[th * a.value + v] = sum;
+    }
+  }
+  cluster.sync(); // no block leaves while another reads its memory
+}
+
 /// Grid (kCluster, heads, tokens), clusters of kCluster blocks along x:
 /// block `rank` of (token t, head h) absorbs latent columns rank * 64 ..
 /// + 63 of the query, scores its share of the cached positions against the
@@ -81,26 +221,9 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int lBase = rank * kSlice;
 
-  // The block's weights into registers while the kernel ahead runs:
-  // W_UK[h][n][lBase + column] for a quarter of nope, and W_UV[h][v][lBase
-  // .. + 63] (two values a lane) for the warp's values v.
-  const int column = tid % kSlice, part = tid / kSlice;
-  float wk[kAbsorbRows];
-#pragma unroll
-  for (int i = 0; i < kAbsorbRows; ++i) {
-    const int n = part * kAbsorbRows + i;
-    wk[i] = n < a.nope
-                ? a.wUk[(size_t(h) * a.nope + n) * kLatent + lBase + column]
-                : 0.f;
-  }
-  float wv[kValuesPerWarp][2];
-#pragma unroll
-  for (int j = 0; j < kValuesPerWarp; ++j) {
-    const int v = warp + 8 * j;
-    const float *row = a.wUv + (size_t(h) * a.value + v) * kLatent + lBase;
-    wv[j][0] = v < a.value ? row[lane] : 0.f;
-    wv[j][1] = v < a.value ? row[lane + 32] : 0.f;
-  }
+  // The block's weights into registers while the kernel ahead runs.
+  float wk[kAbsorbRows], wv[kValuesPerWarp][2];
+  loadBlockWeights(a, h, lBase, tid, wk, wv);
   // The step's layout was written before its kernels: read before the
   // wait where the kernel ahead is known (either of the early reads).
   if (early == MlaEarlyReads::None)
@@ -135,39 +258,9 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   __shared__ float absorbed[kAbsorbParts][kSlice];
   __shared__ float slice[kSlice];
   const size_t th = size_t(t) * a.heads + h;
-  const int projectedRow = a.nope + a.rope;
-  for (int i = tid; i < kMaxNope; i += kThreads)
-    qNope[i] = i >= a.nope      ? 0.f
-               : fromProjection ? load(Operand{projected.q, projected.bf16},
-                                       th * projectedRow + i)
-                                : a.qNope[th * a.nope + i];
-  if (fromProjection) {
-    for (int pair = tid; pair < a.rope / 2; pair += kThreads) {
-      const RotatedPair r = rotatePair(
-          Operand{projected.q, projected.bf16}, th * projectedRow + a.nope,
-          pair, a.rope, projected.interleaved, projected.positions[t],
-          projected.freqs, projected.mscale);
-      query[kLatent + r.a] = roundedToBf16(r.ya);
-      query[kLatent + r.b] = roundedToBf16(r.yb);
-    }
-  } else {
-    for (int i = tid; i < a.rope; i += kThreads)
-      query[kLatent + i] = roundedToBf16(a.qRope[th * a.rope + i]);
-  }
+  loadQuery(a, projected, fromProjection, t, h, tid, qNope, query + kLatent);
   __syncthreads();
-  float acc = 0.f;
-#pragma unroll
-  for (int i = 0; i < kAbsorbRows; ++i)
-    acc += qNope[part * kAbsorbRows + i] * wk[i];
-  absorbed[part][column] = acc;
-  __syncthreads();
-  if (tid < kSlice) {
-    float sum = 0.f;
-#pragma unroll
-    for (int p = 0; p < kAbsorbParts; ++p)
-      sum += absorbed[p][tid];
-    slice[tid] = roundedToBf16(sum);
-  }
+  absorbSlice(qNope, wk, tid, absorbed, slice);
   cluster.sync(); // every block's slice of the latent query is there
   for (int i = tid; i < kLatent; i += kThreads)
     query[i] = cluster.map_shared_rank(slice, i / kSlice)[i % kSlice];
@@ -204,13 +297,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   for (int p = tid; p < count; p += kThreads)
     top = fmaxf(top, weight[p]);
   top = blockReduce<true>(top, reduced);
-  float total = 0.f;
-  for (int p = tid; p < count; p += kThreads) {
-    const float e = top == -INFINITY ? 0.f : expf(weight[p] - top);
-    weight[p] = e;
-    total += e;
-  }
-  total = blockReduce<false>(total, reduced); // (its barriers: weights seen)
+  const float total = exponentiate(weight, count, top, reduced, tid);
   // The rows' values four at a time, loaded before they are summed (the
   // same sums in the same order: a row without a place adds 0).
   constexpr int kRowsInFlight = 4;
@@ -259,45 +346,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   }
   __syncthreads();
   __shared__ float products[kMaxValue];
-  // The warp's 16 values' sums over its lanes together: each exchange
-  // halves the sums a lane holds (16 shuffles, not 16 sums of 5 each), so
-  // that lane l ends with value j = l / 2's (lanes l and l ^ 1 alike).
   // (MELT_CUDA_MLA_HALVING_SUMS=0: a warpSum for each value.)
-  static_assert(kValuesPerWarp == 16, "four halvings, then a pair");
-  float d[kValuesPerWarp];
-#pragma unroll
-  for (int j = 0; j < kValuesPerWarp; ++j)
-    d[j] = merged[lane] * wv[j][0] + merged[lane + 32] * wv[j][1];
-  if constexpr (kHalvingSums) {
-    halveSums<8>(d, lane);
-    halveSums<4>(d, lane);
-    halveSums<2>(d, lane);
-    halveSums<1>(d, lane);
-    d[0] += __shfl_xor_sync(0xffffffffu, d[0], 1);
-    const int v = warp + 8 * (lane / 2);
-    if (lane % 2 == 0 && v < a.value)
-      products[v] = d[0];
-  } else {
-#pragma unroll
-    for (int j = 0; j < kValuesPerWarp; ++j) {
-      const int v = warp + 8 * j;
-      const float sum = warpSum(d[j]);
-      if (lane == 0 && v < a.value)
-        products[v] = sum;
-    }
-  }
-  cluster.sync(); // every block's products are there
-  const int perRank = (a.value + kCluster - 1) / kCluster;
-  if (tid < perRank) {
-    const int v = rank * perRank + tid;
-    if (v < a.value) {
-      float sum = 0.f;
-      for (int r = 0; r < kCluster; ++r)
-        sum += cluster.map_shared_rank(products, r)[v];
-      a.out[th * a.value + v] = sum;
-    }
-  }
-  cluster.sync(); // no block leaves while another reads its memory
+  valueProducts<kHalvingSums>(cluster, a, merged, wv, rank, tid, th, products);
 }
 
 /// The latent-slices form (MlaFusedForm::LatentSlices): rope 64 and at
@@ -335,28 +385,13 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = int(cluster.block_rank());
   const int h = blockIdx.y, t = blockIdx.z;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x;
   const int lBase = rank * kSlice;
 
-  // The block's weights into registers while the kernel ahead runs, as
-  // mlaDecodeFusedKernel's.
+  // The block's weights into registers while the kernel ahead runs.
   const int column = tid % kSlice, part = tid / kSlice;
-  float wk[kAbsorbRows];
-#pragma unroll
-  for (int i = 0; i < kAbsorbRows; ++i) {
-    const int n = part * kAbsorbRows + i;
-    wk[i] = n < a.nope
-                ? a.wUk[(size_t(h) * a.nope + n) * kLatent + lBase + column]
-                : 0.f;
-  }
-  float wv[kValuesPerWarp][2];
-#pragma unroll
-  for (int j = 0; j < kValuesPerWarp; ++j) {
-    const int v = warp + 8 * j;
-    const float *row = a.wUv + (size_t(h) * a.value + v) * kLatent + lBase;
-    wv[j][0] = v < a.value ? row[lane] : 0.f;
-    wv[j][1] = v < a.value ? row[lane + 32] : 0.f;
-  }
+  float wk[kAbsorbRows], wv[kValuesPerWarp][2];
+  loadBlockWeights(a, h, lBase, tid, wk, wv);
   awaitPriorKernels();
 
   extern __shared__ __align__(16) uint8_t slicesShared[];
@@ -395,43 +430,12 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   }
   commitCopies();
 
-  // The query under the copies: q_nope, and the rope part rounded to BF16
-  // (rotated here from the projection's rows where given).
+  // The query under the copies, and this block's 64 columns of its
+  // absorbed form (no other block's needed).
   const size_t th = size_t(t) * a.heads + h;
-  const int projectedRow = a.nope + a.rope;
-  for (int i = tid; i < kMaxNope; i += kThreads)
-    qNope[i] = i >= a.nope      ? 0.f
-               : fromProjection ? load(Operand{projected.q, projected.bf16},
-                                       th * projectedRow + i)
-                                : a.qNope[th * a.nope + i];
-  if (fromProjection) {
-    for (int pair = tid; pair < a.rope / 2; pair += kThreads) {
-      const RotatedPair r = rotatePair(
-          Operand{projected.q, projected.bf16}, th * projectedRow + a.nope,
-          pair, a.rope, projected.interleaved, projected.positions[t],
-          projected.freqs, projected.mscale);
-      qRope[r.a] = roundedToBf16(r.ya);
-      qRope[r.b] = roundedToBf16(r.yb);
-    }
-  } else {
-    for (int i = tid; i < a.rope; i += kThreads)
-      qRope[i] = roundedToBf16(a.qRope[th * a.rope + i]);
-  }
+  loadQuery(a, projected, fromProjection, t, h, tid, qNope, qRope);
   __syncthreads();
-  // This block's 64 columns of the absorbed query, rounded to BF16.
-  float acc = 0.f;
-#pragma unroll
-  for (int i = 0; i < kAbsorbRows; ++i)
-    acc += qNope[part * kAbsorbRows + i] * wk[i];
-  parts[part][column] = acc;
-  __syncthreads();
-  if (tid < kSlice) {
-    float sum = 0.f;
-#pragma unroll
-    for (int q = 0; q < kColumnParts; ++q)
-      sum += parts[q][tid];
-    qSlice[tid] = roundedToBf16(sum);
-  }
+  absorbSlice(qNope, wk, tid, parts, qSlice);
   awaitCopies<0>();
   __syncthreads(); // the pieces and the query's slice are there
 
@@ -485,13 +489,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
     top = fmaxf(top, score);
   }
   top = blockReduce<true>(top, reduced);
-  float total = 0.f;
-  for (int p = tid; p < visible; p += kThreads) {
-    const float e = top == -INFINITY ? 0.f : expf(weight[p] - top);
-    weight[p] = e;
-    total += e;
-  }
-  total = blockReduce<false>(total, reduced); // (its barriers: weights seen)
+  const float total = exponentiate(weight, visible, top, reduced, tid);
 
   // The block's 64 columns of the weighted rows: a column a thread, the
   // rows in kColumnParts interleaved parts, added in order.
@@ -510,32 +508,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads)
   }
   __syncthreads();
   // W_UV's product of the block's columns, as mlaDecodeFusedKernel's.
-  float d[kValuesPerWarp];
-#pragma unroll
-  for (int j = 0; j < kValuesPerWarp; ++j)
-    d[j] = merged[lane] * wv[j][0] + merged[lane + 32] * wv[j][1];
-  halveSums<8>(d, lane);
-  halveSums<4>(d, lane);
-  halveSums<2>(d, lane);
-  halveSums<1>(d, lane);
-  d[0] += __shfl_xor_sync(0xffffffffu, d[0], 1);
-  {
-    const int v = warp + 8 * (lane / 2);
-    if (lane % 2 == 0 && v < a.value)
-      products[v] = d[0];
-  }
-  cluster.sync(); // every block's products are there
-  const int perRank = (a.value + kCluster - 1) / kCluster;
-  if (tid < perRank) {
-    const int v = rank * perRank + tid;
-    if (v < a.value) {
-      float sum = 0.f;
-      for (int r = 0; r < kCluster; ++r)
-        sum += cluster.map_shared_rank(products, r)[v];
-      a.out[th * a.value + v] = sum;
-    }
-  }
-  cluster.sync(); // no block leaves while another reads its memory
+  valueProducts<true>(cluster, a, merged, wv, rank, tid, th, products);
 }
 
 } // namespace
