@@ -6,11 +6,15 @@
 // merged with W_UV applied), each with a handful of work for 132
 // multiprocessors. Here the three are one kernel: a cluster of 8 blocks
 // per (token, head), which split the latent columns for the products and
-// the cached positions for the attention, and trade the pieces through
-// distributed shared memory. Each block loads its share of W_UK and W_UV
-// into registers before the kernel ahead ends (weights, and what the
-// caller vouches that kernel does not write: `early` below), so that the
-// two products wait on no memory round trip of their own.
+// trade pieces through distributed shared memory; for the attention they
+// split the latent columns too (the latent slices, the default where
+// they fit: each block scores every row over its columns, the cluster
+// adds the partial scores) or the cached positions (each block a share of
+// the rows over all columns, the cluster merges the partial sums). Each
+// block loads its share of W_UK and W_UV into registers before the kernel
+// ahead ends (weights, and in the form by positions what the caller
+// vouches that kernel does not write: `early` below), so that the two
+// products wait on no memory round trip of their own.
 //
 // The values are those of mlaDecodeStep's arithmetic up to the order of
 // its sums: queries rounded to BF16 (latent then rope, the rope rotated
