@@ -23,7 +23,7 @@ public:
   /// Whether norms prepare the BF16 rows (else every product rounds its
   /// input itself).
   bool preparesBf16Rows = false;
-  int preparingNorms = 0, unwrittenNorms = 0, expertNorms = 0;
+  int expertNorms = 0;
   int preparedProducts = 0, attachedReads = 0;
 
   /// A matrix the model stores in BF16 (the CPU holds its values in F32).
@@ -57,20 +57,6 @@ public:
 
   bool preparesInNorm(const DeviceTensor &weight, int64_t) const override {
     return preparesBf16Rows && roundsInputToBf16(weight);
-  }
-  Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
-                            float eps, DeviceTensor &y, const DeviceTensor &,
-                            PreparedInput &prepared, bool rowsRead) override {
-    MELT_RETURN_IF_ERROR(rmsNorm(x, gamma, eps, y));
-    return prepareRows(y, prepared, rowsRead);
-  }
-  Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
-                               const DeviceTensor &gamma, float eps,
-                               DeviceTensor &sum, DeviceTensor &y,
-                               const DeviceTensor &, PreparedInput &prepared,
-                               bool rowsRead) override {
-    MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
-    return prepareRows(y, prepared, rowsRead);
   }
   Status linearOfPrepared(const DeviceTensor &x, const PreparedInput &prepared,
                           const DeviceTensor &w, DeviceTensor &y) override {
@@ -107,7 +93,7 @@ public:
   }
 
 private:
-  /// An MLA's output rows for the BF16 products: rounded.
+  /// A norm's or an MLA's output rows for the BF16 products: rounded.
   Status prepareRows(const DeviceTensor &rows, PreparedInput &into) override {
     return roundedCopy(rows, into.bf16);
   }
@@ -120,14 +106,6 @@ private:
     if (s)
       release(rounded);
     return s;
-  }
-  Status prepareRows(DeviceTensor &y, PreparedInput &prepared, bool rowsRead) {
-    ++preparingNorms;
-    MELT_RETURN_IF_ERROR(roundedCopy(y, prepared.bf16));
-    if (rowsRead)
-      return Status::ok();
-    ++unwrittenNorms;
-    return leaveUnwritten(y, prepared);
   }
 };
 

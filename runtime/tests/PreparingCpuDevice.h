@@ -22,6 +22,26 @@ namespace melt::rt {
 class PreparingCpuDevice : public CpuDevice {
 public:
   int preparedMlaOutputs = 0, unwrittenMlaOutputs = 0;
+  int preparingNorms = 0, unwrittenNorms = 0;
+
+  /// A norm whose products alone read it (where the device's preparesInNorm
+  /// says so): the norm, then what this device prepares of its rows; y's
+  /// own rows left unwritten (NaNs) where no other reader needs them
+  /// (rowsRead false).
+  Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
+                            float eps, DeviceTensor &y, const DeviceTensor &,
+                            PreparedInput &prepared, bool rowsRead) override {
+    MELT_RETURN_IF_ERROR(rmsNorm(x, gamma, eps, y));
+    return prepareNormRows(y, prepared, rowsRead);
+  }
+  Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
+                               const DeviceTensor &gamma, float eps,
+                               DeviceTensor &sum, DeviceTensor &y,
+                               const DeviceTensor &, PreparedInput &prepared,
+                               bool rowsRead) override {
+    MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
+    return prepareNormRows(y, prepared, rowsRead);
+  }
 
   void attachPrepared(const void *data,
                       const PreparedInput &prepared) override {
@@ -63,6 +83,17 @@ protected:
       return Status::ok();
     ++unwrittenMlaOutputs;
     return leaveUnwritten(out, *mlaOutput_);
+  }
+  /// A norm's output y prepared (prepareRows), its rows left unwritten
+  /// where rowsRead is false.
+  Status prepareNormRows(DeviceTensor &y, PreparedInput &prepared,
+                         bool rowsRead) {
+    ++preparingNorms;
+    MELT_RETURN_IF_ERROR(prepareRows(y, prepared));
+    if (rowsRead)
+      return Status::ok();
+    ++unwrittenNorms;
+    return leaveUnwritten(y, prepared);
   }
   /// y's rows as unwritten memory could hold them (NaNs, in F32 and in
   /// BF16), what was prepared read in their place.

@@ -134,32 +134,9 @@ public:
     (void)rows;
     return preparesInNorms && quantizesFp8Input(weight);
   }
-  // Where asked (rowsRead false), y's rows are NaNs after the norm, as
-  // unwritten memory could hold: a reader of them shows in the results.
-  Status rmsNormForProducts(const DeviceTensor &x, const DeviceTensor &gamma,
-                            float eps, DeviceTensor &y, const DeviceTensor &,
-                            PreparedInput &prepared, bool rowsRead) override {
-    MELT_RETURN_IF_ERROR(rmsNorm(x, gamma, eps, y));
-    ++preparingNorms;
-    MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
-    if (rowsRead)
-      return Status::ok();
-    ++unwrittenNorms;
-    return leaveUnwritten(y, prepared);
-  }
-  Status addRmsNormForProducts(const DeviceTensor &a, const DeviceTensor &b,
-                               const DeviceTensor &gamma, float eps,
-                               DeviceTensor &sum, DeviceTensor &y,
-                               const DeviceTensor &, PreparedInput &prepared,
-                               bool rowsRead) override {
-    MELT_RETURN_IF_ERROR(addRmsNorm(a, b, gamma, eps, sum, y));
-    ++preparingNorms;
-    MELT_RETURN_IF_ERROR(quantizedRoundTrip(y, prepared.q));
-    if (rowsRead)
-      return Status::ok();
-    ++unwrittenNorms;
-    return leaveUnwritten(y, prepared);
-  }
+  // (Their norms: PreparingCpuDevice's, prepareRows below; where asked,
+  // rowsRead false, y's rows are NaNs after the norm, as unwritten memory
+  // could hold: a reader of them shows in the results.)
   // Where preparesForExpertsInNorms: a MoE layer's input norm prepares
   // what its router and experts read (here as above: the dequantized
   // values), attached to its value until both have read it; they count
@@ -285,11 +262,11 @@ public:
   int expertNorms = 0, attachedLinearReads = 0, attachedExpertReads = 0;
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
-      sharedExpertCalls = 0, preparingNorms = 0, preparedProducts = 0,
-      unwrittenNorms = 0, unwrittenExpertNorms = 0;
+      sharedExpertCalls = 0, preparedProducts = 0, unwrittenExpertNorms = 0;
 
 private:
-  /// An MLA's output rows for the FP8 products: their dequantized values.
+  /// A norm's or an MLA's output rows for the FP8 products: their
+  /// dequantized values.
   Status prepareRows(const DeviceTensor &rows, PreparedInput &into) override {
     return quantizedRoundTrip(rows, into.q);
   }
