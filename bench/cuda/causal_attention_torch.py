@@ -8,6 +8,7 @@ same way (the causal products only). One JSON line per shape.
 """
 import argparse
 import json
+import time
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +20,22 @@ def main():
     args = parser.parse_args()
     shapes = [(8, 1024, 16), (1, 1024, 16), (1, 4096, 16), (8, 1024, 128),
               (1, 4096, 128)]
+    warm_seconds = 0.3
     for sequences, tokens, heads in shapes:
         q = torch.randn(sequences, heads, tokens, 192, device="cuda",
                         dtype=torch.bfloat16)
         k = torch.randn_like(q)
         v = torch.randn(sequences, heads, tokens, 128, device="cuda",
                         dtype=torch.bfloat16)
-        for _ in range(3):
+        # At least 3 calls and 300 ms of them before the first measurement,
+        # 10 ms before later ones (BenchUtil.h's warmUp).
+        warm_start, calls = time.perf_counter(), 0
+        while calls < 3 or time.perf_counter() - warm_start < warm_seconds:
             F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            calls += 1
+            if calls % 4 == 0:
+                torch.cuda.synchronize()
+        warm_seconds = 0.01
         start = torch.cuda.Event(enable_timing=True)
         stop = torch.cuda.Event(enable_timing=True)
         start.record()

@@ -7,6 +7,7 @@ the same weight rotation (no weight found in L2). One JSON line each.
 """
 import json
 import sys
+import time
 
 import torch
 
@@ -18,9 +19,29 @@ MS = ([1, 64, 4096] if "--quick" in sys.argv else
 ROTATE_BYTES = 256 << 20
 
 
-def time_us(fn, copies, iters=20):
-    for i in range(3):
+_warmed = False
+
+
+def warm_up(fn, copies):
+    """At least 3 calls and 300 ms of them in the process's first measurement,
+    10 ms later (BenchUtil.h's warmUp: clocks settle over the first tens of
+    milliseconds of work)."""
+    global _warmed
+    min_seconds = 0.01 if _warmed else 0.3
+    _warmed = True
+    start = time.perf_counter()
+    i = 0
+    while True:
         fn(i % copies)
+        i += 1
+        if i >= 3 and i % 4 == 0:
+            torch.cuda.synchronize()
+            if time.perf_counter() - start >= min_seconds or i >= 100000:
+                return
+
+
+def time_us(fn, copies, iters=20):
+    warm_up(fn, copies)
     torch.cuda.synchronize()
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()

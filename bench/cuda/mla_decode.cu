@@ -3,13 +3,18 @@
 // plain-torch MLA decode, with the device's copy bandwidth measured in the
 // same run. Prints one JSON line per measurement.
 //
-//   melt-bench-mla-decode [--iters N]
+//   melt-bench-mla-decode [--iters N] [--batches B1,B2,...]
+//
+// --batches: only the issue's 16-head shape (4096 cached tokens, the
+// default kernel and split) at each batch given, in that order.
 #include "cuda/MlaDecode.h"
 
 #include "BenchUtil.h"
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -18,21 +23,66 @@ using namespace melt::rt::cuda;
 
 static const char *benchName = "melt-bench-mla-decode";
 
+/// The batches of `--batches` (empty when not given), taken out of argv.
+static std::vector<int> takeBatches(int &argc, char **argv) {
+  std::vector<int> batches;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--batches") != 0)
+      continue;
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s: --batches needs a list, e.g. 60,64\n",
+                   benchName);
+      std::exit(2);
+    }
+    for (const char *at = argv[i + 1]; *at;) {
+      char *end = nullptr;
+      long batch = std::strtol(at, &end, 10);
+      if (end == at || batch < 1 || batch > 4096 || (*end && *end != ',')) {
+        std::fprintf(stderr,
+                     "%s: --batches: '%s' is not a list of batch "
+                     "sizes (1..4096, comma-separated)\n",
+                     benchName, argv[i + 1]);
+        std::exit(2);
+      }
+      batches.push_back(int(batch));
+      at = *end ? end + 1 : end;
+    }
+    for (int j = i; j + 2 < argc; ++j)
+      argv[j] = argv[j + 2];
+    argc -= 2;
+    --i;
+  }
+  return batches;
+}
+
 int main(int argc, char **argv) {
+  const std::vector<int> batches = takeBatches(argc, argv);
   const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 20);
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, iters);
 
   // capacity: the page table's tokens where more than the length (a
   // decode step recorded for a longer context, as a session's is).
+  // The 16-head kernel also at batch 60 and 66 (blocks: 120 and 132 on
+  // the H200's 132 SMs, against 128 at 64): whether its bandwidth follows
+  // the SMs it occupies. `sweep`: other splits beside the default.
   struct Shape {
     int batch, heads, length, capacity = 0;
-  } shapes[] = {{64, 16, 4096},     {64, 128, 4096},    {128, 128, 2048},
-                {1, 16, 4096},      {1, 128, 32768},    {16, 128, 8192},
-                {1, 16, 192, 4096}, {16, 16, 192, 4096}};
+    bool sweep = true;
+  } shapes[] = {{64, 16, 4096},           {60, 16, 4096, 0, false},
+                {66, 16, 4096, 0, false}, {64, 128, 4096},
+                {128, 128, 2048},         {1, 16, 4096},
+                {1, 128, 32768},          {16, 128, 8192},
+                {1, 16, 192, 4096},       {16, 16, 192, 4096}};
+  std::vector<Shape> chosen(std::begin(shapes), std::end(shapes));
+  if (!batches.empty()) {
+    chosen.clear();
+    for (int batch : batches)
+      chosen.push_back({batch, 16, 4096, 0, false});
+  }
   const int pageSize = 64;
   std::mt19937 rng(1);
-  for (const Shape &shape : shapes) {
+  for (const Shape &shape : chosen) {
     const int capacity = std::max(shape.capacity, shape.length);
     int pagesPerSeq = (capacity + pageSize - 1) / pageSize;
     int pages = shape.batch * pagesPerSeq;
@@ -52,8 +102,6 @@ int main(int argc, char **argv) {
     CHECK(cudaMalloc(&deviceLengths, shape.batch * 4));
     melt::bench::fillRandom<<<1024, 256>>>(cache, cacheValues, 1);
     melt::bench::fillRandom<<<1024, 256>>>(queries, queryValues, 2);
-    CHECK(cudaMemcpy(deviceTable, table.data(), pages * 4,
-                     cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(deviceLengths, lengths.data(), shape.batch * 4,
                      cudaMemcpyHostToDevice));
     MlaDecodeArgs args;
@@ -74,17 +122,35 @@ int main(int argc, char **argv) {
     args.cachePages = pages;
     const bool warpgroupShape = mlaDecodeOnWarpgroups(args);
     // The warp kernel's shapes also with other splits of a sequence.
+    // --batches: the same cache under other page tables too (its pages in
+    // order, and shuffled anew twice), then the first table again: how
+    // much the pages' placement moves the bandwidth.
+    enum class Table { Shuffled, InOrder, Reshuffled };
     struct Variant {
       bool warpgroups;
       int cachePages, chunksPerSequence;
+      Table table = Table::Shuffled;
     };
-    std::vector<Variant> variants = {{true, pages, 0}, {true, 0, 0}};
+    std::vector<Variant> variants = {{true, pages, 0}};
+    if (batches.empty())
+      variants.push_back({true, 0, 0});
+    else
+      for (Table table : {Table::InOrder, Table::Reshuffled, Table::Reshuffled,
+                          Table::Shuffled})
+        variants.push_back({true, pages, 0, table});
     if (warpgroupShape)
       variants.push_back({false, pages, 0});
-    else
+    else if (shape.sweep)
       for (int chunks : {8, 16, 32, 64, 128})
         variants.push_back({true, pages, chunks});
     for (const Variant &variant : variants) {
+      std::vector<int32_t> used = table;
+      if (variant.table == Table::InOrder)
+        std::iota(used.begin(), used.end(), 0);
+      else if (variant.table == Table::Reshuffled)
+        std::shuffle(used.begin(), used.end(), rng);
+      CHECK(cudaMemcpy(deviceTable, used.data(), pages * 4,
+                       cudaMemcpyHostToDevice));
       args.warpgroups = variant.warpgroups;
       args.cachePages = variant.cachePages;
       args.chunksPerSequence = variant.chunksPerSequence;
@@ -104,7 +170,7 @@ int main(int argc, char **argv) {
       double flops = 2.0 * shape.batch * shape.heads * double(shape.length) *
                      (kLatentEntry + kLatentRank);
       std::printf("{\"what\": \"mla_decode_melt\", \"kernel\": \"%s\", "
-                  "\"tiles\": \"%s\", "
+                  "\"tiles\": \"%s\", \"pages\": \"%s\", "
                   "\"chunks_per_sequence\": %d, \"chunks\": %d, "
                   "\"batch\": %d, \"heads\": %d, "
                   "\"seq\": %d, \"capacity\": %d, \"page_size\": %d, "
@@ -112,6 +178,9 @@ int main(int argc, char **argv) {
                   "\"cache_GBps\": %.1f, \"tflops\": %.1f}\n",
                   mlaDecodeOnWarpgroups(args) ? "wgmma" : "mma.sync",
                   mlaDecodeBulkCopies(args) ? "tma" : "cp.async",
+                  variant.table == Table::InOrder      ? "in order"
+                  : variant.table == Table::Reshuffled ? "reshuffled"
+                                                       : "shuffled",
                   args.chunksPerSequence,
                   mlaDecodeChunkCount(args, prop.multiProcessorCount),
                   shape.batch, shape.heads, shape.length, capacity, pageSize,

@@ -5,7 +5,8 @@
 # then ROUNDS rounds (default 2) of melt-bench-mla-decode with the switches
 # and without; each run measures its own copy bandwidth, and for batch 64 x
 # 4096 cached tokens (the issue's shape: 16 heads against the copy
-# bandwidth, 128 heads in TFLOP/s) this prints the kernel's time and
+# bandwidth, 128 heads in TFLOP/s; 16 heads also at batch 60 and 66) this
+# prints the kernel's time and
 # bandwidth as a share of that run's copy. The runs' JSON goes to
 # $OUT/mla-ab-ROUND-on|off.json, the printed lines to $OUT/mla-ab.txt.
 #   scripts/gpu/mla-decode-ab.sh NAME=VALUE...
@@ -46,9 +47,12 @@ for line in open(sys.argv[1]):
         print(f"{sys.argv[2]}: {line.strip()}")
 copy = next((r["GBps"] for r in rows if r.get("what") == "copy_bw"), None)
 for r in rows:
-    if (r.get("batch"), r.get("seq"), r.get("chunks_per_sequence"),
-            r.get("tiles")) == (64, 4096, 0, "tma") and copy:
-        print(f"{sys.argv[2]}: {r['heads']} heads ({r['kernel']}) {r['us']} us, "
+    if (r.get("batch") in (60, 64, 66) and (r.get("seq"),
+            r.get("chunks_per_sequence"), r.get("tiles")) == (4096, 0, "tma")
+            and copy):
+        print(f"{sys.argv[2]}: batch {r['batch']} x {r['heads']} heads "
+              f"({r['kernel']}, {r['batch'] * r['chunks']} blocks a head "
+              f"group) {r['us']} us, "
               f"{r['cache_GBps']} GB/s = {100 * r['cache_GBps'] / copy:.1f}% "
               f"of {copy} GB/s copy, {r['tflops']} TFLOP/s")
 EOF
