@@ -406,6 +406,20 @@ public:
                               const DeviceTensor *bias,
                               const RouterParams &params, DeviceTensor &indices,
                               DeviceTensor &weights) = 0;
+  /// routeExperts, which the device may leave to the experts call that
+  /// reads `indices` and `weights`: the executor calls this in place of
+  /// routeExperts only where that call is the next one it makes and nothing
+  /// else reads them before (RouteInExperts.h), and `logits` lives until
+  /// then. A device whose one-token expert kernels route their token
+  /// themselves then routes there, the route's own launch and the wait for
+  /// it off the step's path; the choices and weights are routeExperts',
+  /// written where it writes them. The default routes here.
+  virtual Status routeInExperts(const DeviceTensor &logits,
+                                const DeviceTensor *bias,
+                                const RouterParams &params,
+                                DeviceTensor &indices, DeviceTensor &weights) {
+    return routeExperts(logits, bias, params, indices, weights);
+  }
 
   // Data movement (any type): y = x with the same bytes (reshape); y = the
   // slice of x at `offset` along `axis` (split); or x written into y at

@@ -490,6 +490,10 @@ Status DeviceModel::create(const Model &model, Device &device,
       const uint32_t first = f.kernels.front();
       dm.sharedExperts_[first] = std::move(f);
     }
+  // Routers whose choices their experts' call alone reads: the device may
+  // make the choice in that call.
+  if (envSwitch("MELT_ROUTE_IN_EXPERTS", true))
+    dm.routesInExperts_ = findRoutesInExperts(m, *dm.forward_);
   // A MoE norm's other readers, where they are a shared-expert call's gate
   // and up: in a step that takes the call nothing but what the norm
   // prepared is read of its value.
@@ -1577,10 +1581,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       MELT_RETURN_IF_ERROR(
           values.make(outId(1), DType::F32, {x.rows(), p.topK}, weights));
       status = device.linear(x, w(0), *scores);
+      // (The scores are the step's scratch: they live until the experts'
+      // call that may route from them.)
+      const DeviceTensor *bias = kernel.weights()->size() > 1 ? &w(1) : nullptr;
       if (!status)
-        status = device.routeExperts(
-            *scores, kernel.weights()->size() > 1 ? &w(1) : nullptr, p,
-            *indices, *weights);
+        status =
+            dm.routesInExperts(k)
+                ? device.routeInExperts(*scores, bias, p, *indices, *weights)
+                : device.routeExperts(*scores, bias, p, *indices, *weights);
       pendingPrepared.readBy(x.data, k);
       // The choices kept to the end of the step (their storage takes
       // other values later), without a copy.

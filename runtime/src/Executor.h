@@ -18,6 +18,7 @@
 #include "MlaQueryFusions.h"
 #include "Model.h"
 #include "NormProductFusions.h"
+#include "RoutesInExperts.h"
 #include "SharedExpertFusions.h"
 
 #include <map>
@@ -110,6 +111,12 @@ public:
   }
   size_t sharedExpertGroups() const { return sharedExperts_.size(); }
 
+  /// Whether MoERouter kernel k's choices go through
+  /// Device::routeInExperts, its experts' call alone reading them
+  /// (RoutesInExperts.h; MELT_ROUTE_IN_EXPERTS=0 finds none).
+  bool routesInExperts(uint32_t k) const { return routesInExperts_.count(k); }
+  size_t routesInExpertsCount() const { return routesInExperts_.size(); }
+
   /// An MLA whose query's split and rope the device does in its call
   /// (MlaQueryFusions.h; MELT_FUSE_MLA_QUERY=0 finds none; the rope is then
   /// skipped): by its split or by the MLA; null otherwise.
@@ -171,6 +178,7 @@ private:
   std::set<uint32_t> bf16Products_;
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;
+  std::set<uint32_t> routesInExperts_;
   std::map<uint32_t, MlaQueryFusion> mlaQuerySplits_, mlaQueries_;
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
   LogitOnlyKernels logitOnly_;

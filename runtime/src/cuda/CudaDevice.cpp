@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -152,6 +153,12 @@ public:
   void release(DeviceTensor &tensor) override {
     if (!tensor.data)
       return;
+    // A route left for an experts call that will not come (its step
+    // failed first) goes with its buffers.
+    if (pendingRoute_ && (tensor.data == pendingRoute_->indices ||
+                          tensor.data == pendingRoute_->weights ||
+                          tensor.data == pendingRoute_->kernelArgs.logits))
+      pendingRoute_.reset();
     plans_.erase(tensor.data);
     paddedK_.erase(tensor.data);
     auto scales = weightScales_.find(tensor.data);
@@ -317,6 +324,8 @@ public:
 
   Status synchronize() override {
     MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(launchPendingRoute()); // (none where calls keep the
+                                                // contract: see routeInExperts)
     if (capturing_)
       return invalidArgument(name() + ": synchronize while recording a graph");
     MELT_RETURN_IF_ERROR(queueFlagsCopy());
@@ -1070,6 +1079,62 @@ public:
                  "route_experts");
   }
 
+  /// A few tokens' route is left to their experts' call
+  /// (MELT_CUDA_ROUTE_IN_EXPERTS): where that call runs the BF16 row
+  /// kernels, their gate/up blocks route their token themselves
+  /// (moeExpertsRowwise's `route`); other experts calls launch the route
+  /// first. A route still left when another is asked for is launched then.
+  Status routeInExperts(const DeviceTensor &logits, const DeviceTensor *bias,
+                        const RouterParams &params, DeviceTensor &indices,
+                        DeviceTensor &weights) override {
+    MELT_RETURN_IF_ERROR(launchPendingRoute());
+    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(
+        check::routeExperts(logits, bias, params, indices, weights));
+    const RouterConfig config{params.sigmoid,        params.method,
+                              int(params.topK),      int(params.nGroup),
+                              int(params.topkGroup), params.normalize,
+                              params.scale};
+    if (!routeInExperts_ || logits.rows() * params.topK >= groupedMinPairs_ ||
+        !routesInExpertsFit(int(logits.cols()), config))
+      return routeExperts(logits, bias, params, indices, weights);
+    PendingRoute route;
+    route.kernelArgs.logits = static_cast<const float *>(logits.data);
+    route.kernelArgs.bias =
+        bias ? static_cast<const float *>(bias->data) : nullptr;
+    route.kernelArgs.config = config;
+    route.tokens = int(logits.rows());
+    route.experts = int(logits.cols());
+    route.indices = static_cast<int32_t *>(indices.data);
+    route.weights = static_cast<float *>(weights.data);
+    pendingRoute_ = route;
+    return Status::ok();
+  }
+
+  /// A route routeInExperts left to the experts call reading `indices`.
+  struct PendingRoute {
+    RouteInExperts kernelArgs; // the logits, bias and config
+    int tokens = 0, experts = 0;
+    int32_t *indices = nullptr;
+    float *weights = nullptr;
+  };
+  /// The route's own kernel (routeExperts').
+  Status launchRoute(const PendingRoute &route) {
+    return check(cuda::routeExperts(route.kernelArgs.logits,
+                                    route.kernelArgs.bias, route.tokens,
+                                    route.experts, route.kernelArgs.config,
+                                    route.indices, route.weights, stream_),
+                 "route_experts");
+  }
+  /// The route left by routeInExperts, if one is, launched now.
+  Status launchPendingRoute() {
+    if (!pendingRoute_)
+      return Status::ok();
+    const PendingRoute route = *pendingRoute_;
+    pendingRoute_.reset();
+    return launchRoute(route);
+  }
+
   Status copy(const DeviceTensor &x, DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::copy(x, y));
@@ -1503,6 +1568,7 @@ public:
                     const DeviceTensor &weights, const DeviceTensor &gate,
                     const DeviceTensor &up, const DeviceTensor &down,
                     bool combineBf16, DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(launchPendingRoute());
     return experts(x, indices, weights, gate, up, down, combineBf16, false, y);
   }
 
@@ -1517,6 +1583,7 @@ public:
                                const DeviceTensor &gate, const DeviceTensor &up,
                                const DeviceTensor &down, bool combineBf16,
                                DeviceTensor &y) override {
+    MELT_RETURN_IF_ERROR(launchPendingRoute());
     if (x.shape.size() == 2 && gate.shape.size() == 3 &&
         takesFp8Rows(gate.dtype, x.shape[0], gate.shape[1], x.shape[1]))
       return experts(x, indices, weights, gate, up, down, combineBf16, true, y);
@@ -1645,6 +1712,16 @@ public:
                               const DeviceTensor &down, bool combineBf16,
                               bool quantizedX, const SharedExpert &shared,
                               DeviceTensor &y) override {
+    if (pendingRoute_ && pendingRoute_->indices == indices.data &&
+        x.shape.size() == 2 && fusesSharedExpert(gate, shared, x.shape[0]) &&
+        !takesGroupedShared(gate, shared, x.shape[0]) && !rowsUnwrittenOf(x) &&
+        gate.dtype == DType::BF16) {
+      const PendingRoute route = *pendingRoute_;
+      pendingRoute_.reset();
+      return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
+                                   combineBf16, shared, y, &route);
+    }
+    MELT_RETURN_IF_ERROR(launchPendingRoute());
     if (x.shape.size() != 2 || !fusesSharedExpert(gate, shared, x.shape[0]))
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, quantizedX, shared, y);
@@ -1705,14 +1782,18 @@ public:
                                const DeviceTensor &weights,
                                const DeviceTensor &gate, const DeviceTensor &up,
                                const DeviceTensor &down, bool combineBf16,
-                               const SharedExpert &shared, DeviceTensor &y) {
+                               const SharedExpert &shared, DeviceTensor &y,
+                               const PendingRoute *route = nullptr) {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
     // (As experts() does: many pairs are grouped, never the rows.)
-    if (indices.shape[0] * indices.shape[1] >= groupedMinPairs_)
+    if (indices.shape[0] * indices.shape[1] >= groupedMinPairs_) {
+      if (route)
+        MELT_RETURN_IF_ERROR(launchRoute(*route));
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, false, shared, y);
+    }
     MELT_RETURN_IF_ERROR(flags());
     SharedRowsExpert rows;
     rows.gate = shared.gate->data;
@@ -1729,15 +1810,15 @@ public:
     MELT_RETURN_IF_ERROR(rowKernelBuffers(int64_t(T) * (K + 1), D,
                                           std::max(I, rows.inter), held,
                                           pairRows, scratch));
-    return check(
-        moeExpertsRowwise(static_cast<const float *>(x.data),
-                          static_cast<const int32_t *>(indices.data),
-                          static_cast<const float *>(weights.data), gate.data,
-                          up.data, down.data, true, T, K, E, I, D, combineBf16,
-                          scratch, static_cast<float *>(y.data),
-                          flag_ + kExpertFlag, stream_, pairRows, &rows,
-                          moeRowsGateUpTogether_, moeRowsDownPairs_),
-        "moe_experts");
+    return check(moeExpertsRowwise(
+                     static_cast<const float *>(x.data),
+                     static_cast<const int32_t *>(indices.data),
+                     static_cast<const float *>(weights.data), gate.data,
+                     up.data, down.data, true, T, K, E, I, D, combineBf16,
+                     scratch, static_cast<float *>(y.data), flag_ + kExpertFlag,
+                     stream_, pairRows, &rows, moeRowsGateUpTogether_,
+                     moeRowsDownPairs_, route ? &route->kernelArgs : nullptr),
+                 "moe_experts");
   }
 
   /// Whether T tokens of experts (intermediate I, hidden D) run on the FP8
@@ -2543,6 +2624,10 @@ private:
   /// Their down kernel takes two outputs a warp, both rows' loads together
   /// (MELT_CUDA_MOE_ROWS_DOWN_PAIRS=0: an output a warp).
   bool moeRowsDownPairs_ = envSwitch("MELT_CUDA_MOE_ROWS_DOWN_PAIRS", true);
+  /// One token's route made in its BF16 experts' gate/up kernel
+  /// (routeInExperts).
+  bool routeInExperts_ = envSwitch("MELT_CUDA_ROUTE_IN_EXPERTS", true);
+  std::optional<PendingRoute> pendingRoute_;
   /// The routed experts of a few tokens on the tensor cores take an
   /// expert's tokens 16 at a time (moeExpertsByExpert's widePasses) where
   /// the pairs average at least this many tokens an expert
@@ -3231,8 +3316,10 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
   if (!capturing_)
     return invalidArgument(name() + ": endCapture without beginCapture");
   // A branch not joined yet joins the recording's origin stream (the
-  // recording fails otherwise).
-  Status joined = joinBranch();
+  // recording fails otherwise); a route left to an experts call that did
+  // not come is recorded before that.
+  Status routed = launchPendingRoute();
+  Status joined = routed ? routed : joinBranch();
   capturing_ = false;
   std::vector<void *> blocks = std::move(parked_);
   parked_.clear();

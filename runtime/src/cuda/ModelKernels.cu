@@ -78,33 +78,43 @@ __device__ __forceinline__ int rankAmong(const float *values, int count,
   return rank;
 }
 
-/// A block per token, a thread per expert: routeToken's choice with every
-/// expert's rank counted at once (a chain of top-k rounds was most of a
-/// decode step's routing time). Scores (softmax or sigmoid), the bias for
-/// choosing, each group's score (a thread per group), the groups kept by
-/// rank, the experts chosen by rank; the weights from the chosen scores
-/// in rank order.
-__global__ void routeKernel(const float *logits, const float *bias, int experts,
-                            RouterConfig cfg, int32_t *indices,
-                            float *weights) {
-  awaitPriorKernels();
-  __shared__ float choice[kMaxRouterExperts];
-  __shared__ float groupScore[kMaxRouterGroups], chosenScore[kMaxRouterTopK];
-  __shared__ float slots[kMaxRouterExperts / 32];
+/// A block's working memory for routing one token over at most kExperts
+/// experts (kMaxRouterExperts for routeKernel; kRouteInExpertsMax where an
+/// experts kernel routes its token itself).
+template <int kExperts> struct RouteShared {
+  float choice[kExperts];
+  float groupScore[kMaxRouterGroups], chosenScore[kMaxRouterTopK];
+  float slots[kExperts / 32];
+  int32_t expert[kMaxRouterTopK]; // the choices in rank order
+  float weight[kMaxRouterTopK];   // and their weights
+};
+
+/// routeToken's choice for the token whose logits are `logits` ([experts]),
+/// by every thread of the block (at least max(experts, nGroup) of them;
+/// ones past the experts idle), with every expert's rank counted at once (a
+/// chain of top-k rounds was most of a decode step's routing time): scores
+/// (softmax or sigmoid), the bias for choosing, each group's score (a
+/// thread per group), the groups kept by rank, the experts chosen by rank;
+/// the weights from the chosen scores in rank order. On return (after a
+/// barrier) s.expert[k] and s.weight[k], k < topK, hold the choices.
+template <int kExperts>
+__device__ void routeInBlock(const float *logits, const float *bias,
+                             int experts, const RouterConfig &cfg,
+                             RouteShared<kExperts> &s) {
   const int e = threadIdx.x;
   const bool real = e < experts;
-  const float logit = real ? logits[size_t(blockIdx.x) * experts + e] : 0.f;
+  const float logit = real ? logits[e] : 0.f;
   float score;
   if (cfg.sigmoid) {
     score = 1.f / (1.f + expf(-logit));
   } else {
-    const float top = blockReduce<true>(real ? logit : -INFINITY, slots);
+    const float top = blockReduce<true>(real ? logit : -INFINITY, s.slots);
     const float raised = real ? expf(logit - top) : 0.f;
-    score = raised / blockReduce<false>(raised, slots);
+    score = raised / blockReduce<false>(raised, s.slots);
   }
   float mine = score + (real && bias && cfg.method == 2 ? bias[e] : 0.f);
   if (real)
-    choice[e] = mine;
+    s.choice[e] = mine;
   __syncthreads();
   if (cfg.method != 0 && cfg.nGroup > 1) {
     const int perGroup = experts / cfg.nGroup;
@@ -112,7 +122,7 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
       // The group's two best choices (routeToken sorts its members).
       float first = -INFINITY, second = -INFINITY;
       for (int m = e * perGroup; m < (e + 1) * perGroup; ++m) {
-        const float v = choice[m];
+        const float v = s.choice[m];
         if (v > first) {
           second = first;
           first = v;
@@ -120,37 +130,53 @@ __global__ void routeKernel(const float *logits, const float *bias, int experts,
           second = v;
         }
       }
-      groupScore[e] =
+      s.groupScore[e] =
           cfg.method == 2 ? first + (perGroup > 1 ? second : 0.f) : first;
     }
     __syncthreads();
     if (real) {
       const int g = e / perGroup;
-      if (rankAmong(groupScore, cfg.nGroup, groupScore[g], g) >= cfg.topkGroup)
+      if (rankAmong(s.groupScore, cfg.nGroup, s.groupScore[g], g) >=
+          cfg.topkGroup)
         mine = -INFINITY;
     }
     __syncthreads(); // every group scored before the masking
     if (real)
-      choice[e] = mine;
+      s.choice[e] = mine;
     __syncthreads();
   }
-  const size_t first = size_t(blockIdx.x) * cfg.topK;
   if (real) {
-    const int rank = rankAmong(choice, experts, mine, e);
+    const int rank = rankAmong(s.choice, experts, mine, e);
     if (rank < cfg.topK) {
-      chosenScore[rank] = score;
-      indices[first + rank] = e;
+      s.chosenScore[rank] = score;
+      s.expert[rank] = e;
     }
   }
   __syncthreads();
   if (e < cfg.topK) {
     double sum = 0;
     for (int k = 0; k < cfg.topK; ++k)
-      sum += chosenScore[k];
-    double w = chosenScore[e];
+      sum += s.chosenScore[k];
+    double w = s.chosenScore[e];
     if (cfg.normalize)
       w /= sum + 1e-20;
-    weights[first + e] = float(w * cfg.scale);
+    s.weight[e] = float(w * cfg.scale);
+  }
+  __syncthreads();
+}
+
+/// A block per token, a thread per expert (and per group): routeInBlock,
+/// its choices and weights written out.
+__global__ void routeKernel(const float *logits, const float *bias, int experts,
+                            RouterConfig cfg, int32_t *indices,
+                            float *weights) {
+  awaitPriorKernels();
+  __shared__ RouteShared<kMaxRouterExperts> s;
+  routeInBlock(logits + size_t(blockIdx.x) * experts, bias, experts, cfg, s);
+  const size_t first = size_t(blockIdx.x) * cfg.topK;
+  if (int(threadIdx.x) < cfg.topK) {
+    indices[first + threadIdx.x] = s.expert[threadIdx.x];
+    weights[first + threadIdx.x] = s.weight[threadIdx.x];
   }
 }
 
@@ -354,56 +380,90 @@ __global__ void mlaKernel(const float *qNope, const float *qRope,
 /// routedPairs) does what its linears and SiLU-mul do (ModelKernels.h).
 /// kGateUpTogether: the gate and up rows' loads in flight together, and a
 /// shared expert's rows asked into L2 before the wait.
-template <typename W, bool kShared, bool kGateUpTogether>
+/// kRoutes: the block routes its token first (moeExpertsRowwise's `route`:
+/// routeInBlock on the token's logits), and the first block of each routed
+/// pair writes the pair's choice and weight, which `indices` and `weights`
+/// then point to.
+template <typename W, bool kShared, bool kGateUpTogether, bool kRoutes>
 __global__ void moeActivationKernel(const float *x, const int32_t *indices,
                                     const W *gate, const W *up, int choices,
                                     int experts, int inter, int dim, float *act,
                                     int32_t *bad, SharedRowsExpert shared,
-                                    int routedPairs, int actStride) {
+                                    int routedPairs, int actStride,
+                                    RouteInExperts route, float *weights) {
   const int pair = blockIdx.x;
   const bool isShared = kShared && pair >= routedPairs;
   const int rows = isShared ? shared.inter : inter;
   const W *gates = isShared ? static_cast<const W *>(shared.gate) : gate;
   const W *ups = isShared ? static_cast<const W *>(shared.up) : up;
-  int i = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  // A warp's rows: one, or with kRoutes (one wave of blocks, so that a
+  // block routes once) every gridDim.y * 8-th from its first.
+  const int first = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto eachRow = [&](auto &&body) {
+    if constexpr (kRoutes) {
+      for (int i = first; i < rows; i += gridDim.y * 8)
+        body(i);
+    } else if (first < rows) {
+      body(first);
+    }
+  };
   // A shared expert's rows, which need no choice, towards L2 while the
   // kernel ahead (the route) still runs.
-  if (kGateUpTogether && isShared && lane == 0 && i < rows) {
-    const uint32_t rowBytes = uint32_t(dim * sizeof(W));
-    const W *g = gates + size_t(i) * dim, *u = ups + size_t(i) * dim;
-    if (rowBytes % 16 == 0 &&
-        (reinterpret_cast<uintptr_t>(g) | reinterpret_cast<uintptr_t>(u)) %
-                16 ==
-            0) {
-      prefetchToL2(g, rowBytes);
-      prefetchToL2(u, rowBytes);
-    }
-  }
+  if (kGateUpTogether && isShared && lane == 0)
+    eachRow([&](int i) {
+      const uint32_t rowBytes = uint32_t(dim * sizeof(W));
+      const W *g = gates + size_t(i) * dim, *u = ups + size_t(i) * dim;
+      if (rowBytes % 16 == 0 &&
+          (reinterpret_cast<uintptr_t>(g) | reinterpret_cast<uintptr_t>(u)) %
+                  16 ==
+              0) {
+        prefetchToL2(g, rowBytes);
+        prefetchToL2(u, rowBytes);
+      }
+    });
   awaitPriorKernels();
   const int t = isShared ? pair - routedPairs : pair / choices;
-  const int e = isShared ? 0 : expertOfPair(indices, experts, bad);
-  if (e < 0 || i >= rows)
+  int e = 0;
+  if constexpr (kRoutes) {
+    // (Block-uniform: a pair's blocks all route, or none.)
+    if (!isShared) {
+      __shared__ RouteShared<kRouteInExpertsMax> routing;
+      routeInBlock(route.logits + size_t(t) * experts, route.bias, experts,
+                   route.config, routing);
+      e = routing.expert[pair % choices];
+      if (blockIdx.y == 0 && threadIdx.x == 0) {
+        const_cast<int32_t *>(indices)[pair] = e;
+        weights[pair] = routing.weight[pair % choices];
+      }
+    }
+  } else if (!isShared) {
+    e = expertOfPair(indices, experts, bad);
+  }
+  if (e < 0 || (!kRoutes && first >= rows))
     return;
   const float *xt = x + size_t(t) * dim;
-  const W *gateRow = gates + (size_t(e) * rows + i) * dim,
-          *upRow = ups + (size_t(e) * rows + i) * dim;
-  float a = 0.f, b = 0.f;
-  if constexpr (kGateUpTogether) {
-    rowPairDotParts(gateRow, upRow, xt, dim, lane, a, b);
-  } else {
-    a = rowDotPart(gateRow, xt, dim, lane);
-    b = rowDotPart(upRow, xt, dim, lane);
-  }
-  a = warpSum(a), b = warpSum(b);
-  if (lane != 0)
-    return;
-  if (!isShared) {
-    act[size_t(pair) * actStride + i] = asOperand<W>(a / (1.f + expf(-a)) * b);
-    return;
-  }
-  // (Unrounded here: the down product rounds its input as it reads it.)
-  act[size_t(pair) * actStride + i] =
-      shared.roundGateUp ? siluTimesOfBf16(a, b) : siluTimes(a, b);
+  eachRow([&](int i) {
+    const W *gateRow = gates + (size_t(e) * rows + i) * dim,
+            *upRow = ups + (size_t(e) * rows + i) * dim;
+    float a = 0.f, b = 0.f;
+    if constexpr (kGateUpTogether) {
+      rowPairDotParts(gateRow, upRow, xt, dim, lane, a, b);
+    } else {
+      a = rowDotPart(gateRow, xt, dim, lane);
+      b = rowDotPart(upRow, xt, dim, lane);
+    }
+    a = warpSum(a), b = warpSum(b);
+    if (lane != 0)
+      return;
+    if (!isShared) {
+      act[size_t(pair) * actStride + i] =
+          asOperand<W>(a / (1.f + expf(-a)) * b);
+      return;
+    }
+    // (Unrounded here: the down product rounds its input as it reads it.)
+    act[size_t(pair) * actStride + i] =
+        shared.roundGateUp ? siluTimesOfBf16(a, b) : siluTimes(a, b);
+  });
 }
 
 /// Grid (token * choices [+ tokens: the shared expert's pairs], dim / 8,
@@ -1051,7 +1111,10 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
     float *scratch, float *y, int32_t *bad, cudaStream_t stream,
     float *pairRows, const SharedRowsExpert *shared, bool gateUpTogether,
-    bool downPairs) {
+    bool downPairs, const RouteInExperts *route) {
+  if (route && (!routesInExpertsFit(experts, route->config) ||
+                route->config.topK != choices))
+    return cudaErrorInvalidValue;
   if (shared && (!bf16Weights || shared->inter <= 0 || !shared->gate ||
                  !shared->up || !shared->down))
     return cudaErrorInvalidValue;
@@ -1060,6 +1123,7 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     return e;
   const PairOutput out{y, pairRows};
   const SharedRowsExpert sharedExpert = shared ? *shared : SharedRowsExpert{};
+  const RouteInExperts routing = route ? *route : RouteInExperts{};
   const int routedPairs = tokens * choices,
             pairs = routedPairs + (shared ? tokens : 0),
             rows = std::max(inter, sharedExpert.inter);
@@ -1070,12 +1134,26 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
   auto launch = [&](auto weight, auto withShared) {
     using W = decltype(weight);
     constexpr bool kShared = decltype(withShared)::value;
-    launchOverlapped(gateUpTogether ? moeActivationKernel<W, kShared, true>
-                                    : moeActivationKernel<W, kShared, false>,
-                     activations, 256, 0, stream, x, indices,
-                     static_cast<const W *>(gate), static_cast<const W *>(up),
-                     choices, experts, inter, dim, scratch, bad, sharedExpert,
-                     routedPairs, rows);
+    // Routing in the gate/up kernel: one wave of blocks, each routing once
+    // and taking its share of its pair's rows (in waves, each wave's blocks
+    // would route again before their first loads).
+    dim3 gateUpGrid = activations;
+    if (route) {
+      int device = 0, smCount = 0, perSm = 0;
+      cudaGetDevice(&device);
+      cudaDeviceGetAttribute(&smCount, cudaDevAttrMultiProcessorCount, device);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &perSm, moeActivationKernel<W, kShared, true, true>, 256, 0);
+      gateUpGrid.y = unsigned(std::clamp(smCount * std::max(perSm, 1) / pairs,
+                                         1, int(activations.y)));
+    }
+    launchOverlapped(
+        route            ? moeActivationKernel<W, kShared, true, true>
+        : gateUpTogether ? moeActivationKernel<W, kShared, true, false>
+                         : moeActivationKernel<W, kShared, false, false>,
+        gateUpGrid, 256, 0, stream, x, indices, static_cast<const W *>(gate),
+        static_cast<const W *>(up), choices, experts, inter, dim, scratch, bad,
+        sharedExpert, routedPairs, rows, routing, const_cast<float *>(weights));
     launchOverlapped(downPairs ? moeDownKernel<W, kShared, true>
                                : moeDownKernel<W, kShared, false>,
                      outputs, 256, 0, stream, scratch, indices, weights,
@@ -1158,6 +1236,15 @@ cudaError_t melt::rt::cuda::rope(Operand x, const int32_t *positions,
   launchOverlapped(ropeKernel, grid, 256, 0, stream, x, positions, tokens, rows,
                    dim, interleaved, freqs, mscale, rowsPerThread, y);
   return cudaGetLastError();
+}
+
+bool melt::rt::cuda::routesInExpertsFit(int experts,
+                                        const RouterConfig &config) {
+  return experts >= 1 && experts <= kRouteInExpertsMax && config.nGroup >= 1 &&
+         config.nGroup <= kMaxRouterGroups &&
+         config.nGroup <= kRouteInExpertsMax && config.topK >= 1 &&
+         config.topK <= kMaxRouterTopK && config.topK <= experts &&
+         experts % config.nGroup == 0;
 }
 
 cudaError_t melt::rt::cuda::routeExperts(const float *logits, const float *bias,

@@ -140,13 +140,34 @@ struct SharedRowsExpert {
   int inter = 0;
   bool roundGateUp = false, roundDown = false;
 };
-cudaError_t moeExpertsRowwise(
-    const float *x, const int32_t *indices, const float *weights,
-    const void *gate, const void *up, const void *down, bool bf16Weights,
-    int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
-    float *scratch, float *y, int32_t *bad, cudaStream_t stream,
-    float *pairRows = nullptr, const SharedRowsExpert *shared = nullptr,
-    bool gateUpTogether = true, bool downPairs = true);
+///
+/// With `route`, the call routes its tokens itself: each block of the
+/// gate/up kernel runs routeExperts' arithmetic on its token's logits (the
+/// same choices and weights, bit for bit) and takes its pair's expert from
+/// it, and the first block of each pair writes the pair's expert id and
+/// weight to route->indices and route->weights (`indices` and `weights`
+/// must be those), where the down kernel and the combine read them: the
+/// route's own launch, and the wait for it, are off the step's path.
+/// Needs at most kRouteInExpertsMax experts (a thread of a block each) and
+/// routeExperts' limits on groups and choices.
+constexpr int kRouteInExpertsMax = 256;
+struct RouteInExperts {
+  const float *logits = nullptr, *bias = nullptr;
+  RouterConfig config{};
+};
+cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
+                              const float *weights, const void *gate,
+                              const void *up, const void *down,
+                              bool bf16Weights, int tokens, int choices,
+                              int experts, int inter, int dim, bool combineBf16,
+                              float *scratch, float *y, int32_t *bad,
+                              cudaStream_t stream, float *pairRows = nullptr,
+                              const SharedRowsExpert *shared = nullptr,
+                              bool gateUpTogether = true, bool downPairs = true,
+                              const RouteInExperts *route = nullptr);
+/// Whether moeExpertsRowwise's `route` takes `experts` experts routed as
+/// `config` says.
+bool routesInExpertsFit(int experts, const RouterConfig &config);
 /// Around the expert kernels that hand their outputs to a PairOutput{y,
 /// pairRows} (ExpertPairs.cuh): before them y zeroed where they add into it
 /// (no pairRows); after them, where pairRows is given, y[t] = the sum of

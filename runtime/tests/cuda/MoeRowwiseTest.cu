@@ -6,7 +6,8 @@
 // tokens; mini's 6 choices and DeepSeek-V3's 8
 // (+ the shared one), 2 and 31; hidden sizes a multiple of a 16-byte load
 // and not (one weight at a time); a pair's expert id out of range (*bad
-// set, the pair left out of both).
+// set, the pair left out of both). And the gate/up kernel routing its
+// token itself against the route kernel (RoutingInTheKernel...).
 // Skips without a device.
 #include "CudaTestUtil.h"
 #include "cuda/ModelKernels.h"
@@ -155,5 +156,140 @@ TEST(CudaMoeRowwise, RowsLoadedTogetherGiveTheSameBits) {
     EXPECT_EQ(differing(apart.y, together.y), 0) << what;
     for (float v : together.y)
       ASSERT_TRUE(std::isfinite(v)) << what;
+  }
+}
+
+namespace {
+
+struct RoutedCase {
+  int tokens, experts, inter, dim;
+  RouterConfig config;
+  bool shared;
+};
+
+/// The call's outputs: y, the choices and the weights.
+struct RoutedOutput {
+  std::vector<float> y, weights;
+  std::vector<int32_t> indices;
+};
+
+} // namespace
+
+// The gate/up kernel routing its token itself (moeExpertsRowwise's
+// `route`) against routeExperts' kernel, then the same call on its
+// choices: the same choices, weights and outputs, bit for bit. mini's
+// router (64 experts, sigmoid, 8 groups of which 4, top 6, scaled 2.5, a
+// bias), DeepSeek-V3's (256 experts, top 8), a softmax greedy one, and
+// several tokens; with and without a shared expert.
+TEST(CudaMoeRowwise, RoutingInTheKernelGivesTheRouteKernelsBits) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(11);
+  const RoutedCase cases[] = {
+      {1, 64, 1408 / 8, 2048 / 8, {true, 2, 6, 8, 4, true, 2.5}, true},
+      {1, 256, 64, 128, {true, 2, 8, 8, 4, true, 2.5}, true},
+      {1, 16, 64, 96, {false, 0, 2, 1, 1, false, 1.0}, false},
+      {3, 64, 64, 136, {true, 2, 6, 8, 4, true, 2.5}, false},
+  };
+  for (const RoutedCase &c : cases) {
+    const std::string what = "experts " + std::to_string(c.experts) +
+                             ", tokens " + std::to_string(c.tokens);
+    ASSERT_TRUE(routesInExpertsFit(c.experts, c.config)) << what;
+    const int choices = c.config.topK;
+    std::normal_distribution<float> normal(0.f, 1.f);
+    std::vector<float> logits(size_t(c.tokens) * c.experts), bias(c.experts),
+        x(size_t(c.tokens) * c.dim);
+    for (float &v : logits)
+      v = normal(rng);
+    for (float &v : bias)
+      v = 0.1f * normal(rng);
+    for (float &v : x)
+      v = normal(rng);
+    const size_t values = size_t(c.experts) * c.inter * c.dim;
+    void *gate = randomWeights(values, true, rng),
+         *up = randomWeights(values, true, rng),
+         *down = randomWeights(values, true, rng);
+    SharedRowsExpert shared;
+    if (c.shared) {
+      shared.inter = c.inter / 2 + 32;
+      const size_t sharedValues = size_t(shared.inter) * c.dim;
+      shared.gate = randomWeights(sharedValues, true, rng);
+      shared.up = randomWeights(sharedValues, true, rng);
+      shared.down = randomWeights(sharedValues, true, rng);
+      shared.roundGateUp = shared.roundDown = true;
+    }
+    const float *dLogits = toDevice(logits), *dBias = toDevice(bias),
+                *dX = toDevice(x);
+    auto run = [&](bool inKernel) {
+      const int pairs = c.tokens * (choices + 1);
+      const int inter = std::max(c.inter, shared.inter);
+      float *scratch = deviceArray<float>(size_t(pairs) * inter);
+      float *pairRows = deviceArray<float>(size_t(pairs) * c.dim);
+      float *y = deviceArray<float>(size_t(c.tokens) * c.dim);
+      int32_t *indices = deviceArray<int32_t>(size_t(c.tokens) * choices);
+      float *weights = deviceArray<float>(size_t(c.tokens) * choices);
+      int32_t *bad = deviceArray<int32_t>(1);
+      EXPECT_EQ(cudaMemset(bad, 0, 4), cudaSuccess);
+      // (All ones first: a value the call leaves unwritten shows.)
+      EXPECT_EQ(cudaMemset(indices, 0xff, size_t(c.tokens) * choices * 4),
+                cudaSuccess);
+      EXPECT_EQ(cudaMemset(weights, 0xff, size_t(c.tokens) * choices * 4),
+                cudaSuccess);
+      RouteInExperts route;
+      route.logits = dLogits;
+      route.bias = dBias;
+      route.config = c.config;
+      if (!inKernel)
+        EXPECT_EQ(routeExperts(dLogits, dBias, c.tokens, c.experts, c.config,
+                               indices, weights, nullptr),
+                  cudaSuccess);
+      EXPECT_EQ(moeExpertsRowwise(dX, indices, weights, gate, up, down, true,
+                                  c.tokens, choices, c.experts, c.inter, c.dim,
+                                  true, scratch, y, bad, nullptr, pairRows,
+                                  c.shared ? &shared : nullptr, true, true,
+                                  inKernel ? &route : nullptr),
+                cudaSuccess);
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      RoutedOutput r{toHost(y, size_t(c.tokens) * c.dim),
+                     toHost(weights, size_t(c.tokens) * choices),
+                     toHost(indices, size_t(c.tokens) * choices)};
+      EXPECT_EQ(toHost(bad, 1)[0], 0) << what;
+      for (void *p :
+           {static_cast<void *>(scratch), static_cast<void *>(pairRows),
+            static_cast<void *>(y), static_cast<void *>(indices),
+            static_cast<void *>(weights), static_cast<void *>(bad)})
+        cudaFree(p);
+      return r;
+    };
+    const RoutedOutput apart = run(false), inKernel = run(true);
+    EXPECT_EQ(inKernel.indices, apart.indices) << what;
+    EXPECT_EQ(differing(inKernel.weights, apart.weights), 0) << what;
+    EXPECT_EQ(differing(inKernel.y, apart.y), 0) << what;
+    for (float v : inKernel.y)
+      ASSERT_TRUE(std::isfinite(v)) << what;
+    // Each token's choices are distinct experts.
+    for (int t = 0; t < c.tokens; ++t) {
+      std::vector<int32_t> chosen(inKernel.indices.begin() + t * choices,
+                                  inKernel.indices.begin() + (t + 1) * choices);
+      std::sort(chosen.begin(), chosen.end());
+      EXPECT_EQ(std::adjacent_find(chosen.begin(), chosen.end()), chosen.end())
+          << what;
+    }
+    // A route the kernel does not take is refused before any launch.
+    RouteInExperts tooMany;
+    tooMany.logits = dLogits;
+    tooMany.config = c.config;
+    tooMany.config.topK = choices + 1;
+    EXPECT_EQ(moeExpertsRowwise(dX, nullptr, nullptr, gate, up, down, true,
+                                c.tokens, choices, c.experts, c.inter, c.dim,
+                                true, nullptr, nullptr, nullptr, nullptr,
+                                nullptr, nullptr, true, true, &tooMany),
+              cudaErrorInvalidValue);
+    for (const void *p :
+         {static_cast<const void *>(dLogits), static_cast<const void *>(dBias),
+          static_cast<const void *>(dX), static_cast<const void *>(gate),
+          static_cast<const void *>(up), static_cast<const void *>(down),
+          shared.gate, shared.up, shared.down})
+      cudaFree(const_cast<void *>(p));
   }
 }
