@@ -1080,9 +1080,10 @@ public:
   }
 
   /// A few tokens' route is left to their experts' call
-  /// (MELT_CUDA_ROUTE_IN_EXPERTS): where that call runs the BF16 row
-  /// kernels, their gate/up blocks route their token themselves
-  /// (moeExpertsRowwise's `route`); other experts calls launch the route
+  /// (MELT_CUDA_ROUTE_IN_EXPERTS): where that call runs the one-token row
+  /// kernels with a shared expert (BF16, or FP8 on one-wave tiles), their
+  /// gate/up blocks route their token themselves (moeExpertsRowwise's and
+  /// moeExpertsFp8Rowwise's `route`); other experts calls launch the route
   /// first. A route still left when another is asked for is launched then.
   Status routeInExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                         const RouterParams &params, DeviceTensor &indices,
@@ -1712,21 +1713,27 @@ public:
                               const DeviceTensor &down, bool combineBf16,
                               bool quantizedX, const SharedExpert &shared,
                               DeviceTensor &y) override {
-    if (pendingRoute_ && pendingRoute_->indices == indices.data &&
-        x.shape.size() == 2 && fusesSharedExpert(gate, shared, x.shape[0]) &&
-        !takesGroupedShared(gate, shared, x.shape[0]) && !rowsUnwrittenOf(x) &&
-        gate.dtype == DType::BF16) {
-      const PendingRoute route = *pendingRoute_;
-      pendingRoute_.reset();
-      return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
-                                   combineBf16, shared, y, &route);
-    }
+    // The route left for these choices goes to the one-token row kernels,
+    // which make it themselves; every other path launches it first.
+    std::optional<PendingRoute> route;
+    if (pendingRoute_ && pendingRoute_->indices == indices.data)
+      route.swap(pendingRoute_);
     MELT_RETURN_IF_ERROR(launchPendingRoute());
-    if (x.shape.size() != 2 || !fusesSharedExpert(gate, shared, x.shape[0]))
+    auto routeFirst = [&]() -> Status {
+      if (!route)
+        return Status::ok();
+      const PendingRoute r = *route;
+      route.reset();
+      return launchRoute(r);
+    };
+    if (x.shape.size() != 2 || !fusesSharedExpert(gate, shared, x.shape[0])) {
+      MELT_RETURN_IF_ERROR(routeFirst());
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, quantizedX, shared, y);
+    }
     if (takesGroupedShared(gate, shared, x.shape[0]) &&
         indices.shape.size() == 2) {
+      MELT_RETURN_IF_ERROR(routeFirst());
       // (x is quantized by the grouping whether or not `quantizedX`: as
       // moeExpertsOfQuantized hands it x itself.)
       ExpertStacks stacks;
@@ -1739,7 +1746,8 @@ public:
       return unwrittenRows("moe_experts");
     if (gate.dtype == DType::BF16)
       return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
-                                   combineBf16, shared, y);
+                                   combineBf16, shared, y,
+                                   route ? &*route : nullptr);
     MELT_RETURN_IF_ERROR(usable());
     ExpertStacks stacks;
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
@@ -1751,9 +1759,14 @@ public:
     sharedExpert.inter = int(shared.gate->shape[0]);
     sharedExpert.gateUpStride = int(storedK(*shared.gate));
     sharedExpert.downStride = int(storedK(*shared.down));
-    if (storedK(*shared.up) != sharedExpert.gateUpStride)
+    if (storedK(*shared.up) != sharedExpert.gateUpStride) {
+      MELT_RETURN_IF_ERROR(routeFirst());
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, quantizedX, shared, y);
+    }
+    // The FP8 kernels route in their one-wave gate/up tiles only.
+    if (!moeRowsOnTiles_ || !moeTilesOneWave_)
+      MELT_RETURN_IF_ERROR(routeFirst());
     MELT_RETURN_IF_ERROR(flags());
     const int T = int(x.shape[0]), K = int(indices.shape[1]),
               E = int(gate.shape[0]), I = int(gate.shape[1]),
@@ -1765,15 +1778,15 @@ public:
                                           std::max(I, sharedExpert.inter), held,
                                           pairRows, scratch));
     // (A bad expert index: at synchronize().)
-    return check(
-        moeExpertsFp8Rowwise(static_cast<const float *>(x.data),
-                             static_cast<const int32_t *>(indices.data),
-                             static_cast<const float *>(weights.data), stacks,
-                             T, K, E, I, D, combineBf16, quantizedX, scratch,
-                             static_cast<float *>(y.data), flag_ + kExpertFlag,
-                             stream_, pairRows, &sharedExpert, moeRowsOnTiles_,
-                             moeTilesOneWave_),
-        "moe_experts");
+    return check(moeExpertsFp8Rowwise(
+                     static_cast<const float *>(x.data),
+                     static_cast<const int32_t *>(indices.data),
+                     static_cast<const float *>(weights.data), stacks, T, K, E,
+                     I, D, combineBf16, quantizedX, scratch,
+                     static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
+                     pairRows, &sharedExpert, moeRowsOnTiles_, moeTilesOneWave_,
+                     route ? &route->kernelArgs : nullptr),
+                 "moe_experts");
   }
 
   /// moeExpertsWithShared for one token's BF16 experts (takesBf16SharedRows).

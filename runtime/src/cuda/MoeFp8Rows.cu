@@ -6,6 +6,7 @@
 #include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/ModelKernels.h"
+#include "cuda/RouteInBlock.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/VectorLoads.cuh"
@@ -146,7 +147,7 @@ struct PairSource {
 __device__ __forceinline__ PairSource
 pairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
            int experts, int inter, int dim, const SharedFp8Expert &shared,
-           int routedPairs, int32_t *bad) {
+           int routedPairs, int32_t *bad, bool routed = false) {
   const int pair = blockIdx.x;
   if (pair >= routedPairs)
     return {true,
@@ -156,7 +157,10 @@ pairSource(const int32_t *indices, const ExpertStacks &stacks, int choices,
             shared.stacks,
             shared.gateUpStride,
             shared.downStride};
-  const int e = bad ? expertOfPair(indices, experts, bad) : indices[pair];
+  // (routed: the expert is the caller's to fill in.)
+  const int e = routed ? 0
+                : bad  ? expertOfPair(indices, experts, bad)
+                       : indices[pair];
   return {false, pair / choices, e >= 0 && e < experts ? e : -1, inter, stacks,
           dim,   inter};
 }
@@ -593,18 +597,40 @@ blockTiles(int tiles, RowsOf rowsOf, size_t stride, const __half *halves,
 /// block taking every gridDim.y-th tile), 256 threads,
 /// tileSharedBytes(dim): rows [16 tile, 16 tile + 16) of the pair's gate
 /// and up on tensor cores, act as fp8ActivationKernel's.
-template <bool kQuantize, bool kOneWave>
+/// kRoutes (with kOneWave): the block routes its token first
+/// (moeExpertsFp8Rowwise's `route`: routeInBlock on the token's logits, as
+/// the route kernel would), and the first block of each routed pair writes
+/// the pair's choice and weight, which `indices` and `weights` then point
+/// to.
+template <bool kQuantize, bool kOneWave, bool kRoutes = false>
 __global__ void __launch_bounds__(256, kOneWave ? 2 : 0)
     fp8ActivationTileKernel(const float *x, const int32_t *indices,
                             ExpertStacks stacks, int choices, int experts,
                             int inter, int dim, float *act, int actStride,
                             int32_t *bad, SharedFp8Expert shared,
-                            int routedPairs) {
+                            int routedPairs, RouteInExperts route,
+                            float *weights) {
   extern __shared__ float4 tileShared[];
   awaitPriorKernels();
   const int pair = blockIdx.x;
-  const PairSource p = pairSource(indices, stacks, choices, experts, inter, dim,
-                                  shared, routedPairs, bad);
+  PairSource p;
+  if constexpr (kRoutes) {
+    p = pairSource(nullptr, stacks, choices, experts, inter, dim, shared,
+                   routedPairs, nullptr, /*routed=*/true);
+    if (!p.shared) { // (block-uniform)
+      __shared__ RouteShared<kRouteInExpertsMax> routing;
+      routeInBlock(route.logits + size_t(p.token) * experts, route.bias,
+                   experts, route.config, routing);
+      p.expert = routing.expert[pair % choices];
+      if (blockIdx.y == 0 && threadIdx.x == 0) {
+        const_cast<int32_t *>(indices)[pair] = p.expert;
+        weights[pair] = routing.weight[pair % choices];
+      }
+    }
+  } else {
+    p = pairSource(indices, stacks, choices, experts, inter, dim, shared,
+                   routedPairs, bad);
+  }
   const int e = p.expert, tiles = p.inter / kTileRows;
   if (e < 0 || int(blockIdx.y) >= tiles)
     return; // the whole block
@@ -739,7 +765,12 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
     int32_t *bad, cudaStream_t stream, float *pairRows,
-    const SharedFp8Expert *shared, bool tiles, bool oneWave) {
+    const SharedFp8Expert *shared, bool tiles, bool oneWave,
+    const RouteInExperts *route) {
+  if (route &&
+      (!tiles || !oneWave || !routesInExpertsFit(experts, route->config) ||
+       route->config.topK != choices))
+    return cudaErrorInvalidValue;
   if (stacks.type != ExpertStacks::Type::Fp8Blocks || !stacks.gateScales ||
       !stacks.upScales || !stacks.downScales || !moeFp8RowwiseFits(inter, dim))
     return cudaErrorInvalidValue;
@@ -763,12 +794,15 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
   const int rows = std::max(inter, sharedExpert.inter);
   // On tensor cores: every tile its own block, or (oneWave) the blocks
   // resident at once taking the tiles in turn.
+  const RouteInExperts routing = route ? *route : RouteInExperts{};
   auto launchTiles = [&]() -> cudaError_t {
-    auto activation = oneWave
-                          ? (quantizeX ? fp8ActivationTileKernel<true, true>
-                                       : fp8ActivationTileKernel<false, true>)
-                          : (quantizeX ? fp8ActivationTileKernel<true, false>
-                                       : fp8ActivationTileKernel<false, false>);
+    auto activation =
+        route     ? (quantizeX ? fp8ActivationTileKernel<true, true, true>
+                               : fp8ActivationTileKernel<false, true, true>)
+        : oneWave ? (quantizeX ? fp8ActivationTileKernel<true, true>
+                               : fp8ActivationTileKernel<false, true>)
+                  : (quantizeX ? fp8ActivationTileKernel<true, false>
+                               : fp8ActivationTileKernel<false, false>);
     auto down = oneWave ? fp8DownTileKernel<true> : fp8DownTileKernel<false>;
     const int upBlocks = oneWave ? waveOf(activation, pairs, rows, kTileRows,
                                           tileSharedBytes(dim))
@@ -781,7 +815,8 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     if (cudaError_t e = launchOverlapped(
             activation, dim3(pairs, upBlocks), 256, tileSharedBytes(dim),
             stream, x, indices, stacks, choices, experts, inter, dim, scratch,
-            rows, bad, sharedExpert, routedPairs);
+            rows, bad, sharedExpert, routedPairs, routing,
+            const_cast<float *>(weights));
         e != cudaSuccess)
       return e;
     return launchOverlapped(

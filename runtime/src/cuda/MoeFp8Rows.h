@@ -17,6 +17,7 @@
 #ifndef MELT_RUNTIME_CUDA_MOEFP8ROWS_H
 #define MELT_RUNTIME_CUDA_MOEFP8ROWS_H
 
+#include "cuda/ModelKernels.h"
 #include "cuda/MoeByExpert.h"
 
 #include <cuda_runtime.h>
@@ -66,15 +67,18 @@ bool moeFp8RowwiseFits(int inter, int dim);
 /// `tiles`): only the blocks resident at once, each taking tiles in turn
 /// (the input staged once a block, a tile's first loads issued before the
 /// tile ahead is summed; the default): the same bits.
-cudaError_t moeExpertsFp8Rowwise(const float *x, const int32_t *indices,
-                                 const float *weights,
-                                 const ExpertStacks &stacks, int tokens,
-                                 int choices, int experts, int inter, int dim,
-                                 bool combineBf16, bool quantizeX,
-                                 float *scratch, float *y, int32_t *bad,
-                                 cudaStream_t stream, float *pairRows = nullptr,
-                                 const SharedFp8Expert *shared = nullptr,
-                                 bool tiles = true, bool oneWave = true);
+///
+/// `route` (with `tiles` and `oneWave`): the call routes its tokens
+/// itself, as moeExpertsRowwise's `route` (ModelKernels.h): each gate/up
+/// block routes its token, the first block of each pair writes the pair's
+/// choice and weight to `indices` and `weights`.
+cudaError_t moeExpertsFp8Rowwise(
+    const float *x, const int32_t *indices, const float *weights,
+    const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
+    int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
+    int32_t *bad, cudaStream_t stream, float *pairRows = nullptr,
+    const SharedFp8Expert *shared = nullptr, bool tiles = true,
+    bool oneWave = true, const RouteInExperts *route = nullptr);
 
 } // namespace melt::rt::cuda
 

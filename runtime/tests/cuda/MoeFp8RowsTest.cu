@@ -4,9 +4,11 @@
 // the activations rounded to BF16, each 128-wide block's products times
 // its scale); with x quantized and with a shared expert, the tiles against
 // the rows (the same products in another order), the same bits every run
-// and in one wave of blocks (each taking tiles in turn). Skips without a
-// device.
+// and in one wave of blocks (each taking tiles in turn); and the one-wave
+// tiles routing their token themselves against the route kernel. Skips
+// without a device.
 #include "CudaTestUtil.h"
+#include "cuda/ModelKernels.h"
 #include "cuda/MoeFp8Rows.h"
 
 #include <cuda_bf16.h>
@@ -16,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 using namespace melt::rt::cuda;
@@ -217,6 +220,113 @@ TEST(CudaMoeFp8Rows, RowsAndTilesMatchTheReference) {
         EXPECT_EQ(differOneWave, 0) << what << ", one wave";
       }
     cudaFree(dx), cudaFree(dw), cudaFree(di);
+  }
+}
+
+// The one-wave gate/up tiles routing their token themselves
+// (moeExpertsFp8Rowwise's `route`) against the route kernel, then the
+// same call on its choices: the same choices, weights and outputs, bit for
+// bit (x quantized and a shared expert, as a one-token FP8 step runs it):
+// 16 experts in 4 groups, and DeepSeek-V3's 256 in 8 with top 8. A route
+// without the one-wave tiles is refused.
+TEST(CudaMoeFp8Rows, RoutingInTheTilesGivesTheRouteKernelsBits) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  struct Routed {
+    Case c;
+    RouterConfig config;
+  };
+  for (const Routed &r :
+       {Routed{{16, 272, 400, 1}, {true, 2, 6, 4, 2, true, 2.5}},
+        Routed{{256, 64, 128, 1}, {true, 2, 8, 8, 4, true, 2.5}}}) {
+    const Case &c = r.c;
+    const int choices = r.config.topK;
+    Fp8Stack gate(c.experts, c.inter, c.dim, rng),
+        up(c.experts, c.inter, c.dim, rng),
+        down(c.experts, c.dim, c.inter, rng);
+    ExpertStacks stacks;
+    stacks.type = ExpertStacks::Type::Fp8Blocks;
+    stacks.gate = gate.deviceCodes, stacks.up = up.deviceCodes;
+    stacks.down = down.deviceCodes;
+    stacks.gateScales = gate.deviceScales, stacks.upScales = up.deviceScales;
+    stacks.downScales = down.deviceScales;
+    Fp8Stack sharedGate(1, c.inter, c.dim, rng),
+        sharedUp(1, c.inter, c.dim, rng), sharedDown(1, c.dim, c.inter, rng);
+    SharedFp8Expert shared;
+    shared.stacks = {ExpertStacks::Type::Fp8Blocks, sharedGate.deviceCodes,
+                     sharedUp.deviceCodes,          sharedDown.deviceCodes,
+                     sharedGate.deviceScales,       sharedUp.deviceScales,
+                     sharedDown.deviceScales};
+    shared.inter = c.inter, shared.gateUpStride = c.dim;
+    shared.downStride = c.inter;
+    std::vector<float> x(size_t(c.tokens) * c.dim),
+        logits(size_t(c.tokens) * c.experts), bias(c.experts);
+    for (float &v : x)
+      v = normal(rng);
+    for (float &v : logits)
+      v = normal(rng);
+    for (float &v : bias)
+      v = 0.1f * normal(rng);
+    float *dx = toDevice(x), *dLogits = toDevice(logits),
+          *dBias = toDevice(bias);
+    const std::string what = std::to_string(c.experts) + " experts";
+    struct Out {
+      std::vector<float> y, weights;
+      std::vector<int32_t> indices;
+    };
+    auto call = [&](bool inTiles) {
+      const int pairs = c.tokens * (choices + 1);
+      float *scratch = deviceArray<float>(size_t(pairs) * c.inter);
+      float *y = deviceArray<float>(size_t(c.tokens) * c.dim);
+      float *pairRows = deviceArray<float>(size_t(pairs) * c.dim);
+      int32_t *indices = deviceArray<int32_t>(size_t(c.tokens) * choices);
+      float *weights = deviceArray<float>(size_t(c.tokens) * choices);
+      int32_t *bad = deviceArray<int32_t>(1);
+      EXPECT_EQ(cudaMemset(bad, 0, 4), cudaSuccess);
+      EXPECT_EQ(cudaMemset(indices, 0xff, size_t(c.tokens) * choices * 4),
+                cudaSuccess);
+      EXPECT_EQ(cudaMemset(weights, 0xff, size_t(c.tokens) * choices * 4),
+                cudaSuccess);
+      RouteInExperts route;
+      route.logits = dLogits, route.bias = dBias, route.config = r.config;
+      if (!inTiles)
+        EXPECT_EQ(routeExperts(dLogits, dBias, c.tokens, c.experts, r.config,
+                               indices, weights, nullptr),
+                  cudaSuccess);
+      EXPECT_EQ(moeExpertsFp8Rowwise(
+                    dx, indices, weights, stacks, c.tokens, choices, c.experts,
+                    c.inter, c.dim, false, true, scratch, y, bad, nullptr,
+                    pairRows, &shared, true, true, inTiles ? &route : nullptr),
+                cudaSuccess);
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      Out out{toHost(y, size_t(c.tokens) * c.dim),
+              toHost(weights, size_t(c.tokens) * choices),
+              toHost(indices, size_t(c.tokens) * choices)};
+      EXPECT_EQ(toHost(bad, 1)[0], 0) << what;
+      // Not on the one-wave tiles: refused, nothing launched.
+      if (inTiles)
+        EXPECT_EQ(moeExpertsFp8Rowwise(dx, indices, weights, stacks, c.tokens,
+                                       choices, c.experts, c.inter, c.dim,
+                                       false, true, scratch, y, bad, nullptr,
+                                       pairRows, &shared, true, false, &route),
+                  cudaErrorInvalidValue);
+      cudaFree(scratch), cudaFree(y), cudaFree(pairRows), cudaFree(indices),
+          cudaFree(weights), cudaFree(bad);
+      return out;
+    };
+    const Out apart = call(false), inTiles = call(true);
+    EXPECT_EQ(inTiles.indices, apart.indices) << what;
+    int differ = 0;
+    for (size_t i = 0; i < apart.weights.size(); ++i)
+      differ += std::memcmp(&apart.weights[i], &inTiles.weights[i], 4) != 0;
+    for (size_t i = 0; i < apart.y.size(); ++i) {
+      differ += std::memcmp(&apart.y[i], &inTiles.y[i], 4) != 0;
+      ASSERT_TRUE(std::isfinite(inTiles.y[i])) << what;
+    }
+    EXPECT_EQ(differ, 0) << what;
+    cudaFree(dx), cudaFree(dLogits), cudaFree(dBias);
   }
 }
 
