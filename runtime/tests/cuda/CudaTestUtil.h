@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace melt::rt::cuda::test {
@@ -46,6 +47,15 @@ template <typename T> T *deviceArray(size_t count) {
   T *device = nullptr;
   EXPECT_EQ(cudaMalloc(&device, count * sizeof(T) + 16), cudaSuccess);
   return device;
+}
+
+/// How many of a's values differ from b's bit for bit (b as long as a).
+inline int differingBits(const std::vector<float> &a,
+                         const std::vector<float> &b) {
+  int differ = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    differ += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+  return differ;
 }
 
 } // namespace melt::rt::cuda::test

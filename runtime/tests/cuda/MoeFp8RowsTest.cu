@@ -11,6 +11,8 @@
 #include "cuda/ModelKernels.h"
 #include "cuda/MoeFp8Rows.h"
 
+#include "RouteOutputs.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <gtest/gtest.h>
@@ -88,6 +90,34 @@ struct Case {
   int experts, inter, dim, tokens;
 };
 
+/// A case's routed experts' stacks and a shared expert of the same
+/// intermediate size, random, on the device.
+struct CaseExperts {
+  Fp8Stack gate, up, down, sharedGate, sharedUp, sharedDown;
+  ExpertStacks stacks;
+  SharedFp8Expert shared;
+  CaseExperts(const Case &c, std::mt19937 &rng)
+      : gate(c.experts, c.inter, c.dim, rng),
+        up(c.experts, c.inter, c.dim, rng),
+        down(c.experts, c.dim, c.inter, rng),
+        sharedGate(1, c.inter, c.dim, rng), sharedUp(1, c.inter, c.dim, rng),
+        sharedDown(1, c.dim, c.inter, rng) {
+    stacks = {ExpertStacks::Type::Fp8Blocks,
+              gate.deviceCodes,
+              up.deviceCodes,
+              down.deviceCodes,
+              gate.deviceScales,
+              up.deviceScales,
+              down.deviceScales};
+    shared.stacks = {ExpertStacks::Type::Fp8Blocks, sharedGate.deviceCodes,
+                     sharedUp.deviceCodes,          sharedDown.deviceCodes,
+                     sharedGate.deviceScales,       sharedUp.deviceScales,
+                     sharedDown.deviceScales};
+    shared.inter = c.inter, shared.gateUpStride = c.dim;
+    shared.downStride = c.inter;
+  }
+};
+
 /// y of one moeExpertsFp8Rowwise call.
 std::vector<float> run(const ExpertStacks &stacks, const float *x,
                        const int32_t *indices, const float *weights,
@@ -125,24 +155,10 @@ TEST(CudaMoeFp8Rows, RowsAndTilesMatchTheReference) {
   // part-filled).
   for (const Case &c :
        {Case{8, 1408, 2048, 1}, Case{7, 2048, 7168, 1}, Case{8, 272, 400, 3}}) {
-    Fp8Stack gate(c.experts, c.inter, c.dim, rng),
-        up(c.experts, c.inter, c.dim, rng),
-        down(c.experts, c.dim, c.inter, rng);
-    ExpertStacks stacks;
-    stacks.type = ExpertStacks::Type::Fp8Blocks;
-    stacks.gate = gate.deviceCodes, stacks.up = up.deviceCodes;
-    stacks.down = down.deviceCodes;
-    stacks.gateScales = gate.deviceScales, stacks.upScales = up.deviceScales;
-    stacks.downScales = down.deviceScales;
-    Fp8Stack sharedGate(1, c.inter, c.dim, rng),
-        sharedUp(1, c.inter, c.dim, rng), sharedDown(1, c.dim, c.inter, rng);
-    SharedFp8Expert shared;
-    shared.stacks = {ExpertStacks::Type::Fp8Blocks, sharedGate.deviceCodes,
-                     sharedUp.deviceCodes,          sharedDown.deviceCodes,
-                     sharedGate.deviceScales,       sharedUp.deviceScales,
-                     sharedDown.deviceScales};
-    shared.inter = c.inter, shared.gateUpStride = c.dim;
-    shared.downStride = c.inter;
+    const CaseExperts experts(c, rng);
+    const Fp8Stack &gate = experts.gate, &up = experts.up, &down = experts.down;
+    const ExpertStacks &stacks = experts.stacks;
+    const SharedFp8Expert &shared = experts.shared;
 
     std::vector<float> x(size_t(c.tokens) * c.dim),
         weights(size_t(c.tokens) * choices);
@@ -243,24 +259,9 @@ TEST(CudaMoeFp8Rows, RoutingInTheTilesGivesTheRouteKernelsBits) {
         Routed{{256, 64, 128, 1}, {true, 2, 8, 8, 4, true, 2.5}}}) {
     const Case &c = r.c;
     const int choices = r.config.topK;
-    Fp8Stack gate(c.experts, c.inter, c.dim, rng),
-        up(c.experts, c.inter, c.dim, rng),
-        down(c.experts, c.dim, c.inter, rng);
-    ExpertStacks stacks;
-    stacks.type = ExpertStacks::Type::Fp8Blocks;
-    stacks.gate = gate.deviceCodes, stacks.up = up.deviceCodes;
-    stacks.down = down.deviceCodes;
-    stacks.gateScales = gate.deviceScales, stacks.upScales = up.deviceScales;
-    stacks.downScales = down.deviceScales;
-    Fp8Stack sharedGate(1, c.inter, c.dim, rng),
-        sharedUp(1, c.inter, c.dim, rng), sharedDown(1, c.dim, c.inter, rng);
-    SharedFp8Expert shared;
-    shared.stacks = {ExpertStacks::Type::Fp8Blocks, sharedGate.deviceCodes,
-                     sharedUp.deviceCodes,          sharedDown.deviceCodes,
-                     sharedGate.deviceScales,       sharedUp.deviceScales,
-                     sharedDown.deviceScales};
-    shared.inter = c.inter, shared.gateUpStride = c.dim;
-    shared.downStride = c.inter;
+    const CaseExperts experts(c, rng);
+    const ExpertStacks &stacks = experts.stacks;
+    const SharedFp8Expert &shared = experts.shared;
     std::vector<float> x(size_t(c.tokens) * c.dim),
         logits(size_t(c.tokens) * c.experts), bias(c.experts);
     for (float &v : x)
@@ -281,29 +282,23 @@ TEST(CudaMoeFp8Rows, RoutingInTheTilesGivesTheRouteKernelsBits) {
       float *scratch = deviceArray<float>(size_t(pairs) * c.inter);
       float *y = deviceArray<float>(size_t(c.tokens) * c.dim);
       float *pairRows = deviceArray<float>(size_t(pairs) * c.dim);
-      int32_t *indices = deviceArray<int32_t>(size_t(c.tokens) * choices);
-      float *weights = deviceArray<float>(size_t(c.tokens) * choices);
+      RouteOutputs routed(c.tokens, choices);
+      int32_t *indices = routed.indices;
+      float *weights = routed.weights;
       int32_t *bad = deviceArray<int32_t>(1);
       EXPECT_EQ(cudaMemset(bad, 0, 4), cudaSuccess);
-      EXPECT_EQ(cudaMemset(indices, 0xff, size_t(c.tokens) * choices * 4),
-                cudaSuccess);
-      EXPECT_EQ(cudaMemset(weights, 0xff, size_t(c.tokens) * choices * 4),
-                cudaSuccess);
       RouteInExperts route;
       route.logits = dLogits, route.bias = dBias, route.config = r.config;
       if (!inTiles)
-        EXPECT_EQ(routeExperts(dLogits, dBias, c.tokens, c.experts, r.config,
-                               indices, weights, nullptr),
-                  cudaSuccess);
+        routed.routeApart(route, c.tokens, c.experts);
       EXPECT_EQ(moeExpertsFp8Rowwise(
                     dx, indices, weights, stacks, c.tokens, choices, c.experts,
                     c.inter, c.dim, false, true, scratch, y, bad, nullptr,
                     pairRows, &shared, true, true, inTiles ? &route : nullptr),
                 cudaSuccess);
       EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      Out out{toHost(y, size_t(c.tokens) * c.dim),
-              toHost(weights, size_t(c.tokens) * choices),
-              toHost(indices, size_t(c.tokens) * choices)};
+      Out out{toHost(y, size_t(c.tokens) * c.dim), routed.hostWeights(),
+              routed.hostIndices()};
       EXPECT_EQ(toHost(bad, 1)[0], 0) << what;
       // Not on the one-wave tiles: refused, nothing launched.
       if (inTiles)
@@ -312,20 +307,15 @@ TEST(CudaMoeFp8Rows, RoutingInTheTilesGivesTheRouteKernelsBits) {
                                        false, true, scratch, y, bad, nullptr,
                                        pairRows, &shared, true, false, &route),
                   cudaErrorInvalidValue);
-      cudaFree(scratch), cudaFree(y), cudaFree(pairRows), cudaFree(indices),
-          cudaFree(weights), cudaFree(bad);
+      cudaFree(scratch), cudaFree(y), cudaFree(pairRows), cudaFree(bad);
       return out;
     };
     const Out apart = call(false), inTiles = call(true);
     EXPECT_EQ(inTiles.indices, apart.indices) << what;
-    int differ = 0;
-    for (size_t i = 0; i < apart.weights.size(); ++i)
-      differ += std::memcmp(&apart.weights[i], &inTiles.weights[i], 4) != 0;
-    for (size_t i = 0; i < apart.y.size(); ++i) {
-      differ += std::memcmp(&apart.y[i], &inTiles.y[i], 4) != 0;
-      ASSERT_TRUE(std::isfinite(inTiles.y[i])) << what;
-    }
-    EXPECT_EQ(differ, 0) << what;
+    EXPECT_EQ(differingBits(inTiles.weights, apart.weights), 0) << what;
+    EXPECT_EQ(differingBits(inTiles.y, apart.y), 0) << what;
+    for (float v : inTiles.y)
+      ASSERT_TRUE(std::isfinite(v)) << what;
     cudaFree(dx), cudaFree(dLogits), cudaFree(dBias);
   }
 }

@@ -12,6 +12,8 @@
 #include "CudaTestUtil.h"
 #include "cuda/ModelKernels.h"
 
+#include "RouteOutputs.h"
+
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
@@ -121,13 +123,6 @@ private:
   const int32_t *indices_ = nullptr;
 };
 
-int differing(const std::vector<float> &a, const std::vector<float> &b) {
-  int differ = 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    differ += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
-  return differ;
-}
-
 } // namespace
 
 TEST(CudaMoeRowwise, RowsLoadedTogetherGiveTheSameBits) {
@@ -153,7 +148,7 @@ TEST(CudaMoeRowwise, RowsLoadedTogetherGiveTheSameBits) {
                              ", dim " + std::to_string(c.dim);
     EXPECT_EQ(apart.bad, 1) << what;
     EXPECT_EQ(together.bad, 1) << what;
-    EXPECT_EQ(differing(apart.y, together.y), 0) << what;
+    EXPECT_EQ(differingBits(apart.y, together.y), 0) << what;
     for (float v : together.y)
       ASSERT_TRUE(std::isfinite(v)) << what;
   }
@@ -226,23 +221,15 @@ TEST(CudaMoeRowwise, RoutingInTheKernelGivesTheRouteKernelsBits) {
       float *scratch = deviceArray<float>(size_t(pairs) * inter);
       float *pairRows = deviceArray<float>(size_t(pairs) * c.dim);
       float *y = deviceArray<float>(size_t(c.tokens) * c.dim);
-      int32_t *indices = deviceArray<int32_t>(size_t(c.tokens) * choices);
-      float *weights = deviceArray<float>(size_t(c.tokens) * choices);
+      RouteOutputs routed(c.tokens, choices);
+      int32_t *indices = routed.indices;
+      float *weights = routed.weights;
       int32_t *bad = deviceArray<int32_t>(1);
       EXPECT_EQ(cudaMemset(bad, 0, 4), cudaSuccess);
-      // (All ones first: a value the call leaves unwritten shows.)
-      EXPECT_EQ(cudaMemset(indices, 0xff, size_t(c.tokens) * choices * 4),
-                cudaSuccess);
-      EXPECT_EQ(cudaMemset(weights, 0xff, size_t(c.tokens) * choices * 4),
-                cudaSuccess);
       RouteInExperts route;
-      route.logits = dLogits;
-      route.bias = dBias;
-      route.config = c.config;
+      route.logits = dLogits, route.bias = dBias, route.config = c.config;
       if (!inKernel)
-        EXPECT_EQ(routeExperts(dLogits, dBias, c.tokens, c.experts, c.config,
-                               indices, weights, nullptr),
-                  cudaSuccess);
+        routed.routeApart(route, c.tokens, c.experts);
       EXPECT_EQ(moeExpertsRowwise(dX, indices, weights, gate, up, down, true,
                                   c.tokens, choices, c.experts, c.inter, c.dim,
                                   true, scratch, y, bad, nullptr, pairRows,
@@ -250,21 +237,19 @@ TEST(CudaMoeRowwise, RoutingInTheKernelGivesTheRouteKernelsBits) {
                                   inKernel ? &route : nullptr),
                 cudaSuccess);
       EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      RoutedOutput r{toHost(y, size_t(c.tokens) * c.dim),
-                     toHost(weights, size_t(c.tokens) * choices),
-                     toHost(indices, size_t(c.tokens) * choices)};
+      RoutedOutput r{toHost(y, size_t(c.tokens) * c.dim), routed.hostWeights(),
+                     routed.hostIndices()};
       EXPECT_EQ(toHost(bad, 1)[0], 0) << what;
       for (void *p :
            {static_cast<void *>(scratch), static_cast<void *>(pairRows),
-            static_cast<void *>(y), static_cast<void *>(indices),
-            static_cast<void *>(weights), static_cast<void *>(bad)})
+            static_cast<void *>(y), static_cast<void *>(bad)})
         cudaFree(p);
       return r;
     };
     const RoutedOutput apart = run(false), inKernel = run(true);
     EXPECT_EQ(inKernel.indices, apart.indices) << what;
-    EXPECT_EQ(differing(inKernel.weights, apart.weights), 0) << what;
-    EXPECT_EQ(differing(inKernel.y, apart.y), 0) << what;
+    EXPECT_EQ(differingBits(inKernel.weights, apart.weights), 0) << what;
+    EXPECT_EQ(differingBits(inKernel.y, apart.y), 0) << what;
     for (float v : inKernel.y)
       ASSERT_TRUE(std::isfinite(v)) << what;
     // Each token's choices are distinct experts.
