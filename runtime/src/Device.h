@@ -408,9 +408,9 @@ public:
                               DeviceTensor &weights) = 0;
   /// routeExperts, which the device may leave to the experts call that
   /// reads `indices` and `weights`: the executor calls this in place of
-  /// routeExperts only where that call is the next one it makes and nothing
-  /// else reads them before (RouteInExperts.h), and `logits` lives until
-  /// then. A device whose one-token expert kernels route their token
+  /// routeExperts only where that call comes later in the step and nothing
+  /// else reads them (RoutesInExperts.h), and `logits` lives until then
+  /// (the step's scratch). A device whose one-token expert kernels route their token
   /// themselves then routes there, the route's own launch and the wait for
   /// it off the step's path; the choices and weights are routeExperts',
   /// written where it writes them. The default routes here.
