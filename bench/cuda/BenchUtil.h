@@ -53,9 +53,11 @@ __global__ void fillRandom(T *data, size_t n, uint32_t seed) {
 /// batch 64) ran 78.5-79.0% of copy in the first three measurements of a
 /// process and 83-86% in every later one, whatever the page table or the
 /// allocation (bench/results/mla_decode_warmup_s36_h200.txt). So the first
-/// measurement of a process warms for 300 ms, later ones for 10 ms.
+/// measurement of each timed call in a process (each call site's callable,
+/// F: a benchmark's kind of launch) warms for 300 ms, later ones of it for
+/// 10 ms.
 template <typename F> void warmUp(const char *benchName, F &&f) {
-  static bool warmed = false;
+  static bool warmed = false; // (one for each F)
   const double minMs = warmed ? 10 : 300;
   warmed = true;
   const auto start = std::chrono::steady_clock::now();
@@ -89,15 +91,16 @@ template <typename F> float timeMs(const char *benchName, F &&f, int iters) {
   return ms / iters;
 }
 
-/// The benchmark's only option, `--iters N` (default `iters`); anything
-/// else prints the usage and exits with status 2.
+/// The benchmark's only option left in argv, `--iters N` (default
+/// `iters`); anything else prints the usage (`options`: all the
+/// benchmark's) and exits with status 2.
 inline int itersFromArgs(const char *benchName, int argc, char **argv,
-                         int iters) {
+                         int iters, const char *options = "[--iters N]") {
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) {
       iters = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--iters N]\n", benchName);
+      std::fprintf(stderr, "usage: %s %s\n", benchName, options);
       std::exit(2);
     }
   }

@@ -57,7 +57,8 @@ static std::vector<int> takeBatches(int &argc, char **argv) {
 
 int main(int argc, char **argv) {
   const std::vector<int> batches = takeBatches(argc, argv);
-  const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 20);
+  const int iters = melt::bench::itersFromArgs(
+      benchName, argc, argv, 20, "[--iters N] [--batches B1,B2,...]");
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, iters);
 

@@ -1055,6 +1055,12 @@ public:
                  "rope");
   }
 
+  static RouterConfig routerConfigOf(const RouterParams &params) {
+    return {params.sigmoid,     params.method,         int(params.topK),
+            int(params.nGroup), int(params.topkGroup), params.normalize,
+            params.scale};
+  }
+
   Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                       const RouterParams &params, DeviceTensor &indices,
                       DeviceTensor &weights) override {
@@ -1066,10 +1072,7 @@ public:
       return {MELT_UNSUPPORTED, "route_experts: at most " +
                                     std::to_string(kMaxRouterExperts) +
                                     " experts, 64 groups and top-64 on CUDA"};
-    RouterConfig config{params.sigmoid,        params.method,
-                        int(params.topK),      int(params.nGroup),
-                        int(params.topkGroup), params.normalize,
-                        params.scale};
+    const RouterConfig config = routerConfigOf(params);
     return check(cuda::routeExperts(
                      static_cast<const float *>(logits.data),
                      bias ? static_cast<const float *>(bias->data) : nullptr,
@@ -1092,10 +1095,7 @@ public:
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::routeExperts(logits, bias, params, indices, weights));
-    const RouterConfig config{params.sigmoid,        params.method,
-                              int(params.topK),      int(params.nGroup),
-                              int(params.topkGroup), params.normalize,
-                              params.scale};
+    const RouterConfig config = routerConfigOf(params);
     if (!routeInExperts_ || logits.rows() * params.topK >= groupedMinPairs_ ||
         !routesInExpertsFit(int(logits.cols()), config))
       return routeExperts(logits, bias, params, indices, weights);
@@ -1119,22 +1119,20 @@ public:
     int32_t *indices = nullptr;
     float *weights = nullptr;
   };
-  /// The route's own kernel (routeExperts').
-  Status launchRoute(const PendingRoute &route) {
-    return check(cuda::routeExperts(route.kernelArgs.logits,
-                                    route.kernelArgs.bias, route.tokens,
-                                    route.experts, route.kernelArgs.config,
-                                    route.indices, route.weights, stream_),
+  /// `route`, if there is one, on its own kernel (routeExperts') now; it
+  /// is then no longer held.
+  Status launchRoute(std::optional<PendingRoute> &route) {
+    if (!route)
+      return Status::ok();
+    const PendingRoute r = *route;
+    route.reset();
+    return check(cuda::routeExperts(r.kernelArgs.logits, r.kernelArgs.bias,
+                                    r.tokens, r.experts, r.kernelArgs.config,
+                                    r.indices, r.weights, stream_),
                  "route_experts");
   }
   /// The route left by routeInExperts, if one is, launched now.
-  Status launchPendingRoute() {
-    if (!pendingRoute_)
-      return Status::ok();
-    const PendingRoute route = *pendingRoute_;
-    pendingRoute_.reset();
-    return launchRoute(route);
-  }
+  Status launchPendingRoute() { return launchRoute(pendingRoute_); }
 
   Status copy(const DeviceTensor &x, DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(usable());
@@ -1719,13 +1717,7 @@ public:
     if (pendingRoute_ && pendingRoute_->indices == indices.data)
       route.swap(pendingRoute_);
     MELT_RETURN_IF_ERROR(launchPendingRoute());
-    auto routeFirst = [&]() -> Status {
-      if (!route)
-        return Status::ok();
-      const PendingRoute r = *route;
-      route.reset();
-      return launchRoute(r);
-    };
+    auto routeFirst = [&] { return launchRoute(route); };
     if (x.shape.size() != 2 || !fusesSharedExpert(gate, shared, x.shape[0])) {
       MELT_RETURN_IF_ERROR(routeFirst());
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
@@ -1746,8 +1738,7 @@ public:
       return unwrittenRows("moe_experts");
     if (gate.dtype == DType::BF16)
       return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
-                                   combineBf16, shared, y,
-                                   route ? &*route : nullptr);
+                                   combineBf16, shared, y, route);
     MELT_RETURN_IF_ERROR(usable());
     ExpertStacks stacks;
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
@@ -1796,14 +1787,13 @@ public:
                                const DeviceTensor &gate, const DeviceTensor &up,
                                const DeviceTensor &down, bool combineBf16,
                                const SharedExpert &shared, DeviceTensor &y,
-                               const PendingRoute *route = nullptr) {
+                               std::optional<PendingRoute> &route) {
     MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
     // (As experts() does: many pairs are grouped, never the rows.)
     if (indices.shape[0] * indices.shape[1] >= groupedMinPairs_) {
-      if (route)
-        MELT_RETURN_IF_ERROR(launchRoute(*route));
+      MELT_RETURN_IF_ERROR(launchRoute(route));
       return Device::moeExpertsWithShared(x, indices, weights, gate, up, down,
                                           combineBf16, false, shared, y);
     }

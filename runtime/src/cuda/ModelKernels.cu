@@ -7,6 +7,7 @@
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/PagedCache.cuh"
+#include "cuda/ResidentBlocks.h"
 #include "cuda/RopeRotation.cuh"
 #include "cuda/RouteInBlock.cuh"
 #include "cuda/RowNorm.cuh"
@@ -1040,15 +1041,11 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     // and taking its share of its pair's rows (in waves, each wave's blocks
     // would route again before their first loads).
     dim3 gateUpGrid = activations;
-    if (route) {
-      int device = 0, smCount = 0, perSm = 0;
-      cudaGetDevice(&device);
-      cudaDeviceGetAttribute(&smCount, cudaDevAttrMultiProcessorCount, device);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &perSm, moeActivationKernel<W, kShared, true, true>, 256, 0);
-      gateUpGrid.y = unsigned(std::clamp(smCount * std::max(perSm, 1) / pairs,
-                                         1, int(activations.y)));
-    }
+    if (route)
+      gateUpGrid.y = unsigned(std::clamp(
+          residentBlocks(moeActivationKernel<W, kShared, true, true>, 256, 0) /
+              pairs,
+          1, int(activations.y)));
     launchOverlapped(
         route            ? moeActivationKernel<W, kShared, true, true>
         : gateUpTogether ? moeActivationKernel<W, kShared, true, false>

@@ -6,6 +6,7 @@
 #include "cuda/E4m3.cuh"
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/ModelKernels.h"
+#include "cuda/ResidentBlocks.h"
 #include "cuda/RouteInBlock.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/TensorCoreMma.cuh"
@@ -733,20 +734,8 @@ struct Wave {
 template <class Kernel>
 Wave waveOf(Kernel kernel, int pairs, int rows, int perBlockRound,
             size_t sharedBytes) {
-  static const int multiprocessors = [] {
-    int device = 0, count = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount,
-                               device) != cudaSuccess)
-      return 1;
-    return count;
-  }();
-  int perSm = 1;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, 256,
-                                                    sharedBytes) != cudaSuccess)
-    perSm = 1;
   const int rounds = (rows + perBlockRound - 1) / perBlockRound;
-  const int resident = std::max(1, std::max(perSm, 1) * multiprocessors);
+  const int resident = residentBlocks(kernel, 256, sharedBytes);
   const int blocksWanted = std::clamp(resident / std::max(pairs, 1), 1, rounds);
   const int rowsPerWarp = (rounds + blocksWanted - 1) / blocksWanted;
   return {(rounds + rowsPerWarp - 1) / rowsPerWarp, rowsPerWarp};

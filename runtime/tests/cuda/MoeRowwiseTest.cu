@@ -49,6 +49,19 @@ void *randomWeights(size_t values, bool bf16, std::mt19937 &rng) {
   return toDevice(w);
 }
 
+/// A shared expert of `inter` / 2 + 32 rows, BF16 weights, its products'
+/// outputs rounded (freed by the caller).
+SharedRowsExpert randomSharedExpert(int inter, int dim, std::mt19937 &rng) {
+  SharedRowsExpert shared;
+  shared.inter = inter / 2 + 32;
+  const size_t values = size_t(shared.inter) * dim;
+  shared.gate = randomWeights(values, true, rng);
+  shared.up = randomWeights(values, true, rng);
+  shared.down = randomWeights(values, true, rng);
+  shared.roundGateUp = shared.roundDown = true;
+  return shared;
+}
+
 /// y and *bad of one call, rows' loads together or not.
 struct CallOutput {
   std::vector<float> y;
@@ -63,14 +76,8 @@ public:
     gate_ = randomWeights(gateValues, c.bf16, rng);
     up_ = randomWeights(gateValues, c.bf16, rng);
     down_ = randomWeights(gateValues, c.bf16, rng);
-    if (c.shared) {
-      shared_.inter = c.inter / 2 + 32;
-      const size_t values = size_t(shared_.inter) * c.dim;
-      shared_.gate = randomWeights(values, true, rng);
-      shared_.up = randomWeights(values, true, rng);
-      shared_.down = randomWeights(values, true, rng);
-      shared_.roundGateUp = shared_.roundDown = true;
-    }
+    if (c.shared)
+      shared_ = randomSharedExpert(c.inter, c.dim, rng);
     std::vector<float> x(size_t(c.tokens) * c.dim),
         weights(size_t(c.tokens) * c.choices);
     for (float &v : x)
@@ -204,15 +211,8 @@ TEST(CudaMoeRowwise, RoutingInTheKernelGivesTheRouteKernelsBits) {
     void *gate = randomWeights(values, true, rng),
          *up = randomWeights(values, true, rng),
          *down = randomWeights(values, true, rng);
-    SharedRowsExpert shared;
-    if (c.shared) {
-      shared.inter = c.inter / 2 + 32;
-      const size_t sharedValues = size_t(shared.inter) * c.dim;
-      shared.gate = randomWeights(sharedValues, true, rng);
-      shared.up = randomWeights(sharedValues, true, rng);
-      shared.down = randomWeights(sharedValues, true, rng);
-      shared.roundGateUp = shared.roundDown = true;
-    }
+    const SharedRowsExpert shared =
+        c.shared ? randomSharedExpert(c.inter, c.dim, rng) : SharedRowsExpert{};
     const float *dLogits = toDevice(logits), *dBias = toDevice(bias),
                 *dX = toDevice(x);
     auto run = [&](bool inKernel) {
