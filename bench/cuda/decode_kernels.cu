@@ -18,6 +18,7 @@
 #include "cuda/Elementwise.h"
 #include "cuda/Fp8SmallM.h"
 #include "cuda/Gemm.h"
+#include "cuda/MlaDecodeFused.h"
 #include "cuda/MlaSplit.h"
 #include "cuda/ModelKernels.h"
 #include "cuda/MoeByExpert.h"
@@ -319,8 +320,8 @@ int main(int argc, char **argv) {
       down[size_t(c)] = deviceValues<__nv_bfloat16>(expertValues, 50 + c);
     }
     int fp8Copies = copiesFor(3 * expertValues);
-    size_t scaleCount = size_t(experts) * ((inter + 127) / 128) *
-                        ((dim + 127) / 128);
+    size_t scaleCount =
+        size_t(experts) * ((inter + 127) / 128) * ((dim + 127) / 128);
     std::vector<ExpertStacks> fp8Stacks(static_cast<size_t>(fp8Copies));
     for (int c = 0; c < fp8Copies; ++c) {
       ExpertStacks &f = fp8Stacks[size_t(c)];
@@ -420,9 +421,9 @@ int main(int argc, char **argv) {
                       (void *)down[size_t(c)]})
         CHECK(cudaFree(p));
     for (const ExpertStacks &f : fp8Stacks)
-      for (const void *p : {f.gate, f.up, f.down, (const void *)f.gateScales,
-                            (const void *)f.upScales,
-                            (const void *)f.downScales})
+      for (const void *p :
+           {f.gate, f.up, f.down, (const void *)f.gateScales,
+            (const void *)f.upScales, (const void *)f.downScales})
         CHECK(cudaFree(const_cast<void *>(p)));
   }
 
@@ -494,6 +495,71 @@ int main(int argc, char **argv) {
                         (void *)wUv, (void *)out, (void *)bad, (void *)scratch})
           CHECK(cudaFree(p));
       }
+
+  // The fused MLA decode of a batch-1 step (MlaDecodeFused.h, mini's 16
+  // heads, BF16 cache): its W_UK / W_UV (8 MB of F32) cycled through
+  // copies past the L2 ("cold", as a step reads them) and one copy read
+  // again ("hot", in L2 from the call before): what the weights' trip from
+  // memory costs the kernel.
+  for (int context : {128, 512})
+    for (bool hot : {false, true}) {
+      const int heads = 16, nope = 128, rope = 64, latent = 512;
+      const int valueDim = 128, width = latent + rope;
+      const int perSequence = (context + kPageRows - 1) / kPageRows;
+      std::vector<int32_t> table(static_cast<size_t>(perSequence));
+      std::iota(table.begin(), table.end(), 0);
+      const std::vector<int32_t> positions = {context - 1}, sequences = {0},
+                                 lengths = {context};
+      auto upload = [](const std::vector<int32_t> &v) {
+        int32_t *p = nullptr;
+        CHECK(cudaMalloc(&p, v.size() * 4));
+        CHECK(cudaMemcpy(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+        return p;
+      };
+      PagedLayout layout{
+          upload(positions),      upload(sequences), upload(table),
+          upload(lengths),        perSequence,       1,
+          perSequence * kPageRows};
+      auto *cache = deviceValues<__nv_bfloat16>(
+          size_t(perSequence) * kPageRows * width, 1);
+      float *qn = deviceValues<float>(size_t(heads) * nope, 2);
+      float *qr = deviceValues<float>(size_t(heads) * rope, 3);
+      float *out = deviceValues<float>(size_t(heads) * valueDim, 6);
+      const size_t ukValues = size_t(heads) * nope * latent;
+      const size_t uvValues = size_t(heads) * valueDim * latent;
+      const int copies = hot ? 1 : copiesFor((ukValues + uvValues) * 4);
+      std::vector<float *> wUk(static_cast<size_t>(copies)),
+          wUv(static_cast<size_t>(copies));
+      for (int c = 0; c < copies; ++c) {
+        wUk[size_t(c)] = deviceValues<float>(ukValues, uint32_t(40 + c));
+        wUv[size_t(c)] = deviceValues<float>(uvValues, uint32_t(80 + c));
+      }
+      const MlaSplitShape shape{
+          1, heads, nope, rope, latent, valueDim, perSequence * kPageRows};
+      float ms = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            CHECK(mlaDecodeFused(qn, qr, cache, layout, wUk[size_t(i % copies)],
+                                 wUv[size_t(i % copies)], shape, 0.07f, out,
+                                 nullptr));
+          },
+          iters);
+      const double weightBytes = double(ukValues + uvValues) * 4;
+      std::printf("{\"what\": \"mla_fused\", \"heads\": %d, \"batch\": 1, "
+                  "\"context\": %d, \"weights\": \"%s\", \"us\": %.2f, "
+                  "\"weight_GBps\": %.1f}\n",
+                  heads, context, hot ? "hot" : "cold", ms * 1e3,
+                  weightBytes / (ms * 1e-3) / 1e9);
+      std::fflush(stdout);
+      for (int c = 0; c < copies; ++c) {
+        CHECK(cudaFree(wUk[size_t(c)]));
+        CHECK(cudaFree(wUv[size_t(c)]));
+      }
+      for (void *p : {(void *)layout.positions, (void *)layout.sequences,
+                      (void *)layout.pages, (void *)layout.lengths,
+                      (void *)cache, (void *)qn, (void *)qr, (void *)out})
+        CHECK(cudaFree(p));
+    }
 
   // The router's choice from its logits (mini: 64 experts, top 6; V3: 256,
   // top 8; sigmoid scores, bias, 8 groups keep 4), and the greedy argmax

@@ -12,12 +12,17 @@
 // the 50 MB L2 cache left by the previous one. At M >= 4096 the energy per
 // GEMM comes from NVML's counter over about a second. One JSON line each.
 //
+// --large takes M 4096 and 8192 alone, --small 1, 16, 32 and 64.
+// --hot reads one copy of each weight every call (in L2 where it fits:
+// what the products cost apart from the weights' trip from memory).
+//
 // --mini takes the shapes of the `mini` model's FP8 products instead (the
 // fused down projection, q_b, o_proj, the dense MLP's gate/up and its down
 // with K padded to 11264), for M in {1, 16, 32, 64}: what its decode steps
 // run through the runner.
 //
-//   melt-bench-gemm [--iters N] [--quick] [--mini]
+//   melt-bench-gemm [--iters N] [--quick] [--mini] [--large] [--small]
+//                   [--hot]
 #include "cuda/Energy.h"
 #include "cuda/Fp8SplitKWgmma.h"
 #include "cuda/Gemm.h"
@@ -61,7 +66,7 @@ __global__ void fillFloats(float *data, size_t n, float value) {
 
 int main(int argc, char **argv) {
   int iters = 20;
-  bool quick = false, mini = false, large = false;
+  bool quick = false, mini = false, large = false, hot = false, small = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
       iters = std::atoi(argv[++i]);
@@ -71,10 +76,14 @@ int main(int argc, char **argv) {
       mini = true;
     else if (!std::strcmp(argv[i], "--large"))
       large = true;
+    else if (!std::strcmp(argv[i], "--hot"))
+      hot = true;
+    else if (!std::strcmp(argv[i], "--small"))
+      small = true;
     else {
       std::fprintf(stderr,
                    "usage: melt-bench-gemm [--iters N] [--quick] [--mini] "
-                   "[--large]\n");
+                   "[--large] [--small] [--hot]\n");
       return 2;
     }
   }
@@ -104,6 +113,8 @@ int main(int argc, char **argv) {
     ms = {1, 64, 4096};
   if (large) // the prefill's M alone (cuBLASLt's)
     ms = {4096, 8192};
+  if (small) // a decode step's M alone
+    ms = {1, 16, 32, 64};
   if (mini) {
     shapes = {{"mini q_a+kv_a (fused down)", 2112, 2048},
               {"mini q_b", 3072, 1536},
@@ -116,8 +127,9 @@ int main(int argc, char **argv) {
   for (const Shape &shape : shapes) {
     size_t weightBytes = size_t(shape.n) * shape.k;
     int kBlocks = shape.k / 128, nBlocks = (shape.n + 127) / 128;
-    int copies = int(
-        std::min<size_t>(16, std::max<size_t>(1, rotateBytes / weightBytes)));
+    int copies = hot ? 1
+                     : int(std::min<size_t>(
+                           16, std::max<size_t>(1, rotateBytes / weightBytes)));
     // FP8 weights (copies of them) and their scales; a BF16 weight too.
     std::vector<__nv_fp8_e4m3 *> w8(copies);
     std::vector<__nv_bfloat16 *> w16(copies);
