@@ -113,7 +113,6 @@ public:
   /// a model step allocates every activation anew.
   Status allocate(DType type, std::vector<int64_t> shape,
                   DeviceTensor &out) override {
-    // (It reads nothing: a combine left pending may stay so.)
     MELT_RETURN_IF_ERROR(usable());
     DeviceTensor t;
     t.dtype = type;
@@ -160,15 +159,6 @@ public:
                           tensor.data == pendingRoute_->weights ||
                           tensor.data == pendingRoute_->kernelArgs.logits))
       pendingRoute_.reset();
-    // A combine whose y nothing will read goes; one whose choices are
-    // let go runs before their memory can take other values.
-    if (pendingCombine_ && tensor.data == pendingCombine_->y) {
-      DeviceTensor rows = pendingCombine_->pairRows;
-      pendingCombine_.reset();
-      release(rows);
-    } else if (pendingCombine_ && tensor.data == pendingCombine_->indices) {
-      (void)launchCombine(pendingCombine_); // (a fault: at the next call)
-    }
     plans_.erase(tensor.data);
     paddedK_.erase(tensor.data);
     auto scales = weightScales_.find(tensor.data);
@@ -197,7 +187,7 @@ public:
   bool canCapture() const override { return true; }
 
   Status beginCapture(bool behindQueued) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(flags());
     // Without a wait, the queued kernels' faults surface at the wait that
     // follows (the step's collect), not here; a recording starts behind
@@ -306,7 +296,7 @@ public:
   /// steps the two measured alike on the H200,
   /// bench/results/b1_step_experiments_tried.txt).
   Status upload(const void *host, DeviceTensor &tensor) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     if (capturing_)
       return invalidArgument(name() + ": upload while recording a graph");
     MELT_RETURN_IF_ERROR(
@@ -320,7 +310,7 @@ public:
   /// The flags' copy is queued ahead of the data's, so that the one wait
   /// for the data covers both.
   Status download(const DeviceTensor &tensor, void *host) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     if (capturing_)
       return invalidArgument(name() + ": download while recording a graph");
     MELT_RETURN_IF_ERROR(queueFlagsCopy());
@@ -333,7 +323,7 @@ public:
   }
 
   Status synchronize() override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(launchPendingRoute()); // (none where calls keep the
                                                 // contract: see routeInExperts)
     if (capturing_)
@@ -426,7 +416,7 @@ public:
 
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
     return check(cuda::rmsNorm(operand(x), operand(gamma), eps, int(x.rows()),
                                int(x.cols()), result(y), stream_),
@@ -435,7 +425,7 @@ public:
 
   Status linear(const DeviceTensor &x, const DeviceTensor &w,
                 DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     int m = int(x.rows()), k = int(x.cols()), n = int(w.rows());
     CudaStatus s;
@@ -495,7 +485,7 @@ public:
 
   Status quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
                      DeviceTensor &scales) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::quantizeFp8(x, q, scales));
     auto *out = static_cast<__nv_fp8_e4m3 *>(q.data);
     auto *s = static_cast<float *>(scales.data);
@@ -519,7 +509,7 @@ public:
   }
 
   Status roundToBf16(DeviceTensor &x) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::roundToBf16(x));
     return check(cuda::roundToBf16(static_cast<float *>(x.data),
                                    size_t(x.numel()), stream_),
@@ -544,7 +534,7 @@ public:
 
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          const DeviceTensor &w, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     if (w.dtype == DType::BF16 && gate.shape.size() == 2 &&
         !takesSmallMGemm(w, gate.rows()))
       return bf16LinearOfSiluMul(gate, up, w, y);
@@ -597,7 +587,7 @@ public:
   Status linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
                    const DeviceTensor &w, const DeviceTensor &wScales,
                    DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
     if (paddedK_.count(w.data))
       return invalidArgument("linear_fp8: the weight is stored with its K "
@@ -626,7 +616,7 @@ public:
   Status checkAddRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
                          const DeviceTensor &gamma, const DeviceTensor &sum,
                          const DeviceTensor &y) {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::floatType("add", "a", a));
     MELT_RETURN_IF_ERROR(check::floatType("add", "b", b));
     MELT_RETURN_IF_ERROR(check::floatType("add", "y", sum));
@@ -642,19 +632,11 @@ public:
                     DeviceTensor &y) override {
     if (!fusedAddNorm_)
       return Device::addRmsNorm(a, b, gamma, eps, sum, y);
-    // (An experts call's combine left to this add: read as b.)
-    const DeviceTensor *x = &a, *addend = &b;
-    std::optional<PendingCombine> combine = combineOfAddend(x, addend);
-    const PairRowsSum pairs = combine ? combine->sum() : PairRowsSum{};
-    Status status = checkAddRmsNorm(*x, *addend, gamma, sum, y);
-    if (!status)
-      status =
-          check(cuda::addRmsNorm(operand(*x), operand(*addend), operand(gamma),
-                                 eps, int(sum.rows()), int(sum.cols()),
-                                 result(sum), result(y), stream_, nullptr,
-                                 combine ? &pairs : nullptr),
-                "add_rms_norm");
-    return finishCombine(combine, status);
+    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
+    return check(cuda::addRmsNorm(operand(a), operand(b), operand(gamma), eps,
+                                  int(sum.rows()), int(sum.cols()), result(sum),
+                                  result(y), stream_),
+                 "add_rms_norm");
   }
   /// Norms whose value only FP8 products read quantize their rows for
   /// them (NormProductFusions.h): each product's own quantize kernel,
@@ -684,7 +666,7 @@ public:
                             float eps, DeviceTensor &y,
                             const DeviceTensor &weight, PreparedInput &prepared,
                             bool rowsRead) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
     if (weight.dtype == DType::BF16 && y.dtype == DType::F32)
       return normBf16Rows(x, nullptr, gamma, eps, nullptr, y, prepared,
@@ -736,22 +718,15 @@ public:
                          PreparedInput &prepared, bool rowsRead) {
     if (!fusedAddNorm_ || y.dtype != DType::F32)
       return addRmsNorm(a, b, gamma, eps, sum, y);
-    const DeviceTensor *x = &a, *addend = &b;
-    std::optional<PendingCombine> combine = combineOfAddend(x, addend);
-    const PairRowsSum pairs = combine ? combine->sum() : PairRowsSum{};
-    Status status = checkAddRmsNorm(*x, *addend, gamma, sum, y);
-    if (!status)
-      status = normBf16Rows(*x, addend, gamma, eps, &sum, y, prepared, rowsRead,
-                            combine ? &pairs : nullptr);
-    return finishCombine(combine, status);
+    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
+    return normBf16Rows(a, &b, gamma, eps, &sum, y, prepared, rowsRead);
   }
   /// The norm of x (with b: of x + b, written to sum) into F32 y and its
   /// rows in BF16 into `prepared.bf16`, one kernel; without `rowsRead`
   /// (and normRowsUnwritten_) into the BF16 rows alone, y left unwritten.
   Status normBf16Rows(const DeviceTensor &x, const DeviceTensor *b,
                       const DeviceTensor &gamma, float eps, DeviceTensor *sum,
-                      DeviceTensor &y, PreparedInput &prepared, bool rowsRead,
-                      const PairRowsSum *pairs = nullptr) {
+                      DeviceTensor &y, PreparedInput &prepared, bool rowsRead) {
     const int rows = int(y.rows()), cols = int(y.cols());
     PreparedInput made;
     made.rowsUnwritten = !rowsRead && normRowsUnwritten_;
@@ -762,7 +737,7 @@ public:
     Status status =
         b ? check(cuda::addRmsNorm(operand(x), operand(*b), operand(gamma), eps,
                                    rows, cols, result(*sum), out, stream_,
-                                   alsoBf16, pairs),
+                                   alsoBf16),
                   "add_rms_norm")
           : check(cuda::rmsNorm(operand(x), operand(gamma), eps, rows, cols,
                                 out, stream_, alsoBf16),
@@ -783,15 +758,9 @@ public:
                            bool rowsRead = true) {
     if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
       return addRmsNorm(a, b, gamma, eps, sum, y);
-    const DeviceTensor *x = &a, *addend = &b;
-    std::optional<PendingCombine> combine = combineOfAddend(x, addend);
-    const PairRowsSum pairs = combine ? combine->sum() : PairRowsSum{};
-    Status status = checkAddRmsNorm(*x, *addend, gamma, sum, y);
-    if (!status)
-      status =
-          normQuantizingRows(*x, addend, gamma, eps, &sum, y, prepared,
-                             withBf16, rowsRead, combine ? &pairs : nullptr);
-    return finishCombine(combine, status);
+    MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
+    return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared, withBf16,
+                              rowsRead);
   }
   /// A call that would read rows a norm left unwritten for the calls that
   /// read what it prepared (the executor's choice and the device's
@@ -890,8 +859,7 @@ public:
                             const DeviceTensor &gamma, float eps,
                             DeviceTensor *sum, DeviceTensor &y,
                             PreparedInput &prepared, bool withBf16 = false,
-                            bool rowsRead = true,
-                            const PairRowsSum *pairs = nullptr) {
+                            bool rowsRead = true) {
     const int64_t rows = y.rows(), cols = y.cols();
     PreparedInput made;
     made.rowsUnwritten =
@@ -911,7 +879,7 @@ public:
                     made.rowsUnwritten ? nullptr : static_cast<float *>(y.data),
                     static_cast<__nv_fp8_e4m3 *>(made.q.data),
                     static_cast<float *>(made.scales.data), stream_,
-                    static_cast<__nv_bfloat16 *>(made.bf16.data), pairs),
+                    static_cast<__nv_bfloat16 *>(made.bf16.data)),
                 "rms_norm");
     if (status) {
       release(made.q);
@@ -952,7 +920,7 @@ public:
     if (w.dtype == DType::BF16 && prepared.bf16.data &&
         prepared.bf16.shape == std::vector<int64_t>{x.rows(), x.cols()} &&
         x.dtype == DType::F32) {
-      MELT_RETURN_IF_ERROR(ready());
+      MELT_RETURN_IF_ERROR(usable());
       MELT_RETURN_IF_ERROR(check::linear(x, w, y));
       return bf16Product(prepared.bf16.data, w, y);
     }
@@ -965,7 +933,7 @@ public:
         return unwrittenRows("linear");
       return linear(x, w, y);
     }
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     return fp8ProductInto(prepared.q, prepared.scales, w,
                           weightScales_.at(w.data), x.cols(), y);
@@ -1051,7 +1019,7 @@ public:
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
                    DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::embedding(ids, table, y));
     MELT_RETURN_IF_ERROR(flags());
     embeddingRows_ = table.shape[0];
@@ -1068,7 +1036,7 @@ public:
 
   Status rope(const DeviceTensor &x, const DeviceTensor &positions,
               const RopeParams &params, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rope(x, positions, params, y));
     int64_t dim = x.shape.back();
     if (dim / 2 > kMaxRopePairs)
@@ -1096,7 +1064,7 @@ public:
   Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                       const RouterParams &params, DeviceTensor &indices,
                       DeviceTensor &weights) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::routeExperts(logits, bias, params, indices, weights));
     if (logits.cols() > kMaxRouterExperts || params.nGroup > 64 ||
@@ -1124,7 +1092,7 @@ public:
                         const RouterParams &params, DeviceTensor &indices,
                         DeviceTensor &weights) override {
     MELT_RETURN_IF_ERROR(launchPendingRoute());
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::routeExperts(logits, bias, params, indices, weights));
     const RouterConfig config = routerConfigOf(params);
@@ -1166,89 +1134,8 @@ public:
   /// The route left by routeInExperts, if one is, launched now.
   Status launchPendingRoute() { return launchRoute(pendingRoute_); }
 
-  /// A MoE layer's combine left by its one-token row kernels (their pairs'
-  /// rows and the shared expert's, not yet added into y) for the add+norm
-  /// that reads y, which adds them as it reads its addend (Elementwise.h's
-  /// PairRowsSum: one kernel where the combine and the norm were two, the
-  /// same bits). Any other call launches it first (ready()), as do
-  /// synchronize, the end of a recording and the release of the choices
-  /// it reads; releasing y drops it. MELT_CUDA_COMBINE_IN_ADD_NORM=0: the
-  /// experts combine their rows themselves.
-  struct PendingCombine {
-    DeviceTensor pairRows; // [tokens * (choices + 1), dim], held until read
-    const int32_t *indices = nullptr;
-    float *y = nullptr;
-    int tokens = 0, choices = 0, experts = 0, dim = 0;
-    PairRowsSum sum() const {
-      const auto *rows = static_cast<const float *>(pairRows.data);
-      return {rows,    indices, choices,
-              experts, dim,     rows + size_t(tokens) * choices * dim,
-              y};
-    }
-  };
-  std::optional<PendingCombine> pendingCombine_;
-  bool combineInAddNorm_ = envSwitch("MELT_CUDA_COMBINE_IN_ADD_NORM", true);
-  /// `combine`, if there is one, on its own kernel (finishPairOutput) now;
-  /// its rows released after it.
-  Status launchCombine(std::optional<PendingCombine> &combine) {
-    if (!combine)
-      return Status::ok();
-    PendingCombine c = std::move(*combine);
-    combine.reset();
-    const PairRowsSum p = c.sum();
-    Status status =
-        check(finishPairOutput(c.y, p.pairRows, c.indices, c.tokens, c.choices,
-                               c.experts, c.dim, stream_, p.sharedRows),
-              "moe_experts");
-    release(c.pairRows);
-    return status;
-  }
-  /// What a call that reads its inputs needs first: a usable device and
-  /// no combine still pending (it may read y).
-  Status ready() {
-    MELT_RETURN_IF_ERROR(usable());
-    return launchCombine(pendingCombine_);
-  }
-  /// For an add+norm of rows x cols reading a and b: the pending combine,
-  /// taken where one of them is its y and its rows go a block a row (the
-  /// kernels that read a PairRowsSum), a and b then ordered so that b is y
-  /// (the add's sum is the same either way); none otherwise (the call's
-  /// ready() launches it).
-  std::optional<PendingCombine> combineOfAddend(const DeviceTensor *&a,
-                                                const DeviceTensor *&b) {
-    std::optional<PendingCombine> taken;
-    if (!pendingCombine_)
-      return taken;
-    const PendingCombine &c = *pendingCombine_;
-    const bool inA = a->data == c.y, inB = b->data == c.y;
-    const DeviceTensor &addend = inA ? *a : *b, &other = inA ? *b : *a;
-    if ((!inA && !inB) || addend.dtype != DType::F32 ||
-        addend.rows() != c.tokens || addend.cols() != c.dim ||
-        !addNormTakesPairRows(int(other.rows()), int(other.cols()),
-                              operand(other)))
-      return taken;
-    if (inA)
-      std::swap(a, b);
-    taken.swap(pendingCombine_);
-    return taken;
-  }
-  /// After the add+norm that took `combine` (`status`: whether its kernel
-  /// was queued): its rows released, or where it was not, the combine
-  /// launched on its own.
-  Status finishCombine(std::optional<PendingCombine> &combine, Status status) {
-    if (!combine)
-      return status;
-    if (status) {
-      (void)launchCombine(combine);
-      return status;
-    }
-    release(combine->pairRows);
-    combine.reset();
-    return status;
-  }
-
   Status copy(const DeviceTensor &x, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::copy(x, y));
     return check(cudaMemcpyAsync(y.data, x.data, x.bytes(),
                                  cudaMemcpyDeviceToDevice, stream_),
@@ -1257,14 +1144,14 @@ public:
 
   Status slice(const DeviceTensor &x, int axis, int64_t offset,
                DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::axisPart("slice", x, axis, offset, y));
     return copyAxisPart(x, axis, offset, y, false);
   }
 
   Status place(const DeviceTensor &x, int axis, int64_t offset,
                DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::axisPart("place", y, axis, offset, x));
     return copyAxisPart(y, axis, offset, x, true);
   }
@@ -1279,7 +1166,7 @@ public:
     if (!gatherPartsKernel_ || parts.size() > size_t(kMaxGatheredParts) ||
         dtypeBytes(into.dtype) != 4)
       return Device::gatherParts(parts, offset, into);
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     GatheredParts gathered;
     int64_t at = offset;
     for (const DeviceTensor &part : parts) {
@@ -1304,7 +1191,7 @@ public:
 
   Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
                      const CacheLayout &layout, DeviceTensor &cache) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache));
     MELT_RETURN_IF_ERROR(flags());
     int tokens = int(first.rows()), a = int(first.cols());
@@ -1381,7 +1268,7 @@ public:
         cache.shape[1] != latent.cols() + ropeDim)
       return Device::appendLatent(latent, gamma, eps, key, positions, params,
                                   layout, normed, rotated, cache);
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::rmsNorm(latent, gamma, normed));
     MELT_RETURN_IF_ERROR(check::rope(key, positions, params, rotated));
     MELT_RETURN_IF_ERROR(check::cacheAppend(normed, rotated, layout, cache));
@@ -1408,7 +1295,7 @@ public:
   Status attention(const DeviceTensor &q, const DeviceTensor &cache,
                    const CacheLayout &layout, int64_t kvHeads, bool causal,
                    float scale, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::attention(q, cache, layout, kvHeads, out));
     MELT_RETURN_IF_ERROR(flags());
     int maxVisible = int(layout.pages.shape[1] * kPageTokens);
@@ -1429,7 +1316,7 @@ public:
              const DeviceTensor &cache, const CacheLayout &layout,
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
              int64_t decompressAbove, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
     MELT_RETURN_IF_ERROR(flags());
@@ -1568,7 +1455,7 @@ public:
       release(wide); // stream-ordered: reused only by later work
       return status;
     }
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(flags());
     ProjectedQuery projected;
     projected.q = q.data;
@@ -1626,7 +1513,7 @@ public:
     qNope.shape = {q.shape[0], q.shape[1], nope};
     qRope.shape = {q.shape[0], q.shape[1], ropeDim};
     qNope.dtype = qRope.dtype = DType::F32;
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
     const MlaSplitShape shape =
@@ -1654,7 +1541,7 @@ public:
 
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::quantizeBlocks(x, block, q, scales));
     return check(
         cuda::quantizeBlocks(static_cast<const float *>(x.data),
@@ -1666,7 +1553,7 @@ public:
 
   Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,
                           int64_t block, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::quantizeBlocks(y, block, q, scales));
     return check(cuda::dequantizeBlocks(static_cast<const uint8_t *>(q.data),
                                         static_cast<const float *>(scales.data),
@@ -1852,7 +1739,7 @@ public:
     if (gate.dtype == DType::BF16)
       return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
                                    combineBf16, shared, y, route);
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     ExpertStacks stacks;
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
     MELT_RETURN_IF_ERROR(
@@ -1878,22 +1765,19 @@ public:
     // The routed pairs, then a shared one per token.
     CallScratch held(*this);
     float *pairRows = nullptr, *scratch = nullptr;
-    DeviceTensor kept; // the rows of a combine left pending
-    MELT_RETURN_IF_ERROR(rowKernelBuffers(
-        int64_t(T) * (K + 1), D, std::max(I, sharedExpert.inter), held,
-        pairRows, scratch, leavesCombine(K) ? &kept : nullptr));
+    MELT_RETURN_IF_ERROR(rowKernelBuffers(int64_t(T) * (K + 1), D,
+                                          std::max(I, sharedExpert.inter), held,
+                                          pairRows, scratch));
     // (A bad expert index: at synchronize().)
-    const Status status =
-        check(moeExpertsFp8Rowwise(
-                  static_cast<const float *>(x.data),
-                  static_cast<const int32_t *>(indices.data),
-                  static_cast<const float *>(weights.data), stacks, T, K, E, I,
-                  D, combineBf16, quantizedX, scratch,
-                  static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
-                  pairRows, &sharedExpert, moeRowsOnTiles_, moeTilesOneWave_,
-                  route ? &route->kernelArgs : nullptr, kept.data != nullptr),
-              "moe_experts");
-    return leaveCombine(status, kept, indices, y, T, K, E, D);
+    return check(moeExpertsFp8Rowwise(
+                     static_cast<const float *>(x.data),
+                     static_cast<const int32_t *>(indices.data),
+                     static_cast<const float *>(weights.data), stacks, T, K, E,
+                     I, D, combineBf16, quantizedX, scratch,
+                     static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
+                     pairRows, &sharedExpert, moeRowsOnTiles_, moeTilesOneWave_,
+                     route ? &route->kernelArgs : nullptr),
+                 "moe_experts");
   }
 
   /// moeExpertsWithShared for one token's BF16 experts (takesBf16SharedRows).
@@ -1904,7 +1788,7 @@ public:
                                const DeviceTensor &down, bool combineBf16,
                                const SharedExpert &shared, DeviceTensor &y,
                                std::optional<PendingRoute> &route) {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
     // (As experts() does: many pairs are grouped, never the rows.)
@@ -1926,21 +1810,18 @@ public:
               D = int(x.shape[1]);
     CallScratch held(*this);
     float *pairRows = nullptr, *scratch = nullptr;
-    DeviceTensor kept; // the rows of a combine left pending
-    MELT_RETURN_IF_ERROR(rowKernelBuffers(
-        int64_t(T) * (K + 1), D, std::max(I, rows.inter), held, pairRows,
-        scratch, leavesCombine(K) ? &kept : nullptr));
-    const Status status =
-        check(moeExpertsRowwise(
-                  static_cast<const float *>(x.data),
-                  static_cast<const int32_t *>(indices.data),
-                  static_cast<const float *>(weights.data), gate.data, up.data,
-                  down.data, true, T, K, E, I, D, combineBf16, scratch,
-                  static_cast<float *>(y.data), flag_ + kExpertFlag, stream_,
-                  pairRows, &rows, moeRowsGateUpTogether_, moeRowsDownPairs_,
-                  route ? &route->kernelArgs : nullptr, kept.data != nullptr),
-              "moe_experts");
-    return leaveCombine(status, kept, indices, y, T, K, E, D);
+    MELT_RETURN_IF_ERROR(rowKernelBuffers(int64_t(T) * (K + 1), D,
+                                          std::max(I, rows.inter), held,
+                                          pairRows, scratch));
+    return check(moeExpertsRowwise(
+                     static_cast<const float *>(x.data),
+                     static_cast<const int32_t *>(indices.data),
+                     static_cast<const float *>(weights.data), gate.data,
+                     up.data, down.data, true, T, K, E, I, D, combineBf16,
+                     scratch, static_cast<float *>(y.data), flag_ + kExpertFlag,
+                     stream_, pairRows, &rows, moeRowsGateUpTogether_,
+                     moeRowsDownPairs_, route ? &route->kernelArgs : nullptr),
+                 "moe_experts");
   }
 
   /// Whether T tokens of experts (intermediate I, hidden D) run on the FP8
@@ -1956,7 +1837,7 @@ public:
                       const DeviceTensor &weights, const DeviceTensor &gate,
                       const DeviceTensor &up, const DeviceTensor &down,
                       const DeviceTensor &y, ExpertStacks &stacks) {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
@@ -2041,45 +1922,16 @@ public:
   /// activations; released with `held`.
   Status rowKernelBuffers(int64_t pairs, int64_t dim, int64_t inter,
                           CallScratch &held, float *&pairRows,
-                          float *&activations, DeviceTensor *kept = nullptr) {
+                          float *&activations) {
     DeviceTensor rows, act;
     pairRows = nullptr;
     if (deterministicExperts_) {
-      // (`kept`: the rows outlive the call, for a combine left pending.)
-      MELT_RETURN_IF_ERROR(kept ? allocate(DType::F32, {pairs, dim}, *kept)
-                                : held.take(DType::F32, {pairs, dim}, rows));
-      pairRows = static_cast<float *>(kept ? kept->data : rows.data);
+      MELT_RETURN_IF_ERROR(held.take(DType::F32, {pairs, dim}, rows));
+      pairRows = static_cast<float *>(rows.data);
     }
     MELT_RETURN_IF_ERROR(held.take(DType::F32, {pairs, inter}, act));
     activations = static_cast<float *>(act.data);
     return Status::ok();
-  }
-
-  /// Whether a one-token experts call with a shared expert leaves its
-  /// combine to the add that reads its output (PendingCombine).
-  bool leavesCombine(int choices) const {
-    return combineInAddNorm_ && deterministicExperts_ &&
-           choices <= kPairRowsSumMaxChoices;
-  }
-  /// After such a call (`status`): its combine pending, with its rows
-  /// `kept`; or where the call failed, the rows released.
-  Status leaveCombine(Status status, DeviceTensor &kept,
-                      const DeviceTensor &indices, DeviceTensor &y, int tokens,
-                      int choices, int experts, int dim) {
-    if (!kept.data)
-      return status;
-    if (status) {
-      release(kept);
-      return status;
-    }
-    pendingCombine_ = PendingCombine{kept,
-                                     static_cast<const int32_t *>(indices.data),
-                                     static_cast<float *>(y.data),
-                                     tokens,
-                                     choices,
-                                     experts,
-                                     dim};
-    return status;
   }
 
   /// Whether many tokens' experts are grouped on the device
@@ -2429,7 +2281,7 @@ public:
   }
 
   Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::argmaxRows(logits, ids));
     const int rows = int(logits.shape[0]), vocab = int(logits.shape[1]);
     DeviceTensor scratch;
@@ -2448,7 +2300,7 @@ public:
 
   Status sampleRows(const DeviceTensor &logits, const SamplingParams &params,
                     const DeviceTensor &draws, DeviceTensor &ids) override {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::sampleRows(logits, params, draws, ids));
     const int rows = int(logits.shape[0]), vocab = int(logits.shape[1]);
     std::vector<int32_t> picked(static_cast<size_t>(rows), -1);
@@ -3392,7 +3244,7 @@ private:
 
   Status binaryOp(const char *kernel, Binary op, const DeviceTensor &a,
                   const DeviceTensor &b, DeviceTensor &y) {
-    MELT_RETURN_IF_ERROR(ready());
+    MELT_RETURN_IF_ERROR(usable());
     MELT_RETURN_IF_ERROR(check::floatType(kernel, "a", a));
     MELT_RETURN_IF_ERROR(check::floatType(kernel, "b", b));
     MELT_RETURN_IF_ERROR(check::floatType(kernel, "y", y));
@@ -3470,8 +3322,6 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
   // recording fails otherwise); a route left to an experts call that did
   // not come is recorded before that.
   Status routed = launchPendingRoute();
-  if (!routed)
-    routed = launchCombine(pendingCombine_);
   Status joined = routed ? routed : joinBranch();
   capturing_ = false;
   std::vector<void *> blocks = std::move(parked_);
@@ -3508,7 +3358,7 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
 }
 
 Status CudaDevice::replay(DeviceGraph &graph) {
-  MELT_RETURN_IF_ERROR(ready());
+  MELT_RETURN_IF_ERROR(usable());
   return check(cudaGraphLaunch(static_cast<CudaGraph &>(graph).exec(), stream_),
                "cudaGraphLaunch");
 }

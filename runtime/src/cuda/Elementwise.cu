@@ -23,11 +23,9 @@ namespace {
 /// With kAdd, the residual add before the norm in the same pass
 /// (Device::addRmsNorm).
 /// `yBf16` (where given): y's rows in BF16 as well.
-/// B: b's kind (Operand, or PairRowsSum: the experts' rows combined as
-/// they are read).
-template <bool kAdd, class B = Operand>
+template <bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
-    rmsNormKernel(Operand x, B b, Result sumOut, Operand gamma, float eps,
+    rmsNormKernel(Operand x, Operand b, Result sumOut, Operand gamma, float eps,
                   int cols, Result y, __nv_bfloat16 *yBf16) {
   const size_t base = size_t(blockIdx.x) * cols;
   normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, [&](int c, float v) {
@@ -42,9 +40,9 @@ __global__ void __launch_bounds__(kNormThreads)
 /// arithmetic (BlockQuantize.cuh): the same codes and scales as that
 /// kernel reading y. kStaged: the row kept in shared memory for that
 /// (cols floats), else read back from y.
-template <bool kAdd, bool kStaged, class B = Operand>
+template <bool kAdd, bool kStaged>
 __global__ void __launch_bounds__(kNormThreads)
-    rmsNormQuantizeKernel(Operand x, B b, Result sumOut, Operand gamma,
+    rmsNormQuantizeKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                           float eps, int rows, int cols, float *y,
                           __nv_fp8_e4m3 *q, float *scales,
                           __nv_bfloat16 *yBf16) {
@@ -359,7 +357,7 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
 cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
     Operand x, const Operand *b, Result sum, Operand gamma, float eps, int rows,
     int cols, float *y, __nv_fp8_e4m3 *q, float *scales, cudaStream_t stream,
-    __nv_bfloat16 *yBf16, const PairRowsSum *pairs) {
+    __nv_bfloat16 *yBf16) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   const size_t stagedBytes = sizeof(float) * size_t(cols);
@@ -367,19 +365,6 @@ cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
   if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(yBf16) % 8 != 0 || (!y && !staged))
     return cudaErrorInvalidValue;
-  if (pairs) {
-    if (!b || !pairRowsSumTakes(*pairs, cols))
-      return cudaErrorInvalidValue;
-    if (!addNormTakesPairRows(rows, cols, x))
-      return cudaErrorNotSupported;
-    auto launch = [&](auto kernel) {
-      return launchOverlapped(kernel, rows, kNormThreads,
-                              staged ? stagedBytes : 0, stream, x, *pairs, sum,
-                              gamma, eps, rows, cols, y, q, scales, yBf16);
-    };
-    return staged ? launch(rmsNormQuantizeKernel<true, true, PairRowsSum>)
-                  : launch(rmsNormQuantizeKernel<true, false, PairRowsSum>);
-  }
   if (b ? normRowsByWarp(rows, cols, x, b, &sum)
         : normRowsByWarp(rows, cols, x))
     return b ? launchWarpNorm<true, true>(x, *b, sum, gamma, eps, rows, cols,
@@ -415,15 +400,6 @@ bool melt::rt::cuda::normRowsByWarp(int rows, int cols, Operand x,
          (!sum || alignedFor4(sum->data, sum->bf16));
 }
 
-bool melt::rt::cuda::pairRowsSumTakes(const PairRowsSum &p, int cols) {
-  return p.pairRows && p.indices && p.y && p.dim == cols && p.choices >= 1 &&
-         p.choices <= kPairRowsSumMaxChoices && p.experts >= 1;
-}
-
-bool melt::rt::cuda::addNormTakesPairRows(int rows, int cols, Operand x) {
-  return !normRowsByWarp(rows, cols, x);
-}
-
 bool melt::rt::cuda::normRowsStage(int cols) {
   // (Within the 48 KB a block has without asking: DeepSeek-V3's 7168
   // columns take 28.)
@@ -434,19 +410,9 @@ cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
                                        float eps, int rows, int cols,
                                        Result sum, Result y,
                                        cudaStream_t stream,
-                                       __nv_bfloat16 *yBf16,
-                                       const PairRowsSum *pairs) {
+                                       __nv_bfloat16 *yBf16) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  if (pairs) {
-    if (!pairRowsSumTakes(*pairs, cols))
-      return cudaErrorInvalidValue;
-    if (!addNormTakesPairRows(rows, cols, a))
-      return cudaErrorNotSupported;
-    return launchOverlapped(rmsNormKernel<true, PairRowsSum>, rows,
-                            kNormThreads, 0, stream, a, *pairs, sum, gamma, eps,
-                            cols, y, yBf16);
-  }
   if (normRowsByWarp(rows, cols, a, &b, &sum))
     return launchWarpNorm<true, false>(a, b, sum, gamma, eps, rows, cols, y,
                                        nullptr, nullptr, yBf16, stream);

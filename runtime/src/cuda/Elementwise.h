@@ -27,29 +27,6 @@ struct Result {
   bool bf16;
 };
 
-/// The output of a MoE layer's experts not yet combined: row t of it is
-/// the sum of token t's pairs' rows of `pairRows` ([tokens * choices, dim]
-/// routed, each already weighted), in choice order, pairs whose expert
-/// (`indices`) is outside [0, experts) left out, plus the shared expert's
-/// row of `sharedRows` where given: combinePairRowsKernel's arithmetic,
-/// bit for bit (ModelKernels.h's finishPairOutput). An add+norm may read
-/// its `b` so, writing the combined row to `y` as it goes (the experts'
-/// output, as finishPairOutput would have), one kernel for the two.
-constexpr int kPairRowsSumMaxChoices = 8;
-struct PairRowsSum {
-  const float *pairRows = nullptr;
-  const int32_t *indices = nullptr;
-  int choices = 0, experts = 0, dim = 0;
-  const float *sharedRows = nullptr;
-  float *y = nullptr;
-};
-/// Whether an add+norm of rows of `cols` values takes p as its b: its
-/// buffers given, dim == cols, 1 to kPairRowsSumMaxChoices choices.
-bool pairRowsSumTakes(const PairRowsSum &p, int cols);
-/// Whether addRmsNorm and rmsNormQuantizeRowsFp8 of `rows` rows of x (the
-/// add's other operand) take a PairRowsSum: rows a block a row.
-bool addNormTakesPairRows(int rows, int cols, Operand x);
-
 /// `yBf16` (where given): y's rows rounded to BF16 as well (a BF16
 /// product's input, beside y's own type).
 cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
@@ -62,24 +39,19 @@ cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
 /// memory where normRowsStage(cols)). y may be null where
 /// normRowsStage(cols): the rows only quantized. `yBf16` (where given,
 /// 8-byte aligned): y's rows rounded to BF16 as well.
-/// `pairs` (with b, and rows a block a row: not normRowsByWarp(rows, cols,
-/// x), else cudaErrorNotSupported with nothing launched): b's values are
-/// the uncombined experts' output it describes (PairRowsSum above).
 cudaError_t rmsNormQuantizeRowsFp8(Operand x, const Operand *b, Result sum,
                                    Operand gamma, float eps, int rows, int cols,
                                    float *y, __nv_fp8_e4m3 *q, float *scales,
                                    cudaStream_t stream,
-                                   __nv_bfloat16 *yBf16 = nullptr,
-                                   const PairRowsSum *pairs = nullptr);
+                                   __nv_bfloat16 *yBf16 = nullptr);
 /// Whether rmsNormQuantizeRowsFp8 keeps a row of `cols` in shared memory
 /// (and so can leave y out).
 bool normRowsStage(int cols);
 /// sum = a + b (as binary(Add) stores it), y = rmsNorm(sum), one pass
-/// (`yBf16` as rmsNorm's; `pairs` as rmsNormQuantizeRowsFp8's).
+/// (`yBf16` as rmsNorm's).
 cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
                        int cols, Result sum, Result y, cudaStream_t stream,
-                       __nv_bfloat16 *yBf16 = nullptr,
-                       const PairRowsSum *pairs = nullptr);
+                       __nv_bfloat16 *yBf16 = nullptr);
 
 /// y = x in y's type (rounded to BF16 where y is BF16).
 cudaError_t convert(Operand x, size_t count, Result y, cudaStream_t stream);

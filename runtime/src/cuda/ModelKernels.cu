@@ -1014,7 +1014,7 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
     float *scratch, float *y, int32_t *bad, cudaStream_t stream,
     float *pairRows, const SharedRowsExpert *shared, bool gateUpTogether,
-    bool downPairs, const RouteInExperts *route, bool combineLater) {
+    bool downPairs, const RouteInExperts *route) {
   if (route && (!routesInExpertsFit(experts, route->config) ||
                 route->config.topK != choices))
     return cudaErrorInvalidValue;
@@ -1065,8 +1065,6 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
     launch(__nv_bfloat16{}, std::false_type{});
   else
     launch(float{}, std::false_type{});
-  if (combineLater && pairRows)
-    return cudaGetLastError();
   return finishPairOutput(
       y, pairRows, indices, tokens, choices, experts, dim, stream,
       shared && pairRows ? pairRows + size_t(routedPairs) * dim : nullptr);

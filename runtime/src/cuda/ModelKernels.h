@@ -148,9 +148,6 @@ struct SharedRowsExpert {
 /// weight to route->indices and route->weights (`indices` and `weights`
 /// must be those), where the down kernel and the combine read them: the
 /// route's own launch, and the wait for it, are off the step's path.
-/// `combineLater` (with pairRows): y is left to the caller, who adds the
-/// pairs' rows as finishPairOutput would (an add+norm reading them through
-/// Elementwise.h's PairRowsSum).
 /// Needs at most kRouteInExpertsMax experts (a thread of a block each) and
 /// routeExperts' limits on groups and choices.
 constexpr int kRouteInExpertsMax = 256;
@@ -158,14 +155,16 @@ struct RouteInExperts {
   const float *logits = nullptr, *bias = nullptr;
   RouterConfig config{};
 };
-cudaError_t moeExpertsRowwise(
-    const float *x, const int32_t *indices, const float *weights,
-    const void *gate, const void *up, const void *down, bool bf16Weights,
-    int tokens, int choices, int experts, int inter, int dim, bool combineBf16,
-    float *scratch, float *y, int32_t *bad, cudaStream_t stream,
-    float *pairRows = nullptr, const SharedRowsExpert *shared = nullptr,
-    bool gateUpTogether = true, bool downPairs = true,
-    const RouteInExperts *route = nullptr, bool combineLater = false);
+cudaError_t moeExpertsRowwise(const float *x, const int32_t *indices,
+                              const float *weights, const void *gate,
+                              const void *up, const void *down,
+                              bool bf16Weights, int tokens, int choices,
+                              int experts, int inter, int dim, bool combineBf16,
+                              float *scratch, float *y, int32_t *bad,
+                              cudaStream_t stream, float *pairRows = nullptr,
+                              const SharedRowsExpert *shared = nullptr,
+                              bool gateUpTogether = true, bool downPairs = true,
+                              const RouteInExperts *route = nullptr);
 /// Whether moeExpertsRowwise's `route` takes `experts` experts routed as
 /// `config` says.
 bool routesInExpertsFit(int experts, const RouterConfig &config);

@@ -755,7 +755,7 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
     int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
     int32_t *bad, cudaStream_t stream, float *pairRows,
     const SharedFp8Expert *shared, bool tiles, bool oneWave,
-    const RouteInExperts *route, bool combineLater) {
+    const RouteInExperts *route) {
   if (route &&
       (!tiles || !oneWave || !routesInExpertsFit(experts, route->config) ||
        route->config.topK != choices))
@@ -836,8 +836,6 @@ cudaError_t melt::rt::cuda::moeExpertsFp8Rowwise(
   };
   if ((e = tiles ? launchTiles() : launchRows()) != cudaSuccess)
     return e;
-  if (combineLater && pairRows)
-    return cudaSuccess;
   return finishPairOutput(
       y, pairRows, indices, tokens, choices, experts, dim, stream,
       shared && pairRows ? pairRows + size_t(routedPairs) * dim : nullptr);

@@ -71,16 +71,14 @@ bool moeFp8RowwiseFits(int inter, int dim);
 /// `route` (with `tiles` and `oneWave`): the call routes its tokens
 /// itself, as moeExpertsRowwise's `route` (ModelKernels.h): each gate/up
 /// block routes its token, the first block of each pair writes the pair's
-/// choice and weight to `indices` and `weights`. `combineLater`: as
-/// moeExpertsRowwise's.
+/// choice and weight to `indices` and `weights`.
 cudaError_t moeExpertsFp8Rowwise(
     const float *x, const int32_t *indices, const float *weights,
     const ExpertStacks &stacks, int tokens, int choices, int experts, int inter,
     int dim, bool combineBf16, bool quantizeX, float *scratch, float *y,
     int32_t *bad, cudaStream_t stream, float *pairRows = nullptr,
     const SharedFp8Expert *shared = nullptr, bool tiles = true,
-    bool oneWave = true, const RouteInExperts *route = nullptr,
-    bool combineLater = false);
+    bool oneWave = true, const RouteInExperts *route = nullptr);
 
 } // namespace melt::rt::cuda
 

@@ -26,52 +26,15 @@ namespace melt::rt::cuda {
 /// rows in such batches, twice.
 constexpr int kNormThreads = 256, kNormBatch = 8;
 
-/// Value i of b: an operand's, or the combined experts' output that
-/// PairRowsSum describes (written to its y where `write`): its token's
-/// pairs' rows in choice order, then the shared expert's row, as
-/// combinePairRowsKernel adds them (every load issued before the adds).
-__device__ __forceinline__ float addendValue(Operand b, size_t i, bool) {
-  return load(b, i);
-}
-__device__ __forceinline__ float addendValue(const PairRowsSum &p, size_t i,
-                                             bool write) {
-  constexpr int kMaxChoices = kPairRowsSumMaxChoices;
-  const int t = int(i / p.dim), d = int(i % p.dim);
-  float part[kMaxChoices];
-  unsigned taken = 0;
-#pragma unroll
-  for (int k = 0; k < kMaxChoices; ++k) {
-    part[k] = 0.f;
-    if (k < p.choices) {
-      const int pair = t * p.choices + k, e = p.indices[pair];
-      if (e >= 0 && e < p.experts) {
-        part[k] = p.pairRows[size_t(pair) * p.dim + d];
-        taken |= 1u << k;
-      }
-    }
-  }
-  const float shared = p.sharedRows ? p.sharedRows[i] : 0.f;
-  float sum = 0.f;
-#pragma unroll
-  for (int k = 0; k < kMaxChoices; ++k)
-    if (taken & (1u << k))
-      sum += part[k];
-  if (p.sharedRows)
-    sum += shared;
-  if (write)
-    p.y[i] = sum;
-  return sum;
-}
-
 /// A row's value: x, or with kAdd the residual sum x + b as add() stores
 /// it in `sum` (rounded to BF16 where sum is BF16), written once.
-template <bool kAdd, class B = Operand>
-__device__ __forceinline__ float rowValue(Operand x, const B &b, Result sum,
+template <bool kAdd>
+__device__ __forceinline__ float rowValue(Operand x, Operand b, Result sum,
                                           size_t i, bool write) {
   if constexpr (!kAdd) {
     return load(x, i);
   } else {
-    float v = load(x, i) + addendValue(b, i, write);
+    float v = load(x, i) + load(b, i);
     if (write)
       store(sum, i, v);
     return sum.bf16 ? __bfloat162float(__float2bfloat16(v)) : v;
@@ -83,8 +46,8 @@ __device__ __forceinline__ float rowValue(Operand x, const B &b, Result sum,
 /// times the reciprocal RMS times gamma[c] goes to write(c, value). Waits
 /// for the kernel ahead (awaitPriorKernels) once the gammas of a row held
 /// in registers are loaded (they are weights).
-template <bool kAdd, class Write, class B = Operand>
-__device__ __forceinline__ void normRow(Operand x, const B &b, Result sumOut,
+template <bool kAdd, class Write>
+__device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
                                         Operand gamma, float eps, int cols,
                                         size_t base, Write write) {
   const bool inRegisters = cols <= kNormBatch * kNormThreads;
@@ -101,8 +64,7 @@ __device__ __forceinline__ void normRow(Operand x, const B &b, Result sumOut,
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
       int c = start + u * kNormThreads + threadIdx.x;
-      kept[u] =
-          c < cols ? rowValue<kAdd, B>(x, b, sumOut, base + c, true) : 0.f;
+      kept[u] = c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, true) : 0.f;
     }
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u)
@@ -129,7 +91,7 @@ __device__ __forceinline__ void normRow(Operand x, const B &b, Result sumOut,
         int c = start + u * kNormThreads + threadIdx.x;
         g[u] = c < cols ? load(gamma, c) : 0.f;
         kept[u] =
-            c < cols ? rowValue<kAdd, B>(x, b, sumOut, base + c, false) : 0.f;
+            c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, false) : 0.f;
       }
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
