@@ -46,7 +46,15 @@ __device__ __forceinline__ float rowValue(Operand x, Operand b, Result sum,
 /// times the reciprocal RMS times gamma[c] goes to write(c, value). Waits
 /// for the kernel ahead (awaitPriorKernels) once the gammas of a row held
 /// in registers are loaded (they are weights).
-template <bool kAdd, class Write>
+///
+/// kLoadsFirst (with kAdd): every x and b of a batch loaded before any of
+/// its sums is stored. In rowValue's order each value's sum is stored
+/// before the next value's loads, and the compiler keeps loads behind a
+/// store to memory it cannot tell apart (the PTX of rmsNormKernel<true>:
+/// eight loads, store, loads, store...): a memory round trip per value of
+/// the thread, where the norms without the add issue all their loads at
+/// once. The same values and stores either way.
+template <bool kAdd, bool kLoadsFirst = false, class Write>
 __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
                                         Operand gamma, float eps, int cols,
                                         size_t base, Write write) {
@@ -61,10 +69,27 @@ __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
   awaitPriorKernels();
   float sum = 0.f;
   for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
+    if constexpr (kAdd && kLoadsFirst) {
+      float added[kNormBatch];
 #pragma unroll
-    for (int u = 0; u < kNormBatch; ++u) {
-      int c = start + u * kNormThreads + threadIdx.x;
-      kept[u] = c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, true) : 0.f;
+      for (int u = 0; u < kNormBatch; ++u) {
+        int c = start + u * kNormThreads + threadIdx.x;
+        added[u] = c < cols ? load(x, base + c) + load(b, base + c) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kNormBatch; ++u) {
+        int c = start + u * kNormThreads + threadIdx.x;
+        if (c < cols)
+          store(sumOut, base + c, added[u]);
+        kept[u] = sumOut.bf16 ? __bfloat162float(__float2bfloat16(added[u]))
+                              : added[u];
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < kNormBatch; ++u) {
+        int c = start + u * kNormThreads + threadIdx.x;
+        kept[u] = c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, true) : 0.f;
+      }
     }
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u)
