@@ -4,15 +4,16 @@
 // (the activations rounded to BF16, then GemmRunner::bf16, as the device
 // ran them before), each with an FP8 weight from F32 x (Fp8SmallM.h: the
 // runner's choice and the few-tokens kernel), the routed experts row by
-// row (ModelKernels.h) and
-// grouped by expert on the device (MoeByExpert.h), absorbed MLA split over
-// the sequence (MlaSplit.h), the router's scores (its gate in F32 and in
-// BF16, a decode step's rows to a prefill's) and choice, and the greedy
-// argmax.
-// Figures: microseconds and the bytes each must read (weights, cache rows) per
-// second, beside the copy bandwidth measured in the same run. Weights are
-// cycled through several copies, so that no call finds them in the 50 MB L2
-// left by the previous one. One JSON line each.
+// row (ModelKernels.h) and grouped by expert on the device (MoeByExpert.h),
+// absorbed MLA split over the sequence (MlaSplit.h), a batch-1 step's
+// fused MLA decode (MlaDecodeFused.h), the router's scores (its gate in
+// F32 and in BF16, a decode step's rows to a prefill's) and choice, and
+// the greedy argmax.
+// Figures: microseconds and the bytes each must read (weights, cache rows)
+// per second, beside the copy bandwidth measured in the same run. Weights
+// are cycled through several copies, so that no call finds them in the
+// 50 MB L2 left by the previous one (the fused MLA decode's also one copy
+// read again: "hot"). One JSON line each.
 //
 //   melt-bench-decode-kernels [--iters N]
 #include "cuda/Elementwise.h"
