@@ -78,6 +78,15 @@ uint8_t *deviceFp8(size_t n, uint32_t seed) {
   return p;
 }
 
+/// `values` on the device (a layout's table, a step's choices).
+int32_t *deviceInts(const std::vector<int32_t> &values) {
+  int32_t *p = nullptr;
+  CHECK(cudaMalloc(&p, values.size() * 4));
+  CHECK(
+      cudaMemcpy(p, values.data(), values.size() * 4, cudaMemcpyHostToDevice));
+  return p;
+}
+
 /// Copies of a weight of `bytes`, enough to leave L2 behind.
 int copiesFor(size_t bytes) {
   return int(
@@ -338,10 +347,7 @@ int main(int argc, char **argv) {
       std::vector<int32_t> chosen(static_cast<size_t>(tokens) * choices);
       for (size_t i = 0; i < chosen.size(); ++i)
         chosen[i] = int32_t((i * 37 + i / choices * 11) % experts);
-      int32_t *indices = nullptr, *bad = nullptr;
-      CHECK(cudaMalloc(&indices, chosen.size() * 4));
-      CHECK(cudaMemcpy(indices, chosen.data(), chosen.size() * 4,
-                       cudaMemcpyHostToDevice));
+      int32_t *indices = deviceInts(chosen), *bad = nullptr;
       CHECK(cudaMalloc(&bad, 4));
       CHECK(cudaMemset(bad, 0, 4));
       float *x = deviceValues<float>(size_t(tokens) * dim, 5);
@@ -444,14 +450,9 @@ int main(int argc, char **argv) {
         std::iota(table.begin(), table.end(), 0);
         std::iota(sequences.begin(), sequences.end(), 0);
         std::fill(positions.begin(), positions.end(), context - 1);
-        auto upload = [](const std::vector<int32_t> &v) {
-          int32_t *p = nullptr;
-          CHECK(cudaMalloc(&p, v.size() * 4));
-          CHECK(cudaMemcpy(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
-          return p;
-        };
-        PagedLayout layout{upload(positions), upload(sequences), upload(table),
-                           upload(lengths),   perSequence,       batch,
+        PagedLayout layout{deviceInts(positions), deviceInts(sequences),
+                           deviceInts(table),     deviceInts(lengths),
+                           perSequence,           batch,
                            pages * kPageRows};
         float *cache =
             deviceValues<float>(size_t(pages) * kPageRows * width, 1);
@@ -511,15 +512,9 @@ int main(int argc, char **argv) {
       std::iota(table.begin(), table.end(), 0);
       const std::vector<int32_t> positions = {context - 1}, sequences = {0},
                                  lengths = {context};
-      auto upload = [](const std::vector<int32_t> &v) {
-        int32_t *p = nullptr;
-        CHECK(cudaMalloc(&p, v.size() * 4));
-        CHECK(cudaMemcpy(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
-        return p;
-      };
       PagedLayout layout{
-          upload(positions),      upload(sequences), upload(table),
-          upload(lengths),        perSequence,       1,
+          deviceInts(positions),  deviceInts(sequences), deviceInts(table),
+          deviceInts(lengths),    perSequence,           1,
           perSequence * kPageRows};
       auto *cache = deviceValues<__nv_bfloat16>(
           size_t(perSequence) * kPageRows * width, 1);
