@@ -16,6 +16,14 @@
 // --hot reads one copy of each weight every call (in L2 where it fits:
 // what the products cost apart from the weights' trip from memory).
 //
+// Each shape's FP8 weight bytes are also read alone, with nothing else to
+// do ("read_floor": a kernel that loads them 16 bytes at a time, the
+// fastest of four grid sizes, the same copies in turn): launched plainly,
+// each waiting for the last (a dependent chain's floor), and launched to
+// start early, its loads before the wait (the floor with the launch and
+// ramp hidden, as the runtime's kernels load their weights). What share
+// of copy a product of these bytes could reach as one launch.
+//
 // --mini takes the shapes of the `mini` model's FP8 products instead (the
 // fused down projection, q_b, o_proj, the dense MLP's gate/up and its down
 // with K padded to 11264), for M in {1, 16, 32, 64}: what its decode steps
@@ -23,6 +31,7 @@
 //
 //   melt-bench-gemm [--iters N] [--quick] [--mini] [--large] [--small]
 //                   [--hot]
+#include "cuda/DependentLaunch.cuh"
 #include "cuda/Energy.h"
 #include "cuda/Fp8SplitKWgmma.h"
 #include "cuda/Gemm.h"
@@ -62,6 +71,79 @@ __global__ void fillFloats(float *data, size_t n, float value) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x)
     data[i] = value * (1 + (i % 7) * 0.01f);
+}
+
+/// Reads n16 16-byte pieces of w (grid-stride, four in flight a thread);
+/// kEarly: every load before awaitPriorKernels (launched to start early),
+/// else after it. The sink is written only if the bytes' XOR is one value,
+/// so that the loads stay.
+template <bool kEarly>
+__global__ void readBytesKernel(const uint4 *w, size_t n16, unsigned *sink) {
+  if (!kEarly)
+    melt::rt::cuda::awaitPriorKernels();
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  uint32_t acc = 0;
+  for (; i + 3 * stride < n16; i += 4 * stride) {
+    const uint4 a = w[i], b = w[i + stride], c = w[i + 2 * stride],
+                d = w[i + 3 * stride];
+    acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^
+           c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 a = w[i];
+    acc ^= a.x ^ a.y ^ a.z ^ a.w;
+  }
+  if (kEarly)
+    melt::rt::cuda::awaitPriorKernels();
+  if (acc == 0x9e3779b9u)
+    atomicAdd(sink, 1u);
+}
+
+/// Prints {"what": "read_floor", ...}: the fastest of 1, 2, 4 and 8 blocks
+/// an SM reading `bytes` of each of the copies in turn, plainly and early.
+void printReadFloor(const char *shape, const std::vector<uint8_t *> &copies,
+                    size_t bytes, int sms, int iters) {
+  unsigned *sink;
+  CHECK(cudaMalloc(&sink, sizeof(unsigned)));
+  const size_t n16 = bytes / 16;
+  auto fastest = [&](bool early, int &bestBlocks) {
+    float best = 0;
+    for (int perSm : {1, 2, 4, 8}) {
+      const int blocks = perSm * sms;
+      const float ms = melt::bench::timeMs(
+          benchName,
+          [&](int i) {
+            const auto *w =
+                reinterpret_cast<const uint4 *>(copies[i % copies.size()]);
+            if (early)
+              CHECK(melt::rt::cuda::launchOverlapped(readBytesKernel<true>,
+                                                     dim3(blocks), dim3(256), 0,
+                                                     nullptr, w, n16, sink));
+            else
+              readBytesKernel<false><<<blocks, 256>>>(w, n16, sink);
+          },
+          iters);
+      if (best == 0 || ms < best) {
+        best = ms;
+        bestBlocks = blocks;
+      }
+    }
+    return best;
+  };
+  int plainBlocks = 0, earlyBlocks = 0;
+  const float plainMs = fastest(false, plainBlocks);
+  const float earlyMs = fastest(true, earlyBlocks);
+  CHECK(cudaGetLastError());
+  std::printf("{\"what\": \"read_floor\", \"shape\": \"%s\", \"bytes\": %zu, "
+              "\"copies\": %zu, \"plain_us\": %.1f, \"plain_GBps\": %.1f, "
+              "\"plain_blocks\": %d, \"early_us\": %.1f, \"early_GBps\": "
+              "%.1f, \"early_blocks\": %d}\n",
+              shape, bytes, copies.size(), plainMs * 1e3,
+              bytes / (plainMs * 1e-3) / 1e9, plainBlocks, earlyMs * 1e3,
+              bytes / (earlyMs * 1e-3) / 1e9, earlyBlocks);
+  std::fflush(stdout);
+  CHECK(cudaFree(sink));
 }
 
 int main(int argc, char **argv) {
@@ -143,6 +225,13 @@ int main(int argc, char **argv) {
                                c + 1, 0x77);
       fillBytes<<<1024, 256>>>(reinterpret_cast<uint8_t *>(w16[c]),
                                weightBytes * 2, c + 7, 0x3f);
+    }
+    {
+      std::vector<uint8_t *> bytes;
+      for (__nv_fp8_e4m3 *w : w8)
+        bytes.push_back(reinterpret_cast<uint8_t *>(w));
+      printReadFloor(shape.name, bytes, weightBytes, prop.multiProcessorCount,
+                     iters);
     }
     for (int m : ms) {
       size_t xValues = size_t(m) * shape.k;

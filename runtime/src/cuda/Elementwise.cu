@@ -20,31 +20,19 @@ using namespace melt::rt::cuda;
 
 namespace {
 
-/// Whether the add+norms a block a row load every value of a batch before
-/// storing its sums (normRow's kLoadsFirst; MELT_CUDA_NORM_LOADS_FIRST=1).
-/// Off by default: written in session 37 after its GPU time was spent,
-/// not yet run on a GPU.
-bool normLoadsFirst() {
-  static const bool first =
-      melt::rt::envSwitch("MELT_CUDA_NORM_LOADS_FIRST", false);
-  return first;
-}
-
 /// With kAdd, the residual add before the norm in the same pass
 /// (Device::addRmsNorm).
 /// `yBf16` (where given): y's rows in BF16 as well.
-/// kLoadsFirst: normRow's (MELT_CUDA_NORM_LOADS_FIRST).
-template <bool kAdd, bool kLoadsFirst = false>
+template <bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormKernel(Operand x, Operand b, Result sumOut, Operand gamma, float eps,
                   int cols, Result y, __nv_bfloat16 *yBf16) {
   const size_t base = size_t(blockIdx.x) * cols;
-  normRow<kAdd, kLoadsFirst>(x, b, sumOut, gamma, eps, cols, base,
-                             [&](int c, float v) {
-                               store(y, base + c, v);
-                               if (yBf16)
-                                 yBf16[base + c] = __float2bfloat16(v);
-                             });
+  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, [&](int c, float v) {
+    store(y, base + c, v);
+    if (yBf16)
+      yBf16[base + c] = __float2bfloat16(v);
+  });
 }
 
 /// rmsNormKernel into F32 y (where given), then the block quantizes the
@@ -52,7 +40,7 @@ __global__ void __launch_bounds__(kNormThreads)
 /// arithmetic (BlockQuantize.cuh): the same codes and scales as that
 /// kernel reading y. kStaged: the row kept in shared memory for that
 /// (cols floats), else read back from y.
-template <bool kAdd, bool kStaged, bool kLoadsFirst = false>
+template <bool kAdd, bool kStaged>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormQuantizeKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                           float eps, int rows, int cols, float *y,
@@ -61,13 +49,12 @@ __global__ void __launch_bounds__(kNormThreads)
   extern __shared__ float4 stagedRow[];
   float *staged = reinterpret_cast<float *>(stagedRow);
   const size_t base = size_t(blockIdx.x) * cols;
-  normRow<kAdd, kLoadsFirst>(x, b, sumOut, gamma, eps, cols, base,
-                             [&](int c, float v) {
-                               if constexpr (kStaged)
-                                 staged[c] = v;
-                               if (y)
-                                 y[base + c] = v;
-                             });
+  normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, [&](int c, float v) {
+    if constexpr (kStaged)
+      staged[c] = v;
+    if (y)
+      y[base + c] = v;
+  });
   __syncthreads(); // the row written, for every thread of the block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int blk = warp; blk < cols / 128; blk += kNormThreads / 32) {
@@ -395,9 +382,6 @@ cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
                                 Result{nullptr, false}, gamma, eps, rows, cols,
                                 y, q, scales, yBf16);
   };
-  if (b && normLoadsFirst())
-    return staged ? launch(rmsNormQuantizeKernel<true, true, true>)
-                  : launch(rmsNormQuantizeKernel<true, false, true>);
   if (b)
     return staged ? launch(rmsNormQuantizeKernel<true, true>)
                   : launch(rmsNormQuantizeKernel<true, false>);
@@ -432,9 +416,8 @@ cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
   if (normRowsByWarp(rows, cols, a, &b, &sum))
     return launchWarpNorm<true, false>(a, b, sum, gamma, eps, rows, cols, y,
                                        nullptr, nullptr, yBf16, stream);
-  return launchOverlapped(
-      normLoadsFirst() ? rmsNormKernel<true, true> : rmsNormKernel<true, false>,
-      rows, kNormThreads, 0, stream, a, b, sum, gamma, eps, cols, y, yBf16);
+  return launchOverlapped(rmsNormKernel<true>, rows, kNormThreads, 0, stream, a,
+                          b, sum, gamma, eps, cols, y, yBf16);
 }
 
 cudaError_t melt::rt::cuda::binary(Binary op, Operand a, Operand b,

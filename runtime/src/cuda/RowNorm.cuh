@@ -26,17 +26,16 @@ namespace melt::rt::cuda {
 /// rows in such batches, twice.
 constexpr int kNormThreads = 256, kNormBatch = 8;
 
-/// A row's value: x, or with kAdd the residual sum x + b as add() stores
-/// it in `sum` (rounded to BF16 where sum is BF16), written once.
+/// A row's value read again (normRow's second pass over a long row): x,
+/// or with kAdd the residual sum x + b as add() stored it in `sum`
+/// (rounded to BF16 where sum is BF16).
 template <bool kAdd>
 __device__ __forceinline__ float rowValue(Operand x, Operand b, Result sum,
-                                          size_t i, bool write) {
+                                          size_t i) {
   if constexpr (!kAdd) {
     return load(x, i);
   } else {
     float v = load(x, i) + load(b, i);
-    if (write)
-      store(sum, i, v);
     return sum.bf16 ? __bfloat162float(__float2bfloat16(v)) : v;
   }
 }
@@ -47,29 +46,31 @@ __device__ __forceinline__ float rowValue(Operand x, Operand b, Result sum,
 /// for the kernel ahead (awaitPriorKernels) once the gammas of a row held
 /// in registers are loaded (they are weights).
 ///
-/// kLoadsFirst (with kAdd): every x and b of a batch loaded before any of
-/// its sums is stored. In rowValue's order each value's sum is stored
-/// before the next value's loads, and the compiler keeps loads behind a
-/// store to memory it cannot tell apart (the PTX of rmsNormKernel<true>:
-/// eight loads, store, loads, store...): a memory round trip per value of
-/// the thread, where the norms without the add issue all their loads at
-/// once. The same values and stores either way.
-template <bool kAdd, bool kLoadsFirst = false, class Write>
+/// With kAdd, every x and b of a batch is loaded before any of its sums
+/// is stored: a loop that stores each value's sum before the next value's
+/// loads keeps those loads behind the store (the compiler cannot tell the
+/// sum's memory from x's or b's; its PTX: eight loads, store, loads,
+/// store...), a memory round trip per value of the thread, where the norms
+/// without the add issue all their loads at once. Loading first took mini's
+/// batch-1 step from 741 to 722 us (bf16) and 634 to 613 us (FP8) on an
+/// H200 (session 38).
+template <bool kAdd, class Write>
 __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
                                         Operand gamma, float eps, int cols,
                                         size_t base, Write write) {
   const bool inRegisters = cols <= kNormBatch * kNormThreads;
   float kept[kNormBatch], g[kNormBatch];
-  if (inRegisters)
+  if (inRegisters) {
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
       int c = u * kNormThreads + threadIdx.x;
       g[u] = c < cols ? load(gamma, c) : 0.f;
     }
+  }
   awaitPriorKernels();
   float sum = 0.f;
   for (int start = 0; start < cols; start += kNormBatch * kNormThreads) {
-    if constexpr (kAdd && kLoadsFirst) {
+    if constexpr (kAdd) {
       float added[kNormBatch];
 #pragma unroll
       for (int u = 0; u < kNormBatch; ++u) {
@@ -88,7 +89,7 @@ __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
 #pragma unroll
       for (int u = 0; u < kNormBatch; ++u) {
         int c = start + u * kNormThreads + threadIdx.x;
-        kept[u] = c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, true) : 0.f;
+        kept[u] = c < cols ? load(x, base + c) : 0.f;
       }
     }
 #pragma unroll
@@ -115,8 +116,7 @@ __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
       for (int u = 0; u < kNormBatch; ++u) {
         int c = start + u * kNormThreads + threadIdx.x;
         g[u] = c < cols ? load(gamma, c) : 0.f;
-        kept[u] =
-            c < cols ? rowValue<kAdd>(x, b, sumOut, base + c, false) : 0.f;
+        kept[u] = c < cols ? rowValue<kAdd>(x, b, sumOut, base + c) : 0.f;
       }
 #pragma unroll
     for (int u = 0; u < kNormBatch; ++u) {
