@@ -192,12 +192,18 @@ public:
 
   // Side branches (SideBranches.h): calls a device may run beside the
   // ones that follow them, e.g. as a recorded graph's second branch.
-  // markBranch() comes after the calls that make a branch's inputs;
-  // between enterBranch() and leaveBranch() a branch call, which reads
-  // nothing made after the mark and whose results nothing reads before
-  // joinBranch(), called before the first reader. A device that runs
-  // every call in order (the default) ignores them.
-  virtual Status markBranch() { return Status::ok(); }
+  // markBranch() comes after the calls that make a branch's inputs
+  // (`reads`: their memory, where made, for a device that holds a call
+  // back to launch it with a later one: it launches the call first where
+  // the branch reads what the call writes); between enterBranch() and
+  // leaveBranch() a branch call, which reads nothing made after the mark
+  // and whose results nothing reads before joinBranch(), called before the
+  // first reader. A device that runs every call in order (the default)
+  // ignores them.
+  virtual Status markBranch(const std::vector<DeviceTensor> &reads = {}) {
+    (void)reads;
+    return Status::ok();
+  }
   virtual Status enterBranch() { return Status::ok(); }
   virtual void leaveBranch() {}
   virtual Status joinBranch() { return Status::ok(); }
@@ -410,9 +416,9 @@ public:
   /// reads `indices` and `weights`: the executor calls this in place of
   /// routeExperts only where that call comes later in the step and nothing
   /// else reads them (RoutesInExperts.h), and `logits` lives until then
-  /// (the step's scratch). A device whose one-token expert kernels route their token
-  /// themselves then routes there, the route's own launch and the wait for
-  /// it off the step's path; the choices and weights are routeExperts',
+  /// (the step's scratch). A device whose one-token expert kernels route their
+  /// token themselves then routes there, the route's own launch and the wait
+  /// for it off the step's path; the choices and weights are routeExperts',
   /// written where it writes them. The default routes here.
   virtual Status routeInExperts(const DeviceTensor &logits,
                                 const DeviceTensor *bias,

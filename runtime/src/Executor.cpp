@@ -488,6 +488,8 @@ Status DeviceModel::create(const Model &model, Device &device,
     for (SharedExpertFusion &f :
          findSharedExpertFusions(m, *dm.forward_, folds)) {
       const uint32_t first = f.kernels.front();
+      for (uint32_t k : f.kernels)
+        dm.sharedExpertGroupOf_[k] = first;
       dm.sharedExperts_[first] = std::move(f);
     }
   // Routers whose choices their experts' call alone reads: the device may
@@ -577,6 +579,17 @@ Status DeviceModel::create(const Model &model, Device &device,
       dm.branchKernels_.insert(b.kernels.begin(), b.kernels.end());
       dm.branchMarks_.insert(b.markBefore);
       dm.branchJoins_.insert(b.join);
+      std::set<uint32_t> made;
+      for (uint32_t k : b.kernels)
+        if (const auto *outputs = m.kernels()->Get(k)->outputs())
+          made.insert(outputs->begin(), outputs->end());
+      std::vector<DeviceModel::BranchInput> &inputs =
+          dm.branchInputs_[b.markBefore];
+      for (uint32_t k : b.kernels)
+        if (const auto *read = m.kernels()->Get(k)->inputs())
+          for (uint32_t id : *read)
+            if (!made.count(id))
+              inputs.push_back({k, id});
     }
   out = std::move(result);
   return Status::ok();
@@ -1102,6 +1115,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         values.letGo(entry.second);
     }
   } heldQueries{values, {}};
+  // Side branches' kernels whose experts' call takes them (markBranch).
+  std::set<uint32_t> inSharedCall;
   for (uint32_t at = 0; at < order.size(); ++at) {
     const uint32_t k = order[at];
     if (pruned && !onRows && (only.kernels.count(k) || k == logitsKernel)) {
@@ -1111,8 +1126,24 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     }
     if (dm.joinsBranch(k))
       MELT_RETURN_IF_ERROR(device.joinBranch());
-    if (dm.marksBranch(k))
-      MELT_RETURN_IF_ERROR(device.markBranch());
+    if (dm.marksBranch(k)) {
+      // What the branch's kernels read, but for a shared expert's that its
+      // experts' call will run (not in the branch).
+      std::vector<DeviceTensor> reads;
+      std::map<const SharedExpertFusion *, bool> taken; // (asked once)
+      for (const DeviceModel::BranchInput &in : dm.branchInputs(k)) {
+        const SharedExpertFusion *group = dm.sharedExpertGroupOf(in.kernel);
+        if (group && !taken.count(group))
+          taken[group] = takesSharedCall(group->kernels.front(), rows);
+        if (group && taken[group]) {
+          inSharedCall.insert(in.kernel);
+          continue;
+        }
+        if (const DeviceTensor *t = findValue(in.value, onRows))
+          reads.push_back(*t);
+      }
+      MELT_RETURN_IF_ERROR(device.markBranch(reads));
+    }
     if (k == doneNorm)
       MELT_RETURN_IF_ERROR(gatherMadeBy(k));
     if (dm.skips(k) || k == doneNorm || inCall.count(k)) // done elsewhere
@@ -1142,6 +1173,11 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       }
     } branchCalls;
     if (dm.inBranch(k)) {
+      // (Its reads were left out of the fork's: its call was to take it.)
+      if (inSharedCall.count(k))
+        return invalidArtifact(kernelName(k, *m.kernels()->Get(k)) +
+                               ": a shared expert's kernel runs in a side "
+                               "branch its experts' call was to take");
       MELT_RETURN_IF_ERROR(device.enterBranch());
       branchCalls.device = &device;
     }

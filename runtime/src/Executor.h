@@ -110,6 +110,12 @@ public:
     return it == sharedExperts_.end() ? nullptr : &it->second;
   }
   size_t sharedExpertGroups() const { return sharedExperts_.size(); }
+  /// The shared-expert group kernel k belongs to; null if none.
+  const SharedExpertFusion *sharedExpertGroupOf(uint32_t k) const {
+    auto it = sharedExpertGroupOf_.find(k);
+    return it == sharedExpertGroupOf_.end() ? nullptr
+                                            : sharedExpertsFrom(it->second);
+  }
 
   /// Whether MoERouter kernel k's choices go through
   /// Device::routeInExperts, its experts' call alone reading them
@@ -137,6 +143,16 @@ public:
   bool marksBranch(uint32_t k) const { return branchMarks_.count(k) != 0; }
   bool joinsBranch(uint32_t k) const { return branchJoins_.count(k) != 0; }
   size_t sideBranches() const { return branchJoins_.size(); }
+  /// A value a side branch's kernel reads.
+  struct BranchInput {
+    uint32_t kernel, value;
+  };
+  /// The values read by the branch whose fork is marked before kernel k.
+  const std::vector<BranchInput> &branchInputs(uint32_t k) const {
+    static const std::vector<BranchInput> none;
+    auto it = branchInputs_.find(k);
+    return it == branchInputs_.end() ? none : it->second;
+  }
 
   /// The kernels whose results reach only the logits (LogitOnlyKernels.h;
   /// MELT_LOGIT_ROWS_ONLY=0 finds none): a step that wants a few rows'
@@ -181,6 +197,12 @@ private:
   std::set<uint32_t> routesInExperts_;
   std::map<uint32_t, MlaQueryFusion> mlaQuerySplits_, mlaQueries_;
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
+  /// By the kernel a fork is marked before: the values its branch's
+  /// kernels read that are made outside it.
+  std::map<uint32_t, std::vector<BranchInput>> branchInputs_;
+  /// Each kernel of a shared-expert group (sharedExperts_): the group's
+  /// first kernel.
+  std::map<uint32_t, uint32_t> sharedExpertGroupOf_;
   LogitOnlyKernels logitOnly_;
   std::map<uint32_t, DType> cacheTypes_;
   /// Sessions open and close on any thread (the C API's handles).

@@ -5,12 +5,14 @@
 // allows; a GPU runs them at any time in between) gives the logits of the
 // one that runs every call in order, bit for bit. That device also checks
 // that a branch call reads only memory made before the branch's mark or
-// by the branch itself (what a second stream may read), and that no other
-// call happens inside a branch. Memory released stays reserved to the end
-// (as a recorded graph's does), and new F32 memory is NaN, so that a
-// reader of a branch value before the join would show in the logits.
-// Needs MELT_TEST_FP8_POLICY_ARTIFACT and MELT_TEST_FP8_POLICY_CHECKPOINT
-// (v3-tiny compiled with --precision=deepseek-v3).
+// by the branch itself (what a second stream may read), the former among
+// what the mark says the branch reads (a device holding a call back until
+// a later one, the CUDA device's one-row norms, relies on that list), and that
+// no other call happens inside a branch. Memory released stays reserved to the
+// end (as a recorded graph's does), and new F32 memory is NaN, so that a reader
+// of a branch value before the join would show in the logits. Needs
+// MELT_TEST_FP8_POLICY_ARTIFACT and MELT_TEST_FP8_POLICY_CHECKPOINT (v3-tiny
+// compiled with --precision=deepseek-v3).
 #include "SideBranches.h"
 #include "CpuDevice.h"
 #include "Executor.h"
@@ -62,9 +64,10 @@ public:
     t.data = nullptr;
   }
 
-  Status markBranch() override {
+  Status markBranch(const std::vector<DeviceTensor> &reads) override {
     ++marks;
     markSequence_ = sequence_;
+    markReads_ = reads;
     return Status::ok();
   }
   Status enterBranch() override {
@@ -209,7 +212,7 @@ public:
   }
 
   int marks = 0, joins = 0, deferredCalls = 0, strayCalls = 0,
-      unorderedReads = 0;
+      unorderedReads = 0, undeclaredReads = 0;
 
 private:
   struct Made {
@@ -228,10 +231,31 @@ private:
       return true;
     return it->second.sequence <= markSequence_ || it->second.byBranch;
   }
+  /// Whether t is memory the executor made before the mark, outside every
+  /// value the mark said the branch reads (a device holding a call back
+  /// to the branch's fork relies on that list).
+  bool undeclared(const DeviceTensor &t) const {
+    const char *p = static_cast<const char *>(t.data);
+    auto it = made_.upper_bound(p);
+    if (it == made_.begin() ||
+        p >= std::prev(it)->first + std::prev(it)->second.bytes)
+      return false; // not the executor's memory
+    --it;
+    if (it->second.byBranch || it->second.sequence > markSequence_)
+      return false;
+    for (const DeviceTensor &r : markReads_) {
+      const char *q = static_cast<const char *>(r.data);
+      if (q && p >= q && p + t.bytes() <= q + r.bytes())
+        return false;
+    }
+    return true;
+  }
   Status defer(std::initializer_list<DeviceTensor> inputs,
                std::function<Status()> call) {
-    for (const DeviceTensor &t : inputs)
+    for (const DeviceTensor &t : inputs) {
       unorderedReads += !readable(t);
+      undeclaredReads += undeclared(t);
+    }
     ++deferredCalls;
     deferred_.push_back(std::move(call));
     return Status::ok();
@@ -240,6 +264,7 @@ private:
   bool inBranch_ = false;
   uint64_t sequence_ = 0, markSequence_ = 0;
   std::map<const char *, Made> made_;
+  std::vector<DeviceTensor> markReads_;
   std::vector<DeviceTensor> parked_;
   std::vector<std::function<Status()>> deferred_;
 };
@@ -259,13 +284,15 @@ struct BothWays {
     ASSERT_FALSE(DeviceModel::create(model, deferring, onDeferring));
   }
   /// The same steps on both: branch calls deferred, none stray, none
-  /// reading what the mark did not see, the logits bit for bit.
+  /// reading what the mark did not see or did not name, the logits bit
+  /// for bit.
   void expectTheSameSteps(const std::string &label) {
     std::vector<float> want = stepLogits(*onInOrder),
                        have = stepLogits(*onDeferring);
     EXPECT_GT(deferring.deferredCalls, 0) << label;
     EXPECT_EQ(deferring.strayCalls, 0) << label;
     EXPECT_EQ(deferring.unorderedReads, 0) << label;
+    EXPECT_EQ(deferring.undeclaredReads, 0) << label;
     expectSameLogits(have, want);
   }
 };

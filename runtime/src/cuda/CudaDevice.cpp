@@ -113,7 +113,7 @@ public:
   /// a model step allocates every activation anew.
   Status allocate(DType type, std::vector<int64_t> shape,
                   DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(usable()); // (it reads nothing: a norm stays pending)
     DeviceTensor t;
     t.dtype = type;
     t.shape = std::move(shape);
@@ -153,6 +153,13 @@ public:
   void release(DeviceTensor &tensor) override {
     if (!tensor.data)
       return;
+    // A pending norm's memory takes no other value before the norm has run:
+    // released once it is launched.
+    if (pendingNorm_ && pendingNorm_->touches(tensor)) {
+      pendingNorm_->heldBack.push_back(tensor);
+      tensor.data = nullptr;
+      return;
+    }
     // A route left for an experts call that will not come (its step
     // failed first) goes with its buffers.
     if (pendingRoute_ && (tensor.data == pendingRoute_->indices ||
@@ -187,7 +194,7 @@ public:
   bool canCapture() const override { return true; }
 
   Status beginCapture(bool behindQueued) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(flags());
     // Without a wait, the queued kernels' faults surface at the wait that
     // follows (the step's collect), not here; a recording starts behind
@@ -200,7 +207,7 @@ public:
               "cudaStreamBeginCapture"));
     capturing_ = true;
     parked_.clear();
-    branchMarked_ = branchBusy_ = false;
+    branchMarked_ = branchBusy_ = branchOpen_ = false;
     return Status::ok();
   }
 
@@ -208,9 +215,18 @@ public:
   /// stream of their own that starts at the mark, as the graph's second
   /// branch; the graph keeps every block it used, so that memory of the
   /// branch and of the rest never alias. Otherwise every call in order.
-  Status markBranch() override {
+  Status markBranch(const std::vector<DeviceTensor> &reads) override {
     if (!capturing_ || !branch_.stream || inBranch_)
       return Status::ok();
+    branchOpen_ = true;
+    // A pending norm stays pending past the fork unless the branch reads
+    // what it writes.
+    if (pendingNorm_)
+      for (const DeviceTensor &t : reads)
+        if (pendingNorm_->writes(t)) {
+          MELT_RETURN_IF_ERROR(launchPendingNorm());
+          break;
+        }
     MELT_RETURN_IF_ERROR(
         check(cudaEventRecord(branch_.forked, stream_), "cudaEventRecord"));
     branchMarked_ = branchWaits_ = true;
@@ -262,9 +278,13 @@ public:
     inBranch_ = false;
   }
   Status joinBranch() override {
+    branchOpen_ = false;
     leaveBranch();
     if (!branchBusy_)
       return Status::ok();
+    // (A norm the branch left pending runs in it.)
+    if (pendingNorm_ && pendingNorm_->stream == branch_.stream)
+      MELT_RETURN_IF_ERROR(launchPendingNorm());
     branchBusy_ = false;
     MELT_RETURN_IF_ERROR(check(cudaEventRecord(branch_.done, branch_.stream),
                                "cudaEventRecord"));
@@ -296,7 +316,7 @@ public:
   /// steps the two measured alike on the H200,
   /// bench/results/b1_step_experiments_tried.txt).
   Status upload(const void *host, DeviceTensor &tensor) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     if (capturing_)
       return invalidArgument(name() + ": upload while recording a graph");
     MELT_RETURN_IF_ERROR(
@@ -310,7 +330,7 @@ public:
   /// The flags' copy is queued ahead of the data's, so that the one wait
   /// for the data covers both.
   Status download(const DeviceTensor &tensor, void *host) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     if (capturing_)
       return invalidArgument(name() + ": download while recording a graph");
     MELT_RETURN_IF_ERROR(queueFlagsCopy());
@@ -323,7 +343,7 @@ public:
   }
 
   Status synchronize() override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(launchPendingRoute()); // (none where calls keep the
                                                 // contract: see routeInExperts)
     if (capturing_)
@@ -416,16 +436,155 @@ public:
 
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
+    if (leavesNormPending(x, nullptr, nullptr, y)) {
+      pendingNorm_ =
+          PendingNorm{{operand(x), Operand{nullptr, false},
+                       Result{nullptr, false}, operand(gamma), eps, result(y)},
+                      x,
+                      DeviceTensor(),
+                      DeviceTensor(),
+                      y,
+                      stream_};
+      return Status::ok();
+    }
     return check(cuda::rmsNorm(operand(x), operand(gamma), eps, int(x.rows()),
                                int(x.cols()), result(y), stream_),
                  "rms_norm");
   }
 
+  /// A one-row RMSNorm (or add and norm) not launched yet: where the next
+  /// call on its stream is linear() of its y on the small-M kernel, both
+  /// run as one kernel (smallMGemmAfterNorm: every block normalizes the
+  /// row itself, block 0 storing y and the sum), the norm's launch and its
+  /// place in the chain of a batch-1 step's dependent kernels left out.
+  /// Any other call on its stream launches it first (ready()), as do a
+  /// fork whose branch reads what it writes (markBranch), the join of the
+  /// branch it was left in and the end of a recording; a call in a
+  /// recording's side branch (the other stream) leaves it, the branch
+  /// reading nothing it writes. Its operands' memory released meanwhile
+  /// takes no other value before it has run. It is left while a side
+  /// branch is open too (mini's q_a norm left to q_b beside the kv norm,
+  /// rope and append; MELT_CUDA_NORM_IN_PRODUCT=1 declines those: mini's
+  /// traced bf16 batch-1 step 703.2 against 696.4 us; =0 leaves none:
+  /// 721.5 us; bench/results/norm_in_product_s39_h200.txt).
+  struct PendingNorm {
+    RowNormOperands operands;
+    DeviceTensor x, b, sum, y; // (b and sum without data: a norm alone)
+    cudaStream_t stream;
+    /// Its operands' memory released meanwhile, released once it runs.
+    std::vector<DeviceTensor> heldBack;
+
+    static bool overlap(const DeviceTensor &a, const DeviceTensor &t) {
+      const char *p = static_cast<const char *>(a.data),
+                 *q = static_cast<const char *>(t.data);
+      return p && q && p < q + t.bytes() && q < p + a.bytes();
+    }
+    /// Whether t's memory is the sum's or y's (written by the norm).
+    bool writes(const DeviceTensor &t) const {
+      return overlap(sum, t) || overlap(y, t);
+    }
+    /// Whether t's memory is any of the norm's operands'.
+    bool touches(const DeviceTensor &t) const {
+      return writes(t) || overlap(x, t) || overlap(b, t);
+    }
+  };
+  std::optional<PendingNorm> pendingNorm_;
+  int normInProduct_ = int(envInt("MELT_CUDA_NORM_IN_PRODUCT", 2, 0, 2));
+  /// Whether a side branch is marked and not yet joined (recording).
+  bool branchOpen_ = false;
+  /// The most blocks a product normalizing its input row may launch (each
+  /// reads the row again: an output head's 16k blocks would read more
+  /// than its weight's share of L2 bandwidth).
+  static constexpr int kNormInProductMaxBlocks = 1024;
+
+  /// Whether a norm of y (of x, or of x + b into sum) is left pending: one
+  /// row, y in F32 (what the small-M kernel multiplies), that fits the
+  /// product's shared memory, no operand in another's memory (the
+  /// product's blocks read x and b while block 0 stores).
+  bool leavesNormPending(const DeviceTensor &x, const DeviceTensor *b,
+                         const DeviceTensor *sum, const DeviceTensor &y) const {
+    if (normInProduct_ == 0 || (branchOpen_ && normInProduct_ == 1) ||
+        !smallMGemm_ || y.rows() != 1 || y.dtype != DType::F32 ||
+        size_t(y.cols()) * sizeof(float) > kMaxNormedRowBytes)
+      return false;
+    const void *read[] = {x.data, b ? b->data : nullptr};
+    for (const void *p : read)
+      if (p && (p == y.data || (sum && p == sum->data)))
+        return false;
+    return !sum || sum->data != y.data;
+  }
+  /// The pending norm launched, if one is.
+  Status launchPendingNorm() {
+    if (!pendingNorm_)
+      return Status::ok();
+    PendingNorm p = std::move(*pendingNorm_);
+    pendingNorm_.reset();
+    const RowNormOperands &o = p.operands;
+    const int cols = int(p.y.cols());
+    Status status =
+        o.b.data
+            ? check(cuda::addRmsNorm(o.x, o.b, o.gamma, o.eps, 1, cols, o.sum,
+                                     o.y, p.stream),
+                    "add_rms_norm")
+            : check(cuda::rmsNorm(o.x, o.gamma, o.eps, 1, cols, o.y, p.stream),
+                    "rms_norm");
+    releaseHeldBack(p);
+    return status;
+  }
+  /// The memory released while the norm was pending (stream-ordered: its
+  /// next user comes after the norm's kernel).
+  void releaseHeldBack(PendingNorm &p) {
+    for (DeviceTensor &t : p.heldBack)
+      release(t);
+    p.heldBack.clear();
+  }
+  /// usable(), once a pending norm is launched (every call that may read
+  /// memory; allocate() reads none).
+  /// While recording, a call in a branch (another stream) leaves it
+  /// pending: the branch reads nothing it writes (markBranch), and memory
+  /// is not reused within a recording.
+  Status ready() {
+    Status launched =
+        pendingNorm_ && (!capturing_ || pendingNorm_->stream == stream_)
+            ? launchPendingNorm()
+            : Status::ok();
+    MELT_RETURN_IF_ERROR(usable());
+    return launched;
+  }
+  /// linear(x, w, y) of the pending norm's y as one kernel with it, where
+  /// the small-M kernel takes the product; false (nothing launched) where
+  /// not.
+  bool productAfterPendingNorm(const DeviceTensor &x, const DeviceTensor &w,
+                               DeviceTensor &y, Status &status) {
+    if (!pendingNorm_ || x.data != pendingNorm_->y.data || usable() ||
+        pendingNorm_->stream != stream_ || attachedTo(x) ||
+        check::linear(x, w, y) || x.rows() != 1 ||
+        (w.dtype != DType::BF16 && w.dtype != DType::F32) ||
+        !takesSmallMGemm(w, 1))
+      return false;
+    const bool bf16 = w.dtype == DType::BF16;
+    const int n = int(w.rows()), k = int(x.cols());
+    if (!smallMGemmAfterNormFits(w.data, bf16, k) ||
+        smallMGemmAfterNormBlocks(n, k, bf16, multiprocessors_) >
+            kNormInProductMaxBlocks)
+      return false;
+    PendingNorm p = std::move(*pendingNorm_);
+    pendingNorm_.reset();
+    status = check(smallMGemmAfterNorm(p.operands, w.data, bf16, n, k,
+                                       result(y), multiprocessors_, stream_),
+                   "linear");
+    releaseHeldBack(p);
+    return true;
+  }
+
   Status linear(const DeviceTensor &x, const DeviceTensor &w,
                 DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    Status fused;
+    if (productAfterPendingNorm(x, w, y, fused))
+      return fused;
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     int m = int(x.rows()), k = int(x.cols()), n = int(w.rows());
     CudaStatus s;
@@ -485,7 +644,7 @@ public:
 
   Status quantizeFp8(const DeviceTensor &x, DeviceTensor &q,
                      DeviceTensor &scales) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::quantizeFp8(x, q, scales));
     auto *out = static_cast<__nv_fp8_e4m3 *>(q.data);
     auto *s = static_cast<float *>(scales.data);
@@ -509,7 +668,7 @@ public:
   }
 
   Status roundToBf16(DeviceTensor &x) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::roundToBf16(x));
     return check(cuda::roundToBf16(static_cast<float *>(x.data),
                                    size_t(x.numel()), stream_),
@@ -534,7 +693,7 @@ public:
 
   Status linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          const DeviceTensor &w, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     if (w.dtype == DType::BF16 && gate.shape.size() == 2 &&
         !takesSmallMGemm(w, gate.rows()))
       return bf16LinearOfSiluMul(gate, up, w, y);
@@ -587,7 +746,7 @@ public:
   Status linearFp8(const DeviceTensor &q, const DeviceTensor &scales,
                    const DeviceTensor &w, const DeviceTensor &wScales,
                    DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::linearFp8(q, scales, w, wScales, y));
     if (paddedK_.count(w.data))
       return invalidArgument("linear_fp8: the weight is stored with its K "
@@ -616,7 +775,7 @@ public:
   Status checkAddRmsNorm(const DeviceTensor &a, const DeviceTensor &b,
                          const DeviceTensor &gamma, const DeviceTensor &sum,
                          const DeviceTensor &y) {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::floatType("add", "a", a));
     MELT_RETURN_IF_ERROR(check::floatType("add", "b", b));
     MELT_RETURN_IF_ERROR(check::floatType("add", "y", sum));
@@ -633,6 +792,16 @@ public:
     if (!fusedAddNorm_)
       return Device::addRmsNorm(a, b, gamma, eps, sum, y);
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
+    if (sum.rows() == 1 && leavesNormPending(a, &b, &sum, y)) {
+      pendingNorm_ = PendingNorm{
+          {operand(a), operand(b), result(sum), operand(gamma), eps, result(y)},
+          a,
+          b,
+          sum,
+          y,
+          stream_};
+      return Status::ok();
+    }
     return check(cuda::addRmsNorm(operand(a), operand(b), operand(gamma), eps,
                                   int(sum.rows()), int(sum.cols()), result(sum),
                                   result(y), stream_),
@@ -666,7 +835,7 @@ public:
                             float eps, DeviceTensor &y,
                             const DeviceTensor &weight, PreparedInput &prepared,
                             bool rowsRead) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
     if (weight.dtype == DType::BF16 && y.dtype == DType::F32)
       return normBf16Rows(x, nullptr, gamma, eps, nullptr, y, prepared,
@@ -920,7 +1089,7 @@ public:
     if (w.dtype == DType::BF16 && prepared.bf16.data &&
         prepared.bf16.shape == std::vector<int64_t>{x.rows(), x.cols()} &&
         x.dtype == DType::F32) {
-      MELT_RETURN_IF_ERROR(usable());
+      MELT_RETURN_IF_ERROR(ready());
       MELT_RETURN_IF_ERROR(check::linear(x, w, y));
       return bf16Product(prepared.bf16.data, w, y);
     }
@@ -933,7 +1102,7 @@ public:
         return unwrittenRows("linear");
       return linear(x, w, y);
     }
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::linear(x, w, y));
     return fp8ProductInto(prepared.q, prepared.scales, w,
                           weightScales_.at(w.data), x.cols(), y);
@@ -1019,7 +1188,7 @@ public:
 
   Status embedding(const DeviceTensor &ids, const DeviceTensor &table,
                    DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::embedding(ids, table, y));
     MELT_RETURN_IF_ERROR(flags());
     embeddingRows_ = table.shape[0];
@@ -1036,7 +1205,7 @@ public:
 
   Status rope(const DeviceTensor &x, const DeviceTensor &positions,
               const RopeParams &params, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::rope(x, positions, params, y));
     int64_t dim = x.shape.back();
     if (dim / 2 > kMaxRopePairs)
@@ -1064,7 +1233,7 @@ public:
   Status routeExperts(const DeviceTensor &logits, const DeviceTensor *bias,
                       const RouterParams &params, DeviceTensor &indices,
                       DeviceTensor &weights) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(
         check::routeExperts(logits, bias, params, indices, weights));
     if (logits.cols() > kMaxRouterExperts || params.nGroup > 64 ||
@@ -1092,7 +1261,7 @@ public:
                         const RouterParams &params, DeviceTensor &indices,
                         DeviceTensor &weights) override {
     MELT_RETURN_IF_ERROR(launchPendingRoute());
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(
         check::routeExperts(logits, bias, params, indices, weights));
     const RouterConfig config = routerConfigOf(params);
@@ -1135,7 +1304,7 @@ public:
   Status launchPendingRoute() { return launchRoute(pendingRoute_); }
 
   Status copy(const DeviceTensor &x, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::copy(x, y));
     return check(cudaMemcpyAsync(y.data, x.data, x.bytes(),
                                  cudaMemcpyDeviceToDevice, stream_),
@@ -1144,14 +1313,14 @@ public:
 
   Status slice(const DeviceTensor &x, int axis, int64_t offset,
                DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::axisPart("slice", x, axis, offset, y));
     return copyAxisPart(x, axis, offset, y, false);
   }
 
   Status place(const DeviceTensor &x, int axis, int64_t offset,
                DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::axisPart("place", y, axis, offset, x));
     return copyAxisPart(y, axis, offset, x, true);
   }
@@ -1166,7 +1335,7 @@ public:
     if (!gatherPartsKernel_ || parts.size() > size_t(kMaxGatheredParts) ||
         dtypeBytes(into.dtype) != 4)
       return Device::gatherParts(parts, offset, into);
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     GatheredParts gathered;
     int64_t at = offset;
     for (const DeviceTensor &part : parts) {
@@ -1191,7 +1360,7 @@ public:
 
   Status cacheAppend(const DeviceTensor &first, const DeviceTensor &second,
                      const CacheLayout &layout, DeviceTensor &cache) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::cacheAppend(first, second, layout, cache));
     MELT_RETURN_IF_ERROR(flags());
     int tokens = int(first.rows()), a = int(first.cols());
@@ -1268,7 +1437,7 @@ public:
         cache.shape[1] != latent.cols() + ropeDim)
       return Device::appendLatent(latent, gamma, eps, key, positions, params,
                                   layout, normed, rotated, cache);
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::rmsNorm(latent, gamma, normed));
     MELT_RETURN_IF_ERROR(check::rope(key, positions, params, rotated));
     MELT_RETURN_IF_ERROR(check::cacheAppend(normed, rotated, layout, cache));
@@ -1295,7 +1464,7 @@ public:
   Status attention(const DeviceTensor &q, const DeviceTensor &cache,
                    const CacheLayout &layout, int64_t kvHeads, bool causal,
                    float scale, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::attention(q, cache, layout, kvHeads, out));
     MELT_RETURN_IF_ERROR(flags());
     int maxVisible = int(layout.pages.shape[1] * kPageTokens);
@@ -1316,7 +1485,7 @@ public:
              const DeviceTensor &cache, const CacheLayout &layout,
              const DeviceTensor &wUk, const DeviceTensor &wUv, float scale,
              int64_t decompressAbove, DeviceTensor &out) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(
         check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
     MELT_RETURN_IF_ERROR(flags());
@@ -1455,7 +1624,7 @@ public:
       release(wide); // stream-ordered: reused only by later work
       return status;
     }
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(flags());
     ProjectedQuery projected;
     projected.q = q.data;
@@ -1513,7 +1682,7 @@ public:
     qNope.shape = {q.shape[0], q.shape[1], nope};
     qRope.shape = {q.shape[0], q.shape[1], ropeDim};
     qNope.dtype = qRope.dtype = DType::F32;
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(
         check::mla(qNope, qRope, cache, layout, wUk, wUv, out));
     const MlaSplitShape shape =
@@ -1541,7 +1710,7 @@ public:
 
   Status quantizeBlocks(const DeviceTensor &x, int64_t block, DeviceTensor &q,
                         DeviceTensor &scales) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::quantizeBlocks(x, block, q, scales));
     return check(
         cuda::quantizeBlocks(static_cast<const float *>(x.data),
@@ -1553,7 +1722,7 @@ public:
 
   Status dequantizeBlocks(const DeviceTensor &q, const DeviceTensor &scales,
                           int64_t block, DeviceTensor &y) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::quantizeBlocks(y, block, q, scales));
     return check(cuda::dequantizeBlocks(static_cast<const uint8_t *>(q.data),
                                         static_cast<const float *>(scales.data),
@@ -1739,7 +1908,7 @@ public:
     if (gate.dtype == DType::BF16)
       return bf16ExpertsWithShared(x, indices, weights, gate, up, down,
                                    combineBf16, shared, y, route);
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     ExpertStacks stacks;
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
     MELT_RETURN_IF_ERROR(
@@ -1788,7 +1957,7 @@ public:
                                const DeviceTensor &down, bool combineBf16,
                                const SharedExpert &shared, DeviceTensor &y,
                                std::optional<PendingRoute> &route) {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
     // (As experts() does: many pairs are grouped, never the rows.)
@@ -1837,7 +2006,7 @@ public:
                       const DeviceTensor &weights, const DeviceTensor &gate,
                       const DeviceTensor &up, const DeviceTensor &down,
                       const DeviceTensor &y, ExpertStacks &stacks) {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(expertStacks(gate, up, down, stacks));
     MELT_RETURN_IF_ERROR(
         check::moeExperts(x, indices, weights, gate, up, down, y));
@@ -2281,7 +2450,7 @@ public:
   }
 
   Status argmaxRows(const DeviceTensor &logits, DeviceTensor &ids) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::argmaxRows(logits, ids));
     const int rows = int(logits.shape[0]), vocab = int(logits.shape[1]);
     DeviceTensor scratch;
@@ -2300,7 +2469,7 @@ public:
 
   Status sampleRows(const DeviceTensor &logits, const SamplingParams &params,
                     const DeviceTensor &draws, DeviceTensor &ids) override {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::sampleRows(logits, params, draws, ids));
     const int rows = int(logits.shape[0]), vocab = int(logits.shape[1]);
     std::vector<int32_t> picked(static_cast<size_t>(rows), -1);
@@ -3244,7 +3413,7 @@ private:
 
   Status binaryOp(const char *kernel, Binary op, const DeviceTensor &a,
                   const DeviceTensor &b, DeviceTensor &y) {
-    MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::floatType(kernel, "a", a));
     MELT_RETURN_IF_ERROR(check::floatType(kernel, "b", b));
     MELT_RETURN_IF_ERROR(check::floatType(kernel, "y", y));
@@ -3321,7 +3490,8 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
   // A branch not joined yet joins the recording's origin stream (the
   // recording fails otherwise); a route left to an experts call that did
   // not come is recorded before that.
-  Status routed = launchPendingRoute();
+  Status normed = launchPendingNorm();
+  Status routed = normed ? normed : launchPendingRoute();
   Status joined = routed ? routed : joinBranch();
   capturing_ = false;
   std::vector<void *> blocks = std::move(parked_);
@@ -3358,7 +3528,7 @@ Status CudaDevice::endCapture(std::unique_ptr<DeviceGraph> &out) {
 }
 
 Status CudaDevice::replay(DeviceGraph &graph) {
-  MELT_RETURN_IF_ERROR(usable());
+  MELT_RETURN_IF_ERROR(ready());
   return check(cudaGraphLaunch(static_cast<CudaGraph &>(graph).exec(), stream_),
                "cudaGraphLaunch");
 }

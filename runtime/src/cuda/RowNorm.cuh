@@ -54,7 +54,11 @@ __device__ __forceinline__ float rowValue(Operand x, Operand b, Result sum,
 /// without the add issue all their loads at once. Loading first took mini's
 /// batch-1 step from 741 to 722 us (bf16) and 634 to 613 us (FP8) on an
 /// H200 (session 38).
-template <bool kAdd, class Write>
+///
+/// kSumWhereGiven: the sums are stored only where sumOut has memory (the
+/// blocks of a product that each normalize the same row: one stores them;
+/// the others pass sumOut's `bf16` all the same, which the values follow).
+template <bool kAdd, bool kSumWhereGiven = false, class Write>
 __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
                                         Operand gamma, float eps, int cols,
                                         size_t base, Write write) {
@@ -80,7 +84,7 @@ __device__ __forceinline__ void normRow(Operand x, Operand b, Result sumOut,
 #pragma unroll
       for (int u = 0; u < kNormBatch; ++u) {
         int c = start + u * kNormThreads + threadIdx.x;
-        if (c < cols)
+        if (c < cols && (!kSumWhereGiven || sumOut.data))
           store(sumOut, base + c, added[u]);
         kept[u] = sumOut.bf16 ? __bfloat162float(__float2bfloat16(added[u]))
                               : added[u];

@@ -3,6 +3,7 @@
 
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
+#include "cuda/RowNorm.cuh"
 #include "cuda/VectorLoads.cuh"
 
 #include <cstdint>
@@ -15,22 +16,11 @@ constexpr int kWarps = 8;
 /// Loads each lane has in flight.
 constexpr int kUnroll = 4;
 
-/// A block of kWarps warps: kWarps / split weight rows, each split over
-/// `split` warps along K. Each warp streams its part of a row, kUnroll
-/// 16-byte loads per lane in flight, and keeps the M partial sums; the
-/// warps of a row add theirs in shared memory.
-template <typename W, int M>
-__global__ void __launch_bounds__(kWarps * 32)
-    smallMGemmKernel(const float *x, const W *w, int n, int k, int split,
-                     Result y) {
-  constexpr int V = kPerLoad<W>;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = blockIdx.x * (kWarps / split) + warp / split;
-  const int slice = warp % split;
-  const int loads = k / V, perSlice = (loads + split - 1) / split;
-  const int begin = slice * perSlice, end = min(loads, begin + perSlice);
-  // The block's weight rows (contiguous) towards L2 while the kernel ahead
-  // still runs, within the prefetch budget.
+/// The block's weight rows (contiguous) towards L2 while the kernel ahead
+/// still runs, within the prefetch budget.
+template <typename W>
+__device__ __forceinline__ void prefetchBlockRows(const W *w, int n, int k,
+                                                  int split) {
   if (threadIdx.x == 0) {
     const size_t rowBytes = size_t(k) * sizeof(W);
     const int first = blockIdx.x * (kWarps / split);
@@ -39,7 +29,36 @@ __global__ void __launch_bounds__(kWarps * 32)
       prefetchToL2(reinterpret_cast<const char *>(w) + first * rowBytes,
                    uint32_t(count * rowBytes));
   }
-  awaitPriorKernels();
+}
+
+/// A warp's weight row and its 16-byte loads [begin, end) of it.
+struct WarpSlice {
+  int row, slice, begin, end;
+};
+template <typename W>
+__device__ __forceinline__ WarpSlice warpSliceOf(int k, int split) {
+  const int warp = threadIdx.x / 32;
+  WarpSlice s;
+  s.row = blockIdx.x * (kWarps / split) + warp / split;
+  s.slice = warp % split;
+  const int loads = k / kPerLoad<W>, perSlice = (loads + split - 1) / split;
+  s.begin = s.slice * perSlice;
+  s.end = min(loads, s.begin + perSlice);
+  return s;
+}
+
+/// The block's product rows, after the wait: kWarps / split weight rows,
+/// each split over `split` warps along K (the warp's part: `at`). Each
+/// warp streams its part of a row, kUnroll 16-byte loads per lane in
+/// flight, and keeps the M partial sums; the warps of a row add theirs in
+/// shared memory. x may be in shared memory.
+template <typename W, int M>
+__device__ __forceinline__ void productRows(const float *x, const W *w, int n,
+                                            int k, int split, WarpSlice at,
+                                            Result y) {
+  constexpr int V = kPerLoad<W>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = at.row, slice = at.slice, begin = at.begin, end = at.end;
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m)
@@ -81,6 +100,42 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+/// A block of kWarps warps over kWarps / split weight rows (productRows).
+template <typename W, int M>
+__global__ void __launch_bounds__(kWarps * 32)
+    smallMGemmKernel(const float *x, const W *w, int n, int k, int split,
+                     Result y) {
+  const WarpSlice at = warpSliceOf<W>(k, split);
+  prefetchBlockRows(w, n, k, split);
+  awaitPriorKernels();
+  productRows<W, M>(x, w, n, k, split, at, y);
+}
+
+/// smallMGemmKernel of one row that an RMSNorm makes first: every block
+/// normalizes the row itself (normRow, the norm kernel's arithmetic) into
+/// shared memory, block 0 also storing the residual sum and y, then
+/// multiplies it.
+static_assert(kWarps * 32 == kNormThreads, "normRow's block");
+template <typename W, bool kAdd>
+__global__ void __launch_bounds__(kWarps * 32)
+    smallMGemmAfterNormKernel(RowNormOperands norm, const W *w, int n, int k,
+                              int split, Result y) {
+  extern __shared__ float4 normedRow[];
+  float *normed = reinterpret_cast<float *>(normedRow);
+  const WarpSlice at = warpSliceOf<W>(k, split);
+  prefetchBlockRows(w, n, k, split);
+  const bool first = blockIdx.x == 0;
+  const Result sum = first ? norm.sum : Result{nullptr, norm.sum.bf16};
+  normRow<kAdd, true>(norm.x, norm.b, sum, norm.gamma, norm.eps, k, 0,
+                      [&](int c, float v) {
+                        normed[c] = v;
+                        if (first)
+                          store(norm.y, c, v);
+                      });
+  __syncthreads(); // the whole row, for every warp
+  productRows<W, 1>(normed, w, n, k, split, at, y);
+}
+
 template <typename W, int M>
 void launch(const float *x, const void *w, int n, int k, int split, Result y,
             cudaStream_t stream) {
@@ -113,6 +168,18 @@ void launchRows(const float *x, const void *w, int m, int n, int k, int split,
   }
 }
 
+/// Rows split over more warps until about 32 warps per multiprocessor
+/// stream the weights, each slice keeping at least two loads per lane:
+/// more loads in flight at once where N is small.
+int splitOf(int n, int k, bool bf16Weights, int multiprocessors) {
+  const int loads = k / (bf16Weights ? 8 : 4);
+  int split = 1;
+  while (split < kWarps && int64_t(n) * split < 32LL * multiprocessors &&
+         loads / (2 * split) >= 2 * 32)
+    split *= 2;
+  return split;
+}
+
 bool aligned16(const void *p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
@@ -138,17 +205,49 @@ cudaError_t melt::rt::cuda::smallMGemm(const float *x, const void *w,
     return cudaErrorInvalidValue;
   if (n == 0)
     return cudaSuccess;
-  // Rows split over more warps until about 32 warps per multiprocessor
-  // stream the weights, each slice keeping at least two loads per lane:
-  // more loads in flight at once where N is small.
-  const int loads = k / (bf16Weights ? 8 : 4);
-  int split = 1;
-  while (split < kWarps && int64_t(n) * split < 32LL * multiprocessors &&
-         loads / (2 * split) >= 2 * 32)
-    split *= 2;
+  const int split = splitOf(n, k, bf16Weights, multiprocessors);
   if (bf16Weights)
     launchRows<__nv_bfloat16>(x, w, m, n, k, split, y, stream);
   else
     launchRows<float>(x, w, m, n, k, split, y, stream);
   return cudaGetLastError();
+}
+
+int melt::rt::cuda::smallMGemmAfterNormBlocks(int n, int k, bool bf16Weights,
+                                              int multiprocessors) {
+  const int rowsPerBlock = kWarps / splitOf(n, k, bf16Weights, multiprocessors);
+  return (n + rowsPerBlock - 1) / rowsPerBlock;
+}
+
+bool melt::rt::cuda::smallMGemmAfterNormFits(const void *w, bool bf16Weights,
+                                             int k) {
+  return k > 0 && k % 8 == 0 && aligned16(w) && (bf16Weights || k % 4 == 0) &&
+         size_t(k) * sizeof(float) <= kMaxNormedRowBytes;
+}
+
+cudaError_t melt::rt::cuda::smallMGemmAfterNorm(const RowNormOperands &norm,
+                                                const void *w, bool bf16Weights,
+                                                int n, int k, Result y,
+                                                int multiprocessors,
+                                                cudaStream_t stream) {
+  if (!smallMGemmAfterNormFits(w, bf16Weights, k) || n <= 0)
+    return cudaErrorInvalidValue;
+  const int split = splitOf(n, k, bf16Weights, multiprocessors);
+  const int blocks =
+      smallMGemmAfterNormBlocks(n, k, bf16Weights, multiprocessors);
+  const size_t shared = size_t(k) * sizeof(float);
+  auto launch = [&](auto kernel, auto weights) {
+    return launchOverlapped(kernel, blocks, kWarps * 32, shared, stream, norm,
+                            weights, n, k, split, y);
+  };
+  const bool add = norm.b.data != nullptr;
+  if (bf16Weights) {
+    const auto *weights = static_cast<const __nv_bfloat16 *>(w);
+    return add ? launch(smallMGemmAfterNormKernel<__nv_bfloat16, true>, weights)
+               : launch(smallMGemmAfterNormKernel<__nv_bfloat16, false>,
+                        weights);
+  }
+  const auto *weights = static_cast<const float *>(w);
+  return add ? launch(smallMGemmAfterNormKernel<float, true>, weights)
+             : launch(smallMGemmAfterNormKernel<float, false>, weights);
 }

@@ -38,6 +38,36 @@ cudaError_t smallMGemm(const float *x, const void *w, bool bf16Weights, int m,
                        int n, int k, Result y, int multiprocessors,
                        cudaStream_t stream);
 
+/// An RMSNorm of one row (of x, or of x + b where b has data, stored to
+/// `sum`) into y, whose value a product reads next.
+struct RowNormOperands {
+  Operand x, b;
+  Result sum;
+  Operand gamma;
+  float eps;
+  Result y;
+};
+
+/// The widest row smallMGemmAfterNorm normalizes (in shared memory).
+constexpr size_t kMaxNormedRowBytes = 48u << 10;
+
+/// Whether smallMGemmAfterNorm takes a row of k values and weight w (the
+/// norm's operands, F32 or BF16, are read a value at a time: any
+/// alignment).
+bool smallMGemmAfterNormFits(const void *w, bool bf16Weights, int k);
+
+/// The blocks smallMGemmAfterNorm launches (each normalizes the row).
+int smallMGemmAfterNormBlocks(int n, int k, bool bf16Weights,
+                              int multiprocessors);
+
+/// The norm (rmsNorm / addRmsNorm of one row of k values, the same bits,
+/// y and sum written) and then smallMGemm of its y, in one kernel: each
+/// block normalizes the row itself before its product rows, where the
+/// norm's own kernel and the launch between cost a batch-1 step more.
+cudaError_t smallMGemmAfterNorm(const RowNormOperands &norm, const void *w,
+                                bool bf16Weights, int n, int k, Result y,
+                                int multiprocessors, cudaStream_t stream);
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_SMALLMGEMM_H
