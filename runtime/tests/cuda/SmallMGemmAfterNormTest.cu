@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
 #include <vector>
 
 using namespace melt::rt::cuda;
@@ -142,7 +143,13 @@ INSTANTIATE_TEST_SUITE_P(
         NormProductCase{96, 7168, true, true, false},
         // F32 weights, a sum stored in BF16.
         NormProductCase{200, 512, true, false, true},
-        NormProductCase{33, 264, false, false, false}));
+        NormProductCase{33, 264, false, false, false}),
+    [](const testing::TestParamInfo<NormProductCase> &info) {
+      const NormProductCase &c = info.param;
+      return "N" + std::to_string(c.n) + "K" + std::to_string(c.k) +
+             (c.add ? "Add" : "") + (c.bf16Weights ? "Bf16W" : "F32W") +
+             (c.bf16Sum ? "Bf16Sum" : "") + (c.bf16Inputs ? "Bf16In" : "");
+    });
 
 TEST(SmallMGemmAfterNormRefuses, RowsWiderThanItsSharedMemory) {
   alignas(16) static float weight[16];
