@@ -540,11 +540,10 @@ public:
       release(t);
     p.heldBack.clear();
   }
-  /// usable(), once a pending norm is launched (every call that may read
-  /// memory; allocate() reads none).
-  /// While recording, a call in a branch (another stream) leaves it
-  /// pending: the branch reads nothing it writes (markBranch), and memory
-  /// is not reused within a recording.
+  /// usable(), once a pending norm is launched: every call that may read
+  /// memory makes it (allocate() reads none). While recording, a call in a
+  /// branch (the other stream) leaves the norm pending: the branch reads
+  /// nothing it writes (markBranch), and a recording reuses no memory.
   Status ready() {
     Status launched =
         pendingNorm_ && (!capturing_ || pendingNorm_->stream == stream_)
