@@ -7,7 +7,10 @@
 // (H200, BASELINES.md). Here warps stream W rows with 16-byte loads, several
 // in flight, a row split over up to 8 warps where N is small, and take x
 // through L1. With BF16 weights x is rounded to BF16 first (as by
-// convert() + GemmRunner::bf16), in-kernel.
+// convert() + GemmRunner::bf16), in-kernel. A batch-1 step's row that an
+// RMSNorm makes can be normalized by the product itself, in every block
+// (smallMGemmAfterNorm): the norm's own kernel and its link in the chain
+// of dependent kernels left out.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MELT_RUNTIME_CUDA_SMALLMGEMM_H
