@@ -1175,9 +1175,9 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     if (dm.inBranch(k)) {
       // (Its reads were left out of the fork's: its call was to take it.)
       if (inSharedCall.count(k))
-        return invalidArtifact(kernelName(k, *m.kernels()->Get(k)) +
-                               ": a shared expert's kernel runs in a side "
-                               "branch its experts' call was to take");
+        return {MELT_INTERNAL, kernelName(k, *m.kernels()->Get(k)) +
+                                   ": a shared expert's kernel runs in a side "
+                                   "branch its experts' call was to take"};
       MELT_RETURN_IF_ERROR(device.enterBranch());
       branchCalls.device = &device;
     }
