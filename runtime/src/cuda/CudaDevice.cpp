@@ -438,17 +438,8 @@ public:
                  DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
-    if (leavesNormPending(x, nullptr, nullptr, y)) {
-      pendingNorm_ =
-          PendingNorm{{operand(x), Operand{nullptr, false},
-                       Result{nullptr, false}, operand(gamma), eps, result(y)},
-                      x,
-                      DeviceTensor(),
-                      DeviceTensor(),
-                      y,
-                      stream_};
+    if (leaveNormPending(x, nullptr, nullptr, gamma, eps, y))
       return Status::ok();
-    }
     return check(cuda::rmsNorm(operand(x), operand(gamma), eps, int(x.rows()),
                                int(x.cols()), result(y), stream_),
                  "rms_norm");
@@ -499,21 +490,30 @@ public:
   /// than its weight's share of L2 bandwidth).
   static constexpr int kNormInProductMaxBlocks = 1024;
 
-  /// Whether a norm of y (of x, or of x + b into sum) is left pending: one
-  /// row, y in F32 (what the small-M kernel multiplies), that fits the
-  /// product's shared memory, no operand in another's memory (the
-  /// product's blocks read x and b while block 0 stores).
-  bool leavesNormPending(const DeviceTensor &x, const DeviceTensor *b,
-                         const DeviceTensor *sum, const DeviceTensor &y) const {
+  /// The norm of y (of x, or of x + b into sum) left pending, where it
+  /// may be: one row, y in F32 (what the small-M kernel multiplies), that
+  /// fits the product's shared memory, no operand in another's memory
+  /// (the product's blocks read x and b while block 0 stores); false
+  /// where not (the caller launches it).
+  bool leaveNormPending(const DeviceTensor &x, const DeviceTensor *b,
+                        DeviceTensor *sum, const DeviceTensor &gamma, float eps,
+                        DeviceTensor &y) {
     if (normInProduct_ == 0 || (branchOpen_ && normInProduct_ == 1) ||
         !smallMGemm_ || y.rows() != 1 || y.dtype != DType::F32 ||
         size_t(y.cols()) * sizeof(float) > kMaxNormedRowBytes)
       return false;
-    const void *read[] = {x.data, b ? b->data : nullptr};
-    for (const void *p : read)
-      if (p && (p == y.data || (sum && p == sum->data)))
-        return false;
-    return !sum || sum->data != y.data;
+    PendingNorm p{{operand(x), b ? operand(*b) : Operand{nullptr, false},
+                   sum ? result(*sum) : Result{nullptr, false}, operand(gamma),
+                   eps, result(y)},
+                  x,
+                  b ? *b : DeviceTensor(),
+                  sum ? *sum : DeviceTensor(),
+                  y,
+                  stream_};
+    if (p.writes(x) || p.writes(p.b) || PendingNorm::overlap(p.sum, y))
+      return false;
+    pendingNorm_ = std::move(p);
+    return true;
   }
   /// The pending norm launched, if one is.
   Status launchPendingNorm() {
@@ -791,16 +791,8 @@ public:
     if (!fusedAddNorm_)
       return Device::addRmsNorm(a, b, gamma, eps, sum, y);
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
-    if (sum.rows() == 1 && leavesNormPending(a, &b, &sum, y)) {
-      pendingNorm_ = PendingNorm{
-          {operand(a), operand(b), result(sum), operand(gamma), eps, result(y)},
-          a,
-          b,
-          sum,
-          y,
-          stream_};
+    if (leaveNormPending(a, &b, &sum, gamma, eps, y))
       return Status::ok();
-    }
     return check(cuda::addRmsNorm(operand(a), operand(b), operand(gamma), eps,
                                   int(sum.rows()), int(sum.cols()), result(sum),
                                   result(y), stream_),
