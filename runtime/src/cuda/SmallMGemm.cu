@@ -188,8 +188,10 @@ bool aligned16(const void *p) {
 
 bool melt::rt::cuda::smallMGemmFits(const float *x, const void *w,
                                     bool bf16Weights, int m, int k) {
+  // (K in 8s is a whole 16-byte load of either weight type.)
+  (void)bf16Weights;
   return m >= 1 && m <= kSmallMMaxRows && k % 8 == 0 && aligned16(x) &&
-         aligned16(w) && (bf16Weights || k % 4 == 0);
+         aligned16(w);
 }
 
 bool melt::rt::cuda::smallMGemmPays(int m, int n, int k, bool bf16Weights) {
@@ -221,7 +223,8 @@ int melt::rt::cuda::smallMGemmAfterNormBlocks(int n, int k, bool bf16Weights,
 
 bool melt::rt::cuda::smallMGemmAfterNormFits(const void *w, bool bf16Weights,
                                              int k) {
-  return k > 0 && k % 8 == 0 && aligned16(w) && (bf16Weights || k % 4 == 0) &&
+  (void)bf16Weights; // (as smallMGemmFits)
+  return k > 0 && k % 8 == 0 && aligned16(w) &&
          size_t(k) * sizeof(float) <= kMaxNormedRowBytes;
 }
 
