@@ -15,7 +15,9 @@
 // 50 MB L2 left by the previous one (the fused MLA decode's also one copy
 // read again: "hot"). One JSON line each.
 //
-//   melt-bench-decode-kernels [--iters N]
+//   melt-bench-decode-kernels [--bf16-products] [--iters N]
+// --bf16-products: the products with BF16 weights alone (their kernels'
+// switches compared quickly, e.g. MELT_CUDA_SMALLM_WIDE_K_SPLIT=0).
 #include "cuda/Elementwise.h"
 #include "cuda/Fp8SmallM.h"
 #include "cuda/Gemm.h"
@@ -31,6 +33,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <vector>
@@ -96,7 +99,18 @@ int copiesFor(size_t bytes) {
 } // namespace
 
 int main(int argc, char **argv) {
-  const int iters = melt::bench::itersFromArgs(benchName, argc, argv, 50);
+  // (--bf16-products taken out before the common options.)
+  bool bf16ProductsAlone = false;
+  std::vector<char *> args;
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0 && !std::strcmp(argv[i], "--bf16-products"))
+      bf16ProductsAlone = true;
+    else
+      args.push_back(argv[i]);
+  }
+  const int iters =
+      melt::bench::itersFromArgs(benchName, int(args.size()), args.data(), 50,
+                                 "[--bf16-products] [--iters N]");
   cudaDeviceProp prop = melt::bench::openDevice(benchName);
   melt::bench::printCopyBandwidth(benchName, prop, 20);
   std::unique_ptr<GemmRunner> gemm;
@@ -163,6 +177,8 @@ int main(int argc, char **argv) {
     for (__nv_bfloat16 *p : w)
       CHECK(cudaFree(p));
   }
+  if (bf16ProductsAlone)
+    return 0;
 
   // The router's scores (its gate N x K, x F32 as the device holds it) at a
   // decode step's rows and a prefill's, the gate in F32 and in BF16 (the

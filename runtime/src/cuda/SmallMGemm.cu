@@ -6,6 +6,8 @@
 #include "cuda/RowNorm.cuh"
 #include "cuda/VectorLoads.cuh"
 
+#include "EnvSwitch.h"
+
 #include <cstdint>
 
 using namespace melt::rt::cuda;
@@ -170,9 +172,18 @@ void launchRows(const float *x, const void *w, int m, int n, int k, int split,
 
 /// Rows split over more warps until about 32 warps per multiprocessor
 /// stream the weights, each slice keeping at least two loads per lane:
-/// more loads in flight at once where N is small.
+/// more loads in flight at once where N is small. Rows of 1024 loads or
+/// more (the dense MLP's down product: K 10944) a block a row, an eighth
+/// of it a warp: as split 4 (two rows a block, 1024 blocks) mini's down
+/// took 18.8 us alone, 16.8 so (melt-bench-decode-kernels), and its
+/// batch-1 step 3.8 us less (MELT_CUDA_SMALLM_WIDE_K_SPLIT=0: as before;
+/// docs/CudaBackend.md, "Session 41").
 int splitOf(int n, int k, bool bf16Weights, int multiprocessors) {
   const int loads = k / (bf16Weights ? 8 : 4);
+  static const bool wideKSplit =
+      melt::rt::envSwitch("MELT_CUDA_SMALLM_WIDE_K_SPLIT", true);
+  if (wideKSplit && loads >= 32 * 32)
+    return kWarps;
   int split = 1;
   while (split < kWarps && int64_t(n) * split < 32LL * multiprocessors &&
          loads / (2 * split) >= 2 * 32)
