@@ -1,5 +1,6 @@
 // The small-M product (smallMGemm: y[M, N] = x[M, K] w[N, K]^T, x F32, w
-// BF16 or F32) against the same sums in double on the host, within F32's
+// BF16 or F32; x rounded to BF16 as it is read where w is BF16) against the
+// same sums in double on the host, within F32's
 // rounding of a sum of K terms. Its ways of splitting a row over a block's
 // warps: a row a warp (many rows), two to eight warps a row (few rows),
 // and a row a block split eight ways where a row is 1024 loads or more
@@ -40,14 +41,18 @@ TEST_P(SmallMGemmProduct, MatchesTheSumsInDouble) {
     v = normal(rng);
   for (float &v : w)
     v = 0.05f * normal(rng);
-  // The weights as the kernel reads them (BF16: rounded).
+  // The weights as the kernel reads them (BF16: rounded), and x (with BF16
+  // weights rounded to BF16 as it is read: Device::linear's contract).
   std::vector<__nv_bfloat16> wBf16;
+  std::vector<float> xRead = x;
   if (c.bf16Weights) {
     wBf16.resize(w.size());
     for (size_t i = 0; i < w.size(); ++i) {
       wBf16[i] = __float2bfloat16(w[i]);
       w[i] = __bfloat162float(wBf16[i]);
     }
+    for (float &v : xRead)
+      v = __bfloat162float(__float2bfloat16(v));
   }
   int multiprocessors = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&multiprocessors,
@@ -71,7 +76,7 @@ TEST_P(SmallMGemmProduct, MatchesTheSumsInDouble) {
       double sum = 0, magnitude = 0;
       for (int i = 0; i < c.k; ++i) {
         const double term =
-            double(x[size_t(r) * c.k + i]) * w[size_t(j) * c.k + i];
+            double(xRead[size_t(r) * c.k + i]) * w[size_t(j) * c.k + i];
         sum += term;
         magnitude += std::fabs(term);
       }
