@@ -97,6 +97,35 @@ Status Device::linearOfSiluMul(const DeviceTensor &gate, const DeviceTensor &up,
   return status;
 }
 
+Status Device::siluMulOfProducts(const DeviceTensor &x,
+                                 const DeviceTensor &wGate,
+                                 const DeviceTensor &wUp, bool roundProducts,
+                                 DeviceTensor &y) {
+  if (x.shape.size() != 2 || wGate.shape.size() != 2 ||
+      wGate.shape != wUp.shape)
+    return invalidArgument("silu_mul of products: x must be [rows, K] and "
+                           "gate and up weights of one shape [N, K]");
+  DeviceTensor gate, up;
+  Status status = allocate(DType::F32, {x.shape[0], wGate.shape[0]}, gate);
+  if (!status)
+    status = allocate(DType::F32, gate.shape, up);
+  if (!status)
+    status = linear(x, wGate, gate);
+  if (!status)
+    status = linear(x, wUp, up);
+  if (!status && roundProducts)
+    status = roundToBf16(gate);
+  if (!status && roundProducts)
+    status = roundToBf16(up);
+  if (!status)
+    status = siluMul(gate, up, y);
+  if (gate.data)
+    release(gate);
+  if (up.data)
+    release(up);
+  return status;
+}
+
 Status Device::quantizedRoundTrip(const DeviceTensor &x,
                                   DeviceTensor &dequantized) {
   if (x.shape.size() != 2)
@@ -568,13 +597,14 @@ Status check::moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
     ok = gate.shape[2] == x.shape[1] && down.shape[0] == gate.shape[0] &&
          down.shape[1] == x.shape[1] && down.shape[2] == gate.shape[1] &&
          indices.shape[0] == x.shape[0];
-  return expect(ok, "moe_experts",
-                "needs f32 x [T, D] and y [T, D], gate/up [E, I, D] and down "
-                "[E, D, I] (all f32, all bf16 or all fp8), i32 indices and f32 weights "
-                "[T, K]; got x " +
-                    shapeString(x.shape) + ", gate " + shapeString(gate.shape) +
-                    ", down " + shapeString(down.shape) + ", indices " +
-                    shapeString(indices.shape));
+  return expect(
+      ok, "moe_experts",
+      "needs f32 x [T, D] and y [T, D], gate/up [E, I, D] and down "
+      "[E, D, I] (all f32, all bf16 or all fp8), i32 indices and f32 weights "
+      "[T, K]; got x " +
+          shapeString(x.shape) + ", gate " + shapeString(gate.shape) +
+          ", down " + shapeString(down.shape) + ", indices " +
+          shapeString(indices.shape));
 }
 
 Status check::argmaxRows(const DeviceTensor &logits, const DeviceTensor &ids) {
@@ -592,7 +622,8 @@ Status check::sampleRows(const DeviceTensor &logits,
                          const DeviceTensor &draws, const DeviceTensor &ids) {
   MELT_RETURN_IF_ERROR(checkSampling(params, "sample_rows"));
   if (params.temperature == 0.f)
-    return invalidArgument("sample_rows: temperature 0 is greedy (argmax_rows)");
+    return invalidArgument(
+        "sample_rows: temperature 0 is greedy (argmax_rows)");
   bool ok = logits.dtype == DType::F32 && logits.shape.size() == 2 &&
             logits.shape[1] > 0 && draws.dtype == DType::I32 &&
             draws.shape == std::vector<int64_t>{logits.shape[0], 2} &&

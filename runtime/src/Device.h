@@ -252,6 +252,23 @@ public:
   /// y = silu(gate) * up.
   virtual Status siluMul(const DeviceTensor &gate, const DeviceTensor &up,
                          DeviceTensor &y) = 0;
+  /// Whether siluMulOfProducts with these weights at `rows` rows of x
+  /// does better than its three calls (GateUpPairs.h). None by default.
+  virtual bool takesSiluMulOfProducts(const DeviceTensor &wGate,
+                                      const DeviceTensor &wUp,
+                                      int64_t rows) const {
+    (void)wGate, (void)wUp, (void)rows;
+    return false;
+  }
+  /// y (F32) = silu(x wGate^T) * (x wUp^T): an MLP's gate and up products
+  /// and their SiLU-mul, each product's values rounded to BF16 first where
+  /// `roundProducts` (as linear() into a BF16 tensor, or roundToBf16 after
+  /// it, rounds them); the values of linear(), linear(), siluMul(). The
+  /// default makes those three calls.
+  virtual Status siluMulOfProducts(const DeviceTensor &x,
+                                   const DeviceTensor &wGate,
+                                   const DeviceTensor &wUp, bool roundProducts,
+                                   DeviceTensor &y);
   /// Whether linearOfSiluMul with `weight` does better than siluMul then
   /// linear (a GPU's FP8 product quantizes silu(gate) * up as it reads
   /// them): then the executor calls it for an MLP's down projection.

@@ -591,6 +591,14 @@ Status DeviceModel::create(const Model &model, Device &device,
             if (!made.count(id))
               inputs.push_back({k, id});
     }
+  // MLPs' gate, up and SiLU-mul a device may run as one call; not a
+  // shared expert's, which its experts' call may take.
+  if (envSwitch("MELT_FUSE_GATE_UP", true))
+    for (const GateUpPair &p : findGateUpPairs(m, *dm.forward_))
+      if (!dm.sharedExpertGroupOf_.count(p.gate) &&
+          !dm.sharedExpertGroupOf_.count(p.up) &&
+          !dm.sharedExpertGroupOf_.count(p.siluMul))
+        dm.gateUpPairs_[p.first] = p;
   out = std::move(result);
   return Status::ok();
 }
@@ -1103,6 +1111,55 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                         " with its shared expert: " + status.message());
     return onRows ? Status::ok() : gatherMadeBy(f.add);
   };
+  // An MLP's gate and up products and their SiLU-mul in one device call
+  // (GateUpPairs.h), where the three come next in this step's order, x has
+  // nothing prepared for them, and the device takes them at these rows:
+  // the SiLU-mul's value made now, the three kernels left out after.
+  auto gateUpInOneCall = [&](const GateUpPair &p, uint32_t at,
+                             bool onRows) -> Status {
+    const uint32_t second = p.first == p.gate ? p.up : p.gate;
+    if (at + 2 >= order.size() || order[at] != p.first ||
+        order[at + 1] != second || order[at + 2] != p.siluMul)
+      return Status::ok();
+    const fb::Kernel &gate = *m.kernels()->Get(p.gate),
+                     &up = *m.kernels()->Get(p.up),
+                     &silu = *m.kernels()->Get(p.siluMul);
+    DeviceTensor *xIn = findValue(gate.inputs()->Get(0), onRows);
+    if (!xIn || pendingPrepared.byValue.count(xIn->data) ||
+        pendingSiluMuls.byValue.count(xIn->data))
+      return Status::ok();
+    const DeviceTensor x = asRows(*xIn);
+    const DeviceTensor &wGate = dm.weight(gate.weights()->Get(0)),
+                       &wUp = dm.weight(up.weights()->Get(0));
+    if (!device.takesSiluMulOfProducts(wGate, wUp, x.rows()))
+      return Status::ok();
+    // Each product's values as its Linear would leave them: BF16 where it
+    // writes BF16 or rounds its output to it after (its ints(0)).
+    auto roundedToBf16 = [&](uint32_t k, const fb::Kernel &kernel,
+                             const DeviceTensor &w) {
+      const bool outputBf16 = kernel.ints() && kernel.ints()->size() > 0 &&
+                              kernel.ints()->Get(0) != 0;
+      return (dm.writesBf16Product(k) &&
+              device.linearWritesBf16(w, x.rows())) ||
+             (outputBf16 && !device.linearOutputsBf16(w));
+    };
+    const bool round = roundedToBf16(p.gate, gate, wGate);
+    if (round != roundedToBf16(p.up, up, wUp))
+      return Status::ok();
+    values.hold(x);
+    DeviceTensor *out = nullptr;
+    Status status = values.make(silu.outputs()->Get(0), DType::F32,
+                                {x.rows(), wGate.shape[0]}, out);
+    if (!status)
+      status = device.siluMulOfProducts(x, wGate, wUp, round, *out);
+    values.letGo(x);
+    inCall.insert({p.gate, p.up, p.siluMul});
+    if (status)
+      return Status(status.code(), kernelName(p.gate, gate) +
+                                       " with its up product and SiLU-mul: " +
+                                       status.message());
+    return onRows ? Status::ok() : gatherMadeBy(p.siluMul);
+  };
   // MLA queries whose split and rope the MLA's call does
   // (MlaQueryFusions.h): the query projection, by MLA kernel, held from
   // its split on until the MLA has read it (a value made meanwhile may take
@@ -1124,9 +1181,16 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       rows = pass.rows->shape[0];
       gatheredRows[pass.positionsId] = pass.rowPositions;
     }
+    // (Before the fork: a branch of this call's kernels alone is not
+    // marked.)
+    if (const GateUpPair *pair = dm.gateUpPairAt(k); pair && !inCall.count(k))
+      MELT_RETURN_IF_ERROR(gateUpInOneCall(*pair, at, onRows));
     if (dm.joinsBranch(k))
       MELT_RETURN_IF_ERROR(device.joinBranch());
-    if (dm.marksBranch(k)) {
+    bool branchInCall = dm.marksBranch(k);
+    for (const DeviceModel::BranchInput &in : dm.branchInputs(k))
+      branchInCall &= inCall.count(in.kernel) != 0;
+    if (dm.marksBranch(k) && !branchInCall) {
       // What the branch's kernels read, but for a shared expert's that its
       // experts' call will run (not in the branch).
       std::vector<DeviceTensor> reads;

@@ -12,6 +12,7 @@
 #define MELT_RUNTIME_EXECUTOR_H
 
 #include "Device.h"
+#include "GateUpPairs.h"
 #include "LatentAppends.h"
 #include "LogitOnlyKernels.h"
 #include "MlaProductFusions.h"
@@ -143,6 +144,15 @@ public:
   bool marksBranch(uint32_t k) const { return branchMarks_.count(k) != 0; }
   bool joinsBranch(uint32_t k) const { return branchJoins_.count(k) != 0; }
   size_t sideBranches() const { return branchJoins_.size(); }
+
+  /// The MLP gate/up pair whose first product (in @forward's order) is
+  /// kernel k, which a device may run with its SiLU-mul in one call
+  /// (GateUpPairs.h; MELT_FUSE_GATE_UP=0 finds none); null otherwise.
+  const GateUpPair *gateUpPairAt(uint32_t k) const {
+    auto it = gateUpPairs_.find(k);
+    return it == gateUpPairs_.end() ? nullptr : &it->second;
+  }
+  size_t gateUpPairs() const { return gateUpPairs_.size(); }
   /// A value a side branch's kernel reads.
   struct BranchInput {
     uint32_t kernel, value;
@@ -195,6 +205,7 @@ private:
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;
   std::set<uint32_t> routesInExperts_;
+  std::map<uint32_t, GateUpPair> gateUpPairs_;
   std::map<uint32_t, MlaQueryFusion> mlaQuerySplits_, mlaQueries_;
   std::set<uint32_t> branchKernels_, branchMarks_, branchJoins_;
   /// By the kernel a fork is marked before: the values its branch's

@@ -703,6 +703,39 @@ public:
     return linearWithFp8Weight(gate, w, y, &up);
   }
 
+  /// One row's gate and up products and their SiLU-mul as one small-M
+  /// kernel (smallMGemmSiluMulOfPair: both weights' rows streamed in
+  /// pairs, the values of the three calls bit for bit), where the small-M
+  /// kernel takes such products (MELT_CUDA_GATE_UP_PAIRS=0: never).
+  bool takesSiluMulOfProducts(const DeviceTensor &wGate,
+                              const DeviceTensor &wUp,
+                              int64_t rows) const override {
+    return gateUpPairs_ && rows == 1 && wGate.dtype == wUp.dtype &&
+           (wGate.dtype == DType::BF16 || wGate.dtype == DType::F32) &&
+           wGate.shape.size() == 2 && wGate.shape == wUp.shape &&
+           takesSmallMGemm(wGate, 1) && takesSmallMGemm(wUp, 1);
+  }
+  Status siluMulOfProducts(const DeviceTensor &x, const DeviceTensor &wGate,
+                           const DeviceTensor &wUp, bool roundProducts,
+                           DeviceTensor &y) override {
+    const bool bf16 = wGate.dtype == DType::BF16;
+    if (!takesSiluMulOfProducts(wGate, wUp, x.rows()) ||
+        x.dtype != DType::F32 || x.shape.size() != 2 || y.dtype != DType::F32 ||
+        !smallMGemmFits(static_cast<const float *>(x.data), wGate.data, bf16, 1,
+                        int(x.cols())) ||
+        !smallMGemmFits(static_cast<const float *>(x.data), wUp.data, bf16, 1,
+                        int(x.cols())))
+      return Device::siluMulOfProducts(x, wGate, wUp, roundProducts, y);
+    MELT_RETURN_IF_ERROR(ready()); // (a pending norm first)
+    MELT_RETURN_IF_ERROR(check::linear(x, wGate, y));
+    MELT_RETURN_IF_ERROR(check::linear(x, wUp, y));
+    return check(smallMGemmSiluMulOfPair(
+                     static_cast<const float *>(x.data), wGate.data, wUp.data,
+                     bf16, int(wGate.rows()), int(x.cols()), roundProducts,
+                     static_cast<float *>(y.data), multiprocessors_, stream_),
+                 "silu_mul of products");
+  }
+
   /// A BF16 product of silu(gate) * up: the SiLU-mul written straight
   /// into BF16 rows (the values linear() would round its F32 rows to), the
   /// F32 rows and their conversion left out.
@@ -2802,6 +2835,7 @@ private:
       int(envInt("MELT_CUDA_MOE_WIDE_PASSES_FROM", 4, 0, 1 << 20));
   /// MELT_CUDA_SMALL_M=0 sends every product to cuBLASLt (for comparison).
   bool smallMGemm_ = envSwitch("MELT_CUDA_SMALL_M", true);
+  bool gateUpPairs_ = envSwitch("MELT_CUDA_GATE_UP_PAIRS", true);
 
   /// Weights the model keeps in FP8 128x128 blocks (deepseek-v3) are stored
   /// so and multiplied by the FP8 GEMMs (a quarter of the F32 bytes; BF16

@@ -4,6 +4,7 @@
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/RowNorm.cuh"
+#include "cuda/Silu.cuh"
 #include "cuda/VectorLoads.cuh"
 
 #include "EnvSwitch.h"
@@ -111,6 +112,57 @@ __global__ void __launch_bounds__(kWarps * 32)
   prefetchBlockRows(w, n, k, split);
   awaitPriorKernels();
   productRows<W, M>(x, w, n, k, split, at, y);
+}
+
+/// silu(gate) * up of one row x (smallMGemmSiluMulOfPair): productRows'
+/// block, warp slices and order, for two weights at once.
+template <typename W>
+__global__ void __launch_bounds__(kWarps * 32)
+    siluMulOfRowPairsKernel(const float *x, const W *gate, const W *up, int n,
+                            int k, int split, bool roundProducts, float *y) {
+  constexpr int V = kPerLoad<W>;
+  const WarpSlice at = warpSliceOf<W>(k, split);
+  prefetchBlockRows(gate, n, k, split);
+  prefetchBlockRows(up, n, k, split);
+  awaitPriorKernels();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float a = 0.f, b = 0.f;
+  if (at.row < n) {
+    const char *gateRow =
+        reinterpret_cast<const char *>(gate + size_t(at.row) * k);
+    const char *upRow = reinterpret_cast<const char *>(up + size_t(at.row) * k);
+    for (int base = at.begin + lane; base < at.end; base += 32 * kUnroll) {
+      uint4 packedGate[kUnroll], packedUp[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * 32;
+        packedGate[u] = i < at.end ? streamLoad(gateRow + size_t(i) * 16)
+                                   : make_uint4(0, 0, 0, 0);
+        packedUp[u] = i < at.end ? streamLoad(upRow + size_t(i) * 16)
+                                 : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * 32;
+        if (i < at.end) {
+          a += dotLoad<W>(x + size_t(i) * V, packedGate[u]);
+          b += dotLoad<W>(x + size_t(i) * V, packedUp[u]);
+        }
+      }
+    }
+  }
+  __shared__ float partial[kWarps][2];
+  a = warpSum(a), b = warpSum(b);
+  if (lane == 0)
+    partial[warp][0] = a, partial[warp][1] = b;
+  __syncthreads();
+  if (at.slice == 0 && lane == 0 && at.row < n) {
+    float gateSum = 0.f, upSum = 0.f;
+    for (int j = 0; j < split; ++j)
+      gateSum += partial[warp + j][0], upSum += partial[warp + j][1];
+    y[at.row] = roundProducts ? siluTimesOfBf16(gateSum, upSum)
+                              : siluTimes(gateSum, upSum);
+  }
 }
 
 /// smallMGemmKernel of one row that an RMSNorm makes first: every block
@@ -223,6 +275,31 @@ cudaError_t melt::rt::cuda::smallMGemm(const float *x, const void *w,
     launchRows<__nv_bfloat16>(x, w, m, n, k, split, y, stream);
   else
     launchRows<float>(x, w, m, n, k, split, y, stream);
+  return cudaGetLastError();
+}
+
+cudaError_t melt::rt::cuda::smallMGemmSiluMulOfPair(
+    const float *x, const void *wGate, const void *wUp, bool bf16Weights, int n,
+    int k, bool roundProducts, float *y, int multiprocessors,
+    cudaStream_t stream) {
+  if (!smallMGemmFits(x, wGate, bf16Weights, 1, k) ||
+      !smallMGemmFits(x, wUp, bf16Weights, 1, k) || n < 0)
+    return cudaErrorInvalidValue;
+  if (n == 0)
+    return cudaSuccess;
+  const int split = splitOf(n, k, bf16Weights, multiprocessors);
+  const int rowsPerBlock = kWarps / split;
+  const unsigned blocks = unsigned((n + rowsPerBlock - 1) / rowsPerBlock);
+  if (bf16Weights)
+    launchOverlapped(
+        siluMulOfRowPairsKernel<__nv_bfloat16>, blocks, kWarps * 32, 0, stream,
+        x, static_cast<const __nv_bfloat16 *>(wGate),
+        static_cast<const __nv_bfloat16 *>(wUp), n, k, split, roundProducts, y);
+  else
+    launchOverlapped(siluMulOfRowPairsKernel<float>, blocks, kWarps * 32, 0,
+                     stream, x, static_cast<const float *>(wGate),
+                     static_cast<const float *>(wUp), n, k, split,
+                     roundProducts, y);
   return cudaGetLastError();
 }
 

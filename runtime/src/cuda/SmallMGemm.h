@@ -41,6 +41,18 @@ cudaError_t smallMGemm(const float *x, const void *w, bool bf16Weights, int m,
                        int n, int k, Result y, int multiprocessors,
                        cudaStream_t stream);
 
+/// y[N] (F32) = silu(x wGate^T) * (x wUp^T) of one row x[K] (an MLP's gate,
+/// up and SiLU-mul): each warp streams its part of a gate row and of the up
+/// row together, both rows' loads in flight, each sum in smallMGemm's
+/// order (the same split), rounded to BF16 where `roundProducts`, then
+/// SiLU-mul'ed as the elementwise kernel does: the values of smallMGemm
+/// twice, then Binary::SiluMul, bit for bit. Fits where smallMGemm at one
+/// row fits both weights.
+cudaError_t smallMGemmSiluMulOfPair(const float *x, const void *wGate,
+                                    const void *wUp, bool bf16Weights, int n,
+                                    int k, bool roundProducts, float *y,
+                                    int multiprocessors, cudaStream_t stream);
+
 /// An RMSNorm of one row (of x, or of x + b where b has data, stored to
 /// `sum`) into y, whose value a product reads next.
 struct RowNormOperands {

@@ -5,7 +5,10 @@
 // warps: a row a warp (many rows), two to eight warps a row (few rows),
 // and a row a block split eight ways where a row is 1024 loads or more
 // (mini's dense down, K 10944; K 8200 leaves a part of a load's eighth).
-// Skips without a device.
+// And an MLP's gate, up and SiLU-mul of one row as one kernel
+// (smallMGemmSiluMulOfPair) against smallMGemm twice, then the elementwise
+// SiLU-mul, bit for bit. Skips without a device.
+#include "cuda/Elementwise.h"
 #include "cuda/SmallMGemm.h"
 
 #include "CudaTestUtil.h"
@@ -109,6 +112,90 @@ INSTANTIATE_TEST_SUITE_P(
       const ProductCase &c = info.param;
       return "M" + std::to_string(c.m) + "N" + std::to_string(c.n) + "K" +
              std::to_string(c.k) + (c.bf16Weights ? "Bf16W" : "F32W");
+    });
+
+struct PairCase {
+  int n, k;
+  bool bf16Weights, roundProducts;
+};
+
+class SmallMGemmSiluMulOfPair : public testing::TestWithParam<PairCase> {};
+
+TEST_P(SmallMGemmSiluMulOfPair, IsTheTwoProductsThenTheSiluMul) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  const PairCase c = GetParam();
+  std::mt19937 rng(uint32_t(c.n * 13 + c.k));
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> x(size_t(c.k)), gate(size_t(c.n) * c.k),
+      up(size_t(c.n) * c.k);
+  for (float &v : x)
+    v = normal(rng);
+  for (std::vector<float> *w : {&gate, &up})
+    for (float &v : *w)
+      v = 0.05f * normal(rng);
+  auto weightOnDevice = [&](const std::vector<float> &w) -> void * {
+    if (!c.bf16Weights)
+      return toDevice(w);
+    std::vector<__nv_bfloat16> rounded(w.size());
+    for (size_t i = 0; i < w.size(); ++i)
+      rounded[i] = __float2bfloat16(w[i]);
+    return toDevice(rounded);
+  };
+  int multiprocessors = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&multiprocessors,
+                                   cudaDevAttrMultiProcessorCount, 0),
+            cudaSuccess);
+  float *dx = toDevice(x);
+  void *dGate = weightOnDevice(gate), *dUp = weightOnDevice(up);
+  float *fused = deviceArray<float>(size_t(c.n)),
+        *apart = deviceArray<float>(size_t(c.n));
+  // The products' outputs as a Linear leaves them (F32, or BF16).
+  const size_t outBytes = size_t(c.n) * (c.roundProducts ? 2 : 4);
+  void *gateOut = deviceArray<char>(outBytes),
+       *upOut = deviceArray<char>(outBytes);
+  ASSERT_EQ(smallMGemmSiluMulOfPair(dx, dGate, dUp, c.bf16Weights, c.n, c.k,
+                                    c.roundProducts, fused, multiprocessors,
+                                    nullptr),
+            cudaSuccess);
+  ASSERT_EQ(smallMGemm(dx, dGate, c.bf16Weights, 1, c.n, c.k,
+                       Result{gateOut, c.roundProducts}, multiprocessors,
+                       nullptr),
+            cudaSuccess);
+  ASSERT_EQ(smallMGemm(dx, dUp, c.bf16Weights, 1, c.n, c.k,
+                       Result{upOut, c.roundProducts}, multiprocessors,
+                       nullptr),
+            cudaSuccess);
+  ASSERT_EQ(binary(Binary::SiluMul, Operand{gateOut, c.roundProducts},
+                   Operand{upOut, c.roundProducts}, size_t(c.n),
+                   Result{apart, false}, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> have = toHost(fused, size_t(c.n)),
+                           want = toHost(apart, size_t(c.n));
+  for (void *p :
+       {static_cast<void *>(dx), dGate, dUp, static_cast<void *>(fused),
+        static_cast<void *>(apart), gateOut, upOut})
+    cudaFree(p);
+  EXPECT_EQ(differingBits(have, want), 0);
+  EXPECT_NE(have.front(), have.back()); // not a row of zeros
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SmallMGemmSiluMulOfPair,
+    testing::Values(
+        // mini's dense MLP at batch 1 (a row a warp), its products' BF16
+        // outputs and F32 ones.
+        PairCase{10944, 2048, true, true}, PairCase{10944, 2048, true, false},
+        // Few rows: each split over warps; wide rows split eight ways.
+        PairCase{64, 2048, true, true}, PairCase{37, 8200, true, false},
+        // F32 weights.
+        PairCase{300, 512, false, false}),
+    [](const testing::TestParamInfo<PairCase> &info) {
+      const PairCase &c = info.param;
+      return "N" + std::to_string(c.n) + "K" + std::to_string(c.k) +
+             (c.bf16Weights ? "Bf16W" : "F32W") +
+             (c.roundProducts ? "Bf16Products" : "");
     });
 
 } // namespace
