@@ -1111,15 +1111,30 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
                         " with its shared expert: " + status.message());
     return onRows ? Status::ok() : gatherMadeBy(f.add);
   };
+  // A Linear kernel's output at `rows` rows: BF16 where its readers read
+  // BF16 and the device writes it so (Bf16Products.h), else F32.
+  auto productTypeOf = [&](uint32_t k, const DeviceTensor &w, int64_t rows) {
+    return dm.writesBf16Product(k) && device.linearWritesBf16(w, rows)
+               ? DType::BF16
+               : DType::F32;
+  };
+  // Whether a Linear kernel's F32 output is rounded to BF16 after it: an
+  // FP8 product's BF16 output (the compiler's precision, its ints(0)),
+  // where the device's product kept more.
+  auto roundsOutputToBf16 = [&](const fb::Kernel &kernel,
+                                const DeviceTensor &w) {
+    return kernel.ints() && kernel.ints()->size() > 0 &&
+           kernel.ints()->Get(0) != 0 && !device.linearOutputsBf16(w);
+  };
   // An MLP's gate and up products and their SiLU-mul in one device call
-  // (GateUpPairs.h), where the three come next in this step's order, x has
-  // nothing prepared for them, and the device takes them at these rows:
-  // the SiLU-mul's value made now, the three kernels left out after.
+  // (GateUpPairs.h), where the other two come next in this step's order, x
+  // has nothing prepared for them, and the device takes them at these
+  // rows: the SiLU-mul's value made now, the three kernels left out after.
   auto gateUpInOneCall = [&](const GateUpPair &p, uint32_t at,
                              bool onRows) -> Status {
     const uint32_t second = p.first == p.gate ? p.up : p.gate;
-    if (at + 2 >= order.size() || order[at] != p.first ||
-        order[at + 1] != second || order[at + 2] != p.siluMul)
+    if (at + 2 >= order.size() || order[at + 1] != second ||
+        order[at + 2] != p.siluMul)
       return Status::ok();
     const fb::Kernel &gate = *m.kernels()->Get(p.gate),
                      &up = *m.kernels()->Get(p.up),
@@ -1134,14 +1149,11 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     if (!device.takesSiluMulOfProducts(wGate, wUp, x.rows()))
       return Status::ok();
     // Each product's values as its Linear would leave them: BF16 where it
-    // writes BF16 or rounds its output to it after (its ints(0)).
+    // writes BF16 or rounds its output to it after.
     auto roundedToBf16 = [&](uint32_t k, const fb::Kernel &kernel,
                              const DeviceTensor &w) {
-      const bool outputBf16 = kernel.ints() && kernel.ints()->size() > 0 &&
-                              kernel.ints()->Get(0) != 0;
-      return (dm.writesBf16Product(k) &&
-              device.linearWritesBf16(w, x.rows())) ||
-             (outputBf16 && !device.linearOutputsBf16(w));
+      return productTypeOf(k, w, x.rows()) == DType::BF16 ||
+             roundsOutputToBf16(kernel, w);
     };
     const bool round = roundedToBf16(p.gate, gate, wGate);
     if (round != roundedToBf16(p.up, up, wUp))
@@ -1181,16 +1193,19 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       rows = pass.rows->shape[0];
       gatheredRows[pass.positionsId] = pass.rowPositions;
     }
-    // (Before the fork: a branch of this call's kernels alone is not
+    // (Before the fork: a branch whose kernels that call took is not
     // marked.)
     if (const GateUpPair *pair = dm.gateUpPairAt(k); pair && !inCall.count(k))
       MELT_RETURN_IF_ERROR(gateUpInOneCall(*pair, at, onRows));
     if (dm.joinsBranch(k))
       MELT_RETURN_IF_ERROR(device.joinBranch());
-    bool branchInCall = dm.marksBranch(k);
-    for (const DeviceModel::BranchInput &in : dm.branchInputs(k))
-      branchInCall &= inCall.count(in.kernel) != 0;
-    if (dm.marksBranch(k) && !branchInCall) {
+    const auto &branchReads = dm.branchInputs(k);
+    const bool branchTaken =
+        std::all_of(branchReads.begin(), branchReads.end(),
+                    [&](const DeviceModel::BranchInput &in) {
+                      return inCall.count(in.kernel) != 0;
+                    });
+    if (dm.marksBranch(k) && !branchTaken) {
       // What the branch's kernels read, but for a shared expert's that its
       // experts' call will run (not in the branch).
       std::vector<DeviceTensor> reads;
@@ -1298,11 +1313,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     case fb::KernelKind::Linear: {
       // BF16 where its readers read BF16 and the device writes it so at
       // these rows (Bf16Products.h).
-      const DType productType =
-          dm.writesBf16Product(k) &&
-                  device.linearWritesBf16(w(0), asRows(in(0)).rows())
-              ? DType::BF16
-              : DType::F32;
+      const DType productType = productTypeOf(k, w(0), asRows(in(0)).rows());
       auto pending = pendingSiluMuls.byValue.find(in(0).data);
       if (pending != pendingSiluMuls.byValue.end()) {
         // silu(gate) * up, computed as the product reads them.
@@ -1337,8 +1348,8 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
       }
       // An FP8 product's BF16 output (the compiler's precision), where the
       // device's product kept more.
-      if (!status && ints(0) != 0 && out->dtype == DType::F32 &&
-          !device.linearOutputsBf16(w(0)))
+      if (!status && out->dtype == DType::F32 &&
+          roundsOutputToBf16(kernel, w(0)))
         status = device.roundToBf16(*out);
       break;
     }
