@@ -3,7 +3,8 @@
 // BF16 weight by melt's small-M kernel (SmallMGemm.h) beside cuBLASLt
 // (the activations rounded to BF16, then GemmRunner::bf16, as the device
 // ran them before), each with an FP8 weight from F32 x (Fp8SmallM.h: the
-// runner's choice and the few-tokens kernel), the routed experts row by
+// runner's choice, the few-tokens kernel and its weights-in-registers
+// form), the routed experts row by
 // row (ModelKernels.h) and grouped by expert on the device (MoeByExpert.h),
 // absorbed MLA split over the sequence (MlaSplit.h), a batch-1 step's
 // fused MLA decode (MlaDecodeFused.h), the router's scores (its gate in
@@ -263,8 +264,10 @@ int main(int argc, char **argv) {
   // Products with FP8 weights (128x128 scales) from F32 x, as a decode step
   // runs them (x quantized in the kernel): the runner's choice (the
   // few-tokens kernel where it pays, else the split-K one:
-  // MELT_CUDA_FP8_FEW_TOKENS=0 shows the latter) and the few-tokens kernel
-  // itself. K padded to 512 as the runtime stores such weights.
+  // MELT_CUDA_FP8_FEW_TOKENS=0 shows the latter), the few-tokens products
+  // (through the ring, with MELT_CUDA_FP8_FEW_TOKENS_REGISTERS=0) and the
+  // few-tokens products with the weights in registers. K padded to 512 as
+  // the runtime stores such weights.
   struct Fp8Shape {
     const char *name;
     int n, kIn, k;
@@ -313,15 +316,31 @@ int main(int argc, char **argv) {
                                },
                                iters)
                          : 0.f;
+      const bool registersFit =
+          fp8FewTokensInRegistersFit(m, shape.n, shape.k);
+      float registersMs =
+          registersFit ? melt::bench::timeMs(
+                             benchName,
+                             [&](int i) {
+                               CHECK(fp8FewTokensInRegistersFromF32(
+                                   x, nullptr, shape.kIn, weight(i), scales, y,
+                                   m, shape.n, shape.k, sms, nullptr));
+                             },
+                             iters)
+                       : 0.f;
+      auto rate = [&](float ms) {
+        return ms > 0.f ? weightBytes / (ms * 1e-3) / 1e9 : 0.0;
+      };
       std::printf(
           "{\"what\": \"fp8_small_m\", \"shape\": \"%s\", \"m\": %d, "
           "\"n\": %d, \"k\": %d, \"few_tokens_taken\": %s, "
           "\"runner_us\": %.2f, \"runner_weight_GBps\": %.1f, "
-          "\"few_tokens_us\": %.2f, \"few_tokens_weight_GBps\": %.1f}\n",
+          "\"few_tokens_us\": %.2f, \"few_tokens_weight_GBps\": %.1f, "
+          "\"registers_us\": %.2f, \"registers_weight_GBps\": %.1f}\n",
           shape.name, m, shape.n, shape.k,
           fp8FewTokensPay(m, shape.n, shape.k) ? "true" : "false",
-          runnerMs * 1e3, weightBytes / (runnerMs * 1e-3) / 1e9, fewMs * 1e3,
-          fits ? weightBytes / (fewMs * 1e-3) / 1e9 : 0.0);
+          runnerMs * 1e3, rate(runnerMs), fewMs * 1e3, rate(fewMs),
+          registersMs * 1e3, rate(registersMs));
       std::fflush(stdout);
       CHECK(cudaFree(x));
       CHECK(cudaFree(y));

@@ -16,61 +16,25 @@
 // stored with its K padded). At the end of a tile the warps' sums are
 // added in shared memory in a fixed order and rounded to BF16.
 //
-// The product runs on tensor cores as mma.sync.m16n8k16 with FP16
-// operands and FP32 accumulation: every e4m3 value is exact in FP16, and
-// sm_90 has no FP8 mma.sync in hardware (ptxas would widen both operands
-// before every FP16 HMMA). Per 128-wide K block a warp sums into a
-// temporary FP32 accumulator, which it then adds to the result times the
-// block's weight scale and each token's input scale (FP32 promotion per
-// 128 values, as DeepSeek-V3 does). Because the sum over a K block is
-// order-free, lane (g, t) takes bytes 4 s .. 4 s + 3 of its 32-byte chunk
-// t of rows g and g + 8 at step s, and the same bytes of token g's x: a
-// permuted order of K, the same for W and x, so that every load is a
-// 16-byte vector. The FP8-x and F32-x forms share everything from the
-// codes on: their results agree bit for bit.
+// The arithmetic (tensor cores, FP32 promotion per K block, lane (g, t)
+// taking its 32-byte chunk t of rows g and g + 8) and x's staging are
+// Fp8FewTokensParts.cuh's, shared with Fp8FewTokensRegisters.cu.
 //
 //===----------------------------------------------------------------------===//
 #include "cuda/Fp8SmallM.h"
 
 #include "EnvSwitch.h"
 
-#include "cuda/AsyncCopy.cuh"
-#include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
-#include "cuda/E4m3.cuh"
-#include "cuda/Silu.cuh"
-#include "cuda/TensorCoreMma.cuh"
-#include "cuda/VectorLoads.cuh"
-#include "cuda/WarpReduce.cuh"
-
-#include <cuda_fp16.h>
+#include "cuda/Fp8FewTokensParts.cuh"
 
 #include <algorithm>
 #include <cstdint>
 
 using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::fewtokens;
 
 namespace {
-
-constexpr int kRowsPerScale = 128, kWarps = 8, kThreads = kWarps * 32;
-constexpr int kKBlock = 128;
-/// mma.m16n8k16 steps per K block.
-constexpr int kSteps = kKBlock / 16;
-
-/// What one launch reads.
-struct Operands {
-  const uint8_t *x;
-  const float *xScales, *xF32, *upF32;
-  int kIn;
-  const uint8_t *w;
-  const float *wScales;
-  int m, n, k;
-};
-
-/// One K block of a thread's rows (r and r + 8: 32 bytes each, chunk t).
-struct RowFragment {
-  uint4 lo[2], hi[2];
-};
 
 /// Items (16 rows x one K block of W, 2 KB) in each warp's ring in shared
 /// memory: kFewTokensRing - 1 stream in while one is multiplied.
@@ -82,8 +46,7 @@ constexpr size_t kFewTokensRingBytes = kWarps * kFewTokensRing * kItemBytes;
 /// then all of x as FP8 codes ([K/128][m][128]) and its scales
 /// ([K/128][m]).
 size_t fewTokensSharedBytes(int m, int k) {
-  return kFewTokensRingBytes + size_t(m) * k +
-         size_t(m) * (k / kKBlock) * sizeof(float);
+  return kFewTokensRingBytes + stagedXBytes(m, k);
 }
 
 /// The most the few-tokens kernel may take (it is alone on its
@@ -96,75 +59,8 @@ __device__ __forceinline__ int itemOffset(int r, int c) {
   return r * kKBlock + ((c ^ (r & 7)) * 16);
 }
 
-/// Pairs of (token, K block) a warp quantizes at once from F32: their
-/// loads in flight together.
-constexpr int kQuantizeBatch = 8;
-
 /// The weight bytes up to which one pass pays (see fp8FewTokensPay).
 constexpr double kFewTokensWeightMax = 24e6;
-
-/// Warp `warp`'s K blocks [kbBegin, kbEnd) of x into shared memory as
-/// codes and scales: copied (from FP8) or quantized with quantizeRowsFp8's
-/// arithmetic (from F32: a warp per token and K block, lane l values 4 l ..
-/// 4 l + 3, silu(x) * up where up is given; values beyond kIn are zeros).
-/// Only this warp reads them: a __syncwarp() after suffices.
-template <bool kF32>
-__device__ __forceinline__ void stageWarpX(const Operands &o, int kbBegin,
-                                           int kbEnd, uint8_t *codes,
-                                           float *scales, int lane) {
-  const int m = o.m, count = max(0, kbEnd - kbBegin) * m;
-  if constexpr (kF32) {
-    for (int first = 0; first < count; first += kQuantizeBatch) {
-      float4 v[kQuantizeBatch], u[kQuantizeBatch];
-#pragma unroll
-      for (int b = 0; b < kQuantizeBatch; ++b) {
-        const int pair = first + b, kb = kbBegin + pair / max(m, 1),
-                  token = pair % m;
-        const int column = kb * kKBlock + lane * 4;
-        const bool present = pair < count && column < o.kIn;
-        const size_t at = size_t(token) * o.kIn + column;
-        v[b] = present ? __ldg(reinterpret_cast<const float4 *>(o.xF32 + at))
-                       : make_float4(0.f, 0.f, 0.f, 0.f);
-        u[b] = present && o.upF32
-                   ? __ldg(reinterpret_cast<const float4 *>(o.upF32 + at))
-                   : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-#pragma unroll
-      for (int b = 0; b < kQuantizeBatch; ++b) {
-        const int pair = first + b;
-        if (pair >= count) // warp-uniform
-          break;
-        const int kb = kbBegin + pair / m, token = pair % m;
-        float4 q = v[b];
-        if (o.upF32)
-          q = make_float4(siluTimes(q.x, u[b].x), siluTimes(q.y, u[b].y),
-                          siluTimes(q.z, u[b].z), siluTimes(q.w, u[b].w));
-        const float amax = warpMax(fmaxf(fmaxf(fabsf(q.x), fabsf(q.y)),
-                                         fmaxf(fabsf(q.z), fabsf(q.w))));
-        const float scale = gemmInputScale(amax);
-        reinterpret_cast<uint32_t *>(codes +
-                                     (size_t(kb) * m + token) * kKBlock)[lane] =
-            gemmInputCodes(q.x, q.y, q.z, q.w, 1.f / scale);
-        if (lane == 0)
-          scales[kb * m + token] = scale;
-      }
-    }
-  } else {
-    // 8 copies of 16 bytes per (token, K block), and its scale.
-    for (int i = lane; i < count * 8; i += 32) {
-      const int pair = i / 8, chunk = i % 8;
-      const int kb = kbBegin + pair / m, token = pair % m;
-      copyAsync16(codes + (size_t(kb) * m + token) * kKBlock + chunk * 16,
-                  o.x + size_t(token) * o.k + size_t(kb) * kKBlock +
-                      chunk * 16);
-      if (chunk == 0)
-        copyAsync4(scales + kb * m + token, o.xScales + size_t(kb) * m + token);
-    }
-    commitCopies();
-    awaitCopies<0>();
-  }
-  __syncwarp();
-}
 
 /// Up to 8 tokens: 16 weight rows at a time per block, its warps splitting
 /// K (no split over blocks: no scratch, no second pass), the blocks
@@ -230,88 +126,34 @@ __global__ void __launch_bounds__(kThreads)
   stageWarpX<kF32>(o, kbFirst, min(kBlocks, kbFirst + perWarp), xCodes, xScales,
                    lane);
 
-  __shared__ float4 sums[2][kWarps][32];
+  __shared__ TileSums sums;
   float result[4] = {0.f, 0.f, 0.f, 0.f};
   for (int q = 0; q < items; ++q) {
-    {
-      const int kb = kbOf(q);
-      const bool real = kb < kBlocks; // warp-uniform
-      // Item q's copies (the groups after it may still be in flight), shown
-      // to the whole warp; the slot refilled next was read by every lane
-      // in the last item.
-      awaitCopies<kFewTokensRing - 2>();
-      __syncwarp();
-      if (q + kFewTokensRing - 1 < items)
-        copyItem(q + kFewTokensRing - 1);
-      else
-        commitCopies();
+    // Item q's copies (the groups after it may still be in flight), shown
+    // to the whole warp; the slot refilled next was read by every lane in
+    // the last item.
+    awaitCopies<kFewTokensRing - 2>();
+    __syncwarp();
+    if (q + kFewTokensRing - 1 < items)
+      copyItem(q + kFewTokensRing - 1);
+    else
+      commitCopies();
+    const int kb = kbOf(q);
+    if (kb < kBlocks) { // warp-uniform
       const uint8_t *item = ring + (q % kFewTokensRing) * kItemBytes;
+      const uint4 *chunks = reinterpret_cast<const uint4 *>(item);
       RowFragment cur;
-      {
-        const uint4 *lo = reinterpret_cast<const uint4 *>(item);
-        cur.lo[0] = lo[itemOffset(group, 2 * t) / 16];
-        cur.lo[1] = lo[itemOffset(group, 2 * t + 1) / 16];
-        cur.hi[0] = lo[itemOffset(group + 8, 2 * t) / 16];
-        cur.hi[1] = lo[itemOffset(group + 8, 2 * t + 1) / 16];
-      }
-      const float weightScale = ringScales[warp][q % kFewTokensRing];
-      // C fragment: rows group and group + 8, tokens 2 t and 2 t + 1.
-      uint4 codes[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-      float s0 = 0.f, s1 = 0.f;
-      if (real) {
-        if (group < m) {
-          const uint4 *from = reinterpret_cast<const uint4 *>(
-              xCodes + (size_t(kb) * m + group) * kKBlock + t * 32);
-          codes[0] = from[0];
-          codes[1] = from[1];
-        }
-        s0 = 2 * t < m ? xScales[kb * m + 2 * t] : 0.f;
-        s1 = 2 * t + 1 < m ? xScales[kb * m + 2 * t + 1] : 0.f;
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int step = 0; step < kSteps; ++step) {
-          const uint32_t l = wordOf(cur.lo, step), h = wordOf(cur.hi, step),
-                         x = wordOf(codes, step);
-          mma16816Half(acc, e4m3PairAsHalves(l), e4m3PairAsHalves(h),
-                       e4m3PairAsHalves(l >> 16), e4m3PairAsHalves(h >> 16),
-                       e4m3PairAsHalves(x), e4m3PairAsHalves(x >> 16));
-        }
-        s0 *= weightScale, s1 *= weightScale;
-        result[0] += acc[0] * s0;
-        result[1] += acc[1] * s1;
-        result[2] += acc[2] * s0;
-        result[3] += acc[3] * s1;
-      }
-      if (q % perWarp != perWarp - 1)
-        continue;
-      // The tile's end: the warps' sums, added in warp order. Two buffers:
-      // one is written again only after every thread has passed the next
-      // tile's barrier, and so has read it.
-      auto &tileSums = sums[(q / perWarp) & 1];
-      tileSums[warp][lane] =
-          make_float4(result[0], result[1], result[2], result[3]);
-      result[0] = result[1] = result[2] = result[3] = 0.f;
-      __syncthreads();
-      const int r = threadIdx.x % 16, token = threadIdx.x / 16;
-      if (token < m) { // m <= 8: threads 0 .. 16 m - 1
-        // Element (r, token) is in lane (r % 8, token / 2), value
-        // (r / 8) * 2 + token % 2.
-        const int from = (r % 8) * 4 + token / 2,
-                  which = (r / 8) * 2 + token % 2;
-        float sum = 0.f;
-#pragma unroll
-        for (int wi = 0; wi < kWarps; ++wi) {
-          const float4 v = tileSums[wi][from];
-          sum += which == 0 ? v.x : which == 1 ? v.y : which == 2 ? v.z : v.w;
-        }
-        const __nv_bfloat16 rounded = __float2bfloat16(sum);
-        const size_t at = size_t(token) * n + tileOf(q) * 16 + r;
-        if constexpr (kF32)
-          yF32[at] = __bfloat162float(rounded);
-        else
-          y[at] = rounded;
-      }
+      cur.lo[0] = chunks[itemOffset(group, 2 * t) / 16];
+      cur.lo[1] = chunks[itemOffset(group, 2 * t + 1) / 16];
+      cur.hi[0] = chunks[itemOffset(group + 8, 2 * t) / 16];
+      cur.hi[1] = chunks[itemOffset(group + 8, 2 * t + 1) / 16];
+      // Lane (g, t) holds chunk t (32 bytes) of its rows.
+      multiplyItem(cur, ringScales[warp][q % kFewTokensRing], xCodes, xScales,
+                   kb, m, group, t, 32 * t, 32 * t + 16, result);
     }
+    if (q % perWarp == perWarp - 1)
+      storeTile<kF32>(result, sums, (q / perWarp) & 1, warp, lane, m, n,
+                      tileOf(q), y, yF32);
   }
 }
 
@@ -344,6 +186,19 @@ cudaError_t launchFewTokens(const Operands &o, __nv_bfloat16 *y, float *yF32,
   const int blocks = std::min(o.n / 16, perSm * smCount);
   return launchOverlapped(fp8FewTokensKernel<kF32>, dim3(blocks), kThreads,
                           fewTokensSharedBytes(o.m, o.k), stream, o, y, yF32);
+}
+
+/// Whether the few-tokens products load their weights straight into
+/// registers (Fp8FewTokensRegisters.cu) rather than through the ring: at
+/// one token, where mini's traced FP8 batch-1 step measured 615.0 / 616.2
+/// -> 593.7 / 593.7 us with it (its 27 products 245.1 -> 223.5 us;
+/// docs/CudaBackend.md, "Session 42"). From 2 to 8 tokens the two kernels
+/// alone are within 10% either way, shape by shape
+/// (melt-bench-decode-kernels), and no step was measured: the ring stays.
+bool inRegisters(int m, int n, int k) {
+  static const bool enabled =
+      melt::rt::envSwitch("MELT_CUDA_FP8_FEW_TOKENS_REGISTERS", true);
+  return enabled && m == 1 && fp8FewTokensInRegistersFit(m, n, k);
 }
 
 } // namespace
@@ -380,6 +235,9 @@ cudaError_t melt::rt::cuda::fp8FewTokens(const __nv_fp8_e4m3 *x,
                                          cudaStream_t stream) {
   if (!fp8FewTokensFit(m, n, k))
     return cudaErrorInvalidValue;
+  if (inRegisters(m, n, k))
+    return fp8FewTokensInRegisters(x, xScales, w, wScales, y, m, n, k, smCount,
+                                   stream);
   const Operands o{
       reinterpret_cast<const uint8_t *>(x), xScales, nullptr, nullptr, k,
       reinterpret_cast<const uint8_t *>(w), wScales, m,       n,       k};
@@ -396,6 +254,9 @@ cudaError_t melt::rt::cuda::fp8FewTokensFromF32(const float *x, const float *up,
       reinterpret_cast<uintptr_t>(up) % 16 != 0 || kIn < 4 || kIn > k ||
       kIn % 4 != 0)
     return cudaErrorInvalidValue;
+  if (inRegisters(m, n, k))
+    return fp8FewTokensInRegistersFromF32(x, up, kIn, w, wScales, y, m, n, k,
+                                          smCount, stream);
   const Operands o{
       nullptr, nullptr, x, up, kIn, reinterpret_cast<const uint8_t *>(w),
       wScales, m,       n, k};

@@ -67,6 +67,25 @@ cudaError_t fp8FewTokensFromF32(const float *x, const float *up, int kIn,
                                 float *y, int m, int n, int k, int smCount,
                                 cudaStream_t stream);
 
+/// The few-tokens products with the weights loaded straight into registers
+/// (Fp8FewTokensRegisters.cu): no ring in shared memory, so that several
+/// blocks share a multiprocessor. fp8FewTokens and fp8FewTokensFromF32 take
+/// it at one token unless MELT_CUDA_FP8_FEW_TOKENS_REGISTERS=0. The same
+/// values as theirs to the FP32 rounding of the sums (K in another order
+/// inside a block), not bit for bit.
+bool fp8FewTokensInRegistersFit(int m, int n, int k);
+cudaError_t fp8FewTokensInRegisters(const __nv_fp8_e4m3 *x,
+                                    const float *xScales,
+                                    const __nv_fp8_e4m3 *w,
+                                    const float *wScales, __nv_bfloat16 *y,
+                                    int m, int n, int k, int smCount,
+                                    cudaStream_t stream);
+cudaError_t fp8FewTokensInRegistersFromF32(const float *x, const float *up,
+                                           int kIn, const __nv_fp8_e4m3 *w,
+                                           const float *wScales, float *y,
+                                           int m, int n, int k, int smCount,
+                                           cudaStream_t stream);
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_FP8SMALLM_H

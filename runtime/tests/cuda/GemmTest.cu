@@ -470,6 +470,53 @@ TEST(CudaGemm, Fp8FewTokensTakeTilesInTurn) {
   cudaFree(dx), cudaFree(dws), cudaFree(dw), cudaFree(dq), cudaFree(dxs);
 }
 
+// The few-tokens products with the weights in registers, called directly
+// (the runner's tests above reach them through fp8FewTokens): K ranges
+// longer than the items a lane holds ahead and not a multiple of them (K
+// 11264: 11 blocks a warp), warps left idle (K 256), one tile, a partial
+// 128-row scale block; and with fewer blocks than tiles (each takes
+// several in turn) the same bits as with a block a tile.
+TEST(CudaGemm, Fp8FewTokensInRegistersMatchReference) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  int smCount = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&smCount, cudaDevAttrMultiProcessorCount, 0),
+            cudaSuccess);
+  std::mt19937 rng(37);
+  for (Shape s : {Shape{1, 2048, 11264}, Shape{3, 2112, 1536},
+                  Shape{8, 16, 256}, Shape{1, 10944, 2048},
+                  Shape{5, 2112, 7168}}) {
+    ASSERT_TRUE(fp8FewTokensInRegistersFit(s.m, s.n, s.k));
+    checkFp8With(
+        [&](const __nv_fp8_e4m3 *x, const float *xScales,
+            const __nv_fp8_e4m3 *w, const float *wScales, __nv_bfloat16 *y,
+            Shape shape) {
+          ASSERT_EQ(fp8FewTokensInRegisters(x, xScales, w, wScales, y, shape.m,
+                                            shape.n, shape.k, smCount, nullptr),
+                    cudaSuccess);
+          std::vector<__nv_bfloat16> first;
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          first = toHost(y, size_t(shape.m) * shape.n);
+          for (int fewer : {3, 1}) {
+            ASSERT_EQ(fp8FewTokensInRegisters(x, xScales, w, wScales, y,
+                                              shape.m, shape.n, shape.k, fewer,
+                                              nullptr),
+                      cudaSuccess);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            auto again = toHost(y, size_t(shape.m) * shape.n);
+            EXPECT_EQ(std::memcmp(again.data(), first.data(),
+                                  first.size() * sizeof(first[0])),
+                      0)
+                << "on " << fewer << " multiprocessors";
+          }
+        },
+        "few tokens in registers", s, rng);
+  }
+  EXPECT_FALSE(fp8FewTokensInRegistersFit(9, 2048, 2048));
+  EXPECT_FALSE(fp8FewTokensInRegistersFit(1, 2040, 2048));
+  EXPECT_FALSE(fp8FewTokensInRegistersFit(1, 2048, 2000));
+}
+
 // cuBLASLt from 9 tokens on (the split-K wgmma kernel declined), on
 // zero-padded copies when M is not a multiple of 16; then the small-M
 // kernel again after cuBLASLt used the workspace.

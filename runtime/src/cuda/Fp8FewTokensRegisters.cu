@@ -1,0 +1,194 @@
+//===- Fp8FewTokensRegisters.cu - few tokens' FP8 products from registers -===//
+//
+// The few-tokens kernel's products (Fp8FewTokens.cu: y[M, N] = x[M, K]
+// W[N, K]^T for M <= 8, FP8 e4m3 with DeepSeek-V3's block scales, one pass,
+// no scratch) with the weights loaded straight into registers instead of
+// through a ring in shared memory.
+//
+// The ring (7 items of 2 KB a warp, 112 KB a block) holds a block alone on
+// its multiprocessor: 8 warps an SM stream the weights. Here a lane keeps
+// its next kDepth items in registers (64 bytes each), loaded as it
+// multiplies the one before, so that a block takes only x's codes and the
+// tile sums in shared memory and two or more blocks share a
+// multiprocessor. The work is the few-tokens kernel's: a block takes 16
+// rows of W at a time, its 8 warps splitting K the same way, the blocks
+// resident at once taking the tiles in turn; x staged once as FP8 codes;
+// the warps' sums added in warp order at a tile's end.
+//
+// A lane (g, t) loads bytes 16 t .. 16 t + 15 and 64 + 16 t .. 64 + 16 t +
+// 15 of rows g and g + 8 of a K block: a warp's load covers 64 contiguous
+// bytes of each of 8 rows (whole 32-byte sectors; the ring's copies take
+// 128 a row). The K order inside a block is so another than the ring
+// kernel's: the two agree to the FP32 rounding of the tensor cores' sums,
+// not bit for bit.
+//
+//===----------------------------------------------------------------------===//
+#include "cuda/Fp8SmallM.h"
+
+#include "cuda/DependentLaunch.cuh"
+#include "cuda/Fp8FewTokensParts.cuh"
+
+#include <algorithm>
+#include <cstdint>
+
+using namespace melt::rt::cuda;
+using namespace melt::rt::cuda::fewtokens;
+
+namespace {
+
+/// Items a lane has in flight: 3 x 64 bytes, 6 KB a warp (4 spill at the
+/// 128 registers that keep two blocks on a multiprocessor).
+constexpr int kDepth = 3;
+
+/// The most shared memory a block takes: x's codes and scales for up to 8
+/// tokens of K up to 12K (the static tile sums come on top).
+constexpr size_t kRegistersSharedMax = 100u << 10;
+
+template <bool kF32>
+__global__ void __launch_bounds__(kThreads, 2)
+    fp8FewTokensRegistersKernel(Operands o, __nv_bfloat16 *y, float *yF32) {
+  const int m = o.m, n = o.n, k = o.k;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, t = lane % 4;
+  const int kBlocks = k / kKBlock, tiles = n / 16;
+  const int perWarp = (kBlocks + kWarps - 1) / kWarps;
+  const int kbFirst = warp * perWarp;
+  // Item q of every warp: tile blockIdx.x + (q / perWarp) * gridDim.x, K
+  // block kbFirst + q % perWarp (none past kBlocks: the warp idles there,
+  // but keeps the block's count of items, and so of barriers).
+  const int mine = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / gridDim.x;
+  const int items = mine * perWarp;
+  auto tileOf = [&](int q) {
+    return int(blockIdx.x) + q / perWarp * gridDim.x;
+  };
+  auto kbOf = [&](int q) { return kbFirst + q % perWarp; };
+  auto load = [&](int q, RowFragment &f, float &scale) {
+    const int kb = kbOf(q);
+    if (kb >= kBlocks) // warp-uniform
+      return;
+    const int row0 = tileOf(q) * 16;
+    const uint8_t *lo =
+        o.w + size_t(row0 + group) * k + size_t(kb) * kKBlock + 16 * t;
+    const uint8_t *hi = lo + size_t(8) * k;
+    f.lo[0] = streamLoad(lo);
+    f.lo[1] = streamLoad(lo + 64);
+    f.hi[0] = streamLoad(hi);
+    f.hi[1] = streamLoad(hi + 64);
+    scale = __ldg(o.wScales + size_t(row0 / kRowsPerScale) * kBlocks + kb);
+  };
+
+  // Weights are constant: the first items load before the kernel ahead
+  // has ended.
+  RowFragment ahead[kDepth];
+  float aheadScale[kDepth];
+#pragma unroll
+  for (int u = 0; u < kDepth; ++u)
+    if (u < items)
+      load(u, ahead[u], aheadScale[u]);
+  awaitPriorKernels();
+  extern __shared__ __align__(16) uint8_t sharedBytes[];
+  uint8_t *xCodes = sharedBytes;
+  float *xScales = reinterpret_cast<float *>(xCodes + size_t(m) * k);
+  // (Four pairs of x's loads in flight, not eight: the items ahead hold 51
+  // registers meanwhile.)
+  stageWarpX<kF32, 4>(o, kbFirst, min(kBlocks, kbFirst + perWarp), xCodes,
+                      xScales, lane);
+
+  __shared__ TileSums sums;
+  float result[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int base = 0; base < items; base += kDepth) {
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u) {
+      const int q = base + u;
+      if (q >= items) // the same for every warp of the block
+        break;
+      const RowFragment cur = ahead[u];
+      const float weightScale = aheadScale[u];
+      if (q + kDepth < items)
+        load(q + kDepth, ahead[u], aheadScale[u]);
+      const int kb = kbOf(q);
+      if (kb < kBlocks) // warp-uniform
+        multiplyItem(cur, weightScale, xCodes, xScales, kb, m, group, t,
+                     16 * t, 64 + 16 * t, result);
+      if (q % perWarp == perWarp - 1)
+        storeTile<kF32>(result, sums, (q / perWarp) & 1, warp, lane, m, n,
+                        tileOf(q), y, yF32);
+    }
+  }
+}
+
+size_t registersSharedBytes(int m, int k) { return stagedXBytes(m, k); }
+
+/// Blocks of the register kernel resident at once on a multiprocessor,
+/// with the most shared memory it may take; 0 where it cannot run.
+template <bool kF32> int registersBlocksPerSm() {
+  static const int perSm = [] {
+    if (cudaFuncSetAttribute(fp8FewTokensRegistersKernel<kF32>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(kRegistersSharedMax)) != cudaSuccess)
+      return 0;
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &blocks, fp8FewTokensRegistersKernel<kF32>, kThreads, 0) !=
+        cudaSuccess)
+      return 0;
+    return blocks;
+  }();
+  return perSm;
+}
+
+/// The kernel on its blocks: every 16-row tile its own block where the
+/// blocks resident at once (with this launch's shared memory) cover them,
+/// else as many as are resident.
+template <bool kF32>
+cudaError_t launchRegisters(const Operands &o, __nv_bfloat16 *y, float *yF32,
+                            int smCount, cudaStream_t stream) {
+  if (registersBlocksPerSm<kF32>() == 0)
+    return cudaErrorInvalidValue;
+  const size_t shared = registersSharedBytes(o.m, o.k);
+  int perSm = 0;
+  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &perSm, fp8FewTokensRegistersKernel<kF32>, kThreads, shared);
+      e != cudaSuccess)
+    return e;
+  if (perSm == 0)
+    return cudaErrorInvalidValue;
+  const int blocks = std::min(o.n / 16, perSm * smCount);
+  return launchOverlapped(fp8FewTokensRegistersKernel<kF32>, dim3(blocks),
+                          kThreads, shared, stream, o, y, yF32);
+}
+
+} // namespace
+
+bool melt::rt::cuda::fp8FewTokensInRegistersFit(int m, int n, int k) {
+  return m >= 1 && m <= kFp8FewTokensMax && n >= 16 && n % 16 == 0 &&
+         k >= kKBlock && k % kKBlock == 0 &&
+         registersSharedBytes(m, k) <= kRegistersSharedMax;
+}
+
+cudaError_t melt::rt::cuda::fp8FewTokensInRegisters(
+    const __nv_fp8_e4m3 *x, const float *xScales, const __nv_fp8_e4m3 *w,
+    const float *wScales, __nv_bfloat16 *y, int m, int n, int k, int smCount,
+    cudaStream_t stream) {
+  if (!fp8FewTokensInRegistersFit(m, n, k))
+    return cudaErrorInvalidValue;
+  const Operands o{
+      reinterpret_cast<const uint8_t *>(x), xScales, nullptr, nullptr, k,
+      reinterpret_cast<const uint8_t *>(w), wScales, m,       n,       k};
+  return launchRegisters<false>(o, y, nullptr, smCount, stream);
+}
+
+cudaError_t melt::rt::cuda::fp8FewTokensInRegistersFromF32(
+    const float *x, const float *up, int kIn, const __nv_fp8_e4m3 *w,
+    const float *wScales, float *y, int m, int n, int k, int smCount,
+    cudaStream_t stream) {
+  if (!fp8FewTokensInRegistersFit(m, n, k) ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(up) % 16 != 0 || kIn < 4 || kIn > k ||
+      kIn % 4 != 0)
+    return cudaErrorInvalidValue;
+  const Operands o{
+      nullptr, nullptr, x, up, kIn, reinterpret_cast<const uint8_t *>(w),
+      wScales, m,       n, k};
+  return launchRegisters<true>(o, nullptr, y, smCount, stream);
+}
