@@ -316,8 +316,7 @@ int main(int argc, char **argv) {
                                },
                                iters)
                          : 0.f;
-      const bool registersFit =
-          fp8FewTokensInRegistersFit(m, shape.n, shape.k);
+      const bool registersFit = fp8FewTokensInRegistersFit(m, shape.n, shape.k);
       float registersMs =
           registersFit ? melt::bench::timeMs(
                              benchName,
@@ -331,16 +330,15 @@ int main(int argc, char **argv) {
       auto rate = [&](float ms) {
         return ms > 0.f ? weightBytes / (ms * 1e-3) / 1e9 : 0.0;
       };
-      std::printf(
-          "{\"what\": \"fp8_small_m\", \"shape\": \"%s\", \"m\": %d, "
-          "\"n\": %d, \"k\": %d, \"few_tokens_taken\": %s, "
-          "\"runner_us\": %.2f, \"runner_weight_GBps\": %.1f, "
-          "\"few_tokens_us\": %.2f, \"few_tokens_weight_GBps\": %.1f, "
-          "\"registers_us\": %.2f, \"registers_weight_GBps\": %.1f}\n",
-          shape.name, m, shape.n, shape.k,
-          fp8FewTokensPay(m, shape.n, shape.k) ? "true" : "false",
-          runnerMs * 1e3, rate(runnerMs), fewMs * 1e3, rate(fewMs),
-          registersMs * 1e3, rate(registersMs));
+      std::printf("{\"what\": \"fp8_small_m\", \"shape\": \"%s\", \"m\": %d, "
+                  "\"n\": %d, \"k\": %d, \"few_tokens_taken\": %s, "
+                  "\"runner_us\": %.2f, \"runner_weight_GBps\": %.1f, "
+                  "\"few_tokens_us\": %.2f, \"few_tokens_weight_GBps\": %.1f, "
+                  "\"registers_us\": %.2f, \"registers_weight_GBps\": %.1f}\n",
+                  shape.name, m, shape.n, shape.k,
+                  fp8FewTokensPay(m, shape.n, shape.k) ? "true" : "false",
+                  runnerMs * 1e3, rate(runnerMs), fewMs * 1e3, rate(fewMs),
+                  registersMs * 1e3, rate(registersMs));
       std::fflush(stdout);
       CHECK(cudaFree(x));
       CHECK(cudaFree(y));

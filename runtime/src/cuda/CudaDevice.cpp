@@ -559,8 +559,11 @@ public:
                                DeviceTensor &y, Status &status) {
     if (!pendingNorm_ || x.data != pendingNorm_->y.data || usable() ||
         pendingNorm_->stream != stream_ || attachedTo(x) ||
-        check::linear(x, w, y) || x.rows() != 1 ||
-        (w.dtype != DType::BF16 && w.dtype != DType::F32) ||
+        check::linear(x, w, y) || x.rows() != 1)
+      return false;
+    if (w.dtype == DType::FP8E4M3)
+      return fp8ProductAfterPendingNorm(x, w, y, status);
+    if ((w.dtype != DType::BF16 && w.dtype != DType::F32) ||
         !takesSmallMGemm(w, 1))
       return false;
     const bool bf16 = w.dtype == DType::BF16;
@@ -574,6 +577,40 @@ public:
     status = check(smallMGemmAfterNorm(p.operands, w.data, bf16, n, k,
                                        result(y), multiprocessors_, stream_),
                    "linear");
+    releaseHeldBack(p);
+    return true;
+  }
+
+  /// productAfterPendingNorm for an FP8 weight, with
+  /// MELT_CUDA_FP8_NORM_IN_PRODUCT=1 (off by default): where
+  /// linearWithFp8Weight would run the row on the few-tokens kernel with
+  /// its weights in registers (F32 in and out), that kernel normalizes the
+  /// row itself (fp8FewTokensAfterNorm). Measured on mini's FP8 batch-1
+  /// step: 16 kernels fewer, the same span (593.0 / 593.0 against 593.0 /
+  /// 592.2 us) and melt-run 0.3% slower, three rounds alternating: each of
+  /// the product's blocks normalizing the row after the kernel ahead ends
+  /// costs what the norm's launch did (docs/CudaBackend.md, "Session 42").
+  bool fp8ProductAfterPendingNorm(const DeviceTensor &x, const DeviceTensor &w,
+                                  DeviceTensor &y, Status &status) {
+    static const bool enabled =
+        envSwitch("MELT_CUDA_FP8_NORM_IN_PRODUCT", false);
+    const auto scales = weightScales_.find(w.data);
+    if (!enabled || scales == weightScales_.end() || x.dtype != DType::F32 ||
+        y.dtype != DType::F32)
+      return false;
+    const auto padded = paddedK_.find(w.data);
+    const int k = int(x.cols()), n = int(w.rows());
+    const int kStored = padded == paddedK_.end() ? k : int(padded->second);
+    bool handled = false;
+    const CudaStatus s = gemm_->fp8AfterNorm(
+        pendingNorm_->operands, k, static_cast<const __nv_fp8_e4m3 *>(w.data),
+        static_cast<const float *>(scales->second.data),
+        static_cast<float *>(y.data), n, kStored, handled);
+    if (!handled)
+      return false;
+    PendingNorm p = std::move(*pendingNorm_);
+    pendingNorm_.reset();
+    status = fromGemm(s);
     releaseHeldBack(p);
     return true;
   }

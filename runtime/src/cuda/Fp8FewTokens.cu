@@ -188,6 +188,8 @@ cudaError_t launchFewTokens(const Operands &o, __nv_bfloat16 *y, float *yF32,
                           fewTokensSharedBytes(o.m, o.k), stream, o, y, yF32);
 }
 
+} // namespace
+
 /// Whether the few-tokens products load their weights straight into
 /// registers (Fp8FewTokensRegisters.cu) rather than through the ring: at
 /// one token, where mini's traced FP8 batch-1 step measured 615.0 / 616.2
@@ -195,13 +197,11 @@ cudaError_t launchFewTokens(const Operands &o, __nv_bfloat16 *y, float *yF32,
 /// docs/CudaBackend.md, "Session 42"). From 2 to 8 tokens the two kernels
 /// alone are within 10% either way, shape by shape
 /// (melt-bench-decode-kernels), and no step was measured: the ring stays.
-bool inRegisters(int m, int n, int k) {
+bool melt::rt::cuda::fp8FewTokensTakeRegisters(int m, int n, int k) {
   static const bool enabled =
       melt::rt::envSwitch("MELT_CUDA_FP8_FEW_TOKENS_REGISTERS", true);
   return enabled && m == 1 && fp8FewTokensInRegistersFit(m, n, k);
 }
-
-} // namespace
 
 bool melt::rt::cuda::fp8FewTokensFit(int m, int n, int k) {
   return m >= 1 && m <= kFp8FewTokensMax && n >= 16 && n % 16 == 0 &&
@@ -235,7 +235,7 @@ cudaError_t melt::rt::cuda::fp8FewTokens(const __nv_fp8_e4m3 *x,
                                          cudaStream_t stream) {
   if (!fp8FewTokensFit(m, n, k))
     return cudaErrorInvalidValue;
-  if (inRegisters(m, n, k))
+  if (fp8FewTokensTakeRegisters(m, n, k))
     return fp8FewTokensInRegisters(x, xScales, w, wScales, y, m, n, k, smCount,
                                    stream);
   const Operands o{
@@ -254,7 +254,7 @@ cudaError_t melt::rt::cuda::fp8FewTokensFromF32(const float *x, const float *up,
       reinterpret_cast<uintptr_t>(up) % 16 != 0 || kIn < 4 || kIn > k ||
       kIn % 4 != 0)
     return cudaErrorInvalidValue;
-  if (inRegisters(m, n, k))
+  if (fp8FewTokensTakeRegisters(m, n, k))
     return fp8FewTokensInRegistersFromF32(x, up, kIn, w, wScales, y, m, n, k,
                                           smCount, stream);
   const Operands o{

@@ -1,4 +1,5 @@
-//===- Fp8FewTokensParts.cuh - what the few-tokens kernels share -*- CUDA -*-===//
+//===- Fp8FewTokensParts.cuh - what the few-tokens kernels share -*- CUDA
+//-*-===//
 //
 // The FP8 products of up to 8 tokens in one pass (Fp8FewTokens.cu: the
 // weights through a ring in shared memory; Fp8FewTokensRegisters.cu: the
@@ -59,7 +60,7 @@ struct RowFragment {
 
 /// x as FP8 codes ([K/128][m][128]) and its scales ([K/128][m]): the bytes
 /// of shared memory they take.
-inline size_t stagedXBytes(int m, int k) {
+__host__ __device__ inline size_t stagedXBytes(int m, int k) {
   return size_t(m) * k + size_t(m) * (k / kKBlock) * sizeof(float);
 }
 
@@ -73,8 +74,9 @@ constexpr int kQuantizeBatch = 8;
 /// 4 l + 3, silu(x) * up where up is given; values beyond kIn are zeros).
 /// Only this warp reads them: a __syncwarp() after suffices. The FP8 form
 /// waits for every copy group of the warp. kBatch pairs' loads are in
-/// flight at once (fewer where the caller holds many registers).
-template <bool kF32, int kBatch = kQuantizeBatch>
+/// flight at once (fewer where the caller holds many registers). With
+/// kXShared, o.xF32 is in shared memory (a row the block normalized).
+template <bool kF32, int kBatch = kQuantizeBatch, bool kXShared = false>
 __device__ __forceinline__ void stageWarpX(const Operands &o, int kbBegin,
                                            int kbEnd, uint8_t *codes,
                                            float *scales, int lane) {
@@ -89,8 +91,11 @@ __device__ __forceinline__ void stageWarpX(const Operands &o, int kbBegin,
         const int column = kb * kKBlock + lane * 4;
         const bool present = pair < count && column < o.kIn;
         const size_t at = size_t(token) * o.kIn + column;
-        v[b] = present ? __ldg(reinterpret_cast<const float4 *>(o.xF32 + at))
-                       : make_float4(0.f, 0.f, 0.f, 0.f);
+        const auto *from = reinterpret_cast<const float4 *>(o.xF32 + at);
+        if constexpr (kXShared)
+          v[b] = present ? *from : make_float4(0.f, 0.f, 0.f, 0.f);
+        else
+          v[b] = present ? __ldg(from) : make_float4(0.f, 0.f, 0.f, 0.f);
         u[b] = present && o.upF32
                    ? __ldg(reinterpret_cast<const float4 *>(o.upF32 + at))
                    : make_float4(0.f, 0.f, 0.f, 0.f);

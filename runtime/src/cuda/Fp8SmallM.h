@@ -9,6 +9,8 @@
 #ifndef MELT_RUNTIME_CUDA_FP8SMALLM_H
 #define MELT_RUNTIME_CUDA_FP8SMALLM_H
 
+#include "cuda/SmallMGemm.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -71,9 +73,11 @@ cudaError_t fp8FewTokensFromF32(const float *x, const float *up, int kIn,
 /// (Fp8FewTokensRegisters.cu): no ring in shared memory, so that several
 /// blocks share a multiprocessor. fp8FewTokens and fp8FewTokensFromF32 take
 /// it at one token unless MELT_CUDA_FP8_FEW_TOKENS_REGISTERS=0. The same
-/// values as theirs to the FP32 rounding of the sums (K in another order
-/// inside a block), not bit for bit.
+/// arithmetic in the same order as the ring's: the same values bit for
+/// bit.
 bool fp8FewTokensInRegistersFit(int m, int n, int k);
+/// Whether fp8FewTokens / fp8FewTokensFromF32 take it for this shape.
+bool fp8FewTokensTakeRegisters(int m, int n, int k);
 cudaError_t fp8FewTokensInRegisters(const __nv_fp8_e4m3 *x,
                                     const float *xScales,
                                     const __nv_fp8_e4m3 *w,
@@ -85,6 +89,18 @@ cudaError_t fp8FewTokensInRegistersFromF32(const float *x, const float *up,
                                            const float *wScales, float *y,
                                            int m, int n, int k, int smCount,
                                            cudaStream_t stream);
+
+/// fp8FewTokensInRegistersFromF32 of one row that an RMSNorm (or an add and
+/// norm: norm.b given) makes first, as smallMGemmAfterNorm does for BF16
+/// weights: every block normalizes the row (kIn values) itself with the
+/// norm kernel's arithmetic, block 0 also storing norm.y and norm.sum, then
+/// quantizes and multiplies it. The same values, bit for bit, as the norm
+/// kernel, then fp8FewTokensInRegistersFromF32.
+bool fp8FewTokensAfterNormFit(int n, int kIn, int k);
+cudaError_t fp8FewTokensAfterNorm(const RowNormOperands &norm, int kIn,
+                                  const __nv_fp8_e4m3 *w, const float *wScales,
+                                  float *y, int n, int k, int smCount,
+                                  cudaStream_t stream);
 
 } // namespace melt::rt::cuda
 

@@ -288,6 +288,22 @@ CudaStatus GemmRunner::fp8FromF32(const float *x, const float *up, int kIn,
                   "fp8SmallMFromF32");
 }
 
+CudaStatus GemmRunner::fp8AfterNorm(const RowNormOperands &norm, int kIn,
+                                    const __nv_fp8_e4m3 *w,
+                                    const float *wScales, float *y, int n,
+                                    int k, bool &handled) {
+  // fp8SmallMFromF32's choice for one row (the few-tokens kernel where it
+  // pays), on its weights-in-registers form.
+  handled = quantizesF32Rows(1) && fp8FewTokensPay(1, n, k) &&
+            fp8FewTokensTakeRegisters(1, n, k) &&
+            fp8FewTokensAfterNormFit(n, kIn, k);
+  if (!handled)
+    return CudaStatus::ok();
+  return fromCuda(
+      fp8FewTokensAfterNorm(norm, kIn, w, wScales, y, n, k, smCount_, stream_),
+      "fp8FewTokensAfterNorm");
+}
+
 CudaStatus GemmRunner::fp8BlockScaled(const __nv_fp8_e4m3 *x,
                                       const float *xScales,
                                       const __nv_fp8_e4m3 *w,

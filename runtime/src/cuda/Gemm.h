@@ -88,6 +88,15 @@ public:
                         const __nv_fp8_e4m3 *w, const float *wScales, float *y,
                         int m, int n, int k, bool &handled);
 
+  /// fp8FromF32 of one row that an RMSNorm (or an add and norm) makes
+  /// first, the norm in the product's kernel (fp8FewTokensAfterNorm: the
+  /// norm's y and sum stored too), where fp8FromF32 would run the row on
+  /// the few-tokens kernel with its weights in registers; `handled` says
+  /// whether it ran (else the caller runs the norm, then fp8FromF32).
+  CudaStatus fp8AfterNorm(const RowNormOperands &norm, int kIn,
+                          const __nv_fp8_e4m3 *w, const float *wScales,
+                          float *y, int n, int k, bool &handled);
+
   /// Batches of y_b[M, N] = x_b[M, K] w_b, every operand FP32 and
   /// row-major with its own row and batch strides (elements), w_b stored
   /// [K, N] or, with wNK, [N, K] (then y_b = x_b w_b^T); multiplied on the

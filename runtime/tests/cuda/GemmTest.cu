@@ -483,9 +483,9 @@ TEST(CudaGemm, Fp8FewTokensInRegistersMatchReference) {
   ASSERT_EQ(cudaDeviceGetAttribute(&smCount, cudaDevAttrMultiProcessorCount, 0),
             cudaSuccess);
   std::mt19937 rng(37);
-  for (Shape s : {Shape{1, 2048, 11264}, Shape{3, 2112, 1536},
-                  Shape{8, 16, 256}, Shape{1, 10944, 2048},
-                  Shape{5, 2112, 7168}}) {
+  for (Shape s :
+       {Shape{1, 2048, 11264}, Shape{3, 2112, 1536}, Shape{8, 16, 256},
+        Shape{1, 10944, 2048}, Shape{5, 2112, 7168}}) {
     ASSERT_TRUE(fp8FewTokensInRegistersFit(s.m, s.n, s.k));
     checkFp8With(
         [&](const __nv_fp8_e4m3 *x, const float *xScales,
@@ -515,6 +515,73 @@ TEST(CudaGemm, Fp8FewTokensInRegistersMatchReference) {
   EXPECT_FALSE(fp8FewTokensInRegistersFit(9, 2048, 2048));
   EXPECT_FALSE(fp8FewTokensInRegistersFit(1, 2040, 2048));
   EXPECT_FALSE(fp8FewTokensInRegistersFit(1, 2048, 2000));
+}
+
+// The weights-in-registers kernel gives the ring kernel's bits (the same
+// lanes' chunks, K split and sums; fp8FewTokens runs the ring from two
+// tokens on), from FP8 x and from F32 x, with a K range longer than the
+// items a lane holds ahead and a weight with its K padded.
+TEST(CudaGemm, Fp8FewTokensInRegistersGiveTheRingsBits) {
+  if (!haveDevice())
+    GTEST_SKIP() << "no CUDA device";
+  int smCount = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&smCount, cudaDevAttrMultiProcessorCount, 0),
+            cudaSuccess);
+  std::mt19937 rng(41);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  struct Case {
+    int m, n, kIn, k;
+  };
+  for (Case c : {Case{2, 2048, 10944, 11264}, Case{5, 2112, 2048, 2048},
+                 Case{8, 3072, 1536, 1536}}) {
+    ASSERT_FALSE(fp8FewTokensTakeRegisters(c.m, c.n, c.k));
+    const int kBlocks = c.k / 128;
+    std::vector<float> x(size_t(c.m) * c.kIn);
+    for (float &v : x)
+      v = normal(rng);
+    std::vector<__nv_fp8_e4m3> w(size_t(c.n) * c.k);
+    for (auto &v : w)
+      v = __nv_fp8_e4m3(normal(rng) * 100.f);
+    std::vector<float> wScales(size_t((c.n + 127) / 128) * kBlocks);
+    for (float &v : wScales)
+      v = (1.f + normal(rng) * 0.1f) * 1e-3f;
+    float *dx = toDevice(x), *dws = toDevice(wScales);
+    __nv_fp8_e4m3 *dw = toDevice(w);
+    auto *dq = deviceArray<__nv_fp8_e4m3>(size_t(c.m) * c.k);
+    float *dxs = deviceArray<float>(size_t(c.m) * kBlocks);
+    ASSERT_EQ(quantizeRowsFp8Padded(dx, c.m, c.kIn, c.k, dq, dxs, nullptr),
+              cudaSuccess);
+    auto *ring = deviceArray<__nv_bfloat16>(size_t(c.m) * c.n),
+         *registers = deviceArray<__nv_bfloat16>(size_t(c.m) * c.n);
+    float *ringF32 = deviceArray<float>(size_t(c.m) * c.n),
+          *registersF32 = deviceArray<float>(size_t(c.m) * c.n);
+    ASSERT_EQ(
+        fp8FewTokens(dq, dxs, dw, dws, ring, c.m, c.n, c.k, smCount, nullptr),
+        cudaSuccess);
+    ASSERT_EQ(fp8FewTokensInRegisters(dq, dxs, dw, dws, registers, c.m, c.n,
+                                      c.k, smCount, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(fp8FewTokensFromF32(dx, nullptr, c.kIn, dw, dws, ringF32, c.m,
+                                  c.n, c.k, smCount, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(fp8FewTokensInRegistersFromF32(dx, nullptr, c.kIn, dw, dws,
+                                             registersF32, c.m, c.n, c.k,
+                                             smCount, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto a = toHost(ring, size_t(c.m) * c.n),
+         b = toHost(registers, size_t(c.m) * c.n);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])), 0)
+        << c.m << "x" << c.n << "x" << c.k << " from FP8";
+    EXPECT_EQ(differingBits(toHost(ringF32, size_t(c.m) * c.n),
+                            toHost(registersF32, size_t(c.m) * c.n)),
+              0)
+        << c.m << "x" << c.n << "x" << c.k << " from F32";
+    for (void *p : {(void *)dx, (void *)dws, (void *)dw, (void *)dq,
+                    (void *)dxs, (void *)ring, (void *)registers,
+                    (void *)ringF32, (void *)registersF32})
+      cudaFree(p);
+  }
 }
 
 // cuBLASLt from 9 tokens on (the split-K wgmma kernel declined), on
