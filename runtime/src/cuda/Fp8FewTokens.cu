@@ -193,10 +193,11 @@ cudaError_t launchFewTokens(const Operands &o, __nv_bfloat16 *y, float *yF32,
 /// Whether the few-tokens products load their weights straight into
 /// registers (Fp8FewTokensRegisters.cu) rather than through the ring: at
 /// one token, where mini's traced FP8 batch-1 step measured 615.0 / 616.2
-/// -> 593.7 / 593.7 us with it (its 27 products 245.1 -> 223.5 us;
-/// docs/CudaBackend.md, "Session 42"). From 2 to 8 tokens the two kernels
-/// alone are within 10% either way, shape by shape
-/// (melt-bench-decode-kernels), and no step was measured: the ring stays.
+/// -> 593.7 / 593.7 us with it (its 27 products 245.1 -> 223.5 us), then
+/// 590.5 / 591.0 with the ring's chunk a lane (docs/CudaBackend.md,
+/// "Session 42"). From 2 to 8 tokens the two kernels alone are within 10%
+/// either way, shape by shape (melt-bench-decode-kernels), and no step was
+/// measured: the ring stays.
 bool melt::rt::cuda::fp8FewTokensTakeRegisters(int m, int n, int k) {
   static const bool enabled =
       melt::rt::envSwitch("MELT_CUDA_FP8_FEW_TOKENS_REGISTERS", true);
