@@ -30,23 +30,6 @@ struct Fp8NormProductCase {
   int multiprocessors = 0; // 0: the device's
 };
 
-void *valuesOnDevice(const std::vector<float> &values, bool bf16) {
-  if (!bf16)
-    return toDevice(values);
-  std::vector<__nv_bfloat16> rounded(values.size());
-  for (size_t i = 0; i < values.size(); ++i)
-    rounded[i] = __float2bfloat16(values[i]);
-  return toDevice(rounded);
-}
-
-std::vector<float> randoms(size_t count, float scale, std::mt19937 &rng) {
-  std::normal_distribution<float> normal(0.f, scale);
-  std::vector<float> v(count);
-  for (float &e : v)
-    e = normal(rng);
-  return v;
-}
-
 class Fp8FewTokensAfterNorm
     : public testing::TestWithParam<Fp8NormProductCase> {};
 
@@ -56,9 +39,9 @@ TEST_P(Fp8FewTokensAfterNorm, MatchesTheNormThenTheProduct) {
   const Fp8NormProductCase c = GetParam();
   ASSERT_TRUE(fp8FewTokensAfterNormFit(c.n, c.kIn, c.k));
   std::mt19937 rng(uint32_t(c.n * 31 + c.k));
-  const std::vector<float> x = randoms(size_t(c.kIn), 1.f, rng),
-                           b = randoms(size_t(c.kIn), 0.5f, rng),
-                           gamma = randoms(size_t(c.kIn), 1.f, rng);
+  const std::vector<float> x = normalValues(size_t(c.kIn), 1.f, rng),
+                           b = normalValues(size_t(c.kIn), 0.5f, rng),
+                           gamma = normalValues(size_t(c.kIn), 1.f, rng);
   // The weight as a checkpoint ships it (zeros beyond kIn where padded).
   std::vector<__nv_fp8_e4m3> w(size_t(c.n) * c.k, __nv_fp8_e4m3(0.f));
   std::normal_distribution<float> normal(0.f, 100.f);
@@ -77,8 +60,7 @@ TEST_P(Fp8FewTokensAfterNorm, MatchesTheNormThenTheProduct) {
   __nv_fp8_e4m3 *dw = toDevice(w);
   float *dScales = toDevice(wScales);
 
-  auto run = [&](bool fused, std::vector<float> &sum, std::vector<float> &y,
-                 std::vector<float> &out) {
+  auto run = [&](bool fused, NormProductOutputs &o) {
     void *dx = valuesOnDevice(x, c.bf16Inputs),
          *db = valuesOnDevice(b, c.bf16Inputs);
     float *dGamma = toDevice(gamma), *dy = deviceArray<float>(size_t(c.kIn)),
@@ -104,31 +86,18 @@ TEST_P(Fp8FewTokensAfterNorm, MatchesTheNormThenTheProduct) {
                 cudaSuccess);
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    y = toHost(dy, size_t(c.kIn));
-    out = toHost(dOut, size_t(c.n));
-    if (c.add && c.bf16Sum) {
-      const std::vector<__nv_bfloat16> s =
-          toHost(static_cast<__nv_bfloat16 *>(dSum), size_t(c.kIn));
-      sum.resize(s.size());
-      for (size_t i = 0; i < s.size(); ++i)
-        sum[i] = __bfloat162float(s[i]);
-    } else if (c.add) {
-      sum = toHost(static_cast<float *>(dSum), size_t(c.kIn));
-    }
+    o.y = toHost(dy, size_t(c.kIn));
+    o.out = toHost(dOut, size_t(c.n));
+    if (c.add)
+      o.sum = hostValues(dSum, c.bf16Sum, size_t(c.kIn));
     for (void *p : {dx, db, static_cast<void *>(dGamma),
                     static_cast<void *>(dy), static_cast<void *>(dOut), dSum})
       cudaFree(p);
   };
-  std::vector<float> sumFused, yFused, outFused, sumApart, yApart, outApart;
-  run(true, sumFused, yFused, outFused);
-  run(false, sumApart, yApart, outApart);
-  ASSERT_EQ(outFused.size(), size_t(c.n));
-  EXPECT_EQ(differingBits(yFused, yApart), 0);
-  EXPECT_EQ(differingBits(outFused, outApart), 0);
-  if (c.add)
-    EXPECT_EQ(differingBits(sumFused, sumApart), 0);
-  // Not a product of zeros: the rows differ from each other.
-  EXPECT_NE(outFused.front(), outFused.back());
+  NormProductOutputs fusedOut, apartOut;
+  run(true, fusedOut);
+  run(false, apartOut);
+  expectSameNormProduct(fusedOut, apartOut, c.add, size_t(c.n));
   cudaFree(dw), cudaFree(dScales);
 }
 

@@ -34,24 +34,6 @@ struct Buffers {
   void *x, *b, *w, *sum;
 };
 
-/// `values` on the device, in BF16 where asked.
-void *valuesOnDevice(const std::vector<float> &values, bool bf16) {
-  if (!bf16)
-    return toDevice(values);
-  std::vector<__nv_bfloat16> rounded(values.size());
-  for (size_t i = 0; i < values.size(); ++i)
-    rounded[i] = __float2bfloat16(values[i]);
-  return toDevice(rounded);
-}
-
-std::vector<float> randoms(size_t count, float scale, std::mt19937 &rng) {
-  std::normal_distribution<float> normal(0.f, scale);
-  std::vector<float> v(count);
-  for (float &e : v)
-    e = normal(rng);
-  return v;
-}
-
 class SmallMGemmAfterNorm : public testing::TestWithParam<NormProductCase> {};
 
 TEST_P(SmallMGemmAfterNorm, MatchesTheNormThenTheProduct) {
@@ -59,17 +41,16 @@ TEST_P(SmallMGemmAfterNorm, MatchesTheNormThenTheProduct) {
     GTEST_SKIP() << "no CUDA device";
   const NormProductCase c = GetParam();
   std::mt19937 rng(uint32_t(c.n * 31 + c.k));
-  const std::vector<float> x = randoms(size_t(c.k), 1.f, rng),
-                           b = randoms(size_t(c.k), 0.5f, rng),
-                           gamma = randoms(size_t(c.k), 1.f, rng),
-                           w = randoms(size_t(c.n) * c.k, 0.05f, rng);
+  const std::vector<float> x = normalValues(size_t(c.k), 1.f, rng),
+                           b = normalValues(size_t(c.k), 0.5f, rng),
+                           gamma = normalValues(size_t(c.k), 1.f, rng),
+                           w = normalValues(size_t(c.n) * c.k, 0.05f, rng);
   int multiprocessors = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&multiprocessors,
                                    cudaDevAttrMultiProcessorCount, 0),
             cudaSuccess);
 
-  auto run = [&](bool fused, std::vector<float> &sum, std::vector<float> &y,
-                 std::vector<float> &out) {
+  auto run = [&](bool fused, NormProductOutputs &o) {
     Buffers d{};
     d.x = valuesOnDevice(x, c.bf16Inputs);
     d.b = valuesOnDevice(b, c.bf16Inputs);
@@ -99,32 +80,19 @@ TEST_P(SmallMGemmAfterNorm, MatchesTheNormThenTheProduct) {
                 cudaSuccess);
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    y = toHost(d.y, size_t(c.k));
-    out = toHost(d.out, size_t(c.n));
-    if (c.add && c.bf16Sum) {
-      const std::vector<__nv_bfloat16> s =
-          toHost(static_cast<__nv_bfloat16 *>(d.sum), size_t(c.k));
-      sum.resize(s.size());
-      for (size_t i = 0; i < s.size(); ++i)
-        sum[i] = __bfloat162float(s[i]);
-    } else if (c.add) {
-      sum = toHost(static_cast<float *>(d.sum), size_t(c.k));
-    }
+    o.y = toHost(d.y, size_t(c.k));
+    o.out = toHost(d.out, size_t(c.n));
+    if (c.add)
+      o.sum = hostValues(d.sum, c.bf16Sum, size_t(c.k));
     for (void *p :
          {d.x, d.b, static_cast<void *>(d.gamma), static_cast<void *>(d.y),
           static_cast<void *>(d.out), d.sum, d.w})
       cudaFree(p);
   };
-  std::vector<float> sumFused, yFused, outFused, sumApart, yApart, outApart;
-  run(true, sumFused, yFused, outFused);
-  run(false, sumApart, yApart, outApart);
-  ASSERT_EQ(outFused.size(), size_t(c.n));
-  EXPECT_EQ(differingBits(yFused, yApart), 0);
-  EXPECT_EQ(differingBits(outFused, outApart), 0);
-  if (c.add)
-    EXPECT_EQ(differingBits(sumFused, sumApart), 0);
-  // Not a product of zeros: the rows differ from each other.
-  EXPECT_NE(outFused.front(), outFused.back());
+  NormProductOutputs fusedOut, apartOut;
+  run(true, fusedOut);
+  run(false, apartOut);
+  expectSameNormProduct(fusedOut, apartOut, c.add, size_t(c.n));
 }
 
 INSTANTIATE_TEST_SUITE_P(
