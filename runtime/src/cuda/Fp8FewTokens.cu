@@ -77,18 +77,8 @@ __global__ void __launch_bounds__(kThreads)
   const int m = o.m, n = o.n, k = o.k;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, t = lane % 4;
-  const int kBlocks = k / kKBlock, tiles = n / 16;
-  const int perWarp = (kBlocks + kWarps - 1) / kWarps;
-  const int kbFirst = warp * perWarp;
-  // Item q of every warp: tile blockIdx.x + (q / perWarp) * gridDim.x, K
-  // block kbFirst + q % perWarp (none past kBlocks: the warp idles there,
-  // but keeps the block's count of items, and so of barriers).
-  const int mine = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / gridDim.x;
-  const int items = mine * perWarp;
-  auto tileOf = [&](int q) {
-    return int(blockIdx.x) + q / perWarp * gridDim.x;
-  };
-  auto kbOf = [&](int q) { return kbFirst + q % perWarp; };
+  const WarpItems its(n, k, warp);
+  const int kBlocks = its.kBlocks, items = its.items;
   extern __shared__ __align__(16) uint8_t sharedBytes[];
   // This warp's ring of items, copied in turn: lane l copies chunks l, l +
   // 32, l + 64 and l + 96 of an item (8 lanes a 128-byte row), and its
@@ -96,7 +86,8 @@ __global__ void __launch_bounds__(kThreads)
   uint8_t *ring = sharedBytes + size_t(warp) * kFewTokensRing * kItemBytes;
   __shared__ float ringScales[kWarps][kFewTokensRing];
   auto copyItem = [&](int q) {
-    const int kb = kbOf(q), row0 = tileOf(q) * 16, slot = q % kFewTokensRing;
+    const int kb = its.kbOf(q), row0 = its.tileOf(q) * 16,
+              slot = q % kFewTokensRing;
     if (kb < kBlocks) {
       uint8_t *to = ring + slot * kItemBytes;
 #pragma unroll
@@ -123,8 +114,7 @@ __global__ void __launch_bounds__(kThreads)
   // All of this warp's K range of x, once, as codes in shared memory.
   uint8_t *xCodes = sharedBytes + kFewTokensRingBytes;
   float *xScales = reinterpret_cast<float *>(xCodes + size_t(m) * k);
-  stageWarpX<kF32>(o, kbFirst, min(kBlocks, kbFirst + perWarp), xCodes, xScales,
-                   lane);
+  stageWarpX<kF32>(o, its.kbFirst, its.kbEnd(), xCodes, xScales, lane);
 
   __shared__ TileSums sums;
   float result[4] = {0.f, 0.f, 0.f, 0.f};
@@ -138,7 +128,7 @@ __global__ void __launch_bounds__(kThreads)
       copyItem(q + kFewTokensRing - 1);
     else
       commitCopies();
-    const int kb = kbOf(q);
+    const int kb = its.kbOf(q);
     if (kb < kBlocks) { // warp-uniform
       const uint8_t *item = ring + (q % kFewTokensRing) * kItemBytes;
       const uint4 *chunks = reinterpret_cast<const uint4 *>(item);
@@ -151,9 +141,9 @@ __global__ void __launch_bounds__(kThreads)
       multiplyItem(cur, ringScales[warp][q % kFewTokensRing], xCodes, xScales,
                    kb, m, group, t, 32 * t, 32 * t + 16, result);
     }
-    if (q % perWarp == perWarp - 1)
-      storeTile<kF32>(result, sums, (q / perWarp) & 1, warp, lane, m, n,
-                      tileOf(q), y, yF32);
+    if (its.endsTile(q))
+      storeTile<kF32>(result, sums, its.tileParity(q), warp, lane, m, n,
+                      its.tileOf(q), y, yF32);
   }
 }
 

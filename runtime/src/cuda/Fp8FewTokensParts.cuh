@@ -58,6 +58,33 @@ struct RowFragment {
   uint4 lo[2], hi[2];
 };
 
+/// A warp's items in a launch (a block 16 rows of W at a time, the blocks
+/// taking the tiles in turn, its 8 warps splitting K): item q is tile
+/// blockIdx.x + (q / perWarp) * gridDim.x, K block kbFirst + q % perWarp.
+/// Every warp of a block has the same count of items, and so of tile ends
+/// (barriers); a warp idles on the K blocks past kBlocks.
+struct WarpItems {
+  int kBlocks, perWarp, kbFirst, items;
+  __device__ WarpItems(int n, int k, int warp) {
+    kBlocks = k / kKBlock;
+    const int tiles = n / 16;
+    perWarp = (kBlocks + kWarps - 1) / kWarps;
+    kbFirst = warp * perWarp;
+    const int mine = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / gridDim.x;
+    items = mine * perWarp;
+  }
+  __device__ int tileOf(int q) const {
+    return int(blockIdx.x) + q / perWarp * gridDim.x;
+  }
+  __device__ int kbOf(int q) const { return kbFirst + q % perWarp; }
+  /// The end of this warp's K blocks, for staging its x.
+  __device__ int kbEnd() const { return min(kBlocks, kbFirst + perWarp); }
+  /// Whether item q is its tile's last.
+  __device__ bool endsTile(int q) const { return q % perWarp == perWarp - 1; }
+  /// storeTile's buffer for item q's tile (alternating from tile to tile).
+  __device__ int tileParity(int q) const { return (q / perWarp) & 1; }
+};
+
 /// x as FP8 codes ([K/128][m][128]) and its scales ([K/128][m]): the bytes
 /// of shared memory they take.
 __host__ __device__ inline size_t stagedXBytes(int m, int k) {

@@ -68,25 +68,15 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int m = o.m, n = o.n, k = o.k;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, t = lane % 4;
-  const int kBlocks = k / kKBlock, tiles = n / 16;
-  const int perWarp = (kBlocks + kWarps - 1) / kWarps;
-  const int kbFirst = warp * perWarp;
-  // Item q of every warp: tile blockIdx.x + (q / perWarp) * gridDim.x, K
-  // block kbFirst + q % perWarp (none past kBlocks: the warp idles there,
-  // but keeps the block's count of items, and so of barriers).
-  const int mine = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / gridDim.x;
-  const int items = mine * perWarp;
-  auto tileOf = [&](int q) {
-    return int(blockIdx.x) + q / perWarp * gridDim.x;
-  };
-  auto kbOf = [&](int q) { return kbFirst + q % perWarp; };
+  const WarpItems its(n, k, warp);
+  const int kBlocks = its.kBlocks, items = its.items;
   // The lane's 32 bytes of a K block: chunk t, as two 16-byte loads.
   const int part = 32 * t;
   auto load = [&](int q, RowFragment &f, float &scale) {
-    const int kb = kbOf(q);
+    const int kb = its.kbOf(q);
     if (kb >= kBlocks) // warp-uniform
       return;
-    const int row0 = tileOf(q) * 16;
+    const int row0 = its.tileOf(q) * 16;
     const uint8_t *lo =
         o.w + size_t(row0 + group) * k + size_t(kb) * kKBlock + part;
     const uint8_t *hi = lo + size_t(8) * k;
@@ -125,12 +115,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads(); // the whole row, for every warp
     Operands fromRow = o;
     fromRow.xF32 = normed;
-    stageWarpX<true, 4, true>(fromRow, kbFirst, min(kBlocks, kbFirst + perWarp),
-                              xCodes, xScales, lane);
+    stageWarpX<true, 4, true>(fromRow, its.kbFirst, its.kbEnd(), xCodes,
+                              xScales, lane);
   } else {
     awaitPriorKernels();
-    stageWarpX<kF32, 4>(o, kbFirst, min(kBlocks, kbFirst + perWarp), xCodes,
-                        xScales, lane);
+    stageWarpX<kF32, 4>(o, its.kbFirst, its.kbEnd(), xCodes, xScales, lane);
   }
 
   __shared__ TileSums sums;
@@ -145,13 +134,13 @@ __global__ void __launch_bounds__(kThreads, 2)
       const float weightScale = aheadScale[u];
       if (q + kDepth < items)
         load(q + kDepth, ahead[u], aheadScale[u]);
-      const int kb = kbOf(q);
+      const int kb = its.kbOf(q);
       if (kb < kBlocks) // warp-uniform
         multiplyItem(cur, weightScale, xCodes, xScales, kb, m, group, t, part,
                      part + 16, result);
-      if (q % perWarp == perWarp - 1)
-        storeTile<kF32>(result, sums, (q / perWarp) & 1, warp, lane, m, n,
-                        tileOf(q), y, yF32);
+      if (its.endsTile(q))
+        storeTile<kF32>(result, sums, its.tileParity(q), warp, lane, m, n,
+                        its.tileOf(q), y, yF32);
     }
   }
 }
