@@ -20,17 +20,11 @@ fi
 source "$(dirname "$0")/common.sh"
 model=$1 batch=$2
 shift 2
-for variant in "$@"; do
-  if [ "$variant" != default ] && ! [[ $variant =~ ^[A-Z0-9_]+=[^,]*(,[A-Z0-9_]+=[^,]*)*$ ]]; then
-    echo "ab-timeline.sh: error: variant '$variant' is neither 'default' nor NAME=VALUE[,NAME=VALUE]" >&2
-    exit 2
-  fi
-done
+check_variants ab-timeline.sh "$@"
 build_gpu melt-run melt-kernel-trace
 for round in $(seq "${ROUNDS:-2}"); do
   for variant in "$@"; do
-    settings=()
-    [ "$variant" != default ] && IFS=, read -r -a settings <<< "$variant"
+    variant_settings "$variant"
     env "${settings[@]}" bash "$(dirname "$0")/timeline.sh" "$model" "$batch" \
       > /dev/null
     summary="$out/timeline-$model-b$batch.json"

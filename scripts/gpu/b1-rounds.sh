@@ -20,19 +20,13 @@ fi
 source "$(dirname "$0")/common.sh"
 model=$1
 shift
-for variant in "$@"; do
-  if [ "$variant" != default ] && ! [[ $variant =~ ^[A-Z0-9_]+=[^,]*(,[A-Z0-9_]+=[^,]*)*$ ]]; then
-    echo "b1-rounds.sh: error: variant '$variant' is neither 'default' nor NAME=VALUE[,NAME=VALUE]" >&2
-    exit 2
-  fi
-done
+check_variants b1-rounds.sh "$@"
 [ -n "${MELT_B1_SKIP_BUILD:-}" ] || build_gpu melt-run
 melt_run=${MELT_RUN:-build-gpu/bin/melt-run}
 prompt=${MELT_B1_PROMPT_IDS:-$(prompt_ids 128)}
 for round in $(seq "${ROUNDS:-3}"); do
   for variant in "$@"; do
-    settings=()
-    [ "$variant" != default ] && IFS=, read -r -a settings <<< "$variant"
+    variant_settings "$variant"
     env "${settings[@]}" "$melt_run" "$carry/models/$model" --random-weights \
       --device "${MELT_B1_DEVICE:-cuda:0}" --bench --warmup \
       --prompt-ids "$prompt" --max-new 64 2> "$out/b1_rounds_stderr.txt" |

@@ -91,3 +91,23 @@ ab_melt() {
       "$carry/models/$model" --random-weights --device cuda:0 "$@"
   fi
 }
+
+# check_variants SCRIPT VARIANT...: exits 2 (naming SCRIPT) where a variant
+# is neither "default" nor NAME=VALUE[,NAME=VALUE] (ab-timeline.sh,
+# b1-rounds.sh); variant_settings VARIANT: its NAME=VALUEs into the array
+# `settings` (none for "default"), for env.
+check_variants() {
+  local script=$1 variant
+  shift
+  for variant in "$@"; do
+    if [ "$variant" != default ] && ! [[ $variant =~ ^[A-Z0-9_]+=[^,]*(,[A-Z0-9_]+=[^,]*)*$ ]]; then
+      echo "$script: error: variant '$variant' is neither 'default' nor NAME=VALUE[,NAME=VALUE]" >&2
+      exit 2
+    fi
+  done
+}
+variant_settings() {
+  settings=()
+  [ "$1" != default ] && IFS=, read -r -a settings <<< "$1"
+  return 0
+}
