@@ -5,12 +5,12 @@
 // FP8 GEMM ("fp8_us") is melt's small-M kernel, beyond cuBLASLt; for 16 to
 // 64 tokens the small-M kernel's figure is given beside it, and up to 64
 // the split-K wgmma kernel's (Fp8SplitKWgmma.cu: what the runtime runs
-// from 9 to 16 tokens by default). The device's copy
-// bandwidth is measured in the same run; for small M the figure that
-// matters is the weight bandwidth (weight bytes / time). Several copies
-// of each weight are cycled through, so that no GEMM finds its weight in
-// the 50 MB L2 cache left by the previous one. At M >= 4096 the energy per
-// GEMM comes from NVML's counter over about a second. One JSON line each.
+// from 9 to 16 tokens by default), with its plan (K ranges, blocks an SM). The
+// device's copy bandwidth is measured in the same run; for small M the figure
+// that matters is the weight bandwidth (weight bytes / time). Several copies of
+// each weight are cycled through, so that no GEMM finds its weight in the 50 MB
+// L2 cache left by the previous one. At M >= 4096 the energy per GEMM comes
+// from NVML's counter over about a second. One JSON line each.
 //
 // --large takes M 4096 and 8192 alone, --small 1, 16, 32 and 64.
 // --hot reads one copy of each weight every call (in L2 where it fits:
@@ -272,6 +272,8 @@ int main(int argc, char **argv) {
         gemm->setSmallMLimit(8);
       }
       // The split-K wgmma kernel (Fp8SplitKWgmma.cu) up to 64 tokens.
+      const Fp8SplitKPlan plan =
+          fp8SplitKWgmmaPlan(m, shape.n, shape.k, prop.multiProcessorCount);
       float wgmmaMs = 0;
       if (m <= kFp8SplitKWgmmaMax)
         wgmmaMs = melt::bench::timeMs(
@@ -318,7 +320,9 @@ int main(int argc, char **argv) {
           "\"weight_copies\": %d, \"fp8_small_m_kernel_us\": %.1f, "
           "\"fp8_small_m_kernel_weight_GBps\": %.1f, "
           "\"fp8_split_k_wgmma_us\": %.1f, "
-          "\"fp8_split_k_wgmma_weight_GBps\": %.1f, \"fp8_joules\": %.4f, "
+          "\"fp8_split_k_wgmma_weight_GBps\": %.1f, "
+          "\"fp8_split_k_plan\": \"%d ranges, %d blocks an SM\", "
+          "\"fp8_joules\": %.4f, "
           "\"fp8_tflop_per_joule\": %.2f}\n",
           shape.name, m, shape.n, shape.k, fp8Ms * 1e3,
           flops / (fp8Ms * 1e-3) / 1e12,
@@ -327,8 +331,8 @@ int main(int argc, char **argv) {
           2.0 * weightBytes / (bf16Ms * 1e-3) / 1e9, copies, smallMs * 1e3,
           smallMs > 0 ? weightBytes / (smallMs * 1e-3) / 1e9 : 0.0,
           wgmmaMs * 1e3,
-          wgmmaMs > 0 ? weightBytes / (wgmmaMs * 1e-3) / 1e9 : 0.0,
-          joulesPerCall,
+          wgmmaMs > 0 ? weightBytes / (wgmmaMs * 1e-3) / 1e9 : 0.0, plan.splits,
+          plan.blocksPerSm, joulesPerCall,
           joulesPerCall > 0 ? flops / joulesPerCall / 1e12 : 0.0);
       std::fflush(stdout);
       CHECK(cudaFree(x));

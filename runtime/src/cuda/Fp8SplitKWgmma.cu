@@ -27,8 +27,15 @@
 // (distributed shared memory: no scratch, no counters, no second launch,
 // the same bits every run) and writes it as BF16.
 //
+// Blocks share an SM two ways, or three or four up to 32 tokens (each
+// ring then a third or a quarter of its shared memory), as the plan
+// (fp8SplitKWgmmaPlan) chooses: with more 128-row tiles of W than SMs,
+// the number that evens out the K blocks the SMs stream.
+//
 //===----------------------------------------------------------------------===//
 #include "cuda/Fp8SplitKWgmma.h"
+
+#include "EnvSwitch.h"
 
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
@@ -51,17 +58,24 @@ constexpr int kKBlock = 128;
 constexpr int kThreads = 256; // two warpgroups, one a 64-row half of W
 constexpr int kWeightTileBytes = kTileRows * kKBlock;
 constexpr int kMaxSplits = 8; // the portable cluster size
-/// Shared memory a block, so that two fit an SM (228 KB, 1 KB of it
-/// reserved per block): one block's ring drains while the other's fills.
-constexpr int kSharedBudget = 113 * 1024;
+/// Shared memory a block where kPerSm blocks share an SM (228 KB, 1 KB of
+/// it reserved per block): one block's ring drains while another's fills.
+template <int kPerSm>
+constexpr int kSharedPerBlock = 228 * 1024 / kPerSm - 1024;
 
-/// A block's shared memory for kTokens tokens: the ring of stages (W's
-/// [128 x 128] tile, then x's [kTokens x 128]), reused for the partial
-/// sums once every stage is read, then the stages' barriers.
-template <int kTokens> struct Layout {
-  static constexpr int stageBytes = kWeightTileBytes + kTokens * kKBlock;
+/// A stage of the ring: W's [128 x 128] tile, then x's [kTokens x 128].
+template <int kTokens>
+constexpr int kStageBytes = kWeightTileBytes + (kTokens * kKBlock);
+
+/// A block's shared memory for kTokens tokens, kPerSm blocks an SM: the
+/// ring of stages (W's [128 x 128] tile, then x's [kTokens x 128]), reused
+/// for the partial sums once every stage is read, then the stages'
+/// barriers.
+template <int kTokens, int kPerSm> struct Layout {
+  static constexpr int budget = kSharedPerBlock<kPerSm>;
+  static constexpr int stageBytes = kStageBytes<kTokens>;
   static constexpr int stages =
-      std::min(6, (kSharedBudget - kSwizzleAtomBytes - 64) / stageBytes);
+      std::min(6, (budget - kSwizzleAtomBytes - 64) / stageBytes);
   // Rows of the partial sums 132 floats apart: a warp's fragment stores
   // (8 rows, 4 token pairs) fall in 32 different banks.
   static constexpr int partialStride = kTileRows + 4;
@@ -70,7 +84,7 @@ template <int kTokens> struct Layout {
   static constexpr size_t sharedBytes =
       kSwizzleAtomBytes + barriersAt + stages * sizeof(uint64_t);
   static_assert(stageBytes % kSwizzleAtomBytes == 0, "stage alignment");
-  static_assert(stages >= 2 && sharedBytes <= kSharedBudget, "shared memory");
+  static_assert(stages >= 2 && sharedBytes <= budget, "shared memory");
 };
 
 /// Asks for stage `stage`'s K block `kb`: its W tile (`weights`) and/or its
@@ -80,21 +94,22 @@ __device__ __forceinline__ void
 loadStage(uint8_t *stage, uint64_t *full, const CUtensorMap &wMap,
           const CUtensorMap &xMap, int kb, int n0, bool weights, bool inputs) {
   if (weights) {
-    expectBytes(full, Layout<kTokens>::stageBytes);
+    expectBytes(full, kStageBytes<kTokens>);
     loadTile2d(stage, &wMap, kb * kKBlock, n0, full);
   }
   if (inputs)
     loadTile2d(stage + kWeightTileBytes, &xMap, kb * kKBlock, 0, full);
 }
 
-/// Grid (splits, row tiles), clusters of (splits, 1, 1).
-template <int kTokens>
-__global__ void __launch_bounds__(kThreads)
+/// Grid (splits, row tiles), clusters of (splits, 1, 1), kPerSm blocks
+/// an SM.
+template <int kTokens, int kPerSm>
+__global__ void __launch_bounds__(kThreads, kPerSm)
     fp8SplitKKernel(const __grid_constant__ CUtensorMap wMap,
                     const __grid_constant__ CUtensorMap xMap,
                     const float *xScales, const float *wScales,
                     __nv_bfloat16 *y, int m, int n, int k) {
-  using L = Layout<kTokens>;
+  using L = Layout<kTokens, kPerSm>;
   constexpr int kRegisters = kTokens / 2; // accumulators of an m64 product
   cg::cluster_group cluster = cg::this_cluster();
   extern __shared__ __align__(16) unsigned char sharedRaw[];
@@ -224,23 +239,16 @@ __global__ void __launch_bounds__(kThreads)
   cluster.sync(); // no block leaves while its partial sums are read
 }
 
-/// The number of K ranges (blocks a tile of W): as many as fill two blocks
-/// an SM with the tiles, at most the cluster's 8 and K's blocks. (Evening
-/// out the K blocks each SM streams instead, with blocks in later waves,
-/// was slower at every shape but N = 2112: each block's first loads wait a
-/// full memory round trip; bench/results/fp8_split_k_wgmma_s28_h200.txt.)
-int chooseSplits(int n, int k, int smCount) {
-  const int tiles = (n + kTileRows - 1) / kTileRows;
-  const int slots = std::max(1, smCount) * 2;
-  return std::clamp(slots / tiles, 1, std::min(kMaxSplits, k / kKBlock));
-}
+/// The blocks an SM a kernel of kTokens tokens may share it with: 64
+/// tokens' accumulators take more registers than three blocks leave.
+constexpr int maxBlocksPerSm(int tokens) { return tokens > 32 ? 2 : 4; }
 
-template <int kTokens>
+template <int kTokens, int kPerSm>
 cudaError_t launch(const __nv_fp8_e4m3 *x, const float *xScales,
                    const __nv_fp8_e4m3 *w, const float *wScales,
                    __nv_bfloat16 *y, int m, int n, int k, int splits,
                    cudaStream_t stream) {
-  using L = Layout<kTokens>;
+  using L = Layout<kTokens, kPerSm>;
   // Nothing launched where the driver makes no tensor maps or the GPU
   // gives no such shared memory: cudaErrorNotSupported, for the caller to
   // take another kernel.
@@ -251,8 +259,8 @@ cudaError_t launch(const __nv_fp8_e4m3 *x, const float *xScales,
     return cudaErrorNotSupported;
   static const cudaError_t configured = [] {
     const cudaError_t e = cudaFuncSetAttribute(
-        fp8SplitKKernel<kTokens>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        int(L::sharedBytes));
+        fp8SplitKKernel<kTokens, kPerSm>,
+        cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::sharedBytes));
     if (e != cudaSuccess)
       (void)cudaGetLastError(); // not a sticky error: cleared
     return e;
@@ -260,13 +268,82 @@ cudaError_t launch(const __nv_fp8_e4m3 *x, const float *xScales,
   if (configured != cudaSuccess)
     return cudaErrorNotSupported;
   return launchOverlappedInClusters(
-      fp8SplitKKernel<kTokens>,
+      fp8SplitKKernel<kTokens, kPerSm>,
       dim3(unsigned(splits), unsigned((n + kTileRows - 1) / kTileRows)),
       dim3(kThreads), L::sharedBytes, stream, unsigned(splits), wMap, xMap,
       xScales, wScales, y, m, n, k);
 }
 
+template <int kTokens>
+cudaError_t launchWith(const __nv_fp8_e4m3 *x, const float *xScales,
+                       const __nv_fp8_e4m3 *w, const float *wScales,
+                       __nv_bfloat16 *y, int m, int n, int k,
+                       Fp8SplitKPlan plan, cudaStream_t stream) {
+  switch (plan.blocksPerSm) {
+  case 2:
+    return launch<kTokens, 2>(x, xScales, w, wScales, y, m, n, k, plan.splits,
+                              stream);
+  case 3:
+    if constexpr (maxBlocksPerSm(kTokens) >= 3)
+      return launch<kTokens, 3>(x, xScales, w, wScales, y, m, n, k, plan.splits,
+                                stream);
+    break;
+  case 4:
+    if constexpr (maxBlocksPerSm(kTokens) >= 4)
+      return launch<kTokens, 4>(x, xScales, w, wScales, y, m, n, k, plan.splits,
+                                stream);
+    break;
+  }
+  return cudaErrorInvalidValue;
+}
+
 } // namespace
+
+Fp8SplitKPlan fp8SplitKWgmmaPlan(int m, int n, int k, int smCount) {
+  const int tiles = (n + kTileRows - 1) / kTileRows, kBlocks = k / kKBlock;
+  const int sms = std::max(1, smCount);
+  const int mostSplits = std::max(1, std::min(kMaxSplits, kBlocks));
+  // As many K ranges as fill two blocks an SM with the tiles, at most 8
+  // and K's blocks: where there are fewer tiles than SMs, what the kernel
+  // has taken since session 28.
+  const Fp8SplitKPlan twoAnSm{std::clamp(sms * 2 / tiles, 1, mostSplits), 2};
+  // (MELT_CUDA_FP8_SPLIT_K_BALANCED=0: that plan at every shape.)
+  static const bool balanced =
+      envSwitch("MELT_CUDA_FP8_SPLIT_K_BALANCED", true);
+  if (!balanced || tiles <= sms)
+    return twoAnSm;
+  // More tiles than SMs left one range a tile, some SMs with two blocks
+  // and the rest with one: DeepSeek-V3's dense gate/up (144 tiles) put two
+  // blocks of 56 K blocks on 12 SMs and one on the other 120. Here every
+  // block stays resident at once (a block in a later wave waits a memory
+  // round trip for its first loads:
+  // bench/results/fp8_split_k_wgmma_s28_h200.txt) and the busiest SM streams
+  // the fewest K blocks (blocks on it times the K blocks of each; ties to fewer
+  // blocks an SM, deeper rings): three ranges four blocks an SM put at most
+  // four of 19 there, and the product ran at 3.6-3.9 TB/s, not 2.6
+  // (bench/results/fp8_split_k_balanced_s43_h200.txt). With fewer tiles than
+  // SMs the same arithmetic picked 7 ranges three blocks an SM for 56 tiles,
+  // and 5 or 7 ranges for 17 or 24: 5-25% slower there, so that plan stays.
+  Fp8SplitKPlan best{1, 2};
+  long bestCost = -1;
+  int bestBlocks = 0;
+  for (int perSm = 2; perSm <= maxBlocksPerSm(m); ++perSm)
+    for (int splits = 1; splits <= mostSplits; ++splits) {
+      const int blocks = tiles * splits;
+      if (blocks > sms * perSm)
+        break;
+      const long cost =
+          long((blocks + sms - 1) / sms) * ((kBlocks + splits - 1) / splits);
+      if (bestCost < 0 || cost < bestCost ||
+          (cost == bestCost && perSm == best.blocksPerSm &&
+           blocks > bestBlocks)) {
+        best = {splits, perSm};
+        bestCost = cost;
+        bestBlocks = blocks;
+      }
+    }
+  return best;
+}
 
 bool fp8SplitKWgmmaTakes(const void *x, const void *w, const void *y, int m,
                          int n, int k) {
@@ -280,19 +357,21 @@ bool fp8SplitKWgmmaTakes(const void *x, const void *w, const void *y, int m,
 cudaError_t fp8SplitKWgmma(const __nv_fp8_e4m3 *x, const float *xScales,
                            const __nv_fp8_e4m3 *w, const float *wScales,
                            __nv_bfloat16 *y, int m, int n, int k, int smCount,
-                           cudaStream_t stream, int splits) {
+                           cudaStream_t stream, int splits, int blocksPerSm) {
   if (!fp8SplitKWgmmaTakes(x, w, y, m, n, k) || splits < 0 ||
-      splits > kMaxSplits)
+      splits > kMaxSplits || blocksPerSm < 0 ||
+      blocksPerSm > maxBlocksPerSm(m) || (blocksPerSm > 0 && blocksPerSm < 2))
     return cudaErrorInvalidValue;
-  if (splits == 0)
-    splits = chooseSplits(n, k, smCount);
+  const Fp8SplitKPlan plan =
+      splits == 0 ? fp8SplitKWgmmaPlan(m, n, k, smCount)
+                  : Fp8SplitKPlan{splits, blocksPerSm > 0 ? blocksPerSm : 2};
   if (m <= 8)
-    return launch<8>(x, xScales, w, wScales, y, m, n, k, splits, stream);
+    return launchWith<8>(x, xScales, w, wScales, y, m, n, k, plan, stream);
   if (m <= 16)
-    return launch<16>(x, xScales, w, wScales, y, m, n, k, splits, stream);
+    return launchWith<16>(x, xScales, w, wScales, y, m, n, k, plan, stream);
   if (m <= 32)
-    return launch<32>(x, xScales, w, wScales, y, m, n, k, splits, stream);
-  return launch<64>(x, xScales, w, wScales, y, m, n, k, splits, stream);
+    return launchWith<32>(x, xScales, w, wScales, y, m, n, k, plan, stream);
+  return launchWith<64>(x, xScales, w, wScales, y, m, n, k, plan, stream);
 }
 
 } // namespace melt::rt::cuda

@@ -24,17 +24,30 @@ constexpr int kFp8SplitKWgmmaMax = 64;
 bool fp8SplitKWgmmaTakes(const void *x, const void *w, const void *y, int m,
                          int n, int k);
 
+/// How a product is laid over the GPU: K ranges a 128-row tile of W (the
+/// blocks of its cluster) and blocks an SM (each block's ring of stages
+/// takes that share of an SM's shared memory).
+struct Fp8SplitKPlan {
+  int splits = 1, blocksPerSm = 2;
+};
+
+/// The plan fp8SplitKWgmma takes where it is given none: every block
+/// resident at once, the fewest K blocks streamed by the busiest SM.
+Fp8SplitKPlan fp8SplitKWgmmaPlan(int m, int n, int k, int smCount);
+
 /// The product, one launch, no scratch; the same bits every run for a
-/// shape on a GPU of `smCount` multiprocessors (the split over K follows
-/// from the shape and smCount alone). `splits` > 0 forces the number of K
-/// ranges (1 to 8, for tests); 0 picks it. cudaErrorNotSupported, with
-/// nothing launched, where the driver makes no TMA tensor maps or the GPU
-/// gives the kernel less shared memory than it needs (GemmRunner then
-/// takes cuBLASLt).
+/// shape on a GPU of `smCount` multiprocessors (the plan follows from the
+/// shape and smCount alone). `splits` > 0 forces the number of K ranges
+/// (1 to 8, for tests) and `blocksPerSm` (2 where 0; 3 and 4 up to 32
+/// tokens) the ring's size; splits 0 takes fp8SplitKWgmmaPlan's.
+/// cudaErrorNotSupported, with nothing launched, where the driver makes no
+/// TMA tensor maps or the GPU gives the kernel less shared memory than it
+/// needs (GemmRunner then takes cuBLASLt).
 cudaError_t fp8SplitKWgmma(const __nv_fp8_e4m3 *x, const float *xScales,
                            const __nv_fp8_e4m3 *w, const float *wScales,
                            __nv_bfloat16 *y, int m, int n, int k, int smCount,
-                           cudaStream_t stream, int splits = 0);
+                           cudaStream_t stream, int splits = 0,
+                           int blocksPerSm = 0);
 
 } // namespace melt::rt::cuda
 

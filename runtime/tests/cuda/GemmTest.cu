@@ -344,23 +344,59 @@ TEST(CudaGemm, Fp8SplitKWgmmaMatchesReference) {
   std::mt19937 rng(23);
   struct Case {
     Shape shape;
-    int splits;
+    int splits, blocksPerSm = 0;
   };
+  // (The plan's three and four blocks an SM: 144 and 192 tiles of W.)
   for (Case c : {Case{{1, 2112, 7168}, 0}, Case{{5, 2112, 7168}, 8},
                  Case{{16, 4096, 256}, 0}, Case{{23, 2112, 1024}, 3},
                  Case{{37, 2112, 7168}, 0}, Case{{64, 256, 1024}, 1},
-                 Case{{64, 2048, 7168}, 0}, Case{{9, 1536, 768}, 8}}) {
-    const std::string path =
-        "split-K wgmma, splits " + std::to_string(c.splits);
+                 Case{{64, 2048, 7168}, 0}, Case{{9, 1536, 768}, 8},
+                 Case{{16, 18432, 1024}, 0}, Case{{12, 24576, 1536}, 0},
+                 Case{{30, 2112, 1024}, 5, 3}, Case{{8, 4096, 768}, 6, 4}}) {
+    const std::string path = "split-K wgmma, splits " +
+                             std::to_string(c.splits) + ", blocks an SM " +
+                             std::to_string(c.blocksPerSm);
     checkFp8With(
         [&](const __nv_fp8_e4m3 *x, const float *xScales,
             const __nv_fp8_e4m3 *w, const float *wScales, __nv_bfloat16 *y,
             Shape s) {
           ASSERT_EQ(fp8SplitKWgmma(x, xScales, w, wScales, y, s.m, s.n, s.k,
-                                   smCount, nullptr, c.splits),
+                                   smCount, nullptr, c.splits, c.blocksPerSm),
                     cudaSuccess);
         },
         path.c_str(), c.shape, rng);
+  }
+}
+
+// The split-K kernel's plan on an H200's 132 SMs (host arithmetic: runs
+// without a device). More tiles than SMs: every block resident, the fewest
+// K blocks on the busiest SM, ties to fewer blocks an SM. Fewer: as many
+// ranges as fill two blocks an SM.
+TEST(CudaGemm, Fp8SplitKWgmmaPlanEvensOutTheSms) {
+  struct Case {
+    int m, n, k, splits, blocksPerSm;
+  };
+  for (Case c : {
+           // 144 tiles: one range put two blocks of 56 K blocks on 12 SMs;
+           // three ranges of 19, four blocks on the busiest SM (76).
+           Case{16, 18432, 7168, 3, 4},
+           // 192 tiles of 12 K blocks: two ranges, three blocks an SM.
+           Case{16, 24576, 1536, 2, 3},
+           // 171 tiles (mini's dense gate/up).
+           Case{16, 21888, 2048, 2, 3},
+           // 64 tokens never share an SM three ways (their registers).
+           Case{64, 18432, 7168, 1, 2},
+           // Fewer tiles than SMs: 17, 56 and 16 tiles.
+           Case{1, 2112, 7168, 8, 2},
+           Case{16, 7168, 16384, 4, 2},
+           Case{32, 2048, 7168, 8, 2},
+           // Fewer K blocks than ranges would fill.
+           Case{9, 256, 384, 3, 2},
+       }) {
+    const Fp8SplitKPlan plan = fp8SplitKWgmmaPlan(c.m, c.n, c.k, 132);
+    EXPECT_EQ(plan.splits, c.splits) << c.m << "x" << c.n << "x" << c.k;
+    EXPECT_EQ(plan.blocksPerSm, c.blocksPerSm)
+        << c.m << "x" << c.n << "x" << c.k;
   }
 }
 
