@@ -271,9 +271,12 @@ int main(int argc, char **argv) {
             iters);
         gemm->setSmallMLimit(8);
       }
-      // The split-K wgmma kernel (Fp8SplitKWgmma.cu) up to 64 tokens.
+      // The split-K wgmma kernel (Fp8SplitKWgmma.cu) up to 64 tokens (its
+      // plan printed as 0 ranges where it does not run).
       const Fp8SplitKPlan plan =
-          fp8SplitKWgmmaPlan(m, shape.n, shape.k, prop.multiProcessorCount);
+          m <= kFp8SplitKWgmmaMax ? fp8SplitKWgmmaPlan(m, shape.n, shape.k,
+                                                       prop.multiProcessorCount)
+                                  : Fp8SplitKPlan{0, 0};
       float wgmmaMs = 0;
       if (m <= kFp8SplitKWgmmaMax)
         wgmmaMs = melt::bench::timeMs(

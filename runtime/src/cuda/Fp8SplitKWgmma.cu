@@ -359,8 +359,8 @@ cudaError_t fp8SplitKWgmma(const __nv_fp8_e4m3 *x, const float *xScales,
                            __nv_bfloat16 *y, int m, int n, int k, int smCount,
                            cudaStream_t stream, int splits, int blocksPerSm) {
   if (!fp8SplitKWgmmaTakes(x, w, y, m, n, k) || splits < 0 ||
-      splits > kMaxSplits || blocksPerSm < 0 ||
-      blocksPerSm > maxBlocksPerSm(m) || (blocksPerSm > 0 && blocksPerSm < 2))
+      splits > kMaxSplits || blocksPerSm < 0 || blocksPerSm == 1 ||
+      blocksPerSm > maxBlocksPerSm(m))
     return cudaErrorInvalidValue;
   const Fp8SplitKPlan plan =
       splits == 0 ? fp8SplitKWgmmaPlan(m, n, k, smCount)
