@@ -197,8 +197,7 @@ int main(int argc, char **argv) {
       CHECK(combineExpertRows({expertRows[c], true}, rowOfPair,
                               static_cast<const float *>(weights[0]), rows,
                               choices, dim, true, static_cast<float *>(y[c]),
-                              nullptr,
-                              static_cast<const __nv_bfloat16 *>(plus[c])));
+                              nullptr, {plus[c], true}));
     };
     const float ms = melt::bench::timeMs(benchName, call, iters);
     const double bytes = double(n) * 2 + double(rows) * dim * (2 + 4);

@@ -2101,12 +2101,14 @@ struct Bf16SharedMoe {
     shared.roundGateUp = shared.roundDown = rounded;
   }
   Bf16SharedMoe(const Bf16SharedMoe &) = delete; // (shared points here)
-  /// The calls apart on x's T rows: the routed experts, the shared
+  /// The calls apart on x's T rows: the routed experts (their rows
+  /// rounded to BF16 before the sum with combineBf16), the shared
   /// expert's linears (rounded as its precision says), its SiLU-mul, the
   /// add.
   std::vector<float> apart(DeviceConformance &test, const DeviceTensor &x,
                            const DeviceTensor &indices,
-                           const DeviceTensor &weights) const {
+                           const DeviceTensor &weights,
+                           bool combineBf16 = true) const {
     Device &device = *test.device;
     const int64_t T = x.shape[0], D = x.shape[1], sharedI = sharedGate.shape[0];
     DeviceTensor routed = test.make(DType::F32, {T, D}),
@@ -2122,8 +2124,8 @@ struct Bf16SharedMoe {
                  ? device.roundToBf16(out)
                  : st;
     };
-    EXPECT_FALSE(
-        device.moeExperts(x, indices, weights, gate, up, down, true, routed));
+    EXPECT_FALSE(device.moeExperts(x, indices, weights, gate, up, down,
+                                   combineBf16, routed));
     EXPECT_FALSE(product(x, sharedGate, g));
     EXPECT_FALSE(product(x, sharedUp, u));
     EXPECT_FALSE(device.siluMul(g, u, act));
@@ -2170,60 +2172,67 @@ TEST_P(DeviceConformance, Bf16MoeExpertsWithSharedIsTheCallsApart) {
     }
 }
 
-// A prefill's BF16 MoE layer with its shared expert in one call (the
-// products' outputs rounded to BF16): on a GPU the grouped experts with the
-// shared expert's products from x's BF16 rows and its output added by the
-// combine; the values of the calls apart, x's rows as F32 and as a norm's
-// BF16 rows attached to them (never read as F32 then).
+// A prefill's BF16 MoE layer with its shared expert in one call: on a GPU
+// the grouped experts with the shared expert's products from x's BF16 rows
+// and its output added by the combine; the values of the calls apart, x's
+// rows as F32 and as a norm's BF16 rows attached to them (never read as
+// F32 then). The products' outputs rounded to BF16 (with the experts' rows
+// rounded before the sum), and kept in F32 as the bf16 policy's linears
+// keep them on one device.
 TEST_P(DeviceConformance, ManyTokensBf16MoeExpertsWithSharedIsTheCallsApart) {
   const bool gpu = device->name().rfind("cuda", 0) == 0;
   const int64_t T = 160, K = 3, E = 4, I = 256, D = 512, sharedI = 512;
-  const Bf16SharedMoe moe(*this, rng, E, I, D, sharedI, /*rounded=*/true);
-  if (gpu)
-    EXPECT_TRUE(device->fusesSharedExpert(moe.gate, moe.shared, T));
-  const std::vector<int32_t> idx = spreadChoices(T, K, E);
-  DeviceTensor dx = put(random(DType::F32, {T, D}, rng)),
-               dw = put(random(DType::F32, {T, K}, rng)),
-               di = make(DType::I32, {T, K});
-  ASSERT_FALSE(device->upload(idx.data(), di));
-  const std::vector<float> want = moe.apart(*this, dx, di, dw);
-  const std::vector<double> wanted(want.begin(), want.end());
-  for (bool attached : {false, true}) {
-    DeviceTensor x = dx, fused = make(DType::F32, {T, D});
-    Device::PreparedInput rows;
-    if (attached) {
-      // x's rows as a norm would leave them: BF16 attached, F32 NaNs.
-      x = put(random(DType::F32, {T, D}, rng));
-      ASSERT_FALSE(device->allocate(DType::BF16, {T, D}, rows.bf16));
-      ASSERT_FALSE(device->copy(dx, x));
-      DeviceTensor asBf16 = rows.bf16;
-      ASSERT_FALSE(device->roundToBf16(x));
-      std::vector<float> host = get(x);
-      std::vector<uint16_t> bits(host.size());
-      for (size_t i = 0; i < host.size(); ++i) {
-        uint32_t word;
-        std::memcpy(&word, &host[i], 4);
-        bits[i] = uint16_t(word >> 16); // (exact: rounded already)
+  for (bool rounded : {true, false}) {
+    const Bf16SharedMoe moe(*this, rng, E, I, D, sharedI, rounded);
+    if (gpu)
+      EXPECT_TRUE(device->fusesSharedExpert(moe.gate, moe.shared, T))
+          << "rounded " << rounded;
+    const std::vector<int32_t> idx = spreadChoices(T, K, E);
+    DeviceTensor dx = put(random(DType::F32, {T, D}, rng)),
+                 dw = put(random(DType::F32, {T, K}, rng)),
+                 di = make(DType::I32, {T, K});
+    ASSERT_FALSE(device->upload(idx.data(), di));
+    const std::vector<float> want = moe.apart(*this, dx, di, dw, rounded);
+    const std::vector<double> wanted(want.begin(), want.end());
+    for (bool attached : {false, true}) {
+      DeviceTensor x = dx, fused = make(DType::F32, {T, D});
+      Device::PreparedInput rows;
+      if (attached) {
+        // x's rows as a norm would leave them: BF16 attached, F32 NaNs.
+        x = put(random(DType::F32, {T, D}, rng));
+        ASSERT_FALSE(device->allocate(DType::BF16, {T, D}, rows.bf16));
+        ASSERT_FALSE(device->copy(dx, x));
+        DeviceTensor asBf16 = rows.bf16;
+        ASSERT_FALSE(device->roundToBf16(x));
+        std::vector<float> host = get(x);
+        std::vector<uint16_t> bits(host.size());
+        for (size_t i = 0; i < host.size(); ++i) {
+          uint32_t word;
+          std::memcpy(&word, &host[i], 4);
+          bits[i] = uint16_t(word >> 16); // (exact: rounded already)
+        }
+        ASSERT_FALSE(device->upload(bits.data(), asBf16));
+        std::vector<float> nans(host.size(), std::nanf(""));
+        ASSERT_FALSE(device->upload(nans.data(), x));
+        rows.rowsUnwritten = true;
+        device->attachPrepared(x.data, rows);
       }
-      ASSERT_FALSE(device->upload(bits.data(), asBf16));
-      std::vector<float> nans(host.size(), std::nanf(""));
-      ASSERT_FALSE(device->upload(nans.data(), x));
-      rows.rowsUnwritten = true;
-      device->attachPrepared(x.data, rows);
-    }
-    Status s = device->moeExpertsWithShared(
-        x, di, dw, moe.gate, moe.up, moe.down, true, false, moe.shared, fused);
-    if (attached)
-      device->detachPrepared(x.data);
-    if (attached && !gpu) { // (a CPU has nothing to read them through)
+      Status s =
+          device->moeExpertsWithShared(x, di, dw, moe.gate, moe.up, moe.down,
+                                       rounded, false, moe.shared, fused);
+      if (attached)
+        device->detachPrepared(x.data);
+      if (attached && !gpu) { // (a CPU has nothing to read them through)
+        device->release(rows.bf16);
+        continue;
+      }
+      ASSERT_FALSE(s) << s.message();
+      const std::vector<float> have = get(fused);
+      EXPECT_LE(relativeError(have, wanted), gpu ? 1e-2 : 0.0)
+          << (attached ? "x's BF16 rows attached" : "x's F32 rows")
+          << ", rounded " << rounded;
       device->release(rows.bf16);
-      continue;
     }
-    ASSERT_FALSE(s) << s.message();
-    const std::vector<float> have = get(fused);
-    EXPECT_LE(relativeError(have, wanted), gpu ? 1e-2 : 0.0)
-        << (attached ? "x's BF16 rows attached" : "x's F32 rows");
-    device->release(rows.bf16);
   }
 }
 

@@ -1892,16 +1892,16 @@ public:
            cublasLtTakesK(storedK(d)) && g.shape[0] % 16 == 0;
   }
   /// BF16 stacks grouped on the device for these tokens, with a BF16 shared
-  /// expert whose products' outputs are BF16 values (rounded so, as the
-  /// calls apart round them: the combine adds its BF16 output): its gate,
-  /// up and down products on cuBLASLt from x's BF16 rows, the SiLU-mul
-  /// written in BF16, the add left to the combine (no F32 output of the
-  /// shared expert, no add kernel, and x's F32 rows unread).
+  /// expert: its gate, up and down products on cuBLASLt from x's BF16 rows
+  /// (their outputs BF16 where the linears round them, F32 where not: the
+  /// bf16 policy's), the SiLU-mul written in BF16, the add left to the
+  /// combine (no add kernel, and x's F32 rows unread). (Until session 44
+  /// it took only rounded products, which the bf16 policy's linears are
+  /// not: that policy's shared experts ran apart.)
   bool takesGroupedBf16Shared(const DeviceTensor &gate,
                               const SharedExpert &shared,
                               int64_t tokens) const {
-    if (!groupedSharedExpert_ || !bf16InputRows_ || gate.shape.size() != 3 ||
-        !shared.roundGateUp || !shared.roundDown)
+    if (!groupedSharedExpert_ || !bf16InputRows_ || gate.shape.size() != 3)
       return false;
     const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
     auto bf16Matrix = [](const DeviceTensor &w) {
@@ -2373,7 +2373,7 @@ public:
         combineExpertRows({outT.data, combineBf16}, rowOfPair,
                           static_cast<const float *>(weights.data), T, K, D,
                           combineBf16, static_cast<float *>(y.data), stream_,
-                          static_cast<const __nv_bfloat16 *>(sharedOutT.data)),
+                          {sharedOutT.data, sharedOutT.dtype == DType::BF16}),
         "moe_experts");
   }
 
@@ -2420,20 +2420,27 @@ public:
   /// A BF16 shared expert's MLP of T tokens from x's BF16 rows: gate and up
   /// products in BF16, their SiLU-mul written in BF16, the down product
   /// into `out` (BF16 [T, D], taken from `scratch`).
+  /// A BF16 shared expert's MLP of T tokens from x's BF16 rows, its
+  /// products' outputs BF16 where the linears round them (shared.roundGateUp,
+  /// roundDown) and F32 where they do not, as the calls apart give them:
+  /// the SiLU-mul written in BF16 either way (the down product's input, as
+  /// bf16LinearOfSiluMul writes it).
   Status sharedExpertOfBf16Rows(const SharedExpert &shared,
                                 const __nv_bfloat16 *rows, int T,
                                 CallScratch &scratch, DeviceTensor &out) {
     const DeviceTensor &g = *shared.gate, &u = *shared.up, &d = *shared.down;
     const int inter = int(g.shape[0]), D = int(g.shape[1]);
+    const DType gateUp = shared.roundGateUp ? DType::BF16 : DType::F32;
     DeviceTensor gT, uT, actT;
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, gT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, uT));
+    MELT_RETURN_IF_ERROR(scratch.take(gateUp, {T, inter}, gT));
+    MELT_RETURN_IF_ERROR(scratch.take(gateUp, {T, inter}, uT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, inter}, actT));
-    MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {T, D}, out));
+    MELT_RETURN_IF_ERROR(
+        scratch.take(shared.roundDown ? DType::BF16 : DType::F32, {T, D}, out));
     MELT_RETURN_IF_ERROR(bf16Product(rows, g, gT));
     MELT_RETURN_IF_ERROR(bf16Product(rows, u, uT));
     MELT_RETURN_IF_ERROR(
-        check(binary(Binary::SiluMul, {gT.data, true}, {uT.data, true},
+        check(binary(Binary::SiluMul, operand(gT), operand(uT),
                      size_t(T) * inter, {actT.data, true}, stream_),
               "moe_experts"));
     return bf16Product(actT.data, d, out);
@@ -3254,12 +3261,12 @@ private:
     }
     lanesJoined.forked = false;
     MELT_RETURN_IF_ERROR(joinLanes());
-    return check(
-        combineExpertRows(
-            {out.data, outBf16}, static_cast<const int32_t *>(pairs.data),
-            static_cast<const float *>(weights.data), T, K, D, combineBf16,
-            static_cast<float *>(y.data), stream_, nullptr),
-        "moe_experts");
+    return check(combineExpertRows({out.data, outBf16},
+                                   static_cast<const int32_t *>(pairs.data),
+                                   static_cast<const float *>(weights.data), T,
+                                   K, D, combineBf16,
+                                   static_cast<float *>(y.data), stream_),
+                 "moe_experts");
   }
 
   /// Side streams with GEMM runners of their own, for the GEMMs of many

@@ -495,8 +495,8 @@ __global__ void gatherRowsKernel(Operand x, const int32_t *rows, int dim,
 __global__ void combineExpertRowsKernel(Operand expertOut,
                                         const int32_t *rowOfPair,
                                         const float *weights, int choices,
-                                        int dim, bool combineBf16,
-                                        const __nv_bfloat16 *plus, float *y) {
+                                        int dim, bool combineBf16, Operand plus,
+                                        float *y) {
   awaitPriorKernels();
   int t = blockIdx.x;
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
@@ -510,8 +510,8 @@ __global__ void combineExpertRowsKernel(Operand expertOut,
         v = __bfloat162float(__float2bfloat16(v));
       sum += weights[pair] * v;
     }
-    if (plus)
-      sum += __bfloat162float(plus[size_t(t) * dim + d]);
+    if (plus.data)
+      sum += load(plus, size_t(t) * dim + d);
     y[size_t(t) * dim + d] = sum;
   }
 }
@@ -530,11 +530,10 @@ __device__ __forceinline__ void addWeightedFour(float (&sum)[4], float4 four,
 }
 
 /// y[at .. at + 4) = the four sums, plus plus's values there where given.
-__device__ __forceinline__ void storeCombinedFour(float (&sum)[4],
-                                                  const __nv_bfloat16 *plus,
+__device__ __forceinline__ void storeCombinedFour(float (&sum)[4], Operand plus,
                                                   float *y, size_t at) {
-  if (plus) {
-    const float4 p = loadValues4(plus, at);
+  if (plus.data) {
+    const float4 p = load4(plus, at);
     sum[0] += p.x, sum[1] += p.y, sum[2] += p.z, sum[3] += p.w;
   }
   *reinterpret_cast<float4 *>(y + at) =
@@ -548,8 +547,7 @@ __global__ void combineExpertRowsByFourKernel(Operand expertOut,
                                               const int32_t *rowOfPair,
                                               const float *weights, int choices,
                                               int dim, bool combineBf16,
-                                              const __nv_bfloat16 *plus,
-                                              float *y) {
+                                              Operand plus, float *y) {
   awaitPriorKernels();
   const int t = blockIdx.x;
   for (int d = 4 * threadIdx.x; d < dim; d += 4 * blockDim.x) {
@@ -1104,17 +1102,18 @@ cudaError_t melt::rt::cuda::gatherRows(Operand x, const int32_t *rows,
   return cudaGetLastError();
 }
 
-cudaError_t melt::rt::cuda::combineExpertRows(
-    Operand expertOut, const int32_t *rowOfPair, const float *weights,
-    int tokens, int choices, int dim, bool combineBf16, float *y,
-    cudaStream_t stream, const __nv_bfloat16 *plus) {
+cudaError_t
+melt::rt::cuda::combineExpertRows(Operand expertOut, const int32_t *rowOfPair,
+                                  const float *weights, int tokens, int choices,
+                                  int dim, bool combineBf16, float *y,
+                                  cudaStream_t stream, Operand plus) {
   if (tokens == 0)
     return cudaSuccess;
   auto aligned = [](const void *p) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0;
   };
   const bool byFour = dim % 4 == 0 && aligned(expertOut.data) && aligned(y) &&
-                      (!plus || aligned(plus));
+                      (!plus.data || aligned(plus.data));
   if (byFour)
     launchOverlapped(combineExpertRowsByFourKernel, tokens,
                      std::min(256, std::max(32, (dim / 4 + 31) / 32 * 32)), 0,

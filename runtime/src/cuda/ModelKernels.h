@@ -187,13 +187,14 @@ cudaError_t gatherRows(Operand x, const int32_t *rows, int count, int dim,
                        Result y, cudaStream_t stream);
 /// y[t] = sum_k weights[t, k] * expertOut[rowOfPair[t * choices + k]]
 /// (each expert row rounded to BF16 first with `combineBf16`; rows held in
-/// BF16 already are exact), then + plus[t] where `plus` ([tokens, dim]
-/// BF16: a shared expert's output) is given, as add() of the two would.
+/// BF16 already are exact), then + plus[t] where `plus` ([tokens, dim],
+/// BF16 or F32: a shared expert's output) is given, as add() of the two
+/// would.
 cudaError_t combineExpertRows(Operand expertOut, const int32_t *rowOfPair,
                               const float *weights, int tokens, int choices,
                               int dim, bool combineBf16, float *y,
                               cudaStream_t stream,
-                              const __nv_bfloat16 *plus = nullptr);
+                              Operand plus = {nullptr, false});
 
 /// ids[r] = the index of the largest of logits[r, 0..vocab), the first on
 /// ties, NaNs passed over (all NaN: vocab - 1): Greedy.h's greedyIndex.

@@ -1,5 +1,6 @@
 // The experts' combine (combineExpertRows, ModelKernels.h): each token's
-// chosen rows weighted and summed, then a shared expert's BF16 row added.
+// chosen rows weighted and summed, then a shared expert's BF16 or F32 row
+// added.
 // The kernel of aligned rows (four values a thread) and the scalar one (the
 // same call on rows one element off the 16-byte grid) sum in the same order, so
 // they agree bit for bit; both against a double reference. Rows missing (-1: an
@@ -26,6 +27,7 @@ namespace {
 struct CombineCase {
   int tokens, choices, dim;
   bool bf16Rows, combineBf16, withPlus;
+  bool plusF32 = false; // the added row in F32 (else BF16)
 };
 
 /// combineExpertRows on the device, its rows `offset` elements past an
@@ -34,8 +36,7 @@ std::vector<float> combineOnDevice(const CombineCase &c,
                                    const std::vector<float> &rows,
                                    const std::vector<int32_t> &rowOfPair,
                                    const std::vector<float> &weights,
-                                   const std::vector<__nv_bfloat16> &plus,
-                                   int offset) {
+                                   const std::vector<float> &plus, int offset) {
   const size_t n = rows.size();
   void *expertOut = nullptr;
   if (c.bf16Rows) {
@@ -52,11 +53,19 @@ std::vector<float> combineOnDevice(const CombineCase &c,
                       size_t(offset) * (c.bf16Rows ? 2 : 4);
   int32_t *dRows = toDevice(rowOfPair);
   float *dWeights = toDevice(weights);
-  __nv_bfloat16 *dPlus = c.withPlus ? toDevice(plus) : nullptr;
+  void *dPlus = nullptr;
+  if (c.withPlus && c.plusF32) {
+    dPlus = toDevice(plus);
+  } else if (c.withPlus) {
+    std::vector<__nv_bfloat16> held(plus.size());
+    for (size_t i = 0; i < plus.size(); ++i)
+      held[i] = __float2bfloat16(plus[i]);
+    dPlus = toDevice(held);
+  }
   float *y = deviceArray<float>(size_t(c.tokens) * c.dim);
   EXPECT_EQ(combineExpertRows({first, c.bf16Rows}, dRows, dWeights, c.tokens,
                               c.choices, c.dim, c.combineBf16, y, nullptr,
-                              dPlus),
+                              {dPlus, !c.plusF32}),
             cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<float> out = toHost(y, size_t(c.tokens) * c.dim);
@@ -76,7 +85,9 @@ TEST(CudaExpertCombine, AlignedAndScalarKernelsSumTheSameBits) {
                                {300, 6, 2048, false, false, false},
                                {300, 6, 2048, false, true, true},
                                {37, 8, 7168, true, true, true},
-                               {64, 8, 300, false, false, true}};
+                               {64, 8, 300, false, false, true},
+                               {300, 6, 2048, true, false, true, true},
+                               {64, 8, 300, false, false, true, true}};
   for (const CombineCase &c : cases) {
     const int pairs = c.tokens * c.choices;
     std::vector<float> rows(size_t(pairs) * c.dim);
@@ -94,9 +105,10 @@ TEST(CudaExpertCombine, AlignedAndScalarKernelsSumTheSameBits) {
     std::vector<float> weights(static_cast<size_t>(pairs));
     for (float &w : weights)
       w = unit(rng);
-    std::vector<__nv_bfloat16> plus(size_t(c.tokens) * c.dim);
-    for (auto &v : plus)
-      v = __float2bfloat16(normal(rng));
+    std::vector<float> plus(size_t(c.tokens) * c.dim);
+    for (float &v : plus) // (exact in BF16 where it is held so)
+      v = c.plusF32 ? normal(rng)
+                    : __bfloat162float(__float2bfloat16(normal(rng)));
     const std::vector<float> aligned =
         combineOnDevice(c, rows, rowOfPair, weights, plus, 0);
     const std::vector<float> scalar =
@@ -118,7 +130,7 @@ TEST(CudaExpertCombine, AlignedAndScalarKernelsSumTheSameBits) {
           want += double(weights[size_t(t) * c.choices + k]) * v;
         }
         if (c.withPlus)
-          want += __bfloat162float(plus[at]);
+          want += plus[at];
         worst = std::max(worst, std::fabs(aligned[at] - want));
         largest = std::max(largest, std::fabs(want));
       }
