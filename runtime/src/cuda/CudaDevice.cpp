@@ -2417,14 +2417,12 @@ public:
         static_cast<__nv_bfloat16 *>(out.data), T, D, downK));
   }
 
-  /// A BF16 shared expert's MLP of T tokens from x's BF16 rows: gate and up
-  /// products in BF16, their SiLU-mul written in BF16, the down product
-  /// into `out` (BF16 [T, D], taken from `scratch`).
-  /// A BF16 shared expert's MLP of T tokens from x's BF16 rows, its
-  /// products' outputs BF16 where the linears round them (shared.roundGateUp,
-  /// roundDown) and F32 where they do not, as the calls apart give them:
-  /// the SiLU-mul written in BF16 either way (the down product's input, as
-  /// bf16LinearOfSiluMul writes it).
+  /// A BF16 shared expert's MLP of T tokens from x's BF16 rows into `out`
+  /// ([T, D], taken from `scratch`), its products' outputs BF16 where the
+  /// linears round them (shared.roundGateUp, roundDown) and F32 where they
+  /// do not, as the calls apart give them: the SiLU-mul written in BF16
+  /// either way (the down product's input, as bf16LinearOfSiluMul writes
+  /// it).
   Status sharedExpertOfBf16Rows(const SharedExpert &shared,
                                 const __nv_bfloat16 *rows, int T,
                                 CallScratch &scratch, DeviceTensor &out) {
