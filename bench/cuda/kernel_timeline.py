@@ -19,6 +19,12 @@ replayed at least --min-replays times, over its replays (medians):
   MELT_KERNEL_TRACE=trace.jsonl build-gpu/bin/melt-run MODEL --device cuda:0 ...
   python3 bench/cuda/kernel_timeline.py trace.jsonl [--top 20] [--json]
 
+--burst --host (a trace with MELT_KERNEL_TRACE_API=1) says what the host
+did around the last burst: from the launch of its first kernel to the
+return of the call that waited for its last, the kernels that started only
+after the host launched them (the GPU waiting on the host), the host's
+calls by total time, and those in the milliseconds before the first launch.
+
 --order lists instead, for each graph, its kernels in the order they start
 (by graph node: the same kernel in every replay), with medians of: start
 and end after the replay's first start, and the time the kernel moves the
@@ -48,9 +54,9 @@ def short(name):
     return kept.split("::")[-1] or name
 
 
-def replays(path):
+def replays(path, calls=None):
     """({graph id: [[kernel, ...] per replay]}, kernels of no graph), each
-    list by start."""
+    list by start; the host's API calls appended to `calls` (or skipped)."""
     runs = collections.defaultdict(list)
     loose = []
     try:
@@ -61,6 +67,11 @@ def replays(path):
         for number, line in enumerate(f, 1):
             try:
                 k = json.loads(line)
+                if "api" in k or "memory" in k:
+                    k["start"], k["end"], k["correlation"]
+                    if calls is not None:
+                        calls.append(k)
+                    continue
                 k["start"], k["end"], k["name"], k["correlation"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 sys.exit(f"{path}:{number}: not a kernel record ({e})")
@@ -177,6 +188,84 @@ def bursts(loose, gap_ns):
     return groups
 
 
+def host_report(burst, records, before_ms, top):
+    """What the host did around a burst of kernels (times in us from the
+    launch of its first kernel), and the memsets and copies among them."""
+    calls = sorted((r for r in records if "api" in r),
+                   key=lambda c: c["start"])
+    memory = [r for r in records if "memory" in r]
+    launched = {c["correlation"]: c for c in calls
+                if c["api"].startswith("cuda")}
+    launched.update({c["correlation"]: c for c in calls
+                     if c["correlation"] not in launched})
+    first = launched.get(burst[0]["correlation"])
+    if first is None:
+        sys.exit("no API call launched the burst's first kernel: "
+                 "trace with MELT_KERNEL_TRACE_API=1")
+    origin = first["start"]
+    last_end = max(k["end"] for k in burst)
+    waits = [c for c in calls if c["start"] <= last_end <= c["end"]]
+    returned = max((c["end"] for c in waits), default=last_end)
+
+    def us(t):
+        return (t - origin) / 1e3
+
+    print(f"first launch 0.0, its kernel starts {us(burst[0]['start']):.1f}, "
+          f"the last kernel ends {us(last_end):.1f}, the call waiting for it "
+          f"returns {us(returned):.1f} us")
+    starved, ended, count = 0, burst[0]["start"], 0
+    for k in burst:
+        call = launched.get(k["correlation"])
+        if call and k["start"] > ended and call["end"] > ended:
+            starved += k["start"] - max(ended, call["start"])
+            count += 1
+        ended = max(ended, k["end"])
+    print(f"kernels launched after the GPU went idle: {count}, "
+          f"{starved / 1e3:.1f} us of idle behind the host")
+    inside = [c for c in calls if origin <= c["start"] <= returned]
+    totals = collections.defaultdict(lambda: [0, 0])
+    for c in inside:
+        totals[c["api"]][0] += 1
+        totals[c["api"]][1] += c["end"] - c["start"]
+    print("host calls from the first launch to the return (count, us):")
+    for name, (n, t) in sorted(totals.items(), key=lambda e: -e[1][1])[:top]:
+        print(f"  {name:<44} {n:6d} {t / 1e3:10.1f}")
+    work = [m for m in memory
+            if burst[0]["start"] <= m["start"] <= last_end]
+    print(f"memsets and copies on the device among the kernels: {len(work)}, "
+          f"{sum(m['end'] - m['start'] for m in work) / 1e3:.1f} us")
+    kernels = sorted(burst, key=lambda k: k["start"])
+    for m in work[:top]:
+        ahead = [k for k in kernels if k["end"] <= m["start"]]
+        after = [k for k in kernels if k["start"] >= m["end"]]
+        print(f"  {us(m['start']):10.1f} {(m['end'] - m['start']) / 1e3:7.1f}"
+              f" us {m['memory']} {m['bytes']} bytes, after "
+              f"{short(ahead[-1]['name']) if ahead else '-'}, before "
+              f"{short(after[0]['name']) if after else '-'}")
+    print("kernels whose start waited on the host (start, us idle, kernel):")
+    shown, ended = 0, kernels[0]["start"]
+    for k in kernels:
+        call = launched.get(k["correlation"])
+        if (call and k["start"] > ended and call["end"] > ended
+                and shown < top):
+            print(f"  {us(k['start']):10.1f} "
+                  f"{(k['start'] - max(ended, call['start'])) / 1e3:7.1f}  "
+                  f"{short(k['name'])}")
+            shown += 1
+        ended = max(ended, k["end"])
+    syncs = [c for c in calls if "Synchronize" in c["api"]
+             and origin <= c["start"] <= returned]
+    print("waits (start, us long): " + ", ".join(
+        f"{us(c['start']):.1f} {(c['end'] - c['start']) / 1e3:.1f}"
+        for c in syncs))
+    print(f"host calls in the {before_ms:g} ms before the first launch "
+          f"(start, us long):")
+    for c in calls:
+        if origin - before_ms * 1e6 <= c["start"] < origin:
+            print(f"  {us(c['start']):10.1f} {(c['end'] - c['start']) / 1e3:9.1f}"
+                  f"  {c['api']}")
+
+
 def print_summary(s, top):
     for key, title in (("running_us", "running"),
                        ("idle_before_us", "idle before")):
@@ -208,16 +297,24 @@ def main():
     parser.add_argument("--burst", action="store_true",
                         help="the last long burst of kernels of no graph "
                         "(a prefill) instead of the graphs")
+    parser.add_argument("--host", action="store_true",
+                        help="with --burst: the host's calls around it "
+                        "(a trace with MELT_KERNEL_TRACE_API=1)")
+    parser.add_argument("--before-ms", type=float, default=3.0)
     parser.add_argument("--burst-gap-ms", type=float, default=2.0)
     parser.add_argument("--min-burst-ms", type=float, default=1.0)
     args = parser.parse_args()
-    graphs, loose = replays(args.trace)
+    calls = []
+    graphs, loose = replays(args.trace, calls)
     if args.burst:
         long = [b for b in bursts(loose, args.burst_gap_ms * 1e6)
                 if b[-1]["end"] - b[0]["start"] >= args.min_burst_ms * 1e6]
         if not long:
             sys.exit(f"{args.trace}: no burst of kernels of {args.min_burst_ms}"
                      f" ms or longer outside graphs")
+        if args.host:
+            host_report(long[-1], calls, args.before_ms, args.top)
+            return
         if args.order:
             print_order(f"burst {len(long)} of kernels of no graph",
                         [long[-1]], by_position=True)

@@ -16,6 +16,13 @@
 // Records come from a buffer CUPTI fills and hands back; the last ones are
 // flushed at exit.
 //
+// MELT_KERNEL_TRACE_API=1 also records the host's CUDA runtime and driver
+// calls ({"api": name, "start", "end", "correlation", "thread"}, in the
+// kernels' clock) and the device's memsets and copies ({"memory": "memset"
+// or "copy", "bytes", "start", "end", "correlation"}): what the host does
+// between a call's start and its first kernel, where it waits, and what
+// runs on the device between kernels (kernel_timeline.py --burst --host).
+//
 //===----------------------------------------------------------------------===//
 #include <cupti.h>
 
@@ -52,6 +59,32 @@ std::string jsonName(const char *mangled) {
   return json + "\"";
 }
 
+/// A runtime or driver call as a JSON line (trace is open: writing held).
+void writeApiCall(const CUpti_ActivityAPI &call) {
+  const char *name = nullptr;
+  cuptiGetCallbackName(call.kind == CUPTI_ACTIVITY_KIND_RUNTIME
+                           ? CUPTI_CB_DOMAIN_RUNTIME_API
+                           : CUPTI_CB_DOMAIN_DRIVER_API,
+                       call.cbid, &name);
+  std::fprintf(trace,
+               "{\"api\": \"%s\", \"start\": %llu, \"end\": %llu, "
+               "\"correlation\": %u, \"thread\": %u}\n",
+               name ? name : "?", static_cast<unsigned long long>(call.start),
+               static_cast<unsigned long long>(call.end), call.correlationId,
+               call.threadId);
+}
+
+/// A memset or copy on the device as a JSON line (writing held).
+void writeMemoryWork(const char *what, uint64_t bytes, uint64_t start,
+                     uint64_t end, uint32_t correlation) {
+  std::fprintf(trace,
+               "{\"memory\": \"%s\", \"bytes\": %llu, \"start\": %llu, "
+               "\"end\": %llu, \"correlation\": %u}\n",
+               what, static_cast<unsigned long long>(bytes),
+               static_cast<unsigned long long>(start),
+               static_cast<unsigned long long>(end), correlation);
+}
+
 void CUPTIAPI bufferRequested(uint8_t **buffer, size_t *size,
                               size_t *maxRecords) {
   *buffer = static_cast<uint8_t *>(std::aligned_alloc(8, kBufferBytes));
@@ -65,6 +98,21 @@ void CUPTIAPI bufferCompleted(CUcontext, uint32_t, uint8_t *buffer, size_t,
   CUpti_Activity *record = nullptr;
   while (trace && cuptiActivityGetNextRecord(buffer, validSize, &record) ==
                       CUPTI_SUCCESS) {
+    if (record->kind == CUPTI_ACTIVITY_KIND_RUNTIME ||
+        record->kind == CUPTI_ACTIVITY_KIND_DRIVER) {
+      writeApiCall(*reinterpret_cast<const CUpti_ActivityAPI *>(record));
+      continue;
+    }
+    if (record->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
+      const auto *m = reinterpret_cast<const CUpti_ActivityMemset4 *>(record);
+      writeMemoryWork("memset", m->bytes, m->start, m->end, m->correlationId);
+      continue;
+    }
+    if (record->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
+      const auto *m = reinterpret_cast<const CUpti_ActivityMemcpy6 *>(record);
+      writeMemoryWork("copy", m->bytes, m->start, m->end, m->correlationId);
+      continue;
+    }
     if (record->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL)
       continue;
     const auto *k = reinterpret_cast<const CUpti_ActivityKernel10 *>(record);
@@ -114,6 +162,13 @@ extern "C" int InitializeInjection() {
     trace = nullptr;
     return 0;
   }
+  const char *api = std::getenv("MELT_KERNEL_TRACE_API");
+  if (api && std::string(api) == "1" &&
+      (cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME) != CUPTI_SUCCESS ||
+       cuptiActivityEnable(CUPTI_ACTIVITY_KIND_DRIVER) != CUPTI_SUCCESS ||
+       cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET) != CUPTI_SUCCESS ||
+       cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY) != CUPTI_SUCCESS))
+    std::fprintf(stderr, "melt-kernel-trace: CUPTI refused the API records\n");
   std::atexit(finish);
   return 1;
 }

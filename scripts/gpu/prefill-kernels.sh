@@ -5,6 +5,10 @@
 # timed session's prefill summarized by bench/cuda/kernel_timeline.py
 # --burst (its span, busy and idle time, per kernel name the launches,
 # running time and idle before).
+# HOST=1 also records the host's CUDA calls (MELT_KERNEL_TRACE_API=1) and
+# writes what the host did around the prefill (kernel_timeline.py --burst
+# --host: its waits, the kernels that waited on a launch) to
+# $OUT/prefill-host-MODEL-SxT.txt.
 #   scripts/gpu/prefill-kernels.sh [SEQUENCES] [TOKENS] [MODEL.melt...]
 # Writes $OUT/prefill-kernels-MODEL-SxT.txt, the kernels in order to
 # $OUT/prefill-order-MODEL-SxT.txt and a JSON line each to
@@ -21,6 +25,7 @@ for model in $models; do
   trace="$out/trace-prefill-$model.jsonl"
   rm -f "$trace"
   CUDA_INJECTION64_PATH="$root/build-gpu/lib/libmelt-kernel-trace.so" \
+    MELT_KERNEL_TRACE_API="${HOST:-0}" \
     MELT_KERNEL_TRACE="$trace" build-gpu/bin/melt-run "$carry/models/$model" \
     --random-weights --device cuda:0 --warmup --prompt-ids "$prompt" \
     --max-new 1 --batch "$sequences" | grep -E "prefill" || true
@@ -31,5 +36,9 @@ for model in $models; do
   python3 bench/cuda/kernel_timeline.py "$trace" --burst --json |
     python3 -c "import json,sys; d=json.load(sys.stdin); d.update(model='$model', sequences=$sequences, tokens=$tokens); print(json.dumps(d))" \
     >> "$out/prefill_kernels.json"
+  if [ "${HOST:-0}" = 1 ]; then
+    python3 bench/cuda/kernel_timeline.py "$trace" --burst --host --top 40 \
+      > "$out/prefill-host-$model-${sequences}x$tokens.txt"
+  fi
   rm -f "$trace"
 done
