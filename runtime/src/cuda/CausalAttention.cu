@@ -1,8 +1,10 @@
 //===- CausalAttention.cu - a prefill's causal attention, fused -----------===//
 #include "cuda/CausalAttention.h"
 
+#include "EnvSwitch.h"
+
 #include "cuda/AsyncCopy.cuh"
-#include "cuda/BlockQuantize.cuh"
+#include "cuda/CausalAttentionParts.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/RopeRotation.cuh"
 #include "cuda/TensorCoreMma.cuh"
@@ -49,35 +51,6 @@ __device__ __forceinline__ void copyTile(const __nv_bfloat16 *rows, int first,
   }
 }
 
-/// A launch's runs (a kernel parameter: no copy to the device).
-struct CausalRunList {
-  int count = 0, blocks = 0; // runs; query blocks of the longest
-  CausalRunOperands run[kCausalMaxRuns];
-};
-
-/// Where a token-head's queries are: its nope part at nope + th *
-/// nopeStride, its rope part at rope + th * ropeStride (th = token x heads
-/// + head), F32 or (bf16) BF16; the rope part rotated already, or
-/// (rotation.positions set) rotated as it is read.
-struct QuerySource {
-  const void *nope = nullptr, *rope = nullptr;
-  int nopeStride = 0, ropeStride = 0;
-  bool bf16 = false;
-  CausalProjectedQuery rotation;
-};
-
-/// Two consecutive query values at element `at` of F32 or (kBf16) BF16
-/// rows.
-template <bool kBf16>
-__device__ __forceinline__ float2 loadQueryPair(const void *rows, size_t at) {
-  if constexpr (kBf16)
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
-        static_cast<const __nv_bfloat16 *>(rows) + at));
-  else
-    return *reinterpret_cast<const float2 *>(static_cast<const float *>(rows) +
-                                             at);
-}
-
 /// Grid blocks x heads x runs (blocks: of the longest run), 128 threads;
 /// block i takes query block blocks - 1 - i / (heads x runs) (the last
 /// queries of every run and head first), head and run from the rest;
@@ -105,12 +78,9 @@ __global__ void __launch_bounds__(kThreads)
            buffer * W::bufferElements;
   };
   awaitPriorKernels();
-  // The blocks of the last queries walk the most keys: they go first.
-  const int perBlock = heads * runs.count;
-  const int block = runs.blocks - 1 - int(blockIdx.x) / perBlock;
-  const int h = int(blockIdx.x) % perBlock % heads;
-  const CausalRunOperands &operands =
-      runs.run[int(blockIdx.x) % perBlock / heads];
+  const CausalBlock place = causalBlockOf(runs, heads);
+  const int block = place.queryBlock, h = place.head;
+  const CausalRunOperands &operands = *place.operands;
   const CausalRun &run = operands.run;
   if (block * kQueries >= run.count)
     return;
@@ -274,55 +244,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads(); // this buffer is refilled next iteration
   }
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float sum = rowSum[half];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int i = q0 + g + 8 * half;
-    const float norm = sum > 0.f ? 1.f / sum : 0.f;
-    // The row's block of 128: its largest magnitude over the quad's four
-    // threads (every lane shuffles, rows past the run too).
-    float amax = 0.f;
-    if (codes.codes) {
-#pragma unroll
-      for (int n = 0; n < W::valueTiles; ++n)
-        amax = fmaxf(amax, fmaxf(fabsf(o[n][2 * half] * norm),
-                                 fabsf(o[n][2 * half + 1] * norm)));
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    }
-    if (i >= run.count)
-      continue;
-    const size_t at = (size_t(run.first + i) * heads + h) * kValue + 2 * t;
-    if (out) // (null: only the codes read)
-#pragma unroll
-      for (int n = 0; n < W::valueTiles; ++n)
-        *reinterpret_cast<float2 *>(out + at + n * 8) =
-            make_float2(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
-    if (codes.codes) {
-      // quantizeRowsFp8's arithmetic on the values just written.
-      const float s = gemmInputScale(amax), inverse = 1.f / s;
-#pragma unroll
-      for (int n = 0; n < W::valueTiles; ++n) {
-        const uint32_t lo = __nv_cvt_float_to_fp8(o[n][2 * half] * norm *
-                                                      inverse,
-                                                  __NV_SATFINITE, __NV_E4M3),
-                       hi = __nv_cvt_float_to_fp8(o[n][2 * half + 1] * norm *
-                                                      inverse,
-                                                  __NV_SATFINITE, __NV_E4M3);
-        *reinterpret_cast<uint16_t *>(codes.codes + at + n * 8) =
-            uint16_t(lo | (hi << 8));
-      }
-      if (t == 0)
-        codes.scales[size_t(h) * codes.rows + run.first + i] = s;
-    }
-    if (codes.bf16)
-#pragma unroll
-      for (int n = 0; n < W::valueTiles; ++n)
-        *reinterpret_cast<uint32_t *>(codes.bf16 + at + n * 8) =
-            packBf16(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
-  }
+  const int rows[2] = {q0 + g, q0 + g + 8};
+  storeOutputRows(o, rowSum, rows, run, h, heads, t, out, codes);
 }
 
 } // namespace
@@ -334,24 +257,37 @@ bool melt::rt::cuda::causalAttentionFits(int nope, int rope, int valueDim) {
 cudaError_t melt::rt::cuda::causalAttentionBf16(
     const float *qNope, const float *qRope, const __nv_bfloat16 *keys,
     const __nv_bfloat16 *values, const CausalRun &run, int heads, int nope,
-    int rope, int valueDim, float scale, float *out, cudaStream_t stream) {
+    int rope, int valueDim, float scale, float *out, cudaStream_t stream,
+    CausalKernel kernel) {
   const CausalRunOperands one{run, keys, values};
   return causalAttentionBf16(qNope, qRope, &one, 1, heads, nope, rope, valueDim,
-                             scale, out, stream);
+                             scale, out, stream, nullptr, kernel);
 }
 
 namespace {
+
+/// The kernel a launch takes: the wgmma kernel unless
+/// MELT_CUDA_CAUSAL_WARPGROUPS=0 (or the caller names one).
+bool onWarpgroups(CausalKernel kernel) {
+  static const bool byDefault =
+      melt::rt::envSwitch("MELT_CUDA_CAUSAL_WARPGROUPS", true);
+  return kernel == CausalKernel::Default ? byDefault
+                                         : kernel == CausalKernel::Warpgroups;
+}
 
 cudaError_t launchCausalAttention(const QuerySource &query,
                                   const CausalRunOperands *runs, int runCount,
                                   int heads, int nope, int rope, int valueDim,
                                   float scale, float *out, cudaStream_t stream,
-                                  const CausalOutputCodes *codes) {
+                                  const CausalOutputCodes *codes,
+                                  CausalKernel kernelChoice) {
   if (!causalAttentionFits(nope, rope, valueDim) || heads <= 0 ||
       runCount < 0 || runCount > kCausalMaxRuns ||
       (codes && codes->codes && (!codes->scales || codes->rows <= 0)) ||
       (codes && !codes->codes && !codes->bf16))
     return cudaErrorInvalidValue;
+  const bool warpgroups = onWarpgroups(kernelChoice);
+  const int blockQueries = warpgroups ? kCausalWarpgroupQueries : kQueries;
   CausalRunList list;
   for (int i = 0; i < runCount; ++i) {
     const CausalRun &run = runs[i].run;
@@ -362,12 +298,17 @@ cudaError_t launchCausalAttention(const QuerySource &query,
     if (run.count == 0) // nothing to attend: left out of the grid
       continue;
     list.run[list.count++] = runs[i];
-    list.blocks = std::max(list.blocks, (run.count + kQueries - 1) / kQueries);
+    list.blocks =
+        std::max(list.blocks, (run.count + blockQueries - 1) / blockQueries);
   }
   if (list.count == 0)
     return cudaSuccess;
   if (!out && !codes) // (nothing to write)
     return cudaErrorInvalidValue;
+  if (warpgroups)
+    return launchCausalAttentionWarpgroups(
+        query, list, heads, float(scale * M_LOG2E), out,
+        codes ? *codes : CausalOutputCodes{}, stream);
   auto kernel = query.bf16 ? causalAttentionKernel<128, 64, 128, true>
                            : causalAttentionKernel<128, 64, 128, false>;
   constexpr size_t shared = Widths<128, 64, 128>::sharedBytes;
@@ -387,18 +328,20 @@ cudaError_t launchCausalAttention(const QuerySource &query,
 cudaError_t melt::rt::cuda::causalAttentionBf16(
     const float *qNope, const float *qRope, const CausalRunOperands *runs,
     int runCount, int heads, int nope, int rope, int valueDim, float scale,
-    float *out, cudaStream_t stream, const CausalOutputCodes *codes) {
+    float *out, cudaStream_t stream, const CausalOutputCodes *codes,
+    CausalKernel kernel) {
   QuerySource query;
   query.nope = qNope, query.rope = qRope;
   query.nopeStride = nope, query.ropeStride = rope;
   return launchCausalAttention(query, runs, runCount, heads, nope, rope,
-                               valueDim, scale, out, stream, codes);
+                               valueDim, scale, out, stream, codes, kernel);
 }
 
 cudaError_t melt::rt::cuda::causalAttentionBf16(
     const CausalProjectedQuery &projected, const CausalRunOperands *runs,
     int runCount, int heads, int nope, int rope, int valueDim, float scale,
-    float *out, cudaStream_t stream, const CausalOutputCodes *codes) {
+    float *out, cudaStream_t stream, const CausalOutputCodes *codes,
+    CausalKernel kernel) {
   if (!projected.q == !projected.qBf16 || !projected.positions ||
       rope != 2 * int(std::size(projected.inverse)))
     return cudaErrorInvalidValue;
@@ -411,5 +354,5 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
   query.nopeStride = query.ropeStride = nope + rope;
   query.rotation = projected;
   return launchCausalAttention(query, runs, runCount, heads, nope, rope,
-                               valueDim, scale, out, stream, codes);
+                               valueDim, scale, out, stream, codes, kernel);
 }

@@ -3,16 +3,18 @@
 // softmax(scale q k^T) v for each head of one sequence's run of queries
 // (or of several sequences' runs) over per-head keys and values, causal
 // (query i at position p + i sees keys 0 .. p + i), in one kernel: the
-// scores never leave the chip. A block takes 64 queries of one head (a
-// warp 16), walks the keys 64 at a time up to its last query's position,
-// and keeps each row's running maximum and sum (the online softmax);
-// products on tensor cores, BF16 operands (queries, keys, probabilities,
-// values rounded), FP32 sums.
+// scores never leave the chip. A block takes the queries of one head,
+// walks the keys 64 at a time up to its last query's position, and keeps
+// each row's running maximum and sum (the online softmax); products on
+// tensor cores, BF16 operands (queries, keys, probabilities, values
+// rounded), FP32 sums. Two kernels (CausalKernel): on wgmma, 128 queries a
+// block (CausalAttentionWarpgroups.cu, the default), or on mma.sync, 64
+// queries a block, a warp 16 (CausalAttention.cu).
 //
 // The queries come as MLA's two parts (q_nope [tokens, heads, nope] and
 // q_rope [tokens, heads, rope], F32, rounded as they are read); keys
 // [heads, keys, nope + rope] and values [heads, keys, valueDim] in BF16,
-// copied into shared memory a tile ahead (cp.async, two buffers). The
+// copied into shared memory ahead of their use (cp.async). The
 // widths are compile-time: DeepSeek's 128 + 64 and 128
 // (causalAttentionFits).
 //
@@ -67,6 +69,11 @@ struct CausalProjectedQuery {
   double mscale = 1.0;
 };
 
+/// The kernel a launch takes: by default the wgmma kernel
+/// (CausalAttentionWarpgroups.cu; MELT_CUDA_CAUSAL_WARPGROUPS=0 the
+/// mma.sync one), or the one named (tests and benchmarks run both).
+enum class CausalKernel { Default, Warps, Warpgroups };
+
 /// Whether the kernel takes these widths.
 bool causalAttentionFits(int nope, int rope, int valueDim);
 
@@ -76,7 +83,8 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
                                 const __nv_bfloat16 *values,
                                 const CausalRun &run, int heads, int nope,
                                 int rope, int valueDim, float scale, float *out,
-                                cudaStream_t stream);
+                                cudaStream_t stream,
+                                CausalKernel kernel = CausalKernel::Default);
 
 /// The output's 1 x 128 FP8 codes as well (a head's value row of 128 is
 /// one block), written beside `out` by the kernel that computed it, as
@@ -101,13 +109,15 @@ cudaError_t causalAttentionBf16(const float *qNope, const float *qRope,
                                 const CausalRunOperands *runs, int runCount,
                                 int heads, int nope, int rope, int valueDim,
                                 float scale, float *out, cudaStream_t stream,
-                                const CausalOutputCodes *codes = nullptr);
+                                const CausalOutputCodes *codes = nullptr,
+                                CausalKernel kernel = CausalKernel::Default);
 /// The same with the queries as the projection leaves them.
 cudaError_t causalAttentionBf16(const CausalProjectedQuery &query,
                                 const CausalRunOperands *runs, int runCount,
                                 int heads, int nope, int rope, int valueDim,
                                 float scale, float *out, cudaStream_t stream,
-                                const CausalOutputCodes *codes = nullptr);
+                                const CausalOutputCodes *codes = nullptr,
+                                CausalKernel kernel = CausalKernel::Default);
 
 } // namespace melt::rt::cuda
 

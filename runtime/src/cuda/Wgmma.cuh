@@ -356,6 +356,24 @@ wgmma64x256RegisterA(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
 #endif
 }
 
+/// d[64 x 128] += A[64 x 16] B[16 x 128]: A from registers (four BF16
+/// pairs a thread, as an m64nK accumulator's fragment of 16 columns packed:
+/// row g columns 2 t, + 1; row g + 8 the same; then both 8 columns on), B
+/// MN-major in shared memory (its rows are K).
+__device__ __forceinline__ void
+wgmma64x128RegisterA(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16."
+               "bf16 " MELT_WGMMA_D64_REGISTERS
+               ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+               : MELT_WGMMA_D64_OPERANDS(d)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+#else
+  __trap();
+#endif
+}
+
 #undef MELT_WGMMA_D16_REGISTERS
 #undef MELT_WGMMA_D16_OPERANDS
 #undef MELT_WGMMA_D32_REGISTERS

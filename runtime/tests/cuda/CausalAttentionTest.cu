@@ -46,12 +46,16 @@ std::vector<__nv_bfloat16> bf16Randoms(std::mt19937 &rng, size_t n) {
   return v;
 }
 
+const char *kernelName(CausalKernel kernel) {
+  return kernel == CausalKernel::Warps ? "mma.sync" : "wgmma";
+}
+
 struct Case {
   int heads, tokens; // tokens in the step; the run is a slice of them
   CausalRun run;
 };
 
-void runCase(const Case &c) {
+void runCase(const Case &c, CausalKernel kernel) {
   std::mt19937 rng(7);
   const int keys = c.run.keys, heads = c.heads;
   std::vector<float> qNope = randoms(rng, size_t(c.tokens) * heads * kNope);
@@ -75,7 +79,7 @@ void runCase(const Case &c) {
   float *dQn = toDevice(qNope), *dQr = toDevice(qRope);
   __nv_bfloat16 *dK = toDevice(kb), *dV = toDevice(vb);
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, dK, dV, c.run, heads, kNope, kRope,
-                                kValue, scale, out, nullptr),
+                                kValue, scale, out, nullptr, kernel),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> have = toHost(out, outCount);
@@ -113,8 +117,8 @@ void runCase(const Case &c) {
     }
   // The probabilities are rounded to BF16 before they weight the values.
   EXPECT_LE(worst, 1e-2 * range)
-      << c.heads << " heads, " << c.run.count << " queries at "
-      << c.run.position << ", " << keys << " keys";
+      << kernelName(kernel) << ": " << c.heads << " heads, " << c.run.count
+      << " queries at " << c.run.position << ", " << keys << " keys";
   for (int t = 0; t < c.tokens; ++t)
     if (t < c.run.first || t >= c.run.first + c.run.count)
       EXPECT_TRUE(std::isnan(have[size_t(t) * heads * kValue]))
@@ -150,26 +154,44 @@ RandomRuns randomRuns(const std::vector<CausalRun> &runs, int heads, int tokens,
   return r;
 }
 
+/// The device cases run on both kernels.
+class CudaCausalAttentionKernels
+    : public ::testing::TestWithParam<CausalKernel> {};
+
 } // namespace
 
-TEST(CudaCausalAttention, MatchesTheReference) {
+INSTANTIATE_TEST_SUITE_P(BothKernels, CudaCausalAttentionKernels,
+                         ::testing::Values(CausalKernel::Warps,
+                                           CausalKernel::Warpgroups),
+                         [](const auto &info) {
+                           return info.param == CausalKernel::Warps
+                                      ? std::string("Warps")
+                                      : std::string("Warpgroups");
+                         });
+
+TEST_P(CudaCausalAttentionKernels, MatchesTheReference) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
-  runCase({1, 1, {0, 1, 0, 1}});         // one query, one key
-  runCase({3, 70, {0, 70, 0, 70}});      // a second block of 6 queries
-  runCase({2, 140, {5, 130, 200, 400}}); // after a prefix, keys beyond
-  runCase({16, 192, {0, 192, 0, 192}});  // whole blocks, DeepSeek's heads
-  runCase({2, 65, {0, 65, 0, 65}});      // a block of one query
-  runCase({1, 300, {0, 300, 37, 400}});  // blocks across key tiles
+  const CausalKernel kernel = GetParam();
+  runCase({1, 1, {0, 1, 0, 1}}, kernel);         // one query, one key
+  runCase({3, 70, {0, 70, 0, 70}}, kernel);      // a second block of 6 queries
+  runCase({2, 140, {5, 130, 200, 400}}, kernel); // after a prefix, keys beyond
+  runCase({16, 192, {0, 192, 0, 192}},
+          kernel);                          // whole blocks, DeepSeek's heads
+  runCase({2, 65, {0, 65, 0, 65}}, kernel); // a block of one query
+  runCase({1, 300, {0, 300, 37, 400}}, kernel); // blocks across key tiles
+  runCase({1, 60, {0, 60, 0, 60}}, kernel);     // a warpgroup with no query
+  runCase({2, 700, {0, 700, 0, 700}}, kernel);  // around the ring's stages
 }
 
 // Several runs in one launch (a prefill's sequences: different lengths,
 // one after a cached prefix, one empty) give each run's output bit for bit
 // as its own launch does: the same blocks, scheduled otherwise; so do the
 // runs' keys and values side by side in one matrix (headRows).
-TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
+TEST_P(CudaCausalAttentionKernels, RunsInOneLaunchMatchTheirOwnLaunches) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
+  const CausalKernel kernel = GetParam();
   const int heads = 3, tokens = 300;
   const std::vector<CausalRun> runs = {
       {0, 130, 0, 130}, {130, 0, 0, 0}, {130, 1, 0, 1}, {131, 169, 40, 260}};
@@ -186,11 +208,12 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   const float scale = 1.f / std::sqrt(float(kWidth));
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
                                 heads, kNope, kRope, kValue, scale, together,
-                                nullptr),
+                                nullptr, nullptr, kernel),
             cudaSuccess);
   for (const CausalRunOperands &o : operands)
     ASSERT_EQ(causalAttentionBf16(dQn, dQr, o.keys, o.values, o.run, heads,
-                                  kNope, kRope, kValue, scale, apart, nullptr),
+                                  kNope, kRope, kValue, scale, apart, nullptr,
+                                  kernel),
               cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> a = toHost(together, outCount),
@@ -238,7 +261,7 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
   owned.push_back(shared);
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, sharing.data(), int(sharing.size()),
                                 heads, kNope, kRope, kValue, scale, shared,
-                                nullptr),
+                                nullptr, nullptr, kernel),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> c = toHost(shared, outCount);
@@ -256,9 +279,10 @@ TEST(CudaCausalAttention, RunsInOneLaunchMatchTheirOwnLaunches) {
 // same as without them, and the codes alone (no F32 output) the same
 // bytes; runs of several lengths in one launch, rows past the last full
 // block of 64 queries among them.
-TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
+TEST_P(CudaCausalAttentionKernels, WritesItsOutputsCodesAsQuantizeRowsFp8) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
+  const CausalKernel kernel = GetParam();
   const int heads = 3, tokens = 300;
   const std::vector<CausalRun> runs = {
       {0, 130, 0, 130}, {130, 1, 0, 1}, {131, 169, 40, 260}};
@@ -281,12 +305,12 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
   const float scale = 1.f / std::sqrt(float(kWidth));
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
                                 heads, kNope, kRope, kValue, scale, plain,
-                                nullptr),
+                                nullptr, nullptr, kernel),
             cudaSuccess);
   const CausalOutputCodes out{codes, scales, tokens};
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
                                 heads, kNope, kRope, kValue, scale, withCodes,
-                                nullptr, &out),
+                                nullptr, &out, kernel),
             cudaSuccess);
   ASSERT_EQ(quantizeRowsFp8(withCodes, tokens, heads * kValue, wantCodes,
                             wantScales, nullptr),
@@ -294,7 +318,7 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
   const CausalOutputCodes alone{aloneCodes, aloneScales, tokens};
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, operands.data(), int(runs.size()),
                                 heads, kNope, kRope, kValue, scale, nullptr,
-                                nullptr, &alone),
+                                nullptr, &alone, kernel),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> a = toHost(plain, outCount),
@@ -325,9 +349,10 @@ TEST(CudaCausalAttention, WritesItsOutputsCodesAsQuantizeRowsFp8) {
 // The output's BF16 rows in place of its F32 ones (CausalOutputCodes::bf16,
 // for a BF16 output projection): the F32 output rounded to BF16, bit for
 // bit, the same runs.
-TEST(CudaCausalAttention, WritesItsOutputInBf16AsTheF32OutputRounded) {
+TEST_P(CudaCausalAttentionKernels, WritesItsOutputInBf16AsTheF32OutputRounded) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
+  const CausalKernel kernel = GetParam();
   const int heads = 3, tokens = 300;
   const std::vector<CausalRun> runs = {
       {0, 130, 0, 130}, {130, 1, 0, 1}, {131, 169, 40, 260}};
@@ -341,14 +366,15 @@ TEST(CudaCausalAttention, WritesItsOutputInBf16AsTheF32OutputRounded) {
   const float scale = 1.f / std::sqrt(float(kWidth));
   ASSERT_EQ(causalAttentionBf16(random.qNope, random.qRope,
                                 random.operands.data(), int(runs.size()), heads,
-                                kNope, kRope, kValue, scale, plain, nullptr),
+                                kNope, kRope, kValue, scale, plain, nullptr,
+                                nullptr, kernel),
             cudaSuccess);
   CausalOutputCodes bf16;
   bf16.bf16 = rows;
   ASSERT_EQ(causalAttentionBf16(random.qNope, random.qRope,
                                 random.operands.data(), int(runs.size()), heads,
                                 kNope, kRope, kValue, scale, nullptr, nullptr,
-                                &bf16),
+                                &bf16, kernel),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> want = toHost(plain, outCount);
@@ -367,9 +393,10 @@ TEST(CudaCausalAttention, WritesItsOutputInBf16AsTheF32OutputRounded) {
 // BF16 holds): the kernel's own split and rotation give the output of the
 // split queries rotated by the rope kernel (YaRN-like frequencies and
 // scale, positions past 4096), bit for bit.
-TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
+TEST_P(CudaCausalAttentionKernels, ProjectedQueriesAreTheSplitAndRotatedOnes) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
+  const CausalKernel kernel = GetParam();
   const int heads = 3, tokens = 150;
   const CausalRun run{10, 140, 60, 200};
   std::mt19937 rng(11);
@@ -413,16 +440,18 @@ TEST(CudaCausalAttention, ProjectedQueriesAreTheSplitAndRotatedOnes) {
   const float scale = 1.f / std::sqrt(float(kWidth));
   const CausalRunOperands operands{run, dK, dV};
   ASSERT_EQ(causalAttentionBf16(dQn, dQr, &operands, 1, heads, kNope, kRope,
-                                kValue, scale, split, nullptr),
+                                kValue, scale, split, nullptr, nullptr, kernel),
             cudaSuccess);
   projected.q = dQ, projected.positions = dPositions;
   ASSERT_EQ(causalAttentionBf16(projected, &operands, 1, heads, kNope, kRope,
-                                kValue, scale, fromProjection, nullptr),
+                                kValue, scale, fromProjection, nullptr, nullptr,
+                                kernel),
             cudaSuccess);
   CausalProjectedQuery inBf16 = projected;
   inBf16.q = nullptr, inBf16.qBf16 = dQBf16;
   ASSERT_EQ(causalAttentionBf16(inBf16, &operands, 1, heads, kNope, kRope,
-                                kValue, scale, fromBf16Projection, nullptr),
+                                kValue, scale, fromBf16Projection, nullptr,
+                                nullptr, kernel),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> want = toHost(split, outCount),

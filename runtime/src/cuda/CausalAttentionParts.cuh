@@ -1,0 +1,144 @@
+//===- CausalAttentionParts.cuh - what both causal attention kernels share ===//
+//
+// A prefill's causal attention has two kernels (CausalAttention.cu on
+// mma.sync, CausalAttentionWarpgroups.cu on wgmma): both take their runs as
+// a kernel parameter, read the queries as the projection leaves them or
+// split (QuerySource), order their blocks the same way (the last queries of
+// every run and head first) and write a row's output the same way: F32, or
+// its FP8 codes, or BF16 (storeOutputRows).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MELT_RUNTIME_CUDA_CAUSALATTENTIONPARTS_CUH
+#define MELT_RUNTIME_CUDA_CAUSALATTENTIONPARTS_CUH
+
+#include "cuda/BlockQuantize.cuh"
+#include "cuda/CausalAttention.h"
+#include "cuda/TensorCoreMma.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+namespace melt::rt::cuda {
+
+/// A launch's runs (a kernel parameter: no copy to the device).
+struct CausalRunList {
+  int count = 0, blocks = 0; // runs; query blocks of the longest
+  CausalRunOperands run[kCausalMaxRuns];
+};
+
+/// Where a token-head's queries are: its nope part at nope + th *
+/// nopeStride, its rope part at rope + th * ropeStride (th = token x heads
+/// + head), F32 or (bf16) BF16; the rope part rotated already, or
+/// (rotation.positions set) rotated as it is read.
+struct QuerySource {
+  const void *nope = nullptr, *rope = nullptr;
+  int nopeStride = 0, ropeStride = 0;
+  bool bf16 = false;
+  CausalProjectedQuery rotation;
+};
+
+/// Two consecutive query values at element `at` of F32 or (kBf16) BF16
+/// rows.
+template <bool kBf16>
+__device__ __forceinline__ float2 loadQueryPair(const void *rows, size_t at) {
+  if constexpr (kBf16)
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
+        static_cast<const __nv_bfloat16 *>(rows) + at));
+  else
+    return *reinterpret_cast<const float2 *>(static_cast<const float *>(rows) +
+                                             at);
+}
+
+/// The block's place in a grid of blocks x heads x runs (blocks: of the
+/// longest run): block i takes query block blocks - 1 - i / (heads x runs),
+/// so that the blocks of the most keys go first and the shorter fill in
+/// behind them; head and run from the rest.
+struct CausalBlock {
+  int queryBlock, head;
+  const CausalRunOperands *operands;
+};
+__device__ __forceinline__ CausalBlock causalBlockOf(const CausalRunList &runs,
+                                                     int heads) {
+  const int perBlock = heads * runs.count;
+  return {runs.blocks - 1 - int(blockIdx.x) / perBlock,
+          int(blockIdx.x) % perBlock % heads,
+          &runs.run[int(blockIdx.x) % perBlock / heads]};
+}
+
+/// A thread's two rows (i[0] = 16-row slab's row g, i[1] = row g + 8 of
+/// the run's queries) of head h, from C fragments o (16 n-tiles of 8 of the
+/// 128 value columns: o[n][2 half + e] is row i[half], column 8 n + 2 t +
+/// e) and the thread's share of the rows' sums (summed over the quad here):
+/// out's F32 rows, and where asked their FP8 codes (quantizeRowsFp8's
+/// arithmetic, a head's 128 values one block) or their BF16 values. Rows
+/// past the run are not written. Every lane of the warp takes part (the
+/// quad's shuffles).
+__device__ __forceinline__ void
+storeOutputRows(const float (&o)[16][4], const float (&rowSum)[2],
+                const int (&i)[2], const CausalRun &run, int h, int heads,
+                int t, float *out, const CausalOutputCodes &codes) {
+  constexpr int kValue = 128, kValueTiles = 16;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = rowSum[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float norm = sum > 0.f ? 1.f / sum : 0.f;
+    // The row's block of 128: its largest magnitude over the quad's four
+    // threads (every lane shuffles, rows past the run too).
+    float amax = 0.f;
+    if (codes.codes) {
+#pragma unroll
+      for (int n = 0; n < kValueTiles; ++n)
+        amax = fmaxf(amax, fmaxf(fabsf(o[n][2 * half] * norm),
+                                 fabsf(o[n][2 * half + 1] * norm)));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    }
+    if (i[half] >= run.count)
+      continue;
+    const size_t at =
+        (size_t(run.first + i[half]) * heads + h) * kValue + 2 * t;
+    if (out) // (null: only the codes read)
+#pragma unroll
+      for (int n = 0; n < kValueTiles; ++n)
+        *reinterpret_cast<float2 *>(out + at + n * 8) =
+            make_float2(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
+    if (codes.codes) {
+      // quantizeRowsFp8's arithmetic on the values just written.
+      const float s = gemmInputScale(amax), inverse = 1.f / s;
+#pragma unroll
+      for (int n = 0; n < kValueTiles; ++n) {
+        const uint32_t lo = __nv_cvt_float_to_fp8(o[n][2 * half] * norm *
+                                                      inverse,
+                                                  __NV_SATFINITE, __NV_E4M3),
+                       hi = __nv_cvt_float_to_fp8(o[n][2 * half + 1] * norm *
+                                                      inverse,
+                                                  __NV_SATFINITE, __NV_E4M3);
+        *reinterpret_cast<uint16_t *>(codes.codes + at + n * 8) =
+            uint16_t(lo | (hi << 8));
+      }
+      if (t == 0)
+        codes.scales[size_t(h) * codes.rows + run.first + i[half]] = s;
+    }
+    if (codes.bf16)
+#pragma unroll
+      for (int n = 0; n < kValueTiles; ++n)
+        *reinterpret_cast<uint32_t *>(codes.bf16 + at + n * 8) =
+            packBf16(o[n][2 * half] * norm, o[n][2 * half + 1] * norm);
+  }
+}
+
+/// The wgmma kernel's launch (CausalAttentionWarpgroups.cu): `list` built
+/// and checked by the caller (blocks of kCausalWarpgroupQueries queries).
+constexpr int kCausalWarpgroupQueries = 128;
+cudaError_t launchCausalAttentionWarpgroups(const QuerySource &query,
+                                            const CausalRunList &list,
+                                            int heads, float scaleLog2,
+                                            float *out,
+                                            const CausalOutputCodes &codes,
+                                            cudaStream_t stream);
+
+} // namespace melt::rt::cuda
+
+#endif // MELT_RUNTIME_CUDA_CAUSALATTENTIONPARTS_CUH

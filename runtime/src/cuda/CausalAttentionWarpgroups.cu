@@ -1,0 +1,422 @@
+//===- CausalAttentionWarpgroups.cu - a prefill's causal attention, wgmma -===//
+//
+// The prefill's causal attention on Hopper's warpgroup MMA, for
+// DeepSeek's widths (query and key 128 + 64, value 128). A block takes 128
+// queries of one head: two consumer warpgroups of 64 and one producer
+// warpgroup.
+//
+// - The producer warpgroup copies each 64-key tile's keys ([64 x 192]) and
+//   values ([64 x 128]) into a ring of stages in the 128-byte swizzle
+//   (cp.async: the runs' keys are rows of any matrix), and hands a stage
+//   over on its `full` barrier once the copies landed (fenced for the
+//   tensor cores); it refills a stage once both warpgroups gave it back on
+//   its `empty` barrier.
+// - A consumer warpgroup writes its 64 queries, rotated and rounded to
+//   BF16, into shared memory once, then per tile: the scores Q K^T (m64n64,
+//   both operands from shared memory), the online softmax in registers, and
+//   O += P V (m64n128, P from registers, V read MN-major).
+// - Within a warpgroup the softmax of tile j runs while the tensor cores
+//   still work on tile j - 1's P V: the scores of tile j and the sum of
+//   tile j - 1 are issued together, the wait is for the scores alone, and
+//   the output is rescaled once the sum is done (FlashAttention-3's
+//   intra-warpgroup overlap). No block-wide barrier in the loop: the two
+//   warpgroups drift apart, so that one's softmax runs under the other's
+//   products.
+//
+// The mma.sync kernel (CausalAttention.cu) keeps 16 queries a warp and
+// reads every key tile from shared memory once a warp; here a tile's keys
+// go to the tensor cores once per 64 queries.
+//
+//===----------------------------------------------------------------------===//
+#include "cuda/CausalAttentionParts.cuh"
+
+#include "cuda/AsyncCopy.cuh"
+#include "cuda/BulkTensorCopy.cuh"
+#include "cuda/DependentLaunch.cuh"
+#include "cuda/NamedBarrier.cuh"
+#include "cuda/RopeRotation.cuh"
+#include "cuda/Wgmma.cuh"
+
+#include <cmath>
+
+using namespace melt::rt::cuda;
+
+namespace {
+
+constexpr int kNope = 128, kRope = 64, kQk = kNope + kRope, kValue = 128;
+constexpr int kConsumers = 2, kGroupQueries = 64;
+static_assert(kConsumers * kGroupQueries == kCausalWarpgroupQueries,
+              "a block's queries");
+constexpr int kKeys = 64, kStages = 3;
+// The producer hands a tile over once the next one's copies are out: a ring
+// of two would wait for a stage the consumers give back only after that.
+static_assert(kStages >= 3, "the producer's handover needs three stages");
+constexpr int kProducerThreads = 128;
+constexpr int kThreads = kConsumers * 128 + kProducerThreads;
+/// A [64 rows x 64] BF16 block in the 128-byte swizzle.
+constexpr int kBlockBytes = 64 * kSwizzleRowBytes;
+constexpr int kQkBlocks = kQk / 64, kValueBlocks = kValue / 64;
+constexpr int kGroupQueryBytes = kQkBlocks * kBlockBytes;
+constexpr int kKeyBytes = kQkBlocks * kBlockBytes;
+constexpr int kStageBytes = kKeyBytes + kValueBlocks * kBlockBytes;
+/// Shared memory: each warpgroup's queries, the stages, their barriers.
+constexpr int kStagesAt = kConsumers * kGroupQueryBytes;
+constexpr int kBarriersAt = kStagesAt + kStages * kStageBytes;
+constexpr size_t kSharedBytes =
+    kBarriersAt + 2 * kStages * sizeof(uint64_t) + kSwizzleAtomBytes;
+
+/// Eight values of a query row at element `at`, F32 or (kBf16) BF16.
+template <bool kBf16>
+__device__ __forceinline__ void loadEight(const void *rows, size_t at,
+                                          float (&v)[8]) {
+  if constexpr (kBf16) {
+    const uint4 raw = *reinterpret_cast<const uint4 *>(
+        static_cast<const __nv_bfloat16 *>(rows) + at);
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float2 pair = __bfloat1622float2(
+          *reinterpret_cast<const __nv_bfloat162 *>(&words[w]));
+      v[2 * w] = pair.x, v[2 * w + 1] = pair.y;
+    }
+  } else {
+    const float *from = static_cast<const float *>(rows) + at;
+    const float4 lo = *reinterpret_cast<const float4 *>(from),
+                 hi = *reinterpret_cast<const float4 *>(from + 4);
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+  }
+}
+
+/// Where query row `row` (0..127 of the block) keeps 16-byte chunk `c`
+/// (0..23) of its 192 values: its warpgroup's tile, three swizzled
+/// [64 x 64] blocks.
+__device__ __forceinline__ uint8_t *queryChunkAt(uint8_t *shared, int row,
+                                                 int c) {
+  return shared + (row / kGroupQueries) * kGroupQueryBytes +
+         (c / 8) * kBlockBytes + swizzledOffset(row % kGroupQueries, c % 8);
+}
+
+/// Eight query values rounded to BF16 into their chunk.
+__device__ __forceinline__ void storeChunk(uint8_t *at, const float (&v)[8]) {
+  *reinterpret_cast<uint4 *>(at) =
+      make_uint4(packBf16(v[0], v[1]), packBf16(v[2], v[3]),
+                 packBf16(v[4], v[5]), packBf16(v[6], v[7]));
+}
+
+/// The nope part of a warpgroup's 64 queries (rows first .. first + 63 of
+/// the block; zeros past the run), by its 128 threads, every load out
+/// before the first store.
+template <bool kBf16>
+__device__ __forceinline__ void
+storeNopeChunks(const QuerySource &query, const CausalRun &run, int h,
+                int heads, int q0, int group, uint8_t *shared, int thread) {
+  constexpr int kChunks = kNope / 8, kLoads = kGroupQueries * kChunks / 128;
+  static_assert(kGroupQueries * kChunks % 128 == 0, "whole loads");
+  float v[kLoads][8];
+#pragma unroll
+  for (int u = 0; u < kLoads; ++u) {
+    const int e = thread + u * 128, row = e / kChunks, c = e % kChunks;
+    const int i = q0 + group * kGroupQueries + row;
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      v[u][k] = 0.f;
+    if (i < run.count)
+      loadEight<kBf16>(
+          query.nope,
+          (size_t(run.first + i) * heads + h) * query.nopeStride + 8 * c, v[u]);
+  }
+#pragma unroll
+  for (int u = 0; u < kLoads; ++u) {
+    const int e = thread + u * 128, row = e / kChunks, c = e % kChunks;
+    storeChunk(queryChunkAt(shared, group * kGroupQueries + row, c), v[u]);
+  }
+}
+
+/// The rope part of the block's 128 queries, rotated where the source asks
+/// (double-precision angles, the rope kernel's arithmetic), by every thread
+/// of the block: the angles are most of the block's start, and a
+/// warpgroup's threads each taking chunks of both parts (a third of them
+/// rope) made its warps run the angles of every chunk.
+template <bool kBf16>
+__device__ __forceinline__ void
+storeRopeChunks(const QuerySource &query, const CausalRun &run, int h,
+                int heads, int q0, uint8_t *shared) {
+  constexpr int kChunks = kRope / 8;
+  for (int e = threadIdx.x; e < kCausalWarpgroupQueries * kChunks;
+       e += kThreads) {
+    const int row = e / kChunks, c = e % kChunks, i = q0 + row;
+    float v[8] = {};
+    if (i < run.count) {
+      loadEight<kBf16>(
+          query.rope,
+          (size_t(run.first + i) * heads + h) * query.ropeStride + 8 * c, v);
+      if (query.rotation.positions) {
+        // Interleaved pairs: (2 p, 2 p + 1) of the rope part is pair p.
+        const CausalProjectedQuery &r = query.rotation;
+        const int32_t position = r.positions[run.first + i];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 turned = rotateValues(
+              ropeAngleOf(r.inverse[4 * c + k], position, r.mscale), v[2 * k],
+              v[2 * k + 1]);
+          v[2 * k] = turned.x, v[2 * k + 1] = turned.y;
+        }
+      }
+    }
+    storeChunk(queryChunkAt(shared, row, kNope / 8 + c), v);
+  }
+}
+
+/// Grid blocks x heads x runs (causalBlockOf), kThreads threads: warpgroups
+/// 0 and 1 the consumers of queries [q0, q0 + 64) and [q0 + 64, q0 + 128)
+/// of the block, warpgroup 2 the producer.
+template <bool kBf16Query>
+__global__ void __launch_bounds__(kThreads, 1)
+    causalAttentionWarpgroupKernel(const __grid_constant__ QuerySource query,
+                                   const __grid_constant__ CausalRunList runs,
+                                   int heads, float scaleLog2, float *out,
+                                   const CausalOutputCodes codes) {
+  extern __shared__ uint8_t sharedRaw[];
+  uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
+                                 sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
+                                    kSwizzleAtomBytes;
+  uint64_t *full = reinterpret_cast<uint64_t *>(shared + kBarriersAt);
+  uint64_t *empty = full + kStages;
+  auto stageAt = [&](int tile) {
+    return shared + kStagesAt + (tile % kStages) * kStageBytes;
+  };
+  awaitPriorKernels();
+  const CausalBlock place = causalBlockOf(runs, heads);
+  const int h = place.head;
+  const CausalRunOperands &operands = *place.operands;
+  const CausalRun &run = operands.run;
+  const int q0 = place.queryBlock * kCausalWarpgroupQueries;
+  if (q0 >= run.count) // (the whole block)
+    return;
+  // The block's last query and the key tiles it sees.
+  const int last = min(run.count, q0 + kCausalWarpgroupQueries) - 1;
+  const int tiles = (run.position + last) / kKeys + 1;
+  if (threadIdx.x == 0)
+    for (int s = 0; s < kStages; ++s) {
+      initArrivalBarrier(&full[s], kProducerThreads);
+      initArrivalBarrier(&empty[s], kConsumers * 128);
+    }
+  __syncthreads();
+
+  const int group = threadIdx.x / 128;
+  if (group == kConsumers) {
+    // The producer: the first three tiles issued, its share of the
+    // queries' rope part staged, then tile j into stage j % kStages once
+    // its last readers gave it back, tile j - 1 handed over once tile j's
+    // copies are out. (A warpgroup: a warp alone, 80 copies a lane a tile,
+    // kept the tensor cores at 156 TFLOP/s against 263 at mini's shape.)
+    const int lane = threadIdx.x % kProducerThreads;
+    const size_t headRows =
+        operands.headRows > 0 ? size_t(operands.headRows) : size_t(run.keys);
+    const __nv_bfloat16 *keys = operands.keys + size_t(h) * headRows * kQk;
+    const __nv_bfloat16 *values =
+        operands.values + size_t(h) * headRows * kValue;
+    auto issue = [&](int tile) {
+      uint8_t *to = stageAt(tile);
+      // Rows past the keys repeat the last: finite, never weighted.
+      constexpr int kKeyChunks = kQk / 8, kValueChunks = kValue / 8;
+#pragma unroll
+      for (int e = lane; e < kKeys * kKeyChunks; e += kProducerThreads) {
+        const int r = e / kKeyChunks, c = e % kKeyChunks;
+        const size_t key = size_t(min(tile * kKeys + r, run.keys - 1));
+        copyAsync16(to + (c / 8) * kBlockBytes + swizzledOffset(r, c % 8),
+                    keys + key * kQk + c * 8);
+      }
+#pragma unroll
+      for (int e = lane; e < kKeys * kValueChunks; e += kProducerThreads) {
+        const int r = e / kValueChunks, c = e % kValueChunks;
+        const size_t key = size_t(min(tile * kKeys + r, run.keys - 1));
+        copyAsync16(to + kKeyBytes + (c / 8) * kBlockBytes +
+                        swizzledOffset(r, c % 8),
+                    values + key * kValue + c * 8);
+      }
+    };
+    auto handOver = [&](int tile) {
+      fenceSharedForWgmma();
+      arriveAt(&full[tile % kStages]);
+    };
+    // Every stage filled while the block stages its queries (a group a
+    // stage, empty past the tiles).
+    for (int tile = 0; tile < kStages; ++tile) {
+      if (tile < tiles)
+        issue(tile);
+      commitCopies();
+    }
+    storeRopeChunks<kBf16Query>(query, run, h, heads, q0, shared);
+    fenceSharedForWgmma();
+    syncNamedBarrier<1, kThreads>(); // the queries staged (both roles)
+    static_assert(kStages == 3, "the handover below counts three stages");
+    awaitCopies<2>();
+    handOver(0);
+    if (tiles > 1) {
+      awaitCopies<1>();
+      handOver(1);
+    }
+    for (int tile = kStages; tile < tiles; ++tile) {
+      awaitBarrier(&empty[tile % kStages], (tile / kStages - 1) & 1);
+      issue(tile);
+      commitCopies();
+      awaitCopies<1>();
+      handOver(tile - 1);
+    }
+    if (tiles >= kStages) {
+      awaitCopies<0>();
+      handOver(tiles - 1);
+    }
+    return;
+  }
+
+  // A consumer warpgroup: queries [groupFirst, groupFirst + 64).
+  const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int groupFirst = q0 + group * kGroupQueries;
+  // Its tiles: those its last query sees (a warpgroup past the run takes
+  // the block's, its rows unwritten). It may stop one short of the block:
+  // the tile nobody refills after.
+  const int groupLast =
+      groupFirst < run.count ? min(last, groupFirst + kGroupQueries - 1) : last;
+  const int groupTiles = (run.position + groupLast) / kKeys + 1;
+  uint8_t *queryTile = shared + group * kGroupQueryBytes;
+  storeNopeChunks<kBf16Query>(query, run, h, heads, q0, group, shared, thread);
+  storeRopeChunks<kBf16Query>(query, run, h, heads, q0, shared);
+  fenceSharedForWgmma();
+  syncNamedBarrier<1, kThreads>(); // the queries staged
+
+  const uint64_t queriesAt = kMajorDescriptor(queryTile);
+  float s[kKeys / 2];          // the tile's scores (m64n64), then probabilities
+  uint32_t p[kKeys / 16][4];   // the last tile's probabilities, BF16: P V's A
+  float o[kValue / 8][4] = {}; // the output rows (m64n128)
+  float(&oFlat)[kValue / 2] = *reinterpret_cast<float(*)[kValue / 2]>(o);
+  float rowMax[2] = {-INFINITY, -INFINITY}, rowSum[2] = {0.f, 0.f};
+  const int position[2] = {run.position + groupFirst + 16 * warp + g,
+                           run.position + groupFirst + 16 * warp + g + 8};
+
+  auto issueScores = [&](int tile) {
+    const uint64_t keys = kMajorDescriptor(stageAt(tile));
+    wgmmaFence();
+#pragma unroll
+    for (int step = 0; step < kQk / 16; ++step) {
+      const uint32_t at = (step / 4) * kBlockBytes + (step % 4) * 32;
+      wgmma64x64(s, advanced(queriesAt, at), advanced(keys, at), step > 0);
+    }
+    wgmmaCommit();
+  };
+  auto issueSum = [&](int tile) {
+    const uint64_t values =
+        mnMajorDescriptor(stageAt(tile) + kKeyBytes, kBlockBytes);
+    wgmmaFence();
+#pragma unroll
+    for (int k = 0; k < kKeys / 16; ++k)
+      wgmma64x128RegisterA(oFlat, p[k],
+                           advanced(values, k * 2 * kSwizzleAtomBytes));
+    wgmmaCommit();
+  };
+  // Tile `tile`'s scores into probabilities (masked where the tile reaches
+  // past the warpgroup's first query), the rows' new maxima, their sums
+  // rescaled and added to; `correction`: what the output's rows are
+  // multiplied by.
+  auto softmax = [&](int tile, float(&correction)[2]) {
+    const int first = tile * kKeys;
+    const bool masked = first + kKeys - 1 > run.position + groupFirst;
+    float tileMax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int v = 0; v < kKeys / 2; ++v) {
+      const int key = first + 8 * (v / 4) + 2 * t + (v & 1);
+      const int half = (v / 2) % 2;
+      const float x =
+          !masked || key <= position[half] ? s[v] * scaleLog2 : -INFINITY;
+      s[v] = x;
+      tileMax[half] = fmaxf(tileMax[half], x);
+    }
+    float reference[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float m = tileMax[half];
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      const float next = fmaxf(rowMax[half], m);
+      // A row that has seen no key yet keeps zero sums (exp2(-inf) = 0).
+      reference[half] = next == -INFINITY ? 0.f : next;
+      correction[half] = exp2f(rowMax[half] - reference[half]);
+      rowMax[half] = next;
+      rowSum[half] *= correction[half];
+    }
+#pragma unroll
+    for (int v = 0; v < kKeys / 2; ++v) {
+      const float e = exp2f(s[v] - reference[(v / 2) % 2]);
+      s[v] = e;
+      rowSum[(v / 2) % 2] += e;
+    }
+  };
+  // The probabilities' fragments of keys [16 k, 16 k + 16): the A fragment
+  // of that k16 step.
+  auto pack = [&] {
+#pragma unroll
+    for (int k = 0; k < kKeys / 16; ++k)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        p[k][r] = packBf16(s[8 * k + 2 * r], s[8 * k + 2 * r + 1]);
+  };
+
+  awaitBarrier(&full[0], 0);
+  issueScores(0);
+  wgmmaWait<0>();
+  wgmmaFenceOperands(s);
+  {
+    float unused[2];
+    softmax(0, unused);
+  }
+  pack();
+  for (int tile = 1; tile < groupTiles; ++tile) {
+    awaitBarrier(&full[tile % kStages], (tile / kStages) & 1);
+    issueScores(tile);
+    issueSum(tile - 1);
+    wgmmaWait<1>(); // the scores (the sum still running)
+    wgmmaFenceOperands(s);
+    float correction[2];
+    softmax(tile, correction);
+    wgmmaWait<0>();
+    wgmmaFenceOperands(oFlat);
+    arriveAt(&empty[(tile - 1) % kStages]);
+#pragma unroll
+    for (int n = 0; n < kValue / 8; ++n) {
+      o[n][0] *= correction[0], o[n][1] *= correction[0];
+      o[n][2] *= correction[1], o[n][3] *= correction[1];
+    }
+    pack();
+  }
+  issueSum(groupTiles - 1);
+  wgmmaWait<0>();
+  wgmmaFenceOperands(oFlat);
+
+  const int rows[2] = {groupFirst + 16 * warp + g,
+                       groupFirst + 16 * warp + g + 8};
+  storeOutputRows(o, rowSum, rows, run, h, heads, t, out, codes);
+}
+
+} // namespace
+
+cudaError_t melt::rt::cuda::launchCausalAttentionWarpgroups(
+    const QuerySource &query, const CausalRunList &list, int heads,
+    float scaleLog2, float *out, const CausalOutputCodes &codes,
+    cudaStream_t stream) {
+  auto kernel = query.bf16 ? causalAttentionWarpgroupKernel<true>
+                           : causalAttentionWarpgroupKernel<false>;
+  // Per launch (per current device; a prefill's few launches).
+  if (cudaError_t e = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          int(kSharedBytes));
+      e != cudaSuccess)
+    return e;
+  const unsigned grid = unsigned(list.blocks) * heads * list.count;
+  cudaError_t e =
+      launchOverlapped(kernel, dim3(grid), kThreads, kSharedBytes, stream,
+                       query, list, heads, scaleLog2, out, codes);
+  return e != cudaSuccess ? e : cudaGetLastError();
+}
