@@ -61,23 +61,26 @@ int main(int argc, char **argv) {
     const double flops = 2.0 * (kNope + kRope + kValue) * shape.heads *
                          shape.sequences * double(shape.tokens) *
                          (shape.tokens + 1) / 2;
-    for (CausalKernel kernel :
-         {CausalKernel::Warps, CausalKernel::Warpgroups}) {
-      float ms = melt::bench::timeMs(
-          benchName,
-          [&](int) {
-            CHECK(causalAttentionBf16(
-                qNope, qRope, runs.data(), int(runs.size()), shape.heads, kNope,
-                kRope, kValue, 0.0721688f, out, nullptr, nullptr, kernel));
-          },
-          iters);
-      std::printf("{\"what\": \"causal_attention_melt\", \"kernel\": "
-                  "\"%s\", \"sequences\": %d, \"tokens\": %d, "
-                  "\"heads\": %d, \"us\": %.1f, \"tflops\": %.1f}\n",
-                  kernel == CausalKernel::Warps ? "mma.sync" : "wgmma",
-                  shape.sequences, shape.tokens, shape.heads, ms * 1e3,
-                  flops / (ms * 1e-3) / 1e12);
-    }
+    // Both kernels on one form of the queries, a JSON line each.
+    auto timeBothKernels = [&](const char *queries, auto launch) {
+      for (CausalKernel kernel :
+           {CausalKernel::Warps, CausalKernel::Warpgroups}) {
+        float ms = melt::bench::timeMs(
+            benchName, [&](int) { CHECK(launch(kernel)); }, iters);
+        std::printf("{\"what\": \"causal_attention_melt\", \"kernel\": "
+                    "\"%s\", \"queries\": \"%s\", \"sequences\": %d, "
+                    "\"tokens\": %d, \"heads\": %d, \"us\": %.1f, "
+                    "\"tflops\": %.1f}\n",
+                    kernel == CausalKernel::Warps ? "mma.sync" : "wgmma",
+                    queries, shape.sequences, shape.tokens, shape.heads,
+                    ms * 1e3, flops / (ms * 1e-3) / 1e12);
+      }
+    };
+    timeBothKernels("split F32", [&](CausalKernel kernel) {
+      return causalAttentionBf16(qNope, qRope, runs.data(), int(runs.size()),
+                                 shape.heads, kNope, kRope, kValue, 0.0721688f,
+                                 out, nullptr, nullptr, kernel);
+    });
     // The model's form: the queries as the projection leaves them, BF16,
     // rotated by the kernel (each sequence at positions 0..tokens - 1).
     __nv_bfloat16 *projectedRows;
@@ -97,24 +100,11 @@ int main(int argc, char **argv) {
     projected.positions = positions;
     for (int i = 0; i < kRope / 2; ++i)
       projected.inverse[i] = std::pow(10000.0, -2.0 * i / kRope);
-    for (CausalKernel kernel :
-         {CausalKernel::Warps, CausalKernel::Warpgroups}) {
-      float ms = melt::bench::timeMs(
-          benchName,
-          [&](int) {
-            CHECK(causalAttentionBf16(
-                projected, runs.data(), int(runs.size()), shape.heads, kNope,
-                kRope, kValue, 0.0721688f, out, nullptr, nullptr, kernel));
-          },
-          iters);
-      std::printf("{\"what\": \"causal_attention_melt\", \"kernel\": "
-                  "\"%s\", \"queries\": \"projected BF16, rotated\", "
-                  "\"sequences\": %d, \"tokens\": %d, \"heads\": %d, "
-                  "\"us\": %.1f, \"tflops\": %.1f}\n",
-                  kernel == CausalKernel::Warps ? "mma.sync" : "wgmma",
-                  shape.sequences, shape.tokens, shape.heads, ms * 1e3,
-                  flops / (ms * 1e-3) / 1e12);
-    }
+    timeBothKernels("projected BF16, rotated", [&](CausalKernel kernel) {
+      return causalAttentionBf16(projected, runs.data(), int(runs.size()),
+                                 shape.heads, kNope, kRope, kValue, 0.0721688f,
+                                 out, nullptr, nullptr, kernel);
+    });
     CHECK(cudaFree(projectedRows));
     CHECK(cudaFree(positions));
     CHECK(cudaFree(qNope));

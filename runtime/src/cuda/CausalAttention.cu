@@ -197,15 +197,9 @@ __global__ void __launch_bounds__(kThreads)
     float reference[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float m = tileMax[half];
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      const float next = fmaxf(rowMax[half], m);
-      // A row that has seen no key yet keeps zero sums (exp2(-inf) = 0).
-      reference[half] = next == -INFINITY ? 0.f : next;
-      const float correction = exp2f(rowMax[half] - reference[half]);
-      rowMax[half] = next;
-      rowSum[half] *= correction;
+      float correction;
+      reference[half] =
+          advanceRowMax(tileMax[half], rowMax[half], rowSum[half], correction);
 #pragma unroll
       for (int n = 0; n < W::valueTiles; ++n) {
         o[n][2 * half] *= correction;

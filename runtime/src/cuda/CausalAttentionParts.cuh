@@ -65,6 +65,25 @@ __device__ __forceinline__ CausalBlock causalBlockOf(const CausalRunList &runs,
           &runs.run[int(blockIdx.x) % perBlock / heads]};
 }
 
+/// A row's online-softmax step (the thread's quad holding its scores of a
+/// tile): its running maximum moved to include the tile's (maxima over the
+/// quad), its sum rescaled; returns the reference the tile's probabilities
+/// are taken against (exp2(score - reference)) and sets `correction`, what
+/// the row's earlier output is multiplied by. A row that has seen no key
+/// yet keeps zero sums (exp2(-inf) = 0).
+__device__ __forceinline__ float
+advanceRowMax(float tileMax, float &rowMax, float &rowSum, float &correction) {
+  float m = tileMax;
+  m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+  m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+  const float next = fmaxf(rowMax, m);
+  const float reference = next == -INFINITY ? 0.f : next;
+  correction = exp2f(rowMax - reference);
+  rowMax = next;
+  rowSum *= correction;
+  return reference;
+}
+
 /// A thread's two rows (i[0] = 16-row slab's row g, i[1] = row g + 8 of
 /// the run's queries) of head h, from C fragments o (16 n-tiles of 8 of the
 /// 128 value columns: o[n][2 half + e] is row i[half], column 8 n + 2 t +

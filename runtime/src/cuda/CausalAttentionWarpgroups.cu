@@ -336,17 +336,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     float reference[2];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float m = tileMax[half];
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      const float next = fmaxf(rowMax[half], m);
-      // A row that has seen no key yet keeps zero sums (exp2(-inf) = 0).
-      reference[half] = next == -INFINITY ? 0.f : next;
-      correction[half] = exp2f(rowMax[half] - reference[half]);
-      rowMax[half] = next;
-      rowSum[half] *= correction[half];
-    }
+    for (int half = 0; half < 2; ++half)
+      reference[half] = advanceRowMax(tileMax[half], rowMax[half], rowSum[half],
+                                      correction[half]);
 #pragma unroll
     for (int v = 0; v < kKeys / 2; ++v) {
       const float e = exp2f(s[v] - reference[(v / 2) % 2]);
