@@ -194,10 +194,9 @@ def host_report(burst, records, before_ms, top):
     calls = sorted((r for r in records if "api" in r),
                    key=lambda c: c["start"])
     memory = [r for r in records if "memory" in r]
-    launched = {c["correlation"]: c for c in calls
-                if c["api"].startswith("cuda")}
-    launched.update({c["correlation"]: c for c in calls
-                     if c["correlation"] not in launched})
+    # The call that launched each kernel (its correlation id: a runtime
+    # call, or a driver call where a library launched it that way).
+    launched = {c["correlation"]: c for c in calls}
     first = launched.get(burst[0]["correlation"])
     if first is None:
         sys.exit("no API call launched the burst's first kernel: "
@@ -213,15 +212,18 @@ def host_report(burst, records, before_ms, top):
     print(f"first launch 0.0, its kernel starts {us(burst[0]['start']):.1f}, "
           f"the last kernel ends {us(last_end):.1f}, the call waiting for it "
           f"returns {us(returned):.1f} us")
-    starved, ended, count = 0, burst[0]["start"], 0
-    for k in burst:
+    # Kernels whose launch came after the GPU had gone idle: (kernel, the
+    # idle behind the host).
+    kernels = sorted(burst, key=lambda k: k["start"])
+    behind, ended = [], kernels[0]["start"]
+    for k in kernels:
         call = launched.get(k["correlation"])
         if call and k["start"] > ended and call["end"] > ended:
-            starved += k["start"] - max(ended, call["start"])
-            count += 1
+            behind.append((k, k["start"] - max(ended, call["start"])))
         ended = max(ended, k["end"])
-    print(f"kernels launched after the GPU went idle: {count}, "
-          f"{starved / 1e3:.1f} us of idle behind the host")
+    print(f"kernels launched after the GPU went idle: {len(behind)}, "
+          f"{sum(idle for _, idle in behind) / 1e3:.1f} us of idle behind "
+          f"the host")
     inside = [c for c in calls if origin <= c["start"] <= returned]
     totals = collections.defaultdict(lambda: [0, 0])
     for c in inside:
@@ -234,7 +236,6 @@ def host_report(burst, records, before_ms, top):
             if burst[0]["start"] <= m["start"] <= last_end]
     print(f"memsets and copies on the device among the kernels: {len(work)}, "
           f"{sum(m['end'] - m['start'] for m in work) / 1e3:.1f} us")
-    kernels = sorted(burst, key=lambda k: k["start"])
     for m in work[:top]:
         ahead = [k for k in kernels if k["end"] <= m["start"]]
         after = [k for k in kernels if k["start"] >= m["end"]]
@@ -243,16 +244,8 @@ def host_report(burst, records, before_ms, top):
               f"{short(ahead[-1]['name']) if ahead else '-'}, before "
               f"{short(after[0]['name']) if after else '-'}")
     print("kernels whose start waited on the host (start, us idle, kernel):")
-    shown, ended = 0, kernels[0]["start"]
-    for k in kernels:
-        call = launched.get(k["correlation"])
-        if (call and k["start"] > ended and call["end"] > ended
-                and shown < top):
-            print(f"  {us(k['start']):10.1f} "
-                  f"{(k['start'] - max(ended, call['start'])) / 1e3:7.1f}  "
-                  f"{short(k['name'])}")
-            shown += 1
-        ended = max(ended, k["end"])
+    for k, idle in behind[:top]:
+        print(f"  {us(k['start']):10.1f} {idle / 1e3:7.1f}  {short(k['name'])}")
     syncs = [c for c in calls if "Synchronize" in c["api"]
              and origin <= c["start"] <= returned]
     print("waits (start, us long): " + ", ".join(

@@ -11,9 +11,12 @@
 //   over on its `full` barrier once the copies landed (fenced for the
 //   tensor cores); it refills a stage once both warpgroups gave it back on
 //   its `empty` barrier.
-// - A consumer warpgroup writes its 64 queries, rotated and rounded to
-//   BF16, into shared memory once, then per tile: the scores Q K^T (m64n64,
-//   both operands from shared memory), the online softmax in registers, and
+// - The block's 128 queries go into shared memory once, rounded to BF16:
+//   each consumer warpgroup stages its rows' nope part, every thread of
+//   the block (the producer's too, its first tiles' copies in flight) a
+//   share of the rope part, rotated where asked.
+// - A consumer warpgroup, per tile: the scores Q K^T (m64n64, both
+//   operands from shared memory), the online softmax in registers, and
 //   O += P V (m64n128, P from registers, V read MN-major).
 // - Within a warpgroup the softmax of tile j runs while the tensor cores
 //   still work on tile j - 1's P V: the scores of tile j and the sum of
@@ -49,8 +52,9 @@ static_assert(kConsumers * kGroupQueries == kCausalWarpgroupQueries,
               "a block's queries");
 constexpr int kKeys = 64, kStages = 3;
 // The producer hands a tile over once the next one's copies are out: a ring
-// of two would wait for a stage the consumers give back only after that.
-static_assert(kStages >= 3, "the producer's handover needs three stages");
+// of two would wait for a stage the consumers give back only after that
+// (and its start counts three stages' copy groups).
+static_assert(kStages == 3, "the producer's handover counts three stages");
 constexpr int kProducerThreads = 128;
 constexpr int kThreads = kConsumers * 128 + kProducerThreads;
 /// A [64 rows x 64] BF16 block in the 128-byte swizzle.
@@ -251,7 +255,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     storeRopeChunks<kBf16Query>(query, run, h, heads, q0, shared);
     fenceSharedForWgmma();
     syncNamedBarrier<1, kThreads>(); // the queries staged (both roles)
-    static_assert(kStages == 3, "the handover below counts three stages");
     awaitCopies<2>();
     handOver(0);
     if (tiles > 1) {
