@@ -2168,6 +2168,11 @@ public:
     return Status::ok();
   }
 
+  /// The grouped BF16 products leave each group's padding rows out: not
+  /// written, and no products by a warpgroup whose 64 rows are all padding
+  /// (MELT_CUDA_GROUPED_SKIP_PADDING=0: every row of a group's tiles).
+  bool groupedSkipsPadding_ = envSwitch("MELT_CUDA_GROUPED_SKIP_PADDING", true);
+
   /// Whether many tokens' experts are grouped on the device
   /// (deviceGrouping_): BF16 or FP8 stacks whose sizes the
   /// grouped product takes.
@@ -2215,8 +2220,10 @@ public:
               I = int(gate.shape[1]), K = int(indices.shape[1]);
     const int capacity = expertGroupingCapacity(T * K, E);
     CallScratch scratch(*this);
-    DeviceTensor startsT, rowOfPairT, tokenOfRowT, xsT, actT, outT, sharedOutT;
+    DeviceTensor startsT, endsT, rowOfPairT, tokenOfRowT, xsT, actT, outT,
+        sharedOutT;
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {E + 1}, startsT));
+    MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {E}, endsT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {T * K}, rowOfPairT));
     MELT_RETURN_IF_ERROR(scratch.take(DType::I32, {capacity}, tokenOfRowT));
     const bool fp8 = stacks.type == ExpertStacks::Type::Fp8Blocks;
@@ -2244,6 +2251,11 @@ public:
     grouping.capacity = capacity;
     grouping.starts = starts, grouping.rowOfPair = rowOfPair;
     grouping.tokenOfRow = tokenOfRow, grouping.bad = flag_ + kExpertFlag;
+    // Where each group's pairs end, for the BF16 products to leave its
+    // padding rows out.
+    const int32_t *ends =
+        groupedSkipsPadding_ ? static_cast<int32_t *>(endsT.data) : nullptr;
+    grouping.ends = static_cast<int32_t *>(endsT.data);
     DeviceTensor chunkOffsetsT;
     if (chunkedGrouping_) {
       MELT_RETURN_IF_ERROR(scratch.take(
@@ -2259,9 +2271,9 @@ public:
       const Operand rowsIn = prepared && prepared->bf16.data
                                  ? Operand{prepared->bf16.data, true}
                                  : Operand{x.data, false};
-      MELT_RETURN_IF_ERROR(check(
-          gatherRows(rowsIn, tokenOfRow, capacity, D, {xs, true}, stream_),
-          "moe_experts"));
+      MELT_RETURN_IF_ERROR(check(gatherRows(rowsIn, tokenOfRow, capacity, D,
+                                            {xs, true}, stream_, starts + E),
+                                 "moe_experts"));
       if (shared && !fp8) {
         // (x's BF16 rows: the prepared ones, else x rounded here.)
         DeviceTensor rowsT;
@@ -2291,7 +2303,7 @@ public:
         a.y = static_cast<__nv_bfloat16 *>(result.data);
       else
         a.yF32 = static_cast<float *>(result.data);
-      a.starts = starts;
+      a.starts = starts, a.ends = ends;
       a.groups = E, a.capacity = capacity, a.n = n, a.k = k;
       return check(groupedGemmBf16(a, stream_), "moe_experts");
     };
@@ -2318,10 +2330,11 @@ public:
                                   reinterpret_cast<__nv_fp8_e4m3 *>(codes),
                                   static_cast<float *>(scalesT.data), stream_),
                   "moe_experts"));
-      MELT_RETURN_IF_ERROR(check(
-          gatherFp8Rows(codes, static_cast<const float *>(scalesT.data), T,
-                        tokenOfRow, capacity, D, rowCodes, rowScales, stream_),
-          "moe_experts"));
+      MELT_RETURN_IF_ERROR(
+          check(gatherFp8Rows(codes, static_cast<const float *>(scalesT.data),
+                              T, tokenOfRow, capacity, D, rowCodes, rowScales,
+                              stream_, starts + E),
+                "moe_experts"));
       if (shared)
         MELT_RETURN_IF_ERROR(sharedExpertOfCodes(
             *shared, reinterpret_cast<const __nv_fp8_e4m3 *>(codes),

@@ -33,11 +33,15 @@ __device__ __forceinline__ void countChoice(const ExpertGroupingArgs &a, int p,
 }
 
 /// By one thread: the groups' starts, each group `counts[e]` rows rounded
-/// up to kExpertGroupRows, into starts[0 .. experts].
-__device__ void writeGroupStarts(const int *counts, int experts, int *starts) {
+/// up to kExpertGroupRows, into starts[0 .. experts], and where given
+/// where their pairs end into ends[0 .. experts).
+__device__ void writeGroupStarts(const int *counts, int experts, int *starts,
+                                 int *ends) {
   int start = 0;
   for (int e = 0; e < experts; ++e) {
     starts[e] = start;
+    if (ends)
+      ends[e] = start + counts[e];
     start += (counts[e] + kExpertGroupRows - 1) / kExpertGroupRows *
              kExpertGroupRows;
   }
@@ -56,7 +60,7 @@ __global__ void __launch_bounds__(kThreads)
     countChoice(a, p, counts);
   __syncthreads();
   if (threadIdx.x == 0)
-    writeGroupStarts(counts, a.experts, a.starts);
+    writeGroupStarts(counts, a.experts, a.starts, a.ends);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -151,10 +155,13 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   if (threadIdx.x == 0)
-    writeGroupStarts(totals, a.experts, starts);
+    writeGroupStarts(totals, a.experts, starts, nullptr);
   __syncthreads();
-  for (int e = threadIdx.x; e <= a.experts; e += kThreads)
+  for (int e = threadIdx.x; e <= a.experts; e += kThreads) {
     a.starts[e] = starts[e];
+    if (a.ends && e < a.experts)
+      a.ends[e] = starts[e] + totals[e];
+  }
   // A warp per group's padding rows (fewer than kExpertGroupRows).
   for (int e = warp; e < a.experts; e += kWarps)
     for (int r = starts[e] + totals[e] + lane; r < starts[e + 1]; r += 32)

@@ -45,6 +45,9 @@ struct ExpertGroupingArgs {
   /// Outputs on the device: starts [experts + 1], rowOfPair [tokens *
   /// topK], tokenOfRow [capacity].
   int32_t *starts = nullptr, *rowOfPair = nullptr, *tokenOfRow = nullptr;
+  /// Where given, [experts]: where each group's pairs end (its start plus
+  /// its pairs; the rows from there to the next start are padding).
+  int32_t *ends = nullptr;
   /// Set to 1 where an index is outside [0, experts) (its pair gets no
   /// row: rowOfPair -1).
   int32_t *bad = nullptr;

@@ -39,6 +39,8 @@
 #include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"
 
+#include <type_traits>
+
 namespace melt::rt::cuda {
 namespace {
 
@@ -116,6 +118,8 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
   if (row0 >= a.starts[a.groups]) // past the last group: nothing to do
     return;
   const int lo = groupOfRow(a.starts, a.groups, row0);
+  // This tile's rows of interest (the rest padding, at the group's end).
+  const int rowsUsed = a.ends ? min(kTileRows, a.ends[lo] - row0) : kTileRows;
   const int n0 = int(blockIdx.x) * kColumns;
   const int wRow0 = lo * a.n + n0;
 
@@ -158,63 +162,81 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
       load(kb);
 
   const int group = threadIdx.x / 128;
+  // A warpgroup whose 64 rows are all padding issues no products: the
+  // other one has the tensor cores to itself.
+  const bool multiplies = rowsUsed > group * 64;
   // Each weight tile's m64n128 accumulators, one after the other: with
   // kN256 the m64n256 ones of the two column tiles together.
   float accumulators[kWeights * 64];
   auto acc = [&](int m) -> float(&)[64] {
     return *reinterpret_cast<float(*)[64]>(accumulators + 64 * m);
   };
+  // The loop over k, with or without this warpgroup's products: two
+  // copies of it, the one without them returning after it and issuing no
+  // wgmma fence, commit or wait, so that no wgmma instruction and no
+  // accumulator sits on a divergent path (where one does, ptxas
+  // serializes every wgmma of the kernel: mini's pair took 1150 against
+  // 944 us a layer).
+  auto mainLoop = [&](auto multiply) {
+    for (int kb = 0; kb < kBlocks; ++kb) {
+      const int stage = kb % kStages;
+      float scale[kWeights] = {};
+      if (kFp8) {
+        scale[0] = a.wScales[scalesAt + kb * kBlockK / 128];
+        if (kPair)
+          scale[kWeights - 1] = a.w2Scales[scalesAt + kb * kBlockK / 128];
+      }
+      awaitBarrier(&full[stage], (kb / kStages) % 2);
+      if (kFp8) {
+        // widened(kb, .) was last read by block kb - 2's products, done in
+        // both warpgroups before the previous iteration's closing barrier.
+#pragma unroll
+        for (int m = 0; m < kWeights; ++m)
+          widenTile(wTile(stage, m), widened(kb, m), scale[m]);
+        fenceSharedForWgmma();
+        __syncthreads();
+      }
+      if constexpr (decltype(multiply)::value) {
+        const uint64_t x =
+            kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
+        wgmmaFence();
+        if constexpr (kN256) {
+          // (The two column tiles one after the other: one operand.)
+          const uint64_t w = kMajorDescriptor(wTile(stage, 0));
+#pragma unroll
+          for (int step = 0; step < kBlockK / 16; ++step)
+            wgmma64x256(*reinterpret_cast<float(*)[128]>(accumulators),
+                        advanced(x, step * 32), advanced(w, step * 32),
+                        kb > 0 || step > 0);
+        } else {
+#pragma unroll
+          for (int m = 0; m < kWeights; ++m) {
+            const uint64_t w =
+                kMajorDescriptor(kFp8 ? widened(kb, m) : wTile(stage, m));
+#pragma unroll
+            for (int step = 0; step < kBlockK / 16; ++step)
+              wgmma64x128(acc(m), advanced(x, step * 32),
+                          advanced(w, step * 32), kb > 0 || step > 0);
+          }
+        }
+        wgmmaCommit();
+        // The products of block kb - 1 done in both warpgroups: its stage,
+        // the one block kb + kStages - 1 goes to, may be refilled.
+        wgmmaWait<1>();
+      }
+      __syncthreads();
+      if (threadIdx.x == 0 && kb + kStages - 1 < kBlocks)
+        load(kb + kStages - 1);
+    }
+  };
+  if (!multiplies) { // (its rows all padding: nothing to store)
+    mainLoop(std::false_type{});
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < kWeights * 64; ++i)
     accumulators[i] = 0.f;
-  for (int kb = 0; kb < kBlocks; ++kb) {
-    const int stage = kb % kStages;
-    float scale[kWeights] = {};
-    if (kFp8) {
-      scale[0] = a.wScales[scalesAt + kb * kBlockK / 128];
-      if (kPair)
-        scale[kWeights - 1] = a.w2Scales[scalesAt + kb * kBlockK / 128];
-    }
-    awaitBarrier(&full[stage], (kb / kStages) % 2);
-    if (kFp8) {
-      // widened(kb, .) was last read by block kb - 2's products, done in
-      // both warpgroups before the previous iteration's closing barrier.
-#pragma unroll
-      for (int m = 0; m < kWeights; ++m)
-        widenTile(wTile(stage, m), widened(kb, m), scale[m]);
-      fenceSharedForWgmma();
-      __syncthreads();
-    }
-    const uint64_t x =
-        kMajorDescriptor(xTile(stage) + group * 64 * kSwizzleRowBytes);
-    wgmmaFence();
-    if constexpr (kN256) {
-      // (The two column tiles one after the other: one operand.)
-      const uint64_t w = kMajorDescriptor(wTile(stage, 0));
-#pragma unroll
-      for (int step = 0; step < kBlockK / 16; ++step)
-        wgmma64x256(*reinterpret_cast<float(*)[128]>(accumulators),
-                    advanced(x, step * 32), advanced(w, step * 32),
-                    kb > 0 || step > 0);
-    } else {
-#pragma unroll
-      for (int m = 0; m < kWeights; ++m) {
-        const uint64_t w =
-            kMajorDescriptor(kFp8 ? widened(kb, m) : wTile(stage, m));
-#pragma unroll
-        for (int step = 0; step < kBlockK / 16; ++step)
-          wgmma64x128(acc(m), advanced(x, step * 32), advanced(w, step * 32),
-                      kb > 0 || step > 0);
-      }
-    }
-    wgmmaCommit();
-    // The products of block kb - 1 done in both warpgroups: its stage,
-    // the one block kb + kStages - 1 goes to, may be refilled.
-    wgmmaWait<1>();
-    __syncthreads();
-    if (threadIdx.x == 0 && kb + kStages - 1 < kBlocks)
-      load(kb + kStages - 1);
-  }
+  mainLoop(std::true_type{});
   wgmmaWait<0>();
 
   // Rows 16 warp + g and + 8 of this warpgroup's 64; columns 8 j + 2 t, + 1.
@@ -222,7 +244,10 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const size_t row = size_t(row0 + group * 64 + 16 * warp + g + 8 * half);
+    const int inTile = group * 64 + 16 * warp + g + 8 * half;
+    if (inTile >= rowsUsed) // padding: no one reads it
+      continue;
+    const size_t row = size_t(row0 + inTile);
     const size_t at = row * a.n + n0 + 2 * t;
     if (kPair) {
       // SiLU(gate) * up of the two products, each rounded to BF16 first:

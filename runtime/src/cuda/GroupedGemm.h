@@ -48,14 +48,20 @@ struct GroupedGemmArgs {
   const void *w2 = nullptr;
   const float *w2Scales = nullptr;
   /// [capacity, n] row-major: y[r] = x[r] w[e]^T for the rows of group e
-  /// (a group's padding rows too, from whatever x holds there; rows past
-  /// starts[groups] are not written). In BF16 (y) or F32 (yF32): one of
-  /// the two is given.
+  /// (a group's padding rows too, from whatever x holds there, unless
+  /// `ends` is given; rows past starts[groups] are not written). In BF16 (y) or
+  /// F32 (yF32): one of the two is given.
   __nv_bfloat16 *y = nullptr;
   float *yF32 = nullptr;
   /// On the device: groups + 1 non-decreasing multiples of 128, the first
   /// 0, the last at most `capacity`.
   const int32_t *starts = nullptr;
+  /// Where given, on the device, [groups]: where each group's rows of
+  /// interest end (ExpertGrouping.h's `ends`). The rows from there to the
+  /// next start are padding: they are not written, and a warpgroup whose
+  /// 64 rows are all padding skips its products (a group's last tile is
+  /// often half padding).
+  const int32_t *ends = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
 };
 

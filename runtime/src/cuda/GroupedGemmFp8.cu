@@ -366,11 +366,14 @@ constexpr int kGatherRows = 32, kGatherThreads = 256;
 /// of one 16-byte copy a thread for mini's 8x1024 prefill, took 70 us.)
 __global__ void gatherFp8RowsKernel(const uint8_t *x, const float *xScales,
                                     int tokens, const int32_t *tokenOfRow,
-                                    int count, int dim, uint8_t *codes,
-                                    float *scales) {
+                                    int count, int dim, const int32_t *rowsUsed,
+                                    uint8_t *codes, float *scales) {
   awaitPriorKernels();
   const int row0 = int(blockIdx.x) * kGatherRows;
-  const int rows = min(kGatherRows, count - row0);
+  const int rows =
+      min(kGatherRows, (rowsUsed ? min(count, *rowsUsed) : count) - row0);
+  if (rows <= 0)
+    return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int r = warp; r < rows; r += kGatherThreads / 32) {
     const int row = row0 + r, token = tokenOfRow[row];
@@ -488,7 +491,8 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
 
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,
                           const int32_t *tokenOfRow, int count, int dim,
-                          uint8_t *codes, float *scales, cudaStream_t stream) {
+                          uint8_t *codes, float *scales, cudaStream_t stream,
+                          const int32_t *rowsUsed) {
   if (count <= 0)
     return cudaSuccess;
   if (dim % kTile != 0 || !aligned16(x) || !aligned16(codes))
@@ -496,7 +500,7 @@ cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,
   const cudaError_t error = launchOverlapped(
       gatherFp8RowsKernel, unsigned((count + kGatherRows - 1) / kGatherRows),
       kGatherThreads, 0, stream, x, xScales, tokens, tokenOfRow, count, dim,
-      codes, scales);
+      rowsUsed, codes, scales);
   return error != cudaSuccess ? error : cudaGetLastError();
 }
 

@@ -98,10 +98,12 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &args, cudaStream_t stream);
 /// codes[r] = x[tokenOfRow[r]] and scales likewise for r < count: x's rows
 /// quantized once per token ([tokens, dim] codes, [dim / 128, tokens]
 /// scales) gathered into the grouped operand ([count, dim], [dim / 128,
-/// count]).
+/// count]). Where `rowsUsed` (one value on the device) is given, rows at or
+/// past it are left unwritten (the padding past the last group).
 cudaError_t gatherFp8Rows(const uint8_t *x, const float *xScales, int tokens,
                           const int32_t *tokenOfRow, int count, int dim,
-                          uint8_t *codes, float *scales, cudaStream_t stream);
+                          uint8_t *codes, float *scales, cudaStream_t stream,
+                          const int32_t *rowsUsed = nullptr);
 
 } // namespace melt::rt::cuda
 

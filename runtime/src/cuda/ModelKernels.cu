@@ -463,8 +463,10 @@ constexpr int kGatherLoads = 4;
 
 template <bool kVector>
 __global__ void gatherRowsKernel(Operand x, const int32_t *rows, int dim,
-                                 Result y) {
+                                 const int32_t *rowsUsed, Result y) {
   awaitPriorKernels();
+  if (rowsUsed && int(blockIdx.x) >= *rowsUsed)
+    return;
   const size_t source = size_t(rows[blockIdx.x]) * dim;
   const size_t base = size_t(blockIdx.x) * dim;
   if constexpr (kVector) {
@@ -487,6 +489,68 @@ __global__ void gatherRowsKernel(Operand x, const int32_t *rows, int dim,
   } else {
     for (int i = threadIdx.x; i < dim; i += blockDim.x)
       store(y, base + i, load(x, source + i));
+  }
+}
+
+/// Rows a block of gatherBf16RowsByWarpKernel, a warp each.
+constexpr int kGatherWarpRows = 8;
+/// 16-byte chunks of y a lane has in flight before its stores.
+constexpr int kGatherWarpChunks = 8;
+
+/// The 8 values at x[i, i + 8) as BF16 (16 bytes; F32 x rounded as
+/// store4 rounds).
+template <bool kBf16X>
+__device__ __forceinline__ uint4 loadBf16Chunk(const void *x, size_t i) {
+  if constexpr (kBf16X) {
+    return *reinterpret_cast<const uint4 *>(
+        static_cast<const __nv_bfloat16 *>(x) + i);
+  } else {
+    const float4 *from =
+        reinterpret_cast<const float4 *>(static_cast<const float *>(x) + i);
+    const float4 lo = from[0], hi = from[1];
+    uint4 v;
+    const __nv_bfloat162 p0 = __floats2bfloat162_rn(lo.x, lo.y),
+                         p1 = __floats2bfloat162_rn(lo.z, lo.w),
+                         p2 = __floats2bfloat162_rn(hi.x, hi.y),
+                         p3 = __floats2bfloat162_rn(hi.z, hi.w);
+    v.x = *reinterpret_cast<const uint32_t *>(&p0);
+    v.y = *reinterpret_cast<const uint32_t *>(&p1);
+    v.z = *reinterpret_cast<const uint32_t *>(&p2);
+    v.w = *reinterpret_cast<const uint32_t *>(&p3);
+    return v;
+  }
+}
+
+/// gatherRowsKernel into BF16 y, a warp a row and 16 bytes of y a lane a
+/// load, every load of a lane's kGatherWarpChunks in flight before its
+/// stores (a block of 256 threads a row moved 8 bytes a thread and left
+/// mini's prefill gathers at about half the copy bandwidth).
+template <bool kBf16X>
+__global__ void
+gatherBf16RowsByWarpKernel(const void *x, const int32_t *rows, int count,
+                           int dim, const int32_t *rowsUsed, __nv_bfloat16 *y) {
+  awaitPriorKernels();
+  const int row = int(blockIdx.x) * kGatherWarpRows + int(threadIdx.x) / 32;
+  const int lane = int(threadIdx.x) % 32;
+  if (row >= (rowsUsed ? min(count, *rowsUsed) : count))
+    return;
+  const size_t source = size_t(rows[row]) * dim;
+  uint4 *to = reinterpret_cast<uint4 *>(y + size_t(row) * dim);
+  const int chunks = dim / 8;
+  for (int c0 = lane; c0 < chunks; c0 += 32 * kGatherWarpChunks) {
+    uint4 v[kGatherWarpChunks];
+#pragma unroll
+    for (int k = 0; k < kGatherWarpChunks; ++k) {
+      const int c = c0 + 32 * k;
+      if (c < chunks)
+        v[k] = loadBf16Chunk<kBf16X>(x, source + 8 * size_t(c));
+    }
+#pragma unroll
+    for (int k = 0; k < kGatherWarpChunks; ++k) {
+      const int c = c0 + 32 * k;
+      if (c < chunks)
+        to[c] = v[k];
+    }
   }
 }
 
@@ -1089,16 +1153,34 @@ cudaError_t melt::rt::cuda::moeExpertsRowwise(
 
 cudaError_t melt::rt::cuda::gatherRows(Operand x, const int32_t *rows,
                                        int count, int dim, Result y,
-                                       cudaStream_t stream) {
+                                       cudaStream_t stream,
+                                       const int32_t *rowsUsed) {
   if (count == 0)
     return cudaSuccess;
-  if (dim % 4 == 0 && alignedFor4(x.data, x.bf16) &&
-      alignedFor4(y.data, y.bf16))
+  auto aligned16 = [](const void *p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  };
+  static const bool byWarp = envSwitch("MELT_CUDA_GATHER_ROWS_BY_WARP", true);
+  if (byWarp && y.bf16 && dim % 8 == 0 && aligned16(x.data) &&
+      aligned16(y.data)) {
+    const int blocks = (count + kGatherWarpRows - 1) / kGatherWarpRows;
+    auto *to = static_cast<__nv_bfloat16 *>(y.data);
+    if (x.bf16)
+      launchOverlapped(gatherBf16RowsByWarpKernel<true>, blocks,
+                       32 * kGatherWarpRows, 0, stream, x.data, rows, count,
+                       dim, rowsUsed, to);
+    else
+      launchOverlapped(gatherBf16RowsByWarpKernel<false>, blocks,
+                       32 * kGatherWarpRows, 0, stream, x.data, rows, count,
+                       dim, rowsUsed, to);
+  } else if (dim % 4 == 0 && alignedFor4(x.data, x.bf16) &&
+             alignedFor4(y.data, y.bf16)) {
     launchOverlapped(gatherRowsKernel<true>, count, 256, 0, stream, x, rows,
-                     dim, y);
-  else
+                     dim, rowsUsed, y);
+  } else {
     launchOverlapped(gatherRowsKernel<false>, count, 256, 0, stream, x, rows,
-                     dim, y);
+                     dim, rowsUsed, y);
+  }
   return cudaGetLastError();
 }
 

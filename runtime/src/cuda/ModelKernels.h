@@ -182,9 +182,12 @@ cudaError_t finishPairOutput(float *y, const float *pairRows,
                              const float *sharedRows = nullptr);
 
 /// y[r] = x[rows[r]] for r < count (x and y each F32 or BF16): tokens
-/// gathered by expert for the grouped GEMMs.
+/// gathered by expert for the grouped GEMMs. Where `rowsUsed` (one value
+/// on the device) is given, rows at or past it are left unwritten (the
+/// padding past the last group, which no product reads).
 cudaError_t gatherRows(Operand x, const int32_t *rows, int count, int dim,
-                       Result y, cudaStream_t stream);
+                       Result y, cudaStream_t stream,
+                       const int32_t *rowsUsed = nullptr);
 /// y[t] = sum_k weights[t, k] * expertOut[rowOfPair[t * choices + k]]
 /// (each expert row rounded to BF16 first with `combineBf16`; rows held in
 /// BF16 already are exact), then + plus[t] where `plus` ([tokens, dim],

@@ -1,7 +1,8 @@
 // Expert grouping on the GPU (ExpertGrouping.h), by experts and by chunks
 // (a workspace given), against the same grouping on the host: group starts
 // in multiples of 128, each pair's row its rank among its expert's pairs,
-// each row's token (padding rows token 0), and a bad index flagged. Skips
+// each row's token (padding rows token 0), where each group's pairs end,
+// and a bad index flagged. Skips
 // without a device.
 #include "cuda/ExpertGrouping.h"
 
@@ -19,7 +20,7 @@ using namespace melt::rt::cuda::test;
 namespace {
 
 struct Grouped {
-  std::vector<int32_t> starts, rowOfPair, tokenOfRow;
+  std::vector<int32_t> starts, rowOfPair, tokenOfRow, ends;
   int32_t bad = 0;
 };
 
@@ -36,6 +37,7 @@ Grouped onDevice(const std::vector<int32_t> &chosen, int topK, int experts,
   // Rows start as garbage: every one must be written.
   args.tokenOfRow = toDevice(std::vector<int32_t>(size_t(capacity), 7777));
   args.bad = toDevice(std::vector<int32_t>{0});
+  args.ends = toDevice(std::vector<int32_t>(size_t(experts), 7777));
   if (chunked)
     args.chunkOffsets = deviceArray<int32_t>(size_t(
         std::max(1, expertGroupingWorkspace(int(chosen.size()), experts))));
@@ -46,10 +48,11 @@ Grouped onDevice(const std::vector<int32_t> &chosen, int topK, int experts,
   got.rowOfPair = toHost(args.rowOfPair, chosen.size());
   got.tokenOfRow = toHost(args.tokenOfRow, size_t(capacity));
   got.bad = toHost(args.bad, 1)[0];
-  for (const void *p :
-       {(const void *)args.chosen, (const void *)args.starts,
-        (const void *)args.rowOfPair, (const void *)args.tokenOfRow,
-        (const void *)args.bad, (const void *)args.chunkOffsets})
+  got.ends = toHost(args.ends, size_t(experts));
+  for (const void *p : {(const void *)args.chosen, (const void *)args.starts,
+                        (const void *)args.ends, (const void *)args.rowOfPair,
+                        (const void *)args.tokenOfRow, (const void *)args.bad,
+                        (const void *)args.chunkOffsets})
     cudaFree(const_cast<void *>(p));
   return got;
 }
@@ -68,6 +71,8 @@ Grouped onHost(const std::vector<int32_t> &chosen, int topK, int experts,
     want.starts[size_t(e) + 1] =
         want.starts[size_t(e)] + (counts[size_t(e)] + kExpertGroupRows - 1) /
                                      kExpertGroupRows * kExpertGroupRows;
+  for (int e = 0; e < experts; ++e)
+    want.ends.push_back(want.starts[size_t(e)] + counts[size_t(e)]);
   want.tokenOfRow.assign(size_t(capacity), 0);
   want.rowOfPair.assign(chosen.size(), -1);
   std::vector<int> next(want.starts.begin(), want.starts.end() - 1);
@@ -92,6 +97,7 @@ void expectSame(const std::vector<int32_t> &chosen, int topK, int experts) {
     EXPECT_EQ(got.starts, want.starts) << how;
     EXPECT_EQ(got.rowOfPair, want.rowOfPair) << how;
     EXPECT_EQ(got.tokenOfRow, want.tokenOfRow) << how;
+    EXPECT_EQ(got.ends, want.ends) << how;
     EXPECT_EQ(got.bad, want.bad) << how;
   }
 }
