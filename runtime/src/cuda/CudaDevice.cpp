@@ -2168,8 +2168,9 @@ public:
     return Status::ok();
   }
 
-  /// The grouped BF16 products leave each group's padding rows out: not
-  /// written, and no products by a warpgroup whose 64 rows are all padding
+  /// The grouped products (BF16, and FP8 on FP8 tensor cores) leave each
+  /// group's padding rows out: not written, and no products by a
+  /// warpgroup whose 64 rows are all padding
   /// (MELT_CUDA_GROUPED_SKIP_PADDING=0: every row of a group's tiles).
   bool groupedSkipsPadding_ = envSwitch("MELT_CUDA_GROUPED_SKIP_PADDING", true);
 
@@ -2251,8 +2252,8 @@ public:
     grouping.capacity = capacity;
     grouping.starts = starts, grouping.rowOfPair = rowOfPair;
     grouping.tokenOfRow = tokenOfRow, grouping.bad = flag_ + kExpertFlag;
-    // Where each group's pairs end, for the BF16 products to leave its
-    // padding rows out.
+    // Where each group's pairs end, for the products to leave its padding
+    // rows out.
     const int32_t *ends =
         groupedSkipsPadding_ ? static_cast<int32_t *>(endsT.data) : nullptr;
     grouping.ends = static_cast<int32_t *>(endsT.data);
@@ -2344,7 +2345,7 @@ public:
       a.gate = static_cast<const uint8_t *>(gate.data);
       a.up = static_cast<const uint8_t *>(up.data);
       a.gateScales = stacks.gateScales, a.upScales = stacks.upScales;
-      a.starts = starts;
+      a.starts = starts, a.ends = ends;
       a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
       a.options = groupedFp8Pair_;
       if (fp8Down) { // the rows quantized as the pair writes them
@@ -2373,7 +2374,7 @@ public:
         d.y = static_cast<__nv_bfloat16 *>(outT.data);
       else
         d.yF32 = static_cast<float *>(outT.data);
-      d.starts = starts;
+      d.starts = starts, d.ends = ends;
       d.groups = E, d.capacity = capacity, d.n = D, d.k = I;
       d.options = groupedFp8Down_;
       MELT_RETURN_IF_ERROR(check(groupedGemmFp8(d, stream_), "moe_experts"));

@@ -25,6 +25,12 @@
 // 4-7%). The pair's two weights as one m64n256 operand were measured too
 // and gained nothing (bench/results/grouped_bf16_n256_s34_h200.txt).
 //
+// Given where each group's rows end (GroupedGemmArgs::ends), a group's
+// padding rows are not stored, and a warpgroup whose 64 rows are all
+// padding (about half of the groups' last tiles) issues no products, its
+// partner having the tensor cores to itself: mini-bf16's 8x1024 prefill
+// +1.3% (bench/results/session46_h200.txt).
+//
 //===----------------------------------------------------------------------===//
 #include "cuda/GroupedGemm.h"
 

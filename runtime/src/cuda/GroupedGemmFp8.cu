@@ -43,6 +43,11 @@
 // the next tile's first blocks of k load while one is stored (its FP8
 // rows staged apart from the ring).
 //
+// Given where each group's rows end (KernelArgs::ends), a group's padding
+// rows are not stored, and a consumer warpgroup whose 64 rows of a tile are
+// all padding skips its products (mini-fp8's 8x1024 prefill: no measurable
+// change; bench/results/session46_h200.txt).
+//
 // A tile's 128 columns are one 1 x 128 block of each of its rows: the pair
 // can quantize its own output (each row's largest magnitude from the four
 // threads that hold its columns), as quantizeRowsFp8 would its BF16 rows.
@@ -115,6 +120,7 @@ struct KernelArgs {
   uint8_t *yCodes = nullptr;
   float *yScales = nullptr;
   const int32_t *starts = nullptr;
+  const int32_t *ends = nullptr; // where given, each group's rows' end
   int groups = 0, capacity = 0, n = 0, k = 0;
 };
 
@@ -164,12 +170,17 @@ multiplyBlock(const KernelArgs &a, float (&sums)[Layout<kMode>::kWeights][64],
 template <Mode kMode>
 __device__ __forceinline__ void
 storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
-          int row0, int n0, int rowLo, int t, uint8_t *staging) {
+          int row0, int n0, int rowLo, int t, int rowsUsed, uint8_t *staging) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = rowLo + 8 * half;
     const size_t at = size_t(row) * a.n + n0 + 2 * t;
+    // A padding row (no one reads it) is not stored; the FP8 rows' quads
+    // still take part in their warp's shuffles, their rows staged unread.
+    const bool padding = row - row0 >= rowsUsed;
     if constexpr (kMode == Mode::Single || kMode == Mode::SingleWide) {
+      if (padding)
+        continue;
 #pragma unroll
       for (int which = 0; which < Layout<kMode>::kWeights; ++which)
 #pragma unroll
@@ -184,7 +195,9 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
                 packBf16(sums[which][i], sums[which][i + 1]);
         }
     } else if constexpr (kMode == Mode::PairBf16) {
-      // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
+      if (padding)
+        continue;
+        // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
         const int i = 4 * j + 2 * half;
@@ -221,14 +234,14 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
                                       ((j / 2) ^ (local % 8)) * 16 +
                                       8 * (j % 2) + 2 * t) =
             uint16_t(gemmInputCodes(v[2 * j], v[2 * j + 1], 0.f, 0.f, inverse));
-      if (t == 0)
+      if (t == 0 && !padding)
         a.yScales[size_t(n0 / kTile) * a.capacity + row] = scale;
     }
   }
   if constexpr (kMode == Mode::PairFp8) {
     // The tile's rows, 128 bytes each, in 16-byte stores.
     syncConsumers();
-    for (int c = threadIdx.x; c < kTile * kTile / 16; c += kThreads) {
+    for (int c = threadIdx.x; c < rowsUsed * (kTile / 16); c += kThreads) {
       const int local = c / 8, chunk = c % 8;
       *reinterpret_cast<uint4 *>(a.yCodes + size_t(row0 + local) * a.n + n0 +
                                  chunk * 16) =
@@ -242,6 +255,7 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
 /// column; `none` past the last group's rows (no tile after it has any).
 struct TileAt {
   int row0 = 0, expert = 0, n0 = 0;
+  int rowsUsed = kTile; // its rows before its group's padding
   bool none = false;
 };
 
@@ -254,6 +268,8 @@ __device__ __forceinline__ TileAt tileAt(const KernelArgs &a, int tile,
   if (!at.none) {
     at.expert = groupOfRow(a.starts, a.groups, at.row0);
     at.n0 = tile % columnTiles * Layout<kMode>::kColumns;
+    if (a.ends)
+      at.rowsUsed = min(kTile, a.ends[at.expert] - at.row0);
   }
   return at;
 }
@@ -347,13 +363,18 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       const float *xScales = a.xScales + size_t(kb) * a.capacity;
       const float xLo = xScales[rowLo], xHi = xScales[rowLo + 8];
       awaitBarrier(&full[stage], (round / L::kStages) % 2);
-      multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb,
-                           xLo, xHi);
+      // A warpgroup whose 64 rows are all padding leaves the tensor cores
+      // to the other (its sums, zero, are not stored). (Each block's
+      // products are waited for inside: ptxas keeps them unserialized.)
+      if (at.rowsUsed > group * 64)
+        multiplyBlock<kMode>(a, sums, part, xTile(stage), group, scalesAt + kb,
+                             xLo, xHi);
       // This warp's products are done reading the stage (wgmmaWait).
       if (lane == 0)
         arriveAt(&empty[stage]);
     }
-    storeTile<kMode>(a, sums, at.row0, at.n0, rowLo, t, shared + L::kStagingAt);
+    storeTile<kMode>(a, sums, at.row0, at.n0, rowLo, t, at.rowsUsed,
+                     shared + L::kStagingAt);
   }
 }
 
@@ -459,7 +480,7 @@ cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
   k.x = a.x, k.xScales = a.xScales;
   k.wScales[0] = a.gateScales, k.wScales[1] = a.upScales;
   k.y = a.y, k.yCodes = a.yCodes, k.yScales = a.yScales;
-  k.starts = a.starts;
+  k.starts = a.starts, k.ends = a.ends;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
   return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, a.options, stream)
              : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, a.options, stream);
@@ -480,7 +501,7 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
   k.x = a.x, k.xScales = a.xScales;
   k.wScales[0] = a.wScales;
   k.y = a.y, k.yF32 = a.yF32;
-  k.starts = a.starts;
+  k.starts = a.starts, k.ends = a.ends;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
   if (a.options.wideColumns && a.n % (2 * kTile) == 0) {
     k.wScales[1] = a.wScales + a.k / kTile; // the next column block's

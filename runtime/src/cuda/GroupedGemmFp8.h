@@ -57,6 +57,11 @@ struct GroupedFp8PairArgs {
   /// On the device: groups + 1 non-decreasing multiples of 128, the first
   /// 0, the last at most `capacity`.
   const int32_t *starts = nullptr;
+  /// Where given, on the device, [groups]: where each group's rows of
+  /// interest end (ExpertGrouping.h's `ends`; GroupedGemm.h's likewise):
+  /// a warpgroup whose 64 rows of a tile are all padding skips its
+  /// products, and padding rows are not written.
+  const int32_t *ends = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
   GroupedFp8Options options;
 };
@@ -83,8 +88,9 @@ struct GroupedFp8Args {
   /// starts[groups] are not written).
   __nv_bfloat16 *y = nullptr;
   float *yF32 = nullptr;
-  /// As GroupedFp8PairArgs::starts.
+  /// As GroupedFp8PairArgs::starts and ends.
   const int32_t *starts = nullptr;
+  const int32_t *ends = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
   GroupedFp8Options options;
 };

@@ -310,7 +310,9 @@ void runSingleCase(const std::vector<int> &counts, int n, int k, bool bf16) {
 /// Each way GroupedFp8Options runs the kernels against the default's
 /// bytes: the pair into BF16 rows and into FP8 codes and scales, the
 /// single product into F32 and BF16 rows (the same sums in the same
-/// order, so the same bits; rows past the last group untouched).
+/// order, so the same bits; rows past the last group untouched). Each way
+/// again given the groups' ends: the same bytes, but for the groups'
+/// padding rows, which stay untouched.
 void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
   const int groups = int(counts.size()), blocks = k / 128;
   const std::vector<int32_t> starts = paddedGroupStarts(counts, 128);
@@ -325,6 +327,14 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
   const float *upScales =
       toDevice(randomScales(rng, size_t(groups) * (n / 128) * blocks));
   const int32_t *deviceStarts = toDevice(starts);
+  std::vector<int32_t> ends;
+  std::vector<bool> padding(size_t(capacity), false);
+  for (int e = 0; e < groups; ++e) {
+    ends.push_back(starts[size_t(e)] + counts[size_t(e)]);
+    for (int r = ends.back(); r < starts[size_t(e) + 1]; ++r)
+      padding[size_t(r)] = true;
+  }
+  const int32_t *deviceEnds = toDevice(ends);
   const size_t values = size_t(capacity) * n, scaleCount = values / 128;
   // Outputs: BF16 rows, FP8 codes, their scales, F32 rows; filled with
   // 0xff bytes first.
@@ -335,10 +345,20 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
   std::vector<std::vector<uint8_t>> first;
   const GroupedFp8Options ways[] = {
       {false, false}, {true, false}, {false, true}, {true, true}};
-  for (const GroupedFp8Options &options : ways) {
+  // The row of output i's byte b (the scales are [n / 128, capacity]).
+  auto rowOf = [&](int i, size_t b) {
+    return i == 0   ? b / (2 * size_t(n))
+           : i == 1 ? b / size_t(n)
+           : i == 2 ? b / 4 % size_t(capacity)
+                    : b / (4 * size_t(n));
+  };
+  for (int way = 0; way < 8; ++way) {
+    const GroupedFp8Options &options = ways[way % 4];
+    const bool withEnds = way >= 4;
     for (int i = 0; i < 4; ++i)
       ASSERT_EQ(cudaMemset(out[i], 0xff, bytes[i]), cudaSuccess);
     GroupedFp8PairArgs pair;
+    pair.ends = withEnds ? deviceEnds : nullptr;
     pair.x = x, pair.xScales = xScales, pair.gate = gate, pair.up = up;
     pair.gateScales = gateScales, pair.upScales = upScales;
     pair.starts = deviceStarts, pair.groups = groups;
@@ -351,6 +371,7 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
     GroupedFp8Args single;
     single.x = x, single.xScales = xScales, single.w = gate;
     single.wScales = gateScales, single.starts = deviceStarts;
+    single.ends = withEnds ? deviceEnds : nullptr;
     single.groups = groups, single.capacity = capacity, single.n = n;
     single.k = k, single.options = options;
     single.yF32 = reinterpret_cast<float *>(out[3]);
@@ -367,17 +388,20 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
                            "pair's FP8 scales", "single's F32 rows"};
     for (int i = 0; i < 4; ++i)
       for (size_t b = 0; b < bytes[i]; ++b)
-        ASSERT_EQ(have[size_t(i)][b], first[size_t(i)][b])
+        ASSERT_EQ(have[size_t(i)][b], withEnds && padding[rowOf(i, b)]
+                                          ? uint8_t(0xff)
+                                          : first[size_t(i)][b])
             << names[i] << ", byte " << b << ", n " << n << ", k " << k
             << ", wide columns " << options.wideColumns << ", persistent "
-            << options.persistent;
+            << options.persistent << ", ends given " << withEnds;
   }
   for (const void *p :
        {static_cast<const void *>(x), static_cast<const void *>(xScales),
         static_cast<const void *>(gate), static_cast<const void *>(up),
         static_cast<const void *>(gateScales),
         static_cast<const void *>(upScales),
-        static_cast<const void *>(deviceStarts)})
+        static_cast<const void *>(deviceStarts),
+        static_cast<const void *>(deviceEnds)})
     cudaFree(const_cast<void *>(p));
   for (uint8_t *p : out)
     cudaFree(p);
@@ -412,10 +436,12 @@ TEST(CudaGroupedGemmFp8, EveryWayGivesTheSameBits) {
   if (!haveDevice())
     GTEST_SKIP() << "no CUDA device";
   expectOptionsAgree({0, 1, 127, 128, 129, 300}, 256, 512);
-  expectOptionsAgree({200}, 128, 128);         // one block of k, 128 columns
-  expectOptionsAgree({70, 0, 131}, 384, 1408); // 3 column tiles: not wide
-  expectOptionsAgree({70, 0, 131}, 512, 2048); // more than the ring's stages
+  expectOptionsAgree({200}, 128, 128);          // one block of k, 128 columns
+  expectOptionsAgree({70, 0, 131}, 384, 1408);  // 3 column tiles: not wide
+  expectOptionsAgree({70, 0, 131}, 512, 2048);  // more than the ring's stages
   expectOptionsAgree({300, 520, 7}, 256, 1024); // several tiles an expert
+  // Last tiles of 1, 63, 64, 65 and 127 rows of interest (padding left out).
+  expectOptionsAgree({1, 63, 64, 65, 127, 128}, 256, 512);
 }
 
 // Rows of tokens' codes and scales gathered: a part of a block of rows,
