@@ -13,6 +13,10 @@
 # Writes $OUT/prefill-kernels-MODEL-SxT.txt, the kernels in order to
 # $OUT/prefill-order-MODEL-SxT.txt and a JSON line each to
 # $OUT/prefill_kernels.json.
+# BASELINE=FILE (a saved prefill_kernels.json, e.g. one of bench/results/)
+# then compares each kernel's time with its own there
+# (bench/cuda/kernel_compare.py, into $OUT/prefill-kernels-compare.txt):
+# an A/B switch does not show a loss both of its paths share.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 sequences=${1:-8}
@@ -42,3 +46,7 @@ for model in $models; do
   fi
   rm -f "$trace"
 done
+if [ -n "${BASELINE:-}" ]; then
+  python3 bench/cuda/kernel_compare.py "$BASELINE" "$out/prefill_kernels.json" |
+    tee "$out/prefill-kernels-compare.txt" || true
+fi
