@@ -167,10 +167,12 @@ Status CpuDevice::rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma,
                           float eps, DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
   int64_t rows = x.rows(), cols = x.cols();
+  // x's rows may lie further apart than its columns (a part left in place).
+  const int64_t pitch = x.rowPitch ? x.rowPitch : cols;
   const float *fx = floats(x), *fg = floats(gamma);
   if (float *fy = floats(y); fx && fg && fy) {
     for (int64_t r = 0; r < rows; ++r)
-      rmsNormRow(fx + r * cols, fg, cols, eps, fy + r * cols);
+      rmsNormRow(fx + r * pitch, fg, cols, eps, fy + r * cols);
     return Status::ok();
   }
   if (!gamma.data)
@@ -179,12 +181,12 @@ Status CpuDevice::rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma,
   for (int64_t r = 0; r < rows; ++r) {
     float sum = 0.f;
     for (int64_t c = 0; c < cols; ++c) {
-      float v = load(x, r * cols + c);
+      float v = load(x, r * pitch + c);
       sum += v * v;
     }
     float scale = 1.f / std::sqrt(sum / float(cols) + eps);
     for (int64_t c = 0; c < cols; ++c)
-      store(y, r * cols + c, load(x, r * cols + c) * scale * g[size_t(c)]);
+      store(y, r * cols + c, load(x, r * pitch + c) * scale * g[size_t(c)]);
   }
   return Status::ok();
 }
@@ -364,18 +366,22 @@ Status CpuDevice::copy(const DeviceTensor &x, DeviceTensor &y) {
 }
 
 namespace {
-/// Copies `part` to or from its place in `whole` along `axis`.
+/// Copies `part` to or from its place in `whole` along `axis` (whole's
+/// rows `whole.rowPitch` elements apart where it has one: a [rows, cols]
+/// part of a wider matrix).
 void copyAxisPart(const DeviceTensor &whole, int axis, int64_t offset,
                   const DeviceTensor &part, bool toWhole) {
   int64_t outer, inner;
   check::axisExtents(whole.shape, axis, outer, inner);
   size_t element = dtypeBytes(whole.dtype);
   size_t run = size_t(part.shape[axis] * inner) * element;
+  // Elements from one outer index's start to the next's in whole.
+  const int64_t stride =
+      whole.rowPitch ? whole.rowPitch : whole.shape[axis] * inner;
   auto *w = static_cast<char *>(whole.data);
   auto *p = static_cast<char *>(part.data);
   for (int64_t o = 0; o < outer; ++o) {
-    char *inWhole =
-        w + size_t((o * whole.shape[axis] + offset) * inner) * element;
+    char *inWhole = w + size_t(o * stride + offset * inner) * element;
     char *inPart = p + size_t(o) * run;
     if (toWhole)
       std::memcpy(inWhole, inPart, run);
@@ -388,6 +394,12 @@ void copyAxisPart(const DeviceTensor &whole, int axis, int64_t offset,
 Status CpuDevice::slice(const DeviceTensor &x, int axis, int64_t offset,
                         DeviceTensor &y) {
   MELT_RETURN_IF_ERROR(check::axisPart("slice", x, axis, offset, y));
+  if (x.rowPitch &&
+      (x.shape.size() != 2 || axis != 1 || x.rowPitch < x.shape[1]))
+    return {MELT_INTERNAL,
+            "slice: a part left in place (rows " + std::to_string(x.rowPitch) +
+                " elements apart) cut along axis " + std::to_string(axis) +
+                " of a rank-" + std::to_string(x.shape.size()) + " tensor"};
   copyAxisPart(x, axis, offset, y, false);
   return Status::ok();
 }

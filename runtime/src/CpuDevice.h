@@ -25,6 +25,7 @@ public:
   Status synchronize() override { return Status::ok(); }
   Status importWeight(const WeightData &weight, DeviceTensor &out) override;
 
+  bool takesRowPitch() const override { return true; }
   Status rmsNorm(const DeviceTensor &x, const DeviceTensor &gamma, float eps,
                  DeviceTensor &y) override;
   Status linear(const DeviceTensor &x, const DeviceTensor &w,

@@ -44,6 +44,11 @@ struct DeviceTensor {
   /// model's WeightData with its prepacked GEMM operands, `data` its f32
   /// values or null); null for everything else.
   const void *prepared = nullptr;
+  /// For a [rows, cols] view into a wider matrix's rows (a Split's part
+  /// along the last axis, left in place): the elements from one row's
+  /// start to the next's; 0 where the rows lie one after the other. Only
+  /// the calls Device::takesRowPitch names get such a tensor.
+  int64_t rowPitch = 0;
 
   int64_t numel() const {
     int64_t n = 1;
@@ -145,6 +150,12 @@ public:
   /// memory: the executor makes such views (a contiguous part of a split)
   /// only at multiples of it.
   virtual size_t viewAlignment() const { return 1; }
+  /// Whether rmsNorm's x (and so the norms for products, whose defaults
+  /// run it) and slice's whole may have a rowPitch: then the executor
+  /// leaves a Split's part of a matrix's columns in place where only
+  /// those read it (a prefill's joint q/kv down projection cut into the
+  /// query's and the latent's parts), instead of copying it out.
+  virtual bool takesRowPitch() const { return false; }
   /// Whether linear(x, weight) quantizes x in 1x128 FP8 blocks (scale =
   /// amax / 448 per block) before it multiplies, as its FP8 GEMM does where
   /// the device holds `weight` in FP8: then the executor leaves out the

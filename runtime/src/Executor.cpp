@@ -3,6 +3,7 @@
 
 #include "Bf16Products.h"
 #include "EnvSwitch.h"
+#include "FunctionUses.h"
 #include "KernelArgs.h"
 #include "NormProductFusions.h"
 #include "QuantizeFolds.h"
@@ -559,6 +560,42 @@ Status DeviceModel::create(const Model &model, Device &device,
               dm.weights_.at(m.kernels()->Get(k)->weights()->Get(0)),
               kManyRows);
         });
+  }
+  // Split parts that only norms and Splits read, left in place on a device
+  // that takes a row pitch (decided each step: a part of many rows).
+  if (envSwitch("MELT_SPLIT_PARTS_IN_PLACE", true) && device.takesRowPitch()) {
+    const FunctionUses uses(m, *dm.forward_);
+    auto runsAlone = [&](uint32_t k) {
+      return !dm.skips(k) && !dm.latentAppends_.count(k) &&
+             !dm.mlaQuerySplits_.count(k) && !dm.logitOnly_.kernels.count(k);
+    };
+    for (uint32_t k : *dm.forward_->kernels()) {
+      const fb::Kernel &split = *m.kernels()->Get(k);
+      if (split.kind() != fb::KernelKind::Split || !runsAlone(k) ||
+          !split.ints() || split.ints()->size() < 1 || !split.outputs())
+        continue;
+      const int64_t axis = split.ints()->Get(0);
+      for (uint32_t part : *split.outputs()) {
+        const std::vector<uint32_t> &readers = uses.readersOf(part);
+        const bool inPlace =
+            !readers.empty() && !uses.outputs.count(part) &&
+            !dm.logitOnly_.madeBy.count(part) &&
+            std::all_of(readers.begin(), readers.end(), [&](uint32_t r) {
+              const fb::Kernel &reader = *m.kernels()->Get(r);
+              if (!runsAlone(r) || !reader.inputs() ||
+                  reader.inputs()->size() != 1 ||
+                  reader.inputs()->Get(0) != part)
+                return false;
+              if (reader.kind() == fb::KernelKind::RMSNorm)
+                return true;
+              return reader.kind() == fb::KernelKind::Split && reader.ints() &&
+                     reader.ints()->size() >= 1 &&
+                     reader.ints()->Get(0) == axis;
+            });
+        if (inPlace)
+          dm.partsInPlace_.insert(part);
+      }
+    }
   }
   // Work a device may run beside the rest: the shared experts, MLA's
   // queries, the dense MLPs' up products. None with a kernel done in
@@ -1510,6 +1547,16 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
         const int64_t extent = shape[axis];
         if (outer == 1 && at % device.viewAlignment() == 0 &&
             values.view(outId(i), source, shape, out, at)) {
+          offset += extent;
+          continue;
+        }
+        // A part of many rows' columns that only norms and splits read:
+        // left in place, its rows as far apart as the source's.
+        if (outer > 1 && source.shape.size() == 2 && axis == 1 &&
+            dm.leavesPartInPlace(outId(i)) &&
+            at % device.viewAlignment() == 0 &&
+            values.view(outId(i), source, shape, out, at)) {
+          out->rowPitch = source.rowPitch ? source.rowPitch : source.shape[1];
           offset += extent;
           continue;
         }

@@ -124,6 +124,17 @@ public:
   bool routesInExperts(uint32_t k) const { return routesInExperts_.count(k); }
   size_t routesInExpertsCount() const { return routesInExperts_.size(); }
 
+  /// Whether value `id`, a part of a Split's input along its last axis,
+  /// is read only by RMSNorm kernels (as x) and Splits along the same axis
+  /// that run on their own (not in another kernel's call, not on the logit
+  /// rows alone) and is no output of @forward: a device that takes a row
+  /// pitch (Device::takesRowPitch) reads it in place, not copied out
+  /// (MELT_SPLIT_PARTS_IN_PLACE=0 finds none).
+  bool leavesPartInPlace(uint32_t id) const {
+    return partsInPlace_.count(id) != 0;
+  }
+  size_t partsLeftInPlace() const { return partsInPlace_.size(); }
+
   /// An MLA whose query's split and rope the device does in its call
   /// (MlaQueryFusions.h; MELT_FUSE_MLA_QUERY=0 finds none; the rope is then
   /// skipped): by its split or by the MLA; null otherwise.
@@ -202,6 +213,7 @@ private:
   std::map<uint32_t, MlaProductFusion> mlaProducts_;
   std::map<uint32_t, NormExpertFusion> normExperts_;
   std::set<uint32_t> bf16Products_;
+  std::set<uint32_t> partsInPlace_;
   std::map<uint32_t, LatentAppend> latentAppends_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;
   std::set<uint32_t> routesInExperts_;

@@ -73,6 +73,26 @@ inline std::vector<float> stepLogits(const DeviceModel &dm) {
   return all;
 }
 
+/// DeviceModel::create with the executor switch `name` (an environment
+/// variable read as the model is made) set to 0 meanwhile.
+inline Status createWithSwitchOff(const Model &model, Device &device,
+                                  const char *name,
+                                  std::unique_ptr<DeviceModel> &out) {
+  setenv(name, "0", 1);
+  Status s = DeviceModel::create(model, device, out);
+  unsetenv(name);
+  return s;
+}
+
+/// The MLA kernels of the model's @forward.
+inline size_t mlaLayers(const DeviceModel &dm) {
+  size_t n = 0;
+  for (uint32_t k : *dm.forward().kernels())
+    n += dm.model().artifact().model().kernels()->Get(k)->kind() ==
+         fb::KernelKind::MLA;
+  return n;
+}
+
 /// `have` is `want` bit for bit (and not empty).
 inline void expectSameLogits(const std::vector<float> &have,
                              const std::vector<float> &want) {

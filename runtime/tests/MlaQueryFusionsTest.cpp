@@ -37,14 +37,6 @@ public:
   int calls = 0;
 };
 
-size_t mlaLayers(const DeviceModel &dm) {
-  size_t n = 0;
-  for (uint32_t k : *dm.forward().kernels())
-    n += dm.model().artifact().model().kernels()->Get(k)->kind() ==
-         fb::KernelKind::MLA;
-  return n;
-}
-
 } // namespace
 
 TEST(MlaQueryFusions, QueriesInTheMlaCallGiveTheKernelsLogits) {

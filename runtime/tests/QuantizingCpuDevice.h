@@ -294,7 +294,8 @@ private:
     release(wide);
     return s;
   }
-  /// f(t), t widened to F32 (exactly) where it is BF16.
+  /// f(t), t widened to F32 (exactly) where it is BF16 (its rows packed
+  /// where t is a part left in place).
   Status withF32(const DeviceTensor &t,
                  const std::function<Status(const DeviceTensor &)> &f) {
     if (t.dtype != DType::BF16)
@@ -303,8 +304,10 @@ private:
     MELT_RETURN_IF_ERROR(allocate(DType::F32, t.shape, wide));
     const uint16_t *from = static_cast<const uint16_t *>(t.data);
     float *to = static_cast<float *>(wide.data);
+    const int64_t cols = t.shape.empty() ? 1 : t.shape.back(),
+                  pitch = t.rowPitch ? t.rowPitch : cols;
     for (int64_t e = 0; e < t.numel(); ++e)
-      to[e] = melt::bf16ToFloat(from[e]);
+      to[e] = melt::bf16ToFloat(from[e / cols * pitch + e % cols]);
     ++bf16Reads;
     Status s = f(wide);
     release(wide);
