@@ -266,6 +266,74 @@ TEST_P(DeviceConformance, RmsNorm) {
     }
 }
 
+// A Split's part left in place (DeviceTensor::rowPitch: a part of a wider
+// matrix's columns, as the executor makes them where the device takes a
+// row pitch) normalized and cut as its packed copy is, bit for bit: the
+// joint q/kv down projection's query part (columns [0, 1536) of 2112) and
+// latent part ([1536, 2112)), F32 and BF16, many rows (a GPU's warp a
+// row) and few; the norms for BF16 and FP8 products too, their prepared
+// rows with them.
+TEST_P(DeviceConformance, PartsLeftInPlaceReadAsTheirCopies) {
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  const int64_t width = 2112;
+  struct Part {
+    int64_t offset, cols;
+  } parts[] = {{0, 1536}, {1536, 576}};
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t rows : {gpu ? int64_t(2100) : int64_t(70), int64_t(5)})
+      for (const Part &p : parts) {
+        SCOPED_TRACE(std::string(dtypeName(dtype)) + ", " +
+                     std::to_string(rows) + " rows, columns from " +
+                     std::to_string(p.offset));
+        HostTensor whole = random(dtype, {rows, width}, rng, 3.f);
+        HostTensor gamma = random(DType::F32, {p.cols}, rng);
+        DeviceTensor dWhole = put(whole), dg = put(gamma),
+                     copy = make(dtype, {rows, p.cols});
+        ASSERT_FALSE(device->slice(dWhole, 1, p.offset, copy));
+        DeviceTensor inPlace = dWhole;
+        inPlace.shape = {rows, p.cols};
+        inPlace.rowPitch = width;
+        inPlace.data = static_cast<char *>(dWhole.data) +
+                       size_t(p.offset) * dtypeBytes(dtype);
+        DeviceTensor y1 = make(DType::F32, {rows, p.cols}),
+                     y2 = make(DType::F32, {rows, p.cols});
+        ASSERT_FALSE(device->rmsNorm(inPlace, dg, 1e-6f, y1));
+        ASSERT_FALSE(device->rmsNorm(copy, dg, 1e-6f, y2));
+        EXPECT_EQ(get(y1), get(y2)) << "rms_norm";
+        // Cut again: the latent split of the kv part.
+        DeviceTensor cut1 = make(dtype, {rows, 64}),
+                     cut2 = make(dtype, {rows, 64});
+        ASSERT_FALSE(device->slice(inPlace, 1, p.cols - 64, cut1));
+        ASSERT_FALSE(device->slice(copy, 1, p.cols - 64, cut2));
+        EXPECT_EQ(get(cut1), get(cut2)) << "slice";
+        for (DType weightType : {DType::BF16, DType::FP8E4M3}) {
+          DeviceTensor w = make(weightType, {128, p.cols});
+          Device::PreparedInput made[2];
+          DeviceTensor ys[2] = {make(DType::F32, {rows, p.cols}),
+                                make(DType::F32, {rows, p.cols})};
+          for (int i = 0; i < 2; ++i) {
+            Status st = device->rmsNormForProducts(
+                i ? copy : inPlace, dg, 1e-6f, ys[i], w, made[i], true);
+            ASSERT_FALSE(st) << st.message();
+          }
+          EXPECT_EQ(get(ys[0]), get(ys[1])) << dtypeName(weightType);
+          for (DeviceTensor Device::PreparedInput::*field :
+               {&Device::PreparedInput::bf16, &Device::PreparedInput::q,
+                &Device::PreparedInput::scales}) {
+            ASSERT_EQ((made[0].*field).data != nullptr,
+                      (made[1].*field).data != nullptr);
+            if ((made[0].*field).data)
+              EXPECT_EQ(get(made[0].*field), get(made[1].*field))
+                  << dtypeName(weightType) << "'s prepared rows";
+          }
+          for (Device::PreparedInput &m : made)
+            for (DeviceTensor *t : {&m.bf16, &m.q, &m.scales})
+              if (t->data)
+                device->release(*t);
+        }
+      }
+}
+
 TEST_P(DeviceConformance, Linear) {
   struct Case {
     DType in, out;

@@ -438,12 +438,18 @@ public:
                  DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::rmsNorm(x, gamma, y));
-    if (leaveNormPending(x, nullptr, nullptr, gamma, eps, y))
+    if (!x.rowPitch && leaveNormPending(x, nullptr, nullptr, gamma, eps, y))
       return Status::ok();
     return check(cuda::rmsNorm(operand(x), operand(gamma), eps, int(x.rows()),
-                               int(x.cols()), result(y), stream_),
+                               int(x.cols()), result(y), stream_, nullptr,
+                               int(x.rowPitch)),
                  "rms_norm");
   }
+  /// A Split's part left in place (its rows x.rowPitch apart) read by the
+  /// norms and slices themselves (MELT_CUDA_ROW_PITCH=1; off by default:
+  /// written in session 46 without a GPU to run it on).
+  bool rowPitch_ = envSwitch("MELT_CUDA_ROW_PITCH", false);
+  bool takesRowPitch() const override { return rowPitch_; }
 
   /// A one-row RMSNorm (or add and norm) not launched yet: where the next
   /// call on its stream is linear() of its y on the small-M kernel, both
@@ -970,7 +976,7 @@ public:
                                    alsoBf16),
                   "add_rms_norm")
           : check(cuda::rmsNorm(operand(x), operand(gamma), eps, rows, cols,
-                                out, stream_, alsoBf16),
+                                out, stream_, alsoBf16, int(x.rowPitch)),
                   "rms_norm");
     if (status) {
       release(made.bf16);
@@ -1101,16 +1107,16 @@ public:
       status = allocate(DType::BF16, {rows, cols}, made.bf16);
     const Operand bOperand = b ? operand(*b) : Operand{nullptr, false};
     if (!status)
-      status =
-          check(rmsNormQuantizeRowsFp8(
-                    operand(x), b ? &bOperand : nullptr,
-                    sum ? result(*sum) : Result{nullptr, false}, operand(gamma),
-                    eps, int(rows), int(cols),
-                    made.rowsUnwritten ? nullptr : static_cast<float *>(y.data),
-                    static_cast<__nv_fp8_e4m3 *>(made.q.data),
-                    static_cast<float *>(made.scales.data), stream_,
-                    static_cast<__nv_bfloat16 *>(made.bf16.data)),
-                "rms_norm");
+      status = check(
+          rmsNormQuantizeRowsFp8(
+              operand(x), b ? &bOperand : nullptr,
+              sum ? result(*sum) : Result{nullptr, false}, operand(gamma), eps,
+              int(rows), int(cols),
+              made.rowsUnwritten ? nullptr : static_cast<float *>(y.data),
+              static_cast<__nv_fp8_e4m3 *>(made.q.data),
+              static_cast<float *>(made.scales.data), stream_,
+              static_cast<__nv_bfloat16 *>(made.bf16.data), int(x.rowPitch)),
+          "rms_norm");
     if (status) {
       release(made.q);
       release(made.scales);
@@ -1380,6 +1386,13 @@ public:
                DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::axisPart("slice", x, axis, offset, y));
+    if (x.rowPitch &&
+        (x.shape.size() != 2 || axis != 1 || x.rowPitch < x.shape[1]))
+      return {MELT_INTERNAL, "slice: a part left in place (rows " +
+                                 std::to_string(x.rowPitch) +
+                                 " elements apart) cut along axis " +
+                                 std::to_string(axis) + " of a rank-" +
+                                 std::to_string(x.shape.size()) + " tensor"};
     return copyAxisPart(x, axis, offset, y, false);
   }
 
@@ -3463,7 +3476,10 @@ private:
     check::axisExtents(whole.shape, axis, outer, inner);
     size_t element = dtypeBytes(whole.dtype);
     size_t run = size_t(part.shape[axis] * inner) * element;
-    size_t wholePitch = size_t(whole.shape[axis] * inner) * element;
+    // (A part left in place: its rows whole.rowPitch elements apart.)
+    size_t wholePitch =
+        size_t(whole.rowPitch ? whole.rowPitch : whole.shape[axis] * inner) *
+        element;
     char *inWhole =
         static_cast<char *>(whole.data) + size_t(offset * inner) * element;
     if (run == 0 || outer == 0)

@@ -20,14 +20,25 @@ using namespace melt::rt::cuda;
 
 namespace {
 
+/// x moved so that row `row`'s values, `xPitch` elements from one row's
+/// start to the next, sit where a packed x (`cols` apart) has them: the
+/// norms index x as packed (xPitch == cols: x itself).
+__device__ __forceinline__ Operand rowPitched(Operand x, int row, int cols,
+                                              int xPitch) {
+  x.data = static_cast<const char *>(x.data) +
+           size_t(row) * size_t(xPitch - cols) * (x.bf16 ? 2 : 4);
+  return x;
+}
+
 /// With kAdd, the residual add before the norm in the same pass
 /// (Device::addRmsNorm).
 /// `yBf16` (where given): y's rows in BF16 as well.
 template <bool kAdd>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormKernel(Operand x, Operand b, Result sumOut, Operand gamma, float eps,
-                  int cols, Result y, __nv_bfloat16 *yBf16) {
+                  int cols, Result y, __nv_bfloat16 *yBf16, int xPitch) {
   const size_t base = size_t(blockIdx.x) * cols;
+  x = rowPitched(x, int(blockIdx.x), cols, xPitch);
   normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, [&](int c, float v) {
     store(y, base + c, v);
     if (yBf16)
@@ -44,11 +55,12 @@ template <bool kAdd, bool kStaged>
 __global__ void __launch_bounds__(kNormThreads)
     rmsNormQuantizeKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                           float eps, int rows, int cols, float *y,
-                          __nv_fp8_e4m3 *q, float *scales,
-                          __nv_bfloat16 *yBf16) {
+                          __nv_fp8_e4m3 *q, float *scales, __nv_bfloat16 *yBf16,
+                          int xPitch) {
   extern __shared__ float4 stagedRow[];
   float *staged = reinterpret_cast<float *>(stagedRow);
   const size_t base = size_t(blockIdx.x) * cols;
+  x = rowPitched(x, int(blockIdx.x), cols, xPitch);
   normRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, [&](int c, float v) {
     if constexpr (kStaged)
       staged[c] = v;
@@ -103,7 +115,7 @@ template <bool kAdd, int kQuads, bool kQuantize, bool kBf16X>
 __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
     warpNormKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                    float eps, int rows, int cols, Result y, __nv_fp8_e4m3 *q,
-                   float *scales, __nv_bfloat16 *yBf16) {
+                   float *scales, __nv_bfloat16 *yBf16, int xPitch) {
   awaitPriorKernels();
   const int row = blockIdx.x * kWarpNormRowsPerBlock + threadIdx.x / 32,
             lane = threadIdx.x % 32;
@@ -112,6 +124,7 @@ __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
   const size_t base = size_t(row) * cols;
   float4 v[kQuads];
   x.bf16 = kBf16X; // (the launch's choice: one load path compiled)
+  x = rowPitched(x, row, cols, xPitch);
   warpNormRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, v);
   const int quads = cols / 4;
   if (y.data)
@@ -155,16 +168,16 @@ __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
 
 /// Launches warpNormKernel's instance for `cols`.
 template <bool kAdd, bool kQuantize>
-cudaError_t launchWarpNorm(Operand x, Operand b, Result sum, Operand gamma,
-                           float eps, int rows, int cols, Result y,
-                           __nv_fp8_e4m3 *q, float *scales,
-                           __nv_bfloat16 *yBf16, cudaStream_t stream) {
+cudaError_t
+launchWarpNorm(Operand x, Operand b, Result sum, Operand gamma, float eps,
+               int rows, int cols, Result y, __nv_fp8_e4m3 *q, float *scales,
+               __nv_bfloat16 *yBf16, cudaStream_t stream, int xPitch) {
   const unsigned blocks =
       unsigned((rows + kWarpNormRowsPerBlock - 1) / kWarpNormRowsPerBlock);
   auto launch = [&](auto kernel) {
     return launchOverlapped(kernel, blocks, 32 * kWarpNormRowsPerBlock, 0,
                             stream, x, b, sum, gamma, eps, rows, cols, y, q,
-                            scales, yBf16);
+                            scales, yBf16, xPitch);
   };
   auto launchOf = [&](auto bf16X) {
     constexpr bool kBf16X = decltype(bf16X)::value;
@@ -340,47 +353,65 @@ cudaError_t melt::rt::cuda::convert(Operand x, size_t count, Result y,
                           0, stream, x, count, y);
 }
 
+namespace {
+/// Whether rows of x `xPitch` elements apart keep every row as aligned as
+/// the first (the warp-a-row norms' four-value loads), and the pitch is
+/// one (0: packed, or at least cols).
+bool pitchKeepsRows(Operand x, int cols, int xPitch) {
+  return xPitch == cols ||
+         (xPitch > cols && size_t(xPitch) * (x.bf16 ? 2 : 4) % 16 == 0);
+}
+} // namespace
+
 cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
                                     int rows, int cols, Result y,
-                                    cudaStream_t stream, __nv_bfloat16 *yBf16) {
+                                    cudaStream_t stream, __nv_bfloat16 *yBf16,
+                                    int xPitch) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  if (normRowsByWarp(rows, cols, x))
+  xPitch = xPitch ? xPitch : cols;
+  if (xPitch < cols)
+    return cudaErrorInvalidValue;
+  if (pitchKeepsRows(x, cols, xPitch) && normRowsByWarp(rows, cols, x))
     return launchWarpNorm<false, false>(x, x, Result{nullptr, false}, gamma,
                                         eps, rows, cols, y, nullptr, nullptr,
-                                        yBf16, stream);
+                                        yBf16, stream, xPitch);
   return launchOverlapped(rmsNormKernel<false>, rows, kNormThreads, 0, stream,
                           x, x, Result{nullptr, false}, gamma, eps, cols, y,
-                          yBf16);
+                          yBf16, xPitch);
 }
 
 cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
     Operand x, const Operand *b, Result sum, Operand gamma, float eps, int rows,
     int cols, float *y, __nv_fp8_e4m3 *q, float *scales, cudaStream_t stream,
-    __nv_bfloat16 *yBf16) {
+    __nv_bfloat16 *yBf16, int xPitch) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  xPitch = xPitch ? xPitch : cols;
+  if (xPitch < cols || (b && xPitch != cols))
+    return cudaErrorInvalidValue;
   const size_t stagedBytes = sizeof(float) * size_t(cols);
   const bool staged = normRowsStage(cols);
   if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(yBf16) % 8 != 0 || (!y && !staged))
     return cudaErrorInvalidValue;
   if (b ? normRowsByWarp(rows, cols, x, b, &sum)
-        : normRowsByWarp(rows, cols, x))
+        : pitchKeepsRows(x, cols, xPitch) && normRowsByWarp(rows, cols, x))
     return b ? launchWarpNorm<true, true>(x, *b, sum, gamma, eps, rows, cols,
                                           Result{y, false}, q, scales, yBf16,
-                                          stream)
+                                          stream, cols)
              : launchWarpNorm<false, true>(x, x, Result{nullptr, false}, gamma,
                                            eps, rows, cols, Result{y, false}, q,
-                                           scales, yBf16, stream);
+                                           scales, yBf16, stream, xPitch);
   auto launch = [&](auto kernel) {
     return b ? launchOverlapped(kernel, rows, kNormThreads,
                                 staged ? stagedBytes : 0, stream, x, *b, sum,
-                                gamma, eps, rows, cols, y, q, scales, yBf16)
+                                gamma, eps, rows, cols, y, q, scales, yBf16,
+                                cols)
              : launchOverlapped(kernel, rows, kNormThreads,
                                 staged ? stagedBytes : 0, stream, x, x,
                                 Result{nullptr, false}, gamma, eps, rows, cols,
-                                y, q, scales, yBf16);
+                                y, q, scales, yBf16, xPitch);
   };
   if (b)
     return staged ? launch(rmsNormQuantizeKernel<true, true>)
@@ -415,9 +446,9 @@ cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   if (normRowsByWarp(rows, cols, a, &b, &sum))
     return launchWarpNorm<true, false>(a, b, sum, gamma, eps, rows, cols, y,
-                                       nullptr, nullptr, yBf16, stream);
+                                       nullptr, nullptr, yBf16, stream, cols);
   return launchOverlapped(rmsNormKernel<true>, rows, kNormThreads, 0, stream, a,
-                          b, sum, gamma, eps, cols, y, yBf16);
+                          b, sum, gamma, eps, cols, y, yBf16, cols);
 }
 
 cudaError_t melt::rt::cuda::binary(Binary op, Operand a, Operand b,

@@ -28,22 +28,26 @@ struct Result {
 };
 
 /// `yBf16` (where given): y's rows rounded to BF16 as well (a BF16
-/// product's input, beside y's own type).
+/// product's input, beside y's own type). `xPitch` (where not 0): x's rows
+/// that many elements apart (a part of a wider matrix's columns), not
+/// `cols` (y's are).
 cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
                     Result y, cudaStream_t stream,
-                    __nv_bfloat16 *yBf16 = nullptr);
+                    __nv_bfloat16 *yBf16 = nullptr, int xPitch = 0);
 /// rmsNorm into F32 y (or with `b`, addRmsNorm: sum = x + b as well), and
 /// y's rows quantized as quantizeRowsFp8 quantizes them (cols a multiple
 /// of 128): q [rows, cols] e4m3, scales [cols / 128, rows]. One kernel:
 /// each block quantizes the row it has just normalized (kept in shared
 /// memory where normRowsStage(cols)). y may be null where
 /// normRowsStage(cols): the rows only quantized. `yBf16` (where given,
-/// 8-byte aligned): y's rows rounded to BF16 as well.
+/// 8-byte aligned): y's rows rounded to BF16 as well. `xPitch` as
+/// rmsNorm's (without `b` only).
 cudaError_t rmsNormQuantizeRowsFp8(Operand x, const Operand *b, Result sum,
                                    Operand gamma, float eps, int rows, int cols,
                                    float *y, __nv_fp8_e4m3 *q, float *scales,
                                    cudaStream_t stream,
-                                   __nv_bfloat16 *yBf16 = nullptr);
+                                   __nv_bfloat16 *yBf16 = nullptr,
+                                   int xPitch = 0);
 /// Whether rmsNormQuantizeRowsFp8 keeps a row of `cols` in shared memory
 /// (and so can leave y out).
 bool normRowsStage(int cols);
