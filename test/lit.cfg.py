@@ -1,5 +1,6 @@
 # -*- Python -*- lit configuration of melt's regression tests.
 import os
+import shutil
 import sys
 
 import lit.formats
@@ -17,6 +18,12 @@ config.excludes = ["CMakeLists.txt", "README.md", "lit.cfg.py",
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%python", sys.executable))
 config.substitutions.append(("%melt_src_root", config.melt_src_root))
+# CUDA's compiler, where the machine has one (the CUDA lint's own tests).
+nvcc = shutil.which("nvcc") or next(
+    (p for p in ["/usr/local/cuda/bin/nvcc"] if os.path.exists(p)), None)
+if nvcc:
+    config.available_features.add("nvcc")
+    config.substitutions.append(("%nvcc", nvcc))
 llvm_config.use_default_substitutions()
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 
