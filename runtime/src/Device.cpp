@@ -464,10 +464,19 @@ Status check::axisPart(const char *kernel, const DeviceTensor &whole, int axis,
             offset + part.shape[axis] <= whole.shape[axis];
   for (size_t d = 0; ok && d < whole.shape.size(); ++d)
     ok = int(d) == axis || whole.shape[d] == part.shape[d];
-  return expect(ok, kernel,
-                shapeString(part.shape) + " at " + std::to_string(offset) +
-                    " along axis " + std::to_string(axis) +
-                    " does not fit in " + shapeString(whole.shape));
+  MELT_RETURN_IF_ERROR(expect(ok, kernel,
+                              shapeString(part.shape) + " at " +
+                                  std::to_string(offset) + " along axis " +
+                                  std::to_string(axis) + " does not fit in " +
+                                  shapeString(whole.shape)));
+  // A part left in place (rows rowPitch apart) is cut along its columns
+  // only.
+  return expect(!whole.rowPitch || (whole.shape.size() == 2 && axis == 1 &&
+                                    whole.rowPitch >= whole.shape[1]),
+                kernel,
+                "a part left in place (rows " + std::to_string(whole.rowPitch) +
+                    " elements apart) cut along axis " + std::to_string(axis) +
+                    " of " + shapeString(whole.shape));
 }
 
 Status check::cacheLayout(const char *kernel, const CacheLayout &layout,

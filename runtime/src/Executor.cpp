@@ -3,12 +3,12 @@
 
 #include "Bf16Products.h"
 #include "EnvSwitch.h"
-#include "FunctionUses.h"
 #include "KernelArgs.h"
 #include "NormProductFusions.h"
 #include "QuantizeFolds.h"
 #include "SideBranches.h"
 #include "SiluMulFusions.h"
+#include "SplitPartsInPlace.h"
 
 #include <algorithm>
 #include <chrono>
@@ -564,38 +564,17 @@ Status DeviceModel::create(const Model &model, Device &device,
   // Split parts that only norms and Splits read, left in place on a device
   // that takes a row pitch (decided each step: a part of many rows).
   if (envSwitch("MELT_SPLIT_PARTS_IN_PLACE", true) && device.takesRowPitch()) {
-    const FunctionUses uses(m, *dm.forward_);
-    auto runsAlone = [&](uint32_t k) {
-      return !dm.skips(k) && !dm.latentAppends_.count(k) &&
-             !dm.mlaQuerySplits_.count(k) && !dm.logitOnly_.kernels.count(k);
-    };
-    for (uint32_t k : *dm.forward_->kernels()) {
-      const fb::Kernel &split = *m.kernels()->Get(k);
-      if (split.kind() != fb::KernelKind::Split || !runsAlone(k) ||
-          !split.ints() || split.ints()->size() < 1 || !split.outputs())
-        continue;
-      const int64_t axis = split.ints()->Get(0);
-      for (uint32_t part : *split.outputs()) {
-        const std::vector<uint32_t> &readers = uses.readersOf(part);
-        const bool inPlace =
-            !readers.empty() && !uses.outputs.count(part) &&
-            !dm.logitOnly_.madeBy.count(part) &&
-            std::all_of(readers.begin(), readers.end(), [&](uint32_t r) {
-              const fb::Kernel &reader = *m.kernels()->Get(r);
-              if (!runsAlone(r) || !reader.inputs() ||
-                  reader.inputs()->size() != 1 ||
-                  reader.inputs()->Get(0) != part)
-                return false;
-              if (reader.kind() == fb::KernelKind::RMSNorm)
-                return true;
-              return reader.kind() == fb::KernelKind::Split && reader.ints() &&
-                     reader.ints()->size() >= 1 &&
-                     reader.ints()->Get(0) == axis;
-            });
-        if (inPlace)
-          dm.partsInPlace_.insert(part);
-      }
-    }
+    std::set<uint32_t> gathered; // the logit rows' gathers read them packed
+    for (const auto &[value, maker] : dm.logitOnly_.madeBy)
+      gathered.insert(value);
+    dm.partsInPlace_ = findSplitPartsInPlace(
+        m, *dm.forward_,
+        [&](uint32_t k) {
+          return !dm.skips(k) && !dm.latentAppends_.count(k) &&
+                 !dm.mlaQuerySplits_.count(k) &&
+                 !dm.logitOnly_.kernels.count(k);
+        },
+        gathered);
   }
   // Work a device may run beside the rest: the shared experts, MLA's
   // queries, the dense MLPs' up products. None with a kernel done in

@@ -1386,13 +1386,6 @@ public:
                DeviceTensor &y) override {
     MELT_RETURN_IF_ERROR(ready());
     MELT_RETURN_IF_ERROR(check::axisPart("slice", x, axis, offset, y));
-    if (x.rowPitch &&
-        (x.shape.size() != 2 || axis != 1 || x.rowPitch < x.shape[1]))
-      return {MELT_INTERNAL, "slice: a part left in place (rows " +
-                                 std::to_string(x.rowPitch) +
-                                 " elements apart) cut along axis " +
-                                 std::to_string(axis) + " of a rank-" +
-                                 std::to_string(x.shape.size()) + " tensor"};
     return copyAxisPart(x, axis, offset, y, false);
   }
 
