@@ -446,9 +446,9 @@ public:
                  "rms_norm");
   }
   /// A Split's part left in place (its rows x.rowPitch apart) read by the
-  /// norms and slices themselves (MELT_CUDA_ROW_PITCH=1; off by default:
-  /// written in session 46 without a GPU to run it on).
-  bool rowPitch_ = envSwitch("MELT_CUDA_ROW_PITCH", false);
+  /// norms and slices themselves (MELT_CUDA_ROW_PITCH=0 has the executor
+  /// copy such parts out instead).
+  bool rowPitch_ = envSwitch("MELT_CUDA_ROW_PITCH", true);
   bool takesRowPitch() const override { return rowPitch_; }
 
   /// A one-row RMSNorm (or add and norm) not launched yet: where the next
