@@ -367,9 +367,17 @@ llvm::Error Writer::addKernel(Operation *op) {
       .Case([&](MoEExpertsOp o) {
         kind = fb::KernelKind::MoEExperts;
         syms = {o.getGateAttr(), o.getUpAttr(), o.getDownAttr()};
-        // Expert outputs that come back from other devices in BF16.
+        // Each expert's output rounded to BF16 before the weighted sum:
+        // expert outputs that come back from other devices in BF16, and on
+        // one device the output precision the policy gives the experts
+        // (BF16 under bf16 and deepseek-v3: the reference's experts write
+        // BF16, and the devices' grouped products then store and combine
+        // half the bytes).
+        auto precision = o->getAttrOfType<PrecisionAttr>("precision");
         if (auto combine = o.getCombineAttr())
           ints = {combine.getValue().isBF16() ? 1 : 0};
+        else if (precision && precision.getOutput().isBF16())
+          ints = {1};
       })
       .Case([&](QuantizeOp o) {
         kind = fb::KernelKind::Quantize;

@@ -404,6 +404,9 @@ def Melt_MoEExpertsOp : Melt_WeightUserOp<"moe_experts"> {
     travel in: `dispatch` (to the experts' devices; FP8 e4m3 with 1x128
     scales when the experts compute in FP8) and `combine` (expert outputs
     back to the token's device before the weighted sum; BF16 in DeepSeek-V3).
+    On one device, each expert's output is rounded to the output type of
+    `precision` before the weighted sum (BF16 under the `bf16` and
+    `deepseek-v3` policies, as the reference's experts write it).
 
     ```mlir
     %y = melt.moe_experts %h, %idx, %w

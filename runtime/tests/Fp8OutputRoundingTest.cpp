@@ -2,7 +2,9 @@
 // every FP8 melt.linear: output = bf16): melt-compile marks those Linear
 // kernels in the artifact, and the executor rounds their results to BF16
 // on a device whose product keeps more (the CPU's F32 GEMM), not on one
-// whose FP8 GEMM wrote BF16 already. Needs MELT_TEST_FP8_POLICY_ARTIFACT
+// whose FP8 GEMM wrote BF16 already. The routed experts' outputs alike
+// (their precision's output, BF16): each expert's output is rounded before
+// the weighted sum. Needs MELT_TEST_FP8_POLICY_ARTIFACT
 // (v3-tiny compiled with --precision=deepseek-v3) and
 // MELT_TEST_FP8_POLICY_CHECKPOINT.
 #include "CpuDevice.h"
@@ -39,7 +41,16 @@ public:
     ++roundings;
     return CpuDevice::roundToBf16(x);
   }
+  Status moeExperts(const DeviceTensor &x, const DeviceTensor &indices,
+                    const DeviceTensor &weights, const DeviceTensor &gate,
+                    const DeviceTensor &up, const DeviceTensor &down,
+                    bool combineBf16, DeviceTensor &y) override {
+    ++(combineBf16 ? expertsCombinedInBf16 : expertsCombinedInF32);
+    return CpuDevice::moeExperts(x, indices, weights, gate, up, down,
+                                 combineBf16, y);
+  }
   int roundings = 0;
+  int expertsCombinedInBf16 = 0, expertsCombinedInF32 = 0;
 
 private:
   bool fp8GemmOutputs_;
@@ -83,4 +94,33 @@ TEST(Fp8Outputs, RoundedWhereTheProductKeptMore) {
   EXPECT_FALSE(stepLogits(*onFp8).empty());
   EXPECT_GT(f32Gemms.roundings, 0);
   EXPECT_EQ(fp8Gemms.roundings, 0);
+}
+
+// The policy gives melt.moe_experts a BF16 output on one device too (no
+// `combine` of several devices): every MoEExperts kernel is marked, and
+// the device is asked for each expert's output in BF16 before the sum.
+TEST(Fp8Outputs, RoutedExpertsCombineTheirOutputsInBf16) {
+  std::unique_ptr<Model> model = loadFp8PolicyModel();
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
+                    "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
+  const fb::Model &m = model->artifact().model();
+  const fb::Function &forward = *model->artifact().function("forward");
+  int experts = 0;
+  for (uint32_t k : *forward.kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    if (kernel.kind() != fb::KernelKind::MoEExperts)
+      continue;
+    ++experts;
+    ASSERT_TRUE(kernel.ints() && kernel.ints()->size() > 0)
+        << "kernels[" << k << "]";
+    EXPECT_EQ(kernel.ints()->Get(0), 1) << "kernels[" << k << "]";
+  }
+  EXPECT_GT(experts, 0);
+  RoundingCountingDevice device(false);
+  std::unique_ptr<DeviceModel> dm;
+  ASSERT_FALSE(DeviceModel::create(*model, device, dm));
+  EXPECT_FALSE(stepLogits(*dm).empty());
+  EXPECT_GT(device.expertsCombinedInBf16, 0);
+  EXPECT_EQ(device.expertsCombinedInF32, 0);
 }
