@@ -305,11 +305,17 @@ llvm::Error Writer::addKernel(Operation *op) {
         kind = fb::KernelKind::Linear;
         syms = {o.getWeightAttr()};
         // DeepSeek-V3's FP8 GEMMs write BF16: the runtime rounds an FP8
-        // product's F32 result where the device's GEMM did not.
+        // product's F32 result where the device's GEMM did not (1). A BF16
+        // product's BF16 output (the bf16 policy) the runtime may keep in
+        // F32, or store in BF16 where the device writes it so and its
+        // readers read BF16 (2).
         auto precision = o->getAttrOfType<PrecisionAttr>("precision");
-        if (precision && isFp8Type(precision.getCompute()) &&
-            precision.getOutput().isBF16())
-          ints = {1};
+        if (precision && precision.getOutput().isBF16()) {
+          if (isFp8Type(precision.getCompute()))
+            ints = {1};
+          else if (precision.getCompute().isBF16())
+            ints = {2};
+        }
       })
       .Case([&](LogitsOp o) {
         kind = fb::KernelKind::Logits;

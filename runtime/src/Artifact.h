@@ -58,6 +58,23 @@ private:
 /// Bytes per element of a dtype (FP8 is 1).
 uint64_t dtypeBytes(fb::DType dtype);
 
+/// A Linear kernel's output precision (its ints[0], checked on loading).
+enum class LinearOutput {
+  F32 = 0,
+  RoundedToBf16 = 1, ///< BF16 values: an FP8 product's
+  Bf16MayKeepF32 = 2 ///< BF16, which the runtime may keep in F32: a BF16
+                     ///< product's (the bf16 policy)
+};
+inline LinearOutput linearOutputOf(const fb::Kernel &linear) {
+  return linear.ints() && linear.ints()->size() > 0
+             ? static_cast<LinearOutput>(linear.ints()->Get(0))
+             : LinearOutput::F32;
+}
+/// Whether a Linear's F32 result is to be rounded to BF16 values.
+inline bool roundsLinearOutput(const fb::Kernel &linear) {
+  return linearOutputOf(linear) == LinearOutput::RoundedToBf16;
+}
+
 } // namespace melt::rt
 
 #endif // MELT_RUNTIME_ARTIFACT_H

@@ -55,11 +55,12 @@ std::set<uint32_t> melt::rt::findBf16Products(
   const Search search{model, uses, excluded, excludedValues, readsBf16};
   for (uint32_t k : *function.kernels()) {
     const fb::Kernel &linear = *model.kernels()->Get(k);
-    // ints[0] != 0: the product's output is rounded to BF16.
+    // A BF16 output precision (rounded, or one the runtime may keep in
+    // F32).
     if (linear.kind() != fb::KernelKind::Linear || excluded.count(k) ||
-        !linear.weights() || linear.weights()->size() != 1 || !linear.ints() ||
-        linear.ints()->size() < 1 || linear.ints()->Get(0) == 0 ||
-        !linear.outputs() || linear.outputs()->size() != 1)
+        !linear.weights() || linear.weights()->size() != 1 ||
+        linearOutputOf(linear) == LinearOutput::F32 || !linear.outputs() ||
+        linear.outputs()->size() != 1)
       continue;
     if (search.readAsBf16(linear.outputs()->Get(0)) && writesBf16(k))
       found.insert(k);

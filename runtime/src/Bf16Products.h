@@ -1,9 +1,11 @@
 //===- Bf16Products.h - products kept in BF16 -------------------*- C++ -*-===//
 //
-// A linear whose precision's output is BF16 (an FP8 or BF16 product) has
-// BF16 values, stored in F32 by default: a GPU's FP8 GEMM writes BF16 and a
-// kernel widens it, and every kernel reading the value reads twice the
-// bytes it needs. Where the device writes such a product in BF16
+// A linear whose precision's output is BF16 has BF16 values (an FP8
+// product's, rounded where the device's product kept more) or may have
+// them (a BF16 product's, under the bf16 policy, which the runtime keeps
+// in F32 unless it stores them in BF16 here), stored in F32 by default: a
+// GPU's FP8 GEMM writes BF16 and a kernel widens it, and every kernel
+// reading the value reads twice the bytes it needs. Where the device writes such a product in BF16
 // (Device::linearWritesBf16) and its kernels read BF16 activations as the
 // F32 of their values (Device::readsBf16Activations: adds, norms, ropes,
 // slices, SiLU-muls and the products that take them), the executor keeps

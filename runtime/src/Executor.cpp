@@ -1050,9 +1050,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   auto sharedExpertOf = [&](const SharedExpertFusion &f,
                             Device::SharedExpert &shared) {
     auto roundsOutput = [&](uint32_t kernel) {
-      const fb::Kernel &linear = *m.kernels()->Get(kernel);
-      return linear.ints() && linear.ints()->size() > 0 &&
-             linear.ints()->Get(0) != 0;
+      return roundsLinearOutput(*m.kernels()->Get(kernel));
     };
     if (roundsOutput(f.gate) != roundsOutput(f.up))
       return false;
@@ -1139,8 +1137,7 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
   // where the device's product kept more.
   auto roundsOutputToBf16 = [&](const fb::Kernel &kernel,
                                 const DeviceTensor &w) {
-    return kernel.ints() && kernel.ints()->size() > 0 &&
-           kernel.ints()->Get(0) != 0 && !device.linearOutputsBf16(w);
+    return roundsLinearOutput(kernel) && !device.linearOutputsBf16(w);
   };
   // An MLP's gate and up products and their SiLU-mul in one device call
   // (GateUpPairs.h), where the other two come next in this step's order, x

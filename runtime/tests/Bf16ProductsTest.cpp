@@ -18,6 +18,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <set>
@@ -125,4 +127,56 @@ TEST(Bf16Products, OnByDefaultAndOffWhereAsked) {
   unsetenv("MELT_BF16_PRODUCTS");
   ASSERT_FALSE(s) << s.message();
   EXPECT_TRUE(productWeights(*model, *off).empty());
+}
+
+// The bf16 policy's linears (BF16 weights, a BF16 output the runtime may
+// keep in F32: the artifact's 2): kept in F32 where the device writes
+// them so only for FP8 weights; on a device that writes BF16 weights'
+// products in BF16 too, the same products as the FP8 policy's, the logits
+// moved only by their rounding. Needs MELT_TEST_CUDA_ARTIFACT (v3-tiny
+// compiled --precision=bf16 --target=cuda) and MELT_TEST_CUDA_CHECKPOINT.
+TEST(Bf16Products, Bf16PolicyProductsInBf16WhereTheDeviceWritesThem) {
+  std::unique_ptr<Model> model = loadModelFromEnvironment(
+      "MELT_TEST_CUDA_ARTIFACT", "MELT_TEST_CUDA_CHECKPOINT");
+  if (!model)
+    GTEST_SKIP() << "MELT_TEST_CUDA_ARTIFACT / MELT_TEST_CUDA_CHECKPOINT "
+                    "not set";
+  const fb::Model &m = model->artifact().model();
+  int mayKeepF32 = 0;
+  for (uint32_t k : *model->artifact().function("forward")->kernels()) {
+    const fb::Kernel &kernel = *m.kernels()->Get(k);
+    if (kernel.kind() != fb::KernelKind::Linear)
+      continue;
+    EXPECT_FALSE(roundsLinearOutput(kernel)) << "kernels[" << k << "]";
+    mayKeepF32 += linearOutputOf(kernel) == LinearOutput::Bf16MayKeepF32;
+  }
+  EXPECT_GT(mayKeepF32, 0);
+  QuantizingCpuDevice plain, fp8Only, narrowing;
+  fp8Only.writesBf16Products = true;
+  narrowing.writesBf16WeightProducts = true;
+  std::unique_ptr<DeviceModel> onPlain, onFp8Only, onNarrowing;
+  Status made = DeviceModel::create(*model, plain, onPlain);
+  if (!made)
+    made = DeviceModel::create(*model, fp8Only, onFp8Only);
+  if (!made)
+    made = DeviceModel::create(*model, narrowing, onNarrowing);
+  ASSERT_FALSE(made) << made.message();
+  EXPECT_TRUE(productWeights(*model, *onFp8Only).empty());
+  EXPECT_EQ(
+      productWeights(*model, *onNarrowing),
+      (std::set<std::string>{"self_attn.o_proj", "self_attn.qkv_a_proj",
+                             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}));
+  std::vector<float> want = stepLogits(*onPlain),
+                     have = stepLogits(*onNarrowing);
+  EXPECT_GT(narrowing.bf16Products, 0);
+  ASSERT_EQ(have.size(), want.size());
+  ASSERT_FALSE(want.empty());
+  float lo = want[0], hi = want[0], worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    lo = std::min(lo, want[i]), hi = std::max(hi, want[i]);
+    worst = std::max(worst, std::fabs(have[i] - want[i]));
+  }
+  // BF16 products' rounding (2^-9 of each value) through a tiny model.
+  EXPECT_GT(worst, 0.f);
+  EXPECT_LE(worst, 0.02f * (hi - lo));
 }

@@ -7,13 +7,18 @@
 // the weighted sum. Needs MELT_TEST_FP8_POLICY_ARTIFACT
 // (v3-tiny compiled with --precision=deepseek-v3) and
 // MELT_TEST_FP8_POLICY_CHECKPOINT.
+#include "Artifact.h"
 #include "CpuDevice.h"
 #include "Executor.h"
 #include "Fp8PolicySessions.h"
 #include "Model.h"
+#include "melt/artifact_header.h"
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <set>
 #include <vector>
@@ -69,8 +74,7 @@ TEST(Fp8Outputs, FP8ProductsAreMarkedBf16InTheArtifact) {
   int marked = 0;
   for (uint32_t k : *forward.kernels()) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
-    if (kernel.kind() != fb::KernelKind::Linear || !kernel.ints() ||
-        kernel.ints()->size() == 0 || kernel.ints()->Get(0) == 0)
+    if (kernel.kind() != fb::KernelKind::Linear || !roundsLinearOutput(kernel))
       continue;
     ++marked;
     // Only products of weights kept in FP8 blocks.
@@ -123,4 +127,42 @@ TEST(Fp8Outputs, RoutedExpertsCombineTheirOutputsInBf16) {
   EXPECT_FALSE(stepLogits(*dm).empty());
   EXPECT_GT(device.expertsCombinedInBf16, 0);
   EXPECT_EQ(device.expertsCombinedInF32, 0);
+}
+
+// A linear's output precision outside the three the runtime knows is a
+// damaged artifact, named by its kernel (not taken for a rounding).
+TEST(Fp8Outputs, UnknownLinearOutputIsRefused) {
+  const char *path = std::getenv("MELT_TEST_FP8_POLICY_ARTIFACT");
+  if (!path)
+    GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT not set";
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  ASSERT_GT(bytes.size(), size_t(melt::kArtifactHeaderSize));
+  const melt::ArtifactHeader header = melt::decodeArtifactHeader(bytes.data());
+  const fb::Model *m = fb::GetModel(bytes.data() + header.flatbufferOffset);
+  int marked = -1;
+  for (uint32_t k = 0; k < m->kernels()->size() && marked < 0; ++k) {
+    const fb::Kernel &kernel = *m->kernels()->Get(k);
+    if (kernel.kind() == fb::KernelKind::Linear && kernel.ints() &&
+        kernel.ints()->size() > 0) {
+      marked = int(k);
+      // The value in place (little-endian int64), then the checksum again.
+      auto *at = const_cast<uint8_t *>(
+          reinterpret_cast<const uint8_t *>(kernel.ints()->data()));
+      melt::storeLE(at, 7, 8);
+    }
+  }
+  ASSERT_GE(marked, 0) << "no linear with an output precision";
+  melt::ArtifactHeader resealed = header;
+  resealed.checksum = melt::fnv1a64(bytes.data() + melt::kArtifactHeaderSize,
+                                    bytes.size() - melt::kArtifactHeaderSize);
+  melt::encodeArtifactHeader(resealed, bytes.data());
+  Artifact artifact;
+  Status s = Artifact::fromBytes(std::move(bytes), "damaged.melt", artifact);
+  ASSERT_TRUE(s);
+  EXPECT_NE(
+      s.message().find("kernels[" + std::to_string(marked) + "].ints[0] is 7"),
+      std::string::npos)
+      << s.message();
 }

@@ -42,6 +42,8 @@ public:
     MELT_RETURN_IF_ERROR(CpuDevice::importWeight(weight, out));
     if (weight.storage == WeightData::Storage::FP8Blocks)
       fp8Stored_.insert(out.data);
+    if (weight.storage == WeightData::Storage::BF16)
+      bf16Stored_.insert(out.data);
     return Status::ok();
   }
   bool quantizesFp8Input(const DeviceTensor &weight) const override {
@@ -180,13 +182,18 @@ public:
     return CpuDevice::linear(prepared.q, w, y);
   }
 
-  // Where writesBf16Products: FP8 products in BF16, BF16 activations read.
+  // Where writesBf16Products: FP8 products in BF16, BF16 activations read;
+  // where writesBf16WeightProducts, BF16 weights' products too (the CUDA
+  // device with MELT_CUDA_BF16_WEIGHT_PRODUCTS=1, past its small-M kernel).
   bool linearWritesBf16(const DeviceTensor &weight,
                         int64_t rows) const override {
     (void)rows;
-    return writesBf16Products && quantizesFp8Input(weight);
+    return (writesBf16Products && quantizesFp8Input(weight)) ||
+           (writesBf16WeightProducts && bf16Stored_.count(weight.data));
   }
-  bool readsBf16Activations() const override { return writesBf16Products; }
+  bool readsBf16Activations() const override {
+    return writesBf16Products || writesBf16WeightProducts;
+  }
   // Where takesMlaQueryInBf16: the MLA's query from its projection, a BF16
   // one widened first (what the CUDA device reads as the F32 of its
   // values), then the calls apart.
@@ -257,8 +264,8 @@ public:
   }
 
   bool preparesInNorms = false, preparesMlaOutputs = false,
-       writesBf16Products = false, takesMlaQueryInBf16 = false,
-       preparesForExpertsInNorms = false;
+       writesBf16Products = false, writesBf16WeightProducts = false,
+       takesMlaQueryInBf16 = false, preparesForExpertsInNorms = false;
   int expertNorms = 0, attachedLinearReads = 0, attachedExpertReads = 0;
   int bf16Products = 0, bf16Reads = 0, bf16Queries = 0;
   int quantizedProducts = 0, fusedProducts = 0, quantizedExperts = 0,
@@ -323,7 +330,7 @@ private:
   }
 
   bool fusesSiluMul_, quantizesExperts_, fusesSharedExpert_;
-  std::set<const void *> fp8Stored_;
+  std::set<const void *> fp8Stored_, bf16Stored_; // by their storage
 };
 
 } // namespace melt::rt

@@ -718,10 +718,19 @@ public:
   }
 
   /// An FP8 weight's product past its few-token kernel writes cuBLASLt's
-  /// BF16 output straight into a BF16 y (no widening kernel).
+  /// BF16 output straight into a BF16 y (no widening kernel). With
+  /// MELT_CUDA_BF16_WEIGHT_PRODUCTS=1 a BF16 weight's product past the
+  /// small-M kernel does too, where the executor keeps it in BF16 (the
+  /// bf16 policy's linears, whose BF16 output the runtime otherwise keeps
+  /// in F32: Bf16Products.h); off by default: written in session 48 with
+  /// no GPU time left to run it.
+  bool bf16WeightProducts_ = envSwitch("MELT_CUDA_BF16_WEIGHT_PRODUCTS", false);
   bool linearWritesBf16(const DeviceTensor &weight,
                         int64_t rows) const override {
-    return multipliedInFp8(weight) && !gemm_->quantizesF32Rows(int(rows));
+    if (multipliedInFp8(weight))
+      return !gemm_->quantizesF32Rows(int(rows));
+    return bf16WeightProducts_ && weight.dtype == DType::BF16 &&
+           weight.shape.size() == 2 && !takesSmallMGemm(weight, rows);
   }
   /// The add, norm and rope kernels read their operands through Operand
   /// (F32 or BF16, Elementwise.h), the slices copy bytes; appendLatent's
