@@ -2460,6 +2460,47 @@ TEST_P(DeviceConformance, MixedExpertStackFormatsAreNamed) {
   }
 }
 
+// Where a device writes a BF16 weight's product in BF16 (the CUDA device
+// with MELT_CUDA_BF16_WEIGHT_PRODUCTS=1, past its small-M kernel: the
+// bf16 policy's products that the executor keeps in BF16), the values are
+// its F32 product's rounded to BF16, alone and as a SiLU-mul's product
+// (within one BF16 step: the library may sum in another order for
+// another output type).
+TEST_P(DeviceConformance, Bf16WeightProductsInBf16AreTheRoundedProducts) {
+  reopenWith("MELT_CUDA_BF16_WEIGHT_PRODUCTS", "1");
+  if (HasFatalFailure())
+    return;
+  const bool gpu = device->name().rfind("cuda", 0) == 0;
+  const int64_t K = 512, N = 1024;
+  DeviceTensor w = put(random(DType::BF16, {N, K}, rng, 0.05f));
+  for (int64_t rows : {int64_t(1), int64_t(300)}) {
+    if (gpu)
+      EXPECT_EQ(device->linearWritesBf16(w, rows), rows == 300) << rows;
+    if (!device->linearWritesBf16(w, rows))
+      continue;
+    DeviceTensor x = put(random(DType::F32, {rows, K}, rng, 2.f));
+    DeviceTensor up = put(random(DType::F32, {rows, K}, rng, 2.f));
+    DeviceTensor wide[2] = {make(DType::F32, {rows, N}),
+                            make(DType::F32, {rows, N})};
+    DeviceTensor narrow[2] = {make(DType::BF16, {rows, N}),
+                              make(DType::BF16, {rows, N})};
+    ASSERT_FALSE(device->linear(x, w, wide[0]));
+    ASSERT_FALSE(device->linear(x, w, narrow[0]));
+    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, wide[1]));
+    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, narrow[1]));
+    for (int i = 0; i < 2; ++i) {
+      if (!device->linearOutputsBf16(w))
+        ASSERT_FALSE(device->roundToBf16(wide[i]));
+      const std::vector<float> rounded = get(wide[i]);
+      EXPECT_LE(
+          relativeError(get(narrow[i]),
+                        std::vector<double>(rounded.begin(), rounded.end())),
+          1.f / 256)
+          << rows << " rows, " << (i ? "SiLU-mul's linear" : "linear");
+    }
+  }
+}
+
 TEST_P(DeviceConformance, LinearRoundsF32InputsForBf16Weights) {
   // Decode-sized (a row split over warps on CUDA; N not a multiple of a
   // block; K of 130 loads), then more rows than the few-row kernel takes.
