@@ -11,7 +11,12 @@
 # md5 of each batch's greedy tokens (an option that moves no sum must give
 # the same) and a DISAGREE for each repeat whose tokens differed from the
 # run before. Lines go to $OUT/build-ab.txt as they come; the time each
-# build took too.
+# build took too. TESTS=1 first runs the option's build's CUDA kernel tests
+# and device conformance suite on the GPU; GROUPED=1 then runs
+# melt-bench-grouped-gemm (the grouped expert products at mini's and
+# DeepSeek-V3's shapes) of both builds, alternating over the rounds, its
+# lines to $OUT/build-ab-grouped.txt (session 48's SiLU division was
+# measured so).
 #   scripts/gpu/build-ab.sh -DNAME=VALUE... [-- MODEL.melt...]
 set -uo pipefail
 if [ $# -lt 1 ]; then
@@ -23,14 +28,17 @@ AB_DEFAULT_MODELS="mini-fp8.melt mini-bf16.melt" ab_arguments "$@"
 options=("${switches[@]}")
 log="$out/build-ab.txt"
 say() { echo "$*" | tee -a "$log"; }
+targets=(melt-run)
+[ "${GROUPED:-}" = 1 ] && targets+=(melt-bench-grouped-gemm)
+[ "${TESTS:-}" = 1 ] && targets+=(melt-cuda-kernel-tests melt-runtime-tests)
 t0=$(date +%s)
-build_gpu melt-run
+build_gpu "${targets[@]}"
 say "build-gpu (default) built in $(($(date +%s) - t0)) s"
 t0=$(date +%s)
 cmake -S runtime -B build-gpu-ab -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
   -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" "${options[@]}" >/dev/null &&
-  ninja -C build-gpu-ab melt-run >/dev/null || {
+  ninja -C build-gpu-ab "${targets[@]}" >/dev/null || {
   say "build-gpu-ab (${options[*]}) failed"
   exit 1
 }
@@ -55,6 +63,39 @@ figures() {
   done
   echo
 }
+if [ "${TESTS:-}" = 1 ]; then
+  say "build-gpu-ab kernel tests: $(build-gpu-ab/bin/melt-cuda-kernel-tests 2>&1 |
+    grep -E '^\[  (PASSED|FAILED) |Failure' | paste -sd' ')"
+  say "build-gpu-ab device conformance: $(build-gpu-ab/bin/melt-runtime-tests \
+    --gtest_filter='*Conformance*' 2>&1 | grep -E '^\[  (PASSED|FAILED) |Failure' |
+    paste -sd' ')"
+fi
+if [ "${GROUPED:-}" = 1 ]; then
+  for round in $(seq "${ROUNDS:-2}"); do
+    for build in build-gpu build-gpu-ab; do
+      echo "round $round $build" >> "$out/build-ab-grouped.txt"
+      "$build/bin/melt-bench-grouped-gemm" --iters 10 2>&1 |
+        grep '"grouped_gemm_melt"' >> "$out/build-ab-grouped.txt"
+    done
+  done
+  say "grouped products (us), round by round, default / option:"
+  python3 - "$out/build-ab-grouped.txt" <<'PY' | tee -a "$log"
+import json, re, sys
+rows, current = {}, None
+for line in open(sys.argv[1]):
+    m = re.match(r'round (\d+) (\S+)', line)
+    if m:
+        current = (int(m.group(1)), m.group(2).endswith('-ab'))
+        continue
+    d = json.loads(line)
+    key = f"{d['model']} {d['weights']} {d['product']}"
+    rows.setdefault(key, {})[current] = d['us']
+for key, us in rows.items():
+    rounds = sorted({r for r, _ in us})
+    print(f"  {key}: " + "  ".join(
+        f"{us.get((r, False), 0):.1f} / {us.get((r, True), 0):.1f}" for r in rounds))
+PY
+fi
 batches=${BATCHES:-1,16,64}
 for model in "${models[@]}"; do
   for round in $(seq "${ROUNDS:-2}"); do
