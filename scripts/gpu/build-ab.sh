@@ -12,11 +12,11 @@
 # the same) and a DISAGREE for each repeat whose tokens differed from the
 # run before. Lines go to $OUT/build-ab.txt as they come; the time each
 # build took too. TESTS=1 first runs the option's build's CUDA kernel tests
-# and device conformance suite on the GPU; GROUPED=1 then runs
-# melt-bench-grouped-gemm (the grouped expert products at mini's and
-# DeepSeek-V3's shapes) of both builds, alternating over the rounds, its
-# lines to $OUT/build-ab-grouped.txt (session 48's SiLU division was
-# measured so).
+# and device conformance suite on the GPU; BENCHES="melt-bench-..." then
+# runs those benchmarks of both builds (their default iterations),
+# alternating over the rounds, their JSON lines to $OUT/build-ab-benches.txt
+# and each line's "us" of both builds side by side into the log (session
+# 48's SiLU division was measured so, with melt-bench-grouped-gemm).
 #   scripts/gpu/build-ab.sh -DNAME=VALUE... [-- MODEL.melt...]
 set -uo pipefail
 if [ $# -lt 1 ]; then
@@ -29,7 +29,8 @@ options=("${switches[@]}")
 log="$out/build-ab.txt"
 say() { echo "$*" | tee -a "$log"; }
 targets=(melt-run)
-[ "${GROUPED:-}" = 1 ] && targets+=(melt-bench-grouped-gemm)
+read -r -a benches <<< "${BENCHES:-}"
+targets+=("${benches[@]}")
 [ "${TESTS:-}" = 1 ] && targets+=(melt-cuda-kernel-tests melt-runtime-tests)
 t0=$(date +%s)
 build_gpu "${targets[@]}"
@@ -70,16 +71,17 @@ if [ "${TESTS:-}" = 1 ]; then
     --gtest_filter='*Conformance*' 2>&1 | grep -E '^\[  (PASSED|FAILED) |Failure' |
     paste -sd' ')"
 fi
-if [ "${GROUPED:-}" = 1 ]; then
+if [ ${#benches[@]} -gt 0 ]; then
   for round in $(seq "${ROUNDS:-2}"); do
     for build in build-gpu build-gpu-ab; do
-      echo "round $round $build" >> "$out/build-ab-grouped.txt"
-      "$build/bin/melt-bench-grouped-gemm" --iters 10 2>&1 |
-        grep '"grouped_gemm_melt"' >> "$out/build-ab-grouped.txt"
+      for b in "${benches[@]}"; do
+        echo "round $round $build" >> "$out/build-ab-benches.txt"
+        "$build/bin/$b" 2>&1 | grep '^{"what"' >> "$out/build-ab-benches.txt"
+      done
     done
   done
-  say "grouped products (us), round by round, default / option:"
-  python3 - "$out/build-ab-grouped.txt" <<'PY' | tee -a "$log"
+  say "benchmarks (us), round by round, default / option:"
+  python3 - "$out/build-ab-benches.txt" <<'PY' | tee -a "$log"
 import json, re, sys
 rows, current = {}, None
 for line in open(sys.argv[1]):
@@ -88,7 +90,10 @@ for line in open(sys.argv[1]):
         current = (int(m.group(1)), m.group(2).endswith('-ab'))
         continue
     d = json.loads(line)
-    key = f"{d['model']} {d['weights']} {d['product']}"
+    if 'us' not in d:
+        continue
+    key = ' '.join(str(v) for k, v in d.items()
+                   if isinstance(v, str) or (isinstance(v, int) and k != 'us'))
     rows.setdefault(key, {})[current] = d['us']
 for key, us in rows.items():
     rounds = sorted({r for r, _ in us})

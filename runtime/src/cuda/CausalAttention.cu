@@ -6,6 +6,7 @@
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/CausalAttentionParts.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/Exp2.cuh"
 #include "cuda/RopeRotation.cuh"
 #include "cuda/TensorCoreMma.cuh"
 
@@ -210,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kKeyTiles; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(s[j][e] - reference[e / 2]);
+        const float p = softmaxExp2(s[j][e] - reference[e / 2]);
         s[j][e] = p;
         rowSum[e / 2] += p;
       }

@@ -13,6 +13,7 @@
 
 #include "cuda/BlockQuantize.cuh"
 #include "cuda/CausalAttention.h"
+#include "cuda/Exp2.cuh"
 #include "cuda/TensorCoreMma.cuh"
 
 #include <cuda_bf16.h>
@@ -78,7 +79,7 @@ advanceRowMax(float tileMax, float &rowMax, float &rowSum, float &correction) {
   m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
   const float next = fmaxf(rowMax, m);
   const float reference = next == -INFINITY ? 0.f : next;
-  correction = exp2f(rowMax - reference);
+  correction = softmaxExp2(rowMax - reference);
   rowMax = next;
   rowSum *= correction;
   return reference;

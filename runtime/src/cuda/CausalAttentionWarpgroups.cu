@@ -36,6 +36,7 @@
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/Exp2.cuh"
 #include "cuda/NamedBarrier.cuh"
 #include "cuda/RopeRotation.cuh"
 #include "cuda/Wgmma.cuh"
@@ -344,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                       correction[half]);
 #pragma unroll
     for (int v = 0; v < kKeys / 2; ++v) {
-      const float e = exp2f(s[v] - reference[(v / 2) % 2]);
+      const float e = softmaxExp2(s[v] - reference[(v / 2) % 2]);
       s[v] = e;
       rowSum[(v / 2) % 2] += e;
     }

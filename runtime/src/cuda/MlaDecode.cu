@@ -18,6 +18,7 @@
 // its running max and sum; a combine kernel merges the chunks.
 //
 //===----------------------------------------------------------------------===//
+#include "cuda/Exp2.cuh"
 #include "cuda/MlaDecode.h"
 #include "cuda/MlaDecodeWarpgroups.h"
 
@@ -429,7 +430,7 @@ __global__ void __launch_bounds__(kThreads)
         float p[2];
 #pragma unroll
         for (int j = 0; j < 2; ++j)
-          p[j] = scaleInExp ? exp2f(fmaf(row[i + j], base2Scale, -newMax))
+          p[j] = scaleInExp ? softmaxExp2(fmaf(row[i + j], base2Scale, -newMax))
                  : row[i + j] == -FLT_MAX ? 0.f
                                           : __expf(row[i + j] - newMax);
         // The sum counts the rounded weights that the tensor cores use.
@@ -443,8 +444,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int offset = kHeadThreads / 2; offset > 0; offset /= 2)
         sum += __shfl_xor_sync(0xffffffff, sum, offset);
-      float factor =
-          scaleInExp ? exp2f(runningMax - newMax) : __expf(runningMax - newMax);
+      float factor = scaleInExp ? softmaxExp2(runningMax - newMax)
+                                : __expf(runningMax - newMax);
       runningSum = runningSum * factor + sum;
       runningMax = newMax;
       if (part == 0)

@@ -11,6 +11,7 @@
 #ifndef MELT_RUNTIME_CUDA_MLAWARPGROUPROWS_CUH
 #define MELT_RUNTIME_CUDA_MLAWARPGROUPROWS_CUH
 
+#include "cuda/Exp2.cuh"
 #include "cuda/MlaDecode.h"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/Wgmma.cuh"
@@ -102,9 +103,9 @@ storeMlaWeights(const float (&score)[N / 2], const float (&rowMax)[2],
       for (int v = 0; v < 2; ++v) {
         const float x = score[4 * j + 2 * r + v];
         if constexpr (kScaleInExp)
-          p[v] = exp2f(fmaf(x, scale, -rowMax[r]));
+          p[v] = softmaxExp2(fmaf(x, scale, -rowMax[r]));
         else
-          p[v] = x == -FLT_MAX ? 0.f : exp2f(x - rowMax[r]);
+          p[v] = x == -FLT_MAX ? 0.f : softmaxExp2(x - rowMax[r]);
       }
       const uint32_t pair = packBf16(p[0], p[1]);
       const __nv_bfloat162 rounded =
