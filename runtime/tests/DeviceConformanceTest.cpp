@@ -134,6 +134,24 @@ public:
     EXPECT_FALSE(s) << s.message();
     return t;
   }
+  /// x w^T of random x [rows, w.cols()] into an F32 (wide[0]) and a BF16
+  /// (narrow[0]) output, and silu(x) * up, up random too, likewise
+  /// (linearOfSiluMul: wide[1], narrow[1]).
+  void productsInBothTypes(const DeviceTensor &w, int64_t rows,
+                           DeviceTensor (&wide)[2], DeviceTensor (&narrow)[2]) {
+    const int64_t K = w.shape[1], N = w.shape[0];
+    DeviceTensor x = put(random(DType::F32, {rows, K}, rng, 2.f));
+    DeviceTensor up = put(random(DType::F32, {rows, K}, rng, 2.f));
+    for (int i = 0; i < 2; ++i) {
+      wide[i] = make(DType::F32, {rows, N});
+      narrow[i] = make(DType::BF16, {rows, N});
+    }
+    ASSERT_FALSE(device->linear(x, w, wide[0]));
+    ASSERT_FALSE(device->linear(x, w, narrow[0]));
+    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, wide[1]));
+    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, narrow[1]));
+  }
+
   /// The device opened anew with an environment variable set (devices
   /// read their tuning options when they open).
   void reopenWith(const char *variable, const char *value) {
@@ -1937,16 +1955,10 @@ TEST_P(DeviceConformance, Bf16ProductsAreTheProductsValues) {
     if (!device->linearWritesBf16(w, rows))
       continue;
     const std::string what = std::to_string(rows) + " rows";
-    DeviceTensor x = put(random(DType::F32, {rows, K}, rng, 2.f));
-    DeviceTensor up = put(random(DType::F32, {rows, K}, rng, 2.f));
-    DeviceTensor wide[2] = {make(DType::F32, {rows, N}),
-                            make(DType::F32, {rows, N})};
-    DeviceTensor narrow[2] = {make(DType::BF16, {rows, N}),
-                              make(DType::BF16, {rows, N})};
-    ASSERT_FALSE(device->linear(x, w, wide[0]));
-    ASSERT_FALSE(device->linear(x, w, narrow[0]));
-    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, wide[1]));
-    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, narrow[1]));
+    DeviceTensor wide[2], narrow[2];
+    productsInBothTypes(w, rows, wide, narrow);
+    if (HasFatalFailure())
+      return;
     for (DeviceTensor &t : wide)
       if (!device->linearOutputsBf16(w))
         ASSERT_FALSE(device->roundToBf16(t));
@@ -2478,16 +2490,10 @@ TEST_P(DeviceConformance, Bf16WeightProductsInBf16AreTheRoundedProducts) {
       EXPECT_EQ(device->linearWritesBf16(w, rows), rows == 300) << rows;
     if (!device->linearWritesBf16(w, rows))
       continue;
-    DeviceTensor x = put(random(DType::F32, {rows, K}, rng, 2.f));
-    DeviceTensor up = put(random(DType::F32, {rows, K}, rng, 2.f));
-    DeviceTensor wide[2] = {make(DType::F32, {rows, N}),
-                            make(DType::F32, {rows, N})};
-    DeviceTensor narrow[2] = {make(DType::BF16, {rows, N}),
-                              make(DType::BF16, {rows, N})};
-    ASSERT_FALSE(device->linear(x, w, wide[0]));
-    ASSERT_FALSE(device->linear(x, w, narrow[0]));
-    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, wide[1]));
-    ASSERT_FALSE(device->linearOfSiluMul(x, up, w, narrow[1]));
+    DeviceTensor wide[2], narrow[2];
+    productsInBothTypes(w, rows, wide, narrow);
+    if (HasFatalFailure())
+      return;
     for (int i = 0; i < 2; ++i) {
       if (!device->linearOutputsBf16(w))
         ASSERT_FALSE(device->roundToBf16(wide[i]));

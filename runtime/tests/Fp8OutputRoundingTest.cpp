@@ -62,6 +62,17 @@ private:
   std::set<const void *> fp8Stored_;
 };
 
+/// The indices of the forward function's kernels of `kind`.
+std::vector<uint32_t> forwardKernelsOf(const Model &model,
+                                       fb::KernelKind kind) {
+  const fb::Model &m = model.artifact().model();
+  std::vector<uint32_t> found;
+  for (uint32_t k : *model.artifact().function("forward")->kernels())
+    if (m.kernels()->Get(k)->kind() == kind)
+      found.push_back(k);
+  return found;
+}
+
 } // namespace
 
 TEST(Fp8Outputs, FP8ProductsAreMarkedBf16InTheArtifact) {
@@ -70,11 +81,10 @@ TEST(Fp8Outputs, FP8ProductsAreMarkedBf16InTheArtifact) {
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
   const fb::Model &m = model->artifact().model();
-  const fb::Function &forward = *model->artifact().function("forward");
   int marked = 0;
-  for (uint32_t k : *forward.kernels()) {
+  for (uint32_t k : forwardKernelsOf(*model, fb::KernelKind::Linear)) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
-    if (kernel.kind() != fb::KernelKind::Linear || !roundsLinearOutput(kernel))
+    if (!roundsLinearOutput(kernel))
       continue;
     ++marked;
     // Only products of weights kept in FP8 blocks.
@@ -109,18 +119,15 @@ TEST(Fp8Outputs, RoutedExpertsCombineTheirOutputsInBf16) {
     GTEST_SKIP() << "MELT_TEST_FP8_POLICY_ARTIFACT / "
                     "MELT_TEST_FP8_POLICY_CHECKPOINT not set";
   const fb::Model &m = model->artifact().model();
-  const fb::Function &forward = *model->artifact().function("forward");
-  int experts = 0;
-  for (uint32_t k : *forward.kernels()) {
+  const std::vector<uint32_t> experts =
+      forwardKernelsOf(*model, fb::KernelKind::MoEExperts);
+  for (uint32_t k : experts) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
-    if (kernel.kind() != fb::KernelKind::MoEExperts)
-      continue;
-    ++experts;
     ASSERT_TRUE(kernel.ints() && kernel.ints()->size() > 0)
         << "kernels[" << k << "]";
     EXPECT_EQ(kernel.ints()->Get(0), 1) << "kernels[" << k << "]";
   }
-  EXPECT_GT(experts, 0);
+  EXPECT_FALSE(experts.empty());
   RoundingCountingDevice device(false);
   std::unique_ptr<DeviceModel> dm;
   ASSERT_FALSE(DeviceModel::create(*model, device, dm));
