@@ -77,7 +77,11 @@ def sizes_of(entry: dict, arch: str, flags: str) -> dict:
         if result.returncode != 0:
             raise RuntimeError(f"{entry['file']}: nvcc failed:\n"
                                f"{result.stderr[-2000:]}")
-        return text_sections(Path(out).read_bytes())
+        try:
+            return text_sections(Path(out).read_bytes())
+        except (ValueError, struct.error) as error:
+            raise RuntimeError(f"{entry['file']}: the cubin nvcc wrote is "
+                               f"not one this reads ({error})") from error
 
 
 def short(kernel: str) -> str:

@@ -94,16 +94,18 @@ Arity arityOf(fb::KernelKind kind) {
   return {-2, -2, -2, -2, -2, -2};
 }
 
-template <typename T> uint32_t count(const flatbuffers::Vector<T> *v) {
+template <typename T>
+uint32_t count(const flatbuffers::Vector<T> *v) {
   return v ? v->size() : 0;
 }
 
 Status checkCount(const std::string &where, const char *field, uint32_t have,
                   int want) {
   if (want == -1 ? have == 0 : have != static_cast<uint32_t>(want))
-    return invalidArtifact(
-        where + "." + field + " has " + str(have) + " entries, expected " +
-        (want == -1 ? std::string("at least 1") : std::to_string(want)));
+    return invalidArtifact(where + "." + field + " has " + str(have) +
+                           " entries, expected " +
+                           (want == -1 ? std::string("at least 1")
+                                       : std::to_string(want)));
   return Status::ok();
 }
 
@@ -230,13 +232,13 @@ Status Artifact::checkWeight(uint32_t index) const {
   uint64_t cols = source->Get(rank - 1);
   for (uint32_t i = 0; i < sources; ++i) {
     // Scales of source i: one per block of its [rows, cols] matrices.
-    uint64_t rows =
-        w->concat_rows() ? w->concat_rows()->Get(i) : source->Get(rank - 2);
-    uint64_t blocks = ((rows + w->block()->Get(0) - 1) / w->block()->Get(0)) *
-                      ((cols + w->block()->Get(1) - 1) / w->block()->Get(1));
+    uint64_t rows = w->concat_rows() ? w->concat_rows()->Get(i)
+                                     : source->Get(rank - 2);
+    uint64_t blocks =
+        ((rows + w->block()->Get(0) - 1) / w->block()->Get(0)) *
+        ((cols + w->block()->Get(1) - 1) / w->block()->Get(1));
     uint64_t scaleBytes = 0;
-    if (!mulOk(blocks,
-               sourceElements(i) / std::max<uint64_t>(rows * cols, 1) * 4,
+    if (!mulOk(blocks, sourceElements(i) / std::max<uint64_t>(rows * cols, 1) * 4,
                scaleBytes))
       return invalidArtifact(where + " has too many scales");
     const fb::TensorRange *r = w->scales()->Get(i);
@@ -304,10 +306,8 @@ Status Artifact::checkMeaning() const {
     if (a.inputs == -2)
       return invalidArtifact(where + " has unknown kind " +
                              str(static_cast<int>(k->kind())));
-    MELT_RETURN_IF_ERROR(
-        checkCount(where, "inputs", count(k->inputs()), a.inputs));
-    MELT_RETURN_IF_ERROR(
-        checkCount(where, "outputs", count(k->outputs()), a.outputs));
+    MELT_RETURN_IF_ERROR(checkCount(where, "inputs", count(k->inputs()), a.inputs));
+    MELT_RETURN_IF_ERROR(checkCount(where, "outputs", count(k->outputs()), a.outputs));
     uint32_t ints = count(k->ints());
     if (ints < static_cast<uint32_t>(a.ints) ||
         ints > static_cast<uint32_t>(a.ints + a.optionalInts))
@@ -316,10 +316,10 @@ Status Artifact::checkMeaning() const {
                              (a.optionalInts
                                   ? " to " + str(a.ints + a.optionalInts)
                                   : std::string()));
-    MELT_RETURN_IF_ERROR(
-        checkCount(where, "floats", count(k->floats()), a.floats));
+    MELT_RETURN_IF_ERROR(checkCount(where, "floats", count(k->floats()), a.floats));
     if (k->kind() == fb::KernelKind::Linear && ints > 0 &&
-        (k->ints()->Get(0) < 0 || k->ints()->Get(0) > 2))
+        (k->ints()->Get(0) < 0 ||
+         k->ints()->Get(0) > int64_t(LinearOutput::Bf16MayKeepF32)))
       return invalidArtifact(where + ".ints[0] is " +
                              std::to_string(k->ints()->Get(0)) +
                              ": a linear's output is 0 (f32), 1 (rounded to "
@@ -332,12 +332,9 @@ Status Artifact::checkMeaning() const {
                              (a.maxWeights != a.minWeights
                                   ? " to " + str(a.maxWeights)
                                   : std::string()));
-    MELT_RETURN_IF_ERROR(
-        checkIndices(where, "inputs", k->inputs(), buffers, "buffer"));
-    MELT_RETURN_IF_ERROR(
-        checkIndices(where, "outputs", k->outputs(), buffers, "buffer"));
-    MELT_RETURN_IF_ERROR(
-        checkIndices(where, "weights", k->weights(), weights, "weight"));
+    MELT_RETURN_IF_ERROR(checkIndices(where, "inputs", k->inputs(), buffers, "buffer"));
+    MELT_RETURN_IF_ERROR(checkIndices(where, "outputs", k->outputs(), buffers, "buffer"));
+    MELT_RETURN_IF_ERROR(checkIndices(where, "weights", k->weights(), weights, "weight"));
     // An output never shares storage with an input of the same kernel.
     if (planned)
       for (uint32_t o = 0; o < count(k->outputs()); ++o)
@@ -373,12 +370,9 @@ Status Artifact::checkMeaning() const {
     std::string where = "functions[" + str(i) + "]";
     if (!f->name())
       return invalidArtifact(where + " has no name");
-    MELT_RETURN_IF_ERROR(
-        checkIndices(where, "inputs", f->inputs(), buffers, "buffer"));
-    MELT_RETURN_IF_ERROR(
-        checkIndices(where, "outputs", f->outputs(), buffers, "buffer"));
-    MELT_RETURN_IF_ERROR(
-        checkIndices(where, "kernels", f->kernels(), kernels, "kernel"));
+    MELT_RETURN_IF_ERROR(checkIndices(where, "inputs", f->inputs(), buffers, "buffer"));
+    MELT_RETURN_IF_ERROR(checkIndices(where, "outputs", f->outputs(), buffers, "buffer"));
+    MELT_RETURN_IF_ERROR(checkIndices(where, "kernels", f->kernels(), kernels, "kernel"));
   }
   const fb::Function *forward = function("forward");
   if (!forward || count(forward->inputs()) < 2 || count(forward->outputs()) < 2)
@@ -411,8 +405,9 @@ Status Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &name,
       return fail("reserved header byte " + str(i) + " is not zero");
   if (!melt_artifact_version_supported(h.major, h.minor))
     return fail("has format version " + str(h.major) + "." + str(h.minor) +
-                "; this runtime reads " + str(MELT_ARTIFACT_VERSION_MAJOR) +
-                ".0 to " + str(MELT_ARTIFACT_VERSION_MAJOR) + "." +
+                "; this runtime reads " +
+                str(MELT_ARTIFACT_VERSION_MAJOR) + ".0 to " +
+                str(MELT_ARTIFACT_VERSION_MAJOR) + "." +
                 str(MELT_ARTIFACT_VERSION_MINOR));
   if (h.headerSize != kArtifactHeaderSize ||
       h.flatbufferOffset != kArtifactHeaderSize)

@@ -5,10 +5,11 @@
 // them (a BF16 product's, under the bf16 policy, which the runtime keeps
 // in F32 unless it stores them in BF16 here), stored in F32 by default: a
 // GPU's FP8 GEMM writes BF16 and a kernel widens it, and every kernel
-// reading the value reads twice the bytes it needs. Where the device writes such a product in BF16
-// (Device::linearWritesBf16) and its kernels read BF16 activations as the
-// F32 of their values (Device::readsBf16Activations: adds, norms, ropes,
-// slices, SiLU-muls and the products that take them), the executor keeps
+// reading the value reads twice the bytes it needs. Where the device
+// writes such a product in BF16 (Device::linearWritesBf16) and its
+// kernels read BF16 activations as the F32 of their values
+// (Device::readsBf16Activations: adds, norms, ropes, slices, SiLU-muls
+// and the products that take them), the executor keeps
 // the value in BF16 when every kernel that reads it is such a kernel,
 // through the splits and reshapes between (their parts and views keep the
 // type): the attention's o_proj and a dense MLP's down_proj (only the

@@ -143,10 +143,8 @@ TEST(Bf16Products, Bf16PolicyProductsInBf16WhereTheDeviceWritesThem) {
                     "not set";
   const fb::Model &m = model->artifact().model();
   int mayKeepF32 = 0;
-  for (uint32_t k : *model->artifact().function("forward")->kernels()) {
+  for (uint32_t k : forwardKernelsOf(*model, fb::KernelKind::Linear)) {
     const fb::Kernel &kernel = *m.kernels()->Get(k);
-    if (kernel.kind() != fb::KernelKind::Linear)
-      continue;
     EXPECT_FALSE(roundsLinearOutput(kernel)) << "kernels[" << k << "]";
     mayKeepF32 += linearOutputOf(kernel) == LinearOutput::Bf16MayKeepF32;
   }

@@ -62,17 +62,6 @@ private:
   std::set<const void *> fp8Stored_;
 };
 
-/// The indices of the forward function's kernels of `kind`.
-std::vector<uint32_t> forwardKernelsOf(const Model &model,
-                                       fb::KernelKind kind) {
-  const fb::Model &m = model.artifact().model();
-  std::vector<uint32_t> found;
-  for (uint32_t k : *model.artifact().function("forward")->kernels())
-    if (m.kernels()->Get(k)->kind() == kind)
-      found.push_back(k);
-  return found;
-}
-
 } // namespace
 
 TEST(Fp8Outputs, FP8ProductsAreMarkedBf16InTheArtifact) {

@@ -84,6 +84,17 @@ inline Status createWithSwitchOff(const Model &model, Device &device,
   return s;
 }
 
+/// The indices of the model's @forward kernels of `kind`.
+inline std::vector<uint32_t> forwardKernelsOf(const Model &model,
+                                              fb::KernelKind kind) {
+  const fb::Model &m = model.artifact().model();
+  std::vector<uint32_t> found;
+  for (uint32_t k : *model.artifact().function("forward")->kernels())
+    if (m.kernels()->Get(k)->kind() == kind)
+      found.push_back(k);
+  return found;
+}
+
 /// The MLA kernels of the model's @forward.
 inline size_t mlaLayers(const DeviceModel &dm) {
   size_t n = 0;

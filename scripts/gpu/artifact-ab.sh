@@ -25,12 +25,9 @@ batches=${BATCHES:-1,64}
 build_gpu melt-run
 log="$out/artifact-ab.txt"
 say() { echo "$*" | tee -a "$log"; }
-run() {
-  local model=$1
-  shift
-  timeout "${AB_TIMEOUT:-150}" build-gpu/bin/melt-run "$carry/models/$model" \
-    --random-weights --device cuda:0 "$@"
-}
+# run MODEL ARGS...: common.sh's ab_melt without switches.
+export AB_TIMEOUT=${AB_TIMEOUT:-150}
+run() { ab_melt "$1" 0 "${@:2}"; }
 for model in "$@"; do
   h8=$(run "$model" --prompt-ids "$(prompt_ids 1024)" --max-new 6 --batch 8 2>&1 |
     grep -E "generated" | md5sum | cut -c1-32)

@@ -15,11 +15,17 @@
 
 namespace melt::rt::cuda {
 
-__device__ __forceinline__ float softmaxExp2(float x) {
-#ifdef MELT_CUDA_EXP2_FTZ
+/// 2^x by ex2.approx.ftz.f32 alone (what the build options use: here and
+/// SiLU's exponential, Silu.cuh).
+__device__ __forceinline__ float exp2Ftz(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+}
+
+__device__ __forceinline__ float softmaxExp2(float x) {
+#ifdef MELT_CUDA_EXP2_FTZ
+  return exp2Ftz(x);
 #else
   return exp2f(x);
 #endif

@@ -8,6 +8,8 @@
 #ifndef MELT_RUNTIME_CUDA_SILU_CUH
 #define MELT_RUNTIME_CUDA_SILU_CUH
 
+#include "cuda/Exp2.cuh"
+
 #include <cuda_bf16.h>
 
 namespace melt::rt::cuda {
@@ -31,10 +33,8 @@ namespace melt::rt::cuda {
 /// a subnormal gate's SiLU (0 where it was subnormal).
 __device__ __forceinline__ float siluTimes(float gate, float up) {
 #ifdef MELT_CUDA_SILU_FTZ
-  float e, quotient;
-  asm("ex2.approx.ftz.f32 %0, %1;"
-      : "=f"(e)
-      : "f"(gate * -1.4426950408889634f));
+  const float e = exp2Ftz(gate * -1.4426950408889634f); // e^-gate
+  float quotient;
   asm("div.approx.ftz.f32 %0, %1, %2;"
       : "=f"(quotient)
       : "f"(gate), "f"(1.f + e));
