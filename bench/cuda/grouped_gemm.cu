@@ -5,7 +5,8 @@
 // writing SiLU(gate) * up) and the down product, with BF16 and with FP8
 // weights (widened to BF16 in the kernel; the pair also on FP8 tensor
 // cores, GroupedGemmFp8.h, by default and with GroupedFp8Options' other
-// ways for comparison). Beside each, cuBLASLt on the same rows as one
+// ways for comparison; the down product's F32 and BF16 rows, BF16 rows 16
+// and 4 bytes a lane). Beside each, cuBLASLt on the same rows as one
 // dense matrix (one expert's weights): BF16, and FP8 with block scales
 // (the rate a single large product reaches, the ceiling the grouping is
 // measured against). TFLOP/s count the rows the choices fill, not the
@@ -109,6 +110,8 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
   auto *act = deviceBytes<__nv_bfloat16>(size_t(capacity) * I * 2, 2, 0x3f);
   float *out = nullptr;
   CHECK(cudaMalloc(&out, size_t(capacity) * D * 4));
+  __nv_bfloat16 *outBf16 = nullptr; // the down product's BF16 rows
+  CHECK(cudaMalloc(&outBf16, size_t(capacity) * D * 2));
   const size_t upValues = size_t(E) * I * D;
   for (bool fp8 : {false, true}) {
     const size_t element = fp8 ? 1 : 2;
@@ -132,6 +135,13 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
     downArgs.wScales = downScales;
     downArgs.starts = starts, downArgs.groups = E;
     downArgs.capacity = capacity, downArgs.n = D, downArgs.k = I;
+    // BF16 rows (the model's, where the combine reads BF16), and BF16 rows
+    // 4 bytes a lane as the fragments hold them (GroupedGemmArgs::
+    // wideStores) beside the default 16.
+    GroupedGemmArgs downBf16 = downArgs, downBf16Narrow, pairNarrow = pair;
+    downBf16.yF32 = nullptr, downBf16.y = outBf16;
+    downBf16Narrow = downBf16;
+    downBf16Narrow.wideStores = pairNarrow.wideStores = false;
     // FP8 stacks: the pair on FP8 tensor cores too (x as e4m3 codes).
     auto *xCodes = deviceBytes<uint8_t>(size_t(capacity) * D, 9, 0x77);
     float *xScales = deviceScales(size_t(D / 128) * capacity);
@@ -152,11 +162,20 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
     fp8Down.w = down, fp8Down.wScales = downScales, fp8Down.yF32 = out;
     fp8Down.starts = starts, fp8Down.groups = E, fp8Down.capacity = capacity;
     fp8Down.n = D, fp8Down.k = I;
-    enum class Kernel { Bf16, Fp8Pair, Fp8PairFp8Out, Fp8Single };
+    GroupedFp8Args fp8DownBf16 = fp8Down;
+    fp8DownBf16.yF32 = nullptr, fp8DownBf16.y = outBf16;
+    enum class Kernel {
+      Bf16,
+      Fp8Pair,
+      Fp8PairFp8Out,
+      Fp8Single,
+      Fp8SingleBf16
+    };
     // GroupedFp8Options' ways beside the default.
-    GroupedFp8Options persistent, narrow;
-    persistent.persistent = true;
+    GroupedFp8Options persistent, narrow, narrowStores, persistentNarrowStores;
+    persistent.persistent = persistentNarrowStores.persistent = true;
     narrow.wideColumns = false;
+    narrowStores.wideStores = persistentNarrowStores.wideStores = false;
     struct Product {
       const char *what;
       const GroupedGemmArgs &args;
@@ -165,7 +184,10 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
       GroupedFp8Options options = {};
     } products[] = {
         {"gate/up pair", pair, 2, Kernel::Bf16},
+        {"gate/up pair, 4-byte stores", pairNarrow, 2, Kernel::Bf16},
         {"gate/up pair, fp8 tensor cores", pair, 2, Kernel::Fp8Pair},
+        {"gate/up pair, fp8 tensor cores, 4-byte stores", pair, 2,
+         Kernel::Fp8Pair, narrowStores},
         {"gate/up pair, fp8 tensor cores, persistent", pair, 2, Kernel::Fp8Pair,
          persistent},
         {"gate/up pair, fp8 tensor cores, fp8 out", pair, 2,
@@ -173,15 +195,22 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
         {"gate/up pair, fp8 tensor cores, fp8 out, persistent", pair, 2,
          Kernel::Fp8PairFp8Out, persistent},
         {"down", downArgs, 1, Kernel::Bf16},
+        {"down, bf16 rows", downBf16, 1, Kernel::Bf16},
+        {"down, bf16 rows, 4-byte stores", downBf16Narrow, 1, Kernel::Bf16},
         {"down, fp8 tensor cores", downArgs, 1, Kernel::Fp8Single},
         {"down, fp8 tensor cores, persistent", downArgs, 1, Kernel::Fp8Single,
          persistent},
+        {"down, fp8 tensor cores, persistent, bf16 rows", downArgs, 1,
+         Kernel::Fp8SingleBf16, persistent},
+        {"down, fp8 tensor cores, persistent, bf16 rows, 4-byte stores",
+         downArgs, 1, Kernel::Fp8SingleBf16, persistentNarrowStores},
         {"down, fp8 tensor cores, 128 columns", downArgs, 1, Kernel::Fp8Single,
          narrow}};
     for (const Product &p : products) {
       if (p.kernel != Kernel::Bf16 && !fp8)
         continue;
-      fp8Pair.options = fp8PairFp8Out.options = fp8Down.options = p.options;
+      fp8Pair.options = fp8PairFp8Out.options = fp8Down.options =
+          fp8DownBf16.options = p.options;
       const float ms = melt::bench::timeMs(
           benchName,
           [&](int) {
@@ -197,6 +226,9 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
               break;
             case Kernel::Fp8Single:
               CHECK(groupedGemmFp8(fp8Down, nullptr));
+              break;
+            case Kernel::Fp8SingleBf16:
+              CHECK(groupedGemmFp8(fp8DownBf16, nullptr));
               break;
             }
           },
@@ -268,6 +300,7 @@ void runModel(const Model &model, int tokens, int iters, GemmRunner &gemm) {
   CHECK(cudaFree(x));
   CHECK(cudaFree(act));
   CHECK(cudaFree(out));
+  CHECK(cudaFree(outBf16));
   CHECK(cudaFree(deviceChosen));
   CHECK(cudaFree(starts));
   CHECK(cudaFree(rowOfPair));

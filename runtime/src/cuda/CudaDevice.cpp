@@ -1249,10 +1249,15 @@ public:
   /// pair a block a tile: persistent, mini's pair with FP8 output took 826
   /// against 790 us (DeepSeek-V3's 4929 against 5088;
   /// bench/results/grouped_fp8_persistent_s25_h200.txt).
+  /// The grouped kernels' BF16 rows 16 bytes a lane, whole sectors a store
+  /// (MELT_CUDA_GROUPED_WIDE_STORES=0: 4 bytes a lane, as the accumulator
+  /// fragments hold them; the same values).
+  bool groupedWideStores_ = envSwitch("MELT_CUDA_GROUPED_WIDE_STORES", true);
   GroupedFp8Options groupedFp8Down_ = {
       envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true),
-      envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true)};
-  GroupedFp8Options groupedFp8Pair_ = {true, false};
+      envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true),
+      groupedWideStores_};
+  GroupedFp8Options groupedFp8Pair_ = {true, false, groupedWideStores_};
   bool fusedLatentAppend_ = envSwitch("MELT_CUDA_FUSED_LATENT_APPEND", false);
   /// One token's shared expert in the routed experts' kernels
   /// (fusesSharedExpert).
@@ -2321,6 +2326,7 @@ public:
         a.yF32 = static_cast<float *>(result.data);
       a.starts = starts, a.ends = ends;
       a.groups = E, a.capacity = capacity, a.n = n, a.k = k;
+      a.wideStores = groupedWideStores_;
       return check(groupedGemmBf16(a, stream_), "moe_experts");
     };
     if (fp8TensorCores) {

@@ -25,6 +25,12 @@
 // 4-7%). The pair's two weights as one m64n256 operand were measured too
 // and gained nothing (bench/results/grouped_bf16_n256_s34_h200.txt).
 //
+// BF16 rows leave 16 bytes a lane (FragmentStores.cuh: the quad's lanes
+// exchange their pairs first), whole 32-byte sectors a store: mini's down
+// with BF16 rows 479 against 588 us, the pair 1016 against 1064
+// (bench/results/session49_h200/call1-log.txt). Not with FP8 weights:
+// there ptxas then serializes the kernel's wgmma.
+//
 // Given where each group's rows end (GroupedGemmArgs::ends), a group's
 // padding rows are not stored, and a warpgroup whose 64 rows are all
 // padding (about half of the groups' last tiles) issues no products, its
@@ -39,6 +45,7 @@
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
+#include "cuda/FragmentStores.cuh"
 #include "cuda/GroupOfRow.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/TensorCoreMma.cuh"
@@ -245,40 +252,65 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
   mainLoop(std::true_type{});
   wgmmaWait<0>();
 
+  // BF16 rows 16 bytes a lane where asked for; with FP8 weights (widened
+  // here) 4 bytes, as the fragments hold them: with the 16-byte stores
+  // ptxas serializes those kernels' wgmma (warning C7515).
+  const bool wideStores = !kFp8 && a.wideStores;
   // Rows 16 warp + g and + 8 of this warpgroup's 64; columns 8 j + 2 t, + 1.
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int inTile = group * 64 + 16 * warp + g + 8 * half;
-    if (inTile >= rowsUsed) // padding: no one reads it
+    if (inTile >= rowsUsed) // padding: no one reads it (the quad's row)
       continue;
     const size_t row = size_t(row0 + inTile);
     const size_t at = row * a.n + n0 + 2 * t;
     if (kPair) {
       // SiLU(gate) * up of the two products, each rounded to BF16 first:
       // the values of the separate products and the elementwise SiLU-mul.
+      uint32_t pairs[16];
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
         const int i = 4 * j + 2 * half;
-        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
+        pairs[j] =
             packBf16(siluTimesOfBf16(acc(0)[i], acc(kWeights - 1)[i]),
                      siluTimesOfBf16(acc(0)[i + 1], acc(kWeights - 1)[i + 1]));
       }
+      if (wideStores)
+        storeFragmentRow(a.y + row * a.n + n0, pairs, lane);
+      else
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+          *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) = pairs[j];
     } else {
       // Each column tile (two with kN256) from its accumulators.
 #pragma unroll
-      for (int m = 0; m < kWeights; ++m)
+      for (int m = 0; m < kWeights; ++m) {
+        if (a.yF32) {
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const size_t c = at + kTileColumns * m + 8 * j;
-          const float lo = acc(m)[4 * j + 2 * half],
-                      hi = acc(m)[4 * j + 2 * half + 1];
-          if (a.yF32)
-            *reinterpret_cast<float2 *>(a.yF32 + c) = make_float2(lo, hi);
-          else
-            *reinterpret_cast<uint32_t *>(a.y + c) = packBf16(lo, hi);
+          for (int j = 0; j < 16; ++j) {
+            const int i = 4 * j + 2 * half;
+            *reinterpret_cast<float2 *>(a.yF32 + at + kTileColumns * m +
+                                        8 * j) =
+                make_float2(acc(m)[i], acc(m)[i + 1]);
+          }
+          continue;
         }
+        uint32_t pairs[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+          pairs[j] =
+              packBf16(acc(m)[4 * j + 2 * half], acc(m)[4 * j + 2 * half + 1]);
+        if (wideStores)
+          storeFragmentRow(a.y + row * a.n + n0 + kTileColumns * m, pairs,
+                           lane);
+        else
+#pragma unroll
+          for (int j = 0; j < 16; ++j)
+            *reinterpret_cast<uint32_t *>(a.y + at + kTileColumns * m + 8 * j) =
+                pairs[j];
+      }
     }
   }
 }

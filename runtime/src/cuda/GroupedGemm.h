@@ -63,6 +63,11 @@ struct GroupedGemmArgs {
   /// often half padding).
   const int32_t *ends = nullptr;
   int groups = 0, capacity = 0, n = 0, k = 0;
+  /// BF16 rows written 16 bytes a lane, whole sectors a store
+  /// (FragmentStores.cuh); false: 4 bytes a lane, as the fragment holds
+  /// them. The same values either way. BF16 weights only: with FP8 weights
+  /// the rows go out 4 bytes a lane (see the kernel).
+  bool wideStores = true;
 };
 
 /// Whether the kernel takes the shape: n a multiple of 128, k of 64,

@@ -48,6 +48,11 @@
 // all padding skips its products (mini-fp8's 8x1024 prefill: no measurable
 // change; bench/results/session46_h200.txt).
 //
+// BF16 rows leave 16 bytes a lane (FragmentStores.cuh), whole sectors a
+// store (GroupedFp8Options::wideStores): mini's pair 741 against 839 us,
+// its persistent down with BF16 rows 351 against 461
+// (bench/results/session49_h200/call1-log.txt).
+//
 // A tile's 128 columns are one 1 x 128 block of each of its rows: the pair
 // can quantize its own output (each row's largest magnitude from the four
 // threads that hold its columns), as quantizeRowsFp8 would its BF16 rows.
@@ -58,6 +63,7 @@
 #include "cuda/BlockQuantize.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/FragmentStores.cuh"
 #include "cuda/GroupOfRow.cuh"
 #include "cuda/Silu.cuh"
 #include "cuda/TensorCoreMma.cuh"
@@ -122,6 +128,7 @@ struct KernelArgs {
   const int32_t *starts = nullptr;
   const int32_t *ends = nullptr; // where given, each group's rows' end
   int groups = 0, capacity = 0, n = 0, k = 0;
+  bool wideStores = true; // GroupedFp8Options::wideStores
 };
 
 /// sum += part times the scale of its row: rows g (d[4j], d[4j + 1]) take
@@ -163,6 +170,20 @@ multiplyBlock(const KernelArgs &a, float (&sums)[Layout<kMode>::kWeights][64],
   }
 }
 
+/// A row's 128 BF16 columns at `to` from this lane's packed pairs (columns
+/// 8 j + 2 t, + 1): 16 bytes a lane, or with !a.wideStores 4 (the quad's
+/// lanes together either way: a padding row's quad skips it whole).
+__device__ __forceinline__ void storeRow(const KernelArgs &a, __nv_bfloat16 *to,
+                                         const uint32_t (&pairs)[16], int t) {
+  if (a.wideStores) {
+    storeFragmentRow(to, pairs, threadIdx.x % 32);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+    *reinterpret_cast<uint32_t *>(to + 8 * j + 2 * t) = pairs[j];
+}
+
 /// A tile's sums into the mode's output: rows rowLo and rowLo + 8 of the
 /// [128 x kColumns] tile at (row0, n0), this thread's columns 8 j + 2 t,
 /// + 1 (of each 128). The FP8 rows go through `staging` (16 KB of shared
@@ -182,29 +203,35 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
       if (padding)
         continue;
 #pragma unroll
-      for (int which = 0; which < Layout<kMode>::kWeights; ++which)
+      for (int which = 0; which < Layout<kMode>::kWeights; ++which) {
+        if (a.yF32) {
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const int i = 4 * j + 2 * half;
-          const size_t to = at + which * kTile + 8 * j;
-          if (a.yF32)
-            *reinterpret_cast<float2 *>(a.yF32 + to) =
+          for (int j = 0; j < 16; ++j) {
+            const int i = 4 * j + 2 * half;
+            *reinterpret_cast<float2 *>(a.yF32 + at + which * kTile + 8 * j) =
                 make_float2(sums[which][i], sums[which][i + 1]);
-          else
-            *reinterpret_cast<uint32_t *>(a.y + to) =
-                packBf16(sums[which][i], sums[which][i + 1]);
+          }
+          continue;
         }
+        uint32_t pairs[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+          pairs[j] = packBf16(sums[which][4 * j + 2 * half],
+                              sums[which][4 * j + 2 * half + 1]);
+        storeRow(a, a.y + size_t(row) * a.n + n0 + which * kTile, pairs, t);
+      }
     } else if constexpr (kMode == Mode::PairBf16) {
       if (padding)
         continue;
-        // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
+      // SiLU(gate) * up, each rounded to BF16 first (GroupedGemm.h's pair).
+      uint32_t pairs[16];
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
         const int i = 4 * j + 2 * half;
-        *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) =
-            packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
-                     siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
+        pairs[j] = packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
+                            siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
       }
+      storeRow(a, a.y + size_t(row) * a.n + n0, pairs, t);
     } else {
       // The same BF16 values, then the row's block quantized: its largest
       // magnitude over the quad's 128 columns. (Both warpgroups done with
@@ -482,6 +509,7 @@ cudaError_t groupedGemmFp8Pair(const GroupedFp8PairArgs &a,
   k.y = a.y, k.yCodes = a.yCodes, k.yScales = a.yScales;
   k.starts = a.starts, k.ends = a.ends;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
+  k.wideStores = a.options.wideStores;
   return a.y ? launchGrouped<Mode::PairBf16>(k, a.gate, a.up, a.options, stream)
              : launchGrouped<Mode::PairFp8>(k, a.gate, a.up, a.options, stream);
 }
@@ -503,6 +531,7 @@ cudaError_t groupedGemmFp8(const GroupedFp8Args &a, cudaStream_t stream) {
   k.y = a.y, k.yF32 = a.yF32;
   k.starts = a.starts, k.ends = a.ends;
   k.groups = a.groups, k.capacity = a.capacity, k.n = a.n, k.k = a.k;
+  k.wideStores = a.options.wideStores;
   if (a.options.wideColumns && a.n % (2 * kTile) == 0) {
     k.wScales[1] = a.wScales + a.k / kTile; // the next column block's
     return launchGrouped<Mode::SingleWide>(k, a.w, nullptr, a.options, stream);

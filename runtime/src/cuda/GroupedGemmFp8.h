@@ -36,6 +36,10 @@ struct GroupedFp8Options {
   /// A block an SM going over the tiles, the next tile's loads under a
   /// tile's store (else a block a tile).
   bool persistent = false;
+  /// BF16 rows written 16 bytes a lane, whole sectors a store
+  /// (FragmentStores.cuh); false: 4 bytes a lane, as the fragment holds
+  /// them. The same values either way.
+  bool wideStores = true;
 };
 
 struct GroupedFp8PairArgs {

@@ -336,26 +336,31 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
   }
   const int32_t *deviceEnds = toDevice(ends);
   const size_t values = size_t(capacity) * n, scaleCount = values / 128;
-  // Outputs: BF16 rows, FP8 codes, their scales, F32 rows; filled with
-  // 0xff bytes first.
-  const size_t bytes[4] = {2 * values, values, 4 * scaleCount, 4 * values};
-  uint8_t *out[4];
-  for (int i = 0; i < 4; ++i)
+  // Outputs: the pair's BF16 rows, FP8 codes, their scales, the single's
+  // F32 and BF16 rows; filled with 0xff bytes first.
+  constexpr int kOutputs = 5;
+  const size_t bytes[kOutputs] = {2 * values, values, 4 * scaleCount,
+                                  4 * values, 2 * values};
+  uint8_t *out[kOutputs];
+  for (int i = 0; i < kOutputs; ++i)
     out[i] = deviceArray<uint8_t>(bytes[i]);
   std::vector<std::vector<uint8_t>> first;
-  const GroupedFp8Options ways[] = {
-      {false, false}, {true, false}, {false, true}, {true, true}};
+  // Wide columns, persistent, wide stores.
+  const GroupedFp8Options ways[] = {{false, false, true},  {true, false, true},
+                                    {false, true, true},   {true, true, true},
+                                    {false, false, false}, {true, true, false}};
+  constexpr int kWays = sizeof(ways) / sizeof(ways[0]);
   // The row of output i's byte b (the scales are [n / 128, capacity]).
   auto rowOf = [&](int i, size_t b) {
-    return i == 0   ? b / (2 * size_t(n))
-           : i == 1 ? b / size_t(n)
-           : i == 2 ? b / 4 % size_t(capacity)
-                    : b / (4 * size_t(n));
+    return i == 0 || i == 4 ? b / (2 * size_t(n))
+           : i == 1         ? b / size_t(n)
+           : i == 2         ? b / 4 % size_t(capacity)
+                            : b / (4 * size_t(n));
   };
-  for (int way = 0; way < 8; ++way) {
-    const GroupedFp8Options &options = ways[way % 4];
-    const bool withEnds = way >= 4;
-    for (int i = 0; i < 4; ++i)
+  for (int way = 0; way < 2 * kWays; ++way) {
+    const GroupedFp8Options &options = ways[way % kWays];
+    const bool withEnds = way >= kWays;
+    for (int i = 0; i < kOutputs; ++i)
       ASSERT_EQ(cudaMemset(out[i], 0xff, bytes[i]), cudaSuccess);
     GroupedFp8PairArgs pair;
     pair.ends = withEnds ? deviceEnds : nullptr;
@@ -376,24 +381,29 @@ void expectOptionsAgree(const std::vector<int> &counts, int n, int k) {
     single.k = k, single.options = options;
     single.yF32 = reinterpret_cast<float *>(out[3]);
     ASSERT_EQ(groupedGemmFp8(single, nullptr), cudaSuccess);
+    single.yF32 = nullptr;
+    single.y = reinterpret_cast<__nv_bfloat16 *>(out[4]);
+    ASSERT_EQ(groupedGemmFp8(single, nullptr), cudaSuccess);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     std::vector<std::vector<uint8_t>> have;
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < kOutputs; ++i)
       have.push_back(toHost(out[i], bytes[i]));
     if (first.empty()) {
       first = have;
       continue;
     }
     const char *names[] = {"pair's BF16 rows", "pair's FP8 codes",
-                           "pair's FP8 scales", "single's F32 rows"};
-    for (int i = 0; i < 4; ++i)
+                           "pair's FP8 scales", "single's F32 rows",
+                           "single's BF16 rows"};
+    for (int i = 0; i < kOutputs; ++i)
       for (size_t b = 0; b < bytes[i]; ++b)
         ASSERT_EQ(have[size_t(i)][b], withEnds && padding[rowOf(i, b)]
                                           ? uint8_t(0xff)
                                           : first[size_t(i)][b])
             << names[i] << ", byte " << b << ", n " << n << ", k " << k
             << ", wide columns " << options.wideColumns << ", persistent "
-            << options.persistent << ", ends given " << withEnds;
+            << options.persistent << ", wide stores " << options.wideStores
+            << ", ends given " << withEnds;
   }
   for (const void *p :
        {static_cast<const void *>(x), static_cast<const void *>(xScales),

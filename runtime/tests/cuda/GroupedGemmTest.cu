@@ -4,8 +4,9 @@
 // F32 output, BF16 and FP8 block-scaled weights (against their widened
 // BF16 values), gate/up pairs (SiLU(gate) * up), and rows past the last
 // group left as they were; given where each group's rows end, its padding
-// rows (NaN in x) left as they were too and the rows before them the same.
-// Skips without a device.
+// rows (NaN in x) left as they were too and the rows before them the same;
+// BF16 rows 16 bytes a lane the same bits as 4 (GroupedGemmArgs::
+// wideStores). Skips without a device.
 #include "cuda/GroupedGemm.h"
 
 #include "CudaTestUtil.h"
@@ -14,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -129,10 +131,25 @@ void runCase(const std::vector<int> &counts, int n, int k, Options o = {}) {
   ASSERT_TRUE(groupedGemmFits(args));
   ASSERT_EQ(groupedGemmBf16(args, nullptr), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  if (o.f32Out)
+  if (o.f32Out) {
     y32 = toHost(deviceY32, y32.size());
-  else
+  } else {
     y = toHost(deviceY, y.size());
+    // The BF16 rows 4 bytes a lane, as the fragments hold them: the same
+    // bits, and the same rows left out, as 16 bytes a lane.
+    std::vector<__nv_bfloat16> narrow(y.size(), __float2bfloat16(untouched));
+    __nv_bfloat16 *deviceNarrow = toDevice(narrow);
+    GroupedGemmArgs narrowArgs = args;
+    narrowArgs.y = deviceNarrow, narrowArgs.wideStores = false;
+    ASSERT_EQ(groupedGemmBf16(narrowArgs, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    narrow = toHost(deviceNarrow, narrow.size());
+    cudaFree(deviceNarrow);
+    for (size_t i = 0; i < y.size(); ++i)
+      ASSERT_EQ(std::memcmp(&narrow[i], &y[i], sizeof(y[i])), 0)
+          << "element " << i << " of 4-byte stores, n " << n << ", k " << k
+          << ", pair " << o.pair;
+  }
   auto output = [&](size_t i) {
     return o.f32Out ? double(y32[i]) : double(__bfloat162float(y[i]));
   };
