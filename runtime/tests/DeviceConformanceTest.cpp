@@ -2473,16 +2473,23 @@ TEST_P(DeviceConformance, MixedExpertStackFormatsAreNamed) {
 }
 
 // Where a device writes a BF16 weight's product in BF16 (the CUDA device
-// with MELT_CUDA_BF16_WEIGHT_PRODUCTS=1, past its small-M kernel: the
-// bf16 policy's products that the executor keeps in BF16), the values are
-// its F32 product's rounded to BF16, alone and as a SiLU-mul's product
-// (within one BF16 step: the library may sum in another order for
-// another output type).
+// by default, past its small-M kernel: the bf16 policy's products that the
+// executor keeps in BF16), the values are its F32 product's rounded to
+// BF16, alone and as a SiLU-mul's product (within one BF16 step: the
+// library may sum in another order for another output type); with
+// MELT_CUDA_BF16_WEIGHT_PRODUCTS=0 the CUDA device keeps them in F32.
 TEST_P(DeviceConformance, Bf16WeightProductsInBf16AreTheRoundedProducts) {
-  reopenWith("MELT_CUDA_BF16_WEIGHT_PRODUCTS", "1");
-  if (HasFatalFailure())
-    return;
   const bool gpu = device->name().rfind("cuda", 0) == 0;
+  if (gpu) {
+    reopenWith("MELT_CUDA_BF16_WEIGHT_PRODUCTS", "0");
+    if (HasFatalFailure())
+      return;
+    DeviceTensor w = put(random(DType::BF16, {1024, 512}, rng, 0.05f));
+    EXPECT_FALSE(device->linearWritesBf16(w, 300));
+    reopenWith("MELT_CUDA_BF16_WEIGHT_PRODUCTS", "1");
+    if (HasFatalFailure())
+      return;
+  }
   const int64_t K = 512, N = 1024;
   DeviceTensor w = put(random(DType::BF16, {N, K}, rng, 0.05f));
   for (int64_t rows : {int64_t(1), int64_t(300)}) {

@@ -184,7 +184,7 @@ public:
 
   // Where writesBf16Products: FP8 products in BF16, BF16 activations read;
   // where writesBf16WeightProducts, BF16 weights' products too (the CUDA
-  // device with MELT_CUDA_BF16_WEIGHT_PRODUCTS=1, past its small-M kernel).
+  // device by default, past its small-M kernel).
   bool linearWritesBf16(const DeviceTensor &weight,
                         int64_t rows) const override {
     (void)rows;

@@ -719,12 +719,13 @@ public:
 
   /// An FP8 weight's product past its few-token kernel writes cuBLASLt's
   /// BF16 output straight into a BF16 y (no widening kernel). With
-  /// MELT_CUDA_BF16_WEIGHT_PRODUCTS=1 a BF16 weight's product past the
-  /// small-M kernel does too, where the executor keeps it in BF16 (the
-  /// bf16 policy's linears, whose BF16 output the runtime otherwise keeps
-  /// in F32: Bf16Products.h); off by default: written in session 48 with
-  /// no GPU time left to run it.
-  bool bf16WeightProducts_ = envSwitch("MELT_CUDA_BF16_WEIGHT_PRODUCTS", false);
+  /// A BF16 weight's product past the small-M kernel does too, where the
+  /// executor keeps it in BF16 (the bf16 policy's linears, whose BF16
+  /// output the runtime may keep in F32: Bf16Products.h): mini-bf16's
+  /// 8x1024 prefill 431.5k / 432.4k against 426.6k / 427.6k tokens/s
+  /// (session 49, bench/results/session49_h200/call2-prefill-ab.txt).
+  /// MELT_CUDA_BF16_WEIGHT_PRODUCTS=0 keeps them in F32.
+  bool bf16WeightProducts_ = envSwitch("MELT_CUDA_BF16_WEIGHT_PRODUCTS", true);
   bool linearWritesBf16(const DeviceTensor &weight,
                         int64_t rows) const override {
     if (multipliedInFp8(weight))

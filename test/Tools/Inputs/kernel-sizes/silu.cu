@@ -1,5 +1,5 @@
 // A kernel of four SiLU-muls for test/Tools/kernel-sizes.test: smaller in
-// machine code with MELT_CUDA_SILU_FTZ.
+// machine code with -ftz=true.
 #include "cuda/Silu.cuh"
 
 using melt::rt::cuda::siluTimes;
