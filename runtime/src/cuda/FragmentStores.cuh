@@ -65,6 +65,20 @@ storeFragmentRow(__nv_bfloat16 *row, const uint32_t (&pairs)[16], int lane) {
                        pairs[4 * q + 3], t, quadMask);
 }
 
+/// The same row 16 bytes a lane where `wide`, else 4 bytes a lane as the
+/// fragment holds it (the kernels' switch between the two ways).
+__device__ __forceinline__ void storeFragmentRow(__nv_bfloat16 *row,
+                                                 const uint32_t (&pairs)[16],
+                                                 int lane, bool wide) {
+  if (wide) {
+    storeFragmentRow(row, pairs, lane);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+    *reinterpret_cast<uint32_t *>(row + 8 * j + 2 * (lane % 4)) = pairs[j];
+}
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_FRAGMENTSTORES_CUH

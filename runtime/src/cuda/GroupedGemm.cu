@@ -277,12 +277,7 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
             packBf16(siluTimesOfBf16(acc(0)[i], acc(kWeights - 1)[i]),
                      siluTimesOfBf16(acc(0)[i + 1], acc(kWeights - 1)[i + 1]));
       }
-      if (wideStores)
-        storeFragmentRow(a.y + row * a.n + n0, pairs, lane);
-      else
-#pragma unroll
-        for (int j = 0; j < 16; ++j)
-          *reinterpret_cast<uint32_t *>(a.y + at + 8 * j) = pairs[j];
+      storeFragmentRow(a.y + row * a.n + n0, pairs, lane, wideStores);
     } else {
       // Each column tile (two with kN256) from its accumulators.
 #pragma unroll
@@ -302,14 +297,8 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
         for (int j = 0; j < 16; ++j)
           pairs[j] =
               packBf16(acc(m)[4 * j + 2 * half], acc(m)[4 * j + 2 * half + 1]);
-        if (wideStores)
-          storeFragmentRow(a.y + row * a.n + n0 + kTileColumns * m, pairs,
-                           lane);
-        else
-#pragma unroll
-          for (int j = 0; j < 16; ++j)
-            *reinterpret_cast<uint32_t *>(a.y + at + kTileColumns * m + 8 * j) =
-                pairs[j];
+        storeFragmentRow(a.y + row * a.n + n0 + kTileColumns * m, pairs, lane,
+                         wideStores);
       }
     }
   }

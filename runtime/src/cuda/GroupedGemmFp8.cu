@@ -170,20 +170,6 @@ multiplyBlock(const KernelArgs &a, float (&sums)[Layout<kMode>::kWeights][64],
   }
 }
 
-/// A row's 128 BF16 columns at `to` from this lane's packed pairs (columns
-/// 8 j + 2 t, + 1): 16 bytes a lane, or with !a.wideStores 4 (the quad's
-/// lanes together either way: a padding row's quad skips it whole).
-__device__ __forceinline__ void storeRow(const KernelArgs &a, __nv_bfloat16 *to,
-                                         const uint32_t (&pairs)[16], int t) {
-  if (a.wideStores) {
-    storeFragmentRow(to, pairs, threadIdx.x % 32);
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-    *reinterpret_cast<uint32_t *>(to + 8 * j + 2 * t) = pairs[j];
-}
-
 /// A tile's sums into the mode's output: rows rowLo and rowLo + 8 of the
 /// [128 x kColumns] tile at (row0, n0), this thread's columns 8 j + 2 t,
 /// + 1 (of each 128). The FP8 rows go through `staging` (16 KB of shared
@@ -218,7 +204,8 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
         for (int j = 0; j < 16; ++j)
           pairs[j] = packBf16(sums[which][4 * j + 2 * half],
                               sums[which][4 * j + 2 * half + 1]);
-        storeRow(a, a.y + size_t(row) * a.n + n0 + which * kTile, pairs, t);
+        storeFragmentRow(a.y + size_t(row) * a.n + n0 + which * kTile, pairs,
+                         threadIdx.x % 32, a.wideStores);
       }
     } else if constexpr (kMode == Mode::PairBf16) {
       if (padding)
@@ -231,7 +218,8 @@ storeTile(const KernelArgs &a, const float (&sums)[Layout<kMode>::kWeights][64],
         pairs[j] = packBf16(siluTimesOfBf16(sums[0][i], sums[1][i]),
                             siluTimesOfBf16(sums[0][i + 1], sums[1][i + 1]));
       }
-      storeRow(a, a.y + size_t(row) * a.n + n0, pairs, t);
+      storeFragmentRow(a.y + size_t(row) * a.n + n0, pairs, threadIdx.x % 32,
+                       a.wideStores);
     } else {
       // The same BF16 values, then the row's block quantized: its largest
       // magnitude over the quad's 128 columns. (Both warpgroups done with
