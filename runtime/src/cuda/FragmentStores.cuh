@@ -1,5 +1,4 @@
-//===- FragmentStores.cuh - a fragment's BF16 row in 16-byte stores *- CUDA
-//-*-===//
+//===- FragmentStores.cuh - BF16 rows 16 bytes a lane ----------*- CUDA -*-===//
 //
 // An MMA accumulator fragment (Wgmma.cuh, TensorCoreMma.cuh) gives each
 // quad of a warp (lanes 4 g .. 4 g + 3) one row: lane t holds columns
