@@ -718,8 +718,8 @@ public:
   }
 
   /// An FP8 weight's product past its few-token kernel writes cuBLASLt's
-  /// BF16 output straight into a BF16 y (no widening kernel). With
-  /// A BF16 weight's product past the small-M kernel does too, where the
+  /// BF16 output straight into a BF16 y (no widening kernel). A BF16
+  /// weight's product past the small-M kernel does too, where the
   /// executor keeps it in BF16 (the bf16 policy's linears, whose BF16
   /// output the runtime may keep in F32: Bf16Products.h): mini-bf16's
   /// 8x1024 prefill 431.5k / 432.4k against 426.6k / 427.6k tokens/s

@@ -18,18 +18,15 @@
 
 namespace melt::rt::cuda {
 
-/// 2^x by ex2.approx.ftz.f32 alone.
-__device__ __forceinline__ float exp2Ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
+/// 2^x of a softmax weight: ex2.approx.ftz.f32 alone (exp2f with
+/// MELT_CUDA_EXP2_IEEE).
 __device__ __forceinline__ float softmaxExp2(float x) {
 #ifdef MELT_CUDA_EXP2_IEEE
   return exp2f(x);
 #else
-  return exp2Ftz(x);
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 #endif
 }
 

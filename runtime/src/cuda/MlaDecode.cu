@@ -18,7 +18,6 @@
 // its running max and sum; a combine kernel merges the chunks.
 //
 //===----------------------------------------------------------------------===//
-#include "cuda/Exp2.cuh"
 #include "cuda/MlaDecode.h"
 #include "cuda/MlaDecodeWarpgroups.h"
 
@@ -27,6 +26,7 @@
 #include "cuda/AsyncCopy.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/Exp2.cuh"
 #include "cuda/MlaWarpgroupRows.cuh"
 #include "cuda/TensorCoreMma.cuh"
 #include "cuda/Wgmma.cuh"
