@@ -76,6 +76,18 @@ __device__ __forceinline__ void loadTile2d(void *to, const CUtensorMap *map,
                : "memory");
 }
 
+/// The box of a 3-D `map` at (x, y, z) (x the inner coordinate) into `to`,
+/// counted on `barrier`.
+__device__ __forceinline__ void loadTile3d(void *to, const CUtensorMap *map,
+                                           int x, int y, int z,
+                                           uint64_t *barrier) {
+  asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::"
+               "complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+                   sharedAddress(to)),
+               "l"(map), "r"(x), "r"(y), "r"(z), "r"(sharedAddress(barrier))
+               : "memory");
+}
+
 } // namespace melt::rt::cuda
 
 #endif // MELT_RUNTIME_CUDA_BULKTENSORCOPY_CUH

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <iterator>
 
 using namespace melt::rt::cuda;
@@ -261,6 +262,11 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
 
 namespace {
 
+/// Both kernels read keys and values in 16-byte pieces (cp.async, TMA).
+bool alignedTo16(const void *p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
 /// The kernel a launch takes: the wgmma kernel unless
 /// MELT_CUDA_CAUSAL_WARPGROUPS=0 (or the caller names one).
 bool onWarpgroups(CausalKernel kernel) {
@@ -269,6 +275,21 @@ bool onWarpgroups(CausalKernel kernel) {
   return kernel == CausalKernel::Default ? byDefault
                                          : kernel == CausalKernel::Warpgroups;
 }
+
+} // namespace
+
+int melt::rt::cuda::causalGroupsTogether(size_t groupBytes) {
+  // A quarter of the H200's 50 MB of L2: the queries and outputs stream
+  // through the rest.
+  constexpr size_t kSetBytes = size_t(12) << 20;
+  static const bool inSets =
+      melt::rt::envSwitch("MELT_CUDA_CAUSAL_L2_SETS", true);
+  if (!inSets || groupBytes == 0)
+    return 0;
+  return int(std::max<size_t>(1, kSetBytes / groupBytes));
+}
+
+namespace {
 
 cudaError_t launchCausalAttention(const QuerySource &query,
                                   const CausalRunOperands *runs, int runCount,
@@ -288,7 +309,8 @@ cudaError_t launchCausalAttention(const QuerySource &query,
     const CausalRun &run = runs[i].run;
     if (run.count < 0 || run.position < 0 ||
         run.keys < run.position + run.count ||
-        (runs[i].headRows != 0 && runs[i].headRows < run.keys))
+        (runs[i].headRows != 0 && runs[i].headRows < run.keys) ||
+        !alignedTo16(runs[i].keys) || !alignedTo16(runs[i].values))
       return cudaErrorInvalidValue;
     if (run.count == 0) // nothing to attend: left out of the grid
       continue;
@@ -298,6 +320,11 @@ cudaError_t launchCausalAttention(const QuerySource &query,
   }
   if (list.count == 0)
     return cudaSuccess;
+  int longest = 0;
+  for (int i = 0; i < list.count; ++i)
+    longest = std::max(longest, list.run[i].run.keys);
+  list.groupsTogether =
+      causalGroupsTogether(size_t(longest) * (nope + rope + valueDim) * 2);
   if (!out && !codes) // (nothing to write)
     return cudaErrorInvalidValue;
   if (warpgroups)

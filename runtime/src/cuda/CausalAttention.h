@@ -14,7 +14,8 @@
 // The queries come as MLA's two parts (q_nope [tokens, heads, nope] and
 // q_rope [tokens, heads, rope], F32, rounded as they are read); keys
 // [heads, keys, nope + rope] and values [heads, keys, valueDim] in BF16,
-// copied into shared memory ahead of their use (cp.async). The
+// 16-byte aligned, copied into shared memory ahead of their use (TMA on
+// wgmma, cp.async on mma.sync). The
 // widths are compile-time: DeepSeek's 128 + 64 and 128
 // (causalAttentionFits).
 //

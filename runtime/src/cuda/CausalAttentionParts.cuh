@@ -3,8 +3,9 @@
 // A prefill's causal attention has two kernels (CausalAttention.cu on
 // mma.sync, CausalAttentionWarpgroups.cu on wgmma): both take their runs as
 // a kernel parameter, read the queries as the projection leaves them or
-// split (QuerySource), order their blocks the same way (the last queries of
-// every run and head first) and write a row's output the same way: F32, or
+// split (QuerySource), order their blocks the same way (in sets of (run,
+// head) groups whose keys fit in L2, the last queries of each set's groups
+// first) and write a row's output the same way: F32, or
 // its FP8 codes, or BF16 (storeOutputRows).
 //
 //===----------------------------------------------------------------------===//
@@ -24,6 +25,9 @@ namespace melt::rt::cuda {
 /// A launch's runs (a kernel parameter: no copy to the device).
 struct CausalRunList {
   int count = 0, blocks = 0; // runs; query blocks of the longest
+  /// How many (run, head) groups' blocks go together (causalBlockAt); 0:
+  /// every group's.
+  int groupsTogether = 0;
   CausalRunOperands run[kCausalMaxRuns];
 };
 
@@ -50,21 +54,50 @@ __device__ __forceinline__ float2 loadQueryPair(const void *rows, size_t at) {
                                              at);
 }
 
-/// The block's place in a grid of blocks x heads x runs (blocks: of the
-/// longest run): block i takes query block blocks - 1 - i / (heads x runs),
-/// so that the blocks of the most keys go first and the shorter fill in
-/// behind them; head and run from the rest.
+/// The place of block i in a grid of blocks x heads x runs (blocks: of
+/// the longest run). The (run, head) groups go in sets of
+/// runs.groupsTogether (the last set may be smaller); within a set, block
+/// i takes query block blocks - 1 - i / (the set's groups), so that the
+/// blocks of the most keys go first and the shorter fill in behind them,
+/// and its group from the rest. A set's keys and values stay in L2 while
+/// its blocks read them: with every group in one set, a prefill of 8 x 1024
+/// at 16 heads had 84 MB of them read by the first 128 blocks, more than
+/// L2 holds, and each later block read its keys from memory again (Nsight
+/// Compute, session 45: DRAM 50% busy, about twice the bytes of the
+/// queries, keys, values and output).
+struct CausalBlockPlace {
+  int queryBlock, head, run;
+};
+__host__ __device__ inline CausalBlockPlace
+causalBlockAt(const CausalRunList &runs, int heads, int block) {
+  const int groups = heads * runs.count;
+  const int together = runs.groupsTogether > 0 && runs.groupsTogether < groups
+                           ? runs.groupsTogether
+                           : groups;
+  const int set = block / (together * runs.blocks);
+  const int inSet = block % (together * runs.blocks);
+  const int first = set * together;
+  const int setGroups = groups - first < together ? groups - first : together;
+  const int group = first + inSet % setGroups;
+  return {runs.blocks - 1 - inSet / setGroups, group % heads, group / heads};
+}
+
+/// This block's place, its run's operands.
 struct CausalBlock {
   int queryBlock, head;
   const CausalRunOperands *operands;
 };
 __device__ __forceinline__ CausalBlock causalBlockOf(const CausalRunList &runs,
                                                      int heads) {
-  const int perBlock = heads * runs.count;
-  return {runs.blocks - 1 - int(blockIdx.x) / perBlock,
-          int(blockIdx.x) % perBlock % heads,
-          &runs.run[int(blockIdx.x) % perBlock / heads]};
+  const CausalBlockPlace at = causalBlockAt(runs, heads, int(blockIdx.x));
+  return {at.queryBlock, at.head, &runs.run[at.run]};
 }
+
+/// The (run, head) groups a launch's blocks take together so that a set's
+/// keys and values (`groupBytes` each, of the longest run) fit in a share
+/// of L2 (MELT_CUDA_CAUSAL_L2_SETS=0: every group together, the order
+/// before session 50).
+int causalGroupsTogether(size_t groupBytes);
 
 /// A row's online-softmax step (the thread's quad holding its scores of a
 /// tile): its running maximum moved to include the tile's (maxima over the

@@ -5,12 +5,14 @@
 // queries of one head: two consumer warpgroups of 64 and one producer
 // warpgroup.
 //
-// - The producer warpgroup copies each 64-key tile's keys ([64 x 192]) and
-//   values ([64 x 128]) into a ring of stages in the 128-byte swizzle
-//   (cp.async: the runs' keys are rows of any matrix), and hands a stage
-//   over on its `full` barrier once the copies landed (fenced for the
-//   tensor cores); it refills a stage once both warpgroups gave it back on
-//   its `empty` barrier.
+// - The producer warpgroup's first thread asks TMA for each 64-key tile's
+//   keys ([64 x 192]) and values ([64 x 128]) of the head, into a ring of
+//   four stages in the 128-byte swizzle, counted on the stage's `full`
+//   barrier (each run's keys and values a 3-D map: heads, keys, width, so
+//   rows past the run's keys read as zeros); it refills a stage once both
+//   warpgroups gave it back on its `empty` barrier. (Until session 50 the
+//   whole warpgroup copied them with cp.async, three stages, each handed
+//   over once the next one's copies were out.)
 // - The block's 128 queries go into shared memory once, rounded to BF16:
 //   each consumer warpgroup stages its rows' nope part, every thread of
 //   the block (the producer's too, its first tiles' copies in flight) a
@@ -33,12 +35,12 @@
 //===----------------------------------------------------------------------===//
 #include "cuda/CausalAttentionParts.cuh"
 
-#include "cuda/AsyncCopy.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/Exp2.cuh"
 #include "cuda/NamedBarrier.cuh"
 #include "cuda/RopeRotation.cuh"
+#include "cuda/TensorMaps.h"
 #include "cuda/Wgmma.cuh"
 
 #include <cmath>
@@ -51,11 +53,7 @@ constexpr int kNope = 128, kRope = 64, kQk = kNope + kRope, kValue = 128;
 constexpr int kConsumers = 2, kGroupQueries = 64;
 static_assert(kConsumers * kGroupQueries == kCausalWarpgroupQueries,
               "a block's queries");
-constexpr int kKeys = 64, kStages = 3;
-// The producer hands a tile over once the next one's copies are out: a ring
-// of two would wait for a stage the consumers give back only after that
-// (and its start counts three stages' copy groups).
-static_assert(kStages == 3, "the producer's handover counts three stages");
+constexpr int kKeys = 64, kStages = 4;
 constexpr int kProducerThreads = 128;
 constexpr int kThreads = kConsumers * 128 + kProducerThreads;
 /// A [64 rows x 64] BF16 block in the 128-byte swizzle.
@@ -176,12 +174,18 @@ storeRopeChunks(const QuerySource &query, const CausalRun &run, int h,
 /// Grid blocks x heads x runs (causalBlockOf), kThreads threads: warpgroups
 /// 0 and 1 the consumers of queries [q0, q0 + 64) and [q0 + 64, q0 + 128)
 /// of the block, warpgroup 2 the producer.
+/// Each run's keys ([heads, rows, 192]) and values ([heads, rows, 128]) as
+/// TMA maps (a kernel parameter), read in [64 x 64] boxes of one head.
+struct CausalTensorMaps {
+  CUtensorMap keys[kCausalMaxRuns], values[kCausalMaxRuns];
+};
+
 template <bool kBf16Query>
-__global__ void __launch_bounds__(kThreads, 1)
-    causalAttentionWarpgroupKernel(const __grid_constant__ QuerySource query,
-                                   const __grid_constant__ CausalRunList runs,
-                                   int heads, float scaleLog2, float *out,
-                                   const CausalOutputCodes codes) {
+__global__ void __launch_bounds__(kThreads, 1) causalAttentionWarpgroupKernel(
+    const __grid_constant__ QuerySource query,
+    const __grid_constant__ CausalRunList runs,
+    const __grid_constant__ CausalTensorMaps maps, int heads, float scaleLog2,
+    float *out, const CausalOutputCodes codes) {
   extern __shared__ uint8_t sharedRaw[];
   uint8_t *shared = sharedRaw + (kSwizzleAtomBytes -
                                  sharedAddress(sharedRaw) % kSwizzleAtomBytes) %
@@ -204,75 +208,47 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tiles = (run.position + last) / kKeys + 1;
   if (threadIdx.x == 0)
     for (int s = 0; s < kStages; ++s) {
-      initArrivalBarrier(&full[s], kProducerThreads);
+      initLoadBarrier(&full[s]);
       initArrivalBarrier(&empty[s], kConsumers * 128);
     }
   __syncthreads();
 
   const int group = threadIdx.x / 128;
   if (group == kConsumers) {
-    // The producer: the first three tiles issued, its share of the
-    // queries' rope part staged, then tile j into stage j % kStages once
-    // its last readers gave it back, tile j - 1 handed over once tile j's
-    // copies are out. (A warpgroup: a warp alone, 80 copies a lane a tile,
-    // kept the tensor cores at 156 TFLOP/s against 263 at mini's shape.)
-    const int lane = threadIdx.x % kProducerThreads;
-    const size_t headRows =
-        operands.headRows > 0 ? size_t(operands.headRows) : size_t(run.keys);
-    const __nv_bfloat16 *keys = operands.keys + size_t(h) * headRows * kQk;
-    const __nv_bfloat16 *values =
-        operands.values + size_t(h) * headRows * kValue;
+    // The producer: its first thread asks TMA for the first tiles' keys and
+    // values (three and two [64 x 64] boxes of the head; rows past the
+    // run's keys read as zeros: finite, never weighted), the warpgroup
+    // stages its share of the queries' rope part meanwhile, then the first
+    // thread asks for tile j into stage j % kStages once its last readers
+    // gave it back.
+    const int runIndex = int(place.operands - runs.run);
+    const CUtensorMap *keyMap = &maps.keys[runIndex];
+    const CUtensorMap *valueMap = &maps.values[runIndex];
     auto issue = [&](int tile) {
       uint8_t *to = stageAt(tile);
-      // Rows past the keys repeat the last: finite, never weighted.
-      constexpr int kKeyChunks = kQk / 8, kValueChunks = kValue / 8;
+      uint64_t *landed = &full[tile % kStages];
+      expectBytes(landed, kStageBytes);
 #pragma unroll
-      for (int e = lane; e < kKeys * kKeyChunks; e += kProducerThreads) {
-        const int r = e / kKeyChunks, c = e % kKeyChunks;
-        const size_t key = size_t(min(tile * kKeys + r, run.keys - 1));
-        copyAsync16(to + (c / 8) * kBlockBytes + swizzledOffset(r, c % 8),
-                    keys + key * kQk + c * 8);
-      }
+      for (int b = 0; b < kQkBlocks; ++b)
+        loadTile3d(to + b * kBlockBytes, keyMap, 64 * b, tile * kKeys, h,
+                   landed);
 #pragma unroll
-      for (int e = lane; e < kKeys * kValueChunks; e += kProducerThreads) {
-        const int r = e / kValueChunks, c = e % kValueChunks;
-        const size_t key = size_t(min(tile * kKeys + r, run.keys - 1));
-        copyAsync16(to + kKeyBytes + (c / 8) * kBlockBytes +
-                        swizzledOffset(r, c % 8),
-                    values + key * kValue + c * 8);
-      }
+      for (int b = 0; b < kValueBlocks; ++b)
+        loadTile3d(to + kKeyBytes + b * kBlockBytes, valueMap, 64 * b,
+                   tile * kKeys, h, landed);
     };
-    auto handOver = [&](int tile) {
-      fenceSharedForWgmma();
-      arriveAt(&full[tile % kStages]);
-    };
-    // Every stage filled while the block stages its queries (a group a
-    // stage, empty past the tiles).
-    for (int tile = 0; tile < kStages; ++tile) {
-      if (tile < tiles)
+    const bool asks = threadIdx.x == kConsumers * 128;
+    if (asks)
+      for (int tile = 0; tile < min(kStages, tiles); ++tile)
         issue(tile);
-      commitCopies();
-    }
     storeRopeChunks<kBf16Query>(query, run, h, heads, q0, shared);
     fenceSharedForWgmma();
     syncNamedBarrier<1, kThreads>(); // the queries staged (both roles)
-    awaitCopies<2>();
-    handOver(0);
-    if (tiles > 1) {
-      awaitCopies<1>();
-      handOver(1);
-    }
-    for (int tile = kStages; tile < tiles; ++tile) {
-      awaitBarrier(&empty[tile % kStages], (tile / kStages - 1) & 1);
-      issue(tile);
-      commitCopies();
-      awaitCopies<1>();
-      handOver(tile - 1);
-    }
-    if (tiles >= kStages) {
-      awaitCopies<0>();
-      handOver(tiles - 1);
-    }
+    if (asks)
+      for (int tile = kStages; tile < tiles; ++tile) {
+        awaitBarrier(&empty[tile % kStages], (tile / kStages - 1) & 1);
+        issue(tile);
+      }
     return;
   }
 
@@ -410,9 +386,24 @@ cudaError_t melt::rt::cuda::launchCausalAttentionWarpgroups(
           int(kSharedBytes));
       e != cudaSuccess)
     return e;
+  // Each run's keys and values as TMA maps: [heads, keys, width] with the
+  // run's head pitch (rows past the run's keys read as zeros).
+  alignas(64) CausalTensorMaps maps{};
+  for (int i = 0; i < list.count; ++i) {
+    const CausalRunOperands &r = list.run[i];
+    const uint64_t headRows =
+        r.headRows > 0 ? uint64_t(r.headRows) : uint64_t(r.run.keys);
+    if (!swizzledBf16HeadsMap(maps.keys[i], r.keys, uint64_t(heads),
+                              uint64_t(r.run.keys), kQk, kQk, headRows * kQk,
+                              kKeys) ||
+        !swizzledBf16HeadsMap(maps.values[i], r.values, uint64_t(heads),
+                              uint64_t(r.run.keys), kValue, kValue,
+                              headRows * kValue, kKeys))
+      return cudaErrorNotSupported;
+  }
   const unsigned grid = unsigned(list.blocks) * heads * list.count;
   cudaError_t e =
       launchOverlapped(kernel, dim3(grid), kThreads, kSharedBytes, stream,
-                       query, list, heads, scaleLog2, out, codes);
+                       query, list, maps, heads, scaleLog2, out, codes);
   return e != cudaSuccess ? e : cudaGetLastError();
 }

@@ -44,6 +44,25 @@ bool encode2d(CUtensorMap &map, CUtensorMapDataType type, uint32_t elementBytes,
 
 } // namespace
 
+bool swizzledBf16HeadsMap(CUtensorMap &map, const void *base, uint64_t heads,
+                          uint64_t rows, uint64_t columns, uint64_t rowStride,
+                          uint64_t headStride, uint32_t boxRows) {
+  PFN_cuTensorMapEncodeTiled_v12000 encode = tensorMapEncoder();
+  if (!encode || reinterpret_cast<uintptr_t>(base) % 16 != 0 || heads == 0 ||
+      rows == 0 || columns == 0 || (rowStride * 2) % 16 != 0 ||
+      (headStride * 2) % 16 != 0 || boxRows == 0 || boxRows > 256)
+    return false;
+  const cuuint64_t dims[3] = {columns, rows, heads};
+  const cuuint64_t strides[2] = {rowStride * 2, headStride * 2};
+  const cuuint32_t box[3] = {64, boxRows, 1};
+  const cuuint32_t elementStrides[3] = {1, 1, 1};
+  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
+                const_cast<void *>(base), dims, strides, box, elementStrides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 bool swizzledBf16Map(CUtensorMap &map, const void *base, uint64_t rows,
                      uint64_t columns, uint64_t rowStride, uint32_t boxRows) {
   return encode2d(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, rows, columns,

@@ -26,6 +26,15 @@ namespace melt::rt::cuda {
 bool swizzledBf16Map(CUtensorMap &map, const void *base, uint64_t rows,
                      uint64_t columns, uint64_t rowStride, uint32_t boxRows);
 
+/// A map over `heads` row-major BF16 matrices [rows x columns], the first
+/// at `base`, rows `rowStride` and matrices `headStride` elements apart,
+/// read in boxes of [boxRows x 64] of one matrix in the 128-byte swizzle;
+/// rows past `rows` read as zeros. False as above (headStride * 2 in 16
+/// bytes too).
+bool swizzledBf16HeadsMap(CUtensorMap &map, const void *base, uint64_t heads,
+                          uint64_t rows, uint64_t columns, uint64_t rowStride,
+                          uint64_t headStride, uint32_t boxRows);
+
 /// A map over the row-major byte matrix [rows x columns] at `base` (FP8
 /// codes; rows `rowStride` bytes apart), read in boxes of [boxRows x 128]
 /// in the 128-byte swizzle (wgmma's K-major FP8 operand layout); false as

@@ -3,11 +3,12 @@
 // position 0 and after a cached prefix (more keys than the run reaches),
 // query counts that leave a block part-filled, several heads; several runs
 // in one launch against their own launches; the queries as the projection
-// leaves them against the split and rotated ones; and the arguments it
-// refuses.
+// leaves them against the split and rotated ones; the arguments it
+// refuses; and the blocks' order (on the host).
 // Kernel cases skip without a device.
 #include "CudaTestUtil.h"
 #include "cuda/CausalAttention.h"
+#include "cuda/CausalAttentionParts.cuh"
 #include "cuda/ModelKernels.h"
 #include "cuda/Quantize.h"
 
@@ -503,6 +504,12 @@ TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
                                 none, nullptr),
             cudaErrorInvalidValue)
       << "a head's rows fewer than the run's keys";
+  shared.headRows = 0;
+  shared.keys = reinterpret_cast<const __nv_bfloat16 *>(uintptr_t(258));
+  EXPECT_EQ(causalAttentionBf16(none, none, &shared, 1, 1, 128, 64, 128, 1.f,
+                                none, nullptr),
+            cudaErrorInvalidValue)
+      << "keys off 16 bytes (cp.async and TMA read 16-byte pieces)";
   CausalProjectedQuery projected;
   EXPECT_EQ(causalAttentionBf16(projected, many, 1, 1, 128, 64, 128, 1.f, none,
                                 nullptr),
@@ -520,4 +527,51 @@ TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
                                 nullptr),
             cudaErrorInvalidValue)
       << "projected queries of another rope width";
+}
+
+// The block order (CausalAttentionParts.cuh's causalBlockAt; no device
+// needed): every (query block, head, run) exactly once for any set size;
+// each set's blocks one after the other, the most keys first within it; a
+// set of every group the order of one heavy-first grid.
+TEST(CudaCausalAttention, BlockOrderTakesEveryBlockOnceSetBySet) {
+  for (int runs : {1, 3, 8})
+    for (int heads : {1, 16})
+      for (int blocks : {1, 8}) {
+        const int groups = runs * heads, total = groups * blocks;
+        for (int together : {0, 1, 3, 7, groups, groups + 5}) {
+          CausalRunList list;
+          list.count = runs, list.blocks = blocks;
+          list.groupsTogether = together;
+          std::vector<int> seen(size_t(total), 0);
+          int lastSet = 0, lastBlock = blocks;
+          for (int i = 0; i < total; ++i) {
+            const CausalBlockPlace at = causalBlockAt(list, heads, i);
+            ASSERT_TRUE(at.queryBlock >= 0 && at.queryBlock < blocks &&
+                        at.head >= 0 && at.head < heads && at.run >= 0 &&
+                        at.run < runs)
+                << "block " << i;
+            const int group = at.run * heads + at.head;
+            ++seen[size_t(group * blocks + at.queryBlock)];
+            if (together == 0 || together >= groups) {
+              EXPECT_EQ(at.queryBlock, blocks - 1 - i / groups);
+              EXPECT_EQ(group, i % groups);
+              continue;
+            }
+            const int set = group / together;
+            EXPECT_GE(set, lastSet) << "block " << i << " went back a set";
+            if (set == lastSet)
+              EXPECT_LE(at.queryBlock, lastBlock)
+                  << "block " << i << ": more keys after fewer in its set";
+            lastSet = set, lastBlock = at.queryBlock;
+          }
+          for (int b = 0; b < total; ++b)
+            EXPECT_EQ(seen[size_t(b)], 1)
+                << runs << " runs, " << heads << " heads, " << blocks
+                << " blocks, sets of " << together << ": block " << b;
+        }
+      }
+  // mini's 8 x 1024 prefill: keys and values of 1024 x (192 + 128) BF16 a
+  // group, 12 MB of them a set.
+  EXPECT_EQ(causalGroupsTogether(size_t(1024) * 320 * 2), 19);
+  EXPECT_EQ(causalGroupsTogether(size_t(64) << 20), 1);
 }
