@@ -1254,10 +1254,6 @@ public:
   /// (MELT_CUDA_GROUPED_WIDE_STORES=0: 4 bytes a lane, as the accumulator
   /// fragments hold them; the same values).
   bool groupedWideStores_ = envSwitch("MELT_CUDA_GROUPED_WIDE_STORES", true);
-  /// The BF16 gate/up pair copies its rows from x's BF16 rows itself
-  /// (GroupedGemmArgs::rowsOf) instead of reading a gathered copy
-  /// (MELT_CUDA_PAIR_ROWS_IN_PLACE=0: gatherRows first).
-  bool pairRowsInPlace_ = envSwitch("MELT_CUDA_PAIR_ROWS_IN_PLACE", true);
   GroupedFp8Options groupedFp8Down_ = {
       envSwitch("MELT_CUDA_GROUPED_FP8_WIDE_DOWN", true),
       envSwitch("MELT_CUDA_GROUPED_FP8_PERSISTENT_DOWN", true),
@@ -2257,14 +2253,7 @@ public:
     // x quantized per token, its rows gathered as codes; else x's rows in
     // BF16.
     const bool fp8TensorCores = fp8 && fp8GroupedWgmma_;
-    // x's rows in BF16 as the norm that made it prepared them (half the
-    // bytes), else its F32 rows; the pair reads the BF16 ones in place.
-    const PreparedInput *preparedRows = attachedTo(x);
-    const Operand rowsIn = preparedRows && preparedRows->bf16.data
-                               ? Operand{preparedRows->bf16.data, true}
-                               : Operand{x.data, false};
-    const bool rowsInPlace = !fp8TensorCores && rowsIn.bf16 && pairRowsInPlace_;
-    if (!fp8TensorCores && !rowsInPlace)
+    if (!fp8TensorCores)
       MELT_RETURN_IF_ERROR(scratch.take(DType::BF16, {capacity, D}, xsT));
     // The pair's rows: BF16, or FP8 codes and scales for the down product
     // on FP8 tensor cores.
@@ -2298,10 +2287,15 @@ public:
     }
     MELT_RETURN_IF_ERROR(check(groupExperts(grouping, stream_), "moe_experts"));
     if (!fp8TensorCores) {
-      if (!rowsInPlace)
-        MELT_RETURN_IF_ERROR(check(gatherRows(rowsIn, tokenOfRow, capacity, D,
-                                              {xs, true}, stream_, starts + E),
-                                   "moe_experts"));
+      // x's rows in BF16 as the norm that made it prepared them (half the
+      // bytes), else its F32 rows.
+      const PreparedInput *prepared = attachedTo(x);
+      const Operand rowsIn = prepared && prepared->bf16.data
+                                 ? Operand{prepared->bf16.data, true}
+                                 : Operand{x.data, false};
+      MELT_RETURN_IF_ERROR(check(gatherRows(rowsIn, tokenOfRow, capacity, D,
+                                            {xs, true}, stream_, starts + E),
+                                 "moe_experts"));
       if (shared && !fp8) {
         // (x's BF16 rows: the prepared ones, else x rounded here.)
         DeviceTensor rowsT;
@@ -2388,18 +2382,6 @@ public:
       }
       MELT_RETURN_IF_ERROR(
           check(groupedGemmFp8Pair(a, stream_), "moe_experts"));
-    } else if (rowsInPlace) {
-      GroupedGemmArgs a;
-      a.x = static_cast<const __nv_bfloat16 *>(rowsIn.data);
-      a.rowsOf = tokenOfRow, a.xRows = T;
-      a.w = gate.data, a.w2 = up.data;
-      if (fp8)
-        a.wScales = stacks.gateScales, a.w2Scales = stacks.upScales;
-      a.y = static_cast<__nv_bfloat16 *>(actT.data);
-      a.starts = starts, a.ends = ends;
-      a.groups = E, a.capacity = capacity, a.n = I, a.k = D;
-      a.wideStores = groupedWideStores_;
-      MELT_RETURN_IF_ERROR(check(groupedGemmBf16(a, stream_), "moe_experts"));
     } else {
       MELT_RETURN_IF_ERROR(product(xs, gate.data, stacks.gateScales, up.data,
                                    stacks.upScales, I, D, actT));

@@ -42,7 +42,6 @@
 
 #include "EnvSwitch.h"
 
-#include "cuda/AsyncCopy.cuh"
 #include "cuda/BulkTensorCopy.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
@@ -114,10 +113,8 @@ __device__ __forceinline__ void widenTile(const uint8_t *codes,
 
 /// kN256 (BF16 weights, a single product): m64n256 products over the
 /// weight's two column tiles a stage (256 columns a block, in the pair's
-/// shared layout). kGather (a pair): x's rows of the tile are a.x's rows
-/// a.rowsOf[row], copied by every thread (cp.async, four 16-byte chunks a
-/// stage) instead of brought by TMA from a gathered matrix.
-template <bool kFp8, bool kPair, bool kN256 = false, bool kGather = false>
+/// shared layout).
+template <bool kFp8, bool kPair, bool kN256 = false>
 __global__ void
 __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
     groupedGemmKernel(GroupedGemmArgs a,
@@ -127,8 +124,6 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
   using Layout = SharedLayout<kFp8, kPair || kN256>;
   constexpr int kWeights = Layout::weights, kStages = Layout::stages;
   static_assert(!kN256 || (!kFp8 && !kPair), "a BF16 single product");
-  static_assert(!kGather || (kPair && kStages >= 3),
-                "a pair's rows, block kb + 1's copies awaited in block kb");
   // Columns of y a block: two tiles with kN256.
   constexpr int kColumns = kN256 ? 2 * kTileColumns : kTileColumns;
   awaitPriorKernels();
@@ -163,13 +158,11 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
   __syncthreads();
 
   const int kBlocks = a.k / kBlockK;
-  // Block kb of k into its stage (thread 0): with kGather the weights only.
+  // Block kb of k into its stage (thread 0).
   auto load = [&](int kb) {
     const int stage = kb % kStages;
-    expectBytes(&full[stage],
-                Layout::stageBytes - (kGather ? kOperandBytes : 0));
-    if (!kGather)
-      loadTile2d(xTile(stage), &xMap, kb * kBlockK, row0, &full[stage]);
+    expectBytes(&full[stage], Layout::stageBytes);
+    loadTile2d(xTile(stage), &xMap, kb * kBlockK, row0, &full[stage]);
     loadTile2d(wTile(stage, 0), &wMap, kb * kBlockK, wRow0, &full[stage]);
     if (kPair)
       loadTile2d(wTile(stage, 1), &w2Map, kb * kBlockK, wRow0, &full[stage]);
@@ -180,38 +173,6 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
   if (threadIdx.x == 0)
     for (int kb = 0; kb < min(kStages - 1, kBlocks); ++kb)
       load(kb);
-  // kGather: this thread's chunk (thread % 8) of rows thread / 8 + 32 i of
-  // the tile; block kb's copies one commit group (empty past the last
-  // block, so that every thread counts the same groups). A thread waits
-  // for its own copies and fences them for the tensor cores before the
-  // loop's block-wide barrier, which then shows them to both warpgroups.
-  constexpr int kGatherRows = kGather ? kTileRows * 8 / kThreads : 1;
-  const __nv_bfloat16 *gatherFrom[kGatherRows];
-  if constexpr (kGather) {
-#pragma unroll
-    for (int i = 0; i < kGatherRows; ++i)
-      gatherFrom[i] =
-          a.x + size_t(a.rowsOf[row0 + int(threadIdx.x) / 8 + 32 * i]) * a.k +
-          8 * (threadIdx.x % 8);
-  }
-  auto gather = [&](int kb) {
-    if (kb < kBlocks) {
-      uint8_t *to = xTile(kb % kStages);
-#pragma unroll
-      for (int i = 0; i < kGatherRows; ++i)
-        copyAsync16(to + swizzledOffset(int(threadIdx.x) / 8 + 32 * i,
-                                        int(threadIdx.x) % 8),
-                    gatherFrom[i] + kb * kBlockK);
-    }
-    commitCopies();
-  };
-  if constexpr (kGather) {
-    for (int kb = 0; kb < kStages - 1; ++kb)
-      gather(kb);
-    awaitCopies<kStages - 2>(); // block 0's
-    fenceSharedForWgmma();
-    __syncthreads();
-  }
 
   const int group = threadIdx.x / 128;
   // A warpgroup whose 64 rows are all padding issues no products: the
@@ -276,15 +237,9 @@ __launch_bounds__(kThreads, SharedLayout<kFp8, kPair || kN256>::blocksPerSm)
         // the one block kb + kStages - 1 goes to, may be refilled.
         wgmmaWait<1>();
       }
-      if constexpr (kGather) { // block kb + 1's rows (committed: to kb + S - 2)
-        awaitCopies<kStages - 3>();
-        fenceSharedForWgmma();
-      }
       __syncthreads();
       if (threadIdx.x == 0 && kb + kStages - 1 < kBlocks)
         load(kb + kStages - 1);
-      if constexpr (kGather)
-        gather(kb + kStages - 1);
     }
   };
   if (!multiplies) { // (its rows all padding: nothing to store)
@@ -359,9 +314,6 @@ bool groupedGemmFits(const GroupedGemmArgs &a) {
     return false;
   if (!a.w2 && a.w2Scales)
     return false;
-  // Rows copied from x's: a pair's, x [xRows, k] with k in 16-byte chunks.
-  if (a.rowsOf && (!a.w2 || a.xRows <= 0))
-    return false;
   return a.groups > 0 && a.n > 0 && a.n % kTileColumns == 0 && a.k > 0 &&
          a.k % kBlockK == 0 && a.capacity > 0 && a.capacity % kTileRows == 0 &&
          a.x && a.w && (a.y != nullptr) != (a.yF32 != nullptr) && a.starts &&
@@ -373,12 +325,12 @@ bool groupedGemmFits(const GroupedGemmArgs &a) {
 
 namespace {
 
-template <bool kFp8, bool kPair, bool kN256 = false, bool kGather = false>
+template <bool kFp8, bool kPair, bool kN256 = false>
 cudaError_t launch(const GroupedGemmArgs &a, const CUtensorMap &xMap,
                    const CUtensorMap &wMap, const CUtensorMap &w2Map,
                    cudaStream_t stream) {
   constexpr size_t shared = SharedLayout < kFp8, kPair || kN256 > ::bytes;
-  auto kernel = groupedGemmKernel<kFp8, kPair, kN256, kGather>;
+  auto kernel = groupedGemmKernel<kFp8, kPair, kN256>;
   cudaError_t error = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
   if (error != cudaSuccess)
@@ -404,15 +356,10 @@ cudaError_t groupedGemmBf16(const GroupedGemmArgs &a, cudaStream_t stream) {
                : swizzledBf16Map(map, w, wRows, uint64_t(a.k), uint64_t(a.k),
                                  kTileColumns);
   };
-  // (With rowsOf the kernel copies x's rows itself: no map over x.)
-  if ((!a.rowsOf &&
-       !swizzledBf16Map(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
-                        uint64_t(a.k), kTileRows)) ||
+  if (!swizzledBf16Map(xMap, a.x, uint64_t(a.capacity), uint64_t(a.k),
+                       uint64_t(a.k), kTileRows) ||
       !weightMap(wMap, a.w) || !weightMap(w2Map, pair ? a.w2 : a.w))
     return cudaErrorNotSupported;
-  if (a.rowsOf)
-    return fp8 ? launch<true, true, false, true>(a, xMap, wMap, w2Map, stream)
-               : launch<false, true, false, true>(a, xMap, wMap, w2Map, stream);
   if (fp8)
     return pair ? launch<true, true>(a, xMap, wMap, w2Map, stream)
                 : launch<true, false>(a, xMap, wMap, w2Map, stream);

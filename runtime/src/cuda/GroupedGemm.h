@@ -35,13 +35,7 @@ constexpr int kGroupedGemmRows = 128;
 
 struct GroupedGemmArgs {
   /// [capacity, k] row-major: group e's rows are [starts[e], starts[e + 1]).
-  /// Or, where rowsOf is given (a pair only), [xRows, k], row r of the
-  /// groups being x's row rowsOf[r] (every one of the capacity's rows
-  /// naming one of x's, as ExpertGrouping's tokenOfRow does): the pair
-  /// reads the rows where they are, without a gathered copy.
   const __nv_bfloat16 *x = nullptr;
-  const int32_t *rowsOf = nullptr;
-  int xRows = 0;
   /// [groups, n, k] row-major: group e's matrix is w + e * n * k. BF16, or
   /// FP8 e4m3 codes where wScales is given.
   const void *w = nullptr;

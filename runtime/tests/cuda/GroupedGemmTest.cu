@@ -6,8 +6,7 @@
 // group left as they were; given where each group's rows end, its padding
 // rows (NaN in x) left as they were too and the rows before them the same;
 // BF16 rows 16 bytes a lane the same bits as 4 (GroupedGemmArgs::
-// wideStores); a pair's rows read in place (GroupedGemmArgs::rowsOf) the
-// same bits as from the gathered matrix. Skips without a device.
+// wideStores). Skips without a device.
 #include "cuda/GroupedGemm.h"
 
 #include "CudaTestUtil.h"
@@ -15,7 +14,6 @@
 #include <cuda_fp8.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -151,36 +149,6 @@ void runCase(const std::vector<int> &counts, int n, int k, Options o = {}) {
       ASSERT_EQ(std::memcmp(&narrow[i], &y[i], sizeof(y[i])), 0)
           << "element " << i << " of 4-byte stores, n " << n << ", k " << k
           << ", pair " << o.pair;
-  }
-  if (o.pair) {
-    // The pair's rows read in place (rowsOf): x's rows shuffled into a
-    // source matrix, each row naming where its own went; the same bits.
-    std::vector<int32_t> rowsOf(static_cast<size_t>(capacity));
-    for (int r = 0; r < capacity; ++r)
-      rowsOf[size_t(r)] = r;
-    std::shuffle(rowsOf.begin(), rowsOf.end(), rng);
-    std::vector<__nv_bfloat16> source(x.size());
-    for (int r = 0; r < capacity; ++r)
-      std::memcpy(&source[size_t(rowsOf[size_t(r)]) * k], &x[size_t(r) * k],
-                  size_t(k) * sizeof(x[0]));
-    std::vector<__nv_bfloat16> inPlace(y.size(), __float2bfloat16(untouched));
-    __nv_bfloat16 *deviceInPlace = toDevice(inPlace);
-    GroupedGemmArgs inPlaceArgs = args;
-    inPlaceArgs.x = toDevice(source);
-    inPlaceArgs.rowsOf = toDevice(rowsOf);
-    inPlaceArgs.xRows = capacity;
-    inPlaceArgs.y = deviceInPlace;
-    ASSERT_TRUE(groupedGemmFits(inPlaceArgs));
-    ASSERT_EQ(groupedGemmBf16(inPlaceArgs, nullptr), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    inPlace = toHost(deviceInPlace, inPlace.size());
-    cudaFree(deviceInPlace);
-    cudaFree(const_cast<__nv_bfloat16 *>(inPlaceArgs.x));
-    cudaFree(const_cast<int32_t *>(inPlaceArgs.rowsOf));
-    for (size_t i = 0; i < y.size(); ++i)
-      ASSERT_EQ(std::memcmp(&inPlace[i], &y[i], sizeof(y[i])), 0)
-          << "element " << i << " with the rows read in place, n " << n
-          << ", k " << k << ", fp8 " << o.fp8;
   }
   auto output = [&](size_t i) {
     return o.f32Out ? double(y32[i]) : double(__bfloat162float(y[i]));
@@ -329,15 +297,8 @@ TEST(CudaGroupedGemm, RefusesWhatItCannotTake) {
   EXPECT_FALSE(groupedGemmFits(args));
   args.w2Scales = scales;
   EXPECT_TRUE(groupedGemmFits(args));
-  args.rowsOf = reinterpret_cast<const int32_t *>(uintptr_t(256));
-  EXPECT_FALSE(groupedGemmFits(args)) << "rows in place without their count";
-  args.xRows = 4;
-  EXPECT_TRUE(groupedGemmFits(args));
   args.w2 = nullptr; // up scales without up weights
   EXPECT_FALSE(groupedGemmFits(args));
-  args.w2Scales = nullptr; // rows in place for a single product
-  EXPECT_FALSE(groupedGemmFits(args));
-  args.rowsOf = nullptr, args.xRows = 0;
   args.yF32 = nullptr; // neither output
   args.y = nullptr, args.w2Scales = nullptr;
   EXPECT_FALSE(groupedGemmFits(args));
