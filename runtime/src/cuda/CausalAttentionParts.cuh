@@ -96,7 +96,7 @@ __device__ __forceinline__ CausalBlock causalBlockOf(const CausalRunList &runs,
 /// The (run, head) groups a launch's blocks take together so that a set's
 /// keys and values (`groupBytes` each, of the longest run) fit in a share
 /// of L2 (MELT_CUDA_CAUSAL_L2_SETS=0: every group together, the order
-/// before session 50).
+/// before session 51).
 int causalGroupsTogether(size_t groupBytes);
 
 /// A row's online-softmax step (the thread's quad holding its scores of a

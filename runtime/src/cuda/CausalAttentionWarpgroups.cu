@@ -10,7 +10,7 @@
 //   four stages in the 128-byte swizzle, counted on the stage's `full`
 //   barrier (each run's keys and values a 3-D map: heads, keys, width, so
 //   rows past the run's keys read as zeros); it refills a stage once both
-//   warpgroups gave it back on its `empty` barrier. (Until session 50 the
+//   warpgroups gave it back on its `empty` barrier. (Until session 51 the
 //   whole warpgroup copied them with cp.async, three stages, each handed
 //   over once the next one's copies were out.)
 // - The block's 128 queries go into shared memory once, rounded to BF16:
