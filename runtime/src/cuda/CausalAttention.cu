@@ -338,10 +338,18 @@ cudaError_t launchCausalAttention(const QuerySource &query,
       causalGroupsTogether(size_t(longest) * (nope + rope + valueDim) * 2);
   if (!out && !codes) // (nothing to write)
     return cudaErrorInvalidValue;
-  if (warpgroups)
-    return launchCausalAttentionWarpgroups(
+  if (warpgroups) {
+    const cudaError_t e = launchCausalAttentionWarpgroups(
         query, list, heads, float(scale * M_LOG2E), out,
         codes ? *codes : CausalOutputCodes{}, stream);
+    if (e != cudaErrorNotSupported)
+      return e;
+    // No tensor maps for its keys and values (the driver gives no encoder):
+    // the mma.sync kernel, which copies them itself.
+    return launchCausalAttention(query, runs, runCount, heads, nope, rope,
+                                 valueDim, scale, out, stream, codes,
+                                 CausalKernel::Warps);
+  }
   auto kernel = query.bf16 ? causalAttentionKernel<128, 64, 128, true>
                            : causalAttentionKernel<128, 64, 128, false>;
   constexpr size_t shared = Widths<128, 64, 128>::sharedBytes;
