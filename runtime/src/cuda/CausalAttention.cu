@@ -279,25 +279,14 @@ bool onWarpgroups(CausalKernel kernel) {
 } // namespace
 
 int melt::rt::cuda::causalGroupsTogether(size_t groupBytes) {
-  // About a quarter of the device's L2 (12 MB of the H100's and H200's 50
-  // MB, measured there): the queries and outputs stream through the rest.
-  // (The first caller's device: a process's GPUs are of one kind.)
-  static const size_t setBytes = [] {
-    int device = 0, l2Bytes = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&l2Bytes, cudaDevAttrL2CacheSize, device) !=
-            cudaSuccess ||
-        l2Bytes <= 0) {
-      (void)cudaGetLastError(); // not sticky
-      return size_t(12) << 20;
-    }
-    return (size_t(l2Bytes) / 4) & ~((size_t(1) << 20) - 1);
-  }();
+  // A quarter of the H200's 50 MB of L2: the queries and outputs stream
+  // through the rest.
+  constexpr size_t kSetBytes = size_t(12) << 20;
   static const bool inSets =
       melt::rt::envSwitch("MELT_CUDA_CAUSAL_L2_SETS", true);
   if (!inSets || groupBytes == 0)
     return 0;
-  return int(std::max<size_t>(1, setBytes / groupBytes));
+  return int(std::max<size_t>(1, kSetBytes / groupBytes));
 }
 
 namespace {
