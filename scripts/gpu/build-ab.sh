@@ -17,10 +17,15 @@
 # alternating over the rounds, their JSON lines to $OUT/build-ab-benches.txt
 # and each line's "us" of both builds side by side into the log (session
 # 48's SiLU division was measured so, with melt-bench-grouped-gemm).
+# PATCH=FILE builds the second one from the tree with FILE applied (git
+# apply, taken back on exit), with or without options: a change kept as a
+# diff until it is measured (session 51's tried attention forms).
 #   scripts/gpu/build-ab.sh -DNAME=VALUE... [-- MODEL.melt...]
+#   PATCH=FILE scripts/gpu/build-ab.sh [-DNAME=VALUE...] -- [MODEL.melt...]
 set -uo pipefail
-if [ $# -lt 1 ]; then
+if [ $# -lt 1 ] && [ -z "${PATCH:-}" ]; then
   echo "usage: scripts/gpu/build-ab.sh -DNAME=VALUE... [-- MODEL.melt...]" >&2
+  echo "       PATCH=FILE scripts/gpu/build-ab.sh [-DNAME=VALUE...] -- [MODEL.melt...]" >&2
   exit 2
 fi
 source "$(dirname "$0")/common.sh"
@@ -35,15 +40,22 @@ targets+=("${benches[@]}")
 t0=$(date +%s)
 build_gpu "${targets[@]}"
 say "build-gpu (default) built in $(($(date +%s) - t0)) s"
+if [ -n "${PATCH:-}" ]; then
+  git apply "$PATCH" || {
+    say "build-ab.sh: error: $PATCH does not apply to this tree"
+    exit 1
+  }
+  trap 'git apply -R "$PATCH"' EXIT
+fi
 t0=$(date +%s)
 cmake -S runtime -B build-gpu-ab -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DMELT_SCHEMA_HEADER_DIR="$carry/schema" \
   -DMELT_FLATBUFFERS_INCLUDE_DIR="$carry/flatbuffers" "${options[@]}" >/dev/null &&
   ninja -C build-gpu-ab "${targets[@]}" >/dev/null || {
-  say "build-gpu-ab (${options[*]}) failed"
+  say "build-gpu-ab (${options[*]}${PATCH:+ + $PATCH}) failed"
   exit 1
 }
-say "build-gpu-ab (${options[*]}) built in $(($(date +%s) - t0)) s"
+say "build-gpu-ab (${options[*]}${PATCH:+ + $PATCH}) built in $(($(date +%s) - t0)) s"
 # bench BUILD MODEL ARGS...: melt-run --bench of BUILD, its figures on a line.
 bench() {
   local build=$1 model=$2
@@ -65,9 +77,9 @@ figures() {
   echo
 }
 if [ "${TESTS:-}" = 1 ]; then
-  say "build-gpu-ab kernel tests: $(build-gpu-ab/bin/melt-cuda-kernel-tests 2>&1 |
+  say "build-gpu-ab kernel tests: $(timeout 300 build-gpu-ab/bin/melt-cuda-kernel-tests 2>&1 |
     grep -E '^\[  (PASSED|FAILED) |Failure' | paste -sd' ')"
-  say "build-gpu-ab device conformance: $(build-gpu-ab/bin/melt-runtime-tests \
+  say "build-gpu-ab device conformance: $(timeout 300 build-gpu-ab/bin/melt-runtime-tests \
     --gtest_filter='*Conformance*' 2>&1 | grep -E '^\[  (PASSED|FAILED) |Failure' |
     paste -sd' ')"
 fi
