@@ -414,6 +414,16 @@ public:
     (void)prepared;
     return linear(x, w, y);
   }
+  /// The output of the next experts call (moeExperts,
+  /// moeExpertsOfQuantized, moeExpertsWithShared) is read by nothing but
+  /// a residual add whose norm runs with it (addRmsNorm,
+  /// addRmsNormForProducts, addRmsNormForExperts; CombineNormFusions.h):
+  /// the device may leave the output unwritten and make its rows (the
+  /// experts' rows weighted and summed) in that call's add, the same
+  /// values. Every other call first writes them, so a guess that proves
+  /// wrong costs time, not correctness. The executor asks just before the
+  /// experts call and clears it (false) after. The default leaves nothing.
+  virtual void leaveCombineToNorm(bool leave) { (void)leave; }
   /// y = a + b.
   virtual Status add(const DeviceTensor &a, const DeviceTensor &b,
                      DeviceTensor &y) = 0;

@@ -476,6 +476,8 @@ Status DeviceModel::create(const Model &model, Device &device,
     for (const NormExpertFusion &f :
          findNormExpertFusions(m, *dm.forward_, folds))
       dm.normExperts_[f.norm] = f;
+  // MoE layers' outputs that only the next add-and-norm call reads.
+  dm.combinesInNorm_ = findCombinesInNorm(m, *dm.forward_);
   // MLA's latent appends with their norm and rope, in one call each.
   if (envSwitch("MELT_FUSE_LATENT_APPEND", true))
     for (const LatentAppend &f : findLatentAppends(m, *dm.forward_)) {
@@ -1107,12 +1109,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     Status status = values.make(add.outputs()->Get(0), DType::F32, shape, out);
     if (!status) {
       DeviceTensor y = asRows(*out);
+      device.leaveCombineToNorm(dm.combinesInNorm(add.outputs()->Get(0)));
       status = device.moeExpertsWithShared(
           x, indices, weights, weightOf(f.experts, 0), weightOf(f.experts, 1),
           weightOf(f.experts, 2),
           experts.ints() && experts.ints()->size() > 0 &&
               experts.ints()->Get(0) != 0,
           dm.unquantized(experts.inputs()->Get(0)), shared, y);
+      device.leaveCombineToNorm(false);
     }
     pendingPrepared.readBy(x.data, f.experts);
     values.letGo(x);
@@ -1735,12 +1739,14 @@ Status enqueue(const DeviceModel &dm, ForwardRunner::Pass &pass, int64_t T,
     case fb::KernelKind::MoEExperts:
       MELT_RETURN_IF_ERROR(values.make(outId(0), DType::F32, in(0).shape, out));
       // x before its folded quantize pair: the experts quantize it.
+      device.leaveCombineToNorm(dm.combinesInNorm(outId(0)));
       status =
           dm.unquantized(kernel.inputs()->Get(0))
               ? device.moeExpertsOfQuantized(in(0), in(1), in(2), w(0), w(1),
                                              w(2), ints(0) != 0, *out)
               : device.moeExperts(in(0), in(1), in(2), w(0), w(1), w(2),
                                   ints(0) != 0, *out);
+      device.leaveCombineToNorm(false);
       pendingPrepared.readBy(in(0).data, k);
       break;
     default:

@@ -11,6 +11,7 @@
 #ifndef MELT_RUNTIME_EXECUTOR_H
 #define MELT_RUNTIME_EXECUTOR_H
 
+#include "CombineNormFusions.h"
 #include "Device.h"
 #include "GateUpPairs.h"
 #include "LatentAppends.h"
@@ -100,6 +101,14 @@ public:
   const LatentAppend *latentAppend(uint32_t norm) const {
     auto it = latentAppends_.find(norm);
     return it == latentAppends_.end() ? nullptr : &it->second;
+  }
+
+  /// Whether `value`, a MoE layer's output, is read by nothing but the
+  /// add of the next add-and-norm call (CombineNormFusions.h): the
+  /// executor lets the device leave its combine to that call
+  /// (Device::leaveCombineToNorm).
+  bool combinesInNorm(uint32_t value) const {
+    return combinesInNorm_.count(value) != 0;
   }
 
   /// For the first kernel (in @forward's order) of a MoE layer's routed
@@ -215,6 +224,7 @@ private:
   std::set<uint32_t> bf16Products_;
   std::set<uint32_t> partsInPlace_;
   std::map<uint32_t, LatentAppend> latentAppends_;
+  std::set<uint32_t> combinesInNorm_;
   std::map<uint32_t, SharedExpertFusion> sharedExperts_;
   std::set<uint32_t> routesInExperts_;
   std::map<uint32_t, GateUpPair> gateUpPairs_;

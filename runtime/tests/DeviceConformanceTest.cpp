@@ -8,6 +8,7 @@
 #include "melt/numerics.h"
 
 #include "DeviceTestNames.h"
+#include "cuda/LaunchCount.h"
 
 #include <gtest/gtest.h>
 
@@ -2316,6 +2317,108 @@ TEST_P(DeviceConformance, ManyTokensBf16MoeExpertsWithSharedIsTheCallsApart) {
       device->release(rows.bf16);
     }
   }
+}
+
+// A MoE layer's output left to the add and norm that read it next
+// (Device::leaveCombineToNorm; a GPU's grouped experts then skip their
+// combine and the norm's add makes the rows): the same bits as the experts'
+// output written and added, for the combine as either operand of the add,
+// for the norms that prepare BF16 rows or FP8 codes for their products,
+// and with the routed experts alone or their shared expert in the call.
+// Any other call first writes the rows (here a download), so a guess that
+// proves wrong gives the same values too.
+TEST_P(DeviceConformance, MoeCombineLeftToTheNextNormGivesTheSameBits) {
+  const int64_t T = 160, K = 3, E = 4, I = 256, D = 512, sharedI = 512;
+  const Bf16SharedMoe moe(*this, rng, E, I, D, sharedI, /*rounded=*/true);
+  const std::vector<int32_t> idx = spreadChoices(T, K, E);
+  DeviceTensor x = put(random(DType::F32, {T, D}, rng)),
+               w = put(random(DType::F32, {T, K}, rng)),
+               di = make(DType::I32, {T, K}),
+               residual = put(random(DType::F32, {T, D}, rng)),
+               gamma = put(random(DType::F32, {D}, rng)),
+               bf16Weight = put(random(DType::BF16, {128, D}, rng, 0.1f)),
+               f32Weight = put(random(DType::F32, {128, D}, rng, 0.1f));
+  ASSERT_FALSE(device->upload(idx.data(), di));
+  const float eps = 1e-6f;
+  // The norm's outputs: the sum, y, and what it prepared (BF16 rows or FP8
+  // codes and scales, as bytes).
+  struct Outputs {
+    std::vector<float> sum, y;
+    std::vector<uint8_t> prepared;
+    uint64_t launches = 0; // (a GPU's, from the experts call to the norm's)
+  };
+  auto bytesOf = [&](const DeviceTensor &t) {
+    std::vector<uint8_t> bytes(t.bytes());
+    if (t.data)
+      EXPECT_FALSE(device->download(t, bytes.data()));
+    return bytes;
+  };
+  // norm 0: addRmsNorm; 1: for BF16 products; 2: for FP8 products.
+  auto layer = [&](bool shared, bool left, bool combineFirst, int norm,
+                   bool readFirst) {
+    DeviceTensor out = make(DType::F32, {T, D}), sum = make(DType::F32, {T, D}),
+                 y = make(DType::F32, {T, D});
+    const uint64_t launched = melt::rt::cuda::overlappedLaunchCount();
+    device->leaveCombineToNorm(left);
+    Status s = shared ? device->moeExpertsWithShared(x, di, w, moe.gate, moe.up,
+                                                     moe.down, true, false,
+                                                     moe.shared, out)
+                      : device->moeExperts(x, di, w, moe.gate, moe.up, moe.down,
+                                           true, out);
+    device->leaveCombineToNorm(false);
+    EXPECT_FALSE(s) << s.message();
+    Outputs o;
+    if (readFirst) // (a call that reads the rows before the norm)
+      o.prepared = bytesOf(out);
+    const DeviceTensor &a = combineFirst ? out : residual,
+                       &b = combineFirst ? residual : out;
+    Device::PreparedInput prepared;
+    s = norm == 0
+            ? device->addRmsNorm(a, b, gamma, eps, sum, y)
+            : device->addRmsNormForProducts(a, b, gamma, eps, sum, y,
+                                            norm == 1 ? bf16Weight : f32Weight,
+                                            prepared, true);
+    EXPECT_FALSE(s) << s.message();
+    o.launches = melt::rt::cuda::overlappedLaunchCount() - launched;
+    o.sum = get(sum);
+    o.y = get(y);
+    for (const DeviceTensor *t :
+         {&prepared.bf16, &prepared.q, &prepared.scales}) {
+      std::vector<uint8_t> bytes = bytesOf(*t);
+      o.prepared.insert(o.prepared.end(), bytes.begin(), bytes.end());
+      device->release(*const_cast<DeviceTensor *>(t));
+    }
+    return o;
+  };
+  for (bool shared : {false, true})
+    for (int norm : {0, 1, 2})
+      for (bool combineFirst : {false, true}) {
+        const Outputs want = layer(shared, false, combineFirst, norm, false),
+                      have = layer(shared, true, combineFirst, norm, false);
+        const std::string what =
+            std::string(shared ? "with" : "without") + " the shared expert, " +
+            (norm == 0   ? "addRmsNorm"
+             : norm == 1 ? "BF16 rows"
+                         : "FP8 codes") +
+            (combineFirst ? ", the combine as a" : ", the combine as b");
+        EXPECT_EQ(0, std::memcmp(want.sum.data(), have.sum.data(),
+                                 want.sum.size() * 4))
+            << what;
+        EXPECT_EQ(0,
+                  std::memcmp(want.y.data(), have.y.data(), want.y.size() * 4))
+            << what;
+        EXPECT_EQ(want.prepared, have.prepared) << what;
+        // On a GPU the combine's kernel is left out (the grouped experts
+        // take these shapes).
+        if (device->name().rfind("cuda", 0) == 0)
+          EXPECT_EQ(have.launches + 1, want.launches) << what;
+      }
+  // Read before the norm: written all the same.
+  const Outputs want = layer(true, false, false, 0, true),
+                have = layer(true, true, false, 0, true);
+  EXPECT_EQ(want.prepared, have.prepared);
+  EXPECT_EQ(0,
+            std::memcmp(want.sum.data(), have.sum.data(), want.sum.size() * 4));
 }
 
 // The same values with the sums in F32 atomics where asked (a GPU:

@@ -153,6 +153,12 @@ public:
   void release(DeviceTensor &tensor) override {
     if (!tensor.data)
       return;
+    // Nor a pending combine's.
+    if (pendingCombine_ && pendingCombine_->touches(tensor)) {
+      pendingCombine_->heldBack.push_back(tensor);
+      tensor.data = nullptr;
+      return;
+    }
     // A pending norm's memory takes no other value before the norm has run:
     // released once it is launched.
     if (pendingNorm_ && pendingNorm_->touches(tensor)) {
@@ -546,16 +552,125 @@ public:
       release(t);
     p.heldBack.clear();
   }
+  /// A MoE layer's combine left to the add and norm that read its output
+  /// next (Device::leaveCombineToNorm, CombineNormFusions.h): the grouped
+  /// experts of a prefill's many tokens end without their combine kernel,
+  /// and the add-and-norm call that reads `y` makes the rows in its add
+  /// (CombinedRows): the combine's F32 rows neither written nor read back.
+  /// Any other call launches the combine first (ready()), as one whose
+  /// shape the norm's warp-a-row kernel does not take. The experts' rows,
+  /// the choices' rows and weights and the shared expert's rows are held
+  /// (their memory released meanwhile takes no other value) until it has
+  /// run. Left outside recordings and side branches only, on stream_.
+  /// MELT_CUDA_COMBINE_IN_NORM=0: never left.
+  struct PendingCombine {
+    void *y = nullptr; // the experts call's output, [tokens, dim] F32
+    CombinedRows rows;
+    int tokens = 0, dim = 0;
+    std::vector<DeviceTensor> heldBack;
+    /// Whether t's memory is any the combine reads or writes.
+    bool touches(const DeviceTensor &t) const {
+      const void *parts[] = {y, rows.expertOut.data, rows.rowOfPair,
+                             rows.weights, rows.plus.data};
+      for (const void *p : parts)
+        if (p && t.data == p)
+          return true;
+      return false;
+    }
+  };
+  std::optional<PendingCombine> pendingCombine_;
+  bool combineInNorm_ = envSwitch("MELT_CUDA_COMBINE_IN_NORM", true);
+  bool leaveCombine_ = false;
+  void leaveCombineToNorm(bool leave) override { leaveCombine_ = leave; }
+  /// Whether the experts call ending now leaves its combine of `tokens`
+  /// rows of `dim` into y.
+  bool leavesCombine(const DeviceTensor &y, int tokens, int dim) const {
+    return leaveCombine_ && combineInNorm_ && fusedAddNorm_ && !capturing_ &&
+           !branchOpen_ && !inBranch_ && !pendingCombine_ &&
+           y.dtype == DType::F32 && tokens > 0 && dim % 4 == 0;
+  }
+  /// The combine's own kernel into its y, its held memory released.
+  Status launchCombine(PendingCombine &p) {
+    Status status = check(
+        combineExpertRows(p.rows.expertOut, p.rows.rowOfPair, p.rows.weights,
+                          p.tokens, p.rows.choices, p.dim, p.rows.combineBf16,
+                          static_cast<float *>(p.y), stream_, p.rows.plus),
+        "moe_experts");
+    releaseCombineHeld(p);
+    return status;
+  }
+  void releaseCombineHeld(PendingCombine &p) {
+    for (DeviceTensor &t : p.heldBack)
+      release(t);
+    p.heldBack.clear();
+  }
+  Status launchPendingCombine() {
+    if (!pendingCombine_)
+      return Status::ok();
+    PendingCombine p = std::move(*pendingCombine_);
+    pendingCombine_.reset();
+    return launchCombine(p);
+  }
+  /// A combine an add-and-norm call took for its add of a and b (one of
+  /// them the combine's output; its held memory released when the call is
+  /// done), or none.
+  class ClaimedCombine {
+  public:
+    ClaimedCombine(CudaDevice &device, const DeviceTensor &a,
+                   const DeviceTensor &b, const DeviceTensor &sum)
+        : device_(device) {
+      std::optional<PendingCombine> &p = device.pendingCombine_;
+      if (p && (p->y == a.data || p->y == b.data) && a.data != b.data &&
+          sum.rows() == p->tokens && sum.cols() == p->dim) {
+        claimed_ = std::move(p);
+        p.reset();
+      }
+    }
+    bool any() const { return claimed_.has_value(); }
+    ClaimedCombine(const ClaimedCombine &) = delete;
+    ClaimedCombine &operator=(const ClaimedCombine &) = delete;
+    ~ClaimedCombine() {
+      if (claimed_)
+        device_.releaseCombineHeld(*claimed_);
+    }
+    /// launch(x, b, combined) of a + b: with the combine made in the add
+    /// (x the other operand) where the kernel takes it, else after the
+    /// combine's own kernel.
+    template <class Launch>
+    Status addNorm(const DeviceTensor &a, const DeviceTensor &b,
+                   DeviceTensor &sum, Launch launch) {
+      if (claimed_) {
+        const bool combineIsA = claimed_->y == a.data;
+        const DeviceTensor &other = combineIsA ? b : a;
+        if (normTakesCombinedRows(int(sum.rows()), int(sum.cols()),
+                                  device_.operand(other), device_.result(sum),
+                                  claimed_->rows))
+          return launch(device_.operand(other),
+                        device_.operand(combineIsA ? a : b), &claimed_->rows);
+        PendingCombine p = std::move(*claimed_);
+        claimed_.reset();
+        MELT_RETURN_IF_ERROR(device_.launchCombine(p));
+      }
+      return launch(device_.operand(a), device_.operand(b), nullptr);
+    }
+
+  private:
+    CudaDevice &device_;
+    std::optional<PendingCombine> claimed_;
+  };
+
   /// usable(), once a pending norm is launched: every call that may read
   /// memory makes it (allocate() reads none). While recording, a call in a
   /// branch (the other stream) leaves the norm pending: the branch reads
   /// nothing it writes (markBranch), and a recording reuses no memory.
   Status ready() {
+    Status combined = launchPendingCombine();
     Status launched =
         pendingNorm_ && (!capturing_ || pendingNorm_->stream == stream_)
             ? launchPendingNorm()
             : Status::ok();
     MELT_RETURN_IF_ERROR(usable());
+    MELT_RETURN_IF_ERROR(combined);
     return launched;
   }
   /// linear(x, w, y) of the pending norm's y as one kernel with it, where
@@ -876,13 +991,19 @@ public:
                     DeviceTensor &y) override {
     if (!fusedAddNorm_)
       return Device::addRmsNorm(a, b, gamma, eps, sum, y);
+    ClaimedCombine claimed(*this, a, b, sum);
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
-    if (leaveNormPending(a, &b, &sum, gamma, eps, y))
+    if (!claimed.any() && leaveNormPending(a, &b, &sum, gamma, eps, y))
       return Status::ok();
-    return check(cuda::addRmsNorm(operand(a), operand(b), operand(gamma), eps,
-                                  int(sum.rows()), int(sum.cols()), result(sum),
-                                  result(y), stream_),
-                 "add_rms_norm");
+    return claimed.addNorm(
+        a, b, sum,
+        [&](Operand x, Operand addend, const CombinedRows *combined) {
+          return check(cuda::addRmsNorm(x, addend, operand(gamma), eps,
+                                        int(sum.rows()), int(sum.cols()),
+                                        result(sum), result(y), stream_,
+                                        nullptr, combined),
+                       "add_rms_norm");
+        });
   }
   /// Norms whose value only FP8 products read quantize their rows for
   /// them (NormProductFusions.h): each product's own quantize kernel,
@@ -964,15 +1085,18 @@ public:
                          PreparedInput &prepared, bool rowsRead) {
     if (!fusedAddNorm_ || y.dtype != DType::F32)
       return addRmsNorm(a, b, gamma, eps, sum, y);
+    ClaimedCombine claimed(*this, a, b, sum);
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
-    return normBf16Rows(a, &b, gamma, eps, &sum, y, prepared, rowsRead);
+    return normBf16Rows(a, &b, gamma, eps, &sum, y, prepared, rowsRead,
+                        &claimed);
   }
   /// The norm of x (with b: of x + b, written to sum) into F32 y and its
   /// rows in BF16 into `prepared.bf16`, one kernel; without `rowsRead`
   /// (and normRowsUnwritten_) into the BF16 rows alone, y left unwritten.
   Status normBf16Rows(const DeviceTensor &x, const DeviceTensor *b,
                       const DeviceTensor &gamma, float eps, DeviceTensor *sum,
-                      DeviceTensor &y, PreparedInput &prepared, bool rowsRead) {
+                      DeviceTensor &y, PreparedInput &prepared, bool rowsRead,
+                      ClaimedCombine *claimed = nullptr) {
     const int rows = int(y.rows()), cols = int(y.cols());
     PreparedInput made;
     made.rowsUnwritten = !rowsRead && normRowsUnwritten_;
@@ -980,14 +1104,19 @@ public:
     auto *bf16 = static_cast<__nv_bfloat16 *>(made.bf16.data);
     const Result out = made.rowsUnwritten ? Result{bf16, true} : result(y);
     __nv_bfloat16 *alsoBf16 = made.rowsUnwritten ? nullptr : bf16;
+    auto addNorm = [&](Operand a, Operand addend,
+                       const CombinedRows *combined) {
+      return check(cuda::addRmsNorm(a, addend, operand(gamma), eps, rows, cols,
+                                    result(*sum), out, stream_, alsoBf16,
+                                    combined),
+                   "add_rms_norm");
+    };
     Status status =
-        b ? check(cuda::addRmsNorm(operand(x), operand(*b), operand(gamma), eps,
-                                   rows, cols, result(*sum), out, stream_,
-                                   alsoBf16),
-                  "add_rms_norm")
-          : check(cuda::rmsNorm(operand(x), operand(gamma), eps, rows, cols,
-                                out, stream_, alsoBf16, int(x.rowPitch)),
-                  "rms_norm");
+        !b ? check(cuda::rmsNorm(operand(x), operand(gamma), eps, rows, cols,
+                                 out, stream_, alsoBf16, int(x.rowPitch)),
+                   "rms_norm")
+        : claimed ? claimed->addNorm(x, *b, *sum, addNorm)
+                  : addNorm(operand(x), operand(*b), nullptr);
     if (status) {
       release(made.bf16);
       return status;
@@ -1004,9 +1133,10 @@ public:
                            bool rowsRead = true) {
     if (!fusedAddNorm_ || y.dtype != DType::F32 || y.cols() % 128 != 0)
       return addRmsNorm(a, b, gamma, eps, sum, y);
+    ClaimedCombine claimed(*this, a, b, sum);
     MELT_RETURN_IF_ERROR(checkAddRmsNorm(a, b, gamma, sum, y));
     return normQuantizingRows(a, &b, gamma, eps, &sum, y, prepared, withBf16,
-                              rowsRead);
+                              rowsRead, &claimed);
   }
   /// A call that would read rows a norm left unwritten for the calls that
   /// read what it prepared (the executor's choice and the device's
@@ -1105,7 +1235,8 @@ public:
                             const DeviceTensor &gamma, float eps,
                             DeviceTensor *sum, DeviceTensor &y,
                             PreparedInput &prepared, bool withBf16 = false,
-                            bool rowsRead = true) {
+                            bool rowsRead = true,
+                            ClaimedCombine *claimed = nullptr) {
     const int64_t rows = y.rows(), cols = y.cols();
     PreparedInput made;
     made.rowsUnwritten =
@@ -1115,18 +1246,30 @@ public:
       status = allocate(DType::F32, {cols / 128, rows}, made.scales);
     if (!status && withBf16)
       status = allocate(DType::BF16, {rows, cols}, made.bf16);
-    const Operand bOperand = b ? operand(*b) : Operand{nullptr, false};
-    if (!status)
-      status = check(
+    auto norm = [&](Operand from, const Operand *addend,
+                    const CombinedRows *combined) {
+      return check(
           rmsNormQuantizeRowsFp8(
-              operand(x), b ? &bOperand : nullptr,
-              sum ? result(*sum) : Result{nullptr, false}, operand(gamma), eps,
-              int(rows), int(cols),
+              from, addend, sum ? result(*sum) : Result{nullptr, false},
+              operand(gamma), eps, int(rows), int(cols),
               made.rowsUnwritten ? nullptr : static_cast<float *>(y.data),
               static_cast<__nv_fp8_e4m3 *>(made.q.data),
               static_cast<float *>(made.scales.data), stream_,
-              static_cast<__nv_bfloat16 *>(made.bf16.data), int(x.rowPitch)),
+              static_cast<__nv_bfloat16 *>(made.bf16.data), int(x.rowPitch),
+              combined),
           "rms_norm");
+    };
+    if (!status) {
+      const Operand bOperand = b ? operand(*b) : Operand{nullptr, false};
+      status = !b ? norm(operand(x), nullptr, nullptr)
+               : claimed && sum
+                   ? claimed->addNorm(x, *b, *sum,
+                                      [&](Operand from, Operand addend,
+                                          const CombinedRows *combined) {
+                                        return norm(from, &addend, combined);
+                                      })
+                   : norm(operand(x), &bOperand, nullptr);
+    }
     if (status) {
       release(made.q);
       release(made.scales);
@@ -2409,12 +2552,23 @@ public:
       return invalidArgument("moe_experts: the shared expert needs the FP8 "
                              "experts' grouped tensor-core path or BF16 "
                              "stacks");
-    return check(
-        combineExpertRows({outT.data, combineBf16}, rowOfPair,
-                          static_cast<const float *>(weights.data), T, K, D,
-                          combineBf16, static_cast<float *>(y.data), stream_,
-                          {sharedOutT.data, sharedOutT.dtype == DType::BF16}),
-        "moe_experts");
+    const CombinedRows combined{
+        {outT.data, combineBf16},
+        rowOfPair,
+        static_cast<const float *>(weights.data),
+        K,
+        combineBf16,
+        {sharedOutT.data, sharedOutT.dtype == DType::BF16}};
+    if (leavesCombine(y, T, D)) {
+      // (The scratch's rows it reads are held back as they are released.)
+      pendingCombine_ = PendingCombine{y.data, combined, T, D, {}};
+      return Status::ok();
+    }
+    return check(combineExpertRows(combined.expertOut, rowOfPair,
+                                   combined.weights, T, K, D, combineBf16,
+                                   static_cast<float *>(y.data), stream_,
+                                   combined.plus),
+                 "moe_experts");
   }
 
   /// A shared expert's MLP of T tokens from x's FP8 codes and 1 x 128

@@ -3,6 +3,7 @@
 
 #include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
+#include "cuda/ExpertCombine.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/RowNorm.cuh"
 #include "cuda/Silu.cuh"
@@ -110,12 +111,16 @@ __device__ __forceinline__ void storeFour(Result y, size_t i, float4 v) {
 /// blocks quantized, q and scales, and y in BF16 where yBf16 is given), a
 /// warp a row (warpNormRow). The
 /// blocks' largest magnitudes are reduced over the warp for all blocks at
-/// once (a block after another waited on five shuffles each).
-template <bool kAdd, int kQuads, bool kQuantize, bool kBf16X>
+/// once (a block after another waited on five shuffles each). kCombine
+/// (with kAdd): b's values are the row's combine of `combined`, summed
+/// here as combineExpertRows sums them (ExpertCombine.cuh), b unread.
+template <bool kAdd, int kQuads, bool kQuantize, bool kBf16X,
+          bool kCombine = false>
 __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
     warpNormKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                    float eps, int rows, int cols, Result y, __nv_fp8_e4m3 *q,
-                   float *scales, __nv_bfloat16 *yBf16, int xPitch) {
+                   float *scales, __nv_bfloat16 *yBf16, int xPitch,
+                   CombinedRows combined) {
   awaitPriorKernels();
   const int row = blockIdx.x * kWarpNormRowsPerBlock + threadIdx.x / 32,
             lane = threadIdx.x % 32;
@@ -125,8 +130,44 @@ __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
   float4 v[kQuads];
   x.bf16 = kBf16X; // (the launch's choice: one load path compiled)
   x = rowPitched(x, row, cols, xPitch);
-  warpNormRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, v);
   const int quads = cols / 4;
+  if constexpr (kCombine) {
+    static_assert(kAdd, "a combine is an addend");
+    warpNormRowWith<true>(
+        x,
+        [&](float4(&w)[kQuads]) {
+#pragma unroll
+          for (int j = 0; j < kQuads; ++j)
+            w[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+          for (int k = 0; k < combined.choices; ++k) {
+            const int pair = row * combined.choices + k;
+            const int from = combined.rowOfPair[pair];
+            if (from < 0) // no row: its expert index was outside
+              continue;
+            const float weight = combined.weights[pair];
+            float4 four[kQuads]; // (every load of the choice out first)
+#pragma unroll
+            for (int j = 0; j < kQuads; ++j)
+              if (lane + 32 * j < quads)
+                four[j] =
+                    load4(combined.expertOut,
+                          size_t(from) * cols + 4 * size_t(lane + 32 * j));
+#pragma unroll
+            for (int j = 0; j < kQuads; ++j)
+              if (lane + 32 * j < quads)
+                addWeightedFour(w[j], four[j], weight, combined.combineBf16);
+          }
+          if (combined.plus.data)
+#pragma unroll
+            for (int j = 0; j < kQuads; ++j)
+              if (lane + 32 * j < quads)
+                addFour(w[j],
+                        load4(combined.plus, base + 4 * size_t(lane + 32 * j)));
+        },
+        sumOut, gamma, eps, cols, base, v);
+  } else {
+    warpNormRow<kAdd>(x, b, sumOut, gamma, eps, cols, base, v);
+  }
   if (y.data)
 #pragma unroll
     for (int j = 0; j < kQuads; ++j)
@@ -166,31 +207,41 @@ __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
   }
 }
 
-/// Launches warpNormKernel's instance for `cols`.
+/// Launches warpNormKernel's instance for `cols` (and for `combined`,
+/// where given: kCombine).
 template <bool kAdd, bool kQuantize>
-cudaError_t
-launchWarpNorm(Operand x, Operand b, Result sum, Operand gamma, float eps,
-               int rows, int cols, Result y, __nv_fp8_e4m3 *q, float *scales,
-               __nv_bfloat16 *yBf16, cudaStream_t stream, int xPitch) {
+cudaError_t launchWarpNorm(Operand x, Operand b, Result sum, Operand gamma,
+                           float eps, int rows, int cols, Result y,
+                           __nv_fp8_e4m3 *q, float *scales,
+                           __nv_bfloat16 *yBf16, cudaStream_t stream,
+                           int xPitch, const CombinedRows *combined = nullptr) {
   const unsigned blocks =
       unsigned((rows + kWarpNormRowsPerBlock - 1) / kWarpNormRowsPerBlock);
+  const CombinedRows combine = combined ? *combined : CombinedRows{};
   auto launch = [&](auto kernel) {
     return launchOverlapped(kernel, blocks, 32 * kWarpNormRowsPerBlock, 0,
                             stream, x, b, sum, gamma, eps, rows, cols, y, q,
-                            scales, yBf16, xPitch);
+                            scales, yBf16, xPitch, combine);
   };
-  auto launchOf = [&](auto bf16X) {
+  auto launchOf = [&](auto bf16X, auto combines) {
     constexpr bool kBf16X = decltype(bf16X)::value;
+    constexpr bool kCombine = decltype(combines)::value;
     switch (warpNormQuads(cols)) {
     case 4:
-      return launch(warpNormKernel<kAdd, 4, kQuantize, kBf16X>);
+      return launch(warpNormKernel<kAdd, 4, kQuantize, kBf16X, kCombine>);
     case 8:
-      return launch(warpNormKernel<kAdd, 8, kQuantize, kBf16X>);
+      return launch(warpNormKernel<kAdd, 8, kQuantize, kBf16X, kCombine>);
     default:
-      return launch(warpNormKernel<kAdd, 16, kQuantize, kBf16X>);
+      return launch(warpNormKernel<kAdd, 16, kQuantize, kBf16X, kCombine>);
     }
   };
-  return x.bf16 ? launchOf(std::true_type()) : launchOf(std::false_type());
+  if constexpr (kAdd) {
+    if (combined)
+      return x.bf16 ? launchOf(std::true_type(), std::true_type())
+                    : launchOf(std::false_type(), std::true_type());
+  }
+  return x.bf16 ? launchOf(std::true_type(), std::false_type())
+                : launchOf(std::false_type(), std::false_type());
 }
 
 __device__ __forceinline__ float binaryOf(Binary op, float u, float v) {
@@ -384,17 +435,23 @@ cudaError_t melt::rt::cuda::rmsNorm(Operand x, Operand gamma, float eps,
 cudaError_t melt::rt::cuda::rmsNormQuantizeRowsFp8(
     Operand x, const Operand *b, Result sum, Operand gamma, float eps, int rows,
     int cols, float *y, __nv_fp8_e4m3 *q, float *scales, cudaStream_t stream,
-    __nv_bfloat16 *yBf16, int xPitch) {
+    __nv_bfloat16 *yBf16, int xPitch, const CombinedRows *combined) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
   xPitch = xPitch ? xPitch : cols;
-  if (xPitch < cols || (b && xPitch != cols))
+  if (xPitch < cols || (b && xPitch != cols) || (combined && !b))
     return cudaErrorInvalidValue;
   const size_t stagedBytes = sizeof(float) * size_t(cols);
   const bool staged = normRowsStage(cols);
   if (cols % 128 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(yBf16) % 8 != 0 || (!y && !staged))
     return cudaErrorInvalidValue;
+  if (combined)
+    return normTakesCombinedRows(rows, cols, x, sum, *combined)
+               ? launchWarpNorm<true, true>(x, *b, sum, gamma, eps, rows, cols,
+                                            Result{y, false}, q, scales, yBf16,
+                                            stream, cols, combined)
+               : cudaErrorInvalidValue;
   if (b ? normRowsByWarp(rows, cols, x, b, &sum)
         : pitchKeepsRows(x, cols, xPitch) && normRowsByWarp(rows, cols, x))
     return b ? launchWarpNorm<true, true>(x, *b, sum, gamma, eps, rows, cols,
@@ -431,6 +488,15 @@ bool melt::rt::cuda::normRowsByWarp(int rows, int cols, Operand x,
          (!sum || alignedFor4(sum->data, sum->bf16));
 }
 
+bool melt::rt::cuda::normTakesCombinedRows(int rows, int cols, Operand x,
+                                           Result sum,
+                                           const CombinedRows &combined) {
+  return normRowsByWarp(rows, cols, x, &combined.expertOut, &sum) &&
+         combined.rowOfPair && combined.weights && combined.choices > 0 &&
+         (!combined.plus.data ||
+          alignedFor4(combined.plus.data, combined.plus.bf16));
+}
+
 bool melt::rt::cuda::normRowsStage(int cols) {
   // (Within the 48 KB a block has without asking: DeepSeek-V3's 7168
   // columns take 28.)
@@ -441,9 +507,16 @@ cudaError_t melt::rt::cuda::addRmsNorm(Operand a, Operand b, Operand gamma,
                                        float eps, int rows, int cols,
                                        Result sum, Result y,
                                        cudaStream_t stream,
-                                       __nv_bfloat16 *yBf16) {
+                                       __nv_bfloat16 *yBf16,
+                                       const CombinedRows *combined) {
   if (rows <= 0 || cols <= 0)
     return rows == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  if (combined)
+    return normTakesCombinedRows(rows, cols, a, sum, *combined)
+               ? launchWarpNorm<true, false>(a, b, sum, gamma, eps, rows, cols,
+                                             y, nullptr, nullptr, yBf16, stream,
+                                             cols, combined)
+               : cudaErrorInvalidValue;
   if (normRowsByWarp(rows, cols, a, &b, &sum))
     return launchWarpNorm<true, false>(a, b, sum, gamma, eps, rows, cols, y,
                                        nullptr, nullptr, yBf16, stream, cols);

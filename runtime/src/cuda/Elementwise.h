@@ -27,6 +27,31 @@ struct Result {
   bool bf16;
 };
 
+/// A MoE layer's output as its combine would make it (combineExpertRows,
+/// ModelKernels.h: each token's expert rows weighted and summed in choice
+/// order, then its shared expert's row added), for a norm's residual add
+/// to make in place of reading b: the combine's [tokens, dim] F32 output
+/// is then neither written nor read back (mini's 8x1024 prefill: 134 MB a
+/// MoE layer). The same values (ExpertCombine.cuh).
+struct CombinedRows {
+  /// The experts' output rows [*, dim] (BF16 or F32) and, for each of a
+  /// token's `choices` choices, its row there (negative: none) and weight.
+  Operand expertOut{nullptr, false};
+  const int32_t *rowOfPair = nullptr;
+  const float *weights = nullptr;
+  int choices = 0;
+  /// Each expert row rounded to BF16 before it is weighted.
+  bool combineBf16 = false;
+  /// A shared expert's output [tokens, dim], added last (null: none).
+  Operand plus{nullptr, false};
+};
+
+/// Whether addRmsNorm and rmsNormQuantizeRowsFp8 take `combined` in place
+/// of b for these rows (a warp a row: normRowsByWarp of x and the sum, the
+/// combine's rows aligned to 4 elements).
+bool normTakesCombinedRows(int rows, int cols, Operand x, Result sum,
+                           const CombinedRows &combined);
+
 /// `yBf16` (where given): y's rows rounded to BF16 as well (a BF16
 /// product's input, beside y's own type). `xPitch` (where not 0): x's rows
 /// that many elements apart (a part of a wider matrix's columns), not
@@ -41,21 +66,27 @@ cudaError_t rmsNorm(Operand x, Operand gamma, float eps, int rows, int cols,
 /// memory where normRowsStage(cols)). y may be null where
 /// normRowsStage(cols): the rows only quantized. `yBf16` (where given,
 /// 8-byte aligned): y's rows rounded to BF16 as well. `xPitch` as
-/// rmsNorm's (without `b` only).
+/// rmsNorm's (without `b` only). With `combined` (and b given, its values
+/// unread), b's values are those rows' combine (normTakesCombinedRows must
+/// hold: else cudaErrorInvalidValue).
 cudaError_t rmsNormQuantizeRowsFp8(Operand x, const Operand *b, Result sum,
                                    Operand gamma, float eps, int rows, int cols,
                                    float *y, __nv_fp8_e4m3 *q, float *scales,
                                    cudaStream_t stream,
                                    __nv_bfloat16 *yBf16 = nullptr,
-                                   int xPitch = 0);
+                                   int xPitch = 0,
+                                   const CombinedRows *combined = nullptr);
 /// Whether rmsNormQuantizeRowsFp8 keeps a row of `cols` in shared memory
 /// (and so can leave y out).
 bool normRowsStage(int cols);
 /// sum = a + b (as binary(Add) stores it), y = rmsNorm(sum), one pass
-/// (`yBf16` as rmsNorm's).
+/// (`yBf16` as rmsNorm's). With `combined`, b's values are those rows'
+/// combine (b's data unread; normTakesCombinedRows must hold: else
+/// cudaErrorInvalidValue).
 cudaError_t addRmsNorm(Operand a, Operand b, Operand gamma, float eps, int rows,
                        int cols, Result sum, Result y, cudaStream_t stream,
-                       __nv_bfloat16 *yBf16 = nullptr);
+                       __nv_bfloat16 *yBf16 = nullptr,
+                       const CombinedRows *combined = nullptr);
 
 /// y = x in y's type (rounded to BF16 where y is BF16).
 cudaError_t convert(Operand x, size_t count, Result y, cudaStream_t stream);

@@ -4,6 +4,7 @@
 #include "cuda/BlockQuantize.cuh"
 #include "cuda/DependentLaunch.cuh"
 #include "cuda/E4m3.cuh"
+#include "cuda/ExpertCombine.cuh"
 #include "cuda/ExpertPairs.cuh"
 #include "cuda/OperandAccess.cuh"
 #include "cuda/PagedCache.cuh"
@@ -572,7 +573,7 @@ __global__ void combineExpertRowsKernel(Operand expertOut,
       float v = load(expertOut, size_t(rowOfPair[pair]) * dim + d);
       if (combineBf16)
         v = __bfloat162float(__float2bfloat16(v));
-      sum += weights[pair] * v;
+      sum = __fmaf_rn(weights[pair], v, sum); // (as addWeightedFour)
     }
     if (plus.data)
       sum += load(plus, size_t(t) * dim + d);
@@ -580,33 +581,11 @@ __global__ void combineExpertRowsKernel(Operand expertOut,
   }
 }
 
-/// sum += w times four values of an expert's row (each rounded to BF16
-/// first with combineBf16).
-__device__ __forceinline__ void addWeightedFour(float (&sum)[4], float4 four,
-                                                float w, bool combineBf16) {
-  float v[4] = {four.x, four.y, four.z, four.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if (combineBf16)
-      v[i] = __bfloat162float(__float2bfloat16(v[i]));
-    sum[i] += w * v[i];
-  }
-}
-
-/// y[at .. at + 4) = the four sums, plus plus's values there where given.
-__device__ __forceinline__ void storeCombinedFour(float (&sum)[4], Operand plus,
-                                                  float *y, size_t at) {
-  if (plus.data) {
-    const float4 p = load4(plus, at);
-    sum[0] += p.x, sum[1] += p.y, sum[2] += p.z, sum[3] += p.w;
-  }
-  *reinterpret_cast<float4 *>(y + at) =
-      make_float4(sum[0], sum[1], sum[2], sum[3]);
-}
-
 /// The same four values a thread (dim a multiple of 4): each value's sum
 /// in the same order, so the same bits, with 16-byte loads and stores (a
 /// prefill's combine had run at 40% of the copy bandwidth on scalars).
+/// ExpertCombine.cuh's arithmetic, which a norm's add that does the
+/// combine itself (CombinedRows) shares.
 __global__ void combineExpertRowsByFourKernel(Operand expertOut,
                                               const int32_t *rowOfPair,
                                               const float *weights, int choices,
@@ -615,7 +594,7 @@ __global__ void combineExpertRowsByFourKernel(Operand expertOut,
   awaitPriorKernels();
   const int t = blockIdx.x;
   for (int d = 4 * threadIdx.x; d < dim; d += 4 * blockDim.x) {
-    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int k = 0; k < choices; ++k) {
       const int pair = t * choices + k;
       const int row = rowOfPair[pair];
@@ -624,7 +603,10 @@ __global__ void combineExpertRowsByFourKernel(Operand expertOut,
       addWeightedFour(sum, load4(expertOut, size_t(row) * dim + d),
                       weights[pair], combineBf16);
     }
-    storeCombinedFour(sum, plus, y, size_t(t) * dim + d);
+    const size_t at = size_t(t) * dim + d;
+    if (plus.data)
+      addFour(sum, load4(plus, at));
+    *reinterpret_cast<float4 *>(y + at) = sum;
   }
 }
 

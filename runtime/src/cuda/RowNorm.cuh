@@ -166,11 +166,12 @@ __host__ __device__ constexpr int warpNormQuads(int cols) {
 /// but the sums (with kAdd), so the callers' stores come after every load
 /// and their per-four work (a quantize block is the warp's j-th fours) can
 /// run for all j at once, not one four's loads and shuffles after
-/// another's.
-template <bool kAdd, int kQuads>
-__device__ __forceinline__ void warpNormRow(Operand x, Operand b, Result sumOut,
-                                            Operand gamma, float eps, int cols,
-                                            size_t base, float4 (&v)[kQuads]) {
+/// another's. With kAdd, addend(w) gives the fours added to x's (b's, or
+/// what a combine makes: warpNormRowOfCombined).
+template <bool kAdd, int kQuads, class Addend>
+__device__ __forceinline__ void
+warpNormRowWith(Operand x, Addend addend, Result sumOut, Operand gamma,
+                float eps, int cols, size_t base, float4 (&v)[kQuads]) {
   const int lane = threadIdx.x % 32, quads = cols / 4;
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
   // Every load of the row before any store (the sum may be x's memory).
@@ -181,11 +182,7 @@ __device__ __forceinline__ void warpNormRow(Operand x, Operand b, Result sumOut,
   }
   if constexpr (kAdd) {
     float4 w[kQuads];
-#pragma unroll
-    for (int j = 0; j < kQuads; ++j) {
-      const int q = lane + 32 * j;
-      w[j] = q < quads ? load4(b, base + 4 * size_t(q)) : zero;
-    }
+    addend(w);
 #pragma unroll
     for (int j = 0; j < kQuads; ++j) {
       const int q = lane + 32 * j;
@@ -220,6 +217,25 @@ __device__ __forceinline__ void warpNormRow(Operand x, Operand b, Result sumOut,
     v[j] = make_float4(v[j].x * scale * g.x, v[j].y * scale * g.y,
                        v[j].z * scale * g.z, v[j].w * scale * g.w);
   }
+}
+
+/// warpNormRowWith adding b's row at `base` (with kAdd).
+template <bool kAdd, int kQuads>
+__device__ __forceinline__ void warpNormRow(Operand x, Operand b, Result sumOut,
+                                            Operand gamma, float eps, int cols,
+                                            size_t base, float4 (&v)[kQuads]) {
+  const int lane = threadIdx.x % 32, quads = cols / 4;
+  warpNormRowWith<kAdd>(
+      x,
+      [&](float4(&w)[kQuads]) {
+#pragma unroll
+        for (int j = 0; j < kQuads; ++j) {
+          const int q = lane + 32 * j;
+          w[j] = q < quads ? load4(b, base + 4 * size_t(q))
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+      },
+      sumOut, gamma, eps, cols, base, v);
 }
 
 /// warpNormRow with its instance chosen at run time (warpNormQuads), each
