@@ -116,7 +116,7 @@ __device__ __forceinline__ void storeFour(Result y, size_t i, float4 v) {
 /// here as combineExpertRows sums them (ExpertCombine.cuh), b unread.
 template <bool kAdd, int kQuads, bool kQuantize, bool kBf16X,
           bool kCombine = false>
-__global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock)
+__global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock, kCombine ? 3 : 1)
     warpNormKernel(Operand x, Operand b, Result sumOut, Operand gamma,
                    float eps, int rows, int cols, Result y, __nv_fp8_e4m3 *q,
                    float *scales, __nv_bfloat16 *yBf16, int xPitch,

@@ -174,15 +174,17 @@ warpNormRowWith(Operand x, Addend addend, Result sumOut, Operand gamma,
                 float eps, int cols, size_t base, float4 (&v)[kQuads]) {
   const int lane = threadIdx.x % 32, quads = cols / 4;
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-  // Every load of the row before any store (the sum may be x's memory).
+  // Every load of the row before any store (the sum may be x's memory); the
+  // addend's first (a combine's loads and sums with x's row not yet held).
+  float4 w[kQuads];
+  if constexpr (kAdd)
+    addend(w);
 #pragma unroll
   for (int j = 0; j < kQuads; ++j) {
     const int q = lane + 32 * j;
     v[j] = q < quads ? load4(x, base + 4 * size_t(q)) : zero;
   }
   if constexpr (kAdd) {
-    float4 w[kQuads];
-    addend(w);
 #pragma unroll
     for (int j = 0; j < kQuads; ++j) {
       const int q = lane + 32 * j;
