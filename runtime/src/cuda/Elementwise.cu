@@ -139,7 +139,39 @@ __global__ void __launch_bounds__(32 * kWarpNormRowsPerBlock, kCombine ? 3 : 1)
 #pragma unroll
           for (int j = 0; j < kQuads; ++j)
             w[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-          for (int k = 0; k < combined.choices; ++k) {
+          // BF16 rows: two choices' loads in flight at once (a choice at a
+          // time, the warp waited a memory round trip per choice: the norm
+          // with the combine ran as long as the two kernels it replaced).
+          // The sums in the same order.
+          int k = 0;
+          if (combined.expertOut.bf16)
+            for (; k + 1 < combined.choices; k += 2) {
+              const int pair = row * combined.choices + k;
+              const int from[2] = {combined.rowOfPair[pair],
+                                   combined.rowOfPair[pair + 1]};
+              uint2 raw[2][kQuads];
+#pragma unroll
+              for (int c = 0; c < 2; ++c)
+#pragma unroll
+                for (int j = 0; j < kQuads; ++j)
+                  if (from[c] >= 0 && lane + 32 * j < quads)
+                    raw[c][j] = *reinterpret_cast<const uint2 *>(
+                        static_cast<const __nv_bfloat16 *>(
+                            combined.expertOut.data) +
+                        size_t(from[c]) * cols + 4 * size_t(lane + 32 * j));
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                if (from[c] < 0) // no row: its expert index was outside
+                  continue;
+                const float weight = combined.weights[pair + c];
+#pragma unroll
+                for (int j = 0; j < kQuads; ++j)
+                  if (lane + 32 * j < quads)
+                    addWeightedFour(w[j], bf16Four(raw[c][j]), weight,
+                                    combined.combineBf16);
+              }
+            }
+          for (; k < combined.choices; ++k) {
             const int pair = row * combined.choices + k;
             const int from = combined.rowOfPair[pair];
             if (from < 0) // no row: its expert index was outside
