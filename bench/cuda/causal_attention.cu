@@ -105,6 +105,23 @@ int main(int argc, char **argv) {
                                  shape.heads, kNope, kRope, kValue, 0.0721688f,
                                  out, nullptr, nullptr, kernel);
     });
+    // The same with the rope part rotated ahead, once for every head (the
+    // model's form since session 53), the rotating kernel timed too.
+    __nv_bfloat16 *rotated;
+    CHECK(cudaMalloc(&rotated, tokens * shape.heads * kRope * 2));
+    CausalProjectedQuery rotatedAhead = projected;
+    rotatedAhead.ropeRotated = rotated;
+    timeBothKernels("projected BF16, rope ahead", [&](CausalKernel kernel) {
+      const cudaError_t e = causalRotateQueryRope(
+          projected, int(tokens), shape.heads, kNope, rotated, nullptr);
+      return e != cudaSuccess
+                 ? e
+                 : causalAttentionBf16(rotatedAhead, runs.data(),
+                                       int(runs.size()), shape.heads, kNope,
+                                       kRope, kValue, 0.0721688f, out, nullptr,
+                                       nullptr, kernel);
+    });
+    CHECK(cudaFree(rotated));
     CHECK(cudaFree(projectedRows));
     CHECK(cudaFree(positions));
     CHECK(cudaFree(qNope));

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 
 using namespace melt::rt::cuda;
 
@@ -356,6 +357,55 @@ cudaError_t launchCausalAttention(const QuerySource &query,
 
 } // namespace
 
+namespace {
+
+/// Thread i: pair i % kCausalRopePairs of token i / kCausalRopePairs, its
+/// angle once, then that pair of every head's rope part, rounded to BF16.
+__global__ void
+rotateQueryRopeKernel(const __grid_constant__ CausalProjectedQuery query,
+                      int tokens, int heads, int nope,
+                      __nv_bfloat162 *rotated) {
+  awaitPriorKernels();
+  const int i = int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x);
+  if (i >= tokens * kCausalRopePairs)
+    return;
+  const int token = i / kCausalRopePairs, pair = i % kCausalRopePairs;
+  const RopeAngle angle =
+      ropeAngleOf(query.inverse[pair], query.positions[token], query.mscale);
+  const size_t width = size_t(nope) + 2 * kCausalRopePairs;
+#pragma unroll 4
+  for (int h = 0; h < heads; ++h) {
+    const size_t th = size_t(token) * heads + h;
+    // Interleaved pairs: columns (2 pair, 2 pair + 1) of the rope part.
+    const float2 x =
+        loadQueryPair<true>(query.qBf16, th * width + nope + 2 * pair);
+    const float2 y = rotateValues(angle, x.x, x.y);
+    rotated[th * kCausalRopePairs + pair] = __floats2bfloat162_rn(y.x, y.y);
+  }
+}
+
+} // namespace
+
+cudaError_t melt::rt::cuda::causalRotateQueryRope(
+    const CausalProjectedQuery &query, int tokens, int heads, int nope,
+    __nv_bfloat16 *rotated, cudaStream_t stream) {
+  if (!query.qBf16 || query.q || !query.positions || !rotated || tokens < 0 ||
+      heads <= 0 || nope < 0 || nope % 2 != 0 ||
+      tokens > std::numeric_limits<int>::max() / kCausalRopePairs)
+    return cudaErrorInvalidValue;
+  if (tokens == 0)
+    return cudaSuccess;
+  constexpr int kBlock = 256;
+  const unsigned blocks =
+      unsigned((tokens * kCausalRopePairs + kBlock - 1) / kBlock);
+  CausalProjectedQuery unrotated = query;
+  unrotated.ropeRotated = nullptr;
+  const cudaError_t e = launchOverlapped(
+      rotateQueryRopeKernel, dim3(blocks), kBlock, 0, stream, unrotated,
+      tokens, heads, nope, reinterpret_cast<__nv_bfloat162 *>(rotated));
+  return e != cudaSuccess ? e : cudaGetLastError();
+}
+
 cudaError_t melt::rt::cuda::causalAttentionBf16(
     const float *qNope, const float *qRope, const CausalRunOperands *runs,
     int runCount, int heads, int nope, int rope, int valueDim, float scale,
@@ -383,6 +433,15 @@ cudaError_t melt::rt::cuda::causalAttentionBf16(
     query.nope = projected.q, query.rope = projected.q + nope;
   query.bf16 = projected.qBf16 != nullptr;
   query.nopeStride = query.ropeStride = nope + rope;
+  if (projected.ropeRotated) {
+    // The rope part rotated ahead: BF16 rows of its own, not rotated again
+    // (the kernels read both parts in one type: BF16 queries only).
+    if (!projected.qBf16)
+      return cudaErrorInvalidValue;
+    query.rope = projected.ropeRotated, query.ropeStride = rope;
+    return launchCausalAttention(query, runs, runCount, heads, nope, rope,
+                                 valueDim, scale, out, stream, codes, kernel);
+  }
   query.rotation = projected;
   return launchCausalAttention(query, runs, runCount, heads, nope, rope,
                                valueDim, scale, out, stream, codes, kernel);

@@ -49,6 +49,8 @@ struct CausalRunOperands {
 
 /// Runs one launch takes.
 constexpr int kCausalMaxRuns = 32;
+/// The rope pairs a query's rotation takes (DeepSeek's rope of 64).
+constexpr int kCausalRopePairs = 32;
 /// The queries as the query projection leaves them, split and rotated by
 /// the kernel as it reads them: q [tokens, heads, nope + rope] F32 (or
 /// qBf16: BF16, read as the F32 of its values), the rope part's pairs
@@ -56,19 +58,35 @@ constexpr int kCausalMaxRuns = 32;
 /// rope's 32 pairs' inverse frequencies and its output scale. The rope
 /// kernel's arithmetic (RopeRotation.cuh): the values of the split's copies
 /// and the rope kernel, bit for bit, without their three kernels (mini's
-/// 8x1024 prefill: 73 us a layer). Each block computes its queries'
-/// angles itself (double-precision sincos, under the queries' loads): a
-/// table of them once per (token, pair) ahead of the attention was tried
-/// and removed in session 26 (mini's traced 8x1024 prefill: the attention
-/// and the table's kernel 1778 us against 1699 without them;
-/// bench/results/prefill_switches_trace_s26_h200.txt).
+/// 8x1024 prefill: 73 us a layer).
+///
+/// `ropeRotated`, where given (BF16 queries only): the rope part already
+/// rotated, BF16 rows [tokens, heads, rope] (causalRotateQueryRope writes
+/// them), read in
+/// place of q's rope part and not rotated again: the same bits, since the
+/// kernel rounds its rotated values to BF16 as it stages them. Rotated in
+/// the attention, each block computes its queries' angles in double
+/// precision before its first product, every head's blocks again (session
+/// 53: 189 against 153 us for the same attention on queries split and
+/// rotated ahead, 8 x 1024 at 16 heads; the angles made once per token into
+/// a table the blocks read were slower still, 205 us).
 struct CausalProjectedQuery {
   const float *q = nullptr;
   const __nv_bfloat16 *qBf16 = nullptr;
   const int32_t *positions = nullptr;
-  double inverse[32] = {};
+  double inverse[kCausalRopePairs] = {};
   double mscale = 1.0;
+  const __nv_bfloat16 *ropeRotated = nullptr;
 };
+
+/// Writes the rope part of `query`'s BF16 rows (qBf16 [tokens, heads, nope
+/// + rope]) for tokens [0, tokens) rotated (the rope kernel's arithmetic,
+/// one angle a (token, pair) for every head) into `rotated` [tokens, heads,
+/// 2 x kCausalRopePairs] BF16: the rows CausalProjectedQuery::ropeRotated
+/// names. query.ropeRotated unread.
+cudaError_t causalRotateQueryRope(const CausalProjectedQuery &query, int tokens,
+                                  int heads, int nope, __nv_bfloat16 *rotated,
+                                  cudaStream_t stream);
 
 /// The kernel a launch takes: by default the wgmma kernel
 /// (CausalAttentionWarpgroups.cu; MELT_CUDA_CAUSAL_WARPGROUPS=0 the

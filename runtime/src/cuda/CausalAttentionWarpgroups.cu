@@ -140,36 +140,65 @@ storeNopeChunks(const QuerySource &query, const CausalRun &run, int h,
 /// (double-precision angles, the rope kernel's arithmetic), by every thread
 /// of the block: the angles are most of the block's start, and a
 /// warpgroup's threads each taking chunks of both parts (a third of them
-/// rope) made its warps run the angles of every chunk.
-template <bool kBf16>
-__device__ __forceinline__ void
-storeRopeChunks(const QuerySource &query, const CausalRun &run, int h,
-                int heads, int q0, uint8_t *shared) {
-  constexpr int kChunks = kRope / 8;
-  for (int e = threadIdx.x; e < kCausalWarpgroupQueries * kChunks;
-       e += kThreads) {
-    const int row = e / kChunks, c = e % kChunks, i = q0 + row;
-    float v[8] = {};
-    if (i < run.count) {
-      loadEight<kBf16>(
-          query.rope,
-          (size_t(run.first + i) * heads + h) * query.ropeStride + 8 * c, v);
-      if (query.rotation.positions) {
+/// rope) made its warps run the angles of every chunk. load() sends a
+/// thread's loads out at once and store() waits for them, so that a
+/// consumer's nope loads go out between the two: the block's start waits
+/// one round trip for its queries, not one for each chunk of rope a thread
+/// takes in turn (session 53's source counters: the stalls on those loads
+/// were a fifth of the consumers' samples).
+template <bool kBf16> struct RopeChunks {
+  static constexpr int kChunks = kRope / 8;
+  static constexpr int kAll = kCausalWarpgroupQueries * kChunks;
+  static constexpr int kLoads = (kAll + kThreads - 1) / kThreads;
+  float v[kLoads][8];
+  int32_t position[kLoads];
+
+  __device__ __forceinline__ void load(const QuerySource &query,
+                                       const CausalRun &run, int h, int heads,
+                                       int q0) {
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int e = int(threadIdx.x) + u * kThreads;
+      const int row = e / kChunks, c = e % kChunks, i = q0 + row;
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        v[u][k] = 0.f;
+      position[u] = 0;
+      if (e < kAll && i < run.count) {
+        loadEight<kBf16>(
+            query.rope,
+            (size_t(run.first + i) * heads + h) * query.ropeStride + 8 * c,
+            v[u]);
+        if (query.rotation.positions)
+          position[u] = query.rotation.positions[run.first + i];
+      }
+    }
+  }
+
+  __device__ __forceinline__ void store(const QuerySource &query,
+                                        const CausalRun &run, int q0,
+                                        uint8_t *shared) {
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int e = int(threadIdx.x) + u * kThreads;
+      const int row = e / kChunks, c = e % kChunks, i = q0 + row;
+      if (e >= kAll)
+        break;
+      if (i < run.count && query.rotation.positions) {
         // Interleaved pairs: (2 p, 2 p + 1) of the rope part is pair p.
         const CausalProjectedQuery &r = query.rotation;
-        const int32_t position = r.positions[run.first + i];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           const float2 turned = rotateValues(
-              ropeAngleOf(r.inverse[4 * c + k], position, r.mscale), v[2 * k],
-              v[2 * k + 1]);
-          v[2 * k] = turned.x, v[2 * k + 1] = turned.y;
+              ropeAngleOf(r.inverse[4 * c + k], position[u], r.mscale),
+              v[u][2 * k], v[u][2 * k + 1]);
+          v[u][2 * k] = turned.x, v[u][2 * k + 1] = turned.y;
         }
       }
+      storeChunk(queryChunkAt(shared, row, kNope / 8 + c), v[u]);
     }
-    storeChunk(queryChunkAt(shared, row, kNope / 8 + c), v);
   }
-}
+};
 
 /// Grid blocks x heads x runs (causalBlockOf), kThreads threads: warpgroups
 /// 0 and 1 the consumers of queries [q0, q0 + 64) and [q0 + 64, q0 + 128)
@@ -241,7 +270,9 @@ __global__ void __launch_bounds__(kThreads, 1) causalAttentionWarpgroupKernel(
     if (asks)
       for (int tile = 0; tile < min(kStages, tiles); ++tile)
         issue(tile);
-    storeRopeChunks<kBf16Query>(query, run, h, heads, q0, shared);
+    RopeChunks<kBf16Query> rope;
+    rope.load(query, run, h, heads, q0);
+    rope.store(query, run, q0, shared);
     fenceSharedForWgmma();
     syncNamedBarrier<1, kThreads>(); // the queries staged (both roles)
     if (asks)
@@ -263,8 +294,10 @@ __global__ void __launch_bounds__(kThreads, 1) causalAttentionWarpgroupKernel(
       groupFirst < run.count ? min(last, groupFirst + kGroupQueries - 1) : last;
   const int groupTiles = (run.position + groupLast) / kKeys + 1;
   uint8_t *queryTile = shared + group * kGroupQueryBytes;
+  RopeChunks<kBf16Query> rope;
+  rope.load(query, run, h, heads, q0);
   storeNopeChunks<kBf16Query>(query, run, h, heads, q0, group, shared, thread);
-  storeRopeChunks<kBf16Query>(query, run, h, heads, q0, shared);
+  rope.store(query, run, q0, shared);
   fenceSharedForWgmma();
   syncNamedBarrier<1, kThreads>(); // the queries staged
 

@@ -2849,7 +2849,8 @@ private:
     if (projected && !fused)
       return Status::ok();
     const size_t floats =
-        mlaDecompressedScratchFloats(shape, runs, kScoreFloats, fused);
+        mlaDecompressedScratchFloats(shape, runs, kScoreFloats, fused,
+                                     projected != nullptr);
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
         allocate(DType::F32, {int64_t(std::max<size_t>(floats, 1))}, scratch));

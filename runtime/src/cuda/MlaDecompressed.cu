@@ -220,6 +220,12 @@ fusedGroups(const MlaSplitShape &s,
   return groups;
 }
 
+/// The projected queries' rope part rotated ahead (BF16 rows,
+/// CausalProjectedQuery::ropeRotated), first in the scratch.
+size_t rotatedRopeFloats(const MlaSplitShape &s, bool projected) {
+  return projected ? floatsOf(size_t(s.tokens) * s.heads * s.rope, true) : 0;
+}
+
 /// W_UK and W_UV in BF16, for the fused form (made once a call).
 size_t weightFloats(const MlaSplitShape &s, bool fused) {
   return fused ? floatsOf(size_t(s.heads) * s.nope * s.latent, true) +
@@ -264,7 +270,9 @@ bool melt::rt::cuda::mlaDecompressedFusesBf16(const MlaSplitShape &s) {
 
 size_t melt::rt::cuda::mlaDecompressedScratchFloats(
     const MlaSplitShape &s, const std::vector<DecompressedQueries> &runs,
-    size_t budgetFloats, bool bf16Fused) {
+    size_t budgetFloats, bool bf16Fused, bool projected) {
+  const size_t ahead =
+      rotatedRopeFloats(s, projected) + weightFloats(s, bf16Fused);
   size_t most = 0;
   if (bf16Fused) {
     // A group's runs side by side.
@@ -274,11 +282,11 @@ size_t melt::rt::cuda::mlaDecompressedScratchFloats(
         group += runScratch(s, runs[i], budgetFloats, true).total();
       most = std::max(most, group);
     }
-    return weightFloats(s, bf16Fused) + most;
+    return ahead + most;
   }
   for (const DecompressedQueries &r : runs)
     most = std::max(most, runScratch(s, r, budgetFloats, bf16Fused).total());
-  return weightFloats(s, bf16Fused) + most;
+  return ahead + most;
 }
 
 template <typename CacheT>
@@ -295,8 +303,8 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
     return {"mla (decompressed): unsupported shape"};
   if (projected && !bf16Fused)
     return {"mla (decompressed): projected queries need the fused attention"};
-  if (mlaDecompressedScratchFloats(s, runs, budgetFloats, bf16Fused) >
-      scratchFloats)
+  if (mlaDecompressedScratchFloats(s, runs, budgetFloats, bf16Fused,
+                                   projected != nullptr) > scratchFloats)
     return {"mla (decompressed): scratch too small"};
   cudaStream_t stream = gemm.stream();
   const int width = s.nope + s.rope, heads = s.heads;
@@ -305,6 +313,21 @@ CudaStatus melt::rt::cuda::mlaDecompressed(
       return {std::string("mla (decompressed): ") + cudaGetErrorString(e)};
     return CudaStatus::ok();
   };
+  // The projected BF16 queries' rope part rotated once, for every head
+  // (MELT_CUDA_CAUSAL_ROPE_AHEAD=0: each attention block rotates its own).
+  static const bool ropeAhead =
+      melt::rt::envSwitch("MELT_CUDA_CAUSAL_ROPE_AHEAD", true);
+  CausalProjectedQuery rotatedAhead;
+  if (projected && projected->qBf16 && ropeAhead) {
+    auto *rotated = reinterpret_cast<__nv_bfloat16 *>(scratch);
+    if (CudaStatus e = launched(causalRotateQueryRope(
+            *projected, s.tokens, heads, s.nope, rotated, stream)))
+      return e;
+    rotatedAhead = *projected;
+    rotatedAhead.ropeRotated = rotated;
+    projected = &rotatedAhead;
+  }
+  scratch += rotatedRopeFloats(s, projected != nullptr);
   // The fused form's BF16 weights, ahead of the runs' scratch.
   auto *wUkBf16 = reinterpret_cast<__nv_bfloat16 *>(scratch);
   auto *wUvBf16 = reinterpret_cast<__nv_bfloat16 *>(

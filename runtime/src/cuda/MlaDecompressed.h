@@ -58,18 +58,21 @@ bool mlaDecompressedFits(const MlaSplitShape &shape);
 bool mlaDecompressedFusesBf16(const MlaSplitShape &shape);
 
 /// F32 scratch for these runs (query blocks sized to `budgetFloats` of
-/// scores at least 16 queries each; none where fused).
+/// scores at least 16 queries each; none where fused); with `projected`
+/// the queries' rope angles' table too.
 size_t
 mlaDecompressedScratchFloats(const MlaSplitShape &shape,
                              const std::vector<DecompressedQueries> &runs,
-                             size_t budgetFloats, bool bf16Fused);
+                             size_t budgetFloats, bool bf16Fused,
+                             bool projected = false);
 
 /// out [T, heads, valueDim] for the runs' tokens (others untouched). A
 /// position without a page sets *bad (its row is zero). `bf16Fused` where
 /// mlaDecompressedFusesBf16 (else cudaErrorInvalidValue's message).
 /// `projected` (the fused form only; qNope and qRope unread): the queries
 /// as the projection leaves them, split and rotated by the attention
-/// kernel. `codes` (the fused form only): out's FP8 codes as well
+/// kernel (their angles computed once per token ahead of it, into the
+/// scratch). `codes` (the fused form only): out's FP8 codes as well
 /// (CausalOutputCodes). CacheT: float or __nv_bfloat16.
 template <typename CacheT>
 CudaStatus

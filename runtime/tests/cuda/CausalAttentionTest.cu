@@ -434,6 +434,8 @@ TEST_P(CudaCausalAttentionKernels, ProjectedQueriesAreTheSplitAndRotatedOnes) {
   float *split = deviceArray<float>(outCount);
   float *fromProjection = deviceArray<float>(outCount);
   float *fromBf16Projection = deviceArray<float>(outCount);
+  float *fromRotatedRope = deviceArray<float>(outCount);
+  auto *rotated = deviceArray<__nv_bfloat16>(size_t(tokens) * heads * kRope);
   ASSERT_EQ(rope({dQr, false}, dPositions, tokens, heads, kRope,
                  /*interleaved=*/true, freqs, projected.mscale, {dQr, false},
                  nullptr),
@@ -454,19 +456,34 @@ TEST_P(CudaCausalAttentionKernels, ProjectedQueriesAreTheSplitAndRotatedOnes) {
                                 kValue, scale, fromBf16Projection, nullptr,
                                 nullptr, kernel),
             cudaSuccess);
+  // The rope part rotated ahead, once for every head (the model's form).
+  ASSERT_EQ(causalRotateQueryRope(inBf16, tokens, heads, kNope, rotated,
+                                  nullptr),
+            cudaSuccess);
+  CausalProjectedQuery rotatedAhead = inBf16;
+  rotatedAhead.ropeRotated = rotated;
+  ASSERT_EQ(causalAttentionBf16(rotatedAhead, &operands, 1, heads, kNope, kRope,
+                                kValue, scale, fromRotatedRope, nullptr,
+                                nullptr, kernel),
+            cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> want = toHost(split, outCount),
                            have = toHost(fromProjection, outCount),
-                           haveBf16 = toHost(fromBf16Projection, outCount);
+                           haveBf16 = toHost(fromBf16Projection, outCount),
+                           haveAhead = toHost(fromRotatedRope, outCount);
   for (int t = run.first; t < run.first + run.count; ++t)
     for (int e = 0; e < heads * kValue; ++e) {
       const size_t i = size_t(t) * heads * kValue + e;
       ASSERT_EQ(have[i], want[i]) << "token " << t << ", head " << e / kValue;
       ASSERT_EQ(haveBf16[i], want[i])
           << "BF16 queries: token " << t << ", head " << e / kValue;
+      ASSERT_EQ(haveAhead[i], want[i])
+          << "rope rotated ahead: token " << t << ", head " << e / kValue;
     }
-  for (void *p : std::vector<void *>{dK, dV, dQ, dQBf16, dQn, dQr, dPositions,
-                                     split, fromProjection, fromBf16Projection})
+  for (void *p :
+       std::vector<void *>{dK, dV, dQ, dQBf16, dQn, dQr, dPositions, split,
+                           fromProjection, fromBf16Projection, fromRotatedRope,
+                           rotated})
     cudaFree(p);
 }
 
@@ -527,6 +544,20 @@ TEST(CudaCausalAttention, RefusesWhatItCannotTake) {
                                 nullptr),
             cudaErrorInvalidValue)
       << "projected queries of another rope width";
+  auto *rows = reinterpret_cast<__nv_bfloat16 *>(uintptr_t(256));
+  projected.ropeRotated = rows;
+  EXPECT_EQ(causalAttentionBf16(projected, many, 1, 1, 128, 64, 128, 1.f, none,
+                                nullptr),
+            cudaErrorInvalidValue)
+      << "a rope part rotated ahead beside F32 queries";
+  EXPECT_EQ(causalRotateQueryRope(projected, 4, 1, 128, rows, nullptr),
+            cudaErrorInvalidValue)
+      << "F32 queries' rope part rotated ahead";
+  CausalProjectedQuery noPositions;
+  noPositions.qBf16 = rows;
+  EXPECT_EQ(causalRotateQueryRope(noPositions, 4, 1, 128, rows, nullptr),
+            cudaErrorInvalidValue)
+      << "a rope part rotated ahead without positions";
 }
 
 // The block order (CausalAttentionParts.cuh's causalBlockAt; no device
