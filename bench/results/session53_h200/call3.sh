@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Session 53, call 3. Call 2 disagreed with itself on the query rope rotated
+# ahead (MELT_CUDA_CAUSAL_ROPE_AHEAD): the benchmark had the rotating kernel
+# and the attention 194 us against 185 rotating in the attention, mini-bf16's
+# 8x1024 prefill (one round) 449.0k against 437.0k tokens/s. Now:
+# 1. melt-bench-causal-attention with the rotating kernel and the attention
+#    on the rotated rows timed apart;
+# 2. the traced 8x1024 bf16 prefill with the switch on and off
+#    (prefill-kernels.sh: the attention's and the rotating kernel's times);
+# 3. mini-bf16's 8x1024 prefill, on off off on.
+#   bash bench/results/session53_h200/call3.sh   (there, after prepare.sh --mini here)
+export OUT=${OUT:-/tmp/out}
+cd "$(dirname "$0")/../../.."
+source scripts/gpu/common.sh
+build_gpu melt-run melt-kernel-trace melt-bench-causal-attention
+timeout 90 build-gpu/bin/melt-bench-causal-attention > "$OUT/causal-bench.txt" 2>&1
+echo "bench rc=$?"
+grep -E '"heads": 16' "$OUT/causal-bench.txt" | grep -v mma.sync | cut -c1-170
+for ahead in 1 0; do
+  mkdir -p "$OUT/ahead$ahead"
+  OUT="$OUT/ahead$ahead" MELT_CUDA_CAUSAL_ROPE_AHEAD=$ahead timeout 100 \
+    bash scripts/gpu/prefill-kernels.sh 8 1024 mini-bf16.melt > "$OUT/ahead$ahead/log.txt" 2>&1
+  echo "trace ahead=$ahead rc=$?"
+  head -1 "$OUT/ahead$ahead/prefill-kernels-mini-bf16.melt-8x1024.txt"
+  grep -E "causalAttention|rotateQueryRope" "$OUT/ahead$ahead/prefill-kernels-mini-bf16.melt-8x1024.txt" | head -2
+done
+for ahead in 1 0 0 1; do
+  said=$(timeout 40 env MELT_CUDA_CAUSAL_ROPE_AHEAD=$ahead build-gpu/bin/melt-run \
+    "$carry/models/mini-bf16.melt" --random-weights --device cuda:0 --bench --warmup --repeat 3 \
+    --prompt-ids "$(prompt_ids 1024)" --max-new 2 --batch 8 2>&1)
+  echo "mini-bf16 ROPE_AHEAD=$ahead $(echo "$said" | grep -o '"prefill_tokens_per_s": [0-9.]*') md5 \
+$(echo "$said" | grep -o '"generated": \[[0-9, ]*\]' | md5sum | cut -c1-8)" | tee -a "$OUT/ahead-ab.txt"
+done
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv
