@@ -401,8 +401,8 @@ cudaError_t melt::rt::cuda::causalRotateQueryRope(
   CausalProjectedQuery unrotated = query;
   unrotated.ropeRotated = nullptr;
   const cudaError_t e = launchOverlapped(
-      rotateQueryRopeKernel, dim3(blocks), kBlock, 0, stream, unrotated,
-      tokens, heads, nope, reinterpret_cast<__nv_bfloat162 *>(rotated));
+      rotateQueryRopeKernel, dim3(blocks), kBlock, 0, stream, unrotated, tokens,
+      heads, nope, reinterpret_cast<__nv_bfloat162 *>(rotated));
   return e != cudaSuccess ? e : cudaGetLastError();
 }
 

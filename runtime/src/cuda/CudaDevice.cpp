@@ -542,15 +542,15 @@ public:
                     "add_rms_norm")
             : check(cuda::rmsNorm(o.x, o.gamma, o.eps, 1, cols, o.y, p.stream),
                     "rms_norm");
-    releaseHeldBack(p);
+    releaseHeldBack(p.heldBack);
     return status;
   }
-  /// The memory released while the norm was pending (stream-ordered: its
-  /// next user comes after the norm's kernel).
-  void releaseHeldBack(PendingNorm &p) {
-    for (DeviceTensor &t : p.heldBack)
+  /// The memory released while a pending norm or combine waited, released
+  /// once it has run (stream-ordered: its next user comes after the kernel).
+  void releaseHeldBack(std::vector<DeviceTensor> &heldBack) {
+    for (DeviceTensor &t : heldBack)
       release(t);
-    p.heldBack.clear();
+    heldBack.clear();
   }
   /// A MoE layer's combine left to the add and norm that read its output
   /// next (Device::leaveCombineToNorm, CombineNormFusions.h): the grouped
@@ -596,13 +596,8 @@ public:
                           p.tokens, p.rows.choices, p.dim, p.rows.combineBf16,
                           static_cast<float *>(p.y), stream_, p.rows.plus),
         "moe_experts");
-    releaseCombineHeld(p);
+    releaseHeldBack(p.heldBack);
     return status;
-  }
-  void releaseCombineHeld(PendingCombine &p) {
-    for (DeviceTensor &t : p.heldBack)
-      release(t);
-    p.heldBack.clear();
   }
   Status launchPendingCombine() {
     if (!pendingCombine_)
@@ -631,7 +626,7 @@ public:
     ClaimedCombine &operator=(const ClaimedCombine &) = delete;
     ~ClaimedCombine() {
       if (claimed_)
-        device_.releaseCombineHeld(*claimed_);
+        device_.releaseHeldBack(claimed_->heldBack);
     }
     /// launch(x, b, combined) of a + b: with the combine made in the add
     /// (x the other operand) where the kernel takes it, else after the
@@ -698,7 +693,7 @@ public:
     status = check(smallMGemmAfterNorm(p.operands, w.data, bf16, n, k,
                                        result(y), multiprocessors_, stream_),
                    "linear");
-    releaseHeldBack(p);
+    releaseHeldBack(p.heldBack);
     return true;
   }
 
@@ -732,7 +727,7 @@ public:
     PendingNorm p = std::move(*pendingNorm_);
     pendingNorm_.reset();
     status = fromGemm(s);
-    releaseHeldBack(p);
+    releaseHeldBack(p.heldBack);
     return true;
   }
 
@@ -2848,9 +2843,8 @@ private:
     const bool fused = mlaDecompressedFusesBf16(shape);
     if (projected && !fused)
       return Status::ok();
-    const size_t floats =
-        mlaDecompressedScratchFloats(shape, runs, kScoreFloats, fused,
-                                     projected != nullptr);
+    const size_t floats = mlaDecompressedScratchFloats(
+        shape, runs, kScoreFloats, fused, projected != nullptr);
     DeviceTensor scratch;
     MELT_RETURN_IF_ERROR(
         allocate(DType::F32, {int64_t(std::max<size_t>(floats, 1))}, scratch));

@@ -60,11 +60,9 @@ bool mlaDecompressedFusesBf16(const MlaSplitShape &shape);
 /// F32 scratch for these runs (query blocks sized to `budgetFloats` of
 /// scores at least 16 queries each; none where fused); with `projected`
 /// the queries' rope angles' table too.
-size_t
-mlaDecompressedScratchFloats(const MlaSplitShape &shape,
-                             const std::vector<DecompressedQueries> &runs,
-                             size_t budgetFloats, bool bf16Fused,
-                             bool projected = false);
+size_t mlaDecompressedScratchFloats(
+    const MlaSplitShape &shape, const std::vector<DecompressedQueries> &runs,
+    size_t budgetFloats, bool bf16Fused, bool projected = false);
 
 /// out [T, heads, valueDim] for the runs' tokens (others untouched). A
 /// position without a page sets *bad (its row is zero). `bf16Fused` where

@@ -457,9 +457,9 @@ TEST_P(CudaCausalAttentionKernels, ProjectedQueriesAreTheSplitAndRotatedOnes) {
                                 nullptr, kernel),
             cudaSuccess);
   // The rope part rotated ahead, once for every head (the model's form).
-  ASSERT_EQ(causalRotateQueryRope(inBf16, tokens, heads, kNope, rotated,
-                                  nullptr),
-            cudaSuccess);
+  ASSERT_EQ(
+      causalRotateQueryRope(inBf16, tokens, heads, kNope, rotated, nullptr),
+      cudaSuccess);
   CausalProjectedQuery rotatedAhead = inBf16;
   rotatedAhead.ropeRotated = rotated;
   ASSERT_EQ(causalAttentionBf16(rotatedAhead, &operands, 1, heads, kNope, kRope,
@@ -480,10 +480,9 @@ TEST_P(CudaCausalAttentionKernels, ProjectedQueriesAreTheSplitAndRotatedOnes) {
       ASSERT_EQ(haveAhead[i], want[i])
           << "rope rotated ahead: token " << t << ", head " << e / kValue;
     }
-  for (void *p :
-       std::vector<void *>{dK, dV, dQ, dQBf16, dQn, dQr, dPositions, split,
-                           fromProjection, fromBf16Projection, fromRotatedRope,
-                           rotated})
+  for (void *p : std::vector<void *>{dK, dV, dQ, dQBf16, dQn, dQr, dPositions,
+                                     split, fromProjection, fromBf16Projection,
+                                     fromRotatedRope, rotated})
     cudaFree(p);
 }
 

@@ -34,6 +34,18 @@ struct CombineCase {
   bool plusF32 = false; // the added row in F32 (else BF16)
 };
 
+/// Each (token, choice) pair's expert row: the pairs' rows shuffled, every
+/// seventh pair's expert outside the stack (-1).
+std::vector<int32_t> shuffledRowOfPair(int pairs, std::mt19937 &rng) {
+  std::vector<int32_t> rowOfPair(static_cast<size_t>(pairs));
+  for (int p = 0; p < pairs; ++p)
+    rowOfPair[size_t(p)] = p;
+  std::shuffle(rowOfPair.begin(), rowOfPair.end(), rng);
+  for (int p = 0; p < pairs; p += 7)
+    rowOfPair[size_t(p)] = -1;
+  return rowOfPair;
+}
+
 /// combineExpertRows on the device, its rows `offset` elements past an
 /// aligned start (offset 1: the scalar kernel).
 std::vector<float> combineOnDevice(const CombineCase &c,
@@ -100,12 +112,7 @@ TEST(CudaExpertCombine, AlignedAndScalarKernelsSumTheSameBits) {
     if (c.bf16Rows) // the rows as the device holds them
       for (float &v : rows)
         v = __bfloat162float(__float2bfloat16(v));
-    std::vector<int32_t> rowOfPair(static_cast<size_t>(pairs));
-    for (int p = 0; p < pairs; ++p)
-      rowOfPair[size_t(p)] = p;
-    std::shuffle(rowOfPair.begin(), rowOfPair.end(), rng);
-    for (int p = 0; p < pairs; p += 7) // some experts outside the stack
-      rowOfPair[size_t(p)] = -1;
+    const std::vector<int32_t> rowOfPair = shuffledRowOfPair(pairs, rng);
     std::vector<float> weights(static_cast<size_t>(pairs));
     for (float &w : weights)
       w = unit(rng);
@@ -179,12 +186,7 @@ TEST(CudaExpertCombine, NormsMakingTheCombineInTheirAddGiveTheSameBits) {
       v = normal(rng) * 8.f;
     for (float &v : gamma)
       v = 0.5f + unit(rng);
-    std::vector<int32_t> rowOfPair(static_cast<size_t>(pairs));
-    for (int p = 0; p < pairs; ++p)
-      rowOfPair[size_t(p)] = p;
-    std::shuffle(rowOfPair.begin(), rowOfPair.end(), rng);
-    for (int p = 0; p < pairs; p += 7)
-      rowOfPair[size_t(p)] = -1;
+    const std::vector<int32_t> rowOfPair = shuffledRowOfPair(pairs, rng);
     std::vector<float> weights(static_cast<size_t>(pairs)), plus(n);
     for (float &w : weights)
       w = unit(rng);
