@@ -10,6 +10,7 @@
 # 3. mini-bf16's 8x1024 prefill, on off off on;
 # 4. the tests of the tree (kernel tests: causal, MLA, expert combine;
 #    the device conformance suite): session 52's review mended.
+# SHORT=1 leaves out the traces (2).
 #   bash bench/results/session53_h200/call3.sh   (there, after prepare.sh --mini here)
 export OUT=${OUT:-/tmp/out}
 cd "$(dirname "$0")/../../.."
@@ -18,7 +19,7 @@ build_gpu melt-run melt-kernel-trace melt-bench-causal-attention melt-cuda-kerne
 timeout 90 build-gpu/bin/melt-bench-causal-attention > "$OUT/causal-bench.txt" 2>&1
 echo "bench rc=$?"
 grep -E '"heads": 16' "$OUT/causal-bench.txt" | grep -v mma.sync | cut -c1-170
-for ahead in 1 0; do
+for ahead in $([ -n "${SHORT:-}" ] || echo 1 0); do
   mkdir -p "$OUT/ahead$ahead"
   OUT="$OUT/ahead$ahead" MELT_CUDA_CAUSAL_ROPE_AHEAD=$ahead timeout 100 \
     bash scripts/gpu/prefill-kernels.sh 8 1024 mini-bf16.melt > "$OUT/ahead$ahead/log.txt" 2>&1
